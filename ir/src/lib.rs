@@ -1,1 +1,25 @@
-//! placeholder
+//! The m4c intermediate representation.
+//!
+//! A [`Graph`] of operations drawn from a closed set of at most 39
+//! operators ([`OpKind::ALL`]), over tensors of the element types an NPU
+//! stores ([`DType`]). Weights are referenced where they lie (a memory map of
+//! the model file), never copied ([`Storage`]). The IR has a verifier
+//! ([`Graph::verify`]) and a textual form ([`text`]) that round-trips.
+
+mod dtype;
+mod error;
+mod graph;
+mod infer;
+pub mod op;
+mod shape;
+mod tensor;
+pub mod text;
+mod verify;
+
+pub use dtype::DType;
+pub use error::IrError;
+pub use graph::{Graph, Node, Value, ValueDef, ValueId};
+pub use infer::infer_type;
+pub use op::{Op, OpKind, Unit};
+pub use shape::{broadcast_shapes, Dim, TensorType};
+pub use tensor::{Storage, Tensor};

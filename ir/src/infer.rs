@@ -1,0 +1,387 @@
+//! Result-type inference for every operator.
+//!
+//! The builder calls this for each new node and the verifier re-runs it, so
+//! a graph's recorded types are always the ones its operators imply.
+
+use crate::{DType, Dim, IrError, Op, TensorType};
+
+type R = Result<TensorType, IrError>;
+
+/// Infers the result type of `op` applied to inputs of the given types.
+pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
+    let kind = op.kind();
+    let name = kind.name();
+    let (lo, hi) = kind.arity();
+    if inputs.len() < lo || inputs.len() > hi {
+        return Err(IrError::ty(
+            name,
+            format!("takes {lo}..={hi} inputs, got {}", inputs.len()),
+        ));
+    }
+    let x = inputs[0];
+    match op {
+        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::Max | Op::Min => {
+            same_dtype(name, inputs)?;
+            broadcast(name, x.dtype, inputs)
+        }
+        Op::Equal | Op::Less => {
+            same_dtype(name, inputs)?;
+            broadcast(name, DType::Bool, inputs)
+        }
+        Op::Where => {
+            if x.dtype != DType::Bool {
+                return Err(IrError::ty(name, "condition must be bool"));
+            }
+            same_dtype(name, &inputs[1..])?;
+            broadcast(name, inputs[1].dtype, inputs)
+        }
+        Op::Exp
+        | Op::Log
+        | Op::Sqrt
+        | Op::Erf
+        | Op::Tanh
+        | Op::Sigmoid
+        | Op::Sin
+        | Op::Cos
+        | Op::Floor
+        | Op::Gelu { .. } => {
+            if !x.dtype.is_float() {
+                return Err(IrError::ty(
+                    name,
+                    format!("needs a float input, got {}", x.dtype),
+                ));
+            }
+            Ok(x.clone())
+        }
+        Op::Cast { to } => Ok(TensorType {
+            dtype: *to,
+            dims: x.dims.clone(),
+        }),
+        Op::Softmax { axis } => {
+            check_axis(name, *axis, x.rank())?;
+            Ok(x.clone())
+        }
+        Op::Norm { axis, .. } => {
+            check_axis(name, *axis, x.rank())?;
+            same_dtype(name, inputs)?;
+            Ok(x.clone())
+        }
+        Op::MatMul { trans_a, trans_b } => matmul(name, x, inputs[1], *trans_a, *trans_b),
+        Op::Conv(c) => {
+            let s = shape(name, x)?;
+            let w = shape(name, inputs[1])?;
+            same_dtype(name, inputs)?;
+            let sp = s
+                .len()
+                .checked_sub(2)
+                .ok_or_else(|| IrError::ty(name, "input rank < 3"))?;
+            if w.len() != s.len() || c.group == 0 || s[1] != w[1] * c.group || w[0] % c.group != 0 {
+                return Err(IrError::ty(
+                    name,
+                    format!("input {s:?} and weight {w:?} do not fit group {}", c.group),
+                ));
+            }
+            if let Some(b) = inputs.get(2) {
+                if shape(name, b)? != [w[0]] {
+                    return Err(IrError::ty(name, "bias must be [M]"));
+                }
+            }
+            let mut out = vec![s[0], w[0]];
+            out.extend(window_dims(
+                name,
+                &s[2..],
+                &w[2..],
+                &c.strides,
+                &c.pads,
+                &c.dilations,
+                sp,
+            )?);
+            Ok(TensorType::fixed(x.dtype, &out))
+        }
+        Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
+            let s = shape(name, x)?;
+            let sp = s
+                .len()
+                .checked_sub(2)
+                .ok_or_else(|| IrError::ty(name, "input rank < 3"))?;
+            let mut out = s[..2].to_vec();
+            out.extend(window_dims(
+                name,
+                &s[2..],
+                &p.kernel,
+                &p.strides,
+                &p.pads,
+                &p.dilations,
+                sp,
+            )?);
+            Ok(TensorType::fixed(x.dtype, &out))
+        }
+        Op::ReduceSum { axes, keep_dims } | Op::ReduceMax { axes, keep_dims } => {
+            reduce(name, x, axes, *keep_dims, x.dtype)
+        }
+        Op::ArgMax {
+            axis, keep_dims, ..
+        } => reduce(name, x, &[*axis], *keep_dims, DType::I64),
+        Op::Reshape { shape: to } => {
+            let n = x
+                .num_elements()
+                .ok_or_else(|| IrError::ty(name, "needs a static input shape"))?;
+            if n != to.iter().product::<usize>() {
+                return Err(IrError::ty(name, format!("cannot reshape {x} to {to:?}")));
+            }
+            Ok(TensorType::fixed(x.dtype, to))
+        }
+        Op::Transpose { perm } => {
+            let mut sorted = perm.clone();
+            sorted.sort_unstable();
+            if sorted != (0..x.rank()).collect::<Vec<_>>() {
+                return Err(IrError::ty(
+                    name,
+                    format!("{perm:?} is not a permutation of rank {}", x.rank()),
+                ));
+            }
+            Ok(TensorType {
+                dtype: x.dtype,
+                dims: perm.iter().map(|&p| x.dims[p].clone()).collect(),
+            })
+        }
+        Op::Slice { axes } => {
+            let s = shape(name, x)?;
+            if axes.len() != s.len() {
+                return Err(IrError::ty(name, "needs one entry per axis"));
+            }
+            for (a, &n) in axes.iter().zip(&s) {
+                if a.len > 0 {
+                    let last = a.start as i64 + a.step * (a.len as i64 - 1);
+                    if a.start >= n || last < 0 || last >= n as i64 || a.step == 0 {
+                        return Err(IrError::ty(
+                            name,
+                            format!("window {a:?} outside axis of {n}"),
+                        ));
+                    }
+                }
+            }
+            Ok(TensorType::fixed(
+                x.dtype,
+                &axes.iter().map(|a| a.len).collect::<Vec<_>>(),
+            ))
+        }
+        Op::Concat { axis } => {
+            same_dtype(name, inputs)?;
+            let first = shape(name, x)?;
+            check_axis(name, *axis, first.len())?;
+            let mut out = first.clone();
+            out[*axis] = 0;
+            for t in inputs {
+                let s = shape(name, t)?;
+                let fits = s.len() == first.len()
+                    && s.iter()
+                        .zip(&first)
+                        .enumerate()
+                        .all(|(i, (a, b))| i == *axis || a == b);
+                if !fits {
+                    return Err(IrError::ty(
+                        name,
+                        format!("{s:?} does not concatenate with {first:?}"),
+                    ));
+                }
+                out[*axis] += s[*axis];
+            }
+            Ok(TensorType::fixed(x.dtype, &out))
+        }
+        Op::Gather { axis } => {
+            let s = shape(name, x)?;
+            let idx = shape(name, inputs[1])?;
+            check_axis(name, *axis, s.len())?;
+            if !matches!(inputs[1].dtype, DType::I64 | DType::I32) {
+                return Err(IrError::ty(name, "indices must be i64 or i32"));
+            }
+            let mut out = s[..*axis].to_vec();
+            out.extend(&idx);
+            out.extend(&s[axis + 1..]);
+            Ok(TensorType::fixed(x.dtype, &out))
+        }
+        Op::Expand { shape: to } => {
+            let s = shape(name, x)?;
+            match crate::broadcast_shapes(&s, to) {
+                Some(b) if &b == to => Ok(TensorType::fixed(x.dtype, to)),
+                _ => Err(IrError::ty(name, format!("cannot expand {s:?} to {to:?}"))),
+            }
+        }
+        Op::Pad { pads, mode } => {
+            let s = shape(name, x)?;
+            if pads.len() != 2 * s.len() {
+                return Err(IrError::ty(name, "needs begin and end pads for every axis"));
+            }
+            if *mode == crate::op::PadMode::Reflect
+                && s.iter()
+                    .enumerate()
+                    .any(|(i, &n)| pads[i] >= n.max(1) || pads[i + s.len()] >= n.max(1))
+            {
+                return Err(IrError::ty(
+                    name,
+                    "reflect padding must be smaller than the axis",
+                ));
+            }
+            let out: Vec<usize> = s
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n + pads[i] + pads[i + s.len()])
+                .collect();
+            Ok(TensorType::fixed(x.dtype, &out))
+        }
+        Op::Resize { scales, sizes, .. } => {
+            let s = shape(name, x)?;
+            if sizes.len() != s.len() || scales.len() != s.len() {
+                return Err(IrError::ty(name, "needs a size and a scale per axis"));
+            }
+            Ok(TensorType::fixed(x.dtype, sizes))
+        }
+    }
+}
+
+fn shape(op: &'static str, t: &TensorType) -> Result<Vec<usize>, IrError> {
+    t.static_shape()
+        .ok_or_else(|| IrError::ty(op, format!("needs a static shape, got {t}")))
+}
+
+fn check_axis(op: &'static str, axis: usize, rank: usize) -> Result<(), IrError> {
+    if axis < rank {
+        Ok(())
+    } else {
+        Err(IrError::ty(
+            op,
+            format!("axis {axis} out of range for rank {rank}"),
+        ))
+    }
+}
+
+fn same_dtype(op: &'static str, inputs: &[&TensorType]) -> Result<(), IrError> {
+    match inputs.iter().find(|t| t.dtype != inputs[0].dtype) {
+        None => Ok(()),
+        Some(t) => Err(IrError::ty(
+            op,
+            format!("mixed element types {} and {}", inputs[0].dtype, t.dtype),
+        )),
+    }
+}
+
+/// Broadcasts dimension lists; equal symbolic dims broadcast with each other.
+fn broadcast(op: &'static str, dtype: DType, inputs: &[&TensorType]) -> R {
+    let rank = inputs.iter().map(|t| t.rank()).max().unwrap_or(0);
+    let mut dims = vec![Dim::Fixed(1); rank];
+    for t in inputs {
+        let pad = rank - t.rank();
+        for (i, d) in t.dims.iter().enumerate() {
+            let slot = &mut dims[pad + i];
+            *slot = match (&*slot, d) {
+                (a, b) if a == b => a.clone(),
+                (Dim::Fixed(1), b) => b.clone(),
+                (a, Dim::Fixed(1)) => a.clone(),
+                _ => {
+                    let shapes: Vec<String> = inputs.iter().map(|t| t.to_string()).collect();
+                    return Err(IrError::ty(
+                        op,
+                        format!("cannot broadcast {}", shapes.join(" with ")),
+                    ));
+                }
+            };
+        }
+    }
+    Ok(TensorType { dtype, dims })
+}
+
+fn matmul(name: &'static str, a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> R {
+    if a.dtype != b.dtype {
+        return Err(IrError::ty(
+            name,
+            format!("mixed element types {} and {}", a.dtype, b.dtype),
+        ));
+    }
+    let (mut sa, mut sb) = (shape(name, a)?, shape(name, b)?);
+    if sa.is_empty() || sb.is_empty() {
+        return Err(IrError::ty(name, "operands must have rank ≥ 1"));
+    }
+    let (a_vec, b_vec) = (sa.len() == 1, sb.len() == 1);
+    if a_vec {
+        sa.insert(0, 1);
+    }
+    if b_vec {
+        sb.push(1);
+    }
+    let (ra, rb) = (sa.len(), sb.len());
+    if ta {
+        sa.swap(ra - 1, ra - 2);
+    }
+    if tb {
+        sb.swap(rb - 1, rb - 2);
+    }
+    if sa[ra - 1] != sb[rb - 2] {
+        return Err(IrError::ty(
+            name,
+            format!("inner dimensions differ: {a} × {b}"),
+        ));
+    }
+    let batch = crate::broadcast_shapes(&sa[..ra - 2], &sb[..rb - 2]).ok_or_else(|| {
+        IrError::ty(
+            name,
+            format!("batch dimensions of {a} and {b} do not broadcast"),
+        )
+    })?;
+    let mut out = batch;
+    if !a_vec {
+        out.push(sa[ra - 2]);
+    }
+    if !b_vec {
+        out.push(sb[rb - 1]);
+    }
+    Ok(TensorType::fixed(a.dtype, &out))
+}
+
+fn reduce(name: &'static str, x: &TensorType, axes: &[usize], keep: bool, dtype: DType) -> R {
+    for &a in axes {
+        check_axis(name, a, x.rank())?;
+    }
+    let dims = x
+        .dims
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match (axes.contains(&i), keep) {
+            (false, _) => Some(d.clone()),
+            (true, true) => Some(Dim::Fixed(1)),
+            (true, false) => None,
+        })
+        .collect();
+    Ok(TensorType { dtype, dims })
+}
+
+/// Output extent of a sliding window along each spatial axis.
+fn window_dims(
+    name: &'static str,
+    input: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    pads: &[usize],
+    dilations: &[usize],
+    sp: usize,
+) -> Result<Vec<usize>, IrError> {
+    if kernel.len() != sp || strides.len() != sp || dilations.len() != sp || pads.len() != 2 * sp {
+        return Err(IrError::ty(
+            name,
+            format!("attributes must cover {sp} spatial axes"),
+        ));
+    }
+    (0..sp)
+        .map(|i| {
+            let span = dilations[i] * (kernel[i].max(1) - 1) + 1;
+            let padded = input[i] + pads[i] + pads[i + sp];
+            if padded < span || strides[i] == 0 {
+                return Err(IrError::ty(
+                    name,
+                    format!("window {span} larger than padded axis {padded}"),
+                ));
+            }
+            Ok((padded - span) / strides[i] + 1)
+        })
+        .collect()
+}

@@ -1,0 +1,387 @@
+//! The closed operator set of the IR.
+//!
+//! Every ONNX graph m4c accepts is lowered onto these operators and nothing
+//! else. The set is chosen to match the three units of an NPU: a matrix unit
+//! (MatMul, Conv), a vector unit (elementwise, reductions, the composite
+//! Softmax / Norm / Gelu that accelerators run as one LUT- or SFU-assisted
+//! pass, pooling) and data movement (reshape, transpose, slice, concat,
+//! gather, expand, pad, resize: all DMA address patterns). `docs/IR.md` says
+//! why each one is in.
+
+use crate::DType;
+
+/// Attributes of a 2-D (or N-D) convolution. Inputs: `x [N,C,spatial..]`,
+/// `w [M, C/group, kernel..]`, optional `bias [M]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvAttrs {
+    pub strides: Vec<usize>,
+    /// Begin pads for every spatial axis, then end pads (ONNX order).
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+}
+
+/// Attributes shared by the pooling operators. Ceil-mode rounding is
+/// expressed by the frontend as extra end padding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolAttrs {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// Begin pads for every spatial axis, then end pads.
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+}
+
+/// Which statistic [`Op::Norm`] removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * scale + bias`.
+    Layer,
+    /// `x / sqrt(mean(x²) + eps) * scale`.
+    Rms,
+}
+
+/// How [`Op::Pad`] fills the border.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PadMode {
+    Constant(f64),
+    Reflect,
+    Edge,
+}
+
+/// Interpolation of [`Op::Resize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Nearest neighbour with the given rounding of the source coordinate.
+    Nearest(NearestRounding),
+    /// N-linear interpolation over the resized axes.
+    Linear,
+}
+
+/// Rounding of [`ResizeMode::Nearest`] (ONNX `nearest_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NearestRounding {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// Mapping from output to input coordinates of [`Op::Resize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordMode {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+}
+
+/// Static description of one axis of [`Op::Slice`]: `len` elements starting
+/// at `start`, `step` apart (negative steps walk backwards).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceAxis {
+    pub start: usize,
+    pub step: i64,
+    pub len: usize,
+}
+
+/// One IR operation with its attributes. Every operation has one result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Batched matrix product with numpy broadcasting of the batch axes;
+    /// `trans_a`/`trans_b` transpose the last two axes of an operand.
+    MatMul {
+        trans_a: bool,
+        trans_b: bool,
+    },
+    /// Grouped convolution (`group == C` is depthwise).
+    Conv(ConvAttrs),
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Elementwise `a == b` → bool.
+    Equal,
+    /// Elementwise `a < b` → bool.
+    Less,
+    /// `cond ? a : b`, broadcasting all three.
+    Where,
+    Exp,
+    Log,
+    Sqrt,
+    Erf,
+    Tanh,
+    Sigmoid,
+    Sin,
+    Cos,
+    Floor,
+    /// Element type conversion (float→int truncates toward zero).
+    Cast {
+        to: DType,
+    },
+    /// Softmax over one axis.
+    Softmax {
+        axis: usize,
+    },
+    /// LayerNorm / RMSNorm over the trailing axes starting at `axis`.
+    /// Inputs: `x`, `scale`, and `bias` for [`NormKind::Layer`] when present.
+    Norm {
+        kind: NormKind,
+        axis: usize,
+        epsilon: f32,
+    },
+    /// GELU, exact (erf) or the tanh approximation.
+    Gelu {
+        tanh_approx: bool,
+    },
+    ReduceSum {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    ReduceMax {
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    /// Index of the maximum along `axis` (ties: first, or last when
+    /// `select_last`), as i64.
+    ArgMax {
+        axis: usize,
+        keep_dims: bool,
+        select_last: bool,
+    },
+    MaxPool(PoolAttrs),
+    AvgPool {
+        pool: PoolAttrs,
+        count_include_pad: bool,
+    },
+    /// Same elements, new static shape.
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// Strided window on every axis.
+    Slice {
+        axes: Vec<SliceAxis>,
+    },
+    Concat {
+        axis: usize,
+    },
+    /// `data.take(indices, axis)`; negative indices count from the end.
+    Gather {
+        axis: usize,
+    },
+    /// Broadcast to a static shape.
+    Expand {
+        shape: Vec<usize>,
+    },
+    /// Pads (begin per axis, then end per axis).
+    Pad {
+        pads: Vec<usize>,
+        mode: PadMode,
+    },
+    /// Resize to a static shape; `scales` keep the exact ONNX coordinate
+    /// mapping (they may differ from `out/in`).
+    Resize {
+        mode: ResizeMode,
+        coord: CoordMode,
+        scales: Vec<f32>,
+        sizes: Vec<usize>,
+    },
+}
+
+/// The hardware unit an operator maps to on an NPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unit {
+    Matrix,
+    Vector,
+    DataMovement,
+}
+
+macro_rules! op_kinds {
+    ($($kind:ident => $name:literal, $unit:ident, $arity:expr;)*) => {
+        /// The operator of an [`Op`] without its attributes: the closed set.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OpKind { $($kind),* }
+
+        impl OpKind {
+            /// Every operator of the IR. Its length is the size of the set.
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind),*];
+
+            /// The name used in the textual IR and in reports.
+            pub fn name(self) -> &'static str {
+                match self { $(OpKind::$kind => $name),* }
+            }
+
+            /// The NPU unit that executes it.
+            pub fn unit(self) -> Unit {
+                match self { $(OpKind::$kind => Unit::$unit),* }
+            }
+
+            /// Accepted input counts (inclusive range).
+            pub fn arity(self) -> (usize, usize) {
+                match self { $(OpKind::$kind => $arity),* }
+            }
+
+            /// Looks an operator up by its textual name.
+            pub fn from_name(name: &str) -> Option<OpKind> {
+                OpKind::ALL.iter().copied().find(|k| k.name() == name)
+            }
+        }
+    };
+}
+
+op_kinds! {
+    MatMul => "MatMul", Matrix, (2, 2);
+    Conv => "Conv", Matrix, (2, 3);
+    Add => "Add", Vector, (2, 2);
+    Sub => "Sub", Vector, (2, 2);
+    Mul => "Mul", Vector, (2, 2);
+    Div => "Div", Vector, (2, 2);
+    Pow => "Pow", Vector, (2, 2);
+    Max => "Max", Vector, (2, 2);
+    Min => "Min", Vector, (2, 2);
+    Equal => "Equal", Vector, (2, 2);
+    Less => "Less", Vector, (2, 2);
+    Where => "Where", Vector, (3, 3);
+    Exp => "Exp", Vector, (1, 1);
+    Log => "Log", Vector, (1, 1);
+    Sqrt => "Sqrt", Vector, (1, 1);
+    Erf => "Erf", Vector, (1, 1);
+    Tanh => "Tanh", Vector, (1, 1);
+    Sigmoid => "Sigmoid", Vector, (1, 1);
+    Sin => "Sin", Vector, (1, 1);
+    Cos => "Cos", Vector, (1, 1);
+    Floor => "Floor", Vector, (1, 1);
+    Cast => "Cast", Vector, (1, 1);
+    Softmax => "Softmax", Vector, (1, 1);
+    Norm => "Norm", Vector, (2, 3);
+    Gelu => "Gelu", Vector, (1, 1);
+    ReduceSum => "ReduceSum", Vector, (1, 1);
+    ReduceMax => "ReduceMax", Vector, (1, 1);
+    ArgMax => "ArgMax", Vector, (1, 1);
+    MaxPool => "MaxPool", Vector, (1, 1);
+    AvgPool => "AvgPool", Vector, (1, 1);
+    Reshape => "Reshape", DataMovement, (1, 1);
+    Transpose => "Transpose", DataMovement, (1, 1);
+    Slice => "Slice", DataMovement, (1, 1);
+    Concat => "Concat", DataMovement, (1, usize::MAX);
+    Gather => "Gather", DataMovement, (2, 2);
+    Expand => "Expand", DataMovement, (1, 1);
+    Pad => "Pad", DataMovement, (1, 1);
+    Resize => "Resize", DataMovement, (1, 1);
+}
+
+impl OpKind {
+    /// True for the composite operators, which have a declared
+    /// decomposition into simpler IR operators (see `decompose`).
+    pub fn is_composite(self) -> bool {
+        matches!(self, OpKind::Softmax | OpKind::Norm | OpKind::Gelu)
+    }
+
+    /// True for the elementwise operators with numpy broadcasting.
+    pub fn is_elementwise(self) -> bool {
+        matches!(
+            self,
+            OpKind::Add
+                | OpKind::Sub
+                | OpKind::Mul
+                | OpKind::Div
+                | OpKind::Pow
+                | OpKind::Max
+                | OpKind::Min
+                | OpKind::Equal
+                | OpKind::Less
+                | OpKind::Where
+                | OpKind::Exp
+                | OpKind::Log
+                | OpKind::Sqrt
+                | OpKind::Erf
+                | OpKind::Tanh
+                | OpKind::Sigmoid
+                | OpKind::Sin
+                | OpKind::Cos
+                | OpKind::Floor
+                | OpKind::Cast
+                | OpKind::Gelu
+        )
+    }
+}
+
+impl Op {
+    /// The operator without attributes.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::MatMul { .. } => OpKind::MatMul,
+            Op::Conv(_) => OpKind::Conv,
+            Op::Add => OpKind::Add,
+            Op::Sub => OpKind::Sub,
+            Op::Mul => OpKind::Mul,
+            Op::Div => OpKind::Div,
+            Op::Pow => OpKind::Pow,
+            Op::Max => OpKind::Max,
+            Op::Min => OpKind::Min,
+            Op::Equal => OpKind::Equal,
+            Op::Less => OpKind::Less,
+            Op::Where => OpKind::Where,
+            Op::Exp => OpKind::Exp,
+            Op::Log => OpKind::Log,
+            Op::Sqrt => OpKind::Sqrt,
+            Op::Erf => OpKind::Erf,
+            Op::Tanh => OpKind::Tanh,
+            Op::Sigmoid => OpKind::Sigmoid,
+            Op::Sin => OpKind::Sin,
+            Op::Cos => OpKind::Cos,
+            Op::Floor => OpKind::Floor,
+            Op::Cast { .. } => OpKind::Cast,
+            Op::Softmax { .. } => OpKind::Softmax,
+            Op::Norm { .. } => OpKind::Norm,
+            Op::Gelu { .. } => OpKind::Gelu,
+            Op::ReduceSum { .. } => OpKind::ReduceSum,
+            Op::ReduceMax { .. } => OpKind::ReduceMax,
+            Op::ArgMax { .. } => OpKind::ArgMax,
+            Op::MaxPool(_) => OpKind::MaxPool,
+            Op::AvgPool { .. } => OpKind::AvgPool,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Transpose { .. } => OpKind::Transpose,
+            Op::Slice { .. } => OpKind::Slice,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Gather { .. } => OpKind::Gather,
+            Op::Expand { .. } => OpKind::Expand,
+            Op::Pad { .. } => OpKind::Pad,
+            Op::Resize { .. } => OpKind::Resize,
+        }
+    }
+
+    /// The operator's textual name.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paper's claim is that 39 operator types suffice for M4; the IR
+    /// must stay within that budget.
+    #[test]
+    fn operator_set_fits_the_budget() {
+        assert!(OpKind::ALL.len() <= 39, "{} ops", OpKind::ALL.len());
+    }
+
+    #[test]
+    fn names_are_unique_and_resolve() {
+        for &k in OpKind::ALL {
+            assert_eq!(OpKind::from_name(k.name()), Some(k));
+        }
+        let mut names: Vec<_> = OpKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), OpKind::ALL.len());
+    }
+}
