@@ -1,1 +1,23 @@
-//! placeholder
+//! m4c CPU backend, device side.
+//!
+//! Everything the on-device runtime needs to run code that
+//! `m4c-cpu-codegen` compiled ahead of time, and nothing that needs LLVM:
+//! the artifact manifest, the packed-weight layout, a 64-byte aligned
+//! buffer, the shared-library loader and a small thread pool that splits a
+//! GEMM's column panels over the cores.
+
+mod aligned;
+mod error;
+mod gemm;
+mod layout;
+mod library;
+mod manifest;
+mod pool;
+
+pub use aligned::AlignedBuffer;
+pub use error::DeviceError;
+pub use gemm::{GemmEntry, GemmFn};
+pub use layout::PackedPanels;
+pub use library::{GemmKernel, KernelLibrary};
+pub use manifest::{GemmManifest, Manifest, MANIFEST_FILE};
+pub use pool::ThreadPool;

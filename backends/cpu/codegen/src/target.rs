@@ -1,0 +1,306 @@
+//! Code-generation targets: what `--target`/`--cpu` mean, which LLVM triple,
+//! CPU and features they become, and the register-file facts the kernels'
+//! tile sizes are derived from.
+
+use crate::CodegenError;
+
+/// The vector instruction set the kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512 F/BW/DQ/VL: 32 × 512-bit registers.
+    Avx512,
+    /// x86-64 with AVX2 + FMA: 16 × 256-bit registers.
+    Avx2,
+    /// AArch64 Advanced SIMD: 32 × 128-bit registers.
+    Neon,
+}
+
+impl Isa {
+    /// f32 lanes in one vector register.
+    pub fn f32_lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+            Isa::Neon => 4,
+        }
+    }
+
+    /// Architectural vector registers.
+    pub fn vector_registers(self) -> usize {
+        match self {
+            Isa::Avx512 | Isa::Neon => 32,
+            Isa::Avx2 => 16,
+        }
+    }
+
+    fn arch(self) -> Arch {
+        match self {
+            Isa::Avx512 | Isa::Avx2 => Arch::X86_64,
+            Isa::Neon => Arch::Aarch64,
+        }
+    }
+
+    fn features(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx2,+fma,+f16c,+bmi2",
+            Isa::Avx2 => "+avx2,+fma,+f16c,+bmi2",
+            Isa::Neon => "+neon,+fp-armv8",
+        }
+    }
+
+    fn default_cpu(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "x86-64-v4",
+            Isa::Avx2 => "x86-64-v3",
+            Isa::Neon => "generic",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "x86_64-avx512",
+            Isa::Avx2 => "x86_64-avx2",
+            Isa::Neon => "aarch64",
+        }
+    }
+}
+
+/// The instruction-set architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// 64-bit x86.
+    X86_64,
+    /// 64-bit Arm.
+    Aarch64,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    fn triple(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+            Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// CPU names handed to LLVM's `-mcpu`. LLVM aborts the process on a
+    /// name it does not know, so only these (all known to LLVM 19) pass.
+    fn known_cpus(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &[
+                "x86-64",
+                "x86-64-v2",
+                "x86-64-v3",
+                "x86-64-v4",
+                "haswell",
+                "broadwell",
+                "skylake",
+                "skylake-avx512",
+                "cascadelake",
+                "cooperlake",
+                "icelake-client",
+                "icelake-server",
+                "tigerlake",
+                "sapphirerapids",
+                "alderlake",
+                "raptorlake",
+                "meteorlake",
+                "emeraldrapids",
+                "graniterapids",
+                "znver1",
+                "znver2",
+                "znver3",
+                "znver4",
+                "znver5",
+            ],
+            Arch::Aarch64 => &[
+                "generic",
+                "cortex-a53",
+                "cortex-a55",
+                "cortex-a72",
+                "cortex-a76",
+                "cortex-a78",
+                "cortex-x1",
+                "neoverse-n1",
+                "neoverse-n2",
+                "neoverse-v1",
+                "neoverse-v2",
+                "apple-m1",
+                "apple-m2",
+                "apple-m3",
+            ],
+        }
+    }
+}
+
+/// A fully resolved code-generation target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The vector ISA kernels are written for.
+    pub isa: Isa,
+    /// The LLVM CPU name (scheduling model), validated.
+    pub cpu: String,
+}
+
+impl Target {
+    /// Resolves `--target` (`host`, `x86_64`, `x86_64-avx512`, `x86_64-avx2`,
+    /// `aarch64`; `None` means `host`) and an optional `--cpu`.
+    ///
+    /// `host` and plain `x86_64` on an x86-64 host pick the widest vector ISA
+    /// the host supports and the host's CPU name when LLVM knows it.
+    pub fn parse(target: Option<&str>, cpu: Option<&str>) -> Result<Self, CodegenError> {
+        let name = target.unwrap_or("host");
+        let (isa, detected_cpu) = match name {
+            "host" => host_isa_and_cpu()?,
+            "x86_64" if cfg!(target_arch = "x86_64") => host_isa_and_cpu()?,
+            "x86_64" | "x86_64-avx2" => (Isa::Avx2, None),
+            "x86_64-avx512" => (Isa::Avx512, None),
+            "aarch64" => (Isa::Neon, None),
+            other => return Err(CodegenError::UnknownTarget(other.to_string())),
+        };
+        let cpu = match cpu {
+            Some(cpu) => validate_cpu(isa.arch(), cpu)?,
+            None => detected_cpu.unwrap_or_else(|| isa.default_cpu().to_string()),
+        };
+        Ok(Self { isa, cpu })
+    }
+
+    /// The target's canonical name, as `--target` spells it.
+    pub fn name(&self) -> &'static str {
+        self.isa.name()
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.isa.arch()
+    }
+
+    /// The LLVM target triple.
+    pub fn triple(&self) -> &'static str {
+        self.arch().triple()
+    }
+
+    /// The LLVM feature string.
+    pub fn features(&self) -> &'static str {
+        self.isa.features()
+    }
+
+    /// Whether code for this target can run on this machine; an error says
+    /// why not.
+    pub fn check_runs_on_host(&self) -> Result<(), CodegenError> {
+        let not_runnable = |reason: &str| CodegenError::NotRunnable {
+            target: self.name().to_string(),
+            reason: reason.to_string(),
+        };
+        if !cfg!(target_arch = "x86_64") || self.arch() != Arch::X86_64 {
+            return Err(not_runnable("the host is not the target architecture"));
+        }
+        match host_isa_and_cpu()?.0 {
+            Isa::Avx2 if self.isa == Isa::Avx512 => Err(not_runnable("the host lacks AVX-512")),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn validate_cpu(arch: Arch, cpu: &str) -> Result<String, CodegenError> {
+    if arch.known_cpus().contains(&cpu) {
+        Ok(cpu.to_string())
+    } else {
+        Err(CodegenError::UnknownCpu {
+            cpu: cpu.to_string(),
+            arch: arch.name(),
+            known: arch.known_cpus().join(", "),
+        })
+    }
+}
+
+/// The host's best ISA and, when LLVM's name for the host CPU is one we
+/// know, that name.
+fn host_isa_and_cpu() -> Result<(Isa, Option<String>), CodegenError> {
+    let isa = host_isa().ok_or_else(|| CodegenError::NotRunnable {
+        target: "host".into(),
+        reason: "the host has neither AVX-512 nor AVX2+FMA".into(),
+    })?;
+    let host_cpu = inkwell::targets::TargetMachine::get_host_cpu_name().to_string();
+    let cpu = validate_cpu(isa.arch(), &host_cpu).ok();
+    Ok((isa, cpu))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_isa() -> Option<Isa> {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        Some(Isa::Avx512)
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn host_isa() -> Option<Isa> {
+    Some(Isa::Neon)
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn host_isa() -> Option<Isa> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_targets_resolve_to_their_isa_and_default_cpu() {
+        let t = Target::parse(Some("x86_64-avx512"), None).unwrap();
+        assert_eq!((t.isa, t.cpu.as_str()), (Isa::Avx512, "x86-64-v4"));
+        let t = Target::parse(Some("x86_64-avx2"), Some("znver3")).unwrap();
+        assert_eq!((t.isa, t.cpu.as_str()), (Isa::Avx2, "znver3"));
+        let t = Target::parse(Some("aarch64"), Some("neoverse-n1")).unwrap();
+        assert_eq!(
+            (t.isa, t.triple()),
+            (Isa::Neon, "aarch64-unknown-linux-gnu")
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_errors_not_aborts() {
+        let err = Target::parse(Some("riscv64"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("unknown target `riscv64`"), "{err}");
+        let err = Target::parse(Some("x86_64-avx2"), Some("znver99"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("unknown CPU `znver99` for x86_64"), "{err}");
+        let err = Target::parse(Some("aarch64"), Some("znver4"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("unknown CPU `znver4` for aarch64"), "{err}");
+    }
+
+    #[test]
+    fn cross_targets_do_not_run_here() {
+        let t = Target::parse(Some("aarch64"), None).unwrap();
+        assert!(t.check_runs_on_host().is_err());
+    }
+
+    #[test]
+    fn host_target_runs_on_host() {
+        let t = Target::parse(None, None).unwrap();
+        t.check_runs_on_host().unwrap();
+    }
+}

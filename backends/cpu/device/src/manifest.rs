@@ -1,0 +1,97 @@
+//! The manifest that travels with a compiled kernel library.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PackedPanels;
+
+/// The manifest's file name inside an artifact directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Describes an artifact directory: which shared library and weight file it
+/// holds and every kernel in them, so the device side can call the kernels
+/// without knowing how they were generated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The `--target` the code was generated for (e.g. `x86_64-avx512`).
+    pub target: String,
+    /// The LLVM CPU name the code was tuned for.
+    pub cpu: String,
+    /// File name of the object file, relative to the artifact directory.
+    pub object: String,
+    /// File name of the shared library, if one was linked (host targets).
+    pub library: Option<String>,
+    /// File name of the packed weights (little-endian f32), relative to the
+    /// artifact directory.
+    pub weights: String,
+    /// The GEMM kernels.
+    pub gemms: Vec<GemmManifest>,
+}
+
+/// One compiled GEMM `C[m×n] = A[m×k] · B[k×n] (+ C)`, all row-major, with B
+/// packed at compile time.
+///
+/// Its symbol has the C signature
+/// `void f(const float *a, const float *packed_b, float *c,
+///         int64_t panel_begin, int64_t panel_end, float *scratch)`
+/// and computes the columns of the B panels `panel_begin..panel_end`, so
+/// disjoint panel ranges can run on different threads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GemmManifest {
+    /// The exported function name.
+    pub symbol: String,
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// Whether the kernel adds to C (`C += A·B`) instead of overwriting it.
+    pub accumulate: bool,
+    /// How B is packed.
+    pub packed_b: PackedPanels,
+    /// Where the packed B starts in the weight file, in floats.
+    pub weights_offset: usize,
+    /// Floats of scratch space each concurrent call needs (packed A block).
+    pub scratch_floats: usize,
+    /// Rows of the register-blocked micro-kernel tile (MR).
+    pub tile_rows: usize,
+    /// Reduction-dimension block size (KC).
+    pub k_block: usize,
+    /// Row block size (MC).
+    pub m_block: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json() {
+        let manifest = Manifest {
+            target: "x86_64-avx512".into(),
+            cpu: "znver4".into(),
+            object: "kernels.o".into(),
+            library: Some("libkernels.so".into()),
+            weights: "weights.bin".into(),
+            gemms: vec![GemmManifest {
+                symbol: "gemm".into(),
+                m: 3,
+                k: 4,
+                n: 5,
+                accumulate: false,
+                packed_b: PackedPanels {
+                    k: 4,
+                    n: 5,
+                    panel_width: 32,
+                },
+                weights_offset: 0,
+                scratch_floats: 64,
+                tile_rows: 14,
+                k_block: 256,
+                m_block: 112,
+            }],
+        };
+        let json = serde_json::to_string(&manifest).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);
+    }
+}
