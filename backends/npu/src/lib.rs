@@ -1,1 +1,12 @@
-//! placeholder
+//! m4c's simulated NPU: a machine description, a 128-bit ISA with an
+//! assembler and disassembler, a validating decoder, a bit-exact functional
+//! and cycle-level simulator, and int8 kernel generators.
+//!
+//! The crate has no LLVM or other m4c dependency so that the on-device
+//! runtime can host the simulator.
+
+pub mod asm;
+pub mod config;
+pub mod disasm;
+pub mod isa;
+pub mod program;

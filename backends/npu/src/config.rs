@@ -1,0 +1,316 @@
+//! The machine description: array shape and dataflow, memories, engines,
+//! clock and energy per action. Loaded from TOML or JSON, or a preset.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How the systolic array maps a GEMM (SCALE-Sim's terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataflow {
+    /// Output-stationary: M on rows, N on columns, K streams through.
+    Os,
+    /// Weight-stationary: K on rows, N on columns, M streams through.
+    Ws,
+}
+
+impl std::str::FromStr for Dataflow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "os" => Ok(Dataflow::Os),
+            "ws" => Ok(Dataflow::Ws),
+            _ => Err(format!("unknown dataflow `{s}` (expected `os` or `ws`)")),
+        }
+    }
+}
+
+/// One DMA engine's throughput and fixed latency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmaConfig {
+    /// Sustained DRAM bytes per cycle.
+    pub bytes_per_cycle: u32,
+    /// Cycles from issue to the first byte (DRAM latency + descriptor setup).
+    pub latency_cycles: u32,
+}
+
+/// Energy per action in picojoules (Horowitz/Accelergy-style table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnergyTable {
+    /// One int8 multiply-accumulate in the array.
+    pub mac_pj: f64,
+    /// Reading one byte of weight/activation SRAM.
+    pub sram_read_pj_per_byte: f64,
+    /// Writing one byte of weight/activation SRAM.
+    pub sram_write_pj_per_byte: f64,
+    /// Reading or writing one byte of the accumulator.
+    pub acc_pj_per_byte: f64,
+    /// Moving one byte to or from DRAM.
+    pub dram_pj_per_byte: f64,
+    /// One vector-lane operation (requantise, copy, lookup of one element).
+    pub vector_op_pj: f64,
+}
+
+/// A complete machine description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// A name for reports.
+    pub name: String,
+    /// Systolic array rows.
+    pub array_rows: u32,
+    /// Systolic array columns.
+    pub array_cols: u32,
+    /// The array's dataflow.
+    pub dataflow: Dataflow,
+    /// Weight SRAM size in bytes.
+    pub weight_sram_bytes: u32,
+    /// Activation SRAM size in bytes.
+    pub act_sram_bytes: u32,
+    /// SRAM banks (informational for now: the timing model assumes no bank conflicts).
+    pub sram_banks: u32,
+    /// Accumulator size in bytes (int32 entries).
+    pub acc_bytes: u32,
+    /// Vector unit lanes (elements per cycle).
+    pub vector_lanes: u32,
+    /// Vector unit pipeline latency in cycles.
+    pub vector_latency_cycles: u32,
+    /// LUT entries of the lookup unit (the ISA's `vlut` uses 256).
+    pub lut_entries: u32,
+    /// DMA-in engine.
+    pub dma_in: DmaConfig,
+    /// DMA-out engine.
+    pub dma_out: DmaConfig,
+    /// Clock in MHz (converts cycles to time).
+    pub clock_mhz: f64,
+    /// Energy per action.
+    pub energy: EnergyTable,
+}
+
+/// Why a machine description could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid description.
+    #[error("bad config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A parameter is out of its meaningful range.
+    #[error("bad config {name}: {message}")]
+    Invalid {
+        /// The config's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No preset has this name.
+    #[error("unknown preset `{0}` (presets: edge-small, phone-flagship)")]
+    UnknownPreset(String),
+}
+
+const EDGE_ENERGY: EnergyTable = EnergyTable {
+    mac_pj: 0.2,
+    sram_read_pj_per_byte: 1.2,
+    sram_write_pj_per_byte: 1.4,
+    acc_pj_per_byte: 0.6,
+    dram_pj_per_byte: 80.0,
+    vector_op_pj: 0.4,
+};
+
+impl MachineConfig {
+    /// `edge-small`: 32x32 int8 WS array, 256 KiB weight + 256 KiB activation
+    /// SRAM, 64 KiB accumulator, 32 B/cycle DMA.
+    pub fn edge_small() -> MachineConfig {
+        MachineConfig {
+            name: "edge-small".into(),
+            array_rows: 32,
+            array_cols: 32,
+            dataflow: Dataflow::Ws,
+            weight_sram_bytes: 256 << 10,
+            act_sram_bytes: 256 << 10,
+            sram_banks: 8,
+            acc_bytes: 64 << 10,
+            vector_lanes: 16,
+            vector_latency_cycles: 4,
+            lut_entries: 256,
+            dma_in: DmaConfig {
+                bytes_per_cycle: 32,
+                latency_cycles: 100,
+            },
+            dma_out: DmaConfig {
+                bytes_per_cycle: 32,
+                latency_cycles: 100,
+            },
+            clock_mhz: 800.0,
+            energy: EDGE_ENERGY,
+        }
+    }
+
+    /// `phone-flagship`: 128x128 WS array, 4 MiB weight + 4 MiB activation
+    /// SRAM, 1 MiB accumulator, LPDDR5-class 64 B/cycle at 1 GHz.
+    pub fn phone_flagship() -> MachineConfig {
+        MachineConfig {
+            name: "phone-flagship".into(),
+            array_rows: 128,
+            array_cols: 128,
+            dataflow: Dataflow::Ws,
+            weight_sram_bytes: 4 << 20,
+            act_sram_bytes: 4 << 20,
+            sram_banks: 16,
+            acc_bytes: 1 << 20,
+            vector_lanes: 64,
+            vector_latency_cycles: 4,
+            lut_entries: 256,
+            dma_in: DmaConfig {
+                bytes_per_cycle: 64,
+                latency_cycles: 150,
+            },
+            dma_out: DmaConfig {
+                bytes_per_cycle: 64,
+                latency_cycles: 150,
+            },
+            clock_mhz: 1000.0,
+            energy: EnergyTable {
+                mac_pj: 0.15,
+                dram_pj_per_byte: 60.0,
+                ..EDGE_ENERGY
+            },
+        }
+    }
+
+    /// A SCALE-Sim-like machine: an `rows` x `cols` array with the large
+    /// SRAMs of the validation configs (6 MiB ifmap and filter, 2 MiB ofmap
+    /// used as accumulator), so that single layers run unsplit.
+    pub fn scalesim_like(rows: u32, cols: u32, dataflow: Dataflow) -> MachineConfig {
+        MachineConfig {
+            name: format!(
+                "array-{rows}x{cols}-{}",
+                if dataflow == Dataflow::Os { "os" } else { "ws" }
+            ),
+            array_rows: rows,
+            array_cols: cols,
+            dataflow,
+            weight_sram_bytes: 6 << 20,
+            act_sram_bytes: 6 << 20,
+            acc_bytes: 2 << 20,
+            ..MachineConfig::edge_small()
+        }
+    }
+
+    /// The preset named `name`.
+    pub fn preset(name: &str) -> Result<MachineConfig, ConfigError> {
+        match name {
+            "edge-small" => Ok(MachineConfig::edge_small()),
+            "phone-flagship" => Ok(MachineConfig::phone_flagship()),
+            _ => Err(ConfigError::UnknownPreset(name.into())),
+        }
+    }
+
+    /// A preset name, or a `.toml` / `.json` file.
+    pub fn load(spec: &str) -> Result<MachineConfig, ConfigError> {
+        let path = Path::new(spec);
+        let is_file = spec.ends_with(".toml") || spec.ends_with(".json") || path.exists();
+        if !is_file {
+            return MachineConfig::preset(spec);
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: spec.into(),
+            source,
+        })?;
+        let parse_err = |message: String| ConfigError::Parse {
+            path: spec.into(),
+            message,
+        };
+        let config: MachineConfig = if spec.ends_with(".json") {
+            serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))?
+        } else {
+            toml::from_str(&text).map_err(|e| parse_err(e.to_string().trim().replace('\n', " ")))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every size and rate is usable by the simulator.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: &str| {
+            Err(ConfigError::Invalid {
+                name: self.name.clone(),
+                message: message.into(),
+            })
+        };
+        if !(1..=4096).contains(&self.array_rows) || !(1..=4096).contains(&self.array_cols) {
+            return bad("array_rows and array_cols must be in 1..=4096");
+        }
+        if self.weight_sram_bytes > 1 << 24 || self.act_sram_bytes > 1 << 24 {
+            return bad("SRAMs are addressed with 24 bits: at most 16 MiB each");
+        }
+        if self.acc_bytes > 1 << 22 || self.acc_bytes % 4 != 0 {
+            return bad(
+                "acc_bytes must be a multiple of 4 and at most 4 MiB (20-bit int32 addresses)",
+            );
+        }
+        if self.vector_lanes == 0
+            || self.dma_in.bytes_per_cycle == 0
+            || self.dma_out.bytes_per_cycle == 0
+        {
+            return bad("vector_lanes and DMA bytes_per_cycle must be positive");
+        }
+        if self.lut_entries != 256 {
+            return bad("lut_entries must be 256 (int8 lookup tables)");
+        }
+        if !(self.clock_mhz > 0.0) {
+            return bad("clock_mhz must be positive");
+        }
+        Ok(())
+    }
+
+    /// Accumulator capacity in int32 entries.
+    pub fn acc_entries(&self) -> usize {
+        self.acc_bytes as usize / 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_round_trip_through_toml_and_json() {
+        for preset in [MachineConfig::edge_small(), MachineConfig::phone_flagship()] {
+            preset.validate().unwrap();
+            let toml_text = toml::to_string(&preset).unwrap();
+            assert_eq!(toml::from_str::<MachineConfig>(&toml_text).unwrap(), preset);
+            let json = serde_json::to_string(&preset).unwrap();
+            assert_eq!(
+                serde_json::from_str::<MachineConfig>(&json).unwrap(),
+                preset
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_preset_and_bad_values_are_errors() {
+        assert!(matches!(
+            MachineConfig::load("tiny"),
+            Err(ConfigError::UnknownPreset(_))
+        ));
+        let bad = MachineConfig {
+            array_rows: 0,
+            ..MachineConfig::edge_small()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! The disassembler: [`Program`] to the text the assembler reads back.
+
+use crate::isa::{Engine, FieldKind, Instr, Space};
+use crate::program::Program;
+use std::fmt::Write;
+
+const DATA_LINE_BYTES: usize = 32;
+
+/// Formats one instruction as `mnemonic field=value ...`.
+pub fn format_instr(instr: &Instr) -> String {
+    let spec = instr.spec();
+    let mut line = spec.mnemonic.to_string();
+    for (field, value) in spec.fields.iter().zip(instr.field_values()) {
+        let shown = match field.kind {
+            FieldKind::Engine => Engine::ALL[value as usize].name().to_string(),
+            FieldKind::Space => Space::from_code(value).map_or("?", Space::name).to_string(),
+            _ => value.to_string(),
+        };
+        let _ = write!(line, " {}={}", field.name, shown);
+    }
+    line
+}
+
+/// Disassembles a whole program: directives for the DRAM image, then one
+/// instruction per line with its index as a comment.
+pub fn disassemble(program: &Program) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, ".dram {}", program.dram_size);
+    for seg in &program.segments {
+        for (i, chunk) in seg.bytes.chunks(DATA_LINE_BYTES).enumerate() {
+            let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(
+                out,
+                ".data 0x{:x} {hex}",
+                seg.addr as usize + i * DATA_LINE_BYTES
+            );
+        }
+    }
+    for (index, instr) in program.instrs.iter().enumerate() {
+        let _ = writeln!(out, "{:<72} ; #{index}", format_instr(instr));
+    }
+    out
+}
