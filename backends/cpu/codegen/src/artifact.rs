@@ -1,0 +1,118 @@
+//! Writing an artifact directory: one object file with every kernel, the
+//! packed weights, a manifest, and (for targets this host can run) a shared
+//! library linked from the object with the system C compiler driver.
+
+use std::path::Path;
+use std::process::Command;
+
+use inkwell::context::Context;
+use m4c_cpu_device::{Manifest, MANIFEST_FILE};
+
+use crate::gemm::{emit_gemm, GemmSpec};
+use crate::{CodegenError, Machine, Target};
+
+const OBJECT_FILE: &str = "kernels.o";
+const LIBRARY_FILE: &str = "libm4c_kernels.so";
+const WEIGHTS_FILE: &str = "weights.bin";
+
+/// Packed weights start on cache-line boundaries (16 floats).
+const WEIGHT_ALIGN_FLOATS: usize = 16;
+
+/// Collects kernels and their weights, then compiles them into one
+/// artifact directory.
+pub struct ArtifactBuilder {
+    target: Target,
+    gemms: Vec<(GemmSpec, Vec<f32>)>,
+}
+
+impl ArtifactBuilder {
+    /// An empty artifact for `target`.
+    pub fn new(target: &Target) -> Self {
+        Self {
+            target: target.clone(),
+            gemms: Vec::new(),
+        }
+    }
+
+    /// Adds a GEMM whose B (row-major `k × n`) is `b`.
+    pub fn add_gemm(&mut self, spec: GemmSpec, b: &[f32]) -> Result<(), CodegenError> {
+        if self.gemms.iter().any(|(s, _)| s.symbol == spec.symbol) {
+            return Err(CodegenError::DuplicateSymbol(spec.symbol));
+        }
+        self.gemms.push((spec, b.to_vec()));
+        Ok(())
+    }
+
+    /// Compiles everything into `dir` (created if missing) and returns the
+    /// manifest written there.
+    pub fn write(&self, dir: &Path) -> Result<Manifest, CodegenError> {
+        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        let machine = Machine::new(&self.target)?;
+        let context = Context::create();
+        let module = machine.new_module(&context, "m4c_kernels");
+        let mut gemms = Vec::with_capacity(self.gemms.len());
+        let mut weights: Vec<f32> = Vec::new();
+        for (spec, b) in &self.gemms {
+            let mut manifest = emit_gemm(&context, &module, &self.target, spec)?;
+            let packed = manifest.packed_b.pack(b)?;
+            weights.resize(weights.len().next_multiple_of(WEIGHT_ALIGN_FLOATS), 0.0);
+            manifest.weights_offset = weights.len();
+            weights.extend_from_slice(packed.as_slice());
+            gemms.push(manifest);
+        }
+        machine.optimize(&module)?;
+        write_file(&dir.join(OBJECT_FILE), &machine.emit_object(&module)?)?;
+        let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+        write_file(&dir.join(WEIGHTS_FILE), &bytes)?;
+        let library = match self.target.check_runs_on_host() {
+            Ok(()) => {
+                link_shared_library(&dir.join(OBJECT_FILE), &dir.join(LIBRARY_FILE))?;
+                Some(LIBRARY_FILE.to_string())
+            }
+            Err(_) => None,
+        };
+        let manifest = Manifest {
+            target: self.target.name().to_string(),
+            cpu: self.target.cpu.clone(),
+            object: OBJECT_FILE.to_string(),
+            library,
+            weights: WEIGHTS_FILE.to_string(),
+            gemms,
+        };
+        let json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
+        write_file(&dir.join(MANIFEST_FILE), json.as_bytes())?;
+        Ok(manifest)
+    }
+}
+
+fn link_shared_library(object: &Path, library: &Path) -> Result<(), CodegenError> {
+    let link_error = |reason: String| CodegenError::Link {
+        path: library.to_path_buf(),
+        reason,
+    };
+    let output = Command::new("cc")
+        .arg("-shared")
+        .arg("-o")
+        .arg(library)
+        .arg(object)
+        .output()
+        .map_err(|e| link_error(format!("cannot run `cc`: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(link_error(
+            stderr.lines().next().unwrap_or("cc failed").to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CodegenError> {
+    std::fs::write(path, bytes).map_err(|source| io_error(path, source))
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> CodegenError {
+    CodegenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,85 @@
+//! Tile and cache-block sizes of a GEMM, derived from the target.
+
+use crate::{Isa, Target};
+
+/// Data cache sizes the blocking is tuned for (per core). Zen 4, Skylake-SP
+/// and Neoverse N1 all have at least these; larger caches only help.
+const L1_BYTES: usize = 32 * 1024;
+const L2_BYTES: usize = 1024 * 1024;
+
+/// How a GEMM is cut up for the target.
+///
+/// The micro-kernel keeps a `tile_rows × tile_cols` block of C in vector
+/// registers: `tile_rows × vectors` accumulators, plus `vectors` registers for
+/// the current row of B and one for the broadcast element of A, must fit the
+/// register file. A `k_block × tile_cols` slice of packed B stays in half of
+/// L1 while the micro-kernel sweeps a packed `m_block × k_block` block of A
+/// that stays in half of L2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    /// f32 lanes per vector register.
+    pub lanes: usize,
+    /// Vectors per micro-tile row (the tile is `vectors × lanes` wide).
+    pub vectors: usize,
+    /// Rows of the micro-tile (MR).
+    pub tile_rows: usize,
+    /// Reduction-dimension block (KC).
+    pub k_block: usize,
+    /// Row block (MC), a multiple of `tile_rows`.
+    pub m_block: usize,
+}
+
+impl GemmPlan {
+    /// The plan for `target`.
+    pub fn for_target(target: &Target) -> Self {
+        let lanes = target.isa.f32_lanes();
+        let vectors = match target.isa {
+            Isa::Avx512 | Isa::Avx2 => 2,
+            Isa::Neon => 3,
+        };
+        let tile_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
+        let tile_cols = vectors * lanes;
+        let k_block = (L1_BYTES / 2 / (tile_cols * 4)).next_multiple_of(8).max(8);
+        let m_block = (L2_BYTES / 2 / (k_block * 4)) / tile_rows * tile_rows;
+        Self {
+            lanes,
+            vectors,
+            tile_rows,
+            k_block,
+            m_block: m_block.max(tile_rows),
+        }
+    }
+
+    /// Columns of the micro-tile (NR), the packed-B panel width.
+    pub fn tile_cols(&self) -> usize {
+        self.vectors * self.lanes
+    }
+
+    /// Floats of packed-A scratch one call needs for an `m × k` GEMM.
+    pub fn scratch_floats(&self, m: usize, k: usize) -> usize {
+        m.min(self.m_block).next_multiple_of(self.tile_rows) * k.min(self.k_block)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(target: &str) -> GemmPlan {
+        GemmPlan::for_target(&Target::parse(Some(target), None).unwrap())
+    }
+
+    #[test]
+    fn tiles_fill_the_register_file() {
+        let p = plan("x86_64-avx512");
+        assert_eq!((p.tile_rows, p.tile_cols()), (14, 32));
+        let p = plan("x86_64-avx2");
+        assert_eq!((p.tile_rows, p.tile_cols()), (6, 16));
+        let p = plan("aarch64");
+        assert_eq!((p.tile_rows, p.tile_cols()), (9, 12));
+        for p in [plan("x86_64-avx512"), plan("x86_64-avx2"), plan("aarch64")] {
+            assert!(p.m_block % p.tile_rows == 0 && p.m_block > 0);
+            assert!(p.k_block * p.tile_cols() * 4 <= L1_BYTES / 2);
+        }
+    }
+}
