@@ -10,3 +10,7 @@ pub mod config;
 pub mod disasm;
 pub mod isa;
 pub mod program;
+pub mod quant;
+pub mod report;
+pub mod sim;
+pub mod kernels;

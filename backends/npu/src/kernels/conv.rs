@@ -1,0 +1,1 @@
+//! int8 conv2d (NHWC) placeholder until the loader lands.

@@ -1,0 +1,93 @@
+//! Tiled int8 GEMM: out[M x N] = requant(A[M x K] * W[K x N] + bias).
+
+use super::data::{i32_bytes, i8_bytes, SplitMix64};
+use super::pipeline::{emit, MatmulIo};
+use super::{KernelError, ProgramBuilder, TilePlan};
+use crate::config::MachineConfig;
+use crate::isa::Instr;
+use crate::program::Program;
+use crate::quant::Requant;
+
+/// Operands of one GEMM layer.
+#[derive(Clone, Debug)]
+pub struct GemmOperands {
+    /// Rows of A / output.
+    pub m: usize,
+    /// Reduction depth.
+    pub k: usize,
+    /// Output columns.
+    pub n: usize,
+    /// A, M x K row-major.
+    pub a: Vec<i8>,
+    /// W, K x N row-major.
+    pub w: Vec<i8>,
+    /// Per-column bias.
+    pub bias: Option<Vec<i32>>,
+    /// Output requantisation.
+    pub quant: Requant,
+}
+
+impl GemmOperands {
+    /// Random operands from `seed`, with a requantisation scale that keeps
+    /// outputs spread over the int8 range.
+    pub fn random(m: usize, k: usize, n: usize, seed: u64) -> GemmOperands {
+        let mut rng = SplitMix64::new(seed);
+        let scale = 1.0 / (128.0 * (k.max(1) as f64).sqrt());
+        let (multiplier, shift) = Requant::quantize_scale(scale).unwrap_or((1 << 30, -31));
+        GemmOperands {
+            m,
+            k,
+            n,
+            a: rng.i8s(m * k),
+            w: rng.i8s(k * n),
+            bias: Some(rng.i32s(n, 4096)),
+            quant: Requant { multiplier, shift, zero_point: (rng.next_u64() % 21) as i32 - 10, clamp_min: -128, clamp_max: 127 },
+        }
+    }
+
+    /// The reference result.
+    pub fn reference(&self) -> Vec<i8> {
+        super::reference::gemm(&self.a, &self.w, self.bias.as_deref(), (self.m, self.k, self.n), &self.quant)
+    }
+}
+
+/// A generated GEMM program and where its output lands in DRAM.
+pub struct GemmProgram {
+    /// The program (operands in its DRAM image).
+    pub program: Program,
+    /// DRAM address of the M x N int8 output.
+    pub out_addr: u32,
+    /// The tiling used.
+    pub plan: TilePlan,
+}
+
+/// Generates a GEMM program for `config`; `unsplit` demands SCALE-Sim's folds
+/// exactly (the streamed dimension kept whole).
+pub fn generate(ops: &GemmOperands, config: &MachineConfig, unsplit: bool) -> Result<GemmProgram, KernelError> {
+    let (m, k, n) = (ops.m, ops.k, ops.n);
+    if m == 0 || k == 0 || n == 0 {
+        return Err(KernelError::BadShape(format!("GEMM {m}x{k}x{n} has a zero dimension")));
+    }
+    if ops.a.len() != m * k || ops.w.len() != k * n || ops.bias.as_ref().is_some_and(|b| b.len() != n) {
+        return Err(KernelError::BadShape("operand lengths do not match M, K, N".into()));
+    }
+    let plan = TilePlan::choose(config, m, k, n, unsplit)?;
+    let mut b = ProgramBuilder::default();
+    let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
+    let w_dram = b.alloc_data(i8_bytes(&ops.w))?;
+    let bias_dram = ops.bias.as_ref().map(|bias| b.alloc_data(i32_bytes(bias))).transpose()?;
+    let out_dram = b.alloc(m * n)?;
+    let io = MatmulIo { m, k, n, w_dram, bias_dram, out_dram, quant: ops.quant };
+    let load_a = |b: &mut ProgramBuilder, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, sram: u64, stride: u64| {
+        b.emit(Instr::LdCfg { dram_stride: k as i64, sram_stride: stride as i64, pad_top: 0, pad_bottom: 0, pad_left: 0, pad_right: 0 })?;
+        b.emit(Instr::Ld {
+            space: 1,
+            sram: sram as i64,
+            dram: (a_dram as usize + rows.start * k + cols.start) as i64,
+            rows: rows.len() as i64,
+            row_bytes: cols.len() as i64,
+        })
+    };
+    emit(&mut b, &io, plan, &load_a)?;
+    Ok(GemmProgram { program: b.finish()?, out_addr: out_dram, plan })
+}

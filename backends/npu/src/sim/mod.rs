@@ -1,0 +1,213 @@
+//! The simulator: dispatches a program to four in-order engines (DMA-in,
+//! matrix, vector, DMA-out) that run concurrently, ordered only by
+//! semaphores and barriers; executes every instruction bit-exactly and
+//! accounts cycles, traffic and energy.
+//!
+//! Engines advance in global time order: the engine whose next instruction
+//! can start earliest runs it. A `wait` can start once a matching `signal`
+//! happened; the functional effect of an instruction is applied at its start,
+//! which equals program order for every properly synchronised program.
+
+mod exec;
+mod hazard;
+mod memory;
+mod timing;
+mod trace;
+
+pub use hazard::Hazard;
+pub use memory::Mem;
+pub use timing::TimingMode;
+pub use trace::{chrome_trace, TraceEvent};
+
+use crate::config::MachineConfig;
+use crate::isa::{Engine, Instr};
+use crate::program::{Program, ProgramError};
+use crate::report::Stats;
+use exec::MachineState;
+use hazard::{Clock, HazardChecker};
+use std::collections::VecDeque;
+
+/// What to collect besides the functional result and statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimOptions {
+    /// The matrix-unit cycle model.
+    pub timing: TimingMode,
+    /// Record one trace event per instruction.
+    pub trace: bool,
+    /// Run the hazard checker.
+    pub check_hazards: bool,
+}
+
+/// Why a simulation stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The program is malformed.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// An instruction trapped (bad address, bad shape, ...).
+    #[error("trap at instruction #{index} `{mnemonic}`: {message}")]
+    Trap {
+        /// Instruction index.
+        index: usize,
+        /// Its mnemonic.
+        mnemonic: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Every unfinished engine waits on a semaphore nobody will signal.
+    #[error("deadlock: {0}")]
+    Deadlock(String),
+}
+
+/// The outcome of a simulation.
+pub struct SimResult {
+    /// Statistics.
+    pub stats: Stats,
+    /// The final DRAM image.
+    pub dram: Vec<u8>,
+    /// Per-instruction timeline (empty unless requested).
+    pub trace: Vec<TraceEvent>,
+    /// Unordered conflicting accesses (empty unless requested).
+    pub hazards: Vec<Hazard>,
+}
+
+struct Semaphore {
+    /// Pending signals: the cycle each happened and the signaller's clock.
+    pending: VecDeque<(u64, Clock)>,
+}
+
+/// Runs `program` on the machine `config`.
+pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) -> Result<SimResult, SimError> {
+    program.validate()?;
+    let mut state = MachineState::new(config, program.dram_image());
+    let mut stats = Stats::default();
+    let mut trace = Vec::new();
+    let mut hazards = HazardChecker::default();
+    let mut sems: Vec<Semaphore> = (0..16).map(|_| Semaphore { pending: VecDeque::new() }).collect();
+    let mut time = [0u64; 4];
+    let mut busy = [0u64; 4];
+    let mut clocks = [[0u64; 4]; 4];
+    let mut history = timing::MatrixHistory::default();
+
+    for phase in program.instrs.split(|i| matches!(i, Instr::Barrier {})) {
+        let base = phase.as_ptr() as usize - program.instrs.as_ptr() as usize;
+        let base = base / std::mem::size_of::<Instr>();
+        let mut queues: [Vec<usize>; 4] = Default::default();
+        for (offset, instr) in phase.iter().enumerate() {
+            if let Some(engine) = instr.engine() {
+                queues[engine.index()].push(base + offset);
+            }
+        }
+        let mut pos = [0usize; 4];
+        loop {
+            let mut next: Option<(u64, usize)> = None;
+            for e in 0..4 {
+                let Some(&index) = queues[e].get(pos[e]) else { continue };
+                let start = match &program.instrs[index] {
+                    Instr::Wait { sem, .. } => match sems[*sem as usize].pending.front() {
+                        Some(&(t, _)) => time[e].max(t),
+                        None => continue,
+                    },
+                    _ => time[e],
+                };
+                if next.is_none_or(|(best, _)| start < best) {
+                    next = Some((start, e));
+                }
+            }
+            let Some((start, e)) = next else {
+                if (0..4).all(|e| pos[e] == queues[e].len()) {
+                    break;
+                }
+                return Err(SimError::Deadlock(describe_blocked(program, &queues, &pos)));
+            };
+            let index = queues[e][pos[e]];
+            pos[e] += 1;
+            let instr = &program.instrs[index];
+            time[e] = start;
+            clocks[e][e] += 1;
+            match instr {
+                Instr::Wait { sem, .. } => {
+                    let (_, clock) = sems[*sem as usize].pending.pop_front().expect("checked non-empty");
+                    for i in 0..4 {
+                        clocks[e][i] = clocks[e][i].max(clock[i]);
+                    }
+                }
+                Instr::Signal { sem, .. } => sems[*sem as usize].pending.push_back((start, clocks[e])),
+                _ => {
+                    let fx = state.execute(instr, config).map_err(|message| SimError::Trap {
+                        index,
+                        mnemonic: instr.spec().mnemonic,
+                        message,
+                    })?;
+                    let cycles = timing::cost(instr, &fx, config, options.timing, start, &mut history);
+                    account(&mut stats, &fx);
+                    if options.check_hazards {
+                        for (regions, write) in [(&fx.reads, false), (&fx.writes, true)] {
+                            for region in regions {
+                                hazards.access(region, write, e, &clocks[e], index);
+                            }
+                        }
+                    }
+                    if options.trace {
+                        trace.push(TraceEvent { engine: Engine::ALL[e], index, name: instr.spec().mnemonic, start, cycles });
+                    }
+                    time[e] += cycles;
+                    busy[e] += cycles;
+                    if fx.matmul.is_some() {
+                        stats.compute_cycles += cycles;
+                    }
+                    stats.instructions += 1;
+                }
+            }
+        }
+        // A barrier: everybody continues from the latest finish time, knowing
+        // everything every engine did.
+        let end = *time.iter().max().unwrap_or(&0);
+        time = [end; 4];
+        let mut joined = [0u64; 4];
+        for c in &clocks {
+            for i in 0..4 {
+                joined[i] = joined[i].max(c[i]);
+            }
+        }
+        clocks = [joined; 4];
+    }
+
+    stats.cycles = *time.iter().max().unwrap_or(&0);
+    stats.engine_busy_cycles = crate::report::EngineCycles { ld: busy[0], mx: busy[1], vx: busy[2], st: busy[3] };
+    if options.timing == TimingMode::ScaleSimCompat {
+        stats.scalesim_compute_cycles = Some(stats.compute_cycles.saturating_sub(1));
+    }
+    stats.finish(config);
+    Ok(SimResult { stats, dram: state.dram, trace, hazards: hazards.hazards })
+}
+
+fn account(stats: &mut Stats, fx: &exec::Effect) {
+    for (regions, write) in [(&fx.reads, false), (&fx.writes, true)] {
+        for r in regions {
+            let (counter, scale) = match (r.mem, write) {
+                (Mem::Weight | Mem::Act, false) => (&mut stats.sram_read_bytes, 1),
+                (Mem::Weight | Mem::Act, true) => (&mut stats.sram_write_bytes, 1),
+                (Mem::Acc, false) => (&mut stats.acc_read_bytes, 4),
+                (Mem::Acc, true) => (&mut stats.acc_write_bytes, 4),
+                (Mem::Dram, false) => (&mut stats.dram_read_bytes, 1),
+                (Mem::Dram, true) => (&mut stats.dram_write_bytes, 1),
+            };
+            *counter += r.units() * scale;
+        }
+    }
+    stats.macs += fx.macs;
+    stats.vector_ops += fx.vector_ops;
+}
+
+fn describe_blocked(program: &Program, queues: &[Vec<usize>; 4], pos: &[usize; 4]) -> String {
+    let mut parts = Vec::new();
+    for e in 0..4 {
+        if let Some(&index) = queues[e].get(pos[e]) {
+            if let Instr::Wait { sem, .. } = program.instrs[index] {
+                parts.push(format!("{} waits on s{sem} at instruction #{index}", Engine::ALL[e].name()));
+            }
+        }
+    }
+    parts.join(", ")
+}
