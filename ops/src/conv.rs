@@ -1,0 +1,204 @@
+//! N-dimensional grouped convolution (im2col + matrix product).
+
+use m4c_ir::op::ConvAttrs;
+use ndarray::{s, Array2, ArrayD, Axis, Ix2, IxDyn};
+
+use crate::error::{OpsError, Result};
+use crate::value::{round_to, same_dtype, Value};
+use crate::window::Window;
+
+const OP: &str = "Conv";
+
+/// ONNX Conv: `x [N, C, spatial..]`, `w [M, C/group, kernel..]`, optional
+/// `bias [M]`; computed in f32.
+pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) -> Result<Value> {
+    let mut all = vec![x, w];
+    all.extend(bias);
+    let dtype = same_dtype(OP, &all)?;
+    let (x, w) = (x.float32(OP)?, w.float32(OP)?);
+    let bias = bias.map(|b| b.float32(OP)).transpose()?;
+    let (xs, ws) = (x.shape(), w.shape());
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err(OpsError::invalid(
+            OP,
+            format!("input {xs:?} and weight {ws:?} need equal rank >= 3"),
+        ));
+    }
+    let (n, m, g) = (xs[0], ws[0], c.group);
+    if g == 0 || xs[1] != ws[1] * g || m % g != 0 {
+        return Err(OpsError::invalid(
+            OP,
+            format!("input {xs:?} and weight {ws:?} do not fit group {g}"),
+        ));
+    }
+    if let Some(b) = &bias {
+        if b.shape() != [m] {
+            return Err(OpsError::invalid(
+                OP,
+                format!("bias must be [{m}], got {:?}", b.shape()),
+            ));
+        }
+    }
+    let win = Window::new(OP, &xs[2..], &ws[2..], &c.strides, &c.pads, &c.dilations)?;
+    let (cg, mg, taps) = (ws[1], m / g, win.taps());
+    let positions: usize = win.out.iter().product();
+    let padded = win.pad(x.view(), 0.0f32);
+    let w2 = w
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((m, cg * taps))
+        .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
+    let mut out = ndarray::Array3::<f32>::zeros((n, m, positions));
+    for b in 0..n {
+        for grp in 0..g {
+            let xg = padded.index_axis(Axis(0), b);
+            let xg = xg
+                .slice_axis(Axis(0), (grp * cg..(grp + 1) * cg).into())
+                .to_owned();
+            // cols[c, tap, positions..] = input value read by (c, tap) at each output position.
+            let mut cols_shape = vec![cg, taps];
+            cols_shape.extend(&win.out);
+            let mut cols = ArrayD::<f32>::zeros(IxDyn(&cols_shape));
+            for (t, view) in win.tap_views(&xg).enumerate() {
+                cols.index_axis_mut(Axis(1), t).assign(&view);
+            }
+            let cols: Array2<f32> = cols
+                .into_shape_with_order((cg * taps, positions))
+                .map_err(|e| OpsError::invalid(OP, e.to_string()))?
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
+            let prod = w2.slice(s![grp * mg..(grp + 1) * mg, ..]).dot(&cols);
+            out.slice_mut(s![b, grp * mg..(grp + 1) * mg, ..])
+                .assign(&prod);
+        }
+    }
+    if let Some(bias) = &bias {
+        for (mut plane, &bv) in out.axis_iter_mut(Axis(1)).zip(bias.iter()) {
+            plane.mapv_inplace(|v| v + bv);
+        }
+    }
+    let mut shape = vec![n, m];
+    shape.extend(&win.out);
+    let out = out
+        .into_dyn()
+        .into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
+    Ok(round_to(dtype, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn f(shape: &[usize], v: Vec<f32>) -> Value {
+        Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+    }
+    fn attrs(
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        group: usize,
+    ) -> ConvAttrs {
+        ConvAttrs {
+            strides,
+            pads,
+            dilations,
+            group,
+        }
+    }
+
+    #[test]
+    fn one_d_with_padding_and_bias() {
+        let x = f(&[1, 1, 3], vec![1.0, 2.0, 3.0]);
+        let w = f(&[1, 1, 2], vec![1.0, 10.0]);
+        let b = f(&[1], vec![0.5]);
+        let y = conv(&x, &w, Some(&b), &attrs(vec![1], vec![1, 0], vec![1], 1)).unwrap();
+        // windows: [0,1], [1,2], [2,3]
+        assert_eq!(y, f(&[1, 1, 3], vec![10.5, 21.5, 32.5]));
+    }
+
+    #[test]
+    fn depthwise() {
+        let x = f(&[1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let w = f(&[2, 1, 1], vec![2.0, -1.0]);
+        let y = conv(&x, &w, None, &attrs(vec![1], vec![0, 0], vec![1], 2)).unwrap();
+        assert_eq!(y, f(&[1, 2, 2], vec![2.0, 4.0, -3.0, -4.0]));
+    }
+
+    #[test]
+    fn bad_group_is_an_error() {
+        let x = f(&[1, 3, 2], vec![0.0; 6]);
+        let w = f(&[2, 2, 1], vec![0.0; 4]);
+        let e = conv(&x, &w, None, &attrs(vec![1], vec![0, 0], vec![1], 1)).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("Conv: input [1, 3, 2] and weight [2, 2, 1] do not fit group 1"));
+    }
+
+    /// Direct 2-D convolution with explicit bounds checks instead of padding.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        stride: usize,
+        pad: (usize, usize),
+        dil: usize,
+        group: usize,
+        oh: usize,
+        ow: usize,
+    ) -> ArrayD<f32> {
+        let (n, h, wd) = (x.shape()[0], x.shape()[2], x.shape()[3]);
+        let (m, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+        let mg = m / group;
+        let mut out = ArrayD::zeros(IxDyn(&[n, m, oh, ow]));
+        for b in 0..n {
+            for o in 0..m {
+                let grp = o / mg;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0f32;
+                        for ci in 0..cg {
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let y = (i * stride + p * dil) as isize - pad.0 as isize;
+                                    let z = (j * stride + q * dil) as isize - pad.1 as isize;
+                                    if y >= 0 && z >= 0 && (y as usize) < h && (z as usize) < wd {
+                                        acc += x[[b, grp * cg + ci, y as usize, z as usize]]
+                                            * w[[o, ci, p, q]];
+                                    }
+                                }
+                            }
+                        }
+                        out[[b, o, i, j]] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        /// Strided, dilated, padded, grouped 2-D convolution equals the
+        /// direct loop.
+        #[test]
+        fn matches_direct_loop(n in 1usize..3, group in 1usize..3, cg in 1usize..3, mg in 1usize..3,
+                               h in 1usize..7, wd in 1usize..7, k in 1usize..4, stride in 1usize..3,
+                               dil in 1usize..3, p0 in 0usize..2, p1 in 0usize..2, seed in any::<u32>()) {
+            let span = dil * (k - 1) + 1;
+            prop_assume!(h + 2 * p0 >= span && wd + 2 * p1 >= span);
+            let gen = |len: usize, s: u32| (0..len).map(|i| (((i as u32).wrapping_mul(2246822519) ^ s) % 9) as f32 - 4.0).collect::<Vec<_>>();
+            let c = cg * group;
+            let m = mg * group;
+            let x = ArrayD::from_shape_vec(IxDyn(&[n, c, h, wd]), gen(n * c * h * wd, seed)).unwrap();
+            let w = ArrayD::from_shape_vec(IxDyn(&[m, cg, k, k]), gen(m * cg * k * k, seed ^ 0xABCD)).unwrap();
+            let oh = (h + 2 * p0 - span) / stride + 1;
+            let ow = (wd + 2 * p1 - span) / stride + 1;
+            let want = naive(&x, &w, stride, (p0, p1), dil, group, oh, ow);
+            let a = attrs(vec![stride, stride], vec![p0, p1, p0, p1], vec![dil, dil], group);
+            let got = conv(&Value::F32(x), &Value::F32(w), None, &a).unwrap();
+            prop_assert_eq!(got, Value::F32(want));
+        }
+    }
+}

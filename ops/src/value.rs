@@ -1,0 +1,415 @@
+//! Runtime tensors of the interpreter and their conversion to and from IR
+//! constants.
+
+use std::borrow::Cow;
+
+use half::{bf16, f16};
+use m4c_ir::{DType, Tensor};
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{OpsError, Result};
+
+/// A runtime tensor: an n-dimensional array of one of the element types the
+/// interpreter computes with.
+///
+/// There is no int4 variant: packed int4 constants are widened to
+/// [`Value::I8`] when decoded (every int4 value is an int8 value).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    F32(ArrayD<f32>),
+    F16(ArrayD<f16>),
+    BF16(ArrayD<bf16>),
+    I8(ArrayD<i8>),
+    I32(ArrayD<i32>),
+    I64(ArrayD<i64>),
+    Bool(ArrayD<bool>),
+}
+
+/// A scalar in the widest type of its family; the common currency of
+/// element type conversions (Cast, Pad constants).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scalar {
+    Float(f64),
+    Int(i64),
+    Bool(bool),
+}
+
+/// An element type of [`Value`], so that kernels can be written once,
+/// generically, and dispatched on the runtime [`DType`] by [`with_elem!`].
+pub(crate) trait Elem: Copy + PartialOrd + Default + std::fmt::Debug + 'static {
+    const DTYPE: DType;
+    /// Bytes per element in little-endian storage.
+    const WIDTH: usize;
+    fn wrap(a: ArrayD<Self>) -> Value;
+    /// The array inside `v` when `v` holds this element type.
+    fn get(v: &Value) -> Option<&ArrayD<Self>>;
+    /// Decodes one element from exactly [`Elem::WIDTH`] bytes.
+    fn read_le(b: &[u8]) -> Self;
+    fn write_le(self, out: &mut Vec<u8>);
+    fn to_scalar(self) -> Scalar;
+    /// Conversion with ONNX Cast semantics: float→int truncates toward zero
+    /// (saturating at the type's range, NaN → 0), int→int wraps, anything
+    /// →bool is `!= 0`, float→f16/bf16 rounds to nearest even.
+    fn from_scalar(s: Scalar) -> Self;
+}
+
+macro_rules! impl_elem {
+    ($t:ty, $var:ident, $w:expr, to: |$s:ident| $to:expr, from: |$x:ident| $from:expr) => {
+        impl Elem for $t {
+            const DTYPE: DType = DType::$var;
+            const WIDTH: usize = $w;
+            fn wrap(a: ArrayD<Self>) -> Value {
+                Value::$var(a)
+            }
+            fn get(v: &Value) -> Option<&ArrayD<Self>> {
+                match v {
+                    Value::$var(a) => Some(a),
+                    _ => None,
+                }
+            }
+            fn read_le(b: &[u8]) -> Self {
+                let mut buf = [0u8; $w];
+                buf.copy_from_slice(b);
+                <$t>::from_le_bytes(buf)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn to_scalar(self) -> Scalar {
+                let $s = self;
+                $to
+            }
+            fn from_scalar($x: Scalar) -> Self {
+                $from
+            }
+        }
+    };
+}
+
+macro_rules! impl_float {
+    ($t:ty, $var:ident, $w:expr, $from_f64:expr) => {
+        impl_elem!($t, $var, $w, to: |s| Scalar::Float(f64::from(s)), from: |x| match x {
+            Scalar::Float(f) => $from_f64(f),
+            Scalar::Int(i) => $from_f64(i as f64),
+            Scalar::Bool(b) => $from_f64(if b { 1.0 } else { 0.0 }),
+        });
+    };
+}
+
+macro_rules! impl_int {
+    ($t:ty, $var:ident, $w:expr) => {
+        impl_elem!($t, $var, $w, to: |s| Scalar::Int(i64::from(s)), from: |x| match x {
+            Scalar::Float(f) => f as $t,
+            Scalar::Int(i) => i as $t,
+            Scalar::Bool(b) => <$t>::from(b),
+        });
+    };
+}
+
+impl_float!(f32, F32, 4, |f: f64| f as f32);
+impl_float!(f16, F16, 2, f16::from_f64);
+impl_float!(bf16, BF16, 2, bf16::from_f64);
+impl_int!(i8, I8, 1);
+impl_int!(i32, I32, 4);
+impl_int!(i64, I64, 8);
+
+impl Elem for bool {
+    const DTYPE: DType = DType::Bool;
+    const WIDTH: usize = 1;
+    fn wrap(a: ArrayD<Self>) -> Value {
+        Value::Bool(a)
+    }
+    fn get(v: &Value) -> Option<&ArrayD<Self>> {
+        match v {
+            Value::Bool(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn read_le(b: &[u8]) -> Self {
+        b[0] != 0
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.push(u8::from(self));
+    }
+    fn to_scalar(self) -> Scalar {
+        Scalar::Bool(self)
+    }
+    fn from_scalar(s: Scalar) -> Self {
+        match s {
+            Scalar::Float(f) => f != 0.0,
+            Scalar::Int(i) => i != 0,
+            Scalar::Bool(b) => b,
+        }
+    }
+}
+
+/// The integer element types, with the wrapping arithmetic ONNX integer
+/// operators use (two's complement overflow wraps, as in numpy).
+pub(crate) trait IntElem:
+    Elem
+    + num_traits::PrimInt
+    + num_traits::WrappingAdd
+    + num_traits::WrappingSub
+    + num_traits::WrappingMul
+    + num_traits::WrappingNeg
+{
+}
+impl IntElem for i8 {}
+impl IntElem for i32 {}
+impl IntElem for i64 {}
+
+/// The common element type of `values`, or an error of `op` naming the two
+/// that differ.
+pub(crate) fn same_dtype(op: &'static str, values: &[&Value]) -> Result<DType> {
+    let first = values.first().map_or(DType::F32, |v| v.dtype());
+    match values.iter().find(|v| v.dtype() != first) {
+        None => Ok(first),
+        Some(v) => Err(OpsError::invalid(
+            op,
+            format!("mixed element types {first} and {}", v.dtype()),
+        )),
+    }
+}
+
+/// Runs `$body` with the type alias `$T` bound to the element type of
+/// `$dtype`; int4 (which has no runtime representation) evaluates `$i4`.
+macro_rules! with_elem {
+    ($dtype:expr, $T:ident => $body:expr, i4 => $i4:expr) => {
+        match $dtype {
+            m4c_ir::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            m4c_ir::DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            m4c_ir::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            m4c_ir::DType::I8 => {
+                type $T = i8;
+                $body
+            }
+            m4c_ir::DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            m4c_ir::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            m4c_ir::DType::Bool => {
+                type $T = bool;
+                $body
+            }
+            m4c_ir::DType::I4 => $i4,
+        }
+    };
+}
+pub(crate) use with_elem;
+
+/// Applies `$body` to the array inside a value, whatever its element type.
+macro_rules! each_array {
+    ($v:expr, $a:ident => $body:expr) => {
+        match $v {
+            Value::F32($a) => $body,
+            Value::F16($a) => $body,
+            Value::BF16($a) => $body,
+            Value::I8($a) => $body,
+            Value::I32($a) => $body,
+            Value::I64($a) => $body,
+            Value::Bool($a) => $body,
+        }
+    };
+}
+
+/// Applies `$body` (a `Result<ArrayD<T>>` computed from the array `$a`) to
+/// a value of any element type, keeping the element type.
+macro_rules! map_array {
+    ($v:expr, $a:ident => $body:expr) => {
+        match $v {
+            Value::F32($a) => Value::F32($body?),
+            Value::F16($a) => Value::F16($body?),
+            Value::BF16($a) => Value::BF16($body?),
+            Value::I8($a) => Value::I8($body?),
+            Value::I32($a) => Value::I32($body?),
+            Value::I64($a) => Value::I64($body?),
+            Value::Bool($a) => Value::Bool($body?),
+        }
+    };
+}
+pub(crate) use map_array;
+
+impl Value {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Value::F32(_) => DType::F32,
+            Value::F16(_) => DType::F16,
+            Value::BF16(_) => DType::BF16,
+            Value::I8(_) => DType::I8,
+            Value::I32(_) => DType::I32,
+            Value::I64(_) => DType::I64,
+            Value::Bool(_) => DType::Bool,
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        each_array!(self, a => a.shape())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// True when the value has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes an IR constant (little-endian bytes, possibly an unaligned
+    /// window of a memory map). Int4 is unpacked (low nibble first) to i8.
+    pub fn from_tensor(t: &Tensor) -> Result<Value> {
+        t.check_len()?;
+        let bytes = t.bytes()?;
+        let shape = IxDyn(&t.shape);
+        let bad =
+            |e: ndarray::ShapeError| OpsError::invalid("constant", format!("{:?}: {e}", t.shape));
+        with_elem!(t.dtype, T => {
+            let data: Vec<T> = bytes.chunks_exact(T::WIDTH).map(T::read_le).collect();
+            Ok(T::wrap(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
+        }, i4 => {
+            let data: Vec<i8> = bytes
+                .iter()
+                .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+                .take(t.len())
+                .collect();
+            Ok(Value::I8(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
+        })
+    }
+
+    /// Encodes the value as an owned IR constant (logical row-major order).
+    pub fn to_tensor(&self) -> Tensor {
+        fn encode<T: Elem>(a: &ArrayD<T>) -> Tensor {
+            let mut bytes = Vec::with_capacity(a.len() * T::WIDTH);
+            a.iter().for_each(|x| x.write_le(&mut bytes));
+            Tensor::from_bytes(T::DTYPE, a.shape(), bytes)
+        }
+        each_array!(self, a => encode(a))
+    }
+
+    /// The elements as f32 (exact for every float type), for kernels that
+    /// compute in f32. Fails for non-float values.
+    pub(crate) fn float32(&self, op: &'static str) -> Result<Cow<'_, ArrayD<f32>>> {
+        match self {
+            Value::F32(a) => Ok(Cow::Borrowed(a)),
+            Value::F16(a) => Ok(Cow::Owned(a.mapv(f32::from))),
+            Value::BF16(a) => Ok(Cow::Owned(a.mapv(f32::from))),
+            other => Err(OpsError::invalid(
+                op,
+                format!("needs a float input, got {}", other.dtype()),
+            )),
+        }
+    }
+
+    /// The elements widened to f64 (bool as 0/1), for comparisons of results.
+    pub(crate) fn float64(&self) -> ArrayD<f64> {
+        fn widen<T: Elem>(a: &ArrayD<T>) -> ArrayD<f64> {
+            a.mapv(|x| match x.to_scalar() {
+                Scalar::Float(f) => f,
+                Scalar::Int(i) => i as f64,
+                Scalar::Bool(b) => f64::from(u8::from(b)),
+            })
+        }
+        each_array!(self, a => widen(a))
+    }
+
+    /// The array when the value has element type `T`, else an error of `op`.
+    pub(crate) fn array<T: Elem>(&self, op: &'static str) -> Result<&ArrayD<T>> {
+        T::get(self).ok_or_else(|| {
+            OpsError::invalid(
+                op,
+                format!("expected element type {}, got {}", T::DTYPE, self.dtype()),
+            )
+        })
+    }
+}
+
+/// Rounds an f32 result back to the float type `dtype` of the operator's
+/// input (f16/bf16 round to nearest even); any other `dtype` keeps f32.
+pub(crate) fn round_to(dtype: DType, a: ArrayD<f32>) -> Value {
+    match dtype {
+        DType::F16 => Value::F16(a.mapv(f16::from_f32)),
+        DType::BF16 => Value::BF16(a.mapv(bf16::from_f32)),
+        _ => Value::F32(a),
+    }
+}
+
+/// Computes a float operator in f32 and rounds the result back to the input's
+/// element type.
+pub(crate) fn map_float(
+    op: &'static str,
+    x: &Value,
+    f: impl FnOnce(&ArrayD<f32>) -> Result<ArrayD<f32>>,
+) -> Result<Value> {
+    let a = x.float32(op)?;
+    Ok(round_to(x.dtype(), f(&a)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m4c_ir::Storage;
+    use std::sync::Arc;
+
+    #[test]
+    fn tensor_round_trip_every_dtype() {
+        let values = [
+            Value::F32(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1.5, -2.0]).unwrap()),
+            Value::F16(ArrayD::from_shape_vec(IxDyn(&[1]), vec![f16::from_f32(0.1)]).unwrap()),
+            Value::BF16(ArrayD::from_shape_vec(IxDyn(&[1]), vec![bf16::from_f32(-3.0)]).unwrap()),
+            Value::I8(ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![-128, 127]).unwrap()),
+            Value::I32(ArrayD::from_shape_vec(IxDyn(&[]), vec![7]).unwrap()),
+            Value::I64(ArrayD::from_shape_vec(IxDyn(&[0, 3]), vec![]).unwrap()),
+            Value::Bool(ArrayD::from_shape_vec(IxDyn(&[3]), vec![true, false, true]).unwrap()),
+        ];
+        for v in values {
+            assert_eq!(Value::from_tensor(&v.to_tensor()).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn int4_unpacks_low_nibble_first_with_sign() {
+        // 0x7F: low nibble 15 (-1), high nibble 7; 0x08: low nibble -8.
+        let t = Tensor::from_bytes(DType::I4, &[3], vec![0x7F, 0x08]);
+        assert_eq!(
+            Value::from_tensor(&t).unwrap(),
+            Value::I8(ndarray::arr1(&[-1, 7, -8]).into_dyn())
+        );
+    }
+
+    #[test]
+    fn wrong_length_and_absent_data_are_errors() {
+        let t = Tensor::from_bytes(DType::F32, &[2], vec![0; 7]);
+        assert!(Value::from_tensor(&t)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 8 bytes"));
+        let t = Tensor {
+            dtype: DType::F32,
+            shape: vec![1],
+            storage: Storage::Absent,
+        };
+        assert!(Value::from_tensor(&t).is_err());
+        let t = Tensor {
+            dtype: DType::I8,
+            shape: vec![1],
+            storage: Storage::Owned(Arc::from(vec![5u8])),
+        };
+        assert_eq!(Value::from_tensor(&t).unwrap().shape(), &[1]);
+    }
+}
