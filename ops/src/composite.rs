@@ -5,8 +5,9 @@ use m4c_ir::op::NormKind;
 use ndarray::{Axis, IxDyn};
 
 use crate::broadcast::broadcast_shape;
+use crate::elem::same_dtype;
 use crate::error::{OpsError, Result};
-use crate::value::{map_float, same_dtype, Value};
+use crate::value::{map_float, Value};
 
 /// `exp(x - max) / sum(exp(x - max))` along `axis` (sum in f64).
 pub(crate) fn softmax(x: &Value, axis: usize) -> Result<Value> {

@@ -3,8 +3,9 @@
 use m4c_ir::op::ConvAttrs;
 use ndarray::{s, Array2, ArrayD, Axis, Ix2, IxDyn};
 
+use crate::elem::same_dtype;
 use crate::error::{OpsError, Result};
-use crate::value::{round_to, same_dtype, Value};
+use crate::value::{round_to, Value};
 use crate::window::Window;
 
 const OP: &str = "Conv";
@@ -124,6 +125,33 @@ mod tests {
         let w = f(&[2, 1, 1], vec![2.0, -1.0]);
         let y = conv(&x, &w, None, &attrs(vec![1], vec![0, 0], vec![1], 2)).unwrap();
         assert_eq!(y, f(&[1, 2, 2], vec![2.0, 4.0, -3.0, -4.0]));
+    }
+
+    #[test]
+    fn three_d_kernel_of_ones_sums_the_cube() {
+        let x = f(&[1, 1, 2, 2, 3], (1..=12).map(|v| v as f32).collect());
+        let w = f(&[1, 1, 2, 2, 2], vec![1.0; 8]);
+        let y = conv(&x, &w, None, &attrs(vec![1; 3], vec![0; 6], vec![1; 3], 1)).unwrap();
+        // windows along the last axis: {1,2,4,5,7,8,10,11} and {2,3,5,6,8,9,11,12}
+        assert_eq!(y, f(&[1, 1, 1, 1, 2], vec![48.0, 56.0]));
+    }
+
+    #[test]
+    fn f16_computes_in_f32_and_rounds_back() {
+        let h = |v: Vec<f32>, s: &[usize]| {
+            Value::F16(
+                ArrayD::from_shape_vec(IxDyn(s), v.into_iter().map(half::f16::from_f32).collect())
+                    .unwrap(),
+            )
+        };
+        let y = conv(
+            &h(vec![1.0, 2.0], &[1, 1, 2]),
+            &h(vec![0.5, 0.25], &[1, 1, 2]),
+            None,
+            &attrs(vec![1], vec![0, 0], vec![1], 1),
+        )
+        .unwrap();
+        assert_eq!(y, h(vec![1.0], &[1, 1, 1]));
     }
 
     #[test]

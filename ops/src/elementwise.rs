@@ -4,8 +4,9 @@
 use m4c_ir::{DType, Op};
 
 use crate::broadcast::{zip2, zip3};
+use crate::elem::{same_dtype, with_elem, Elem, IntElem};
 use crate::error::{OpsError, Result};
-use crate::value::{map_float, round_to, same_dtype, with_elem, Elem, IntElem, Value};
+use crate::value::{map_float, round_to, Value};
 
 /// Exp, Log, Sqrt, Erf, Tanh, Sigmoid, Sin, Cos, Floor on a float tensor.
 pub(crate) fn unary(op: &Op, x: &Value) -> Result<Value> {

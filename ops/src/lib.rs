@@ -12,6 +12,7 @@ mod broadcast;
 mod compare;
 mod composite;
 mod conv;
+mod elem;
 mod elementwise;
 mod error;
 mod graph;
@@ -31,6 +32,17 @@ pub use value::Value;
 use m4c_ir::Op;
 
 /// Evaluates one operator on its inputs (in the IR's input order).
+///
+/// ```
+/// use m4c_ir::Op;
+/// use m4c_ops::{eval_op, Value};
+/// use ndarray::arr1;
+/// let x = Value::I64(arr1(&[7, -7]).into_dyn());
+/// let y = Value::I64(arr1(&[2, 2]).into_dyn());
+/// // Integer division truncates toward zero, as in ONNX.
+/// assert_eq!(eval_op(&Op::Div, &[&x, &y]).unwrap(), Value::I64(arr1(&[3, -3]).into_dyn()));
+/// assert!(eval_op(&Op::Div, &[&x]).is_err());
+/// ```
 pub fn eval_op(op: &Op, inputs: &[&Value]) -> Result<Value, OpsError> {
     let (lo, hi) = op.kind().arity();
     if inputs.len() < lo || inputs.len() > hi {

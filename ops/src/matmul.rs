@@ -4,8 +4,9 @@ use m4c_ir::DType;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Dimension, Ix2, IxDyn};
 
 use crate::broadcast::broadcast_shape;
+use crate::elem::{same_dtype, IntElem};
 use crate::error::{OpsError, Result};
-use crate::value::{round_to, same_dtype, IntElem, Value};
+use crate::value::{round_to, Value};
 
 const OP: &str = "MatMul";
 

@@ -4,8 +4,9 @@
 use m4c_ir::op::{PadMode, SliceAxis};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
+use crate::elem::{same_dtype, with_elem, Elem, Scalar};
 use crate::error::{OpsError, Result};
-use crate::value::{map_array, same_dtype, with_elem, Elem, Scalar, Value};
+use crate::value::{map_array, Value};
 
 fn shape_err(op: &'static str) -> impl Fn(ndarray::ShapeError) -> OpsError {
     move |e| OpsError::invalid(op, e.to_string())

@@ -72,6 +72,8 @@ fn gather_wraps_negative_and_rejects_out_of_range() {
     );
     assert!(gather(&data, &Value::I64(arr1(&[-4]).into_dyn()), 0).is_err());
     assert!(gather(&data, &Value::F32(arr1(&[0.0]).into_dyn()), 0).is_err());
+    let none = Value::I64(ArrayD::zeros(IxDyn(&[0])));
+    assert_eq!(gather(&data, &none, 1).unwrap(), iv(&[3, 0], vec![]));
 }
 
 #[test]

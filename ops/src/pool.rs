@@ -3,8 +3,9 @@
 use m4c_ir::op::PoolAttrs;
 use ndarray::{ArrayD, IxDyn, Zip};
 
+use crate::elem::{Elem, Scalar};
 use crate::error::{OpsError, Result};
-use crate::value::{map_array, map_float, Elem, Scalar, Value};
+use crate::value::{map_array, map_float, Value};
 use crate::window::Window;
 
 fn window(op: &'static str, shape: &[usize], p: &PoolAttrs) -> Result<Window> {

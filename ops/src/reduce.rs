@@ -3,8 +3,9 @@
 use m4c_ir::DType;
 use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn};
 
+use crate::elem::{Elem, IntElem};
 use crate::error::{OpsError, Result};
-use crate::value::{map_array, round_to, Elem, IntElem, Value};
+use crate::value::{map_array, round_to, Value};
 
 /// Checks `axes` against `rank` and returns them sorted, deduplicated.
 fn check_axes(op: &'static str, axes: &[usize], rank: usize) -> Result<Vec<usize>> {
@@ -130,7 +131,7 @@ pub(crate) fn arg_max(x: &Value, axis: usize, keep_dims: bool, select_last: bool
         })?;
         Ok(Value::I64(idx))
     }
-    crate::value::with_elem!(x.dtype(), T => arg::<T>(x.array::<T>(OP)?, axis, keep_dims, select_last), i4 => Err(OpsError::dtype(OP, DType::I4)))
+    crate::elem::with_elem!(x.dtype(), T => arg::<T>(x.array::<T>(OP)?, axis, keep_dims, select_last), i4 => Err(OpsError::dtype(OP, DType::I4)))
 }
 
 #[cfg(test)]
