@@ -7,6 +7,13 @@
 //! toward zero. This is the ground truth every backend is tested against, so
 //! it favours clarity and exactness over speed. Bad input is an
 //! [`OpsError`], never a panic.
+//!
+//! Choices where ONNX leaves room: Cast float→int saturates (NaN → 0); Erf
+//! and Gelu are evaluated in f64 and rounded once; MaxPool and ArgMax compare
+//! with `>`, so a NaN never wins; Max/Min/ReduceMax propagate NaN (as numpy). Combinations
+//! the IR's type rules accept but that have no ONNX meaning are errors: Conv,
+//! AvgPool and linear Resize on integers, MaxPool on bool, Cast to int4
+//! (int4 constants are widened to i8 on load), a bias on RMSNorm.
 
 mod broadcast;
 mod compare;
