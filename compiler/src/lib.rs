@@ -1,1 +1,19 @@
-//! placeholder
+//! The m4c compiler: the ONNX frontend (parsing with tract-onnx's protobuf
+//! types, lowering onto the IR with constant folding) and graph passes.
+//!
+//! ```no_run
+//! use m4c_compiler::{lower, LowerOptions, OnnxModel};
+//! let model = OnnxModel::load("model.onnx".as_ref())?;
+//! let graph = lower(&model, &LowerOptions { default_dim: Some(1), ..Default::default() })?;
+//! println!("{}", m4c_ir::text::print(&graph));
+//! # Ok::<(), m4c_compiler::FrontendError>(())
+//! ```
+
+mod error;
+pub mod lower;
+pub mod onnx;
+pub mod passes;
+
+pub use error::{FrontendError, UnsupportedNode};
+pub use lower::{lower, lower_report, LowerOptions, LowerReport};
+pub use onnx::OnnxModel;

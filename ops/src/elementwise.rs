@@ -83,6 +83,21 @@ pub(crate) fn arithmetic(op: &Op, a: &Value, b: &Value) -> Result<Value> {
         DType::I8 => int_arithmetic::<i8>(op, a, b),
         DType::I32 => int_arithmetic::<i32>(op, a, b),
         DType::I64 => int_arithmetic::<i64>(op, a, b),
+        // On masks Max is logical or and Min logical and; the frontend
+        // lowers ONNX Or/And onto them.
+        DType::Bool if matches!(op, Op::Max | Op::Min) => {
+            let f: fn(bool, bool) -> bool = if *op == Op::Max {
+                |p, q| p | q
+            } else {
+                |p, q| p & q
+            };
+            Ok(Value::Bool(zip2(
+                name,
+                &*a.array::<bool>(name)?,
+                &*b.array::<bool>(name)?,
+                f,
+            )?))
+        }
         d => Err(OpsError::dtype(name, d)),
     }
 }
@@ -261,6 +276,19 @@ mod tests {
             .contains("mixed element types f32 and i32"));
         let b = Value::Bool(arr1(&[true]).into_dyn());
         assert!(arithmetic(&Op::Add, &b, &b).is_err());
+    }
+
+    #[test]
+    fn max_and_min_on_bools_are_or_and_and() {
+        let p = Value::Bool(arr1(&[true, true, false, false]).into_dyn());
+        let q = Value::Bool(arr1(&[true, false, true, false]).into_dyn());
+        let or = arithmetic(&Op::Max, &p, &q).unwrap();
+        let and = arithmetic(&Op::Min, &p, &q).unwrap();
+        assert_eq!(or, Value::Bool(arr1(&[true, true, true, false]).into_dyn()));
+        assert_eq!(
+            and,
+            Value::Bool(arr1(&[true, false, false, false]).into_dyn())
+        );
     }
 
     #[test]

@@ -1,1 +1,7 @@
-//! placeholder
+//! The m4c runtime: what ships to a device. It runs IR graphs (the
+//! reference interpreter now; compiled kernels as backends land) and reads
+//! and writes tensors. It never depends on the compiler or on LLVM.
+
+mod npz;
+
+pub use npz::{read_npz, sanitized_key, write_npz, NpzError};

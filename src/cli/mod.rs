@@ -1,6 +1,9 @@
 //! Subcommands of the `m4c` binary.
 
+mod inspect;
+mod model_args;
 mod npu;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +21,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show a model's ONNX ops, parameters, IR ops after lowering and
+    /// anything that does not lower.
+    Inspect(inspect::InspectArgs),
+    /// Run a model with the reference interpreter on .npz inputs; compare
+    /// with reference outputs (exit 1 when out of tolerance).
+    Run(run::RunArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -25,6 +34,8 @@ enum Command {
 /// Runs one parsed command line; the `Ok` value is the process exit code.
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Run(args) => run::run(args),
         Command::Npu(args) => npu::run(args),
     }
 }

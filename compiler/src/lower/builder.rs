@@ -1,0 +1,167 @@
+//! Building IR while lowering, with eager constant folding.
+//!
+//! Every operator whose inputs are all constants is evaluated on the spot
+//! by the reference interpreter, so ONNX shape arithmetic (`Shape → Gather
+//! → Concat → Reshape`) disappears once input shapes are known.
+
+use std::collections::{HashMap, HashSet};
+
+use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
+
+/// A lowered ONNX value: a compile-time constant or an IR value.
+#[derive(Clone, Debug)]
+pub enum Val {
+    /// Known at compile time; `name` is the ONNX initializer name, if any.
+    Const {
+        t: Tensor,
+        name: Option<String>,
+    },
+    Value(ValueId),
+}
+
+impl Val {
+    /// An unnamed constant.
+    pub fn konst(t: Tensor) -> Val {
+        Val::Const { t, name: None }
+    }
+
+    /// The constant, if this value is one.
+    pub fn as_const(&self) -> Option<&Tensor> {
+        match self {
+            Val::Const { t, .. } => Some(t),
+            Val::Value(_) => None,
+        }
+    }
+}
+
+/// The graph under construction plus naming and constant bookkeeping.
+pub struct Builder {
+    pub g: Graph,
+    used_names: HashSet<String>,
+    named_consts: HashMap<String, ValueId>,
+}
+
+impl Builder {
+    /// Starts an empty graph.
+    pub fn new(name: &str) -> Builder {
+        Builder {
+            g: Graph::new(name),
+            used_names: HashSet::new(),
+            named_consts: HashMap::new(),
+        }
+    }
+
+    /// A name not used yet, derived from `hint`.
+    pub fn fresh_name(&mut self, hint: &str) -> String {
+        let mut name = hint.to_string();
+        let mut k = 1;
+        while !self.used_names.insert(name.clone()) {
+            name = format!("{hint}#{k}");
+            k += 1;
+        }
+        name
+    }
+
+    /// Declares a graph input.
+    pub fn input(&mut self, name: &str, ty: TensorType) -> Val {
+        let name = self.fresh_name(name);
+        Val::Value(self.g.add_input(name, ty))
+    }
+
+    /// Type of a value.
+    pub fn ty(&self, v: &Val) -> TensorType {
+        match v {
+            Val::Const { t, .. } => TensorType::fixed(t.dtype, &t.shape),
+            Val::Value(id) => self.g.value(*id).ty.clone(),
+        }
+    }
+
+    /// Static shape of a value (lowering runs after symbolic dims are bound).
+    pub fn shape(&self, v: &Val) -> Vec<usize> {
+        match v {
+            Val::Const { t, .. } => t.shape.clone(),
+            Val::Value(id) => self
+                .g
+                .value(*id)
+                .ty
+                .static_shape()
+                .expect("lowering binds every symbolic dim"),
+        }
+    }
+
+    /// Element type of a value.
+    pub fn dtype(&self, v: &Val) -> DType {
+        match v {
+            Val::Const { t, .. } => t.dtype,
+            Val::Value(id) => self.g.value(*id).ty.dtype,
+        }
+    }
+
+    /// The IR value for `v`, adding constants to the graph on first use.
+    pub fn value_id(&mut self, v: &Val, hint: &str) -> ValueId {
+        match v {
+            Val::Value(id) => *id,
+            Val::Const { t, name: Some(n) } => {
+                if let Some(&id) = self.named_consts.get(n) {
+                    return id;
+                }
+                let fresh = self.fresh_name(n);
+                let id = self.g.add_const(fresh, t.clone());
+                self.named_consts.insert(n.clone(), id);
+                id
+            }
+            Val::Const { t, name: None } => {
+                let fresh = self.fresh_name(&format!("{hint}/const"));
+                self.g.add_const(fresh, t.clone())
+            }
+        }
+    }
+
+    /// Applies `op`; folds it when every input is constant.
+    pub fn op(&mut self, op: Op, inputs: &[Val], name: &str) -> Result<Val, String> {
+        if inputs.iter().all(|v| v.as_const().is_some()) {
+            let values = inputs
+                .iter()
+                .map(|v| m4c_ops::Value::from_tensor(v.as_const().expect("checked")))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let refs: Vec<&m4c_ops::Value> = values.iter().collect();
+            let out =
+                m4c_ops::eval_op(&op, &refs).map_err(|e| format!("folding {}: {e}", op.name()))?;
+            return Ok(Val::konst(out.to_tensor()));
+        }
+        let ids: Vec<ValueId> = inputs.iter().map(|v| self.value_id(v, name)).collect();
+        let fresh = self.fresh_name(name);
+        self.g
+            .add_node(op, &ids, fresh)
+            .map(Val::Value)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Scalar f32 constant (rank 0).
+    pub fn f32(&self, v: f32) -> Val {
+        Val::konst(Tensor::from_f32(&[], &[v]))
+    }
+
+    /// Scalar constant of `dtype` holding `v` (floats and integers).
+    pub fn scalar(&self, dtype: DType, v: f64) -> Result<Val, String> {
+        let t = match dtype {
+            DType::F32 => Tensor::from_f32(&[], &[v as f32]),
+            DType::I64 => Tensor::from_i64(&[], &[v as i64]),
+            DType::I32 => Tensor::from_i32(&[], &[v as i32]),
+            DType::I8 => Tensor::from_i8(&[], &[v as i8]),
+            DType::Bool => Tensor::from_bool(&[], &[v != 0.0]),
+            DType::F16 | DType::BF16 => {
+                let f = Tensor::from_f32(&[], &[v as f32]);
+                let casted = m4c_ops::eval_op(
+                    &Op::Cast { to: dtype },
+                    &[&m4c_ops::Value::from_tensor(&f).map_err(|e| e.to_string())?],
+                )
+                .map_err(|e| e.to_string())?;
+                casted.to_tensor()
+            }
+            DType::I4 => return Err("no scalar constants of type i4".into()),
+        };
+        Ok(Val::konst(t))
+    }
+}

@@ -1,0 +1,205 @@
+//! `m4c run`: execute a model on `.npz` inputs and compare with references.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use m4c_compiler::{lower, OnnxModel};
+use m4c_ops::{run_graph, Value};
+use m4c_runtime::{read_npz, sanitized_key, write_npz};
+
+use super::model_args::{DimArgs, ModelPath};
+use super::CliResult;
+
+/// Arguments of `m4c run`.
+///
+/// Exit status: 0 when the run succeeded (and every output matched
+/// `--expect`), 1 when an output is out of tolerance, 2 on any error.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The ONNX model.
+    model: ModelPath,
+    /// Inputs as an .npz keyed by the model's input names (a name with
+    /// characters outside [A-Za-z0-9_.-] may also use `_` in their place).
+    #[arg(long, value_name = "IN.npz")]
+    inputs: PathBuf,
+    /// Write the outputs to this .npz (keys: the model's output names).
+    #[arg(short = 'o', long = "output", value_name = "OUT.npz")]
+    output: Option<PathBuf>,
+    /// Compare the outputs with this .npz; prints max abs/rel error per output.
+    #[arg(long, value_name = "REF.npz")]
+    expect: Option<PathBuf>,
+    /// Relative tolerance for --expect: |got − want| ≤ atol + rtol·|want|.
+    #[arg(long, default_value_t = 1e-4)]
+    rtol: f64,
+    /// Absolute tolerance for --expect.
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    #[command(flatten)]
+    dims: DimArgs,
+}
+
+/// Looks a value name up in an npz map, exact name first, then sanitized.
+pub fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> Option<&'a Value> {
+    arrays
+        .get(name)
+        .or_else(|| arrays.get(&sanitized_key(name)))
+}
+
+/// Flattens any value to f64 for comparisons.
+pub fn as_f64(v: &Value) -> Vec<f64> {
+    match v {
+        Value::F32(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I8(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::I32(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
+    }
+}
+
+/// Outcome of comparing one output with its reference.
+pub struct Comparison {
+    pub max_abs: f64,
+    pub max_rel: f64,
+    /// Elements outside `atol + rtol·|want|` (NaN matches NaN).
+    pub mismatches: usize,
+    pub shape_error: Option<String>,
+}
+
+/// numpy-`allclose`-style comparison.
+pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
+    if got.shape() != want.shape() {
+        let msg = format!("shape {:?}, reference {:?}", got.shape(), want.shape());
+        return Comparison {
+            max_abs: f64::NAN,
+            max_rel: f64::NAN,
+            mismatches: 0,
+            shape_error: Some(msg),
+        };
+    }
+    let (g, w) = (as_f64(got), as_f64(want));
+    let mut c = Comparison {
+        max_abs: 0.0,
+        max_rel: 0.0,
+        mismatches: 0,
+        shape_error: None,
+    };
+    for (a, b) in g.iter().zip(&w) {
+        if a.is_nan() && b.is_nan() || a == b {
+            continue;
+        }
+        let d = (a - b).abs();
+        c.max_abs = c.max_abs.max(d);
+        c.max_rel = c.max_rel.max(d / b.abs().max(f64::MIN_POSITIVE));
+        if d.is_nan() || d > atol + rtol * b.abs() {
+            c.mismatches += 1;
+        }
+    }
+    c
+}
+
+/// Runs `m4c run`.
+pub fn run(args: RunArgs) -> CliResult<i32> {
+    let model = OnnxModel::load(&args.model)?;
+    let arrays = read_npz(&args.inputs)?;
+    let graph_proto = model.graph();
+    let inits: std::collections::HashSet<&str> = graph_proto
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut opts = args.dims.options(None);
+    let mut feeds = vec![];
+    for input in graph_proto
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+    {
+        let v = lookup(&arrays, &input.name).ok_or_else(|| {
+            format!(
+                "{}: no array for model input '{}' (keys: {})",
+                args.inputs.display(),
+                input.name,
+                arrays.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        opts.input_shapes
+            .insert(input.name.clone(), v.shape().to_vec());
+        feeds.push((input.name.clone(), v.clone()));
+    }
+    let graph = lower(&model, &opts)?;
+    for ((name, v), &id) in feeds.iter().zip(&graph.inputs) {
+        let want = graph.value(id).ty.dtype;
+        if v.dtype() != want {
+            return Err(format!(
+                "{}: input '{name}' is {} but the model expects {want}",
+                args.inputs.display(),
+                v.dtype()
+            )
+            .into());
+        }
+    }
+    let values: Vec<Value> = feeds.into_iter().map(|(_, v)| v).collect();
+    let outputs =
+        run_graph(&graph, &values).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let named: Vec<(String, Value)> = graph_proto
+        .output
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(outputs)
+        .collect();
+    let mut code = 0;
+    if let Some(expect) = &args.expect {
+        let refs = read_npz(expect)?;
+        let mut compared = 0;
+        println!(
+            "{:<32} {:>12} {:>12}  status",
+            "output", "max_abs", "max_rel"
+        );
+        for (name, got) in &named {
+            let Some(want) = lookup(&refs, name) else {
+                println!(
+                    "{name:<32} {:>12} {:>12}  not in {}",
+                    "-",
+                    "-",
+                    expect.display()
+                );
+                continue;
+            };
+            compared += 1;
+            let c = compare(got, want, args.rtol, args.atol);
+            let status = match (&c.shape_error, c.mismatches) {
+                (Some(e), _) => format!("FAIL ({e})"),
+                (None, 0) => "ok".to_string(),
+                (None, n) => format!(
+                    "FAIL ({n} of {} elements out of tolerance)",
+                    got.shape().iter().product::<usize>()
+                ),
+            };
+            if status != "ok" {
+                code = 1;
+            }
+            println!(
+                "{name:<32} {:>12.3e} {:>12.3e}  {status}",
+                c.max_abs, c.max_rel
+            );
+        }
+        if compared == 0 {
+            return Err(format!(
+                "{}: none of the model's outputs is in the file",
+                expect.display()
+            )
+            .into());
+        }
+    }
+    if let Some(out) = &args.output {
+        write_npz(out, &named)?;
+    }
+    if args.expect.is_none() && args.output.is_none() {
+        for (name, v) in &named {
+            println!("{name}: {} {:?}", v.dtype(), v.shape());
+        }
+    }
+    Ok(code)
+}
