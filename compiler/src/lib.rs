@@ -9,6 +9,7 @@
 //! # Ok::<(), m4c_compiler::FrontendError>(())
 //! ```
 
+pub mod coverage;
 mod error;
 pub mod lower;
 pub mod onnx;

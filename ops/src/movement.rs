@@ -142,7 +142,7 @@ pub(crate) fn gather(data: &Value, indices: &Value, axis: usize) -> Result<Value
     shape.extend(indices.shape());
     shape.extend(&dshape[axis + 1..]);
     Ok(
-        map_array!(data, a => a.select(Axis(axis), &idx).into_shape_with_order(IxDyn(&shape)).map_err(shape_err("Gather"))),
+        map_array!(data, a => a.select(Axis(axis), &idx).as_standard_layout().into_owned().into_shape_with_order(IxDyn(&shape)).map_err(shape_err("Gather"))),
     )
 }
 

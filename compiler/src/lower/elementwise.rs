@@ -242,7 +242,7 @@ fn exp_minus_one(b: &mut B, x: &Val, alpha: f64, name: &str) -> Result<Val, Stri
 }
 
 /// Relu, LeakyRelu, PRelu, Elu, Selu, HardSigmoid, HardSwish, Softplus,
-/// Softsign, Mish, ThresholdedRelu, Gelu (opset 20).
+/// Softsign, Swish, Mish, ThresholdedRelu, Gelu (opset 20).
 pub fn activation(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let x = n.input(0)?;
@@ -283,6 +283,11 @@ pub fn activation(b: &mut B, n: &NodeCtx) -> Lowering {
             bin(b, Op::Mul, &x, &h, name)
         }
         "Softplus" => softplus(b, &x, name),
+        "Swish" => {
+            let ax = scale(b, &x, n.float("alpha", 1.0) as f64, name)?;
+            let s = un(b, Op::Sigmoid, &ax, name)?;
+            bin(b, Op::Mul, &x, &s, name)
+        }
         "Softsign" => {
             let m = neg(b, &x, name)?;
             let abs = bin(b, Op::Max, &x, &m, name)?;

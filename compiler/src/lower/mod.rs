@@ -37,6 +37,9 @@ pub struct LowerOptions {
     pub dims: HashMap<String, usize>,
     /// Value for any symbolic dim still unbound; `None` makes it an error.
     pub default_dim: Option<usize>,
+    /// Inputs whose values are fixed at compile time (shape-like inputs of
+    /// a model that are known ahead of time); they are folded, not inputs.
+    pub constant_inputs: HashMap<String, m4c_ir::Tensor>,
 }
 
 /// The outcome of lowering, complete or not.
@@ -143,6 +146,10 @@ impl Lowerer<'_> {
             if self.env.contains_key(&input.name) {
                 continue; // an initializer listed as input (pre-IR-4 style)
             }
+            if let Some(t) = opts.constant_inputs.get(&input.name) {
+                self.env.insert(input.name.clone(), Val::konst(t.clone()));
+                continue;
+            }
             let err = |msg: String| FrontendError::Input {
                 path: path.clone(),
                 input: input.name.clone(),
@@ -172,56 +179,57 @@ impl Lowerer<'_> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let shape: Vec<usize> =
-                match opts.input_shapes.get(&input.name) {
-                    Some(given) => {
-                        if tt.shape.is_some() && given.len() != declared.len() {
-                            return Err(err(format!(
-                                "given rank {} ({given:?}) but the model declares rank {}",
-                                given.len(),
-                                declared.len()
-                            )));
-                        }
-                        for (i, (g, d)) in given.iter().zip(&declared).enumerate() {
-                            match d {
-                                Some(Dim::Fixed(n)) if n != g => {
+            let shape: Vec<usize> = match opts.input_shapes.get(&input.name) {
+                Some(given) => {
+                    if tt.shape.is_some() && given.len() != declared.len() {
+                        return Err(err(format!(
+                            "given rank {} ({given:?}) but the model declares rank {}",
+                            given.len(),
+                            declared.len()
+                        )));
+                    }
+                    for (i, (g, d)) in given.iter().zip(&declared).enumerate() {
+                        match d {
+                            Some(Dim::Fixed(n)) if n != g => {
+                                return Err(err(format!(
+                                    "dimension {i} is {g} but the model declares {n}"
+                                )))
+                            }
+                            Some(Dim::Sym(s)) => match dims.get(s) {
+                                Some(&bound) if bound != *g => {
                                     return Err(err(format!(
-                                        "dimension {i} is {g} but the model declares {n}"
+                                        "dimension {i} ('{s}') is {g} but '{s}' is already {bound}"
                                     )))
                                 }
-                                Some(Dim::Sym(s)) => match dims.get(s) {
-                                    Some(&bound) if bound != *g => return Err(err(format!(
-                                        "dimension {i} ('{s}') is {g} but '{s}' is already {bound}"
-                                    ))),
-                                    _ => {
-                                        dims.insert(s.clone(), *g);
-                                    }
-                                },
-                                _ => {}
-                            }
-                        }
-                        given.clone()
-                    }
-                    None => declared
-                        .iter()
-                        .enumerate()
-                        .map(|(i, d)| match d {
-                            Some(Dim::Fixed(n)) => Ok(*n),
-                            Some(Dim::Sym(s)) => match dims.get(s).copied().or(opts.default_dim) {
-                                Some(v) => {
-                                    dims.insert(s.clone(), v);
-                                    Ok(v)
+                                _ => {
+                                    dims.insert(s.clone(), *g);
                                 }
-                                None => Err(err(format!(
-                                    "symbolic dimension '{s}' needs a value (--dim {s}=N)"
-                                ))),
                             },
-                            None => opts
-                                .default_dim
-                                .ok_or_else(|| err(format!("dimension {i} is unknown"))),
-                        })
-                        .collect::<Result<_, _>>()?,
-                };
+                            _ => {}
+                        }
+                    }
+                    given.clone()
+                }
+                None => declared
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Some(Dim::Fixed(n)) => Ok(*n),
+                        Some(Dim::Sym(s)) => match dims.get(s).copied().or(opts.default_dim) {
+                            Some(v) => {
+                                dims.insert(s.clone(), v);
+                                Ok(v)
+                            }
+                            None => Err(err(format!(
+                                "symbolic dimension '{s}' needs a value (--dim {s}=N)"
+                            ))),
+                        },
+                        None => opts
+                            .default_dim
+                            .ok_or_else(|| err(format!("dimension {i} is unknown"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
             let v = self.b.input(&input.name, TensorType::fixed(dtype, &shape));
             self.env.insert(input.name.clone(), v);
         }

@@ -288,6 +288,18 @@ pub fn layer_norm(b: &mut B, n: &NodeCtx) -> Lowering {
     Ok(vec![b.op(op, &inputs, n.name())?])
 }
 
+/// RMSNormalization (opset 23) onto the IR's Norm.
+pub fn rms_norm(b: &mut B, n: &NodeCtx) -> Lowering {
+    let x = n.input(0)?;
+    let a = axis(n.int("axis", -1), b.shape(&x).len())?;
+    let op = Op::Norm {
+        kind: NormKind::Rms,
+        axis: a,
+        epsilon: n.float("epsilon", 1e-5),
+    };
+    Ok(vec![b.op(op, &[x, n.input(1)?], n.name())?])
+}
+
 /// InstanceNormalization: Norm over the spatial axes, then a per-channel
 /// scale and bias.
 pub fn instance_norm(b: &mut B, n: &NodeCtx) -> Lowering {

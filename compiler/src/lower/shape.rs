@@ -129,11 +129,12 @@ pub fn reshape_node(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn flatten(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
-    let a = if s.is_empty() {
-        0
-    } else {
-        axis(n.int("axis", 1), s.len() + 1)?
-    };
+    let (r, raw) = (s.len() as i64, n.int("axis", 1));
+    let a = if raw < 0 { raw + r } else { raw };
+    if !(0..=r).contains(&a) {
+        return Err(format!("axis {raw} out of range for rank {r}"));
+    }
+    let a = a as usize;
     let shape = [s[..a].iter().product(), s[a..].iter().product()];
     Ok(vec![reshape(b, &x, &shape, n.name())?])
 }

@@ -21,7 +21,7 @@ pub use tract_onnx::pb;
 use crate::FrontendError;
 
 /// Opset versions of the default domain the frontend accepts.
-pub const SUPPORTED_OPSETS: std::ops::RangeInclusive<i64> = 7..=25;
+pub const SUPPORTED_OPSETS: std::ops::RangeInclusive<i64> = 7..=28;
 
 /// A parsed ONNX model whose weights stay in their files.
 pub struct OnnxModel {
@@ -201,4 +201,22 @@ impl OnnxModel {
         }
         Ok(Storage::Mapped { map, offset, len })
     }
+}
+
+/// Reads a serialised `TensorProto` file (ONNX test-data `.pb` files).
+pub fn load_tensor_file(path: &Path) -> Result<(String, Tensor), FrontendError> {
+    let bytes = std::fs::read(path).map_err(|source| FrontendError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let t = TensorProto::decode(bytes.as_slice()).map_err(|e| FrontendError::Protobuf {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let tensor = tensor::decode(&t, None).map_err(|msg| FrontendError::Tensor {
+        path: path.to_path_buf(),
+        tensor: t.name.clone(),
+        msg,
+    })?;
+    Ok((t.name, tensor))
 }

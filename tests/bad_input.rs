@@ -1,0 +1,283 @@
+//! Bad input never panics: each case gives a one-line error naming the
+//! problem and the place, exit status 2, and no partial output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use m4c_compiler::onnx::pb;
+use prost::Message;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("m4c-bad-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn m4c(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Asserts exit 2, a single `error:` line containing every `needle`.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "missing `{n}` in: {err}");
+    }
+}
+
+fn run_model(model: &Path, inputs: &Path, out: &Path) -> Output {
+    m4c(&[
+        "run".as_ref(),
+        model.as_os_str(),
+        "--inputs".as_ref(),
+        inputs.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ])
+}
+
+#[test]
+fn truncated_protobuf() {
+    let d = scratch("trunc");
+    let bytes = std::fs::read(fixture("resnet_small.onnx")).unwrap();
+    let bad = d.join("truncated.onnx");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out_file = d.join("out.npz");
+    let out = run_model(&bad, &fixture("resnet_small.inputs.npz"), &out_file);
+    assert_error(&out, &["truncated.onnx", "not a valid ONNX protobuf"]);
+    assert!(!out_file.exists());
+    let out = m4c(&["inspect".as_ref(), bad.as_os_str()]);
+    assert_error(&out, &["truncated.onnx"]);
+}
+
+#[test]
+fn corrupt_bytes() {
+    let d = scratch("corrupt");
+    let bad = d.join("garbage.onnx");
+    std::fs::write(&bad, [0xffu8; 64]).unwrap();
+    assert_error(
+        &m4c(&["inspect".as_ref(), bad.as_os_str()]),
+        &["garbage.onnx", "not a valid ONNX protobuf"],
+    );
+}
+
+#[test]
+fn missing_model_file() {
+    let out = m4c(&["inspect".as_ref(), "no/such/model.onnx".as_ref()]);
+    assert_error(&out, &["no/such/model.onnx"]);
+}
+
+#[test]
+fn missing_external_data() {
+    let d = scratch("extdata");
+    std::fs::copy(
+        fixture("mlp_external_data.onnx"),
+        d.join("mlp_external_data.onnx"),
+    )
+    .unwrap();
+    let out_file = d.join("out.npz");
+    let out = run_model(
+        &d.join("mlp_external_data.onnx"),
+        &fixture("mlp_external_data.inputs.npz"),
+        &out_file,
+    );
+    assert_error(
+        &out,
+        &[
+            "mlp_external_data.onnx",
+            "external data file",
+            "mlp_external_data.onnx.data",
+        ],
+    );
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn short_external_data() {
+    let d = scratch("extshort");
+    std::fs::copy(
+        fixture("mlp_external_data.onnx"),
+        d.join("mlp_external_data.onnx"),
+    )
+    .unwrap();
+    std::fs::write(d.join("mlp_external_data.onnx.data"), [0u8; 16]).unwrap();
+    let out = run_model(
+        &d.join("mlp_external_data.onnx"),
+        &fixture("mlp_external_data.inputs.npz"),
+        &d.join("o.npz"),
+    );
+    assert_error(&out, &["has 16 bytes"]);
+}
+
+fn write_model(path: &Path, opset: i64, nodes: Vec<pb::NodeProto>) {
+    let vi = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
+                        ..Default::default()
+                    }],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "g".into(),
+            node: nodes,
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+fn node(op: &str, domain: &str, name: &str, input: &str, output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        domain: domain.into(),
+        name: name.into(),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn unknown_opset() {
+    let d = scratch("opset");
+    let p = d.join("future.onnx");
+    write_model(&p, 99, vec![node("Relu", "", "r", "x", "y")]);
+    assert_error(
+        &m4c(&["inspect".as_ref(), p.as_os_str()]),
+        &["future.onnx", "opset 99"],
+    );
+}
+
+#[test]
+fn every_unsupported_op_is_reported_at_once() {
+    let d = scratch("unsupported");
+    let p = d.join("odd.onnx");
+    write_model(
+        &p,
+        17,
+        vec![
+            node("NonZero", "", "nz", "x", "a"),
+            node("Frobnicate", "com.example", "frob", "a", "b"),
+            node("TopK", "", "topk", "b", "y"),
+        ],
+    );
+    let inputs = d.join("in.npz");
+    m4c_runtime::write_npz(
+        &inputs,
+        &[(
+            "x".into(),
+            m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![4])),
+        )],
+    )
+    .unwrap();
+    let out = run_model(&p, &inputs, &d.join("o.npz"));
+    assert_error(
+        &out,
+        &[
+            "3 node(s) cannot be lowered",
+            "NonZero (node 'nz', opset 17)",
+            "com.example.Frobnicate (node 'frob'",
+            "TopK (node 'topk', opset 17)",
+        ],
+    );
+    // inspect reports them without failing.
+    let out = m4c(&["inspect".as_ref(), p.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("unsupported ")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn input_shape_mismatch() {
+    let d = scratch("shape");
+    let inputs = d.join("in.npz");
+    m4c_runtime::write_npz(
+        &inputs,
+        &[(
+            "image".into(),
+            m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1, 3, 8, 8])),
+        )],
+    )
+    .unwrap();
+    let out = run_model(&fixture("resnet_small.onnx"), &inputs, &d.join("o.npz"));
+    assert_error(&out, &["resnet_small.onnx", "input", "declares"]);
+}
+
+#[test]
+fn input_dtype_mismatch() {
+    let d = scratch("dtype");
+    let src = m4c_runtime::read_npz(&fixture("resnet_small.inputs.npz")).unwrap();
+    let (name, v) = src.into_iter().next().unwrap();
+    let as_int = m4c_ops::Value::I64(ndarray::ArrayD::zeros(v.shape().to_vec()));
+    let inputs = d.join("in.npz");
+    m4c_runtime::write_npz(&inputs, &[(name.clone(), as_int)]).unwrap();
+    let out = run_model(&fixture("resnet_small.onnx"), &inputs, &d.join("o.npz"));
+    assert_error(
+        &out,
+        &[&format!("input '{name}' is i64 but the model expects f32")],
+    );
+}
+
+#[test]
+fn npz_missing_key() {
+    let d = scratch("key");
+    let inputs = d.join("in.npz");
+    m4c_runtime::write_npz(
+        &inputs,
+        &[(
+            "something_else".into(),
+            m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1])),
+        )],
+    )
+    .unwrap();
+    let out_file = d.join("o.npz");
+    let out = run_model(&fixture("resnet_small.onnx"), &inputs, &out_file);
+    assert_error(&out, &["in.npz", "no array for model input"]);
+    assert!(!out_file.exists());
+}
+
+#[test]
+fn npz_not_a_zip() {
+    let d = scratch("npz");
+    let inputs = d.join("in.npz");
+    std::fs::write(&inputs, b"PK nonsense").unwrap();
+    assert_error(
+        &run_model(&fixture("resnet_small.onnx"), &inputs, &d.join("o.npz")),
+        &["in.npz", "not a valid .npz"],
+    );
+}

@@ -1,0 +1,73 @@
+//! Every committed fixture, run by `m4c run --expect` against the outputs
+//! onnxruntime produced for it (tests/fixtures/*.expected.npz), at the
+//! default tolerance (rtol 1e-4, atol 1e-5).
+
+use std::path::Path;
+use std::process::Command;
+
+fn fixtures() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".onnx"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_fixture_matches_onnxruntime() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let names = fixtures();
+    assert!(names.len() >= 20, "fixtures missing: {names:?}");
+    let mut failures = vec![];
+    for name in &names {
+        let out = Command::new(env!("CARGO_BIN_EXE_m4c"))
+            .arg("run")
+            .arg(dir.join(format!("{name}.onnx")))
+            .arg("--inputs")
+            .arg(dir.join(format!("{name}.inputs.npz")))
+            .arg("--expect")
+            .arg(dir.join(format!("{name}.expected.npz")))
+            .output()
+            .unwrap();
+        if out.status.code() != Some(0) {
+            failures.push(format!(
+                "{name}: exit {:?}\n{}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn out_of_tolerance_exits_1() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // Compare one model's outputs against another model's reference of the
+    // same output name and shape: the run works, the numbers differ.
+    let out = Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(["run"])
+        .arg(dir.join("llama_lora.onnx"))
+        .arg("--inputs")
+        .arg(dir.join("llama_lora.inputs.npz"))
+        .arg("--expect")
+        .arg(dir.join("llama_prefill.expected.npz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
