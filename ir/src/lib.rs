@@ -6,6 +6,7 @@
 //! the model file), never copied ([`Storage`]). The IR has a verifier
 //! ([`Graph::verify`]) and a textual form ([`text`]) that round-trips.
 
+mod decompose;
 mod dtype;
 mod error;
 mod graph;
@@ -16,6 +17,7 @@ mod tensor;
 pub mod text;
 mod verify;
 
+pub use decompose::decompose;
 pub use dtype::DType;
 pub use error::IrError;
 pub use graph::{Graph, Node, Value, ValueDef, ValueId};
