@@ -62,6 +62,18 @@ impl Builder {
         name
     }
 
+    /// Gives a value made while lowering a node the ONNX name of the node's
+    /// output, so IR results keep the names users and adapters refer to.
+    pub fn rename(&mut self, id: ValueId, name: &str) {
+        let fresh = self.fresh_name(name);
+        self.g.values[id.index()].name = fresh;
+    }
+
+    /// Number of values so far (to tell which ones a lowering created).
+    pub fn value_count(&self) -> usize {
+        self.g.values.len()
+    }
+
     /// Declares a graph input.
     pub fn input(&mut self, name: &str, ty: TensorType) -> Val {
         let name = self.fresh_name(name);
@@ -131,7 +143,7 @@ impl Builder {
             return Ok(Val::konst(out.to_tensor()));
         }
         let ids: Vec<ValueId> = inputs.iter().map(|v| self.value_id(v, name)).collect();
-        let fresh = self.fresh_name(name);
+        let fresh = self.fresh_name(&format!("{name}/{}", op.name()));
         self.g
             .add_node(op, &ids, fresh)
             .map(Val::Value)

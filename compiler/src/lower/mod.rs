@@ -284,9 +284,15 @@ impl Lowerer<'_> {
             model: self.model,
             inputs,
         };
+        let before = self.b.value_count();
         match lower(&mut self.b, &ctx) {
             Ok(outs) => {
                 for (name, v) in node.output.iter().zip(outs) {
+                    if let Val::Value(id) = v {
+                        if id.index() >= before && !name.is_empty() {
+                            self.b.rename(id, name);
+                        }
+                    }
                     if !name.is_empty() {
                         self.env.insert(name.clone(), v);
                     }
