@@ -8,6 +8,7 @@ use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicTypeEnum, FunctionType, VectorType};
+use inkwell::values::BasicValue;
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
     VectorValue,
@@ -117,6 +118,32 @@ impl<'ctx> Emitter<'_, 'ctx> {
     ) -> Result<IntValue<'ctx>, CodegenError> {
         let product = self.builder.build_int_mul(a, b, "mul")?;
         Ok(self.builder.build_int_add(product, c, "add")?)
+    }
+
+    /// Loads a vector from `at`, which need only be float-aligned.
+    pub fn load_vector(
+        &self,
+        ty: VectorType<'ctx>,
+        at: PointerValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let load = self.builder.build_load(ty, at, "vec")?;
+        load.as_instruction_value()
+            .expect("a load is an instruction")
+            .set_alignment(4)
+            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        Ok(load.into_vector_value())
+    }
+
+    /// Stores a vector at `at`, which need only be float-aligned.
+    pub fn store_vector(
+        &self,
+        at: PointerValue<'ctx>,
+        value: VectorValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        self.builder
+            .build_store(at, value)?
+            .set_alignment(4)
+            .map_err(|e| CodegenError::Llvm(e.to_string()))
     }
 
     /// The smaller of two unsigned integers.

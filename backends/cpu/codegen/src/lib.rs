@@ -2,15 +2,19 @@
 //! LLVM (through inkwell) and writes artifacts that `m4c-cpu-device` loads.
 
 mod artifact;
+mod bench;
 mod error;
 pub mod gemm;
 mod ir;
 mod jit;
 mod machine;
+mod peak;
 mod target;
 
 pub use artifact::ArtifactBuilder;
+pub use bench::{bench_gemm, GemmBenchConfig, GemmBenchReport};
 pub use error::CodegenError;
 pub use jit::{JitGemm, JitModule};
 pub use machine::Machine;
+pub use peak::{measure_peak, Peak};
 pub use target::{Arch, Isa, Target};

@@ -4,7 +4,6 @@
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::VectorType;
-use inkwell::values::BasicValue;
 use inkwell::values::{FunctionValue, VectorValue};
 use inkwell::IntPredicate;
 
@@ -81,7 +80,7 @@ pub(super) fn emit<'ctx>(
             let at = em
                 .builder
                 .build_int_add(b_row, em.i64(v * tile.lanes), "b_col")?;
-            load_vector(&em, vector, em.float_offset(b, at)?)
+            em.load_vector(vector, em.float_offset(b, at)?)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let a_row = em
@@ -139,27 +138,6 @@ pub(super) fn emit<'ctx>(
     Ok(em.function)
 }
 
-fn load_vector<'ctx>(
-    em: &Emitter<'_, 'ctx>,
-    ty: VectorType<'ctx>,
-    at: inkwell::values::PointerValue<'ctx>,
-) -> Result<VectorValue<'ctx>, CodegenError> {
-    let load = em.builder.build_load(ty, at, "vec")?;
-    set_alignment(load, 4)?;
-    Ok(load.into_vector_value())
-}
-
-fn set_alignment(
-    value: inkwell::values::BasicValueEnum<'_>,
-    bytes: u32,
-) -> Result<(), CodegenError> {
-    value
-        .as_instruction_value()
-        .expect("a load is an instruction")
-        .set_alignment(bytes)
-        .map_err(|e| CodegenError::Llvm(e.to_string()))
-}
-
 /// Stores `cols` lanes of `acc` at `at` (adding what is there when
 /// `accumulate`), with a masked load/store for a partial vector.
 fn store_tile_vector<'ctx>(
@@ -172,13 +150,10 @@ fn store_tile_vector<'ctx>(
 ) -> Result<(), CodegenError> {
     let lanes = ty.get_size() as usize;
     if cols == lanes {
-        let old = load_vector(em, ty, at)?;
+        let old = em.load_vector(ty, at)?;
         let sum = em.builder.build_float_add(old, acc, "sum")?;
         let value = em.builder.build_select(accumulate, sum, acc, "c")?;
-        let store = em.builder.build_store(at, value)?;
-        store
-            .set_alignment(4)
-            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        em.store_vector(at, value.into_vector_value())?;
         return Ok(());
     }
     let bool_type = em.context.bool_type();
