@@ -39,7 +39,7 @@ impl GemmPlan {
         };
         let tile_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
         let tile_cols = vectors * lanes;
-        let k_block = (L1_BYTES / 2 / (tile_cols * 4)).next_multiple_of(8).max(8);
+        let k_block = (L1_BYTES / 2 / (tile_cols * 4) / 8 * 8).max(8);
         let m_block = (L2_BYTES / 2 / (k_block * 4)) / tile_rows * tile_rows;
         Self {
             lanes,

@@ -1,0 +1,46 @@
+//! `m4c bench gemm`: the JSON report is self-consistent and bad targets are
+//! one-line errors (speed itself is reported, never asserted).
+
+use std::process::Command;
+
+fn m4c(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(args)
+        .output()
+        .expect("m4c runs")
+}
+
+#[test]
+fn gemm_json_report_is_consistent() {
+    let out = m4c(&["bench", "gemm", "--m", "3", "--k", "5", "--n", "7", "--runs", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let number = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("no {key}"));
+    let flops = 2.0 * 3.0 * 5.0 * 7.0;
+    let gflops = flops / (number("median_ms") * 1e-3) / 1e9;
+    assert!((number("gflops") - gflops).abs() <= 1e-9 * gflops);
+    let fraction = number("gflops") / number("peak_gflops");
+    assert!((number("peak_fraction") - fraction).abs() <= 1e-12);
+    assert!(number("peak_gflops") > 0.0 && number("runs") >= 2.0);
+}
+
+#[test]
+fn unknown_target_and_cpu_are_one_line_errors() {
+    for (flag, value, message) in [
+        ("--target", "riscv64", "unknown target `riscv64`"),
+        ("--cpu", "znver99", "unknown CPU `znver99`"),
+    ] {
+        let out = m4c(&["bench", "gemm", "--m", "2", "--k", "2", "--n", "2", flag, value]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}
+
+#[test]
+fn zero_sized_gemm_is_an_error() {
+    let out = m4c(&["bench", "gemm", "--m", "0", "--k", "2", "--n", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("every dimension must be at least 1"));
+}
