@@ -93,8 +93,8 @@ pub(crate) fn arithmetic(op: &Op, a: &Value, b: &Value) -> Result<Value> {
             };
             Ok(Value::Bool(zip2(
                 name,
-                &*a.array::<bool>(name)?,
-                &*b.array::<bool>(name)?,
+                a.array::<bool>(name)?,
+                b.array::<bool>(name)?,
                 f,
             )?))
         }

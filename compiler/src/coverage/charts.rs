@@ -7,10 +7,26 @@ use super::svg::{colour, integer_ticks, Anchor, Svg};
 const FONT: f64 = 12.0;
 const SMALL: f64 = 10.0;
 
+/// A generous estimate of the width of `text` in a sans-serif font.
+fn text_width(text: &str, size: f64) -> f64 {
+    0.62 * size * text.chars().count() as f64
+}
+
 /// Fig. 14a: x = models added, y = distinct ONNX op types, one line per group.
 pub fn growth_svg(groups: &[GroupReport]) -> String {
-    let (width, height) = (720.0, 420.0);
-    let (left, right, top, bottom) = (64.0, 180.0, 40.0, 56.0);
+    let legend: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            let total = g.growth.last().copied().unwrap_or(0);
+            format!("{} ({total} ops, {} models)", g.name, g.growth.len())
+        })
+        .collect();
+    let legend_w = legend
+        .iter()
+        .map(|l| text_width(l, SMALL))
+        .fold(0.0, f64::max);
+    let (left, right, top, bottom) = (64.0, 56.0 + legend_w, 40.0, 56.0);
+    let (width, height) = (540.0 + right, 420.0);
     let (plot_w, plot_h) = (width - left - right, height - top - bottom);
     let max_x = groups
         .iter()
@@ -86,13 +102,7 @@ pub fn growth_svg(groups: &[GroupReport]) -> String {
         let lx = left + plot_w + 16.0;
         svg.line((lx, ly - 4.0), (lx + 22.0, ly - 4.0), colour(i), 2.0);
         svg.circle((lx + 11.0, ly - 4.0), 3.0, colour(i));
-        let total = g.growth.last().copied().unwrap_or(0);
-        svg.text(
-            (lx + 28.0, ly),
-            &format!("{} ({total} ops, {} models)", g.name, g.growth.len()),
-            Anchor::Start,
-            SMALL,
-        );
+        svg.text((lx + 28.0, ly), &legend[i], Anchor::Start, SMALL);
     }
     svg.finish()
 }
@@ -103,7 +113,13 @@ pub fn frequency_svg(groups: &[GroupReport]) -> String {
     const ROW: f64 = 15.0;
     const HEADER: f64 = 48.0;
     const GAP: f64 = 24.0;
-    let (width, label_w, bar_w) = (720.0, 200.0, 440.0);
+    let longest = groups
+        .iter()
+        .flat_map(|g| &g.frequency)
+        .map(|u| text_width(&u.op_type, SMALL))
+        .fold(0.0, f64::max);
+    let (label_w, bar_w) = (longest.max(120.0) + 16.0, 440.0);
+    let width = label_w + bar_w + 60.0;
     let height = 16.0
         + groups
             .iter()

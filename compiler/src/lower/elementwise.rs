@@ -21,7 +21,7 @@ pub fn bin(b: &mut B, op: Op, x: &Val, y: &Val, name: &str) -> Result<Val, Strin
 
 /// `op(x)` for a unary IR operator.
 pub fn un(b: &mut B, op: Op, x: &Val, name: &str) -> Result<Val, String> {
-    b.op(op, &[x.clone()], name)
+    b.op(op, std::slice::from_ref(x), name)
 }
 
 /// `-x` for any numeric type.

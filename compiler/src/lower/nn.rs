@@ -135,8 +135,7 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     // 1. Insert stride-1 zeros between input elements on every spatial axis.
     let mut y = x;
-    for i in 0..sp {
-        let s = strides[i];
+    for (i, &s) in strides.iter().enumerate() {
         if s == 1 {
             continue;
         }
@@ -183,8 +182,8 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     let mut kshape = vec![g * cout_g, cin / g];
     kshape.extend(k);
     wt = reshape(b, &wt, &kshape, name)?;
-    for i in 0..sp {
-        wt = slice_axis(b, &wt, 2 + i, k[i] - 1, -1, k[i], name)?;
+    for (i, &ki) in k.iter().enumerate() {
+        wt = slice_axis(b, &wt, 2 + i, ki - 1, -1, ki, name)?;
     }
     let attrs = ConvAttrs {
         strides: vec![1; sp],
@@ -414,7 +413,7 @@ pub fn softmax(b: &mut B, n: &NodeCtx) -> Lowering {
                 axes: vec![ax],
                 keep_dims: true,
             },
-            &[y.clone()],
+            std::slice::from_ref(&y),
             name,
         )?;
         let d = bin(b, Op::Sub, &y, &m, name)?;

@@ -81,7 +81,7 @@ pub fn reduce(b: &mut B, n: &NodeCtx) -> Lowering {
                     axes: ax.clone(),
                     keep_dims: true,
                 },
-                &[x.clone()],
+                std::slice::from_ref(&x),
                 name,
             )?;
             let d = bin(b, Op::Sub, &x, &m, name)?;

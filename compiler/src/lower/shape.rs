@@ -19,7 +19,7 @@ pub fn reshape(b: &mut B, x: &Val, shape: &[usize], name: &str) -> Result<Val, S
         Op::Reshape {
             shape: shape.to_vec(),
         },
-        &[x.clone()],
+        std::slice::from_ref(x),
         name,
     )
 }
@@ -55,7 +55,7 @@ pub fn slice_axis(
     {
         return Ok(x.clone());
     }
-    b.op(Op::Slice { axes }, &[x.clone()], name)
+    b.op(Op::Slice { axes }, std::slice::from_ref(x), name)
 }
 
 /// Transposes unless `perm` is the identity.
@@ -67,7 +67,7 @@ pub fn transpose(b: &mut B, x: &Val, perm: &[usize], name: &str) -> Result<Val, 
         Op::Transpose {
             perm: perm.to_vec(),
         },
-        &[x.clone()],
+        std::slice::from_ref(x),
         name,
     )
 }
@@ -117,7 +117,7 @@ pub fn reshape_node(b: &mut B, n: &NodeCtx) -> Lowering {
     let total: usize = s.iter().product();
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot infer -1 reshaping {s:?} to {spec:?}"));
         }
         out[i] = total / known;
