@@ -12,8 +12,16 @@ fn main() {
     let cases = [
         ("edge-small", MachineConfig::edge_small(), (197, 768, 768)),
         ("edge-small", MachineConfig::edge_small(), (512, 1024, 1024)),
-        ("phone-flagship", MachineConfig::phone_flagship(), (512, 1024, 1024)),
-        ("phone-flagship", MachineConfig::phone_flagship(), (1, 4096, 4096)),
+        (
+            "phone-flagship",
+            MachineConfig::phone_flagship(),
+            (512, 1024, 1024),
+        ),
+        (
+            "phone-flagship",
+            MachineConfig::phone_flagship(),
+            (1, 4096, 4096),
+        ),
     ];
     for (name, config, (m, k, n)) in cases {
         let ops = GemmOperands::random(m, k, n, 42);

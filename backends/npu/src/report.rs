@@ -62,7 +62,13 @@ impl Stats {
     /// Fills the derived fields (utilisation, energy, time) from the counts.
     pub fn finish(&mut self, config: &MachineConfig) {
         let pes = config.array_rows as f64 * config.array_cols as f64;
-        let ratio = |cycles: u64| if cycles == 0 { 0.0 } else { self.macs as f64 / (pes * cycles as f64) };
+        let ratio = |cycles: u64| {
+            if cycles == 0 {
+                0.0
+            } else {
+                self.macs as f64 / (pes * cycles as f64)
+            }
+        };
         self.utilization = ratio(self.cycles);
         self.compute_utilization = ratio(self.compute_cycles);
         let e = &config.energy;
@@ -79,19 +85,57 @@ impl Stats {
     pub fn to_text(&self, config: &MachineConfig) -> String {
         let mut s = String::new();
         let busy = &self.engine_busy_cycles;
-        let pct = |c: u64| if self.cycles == 0 { 0.0 } else { 100.0 * c as f64 / self.cycles as f64 };
-        let _ = writeln!(s, "machine        {} ({}x{} {:?}, {} MHz)", config.name, config.array_rows, config.array_cols, config.dataflow, config.clock_mhz);
+        let pct = |c: u64| {
+            if self.cycles == 0 {
+                0.0
+            } else {
+                100.0 * c as f64 / self.cycles as f64
+            }
+        };
+        let _ = writeln!(
+            s,
+            "machine        {} ({}x{} {:?}, {} MHz)",
+            config.name, config.array_rows, config.array_cols, config.dataflow, config.clock_mhz
+        );
         let _ = writeln!(s, "cycles         {} ({:.2} us)", self.cycles, self.time_us);
         let _ = writeln!(s, "compute cycles {}", self.compute_cycles);
         if let Some(c) = self.scalesim_compute_cycles {
             let _ = writeln!(s, "scalesim compute cycles {c}");
         }
-        let _ = writeln!(s, "utilization    {:.2}% (of compute cycles: {:.2}%)", 100.0 * self.utilization, 100.0 * self.compute_utilization);
+        let _ = writeln!(
+            s,
+            "utilization    {:.2}% (of compute cycles: {:.2}%)",
+            100.0 * self.utilization,
+            100.0 * self.compute_utilization
+        );
         let _ = writeln!(s, "MACs           {}", self.macs);
-        let _ = writeln!(s, "engine busy    ld {} ({:.1}%), mx {} ({:.1}%), vx {} ({:.1}%), st {} ({:.1}%)", busy.ld, pct(busy.ld), busy.mx, pct(busy.mx), busy.vx, pct(busy.vx), busy.st, pct(busy.st));
-        let _ = writeln!(s, "SRAM bytes     read {}, written {}", self.sram_read_bytes, self.sram_write_bytes);
-        let _ = writeln!(s, "acc bytes      read {}, written {}", self.acc_read_bytes, self.acc_write_bytes);
-        let _ = writeln!(s, "DRAM bytes     read {}, written {}", self.dram_read_bytes, self.dram_write_bytes);
+        let _ = writeln!(
+            s,
+            "engine busy    ld {} ({:.1}%), mx {} ({:.1}%), vx {} ({:.1}%), st {} ({:.1}%)",
+            busy.ld,
+            pct(busy.ld),
+            busy.mx,
+            pct(busy.mx),
+            busy.vx,
+            pct(busy.vx),
+            busy.st,
+            pct(busy.st)
+        );
+        let _ = writeln!(
+            s,
+            "SRAM bytes     read {}, written {}",
+            self.sram_read_bytes, self.sram_write_bytes
+        );
+        let _ = writeln!(
+            s,
+            "acc bytes      read {}, written {}",
+            self.acc_read_bytes, self.acc_write_bytes
+        );
+        let _ = writeln!(
+            s,
+            "DRAM bytes     read {}, written {}",
+            self.dram_read_bytes, self.dram_write_bytes
+        );
         let _ = writeln!(s, "energy         {:.3} uJ", self.energy_pj / 1e6);
         let _ = writeln!(s, "instructions   {}", self.instructions);
         s

@@ -8,10 +8,21 @@ use proptest::prelude::*;
 
 fn run(ops: &ConvOperands, config: &MachineConfig) -> Vec<i8> {
     let g = generate(ops, config, false).unwrap();
-    let r = simulate(&g.program, config, SimOptions { check_hazards: true, ..SimOptions::default() }).unwrap();
+    let r = simulate(
+        &g.program,
+        config,
+        SimOptions {
+            check_hazards: true,
+            ..SimOptions::default()
+        },
+    )
+    .unwrap();
     assert!(r.hazards.is_empty(), "hazards: {:?}", r.hazards);
     let len = ops.shape.out_h() * ops.shape.out_w() * ops.shape.c_out;
-    r.dram[g.out_addr as usize..g.out_addr as usize + len].iter().map(|&b| b as i8).collect()
+    r.dram[g.out_addr as usize..g.out_addr as usize + len]
+        .iter()
+        .map(|&b| b as i8)
+        .collect()
 }
 
 proptest! {
@@ -33,14 +44,32 @@ proptest! {
 
 #[test]
 fn resnet_like_3x3_on_edge_small() {
-    let shape = ConvShape { h: 14, w: 14, c_in: 40, c_out: 48, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let shape = ConvShape {
+        h: 14,
+        w: 14,
+        c_in: 40,
+        c_out: 48,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+    };
     let ops = ConvOperands::random(shape, 3);
     assert_eq!(run(&ops, &MachineConfig::edge_small()), ops.reference());
 }
 
 #[test]
 fn strided_3x3() {
-    let shape = ConvShape { h: 15, w: 11, c_in: 5, c_out: 7, kh: 3, kw: 3, stride: 2, pad: 1 };
+    let shape = ConvShape {
+        h: 15,
+        w: 11,
+        c_in: 5,
+        c_out: 7,
+        kh: 3,
+        kw: 3,
+        stride: 2,
+        pad: 1,
+    };
     let ops = ConvOperands::random(shape, 9);
     assert_eq!(run(&ops, &MachineConfig::edge_small()), ops.reference());
 }

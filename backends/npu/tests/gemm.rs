@@ -20,7 +20,10 @@ fn small_machine(rows: u32, cols: u32, dataflow: Dataflow, sram: u32, acc: u32) 
 
 fn run(ops: &GemmOperands, config: &MachineConfig) -> Vec<i8> {
     let g = generate(ops, config, false).unwrap();
-    let options = SimOptions { check_hazards: true, ..SimOptions::default() };
+    let options = SimOptions {
+        check_hazards: true,
+        ..SimOptions::default()
+    };
     let r = simulate(&g.program, config, options).unwrap();
     assert!(r.hazards.is_empty(), "hazards: {:?}", r.hazards);
     assert_eq!(r.stats.macs, (ops.m * ops.k * ops.n) as u64);
@@ -57,7 +60,10 @@ fn scalesim_compat_reproduces_the_fold_formula() {
     let ops = GemmOperands::random(50, 70, 40, 1);
     let config = MachineConfig::scalesim_like(16, 16, Dataflow::Ws);
     let g = generate(&ops, &config, true).unwrap();
-    let options = SimOptions { timing: TimingMode::ScaleSimCompat, ..SimOptions::default() };
+    let options = SimOptions {
+        timing: TimingMode::ScaleSimCompat,
+        ..SimOptions::default()
+    };
     let r = simulate(&g.program, &config, options).unwrap();
     assert_eq!(r.stats.compute_cycles, 5 * 3 * (50 + 32 + 16 - 2));
     // OS: ceil(M/R) * ceil(N/C) folds of K + R + C - 2 cycles.

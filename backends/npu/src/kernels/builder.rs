@@ -22,11 +22,13 @@ pub struct ProgramBuilder {
 impl ProgramBuilder {
     /// Appends one instruction after checking its field ranges.
     pub fn emit(&mut self, instr: Instr) -> Result<(), KernelError> {
-        instr.check_ranges().map_err(|(field, value)| KernelError::FieldRange {
-            mnemonic: instr.spec().mnemonic,
-            field,
-            value,
-        })?;
+        instr
+            .check_ranges()
+            .map_err(|(field, value)| KernelError::FieldRange {
+                mnemonic: instr.spec().mnemonic,
+                field,
+                value,
+            })?;
         let slot = match instr {
             Instr::LdCfg { .. } => Some(&mut self.last_ld_cfg),
             Instr::StCfg { .. } => Some(&mut self.last_st_cfg),
@@ -47,7 +49,10 @@ impl ProgramBuilder {
         let addr = self.dram_size.div_ceil(DRAM_ALIGN) * DRAM_ALIGN;
         self.dram_size = addr + len as u64;
         if self.dram_size > crate::program::MAX_DRAM_BYTES {
-            return Err(KernelError::DoesNotFit(format!("DRAM image of {} bytes", self.dram_size)));
+            return Err(KernelError::DoesNotFit(format!(
+                "DRAM image of {} bytes",
+                self.dram_size
+            )));
         }
         Ok(addr as u32)
     }
@@ -62,8 +67,14 @@ impl ProgramBuilder {
     /// Appends `halt` and returns the validated program.
     pub fn finish(mut self) -> Result<Program, KernelError> {
         self.emit(Instr::Halt {})?;
-        let program = Program { instrs: self.instrs, dram_size: self.dram_size as u32, segments: self.segments };
-        program.validate().map_err(|e| KernelError::Internal(e.to_string()))?;
+        let program = Program {
+            instrs: self.instrs,
+            dram_size: self.dram_size as u32,
+            segments: self.segments,
+        };
+        program
+            .validate()
+            .map_err(|e| KernelError::Internal(e.to_string()))?;
         Ok(program)
     }
 }

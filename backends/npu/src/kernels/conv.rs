@@ -34,19 +34,32 @@ impl ConvOperands {
     pub fn random(shape: ConvShape, seed: u64) -> ConvOperands {
         let mut rng = SplitMix64::new(seed);
         let k = shape.kh * shape.kw * shape.c_in;
-        let (multiplier, shift) = Requant::quantize_scale(1.0 / (128.0 * (k.max(1) as f64).sqrt())).unwrap_or((1 << 30, -31));
+        let (multiplier, shift) = Requant::quantize_scale(1.0 / (128.0 * (k.max(1) as f64).sqrt()))
+            .unwrap_or((1 << 30, -31));
         ConvOperands {
             shape,
             input: rng.i8s(shape.h * shape.w * shape.c_in),
             weights: rng.i8s(k * shape.c_out),
             bias: Some(rng.i32s(shape.c_out, 4096)),
-            quant: Requant { multiplier, shift, zero_point: 3, clamp_min: -128, clamp_max: 127 },
+            quant: Requant {
+                multiplier,
+                shift,
+                zero_point: 3,
+                clamp_min: -128,
+                clamp_max: 127,
+            },
         }
     }
 
     /// The reference result (NHWC int8).
     pub fn reference(&self) -> Vec<i8> {
-        super::reference::conv2d(&self.input, &self.weights, self.bias.as_deref(), &self.shape, &self.quant)
+        super::reference::conv2d(
+            &self.input,
+            &self.weights,
+            self.bias.as_deref(),
+            &self.shape,
+            &self.quant,
+        )
     }
 }
 
@@ -61,45 +74,73 @@ pub struct ConvProgram {
 }
 
 /// Generates a convolution program for `config` (`unsplit`: as for GEMM).
-pub fn generate(ops: &ConvOperands, config: &MachineConfig, unsplit: bool) -> Result<ConvProgram, KernelError> {
+pub fn generate(
+    ops: &ConvOperands,
+    config: &MachineConfig,
+    unsplit: bool,
+) -> Result<ConvProgram, KernelError> {
     let s = ops.shape;
     if [s.h, s.w, s.c_in, s.c_out, s.kh, s.kw, s.stride].contains(&0) {
         return Err(KernelError::BadShape(format!("{s:?} has a zero dimension")));
     }
     if s.h + 2 * s.pad < s.kh || s.w + 2 * s.pad < s.kw {
-        return Err(KernelError::BadShape("kernel larger than the padded input".into()));
+        return Err(KernelError::BadShape(
+            "kernel larger than the padded input".into(),
+        ));
     }
     let (m, k, n) = (s.out_h() * s.out_w(), s.kh * s.kw * s.c_in, s.c_out);
-    if ops.input.len() != s.h * s.w * s.c_in || ops.weights.len() != k * n || ops.bias.as_ref().is_some_and(|b| b.len() != n) {
-        return Err(KernelError::BadShape("operand lengths do not match the shape".into()));
+    if ops.input.len() != s.h * s.w * s.c_in
+        || ops.weights.len() != k * n
+        || ops.bias.as_ref().is_some_and(|b| b.len() != n)
+    {
+        return Err(KernelError::BadShape(
+            "operand lengths do not match the shape".into(),
+        ));
     }
     let plan = TilePlan::choose(config, m, k, n, unsplit)?;
     let mut b = ProgramBuilder::default();
     let in_dram = b.alloc_data(i8_bytes(&ops.input))? as usize;
     let w_dram = b.alloc_data(i8_bytes(&ops.weights))?;
-    let bias_dram = ops.bias.as_ref().map(|bias| b.alloc_data(i32_bytes(bias))).transpose()?;
+    let bias_dram = ops
+        .bias
+        .as_ref()
+        .map(|bias| b.alloc_data(i32_bytes(bias)))
+        .transpose()?;
     let out_dram = b.alloc(m * n)?;
-    let io = MatmulIo { m, k, n, w_dram, bias_dram, out_dram, quant: ops.quant };
-    let load_a = |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram: u64, stride: u64| {
-        let mut kk = ks.start;
-        while kk < ks.end {
-            let (tap, c0) = (kk / s.c_in, kk % s.c_in);
-            let len = (s.c_in - c0).min(ks.end - kk);
-            let col = (kk - ks.start) as u64;
-            let mut p = pixels.start;
-            while p < pixels.end {
-                let (oy, ox0) = (p / s.out_w(), p % s.out_w());
-                let ox1 = (ox0 + pixels.end - p).min(s.out_w());
-                let dst = sram + (p - pixels.start) as u64 * stride + col;
-                load_taps(b, &s, in_dram, (oy, ox0..ox1), (tap, c0, len), dst, stride)?;
-                p += ox1 - ox0;
-            }
-            kk += len;
-        }
-        Ok(())
+    let io = MatmulIo {
+        m,
+        k,
+        n,
+        w_dram,
+        bias_dram,
+        out_dram,
+        quant: ops.quant,
     };
+    let load_a =
+        |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram: u64, stride: u64| {
+            let mut kk = ks.start;
+            while kk < ks.end {
+                let (tap, c0) = (kk / s.c_in, kk % s.c_in);
+                let len = (s.c_in - c0).min(ks.end - kk);
+                let col = (kk - ks.start) as u64;
+                let mut p = pixels.start;
+                while p < pixels.end {
+                    let (oy, ox0) = (p / s.out_w(), p % s.out_w());
+                    let ox1 = (ox0 + pixels.end - p).min(s.out_w());
+                    let dst = sram + (p - pixels.start) as u64 * stride + col;
+                    load_taps(b, &s, in_dram, (oy, ox0..ox1), (tap, c0, len), dst, stride)?;
+                    p += ox1 - ox0;
+                }
+                kk += len;
+            }
+            Ok(())
+        };
     emit(&mut b, &io, plan, &load_a)?;
-    Ok(ConvProgram { program: b.finish()?, out_addr: out_dram, plan })
+    Ok(ConvProgram {
+        program: b.finish()?,
+        out_addr: out_dram,
+        plan,
+    })
 }
 
 /// Loads channels `c0..c0+len` of kernel tap `tap` for output pixels
@@ -117,11 +158,16 @@ fn load_taps(
     let y = (oy * s.stride + ky) as isize - s.pad as isize;
     // Output columns whose input column lies inside the image.
     let x_of = |o: usize| (o * s.stride + kx) as isize - s.pad as isize;
-    let valid = |o: &usize| y >= 0 && (y as usize) < s.h && x_of(*o) >= 0 && (x_of(*o) as usize) < s.w;
+    let valid =
+        |o: &usize| y >= 0 && (y as usize) < s.h && x_of(*o) >= 0 && (x_of(*o) as usize) < s.w;
     let lo = ox.clone().find(valid).unwrap_or(ox.end);
     let hi = ox.clone().rev().find(valid).map_or(lo, |o| o + 1);
     let (top, rows, bottom) = (lo - ox.start, hi - lo, ox.end - hi);
-    let dram = if rows > 0 { in_dram + ((y as usize * s.w + x_of(lo) as usize) * s.c_in + c0) } else { 0 };
+    let dram = if rows > 0 {
+        in_dram + ((y as usize * s.w + x_of(lo) as usize) * s.c_in + c0)
+    } else {
+        0
+    };
     b.emit(Instr::LdCfg {
         dram_stride: (s.stride * s.c_in) as i64,
         sram_stride: stride as i64,
@@ -130,5 +176,11 @@ fn load_taps(
         pad_left: 0,
         pad_right: 0,
     })?;
-    b.emit(Instr::Ld { space: 1, sram: dst as i64, dram: dram as i64, rows: rows as i64, row_bytes: len as i64 })
+    b.emit(Instr::Ld {
+        space: 1,
+        sram: dst as i64,
+        dram: dram as i64,
+        rows: rows as i64,
+        row_bytes: len as i64,
+    })
 }

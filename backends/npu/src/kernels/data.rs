@@ -26,7 +26,9 @@ impl SplitMix64 {
 
     /// `len` random int32 values in `-bound..bound`.
     pub fn i32s(&mut self, len: usize, bound: i32) -> Vec<i32> {
-        (0..len).map(|_| (self.next_u64() % (2 * bound as u64)) as i32 - bound).collect()
+        (0..len)
+            .map(|_| (self.next_u64() % (2 * bound as u64)) as i32 - bound)
+            .collect()
     }
 }
 

@@ -41,13 +41,25 @@ impl GemmOperands {
             a: rng.i8s(m * k),
             w: rng.i8s(k * n),
             bias: Some(rng.i32s(n, 4096)),
-            quant: Requant { multiplier, shift, zero_point: (rng.next_u64() % 21) as i32 - 10, clamp_min: -128, clamp_max: 127 },
+            quant: Requant {
+                multiplier,
+                shift,
+                zero_point: (rng.next_u64() % 21) as i32 - 10,
+                clamp_min: -128,
+                clamp_max: 127,
+            },
         }
     }
 
     /// The reference result.
     pub fn reference(&self) -> Vec<i8> {
-        super::reference::gemm(&self.a, &self.w, self.bias.as_deref(), (self.m, self.k, self.n), &self.quant)
+        super::reference::gemm(
+            &self.a,
+            &self.w,
+            self.bias.as_deref(),
+            (self.m, self.k, self.n),
+            &self.quant,
+        )
     }
 }
 
@@ -63,23 +75,57 @@ pub struct GemmProgram {
 
 /// Generates a GEMM program for `config`; `unsplit` demands SCALE-Sim's folds
 /// exactly (the streamed dimension kept whole).
-pub fn generate(ops: &GemmOperands, config: &MachineConfig, unsplit: bool) -> Result<GemmProgram, KernelError> {
+pub fn generate(
+    ops: &GemmOperands,
+    config: &MachineConfig,
+    unsplit: bool,
+) -> Result<GemmProgram, KernelError> {
     let (m, k, n) = (ops.m, ops.k, ops.n);
     if m == 0 || k == 0 || n == 0 {
-        return Err(KernelError::BadShape(format!("GEMM {m}x{k}x{n} has a zero dimension")));
+        return Err(KernelError::BadShape(format!(
+            "GEMM {m}x{k}x{n} has a zero dimension"
+        )));
     }
-    if ops.a.len() != m * k || ops.w.len() != k * n || ops.bias.as_ref().is_some_and(|b| b.len() != n) {
-        return Err(KernelError::BadShape("operand lengths do not match M, K, N".into()));
+    if ops.a.len() != m * k
+        || ops.w.len() != k * n
+        || ops.bias.as_ref().is_some_and(|b| b.len() != n)
+    {
+        return Err(KernelError::BadShape(
+            "operand lengths do not match M, K, N".into(),
+        ));
     }
     let plan = TilePlan::choose(config, m, k, n, unsplit)?;
     let mut b = ProgramBuilder::default();
     let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
     let w_dram = b.alloc_data(i8_bytes(&ops.w))?;
-    let bias_dram = ops.bias.as_ref().map(|bias| b.alloc_data(i32_bytes(bias))).transpose()?;
+    let bias_dram = ops
+        .bias
+        .as_ref()
+        .map(|bias| b.alloc_data(i32_bytes(bias)))
+        .transpose()?;
     let out_dram = b.alloc(m * n)?;
-    let io = MatmulIo { m, k, n, w_dram, bias_dram, out_dram, quant: ops.quant };
-    let load_a = |b: &mut ProgramBuilder, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, sram: u64, stride: u64| {
-        b.emit(Instr::LdCfg { dram_stride: k as i64, sram_stride: stride as i64, pad_top: 0, pad_bottom: 0, pad_left: 0, pad_right: 0 })?;
+    let io = MatmulIo {
+        m,
+        k,
+        n,
+        w_dram,
+        bias_dram,
+        out_dram,
+        quant: ops.quant,
+    };
+    let load_a = |b: &mut ProgramBuilder,
+                  rows: std::ops::Range<usize>,
+                  cols: std::ops::Range<usize>,
+                  sram: u64,
+                  stride: u64| {
+        b.emit(Instr::LdCfg {
+            dram_stride: k as i64,
+            sram_stride: stride as i64,
+            pad_top: 0,
+            pad_bottom: 0,
+            pad_left: 0,
+            pad_right: 0,
+        })?;
         b.emit(Instr::Ld {
             space: 1,
             sram: sram as i64,
@@ -89,5 +135,9 @@ pub fn generate(ops: &GemmOperands, config: &MachineConfig, unsplit: bool) -> Re
         })
     };
     emit(&mut b, &io, plan, &load_a)?;
-    Ok(GemmProgram { program: b.finish()?, out_addr: out_dram, plan })
+    Ok(GemmProgram {
+        program: b.finish()?,
+        out_addr: out_dram,
+        plan,
+    })
 }

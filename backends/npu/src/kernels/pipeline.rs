@@ -40,20 +40,42 @@ impl TilePlan {
     /// (WS: K x N, OS: M x N); the streamed dimension (WS: M, OS: K) is kept
     /// whole when the memories allow, as SCALE-Sim does, and otherwise split
     /// evenly. With `unsplit` a split is an error instead.
-    pub fn choose(config: &MachineConfig, m: usize, k: usize, n: usize, unsplit: bool) -> Result<TilePlan, KernelError> {
+    pub fn choose(
+        config: &MachineConfig,
+        m: usize,
+        k: usize,
+        n: usize,
+        unsplit: bool,
+    ) -> Result<TilePlan, KernelError> {
         let (rows, cols) = (config.array_rows as usize, config.array_cols as usize);
         let n_tile = n.min(cols);
         let fits = |p: &TilePlan| {
-            let act = align(4 * n) + 2 * align(p.m_tile * p.k_tile) + p.acc_buffers * align(p.m_tile * p.n_tile);
+            let act = align(4 * n)
+                + 2 * align(p.m_tile * p.k_tile)
+                + p.acc_buffers * align(p.m_tile * p.n_tile);
             act <= config.act_sram_bytes as usize
                 && 2 * align(p.k_tile * p.n_tile) <= config.weight_sram_bytes as usize
                 && p.acc_buffers * p.m_tile * p.n_tile <= config.acc_entries()
                 && p.m_tile.max(p.k_tile) <= u16::MAX as usize
         };
-        let streamed = if config.dataflow == Dataflow::Ws { m } else { k };
+        let streamed = if config.dataflow == Dataflow::Ws {
+            m
+        } else {
+            k
+        };
         let make = |len: usize, acc_buffers: usize| match config.dataflow {
-            Dataflow::Ws => TilePlan { m_tile: len, k_tile: k.min(rows), n_tile, acc_buffers },
-            Dataflow::Os => TilePlan { m_tile: m.min(rows), k_tile: len, n_tile, acc_buffers },
+            Dataflow::Ws => TilePlan {
+                m_tile: len,
+                k_tile: k.min(rows),
+                n_tile,
+                acc_buffers,
+            },
+            Dataflow::Os => TilePlan {
+                m_tile: m.min(rows),
+                k_tile: len,
+                n_tile,
+                acc_buffers,
+            },
         };
         for buffers in [2, 1] {
             let plan = make(streamed, buffers);
@@ -62,7 +84,11 @@ impl TilePlan {
             }
         }
         if unsplit {
-            let what = if config.dataflow == Dataflow::Ws { "M" } else { "K" };
+            let what = if config.dataflow == Dataflow::Ws {
+                "M"
+            } else {
+                "K"
+            };
             return Err(KernelError::DoesNotFit(format!(
                 "the streamed dimension {what}={streamed} does not fit the {} memories unsplit, which SCALE-Sim-compatible timing needs",
                 config.name
@@ -74,7 +100,10 @@ impl TilePlan {
                 return Ok(plan);
             }
         }
-        Err(KernelError::DoesNotFit(format!("no tiling of {m}x{k}x{n} fits {}", config.name)))
+        Err(KernelError::DoesNotFit(format!(
+            "no tiling of {m}x{k}x{n} fits {}",
+            config.name
+        )))
     }
 }
 
@@ -102,20 +131,43 @@ pub struct MatmulIo {
 
 /// Emits instructions that load A[rows, cols] into activation SRAM at
 /// `sram` with row stride `stride`.
-pub type PanelLoader<'a> = dyn Fn(&mut ProgramBuilder, Range<usize>, Range<usize>, u64, u64) -> Result<(), KernelError> + 'a;
+pub type PanelLoader<'a> = dyn Fn(&mut ProgramBuilder, Range<usize>, Range<usize>, u64, u64) -> Result<(), KernelError>
+    + 'a;
 
 /// Emits the whole pipelined matmul.
-pub fn emit(b: &mut ProgramBuilder, io: &MatmulIo, plan: TilePlan, load_a: &PanelLoader) -> Result<(), KernelError> {
-    let TilePlan { m_tile, k_tile, n_tile, acc_buffers } = plan;
+pub fn emit(
+    b: &mut ProgramBuilder,
+    io: &MatmulIo,
+    plan: TilePlan,
+    load_a: &PanelLoader,
+) -> Result<(), KernelError> {
+    let TilePlan {
+        m_tile,
+        k_tile,
+        n_tile,
+        acc_buffers,
+    } = plan;
     let bias_bytes = align(4 * io.n) as u64;
     let a_buf = |s: usize| bias_bytes + (s % 2 * align(m_tile * k_tile)) as u64;
-    let out_buf = |t: usize| bias_bytes + 2 * align(m_tile * k_tile) as u64 + (t % acc_buffers * align(m_tile * n_tile)) as u64;
+    let out_buf = |t: usize| {
+        bias_bytes
+            + 2 * align(m_tile * k_tile) as u64
+            + (t % acc_buffers * align(m_tile * n_tile)) as u64
+    };
     let w_buf = |s: usize| (s % 2 * align(k_tile * n_tile)) as u64;
     let acc_buf = |t: usize| (t % acc_buffers * m_tile * n_tile) as u64;
     let q = io.quant;
 
-    b.emit(Instr::MmCfg { a_stride: k_tile as i64, w_stride: n_tile as i64, acc_stride: n_tile as i64 })?;
-    b.emit(Instr::VecCfg { dst_stride: n_tile as i64, src_stride: n_tile as i64, src2_stride: 0 })?;
+    b.emit(Instr::MmCfg {
+        a_stride: k_tile as i64,
+        w_stride: n_tile as i64,
+        acc_stride: n_tile as i64,
+    })?;
+    b.emit(Instr::VecCfg {
+        dst_stride: n_tile as i64,
+        src_stride: n_tile as i64,
+        src2_stride: 0,
+    })?;
     b.emit(Instr::RqCfg {
         multiplier: q.multiplier as i64,
         shift: q.shift as i64,
@@ -123,19 +175,48 @@ pub fn emit(b: &mut ProgramBuilder, io: &MatmulIo, plan: TilePlan, load_a: &Pane
         clamp_min: q.clamp_min as i64,
         clamp_max: q.clamp_max as i64,
     })?;
-    b.emit(Instr::StCfg { dram_stride: io.n as i64, sram_stride: n_tile as i64 })?;
+    b.emit(Instr::StCfg {
+        dram_stride: io.n as i64,
+        sram_stride: n_tile as i64,
+    })?;
     if let Some(bias) = io.bias_dram {
-        b.emit(Instr::LdCfg { dram_stride: 0, sram_stride: 0, pad_top: 0, pad_bottom: 0, pad_left: 0, pad_right: 0 })?;
-        b.emit(Instr::Ld { space: 1, sram: 0, dram: bias as i64, rows: 1, row_bytes: 4 * io.n as i64 })?;
-        b.emit(Instr::Signal { engine: LD, sem: BIAS_READY })?;
-        b.emit(Instr::Wait { engine: VX, sem: BIAS_READY })?;
+        b.emit(Instr::LdCfg {
+            dram_stride: 0,
+            sram_stride: 0,
+            pad_top: 0,
+            pad_bottom: 0,
+            pad_left: 0,
+            pad_right: 0,
+        })?;
+        b.emit(Instr::Ld {
+            space: 1,
+            sram: 0,
+            dram: bias as i64,
+            rows: 1,
+            row_bytes: 4 * io.n as i64,
+        })?;
+        b.emit(Instr::Signal {
+            engine: LD,
+            sem: BIAS_READY,
+        })?;
+        b.emit(Instr::Wait {
+            engine: VX,
+            sem: BIAS_READY,
+        })?;
     }
 
     let tiles: Vec<(Range<usize>, Range<usize>)> = (0..io.n)
         .step_by(n_tile)
-        .flat_map(|n0| (0..io.m).step_by(m_tile).map(move |m0| (m0..(m0 + m_tile).min(io.m), n0..(n0 + n_tile).min(io.n))))
+        .flat_map(|n0| {
+            (0..io.m)
+                .step_by(m_tile)
+                .map(move |m0| (m0..(m0 + m_tile).min(io.m), n0..(n0 + n_tile).min(io.n)))
+        })
         .collect();
-    let k_chunks: Vec<Range<usize>> = (0..io.k).step_by(k_tile).map(|k0| k0..(k0 + k_tile).min(io.k)).collect();
+    let k_chunks: Vec<Range<usize>> = (0..io.k)
+        .step_by(k_tile)
+        .map(|k0| k0..(k0 + k_tile).min(io.k))
+        .collect();
     let steps = tiles.len() * k_chunks.len();
     let mut s = 0;
     for (t, (rows, cols)) in tiles.iter().enumerate() {
@@ -143,18 +224,43 @@ pub fn emit(b: &mut ProgramBuilder, io: &MatmulIo, plan: TilePlan, load_a: &Pane
         for (j, ks) in k_chunks.iter().enumerate() {
             // DMA-in: operands of step s into buffer s % 2.
             if s >= 2 {
-                b.emit(Instr::Wait { engine: LD, sem: OPND_FREE })?;
+                b.emit(Instr::Wait {
+                    engine: LD,
+                    sem: OPND_FREE,
+                })?;
             }
             load_a(b, rows.clone(), ks.clone(), a_buf(s), k_tile as u64)?;
-            b.emit(Instr::LdCfg { dram_stride: io.n as i64, sram_stride: n_tile as i64, pad_top: 0, pad_bottom: 0, pad_left: 0, pad_right: 0 })?;
+            b.emit(Instr::LdCfg {
+                dram_stride: io.n as i64,
+                sram_stride: n_tile as i64,
+                pad_top: 0,
+                pad_bottom: 0,
+                pad_left: 0,
+                pad_right: 0,
+            })?;
             let w_addr = io.w_dram as i64 + (ks.start * io.n + cols.start) as i64;
-            b.emit(Instr::Ld { space: 0, sram: w_buf(s) as i64, dram: w_addr, rows: ks.len() as i64, row_bytes: n })?;
-            b.emit(Instr::Signal { engine: LD, sem: OPND_READY })?;
+            b.emit(Instr::Ld {
+                space: 0,
+                sram: w_buf(s) as i64,
+                dram: w_addr,
+                rows: ks.len() as i64,
+                row_bytes: n,
+            })?;
+            b.emit(Instr::Signal {
+                engine: LD,
+                sem: OPND_READY,
+            })?;
             // Matrix unit: one fold.
             if j == 0 && t >= acc_buffers {
-                b.emit(Instr::Wait { engine: MX, sem: ACC_FREE })?;
+                b.emit(Instr::Wait {
+                    engine: MX,
+                    sem: ACC_FREE,
+                })?;
             }
-            b.emit(Instr::Wait { engine: MX, sem: OPND_READY })?;
+            b.emit(Instr::Wait {
+                engine: MX,
+                sem: OPND_READY,
+            })?;
             b.emit(Instr::Matmul {
                 acc: acc_buf(t) as i64,
                 a: a_buf(s) as i64,
@@ -165,15 +271,27 @@ pub fn emit(b: &mut ProgramBuilder, io: &MatmulIo, plan: TilePlan, load_a: &Pane
                 accumulate: i64::from(j > 0),
             })?;
             if s + 2 < steps {
-                b.emit(Instr::Signal { engine: MX, sem: OPND_FREE })?;
+                b.emit(Instr::Signal {
+                    engine: MX,
+                    sem: OPND_FREE,
+                })?;
             }
             s += 1;
         }
-        b.emit(Instr::Signal { engine: MX, sem: ACC_READY })?;
+        b.emit(Instr::Signal {
+            engine: MX,
+            sem: ACC_READY,
+        })?;
         // Vector unit: requantise the finished tile.
-        b.emit(Instr::Wait { engine: VX, sem: ACC_READY })?;
+        b.emit(Instr::Wait {
+            engine: VX,
+            sem: ACC_READY,
+        })?;
         if t >= acc_buffers {
-            b.emit(Instr::Wait { engine: VX, sem: OUT_FREE })?;
+            b.emit(Instr::Wait {
+                engine: VX,
+                sem: OUT_FREE,
+            })?;
         }
         b.emit(Instr::Requant {
             dst: out_buf(t) as i64,
@@ -184,15 +302,33 @@ pub fn emit(b: &mut ProgramBuilder, io: &MatmulIo, plan: TilePlan, load_a: &Pane
             use_bias: i64::from(io.bias_dram.is_some()),
         })?;
         if t + acc_buffers < tiles.len() {
-            b.emit(Instr::Signal { engine: VX, sem: ACC_FREE })?;
+            b.emit(Instr::Signal {
+                engine: VX,
+                sem: ACC_FREE,
+            })?;
         }
-        b.emit(Instr::Signal { engine: VX, sem: OUT_READY })?;
+        b.emit(Instr::Signal {
+            engine: VX,
+            sem: OUT_READY,
+        })?;
         // DMA-out: store it.
-        b.emit(Instr::Wait { engine: ST, sem: OUT_READY })?;
+        b.emit(Instr::Wait {
+            engine: ST,
+            sem: OUT_READY,
+        })?;
         let out_addr = io.out_dram as i64 + (rows.start * io.n + cols.start) as i64;
-        b.emit(Instr::St { space: 1, sram: out_buf(t) as i64, dram: out_addr, rows: m, row_bytes: n })?;
+        b.emit(Instr::St {
+            space: 1,
+            sram: out_buf(t) as i64,
+            dram: out_addr,
+            rows: m,
+            row_bytes: n,
+        })?;
         if t + acc_buffers < tiles.len() {
-            b.emit(Instr::Signal { engine: ST, sem: OUT_FREE })?;
+            b.emit(Instr::Signal {
+                engine: ST,
+                sem: OUT_FREE,
+            })?;
         }
     }
     Ok(())

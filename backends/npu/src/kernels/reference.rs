@@ -4,7 +4,13 @@
 use crate::quant::Requant;
 
 /// out[i][j] = requant(sum_k a[i][k] * w[k][j] + bias[j]); row-major int8.
-pub fn gemm(a: &[i8], w: &[i8], bias: Option<&[i32]>, (m, k, n): (usize, usize, usize), q: &Requant) -> Vec<i8> {
+pub fn gemm(
+    a: &[i8],
+    w: &[i8],
+    bias: Option<&[i32]>,
+    (m, k, n): (usize, usize, usize),
+    q: &Requant,
+) -> Vec<i8> {
     let mut out = vec![0i8; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -52,7 +58,13 @@ impl ConvShape {
 }
 
 /// NHWC convolution; weights `[kh][kw][c_in][c_out]`; output NHWC int8.
-pub fn conv2d(input: &[i8], weights: &[i8], bias: Option<&[i32]>, s: &ConvShape, q: &Requant) -> Vec<i8> {
+pub fn conv2d(
+    input: &[i8],
+    weights: &[i8],
+    bias: Option<&[i32]>,
+    s: &ConvShape,
+    q: &Requant,
+) -> Vec<i8> {
     let (oh, ow) = (s.out_h(), s.out_w());
     let mut out = vec![0i8; oh * ow * s.c_out];
     for oy in 0..oh {
@@ -68,7 +80,8 @@ pub fn conv2d(input: &[i8], weights: &[i8], bias: Option<&[i32]>, s: &ConvShape,
                         }
                         for ci in 0..s.c_in {
                             let iv = input[(y as usize * s.w + x as usize) * s.c_in + ci] as i32;
-                            let wv = weights[((ky * s.kw + kx) * s.c_in + ci) * s.c_out + co] as i32;
+                            let wv =
+                                weights[((ky * s.kw + kx) * s.c_in + ci) * s.c_out + co] as i32;
                             acc = acc.wrapping_add(iv * wv);
                         }
                     }

@@ -52,7 +52,13 @@ impl MachineState {
             st: [0; 2],
             mm: [0; 3],
             vec: [0; 3],
-            rq: Requant { multiplier: 1 << 30, shift: 1, zero_point: 0, clamp_min: -128, clamp_max: 127 },
+            rq: Requant {
+                multiplier: 1 << 30,
+                shift: 1,
+                zero_point: 0,
+                clamp_min: -128,
+                clamp_max: 127,
+            },
         }
     }
 
@@ -75,17 +81,45 @@ impl MachineState {
         let u = |v: &i64| *v as u64;
         let mut fx = Effect::default();
         match instr {
-            Instr::LdCfg { dram_stride, sram_stride, pad_top, pad_bottom, pad_left, pad_right } => {
-                self.ld = [dram_stride, sram_stride, pad_top, pad_bottom, pad_left, pad_right].map(u);
+            Instr::LdCfg {
+                dram_stride,
+                sram_stride,
+                pad_top,
+                pad_bottom,
+                pad_left,
+                pad_right,
+            } => {
+                self.ld = [
+                    dram_stride,
+                    sram_stride,
+                    pad_top,
+                    pad_bottom,
+                    pad_left,
+                    pad_right,
+                ]
+                .map(u);
             }
-            Instr::StCfg { dram_stride, sram_stride } => self.st = [u(dram_stride), u(sram_stride)],
-            Instr::MmCfg { a_stride, w_stride, acc_stride } => {
-                self.mm = [u(a_stride), u(w_stride), u(acc_stride)]
-            }
-            Instr::VecCfg { dst_stride, src_stride, src2_stride } => {
-                self.vec = [u(dst_stride), u(src_stride), u(src2_stride)]
-            }
-            Instr::RqCfg { multiplier, shift, zero_point, clamp_min, clamp_max } => {
+            Instr::StCfg {
+                dram_stride,
+                sram_stride,
+            } => self.st = [u(dram_stride), u(sram_stride)],
+            Instr::MmCfg {
+                a_stride,
+                w_stride,
+                acc_stride,
+            } => self.mm = [u(a_stride), u(w_stride), u(acc_stride)],
+            Instr::VecCfg {
+                dst_stride,
+                src_stride,
+                src2_stride,
+            } => self.vec = [u(dst_stride), u(src_stride), u(src2_stride)],
+            Instr::RqCfg {
+                multiplier,
+                shift,
+                zero_point,
+                clamp_min,
+                clamp_max,
+            } => {
                 if !SHIFT_RANGE.contains(&(*shift as i32)) {
                     return Err(format!("shift={shift} outside {SHIFT_RANGE:?}"));
                 }
@@ -100,54 +134,157 @@ impl MachineState {
                     clamp_max: *clamp_max as i8,
                 };
             }
-            Instr::Ld { space, sram, dram, rows, row_bytes } => self.load(space_mem(*space), u(sram), u(dram), u(rows), u(row_bytes), &mut fx)?,
-            Instr::St { space, sram, dram, rows, row_bytes } => {
+            Instr::Ld {
+                space,
+                sram,
+                dram,
+                rows,
+                row_bytes,
+            } => self.load(
+                space_mem(*space),
+                u(sram),
+                u(dram),
+                u(rows),
+                u(row_bytes),
+                &mut fx,
+            )?,
+            Instr::St {
+                space,
+                sram,
+                dram,
+                rows,
+                row_bytes,
+            } => {
                 let [dram_stride, sram_stride] = self.st;
-                let src = self.checked(Region { mem: space_mem(*space), base: u(sram), rows: u(rows), row_len: u(row_bytes), stride: sram_stride })?;
-                let dst = self.checked(Region { mem: Mem::Dram, base: u(dram), rows: u(rows), row_len: u(row_bytes), stride: dram_stride })?;
+                let src = self.checked(Region {
+                    mem: space_mem(*space),
+                    base: u(sram),
+                    rows: u(rows),
+                    row_len: u(row_bytes),
+                    stride: sram_stride,
+                })?;
+                let dst = self.checked(Region {
+                    mem: Mem::Dram,
+                    base: u(dram),
+                    rows: u(rows),
+                    row_len: u(row_bytes),
+                    stride: dram_stride,
+                })?;
                 let n = u(row_bytes) as usize;
-                let sram = if src.mem == Mem::Weight { &self.weight } else { &self.act };
+                let sram = if src.mem == Mem::Weight {
+                    &self.weight
+                } else {
+                    &self.act
+                };
                 for (s, d) in src.row_starts().zip(dst.row_starts()) {
                     self.dram[d..d + n].copy_from_slice(&sram[s..s + n]);
                 }
                 fx.reads.push(src);
                 fx.writes.push(dst);
             }
-            Instr::Matmul { acc, a, w, m, k, n, accumulate } => {
-                self.matmul(config, [u(acc), u(a), u(w)], [u(m), u(k), u(n)], *accumulate != 0, &mut fx)?
-            }
-            Instr::Requant { dst, acc, bias, rows, cols, use_bias } => {
+            Instr::Matmul {
+                acc,
+                a,
+                w,
+                m,
+                k,
+                n,
+                accumulate,
+            } => self.matmul(
+                config,
+                [u(acc), u(a), u(w)],
+                [u(m), u(k), u(n)],
+                *accumulate != 0,
+                &mut fx,
+            )?,
+            Instr::Requant {
+                dst,
+                acc,
+                bias,
+                rows,
+                cols,
+                use_bias,
+            } => {
                 let [dst_stride, src_stride, _] = self.vec;
                 let (rows, cols) = (u(rows), u(cols));
-                let src = self.checked(Region { mem: Mem::Acc, base: u(acc), rows, row_len: cols, stride: src_stride })?;
-                let out = self.checked(Region { mem: Mem::Act, base: u(dst), rows, row_len: cols, stride: dst_stride })?;
-                let bias_region = self.checked(Region { mem: Mem::Act, base: u(bias), rows: u64::from(*use_bias != 0), row_len: 4 * cols, stride: 0 })?;
+                let src = self.checked(Region {
+                    mem: Mem::Acc,
+                    base: u(acc),
+                    rows,
+                    row_len: cols,
+                    stride: src_stride,
+                })?;
+                let out = self.checked(Region {
+                    mem: Mem::Act,
+                    base: u(dst),
+                    rows,
+                    row_len: cols,
+                    stride: dst_stride,
+                })?;
+                let bias_region = self.checked(Region {
+                    mem: Mem::Act,
+                    base: u(bias),
+                    rows: u64::from(*use_bias != 0),
+                    row_len: 4 * cols,
+                    stride: 0,
+                })?;
                 let bias: Vec<i32> = if *use_bias != 0 {
                     let b = bias_region.base as usize;
-                    self.act[b..b + 4 * cols as usize].chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                    self.act[b..b + 4 * cols as usize]
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
                 } else {
                     vec![0; cols as usize]
                 };
                 for (s, d) in src.row_starts().zip(out.row_starts()) {
                     for c in 0..cols as usize {
-                        self.act[d + c] = self.rq.apply(self.acc[s + c].wrapping_add(bias[c])) as u8;
+                        self.act[d + c] =
+                            self.rq.apply(self.acc[s + c].wrapping_add(bias[c])) as u8;
                     }
                 }
                 fx.vector_ops = rows * cols;
                 fx.reads.extend([src, bias_region]);
                 fx.writes.push(out);
             }
-            Instr::Vcopy { dst_space, dst, src_space, src, rows, cols } => {
+            Instr::Vcopy {
+                dst_space,
+                dst,
+                src_space,
+                src,
+                rows,
+                cols,
+            } => {
                 let [dst_stride, src_stride, _] = self.vec;
-                let from = self.checked(Region { mem: space_mem(*src_space), base: u(src), rows: u(rows), row_len: u(cols), stride: src_stride })?;
-                let to = self.checked(Region { mem: space_mem(*dst_space), base: u(dst), rows: u(rows), row_len: u(cols), stride: dst_stride })?;
+                let from = self.checked(Region {
+                    mem: space_mem(*src_space),
+                    base: u(src),
+                    rows: u(rows),
+                    row_len: u(cols),
+                    stride: src_stride,
+                })?;
+                let to = self.checked(Region {
+                    mem: space_mem(*dst_space),
+                    base: u(dst),
+                    rows: u(rows),
+                    row_len: u(cols),
+                    stride: dst_stride,
+                })?;
                 let n = u(cols) as usize;
                 for (s, d) in from.row_starts().zip(to.row_starts()) {
                     if from.mem == to.mem {
-                        let mem = if to.mem == Mem::Weight { &mut self.weight } else { &mut self.act };
+                        let mem = if to.mem == Mem::Weight {
+                            &mut self.weight
+                        } else {
+                            &mut self.act
+                        };
                         mem.copy_within(s..s + n, d);
                     } else {
-                        let (src_mem, dst_mem) = if to.mem == Mem::Weight { (&self.act, &mut self.weight) } else { (&self.weight, &mut self.act) };
+                        let (src_mem, dst_mem) = if to.mem == Mem::Weight {
+                            (&self.act, &mut self.weight)
+                        } else {
+                            (&self.weight, &mut self.act)
+                        };
                         dst_mem[d..d + n].copy_from_slice(&src_mem[s..s + n]);
                     }
                 }
@@ -155,11 +292,35 @@ impl MachineState {
                 fx.reads.push(from);
                 fx.writes.push(to);
             }
-            Instr::Vlut { dst, src, table, rows, cols } => {
+            Instr::Vlut {
+                dst,
+                src,
+                table,
+                rows,
+                cols,
+            } => {
                 let [dst_stride, src_stride, _] = self.vec;
-                let from = self.checked(Region { mem: Mem::Act, base: u(src), rows: u(rows), row_len: u(cols), stride: src_stride })?;
-                let to = self.checked(Region { mem: Mem::Act, base: u(dst), rows: u(rows), row_len: u(cols), stride: dst_stride })?;
-                let lut = self.checked(Region { mem: Mem::Act, base: u(table), rows: 1, row_len: 256, stride: 0 })?;
+                let from = self.checked(Region {
+                    mem: Mem::Act,
+                    base: u(src),
+                    rows: u(rows),
+                    row_len: u(cols),
+                    stride: src_stride,
+                })?;
+                let to = self.checked(Region {
+                    mem: Mem::Act,
+                    base: u(dst),
+                    rows: u(rows),
+                    row_len: u(cols),
+                    stride: dst_stride,
+                })?;
+                let lut = self.checked(Region {
+                    mem: Mem::Act,
+                    base: u(table),
+                    rows: 1,
+                    row_len: 256,
+                    stride: 0,
+                })?;
                 let mut t = [0u8; 256];
                 t.copy_from_slice(&self.act[lut.base as usize..lut.base as usize + 256]);
                 for (s, d) in from.row_starts().zip(to.row_starts()) {
@@ -177,14 +338,41 @@ impl MachineState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn load(&mut self, mem: Mem, sram: u64, dram: u64, rows: u64, row_bytes: u64, fx: &mut Effect) -> Result<(), String> {
+    fn load(
+        &mut self,
+        mem: Mem,
+        sram: u64,
+        dram: u64,
+        rows: u64,
+        row_bytes: u64,
+        fx: &mut Effect,
+    ) -> Result<(), String> {
         let [dram_stride, sram_stride, top, bottom, left, right] = self.ld;
-        let src = self.checked(Region { mem: Mem::Dram, base: dram, rows, row_len: row_bytes, stride: dram_stride })?;
-        let dst = self.checked(Region { mem, base: sram, rows: top + rows + bottom, row_len: left + row_bytes + right, stride: sram_stride })?;
+        let src = self.checked(Region {
+            mem: Mem::Dram,
+            base: dram,
+            rows,
+            row_len: row_bytes,
+            stride: dram_stride,
+        })?;
+        let dst = self.checked(Region {
+            mem,
+            base: sram,
+            rows: top + rows + bottom,
+            row_len: left + row_bytes + right,
+            stride: sram_stride,
+        })?;
         if sram_stride < dst.row_len && dst.rows > 1 {
-            return Err(format!("sram_stride={sram_stride} is shorter than the padded row ({} bytes)", dst.row_len));
+            return Err(format!(
+                "sram_stride={sram_stride} is shorter than the padded row ({} bytes)",
+                dst.row_len
+            ));
         }
-        let sram_mem = if mem == Mem::Weight { &mut self.weight } else { &mut self.act };
+        let sram_mem = if mem == Mem::Weight {
+            &mut self.weight
+        } else {
+            &mut self.act
+        };
         let (left, n) = (left as usize, row_bytes as usize);
         for (r, d) in dst.row_starts().enumerate() {
             let row = &mut sram_mem[d..d + dst.row_len as usize];
@@ -199,7 +387,14 @@ impl MachineState {
         Ok(())
     }
 
-    fn matmul(&mut self, config: &MachineConfig, [acc, a, w]: [u64; 3], [m, k, n]: [u64; 3], accumulate: bool, fx: &mut Effect) -> Result<(), String> {
+    fn matmul(
+        &mut self,
+        config: &MachineConfig,
+        [acc, a, w]: [u64; 3],
+        [m, k, n]: [u64; 3],
+        accumulate: bool,
+        fx: &mut Effect,
+    ) -> Result<(), String> {
         let (rows, cols) = (config.array_rows as u64, config.array_cols as u64);
         let (dim, name, limit) = match config.dataflow {
             Dataflow::Ws if k > rows => (k, "k", rows),
@@ -208,12 +403,33 @@ impl MachineState {
             _ => (0, "", 0),
         };
         if !name.is_empty() {
-            return Err(format!("{name}={dim} exceeds the array's {limit} {}", if name == "n" { "columns" } else { "rows" }));
+            return Err(format!(
+                "{name}={dim} exceeds the array's {limit} {}",
+                if name == "n" { "columns" } else { "rows" }
+            ));
         }
         let [a_stride, w_stride, acc_stride] = self.mm;
-        let ra = self.checked(Region { mem: Mem::Act, base: a, rows: m, row_len: k, stride: a_stride })?;
-        let rw = self.checked(Region { mem: Mem::Weight, base: w, rows: k, row_len: n, stride: w_stride })?;
-        let racc = self.checked(Region { mem: Mem::Acc, base: acc, rows: m, row_len: n, stride: acc_stride })?;
+        let ra = self.checked(Region {
+            mem: Mem::Act,
+            base: a,
+            rows: m,
+            row_len: k,
+            stride: a_stride,
+        })?;
+        let rw = self.checked(Region {
+            mem: Mem::Weight,
+            base: w,
+            rows: k,
+            row_len: n,
+            stride: w_stride,
+        })?;
+        let racc = self.checked(Region {
+            mem: Mem::Acc,
+            base: acc,
+            rows: m,
+            row_len: n,
+            stride: acc_stride,
+        })?;
         let (k, n) = (k as usize, n as usize);
         for (a_start, acc_start) in ra.row_starts().zip(racc.row_starts()) {
             let out = &mut self.acc[acc_start..acc_start + n];

@@ -52,7 +52,14 @@ impl HazardChecker {
 
     /// Checks and records one access by `engine` (whose clock is `clock`,
     /// already advanced for this instruction).
-    pub fn access(&mut self, region: &Region, write: bool, engine: usize, clock: &Clock, index: usize) {
+    pub fn access(
+        &mut self,
+        region: &Region,
+        write: bool,
+        engine: usize,
+        clock: &Clock,
+        index: usize,
+    ) {
         let (start, end) = region.bounds();
         if start == end {
             return;
@@ -82,6 +89,14 @@ impl HazardChecker {
         if self.records.len() >= Self::MAX_RECORDS {
             self.records.remove(0);
         }
-        self.records.push(Record { mem: region.mem, start, end, engine, epoch: clock[engine], write, index });
+        self.records.push(Record {
+            mem: region.mem,
+            start,
+            end,
+            engine,
+            epoch: clock[engine],
+            write,
+            index,
+        });
     }
 }

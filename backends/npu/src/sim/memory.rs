@@ -67,7 +67,11 @@ impl Region {
                 self.base,
                 end,
                 len,
-                if self.mem == Mem::Acc { "entries" } else { "bytes" }
+                if self.mem == Mem::Acc {
+                    "entries"
+                } else {
+                    "bytes"
+                }
             ));
         }
         Ok(())

@@ -77,13 +77,21 @@ struct Semaphore {
 }
 
 /// Runs `program` on the machine `config`.
-pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) -> Result<SimResult, SimError> {
+pub fn simulate(
+    program: &Program,
+    config: &MachineConfig,
+    options: SimOptions,
+) -> Result<SimResult, SimError> {
     program.validate()?;
     let mut state = MachineState::new(config, program.dram_image());
     let mut stats = Stats::default();
     let mut trace = Vec::new();
     let mut hazards = HazardChecker::default();
-    let mut sems: Vec<Semaphore> = (0..16).map(|_| Semaphore { pending: VecDeque::new() }).collect();
+    let mut sems: Vec<Semaphore> = (0..16)
+        .map(|_| Semaphore {
+            pending: VecDeque::new(),
+        })
+        .collect();
     let mut time = [0u64; 4];
     let mut busy = [0u64; 4];
     let mut clocks = [[0u64; 4]; 4];
@@ -102,7 +110,9 @@ pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) 
         loop {
             let mut next: Option<(u64, usize)> = None;
             for e in 0..4 {
-                let Some(&index) = queues[e].get(pos[e]) else { continue };
+                let Some(&index) = queues[e].get(pos[e]) else {
+                    continue;
+                };
                 let start = match &program.instrs[index] {
                     Instr::Wait { sem, .. } => match sems[*sem as usize].pending.front() {
                         Some(&(t, _)) => time[e].max(t),
@@ -127,19 +137,27 @@ pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) 
             clocks[e][e] += 1;
             match instr {
                 Instr::Wait { sem, .. } => {
-                    let (_, clock) = sems[*sem as usize].pending.pop_front().expect("checked non-empty");
+                    let (_, clock) = sems[*sem as usize]
+                        .pending
+                        .pop_front()
+                        .expect("checked non-empty");
                     for i in 0..4 {
                         clocks[e][i] = clocks[e][i].max(clock[i]);
                     }
                 }
-                Instr::Signal { sem, .. } => sems[*sem as usize].pending.push_back((start, clocks[e])),
+                Instr::Signal { sem, .. } => {
+                    sems[*sem as usize].pending.push_back((start, clocks[e]))
+                }
                 _ => {
-                    let fx = state.execute(instr, config).map_err(|message| SimError::Trap {
-                        index,
-                        mnemonic: instr.spec().mnemonic,
-                        message,
-                    })?;
-                    let cycles = timing::cost(instr, &fx, config, options.timing, start, &mut history);
+                    let fx = state
+                        .execute(instr, config)
+                        .map_err(|message| SimError::Trap {
+                            index,
+                            mnemonic: instr.spec().mnemonic,
+                            message,
+                        })?;
+                    let cycles =
+                        timing::cost(instr, &fx, config, options.timing, start, &mut history);
                     account(&mut stats, &fx);
                     if options.check_hazards {
                         for (regions, write) in [(&fx.reads, false), (&fx.writes, true)] {
@@ -149,7 +167,13 @@ pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) 
                         }
                     }
                     if options.trace {
-                        trace.push(TraceEvent { engine: Engine::ALL[e], index, name: instr.spec().mnemonic, start, cycles });
+                        trace.push(TraceEvent {
+                            engine: Engine::ALL[e],
+                            index,
+                            name: instr.spec().mnemonic,
+                            start,
+                            cycles,
+                        });
                     }
                     time[e] += cycles;
                     busy[e] += cycles;
@@ -174,12 +198,22 @@ pub fn simulate(program: &Program, config: &MachineConfig, options: SimOptions) 
     }
 
     stats.cycles = *time.iter().max().unwrap_or(&0);
-    stats.engine_busy_cycles = crate::report::EngineCycles { ld: busy[0], mx: busy[1], vx: busy[2], st: busy[3] };
+    stats.engine_busy_cycles = crate::report::EngineCycles {
+        ld: busy[0],
+        mx: busy[1],
+        vx: busy[2],
+        st: busy[3],
+    };
     if options.timing == TimingMode::ScaleSimCompat {
         stats.scalesim_compute_cycles = Some(stats.compute_cycles.saturating_sub(1));
     }
     stats.finish(config);
-    Ok(SimResult { stats, dram: state.dram, trace, hazards: hazards.hazards })
+    Ok(SimResult {
+        stats,
+        dram: state.dram,
+        trace,
+        hazards: hazards.hazards,
+    })
 }
 
 fn account(stats: &mut Stats, fx: &exec::Effect) {
@@ -205,7 +239,10 @@ fn describe_blocked(program: &Program, queues: &[Vec<usize>; 4], pos: &[usize; 4
     for e in 0..4 {
         if let Some(&index) = queues[e].get(pos[e]) {
             if let Instr::Wait { sem, .. } = program.instrs[index] {
-                parts.push(format!("{} waits on s{sem} at instruction #{index}", Engine::ALL[e].name()));
+                parts.push(format!(
+                    "{} waits on s{sem} at instruction #{index}",
+                    Engine::ALL[e].name()
+                ));
             }
         }
     }

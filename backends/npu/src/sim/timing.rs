@@ -33,15 +33,22 @@ pub fn cost(
     history: &mut MatrixHistory,
 ) -> u64 {
     let (r, c) = (config.array_rows as u64, config.array_cols as u64);
-    let vector = |ops: u64| config.vector_latency_cycles as u64 + ops.div_ceil(config.vector_lanes as u64);
+    let vector =
+        |ops: u64| config.vector_latency_cycles as u64 + ops.div_ceil(config.vector_lanes as u64);
     match instr {
-        Instr::Ld { rows, row_bytes, .. } => {
+        Instr::Ld {
+            rows, row_bytes, ..
+        } => {
             let bytes = (*rows * *row_bytes) as u64;
-            config.dma_in.latency_cycles as u64 + bytes.div_ceil(config.dma_in.bytes_per_cycle as u64)
+            config.dma_in.latency_cycles as u64
+                + bytes.div_ceil(config.dma_in.bytes_per_cycle as u64)
         }
-        Instr::St { rows, row_bytes, .. } => {
+        Instr::St {
+            rows, row_bytes, ..
+        } => {
             let bytes = (*rows * *row_bytes) as u64;
-            config.dma_out.latency_cycles as u64 + bytes.div_ceil(config.dma_out.bytes_per_cycle as u64)
+            config.dma_out.latency_cycles as u64
+                + bytes.div_ceil(config.dma_out.bytes_per_cycle as u64)
         }
         Instr::Matmul { .. } => {
             let (m, k, _) = fx.matmul.unwrap_or_default();
@@ -53,7 +60,11 @@ pub fn cost(
                 // the previous fold's streaming when the unit did not idle.
                 (Dataflow::Ws, TimingMode::Full) => {
                     let back_to_back = history.last_streamed > 0 && start == history.last_end;
-                    let exposed = if back_to_back { r.saturating_sub(history.last_streamed) } else { r };
+                    let exposed = if back_to_back {
+                        r.saturating_sub(history.last_streamed)
+                    } else {
+                        r
+                    };
                     history.last_streamed = m;
                     m + r + c - 2 + exposed
                 }
@@ -64,7 +75,11 @@ pub fn cost(
             cycles
         }
         Instr::Requant { .. } | Instr::Vcopy { .. } | Instr::Vlut { .. } => vector(fx.vector_ops),
-        Instr::LdCfg { .. } | Instr::StCfg { .. } | Instr::MmCfg { .. } | Instr::VecCfg { .. } | Instr::RqCfg { .. } => 1,
+        Instr::LdCfg { .. }
+        | Instr::StCfg { .. }
+        | Instr::MmCfg { .. }
+        | Instr::VecCfg { .. }
+        | Instr::RqCfg { .. } => 1,
         Instr::Halt {} | Instr::Barrier {} | Instr::Wait { .. } | Instr::Signal { .. } => 0,
     }
 }
