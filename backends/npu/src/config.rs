@@ -257,7 +257,7 @@ impl MachineConfig {
         if self.weight_sram_bytes > 1 << 24 || self.act_sram_bytes > 1 << 24 {
             return bad("SRAMs are addressed with 24 bits: at most 16 MiB each");
         }
-        if self.acc_bytes > 1 << 22 || self.acc_bytes % 4 != 0 {
+        if self.acc_bytes > 1 << 22 || !self.acc_bytes.is_multiple_of(4) {
             return bad(
                 "acc_bytes must be a multiple of 4 and at most 4 MiB (20-bit int32 addresses)",
             );
@@ -271,7 +271,7 @@ impl MachineConfig {
         if self.lut_entries != 256 {
             return bad("lut_entries must be 256 (int8 lookup tables)");
         }
-        if !(self.clock_mhz > 0.0) {
+        if self.clock_mhz.is_nan() || self.clock_mhz <= 0.0 {
             return bad("clock_mhz must be positive");
         }
         Ok(())

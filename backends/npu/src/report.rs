@@ -54,7 +54,7 @@ pub struct Stats {
     pub time_us: f64,
     /// Busy cycles per engine.
     pub engine_busy_cycles: EngineCycles,
-    /// Instructions executed.
+    /// Instructions executed, not counting `wait`/`signal`.
     pub instructions: u64,
 }
 

@@ -238,9 +238,10 @@ impl MachineState {
                     vec![0; cols as usize]
                 };
                 for (s, d) in src.row_starts().zip(out.row_starts()) {
-                    for c in 0..cols as usize {
-                        self.act[d + c] =
-                            self.rq.apply(self.acc[s + c].wrapping_add(bias[c])) as u8;
+                    let n = cols as usize;
+                    let (acc_row, out_row) = (&self.acc[s..s + n], &mut self.act[d..d + n]);
+                    for ((o, &a), &b) in out_row.iter_mut().zip(acc_row).zip(&bias) {
+                        *o = self.rq.apply(a.wrapping_add(b)) as u8;
                     }
                 }
                 fx.vector_ops = rows * cols;

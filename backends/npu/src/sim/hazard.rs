@@ -66,16 +66,19 @@ impl HazardChecker {
         }
         for r in &self.records {
             let overlaps = r.mem == region.mem && r.start < end && start < r.end;
-            if overlaps && r.engine != engine && (r.write || write) && clock[r.engine] < r.epoch {
-                if self.hazards.len() < Self::MAX_REPORTED {
-                    self.hazards.push(Hazard {
-                        mem: region.mem,
-                        start: start.max(r.start),
-                        end: end.min(r.end),
-                        first: (r.index, Engine::ALL[r.engine]),
-                        second: (index, Engine::ALL[engine]),
-                    });
-                }
+            if overlaps
+                && r.engine != engine
+                && (r.write || write)
+                && clock[r.engine] < r.epoch
+                && self.hazards.len() < Self::MAX_REPORTED
+            {
+                self.hazards.push(Hazard {
+                    mem: region.mem,
+                    start: start.max(r.start),
+                    end: end.min(r.end),
+                    first: (r.index, Engine::ALL[r.engine]),
+                    second: (index, Engine::ALL[engine]),
+                });
             }
         }
         // A record is redundant once a later access of the same kind covers it
