@@ -12,8 +12,14 @@ fn m4c(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn gemm_json_report_is_consistent() {
-    let out = m4c(&["bench", "gemm", "--m", "3", "--k", "5", "--n", "7", "--runs", "2", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = m4c(&[
+        "bench", "gemm", "--m", "3", "--k", "5", "--n", "7", "--runs", "2", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let number = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("no {key}"));
     let flops = 2.0 * 3.0 * 5.0 * 7.0;
@@ -30,7 +36,9 @@ fn unknown_target_and_cpu_are_one_line_errors() {
         ("--target", "riscv64", "unknown target `riscv64`"),
         ("--cpu", "znver99", "unknown CPU `znver99`"),
     ] {
-        let out = m4c(&["bench", "gemm", "--m", "2", "--k", "2", "--n", "2", flag, value]);
+        let out = m4c(&[
+            "bench", "gemm", "--m", "2", "--k", "2", "--n", "2", flag, value,
+        ]);
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
