@@ -1,5 +1,6 @@
 //! Subcommands of the `m4c` binary.
 
+mod bench;
 mod inspect;
 mod model_args;
 mod npu;
@@ -27,6 +28,8 @@ enum Command {
     /// Run a model with the reference interpreter on .npz inputs; compare
     /// with reference outputs (exit 1 when out of tolerance).
     Run(run::RunArgs),
+    /// Performance measurements (GEMM GFLOP/s vs this machine's FMA peak).
+    Bench(bench::BenchArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -37,5 +40,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => run::run(args),
         Command::Npu(args) => npu::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
