@@ -1,6 +1,7 @@
 //! Subcommands of the `m4c` binary.
 
 mod bench;
+mod coverage;
 mod inspect;
 mod model_args;
 mod npu;
@@ -30,6 +31,9 @@ enum Command {
     Run(run::RunArgs),
     /// Performance measurements (GEMM GFLOP/s vs this machine's FMA peak).
     Bench(bench::BenchArgs),
+    /// Operator coverage of a set of models (the paper's Fig. 14): op types
+    /// per group, growth, usage frequency, which models lower fully.
+    Coverage(coverage::CoverageArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -41,5 +45,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Run(args) => run::run(args),
         Command::Npu(args) => npu::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Coverage(args) => coverage::run(args),
     }
 }
