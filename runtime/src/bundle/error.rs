@@ -1,0 +1,52 @@
+//! Everything that can be wrong with a bundle file.
+
+use std::path::PathBuf;
+
+/// Why a bundle could not be read or used. Each message names the problem
+/// and its place (byte range, section or module).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("truncated: {what} needs bytes up to offset {need}, the file has {len}")]
+    Truncated { what: String, need: u64, len: u64 },
+    #[error("not an m4c bundle: bytes 0..8 are {found:02x?}, expected the m4c magic")]
+    BadMagic { found: Vec<u8> },
+    #[error(
+        "bundle format version {found} is not supported (this runtime reads version {supported})"
+    )]
+    Version { found: u32, supported: u32 },
+    #[error("header: {0}")]
+    Header(String),
+    #[error("content hash mismatch: the header (bytes 0..64) or the manifest (bytes 64..{manifest_end}) is corrupted")]
+    ContentHash { manifest_end: u64 },
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("layout: {0}")]
+    Layout(String),
+    #[error(
+        "checksum mismatch in section {section} (bytes {start}..{end}): the section is corrupted"
+    )]
+    Checksum {
+        section: String,
+        start: u64,
+        end: u64,
+    },
+    #[error("module `{module}`: {msg}")]
+    Module { module: String, msg: String },
+    #[error("no module `{name}` in the bundle (modules: {known})")]
+    UnknownModule { name: String, known: String },
+}
+
+impl BundleError {
+    /// A problem with one module's IR or weight table.
+    pub(crate) fn module(module: &str, msg: impl Into<String>) -> Self {
+        BundleError::Module {
+            module: module.to_string(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The definitions both the writer (m4c-compiler) and the reader share:
+//! header layout, section kinds and the manifest's schema. The normative
+//! description is `docs/BUNDLE.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The first eight bytes of every bundle. As PNG's signature: a non-ASCII
+/// first byte, then CR LF, ^Z and LF, so that text-mode transfers and
+/// truncation to 7 bits are detected at once.
+pub const MAGIC: [u8; 8] = *b"\x89M4C\r\n\x1a\n";
+
+/// The format version this runtime reads and the compiler writes. Any change
+/// of layout, manifest schema or section kinds increments it.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the fixed header; the manifest starts right after it.
+pub const HEADER_LEN: usize = 64;
+
+/// Alignment of every section and of every weight inside the weights
+/// section (a cache line, and enough for any SIMD load).
+pub const ALIGN: usize = 64;
+
+/// Rounds `n` up to a multiple of [`ALIGN`], `None` on overflow.
+pub fn align_up(n: usize) -> Option<usize> {
+    n.checked_next_multiple_of(ALIGN)
+}
+
+/// The fixed 64-byte header, all integers little-endian:
+///
+/// | bytes  | field                                               |
+/// |--------|-----------------------------------------------------|
+/// | 0..8   | [`MAGIC`]                                           |
+/// | 8..12  | format version (u32)                                |
+/// | 12..16 | reserved, zero                                      |
+/// | 16..24 | manifest length in bytes (u64); it starts at 64     |
+/// | 24..32 | reserved, zero                                      |
+/// | 32..64 | content hash: BLAKE3 of bytes 0..32 ++ the manifest |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub manifest_len: u64,
+    pub content_hash: [u8; 32],
+}
+
+impl Header {
+    /// The header's 64 bytes.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[32..64].copy_from_slice(&self.content_hash);
+        b
+    }
+}
+
+/// What a section holds. The set is closed for a format version: a reader
+/// refuses kinds it does not know rather than skipping them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SectionKind {
+    /// Every weight of every module, deduplicated by content, each at a
+    /// 64-byte-aligned offset.
+    Weights,
+    /// One module's graph in the IR's textual form (UTF-8).
+    Ir,
+}
+
+impl fmt::Display for SectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SectionKind::Weights => "weights",
+            SectionKind::Ir => "ir",
+        })
+    }
+}
+
+/// What a module is compiled for, i.e. which executor runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The IR itself, run by the reference interpreter (`m4c_ops::run_graph`).
+    Reference,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Reference => "reference",
+        })
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reference" => Ok(Target::Reference),
+            other => Err(format!("unknown target '{other}' (known: reference)")),
+        }
+    }
+}
+
+/// What the bundle as a whole is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundleKind {
+    /// Shared modules installed once (the paper's M4 "firmware").
+    Firmware,
+}
+
+/// One section: a byte range of the file and its BLAKE3 checksum (hex).
+/// Fields are declared in alphabetical order so the JSON's keys are sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectionEntry {
+    pub blake3: String,
+    pub kind: SectionKind,
+    pub len: u64,
+    /// Unique among sections of the same kind (the module name for `ir`).
+    pub name: String,
+    /// Absolute file offset, a multiple of [`ALIGN`].
+    pub offset: u64,
+}
+
+/// A byte range inside the weights section holding one distinct tensor
+/// content; several weights (of one or many modules) may share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    pub len: u64,
+    /// Offset relative to the weights section, a multiple of [`ALIGN`].
+    pub offset: u64,
+}
+
+/// One weight of a module: the IR constant it fills, its type, its blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightEntry {
+    /// Index into [`Manifest::blobs`].
+    pub blob: usize,
+    /// Element type as the IR spells it (`f32`, `i64`, ...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// One module: where its IR lives and which blobs fill its weights.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleEntry {
+    /// The symbolic dimensions and the values they were bound to.
+    pub dims: BTreeMap<String, usize>,
+    /// Name of the `ir` section holding the graph text.
+    pub ir_section: String,
+    pub name: String,
+    /// BLAKE3 (hex) of the model file the module was built from.
+    pub source_blake3: String,
+    pub target: Target,
+    /// IR constant name → weight.
+    pub weights: BTreeMap<String, WeightEntry>,
+}
+
+/// The JSON manifest right after the header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub blobs: Vec<Blob>,
+    pub kind: BundleKind,
+    /// Sorted by name.
+    pub modules: Vec<ModuleEntry>,
+    /// In file order.
+    pub sections: Vec<SectionEntry>,
+}
+
+/// True for names usable as module and section names: non-empty,
+/// ASCII letters, digits, `_`, `-`, `.`, at most 128 characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}

@@ -1,0 +1,303 @@
+//! [`Bundle`]: a validated, memory-mapped bundle whose modules are IR
+//! graphs with their weights pointing into the map.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use m4c_ir::{DType, Graph, Storage, Tensor};
+use memmap2::{Mmap, MmapMut};
+
+use super::container::decode;
+use super::format::{is_valid_name, Manifest, ModuleEntry, SectionKind, ALIGN, HEADER_LEN};
+use super::BundleError;
+
+/// A bundle opened for execution.
+///
+/// Opening checks the whole file (see [`super::container::decode`]) and
+/// then every module: its IR parses and verifies, and its weight table
+/// matches the IR's constants. Afterwards [`Bundle::module`] cannot fail
+/// for a listed module. Weights are never copied: each module's weight
+/// constants are [`Storage::Mapped`] slices of the one map, shared by every
+/// graph handed out.
+pub struct Bundle {
+    manifest: Manifest,
+    content_hash: [u8; 32],
+    graphs: BTreeMap<String, Graph>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("content_hash", &self.content_hash_hex())
+            .field("modules", &self.graphs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Bundle {
+    /// Maps and validates the bundle at `path`.
+    pub fn open(path: &Path) -> Result<Bundle, BundleError> {
+        let io = |source| BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < HEADER_LEN as u64 {
+            // Too short to map usefully; read it to report magic or truncation.
+            let bytes = std::fs::read(path).map_err(io)?;
+            return Err(decode(&bytes).expect_err("shorter than the header"));
+        }
+        // SAFETY: the map is read-only and its bytes are only ever read
+        // through slices checked against its length. Bundles are immutable
+        // once written (m4c replaces a bundle by renaming a new file over
+        // it, which leaves this inode untouched); a process that truncates
+        // or rewrites the file in place while it is mapped is outside what
+        // any memory-mapped reader can defend against.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Bundle::from_map(Arc::new(map))
+    }
+
+    /// Validates a bundle held in memory (tests, fuzzing, bundles received
+    /// over a channel). The bytes are copied once into an anonymous map so
+    /// that weights can be mapped slices as with [`Bundle::open`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(decode(bytes).expect_err("shorter than the header"));
+        }
+        let io = |source| BundleError::Io {
+            path: "<anonymous map>".into(),
+            source,
+        };
+        let mut map = MmapMut::map_anon(bytes.len()).map_err(io)?;
+        map.copy_from_slice(bytes);
+        Bundle::from_map(Arc::new(map.make_read_only().map_err(io)?))
+    }
+
+    fn from_map(map: Arc<Mmap>) -> Result<Bundle, BundleError> {
+        let decoded = decode(&map)?;
+        let manifest = decoded.manifest;
+        let graphs = load_modules(&map, &manifest)?;
+        Ok(Bundle {
+            manifest,
+            content_hash: decoded.content_hash,
+            graphs,
+        })
+    }
+
+    /// The module names, sorted.
+    pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.graphs.keys().map(String::as_str)
+    }
+
+    /// The manifest (targets, bound dims, weight tables, sections).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// A module's graph; its weights are slices of the bundle's map. Cheap:
+    /// the graph was built and checked when the bundle was opened.
+    pub fn module(&self, name: &str) -> Result<Graph, BundleError> {
+        self.graphs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BundleError::UnknownModule {
+                name: name.to_string(),
+                known: self.graphs.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// The content hash of the whole bundle (BLAKE3, see `docs/BUNDLE.md`):
+    /// what adapters bind to.
+    pub fn content_hash(&self) -> [u8; 32] {
+        self.content_hash
+    }
+
+    /// [`Bundle::content_hash`] as 64 lowercase hex digits.
+    pub fn content_hash_hex(&self) -> String {
+        self.content_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The checked byte range of the single weights section.
+fn weights_range(manifest: &Manifest) -> Result<(usize, usize), BundleError> {
+    let mut it = manifest
+        .sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::Weights);
+    match (it.next(), it.next()) {
+        (Some(s), None) if s.name == "weights" => Ok((s.offset as usize, s.len as usize)),
+        (Some(s), None) => Err(BundleError::Manifest(format!(
+            "the weights section is named `{}`, expected `weights`",
+            s.name
+        ))),
+        (None, _) => Err(BundleError::Manifest("no weights section".into())),
+        (Some(_), Some(_)) => Err(BundleError::Manifest(
+            "more than one weights section".into(),
+        )),
+    }
+}
+
+/// Checks the blob table against the weights section: each blob aligned,
+/// inside the section, none overlapping another.
+fn check_blobs(manifest: &Manifest, section_len: usize) -> Result<(), BundleError> {
+    let mut ranges = vec![];
+    for (i, b) in manifest.blobs.iter().enumerate() {
+        let end = b
+            .offset
+            .checked_add(b.len)
+            .filter(|&e| e <= section_len as u64);
+        let Some(end) = end else {
+            return Err(BundleError::Layout(format!(
+                "blob {i} (offset {}, {} bytes) extends past the weights section ({section_len} bytes)",
+                b.offset, b.len
+            )));
+        };
+        if b.offset % ALIGN as u64 != 0 {
+            return Err(BundleError::Layout(format!(
+                "blob {i}: offset {} is not a multiple of {ALIGN}",
+                b.offset
+            )));
+        }
+        ranges.push((b.offset, end, i));
+    }
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(BundleError::Layout(format!(
+                "blobs {} and {} overlap",
+                w[0].2, w[1].2
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds and checks every module's graph.
+fn load_modules(
+    map: &Arc<Mmap>,
+    manifest: &Manifest,
+) -> Result<BTreeMap<String, Graph>, BundleError> {
+    let (weights_at, weights_len) = weights_range(manifest)?;
+    check_blobs(manifest, weights_len)?;
+    let ir_sections: HashMap<&str, &super::format::SectionEntry> = manifest
+        .sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::Ir)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let mut used_ir = BTreeSet::new();
+    let mut graphs = BTreeMap::new();
+    for m in &manifest.modules {
+        if !is_valid_name(&m.name) {
+            return Err(BundleError::Manifest(format!(
+                "invalid module name {:?}",
+                m.name
+            )));
+        }
+        let Some(section) = ir_sections.get(m.ir_section.as_str()) else {
+            return Err(BundleError::module(
+                &m.name,
+                format!("its IR section `{}` does not exist", m.ir_section),
+            ));
+        };
+        if !used_ir.insert(m.ir_section.as_str()) {
+            return Err(BundleError::module(
+                &m.name,
+                format!("IR section `{}` is used by another module", m.ir_section),
+            ));
+        }
+        let text = &map[section.offset as usize..(section.offset + section.len) as usize];
+        let graph = load_module(map, manifest, m, text, weights_at)?;
+        if graphs.insert(m.name.clone(), graph).is_some() {
+            return Err(BundleError::Manifest(format!(
+                "module `{}` appears twice",
+                m.name
+            )));
+        }
+    }
+    if let Some(unused) = ir_sections.keys().find(|n| !used_ir.contains(*n)) {
+        return Err(BundleError::Manifest(format!(
+            "section ir `{unused}` belongs to no module"
+        )));
+    }
+    Ok(graphs)
+}
+
+/// One module: weight table → mapped tensors, IR text → verified graph in
+/// which exactly the table's constants are mapped.
+fn load_module(
+    map: &Arc<Mmap>,
+    manifest: &Manifest,
+    m: &ModuleEntry,
+    text: &[u8],
+    weights_at: usize,
+) -> Result<Graph, BundleError> {
+    let err = |msg: String| BundleError::module(&m.name, msg);
+    let mut weights = HashMap::new();
+    for (value, w) in &m.weights {
+        let dtype: DType = w
+            .dtype
+            .parse()
+            .map_err(|e| err(format!("weight %{value}: {e}")))?;
+        let blob = manifest.blobs.get(w.blob).ok_or_else(|| {
+            err(format!(
+                "weight %{value}: blob {} does not exist ({} blobs)",
+                w.blob,
+                manifest.blobs.len()
+            ))
+        })?;
+        let bytes = w
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size_bits()))
+            .map(|bits| bits.div_ceil(8));
+        if bytes != Some(blob.len as usize) {
+            return Err(err(format!(
+                "weight %{value}: {dtype}{:?} does not fit blob {} ({} bytes)",
+                w.shape, w.blob, blob.len
+            )));
+        }
+        let tensor = Tensor {
+            dtype,
+            shape: w.shape.clone(),
+            storage: Storage::Mapped {
+                map: Arc::clone(map),
+                offset: weights_at + blob.offset as usize,
+                len: blob.len as usize,
+            },
+        };
+        weights.insert(value.clone(), tensor);
+    }
+    let text = std::str::from_utf8(text).map_err(|e| err(format!("IR is not UTF-8: {e}")))?;
+    let graph = m4c_ir::text::parse(text, &weights).map_err(|e| err(e.to_string()))?;
+    graph.verify().map_err(|e| err(e.to_string()))?;
+    let mut mapped = BTreeSet::new();
+    for id in graph.constants() {
+        let v = graph.value(id);
+        match graph.constant(id).map(|t| &t.storage) {
+            Some(Storage::Absent) => {
+                return Err(err(format!(
+                    "weight %{} has no entry in the weight table",
+                    v.name
+                )))
+            }
+            Some(Storage::Mapped { .. }) => {
+                mapped.insert(v.name.as_str());
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = m.weights.keys().find(|k| !mapped.contains(k.as_str())) {
+        return Err(err(format!(
+            "weight table entry %{extra} is not a weight constant of the IR"
+        )));
+    }
+    Ok(graph)
+}
