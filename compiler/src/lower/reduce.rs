@@ -4,7 +4,7 @@
 use m4c_ir::Op;
 
 use super::ctx::{axes, axis, Lowering, NodeCtx, B};
-use super::elementwise::{bin, neg, scale, un};
+use super::elementwise::{bin, neg, not, scale, un};
 
 /// ReduceSum/Mean/Max/Min/L1/L2/SumSquare/LogSum/LogSumExp.
 pub fn reduce(b: &mut B, n: &NodeCtx) -> Lowering {
@@ -52,6 +52,12 @@ pub fn reduce(b: &mut B, n: &NodeCtx) -> Lowering {
             scale(b, &t, 1.0 / count.max(1) as f64, name)?
         }
         "ReduceMax" => max(b, x)?,
+        // min(x) = −max(−x); on bools, all(x) = ¬any(¬x).
+        "ReduceMin" if b.dtype(&x) == m4c_ir::DType::Bool => {
+            let m = not(b, &x, name)?;
+            let r = max(b, m)?;
+            not(b, &r, name)?
+        }
         "ReduceMin" => {
             let m = neg(b, &x, name)?;
             let r = max(b, m)?;

@@ -574,9 +574,14 @@ pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
         if h % k != 0 || w % k != 0 {
             return Err("spatial size not divisible by blocksize".into());
         }
+        let perm = if n.string("mode", "DCR") == "CRD" {
+            vec![0, 1, 3, 5, 2, 4]
+        } else {
+            vec![0, 3, 5, 1, 2, 4]
+        };
         (
             vec![bn, c, h / k, k, w / k, k],
-            vec![0, 3, 5, 1, 2, 4],
+            perm,
             vec![bn, c * k * k, h / k, w / k],
         )
     };
@@ -588,6 +593,15 @@ pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
 /// Identity, Dropout (inference: identity; the optional mask is all true).
 pub fn identity(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
+    let training =
+        n.node.op_type == "Dropout" && n.const_ints(2)?.is_some_and(|v| v.iter().any(|&t| t != 0));
+    let ratio = n
+        .const_floats(1)?
+        .and_then(|r| r.first().copied())
+        .unwrap_or(0.5);
+    if training && ratio != 0.0 {
+        return Err("training-mode Dropout (random) is not supported".into());
+    }
     let mut outs = vec![x.clone()];
     if n.node.op_type == "Dropout" && n.node.output.len() > 1 {
         let s = b.shape(&x);
