@@ -9,10 +9,13 @@
 //! # Ok::<(), m4c_compiler::FrontendError>(())
 //! ```
 
+pub mod bundle;
+pub mod adapter;
 pub mod coverage;
 mod error;
 pub mod lower;
 pub mod onnx;
+pub mod opt;
 pub mod passes;
 
 pub use error::{FrontendError, UnsupportedNode};

@@ -1,0 +1,99 @@
+//! One equality-saturation phase: load, run the rules under limits,
+//! extract, rebuild.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use egg::{Rewrite as EggRewrite, Runner, SimpleScheduler};
+use m4c_ir::{Graph, TensorType};
+
+use super::convert::{load, rebuild, Loaded, Provenance};
+use super::extract::extract;
+use super::report::PhaseReport;
+use super::rule::{EggRule, Rule};
+use super::rules::{fusion, layout, lora, recognise};
+use super::{CostModel, Limits, LoraPolicy, OptError};
+
+/// Phase 1: LoRA fold (unless the policy keeps), layout, recognition.
+pub fn rewrite_rules(policy: LoraPolicy) -> Vec<Arc<dyn Rule>> {
+    let mut rules: Vec<Arc<dyn Rule>> = vec![
+        Arc::new(recognise::RmsNorm),
+        Arc::new(recognise::GeluErf),
+        Arc::new(layout::TransposeIntoMatMul),
+        Arc::new(layout::ComposeTransposes),
+        Arc::new(layout::ComposeReshapes),
+    ];
+    if policy != LoraPolicy::Keep {
+        rules.push(Arc::new(lora::LoraFold));
+    }
+    rules
+}
+
+/// Phase 2: horizontal fusion on the graph phase 1 chose.
+pub fn fusion_rules() -> Vec<Arc<dyn Rule>> {
+    vec![Arc::new(fusion::HorizontalMatMul)]
+}
+
+/// Runs one phase on `g`.
+pub fn run(
+    g: &Graph,
+    adapter: &HashSet<String>,
+    mixed: &mut HashSet<String>,
+    rules: Vec<Arc<dyn Rule>>,
+    limits: &Limits,
+    model: &dyn CostModel,
+    penalty: Option<&dyn Fn(&TensorType) -> f64>,
+) -> Result<(Graph, PhaseReport), OptError> {
+    let start = Instant::now();
+    let loaded = load(g, &Provenance { adapter, mixed });
+    let rewrites: Vec<EggRewrite<_, _>> = rules
+        .iter()
+        .map(|r| {
+            let e = EggRule(r.clone());
+            EggRewrite::new(r.name(), e.clone(), e).map_err(OptError::Internal)
+        })
+        .collect::<Result<_, _>>()?;
+    let runner = Runner::default()
+        .with_scheduler(SimpleScheduler)
+        .with_node_limit(limits.nodes)
+        .with_iter_limit(limits.iterations)
+        .with_time_limit(limits.time)
+        .with_egraph(loaded.eg)
+        .run(&rewrites);
+    let mut fired: Vec<(String, usize)> = rules.iter().map(|r| (r.name().to_string(), 0)).collect();
+    for it in &runner.iterations {
+        for (name, n) in &it.applied {
+            if let Some(f) = fired.iter_mut().find(|f| f.0 == name.as_str()) {
+                f.1 += n;
+            }
+        }
+    }
+    let saturate_s = start.elapsed().as_secs_f64();
+    let loaded = Loaded {
+        eg: runner.egraph,
+        class_of: loaded.class_of,
+        cse_merged: loaded.cse_merged,
+    };
+    let roots: Vec<_> = g
+        .outputs
+        .iter()
+        .map(|o| loaded.class_of[o.index()])
+        .collect();
+    let ex = extract(&loaded.eg, &roots, model, penalty);
+    let rebuilt = rebuild(g, &loaded, &ex)?;
+    mixed.extend(rebuilt.mixed.iter().cloned());
+    let report = PhaseReport {
+        rules_fired: fired,
+        iterations: runner.iterations.len(),
+        stop_reason: format!("{:?}", runner.stop_reason),
+        egraph_nodes: loaded.eg.total_size(),
+        egraph_classes: loaded.eg.number_of_classes(),
+        cse_merged: loaded.cse_merged,
+        constants_folded: rebuilt.folded,
+        extracted_cost_ns: ex.cost_ns,
+        saturate_ms: saturate_s * 1e3,
+        total_ms: start.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok((rebuilt.graph, report))
+}

@@ -1,0 +1,185 @@
+//! The optimiser's report: per phase, the rules fired, e-graph size and
+//! time; for the graph, FLOPs, MACs, weight bytes and op counts before and
+//! after; LoRA decisions; fusion groups; the memory plan.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use m4c_ir::{Graph, TensorType, ValueDef};
+
+use super::cost::{op_flops, op_macs, CostModel};
+use super::fusion_groups::fusion_groups;
+use super::lang::LITERAL_MAX_ELEMS;
+use super::memplan::{plan_memory, MemoryPlan};
+use super::policy::Decision;
+
+/// One equality-saturation phase.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhaseReport {
+    pub rules_fired: Vec<(String, usize)>,
+    pub iterations: usize,
+    pub stop_reason: String,
+    pub egraph_nodes: usize,
+    pub egraph_classes: usize,
+    pub cse_merged: usize,
+    pub constants_folded: usize,
+    pub extracted_cost_ns: f64,
+    pub saturate_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Static figures of a graph.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct GraphFigures {
+    pub nodes: usize,
+    pub flops: u64,
+    pub macs: u64,
+    pub weight_bytes: usize,
+    pub estimated_ns: f64,
+    pub ops: BTreeMap<String, usize>,
+}
+
+impl GraphFigures {
+    /// Measures `g` with `model`.
+    pub fn of(g: &Graph, model: &dyn CostModel) -> GraphFigures {
+        let mut f = GraphFigures {
+            nodes: g.nodes.len(),
+            flops: 0,
+            macs: 0,
+            weight_bytes: 0,
+            estimated_ns: 0.0,
+            ops: BTreeMap::new(),
+        };
+        for n in &g.nodes {
+            let tys: Vec<&TensorType> = n.inputs.iter().map(|&i| &g.value(i).ty).collect();
+            let out = &g.value(n.output).ty;
+            f.flops += op_flops(&n.op, &tys, out);
+            f.macs += op_macs(&n.op, &tys, out);
+            f.estimated_ns += model.op_time_ns(&n.op, &tys, out);
+            *f.ops.entry(n.op.name().to_string()).or_default() += 1;
+        }
+        f.weight_bytes = g
+            .values
+            .iter()
+            .filter_map(|v| match &v.def {
+                ValueDef::Const(t) if t.len() > LITERAL_MAX_ELEMS => {
+                    Some(t.dtype.storage_bytes(t.len()))
+                }
+                _ => None,
+            })
+            .sum();
+        f
+    }
+}
+
+/// Everything `m4c opt` reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OptReport {
+    pub target: String,
+    pub phases: Vec<PhaseReport>,
+    pub before: GraphFigures,
+    pub after: GraphFigures,
+    pub lora: Vec<Decision>,
+    /// Elementwise fusion groups of two or more ops, and the ops in them.
+    pub fusion_groups: usize,
+    pub fused_ops: usize,
+    pub memory: MemoryPlan,
+}
+
+impl OptReport {
+    /// Assembles the report of an optimisation of `before` into `after`.
+    pub fn new(
+        before: &Graph,
+        after: &Graph,
+        phases: Vec<PhaseReport>,
+        lora: Vec<Decision>,
+        model: &dyn CostModel,
+    ) -> OptReport {
+        let groups: Vec<Vec<usize>> = fusion_groups(after)
+            .into_iter()
+            .filter(|g| g.len() > 1)
+            .collect();
+        let mut memory = plan_memory(after);
+        memory.placements.clear();
+        OptReport {
+            target: model.name().to_string(),
+            phases,
+            before: GraphFigures::of(before, model),
+            after: GraphFigures::of(after, model),
+            lora,
+            fusion_groups: groups.len(),
+            fused_ops: groups.iter().map(Vec::len).sum(),
+            memory,
+        }
+    }
+
+    /// Total count of a rule's applications over all phases.
+    pub fn fired(&self, rule: &str) -> usize {
+        self.phases
+            .iter()
+            .flat_map(|p| &p.rules_fired)
+            .filter(|(n, _)| n == rule)
+            .map(|(_, c)| c)
+            .sum()
+    }
+}
+
+impl fmt::Display for OptReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "target: {}", self.target)?;
+        for (i, p) in self.phases.iter().enumerate() {
+            let fired: Vec<String> = p
+                .rules_fired
+                .iter()
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect();
+            writeln!(
+                f,
+                "phase {}: {} iterations ({}), e-graph {} nodes / {} classes, {} CSE merges, {} constants folded, {:.1} ms (saturation {:.1} ms)",
+                i + 1,
+                p.iterations,
+                p.stop_reason,
+                p.egraph_nodes,
+                p.egraph_classes,
+                p.cse_merged,
+                p.constants_folded,
+                p.total_ms,
+                p.saturate_ms
+            )?;
+            writeln!(f, "  rules fired: {}", fired.join(", "))?;
+        }
+        let (b, a) = (&self.before, &self.after);
+        writeln!(f, "nodes: {} -> {}", b.nodes, a.nodes)?;
+        writeln!(
+            f,
+            "FLOPs: {} -> {} (MACs {} -> {})",
+            b.flops, a.flops, b.macs, a.macs
+        )?;
+        writeln!(f, "weight bytes: {} -> {}", b.weight_bytes, a.weight_bytes)?;
+        writeln!(
+            f,
+            "estimated time: {:.1} us -> {:.1} us",
+            b.estimated_ns / 1e3,
+            a.estimated_ns / 1e3
+        )?;
+        for d in &self.lora {
+            writeln!(
+                f,
+                "lora {}: {} ({})",
+                d.module,
+                if d.folded { "folded" } else { "kept" },
+                d.why
+            )?;
+        }
+        writeln!(
+            f,
+            "elementwise fusion groups: {} covering {} ops",
+            self.fusion_groups, self.fused_ops
+        )?;
+        write!(
+            f,
+            "memory plan: arena {} B (peak live {} B, no reuse {} B)",
+            self.memory.arena_bytes, self.memory.peak_live_bytes, self.memory.naive_bytes
+        )
+    }
+}
