@@ -9,7 +9,6 @@
 //! # Ok::<(), m4c_compiler::FrontendError>(())
 //! ```
 
-pub mod bundle;
 pub mod adapter;
 pub mod coverage;
 mod error;
