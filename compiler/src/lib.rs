@@ -10,6 +10,7 @@
 //! ```
 
 pub mod adapter;
+pub mod bundle;
 pub mod coverage;
 mod error;
 pub mod lower;

@@ -1,0 +1,155 @@
+//! Writing bundles (format: `docs/BUNDLE.md`, definitions shared with the
+//! reader in `m4c_runtime::bundle`).
+//!
+//! A firmware bundle holds the shared modules of a device, each lowered
+//! once from ONNX; identical weights are stored once across modules.
+//!
+//! ```no_run
+//! use m4c_compiler::bundle::{build_firmware, write_atomically, FirmwareOptions};
+//! let modules = vec![("txt_enc".to_string(), "clip_text.onnx".into())];
+//! let bytes = build_firmware(&modules, &FirmwareOptions::default())?;
+//! write_atomically("M4.fw".as_ref(), &bytes)?;
+//! # Ok::<(), m4c_compiler::bundle::BuildError>(())
+//! ```
+
+mod error;
+mod pack;
+mod pool;
+mod write;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use m4c_ir::Graph;
+use m4c_runtime::bundle::container::{encode, SectionData};
+use m4c_runtime::bundle::format::{
+    is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, Target,
+};
+
+pub use error::BuildError;
+pub use write::write_atomically;
+
+use crate::{lower_report, FrontendError, LowerOptions, OnnxModel};
+
+/// How to build a firmware bundle.
+#[derive(Clone, Debug)]
+pub struct FirmwareOptions {
+    /// Binding of symbolic dimensions, applied to every module.
+    pub lower: LowerOptions,
+    /// What the modules are compiled for.
+    pub target: Target,
+}
+
+impl Default for FirmwareOptions {
+    fn default() -> Self {
+        FirmwareOptions {
+            lower: LowerOptions::default(),
+            target: Target::Reference,
+        }
+    }
+}
+
+/// A module ready to be packed: its graph and where it came from.
+pub struct ModuleSource {
+    pub name: String,
+    pub graph: Graph,
+    /// The symbolic dimensions and the values they were bound to.
+    pub dims: BTreeMap<String, usize>,
+    /// BLAKE3 (hex) of the model file.
+    pub source_blake3: String,
+}
+
+/// Lowers each `(name, model.onnx)` and packs them into a firmware bundle's
+/// bytes. The same models and options always give the same bytes.
+pub fn build_firmware(
+    modules: &[(String, PathBuf)],
+    opts: &FirmwareOptions,
+) -> Result<Vec<u8>, BuildError> {
+    let mut sources = vec![];
+    for (name, path) in modules {
+        check_name(name)?;
+        let frontend = |source| BuildError::Frontend {
+            module: name.clone(),
+            source,
+        };
+        let model = OnnxModel::load(path).map_err(frontend)?;
+        let report = lower_report(&model, &opts.lower).map_err(frontend)?;
+        let graph = report.graph.ok_or_else(|| {
+            frontend(FrontendError::Unsupported {
+                path: path.clone(),
+                nodes: report.unsupported,
+            })
+        })?;
+        let file = std::fs::read(path).map_err(|source| BuildError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        sources.push(ModuleSource {
+            name: name.clone(),
+            graph,
+            dims: report.dims,
+            source_blake3: blake3::hash(&file).to_hex().to_string(),
+        });
+    }
+    assemble(sources, opts.target)
+}
+
+fn check_name(name: &str) -> Result<(), BuildError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(BuildError::InvalidName(name.to_string()))
+    }
+}
+
+/// Packs already-lowered modules into a firmware bundle's bytes: modules
+/// sorted by name, weights deduplicated by content, the weights section
+/// first, then one IR section per module.
+pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8>, BuildError> {
+    if modules.is_empty() {
+        return Err(BuildError::NoModules);
+    }
+    modules.sort_by(|a, b| a.name.cmp(&b.name));
+    for w in modules.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(BuildError::DuplicateModule(w[0].name.clone()));
+        }
+    }
+    let mut pool = pool::WeightPool::default();
+    let mut entries = vec![];
+    let mut texts = vec![];
+    for m in &modules {
+        check_name(&m.name)?;
+        let packed = pack::pack(&m.graph, &mut pool).map_err(|msg| BuildError::Pack {
+            module: m.name.clone(),
+            msg,
+        })?;
+        entries.push(ModuleEntry {
+            dims: m.dims.clone(),
+            ir_section: m.name.clone(),
+            name: m.name.clone(),
+            source_blake3: m.source_blake3.clone(),
+            target,
+            weights: packed.weights,
+        });
+        texts.push(packed.text);
+    }
+    let (weights, blobs) = pool.finish();
+    let mut sections = vec![SectionData {
+        kind: SectionKind::Weights,
+        name: "weights".into(),
+        bytes: &weights,
+    }];
+    sections.extend(modules.iter().zip(&texts).map(|(m, t)| SectionData {
+        kind: SectionKind::Ir,
+        name: m.name.clone(),
+        bytes: t.as_bytes(),
+    }));
+    let manifest = Manifest {
+        blobs,
+        kind: BundleKind::Firmware,
+        modules: entries,
+        sections: vec![],
+    };
+    Ok(encode(manifest, &sections))
+}

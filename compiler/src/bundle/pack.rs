@@ -1,0 +1,76 @@
+//! One module into bundle form: its IR text and its weight table, checked
+//! by reading them back the way the runtime will.
+
+use std::collections::{BTreeMap, HashMap};
+
+use m4c_ir::{Graph, Storage, Tensor};
+use m4c_runtime::bundle::format::WeightEntry;
+
+use super::pool::WeightPool;
+
+/// A module's IR text and weight table (constant name → blob and type).
+pub struct Packed {
+    pub text: String,
+    pub weights: BTreeMap<String, WeightEntry>,
+}
+
+/// Prints `g`, interns the bytes of every constant the text leaves out
+/// (printed as `weight`) in `pool`, and checks that parsing the text with
+/// those weights gives back a verified graph that prints identically and
+/// whose every constant has the original bytes.
+pub fn pack(g: &Graph, pool: &mut WeightPool) -> Result<Packed, String> {
+    let text = m4c_ir::text::print(g);
+    let bare = m4c_ir::text::parse(&text, &HashMap::new())
+        .map_err(|e| format!("printed IR does not parse back: {e}"))?;
+    let by_name: HashMap<&str, &Tensor> = g
+        .constants()
+        .map(|id| (g.value(id).name.as_str(), g.constant(id).expect("constant")))
+        .collect();
+    let mut weights = BTreeMap::new();
+    let mut tensors = HashMap::new();
+    for id in bare.constants() {
+        if !matches!(bare.constant(id).map(|t| &t.storage), Some(Storage::Absent)) {
+            continue;
+        }
+        let name = &bare.value(id).name;
+        let t = by_name
+            .get(name.as_str())
+            .ok_or_else(|| format!("weight %{name} is not a constant of the graph"))?;
+        let bytes = t.bytes().map_err(|e| format!("weight %{name}: {e}"))?;
+        let entry = WeightEntry {
+            blob: pool.intern(bytes),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+        };
+        weights.insert(name.clone(), entry);
+        tensors.insert(name.clone(), (*t).clone());
+    }
+    check_round_trip(g, &text, &tensors)?;
+    Ok(Packed { text, weights })
+}
+
+/// Reads `text` back with `weights` and compares with the original graph.
+fn check_round_trip(
+    g: &Graph,
+    text: &str,
+    weights: &HashMap<String, Tensor>,
+) -> Result<(), String> {
+    let back = m4c_ir::text::parse(text, weights).map_err(|e| e.to_string())?;
+    back.verify().map_err(|e| e.to_string())?;
+    if m4c_ir::text::print(&back) != text {
+        return Err("IR text does not print back identically".into());
+    }
+    for (a, b) in g.constants().zip(back.constants()) {
+        let (ta, tb) = (
+            g.constant(a).expect("const"),
+            back.constant(b).expect("const"),
+        );
+        if ta.bytes().ok() != tb.bytes().ok() {
+            return Err(format!(
+                "constant %{} changes when read back from the IR text",
+                g.value(a).name
+            ));
+        }
+    }
+    Ok(())
+}

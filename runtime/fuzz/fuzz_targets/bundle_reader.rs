@@ -1,0 +1,9 @@
+//! Arbitrary bytes as a bundle: `Bundle::from_bytes` returns, never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use m4c_runtime::bundle::Bundle;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Bundle::from_bytes(data);
+});

@@ -1,0 +1,258 @@
+//! Firmware bundles end to end: five fixture models lowered into one
+//! bundle reproduce onnxruntime's outputs when loaded back (weights
+//! mapped from the bundle), rebuilds are byte-identical, shared weights are
+//! stored once; `m4c firmware build/info` and their errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use m4c_compiler::bundle::{build_firmware, FirmwareOptions};
+use m4c_ops::{run_graph, Value};
+use m4c_runtime::bundle::Bundle;
+use m4c_runtime::{read_npz, sanitized_key};
+
+/// (module name, fixture) of the paper's M4 modules.
+const MODULES: [(&str, &str); 5] = [
+    ("txt_enc", "clip_text"),
+    ("img_enc", "clip_vision"),
+    ("imu_enc", "imu_encoder"),
+    ("aud_enc", "whisper_encoder"),
+    ("backbone", "llama_prefill"),
+];
+
+/// A fresh directory removed when dropped (the root package has no
+/// tempfile dependency).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("m4c-cli-firmware-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn module_list() -> Vec<(String, PathBuf)> {
+    MODULES
+        .iter()
+        .map(|(m, f)| (m.to_string(), fixture(&format!("{f}.onnx"))))
+        .collect()
+}
+
+/// The five-module firmware, built once per test binary.
+fn firmware() -> &'static [u8] {
+    static FW: OnceLock<Vec<u8>> = OnceLock::new();
+    FW.get_or_init(|| build_firmware(&module_list(), &FirmwareOptions::default()).unwrap())
+}
+
+fn as_f64(v: &Value) -> Vec<f64> {
+    match v {
+        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
+    }
+}
+
+fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
+    arrays
+        .get(name)
+        .or_else(|| arrays.get(&sanitized_key(name)))
+        .unwrap_or_else(|| panic!("no array {name} in {:?}", arrays.keys()))
+}
+
+/// numpy.allclose(got, want, rtol=1e-4, atol=1e-5), shapes and types equal.
+fn assert_allclose(what: &str, got: &Value, want: &Value) {
+    assert_eq!(got.dtype(), want.dtype(), "{what}: element type");
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let bad = as_f64(got)
+        .iter()
+        .zip(as_f64(want))
+        .filter(|(g, w)| !((*g - w).abs() <= 1e-5 + 1e-4 * w.abs() || g.is_nan() && w.is_nan()))
+        .count();
+    assert_eq!(bad, 0, "{what}: {bad} elements out of tolerance");
+}
+
+#[test]
+fn every_module_of_the_firmware_reproduces_onnxruntime() {
+    let dir = TempDir::new();
+    let path = dir.0.as_path().join("M4.fw");
+    m4c_compiler::bundle::write_atomically(&path, firmware()).unwrap();
+    let fw = Bundle::open(&path).unwrap();
+    let mut names: Vec<&str> = MODULES.iter().map(|(m, _)| *m).collect();
+    names.sort();
+    assert_eq!(fw.modules().collect::<Vec<_>>(), names);
+    for (module, fixture_name) in MODULES {
+        let g = fw.module(module).unwrap();
+        let mapped = g
+            .constants()
+            .filter(|&c| g.constant(c).unwrap().is_mapped())
+            .count();
+        assert!(mapped > 0, "{module}: no mapped weights");
+        for c in g.constants() {
+            let t = g.constant(c).unwrap();
+            assert!(
+                t.is_mapped() || t.len() <= m4c_ir::text::INLINE_LIMIT,
+                "{module}: %{} ({} elements) was copied, not mapped",
+                g.value(c).name,
+                t.len()
+            );
+        }
+        let inputs = read_npz(&fixture(&format!("{fixture_name}.inputs.npz"))).unwrap();
+        let expected = read_npz(&fixture(&format!("{fixture_name}.expected.npz"))).unwrap();
+        let feeds: Vec<Value> = g
+            .inputs
+            .iter()
+            .map(|&i| lookup(&inputs, &g.value(i).name).clone())
+            .collect();
+        let outputs = run_graph(&g, &feeds).unwrap();
+        for (&o, got) in g.outputs.iter().zip(&outputs) {
+            let name = &g.value(o).name;
+            assert_allclose(&format!("{module}.{name}"), got, lookup(&expected, name));
+        }
+    }
+}
+
+#[test]
+fn rebuilding_gives_identical_bytes_whatever_the_module_order() {
+    let mut reversed = module_list();
+    reversed.reverse();
+    let again = build_firmware(&reversed, &FirmwareOptions::default()).unwrap();
+    assert!(again == firmware(), "rebuild differs");
+}
+
+#[test]
+fn shared_weights_are_stored_once() {
+    let onnx = fixture("llama_prefill.onnx");
+    let onnx_len = std::fs::metadata(&onnx).unwrap().len() as usize;
+    let one = build_firmware(&[("a".into(), onnx.clone())], &FirmwareOptions::default()).unwrap();
+    let two = build_firmware(
+        &[("a".into(), onnx.clone()), ("b".into(), onnx)],
+        &FirmwareOptions::default(),
+    )
+    .unwrap();
+    let weights_len = |bytes: &[u8]| {
+        let b = Bundle::from_bytes(bytes).unwrap();
+        b.manifest().sections[0].len
+    };
+    assert_eq!(weights_len(&one), weights_len(&two));
+    assert!(two.len() < 2 * onnx_len, "{} ≥ 2 × {onnx_len}", two.len());
+    // The second module adds only its IR text and manifest entries.
+    assert!(two.len() - one.len() < one.len() / 2);
+}
+
+fn m4c(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cli_builds_and_shows_a_firmware() {
+    let dir = TempDir::new();
+    let out = dir.0.as_path().join("M4.fw");
+    let text = fixture("clip_text.onnx");
+    let llama = fixture("llama_prefill.onnx");
+    let o = m4c(&[
+        "firmware",
+        "build",
+        "--module",
+        &format!("txt_enc={}", text.display()),
+        "--module",
+        &format!("backbone={}", llama.display()),
+        "--target",
+        "reference",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("content hash"), "{stdout}");
+    let fw = Bundle::open(&out).unwrap();
+    assert_eq!(fw.modules().collect::<Vec<_>>(), ["backbone", "txt_enc"]);
+    let o = m4c(&["firmware", "info", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&fw.content_hash_hex()));
+}
+
+#[test]
+fn cli_errors_exit_2_and_leave_nothing_behind() {
+    let dir = TempDir::new();
+    let out = dir.0.as_path().join("M4.fw");
+    let out_s = out.to_str().unwrap();
+    let text = format!("txt_enc={}", fixture("clip_text.onnx").display());
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["--module", "txt_enc=/nonexistent/model.onnx"],
+            "module `txt_enc`: /nonexistent/model.onnx",
+        ),
+        (
+            vec!["--module", &text, "--module", &text],
+            "module `txt_enc` is given twice",
+        ),
+        (
+            vec!["--module", "bad name=x.onnx"],
+            "module name \"bad name\" is invalid",
+        ),
+        (
+            vec!["--module", &text, "--target", "tpu"],
+            "unknown target 'tpu'",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["firmware", "build", "-o", out_s];
+        full.extend(args);
+        let o = m4c(&full);
+        assert_eq!(o.status.code(), Some(2), "{full:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{full:?}: {}", stderr(&o));
+        assert_eq!(
+            std::fs::read_dir(dir.0.as_path()).unwrap().count(),
+            0,
+            "{full:?} left a file"
+        );
+    }
+}
+
+#[test]
+fn cli_info_on_a_damaged_bundle_names_the_section() {
+    let dir = TempDir::new();
+    let path = dir.0.as_path().join("M4.fw");
+    let mut bytes = firmware().to_vec();
+    let fw = Bundle::from_bytes(&bytes).unwrap();
+    let ir = fw.manifest().sections.last().unwrap().clone();
+    bytes[(ir.offset + ir.len / 2) as usize] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let o = m4c(&["firmware", "info", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let want = format!("checksum mismatch in section ir `{}`", ir.name);
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    std::fs::write(&path, &bytes[..1000]).unwrap();
+    let o = m4c(&["firmware", "info", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+}
