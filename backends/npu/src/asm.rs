@@ -4,10 +4,10 @@
 //! (DRAM image bytes) and `.data ADDR HEXBYTES` (initial DRAM contents;
 //! consecutive `.data` lines that continue each other form one segment).
 //! Instructions: `mnemonic field=value ...` with every field of the opcode
-//! given once; values are decimal or `0x` hex, engines `ld|mx|vx|st`,
-//! memory spaces `w|a`.
+//! given once; values are decimal or `0x` hex; enumerated fields (engines,
+//! memory spaces, vector operations) by name.
 
-use crate::isa::{Engine, FieldKind, Instr, OPS};
+use crate::isa::{FieldKind, Instr, OPS};
 use crate::program::{Program, ProgramError, Segment};
 
 /// Why assembly failed: the line (1-based) and what is wrong there.
@@ -97,15 +97,7 @@ fn parse_instr(mnemonic: &str, operands: &[&str]) -> Result<Instr, String> {
         }
         let field = &spec.fields[idx];
         let parsed = match field.kind {
-            FieldKind::Engine => Engine::ALL
-                .iter()
-                .find(|e| e.name() == value)
-                .map(|e| e.index() as i64),
-            FieldKind::Space => match value {
-                "w" => Some(0),
-                "a" => Some(1),
-                _ => None,
-            },
+            FieldKind::Named(names) => names.iter().position(|n| *n == value).map(|i| i as i64),
             FieldKind::Uint | FieldKind::Int => parse_int(value),
         }
         .ok_or_else(|| format!("bad value `{value}` for field `{name}`"))?;

@@ -51,6 +51,21 @@ pub struct EnergyTable {
     pub dram_pj_per_byte: f64,
     /// One vector-lane operation (requantise, copy, lookup of one element).
     pub vector_op_pj: f64,
+    /// One special-function evaluation (reciprocal, rsqrt, exp2).
+    #[serde(default = "default_sfu_op_pj")]
+    pub sfu_op_pj: f64,
+}
+
+fn default_sfu_lanes() -> u32 {
+    4
+}
+
+fn default_sfu_latency() -> u32 {
+    12
+}
+
+fn default_sfu_op_pj() -> f64 {
+    3.0
 }
 
 /// A complete machine description.
@@ -79,6 +94,12 @@ pub struct MachineConfig {
     pub vector_latency_cycles: u32,
     /// LUT entries of the lookup unit (the ISA's `vlut` uses 256).
     pub lut_entries: u32,
+    /// Special-function-unit lanes (reciprocal / rsqrt / exp2 results per cycle).
+    #[serde(default = "default_sfu_lanes")]
+    pub sfu_lanes: u32,
+    /// Special-function-unit pipeline latency in cycles.
+    #[serde(default = "default_sfu_latency")]
+    pub sfu_latency_cycles: u32,
     /// DMA-in engine.
     pub dma_in: DmaConfig,
     /// DMA-out engine.
@@ -128,6 +149,7 @@ const EDGE_ENERGY: EnergyTable = EnergyTable {
     acc_pj_per_byte: 0.6,
     dram_pj_per_byte: 80.0,
     vector_op_pj: 0.4,
+    sfu_op_pj: 3.0,
 };
 
 impl MachineConfig {
@@ -146,6 +168,8 @@ impl MachineConfig {
             vector_lanes: 16,
             vector_latency_cycles: 4,
             lut_entries: 256,
+            sfu_lanes: 4,
+            sfu_latency_cycles: 12,
             dma_in: DmaConfig {
                 bytes_per_cycle: 32,
                 latency_cycles: 100,
@@ -174,6 +198,8 @@ impl MachineConfig {
             vector_lanes: 64,
             vector_latency_cycles: 4,
             lut_entries: 256,
+            sfu_lanes: 16,
+            sfu_latency_cycles: 12,
             dma_in: DmaConfig {
                 bytes_per_cycle: 64,
                 latency_cycles: 150,
@@ -263,10 +289,11 @@ impl MachineConfig {
             );
         }
         if self.vector_lanes == 0
+            || self.sfu_lanes == 0
             || self.dma_in.bytes_per_cycle == 0
             || self.dma_out.bytes_per_cycle == 0
         {
-            return bad("vector_lanes and DMA bytes_per_cycle must be positive");
+            return bad("vector_lanes, sfu_lanes and DMA bytes_per_cycle must be positive");
         }
         if self.lut_entries != 256 {
             return bad("lut_entries must be 256 (int8 lookup tables)");

@@ -1,6 +1,6 @@
 //! The disassembler: [`Program`] to the text the assembler reads back.
 
-use crate::isa::{Engine, FieldKind, Instr, Space};
+use crate::isa::{FieldKind, Instr};
 use crate::program::Program;
 use std::fmt::Write;
 
@@ -12,9 +12,8 @@ pub fn format_instr(instr: &Instr) -> String {
     let mut line = spec.mnemonic.to_string();
     for (field, value) in spec.fields.iter().zip(instr.field_values()) {
         let shown = match field.kind {
-            FieldKind::Engine => Engine::ALL[value as usize].name().to_string(),
-            FieldKind::Space => Space::from_code(value).map_or("?", Space::name).to_string(),
-            _ => value.to_string(),
+            FieldKind::Named(names) => names.get(value as usize).unwrap_or(&"?").to_string(),
+            FieldKind::Uint | FieldKind::Int => value.to_string(),
         };
         let _ = write!(line, " {}={}", field.name, shown);
     }

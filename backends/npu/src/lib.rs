@@ -8,6 +8,7 @@
 pub mod asm;
 pub mod config;
 pub mod disasm;
+pub mod fixed;
 pub mod isa;
 pub mod kernels;
 pub mod program;

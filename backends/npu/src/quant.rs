@@ -20,7 +20,8 @@ pub struct Requant {
 /// The valid range of [`Requant::shift`].
 pub const SHIFT_RANGE: std::ops::RangeInclusive<i32> = -31..=30;
 
-/// `(a * b * 2) >> 32` rounded to nearest (ties away from zero), saturating
+/// `(a * b * 2) >> 32` rounded to nearest (ties upwards, as gemmlowp's nudge
+/// then truncation gives), saturating
 /// the single overflow case `i32::MIN * i32::MIN`.
 pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
@@ -55,9 +56,16 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 }
 
 impl Requant {
+    /// Scales one value by `multiplier * 2^shift / 2^31` (TFLite's
+    /// `MultiplyByQuantizedMultiplier`); a multiplier of 0 bypasses the
+    /// scaling, which the vector unit uses for plain integer results.
+    pub fn rescale(&self, x: i32) -> i32 {
+        crate::fixed::rescale(x, self.multiplier, self.shift)
+    }
+
     /// Scales one accumulator value (bias already added) to int8.
     pub fn apply(&self, acc: i32) -> i8 {
-        let scaled = multiply_by_quantized_multiplier(acc, self.multiplier, self.shift) as i64;
+        let scaled = self.rescale(acc) as i64;
         (scaled + self.zero_point as i64).clamp(self.clamp_min as i64, self.clamp_max as i64) as i8
     }
 
@@ -105,7 +113,8 @@ mod tests {
     proptest! {
         #[test]
         fn srdhm_is_rounded_product(a: i32, b: i32) {
-            let exact = round_div(a as i128 * b as i128, 1i128 << 31).min(i32::MAX as i128);
+            // Ties round upwards (towards +infinity), as in TFLite/gemmlowp.
+            let exact = (a as i128 * b as i128 + (1i128 << 30)).div_euclid(1i128 << 31).min(i32::MAX as i128);
             prop_assert_eq!(saturating_rounding_doubling_high_mul(a, b) as i128, exact);
         }
 
@@ -121,6 +130,8 @@ mod tests {
             saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
             i32::MAX
         );
+        assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
+        assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
         assert_eq!(rounding_divide_by_pot(-5, 1), -3);
         assert_eq!(rounding_divide_by_pot(5, 1), 3);
         assert_eq!(rounding_divide_by_pot(-6, 2), -2);

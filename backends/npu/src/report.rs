@@ -48,6 +48,8 @@ pub struct Stats {
     pub dram_write_bytes: u64,
     /// Vector-lane element operations.
     pub vector_ops: u64,
+    /// Special-function-unit evaluations.
+    pub sfu_ops: u64,
     /// Energy estimate.
     pub energy_pj: f64,
     /// Wall time at the configured clock.
@@ -77,7 +79,8 @@ impl Stats {
             + self.sram_write_bytes as f64 * e.sram_write_pj_per_byte
             + (self.acc_read_bytes + self.acc_write_bytes) as f64 * e.acc_pj_per_byte
             + (self.dram_read_bytes + self.dram_write_bytes) as f64 * e.dram_pj_per_byte
-            + self.vector_ops as f64 * e.vector_op_pj;
+            + self.vector_ops as f64 * e.vector_op_pj
+            + self.sfu_ops as f64 * e.sfu_op_pj;
         self.time_us = self.cycles as f64 / config.clock_mhz;
     }
 
@@ -135,6 +138,11 @@ impl Stats {
             s,
             "DRAM bytes     read {}, written {}",
             self.dram_read_bytes, self.dram_write_bytes
+        );
+        let _ = writeln!(
+            s,
+            "vector ops     {} (special functions {})",
+            self.vector_ops, self.sfu_ops
         );
         let _ = writeln!(s, "energy         {:.3} uJ", self.energy_pj / 1e6);
         let _ = writeln!(s, "instructions   {}", self.instructions);

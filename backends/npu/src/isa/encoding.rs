@@ -54,7 +54,7 @@ pub fn decode_word(word: u128) -> Result<Instr, WordError> {
             }
             _ => raw as i64,
         };
-        if field.kind == FieldKind::Space && super::Space::from_code(value).is_none() {
+        if matches!(field.kind, FieldKind::Named(names) if value as usize >= names.len()) {
             return Err(WordError::BadField {
                 mnemonic: spec.mnemonic,
                 field: field.name,

@@ -80,10 +80,9 @@ pub enum FieldKind {
     Uint,
     /// Two's-complement signed integer.
     Int,
-    /// An engine name (`ld`, `mx`, `vx`, `st`).
-    Engine,
-    /// A memory space name (`w`, `a`).
-    Space,
+    /// An enumeration spelled by name: value `i` is `names[i]`; values past
+    /// the list are invalid encodings.
+    Named(&'static [&'static str]),
 }
 
 /// One operand field of an instruction.
@@ -102,7 +101,8 @@ impl FieldSpec {
     pub fn range(&self) -> (i64, i64) {
         match self.kind {
             FieldKind::Int => (-(1i64 << (self.bits - 1)), (1i64 << (self.bits - 1)) - 1),
-            _ => (0, (1i64 << self.bits) - 1),
+            FieldKind::Uint => (0, (1i64 << self.bits) - 1),
+            FieldKind::Named(names) => (0, names.len() as i64 - 1),
         }
     }
 }

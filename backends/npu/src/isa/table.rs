@@ -4,6 +4,17 @@
 
 use super::{Engine, FieldKind, FieldSpec, OpSpec};
 
+const UINT: FieldKind = FieldKind::Uint;
+const INT: FieldKind = FieldKind::Int;
+const ENGINE: FieldKind = FieldKind::Named(&["ld", "mx", "vx", "st"]);
+const SPACE: FieldKind = FieldKind::Named(&["w", "a"]);
+const VMEM: FieldKind = FieldKind::Named(&["a", "acc"]);
+const BINOP: FieldKind =
+    FieldKind::Named(&["add", "sub", "mul", "mulq", "max", "min", "cvt", "mac"]);
+const REDOP: FieldKind = FieldKind::Named(&["sum", "max", "sumsq"]);
+const RQMODE: FieldKind = FieldKind::Named(&["none", "bias", "channel"]);
+const SFUOP: FieldKind = FieldKind::Named(&["recip", "rsqrt", "exp2"]);
+
 macro_rules! instruction_set {
     ($(
         $(#[$doc:meta])*
@@ -25,7 +36,7 @@ macro_rules! instruction_set {
             OpSpec {
                 opcode: $opcode,
                 mnemonic: $mnemonic,
-                fields: &[$(FieldSpec { name: stringify!($field), bits: $bits, kind: FieldKind::$kind }),*],
+                fields: &[$(FieldSpec { name: stringify!($field), bits: $bits, kind: $kind }),*],
             },
         )*];
 
@@ -60,38 +71,55 @@ instruction_set! {
     /// End of program: the front-end stops dispatching; the run ends when all engines drain.
     Halt = 0x01 "halt" {}
     /// Blocks `engine` until semaphore `sem` is positive, then decrements it.
-    Wait = 0x02 "wait" { engine: 2 Engine, sem: 4 Uint }
+    Wait = 0x02 "wait" { engine: 2 ENGINE, sem: 4 UINT }
     /// Increments semaphore `sem` once every earlier instruction of `engine` completed.
-    Signal = 0x03 "signal" { engine: 2 Engine, sem: 4 Uint }
+    Signal = 0x03 "signal" { engine: 2 ENGINE, sem: 4 UINT }
     /// Every engine finishes all earlier instructions before any starts a later one.
     Barrier = 0x04 "barrier" {}
     /// DMA-in configuration: row strides and zero-padding of later `ld`s.
     LdCfg = 0x10 "ld.cfg" {
-        dram_stride: 32 Uint, sram_stride: 24 Uint,
-        pad_top: 8 Uint, pad_bottom: 8 Uint, pad_left: 16 Uint, pad_right: 16 Uint,
+        dram_stride: 32 UINT, sram_stride: 24 UINT,
+        pad_top: 8 UINT, pad_bottom: 8 UINT, pad_left: 16 UINT, pad_right: 16 UINT,
     }
     /// 2-D DMA load of `rows` x `row_bytes` from DRAM into SRAM, framed by zero padding.
-    Ld = 0x11 "ld" { space: 2 Space, sram: 24 Uint, dram: 32 Uint, rows: 16 Uint, row_bytes: 24 Uint }
+    Ld = 0x11 "ld" { space: 2 SPACE, sram: 24 UINT, dram: 32 UINT, rows: 16 UINT, row_bytes: 24 UINT }
     /// DMA-out configuration: row strides of later `st`s.
-    StCfg = 0x12 "st.cfg" { dram_stride: 32 Uint, sram_stride: 24 Uint }
+    StCfg = 0x12 "st.cfg" { dram_stride: 32 UINT, sram_stride: 24 UINT }
     /// 2-D DMA store of `rows` x `row_bytes` from SRAM to DRAM.
-    St = 0x13 "st" { space: 2 Space, sram: 24 Uint, dram: 32 Uint, rows: 16 Uint, row_bytes: 24 Uint }
+    St = 0x13 "st" { space: 2 SPACE, sram: 24 UINT, dram: 32 UINT, rows: 16 UINT, row_bytes: 24 UINT }
     /// Matrix-unit configuration: row strides (bytes for `a`/`w`, int32 elements for `acc`).
-    MmCfg = 0x20 "mm.cfg" { a_stride: 24 Uint, w_stride: 24 Uint, acc_stride: 24 Uint }
+    MmCfg = 0x20 "mm.cfg" { a_stride: 24 UINT, w_stride: 24 UINT, acc_stride: 24 UINT }
     /// acc[m x n] (+)= a[m x k] * w[k x n], int8 x int8 -> int32; one systolic fold.
     Matmul = 0x21 "matmul" {
-        acc: 20 Uint, a: 24 Uint, w: 24 Uint, m: 16 Uint, k: 16 Uint, n: 16 Uint, accumulate: 1 Uint,
+        acc: 20 UINT, a: 24 UINT, w: 24 UINT, m: 16 UINT, k: 16 UINT, n: 16 UINT, accumulate: 1 UINT,
     }
     /// Requantisation parameters (TFLite semantics) of later `requant`s.
-    RqCfg = 0x30 "rq.cfg" { multiplier: 32 Int, shift: 8 Int, zero_point: 16 Int, clamp_min: 8 Int, clamp_max: 8 Int }
+    RqCfg = 0x30 "rq.cfg" { multiplier: 32 INT, shift: 8 INT, zero_point: 16 INT, clamp_min: 8 INT, clamp_max: 8 INT }
     /// Vector-unit configuration: row strides of the destination and the two sources.
-    VecCfg = 0x31 "vec.cfg" { dst_stride: 24 Uint, src_stride: 24 Uint, src2_stride: 24 Uint }
-    /// int8 dst = clamp(zp + rescale(acc + bias[col])), `rows` x `cols`.
-    Requant = 0x32 "requant" { dst: 24 Uint, acc: 20 Uint, bias: 24 Uint, rows: 16 Uint, cols: 16 Uint, use_bias: 1 Uint }
+    VecCfg = 0x31 "vec.cfg" { dst_stride: 24 UINT, src_stride: 24 UINT, src2_stride: 24 UINT }
+    /// int8 dst = clamp(zp + rescale(acc + bias[col])), `rows` x `cols`; `mode`
+    /// none / bias (int32 per column) / channel (per-column bias, multiplier, shift).
+    Requant = 0x32 "requant" { dst: 24 UINT, acc: 20 UINT, bias: 24 UINT, rows: 16 UINT, cols: 16 UINT, mode: 2 RQMODE }
     /// 2-D byte copy inside or between SRAMs (e.g. im2col).
-    Vcopy = 0x33 "vcopy" { dst_space: 2 Space, dst: 24 Uint, src_space: 2 Space, src: 24 Uint, rows: 16 Uint, cols: 24 Uint }
+    Vcopy = 0x33 "vcopy" { dst_space: 2 SPACE, dst: 24 UINT, src_space: 2 SPACE, src: 24 UINT, rows: 16 UINT, cols: 24 UINT }
     /// int8 table lookup: dst = table[src + 128] with a 256-byte table in activation SRAM.
-    Vlut = 0x34 "vlut" { dst: 24 Uint, src: 24 Uint, table: 24 Uint, rows: 16 Uint, cols: 16 Uint }
+    Vlut = 0x34 "vlut" { dst: 24 UINT, src: 24 UINT, table: 24 UINT, rows: 16 UINT, cols: 16 UINT }
+    /// Operand pre-scaling of later `vbin`s: `MBQM(x + offset, multiplier, shift)`, multiplier 0 = bypass.
+    VbinCfg = 0x35 "vbin.cfg" {
+        a_offset: 16 INT, a_multiplier: 32 INT, a_shift: 8 INT,
+        b_offset: 16 INT, b_multiplier: 32 INT, b_shift: 8 INT,
+    }
+    /// Elementwise dst = out(op(pre_a(a), pre_b(b))) over `rows` x `cols`; int8
+    /// operands in activation SRAM, int32 in the accumulator; `bcast`: b is one value per row.
+    Vbin = 0x36 "vbin" {
+        op: 3 BINOP, dst_mem: 1 VMEM, dst: 24 UINT, a_mem: 1 VMEM, a: 24 UINT,
+        b_mem: 1 VMEM, b: 24 UINT, rows: 16 UINT, cols: 16 UINT, bcast: 1 UINT,
+    }
+    /// Row reduction (sum / max / sum of squares) into one int32 per row in
+    /// the accumulator, exact then rounded right by `shift` and saturated.
+    Vred = 0x37 "vred" { op: 2 REDOP, dst: 20 UINT, src_mem: 1 VMEM, src: 24 UINT, rows: 16 UINT, cols: 16 UINT, shift: 6 UINT }
+    /// Special-function unit on accumulator int32s: dst = f(src + bias) in Q`frac`.
+    Vsfu = 0x38 "vsfu" { op: 2 SFUOP, dst: 20 UINT, src: 20 UINT, rows: 16 UINT, cols: 16 UINT, frac: 6 UINT, bias: 32 INT }
 }
 
 /// The specification of `opcode`, if it is part of the ISA.
@@ -117,9 +145,15 @@ impl Instr {
             LdCfg { .. } | Ld { .. } => Some(Engine::Ld),
             StCfg { .. } | St { .. } => Some(Engine::St),
             MmCfg { .. } | Matmul { .. } => Some(Engine::Mx),
-            RqCfg { .. } | VecCfg { .. } | Requant { .. } | Vcopy { .. } | Vlut { .. } => {
-                Some(Engine::Vx)
-            }
+            RqCfg { .. }
+            | VecCfg { .. }
+            | Requant { .. }
+            | Vcopy { .. }
+            | Vlut { .. }
+            | VbinCfg { .. }
+            | Vbin { .. }
+            | Vred { .. }
+            | Vsfu { .. } => Some(Engine::Vx),
         }
     }
 

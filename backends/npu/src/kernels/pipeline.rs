@@ -95,9 +95,11 @@ impl TilePlan {
             )));
         }
         for chunks in 2..=streamed {
-            let plan = make(streamed.div_ceil(chunks), 2);
-            if fits(&plan) {
-                return Ok(plan);
+            for buffers in [2, 1] {
+                let plan = make(streamed.div_ceil(chunks), buffers);
+                if fits(&plan) {
+                    return Ok(plan);
+                }
             }
         }
         Err(KernelError::DoesNotFit(format!(
@@ -299,7 +301,7 @@ pub fn emit(
             bias: 4 * cols.start as i64,
             rows: m,
             cols: n,
-            use_bias: i64::from(io.bias_dram.is_some()),
+            mode: i64::from(io.bias_dram.is_some()),
         })?;
         if t + acc_buffers < tiles.len() {
             b.emit(Instr::Signal {

@@ -1,8 +1,13 @@
 //! Functional execution of one instruction against the machine state,
 //! returning the regions it touched and the work it did.
 
+mod vector;
+
+pub use vector::BinOp;
+
 use super::memory::{Mem, Region};
 use crate::config::{Dataflow, MachineConfig};
+use crate::fixed::Prescale;
 use crate::isa::{Instr, Space};
 use crate::quant::{Requant, SHIFT_RANGE};
 
@@ -21,6 +26,7 @@ pub struct MachineState {
     mm: [u64; 3],
     vec: [u64; 3],
     rq: Requant,
+    prescale: [Prescale; 2],
 }
 
 /// What one instruction did: regions read and written, and work counts
@@ -35,6 +41,8 @@ pub struct Effect {
     pub macs: u64,
     /// Vector-lane element operations.
     pub vector_ops: u64,
+    /// Special-function-unit element operations.
+    pub sfu_ops: u64,
     /// Matmul shape (m, k, n), for the matrix timing model.
     pub matmul: Option<(u64, u64, u64)>,
 }
@@ -59,6 +67,23 @@ impl MachineState {
                 clamp_min: -128,
                 clamp_max: 127,
             },
+            prescale: [Prescale::IDENTITY; 2],
+        }
+    }
+
+    fn sram(&self, mem: Mem) -> &[u8] {
+        if mem == Mem::Weight {
+            &self.weight
+        } else {
+            &self.act
+        }
+    }
+
+    fn sram_mut(&mut self, mem: Mem) -> &mut [u8] {
+        if mem == Mem::Weight {
+            &mut self.weight
+        } else {
+            &mut self.act
         }
     }
 
@@ -197,143 +222,8 @@ impl MachineState {
                 *accumulate != 0,
                 &mut fx,
             )?,
-            Instr::Requant {
-                dst,
-                acc,
-                bias,
-                rows,
-                cols,
-                use_bias,
-            } => {
-                let [dst_stride, src_stride, _] = self.vec;
-                let (rows, cols) = (u(rows), u(cols));
-                let src = self.checked(Region {
-                    mem: Mem::Acc,
-                    base: u(acc),
-                    rows,
-                    row_len: cols,
-                    stride: src_stride,
-                })?;
-                let out = self.checked(Region {
-                    mem: Mem::Act,
-                    base: u(dst),
-                    rows,
-                    row_len: cols,
-                    stride: dst_stride,
-                })?;
-                let bias_region = self.checked(Region {
-                    mem: Mem::Act,
-                    base: u(bias),
-                    rows: u64::from(*use_bias != 0),
-                    row_len: 4 * cols,
-                    stride: 0,
-                })?;
-                let bias: Vec<i32> = if *use_bias != 0 {
-                    let b = bias_region.base as usize;
-                    self.act[b..b + 4 * cols as usize]
-                        .chunks_exact(4)
-                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
-                } else {
-                    vec![0; cols as usize]
-                };
-                for (s, d) in src.row_starts().zip(out.row_starts()) {
-                    let n = cols as usize;
-                    let (acc_row, out_row) = (&self.acc[s..s + n], &mut self.act[d..d + n]);
-                    for ((o, &a), &b) in out_row.iter_mut().zip(acc_row).zip(&bias) {
-                        *o = self.rq.apply(a.wrapping_add(b)) as u8;
-                    }
-                }
-                fx.vector_ops = rows * cols;
-                fx.reads.extend([src, bias_region]);
-                fx.writes.push(out);
-            }
-            Instr::Vcopy {
-                dst_space,
-                dst,
-                src_space,
-                src,
-                rows,
-                cols,
-            } => {
-                let [dst_stride, src_stride, _] = self.vec;
-                let from = self.checked(Region {
-                    mem: space_mem(*src_space),
-                    base: u(src),
-                    rows: u(rows),
-                    row_len: u(cols),
-                    stride: src_stride,
-                })?;
-                let to = self.checked(Region {
-                    mem: space_mem(*dst_space),
-                    base: u(dst),
-                    rows: u(rows),
-                    row_len: u(cols),
-                    stride: dst_stride,
-                })?;
-                let n = u(cols) as usize;
-                for (s, d) in from.row_starts().zip(to.row_starts()) {
-                    if from.mem == to.mem {
-                        let mem = if to.mem == Mem::Weight {
-                            &mut self.weight
-                        } else {
-                            &mut self.act
-                        };
-                        mem.copy_within(s..s + n, d);
-                    } else {
-                        let (src_mem, dst_mem) = if to.mem == Mem::Weight {
-                            (&self.act, &mut self.weight)
-                        } else {
-                            (&self.weight, &mut self.act)
-                        };
-                        dst_mem[d..d + n].copy_from_slice(&src_mem[s..s + n]);
-                    }
-                }
-                fx.vector_ops = from.units();
-                fx.reads.push(from);
-                fx.writes.push(to);
-            }
-            Instr::Vlut {
-                dst,
-                src,
-                table,
-                rows,
-                cols,
-            } => {
-                let [dst_stride, src_stride, _] = self.vec;
-                let from = self.checked(Region {
-                    mem: Mem::Act,
-                    base: u(src),
-                    rows: u(rows),
-                    row_len: u(cols),
-                    stride: src_stride,
-                })?;
-                let to = self.checked(Region {
-                    mem: Mem::Act,
-                    base: u(dst),
-                    rows: u(rows),
-                    row_len: u(cols),
-                    stride: dst_stride,
-                })?;
-                let lut = self.checked(Region {
-                    mem: Mem::Act,
-                    base: u(table),
-                    rows: 1,
-                    row_len: 256,
-                    stride: 0,
-                })?;
-                let mut t = [0u8; 256];
-                t.copy_from_slice(&self.act[lut.base as usize..lut.base as usize + 256]);
-                for (s, d) in from.row_starts().zip(to.row_starts()) {
-                    for c in 0..u(cols) as usize {
-                        self.act[d + c] = t[(self.act[s + c] as i8 as i32 + 128) as usize];
-                    }
-                }
-                fx.vector_ops = from.units();
-                fx.reads.extend([from, lut]);
-                fx.writes.push(to);
-            }
             Instr::Halt {} | Instr::Barrier {} | Instr::Wait { .. } | Instr::Signal { .. } => {}
+            _ => return self.execute_vector(instr).unwrap_or(Ok(fx)),
         }
         Ok(fx)
     }
@@ -369,20 +259,18 @@ impl MachineState {
                 dst.row_len
             ));
         }
-        let sram_mem = if mem == Mem::Weight {
-            &mut self.weight
-        } else {
-            &mut self.act
-        };
+        let image = std::mem::take(&mut self.dram);
+        let sram_mem = self.sram_mut(mem);
         let (left, n) = (left as usize, row_bytes as usize);
         for (r, d) in dst.row_starts().enumerate() {
             let row = &mut sram_mem[d..d + dst.row_len as usize];
             row.fill(0);
             if let Some(data_row) = (r as u64).checked_sub(top).filter(|&i| i < rows) {
                 let s = (dram + data_row * dram_stride) as usize;
-                row[left..left + n].copy_from_slice(&self.dram[s..s + n]);
+                row[left..left + n].copy_from_slice(&image[s..s + n]);
             }
         }
+        self.dram = image;
         fx.reads.push(src);
         fx.writes.push(dst);
         Ok(())

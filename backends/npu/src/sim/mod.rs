@@ -14,6 +14,7 @@ mod memory;
 mod timing;
 mod trace;
 
+pub use exec::BinOp;
 pub use hazard::Hazard;
 pub use memory::Mem;
 pub use timing::TimingMode;
@@ -232,6 +233,7 @@ fn account(stats: &mut Stats, fx: &exec::Effect) {
     }
     stats.macs += fx.macs;
     stats.vector_ops += fx.vector_ops;
+    stats.sfu_ops += fx.sfu_ops;
 }
 
 fn describe_blocked(program: &Program, queues: &[Vec<usize>; 4], pos: &[usize; 4]) -> String {

@@ -74,8 +74,21 @@ pub fn cost(
             history.last_end = start + cycles;
             cycles
         }
-        Instr::Requant { .. } | Instr::Vcopy { .. } | Instr::Vlut { .. } => vector(fx.vector_ops),
+        Instr::Requant { .. } | Instr::Vcopy { .. } | Instr::Vbin { .. } => vector(fx.vector_ops),
+        // The 256-entry table is first streamed into every lane's LUT.
+        Instr::Vlut { .. } => {
+            vector(fx.vector_ops) + (config.lut_entries as u64).div_ceil(config.vector_lanes as u64)
+        }
+        // Rows pipeline through the lanes; one adder/comparator tree drain at the end.
+        Instr::Vred { rows, cols, .. } => {
+            let per_row = (*cols as u64).div_ceil(config.vector_lanes as u64);
+            vector(0) + *rows as u64 * per_row + (config.vector_lanes as u64).ilog2() as u64
+        }
+        Instr::Vsfu { .. } => {
+            config.sfu_latency_cycles as u64 + fx.sfu_ops.div_ceil(config.sfu_lanes as u64)
+        }
         Instr::LdCfg { .. }
+        | Instr::VbinCfg { .. }
         | Instr::StCfg { .. }
         | Instr::MmCfg { .. }
         | Instr::VecCfg { .. }
