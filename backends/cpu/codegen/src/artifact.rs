@@ -46,7 +46,6 @@ impl ArtifactBuilder {
     /// Compiles everything into `dir` (created if missing) and returns the
     /// manifest written there.
     pub fn write(&self, dir: &Path) -> Result<Manifest, CodegenError> {
-        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
         let machine = Machine::new(&self.target)?;
         let context = Context::create();
         let module = machine.new_module(&context, "m4c_kernels");
@@ -60,29 +59,48 @@ impl ArtifactBuilder {
             weights.extend_from_slice(packed.as_slice());
             gemms.push(manifest);
         }
-        machine.optimize(&module)?;
-        write_file(&dir.join(OBJECT_FILE), &machine.emit_object(&module)?)?;
         let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-        write_file(&dir.join(WEIGHTS_FILE), &bytes)?;
-        let library = match self.target.check_runs_on_host() {
-            Ok(()) => {
-                link_shared_library(&dir.join(OBJECT_FILE), &dir.join(LIBRARY_FILE))?;
-                Some(LIBRARY_FILE.to_string())
-            }
-            Err(_) => None,
-        };
-        let manifest = Manifest {
-            target: self.target.name().to_string(),
-            cpu: self.target.cpu.clone(),
-            object: OBJECT_FILE.to_string(),
-            library,
-            weights: WEIGHTS_FILE.to_string(),
-            gemms,
-        };
-        let json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
-        write_file(&dir.join(MANIFEST_FILE), json.as_bytes())?;
-        Ok(manifest)
+        write_artifact(dir, &machine, &module, &bytes, gemms, None)
     }
+}
+
+/// Optimises `module`, writes its object file, the weight blob and the
+/// manifest into `dir`, and links the shared library when the target runs
+/// on this host.
+pub(crate) fn write_artifact(
+    dir: &Path,
+    machine: &Machine,
+    module: &inkwell::module::Module<'_>,
+    weights: &[u8],
+    gemms: Vec<m4c_cpu_device::GemmManifest>,
+    graph: Option<m4c_cpu_device::GraphPlan>,
+) -> Result<Manifest, CodegenError> {
+    std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+    machine.optimize(module)?;
+    write_file(&dir.join(OBJECT_FILE), &machine.emit_object(module)?)?;
+    let mut weights = weights.to_vec();
+    weights.resize(weights.len().next_multiple_of(4), 0);
+    write_file(&dir.join(WEIGHTS_FILE), &weights)?;
+    let target = machine.target();
+    let library = match target.check_runs_on_host() {
+        Ok(()) => {
+            link_shared_library(&dir.join(OBJECT_FILE), &dir.join(LIBRARY_FILE))?;
+            Some(LIBRARY_FILE.to_string())
+        }
+        Err(_) => None,
+    };
+    let manifest = Manifest {
+        target: target.name().to_string(),
+        cpu: target.cpu.clone(),
+        object: OBJECT_FILE.to_string(),
+        library,
+        weights: WEIGHTS_FILE.to_string(),
+        gemms,
+        graph,
+    };
+    let json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
+    write_file(&dir.join(MANIFEST_FILE), json.as_bytes())?;
+    Ok(manifest)
 }
 
 fn link_shared_library(object: &Path, library: &Path) -> Result<(), CodegenError> {

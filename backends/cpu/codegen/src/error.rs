@@ -22,6 +22,16 @@ pub enum CodegenError {
     /// A GEMM shape has a zero dimension.
     #[error("GEMM {m}x{k}x{n}: every dimension must be at least 1")]
     EmptyGemm { m: usize, k: usize, n: usize },
+    /// An operation (or element type) this backend cannot compile.
+    #[error("not supported by the CPU backend: {0}")]
+    Unsupported(String),
+    /// The graph cannot be compiled as given (symbolic shapes, bad
+    /// constants, inconsistent types).
+    #[error("graph `{graph}`: {reason}")]
+    Graph { graph: String, reason: String },
+    /// Inputs handed to a compiled graph do not match it.
+    #[error("{0}")]
+    Input(String),
     /// Two kernels of one artifact have the same symbol.
     #[error("two kernels are named `{0}`")]
     DuplicateSymbol(String),

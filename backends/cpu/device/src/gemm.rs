@@ -30,6 +30,12 @@ struct SharedOutput(*mut f32);
 // produce overlapping writes.
 unsafe impl Sync for SharedOutput {}
 
+/// A and packed B, read (never written) by every thread.
+struct SharedInputs(*const f32, *const f32);
+
+// SAFETY: the threads only read through these pointers.
+unsafe impl Sync for SharedInputs {}
+
 impl GemmEntry {
     /// Wraps a compiled function.
     ///
@@ -69,19 +75,40 @@ impl GemmEntry {
         if let Some(small) = scratch.iter().find(|s| s.len() < m.scratch_floats) {
             self.check("scratch", m.scratch_floats, small.len())?;
         }
-        let ranges = split(m.packed_b.panels(), pool.threads());
-        let output = SharedOutput(c.as_mut_ptr());
+        // SAFETY: the lengths of A, packed B, C and scratch were checked
+        // against the manifest above.
+        unsafe { self.run_raw(a.as_ptr(), packed_b.as_ptr(), c.as_mut_ptr(), pool, scratch) };
+        Ok(())
+    }
+
+    /// [`Self::run`] on raw pointers, for callers whose A and C live in one
+    /// arena.
+    ///
+    /// # Safety
+    /// `a`, `packed_b` and `c` must point to `m·k`, `packed_b.len()` and
+    /// `m·n` floats; C must not overlap A or packed B; `scratch` must hold
+    /// one buffer of at least `scratch_floats` per thread of `pool`.
+    pub unsafe fn run_raw(
+        &self,
+        a: *const f32,
+        packed_b: *const f32,
+        c: *mut f32,
+        pool: &ThreadPool,
+        scratch: &mut [AlignedBuffer],
+    ) {
+        let ranges = split(self.manifest.packed_b.panels(), pool.threads());
+        let inputs = SharedInputs(a, packed_b);
+        let output = SharedOutput(c);
         let mut work: Vec<_> = ranges.into_iter().zip(scratch.iter_mut()).collect();
         pool.for_each_mut(&mut work, |_, (panels, scratch)| {
-            let output = &output;
-            // SAFETY: the lengths of A, packed B, C and scratch were checked
-            // against the manifest the function was generated for; the
-            // panel ranges are disjoint, so concurrent calls write disjoint
+            let (output, inputs) = (&output, &inputs);
+            // SAFETY: the caller guarantees the operand sizes; the panel
+            // ranges are disjoint, so concurrent calls write disjoint
             // columns of C; each call has its own scratch buffer.
             unsafe {
                 (self.func)(
-                    a.as_ptr(),
-                    packed_b.as_ptr(),
+                    inputs.0,
+                    inputs.1,
                     output.0,
                     panels.start as i64,
                     panels.end as i64,
@@ -89,7 +116,6 @@ impl GemmEntry {
                 )
             }
         });
-        Ok(())
     }
 
     fn check(

@@ -3,21 +3,26 @@
 //! Everything the on-device runtime needs to run code that
 //! `m4c-cpu-codegen` compiled ahead of time, and nothing that needs LLVM:
 //! the artifact manifest, the packed-weight layout, a 64-byte aligned
-//! buffer, the shared-library loader and a small thread pool that splits a
-//! GEMM's column panels over the cores.
+//! buffer, the shared-library loader, a small thread pool that splits a
+//! GEMM's column panels over the cores, and the executor that runs a whole
+//! compiled graph from one pre-planned activation arena.
 
 mod aligned;
 mod error;
+mod executor;
 mod gemm;
 mod layout;
 mod library;
 mod manifest;
+mod plan;
 mod pool;
 
 pub use aligned::AlignedBuffer;
 pub use error::DeviceError;
+pub use executor::{GraphExecutor, KernelFn};
 pub use gemm::{GemmEntry, GemmFn};
 pub use layout::PackedPanels;
 pub use library::{GemmKernel, KernelLibrary};
 pub use manifest::{GemmManifest, Manifest, MANIFEST_FILE};
+pub use plan::{BufRef, GraphPlan, Region, Step, TensorSpec};
 pub use pool::ThreadPool;

@@ -81,6 +81,37 @@ impl KernelLibrary {
         &self.manifest
     }
 
+    /// The artifact directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weight file's contents (packed GEMM operands and constants).
+    pub fn weights(&self) -> &[f32] {
+        self.weights.as_slice()
+    }
+
+    /// The exported function `symbol`.
+    ///
+    /// # Safety
+    /// `T` must be the function's actual pointer type.
+    pub unsafe fn symbol<T: Copy>(&self, symbol: &str) -> Result<T, DeviceError> {
+        let library_path = self
+            .dir
+            .join(self.manifest.library.as_deref().unwrap_or_default());
+        // SAFETY: the caller vouches for `T`; the value is a code pointer
+        // valid while `self` keeps the library loaded.
+        unsafe {
+            self.library
+                .get::<T>(symbol.as_bytes())
+                .map(|s| *s)
+                .map_err(|source| DeviceError::Library {
+                    path: library_path,
+                    source,
+                })
+        }
+    }
+
     /// The GEMM kernel exported as `symbol`.
     pub fn gemm(&self, symbol: &str) -> Result<GemmKernel<'_>, DeviceError> {
         let manifest = self

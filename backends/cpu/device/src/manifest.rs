@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::PackedPanels;
+use crate::{GraphPlan, PackedPanels};
 
 /// The manifest's file name inside an artifact directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -25,6 +25,9 @@ pub struct Manifest {
     pub weights: String,
     /// The GEMM kernels.
     pub gemms: Vec<GemmManifest>,
+    /// The compiled graph's execution plan, when the artifact is a graph.
+    #[serde(default)]
+    pub graph: Option<GraphPlan>,
 }
 
 /// One compiled GEMM `C[m×n] = A[m×k] · B[k×n] (+ C)`, all row-major, with B
@@ -90,6 +93,7 @@ mod tests {
                 k_block: 256,
                 m_block: 112,
             }],
+            graph: None,
         };
         let json = serde_json::to_string(&manifest).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);

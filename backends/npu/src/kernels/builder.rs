@@ -8,15 +8,16 @@ use crate::program::{Program, Segment};
 const DRAM_ALIGN: u64 = 64;
 
 /// Builds a program: instructions (range-checked as they are emitted) and
-/// DRAM regions; drops DMA configuration instructions that would not change
+/// DRAM regions; drops configuration instructions that would not change
 /// the engine's registers.
 #[derive(Default)]
 pub struct ProgramBuilder {
     instrs: Vec<Instr>,
     dram_size: u64,
     segments: Vec<Segment>,
-    last_ld_cfg: Option<Instr>,
-    last_st_cfg: Option<Instr>,
+    /// The last configuration instruction of each opcode: each sets one
+    /// engine's registers, which nothing else changes.
+    last_config: std::collections::HashMap<u8, Option<Instr>>,
 }
 
 impl ProgramBuilder {
@@ -29,12 +30,17 @@ impl ProgramBuilder {
                 field,
                 value,
             })?;
-        let slot = match instr {
-            Instr::LdCfg { .. } => Some(&mut self.last_ld_cfg),
-            Instr::StCfg { .. } => Some(&mut self.last_st_cfg),
-            _ => None,
-        };
-        if let Some(slot) = slot {
+        let is_config = matches!(
+            instr,
+            Instr::LdCfg { .. }
+                | Instr::StCfg { .. }
+                | Instr::MmCfg { .. }
+                | Instr::VecCfg { .. }
+                | Instr::RqCfg { .. }
+                | Instr::VbinCfg { .. }
+        );
+        if is_config {
+            let slot = self.last_config.entry(instr.opcode()).or_default();
             if slot.as_ref() == Some(&instr) {
                 return Ok(());
             }

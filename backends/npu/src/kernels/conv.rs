@@ -116,31 +116,44 @@ pub fn generate(
         out_dram,
         quant: ops.quant,
     };
-    let load_a =
-        |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram: u64, stride: u64| {
-            let mut kk = ks.start;
-            while kk < ks.end {
-                let (tap, c0) = (kk / s.c_in, kk % s.c_in);
-                let len = (s.c_in - c0).min(ks.end - kk);
-                let col = (kk - ks.start) as u64;
-                let mut p = pixels.start;
-                while p < pixels.end {
-                    let (oy, ox0) = (p / s.out_w(), p % s.out_w());
-                    let ox1 = (ox0 + pixels.end - p).min(s.out_w());
-                    let dst = sram + (p - pixels.start) as u64 * stride + col;
-                    load_taps(b, &s, in_dram, (oy, ox0..ox1), (tap, c0, len), dst, stride)?;
-                    p += ox1 - ox0;
-                }
-                kk += len;
-            }
-            Ok(())
-        };
+    let load_a = |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram, stride| {
+        im2col_panel(b, &s, in_dram, (pixels, ks), sram, stride)
+    };
     emit(&mut b, &io, plan, &load_a)?;
     Ok(ConvProgram {
         program: b.finish()?,
         out_addr: out_dram,
         plan,
     })
+}
+
+/// Loads the implicit-im2col panel of output pixels `pixels` and im2col
+/// columns `ks` (index `tap * c_in + channel`) into SRAM at `sram`, one
+/// pixel per row `stride` bytes apart.
+pub(super) fn im2col_panel(
+    b: &mut ProgramBuilder,
+    s: &ConvShape,
+    in_dram: usize,
+    (pixels, ks): (Range<usize>, Range<usize>),
+    sram: u64,
+    stride: u64,
+) -> Result<(), KernelError> {
+    let mut kk = ks.start;
+    while kk < ks.end {
+        let (tap, c0) = (kk / s.c_in, kk % s.c_in);
+        let len = (s.c_in - c0).min(ks.end - kk);
+        let col = (kk - ks.start) as u64;
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let (oy, ox0) = (p / s.out_w(), p % s.out_w());
+            let ox1 = (ox0 + pixels.end - p).min(s.out_w());
+            let dst = sram + (p - pixels.start) as u64 * stride + col;
+            load_taps(b, s, in_dram, (oy, ox0..ox1), (tap, c0, len), dst, stride)?;
+            p += ox1 - ox0;
+        }
+        kk += len;
+    }
+    Ok(())
 }
 
 /// Loads channels `c0..c0+len` of kernel tap `tap` for output pixels

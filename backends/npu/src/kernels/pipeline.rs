@@ -4,7 +4,7 @@
 //! finished accumulator tile and DMA-out stores it. Semaphores order the four
 //! engines so that loads of step s+2 overlap the matmul of step s.
 
-use super::{KernelError, ProgramBuilder};
+use super::{align, KernelError, ProgramBuilder};
 use crate::config::{Dataflow, MachineConfig};
 use crate::isa::Instr;
 use crate::quant::Requant;
@@ -107,10 +107,6 @@ impl TilePlan {
             config.name
         )))
     }
-}
-
-fn align(bytes: usize) -> usize {
-    bytes.div_ceil(64) * 64
 }
 
 /// Where a matmul's operands and result live in DRAM.

@@ -1,0 +1,320 @@
+//! Lowering of an IR graph to kernels and plan steps: buffers for every
+//! value, constants in the weight blob, one kernel per fusion group or
+//! non-elementwise node.
+
+use inkwell::context::Context;
+use inkwell::module::Module;
+use m4c_cpu_device::GemmManifest;
+use m4c_ir::{DType, Graph, Node, Op, ValueDef, ValueId};
+
+use super::fusion::{fusion_groups, group_members};
+use crate::gemm::{emit_gemm, GemmSpec};
+use crate::kernels::Cx;
+use crate::{CodegenError, Target};
+
+/// A buffer of the plan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BufKind {
+    /// The caller's `i`-th input.
+    Input(usize),
+    /// Bytes at this offset of the weight blob.
+    Weights(usize),
+    /// An arena buffer of this many bytes (offset planned later).
+    Arena(usize),
+}
+
+/// A byte position inside a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub buf: usize,
+    pub offset: usize,
+}
+
+/// A step before arena planning.
+#[derive(Clone, Debug)]
+pub(crate) enum PlanStep {
+    Kernel {
+        symbol: String,
+        buffers: Vec<Loc>,
+        extent: usize,
+        scratch_bytes: usize,
+        parallel: bool,
+    },
+    Gemm {
+        symbol: String,
+        a: Loc,
+        c: Loc,
+    },
+}
+
+/// Weight blob entries start on cache lines.
+const WEIGHT_ALIGN: usize = 64;
+
+/// The state of lowering one graph into one LLVM module.
+pub(crate) struct Lowering<'a, 'ctx> {
+    pub cx: Cx<'a, 'ctx>,
+    pub graph: &'a Graph,
+    pub bufs: Vec<BufKind>,
+    value_loc: Vec<Option<Loc>>,
+    pub weights: Vec<u8>,
+    pub gemms: Vec<GemmManifest>,
+    pub steps: Vec<PlanStep>,
+    next_symbol: usize,
+}
+
+impl<'a, 'ctx> Lowering<'a, 'ctx> {
+    /// Lowers every node of `graph` into `module`.
+    pub fn run(
+        context: &'ctx Context,
+        module: &'a Module<'ctx>,
+        target: &'a Target,
+        graph: &'a Graph,
+    ) -> Result<Self, CodegenError> {
+        let mut lowering = Self {
+            cx: Cx {
+                context,
+                module,
+                target,
+            },
+            graph,
+            bufs: Vec::new(),
+            value_loc: vec![None; graph.values.len()],
+            weights: Vec::new(),
+            gemms: Vec::new(),
+            steps: Vec::new(),
+            next_symbol: 0,
+        };
+        for (i, &input) in graph.inputs.iter().enumerate() {
+            lowering.shape(input)?;
+            lowering.bufs.push(BufKind::Input(i));
+            lowering.value_loc[input.index()] = Some(Loc {
+                buf: lowering.bufs.len() - 1,
+                offset: 0,
+            });
+        }
+        let roots = fusion_groups(graph);
+        let members = group_members(&roots);
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let fail = |e: CodegenError| match e {
+                CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
+                    "node `{}` ({}): {what}",
+                    graph.value(node.output).name,
+                    node.op.name()
+                )),
+                other => other,
+            };
+            match roots[i] {
+                Some(root) if root == i => lowering.fused(&members[i]).map_err(fail)?,
+                Some(_) => {}
+                None => lowering.node(node).map_err(fail)?,
+            }
+        }
+        for &output in &graph.outputs {
+            lowering.loc(output)?;
+        }
+        Ok(lowering)
+    }
+
+    /// The static shape of `value`.
+    pub fn shape(&self, value: ValueId) -> Result<Vec<usize>, CodegenError> {
+        let v = self.graph.value(value);
+        v.ty.static_shape().ok_or_else(|| CodegenError::Graph {
+            graph: self.graph.name.clone(),
+            reason: format!(
+                "value `{}` has the symbolic type {}; bind every dimension before compiling",
+                v.name, v.ty
+            ),
+        })
+    }
+
+    /// The element type of `value`.
+    pub fn dtype(&self, value: ValueId) -> DType {
+        self.graph.value(value).ty.dtype
+    }
+
+    /// Bytes of `value`.
+    pub fn bytes(&self, value: ValueId) -> Result<usize, CodegenError> {
+        let n: usize = self.shape(value)?.iter().product();
+        Ok(self.dtype(value).storage_bytes(n))
+    }
+
+    /// The constant tensor of `value`, if it is one.
+    pub fn constant(&self, value: ValueId) -> Option<&'a m4c_ir::Tensor> {
+        match &self.graph.value(value).def {
+            ValueDef::Const(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Where `value` lives; constants are copied into the weight blob on
+    /// first use.
+    pub fn loc(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
+        if let Some(loc) = self.value_loc[value.index()] {
+            return Ok(loc);
+        }
+        let tensor = self.constant(value).ok_or_else(|| CodegenError::Graph {
+            graph: self.graph.name.clone(),
+            reason: format!(
+                "value `{}` is used before it is computed",
+                self.graph.value(value).name
+            ),
+        })?;
+        let bytes = tensor.bytes().map_err(|e| CodegenError::Graph {
+            graph: self.graph.name.clone(),
+            reason: format!("constant `{}`: {e}", self.graph.value(value).name),
+        })?;
+        let offset = self.add_weight_bytes(bytes);
+        self.bufs.push(BufKind::Weights(offset));
+        let loc = Loc {
+            buf: self.bufs.len() - 1,
+            offset: 0,
+        };
+        self.value_loc[value.index()] = Some(loc);
+        Ok(loc)
+    }
+
+    /// Where an already placed `value` lives (inputs, computed values,
+    /// constants already copied).
+    pub fn loc_of(&self, value: ValueId) -> Result<Loc, CodegenError> {
+        self.value_loc[value.index()].ok_or_else(|| CodegenError::Graph {
+            graph: self.graph.name.clone(),
+            reason: format!("value `{}` is never computed", self.graph.value(value).name),
+        })
+    }
+
+    /// Appends `bytes` to the weight blob (cache-line aligned) and returns
+    /// their offset.
+    pub fn add_weight_bytes(&mut self, bytes: &[u8]) -> usize {
+        let offset = self.weights.len().next_multiple_of(WEIGHT_ALIGN);
+        self.weights.resize(offset, 0);
+        self.weights.extend_from_slice(bytes);
+        offset
+    }
+
+    /// A fresh arena buffer of `bytes`.
+    pub fn temp(&mut self, bytes: usize) -> Loc {
+        self.bufs.push(BufKind::Arena(bytes.max(1)));
+        Loc {
+            buf: self.bufs.len() - 1,
+            offset: 0,
+        }
+    }
+
+    /// Allocates the arena buffer that holds `value`.
+    pub fn define(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
+        let loc = self.temp(self.bytes(value)?);
+        self.value_loc[value.index()] = Some(loc);
+        Ok(loc)
+    }
+
+    /// Makes `value` share `loc` (reshapes).
+    pub fn alias(&mut self, value: ValueId, loc: Loc) {
+        self.value_loc[value.index()] = Some(loc);
+    }
+
+    /// A new unique kernel symbol.
+    pub fn symbol(&mut self, what: &str) -> String {
+        self.next_symbol += 1;
+        format!("m4c_k{}_{what}", self.next_symbol)
+    }
+
+    /// Appends a kernel step.
+    pub fn kernel(&mut self, symbol: String, buffers: Vec<Loc>, extent: usize, parallel: bool) {
+        self.kernel_with_scratch(symbol, buffers, extent, 0, parallel);
+    }
+
+    /// Appends a kernel step that needs scratch space.
+    pub fn kernel_with_scratch(
+        &mut self,
+        symbol: String,
+        buffers: Vec<Loc>,
+        extent: usize,
+        scratch_bytes: usize,
+        parallel: bool,
+    ) {
+        self.steps.push(PlanStep::Kernel {
+            symbol,
+            buffers,
+            extent,
+            scratch_bytes,
+            parallel,
+        });
+    }
+
+    /// Emits a GEMM with constant B (row-major `k × n`) and appends the
+    /// step computing `C = A·B`.
+    pub fn gemm(
+        &mut self,
+        (m, k, n): (usize, usize, usize),
+        b: &[f32],
+        a: Loc,
+        c: Loc,
+    ) -> Result<(), CodegenError> {
+        let symbol = self.symbol("gemm");
+        let spec = GemmSpec::new(&symbol, m, k, n);
+        let mut manifest = emit_gemm(self.cx.context, self.cx.module, self.cx.target, &spec)?;
+        let packed = manifest.packed_b.pack(b)?;
+        let bytes: Vec<u8> = packed
+            .as_slice()
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        manifest.weights_offset = self.add_weight_bytes(&bytes) / 4;
+        self.gemms.push(manifest);
+        self.steps.push(PlanStep::Gemm { symbol, a, c });
+        Ok(())
+    }
+
+    /// Lowers a fusion group.
+    fn fused(&mut self, members: &[usize]) -> Result<(), CodegenError> {
+        crate::kernels::elementwise::lower(self, members)
+    }
+
+    /// Lowers one non-elementwise node.
+    fn node(&mut self, node: &Node) -> Result<(), CodegenError> {
+        match &node.op {
+            Op::Reshape { .. } => {
+                let loc = self.loc(node.inputs[0])?;
+                self.alias(node.output, loc);
+                Ok(())
+            }
+            Op::MatMul { trans_a, trans_b } => {
+                crate::kernels::matmul::lower(self, node, *trans_a, *trans_b)
+            }
+            Op::Conv(attrs) => crate::kernels::conv::lower(self, node, attrs),
+            Op::Softmax { axis } => crate::kernels::softmax_norm::lower_softmax(self, node, *axis),
+            Op::Norm {
+                kind,
+                axis,
+                epsilon,
+            } => crate::kernels::softmax_norm::lower_norm(self, node, *kind, *axis, *epsilon),
+            Op::ReduceSum { axes, keep_dims: _ } | Op::ReduceMax { axes, keep_dims: _ } => {
+                crate::kernels::reduce::lower(self, node, axes)
+            }
+            Op::ArgMax {
+                axis, select_last, ..
+            } => crate::kernels::reduce::lower_argmax(self, node, *axis, *select_last),
+            Op::MaxPool(pool) => crate::kernels::pool::lower(self, node, pool, None),
+            Op::AvgPool {
+                pool,
+                count_include_pad,
+            } => crate::kernels::pool::lower(self, node, pool, Some(*count_include_pad)),
+            Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Expand { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. } => crate::kernels::movement::lower(self, node),
+            Op::Gather { axis } => crate::kernels::gather::lower(self, node, *axis),
+            Op::Resize {
+                mode,
+                coord,
+                scales,
+                ..
+            } => crate::kernels::resize::lower(self, node, *mode, *coord, scales),
+            other => Err(CodegenError::Unsupported(format!(
+                "{} outside an elementwise group",
+                other.name()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Whole-graph compilation: IR graph → one LLVM module of kernels → object
+//! file, weight blob and manifest with the execution plan → (on the host)
+//! a shared library the device crate's executor runs.
+
+mod arena;
+mod fusion;
+mod lower;
+
+use std::path::Path;
+use std::time::Instant;
+
+use inkwell::context::Context;
+use m4c_cpu_device::{
+    BufRef, GraphExecutor, GraphPlan, KernelLibrary, Manifest, Region, Step, TensorSpec,
+};
+use m4c_ir::{DType, Graph, Tensor, ValueId};
+
+use lower::{BufKind, PlanStep};
+pub(crate) use lower::{Loc, Lowering};
+
+use crate::artifact::write_artifact;
+use crate::{CodegenError, Machine, Target};
+
+/// How to compile a graph.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// The code-generation target.
+    pub target: Target,
+    /// Threads the executor spreads GEMMs and parallel loops over.
+    pub threads: usize,
+}
+
+/// Figures about one compilation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CompileStats {
+    /// Wall time of code generation, optimisation, emission and linking.
+    pub compile_ms: f64,
+    /// Generated kernels (GEMMs included).
+    pub kernels: usize,
+    /// GEMMs with compile-time packed weights.
+    pub gemms: usize,
+    /// The liveness-planned activation arena.
+    pub arena_bytes: usize,
+    /// The activations without buffer reuse.
+    pub naive_arena_bytes: usize,
+    /// The weight blob (packed GEMM operands and other constants).
+    pub weight_bytes: usize,
+}
+
+/// A graph compiled for this host and loaded, ready to run.
+pub struct CompiledGraph {
+    executor: GraphExecutor,
+    stats: CompileStats,
+    // Holds the artifact files while the library is loaded.
+    _dir: tempfile::TempDir,
+}
+
+/// Compiles `graph` for `options.target` (which must run on this host),
+/// links and loads it.
+pub fn compile_graph(
+    graph: &Graph,
+    options: &CompileOptions,
+) -> Result<CompiledGraph, CodegenError> {
+    options.target.check_runs_on_host()?;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|source| CodegenError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let manifest = write_graph_artifact(graph, &options.target, dir.path())?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let plan = manifest
+        .graph
+        .as_ref()
+        .expect("graph artifacts carry a plan");
+    let stats = CompileStats {
+        compile_ms,
+        kernels: plan.steps.len(),
+        gemms: manifest.gemms.len(),
+        arena_bytes: plan.arena_bytes,
+        naive_arena_bytes: plan.naive_arena_bytes,
+        weight_bytes: std::fs::metadata(dir.path().join(&manifest.weights))
+            .map(|m| m.len() as usize)
+            .unwrap_or(0),
+    };
+    let library = KernelLibrary::open(dir.path())?;
+    let executor = GraphExecutor::new(library, options.threads)?;
+    Ok(CompiledGraph {
+        executor,
+        stats,
+        _dir: dir,
+    })
+}
+
+/// Compiles `graph` into an artifact directory (object, weights,
+/// manifest with the plan, and the shared library when `target` runs
+/// here). Cross targets produce the object only.
+pub fn write_graph_artifact(
+    graph: &Graph,
+    target: &Target,
+    dir: &Path,
+) -> Result<Manifest, CodegenError> {
+    let machine = Machine::new(target)?;
+    let context = Context::create();
+    let module = machine.new_module(&context, &graph.name);
+    let lowering = Lowering::run(&context, &module, target, graph)?;
+    let plan = plan(&lowering, graph)?;
+    write_artifact(
+        dir,
+        &machine,
+        &module,
+        &lowering.weights,
+        lowering.gemms.clone(),
+        Some(plan),
+    )
+}
+
+/// Places the arena buffers by liveness and resolves every location.
+fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> {
+    let steps = l.steps.len();
+    let mut first = vec![usize::MAX; l.bufs.len()];
+    let mut last = vec![0usize; l.bufs.len()];
+    let mut touch = |loc: Loc, step: usize| {
+        first[loc.buf] = first[loc.buf].min(step);
+        last[loc.buf] = last[loc.buf].max(step);
+    };
+    for (i, step) in l.steps.iter().enumerate() {
+        match step {
+            PlanStep::Kernel { buffers, .. } => buffers.iter().for_each(|&b| touch(b, i)),
+            PlanStep::Gemm { a, c, .. } => {
+                touch(*a, i);
+                touch(*c, i);
+            }
+        }
+    }
+    let mut outputs = Vec::with_capacity(graph.outputs.len());
+    for &o in &graph.outputs {
+        let loc = l.loc_of(o)?;
+        touch(loc, steps);
+        outputs.push((o, loc));
+    }
+    let arena: Vec<usize> = (0..l.bufs.len())
+        .filter(|&b| matches!(l.bufs[b], BufKind::Arena(_)))
+        .collect();
+    let lifetimes: Vec<arena::Lifetime> = arena
+        .iter()
+        .map(|&b| arena::Lifetime {
+            bytes: match l.bufs[b] {
+                BufKind::Arena(bytes) => bytes,
+                _ => unreachable!("filtered"),
+            },
+            first: first[b].min(last[b]),
+            last: last[b],
+        })
+        .collect();
+    let (offsets, arena_bytes) = arena::plan(&lifetimes);
+    let mut arena_offset = vec![0usize; l.bufs.len()];
+    for (&b, &offset) in arena.iter().zip(&offsets) {
+        arena_offset[b] = offset;
+    }
+    let resolve = |loc: Loc| -> BufRef {
+        let (region, base) = match l.bufs[loc.buf] {
+            BufKind::Input(i) => (Region::Input(i), 0),
+            BufKind::Weights(offset) => (Region::Weights, offset),
+            BufKind::Arena(_) => (Region::Arena, arena_offset[loc.buf]),
+        };
+        BufRef {
+            region,
+            offset: base + loc.offset,
+        }
+    };
+    let spec = |id: ValueId, loc: Loc| -> Result<TensorSpec, CodegenError> {
+        let dtype = l.dtype(id);
+        Ok(TensorSpec {
+            name: graph.value(id).name.clone(),
+            dtype: dtype.name().to_string(),
+            elem_bytes: dtype.size_bits().div_ceil(8),
+            shape: l.shape(id)?,
+            buf: resolve(loc),
+        })
+    };
+    let inputs = graph
+        .inputs
+        .iter()
+        .map(|&i| spec(i, l.loc_of(i)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = outputs
+        .into_iter()
+        .map(|(o, loc)| spec(o, loc))
+        .collect::<Result<Vec<_>, _>>()?;
+    let steps = l
+        .steps
+        .iter()
+        .map(|step| match step {
+            PlanStep::Kernel {
+                symbol,
+                buffers,
+                extent,
+                scratch_bytes,
+                parallel,
+            } => Step::Kernel {
+                symbol: symbol.clone(),
+                buffers: buffers.iter().map(|&b| resolve(b)).collect(),
+                extent: *extent,
+                scratch_bytes: *scratch_bytes,
+                parallel: *parallel,
+            },
+            PlanStep::Gemm { symbol, a, c } => Step::Gemm {
+                symbol: symbol.clone(),
+                a: resolve(*a),
+                c: resolve(*c),
+            },
+        })
+        .collect();
+    Ok(GraphPlan {
+        arena_bytes,
+        naive_arena_bytes: arena::naive_size(&lifetimes),
+        inputs,
+        outputs,
+        steps,
+    })
+}
+
+impl CompiledGraph {
+    /// Figures about the compilation.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// The execution plan.
+    pub fn plan(&self) -> &GraphPlan {
+        self.executor.plan()
+    }
+
+    /// Runs the graph on `inputs` (in graph input order; element types and
+    /// shapes must match the compiled graph) and returns its outputs.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
+        let specs = &self.executor.plan().inputs;
+        if inputs.len() != specs.len() {
+            return Err(CodegenError::Input(format!(
+                "the graph takes {} inputs, got {}",
+                specs.len(),
+                inputs.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(inputs.len());
+        for (t, spec) in inputs.iter().zip(specs) {
+            if t.dtype.name() != spec.dtype || t.shape != spec.shape {
+                return Err(CodegenError::Input(format!(
+                    "input `{}` is {}{:?}, the graph was compiled for {}{:?}",
+                    spec.name, t.dtype, t.shape, spec.dtype, spec.shape
+                )));
+            }
+            bytes.push(
+                t.bytes()
+                    .map_err(|e| CodegenError::Input(format!("input `{}`: {e}", spec.name)))?,
+            );
+        }
+        let outputs = self.executor.run(&bytes)?;
+        self.executor
+            .plan()
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, bytes)| {
+                let dtype: DType = spec
+                    .dtype
+                    .parse()
+                    .map_err(|e: String| CodegenError::Input(e))?;
+                Ok(Tensor::from_bytes(dtype, &spec.shape, bytes))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,453 @@
+//! Fused elementwise kernels: a tree of elementwise IR operations with
+//! numpy broadcasting evaluated in one loop nest, intermediates in
+//! registers, with target-width vectors along the innermost axis.
+
+use inkwell::values::{IntValue, VectorValue};
+use inkwell::{FloatPredicate, IntPredicate};
+use m4c_ir::{DType, Op};
+
+use std::collections::HashMap;
+
+use m4c_ir::ValueId;
+
+use super::math::Math;
+use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
+use crate::graph::Lowering;
+use crate::CodegenError;
+
+/// A tensor the fused expression reads, with its strides broadcast to the
+/// output shape (0 on broadcast axes).
+#[derive(Clone, Debug)]
+pub(crate) struct Operand {
+    pub elem: Elem,
+    pub strides: Vec<i64>,
+}
+
+/// Where an expression node's argument comes from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg {
+    /// A loaded operand.
+    Operand(usize),
+    /// An earlier node's result.
+    Node(usize),
+    /// A compile-time scalar constant (f32 operands only).
+    Scalar(f32),
+}
+
+/// One elementwise operation of the fused tree.
+#[derive(Clone, Debug)]
+pub(crate) struct ExprNode {
+    pub op: Op,
+    pub args: Vec<Arg>,
+    pub elem: Elem,
+}
+
+/// A fused elementwise kernel: the output shape, the operands (buffers
+/// `1..`; buffer 0 is the output) and the nodes in evaluation order, the
+/// last being the result.
+#[derive(Clone, Debug)]
+pub(crate) struct Fused {
+    pub shape: Vec<usize>,
+    pub operands: Vec<Operand>,
+    pub nodes: Vec<ExprNode>,
+}
+
+impl Fused {
+    /// The collapsed loop shape: size-1 axes dropped and neighbouring axes
+    /// merged wherever every operand (and the output) is contiguous across
+    /// them. Returns the dims and the operands' strides over them.
+    fn collapsed(&self) -> (Vec<usize>, Vec<Vec<i64>>) {
+        let out = contiguous_strides(&self.shape);
+        let mut dims: Vec<usize> = Vec::new();
+        let mut strides: Vec<Vec<i64>> = vec![Vec::new(); self.operands.len() + 1];
+        for d in 0..self.shape.len() {
+            if self.shape[d] == 1 {
+                continue;
+            }
+            let axis: Vec<i64> = std::iter::once(out[d])
+                .chain(self.operands.iter().map(|o| o.strides[d]))
+                .collect();
+            let mergeable = !dims.is_empty()
+                && strides.iter().zip(&axis).all(|(s, &inner)| {
+                    *s.last().expect("non-empty") == inner * self.shape[d] as i64
+                });
+            if mergeable {
+                *dims.last_mut().expect("non-empty") *= self.shape[d];
+                for (s, &inner) in strides.iter_mut().zip(&axis) {
+                    *s.last_mut().expect("non-empty") = inner;
+                }
+            } else {
+                dims.push(self.shape[d]);
+                for (s, &inner) in strides.iter_mut().zip(&axis) {
+                    s.push(inner);
+                }
+            }
+        }
+        if dims.is_empty() {
+            dims.push(1);
+            for s in &mut strides {
+                s.push(1);
+            }
+        }
+        (dims, strides)
+    }
+
+    /// The iterations of the kernel's outermost loop (what the executor
+    /// splits over threads).
+    pub fn extent(&self, lanes: u32) -> usize {
+        let (dims, _) = self.collapsed();
+        if dims.len() > 1 {
+            dims[0]
+        } else {
+            dims[0].div_ceil(lanes as usize)
+        }
+    }
+
+    /// Emits the kernel `symbol`.
+    pub fn emit(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
+        let k = Kernel::define(cx, symbol, self.operands.len() + 1)?;
+        let (dims, strides) = self.collapsed();
+        let (outer, _) = dims.split_at(dims.len() - 1);
+        if outer.is_empty() {
+            self.emit_inner(&k, &dims, &strides, &[], true)?;
+        } else {
+            k.nest(outer, true, &mut |index| {
+                self.emit_inner(&k, &dims, &strides, index, false)
+            })?;
+        }
+        k.finish()
+    }
+
+    /// The innermost axis at outer position `index`: full vectors, then
+    /// the remainder one element at a time. With `ranged`, the vectors are
+    /// the kernel's iteration range (1-D kernels), the remainder belonging
+    /// to the range that ends past the last vector.
+    fn emit_inner<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        dims: &[usize],
+        strides: &[Vec<i64>],
+        index: &[IntValue<'ctx>],
+        ranged: bool,
+    ) -> Result<(), CodegenError> {
+        let lanes = k.cx.lanes();
+        let inner = *dims.last().expect("at least one dim");
+        let vectors = inner / lanes as usize;
+        let tail = inner % lanes as usize;
+        let out_elem = self.nodes.last().expect("a fused group has nodes").elem;
+        let bases = strides
+            .iter()
+            .map(|s| k.linear(0, index, &s[..s.len() - 1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inner_strides: Vec<i64> = strides.iter().map(|s| s[s.len() - 1]).collect();
+        let (start, stop) = if ranged {
+            (k.begin, k.em.umin(k.end, k.em.i64(vectors))?)
+        } else {
+            (k.em.i64(0), k.em.i64(vectors))
+        };
+        k.em.counted_loop(start, stop, |v| {
+            let position =
+                k.em.builder
+                    .build_int_mul(v, k.em.i64(lanes as usize), "pos")?;
+            self.emit_point(k, &bases, &inner_strides, position, lanes, out_elem)
+        })?;
+        if tail == 0 {
+            return Ok(());
+        }
+        let emit_tail = || {
+            k.em.counted_loop(k.em.i64(vectors * lanes as usize), k.em.i64(inner), |p| {
+                self.emit_point(k, &bases, &inner_strides, p, 1, out_elem)
+            })
+        };
+        if ranged {
+            let covers = k.em.builder.build_int_compare(
+                IntPredicate::UGT,
+                k.end,
+                k.em.i64(vectors),
+                "tail",
+            )?;
+            k.em.if_then(covers, emit_tail)
+        } else {
+            emit_tail()
+        }
+    }
+
+    /// Loads the operands at inner position `position` (`lanes` wide),
+    /// evaluates the nodes and stores the result.
+    fn emit_point<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        bases: &[IntValue<'ctx>],
+        inner_strides: &[i64],
+        position: IntValue<'ctx>,
+        lanes: u32,
+        out_elem: Elem,
+    ) -> Result<(), CodegenError> {
+        let context = k.cx.context;
+        let mut loaded = Vec::with_capacity(self.operands.len());
+        for (i, operand) in self.operands.iter().enumerate() {
+            let base = bases[i + 1];
+            let stride = inner_strides[i + 1];
+            let memory = operand.elem.memory_type(context);
+            let buffer = k.buffers[i + 1];
+            let value = match stride {
+                0 => k.load_splat(operand.elem, lanes, k.element(buffer, memory, base)?)?,
+                1 => {
+                    let at = k.em.builder.build_int_add(base, position, "at")?;
+                    k.load(operand.elem, lanes, k.element(buffer, memory, at)?)?
+                }
+                s => {
+                    let mut vector = operand.elem.vector(context, lanes).get_poison();
+                    for lane in 0..lanes {
+                        let p =
+                            k.em.builder
+                                .build_int_add(position, k.em.i64(lane as usize), "p")?;
+                        let at = k.em.mul_add(p, k.int(s), base)?;
+                        let one = k.load(operand.elem, 1, k.element(buffer, memory, at)?)?;
+                        let scalar = k.em.builder.build_extract_element(
+                            one,
+                            context.i32_type().const_zero(),
+                            "s",
+                        )?;
+                        vector = k.em.builder.build_insert_element(
+                            vector,
+                            scalar,
+                            context.i32_type().const_int(u64::from(lane), false),
+                            "v",
+                        )?;
+                    }
+                    vector
+                }
+            };
+            loaded.push(value);
+        }
+        let mut results: Vec<VectorValue<'ctx>> = Vec::with_capacity(self.nodes.len());
+        let math = Math::new(k, lanes);
+        for node in &self.nodes {
+            let args: Vec<(VectorValue<'ctx>, Elem)> = node
+                .args
+                .iter()
+                .map(|a| match *a {
+                    Arg::Operand(i) => (loaded[i], self.operands[i].elem),
+                    Arg::Node(i) => (results[i], self.nodes[i].elem),
+                    Arg::Scalar(v) => (math.c(v), Elem::F32),
+                })
+                .collect();
+            results.push(eval(k, &math, &node.op, &args, node.elem)?);
+        }
+        let out_at = k.em.builder.build_int_add(bases[0], position, "out")?;
+        let out = k.element(k.buffers[0], out_elem.memory_type(context), out_at)?;
+        k.store(out_elem, out, *results.last().expect("nodes"))
+    }
+}
+
+/// Emits one elementwise operation on register vectors.
+pub(crate) fn eval<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    math: &Math<'_, '_, 'ctx>,
+    op: &Op,
+    args: &[(VectorValue<'ctx>, Elem)],
+    out: Elem,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let b = &k.em.builder;
+    let (x, ty) = args[0];
+    let y = args.get(1).map(|a| a.0);
+    let y = || y.expect("binary operators have two arguments");
+    let unsupported = || CodegenError::Unsupported(format!("{} on {ty:?} elements", op.name()));
+    let float = ty.is_float();
+    Ok(match op {
+        Op::Add if float => math.add(x, y())?,
+        Op::Sub if float => math.sub(x, y())?,
+        Op::Mul if float => math.mul(x, y())?,
+        Op::Div if float => math.div(x, y())?,
+        Op::Pow if float => math.pow(x, y())?,
+        Op::Max if float => math.intrinsic("llvm.maximum", &[x, y()])?,
+        Op::Min if float => math.intrinsic("llvm.minimum", &[x, y()])?,
+        Op::Max if ty == Elem::Bool => b.build_or(x, y(), "or")?,
+        Op::Min if ty == Elem::Bool => b.build_and(x, y(), "and")?,
+        Op::Add if ty != Elem::Bool => b.build_int_add(x, y(), "add")?,
+        Op::Sub if ty != Elem::Bool => b.build_int_sub(x, y(), "sub")?,
+        Op::Mul if ty != Elem::Bool => b.build_int_mul(x, y(), "mul")?,
+        Op::Div if ty != Elem::Bool => int_div(k, x, y())?,
+        Op::Max if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SGT)?,
+        Op::Min if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SLT)?,
+        Op::Equal if float => b.build_float_compare(FloatPredicate::OEQ, x, y(), "eq")?,
+        Op::Less if float => b.build_float_compare(FloatPredicate::OLT, x, y(), "lt")?,
+        Op::Equal => b.build_int_compare(IntPredicate::EQ, x, y(), "eq")?,
+        Op::Less if ty == Elem::Bool => b.build_int_compare(IntPredicate::ULT, x, y(), "lt")?,
+        Op::Less => b.build_int_compare(IntPredicate::SLT, x, y(), "lt")?,
+        Op::Where => b
+            .build_select(x, y(), args[2].0, "where")?
+            .into_vector_value(),
+        Op::Exp if float => math.exp(x)?,
+        Op::Log if float => math.log(x)?,
+        Op::Sqrt if float => math.intrinsic("llvm.sqrt", &[x])?,
+        Op::Floor if float => math.intrinsic("llvm.floor", &[x])?,
+        Op::Erf if float => math.erf(x)?,
+        Op::Tanh if float => math.tanh(x)?,
+        Op::Sigmoid if float => math.sigmoid(x)?,
+        Op::Sin if float => math.sin_cos(x, false)?,
+        Op::Cos if float => math.sin_cos(x, true)?,
+        Op::Gelu { tanh_approx } if float => gelu(math, x, *tanh_approx)?,
+        Op::Cast { .. } => cast(k, x, ty, out)?,
+        _ => return Err(unsupported()),
+    })
+}
+
+/// Truncating signed division without the machine trap: a zero divisor
+/// gives 0 (the interpreter rejects it) and `MIN / -1` wraps to MIN.
+fn int_div<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    x: VectorValue<'ctx>,
+    y: VectorValue<'ctx>,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let b = &k.em.builder;
+    let ty = y.get_type();
+    let zero = ty.const_zero();
+    let all_ones = b.build_not(zero, "m1")?;
+    let is_zero = b.build_int_compare(IntPredicate::EQ, y, zero, "zero")?;
+    let is_m1 = b.build_int_compare(IntPredicate::EQ, y, all_ones, "m1")?;
+    let unsafe_divisor = b.build_or(is_zero, is_m1, "unsafe")?;
+    let one = b.build_int_sub(zero, all_ones, "one")?;
+    let divisor = b
+        .build_select(unsafe_divisor, one, y, "d")?
+        .into_vector_value();
+    let q = b.build_int_signed_div(x, divisor, "q")?;
+    let negated = b.build_int_sub(zero, x, "neg")?;
+    let q = b.build_select(is_m1, negated, q, "q")?.into_vector_value();
+    Ok(b.build_select(is_zero, zero, q, "q")?.into_vector_value())
+}
+
+fn int_minmax<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    x: VectorValue<'ctx>,
+    y: VectorValue<'ctx>,
+    keep_x: IntPredicate,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let b = &k.em.builder;
+    let c = b.build_int_compare(keep_x, x, y, "c")?;
+    Ok(b.build_select(c, x, y, "m")?.into_vector_value())
+}
+
+/// GELU, exact (`x/2·(1 + erf(x/√2))`) or with the tanh approximation.
+fn gelu<'ctx>(
+    m: &Math<'_, '_, 'ctx>,
+    x: VectorValue<'ctx>,
+    tanh_approx: bool,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let inner = if tanh_approx {
+        let cube = m.mul(m.mul(x, x)?, x)?;
+        let arg = m.fma(cube, m.c(0.044_715), x)?;
+        m.tanh(m.mul(arg, m.c((2.0 / std::f32::consts::PI).sqrt()))?)?
+    } else {
+        m.erf(m.mul(x, m.c(std::f32::consts::FRAC_1_SQRT_2))?)?
+    };
+    m.mul(m.mul(x, m.c(0.5))?, m.add(inner, m.c(1.0))?)
+}
+
+/// Element type conversion: float→int truncates toward zero and
+/// saturates (NaN → 0), int→int wraps, anything→bool is `≠ 0`.
+fn cast<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    x: VectorValue<'ctx>,
+    from: Elem,
+    to: Elem,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let b = &k.em.builder;
+    let lanes = x.get_type().get_size();
+    let target = to.vector(k.cx.context, lanes);
+    Ok(match (from, to) {
+        _ if from == to => x,
+        (_, Elem::Bool) if from.is_float() => {
+            b.build_float_compare(FloatPredicate::UNE, x, x.get_type().const_zero(), "nz")?
+        }
+        (_, Elem::Bool) => {
+            b.build_int_compare(IntPredicate::NE, x, x.get_type().const_zero(), "nz")?
+        }
+        (Elem::Bool, Elem::F32) => b.build_unsigned_int_to_float(x, target, "f")?,
+        (Elem::Bool, _) => b.build_int_z_extend(x, target, "z")?,
+        (Elem::F32, _) => {
+            k.em.call_intrinsic(
+                "llvm.fptosi.sat",
+                &[target.into(), x.get_type().into()],
+                &[x.into()],
+            )?
+            .expect("returns a value")
+            .into_vector_value()
+        }
+        (_, Elem::F32) => b.build_signed_int_to_float(x, target, "f")?,
+        _ => b.build_int_cast_sign_flag(x, target, true, "i")?,
+    })
+}
+
+/// The element type of `dtype` for elementwise code.
+pub(crate) fn elem(dtype: DType, op: &Op) -> Result<Elem, CodegenError> {
+    Elem::of(dtype, op.name())
+}
+
+/// Lowers the fusion group `members` (node indices in topological order,
+/// the root last) to one fused kernel.
+pub(crate) fn lower(l: &mut Lowering<'_, '_>, members: &[usize]) -> Result<(), CodegenError> {
+    let g = l.graph;
+    let root = &g.nodes[*members.last().expect("groups are non-empty")];
+    let shape = l.shape(root.output)?;
+    let mut operand_values: Vec<ValueId> = Vec::new();
+    let mut operands: Vec<Operand> = Vec::new();
+    let mut nodes: Vec<ExprNode> = Vec::with_capacity(members.len());
+    let mut computed: HashMap<ValueId, usize> = HashMap::new();
+    for &i in members {
+        let node = &g.nodes[i];
+        let mut args = Vec::with_capacity(node.inputs.len());
+        for &input in &node.inputs {
+            if let Some(&n) = computed.get(&input) {
+                args.push(Arg::Node(n));
+                continue;
+            }
+            if let Some(value) = scalar_f32(l, input) {
+                args.push(Arg::Scalar(value));
+                continue;
+            }
+            let index = match operand_values.iter().position(|&v| v == input) {
+                Some(index) => index,
+                None => {
+                    operand_values.push(input);
+                    operands.push(Operand {
+                        elem: elem(l.dtype(input), &node.op)?,
+                        strides: broadcast_strides(&l.shape(input)?, &shape),
+                    });
+                    operands.len() - 1
+                }
+            };
+            args.push(Arg::Operand(index));
+        }
+        nodes.push(ExprNode {
+            op: node.op.clone(),
+            args,
+            elem: elem(l.dtype(node.output), &node.op)?,
+        });
+        computed.insert(node.output, nodes.len() - 1);
+    }
+    let fused = Fused {
+        shape,
+        operands,
+        nodes,
+    };
+    let symbol = l.symbol("fused");
+    fused.emit(l.cx, &symbol)?;
+    let mut buffers = vec![l.define(root.output)?];
+    for &v in &operand_values {
+        buffers.push(l.loc(v)?);
+    }
+    let extent = fused.extent(l.cx.lanes());
+    l.kernel(symbol, buffers, extent, true);
+    Ok(())
+}
+
+/// The value of a one-element f32 constant.
+fn scalar_f32(l: &Lowering<'_, '_>, value: ValueId) -> Option<f32> {
+    let t = l.constant(value)?;
+    if t.dtype != DType::F32 || t.len() != 1 {
+        return None;
+    }
+    t.to_f32_vec().ok().map(|v| v[0])
+}

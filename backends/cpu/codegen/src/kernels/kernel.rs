@@ -1,0 +1,390 @@
+//! The uniform kernel skeleton: signature, buffer table, loop nests over
+//! static shapes, element addressing, and the element types kernels handle.
+
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::AddressSpace;
+use m4c_ir::DType;
+
+use crate::ir::{define_function, Emitter};
+use crate::{CodegenError, Target};
+
+/// What every generator needs: the LLVM context and module being filled and
+/// the target the code is for.
+#[derive(Clone, Copy)]
+pub(crate) struct Cx<'a, 'ctx> {
+    pub context: &'ctx Context,
+    pub module: &'a Module<'ctx>,
+    pub target: &'a Target,
+}
+
+impl Cx<'_, '_> {
+    /// f32 lanes of one vector register of the target.
+    pub fn lanes(&self) -> u32 {
+        self.target.isa.f32_lanes() as u32
+    }
+}
+
+/// The element types kernels compute with (`bool` is one byte in memory
+/// and an `i1` in registers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elem {
+    F32,
+    I64,
+    I32,
+    I8,
+    Bool,
+}
+
+impl Elem {
+    /// The kernel element type of `dtype`; f16, bf16 and int4 tensors are
+    /// only moved, never computed on, by this backend.
+    pub fn of(dtype: DType, what: &str) -> Result<Self, CodegenError> {
+        Ok(match dtype {
+            DType::F32 => Elem::F32,
+            DType::I64 => Elem::I64,
+            DType::I32 => Elem::I32,
+            DType::I8 => Elem::I8,
+            DType::Bool => Elem::Bool,
+            other => {
+                return Err(CodegenError::Unsupported(format!(
+                    "{what} on {other} tensors (the CPU backend computes in f32, i64, i32, i8 and bool)"
+                )))
+            }
+        })
+    }
+
+    /// The type one element has in memory.
+    pub fn memory_type<'ctx>(self, context: &'ctx Context) -> BasicTypeEnum<'ctx> {
+        match self {
+            Elem::F32 => context.f32_type().into(),
+            Elem::I64 => context.i64_type().into(),
+            Elem::I32 => context.i32_type().into(),
+            Elem::I8 | Elem::Bool => context.i8_type().into(),
+        }
+    }
+
+    /// The type one element has in registers.
+    pub fn register_type<'ctx>(self, context: &'ctx Context) -> BasicTypeEnum<'ctx> {
+        match self {
+            Elem::Bool => context.bool_type().into(),
+            other => other.memory_type(context),
+        }
+    }
+
+    /// A vector of `lanes` register elements.
+    pub fn vector<'ctx>(self, context: &'ctx Context, lanes: u32) -> VectorType<'ctx> {
+        match self.register_type(context) {
+            BasicTypeEnum::FloatType(t) => t.vec_type(lanes),
+            BasicTypeEnum::IntType(t) => t.vec_type(lanes),
+            _ => unreachable!("elements are ints or floats"),
+        }
+    }
+
+    /// Bytes of one element in memory.
+    pub fn bytes(self) -> u32 {
+        match self {
+            Elem::F32 | Elem::I32 => 4,
+            Elem::I64 => 8,
+            Elem::I8 | Elem::Bool => 1,
+        }
+    }
+
+    /// Whether this is the float type.
+    pub fn is_float(self) -> bool {
+        self == Elem::F32
+    }
+}
+
+/// The integer type of `bytes` bytes (1, 2, 4 or 8), used to move
+/// elements without interpreting them.
+pub(crate) fn int_type(context: &Context, bytes: u32) -> inkwell::types::IntType<'_> {
+    match bytes {
+        1 => context.i8_type(),
+        2 => context.i16_type(),
+        4 => context.i32_type(),
+        _ => context.i64_type(),
+    }
+}
+
+/// Row-major strides (in elements) of `shape`.
+pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut step = 1i64;
+    for d in (0..shape.len()).rev() {
+        strides[d] = step;
+        step *= shape[d] as i64;
+    }
+    strides
+}
+
+/// Strides (in elements) that read a row-major tensor of `shape` at the
+/// positions of the larger `out` shape it broadcasts to (numpy rules:
+/// trailing axes aligned, size-1 axes repeated with stride 0).
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<i64> {
+    let own = contiguous_strides(shape);
+    let skip = out.len() - shape.len();
+    (0..out.len())
+        .map(|d| {
+            if d < skip || (shape[d - skip] == 1 && out[d] != 1) {
+                0
+            } else {
+                own[d - skip]
+            }
+        })
+        .collect()
+}
+
+/// One kernel being generated: its emitter, buffer pointers, iteration
+/// range and scratch pointer.
+pub(crate) struct Kernel<'a, 'ctx> {
+    pub cx: Cx<'a, 'ctx>,
+    pub em: Emitter<'a, 'ctx>,
+    pub buffers: Vec<PointerValue<'ctx>>,
+    pub begin: IntValue<'ctx>,
+    pub end: IntValue<'ctx>,
+    pub scratch: PointerValue<'ctx>,
+}
+
+impl<'a, 'ctx> Kernel<'a, 'ctx> {
+    /// Defines the exported kernel `symbol` reading `buffers` pointers from
+    /// its table.
+    pub fn define(cx: Cx<'a, 'ctx>, symbol: &str, buffers: usize) -> Result<Self, CodegenError> {
+        let context = cx.context;
+        let ptr = context.ptr_type(AddressSpace::default());
+        let i64t = context.i64_type();
+        let ty = context
+            .void_type()
+            .fn_type(&[ptr.into(), i64t.into(), i64t.into(), ptr.into()], false);
+        let em = define_function(context, cx.module, cx.target, symbol, ty, true);
+        let table = em.ptr_param(0);
+        let mut pointers = Vec::with_capacity(buffers);
+        for i in 0..buffers {
+            // SAFETY: builds a GEP into the pointer table; the executor
+            // passes exactly `buffers` pointers.
+            let slot = unsafe {
+                em.builder
+                    .build_in_bounds_gep(ptr, table, &[em.i64(i)], "slot")?
+            };
+            pointers.push(
+                em.builder
+                    .build_load(ptr, slot, "buf")?
+                    .into_pointer_value(),
+            );
+        }
+        let (begin, end, scratch) = (em.int_param(1), em.int_param(2), em.ptr_param(3));
+        Ok(Self {
+            cx,
+            em,
+            buffers: pointers,
+            begin,
+            end,
+            scratch,
+        })
+    }
+
+    /// Closes the function.
+    pub fn finish(self) -> Result<(), CodegenError> {
+        self.em.builder.build_return(None)?;
+        Ok(())
+    }
+
+    /// A signed `i64` constant.
+    pub fn int(&self, value: i64) -> IntValue<'ctx> {
+        self.cx.context.i64_type().const_int(value as u64, true)
+    }
+
+    /// `base + Σ index[d]·strides[d]`.
+    pub fn linear(
+        &self,
+        base: i64,
+        index: &[IntValue<'ctx>],
+        strides: &[i64],
+    ) -> Result<IntValue<'ctx>, CodegenError> {
+        let mut at = self.int(base);
+        for (&i, &s) in index.iter().zip(strides) {
+            match s {
+                0 => {}
+                1 => at = self.em.builder.build_int_add(at, i, "at")?,
+                s => at = self.em.mul_add(i, self.int(s), at)?,
+            }
+        }
+        Ok(at)
+    }
+
+    /// The address of element `index` of `elem`-typed memory at `base`.
+    pub fn element(
+        &self,
+        base: PointerValue<'ctx>,
+        elem: BasicTypeEnum<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Result<PointerValue<'ctx>, CodegenError> {
+        // SAFETY: builds a GEP only; each generator keeps its indices inside
+        // the static shapes of its buffers (checked by the kernel tests).
+        Ok(unsafe { self.em.builder.build_gep(elem, base, &[index], "el")? })
+    }
+
+    /// Loads `lanes` consecutive elements of type `elem` at `at` as a
+    /// register vector (bools become `i1`).
+    pub fn load(
+        &self,
+        elem: Elem,
+        lanes: u32,
+        at: PointerValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let memory = match elem.memory_type(self.cx.context) {
+            BasicTypeEnum::FloatType(t) => t.vec_type(lanes),
+            BasicTypeEnum::IntType(t) => t.vec_type(lanes),
+            _ => unreachable!("elements are ints or floats"),
+        };
+        let value = self.em.builder.build_load(memory, at, "v")?;
+        inkwell::values::BasicValue::as_instruction_value(&value)
+            .expect("a load is an instruction")
+            .set_alignment(elem.bytes())
+            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        let value = value.into_vector_value();
+        if elem == Elem::Bool {
+            let zero = memory.const_zero();
+            return Ok(self.em.builder.build_int_compare(
+                inkwell::IntPredicate::NE,
+                value,
+                zero,
+                "bool",
+            )?);
+        }
+        Ok(value)
+    }
+
+    /// Stores a register vector of `elem`s at `at`.
+    pub fn store(
+        &self,
+        elem: Elem,
+        at: PointerValue<'ctx>,
+        value: VectorValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let value = if elem == Elem::Bool {
+            let lanes = value.get_type().get_size();
+            let bytes = self.cx.context.i8_type().vec_type(lanes);
+            self.em.builder.build_int_z_extend(value, bytes, "byte")?
+        } else {
+            value
+        };
+        self.em
+            .builder
+            .build_store(at, value)?
+            .set_alignment(elem.bytes())
+            .map_err(|e| CodegenError::Llvm(e.to_string()))
+    }
+
+    /// Loads one element and broadcasts it to `lanes` lanes.
+    pub fn load_splat(
+        &self,
+        elem: Elem,
+        lanes: u32,
+        at: PointerValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let one = self.load(elem, 1, at)?;
+        self.splat_lane(one, lanes)
+    }
+
+    /// Broadcasts lane 0 of `value` to `lanes` lanes.
+    pub fn splat_lane(
+        &self,
+        value: VectorValue<'ctx>,
+        lanes: u32,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        if value.get_type().get_size() == lanes {
+            return Ok(value);
+        }
+        let zero = self.cx.context.i32_type().const_zero();
+        let mask = VectorType::const_vector(&vec![zero; lanes as usize]);
+        Ok(self.em.builder.build_shuffle_vector(
+            value,
+            value.get_type().get_poison(),
+            mask,
+            "splat",
+        )?)
+    }
+
+    /// A stack slot for `ty` allocated in the entry block (so loops can
+    /// carry values through it; LLVM promotes it to registers).
+    pub fn slot(&self, ty: BasicTypeEnum<'ctx>) -> Result<PointerValue<'ctx>, CodegenError> {
+        let entry = self
+            .em
+            .function
+            .get_first_basic_block()
+            .expect("functions have an entry block");
+        let builder = self.cx.context.create_builder();
+        match entry.get_first_instruction() {
+            Some(first) => builder.position_before(&first),
+            None => builder.position_at_end(entry),
+        }
+        Ok(builder.build_alloca(ty, "slot")?)
+    }
+
+    /// Emits a pass over `len` consecutive positions: full `lanes`-wide
+    /// vectors, then the remainder one at a time; `body(position, lanes)`.
+    pub fn row(
+        &self,
+        len: usize,
+        lanes: u32,
+        body: &mut dyn FnMut(IntValue<'ctx>, u32) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let vectors = len / lanes as usize;
+        if vectors > 0 {
+            self.em
+                .counted_loop(self.em.i64(0), self.em.i64(vectors), |v| {
+                    let at =
+                        self.em
+                            .builder
+                            .build_int_mul(v, self.em.i64(lanes as usize), "pos")?;
+                    body(at, lanes)
+                })?;
+        }
+        if len % lanes as usize != 0 {
+            self.em.counted_loop(
+                self.em.i64(vectors * lanes as usize),
+                self.em.i64(len),
+                |p| body(p, 1),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Emits loops over `dims` (outermost first, the outermost restricted
+    /// to `begin..end` when `ranged`) and calls `body` with the indices.
+    pub fn nest(
+        &self,
+        dims: &[usize],
+        ranged: bool,
+        body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let mut index = Vec::with_capacity(dims.len());
+        self.nest_level(dims, ranged, &mut index, body)
+    }
+
+    fn nest_level(
+        &self,
+        dims: &[usize],
+        ranged: bool,
+        index: &mut Vec<IntValue<'ctx>>,
+        body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let Some((&first, rest)) = dims.split_first() else {
+            return body(index);
+        };
+        let (start, stop) = if ranged {
+            (self.begin, self.em.umin(self.end, self.em.i64(first))?)
+        } else {
+            (self.em.i64(0), self.em.i64(first))
+        };
+        self.em.counted_loop(start, stop, |i| {
+            index.push(i);
+            self.nest_level(rest, false, index, body)?;
+            index.pop();
+            Ok(())
+        })
+    }
+}

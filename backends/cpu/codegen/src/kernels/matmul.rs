@@ -1,0 +1,256 @@
+//! MatMul: with a constant right operand it is one GEMM of the packed
+//! generator (batch axes of A folded into M); otherwise (attention's
+//! `Q·Kᵀ`, `P·V`) a batched kernel that copies each B into scratch as a
+//! zero-padded row-major block and accumulates target-width vectors of C.
+
+use inkwell::values::IntValue;
+use m4c_ir::{DType, Node};
+
+use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
+use crate::graph::Lowering;
+use crate::CodegenError;
+
+/// A batched `C[b] = op(A[b]) · op(B[b])` with every stride static.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchedMatmul {
+    pub batches: usize,
+    /// The output's batch shape and each operand's strides over it.
+    pub batch_shape: Vec<usize>,
+    pub a_batch: Vec<i64>,
+    pub b_batch: Vec<i64>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Strides of A's rows (M) and columns (K).
+    pub a_rc: (i64, i64),
+    /// Strides of B's rows (K) and columns (N).
+    pub b_rc: (i64, i64),
+}
+
+impl BatchedMatmul {
+    fn padded_n(&self, lanes: u32) -> usize {
+        self.n.next_multiple_of(lanes as usize)
+    }
+
+    /// Scratch bytes per call (one padded copy of B).
+    pub fn scratch_bytes(&self, lanes: u32) -> usize {
+        self.k * self.padded_n(lanes) * 4
+    }
+
+    /// Emits the kernel `symbol` (buffers: C, A, B), iterating over batches.
+    pub fn emit(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
+        let k = Kernel::define(cx, symbol, 3)?;
+        let lanes = cx.lanes();
+        let np = self.padded_n(lanes);
+        let f32t = cx.context.f32_type();
+        let vector = f32t.vec_type(lanes);
+        let acc = k.slot(vector.into())?;
+        let flat_batch = contiguous_strides(&self.batch_shape);
+        k.em.counted_loop(k.begin, k.end, |batch| {
+            // Decompose the flat batch index into the batch axes.
+            let mut a_base = k.int(0);
+            let mut b_base = k.int(0);
+            for (d, &step) in flat_batch.iter().enumerate() {
+                let i =
+                    k.em.builder
+                        .build_int_unsigned_div(batch, k.int(step), "bi")?;
+                let i = k.em.builder.build_int_unsigned_rem(
+                    i,
+                    k.int(self.batch_shape[d] as i64),
+                    "bi",
+                )?;
+                a_base = k.em.mul_add(i, k.int(self.a_batch[d]), a_base)?;
+                b_base = k.em.mul_add(i, k.int(self.b_batch[d]), b_base)?;
+            }
+            // Copy B into scratch as k × np, zero padded.
+            k.nest(&[self.k, np], false, &mut |ij: &[IntValue<'_>]| {
+                let inside = k.em.builder.build_int_compare(
+                    inkwell::IntPredicate::ULT,
+                    ij[1],
+                    k.int(self.n as i64),
+                    "inside",
+                )?;
+                let col = k.em.umin(ij[1], k.int(self.n as i64 - 1))?;
+                let from = k.linear(0, &[ij[0], col], &[self.b_rc.0, self.b_rc.1])?;
+                let from = k.em.builder.build_int_add(from, b_base, "from")?;
+                let v =
+                    k.em.builder
+                        .build_load(f32t, k.element(k.buffers[2], f32t.into(), from)?, "b")?
+                        .into_float_value();
+                let v =
+                    k.em.builder
+                        .build_select(inside, v, f32t.const_zero(), "b")?;
+                let to = k.linear(0, ij, &[np as i64, 1])?;
+                k.em.builder
+                    .build_store(k.element(k.scratch, f32t.into(), to)?, v)?;
+                Ok(())
+            })?;
+            let c_base =
+                k.em.builder
+                    .build_int_mul(batch, k.int((self.m * self.n) as i64), "c")?;
+            k.nest(
+                &[self.m, np / lanes as usize],
+                false,
+                &mut |ij: &[IntValue<'_>]| {
+                    let col =
+                        k.em.builder
+                            .build_int_mul(ij[1], k.int(lanes as i64), "col")?;
+                    k.em.builder.build_store(acc, vector.const_zero())?;
+                    let a_row = k.em.mul_add(ij[0], k.int(self.a_rc.0), a_base)?;
+                    k.em.counted_loop(k.int(0), k.int(self.k as i64), |kk| {
+                        let a_at = k.em.mul_add(kk, k.int(self.a_rc.1), a_row)?;
+                        let a = k.load_splat(
+                            Elem::F32,
+                            lanes,
+                            k.element(k.buffers[1], f32t.into(), a_at)?,
+                        )?;
+                        let b_at = k.em.mul_add(kk, k.int(np as i64), col)?;
+                        let b =
+                            k.load(Elem::F32, lanes, k.element(k.scratch, f32t.into(), b_at)?)?;
+                        let sum =
+                            k.em.builder
+                                .build_load(vector, acc, "acc")?
+                                .into_vector_value();
+                        let sum =
+                            k.em.call_intrinsic(
+                                "llvm.fma",
+                                &[vector.into()],
+                                &[a.into(), b.into(), sum.into()],
+                            )?
+                            .expect("fma returns")
+                            .into_vector_value();
+                        k.em.builder.build_store(acc, sum)?;
+                        Ok(())
+                    })?;
+                    let sum =
+                        k.em.builder
+                            .build_load(vector, acc, "acc")?
+                            .into_vector_value();
+                    let row = k.em.mul_add(ij[0], k.int(self.n as i64), c_base)?;
+                    let full = np / lanes as usize - usize::from(self.n % lanes as usize != 0);
+                    let is_full = k.em.builder.build_int_compare(
+                        inkwell::IntPredicate::ULT,
+                        ij[1],
+                        k.int(full as i64),
+                        "full",
+                    )?;
+                    let at = k.em.builder.build_int_add(row, col, "at")?;
+                    let then =
+                        || k.store(Elem::F32, k.element(k.buffers[0], f32t.into(), at)?, sum);
+                    if full == np / lanes as usize {
+                        then()?;
+                    } else {
+                        // The last, partial block stores its valid lanes one by one.
+                        let partial = k.em.builder.build_not(is_full, "partial")?;
+                        k.em.if_then(is_full, then)?;
+                        k.em.if_then(partial, || {
+                            for lane in 0..(self.n % lanes as usize) {
+                                let v = k.em.builder.build_extract_element(
+                                    sum,
+                                    cx.context.i32_type().const_int(lane as u64, false),
+                                    "lane",
+                                )?;
+                                let p = k.em.builder.build_int_add(at, k.int(lane as i64), "p")?;
+                                k.em.builder
+                                    .build_store(k.element(k.buffers[0], f32t.into(), p)?, v)?;
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    Ok(())
+                },
+            )
+        })?;
+        k.finish()
+    }
+}
+
+/// Lowers a MatMul node.
+pub(crate) fn lower(
+    l: &mut Lowering<'_, '_>,
+    node: &Node,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<(), CodegenError> {
+    let (a, b) = (node.inputs[0], node.inputs[1]);
+    if l.dtype(a) != DType::F32 || l.dtype(b) != DType::F32 {
+        return Err(CodegenError::Unsupported(format!(
+            "MatMul on {} × {} (only f32)",
+            l.dtype(a),
+            l.dtype(b)
+        )));
+    }
+    let mut a_shape = l.shape(a)?;
+    let mut b_shape = l.shape(b)?;
+    if a_shape.len() == 1 {
+        a_shape.insert(0, 1);
+    }
+    if b_shape.len() == 1 {
+        b_shape.push(1);
+    }
+    let (ra, rb) = (a_shape.len(), b_shape.len());
+    let (m, k) = if trans_a {
+        (a_shape[ra - 1], a_shape[ra - 2])
+    } else {
+        (a_shape[ra - 2], a_shape[ra - 1])
+    };
+    let n = if trans_b {
+        b_shape[rb - 2]
+    } else {
+        b_shape[rb - 1]
+    };
+    let out = l.define(node.output)?;
+    let b_batch_ones = b_shape[..rb - 2].iter().all(|&d| d == 1);
+    if let (Some(weights), false, true) = (l.constant(b), trans_a, b_batch_ones) {
+        if m * k * n > 0 {
+            let values = weights.to_f32_vec().map_err(|e| CodegenError::Graph {
+                graph: l.graph.name.clone(),
+                reason: format!("MatMul weights: {e}"),
+            })?;
+            let b_rows: Vec<f32> = if trans_b {
+                (0..k)
+                    .flat_map(|r| (0..n).map(move |c| (r, c)))
+                    .map(|(r, c)| values[c * k + r])
+                    .collect()
+            } else {
+                values
+            };
+            let rows: usize = a_shape[..ra - 1].iter().product();
+            let a_loc = l.loc(a)?;
+            return l.gemm((rows, k, n), &b_rows, a_loc, out);
+        }
+    }
+    let out_shape = l.shape(node.output)?;
+    let batch_shape: Vec<usize> = if out_shape.len() >= 2 {
+        out_shape[..out_shape.len() - 2].to_vec()
+    } else {
+        Vec::new()
+    };
+    let a_full = broadcast_strides(&a_shape[..ra - 2], &batch_shape);
+    let b_full = broadcast_strides(&b_shape[..rb - 2], &batch_shape);
+    let scale = |strides: Vec<i64>, matrix: usize| -> Vec<i64> {
+        strides.into_iter().map(|s| s * matrix as i64).collect()
+    };
+    let a_cols = a_shape[ra - 1] as i64;
+    let b_cols = b_shape[rb - 1] as i64;
+    let spec = BatchedMatmul {
+        batches: batch_shape.iter().product(),
+        a_batch: scale(a_full, a_shape[ra - 2] * a_shape[ra - 1]),
+        b_batch: scale(b_full, b_shape[rb - 2] * b_shape[rb - 1]),
+        batch_shape,
+        m,
+        k,
+        n,
+        a_rc: if trans_a { (1, a_cols) } else { (a_cols, 1) },
+        b_rc: if trans_b { (1, b_cols) } else { (b_cols, 1) },
+    };
+    if m * n * spec.batches == 0 {
+        return Ok(());
+    }
+    let symbol = l.symbol("matmul");
+    spec.emit(l.cx, &symbol)?;
+    let (a_loc, b_loc) = (l.loc(a)?, l.loc(b)?);
+    let scratch = spec.scratch_bytes(l.cx.lanes());
+    l.kernel_with_scratch(symbol, vec![out, a_loc, b_loc], spec.batches, scratch, true);
+    Ok(())
+}

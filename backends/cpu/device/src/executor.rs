@@ -1,0 +1,256 @@
+//! Runs a compiled graph: resolves every kernel of its plan once, then per
+//! run points the kernels at the inputs, the weights and one pre-planned
+//! activation arena, spreading GEMM panels and parallel loops over a pool.
+
+use std::ops::Range;
+
+use crate::{
+    AlignedBuffer, BufRef, DeviceError, GemmEntry, GemmFn, GraphPlan, KernelLibrary, Region, Step,
+    ThreadPool,
+};
+
+/// The C signature of every non-GEMM kernel (see [`Step::Kernel`]).
+pub type KernelFn =
+    unsafe extern "C" fn(buffers: *const *mut u8, begin: i64, end: i64, scratch: *mut u8);
+
+enum Call {
+    Kernel {
+        func: KernelFn,
+        buffers: Vec<BufRef>,
+        extent: usize,
+        parallel: bool,
+    },
+    Gemm {
+        entry: GemmEntry,
+        weights_offset: usize,
+        a: BufRef,
+        c: BufRef,
+    },
+}
+
+/// A loaded graph ready to run: library, resolved calls, arena, scratch.
+pub struct GraphExecutor {
+    // Kept alive: every `Call` points into its code.
+    library: KernelLibrary,
+    plan: GraphPlan,
+    calls: Vec<Call>,
+    arena: AlignedBuffer,
+    scratch: Vec<AlignedBuffer>,
+    pool: ThreadPool,
+}
+
+/// Base addresses of the regions for one run, shared by the worker threads.
+struct Bases {
+    arena: *mut u8,
+    weights: *const u8,
+    inputs: Vec<*const u8>,
+}
+
+impl Bases {
+    fn resolve(&self, buf: BufRef) -> *mut u8 {
+        let base = match buf.region {
+            Region::Arena => self.arena,
+            Region::Weights => self.weights as *mut u8,
+            Region::Input(i) => self.inputs[i] as *mut u8,
+        };
+        base.wrapping_add(buf.offset)
+    }
+}
+
+/// Pointers handed to kernels on other threads.
+struct Shared<T>(T);
+// SAFETY: the kernels called with these pointers write disjoint iteration
+// ranges (the plan marks a kernel `parallel` only when its outermost loop
+// iterations write disjoint output elements), and inputs/weights are only
+// read.
+unsafe impl<T> Sync for Shared<T> {}
+
+impl GraphExecutor {
+    /// Prepares the graph of `library` to run on `threads` threads.
+    pub fn new(library: KernelLibrary, threads: usize) -> Result<Self, DeviceError> {
+        let plan = library
+            .manifest()
+            .graph
+            .clone()
+            .ok_or_else(|| DeviceError::Inconsistent {
+                path: library.dir().to_path_buf(),
+                reason: "the artifact holds no graph".into(),
+            })?;
+        let pool = ThreadPool::new(threads)?;
+        let mut calls = Vec::with_capacity(plan.steps.len());
+        let mut scratch_bytes = 0;
+        for step in &plan.steps {
+            calls.push(match step {
+                Step::Kernel {
+                    symbol,
+                    buffers,
+                    extent,
+                    scratch_bytes: bytes,
+                    parallel,
+                } => {
+                    scratch_bytes = scratch_bytes.max(*bytes);
+                    // SAFETY: the manifest declares `symbol` a kernel with
+                    // the `KernelFn` signature; `library` lives in `self`.
+                    let func = unsafe { library.symbol::<KernelFn>(symbol)? };
+                    Call::Kernel {
+                        func,
+                        buffers: buffers.clone(),
+                        extent: *extent,
+                        parallel: *parallel,
+                    }
+                }
+                Step::Gemm { symbol, a, c } => {
+                    let manifest = library
+                        .manifest()
+                        .gemms
+                        .iter()
+                        .find(|g| &g.symbol == symbol)
+                        .ok_or_else(|| DeviceError::UnknownKernel(symbol.clone()))?
+                        .clone();
+                    scratch_bytes = scratch_bytes.max(manifest.scratch_floats * 4);
+                    // SAFETY: the manifest declares `symbol` a GEMM with the
+                    // `GemmFn` signature generated for `manifest`.
+                    let func = unsafe { library.symbol::<GemmFn>(symbol)? };
+                    let weights_offset = manifest.weights_offset;
+                    // SAFETY: `func` is the code generated for `manifest`
+                    // and stays loaded as long as `library` (in `self`).
+                    let entry = unsafe { GemmEntry::new(func, manifest) };
+                    Call::Gemm {
+                        entry,
+                        weights_offset,
+                        a: *a,
+                        c: *c,
+                    }
+                }
+            });
+        }
+        let scratch = (0..threads)
+            .map(|_| AlignedBuffer::zeroed(scratch_bytes.div_ceil(4)))
+            .collect();
+        Ok(Self {
+            arena: AlignedBuffer::zeroed(plan.arena_bytes.div_ceil(4)),
+            library,
+            plan,
+            calls,
+            scratch,
+            pool,
+        })
+    }
+
+    /// The plan being executed.
+    pub fn plan(&self) -> &GraphPlan {
+        &self.plan
+    }
+
+    /// Threads work is spread over.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Runs the graph on `inputs` (raw little-endian bytes, in plan order)
+    /// and returns the outputs' bytes.
+    pub fn run(&mut self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        if inputs.len() != self.plan.inputs.len() {
+            return Err(DeviceError::Shape {
+                context: "graph".into(),
+                operand: "inputs",
+                expected: self.plan.inputs.len(),
+                actual: inputs.len(),
+            });
+        }
+        for (spec, bytes) in self.plan.inputs.iter().zip(inputs) {
+            if bytes.len() != spec.bytes() {
+                return Err(DeviceError::Shape {
+                    context: format!("graph input `{}` (bytes)", spec.name),
+                    operand: "input",
+                    expected: spec.bytes(),
+                    actual: bytes.len(),
+                });
+            }
+        }
+        let bases = Shared(Bases {
+            arena: bytemuck::cast_slice_mut::<f32, u8>(self.arena.as_mut_slice()).as_mut_ptr(),
+            weights: bytemuck::cast_slice::<f32, u8>(self.library.weights()).as_ptr(),
+            inputs: inputs.iter().map(|b| b.as_ptr()).collect(),
+        });
+        for call in &self.calls {
+            match call {
+                Call::Kernel {
+                    func,
+                    buffers,
+                    extent,
+                    parallel,
+                } => {
+                    let pointers = Shared(
+                        buffers
+                            .iter()
+                            .map(|&b| bases.0.resolve(b))
+                            .collect::<Vec<_>>(),
+                    );
+                    let parts = if *parallel { self.pool.threads() } else { 1 };
+                    let mut work: Vec<_> = split(*extent, parts)
+                        .into_iter()
+                        .zip(self.scratch.iter_mut())
+                        .collect();
+                    self.pool.for_each_mut(&mut work, |_, (range, scratch)| {
+                        let pointers = &pointers;
+                        // SAFETY: the buffers were laid out by the compiler
+                        // for exactly this kernel (sizes checked at compile
+                        // time; inputs checked above); the scratch buffer
+                        // is at least the plan's largest `scratch_bytes`;
+                        // parallel ranges write disjoint elements.
+                        unsafe {
+                            func(
+                                pointers.0.as_ptr(),
+                                range.start as i64,
+                                range.end as i64,
+                                scratch.as_mut_slice().as_mut_ptr().cast(),
+                            )
+                        }
+                    });
+                }
+                Call::Gemm {
+                    entry,
+                    weights_offset,
+                    a,
+                    c,
+                } => {
+                    let packed_b = bases.0.weights.wrapping_add(weights_offset * 4);
+                    // SAFETY: A and C are arena or input buffers of
+                    // `m·k` and `m·n` floats placed by the compiler; packed
+                    // B lies in the weight file (checked when loading).
+                    unsafe {
+                        entry.run_raw(
+                            bases.0.resolve(*a).cast(),
+                            packed_b.cast(),
+                            bases.0.resolve(*c).cast(),
+                            &self.pool,
+                            &mut self.scratch,
+                        )
+                    };
+                }
+            }
+        }
+        let outputs = self
+            .plan
+            .outputs
+            .iter()
+            .map(|spec| {
+                let at = bases.0.resolve(spec.buf);
+                // SAFETY: the output lies inside its region (placed by the
+                // compiler with `spec.bytes()` bytes).
+                unsafe { std::slice::from_raw_parts(at, spec.bytes()) }.to_vec()
+            })
+            .collect();
+        Ok(outputs)
+    }
+}
+
+/// Splits `0..extent` into at most `parts` balanced non-empty ranges (one
+/// empty range for an empty extent, so the kernel is still called once).
+fn split(extent: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.min(extent).max(1);
+    (0..parts)
+        .map(|i| extent * i / parts..extent * (i + 1) / parts)
+        .collect()
+}
