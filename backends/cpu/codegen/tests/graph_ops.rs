@@ -1,0 +1,369 @@
+//! Every IR operator compiled into a one-node graph (and fused chains)
+//! and compared with the reference interpreter on random inputs, shapes
+//! drawn by proptest (odd sizes included).
+
+use m4c_cpu_codegen::{compile_graph, CompileOptions, Target};
+use m4c_ir::op::{
+    ConvAttrs, CoordMode, NearestRounding, NormKind, PadMode, PoolAttrs, ResizeMode, SliceAxis,
+};
+use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
+use m4c_ops::{run_graph, Value};
+use proptest::prelude::*;
+
+/// Deterministic values in `[lo, hi)`.
+fn uniform(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let unit =
+                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            lo + unit * (hi - lo)
+        })
+        .collect()
+}
+
+fn floats(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::from_f32(shape, &uniform(shape.iter().product(), seed, -2.0, 2.0))
+}
+
+/// A graph under construction with its input values.
+struct Case {
+    graph: Graph,
+    inputs: Vec<Tensor>,
+}
+
+impl Case {
+    fn new() -> Self {
+        Self {
+            graph: Graph::new("case"),
+            inputs: Vec::new(),
+        }
+    }
+
+    fn input(&mut self, t: Tensor) -> ValueId {
+        let name = format!("in{}", self.inputs.len());
+        let id = self
+            .graph
+            .add_input(name, TensorType::fixed(t.dtype, &t.shape));
+        self.inputs.push(t);
+        id
+    }
+
+    fn constant(&mut self, t: Tensor) -> ValueId {
+        let name = format!("c{}", self.graph.values.len());
+        self.graph.add_const(name, t)
+    }
+
+    fn node(&mut self, op: Op, inputs: &[ValueId]) -> ValueId {
+        let name = format!("v{}", self.graph.values.len());
+        self.graph.add_node(op, inputs, name).unwrap()
+    }
+
+    /// Compiles the graph with `out` as its output, runs both backends and
+    /// checks `|got − want| ≤ atol + rtol·|want|` everywhere.
+    fn check(mut self, out: ValueId, rtol: f64, atol: f64) -> Result<(), TestCaseError> {
+        self.graph.outputs = vec![out];
+        let values: Vec<Value> = self
+            .inputs
+            .iter()
+            .map(|t| Value::from_tensor(t).unwrap())
+            .collect();
+        let want = run_graph(&self.graph, &values).unwrap().remove(0);
+        let options = CompileOptions {
+            target: Target::parse(None, None).unwrap(),
+            threads: 2,
+        };
+        let mut compiled = compile_graph(&self.graph, &options).unwrap();
+        let got = Value::from_tensor(&compiled.run(&self.inputs).unwrap()[0]).unwrap();
+        prop_assert_eq!(got.dtype(), want.dtype());
+        prop_assert_eq!(got.shape(), want.shape());
+        let (g, w) = (as_f64(&got), as_f64(&want));
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let ok = a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= atol + rtol * b.abs();
+            prop_assert!(ok, "element {i}: got {a}, want {b}");
+        }
+        Ok(())
+    }
+}
+
+fn as_f64(v: &Value) -> Vec<f64> {
+    match v {
+        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        other => panic!("unexpected {}", other.dtype()),
+    }
+}
+
+/// A shape of rank 1..=4 with sizes 1..=9 (odd ones included).
+fn shape() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=9, 1..=4)
+}
+
+/// `shape` with some axes set to 1 (broadcast operands) and leading axes
+/// dropped.
+fn broadcast_of(shape: &[usize], mask: u32, drop: usize) -> Vec<usize> {
+    let s: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| if mask >> i & 1 == 1 { 1 } else { n })
+        .collect();
+    s[drop.min(s.len() - 1)..].to_vec()
+}
+
+const TOL: (f64, f64) = (1e-4, 1e-5);
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 16,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn binary_arithmetic_broadcasts(s in shape(), mask in 0u32..16, drop in 0usize..3, seed in any::<u64>(), which in 0usize..7) {
+        let ops = [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max, Op::Min, Op::Pow];
+        let mut c = Case::new();
+        let a = if which == 6 {
+            let v = uniform(s.iter().product(), seed, 0.1, 3.0);
+            c.input(Tensor::from_f32(&s, &v))
+        } else {
+            c.input(floats(&s, seed))
+        };
+        let b = c.input(floats(&broadcast_of(&s, mask, drop), seed + 1));
+        let out = c.node(ops[which].clone(), &[a, b]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn unary_functions(s in shape(), seed in any::<u64>(), which in 0usize..9) {
+        let ops = [Op::Exp, Op::Log, Op::Sqrt, Op::Erf, Op::Tanh, Op::Sigmoid, Op::Sin, Op::Cos, Op::Floor];
+        let mut c = Case::new();
+        let n: usize = s.iter().product();
+        let v = match which {
+            1 | 2 => uniform(n, seed, 1e-3, 50.0),
+            6 | 7 => uniform(n, seed, -100.0, 100.0),
+            _ => uniform(n, seed, -10.0, 10.0),
+        };
+        let x = c.input(Tensor::from_f32(&s, &v));
+        let out = c.node(ops[which].clone(), &[x]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn fused_chain_with_broadcasts(s in shape(), mask in 0u32..16, seed in any::<u64>(), tanh in any::<bool>()) {
+        // gelu(tanh(a·b + c) − 0.5) with b broadcast and c a scalar constant.
+        let mut c = Case::new();
+        let a = c.input(floats(&s, seed));
+        let b = c.input(floats(&broadcast_of(&s, mask, 0), seed + 1));
+        let k = c.constant(Tensor::from_f32(&[], &[0.25]));
+        let half = c.constant(Tensor::from_f32(&[1], &[0.5]));
+        let p = c.node(Op::Mul, &[a, b]);
+        let q = c.node(Op::Add, &[p, k]);
+        let r = c.node(Op::Tanh, &[q]);
+        let t = c.node(Op::Sub, &[r, half]);
+        let out = c.node(Op::Gelu { tanh_approx: tanh }, &[t]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn comparisons_where_and_casts(s in shape(), mask in 0u32..16, seed in any::<u64>(), to in 0usize..4) {
+        let mut c = Case::new();
+        let n: usize = s.iter().product();
+        let ints: Vec<i64> = uniform(n, seed, -4.0, 4.0).iter().map(|&f| f as i64).collect();
+        let a = c.input(Tensor::from_i64(&s, &ints));
+        let bs = broadcast_of(&s, mask, 0);
+        // Nonzero divisors (the interpreter rejects integer division by 0).
+        let b_ints: Vec<i64> = uniform(bs.iter().product(), seed + 1, -4.0, 4.0)
+            .iter()
+            .map(|&f| if f as i64 == 0 { 3 } else { f as i64 })
+            .collect();
+        let b = c.input(Tensor::from_i64(&bs, &b_ints));
+        let eq = c.node(Op::Equal, &[a, b]);
+        let lt = c.node(Op::Less, &[a, b]);
+        let either = c.node(Op::Max, &[eq, lt]);
+        let x = c.input(floats(&s, seed + 2));
+        let y = c.node(Op::Cast { to: DType::F32 }, &[b]);
+        let picked = c.node(Op::Where, &[either, x, y]);
+        let sum = c.node(Op::Add, &[a, b]);
+        let div = c.node(Op::Div, &[sum, b]);
+        let back = c.node(Op::Cast { to: DType::F32 }, &[div]);
+        let mixed = c.node(Op::Mul, &[picked, back]);
+        let dtype = [DType::F32, DType::I64, DType::I32, DType::Bool][to];
+        let out = c.node(Op::Cast { to: dtype }, &[mixed]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn reductions(s in shape(), axes_mask in 1u32..16, keep in any::<bool>(), seed in any::<u64>(), max in any::<bool>()) {
+        let axes: Vec<usize> = (0..s.len()).filter(|&d| axes_mask >> d & 1 == 1).collect();
+        prop_assume!(!axes.is_empty());
+        let mut c = Case::new();
+        let x = c.input(floats(&s, seed));
+        let op = if max { Op::ReduceMax { axes, keep_dims: keep } } else { Op::ReduceSum { axes, keep_dims: keep } };
+        let out = c.node(op, &[x]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn argmax(s in shape(), axis in 0usize..4, keep in any::<bool>(), last in any::<bool>(), seed in any::<u64>()) {
+        let axis = axis % s.len();
+        let mut c = Case::new();
+        // Coarse values so ties occur.
+        let v: Vec<f32> = uniform(s.iter().product(), seed, -3.0, 3.0).iter().map(|f| f.round()).collect();
+        let x = c.input(Tensor::from_f32(&s, &v));
+        let out = c.node(Op::ArgMax { axis, keep_dims: keep, select_last: last }, &[x]);
+        c.check(out, 0.0, 0.0)?;
+    }
+
+    #[test]
+    fn softmax_any_axis(s in shape(), axis in 0usize..4, seed in any::<u64>()) {
+        let mut c = Case::new();
+        let x = c.input(floats(&s, seed));
+        let out = c.node(Op::Softmax { axis: axis % s.len() }, &[x]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn norms(s in shape(), axis in 0usize..4, seed in any::<u64>(), rms in any::<bool>(), bias in any::<bool>()) {
+        let axis = axis % s.len();
+        let mut c = Case::new();
+        let x = c.input(floats(&s, seed));
+        let scale = c.constant(floats(&s[axis..], seed + 1));
+        let mut inputs = vec![x, scale];
+        if bias && !rms {
+            inputs.push(c.input(floats(&s[axis..], seed + 2)));
+        }
+        let kind = if rms { NormKind::Rms } else { NormKind::Layer };
+        let out = c.node(Op::Norm { kind, axis, epsilon: 1e-5 }, &inputs);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn matmul_constant_weights(batch in 1usize..4, m in 1usize..40, k in 1usize..40, n in 1usize..70, trans_b in any::<bool>(), seed in any::<u64>()) {
+        let mut c = Case::new();
+        let a = c.input(floats(&[batch, m, k], seed));
+        let w = if trans_b { floats(&[n, k], seed + 1) } else { floats(&[k, n], seed + 1) };
+        let b = c.constant(w);
+        let out = c.node(Op::MatMul { trans_a: false, trans_b }, &[a, b]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn matmul_batched_runtime_operands(h in 1usize..4, m in 1usize..20, k in 1usize..20, n in 1usize..40, ta in any::<bool>(), tb in any::<bool>(), bcast in any::<bool>(), seed in any::<u64>()) {
+        let mut c = Case::new();
+        let a = c.input(floats(&if ta { [2, h, k, m] } else { [2, h, m, k] }, seed));
+        let b_batch = if bcast { 1 } else { h };
+        let b = c.input(floats(&if tb { [b_batch, n, k] } else { [b_batch, k, n] }, seed + 1));
+        let out = c.node(Op::MatMul { trans_a: ta, trans_b: tb }, &[a, b]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn convolutions(cin in 1usize..5, mult in 1usize..4, hw in 3usize..10, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, dil in 1usize..3, depthwise in any::<bool>(), runtime_w in any::<bool>(), bias in any::<bool>(), seed in any::<u64>()) {
+        prop_assume!(dil * (kernel - 1) < hw + 2 * pad);
+        let (group, m) = if depthwise { (cin, cin * mult) } else { (1, mult + 1) };
+        let mut c = Case::new();
+        let x = c.input(floats(&[2, cin, hw, hw + 1], seed));
+        let weights = floats(&[m, cin / group, kernel, kernel], seed + 1);
+        let w = if runtime_w { c.input(weights) } else { c.constant(weights) };
+        let mut inputs = vec![x, w];
+        if bias {
+            inputs.push(c.constant(floats(&[m], seed + 2)));
+        }
+        let attrs = ConvAttrs { strides: vec![stride, stride], pads: vec![pad, pad, pad, pad], dilations: vec![dil, dil], group };
+        let out = c.node(Op::Conv(attrs), &inputs);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn pools(ch in 1usize..4, hw in 3usize..9, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, avg in 0usize..3, seed in any::<u64>()) {
+        prop_assume!(pad < kernel);
+        let mut c = Case::new();
+        let x = c.input(floats(&[1, ch, hw, hw + 2], seed));
+        let pool = PoolAttrs { kernel: vec![kernel, kernel], strides: vec![stride, stride], pads: vec![pad, pad, pad, pad + 1], dilations: vec![1, 1] };
+        let op = match avg {
+            0 => Op::MaxPool(pool),
+            n => Op::AvgPool { pool, count_include_pad: n == 2 },
+        };
+        let out = c.node(op, &[x]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn transpose_slice_reshape(s in prop::collection::vec(1usize..=7, 2..=4), rot in 0usize..4, step in -2i64..=2, seed in any::<u64>()) {
+        prop_assume!(step != 0);
+        let r = s.len();
+        let perm: Vec<usize> = (0..r).map(|d| (d + rot) % r).collect();
+        let mut c = Case::new();
+        let x = c.input(floats(&s, seed));
+        let t = c.node(Op::Transpose { perm: perm.clone() }, &[x]);
+        let ts: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
+        let axes: Vec<SliceAxis> = ts
+            .iter()
+            .map(|&n| if step > 0 {
+                SliceAxis { start: n / 3, step, len: (n - n / 3).div_ceil(step as usize) }
+            } else {
+                SliceAxis { start: n - 1, step, len: n.div_ceil((-step) as usize) }
+            })
+            .collect();
+        let sl = c.node(Op::Slice { axes: axes.clone() }, &[t]);
+        let len: usize = axes.iter().map(|a| a.len).product();
+        let flat = c.node(Op::Reshape { shape: vec![len] }, &[sl]);
+        let out = c.node(Op::Exp, &[flat]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn concat_expand_gather(s in prop::collection::vec(1usize..=6, 2..=3), axis in 0usize..3, seed in any::<u64>(), count in 1usize..5) {
+        let axis = axis % s.len();
+        let mut c = Case::new();
+        let a = c.input(floats(&s, seed));
+        let mut s2 = s.clone();
+        s2[axis] += 2;
+        let b = c.input(floats(&s2, seed + 1));
+        let cat = c.node(Op::Concat { axis }, &[a, b]);
+        let mut cat_shape = s.clone();
+        cat_shape[axis] += s2[axis];
+        let n = cat_shape[axis] as i64;
+        let idx: Vec<i64> = uniform(count, seed + 2, -(n as f32), n as f32).iter().map(|f| f.floor() as i64).collect();
+        let i = c.input(Tensor::from_i64(&[count], &idx));
+        let g = c.node(Op::Gather { axis }, &[cat, i]);
+        let mut gs = cat_shape.clone();
+        gs[axis] = count;
+        let mut big = vec![2];
+        big.extend(&gs);
+        let out = c.node(Op::Expand { shape: big }, &[g]);
+        c.check(out, 0.0, 0.0)?;
+    }
+
+    #[test]
+    fn pads(s in prop::collection::vec(2usize..=6, 1..=3), mode in 0usize..3, seed in any::<u64>()) {
+        let r = s.len();
+        let pads: Vec<usize> = (0..2 * r).map(|i| (i * 7 + seed as usize) % 2).collect();
+        let mode = [PadMode::Constant(1.5), PadMode::Reflect, PadMode::Edge][mode];
+        let mut c = Case::new();
+        let x = c.input(floats(&s, seed));
+        let out = c.node(Op::Pad { pads, mode }, &[x]);
+        c.check(out, 0.0, 0.0)?;
+    }
+
+    #[test]
+    fn resizes(h in 1usize..6, w in 2usize..6, sh in 1usize..4, sw in 1usize..4, linear in any::<bool>(), coord in 0usize..4, seed in any::<u64>()) {
+        let coord = [CoordMode::HalfPixel, CoordMode::PytorchHalfPixel, CoordMode::AlignCorners, CoordMode::Asymmetric][coord];
+        let mode = if linear { ResizeMode::Linear } else { ResizeMode::Nearest(NearestRounding::RoundPreferFloor) };
+        let mut c = Case::new();
+        let x = c.input(floats(&[1, 2, h, w], seed));
+        let op = Op::Resize { mode, coord, scales: vec![1.0, 1.0, sh as f32, sw as f32 * 0.75], sizes: vec![1, 2, h * sh, (w as f32 * sw as f32 * 0.75).floor().max(1.0) as usize] };
+        let out = c.node(op, &[x]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+}
