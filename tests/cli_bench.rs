@@ -52,3 +52,56 @@ fn zero_sized_gemm_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("every dimension must be at least 1"));
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn model_bench_reports_median_and_compile_time_for_both_backends() {
+    for backend in ["cpu", "reference"] {
+        let model = fixture("mlp_external_data.onnx");
+        let inputs = fixture("mlp_external_data.inputs.npz");
+        let out = m4c(&[
+            "bench",
+            &model,
+            "--backend",
+            backend,
+            "--inputs",
+            &inputs,
+            "--runs",
+            "3",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let number = |key: &str| report[key].as_f64().unwrap_or_else(|| panic!("no {key}"));
+        assert!(number("median_ms") >= number("min_ms") && number("min_ms") > 0.0);
+        assert!(number("runs") >= 3.0);
+        assert_eq!(report["backend"], backend);
+        if backend == "cpu" {
+            assert!(number("compile_ms") > 0.0);
+            let cpu = &report["cpu"];
+            assert!(
+                cpu["arena_bytes"].as_u64().unwrap() <= cpu["naive_arena_bytes"].as_u64().unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn model_bench_without_a_model_or_with_missing_inputs_is_a_one_line_error() {
+    let out = m4c(&["bench"]);
+    assert_eq!(out.status.code(), Some(2));
+    let model = fixture("mlp_external_data.onnx");
+    let wrong = fixture("resnet_small.inputs.npz");
+    let out = m4c(&["bench", &model, "--inputs", &wrong]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no array for model input"), "{stderr}");
+}
