@@ -8,6 +8,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    restore_sigpipe();
     let args = cli::Cli::parse();
     let code = match cli::dispatch(args) {
         Ok(code) => code,
@@ -18,3 +19,18 @@ fn main() {
     };
     std::process::exit(code);
 }
+
+/// Lets `m4c … | head` end quietly: Rust ignores SIGPIPE, which turns a
+/// closed pipe into a panic inside `println!`; the default action is what
+/// command-line tools are expected to do.
+#[cfg(unix)]
+fn restore_sigpipe() {
+    // SAFETY: called once at start-up before any other thread exists;
+    // `signal` with SIG_DFL has no other preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_sigpipe() {}

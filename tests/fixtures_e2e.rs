@@ -71,3 +71,59 @@ fn out_of_tolerance_exits_1() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
 }
+
+#[test]
+fn firmware_modules_run_like_their_onnx_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fw = std::env::temp_dir().join(format!("m4c-e2e-{}.fw", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_m4c");
+    let build = Command::new(bin)
+        .args(["firmware", "build", "--module"])
+        .arg(format!(
+            "backbone={}",
+            dir.join("llama_prefill.onnx").display()
+        ))
+        .arg("--module")
+        .arg(format!(
+            "img_enc={}",
+            dir.join("clip_vision.onnx").display()
+        ))
+        .arg("-o")
+        .arg(&fw)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    for (module, fixture) in [("backbone", "llama_prefill"), ("img_enc", "clip_vision")] {
+        let out = Command::new(bin)
+            .arg("run")
+            .arg(&fw)
+            .args(["--module", module, "--inputs"])
+            .arg(dir.join(format!("{fixture}.inputs.npz")))
+            .arg("--expect")
+            .arg(dir.join(format!("{fixture}.expected.npz")))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{module}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let no_module = Command::new(bin)
+        .arg("run")
+        .arg(&fw)
+        .arg("--inputs")
+        .arg(dir.join("llama_prefill.inputs.npz"))
+        .output()
+        .unwrap();
+    assert_eq!(no_module.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_module.stderr)
+        .contains("needs --module NAME (modules: backbone, img_enc)"));
+    std::fs::remove_file(&fw).unwrap();
+}

@@ -64,11 +64,15 @@ fn run_case(dir: &Path, rtol: f64, atol: f64) -> Outcome {
         };
         let graph_inputs: Vec<String> =
             model.graph().input.iter().map(|i| i.name.clone()).collect();
-        // Integer inputs (shapes, axes, indices) are specialised as
+        // Integer and bool inputs (shapes, axes, indices, flags) are specialised as
         // compile-time constants: an AOT compiler needs shape-like values
         // ahead of time. Float inputs stay runtime inputs.
-        let is_const =
-            |t: &m4c_ir::Tensor| matches!(t.dtype, m4c_ir::DType::I64 | m4c_ir::DType::I32);
+        let is_const = |t: &m4c_ir::Tensor| {
+            matches!(
+                t.dtype,
+                m4c_ir::DType::I64 | m4c_ir::DType::I32 | m4c_ir::DType::Bool
+            )
+        };
         let shapes: HashMap<String, Vec<usize>> = graph_inputs
             .iter()
             .cloned()

@@ -341,6 +341,11 @@ fn malformed_text_gives_located_errors() {
             2,
             "literal has 1 elements",
         ),
+        (
+            "graph \"g\" {\n  const %c: f32[4611686018427387904,4] = [1.0]\n}\n",
+            2,
+            "too many elements",
+        ),
     ];
     for (text, line, msg) in cases {
         let err = text::parse(text, &HashMap::new()).unwrap_err().to_string();

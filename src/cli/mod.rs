@@ -2,6 +2,7 @@
 
 mod bench;
 mod coverage;
+mod firmware;
 mod inspect;
 mod model_args;
 mod npu;
@@ -34,6 +35,8 @@ enum Command {
     /// Operator coverage of a set of models (the paper's Fig. 14): op types
     /// per group, growth, usage frequency, which models lower fully.
     Coverage(coverage::CoverageArgs),
+    /// Deployable bundles: build an M4 firmware from ONNX modules, show one.
+    Firmware(firmware::FirmwareArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -46,5 +49,6 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Npu(args) => npu::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Coverage(args) => coverage::run(args),
+        Command::Firmware(args) => firmware::run(args),
     }
 }

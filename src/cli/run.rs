@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use m4c_compiler::{lower, OnnxModel};
 use m4c_ops::{run_graph, Value};
+use m4c_runtime::bundle::{is_bundle, Bundle};
 use m4c_runtime::{read_npz, sanitized_key, write_npz};
 
 use super::model_args::{DimArgs, ModelPath};
@@ -16,8 +17,11 @@ use super::CliResult;
 /// `--expect`), 1 when an output is out of tolerance, 2 on any error.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The ONNX model.
+    /// The ONNX model, or a bundle (M4.fw) with --module.
     model: ModelPath,
+    /// The module of a bundle to run (e.g. backbone, img_enc).
+    #[arg(long, value_name = "NAME")]
+    module: Option<String>,
     /// Inputs as an .npz keyed by the model's input names (a name with
     /// characters outside [A-Za-z0-9_.-] may also use `_` in their place).
     #[arg(long, value_name = "IN.npz")]
@@ -99,10 +103,17 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
     c
 }
 
-/// Runs `m4c run`.
-pub fn run(args: RunArgs) -> CliResult<i32> {
+/// A graph ready to run, with the names its inputs and outputs have in
+/// `.npz` files.
+struct Prepared {
+    graph: m4c_ir::Graph,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+/// Lowers an ONNX model with the input shapes of the `.npz` arrays.
+fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<Prepared> {
     let model = OnnxModel::load(&args.model)?;
-    let arrays = read_npz(&args.inputs)?;
     let graph_proto = model.graph();
     let inits: std::collections::HashSet<&str> = graph_proto
         .initializer
@@ -110,45 +121,105 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         .map(|t| t.name.as_str())
         .collect();
     let mut opts = args.dims.options(None);
-    let mut feeds = vec![];
+    let mut inputs = vec![];
     for input in graph_proto
         .input
         .iter()
         .filter(|i| !inits.contains(i.name.as_str()))
     {
-        let v = lookup(&arrays, &input.name).ok_or_else(|| {
-            format!(
-                "{}: no array for model input '{}' (keys: {})",
-                args.inputs.display(),
-                input.name,
-                arrays.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })?;
+        let v = lookup(arrays, &input.name)
+            .ok_or_else(|| missing_input(&args.inputs, &input.name, arrays))?;
         opts.input_shapes
             .insert(input.name.clone(), v.shape().to_vec());
-        feeds.push((input.name.clone(), v.clone()));
+        inputs.push(input.name.clone());
     }
     let graph = lower(&model, &opts)?;
-    for ((name, v), &id) in feeds.iter().zip(&graph.inputs) {
-        let want = graph.value(id).ty.dtype;
-        if v.dtype() != want {
+    let outputs = graph_proto.output.iter().map(|o| o.name.clone()).collect();
+    Ok(Prepared {
+        graph,
+        inputs,
+        outputs,
+    })
+}
+
+/// Takes a module out of a bundle (its IR keeps the ONNX value names).
+fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
+    let bundle = Bundle::open(&args.model)?;
+    let name = args.module.as_deref().ok_or_else(|| {
+        format!(
+            "{}: a bundle needs --module NAME (modules: {})",
+            args.model.display(),
+            bundle.modules().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let graph = bundle.module(name)?;
+    let names = |ids: &[m4c_ir::ValueId]| {
+        ids.iter()
+            .map(|&i| graph.value(i).name.clone())
+            .collect::<Vec<_>>()
+    };
+    let (inputs, outputs) = (names(&graph.inputs), names(&graph.outputs));
+    Ok(Prepared {
+        graph,
+        inputs,
+        outputs,
+    })
+}
+
+fn missing_input(file: &std::path::Path, name: &str, arrays: &BTreeMap<String, Value>) -> String {
+    let keys = arrays.keys().cloned().collect::<Vec<_>>().join(", ");
+    format!(
+        "{}: no array for model input '{name}' (keys: {keys})",
+        file.display()
+    )
+}
+
+/// Runs `m4c run`.
+pub fn run(args: RunArgs) -> CliResult<i32> {
+    let arrays = read_npz(&args.inputs)?;
+    let prepared = if is_bundle(&args.model) {
+        prepare_bundle(&args)?
+    } else {
+        if args.module.is_some() {
             return Err(format!(
-                "{}: input '{name}' is {} but the model expects {want}",
-                args.inputs.display(),
-                v.dtype()
+                "{}: --module applies to bundles, not ONNX files",
+                args.model.display()
             )
             .into());
         }
+        prepare_onnx(&args, &arrays)?
+    };
+    let Prepared {
+        graph,
+        inputs,
+        outputs: output_names,
+    } = prepared;
+    let mut values = Vec::with_capacity(inputs.len());
+    for (name, &id) in inputs.iter().zip(&graph.inputs) {
+        let v = lookup(&arrays, name).ok_or_else(|| missing_input(&args.inputs, name, &arrays))?;
+        let want = &graph.value(id).ty;
+        if v.dtype() != want.dtype {
+            return Err(format!(
+                "{}: input '{name}' is {} but the model expects {}",
+                args.inputs.display(),
+                v.dtype(),
+                want.dtype
+            )
+            .into());
+        }
+        if want.static_shape().is_some_and(|s| s != v.shape()) {
+            return Err(format!(
+                "{}: input '{name}' has shape {:?} but the model expects {want}",
+                args.inputs.display(),
+                v.shape()
+            )
+            .into());
+        }
+        values.push(v.clone());
     }
-    let values: Vec<Value> = feeds.into_iter().map(|(_, v)| v).collect();
     let outputs =
         run_graph(&graph, &values).map_err(|e| format!("{}: {e}", args.model.display()))?;
-    let named: Vec<(String, Value)> = graph_proto
-        .output
-        .iter()
-        .map(|o| o.name.clone())
-        .zip(outputs)
-        .collect();
+    let named: Vec<(String, Value)> = output_names.into_iter().zip(outputs).collect();
     let mut code = 0;
     if let Some(expect) = &args.expect {
         let refs = read_npz(expect)?;

@@ -593,14 +593,16 @@ pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
 /// Identity, Dropout (inference: identity; the optional mask is all true).
 pub fn identity(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
-    let training =
-        n.node.op_type == "Dropout" && n.const_ints(2)?.is_some_and(|v| v.iter().any(|&t| t != 0));
-    let ratio = n
-        .const_floats(1)?
-        .and_then(|r| r.first().copied())
-        .unwrap_or(0.5);
-    if training && ratio != 0.0 {
-        return Err("training-mode Dropout (random) is not supported".into());
+    if n.node.op_type == "Dropout" && n.opt_input(2).is_some() {
+        let training = n.const_ints(2)?.is_some_and(|v| v.iter().any(|&t| t != 0));
+        let ratio = n
+            .const_floats(1)
+            .ok()
+            .flatten()
+            .and_then(|r| r.first().copied());
+        if training && ratio != Some(0.0) {
+            return Err("training-mode Dropout (random) is not supported".into());
+        }
     }
     let mut outs = vec![x.clone()];
     if n.node.op_type == "Dropout" && n.node.output.len() > 1 {

@@ -6,6 +6,10 @@ use super::attrs::{from_attrs, AttrValue};
 use super::print::is_plain_name_char;
 use crate::{DType, Dim, Graph, IrError, OpKind, Storage, Tensor, TensorType, ValueId};
 
+/// Largest element count a type in IR text may have (2⁴⁸): far above any
+/// real tensor, far below where byte counts overflow.
+const MAX_ELEMENTS: usize = 1 << 48;
+
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     Name(String),
@@ -130,7 +134,18 @@ impl Line {
             .list()?
             .into_iter()
             .map(|d| d.parse().map(Dim::Fixed).unwrap_or(Dim::Sym(d)))
-            .collect();
+            .collect::<Vec<_>>();
+        // Element counts (and byte counts) must fit comfortably in usize.
+        let mut fixed = dims.iter().filter_map(|d| match d {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Sym(_) => None,
+        });
+        if fixed
+            .try_fold(1usize, |acc, n| acc.checked_mul(n))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            return Err(format!("shape {dims:?} has too many elements"));
+        }
         Ok(TensorType { dtype, dims })
     }
 
