@@ -194,3 +194,50 @@ fn racy_program_exits_1_with_hazard() {
     assert_eq!(code, 1);
     assert!(out.contains("hazard"), "{out}");
 }
+
+#[test]
+fn vector_kernels_report_the_layer_fields_and_are_bit_exact() {
+    let cases: [&[&str]; 6] = [
+        &["softmax", "--rows", "20", "--cols", "50"],
+        &["layernorm", "--rows", "9", "--cols", "64"],
+        &["rmsnorm", "--rows", "9", "--cols", "64"],
+        &["act", "--fn", "gelu", "--rows", "8", "--cols", "33"],
+        &["eltwise", "--op", "add", "--rows", "8", "--cols", "33"],
+        &[
+            "dwconv", "--h", "7", "--w", "6", "--c", "5", "--stride", "2",
+        ],
+    ];
+    for case in cases {
+        let mut args = vec!["npu"];
+        args.extend_from_slice(case);
+        args.push("--json");
+        let (code, out, err) = m4c(&args);
+        assert_eq!(code, 0, "{case:?}: {err}");
+        let v = json(&out);
+        assert_eq!(v["bit_exact"], true, "{case:?}");
+        for field in [
+            "cycles",
+            "compute_cycles",
+            "utilization",
+            "macs",
+            "sram_read_bytes",
+            "sram_write_bytes",
+            "dram_read_bytes",
+            "dram_write_bytes",
+            "energy_pj",
+        ] {
+            assert!(v.get(field).is_some(), "{case:?} misses {field}");
+        }
+        assert!(v["engine_busy_cycles"]["vx"].as_u64().unwrap() > 0);
+    }
+    let (code, _, err) = m4c(&["npu", "act", "--fn", "relu6", "--rows", "1", "--cols", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown activation `relu6`"), "{err}");
+}
+
+#[test]
+fn softmax_json_report_snapshot() {
+    let (code, out, err) = m4c(&["npu", "softmax", "--rows", "16", "--cols", "100", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!(out);
+}

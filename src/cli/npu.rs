@@ -1,11 +1,16 @@
 //! `m4c npu ...`: assemble, disassemble and simulate NPU programs, and
-//! generate + simulate single GEMM / convolution layers.
+//! generate + simulate + check single layers (GEMM, convolution, depthwise
+//! convolution, softmax, LayerNorm/RMSNorm, activations, elementwise ops).
 
 use super::CliResult;
 use m4c_npu::asm::assemble;
 use m4c_npu::config::{Dataflow, MachineConfig};
 use m4c_npu::disasm::disassemble;
-use m4c_npu::kernels::{conv, gemm, reference::ConvShape, TilePlan};
+use m4c_npu::kernels::norm::NormKind;
+use m4c_npu::kernels::reference::ConvShape;
+use m4c_npu::kernels::{
+    conv, depthwise, eltwise, gemm, lut, norm, softmax, KernelProgram, TilePlan,
+};
 use m4c_npu::program::Program;
 use m4c_npu::report::Stats;
 use m4c_npu::sim::{chrome_trace, simulate, SimOptions, SimResult, TimingMode};
@@ -84,6 +89,83 @@ enum NpuCommand {
         #[command(flatten)]
         layer: LayerFlags,
     },
+    /// Generate, simulate and check a depthwise int8 NHWC conv2d (per-channel requantisation).
+    Dwconv {
+        /// Input height.
+        #[arg(long)]
+        h: usize,
+        /// Input width.
+        #[arg(long)]
+        w: usize,
+        /// Channels (in and out).
+        #[arg(long)]
+        c: usize,
+        /// Square kernel size.
+        #[arg(long, default_value_t = 3)]
+        kernel: usize,
+        /// Stride in both directions.
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        /// Zero padding on every side.
+        #[arg(long, default_value_t = 1)]
+        pad: usize,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+    /// Generate, simulate and check an int8 softmax over each row of a ROWS x COLS matrix.
+    Softmax {
+        #[command(flatten)]
+        shape: RowsCols,
+        /// Input quantisation scale.
+        #[arg(long, default_value_t = 0.05)]
+        scale: f64,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+    /// Generate, simulate and check an int8 LayerNorm over each row.
+    Layernorm {
+        #[command(flatten)]
+        shape: RowsCols,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+    /// Generate, simulate and check an int8 RMSNorm over each row.
+    Rmsnorm {
+        #[command(flatten)]
+        shape: RowsCols,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+    /// Generate, simulate and check an elementwise activation through a lookup table.
+    Act {
+        /// gelu, silu, sigmoid, tanh, exp or identity.
+        #[arg(long = "fn", default_value = "gelu")]
+        function: String,
+        #[command(flatten)]
+        shape: RowsCols,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+    /// Generate, simulate and check an elementwise binary op of two int8 tensors.
+    Eltwise {
+        /// add, sub, mul, max or min.
+        #[arg(long, default_value = "add")]
+        op: String,
+        #[command(flatten)]
+        shape: RowsCols,
+        #[command(flatten)]
+        layer: LayerFlags,
+    },
+}
+
+#[derive(clap::Args)]
+struct RowsCols {
+    /// Rows of the (flattened) tensor.
+    #[arg(long)]
+    rows: usize,
+    /// Elements per row.
+    #[arg(long)]
+    cols: usize,
 }
 
 #[derive(clap::Args)]
@@ -190,12 +272,13 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             let ops = gemm::GemmOperands::random(m, k, n, layer.seed);
             let g = gemm::generate(&ops, &config, layer.scalesim_compat)?;
             let desc = serde_json::json!({ "kind": "gemm", "m": m, "k": k, "n": n });
+            let expected = ops.reference();
             run_layer(
                 &layer,
                 &config,
                 &g.program,
-                g.plan,
-                (g.out_addr, ops.reference()),
+                plan_json(g.plan),
+                (g.out_addr, expected),
                 desc,
             )
         }
@@ -227,16 +310,120 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
                 "stride": stride, "pad": pad, "gemm_m": shape.out_h() * shape.out_w(),
                 "gemm_k": kernel * kernel * c_in, "gemm_n": c_out,
             });
+            let expected = ops.reference();
             run_layer(
                 &layer,
                 &config,
                 &g.program,
-                g.plan,
-                (g.out_addr, ops.reference()),
+                plan_json(g.plan),
+                (g.out_addr, expected),
                 desc,
             )
         }
+        NpuCommand::Dwconv {
+            h,
+            w,
+            c,
+            kernel,
+            stride,
+            pad,
+            layer,
+        } => {
+            let shape = ConvShape {
+                h,
+                w,
+                c_in: c,
+                c_out: c,
+                kh: kernel,
+                kw: kernel,
+                stride,
+                pad,
+            };
+            let ops = depthwise::DepthwiseOperands::random(shape, layer.seed);
+            let desc = serde_json::json!({
+                "kind": "dwconv", "h": h, "w": w, "c": c, "kernel": kernel, "stride": stride, "pad": pad,
+            });
+            let config = layer_config(&layer)?;
+            let k = depthwise::generate(&ops, &config)?;
+            run_streamed(&layer, &config, &k, ops.reference(), desc)
+        }
+        NpuCommand::Softmax {
+            shape,
+            scale,
+            layer,
+        } => {
+            let ops = softmax::SoftmaxOperands::random(shape.rows, shape.cols, scale, layer.seed);
+            let config = layer_config(&layer)?;
+            let k = softmax::generate(&ops, &config)?;
+            let desc =
+                serde_json::json!({ "kind": "softmax", "rows": shape.rows, "cols": shape.cols });
+            run_streamed(&layer, &config, &k, ops.reference()?, desc)
+        }
+        NpuCommand::Layernorm { shape, layer } => run_norm(NormKind::LayerNorm, &shape, &layer),
+        NpuCommand::Rmsnorm { shape, layer } => run_norm(NormKind::RmsNorm, &shape, &layer),
+        NpuCommand::Act {
+            function,
+            shape,
+            layer,
+        } => {
+            let f = lut::Activation::parse(&function)?;
+            let ops = lut::UnaryOperands::random(f, shape.rows, shape.cols, layer.seed);
+            let config = layer_config(&layer)?;
+            let k = lut::generate(&ops, &config)?;
+            let desc = serde_json::json!({
+                "kind": "act", "fn": function, "rows": shape.rows, "cols": shape.cols,
+            });
+            run_streamed(&layer, &config, &k, ops.reference(), desc)
+        }
+        NpuCommand::Eltwise { op, shape, layer } => {
+            let elt = eltwise::EltOp::parse(&op)?;
+            let ops = eltwise::BinaryOperands::random(elt, shape.rows, shape.cols, layer.seed);
+            let config = layer_config(&layer)?;
+            let k = eltwise::generate(&ops, &config)?;
+            let desc = serde_json::json!({
+                "kind": "eltwise", "op": op, "rows": shape.rows, "cols": shape.cols,
+            });
+            run_streamed(&layer, &config, &k, ops.reference()?, desc)
+        }
     }
+}
+
+fn run_norm(kind: NormKind, shape: &RowsCols, layer: &LayerFlags) -> CliResult<i32> {
+    let ops = norm::NormOperands::random(kind, shape.rows, shape.cols, layer.seed);
+    let config = layer_config(layer)?;
+    let k = norm::generate(&ops, &config)?;
+    let name = if kind == NormKind::LayerNorm {
+        "layernorm"
+    } else {
+        "rmsnorm"
+    };
+    let desc = serde_json::json!({ "kind": name, "rows": shape.rows, "cols": shape.cols });
+    run_streamed(layer, &config, &k, ops.reference()?, desc)
+}
+
+fn plan_json(plan: TilePlan) -> serde_json::Value {
+    serde_json::json!({
+        "m": plan.m_tile, "k": plan.k_tile, "n": plan.n_tile, "acc_buffers": plan.acc_buffers,
+    })
+}
+
+/// Simulates a vector-unit kernel (row tiles) and checks it like a layer.
+fn run_streamed(
+    layer: &LayerFlags,
+    config: &MachineConfig,
+    k: &KernelProgram,
+    expected: Vec<i8>,
+    desc: serde_json::Value,
+) -> CliResult<i32> {
+    let tiles = serde_json::json!({ "rows": k.tile_rows });
+    run_layer(
+        layer,
+        config,
+        &k.program,
+        tiles,
+        (k.out_addr, expected),
+        desc,
+    )
 }
 
 fn sim_options(compat: bool, trace: bool, check_hazards: bool) -> SimOptions {
@@ -268,7 +455,7 @@ fn run_layer(
     layer: &LayerFlags,
     config: &MachineConfig,
     program: &Program,
-    plan: TilePlan,
+    tiles: serde_json::Value,
     (out_addr, expected): (u32, Vec<i8>),
     desc: serde_json::Value,
 ) -> CliResult<i32> {
@@ -282,7 +469,7 @@ fn run_layer(
     write_trace(layer.trace.as_deref(), &result, config)?;
     let extra = serde_json::json!({
         "layer": desc,
-        "tiles": { "m": plan.m_tile, "k": plan.k_tile, "n": plan.n_tile, "acc_buffers": plan.acc_buffers },
+        "tiles": tiles,
         "bit_exact": verified,
     });
     print_report(&result.stats, config, layer.json, extra)?;

@@ -32,8 +32,10 @@ pub struct Stats {
     pub utilization: f64,
     /// MACs performed / (array PEs x compute cycles).
     pub compute_utilization: f64,
-    /// Multiply-accumulates.
+    /// Multiply-accumulates of the matrix unit.
     pub macs: u64,
+    /// Multiplies of the vector unit (elementwise mul, Q31 mul, depthwise MACs).
+    pub vector_macs: u64,
     /// Weight + activation SRAM bytes read.
     pub sram_read_bytes: u64,
     /// Weight + activation SRAM bytes written.
@@ -111,7 +113,11 @@ impl Stats {
             100.0 * self.utilization,
             100.0 * self.compute_utilization
         );
-        let _ = writeln!(s, "MACs           {}", self.macs);
+        let _ = writeln!(
+            s,
+            "MACs           {} (vector unit: {})",
+            self.macs, self.vector_macs
+        );
         let _ = writeln!(
             s,
             "engine busy    ld {} ({:.1}%), mx {} ({:.1}%), vx {} ({:.1}%), st {} ({:.1}%)",

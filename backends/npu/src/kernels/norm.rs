@@ -117,7 +117,6 @@ impl NormOperands {
             || self.x.len() != rows * cols
             || self.gamma.len() != cols
             || self.beta.len() != betas
-            || cols > 1 << 16
         {
             return Err(KernelError::BadShape(format!(
                 "{:?} {rows}x{cols} with {} inputs, {} gammas, {} betas",
@@ -125,6 +124,12 @@ impl NormOperands {
                 self.x.len(),
                 self.gamma.len(),
                 self.beta.len()
+            )));
+        }
+        if cols > 1 << 16 {
+            return Err(KernelError::BadShape(format!(
+                "{:?} rows of {cols} elements: at most 65536 (the sum of squares needs 28 + log2(cols) <= 44 bits of shift)",
+                self.kind
             )));
         }
         let bad = |what: &str| KernelError::BadShape(format!("{what} must be positive and finite"));

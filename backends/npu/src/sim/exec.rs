@@ -43,6 +43,8 @@ pub struct Effect {
     pub vector_ops: u64,
     /// Special-function-unit element operations.
     pub sfu_ops: u64,
+    /// Multiplies done by vector lanes (`vbin mul`/`mulq`/`mac`).
+    pub vector_macs: u64,
     /// Matmul shape (m, k, n), for the matrix timing model.
     pub matmul: Option<(u64, u64, u64)>,
 }

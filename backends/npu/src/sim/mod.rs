@@ -234,6 +234,7 @@ fn account(stats: &mut Stats, fx: &exec::Effect) {
     stats.macs += fx.macs;
     stats.vector_ops += fx.vector_ops;
     stats.sfu_ops += fx.sfu_ops;
+    stats.vector_macs += fx.vector_macs;
 }
 
 fn describe_blocked(program: &Program, queues: &[Vec<usize>; 4], pos: &[usize; 4]) -> String {

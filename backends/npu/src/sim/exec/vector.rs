@@ -227,6 +227,9 @@ impl MachineState {
                     }
                 }
                 fx.vector_ops = ra.units();
+                if matches!(op, BinOp::Mul | BinOp::Mulq | BinOp::Mac) {
+                    fx.vector_macs = ra.units();
+                }
                 fx.reads.extend([ra, rb]);
                 if op == BinOp::Mac {
                     fx.reads.push(rd);
