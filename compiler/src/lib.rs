@@ -16,6 +16,7 @@ mod error;
 pub mod lower;
 pub mod onnx;
 pub mod opt;
+pub mod partition;
 pub mod passes;
 
 pub use error::{FrontendError, UnsupportedNode};

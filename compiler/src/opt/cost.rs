@@ -18,8 +18,9 @@ pub trait CostModel {
 }
 
 /// A roofline target: peak compute, memory bandwidth and a fixed cost per
-/// kernel launch (data-movement ops are address patterns of the consumer's
-/// DMA and pay no launch; `Reshape` is a view and free).
+/// kernel launch. Data-movement ops are address patterns of the consumer's
+/// DMA and pay no launch; `Reshape` and `Slice` are views the consumer
+/// reads through (strided rows), so they are free.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Roofline {
     pub name: String,
@@ -121,7 +122,7 @@ impl CostModel for Roofline {
 
     fn op_time_ns(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
         let kind = op.kind();
-        if kind == OpKind::Reshape {
+        if matches!(kind, OpKind::Reshape | OpKind::Slice) {
             return 0.0;
         }
         let compute = op_flops(op, inputs, output) as f64 / self.peak_flops * 1e9;

@@ -25,6 +25,8 @@ pub mod policy;
 pub mod report;
 pub mod rule;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -99,22 +101,14 @@ pub fn optimise(
         LoraPolicy::Auto => Some(&penalty_fn),
         LoraPolicy::Fold | LoraPolicy::Keep => None,
     };
-    let mut phases = vec![];
-    let mut graph = g.clone();
-    for rules in [phase::rewrite_rules(opts.lora), phase::fusion_rules()] {
-        let (next, rep) = phase::run(
-            &graph,
-            &adapter,
-            &mut mixed,
-            rules,
-            &opts.limits,
-            model,
-            penalty,
-        )?;
-        graph = next;
-        phases.push(rep);
-    }
-    let decisions = policy::decide(g, &graph, &sites, opts.lora, model);
+    let run = |graph: &Graph, rules, mixed: &mut HashSet<String>| {
+        phase::run(graph, &adapter, mixed, rules, &opts.limits, model, penalty)
+    };
+    let (rewritten, first) = run(g, phase::rewrite_rules(opts.lora), &mut mixed)?;
+    // Decisions are read before fusion, which may concatenate factors.
+    let decisions = policy::decide(g, &rewritten, &sites, opts.lora, model);
+    let (graph, second) = run(&rewritten, phase::fusion_rules(), &mut mixed)?;
+    let phases = vec![first, second];
     let report = OptReport::new(g, &graph, phases, decisions, model);
     Ok((graph, report))
 }

@@ -1,0 +1,216 @@
+//! Every rule, on a small graph built to trigger it, checked by numerical
+//! equivalence with the unoptimised graph on random inputs (the reference
+//! interpreter is the truth), and checked to have changed the graph.
+
+use m4c_ir::{DType, Graph, Op, OpKind, Tensor, TensorType, ValueId};
+use m4c_ops::{run_graph, Value};
+
+use super::{optimise, LoraPolicy, OptOptions, OptReport, Roofline};
+
+/// Deterministic values in [-1, 1) (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+    fn tensor(&mut self, shape: &[usize]) -> Tensor {
+        Tensor::from_f32(shape, &self.vec(shape.iter().product()))
+    }
+}
+
+fn input(g: &mut Graph, name: &str, shape: &[usize]) -> ValueId {
+    g.add_input(name, TensorType::fixed(DType::F32, shape))
+}
+
+fn scalar(g: &mut Graph, name: &str, v: f32) -> ValueId {
+    g.add_const(name, Tensor::from_f32(&[], &[v]))
+}
+
+/// Optimises `g`, checks the rule fired, and compares outputs on three
+/// random input sets.
+fn check(g: &Graph, rule: &str) -> (Graph, OptReport) {
+    g.verify().unwrap();
+    let opts = OptOptions {
+        lora: LoraPolicy::Fold,
+        ..Default::default()
+    };
+    let (opt, report) = optimise(g, &opts, &Roofline::cpu()).unwrap();
+    assert!(report.fired(rule) > 0, "{rule} did not fire:\n{report}");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..3 {
+        let feeds: Vec<Value> = g
+            .inputs
+            .iter()
+            .map(|&i| {
+                let shape = g.value(i).ty.static_shape().unwrap();
+                Value::from_tensor(&rng.tensor(&shape)).unwrap()
+            })
+            .collect();
+        let want = run_graph(g, &feeds).unwrap();
+        let got = run_graph(&opt, &feeds).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            let (abs, _) = m4c_ops::max_abs_rel_error(a, b).unwrap();
+            assert!(abs <= 1e-5, "{rule}: max abs error {abs}");
+        }
+    }
+    (opt, report)
+}
+
+fn count(g: &Graph, kind: OpKind) -> usize {
+    g.nodes.iter().filter(|n| n.op.kind() == kind).count()
+}
+
+const MM: Op = Op::MatMul {
+    trans_a: false,
+    trans_b: false,
+};
+
+#[test]
+fn transposes_fold_into_matmul_flags() {
+    let mut g = Graph::new("t");
+    let x = input(&mut g, "x", &[2, 3, 4]);
+    let y = input(&mut g, "y", &[2, 5, 4]);
+    let t = g
+        .add_node(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[y],
+            "t",
+        )
+        .unwrap();
+    let z = g.add_node(MM, &[x, t], "z").unwrap();
+    g.outputs.push(z);
+    let (opt, _) = check(&g, "transpose-into-matmul");
+    assert_eq!(count(&opt, OpKind::Transpose), 0);
+}
+
+#[test]
+fn transposes_compose_and_reshapes_collapse() {
+    let mut g = Graph::new("t");
+    let x = input(&mut g, "x", &[2, 3, 4]);
+    let a = g
+        .add_node(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[x],
+            "a",
+        )
+        .unwrap();
+    let b = g
+        .add_node(
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            &[a],
+            "b",
+        )
+        .unwrap();
+    let c = g
+        .add_node(Op::Reshape { shape: vec![6, 4] }, &[b], "c")
+        .unwrap();
+    let d = g
+        .add_node(Op::Reshape { shape: vec![24] }, &[c], "d")
+        .unwrap();
+    let e = g.add_node(Op::Exp, &[d], "e").unwrap();
+    g.outputs.push(e);
+    let (opt, r) = check(&g, "compose-transposes");
+    assert!(r.fired("compose-reshapes") > 0);
+    assert_eq!(count(&opt, OpKind::Transpose), 1);
+    assert_eq!(count(&opt, OpKind::Reshape), 1);
+}
+
+#[test]
+fn lora_branch_folds_into_the_weight() {
+    let mut rng = Rng(7);
+    let mut g = Graph::new("lora");
+    let x = input(&mut g, "x", &[3, 8]);
+    let w = g.add_const("w", rng.tensor(&[8, 6]));
+    let a = g.add_const("a", rng.tensor(&[8, 2]));
+    let b = g.add_const("b", rng.tensor(&[2, 6]));
+    let s = scalar(&mut g, "s", 0.5);
+    let base = g.add_node(MM, &[x, w], "base").unwrap();
+    let xa = g.add_node(MM, &[x, a], "xa").unwrap();
+    let xab = g.add_node(MM, &[xa, b], "xab").unwrap();
+    let scaled = g.add_node(Op::Mul, &[s, xab], "scaled").unwrap();
+    let y = g.add_node(Op::Add, &[scaled, base], "y").unwrap();
+    g.outputs.push(y);
+    let (opt, r) = check(&g, "lora-fold");
+    assert_eq!(count(&opt, OpKind::MatMul), 1);
+    assert!(r.lora.len() == 1 && r.lora[0].folded);
+}
+
+#[test]
+fn matmuls_sharing_an_input_fuse() {
+    let mut rng = Rng(11);
+    let mut g = Graph::new("qkv");
+    let x = input(&mut g, "x", &[4, 8]);
+    for name in ["q", "k", "v"] {
+        let w = g.add_const(format!("w{name}"), rng.tensor(&[8, 24]));
+        let y = g.add_node(MM, &[x, w], name).unwrap();
+        g.outputs.push(y);
+    }
+    let (opt, _) = check(&g, "fuse-horizontal-matmul");
+    assert_eq!(count(&opt, OpKind::MatMul), 1);
+    assert_eq!(count(&opt, OpKind::Slice), 3);
+}
+
+#[test]
+fn decomposed_rmsnorm_is_recognised() {
+    let mut rng = Rng(3);
+    let mut g = Graph::new("rms");
+    let x = input(&mut g, "x", &[2, 8]);
+    let two = scalar(&mut g, "two", 2.0);
+    let inv_n = scalar(&mut g, "inv_n", 0.125);
+    let eps = scalar(&mut g, "eps", 1e-6);
+    let one = scalar(&mut g, "one", 1.0);
+    let w = g.add_const("w", rng.tensor(&[8]));
+    let sq = g.add_node(Op::Pow, &[x, two], "sq").unwrap();
+    let sum = g
+        .add_node(
+            Op::ReduceSum {
+                axes: vec![1],
+                keep_dims: true,
+            },
+            &[sq],
+            "sum",
+        )
+        .unwrap();
+    let mean = g.add_node(Op::Mul, &[sum, inv_n], "mean").unwrap();
+    let plus = g.add_node(Op::Add, &[mean, eps], "plus").unwrap();
+    let root = g.add_node(Op::Sqrt, &[plus], "root").unwrap();
+    let inv = g.add_node(Op::Div, &[one, root], "inv").unwrap();
+    let normed = g.add_node(Op::Mul, &[x, inv], "normed").unwrap();
+    let y = g.add_node(Op::Mul, &[w, normed], "y").unwrap();
+    g.outputs.push(y);
+    let (opt, _) = check(&g, "recognise-rmsnorm");
+    assert_eq!(opt.nodes.len(), 1);
+    assert_eq!(count(&opt, OpKind::Norm), 1);
+}
+
+#[test]
+fn decomposed_gelu_is_recognised() {
+    let mut g = Graph::new("gelu");
+    let x = input(&mut g, "x", &[4, 5]);
+    let sqrt2 = scalar(&mut g, "sqrt2", std::f32::consts::SQRT_2);
+    let one = scalar(&mut g, "one", 1.0);
+    let half = scalar(&mut g, "half", 0.5);
+    let d = g.add_node(Op::Div, &[x, sqrt2], "d").unwrap();
+    let e = g.add_node(Op::Erf, &[d], "e").unwrap();
+    let a = g.add_node(Op::Add, &[one, e], "a").unwrap();
+    let h = g.add_node(Op::Mul, &[half, a], "h").unwrap();
+    let y = g.add_node(Op::Mul, &[x, h], "y").unwrap();
+    g.outputs.push(y);
+    let (opt, _) = check(&g, "recognise-gelu");
+    assert_eq!(opt.nodes.len(), 1);
+    assert_eq!(count(&opt, OpKind::Gelu), 1);
+}

@@ -1,0 +1,163 @@
+//! The partitioner: given a backend's supported-op predicate, split a
+//! graph into maximal convex accelerator sub-graphs plus CPU fallback, and
+//! report the paper's Fig. 2 figures (fully supported / partial /
+//! unsupported, sub-graphs, ops and MACs on the accelerator, bytes
+//! crossing the boundary).
+//!
+//! The compiler does not depend on backends: a backend (or the CLI on its
+//! behalf) implements [`OpSupport`]. [`NpuOpSet`] is the NPU's op set as
+//! its kernel generators and ISA define it, for use until the NPU crate
+//! exposes its own predicate.
+
+mod report;
+
+use std::collections::BTreeSet;
+
+use m4c_ir::{Graph, Node, Op, OpKind, ValueDef};
+
+pub use report::{markdown_table, PartitionReport, Status};
+
+/// Which IR nodes a backend executes.
+pub trait OpSupport {
+    /// Target name for reports.
+    fn name(&self) -> &str;
+    /// True when the backend runs `node` of `g`.
+    fn supports(&self, g: &Graph, node: &Node) -> bool;
+}
+
+/// The simulated NPU of `backends/npu`: matrix unit (GEMM and Conv
+/// generators), vector unit (`vbin` binary elementwise, `vlut` table
+/// lookups for sigmoid/tanh/exp/erf/GELU, `vred` reductions, `vsfu` for
+/// the square roots and reciprocals inside Softmax and Norm) and DMA (`ld`/`st`
+/// strided rows: reshape, transpose, slice, concat, pad). Data-dependent
+/// indexing (Gather), comparisons and selects, casts, ArgMax, Resize,
+/// pooling and the remaining transcendentals fall back to the CPU.
+pub struct NpuOpSet;
+
+impl OpSupport for NpuOpSet {
+    fn name(&self) -> &str {
+        "npu"
+    }
+
+    fn supports(&self, g: &Graph, node: &Node) -> bool {
+        let float_or_int8 = g.value(node.output).ty.dtype.is_float()
+            || g.value(node.output).ty.dtype == m4c_ir::DType::I8;
+        let kind_ok = match &node.op {
+            Op::Conv(c) => c.strides.len() == 2,
+            Op::Pad { mode, .. } => matches!(mode, m4c_ir::op::PadMode::Constant(_)),
+            op => matches!(
+                op.kind(),
+                OpKind::MatMul
+                    | OpKind::Add
+                    | OpKind::Sub
+                    | OpKind::Mul
+                    | OpKind::Max
+                    | OpKind::Min
+                    | OpKind::Exp
+                    | OpKind::Erf
+                    | OpKind::Tanh
+                    | OpKind::Sigmoid
+                    | OpKind::Sqrt
+                    | OpKind::Div
+                    | OpKind::Softmax
+                    | OpKind::Norm
+                    | OpKind::Gelu
+                    | OpKind::ReduceSum
+                    | OpKind::ReduceMax
+                    | OpKind::Reshape
+                    | OpKind::Transpose
+                    | OpKind::Slice
+                    | OpKind::Concat
+            ),
+        };
+        kind_ok && float_or_int8
+    }
+}
+
+/// The placement of every node: `Some(k)` for accelerator sub-graph `k`,
+/// `None` for the CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partition {
+    pub placement: Vec<Option<usize>>,
+    pub subgraphs: usize,
+}
+
+/// Greedy convex partitioning in topological order: a supported node
+/// joins the lowest-numbered sub-graph of its supported producers that it
+/// does not also reach through a CPU node (joining such a sub-graph would
+/// create a cycle between it and the CPU); otherwise it opens a new one.
+pub fn partition(g: &Graph, support: &dyn OpSupport) -> Partition {
+    let n = g.nodes.len();
+    let producer = |v: m4c_ir::ValueId| match g.value(v).def {
+        ValueDef::Node(p) => Some(p),
+        _ => None,
+    };
+    // reach[i]: sub-graphs with a path to node i; tainted[i]: those whose
+    // path to node i passes through a CPU node.
+    let mut reach: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut tainted: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    let mut placement: Vec<Option<usize>> = vec![None; n];
+    let mut subgraphs = 0;
+    for (i, node) in g.nodes.iter().enumerate() {
+        let preds: Vec<usize> = node.inputs.iter().filter_map(|&v| producer(v)).collect();
+        let (mut r, mut t) = (BTreeSet::new(), BTreeSet::new());
+        for &p in &preds {
+            r.extend(reach[p].iter().copied());
+            t.extend(tainted[p].iter().copied());
+            if placement[p].is_none() {
+                t.extend(reach[p].iter().copied());
+            }
+        }
+        if support.supports(g, node) {
+            let join = preds
+                .iter()
+                .filter_map(|&p| placement[p])
+                .filter(|k| !t.contains(k))
+                .min();
+            let k = join.unwrap_or_else(|| {
+                subgraphs += 1;
+                subgraphs - 1
+            });
+            placement[i] = Some(k);
+            r.insert(k);
+        }
+        reach[i] = r;
+        tainted[i] = t;
+    }
+    Partition {
+        placement,
+        subgraphs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m4c_ir::{DType, TensorType};
+
+    struct NoExp;
+    impl OpSupport for NoExp {
+        fn name(&self) -> &str {
+            "no-exp"
+        }
+        fn supports(&self, _: &Graph, n: &Node) -> bool {
+            n.op.kind() != OpKind::Exp
+        }
+    }
+
+    #[test]
+    fn never_merges_across_a_cpu_detour() {
+        // a = sqrt(x); b = exp(a) [cpu]; c = a + b: c may not join a's
+        // sub-graph (a → b → c would leave and re-enter it).
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[4]));
+        let a = g.add_node(Op::Sqrt, &[x], "a").unwrap();
+        let b = g.add_node(Op::Exp, &[a], "b").unwrap();
+        let c = g.add_node(Op::Add, &[a, b], "c").unwrap();
+        let d = g.add_node(Op::Sqrt, &[c], "d").unwrap();
+        g.outputs.push(d);
+        let p = partition(&g, &NoExp);
+        assert_eq!(p.placement, vec![Some(0), None, Some(1), Some(1)]);
+        assert_eq!(p.subgraphs, 2);
+    }
+}
