@@ -60,11 +60,11 @@ impl Fused {
         let out = contiguous_strides(&self.shape);
         let mut dims: Vec<usize> = Vec::new();
         let mut strides: Vec<Vec<i64>> = vec![Vec::new(); self.operands.len() + 1];
-        for d in 0..self.shape.len() {
-            if self.shape[d] == 1 {
+        for (d, (&size, &out_stride)) in self.shape.iter().zip(&out).enumerate() {
+            if size == 1 {
                 continue;
             }
-            let axis: Vec<i64> = std::iter::once(out[d])
+            let axis: Vec<i64> = std::iter::once(out_stride)
                 .chain(self.operands.iter().map(|o| o.strides[d]))
                 .collect();
             let mergeable = !dims.is_empty()
@@ -72,12 +72,12 @@ impl Fused {
                     *s.last().expect("non-empty") == inner * self.shape[d] as i64
                 });
             if mergeable {
-                *dims.last_mut().expect("non-empty") *= self.shape[d];
+                *dims.last_mut().expect("non-empty") *= size;
                 for (s, &inner) in strides.iter_mut().zip(&axis) {
                     *s.last_mut().expect("non-empty") = inner;
                 }
             } else {
-                dims.push(self.shape[d]);
+                dims.push(size);
                 for (s, &inner) in strides.iter_mut().zip(&axis) {
                     s.push(inner);
                 }

@@ -343,7 +343,7 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
                     body(at, lanes)
                 })?;
         }
-        if len % lanes as usize != 0 {
+        if !len.is_multiple_of(lanes as usize) {
             self.em.counted_loop(
                 self.em.i64(vectors * lanes as usize),
                 self.em.i64(len),

@@ -97,7 +97,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
         Ok(self.b().build_bit_cast(x, ty, "bits")?.into_vector_value())
     }
 
-    fn from_bits(&self, x: VectorValue<'ctx>) -> R<'ctx> {
+    fn float_of_bits(&self, x: VectorValue<'ctx>) -> R<'ctx> {
         let ty = self.k.cx.context.f32_type().vec_type(self.lanes);
         Ok(self.b().build_bit_cast(x, ty, "float")?.into_vector_value())
     }
@@ -123,7 +123,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
                 8.333_452e-3,
                 4.166_579_6e-2,
                 1.666_666_5e-1,
-                5.000_000_1e-1,
+                5e-1,
             ],
         )?;
         let r2 = self.mul(r, r)?;
@@ -146,7 +146,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
     fn pow2(&self, n: VectorValue<'ctx>) -> R<'ctx> {
         let biased = self.b().build_int_add(n, self.ci(127), "biased")?;
         let bits = self.b().build_left_shift(biased, self.ci(23), "bits")?;
-        self.from_bits(bits)
+        self.float_of_bits(bits)
     }
 
     /// `ln x`: `x = m·2^e` with m in [√½, √2), a degree-9 polynomial for
@@ -163,7 +163,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
             .b()
             .build_and(bits, self.ci(0x807f_ffff_u32 as i32), "man")?;
         let mantissa = self.b().build_or(mantissa, self.ci(0x3f00_0000), "man")?;
-        let m = self.from_bits(mantissa)?;
+        let m = self.float_of_bits(mantissa)?;
         let f32v = self.k.cx.context.f32_type().vec_type(self.lanes);
         let e = self.b().build_signed_int_to_float(exponent, f32v, "e")?;
         let small = self.cmp(
@@ -222,7 +222,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
                 -2.101_024e-6,
                 -5.692_506_4e-5,
                 -7.349_906_3e-4,
-                -2.954_600_0e-3,
+                -2.954_6e-3,
                 -1.609_603_3e-2,
             ],
         )?;
@@ -250,8 +250,8 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
             x2,
             &[
                 -2.760_768_5e-16,
-                2.000_187_9e-13,
-                -8.604_671_5e-11,
+                2.000_188e-13,
+                -8.604_672e-11,
                 5.122_297e-8,
                 1.485_722_4e-5,
                 6.372_619_3e-4,
@@ -260,12 +260,7 @@ impl<'k, 'a, 'ctx> Math<'k, 'a, 'ctx> {
         )?;
         let q = self.poly(
             x2,
-            &[
-                1.198_258_4e-6,
-                1.185_347_1e-4,
-                2.268_434_6e-3,
-                4.893_525_2e-3,
-            ],
+            &[1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3],
         )?;
         let y = self.div(self.mul(c, p)?, q)?;
         let abs = self.intrinsic("llvm.fabs", &[x])?;

@@ -127,7 +127,8 @@ impl BatchedMatmul {
                             .build_load(vector, acc, "acc")?
                             .into_vector_value();
                     let row = k.em.mul_add(ij[0], k.int(self.n as i64), c_base)?;
-                    let full = np / lanes as usize - usize::from(self.n % lanes as usize != 0);
+                    let full =
+                        np / lanes as usize - usize::from(!self.n.is_multiple_of(lanes as usize));
                     let is_full = k.em.builder.build_int_compare(
                         inkwell::IntPredicate::ULT,
                         ij[1],

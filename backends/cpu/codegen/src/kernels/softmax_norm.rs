@@ -11,9 +11,17 @@ use super::{Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
+/// What a row fold applies to each element: `(math, x, position, lanes)`.
+type ElementFn<'f, 'ctx> = dyn Fn(
+        &Math<'_, '_, 'ctx>,
+        VectorValue<'ctx>,
+        IntValue<'ctx>,
+        u32,
+    ) -> Result<VectorValue<'ctx>, CodegenError>
+    + 'f;
+
 /// Sums (or maxes) a row of `len` floats at `row` (stride `step`) into one
 /// scalar vector, `value(x)` applied to each element first.
-#[allow(clippy::too_many_arguments)]
 fn fold_row<'ctx>(
     k: &Kernel<'_, 'ctx>,
     buffer: PointerValue<'ctx>,
@@ -21,12 +29,7 @@ fn fold_row<'ctx>(
     len: usize,
     step: i64,
     max: bool,
-    value: &dyn Fn(
-        &Math<'_, '_, 'ctx>,
-        VectorValue<'ctx>,
-        IntValue<'ctx>,
-        u32,
-    ) -> Result<VectorValue<'ctx>, CodegenError>,
+    value: &ElementFn<'_, 'ctx>,
 ) -> Result<VectorValue<'ctx>, CodegenError> {
     let context = k.cx.context;
     let lanes = if step == 1 { k.cx.lanes() } else { 1 };
