@@ -6,6 +6,8 @@ mod firmware;
 mod inspect;
 mod model_args;
 mod npu;
+mod opt;
+mod partition;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,12 @@ enum Command {
     Coverage(coverage::CoverageArgs),
     /// Deployable bundles: build an M4 firmware from ONNX modules, show one.
     Firmware(firmware::FirmwareArgs),
+    /// Optimise a model (adapters, LoRA policy, e-graph rewriting, fusion);
+    /// print the optimised IR and a report.
+    Opt(opt::OptArgs),
+    /// Split models into NPU sub-graphs and CPU fallback (the paper's
+    /// Fig. 2 table, or --json).
+    Partition(partition::PartitionArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -47,6 +55,8 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => run::run(args),
         Command::Npu(args) => npu::run(args),
+        Command::Opt(args) => opt::run(args),
+        Command::Partition(args) => partition::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Coverage(args) => coverage::run(args),
         Command::Firmware(args) => firmware::run(args),

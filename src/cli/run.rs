@@ -32,6 +32,15 @@ pub struct RunArgs {
     /// Compare the outputs with this .npz; prints max abs/rel error per output.
     #[arg(long, value_name = "REF.npz")]
     expect: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (adapter_config.json +
+    /// adapter_model.safetensors) to attach to the model's MatMuls by module
+    /// name; repeatable.
+    #[arg(long = "adapter", value_name = "DIR")]
+    adapters: Vec<PathBuf>,
+    /// How LoRA branches (from --adapter or inside the ONNX graph) run:
+    /// fold into the weights, keep as factors, or auto (by the cost model).
+    #[arg(long, value_name = "fold|keep|auto")]
+    lora: Option<m4c_compiler::opt::LoraPolicy>,
     /// Relative tolerance for --expect: |got − want| ≤ atol + rtol·|want|.
     #[arg(long, default_value_t = 1e-4)]
     rtol: f64,
@@ -133,7 +142,17 @@ fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<P
             .insert(input.name.clone(), v.shape().to_vec());
         inputs.push(input.name.clone());
     }
-    let graph = lower(&model, &opts)?;
+    let mut graph = lower(&model, &opts)?;
+    if !args.adapters.is_empty() || args.lora.is_some() {
+        let o = m4c_compiler::opt::OptOptions {
+            lora: args.lora.unwrap_or_default(),
+            ..Default::default()
+        };
+        let cost = m4c_compiler::opt::Roofline::cpu();
+        let (g, report) = m4c_compiler::opt::apply_adapters(&graph, &args.adapters, &o, &cost)?;
+        eprintln!("{report}");
+        graph = g;
+    }
     let outputs = graph_proto.output.iter().map(|o| o.name.clone()).collect();
     Ok(Prepared {
         graph,
@@ -144,6 +163,10 @@ fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<P
 
 /// Takes a module out of a bundle (its IR keeps the ONNX value names).
 fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
+    if !args.adapters.is_empty() || args.lora.is_some() {
+        let msg = "--adapter/--lora apply to ONNX models (bundles take .m4a adapter bundles)";
+        return Err(format!("{}: {msg}", args.model.display()).into());
+    }
     let bundle = Bundle::open(&args.model)?;
     let name = args.module.as_deref().ok_or_else(|| {
         format!(
