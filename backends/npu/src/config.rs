@@ -104,6 +104,10 @@ pub struct MachineConfig {
     pub dma_in: DmaConfig,
     /// DMA-out engine.
     pub dma_out: DmaConfig,
+    /// DRAM bandwidth the two DMA engines share, bytes per cycle; absent =
+    /// each engine has its own full rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dram_bytes_per_cycle: Option<u32>,
     /// Clock in MHz (converts cycles to time).
     pub clock_mhz: f64,
     /// Energy per action.
@@ -178,6 +182,7 @@ impl MachineConfig {
                 bytes_per_cycle: 32,
                 latency_cycles: 100,
             },
+            dram_bytes_per_cycle: Some(32),
             clock_mhz: 800.0,
             energy: EDGE_ENERGY,
         }
@@ -208,6 +213,7 @@ impl MachineConfig {
                 bytes_per_cycle: 64,
                 latency_cycles: 150,
             },
+            dram_bytes_per_cycle: Some(64),
             clock_mhz: 1000.0,
             energy: EnergyTable {
                 mac_pj: 0.15,
@@ -294,6 +300,9 @@ impl MachineConfig {
             || self.dma_out.bytes_per_cycle == 0
         {
             return bad("vector_lanes, sfu_lanes and DMA bytes_per_cycle must be positive");
+        }
+        if self.dram_bytes_per_cycle == Some(0) {
+            return bad("dram_bytes_per_cycle must be positive");
         }
         if self.lut_entries != 256 {
             return bad("lut_entries must be 256 (int8 lookup tables)");

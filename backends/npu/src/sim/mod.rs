@@ -96,7 +96,7 @@ pub fn simulate(
     let mut time = [0u64; 4];
     let mut busy = [0u64; 4];
     let mut clocks = [[0u64; 4]; 4];
-    let mut history = timing::MatrixHistory::default();
+    let mut history = timing::History::default();
 
     for phase in program.instrs.split(|i| matches!(i, Instr::Barrier {})) {
         let base = phase.as_ptr() as usize - program.instrs.as_ptr() as usize;

@@ -23,6 +23,73 @@ pub struct MatrixHistory {
     pub last_streamed: u64,
 }
 
+/// The data phase of a DMA engine's latest transfer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Transfer {
+    /// First cycle of the data phase.
+    start: u64,
+    /// Cycle after the last byte.
+    end: u64,
+    /// Average bytes per cycle it was granted.
+    rate: f64,
+}
+
+/// Timing state carried between instructions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct History {
+    /// The matrix unit's previous fold.
+    pub matrix: MatrixHistory,
+    /// DMA-in's and DMA-out's latest transfers.
+    dma: [Transfer; 2],
+}
+
+impl History {
+    /// Cycles of a DMA transfer of `bytes` on engine `which` (0 in, 1 out)
+    /// issued at `start`. With a shared DRAM bandwidth, a transfer that
+    /// overlaps the other engine's earlier one gets only the bandwidth that
+    /// one leaves (first come, first served), then its own full rate.
+    fn dma(&mut self, config: &MachineConfig, which: usize, start: u64, bytes: u64) -> u64 {
+        let dma = [&config.dma_in, &config.dma_out][which];
+        let own = dma.bytes_per_cycle as f64;
+        let data_start = start + dma.latency_cycles as u64;
+        let other = self.dma[1 - which];
+        let mut data_cycles = match config.dram_bytes_per_cycle {
+            Some(shared) => {
+                let fast = own.min(shared as f64);
+                let slow = (shared as f64 - other.rate).clamp(0.0, fast);
+                // Rate phases from `data_start`: full until the other's data
+                // phase, the leftover during it, full again after it.
+                let phases = [(other.start, fast), (other.end, slow), (u64::MAX, fast)];
+                let (mut t, mut left) = (data_start, bytes as f64);
+                for (until, rate) in phases {
+                    if until <= t || rate == 0.0 {
+                        t = t.max(until);
+                        continue;
+                    }
+                    let need = (left / rate).ceil() as u64;
+                    if need <= until - t {
+                        t += need;
+                        left = 0.0;
+                        break;
+                    }
+                    left -= rate * (until - t) as f64;
+                    t = until;
+                }
+                debug_assert!(left <= 0.0);
+                t - data_start
+            }
+            None => bytes.div_ceil(dma.bytes_per_cycle as u64),
+        };
+        data_cycles = data_cycles.max(u64::from(bytes > 0));
+        self.dma[which] = Transfer {
+            start: data_start,
+            end: data_start + data_cycles,
+            rate: bytes as f64 / data_cycles.max(1) as f64,
+        };
+        dma.latency_cycles as u64 + data_cycles
+    }
+}
+
 /// Cycles `instr` occupies its engine, starting at `start`.
 pub fn cost(
     instr: &Instr,
@@ -30,26 +97,19 @@ pub fn cost(
     config: &MachineConfig,
     mode: TimingMode,
     start: u64,
-    history: &mut MatrixHistory,
+    state: &mut History,
 ) -> u64 {
+    let history = &mut state.matrix;
     let (r, c) = (config.array_rows as u64, config.array_cols as u64);
     let vector =
         |ops: u64| config.vector_latency_cycles as u64 + ops.div_ceil(config.vector_lanes as u64);
     match instr {
         Instr::Ld {
             rows, row_bytes, ..
-        } => {
-            let bytes = (*rows * *row_bytes) as u64;
-            config.dma_in.latency_cycles as u64
-                + bytes.div_ceil(config.dma_in.bytes_per_cycle as u64)
-        }
+        } => state.dma(config, 0, start, (*rows * *row_bytes) as u64),
         Instr::St {
             rows, row_bytes, ..
-        } => {
-            let bytes = (*rows * *row_bytes) as u64;
-            config.dma_out.latency_cycles as u64
-                + bytes.div_ceil(config.dma_out.bytes_per_cycle as u64)
-        }
+        } => state.dma(config, 1, start, (*rows * *row_bytes) as u64),
         Instr::Matmul { .. } => {
             let (m, k, _) = fx.matmul.unwrap_or_default();
             let cycles = match (config.dataflow, mode) {
@@ -94,5 +154,32 @@ pub fn cost(
         | Instr::VecCfg { .. }
         | Instr::RqCfg { .. } => 1,
         Instr::Halt {} | Instr::Barrier {} | Instr::Wait { .. } | Instr::Signal { .. } => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dma_engines_share_dram_bandwidth_first_come_first_served() {
+        let config = MachineConfig {
+            dram_bytes_per_cycle: Some(48),
+            ..MachineConfig::edge_small()
+        };
+        let mut h = History::default();
+        // DMA-in: 100 latency + 3200 B at 32 B/cycle, data in [100, 200).
+        assert_eq!(h.dma(&config, 0, 0, 3200), 200);
+        // DMA-out issued at 50: data from 150; 16 B/cycle left until 200
+        // (800 B), then 32 B/cycle for the remaining 2400 B (75 cycles).
+        assert_eq!(h.dma(&config, 1, 50, 3200), 100 + 50 + 75);
+        // Unshared DRAM: both at full rate.
+        let config = MachineConfig {
+            dram_bytes_per_cycle: None,
+            ..config
+        };
+        let mut h = History::default();
+        h.dma(&config, 0, 0, 3200);
+        assert_eq!(h.dma(&config, 1, 50, 3200), 200);
     }
 }
