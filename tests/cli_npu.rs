@@ -241,3 +241,25 @@ fn softmax_json_report_snapshot() {
     assert_eq!(code, 0, "{err}");
     insta::assert_snapshot!(out);
 }
+
+#[test]
+fn conv_with_per_channel_requantisation() {
+    let (code, out, err) = m4c(&[
+        "npu",
+        "conv",
+        "--h",
+        "6",
+        "--w",
+        "6",
+        "--c-in",
+        "4",
+        "--c-out",
+        "9",
+        "--per-channel",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    assert_eq!(v["bit_exact"], true);
+    assert_eq!(v["layer"]["per_channel"], true);
+}

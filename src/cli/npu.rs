@@ -86,6 +86,9 @@ enum NpuCommand {
         /// Zero padding on every side.
         #[arg(long, default_value_t = 0)]
         pad: usize,
+        /// Requantise per output channel (per-channel quantised weights).
+        #[arg(long)]
+        per_channel: bool,
         #[command(flatten)]
         layer: LayerFlags,
     },
@@ -290,6 +293,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             kernel,
             stride,
             pad,
+            per_channel,
             layer,
         } => {
             let config = layer_config(&layer)?;
@@ -303,11 +307,15 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
                 stride,
                 pad,
             };
-            let ops = conv::ConvOperands::random(shape, layer.seed);
+            let mut ops = conv::ConvOperands::random(shape, layer.seed);
+            if per_channel {
+                ops = ops.per_channel(layer.seed.wrapping_add(1));
+            }
             let g = conv::generate(&ops, &config, layer.scalesim_compat)?;
             let desc = serde_json::json!({
                 "kind": "conv", "h": h, "w": w, "c_in": c_in, "c_out": c_out, "kernel": kernel,
-                "stride": stride, "pad": pad, "gemm_m": shape.out_h() * shape.out_w(),
+                "stride": stride, "pad": pad, "per_channel": per_channel,
+                "gemm_m": shape.out_h() * shape.out_w(),
                 "gemm_k": kernel * kernel * c_in, "gemm_n": c_out,
             });
             let expected = ops.reference();

@@ -31,13 +31,16 @@ proptest! {
     fn conv_is_bit_exact(
         h in 1usize..9, w in 1usize..9, c_in in 1usize..10, c_out in 1usize..10,
         kernel in prop::sample::select(vec![1usize, 3]), stride in 1usize..3, pad in 0usize..2,
-        array in 2u32..9, ws: bool, seed: u64,
+        array in 2u32..9, ws: bool, per_channel: bool, seed: u64,
     ) {
         prop_assume!(h + 2 * pad >= kernel && w + 2 * pad >= kernel);
         let shape = ConvShape { h, w, c_in, c_out, kh: kernel, kw: kernel, stride, pad };
         let dataflow = if ws { Dataflow::Ws } else { Dataflow::Os };
         let config = MachineConfig { array_rows: array, array_cols: array, dataflow, acc_bytes: 2048, ..MachineConfig::edge_small() };
-        let ops = ConvOperands::random(shape, seed);
+        let mut ops = ConvOperands::random(shape, seed);
+        if per_channel {
+            ops = ops.per_channel(seed ^ 1);
+        }
         prop_assert_eq!(run(&ops, &config), ops.reference());
     }
 }
@@ -56,6 +59,11 @@ fn resnet_like_3x3_on_edge_small() {
     };
     let ops = ConvOperands::random(shape, 3);
     assert_eq!(run(&ops, &MachineConfig::edge_small()), ops.reference());
+    let ops = ops.per_channel(4);
+    let out = run(&ops, &MachineConfig::edge_small());
+    assert_eq!(out, ops.reference());
+    // Per-channel scales really differ from the per-tensor result.
+    assert_ne!(out, ConvOperands::random(shape, 3).reference());
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! one strided `ld` per (output row, kernel tap), whose zero padding rows
 //! stand in for pixels outside the image.
 
-use super::data::{i32_bytes, i8_bytes, SplitMix64};
-use super::pipeline::{emit, MatmulIo};
+use super::data::{i8_bytes, SplitMix64};
+use super::pipeline::{column_params, emit, param_bytes, MatmulIo};
 use super::reference::ConvShape;
 use super::{KernelError, ProgramBuilder, TilePlan};
 use crate::config::MachineConfig;
@@ -25,8 +25,11 @@ pub struct ConvOperands {
     pub weights: Vec<i8>,
     /// Per-output-channel bias.
     pub bias: Option<Vec<i32>>,
-    /// Output requantisation.
+    /// Output requantisation (its multiplier and shift apply unless
+    /// `channel_scales` is given).
     pub quant: Requant,
+    /// Per-output-channel multiplier and shift (per-channel quantised weights).
+    pub channel_scales: Option<Vec<(i32, i32)>>,
 }
 
 impl ConvOperands {
@@ -48,7 +51,17 @@ impl ConvOperands {
                 clamp_min: -128,
                 clamp_max: 127,
             },
+            channel_scales: None,
         }
+    }
+
+    /// The same operands requantised per output channel, with scales
+    /// spread over 4x around the per-tensor one.
+    pub fn per_channel(mut self, seed: u64) -> ConvOperands {
+        let q = self.quant;
+        let base = q.multiplier as f64 / 2f64.powi(31) * 2f64.powi(q.shift) / 2.0;
+        self.channel_scales = Some(SplitMix64::new(seed).channel_scales(self.shape.c_out, base));
+        self
     }
 
     /// The reference result (NHWC int8).
@@ -58,7 +71,7 @@ impl ConvOperands {
             &self.weights,
             self.bias.as_deref(),
             &self.shape,
-            &self.quant,
+            (&self.quant, self.channel_scales.as_deref()),
         )
     }
 }
@@ -97,22 +110,28 @@ pub fn generate(
             "operand lengths do not match the shape".into(),
         ));
     }
-    let plan = TilePlan::choose(config, m, k, n, unsplit)?;
+    let plan = TilePlan::choose(
+        config,
+        (m, k, n),
+        param_bytes(ops.channel_scales.is_some()),
+        unsplit,
+    )?;
     let mut b = ProgramBuilder::default();
     let in_dram = b.alloc_data(i8_bytes(&ops.input))? as usize;
     let w_dram = b.alloc_data(i8_bytes(&ops.weights))?;
-    let bias_dram = ops
-        .bias
-        .as_ref()
-        .map(|bias| b.alloc_data(i32_bytes(bias)))
-        .transpose()?;
+    let params = column_params(
+        &mut b,
+        ops.bias.as_deref(),
+        ops.channel_scales.as_deref(),
+        n,
+    )?;
     let out_dram = b.alloc(m * n)?;
     let io = MatmulIo {
         m,
         k,
         n,
         w_dram,
-        bias_dram,
+        params,
         out_dram,
         quant: ops.quant,
     };

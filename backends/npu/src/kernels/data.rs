@@ -24,6 +24,17 @@ impl SplitMix64 {
         (0..len).map(|_| self.next_u64() as i8).collect()
     }
 
+    /// `len` per-channel (multiplier, shift) pairs for real scales spread
+    /// over `base..4 * base`, as per-channel quantised weights give.
+    pub fn channel_scales(&mut self, len: usize, base: f64) -> Vec<(i32, i32)> {
+        (0..len)
+            .map(|_| {
+                let s = base * (1.0 + (self.next_u64() % 300) as f64 / 100.0);
+                crate::quant::Requant::quantize_scale(s).unwrap_or((1 << 30, -31))
+            })
+            .collect()
+    }
+
     /// `len` random int32 values in `-bound..bound`.
     pub fn i32s(&mut self, len: usize, bound: i32) -> Vec<i32> {
         (0..len)

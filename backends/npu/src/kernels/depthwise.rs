@@ -42,12 +42,7 @@ impl DepthwiseOperands {
         let c = shape.c_in;
         let taps = shape.kh * shape.kw;
         let base = 1.0 / (128.0 * (taps as f64).sqrt());
-        let scales = (0..c)
-            .map(|_| {
-                let s = base * (1.0 + (rng.next_u64() % 300) as f64 / 100.0);
-                Requant::quantize_scale(s).unwrap_or((1 << 30, -31))
-            })
-            .collect();
+        let scales = rng.channel_scales(c, base);
         DepthwiseOperands {
             shape,
             input: rng.i8s(shape.h * shape.w * c),

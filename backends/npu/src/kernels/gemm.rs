@@ -1,7 +1,7 @@
 //! Tiled int8 GEMM: out[M x N] = requant(A[M x K] * W[K x N] + bias).
 
-use super::data::{i32_bytes, i8_bytes, SplitMix64};
-use super::pipeline::{emit, MatmulIo};
+use super::data::{i8_bytes, SplitMix64};
+use super::pipeline::{column_params, emit, param_bytes, MatmulIo};
 use super::{KernelError, ProgramBuilder, TilePlan};
 use crate::config::MachineConfig;
 use crate::isa::Instr;
@@ -23,8 +23,11 @@ pub struct GemmOperands {
     pub w: Vec<i8>,
     /// Per-column bias.
     pub bias: Option<Vec<i32>>,
-    /// Output requantisation.
+    /// Output requantisation (its multiplier and shift apply unless
+    /// `channel_scales` is given).
     pub quant: Requant,
+    /// Per-output-channel multiplier and shift (per-channel quantised weights).
+    pub channel_scales: Option<Vec<(i32, i32)>>,
 }
 
 impl GemmOperands {
@@ -48,6 +51,7 @@ impl GemmOperands {
                 clamp_min: -128,
                 clamp_max: 127,
             },
+            channel_scales: None,
         }
     }
 
@@ -58,7 +62,7 @@ impl GemmOperands {
             &self.w,
             self.bias.as_deref(),
             (self.m, self.k, self.n),
-            &self.quant,
+            (&self.quant, self.channel_scales.as_deref()),
         )
     }
 }
@@ -94,22 +98,28 @@ pub fn generate(
             "operand lengths do not match M, K, N".into(),
         ));
     }
-    let plan = TilePlan::choose(config, m, k, n, unsplit)?;
+    let plan = TilePlan::choose(
+        config,
+        (m, k, n),
+        param_bytes(ops.channel_scales.is_some()),
+        unsplit,
+    )?;
     let mut b = ProgramBuilder::default();
     let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
     let w_dram = b.alloc_data(i8_bytes(&ops.w))?;
-    let bias_dram = ops
-        .bias
-        .as_ref()
-        .map(|bias| b.alloc_data(i32_bytes(bias)))
-        .transpose()?;
+    let params = column_params(
+        &mut b,
+        ops.bias.as_deref(),
+        ops.channel_scales.as_deref(),
+        n,
+    )?;
     let out_dram = b.alloc(m * n)?;
     let io = MatmulIo {
         m,
         k,
         n,
         w_dram,
-        bias_dram,
+        params,
         out_dram,
         quant: ops.quant,
     };

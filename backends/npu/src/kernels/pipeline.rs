@@ -7,7 +7,7 @@
 use super::{align, KernelError, ProgramBuilder};
 use crate::config::{Dataflow, MachineConfig};
 use crate::isa::Instr;
-use crate::quant::Requant;
+use crate::quant::{Requant, SHIFT_RANGE};
 use std::ops::Range;
 
 const OPND_READY: i64 = 0;
@@ -42,15 +42,14 @@ impl TilePlan {
     /// evenly. With `unsplit` a split is an error instead.
     pub fn choose(
         config: &MachineConfig,
-        m: usize,
-        k: usize,
-        n: usize,
+        (m, k, n): (usize, usize, usize),
+        param_bytes: usize,
         unsplit: bool,
     ) -> Result<TilePlan, KernelError> {
         let (rows, cols) = (config.array_rows as usize, config.array_cols as usize);
         let n_tile = n.min(cols);
         let fits = |p: &TilePlan| {
-            let act = align(4 * n)
+            let act = align(param_bytes * n)
                 + 2 * align(p.m_tile * p.k_tile)
                 + p.acc_buffers * align(p.m_tile * p.n_tile);
             act <= config.act_sram_bytes as usize
@@ -119,12 +118,61 @@ pub struct MatmulIo {
     pub n: usize,
     /// Weights, K x N row-major int8.
     pub w_dram: u32,
-    /// Bias, N little-endian int32 (optional).
-    pub bias_dram: Option<u32>,
+    /// Per-column requantisation parameters (optional).
+    pub params: Option<ColumnParams>,
     /// Output, M x N row-major int8.
     pub out_dram: u32,
     /// Requantisation of the int32 accumulators to the int8 output.
     pub quant: Requant,
+}
+
+/// Per-column parameters of the requantisation in DRAM.
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnParams {
+    /// DRAM address.
+    pub dram: u32,
+    /// int32 words per column: 1 (bias) or 3 (bias, multiplier, shift).
+    pub words: usize,
+}
+
+/// Bytes per output column the requantisation parameters take in SRAM
+/// (the planner reserves 4 even without bias).
+pub fn param_bytes(per_channel: bool) -> usize {
+    if per_channel {
+        12
+    } else {
+        4
+    }
+}
+
+/// Places `bias` and/or per-channel `scales` of `n` columns in DRAM: int32
+/// biases, or (bias, multiplier, shift) records for `requant mode=channel`.
+pub fn column_params(
+    b: &mut ProgramBuilder,
+    bias: Option<&[i32]>,
+    scales: Option<&[(i32, i32)]>,
+    n: usize,
+) -> Result<Option<ColumnParams>, KernelError> {
+    let words: Vec<i32> = match (bias, scales) {
+        (None, None) => return Ok(None),
+        (Some(bias), None) => bias.to_vec(),
+        (bias, Some(scales)) => {
+            if scales.len() != n || scales.iter().any(|s| !SHIFT_RANGE.contains(&s.1)) {
+                return Err(KernelError::BadShape(format!(
+                    "need {n} per-channel scales with shifts in {SHIFT_RANGE:?}"
+                )));
+            }
+            (0..n)
+                .flat_map(|c| [bias.map_or(0, |b| b[c]), scales[c].0, scales[c].1])
+                .collect()
+        }
+    };
+    let words_per_col = words.len() / n;
+    let dram = b.alloc_data(super::data::i32_bytes(&words))?;
+    Ok(Some(ColumnParams {
+        dram,
+        words: words_per_col,
+    }))
 }
 
 /// Emits instructions that load A[rows, cols] into activation SRAM at
@@ -145,7 +193,8 @@ pub fn emit(
         n_tile,
         acc_buffers,
     } = plan;
-    let bias_bytes = align(4 * io.n) as u64;
+    let words = io.params.map_or(1, |p| p.words);
+    let bias_bytes = align(4 * words * io.n) as u64;
     let a_buf = |s: usize| bias_bytes + (s % 2 * align(m_tile * k_tile)) as u64;
     let out_buf = |t: usize| {
         bias_bytes
@@ -177,7 +226,7 @@ pub fn emit(
         dram_stride: io.n as i64,
         sram_stride: n_tile as i64,
     })?;
-    if let Some(bias) = io.bias_dram {
+    if let Some(params) = io.params {
         b.emit(Instr::LdCfg {
             dram_stride: 0,
             sram_stride: 0,
@@ -189,9 +238,9 @@ pub fn emit(
         b.emit(Instr::Ld {
             space: 1,
             sram: 0,
-            dram: bias as i64,
+            dram: params.dram as i64,
             rows: 1,
-            row_bytes: 4 * io.n as i64,
+            row_bytes: (4 * words * io.n) as i64,
         })?;
         b.emit(Instr::Signal {
             engine: LD,
@@ -294,10 +343,10 @@ pub fn emit(
         b.emit(Instr::Requant {
             dst: out_buf(t) as i64,
             acc: acc_buf(t) as i64,
-            bias: 4 * cols.start as i64,
+            bias: (4 * words * cols.start) as i64,
             rows: m,
             cols: n,
-            mode: i64::from(io.bias_dram.is_some()),
+            mode: io.params.map_or(0, |p| if p.words == 3 { 2 } else { 1 }),
         })?;
         if t + acc_buffers < tiles.len() {
             b.emit(Instr::Signal {

@@ -3,13 +3,26 @@
 
 use crate::quant::Requant;
 
-/// out[i][j] = requant(sum_k a[i][k] * w[k][j] + bias[j]); row-major int8.
+/// `q` with column `c`'s multiplier and shift when per-channel scales are given.
+pub fn channel_quant(q: &Requant, scales: Option<&[(i32, i32)]>, c: usize) -> Requant {
+    match scales {
+        Some(s) => Requant {
+            multiplier: s[c].0,
+            shift: s[c].1,
+            ..*q
+        },
+        None => *q,
+    }
+}
+
+/// out[i][j] = requant_j(sum_k a[i][k] * w[k][j] + bias[j]); row-major int8;
+/// `requant_j` per column when `scales` is given.
 pub fn gemm(
     a: &[i8],
     w: &[i8],
     bias: Option<&[i32]>,
     (m, k, n): (usize, usize, usize),
-    q: &Requant,
+    (q, scales): (&Requant, Option<&[(i32, i32)]>),
 ) -> Vec<i8> {
     let mut out = vec![0i8; m * n];
     for i in 0..m {
@@ -18,7 +31,7 @@ pub fn gemm(
             for kk in 0..k {
                 acc = acc.wrapping_add(a[i * k + kk] as i32 * w[kk * n + j] as i32);
             }
-            out[i * n + j] = q.apply(acc);
+            out[i * n + j] = channel_quant(q, scales, j).apply(acc);
         }
     }
     out
@@ -57,13 +70,14 @@ impl ConvShape {
     }
 }
 
-/// NHWC convolution; weights `[kh][kw][c_in][c_out]`; output NHWC int8.
+/// NHWC convolution; weights `[kh][kw][c_in][c_out]`; output NHWC int8,
+/// requantised per output channel when `scales` is given.
 pub fn conv2d(
     input: &[i8],
     weights: &[i8],
     bias: Option<&[i32]>,
     s: &ConvShape,
-    q: &Requant,
+    (q, scales): (&Requant, Option<&[(i32, i32)]>),
 ) -> Vec<i8> {
     let (oh, ow) = (s.out_h(), s.out_w());
     let mut out = vec![0i8; oh * ow * s.c_out];
@@ -86,7 +100,7 @@ pub fn conv2d(
                         }
                     }
                 }
-                out[(oy * ow + ox) * s.c_out + co] = q.apply(acc);
+                out[(oy * ow + ox) * s.c_out + co] = channel_quant(q, scales, co).apply(acc);
             }
         }
     }
