@@ -15,6 +15,10 @@ const OUT_READY: i64 = 2;
 const OUT_FREE: i64 = 3;
 const CONST_READY: i64 = 4;
 const LD: i64 = 0;
+/// Fewest tiles a streamed kernel is cut into (when it has that many rows).
+const MIN_TILES: usize = 4;
+/// Input bytes below which a tile is not split further for overlap.
+const MIN_TILE_BYTES: usize = 4096;
 const VX: i64 = 2;
 const ST: i64 = 3;
 
@@ -85,8 +89,12 @@ pub fn tile_rows(config: &MachineConfig, s: &StreamShape) -> Result<usize, Kerne
             hi = mid - 1;
         }
     }
-    // Even tiles: the same number of tiles, with the rows spread evenly.
-    Ok(s.rows.div_ceil(s.rows.div_ceil(lo)))
+    // At least MIN_TILES tiles so that loads, compute and stores overlap,
+    // unless tiles would get so small that DMA latency dominates; the rows
+    // spread evenly over the tiles.
+    let worth = (s.rows * s.in_row_bytes / MIN_TILE_BYTES).clamp(1, MIN_TILES);
+    let tiles = s.rows.div_ceil(lo).max(worth.min(s.rows));
+    Ok(s.rows.div_ceil(tiles))
 }
 
 /// Emits the whole pipeline with `rows_per_tile` rows per tile.
