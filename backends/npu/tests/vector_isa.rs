@@ -147,3 +147,51 @@ fn bad_vector_programs_are_errors() {
         Err(ProgramError::BadWord { index: 0, .. })
     ));
 }
+
+#[test]
+fn per_channel_requant_applies_each_columns_record_and_traps_on_bad_shift() {
+    // Records at DRAM 16: (bias, multiplier, shift) for 4 columns; the
+    // accumulator holds zeros, so each output is clamp(zp + MBQM(bias_c)).
+    let record = |b: i32, m: i32, s: i32| -> String {
+        [b, m, s]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let half = 1 << 30;
+    let program = |last_shift: i32| {
+        format!(
+            ".dram 128\n.data 16 {}{}{}{}\n\
+             ld.cfg dram_stride=0 sram_stride=0 pad_top=0 pad_bottom=0 pad_left=0 pad_right=0\n\
+             ld space=a sram=0 dram=16 rows=1 row_bytes=48\nsignal engine=ld sem=0\nwait engine=vx sem=0\n\
+             vec.cfg dst_stride=4 src_stride=4 src2_stride=0\n\
+             rq.cfg multiplier=0 shift=0 zero_point=1 clamp_min=-128 clamp_max=127\n\
+             requant dst=64 acc=0 bias=0 rows=1 cols=4 mode=channel\n\
+             signal engine=vx sem=1\nwait engine=st sem=1\nst.cfg dram_stride=4 sram_stride=4\n\
+             st space=a sram=64 dram=64 rows=1 row_bytes=4\nhalt\n",
+            record(10, half, 0),
+            record(10, half, 2),
+            record(-300, half, 0),
+            record(7, half, last_shift)
+        )
+    };
+    let config = MachineConfig::edge_small();
+    let r = simulate(
+        &assemble(&program(-1)).unwrap(),
+        &config,
+        SimOptions::default(),
+    )
+    .unwrap();
+    let out: Vec<i8> = r.dram[64..68].iter().map(|&b| b as i8).collect();
+    // 10/2 + 1, 10*4/2 + 1, clamp(-150 + 1), round(7/4) + 1.
+    assert_eq!(out, vec![6, 21, -128, 3]);
+    let err = simulate(
+        &assemble(&program(40)).unwrap(),
+        &config,
+        SimOptions::default(),
+    )
+    .err()
+    .expect("traps");
+    assert!(err.to_string().contains("channel 3 shift=40"), "{err}");
+}

@@ -116,7 +116,7 @@ proptest! {
         let truth = ops.x.iter().map(|&v| {
             let x = ops.input.dequantize(v);
             match f {
-                Activation::Gelu => x * 0.5 * libm_free_erfc_gelu(x),
+                Activation::Gelu => x * 0.5 * one_plus_erf_over_sqrt2(x),
                 Activation::Silu => x / (1.0 + (-x).exp()),
                 Activation::Sigmoid => 0.5 * (1.0 + (x / 2.0).tanh()),
                 Activation::Tanh => 1.0 - 2.0 / ((2.0 * x).exp() + 1.0),
@@ -142,11 +142,12 @@ proptest! {
     }
 }
 
-/// `1 + erf(x / sqrt 2)` by the series of `erf` (converges fast for |x| <= 7
-/// after the substitution below), independent of the table's `libm::erf`.
-fn libm_free_erfc_gelu(x: f64) -> f64 {
+/// `1 + erf(x / sqrt 2)` by the Maclaurin series of `erf`, independent of
+/// the table's `libm::erf`; for the inputs here (|x| < 6.1, |z| < 4.3) the
+/// cancellation between terms costs at most ~1e-8, far below an output step.
+fn one_plus_erf_over_sqrt2(x: f64) -> f64 {
     // erf(z) = 2/sqrt(pi) * sum_n (-1)^n z^(2n+1) / (n! (2n+1)), summed in
-    // f64 until the terms vanish (|z| <= 4.3 here: inputs are in [-6, 6)).
+    // f64 until the terms vanish.
     let z = x / std::f64::consts::SQRT_2;
     let (mut term, mut sum, mut n) = (z, z, 0.0);
     while term.abs() > 1e-17 * sum.abs().max(1e-300) && n < 200.0 {

@@ -55,14 +55,6 @@ pub enum Space {
 }
 
 impl Space {
-    /// The assembler name of this memory.
-    pub fn name(self) -> &'static str {
-        match self {
-            Space::Weight => "w",
-            Space::Act => "a",
-        }
-    }
-
     /// The space with encoding value `v`, if any (2-bit field; 2 and 3 are invalid).
     pub fn from_code(v: i64) -> Option<Space> {
         match v {
