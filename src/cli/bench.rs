@@ -62,6 +62,10 @@ struct ModelArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also time one run kernel by kernel (CPU backend) and print the time
+    /// per kernel kind.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     dims: DimArgs,
 }
@@ -192,6 +196,11 @@ fn model(args: ModelArgs) -> CliResult<i32> {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             })?;
+            if args.profile {
+                for (kind, ms) in compiled.profile(&tensors)? {
+                    eprintln!("  {kind:<14} {ms:>10.3} ms");
+                }
+            }
             (times, compile_ms, Some(compiled.stats().clone()))
         }
     };

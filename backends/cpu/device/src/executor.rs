@@ -150,6 +150,25 @@ impl GraphExecutor {
     /// Runs the graph on `inputs` (raw little-endian bytes, in plan order)
     /// and returns the outputs' bytes.
     pub fn run(&mut self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.run_with(inputs, None)
+    }
+
+    /// [`Self::run`], also returning the wall time of every step (in plan
+    /// order), for profiles.
+    pub fn run_profiled(
+        &mut self,
+        inputs: &[&[u8]],
+    ) -> Result<(Vec<Vec<u8>>, Vec<std::time::Duration>), DeviceError> {
+        let mut times = Vec::with_capacity(self.calls.len());
+        let outputs = self.run_with(inputs, Some(&mut times))?;
+        Ok((outputs, times))
+    }
+
+    fn run_with(
+        &mut self,
+        inputs: &[&[u8]],
+        mut times: Option<&mut Vec<std::time::Duration>>,
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(DeviceError::Shape {
                 context: "graph".into(),
@@ -174,6 +193,7 @@ impl GraphExecutor {
             inputs: inputs.iter().map(|b| b.as_ptr()).collect(),
         });
         for call in &self.calls {
+            let started = std::time::Instant::now();
             match call {
                 Call::Kernel {
                     func,
@@ -229,6 +249,9 @@ impl GraphExecutor {
                         )
                     };
                 }
+            }
+            if let Some(times) = times.as_deref_mut() {
+                times.push(started.elapsed());
             }
         }
         let outputs = self

@@ -1,12 +1,15 @@
 //! MatMul: with a constant right operand it is one GEMM of the packed
 //! generator (batch axes of A folded into M); otherwise (attention's
-//! `Q·Kᵀ`, `P·V`) a batched kernel that copies each B into scratch as a
-//! zero-padded row-major block and accumulates target-width vectors of C.
+//! `Q·Kᵀ`, `P·V`) a batched kernel that packs each B into scratch at run
+//! time and calls the packed GEMM generated for the matrix shape, or, when
+//! A is transposed, copies B as a zero-padded block and accumulates
+//! target-width vectors of C.
 
 use inkwell::values::IntValue;
 use m4c_ir::{DType, Node};
 
 use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
+use crate::gemm::{emit_gemm, GemmPlan, GemmSpec};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
@@ -32,36 +35,135 @@ impl BatchedMatmul {
         self.n.next_multiple_of(lanes as usize)
     }
 
-    /// Scratch bytes per call (one padded copy of B).
-    pub fn scratch_bytes(&self, lanes: u32) -> usize {
-        self.k * self.padded_n(lanes) * 4
+    /// Whether each A is a contiguous row-major `m × k` matrix, so the
+    /// packed GEMM can read it.
+    fn gemm_path(&self) -> bool {
+        self.a_rc == (self.k as i64, 1)
+    }
+
+    /// Scratch bytes per call: B packed into the GEMM's panels plus the
+    /// GEMM's packed-A block, or one padded copy of B for the vector loop.
+    pub fn scratch_bytes(&self, cx: Cx<'_, '_>) -> usize {
+        if self.gemm_path() {
+            let plan = GemmPlan::for_target(cx.target);
+            let panels = self.n.div_ceil(plan.tile_cols());
+            (panels * plan.tile_cols() * self.k + plan.scratch_floats(self.m, self.k)) * 4
+        } else {
+            self.k * self.padded_n(cx.lanes()) * 4
+        }
+    }
+
+    /// The flat batch index `batch` decomposed into A's and B's offsets.
+    fn batch_bases<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        batch: IntValue<'ctx>,
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let flat_batch = contiguous_strides(&self.batch_shape);
+        let mut a_base = k.int(0);
+        let mut b_base = k.int(0);
+        for (d, &step) in flat_batch.iter().enumerate() {
+            let i =
+                k.em.builder
+                    .build_int_unsigned_div(batch, k.int(step), "bi")?;
+            let i =
+                k.em.builder
+                    .build_int_unsigned_rem(i, k.int(self.batch_shape[d] as i64), "bi")?;
+            a_base = k.em.mul_add(i, k.int(self.a_batch[d]), a_base)?;
+            b_base = k.em.mul_add(i, k.int(self.b_batch[d]), b_base)?;
+        }
+        Ok((a_base, b_base))
+    }
+
+    /// Emits the kernel `symbol` (buffers: C, A, B), iterating over batches:
+    /// per batch, B is packed into scratch and the packed GEMM generated
+    /// for `m × k × n` is called.
+    fn emit_gemm_path(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
+        let gemm_symbol = format!("{symbol}_gemm");
+        let spec = GemmSpec::new(&gemm_symbol, self.m, self.k, self.n);
+        let manifest = emit_gemm(cx.context, cx.module, cx.target, &spec)?;
+        let gemm = cx
+            .module
+            .get_function(&gemm_symbol)
+            .expect("emit_gemm defines its symbol");
+        let k = Kernel::define(cx, symbol, 3)?;
+        let f32t = cx.context.f32_type();
+        let layout = manifest.packed_b;
+        let width = layout.panel_width;
+        let packed_len = layout.len();
+        k.em.counted_loop(k.begin, k.end, |batch| {
+            let (a_base, b_base) = self.batch_bases(&k, batch)?;
+            k.nest(
+                &[self.k, layout.panels() * width],
+                false,
+                &mut |rc: &[IntValue<'_>]| {
+                    let inside = k.em.builder.build_int_compare(
+                        inkwell::IntPredicate::ULT,
+                        rc[1],
+                        k.int(self.n as i64),
+                        "inside",
+                    )?;
+                    let col = k.em.umin(rc[1], k.int(self.n as i64 - 1))?;
+                    let from = k.linear(0, &[rc[0], col], &[self.b_rc.0, self.b_rc.1])?;
+                    let from = k.em.builder.build_int_add(from, b_base, "from")?;
+                    let v = k.em.builder.build_load(
+                        f32t,
+                        k.element(k.buffers[2], f32t.into(), from)?,
+                        "b",
+                    )?;
+                    let v =
+                        k.em.builder
+                            .build_select(inside, v, f32t.const_zero().into(), "b")?;
+                    // (panel·k + row)·width + col mod width, see `PackedPanels`.
+                    let panel =
+                        k.em.builder
+                            .build_int_unsigned_div(rc[1], k.int(width as i64), "panel")?;
+                    let lane =
+                        k.em.builder
+                            .build_int_unsigned_rem(rc[1], k.int(width as i64), "lane")?;
+                    let row = k.em.mul_add(panel, k.int(self.k as i64), rc[0])?;
+                    let to = k.em.mul_add(row, k.int(width as i64), lane)?;
+                    k.em.builder
+                        .build_store(k.element(k.scratch, f32t.into(), to)?, v)?;
+                    Ok(())
+                },
+            )?;
+            let a = k.element(k.buffers[1], f32t.into(), a_base)?;
+            let c_base =
+                k.em.builder
+                    .build_int_mul(batch, k.int((self.m * self.n) as i64), "c")?;
+            let c = k.element(k.buffers[0], f32t.into(), c_base)?;
+            let a_scratch = k.element(k.scratch, f32t.into(), k.int(packed_len as i64))?;
+            k.em.builder.build_call(
+                gemm,
+                &[
+                    a.into(),
+                    k.scratch.into(),
+                    c.into(),
+                    k.int(0).into(),
+                    k.int(layout.panels() as i64).into(),
+                    a_scratch.into(),
+                ],
+                "",
+            )?;
+            Ok(())
+        })?;
+        k.finish()
     }
 
     /// Emits the kernel `symbol` (buffers: C, A, B), iterating over batches.
     pub fn emit(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
+        if self.gemm_path() {
+            return self.emit_gemm_path(cx, symbol);
+        }
         let k = Kernel::define(cx, symbol, 3)?;
         let lanes = cx.lanes();
         let np = self.padded_n(lanes);
         let f32t = cx.context.f32_type();
         let vector = f32t.vec_type(lanes);
         let acc = k.slot(vector.into())?;
-        let flat_batch = contiguous_strides(&self.batch_shape);
         k.em.counted_loop(k.begin, k.end, |batch| {
-            // Decompose the flat batch index into the batch axes.
-            let mut a_base = k.int(0);
-            let mut b_base = k.int(0);
-            for (d, &step) in flat_batch.iter().enumerate() {
-                let i =
-                    k.em.builder
-                        .build_int_unsigned_div(batch, k.int(step), "bi")?;
-                let i = k.em.builder.build_int_unsigned_rem(
-                    i,
-                    k.int(self.batch_shape[d] as i64),
-                    "bi",
-                )?;
-                a_base = k.em.mul_add(i, k.int(self.a_batch[d]), a_base)?;
-                b_base = k.em.mul_add(i, k.int(self.b_batch[d]), b_base)?;
-            }
+            let (a_base, b_base) = self.batch_bases(&k, batch)?;
             // Copy B into scratch as k × np, zero padded.
             k.nest(&[self.k, np], false, &mut |ij: &[IntValue<'_>]| {
                 let inside = k.em.builder.build_int_compare(
@@ -251,7 +353,7 @@ pub(crate) fn lower(
     let symbol = l.symbol("matmul");
     spec.emit(l.cx, &symbol)?;
     let (a_loc, b_loc) = (l.loc(a)?, l.loc(b)?);
-    let scratch = spec.scratch_bytes(l.cx.lanes());
+    let scratch = spec.scratch_bytes(l.cx);
     l.kernel_with_scratch(symbol, vec![out, a_loc, b_loc], spec.batches, scratch, true);
     Ok(())
 }
