@@ -277,3 +277,15 @@ fn split(extent: usize, parts: usize) -> Vec<Range<usize>> {
         .map(|i| extent * i / parts..extent * (i + 1) / parts)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_the_extent_once() {
+        assert_eq!(split(7, 2), vec![0..3, 3..7]);
+        assert_eq!(split(1, 4), vec![0..1]);
+        assert_eq!(split(0, 2), vec![0..0]);
+    }
+}
