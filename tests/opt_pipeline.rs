@@ -265,6 +265,44 @@ fn optimised_fixtures_match_their_unoptimised_graphs_and_rules_fire() {
     );
 }
 
+/// Norm, Softmax and Gelu nodes by kind.
+fn composite_counts(g: &Graph) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    for n in g.nodes.iter().filter(|n| n.op.kind().is_composite()) {
+        *m.entry(n.op.name()).or_default() += 1;
+    }
+    m
+}
+
+/// The fixtures with every composite expanded by `m4c_ir::decompose` (as an
+/// exporter that spells LayerNorm, softmax and GELU out writes them):
+/// recognition gives back every composite the optimised fixture has, and
+/// the outputs stay the fixture's.
+#[test]
+fn decomposed_fixtures_get_their_composites_back() {
+    for name in [
+        "clip_text",
+        "clip_vision",
+        "whisper_encoder",
+        "imu_encoder",
+        "llama_prefill",
+        "distilbert",
+    ] {
+        let g = lowered(name);
+        let d = m4c_ir::decompose(&g).unwrap();
+        assert!(composite_counts(&d).is_empty(), "{name}");
+        let (direct, _) = optimise(&g, &[], LoraPolicy::Auto, &Roofline::cpu());
+        let (back, _) = optimise(&d, &[], LoraPolicy::Auto, &Roofline::cpu());
+        let want = composite_counts(&direct);
+        assert!(!want.is_empty(), "{name}");
+        assert_eq!(composite_counts(&back), want, "{name}");
+        let inputs = npz(&format!("{name}.inputs.npz"));
+        for ((n, got), (_, w)) in run(&back, &inputs).iter().zip(&run(&g, &inputs)) {
+            assert_close(&format!("{name} {n}"), got, w);
+        }
+    }
+}
+
 #[test]
 fn optimised_ir_snapshots() {
     for (name, lora) in [

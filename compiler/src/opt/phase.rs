@@ -12,14 +12,20 @@ use super::convert::{load, rebuild, Loaded, Provenance};
 use super::extract::extract;
 use super::report::PhaseReport;
 use super::rule::{EggRule, Rule};
-use super::rules::{fusion, layout, lora, recognise};
+use super::rules::{activation, fusion, layout, lora, norm, softmax};
 use super::{CostModel, Limits, LoraPolicy, OptError};
 
 /// Phase 1: LoRA fold (unless the policy keeps), layout, recognition.
 pub fn rewrite_rules(policy: LoraPolicy) -> Vec<Arc<dyn Rule>> {
     let mut rules: Vec<Arc<dyn Rule>> = vec![
-        Arc::new(recognise::RmsNorm),
-        Arc::new(recognise::GeluErf),
+        Arc::new(norm::RmsNorm),
+        Arc::new(norm::LayerNorm),
+        Arc::new(norm::NormBias),
+        Arc::new(softmax::Softmax),
+        Arc::new(activation::Gelu { tanh: false }),
+        Arc::new(activation::Gelu { tanh: true }),
+        Arc::new(activation::Sigmoid),
+        Arc::new(activation::Silu),
         Arc::new(layout::TransposeIntoMatMul),
         Arc::new(layout::ComposeTransposes),
         Arc::new(layout::ComposeReshapes),

@@ -172,7 +172,19 @@ pub fn scalar(eg: &EG, id: Id) -> Option<f64> {
 }
 
 /// True when `v` is within a relative 1e-6 of `want` (exporters round
-/// literals such as 1/√2 to f32).
+/// literals such as 1/√2 or 1/n to f32, a relative 6e-8). Relative, so that
+/// small literals such as 1/4096 are not confused with 1/4097.
 pub fn approx(v: Option<f64>, want: f64) -> bool {
-    v.is_some_and(|v| (v - want).abs() <= 1e-6 * want.abs().max(1.0))
+    v.is_some_and(|v| (v - want).abs() <= 1e-6 * want.abs())
+}
+
+/// Both operand orders' first operands of the binary `kind` nodes of
+/// `class` whose other operand is the constant `want` (e.g. the `t` of
+/// `t · 0.5` or `0.5 · t`; for non-commutative ops only `t op want`).
+pub fn with_literal(eg: &EG, class: Id, kind: OpKind, want: f64) -> Vec<Id> {
+    binary(eg, class, kind)
+        .into_iter()
+        .filter(|&(_, k)| approx(scalar(eg, k), want))
+        .map(|(t, _)| t)
+        .collect()
 }

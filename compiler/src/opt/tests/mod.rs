@@ -7,6 +7,8 @@ use m4c_ops::{run_graph, Value};
 
 use super::{optimise, LoraPolicy, OptOptions, OptReport, Roofline};
 
+mod recognise;
+
 /// Deterministic values in [-1, 1) (xorshift).
 struct Rng(u64);
 
@@ -34,16 +36,21 @@ fn scalar(g: &mut Graph, name: &str, v: f32) -> ValueId {
     g.add_const(name, Tensor::from_f32(&[], &[v]))
 }
 
-/// Optimises `g`, checks the rule fired, and compares outputs on three
-/// random input sets.
+/// Optimises `g`, checks the outputs ([`equivalent`]) and that `rule` fired.
 fn check(g: &Graph, rule: &str) -> (Graph, OptReport) {
+    let (opt, report) = equivalent(g);
+    assert!(report.fired(rule) > 0, "{rule} did not fire:\n{report}");
+    (opt, report)
+}
+
+/// Optimises `g` and compares outputs on three random input sets.
+fn equivalent(g: &Graph) -> (Graph, OptReport) {
     g.verify().unwrap();
     let opts = OptOptions {
         lora: LoraPolicy::Fold,
         ..Default::default()
     };
     let (opt, report) = optimise(g, &opts, &Roofline::cpu()).unwrap();
-    assert!(report.fired(rule) > 0, "{rule} did not fire:\n{report}");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..3 {
         let feeds: Vec<Value> = g
@@ -58,7 +65,7 @@ fn check(g: &Graph, rule: &str) -> (Graph, OptReport) {
         let got = run_graph(&opt, &feeds).unwrap();
         for (a, b) in got.iter().zip(&want) {
             let (abs, _) = m4c_ops::max_abs_rel_error(a, b).unwrap();
-            assert!(abs <= 1e-5, "{rule}: max abs error {abs}");
+            assert!(abs <= 1e-5, "{}: max abs error {abs}", g.name);
         }
     }
     (opt, report)
