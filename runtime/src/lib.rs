@@ -2,7 +2,9 @@
 //! reference interpreter now; compiled kernels as backends land) and reads
 //! and writes tensors. It never depends on the compiler or on LLVM.
 
+pub mod adapter;
 pub mod bundle;
+pub mod exec;
 mod npz;
 
 pub use npz::{read_npz, sanitized_key, write_npz, NpzError};

@@ -59,10 +59,10 @@ fn wrong_magic_and_version_are_named() {
         "not an m4c bundle",
     );
     let mut b = tiny_bundle();
-    b[8] = 2;
+    b[8] = 1;
     assert_err(
         &b,
-        "format version 2 is not supported (this runtime reads version 1)",
+        "format version 1 is not supported (this runtime reads version 2)",
     );
     let mut b = tiny_bundle();
     b[13] = 1;

@@ -1,10 +1,11 @@
 //! `m4c run`: execute a model on `.npz` inputs and compare with references.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use m4c_compiler::{lower, OnnxModel};
 use m4c_ops::{run_graph, Value};
+use m4c_runtime::adapter::{adapted_module, AdapterBundle};
 use m4c_runtime::bundle::{is_bundle, Bundle};
 use m4c_runtime::{read_npz, sanitized_key, write_npz};
 
@@ -32,10 +33,12 @@ pub struct RunArgs {
     /// Compare the outputs with this .npz; prints max abs/rel error per output.
     #[arg(long, value_name = "REF.npz")]
     expect: Option<PathBuf>,
-    /// A PEFT LoRA adapter directory (adapter_config.json +
-    /// adapter_model.safetensors) to attach to the model's MatMuls by module
-    /// name; repeatable.
-    #[arg(long = "adapter", value_name = "DIR")]
+    /// With an ONNX model: a PEFT LoRA adapter directory
+    /// (adapter_config.json + adapter_model.safetensors) attached to the
+    /// model's MatMuls by module name. With a bundle: an adapter bundle
+    /// (APP.m4a, from `m4c adapt`) built for that firmware. Repeatable
+    /// (adapters are stacked).
+    #[arg(long = "adapter", value_name = "DIR|APP.m4a")]
     adapters: Vec<PathBuf>,
     /// How LoRA branches (from --adapter or inside the ONNX graph) run:
     /// fold into the weights, keep as factors, or auto (by the cost model).
@@ -161,10 +164,11 @@ fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<P
     })
 }
 
-/// Takes a module out of a bundle (its IR keeps the ONNX value names).
+/// Takes a module out of a bundle (its IR keeps the ONNX value names), with
+/// the adapter bundles of `--adapter` attached.
 fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
-    if !args.adapters.is_empty() || args.lora.is_some() {
-        let msg = "--adapter/--lora apply to ONNX models (bundles take .m4a adapter bundles)";
+    if args.lora.is_some() {
+        let msg = "--lora applies to ONNX models; an adapter bundle's LoRA mode is chosen when it is built (m4c adapt --lora)";
         return Err(format!("{}: {msg}", args.model.display()).into());
     }
     let bundle = Bundle::open(&args.model)?;
@@ -175,7 +179,12 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
             bundle.modules().collect::<Vec<_>>().join(", ")
         )
     })?;
-    let graph = bundle.module(name)?;
+    let adapters = args
+        .adapters
+        .iter()
+        .map(|p| open_adapter_bundle(p, &args.model))
+        .collect::<CliResult<Vec<_>>>()?;
+    let graph = adapted_module(&bundle, name, &adapters.iter().collect::<Vec<_>>())?;
     let names = |ids: &[m4c_ir::ValueId]| {
         ids.iter()
             .map(|&i| graph.value(i).name.clone())
@@ -187,6 +196,21 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         inputs,
         outputs,
     })
+}
+
+/// Opens an `--adapter` given with a firmware: it must be an adapter bundle
+/// file (a PEFT directory is packed for a firmware with `m4c adapt`).
+pub fn open_adapter_bundle(path: &Path, firmware: &Path) -> CliResult<AdapterBundle> {
+    if path.is_dir() {
+        return Err(format!(
+            "{}: is a PEFT directory; with a firmware give an adapter bundle (m4c adapt {} --module NAME --adapter {} -o APP.m4a)",
+            path.display(),
+            firmware.display(),
+            path.display()
+        )
+        .into());
+    }
+    Ok(AdapterBundle::open(path)?)
 }
 
 fn missing_input(file: &std::path::Path, name: &str, arrays: &BTreeMap<String, Value>) -> String {
@@ -207,6 +231,13 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
             return Err(format!(
                 "{}: --module applies to bundles, not ONNX files",
                 args.model.display()
+            )
+            .into());
+        }
+        if let Some(a) = args.adapters.iter().find(|a| is_bundle(a)) {
+            return Err(format!(
+                "{}: is an adapter bundle, which applies to the firmware it was built for; with an ONNX model give a PEFT directory",
+                a.display()
             )
             .into());
         }

@@ -22,6 +22,8 @@ pub enum BuildError {
     },
     #[error("module `{module}`: {msg}")]
     Pack { module: String, msg: String },
+    #[error("adapter {0}")]
+    Adapter(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -12,6 +12,7 @@
 //! # Ok::<(), m4c_compiler::bundle::BuildError>(())
 //! ```
 
+mod adapter;
 mod error;
 mod pack;
 mod pool;
@@ -26,6 +27,7 @@ use m4c_runtime::bundle::format::{
     is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, Target,
 };
 
+pub use adapter::build_adapter;
 pub use error::BuildError;
 pub use write::write_atomically;
 
@@ -146,6 +148,7 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
         bytes: t.as_bytes(),
     }));
     let manifest = Manifest {
+        adapter: None,
         blobs,
         kind: BundleKind::Firmware,
         modules: entries,

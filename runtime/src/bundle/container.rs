@@ -251,6 +251,7 @@ mod tests {
 
     fn empty_manifest() -> Manifest {
         Manifest {
+            adapter: None,
             blobs: vec![],
             kind: BundleKind::Firmware,
             modules: vec![],

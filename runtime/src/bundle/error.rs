@@ -35,6 +35,11 @@ pub enum BundleError {
         start: u64,
         end: u64,
     },
+    #[error("this is a bundle of kind `{found}`, expected kind `{expected}`")]
+    Kind {
+        found: super::format::BundleKind,
+        expected: super::format::BundleKind,
+    },
     #[error("module `{module}`: {msg}")]
     Module { module: String, msg: String },
     #[error("no module `{name}` in the bundle (modules: {known})")]

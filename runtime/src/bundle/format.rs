@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 8] = *b"\x89M4C\r\n\x1a\n";
 
 /// The format version this runtime reads and the compiler writes. Any change
 /// of layout, manifest schema or section kinds increments it.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of the fixed header; the manifest starts right after it.
 pub const HEADER_LEN: usize = 64;
@@ -111,6 +111,81 @@ impl FromStr for Target {
 pub enum BundleKind {
     /// Shared modules installed once (the paper's M4 "firmware").
     Firmware,
+    /// One app's LoRA factors, bound to one firmware by its content hash
+    /// (no modules, no IR: [`Manifest::adapter`] says where they attach).
+    Adapter,
+}
+
+impl fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BundleKind::Firmware => "firmware",
+            BundleKind::Adapter => "adapter",
+        })
+    }
+}
+
+/// How an adapter's LoRA branches run once attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoraMode {
+    /// `y = x·W + s·(x·Aᵀ)·Bᵀ`: the firmware's weights stay shared (mapped);
+    /// the app costs only its factors.
+    #[default]
+    Keep,
+    /// `W' = W + s·Aᵀ·Bᵀ` computed at load: one MatMul per site, but each
+    /// adapted weight becomes a private copy.
+    Fold,
+}
+
+impl fmt::Display for LoraMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoraMode::Keep => "keep",
+            LoraMode::Fold => "fold",
+        })
+    }
+}
+
+impl FromStr for LoraMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep" => Ok(LoraMode::Keep),
+            "fold" => Ok(LoraMode::Fold),
+            other => Err(format!("unknown LoRA mode '{other}' (known: keep, fold)")),
+        }
+    }
+}
+
+/// One adapted linear layer of an adapter bundle: PEFT's factors
+/// (`a` = lora_A `[r, in]`, `b` = lora_B `[out, r]`) and scale, attached to
+/// the MatMul whose output name carries the module path `target`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSite {
+    pub a: WeightEntry,
+    pub b: WeightEntry,
+    pub scale: f64,
+    /// Module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub target: String,
+}
+
+/// What an adapter bundle adds to the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterManifest {
+    /// Content hash (hex) of the only firmware this adapter may be loaded
+    /// with.
+    pub firmware: String,
+    pub lora: LoraMode,
+    /// The firmware modules it was checked against when built (and is
+    /// applied to by default), sorted.
+    pub modules: Vec<String>,
+    /// Where the factors came from (the PEFT directory's name).
+    pub name: String,
+    /// Sorted by target.
+    pub sites: Vec<AdapterSite>,
 }
 
 /// One section: a byte range of the file and its BLAKE3 checksum (hex).
@@ -165,9 +240,12 @@ pub struct ModuleEntry {
 }
 
 /// The JSON manifest right after the header.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Present exactly in adapter bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterManifest>,
     pub blobs: Vec<Blob>,
     pub kind: BundleKind,
     /// Sorted by name.

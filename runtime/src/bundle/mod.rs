@@ -16,7 +16,7 @@
 pub mod container;
 mod error;
 pub mod format;
-mod reader;
+pub(crate) mod reader;
 
 use std::io::Read;
 use std::path::Path;

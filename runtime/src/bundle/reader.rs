@@ -10,7 +10,9 @@ use m4c_ir::{DType, Graph, Storage, Tensor};
 use memmap2::{Mmap, MmapMut};
 
 use super::container::decode;
-use super::format::{is_valid_name, Manifest, ModuleEntry, SectionKind, ALIGN, HEADER_LEN};
+use super::format::{
+    is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, WeightEntry, ALIGN, HEADER_LEN,
+};
 use super::BundleError;
 
 /// A bundle opened for execution.
@@ -79,6 +81,12 @@ impl Bundle {
     fn from_map(map: Arc<Mmap>) -> Result<Bundle, BundleError> {
         let decoded = decode(&map)?;
         let manifest = decoded.manifest;
+        if manifest.kind != BundleKind::Firmware || manifest.adapter.is_some() {
+            return Err(BundleError::Kind {
+                found: manifest.kind,
+                expected: BundleKind::Firmware,
+            });
+        }
         let graphs = load_modules(&map, &manifest)?;
         Ok(Bundle {
             manifest,
@@ -125,7 +133,7 @@ impl Bundle {
 }
 
 /// The checked byte range of the single weights section.
-fn weights_range(manifest: &Manifest) -> Result<(usize, usize), BundleError> {
+pub(crate) fn weights_range(manifest: &Manifest) -> Result<(usize, usize), BundleError> {
     let mut it = manifest
         .sections
         .iter()
@@ -145,7 +153,7 @@ fn weights_range(manifest: &Manifest) -> Result<(usize, usize), BundleError> {
 
 /// Checks the blob table against the weights section: each blob aligned,
 /// inside the section, none overlapping another.
-fn check_blobs(manifest: &Manifest, section_len: usize) -> Result<(), BundleError> {
+pub(crate) fn check_blobs(manifest: &Manifest, section_len: usize) -> Result<(), BundleError> {
     let mut ranges = vec![];
     for (i, b) in manifest.blobs.iter().enumerate() {
         let end = b
@@ -229,6 +237,45 @@ fn load_modules(
     Ok(graphs)
 }
 
+/// The tensor a weight entry describes: a slice of the map (never a copy),
+/// after checking that its blob exists and has exactly its size.
+pub(crate) fn mapped_tensor(
+    map: &Arc<Mmap>,
+    manifest: &Manifest,
+    weights_at: usize,
+    w: &WeightEntry,
+) -> Result<Tensor, String> {
+    let dtype: DType = w.dtype.parse().?;
+    let blob = manifest.blobs.get(w.blob).ok_or_else(|| {
+        format!(
+            "blob {} does not exist ({} blobs)",
+            w.blob,
+            manifest.blobs.len()
+        )
+    })?;
+    let bytes = w
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(dtype.size_bits()))
+        .map(|bits| bits.div_ceil(8));
+    if bytes != Some(blob.len as usize) {
+        return Err(format!(
+            "{dtype}{:?} does not fit blob {} ({} bytes)",
+            w.shape, w.blob, blob.len
+        ));
+    }
+    Ok(Tensor {
+        dtype,
+        shape: w.shape.clone(),
+        storage: Storage::Mapped {
+            map: Arc::clone(map),
+            offset: weights_at + blob.offset as usize,
+            len: blob.len as usize,
+        },
+    })
+}
+
 /// One module: weight table → mapped tensors, IR text → verified graph in
 /// which exactly the table's constants are mapped.
 fn load_module(
@@ -241,38 +288,8 @@ fn load_module(
     let err = |msg: String| BundleError::module(&m.name, msg);
     let mut weights = HashMap::new();
     for (value, w) in &m.weights {
-        let dtype: DType = w
-            .dtype
-            .parse()
+        let tensor = mapped_tensor(map, manifest, weights_at, w)
             .map_err(|e| err(format!("weight %{value}: {e}")))?;
-        let blob = manifest.blobs.get(w.blob).ok_or_else(|| {
-            err(format!(
-                "weight %{value}: blob {} does not exist ({} blobs)",
-                w.blob,
-                manifest.blobs.len()
-            ))
-        })?;
-        let bytes = w
-            .shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .and_then(|n| n.checked_mul(dtype.size_bits()))
-            .map(|bits| bits.div_ceil(8));
-        if bytes != Some(blob.len as usize) {
-            return Err(err(format!(
-                "weight %{value}: {dtype}{:?} does not fit blob {} ({} bytes)",
-                w.shape, w.blob, blob.len
-            )));
-        }
-        let tensor = Tensor {
-            dtype,
-            shape: w.shape.clone(),
-            storage: Storage::Mapped {
-                map: Arc::clone(map),
-                offset: weights_at + blob.offset as usize,
-                len: blob.len as usize,
-            },
-        };
         weights.insert(value.clone(), tensor);
     }
     let text = std::str::from_utf8(text).map_err(|e| err(format!("IR is not UTF-8: {e}")))?;

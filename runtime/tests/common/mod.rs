@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
 use m4c_runtime::bundle::container::{decode, encode, seal, SectionData};
 use m4c_runtime::bundle::format::{
-    align_up, Blob, BundleKind, Manifest, ModuleEntry, SectionKind, Target, WeightEntry,
-    FORMAT_VERSION,
+    align_up, AdapterManifest, AdapterSite, Blob, BundleKind, LoraMode, Manifest, ModuleEntry,
+    SectionKind, Target, WeightEntry, FORMAT_VERSION,
 };
 use serde_json::Value as Json;
 
@@ -34,7 +34,9 @@ fn graph(with_bias: bool) -> Graph {
         trans_a: false,
         trans_b: false,
     };
-    let mut y = g.add_node(mm, &[x, w], "mm").unwrap();
+    let mut y = g
+        .add_node(mm, &[x, w], "/layer/proj/MatMul_output_0")
+        .unwrap();
     if with_bias {
         let b = g.add_const("bias", Tensor::from_f32(&[2, 8], &bias()));
         y = g.add_node(Op::Max, &[y, b], "y").unwrap();
@@ -65,6 +67,7 @@ pub fn tiny_bundle() -> Vec<u8> {
         weights: BTreeMap::from([("w".to_string(), weight.clone())]),
     };
     let manifest = Manifest {
+        adapter: None,
         blobs: vec![Blob {
             len: w.len() as u64,
             offset: 0,
@@ -85,6 +88,62 @@ pub fn tiny_bundle() -> Vec<u8> {
             section(SectionKind::Ir, "a", texts[0].as_bytes()),
             section(SectionKind::Ir, "b", texts[1].as_bytes()),
         ],
+    )
+}
+
+/// LoRA factors for the tiny bundle's `layer.proj` (4 → 8, rank 2):
+/// `a` `[2, 4]`, `b` `[8, 2]`, scale 0.5.
+pub fn lora_factors() -> (Vec<f32>, Vec<f32>) {
+    let a = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let b = (0..16).map(|i| 0.1 * i as f32 - 0.7).collect();
+    (a, b)
+}
+
+/// An adapter bundle with [`lora_factors`] on `layer.proj`, bound to the
+/// firmware whose content hash is `firmware` (hex).
+pub fn tiny_adapter(firmware: &str, lora: LoraMode) -> Vec<u8> {
+    let (a, b) = lora_factors();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (a, b) = (bytes(&a), bytes(&b));
+    let mut weights = a.clone();
+    weights.resize(64, 0);
+    weights.extend_from_slice(&b);
+    let entry = |blob, shape: &[usize]| WeightEntry {
+        blob,
+        dtype: "f32".into(),
+        shape: shape.to_vec(),
+    };
+    let manifest = Manifest {
+        adapter: Some(AdapterManifest {
+            firmware: firmware.into(),
+            lora,
+            modules: vec!["a".into()],
+            name: "tiny".into(),
+            sites: vec![AdapterSite {
+                a: entry(0, &[2, 4]),
+                b: entry(1, &[8, 2]),
+                scale: 0.5,
+                target: "layer.proj".into(),
+            }],
+        }),
+        blobs: vec![
+            Blob { len: 32, offset: 0 },
+            Blob {
+                len: 64,
+                offset: 64,
+            },
+        ],
+        kind: BundleKind::Adapter,
+        modules: vec![],
+        sections: vec![],
+    };
+    encode(
+        manifest,
+        &[SectionData {
+            kind: SectionKind::Weights,
+            name: "weights".into(),
+            bytes: &weights,
+        }],
     )
 }
 

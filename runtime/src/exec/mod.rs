@@ -1,0 +1,169 @@
+//! Running modules: a [`ModuleExecutor`] takes a module's inputs and gives
+//! its outputs. The reference interpreter ([`Interpreter`]) runs any IR
+//! graph; compiled code for a target slots in as another implementation
+//! chosen by [`executor_for`] from the module's [`Target`]. Executors are
+//! `Send + Sync`: tasks may run concurrently on shared modules.
+
+pub mod arena;
+
+use std::sync::Arc;
+
+use m4c_ir::{Graph, TensorType};
+use m4c_ops::{run_graph, Value};
+
+use crate::bundle::format::Target;
+pub use arena::ArenaPlan;
+
+/// Why a module could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("module `{module}`: {found} inputs given, it takes {expected}")]
+    InputCount {
+        module: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("module `{module}`: input '{input}' {msg}")]
+    Input {
+        module: String,
+        input: String,
+        msg: String,
+    },
+    #[error("module `{module}`: {msg}")]
+    Run { module: String, msg: String },
+}
+
+/// A module's interface: input and output names (as in the source model)
+/// and types.
+#[derive(Clone, Debug)]
+pub struct Signature {
+    pub inputs: Vec<(String, TensorType)>,
+    pub outputs: Vec<(String, TensorType)>,
+}
+
+impl Signature {
+    /// The signature of a graph.
+    pub fn of(g: &Graph) -> Signature {
+        let side = |ids: &[m4c_ir::ValueId]| {
+            ids.iter()
+                .map(|&i| (g.value(i).name.clone(), g.value(i).ty.clone()))
+                .collect()
+        };
+        Signature {
+            inputs: side(&g.inputs),
+            outputs: side(&g.outputs),
+        }
+    }
+
+    /// Position of the input called `name`.
+    pub fn input(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|(n, _)| n == name)
+    }
+
+    /// Position of the output called `name`.
+    pub fn output(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|(n, _)| n == name)
+    }
+}
+
+/// Something that runs one module.
+pub trait ModuleExecutor: Send + Sync {
+    /// The module's name.
+    fn name(&self) -> &str;
+    /// Its inputs and outputs.
+    fn signature(&self) -> &Signature;
+    /// Its activation arena, planned at load (`None` for symbolic shapes).
+    fn arena(&self) -> Option<&ArenaPlan>;
+    /// What executes it (`reference`, later compiled targets).
+    fn target(&self) -> Target;
+    /// Runs the module on inputs in signature order (checked: count,
+    /// element types, static shapes).
+    fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError>;
+}
+
+/// The executor for a module compiled for `target`.
+pub fn executor_for(name: &str, target: Target, graph: Graph) -> Arc<dyn ModuleExecutor> {
+    match target {
+        Target::Reference => Arc::new(Interpreter::new(name, graph)),
+    }
+}
+
+/// Runs a module's IR with the reference interpreter. The interpreter
+/// allocates each intermediate and frees it after its last use; the arena
+/// plan says what a compiled executor of the same module will preallocate.
+pub struct Interpreter {
+    name: String,
+    graph: Graph,
+    signature: Signature,
+    arena: Option<ArenaPlan>,
+}
+
+impl Interpreter {
+    /// Wraps a verified graph.
+    pub fn new(name: &str, graph: Graph) -> Interpreter {
+        Interpreter {
+            name: name.to_string(),
+            signature: Signature::of(&graph),
+            arena: arena::plan(&graph),
+            graph,
+        }
+    }
+}
+
+impl ModuleExecutor for Interpreter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn arena(&self) -> Option<&ArenaPlan> {
+        self.arena.as_ref()
+    }
+
+    fn target(&self) -> Target {
+        Target::Reference
+    }
+
+    fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
+        check_inputs(&self.name, &self.signature, inputs)?;
+        run_graph(&self.graph, inputs).map_err(|e| ExecError::Run {
+            module: self.name.clone(),
+            msg: e.to_string(),
+        })
+    }
+}
+
+/// Checks count, element types and static shapes of `inputs`.
+pub fn check_inputs(module: &str, sig: &Signature, inputs: &[Value]) -> Result<(), ExecError> {
+    if inputs.len() != sig.inputs.len() {
+        return Err(ExecError::InputCount {
+            module: module.to_string(),
+            expected: sig.inputs.len(),
+            found: inputs.len(),
+        });
+    }
+    for ((name, ty), v) in sig.inputs.iter().zip(inputs) {
+        let err = |msg: String| ExecError::Input {
+            module: module.to_string(),
+            input: name.clone(),
+            msg,
+        };
+        if v.dtype() != ty.dtype {
+            return Err(err(format!(
+                "is {} but the module expects {}",
+                v.dtype(),
+                ty.dtype
+            )));
+        }
+        if ty.static_shape().is_some_and(|s| s != v.shape()) {
+            return Err(err(format!(
+                "has shape {:?} but the module expects {ty}",
+                v.shape()
+            )));
+        }
+    }
+    Ok(())
+}
