@@ -245,7 +245,7 @@ pub(crate) fn mapped_tensor(
     weights_at: usize,
     w: &WeightEntry,
 ) -> Result<Tensor, String> {
-    let dtype: DType = w.dtype.parse().?;
+    let dtype: DType = w.dtype.parse()?;
     let blob = manifest.blobs.get(w.blob).ok_or_else(|| {
         format!(
             "blob {} does not exist ({} blobs)",
