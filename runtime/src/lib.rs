@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod bundle;
 pub mod exec;
+pub mod generate;
 mod npz;
 
 pub use npz::{read_npz, sanitized_key, write_npz, NpzError};
