@@ -80,6 +80,42 @@ fn opt_prints_ir_and_a_report() {
     assert!(all.contains("recognise-rmsnorm=5"), "{all}");
 }
 
+/// `--target` names where its figures come from: the measured machine,
+/// the nominal CPU, or the NPU config.
+#[test]
+fn opt_targets_say_where_their_figures_come_from() {
+    let model = fixture("clip_text.onnx");
+    for (target, want) in [
+        ("cpu-nominal", "cpu-nominal (nominal)"),
+        (
+            "npu:phone-flagship",
+            "npu:phone-flagship (config: 128x128 array",
+        ),
+    ] {
+        let out = m4c(&[
+            "opt".as_ref(),
+            model.as_os_str(),
+            "--target".as_ref(),
+            target.as_ref(),
+            "--decompose".as_ref(),
+            "-o".as_ref(),
+            std::env::temp_dir().join("m4c-cli-opt.ir").as_os_str(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{target}: {text}");
+        assert!(text.contains(want), "{target}: {text}");
+        assert!(text.contains("recognise-layernorm=5"), "{target}: {text}");
+    }
+    let out = m4c(&[
+        "opt".as_ref(),
+        model.as_os_str(),
+        "--target".as_ref(),
+        "gpu".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `gpu`"));
+}
+
 #[test]
 fn partition_reports_every_fixture() {
     let models: Vec<PathBuf> = [

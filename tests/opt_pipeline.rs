@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use m4c_compiler::adapter::AdapterError;
 use m4c_compiler::opt::{
-    apply_adapters, CostModel, LoraPolicy, OptError, OptOptions, OptReport, Roofline,
+    apply_adapters, CostModel, Limits, LoraPolicy, OptError, OptOptions, OptReport, Roofline,
 };
 use m4c_compiler::partition::{markdown_table, NpuOpSet, PartitionReport};
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
@@ -299,6 +299,41 @@ fn decomposed_fixtures_get_their_composites_back() {
         let inputs = npz(&format!("{name}.inputs.npz"));
         for ((n, got), (_, w)) in run(&back, &inputs).iter().zip(&run(&g, &inputs)) {
             assert_close(&format!("{name} {n}"), got, w);
+        }
+    }
+}
+
+/// Saturation region by region (small regions, so that every fixture is
+/// cut several times) computes what the whole graph did, and recognises as
+/// many composites as the whole graph (cuts fall between patterns).
+#[test]
+fn regions_stitch_back_to_an_equivalent_graph() {
+    let small = OptOptions {
+        lora: LoraPolicy::Auto,
+        limits: Limits {
+            region_nodes: 40,
+            ..Default::default()
+        },
+    };
+    for name in [
+        "llama_prefill",
+        "whisper_encoder",
+        "clip_text",
+        "distilbert",
+    ] {
+        let g = m4c_ir::decompose(&lowered(name)).unwrap();
+        let cost = Roofline::cpu();
+        let (whole, w) = optimise(&g, &[], LoraPolicy::Auto, &cost);
+        let (cut, r) = apply_adapters(&g, &[], &small, &cost).unwrap();
+        assert!(r.phases[0].regions.len() >= 3, "{name}: {r}");
+        assert_eq!(
+            composite_counts(&cut),
+            composite_counts(&whole),
+            "{name}\n{r}\n{w}"
+        );
+        let inputs = npz(&format!("{name}.inputs.npz"));
+        for ((n, got), (_, want)) in run(&cut, &inputs).iter().zip(&run(&g, &inputs)) {
+            assert_close(&format!("{name} {n}"), got, want);
         }
     }
 }

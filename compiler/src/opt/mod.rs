@@ -22,6 +22,7 @@ pub mod lang;
 pub mod memplan;
 mod phase;
 pub mod policy;
+pub mod region;
 pub mod report;
 pub mod rule;
 pub mod rules;
@@ -40,12 +41,15 @@ pub use error::OptError;
 pub use policy::LoraPolicy;
 pub use report::OptReport;
 
-/// Limits of each equality-saturation run (all three always apply).
+/// Limits of each equality-saturation run (all three always apply, per
+/// region), and the region size.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Limits {
     pub nodes: usize,
     pub iterations: usize,
     pub time: Duration,
+    /// Graph nodes per region (see [`region`]).
+    pub region_nodes: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             nodes: 100_000,
             iterations: 16,
             time: Duration::from_secs(10),
+            region_nodes: 400,
         }
     }
 }

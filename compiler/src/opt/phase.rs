@@ -1,5 +1,5 @@
-//! One equality-saturation phase: load, run the rules under limits,
-//! extract, rebuild.
+//! One equality-saturation phase: per region, load, run the rules under
+//! limits, extract, rebuild; then stitch the regions together.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use m4c_ir::{Graph, TensorType};
 
 use super::convert::{load, rebuild, Loaded, Provenance};
 use super::extract::extract;
-use super::report::PhaseReport;
+use super::lang::{ENode, OptAnalysis};
+use super::region::{split, Stitcher};
+use super::report::{PhaseReport, RegionReport};
 use super::rule::{EggRule, Rule};
 use super::rules::{activation, fusion, layout, lora, norm, softmax};
 use super::{CostModel, Limits, LoraPolicy, OptError};
@@ -41,7 +43,7 @@ pub fn fusion_rules() -> Vec<Arc<dyn Rule>> {
     vec![Arc::new(fusion::HorizontalMatMul)]
 }
 
-/// Runs one phase on `g`.
+/// Runs one phase on `g`, region by region.
 pub fn run(
     g: &Graph,
     adapter: &HashSet<String>,
@@ -52,7 +54,6 @@ pub fn run(
     penalty: Option<&dyn Fn(&TensorType) -> f64>,
 ) -> Result<(Graph, PhaseReport), OptError> {
     let start = Instant::now();
-    let loaded = load(g, &Provenance { adapter, mixed });
     let rewrites: Vec<EggRewrite<_, _>> = rules
         .iter()
         .map(|r| {
@@ -60,46 +61,89 @@ pub fn run(
             EggRewrite::new(r.name(), e.clone(), e).map_err(OptError::Internal)
         })
         .collect::<Result<_, _>>()?;
-    let runner = Runner::default()
-        .with_scheduler(SimpleScheduler)
-        .with_node_limit(limits.nodes)
-        .with_iter_limit(limits.iterations)
-        .with_time_limit(limits.time)
-        .with_egraph(loaded.eg)
-        .run(&rewrites);
-    let mut fired: Vec<(String, usize)> = rules.iter().map(|r| (r.name().to_string(), 0)).collect();
-    for it in &runner.iterations {
-        for (name, n) in &it.applied {
-            if let Some(f) = fired.iter_mut().find(|f| f.0 == name.as_str()) {
-                f.1 += n;
+    let mut report = PhaseReport::new(rules.iter().map(|r| r.name()));
+    let mut stitcher = Stitcher::new(g);
+    for range in split(g, limits.region_nodes) {
+        let cut = stitcher.cut(range);
+        let ctx = Region {
+            adapter,
+            rewrites: &rewrites,
+            limits,
+            model,
+            penalty,
+        };
+        let done = ctx.run(&cut.graph, mixed, &mut report)?;
+        stitcher.paste(&cut, &done)?;
+    }
+    let graph = stitcher.finish()?;
+    report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((graph, report))
+}
+
+/// What every region of a phase shares.
+struct Region<'a> {
+    adapter: &'a HashSet<String>,
+    rewrites: &'a [EggRewrite<ENode, OptAnalysis>],
+    limits: &'a Limits,
+    model: &'a dyn CostModel,
+    penalty: Option<&'a dyn Fn(&TensorType) -> f64>,
+}
+
+impl Region<'_> {
+    /// Loads, saturates, extracts and rebuilds one region.
+    fn run(
+        &self,
+        g: &Graph,
+        mixed: &mut HashSet<String>,
+        report: &mut PhaseReport,
+    ) -> Result<Graph, OptError> {
+        let start = Instant::now();
+        let loaded = load(
+            g,
+            &Provenance {
+                adapter: self.adapter,
+                mixed,
+            },
+        );
+        let limits = self.limits;
+        let runner = Runner::default()
+            .with_scheduler(SimpleScheduler)
+            .with_node_limit(limits.nodes)
+            .with_iter_limit(limits.iterations)
+            .with_time_limit(limits.time)
+            .with_egraph(loaded.eg)
+            .run(self.rewrites);
+        for it in &runner.iterations {
+            for (name, n) in &it.applied {
+                report.count(name.as_str(), *n);
             }
         }
+        let saturate_ms = start.elapsed().as_secs_f64() * 1e3;
+        let loaded = Loaded {
+            eg: runner.egraph,
+            class_of: loaded.class_of,
+            cse_merged: loaded.cse_merged,
+        };
+        let roots: Vec<_> = g
+            .outputs
+            .iter()
+            .map(|o| loaded.class_of[o.index()])
+            .collect();
+        let ex = extract(&loaded.eg, &roots, self.model, self.penalty);
+        let rebuilt = rebuild(g, &loaded, &ex)?;
+        mixed.extend(rebuilt.mixed.iter().cloned());
+        report.cse_merged += loaded.cse_merged;
+        report.constants_folded += rebuilt.folded;
+        report.extracted_cost_ns += ex.cost_ns;
+        report.regions.push(RegionReport {
+            nodes: g.nodes.len(),
+            iterations: runner.iterations.len(),
+            stop_reason: format!("{:?}", runner.stop_reason),
+            egraph_nodes: loaded.eg.total_size(),
+            egraph_classes: loaded.eg.number_of_classes(),
+            saturate_ms,
+            total_ms: start.elapsed().as_secs_f64() * 1e3,
+        });
+        Ok(rebuilt.graph)
     }
-    let saturate_s = start.elapsed().as_secs_f64();
-    let loaded = Loaded {
-        eg: runner.egraph,
-        class_of: loaded.class_of,
-        cse_merged: loaded.cse_merged,
-    };
-    let roots: Vec<_> = g
-        .outputs
-        .iter()
-        .map(|o| loaded.class_of[o.index()])
-        .collect();
-    let ex = extract(&loaded.eg, &roots, model, penalty);
-    let rebuilt = rebuild(g, &loaded, &ex)?;
-    mixed.extend(rebuilt.mixed.iter().cloned());
-    let report = PhaseReport {
-        rules_fired: fired,
-        iterations: runner.iterations.len(),
-        stop_reason: format!("{:?}", runner.stop_reason),
-        egraph_nodes: loaded.eg.total_size(),
-        egraph_classes: loaded.eg.number_of_classes(),
-        cse_merged: loaded.cse_merged,
-        constants_folded: rebuilt.folded,
-        extracted_cost_ns: ex.cost_ns,
-        saturate_ms: saturate_s * 1e3,
-        total_ms: start.elapsed().as_secs_f64() * 1e3,
-    };
-    Ok((rebuilt.graph, report))
 }

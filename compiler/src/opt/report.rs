@@ -13,19 +13,61 @@ use super::lang::LITERAL_MAX_ELEMS;
 use super::memplan::{plan_memory, MemoryPlan};
 use super::policy::Decision;
 
-/// One equality-saturation phase.
+/// One equality-saturation phase over all regions.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PhaseReport {
+    /// Applications of each rule, summed over regions.
     pub rules_fired: Vec<(String, usize)>,
+    pub regions: Vec<RegionReport>,
+    pub cse_merged: usize,
+    pub constants_folded: usize,
+    pub extracted_cost_ns: f64,
+    /// The whole phase, stitching included.
+    pub total_ms: f64,
+}
+
+/// One region's saturation run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegionReport {
+    /// Graph nodes in the region.
+    pub nodes: usize,
     pub iterations: usize,
     pub stop_reason: String,
     pub egraph_nodes: usize,
     pub egraph_classes: usize,
-    pub cse_merged: usize,
-    pub constants_folded: usize,
-    pub extracted_cost_ns: f64,
     pub saturate_ms: f64,
+    /// Load, saturation, extraction and rebuild.
     pub total_ms: f64,
+}
+
+impl PhaseReport {
+    /// An empty report for these rules.
+    pub fn new<'a>(rules: impl Iterator<Item = &'a str>) -> Self {
+        PhaseReport {
+            rules_fired: rules.map(|r| (r.to_string(), 0)).collect(),
+            regions: vec![],
+            cse_merged: 0,
+            constants_folded: 0,
+            extracted_cost_ns: 0.0,
+            total_ms: 0.0,
+        }
+    }
+
+    /// Adds `n` applications of `rule`.
+    pub fn count(&mut self, rule: &str, n: usize) {
+        if let Some(f) = self.rules_fired.iter_mut().find(|f| f.0 == rule) {
+            f.1 += n;
+        }
+    }
+
+    /// The largest region's e-graph (nodes, classes).
+    pub fn largest_egraph(&self) -> (usize, usize) {
+        self.regions
+            .iter()
+            .map(|r| (r.egraph_nodes, r.egraph_classes))
+            .max()
+            .unwrap_or((0, 0))
+    }
 }
 
 /// Static figures of a graph.
@@ -102,7 +144,7 @@ impl OptReport {
         let mut memory = plan_memory(after);
         memory.placements.clear();
         OptReport {
-            target: model.name().to_string(),
+            target: model.describe(),
             phases,
             before: GraphFigures::of(before, model),
             after: GraphFigures::of(after, model),
@@ -133,18 +175,27 @@ impl fmt::Display for OptReport {
                 .iter()
                 .map(|(n, c)| format!("{n}={c}"))
                 .collect();
+            let (nodes, classes) = p.largest_egraph();
+            let iterations = p.regions.iter().map(|r| r.iterations).max().unwrap_or(0);
+            let saturated = p
+                .regions
+                .iter()
+                .filter(|r| r.stop_reason == "Some(Saturated)")
+                .count();
+            let saturate_ms: f64 = p.regions.iter().map(|r| r.saturate_ms).sum();
             writeln!(
                 f,
-                "phase {}: {} iterations ({}), e-graph {} nodes / {} classes, {} CSE merges, {} constants folded, {:.1} ms (saturation {:.1} ms)",
+                "phase {}: {} region(s), {} saturated, at most {} iterations, largest e-graph {} nodes / {} classes, {} CSE merges, {} constants folded, {:.1} ms (saturation {:.1} ms)",
                 i + 1,
-                p.iterations,
-                p.stop_reason,
-                p.egraph_nodes,
-                p.egraph_classes,
+                p.regions.len(),
+                saturated,
+                iterations,
+                nodes,
+                classes,
                 p.cse_merged,
                 p.constants_folded,
                 p.total_ms,
-                p.saturate_ms
+                saturate_ms
             )?;
             writeln!(f, "  rules fired: {}", fired.join(", "))?;
         }
