@@ -93,7 +93,11 @@ def main() -> int:
     print(f"{'model':<28} {'m4c ms':>10} {'ORT ms':>10} {'m4c/ORT':>8} {'compile ms':>11}")
     for model in args.models:
         ort_ms, inputs = time_ort(model, args.threads, args.runs)
-        report = time_m4c(args.m4c, model, args.threads, args.runs, inputs)
+        try:
+            report = time_m4c(args.m4c, model, args.threads, args.runs, inputs)
+        except RuntimeError as e:
+            print(f"{os.path.basename(model):<28} {'-':>10} {ort_ms:>10.3f}  m4c failed: {str(e)[-300:]}", flush=True)
+            continue
         row = {
             "model": os.path.basename(model),
             "threads": args.threads,
@@ -109,6 +113,8 @@ def main() -> int:
             flush=True,
         )
     ratios = [r["ratio"] for r in rows]
+    if not ratios:
+        return 1
     print(f"geometric mean m4c/ORT: {float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(rows)} models "
           f"(onnxruntime {ort.__version__}, {args.threads} thread(s))")
     if args.json:
