@@ -58,7 +58,7 @@ impl Default for Limits {
             nodes: 100_000,
             iterations: 16,
             time: Duration::from_secs(10),
-            region_nodes: 400,
+            region_nodes: 128,
         }
     }
 }
