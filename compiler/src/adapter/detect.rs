@@ -13,7 +13,7 @@ use super::{module_scope, LoraSite};
 use crate::opt::convert::{load, Provenance};
 use crate::opt::lang::shape_of;
 use crate::opt::rule::{binary, scalar};
-use crate::opt::rules::lora::{branches, matmuls};
+use crate::opt::rules::lora::{biased, branches, matmuls};
 
 /// Every LoRA branch of `g`, in graph order.
 pub fn detect(g: &Graph) -> Vec<LoraSite> {
@@ -42,7 +42,9 @@ pub fn detect(g: &Graph) -> Vec<LoraSite> {
         let found = binary(eg, class, OpKind::Add)
             .into_iter()
             .find_map(|(p, q)| {
-                matmuls(eg, p).into_iter().find_map(|(x, w, _)| {
+                let bases = biased(eg, p).into_iter().map(|(base, _)| base);
+                let products = bases.flat_map(|base| matmuls(eg, base));
+                products.into_iter().find_map(|(x, w, _)| {
                     branches(eg, q, x).into_iter().find_map(|br| {
                         let (w, a, b) = (
                             const_name.get(&w)?,

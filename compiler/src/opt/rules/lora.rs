@@ -1,5 +1,7 @@
 //! LoRA fold: `x·W + s·((x·A)·B) ⇔ x·(W + s·(A·B))`, only when `W`, `A`
-//! and `B` are compile-time constants with fitting 2-D shapes.
+//! and `B` are compile-time constants with fitting 2-D shapes; on a biased
+//! Linear, `(x·W + b) + s·((x·A)·B) ⇔ x·(W + s·(A·B)) + b` (the branch on
+//! either side of the outer Add).
 //!
 //! The branch is recognised in the forms exporters and the adapter
 //! ingestion produce: the scale after `B` (`Mul(B-product, s)` either
@@ -117,34 +119,59 @@ impl Rule for LoraFold {
     fn rewrites(&self, eg: &EG, class: Id) -> Vec<Rewrite> {
         let mut out = vec![];
         for (p, q) in binary(eg, class, OpKind::Add) {
-            for (x, w, trans_w) in matmuls(eg, p) {
-                for br in branches(eg, q, x) {
-                    if !fits(eg, w, trans_w, &br) {
-                        continue;
-                    }
-                    let mut alt = Alt::build();
-                    // ΔW = op(A)·op(B), or its transpose op(B)ᵀ·op(A)ᵀ when
-                    // W is stored transposed.
-                    let delta_op = |ta, tb| Op::MatMul {
-                        trans_a: ta,
-                        trans_b: tb,
-                    };
-                    let mut delta = if trans_w {
-                        let op = delta_op(!br.trans_b, !br.trans_a);
-                        alt.push(op, vec![Ref::Class(br.b), Ref::Class(br.a)])
-                    } else {
-                        let op = delta_op(br.trans_a, br.trans_b);
-                        alt.push(op, vec![Ref::Class(br.a), Ref::Class(br.b)])
-                    };
-                    if let Some(s) = br.scale {
-                        delta = alt.push(Op::Mul, vec![delta, Ref::Class(s)]);
-                    }
-                    let folded = alt.push(Op::Add, vec![Ref::Class(w), delta]);
-                    alt.push(delta_op(false, trans_w), vec![Ref::Class(x), folded]);
-                    out.push(Rewrite { target: class, alt });
-                }
+            for (base, bias) in biased(eg, p) {
+                out.extend(folds(eg, class, base, bias, q));
             }
         }
         out
     }
+}
+
+/// The bases `p` may be: itself (no bias), or `base + bias` with a constant
+/// `bias` (a biased Linear, `Add(Add(x·W, b), branch)`).
+pub fn biased(eg: &EG, p: Id) -> Vec<(Id, Option<Id>)> {
+    let mut out = vec![(p, None)];
+    for (base, bias) in binary(eg, p, OpKind::Add) {
+        if eg[bias].data.constness.is_const() && !matmuls(eg, base).is_empty() {
+            out.push((base, Some(bias)));
+        }
+    }
+    out
+}
+
+/// The folds of `class = base (+ bias) + q` where `base` is a MatMul and `q`
+/// a LoRA branch on its input.
+fn folds(eg: &EG, class: Id, p: Id, bias: Option<Id>, q: Id) -> Vec<Rewrite> {
+    let mut out = vec![];
+    for (x, w, trans_w) in matmuls(eg, p) {
+        for br in branches(eg, q, x) {
+            if !fits(eg, w, trans_w, &br) {
+                continue;
+            }
+            let mut alt = Alt::build();
+            // ΔW = op(A)·op(B), or its transpose op(B)ᵀ·op(A)ᵀ when
+            // W is stored transposed.
+            let delta_op = |ta, tb| Op::MatMul {
+                trans_a: ta,
+                trans_b: tb,
+            };
+            let mut delta = if trans_w {
+                let op = delta_op(!br.trans_b, !br.trans_a);
+                alt.push(op, vec![Ref::Class(br.b), Ref::Class(br.a)])
+            } else {
+                let op = delta_op(br.trans_a, br.trans_b);
+                alt.push(op, vec![Ref::Class(br.a), Ref::Class(br.b)])
+            };
+            if let Some(s) = br.scale {
+                delta = alt.push(Op::Mul, vec![delta, Ref::Class(s)]);
+            }
+            let folded = alt.push(Op::Add, vec![Ref::Class(w), delta]);
+            let y = alt.push(delta_op(false, trans_w), vec![Ref::Class(x), folded]);
+            if let Some(b) = bias {
+                alt.push(Op::Add, vec![y, Ref::Class(b)]);
+            }
+            out.push(Rewrite { target: class, alt });
+        }
+    }
+    out
 }

@@ -221,3 +221,39 @@ fn decomposed_gelu_is_recognised() {
     assert_eq!(opt.nodes.len(), 1);
     assert_eq!(count(&opt, OpKind::Gelu), 1);
 }
+
+/// A LoRA branch on a biased Linear, the branch on either side.
+#[test]
+fn lora_branch_on_a_biased_linear_folds() {
+    for branch_first in [false, true] {
+        let mut rng = Rng(13);
+        let mut g = Graph::new("lora-bias");
+        let x = input(&mut g, "x", &[3, 8]);
+        let w = g.add_const("w", rng.tensor(&[8, 6]));
+        let bias = g.add_const("bias", rng.tensor(&[6]));
+        let a = g.add_const("a", rng.tensor(&[8, 2]));
+        let b = g.add_const("b", rng.tensor(&[2, 6]));
+        let s = scalar(&mut g, "s", 0.5);
+        let base = g.add_node(MM, &[x, w], "base").unwrap();
+        let biased = g.add_node(Op::Add, &[base, bias], "biased").unwrap();
+        let xa = g.add_node(MM, &[x, a], "xa").unwrap();
+        let xab = g.add_node(MM, &[xa, b], "xab").unwrap();
+        let scaled = g.add_node(Op::Mul, &[xab, s], "scaled").unwrap();
+        let ins = if branch_first {
+            [scaled, biased]
+        } else {
+            [biased, scaled]
+        };
+        let y = g.add_node(Op::Add, &ins, "y").unwrap();
+        g.outputs.push(y);
+        let (opt, r) = check(&g, "lora-fold");
+        assert_eq!(
+            count(&opt, OpKind::MatMul),
+            1,
+            "{}",
+            m4c_ir::text::print(&opt)
+        );
+        assert_eq!(count(&opt, OpKind::Add), 1);
+        assert!(r.lora.len() == 1 && r.lora[0].folded, "{r}");
+    }
+}
