@@ -102,6 +102,7 @@ pub const LOWERINGS: &[(&str, LowerFn)] = &[
     ("GatherND", shape::gather_nd),
     ("Transpose", shape::transpose_node),
     ("Tile", shape::tile),
+    ("Trilu", shape::trilu),
     ("Pad", shape::pad),
     ("DepthToSpace", shape::depth_space),
     ("SpaceToDepth", shape::depth_space),

@@ -674,3 +674,25 @@ pub fn gather_nd(b: &mut B, n: &NodeCtx) -> Lowering {
     let data = reshape(b, &data, &flat, name)?;
     Ok(vec![b.op(Op::Gather { axis: 0 }, &[data, linear], name)?])
 }
+
+/// Trilu: the upper (or lower) triangle of the last two axes, kept through
+/// a compile-time mask: `Where(mask, x, 0)`.
+pub fn trilu(b: &mut B, n: &NodeCtx) -> Lowering {
+    let x = n.input(0)?;
+    let s = b.shape(&x);
+    if s.len() < 2 {
+        return Err("input must have rank ≥ 2".into());
+    }
+    let k = n
+        .const_ints(1)?
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0);
+    let upper = n.int("upper", 1) != 0;
+    let (rows, cols) = (s[s.len() - 2], s[s.len() - 1]);
+    let mask: Vec<bool> = (0..rows as i64)
+        .flat_map(|i| (0..cols as i64).map(move |j| if upper { j - i >= k } else { j - i <= k }))
+        .collect();
+    let mask = Val::konst(Tensor::from_bool(&[rows, cols], &mask));
+    let zero = b.scalar(b.dtype(&x), 0.0)?;
+    Ok(vec![b.op(Op::Where, &[mask, x, zero], n.name())?])
+}
