@@ -256,3 +256,279 @@ fn cli_info_on_a_damaged_bundle_names_the_section() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
 }
+
+/// The firmware written to `dir` and the fixture adapter packed for its
+/// backbone as `app.m4a` with `lora`.
+fn firmware_and_adapter(dir: &TempDir, lora: &str) -> (PathBuf, PathBuf) {
+    let (fw, app) = (dir.0.join("M4.fw"), dir.0.join(format!("{lora}.m4a")));
+    m4c_compiler::bundle::write_atomically(&fw, firmware()).unwrap();
+    let peft = fixture("llama_lora_adapter");
+    let o = m4c(&[
+        "adapt",
+        fw.to_str().unwrap(),
+        "--module",
+        "backbone",
+        "--adapter",
+        peft.to_str().unwrap(),
+        "--lora",
+        lora,
+        "-o",
+        app.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (fw, app)
+}
+
+/// `m4c run M4.fw --module backbone [--adapter APP.m4a]` against a fixture's
+/// expected outputs; the exit code.
+fn run_backbone(fw: &Path, adapters: &[&Path], fixture_name: &str, expect: &str) -> Output {
+    let (inputs, expect) = (
+        fixture(&format!("{fixture_name}.inputs.npz")),
+        fixture(&format!("{expect}.expected.npz")),
+    );
+    let mut args = vec![
+        "run".to_string(),
+        fw.display().to_string(),
+        "--module".into(),
+        "backbone".into(),
+        "--inputs".into(),
+        inputs.display().to_string(),
+        "--expect".into(),
+        expect.display().to_string(),
+    ];
+    for a in adapters {
+        args.extend(["--adapter".to_string(), a.display().to_string()]);
+    }
+    m4c(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn firmware_plus_adapter_bundle_reproduces_the_lora_model() {
+    let dir = TempDir::new();
+    for lora in ["keep", "fold"] {
+        let (fw, app) = firmware_and_adapter(&dir, lora);
+        let o = run_backbone(&fw, &[&app], "llama_lora", "llama_lora");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{lora}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        // The adapter is what makes the difference.
+        let o = run_backbone(&fw, &[&app], "llama_prefill", "llama_prefill");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{lora}: the adapter changed nothing"
+        );
+    }
+    let fw = dir.0.join("M4.fw");
+    let o = run_backbone(&fw, &[], "llama_prefill", "llama_prefill");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn an_adapter_bundle_is_small_deterministic_and_bound_to_its_firmware() {
+    let dir = TempDir::new();
+    let (fw, app) = firmware_and_adapter(&dir, "keep");
+    let first = std::fs::read(&app).unwrap();
+    let (_, again) = firmware_and_adapter(&dir, "keep");
+    assert!(std::fs::read(again).unwrap() == first, "rebuild differs");
+    // Factors only: 4 sites × (8×64 + 64×8 or 32×8) f32, far below the
+    // firmware's backbone weights.
+    assert!(first.len() < 20_000, "{} bytes", first.len());
+    assert!(first.len() * 20 < std::fs::metadata(&fw).unwrap().len() as usize);
+    // Another firmware (one module fewer) refuses it.
+    let other = dir.0.join("other.fw");
+    let two = build_firmware(&module_list()[3..], &FirmwareOptions::default()).unwrap();
+    m4c_compiler::bundle::write_atomically(&other, &two).unwrap();
+    let o = run_backbone(&other, &[&app], "llama_lora", "llama_lora");
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("built for firmware") && e.contains("m4c adapt"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
+
+#[test]
+fn adapter_errors_exit_2_with_one_line() {
+    let dir = TempDir::new();
+    let (fw, app) = firmware_and_adapter(&dir, "keep");
+    let good = std::fs::read(&app).unwrap();
+    let damaged = |name: &str, bytes: &[u8]| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let truncated = damaged("truncated.m4a", &good[..good.len() - 10]);
+    let mut flipped = good.clone();
+    *flipped.last_mut().unwrap() ^= 0x40;
+    let flipped = damaged("flipped.m4a", &flipped);
+    let peft = fixture("llama_lora_adapter");
+    let (fw_s, app_s, peft_s) = (
+        fw.to_str().unwrap(),
+        app.to_str().unwrap(),
+        peft.to_str().unwrap(),
+    );
+    let lora_in = fixture("llama_lora.inputs.npz");
+    let lora_in = lora_in.to_str().unwrap();
+    let onnx = fixture("llama_prefill.onnx");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "backbone",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                truncated.to_str().unwrap(),
+            ],
+            "truncated: section weights",
+        ),
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "backbone",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                flipped.to_str().unwrap(),
+            ],
+            "checksum mismatch in section weights",
+        ),
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "backbone",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                peft_s,
+            ],
+            "is a PEFT directory",
+        ),
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "backbone",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                fw_s,
+            ],
+            "kind `firmware`, expected kind `adapter`",
+        ),
+        (
+            vec!["run", app_s, "--module", "backbone", "--inputs", lora_in],
+            "kind `adapter`, expected kind `firmware`",
+        ),
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "backbone",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                app_s,
+                "--lora",
+                "fold",
+            ],
+            "--lora applies to ONNX models",
+        ),
+        (
+            vec![
+                "run",
+                onnx.to_str().unwrap(),
+                "--inputs",
+                lora_in,
+                "--adapter",
+                app_s,
+            ],
+            "is an adapter bundle",
+        ),
+        (
+            vec![
+                "run",
+                fw_s,
+                "--module",
+                "img_enc",
+                "--inputs",
+                lora_in,
+                "--adapter",
+                app_s,
+            ],
+            "does not fit module `img_enc`",
+        ),
+        (
+            vec![
+                "adapt",
+                fw_s,
+                "--module",
+                "nope",
+                "--adapter",
+                peft_s,
+                "-o",
+                "/tmp/never.m4a",
+            ],
+            "no module `nope`",
+        ),
+        (
+            vec![
+                "adapt",
+                fw_s,
+                "--module",
+                "txt_enc",
+                "--adapter",
+                peft_s,
+                "-o",
+                "/tmp/never.m4a",
+            ],
+            "no MatMul carries this module name",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = m4c(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+    }
+    // A usage error (clap's format: the error line, then a hint).
+    let o = m4c(&[
+        "adapt",
+        fw_s,
+        "--module",
+        "backbone",
+        "--adapter",
+        peft_s,
+        "--lora",
+        "auto",
+        "-o",
+        "/tmp/never.m4a",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown LoRA mode 'auto' (known: keep, fold)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new("/tmp/never.m4a").exists());
+}
