@@ -532,3 +532,48 @@ fn adapter_errors_exit_2_with_one_line() {
     );
     assert!(!Path::new("/tmp/never.m4a").exists());
 }
+
+#[test]
+fn scale_report_measures_storage_and_peak_rss_from_the_os() {
+    let dir = TempDir::new();
+    let (fw, app) = firmware_and_adapter(&dir, "keep");
+    let out = dir.0.join("report");
+    let ts = fixture("imu_encoder.onnx");
+    let o = m4c(&[
+        "scale-report",
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--adapter",
+        app.to_str().unwrap(),
+        "--ts",
+        ts.to_str().unwrap(),
+        "--max-n",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("scale.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    for (i, r) in rows.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(r["m4_storage_bytes"], len(&fw) + n * len(&app));
+        for k in ["m4_peak_rss_bytes", "ts_peak_rss_bytes"] {
+            assert!(
+                r[k].as_u64().unwrap() > json["baseline_rss_bytes"].as_u64().unwrap(),
+                "{k}"
+            );
+        }
+    }
+    assert!(rows[1]["ts_storage_bytes"] == 2 * rows[0]["ts_storage_bytes"].as_u64().unwrap());
+    assert!(std::fs::read_to_string(out.join("scale.svg"))
+        .unwrap()
+        .contains("<polyline"));
+    assert!(std::fs::read_to_string(out.join("scale.md"))
+        .unwrap()
+        .contains("| 2 |"));
+    assert!(!out.join("files").exists());
+}

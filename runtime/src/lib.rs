@@ -6,7 +6,7 @@ pub mod adapter;
 pub mod bundle;
 pub mod exec;
 pub mod generate;
-pub mod task;
 mod npz;
+pub mod task;
 
 pub use npz::{read_npz, sanitized_key, write_npz, NpzError};
