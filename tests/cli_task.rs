@@ -27,7 +27,9 @@ fn fixture(name: &str) -> PathBuf {
 fn setup() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("m4c-cli-task-{}", std::process::id()));
+        // Cargo's scratch directory for integration tests (under target/).
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-task-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let modules: Vec<(String, PathBuf)> = [
             ("backbone", "llama_prefill"),
