@@ -1,5 +1,7 @@
 //! Subcommands of the `m4c` binary.
 
+mod adapt;
+mod backend;
 mod bench;
 mod coverage;
 mod firmware;
@@ -9,6 +11,8 @@ mod npu;
 mod opt;
 mod partition;
 mod run;
+mod scale;
+mod task;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +49,14 @@ enum Command {
     /// Split models into NPU sub-graphs and CPU fallback (the paper's
     /// Fig. 2 table, or --json).
     Partition(partition::PartitionArgs),
+    /// Pack a PEFT LoRA adapter for one firmware (an .m4a adapter bundle
+    /// bound to its content hash).
+    Adapt(adapt::AdaptArgs),
+    /// Run a task of a task manifest (the paper's execution paths 1–4).
+    Task(task::TaskArgs),
+    /// Storage and peak RSS of firmware + N adapters vs N task-specific
+    /// models (the paper's Fig. 11).
+    ScaleReport(scale::ScaleArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -55,6 +67,9 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => run::run(args),
         Command::Npu(args) => npu::run(args),
+        Command::Adapt(args) => adapt::run(args),
+        Command::Task(args) => task::run(args),
+        Command::ScaleReport(args) => scale::run(args),
         Command::Opt(args) => opt::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Bench(args) => bench::run(args),

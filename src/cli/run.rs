@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use m4c_compiler::{lower, OnnxModel};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::Value;
 use m4c_runtime::adapter::{adapted_module, AdapterBundle};
 use m4c_runtime::bundle::{is_bundle, Bundle};
 use m4c_runtime::{read_npz, sanitized_key, write_npz};
 
+use super::backend::BackendArgs;
 use super::model_args::{DimArgs, ModelPath};
 use super::CliResult;
 
@@ -52,6 +53,8 @@ pub struct RunArgs {
     atol: f64,
     #[command(flatten)]
     dims: DimArgs,
+    #[command(flatten)]
+    engine: BackendArgs,
 }
 
 /// Looks a value name up in an npz map, exact name first, then sanitized.
@@ -271,8 +274,10 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         }
         values.push(v.clone());
     }
-    let outputs =
-        run_graph(&graph, &values).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let outputs = args
+        .engine
+        .execute(&graph, &values)
+        .map_err(|e| format!("{}: {e}", args.model.display()))?;
     let named: Vec<(String, Value)> = output_names.into_iter().zip(outputs).collect();
     let mut code = 0;
     if let Some(expect) = &args.expect {
