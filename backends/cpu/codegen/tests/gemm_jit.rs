@@ -52,7 +52,7 @@ fn host() -> Target {
 #[test]
 fn edge_shapes_on_the_host_target() {
     // 1s, primes, one past the 14×32 tile, two K blocks (k_block 128), a
-    // partial M remainder, more than one M block (m_block 1022).
+    // partial M remainder, more than one M block (m_block 252).
     for (m, k, n) in [
         (1, 1, 1),
         (7, 33, 65),
@@ -62,6 +62,16 @@ fn edge_shapes_on_the_host_target() {
         (1030, 3, 5),
     ] {
         check(&host(), m, k, n, false, 1, (m * k * n) as u64);
+    }
+}
+
+#[test]
+fn column_groups_with_a_larger_than_half_of_l2() {
+    // A (300 × 500 floats) is larger than half of L2, so the panels are
+    // grouped (16 per group on AVX-512): two groups, the second ending in the
+    // N remainder, two M blocks, on one and two threads.
+    for threads in [1, 2] {
+        check(&host(), 300, 500, 530, false, threads, 11);
     }
 }
 

@@ -54,7 +54,8 @@ pub struct GemmManifest {
     pub packed_b: PackedPanels,
     /// Where the packed B starts in the weight file, in floats.
     pub weights_offset: usize,
-    /// Floats of scratch space each concurrent call needs (packed A block).
+    /// Floats of scratch space each concurrent call needs (0 for the
+    /// current generator, which reads A in place; kept in the ABI).
     pub scratch_floats: usize,
     /// Rows of the register-blocked micro-kernel tile (MR).
     pub tile_rows: usize,

@@ -8,7 +8,7 @@ use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
 use super::microkernel::{self, Tile};
-use super::{pack_a, GemmPlan, GemmSpec};
+use super::{GemmPlan, GemmSpec};
 use crate::ir::{define_function, Emitter};
 use crate::{CodegenError, Target};
 
@@ -37,18 +37,10 @@ pub(super) fn emit<'ctx>(
     let (m, k, n) = (spec.m, spec.k, spec.n);
     let nr = plan.tile_cols();
     let full_panels = n / nr;
-    let pack = pack_a::emit(
-        context,
-        module,
-        target,
-        &format!("{}.pack_a", spec.symbol),
-        plan.tile_rows,
-        k,
-    )?;
     let kernels_for = |valid_cols: usize| -> Result<PanelKernels<'ctx>, CodegenError> {
         let tile = |rows| Tile {
             rows,
-            a_stride: plan.tile_rows,
+            a_row_stride: k,
             vectors: plan.vectors,
             lanes: plan.lanes,
             valid_cols,
@@ -97,74 +89,89 @@ pub(super) fn emit<'ctx>(
     );
     let em = define_function(context, module, target, &spec.symbol, ty, true);
     let (a, packed_b, c) = (em.ptr_param(0), em.ptr_param(1), em.ptr_param(2));
-    let (panel_begin, panel_end, scratch) = (em.int_param(3), em.int_param(4), em.ptr_param(5));
+    // Parameter 5 (scratch) is unused: A is read in place.
+    let (panel_begin, panel_end) = (em.int_param(3), em.int_param(4));
 
-    em.counted_loop(em.i64(0), em.i64(k.div_ceil(plan.k_block)), |k_index| {
-        let pc = em
-            .builder
-            .build_int_mul(k_index, em.i64(plan.k_block), "pc")?;
-        let k_left = em.builder.build_int_sub(em.i64(k), pc, "k_left")?;
-        let kc = em.umin(k_left, em.i64(plan.k_block))?;
-        let later_block =
+    // Groups of `group` panels, each finished over all of K before the next
+    // starts, so the group's block of C stays in L2 across the K blocks.
+    let group = plan.group_panels(m, k);
+    let span = em.builder.build_int_sub(panel_end, panel_begin, "span")?;
+    let groups = em.builder.build_int_unsigned_div(
+        em.builder
+            .build_int_add(span, em.i64(group - 1), "span_up")?,
+        em.i64(group),
+        "groups",
+    )?;
+    em.counted_loop(em.i64(0), groups, |g| {
+        let group_begin = em.mul_add(g, em.i64(group), panel_begin)?;
+        let group_end = em.umin(
             em.builder
-                .build_int_compare(IntPredicate::NE, k_index, em.i64(0), "later")?;
-        let accumulate = if spec.accumulate {
-            context.bool_type().const_int(1, false)
-        } else {
-            later_block
-        };
-        em.counted_loop(em.i64(0), em.i64(m.div_ceil(plan.m_block)), |m_index| {
-            let ic = em
+                .build_int_add(group_begin, em.i64(group), "group_end")?,
+            panel_end,
+        )?;
+        em.counted_loop(em.i64(0), em.i64(k.div_ceil(plan.k_block)), |k_index| {
+            let pc = em
                 .builder
-                .build_int_mul(m_index, em.i64(plan.m_block), "ic")?;
-            let m_left = em.builder.build_int_sub(em.i64(m), ic, "m_left")?;
-            let mc = em.umin(m_left, em.i64(plan.m_block))?;
-            let a_block = em.float_offset(a, em.mul_add(ic, em.i64(k), pc)?)?;
-            em.builder.build_call(
-                pack,
-                &[a_block.into(), scratch.into(), mc.into(), kc.into()],
-                "",
-            )?;
-            let block = Block {
-                em: &em,
-                plan,
-                n,
-                kc,
-                mc,
-                scratch,
-                accumulate,
+                .build_int_mul(k_index, em.i64(plan.k_block), "pc")?;
+            let k_left = em.builder.build_int_sub(em.i64(k), pc, "k_left")?;
+            let kc = em.umin(k_left, em.i64(plan.k_block))?;
+            let later_block =
+                em.builder
+                    .build_int_compare(IntPredicate::NE, k_index, em.i64(0), "later")?;
+            let accumulate = if spec.accumulate {
+                context.bool_type().const_int(1, false)
+            } else {
+                later_block
             };
-            em.counted_loop(panel_begin, panel_end, |panel| {
-                let b_offset = em.mul_add(panel, em.i64(k), pc)?;
-                let b_panel = em.float_offset(
-                    packed_b,
-                    em.builder.build_int_mul(b_offset, em.i64(nr), "b")?,
-                )?;
-                let c_col = em.builder.build_int_mul(panel, em.i64(nr), "c_col")?;
-                let c_block = em.float_offset(c, em.mul_add(ic, em.i64(n), c_col)?)?;
-                match &tail {
-                    None => block.sweep(&full, b_panel, c_block),
-                    Some(tail) => {
-                        let is_tail = em.builder.build_int_compare(
-                            IntPredicate::EQ,
-                            panel,
-                            em.i64(full_panels),
-                            "is_tail",
-                        )?;
-                        let tail_block = context.append_basic_block(em.function, "tail_panel");
-                        let full_block = context.append_basic_block(em.function, "full_panel");
-                        let join = context.append_basic_block(em.function, "panel_done");
-                        em.builder
-                            .build_conditional_branch(is_tail, tail_block, full_block)?;
-                        for (entry, kernels) in [(tail_block, tail), (full_block, &full)] {
-                            em.builder.position_at_end(entry);
-                            block.sweep(kernels, b_panel, c_block)?;
-                            em.builder.build_unconditional_branch(join)?;
+            em.counted_loop(em.i64(0), em.i64(m.div_ceil(plan.m_block)), |m_index| {
+                let ic = em
+                    .builder
+                    .build_int_mul(m_index, em.i64(plan.m_block), "ic")?;
+                let m_left = em.builder.build_int_sub(em.i64(m), ic, "m_left")?;
+                let mc = em.umin(m_left, em.i64(plan.m_block))?;
+                let a_block = em.float_offset(a, em.mul_add(ic, em.i64(k), pc)?)?;
+                let block = Block {
+                    em: &em,
+                    plan,
+                    n,
+                    k,
+                    kc,
+                    mc,
+                    a_block,
+                    accumulate,
+                };
+                em.counted_loop(group_begin, group_end, |panel| {
+                    let b_offset = em.mul_add(panel, em.i64(k), pc)?;
+                    let b_panel = em.float_offset(
+                        packed_b,
+                        em.builder.build_int_mul(b_offset, em.i64(nr), "b")?,
+                    )?;
+                    let c_col = em.builder.build_int_mul(panel, em.i64(nr), "c_col")?;
+                    let c_block = em.float_offset(c, em.mul_add(ic, em.i64(n), c_col)?)?;
+                    match &tail {
+                        None => block.sweep(&full, b_panel, c_block),
+                        Some(tail) => {
+                            let is_tail = em.builder.build_int_compare(
+                                IntPredicate::EQ,
+                                panel,
+                                em.i64(full_panels),
+                                "is_tail",
+                            )?;
+                            let tail_block = context.append_basic_block(em.function, "tail_panel");
+                            let full_block = context.append_basic_block(em.function, "full_panel");
+                            let join = context.append_basic_block(em.function, "panel_done");
+                            em.builder
+                                .build_conditional_branch(is_tail, tail_block, full_block)?;
+                            for (entry, kernels) in [(tail_block, tail), (full_block, &full)] {
+                                em.builder.position_at_end(entry);
+                                block.sweep(kernels, b_panel, c_block)?;
+                                em.builder.build_unconditional_branch(join)?;
+                            }
+                            em.builder.position_at_end(join);
+                            Ok(())
                         }
-                        em.builder.position_at_end(join);
-                        Ok(())
                     }
-                }
+                })
             })
         })
     })?;
@@ -178,9 +185,11 @@ struct Block<'e, 'a, 'ctx> {
     em: &'e Emitter<'a, 'ctx>,
     plan: &'e GemmPlan,
     n: usize,
+    k: usize,
     kc: IntValue<'ctx>,
     mc: IntValue<'ctx>,
-    scratch: PointerValue<'ctx>,
+    /// A's first element of the block (A is read in place, row stride K).
+    a_block: PointerValue<'ctx>,
     accumulate: IntValue<'ctx>,
 }
 
@@ -195,31 +204,32 @@ impl<'ctx> Block<'_, '_, 'ctx> {
         let em = self.em;
         let rows = em.i64(self.plan.tile_rows);
         let full_tiles = em.builder.build_int_unsigned_div(self.mc, rows, "tiles")?;
-        let call =
-            |kernel: FunctionValue<'ctx>, tile: IntValue<'ctx>| -> Result<(), CodegenError> {
-                let a_floats = em.builder.build_int_mul(rows, self.kc, "a_tile_floats")?;
-                let a_tile = em.float_offset(
-                    self.scratch,
-                    em.builder.build_int_mul(tile, a_floats, "a_tile")?,
-                )?;
-                let c_rows = em.builder.build_int_mul(tile, rows, "c_rows")?;
-                let c_tile = em.float_offset(
-                    c_block,
-                    em.builder.build_int_mul(c_rows, em.i64(self.n), "c_tile")?,
-                )?;
-                em.builder.build_call(
-                    kernel,
-                    &[
-                        a_tile.into(),
-                        b_panel.into(),
-                        c_tile.into(),
-                        self.kc.into(),
-                        self.accumulate.into(),
-                    ],
-                    "",
-                )?;
-                Ok(())
-            };
+        let call = |kernel: FunctionValue<'ctx>,
+                    tile: IntValue<'ctx>|
+         -> Result<(), CodegenError> {
+            let a_tile = em.float_offset(
+                self.a_block,
+                em.builder
+                    .build_int_mul(tile, em.i64(self.plan.tile_rows * self.k), "a_tile")?,
+            )?;
+            let c_rows = em.builder.build_int_mul(tile, rows, "c_rows")?;
+            let c_tile = em.float_offset(
+                c_block,
+                em.builder.build_int_mul(c_rows, em.i64(self.n), "c_tile")?,
+            )?;
+            em.builder.build_call(
+                kernel,
+                &[
+                    a_tile.into(),
+                    b_panel.into(),
+                    c_tile.into(),
+                    self.kc.into(),
+                    self.accumulate.into(),
+                ],
+                "",
+            )?;
+            Ok(())
+        };
         em.counted_loop(em.i64(0), full_tiles, |tile| call(kernels.full_rows, tile))?;
         if let Some(last_rows) = kernels.last_rows {
             let covered = em.builder.build_int_mul(full_tiles, rows, "covered")?;

@@ -4,7 +4,7 @@
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::VectorType;
-use inkwell::values::{FunctionValue, VectorValue};
+use inkwell::values::{FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
 use crate::ir::{define_function, Emitter};
@@ -15,8 +15,10 @@ use crate::{CodegenError, Target};
 pub(super) struct Tile {
     /// Rows of C this variant computes (`tile_rows`, or the M remainder).
     pub rows: usize,
-    /// Row stride of the packed A tile (always the plan's `tile_rows`).
-    pub a_stride: usize,
+    /// Row stride of A, which is read in place (the GEMM's K): the `rows`
+    /// broadcasts of one k share a base register and differ by constant
+    /// displacements.
+    pub a_row_stride: usize,
     /// Vector registers per row.
     pub vectors: usize,
     /// f32 lanes per vector.
@@ -83,12 +85,12 @@ pub(super) fn emit<'ctx>(
             em.load_vector(vector, em.float_offset(b, at)?)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let a_row = em
-        .builder
-        .build_int_mul(k, em.i64(tile.a_stride), "a_row")?;
+    prefetch_next_block(&em, b, b_row, kc, tile)?;
     let mut updated = Vec::with_capacity(phis.len());
     for r in 0..tile.rows {
-        let at = em.builder.build_int_add(a_row, em.i64(r), "a_at")?;
+        let at = em
+            .builder
+            .build_int_add(k, em.i64(r * tile.a_row_stride), "a_at")?;
         let a_ptr = em.float_offset(a, at)?;
         let scalar = em
             .builder
@@ -136,6 +138,48 @@ pub(super) fn emit<'ctx>(
     }
     em.builder.build_return(None)?;
     Ok(em.function)
+}
+
+/// Prefetches the row of B that the same k of the next K block will read.
+/// A panel's K blocks lie one after another in packed B (and the next panel
+/// follows the last), so while the tiles of one block run, the next block
+/// streams in from memory: without it a B too large for the caches (the
+/// 32 000-column logits of an LLM) stalls the first tile of every block.
+fn prefetch_next_block<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    b: PointerValue<'ctx>,
+    b_row: IntValue<'ctx>,
+    kc: IntValue<'ctx>,
+    tile: Tile,
+) -> Result<(), CodegenError> {
+    let row_floats = tile.vectors * tile.lanes;
+    let block_floats = em
+        .builder
+        .build_int_mul(kc, em.i64(row_floats), "block_floats")?;
+    let ahead = em.builder.build_int_add(b_row, block_floats, "ahead")?;
+    let i32t = em.context.i32_type();
+    let (read, keep, data) = (
+        i32t.const_zero(),
+        i32t.const_int(3, false),
+        i32t.const_int(1, false),
+    );
+    const LINE_FLOATS: usize = 16;
+    for line in (0..row_floats).step_by(LINE_FLOATS) {
+        let index = em.builder.build_int_add(ahead, em.i64(line), "line")?;
+        // SAFETY: builds a plain (not in-bounds) GEP: past the last block the
+        // address may leave packed B, which a prefetch tolerates (it never
+        // faults); nothing is loaded through it.
+        let at = unsafe {
+            em.builder
+                .build_gep(em.context.f32_type(), b, &[index], "prefetch_at")?
+        };
+        em.call_intrinsic(
+            "llvm.prefetch",
+            &[at.get_type().into()],
+            &[at.into(), read.into(), keep.into(), data.into()],
+        )?;
+    }
+    Ok(())
 }
 
 /// Stores `cols` lanes of `acc` at `at` (adding what is there when

@@ -1,10 +1,9 @@
 //! f32 GEMM `C[m×n] = A[m×k] · B[k×n] (+ C)` with B known at compile time:
-//! B is packed into panels, A is packed per cache block at run time, and a
+//! B is packed into panels, A is read in place, and a
 //! register-blocked micro-kernel sized for the target does the arithmetic.
 
 mod driver;
 mod microkernel;
-mod pack_a;
 mod plan;
 
 use inkwell::context::Context;
@@ -78,7 +77,7 @@ pub fn emit_gemm<'ctx>(
             panel_width: plan.tile_cols(),
         },
         weights_offset: 0,
-        scratch_floats: plan.scratch_floats(spec.m, spec.k),
+        scratch_floats: 0,
         tile_rows: plan.tile_rows,
         k_block: plan.k_block,
         m_block: plan.m_block,

@@ -40,7 +40,9 @@ impl GemmPlan {
         let tile_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
         let tile_cols = vectors * lanes;
         let k_block = (L1_BYTES / 2 / (tile_cols * 4) / 8 * 8).max(8);
-        let m_block = (L2_BYTES / 2 / (k_block * 4)) / tile_rows * tile_rows;
+        // A is read in place (no packing): an `m_block × k_block` block of
+        // it takes an eighth of L2, leaving room for the group's C block.
+        let m_block = (L2_BYTES / 8 / (k_block * 4)) / tile_rows * tile_rows;
         Self {
             lanes,
             vectors,
@@ -55,9 +57,18 @@ impl GemmPlan {
         self.vectors * self.lanes
     }
 
-    /// Floats of packed-A scratch one call needs for an `m × k` GEMM.
-    pub fn scratch_floats(&self, m: usize, k: usize) -> usize {
-        m.min(self.m_block).next_multiple_of(self.tile_rows) * k.min(self.k_block)
+    /// B panels per column group, each group finished over all of K before
+    /// the next. When all of A (`m × k`) fits in half of L2 a group is one
+    /// panel: B then streams strictly in order and a panel's column of C
+    /// stays in L1/L2. Otherwise the group's `min(m, m_block)` rows of C
+    /// take at most half of L2, so they stay there while every K block adds
+    /// into them and each block of A is reused across the group.
+    pub fn group_panels(&self, m: usize, k: usize) -> usize {
+        if m * k * 4 <= L2_BYTES / 2 {
+            return 1;
+        }
+        let rows = m.min(self.m_block);
+        (L2_BYTES / 2 / (rows * self.tile_cols() * 4)).max(1)
     }
 }
 

@@ -41,13 +41,13 @@ impl BatchedMatmul {
         self.a_rc == (self.k as i64, 1)
     }
 
-    /// Scratch bytes per call: B packed into the GEMM's panels plus the
-    /// GEMM's packed-A block, or one padded copy of B for the vector loop.
+    /// Scratch bytes per call: B packed into the GEMM's panels, or one
+    /// padded copy of B for the vector loop.
     pub fn scratch_bytes(&self, cx: Cx<'_, '_>) -> usize {
         if self.gemm_path() {
             let plan = GemmPlan::for_target(cx.target);
             let panels = self.n.div_ceil(plan.tile_cols());
-            (panels * plan.tile_cols() * self.k + plan.scratch_floats(self.m, self.k)) * 4
+            panels * plan.tile_cols() * self.k * 4
         } else {
             self.k * self.padded_n(cx.lanes()) * 4
         }
@@ -90,7 +90,6 @@ impl BatchedMatmul {
         let f32t = cx.context.f32_type();
         let layout = manifest.packed_b;
         let width = layout.panel_width;
-        let packed_len = layout.len();
         k.em.counted_loop(k.begin, k.end, |batch| {
             let (a_base, b_base) = self.batch_bases(&k, batch)?;
             k.nest(
@@ -133,7 +132,6 @@ impl BatchedMatmul {
                 k.em.builder
                     .build_int_mul(batch, k.int((self.m * self.n) as i64), "c")?;
             let c = k.element(k.buffers[0], f32t.into(), c_base)?;
-            let a_scratch = k.element(k.scratch, f32t.into(), k.int(packed_len as i64))?;
             k.em.builder.build_call(
                 gemm,
                 &[
@@ -142,7 +140,7 @@ impl BatchedMatmul {
                     c.into(),
                     k.int(0).into(),
                     k.int(layout.panels() as i64).into(),
-                    a_scratch.into(),
+                    k.scratch.into(),
                 ],
                 "",
             )?;
