@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use m4c_compiler::{lower, OnnxModel};
+use m4c_ir::TensorType;
 use m4c_ops::Value;
-use m4c_runtime::adapter::{adapted_module, AdapterBundle};
+use m4c_runtime::adapter::AdapterBundle;
 use m4c_runtime::bundle::{is_bundle, Bundle};
+use m4c_runtime::exec::{load_module, Engine, LoadOptions, ModuleExecutor};
 use m4c_runtime::{read_npz, sanitized_key, write_npz};
 
 use super::backend::BackendArgs;
@@ -53,8 +55,14 @@ pub struct RunArgs {
     atol: f64,
     #[command(flatten)]
     dims: DimArgs,
+    /// With a bundle: run the module's compiled code (`compiled`, an error
+    /// when the bundle has none this host can run), its IR on the reference
+    /// interpreter (`reference`), or the code when usable and else the
+    /// interpreter (`auto`, the default; the reason is printed).
+    #[arg(long, value_name = "auto|compiled|reference", value_parser = |s: &str| s.parse::<Engine>())]
+    engine: Option<Engine>,
     #[command(flatten)]
-    engine: BackendArgs,
+    backend: BackendArgs,
 }
 
 /// Looks a value name up in an npz map, exact name first, then sanitized.
@@ -118,11 +126,18 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
     c
 }
 
-/// A graph ready to run, with the names its inputs and outputs have in
-/// `.npz` files.
+/// What runs: an ONNX model's graph (on `--backend`) or a bundle's
+/// loaded module.
+enum Runner {
+    Graph(m4c_ir::Graph),
+    Module(std::sync::Arc<dyn ModuleExecutor>),
+}
+
+/// A model ready to run, with the names and types its inputs and outputs
+/// have (names as in `.npz` files).
 struct Prepared {
-    graph: m4c_ir::Graph,
-    inputs: Vec<String>,
+    runner: Runner,
+    inputs: Vec<(String, TensorType)>,
     outputs: Vec<String>,
 }
 
@@ -160,18 +175,28 @@ fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<P
         graph = g;
     }
     let outputs = graph_proto.output.iter().map(|o| o.name.clone()).collect();
+    let inputs = inputs
+        .into_iter()
+        .zip(&graph.inputs)
+        .map(|(name, &id)| (name, graph.value(id).ty.clone()))
+        .collect();
     Ok(Prepared {
-        graph,
+        runner: Runner::Graph(graph),
         inputs,
         outputs,
     })
 }
 
-/// Takes a module out of a bundle (its IR keeps the ONNX value names), with
-/// the adapter bundles of `--adapter` attached.
+/// Loads a module of a bundle (its IR keeps the ONNX value names) with the
+/// adapter bundles of `--adapter` attached, on the engine `--engine` picks;
+/// says on stderr what runs it (and why not the compiled code, if so).
 fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
     if args.lora.is_some() {
         let msg = "--lora applies to ONNX models; an adapter bundle's LoRA mode is chosen when it is built (m4c adapt --lora)";
+        return Err(format!("{}: {msg}", args.model.display()).into());
+    }
+    if args.backend.backend != super::backend::Backend::Reference || args.backend.target.is_some() {
+        let msg = "--backend/--target apply to ONNX models; a bundle runs its own compiled code (choose with --engine)";
         return Err(format!("{}: {msg}", args.model.display()).into());
     }
     let bundle = Bundle::open(&args.model)?;
@@ -187,15 +212,33 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         .iter()
         .map(|p| open_adapter_bundle(p, &args.model))
         .collect::<CliResult<Vec<_>>>()?;
-    let graph = adapted_module(&bundle, name, &adapters.iter().collect::<Vec<_>>())?;
-    let names = |ids: &[m4c_ir::ValueId]| {
-        ids.iter()
-            .map(|&i| graph.value(i).name.clone())
-            .collect::<Vec<_>>()
+    let opts = LoadOptions {
+        engine: args.engine.unwrap_or_default(),
+        threads: args.backend.threads.max(1),
     };
-    let (inputs, outputs) = (names(&graph.inputs), names(&graph.outputs));
+    let started = std::time::Instant::now();
+    let loaded = load_module(&bundle, name, &adapters.iter().collect::<Vec<_>>(), &opts)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Some(why) = &loaded.fallback {
+        eprintln!("note: {why}");
+    }
+    let exec = loaded.executor;
+    let engine = match exec.target() {
+        m4c_runtime::bundle::format::Target::Cpu => "compiled code",
+        m4c_runtime::bundle::format::Target::Reference => "reference interpreter",
+    };
+    eprintln!(
+        "module `{name}`: {engine}, loaded in {load_ms:.1} ms, arena {} bytes",
+        exec.arena_bytes()
+            .map_or("-".to_string(), |b| b.to_string())
+    );
+    let sig = exec.signature();
+    let (inputs, outputs) = (
+        sig.inputs.clone(),
+        sig.outputs.iter().map(|(n, _)| n.clone()).collect(),
+    );
     Ok(Prepared {
-        graph,
+        runner: Runner::Module(exec),
         inputs,
         outputs,
     })
@@ -230,9 +273,9 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
     let prepared = if is_bundle(&args.model) {
         prepare_bundle(&args)?
     } else {
-        if args.module.is_some() {
+        if args.module.is_some() || args.engine.is_some() {
             return Err(format!(
-                "{}: --module applies to bundles, not ONNX files",
+                "{}: --module and --engine apply to bundles, not ONNX files (use --backend)",
                 args.model.display()
             )
             .into());
@@ -247,14 +290,13 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         prepare_onnx(&args, &arrays)?
     };
     let Prepared {
-        graph,
+        runner,
         inputs,
         outputs: output_names,
     } = prepared;
     let mut values = Vec::with_capacity(inputs.len());
-    for (name, &id) in inputs.iter().zip(&graph.inputs) {
+    for (name, want) in &inputs {
         let v = lookup(&arrays, name).ok_or_else(|| missing_input(&args.inputs, name, &arrays))?;
-        let want = &graph.value(id).ty;
         if v.dtype() != want.dtype {
             return Err(format!(
                 "{}: input '{name}' is {} but the model expects {}",
@@ -274,10 +316,19 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         }
         values.push(v.clone());
     }
-    let outputs = args
-        .engine
-        .execute(&graph, &values)
-        .map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let started = std::time::Instant::now();
+    let outputs = match &runner {
+        Runner::Graph(graph) => args.backend.execute(graph, &values),
+        Runner::Module(exec) => exec.run(&values).map_err(Into::into),
+    }
+    .map_err(|e| format!("{}: {e}", args.model.display()))?;
+    if let Runner::Module(exec) = &runner {
+        eprintln!(
+            "module `{}`: ran in {:.2} ms",
+            exec.name(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let named: Vec<(String, Value)> = output_names.into_iter().zip(outputs).collect();
     let mut code = 0;
     if let Some(expect) = &args.expect {

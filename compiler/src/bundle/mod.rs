@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use m4c_ir::Graph;
 use m4c_runtime::bundle::container::{encode, SectionData};
 use m4c_runtime::bundle::format::{
-    is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, Target,
+    is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, Target,
 };
 
 pub use adapter::build_adapter;
@@ -51,7 +51,8 @@ impl Default for FirmwareOptions {
     }
 }
 
-/// A module ready to be packed: its graph and where it came from.
+/// A module ready to be packed: its graph, where it came from, and the
+/// code a backend compiled from that graph.
 pub struct ModuleSource {
     pub name: String,
     pub graph: Graph,
@@ -59,14 +60,40 @@ pub struct ModuleSource {
     pub dims: BTreeMap<String, usize>,
     /// BLAKE3 (hex) of the model file.
     pub source_blake3: String,
+    /// Compiled code for [`Target::Cpu`], one per CPU target (empty for
+    /// [`Target::Reference`]).
+    pub code: Vec<CompiledCode>,
+}
+
+/// One module's code from the CPU backend, opaque to the bundle writer:
+/// the artifact's shared library, its manifest (plan) and packed weights.
+pub struct CompiledCode {
+    /// The CPU backend's target name (`x86_64-avx512`, ...).
+    pub target: String,
+    /// The LLVM CPU name.
+    pub cpu: String,
+    pub library: Vec<u8>,
+    pub plan: Vec<u8>,
+    pub weights: Vec<u8>,
 }
 
 /// Lowers each `(name, model.onnx)` and packs them into a firmware bundle's
-/// bytes. The same models and options always give the same bytes.
+/// bytes for [`Target::Reference`] (compiled targets need a code
+/// generator: [`lower_modules`], compile, [`assemble`]). The same models
+/// and options always give the same bytes.
 pub fn build_firmware(
     modules: &[(String, PathBuf)],
     opts: &FirmwareOptions,
 ) -> Result<Vec<u8>, BuildError> {
+    assemble(lower_modules(modules, &opts.lower)?, opts.target)
+}
+
+/// Lowers each `(name, model.onnx)` once, binding symbolic dimensions with
+/// `lower`.
+pub fn lower_modules(
+    modules: &[(String, PathBuf)],
+    lower: &LowerOptions,
+) -> Result<Vec<ModuleSource>, BuildError> {
     let mut sources = vec![];
     for (name, path) in modules {
         check_name(name)?;
@@ -75,7 +102,7 @@ pub fn build_firmware(
             source,
         };
         let model = OnnxModel::load(path).map_err(frontend)?;
-        let report = lower_report(&model, &opts.lower).map_err(frontend)?;
+        let report = lower_report(&model, lower).map_err(frontend)?;
         let graph = report.graph.ok_or_else(|| {
             frontend(FrontendError::Unsupported {
                 path: path.clone(),
@@ -91,9 +118,10 @@ pub fn build_firmware(
             graph,
             dims: report.dims,
             source_blake3: blake3::hash(&file).to_hex().to_string(),
+            code: vec![],
         });
     }
-    assemble(sources, opts.target)
+    Ok(sources)
 }
 
 fn check_name(name: &str) -> Result<(), BuildError> {
@@ -106,7 +134,10 @@ fn check_name(name: &str) -> Result<(), BuildError> {
 
 /// Packs already-lowered modules into a firmware bundle's bytes: modules
 /// sorted by name, weights deduplicated by content, the weights section
-/// first, then one IR section per module.
+/// first, then one IR section per module, then each module's code
+/// sections (`code`, `code-plan`, `code-weights` named
+/// `<module>.<target>`). For [`Target::Cpu`] every module must carry code;
+/// for [`Target::Reference`] none may.
 pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8>, BuildError> {
     if modules.is_empty() {
         return Err(BuildError::NoModules);
@@ -122,6 +153,15 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
     let mut texts = vec![];
     for m in &modules {
         check_name(&m.name)?;
+        let code_error = |msg: &str| BuildError::Pack {
+            module: m.name.clone(),
+            msg: format!("target {target}: {msg}"),
+        };
+        match (target, m.code.is_empty()) {
+            (Target::Cpu, true) => return Err(code_error("no compiled code")),
+            (Target::Reference, false) => return Err(code_error("compiled code given")),
+            _ => {}
+        }
         let packed = pack::pack(&m.graph, &mut pool).map_err(|msg| BuildError::Pack {
             module: m.name.clone(),
             msg,
@@ -132,6 +172,15 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
             name: m.name.clone(),
             source_blake3: m.source_blake3.clone(),
             target,
+            code: m
+                .code
+                .iter()
+                .map(|c| CodeEntry {
+                    cpu: c.cpu.clone(),
+                    section: code_section(&m.name, &c.target),
+                    target: c.target.clone(),
+                })
+                .collect(),
             weights: packed.weights,
         });
         texts.push(packed.text);
@@ -147,6 +196,22 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
         name: m.name.clone(),
         bytes: t.as_bytes(),
     }));
+    for m in &modules {
+        for c in &m.code {
+            let name = code_section(&m.name, &c.target);
+            for (kind, bytes) in [
+                (SectionKind::Code, &c.library),
+                (SectionKind::CodePlan, &c.plan),
+                (SectionKind::CodeWeights, &c.weights),
+            ] {
+                sections.push(SectionData {
+                    kind,
+                    name: name.clone(),
+                    bytes,
+                });
+            }
+        }
+    }
     let manifest = Manifest {
         adapter: None,
         blobs,
@@ -155,4 +220,9 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
         sections: vec![],
     };
     Ok(encode(manifest, &sections))
+}
+
+/// The name of a module's code sections for one CPU target.
+fn code_section(module: &str, target: &str) -> String {
+    format!("{module}.{target}")
 }

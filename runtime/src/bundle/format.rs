@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 8] = *b"\x89M4C\r\n\x1a\n";
 
 /// The format version this runtime reads and the compiler writes. Any change
 /// of layout, manifest schema or section kinds increments it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Size of the fixed header; the manifest starts right after it.
 pub const HEADER_LEN: usize = 64;
@@ -68,6 +68,15 @@ pub enum SectionKind {
     Weights,
     /// One module's graph in the IR's textual form (UTF-8).
     Ir,
+    /// One module's compiled code for one CPU target: the shared library
+    /// the CPU backend linked (named `<module>.<target>`).
+    Code,
+    /// The plan of a `code` section of the same name: the CPU backend's
+    /// artifact manifest (kernels, execution plan, arena size), JSON.
+    CodePlan,
+    /// The packed weights of a `code` section of the same name (GEMM
+    /// operands in panel layout and other constants, little-endian f32).
+    CodeWeights,
 }
 
 impl fmt::Display for SectionKind {
@@ -75,6 +84,9 @@ impl fmt::Display for SectionKind {
         f.write_str(match self {
             SectionKind::Weights => "weights",
             SectionKind::Ir => "ir",
+            SectionKind::Code => "code",
+            SectionKind::CodePlan => "code-plan",
+            SectionKind::CodeWeights => "code-weights",
         })
     }
 }
@@ -85,12 +97,17 @@ impl fmt::Display for SectionKind {
 pub enum Target {
     /// The IR itself, run by the reference interpreter (`m4c_ops::run_graph`).
     Reference,
+    /// Code compiled ahead of time by the CPU backend, run by the runtime's
+    /// loader ([`ModuleEntry::code`]); the IR stays in the bundle for
+    /// hosts the code cannot run on and for adapted modules.
+    Cpu,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Target::Reference => "reference",
+            Target::Cpu => "cpu",
         })
     }
 }
@@ -100,7 +117,8 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "reference" => Ok(Target::Reference),
-            other => Err(format!("unknown target '{other}' (known: reference)")),
+            "cpu" => Ok(Target::Cpu),
+            other => Err(format!("unknown target '{other}' (known: reference, cpu)")),
         }
     }
 }
@@ -227,6 +245,10 @@ pub struct WeightEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleEntry {
+    /// Compiled code, one entry per code target; empty exactly when
+    /// `target` is `reference`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code: Vec<CodeEntry>,
     /// The symbolic dimensions and the values they were bound to.
     pub dims: BTreeMap<String, usize>,
     /// Name of the `ir` section holding the graph text.
@@ -237,6 +259,20 @@ pub struct ModuleEntry {
     pub target: Target,
     /// IR constant name → weight.
     pub weights: BTreeMap<String, WeightEntry>,
+}
+
+/// One compiled variant of a module: three sections of the same name
+/// (`<module>.<target>`), of kinds `code`, `code-plan` and `code-weights`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeEntry {
+    /// The LLVM CPU name the code was tuned for (e.g. `znver4`).
+    pub cpu: String,
+    /// Name of the three sections.
+    pub section: String,
+    /// The CPU backend's target (`x86_64-avx512`, `x86_64-avx2`,
+    /// `aarch64`): the instruction set a host must have to run the code.
+    pub target: String,
 }
 
 /// The JSON manifest right after the header.

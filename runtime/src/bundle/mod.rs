@@ -1,5 +1,5 @@
-//! Deployable bundles: one file holding several modules (IR graphs now,
-//! compiled code later) and their weights, installed once and memory-mapped
+//! Deployable bundles: one file holding several modules (IR graphs and,
+//! per CPU target, compiled code) and their weights, installed once and memory-mapped
 //! at load. The format is specified in `docs/BUNDLE.md`; the compiler writes
 //! it with [`container::encode`] and the definitions in [`format`].
 //!
@@ -13,6 +13,7 @@
 //! # Ok::<(), m4c_runtime::bundle::BundleError>(())
 //! ```
 
+mod code;
 pub mod container;
 mod error;
 pub mod format;
@@ -21,6 +22,7 @@ pub(crate) mod reader;
 use std::io::Read;
 use std::path::Path;
 
+pub use code::ModuleCode;
 pub use error::BundleError;
 pub use reader::Bundle;
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use m4c_ir::{DType, Graph, Storage, Tensor};
 use memmap2::{Mmap, MmapMut};
 
+use super::code::{load_code, ModuleCode};
 use super::container::decode;
 use super::format::{
     is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, WeightEntry, ALIGN, HEADER_LEN,
@@ -27,6 +28,7 @@ pub struct Bundle {
     manifest: Manifest,
     content_hash: [u8; 32],
     graphs: BTreeMap<String, Graph>,
+    code: BTreeMap<String, Vec<ModuleCode>>,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -88,10 +90,12 @@ impl Bundle {
             });
         }
         let graphs = load_modules(&map, &manifest)?;
+        let code = load_code(&map, &manifest, &graphs)?;
         Ok(Bundle {
             manifest,
             content_hash: decoded.content_hash,
             graphs,
+            code,
         })
     }
 
@@ -115,6 +119,13 @@ impl Bundle {
                 name: name.to_string(),
                 known: self.graphs.keys().cloned().collect::<Vec<_>>().join(", "),
             })
+    }
+
+    /// A module's compiled code, one entry per target (empty for modules
+    /// built for the reference interpreter or unknown names). Checked
+    /// against the module's IR when the bundle was opened.
+    pub fn code(&self, name: &str) -> &[ModuleCode] {
+        self.code.get(name).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// The content hash of the whole bundle (BLAKE3, see `docs/BUNDLE.md`):

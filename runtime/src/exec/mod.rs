@@ -1,10 +1,13 @@
 //! Running modules: a [`ModuleExecutor`] takes a module's inputs and gives
 //! its outputs. The reference interpreter ([`Interpreter`]) runs any IR
-//! graph; compiled code for a target slots in as another implementation
-//! chosen by [`executor_for`] from the module's [`Target`]. Executors are
+//! graph; a bundle's compiled CPU code runs as a [`CompiledModule`].
+//! [`load_module`] picks one for a bundle's module ([`Engine`]), falling
+//! back to the interpreter when the code cannot be used. Executors are
 //! `Send + Sync`: tasks may run concurrently on shared modules.
 
 pub mod arena;
+pub mod compiled;
+mod load;
 
 use std::sync::Arc;
 
@@ -13,6 +16,8 @@ use m4c_ops::{run_graph, Value};
 
 use crate::bundle::format::Target;
 pub use arena::ArenaPlan;
+pub use compiled::{CodeLoadError, CompiledModule};
+pub use load::{load_module, Engine, LoadError, LoadOptions, Loaded};
 
 /// Why a module could not run.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +77,27 @@ pub trait ModuleExecutor: Send + Sync {
     fn name(&self) -> &str;
     /// Its inputs and outputs.
     fn signature(&self) -> &Signature;
-    /// Its activation arena, planned at load (`None` for symbolic shapes).
+    /// The interpreter's activation arena over the IR's values, planned at
+    /// load (`None` for symbolic shapes and for compiled code, whose arena
+    /// was planned by the code generator: see [`Self::arena_bytes`]).
     fn arena(&self) -> Option<&ArenaPlan>;
-    /// What executes it (`reference`, later compiled targets).
+    /// Bytes of the one activation arena the module runs from.
+    fn arena_bytes(&self) -> Option<usize> {
+        self.arena().map(|a| a.arena_bytes)
+    }
+    /// What executes it: `reference` (the interpreter) or `cpu` (compiled
+    /// code).
     fn target(&self) -> Target;
     /// Runs the module on inputs in signature order (checked: count,
     /// element types, static shapes).
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError>;
 }
 
-/// The executor for a module compiled for `target`.
-pub fn executor_for(name: &str, target: Target, graph: Graph) -> Arc<dyn ModuleExecutor> {
-    match target {
-        Target::Reference => Arc::new(Interpreter::new(name, graph)),
-    }
+/// The interpreter for a module's graph, whatever its bundle `target`:
+/// compiled code is loaded from the bundle by [`load_module`], not from a
+/// graph.
+pub fn executor_for(name: &str, _target: Target, graph: Graph) -> Arc<dyn ModuleExecutor> {
+    Arc::new(Interpreter::new(name, graph))
 }
 
 /// Runs a module's IR with the reference interpreter. The interpreter

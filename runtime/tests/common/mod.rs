@@ -59,6 +59,7 @@ pub fn tiny_bundle() -> Vec<u8> {
         shape: vec![4, 8],
     };
     let module = |name: &str| ModuleEntry {
+        code: vec![],
         dims: BTreeMap::new(),
         ir_section: name.into(),
         name: name.into(),
