@@ -19,7 +19,6 @@ mod error;
 pub mod extract;
 pub mod fusion_groups;
 pub mod lang;
-pub mod memplan;
 mod phase;
 pub mod policy;
 pub mod region;

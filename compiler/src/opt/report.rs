@@ -10,8 +10,8 @@ use m4c_ir::{Graph, TensorType, ValueDef};
 use super::cost::{op_flops, op_macs, CostModel};
 use super::fusion_groups::fusion_groups;
 use super::lang::LITERAL_MAX_ELEMS;
-use super::memplan::{plan_memory, MemoryPlan};
 use super::policy::Decision;
+use m4c_runtime::exec::ArenaPlan;
 
 /// One equality-saturation phase over all regions.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -125,7 +125,7 @@ pub struct OptReport {
     /// Elementwise fusion groups of two or more ops, and the ops in them.
     pub fusion_groups: usize,
     pub fused_ops: usize,
-    pub memory: MemoryPlan,
+    pub memory: ArenaPlan,
 }
 
 impl OptReport {
@@ -141,7 +141,8 @@ impl OptReport {
             .into_iter()
             .filter(|g| g.len() > 1)
             .collect();
-        let mut memory = plan_memory(after);
+        // The runtime's planner: the arena the device will allocate.
+        let mut memory = m4c_runtime::exec::arena::plan(after).unwrap_or_default();
         memory.placements.clear();
         OptReport {
             target: model.describe(),
