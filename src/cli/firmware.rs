@@ -42,10 +42,10 @@ struct BuildArgs {
     target: Target,
     /// With --target cpu: the instruction set (host, x86_64-avx512,
     /// x86_64-avx2); it must run on this machine, which links the code.
-    #[arg(long, value_name = "ISA", requires = "target")]
+    #[arg(long, value_name = "ISA")]
     cpu_target: Option<String>,
     /// With --target cpu: the LLVM CPU name the code is tuned for.
-    #[arg(long, value_name = "CPU", requires = "target")]
+    #[arg(long, value_name = "CPU")]
     cpu: Option<String>,
     /// Value of any symbolic dimension not bound by --dim.
     #[arg(long, value_name = "N")]
@@ -179,8 +179,8 @@ fn print_summary(path: &Path, b: &Bundle) {
         m.blobs.len()
     );
     println!(
-        "{:<16} {:<10} {:>8} {:>12} {:>10}  dims",
-        "module", "target", "weights", "weight bytes", "IR bytes"
+        "{:<16} {:<10} {:>8} {:>12} {:>10} {:>11}  dims",
+        "module", "target", "weights", "weight bytes", "IR bytes", "code bytes"
     );
     for e in &m.modules {
         let weight_bytes: u64 = e.weights.values().map(|w| m.blobs[w.blob].len).sum();
@@ -190,15 +190,26 @@ fn print_summary(path: &Path, b: &Bundle) {
             .filter(|s| s.kind == SectionKind::Ir && s.name == e.ir_section)
             .map(|s| s.len)
             .sum();
+        let code_bytes: u64 = m
+            .sections
+            .iter()
+            .filter(|s| e.code.iter().any(|c| c.section == s.name))
+            .filter(|s| s.kind != SectionKind::Ir && s.kind != SectionKind::Weights)
+            .map(|s| s.len)
+            .sum();
         let dims: Vec<String> = e.dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<16} {:<10} {:>8} {:>12} {:>10}  {}",
+            "{:<16} {:<10} {:>8} {:>12} {:>10} {:>11}  {}",
             e.name,
             e.target.to_string(),
             e.weights.len(),
             weight_bytes,
             ir_bytes,
+            code_bytes,
             dims.join(" ")
         );
+        for c in &e.code {
+            println!("  code {}: {} ({})", c.section, c.target, c.cpu);
+        }
     }
 }
