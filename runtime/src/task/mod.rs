@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use m4c_ops::Value;
 
-use crate::adapter::{adapted_module, AdapterBundle, AdapterError};
+use crate::adapter::{AdapterBundle, AdapterError};
 use crate::bundle::{Bundle, BundleError};
-use crate::exec::{executor_for, ExecError, ModuleExecutor};
+use crate::exec::{load_module, ExecError, LoadError, LoadOptions, ModuleExecutor};
 use crate::generate::GenError;
 pub use manifest::{Task, TaskManifest, TaskPath};
 
@@ -37,6 +37,8 @@ pub enum TaskError {
     Input { task: String, msg: String },
     #[error("task `{task}`: {source}")]
     Adapter { task: String, source: AdapterError },
+    #[error("task `{task}`: {source}")]
+    Load { task: String, source: LoadError },
     #[error("task `{task}`: {source}")]
     Exec { task: String, source: ExecError },
     #[error("task `{task}`: {source}")]
@@ -223,22 +225,27 @@ impl TaskRunner {
         adapter: Option<&AdapterBundle>,
     ) -> Result<Arc<dyn ModuleExecutor>, TaskError> {
         let fw = &self.firmware;
-        let Some(entry) = fw.manifest().modules.iter().find(|m| m.name == module) else {
+        if !fw.modules().any(|m| m == module) {
             return Err(TaskError::UnknownModule {
                 task: task.to_string(),
                 module: module.to_string(),
                 known: fw.modules().collect::<Vec<_>>().join(", "),
             });
-        };
+        }
         let adapters: Vec<&AdapterBundle> = adapter
             .filter(|a| a.info().modules.iter().any(|m| m == module))
             .into_iter()
             .collect();
-        let graph = adapted_module(fw, module, &adapters).map_err(|source| TaskError::Adapter {
-            task: task.to_string(),
-            source,
-        })?;
-        Ok(executor_for(module, entry.target, graph))
+        // Compiled code when the firmware has code this host runs and no
+        // adapter is attached; the interpreter otherwise.
+        let loaded =
+            load_module(fw, module, &adapters, &LoadOptions::default()).map_err(|source| {
+                TaskError::Load {
+                    task: task.to_string(),
+                    source,
+                }
+            })?;
+        Ok(loaded.executor)
     }
 }
 
