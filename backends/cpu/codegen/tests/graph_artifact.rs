@@ -97,3 +97,59 @@ fn wrong_inputs_and_symbolic_shapes_are_errors() {
         "{err}"
     );
 }
+
+/// Three identical "layers" (MatMul with its own weights, Tanh, Softmax):
+/// the GEMMs share one function, the Tanh and Softmax kernels one each, and
+/// the result still matches the interpreter (each layer used its own
+/// weights).
+#[test]
+fn repeated_layers_share_their_kernels() {
+    let mut g = Graph::new("layers");
+    let mut x = g.add_input("x", TensorType::fixed(DType::F32, &[3, 5]));
+    for layer in 0..3 {
+        let weights: Vec<f32> = (0..25)
+            .map(|i| ((i * 7 + layer * 3) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let w = g.add_const(format!("w{layer}"), Tensor::from_f32(&[5, 5], &weights));
+        let mm = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let y = g.add_node(mm, &[x, w], format!("y{layer}")).unwrap();
+        let z = g.add_node(Op::Tanh, &[y], format!("z{layer}")).unwrap();
+        x = g
+            .add_node(Op::Softmax { axis: 1 }, &[z], format!("s{layer}"))
+            .unwrap();
+    }
+    g.outputs.push(x);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest =
+        write_graph_artifact(&g, &Target::parse(None, None).unwrap(), dir.path()).unwrap();
+    let functions: std::collections::BTreeSet<&str> =
+        manifest.gemms.iter().map(|m| m.function()).collect();
+    assert_eq!((manifest.gemms.len(), functions.len()), (3, 1));
+    let kernels: std::collections::BTreeSet<String> = manifest
+        .graph
+        .unwrap()
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            m4c_cpu_device::Step::Kernel { symbol, .. } => Some(symbol.clone()),
+            m4c_cpu_device::Step::Gemm { .. } => None,
+        })
+        .collect();
+    assert_eq!(kernels.len(), 2, "{kernels:?}");
+
+    let options = CompileOptions {
+        target: Target::parse(None, None).unwrap(),
+        threads: 1,
+    };
+    let mut compiled = compile_graph(&g, &options).unwrap();
+    let got = Value::from_tensor(&compiled.run(&[input()]).unwrap()[0]).unwrap();
+    let want = run_graph(&g, &[Value::from_tensor(&input()).unwrap()])
+        .unwrap()
+        .remove(0);
+    let (abs, _) = m4c_ops::max_abs_rel_error(&got, &want).unwrap();
+    assert!(abs < 1e-6, "{abs}");
+}

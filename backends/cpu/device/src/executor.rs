@@ -110,7 +110,7 @@ impl GraphExecutor {
                     scratch_bytes = scratch_bytes.max(manifest.scratch_floats * 4);
                     // SAFETY: the manifest declares `symbol` a GEMM with the
                     // `GemmFn` signature generated for `manifest`.
-                    let func = unsafe { library.symbol::<GemmFn>(symbol)? };
+                    let func = unsafe { library.symbol::<GemmFn>(manifest.function())? };
                     let weights_offset = manifest.weights_offset;
                     // SAFETY: `func` is the code generated for `manifest`
                     // and stays loaded as long as `library` (in `self`).

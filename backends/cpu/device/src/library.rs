@@ -129,7 +129,7 @@ impl KernelLibrary {
         let func: GemmFn = unsafe {
             *self
                 .library
-                .get::<GemmFn>(symbol.as_bytes())
+                .get::<GemmFn>(manifest.function().as_bytes())
                 .map_err(|source| DeviceError::Library {
                     path: library_path,
                     source,

@@ -40,8 +40,13 @@ pub struct Manifest {
 /// disjoint panel ranges can run on different threads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GemmManifest {
-    /// The exported function name.
+    /// The GEMM's name (unique in the artifact; the exported function too
+    /// unless `function` names another).
     pub symbol: String,
+    /// The exported function when this GEMM shares the code of an earlier
+    /// one of the same shape (the weights differ, the code does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
     /// Rows of A and C.
     pub m: usize,
     /// Columns of A, rows of B.
@@ -65,6 +70,13 @@ pub struct GemmManifest {
     pub m_block: usize,
 }
 
+impl GemmManifest {
+    /// The exported function that computes this GEMM.
+    pub fn function(&self) -> &str {
+        self.function.as_deref().unwrap_or(&self.symbol)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +91,7 @@ mod tests {
             weights: "weights.bin".into(),
             gemms: vec![GemmManifest {
                 symbol: "gemm".into(),
+                function: Some("other_gemm".into()),
                 m: 3,
                 k: 4,
                 n: 5,

@@ -63,10 +63,18 @@ pub fn emit_gemm<'ctx>(
     spec: &GemmSpec,
 ) -> Result<GemmManifest, CodegenError> {
     spec.check()?;
+    driver::emit(context, module, target, spec, &GemmPlan::for_target(target))?;
+    Ok(gemm_manifest(target, spec))
+}
+
+/// The manifest of the GEMM `spec` (with `weights_offset` 0), without
+/// generating code: for a GEMM that reuses the function of an earlier one
+/// of the same shape.
+pub fn gemm_manifest(target: &Target, spec: &GemmSpec) -> GemmManifest {
     let plan = GemmPlan::for_target(target);
-    driver::emit(context, module, target, spec, &plan)?;
-    Ok(GemmManifest {
+    GemmManifest {
         symbol: spec.symbol.clone(),
+        function: None,
         m: spec.m,
         k: spec.k,
         n: spec.n,
@@ -81,5 +89,5 @@ pub fn emit_gemm<'ctx>(
         tile_rows: plan.tile_rows,
         k_block: plan.k_block,
         m_block: plan.m_block,
-    })
+    }
 }

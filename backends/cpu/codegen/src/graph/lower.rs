@@ -2,13 +2,15 @@
 //! value, constants in the weight blob, one kernel per fusion group or
 //! non-elementwise node.
 
+use std::collections::HashMap;
+
 use inkwell::context::Context;
 use inkwell::module::Module;
 use m4c_cpu_device::GemmManifest;
 use m4c_ir::{DType, Graph, Node, Op, ValueDef, ValueId};
 
 use super::fusion::{fusion_groups, group_members};
-use crate::gemm::{emit_gemm, GemmSpec};
+use crate::gemm::{emit_gemm, gemm_manifest, GemmSpec};
 use crate::kernels::Cx;
 use crate::{CodegenError, Target};
 
@@ -60,6 +62,10 @@ pub(crate) struct Lowering<'a, 'ctx> {
     pub gemms: Vec<GemmManifest>,
     pub steps: Vec<PlanStep>,
     next_symbol: usize,
+    /// The function already generated for each GEMM shape `(m, k, n)`:
+    /// GEMMs of one shape share their code (a transformer's layers repeat
+    /// the same few shapes).
+    gemm_functions: HashMap<(usize, usize, usize), String>,
 }
 
 impl<'a, 'ctx> Lowering<'a, 'ctx> {
@@ -83,6 +89,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             gemms: Vec::new(),
             steps: Vec::new(),
             next_symbol: 0,
+            gemm_functions: HashMap::new(),
         };
         for (i, &input) in graph.inputs.iter().enumerate() {
             lowering.shape(input)?;
@@ -252,7 +259,17 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
     ) -> Result<(), CodegenError> {
         let symbol = self.symbol("gemm");
         let spec = GemmSpec::new(&symbol, m, k, n);
-        let mut manifest = emit_gemm(self.cx.context, self.cx.module, self.cx.target, &spec)?;
+        let mut manifest = match self.gemm_functions.get(&(m, k, n)) {
+            Some(function) => {
+                let mut shared = gemm_manifest(self.cx.target, &spec);
+                shared.function = Some(function.clone());
+                shared
+            }
+            None => {
+                self.gemm_functions.insert((m, k, n), symbol.clone());
+                emit_gemm(self.cx.context, self.cx.module, self.cx.target, &spec)?
+            }
+        };
         let packed = manifest.packed_b.pack(b)?;
         let bytes: Vec<u8> = packed
             .as_slice()

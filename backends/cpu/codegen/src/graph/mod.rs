@@ -3,6 +3,7 @@
 //! a shared library the device crate's executor runs.
 
 mod arena;
+mod dedupe;
 mod fusion;
 mod lower;
 
@@ -103,7 +104,8 @@ pub fn write_graph_artifact(
     let machine = Machine::new(target)?;
     let context = Context::create();
     let module = machine.new_module(&context, &graph.name);
-    let lowering = Lowering::run(&context, &module, target, graph)?;
+    let mut lowering = Lowering::run(&context, &module, target, graph)?;
+    dedupe::share_identical_kernels(&module, &mut lowering.steps);
     let plan = plan(&lowering, graph)?;
     write_artifact(
         dir,
