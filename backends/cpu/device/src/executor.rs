@@ -148,27 +148,41 @@ impl GraphExecutor {
     }
 
     /// Runs the graph on `inputs` (raw little-endian bytes, in plan order)
-    /// and returns the outputs' bytes.
+    /// and returns copies of the outputs' bytes.
     pub fn run(&mut self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        Ok(self
+            .run_borrowed(inputs)?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect())
+    }
+
+    /// [`Self::run`] without copying: the outputs' bytes where they lie (in
+    /// the arena, the weights or an input), valid until the next run. Saves
+    /// a copy of large outputs such as an LLM's logits.
+    pub fn run_borrowed<'s>(
+        &'s mut self,
+        inputs: &[&'s [u8]],
+    ) -> Result<Vec<&'s [u8]>, DeviceError> {
         self.run_with(inputs, None)
     }
 
-    /// [`Self::run`], also returning the wall time of every step (in plan
-    /// order), for profiles.
-    pub fn run_profiled(
-        &mut self,
-        inputs: &[&[u8]],
-    ) -> Result<(Vec<Vec<u8>>, Vec<std::time::Duration>), DeviceError> {
+    /// [`Self::run_borrowed`], also returning the wall time of every step
+    /// (in plan order), for profiles.
+    pub fn run_profiled<'s>(
+        &'s mut self,
+        inputs: &[&'s [u8]],
+    ) -> Result<(Vec<&'s [u8]>, Vec<std::time::Duration>), DeviceError> {
         let mut times = Vec::with_capacity(self.calls.len());
         let outputs = self.run_with(inputs, Some(&mut times))?;
         Ok((outputs, times))
     }
 
-    fn run_with(
-        &mut self,
-        inputs: &[&[u8]],
+    fn run_with<'s>(
+        &'s mut self,
+        inputs: &[&'s [u8]],
         mut times: Option<&mut Vec<std::time::Duration>>,
-    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+    ) -> Result<Vec<&'s [u8]>, DeviceError> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(DeviceError::Shape {
                 context: "graph".into(),
@@ -261,8 +275,9 @@ impl GraphExecutor {
             .map(|spec| {
                 let at = bases.0.resolve(spec.buf);
                 // SAFETY: the output lies inside its region (placed by the
-                // compiler with `spec.bytes()` bytes).
-                unsafe { std::slice::from_raw_parts(at, spec.bytes()) }.to_vec()
+                // compiler with `spec.bytes()` bytes): the arena and weights
+                // borrowed with `self`, or an input that outlives `'s`.
+                unsafe { std::slice::from_raw_parts(at.cast_const(), spec.bytes()) }
             })
             .collect();
         Ok(outputs)

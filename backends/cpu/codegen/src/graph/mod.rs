@@ -8,13 +8,14 @@ mod fusion;
 mod lower;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use inkwell::context::Context;
 use m4c_cpu_device::{
     BufRef, GraphExecutor, GraphPlan, KernelLibrary, Manifest, Region, Step, TensorSpec,
 };
-use m4c_ir::{DType, Graph, Tensor, ValueId};
+use m4c_ir::{DType, Graph, Storage, Tensor, ValueId};
 
 use lower::{BufKind, PlanStep};
 pub(crate) use lower::{Loc, Lowering};
@@ -285,15 +286,13 @@ impl CompiledGraph {
                     .map_err(|e| CodegenError::Input(format!("input `{}`: {e}", spec.name)))?,
             );
         }
+        let specs = self.executor.plan().outputs.clone();
         let (outputs, times) = if profiled {
             self.executor.run_profiled(&bytes)?
         } else {
-            (self.executor.run(&bytes)?, Vec::new())
+            (self.executor.run_borrowed(&bytes)?, Vec::new())
         };
-        let outputs = self
-            .executor
-            .plan()
-            .outputs
+        let outputs = specs
             .iter()
             .zip(outputs)
             .map(|(spec, bytes)| {
@@ -301,7 +300,12 @@ impl CompiledGraph {
                     .dtype
                     .parse()
                     .map_err(|e: String| CodegenError::Input(e))?;
-                Ok(Tensor::from_bytes(dtype, &spec.shape, bytes))
+                // One copy, straight from the arena into the tensor.
+                Ok(Tensor {
+                    dtype,
+                    shape: spec.shape.clone(),
+                    storage: Storage::Owned(Arc::from(bytes)),
+                })
             })
             .collect::<Result<Vec<_>, CodegenError>>()?;
         Ok((outputs, times))
