@@ -45,23 +45,9 @@ pub enum AdapterError {
     },
 }
 
-/// The module path an exporter's value name carries: the `/`-separated
-/// scopes before the operator's own name, joined with `.`
-/// (`/model/layers.0/self_attn/q_proj/MatMul_output_0` →
-/// `model.layers.0.self_attn.q_proj`).
-pub fn module_scope(value_name: &str) -> Option<String> {
-    let mut parts: Vec<&str> = value_name.split('/').filter(|s| !s.is_empty()).collect();
-    parts.pop()?;
-    (!parts.is_empty()).then(|| parts.join("."))
-}
-
-/// True when `scope` ends with the module path `module` on a `.` boundary.
-pub fn scope_ends_with(scope: &str, module: &str) -> bool {
-    scope == module
-        || scope
-            .strip_suffix(module)
-            .is_some_and(|head| head.ends_with('.'))
-}
+/// Module paths carried by value names: the runtime's definitions, so the
+/// compiler and the device attach adapters to the same MatMuls.
+pub use m4c_runtime::adapter::lora::{module_scope, scope_ends_with};
 
 #[cfg(test)]
 mod tests {

@@ -38,13 +38,17 @@ pub fn scope_ends_with(scope: &str, module: &str) -> bool {
 }
 
 /// A resolved site: the MatMul node and whether its weight is transposed.
-struct Site<'a> {
-    node: usize,
-    trans_b: bool,
-    factors: &'a LoraFactors,
+pub struct Site<'a> {
+    /// Index of the adapted MatMul in `g.nodes`.
+    pub node: usize,
+    pub trans_b: bool,
+    pub factors: &'a LoraFactors,
 }
 
-fn resolve<'a>(g: &Graph, sites: &'a [LoraFactors]) -> Result<Vec<Site<'a>>, Vec<String>> {
+/// Finds each factor pair's MatMul (by module path) and checks that the
+/// factors fit its weight; every site that does not is listed. Shared by
+/// load-time attachment and the compiler's PEFT ingestion.
+pub fn resolve<'a>(g: &Graph, sites: &'a [LoraFactors]) -> Result<Vec<Site<'a>>, Vec<String>> {
     let mut problems = vec![];
     let mut found_sites = vec![];
     for f in sites {
