@@ -20,9 +20,28 @@ use clap::{Parser, Subcommand};
 /// exits with status 2.
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Long help of `m4c`: the commands in the order a user meets them.
+const OVERVIEW: &str = "\
+m4c compiles ONNX models (M4's encoders and LLaMA backbone, task-specific
+models, LoRA adapters) onto a closed 38-operator IR and runs them with a
+reference interpreter, compiled CPU code, or on a simulated NPU.
+
+Typical session:
+  m4c inspect model.onnx                      what is in it, does it lower
+  m4c run model.onnx --inputs in.npz --expect ref.npz [--backend cpu]
+  m4c opt backbone.onnx --adapter peft_dir --lora auto
+  m4c firmware build --module backbone=llama.onnx --module img_enc=clip.onnx -o M4.fw
+  m4c adapt M4.fw --module backbone --adapter peft_dir -o app.m4a
+  m4c run M4.fw --module backbone --adapter app.m4a --inputs in.npz
+  m4c coverage models/*.onnx --group m4='m4/*.onnx' --out report/
+  m4c npu gemm --m 197 --k 768 --n 768 --config edge-small --json
+
+Exit status: 0 success, 1 outputs out of tolerance (run --expect),
+2 any error (one line on stderr naming the problem and the place).";
+
 /// m4c: an ahead-of-time compiler of ONNX models for NPU-style accelerators.
 #[derive(Parser)]
-#[command(name = "m4c", version, about, long_about = None)]
+#[command(name = "m4c", version, about, long_about = OVERVIEW)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,22 +52,21 @@ enum Command {
     /// Show a model's ONNX ops, parameters, IR ops after lowering and
     /// anything that does not lower.
     Inspect(inspect::InspectArgs),
-    /// Run a model with the reference interpreter on .npz inputs; compare
-    /// with reference outputs (exit 1 when out of tolerance).
-    Run(run::RunArgs),
-    /// Performance measurements (GEMM GFLOP/s vs this machine's FMA peak).
-    Bench(bench::BenchArgs),
     /// Operator coverage of a set of models (the paper's Fig. 14): op types
     /// per group, growth, usage frequency, which models lower fully.
     Coverage(coverage::CoverageArgs),
-    /// Deployable bundles: build an M4 firmware from ONNX modules, show one.
-    Firmware(firmware::FirmwareArgs),
+    /// Run a model or a firmware module on .npz inputs (reference
+    /// interpreter or compiled CPU code); compare with reference outputs
+    /// (exit 1 when out of tolerance).
+    Run(run::RunArgs),
     /// Optimise a model (adapters, LoRA policy, e-graph rewriting, fusion);
     /// print the optimised IR and a report.
     Opt(opt::OptArgs),
     /// Split models into NPU sub-graphs and CPU fallback (the paper's
     /// Fig. 2 table, or --json).
     Partition(partition::PartitionArgs),
+    /// Deployable bundles: build an M4 firmware from ONNX modules, show one.
+    Firmware(firmware::FirmwareArgs),
     /// Pack a PEFT LoRA adapter for one firmware (an .m4a adapter bundle
     /// bound to its content hash).
     Adapt(adapt::AdaptArgs),
@@ -57,6 +75,9 @@ enum Command {
     /// Storage and peak RSS of firmware + N adapters vs N task-specific
     /// models (the paper's Fig. 11).
     ScaleReport(scale::ScaleArgs),
+    /// Performance: GEMM GFLOP/s vs this machine's measured FMA peak, and
+    /// whole-model latency (median) per backend.
+    Bench(bench::BenchArgs),
     /// The simulated NPU: assemble, disassemble, simulate, generate layers.
     Npu(npu::NpuArgs),
 }
@@ -65,15 +86,15 @@ enum Command {
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Coverage(args) => coverage::run(args),
         Command::Run(args) => run::run(args),
-        Command::Npu(args) => npu::run(args),
+        Command::Opt(args) => opt::run(args),
+        Command::Partition(args) => partition::run(args),
+        Command::Firmware(args) => firmware::run(args),
         Command::Adapt(args) => adapt::run(args),
         Command::Task(args) => task::run(args),
         Command::ScaleReport(args) => scale::run(args),
-        Command::Opt(args) => opt::run(args),
-        Command::Partition(args) => partition::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Coverage(args) => coverage::run(args),
-        Command::Firmware(args) => firmware::run(args),
+        Command::Npu(args) => npu::run(args),
     }
 }
