@@ -118,6 +118,33 @@ fn broadcast_of(shape: &[usize], mask: u32, drop: usize) -> Vec<usize> {
 
 const TOL: (f64, f64) = (1e-4, 1e-5);
 
+/// Attention whose scores (3000 columns) are cut into row blocks of 14 on
+/// AVX-512: two full blocks and a remainder of 3 rows, two heads.
+#[test]
+fn attention_in_row_blocks() {
+    let (h, m, k, n1, n2) = (2, 31, 8, 3000, 5);
+    let mut c = Case::new();
+    let q = c.input(floats(&[h, m, k], 7));
+    let key = c.input(floats(&[h, n1, k], 8));
+    let v = c.input(floats(&[h, n1, n2], 9));
+    let s = c.node(
+        Op::MatMul {
+            trans_a: false,
+            trans_b: true,
+        },
+        &[q, key],
+    );
+    let p = c.node(Op::Softmax { axis: 2 }, &[s]);
+    let out = c.node(
+        Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        },
+        &[p, v],
+    );
+    c.check(out, TOL.0, TOL.1).unwrap();
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 16,
@@ -264,6 +291,19 @@ proptest! {
         let b_batch = if bcast { 1 } else { h };
         let b = c.input(floats(&if tb { [b_batch, n, k] } else { [b_batch, k, n] }, seed + 1));
         let out = c.node(Op::MatMul { trans_a: ta, trans_b: tb }, &[a, b]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn attention_chains(h in 1usize..4, m in 1usize..24, k in 1usize..20, n1 in 1usize..40, n2 in 1usize..40, tb in any::<bool>(), seed in any::<u64>()) {
+        // MatMul → Softmax(last axis) → MatMul: compiled as one kernel.
+        let mut c = Case::new();
+        let q = c.input(floats(&[h, m, k], seed));
+        let key = c.input(floats(&if tb { [h, n1, k] } else { [h, k, n1] }, seed ^ 1));
+        let v = c.input(floats(&[h, n1, n2], seed ^ 2));
+        let s = c.node(Op::MatMul { trans_a: false, trans_b: tb }, &[q, key]);
+        let p = c.node(Op::Softmax { axis: 2 }, &[s]);
+        let out = c.node(Op::MatMul { trans_a: false, trans_b: false }, &[p, v]);
         c.check(out, TOL.0, TOL.1)?;
     }
 

@@ -101,6 +101,12 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         }
         let roots = fusion_groups(graph);
         let members = group_members(&roots);
+        let chains = crate::kernels::attention::find_chains(&lowering);
+        let mut in_chain = vec![false; graph.nodes.len()];
+        for chain in chains.iter().flatten() {
+            in_chain[chain.scores] = true;
+            in_chain[chain.softmax] = true;
+        }
         for (i, node) in graph.nodes.iter().enumerate() {
             let fail = |e: CodegenError| match e {
                 CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
@@ -110,6 +116,13 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 )),
                 other => other,
             };
+            if let Some(chain) = chains[i] {
+                crate::kernels::attention::lower(&mut lowering, chain).map_err(fail)?;
+                continue;
+            }
+            if in_chain[i] {
+                continue;
+            }
             match roots[i] {
                 Some(root) if root == i => lowering.fused(&members[i]).map_err(fail)?,
                 Some(_) => {}

@@ -5,7 +5,8 @@
 //! A is transposed, copies B as a zero-padded block and accumulates
 //! target-width vectors of C.
 
-use inkwell::values::IntValue;
+use inkwell::values::{IntValue, PointerValue};
+use m4c_cpu_device::PackedPanels;
 use m4c_ir::{DType, Node};
 
 use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
@@ -37,7 +38,7 @@ impl BatchedMatmul {
 
     /// Whether each A is a contiguous row-major `m × k` matrix, so the
     /// packed GEMM can read it.
-    fn gemm_path(&self) -> bool {
+    pub fn gemm_path(&self) -> bool {
         self.a_rc == (self.k as i64, 1)
     }
 
@@ -54,7 +55,7 @@ impl BatchedMatmul {
     }
 
     /// The flat batch index `batch` decomposed into A's and B's offsets.
-    fn batch_bases<'ctx>(
+    pub fn batch_bases<'ctx>(
         &self,
         k: &Kernel<'_, 'ctx>,
         batch: IntValue<'ctx>,
@@ -75,6 +76,54 @@ impl BatchedMatmul {
         Ok((a_base, b_base))
     }
 
+    /// Packs the B of one batch (at `b + b_base`, any strides) into the
+    /// GEMM's panel layout at `dst`, zero-padding the last panel.
+    pub fn pack_b<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        b: PointerValue<'ctx>,
+        b_base: IntValue<'ctx>,
+        layout: PackedPanels,
+        dst: PointerValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let f32t = k.cx.context.f32_type();
+        let width = layout.panel_width;
+        k.nest(
+            &[self.k, layout.panels() * width],
+            false,
+            &mut |rc: &[IntValue<'_>]| {
+                let inside = k.em.builder.build_int_compare(
+                    inkwell::IntPredicate::ULT,
+                    rc[1],
+                    k.int(self.n as i64),
+                    "inside",
+                )?;
+                let col = k.em.umin(rc[1], k.int(self.n as i64 - 1))?;
+                let from = k.linear(0, &[rc[0], col], &[self.b_rc.0, self.b_rc.1])?;
+                let from = k.em.builder.build_int_add(from, b_base, "from")?;
+                let v =
+                    k.em.builder
+                        .build_load(f32t, k.element(b, f32t.into(), from)?, "b")?;
+                let v =
+                    k.em.builder
+                        .build_select(inside, v, f32t.const_zero().into(), "b")?;
+                // (panel·k + row)·width + col mod width, see `PackedPanels`.
+                let panel =
+                    k.em.builder
+                        .build_int_unsigned_div(rc[1], k.int(width as i64), "panel")?;
+                let lane =
+                    k.em.builder
+                        .build_int_unsigned_rem(rc[1], k.int(width as i64), "lane")?;
+                let row = k.em.mul_add(panel, k.int(self.k as i64), rc[0])?;
+                let to = k.em.mul_add(row, k.int(width as i64), lane)?;
+                k.em.builder
+                    .build_store(k.element(dst, f32t.into(), to)?, v)?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
     /// Emits the kernel `symbol` (buffers: C, A, B), iterating over batches:
     /// per batch, B is packed into scratch and the packed GEMM generated
     /// for `m × k × n` is called.
@@ -89,44 +138,9 @@ impl BatchedMatmul {
         let k = Kernel::define(cx, symbol, 3)?;
         let f32t = cx.context.f32_type();
         let layout = manifest.packed_b;
-        let width = layout.panel_width;
         k.em.counted_loop(k.begin, k.end, |batch| {
             let (a_base, b_base) = self.batch_bases(&k, batch)?;
-            k.nest(
-                &[self.k, layout.panels() * width],
-                false,
-                &mut |rc: &[IntValue<'_>]| {
-                    let inside = k.em.builder.build_int_compare(
-                        inkwell::IntPredicate::ULT,
-                        rc[1],
-                        k.int(self.n as i64),
-                        "inside",
-                    )?;
-                    let col = k.em.umin(rc[1], k.int(self.n as i64 - 1))?;
-                    let from = k.linear(0, &[rc[0], col], &[self.b_rc.0, self.b_rc.1])?;
-                    let from = k.em.builder.build_int_add(from, b_base, "from")?;
-                    let v = k.em.builder.build_load(
-                        f32t,
-                        k.element(k.buffers[2], f32t.into(), from)?,
-                        "b",
-                    )?;
-                    let v =
-                        k.em.builder
-                            .build_select(inside, v, f32t.const_zero().into(), "b")?;
-                    // (panel·k + row)·width + col mod width, see `PackedPanels`.
-                    let panel =
-                        k.em.builder
-                            .build_int_unsigned_div(rc[1], k.int(width as i64), "panel")?;
-                    let lane =
-                        k.em.builder
-                            .build_int_unsigned_rem(rc[1], k.int(width as i64), "lane")?;
-                    let row = k.em.mul_add(panel, k.int(self.k as i64), rc[0])?;
-                    let to = k.em.mul_add(row, k.int(width as i64), lane)?;
-                    k.em.builder
-                        .build_store(k.element(k.scratch, f32t.into(), to)?, v)?;
-                    Ok(())
-                },
-            )?;
+            self.pack_b(&k, k.buffers[2], b_base, layout, k.scratch)?;
             let a = k.element(k.buffers[1], f32t.into(), a_base)?;
             let c_base =
                 k.em.builder
@@ -266,13 +280,20 @@ impl BatchedMatmul {
     }
 }
 
-/// Lowers a MatMul node.
-pub(crate) fn lower(
-    l: &mut Lowering<'_, '_>,
+/// The shapes of a MatMul's operands with vectors made matrices, and its
+/// `(m, k, n)`.
+struct Operands {
+    a_shape: Vec<usize>,
+    b_shape: Vec<usize>,
+    mkn: (usize, usize, usize),
+}
+
+fn operands(
+    l: &Lowering<'_, '_>,
     node: &Node,
     trans_a: bool,
     trans_b: bool,
-) -> Result<(), CodegenError> {
+) -> Result<Operands, CodegenError> {
     let (a, b) = (node.inputs[0], node.inputs[1]);
     if l.dtype(a) != DType::F32 || l.dtype(b) != DType::F32 {
         return Err(CodegenError::Unsupported(format!(
@@ -300,6 +321,66 @@ pub(crate) fn lower(
     } else {
         b_shape[rb - 1]
     };
+    Ok(Operands {
+        a_shape,
+        b_shape,
+        mkn: (m, k, n),
+    })
+}
+
+/// The batched form of a MatMul node with run-time operands.
+pub(crate) fn batched_spec(
+    l: &Lowering<'_, '_>,
+    node: &Node,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<BatchedMatmul, CodegenError> {
+    let Operands {
+        a_shape,
+        b_shape,
+        mkn: (m, k, n),
+    } = operands(l, node, trans_a, trans_b)?;
+    let (ra, rb) = (a_shape.len(), b_shape.len());
+    let out_shape = l.shape(node.output)?;
+    let batch_shape: Vec<usize> = if out_shape.len() >= 2 {
+        out_shape[..out_shape.len() - 2].to_vec()
+    } else {
+        Vec::new()
+    };
+    let a_full = broadcast_strides(&a_shape[..ra - 2], &batch_shape);
+    let b_full = broadcast_strides(&b_shape[..rb - 2], &batch_shape);
+    let scale = |strides: Vec<i64>, matrix: usize| -> Vec<i64> {
+        strides.into_iter().map(|s| s * matrix as i64).collect()
+    };
+    let a_cols = a_shape[ra - 1] as i64;
+    let b_cols = b_shape[rb - 1] as i64;
+    Ok(BatchedMatmul {
+        batches: batch_shape.iter().product(),
+        a_batch: scale(a_full, a_shape[ra - 2] * a_shape[ra - 1]),
+        b_batch: scale(b_full, b_shape[rb - 2] * b_shape[rb - 1]),
+        batch_shape,
+        m,
+        k,
+        n,
+        a_rc: if trans_a { (1, a_cols) } else { (a_cols, 1) },
+        b_rc: if trans_b { (1, b_cols) } else { (b_cols, 1) },
+    })
+}
+
+/// Lowers a MatMul node.
+pub(crate) fn lower(
+    l: &mut Lowering<'_, '_>,
+    node: &Node,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<(), CodegenError> {
+    let (a, b) = (node.inputs[0], node.inputs[1]);
+    let Operands {
+        a_shape,
+        b_shape,
+        mkn: (m, k, n),
+    } = operands(l, node, trans_a, trans_b)?;
+    let (ra, rb) = (a_shape.len(), b_shape.len());
     let out = l.define(node.output)?;
     let b_batch_ones = b_shape[..rb - 2].iter().all(|&d| d == 1);
     if let (Some(weights), false, true) = (l.constant(b), trans_a, b_batch_ones) {
@@ -321,30 +402,7 @@ pub(crate) fn lower(
             return l.gemm((rows, k, n), &b_rows, a_loc, out);
         }
     }
-    let out_shape = l.shape(node.output)?;
-    let batch_shape: Vec<usize> = if out_shape.len() >= 2 {
-        out_shape[..out_shape.len() - 2].to_vec()
-    } else {
-        Vec::new()
-    };
-    let a_full = broadcast_strides(&a_shape[..ra - 2], &batch_shape);
-    let b_full = broadcast_strides(&b_shape[..rb - 2], &batch_shape);
-    let scale = |strides: Vec<i64>, matrix: usize| -> Vec<i64> {
-        strides.into_iter().map(|s| s * matrix as i64).collect()
-    };
-    let a_cols = a_shape[ra - 1] as i64;
-    let b_cols = b_shape[rb - 1] as i64;
-    let spec = BatchedMatmul {
-        batches: batch_shape.iter().product(),
-        a_batch: scale(a_full, a_shape[ra - 2] * a_shape[ra - 1]),
-        b_batch: scale(b_full, b_shape[rb - 2] * b_shape[rb - 1]),
-        batch_shape,
-        m,
-        k,
-        n,
-        a_rc: if trans_a { (1, a_cols) } else { (a_cols, 1) },
-        b_rc: if trans_b { (1, b_cols) } else { (b_cols, 1) },
-    };
+    let spec = batched_spec(l, node, trans_a, trans_b)?;
     if m * n * spec.batches == 0 {
         return Ok(());
     }

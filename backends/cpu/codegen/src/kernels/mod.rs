@@ -3,6 +3,7 @@
 //! `begin..end` of its outermost loop it computes, and a scratch pointer.
 //! Shapes and strides are compile-time constants.
 
+pub(crate) mod attention;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod gather;

@@ -93,7 +93,7 @@ fn fold_row<'ctx>(
 
 /// Emits softmax over the middle axis of `[outer, len, inner]` (buffers:
 /// output, input); parallel over `outer·inner` rows.
-fn emit_softmax(
+pub(crate) fn emit_softmax(
     cx: Cx<'_, '_>,
     symbol: &str,
     (outer, len, inner): (usize, usize, usize),
