@@ -61,9 +61,26 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             check_axis(name, *axis, x.rank())?;
             Ok(x.clone())
         }
-        Op::Norm { axis, .. } => {
+        Op::Norm { kind, axis, .. } => {
             check_axis(name, *axis, x.rank())?;
             same_dtype(name, inputs)?;
+            float_only(name, x)?;
+            if *kind == crate::op::NormKind::Rms && inputs.len() == 3 {
+                return Err(IrError::ty(name, "RMSNorm takes no bias"));
+            }
+            // scale and bias broadcast against the normalised trailing axes.
+            if let Some(s) = x.static_shape() {
+                let trailing = &s[*axis..];
+                for p in &inputs[1..] {
+                    let ps = shape(name, p)?;
+                    if crate::broadcast_shapes(&ps, trailing).as_deref() != Some(trailing) {
+                        return Err(IrError::ty(
+                            name,
+                            format!("{p} does not broadcast to the normalised shape {trailing:?}"),
+                        ));
+                    }
+                }
+            }
             Ok(x.clone())
         }
         Op::MatMul { trans_a, trans_b } => matmul(name, x, inputs[1], *trans_a, *trans_b),
@@ -71,6 +88,7 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             let s = shape(name, x)?;
             let w = shape(name, inputs[1])?;
             same_dtype(name, inputs)?;
+            float_only(name, x)?;
             let sp = s
                 .len()
                 .checked_sub(2)
@@ -100,6 +118,9 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
         }
         Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
             let s = shape(name, x)?;
+            if x.dtype == DType::Bool || (matches!(op, Op::AvgPool { .. }) && !x.dtype.is_float()) {
+                return Err(IrError::ty(name, format!("not defined on {}", x.dtype)));
+            }
             let sp = s
                 .len()
                 .checked_sub(2)
@@ -235,6 +256,12 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             if sizes.len() != s.len() || scales.len() != s.len() {
                 return Err(IrError::ty(name, "needs a size and a scale per axis"));
             }
+            if scales.iter().any(|&k| !(k > 0.0 && k.is_finite())) {
+                return Err(IrError::ty(
+                    name,
+                    format!("scales {scales:?} must be positive"),
+                ));
+            }
             Ok(TensorType::fixed(x.dtype, sizes))
         }
     }
@@ -243,6 +270,17 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
 fn shape(op: &'static str, t: &TensorType) -> Result<Vec<usize>, IrError> {
     t.static_shape()
         .ok_or_else(|| IrError::ty(op, format!("needs a static shape, got {t}")))
+}
+
+fn float_only(op: &'static str, t: &TensorType) -> Result<(), IrError> {
+    if t.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(IrError::ty(
+            op,
+            format!("needs a float input, got {}", t.dtype),
+        ))
+    }
 }
 
 fn check_axis(op: &'static str, axis: usize, rank: usize) -> Result<(), IrError> {
@@ -342,6 +380,12 @@ fn reduce(name: &'static str, x: &TensorType, axes: &[usize], keep: bool, dtype:
     for &a in axes {
         check_axis(name, a, x.rank())?;
     }
+    if axes.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(IrError::ty(
+            name,
+            format!("axes {axes:?} must be strictly increasing"),
+        ));
+    }
     let dims = x
         .dims
         .iter()
@@ -384,4 +428,73 @@ fn window_dims(
             Ok((padded - span) / strides[i] + 1)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{ConvAttrs, CoordMode, NormKind, ResizeMode};
+
+    fn f32t(s: &[usize]) -> TensorType {
+        TensorType::fixed(DType::F32, s)
+    }
+
+    #[test]
+    fn norm_parameters_must_fit_the_normalised_axes() {
+        let x = f32t(&[2, 3, 4]);
+        let layer = Op::Norm {
+            kind: NormKind::Layer,
+            axis: 2,
+            epsilon: 1e-5,
+        };
+        assert!(infer_type(&layer, &[&x, &f32t(&[4]), &f32t(&[4])]).is_ok());
+        assert!(infer_type(&layer, &[&x, &f32t(&[]), &f32t(&[1])]).is_ok());
+        let err = infer_type(&layer, &[&x, &f32t(&[3])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not broadcast"), "{err}");
+        let rms = Op::Norm {
+            kind: NormKind::Rms,
+            axis: 2,
+            epsilon: 1e-5,
+        };
+        assert!(infer_type(&rms, &[&x, &f32t(&[4]), &f32t(&[4])])
+            .unwrap_err()
+            .to_string()
+            .contains("no bias"));
+    }
+
+    #[test]
+    fn float_only_ops_refuse_integers() {
+        let x = TensorType::fixed(DType::I32, &[1, 1, 4, 4]);
+        let conv = Op::Conv(ConvAttrs {
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+        });
+        assert!(infer_type(&conv, &[&x, &TensorType::fixed(DType::I32, &[1, 1, 1, 1])]).is_err());
+    }
+
+    #[test]
+    fn resize_scales_must_be_positive_and_reduce_axes_increasing() {
+        let x = f32t(&[1, 2]);
+        let bad = Op::Resize {
+            mode: ResizeMode::Linear,
+            coord: CoordMode::HalfPixel,
+            scales: vec![1.0, 0.0],
+            sizes: vec![1, 2],
+        };
+        assert!(infer_type(&bad, &[&x]).is_err());
+        let dup = Op::ReduceSum {
+            axes: vec![1, 1],
+            keep_dims: true,
+        };
+        assert!(infer_type(&dup, &[&x]).is_err());
+        let ok = Op::ReduceSum {
+            axes: vec![0, 1],
+            keep_dims: false,
+        };
+        assert_eq!(infer_type(&ok, &[&x]).unwrap(), f32t(&[]));
+    }
 }
