@@ -76,6 +76,58 @@ pub enum CoordMode {
     Asymmetric,
 }
 
+impl CoordMode {
+    /// The input coordinate that output index `o` reads along an axis
+    /// resized from `len_in` to `len_out` with `scale` (ONNX Resize's
+    /// `coordinate_transformation_mode`). Every executor of Resize uses
+    /// this one definition.
+    ///
+    /// ```
+    /// use m4c_ir::op::CoordMode;
+    /// assert_eq!(CoordMode::HalfPixel.source(0, 2.0, 4, 8), -0.25);
+    /// assert_eq!(CoordMode::AlignCorners.source(7, 2.0, 4, 8), 3.0);
+    /// ```
+    pub fn source(self, o: usize, scale: f32, len_in: usize, len_out: usize) -> f64 {
+        let (o, scale) = (o as f64, f64::from(scale));
+        match self {
+            CoordMode::HalfPixel => (o + 0.5) / scale - 0.5,
+            CoordMode::PytorchHalfPixel if len_out > 1 => (o + 0.5) / scale - 0.5,
+            CoordMode::PytorchHalfPixel => 0.0,
+            CoordMode::AlignCorners if len_out > 1 => {
+                o * (len_in as f64 - 1.0) / (len_out as f64 - 1.0)
+            }
+            CoordMode::AlignCorners => 0.0,
+            CoordMode::Asymmetric => o / scale,
+        }
+    }
+}
+
+impl NearestRounding {
+    /// The source index nearest to coordinate `x`: integral coordinates are
+    /// exact, otherwise this rounding decides; clamped into `0..len`.
+    ///
+    /// ```
+    /// use m4c_ir::op::NearestRounding;
+    /// assert_eq!(NearestRounding::RoundPreferFloor.index(1.5, 4), 1);
+    /// assert_eq!(NearestRounding::RoundPreferCeil.index(1.5, 4), 2);
+    /// assert_eq!(NearestRounding::Floor.index(-0.25, 4), 0);
+    /// ```
+    pub fn index(self, x: f64, len: usize) -> usize {
+        let (floor, frac) = (x.floor(), x - x.floor());
+        let i = if frac == 0.0 {
+            floor
+        } else {
+            match self {
+                NearestRounding::RoundPreferFloor if frac <= 0.5 => floor,
+                NearestRounding::RoundPreferCeil if frac < 0.5 => floor,
+                NearestRounding::Floor => floor,
+                _ => floor + 1.0,
+            }
+        };
+        i.clamp(0.0, len as f64 - 1.0) as usize
+    }
+}
+
 /// Static description of one axis of [`Op::Slice`]: `len` elements starting
 /// at `start`, `step` apart (negative steps walk backwards).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

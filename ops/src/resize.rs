@@ -1,7 +1,7 @@
 //! Resize: nearest and N-linear interpolation to a static shape, following
 //! the ONNX reference (`onnx/reference/ops/op_resize.py`).
 
-use m4c_ir::op::{CoordMode, NearestRounding, ResizeMode};
+use m4c_ir::op::{CoordMode, ResizeMode};
 use ndarray::{ArrayD, Axis, IxDyn};
 
 use crate::error::{OpsError, Result};
@@ -41,7 +41,7 @@ pub(crate) fn resize(
     }
     let sources = |d: usize| -> Vec<f64> {
         (0..sizes[d])
-            .map(|o| source_coordinate(coord, o, scales[d], shape[d], sizes[d]))
+            .map(|o| coord.source(o, scales[d], shape[d], sizes[d]))
             .collect()
     };
     match mode {
@@ -53,7 +53,7 @@ pub(crate) fn resize(
                         d,
                         sources(d)
                             .into_iter()
-                            .map(|s| nearest(s, rounding, shape[d]))
+                            .map(|s| rounding.index(s, shape[d]))
                             .collect(),
                     )
                 })
@@ -68,38 +68,6 @@ pub(crate) fn resize(
                 .fold(a.clone(), |acc, &d| linear_axis(&acc, d, sources(d))))
         }),
     }
-}
-
-/// Input coordinate of output index `o` along an axis of `len_in` → `len_out`.
-fn source_coordinate(coord: CoordMode, o: usize, scale: f32, len_in: usize, len_out: usize) -> f64 {
-    let (o, scale) = (o as f64, f64::from(scale));
-    match coord {
-        CoordMode::HalfPixel => (o + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel if len_out > 1 => (o + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel => 0.0,
-        CoordMode::AlignCorners if len_out > 1 => {
-            o * (len_in as f64 - 1.0) / (len_out as f64 - 1.0)
-        }
-        CoordMode::AlignCorners => 0.0,
-        CoordMode::Asymmetric => o / scale,
-    }
-}
-
-/// Nearest source index: integral coordinates are exact, otherwise the
-/// rounding decides; the result is clamped into the axis.
-fn nearest(x: f64, rounding: NearestRounding, len: usize) -> usize {
-    let (floor, frac) = (x.floor(), x - x.floor());
-    let i = if frac == 0.0 {
-        floor
-    } else {
-        match rounding {
-            NearestRounding::RoundPreferFloor if frac <= 0.5 => floor,
-            NearestRounding::RoundPreferCeil if frac < 0.5 => floor,
-            NearestRounding::Floor => floor,
-            _ => floor + 1.0,
-        }
-    };
-    i.clamp(0.0, len as f64 - 1.0) as usize
 }
 
 /// 1-D linear interpolation along axis `d` at source coordinates `xs`, each
@@ -126,6 +94,7 @@ fn linear_axis(a: &ArrayD<f32>, d: usize, xs: Vec<f64>) -> ArrayD<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use m4c_ir::op::NearestRounding;
 
     fn f(shape: &[usize], v: Vec<f32>) -> Value {
         Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())

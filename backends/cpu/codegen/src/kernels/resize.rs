@@ -4,7 +4,7 @@
 
 use inkwell::module::Linkage;
 use inkwell::values::{GlobalValue, IntValue, VectorValue};
-use m4c_ir::op::{CoordMode, NearestRounding, ResizeMode};
+use m4c_ir::op::{CoordMode, ResizeMode};
 use m4c_ir::{DType, Node};
 
 use super::math::Math;
@@ -12,35 +12,6 @@ use super::movement::{element_bytes, AxisMap, IndexCopy};
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
-
-fn source_coordinate(coord: CoordMode, o: usize, scale: f32, len_in: usize, len_out: usize) -> f64 {
-    let (o, scale) = (o as f64, f64::from(scale));
-    match coord {
-        CoordMode::HalfPixel => (o + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel if len_out > 1 => (o + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel => 0.0,
-        CoordMode::AlignCorners if len_out > 1 => {
-            o * (len_in as f64 - 1.0) / (len_out as f64 - 1.0)
-        }
-        CoordMode::AlignCorners => 0.0,
-        CoordMode::Asymmetric => o / scale,
-    }
-}
-
-fn nearest(x: f64, rounding: NearestRounding, len: usize) -> i64 {
-    let (floor, frac) = (x.floor(), x - x.floor());
-    let i = if frac == 0.0 {
-        floor
-    } else {
-        match rounding {
-            NearestRounding::RoundPreferFloor if frac <= 0.5 => floor,
-            NearestRounding::RoundPreferCeil if frac < 0.5 => floor,
-            NearestRounding::Floor => floor,
-            _ => floor + 1.0,
-        }
-    };
-    i.clamp(0.0, len as f64 - 1.0) as i64
-}
 
 /// Per resized axis: low and high source index and the blend weight.
 struct LinearAxis {
@@ -184,7 +155,7 @@ pub(crate) fn lower(
     }
     let sources = |d: usize| -> Vec<f64> {
         (0..out_shape[d])
-            .map(|o| source_coordinate(coord, o, scales[d], in_shape[d], out_shape[d]))
+            .map(|o| coord.source(o, scales[d], in_shape[d], out_shape[d]))
             .collect()
     };
     let symbol = l.symbol("resize");
@@ -196,7 +167,7 @@ pub(crate) fn lower(
                         AxisMap::Table(
                             sources(d)
                                 .into_iter()
-                                .map(|s| nearest(s, rounding, in_shape[d]))
+                                .map(|s| rounding.index(s, in_shape[d]) as i64)
                                 .collect(),
                         )
                     } else {
