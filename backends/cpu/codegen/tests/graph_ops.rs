@@ -118,8 +118,9 @@ fn broadcast_of(shape: &[usize], mask: u32, drop: usize) -> Vec<usize> {
 
 const TOL: (f64, f64) = (1e-4, 1e-5);
 
-/// Attention whose scores (3000 columns) are cut into row blocks of 14 on
-/// AVX-512: two full blocks and a remainder of 3 rows, two heads.
+/// Attention with a mask whose scores (3000 columns) are cut into row
+/// blocks of 14 on AVX-512: two full blocks and a remainder of 3 rows, two
+/// heads.
 #[test]
 fn attention_in_row_blocks() {
     let (h, m, k, n1, n2) = (2, 31, 8, 3000, 5);
@@ -295,13 +296,25 @@ proptest! {
     }
 
     #[test]
-    fn attention_chains(h in 1usize..4, m in 1usize..24, k in 1usize..20, n1 in 1usize..40, n2 in 1usize..40, tb in any::<bool>(), seed in any::<u64>()) {
+    fn attention_chains(h in 1usize..4, m in 1usize..24, k in 1usize..20, n1 in 1usize..40, n2 in 1usize..40, tb in any::<bool>(), mask in 0usize..4, seed in any::<u64>()) {
         // MatMul → Softmax(last axis) → MatMul: compiled as one kernel.
         let mut c = Case::new();
         let q = c.input(floats(&[h, m, k], seed));
         let key = c.input(floats(&if tb { [h, n1, k] } else { [h, k, n1] }, seed ^ 1));
         let v = c.input(floats(&[h, n1, n2], seed ^ 2));
         let s = c.node(Op::MatMul { trans_a: false, trans_b: tb }, &[q, key]);
+        // Optionally a scale and a mask (broadcast per head, per row, or
+        // neither) between the scores and the softmax, fused too.
+        let s = match mask {
+            0 => s,
+            which => {
+                let shape = [vec![m, n1], vec![h, m, n1], vec![h, 1, n1]][which - 1].clone();
+                let bias = c.input(floats(&shape, seed ^ 3));
+                let scale = c.constant(Tensor::from_f32(&[], &[0.125]));
+                let scaled = c.node(Op::Mul, &[s, scale]);
+                c.node(Op::Add, &[scaled, bias])
+            }
+        };
         let p = c.node(Op::Softmax { axis: 2 }, &[s]);
         let out = c.node(Op::MatMul { trans_a: false, trans_b: false }, &[p, v]);
         c.check(out, TOL.0, TOL.1)?;

@@ -101,11 +101,14 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         }
         let roots = fusion_groups(graph);
         let members = group_members(&roots);
-        let chains = crate::kernels::attention::find_chains(&lowering);
+        let chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
         let mut in_chain = vec![false; graph.nodes.len()];
         for chain in chains.iter().flatten() {
             in_chain[chain.scores] = true;
             in_chain[chain.softmax] = true;
+            for &member in chain.group.map_or(&[][..], |root| &members[root][..]) {
+                in_chain[member] = true;
+            }
         }
         for (i, node) in graph.nodes.iter().enumerate() {
             let fail = |e: CodegenError| match e {
@@ -117,7 +120,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 other => other,
             };
             if let Some(chain) = chains[i] {
-                crate::kernels::attention::lower(&mut lowering, chain).map_err(fail)?;
+                crate::kernels::attention::lower(&mut lowering, chain, &members).map_err(fail)?;
                 continue;
             }
             if in_chain[i] {

@@ -1,18 +1,19 @@
-//! Attention `softmax(A₁·B₁)·B₂` (a MatMul with run-time operands, a
-//! Softmax over its last axis, a second MatMul reading the probabilities
-//! as its left operand) as one kernel: per batch (head) both right operands
-//! are packed once, then blocks of rows go through the first GEMM into a
-//! block of scores in scratch, the softmax and the second GEMM while the
+//! Attention `softmax(f(A₁·B₁))·B₂` (a MatMul with run-time operands, an
+//! optional elementwise group `f` such as a scale and a mask add, a Softmax
+//! over the last axis, a second MatMul reading the probabilities as its
+//! left operand) as one kernel: per batch (head) both right operands are
+//! packed once, then blocks of rows go through the first GEMM into a block
+//! of scores in scratch, `f`, the softmax and the second GEMM while the
 //! block is still in L2. The scores matrix (1500 × 1500 per head for
 //! Whisper's encoder) never goes to memory.
 
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue};
-use m4c_cpu_device::PackedPanels;
-use m4c_ir::{Graph, Node, Op, ValueId};
+use m4c_ir::{DType, Graph, Node, Op, ValueId};
 
+use super::elementwise::{describe, ExprNode, Fused, Operand};
 use super::matmul::{batched_spec, BatchedMatmul};
 use super::softmax_norm::emit_softmax;
-use super::{Cx, Kernel};
+use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::gemm::{emit_gemm, GemmPlan, GemmSpec};
 use crate::graph::Lowering;
 use crate::CodegenError;
@@ -21,26 +22,28 @@ use crate::CodegenError;
 /// plan assumes, leaving room for the packed right operands).
 const SCORES_BYTES: usize = 256 * 1024;
 
-/// The two GEMM functions of a row block and their packed-B layouts.
-type Gemms<'ctx> = (
-    FunctionValue<'ctx>,
-    FunctionValue<'ctx>,
-    (PackedPanels, PackedPanels),
-);
-
-/// The three nodes of a fusable attention, by node index.
+/// The nodes of a fusable attention, by node index.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chain {
     pub scores: usize,
+    /// The root of the elementwise group between the scores and the
+    /// softmax, if there is one.
+    pub group: Option<usize>,
     pub softmax: usize,
     pub output: usize,
 }
 
-/// Finds every fusable chain: MatMul → Softmax (last axis) → MatMul whose
-/// intermediate results have that one consumer and are not graph outputs,
-/// both products on run-time operands with A read in place, the same batch
-/// shape, and f32 throughout. Keyed by the last node of the chain.
-pub(crate) fn find_chains(l: &Lowering<'_, '_>) -> Vec<Option<Chain>> {
+/// Finds every fusable chain: MatMul → (elementwise group) → Softmax (last
+/// axis) → MatMul whose intermediate results are read only inside the chain
+/// and are not graph outputs, both products on run-time operands with A
+/// read in place, the same batch shape, and f32 throughout (the group's
+/// other operands too). `groups` are the fusion planner's roots and
+/// members. Keyed by the last node of the chain.
+pub(crate) fn find_chains(
+    l: &Lowering<'_, '_>,
+    roots: &[Option<usize>],
+    members: &[Vec<usize>],
+) -> Vec<Option<Chain>> {
     let g = l.graph;
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); g.values.len()];
     let mut producer: Vec<Option<usize>> = vec![None; g.values.len()];
@@ -60,11 +63,40 @@ pub(crate) fn find_chains(l: &Lowering<'_, '_>) -> Vec<Option<Chain>> {
             continue;
         };
         let chain = (|| {
-            let scores = producer[node.inputs[0].index()]?;
+            let before = producer[node.inputs[0].index()]?;
             let output = only_user(node.output)?;
             if only_user(node.inputs[0])? != softmax || g.nodes[output].inputs[0] != node.output {
                 return None;
             }
+            let (scores, group) = if roots[before] == Some(before) {
+                let inside = &members[before];
+                let from_matmul: Vec<ValueId> = inside
+                    .iter()
+                    .flat_map(|&i| g.nodes[i].inputs.iter().copied())
+                    .filter(|v| {
+                        producer[v.index()].is_some_and(|p| {
+                            !inside.contains(&p) && matches!(g.nodes[p].op, Op::MatMul { .. })
+                        })
+                    })
+                    .collect();
+                let scores_value = *from_matmul.first()?;
+                let leaves_ok = from_matmul.iter().all(|&v| v == scores_value)
+                    && !g.outputs.contains(&scores_value)
+                    && consumers[scores_value.index()]
+                        .iter()
+                        .all(|c| inside.contains(c))
+                    && l.shape(scores_value).ok()? == l.shape(node.inputs[0]).ok()?
+                    && inside.iter().all(|&i| {
+                        g.nodes[i].inputs.iter().all(|&v| l.dtype(v) == DType::F32)
+                            && l.dtype(g.nodes[i].output) == DType::F32
+                    });
+                if !leaves_ok {
+                    return None;
+                }
+                (producer[scores_value.index()]?, Some(before))
+            } else {
+                (before, None)
+            };
             let first = spec(l, &g.nodes[scores], false)?;
             let second = spec(l, &g.nodes[output], true)?;
             let rank = l.shape(node.output).ok()?.len();
@@ -77,6 +109,7 @@ pub(crate) fn find_chains(l: &Lowering<'_, '_>) -> Vec<Option<Chain>> {
                 && l.constant(g.nodes[scores].inputs[1]).is_none();
             fits.then_some(Chain {
                 scores,
+                group,
                 softmax,
                 output,
             })
@@ -104,24 +137,97 @@ fn graph_rank(g: &Graph, node: &Node) -> usize {
     g.value(node.output).ty.dims.len()
 }
 
-/// Lowers a chain into one kernel (buffers: output, A₁, B₁, B₂), parallel
-/// over batches.
-pub(crate) fn lower(l: &mut Lowering<'_, '_>, chain: Chain) -> Result<(), CodegenError> {
+/// How the group reads one of its operands (other than the scores): its
+/// strides over the batch axes and its (row, column) strides.
+type BlockOperand = (Vec<i64>, (i64, i64));
+
+/// The elementwise group between scores and softmax, recast for one block
+/// of rows of one batch.
+struct BlockGroup {
+    nodes: Vec<ExprNode>,
+    /// Per operand: `None` for the scores themselves.
+    operands: Vec<Option<BlockOperand>>,
+}
+
+impl BlockGroup {
+    fn fused(&self, rows: usize, cols: usize) -> Fused {
+        Fused {
+            shape: vec![rows, cols],
+            operands: self
+                .operands
+                .iter()
+                .map(|o| Operand {
+                    elem: Elem::F32,
+                    strides: match o {
+                        None => vec![cols as i64, 1],
+                        Some((_, (r, c))) => vec![*r, *c],
+                    },
+                })
+                .collect(),
+            nodes: self.nodes.clone(),
+        }
+    }
+}
+
+/// Lowers a chain into one kernel (buffers: output, A₁, B₁, B₂, then the
+/// group's other operands), parallel over batches. `members` are the
+/// fusion groups' members by root.
+pub(crate) fn lower(
+    l: &mut Lowering<'_, '_>,
+    chain: Chain,
+    members: &[Vec<usize>],
+) -> Result<(), CodegenError> {
     let g = l.graph;
     let (first_node, second_node) = (&g.nodes[chain.scores], &g.nodes[chain.output]);
     let first = spec(l, first_node, false).expect("checked by find_chains");
     let second = spec(l, second_node, true).expect("checked by find_chains");
+    let mut extra = Vec::new();
+    let group = match chain.group {
+        None => None,
+        Some(root) => {
+            let (fused, values) = describe(l, &members[root])?;
+            let rank = fused.shape.len();
+            let mut operands = Vec::with_capacity(values.len());
+            for (operand, &value) in fused.operands.iter().zip(&values) {
+                if value == first_node.output {
+                    operands.push(None);
+                    continue;
+                }
+                let st = &operand.strides;
+                operands.push(Some((
+                    st[..rank - 2].to_vec(),
+                    (st[rank - 2], st[rank - 1]),
+                )));
+                extra.push(l.loc(value)?);
+            }
+            Some(BlockGroup {
+                nodes: fused.nodes,
+                operands,
+            })
+        }
+    };
     let out = l.define(second_node.output)?;
     let symbol = l.symbol("attention");
-    let scratch = emit(l.cx, &symbol, &first, &second)?;
-    let buffers = vec![
+    let scratch = emit(l.cx, &symbol, &first, &second, group.as_ref())?;
+    let mut buffers = vec![
         out,
         l.loc(first_node.inputs[0])?,
         l.loc(first_node.inputs[1])?,
         l.loc(second_node.inputs[1])?,
     ];
+    buffers.extend(extra);
     l.kernel_with_scratch(symbol, buffers, first.batches, scratch, true);
     Ok(())
+}
+
+/// The functions one block of `rows` rows calls: scores GEMM, output GEMM,
+/// and the group's elementwise kernel with its extent.
+#[derive(Clone, Copy)]
+struct BlockFns<'ctx> {
+    rows: usize,
+    scores: FunctionValue<'ctx>,
+    output: FunctionValue<'ctx>,
+    group: Option<(FunctionValue<'ctx>, usize)>,
 }
 
 /// Emits the kernel and returns its scratch bytes.
@@ -130,28 +236,44 @@ fn emit<'ctx>(
     symbol: &str,
     first: &BatchedMatmul,
     second: &BatchedMatmul,
+    group: Option<&BlockGroup>,
 ) -> Result<usize, CodegenError> {
     let plan = GemmPlan::for_target(cx.target);
     let (m, n1, n2) = (first.m, first.n, second.n);
     let rows = (SCORES_BYTES / (n1 * 4) / plan.tile_rows * plan.tile_rows)
         .max(plan.tile_rows)
         .min(m);
-    let gemms = |block: usize| -> Result<Gemms<'ctx>, CodegenError> {
+    let mut layouts = None;
+    let mut block_fns = |block: usize| -> Result<BlockFns<'ctx>, CodegenError> {
         let one = GemmSpec::new(&format!("{symbol}_scores{block}"), block, first.k, n1);
         let two = GemmSpec::new(&format!("{symbol}_output{block}"), block, n1, n2);
-        let layouts = (
+        layouts = Some((
             emit_gemm(cx.context, cx.module, cx.target, &one)?.packed_b,
             emit_gemm(cx.context, cx.module, cx.target, &two)?.packed_b,
-        );
+        ));
         let function = |name: &str| cx.module.get_function(name).expect("emitted above");
-        Ok((function(&one.symbol), function(&two.symbol), layouts))
+        let group = match group {
+            None => None,
+            Some(group) => {
+                let fused = group.fused(block, n1);
+                let name = format!("{symbol}_scores_fn{block}");
+                fused.emit(cx, &name)?;
+                Some((function(&name), fused.extent(cx.lanes())))
+            }
+        };
+        Ok(BlockFns {
+            rows: block,
+            scores: function(&one.symbol),
+            output: function(&two.symbol),
+            group,
+        })
     };
-    let full = gemms(rows)?;
+    let full = block_fns(rows)?;
     let last = match m % rows {
         0 => None,
-        remainder => Some(gemms(remainder)?),
+        remainder => Some(block_fns(remainder)?),
     };
-    let (layout1, layout2) = full.2;
+    let (layout1, layout2) = layouts.expect("at least one block");
     let softmax_symbol = format!("{symbol}_softmax");
     emit_softmax(cx, &softmax_symbol, (rows, n1, 1))?;
     let softmax = cx
@@ -159,7 +281,8 @@ fn emit<'ctx>(
         .get_function(&softmax_symbol)
         .expect("emitted above");
 
-    let k = Kernel::define(cx, symbol, 4)?;
+    let operands = group.map_or(&[][..], |g| &g.operands[..]);
+    let k = Kernel::define(cx, symbol, 4 + operands.iter().flatten().count())?;
     let f32t = cx.context.f32_type();
     let ptr = cx.context.ptr_type(Default::default());
     let packed2_at = layout1.len();
@@ -167,15 +290,20 @@ fn emit<'ctx>(
     let packed1 = k.scratch;
     let packed2 = k.element(k.scratch, f32t.into(), k.int(packed2_at as i64))?;
     let scores = k.element(k.scratch, f32t.into(), k.int(scores_at as i64))?;
-    let table = k.slot(ptr.array_type(2).into())?;
-    for slot in 0..2 {
-        // SAFETY: builds a GEP into the two-entry table allocated above.
-        let at = unsafe {
+    let table_entry = |table, slot: usize| {
+        // SAFETY: builds a GEP into a pointer table allocated with at
+        // least `slot + 1` entries.
+        unsafe {
             k.em.builder
-                .build_in_bounds_gep(ptr, table, &[k.int(slot)], "entry")?
-        };
-        k.em.builder.build_store(at, scores)?;
+                .build_in_bounds_gep(ptr, table, &[k.int(slot as i64)], "entry")
+        }
+    };
+    let softmax_table = k.slot(ptr.array_type(2).into())?;
+    for slot in 0..2 {
+        k.em.builder
+            .build_store(table_entry(softmax_table, slot)?, scores)?;
     }
+    let group_table = k.slot(ptr.array_type(operands.len() as u32 + 1).into())?;
     k.em.counted_loop(k.begin, k.end, |batch| {
         let (a_base, b1_base) = first.batch_bases(&k, batch)?;
         let (_, b2_base) = second.batch_bases(&k, batch)?;
@@ -184,14 +312,26 @@ fn emit<'ctx>(
         let c_base =
             k.em.builder
                 .build_int_mul(batch, k.int((m * n2) as i64), "c")?;
-        let block = |row0: IntValue<'ctx>, count: usize, (g1, g2, _): Gemms<'ctx>| {
-            let a_at = k.em.mul_add(row0, k.int(first.k as i64), a_base)?;
-            let a = k.element(k.buffers[1], f32t.into(), a_at)?;
+        let flat_batch = contiguous_strides(&first.batch_shape);
+        let batch_index = flat_batch
+            .iter()
+            .enumerate()
+            .map(|(d, &step)| {
+                let i =
+                    k.em.builder
+                        .build_int_unsigned_div(batch, k.int(step), "bi")?;
+                let size = k.int(first.batch_shape[d] as i64);
+                Ok(k.em.builder.build_int_unsigned_rem(i, size, "bi")?)
+            })
+            .collect::<Result<Vec<_>, CodegenError>>()?;
+        let block = |row0: IntValue<'ctx>, fns: BlockFns<'ctx>| -> Result<(), CodegenError> {
             let call = |f, args: &[BasicMetadataValueEnum<'ctx>]| {
                 k.em.builder.build_call(f, args, "").map(|_| ())
             };
+            let a_at = k.em.mul_add(row0, k.int(first.k as i64), a_base)?;
+            let a = k.element(k.buffers[1], f32t.into(), a_at)?;
             call(
-                g1,
+                fns.scores,
                 &[
                     a.into(),
                     packed1.into(),
@@ -201,19 +341,49 @@ fn emit<'ctx>(
                     k.scratch.into(),
                 ],
             )?;
+            if let Some((function, extent)) = fns.group {
+                k.em.builder
+                    .build_store(table_entry(group_table, 0)?, scores)?;
+                let mut buffer = 4;
+                for (slot, operand) in operands.iter().enumerate() {
+                    let at = match operand {
+                        None => scores,
+                        Some((batch_strides, (row_stride, _))) => {
+                            let mut base =
+                                k.em.builder.build_int_mul(row0, k.int(*row_stride), "r")?;
+                            for (i, &stride) in batch_index.iter().zip(batch_strides) {
+                                base = k.em.mul_add(*i, k.int(stride), base)?;
+                            }
+                            buffer += 1;
+                            k.element(k.buffers[buffer - 1], f32t.into(), base)?
+                        }
+                    };
+                    k.em.builder
+                        .build_store(table_entry(group_table, slot + 1)?, at)?;
+                }
+                call(
+                    function,
+                    &[
+                        group_table.into(),
+                        k.int(0).into(),
+                        k.int(extent as i64).into(),
+                        k.scratch.into(),
+                    ],
+                )?;
+            }
             call(
                 softmax,
                 &[
-                    table.into(),
+                    softmax_table.into(),
                     k.int(0).into(),
-                    k.int(count as i64).into(),
+                    k.int(fns.rows as i64).into(),
                     k.scratch.into(),
                 ],
             )?;
             let c_at = k.em.mul_add(row0, k.int(n2 as i64), c_base)?;
             let c = k.element(k.buffers[0], f32t.into(), c_at)?;
             call(
-                g2,
+                fns.output,
                 &[
                     scores.into(),
                     packed2.into(),
@@ -223,14 +393,14 @@ fn emit<'ctx>(
                     k.scratch.into(),
                 ],
             )?;
-            Ok::<_, CodegenError>(())
+            Ok(())
         };
         k.em.counted_loop(k.int(0), k.int((m / rows) as i64), |b| {
             let row0 = k.em.builder.build_int_mul(b, k.int(rows as i64), "row0")?;
-            block(row0, rows, full)
+            block(row0, full)
         })?;
         if let Some(last) = last {
-            block(k.int((m - m % rows) as i64), m % rows, last)?;
+            block(k.int((m - m % rows) as i64), last)?;
         }
         Ok(())
     })?;

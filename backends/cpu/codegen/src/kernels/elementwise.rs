@@ -385,9 +385,13 @@ pub(crate) fn elem(dtype: DType, op: &Op) -> Result<Elem, CodegenError> {
     Elem::of(dtype, op.name())
 }
 
-/// Lowers the fusion group `members` (node indices in topological order,
-/// the root last) to one fused kernel.
-pub(crate) fn lower(l: &mut Lowering<'_, '_>, members: &[usize]) -> Result<(), CodegenError> {
+/// The fused kernel of the group `members` (node indices in topological
+/// order, the root last) over the root's shape, and the value each operand
+/// reads.
+pub(crate) fn describe(
+    l: &Lowering<'_, '_>,
+    members: &[usize],
+) -> Result<(Fused, Vec<ValueId>), CodegenError> {
     let g = l.graph;
     let root = &g.nodes[*members.last().expect("groups are non-empty")];
     let shape = l.shape(root.output)?;
@@ -427,11 +431,21 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, members: &[usize]) -> Result<(), C
         });
         computed.insert(node.output, nodes.len() - 1);
     }
-    let fused = Fused {
-        shape,
-        operands,
-        nodes,
-    };
+    Ok((
+        Fused {
+            shape,
+            operands,
+            nodes,
+        },
+        operand_values,
+    ))
+}
+
+/// Lowers the fusion group `members` (node indices in topological order,
+/// the root last) to one fused kernel.
+pub(crate) fn lower(l: &mut Lowering<'_, '_>, members: &[usize]) -> Result<(), CodegenError> {
+    let root = &l.graph.nodes[*members.last().expect("groups are non-empty")];
+    let (fused, operand_values) = describe(l, members)?;
     let symbol = l.symbol("fused");
     fused.emit(l.cx, &symbol)?;
     let mut buffers = vec![l.define(root.output)?];
