@@ -296,7 +296,7 @@ proptest! {
     }
 
     #[test]
-    fn attention_chains(h in 1usize..4, m in 1usize..24, k in 1usize..20, n1 in 1usize..40, n2 in 1usize..40, tb in any::<bool>(), mask in 0usize..4, seed in any::<u64>()) {
+    fn attention_chains(h in 1usize..4, m in 1usize..24, k in 1usize..20, n1 in 1usize..40, n2 in 1usize..40, tb in any::<bool>(), mask in 0usize..4, guard in any::<bool>(), seed in any::<u64>()) {
         // MatMul → Softmax(last axis) → MatMul: compiled as one kernel.
         let mut c = Case::new();
         let q = c.input(floats(&[h, m, k], seed));
@@ -316,6 +316,17 @@ proptest! {
             }
         };
         let p = c.node(Op::Softmax { axis: 2 }, &[s]);
+        // Optionally an exporter's NaN guard after the softmax:
+        // Where((p == p) == false, 0, p), fused too.
+        let p = if guard {
+            let same = c.node(Op::Equal, &[p, p]);
+            let no = c.constant(Tensor::from_bytes(DType::Bool, &[], vec![0]));
+            let nan = c.node(Op::Equal, &[same, no]);
+            let zero = c.constant(Tensor::from_f32(&[], &[0.0]));
+            c.node(Op::Where, &[nan, zero, p])
+        } else {
+            p
+        };
         let out = c.node(Op::MatMul { trans_a: false, trans_b: false }, &[p, v]);
         c.check(out, TOL.0, TOL.1)?;
     }

@@ -106,8 +106,10 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         for chain in chains.iter().flatten() {
             in_chain[chain.scores] = true;
             in_chain[chain.softmax] = true;
-            for &member in chain.group.map_or(&[][..], |root| &members[root][..]) {
-                in_chain[member] = true;
+            for root in [chain.group, chain.after].into_iter().flatten() {
+                for &member in &members[root] {
+                    in_chain[member] = true;
+                }
             }
         }
         for (i, node) in graph.nodes.iter().enumerate() {

@@ -30,6 +30,10 @@ pub(crate) struct Chain {
     /// softmax, if there is one.
     pub group: Option<usize>,
     pub softmax: usize,
+    /// The root of the elementwise group between the softmax and the
+    /// output product (e.g. an exporter's NaN guard `Where(x ≠ x, 0, x)`),
+    /// if there is one; it reads only the probabilities and scalars.
+    pub after: Option<usize>,
     pub output: usize,
 }
 
@@ -64,8 +68,21 @@ pub(crate) fn find_chains(
         };
         let chain = (|| {
             let before = producer[node.inputs[0].index()]?;
-            let output = only_user(node.output)?;
-            if only_user(node.inputs[0])? != softmax || g.nodes[output].inputs[0] != node.output {
+            let probabilities = node.output;
+            let users = &consumers[probabilities.index()];
+            let after = match roots[*users.first()?] {
+                Some(root)
+                    if !g.outputs.contains(&probabilities)
+                        && users.iter().all(|&u| roots[u] == Some(root))
+                        && only_scalars_besides(l, &members[root], probabilities) =>
+                {
+                    Some(root)
+                }
+                _ => None,
+            };
+            let weights = after.map_or(probabilities, |root| g.nodes[root].output);
+            let output = only_user(weights)?;
+            if only_user(node.inputs[0])? != softmax || g.nodes[output].inputs[0] != weights {
                 return None;
             }
             let (scores, group) = if roots[before] == Some(before) {
@@ -111,6 +128,7 @@ pub(crate) fn find_chains(
                 scores,
                 group,
                 softmax,
+                after,
                 output,
             })
         })();
@@ -119,6 +137,21 @@ pub(crate) fn find_chains(
         }
     }
     chains
+}
+
+/// Whether the group `members` reads nothing from outside but `value` and
+/// one-element constants, and produces f32 (so the block it rewrites in
+/// place stays f32).
+fn only_scalars_besides(l: &Lowering<'_, '_>, members: &[usize], value: ValueId) -> bool {
+    let g = l.graph;
+    let root = &g.nodes[*members.last().expect("groups are non-empty")];
+    let inside: Vec<ValueId> = members.iter().map(|&i| g.nodes[i].output).collect();
+    l.dtype(root.output) == DType::F32
+        && members.iter().all(|&i| {
+            g.nodes[i].inputs.iter().all(|v| {
+                *v == value || inside.contains(v) || l.constant(*v).is_some_and(|t| t.len() == 1)
+            })
+        })
 }
 
 /// The batched form of a MatMul node, if it is one with plain A.
@@ -138,8 +171,9 @@ fn graph_rank(g: &Graph, node: &Node) -> usize {
 }
 
 /// How the group reads one of its operands (other than the scores): its
-/// strides over the batch axes and its (row, column) strides.
-type BlockOperand = (Vec<i64>, (i64, i64));
+/// element type, its strides over the batch axes and its (row, column)
+/// strides.
+type BlockOperand = (Elem, Vec<i64>, (i64, i64));
 
 /// The elementwise group between scores and softmax, recast for one block
 /// of rows of one batch.
@@ -156,11 +190,14 @@ impl BlockGroup {
             operands: self
                 .operands
                 .iter()
-                .map(|o| Operand {
-                    elem: Elem::F32,
-                    strides: match o {
-                        None => vec![cols as i64, 1],
-                        Some((_, (r, c))) => vec![*r, *c],
+                .map(|o| match o {
+                    None => Operand {
+                        elem: Elem::F32,
+                        strides: vec![cols as i64, 1],
+                    },
+                    Some((elem, _, (r, c))) => Operand {
+                        elem: *elem,
+                        strides: vec![*r, *c],
                     },
                 })
                 .collect(),
@@ -184,31 +221,27 @@ pub(crate) fn lower(
     let mut extra = Vec::new();
     let group = match chain.group {
         None => None,
-        Some(root) => {
-            let (fused, values) = describe(l, &members[root])?;
-            let rank = fused.shape.len();
-            let mut operands = Vec::with_capacity(values.len());
-            for (operand, &value) in fused.operands.iter().zip(&values) {
-                if value == first_node.output {
-                    operands.push(None);
-                    continue;
-                }
-                let st = &operand.strides;
-                operands.push(Some((
-                    st[..rank - 2].to_vec(),
-                    (st[rank - 2], st[rank - 1]),
-                )));
-                extra.push(l.loc(value)?);
-            }
-            Some(BlockGroup {
-                nodes: fused.nodes,
-                operands,
-            })
-        }
+        Some(root) => Some(block_group(
+            l,
+            &members[root],
+            first_node.output,
+            &mut extra,
+        )?),
+    };
+    let softmax_output = g.nodes[chain.softmax].output;
+    let after = match chain.after {
+        None => None,
+        Some(root) => Some(block_group(l, &members[root], softmax_output, &mut extra)?),
     };
     let out = l.define(second_node.output)?;
     let symbol = l.symbol("attention");
-    let scratch = emit(l.cx, &symbol, &first, &second, group.as_ref())?;
+    let scratch = emit(
+        l.cx,
+        &symbol,
+        &first,
+        &second,
+        [group.as_ref(), after.as_ref()],
+    )?;
     let mut buffers = vec![
         out,
         l.loc(first_node.inputs[0])?,
@@ -220,14 +253,46 @@ pub(crate) fn lower(
     Ok(())
 }
 
+/// The group `members` recast for row blocks: `scores` (the value the block
+/// in scratch holds) becomes the block, every other operand a buffer
+/// appended to `extra`.
+fn block_group(
+    l: &mut Lowering<'_, '_>,
+    members: &[usize],
+    scores: ValueId,
+    extra: &mut Vec<crate::graph::Loc>,
+) -> Result<BlockGroup, CodegenError> {
+    let (fused, values) = describe(l, members)?;
+    let rank = fused.shape.len();
+    let mut operands = Vec::with_capacity(values.len());
+    for (operand, &value) in fused.operands.iter().zip(&values) {
+        if value == scores {
+            operands.push(None);
+            continue;
+        }
+        let st = &operand.strides;
+        operands.push(Some((
+            operand.elem,
+            st[..rank - 2].to_vec(),
+            (st[rank - 2], st[rank - 1]),
+        )));
+        extra.push(l.loc(value)?);
+    }
+    Ok(BlockGroup {
+        nodes: fused.nodes,
+        operands,
+    })
+}
+
 /// The functions one block of `rows` rows calls: scores GEMM, output GEMM,
-/// and the group's elementwise kernel with its extent.
+/// and the groups' elementwise kernels with their extents.
 #[derive(Clone, Copy)]
 struct BlockFns<'ctx> {
     rows: usize,
     scores: FunctionValue<'ctx>,
     output: FunctionValue<'ctx>,
-    group: Option<(FunctionValue<'ctx>, usize)>,
+    /// Before and after the softmax.
+    groups: [Option<(FunctionValue<'ctx>, usize)>; 2],
 }
 
 /// Emits the kernel and returns its scratch bytes.
@@ -236,7 +301,7 @@ fn emit<'ctx>(
     symbol: &str,
     first: &BatchedMatmul,
     second: &BatchedMatmul,
-    group: Option<&BlockGroup>,
+    groups: [Option<&BlockGroup>; 2],
 ) -> Result<usize, CodegenError> {
     let plan = GemmPlan::for_target(cx.target);
     let (m, n1, n2) = (first.m, first.n, second.n);
@@ -252,20 +317,20 @@ fn emit<'ctx>(
             emit_gemm(cx.context, cx.module, cx.target, &two)?.packed_b,
         ));
         let function = |name: &str| cx.module.get_function(name).expect("emitted above");
-        let group = match group {
-            None => None,
-            Some(group) => {
+        let mut fns = [None; 2];
+        for (i, group) in groups.iter().enumerate() {
+            if let Some(group) = group {
                 let fused = group.fused(block, n1);
-                let name = format!("{symbol}_scores_fn{block}");
+                let name = format!("{symbol}_group{i}_{block}");
                 fused.emit(cx, &name)?;
-                Some((function(&name), fused.extent(cx.lanes())))
+                fns[i] = Some((function(&name), fused.extent(cx.lanes())));
             }
-        };
+        }
         Ok(BlockFns {
             rows: block,
             scores: function(&one.symbol),
             output: function(&two.symbol),
-            group,
+            groups: fns,
         })
     };
     let full = block_fns(rows)?;
@@ -281,8 +346,9 @@ fn emit<'ctx>(
         .get_function(&softmax_symbol)
         .expect("emitted above");
 
-    let operands = group.map_or(&[][..], |g| &g.operands[..]);
-    let k = Kernel::define(cx, symbol, 4 + operands.iter().flatten().count())?;
+    let operands = groups.map(|g| g.map_or(&[][..], |g| &g.operands[..]));
+    let extra: usize = operands.iter().map(|o| o.iter().flatten().count()).sum();
+    let k = Kernel::define(cx, symbol, 4 + extra)?;
     let f32t = cx.context.f32_type();
     let ptr = cx.context.ptr_type(Default::default());
     let packed2_at = layout1.len();
@@ -303,7 +369,10 @@ fn emit<'ctx>(
         k.em.builder
             .build_store(table_entry(softmax_table, slot)?, scores)?;
     }
-    let group_table = k.slot(ptr.array_type(operands.len() as u32 + 1).into())?;
+    let group_tables = operands
+        .iter()
+        .map(|o| k.slot(ptr.array_type(o.len() as u32 + 1).into()))
+        .collect::<Result<Vec<_>, _>>()?;
     k.em.counted_loop(k.begin, k.end, |batch| {
         let (a_base, b1_base) = first.batch_bases(&k, batch)?;
         let (_, b2_base) = second.batch_bases(&k, batch)?;
@@ -341,36 +410,47 @@ fn emit<'ctx>(
                     k.scratch.into(),
                 ],
             )?;
-            if let Some((function, extent)) = fns.group {
-                k.em.builder
-                    .build_store(table_entry(group_table, 0)?, scores)?;
-                let mut buffer = 4;
-                for (slot, operand) in operands.iter().enumerate() {
+            // Applies group `i` to the scores block in place.
+            let apply = |i: usize| -> Result<(), CodegenError> {
+                let Some((function, extent)) = fns.groups[i] else {
+                    return Ok(());
+                };
+                let table = group_tables[i];
+                k.em.builder.build_store(table_entry(table, 0)?, scores)?;
+                // Buffers 4.. hold the other operands, the first group's first.
+                let mut buffer = 4 + operands[..i]
+                    .iter()
+                    .map(|o| o.iter().flatten().count())
+                    .sum::<usize>();
+                for (slot, operand) in operands[i].iter().enumerate() {
                     let at = match operand {
                         None => scores,
-                        Some((batch_strides, (row_stride, _))) => {
+                        Some((elem, batch_strides, (row_stride, _))) => {
                             let mut base =
                                 k.em.builder.build_int_mul(row0, k.int(*row_stride), "r")?;
                             for (i, &stride) in batch_index.iter().zip(batch_strides) {
                                 base = k.em.mul_add(*i, k.int(stride), base)?;
                             }
                             buffer += 1;
-                            k.element(k.buffers[buffer - 1], f32t.into(), base)?
+                            let ty = elem.memory_type(cx.context);
+                            k.element(k.buffers[buffer - 1], ty, base)?
                         }
                     };
                     k.em.builder
-                        .build_store(table_entry(group_table, slot + 1)?, at)?;
+                        .build_store(table_entry(table, slot + 1)?, at)?;
                 }
                 call(
                     function,
                     &[
-                        group_table.into(),
+                        table.into(),
                         k.int(0).into(),
                         k.int(extent as i64).into(),
                         k.scratch.into(),
                     ],
                 )?;
-            }
+                Ok(())
+            };
+            apply(0)?;
             call(
                 softmax,
                 &[
@@ -380,6 +460,7 @@ fn emit<'ctx>(
                     k.scratch.into(),
                 ],
             )?;
+            apply(1)?;
             let c_at = k.em.mul_add(row0, k.int(n2 as i64), c_base)?;
             let c = k.element(k.buffers[0], f32t.into(), c_at)?;
             call(
