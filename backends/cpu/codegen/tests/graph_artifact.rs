@@ -153,3 +153,58 @@ fn repeated_layers_share_their_kernels() {
     let (abs, _) = m4c_ops::max_abs_rel_error(&got, &want).unwrap();
     assert!(abs < 1e-6, "{abs}");
 }
+
+/// Two identical attention layers (MatMul → scale → Softmax → MatMul) share
+/// one attention kernel, and the result matches the interpreter.
+#[test]
+fn repeated_attention_layers_share_one_kernel() {
+    let mut g = Graph::new("attention_layers");
+    let mut x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 5, 4]));
+    let scale = g.add_const("scale", Tensor::from_f32(&[], &[0.5]));
+    for layer in 0..2 {
+        let mm = |trans_b| Op::MatMul {
+            trans_a: false,
+            trans_b,
+        };
+        let s = g.add_node(mm(true), &[x, x], format!("s{layer}")).unwrap();
+        let s = g
+            .add_node(Op::Mul, &[s, scale], format!("t{layer}"))
+            .unwrap();
+        let p = g
+            .add_node(Op::Softmax { axis: 2 }, &[s], format!("p{layer}"))
+            .unwrap();
+        x = g.add_node(mm(false), &[p, x], format!("o{layer}")).unwrap();
+    }
+    g.outputs.push(x);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest =
+        write_graph_artifact(&g, &Target::parse(None, None).unwrap(), dir.path()).unwrap();
+    let steps = manifest.graph.unwrap().steps;
+    let symbols: std::collections::BTreeSet<String> = steps
+        .iter()
+        .map(|s| match s {
+            m4c_cpu_device::Step::Kernel { symbol, .. }
+            | m4c_cpu_device::Step::Gemm { symbol, .. } => symbol.clone(),
+        })
+        .collect();
+    assert_eq!((steps.len(), symbols.len()), (2, 1), "{symbols:?}");
+
+    let options = CompileOptions {
+        target: Target::parse(None, None).unwrap(),
+        threads: 1,
+    };
+    let input = Tensor::from_f32(
+        &[2, 5, 4],
+        &(0..40)
+            .map(|i| (i % 7) as f32 * 0.2 - 0.6)
+            .collect::<Vec<_>>(),
+    );
+    let mut compiled = compile_graph(&g, &options).unwrap();
+    let got = Value::from_tensor(&compiled.run(std::slice::from_ref(&input)).unwrap()[0]).unwrap();
+    let want = run_graph(&g, &[Value::from_tensor(&input).unwrap()])
+        .unwrap()
+        .remove(0);
+    let (abs, _) = m4c_ops::max_abs_rel_error(&got, &want).unwrap();
+    assert!(abs < 1e-5, "{abs}");
+}

@@ -7,14 +7,17 @@
 //! block is still in L2. The scores matrix (1500 × 1500 per head for
 //! Whisper's encoder) never goes to memory.
 
+use std::hash::{Hash, Hasher};
+
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue};
+use m4c_cpu_device::PackedPanels;
 use m4c_ir::{DType, Graph, Node, Op, ValueId};
 
 use super::elementwise::{describe, ExprNode, Fused, Operand};
 use super::matmul::{batched_spec, BatchedMatmul};
 use super::softmax_norm::emit_softmax;
 use super::{contiguous_strides, Cx, Elem, Kernel};
-use crate::gemm::{emit_gemm, GemmPlan, GemmSpec};
+use crate::gemm::{emit_gemm, gemm_manifest, GemmPlan, GemmSpec};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
@@ -284,6 +287,26 @@ fn block_group(
     })
 }
 
+/// The GEMM function for `m × k × n` with run-time packed B, shared by every
+/// attention kernel of the module that needs that shape, and its B layout.
+fn shared_gemm<'ctx>(
+    cx: Cx<'_, 'ctx>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<(FunctionValue<'ctx>, PackedPanels), CodegenError> {
+    let spec = GemmSpec::new(&format!("m4c_attention_gemm_{m}x{k}x{n}"), m, k, n);
+    let manifest = match cx.module.get_function(&spec.symbol) {
+        Some(_) => gemm_manifest(cx.target, &spec),
+        None => emit_gemm(cx.context, cx.module, cx.target, &spec)?,
+    };
+    let function = cx
+        .module
+        .get_function(&spec.symbol)
+        .expect("emitted by now");
+    Ok((function, manifest.packed_b))
+}
+
 /// The functions one block of `rows` rows calls: scores GEMM, output GEMM,
 /// and the groups' elementwise kernels with their extents.
 #[derive(Clone, Copy)]
@@ -310,26 +333,29 @@ fn emit<'ctx>(
         .min(m);
     let mut layouts = None;
     let mut block_fns = |block: usize| -> Result<BlockFns<'ctx>, CodegenError> {
-        let one = GemmSpec::new(&format!("{symbol}_scores{block}"), block, first.k, n1);
-        let two = GemmSpec::new(&format!("{symbol}_output{block}"), block, n1, n2);
-        layouts = Some((
-            emit_gemm(cx.context, cx.module, cx.target, &one)?.packed_b,
-            emit_gemm(cx.context, cx.module, cx.target, &two)?.packed_b,
-        ));
+        let one = shared_gemm(cx, block, first.k, n1)?;
+        let two = shared_gemm(cx, block, n1, n2)?;
+        layouts = Some((one.1, two.1));
         let function = |name: &str| cx.module.get_function(name).expect("emitted above");
         let mut fns = [None; 2];
         for (i, group) in groups.iter().enumerate() {
             if let Some(group) = group {
                 let fused = group.fused(block, n1);
-                let name = format!("{symbol}_group{i}_{block}");
-                fused.emit(cx, &name)?;
+                // Named by content, so identical layers call the same
+                // function and their attention kernels are deduplicated.
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                format!("{fused:?}").hash(&mut hasher);
+                let name = format!("m4c_attention_group{i}_{:016x}", hasher.finish());
+                if cx.module.get_function(&name).is_none() {
+                    fused.emit(cx, &name)?;
+                }
                 fns[i] = Some((function(&name), fused.extent(cx.lanes())));
             }
         }
         Ok(BlockFns {
             rows: block,
-            scores: function(&one.symbol),
-            output: function(&two.symbol),
+            scores: one.0,
+            output: two.0,
             groups: fns,
         })
     };
@@ -339,8 +365,10 @@ fn emit<'ctx>(
         remainder => Some(block_fns(remainder)?),
     };
     let (layout1, layout2) = layouts.expect("at least one block");
-    let softmax_symbol = format!("{symbol}_softmax");
-    emit_softmax(cx, &softmax_symbol, (rows, n1, 1))?;
+    let softmax_symbol = format!("m4c_attention_softmax_{rows}x{n1}");
+    if cx.module.get_function(&softmax_symbol).is_none() {
+        emit_softmax(cx, &softmax_symbol, (rows, n1, 1))?;
+    }
     let softmax = cx
         .module
         .get_function(&softmax_symbol)
