@@ -344,3 +344,43 @@ pub fn where_(b: &mut B, n: &NodeCtx) -> Lowering {
         n.name(),
     ))
 }
+
+/// Mod: `fmod=1` is C's fmod (sign of the dividend): `a − trunc(a/b)·b`;
+/// `fmod=0` takes the divisor's sign (Python's `%`): the truncated
+/// remainder plus `b` where the two signs differ.
+pub fn modulo(b: &mut B, n: &NodeCtx) -> Lowering {
+    let name = n.name();
+    let (x, y) = (n.input(0)?, n.input(1)?);
+    let dt = b.dtype(&x);
+    let fmod = n.int("fmod", 0) != 0;
+    let q = bin(b, Op::Div, &x, &y, name)?;
+    let q = if dt.is_float() {
+        // trunc(q) = q < 0 ? −floor(−q) : floor(q)
+        let zero = b.scalar(dt, 0.0)?;
+        let neg_q = neg(b, &q, name)?;
+        let up = un(b, Op::Floor, &neg_q, name)?;
+        let up = neg(b, &up, name)?;
+        let down = un(b, Op::Floor, &q, name)?;
+        let is_neg = bin(b, Op::Less, &q, &zero, name)?;
+        b.op(Op::Where, &[is_neg, up, down], name)?
+    } else {
+        q
+    };
+    let qy = bin(b, Op::Mul, &q, &y, name)?;
+    let r = bin(b, Op::Sub, &x, &qy, name)?;
+    if fmod {
+        return Ok(vec![r]);
+    }
+    let zero = b.scalar(dt, 0.0)?;
+    let nonzero = {
+        let eq = bin(b, Op::Equal, &r, &zero, name)?;
+        not(b, &eq, name)?
+    };
+    let r_neg = bin(b, Op::Less, &r, &zero, name)?;
+    let y_neg = bin(b, Op::Less, &y, &zero, name)?;
+    let same = bin(b, Op::Equal, &r_neg, &y_neg, name)?;
+    let differ = not(b, &same, name)?;
+    let fix = bin(b, Op::Min, &nonzero, &differ, name)?;
+    let shifted = bin(b, Op::Add, &r, &y, name)?;
+    Ok(vec![b.op(Op::Where, &[fix, shifted, r], name)?])
+}

@@ -696,3 +696,64 @@ pub fn trilu(b: &mut B, n: &NodeCtx) -> Lowering {
     let zero = b.scalar(b.dtype(&x), 0.0)?;
     Ok(vec![b.op(Op::Where, &[mask, x, zero], n.name())?])
 }
+
+/// GatherElements as one Gather over the flattened data: the linear index
+/// is the (wrapped) index times the axis stride plus a compile-time offset
+/// for the position along every other axis.
+pub fn gather_elements(b: &mut B, n: &NodeCtx) -> Lowering {
+    let name = n.name();
+    let (data, mut idx) = (n.input(0)?, n.input(1)?);
+    let (ds, is) = (b.shape(&data), b.shape(&idx));
+    let a = axis(n.int("axis", 0), ds.len())?;
+    if is.len() != ds.len()
+        || is
+            .iter()
+            .zip(&ds)
+            .enumerate()
+            .any(|(d, (i, s))| d != a && i > s)
+    {
+        return Err(format!("indices {is:?} do not fit data {ds:?}"));
+    }
+    if b.dtype(&idx) != DType::I64 {
+        idx = b.op(Op::Cast { to: DType::I64 }, &[idx], name)?;
+    }
+    let strides: Vec<usize> = (0..ds.len())
+        .map(|d| ds[d + 1..].iter().product())
+        .collect();
+    let count: usize = is.iter().product();
+    let offsets: Vec<i64> = (0..count)
+        .map(|flat| {
+            let mut rest = flat;
+            let mut off = 0;
+            for d in (0..is.len()).rev() {
+                let p = rest % is[d];
+                rest /= is[d];
+                if d != a {
+                    off += p * strides[d];
+                }
+            }
+            off as i64
+        })
+        .collect();
+    let dim = ds[a] as i64;
+    let zero = Val::konst(Tensor::from_i64(&[], &[0]));
+    let is_neg = b.op(Op::Less, &[idx.clone(), zero], name)?;
+    let wrapped = b.op(
+        Op::Add,
+        &[idx.clone(), Val::konst(Tensor::from_i64(&[], &[dim]))],
+        name,
+    )?;
+    let idx = b.op(Op::Where, &[is_neg, wrapped, idx], name)?;
+    let scaled = b.op(
+        Op::Mul,
+        &[idx, Val::konst(Tensor::from_i64(&[], &[strides[a] as i64]))],
+        name,
+    )?;
+    let linear = b.op(
+        Op::Add,
+        &[scaled, Val::konst(Tensor::from_i64(&is, &offsets))],
+        name,
+    )?;
+    let flat = reshape(b, &data, &[ds.iter().product()], name)?;
+    Ok(vec![b.op(Op::Gather { axis: 0 }, &[flat, linear], name)?])
+}
