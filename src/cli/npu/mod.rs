@@ -2,19 +2,23 @@
 //! generate + simulate + check single layers (GEMM, convolution, depthwise
 //! convolution, softmax, LayerNorm/RMSNorm, activations, elementwise ops).
 
+mod files;
+mod layer;
+
 use super::CliResult;
+use files::{load_program, read_text, write_atomic};
+use layer::{
+    layer_config, plan_json, print_report, run_layer, run_norm, run_streamed, sim_options,
+    write_trace,
+};
 use m4c_npu::asm::assemble;
 use m4c_npu::config::{Dataflow, MachineConfig};
 use m4c_npu::disasm::disassemble;
 use m4c_npu::kernels::norm::NormKind;
 use m4c_npu::kernels::reference::ConvShape;
-use m4c_npu::kernels::{
-    conv, depthwise, eltwise, gemm, lut, norm, softmax, KernelProgram, TilePlan,
-};
-use m4c_npu::program::Program;
-use m4c_npu::report::Stats;
-use m4c_npu::sim::{chrome_trace, simulate, SimOptions, SimResult, TimingMode};
-use std::path::{Path, PathBuf};
+use m4c_npu::kernels::{conv, depthwise, eltwise, gemm, lut, softmax};
+use m4c_npu::sim::simulate;
+use std::path::PathBuf;
 
 /// Arguments of `m4c npu`.
 #[derive(clap::Args)]
@@ -162,7 +166,7 @@ enum NpuCommand {
 }
 
 #[derive(clap::Args)]
-struct RowsCols {
+pub(super) struct RowsCols {
     /// Rows of the (flattened) tensor.
     #[arg(long)]
     rows: usize,
@@ -172,7 +176,7 @@ struct RowsCols {
 }
 
 #[derive(clap::Args)]
-struct SimFlags {
+pub(super) struct SimFlags {
     /// Machine: a preset (edge-small, phone-flagship) or a .toml/.json file.
     #[arg(long, default_value = "edge-small")]
     config: String,
@@ -188,7 +192,7 @@ struct SimFlags {
 }
 
 #[derive(clap::Args)]
-struct LayerFlags {
+pub(super) struct LayerFlags {
     /// Machine: a preset (edge-small, phone-flagship) or a .toml/.json file.
     #[arg(long, conflicts_with = "array")]
     config: Option<String>,
@@ -394,168 +398,4 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             run_streamed(&layer, &config, &k, ops.reference()?, desc)
         }
     }
-}
-
-fn run_norm(kind: NormKind, shape: &RowsCols, layer: &LayerFlags) -> CliResult<i32> {
-    let ops = norm::NormOperands::random(kind, shape.rows, shape.cols, layer.seed);
-    let config = layer_config(layer)?;
-    let k = norm::generate(&ops, &config)?;
-    let name = if kind == NormKind::LayerNorm {
-        "layernorm"
-    } else {
-        "rmsnorm"
-    };
-    let desc = serde_json::json!({ "kind": name, "rows": shape.rows, "cols": shape.cols });
-    run_streamed(layer, &config, &k, ops.reference()?, desc)
-}
-
-fn plan_json(plan: TilePlan) -> serde_json::Value {
-    serde_json::json!({
-        "m": plan.m_tile, "k": plan.k_tile, "n": plan.n_tile, "acc_buffers": plan.acc_buffers,
-    })
-}
-
-/// Simulates a vector-unit kernel (row tiles) and checks it like a layer.
-fn run_streamed(
-    layer: &LayerFlags,
-    config: &MachineConfig,
-    k: &KernelProgram,
-    expected: Vec<i8>,
-    desc: serde_json::Value,
-) -> CliResult<i32> {
-    let tiles = serde_json::json!({ "rows": k.tile_rows });
-    run_layer(
-        layer,
-        config,
-        &k.program,
-        tiles,
-        (k.out_addr, expected),
-        desc,
-    )
-}
-
-fn sim_options(compat: bool, trace: bool, check_hazards: bool) -> SimOptions {
-    let timing = if compat {
-        TimingMode::ScaleSimCompat
-    } else {
-        TimingMode::Full
-    };
-    SimOptions {
-        timing,
-        trace,
-        check_hazards,
-    }
-}
-
-fn layer_config(layer: &LayerFlags) -> CliResult<MachineConfig> {
-    Ok(match (&layer.config, layer.array) {
-        (_, Some((r, c))) => {
-            let config = MachineConfig::scalesim_like(r, c, layer.dataflow);
-            config.validate()?;
-            config
-        }
-        (Some(spec), None) => MachineConfig::load(spec)?,
-        (None, None) => MachineConfig::edge_small(),
-    })
-}
-
-fn run_layer(
-    layer: &LayerFlags,
-    config: &MachineConfig,
-    program: &Program,
-    tiles: serde_json::Value,
-    (out_addr, expected): (u32, Vec<i8>),
-    desc: serde_json::Value,
-) -> CliResult<i32> {
-    if let Some(path) = &layer.emit {
-        write_atomic(path, &program.to_bytes())?;
-    }
-    let options = sim_options(layer.scalesim_compat, layer.trace.is_some(), false);
-    let result = simulate(program, config, options)?;
-    let out = &result.dram[out_addr as usize..out_addr as usize + expected.len()];
-    let verified = out.iter().zip(&expected).all(|(&a, &b)| a as i8 == b);
-    write_trace(layer.trace.as_deref(), &result, config)?;
-    let extra = serde_json::json!({
-        "layer": desc,
-        "tiles": tiles,
-        "bit_exact": verified,
-    });
-    print_report(&result.stats, config, layer.json, extra)?;
-    if !verified {
-        return Err("simulated output differs from the reference kernel".into());
-    }
-    Ok(0)
-}
-
-fn print_report(
-    stats: &Stats,
-    config: &MachineConfig,
-    json: bool,
-    extra: serde_json::Value,
-) -> CliResult<()> {
-    if json {
-        let mut value = serde_json::to_value(stats)?;
-        if let (Some(obj), Some(more)) = (value.as_object_mut(), extra.as_object()) {
-            obj.insert("machine".into(), config.name.clone().into());
-            obj.extend(more.clone());
-        }
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        if let Some(layer) = extra.get("layer") {
-            println!("layer          {layer}");
-            println!("tiles          {}", extra["tiles"]);
-            println!("bit-exact      {}", extra["bit_exact"]);
-        }
-        print!("{}", stats.to_text(config));
-    }
-    Ok(())
-}
-
-fn write_trace(path: Option<&Path>, result: &SimResult, config: &MachineConfig) -> CliResult<()> {
-    if let Some(path) = path {
-        let trace = chrome_trace(&result.trace, config.clock_mhz);
-        write_atomic(path, serde_json::to_string(&trace)?.as_bytes())?;
-    }
-    Ok(())
-}
-
-fn read_text(path: &Path) -> CliResult<String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
-}
-
-/// A binary program, or assembly text when the file lacks the binary magic.
-fn load_program(path: &Path) -> CliResult<Program> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.starts_with(b"M4NPU") {
-        return Program::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()).into());
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        format!(
-            "{}: neither an NPU binary nor assembly text",
-            path.display()
-        )
-    })?;
-    assemble(&text).map_err(|e| format!("{}: {e}", path.display()).into())
-}
-
-/// Writes via a temporary file in the same directory and a rename, so a
-/// failure never leaves a partial output.
-fn write_atomic(path: &Path, bytes: &[u8]) -> CliResult<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display()).into()
-    })
 }
