@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # The main job on a shipped example: inspect an M4 backbone (a LLaMA decoder
-# with LoRA branches), lower it onto the IR and run it against
-# onnxruntime's outputs.
+# with LoRA branches), run it against onnxruntime's outputs through the
+# reference interpreter and through compiled CPU code, then pack the base
+# model as firmware with the LoRA as an app adapter and run that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --quiet
-M=tests/fixtures/llama_lora
-./target/release/m4c inspect $M.onnx
-./target/release/m4c run $M.onnx --inputs $M.inputs.npz --expect $M.expected.npz
+cargo build --quiet --bin m4c
+m4c=target/debug/m4c
+F=tests/fixtures
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+echo "== inspect"
+$m4c inspect $F/llama_lora.onnx
+echo "== run (reference interpreter) vs onnxruntime"
+$m4c run $F/llama_lora.onnx --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz
+echo "== run (compiled for this CPU) vs onnxruntime"
+$m4c run $F/llama_lora.onnx --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz --backend cpu
+echo "== firmware (base model) + app adapter (PEFT LoRA) vs the exported LoRA model"
+$m4c firmware build --module backbone=$F/llama_prefill.onnx --module img_enc=$F/clip_vision.onnx -o "$out/M4.fw"
+$m4c adapt "$out/M4.fw" --module backbone --adapter $F/llama_lora_adapter -o "$out/app.m4a"
+$m4c run "$out/M4.fw" --module backbone --adapter "$out/app.m4a" --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz
