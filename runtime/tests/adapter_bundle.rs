@@ -11,8 +11,10 @@ use m4c_runtime::adapter::{adapted_module, AdapterBundle};
 use m4c_runtime::bundle::container::decode;
 use m4c_runtime::bundle::format::LoraMode;
 use m4c_runtime::bundle::Bundle;
+use m4c_runtime::exec::{load_shared, BaseGraphs, Engine, LoadOptions};
 use ndarray::ArrayD;
 use proptest::prelude::*;
+use std::sync::Arc;
 
 fn firmware() -> Bundle {
     Bundle::from_bytes(&tiny_bundle()).unwrap()
@@ -64,6 +66,37 @@ fn keep_and_fold_compute_the_adapted_module_and_keep_shares_the_weights() {
         let w = g.constants().find(|&c| g.value(c).name == "w").unwrap();
         let mapped = matches!(g.constant(w).unwrap().storage, Storage::Mapped { .. });
         assert_eq!(mapped, mode == LoraMode::Keep, "{mode}");
+    }
+}
+
+#[test]
+fn executors_of_keep_adapters_share_one_base_graph_and_compute_the_adapted_module() {
+    let fw = firmware();
+    let bases = BaseGraphs::new(&fw);
+    let opts = LoadOptions {
+        engine: Engine::Reference,
+        ..LoadOptions::default()
+    };
+    let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+    let input = Value::F32(ArrayD::from_shape_vec(vec![2, 4], x.clone()).unwrap());
+    let keep: Vec<AdapterBundle> = (0..3)
+        .map(|_| AdapterBundle::from_bytes(&adapter_for(&fw, LoraMode::Keep)).unwrap())
+        .collect();
+    let fold = AdapterBundle::from_bytes(&adapter_for(&fw, LoraMode::Fold)).unwrap();
+    let mut execs = vec![];
+    for a in keep.iter().chain([&fold]) {
+        execs.push(load_shared(&bases, "a", &[a], &opts).unwrap().executor);
+    }
+    // The map's graph, this handle and one per keep executor: the folded
+    // module holds a private graph.
+    assert_eq!(Arc::strong_count(&bases.get("a").unwrap()), 2 + keep.len());
+    for e in &execs {
+        let Value::F32(y) = &e.run(std::slice::from_ref(&input)).unwrap()[0] else {
+            panic!("f32 output")
+        };
+        for (got, want) in y.iter().zip(truth(&x)) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "{got} vs {want}");
+        }
     }
 }
 

@@ -11,9 +11,11 @@ use std::process::Command;
 use m4c_compiler::bundle::{build_firmware, write_atomically, FirmwareOptions};
 use m4c_ir::DType;
 use m4c_ops::Value;
-use m4c_runtime::adapter::{adapted_module, AdapterBundle};
+use m4c_runtime::adapter::AdapterBundle;
 use m4c_runtime::bundle::Bundle;
-use m4c_runtime::exec::{executor_for, ModuleExecutor};
+use m4c_runtime::exec::{
+    executor_for, load_shared, BaseGraphs, Engine, LoadOptions, ModuleExecutor,
+};
 use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
 
@@ -247,19 +249,22 @@ fn sample_inputs(exec: &dyn ModuleExecutor) -> CliResult<Vec<Value>> {
 }
 
 /// Child (a): the firmware and every adapter loaded, each adapter attached
-/// to the modules it was built for (ready to run); one inference with the
-/// last one.
+/// to the modules it was built for (an interpreter per adapted module,
+/// ready to run, all sharing the firmware's module graphs); one inference
+/// with the last one.
 fn child_firmware(args: &ScaleArgs) -> CliResult<i32> {
     let fw = Bundle::open(&args.firmware)?;
+    let bases = BaseGraphs::new(&fw);
+    let opts = LoadOptions {
+        engine: Engine::Reference,
+        ..LoadOptions::default()
+    };
     let mut loaded: Vec<(AdapterBundle, Vec<std::sync::Arc<dyn ModuleExecutor>>)> = vec![];
     for path in &args.adapters {
         let a = AdapterBundle::open(path)?;
         let mut execs = vec![];
         for m in &a.info().modules {
-            let g = adapted_module(&fw, m, &[&a])?;
-            let entry = fw.manifest().modules.iter().find(|e| &e.name == m);
-            let target = entry.ok_or_else(|| format!("no module `{m}`"))?.target;
-            execs.push(executor_for(m, target, g));
+            execs.push(load_shared(&bases, m, &[&a], &opts)?.executor);
         }
         loaded.push((a, execs));
     }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod lora;
+mod shared;
 
 use std::fs::File;
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::bundle::format::{AdapterManifest, BundleKind, LoraMode, Manifest, HEA
 use crate::bundle::reader::{check_blobs, mapped_tensor, weights_range};
 use crate::bundle::{Bundle, BundleError};
 pub use lora::LoraFactors;
+pub use shared::AdaptedModule;
 
 /// Why an adapter bundle cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -230,31 +232,41 @@ impl AdapterBundle {
 }
 
 /// `module` of `fw` with `adapters` attached in order (none: the module
-/// itself). Each adapter must be bound to `fw`. The firmware's weights stay
-/// slices of its one map (keep) or the adapted ones become private copies
-/// (fold); any number of adapted graphs share that map.
+/// itself), as one graph. Each adapter must be bound to `fw`. The
+/// firmware's weights stay slices of its one map (keep) or the adapted ones
+/// become private copies (fold). Executors hold an [`AdaptedModule`]
+/// instead, which shares the base graph between adapters.
 pub fn adapted_module(
     fw: &Bundle,
     module: &str,
     adapters: &[&AdapterBundle],
 ) -> Result<Graph, AdapterError> {
+    let base = Arc::new(firmware_module(fw, module)?);
+    shared_module(fw, module, base, adapters)?
+        .graph()
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// `module`'s base graph from `fw`.
+pub fn firmware_module(fw: &Bundle, module: &str) -> Result<Graph, AdapterError> {
+    fw.module(module).map_err(|source| AdapterError::Bundle {
+        path: "firmware".into(),
+        source,
+    })
+}
+
+/// `base` (module `module` of `fw`) with `adapters` attached in order,
+/// each checked to be bound to `fw`; see [`AdaptedModule::new`].
+pub fn shared_module(
+    fw: &Bundle,
+    module: &str,
+    base: Arc<Graph>,
+    adapters: &[&AdapterBundle],
+) -> Result<AdaptedModule, AdapterError> {
     for a in adapters {
         a.check_binding(fw)?;
     }
-    let mut graph = fw.module(module).map_err(|source| AdapterError::Bundle {
-        path: "firmware".into(),
-        source,
-    })?;
-    for (i, a) in adapters.iter().enumerate() {
-        graph = lora::attach(&graph, &a.factors, a.info.lora, &format!("lora{i}")).map_err(
-            |problems| AdapterError::Mismatch {
-                path: a.path.clone(),
-                module: module.to_string(),
-                problems,
-            },
-        )?;
-    }
-    Ok(graph)
+    AdaptedModule::new(module, base, adapters)
 }
 
 /// Lowercase hex of a hash.

@@ -2,11 +2,14 @@
 //! has code this host can run and no adapter changes the graph, the
 //! reference interpreter otherwise.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use m4c_ir::Graph;
 
 use super::{CompiledModule, Interpreter, ModuleExecutor, Signature};
-use crate::adapter::{adapted_module, AdapterBundle, AdapterError};
+use crate::adapter::{firmware_module, shared_module, AdapterBundle, AdapterError};
 use crate::bundle::Bundle;
 
 /// Which engine runs a bundle's module.
@@ -69,26 +72,76 @@ pub enum LoadError {
     NoCode { module: String, reason: String },
 }
 
-/// Loads `module` of `fw` with `adapters` attached (in order).
-///
-/// Compiled code is the base module's: with an adapter attached (keep or
-/// fold, both change the computation) the adapted IR runs on the
-/// interpreter. Without adapters the first code entry this host can run
-/// is loaded; if there is none or loading fails, [`Engine::Auto`] falls
-/// back to the interpreter and [`Engine::Compiled`] is an error.
+/// A firmware's module graphs, each taken from the bundle once and shared
+/// (`Arc`) by every executor loaded through [`load_shared`]: N adapters of
+/// one module cost one graph plus N factor tables.
+pub struct BaseGraphs<'fw> {
+    fw: &'fw Bundle,
+    graphs: Mutex<HashMap<String, Arc<Graph>>>,
+}
+
+impl<'fw> BaseGraphs<'fw> {
+    /// No module taken yet.
+    pub fn new(fw: &'fw Bundle) -> BaseGraphs<'fw> {
+        BaseGraphs {
+            fw,
+            graphs: Mutex::default(),
+        }
+    }
+
+    /// The firmware.
+    pub fn firmware(&self) -> &'fw Bundle {
+        self.fw
+    }
+
+    /// `module`'s base graph, shared.
+    pub fn get(&self, module: &str) -> Result<Arc<Graph>, AdapterError> {
+        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = graphs.get(module) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(firmware_module(self.fw, module)?);
+        graphs.insert(module.to_string(), g.clone());
+        Ok(g)
+    }
+}
+
+/// Loads `module` of `fw` with `adapters` attached (in order); see
+/// [`load_shared`] (here nothing is shared with other loads).
 pub fn load_module(
     fw: &Bundle,
     module: &str,
     adapters: &[&AdapterBundle],
     opts: &LoadOptions,
 ) -> Result<Loaded, LoadError> {
-    let graph = adapted_module(fw, module, adapters)?;
-    let interpret = |fallback: Option<String>| Loaded {
-        executor: Arc::new(Interpreter::new(module, graph.clone())),
-        fallback,
+    load_shared(&BaseGraphs::new(fw), module, adapters, opts)
+}
+
+/// Loads `module` of `bases`' firmware with `adapters` attached (in order),
+/// sharing its base graph with every other load through `bases`.
+///
+/// Compiled code is the base module's: with an adapter attached (keep or
+/// fold, both change the computation) the adapted IR runs on the
+/// interpreter. Without adapters the first code entry this host can run
+/// is loaded; if there is none or loading fails, [`Engine::Auto`] falls
+/// back to the interpreter and [`Engine::Compiled`] is an error.
+pub fn load_shared(
+    bases: &BaseGraphs,
+    module: &str,
+    adapters: &[&AdapterBundle],
+    opts: &LoadOptions,
+) -> Result<Loaded, LoadError> {
+    let fw = bases.firmware();
+    let base = bases.get(module)?;
+    let adapted = shared_module(fw, module, base.clone(), adapters)?;
+    let interpret = |fallback: Option<String>| -> Result<Loaded, LoadError> {
+        Ok(Loaded {
+            executor: Arc::new(Interpreter::shared(module, adapted.clone())?),
+            fallback,
+        })
     };
     if opts.engine == Engine::Reference {
-        return Ok(interpret(None));
+        return interpret(None);
     }
     let codes = fw.code(module);
     let reason = if codes.is_empty() {
@@ -98,7 +151,7 @@ pub fn load_module(
     } else {
         let mut why = vec![];
         for code in codes {
-            match CompiledModule::load(module, code, Signature::of(&graph), opts.threads) {
+            match CompiledModule::load(module, code, Signature::of(&base), opts.threads) {
                 Ok(c) => {
                     return Ok(Loaded {
                         executor: Arc::new(c),
@@ -115,9 +168,9 @@ pub fn load_module(
             module: module.to_string(),
             reason,
         }),
-        _ if codes.is_empty() => Ok(interpret(None)),
-        _ => Ok(interpret(Some(format!(
+        _ if codes.is_empty() => interpret(None),
+        _ => interpret(Some(format!(
             "module `{module}` runs on the reference interpreter: {reason}"
-        )))),
+        ))),
     }
 }

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use m4c_ir::{Graph, TensorType};
 use m4c_ops::{run_graph, Value};
 
+use crate::adapter::{AdaptedModule, AdapterError};
 use crate::bundle::format::Target;
 pub use arena::ArenaPlan;
 pub use compiled::{CodeLoadError, CompiledModule};
-pub use load::{load_module, Engine, LoadError, LoadOptions, Loaded};
+pub use load::{load_module, load_shared, BaseGraphs, Engine, LoadError, LoadOptions, Loaded};
 
 /// Why a module could not run.
 #[derive(Debug, thiserror::Error)]
@@ -103,9 +104,11 @@ pub fn executor_for(name: &str, _target: Target, graph: Graph) -> Arc<dyn Module
 /// Runs a module's IR with the reference interpreter. The interpreter
 /// allocates each intermediate and frees it after its last use; the arena
 /// plan says what a compiled executor of the same module will preallocate.
+/// The module's base graph is shared with every other executor of it
+/// ([`AdaptedModule`]): keep-mode adapters are attached for each run.
 pub struct Interpreter {
     name: String,
-    graph: Graph,
+    module: AdaptedModule,
     signature: Signature,
     arena: Option<ArenaPlan>,
 }
@@ -117,8 +120,22 @@ impl Interpreter {
             name: name.to_string(),
             signature: Signature::of(&graph),
             arena: arena::plan(&graph),
-            graph,
+            module: AdaptedModule::from(Arc::new(graph)),
         }
+    }
+
+    /// Runs `module` (base graph plus adapters). Its signature and arena
+    /// plan are those of the adapted graph, built once here and dropped.
+    pub fn shared(name: &str, module: AdaptedModule) -> Result<Interpreter, AdapterError> {
+        let graph = module.graph()?;
+        let (signature, arena) = (Signature::of(&graph), arena::plan(&graph));
+        drop(graph);
+        Ok(Interpreter {
+            name: name.to_string(),
+            module,
+            signature,
+            arena,
+        })
     }
 }
 
@@ -141,10 +158,12 @@ impl ModuleExecutor for Interpreter {
 
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
-        run_graph(&self.graph, inputs).map_err(|e| ExecError::Run {
+        let fail = |msg: String| ExecError::Run {
             module: self.name.clone(),
-            msg: e.to_string(),
-        })
+            msg,
+        };
+        let graph = self.module.graph().map_err(|e| fail(e.to_string()))?;
+        run_graph(&graph, inputs).map_err(|e| fail(e.to_string()))
     }
 }
 
