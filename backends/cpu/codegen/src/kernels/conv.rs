@@ -1,14 +1,15 @@
 //! Convolution: im2col + the packed GEMM for ungrouped convolutions with
-//! constant weights (output pixels × taps times taps × channels, then a
-//! transposing bias add into NCHW), and a direct kernel for grouped
-//! (depthwise) convolutions or run-time weights.
+//! constant weights and at least 32 filters (output pixels × taps times
+//! taps × channels, then a transposing bias add into NCHW); the others
+//! (grouped/depthwise, run-time weights, few filters) are computed
+//! directly (`conv_direct`).
 
 use inkwell::values::IntValue;
 use m4c_ir::op::ConvAttrs;
 use m4c_ir::{DType, Node, Op};
 
+use super::conv_direct::DirectConv;
 use super::elementwise::{Arg, ExprNode, Fused, Operand};
-use super::math::Math;
 use super::movement::{AxisMap, IndexCopy};
 use super::pool::Window;
 use super::{contiguous_strides, Cx, Elem, Kernel};
@@ -61,99 +62,9 @@ fn emit_im2col(
     k.finish()
 }
 
-/// Emits a direct convolution (buffers: y, x, w, bias?), parallel over
-/// `N·M` output planes.
-fn emit_direct(
-    cx: Cx<'_, '_>,
-    symbol: &str,
-    (n, c, m, group): (usize, usize, usize, usize),
-    w: &Window,
-    bias: bool,
-) -> Result<(), CodegenError> {
-    let k = Kernel::define(cx, symbol, 3 + usize::from(bias))?;
-    let f32t = cx.context.f32_type();
-    let v1 = f32t.vec_type(1);
-    let acc = k.slot(v1.into())?;
-    let one = Math::new(&k, 1);
-    let (cg, mg) = (c / group, m / group);
-    let plane: usize = w.input.iter().product();
-    let taps: usize = w.kernel.iter().product();
-    let out_plane: usize = w.output.iter().product();
-    let tap_strides = contiguous_strides(&w.kernel);
-    let out_strides = contiguous_strides(&w.output);
-    let mut dims = vec![n * m];
-    dims.extend(&w.output);
-    k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
-        let (nm, o) = idx.split_first().expect("plane axis");
-        let batch =
-            k.em.builder
-                .build_int_unsigned_div(*nm, k.int(m as i64), "n")?;
-        let filter =
-            k.em.builder
-                .build_int_unsigned_rem(*nm, k.int(m as i64), "m")?;
-        let g =
-            k.em.builder
-                .build_int_unsigned_div(filter, k.int(mg as i64), "g")?;
-        let start = if bias {
-            k.load(Elem::F32, 1, k.element(k.buffers[3], f32t.into(), filter)?)?
-        } else {
-            one.c(0.0)
-        };
-        k.em.builder.build_store(acc, start)?;
-        let first_channel = k.em.builder.build_int_mul(g, k.int(cg as i64), "c0")?;
-        k.em.counted_loop(k.int(0), k.int(cg as i64), |ci| {
-            let channel = k.em.builder.build_int_add(first_channel, ci, "c")?;
-            let x_plane = k.em.mul_add(batch, k.int(c as i64), channel)?;
-            let x_base =
-                k.em.builder
-                    .build_int_mul(x_plane, k.int(plane as i64), "xb")?;
-            let w_row = k.em.mul_add(filter, k.int(cg as i64), ci)?;
-            let w_base =
-                k.em.builder
-                    .build_int_mul(w_row, k.int(taps as i64), "wb")?;
-            k.nest(&w.kernel, false, &mut |t: &[IntValue<'_>]| {
-                let (at, inside) = w.offset(&k, o, t)?;
-                let at = k.em.builder.build_int_add(at, x_base, "at")?;
-                let x = k.em.builder.build_load(
-                    f32t,
-                    k.element(k.buffers[1], f32t.into(), at)?,
-                    "x",
-                )?;
-                let x =
-                    k.em.builder
-                        .build_select(inside, x, f32t.const_zero().into(), "x")?;
-                let wt = k.linear(0, t, &tap_strides)?;
-                let wt = k.em.builder.build_int_add(wt, w_base, "wt")?;
-                let weight = k.em.builder.build_load(
-                    f32t,
-                    k.element(k.buffers[2], f32t.into(), wt)?,
-                    "w",
-                )?;
-                let a = k.em.builder.build_load(v1, acc, "acc")?.into_vector_value();
-                let xv = k.em.builder.build_insert_element(
-                    v1.get_poison(),
-                    x.into_float_value(),
-                    cx.context.i32_type().const_zero(),
-                    "xv",
-                )?;
-                let wv = k.em.builder.build_insert_element(
-                    v1.get_poison(),
-                    weight.into_float_value(),
-                    cx.context.i32_type().const_zero(),
-                    "wv",
-                )?;
-                k.em.builder.build_store(acc, one.fma(xv, wv, a)?)?;
-                Ok(())
-            })
-        })?;
-        let result = k.em.builder.build_load(v1, acc, "r")?.into_vector_value();
-        let at = k.linear(0, o, &out_strides)?;
-        let at = k.em.mul_add(*nm, k.int(out_plane as i64), at)?;
-        k.store(Elem::F32, k.element(k.buffers[0], f32t.into(), at)?, result)?;
-        Ok(())
-    })?;
-    k.finish()
-}
+/// The fewest filters worth the im2col copy and the GEMM (whose tile is 32
+/// filters wide); fewer are computed directly.
+const GEMM_MIN_FILTERS: usize = 32;
 
 /// Lowers Conv.
 pub(crate) fn lower(
@@ -188,7 +99,8 @@ pub(crate) fn lower(
     }
     let weights = l.constant(node.inputs[1]);
     let taps: usize = window.kernel.iter().product();
-    if let (Some(weights), 1) = (weights, attrs.group) {
+    let gemm_weights = weights.filter(|_| attrs.group == 1 && m >= GEMM_MIN_FILTERS);
+    if let Some(weights) = gemm_weights {
         let values = weights.to_f32_vec().map_err(|e| CodegenError::Graph {
             graph: l.graph.name.clone(),
             reason: format!("Conv weights: {e}"),
@@ -260,18 +172,20 @@ pub(crate) fn lower(
         l.kernel(symbol, vec![out, product], extent, true);
         return Ok(());
     }
+    let direct = DirectConv {
+        batch: n,
+        channels: c,
+        filters: m,
+        group: attrs.group,
+        window,
+        bias: node.inputs.len() > 2,
+    };
     let symbol = l.symbol("conv_direct");
-    emit_direct(
-        l.cx,
-        &symbol,
-        (n, c, m, attrs.group),
-        &window,
-        node.inputs.len() > 2,
-    )?;
+    direct.emit(l.cx, &symbol)?;
     let mut buffers = vec![out];
     for &input in &node.inputs {
         buffers.push(l.loc(input)?);
     }
-    l.kernel(symbol, buffers, n * m, true);
+    l.kernel(symbol, buffers, direct.extent(), true);
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod conv;
+mod conv_direct;
 pub(crate) mod elementwise;
 pub(crate) mod gather;
 mod kernel;
