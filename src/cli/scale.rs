@@ -45,14 +45,29 @@ pub struct ScaleArgs {
     child: Option<String>,
 }
 
-/// One N: storage bytes and peak RSS of both deployments.
+/// One N: storage bytes and peak RSS of both deployments, and where the
+/// resident memory is at the end of each child: anonymous pages (heap:
+/// graphs, executors, activations) and file-backed pages (the executable,
+/// the mapped bundles).
 #[derive(Serialize)]
 struct Row {
     n: usize,
     m4_storage_bytes: u64,
     m4_peak_rss_bytes: u64,
+    m4_rss_anon_bytes: u64,
+    m4_rss_file_bytes: u64,
     ts_storage_bytes: u64,
     ts_peak_rss_bytes: u64,
+    ts_rss_anon_bytes: u64,
+    ts_rss_file_bytes: u64,
+}
+
+/// A child's memory from /proc/self/status, in bytes: VmHWM, RssAnon and
+/// RssFile.
+struct Memory {
+    peak: u64,
+    anon: u64,
+    file: u64,
 }
 
 /// Runs `m4c scale-report`.
@@ -60,10 +75,7 @@ pub fn run(args: ScaleArgs) -> CliResult<i32> {
     match args.child.as_deref() {
         Some("fw") => child_firmware(&args),
         Some("ts") => child_models(&args.ts),
-        Some("none") => {
-            println!("{}", peak_rss_bytes()?);
-            Ok(0)
-        }
+        Some("none") => print_memory(),
         Some(other) => Err(format!("--child {other}: expected fw, ts or none").into()),
         None => report(&args),
     }
@@ -126,7 +138,7 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
         "--adapter".into(),
         adapters[0].display().to_string(),
     ];
-    let baseline = measure("none", &base_args, &args.out)?;
+    let baseline = measure("none", &base_args, &args.out)?.peak;
     let mut rows = vec![];
     for n in 1..=args.max_n {
         let m4_storage = fw_len
@@ -152,12 +164,20 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
             "--ts".into(),
         ];
         ts_args.extend(models[..n].iter().map(|p| p.display().to_string()));
+        let (m4, ts) = (
+            measure("fw", &fw_args, &args.out)?,
+            measure("ts", &ts_args, &args.out)?,
+        );
         let row = Row {
             n,
             m4_storage_bytes: m4_storage,
-            m4_peak_rss_bytes: measure("fw", &fw_args, &args.out)?,
+            m4_peak_rss_bytes: m4.peak,
+            m4_rss_anon_bytes: m4.anon,
+            m4_rss_file_bytes: m4.file,
             ts_storage_bytes: ts_storage,
-            ts_peak_rss_bytes: measure("ts", &ts_args, &args.out)?,
+            ts_peak_rss_bytes: ts.peak,
+            ts_rss_anon_bytes: ts.anon,
+            ts_rss_file_bytes: ts.file,
         };
         eprintln!(
             "N={n:>3}: M4 {} B storage, {} B peak RSS; TS {} B storage, {} B peak RSS",
@@ -188,8 +208,8 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
     Ok(0)
 }
 
-/// Spawns this executable as a measuring child; its peak RSS in bytes.
-fn measure(kind: &str, child_args: &[String], out: &Path) -> CliResult<u64> {
+/// Spawns this executable as a measuring child; its memory.
+fn measure(kind: &str, child_args: &[String], out: &Path) -> CliResult<Memory> {
     let exe = std::env::current_exe()?;
     let o = Command::new(exe)
         .args(["scale-report", "--child", kind, "--out"])
@@ -204,24 +224,39 @@ fn measure(kind: &str, child_args: &[String], out: &Path) -> CliResult<u64> {
         )
         .into());
     }
-    text.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("measuring child ({kind}) printed {text:?}").into())
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("measuring child ({kind}) printed {text:?}"))?;
+    match fields[..] {
+        [peak, anon, file] => Ok(Memory { peak, anon, file }),
+        _ => Err(format!("measuring child ({kind}) printed {text:?}").into()),
+    }
 }
 
-/// Peak resident set size of this process (VmHWM, /proc/self/status).
-fn peak_rss_bytes() -> CliResult<u64> {
+/// Prints this process's peak RSS, RssAnon and RssFile in bytes (what a
+/// child reports to [`measure`]).
+fn print_memory() -> CliResult<i32> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or("/proc/self/status has no VmHWM (peak RSS is measured on Linux)")?;
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("unreadable {line:?}"))?;
-    Ok(kb * 1024)
+    let kib = |key: &str| -> CliResult<u64> {
+        let line = status.lines().find(|l| l.starts_with(key)).ok_or_else(|| {
+            format!("/proc/self/status has no {key} (memory is measured on Linux)")
+        })?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("unreadable {line:?}"))?;
+        Ok(kb * 1024)
+    };
+    println!(
+        "{} {} {}",
+        kib("VmHWM:")?,
+        kib("RssAnon:")?,
+        kib("RssFile:")?
+    );
+    Ok(0)
 }
 
 /// Inputs of the right types and shapes (ones for integers: token id 1,
@@ -270,8 +305,7 @@ fn child_firmware(args: &ScaleArgs) -> CliResult<i32> {
     }
     let exec = &loaded.last().ok_or("no adapters")?.1[0];
     exec.run(&sample_inputs(&**exec)?)?;
-    println!("{}", peak_rss_bytes()?);
-    Ok(0)
+    print_memory()
 }
 
 /// Child (b): every task-specific model loaded; one inference with the last.
@@ -284,8 +318,7 @@ fn child_models(models: &[PathBuf]) -> CliResult<i32> {
     }
     let exec = &loaded.last().ok_or("no models")?.0;
     exec.run(&sample_inputs(&**exec)?)?;
-    println!("{}", peak_rss_bytes()?);
-    Ok(0)
+    print_memory()
 }
 
 fn mib(b: u64) -> f64 {
@@ -297,18 +330,24 @@ fn markdown(rows: &[Row], baseline: u64) -> String {
         "Peak RSS of a child that loads nothing (the executable itself): {:.2} MiB.\n\n",
         mib(baseline)
     );
+    s += "Anon / file: resident anonymous and file-backed memory at the end of the child.\n\n";
     s += concat!(
-        "| N | M4 storage (MiB) | TS storage (MiB) | M4 peak RSS (MiB) | TS peak RSS (MiB) |\n",
-        "|---:|---:|---:|---:|---:|\n"
+        "| N | M4 storage (MiB) | TS storage (MiB) | M4 peak RSS (MiB) | TS peak RSS (MiB) ",
+        "| M4 anon / file (MiB) | TS anon / file (MiB) |\n",
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         s += &format!(
-            "| {} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
+            "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |\n",
             r.n,
             mib(r.m4_storage_bytes),
             mib(r.ts_storage_bytes),
             mib(r.m4_peak_rss_bytes),
-            mib(r.ts_peak_rss_bytes)
+            mib(r.ts_peak_rss_bytes),
+            mib(r.m4_rss_anon_bytes),
+            mib(r.m4_rss_file_bytes),
+            mib(r.ts_rss_anon_bytes),
+            mib(r.ts_rss_file_bytes)
         );
     }
     s
