@@ -357,10 +357,25 @@ proptest! {
     }
 
     #[test]
-    fn pools(ch in 1usize..4, hw in 3usize..9, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, avg in 0usize..3, seed in any::<u64>()) {
+    fn convolutions_1d(cin in 1usize..4, m in 1usize..40, len in 1usize..40, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>()) {
+        // One spatial axis (Whisper's front end): rows are the whole plane.
+        prop_assume!(kernel <= len + 2 * pad);
+        let mut c = Case::new();
+        let x = c.input(floats(&[1, cin, len], seed));
+        let w = c.constant(floats(&[m, cin, kernel], seed + 1));
+        let b = c.constant(floats(&[m], seed + 2));
+        let attrs = ConvAttrs { strides: vec![stride], pads: vec![pad, pad], dilations: vec![1], group: 1 };
+        let out = c.node(Op::Conv(attrs), &[x, w, b]);
+        c.check(out, TOL.0, TOL.1)?;
+    }
+
+    #[test]
+    fn pools(ch in 1usize..4, hw in 3usize..9, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, avg in 0usize..3, wide in any::<bool>(), seed in any::<u64>()) {
         prop_assume!(pad < kernel);
         let mut c = Case::new();
-        let x = c.input(floats(&[1, ch, hw, hw + 2], seed));
+        // `wide`: rows longer than a vector, with a ragged tail.
+        let width = if wide { hw + 19 } else { hw + 2 };
+        let x = c.input(floats(&[1, ch, hw, width], seed));
         let pool = PoolAttrs { kernel: vec![kernel, kernel], strides: vec![stride, stride], pads: vec![pad, pad, pad, pad + 1], dilations: vec![1, 1] };
         let op = match avg {
             0 => Op::MaxPool(pool),

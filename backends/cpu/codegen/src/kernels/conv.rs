@@ -11,7 +11,7 @@ use m4c_ir::{DType, Node, Op};
 use super::conv_direct::DirectConv;
 use super::elementwise::{Arg, ExprNode, Fused, Operand};
 use super::movement::{AxisMap, IndexCopy};
-use super::pool::Window;
+use super::window::Window;
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;

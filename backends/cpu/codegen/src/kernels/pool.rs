@@ -1,79 +1,19 @@
-//! Sliding windows over `[N, C, spatial..]`: the tap arithmetic shared with
-//! convolution, and MaxPool / AvgPool.
+//! MaxPool / AvgPool, vectorised along the output rows.
 
 use inkwell::values::IntValue;
-use inkwell::{FloatPredicate, IntPredicate};
+use inkwell::FloatPredicate;
 use m4c_ir::op::PoolAttrs;
 use m4c_ir::{DType, Node};
 
 use super::math::Math;
-use super::{contiguous_strides, Cx, Elem, Kernel};
+use super::window::Window;
+use super::{contiguous_strides, Cx, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
-/// A window geometry over the spatial axes.
-#[derive(Clone, Debug)]
-pub(crate) struct Window {
-    pub input: Vec<usize>,
-    pub output: Vec<usize>,
-    pub kernel: Vec<usize>,
-    pub strides: Vec<usize>,
-    /// Begin pads per spatial axis.
-    pub pads: Vec<usize>,
-    pub dilations: Vec<usize>,
-}
-
-impl Window {
-    /// The input position of tap `t` of output position `o` on axis `d`,
-    /// and whether it lies inside the input.
-    pub fn tap<'ctx>(
-        &self,
-        k: &Kernel<'_, 'ctx>,
-        d: usize,
-        o: IntValue<'ctx>,
-        t: IntValue<'ctx>,
-    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
-        let p = k.em.mul_add(
-            o,
-            k.int(self.strides[d] as i64),
-            k.int(-(self.pads[d] as i64)),
-        )?;
-        let p = k.em.mul_add(t, k.int(self.dilations[d] as i64), p)?;
-        let inside = k.em.builder.build_int_compare(
-            IntPredicate::ULT,
-            p,
-            k.int(self.input[d] as i64),
-            "inside",
-        )?;
-        Ok((p, inside))
-    }
-
-    /// The input offset of the taps `(o, t)` inside one channel plane, and
-    /// whether all are inside (the offset is 0 when not).
-    pub fn offset<'ctx>(
-        &self,
-        k: &Kernel<'_, 'ctx>,
-        o: &[IntValue<'ctx>],
-        t: &[IntValue<'ctx>],
-    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
-        let strides = contiguous_strides(&self.input);
-        let mut at = k.int(0);
-        let mut all = k.cx.context.bool_type().const_all_ones();
-        for d in 0..self.input.len() {
-            let (p, inside) = self.tap(k, d, o[d], t[d])?;
-            at = k.em.mul_add(p, k.int(strides[d]), at)?;
-            all = k.em.builder.build_and(all, inside, "all")?;
-        }
-        let at =
-            k.em.builder
-                .build_select(all, at, k.int(0), "at")?
-                .into_int_value();
-        Ok((at, all))
-    }
-}
-
-/// Emits a pool over `[planes, spatial..]` (buffers: out, in); `average`
-/// is `Some(count_include_pad)` for AvgPool.
+/// Emits a pool over `[planes, spatial..]` (buffers: out, in), vectorised
+/// along the output rows; `average` is `Some(count_include_pad)` for
+/// AvgPool. Padding never wins the max and is not counted unless asked.
 fn emit(
     cx: Cx<'_, '_>,
     symbol: &str,
@@ -83,75 +23,70 @@ fn emit(
 ) -> Result<(), CodegenError> {
     let k = Kernel::define(cx, symbol, 2)?;
     let f32t = cx.context.f32_type();
-    let v1 = f32t.vec_type(1);
-    let acc = k.slot(v1.into())?;
-    let count = k.slot(v1.into())?;
-    let one = Math::new(&k, 1);
+    let sp = w.output.len();
+    let lanes = w.row_lanes(cx);
+    let vf = f32t.vec_type(lanes);
+    let acc = k.slot(vf.into())?;
+    let count = k.slot(vf.into())?;
+    let math = Math::new(&k, lanes);
     let in_plane: usize = w.input.iter().product();
     let out_plane: usize = w.output.iter().product();
+    let out_strides = contiguous_strides(&w.output);
+    let fill = if average.is_some() {
+        0.0
+    } else {
+        f32::NEG_INFINITY
+    };
     let mut dims = vec![planes];
-    dims.extend(&w.output);
+    dims.extend(w.row_dims(lanes));
     k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
-        let (plane, o) = idx.split_first().expect("plane axis");
-        let start = if average.is_some() {
-            0.0
-        } else {
-            f32::NEG_INFINITY
-        };
-        k.em.builder.build_store(acc, one.c(start))?;
-        k.em.builder.build_store(count, one.c(0.0))?;
+        let (plane, rest) = idx.split_first().expect("plane axis");
+        let (rows, column) = rest.split_at(sp - 1);
+        let columns = w.columns(&k, lanes, column[0])?;
+        k.em.builder.build_store(acc, math.c(fill))?;
+        k.em.builder.build_store(count, math.c(0.0))?;
         let base =
             k.em.builder
                 .build_int_mul(*plane, k.int(in_plane as i64), "base")?;
         k.nest(&w.kernel, false, &mut |t: &[IntValue<'_>]| {
-            let (at, inside) = w.offset(&k, o, t)?;
+            let (at, inside) = w.row_offset(&k, rows, t)?;
             let at = k.em.builder.build_int_add(at, base, "at")?;
-            let x = k.load(Elem::F32, 1, k.element(k.buffers[1], f32t.into(), at)?)?;
-            let a = k.em.builder.build_load(v1, acc, "acc")?.into_vector_value();
-            let inside_v = k.em.builder.build_insert_element(
-                cx.context.bool_type().vec_type(1).get_poison(),
-                inside,
-                cx.context.i32_type().const_zero(),
-                "inside",
-            )?;
-            let updated = match average {
-                Some(_) => one.add(a, x)?,
-                None => {
-                    let gt =
-                        k.em.builder
-                            .build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
-                    k.em.builder
-                        .build_select(gt, x, a, "max")?
-                        .into_vector_value()
-                }
-            };
-            let updated =
-                k.em.builder
-                    .build_select(inside_v, updated, a, "acc")?
-                    .into_vector_value();
-            k.em.builder.build_store(acc, updated)?;
-            let c = k.em.builder.build_load(v1, count, "c")?.into_vector_value();
-            let c1 = one.add(c, one.c(1.0))?;
-            let c =
-                k.em.builder
-                    .build_select(inside_v, c1, c, "c")?
-                    .into_vector_value();
-            k.em.builder.build_store(count, c)?;
-            Ok(())
+            k.em.if_then(inside, || {
+                let (x, mask) = w.load_row(&k, (k.buffers[1], at), &columns, t[sp - 1], fill)?;
+                let b = &k.em.builder;
+                let a = b.build_load(vf, acc, "acc")?.into_vector_value();
+                let updated = match average {
+                    Some(_) => math.add(a, x)?,
+                    None => {
+                        let gt = b.build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
+                        b.build_select(gt, x, a, "max")?.into_vector_value()
+                    }
+                };
+                b.build_store(acc, updated)?;
+                let c = b.build_load(vf, count, "c")?.into_vector_value();
+                let one = b.build_select(mask, math.c(1.0), math.c(0.0), "one")?;
+                b.build_store(count, math.add(c, one.into_vector_value())?)?;
+                Ok(())
+            })
         })?;
-        let mut result = k.em.builder.build_load(v1, acc, "r")?.into_vector_value();
+        let mut result = k.em.builder.build_load(vf, acc, "r")?.into_vector_value();
         if let Some(include_pad) = average {
             let divisor = if include_pad {
-                one.c(w.kernel.iter().product::<usize>() as f32)
+                math.c(w.kernel.iter().product::<usize>() as f32)
             } else {
-                k.em.builder.build_load(v1, count, "n")?.into_vector_value()
+                k.em.builder.build_load(vf, count, "n")?.into_vector_value()
             };
-            result = one.div(result, divisor)?;
+            result = math.div(result, divisor)?;
         }
-        let out_strides = contiguous_strides(&w.output);
-        let at = k.linear(0, o, &out_strides)?;
+        let at = k.linear(0, rows, &out_strides[..sp - 1])?;
+        let at = k.em.builder.build_int_add(at, columns.first, "at")?;
         let at = k.em.mul_add(*plane, k.int(out_plane as i64), at)?;
-        k.store(Elem::F32, k.element(k.buffers[0], f32t.into(), at)?, result)?;
+        w.store_row(
+            &k,
+            k.element(k.buffers[0], f32t.into(), at)?,
+            &columns,
+            result,
+        )?;
         Ok(())
     })?;
     k.finish()

@@ -1,0 +1,263 @@
+//! Sliding windows over `[N, C, spatial..]`: the tap arithmetic shared by
+//! convolution and pooling, and the pieces of kernels vectorised along the
+//! last output axis (a vector of consecutive output positions of one row;
+//! taps that fall into the padding or lanes past the row's end are masked).
+
+use inkwell::types::VectorType;
+use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::{AddressSpace, IntPredicate};
+
+use super::{contiguous_strides, Cx, Elem, Kernel};
+use crate::CodegenError;
+
+/// A window geometry over the spatial axes.
+#[derive(Clone, Debug)]
+pub(crate) struct Window {
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    /// Begin pads per spatial axis.
+    pub pads: Vec<usize>,
+    pub dilations: Vec<usize>,
+}
+
+impl Window {
+    /// The input position of tap `t` of output position `o` on axis `d`,
+    /// and whether it lies inside the input.
+    pub fn tap<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        d: usize,
+        o: IntValue<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let p = k.em.mul_add(
+            o,
+            k.int(self.strides[d] as i64),
+            k.int(-(self.pads[d] as i64)),
+        )?;
+        let p = k.em.mul_add(t, k.int(self.dilations[d] as i64), p)?;
+        let inside = k.em.builder.build_int_compare(
+            IntPredicate::ULT,
+            p,
+            k.int(self.input[d] as i64),
+            "inside",
+        )?;
+        Ok((p, inside))
+    }
+
+    /// The input offset of the taps `(o, t)` inside one channel plane, and
+    /// whether all are inside (the offset is 0 when not).
+    pub fn offset<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        o: &[IntValue<'ctx>],
+        t: &[IntValue<'ctx>],
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let strides = contiguous_strides(&self.input);
+        let mut at = k.int(0);
+        let mut all = k.cx.context.bool_type().const_all_ones();
+        for d in 0..self.input.len() {
+            let (p, inside) = self.tap(k, d, o[d], t[d])?;
+            at = k.em.mul_add(p, k.int(strides[d]), at)?;
+            all = k.em.builder.build_and(all, inside, "all")?;
+        }
+        let at =
+            k.em.builder
+                .build_select(all, at, k.int(0), "at")?
+                .into_int_value();
+        Ok((at, all))
+    }
+}
+
+/// A vector of consecutive output positions on the last spatial axis.
+pub(crate) struct Columns<'ctx> {
+    /// The positions, one per lane.
+    pub positions: VectorValue<'ctx>,
+    /// The first position.
+    pub first: IntValue<'ctx>,
+    /// The lanes before the end of the row.
+    pub live: VectorValue<'ctx>,
+}
+
+impl Window {
+    /// Lanes of a row vector: a register's, fewer for rows shorter than
+    /// that.
+    pub fn row_lanes(&self, cx: Cx<'_, '_>) -> u32 {
+        let last = *self.output.last().expect("a spatial axis");
+        (cx.lanes() as usize).min(last.next_power_of_two()) as u32
+    }
+
+    /// The loop extents over one plane's output: the leading output axes,
+    /// then the row vectors of the last.
+    pub fn row_dims(&self, lanes: u32) -> Vec<usize> {
+        let (last, leading) = self.output.split_last().expect("a spatial axis");
+        let mut dims = leading.to_vec();
+        dims.push(last.div_ceil(lanes as usize));
+        dims
+    }
+
+    /// The columns of row vector `index`.
+    pub fn columns<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        lanes: u32,
+        index: IntValue<'ctx>,
+    ) -> Result<Columns<'ctx>, CodegenError> {
+        let i64t = k.cx.context.i64_type();
+        let lane_index = VectorType::const_vector(
+            &(0..lanes)
+                .map(|l| i64t.const_int(u64::from(l), false))
+                .collect::<Vec<_>>(),
+        );
+        let b = &k.em.builder;
+        let first = b.build_int_mul(index, k.int(i64::from(lanes)), "o0")?;
+        let positions = b.build_int_add(splat(k, first, lanes)?, lane_index, "o")?;
+        let last = *self.output.last().expect("a spatial axis");
+        let live = b.build_int_compare(
+            IntPredicate::ULT,
+            positions,
+            splat(k, k.int(last as i64), lanes)?,
+            "live",
+        )?;
+        Ok(Columns {
+            positions,
+            first,
+            live,
+        })
+    }
+
+    /// The element offset inside one input plane of the row read by the
+    /// leading-axes taps `t` of output row `rows`, and whether that row is
+    /// inside the input.
+    pub fn row_offset<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        rows: &[IntValue<'ctx>],
+        t: &[IntValue<'ctx>],
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let strides = contiguous_strides(&self.input);
+        let mut at = k.int(0);
+        let mut inside = k.cx.context.bool_type().const_all_ones();
+        for (d, &row) in rows.iter().enumerate() {
+            let (p, ok) = self.tap(k, d, row, t[d])?;
+            at = k.em.mul_add(p, k.int(strides[d]), at)?;
+            inside = k.em.builder.build_and(inside, ok, "inside")?;
+        }
+        Ok((at, inside))
+    }
+
+    /// The input under last-axis tap `t` of `columns`, from the row at
+    /// element `at` of `buffer`, and the mask of lanes that read it;
+    /// other lanes hold `fill`. Stride 1 is one masked load, other
+    /// strides a masked gather (masked-off lanes are never read).
+    pub fn load_row<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        (buffer, at): (PointerValue<'ctx>, IntValue<'ctx>),
+        columns: &Columns<'ctx>,
+        t: IntValue<'ctx>,
+        fill: f32,
+    ) -> Result<(VectorValue<'ctx>, VectorValue<'ctx>), CodegenError> {
+        let d = self.output.len() - 1;
+        let lanes = columns.positions.get_type().get_size();
+        let b = &k.em.builder;
+        let f32t = k.cx.context.f32_type();
+        let vf = f32t.vec_type(lanes);
+        let stride = self.strides[d] as i64;
+        // Input position of lane l: (o0 + l)·stride + t·dilation - pad.
+        let shift = k.em.mul_add(
+            t,
+            k.int(self.dilations[d] as i64),
+            k.int(-(self.pads[d] as i64)),
+        )?;
+        let p = b.build_int_mul(columns.positions, splat(k, k.int(stride), lanes)?, "p")?;
+        let p = b.build_int_add(p, splat(k, shift, lanes)?, "p")?;
+        let inside = b.build_int_compare(
+            IntPredicate::ULT,
+            p,
+            splat(k, k.int(self.input[d] as i64), lanes)?,
+            "inside",
+        )?;
+        let mask = b.build_and(inside, columns.live, "mask")?;
+        let fill =
+            VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); lanes as usize]);
+        let loaded = if stride == 1 {
+            let first = k.em.mul_add(columns.first, k.int(stride), shift)?;
+            let first = b.build_int_add(at, first, "first")?;
+            let ptr = k.element(buffer, f32t.into(), first)?;
+            k.em.call_intrinsic(
+                "llvm.masked.load",
+                &[vf.into(), ptr.get_type().into()],
+                &[ptr.into(), align(k).into(), mask.into(), fill.into()],
+            )?
+        } else {
+            let index = b.build_int_add(p, splat(k, at, lanes)?, "index")?;
+            let bytes = b.build_int_mul(index, splat(k, k.int(4), lanes)?, "bytes")?;
+            let base = b.build_ptr_to_int(buffer, k.cx.context.i64_type(), "base")?;
+            let address = b.build_int_add(bytes, splat(k, base, lanes)?, "address")?;
+            let pointers = b.build_int_to_ptr(
+                address,
+                k.cx.context
+                    .ptr_type(AddressSpace::default())
+                    .vec_type(lanes),
+                "pointers",
+            )?;
+            k.em.call_intrinsic(
+                "llvm.masked.gather",
+                &[vf.into(), pointers.get_type().into()],
+                &[pointers.into(), align(k).into(), mask.into(), fill.into()],
+            )?
+        };
+        let loaded = loaded
+            .expect("masked loads return a value")
+            .into_vector_value();
+        Ok((loaded, mask))
+    }
+
+    /// Stores `value` for `columns` at `ptr` (the row's first column):
+    /// lanes past the row's end are not written.
+    pub fn store_row<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        ptr: PointerValue<'ctx>,
+        columns: &Columns<'ctx>,
+        value: VectorValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let last = *self.output.last().expect("a spatial axis");
+        if last.is_multiple_of(value.get_type().get_size() as usize) {
+            return k.store(Elem::F32, ptr, value);
+        }
+        k.em.call_intrinsic(
+            "llvm.masked.store",
+            &[value.get_type().into(), ptr.get_type().into()],
+            &[
+                value.into(),
+                ptr.into(),
+                align(k).into(),
+                columns.live.into(),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// The alignment argument of the masked memory intrinsics (4: f32).
+fn align<'ctx>(k: &Kernel<'_, 'ctx>) -> IntValue<'ctx> {
+    k.cx.context.i32_type().const_int(4, false)
+}
+
+/// An `i64` scalar in every one of `lanes` lanes.
+fn splat<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    value: IntValue<'ctx>,
+    lanes: u32,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let one_lane = k.cx.context.i64_type().vec_type(1);
+    let zero = k.cx.context.i32_type().const_zero();
+    let one =
+        k.em.builder
+            .build_insert_element(one_lane.get_poison(), value, zero, "one")?;
+    k.splat_lane(one, lanes)
+}
