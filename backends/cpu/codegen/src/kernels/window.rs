@@ -150,8 +150,9 @@ impl Window {
 
     /// The input under last-axis tap `t` of `columns`, from the row at
     /// element `at` of `buffer`, and the mask of lanes that read it;
-    /// other lanes hold `fill`. Stride 1 is one masked load, other
-    /// strides a masked gather (masked-off lanes are never read).
+    /// other lanes hold `fill`. Small strides are one masked load of
+    /// `lanes·stride` elements and a shuffle, larger ones a masked gather
+    /// (masked-off elements are never read).
     pub fn load_row<'ctx>(
         &self,
         k: &Kernel<'_, 'ctx>,
@@ -181,17 +182,66 @@ impl Window {
             "inside",
         )?;
         let mask = b.build_and(inside, columns.live, "mask")?;
-        let fill =
-            VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); lanes as usize]);
-        let loaded = if stride == 1 {
-            let first = k.em.mul_add(columns.first, k.int(stride), shift)?;
-            let first = b.build_int_add(at, first, "first")?;
-            let ptr = k.element(buffer, f32t.into(), first)?;
-            k.em.call_intrinsic(
+        let fill_vector =
+            |n: u32| VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); n as usize]);
+        let loaded = if stride <= MAX_LOADED_STRIDE {
+            // The lanes·stride consecutive elements from the first lane's
+            // tap in one masked load, then every stride-th.
+            let wide = lanes * stride as u32;
+            let start = k.em.mul_add(columns.first, k.int(stride), shift)?;
+            let element = VectorType::const_vector(
+                &(0..wide).map(|j| k.int(i64::from(j))).collect::<Vec<_>>(),
+            );
+            let lane_of = VectorType::const_vector(
+                &(0..wide)
+                    .map(|j| k.int(i64::from(j) / stride))
+                    .collect::<Vec<_>>(),
+            );
+            let position = b.build_int_add(splat(k, start, wide)?, element, "q")?;
+            let inside = b.build_int_compare(
+                IntPredicate::ULT,
+                position,
+                splat(k, k.int(self.input[d] as i64), wide)?,
+                "inside",
+            )?;
+            let lane = b.build_int_add(splat(k, columns.first, wide)?, lane_of, "lane")?;
+            let last = *self.output.last().expect("a spatial axis");
+            let live = b.build_int_compare(
+                IntPredicate::ULT,
+                lane,
+                splat(k, k.int(last as i64), wide)?,
+                "live",
+            )?;
+            let wide_mask = b.build_and(inside, live, "mask")?;
+            let ptr = k.element(buffer, f32t.into(), b.build_int_add(at, start, "first")?)?;
+            let wide_fill =
+                VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); wide as usize]);
+            let loaded = k.em.call_intrinsic(
                 "llvm.masked.load",
-                &[vf.into(), ptr.get_type().into()],
-                &[ptr.into(), align(k).into(), mask.into(), fill.into()],
-            )?
+                &[f32t.vec_type(wide).into(), ptr.get_type().into()],
+                &[
+                    ptr.into(),
+                    align(k).into(),
+                    wide_mask.into(),
+                    wide_fill.into(),
+                ],
+            )?;
+            let loaded = loaded
+                .expect("masked loads return a value")
+                .into_vector_value();
+            if stride == 1 {
+                return Ok((loaded, mask));
+            }
+            let i32t = k.cx.context.i32_type();
+            let every = VectorType::const_vector(
+                &(0..lanes)
+                    .map(|l| i32t.const_int(u64::from(l) * stride as u64, false))
+                    .collect::<Vec<_>>(),
+            );
+            Some(
+                b.build_shuffle_vector(loaded, loaded.get_type().get_poison(), every, "strided")?
+                    .into(),
+            )
         } else {
             let index = b.build_int_add(p, splat(k, at, lanes)?, "index")?;
             let bytes = b.build_int_mul(index, splat(k, k.int(4), lanes)?, "bytes")?;
@@ -207,7 +257,12 @@ impl Window {
             k.em.call_intrinsic(
                 "llvm.masked.gather",
                 &[vf.into(), pointers.get_type().into()],
-                &[pointers.into(), align(k).into(), mask.into(), fill.into()],
+                &[
+                    pointers.into(),
+                    align(k).into(),
+                    mask.into(),
+                    fill_vector(lanes).into(),
+                ],
             )?
         };
         let loaded = loaded
@@ -242,6 +297,10 @@ impl Window {
         Ok(())
     }
 }
+
+/// The largest stride read with one wide masked load per tap (and a
+/// shuffle) rather than a gather.
+const MAX_LOADED_STRIDE: i64 = 4;
 
 /// The alignment argument of the masked memory intrinsics (4: f32).
 fn align<'ctx>(k: &Kernel<'_, 'ctx>) -> IntValue<'ctx> {
