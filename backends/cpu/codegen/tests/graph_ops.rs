@@ -335,8 +335,9 @@ proptest! {
     fn convolutions(cin in 1usize..5, mult in 1usize..4, hw in 3usize..10, kernel in 1usize..4, stride in 1usize..3, pad in 0usize..2, dil in 1usize..3, depthwise in any::<bool>(), runtime_w in any::<bool>(), bias in any::<bool>(), wide in any::<bool>(), seed in any::<u64>()) {
         prop_assume!(dil * (kernel - 1) < hw + 2 * pad);
         // `wide`: rows longer than a vector with a ragged tail, and (when
-        // not depthwise) enough filters (65-67) for the im2col + GEMM path
-        // instead of the direct kernel, odd filter blocks otherwise.
+        // not depthwise) enough filters (65-67) for the im2col + GEMM path;
+        // otherwise odd filter blocks, direct or (12 filters on short rows)
+        // GEMM.
         let (group, m) = match (depthwise, wide) {
             (true, _) => (cin, cin * mult),
             (false, true) => (1, mult + 64),

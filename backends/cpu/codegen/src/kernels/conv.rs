@@ -1,7 +1,7 @@
 //! Convolution: im2col + the packed GEMM for ungrouped convolutions with
-//! constant weights and at least 64 filters (output pixels × taps times
-//! taps × channels, then a transposing bias add into NCHW); the others
-//! (grouped/depthwise, run-time weights, few filters) are computed
+//! constant weights and many filters or short rows (output pixels × taps
+//! times taps × channels, then a transposing bias add into NCHW); the
+//! others (grouped/depthwise, run-time weights, few filters) are computed
 //! directly (`conv_direct`).
 
 use inkwell::values::IntValue;
@@ -62,10 +62,23 @@ fn emit_im2col(
     k.finish()
 }
 
-/// The fewest filters worth the im2col copy and the GEMM (whose tile is 32
-/// filters wide); fewer are computed directly (measured: deeplab_head's
-/// 32-filter 3×3 convolution is faster direct, 0.080 → 0.060 ms).
+/// From this many filters the im2col copy and the GEMM always pay.
 const GEMM_MIN_FILTERS: usize = 64;
+
+/// Whether an ungrouped convolution with constant weights goes through
+/// im2col + GEMM rather than the direct kernel: always from
+/// [`GEMM_MIN_FILTERS`] filters, otherwise when the GEMM's 32-filter-wide
+/// tile would be fuller than the direct kernel's row vectors (short output
+/// rows, e.g. a patch embedding's 4-wide rows). Measured on the fixtures:
+/// deeplab_head's 32-filter convolution over 16-wide rows is faster
+/// direct (0.080 → 0.060 ms), clip_vision's 32-filter 8×8/8 patch
+/// embedding over 4-wide rows faster as a GEMM (0.020 → 0.015 ms).
+fn prefers_gemm(filters: usize, row: usize, lanes: usize) -> bool {
+    let tile = 32;
+    let gemm_use = filters as f64 / filters.next_multiple_of(tile) as f64;
+    let direct_use = row as f64 / row.next_multiple_of(lanes) as f64;
+    filters >= GEMM_MIN_FILTERS || gemm_use > direct_use
+}
 
 /// Lowers Conv.
 pub(crate) fn lower(
@@ -84,6 +97,12 @@ pub(crate) fn lower(
     let x_shape = l.shape(node.inputs[0])?;
     let w_shape = l.shape(node.inputs[1])?;
     let y_shape = l.shape(node.output)?;
+    if x_shape.len() < 3 {
+        return Err(CodegenError::Unsupported(format!(
+            "Conv on a rank-{} input (needs batch, channel and spatial axes)",
+            x_shape.len()
+        )));
+    }
     let sp = x_shape.len() - 2;
     let window = Window {
         input: x_shape[2..].to_vec(),
@@ -100,7 +119,9 @@ pub(crate) fn lower(
     }
     let weights = l.constant(node.inputs[1]);
     let taps: usize = window.kernel.iter().product();
-    let gemm_weights = weights.filter(|_| attrs.group == 1 && m >= GEMM_MIN_FILTERS);
+    let row = y_shape[y_shape.len() - 1];
+    let gemm_weights =
+        weights.filter(|_| attrs.group == 1 && prefers_gemm(m, row, l.cx.lanes() as usize));
     if let Some(weights) = gemm_weights {
         let values = weights.to_f32_vec().map_err(|e| CodegenError::Graph {
             graph: l.graph.name.clone(),
