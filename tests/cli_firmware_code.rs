@@ -2,7 +2,8 @@
 //! the CLIP vision encoder and the LLaMA prefill reproduces their
 //! onnxruntime outputs through the compiled code (the run reports which
 //! engine ran), rebuilds are byte-identical, a damaged code section is
-//! named, and an attached adapter falls back to the interpreter.
+//! named, an attached adapter falls back to the interpreter, and the
+//! loaded code reads its packed weights in the bundle's map (no copy).
 //!
 //! Compiled code needs a host with AVX2+FMA (x86-64); elsewhere the tests
 //! say so and check nothing.
@@ -11,9 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use m4c_ir::Tensor;
+use m4c_ops::Value;
 use m4c_runtime::bundle::format::SectionKind;
 use m4c_runtime::bundle::Bundle;
 use m4c_runtime::exec::compiled::host_runs;
+use m4c_runtime::exec::{CompiledModule, ModuleExecutor, Signature};
 
 /// (module name, fixture).
 const MODULES: [(&str, &str); 2] = [("img_enc", "clip_vision"), ("backbone", "llama_prefill")];
@@ -128,6 +132,44 @@ fn compiled_modules_reproduce_onnxruntime() {
     // The compiled code really computes: another module's references fail.
     let o = run(firmware(), "backbone", "llama_lora", "compiled", &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn compiled_code_reads_its_weights_in_the_bundle_map() {
+    if !can_run_code() {
+        return;
+    }
+    for (module, _) in MODULES {
+        let fw = Bundle::open(firmware()).unwrap();
+        let signature = Signature::of(&fw.module(module).unwrap());
+        let code = &fw.code(module)[0];
+        let loaded = CompiledModule::load(module, code, signature.clone(), 1).unwrap();
+        // The section is a slice of the bundle's map; the executor's
+        // weights are that very slice, not a copy of it.
+        let section = code.weights().as_ptr_range();
+        assert!(!code.weights().is_empty(), "{module}");
+        assert_eq!(loaded.code_weights_at(), section, "{module}");
+        // Zeros in, and the same outputs once the bundle itself is dropped:
+        // the loaded module keeps the map alive.
+        let inputs: Vec<Value> = signature
+            .inputs
+            .iter()
+            .map(|(_, ty)| {
+                let shape = ty.static_shape().unwrap();
+                let bytes = shape.iter().product::<usize>() * ty.dtype.size_bits() / 8;
+                Value::from_tensor(&Tensor::from_bytes(ty.dtype, &shape, vec![0; bytes])).unwrap()
+            })
+            .collect();
+        let before = loaded.run(&inputs).unwrap();
+        drop(fw);
+        let after = loaded.run(&inputs).unwrap();
+        let bytes = |vs: &[Value]| -> Vec<Vec<u8>> {
+            vs.iter()
+                .map(|v| v.to_tensor().bytes().unwrap().to_vec())
+                .collect()
+        };
+        assert_eq!(bytes(&before), bytes(&after), "{module}");
+    }
 }
 
 #[test]

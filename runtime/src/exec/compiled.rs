@@ -2,11 +2,11 @@
 //! plan and packed weights are handed to the CPU backend's device-side
 //! loader (`m4c-cpu-device`: dlopen, no LLVM), whose executor runs every
 //! call of the plan from one activation arena planned at compile time.
+//! The packed weights are read where they lie in the bundle's map.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use m4c_cpu_device::{GraphExecutor, KernelLibrary, MANIFEST_FILE};
+use m4c_cpu_device::{GraphExecutor, KernelLibrary};
 use m4c_ir::{DType, Tensor};
 use m4c_ops::Value;
 
@@ -40,12 +40,13 @@ impl CompiledModule {
     /// Loads `code` (of module `name`, whose IR has `signature`) to run on
     /// `threads` threads.
     ///
-    /// The library must be a file for dlopen: it, the plan and the packed
-    /// weights are written to a fresh private directory (mode 0700, from
-    /// `tempfile`), loaded, and the directory is removed at once (the
-    /// loaded library stays mapped; the weights are read into memory by the
-    /// loader). The library's checksum is verified again just before it
-    /// is written, since its bytes become executable code.
+    /// The library must be a file for dlopen: it alone is written to a
+    /// fresh private directory (mode 0700, from `tempfile`), loaded, and the
+    /// directory is removed at once (the loaded library stays mapped). The
+    /// packed weights are not copied: the kernels read the `code-weights`
+    /// section in the bundle's map, which the loaded module keeps alive.
+    /// The library's checksum is verified again just before it is written,
+    /// since its bytes become executable code.
     pub fn load(
         name: &str,
         code: &ModuleCode,
@@ -70,8 +71,12 @@ impl CompiledModule {
             .prefix("m4c-code-")
             .tempdir()
             .map_err(|e| fail(format!("temporary directory: {e}")))?;
-        write_artifact(dir.path(), code).map_err(&fail)?;
-        let library = KernelLibrary::open(dir.path()).map_err(|e| fail(e.to_string()))?;
+        let library_path = dir.path().join("libmodule.so");
+        std::fs::write(&library_path, code.library())
+            .map_err(|e| fail(format!("libmodule.so: {e}")))?;
+        let weights = Arc::new(CodeWeights(code.clone()));
+        let library = KernelLibrary::open_shared(&library_path, code.plan().clone(), weights)
+            .map_err(|e| fail(e.to_string()))?;
         let executor =
             GraphExecutor::new(library, threads.max(1)).map_err(|e| fail(e.to_string()))?;
         drop(dir);
@@ -88,22 +93,26 @@ impl CompiledModule {
     pub fn code_target(&self) -> &str {
         &self.target
     }
+
+    /// The address range of the packed weights the code reads: inside the
+    /// bundle's map (the `code-weights` section), which shows they were
+    /// not copied.
+    pub fn code_weights_at(&self) -> std::ops::Range<*const u8> {
+        let executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
+        let floats = executor.library().weights().as_ptr_range();
+        floats.start.cast()..floats.end.cast()
+    }
 }
 
-/// Writes the artifact directory the device loader reads, under fixed
-/// file names (the plan's own names are not trusted as paths).
-fn write_artifact(dir: &Path, code: &ModuleCode) -> Result<(), String> {
-    let mut plan = code.plan().clone();
-    plan.object = String::new();
-    plan.library = Some("libmodule.so".into());
-    plan.weights = "weights.bin".into();
-    let json = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
-    let write = |file: &str, bytes: &[u8]| {
-        std::fs::write(dir.join(file), bytes).map_err(|e| format!("{file}: {e}"))
-    };
-    write("libmodule.so", code.library())?;
-    write("weights.bin", code.weights())?;
-    write(MANIFEST_FILE, &json)
+/// A module's `code-weights` section, shared with the device loader in
+/// place: it holds the bundle's map, which never changes (bundles are
+/// immutable, replaced by rename), so the bytes stay put while loaded.
+struct CodeWeights(ModuleCode);
+
+impl AsRef<[u8]> for CodeWeights {
+    fn as_ref(&self) -> &[u8] {
+        self.0.weights()
+    }
 }
 
 impl ModuleExecutor for CompiledModule {

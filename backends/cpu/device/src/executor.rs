@@ -73,7 +73,7 @@ impl GraphExecutor {
             .graph
             .clone()
             .ok_or_else(|| DeviceError::Inconsistent {
-                path: library.dir().to_path_buf(),
+                path: library.library_path().to_path_buf(),
                 reason: "the artifact holds no graph".into(),
             })?;
         let pool = ThreadPool::new(threads)?;
@@ -135,6 +135,11 @@ impl GraphExecutor {
             scratch,
             pool,
         })
+    }
+
+    /// The loaded library (its manifest, and its weights where they lie).
+    pub fn library(&self) -> &KernelLibrary {
+        &self.library
     }
 
     /// The plan being executed.

@@ -3,7 +3,7 @@
 //! Everything the on-device runtime needs to run code that
 //! `m4c-cpu-codegen` compiled ahead of time, and nothing that needs LLVM:
 //! the artifact manifest, the packed-weight layout, a 64-byte aligned
-//! buffer, the shared-library loader, a small thread pool that splits a
+//! buffer, packed weights owned or shared in place (a mapped bundle), the shared-library loader, a small thread pool that splits a
 //! GEMM's column panels over the cores, and the executor that runs a whole
 //! compiled graph from one pre-planned activation arena.
 
@@ -16,6 +16,7 @@ mod library;
 mod manifest;
 mod plan;
 mod pool;
+mod weights;
 
 pub use aligned::AlignedBuffer;
 pub use error::DeviceError;
@@ -26,3 +27,4 @@ pub use library::{GemmKernel, KernelLibrary};
 pub use manifest::{GemmManifest, Manifest, MANIFEST_FILE};
 pub use plan::{BufRef, GraphPlan, Region, Step, TensorSpec};
 pub use pool::ThreadPool;
+pub use weights::{SharedBytes, SHARED_WEIGHTS_ALIGN};

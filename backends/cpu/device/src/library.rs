@@ -1,16 +1,21 @@
-//! Loading an artifact directory: manifest, shared library, packed weights.
+//! Loading compiled kernels: manifest, shared library, packed weights,
+//! either from an artifact directory or from a library file plus weights
+//! shared in place (a bundle's memory map).
 
 use std::path::{Path, PathBuf};
 
-use crate::{AlignedBuffer, DeviceError, GemmEntry, GemmFn, Manifest, ThreadPool, MANIFEST_FILE};
+use crate::weights::PackedWeights;
+use crate::{
+    AlignedBuffer, DeviceError, GemmEntry, GemmFn, Manifest, SharedBytes, ThreadPool, MANIFEST_FILE,
+};
 
 /// A loaded artifact: the kernels of one shared library and the packed
 /// weights they read.
 pub struct KernelLibrary {
-    dir: PathBuf,
+    library_path: PathBuf,
     manifest: Manifest,
     library: libloading::Library,
-    weights: AlignedBuffer,
+    weights: PackedWeights,
 }
 
 /// A GEMM of a loaded library, ready to call; it borrows the library so the
@@ -21,7 +26,8 @@ pub struct GemmKernel<'lib> {
 }
 
 impl KernelLibrary {
-    /// Loads the artifact in `dir` (written by `m4c-cpu-codegen`).
+    /// Loads the artifact in `dir` (written by `m4c-cpu-codegen`); the
+    /// weight file is read into an aligned buffer of the library's own.
     pub fn open(dir: &Path) -> Result<Self, DeviceError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = read(&manifest_path, |p| std::fs::read_to_string(p))?;
@@ -30,15 +36,63 @@ impl KernelLibrary {
                 path: manifest_path.clone(),
                 source,
             })?;
-        let inconsistent = |reason: String| DeviceError::Inconsistent {
-            path: manifest_path.clone(),
-            reason,
-        };
         let library_name = manifest
             .library
             .as_ref()
-            .ok_or_else(|| inconsistent("no shared library (cross-compiled artifact)".into()))?;
+            .ok_or_else(|| DeviceError::Inconsistent {
+                path: manifest_path.clone(),
+                reason: "no shared library (cross-compiled artifact)".into(),
+            })?;
         let library_path = dir.join(library_name);
+        let weights_path = dir.join(&manifest.weights);
+        let bytes = read(&weights_path, |p| std::fs::read(p))?;
+        let weights =
+            PackedWeights::from_le_bytes(&bytes).map_err(|reason| DeviceError::Inconsistent {
+                path: weights_path,
+                reason,
+            })?;
+        Self::load(library_path, manifest, weights)
+    }
+
+    /// Loads the shared library at `library_path`, described by `manifest`
+    /// (its `library` and `weights` file names are not used), whose kernels
+    /// read `weights` in place: no copy is made, and the library keeps the
+    /// owner alive. The bytes must be little-endian `f32` starting on a
+    /// [`crate::SHARED_WEIGHTS_ALIGN`] boundary.
+    pub fn open_shared(
+        library_path: &Path,
+        manifest: Manifest,
+        weights: SharedBytes,
+    ) -> Result<Self, DeviceError> {
+        let weights =
+            PackedWeights::shared(weights).map_err(|reason| DeviceError::Inconsistent {
+                path: library_path.to_path_buf(),
+                reason,
+            })?;
+        Self::load(library_path.to_path_buf(), manifest, weights)
+    }
+
+    /// Checks that every GEMM's packed operand lies inside `weights`, then
+    /// opens the library.
+    fn load(
+        library_path: PathBuf,
+        manifest: Manifest,
+        weights: PackedWeights,
+    ) -> Result<Self, DeviceError> {
+        let floats = weights.floats().len();
+        if let Some(gemm) = manifest
+            .gemms
+            .iter()
+            .find(|g| g.weights_offset + g.packed_b.len() > floats)
+        {
+            return Err(DeviceError::Inconsistent {
+                path: library_path,
+                reason: format!(
+                    "kernel `{}` reads past the end of the weights ({floats} floats)",
+                    gemm.symbol
+                ),
+            });
+        }
         // SAFETY: the library was produced by m4c-cpu-codegen: plain kernel
         // functions with no initialisers that could misbehave on load.
         let library = unsafe { libloading::Library::new(&library_path) }.map_err(|source| {
@@ -47,32 +101,11 @@ impl KernelLibrary {
                 source,
             }
         })?;
-        let weights_path = dir.join(&manifest.weights);
-        let bytes = read(&weights_path, |p| std::fs::read(p))?;
-        if bytes.len() % 4 != 0 {
-            return Err(inconsistent(format!(
-                "{} has {} bytes, not a whole number of f32",
-                manifest.weights,
-                bytes.len()
-            )));
-        }
-        let floats: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        for gemm in &manifest.gemms {
-            if gemm.weights_offset + gemm.packed_b.len() > floats.len() {
-                return Err(inconsistent(format!(
-                    "kernel `{}` reads past the end of {}",
-                    gemm.symbol, manifest.weights
-                )));
-            }
-        }
         Ok(Self {
-            dir: dir.to_path_buf(),
+            library_path,
             manifest,
             library,
-            weights: AlignedBuffer::from_slice(&floats),
+            weights,
         })
     }
 
@@ -81,14 +114,15 @@ impl KernelLibrary {
         &self.manifest
     }
 
-    /// The artifact directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The shared library's path (for messages).
+    pub fn library_path(&self) -> &Path {
+        &self.library_path
     }
 
-    /// The weight file's contents (packed GEMM operands and constants).
+    /// The packed weights (GEMM operands and constants), where they lie:
+    /// the library's own buffer or the shared owner's bytes.
     pub fn weights(&self) -> &[f32] {
-        self.weights.as_slice()
+        self.weights.floats()
     }
 
     /// The exported function `symbol`.
@@ -96,9 +130,6 @@ impl KernelLibrary {
     /// # Safety
     /// `T` must be the function's actual pointer type.
     pub unsafe fn symbol<T: Copy>(&self, symbol: &str) -> Result<T, DeviceError> {
-        let library_path = self
-            .dir
-            .join(self.manifest.library.as_deref().unwrap_or_default());
         // SAFETY: the caller vouches for `T`; the value is a code pointer
         // valid while `self` keeps the library loaded.
         unsafe {
@@ -106,7 +137,7 @@ impl KernelLibrary {
                 .get::<T>(symbol.as_bytes())
                 .map(|s| *s)
                 .map_err(|source| DeviceError::Library {
-                    path: library_path,
+                    path: self.library_path.clone(),
                     source,
                 })
         }
@@ -120,9 +151,6 @@ impl KernelLibrary {
             .iter()
             .find(|g| g.symbol == symbol)
             .ok_or_else(|| DeviceError::UnknownKernel(symbol.to_string()))?;
-        let library_path = self
-            .dir
-            .join(self.manifest.library.as_deref().unwrap_or_default());
         // SAFETY: the manifest says this symbol is a GEMM with the `GemmFn`
         // signature; the returned kernel borrows `self`, so the library stays
         // loaded while the pointer is used.
@@ -131,11 +159,11 @@ impl KernelLibrary {
                 .library
                 .get::<GemmFn>(manifest.function().as_bytes())
                 .map_err(|source| DeviceError::Library {
-                    path: library_path,
+                    path: self.library_path.clone(),
                     source,
                 })?
         };
-        let packed_b = &self.weights.as_slice()
+        let packed_b = &self.weights()
             [manifest.weights_offset..manifest.weights_offset + manifest.packed_b.len()];
         // SAFETY: `func` is the code generated for `manifest` (same artifact).
         let entry = unsafe { GemmEntry::new(func, manifest.clone()) };
