@@ -5,7 +5,7 @@
 //! stand in for pixels outside the image.
 
 use super::data::{i8_bytes, SplitMix64};
-use super::pipeline::{column_params, emit, param_bytes, MatmulIo};
+use super::pipeline::{emit, param_bytes, MatmulIo};
 use super::reference::ConvShape;
 use super::{KernelError, ProgramBuilder, TilePlan};
 use crate::config::MachineConfig;
@@ -118,30 +118,21 @@ pub fn generate(
     )?;
     let mut b = ProgramBuilder::default();
     let in_dram = b.alloc_data(i8_bytes(&ops.input))? as usize;
-    let w_dram = b.alloc_data(i8_bytes(&ops.weights))?;
-    let params = column_params(
+    let io = MatmulIo::alloc(
         &mut b,
+        (m, k, n),
+        &ops.weights,
         ops.bias.as_deref(),
         ops.channel_scales.as_deref(),
-        n,
+        ops.quant,
     )?;
-    let out_dram = b.alloc(m * n)?;
-    let io = MatmulIo {
-        m,
-        k,
-        n,
-        w_dram,
-        params,
-        out_dram,
-        quant: ops.quant,
-    };
     let load_a = |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram, stride| {
         im2col_panel(b, &s, in_dram, (pixels, ks), sram, stride)
     };
     emit(&mut b, &io, plan, &load_a)?;
     Ok(ConvProgram {
         program: b.finish()?,
-        out_addr: out_dram,
+        out_addr: io.out_dram,
         plan,
     })
 }

@@ -1,7 +1,7 @@
 //! Tiled int8 GEMM: out[M x N] = requant(A[M x K] * W[K x N] + bias).
 
 use super::data::{i8_bytes, SplitMix64};
-use super::pipeline::{column_params, emit, param_bytes, MatmulIo};
+use super::pipeline::{emit, param_bytes, MatmulIo};
 use super::{KernelError, ProgramBuilder, TilePlan};
 use crate::config::MachineConfig;
 use crate::isa::Instr;
@@ -106,23 +106,14 @@ pub fn generate(
     )?;
     let mut b = ProgramBuilder::default();
     let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
-    let w_dram = b.alloc_data(i8_bytes(&ops.w))?;
-    let params = column_params(
+    let io = MatmulIo::alloc(
         &mut b,
+        (m, k, n),
+        &ops.w,
         ops.bias.as_deref(),
         ops.channel_scales.as_deref(),
-        n,
+        ops.quant,
     )?;
-    let out_dram = b.alloc(m * n)?;
-    let io = MatmulIo {
-        m,
-        k,
-        n,
-        w_dram,
-        params,
-        out_dram,
-        quant: ops.quant,
-    };
     let load_a = |b: &mut ProgramBuilder,
                   rows: std::ops::Range<usize>,
                   cols: std::ops::Range<usize>,
@@ -147,7 +138,7 @@ pub fn generate(
     emit(&mut b, &io, plan, &load_a)?;
     Ok(GemmProgram {
         program: b.finish()?,
-        out_addr: out_dram,
+        out_addr: io.out_dram,
         plan,
     })
 }

@@ -126,6 +126,33 @@ pub struct MatmulIo {
     pub quant: Requant,
 }
 
+impl MatmulIo {
+    /// Places a matmul's weights, per-column parameters and output in DRAM,
+    /// in that order: the part every matrix-unit kernel shares (the caller
+    /// places its A operand first).
+    pub fn alloc(
+        b: &mut ProgramBuilder,
+        (m, k, n): (usize, usize, usize),
+        weights: &[i8],
+        bias: Option<&[i32]>,
+        scales: Option<&[(i32, i32)]>,
+        quant: Requant,
+    ) -> Result<MatmulIo, KernelError> {
+        let w_dram = b.alloc_data(super::data::i8_bytes(weights))?;
+        let params = column_params(b, bias, scales, n)?;
+        let out_dram = b.alloc(m * n)?;
+        Ok(MatmulIo {
+            m,
+            k,
+            n,
+            w_dram,
+            params,
+            out_dram,
+            quant,
+        })
+    }
+}
+
 /// Per-column parameters of the requantisation in DRAM.
 #[derive(Clone, Copy, Debug)]
 pub struct ColumnParams {
