@@ -76,6 +76,34 @@ impl BatchedMatmul {
         Ok((a_base, b_base))
     }
 
+    /// Element `(row, col)` of the B at `b + b_base` (any strides), or zero
+    /// for `col ≥ n`: the zero padding both B copies (panel packing and the
+    /// small-matmul scratch) need. The column is clamped so the load stays
+    /// in bounds.
+    fn load_b_padded<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        b: PointerValue<'ctx>,
+        b_base: IntValue<'ctx>,
+        row: IntValue<'ctx>,
+        col: IntValue<'ctx>,
+    ) -> Result<inkwell::values::BasicValueEnum<'ctx>, CodegenError> {
+        let f32t = k.cx.context.f32_type();
+        let n = k.int(self.n as i64);
+        let inside =
+            k.em.builder
+                .build_int_compare(inkwell::IntPredicate::ULT, col, n, "inside")?;
+        let clamped = k.em.umin(col, k.int(self.n as i64 - 1))?;
+        let from = k.linear(0, &[row, clamped], &[self.b_rc.0, self.b_rc.1])?;
+        let from = k.em.builder.build_int_add(from, b_base, "from")?;
+        let v =
+            k.em.builder
+                .build_load(f32t, k.element(b, f32t.into(), from)?, "b")?;
+        Ok(k.em
+            .builder
+            .build_select(inside, v, f32t.const_zero().into(), "b")?)
+    }
+
     /// Packs the B of one batch (at `b + b_base`, any strides) into the
     /// GEMM's panel layout at `dst`, zero-padding the last panel.
     pub fn pack_b<'ctx>(
@@ -92,21 +120,7 @@ impl BatchedMatmul {
             &[self.k, layout.panels() * width],
             false,
             &mut |rc: &[IntValue<'_>]| {
-                let inside = k.em.builder.build_int_compare(
-                    inkwell::IntPredicate::ULT,
-                    rc[1],
-                    k.int(self.n as i64),
-                    "inside",
-                )?;
-                let col = k.em.umin(rc[1], k.int(self.n as i64 - 1))?;
-                let from = k.linear(0, &[rc[0], col], &[self.b_rc.0, self.b_rc.1])?;
-                let from = k.em.builder.build_int_add(from, b_base, "from")?;
-                let v =
-                    k.em.builder
-                        .build_load(f32t, k.element(b, f32t.into(), from)?, "b")?;
-                let v =
-                    k.em.builder
-                        .build_select(inside, v, f32t.const_zero().into(), "b")?;
+                let v = self.load_b_padded(k, b, b_base, rc[0], rc[1])?;
                 // (panel·k + row)·width + col mod width, see `PackedPanels`.
                 let panel =
                     k.em.builder
@@ -178,22 +192,7 @@ impl BatchedMatmul {
             let (a_base, b_base) = self.batch_bases(&k, batch)?;
             // Copy B into scratch as k × np, zero padded.
             k.nest(&[self.k, np], false, &mut |ij: &[IntValue<'_>]| {
-                let inside = k.em.builder.build_int_compare(
-                    inkwell::IntPredicate::ULT,
-                    ij[1],
-                    k.int(self.n as i64),
-                    "inside",
-                )?;
-                let col = k.em.umin(ij[1], k.int(self.n as i64 - 1))?;
-                let from = k.linear(0, &[ij[0], col], &[self.b_rc.0, self.b_rc.1])?;
-                let from = k.em.builder.build_int_add(from, b_base, "from")?;
-                let v =
-                    k.em.builder
-                        .build_load(f32t, k.element(k.buffers[2], f32t.into(), from)?, "b")?
-                        .into_float_value();
-                let v =
-                    k.em.builder
-                        .build_select(inside, v, f32t.const_zero(), "b")?;
+                let v = self.load_b_padded(&k, k.buffers[2], b_base, ij[0], ij[1])?;
                 let to = k.linear(0, ij, &[np as i64, 1])?;
                 k.em.builder
                     .build_store(k.element(k.scratch, f32t.into(), to)?, v)?;
