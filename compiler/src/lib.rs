@@ -10,8 +10,10 @@
 //! ```
 
 pub mod adapter;
+pub mod backend;
 pub mod bundle;
 pub mod coverage;
+pub mod ir_file;
 mod error;
 pub mod lower;
 pub mod onnx;

@@ -24,31 +24,21 @@ use std::path::PathBuf;
 use m4c_ir::Graph;
 use m4c_runtime::bundle::container::{encode, SectionData};
 use m4c_runtime::bundle::format::{
-    is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, Target,
+    is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, REFERENCE_BACKEND,
 };
 
 pub use adapter::build_adapter;
 pub use error::BuildError;
 pub use write::write_atomically;
 
+use crate::backend::Artifact;
 use crate::{lower_report, FrontendError, LowerOptions, OnnxModel};
 
 /// How to build a firmware bundle.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FirmwareOptions {
     /// Binding of symbolic dimensions, applied to every module.
     pub lower: LowerOptions,
-    /// What the modules are compiled for.
-    pub target: Target,
-}
-
-impl Default for FirmwareOptions {
-    fn default() -> Self {
-        FirmwareOptions {
-            lower: LowerOptions::default(),
-            target: Target::Reference,
-        }
-    }
 }
 
 /// A module ready to be packed: its graph, where it came from, and the
@@ -60,32 +50,21 @@ pub struct ModuleSource {
     pub dims: BTreeMap<String, usize>,
     /// BLAKE3 (hex) of the model file.
     pub source_blake3: String,
-    /// Compiled code for [`Target::Cpu`], one per CPU target (empty for
-    /// [`Target::Reference`]).
-    pub code: Vec<CompiledCode>,
-}
-
-/// One module's code from the CPU backend, opaque to the bundle writer:
-/// the artifact's shared library, its manifest (plan) and packed weights.
-pub struct CompiledCode {
-    /// The CPU backend's target name (`x86_64-avx512`, ...).
-    pub target: String,
-    /// The LLVM CPU name.
-    pub cpu: String,
-    pub library: Vec<u8>,
-    pub plan: Vec<u8>,
-    pub weights: Vec<u8>,
+    /// The artifacts a code generator compiled from `graph`, one per
+    /// target of the bundle's backend (empty for the reference backend);
+    /// their files with a section kind become the module's code sections.
+    pub code: Vec<Artifact>,
 }
 
 /// Lowers each `(name, model.onnx)` and packs them into a firmware bundle's
-/// bytes for [`Target::Reference`] (compiled targets need a code
+/// bytes for the reference backend (compiled backends need a code
 /// generator: [`lower_modules`], compile, [`assemble`]). The same models
 /// and options always give the same bytes.
 pub fn build_firmware(
     modules: &[(String, PathBuf)],
     opts: &FirmwareOptions,
 ) -> Result<Vec<u8>, BuildError> {
-    assemble(lower_modules(modules, &opts.lower)?, opts.target)
+    assemble(lower_modules(modules, &opts.lower)?, REFERENCE_BACKEND)
 }
 
 /// Lowers each `(name, model.onnx)` once, binding symbolic dimensions with
@@ -135,10 +114,10 @@ fn check_name(name: &str) -> Result<(), BuildError> {
 /// Packs already-lowered modules into a firmware bundle's bytes: modules
 /// sorted by name, weights deduplicated by content, the weights section
 /// first, then one IR section per module, then each module's code
-/// sections (`code`, `code-plan`, `code-weights` named
-/// `<module>.<target>`). For [`Target::Cpu`] every module must carry code;
-/// for [`Target::Reference`] none may.
-pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8>, BuildError> {
+/// sections (each artifact file with a section kind, named
+/// `<module>.<target>`). For a compiled `backend` every module must carry
+/// code of that backend; for the reference backend none may.
+pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>, BuildError> {
     if modules.is_empty() {
         return Err(BuildError::NoModules);
     }
@@ -155,12 +134,15 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
         check_name(&m.name)?;
         let code_error = |msg: &str| BuildError::Pack {
             module: m.name.clone(),
-            msg: format!("target {target}: {msg}"),
+            msg: format!("backend {backend}: {msg}"),
         };
-        match (target, m.code.is_empty()) {
-            (Target::Cpu, true) => return Err(code_error("no compiled code")),
-            (Target::Reference, false) => return Err(code_error("compiled code given")),
+        match (backend == REFERENCE_BACKEND, m.code.is_empty()) {
+            (false, true) => return Err(code_error("no compiled code")),
+            (true, false) => return Err(code_error("compiled code given")),
             _ => {}
+        }
+        if let Some(a) = m.code.iter().find(|a| a.backend != backend) {
+            return Err(code_error(&format!("code of backend {} given", a.backend)));
         }
         let packed = pack::pack(&m.graph, &mut pool).map_err(|msg| BuildError::Pack {
             module: m.name.clone(),
@@ -171,12 +153,12 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
             ir_section: m.name.clone(),
             name: m.name.clone(),
             source_blake3: m.source_blake3.clone(),
-            target,
+            backend: backend.to_string(),
             code: m
                 .code
                 .iter()
                 .map(|c| CodeEntry {
-                    cpu: c.cpu.clone(),
+                    cpu: c.tuning.clone(),
                     section: code_section(&m.name, &c.target),
                     target: c.target.clone(),
                 })
@@ -199,16 +181,14 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
     for m in &modules {
         for c in &m.code {
             let name = code_section(&m.name, &c.target);
-            for (kind, bytes) in [
-                (SectionKind::Code, &c.library),
-                (SectionKind::CodePlan, &c.plan),
-                (SectionKind::CodeWeights, &c.weights),
-            ] {
-                sections.push(SectionData {
-                    kind,
-                    name: name.clone(),
-                    bytes,
-                });
+            for file in &c.files {
+                if let Some(kind) = file.section {
+                    sections.push(SectionData {
+                        kind,
+                        name: name.clone(),
+                        bytes: &file.bytes,
+                    });
+                }
             }
         }
     }
@@ -222,7 +202,7 @@ pub fn assemble(mut modules: Vec<ModuleSource>, target: Target) -> Result<Vec<u8
     Ok(encode(manifest, &sections))
 }
 
-/// The name of a module's code sections for one CPU target.
+/// The name of a module's code sections for one target.
 fn code_section(module: &str, target: &str) -> String {
     format!("{module}.{target}")
 }

@@ -29,7 +29,7 @@ pub trait CostModel {
 ///
 /// The compiler does not measure machines: the CLI builds a `Roofline` from
 /// the CPU backend's measured peak or from an NPU machine config.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Roofline {
     pub name: String,
     /// FLOP/s of MatMul and Conv.

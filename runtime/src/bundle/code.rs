@@ -1,79 +1,131 @@
-//! Compiled code in a bundle: per module and CPU target, a shared library,
-//! its plan (the CPU backend's artifact manifest) and its packed weights,
-//! checked against the module's IR when the bundle is opened so that the
-//! loader (`crate::exec::compiled`) can trust them.
+//! Compiled code in a bundle: per module and target, the sections a
+//! backend's artifact holds (`<module>.<target>`), opaque here. When the
+//! bundle is opened each module's code is checked by the device loader of
+//! its backend (`crate::exec::device`) against the module's IR, so that
+//! loading can trust it; code of a backend this runtime has no device for
+//! is kept unchecked and never loaded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
-use m4c_cpu_device::{GraphPlan, Manifest as CodePlan, Region, Step, TensorSpec};
 use m4c_ir::Graph;
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 
-use super::format::{CodeEntry, Manifest, SectionEntry, SectionKind, Target};
+use super::format::{CodeEntry, Manifest, SectionEntry, SectionKind, REFERENCE_BACKEND};
 use super::BundleError;
+use crate::exec::device;
 
-/// One module's code for one target, validated: its plan parses, describes
-/// a graph with exactly the module's inputs and outputs, and every packed
-/// GEMM operand lies inside the weights section.
+/// The section kinds a code entry may hold.
+const CODE_KINDS: [SectionKind; 3] = [
+    SectionKind::Code,
+    SectionKind::CodePlan,
+    SectionKind::CodeWeights,
+];
+
+/// Sections start on cache lines in an in-memory code map (as in a bundle).
+const SECTION_ALIGN: usize = 64;
+
+/// One section of a module's code: where it lies in the map and the
+/// BLAKE3 (hex) the manifest records for it.
+#[derive(Clone, Debug)]
+struct Section {
+    kind: SectionKind,
+    range: Range<usize>,
+    blake3: String,
+}
+
+/// One module's code for one target of one backend: its sections, in a
+/// shared read-only map (the bundle's, or an anonymous one holding a
+/// freshly compiled artifact).
 #[derive(Clone)]
 pub struct ModuleCode {
     map: Arc<Mmap>,
+    backend: String,
     entry: CodeEntry,
-    plan: CodePlan,
-    library: Range<usize>,
-    library_blake3: String,
-    weights: Range<usize>,
+    sections: Vec<Section>,
 }
 
 impl std::fmt::Debug for ModuleCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModuleCode")
+            .field("backend", &self.backend)
             .field("entry", &self.entry)
-            .field("library_bytes", &self.library.len())
-            .field("weights_bytes", &self.weights.len())
+            .field("sections", &self.sections)
             .finish()
     }
 }
 
 impl ModuleCode {
-    /// The manifest entry (target, CPU name, section name).
+    /// Code held in memory rather than in a bundle: `files` are laid into
+    /// one read-only anonymous map, each on a 64-byte boundary as in a
+    /// bundle, so that a device loads a just-compiled artifact exactly as
+    /// it loads a bundle's (`m4c run --backend`, no disk round trip).
+    pub fn from_memory(
+        backend: &str,
+        entry: CodeEntry,
+        files: &[(SectionKind, &[u8])],
+    ) -> Result<ModuleCode, String> {
+        let mut layout = Vec::with_capacity(files.len());
+        let mut len = 0usize;
+        for (kind, bytes) in files {
+            let start = len.next_multiple_of(SECTION_ALIGN);
+            len = start
+                .checked_add(bytes.len())
+                .ok_or("code sections too large")?;
+            layout.push((*kind, start..len));
+        }
+        let mut map = MmapMut::map_anon(len.max(1)).map_err(|e| format!("code map: {e}"))?;
+        for ((_, bytes), (_, range)) in files.iter().zip(&layout) {
+            map[range.clone()].copy_from_slice(bytes);
+        }
+        let map = map
+            .make_read_only()
+            .map_err(|e| format!("code map: {e}"))?;
+        let sections = layout
+            .into_iter()
+            .map(|(kind, range)| Section {
+                kind,
+                blake3: blake3::hash(&map[range.clone()]).to_hex().to_string(),
+                range,
+            })
+            .collect();
+        Ok(ModuleCode {
+            map: Arc::new(map),
+            backend: backend.to_string(),
+            entry,
+            sections,
+        })
+    }
+
+    /// The backend whose device loads it.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The manifest entry (target, tuning, section name).
     pub fn entry(&self) -> &CodeEntry {
         &self.entry
     }
 
-    /// The CPU backend's manifest: kernels and execution plan.
-    pub fn plan(&self) -> &CodePlan {
-        &self.plan
+    /// The bytes of the section of `kind` (a slice of the map).
+    pub fn section(&self, kind: SectionKind) -> Option<&[u8]> {
+        self.find(kind).map(|s| &self.map[s.range.clone()])
     }
 
-    /// The graph's execution plan (present: checked at open).
-    pub fn graph_plan(&self) -> &GraphPlan {
-        self.plan
-            .graph
-            .as_ref()
-            .expect("checked when the bundle was opened")
+    /// BLAKE3 (hex) recorded for the section of `kind`.
+    pub fn blake3(&self, kind: SectionKind) -> Option<&str> {
+        self.find(kind).map(|s| s.blake3.as_str())
     }
 
-    /// The shared library's bytes (a slice of the bundle's map).
-    pub fn library(&self) -> &[u8] {
-        &self.map[self.library.clone()]
-    }
-
-    /// BLAKE3 (hex) the manifest records for the library section.
-    pub fn library_blake3(&self) -> &str {
-        &self.library_blake3
-    }
-
-    /// The packed weights' bytes (a slice of the bundle's map).
-    pub fn weights(&self) -> &[u8] {
-        &self.map[self.weights.clone()]
+    fn find(&self, kind: SectionKind) -> Option<&Section> {
+        self.sections.iter().find(|s| s.kind == kind)
     }
 }
 
-/// Checks every module's code entries against the sections and the
-/// module's graph; code sections that belong to no entry are refused.
+/// Checks every module's code entries against the sections and, through
+/// its backend's device, against the module's graph; code sections that
+/// belong to no entry are refused.
 pub(crate) fn load_code(
     map: &Arc<Mmap>,
     manifest: &Manifest,
@@ -87,21 +139,26 @@ pub(crate) fn load_code(
             .map(|s| (s.name.as_str(), s))
             .collect()
     };
-    let kinds = [
-        SectionKind::Code,
-        SectionKind::CodePlan,
-        SectionKind::CodeWeights,
-    ];
-    let sections = kinds.map(by_kind);
+    let sections = CODE_KINDS.map(by_kind);
     let mut used = BTreeSet::new();
     let mut all = BTreeMap::new();
     for m in &manifest.modules {
         let err = |msg: String| BundleError::module(&m.name, msg);
-        match (m.target, m.code.is_empty()) {
-            (Target::Reference, false) => {
-                return Err(err("target `reference` but it lists compiled code".into()))
+        if !super::format::is_valid_name(&m.backend) {
+            return Err(err(format!("backend name `{}` is not valid", m.backend)));
+        }
+        match (m.backend == REFERENCE_BACKEND, m.code.is_empty()) {
+            (true, false) => {
+                return Err(err(format!(
+                    "backend `{REFERENCE_BACKEND}` but it lists compiled code"
+                )))
             }
-            (Target::Cpu, true) => return Err(err("target `cpu` but no compiled code".into())),
+            (false, true) => {
+                return Err(err(format!(
+                    "backend `{}` but no compiled code",
+                    m.backend
+                )))
+            }
             _ => {}
         }
         let graph = &graphs[&m.name];
@@ -110,30 +167,35 @@ pub(crate) fn load_code(
             if !used.insert(c.section.as_str()) {
                 return Err(err(format!("code section `{}` is used twice", c.section)));
             }
-            let [lib, plan, weights] = [0, 1, 2].map(|k| sections[k].get(c.section.as_str()));
-            let (Some(lib), Some(plan), Some(weights)) = (lib, plan, weights) else {
-                return Err(err(format!(
-                    "code `{}` needs sections code, code-plan and code-weights of that name",
-                    c.section
-                )));
-            };
-            let range = |s: &SectionEntry| s.offset as usize..(s.offset + s.len) as usize;
-            let plan: CodePlan = serde_json::from_slice(&map[range(plan)])
-                .map_err(|e| err(format!("code-plan `{}`: {e}", c.section)))?;
-            check_plan(&plan, c, graph, weights.len)
-                .map_err(|e| err(format!("code `{}`: {e}", c.section)))?;
-            codes.push(ModuleCode {
+            let found: Vec<Section> = CODE_KINDS
+                .iter()
+                .zip(&sections)
+                .filter_map(|(&kind, names)| {
+                    names.get(c.section.as_str()).map(|s| Section {
+                        kind,
+                        range: s.offset as usize..(s.offset + s.len) as usize,
+                        blake3: s.blake3.clone(),
+                    })
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(err(format!("code `{}` has no sections", c.section)));
+            }
+            let code = ModuleCode {
                 map: Arc::clone(map),
+                backend: m.backend.clone(),
                 entry: c.clone(),
-                plan,
-                library: range(lib),
-                library_blake3: lib.blake3.clone(),
-                weights: range(weights),
-            });
+                sections: found,
+            };
+            if let Some(dev) = device::lookup(&m.backend) {
+                dev.check(&code, graph)
+                    .map_err(|e| err(format!("code `{}`: {e}", c.section)))?;
+            }
+            codes.push(code);
         }
         all.insert(m.name.clone(), codes);
     }
-    for (kind, names) in kinds.iter().zip(&sections) {
+    for (kind, names) in CODE_KINDS.iter().zip(&sections) {
         if let Some(unused) = names.keys().find(|n| !used.contains(*n)) {
             return Err(BundleError::Manifest(format!(
                 "section {kind} `{unused}` belongs to no module"
@@ -141,76 +203,4 @@ pub(crate) fn load_code(
         }
     }
     Ok(all)
-}
-
-/// The plan must be a graph plan for the entry's target whose inputs and
-/// outputs are the graph's (names, element types, shapes), and whose GEMM
-/// operands lie inside the weights section.
-fn check_plan(
-    plan: &CodePlan,
-    entry: &CodeEntry,
-    graph: &Graph,
-    weights_len: u64,
-) -> Result<(), String> {
-    if plan.target != entry.target || plan.cpu != entry.cpu {
-        return Err(format!(
-            "the plan is for {} ({}), the manifest says {} ({})",
-            plan.target, plan.cpu, entry.target, entry.cpu
-        ));
-    }
-    let graph_plan = plan.graph.as_ref().ok_or("the plan holds no graph")?;
-    let side = |what: &str, specs: &[TensorSpec], ids: &[m4c_ir::ValueId]| {
-        if specs.len() != ids.len() {
-            return Err(format!(
-                "the code has {} {what}s, the IR {}",
-                specs.len(),
-                ids.len()
-            ));
-        }
-        for (s, &id) in specs.iter().zip(ids) {
-            let v = graph.value(id);
-            let same = s.name == v.name
-                && s.dtype == v.ty.dtype.name()
-                && v.ty.static_shape().as_deref() == Some(&s.shape[..]);
-            if !same {
-                return Err(format!(
-                    "{what} `{}` is {}{:?} in the code but {} `{}` in the IR",
-                    s.name, s.dtype, s.shape, v.ty, v.name
-                ));
-            }
-        }
-        Ok(())
-    };
-    side("input", &graph_plan.inputs, &graph.inputs)?;
-    let inputs = graph_plan.inputs.len();
-    let refs = graph_plan.steps.iter().flat_map(|s| match s {
-        Step::Kernel { buffers, .. } => buffers.clone(),
-        Step::Gemm { a, c, .. } => vec![*a, *c],
-    });
-    let specs = graph_plan.inputs.iter().chain(&graph_plan.outputs);
-    if let Some(bad) = refs
-        .chain(specs.map(|s| s.buf))
-        .find(|b| matches!(b.region, Region::Input(i) if i >= inputs))
-    {
-        return Err(format!(
-            "the plan refers to {:?}, the graph has {inputs} inputs",
-            bad.region
-        ));
-    }
-    side("output", &graph_plan.outputs, &graph.outputs)?;
-    if !weights_len.is_multiple_of(4) {
-        return Err(format!(
-            "code-weights has {weights_len} bytes, not a whole number of f32"
-        ));
-    }
-    for g in &plan.gemms {
-        let end = (g.weights_offset as u64 + g.packed_b.len() as u64) * 4;
-        if end > weights_len {
-            return Err(format!(
-                "kernel `{}` reads up to byte {end} of code-weights ({weights_len} bytes)",
-                g.symbol
-            ));
-        }
-    }
-    Ok(())
 }

@@ -91,37 +91,9 @@ impl fmt::Display for SectionKind {
     }
 }
 
-/// What a module is compiled for, i.e. which executor runs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Target {
-    /// The IR itself, run by the reference interpreter (`m4c_ops::run_graph`).
-    Reference,
-    /// Code compiled ahead of time by the CPU backend, run by the runtime's
-    /// loader ([`ModuleEntry::code`]); the IR stays in the bundle for
-    /// hosts the code cannot run on and for adapted modules.
-    Cpu,
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Target::Reference => "reference",
-            Target::Cpu => "cpu",
-        })
-    }
-}
-
-impl FromStr for Target {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "reference" => Ok(Target::Reference),
-            "cpu" => Ok(Target::Cpu),
-            other => Err(format!("unknown target '{other}' (known: reference, cpu)")),
-        }
-    }
-}
+/// The backend name of modules that carry no compiled code: their IR is
+/// run by the reference interpreter (`m4c_ops::run_graph`).
+pub const REFERENCE_BACKEND: &str = "reference";
 
 /// What the bundle as a whole is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,8 +217,14 @@ pub struct WeightEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleEntry {
-    /// Compiled code, one entry per code target; empty exactly when
-    /// `target` is `reference`.
+    /// The backend the module was compiled for: [`REFERENCE_BACKEND`] (the
+    /// IR only) or the registry name of a code generator (`cpu`, ...),
+    /// whose device loader the runtime looks up by this name
+    /// (`crate::exec::device`). The IR stays in the bundle in every case,
+    /// for hosts the code cannot run on and for adapted modules.
+    pub backend: String,
+    /// Compiled code, one entry per target of `backend`; empty exactly
+    /// when `backend` is [`REFERENCE_BACKEND`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub code: Vec<CodeEntry>,
     /// The symbolic dimensions and the values they were bound to.
@@ -256,22 +234,23 @@ pub struct ModuleEntry {
     pub name: String,
     /// BLAKE3 (hex) of the model file the module was built from.
     pub source_blake3: String,
-    pub target: Target,
     /// IR constant name → weight.
     pub weights: BTreeMap<String, WeightEntry>,
 }
 
-/// One compiled variant of a module: three sections of the same name
-/// (`<module>.<target>`), of kinds `code`, `code-plan` and `code-weights`.
+/// One compiled variant of a module: the sections of one name
+/// (`<module>.<target>`) that its backend's artifact holds (for the CPU
+/// backend: `code`, `code-plan` and `code-weights`), opaque to the bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CodeEntry {
-    /// The LLVM CPU name the code was tuned for (e.g. `znver4`).
+    /// The backend's tuning of the code (the CPU backend's LLVM CPU name,
+    /// e.g. `znver4`); may be empty.
     pub cpu: String,
-    /// Name of the three sections.
+    /// Name of the sections.
     pub section: String,
-    /// The CPU backend's target (`x86_64-avx512`, `x86_64-avx2`,
-    /// `aarch64`): the instruction set a host must have to run the code.
+    /// The backend's target (CPU: `x86_64-avx512`, `x86_64-avx2`,
+    /// `aarch64`): what a host must be to run the code.
     pub target: String,
 }
 

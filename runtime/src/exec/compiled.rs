@@ -1,17 +1,19 @@
-//! Running a module's compiled CPU code: the bundle's shared library,
-//! plan and packed weights are handed to the CPU backend's device-side
-//! loader (`m4c-cpu-device`: dlopen, no LLVM), whose executor runs every
-//! call of the plan from one activation arena planned at compile time.
-//! The packed weights are read where they lie in the bundle's map.
+//! The CPU backend's device: a module's shared library, plan and packed
+//! weights are handed to the CPU backend's device-side loader
+//! (`m4c-cpu-device`: dlopen, no LLVM), whose executor runs every call of
+//! the plan from one activation arena planned at compile time. The packed
+//! weights are read where they lie in the code's map (the bundle's, or the
+//! anonymous map of a just-compiled artifact).
 
 use std::sync::{Arc, Mutex};
 
-use m4c_cpu_device::{GraphExecutor, KernelLibrary};
-use m4c_ir::{DType, Tensor};
+use m4c_cpu_device::{GraphExecutor, KernelLibrary, Manifest as CodePlan, Region, Step, TensorSpec};
+use m4c_ir::{DType, Graph, Tensor};
 use m4c_ops::Value;
 
+use super::device::Device;
 use super::{check_inputs, ArenaPlan, ExecError, ModuleExecutor, Signature};
-use crate::bundle::format::Target;
+use crate::bundle::format::SectionKind;
 use crate::bundle::ModuleCode;
 
 /// Why compiled code could not be loaded (the caller may fall back to the
@@ -24,6 +26,50 @@ pub enum CodeLoadError {
     Checksum { section: String },
     #[error("code `{section}`: {msg}")]
     Load { section: String, msg: String },
+    #[error("this runtime has no device for backend `{0}`")]
+    NoDevice(String),
+}
+
+/// The CPU backend's [`Device`].
+pub struct CpuDevice;
+
+impl Device for CpuDevice {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn runs_here(&self, target: &str) -> Result<(), String> {
+        host_runs(target)
+    }
+
+    fn check(&self, code: &ModuleCode, graph: &Graph) -> Result<(), String> {
+        let plan = parse_plan(code)?;
+        let weights = code
+            .section(SectionKind::CodeWeights)
+            .ok_or("no code-weights section")?;
+        if code.section(SectionKind::Code).is_none() {
+            return Err("no code section (the shared library)".into());
+        }
+        check_plan(&plan, code.entry(), graph, weights.len() as u64)
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        threads: usize,
+    ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
+        Ok(Arc::new(CompiledModule::load(name, code, signature, threads)?))
+    }
+}
+
+/// The CPU backend's manifest (kernels and execution plan) of `code`.
+fn parse_plan(code: &ModuleCode) -> Result<CodePlan, String> {
+    let bytes = code
+        .section(SectionKind::CodePlan)
+        .ok_or("no code-plan section")?;
+    serde_json::from_slice(bytes).map_err(|e| format!("code-plan: {e}"))
 }
 
 /// A module whose compiled code is loaded and ready: calls are serialised
@@ -37,14 +83,14 @@ pub struct CompiledModule {
 }
 
 impl CompiledModule {
-    /// Loads `code` (of module `name`, whose IR has `signature`) to run on
-    /// `threads` threads.
+    /// Loads `code` (of module `name`, whose IR has `signature`; checked
+    /// by [`CpuDevice::check`]) to run on `threads` threads.
     ///
     /// The library must be a file for dlopen: it alone is written to a
     /// fresh private directory (mode 0700, from `tempfile`), loaded, and the
     /// directory is removed at once (the loaded library stays mapped). The
     /// packed weights are not copied: the kernels read the `code-weights`
-    /// section in the bundle's map, which the loaded module keeps alive.
+    /// section in the code's map, which the loaded module keeps alive.
     /// The library's checksum is verified again just before it is written,
     /// since its bytes become executable code.
     pub fn load(
@@ -58,24 +104,28 @@ impl CompiledModule {
             target: entry.target.clone(),
             reason,
         })?;
-        if blake3::hash(code.library()).to_hex().as_str() != code.library_blake3() {
-            return Err(CodeLoadError::Checksum {
-                section: entry.section.clone(),
-            });
-        }
         let fail = |msg: String| CodeLoadError::Load {
             section: entry.section.clone(),
             msg,
         };
+        let library = code
+            .section(SectionKind::Code)
+            .ok_or_else(|| fail("no code section".into()))?;
+        if Some(blake3::hash(library).to_hex().as_str()) != code.blake3(SectionKind::Code) {
+            return Err(CodeLoadError::Checksum {
+                section: entry.section.clone(),
+            });
+        }
+        let plan = parse_plan(code).map_err(fail)?;
+        let arena_bytes = plan.graph.as_ref().map_or(0, |g| g.arena_bytes);
         let dir = tempfile::Builder::new()
             .prefix("m4c-code-")
             .tempdir()
             .map_err(|e| fail(format!("temporary directory: {e}")))?;
         let library_path = dir.path().join("libmodule.so");
-        std::fs::write(&library_path, code.library())
-            .map_err(|e| fail(format!("libmodule.so: {e}")))?;
+        std::fs::write(&library_path, library).map_err(|e| fail(format!("libmodule.so: {e}")))?;
         let weights = Arc::new(CodeWeights(code.clone()));
-        let library = KernelLibrary::open_shared(&library_path, code.plan().clone(), weights)
+        let library = KernelLibrary::open_shared(&library_path, plan, weights)
             .map_err(|e| fail(e.to_string()))?;
         let executor =
             GraphExecutor::new(library, threads.max(1)).map_err(|e| fail(e.to_string()))?;
@@ -84,7 +134,7 @@ impl CompiledModule {
             name: name.to_string(),
             signature,
             target: entry.target.clone(),
-            arena_bytes: code.graph_plan().arena_bytes,
+            arena_bytes,
             executor: Mutex::new(executor),
         })
     }
@@ -95,23 +145,66 @@ impl CompiledModule {
     }
 
     /// The address range of the packed weights the code reads: inside the
-    /// bundle's map (the `code-weights` section), which shows they were
-    /// not copied.
+    /// code's map (the `code-weights` section), which shows they were not
+    /// copied.
     pub fn code_weights_at(&self) -> std::ops::Range<*const u8> {
         let executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
         let floats = executor.library().weights().as_ptr_range();
         floats.start.cast()..floats.end.cast()
     }
+
+    /// Runs the module kernel by kernel once and gives the wall time per
+    /// kernel kind (the symbol without its number, e.g. `gemm`, `fused`,
+    /// `softmax`), largest first (`m4c bench --profile`).
+    pub fn profile(&self, inputs: &[Value]) -> Result<Vec<(String, f64)>, ExecError> {
+        check_inputs(&self.name, &self.signature, inputs)?;
+        let tensors: Vec<Tensor> = inputs.iter().map(Value::to_tensor).collect();
+        let bytes = self.input_bytes(&tensors)?;
+        let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
+        let times = executor
+            .run_profiled(&bytes)
+            .map_err(|e| self.fail(e.to_string()))?
+            .1;
+        let mut by_kind: Vec<(String, f64)> = Vec::new();
+        for (step, time) in executor.plan().steps.iter().zip(times) {
+            let symbol = match step {
+                Step::Kernel { symbol, .. } | Step::Gemm { symbol, .. } => symbol,
+            };
+            let kind = symbol.splitn(3, '_').nth(2).unwrap_or(symbol).to_string();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, total)) => *total += time.as_secs_f64() * 1e3,
+                None => by_kind.push((kind, time.as_secs_f64() * 1e3)),
+            }
+        }
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(by_kind)
+    }
+
+    fn fail(&self, msg: String) -> ExecError {
+        ExecError::Run {
+            module: self.name.clone(),
+            msg,
+        }
+    }
+
+    /// The raw bytes of input tensors, as the executor takes them.
+    fn input_bytes<'t>(&self, tensors: &'t [Tensor]) -> Result<Vec<&'t [u8]>, ExecError> {
+        tensors
+            .iter()
+            .map(|t| t.bytes().map_err(|e| self.fail(e.to_string())))
+            .collect()
+    }
 }
 
 /// A module's `code-weights` section, shared with the device loader in
-/// place: it holds the bundle's map, which never changes (bundles are
-/// immutable, replaced by rename), so the bytes stay put while loaded.
+/// place: it holds the code's map, which never changes (bundles are
+/// immutable, replaced by rename; in-memory code maps are read-only), so
+/// the bytes stay put while loaded.
 struct CodeWeights(ModuleCode);
 
 impl AsRef<[u8]> for CodeWeights {
     fn as_ref(&self) -> &[u8] {
-        self.0.weights()
+        self.0.section(SectionKind::CodeWeights).unwrap_or_default()
     }
 }
 
@@ -132,27 +225,24 @@ impl ModuleExecutor for CompiledModule {
         Some(self.arena_bytes)
     }
 
-    fn target(&self) -> Target {
-        Target::Cpu
+    fn backend(&self) -> &str {
+        "cpu"
+    }
+
+    fn as_compiled(&self) -> Option<&CompiledModule> {
+        Some(self)
     }
 
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
-        let fail = |msg: String| ExecError::Run {
-            module: self.name.clone(),
-            msg,
-        };
         let tensors: Vec<Tensor> = inputs.iter().map(Value::to_tensor).collect();
-        let bytes = tensors
-            .iter()
-            .map(|t| t.bytes().map_err(|e| fail(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = self.input_bytes(&tensors)?;
         let outputs = self
             .executor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .run(&bytes)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| self.fail(e.to_string()))?;
         self.signature
             .outputs
             .iter()
@@ -161,10 +251,82 @@ impl ModuleExecutor for CompiledModule {
                 let shape = ty.static_shape().unwrap_or_default();
                 let dtype: DType = ty.dtype;
                 Value::from_tensor(&Tensor::from_bytes(dtype, &shape, bytes))
-                    .map_err(|e| fail(e.to_string()))
+                    .map_err(|e| self.fail(e.to_string()))
             })
             .collect()
     }
+}
+
+/// The plan must be a graph plan for the entry's target whose inputs and
+/// outputs are the graph's (names, element types, shapes), and whose GEMM
+/// operands lie inside the weights section.
+fn check_plan(
+    plan: &CodePlan,
+    entry: &crate::bundle::format::CodeEntry,
+    graph: &Graph,
+    weights_len: u64,
+) -> Result<(), String> {
+    if plan.target != entry.target || plan.cpu != entry.cpu {
+        return Err(format!(
+            "the plan is for {} ({}), the manifest says {} ({})",
+            plan.target, plan.cpu, entry.target, entry.cpu
+        ));
+    }
+    let graph_plan = plan.graph.as_ref().ok_or("the plan holds no graph")?;
+    let side = |what: &str, specs: &[TensorSpec], ids: &[m4c_ir::ValueId]| {
+        if specs.len() != ids.len() {
+            return Err(format!(
+                "the code has {} {what}s, the IR {}",
+                specs.len(),
+                ids.len()
+            ));
+        }
+        for (s, &id) in specs.iter().zip(ids) {
+            let v = graph.value(id);
+            let same = s.name == v.name
+                && s.dtype == v.ty.dtype.name()
+                && v.ty.static_shape().as_deref() == Some(&s.shape[..]);
+            if !same {
+                return Err(format!(
+                    "{what} `{}` is {}{:?} in the code but {} `{}` in the IR",
+                    s.name, s.dtype, s.shape, v.ty, v.name
+                ));
+            }
+        }
+        Ok(())
+    };
+    side("input", &graph_plan.inputs, &graph.inputs)?;
+    let inputs = graph_plan.inputs.len();
+    let refs = graph_plan.steps.iter().flat_map(|s| match s {
+        Step::Kernel { buffers, .. } => buffers.clone(),
+        Step::Gemm { a, c, .. } => vec![*a, *c],
+    });
+    let specs = graph_plan.inputs.iter().chain(&graph_plan.outputs);
+    if let Some(bad) = refs
+        .chain(specs.map(|s| s.buf))
+        .find(|b| matches!(b.region, Region::Input(i) if i >= inputs))
+    {
+        return Err(format!(
+            "the plan refers to {:?}, the graph has {inputs} inputs",
+            bad.region
+        ));
+    }
+    side("output", &graph_plan.outputs, &graph.outputs)?;
+    if !weights_len.is_multiple_of(4) {
+        return Err(format!(
+            "code-weights has {weights_len} bytes, not a whole number of f32"
+        ));
+    }
+    for g in &plan.gemms {
+        let end = (g.weights_offset as u64 + g.packed_b.len() as u64) * 4;
+        if end > weights_len {
+            return Err(format!(
+                "kernel `{}` reads up to byte {end} of code-weights ({weights_len} bytes)",
+                g.symbol
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether this host can run code for the CPU backend's `target`; the

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use m4c_ir::Graph;
 
-use super::{CompiledModule, Interpreter, ModuleExecutor, Signature};
+use super::{device, CodeLoadError, Interpreter, ModuleExecutor, Signature};
 use crate::adapter::{firmware_module, shared_module, AdapterBundle, AdapterError};
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, ModuleCode};
 
 /// Which engine runs a bundle's module.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,10 +151,10 @@ pub fn load_shared(
     } else {
         let mut why = vec![];
         for code in codes {
-            match CompiledModule::load(module, code, Signature::of(&base), opts.threads) {
-                Ok(c) => {
+            match load_code(module, code, Signature::of(&base), opts.threads) {
+                Ok(executor) => {
                     return Ok(Loaded {
-                        executor: Arc::new(c),
+                        executor,
                         fallback: None,
                     })
                 }
@@ -173,4 +173,23 @@ pub fn load_shared(
             "module `{module}` runs on the reference interpreter: {reason}"
         ))),
     }
+}
+
+/// Loads `code` of module `name` through its backend's device: the one
+/// path from compiled code to an executor, for bundles and for code just
+/// compiled in the same process.
+pub fn load_code(
+    name: &str,
+    code: &ModuleCode,
+    signature: Signature,
+    threads: usize,
+) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
+    let dev =
+        device::lookup(code.backend()).ok_or_else(|| CodeLoadError::NoDevice(code.backend().into()))?;
+    dev.runs_here(&code.entry().target)
+        .map_err(|reason| CodeLoadError::NotRunnable {
+            target: code.entry().target.clone(),
+            reason,
+        })?;
+    dev.load(name, code, signature, threads)
 }

@@ -1,12 +1,14 @@
 //! Running modules: a [`ModuleExecutor`] takes a module's inputs and gives
 //! its outputs. The reference interpreter ([`Interpreter`]) runs any IR
-//! graph; a bundle's compiled CPU code runs as a [`CompiledModule`].
-//! [`load_module`] picks one for a bundle's module ([`Engine`]), falling
-//! back to the interpreter when the code cannot be used. Executors are
-//! `Send + Sync`: tasks may run concurrently on shared modules.
+//! graph; compiled code is loaded by its backend's [`device::Device`]
+//! (the CPU's runs as a [`CompiledModule`]). [`load_module`] picks one for
+//! a bundle's module ([`Engine`]), falling back to the interpreter when the
+//! code cannot be used. Executors are `Send + Sync`: tasks may run
+//! concurrently on shared modules.
 
 pub mod arena;
 pub mod compiled;
+pub mod device;
 mod load;
 
 use std::sync::Arc;
@@ -15,10 +17,12 @@ use m4c_ir::{Graph, TensorType};
 use m4c_ops::{run_graph, Value};
 
 use crate::adapter::{AdaptedModule, AdapterError};
-use crate::bundle::format::Target;
+use crate::bundle::format::REFERENCE_BACKEND;
 pub use arena::ArenaPlan;
 pub use compiled::{CodeLoadError, CompiledModule};
-pub use load::{load_module, load_shared, BaseGraphs, Engine, LoadError, LoadOptions, Loaded};
+pub use load::{
+    load_code, load_module, load_shared, BaseGraphs, Engine, LoadError, LoadOptions, Loaded,
+};
 
 /// Why a module could not run.
 #[derive(Debug, thiserror::Error)]
@@ -86,18 +90,22 @@ pub trait ModuleExecutor: Send + Sync {
     fn arena_bytes(&self) -> Option<usize> {
         self.arena().map(|a| a.arena_bytes)
     }
-    /// What executes it: `reference` (the interpreter) or `cpu` (compiled
-    /// code).
-    fn target(&self) -> Target;
+    /// The backend whose engine executes it: `reference` (the
+    /// interpreter) or a device's name (`cpu`: compiled code).
+    fn backend(&self) -> &str;
+    /// The CPU backend's loaded code, for what only it offers (per-kernel
+    /// profiles, where its weights lie).
+    fn as_compiled(&self) -> Option<&CompiledModule> {
+        None
+    }
     /// Runs the module on inputs in signature order (checked: count,
     /// element types, static shapes).
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError>;
 }
 
-/// The interpreter for a module's graph, whatever its bundle `target`:
-/// compiled code is loaded from the bundle by [`load_module`], not from a
-/// graph.
-pub fn executor_for(name: &str, _target: Target, graph: Graph) -> Arc<dyn ModuleExecutor> {
+/// The interpreter for a module's graph: compiled code is loaded from
+/// its code by a device ([`load_module`], [`load_code`]), not from a graph.
+pub fn executor_for(name: &str, graph: Graph) -> Arc<dyn ModuleExecutor> {
     Arc::new(Interpreter::new(name, graph))
 }
 
@@ -152,8 +160,8 @@ impl ModuleExecutor for Interpreter {
         self.arena.as_ref()
     }
 
-    fn target(&self) -> Target {
-        Target::Reference
+    fn backend(&self) -> &str {
+        REFERENCE_BACKEND
     }
 
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {

@@ -135,8 +135,8 @@ impl ModuleExecutor for Timed {
     fn arena(&self) -> Option<&crate::exec::ArenaPlan> {
         self.inner.arena()
     }
-    fn target(&self) -> crate::bundle::format::Target {
-        self.inner.target()
+    fn backend(&self) -> &str {
+        self.inner.backend()
     }
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         let start = Instant::now();

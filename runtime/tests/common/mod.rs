@@ -10,7 +10,7 @@ use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
 use m4c_runtime::bundle::container::{decode, encode, seal, SectionData};
 use m4c_runtime::bundle::format::{
     align_up, AdapterManifest, AdapterSite, Blob, BundleKind, LoraMode, Manifest, ModuleEntry,
-    SectionKind, Target, WeightEntry, FORMAT_VERSION,
+    SectionKind, WeightEntry, FORMAT_VERSION,
 };
 use serde_json::Value as Json;
 
@@ -64,7 +64,7 @@ pub fn tiny_bundle() -> Vec<u8> {
         ir_section: name.into(),
         name: name.into(),
         source_blake3: "0".repeat(64),
-        target: Target::Reference,
+        backend: "reference".into(),
         weights: BTreeMap::from([("w".to_string(), weight.clone())]),
     };
     let manifest = Manifest {

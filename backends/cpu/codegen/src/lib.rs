@@ -2,6 +2,7 @@
 //! LLVM (through inkwell) and writes artifacts that `m4c-cpu-device` loads.
 
 mod artifact;
+mod backend;
 mod bench;
 mod error;
 pub mod gemm;
@@ -14,6 +15,7 @@ mod peak;
 mod target;
 
 pub use artifact::ArtifactBuilder;
+pub use backend::CpuBackend;
 pub use bench::{bench_gemm, GemmBenchConfig, GemmBenchReport};
 pub use error::CodegenError;
 pub use graph::{compile_graph, write_graph_artifact, CompileOptions, CompileStats, CompiledGraph};

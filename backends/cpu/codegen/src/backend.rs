@@ -1,0 +1,234 @@
+//! The CPU backend behind the seam: [`CpuBackend`] implements the
+//! compiler's `CodeGenerator` on top of [`write_graph_artifact`], and its
+//! cost model is this host's measured roofline, cached per host.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use m4c_compiler::backend::{
+    check_graph, Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator,
+    CompileRequest,
+};
+use m4c_compiler::opt::Roofline;
+use m4c_cpu_device::Manifest;
+use m4c_ir::{DType, Graph, Node, Unit};
+use m4c_runtime::bundle::format::SectionKind;
+
+use crate::{measure_peak, write_graph_artifact, CodegenError, Target};
+
+/// The element types the CPU kernels compute on; f16, bf16 and int4
+/// tensors are only moved (data-movement ops take any type).
+const COMPUTE_DTYPES: [DType; 5] = [DType::F32, DType::I64, DType::I32, DType::I8, DType::Bool];
+
+/// The CPU backend's code generator (LLVM through inkwell).
+pub struct CpuBackend;
+
+impl CodeGenerator for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn description(&self) -> &'static str {
+        "machine code from LLVM for x86_64 (AVX2, AVX-512) and aarch64 (cross only)"
+    }
+
+    fn targets(&self) -> Vec<String> {
+        ["host", "x86_64", "x86_64-avx512", "x86_64-avx2", "aarch64"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::every_op(&COMPUTE_DTYPES)
+    }
+
+    fn refuse(&self, g: &Graph, node: &Node) -> Option<String> {
+        if node.op.kind().unit() == Unit::DataMovement {
+            return None;
+        }
+        self.capabilities().refuse(g, node)
+    }
+
+    fn runnable(&self, target: Option<&str>) -> Result<(), String> {
+        Target::parse(target, None)
+            .and_then(|t| t.check_runs_on_host())
+            .map_err(|e| e.to_string())
+    }
+
+    fn compile(&self, graph: &Graph, request: &CompileRequest) -> Result<Artifact, BackendError> {
+        let target = Target::parse(request.target.as_deref(), request.tuning.as_deref())
+            .map_err(|e| BackendError::Target {
+                backend: "cpu",
+                msg: e.to_string(),
+            })?;
+        check_graph(self, graph)?;
+        let started = Instant::now();
+        compile_files(graph, &target, started).map_err(|e| BackendError::Compile {
+            backend: "cpu",
+            msg: e.to_string(),
+        })
+    }
+
+    fn cost_model(&self) -> Roofline {
+        cached_roofline().unwrap_or_else(|why| {
+            let mut nominal = Roofline::cpu();
+            nominal.source = format!("nominal (not measured: {why})");
+            nominal
+        })
+    }
+}
+
+/// Writes the artifact into a scratch directory (the linker works on
+/// files) and takes its files into memory.
+fn compile_files(graph: &Graph, target: &Target, started: Instant) -> Result<Artifact, CodegenError> {
+    let dir = tempfile::tempdir().map_err(|source| CodegenError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let manifest = write_graph_artifact(graph, target, dir.path())?;
+    let read = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::read(&path).map_err(|source| CodegenError::Io { path, source })
+    };
+    let plan = serde_json::to_vec(&manifest).map_err(|e| CodegenError::Graph {
+        graph: graph.name.clone(),
+        reason: format!("plan: {e}"),
+    })?;
+    let weights = read(&manifest.weights)?;
+    let mut files = vec![
+        file(&manifest.object, None, read(&manifest.object)?),
+        file("plan.json", Some(SectionKind::CodePlan), plan),
+    ];
+    if let Some(library) = &manifest.library {
+        files.push(file(library, Some(SectionKind::Code), read(library)?));
+    }
+    let stats = stats(&manifest, weights.len(), started);
+    files.push(file(&manifest.weights, Some(SectionKind::CodeWeights), weights));
+    Ok(Artifact {
+        backend: "cpu".into(),
+        target: manifest.target.clone(),
+        tuning: manifest.cpu.clone(),
+        runnable: manifest.library.is_some(),
+        files,
+        stats,
+    })
+}
+
+fn file(name: &str, section: Option<SectionKind>, bytes: Vec<u8>) -> ArtifactFile {
+    ArtifactFile {
+        name: name.to_string(),
+        section,
+        bytes,
+    }
+}
+
+/// The figures `compile` and `bench` print.
+fn stats(manifest: &Manifest, weight_bytes: usize, started: Instant) -> serde_json::Value {
+    let plan = manifest.graph.as_ref();
+    serde_json::json!({
+        "compile_ms": started.elapsed().as_secs_f64() * 1e3,
+        "kernels": plan.map_or(0, |p| p.steps.len()),
+        "gemms": manifest.gemms.len(),
+        "arena_bytes": plan.map_or(0, |p| p.arena_bytes),
+        "naive_arena_bytes": plan.map_or(0, |p| p.naive_arena_bytes),
+        "weight_bytes": weight_bytes,
+    })
+}
+
+/// This host's roofline: read from the cache, or measured once (about
+/// 0.2 s: the FMA peak probe and a streaming copy) and cached, so that
+/// every decision made with it is reproducible on this host whatever the
+/// machine's load. The cache key is the CPU model and the host ISA; delete
+/// the file (its path is in the roofline's `source`) to measure again.
+fn cached_roofline() -> Result<Roofline, String> {
+    let target = Target::parse(None, None).map_err(|e| e.to_string())?;
+    let key = format!("{}|{}|{}", cpu_model(), target.name(), target.cpu);
+    let path = cache_dir().map(|d| {
+        d.join(format!(
+            "cpu-roofline-{}.json",
+            &blake3::hash(key.as_bytes()).to_hex()[..16]
+        ))
+    });
+    if let Some(cached) = path.as_ref().and_then(|p| read_cached(p)) {
+        return Ok(cached);
+    }
+    let peak = measure_peak(&target).map_err(|e| e.to_string())?;
+    let mut roofline = Roofline {
+        name: "cpu".into(),
+        peak_flops: peak.peak_gflops * 1e9,
+        vector_flops: peak.clock_ghz * 1e9 * peak.fma_units * peak.lanes as f64,
+        bandwidth: copy_bandwidth(),
+        launch_ns: Roofline::cpu().launch_ns,
+        source: format!(
+            "measured once on this host: {:.2} GHz x {} FMA/cycle x {} lanes, copy bandwidth; launch nominal",
+            peak.clock_ghz, peak.fma_units, peak.lanes
+        ),
+    };
+    if let Some(path) = &path {
+        if write_cached(path, &roofline).is_ok() {
+            roofline.source = format!("{} (cached in {})", roofline.source, path.display());
+        }
+    }
+    Ok(roofline)
+}
+
+/// `$M4C_CACHE_DIR`, else `$XDG_CACHE_HOME/m4c`, else `~/.cache/m4c`.
+fn cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("M4C_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("m4c")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache").join("m4c")))
+}
+
+fn read_cached(path: &std::path::Path) -> Option<Roofline> {
+    let bytes = std::fs::read(path).ok()?;
+    let r: Roofline = serde_json::from_slice(&bytes).ok()?;
+    let sane = [r.peak_flops, r.vector_flops, r.bandwidth, r.launch_ns]
+        .iter()
+        .all(|x| x.is_finite() && *x > 0.0);
+    sane.then(|| Roofline {
+        source: format!("{} (cached in {})", r.source, path.display()),
+        ..r
+    })
+}
+
+/// Writes the cache file through a temporary file renamed into place.
+fn write_cached(path: &std::path::Path, roofline: &Roofline) -> std::io::Result<()> {
+    let dir = path.parent().ok_or(std::io::ErrorKind::NotFound)?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(tmp.as_file(), roofline)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), part of the cache key.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Bytes per second read plus written by the fastest of five copies of a
+/// 64 MiB buffer (larger than the last-level caches of the machines this
+/// runs on).
+fn copy_bandwidth() -> f64 {
+    let n = 16 << 20;
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let fastest = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (2 * n * 4) as f64 / fastest
+}
