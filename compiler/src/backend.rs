@@ -222,7 +222,9 @@ impl CodeGenerator for Reference {
     fn runnable(&self, target: Option<&str>) -> Result<(), String> {
         match target {
             None | Some("ir") => Ok(()),
-            Some(t) => Err(format!("unknown target `{t}` (the reference backend has `ir`)")),
+            Some(t) => Err(format!(
+                "unknown target `{t}` (the reference backend has `ir`)"
+            )),
         }
     }
 

@@ -109,7 +109,9 @@ pub fn load(path: &Path) -> Result<Graph, IrFileError> {
         .values
         .iter()
         .enumerate()
-        .filter(|(_, v)| matches!(&v.def, ValueDef::Const(t) if matches!(t.storage, Storage::Absent)))
+        .filter(
+            |(_, v)| matches!(&v.def, ValueDef::Const(t) if matches!(t.storage, Storage::Absent)),
+        )
         .map(|(i, _)| i)
         .collect();
     if !absent.is_empty() {
@@ -120,9 +122,9 @@ pub fn load(path: &Path) -> Result<Graph, IrFileError> {
                 continue;
             };
             let sidecar = weights_path(path);
-            let storage = weights.get(&v.name).ok_or_else(|| {
-                bad(&sidecar, format!("no bytes for weight `{}`", v.name))
-            })?;
+            let storage = weights
+                .get(&v.name)
+                .ok_or_else(|| bad(&sidecar, format!("no bytes for weight `{}`", v.name)))?;
             let want = t.dtype.storage_bytes(t.shape.iter().product());
             let Storage::Mapped { len, .. } = storage else {
                 unreachable!("the sidecar is mapped")
@@ -163,7 +165,8 @@ fn read_sidecar(path: &Path) -> Result<HashMap<String, Storage>, IrFileError> {
     let json_end = 16u64
         .checked_add(json_len)
         .filter(|&e| e <= map.len() as u64)
-        .ok_or_else(|| bad(path, "index runs past the end of the file"))? as usize;
+        .ok_or_else(|| bad(path, "index runs past the end of the file"))?
+        as usize;
     let index: Vec<Entry> =
         serde_json::from_slice(&map[16..json_end]).map_err(|e| bad(path, format!("index: {e}")))?;
     let data = json_end.next_multiple_of(ALIGN);
@@ -175,7 +178,10 @@ fn read_sidecar(path: &Path) -> Result<HashMap<String, Storage>, IrFileError> {
             return Err(bad(path, format!("weight `{}`: range overflows", e.name)));
         };
         if end > map.len() as u64 {
-            return Err(bad(path, format!("weight `{}` runs past the end of the file", e.name)));
+            return Err(bad(
+                path,
+                format!("weight `{}` runs past the end of the file", e.name),
+            ));
         }
         let storage = Storage::Mapped {
             map: Arc::clone(&map),
@@ -220,7 +226,8 @@ mod tests {
         assert!(weights_path(&path).exists());
         let back = load(&path).unwrap();
         assert_eq!(m4c_ir::text::print(&back), m4c_ir::text::print(&g));
-        let (ValueDef::Const(a), ValueDef::Const(b)) = (&g.values[1].def, &back.values[1].def) else {
+        let (ValueDef::Const(a), ValueDef::Const(b)) = (&g.values[1].def, &back.values[1].def)
+        else {
             panic!("not constants")
         };
         assert_eq!(a.bytes().unwrap(), b.bytes().unwrap());
@@ -240,6 +247,9 @@ mod tests {
         std::fs::write(&sidecar, b"garbage!").unwrap();
         assert!(load(&path).unwrap_err().to_string().contains("bad magic"));
         std::fs::remove_file(&sidecar).unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("m.ir.weights"));
+        assert!(load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("m.ir.weights"));
     }
 }

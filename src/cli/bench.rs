@@ -1,17 +1,16 @@
 //! `m4c bench ...`: performance measurements (never pass/fail tests).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use m4c_compiler::{lower, OnnxModel};
-use m4c_cpu_codegen::{bench_gemm, compile_graph, CompileOptions, GemmBenchConfig, Target};
+use m4c_cpu_codegen::{bench_gemm, GemmBenchConfig, Target};
 use m4c_ir::{DType, Graph, Tensor};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::Value;
 use m4c_runtime::read_npz;
 use serde::Serialize;
 
-use super::model_args::DimArgs;
+use super::backend::BackendArgs;
+use super::model_args::{DimArgs, Model, OptSwitch};
 use super::run::lookup;
 use super::CliResult;
 
@@ -26,34 +25,24 @@ pub struct BenchArgs {
     model: ModelArgs,
 }
 
-/// The backend a model benchmark runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Backend {
-    /// Code compiled by the CPU backend (LLVM).
-    Cpu,
-    /// The reference interpreter.
-    Reference,
-}
-
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// The ONNX model to time end to end.
+    /// The model to time end to end (ONNX, or an IR file from `m4c opt -o`).
     model: Option<PathBuf>,
-    /// Which backend runs the model.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    backend: Backend,
+    /// Which backend runs the model (see `m4c backends`).
+    #[arg(long, default_value = "cpu", value_parser = super::backend::parse_backend)]
+    backend: String,
     /// Inputs as an .npz keyed by the model's input names; without it the
     /// inputs are deterministic pseudo-random values (zeros for integers).
     #[arg(long, value_name = "IN.npz")]
     inputs: Option<PathBuf>,
-    /// Threads (CPU backend).
+    /// Threads (compiled backends).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Code-generation target (CPU backend): host, x86_64, x86_64-avx512, x86_64-avx2.
+    /// The backend's target (CPU: host, x86_64, x86_64-avx512, x86_64-avx2).
     #[arg(long)]
     target: Option<String>,
-    /// LLVM CPU name to tune for (validated), e.g. znver4.
+    /// Tuning (CPU: the LLVM CPU name, validated), e.g. znver4.
     #[arg(long)]
     cpu: Option<String>,
     /// Timed runs at least (more are made until 2 s have passed, at most 1000).
@@ -67,6 +56,8 @@ struct ModelArgs {
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
+    opt: OptSwitch,
+    #[command(flatten)]
     dims: DimArgs,
 }
 
@@ -74,7 +65,9 @@ struct ModelArgs {
 #[derive(Serialize)]
 struct ModelReport {
     model: String,
-    backend: Backend,
+    backend: String,
+    /// Whether the e-graph optimiser ran before code generation.
+    optimised: bool,
     threads: usize,
     runs: usize,
     /// Median wall time of one inference, milliseconds.
@@ -83,12 +76,14 @@ struct ModelReport {
     min_ms: f64,
     /// Frontend lowering time, milliseconds.
     lower_ms: f64,
-    /// Code generation + optimisation + linking + loading (CPU backend;
-    /// 0 for the interpreter), milliseconds.
+    /// Optimisation time, milliseconds (0 with --no-opt).
+    opt_ms: f64,
+    /// Code generation + linking + loading (0 for the interpreter),
+    /// milliseconds.
     compile_ms: f64,
-    /// The CPU backend's compile figures (arena peak vs naive, kernels).
+    /// The backend's compile figures (CPU: kernels, GEMMs, arena, weights).
     #[serde(skip_serializing_if = "Option::is_none")]
-    cpu: Option<m4c_cpu_codegen::CompileStats>,
+    code: Option<serde_json::Value>,
 }
 
 #[derive(clap::Subcommand)]
@@ -134,115 +129,106 @@ pub fn run(args: BenchArgs) -> CliResult<i32> {
     }
 }
 
-/// Lowers the model, prepares its inputs, and times repeated inferences.
+/// Lowers and optimises the model, prepares its inputs, compiles it for
+/// the backend and times repeated inferences.
 fn model(args: ModelArgs) -> CliResult<i32> {
     let path = args
         .model
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
-    let onnx = OnnxModel::load(&path)?;
-    let lower_start = Instant::now();
-    let mut opts = args.dims.options(Some(1));
-    let proto = onnx.graph();
-    let inits: HashSet<&str> = proto.initializer.iter().map(|t| t.name.as_str()).collect();
-    let names: Vec<String> = proto
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .map(|i| i.name.clone())
-        .collect();
-    let arrays = match &args.inputs {
-        Some(file) => Some(read_npz(file)?),
-        None => None,
+    let backend = BackendArgs {
+        backend: args.backend.clone(),
+        target: args.target.clone(),
+        cpu: args.cpu.clone(),
+        threads: args.threads,
     };
+    let model = Model::open(&path)?;
+    let lower_start = Instant::now();
+    let mut opts = args.dims.options(&model, Some(1))?;
+    let names = model.input_names(args.dims.pinned())?;
     let mut given = Vec::new();
-    if let (Some(arrays), Some(file)) = (&arrays, &args.inputs) {
+    if let Some(file) = &args.inputs {
+        let arrays = read_npz(file)?;
         for name in &names {
-            let v = lookup(arrays, name)
+            let v = lookup(&arrays, name)
                 .ok_or_else(|| format!("{}: no array for model input '{name}'", file.display()))?;
             opts.input_shapes.insert(name.clone(), v.shape().to_vec());
             given.push(v.clone());
         }
     }
-    let graph = lower(&onnx, &opts)?;
+    let graph = model.lower(&opts)?;
     let lower_ms = lower_start.elapsed().as_secs_f64() * 1e3;
+    let opt_start = Instant::now();
+    let graph = args
+        .opt
+        .apply(&model, graph, &backend.generator().cost_model())?;
+    let opt_ms = opt_start.elapsed().as_secs_f64() * 1e3;
     let feeds: Vec<Value> = if given.is_empty() {
         synthetic_inputs(&graph)?
     } else {
         given
     };
-    let min_runs = args.runs.max(1);
-    let (times, compile_ms, cpu) = match args.backend {
-        Backend::Reference => {
-            let times = time_runs(min_runs, || {
-                run_graph(&graph, &feeds)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })?;
-            (times, 0.0, None)
+    let start = Instant::now();
+    let name = graph.name.clone();
+    let (executor, artifact) = backend.prepare(&name, graph)?;
+    let compile_ms = artifact
+        .as_ref()
+        .map_or(0.0, |_| start.elapsed().as_secs_f64() * 1e3);
+    let times = time_runs(args.runs.max(1), || {
+        executor.run(&feeds).map(|_| ()).map_err(|e| e.to_string())
+    })?;
+    if args.profile {
+        let compiled = executor
+            .as_compiled()
+            .ok_or("--profile times the CPU backend's kernels (use --backend cpu)")?;
+        for (kind, ms) in compiled.profile(&feeds)? {
+            eprintln!("  {kind:<14} {ms:>10.3} ms");
         }
-        Backend::Cpu => {
-            let options = CompileOptions {
-                target: Target::parse(args.target.as_deref(), args.cpu.as_deref())?,
-                threads: args.threads,
-            };
-            let start = Instant::now();
-            let mut compiled = compile_graph(&graph, &options)?;
-            let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-            let tensors: Vec<Tensor> = feeds.iter().map(Value::to_tensor).collect();
-            let times = time_runs(min_runs, || {
-                compiled
-                    .run(&tensors)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })?;
-            if args.profile {
-                for (kind, ms) in compiled.profile(&tensors)? {
-                    eprintln!("  {kind:<14} {ms:>10.3} ms");
-                }
-            }
-            (times, compile_ms, Some(compiled.stats().clone()))
-        }
-    };
+    }
+    let compiled = artifact.is_some();
     let report = ModelReport {
         model: path.display().to_string(),
-        backend: args.backend,
-        threads: if args.backend == Backend::Cpu {
-            args.threads
-        } else {
-            1
-        },
+        backend: args.backend.clone(),
+        optimised: !args.opt.no_opt && !model.is_ir(),
+        threads: if compiled { args.threads } else { 1 },
         runs: times.len(),
         median_ms: times[times.len() / 2] * 1e3,
         min_ms: times[0] * 1e3,
         lower_ms,
+        opt_ms: if args.opt.no_opt { 0.0 } else { opt_ms },
         compile_ms,
-        cpu,
+        code: artifact.map(|a| a.stats),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} on {:?}, {} thread(s): median {:.3} ms (min {:.3} ms, {} runs)",
+            "{} on {}{}, {} thread(s): median {:.3} ms (min {:.3} ms, {} runs)",
             report.model,
             report.backend,
+            if report.optimised {
+                ""
+            } else {
+                " (not optimised)"
+            },
             report.threads,
             report.median_ms,
             report.min_ms,
             report.runs
         );
         println!(
-            "  lower {:.0} ms, compile {:.0} ms",
-            report.lower_ms, report.compile_ms
+            "  lower {:.0} ms, optimise {:.0} ms, compile {:.0} ms",
+            report.lower_ms, report.opt_ms, report.compile_ms
         );
-        if let Some(stats) = &report.cpu {
+        if let Some(stats) = &report.code {
+            let get = |k: &str| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
             println!(
                 "  {} kernels ({} GEMMs), arena {} KiB (without reuse {} KiB), weights {} KiB",
-                stats.kernels,
-                stats.gemms,
-                stats.arena_bytes / 1024,
-                stats.naive_arena_bytes / 1024,
-                stats.weight_bytes / 1024
+                get("kernels"),
+                get("gemms"),
+                get("arena_bytes") / 1024,
+                get("naive_arena_bytes") / 1024,
+                get("weight_bytes") / 1024
             );
         }
     }

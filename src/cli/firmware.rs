@@ -2,13 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use m4c_compiler::bundle::{assemble, lower_modules, write_atomically, CompiledCode};
-use m4c_cpu_codegen::write_graph_artifact;
-use m4c_ir::Graph;
-use m4c_runtime::bundle::format::{SectionKind, Target};
+use m4c_compiler::backend::CompileRequest;
+use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
+use m4c_compiler::FrontendError;
+use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
 use m4c_runtime::bundle::Bundle;
 
-use super::model_args::DimArgs;
+use super::model_args::{DimArgs, Model, OptSwitch};
+use super::progress::Progress;
 use super::CliResult;
 
 /// Arguments of `m4c firmware`.
@@ -32,19 +33,21 @@ enum FirmwareCommand {
 
 #[derive(clap::Args)]
 struct BuildArgs {
-    /// A module: its name and the ONNX model it is built from (repeat).
-    #[arg(long = "module", value_name = "NAME=MODEL.onnx", value_parser = parse_module, required = true)]
+    /// A module: its name and the model it is built from (ONNX, or an IR
+    /// file from `m4c opt -o`; repeat).
+    #[arg(long = "module", value_name = "NAME=MODEL", value_parser = parse_module, required = true)]
     modules: Vec<(String, PathBuf)>,
-    /// What the modules are compiled for: `reference` (the IR, run by the
-    /// interpreter) or `cpu` (machine code from the CPU backend, plus the
-    /// IR for fallback and adapters).
-    #[arg(long, default_value = "reference", value_parser = |s: &str| s.parse::<Target>())]
-    target: Target,
-    /// With --target cpu: the instruction set (host, x86_64-avx512,
-    /// x86_64-avx2); it must run on this machine, which links the code.
-    #[arg(long, value_name = "ISA")]
-    cpu_target: Option<String>,
-    /// With --target cpu: the LLVM CPU name the code is tuned for.
+    /// What the modules are compiled for (see `m4c backends`):
+    /// `reference` (the IR only, run by the interpreter) or a code
+    /// generator such as `cpu` (machine code, plus the IR for fallback and
+    /// adapters).
+    #[arg(long, default_value = REFERENCE_BACKEND, value_parser = super::backend::parse_backend)]
+    backend: String,
+    /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2); the
+    /// code must run on this machine, which links it.
+    #[arg(long, value_name = "TARGET")]
+    target: Option<String>,
+    /// Tuning (CPU: the LLVM CPU name the code is tuned for).
     #[arg(long, value_name = "CPU")]
     cpu: Option<String>,
     /// Value of any symbolic dimension not bound by --dim.
@@ -52,6 +55,8 @@ struct BuildArgs {
     default_dim: Option<usize>,
     #[command(flatten)]
     dims: DimArgs,
+    #[command(flatten)]
+    opt: OptSwitch,
     /// The bundle to write.
     #[arg(short = 'o', long = "output", value_name = "M4.fw")]
     output: PathBuf,
@@ -74,42 +79,73 @@ pub fn run(args: FirmwareArgs) -> CliResult<i32> {
 }
 
 fn build(args: BuildArgs) -> CliResult<i32> {
-    let mut sources = lower_modules(&args.modules, &args.dims.options(args.default_dim))?;
-    match args.target {
-        Target::Cpu => {
-            let target =
-                m4c_cpu_codegen::Target::parse(args.cpu_target.as_deref(), args.cpu.as_deref())?;
-            for m in &mut sources {
-                let started = std::time::Instant::now();
-                m.code.push(
-                    compile(&m.graph, &target).map_err(|e| format!("module `{}`: {e}", m.name))?,
-                );
-                eprintln!(
-                    "compiled `{}` for {} ({}) in {:.1} s",
-                    m.name,
-                    target.name(),
-                    target.cpu,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }
-        Target::Reference if args.cpu_target.is_some() || args.cpu.is_some() => {
-            return Err("--cpu-target and --cpu apply to --target cpu".into())
-        }
-        Target::Reference => {}
+    let generator = m4c_backends::lookup(&args.backend)?;
+    if generator.name() == REFERENCE_BACKEND && (args.target.is_some() || args.cpu.is_some()) {
+        return Err("--target and --cpu apply to compiled backends (e.g. --backend cpu)".into());
     }
-    let bytes = assemble(sources, args.target)?;
+    let request = CompileRequest {
+        target: args.target.clone(),
+        tuning: args.cpu.clone(),
+        threads: 1,
+    };
+    let cost = generator.cost_model();
+    let mut names = std::collections::BTreeSet::new();
+    for (name, _) in &args.modules {
+        if !is_valid_name(name) {
+            return Err(BuildError::InvalidName(name.clone()).into());
+        }
+        if !names.insert(name) {
+            return Err(BuildError::DuplicateModule(name.clone()).into());
+        }
+    }
+    let progress = Progress::bar(args.modules.len(), "modules");
+    let mut sources = vec![];
+    for (name, path) in &args.modules {
+        progress.item(name.clone());
+        let in_module = |e: Box<dyn std::error::Error>| format!("module `{name}`: {e}");
+        let source = module_source(&args, name, path, &cost).map_err(in_module)?;
+        sources.push(source);
+        progress.inc();
+    }
+    drop(progress);
+    if generator.name() != REFERENCE_BACKEND {
+        for m in &mut sources {
+            let started = std::time::Instant::now();
+            let artifact = generator
+                .compile(&m.graph, &request)
+                .map_err(|e| format!("module `{}`: {e}", m.name))?;
+            if !artifact.runnable {
+                return Err(format!(
+                    "module `{}`: code for {} was not linked (it cannot run on this machine); bundles carry loadable code only (use m4c compile for cross targets)",
+                    m.name, artifact.target
+                )
+                .into());
+            }
+            eprintln!(
+                "compiled `{}` for {} {} ({}) in {:.1} s",
+                m.name,
+                generator.name(),
+                artifact.target,
+                artifact.tuning,
+                started.elapsed().as_secs_f64()
+            );
+            m.code.push(artifact);
+        }
+    }
+    let progress = Progress::spinner(format!("writing {}", args.output.display()));
+    let bytes = assemble(sources, generator.name())?;
     // Read back what is about to be installed, with the runtime's checks.
     Bundle::from_bytes(&bytes).map_err(|e| format!("the built bundle does not load: {e}"))?;
     write_atomically(&args.output, &bytes)?;
-    let onnx_bytes: u64 = args
+    drop(progress);
+    let model_bytes: u64 = args
         .modules
         .iter()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
     println!(
-        "wrote {} ({} bytes; the ONNX files total {onnx_bytes} bytes)",
+        "wrote {} ({} bytes; the model files total {model_bytes} bytes)",
         args.output.display(),
         bytes.len()
     );
@@ -117,48 +153,33 @@ fn build(args: BuildArgs) -> CliResult<i32> {
     Ok(0)
 }
 
-/// Compiles one module's graph with the CPU backend into a scratch
-/// artifact directory and takes its files as the bundle's code sections.
-fn compile(graph: &Graph, target: &m4c_cpu_codegen::Target) -> CliResult<CompiledCode> {
-    let dir = ScratchDir::new()?;
-    let manifest = write_graph_artifact(graph, target, &dir.0)?;
-    let library = manifest.library.as_ref().ok_or_else(|| {
-        format!(
-            "code for {} was not linked (it cannot run on this machine); bundles carry shared libraries only",
-            target.name()
-        )
+/// Lowers (and by default optimises) one module's model.
+fn module_source(
+    args: &BuildArgs,
+    name: &str,
+    path: &Path,
+    cost: &m4c_compiler::opt::Roofline,
+) -> CliResult<ModuleSource> {
+    let model = Model::open(path)?;
+    let report = model.lower_report(&args.dims.options(&model, args.default_dim)?)?;
+    let graph = report.graph.ok_or_else(|| FrontendError::Unsupported {
+        path: path.to_path_buf(),
+        nodes: report.unsupported,
     })?;
-    let read = |file: &str| {
-        let path = dir.0.join(file);
-        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    Ok(CompiledCode {
-        target: manifest.target.clone(),
-        cpu: manifest.cpu.clone(),
-        library: read(library)?,
-        plan: serde_json::to_vec(&manifest)?,
-        weights: read(&manifest.weights)?,
+    let graph = args.opt.apply(&model, graph, cost)?;
+    let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(ModuleSource {
+        name: name.to_string(),
+        graph,
+        dims: report.dims,
+        source_blake3: blake3_hex(&file),
+        code: vec![],
     })
 }
 
-/// A fresh directory under the system's temporary directory, removed when
-/// dropped (created with `create_dir`, so never an existing one).
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> CliResult<ScratchDir> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("m4c-firmware-{}-{n}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(ScratchDir(dir))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// BLAKE3 (hex) of a model file, recorded per module.
+fn blake3_hex(bytes: &[u8]) -> String {
+    m4c_compiler::bundle::content_hash_hex(bytes)
 }
 
 fn open(path: &Path) -> CliResult<Bundle> {
@@ -180,7 +201,7 @@ fn print_summary(path: &Path, b: &Bundle) {
     );
     println!(
         "{:<16} {:<10} {:>8} {:>12} {:>10} {:>11}  dims",
-        "module", "target", "weights", "weight bytes", "IR bytes", "code bytes"
+        "module", "backend", "weights", "weight bytes", "IR bytes", "code bytes"
     );
     for e in &m.modules {
         let weight_bytes: u64 = e.weights.values().map(|w| m.blobs[w.blob].len).sum();
@@ -201,7 +222,7 @@ fn print_summary(path: &Path, b: &Bundle) {
         println!(
             "{:<16} {:<10} {:>8} {:>12} {:>10} {:>11}  {}",
             e.name,
-            e.target.to_string(),
+            e.backend,
             e.weights.len(),
             weight_bytes,
             ir_bytes,

@@ -1,18 +1,22 @@
-//! `m4c inspect`: what an ONNX model is made of and how it lowers.
+//! `m4c inspect`: what a model is made of, how it lowers, and what each
+//! registered backend would refuse of it.
 
 use std::collections::BTreeMap;
 
+use m4c_compiler::backend::refusals;
 use m4c_compiler::onnx::pb::{self, GraphProto, TensorProto};
-use m4c_compiler::{lower_report, OnnxModel};
 use serde_json::json;
 
-use super::model_args::{DimArgs, ModelPath};
+use super::model_args::{DimArgs, Model, ModelPath};
 use super::CliResult;
 
 /// Arguments of `m4c inspect`.
+///
+/// Exit status: 0 when the model lowers fully, 2 when it does not (the
+/// report still shows the part that does) or on any error.
 #[derive(clap::Args)]
 pub struct InspectArgs {
-    /// The ONNX model.
+    /// The ONNX model, or an IR file from `m4c opt -o`.
     model: ModelPath,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -93,7 +97,42 @@ fn io_list(
 
 /// Runs `m4c inspect`.
 pub fn run(args: InspectArgs) -> CliResult<i32> {
-    let model = OnnxModel::load(&args.model)?;
+    let model = Model::open(&args.model)?;
+    let report = model.lower_report(&args.dims.options(&model, Some(1))?)?;
+    let mut doc = match &model {
+        Model::Onnx(m) => onnx_facts(m),
+        Model::Ir(_) => json!({ "model": args.model.display().to_string() }),
+    };
+    doc["lowers_fully"] = json!(report.graph.is_some());
+    doc["ir_nodes"] = json!(report.ir_ops.values().sum::<usize>());
+    doc["ir_ops"] = json!(report.ir_ops);
+    doc["unsupported"] = json!(report.unsupported);
+    doc["symbolic_dims"] = json!(report.dims);
+    if let Some(g) = &report.graph {
+        let backends: serde_json::Map<String, serde_json::Value> = m4c_backends::all()
+            .iter()
+            .map(|b| (b.name().to_string(), json!(refusals(*b, g))))
+            .collect();
+        doc["refused_by_backend"] = json!(backends);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_text(&doc);
+    }
+    if report.graph.is_none() {
+        return Err(format!(
+            "{}: {} node(s) do not lower (listed above)",
+            args.model.display(),
+            report.unsupported.len()
+        )
+        .into());
+    }
+    Ok(0)
+}
+
+/// What the ONNX file itself says: producer, opset, I/O, parameters, ops.
+fn onnx_facts(model: &m4c_compiler::OnnxModel) -> serde_json::Value {
     let g = model.graph();
     let ops = onnx_op_counts(g);
     let params: u64 = g.initializer.iter().map(elements).sum();
@@ -106,19 +145,9 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
                 .unwrap_or(0)
         })
         .sum();
-    let report = lower_report(&model, &args.dims.options(Some(1)))?;
-    let ir_ops: BTreeMap<&str, usize> =
-        report
-            .graph
-            .iter()
-            .flat_map(|g| &g.nodes)
-            .fold(BTreeMap::new(), |mut m, n| {
-                *m.entry(n.op.name()).or_default() += 1;
-                m
-            });
     let (inputs, outputs) = io_list(g, &g.initializer);
-    let doc = json!({
-        "model": args.model.display().to_string(),
+    json!({
+        "model": model.path.display().to_string(),
         "opset": model.opset(""),
         "producer": format!("{} {}", model.proto.producer_name, model.proto.producer_version).trim(),
         "inputs": inputs,
@@ -128,27 +157,18 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
         "initializers": g.initializer.len(),
         "onnx_nodes": ops.values().sum::<usize>(),
         "onnx_ops": ops,
-        "lowers_fully": report.graph.is_some(),
-        "ir_nodes": ir_ops.values().sum::<usize>(),
-        "ir_ops": ir_ops,
-        "unsupported": report.unsupported,
-        "symbolic_dims": report.dims,
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(0);
-    }
-    print_text(&doc);
-    Ok(0)
+    })
 }
 
 fn print_text(d: &serde_json::Value) {
-    println!(
-        "model      {} (opset {}, {})",
-        d["model"].as_str().unwrap_or(""),
-        d["opset"],
-        d["producer"].as_str().unwrap_or("")
-    );
+    match d.get("opset") {
+        Some(opset) => println!(
+            "model      {} (opset {opset}, {})",
+            d["model"].as_str().unwrap_or(""),
+            d["producer"].as_str().unwrap_or("")
+        ),
+        None => println!("model      {} (IR file)", d["model"].as_str().unwrap_or("")),
+    }
     for (label, key) in [("input", "inputs"), ("output", "outputs")] {
         for v in d[key].as_array().into_iter().flatten() {
             let dims: Vec<&str> = v["shape"]
@@ -165,10 +185,12 @@ fn print_text(d: &serde_json::Value) {
             );
         }
     }
-    println!(
-        "parameters {} ({} bytes) in {} initializers",
-        d["parameters"], d["parameter_bytes"], d["initializers"]
-    );
+    if d.get("parameters").is_some() {
+        println!(
+            "parameters {} ({} bytes) in {} initializers",
+            d["parameters"], d["parameter_bytes"], d["initializers"]
+        );
+    }
     let list = |m: &serde_json::Value| -> String {
         m.as_object()
             .into_iter()
@@ -177,19 +199,37 @@ fn print_text(d: &serde_json::Value) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
-        "ONNX ops   {} nodes, {} types: {}",
-        d["onnx_nodes"],
-        d["onnx_ops"].as_object().map_or(0, |m| m.len()),
-        list(&d["onnx_ops"])
-    );
-    if d["lowers_fully"].as_bool() == Some(true) {
+    if d.get("onnx_ops").is_some() {
         println!(
-            "IR ops     {} nodes, {} types: {}",
-            d["ir_nodes"],
-            d["ir_ops"].as_object().map_or(0, |m| m.len()),
-            list(&d["ir_ops"])
+            "ONNX ops   {} nodes, {} types: {}",
+            d["onnx_nodes"],
+            d["onnx_ops"].as_object().map_or(0, |m| m.len()),
+            list(&d["onnx_ops"])
         );
+    }
+    let lowered = if d["lowers_fully"].as_bool() == Some(true) {
+        "IR ops    "
+    } else {
+        "IR ops (the part that lowers)"
+    };
+    println!(
+        "{lowered} {} nodes, {} types: {}",
+        d["ir_nodes"],
+        d["ir_ops"].as_object().map_or(0, |m| m.len()),
+        list(&d["ir_ops"])
+    );
+    for (backend, refused) in d["refused_by_backend"].as_object().into_iter().flatten() {
+        let refused = refused.as_array().cloned().unwrap_or_default();
+        match refused.first() {
+            None => println!("backend    {backend}: takes every node"),
+            Some(first) => println!(
+                "backend    {backend}: refuses {} node(s), first {} `{}`: {}",
+                refused.len(),
+                first["op"].as_str().unwrap_or(""),
+                first["value"].as_str().unwrap_or(""),
+                first["reason"].as_str().unwrap_or("")
+            ),
+        }
     }
     let unsupported = d["unsupported"].as_array().cloned().unwrap_or_default();
     if unsupported.is_empty() {

@@ -2,7 +2,9 @@
 
 mod adapt;
 mod backend;
+mod backends;
 mod bench;
+mod compile;
 mod coverage;
 mod firmware;
 mod inspect;
@@ -10,6 +12,7 @@ mod model_args;
 mod npu;
 mod opt;
 mod partition;
+mod progress;
 mod run;
 mod scale;
 mod task;
@@ -23,14 +26,17 @@ pub type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 /// Long help of `m4c`: the commands in the order a user meets them.
 const OVERVIEW: &str = "\
 m4c compiles ONNX models (M4's encoders and LLaMA backbone, task-specific
-models, LoRA adapters) onto a closed 38-operator IR and runs them with a
-reference interpreter, compiled CPU code, or on a simulated NPU.
+models, LoRA adapters) onto a closed 38-operator IR and runs them on a
+backend: the reference interpreter, compiled CPU code, or a simulated NPU.
 
 Typical session:
+  m4c backends                                what can compile, what runs here
   m4c inspect model.onnx                      what is in it, does it lower
   m4c run model.onnx --inputs in.npz --expect ref.npz [--backend cpu]
-  m4c opt backbone.onnx --adapter peft_dir --lora auto
-  m4c firmware build --module backbone=llama.onnx --module img_enc=clip.onnx -o M4.fw
+  m4c opt backbone.onnx --adapter peft_dir --lora auto -o backbone.ir
+  m4c run backbone.ir --inputs in.npz --backend cpu
+  m4c compile model.onnx --backend cpu --target aarch64 -o artifact/
+  m4c firmware build --module backbone=llama.onnx --module img_enc=clip.onnx --backend cpu -o M4.fw
   m4c adapt M4.fw --module backbone --adapter peft_dir -o app.m4a
   m4c run M4.fw --module backbone --adapter app.m4a --inputs in.npz
   m4c coverage models/*.onnx --group m4='m4/*.onnx' --out report/
@@ -49,19 +55,25 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the registered backends: what each compiles (IR ops, element
+    /// types, targets) and whether this host runs its code.
+    Backends(backends::BackendsArgs),
     /// Show a model's ONNX ops, parameters, IR ops after lowering and
     /// anything that does not lower.
     Inspect(inspect::InspectArgs),
     /// Operator coverage of a set of models (the paper's Fig. 14): op types
     /// per group, growth, usage frequency, which models lower fully.
     Coverage(coverage::CoverageArgs),
-    /// Run a model or a firmware module on .npz inputs (reference
-    /// interpreter or compiled CPU code); compare with reference outputs
-    /// (exit 1 when out of tolerance).
+    /// Run a model, an IR file or a firmware module on .npz inputs on a
+    /// backend; compare with reference outputs (exit 1 when out of
+    /// tolerance).
     Run(run::RunArgs),
     /// Optimise a model (adapters, LoRA policy, e-graph rewriting, fusion);
-    /// print the optimised IR and a report.
+    /// print the optimised IR (or write it with -o) and a report.
     Opt(opt::OptArgs),
+    /// Compile a model with one backend into a standalone artifact
+    /// directory (CPU: shared library or, for cross targets, an object).
+    Compile(compile::CompileArgs),
     /// Split models into NPU sub-graphs and CPU fallback (the paper's
     /// Fig. 2 table, or --json).
     Partition(partition::PartitionArgs),
@@ -85,6 +97,8 @@ enum Command {
 /// Runs one parsed command line; the `Ok` value is the process exit code.
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
     match cli.command {
+        Command::Backends(args) => backends::run(args),
+        Command::Compile(args) => compile::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Coverage(args) => coverage::run(args),
         Command::Run(args) => run::run(args),

@@ -2,19 +2,16 @@
 //! fusion) and print the optimised IR and a report.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use m4c_compiler::opt::{apply_adapters, Limits, LoraPolicy, OptOptions, Roofline};
-use m4c_compiler::{lower, OnnxModel};
 
-use super::model_args::{DimArgs, ModelPath};
+use super::model_args::{DimArgs, Model, ModelPath};
 use super::CliResult;
 
 /// Arguments of `m4c opt`.
 #[derive(clap::Args)]
 pub struct OptArgs {
-    /// The ONNX model.
+    /// The ONNX model (or an IR file, optimised again).
     model: ModelPath,
     /// A PEFT LoRA adapter directory (adapter_config.json +
     /// adapter_model.safetensors) to attach; repeatable.
@@ -24,11 +21,14 @@ pub struct OptArgs {
     /// the cost model decides per layer.
     #[arg(long, default_value = "auto", value_name = "fold|keep|auto")]
     lora: LoraPolicy,
-    /// Cost-model target: `cpu` (this machine, measured), `cpu-nominal`, or
+    /// Cost-model target: a registered backend (`cpu`: this machine,
+    /// measured once and cached; see `m4c backends`), `cpu-nominal`, or
     /// `npu[:PRESET|CONFIG.toml]` (from the machine config).
     #[arg(long, default_value = "cpu")]
     target: String,
-    /// Write the optimised IR text here instead of printing it.
+    /// Write the optimised IR here instead of printing it (large weights
+    /// go to OUT.ir.weights beside it); every command that takes a model
+    /// takes OUT.ir.
     #[arg(short = 'o', long = "output", value_name = "OUT.ir")]
     output: Option<PathBuf>,
     /// Print the report as JSON.
@@ -48,18 +48,16 @@ pub struct OptArgs {
 
 /// The roofline of a `--target` name:
 ///
-/// - `cpu`: this machine, measured once per process: the CPU backend's
-///   FP32 FMA peak probe (clock × FMA units × lanes × 2) for MatMul/Conv,
-///   clock × FMA units × lanes for the other ops, a streaming copy for the
-///   bandwidth; the per-kernel cost stays the nominal 1 µs (not measured);
-/// - `cpu-nominal`: [`Roofline::cpu`], fixed figures (reproducible);
+/// - a registered backend's name (`cpu`, `reference`): its cost model —
+///   for `cpu` this machine's FP32 FMA peak and copy bandwidth, measured
+///   once per host and cached, so decisions are reproducible;
+/// - `cpu-nominal`: [`Roofline::cpu`], fixed figures;
 /// - `npu[:PRESET|CONFIG]`: from the machine config: `2·rows·cols` MACs
 ///   per cycle, `vector_lanes` element ops per cycle, the DRAM bandwidth the
 ///   DMA engines share (or DMA-in's own), the DMA-in latency per kernel.
 pub fn target_model(target: &str) -> CliResult<Roofline> {
     let (name, spec) = target.split_once(':').unwrap_or((target, ""));
     match name {
-        "cpu" if spec.is_empty() => Ok(measured_cpu()?),
         "cpu-nominal" if spec.is_empty() => Ok(Roofline::cpu()),
         "npu" => {
             let spec = if spec.is_empty() { "edge-small" } else { spec };
@@ -78,58 +76,21 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
                 ),
             })
         }
-        _ => {
-            Err(format!("unknown target `{target}` (cpu, cpu-nominal, npu[:PRESET|CONFIG])").into())
-        }
+        _ if spec.is_empty() => match m4c_backends::lookup(name) {
+            Ok(backend) => Ok(backend.cost_model()),
+            Err(e) => Err(format!("{e}; or cpu-nominal, npu[:PRESET|CONFIG]").into()),
+        },
+        _ => Err(format!(
+            "unknown target `{target}` (a backend, cpu-nominal, npu[:PRESET|CONFIG])"
+        )
+        .into()),
     }
-}
-
-/// This machine's roofline, measured on first use (about 0.2 s).
-fn measured_cpu() -> Result<Roofline, String> {
-    static CPU: OnceLock<Result<Roofline, String>> = OnceLock::new();
-    CPU.get_or_init(|| {
-        let target = m4c_cpu_codegen::Target::parse(None, None).map_err(|e| e.to_string())?;
-        let peak = m4c_cpu_codegen::measure_peak(&target)
-            .map_err(|e| format!("{e} (use --target cpu-nominal)"))?;
-        let bandwidth = copy_bandwidth();
-        let vector = peak.clock_ghz * 1e9 * peak.fma_units * peak.lanes as f64;
-        Ok(Roofline {
-            name: "cpu".into(),
-            peak_flops: peak.peak_gflops * 1e9,
-            vector_flops: vector,
-            bandwidth,
-            launch_ns: Roofline::cpu().launch_ns,
-            source: format!(
-                "measured: {:.2} GHz x {} FMA/cycle x {} lanes, copy bandwidth; launch nominal",
-                peak.clock_ghz, peak.fma_units, peak.lanes
-            ),
-        })
-    })
-    .clone()
-}
-
-/// Bytes per second read plus written by the fastest of five copies of a
-/// 64 MiB buffer (larger than the last-level caches of the machines this
-/// runs on).
-fn copy_bandwidth() -> f64 {
-    let n = 16 << 20;
-    let src = vec![1.0f32; n];
-    let mut dst = vec![0.0f32; n];
-    let fastest = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    (2 * n * 4) as f64 / fastest
 }
 
 /// Runs `m4c opt`.
 pub fn run(args: OptArgs) -> CliResult<i32> {
-    let model = OnnxModel::load(&args.model)?;
-    let mut graph = lower(&model, &args.dims.options(Some(1)))?;
+    let model = Model::open(&args.model)?;
+    let mut graph = model.lower(&args.dims.options(&model, Some(1))?)?;
     if args.decompose {
         graph = m4c_ir::decompose(&graph)?;
     }
@@ -141,11 +102,12 @@ pub fn run(args: OptArgs) -> CliResult<i32> {
             ..Default::default()
         },
     };
+    let progress = super::progress::Progress::spinner("optimising");
     let (optimised, report) = apply_adapters(&graph, &args.adapters, &opts, &cost)?;
-    let text = m4c_ir::text::print(&optimised);
+    drop(progress);
     match &args.output {
-        Some(path) => std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?,
-        None => print!("{text}"),
+        Some(path) => m4c_compiler::ir_file::save(path, &optimised)?,
+        None => print!("{}", m4c_ir::text::print(&optimised)),
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use m4c_compiler::{lower, OnnxModel};
 use m4c_ir::TensorType;
 use m4c_ops::Value;
 use m4c_runtime::adapter::AdapterBundle;
+use m4c_runtime::bundle::format::REFERENCE_BACKEND;
 use m4c_runtime::bundle::{is_bundle, Bundle};
 use m4c_runtime::exec::{load_module, Engine, LoadOptions, ModuleExecutor};
 use m4c_runtime::{read_npz, sanitized_key, write_npz};
 
 use super::backend::BackendArgs;
-use super::model_args::{DimArgs, ModelPath};
+use super::model_args::{DimArgs, Model, ModelPath};
 use super::CliResult;
 
 /// Arguments of `m4c run`.
@@ -21,7 +21,8 @@ use super::CliResult;
 /// `--expect`), 1 when an output is out of tolerance, 2 on any error.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The ONNX model, or a bundle (M4.fw) with --module.
+    /// The ONNX model, an IR file from `m4c opt -o`, or a bundle (M4.fw)
+    /// with --module.
     model: ModelPath,
     /// The module of a bundle to run (e.g. backbone, img_enc).
     #[arg(long, value_name = "NAME")]
@@ -126,62 +127,45 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
     c
 }
 
-/// What runs: an ONNX model's graph (on `--backend`) or a bundle's
-/// loaded module.
-enum Runner {
-    Graph(m4c_ir::Graph),
-    Module(std::sync::Arc<dyn ModuleExecutor>),
-}
-
-/// A model ready to run, with the names and types its inputs and outputs
-/// have (names as in `.npz` files).
+/// A model ready to run: its executor, with the names and types its
+/// inputs and outputs have (names as in `.npz` files).
 struct Prepared {
-    runner: Runner,
+    executor: std::sync::Arc<dyn ModuleExecutor>,
     inputs: Vec<(String, TensorType)>,
     outputs: Vec<String>,
 }
 
-/// Lowers an ONNX model with the input shapes of the `.npz` arrays.
-fn prepare_onnx(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<Prepared> {
-    let model = OnnxModel::load(&args.model)?;
-    let graph_proto = model.graph();
-    let inits: std::collections::HashSet<&str> = graph_proto
-        .initializer
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
-    let mut opts = args.dims.options(None);
-    let mut inputs = vec![];
-    for input in graph_proto
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-    {
-        let v = lookup(arrays, &input.name)
-            .ok_or_else(|| missing_input(&args.inputs, &input.name, arrays))?;
-        opts.input_shapes
-            .insert(input.name.clone(), v.shape().to_vec());
-        inputs.push(input.name.clone());
+/// Lowers a model (ONNX or IR) with the input shapes of the `.npz`
+/// arrays, attaches `--adapter`s, and compiles and loads it on
+/// `--backend`, all in this process.
+fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<Prepared> {
+    let model = Model::open(&args.model)?;
+    let mut opts = args.dims.options(&model, None)?;
+    for name in model.input_names(args.dims.pinned())? {
+        let v = lookup(arrays, &name).ok_or_else(|| missing_input(&args.inputs, &name, arrays))?;
+        opts.input_shapes.insert(name, v.shape().to_vec());
     }
-    let mut graph = lower(&model, &opts)?;
+    let mut graph = model.lower(&opts)?;
     if !args.adapters.is_empty() || args.lora.is_some() {
         let o = m4c_compiler::opt::OptOptions {
             lora: args.lora.unwrap_or_default(),
             ..Default::default()
         };
-        let cost = m4c_compiler::opt::Roofline::cpu();
+        let cost = args.backend.generator().cost_model();
         let (g, report) = m4c_compiler::opt::apply_adapters(&graph, &args.adapters, &o, &cost)?;
         eprintln!("{report}");
         graph = g;
     }
-    let outputs = graph_proto.output.iter().map(|o| o.name.clone()).collect();
-    let inputs = inputs
-        .into_iter()
-        .zip(&graph.inputs)
-        .map(|(name, &id)| (name, graph.value(id).ty.clone()))
+    let outputs = graph
+        .outputs
+        .iter()
+        .map(|&o| graph.value(o).name.clone())
         .collect();
+    let name = graph.name.clone();
+    let (executor, _) = args.backend.prepare(&name, graph)?;
+    let inputs = executor.signature().inputs.clone();
     Ok(Prepared {
-        runner: Runner::Graph(graph),
+        executor,
         inputs,
         outputs,
     })
@@ -195,7 +179,7 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         let msg = "--lora applies to ONNX models; an adapter bundle's LoRA mode is chosen when it is built (m4c adapt --lora)";
         return Err(format!("{}: {msg}", args.model.display()).into());
     }
-    if args.backend.backend != super::backend::Backend::Reference || args.backend.target.is_some() {
+    if args.backend.backend != REFERENCE_BACKEND || args.backend.target.is_some() {
         let msg = "--backend/--target apply to ONNX models; a bundle runs its own compiled code (choose with --engine)";
         return Err(format!("{}: {msg}", args.model.display()).into());
     }
@@ -214,7 +198,7 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         .collect::<CliResult<Vec<_>>>()?;
     let opts = LoadOptions {
         engine: args.engine.unwrap_or_default(),
-        threads: args.backend.threads.max(1),
+        threads: super::backend::threads(args.backend.threads)?,
     };
     let started = std::time::Instant::now();
     let loaded = load_module(&bundle, name, &adapters.iter().collect::<Vec<_>>(), &opts)?;
@@ -223,9 +207,9 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         eprintln!("note: {why}");
     }
     let exec = loaded.executor;
-    let engine = match exec.target() {
-        m4c_runtime::bundle::format::Target::Cpu => "compiled code",
-        m4c_runtime::bundle::format::Target::Reference => "reference interpreter",
+    let engine = match exec.backend() {
+        REFERENCE_BACKEND => "reference interpreter".to_string(),
+        backend => format!("compiled code ({backend})"),
     };
     eprintln!(
         "module `{name}`: {engine}, loaded in {load_ms:.1} ms, arena {} bytes",
@@ -238,7 +222,7 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
         sig.outputs.iter().map(|(n, _)| n.clone()).collect(),
     );
     Ok(Prepared {
-        runner: Runner::Module(exec),
+        executor: exec,
         inputs,
         outputs,
     })
@@ -287,10 +271,10 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
             )
             .into());
         }
-        prepare_onnx(&args, &arrays)?
+        prepare_model(&args, &arrays)?
     };
     let Prepared {
-        runner,
+        executor,
         inputs,
         outputs: output_names,
     } = prepared;
@@ -317,15 +301,13 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         values.push(v.clone());
     }
     let started = std::time::Instant::now();
-    let outputs = match &runner {
-        Runner::Graph(graph) => args.backend.execute(graph, &values),
-        Runner::Module(exec) => exec.run(&values).map_err(Into::into),
-    }
-    .map_err(|e| format!("{}: {e}", args.model.display()))?;
-    if let Runner::Module(exec) = &runner {
+    let outputs = executor
+        .run(&values)
+        .map_err(|e| format!("{}: {e}", args.model.display()))?;
+    if is_bundle(&args.model) {
         eprintln!(
             "module `{}`: ran in {:.2} ms",
-            exec.name(),
+            executor.name(),
             started.elapsed().as_secs_f64() * 1e3
         );
     }

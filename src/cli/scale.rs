@@ -314,7 +314,7 @@ fn child_models(models: &[PathBuf]) -> CliResult<i32> {
     for path in models {
         let b = Bundle::open(path)?;
         let e = &b.manifest().modules[0];
-        loaded.push((executor_for(&e.name, e.target, b.module(&e.name)?), b));
+        loaded.push((executor_for(&e.name, b.module(&e.name)?), b));
     }
     let exec = &loaded.last().ok_or("no models")?.0;
     exec.run(&sample_inputs(&**exec)?)?;

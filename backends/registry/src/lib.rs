@@ -63,13 +63,20 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all().len());
         let err = lookup("tpu").err().unwrap().to_string();
-        assert!(err.contains("unknown backend `tpu`") && err.contains("cpu"), "{err}");
+        assert!(
+            err.contains("unknown backend `tpu`") && err.contains("cpu"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_compiled_backend_has_a_device() {
         for b in all().iter().filter(|b| b.name() != "reference") {
-            assert!(device::lookup(b.name()).is_some(), "{} has no device", b.name());
+            assert!(
+                device::lookup(b.name()).is_some(),
+                "{} has no device",
+                b.name()
+            );
         }
     }
 }

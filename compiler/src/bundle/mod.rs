@@ -96,11 +96,17 @@ pub fn lower_modules(
             name: name.clone(),
             graph,
             dims: report.dims,
-            source_blake3: blake3::hash(&file).to_hex().to_string(),
+            source_blake3: content_hash_hex(&file),
             code: vec![],
         });
     }
     Ok(sources)
+}
+
+/// The BLAKE3 (hex) a firmware records for the model file a module was
+/// built from ([`ModuleSource::source_blake3`]).
+pub fn content_hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 fn check_name(name: &str) -> Result<(), BuildError> {

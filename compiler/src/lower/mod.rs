@@ -50,6 +50,17 @@ pub struct LowerReport {
     pub unsupported: Vec<UnsupportedNode>,
     /// The value chosen for each symbolic dimension.
     pub dims: BTreeMap<String, usize>,
+    /// IR operator counts of what did lower (the whole graph's when it
+    /// lowered fully), so that `inspect` shows the part that does.
+    pub ir_ops: BTreeMap<&'static str, usize>,
+}
+
+/// IR operator counts of `g`'s nodes.
+pub fn ir_op_counts(g: &Graph) -> BTreeMap<&'static str, usize> {
+    g.nodes.iter().fold(BTreeMap::new(), |mut m, n| {
+        *m.entry(n.op.name()).or_default() += 1;
+        m
+    })
 }
 
 /// Lowers `model`, failing with every unsupported node listed.
@@ -107,6 +118,7 @@ pub fn lower_report(model: &OnnxModel, opts: &LowerOptions) -> Result<LowerRepor
     if !lw.unsupported.is_empty() {
         return Ok(LowerReport {
             graph: None,
+            ir_ops: ir_op_counts(&lw.b.g),
             unsupported: lw.unsupported,
             dims,
         });
@@ -119,6 +131,7 @@ pub fn lower_report(model: &OnnxModel, opts: &LowerOptions) -> Result<LowerRepor
         source,
     })?;
     Ok(LowerReport {
+        ir_ops: ir_op_counts(&g),
         graph: Some(g),
         unsupported: vec![],
         dims,

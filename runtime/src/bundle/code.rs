@@ -79,9 +79,7 @@ impl ModuleCode {
         for ((_, bytes), (_, range)) in files.iter().zip(&layout) {
             map[range.clone()].copy_from_slice(bytes);
         }
-        let map = map
-            .make_read_only()
-            .map_err(|e| format!("code map: {e}"))?;
+        let map = map.make_read_only().map_err(|e| format!("code map: {e}"))?;
         let sections = layout
             .into_iter()
             .map(|(kind, range)| Section {
@@ -154,10 +152,7 @@ pub(crate) fn load_code(
                 )))
             }
             (false, true) => {
-                return Err(err(format!(
-                    "backend `{}` but no compiled code",
-                    m.backend
-                )))
+                return Err(err(format!("backend `{}` but no compiled code", m.backend)))
             }
             _ => {}
         }

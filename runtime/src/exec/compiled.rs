@@ -7,7 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use m4c_cpu_device::{GraphExecutor, KernelLibrary, Manifest as CodePlan, Region, Step, TensorSpec};
+use m4c_cpu_device::{
+    GraphExecutor, KernelLibrary, Manifest as CodePlan, Region, Step, TensorSpec,
+};
 use m4c_ir::{DType, Graph, Tensor};
 use m4c_ops::Value;
 
@@ -60,7 +62,9 @@ impl Device for CpuDevice {
         signature: Signature,
         threads: usize,
     ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
-        Ok(Arc::new(CompiledModule::load(name, code, signature, threads)?))
+        Ok(Arc::new(CompiledModule::load(
+            name, code, signature, threads,
+        )?))
     }
 }
 

@@ -184,8 +184,8 @@ pub fn load_code(
     signature: Signature,
     threads: usize,
 ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
-    let dev =
-        device::lookup(code.backend()).ok_or_else(|| CodeLoadError::NoDevice(code.backend().into()))?;
+    let dev = device::lookup(code.backend())
+        .ok_or_else(|| CodeLoadError::NoDevice(code.backend().into()))?;
     dev.runs_here(&code.entry().target)
         .map_err(|reason| CodeLoadError::NotRunnable {
             target: code.entry().target.clone(),

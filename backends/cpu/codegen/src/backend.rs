@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use m4c_compiler::backend::{
-    check_graph, Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator,
-    CompileRequest,
+    check_graph, Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator, CompileRequest,
 };
 use m4c_compiler::opt::Roofline;
 use m4c_cpu_device::Manifest;
@@ -56,10 +55,12 @@ impl CodeGenerator for CpuBackend {
     }
 
     fn compile(&self, graph: &Graph, request: &CompileRequest) -> Result<Artifact, BackendError> {
-        let target = Target::parse(request.target.as_deref(), request.tuning.as_deref())
-            .map_err(|e| BackendError::Target {
-                backend: "cpu",
-                msg: e.to_string(),
+        let target =
+            Target::parse(request.target.as_deref(), request.tuning.as_deref()).map_err(|e| {
+                BackendError::Target {
+                    backend: "cpu",
+                    msg: e.to_string(),
+                }
             })?;
         check_graph(self, graph)?;
         let started = Instant::now();
@@ -80,7 +81,11 @@ impl CodeGenerator for CpuBackend {
 
 /// Writes the artifact into a scratch directory (the linker works on
 /// files) and takes its files into memory.
-fn compile_files(graph: &Graph, target: &Target, started: Instant) -> Result<Artifact, CodegenError> {
+fn compile_files(
+    graph: &Graph,
+    target: &Target,
+    started: Instant,
+) -> Result<Artifact, CodegenError> {
     let dir = tempfile::tempdir().map_err(|source| CodegenError::Io {
         path: std::env::temp_dir(),
         source,
@@ -103,7 +108,11 @@ fn compile_files(graph: &Graph, target: &Target, started: Instant) -> Result<Art
         files.push(file(library, Some(SectionKind::Code), read(library)?));
     }
     let stats = stats(&manifest, weights.len(), started);
-    files.push(file(&manifest.weights, Some(SectionKind::CodeWeights), weights));
+    files.push(file(
+        &manifest.weights,
+        Some(SectionKind::CodeWeights),
+        weights,
+    ));
     Ok(Artifact {
         backend: "cpu".into(),
         target: manifest.target.clone(),
@@ -174,7 +183,11 @@ fn cached_roofline() -> Result<Roofline, String> {
 
 /// `$M4C_CACHE_DIR`, else `$XDG_CACHE_HOME/m4c`, else `~/.cache/m4c`.
 fn cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("M4C_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("m4c")))
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("m4c")))
