@@ -1,15 +1,14 @@
-//! Choosing a backend on the command line and running a graph on it: the
-//! one compile → load path `run`, `bench` and the conformance tests share
-//! (`m4c_backends::lookup` → `CodeGenerator::compile` → the artifact's
-//! sections in memory → the runtime's device → a `ModuleExecutor`).
+//! Choosing a backend on the command line and running a graph on it
+//! through the one compile → load path (`m4c_backends::prepare`:
+//! `CodeGenerator::compile` → the artifact's sections in memory → the
+//! runtime's device → a `ModuleExecutor`).
 
 use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
 use m4c_ir::Graph;
-use m4c_runtime::bundle::format::{CodeEntry, REFERENCE_BACKEND};
-use m4c_runtime::bundle::ModuleCode;
-use m4c_runtime::exec::{load_code, Interpreter, ModuleExecutor, Signature};
+use m4c_runtime::bundle::format::REFERENCE_BACKEND;
+use m4c_runtime::exec::ModuleExecutor;
 
 use super::progress::Progress;
 use super::CliResult;
@@ -56,55 +55,23 @@ impl BackendArgs {
         })
     }
 
-    /// Compiles `graph` (named `name`) and loads it on this host: the
-    /// interpreter for the reference backend, else the code generator's
-    /// artifact through the runtime's device, in memory. Returns the
-    /// executor and the artifact (for its figures).
+    /// Compiles `graph` (named `name`) and loads it on this host
+    /// ([`m4c_backends::prepare`]), with a spinner while it compiles.
     pub fn prepare(
         &self,
         name: &str,
         graph: Graph,
     ) -> CliResult<(Arc<dyn ModuleExecutor>, Option<Artifact>)> {
-        if self.backend == REFERENCE_BACKEND {
-            if self.target.is_some() || self.cpu.is_some() {
-                return Err(
-                    "--target and --cpu apply to compiled backends (e.g. --backend cpu)".into(),
-                );
-            }
-            return Ok((Arc::new(Interpreter::new(name, graph)), None));
+        if self.backend == REFERENCE_BACKEND && (self.target.is_some() || self.cpu.is_some()) {
+            return Err(
+                "--target and --cpu apply to compiled backends (e.g. --backend cpu)".into(),
+            );
         }
-        let generator = self.generator();
-        m4c_backends::runnable(generator, self.target.as_deref())
-            .map_err(|why| format!("backend `{}` cannot run here: {why}", generator.name()))?;
-        let request = self.request()?;
-        let progress = Progress::spinner(format!("compiling for {}", generator.name()));
-        let artifact = generator.compile(&graph, &request)?;
+        let progress = Progress::spinner(format!("compiling for {}", self.backend));
+        let prepared = m4c_backends::prepare(self.generator(), name, graph, &self.request()?)?;
         progress.finish();
-        let executor = load_artifact(name, &artifact, Signature::of(&graph), request.threads)?;
-        Ok((executor, Some(artifact)))
+        Ok(prepared)
     }
-}
-
-/// Loads an artifact compiled in this process through its backend's
-/// device, exactly as a bundle's code is loaded.
-pub fn load_artifact(
-    name: &str,
-    artifact: &Artifact,
-    signature: Signature,
-    threads: usize,
-) -> CliResult<Arc<dyn ModuleExecutor>> {
-    let entry = CodeEntry {
-        cpu: artifact.tuning.clone(),
-        section: format!("{name}.{}", artifact.target),
-        target: artifact.target.clone(),
-    };
-    let files: Vec<_> = artifact
-        .files
-        .iter()
-        .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
-        .collect();
-    let code = ModuleCode::from_memory(&artifact.backend, entry, &files)?;
-    Ok(load_code(name, &code, signature, threads)?)
 }
 
 /// `--threads`, checked against the host: 0 and more than the available

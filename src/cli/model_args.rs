@@ -54,11 +54,13 @@ impl DimArgs {
         for (name, value) in &self.consts {
             let onnx = match model {
                 Model::Onnx(m) => m,
-                Model::Ir(p) => return Err(format!(
+                Model::Ir(p) => {
+                    return Err(format!(
                     "{}: --const applies to ONNX models (an IR file's inputs are already bound)",
                     p.display()
                 )
-                .into()),
+                    .into())
+                }
             };
             let (dtype, shape) = declared_input(onnx, name)?;
             opts.constant_inputs
@@ -129,10 +131,12 @@ fn const_tensor(name: &str, value: &str, dtype: DType, shape: &[usize]) -> CliRe
                 "false" | "0" => 0,
                 _ => return Err(bad(v).into()),
             }),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "--const {name}: the input is {other}; only integer and bool inputs can be pinned"
             )
-            .into()),
+                .into())
+            }
         }
     }
     Ok(Tensor::from_bytes(dtype, shape, bytes))

@@ -4,9 +4,14 @@
 //! `m4c_runtime::exec::device::all` (see `docs/BACKENDS.md`); the CLI, the
 //! conformance suite and `m4c backends` pick it up from here.
 
-use m4c_compiler::backend::{CodeGenerator, Reference};
+use std::sync::Arc;
+
+use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest, Reference};
 use m4c_cpu_codegen::CpuBackend;
-use m4c_runtime::exec::device;
+use m4c_ir::Graph;
+use m4c_runtime::bundle::format::{CodeEntry, REFERENCE_BACKEND};
+use m4c_runtime::bundle::ModuleCode;
+use m4c_runtime::exec::{device, load_code, Interpreter, ModuleExecutor, Signature};
 
 /// Every registered code generator, the reference backend first.
 pub fn all() -> &'static [&'static dyn CodeGenerator] {
@@ -36,6 +41,66 @@ pub fn runnable(backend: &dyn CodeGenerator, target: Option<&str>) -> Result<(),
         ));
     }
     Ok(())
+}
+
+/// Compiles `graph` (named `name`) with `backend` and loads it on this
+/// host, in this process: the interpreter for the reference backend, else
+/// the artifact's sections through the runtime's device, exactly as a
+/// bundle's code is loaded. The one compile → load path of `m4c run`,
+/// `m4c bench` and the conformance suite. Returns the executor and, for
+/// compiled backends, the artifact (for its figures).
+pub fn prepare(
+    backend: &dyn CodeGenerator,
+    name: &str,
+    graph: Graph,
+    request: &CompileRequest,
+) -> Result<(Arc<dyn ModuleExecutor>, Option<Artifact>), PrepareError> {
+    if backend.name() == REFERENCE_BACKEND {
+        return Ok((Arc::new(Interpreter::new(name, graph)), None));
+    }
+    runnable(backend, request.target.as_deref()).map_err(|why| PrepareError::NotRunnable {
+        backend: backend.name(),
+        why,
+    })?;
+    let artifact = backend.compile(&graph, request)?;
+    let executor = load_artifact(name, &artifact, Signature::of(&graph), request.threads)?;
+    Ok((executor, Some(artifact)))
+}
+
+/// Loads an artifact compiled in this process through its backend's
+/// device.
+pub fn load_artifact(
+    name: &str,
+    artifact: &Artifact,
+    signature: Signature,
+    threads: usize,
+) -> Result<Arc<dyn ModuleExecutor>, PrepareError> {
+    let entry = CodeEntry {
+        cpu: artifact.tuning.clone(),
+        section: format!("{name}.{}", artifact.target),
+        target: artifact.target.clone(),
+    };
+    let files: Vec<_> = artifact
+        .files
+        .iter()
+        .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
+        .collect();
+    let code =
+        ModuleCode::from_memory(&artifact.backend, entry, &files).map_err(PrepareError::Memory)?;
+    Ok(load_code(name, &code, signature, threads.max(1))?)
+}
+
+/// Why [`prepare`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("backend `{backend}` cannot run here: {why}")]
+    NotRunnable { backend: &'static str, why: String },
+    #[error(transparent)]
+    Compile(#[from] m4c_compiler::backend::BackendError),
+    #[error("{0}")]
+    Memory(String),
+    #[error(transparent)]
+    Load(#[from] m4c_runtime::exec::CodeLoadError),
 }
 
 /// A `--backend` name no backend has.
