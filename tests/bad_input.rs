@@ -211,15 +211,16 @@ fn every_unsupported_op_is_reported_at_once() {
             "TopK (node 'topk', opset 17)",
         ],
     );
-    // inspect reports them without failing.
+    // inspect reports them all, shows the part that lowers, and exits 2
+    // with one error line.
     let out = m4c(&["inspect".as_ref(), p.as_os_str()]);
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches("unsupported ")
-            .count(),
-        3
-    );
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("unsupported ").count(), 3, "{stdout}");
+    assert!(stdout.contains("IR ops (the part that lowers)"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("3 node(s) do not lower"), "{stderr}");
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn model_bench_reports_median_and_compile_time_for_both_backends() {
         assert_eq!(report["backend"], backend);
         if backend == "cpu" {
             assert!(number("compile_ms") > 0.0);
-            let cpu = &report["cpu"];
+            let cpu = &report["code"];
             assert!(
                 cpu["arena_bytes"].as_u64().unwrap() <= cpu["naive_arena_bytes"].as_u64().unwrap()
             );

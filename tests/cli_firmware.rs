@@ -185,7 +185,7 @@ fn cli_builds_and_shows_a_firmware() {
         &format!("txt_enc={}", text.display()),
         "--module",
         &format!("backbone={}", llama.display()),
-        "--target",
+        "--backend",
         "reference",
         "-o",
         out.to_str().unwrap(),
@@ -220,8 +220,8 @@ fn cli_errors_exit_2_and_leave_nothing_behind() {
             "module name \"bad name\" is invalid",
         ),
         (
-            vec!["--module", &text, "--target", "tpu"],
-            "unknown target 'tpu'",
+            vec!["--module", &text, "--backend", "tpu"],
+            "unknown backend `tpu`",
         ),
     ];
     for (args, want) in cases {

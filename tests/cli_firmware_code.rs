@@ -1,4 +1,4 @@
-//! Firmware with compiled CPU code: `m4c firmware build --target cpu` from
+//! Firmware with compiled CPU code: `m4c firmware build --backend cpu` from
 //! the CLIP vision encoder and the LLaMA prefill reproduces their
 //! onnxruntime outputs through the compiled code (the run reports which
 //! engine ran), rebuilds are byte-identical, a damaged code section is
@@ -59,14 +59,14 @@ fn can_run_code() -> bool {
     ok
 }
 
-/// Builds a `--target cpu` firmware of [`MODULES`] at `out`.
+/// Builds a `--backend cpu` firmware of [`MODULES`] at `out`.
 fn build(out: &Path) -> Output {
     let mut args = vec!["firmware".to_string(), "build".into()];
     for (m, f) in MODULES {
         args.push("--module".into());
         args.push(format!("{m}={}", fixture(&format!("{f}.onnx")).display()));
     }
-    args.extend(["--target", "cpu", "-o"].map(String::from));
+    args.extend(["--backend", "cpu", "-o"].map(String::from));
     args.push(out.display().to_string());
     m4c(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
@@ -112,7 +112,13 @@ fn compiled_modules_reproduce_onnxruntime() {
     for (module, fixture_name) in MODULES {
         let code = fw.code(module);
         assert_eq!(code.len(), 1, "{module}");
-        assert!(code[0].library().starts_with(b"\x7fELF"), "{module}");
+        assert!(
+            code[0]
+                .section(SectionKind::Code)
+                .unwrap()
+                .starts_with(b"\x7fELF"),
+            "{module}"
+        );
         for engine in ["compiled", "auto"] {
             let o = run(firmware(), module, fixture_name, engine, &[]);
             let out = text(&o);
@@ -146,8 +152,14 @@ fn compiled_code_reads_its_weights_in_the_bundle_map() {
         let loaded = CompiledModule::load(module, code, signature.clone(), 1).unwrap();
         // The section is a slice of the bundle's map; the executor's
         // weights are that very slice, not a copy of it.
-        let section = code.weights().as_ptr_range();
-        assert!(!code.weights().is_empty(), "{module}");
+        let section = code
+            .section(SectionKind::CodeWeights)
+            .unwrap()
+            .as_ptr_range();
+        assert!(
+            !code.section(SectionKind::CodeWeights).unwrap().is_empty(),
+            "{module}"
+        );
         assert_eq!(loaded.code_weights_at(), section, "{module}");
         // Zeros in, and the same outputs once the bundle itself is dropped:
         // the loaded module keeps the map alive.
@@ -290,6 +302,10 @@ fn engine_and_cpu_options_are_checked() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("apply to --target cpu"), "{}", text(&o));
+    assert!(
+        text(&o).contains("apply to compiled backends"),
+        "{}",
+        text(&o)
+    );
     assert!(!out.exists());
 }

@@ -11,7 +11,7 @@ use m4c_compiler::bundle::{build_adapter, build_firmware, FirmwareOptions};
 use m4c_ir::Graph;
 use m4c_ops::Value;
 use m4c_runtime::adapter::AdapterBundle;
-use m4c_runtime::bundle::format::{LoraMode, Target};
+use m4c_runtime::bundle::format::LoraMode;
 use m4c_runtime::bundle::Bundle;
 use m4c_runtime::exec::{executor_for, ModuleExecutor};
 use m4c_runtime::generate::{Decoder, GenError, Sampler, Sampling};
@@ -93,8 +93,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn cached_vs_prefill(lora: Option<LoraMode>) -> (f32, Vec<Vec<f32>>) {
     let fw = firmware();
     let (pre, dec) = backbones(&fw, lora);
-    let pre = executor_for("backbone", Target::Reference, pre);
-    let decoder = Decoder::new(executor_for("backbone_decode", Target::Reference, dec)).unwrap();
+    let pre = executor_for("backbone", pre);
+    let decoder = Decoder::new(executor_for("backbone_decode", dec)).unwrap();
     assert_eq!(decoder.layout().max_context(), 16);
     let ids = prompt();
     let full = prefill(&pre, &ids);
@@ -130,8 +130,8 @@ fn cached_decode_equals_prefill_at_every_position() {
 fn greedy_generation_picks_the_prefill_argmax() {
     let fw = firmware();
     let (pre, dec) = backbones(&fw, None);
-    let pre = executor_for("backbone", Target::Reference, pre);
-    let decoder = Decoder::new(executor_for("backbone_decode", Target::Reference, dec)).unwrap();
+    let pre = executor_for("backbone", pre);
+    let decoder = Decoder::new(executor_for("backbone_decode", dec)).unwrap();
     let prompt = &prompt()[..4];
     let mut greedy = Sampler::new(Sampling::Greedy).unwrap();
     let out = decoder.generate(prompt, 20, &mut greedy).unwrap();
@@ -155,11 +155,7 @@ fn greedy_generation_picks_the_prefill_argmax() {
 #[test]
 fn bad_prompts_are_errors() {
     let fw = firmware();
-    let exec = executor_for(
-        "backbone_decode",
-        Target::Reference,
-        fw.module("backbone_decode").unwrap(),
-    );
+    let exec = executor_for("backbone_decode", fw.module("backbone_decode").unwrap());
     let decoder = Decoder::new(exec).unwrap();
     let mut s = Sampler::new(Sampling::Greedy).unwrap();
     let e = decoder.generate(&[], 3, &mut s).unwrap_err().to_string();
@@ -177,11 +173,7 @@ fn bad_prompts_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("holds 16 tokens"), "{e}");
-    let encoder = executor_for(
-        "backbone",
-        Target::Reference,
-        fw.module("backbone").unwrap(),
-    );
+    let encoder = executor_for("backbone", fw.module("backbone").unwrap());
     let e = Decoder::new(encoder).err().unwrap().to_string();
     assert!(e.contains("not a KV-cache decode module"), "{e}");
 }

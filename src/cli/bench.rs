@@ -161,7 +161,7 @@ fn model(args: ModelArgs) -> CliResult<i32> {
     let opt_start = Instant::now();
     let graph = args
         .opt
-        .apply(&model, graph, &backend.generator().cost_model())?;
+        .apply(&model, graph, &backend.generator().cost_model(), false)?;
     let opt_ms = opt_start.elapsed().as_secs_f64() * 1e3;
     let feeds: Vec<Value> = if given.is_empty() {
         synthetic_inputs(&graph)?

@@ -50,7 +50,9 @@ pub fn run(args: CompileArgs) -> CliResult<i32> {
     let generator = args.backend.generator();
     let model = Model::open(&args.model)?;
     let graph = model.lower(&args.dims.options(&model, Some(1))?)?;
-    let graph = args.opt.apply(&model, graph, &generator.cost_model())?;
+    let graph = args
+        .opt
+        .apply(&model, graph, &generator.cost_model(), false)?;
     let progress =
         super::progress::Progress::spinner(format!("compiling for {}", generator.name()));
     let artifact = generator.compile(&graph, &args.backend.request()?)?;

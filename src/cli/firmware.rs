@@ -166,7 +166,7 @@ fn module_source(
         path: path.to_path_buf(),
         nodes: report.unsupported,
     })?;
-    let graph = args.opt.apply(&model, graph, cost)?;
+    let graph = args.opt.apply(&model, graph, cost, true)?;
     let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(ModuleSource {
         name: name.to_string(),

@@ -191,6 +191,17 @@ impl Model {
         }
     }
 
+    /// The names callers know the outputs by (ONNX: the graph's declared
+    /// outputs, which an inlined `If` branch may name differently inside
+    /// the IR), in output order; `None` for IR files, whose output values
+    /// carry their names.
+    pub fn output_names(&self) -> Option<Vec<String>> {
+        match self {
+            Model::Onnx(m) => Some(m.graph().output.iter().map(|o| o.name.clone()).collect()),
+            Model::Ir(_) => None,
+        }
+    }
+
     /// Lowers the model (an IR file is read and verified); fails with
     /// every unsupported node listed.
     pub fn lower(&self, opts: &LowerOptions) -> CliResult<Graph> {
@@ -245,18 +256,24 @@ pub struct OptSwitch {
 
 impl OptSwitch {
     /// `graph` optimised for `cost` (unless `--no-opt`, or the model is an
-    /// IR file, which `m4c opt` optimised already).
+    /// IR file, which `m4c opt` optimised already); `keep_adapter_sites`
+    /// keeps every MatMul an adapter may attach to (firmware modules).
     pub fn apply(
         &self,
         model: &Model,
         graph: Graph,
         cost: &m4c_compiler::opt::Roofline,
+        keep_adapter_sites: bool,
     ) -> CliResult<Graph> {
         if self.no_opt || model.is_ir() {
             return Ok(graph);
         }
         let progress = Progress::spinner(format!("optimising {}", model.path().display()));
-        let (g, _) = m4c_compiler::opt::optimise(&graph, &Default::default(), cost)?;
+        let opts = m4c_compiler::opt::OptOptions {
+            keep_adapter_sites,
+            ..Default::default()
+        };
+        let (g, _) = m4c_compiler::opt::optimise(&graph, &opts, cost)?;
         progress.finish();
         Ok(g)
     }

@@ -39,6 +39,11 @@ pub struct OptArgs {
     /// them: shows what recognition gives back.
     #[arg(long)]
     decompose: bool,
+    /// Keep every MatMul a LoRA adapter can attach to (no horizontal
+    /// fusion of q/k/v projections): for IR that goes into a firmware
+    /// which apps adapt later (`firmware build` does this itself).
+    #[arg(long)]
+    keep_adapter_sites: bool,
     /// Graph nodes per e-graph region.
     #[arg(long, value_name = "N", default_value_t = Limits::default().region_nodes)]
     region_nodes: usize,
@@ -78,7 +83,11 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
         }
         _ if spec.is_empty() => match m4c_backends::lookup(name) {
             Ok(backend) => Ok(backend.cost_model()),
-            Err(e) => Err(format!("{e}; or cpu-nominal, npu[:PRESET|CONFIG]").into()),
+            Err(_) => Err(format!(
+                "unknown target `{target}` (a backend: {}; cpu-nominal, npu[:PRESET|CONFIG])",
+                m4c_backends::names().join(", ")
+            )
+            .into()),
         },
         _ => Err(format!(
             "unknown target `{target}` (a backend, cpu-nominal, npu[:PRESET|CONFIG])"
@@ -101,6 +110,7 @@ pub fn run(args: OptArgs) -> CliResult<i32> {
             region_nodes: args.region_nodes,
             ..Default::default()
         },
+        keep_adapter_sites: args.keep_adapter_sites,
     };
     let progress = super::progress::Progress::spinner("optimising");
     let (optimised, report) = apply_adapters(&graph, &args.adapters, &opts, &cost)?;

@@ -71,7 +71,7 @@ pub fn run(args: PartitionArgs) -> CliResult<i32> {
         progress.item(path.display().to_string());
         let model = Model::open(path)?;
         let graph = model.lower(&args.dims.options(&model, Some(1))?)?;
-        let graph = args.opt.apply(&model, graph, &cost)?;
+        let graph = args.opt.apply(&model, graph, &cost, false)?;
         let name = path.file_stem().map_or_else(
             || path.display().to_string(),
             |s| s.to_string_lossy().into_owned(),

@@ -156,11 +156,13 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
         eprintln!("{report}");
         graph = g;
     }
-    let outputs = graph
-        .outputs
-        .iter()
-        .map(|&o| graph.value(o).name.clone())
-        .collect();
+    let outputs = model.output_names().unwrap_or_else(|| {
+        graph
+            .outputs
+            .iter()
+            .map(|&o| graph.value(o).name.clone())
+            .collect()
+    });
     let name = graph.name.clone();
     let (executor, _) = args.backend.prepare(&name, graph)?;
     let inputs = executor.signature().inputs.clone();

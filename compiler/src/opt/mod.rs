@@ -67,6 +67,10 @@ impl Default for Limits {
 pub struct OptOptions {
     pub lora: LoraPolicy,
     pub limits: Limits,
+    /// Keep every MatMul a LoRA adapter can attach to by its module name:
+    /// no horizontal fusion (which concatenates q/k/v projections). A
+    /// firmware's modules need it, since apps adapt them after the build.
+    pub keep_adapter_sites: bool,
 }
 
 /// Attaches the PEFT adapters in `dirs` (in order) to `g`, then optimises
@@ -111,8 +115,12 @@ pub fn optimise(
     let (rewritten, first) = run(g, phase::rewrite_rules(opts.lora), &mut mixed)?;
     // Decisions are read before fusion, which may concatenate factors.
     let decisions = policy::decide(g, &rewritten, &sites, opts.lora, model);
-    let (graph, second) = run(&rewritten, phase::fusion_rules(), &mut mixed)?;
-    let phases = vec![first, second];
+    let (graph, phases) = if opts.keep_adapter_sites {
+        (rewritten, vec![first])
+    } else {
+        let (graph, second) = run(&rewritten, phase::fusion_rules(), &mut mixed)?;
+        (graph, vec![first, second])
+    };
     let report = OptReport::new(g, &graph, phases, decisions, model);
     Ok((graph, report))
 }

@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 8] = *b"\x89M4C\r\n\x1a\n";
 
 /// The format version this runtime reads and the compiler writes. Any change
 /// of layout, manifest schema or section kinds increments it.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Size of the fixed header; the manifest starts right after it.
 pub const HEADER_LEN: usize = 64;
