@@ -6,14 +6,15 @@
 //!
 //! The compiler does not depend on backends: a backend (or the CLI on its
 //! behalf) implements [`OpSupport`]. [`NpuOpSet`] is the NPU's op set as
-//! its kernel generators and ISA define it, for use until the NPU crate
-//! exposes its own predicate.
+//! the operators' declarations state it (`m4c_ir::OpInfo::npu`), for use
+//! until the NPU crate exposes its own predicate.
 
 mod report;
 
 use std::collections::BTreeSet;
 
-use m4c_ir::{Graph, Node, Op, OpKind, ValueDef};
+use m4c_ir::op::PadMode;
+use m4c_ir::{DType, Graph, Node, Op, ValueDef};
 
 pub use report::{markdown_table, PartitionReport, Status};
 
@@ -25,13 +26,12 @@ pub trait OpSupport {
     fn supports(&self, g: &Graph, node: &Node) -> bool;
 }
 
-/// The simulated NPU of `backends/npu`: matrix unit (GEMM and Conv
-/// generators), vector unit (`vbin` binary elementwise, `vlut` table
-/// lookups for sigmoid/tanh/exp/erf/GELU, `vred` reductions, `vsfu` for
-/// the square roots and reciprocals inside Softmax and Norm) and DMA (`ld`/`st`
-/// strided rows: reshape, transpose, slice, concat, pad). Data-dependent
-/// indexing (Gather), comparisons and selects, casts, ArgMax, Resize,
-/// pooling and the remaining transcendentals fall back to the CPU.
+/// The simulated NPU of `backends/npu`: every operator its declaration
+/// places there ([`m4c_ir::Npu::placed`]: a kernel generator emits it, or
+/// the NPU's instructions cover it — `vred` reductions, `vsfu` reciprocals
+/// and square roots, `vlut` tables, DMA strides), for float or int8 values,
+/// within the attribute ranges its generators take (2-D convolutions,
+/// constant padding). Everything else falls back to the CPU.
 pub struct NpuOpSet;
 
 impl OpSupport for NpuOpSet {
@@ -40,37 +40,13 @@ impl OpSupport for NpuOpSet {
     }
 
     fn supports(&self, g: &Graph, node: &Node) -> bool {
-        let float_or_int8 = g.value(node.output).ty.dtype.is_float()
-            || g.value(node.output).ty.dtype == m4c_ir::DType::I8;
-        let kind_ok = match &node.op {
+        let dtype = g.value(node.output).ty.dtype;
+        let attrs_ok = match &node.op {
             Op::Conv(c) => c.strides.len() == 2,
-            Op::Pad { mode, .. } => matches!(mode, m4c_ir::op::PadMode::Constant(_)),
-            op => matches!(
-                op.kind(),
-                OpKind::MatMul
-                    | OpKind::Add
-                    | OpKind::Sub
-                    | OpKind::Mul
-                    | OpKind::Max
-                    | OpKind::Min
-                    | OpKind::Exp
-                    | OpKind::Erf
-                    | OpKind::Tanh
-                    | OpKind::Sigmoid
-                    | OpKind::Sqrt
-                    | OpKind::Div
-                    | OpKind::Softmax
-                    | OpKind::Norm
-                    | OpKind::Gelu
-                    | OpKind::ReduceSum
-                    | OpKind::ReduceMax
-                    | OpKind::Reshape
-                    | OpKind::Transpose
-                    | OpKind::Slice
-                    | OpKind::Concat
-            ),
+            Op::Pad { mode, .. } => matches!(mode, PadMode::Constant(_)),
+            _ => true,
         };
-        kind_ok && float_or_int8
+        node.op.kind().info().npu.placed() && attrs_ok && (dtype.is_float() || dtype == DType::I8)
     }
 }
 
@@ -133,7 +109,7 @@ pub fn partition(g: &Graph, support: &dyn OpSupport) -> Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m4c_ir::{DType, TensorType};
+    use m4c_ir::{OpKind, TensorType};
 
     struct NoExp;
     impl OpSupport for NoExp {
