@@ -15,6 +15,8 @@
 use crate::DType;
 
 mod cost;
+#[cfg(test)]
+mod docs;
 mod kinds;
 
 pub use cost::{bytes, elements, Cost, Flops};

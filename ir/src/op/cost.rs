@@ -102,7 +102,9 @@ impl Op {
     /// Taps of a pooling window (1 for other operators).
     fn window_taps(&self) -> u64 {
         match self {
-            Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => p.kernel.iter().product::<usize>() as u64,
+            Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
+                p.kernel.iter().product::<usize>() as u64
+            }
             _ => 1,
         }
     }
@@ -141,7 +143,11 @@ mod tests {
             dilations: vec![1, 1],
             group: 1,
         });
-        let (x, k, o) = (f32t(&[1, 3, 8, 8]), f32t(&[4, 3, 3, 3]), f32t(&[1, 4, 6, 6]));
+        let (x, k, o) = (
+            f32t(&[1, 3, 8, 8]),
+            f32t(&[4, 3, 3, 3]),
+            f32t(&[1, 4, 6, 6]),
+        );
         assert_eq!(conv.cost(&[&x, &k], &o).macs, 4 * 36 * 27);
     }
 

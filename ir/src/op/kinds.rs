@@ -303,10 +303,17 @@ mod tests {
             assert_eq!(i.unit == Unit::DataMovement, i.flops == Flops::None, "{n}");
             if let Npu::Kernel(files) = i.npu {
                 assert!(!files.is_empty(), "{n}");
-                assert_ne!(i.unit, Unit::DataMovement, "{n}: no data-movement generator");
+                assert_ne!(
+                    i.unit,
+                    Unit::DataMovement,
+                    "{n}: no data-movement generator"
+                );
             }
         }
-        assert_eq!(OpKind::Concat.check_arity(0).unwrap_err(), "takes 1 or more inputs, got 0");
+        assert_eq!(
+            OpKind::Concat.check_arity(0).unwrap_err(),
+            "takes 1 or more inputs, got 0"
+        );
         assert!(OpKind::Where.check_arity(3).is_ok());
     }
 
@@ -318,7 +325,12 @@ mod tests {
             if let Npu::Kernel(files) = i.npu {
                 for f in files {
                     let path = dir.join(f);
-                    assert!(path.is_file(), "{}: {} is not a file", i.name, path.display());
+                    assert!(
+                        path.is_file(),
+                        "{}: {} is not a file",
+                        i.name,
+                        path.display()
+                    );
                 }
             }
         }
