@@ -136,4 +136,39 @@ mod tests {
         assert_eq!(p.placement, vec![Some(0), None, Some(1), Some(1)]);
         assert_eq!(p.subgraphs, 2);
     }
+
+    /// The NPU takes what the declarations place there, within its
+    /// generators' attribute ranges and element types.
+    #[test]
+    fn npu_op_set_follows_the_declarations() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[1, 2, 4, 4]));
+        let i = g.add_input("i", TensorType::fixed(DType::I32, &[4]));
+        let idx = g.add_input("idx", TensorType::fixed(DType::I64, &[2]));
+        let results = [
+            g.add_node(Op::Softmax { axis: 3 }, &[x], "softmax"),
+            g.add_node(Op::Gather { axis: 3 }, &[x, idx], "gather"),
+            g.add_node(Op::Add, &[i, i], "int_add"),
+            g.add_node(
+                Op::Pad {
+                    pads: vec![0, 0, 1, 1, 0, 0, 1, 1],
+                    mode: PadMode::Constant(0.0),
+                },
+                &[x],
+                "pad",
+            ),
+            g.add_node(
+                Op::Pad {
+                    pads: vec![0, 0, 1, 1, 0, 0, 1, 1],
+                    mode: PadMode::Reflect,
+                },
+                &[x],
+                "reflect",
+            ),
+        ];
+        assert!(results.iter().all(Result::is_ok));
+        let placed: Vec<bool> = g.nodes.iter().map(|n| NpuOpSet.supports(&g, n)).collect();
+        assert_eq!(placed, [true, false, false, true, false]);
+        assert!(OpKind::Softmax.info().npu.placed() && !OpKind::Gather.info().npu.placed());
+    }
 }

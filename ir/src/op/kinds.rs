@@ -192,7 +192,7 @@ op_kinds! {
     ArgMax => OpInfo::vector("ArgMax", (1, 1), Flops::PerInput);
     MaxPool => OpInfo::vector("MaxPool", (1, 1), Flops::PerWindowTap);
     AvgPool => OpInfo::vector("AvgPool", (1, 1), Flops::PerWindowTap);
-    Reshape => OpInfo::movement("Reshape", (1, 1)).view().npu(Isa("none (a view)"));
+    Reshape => OpInfo::movement("Reshape", (1, 1)).view().npu(Isa("no instruction (a view)"));
     Transpose => OpInfo::movement("Transpose", (1, 1)).npu(Isa("DMA ld/st strides"));
     Slice => OpInfo::movement("Slice", (1, 1)).view().npu(Isa("DMA ld strides"));
     Concat => OpInfo::movement("Concat", (1, usize::MAX)).npu(Isa("DMA st offsets"));
