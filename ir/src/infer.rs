@@ -11,13 +11,8 @@ type R = Result<TensorType, IrError>;
 pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
     let kind = op.kind();
     let name = kind.name();
-    let (lo, hi) = kind.arity();
-    if inputs.len() < lo || inputs.len() > hi {
-        return Err(IrError::ty(
-            name,
-            format!("takes {lo}..={hi} inputs, got {}", inputs.len()),
-        ));
-    }
+    kind.check_arity(inputs.len())
+        .map_err(|e| IrError::ty(name, e))?;
     let x = inputs[0];
     match op {
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::Max | Op::Min => {

@@ -22,6 +22,6 @@ pub use dtype::DType;
 pub use error::IrError;
 pub use graph::{Graph, Node, Value, ValueDef, ValueId};
 pub use infer::infer_type;
-pub use op::{Op, OpKind, Unit};
+pub use op::{Cost, Flops, Npu, Op, OpInfo, OpKind, Unit};
 pub use shape::{broadcast_shapes, Dim, TensorType};
 pub use tensor::{Storage, Tensor};

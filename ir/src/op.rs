@@ -6,9 +6,21 @@
 //! Softmax / Norm / Gelu that accelerators run as one LUT- or SFU-assisted
 //! pass, pooling) and data movement (reshape, transpose, slice, concat,
 //! gather, expand, pad, resize: all DMA address patterns). `docs/IR.md` says
-//! why each one is in.
+//! why each one is in and where each one is implemented.
+//!
+//! This file holds the operators with their attributes; `op/kinds.rs` holds
+//! one declaration per operator (text form, arity, unit, NPU support, cost
+//! formula) and `op/cost.rs` evaluates the cost formulas.
 
 use crate::DType;
+
+mod cost;
+#[cfg(test)]
+mod docs;
+mod kinds;
+
+pub use cost::{bytes, elements, Cost, Flops};
+pub use kinds::{Npu, OpInfo, OpKind, Unit};
 
 /// Attributes of a 2-D (or N-D) convolution. Inputs: `x [N,C,spatial..]`,
 /// `w [M, C/group, kernel..]`, optional `bias [M]`.
@@ -246,124 +258,6 @@ pub enum Op {
     },
 }
 
-/// The hardware unit an operator maps to on an NPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Unit {
-    Matrix,
-    Vector,
-    DataMovement,
-}
-
-macro_rules! op_kinds {
-    ($($kind:ident => $name:literal, $unit:ident, $arity:expr;)*) => {
-        /// The operator of an [`Op`] without its attributes: the closed set.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum OpKind { $($kind),* }
-
-        impl OpKind {
-            /// Every operator of the IR. Its length is the size of the set.
-            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind),*];
-
-            /// The name used in the textual IR and in reports.
-            pub fn name(self) -> &'static str {
-                match self { $(OpKind::$kind => $name),* }
-            }
-
-            /// The NPU unit that executes it.
-            pub fn unit(self) -> Unit {
-                match self { $(OpKind::$kind => Unit::$unit),* }
-            }
-
-            /// Accepted input counts (inclusive range).
-            pub fn arity(self) -> (usize, usize) {
-                match self { $(OpKind::$kind => $arity),* }
-            }
-
-            /// Looks an operator up by its textual name.
-            pub fn from_name(name: &str) -> Option<OpKind> {
-                OpKind::ALL.iter().copied().find(|k| k.name() == name)
-            }
-        }
-    };
-}
-
-op_kinds! {
-    MatMul => "MatMul", Matrix, (2, 2);
-    Conv => "Conv", Matrix, (2, 3);
-    Add => "Add", Vector, (2, 2);
-    Sub => "Sub", Vector, (2, 2);
-    Mul => "Mul", Vector, (2, 2);
-    Div => "Div", Vector, (2, 2);
-    Pow => "Pow", Vector, (2, 2);
-    Max => "Max", Vector, (2, 2);
-    Min => "Min", Vector, (2, 2);
-    Equal => "Equal", Vector, (2, 2);
-    Less => "Less", Vector, (2, 2);
-    Where => "Where", Vector, (3, 3);
-    Exp => "Exp", Vector, (1, 1);
-    Log => "Log", Vector, (1, 1);
-    Sqrt => "Sqrt", Vector, (1, 1);
-    Erf => "Erf", Vector, (1, 1);
-    Tanh => "Tanh", Vector, (1, 1);
-    Sigmoid => "Sigmoid", Vector, (1, 1);
-    Sin => "Sin", Vector, (1, 1);
-    Cos => "Cos", Vector, (1, 1);
-    Floor => "Floor", Vector, (1, 1);
-    Cast => "Cast", Vector, (1, 1);
-    Softmax => "Softmax", Vector, (1, 1);
-    Norm => "Norm", Vector, (2, 3);
-    Gelu => "Gelu", Vector, (1, 1);
-    ReduceSum => "ReduceSum", Vector, (1, 1);
-    ReduceMax => "ReduceMax", Vector, (1, 1);
-    ArgMax => "ArgMax", Vector, (1, 1);
-    MaxPool => "MaxPool", Vector, (1, 1);
-    AvgPool => "AvgPool", Vector, (1, 1);
-    Reshape => "Reshape", DataMovement, (1, 1);
-    Transpose => "Transpose", DataMovement, (1, 1);
-    Slice => "Slice", DataMovement, (1, 1);
-    Concat => "Concat", DataMovement, (1, usize::MAX);
-    Gather => "Gather", DataMovement, (2, 2);
-    Expand => "Expand", DataMovement, (1, 1);
-    Pad => "Pad", DataMovement, (1, 1);
-    Resize => "Resize", DataMovement, (1, 1);
-}
-
-impl OpKind {
-    /// True for the composite operators, which have a declared
-    /// decomposition into simpler IR operators (see `decompose`).
-    pub fn is_composite(self) -> bool {
-        matches!(self, OpKind::Softmax | OpKind::Norm | OpKind::Gelu)
-    }
-
-    /// True for the elementwise operators with numpy broadcasting.
-    pub fn is_elementwise(self) -> bool {
-        matches!(
-            self,
-            OpKind::Add
-                | OpKind::Sub
-                | OpKind::Mul
-                | OpKind::Div
-                | OpKind::Pow
-                | OpKind::Max
-                | OpKind::Min
-                | OpKind::Equal
-                | OpKind::Less
-                | OpKind::Where
-                | OpKind::Exp
-                | OpKind::Log
-                | OpKind::Sqrt
-                | OpKind::Erf
-                | OpKind::Tanh
-                | OpKind::Sigmoid
-                | OpKind::Sin
-                | OpKind::Cos
-                | OpKind::Floor
-                | OpKind::Cast
-                | OpKind::Gelu
-        )
-    }
-}
-
 impl Op {
     /// The operator without attributes.
     pub fn kind(&self) -> OpKind {
@@ -412,28 +306,5 @@ impl Op {
     /// The operator's textual name.
     pub fn name(&self) -> &'static str {
         self.kind().name()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The paper's claim is that 39 operator types suffice for M4; the IR
-    /// must stay within that budget.
-    #[test]
-    fn operator_set_fits_the_budget() {
-        assert!(OpKind::ALL.len() <= 39, "{} ops", OpKind::ALL.len());
-    }
-
-    #[test]
-    fn names_are_unique_and_resolve() {
-        for &k in OpKind::ALL {
-            assert_eq!(OpKind::from_name(k.name()), Some(k));
-        }
-        let mut names: Vec<_> = OpKind::ALL.iter().map(|k| k.name()).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), OpKind::ALL.len());
     }
 }

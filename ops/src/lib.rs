@@ -51,13 +51,9 @@ use m4c_ir::Op;
 /// assert!(eval_op(&Op::Div, &[&x]).is_err());
 /// ```
 pub fn eval_op(op: &Op, inputs: &[&Value]) -> Result<Value, OpsError> {
-    let (lo, hi) = op.kind().arity();
-    if inputs.len() < lo || inputs.len() > hi {
-        return Err(OpsError::invalid(
-            op.name(),
-            format!("takes {lo}..={hi} inputs, got {}", inputs.len()),
-        ));
-    }
+    op.kind()
+        .check_arity(inputs.len())
+        .map_err(|e| OpsError::invalid(op.name(), e))?;
     let x = inputs[0];
     match op {
         Op::MatMul { trans_a, trans_b } => matmul::matmul(x, inputs[1], *trans_a, *trans_b),

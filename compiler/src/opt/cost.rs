@@ -1,9 +1,9 @@
-//! The cost model: per-operator FLOPs and bytes moved, turned into time by
-//! a roofline `launch + max(flops/peak, bytes/bandwidth)` with per-target
-//! parameters. Backends describe themselves through [`CostModel`]; the
+//! The cost model: per-operator FLOPs and bytes moved (each operator's
+//! declared cost, [`Op::cost`]), turned into time by a roofline
+//! `launch + max(flops/peak, bytes/bandwidth)` with per-target parameters. Backends describe themselves through [`CostModel`]; the
 //! compiler never depends on a backend crate (the CLI builds the model).
 
-use m4c_ir::{Dim, Op, OpKind, TensorType, Unit};
+use m4c_ir::{Op, TensorType, Unit};
 
 /// What one operator costs on a target.
 pub trait CostModel {
@@ -23,9 +23,9 @@ pub trait CostModel {
 
 /// A roofline target: peak compute of the matrix unit (MatMul, Conv) and
 /// of the vector unit (everything else), memory bandwidth and a fixed cost
-/// per kernel launch. Data-movement ops are address patterns of the
-/// consumer's DMA and pay no launch; `Reshape` and `Slice` are views the
-/// consumer reads through (strided rows), so they are free.
+/// per kernel launch, all chosen by the operator's declared unit.
+/// Data-movement ops are address patterns of the consumer's DMA and pay no
+/// launch; views (`Reshape`, `Slice`) move no bytes, so they are free.
 ///
 /// The compiler does not measure machines: the CLI builds a `Roofline` from
 /// the CPU backend's measured peak or from an NPU machine config.
@@ -60,74 +60,16 @@ impl Roofline {
     }
 }
 
-/// Number of elements of a type (symbolic dimensions count as 1).
-pub fn elems(ty: &TensorType) -> u64 {
-    ty.dims
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => *n as u64,
-            Dim::Sym(_) => 1,
-        })
-        .product()
-}
-
-fn bytes(ty: &TensorType) -> u64 {
-    (elems(ty) * ty.dtype.size_bits() as u64).div_ceil(8)
-}
-
-/// Multiply-accumulates of a MatMul or Conv (0 for other operators).
+/// Multiply-accumulates of one execution (the declared cost's
+/// [`m4c_ir::Cost::macs`]; 0 off the matrix unit).
 pub fn op_macs(op: &Op, inputs: &[&TensorType], output: &TensorType) -> u64 {
-    match op {
-        Op::MatMul { trans_a, .. } => {
-            let a = inputs[0];
-            let r = a.rank();
-            let k = if *trans_a {
-                r.saturating_sub(2)
-            } else {
-                r.saturating_sub(1)
-            };
-            let k = match a.dims.get(k) {
-                Some(Dim::Fixed(n)) => *n as u64,
-                _ => 1,
-            };
-            elems(output) * k
-        }
-        Op::Conv(_) => {
-            let w = inputs[1];
-            let per_out: u64 = elems(w)
-                / w.dims.first().map_or(1, |d| match d {
-                    Dim::Fixed(n) => (*n as u64).max(1),
-                    Dim::Sym(_) => 1,
-                });
-            elems(output) * per_out
-        }
-        _ => 0,
-    }
+    op.cost(inputs, output).macs
 }
 
-/// Floating-point (or integer) operations of one execution.
+/// Arithmetic operations of one execution (the declared cost's
+/// [`m4c_ir::Cost::flops`]).
 pub fn op_flops(op: &Op, inputs: &[&TensorType], output: &TensorType) -> u64 {
-    let out = elems(output);
-    match op.kind() {
-        OpKind::MatMul | OpKind::Conv => 2 * op_macs(op, inputs, output),
-        OpKind::Softmax => 5 * out,
-        OpKind::Norm => 7 * out,
-        OpKind::Gelu => 8 * out,
-        OpKind::ReduceSum | OpKind::ReduceMax | OpKind::ArgMax => elems(inputs[0]),
-        OpKind::MaxPool | OpKind::AvgPool => match op {
-            Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
-                out * p.kernel.iter().product::<usize>() as u64
-            }
-            _ => out,
-        },
-        k if k.unit() == Unit::DataMovement => 0,
-        _ => out,
-    }
-}
-
-/// Bytes read and written by one execution.
-pub fn op_bytes(inputs: &[&TensorType], output: &TensorType) -> u64 {
-    inputs.iter().map(|t| bytes(t)).sum::<u64>() + bytes(output)
+    op.cost(inputs, output).flops
 }
 
 impl CostModel for Roofline {
@@ -136,22 +78,14 @@ impl CostModel for Roofline {
     }
 
     fn op_time_ns(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
-        let kind = op.kind();
-        if matches!(kind, OpKind::Reshape | OpKind::Slice) {
-            return 0.0;
-        }
-        let peak = if matches!(kind, OpKind::MatMul | OpKind::Conv) {
-            self.peak_flops
-        } else {
-            self.vector_flops
+        let cost = op.cost(inputs, output);
+        let (peak, launch) = match op.kind().unit() {
+            Unit::Matrix => (self.peak_flops, self.launch_ns),
+            Unit::Vector => (self.vector_flops, self.launch_ns),
+            Unit::DataMovement => (self.vector_flops, 0.0),
         };
-        let compute = op_flops(op, inputs, output) as f64 / peak * 1e9;
-        let memory = op_bytes(inputs, output) as f64 / self.bandwidth * 1e9;
-        let launch = if kind.unit() == Unit::DataMovement {
-            0.0
-        } else {
-            self.launch_ns
-        };
+        let compute = cost.flops as f64 / peak * 1e9;
+        let memory = cost.bytes as f64 / self.bandwidth * 1e9;
         launch + compute.max(memory)
     }
 

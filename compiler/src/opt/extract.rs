@@ -23,9 +23,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use egg::{Id, Language};
+use m4c_ir::op::elements;
 use m4c_ir::TensorType;
 
-use super::cost::{elems, CostModel};
+use super::cost::CostModel;
 use super::lang::{Constness, ENode, EG};
 
 /// The chosen node of every reachable e-class and the total cost.
@@ -149,7 +150,7 @@ impl Dag<'_> {
                     let materialised = matches!(self.eg[k].nodes[*pick.get(&k)?], ENode::Op(..));
                     if self.eg[k].data.constness == Constness::Mixed && materialised {
                         let ty = &self.eg[k].data.ty;
-                        penalised.insert(k, p(ty) * elems(ty) as f64);
+                        penalised.insert(k, p(ty) * elements(ty) as f64);
                     }
                 }
             }
@@ -248,7 +249,7 @@ fn candidate(
                 let materialised = matches!(eg[c].nodes[best[&c].node], ENode::Op(..));
                 if eg[c].data.constness == Constness::Mixed && materialised {
                     let ty = &eg[c].data.ty;
-                    let p = penalty(ty) * elems(ty) as f64;
+                    let p = penalty(ty) * elements(ty) as f64;
                     let e = set.entry(c).or_insert(0.0);
                     *e = e.max(p);
                 }

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use m4c_ir::{Graph, OpKind, ValueDef, ValueId};
+use m4c_ir::{Graph, Unit, ValueDef, ValueId};
 
 use super::OptError;
 
@@ -47,8 +47,7 @@ pub fn split(g: &Graph, budget: usize) -> Vec<Range<usize>> {
     let mut start = 0;
     while n - start > budget {
         let window = start + budget / 2..=start + budget;
-        let before_matrix =
-            |i: &usize| matches!(g.nodes[*i].op.kind(), OpKind::MatMul | OpKind::Conv);
+        let before_matrix = |i: &usize| g.nodes[*i].op.kind().unit() == Unit::Matrix;
         let best = |w: &mut dyn Iterator<Item = usize>| {
             w.min_by_key(|&i| (crossing[i], std::cmp::Reverse(i)))
         };

@@ -142,10 +142,10 @@ pub fn ops_in(eg: &EG, class: Id) -> impl Iterator<Item = (&Op, &[Id])> {
     })
 }
 
-/// Operand pairs of the binary `kind` nodes of a class; for commutative
-/// operators (Add, Mul, Max, Min) both orders.
+/// Operand pairs of the binary `kind` nodes of a class; for operators
+/// declared commutative (Add, Mul, Max, Min) both orders.
 pub fn binary(eg: &EG, class: Id, kind: OpKind) -> Vec<(Id, Id)> {
-    let commutative = matches!(kind, OpKind::Add | OpKind::Mul | OpKind::Max | OpKind::Min);
+    let commutative = kind.info().commutative;
     let mut out = vec![];
     for (op, c) in ops_in(eg, class) {
         if op.kind() == kind && c.len() == 2 {

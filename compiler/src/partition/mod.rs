@@ -6,14 +6,15 @@
 //!
 //! The compiler does not depend on backends: a backend (or the CLI on its
 //! behalf) implements [`OpSupport`]. [`NpuOpSet`] is the NPU's op set as
-//! its kernel generators and ISA define it, for use until the NPU crate
-//! exposes its own predicate.
+//! the operators' declarations state it (`m4c_ir::OpInfo::npu`), for use
+//! until the NPU crate exposes its own predicate.
 
 mod report;
 
 use std::collections::BTreeSet;
 
-use m4c_ir::{Graph, Node, Op, OpKind, ValueDef};
+use m4c_ir::op::PadMode;
+use m4c_ir::{DType, Graph, Node, Op, ValueDef};
 
 pub use report::{markdown_table, PartitionReport, Status};
 
@@ -25,13 +26,12 @@ pub trait OpSupport {
     fn supports(&self, g: &Graph, node: &Node) -> bool;
 }
 
-/// The simulated NPU of `backends/npu`: matrix unit (GEMM and Conv
-/// generators), vector unit (`vbin` binary elementwise, `vlut` table
-/// lookups for sigmoid/tanh/exp/erf/GELU, `vred` reductions, `vsfu` for
-/// the square roots and reciprocals inside Softmax and Norm) and DMA (`ld`/`st`
-/// strided rows: reshape, transpose, slice, concat, pad). Data-dependent
-/// indexing (Gather), comparisons and selects, casts, ArgMax, Resize,
-/// pooling and the remaining transcendentals fall back to the CPU.
+/// The simulated NPU of `backends/npu`: every operator its declaration
+/// places there ([`m4c_ir::Npu::placed`]: a kernel generator emits it, or
+/// the NPU's instructions cover it — `vred` reductions, `vsfu` reciprocals
+/// and square roots, `vlut` tables, DMA strides), for float or int8 values,
+/// within the attribute ranges its generators take (2-D convolutions,
+/// constant padding). Everything else falls back to the CPU.
 pub struct NpuOpSet;
 
 impl OpSupport for NpuOpSet {
@@ -40,37 +40,13 @@ impl OpSupport for NpuOpSet {
     }
 
     fn supports(&self, g: &Graph, node: &Node) -> bool {
-        let float_or_int8 = g.value(node.output).ty.dtype.is_float()
-            || g.value(node.output).ty.dtype == m4c_ir::DType::I8;
-        let kind_ok = match &node.op {
+        let dtype = g.value(node.output).ty.dtype;
+        let attrs_ok = match &node.op {
             Op::Conv(c) => c.strides.len() == 2,
-            Op::Pad { mode, .. } => matches!(mode, m4c_ir::op::PadMode::Constant(_)),
-            op => matches!(
-                op.kind(),
-                OpKind::MatMul
-                    | OpKind::Add
-                    | OpKind::Sub
-                    | OpKind::Mul
-                    | OpKind::Max
-                    | OpKind::Min
-                    | OpKind::Exp
-                    | OpKind::Erf
-                    | OpKind::Tanh
-                    | OpKind::Sigmoid
-                    | OpKind::Sqrt
-                    | OpKind::Div
-                    | OpKind::Softmax
-                    | OpKind::Norm
-                    | OpKind::Gelu
-                    | OpKind::ReduceSum
-                    | OpKind::ReduceMax
-                    | OpKind::Reshape
-                    | OpKind::Transpose
-                    | OpKind::Slice
-                    | OpKind::Concat
-            ),
+            Op::Pad { mode, .. } => matches!(mode, PadMode::Constant(_)),
+            _ => true,
         };
-        kind_ok && float_or_int8
+        node.op.kind().info().npu.placed() && attrs_ok && (dtype.is_float() || dtype == DType::I8)
     }
 }
 
@@ -133,7 +109,7 @@ pub fn partition(g: &Graph, support: &dyn OpSupport) -> Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m4c_ir::{DType, TensorType};
+    use m4c_ir::{OpKind, TensorType};
 
     struct NoExp;
     impl OpSupport for NoExp {
@@ -159,5 +135,40 @@ mod tests {
         let p = partition(&g, &NoExp);
         assert_eq!(p.placement, vec![Some(0), None, Some(1), Some(1)]);
         assert_eq!(p.subgraphs, 2);
+    }
+
+    /// The NPU takes what the declarations place there, within its
+    /// generators' attribute ranges and element types.
+    #[test]
+    fn npu_op_set_follows_the_declarations() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[1, 2, 4, 4]));
+        let i = g.add_input("i", TensorType::fixed(DType::I32, &[4]));
+        let idx = g.add_input("idx", TensorType::fixed(DType::I64, &[2]));
+        let results = [
+            g.add_node(Op::Softmax { axis: 3 }, &[x], "softmax"),
+            g.add_node(Op::Gather { axis: 3 }, &[x, idx], "gather"),
+            g.add_node(Op::Add, &[i, i], "int_add"),
+            g.add_node(
+                Op::Pad {
+                    pads: vec![0, 0, 1, 1, 0, 0, 1, 1],
+                    mode: PadMode::Constant(0.0),
+                },
+                &[x],
+                "pad",
+            ),
+            g.add_node(
+                Op::Pad {
+                    pads: vec![0, 0, 1, 1, 0, 0, 1, 1],
+                    mode: PadMode::Reflect,
+                },
+                &[x],
+                "reflect",
+            ),
+        ];
+        assert!(results.iter().all(Result::is_ok));
+        let placed: Vec<bool> = g.nodes.iter().map(|n| NpuOpSet.supports(&g, n)).collect();
+        assert_eq!(placed, [true, false, false, true, false]);
+        assert!(OpKind::Softmax.info().npu.placed() && !OpKind::Gather.info().npu.placed());
     }
 }

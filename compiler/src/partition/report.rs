@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
+use m4c_ir::op::bytes;
 use m4c_ir::{Graph, TensorType, ValueDef};
 
 use super::{partition, OpSupport};
-use crate::opt::cost::{elems, op_macs};
 
 /// How much of a model the accelerator covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -44,13 +44,12 @@ impl PartitionReport {
             ValueDef::Input => Some(false),
             ValueDef::Const(_) => None,
         };
-        let bytes = |ty: &TensorType| (elems(ty) * ty.dtype.size_bits() as u64).div_ceil(8);
         let mut crossings: HashSet<(u32, bool)> = HashSet::new();
         let (mut macs, mut macs_acc, mut on_acc) = (0, 0, 0);
         let mut cpu_ops: std::collections::BTreeMap<String, usize> = Default::default();
         for (i, node) in g.nodes.iter().enumerate() {
             let tys: Vec<&TensorType> = node.inputs.iter().map(|&v| &g.value(v).ty).collect();
-            let m = op_macs(&node.op, &tys, &g.value(node.output).ty);
+            let m = node.op.cost(&tys, &g.value(node.output).ty).macs;
             macs += m;
             let here = p.placement[i].is_some();
             if here {

@@ -1,0 +1,167 @@
+//! What one execution of an operator costs: arithmetic operations,
+//! multiply-accumulates and bytes moved, from the formula its declaration
+//! states ([`super::OpInfo::flops`]). Cost models turn these counts into
+//! time; the optimiser's and the partitioner's reports print them.
+
+use super::Op;
+use crate::{Dim, TensorType};
+
+/// How an operator's arithmetic grows with its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flops {
+    /// None: data movement.
+    None,
+    /// This many operations per output element.
+    PerOutput(u64),
+    /// One operation per input element (reductions).
+    PerInput,
+    /// One operation per window tap of every output element (pooling).
+    PerWindowTap,
+    /// Two operations (multiply, add) per multiply-accumulate.
+    PerMac,
+}
+
+/// The counts of one execution.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Arithmetic operations (floating point or integer).
+    pub flops: u64,
+    /// Multiply-accumulates of the matrix unit (0 off it).
+    pub macs: u64,
+    /// Bytes read and written (0 for a view, which its consumer reads
+    /// through).
+    pub bytes: u64,
+}
+
+/// Number of elements of a type, symbolic dimensions counted as 1 (costs
+/// are estimates for the shapes the graph was specialised to).
+pub fn elements(ty: &TensorType) -> u64 {
+    ty.dims
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => *n as u64,
+            Dim::Sym(_) => 1,
+        })
+        .product()
+}
+
+/// Bytes a tensor of this type occupies (sub-byte types packed).
+pub fn bytes(ty: &TensorType) -> u64 {
+    (elements(ty) * ty.dtype.size_bits() as u64).div_ceil(8)
+}
+
+impl Op {
+    /// The cost of applying this operator to inputs of the given types,
+    /// producing `output`, by its declared [`Flops`] formula.
+    ///
+    /// ```
+    /// use m4c_ir::{DType, Op, TensorType};
+    /// let x = TensorType::fixed(DType::F32, &[2, 8]);
+    /// let c = Op::Softmax { axis: 1 }.cost(&[&x], &x);
+    /// assert_eq!((c.flops, c.macs, c.bytes), (5 * 16, 0, 2 * 16 * 4));
+    /// ```
+    pub fn cost(&self, inputs: &[&TensorType], output: &TensorType) -> Cost {
+        let info = self.kind().info();
+        let out = elements(output);
+        let macs = match info.flops {
+            Flops::PerMac => out * self.reduction_len(inputs),
+            _ => 0,
+        };
+        let flops = match info.flops {
+            Flops::None => 0,
+            Flops::PerOutput(n) => n * out,
+            Flops::PerInput => inputs.first().map_or(0, |t| elements(t)),
+            Flops::PerWindowTap => out * self.window_taps(),
+            Flops::PerMac => 2 * macs,
+        };
+        let bytes = if info.view {
+            0
+        } else {
+            inputs.iter().map(|t| bytes(t)).sum::<u64>() + bytes(output)
+        };
+        Cost { flops, macs, bytes }
+    }
+
+    /// Multiply-accumulates per output element of a matrix-unit operator:
+    /// the inner dimension of a MatMul, `C/group · kernel` of a Conv.
+    fn reduction_len(&self, inputs: &[&TensorType]) -> u64 {
+        let fixed = |d: Option<&Dim>| match d {
+            Some(Dim::Fixed(n)) => *n as u64,
+            _ => 1,
+        };
+        match (self, inputs) {
+            (Op::MatMul { trans_a, .. }, [a, ..]) => {
+                let axis = a.rank().saturating_sub(if *trans_a { 2 } else { 1 });
+                fixed(a.dims.get(axis))
+            }
+            (Op::Conv(_), [_, w, ..]) => elements(w) / fixed(w.dims.first()).max(1),
+            _ => 0,
+        }
+    }
+
+    /// Taps of a pooling window (1 for other operators).
+    fn window_taps(&self) -> u64 {
+        match self {
+            Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
+                p.kernel.iter().product::<usize>() as u64
+            }
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::ConvAttrs;
+    use crate::DType;
+
+    fn f32t(s: &[usize]) -> TensorType {
+        TensorType::fixed(DType::F32, s)
+    }
+
+    #[test]
+    fn matrix_costs_count_macs() {
+        let (a, w, y) = (f32t(&[1, 16, 64]), f32t(&[64, 32]), f32t(&[1, 16, 32]));
+        let mm = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let c = mm.cost(&[&a, &w], &y);
+        assert_eq!(c.macs, 16 * 32 * 64);
+        assert_eq!(c.flops, 2 * c.macs);
+        assert_eq!(c.bytes, (16 * 64 + 64 * 32 + 16 * 32) * 4);
+        let at = f32t(&[1, 64, 16]);
+        let mt = Op::MatMul {
+            trans_a: true,
+            trans_b: false,
+        };
+        assert_eq!(mt.cost(&[&at, &w], &y).macs, 16 * 32 * 64);
+        let conv = Op::Conv(ConvAttrs {
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+        });
+        let (x, k, o) = (
+            f32t(&[1, 3, 8, 8]),
+            f32t(&[4, 3, 3, 3]),
+            f32t(&[1, 4, 6, 6]),
+        );
+        assert_eq!(conv.cost(&[&x, &k], &o).macs, 4 * 36 * 27);
+    }
+
+    #[test]
+    fn views_move_nothing_and_data_movement_computes_nothing() {
+        let x = f32t(&[2, 3]);
+        let r = Op::Reshape { shape: vec![3, 2] }.cost(&[&x], &f32t(&[3, 2]));
+        assert_eq!(r, Cost::default());
+        let t = Op::Transpose { perm: vec![1, 0] }.cost(&[&x], &f32t(&[3, 2]));
+        assert_eq!((t.flops, t.bytes), (0, 48));
+        let s = Op::ReduceSum {
+            axes: vec![1],
+            keep_dims: false,
+        };
+        assert_eq!(s.cost(&[&x], &f32t(&[2])).flops, 6);
+    }
+}
