@@ -64,7 +64,11 @@ fn backends_lists_reference_and_cpu_with_their_ops() {
     assert_eq!(all[0]["runnable"], true, "the interpreter runs everywhere");
     let o = m4c(&["run", "x.onnx", "--inputs", "x.npz", "--backend", "tpu"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("unknown backend `tpu` (known: reference, cpu)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown backend `tpu` (known: reference, cpu)"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// The silero-VAD pattern: `If` on an integer input (the sample rate).
@@ -112,7 +116,10 @@ fn write_if_on_input(path: &Path) {
     };
     let then_g = branch(
         "then",
-        vec![node("Relu", &["x"], "r"), node("Mul", &["r", "two"], "then_y")],
+        vec![
+            node("Relu", &["x"], "r"),
+            node("Mul", &["r", "two"], "then_y"),
+        ],
         "then_y",
         scalar("two", f32_, Some(2.0), None),
     );
@@ -172,7 +179,15 @@ fn const_pins_an_input_so_control_flow_on_it_folds() {
             m4c_runtime::write_npz(&expect, &[("y".into(), arr(want))]).unwrap();
             let pin = format!("sr={sr}");
             let args = [
-                "run", m, "--inputs", i, "--const", &pin, "--backend", &backend, "--expect",
+                "run",
+                m,
+                "--inputs",
+                i,
+                "--const",
+                &pin,
+                "--backend",
+                &backend,
+                "--expect",
             ];
             let mut args = args.to_vec();
             args.push(expect.to_str().unwrap());
@@ -221,7 +236,12 @@ fn optimised_ir_files_run_on_every_backend() {
                 "--backend",
                 &backend,
             ]);
-            assert_eq!(o.status.code(), Some(0), "{name} on {backend}: {}", text(&o));
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{name} on {backend}: {}",
+                text(&o)
+            );
         }
         let o = m4c(&["inspect", ir.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -254,7 +274,14 @@ fn compile_writes_an_artifact_also_for_a_cross_target() {
     assert_eq!(&object[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([object[18], object[19]]), 183);
     // The directory exists now: a second compile refuses to touch it.
-    let o = m4c(&["compile", model.to_str().unwrap(), "--backend", "cpu", "-o", out.to_str().unwrap()]);
+    let o = m4c(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("already exists"), "{}", text(&o));
 }
@@ -287,7 +314,11 @@ fn bench_optimises_by_default_and_no_opt_skips_it() {
 
 #[test]
 fn inspect_prints_each_backends_refusals() {
-    let o = m4c(&["inspect", fixture("distilbert.onnx").to_str().unwrap(), "--json"]);
+    let o = m4c(&[
+        "inspect",
+        fixture("distilbert.onnx").to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let refused = doc["refused_by_backend"].as_object().unwrap();

@@ -110,6 +110,12 @@ fn declared_input(model: &OnnxModel, name: &str) -> CliResult<(DType, Vec<usize>
 
 /// `value` (comma-separated) as a tensor of `dtype` and `shape`.
 fn const_tensor(name: &str, value: &str, dtype: DType, shape: &[usize]) -> CliResult<Tensor> {
+    if !matches!(dtype, DType::I64 | DType::I32 | DType::I8 | DType::Bool) {
+        return Err(format!(
+            "--const {name}: the input is {dtype}; only integer and bool inputs can be pinned"
+        )
+        .into());
+    }
     let items: Vec<&str> = value.split(',').map(str::trim).collect();
     let count: usize = shape.iter().product();
     if items.len() != count {
