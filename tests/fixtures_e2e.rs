@@ -1,6 +1,7 @@
-//! Every committed fixture, run by `m4c run --expect` against the outputs
-//! onnxruntime produced for it (tests/fixtures/*.expected.npz), at the
-//! default tolerance (rtol 1e-4, atol 1e-5).
+//! Every committed fixture, run by `m4c run --backend NAME --expect` on
+//! every backend this host runs (`m4c backends --json`) against the
+//! outputs onnxruntime produced for it (tests/fixtures/*.expected.npz), at
+//! the default tolerance (rtol 1e-4, atol 1e-5).
 
 use std::path::Path;
 use std::process::Command;
@@ -21,30 +22,51 @@ fn fixtures() -> Vec<String> {
     names
 }
 
+/// The backends whose code this host runs.
+fn runnable_backends() -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(["backends", "--json"])
+        .output()
+        .unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["runnable"] == true)
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
-fn every_fixture_matches_onnxruntime() {
+fn every_fixture_matches_onnxruntime_on_every_backend() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let names = fixtures();
     assert!(names.len() >= 20, "fixtures missing: {names:?}");
+    let backends = runnable_backends();
+    assert!(backends.contains(&"reference".to_string()), "{backends:?}");
     let mut failures = vec![];
-    for name in &names {
-        let out = Command::new(env!("CARGO_BIN_EXE_m4c"))
-            .arg("run")
-            .arg(dir.join(format!("{name}.onnx")))
-            .arg("--inputs")
-            .arg(dir.join(format!("{name}.inputs.npz")))
-            .arg("--expect")
-            .arg(dir.join(format!("{name}.expected.npz")))
-            .output()
-            .unwrap();
-        if out.status.code() != Some(0) {
-            failures.push(format!(
-                "{name}: exit {:?}\n{}{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+    for backend in &backends {
+        for name in &names {
+            let out = Command::new(env!("CARGO_BIN_EXE_m4c"))
+                .arg("run")
+                .arg(dir.join(format!("{name}.onnx")))
+                .arg("--inputs")
+                .arg(dir.join(format!("{name}.inputs.npz")))
+                .arg("--expect")
+                .arg(dir.join(format!("{name}.expected.npz")))
+                .args(["--backend", backend])
+                .output()
+                .unwrap();
+            if out.status.code() != Some(0) {
+                failures.push(format!(
+                    "{name} on {backend}: exit {:?}\n{}{}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
         }
+        println!("{backend}: {} fixtures run", names.len());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

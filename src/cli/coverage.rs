@@ -70,11 +70,18 @@ fn parse_group(arg: &str) -> Result<(String, String), String> {
 pub fn run(args: CoverageArgs) -> CliResult<i32> {
     let (paths, groups) = resolve(&args.models, &args.groups)?;
     let names = display_names(&paths);
+    let progress = super::progress::Progress::bar(paths.len(), "models");
     let models: Vec<_> = paths
         .iter()
         .zip(names)
-        .map(|(p, n)| census_model(p, n))
+        .map(|(p, n)| {
+            progress.item(n.clone());
+            let census = census_model(p, n);
+            progress.inc();
+            census
+        })
         .collect();
+    drop(progress);
     let errors: Vec<&str> = models
         .iter()
         .filter_map(|m| match &m.outcome {

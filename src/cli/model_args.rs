@@ -151,7 +151,7 @@ fn const_tensor(name: &str, value: &str, dtype: DType, shape: &[usize]) -> CliRe
 /// A model as the commands take it: an ONNX file, or an IR file written
 /// by `m4c opt -o` (already lowered and optimised).
 pub enum Model {
-    Onnx(OnnxModel),
+    Onnx(Box<OnnxModel>),
     Ir(PathBuf),
 }
 
@@ -164,7 +164,7 @@ impl Model {
             let progress = Progress::spinner(format!("loading {}", path.display()));
             let model = OnnxModel::load(path)?;
             progress.finish();
-            Ok(Model::Onnx(model))
+            Ok(Model::Onnx(Box::new(model)))
         }
     }
 
