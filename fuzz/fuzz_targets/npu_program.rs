@@ -1,0 +1,20 @@
+//! Arbitrary bytes as an NPU program (the binary the assembler writes and
+//! `m4c npu sim` reads), decoded, validated and simulated on the smallest
+//! machine config; and as assembly text. Decoding, validation and the
+//! simulator return errors (bounds, budgets), never panic or hang.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use m4c_npu::config::MachineConfig;
+use m4c_npu::program::Program;
+use m4c_npu::sim::{simulate, SimOptions};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = m4c_npu::asm::assemble(text);
+    }
+    let Ok(program) = Program::from_bytes(data) else {
+        return;
+    };
+    let _ = simulate(&program, &MachineConfig::edge_small(), SimOptions::default());
+});
