@@ -93,11 +93,7 @@ fn check(dir: &Path, args: &[OsString], needles: &[&str]) -> String {
     for n in needles {
         assert!(err.contains(n), "missing `{n}` in: {err}");
     }
-    assert_eq!(
-        snapshot(dir),
-        before,
-        "files changed or left behind: {err}"
-    );
+    assert_eq!(snapshot(dir), before, "files changed or left behind: {err}");
     err
 }
 
@@ -122,7 +118,7 @@ fn run_with_inputs(dir: &Path, inputs: &Path) -> Vec<OsString> {
 /// An `.npy` stream: header dictionary `dict` (format 1.0), then `data`.
 fn npy(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut header = dict.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -173,7 +169,11 @@ fn npz_claiming_2_pow_40_elements_is_refused_before_allocating() {
     check(
         &d,
         &run_with_inputs(&d, &f),
-        &["in.npz", "array 'image'", "header claims shape [1099511627776]"],
+        &[
+            "in.npz",
+            "array 'image'",
+            "header claims shape [1099511627776]",
+        ],
     );
 }
 
@@ -295,7 +295,11 @@ fn npz_truncated_zip() {
     let bytes = std::fs::read(fixture("batchnorm_net.inputs.npz")).unwrap();
     let f = d.join("in.npz");
     std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
-    check(&d, &run_with_inputs(&d, &f), &["in.npz", "not a valid .npz"]);
+    check(
+        &d,
+        &run_with_inputs(&d, &f),
+        &["in.npz", "not a valid .npz"],
+    );
 }
 
 #[test]
@@ -303,7 +307,11 @@ fn npz_empty_file() {
     let d = case_dir("npz_empty");
     let f = d.join("in.npz");
     std::fs::write(&f, b"").unwrap();
-    check(&d, &run_with_inputs(&d, &f), &["in.npz", "not a valid .npz"]);
+    check(
+        &d,
+        &run_with_inputs(&d, &f),
+        &["in.npz", "not a valid .npz"],
+    );
 }
 
 #[test]
@@ -357,10 +365,9 @@ fn compressed_npz_inputs_run_like_stored_ones() {
     // stored original).
     let d = case_dir("npz_compressed_ok");
     let f = d.join("in.npz");
-    let mut zip = zip::ZipArchive::new(
-        std::fs::File::open(fixture("batchnorm_net.inputs.npz")).unwrap(),
-    )
-    .unwrap();
+    let mut zip =
+        zip::ZipArchive::new(std::fs::File::open(fixture("batchnorm_net.inputs.npz")).unwrap())
+            .unwrap();
     let mut entries = vec![];
     for i in 0..zip.len() {
         let mut e = zip.by_index(i).unwrap();
@@ -385,6 +392,18 @@ fn compressed_npz_inputs_run_like_stored_ones() {
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
 
+#[test]
+fn absurd_thread_count_is_refused_before_spawning() {
+    let d = case_dir("threads");
+    let mut args = run_with_inputs(&d, &fixture("batchnorm_net.inputs.npz"));
+    args.extend(os(&[&"--backend", &"cpu", &"--threads", &"100000"]));
+    check(
+        &d,
+        &args,
+        &["batchnorm_net.onnx", "100000 threads requested; at most"],
+    );
+}
+
 // ------------------------------------------------------- models, external data
 
 fn inspect(model: &Path) -> Vec<OsString> {
@@ -407,7 +426,11 @@ fn model_directory() {
     let d = case_dir("model_dir");
     let m = d.join("m.onnx");
     std::fs::create_dir(&m).unwrap();
-    check(&d, &inspect(&m), &["m.onnx", "not a regular file (a directory)"]);
+    check(
+        &d,
+        &inspect(&m),
+        &["m.onnx", "not a regular file (a directory)"],
+    );
 }
 
 #[test]
@@ -488,7 +511,11 @@ fn external_data_symlink_escaping_the_folder() {
     let err = check(
         m.parent().unwrap(),
         &run_external(&m),
-        &["m.onnx", "external data file 'w.data'", "resolves outside its folder"],
+        &[
+            "m.onnx",
+            "external data file 'w.data'",
+            "resolves outside its folder",
+        ],
     );
     assert!(!err.contains("secret.data"), "{err}");
 }
@@ -517,7 +544,11 @@ fn external_data_parent_directory() {
     check(
         m.parent().unwrap(),
         &run_external(&m),
-        &["m.onnx", "'../ext_dotdot_w.data'", "resolves outside its folder"],
+        &[
+            "m.onnx",
+            "'../ext_dotdot_w.data'",
+            "resolves outside its folder",
+        ],
     );
 }
 
@@ -544,7 +575,11 @@ fn external_data_offset_past_the_end() {
     check(
         m.parent().unwrap(),
         &run_external(&m),
-        &["m.onnx", "external data 'w.data' has", "at offset 1000000000000"],
+        &[
+            "m.onnx",
+            "external data 'w.data' has",
+            "at offset 1000000000000",
+        ],
     );
 }
 
@@ -628,7 +663,11 @@ fn npu_huge_instruction_under_a_cycle_budget() {
     check(
         p.parent().unwrap(),
         &npu_sim(&p, &["--max-cycles", "1000000"]),
-        &["p.s", "budget exceeded at instruction #1 `vbin`", "1000000 cycles"],
+        &[
+            "p.s",
+            "budget exceeded at instruction #1 `vbin`",
+            "1000000 cycles",
+        ],
     );
 }
 
@@ -660,7 +699,12 @@ fn npu_long_program_crosses_the_cycle_budget() {
     check(
         p.parent().unwrap(),
         &npu_sim(&p, &["--max-cycles", "5000"]),
-        &["p.s", "budget exceeded at instruction #", "`ld`", "5000 cycles"],
+        &[
+            "p.s",
+            "budget exceeded at instruction #",
+            "`ld`",
+            "5000 cycles",
+        ],
     );
 }
 
@@ -669,7 +713,11 @@ fn npu_program_fifo_does_not_block() {
     let d = case_dir("npu_fifo");
     let p = d.join("p.npub");
     mkfifo(&p);
-    check(&d, &npu_sim(&p, &[]), &["p.npub", "not a regular file (a FIFO)"]);
+    check(
+        &d,
+        &npu_sim(&p, &[]),
+        &["p.npub", "not a regular file (a FIFO)"],
+    );
     check(
         &d,
         &os(&[&"npu", &"disasm", &p]),
@@ -721,7 +769,9 @@ fn npu_gemm_sizes_overflow() {
 fn npu_conv_too_large_to_allocate() {
     npu_layer(
         "npu_conv_huge",
-        &["conv", "--h", "100000", "--w", "100000", "--c-in", "512", "--c-out", "8"],
+        &[
+            "conv", "--h", "100000", "--w", "100000", "--c-in", "512", "--c-out", "8",
+        ],
         &["conv: the operands need", "DRAM image"],
     );
 }
@@ -730,7 +780,9 @@ fn npu_conv_too_large_to_allocate() {
 fn npu_conv_zero_stride() {
     npu_layer(
         "npu_conv_stride0",
-        &["conv", "--h", "8", "--w", "8", "--c-in", "4", "--c-out", "4", "--stride", "0"],
+        &[
+            "conv", "--h", "8", "--w", "8", "--c-in", "4", "--c-out", "4", "--stride", "0",
+        ],
         &["conv: --kernel and --stride must be at least 1"],
     );
 }
@@ -740,7 +792,9 @@ fn npu_conv_padding_overflows() {
     let big = (usize::MAX / 2 + 1).to_string();
     npu_layer(
         "npu_conv_pad",
-        &["conv", "--h", "8", "--w", "8", "--c-in", "4", "--c-out", "4", "--pad", &big],
+        &[
+            "conv", "--h", "8", "--w", "8", "--c-in", "4", "--c-out", "4", "--pad", &big,
+        ],
         &["conv: the padded size overflows"],
     );
 }
@@ -826,7 +880,16 @@ fn caption_manifest(projection: &str) -> String {
 fn task_adapter_escaping_by_parent_directory() {
     let (d, args) = task_case("task_adapter_dotdot", &adapter_manifest("../app.m4a"));
     std::fs::write(d.with_file_name("app.m4a"), b"M4C").unwrap();
-    check(&d, &args, &["task `t`", "adapter", "app.m4a", "resolves outside its folder"]);
+    check(
+        &d,
+        &args,
+        &[
+            "task `t`",
+            "adapter",
+            "app.m4a",
+            "resolves outside its folder",
+        ],
+    );
 }
 
 #[test]
@@ -835,27 +898,43 @@ fn task_adapter_escaping_by_symlink() {
     let outside = case_dir("task_adapter_symlink_target").join("real.m4a");
     std::fs::write(&outside, b"SECRET-ADAPTER").unwrap();
     std::os::unix::fs::symlink(&outside, d.join("app.m4a")).unwrap();
-    let err = check(&d, &args, &["task `t`", "app.m4a", "resolves outside its folder"]);
+    let err = check(
+        &d,
+        &args,
+        &["task `t`", "app.m4a", "resolves outside its folder"],
+    );
     assert!(!err.contains("SECRET"), "{err}");
 }
 
 #[test]
 fn task_adapter_absolute_path_outside() {
     let (d, args) = task_case("task_adapter_abs", &adapter_manifest("/etc/passwd"));
-    check(&d, &args, &["task `t`", "/etc/passwd", "resolves outside its folder"]);
+    check(
+        &d,
+        &args,
+        &["task `t`", "/etc/passwd", "resolves outside its folder"],
+    );
 }
 
 #[test]
 fn task_adapter_fifo_does_not_block() {
     let (d, args) = task_case("task_adapter_fifo", &adapter_manifest("app.m4a"));
     mkfifo(&d.join("app.m4a"));
-    check(&d, &args, &["task `t`", "app.m4a", "not a regular file (a FIFO)"]);
+    check(
+        &d,
+        &args,
+        &["task `t`", "app.m4a", "not a regular file (a FIFO)"],
+    );
 }
 
 #[test]
 fn task_adapter_errors_never_echo_its_bytes() {
     let (d, args) = task_case("task_adapter_garbage", &adapter_manifest("app.m4a"));
-    std::fs::write(d.join("app.m4a"), [b"SECRETKEY".as_slice(), &[7u8; 200]].concat()).unwrap();
+    std::fs::write(
+        d.join("app.m4a"),
+        [b"SECRETKEY".as_slice(), &[7u8; 200]].concat(),
+    )
+    .unwrap();
     let err = check(&d, &args, &["app.m4a", "not an m4c bundle"]);
     assert!(!err.contains("SECRET"), "{err}");
     assert!(!err.contains("53, 45, 43"), "{err}");
@@ -865,7 +944,16 @@ fn task_adapter_errors_never_echo_its_bytes() {
 fn task_projection_escaping_its_folder() {
     let (d, args) = task_case("task_projection_dotdot", &caption_manifest("../proj.npy"));
     std::fs::write(d.with_file_name("proj.npy"), b"x").unwrap();
-    check(&d, &args, &["task `t`", "projection", "proj.npy", "resolves outside its folder"]);
+    check(
+        &d,
+        &args,
+        &[
+            "task `t`",
+            "projection",
+            "proj.npy",
+            "resolves outside its folder",
+        ],
+    );
 }
 
 #[test]
@@ -880,7 +968,11 @@ fn task_projection_claiming_2_pow_40_elements() {
 fn task_projection_fifo_does_not_block() {
     let (d, args) = task_case("task_projection_fifo", &caption_manifest("proj.npy"));
     mkfifo(&d.join("proj.npy"));
-    check(&d, &args, &["task `t`", "proj.npy", "not a regular file (a FIFO)"]);
+    check(
+        &d,
+        &args,
+        &["task `t`", "proj.npy", "not a regular file (a FIFO)"],
+    );
 }
 
 #[test]
@@ -888,7 +980,15 @@ fn task_manifest_fifo_does_not_block() {
     let d = case_dir("task_manifest_fifo");
     let m = d.join("tasks.toml");
     mkfifo(&m);
-    let args = os(&[&"task", &"run", &firmware(), &"--manifest", &m, &"--task", &"t"]);
+    let args = os(&[
+        &"task",
+        &"run",
+        &firmware(),
+        &"--manifest",
+        &m,
+        &"--task",
+        &"t",
+    ]);
     check(&d, &args, &["tasks.toml", "not a regular file (a FIFO)"]);
 }
 
@@ -897,8 +997,20 @@ fn task_manifest_directory() {
     let d = case_dir("task_manifest_dir");
     let m = d.join("tasks.toml");
     std::fs::create_dir(&m).unwrap();
-    let args = os(&[&"task", &"run", &firmware(), &"--manifest", &m, &"--task", &"t"]);
-    check(&d, &args, &["tasks.toml", "not a regular file (a directory)"]);
+    let args = os(&[
+        &"task",
+        &"run",
+        &firmware(),
+        &"--manifest",
+        &m,
+        &"--task",
+        &"t",
+    ]);
+    check(
+        &d,
+        &args,
+        &["tasks.toml", "not a regular file (a directory)"],
+    );
 }
 
 #[test]
