@@ -94,7 +94,8 @@ pub fn resolve_inside(dir: &Path, path: &Path) -> io::Result<PathBuf> {
 }
 
 /// The default memory budget for allocations sized by an input file: half
-/// of physical memory (4 GiB where it cannot be read).
+/// of physical memory (4 GiB where it cannot be read), and half of the
+/// process's address-space limit when one is set (`ulimit -v`).
 pub fn memory_budget() -> u64 {
     // SAFETY: sysconf only reads system configuration values.
     let (pages, page) = unsafe {
@@ -103,10 +104,23 @@ pub fn memory_budget() -> u64 {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    match (u64::try_from(pages), u64::try_from(page)) {
-        (Ok(p), Ok(s)) if p > 0 && s > 0 => p.saturating_mul(s) / 2,
-        _ => 4 << 30,
-    }
+    let physical = match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(p), Ok(s)) if p > 0 && s > 0 => p.saturating_mul(s),
+        _ => 8 << 30,
+    };
+    let mut limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    let address_space = if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+    {
+        limit.rlim_cur as u64
+    } else {
+        u64::MAX
+    };
+    physical.min(address_space) / 2
 }
 
 #[cfg(test)]

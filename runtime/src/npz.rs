@@ -178,7 +178,9 @@ fn read_npy_from(r: &mut impl Read, len: u64, budget: u64) -> Result<(Value, u64
             "{bytes} bytes of data exceed the memory budget ({budget} bytes left)"
         ));
     }
-    let mut data = Vec::with_capacity(bytes as usize);
+    // The entry's declared size may lie (deflated data is only known once
+    // inflated): reserve at most 64 MiB up front and grow with what is read.
+    let mut data = Vec::with_capacity(bytes.min(1 << 26) as usize);
     r.take(bytes)
         .read_to_end(&mut data)
         .map_err(|e| e.to_string())?;
