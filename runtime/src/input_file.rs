@@ -116,7 +116,7 @@ pub fn memory_budget() -> u64 {
     let address_space = if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
         && limit.rlim_cur != libc::RLIM_INFINITY
     {
-        limit.rlim_cur as u64
+        limit.rlim_cur
     } else {
         u64::MAX
     };
