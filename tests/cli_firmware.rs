@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use m4c_compiler::bundle::{build_firmware, FirmwareOptions};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::{compare, run_graph, Value};
 use m4c_runtime::bundle::Bundle;
 use m4c_runtime::{read_npz, sanitized_key};
 
@@ -62,18 +62,6 @@ fn firmware() -> &'static [u8] {
     FW.get_or_init(|| build_firmware(&module_list(), &FirmwareOptions::default()).unwrap())
 }
 
-fn as_f64(v: &Value) -> Vec<f64> {
-    match v {
-        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
-}
-
 fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
     arrays
         .get(name)
@@ -84,13 +72,8 @@ fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
 /// numpy.allclose(got, want, rtol=1e-4, atol=1e-5), shapes and types equal.
 fn assert_allclose(what: &str, got: &Value, want: &Value) {
     assert_eq!(got.dtype(), want.dtype(), "{what}: element type");
-    assert_eq!(got.shape(), want.shape(), "{what}: shape");
-    let bad = as_f64(got)
-        .iter()
-        .zip(as_f64(want))
-        .filter(|(g, w)| !((*g - w).abs() <= 1e-5 + 1e-4 * w.abs() || g.is_nan() && w.is_nan()))
-        .count();
-    assert_eq!(bad, 0, "{what}: {bad} elements out of tolerance");
+    let c = compare(got, want, 1e-4, 1e-5);
+    assert!(c.passed(), "{what}: {}", c.summary());
 }
 
 #[test]

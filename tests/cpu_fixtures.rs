@@ -7,15 +7,15 @@ use std::path::Path;
 
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_cpu_codegen::{compile_graph, CompileOptions, Target};
-use m4c_ops::Value;
+use m4c_ops::{compare, Comparison, Value};
 use m4c_runtime::{read_npz, sanitized_key};
 
 const RTOL: f64 = 1e-4;
 const ATOL: f64 = 1e-5;
 
-/// Compiles and runs one fixture; returns (output name, max abs error,
-/// elements out of tolerance) per output.
-fn check(name: &str) -> Vec<(String, f64, usize)> {
+/// Compiles and runs one fixture; returns each output's name and its
+/// comparison with onnxruntime's.
+fn check(name: &str) -> Vec<(String, Comparison)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let model = OnnxModel::load(&dir.join(format!("{name}.onnx"))).unwrap();
     let inputs = read_npz(&dir.join(format!("{name}.inputs.npz"))).unwrap();
@@ -57,43 +57,18 @@ fn check(name: &str) -> Vec<(String, f64, usize)> {
                 .unwrap_or_else(|| panic!("{name}: no reference for {}", o.name));
             let got = Value::from_tensor(&got).unwrap();
             assert_eq!(got.shape(), want.shape(), "{name}/{}", o.name);
-            let (g, w) = (as_f64(&got), as_f64(want));
-            let mut max_abs: f64 = 0.0;
-            let mut bad = 0;
-            for (a, b) in g.iter().zip(&w) {
-                if a == b || (a.is_nan() && b.is_nan()) {
-                    continue;
-                }
-                let d = (a - b).abs();
-                max_abs = max_abs.max(d);
-                if d.is_nan() || d > ATOL + RTOL * b.abs() {
-                    bad += 1;
-                }
-            }
-            (o.name.clone(), max_abs, bad)
+            (o.name.clone(), compare(&got, want, RTOL, ATOL))
         })
         .collect()
-}
-
-fn as_f64(v: &Value) -> Vec<f64> {
-    match v {
-        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
-        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-    }
 }
 
 macro_rules! fixtures {
     ($($name:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
-            for (output, max_abs, bad) in check(stringify!($name)) {
-                eprintln!("{} {output}: max abs error {max_abs:.3e}", stringify!($name));
-                assert_eq!(bad, 0, "{}/{output}: {bad} elements out of tolerance (max abs {max_abs:.3e})", stringify!($name));
+            for (output, c) in check(stringify!($name)) {
+                eprintln!("{} {output}: {}", stringify!($name), c.summary());
+                assert!(c.passed(), "{}/{output}: {}", stringify!($name), c.summary());
             }
         }
     )*};

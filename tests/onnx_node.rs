@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use m4c_compiler::onnx::load_tensor_file;
 use m4c_compiler::{lower, FrontendError, LowerOptions, OnnxModel};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::{compare, run_graph, Value};
 
 enum Outcome {
     Pass,
@@ -24,18 +24,6 @@ enum Outcome {
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx-node")
-}
-
-fn to_f64(v: &Value) -> Vec<f64> {
-    match v {
-        Value::F32(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I8(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I32(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
 }
 
 fn run_case(dir: &Path, rtol: f64, atol: f64) -> Outcome {
@@ -122,19 +110,9 @@ fn run_case(dir: &Path, rtol: f64, atol: f64) -> Outcome {
                     want.shape()
                 ));
             }
-            let bad = to_f64(got)
-                .iter()
-                .zip(to_f64(&want))
-                .filter(|(a, b)| {
-                    !(**a == *b
-                        || a.is_nan() && b.is_nan()
-                        || (*a - b).abs() <= atol + rtol * b.abs())
-                })
-                .count();
-            if bad > 0 {
-                return Outcome::Fail(format!(
-                    "output {k} '{name}': {bad} elements out of tolerance"
-                ));
+            let c = compare(got, &want, rtol, atol);
+            if !c.passed() {
+                return Outcome::Fail(format!("output {k} '{name}': {}", c.summary()));
             }
         }
     }

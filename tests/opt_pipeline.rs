@@ -14,7 +14,7 @@ use m4c_compiler::opt::{
 use m4c_compiler::partition::{markdown_table, NpuOpSet, PartitionReport};
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_ir::{DType, Graph, Op, TensorType};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::{compare, run_graph, Value};
 use m4c_runtime::{read_npz, sanitized_key};
 
 fn fixture(name: &str) -> PathBuf {
@@ -62,14 +62,9 @@ fn run(g: &Graph, inputs: &BTreeMap<String, Value>) -> Vec<(String, Value)> {
 
 /// numpy allclose at the CLI's default tolerance (rtol 1e-4, atol 1e-5).
 fn assert_close(what: &str, got: &Value, want: &Value) {
-    let (Value::F32(g), Value::F32(w)) = (got, want) else {
-        assert_eq!(got, want, "{what}");
-        return;
-    };
-    assert_eq!(g.shape(), w.shape(), "{what}");
-    for (a, b) in g.iter().zip(w.iter()) {
-        assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{what}: {a} vs {b}");
-    }
+    assert_eq!(got.dtype(), want.dtype(), "{what}");
+    let c = compare(got, want, 1e-4, 1e-5);
+    assert!(c.passed(), "{what}: {}", c.summary());
 }
 
 fn optimise(

@@ -31,7 +31,7 @@ mod resize;
 mod value;
 mod window;
 
-pub use compare::max_abs_rel_error;
+pub use compare::{as_f64, compare, max_abs_rel_error, Comparison};
 pub use error::OpsError;
 pub use graph::run_graph;
 pub use value::Value;

@@ -6,7 +6,8 @@ pub mod adapter;
 pub mod bundle;
 pub mod exec;
 pub mod generate;
+pub mod input_file;
 mod npz;
 pub mod task;
 
-pub use npz::{read_npz, sanitized_key, write_npz, NpzError};
+pub use npz::{read_npy, read_npz, read_npz_within, sanitized_key, write_npz, NpzError};

@@ -111,3 +111,107 @@ fn garbage_binaries_never_panic() {
         }
     }
 }
+
+const LD_CFG: &str =
+    "ld.cfg dram_stride=0 sram_stride=0 pad_top=0 pad_bottom=0 pad_left=0 pad_right=0\n";
+
+#[test]
+fn zero_length_transfers_outside_memory_trap() {
+    // Each used to skip the bounds check and panic slicing past the memory.
+    let cases = [
+        (format!(".dram 64\n{LD_CFG}ld space=a sram=0 dram=4000000 rows=2 row_bytes=0\nhalt"), "DRAM image"),
+        (format!(".dram 64\n{LD_CFG}ld space=a sram=16000000 dram=0 rows=1 row_bytes=0\nhalt"), "activation SRAM"),
+        (".dram 64\nst.cfg dram_stride=0 sram_stride=0\nst space=a sram=0 dram=4000000 rows=3 row_bytes=0\nhalt".to_string(), "DRAM image"),
+        (".dram 64\nst.cfg dram_stride=0 sram_stride=0\nst space=w sram=16000000 dram=0 rows=1 row_bytes=0\nhalt".to_string(), "weight SRAM"),
+        ("vec.cfg dst_stride=0 src_stride=0 src2_stride=0\nvcopy dst_space=a dst=16000000 src_space=a src=0 rows=1 cols=0\nhalt".to_string(), "activation SRAM"),
+        ("vec.cfg dst_stride=0 src_stride=0 src2_stride=0\nvcopy dst_space=a dst=0 src_space=w src=16000000 rows=4 cols=0\nhalt".to_string(), "weight SRAM"),
+    ];
+    for (src, memory) in cases {
+        let (index, msg) = trap_index(sim(&src));
+        assert_eq!(
+            index,
+            src.lines().filter(|l| !l.starts_with('.')).count() - 2,
+            "{src}"
+        );
+        assert!(msg.contains(memory), "{src}: {msg}");
+    }
+    // In bounds, an empty transfer is a no-op.
+    let ok = sim(&format!(
+        ".dram 64\n{LD_CFG}ld space=a sram=0 dram=64 rows=2 row_bytes=0\nhalt"
+    ))
+    .unwrap();
+    assert_eq!(ok.stats.dram_read_bytes, 0);
+}
+
+fn budget(r: Result<m4c_npu::sim::SimResult, SimError>) -> (usize, &'static str, String) {
+    match r {
+        Err(SimError::Budget {
+            index,
+            mnemonic,
+            message,
+        }) => (index, mnemonic, message),
+        Err(e) => panic!("expected a budget error, got {e}"),
+        Ok(_) => panic!("expected a budget error, got success"),
+    }
+}
+
+fn sim_with(
+    src: &str,
+    max_cycles: u64,
+    max_instructions: u64,
+) -> Result<m4c_npu::sim::SimResult, SimError> {
+    simulate(
+        &assemble(src).unwrap(),
+        &MachineConfig::edge_small(),
+        SimOptions {
+            max_cycles,
+            max_instructions,
+            ..SimOptions::default()
+        },
+    )
+}
+
+#[test]
+fn one_huge_instruction_is_refused_before_it_runs() {
+    // 65535 rows x 65535 columns re-reading the same bytes (stride 0): about
+    // 2^32 element operations, refused at once from its lower bound.
+    let src = "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n\
+               vbin op=add dst_mem=a dst=0 a_mem=a a=0 b_mem=a b=0 rows=65535 cols=65535 bcast=0\nhalt";
+    let t = std::time::Instant::now();
+    let (index, mnemonic, msg) = budget(sim_with(src, 1_000_000, u64::MAX));
+    assert!(t.elapsed().as_secs() < 2);
+    assert_eq!((index, mnemonic), (1, "vbin"));
+    assert!(msg.contains("past the budget of 1000000 cycles"), "{msg}");
+    // The default budget still refuses a long string of them.
+    let many = format!(
+        "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n{}halt",
+        "vcopy dst_space=a dst=0 src_space=a src=0 rows=65535 cols=16000000\n".repeat(2)
+    );
+    let (index, mnemonic, _) = budget(sim_with(&many, m4c_npu::sim::DEFAULT_MAX_CYCLES, u64::MAX));
+    assert_eq!((index, mnemonic), (1, "vcopy"));
+}
+
+#[test]
+fn the_cycle_budget_names_the_crossing_instruction() {
+    let src = format!(
+        ".dram 4096\n{LD_CFG}{}halt",
+        "ld space=a sram=0 dram=0 rows=1 row_bytes=4096\n".repeat(50)
+    );
+    let full = sim_with(&src, u64::MAX, u64::MAX).unwrap().stats.cycles;
+    let (index, mnemonic, _) = budget(sim_with(&src, full / 2, u64::MAX));
+    assert_eq!(mnemonic, "ld");
+    assert!((20..=30).contains(&index), "{index}");
+    assert!(sim_with(&src, full, u64::MAX).is_ok());
+}
+
+#[test]
+fn the_instruction_budget_counts_every_instruction() {
+    let src = format!(
+        "{}halt",
+        "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n".repeat(10)
+    );
+    let (index, mnemonic, msg) = budget(sim_with(&src, u64::MAX, 4));
+    assert_eq!((index, mnemonic), (4, "vec.cfg"));
+    assert!(msg.contains("more than 4 instructions"), "{msg}");
+    assert!(sim_with(&src, u64::MAX, 10).is_ok());
+}

@@ -6,11 +6,11 @@ mod tensor;
 mod wire;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use m4c_ir::{Storage, Tensor};
+use m4c_runtime::input_file::{open_regular, read_regular, resolve_inside};
 use memmap2::Mmap;
 use prost::Message;
 use tract_onnx::pb::{ModelProto, TensorProto};
@@ -33,7 +33,7 @@ pub struct OnnxModel {
 }
 
 fn map_file(path: &Path) -> Result<Mmap, std::io::Error> {
-    let file = File::open(path)?;
+    let file = open_regular(path)?;
     // SAFETY: the file is opened read-only and the map is only read; like
     // every mmap-based loader we rely on nobody truncating the model file
     // while the compiler runs.
@@ -159,12 +159,14 @@ impl OnnxModel {
             .get("location")
             .ok_or("external data without a location")?;
         let rel = Path::new(location);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        if rel.is_absolute() {
             return Err(format!(
-                "external data location '{location}' leaves the model directory"
+                "external data location '{location}' is absolute (it must be inside the model's folder)"
             ));
         }
-        let file = self.path.parent().unwrap_or(Path::new(".")).join(rel);
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let file = resolve_inside(dir, rel)
+            .map_err(|e| format!("external data file '{location}': {e}"))?;
         let num = |k: &str| {
             kv.get(k)
                 .map(|v| {
@@ -182,20 +184,18 @@ impl OnnxModel {
             Some(m) => m.clone(),
             None => {
                 let m = Arc::new(
-                    map_file(&file)
-                        .map_err(|e| format!("external data file {}: {e}", file.display()))?,
+                    map_file(&file).map_err(|e| format!("external data file '{location}': {e}"))?,
                 );
                 maps.insert(file.clone(), m.clone());
                 m
             }
         };
         let dtype = dtype_from_onnx(t.data_type)?;
-        let n: usize = tensor::dims(t)?.iter().product();
+        let n = tensor::elements(&tensor::dims(t)?)?;
         let len = num("length")?.unwrap_or(dtype.storage_bytes(n));
         if offset.checked_add(len).is_none_or(|end| end > map.len()) {
             return Err(format!(
-                "external data {} has {} bytes, tensor needs {len} at offset {offset}",
-                file.display(),
+                "external data '{location}' has {} bytes, tensor needs {len} at offset {offset}",
                 map.len()
             ));
         }
@@ -205,7 +205,7 @@ impl OnnxModel {
 
 /// Reads a serialised `TensorProto` file (ONNX test-data `.pb` files).
 pub fn load_tensor_file(path: &Path) -> Result<(String, Tensor), FrontendError> {
-    let bytes = std::fs::read(path).map_err(|source| FrontendError::Io {
+    let bytes = read_regular(path, u64::MAX).map_err(|source| FrontendError::Io {
         path: path.to_path_buf(),
         source,
     })?;

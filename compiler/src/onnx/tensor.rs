@@ -60,12 +60,22 @@ pub fn dims(t: &TensorProto) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// The element count of `shape`; an error when it (or its size in bits,
+/// which [`DType::storage_bytes`] computes) overflows.
+pub fn elements(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| n.checked_mul(64).is_some())
+        .ok_or_else(|| format!("shape {shape:?} has more elements than memory can address"))
+}
+
 /// Decodes a tensor held inline in the protobuf (raw or typed fields).
 /// `raw` overrides `t.raw_data` when the payload is referenced in place.
 pub fn decode(t: &TensorProto, raw: Option<Storage>) -> Result<Tensor, String> {
     let dtype = dtype_from_onnx(t.data_type)?;
     let shape = dims(t)?;
-    let n: usize = shape.iter().product();
+    let n = elements(&shape)?;
     let tensor = if let Some(storage) = raw {
         Tensor {
             dtype,

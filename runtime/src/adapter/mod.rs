@@ -15,7 +15,6 @@
 pub mod lora;
 mod shared;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -85,7 +84,7 @@ impl AdapterBundle {
                 source,
             })
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::input_file::open_regular(path).map_err(io)?;
         if file.metadata().map_err(io)?.len() < HEADER_LEN as u64 {
             let bytes = std::fs::read(path).map_err(io)?;
             return Err(wrap(decode(&bytes).expect_err("shorter than the header")));

@@ -119,10 +119,7 @@ fn read_header(bytes: &[u8]) -> Result<Header, BundleError> {
                 len,
             });
         }
-        let n = bytes.len().min(MAGIC.len());
-        return Err(BundleError::BadMagic {
-            found: bytes[..n].to_vec(),
-        });
+        return Err(BundleError::BadMagic);
     }
     if bytes.len() < HEADER_LEN {
         return Err(BundleError::Truncated {

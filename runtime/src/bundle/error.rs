@@ -13,8 +13,8 @@ pub enum BundleError {
     },
     #[error("truncated: {what} needs bytes up to offset {need}, the file has {len}")]
     Truncated { what: String, need: u64, len: u64 },
-    #[error("not an m4c bundle: bytes 0..8 are {found:02x?}, expected the m4c magic")]
-    BadMagic { found: Vec<u8> },
+    #[error("not an m4c bundle (the file does not start with the m4c magic)")]
+    BadMagic,
     #[error(
         "bundle format version {found} is not supported (this runtime reads version {supported})"
     )]

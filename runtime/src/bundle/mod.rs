@@ -31,7 +31,7 @@ pub use reader::Bundle;
 /// nothing about validity: [`Bundle::open`] checks that.
 pub fn is_bundle(path: &Path) -> bool {
     let mut magic = [0u8; 8];
-    std::fs::File::open(path)
+    crate::input_file::open_regular(path)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && magic == format::MAGIC

@@ -2,7 +2,6 @@
 //! graphs with their weights pointing into the map.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,7 +46,7 @@ impl Bundle {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file = crate::input_file::open_regular(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < HEADER_LEN as u64 {
             // Too short to map usefully; read it to report magic or truncation.

@@ -9,10 +9,25 @@ use serde::Deserialize;
 
 use super::tokenizer::WordTokenizer;
 use super::TaskError;
+use crate::input_file::{read_regular, resolve_inside};
+
+/// The largest manifest read (manifests are a few kilobytes).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+impl TaskManifest {
+    /// Resolves a file the manifest names (an adapter, a projection) and
+    /// checks that it lies inside the manifest's folder.
+    pub fn resolve(&self, file: &Path) -> Result<PathBuf, String> {
+        resolve_inside(&self.dir, file).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
 
 /// A parsed and checked manifest.
 #[derive(Clone, Debug)]
 pub struct TaskManifest {
+    /// The manifest's folder: adapter and projection files must resolve
+    /// inside it (after following symlinks) when they are opened.
+    pub dir: PathBuf,
     pub tokenizer: Option<WordTokenizer>,
     pub tasks: BTreeMap<String, Task>,
 }
@@ -165,17 +180,21 @@ impl RawTask {
 }
 
 impl TaskManifest {
-    /// Reads and checks the manifest at `path`.
+    /// Reads and checks the manifest at `path` (a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`]); file names in it resolve against its folder.
     pub fn load(path: &Path) -> Result<TaskManifest, TaskError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TaskError::Manifest {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        TaskManifest::parse(&text, dir).map_err(|msg| TaskError::Manifest {
+        let err = |msg: String| TaskError::Manifest {
             path: path.display().to_string(),
             msg,
-        })
+        };
+        let bytes = read_regular(path, MAX_MANIFEST_BYTES).map_err(|e| err(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = dir.canonicalize().map_err(|e| err(e.to_string()))?;
+        TaskManifest::parse(&text, &dir).map_err(err)
     }
 
     /// Parses manifest text; relative file names resolve against `dir`.
@@ -199,6 +218,7 @@ impl TaskManifest {
             tasks.insert(name, task);
         }
         Ok(TaskManifest {
+            dir: dir.to_path_buf(),
             tokenizer: raw.tokenizer,
             tasks,
         })

@@ -179,12 +179,17 @@ impl TaskRunner {
         let adapter = task
             .adapter
             .as_ref()
-            .map(|p| AdapterBundle::open(p))
-            .transpose()
-            .map_err(|source| TaskError::Adapter {
-                task: name.to_string(),
-                source,
-            })?;
+            .map(|p| {
+                let p = self.manifest.resolve(p).map_err(|e| TaskError::Input {
+                    task: name.to_string(),
+                    msg: format!("adapter {e}"),
+                })?;
+                AdapterBundle::open(&p).map_err(|source| TaskError::Adapter {
+                    task: name.to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
         let clock = Arc::new(Clock::default());
         let ctx = paths::Context {
             task: name,

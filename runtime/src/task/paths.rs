@@ -226,8 +226,21 @@ impl Context<'_> {
     /// Prefix tokens: `argmax_v (P[k]·e)_v` for each row block k of the
     /// projection `P [K, vocab, dim]`.
     fn project(&self, projection: &Path, e: &[f32]) -> Result<Vec<i64>, TaskError> {
-        let p: ArrayD<f32> = ndarray_npy::read_npy(projection)
-            .map_err(|err| self.err(format!("projection {}: {err}", projection.display())))?;
+        let file = self
+            .runner
+            .manifest
+            .resolve(projection)
+            .map_err(|e| self.err(format!("projection {e}")))?;
+        let p = match crate::read_npy(&file).map_err(|e| self.err(format!("projection {e}")))? {
+            Value::F32(p) => p,
+            other => {
+                return Err(self.err(format!(
+                    "projection {}: {} values, expected f32",
+                    projection.display(),
+                    other.dtype()
+                )))
+            }
+        };
         let [k, vocab, dim] = p.shape()[..] else {
             return Err(self.err(format!(
                 "projection {}: shape {:?}, expected [prefix_tokens, vocab, dim]",

@@ -5,16 +5,24 @@ use std::path::Path;
 
 use m4c_npu::asm::assemble;
 use m4c_npu::program::Program;
+use m4c_runtime::input_file::{memory_budget, read_regular};
 
 use crate::cli::CliResult;
 
+/// The bytes of an input file (a regular file, within the memory budget).
+fn read_input(path: &Path) -> CliResult<Vec<u8>> {
+    read_regular(path, memory_budget())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}
+
 pub(super) fn read_text(path: &Path) -> CliResult<String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+    String::from_utf8(read_input(path)?)
+        .map_err(|_| format!("{}: not UTF-8 text", path.display()).into())
 }
 
 /// A binary program, or assembly text when the file lacks the binary magic.
 pub(super) fn load_program(path: &Path) -> CliResult<Program> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = read_input(path)?;
     if bytes.starts_with(b"M4NPU") {
         return Program::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()).into());
     }

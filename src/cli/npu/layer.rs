@@ -61,6 +61,7 @@ pub(super) fn sim_options(compat: bool, trace: bool, check_hazards: bool) -> Sim
         timing,
         trace,
         check_hazards,
+        ..SimOptions::default()
     }
 }
 

@@ -189,6 +189,9 @@ pub(super) struct SimFlags {
     /// Use SCALE-Sim v3's per-fold matrix cycle formulas.
     #[arg(long)]
     scalesim_compat: bool,
+    /// Stop (exit 2) when any engine would run past this cycle.
+    #[arg(long, default_value_t = m4c_npu::sim::DEFAULT_MAX_CYCLES)]
+    max_cycles: u64,
 }
 
 #[derive(clap::Args)]
@@ -230,6 +233,50 @@ fn parse_array(s: &str) -> Result<(u32, u32), String> {
     Ok((parse(r)?, parse(c)?))
 }
 
+/// Refuses a layer whose operands (each `terms` entry: a product of sizes
+/// in bytes) cannot fit the NPU's DRAM image, before any is allocated.
+fn check_operands(what: &str, terms: &[&[usize]]) -> CliResult<()> {
+    let limit = m4c_npu::program::MAX_DRAM_BYTES;
+    let bytes = terms
+        .iter()
+        .map(|t| t.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)))
+        .try_fold(0u64, |a, t| a.checked_add(t?));
+    match bytes {
+        Some(b) if b <= limit => Ok(()),
+        Some(b) => Err(format!(
+            "{what}: the operands need {b} bytes, more than the NPU's {limit}-byte DRAM image"
+        )
+        .into()),
+        None => Err(format!("{what}: the operand sizes overflow").into()),
+    }
+}
+
+/// Checks a convolution's sizes before anything is allocated: a positive
+/// kernel and stride, and operands that fit the DRAM image (`depthwise`:
+/// one filter per channel).
+fn check_conv(what: &str, s: &ConvShape, depthwise: bool) -> CliResult<()> {
+    if s.kh == 0 || s.kw == 0 || s.stride == 0 {
+        return Err(format!("{what}: --kernel and --stride must be at least 1").into());
+    }
+    let out = |x: usize, k: usize| {
+        s.pad
+            .checked_mul(2)
+            .and_then(|p| x.checked_add(p))
+            .map(|x| x.saturating_sub(k) / s.stride + 1)
+            .ok_or_else(|| format!("{what}: the padded size overflows"))
+    };
+    let (oh, ow) = (out(s.h, s.kh)?, out(s.w, s.kw)?);
+    let filters = if depthwise { 1 } else { s.c_out };
+    check_operands(
+        what,
+        &[
+            &[s.h, s.w, s.c_in],
+            &[s.kh, s.kw, s.c_in, filters],
+            &[oh, ow, s.c_out, 4],
+        ],
+    )
+}
+
 /// Runs `m4c npu ...`; returns the exit code.
 pub fn run(args: NpuArgs) -> CliResult<i32> {
     match args.command {
@@ -251,9 +298,14 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
         }
         NpuCommand::Sim { program, sim } => {
             let config = MachineConfig::load(&sim.config)?;
-            let program = load_program(&program)?;
-            let options = sim_options(sim.scalesim_compat, sim.trace.is_some(), true);
-            let result = simulate(&program, &config, options)?;
+            let file = program;
+            let program = load_program(&file)?;
+            let options = m4c_npu::sim::SimOptions {
+                max_cycles: sim.max_cycles,
+                ..sim_options(sim.scalesim_compat, sim.trace.is_some(), true)
+            };
+            let result = simulate(&program, &config, options)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
             write_trace(sim.trace.as_deref(), &result, &config)?;
             let hazards = serde_json::to_value(&result.hazards)?;
             let extra = serde_json::json!({ "hazards": hazards });
@@ -275,6 +327,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             Ok(if result.hazards.is_empty() { 0 } else { 1 })
         }
         NpuCommand::Gemm { m, k, n, layer } => {
+            check_operands("gemm", &[&[m, k], &[k, n], &[m, n, 4]])?;
             let config = layer_config(&layer)?;
             let ops = gemm::GemmOperands::random(m, k, n, layer.seed);
             let g = gemm::generate(&ops, &config, layer.scalesim_compat)?;
@@ -300,7 +353,6 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             per_channel,
             layer,
         } => {
-            let config = layer_config(&layer)?;
             let shape = ConvShape {
                 h,
                 w,
@@ -311,6 +363,8 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
                 stride,
                 pad,
             };
+            check_conv("conv", &shape, false)?;
+            let config = layer_config(&layer)?;
             let mut ops = conv::ConvOperands::random(shape, layer.seed);
             if per_channel {
                 ops = ops.per_channel(layer.seed.wrapping_add(1));
@@ -351,6 +405,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
                 stride,
                 pad,
             };
+            check_conv("dwconv", &shape, true)?;
             let ops = depthwise::DepthwiseOperands::random(shape, layer.seed);
             let desc = serde_json::json!({
                 "kind": "dwconv", "h": h, "w": w, "c": c, "kernel": kernel, "stride": stride, "pad": pad,
@@ -364,6 +419,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             scale,
             layer,
         } => {
+            check_operands("softmax", &[&[shape.rows, shape.cols, 4]])?;
             let ops = softmax::SoftmaxOperands::random(shape.rows, shape.cols, scale, layer.seed);
             let config = layer_config(&layer)?;
             let k = softmax::generate(&ops, &config)?;
@@ -371,13 +427,20 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
                 serde_json::json!({ "kind": "softmax", "rows": shape.rows, "cols": shape.cols });
             run_streamed(&layer, &config, &k, ops.reference()?, desc)
         }
-        NpuCommand::Layernorm { shape, layer } => run_norm(NormKind::LayerNorm, &shape, &layer),
-        NpuCommand::Rmsnorm { shape, layer } => run_norm(NormKind::RmsNorm, &shape, &layer),
+        NpuCommand::Layernorm { shape, layer } => {
+            check_operands("layernorm", &[&[shape.rows, shape.cols, 4]])?;
+            run_norm(NormKind::LayerNorm, &shape, &layer)
+        }
+        NpuCommand::Rmsnorm { shape, layer } => {
+            check_operands("rmsnorm", &[&[shape.rows, shape.cols, 4]])?;
+            run_norm(NormKind::RmsNorm, &shape, &layer)
+        }
         NpuCommand::Act {
             function,
             shape,
             layer,
         } => {
+            check_operands("act", &[&[shape.rows, shape.cols, 4]])?;
             let f = lut::Activation::parse(&function)?;
             let ops = lut::UnaryOperands::random(f, shape.rows, shape.cols, layer.seed);
             let config = layer_config(&layer)?;
@@ -388,6 +451,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             run_streamed(&layer, &config, &k, ops.reference(), desc)
         }
         NpuCommand::Eltwise { op, shape, layer } => {
+            check_operands("eltwise", &[&[shape.rows, shape.cols, 4]])?;
             let elt = eltwise::EltOp::parse(&op)?;
             let ops = eltwise::BinaryOperands::random(elt, shape.rows, shape.cols, layer.seed);
             let config = layer_config(&layer)?;

@@ -7,7 +7,7 @@ use m4c_ir::op::{
     ConvAttrs, CoordMode, NearestRounding, NormKind, PadMode, PoolAttrs, ResizeMode, SliceAxis,
 };
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
-use m4c_ops::{run_graph, Value};
+use m4c_ops::{compare, run_graph, Value};
 use proptest::prelude::*;
 
 /// Deterministic values in `[lo, hi)`.
@@ -80,23 +80,9 @@ impl Case {
         let got = Value::from_tensor(&compiled.run(&self.inputs).unwrap()[0]).unwrap();
         prop_assert_eq!(got.dtype(), want.dtype());
         prop_assert_eq!(got.shape(), want.shape());
-        let (g, w) = (as_f64(&got), as_f64(&want));
-        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-            let ok = a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= atol + rtol * b.abs();
-            prop_assert!(ok, "element {i}: got {a}, want {b}");
-        }
+        let c = compare(&got, &want, rtol, atol);
+        prop_assert!(c.passed(), "{}", c.summary());
         Ok(())
-    }
-}
-
-fn as_f64(v: &Value) -> Vec<f64> {
-    match v {
-        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
-        other => panic!("unexpected {}", other.dtype()),
     }
 }
 

@@ -40,6 +40,9 @@ pub enum DeviceError {
     /// A thread pool was asked for zero threads.
     #[error("thread count must be at least 1")]
     NoThreads,
+    /// A thread pool was asked for more threads than [`crate::max_threads`].
+    #[error("{requested} threads requested; at most {max} (4 per hardware thread)")]
+    TooManyThreads { requested: usize, max: usize },
     /// The operating system refused to start a worker thread.
     #[error("cannot start worker thread: {0}")]
     Spawn(std::io::Error),

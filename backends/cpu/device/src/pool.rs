@@ -12,11 +12,27 @@ pub struct ThreadPool {
     pool: Option<rayon::ThreadPool>,
 }
 
+/// The most threads a pool may have: 4 per hardware thread (at least 8,
+/// at most 1024), so a mistyped count never spawns thousands of threads.
+pub fn max_threads() -> usize {
+    let hardware = std::thread::available_parallelism().map_or(1, |n| n.get());
+    hardware.saturating_mul(4).clamp(8, 1024)
+}
+
 impl ThreadPool {
-    /// A pool of `threads` workers (at least 1).
+    /// A pool of `threads` workers (at least 1, at most [`max_threads`]:
+    /// more is an error, not a clamp, so a run never silently differs from
+    /// what was asked).
     pub fn new(threads: usize) -> Result<Self, DeviceError> {
         if threads == 0 {
             return Err(DeviceError::NoThreads);
+        }
+        let max = max_threads();
+        if threads > max {
+            return Err(DeviceError::TooManyThreads {
+                requested: threads,
+                max,
+            });
         }
         let pool = if threads == 1 {
             None
@@ -62,6 +78,26 @@ mod tests {
     #[test]
     fn zero_threads_is_an_error() {
         assert!(matches!(ThreadPool::new(0), Err(DeviceError::NoThreads)));
+    }
+
+    #[test]
+    fn absurd_thread_counts_are_refused_before_spawning() {
+        let max = max_threads();
+        assert!((8..=1024).contains(&max));
+        assert!(ThreadPool::new(max).is_ok());
+        match ThreadPool::new(100_000) {
+            Err(
+                e @ DeviceError::TooManyThreads {
+                    requested: 100_000, ..
+                },
+            ) => {
+                assert!(e
+                    .to_string()
+                    .starts_with("100000 threads requested; at most"))
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("100000 threads accepted"),
+        }
     }
 
     #[test]

@@ -56,11 +56,20 @@ impl Region {
         (self.base, self.base + self.extent())
     }
 
-    /// Checks the region lies within a memory of `len` units; a message naming
-    /// the memory and the overflowing address otherwise.
+    /// Checks the region lies within a memory of `len` units: every row, an
+    /// empty one included, starts and ends inside it (so slicing a row is
+    /// always in bounds); a message naming the memory and the overflowing
+    /// address otherwise.
     pub fn check(&self, len: usize) -> Result<(), String> {
-        let end = self.base + self.extent();
-        if self.extent() > 0 && end > len as u64 {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let end = (self.rows - 1)
+            .checked_mul(self.stride)
+            .and_then(|last| last.checked_add(self.base))
+            .and_then(|last| last.checked_add(self.row_len))
+            .unwrap_or(u64::MAX);
+        if end > len as u64 {
             return Err(format!(
                 "{} access [{}, {}) outside its {} {}",
                 self.mem.name(),

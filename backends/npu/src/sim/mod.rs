@@ -28,8 +28,9 @@ use exec::MachineState;
 use hazard::{Clock, HazardChecker};
 use std::collections::VecDeque;
 
-/// What to collect besides the functional result and statistics.
-#[derive(Clone, Copy, Debug, Default)]
+/// What to collect besides the functional result and statistics, and the
+/// budgets that bound a run.
+#[derive(Clone, Copy, Debug)]
 pub struct SimOptions {
     /// The matrix-unit cycle model.
     pub timing: TimingMode,
@@ -37,6 +38,31 @@ pub struct SimOptions {
     pub trace: bool,
     /// Run the hazard checker.
     pub check_hazards: bool,
+    /// No engine may run past this cycle: a program that would is stopped
+    /// at the instruction that crosses it (checked before the instruction
+    /// runs, from a lower bound of its cost, so one huge instruction never
+    /// runs either).
+    pub max_cycles: u64,
+    /// At most this many instructions are executed.
+    pub max_instructions: u64,
+}
+
+/// The default cycle budget: far beyond any layer the generators emit.
+pub const DEFAULT_MAX_CYCLES: u64 = 10_000_000_000;
+
+/// The default instruction budget.
+pub const DEFAULT_MAX_INSTRUCTIONS: u64 = 100_000_000;
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            timing: TimingMode::default(),
+            trace: false,
+            check_hazards: false,
+            max_cycles: DEFAULT_MAX_CYCLES,
+            max_instructions: DEFAULT_MAX_INSTRUCTIONS,
+        }
+    }
 }
 
 /// Why a simulation stopped.
@@ -58,6 +84,16 @@ pub enum SimError {
     /// Every unfinished engine waits on a semaphore nobody will signal.
     #[error("deadlock: {0}")]
     Deadlock(String),
+    /// The run would exceed its cycle or instruction budget.
+    #[error("budget exceeded at instruction #{index} `{mnemonic}`: {message}")]
+    Budget {
+        /// Instruction index.
+        index: usize,
+        /// Its mnemonic.
+        mnemonic: &'static str,
+        /// Which budget and by how much.
+        message: String,
+    },
 }
 
 /// The outcome of a simulation.
@@ -97,6 +133,7 @@ pub fn simulate(
     let mut busy = [0u64; 4];
     let mut clocks = [[0u64; 4]; 4];
     let mut history = timing::History::default();
+    let mut executed = 0u64;
 
     for phase in program.instrs.split(|i| matches!(i, Instr::Barrier {})) {
         let base = phase.as_ptr() as usize - program.instrs.as_ptr() as usize;
@@ -134,6 +171,28 @@ pub fn simulate(
             let index = queues[e][pos[e]];
             pos[e] += 1;
             let instr = &program.instrs[index];
+            executed += 1;
+            let least = start.saturating_add(timing::lower_bound(instr, config));
+            let over = if executed > options.max_instructions {
+                Some(format!(
+                    "more than {} instructions (max_instructions)",
+                    options.max_instructions
+                ))
+            } else if least > options.max_cycles {
+                Some(format!(
+                    "it would run until at least cycle {least}, past the budget of {} cycles (max_cycles)",
+                    options.max_cycles
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = over {
+                return Err(SimError::Budget {
+                    index,
+                    mnemonic: instr.spec().mnemonic,
+                    message,
+                });
+            }
             time[e] = start;
             clocks[e][e] += 1;
             match instr {
@@ -178,6 +237,16 @@ pub fn simulate(
                     }
                     time[e] += cycles;
                     busy[e] += cycles;
+                    if time[e] > options.max_cycles {
+                        return Err(SimError::Budget {
+                            index,
+                            mnemonic: instr.spec().mnemonic,
+                            message: format!(
+                                "it ends at cycle {}, past the budget of {} cycles (max_cycles)",
+                                time[e], options.max_cycles
+                            ),
+                        });
+                    }
                     if fx.matmul.is_some() {
                         stats.compute_cycles += cycles;
                     }

@@ -90,6 +90,31 @@ impl History {
     }
 }
 
+/// A lower bound of the cycles `instr` occupies its engine, from its fields
+/// alone (before it runs): its data over the engine's widest path. The
+/// cycle budget is checked against it so that one instruction with a huge
+/// amount of work is refused instead of executed.
+pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
+    let area = |rows: i64, cols: i64| (rows.max(0) as u64).saturating_mul(cols.max(0) as u64);
+    let per = |work: u64, lanes: u32| work.div_ceil(u64::from(lanes.max(1)));
+    match *instr {
+        Instr::Ld {
+            rows, row_bytes, ..
+        } => per(area(rows, row_bytes), config.dma_in.bytes_per_cycle),
+        Instr::St {
+            rows, row_bytes, ..
+        } => per(area(rows, row_bytes), config.dma_out.bytes_per_cycle),
+        Instr::Matmul { m, .. } => m.max(0) as u64,
+        Instr::Requant { rows, cols, .. }
+        | Instr::Vcopy { rows, cols, .. }
+        | Instr::Vlut { rows, cols, .. }
+        | Instr::Vbin { rows, cols, .. }
+        | Instr::Vred { rows, cols, .. } => per(area(rows, cols), config.vector_lanes),
+        Instr::Vsfu { rows, cols, .. } => per(area(rows, cols), config.sfu_lanes),
+        _ => 0,
+    }
+}
+
 /// Cycles `instr` occupies its engine, starting at `start`.
 pub fn cost(
     instr: &Instr,
