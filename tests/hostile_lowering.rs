@@ -76,9 +76,7 @@ impl Model {
                         dim: s
                             .iter()
                             .map(|&d| pb::tensor_shape_proto::Dimension {
-                                value: Some(
-                                    pb::tensor_shape_proto::dimension::Value::DimValue(d),
-                                ),
+                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
                                 ..Default::default()
                             })
                             .collect(),
@@ -194,7 +192,10 @@ fn prepare(tag: &str, m: &Model, values: &[(&str, Value)]) -> (PathBuf, PathBuf,
         .inputs
         .iter()
         .map(|(name, elem, shape)| {
-            let given = values.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            let given = values
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone());
             let v = given.unwrap_or_else(|| {
                 let s: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
                 let n = s.iter().product();
@@ -252,7 +253,11 @@ fn refused(tag: &str, m: Model, needles: &[&str]) {
     let (model, inputs, out) = prepare(tag, &m, &[]);
     let before = std::fs::read(&model).unwrap();
     let file = format!("{tag}.onnx");
-    assert_inspect_reports(&m4c(&["inspect".as_ref(), model.as_os_str()]), &file, needles);
+    assert_inspect_reports(
+        &m4c(&["inspect".as_ref(), model.as_os_str()]),
+        &file,
+        needles,
+    );
     assert_error(&run(&model, &inputs, &out, "reference"), &file, needles);
     assert_eq!(std::fs::read(&model).unwrap(), before, "model changed");
     assert!(!out.exists(), "output written");
@@ -266,7 +271,12 @@ fn fails_at_run(tag: &str, m: Model, values: &[(&str, Value)], needles: &[&str])
     let before = std::fs::read(&model).unwrap();
     let file = format!("{tag}.onnx");
     let ok = m4c(&["inspect".as_ref(), model.as_os_str()]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     for backend in ["reference", "cpu"] {
         assert_error(&run(&model, &inputs, &out, backend), &file, needles);
         assert!(!out.exists(), "output written by {backend}");
@@ -286,25 +296,33 @@ fn i64_value(shape: &[usize], v: &[i64]) -> Value {
 
 #[test]
 fn conv_weight_rank_1() {
-    let m = image().init(zeros("w", &[3])).node("Conv", &["x", "w"], vec![]);
+    let m = image()
+        .init(zeros("w", &[3]))
+        .node("Conv", &["x", "w"], vec![]);
     refused("conv_w1", m, &["Conv", "bad_conv", "weight [3] has rank 1"]);
 }
 
 #[test]
 fn conv_weight_rank_3() {
-    let m = image().init(zeros("w", &[2, 4, 3])).node("Conv", &["x", "w"], vec![]);
+    let m = image()
+        .init(zeros("w", &[2, 4, 3]))
+        .node("Conv", &["x", "w"], vec![]);
     refused("conv_w3", m, &["Conv", "has rank 3"]);
 }
 
 #[test]
 fn conv_transpose_weight_rank_1() {
-    let m = image().init(zeros("w", &[4])).node("ConvTranspose", &["x", "w"], vec![]);
+    let m = image()
+        .init(zeros("w", &[4]))
+        .node("ConvTranspose", &["x", "w"], vec![]);
     refused("convt_w1", m, &["ConvTranspose", "has rank 1"]);
 }
 
 #[test]
 fn conv_transpose_weight_rank_3() {
-    let m = image().init(zeros("w", &[4, 1, 3])).node("ConvTranspose", &["x", "w"], vec![]);
+    let m = image()
+        .init(zeros("w", &[4, 1, 3]))
+        .node("ConvTranspose", &["x", "w"], vec![]);
     refused("convt_w3", m, &["ConvTranspose", "has rank 3"]);
 }
 
@@ -315,7 +333,11 @@ fn conv_kernel_shape_huge() {
         &["x", "w"],
         vec![ints("kernel_shape", &[1_000_000, 1_000_000])],
     );
-    refused("conv_kbig", m, &["kernel_shape [1000000, 1000000] does not match"]);
+    refused(
+        "conv_kbig",
+        m,
+        &["kernel_shape [1000000, 1000000] does not match"],
+    );
 }
 
 #[test]
@@ -325,24 +347,37 @@ fn conv_kernel_shape_mismatch() {
         &["x", "w"],
         vec![ints("kernel_shape", &[2, 2])],
     );
-    refused("conv_kmis", m, &["kernel_shape [2, 2] does not match the weight"]);
+    refused(
+        "conv_kmis",
+        m,
+        &["kernel_shape [2, 2] does not match the weight"],
+    );
 }
 
 #[test]
 fn conv_group_zero() {
-    let m = image().init(zeros("w", &[2, 4, 3, 3])).node("Conv", &["x", "w"], vec![int("group", 0)]);
+    let m =
+        image()
+            .init(zeros("w", &[2, 4, 3, 3]))
+            .node("Conv", &["x", "w"], vec![int("group", 0)]);
     refused("conv_g0", m, &["group 0 must be ≥ 1"]);
 }
 
 #[test]
 fn conv_group_negative() {
-    let m = image().init(zeros("w", &[2, 4, 3, 3])).node("Conv", &["x", "w"], vec![int("group", -2)]);
+    let m =
+        image()
+            .init(zeros("w", &[2, 4, 3, 3]))
+            .node("Conv", &["x", "w"], vec![int("group", -2)]);
     refused("conv_gneg", m, &["group -2"]);
 }
 
 #[test]
 fn conv_group_not_dividing_channels() {
-    let m = image().init(zeros("w", &[2, 1, 3, 3])).node("Conv", &["x", "w"], vec![int("group", 3)]);
+    let m =
+        image()
+            .init(zeros("w", &[2, 1, 3, 3]))
+            .node("Conv", &["x", "w"], vec![int("group", 3)]);
     refused("conv_g3", m, &["do not fit group 3"]);
 }
 
@@ -353,12 +388,20 @@ fn conv_negative_pads() {
         &["x", "w"],
         vec![ints("pads", &[-1, 0, 0, 0])],
     );
-    refused("conv_padneg", m, &["pads [-1, 0, 0, 0] has a negative entry"]);
+    refused(
+        "conv_padneg",
+        m,
+        &["pads [-1, 0, 0, 0] has a negative entry"],
+    );
 }
 
 #[test]
 fn conv_pads_wrong_length() {
-    let m = image().init(zeros("w", &[2, 4, 3, 3])).node("Conv", &["x", "w"], vec![ints("pads", &[1, 1])]);
+    let m = image().init(zeros("w", &[2, 4, 3, 3])).node(
+        "Conv",
+        &["x", "w"],
+        vec![ints("pads", &[1, 1])],
+    );
     refused("conv_padlen", m, &["pads [1, 1] needs 4 entries"]);
 }
 
@@ -370,12 +413,20 @@ fn conv_pads_two_to_the_forty() {
         &["x", "w"],
         vec![ints("pads", &[p, p, p, p])],
     );
-    refused("conv_padhuge", m, &["Conv", "[1, 2, 2199023255554, 2199023255554] overflows"]);
+    refused(
+        "conv_padhuge",
+        m,
+        &["Conv", "[1, 2, 2199023255554, 2199023255554] overflows"],
+    );
 }
 
 #[test]
 fn conv_zero_stride() {
-    let m = image().init(zeros("w", &[2, 4, 3, 3])).node("Conv", &["x", "w"], vec![ints("strides", &[0, 1])]);
+    let m = image().init(zeros("w", &[2, 4, 3, 3])).node(
+        "Conv",
+        &["x", "w"],
+        vec![ints("strides", &[0, 1])],
+    );
     refused("conv_s0", m, &["strides [0, 1] must be 2 positive entries"]);
 }
 
@@ -386,13 +437,23 @@ fn conv_huge_dilation() {
         &["x", "w"],
         vec![ints("dilations", &[1 << 62, 1])],
     );
-    refused("conv_dil", m, &["kernel extent 9223372036854775809 is larger than the padded input"]);
+    refused(
+        "conv_dil",
+        m,
+        &["kernel extent 9223372036854775809 is larger than the padded input"],
+    );
 }
 
 #[test]
 fn conv_kernel_larger_than_input() {
-    let m = image().init(zeros("w", &[2, 4, 9, 9])).node("Conv", &["x", "w"], vec![]);
-    refused("conv_kfit", m, &["kernel extent 9 is larger than the padded input (4)"]);
+    let m = image()
+        .init(zeros("w", &[2, 4, 9, 9]))
+        .node("Conv", &["x", "w"], vec![]);
+    refused(
+        "conv_kfit",
+        m,
+        &["kernel extent 9 is larger than the padded input (4)"],
+    );
 }
 
 #[test]
@@ -405,7 +466,11 @@ fn conv_input_rank_2() {
 
 #[test]
 fn conv_transpose_group_zero() {
-    let m = image().init(zeros("w", &[4, 1, 3, 3])).node("ConvTranspose", &["x", "w"], vec![int("group", 0)]);
+    let m = image().init(zeros("w", &[4, 1, 3, 3])).node(
+        "ConvTranspose",
+        &["x", "w"],
+        vec![int("group", 0)],
+    );
     refused("convt_g0", m, &["ConvTranspose", "group 0"]);
 }
 
@@ -421,7 +486,9 @@ fn conv_transpose_output_padding_too_large() {
 
 #[test]
 fn conv_transpose_empty_kernel_axis() {
-    let m = image().init(zeros("w", &[4, 1, 0, 3])).node("ConvTranspose", &["x", "w"], vec![]);
+    let m = image()
+        .init(zeros("w", &[4, 1, 0, 3]))
+        .node("ConvTranspose", &["x", "w"], vec![]);
     refused("convt_k0", m, &["empty spatial axis"]);
 }
 
@@ -445,10 +512,11 @@ fn batch_norm_scalar_input() {
 
 #[test]
 fn batch_norm_parameter_not_per_channel() {
-    let m = image()
-        .init(zeros("s", &[4]))
-        .init(zeros("v", &[3]))
-        .node("BatchNormalization", &["x", "s", "s", "s", "v"], vec![]);
+    let m = image().init(zeros("s", &[4])).init(zeros("v", &[3])).node(
+        "BatchNormalization",
+        &["x", "s", "s", "s", "v"],
+        vec![],
+    );
     refused("bn_param", m, &["input 4 is [3], must be [C] = [4]"]);
 }
 
@@ -487,7 +555,11 @@ fn average_pool_negative_kernel() {
 #[test]
 fn max_pool_kernel_rank_mismatch() {
     let m = image().node("MaxPool", &["x"], vec![ints("kernel_shape", &[2])]);
-    refused("mp_krank", m, &["kernel_shape [2] does not match the input"]);
+    refused(
+        "mp_krank",
+        m,
+        &["kernel_shape [2] does not match the input"],
+    );
 }
 
 // ---- Indexing -----------------------------------------------------------------
@@ -523,13 +595,21 @@ fn unsqueeze_duplicate_axes() {
     let m = model(13, vec![("x", F32, vec![4])])
         .init(i64s("a", &[2], &[0, 0]))
         .node("Unsqueeze", &["x", "a"], vec![]);
-    refused("unsq_dup", m, &["Unsqueeze", "axes [0, 0] has a repeated axis"]);
+    refused(
+        "unsq_dup",
+        m,
+        &["Unsqueeze", "axes [0, 0] has a repeated axis"],
+    );
 }
 
 #[test]
 fn transpose_perm_too_short() {
     let m = image().node("Transpose", &["x"], vec![ints("perm", &[1, 0])]);
-    refused("tr_short", m, &["perm [1, 0] is not a permutation of the 4 axes"]);
+    refused(
+        "tr_short",
+        m,
+        &["perm [1, 0] is not a permutation of the 4 axes"],
+    );
 }
 
 #[test]
@@ -542,8 +622,14 @@ fn transpose_perm_repeated_axis() {
 
 #[test]
 fn constant_of_shape_negative() {
-    let m = model(13, vec![]).init(i64s("s", &[1], &[-3])).node("ConstantOfShape", &["s"], vec![]);
-    refused("cos_neg", m, &["ConstantOfShape", "shape [-3] has a negative entry"]);
+    let m = model(13, vec![])
+        .init(i64s("s", &[1], &[-3]))
+        .node("ConstantOfShape", &["s"], vec![]);
+    refused(
+        "cos_neg",
+        m,
+        &["ConstantOfShape", "shape [-3] has a negative entry"],
+    );
 }
 
 #[test]
@@ -661,6 +747,30 @@ fn resize_huge() {
 }
 
 #[test]
+fn resize_negative_sizes() {
+    let m = image()
+        .init(f32s("roi", &[0], &[]))
+        .init(f32s("sc", &[0], &[]))
+        .init(i64s("sz", &[4], &[1, 4, -8, 8]))
+        .node("Resize", &["x", "roi", "sc", "sz"], vec![]);
+    refused(
+        "resize_neg",
+        m,
+        &["Resize", "sizes [1, 4, -8, 8] has a negative entry"],
+    );
+}
+
+#[test]
+fn space_to_depth_blocksize_overflows() {
+    let m = model(13, vec![("x", F32, vec![1, 2, 0, 0])]).node(
+        "SpaceToDepth",
+        &["x"],
+        vec![int("blocksize", 1 << 32)],
+    );
+    refused("s2d_big", m, &["SpaceToDepth", "blocksize 4294967296"]);
+}
+
+#[test]
 fn reshape_shape_overflows() {
     let m = model(13, vec![("x", F32, vec![4])])
         .init(i64s("s", &[3], &[-1, 1 << 62, 8]))
@@ -711,7 +821,9 @@ fn duplicate_producers() {
 
 #[test]
 fn node_overwrites_an_input() {
-    let m = model(13, vec![("x", F32, vec![4])]).node_to("Relu", &["x"], "x").node_to("Relu", &["x"], "y");
+    let m = model(13, vec![("x", F32, vec![4])])
+        .node_to("Relu", &["x"], "x")
+        .node_to("Relu", &["x"], "y");
     refused("dup_input", m, &["output 'x' is already produced"]);
 }
 
@@ -769,14 +881,21 @@ fn gather_nd_runtime_index_out_of_range() {
 
 #[test]
 fn integer_division_by_zero() {
-    let m = model(13, vec![("a", I64, vec![2]), ("b", I64, vec![2])]).node("Div", &["a", "b"], vec![]);
+    let m =
+        model(13, vec![("a", I64, vec![2]), ("b", I64, vec![2])]).node("Div", &["a", "b"], vec![]);
     let (a, b) = (i64_value(&[2], &[7, 8]), i64_value(&[2], &[2, 0]));
-    fails_at_run("div0", m, &[("a", a), ("b", b)], &["integer division by zero"]);
+    fails_at_run(
+        "div0",
+        m,
+        &[("a", a), ("b", b)],
+        &["integer division by zero"],
+    );
 }
 
 #[test]
 fn integer_modulo_by_zero() {
-    let m = model(13, vec![("a", I64, vec![2]), ("b", I64, vec![2])]).node("Mod", &["a", "b"], vec![]);
+    let m =
+        model(13, vec![("a", I64, vec![2]), ("b", I64, vec![2])]).node("Mod", &["a", "b"], vec![]);
     let (a, b) = (i64_value(&[2], &[7, 8]), i64_value(&[2], &[0, 3]));
     fails_at_run("mod0", m, &[("a", a), ("b", b)], &["division by zero"]);
 }

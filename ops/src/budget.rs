@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(tensor_bytes(&[usize::MAX, 2], 1), None);
         assert!(check_with("X", &[2, 3], 4, 24).is_ok());
         let over = check_with("X", &[2, 3], 4, 23).unwrap_err().to_string();
-        assert!(over.contains("24 bytes") && over.starts_with("X: "), "{over}");
+        assert!(
+            over.contains("24 bytes") && over.starts_with("X: "),
+            "{over}"
+        );
         let wrap = check_with("X", &[1 << 40, 1 << 40], 4, usize::MAX).unwrap_err();
         assert!(wrap.to_string().contains("overflows"));
         assert!(add3("X", usize::MAX, 1, 0).is_err());

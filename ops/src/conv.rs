@@ -93,6 +93,23 @@ mod tests {
     fn f(shape: &[usize], v: Vec<f32>) -> Value {
         Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
     }
+    #[test]
+    fn huge_pads_are_an_error_not_an_abort() {
+        let x = f(&[1, 1, 3], vec![1.0, 2.0, 3.0]);
+        let w = f(&[1, 1, 2], vec![1.0, 1.0]);
+        let p = 1usize << 40;
+        let e = conv(&x, &w, None, &attrs(vec![1], vec![p, p], vec![1], 1)).unwrap_err();
+        assert!(e.to_string().contains("memory budget"), "{e}");
+        let e = conv(
+            &x,
+            &w,
+            None,
+            &attrs(vec![1], vec![usize::MAX, 1], vec![1], 1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+    }
+
     fn attrs(
         strides: Vec<usize>,
         pads: Vec<usize>,

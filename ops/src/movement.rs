@@ -4,8 +4,8 @@
 use m4c_ir::op::{PadMode, SliceAxis};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
-use crate::elem::{same_dtype, with_elem, Elem, Scalar};
 use crate::budget;
+use crate::elem::{same_dtype, with_elem, Elem, Scalar};
 use crate::error::{OpsError, Result};
 use crate::value::{map_array, Value};
 

@@ -80,7 +80,12 @@ impl Window {
         let lead = x.ndim() - sp;
         let mut shape = x.shape()[..lead].to_vec();
         for d in 0..sp {
-            shape.push(crate::budget::add3(op, x.shape()[lead + d], self.pads[d], self.pads[d + sp])?);
+            shape.push(crate::budget::add3(
+                op,
+                x.shape()[lead + d],
+                self.pads[d],
+                self.pads[d + sp],
+            )?);
         }
         crate::budget::check(op, &shape, std::mem::size_of::<T>())?;
         let mut out = ArrayD::from_elem(IxDyn(&shape), fill);
@@ -95,7 +100,12 @@ impl Window {
 
     /// The output shape for an input whose leading axes are `lead`, checked
     /// against the memory budget for elements of `elem_bytes`.
-    pub fn out_shape(&self, op: &'static str, lead: &[usize], elem_bytes: usize) -> Result<Vec<usize>> {
+    pub fn out_shape(
+        &self,
+        op: &'static str,
+        lead: &[usize],
+        elem_bytes: usize,
+    ) -> Result<Vec<usize>> {
         let mut shape = lead.to_vec();
         shape.extend(&self.out);
         crate::budget::check(op, &shape, elem_bytes)?;

@@ -57,7 +57,12 @@ impl Builder {
     /// Checks that a tensor of `shape` and `dtype` made by `op` fits the
     /// memory budget (its size computed with checked arithmetic) before it
     /// is made.
-    pub fn check_alloc(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<(), String> {
+    pub fn check_alloc(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<(), String> {
         let elem = dtype.size_bits().div_ceil(8);
         m4c_ops::budget::check_with(op, shape, elem, self.max_memory).map_err(|e| e.to_string())
     }

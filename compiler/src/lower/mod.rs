@@ -284,7 +284,9 @@ impl Lowerer<'_> {
         {
             self.report(
                 node,
-                format!("output '{dup}' is already produced by an initializer, input or earlier node"),
+                format!(
+                    "output '{dup}' is already produced by an initializer, input or earlier node"
+                ),
             );
             return;
         }

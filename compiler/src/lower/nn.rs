@@ -153,7 +153,11 @@ fn window(n: &NodeCtx, input: &[usize], kernel: &[usize]) -> Result<Window, Stri
 /// spec: input `[N, C, spatial..]`, a weight of the same rank with
 /// non-empty spatial axes (equal to `kernel_shape` when given), `group ≥ 1`
 /// dividing the channels. Returns (input shape, weight shape, group).
-fn conv_shapes(b: &B, n: &NodeCtx, transpose: bool) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
+fn conv_shapes(
+    b: &B,
+    n: &NodeCtx,
+    transpose: bool,
+) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
     let (xs, ws) = (b.shape(&n.input(0)?), b.shape(&n.input(1)?));
     need_rank("input", &xs, 3)?;
     if ws.len() != xs.len() {
@@ -455,7 +459,10 @@ pub fn pool(b: &mut B, n: &NodeCtx) -> Lowering {
     let xs = b.shape(&x);
     need_rank("input", &xs, 3)?;
     let sp = xs.len() - 2;
-    let kernel = dims("kernel_shape", &n.ints("kernel_shape").ok_or("missing kernel_shape")?)?;
+    let kernel = dims(
+        "kernel_shape",
+        &n.ints("kernel_shape").ok_or("missing kernel_shape")?,
+    )?;
     if kernel.len() != sp {
         return Err(format!(
             "kernel_shape {kernel:?} does not match the input {xs:?}"

@@ -248,7 +248,11 @@ pub fn range(b: &mut B, n: &NodeCtx) -> Lowering {
         if !c.is_finite() || d == 0.0 {
             return Err(format!("delta {d} gives no finite element count"));
         }
-        let c = if c >= usize::MAX as f64 { usize::MAX } else { c as usize };
+        let c = if c >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            c as usize
+        };
         b.check_alloc("Range", &[c], start.dtype)?;
         Ok(c)
     };
@@ -266,7 +270,9 @@ pub fn range(b: &mut B, n: &NodeCtx) -> Lowering {
             let f = |t: &Tensor| scalar_of(t.to_index_vec().map_err(|e| e.to_string())?);
             let (s, l, d) = (f(&start)?, f(&limit)?, f(&delta)?);
             let count = count((i128::from(l) - i128::from(s)) as f64, d as f64)?;
-            let vals: Vec<i64> = (0..count as i64).map(|i| s.wrapping_add(i.wrapping_mul(d))).collect();
+            let vals: Vec<i64> = (0..count as i64)
+                .map(|i| s.wrapping_add(i.wrapping_mul(d)))
+                .collect();
             if start.dtype == DType::I64 {
                 Tensor::from_i64(&[count], &vals)
             } else {
@@ -364,7 +370,7 @@ pub fn normalize_slice(
         (s, (e - s + step as i128 - 1).div_euclid(step as i128))
     } else {
         let (s, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
-        (s, (s - e + (-step) as i128 - 1).div_euclid(-step as i128))
+        (s, (s - e - step as i128 - 1).div_euclid(-(step as i128)))
     };
     Ok((s.max(0) as usize, len.max(0) as usize))
 }
@@ -473,11 +479,7 @@ pub fn tile(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     let name = n.name();
     let inter: Vec<usize> = s.iter().flat_map(|&d| [1, d]).collect();
-    let big: Vec<usize> = s
-        .iter()
-        .zip(&reps)
-        .flat_map(|(&d, &r)| [r, d])
-        .collect();
+    let big: Vec<usize> = s.iter().zip(&reps).flat_map(|(&d, &r)| [r, d]).collect();
     b.check_alloc("Tile", &big, b.dtype(&x))?;
     let out: Vec<usize> = s.iter().zip(&reps).map(|(&d, &r)| d * r).collect();
     let y = reshape(b, &x, &inter, name)?;
@@ -570,7 +572,10 @@ pub fn pad_signed(
         .shape(&y)
         .iter()
         .enumerate()
-        .map(|(a, &d)| d.checked_add(pos[a]).and_then(|v| v.checked_add(pos[a + r])))
+        .map(|(a, &d)| {
+            d.checked_add(pos[a])
+                .and_then(|v| v.checked_add(pos[a + r]))
+        })
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| format!("pads {pads:?} overflow"))?;
     b.check_alloc("Pad", &out, b.dtype(&y))?;
@@ -608,8 +613,10 @@ pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
             )
         }
     } else {
-        if h % k != 0 || w % k != 0 {
-            return Err("spatial size not divisible by blocksize".into());
+        if h % k != 0 || w % k != 0 || c.checked_mul(k * k).is_none() {
+            return Err(format!(
+                "spatial size {h}×{w} not divisible by blocksize {k}"
+            ));
         }
         let perm = if n.string("mode", "DCR") == "CRD" {
             vec![0, 1, 3, 5, 2, 4]
@@ -789,7 +796,10 @@ pub fn gather_elements(b: &mut B, n: &NodeCtx) -> Lowering {
     let idx = b.op(Op::Where, &[is_neg, wrapped, idx], name)?;
     let scaled = b.op(
         Op::Mul,
-        &[idx.clone(), Val::konst(Tensor::from_i64(&[], &[strides[a] as i64]))],
+        &[
+            idx.clone(),
+            Val::konst(Tensor::from_i64(&[], &[strides[a] as i64])),
+        ],
         name,
     )?;
     let linear = b.op(

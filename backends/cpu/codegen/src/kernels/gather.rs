@@ -10,8 +10,8 @@ use m4c_ir::{DType, Node};
 use super::movement::element_bytes;
 use super::{int_type, Cx, Kernel};
 use crate::graph::Lowering;
-use m4c_cpu_device::STATUS_INDEX_OUT_OF_RANGE;
 use crate::CodegenError;
+use m4c_cpu_device::STATUS_INDEX_OUT_OF_RANGE;
 
 /// Emits `out[p, t, :] = data[p, index[t], :]` for `p < pre`, `t < count`,
 /// rows of `post` elements of `elem_bytes` (buffers: out, data, indices).

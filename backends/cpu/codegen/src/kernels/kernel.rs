@@ -212,7 +212,12 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             other => other.into_int_value(),
         };
         let i32t = self.cx.context.i32_type();
-        let flag = b.build_select(cond, i32t.const_int(code as u64, false), i32t.const_zero(), "flag")?;
+        let flag = b.build_select(
+            cond,
+            i32t.const_int(code as u64, false),
+            i32t.const_zero(),
+            "flag",
+        )?;
         let old = b.build_load(i32t, self.status, "status")?.into_int_value();
         let new = b.build_or(old, flag.into_int_value(), "status")?;
         b.build_store(self.status, new)?;
@@ -221,10 +226,10 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
 
     /// Closes the function, returning its status.
     pub fn finish(self) -> Result<(), CodegenError> {
-        let status = self
-            .em
-            .builder
-            .build_load(self.cx.context.i32_type(), self.status, "status")?;
+        let status =
+            self.em
+                .builder
+                .build_load(self.cx.context.i32_type(), self.status, "status")?;
         self.em.builder.build_return(Some(&status))?;
         Ok(())
     }
