@@ -840,6 +840,55 @@ fn input_declared_huge() {
     );
 }
 
+#[test]
+fn input_declared_negative() {
+    let m = model(13, vec![("x", F32, vec![-3])]).node("Relu", &["x"], vec![]);
+    let d = scratch("input_neg");
+    let model = d.join("input_neg.onnx");
+    std::fs::write(&model, m.encode()).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    assert_inspect_reports(
+        &m4c(&["inspect".as_ref(), model.as_os_str()]),
+        "input_neg.onnx",
+        &["input 'x'", "dimension 0 is negative (-3)"],
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before, "model changed");
+}
+
+#[test]
+fn initializer_with_negative_dims() {
+    let m = model(13, vec![("x", F32, vec![4])])
+        .init(f32s("w", &[-1], &[]))
+        .node("Add", &["x", "w"], vec![]);
+    refused("init_neg", m, &["tensor 'w': negative dimension -1"]);
+}
+
+#[test]
+fn lowering_honours_the_memory_budget_option() {
+    use m4c_compiler::lower::{lower, LowerOptions};
+    let m = model(13, vec![("x", F32, vec![1])])
+        .init(i64s("s", &[1], &[100]))
+        .node("Expand", &["x", "s"], vec![]);
+    let d = scratch("budget");
+    let path = d.join("budget.onnx");
+    std::fs::write(&path, m.encode()).unwrap();
+    let onnx = m4c_compiler::onnx::OnnxModel::load(&path).unwrap();
+    let small = LowerOptions {
+        max_memory: 399,
+        ..Default::default()
+    };
+    let e = lower(&onnx, &small).unwrap_err().to_string();
+    assert!(
+        e.contains("needs 400 bytes, over the memory budget of 399 bytes"),
+        "{e}"
+    );
+    let enough = LowerOptions {
+        max_memory: 400,
+        ..Default::default()
+    };
+    assert!(lower(&onnx, &enough).is_ok());
+}
+
 // ---- Runtime data: every engine errors ------------------------------------
 
 #[test]

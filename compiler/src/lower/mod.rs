@@ -178,6 +178,16 @@ impl Lowerer<'_> {
                 return Err(err("not a tensor input".into()));
             };
             let dtype = dtype_from_onnx(tt.elem_type).map_err(err)?;
+            let dims_of = tt.shape.iter().flat_map(|s| &s.dim).enumerate();
+            for (i, d) in dims_of {
+                if let Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) =
+                    d.value
+                {
+                    if v < 0 {
+                        return Err(err(format!("dimension {i} is negative ({v})")));
+                    }
+                }
+            }
             let declared: Vec<Option<Dim>> = tt
                 .shape
                 .as_ref()

@@ -350,6 +350,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn statuses_read_as_words() {
+        assert_eq!(status_text(STATUS_INDEX_OUT_OF_RANGE), "index out of range");
+        assert_eq!(
+            status_text(STATUS_INDEX_OUT_OF_RANGE | STATUS_DIVISION_BY_ZERO),
+            "index out of range and integer division by zero"
+        );
+        assert_eq!(status_text(64), "unknown status 64");
+    }
+
+    #[test]
     fn split_covers_the_extent_once() {
         assert_eq!(split(7, 2), vec![0..3, 3..7]);
         assert_eq!(split(1, 4), vec![0..1]);
