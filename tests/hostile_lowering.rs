@@ -416,8 +416,24 @@ fn conv_pads_two_to_the_forty() {
     refused(
         "conv_padhuge",
         m,
-        &["Conv", "[1, 2, 2199023255554, 2199023255554] overflows"],
+        &[
+            "Conv",
+            "padded input",
+            "[1, 4, 2199023255556, 2199023255556] overflows",
+        ],
     );
+}
+
+#[test]
+fn conv_huge_pads_with_huge_strides() {
+    // The output is small; the padded input the window reads is not.
+    let p = 1i64 << 40;
+    let m = image().init(zeros("w", &[2, 4, 3, 3])).node(
+        "Conv",
+        &["x", "w"],
+        vec![ints("pads", &[p, p, p, p]), ints("strides", &[p, p])],
+    );
+    refused("conv_padstride", m, &["padded input", "overflows"]);
 }
 
 #[test]

@@ -116,10 +116,13 @@ struct Window {
     spans: Vec<usize>,
 }
 
-/// The window of node `n` with `kernel` over the spatial axes `input`:
-/// positive strides and dilations, non-negative pads, one entry per axis,
-/// and a kernel that fits the padded input on every axis.
-fn window(n: &NodeCtx, input: &[usize], kernel: &[usize]) -> Result<Window, String> {
+/// The window of node `n` with `kernel` over the input of shape `xs`
+/// (`[N, C, spatial..]`): positive strides and dilations, non-negative pads,
+/// one entry per spatial axis, a kernel that fits the padded input on every
+/// axis, and a padded input within the memory budget (the interpreter
+/// materialises it, so every engine refuses what one cannot hold).
+fn window(b: &B, n: &NodeCtx, xs: &[usize], kernel: &[usize]) -> Result<Window, String> {
+    let input = &xs[2..];
     let sp = input.len();
     let strides = spatial_attr(n, "strides", sp)?;
     let dilations = spatial_attr(n, "dilations", sp)?;
@@ -129,6 +132,7 @@ fn window(n: &NodeCtx, input: &[usize], kernel: &[usize]) -> Result<Window, Stri
         .map(|(&k, &d)| span(k, d))
         .collect::<Result<Vec<_>, _>>()?;
     let pads = window_pads(n, input, &spans, &strides)?;
+    let mut padded_shape = xs[..2].to_vec();
     for i in 0..sp {
         let padded = input[i]
             .checked_add(pads[i])
@@ -140,7 +144,9 @@ fn window(n: &NodeCtx, input: &[usize], kernel: &[usize]) -> Result<Window, Stri
                 spans[i]
             ));
         }
+        padded_shape.push(padded);
     }
+    b.check_alloc("padded input", &padded_shape, b.dtype(&n.input(0)?))?;
     Ok(Window {
         strides,
         dilations,
@@ -195,7 +201,7 @@ fn conv_shapes(
 /// Conv (bias optional, auto_pad handled).
 pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
     let (xs, ws, group) = conv_shapes(b, n, false)?;
-    let w = window(n, &xs[2..], &ws[2..])?;
+    let w = window(b, n, &xs, &ws[2..])?;
     let attrs = ConvAttrs {
         strides: w.strides,
         pads: w.pads,
@@ -473,7 +479,7 @@ pub fn pool(b: &mut B, n: &NodeCtx) -> Lowering {
         dilations,
         mut pads,
         spans,
-    } = window(n, &xs[2..], &kernel)?;
+    } = window(b, n, &xs, &kernel)?;
     if n.int("ceil_mode", 0) != 0 {
         // `window` checked that every span fits its padded axis.
         for i in 0..sp {
