@@ -261,6 +261,14 @@ fn refused(tag: &str, m: Model, needles: &[&str]) {
     assert_error(&run(&model, &inputs, &out, "reference"), &file, needles);
     assert_eq!(std::fs::read(&model).unwrap(), before, "model changed");
     assert!(!out.exists(), "output written");
+    remove_scratch(&model);
+}
+
+/// Removes the case's scratch folder (kept when the case fails).
+fn remove_scratch(model: &Path) {
+    if let Some(dir) = model.parent() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 /// A model that lowers but whose runtime data is out of the operator's
@@ -282,6 +290,7 @@ fn fails_at_run(tag: &str, m: Model, values: &[(&str, Value)], needles: &[&str])
         assert!(!out.exists(), "output written by {backend}");
     }
     assert_eq!(std::fs::read(&model).unwrap(), before, "model changed");
+    remove_scratch(&model);
 }
 
 fn image() -> Model {
@@ -854,6 +863,7 @@ fn input_declared_huge() {
         "input_huge.onnx",
         &["input 'x'", "overflows"],
     );
+    remove_scratch(&model);
 }
 
 #[test]
@@ -869,6 +879,7 @@ fn input_declared_negative() {
         &["input 'x'", "dimension 0 is negative (-3)"],
     );
     assert_eq!(std::fs::read(&model).unwrap(), before, "model changed");
+    remove_scratch(&model);
 }
 
 #[test]
@@ -903,6 +914,7 @@ fn lowering_honours_the_memory_budget_option() {
         ..Default::default()
     };
     assert!(lower(&onnx, &enough).is_ok());
+    remove_scratch(&path);
 }
 
 // ---- Runtime data: every engine errors ------------------------------------
