@@ -24,7 +24,9 @@ pub(crate) fn zip2<A: Copy, B: Copy, C>(
     b: &ArrayD<B>,
     f: impl Fn(A, B) -> C,
 ) -> Result<ArrayD<C>> {
-    let shape = IxDyn(&broadcast_shape(op, &[a.shape(), b.shape()])?);
+    let shape = broadcast_shape(op, &[a.shape(), b.shape()])?;
+    crate::budget::check(op, &shape, std::mem::size_of::<C>())?;
+    let shape = IxDyn(&shape);
     let (va, vb) = (a.broadcast(shape.clone()), b.broadcast(shape));
     match (va, vb) {
         (Some(va), Some(vb)) => Ok(Zip::from(&va).and(&vb).map_collect(|&x, &y| f(x, y))),
@@ -40,7 +42,9 @@ pub(crate) fn zip3<A: Copy, B: Copy, C: Copy, D>(
     c: &ArrayD<C>,
     f: impl Fn(A, B, C) -> D,
 ) -> Result<ArrayD<D>> {
-    let shape = IxDyn(&broadcast_shape(op, &[a.shape(), b.shape(), c.shape()])?);
+    let shape = broadcast_shape(op, &[a.shape(), b.shape(), c.shape()])?;
+    crate::budget::check(op, &shape, std::mem::size_of::<D>())?;
+    let shape = IxDyn(&shape);
     match (
         a.broadcast(shape.clone()),
         b.broadcast(shape.clone()),

@@ -42,8 +42,9 @@ pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) ->
     }
     let win = Window::new(OP, &xs[2..], &ws[2..], &c.strides, &c.pads, &c.dilations)?;
     let (cg, mg, taps) = (ws[1], m / g, win.taps());
+    let out_shape = win.out_shape(OP, &[n, m], 4)?;
     let positions: usize = win.out.iter().product();
-    let padded = win.pad(x.view(), 0.0f32);
+    let padded = win.pad(OP, x.view(), 0.0f32)?;
     let w2 = w
         .as_standard_layout()
         .into_owned()
@@ -57,8 +58,7 @@ pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) ->
                 .slice_axis(Axis(0), (grp * cg..(grp + 1) * cg).into())
                 .to_owned();
             // cols[c, tap, positions..] = input value read by (c, tap) at each output position.
-            let mut cols_shape = vec![cg, taps];
-            cols_shape.extend(&win.out);
+            let cols_shape = win.out_shape(OP, &[cg, taps], 4)?;
             let mut cols = ArrayD::<f32>::zeros(IxDyn(&cols_shape));
             for (t, view) in win.tap_views(&xg).enumerate() {
                 cols.index_axis_mut(Axis(1), t).assign(&view);
@@ -78,11 +78,9 @@ pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) ->
             plane.mapv_inplace(|v| v + bv);
         }
     }
-    let mut shape = vec![n, m];
-    shape.extend(&win.out);
     let out = out
         .into_dyn()
-        .into_shape_with_order(IxDyn(&shape))
+        .into_shape_with_order(IxDyn(&out_shape))
         .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
     Ok(round_to(dtype, out))
 }
@@ -95,6 +93,23 @@ mod tests {
     fn f(shape: &[usize], v: Vec<f32>) -> Value {
         Value::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
     }
+    #[test]
+    fn huge_pads_are_an_error_not_an_abort() {
+        let x = f(&[1, 1, 3], vec![1.0, 2.0, 3.0]);
+        let w = f(&[1, 1, 2], vec![1.0, 1.0]);
+        let p = 1usize << 40;
+        let e = conv(&x, &w, None, &attrs(vec![1], vec![p, p], vec![1], 1)).unwrap_err();
+        assert!(e.to_string().contains("memory budget"), "{e}");
+        let e = conv(
+            &x,
+            &w,
+            None,
+            &attrs(vec![1], vec![usize::MAX, 1], vec![1], 1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+    }
+
     fn attrs(
         strides: Vec<usize>,
         pads: Vec<usize>,

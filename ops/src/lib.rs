@@ -16,6 +16,7 @@
 //! (int4 constants are widened to i8 on load), a bias on RMSNorm.
 
 mod broadcast;
+pub mod budget;
 mod compare;
 mod composite;
 mod conv;

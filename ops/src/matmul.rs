@@ -85,6 +85,11 @@ fn batched<T: Copy + num_traits::Zero>(
         ));
     }
     let batch = broadcast_shape(OP, &[&a.shape()[..ra - 2], &b.shape()[..rb - 2]])?;
+    crate::budget::check(
+        OP,
+        &[&batch[..], &[m, n]].concat(),
+        std::mem::size_of::<T>(),
+    )?;
     let with = |tail: [usize; 2]| IxDyn(&[&batch[..], &tail[..]].concat());
     let (Some(ab), Some(bb)) = (a.broadcast(with([m, k])), b.broadcast(with([k, n]))) else {
         return Err(OpsError::invalid(OP, "batch broadcast failed"));

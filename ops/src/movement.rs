@@ -4,6 +4,7 @@
 use m4c_ir::op::{PadMode, SliceAxis};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
+use crate::budget;
 use crate::elem::{same_dtype, with_elem, Elem, Scalar};
 use crate::error::{OpsError, Result};
 use crate::value::{map_array, Value};
@@ -141,6 +142,7 @@ pub(crate) fn gather(data: &Value, indices: &Value, axis: usize) -> Result<Value
     let mut shape = dshape[..axis].to_vec();
     shape.extend(indices.shape());
     shape.extend(&dshape[axis + 1..]);
+    budget::check("Gather", &shape, data.dtype().storage_bytes(1).max(1))?;
     Ok(
         map_array!(data, a => a.select(Axis(axis), &idx).as_standard_layout().into_owned().into_shape_with_order(IxDyn(&shape)).map_err(shape_err("Gather"))),
     )
@@ -155,6 +157,7 @@ pub(crate) fn expand(x: &Value, shape: &[usize]) -> Result<Value> {
             format!("cannot expand {:?} to {shape:?}", x.shape()),
         ));
     }
+    budget::check("Expand", shape, x.dtype().storage_bytes(1).max(1))?;
     let fail = || OpsError::invalid("Expand", "broadcast failed");
     Ok(map_array!(x, a => a.broadcast(IxDyn(shape)).map(|v| v.to_owned()).ok_or_else(fail)))
 }
@@ -173,6 +176,13 @@ pub(crate) fn pad(x: &Value, pads: &[usize], mode: PadMode) -> Result<Value> {
             ),
         ));
     }
+    let out = x
+        .shape()
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| budget::add3("Pad", n, pads[i], pads[i + rank]))
+        .collect::<Result<Vec<_>>>()?;
+    budget::check("Pad", &out, x.dtype().storage_bytes(1).max(1))?;
     match mode {
         PadMode::Constant(c) => Ok(map_array!(x, a => Ok::<_, OpsError>(pad_constant(a, pads, c)))),
         PadMode::Reflect | PadMode::Edge => {

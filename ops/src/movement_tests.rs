@@ -136,3 +136,16 @@ proptest! {
         prop_assert_eq!(slice(&Value::I64(x.into_dyn()), &axes).unwrap(), Value::I64(want.into_dyn()));
     }
 }
+
+#[test]
+fn oversized_outputs_are_errors_not_aborts() {
+    let x = seq(&[4]);
+    let e = pad(&x, &[usize::MAX, 1], PadMode::Constant(0.0)).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let e = pad(&x, &[1 << 40, 0], PadMode::Edge).unwrap_err();
+    assert!(e.to_string().contains("memory budget"), "{e}");
+    let e = expand(&seq(&[1]), &[1 << 20, 1 << 20, 1 << 20]).unwrap_err();
+    assert!(e.to_string().starts_with("Expand: "), "{e}");
+    let e = gather(&seq(&[4]), &iv(&[1], vec![4]), 0).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+}

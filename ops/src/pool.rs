@@ -32,9 +32,8 @@ pub(crate) fn max_pool(x: &Value, p: &PoolAttrs) -> Result<Value> {
     fn pool<T: Elem>(a: &ArrayD<T>, p: &PoolAttrs) -> Result<ArrayD<T>> {
         let win = window("MaxPool", a.shape(), p)?;
         let lowest = T::from_scalar(Scalar::Float(f64::NEG_INFINITY));
-        let padded = win.pad(a.view(), lowest);
-        let mut shape = a.shape()[..2].to_vec();
-        shape.extend(&win.out);
+        let padded = win.pad("MaxPool", a.view(), lowest)?;
+        let shape = win.out_shape("MaxPool", &a.shape()[..2], std::mem::size_of::<T>())?;
         let mut out = ArrayD::from_elem(IxDyn(&shape), lowest);
         for view in win.tap_views(&padded) {
             Zip::from(&mut out).and(&view).for_each(|o, &v| {
@@ -56,9 +55,8 @@ pub(crate) fn max_pool(x: &Value, p: &PoolAttrs) -> Result<Value> {
 pub(crate) fn avg_pool(x: &Value, p: &PoolAttrs, count_include_pad: bool) -> Result<Value> {
     map_float("AvgPool", x, |a| {
         let win = window("AvgPool", a.shape(), p)?;
-        let padded = win.pad(a.view(), 0.0f32);
-        let mut shape = a.shape()[..2].to_vec();
-        shape.extend(&win.out);
+        let padded = win.pad("AvgPool", a.view(), 0.0f32)?;
+        let shape = win.out_shape("AvgPool", &a.shape()[..2], 4)?;
         let mut sum = ArrayD::<f32>::zeros(IxDyn(&shape));
         for view in win.tap_views(&padded) {
             sum += &view;
@@ -68,7 +66,7 @@ pub(crate) fn avg_pool(x: &Value, p: &PoolAttrs, count_include_pad: bool) -> Res
         }
         // How many real (unpadded) elements each window covers.
         let ones = ArrayD::<f32>::ones(IxDyn(&a.shape()[2..]));
-        let mask = win.pad(ones.view(), 0.0);
+        let mask = win.pad("AvgPool", ones.view(), 0.0)?;
         let mut count = ArrayD::<f32>::zeros(IxDyn(&win.out));
         for view in win.tap_views(&mask) {
             count += &view;

@@ -39,6 +39,7 @@ pub(crate) fn resize(
             ));
         }
     }
+    crate::budget::check(OP, sizes, x.dtype().storage_bytes(1).max(1))?;
     let sources = |d: usize| -> Vec<f64> {
         (0..sizes[d])
             .map(|o| coord.source(o, scales[d], shape[d], sizes[d]))

@@ -42,8 +42,11 @@ impl Window {
         }
         let out = (0..sp)
             .map(|i| {
-                let span = dilations[i] * (kernel[i].max(1) - 1) + 1;
-                let padded = spatial[i] + pads[i] + pads[i + sp];
+                let span = dilations[i]
+                    .checked_mul(kernel[i].max(1) - 1)
+                    .and_then(|s| s.checked_add(1))
+                    .ok_or_else(|| OpsError::invalid(op, "kernel span overflows"))?;
+                let padded = crate::budget::add3(op, spatial[i], pads[i], pads[i + sp])?;
                 if kernel[i] == 0 || strides[i] == 0 || dilations[i] == 0 || padded < span {
                     return Err(OpsError::invalid(
                         op,
@@ -70,22 +73,21 @@ impl Window {
         self.kernel.iter().product()
     }
 
-    /// `x` with its trailing spatial axes padded by `fill`.
-    pub fn pad<T: Clone>(&self, x: ArrayViewD<T>, fill: T) -> ArrayD<T> {
+    /// `x` with its trailing spatial axes padded by `fill`; the padded
+    /// tensor is checked against the memory budget first.
+    pub fn pad<T: Clone>(&self, op: &'static str, x: ArrayViewD<T>, fill: T) -> Result<ArrayD<T>> {
         let sp = self.kernel.len();
         let lead = x.ndim() - sp;
-        let shape: Vec<usize> = x
-            .shape()
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                if i < lead {
-                    n
-                } else {
-                    n + self.pads[i - lead] + self.pads[i - lead + sp]
-                }
-            })
-            .collect();
+        let mut shape = x.shape()[..lead].to_vec();
+        for d in 0..sp {
+            shape.push(crate::budget::add3(
+                op,
+                x.shape()[lead + d],
+                self.pads[d],
+                self.pads[d + sp],
+            )?);
+        }
+        crate::budget::check(op, &shape, std::mem::size_of::<T>())?;
         let mut out = ArrayD::from_elem(IxDyn(&shape), fill);
         out.slice_each_axis_mut(|ax| {
             let i = ax.axis.index();
@@ -93,7 +95,21 @@ impl Window {
             Slice::from(begin..begin + x.shape()[i])
         })
         .assign(&x);
-        out
+        Ok(out)
+    }
+
+    /// The output shape for an input whose leading axes are `lead`, checked
+    /// against the memory budget for elements of `elem_bytes`.
+    pub fn out_shape(
+        &self,
+        op: &'static str,
+        lead: &[usize],
+        elem_bytes: usize,
+    ) -> Result<Vec<usize>> {
+        let mut shape = lead.to_vec();
+        shape.extend(&self.out);
+        crate::budget::check(op, &shape, elem_bytes)?;
+        Ok(shape)
     }
 
     /// For every kernel offset (row-major), the view of `padded` it reads:

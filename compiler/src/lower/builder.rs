@@ -39,16 +39,32 @@ pub struct Builder {
     pub g: Graph,
     used_names: HashSet<String>,
     named_consts: HashMap<String, ValueId>,
+    /// Largest tensor (bytes) a lowering may create or fold.
+    max_memory: usize,
 }
 
 impl Builder {
-    /// Starts an empty graph.
-    pub fn new(name: &str) -> Builder {
+    /// Starts an empty graph whose tensors may be at most `max_memory` bytes.
+    pub fn new(name: &str, max_memory: usize) -> Builder {
         Builder {
             g: Graph::new(name),
             used_names: HashSet::new(),
             named_consts: HashMap::new(),
+            max_memory,
         }
+    }
+
+    /// Checks that a tensor of `shape` and `dtype` made by `op` fits the
+    /// memory budget (its size computed with checked arithmetic) before it
+    /// is made.
+    pub fn check_alloc(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<(), String> {
+        let elem = dtype.size_bits().div_ceil(8);
+        m4c_ops::budget::check_with(op, shape, elem, self.max_memory).map_err(|e| e.to_string())
     }
 
     /// A name not used yet, derived from `hint`.
@@ -129,8 +145,16 @@ impl Builder {
         }
     }
 
-    /// Applies `op`; folds it when every input is constant.
+    /// Applies `op`; folds it when every input is constant. The result's
+    /// type is inferred first and its size checked against the budget, so
+    /// neither folding nor a later run allocates an oversized tensor.
     pub fn op(&mut self, op: Op, inputs: &[Val], name: &str) -> Result<Val, String> {
+        let types: Vec<TensorType> = inputs.iter().map(|v| self.ty(v)).collect();
+        let refs: Vec<&TensorType> = types.iter().collect();
+        let out = m4c_ir::infer_type(&op, &refs).map_err(|e| e.to_string())?;
+        if let Some(shape) = out.static_shape() {
+            self.check_alloc(op.name(), &shape, out.dtype)?;
+        }
         if inputs.iter().all(|v| v.as_const().is_some()) {
             let values = inputs
                 .iter()

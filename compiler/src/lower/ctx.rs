@@ -149,5 +149,24 @@ pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, String> {
     Ok(v)
 }
 
+/// Checks that `what` (an input of shape `shape`) has rank at least `min`.
+pub fn need_rank(what: &str, shape: &[usize], min: usize) -> Result<(), String> {
+    if shape.len() < min {
+        return Err(format!(
+            "{what} has rank {} ({shape:?}), needs rank ≥ {min}",
+            shape.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A shape from ONNX integers (ConstantOfShape, Expand, Tile...): a
+/// negative entry is an error naming `what`.
+pub fn dims(what: &str, list: &[i64]) -> Result<Vec<usize>, String> {
+    list.iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("{what} {list:?} has a negative entry")))
+        .collect()
+}
+
 /// Shorthand used by the lowering functions.
 pub type B = Builder;

@@ -28,8 +28,9 @@ use ctx::NodeCtx;
 use crate::onnx::{dtype_from_onnx, OnnxModel};
 use crate::{FrontendError, UnsupportedNode};
 
-/// How to bind the model's symbolic input dimensions.
-#[derive(Clone, Debug, Default)]
+/// How to bind the model's symbolic input dimensions, and how much memory
+/// lowering may use.
+#[derive(Clone, Debug)]
 pub struct LowerOptions {
     /// Concrete shapes per input name (e.g. from an `.npz`).
     pub input_shapes: HashMap<String, Vec<usize>>,
@@ -40,6 +41,22 @@ pub struct LowerOptions {
     /// Inputs whose values are fixed at compile time (shape-like inputs of
     /// a model that are known ahead of time); they are folded, not inputs.
     pub constant_inputs: HashMap<String, m4c_ir::Tensor>,
+    /// Largest tensor (bytes) lowering may create or fold, and that a
+    /// lowered graph may hold: a model asking for more is an error naming
+    /// the node and the size, not an out-of-memory abort.
+    pub max_memory: usize,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions {
+            input_shapes: HashMap::new(),
+            dims: HashMap::new(),
+            default_dim: None,
+            constant_inputs: HashMap::new(),
+            max_memory: m4c_ops::budget::default_max_memory(),
+        }
+    }
 }
 
 /// The outcome of lowering, complete or not.
@@ -81,7 +98,7 @@ pub fn lower_report(model: &OnnxModel, opts: &LowerOptions) -> Result<LowerRepor
     let graph = model.graph();
     let mut lw = Lowerer {
         model,
-        b: Builder::new(&graph.name),
+        b: Builder::new(&graph.name, opts.max_memory),
         env: HashMap::new(),
         unsupported: vec![],
         opset: model.opset("").unwrap_or(0),
@@ -174,6 +191,16 @@ impl Lowerer<'_> {
                 return Err(err("not a tensor input".into()));
             };
             let dtype = dtype_from_onnx(tt.elem_type).map_err(err)?;
+            let dims_of = tt.shape.iter().flat_map(|s| &s.dim).enumerate();
+            for (i, d) in dims_of {
+                if let Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) =
+                    d.value
+                {
+                    if v < 0 {
+                        return Err(err(format!("dimension {i} is negative ({v})")));
+                    }
+                }
+            }
             let declared: Vec<Option<Dim>> = tt
                 .shape
                 .as_ref()
@@ -243,6 +270,7 @@ impl Lowerer<'_> {
                     })
                     .collect::<Result<_, _>>()?,
             };
+            self.b.check_alloc("input", &shape, dtype).map_err(err)?;
             let v = self.b.input(&input.name, TensorType::fixed(dtype, &shape));
             self.env.insert(input.name.clone(), v);
         }
@@ -269,6 +297,20 @@ impl Lowerer<'_> {
     fn lower_node(&mut self, node: &NodeProto) {
         if !registry::is_supported(&node.domain, &node.op_type) {
             self.report(node, "no lowering for this operator".into());
+            return;
+        }
+        // ONNX graphs are in SSA form: every name has one producer.
+        if let Some(dup) = node
+            .output
+            .iter()
+            .find(|o| !o.is_empty() && self.env.contains_key(*o))
+        {
+            self.report(
+                node,
+                format!(
+                    "output '{dup}' is already produced by an initializer, input or earlier node"
+                ),
+            );
             return;
         }
         let mut inputs = Vec::with_capacity(node.input.len());

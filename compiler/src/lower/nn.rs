@@ -5,7 +5,7 @@ use m4c_ir::op::{ConvAttrs, NormKind, PadMode, PoolAttrs};
 use m4c_ir::{Op, ValueDef};
 
 use super::builder::Val;
-use super::ctx::{axis, Lowering, NodeCtx, B};
+use super::ctx::{axis, dims, need_rank, Lowering, NodeCtx, B};
 use super::elementwise::{bin, scale, un};
 use super::shape::{pad_signed, reshape, slice_axis, transpose};
 
@@ -51,26 +51,27 @@ pub fn gemm(b: &mut B, n: &NodeCtx) -> Lowering {
 fn window_pads(
     n: &NodeCtx,
     input: &[usize],
-    kernel: &[usize],
+    spans: &[usize],
     strides: &[usize],
-    dilations: &[usize],
 ) -> Result<Vec<usize>, String> {
     let sp = input.len();
     match n.string("auto_pad", "NOTSET").as_str() {
         "NOTSET" => {
             let p = n.ints("pads").unwrap_or_else(|| vec![0; 2 * sp]);
-            if p.len() != 2 * sp || p.iter().any(|&v| v < 0) {
-                return Err(format!("bad pads {p:?}"));
+            if p.len() != 2 * sp {
+                return Err(format!("pads {p:?} needs {} entries", 2 * sp));
             }
-            Ok(p.iter().map(|&v| v as usize).collect())
+            dims("pads", &p)
         }
         "VALID" => Ok(vec![0; 2 * sp]),
         mode @ ("SAME_UPPER" | "SAME_LOWER") => {
             let mut pads = vec![0; 2 * sp];
             for i in 0..sp {
                 let out = input[i].div_ceil(strides[i]);
-                let span = dilations[i] * (kernel[i] - 1) + 1;
-                let total = ((out - 1) * strides[i] + span).saturating_sub(input[i]);
+                let total = (out.saturating_sub(1) * strides[i])
+                    .checked_add(spans[i])
+                    .ok_or("kernel span overflows")?
+                    .saturating_sub(input[i]);
                 let small = total / 2;
                 let (lo, hi) = if mode == "SAME_UPPER" {
                     (small, total - small)
@@ -86,30 +87,128 @@ fn window_pads(
     }
 }
 
+/// Per-spatial-axis attribute (strides, dilations): one positive entry per
+/// axis, all 1 by default.
 fn spatial_attr(n: &NodeCtx, name: &str, sp: usize) -> Result<Vec<usize>, String> {
     let v = n.ints(name).unwrap_or_else(|| vec![1; sp]);
     if v.len() != sp || v.iter().any(|&x| x < 1) {
-        return Err(format!("bad {name} {v:?}"));
+        return Err(format!("{name} {v:?} must be {sp} positive entries"));
     }
     Ok(v.iter().map(|&x| x as usize).collect())
 }
 
-/// Conv (bias optional, auto_pad handled).
-pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
-    let (x, w) = (n.input(0)?, n.input(1)?);
-    let (xs, ws) = (b.shape(&x), b.shape(&w));
-    let sp = xs.len().checked_sub(2).ok_or("input rank < 3")?;
-    let kernel = &ws[2..];
+/// Extent covered by a kernel of `k` taps `d` apart (`d·(k−1)+1`).
+fn span(k: usize, d: usize) -> Result<usize, String> {
+    if k == 0 {
+        return Err("the kernel has an empty spatial axis".into());
+    }
+    d.checked_mul(k - 1)
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(|| format!("kernel extent {k} with dilation {d} overflows"))
+}
+
+/// Geometry of a sliding-window node (Conv, pools), checked against the
+/// ONNX spec and the input before use.
+struct Window {
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    pads: Vec<usize>,
+    spans: Vec<usize>,
+}
+
+/// The window of node `n` with `kernel` over the input of shape `xs`
+/// (`[N, C, spatial..]`): positive strides and dilations, non-negative pads,
+/// one entry per spatial axis, a kernel that fits the padded input on every
+/// axis, and a padded input within the memory budget (the interpreter
+/// materialises it, so every engine refuses what one cannot hold).
+fn window(b: &B, n: &NodeCtx, xs: &[usize], kernel: &[usize]) -> Result<Window, String> {
+    let input = &xs[2..];
+    let sp = input.len();
     let strides = spatial_attr(n, "strides", sp)?;
     let dilations = spatial_attr(n, "dilations", sp)?;
-    let pads = window_pads(n, &xs[2..], kernel, &strides, &dilations)?;
-    let attrs = ConvAttrs {
+    let spans = kernel
+        .iter()
+        .zip(&dilations)
+        .map(|(&k, &d)| span(k, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pads = window_pads(n, input, &spans, &strides)?;
+    let mut padded_shape = xs[..2].to_vec();
+    for i in 0..sp {
+        let padded = input[i]
+            .checked_add(pads[i])
+            .and_then(|v| v.checked_add(pads[sp + i]))
+            .ok_or_else(|| format!("pads {pads:?} overflow"))?;
+        if padded < spans[i] {
+            return Err(format!(
+                "kernel extent {} is larger than the padded input ({padded}) on spatial axis {i}",
+                spans[i]
+            ));
+        }
+        padded_shape.push(padded);
+    }
+    b.check_alloc("padded input", &padded_shape, b.dtype(&n.input(0)?))?;
+    Ok(Window {
         strides,
-        pads,
         dilations,
-        group: n.int("group", 1).max(1) as usize,
+        pads,
+        spans,
+    })
+}
+
+/// Input and weight shapes of Conv / ConvTranspose checked against the
+/// spec: input `[N, C, spatial..]`, a weight of the same rank with
+/// non-empty spatial axes (equal to `kernel_shape` when given), `group ≥ 1`
+/// dividing the channels. Returns (input shape, weight shape, group).
+fn conv_shapes(
+    b: &B,
+    n: &NodeCtx,
+    transpose: bool,
+) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
+    let (xs, ws) = (b.shape(&n.input(0)?), b.shape(&n.input(1)?));
+    need_rank("input", &xs, 3)?;
+    if ws.len() != xs.len() {
+        return Err(format!(
+            "weight {ws:?} has rank {}, the input {xs:?} rank {}",
+            ws.len(),
+            xs.len()
+        ));
+    }
+    if let Some(ks) = n.ints("kernel_shape") {
+        if dims("kernel_shape", &ks)? != ws[2..] {
+            return Err(format!(
+                "kernel_shape {ks:?} does not match the weight {ws:?}"
+            ));
+        }
+    }
+    let g = n.int("group", 1);
+    let group = usize::try_from(g)
+        .ok()
+        .filter(|&g| g >= 1)
+        .ok_or_else(|| format!("group {g} must be ≥ 1"))?;
+    let fits = if transpose {
+        ws[0] == xs[1] && xs[1] % group == 0
+    } else {
+        ws[1].checked_mul(group) == Some(xs[1]) && ws[0] % group == 0
     };
-    let mut inputs = vec![x, w];
+    if !fits {
+        return Err(format!(
+            "input {xs:?} and weight {ws:?} do not fit group {group}"
+        ));
+    }
+    Ok((xs, ws, group))
+}
+
+/// Conv (bias optional, auto_pad handled).
+pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
+    let (xs, ws, group) = conv_shapes(b, n, false)?;
+    let w = window(b, n, &xs, &ws[2..])?;
+    let attrs = ConvAttrs {
+        strides: w.strides,
+        pads: w.pads,
+        dilations: w.dilations,
+        group,
+    };
+    let mut inputs = vec![n.input(0)?, n.input(1)?];
     inputs.extend(n.opt_input(2));
     Ok(vec![b.op(Op::Conv(attrs), &inputs, n.name())?])
 }
@@ -118,21 +217,40 @@ pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
 /// the kernel flipped and its channel axes swapped (folded at compile time).
 pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
-    let (x, w) = (n.input(0)?, n.input(1)?);
-    let (xs, ws) = (b.shape(&x), b.shape(&w));
-    let sp = xs.len().checked_sub(2).ok_or("input rank < 3")?;
-    let g = n.int("group", 1).max(1) as usize;
-    let k = &ws[2..];
-    let strides = spatial_attr(n, "strides", sp)?;
-    let dil = spatial_attr(n, "dilations", sp)?;
-    let out_pad = n.ints("output_padding").unwrap_or_else(|| vec![0; sp]);
     if n.has("output_shape") || n.string("auto_pad", "NOTSET") != "NOTSET" {
         return Err("output_shape / auto_pad on ConvTranspose are not supported".into());
     }
-    let pads = n.ints("pads").unwrap_or_else(|| vec![0; 2 * sp]);
+    let (xs, ws, g) = conv_shapes(b, n, true)?;
+    let (x, w) = (n.input(0)?, n.input(1)?);
+    let sp = xs.len() - 2;
+    let k = &ws[2..];
+    let strides = spatial_attr(n, "strides", sp)?;
+    let dil = spatial_attr(n, "dilations", sp)?;
+    let out_pad = dims(
+        "output_padding",
+        &n.ints("output_padding").unwrap_or_else(|| vec![0; sp]),
+    )?;
+    let pads = dims("pads", &n.ints("pads").unwrap_or_else(|| vec![0; 2 * sp]))?;
     if pads.len() != 2 * sp || out_pad.len() != sp {
-        return Err("bad pads or output_padding".into());
+        return Err(format!(
+            "pads {pads:?} / output_padding {out_pad:?} need {} / {sp} entries",
+            2 * sp
+        ));
     }
+    if let Some(i) = (0..sp).find(|&i| out_pad[i] >= strides[i].max(dil[i])) {
+        return Err(format!(
+            "output_padding {out_pad:?} must be smaller than the stride or dilation on axis {i}"
+        ));
+    }
+    if let Some(i) = (0..sp).find(|&i| xs[2 + i] == 0) {
+        return Err(format!("input {xs:?} is empty on spatial axis {i}"));
+    }
+    // Full padding per axis: the kernel extent minus one.
+    let full = k
+        .iter()
+        .zip(&dil)
+        .map(|(&ki, &d)| span(ki, d).and_then(|s| i64::try_from(s - 1).map_err(|e| e.to_string())))
+        .collect::<Result<Vec<i64>, _>>()?;
     // 1. Insert stride-1 zeros between input elements on every spatial axis.
     let mut y = x;
     for (i, &s) in strides.iter().enumerate() {
@@ -146,6 +264,9 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
         y = reshape(b, &y, &split, name)?;
         let mut p = vec![0; 2 * split.len()];
         p[split.len() + ax + 1] = s - 1;
+        let mut padded = split.clone();
+        padded[ax + 1] = s;
+        b.check_alloc("Pad", &padded, b.dtype(&y))?;
         y = b.op(
             Op::Pad {
                 pads: p,
@@ -155,7 +276,7 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
             name,
         )?;
         let mut merged = cur.clone();
-        merged[ax] *= s;
+        merged[ax] = cur[ax].checked_mul(s).ok_or("stride overflows")?;
         y = reshape(b, &y, &merged, name)?;
         y = slice_axis(b, &y, ax, 0, 1, (cur[ax] - 1) * s + 1, name)?;
     }
@@ -163,16 +284,13 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     let r = sp + 2;
     let mut signed = vec![0i64; 2 * r];
     for i in 0..sp {
-        let full = (dil[i] * (k[i] - 1)) as i64;
-        signed[2 + i] = full - pads[i];
-        signed[r + 2 + i] = full - pads[sp + i] + out_pad[i];
+        let crop = |p: usize| i64::try_from(p).map_err(|e| e.to_string());
+        signed[2 + i] = full[i] - crop(pads[i])?;
+        signed[r + 2 + i] = full[i] - crop(pads[sp + i])? + crop(out_pad[i])?;
     }
     y = pad_signed(b, &y, &signed, PadMode::Constant(0.0), name)?;
     // 3. Kernel [Cin, Cout/g, k..] → [Cout, Cin/g, k..], spatially flipped.
     let (cin, cout_g) = (ws[0], ws[1]);
-    if cin % g != 0 {
-        return Err("input channels not divisible by group".into());
-    }
     let mut grouped = vec![g, cin / g, cout_g];
     grouped.extend(k);
     let mut wt = reshape(b, &w, &grouped, name)?;
@@ -196,6 +314,24 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     Ok(vec![b.op(Op::Conv(attrs), &inputs, name)?])
 }
 
+/// Checks that the input has rank ≥ `min_rank` and that each input in
+/// `params` (scale, bias, mean, variance) is a `[C]` vector for the input's
+/// channel count `C`: the contract of the per-channel normalisations.
+fn channel_params(b: &B, n: &NodeCtx, params: &[usize], min_rank: usize) -> Result<(), String> {
+    let xs = b.shape(&n.input(0)?);
+    need_rank("input", &xs, min_rank)?;
+    for &i in params {
+        let ps = b.shape(&n.input(i)?);
+        if ps != [xs[1]] {
+            return Err(format!(
+                "input {i} is {ps:?}, must be [C] = [{}] for the input {xs:?}",
+                xs[1]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reshapes a per-channel vector `[C]` to broadcast over `[N, C, spatial..]`.
 fn per_channel(b: &mut B, v: &Val, rank: usize, name: &str) -> Result<Val, String> {
     let c = b.shape(v).iter().product();
@@ -212,6 +348,7 @@ pub fn batch_norm(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     let name = n.name();
     let x = n.input(0)?;
+    channel_params(b, n, &[1, 2, 3, 4], 2)?;
     let eps = b.f32(n.float("epsilon", 1e-5));
     let var = bin(b, Op::Add, &n.input(4)?, &eps, name)?;
     let std = un(b, Op::Sqrt, &var, name)?;
@@ -304,6 +441,7 @@ pub fn rms_norm(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn instance_norm(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let x = n.input(0)?;
+    channel_params(b, n, &[1, 2], 3)?;
     let rank = b.shape(&x).len();
     let one = b.scalar(b.dtype(&x), 1.0)?;
     let op = Op::Norm {
@@ -325,28 +463,32 @@ pub fn pool(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     let x = n.input(0)?;
     let xs = b.shape(&x);
-    let sp = xs.len().checked_sub(2).ok_or("input rank < 3")?;
-    let kernel: Vec<usize> = n
-        .ints("kernel_shape")
-        .ok_or("missing kernel_shape")?
-        .iter()
-        .map(|&k| k.max(1) as usize)
-        .collect();
+    need_rank("input", &xs, 3)?;
+    let sp = xs.len() - 2;
+    let kernel = dims(
+        "kernel_shape",
+        &n.ints("kernel_shape").ok_or("missing kernel_shape")?,
+    )?;
     if kernel.len() != sp {
-        return Err("kernel_shape does not match the input rank".into());
+        return Err(format!(
+            "kernel_shape {kernel:?} does not match the input {xs:?}"
+        ));
     }
-    let strides = spatial_attr(n, "strides", sp)?;
-    let dilations = spatial_attr(n, "dilations", sp)?;
-    let mut pads = window_pads(n, &xs[2..], &kernel, &strides, &dilations)?;
+    let Window {
+        strides,
+        dilations,
+        mut pads,
+        spans,
+    } = window(b, n, &xs, &kernel)?;
     if n.int("ceil_mode", 0) != 0 {
+        // `window` checked that every span fits its padded axis.
         for i in 0..sp {
-            let span = dilations[i] * (kernel[i] - 1) + 1;
             let padded = xs[2 + i] + pads[i] + pads[sp + i];
-            let mut out = (padded.saturating_sub(span)).div_ceil(strides[i]) + 1;
+            let mut out = (padded - spans[i]).div_ceil(strides[i]) + 1;
             if (out - 1) * strides[i] >= xs[2 + i] + pads[i] {
                 out -= 1;
             }
-            pads[sp + i] += ((out - 1) * strides[i] + span).saturating_sub(padded);
+            pads[sp + i] += ((out - 1) * strides[i] + spans[i]).saturating_sub(padded);
         }
     }
     let attrs = PoolAttrs {
@@ -371,6 +513,7 @@ pub fn global_pool(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let x = n.input(0)?;
     let xs = b.shape(&x);
+    need_rank("input", &xs, 3)?;
     let axes: Vec<usize> = (2..xs.len()).collect();
     if n.node.op_type == "GlobalMaxPool" {
         return Ok(vec![b.op(

@@ -3,7 +3,7 @@
 use m4c_ir::op::{CoordMode, NearestRounding, ResizeMode};
 use m4c_ir::Op;
 
-use super::ctx::{axis, Lowering, NodeCtx, B};
+use super::ctx::{axis, dims, Lowering, NodeCtx, B};
 
 /// Resize / Upsample to a static output shape.
 pub fn resize(b: &mut B, n: &NodeCtx) -> Lowering {
@@ -38,8 +38,9 @@ pub fn resize(b: &mut B, n: &NodeCtx) -> Lowering {
             if sz.len() != ax.len() {
                 return Err("sizes do not match the axes".into());
             }
+            let sz = dims("sizes", &sz)?;
             for (k, &a) in ax.iter().enumerate() {
-                sizes[a] = sz[k].max(0) as usize;
+                sizes[a] = sz[k];
                 scales[a] = sizes[a] as f32 / s[a] as f32;
             }
         }

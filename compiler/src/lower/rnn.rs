@@ -37,30 +37,34 @@ struct Dir {
 impl<'a> Rnn<'a> {
     fn new(b: &mut B, n: &'a NodeCtx<'a>, gates: usize) -> Result<Self, String> {
         let name = n.name().to_string();
+        let xs = b.shape(&n.input(0)?);
+        if xs.len() != 3 {
+            return Err(format!("input {xs:?} must be 3-D"));
+        }
+        let layout1 = n.int("layout", 0) != 0;
+        let (seq, batch, input) = if layout1 {
+            (xs[1], xs[0], xs[2])
+        } else {
+            (xs[0], xs[1], xs[2])
+        };
+        let hidden = check_shapes(b, n, gates, batch, input)?;
         if n.opt_input(4).is_some() {
             let lens = n.const_ints(4)?.ok_or("sequence_lens must be constant")?;
-            let x = b.shape(&n.input(0)?);
-            let seq = if n.int("layout", 0) == 0 { x[0] } else { x[1] };
-            if lens.iter().any(|&l| l as usize != seq) {
+            if lens.iter().any(|&l| usize::try_from(l) != Ok(seq)) {
                 return Err("sequence_lens shorter than the sequence are not supported".into());
             }
         }
         let mut x = n.input(0)?;
-        if n.int("layout", 0) != 0 {
+        if layout1 {
             x = transpose(b, &x, &[1, 0, 2], &name)?;
-        }
-        let s = b.shape(&x);
-        let hidden = n.int("hidden_size", 0) as usize;
-        if hidden == 0 || s.len() != 3 {
-            return Err("needs hidden_size and a 3-D input".into());
         }
         Ok(Rnn {
             n,
             name,
             hidden,
             gates,
-            seq: s[0],
-            batch: s[1],
+            seq,
+            batch,
             x,
         })
     }
@@ -225,6 +229,54 @@ impl<'a> Rnn<'a> {
             (0..self.seq).collect()
         }
     }
+}
+
+/// Checks the weights and states of a recurrent node against the spec
+/// (W `[dirs, gates·hidden, input]`, R `[dirs, gates·hidden, hidden]`,
+/// B `[dirs, 2·gates·hidden]`, initial states `[dirs, batch, hidden]`,
+/// peepholes `[dirs, 3·hidden]`; layout 1 swaps the states' first two
+/// axes) before any is sliced. Returns `hidden_size`.
+fn check_shapes(
+    b: &B,
+    n: &NodeCtx,
+    gates: usize,
+    batch: usize,
+    input: usize,
+) -> Result<usize, String> {
+    let raw = n.int("hidden_size", 0);
+    let hidden = usize::try_from(raw)
+        .ok()
+        .filter(|&h| h >= 1)
+        .ok_or_else(|| format!("hidden_size {raw} must be ≥ 1"))?;
+    let dirs = if n.string("direction", "forward") == "bidirectional" {
+        2
+    } else {
+        1
+    };
+    let gh = hidden
+        .checked_mul(gates)
+        .ok_or_else(|| format!("hidden_size {raw} overflows"))?;
+    let state = if n.int("layout", 0) != 0 {
+        [batch, dirs, hidden]
+    } else {
+        [dirs, batch, hidden]
+    };
+    let expected: [(usize, Vec<usize>); 6] = [
+        (1, vec![dirs, gh, input]),
+        (2, vec![dirs, gh, hidden]),
+        (3, vec![dirs, gh.saturating_mul(2)]),
+        (5, state.to_vec()),
+        (6, state.to_vec()),
+        (7, vec![dirs, hidden.saturating_mul(3)]),
+    ];
+    for (i, want) in expected {
+        let Some(v) = n.opt_input(i) else { continue };
+        let got = b.shape(&v);
+        if got != want && !(i >= 6 && gates != 4) {
+            return Err(format!("input {i} is {got:?}, must be {want:?}"));
+        }
+    }
+    Ok(hidden)
 }
 
 fn recur(b: &mut B, h: &Val, dir: &Dir, name: &str) -> Result<Val, String> {

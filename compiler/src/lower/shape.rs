@@ -8,7 +8,7 @@ use m4c_ir::op::{PadMode, SliceAxis};
 use m4c_ir::{broadcast_shapes, DType, Op, Tensor};
 
 use super::builder::Val;
-use super::ctx::{axes, axis, Lowering, NodeCtx, B};
+use super::ctx::{axes, axis, dims, need_rank, Lowering, NodeCtx, B};
 
 /// Reshape to a static shape, skipping no-op reshapes.
 pub fn reshape(b: &mut B, x: &Val, shape: &[usize], name: &str) -> Result<Val, String> {
@@ -35,6 +35,9 @@ pub fn slice_axis(
     name: &str,
 ) -> Result<Val, String> {
     let s = b.shape(x);
+    if ax >= s.len() {
+        return Err(format!("axis {ax} out of range for rank {}", s.len()));
+    }
     let mut axes: Vec<SliceAxis> = s
         .iter()
         .map(|&n| SliceAxis {
@@ -115,8 +118,11 @@ pub fn reshape_node(b: &mut B, n: &NodeCtx) -> Lowering {
         });
     }
     let total: usize = s.iter().product();
+    let known = out
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {spec:?} overflows"))?;
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot infer -1 reshaping {s:?} to {spec:?}"));
         }
@@ -161,6 +167,9 @@ pub fn squeeze(b: &mut B, n: &NodeCtx) -> Lowering {
         let list = list.ok_or("Unsqueeze needs axes")?;
         let rank = s.len() + list.len();
         let ins = axes(&list, rank)?;
+        if ins.len() != list.len() {
+            return Err(format!("axes {list:?} has a repeated axis"));
+        }
         let mut it = s.iter();
         (0..rank)
             .map(|i| {
@@ -179,12 +188,7 @@ pub fn squeeze(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn expand(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
-    let want: Vec<usize> = n
-        .const_ints(1)?
-        .ok_or("missing shape")?
-        .iter()
-        .map(|&d| d.max(0) as usize)
-        .collect();
+    let want = dims("shape", &n.const_ints(1)?.ok_or("missing shape")?)?;
     let out =
         broadcast_shapes(&s, &want).ok_or_else(|| format!("cannot expand {s:?} to {want:?}"))?;
     if out == s {
@@ -194,13 +198,8 @@ pub fn expand(b: &mut B, n: &NodeCtx) -> Lowering {
 }
 
 /// ConstantOfShape: a constant filled with `value` (default f32 zero).
-pub fn constant_of_shape(_b: &mut B, n: &NodeCtx) -> Lowering {
-    let shape: Vec<usize> = n
-        .const_ints(0)?
-        .ok_or("missing shape")?
-        .iter()
-        .map(|&d| d.max(0) as usize)
-        .collect();
+pub fn constant_of_shape(b: &mut B, n: &NodeCtx) -> Lowering {
+    let shape = dims("shape", &n.const_ints(0)?.ok_or("missing shape")?)?;
     let value = n
         .tensor_attr("value")?
         .unwrap_or_else(|| Tensor::from_f32(&[1], &[0.0]));
@@ -208,6 +207,7 @@ pub fn constant_of_shape(_b: &mut B, n: &NodeCtx) -> Lowering {
     if value.len() != 1 {
         return Err("value must have one element".into());
     }
+    b.check_alloc("ConstantOfShape", &shape, value.dtype)?;
     let count: usize = shape.iter().product();
     let filled = bytes.repeat(count);
     Ok(vec![Val::konst(Tensor::from_bytes(
@@ -235,31 +235,44 @@ pub fn constant(_b: &mut B, n: &NodeCtx) -> Lowering {
     Ok(vec![Val::konst(t)])
 }
 
-/// Range over constant scalars.
-pub fn range(_b: &mut B, n: &NodeCtx) -> Lowering {
+/// Range over constant scalars; the element count is checked against the
+/// memory budget before anything is made.
+pub fn range(b: &mut B, n: &NodeCtx) -> Lowering {
     let get = |i: usize| -> Result<Tensor, String> {
         n.const_input(i)?
             .ok_or_else(|| format!("missing input {i}"))
     };
     let (start, limit, delta) = (get(0)?, get(1)?, get(2)?);
+    let count = |span: f64, d: f64| -> Result<usize, String> {
+        let c = (span / d).ceil().max(0.0);
+        if !c.is_finite() || d == 0.0 {
+            return Err(format!("delta {d} gives no finite element count"));
+        }
+        let c = if c >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            c as usize
+        };
+        b.check_alloc("Range", &[c], start.dtype)?;
+        Ok(c)
+    };
     let t = match start.dtype {
         DType::F32 => {
-            let f = |t: &Tensor| t.to_f32_vec().map_err(|e| e.to_string()).map(|v| v[0]);
+            let f = |t: &Tensor| scalar_of(t.to_f32_vec().map_err(|e| e.to_string())?);
             let (s, l, d) = (f(&start)?, f(&limit)?, f(&delta)?);
-            let count = ((l - s) / d).ceil().max(0.0) as usize;
+            let count = count(f64::from(l) - f64::from(s), f64::from(d))?;
             Tensor::from_f32(
                 &[count],
                 &(0..count).map(|i| s + i as f32 * d).collect::<Vec<_>>(),
             )
         }
         DType::I64 | DType::I32 => {
-            let f = |t: &Tensor| t.to_index_vec().map_err(|e| e.to_string()).map(|v| v[0]);
+            let f = |t: &Tensor| scalar_of(t.to_index_vec().map_err(|e| e.to_string())?);
             let (s, l, d) = (f(&start)?, f(&limit)?, f(&delta)?);
-            if d == 0 {
-                return Err("delta is zero".into());
-            }
-            let count = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
-            let vals: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
+            let count = count((i128::from(l) - i128::from(s)) as f64, d as f64)?;
+            let vals: Vec<i64> = (0..count as i64)
+                .map(|i| s.wrapping_add(i.wrapping_mul(d)))
+                .collect();
             if start.dtype == DType::I64 {
                 Tensor::from_i64(&[count], &vals)
             } else {
@@ -272,6 +285,14 @@ pub fn range(_b: &mut B, n: &NodeCtx) -> Lowering {
         other => return Err(format!("Range over {other} is not supported")),
     };
     Ok(vec![Val::konst(t)])
+}
+
+/// The single element of a scalar input (start, limit, delta...).
+fn scalar_of<T: Copy>(v: Vec<T>) -> Result<T, String> {
+    match v[..] {
+        [x] => Ok(x),
+        _ => Err(format!("needs a scalar, got {} elements", v.len())),
+    }
 }
 
 /// Concat (zero-sized inputs are dropped, as ONNX allows them).
@@ -298,20 +319,20 @@ pub fn split(b: &mut B, n: &NodeCtx) -> Lowering {
     let a = axis(n.int("axis", 0), s.len())?;
     let parts = n.node.output.len();
     let sizes: Vec<usize> = match n.ints_attr_or_input("split", 1)? {
-        Some(v) => v.iter().map(|&d| d.max(0) as usize).collect(),
+        Some(v) => dims("split", &v)?,
         None => {
-            let k = if n.has("num_outputs") {
-                n.int("num_outputs", 1) as usize
-            } else {
-                parts
-            };
+            let k = n.int("num_outputs", parts as i64);
+            let k = usize::try_from(k)
+                .ok()
+                .filter(|&k| k >= 1 && k == parts)
+                .ok_or_else(|| format!("num_outputs {k} differs from the {parts} outputs"))?;
             let chunk = s[a].div_ceil(k.max(1));
             (0..k)
                 .map(|i| chunk.min(s[a].saturating_sub(i * chunk)))
                 .collect()
         }
     };
-    if sizes.iter().sum::<usize>() != s[a] {
+    if sizes.iter().try_fold(0usize, |acc, &d| acc.checked_add(d)) != Some(s[a]) {
         return Err(format!("split sizes {sizes:?} do not add up to {}", s[a]));
     }
     let mut start = 0;
@@ -349,7 +370,7 @@ pub fn normalize_slice(
         (s, (e - s + step as i128 - 1).div_euclid(step as i128))
     } else {
         let (s, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
-        (s, (s - e + (-step) as i128 - 1).div_euclid(-step as i128))
+        (s, (s - e - step as i128 - 1).div_euclid(-(step as i128)))
     };
     Ok((s.max(0) as usize, len.max(0) as usize))
 }
@@ -405,6 +426,7 @@ pub fn slice(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn gather(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
+    need_rank("data", &s, 1)?;
     let a = axis(n.int("axis", 0), s.len())?;
     let mut idx = n.input(1)?;
     if let Some(t) = idx.as_const() {
@@ -430,10 +452,18 @@ pub fn transpose_node(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let r = b.shape(&x).len();
     let perm = match n.ints("perm") {
-        Some(p) => p
-            .iter()
-            .map(|&a| axis(a, r))
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(p) => {
+            let perm = p
+                .iter()
+                .map(|&a| axis(a, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut sorted = perm.clone();
+            sorted.sort_unstable();
+            if sorted != (0..r).collect::<Vec<_>>() {
+                return Err(format!("perm {p:?} is not a permutation of the {r} axes"));
+            }
+            perm
+        }
         None => (0..r).rev().collect(),
     };
     Ok(vec![transpose(b, &x, &perm, n.name())?])
@@ -443,22 +473,15 @@ pub fn transpose_node(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn tile(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
-    let reps = n.const_ints(1)?.ok_or("missing repeats")?;
+    let reps = dims("repeats", &n.const_ints(1)?.ok_or("missing repeats")?)?;
     if reps.len() != s.len() {
-        return Err("repeats must match the rank".into());
+        return Err(format!("repeats {reps:?} must match the rank of {s:?}"));
     }
     let name = n.name();
     let inter: Vec<usize> = s.iter().flat_map(|&d| [1, d]).collect();
-    let big: Vec<usize> = s
-        .iter()
-        .zip(&reps)
-        .flat_map(|(&d, &r)| [r.max(0) as usize, d])
-        .collect();
-    let out: Vec<usize> = s
-        .iter()
-        .zip(&reps)
-        .map(|(&d, &r)| d * r.max(0) as usize)
-        .collect();
+    let big: Vec<usize> = s.iter().zip(&reps).flat_map(|(&d, &r)| [r, d]).collect();
+    b.check_alloc("Tile", &big, b.dtype(&x))?;
+    let out: Vec<usize> = s.iter().zip(&reps).map(|(&d, &r)| d * r).collect();
     let y = reshape(b, &x, &inter, name)?;
     let y = if big == inter {
         y
@@ -526,21 +549,36 @@ pub fn pad_signed(
     name: &str,
 ) -> Result<Val, String> {
     let r = b.shape(x).len();
+    if pads.len() != 2 * r {
+        return Err(format!("{} pads for rank {r}", pads.len()));
+    }
     let mut y = x.clone();
     for a in 0..r {
         let (lo, hi) = (
             pads[a].min(0).unsigned_abs() as usize,
             pads[a + r].min(0).unsigned_abs() as usize,
         );
-        if lo + hi > 0 {
+        let crop = lo.saturating_add(hi);
+        if crop > 0 {
             let d = b.shape(&y)[a];
-            y = slice_axis(b, &y, a, lo, 1, d.saturating_sub(lo + hi), name)?;
+            y = slice_axis(b, &y, a, lo.min(d), 1, d.saturating_sub(crop), name)?;
         }
     }
     let pos: Vec<usize> = pads.iter().map(|&p| p.max(0) as usize).collect();
     if pos.iter().all(|&p| p == 0) {
         return Ok(y);
     }
+    let out = b
+        .shape(&y)
+        .iter()
+        .enumerate()
+        .map(|(a, &d)| {
+            d.checked_add(pos[a])
+                .and_then(|v| v.checked_add(pos[a + r]))
+        })
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| format!("pads {pads:?} overflow"))?;
+    b.check_alloc("Pad", &out, b.dtype(&y))?;
     b.op(Op::Pad { pads: pos, mode }, &[y], name)
 }
 
@@ -548,14 +586,18 @@ pub fn pad_signed(
 pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
-    let k = n.int("blocksize", 0).max(1) as usize;
+    let raw = n.int("blocksize", 0);
+    let k = usize::try_from(raw)
+        .ok()
+        .filter(|&k| k >= 1 && k.checked_mul(k).is_some())
+        .ok_or_else(|| format!("blocksize {raw} must be a positive size"))?;
     let [bn, c, h, w] = s[..] else {
-        return Err("needs a 4-D input".into());
+        return Err(format!("needs a 4-D input, got {s:?}"));
     };
     let name = n.name();
     let (inter, perm, out) = if n.node.op_type == "DepthToSpace" {
-        if c % (k * k) != 0 {
-            return Err("channels not divisible by blocksize²".into());
+        if c % (k * k) != 0 || h.checked_mul(k).and(w.checked_mul(k)).is_none() {
+            return Err(format!("channels {c} not divisible by blocksize² ({k}²)"));
         }
         if n.string("mode", "DCR") == "DCR" {
             (
@@ -571,8 +613,10 @@ pub fn depth_space(b: &mut B, n: &NodeCtx) -> Lowering {
             )
         }
     } else {
-        if h % k != 0 || w % k != 0 {
-            return Err("spatial size not divisible by blocksize".into());
+        if h % k != 0 || w % k != 0 || c.checked_mul(k * k).is_none() {
+            return Err(format!(
+                "spatial size {h}×{w} not divisible by blocksize {k}"
+            ));
         }
         let perm = if n.string("mode", "DCR") == "CRD" {
             vec![0, 1, 3, 5, 2, 4]
@@ -633,6 +677,7 @@ pub fn gather_nd(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     let tuple_shape = &is[..is.len() - 1];
     let mut linear: Option<Val> = None;
+    let mut cols = vec![];
     for j in 0..k {
         let dim = ds[bd + j] as i64;
         let col = slice_axis(b, &idx, is.len() - 1, j, 1, 1, name)?;
@@ -645,6 +690,7 @@ pub fn gather_nd(b: &mut B, n: &NodeCtx) -> Lowering {
             name,
         )?;
         let col = b.op(Op::Where, &[is_neg, wrapped, col], name)?;
+        cols.push((col.clone(), dim));
         let stride: usize = ds[bd + j + 1..bd + k].iter().product();
         let term = b.op(
             Op::Mul,
@@ -671,6 +717,9 @@ pub fn gather_nd(b: &mut B, n: &NodeCtx) -> Lowering {
     }
     let mut flat = vec![ds[..bd + k].iter().product()];
     flat.extend(&ds[bd + k..]);
+    for (col, dim) in &cols {
+        linear = reject_out_of_range(b, linear, col, *dim, flat[0] as i64, name)?;
+    }
     let data = reshape(b, &data, &flat, name)?;
     Ok(vec![b.op(Op::Gather { axis: 0 }, &[data, linear], name)?])
 }
@@ -704,6 +753,7 @@ pub fn gather_elements(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let (data, mut idx) = (n.input(0)?, n.input(1)?);
     let (ds, is) = (b.shape(&data), b.shape(&idx));
+    need_rank("data", &ds, 1)?;
     let a = axis(n.int("axis", 0), ds.len())?;
     if is.len() != ds.len()
         || is
@@ -746,7 +796,10 @@ pub fn gather_elements(b: &mut B, n: &NodeCtx) -> Lowering {
     let idx = b.op(Op::Where, &[is_neg, wrapped, idx], name)?;
     let scaled = b.op(
         Op::Mul,
-        &[idx, Val::konst(Tensor::from_i64(&[], &[strides[a] as i64]))],
+        &[
+            idx.clone(),
+            Val::konst(Tensor::from_i64(&[], &[strides[a] as i64])),
+        ],
         name,
     )?;
     let linear = b.op(
@@ -754,6 +807,29 @@ pub fn gather_elements(b: &mut B, n: &NodeCtx) -> Lowering {
         &[scaled, Val::konst(Tensor::from_i64(&is, &offsets))],
         name,
     )?;
-    let flat = reshape(b, &data, &[ds.iter().product()], name)?;
+    let total: usize = ds.iter().product();
+    let linear = reject_out_of_range(b, linear, &idx, dim, total as i64, name)?;
+    let flat = reshape(b, &data, &[total], name)?;
     Ok(vec![b.op(Op::Gather { axis: 0 }, &[flat, linear], name)?])
+}
+
+/// `linear` where the wrapped index `col` lies in `[0, dim)`, else
+/// `past_end`, an index the Gather that follows rejects: an out-of-range
+/// GatherND / GatherElements index is then an error on every engine (as
+/// ONNX says) instead of a read of a neighbouring element.
+fn reject_out_of_range(
+    b: &mut B,
+    linear: Val,
+    col: &Val,
+    dim: i64,
+    past_end: i64,
+    name: &str,
+) -> Result<Val, String> {
+    let end = Val::konst(Tensor::from_i64(&[], &[past_end]));
+    let zero = Val::konst(Tensor::from_i64(&[], &[0]));
+    let below = b.op(Op::Less, &[col.clone(), zero], name)?;
+    let linear = b.op(Op::Where, &[below, end.clone(), linear], name)?;
+    let dim = Val::konst(Tensor::from_i64(&[], &[dim]));
+    let inside = b.op(Op::Less, &[col.clone(), dim], name)?;
+    b.op(Op::Where, &[inside, linear, end], name)
 }

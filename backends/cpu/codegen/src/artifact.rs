@@ -97,6 +97,7 @@ pub(crate) fn write_artifact(
         weights: WEIGHTS_FILE.to_string(),
         gemms,
         graph,
+        kernel_abi: m4c_cpu_device::KERNEL_ABI,
     };
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
     write_file(&dir.join(MANIFEST_FILE), json.as_bytes())?;

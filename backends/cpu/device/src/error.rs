@@ -37,6 +37,10 @@ pub enum DeviceError {
         expected: usize,
         actual: usize,
     },
+    /// A kernel reported data outside its operator's domain (an index out
+    /// of range, an integer division by zero): the run's results are void.
+    #[error("kernel `{symbol}`: {reason}")]
+    Kernel { symbol: String, reason: String },
     /// A thread pool was asked for zero threads.
     #[error("thread count must be at least 1")]
     NoThreads,

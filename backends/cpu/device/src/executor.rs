@@ -9,12 +9,40 @@ use crate::{
     ThreadPool,
 };
 
-/// The C signature of every non-GEMM kernel (see [`Step::Kernel`]).
+/// The C signature of every non-GEMM kernel (see [`Step::Kernel`]). It
+/// returns its status: 0, or `STATUS_*` bits for data outside the
+/// operator's domain (the run then fails, as the interpreter does).
 pub type KernelFn =
-    unsafe extern "C" fn(buffers: *const *mut u8, begin: i64, end: i64, scratch: *mut u8);
+    unsafe extern "C" fn(buffers: *const *mut u8, begin: i64, end: i64, scratch: *mut u8) -> i32;
+
+/// The kernel calling convention of this crate: kernels return a status.
+/// Artifacts record it in [`crate::Manifest::kernel_abi`]; code from an
+/// older convention is refused instead of misread.
+pub const KERNEL_ABI: u32 = 1;
+
+/// Status bit: a Gather index lay outside `[-n, n)`.
+pub const STATUS_INDEX_OUT_OF_RANGE: i32 = 1;
+/// Status bit: an integer division (or modulo) had a zero divisor.
+pub const STATUS_DIVISION_BY_ZERO: i32 = 2;
+
+/// What a non-zero kernel status means, in words.
+pub fn status_text(status: i32) -> String {
+    let mut parts = vec![];
+    if status & STATUS_INDEX_OUT_OF_RANGE != 0 {
+        parts.push("index out of range");
+    }
+    if status & STATUS_DIVISION_BY_ZERO != 0 {
+        parts.push("integer division by zero");
+    }
+    if parts.is_empty() {
+        return format!("unknown status {status}");
+    }
+    parts.join(" and ")
+}
 
 enum Call {
     Kernel {
+        symbol: String,
         func: KernelFn,
         buffers: Vec<BufRef>,
         extent: usize,
@@ -76,6 +104,14 @@ impl GraphExecutor {
                 path: library.library_path().to_path_buf(),
                 reason: "the artifact holds no graph".into(),
             })?;
+        let has_kernels = plan.steps.iter().any(|s| matches!(s, Step::Kernel { .. }));
+        let abi = library.manifest().kernel_abi;
+        if has_kernels && abi != KERNEL_ABI {
+            return Err(DeviceError::Inconsistent {
+                path: library.library_path().to_path_buf(),
+                reason: format!("kernels of calling convention {abi}, this runtime needs {KERNEL_ABI} (recompile)"),
+            });
+        }
         let pool = ThreadPool::new(threads)?;
         let mut calls = Vec::with_capacity(plan.steps.len());
         let mut scratch_bytes = 0;
@@ -93,6 +129,7 @@ impl GraphExecutor {
                     // the `KernelFn` signature; `library` lives in `self`.
                     let func = unsafe { library.symbol::<KernelFn>(symbol)? };
                     Call::Kernel {
+                        symbol: symbol.clone(),
                         func,
                         buffers: buffers.clone(),
                         extent: *extent,
@@ -215,11 +252,13 @@ impl GraphExecutor {
             let started = std::time::Instant::now();
             match call {
                 Call::Kernel {
+                    symbol,
                     func,
                     buffers,
                     extent,
                     parallel,
                 } => {
+                    let status = std::sync::atomic::AtomicI32::new(0);
                     let pointers = Shared(
                         buffers
                             .iter()
@@ -238,15 +277,23 @@ impl GraphExecutor {
                         // time; inputs checked above); the scratch buffer
                         // is at least the plan's largest `scratch_bytes`;
                         // parallel ranges write disjoint elements.
-                        unsafe {
+                        let code = unsafe {
                             func(
                                 pointers.0.as_ptr(),
                                 range.start as i64,
                                 range.end as i64,
                                 scratch.as_mut_slice().as_mut_ptr().cast(),
                             )
-                        }
+                        };
+                        status.fetch_or(code, std::sync::atomic::Ordering::Relaxed);
                     });
+                    let status = status.into_inner();
+                    if status != 0 {
+                        return Err(DeviceError::Kernel {
+                            symbol: symbol.clone(),
+                            reason: status_text(status),
+                        });
+                    }
                 }
                 Call::Gemm {
                     entry,
@@ -301,6 +348,16 @@ fn split(extent: usize, parts: usize) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_read_as_words() {
+        assert_eq!(status_text(STATUS_INDEX_OUT_OF_RANGE), "index out of range");
+        assert_eq!(
+            status_text(STATUS_INDEX_OUT_OF_RANGE | STATUS_DIVISION_BY_ZERO),
+            "index out of range and integer division by zero"
+        );
+        assert_eq!(status_text(64), "unknown status 64");
+    }
 
     #[test]
     fn split_covers_the_extent_once() {

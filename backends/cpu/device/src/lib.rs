@@ -20,7 +20,10 @@ mod weights;
 
 pub use aligned::AlignedBuffer;
 pub use error::DeviceError;
-pub use executor::{GraphExecutor, KernelFn};
+pub use executor::{
+    status_text, GraphExecutor, KernelFn, KERNEL_ABI, STATUS_DIVISION_BY_ZERO,
+    STATUS_INDEX_OUT_OF_RANGE,
+};
 pub use gemm::{GemmEntry, GemmFn};
 pub use layout::PackedPanels;
 pub use library::{GemmKernel, KernelLibrary};

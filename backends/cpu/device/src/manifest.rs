@@ -28,6 +28,10 @@ pub struct Manifest {
     /// The compiled graph's execution plan, when the artifact is a graph.
     #[serde(default)]
     pub graph: Option<GraphPlan>,
+    /// The kernels' calling convention ([`crate::KERNEL_ABI`]); 0 in
+    /// artifacts from before kernels returned a status.
+    #[serde(default)]
+    pub kernel_abi: u32,
 }
 
 /// One compiled GEMM `C[m×n] = A[m×k] · B[k×n] (+ C)`, all row-major, with B
@@ -108,6 +112,7 @@ mod tests {
                 m_block: 112,
             }],
             graph: None,
+            kernel_abi: crate::KERNEL_ABI,
         };
         let json = serde_json::to_string(&manifest).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);

@@ -294,8 +294,9 @@ pub(crate) fn eval<'ctx>(
     })
 }
 
-/// Truncating signed division without the machine trap: a zero divisor
-/// gives 0 (the interpreter rejects it) and `MIN / -1` wraps to MIN.
+/// Truncating signed division without the machine trap: a zero divisor is
+/// reported in the kernel's status (an error, as in the interpreter; the
+/// lane computes 0 meanwhile) and `MIN / -1` wraps to MIN.
 fn int_div<'ctx>(
     k: &Kernel<'_, 'ctx>,
     x: VectorValue<'ctx>,
@@ -306,6 +307,7 @@ fn int_div<'ctx>(
     let zero = ty.const_zero();
     let all_ones = b.build_not(zero, "m1")?;
     let is_zero = b.build_int_compare(IntPredicate::EQ, y, zero, "zero")?;
+    k.report_if(is_zero.into(), m4c_cpu_device::STATUS_DIVISION_BY_ZERO)?;
     let is_m1 = b.build_int_compare(IntPredicate::EQ, y, all_ones, "m1")?;
     let unsafe_divisor = b.build_or(is_zero, is_m1, "unsafe")?;
     let one = b.build_int_sub(zero, all_ones, "one")?;

@@ -1,6 +1,7 @@
 //! Gather: a row copy per index, the index read at run time (negative
-//! indices count from the end; out-of-range indices are clamped, where the
-//! interpreter reports an error).
+//! indices count from the end). An index outside `[-n, n)` is reported in
+//! the kernel's status (an error, as in the interpreter); the copy reads a
+//! clamped row meanwhile, so no access leaves the buffer.
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
@@ -10,6 +11,7 @@ use super::movement::element_bytes;
 use super::{int_type, Cx, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
+use m4c_cpu_device::STATUS_INDEX_OUT_OF_RANGE;
 
 /// Emits `out[p, t, :] = data[p, index[t], :]` for `p < pre`, `t < count`,
 /// rows of `post` elements of `elem_bytes` (buffers: out, data, indices).
@@ -47,6 +49,11 @@ fn emit(
         let below =
             k.em.builder
                 .build_int_compare(IntPredicate::SLT, index, k.int(0), "below")?;
+        let above =
+            k.em.builder
+                .build_int_compare(IntPredicate::SGE, index, k.int(n as i64), "above")?;
+        let outside = k.em.builder.build_or(below, above, "outside")?;
+        k.report_if(outside.into(), STATUS_INDEX_OUT_OF_RANGE)?;
         let index =
             k.em.builder
                 .build_select(below, k.int(0), index, "i")?

@@ -4,7 +4,7 @@
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::{BasicTypeEnum, VectorType};
-use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::values::{BasicValueEnum, IntValue, PointerValue, VectorValue};
 use inkwell::AddressSpace;
 use m4c_ir::DType;
 
@@ -146,6 +146,9 @@ pub(crate) struct Kernel<'a, 'ctx> {
     pub begin: IntValue<'ctx>,
     pub end: IntValue<'ctx>,
     pub scratch: PointerValue<'ctx>,
+    /// The `i32` status the kernel returns (0, or the `STATUS_*` bits of
+    /// `m4c_cpu_device` it reported).
+    status: PointerValue<'ctx>,
 }
 
 impl<'a, 'ctx> Kernel<'a, 'ctx> {
@@ -156,7 +159,7 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         let ptr = context.ptr_type(AddressSpace::default());
         let i64t = context.i64_type();
         let ty = context
-            .void_type()
+            .i32_type()
             .fn_type(&[ptr.into(), i64t.into(), i64t.into(), ptr.into()], false);
         let em = define_function(context, cx.module, cx.target, symbol, ty, true);
         let table = em.ptr_param(0);
@@ -175,6 +178,9 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             );
         }
         let (begin, end, scratch) = (em.int_param(1), em.int_param(2), em.ptr_param(3));
+        let status = em.builder.build_alloca(context.i32_type(), "status")?;
+        em.builder
+            .build_store(status, context.i32_type().const_zero())?;
         Ok(Self {
             cx,
             em,
@@ -182,12 +188,49 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             begin,
             end,
             scratch,
+            status,
         })
     }
 
-    /// Closes the function.
+    /// Reports `code` (a `STATUS_*` bit of `m4c_cpu_device`) in the
+    /// kernel's status when `cond` (an `i1` or a vector of them, any lane)
+    /// holds; the executor turns a non-zero status into an error.
+    pub fn report_if(&self, cond: BasicValueEnum<'ctx>, code: i32) -> Result<(), CodegenError> {
+        let b = &self.em.builder;
+        let cond = match cond {
+            BasicValueEnum::VectorValue(v) => {
+                let lanes = std::num::NonZeroU32::new(v.get_type().get_size())
+                    .ok_or_else(|| CodegenError::Unsupported("an empty vector condition".into()))?;
+                let bits = self
+                    .cx
+                    .context
+                    .custom_width_int_type(lanes)
+                    .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+                let mask = b.build_bit_cast(v, bits, "mask")?.into_int_value();
+                b.build_int_compare(inkwell::IntPredicate::NE, mask, bits.const_zero(), "any")?
+            }
+            other => other.into_int_value(),
+        };
+        let i32t = self.cx.context.i32_type();
+        let flag = b.build_select(
+            cond,
+            i32t.const_int(code as u64, false),
+            i32t.const_zero(),
+            "flag",
+        )?;
+        let old = b.build_load(i32t, self.status, "status")?.into_int_value();
+        let new = b.build_or(old, flag.into_int_value(), "status")?;
+        b.build_store(self.status, new)?;
+        Ok(())
+    }
+
+    /// Closes the function, returning its status.
     pub fn finish(self) -> Result<(), CodegenError> {
-        self.em.builder.build_return(None)?;
+        let status =
+            self.em
+                .builder
+                .build_load(self.cx.context.i32_type(), self.status, "status")?;
+        self.em.builder.build_return(Some(&status))?;
         Ok(())
     }
 
