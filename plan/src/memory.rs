@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(bufs.lifetimes, vec![life(1, 2), life(2, 4), life(4, 5)]);
         assert_eq!(bufs.of_value[r.index()], bufs.of_value[c.index()]);
         let p = plan(&g, &s).unwrap();
-        assert_eq!((p.arena_bytes, p.naive_bytes, p.peak_live_bytes), (128, 192, 128));
+        assert_eq!(
+            (p.arena_bytes, p.naive_bytes, p.peak_live_bytes),
+            (128, 192, 128)
+        );
         assert_eq!(p.get(idx(b)).unwrap().offset, p.get(idx(d)).unwrap().offset);
     }
 
@@ -373,6 +376,9 @@ mod tests {
         let y = g.add_node(Op::Softmax { axis: 0 }, &[x], "y").unwrap();
         g.outputs = vec![y];
         let err = plan(&g, &Schedule::fused(&g)).unwrap_err();
-        assert!(matches!(err, PlanError::Symbolic { ref value, .. } if value == "y"), "{err}");
+        assert!(
+            matches!(err, PlanError::Symbolic { ref value, .. } if value == "y"),
+            "{err}"
+        );
     }
 }

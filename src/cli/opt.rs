@@ -2,10 +2,10 @@
 //! fusion) and print the optimised IR and a report.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use m4c_compiler::opt::{apply_adapters, Limits, LoraPolicy, OptOptions, Roofline};
+use m4c_compiler::opt::{apply_adapters, Limits, LoraPolicy, OptOptions, Roofline, Scheduler};
 use m4c_compiler::{lower, OnnxModel};
 
 use super::model_args::{DimArgs, ModelPath};
@@ -84,6 +84,16 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
     }
 }
 
+/// For the `cpu` targets, the CPU backend's kernels for this host: the
+/// report's arena is then the one `--backend cpu` allocates.
+fn cpu_scheduler(target: &str) -> Option<Arc<dyn Scheduler>> {
+    if !matches!(target, "cpu" | "cpu-nominal") {
+        return None;
+    }
+    let target = m4c_cpu_codegen::Target::parse(None, None).ok()?;
+    Some(Arc::new(m4c_cpu_codegen::CpuScheduler { target }))
+}
+
 /// This machine's roofline, measured on first use (about 0.2 s).
 fn measured_cpu() -> Result<Roofline, String> {
     static CPU: OnceLock<Result<Roofline, String>> = OnceLock::new();
@@ -140,6 +150,7 @@ pub fn run(args: OptArgs) -> CliResult<i32> {
             region_nodes: args.region_nodes,
             ..Default::default()
         },
+        scheduler: cpu_scheduler(&args.target),
     };
     let (optimised, report) = apply_adapters(&graph, &args.adapters, &opts, &cost)?;
     let text = m4c_ir::text::print(&optimised);
