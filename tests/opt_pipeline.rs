@@ -313,6 +313,7 @@ fn regions_stitch_back_to_an_equivalent_graph() {
             region_nodes: 40,
             ..Default::default()
         },
+        ..Default::default()
     };
     for name in [
         "llama_prefill",
