@@ -92,6 +92,7 @@ fn the_reported_arena_is_the_compiled_arena() {
         "deeplab_head",
         "mobilenet_v3_small",
         "batchnorm_net",
+        "clip_vision",
     ] {
         let (reported, scratch, planned, stats) = arenas(name, &target);
         eprintln!("{name}: reported {reported} B (scratch {scratch} B), compiled {planned} B");

@@ -3,9 +3,11 @@
 //! (elementwise fusion groups; a backend may absorb more, e.g. a whole
 //! attention) and which scratch buffers kernels need; results computed
 //! inside another node's kernel never get a buffer, and reshapes alias
-//! their input ([`aliases_input`]). Steps are node positions: a kernel
-//! runs at the position of the node it is keyed by, graph outputs live
-//! to one step past the last node.
+//! their input ([`aliases_input`]). Lifetimes count in steps: the kernel
+//! keyed by node `p` runs in two, [`kernel_step`]`(p, false)` = `2p`
+//! before it writes its result (only scratch is touched that is dead by
+//! then) and `2p + 1` from the write on (inputs are read, the result
+//! written); graph outputs live to step `2 × nodes`.
 
 use std::fmt;
 
@@ -14,12 +16,22 @@ use m4c_ir::{Graph, Op};
 use crate::arena::{self, Lifetime};
 use crate::fusion::fusion_roots;
 
-/// An arena buffer a kernel needs besides the results it writes (e.g. an
-/// im2col matrix), live only while the kernel at `node` runs.
+/// An arena buffer a kernel needs besides the result it writes (e.g. an
+/// im2col matrix), live only while the kernel keyed by `node` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scratch {
     pub node: usize,
     pub bytes: usize,
+    /// Whether it is still read once the kernel writes its result (e.g.
+    /// the product a convolution's output is computed from); if not it
+    /// may share bytes with the result.
+    pub with_result: bool,
+}
+
+/// The step at which the kernel keyed by `node` runs: before it writes
+/// its result, or from the write on.
+pub fn kernel_step(node: usize, writes_result: bool) -> usize {
+    2 * node + usize::from(writes_result)
 }
 
 /// How a graph's nodes map onto kernels.
@@ -122,9 +134,10 @@ pub struct Buffers {
 }
 
 /// The buffers `g` needs under `s`: one per result computed by its own
-/// kernel (not a reshape), live from that kernel to the last kernel that
-/// reads it or a reshape of it (graph outputs: to step `nodes`), and one
-/// per scratch entry, live at its kernel. Every buffer has at least one
+/// kernel (not a reshape), live from that kernel's write to the last
+/// kernel that reads it or a reshape of it (graph outputs: to the end),
+/// and one per scratch entry, live at its kernel (and during the write
+/// if `with_result`). Every buffer has at least one
 /// byte, so each has its own address.
 pub fn buffer_lifetimes(g: &Graph, s: &Schedule) -> Result<Buffers, PlanError> {
     let n = g.nodes.len();
@@ -133,7 +146,7 @@ pub fn buffer_lifetimes(g: &Graph, s: &Schedule) -> Result<Buffers, PlanError> {
     let mut lifetimes: Vec<Lifetime> = Vec::new();
     let mut of_value: Vec<Option<usize>> = vec![None; g.values.len()];
     for (i, node) in g.nodes.iter().enumerate() {
-        let at = s.kernel_of[i];
+        let at = kernel_step(s.kernel_of[i], true);
         for input in &node.inputs {
             if let Some(b) = of_value[input.index()] {
                 lifetimes[b].last = lifetimes[b].last.max(at);
@@ -142,7 +155,7 @@ pub fn buffer_lifetimes(g: &Graph, s: &Schedule) -> Result<Buffers, PlanError> {
         let out = node.output;
         if aliases_input(&node.op) {
             of_value[out.index()] = node.inputs.first().and_then(|i| of_value[i.index()]);
-        } else if at == i {
+        } else if s.kernel_of[i] == i {
             let v = g.value(out);
             let shape = v.ty.static_shape().ok_or_else(|| PlanError::Symbolic {
                 value: v.name.clone(),
@@ -153,22 +166,22 @@ pub fn buffer_lifetimes(g: &Graph, s: &Schedule) -> Result<Buffers, PlanError> {
             buffers.push(Buffer::Value(out.index()));
             lifetimes.push(Lifetime {
                 bytes,
-                first: i,
-                last: i,
+                first: at,
+                last: at,
             });
         }
     }
     for o in &g.outputs {
         if let Some(b) = of_value[o.index()] {
-            lifetimes[b].last = n;
+            lifetimes[b].last = 2 * n;
         }
     }
     for (k, scratch) in s.scratch.iter().enumerate() {
         buffers.push(Buffer::Scratch(k));
         lifetimes.push(Lifetime {
             bytes: scratch.bytes.max(1),
-            first: scratch.node,
-            last: scratch.node,
+            first: kernel_step(scratch.node, false),
+            last: kernel_step(scratch.node, scratch.with_result),
         });
     }
     Ok(Buffers {
@@ -298,9 +311,9 @@ mod tests {
             first,
             last,
         };
-        // b: written by the kernel at 1, read by softmax at 2; c: read
-        // through the reshape by d at 4; d: an output, to step 5.
-        assert_eq!(bufs.lifetimes, vec![life(1, 2), life(2, 4), life(4, 5)]);
+        // b: written by the kernel of node 1, read by softmax (node 2); c:
+        // read through the reshape by d (node 4); d: an output, to the end.
+        assert_eq!(bufs.lifetimes, vec![life(3, 5), life(5, 9), life(9, 10)]);
         assert_eq!(bufs.of_value[r.index()], bufs.of_value[c.index()]);
         let p = plan(&g, &s).unwrap();
         assert_eq!(
@@ -323,10 +336,18 @@ mod tests {
         g.outputs = vec![o];
         let s = Schedule {
             kernel_of: vec![0, 2, 2],
-            scratch: vec![Scratch {
-                node: 2,
-                bytes: 1000,
-            }],
+            scratch: vec![
+                Scratch {
+                    node: 2,
+                    bytes: 1000,
+                    with_result: false,
+                },
+                Scratch {
+                    node: 2,
+                    bytes: 8,
+                    with_result: true,
+                },
+            ],
         };
         let bufs = buffer_lifetimes(&g, &s).unwrap();
         assert_eq!(
@@ -334,13 +355,22 @@ mod tests {
             vec![
                 Buffer::Value(a.index()),
                 Buffer::Value(o.index()),
-                Buffer::Scratch(0)
+                Buffer::Scratch(0),
+                Buffer::Scratch(1)
             ]
         );
-        assert_eq!(bufs.lifetimes[0].last, 2);
+        assert_eq!(bufs.lifetimes[0].last, kernel_step(2, true));
         assert_eq!(bufs.of_value[m.index()], None);
-        assert_eq!((bufs.lifetimes[2].first, bufs.lifetimes[2].last), (2, 2));
-        assert_eq!(plan(&g, &s).unwrap().scratch_bytes, 1000);
+        let span = |l: Lifetime| (l.first, l.last);
+        assert_eq!(span(bufs.lifetimes[1]), (5, 6));
+        assert_eq!(span(bufs.lifetimes[2]), (4, 4));
+        assert_eq!(span(bufs.lifetimes[3]), (4, 5));
+        let p = plan(&g, &s).unwrap();
+        assert_eq!(p.scratch_bytes, 1008);
+        // The first scratch is dead when the result is written: they share.
+        let at = |b| p.get(b).unwrap().offset;
+        assert_eq!(at(Buffer::Scratch(0)), at(Buffer::Value(o.index())));
+        assert_ne!(at(Buffer::Scratch(1)), at(Buffer::Value(o.index())));
     }
 
     #[test]
@@ -359,7 +389,11 @@ mod tests {
         }
         let s = Schedule {
             kernel_of: vec![1, 1],
-            scratch: vec![Scratch { node: 0, bytes: 8 }],
+            scratch: vec![Scratch {
+                node: 0,
+                bytes: 8,
+                with_result: false,
+            }],
         };
         let err = plan(&g, &s).unwrap_err().to_string();
         assert_eq!(err, "bad schedule: scratch at node 0, which runs no kernel");

@@ -52,6 +52,16 @@ pub(crate) enum PlanStep {
     },
 }
 
+impl PlanStep {
+    /// The buffers the step touches.
+    pub fn locs(&self) -> Vec<Loc> {
+        match self {
+            PlanStep::Kernel { buffers, .. } => buffers.clone(),
+            PlanStep::Gemm { a, c, .. } => vec![*a, *c],
+        }
+    }
+}
+
 /// Weight blob entries start on cache lines.
 const WEIGHT_ALIGN: usize = 64;
 
@@ -164,10 +174,48 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
     /// node (fusion groups, attention chains) and the arena scratch
     /// kernels asked for.
     pub fn schedule(&self) -> Schedule {
+        let writes = self.steps_writing_result();
+        let mut scratch = self.scratch.clone();
+        for (b, kind) in self.bufs.iter().enumerate() {
+            if let BufKind::Arena {
+                buffer: Buffer::Scratch(k),
+                ..
+            } = *kind
+            {
+                scratch[k].with_result = self
+                    .steps
+                    .iter()
+                    .zip(&writes)
+                    .any(|(step, &w)| w && step.locs().iter().any(|l| l.buf == b));
+            }
+        }
         Schedule {
             kernel_of: self.kernel_of.clone(),
-            scratch: self.scratch.clone(),
+            scratch,
         }
+    }
+
+    /// Per step: whether it runs once its kernel has begun writing its
+    /// result (the step touching the result buffer and every later step
+    /// of the same kernel), the step [`m4c_plan::memory::kernel_step`]
+    /// distinguishes.
+    pub fn steps_writing_result(&self) -> Vec<bool> {
+        let mut writing = vec![false; self.graph.nodes.len()];
+        self.steps
+            .iter()
+            .zip(&self.step_at)
+            .map(|(step, &at)| {
+                let result = self.value_loc[self.graph.nodes[at].output.index()];
+                if step
+                    .locs()
+                    .iter()
+                    .any(|l| Some(l.buf) == result.map(|r| r.buf))
+                {
+                    writing[at] = true;
+                }
+                writing[at]
+            })
+            .collect()
     }
 
     /// The static shape of `value`.
@@ -252,6 +300,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         self.scratch.push(Scratch {
             node: self.at,
             bytes,
+            with_result: true,
         });
         self.arena(Buffer::Scratch(self.scratch.len() - 1), bytes)
     }

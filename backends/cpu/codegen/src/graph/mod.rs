@@ -14,6 +14,7 @@ use m4c_cpu_device::{
     BufRef, GraphExecutor, GraphPlan, KernelLibrary, Manifest, Region, Step, TensorSpec,
 };
 use m4c_ir::{DType, Graph, Storage, Tensor, ValueId};
+use m4c_plan::memory::kernel_step;
 
 use lower::{BufKind, PlanStep};
 pub(crate) use lower::{Loc, Lowering};
@@ -144,7 +145,7 @@ impl m4c_plan::memory::Scheduler for CpuScheduler {
 
 /// Places the arena buffers with the shared planner (on the schedule
 /// lowering followed) and resolves every location. Every step's buffers
-/// are checked to be live, in the shared plan, at the step's node: the
+/// are checked to be live, in the shared plan, at the step it runs at: the
 /// plan is only as good as the schedule lowering reports.
 fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> {
     let memory = m4c_plan::memory::plan(graph, &l.schedule()).map_err(|e| CodegenError::Graph {
@@ -177,7 +178,7 @@ fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> 
                 return Err(CodegenError::Graph {
                     graph: graph.name.clone(),
                     reason: format!(
-                        "internal: {:?} is used at node {at} outside its planned lifetime {}..={}",
+                        "internal: {:?} is used at step {at} outside its planned lifetime {}..={}",
                         p.buffer, p.lifetime.first, p.lifetime.last
                     ),
                 });
@@ -186,23 +187,16 @@ fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> 
         }
         Ok(())
     };
-    for (step, &at) in l.steps.iter().zip(&l.step_at) {
-        match step {
-            PlanStep::Kernel { buffers, .. } => {
-                for &b in buffers {
-                    check_live(b, at)?;
-                }
-            }
-            PlanStep::Gemm { a, c, .. } => {
-                check_live(*a, at)?;
-                check_live(*c, at)?;
-            }
+    let writing = l.steps_writing_result();
+    for ((step, &at), &writes) in l.steps.iter().zip(&l.step_at).zip(&writing) {
+        for loc in step.locs() {
+            check_live(loc, kernel_step(at, writes))?;
         }
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
     for &o in &graph.outputs {
         let loc = l.loc_of(o)?;
-        check_live(loc, graph.nodes.len())?;
+        check_live(loc, 2 * graph.nodes.len())?;
         outputs.push((o, loc));
     }
     let resolve = |loc: Loc| -> BufRef {
