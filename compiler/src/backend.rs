@@ -11,7 +11,9 @@
 use m4c_ir::{DType, Graph, Node, OpKind};
 use m4c_runtime::bundle::format::SectionKind;
 
-use crate::opt::Roofline;
+use std::sync::Arc;
+
+use crate::opt::{Roofline, Scheduler};
 
 /// What a code generator takes: the IR operators and element types it
 /// compiles. [`CodeGenerator::refuse`] has the per-node word (attributes,
@@ -165,6 +167,12 @@ pub trait CodeGenerator: Send + Sync {
     /// nominal or cached, never re-measured per call, so decisions are
     /// reproducible.
     fn cost_model(&self) -> Roofline;
+    /// How this backend groups nodes into kernels and what scratch they
+    /// need, so that the optimiser's memory plan is the arena its code
+    /// allocates; `None`: the shared rules of `m4c-plan` alone.
+    fn scheduler(&self) -> Option<Arc<dyn Scheduler>> {
+        None
+    }
 }
 
 /// Every node of `g` that `backend` refuses, in graph order.

@@ -96,6 +96,14 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
     }
 }
 
+/// The kernel schedule the report's memory plan follows: the target
+/// backend's (`cpu-nominal` plans with the CPU backend's kernels too), so
+/// that the reported arena is the one `--backend` allocates.
+fn scheduler(target: &str) -> Option<std::sync::Arc<dyn m4c_compiler::opt::Scheduler>> {
+    let name = if target == "cpu-nominal" { "cpu" } else { target };
+    m4c_backends::lookup(name).ok()?.scheduler()
+}
+
 /// Runs `m4c opt`.
 pub fn run(args: OptArgs) -> CliResult<i32> {
     let model = Model::open(&args.model)?;
@@ -111,6 +119,7 @@ pub fn run(args: OptArgs) -> CliResult<i32> {
             ..Default::default()
         },
         keep_adapter_sites: args.keep_adapter_sites,
+        scheduler: scheduler(&args.target),
     };
     let progress = super::progress::Progress::spinner("optimising");
     let (optimised, report) = apply_adapters(&graph, &args.adapters, &opts, &cost)?;

@@ -17,7 +17,6 @@ pub mod convert;
 pub mod cost;
 mod error;
 pub mod extract;
-pub mod fusion_groups;
 pub mod lang;
 mod phase;
 pub mod policy;
@@ -37,6 +36,8 @@ use m4c_ir::Graph;
 use crate::adapter::{attach, detect, LoraSite, PeftAdapter};
 pub use cost::{CostModel, Roofline};
 pub use error::OptError;
+/// What schedules kernels for the report's memory plan ([`OptOptions::scheduler`]).
+pub use m4c_plan::memory::Scheduler;
 pub use policy::LoraPolicy;
 pub use report::OptReport;
 
@@ -71,6 +72,10 @@ pub struct OptOptions {
     /// no horizontal fusion (which concatenates q/k/v projections). A
     /// firmware's modules need it, since apps adapt them after the build.
     pub keep_adapter_sites: bool,
+    /// Who schedules kernels for the report's memory plan: the target's
+    /// code generator (its arena is then the one it allocates), or `None`
+    /// for the shared rules alone.
+    pub scheduler: Option<std::sync::Arc<dyn m4c_plan::memory::Scheduler>>,
 }
 
 /// Attaches the PEFT adapters in `dirs` (in order) to `g`, then optimises
@@ -121,6 +126,13 @@ pub fn optimise(
         let (graph, second) = run(&rewritten, phase::fusion_rules(), &mut mixed)?;
         (graph, vec![first, second])
     };
-    let report = OptReport::new(g, &graph, phases, decisions, model);
+    let report = OptReport::new(
+        g,
+        &graph,
+        phases,
+        decisions,
+        model,
+        opts.scheduler.as_deref(),
+    );
     Ok((graph, report))
 }

@@ -7,11 +7,12 @@ use std::fmt;
 
 use m4c_ir::{Graph, TensorType, ValueDef};
 
+use m4c_plan::fusion::fusion_groups;
+use m4c_plan::memory::{MemoryPlan, Scheduler, SharedRules};
+
 use super::cost::{op_flops, op_macs, CostModel};
-use super::fusion_groups::fusion_groups;
 use super::lang::LITERAL_MAX_ELEMS;
 use super::policy::Decision;
-use m4c_runtime::exec::ArenaPlan;
 
 /// One equality-saturation phase over all regions.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -122,28 +123,47 @@ pub struct OptReport {
     pub before: GraphFigures,
     pub after: GraphFigures,
     pub lora: Vec<Decision>,
-    /// Elementwise fusion groups of two or more ops, and the ops in them.
+    /// Elementwise fusion groups of two or more ops, and the ops in them:
+    /// the groups the CPU backend emits as one kernel each.
     pub fusion_groups: usize,
     pub fused_ops: usize,
-    pub memory: ArenaPlan,
+    /// Who scheduled the kernels the memory plan is of.
+    pub memory_planned_by: String,
+    /// The arena the optimised graph runs from (placements left out);
+    /// `None` when there is none: see `memory_error`.
+    pub memory: Option<MemoryPlan>,
+    /// Why there is no memory plan.
+    pub memory_error: Option<String>,
 }
 
 impl OptReport {
-    /// Assembles the report of an optimisation of `before` into `after`.
+    /// Assembles the report of an optimisation of `before` into `after`;
+    /// its memory plan is the shared planner's on `scheduler`'s kernels
+    /// (a code generator's: the arena it allocates) or, without one, on
+    /// the shared rules.
     pub fn new(
         before: &Graph,
         after: &Graph,
         phases: Vec<PhaseReport>,
         lora: Vec<Decision>,
         model: &dyn CostModel,
+        scheduler: Option<&dyn Scheduler>,
     ) -> OptReport {
         let groups: Vec<Vec<usize>> = fusion_groups(after)
             .into_iter()
             .filter(|g| g.len() > 1)
             .collect();
-        // The runtime's planner: the arena the device will allocate.
-        let mut memory = m4c_runtime::exec::arena::plan(after).unwrap_or_default();
-        memory.placements.clear();
+        let scheduler = scheduler.unwrap_or(&SharedRules);
+        let memory = scheduler
+            .schedule(after)
+            .and_then(|s| m4c_plan::memory::plan(after, &s).map_err(|e| e.to_string()));
+        let (memory, memory_error) = match memory {
+            Ok(mut m) => {
+                m.placements.clear();
+                (Some(m), None)
+            }
+            Err(e) => (None, Some(e)),
+        };
         OptReport {
             target: model.describe(),
             phases,
@@ -152,7 +172,9 @@ impl OptReport {
             lora,
             fusion_groups: groups.len(),
             fused_ops: groups.iter().map(Vec::len).sum(),
+            memory_planned_by: scheduler.name(),
             memory,
+            memory_error,
         }
     }
 
@@ -228,10 +250,22 @@ impl fmt::Display for OptReport {
             "elementwise fusion groups: {} covering {} ops",
             self.fusion_groups, self.fused_ops
         )?;
-        write!(
-            f,
-            "memory plan: arena {} B (peak live {} B, no reuse {} B)",
-            self.memory.arena_bytes, self.memory.peak_live_bytes, self.memory.naive_bytes
-        )
+        match (&self.memory, &self.memory_error) {
+            (Some(m), _) => write!(
+                f,
+                "memory plan ({}): arena {} B (peak live {} B, no reuse {} B; buffers include {} B of backend scratch)",
+                self.memory_planned_by,
+                m.arena_bytes,
+                m.peak_live_bytes,
+                m.naive_bytes,
+                m.scratch_bytes
+            ),
+            (None, error) => write!(
+                f,
+                "memory plan ({}): none ({})",
+                self.memory_planned_by,
+                error.as_deref().unwrap_or("not planned")
+            ),
+        }
     }
 }

@@ -334,47 +334,8 @@ fn check_plan(
 }
 
 /// Whether this host can run code for the CPU backend's `target`; the
-/// reason when not.
-pub fn host_runs(target: &str) -> Result<(), String> {
-    let isa_ok = match target {
-        "x86_64-avx512" => host_has_avx512(),
-        "x86_64-avx2" => host_has_avx2(),
-        "aarch64" => cfg!(target_arch = "aarch64"),
-        other => return Err(format!("unknown code target `{other}`")),
-    };
-    if !cfg!(target_os = "linux") {
-        return Err("compiled code is a Linux shared library".into());
-    }
-    if isa_ok {
-        Ok(())
-    } else {
-        Err(format!("the host lacks the {target} instruction set"))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn host_has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && host_has_avx2()
-}
-
-#[cfg(target_arch = "x86_64")]
-fn host_has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn host_has_avx512() -> bool {
-    false
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn host_has_avx2() -> bool {
-    false
-}
+/// reason when not (the shared check the code generator applies too).
+pub use m4c_plan::host::host_runs;
 
 #[cfg(test)]
 mod tests {

@@ -3,17 +3,18 @@
 //! cost model is this host's measured roofline, cached per host.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use m4c_compiler::backend::{
     check_graph, Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator, CompileRequest,
 };
-use m4c_compiler::opt::Roofline;
+use m4c_compiler::opt::{Roofline, Scheduler};
 use m4c_cpu_device::Manifest;
 use m4c_ir::{DType, Graph, Node, Unit};
 use m4c_runtime::bundle::format::SectionKind;
 
-use crate::{measure_peak, write_graph_artifact, CodegenError, Target};
+use crate::{measure_peak, write_graph_artifact, CodegenError, CpuScheduler, Target};
 
 /// The element types the CPU kernels compute on; f16, bf16 and int4
 /// tensors are only moved (data-movement ops take any type).
@@ -68,6 +69,11 @@ impl CodeGenerator for CpuBackend {
             backend: "cpu",
             msg: e.to_string(),
         })
+    }
+
+    fn scheduler(&self) -> Option<Arc<dyn Scheduler>> {
+        let target = Target::parse(None, None).ok()?;
+        Some(Arc::new(CpuScheduler { target }))
     }
 
     fn cost_model(&self) -> Roofline {

@@ -18,7 +18,9 @@ pub use artifact::ArtifactBuilder;
 pub use backend::CpuBackend;
 pub use bench::{bench_gemm, GemmBenchConfig, GemmBenchReport};
 pub use error::CodegenError;
-pub use graph::{compile_graph, write_graph_artifact, CompileOptions, CompileStats, CompiledGraph};
+pub use graph::{
+    compile_graph, write_graph_artifact, CompileOptions, CompileStats, CompiledGraph, CpuScheduler,
+};
 pub use jit::{JitGemm, JitModule};
 pub use machine::Machine;
 pub use peak::{measure_peak, Peak};

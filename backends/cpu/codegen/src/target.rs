@@ -2,6 +2,8 @@
 //! CPU and features they become, and the register-file facts the kernels'
 //! tile sizes are derived from.
 
+use m4c_plan::host::HostIsa;
+
 use crate::CodegenError;
 
 /// The vector instruction set the kernels are written for.
@@ -193,18 +195,13 @@ impl Target {
 
     /// Whether code for this target can run on this machine; an error says
     /// why not.
+    /// (The shared host check, [`m4c_plan::host::host_runs`], which the
+    /// runtime applies to a bundle's code too.)
     pub fn check_runs_on_host(&self) -> Result<(), CodegenError> {
-        let not_runnable = |reason: &str| CodegenError::NotRunnable {
+        m4c_plan::host::host_runs(self.name()).map_err(|reason| CodegenError::NotRunnable {
             target: self.name().to_string(),
-            reason: reason.to_string(),
-        };
-        if !cfg!(target_arch = "x86_64") || self.arch() != Arch::X86_64 {
-            return Err(not_runnable("the host is not the target architecture"));
-        }
-        match host_isa_and_cpu()?.0 {
-            Isa::Avx2 if self.isa == Isa::Avx512 => Err(not_runnable("the host lacks AVX-512")),
-            _ => Ok(()),
-        }
+            reason,
+        })
     }
 }
 
@@ -225,38 +222,20 @@ fn validate_cpu(arch: Arch, cpu: &str) -> Result<String, CodegenError> {
 fn host_isa_and_cpu() -> Result<(Isa, Option<String>), CodegenError> {
     let isa = host_isa().ok_or_else(|| CodegenError::NotRunnable {
         target: "host".into(),
-        reason: "the host has neither AVX-512 nor AVX2+FMA".into(),
+        reason: "the host has neither AVX-512, AVX2+FMA nor AArch64".into(),
     })?;
     let host_cpu = inkwell::targets::TargetMachine::get_host_cpu_name().to_string();
     let cpu = validate_cpu(isa.arch(), &host_cpu).ok();
     Ok((isa, cpu))
 }
 
-#[cfg(target_arch = "x86_64")]
+/// The host's best ISA ([`m4c_plan::host::best_isa`]).
 fn host_isa() -> Option<Isa> {
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-    {
-        Some(Isa::Avx512)
-    } else if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        Some(Isa::Avx2)
-    } else {
-        None
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-fn host_isa() -> Option<Isa> {
-    Some(Isa::Neon)
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn host_isa() -> Option<Isa> {
-    None
+    m4c_plan::host::best_isa().map(|isa| match isa {
+        HostIsa::Avx512 => Isa::Avx512,
+        HostIsa::Avx2 => Isa::Avx2,
+        HostIsa::Aarch64 => Isa::Neon,
+    })
 }
 
 #[cfg(test)]

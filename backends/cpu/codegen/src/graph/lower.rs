@@ -1,6 +1,8 @@
 //! Lowering of an IR graph to kernels and plan steps: buffers for every
 //! value, constants in the weight blob, one kernel per fusion group or
-//! non-elementwise node.
+//! non-elementwise node (or per attention chain). It records the
+//! [`Schedule`] it follows, from which the shared planner (`m4c-plan`)
+//! derives the arena.
 
 use std::collections::HashMap;
 
@@ -8,8 +10,9 @@ use inkwell::context::Context;
 use inkwell::module::Module;
 use m4c_cpu_device::GemmManifest;
 use m4c_ir::{DType, Graph, Node, Op, ValueDef, ValueId};
+use m4c_plan::fusion::{fusion_roots, group_members};
+use m4c_plan::memory::{aliases_input, Buffer, Schedule, Scratch};
 
-use super::fusion::{fusion_groups, group_members};
 use crate::gemm::{emit_gemm, gemm_manifest, GemmSpec};
 use crate::kernels::Cx;
 use crate::{CodegenError, Target};
@@ -21,8 +24,8 @@ pub(crate) enum BufKind {
     Input(usize),
     /// Bytes at this offset of the weight blob.
     Weights(usize),
-    /// An arena buffer of this many bytes (offset planned later).
-    Arena(usize),
+    /// An arena buffer of at least `bytes` (placed by the shared planner).
+    Arena { buffer: Buffer, bytes: usize },
 }
 
 /// A byte position inside a buffer.
@@ -49,6 +52,16 @@ pub(crate) enum PlanStep {
     },
 }
 
+impl PlanStep {
+    /// The buffers the step touches.
+    pub fn locs(&self) -> Vec<Loc> {
+        match self {
+            PlanStep::Kernel { buffers, .. } => buffers.clone(),
+            PlanStep::Gemm { a, c, .. } => vec![*a, *c],
+        }
+    }
+}
+
 /// Weight blob entries start on cache lines.
 const WEIGHT_ALIGN: usize = 64;
 
@@ -61,6 +74,14 @@ pub(crate) struct Lowering<'a, 'ctx> {
     pub weights: Vec<u8>,
     pub gemms: Vec<GemmManifest>,
     pub steps: Vec<PlanStep>,
+    /// Per step: the node whose kernel position it runs at.
+    pub step_at: Vec<usize>,
+    /// Per node: the node whose kernel computes it.
+    kernel_of: Vec<usize>,
+    /// Arena scratch allocated so far, at the node being lowered.
+    scratch: Vec<Scratch>,
+    /// The node being lowered.
+    at: usize,
     next_symbol: usize,
     /// The function already generated for each GEMM shape `(m, k, n)`:
     /// GEMMs of one shape share their code (a transformer's layers repeat
@@ -88,6 +109,10 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             weights: Vec::new(),
             gemms: Vec::new(),
             steps: Vec::new(),
+            step_at: Vec::new(),
+            kernel_of: (0..graph.nodes.len()).collect(),
+            scratch: Vec::new(),
+            at: 0,
             next_symbol: 0,
             gemm_functions: HashMap::new(),
         };
@@ -99,20 +124,25 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 offset: 0,
             });
         }
-        let roots = fusion_groups(graph);
+        let roots = fusion_roots(graph);
         let members = group_members(&roots);
         let chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
         let mut in_chain = vec![false; graph.nodes.len()];
+        for (i, root) in roots.iter().enumerate() {
+            lowering.kernel_of[i] = root.unwrap_or(i);
+        }
         for chain in chains.iter().flatten() {
-            in_chain[chain.scores] = true;
-            in_chain[chain.softmax] = true;
+            let mut absorbed = vec![chain.scores, chain.softmax];
             for root in [chain.group, chain.after].into_iter().flatten() {
-                for &member in &members[root] {
-                    in_chain[member] = true;
-                }
+                absorbed.extend(&members[root]);
+            }
+            for node in absorbed {
+                in_chain[node] = true;
+                lowering.kernel_of[node] = chain.output;
             }
         }
         for (i, node) in graph.nodes.iter().enumerate() {
+            lowering.at = i;
             let fail = |e: CodegenError| match e {
                 CodegenError::Unsupported(what) => CodegenError::Unsupported(format!(
                     "node `{}` ({}): {what}",
@@ -138,6 +168,54 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             lowering.loc(output)?;
         }
         Ok(lowering)
+    }
+
+    /// The schedule lowering followed: which node's kernel computes each
+    /// node (fusion groups, attention chains) and the arena scratch
+    /// kernels asked for.
+    pub fn schedule(&self) -> Schedule {
+        let writes = self.steps_writing_result();
+        let mut scratch = self.scratch.clone();
+        for (b, kind) in self.bufs.iter().enumerate() {
+            if let BufKind::Arena {
+                buffer: Buffer::Scratch(k),
+                ..
+            } = *kind
+            {
+                scratch[k].with_result = self
+                    .steps
+                    .iter()
+                    .zip(&writes)
+                    .any(|(step, &w)| w && step.locs().iter().any(|l| l.buf == b));
+            }
+        }
+        Schedule {
+            kernel_of: self.kernel_of.clone(),
+            scratch,
+        }
+    }
+
+    /// Per step: whether it runs once its kernel has begun writing its
+    /// result (the step touching the result buffer and every later step
+    /// of the same kernel), the step [`m4c_plan::memory::kernel_step`]
+    /// distinguishes.
+    pub fn steps_writing_result(&self) -> Vec<bool> {
+        let mut writing = vec![false; self.graph.nodes.len()];
+        self.steps
+            .iter()
+            .zip(&self.step_at)
+            .map(|(step, &at)| {
+                let result = self.value_loc[self.graph.nodes[at].output.index()];
+                if step
+                    .locs()
+                    .iter()
+                    .any(|l| Some(l.buf) == result.map(|r| r.buf))
+                {
+                    writing[at] = true;
+                }
+                writing[at]
+            })
+            .collect()
     }
 
     /// The static shape of `value`.
@@ -216,20 +294,30 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         offset
     }
 
-    /// A fresh arena buffer of `bytes`.
+    /// A fresh arena scratch buffer of `bytes` for the kernel of the node
+    /// being lowered.
     pub fn temp(&mut self, bytes: usize) -> Loc {
-        self.bufs.push(BufKind::Arena(bytes.max(1)));
-        Loc {
-            buf: self.bufs.len() - 1,
-            offset: 0,
-        }
+        self.scratch.push(Scratch {
+            node: self.at,
+            bytes,
+            with_result: true,
+        });
+        self.arena(Buffer::Scratch(self.scratch.len() - 1), bytes)
     }
 
     /// Allocates the arena buffer that holds `value`.
     pub fn define(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
-        let loc = self.temp(self.bytes(value)?);
+        let loc = self.arena(Buffer::Value(value.index()), self.bytes(value)?);
         self.value_loc[value.index()] = Some(loc);
         Ok(loc)
+    }
+
+    fn arena(&mut self, buffer: Buffer, bytes: usize) -> Loc {
+        self.bufs.push(BufKind::Arena { buffer, bytes });
+        Loc {
+            buf: self.bufs.len() - 1,
+            offset: 0,
+        }
     }
 
     /// Makes `value` share `loc` (reshapes).
@@ -257,6 +345,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         scratch_bytes: usize,
         parallel: bool,
     ) {
+        self.step_at.push(self.at);
         self.steps.push(PlanStep::Kernel {
             symbol,
             buffers,
@@ -296,6 +385,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             .collect();
         manifest.weights_offset = self.add_weight_bytes(&bytes) / 4;
         self.gemms.push(manifest);
+        self.step_at.push(self.at);
         self.steps.push(PlanStep::Gemm { symbol, a, c });
         Ok(())
     }
@@ -307,12 +397,12 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
 
     /// Lowers one non-elementwise node.
     fn node(&mut self, node: &Node) -> Result<(), CodegenError> {
+        if aliases_input(&node.op) {
+            let loc = self.loc(node.inputs[0])?;
+            self.alias(node.output, loc);
+            return Ok(());
+        }
         match &node.op {
-            Op::Reshape { .. } => {
-                let loc = self.loc(node.inputs[0])?;
-                self.alias(node.output, loc);
-                Ok(())
-            }
             Op::MatMul { trans_a, trans_b } => {
                 crate::kernels::matmul::lower(self, node, *trans_a, *trans_b)
             }

@@ -2,9 +2,7 @@
 //! file, weight blob and manifest with the execution plan → (on the host)
 //! a shared library the device crate's executor runs.
 
-mod arena;
 mod dedupe;
-mod fusion;
 mod lower;
 
 use std::path::Path;
@@ -16,6 +14,7 @@ use m4c_cpu_device::{
     BufRef, GraphExecutor, GraphPlan, KernelLibrary, Manifest, Region, Step, TensorSpec,
 };
 use m4c_ir::{DType, Graph, Storage, Tensor, ValueId};
+use m4c_plan::memory::kernel_step;
 
 use lower::{BufKind, PlanStep};
 pub(crate) use lower::{Loc, Lowering};
@@ -118,54 +117,93 @@ pub fn write_graph_artifact(
     )
 }
 
-/// Places the arena buffers by liveness and resolves every location.
+/// The CPU backend's [`Schedule`](m4c_plan::memory::Schedule) of a graph,
+/// for the shared planner: the graph is lowered to LLVM IR exactly as
+/// [`write_graph_artifact`] lowers it (no optimisation, emission or
+/// linking) and the kernels it emitted are reported, so whoever plans
+/// memory with it (the optimiser's report) gets the arena
+/// [`compile_graph`] allocates.
+#[derive(Clone, Debug)]
+pub struct CpuScheduler {
+    pub target: Target,
+}
+
+impl m4c_plan::memory::Scheduler for CpuScheduler {
+    fn name(&self) -> String {
+        format!("cpu {} kernels", self.target.name())
+    }
+
+    fn schedule(&self, graph: &Graph) -> Result<m4c_plan::memory::Schedule, String> {
+        let machine = Machine::new(&self.target).map_err(|e| e.to_string())?;
+        let context = Context::create();
+        let module = machine.new_module(&context, &graph.name);
+        Lowering::run(&context, &module, &self.target, graph)
+            .map(|l| l.schedule())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Places the arena buffers with the shared planner (on the schedule
+/// lowering followed) and resolves every location. Every step's buffers
+/// are checked to be live, in the shared plan, at the step it runs at: the
+/// plan is only as good as the schedule lowering reports.
 fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> {
-    let steps = l.steps.len();
-    let mut first = vec![usize::MAX; l.bufs.len()];
-    let mut last = vec![0usize; l.bufs.len()];
-    let mut touch = |loc: Loc, step: usize| {
-        first[loc.buf] = first[loc.buf].min(step);
-        last[loc.buf] = last[loc.buf].max(step);
-    };
-    for (i, step) in l.steps.iter().enumerate() {
-        match step {
-            PlanStep::Kernel { buffers, .. } => buffers.iter().for_each(|&b| touch(b, i)),
-            PlanStep::Gemm { a, c, .. } => {
-                touch(*a, i);
-                touch(*c, i);
+    let memory = m4c_plan::memory::plan(graph, &l.schedule()).map_err(|e| CodegenError::Graph {
+        graph: graph.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let placed = |b: usize| -> Result<&m4c_plan::memory::Placed, CodegenError> {
+        let inconsistent = |what: &str| CodegenError::Graph {
+            graph: graph.name.clone(),
+            reason: format!("internal: arena buffer {b} {what} in the shared memory plan"),
+        };
+        match l.bufs[b] {
+            BufKind::Arena { buffer, bytes } => {
+                let p = memory
+                    .get(buffer)
+                    .ok_or_else(|| inconsistent("is missing"))?;
+                if p.lifetime.bytes < bytes {
+                    return Err(inconsistent("is smaller"));
+                }
+                Ok(p)
             }
+            _ => Err(inconsistent("is not an arena buffer")),
+        }
+    };
+    let mut arena_offset = vec![0usize; l.bufs.len()];
+    let mut check_live = |loc: Loc, at: usize| -> Result<(), CodegenError> {
+        if let BufKind::Arena { .. } = l.bufs[loc.buf] {
+            let p = placed(loc.buf)?;
+            if !(p.lifetime.first..=p.lifetime.last).contains(&at) {
+                return Err(CodegenError::Graph {
+                    graph: graph.name.clone(),
+                    reason: format!(
+                        "internal: {:?} is used at step {at} outside its planned lifetime {}..={}",
+                        p.buffer, p.lifetime.first, p.lifetime.last
+                    ),
+                });
+            }
+            arena_offset[loc.buf] = p.offset;
+        }
+        Ok(())
+    };
+    let writing = l.steps_writing_result();
+    for ((step, &at), &writes) in l.steps.iter().zip(&l.step_at).zip(&writing) {
+        for loc in step.locs() {
+            check_live(loc, kernel_step(at, writes))?;
         }
     }
     let mut outputs = Vec::with_capacity(graph.outputs.len());
     for &o in &graph.outputs {
         let loc = l.loc_of(o)?;
-        touch(loc, steps);
+        check_live(loc, 2 * graph.nodes.len())?;
         outputs.push((o, loc));
-    }
-    let arena: Vec<usize> = (0..l.bufs.len())
-        .filter(|&b| matches!(l.bufs[b], BufKind::Arena(_)))
-        .collect();
-    let lifetimes: Vec<arena::Lifetime> = arena
-        .iter()
-        .map(|&b| arena::Lifetime {
-            bytes: match l.bufs[b] {
-                BufKind::Arena(bytes) => bytes,
-                _ => unreachable!("filtered"),
-            },
-            first: first[b].min(last[b]),
-            last: last[b],
-        })
-        .collect();
-    let (offsets, arena_bytes) = arena::plan(&lifetimes);
-    let mut arena_offset = vec![0usize; l.bufs.len()];
-    for (&b, &offset) in arena.iter().zip(&offsets) {
-        arena_offset[b] = offset;
     }
     let resolve = |loc: Loc| -> BufRef {
         let (region, base) = match l.bufs[loc.buf] {
             BufKind::Input(i) => (Region::Input(i), 0),
             BufKind::Weights(offset) => (Region::Weights, offset),
-            BufKind::Arena(_) => (Region::Arena, arena_offset[loc.buf]),
+            BufKind::Arena { .. } => (Region::Arena, arena_offset[loc.buf]),
         };
         BufRef {
             region,
@@ -216,8 +254,8 @@ fn plan(l: &Lowering<'_, '_>, graph: &Graph) -> Result<GraphPlan, CodegenError> 
         })
         .collect();
     Ok(GraphPlan {
-        arena_bytes,
-        naive_arena_bytes: arena::naive_size(&lifetimes),
+        arena_bytes: memory.arena_bytes,
+        naive_arena_bytes: memory.naive_bytes,
         inputs,
         outputs,
         steps,

@@ -1,0 +1,115 @@
+//! What this machine runs: the widest vector instruction set it has, and
+//! whether code compiled for a target string (`x86_64-avx512`,
+//! `x86_64-avx2`, `aarch64`) runs here. The code generator picks `host`
+//! with it; the runtime checks a bundle's code with it before loading.
+
+/// A CPU code target a host may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIsa {
+    /// x86-64 with AVX-512 F/BW/DQ/VL (and AVX2 + FMA).
+    Avx512,
+    /// x86-64 with AVX2 + FMA.
+    Avx2,
+    /// AArch64 (Advanced SIMD is architectural).
+    Aarch64,
+}
+
+impl HostIsa {
+    /// The target string code for this ISA is labelled with.
+    pub fn target(self) -> &'static str {
+        match self {
+            HostIsa::Avx512 => "x86_64-avx512",
+            HostIsa::Avx2 => "x86_64-avx2",
+            HostIsa::Aarch64 => "aarch64",
+        }
+    }
+}
+
+/// The widest ISA this host runs; `None` for an x86-64 without AVX2 + FMA
+/// or another architecture.
+pub fn best_isa() -> Option<HostIsa> {
+    if has_avx512() {
+        Some(HostIsa::Avx512)
+    } else if has_avx2() {
+        Some(HostIsa::Avx2)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(HostIsa::Aarch64)
+    } else {
+        None
+    }
+}
+
+/// Whether code compiled for `target` runs on this host; the reason when
+/// not.
+pub fn host_runs(target: &str) -> Result<(), String> {
+    let isa_ok = match target {
+        "x86_64-avx512" => has_avx512(),
+        "x86_64-avx2" => has_avx2(),
+        "aarch64" => cfg!(target_arch = "aarch64"),
+        other => return Err(format!("unknown code target `{other}`")),
+    };
+    if !cfg!(target_os = "linux") {
+        return Err("compiled code is a Linux shared library".into());
+    }
+    if isa_ok {
+        Ok(())
+    } else {
+        Err(format!("the host lacks the {target} instruction set"))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && has_avx2()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_foreign_targets_do_not_run() {
+        let err = host_runs("riscv64").unwrap_err();
+        assert_eq!(err, "unknown code target `riscv64`");
+        let foreign = if cfg!(target_arch = "aarch64") {
+            "x86_64-avx2"
+        } else {
+            "aarch64"
+        };
+        assert!(host_runs(foreign).is_err());
+    }
+
+    /// The best ISA runs, and so does every narrower one on the same
+    /// architecture.
+    #[test]
+    fn the_best_isa_runs_here() {
+        let Some(best) = best_isa() else {
+            return;
+        };
+        if cfg!(target_os = "linux") {
+            host_runs(best.target()).unwrap();
+            if best == HostIsa::Avx512 {
+                host_runs("x86_64-avx2").unwrap();
+            }
+        }
+    }
+}
