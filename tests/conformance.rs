@@ -80,7 +80,11 @@ fn run_suites(engines: &[Engine]) -> (Vec<(&'static str, Vec<CaseResult>)>, bool
 
 /// Checks the shared unsupported list against the node tests the frontend
 /// skipped; returns the problems.
-fn check_unsupported(suites: &[(&str, Vec<CaseResult>)], complete: bool, bless: bool) -> Vec<String> {
+fn check_unsupported(
+    suites: &[(&str, Vec<CaseResult>)],
+    complete: bool,
+    bless: bool,
+) -> Vec<String> {
     let Some((_, results)) = suites.iter().find(|(s, _)| *s == node::SUITE) else {
         return vec![];
     };
@@ -103,7 +107,9 @@ fn check_unsupported(suites: &[(&str, Vec<CaseResult>)], complete: bool, bless: 
     let ran: std::collections::BTreeSet<&str> = results.iter().map(|r| r.name.as_str()).collect();
     for (case, why) in &skipped {
         if !list.entries.contains_key(case) {
-            problems.push(format!("{case}: the frontend no longer lowers it ({why}); it is not in unsupported.txt"));
+            problems.push(format!(
+                "{case}: the frontend no longer lowers it ({why}); it is not in unsupported.txt"
+            ));
         }
     }
     for case in list.entries.keys() {
@@ -166,7 +172,11 @@ fn check_engine(
                     counts[1] += 1;
                     report.push_str(&format!("{} FAIL {}: {why}\n", engine.name(), r.name));
                     if !list.entries.contains_key(&r.name) {
-                        problems.push(format!("{} {}: unexpected failure: {why}", engine.name(), r.name));
+                        problems.push(format!(
+                            "{} {}: unexpected failure: {why}",
+                            engine.name(),
+                            r.name
+                        ));
                     }
                 }
                 Outcome::Skip(why) => {
@@ -196,10 +206,17 @@ fn check_engine(
         }
     }
     if complete && engine.runnable.is_ok() {
-        let ran: std::collections::BTreeSet<&str> =
-            suites.iter().flat_map(|(_, rs)| rs).map(|r| r.name.as_str()).collect();
+        let ran: std::collections::BTreeSet<&str> = suites
+            .iter()
+            .flat_map(|(_, rs)| rs)
+            .map(|r| r.name.as_str())
+            .collect();
         for case in list.entries.keys().filter(|c| !ran.contains(c.as_str())) {
-            problems.push(format!("{} {case}: listed in {} but no such case", engine.name(), path.display()));
+            problems.push(format!(
+                "{} {case}: listed in {} but no such case",
+                engine.name(),
+                path.display()
+            ));
         }
     }
     (problems, total)
@@ -235,7 +252,12 @@ fn every_suite_on_every_engine() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/conformance-report.txt");
     let _ = std::fs::write(&report_path, &report);
     say!("conformance details: {}", report_path.display());
-    say!("{} passed, {} failed, {} skipped", total[0], total[1], total[2]);
+    say!(
+        "{} passed, {} failed, {} skipped",
+        total[0],
+        total[1],
+        total[2]
+    );
     assert!(
         problems.is_empty(),
         "{} conformance problem(s):\n{}",

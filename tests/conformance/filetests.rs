@@ -58,22 +58,34 @@ fn parse_spec(text: &str) -> Result<Spec, String> {
             continue;
         };
         let at = |msg: String| format!("line {}: {msg}", n + 1);
-        let (word, rest) = comment.trim().split_once(' ').unwrap_or((comment.trim(), ""));
+        let (word, rest) = comment
+            .trim()
+            .split_once(' ')
+            .unwrap_or((comment.trim(), ""));
         match word {
             "in" | "out" => {
                 let (name, list) = rest
                     .split_once('=')
                     .ok_or_else(|| at(format!("expected `# {word} %name = [values]`")))?;
-                let name = name.trim().strip_prefix('%').ok_or_else(|| at("expected %name".into()))?;
+                let name = name
+                    .trim()
+                    .strip_prefix('%')
+                    .ok_or_else(|| at("expected %name".into()))?;
                 let values = parse_values(list).map_err(at)?;
-                let map = if word == "in" { &mut spec.inputs } else { &mut spec.outputs };
+                let map = if word == "in" {
+                    &mut spec.inputs
+                } else {
+                    &mut spec.outputs
+                };
                 if map.insert(name.to_string(), values).is_some() {
                     return Err(at(format!("%{name} given twice")));
                 }
             }
             "tolerance" => {
                 for kv in rest.split_whitespace() {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| at(format!("bad `{kv}`")))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| at(format!("bad `{kv}`")))?;
                     let v: f64 = v.parse().map_err(|_| at(format!("bad number `{v}`")))?;
                     match k {
                         "rtol" => spec.tolerance.0 = v,
@@ -113,22 +125,41 @@ fn make_value(ty: &TensorType, values: &[f64]) -> Result<Value, String> {
     if values.len() != count {
         return Err(format!("{} values for {ty}", values.len()));
     }
-    let exact = |v: f64| (v.fract() == 0.0).then_some(v).ok_or(format!("{v} is not an integer"));
+    let exact = |v: f64| {
+        (v.fract() == 0.0)
+            .then_some(v)
+            .ok_or(format!("{v} is not an integer"))
+    };
     let tensor = match ty.dtype {
-        DType::F32 => Tensor::from_f32(&shape, &values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+        DType::F32 => Tensor::from_f32(
+            &shape,
+            &values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        ),
         DType::I64 => Tensor::from_i64(
             &shape,
-            &values.iter().map(|&v| exact(v).map(|v| v as i64)).collect::<Result<Vec<_>, _>>()?,
+            &values
+                .iter()
+                .map(|&v| exact(v).map(|v| v as i64))
+                .collect::<Result<Vec<_>, _>>()?,
         ),
         DType::I32 => Tensor::from_i32(
             &shape,
-            &values.iter().map(|&v| exact(v).map(|v| v as i32)).collect::<Result<Vec<_>, _>>()?,
+            &values
+                .iter()
+                .map(|&v| exact(v).map(|v| v as i32))
+                .collect::<Result<Vec<_>, _>>()?,
         ),
         DType::I8 => Tensor::from_i8(
             &shape,
-            &values.iter().map(|&v| exact(v).map(|v| v as i8)).collect::<Result<Vec<_>, _>>()?,
+            &values
+                .iter()
+                .map(|&v| exact(v).map(|v| v as i8))
+                .collect::<Result<Vec<_>, _>>()?,
         ),
-        DType::Bool => Tensor::from_bool(&shape, &values.iter().map(|&v| v != 0.0).collect::<Vec<_>>()),
+        DType::Bool => Tensor::from_bool(
+            &shape,
+            &values.iter().map(|&v| v != 0.0).collect::<Vec<_>>(),
+        ),
         other => return Err(format!("no value syntax for {other}")),
     };
     Value::from_tensor(&tensor).map_err(|e| e.to_string())
@@ -150,7 +181,10 @@ fn load(path: &Path) -> Result<(Graph, Vec<Value>, Vec<(String, Value)>, (f64, f
                     .get(&v.name)
                     .ok_or_else(|| format!("no `# {what} %{}`", v.name))?;
                 used += 1;
-                Ok((v.name.clone(), make_value(&v.ty, values).map_err(|e| format!("%{}: {e}", v.name))?))
+                Ok((
+                    v.name.clone(),
+                    make_value(&v.ty, values).map_err(|e| format!("%{}: {e}", v.name))?,
+                ))
             })
             .collect::<Result<Vec<_>, String>>()?;
         if used != given.len() {

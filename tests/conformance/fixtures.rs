@@ -57,7 +57,11 @@ fn load(name: &str) -> Result<(m4c_ir::Graph, Vec<Value>, Vec<(String, Value)>),
     let inits: HashSet<&str> = proto.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut options = LowerOptions::default();
     let mut feeds = vec![];
-    for input in proto.input.iter().filter(|i| !inits.contains(i.name.as_str())) {
+    for input in proto
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+    {
         let v = lookup(&inputs, &input.name)?;
         options
             .input_shapes

@@ -33,7 +33,8 @@ pub fn cases() -> Vec<(String, f64, f64)> {
         .skip(1)
         .map(|line| {
             let cols: Vec<&str> = line.split('\t').collect();
-            let num = |i: usize, default| cols.get(i).and_then(|c| c.parse().ok()).unwrap_or(default);
+            let num =
+                |i: usize, default| cols.get(i).and_then(|c| c.parse().ok()).unwrap_or(default);
             (cols[0].to_string(), num(6, 1e-3), num(7, 1e-7))
         })
         .collect()
@@ -73,7 +74,10 @@ fn lower_case(dir: &Path) -> Result<Vec<Lowered>, String> {
                     .collect()
             };
             let (inputs, outputs) = (read("input")?, read("output")?);
-            let named = graph_inputs.iter().cloned().zip(inputs.iter().map(|(_, t)| t));
+            let named = graph_inputs
+                .iter()
+                .cloned()
+                .zip(inputs.iter().map(|(_, t)| t));
             let options = LowerOptions {
                 input_shapes: named.clone().map(|(n, t)| (n, t.shape.clone())).collect(),
                 constant_inputs: named

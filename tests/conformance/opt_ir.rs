@@ -50,7 +50,8 @@ fn failure(what: &str, out: &Output) -> String {
 /// Optimises one fixture to IR once, then runs the IR on every engine.
 pub fn run_case(engines: &[Engine], fixture: &String) -> CaseResult {
     let name = format!("{SUITE}/{fixture}");
-    let tmp = std::env::temp_dir().join(format!("m4c-conformance-{}", std::process::id()));
+    let tmp =
+        std::env::temp_dir().join(format!("m4c-conformance-{}-{fixture}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let ir = tmp.join(format!("{fixture}.ir"));
     let file = |ext: &str| dir().join(format!("{fixture}.{ext}"));
@@ -70,8 +71,7 @@ pub fn run_case(engines: &[Engine], fixture: &String) -> CaseResult {
         Ok(out) => vec![Outcome::Fail(failure("m4c opt", &out)); engines.len()],
         Err(e) => vec![Outcome::Fail(format!("m4c opt: {e}")); engines.len()],
     };
-    let _ = std::fs::remove_file(m4c_compiler::ir_file::weights_path(&ir));
-    let _ = std::fs::remove_file(&ir);
+    let _ = std::fs::remove_dir_all(&tmp);
     CaseResult { name, outcomes }
 }
 

@@ -62,7 +62,11 @@ pub fn load(path: &Path, need_reason: bool) -> List {
                 "{at}: `{case}` still has the bless placeholder: replace it with why it fails"
             ));
         }
-        if list.entries.insert(case.to_string(), reason.to_string()).is_some() {
+        if list
+            .entries
+            .insert(case.to_string(), reason.to_string())
+            .is_some()
+        {
             list.problems.push(format!("{at}: `{case}` listed twice"));
         }
     }
