@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use m4c_ir::{DType, Graph, Tensor, TensorType};
+use m4c_ir::{DType, Tensor, TensorType};
 use m4c_ops::Value;
 
-use crate::harness::{run_everywhere, CaseResult, Engine, Outcome};
+use crate::harness::{run_everywhere, CaseResult, Engine, Loaded, Outcome};
 
 /// The suite's name in reports and expected-failure lists.
 pub const SUITE: &str = "filetests";
@@ -165,9 +165,8 @@ fn make_value(ty: &TensorType, values: &[f64]) -> Result<Value, String> {
     Value::from_tensor(&tensor).map_err(|e| e.to_string())
 }
 
-/// Reads a filetest: its graph, inputs in signature order and expected
-/// outputs in output order.
-fn load(path: &Path) -> Result<(Graph, Vec<Value>, Vec<(String, Value)>, (f64, f64)), String> {
+/// Reads a filetest and its tolerance.
+fn load(path: &Path) -> Result<(Loaded, (f64, f64)), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let spec = parse_spec(&text)?;
     let graph = m4c_compiler::ir_file::load(path).map_err(|e| e.to_string())?;
@@ -197,16 +196,51 @@ fn load(path: &Path) -> Result<(Graph, Vec<Value>, Vec<(String, Value)>, (f64, f
         .map(|(_, v)| v)
         .collect();
     let want = named(&graph.outputs, &spec.outputs, "out")?;
-    Ok((graph, inputs, want, spec.tolerance))
+    Ok((
+        Loaded {
+            graph,
+            inputs,
+            want,
+        },
+        spec.tolerance,
+    ))
 }
 
 /// Runs one filetest on every engine.
-pub fn run_case(engines: &[Engine], path: &PathBuf) -> CaseResult {
+pub fn run_case(engines: &[Engine], path: &Path) -> CaseResult {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
     let name = format!("{SUITE}/{stem}");
     let outcomes = match load(path) {
-        Ok((graph, inputs, want, tol)) => run_everywhere(engines, &graph, &inputs, &want, tol),
+        Ok((case, tol)) => run_everywhere(engines, &case, tol),
         Err(e) => vec![Outcome::Fail(format!("{}: {e}", path.display())); engines.len()],
     };
     CaseResult { name, outcomes }
+}
+
+#[test]
+fn directives_parse_and_bad_ones_are_named() {
+    let spec = parse_spec(
+        "# in  %x = [1, -inf, nan, true]\n# out %y = []\n# tolerance rtol=1e-3 atol=0\ngraph \"g\" {\n",
+    )
+    .unwrap();
+    assert_eq!(spec.inputs["x"][..2], [1.0, f64::NEG_INFINITY]);
+    assert!(spec.inputs["x"][2].is_nan() && spec.inputs["x"][3] == 1.0);
+    assert!(spec.outputs["y"].is_empty());
+    assert_eq!(spec.tolerance, (1e-3, 0.0));
+    for (text, want) in [
+        ("# in %x = 1, 2", "line 1: expected `[values]`"),
+        ("\n# out %y = [1, two]", "line 2: bad value `two`"),
+        ("# in %x = [1]\n# in %x = [2]", "line 2: %x given twice"),
+        ("# tolerance rtol=big", "line 1: bad number `big`"),
+    ] {
+        let err = parse_spec(text).err().unwrap();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+    let ty = TensorType::fixed(DType::I8, &[2]);
+    assert!(make_value(&ty, &[1.5, 2.0])
+        .unwrap_err()
+        .contains("not an integer"));
+    assert!(make_value(&ty, &[1.0])
+        .unwrap_err()
+        .contains("1 values for i8[2]"));
 }

@@ -9,7 +9,7 @@ use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_ops::Value;
 use m4c_runtime::{read_npz, sanitized_key};
 
-use crate::harness::{run_everywhere, CaseResult, Engine, Outcome};
+use crate::harness::{run_everywhere, CaseResult, Engine, Loaded, Outcome};
 
 /// The suite's name in reports and expected-failure lists.
 pub const SUITE: &str = "fixtures";
@@ -46,9 +46,8 @@ pub fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> Result<&'a
         .ok_or_else(|| format!("no array `{name}`"))
 }
 
-/// Lowers a fixture with the shapes of its input arrays; returns the
-/// graph, its inputs and the expected outputs.
-fn load(name: &str) -> Result<(m4c_ir::Graph, Vec<Value>, Vec<(String, Value)>), String> {
+/// Lowers a fixture with the shapes of its input arrays.
+fn load(name: &str) -> Result<Loaded, String> {
     let file = |ext: &str| dir().join(format!("{name}.{ext}"));
     let model = OnnxModel::load(&file("onnx")).map_err(|e| e.to_string())?;
     let inputs = read_npz(&file("inputs.npz")).map_err(|e| e.to_string())?;
@@ -74,14 +73,18 @@ fn load(name: &str) -> Result<(m4c_ir::Graph, Vec<Value>, Vec<(String, Value)>),
         .iter()
         .map(|o| Ok((o.name.clone(), lookup(&expected, &o.name)?.clone())))
         .collect::<Result<_, String>>()?;
-    Ok((graph, feeds, want))
+    Ok(Loaded {
+        graph,
+        inputs: feeds,
+        want,
+    })
 }
 
 /// Runs one fixture on every engine.
 pub fn run_case(engines: &[Engine], fixture: &String) -> CaseResult {
     let name = format!("{SUITE}/{fixture}");
     let outcomes = match load(fixture) {
-        Ok((graph, inputs, want)) => run_everywhere(engines, &graph, &inputs, &want, TOLERANCE),
+        Ok(case) => run_everywhere(engines, &case, TOLERANCE),
         // Every fixture is meant to lower: a frontend failure is a failure
         // on every engine, not a skip.
         Err(e) => vec![Outcome::Fail(format!("frontend: {e}")); engines.len()],

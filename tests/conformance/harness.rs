@@ -83,24 +83,26 @@ pub fn execute(engine: &Engine, graph: Graph, inputs: &[Value]) -> Result<Vec<Va
     })
 }
 
-/// Runs `graph` on every engine and compares its outputs with `want`
-/// (`rtol`, `atol` as numpy's `allclose`). Engines this host cannot run are
-/// skipped with their reason.
-pub fn run_everywhere(
-    engines: &[Engine],
-    graph: &Graph,
-    inputs: &[Value],
-    want: &[(String, Value)],
-    (rtol, atol): (f64, f64),
-) -> Vec<Outcome> {
+/// A graph ready to run: its inputs (signature order) and the outputs it
+/// must give (output order, with their names for messages).
+pub struct Loaded {
+    pub graph: Graph,
+    pub inputs: Vec<Value>,
+    pub want: Vec<(String, Value)>,
+}
+
+/// Runs a loaded case on every engine and compares its outputs (`rtol`,
+/// `atol` as numpy's `allclose`). Engines this host cannot run are skipped
+/// with their reason.
+pub fn run_everywhere(engines: &[Engine], case: &Loaded, (rtol, atol): (f64, f64)) -> Vec<Outcome> {
     engines
         .iter()
         .map(|engine| {
             if let Err(why) = &engine.runnable {
                 return Outcome::Skip(why.clone());
             }
-            match execute(engine, graph.clone(), inputs) {
-                Ok(got) => check_outputs(&got, want, rtol, atol),
+            match execute(engine, case.graph.clone(), &case.inputs) {
+                Ok(got) => check_outputs(&got, &case.want, rtol, atol),
                 Err(e) => Outcome::Fail(e),
             }
         })

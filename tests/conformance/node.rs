@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use m4c_compiler::onnx::load_tensor_file;
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
-use m4c_ir::{DType, Graph, Tensor};
+use m4c_ir::{DType, Tensor};
 use m4c_ops::Value;
 
-use crate::harness::{run_everywhere, CaseResult, Engine, Outcome};
+use crate::harness::{run_everywhere, CaseResult, Engine, Loaded, Outcome};
 
 /// The suite's name in reports and expected-failure lists.
 pub const SUITE: &str = "onnx-node";
@@ -40,21 +40,13 @@ pub fn cases() -> Vec<(String, f64, f64)> {
         .collect()
 }
 
-/// One data set lowered for its input values: the graph, its runtime
-/// inputs and the expected outputs.
-struct Lowered {
-    graph: Graph,
-    inputs: Vec<Value>,
-    want: Vec<(String, Value)>,
-}
-
 fn is_const(t: &Tensor) -> bool {
     matches!(t.dtype, DType::I64 | DType::I32 | DType::Bool)
 }
 
-/// Loads and lowers every data set of a case; `Err` is the frontend's
-/// reason it cannot.
-fn lower_case(dir: &Path) -> Result<Vec<Lowered>, String> {
+/// Loads and lowers every data set of a case (each for its input
+/// values); `Err` is the frontend's reason it cannot.
+fn lower_case(dir: &Path) -> Result<Vec<Loaded>, String> {
     let model = OnnxModel::load(&dir.join("model.onnx")).map_err(|e| e.to_string())?;
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
@@ -96,7 +88,7 @@ fn lower_case(dir: &Path) -> Result<Vec<Lowered>, String> {
                 .iter()
                 .map(|(n, t)| Ok((n.clone(), Value::from_tensor(t).map_err(|e| e.to_string())?)))
                 .collect::<Result<_, String>>()?;
-            Ok(Lowered {
+            Ok(Loaded {
                 graph,
                 inputs,
                 want,
@@ -120,7 +112,7 @@ pub fn run_case(engines: &[Engine], (case, rtol, atol): &(String, f64, f64)) -> 
     };
     let mut outcomes = vec![Outcome::Pass; engines.len()];
     for set in sets {
-        let now = run_everywhere(engines, &set.graph, &set.inputs, &set.want, (*rtol, *atol));
+        let now = run_everywhere(engines, &set, (*rtol, *atol));
         for (o, n) in outcomes.iter_mut().zip(now) {
             if matches!(o, Outcome::Pass) {
                 *o = n;

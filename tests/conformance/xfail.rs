@@ -109,3 +109,30 @@ pub const UNSUPPORTED_HEADER: &str = "\
 # message). Not any engine's failure: they are skipped on every engine. A case
 # that starts to lower fails the suite until it is removed from this list.
 ";
+
+#[test]
+fn entries_need_a_real_reason_once() {
+    let path = std::env::temp_dir().join(format!("m4c-xfail-{}.txt", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "# header\n\nsuite/a  # a reason\nsuite/b\nsuite/c  # {PLACEHOLDER} (got: x)\nsuite/a  # again\n"
+        ),
+    )
+    .unwrap();
+    let list = load(&path, true);
+    assert_eq!(list.entries.len(), 3);
+    assert_eq!(list.entries["suite/c"], format!("{PLACEHOLDER} (got: x)"));
+    let problems = list.problems.join("\n");
+    assert_eq!(list.problems.len(), 3, "{problems}");
+    for needle in [
+        "`suite/b` has no reason",
+        "`suite/c` still has the bless placeholder",
+        "`suite/a` listed twice",
+    ] {
+        assert!(problems.contains(needle), "{problems}");
+    }
+    // The shared unsupported list needs no per-line reason.
+    assert_eq!(load(&path, false).problems.len(), 2);
+    std::fs::remove_file(&path).unwrap();
+}
