@@ -21,21 +21,24 @@ pub enum Outcome {
     Skip(String),
 }
 
-/// Per-engine outcomes of one case, in [`engines`] order.
+/// What one case did on every engine.
 pub struct CaseResult {
     /// `suite/case`, the key the expected-failure lists use.
     pub name: String,
+    /// One outcome per engine, in [`engines`] order.
     pub outcomes: Vec<Outcome>,
 }
 
 /// One registered backend and whether this host can execute it.
 pub struct Engine {
+    /// Its code generator, from the registry.
     pub backend: &'static dyn CodeGenerator,
     /// `Err(reason)` when this host cannot execute the backend's code.
     pub runnable: Result<(), String>,
 }
 
 impl Engine {
+    /// The registry name, used in reports and for its xfail list.
     pub fn name(&self) -> &'static str {
         self.backend.name()
     }
@@ -86,8 +89,11 @@ pub fn execute(engine: &Engine, graph: Graph, inputs: &[Value]) -> Result<Vec<Va
 /// A graph ready to run: its inputs (signature order) and the outputs it
 /// must give (output order, with their names for messages).
 pub struct Loaded {
+    /// The lowered or parsed graph.
     pub graph: Graph,
+    /// Its runtime inputs, in signature order.
     pub inputs: Vec<Value>,
+    /// Expected outputs in output order, named for messages.
     pub want: Vec<(String, Value)>,
 }
 

@@ -15,7 +15,9 @@ pub const PLACEHOLDER: &str = "TODO(bless): say why";
 
 /// A parsed list: case → reason (empty when the line has none).
 pub struct List {
+    /// The file it was read from (and bless writes).
     pub path: PathBuf,
+    /// Case → reason, as listed.
     pub entries: BTreeMap<String, String>,
     /// Malformed lines: missing or placeholder reasons, duplicates.
     pub problems: Vec<String>,
