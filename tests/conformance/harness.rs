@@ -1,0 +1,211 @@
+//! What every suite shares: the engines, running one graph on one engine,
+//! the one output comparison, and a small parallel map over cases.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use m4c_compiler::backend::{CodeGenerator, CompileRequest};
+use m4c_ir::Graph;
+use m4c_ops::Value;
+
+/// What one case did on one engine.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Pass,
+    /// The engine ran the case (or refused or failed to compile it) and got
+    /// it wrong: its expected-failure list must name it.
+    Fail(String),
+    /// Not the engine's doing: the frontend cannot lower the case, or the
+    /// engine cannot run on this host.
+    Skip(String),
+}
+
+/// What one case did on every engine.
+pub struct CaseResult {
+    /// `suite/case`, the key the expected-failure lists use.
+    pub name: String,
+    /// One outcome per engine, in [`engines`] order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// One registered backend and whether this host can execute it.
+pub struct Engine {
+    /// Its code generator, from the registry.
+    pub backend: &'static dyn CodeGenerator,
+    /// `Err(reason)` when this host cannot execute the backend's code.
+    pub runnable: Result<(), String>,
+}
+
+impl Engine {
+    /// The registry name, used in reports and for its xfail list.
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+}
+
+/// Every registered backend: a new one joins the suite by being
+/// registered in `m4c_backends::all()`. `M4C_CONFORMANCE_ENGINES=a,b`
+/// restricts the run (for local work; CI runs all).
+pub fn engines() -> Vec<Engine> {
+    let only = std::env::var("M4C_CONFORMANCE_ENGINES").ok();
+    m4c_backends::all()
+        .iter()
+        .filter(|b| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n.trim() == b.name()))
+        })
+        .map(|&backend| Engine {
+            backend,
+            runnable: m4c_backends::runnable(backend, None),
+        })
+        .collect()
+}
+
+/// Compiles `graph` on `engine` and runs it on `inputs` (signature order),
+/// in this process. A panic anywhere is caught and becomes an error, so one
+/// broken case cannot take the suite down.
+pub fn execute(engine: &Engine, graph: Graph, inputs: &[Value]) -> Result<Vec<Value>, String> {
+    let name = graph.name.clone();
+    let request = CompileRequest {
+        threads: 1,
+        ..Default::default()
+    };
+    catch_unwind(AssertUnwindSafe(|| {
+        let (exec, _) = m4c_backends::prepare(engine.backend, &name, graph, &request)
+            .map_err(|e| format!("compile: {e}"))?;
+        exec.run(inputs).map_err(|e| format!("run: {e}"))
+    }))
+    .unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!("panicked: {msg}"))
+    })
+}
+
+/// A graph ready to run: its inputs (signature order) and the outputs it
+/// must give (output order, with their names for messages).
+pub struct Loaded {
+    /// The lowered or parsed graph.
+    pub graph: Graph,
+    /// Its runtime inputs, in signature order.
+    pub inputs: Vec<Value>,
+    /// Expected outputs in output order, named for messages.
+    pub want: Vec<(String, Value)>,
+}
+
+/// Runs a loaded case on every engine and compares its outputs (`rtol`,
+/// `atol` as numpy's `allclose`). Engines this host cannot run are skipped
+/// with their reason.
+pub fn run_everywhere(engines: &[Engine], case: &Loaded, (rtol, atol): (f64, f64)) -> Vec<Outcome> {
+    engines
+        .iter()
+        .map(|engine| {
+            if let Err(why) = &engine.runnable {
+                return Outcome::Skip(why.clone());
+            }
+            match execute(engine, case.graph.clone(), &case.inputs) {
+                Ok(got) => check_outputs(&got, &case.want, rtol, atol),
+                Err(e) => Outcome::Fail(e),
+            }
+        })
+        .collect()
+}
+
+/// Compares every output with its expected value (names for messages).
+pub fn check_outputs(got: &[Value], want: &[(String, Value)], rtol: f64, atol: f64) -> Outcome {
+    if got.len() != want.len() {
+        return Outcome::Fail(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    for (k, (got, (name, want))) in got.iter().zip(want).enumerate() {
+        if let Err(e) = compare(got, want, rtol, atol) {
+            return Outcome::Fail(format!("output {k} `{name}`: {e}"));
+        }
+    }
+    Outcome::Pass
+}
+
+/// numpy-`allclose` comparison (`|got − want| ≤ atol + rtol·|want|`, NaN
+/// equals NaN, equal infinities are equal) after checking element type and
+/// shape. The suite's one Value→f64 comparison: it moves to
+/// `m4c_ops::compare` when that lands.
+pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Result<(), String> {
+    if got.dtype() != want.dtype() || got.shape() != want.shape() {
+        return Err(format!(
+            "{}{:?}, expected {}{:?}",
+            got.dtype(),
+            got.shape(),
+            want.dtype(),
+            want.shape()
+        ));
+    }
+    let (g, w) = (as_f64(got), as_f64(want));
+    let (mut bad, mut worst, mut first) = (0usize, 0f64, None);
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        if a == b || a.is_nan() && b.is_nan() {
+            continue;
+        }
+        let d = (a - b).abs();
+        if d.is_nan() || d > atol + rtol * b.abs() {
+            bad += 1;
+            worst = worst.max(d);
+            first.get_or_insert((i, *a, *b));
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((i, a, b)) => Err(format!(
+            "{bad} of {} elements out of tolerance (rtol {rtol:e}, atol {atol:e}; max abs error {worst:.3e}; first at {i}: got {a}, expected {b})",
+            g.len()
+        )),
+    }
+}
+
+/// Any value as f64, element by element.
+fn as_f64(v: &Value) -> Vec<f64> {
+    match v {
+        Value::F32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I8(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I32(a) => a.iter().map(|&x| f64::from(x)).collect(),
+        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
+        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
+    }
+}
+
+/// Threads the suite runs cases on: `M4C_CONFORMANCE_THREADS`, else the
+/// host's cores.
+pub fn threads() -> usize {
+    std::env::var("M4C_CONFORMANCE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+/// `f` over `items` on [`threads`] threads, results in `items` order. Each
+/// case compiles in its own LLVM context, so cases are independent.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads().min(items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every item was run"))
+        .collect()
+}
