@@ -12,6 +12,8 @@ F=tests/fixtures
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
+echo "== backends"
+$m4c backends
 echo "== inspect"
 $m4c inspect $F/llama_lora.onnx
 echo "== run (reference interpreter) vs onnxruntime"
@@ -19,6 +21,6 @@ $m4c run $F/llama_lora.onnx --inputs $F/llama_lora.inputs.npz --expect $F/llama_
 echo "== run (compiled for this CPU) vs onnxruntime"
 $m4c run $F/llama_lora.onnx --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz --backend cpu
 echo "== firmware (base model) + app adapter (PEFT LoRA) vs the exported LoRA model"
-$m4c firmware build --module backbone=$F/llama_prefill.onnx --module img_enc=$F/clip_vision.onnx -o "$out/M4.fw"
+$m4c firmware build --module backbone=$F/llama_prefill.onnx --module img_enc=$F/clip_vision.onnx --backend cpu -o "$out/M4.fw"
 $m4c adapt "$out/M4.fw" --module backbone --adapter $F/llama_lora_adapter -o "$out/app.m4a"
 $m4c run "$out/M4.fw" --module backbone --adapter "$out/app.m4a" --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz

@@ -74,14 +74,16 @@ impl BackendArgs {
     }
 }
 
-/// `--threads`, checked against the host: 0 and more than the available
-/// parallelism are errors (a typo such as 100000 must not spawn threads).
+/// `--threads`, checked before anything is compiled or spawned: at least
+/// 1, at most the thread pool's limit (`m4c_cpu_device::max_threads`,
+/// 4 per hardware thread), so a typo such as 100000 is one line, not a
+/// fork bomb.
 pub fn threads(n: usize) -> CliResult<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max = m4c_cpu_device::max_threads();
     match n {
         0 => Err("--threads must be at least 1".into()),
-        n if n > cores => {
-            Err(format!("--threads {n}: this host has {cores} hardware thread(s)").into())
+        n if n > max => {
+            Err(format!("{n} threads requested; at most {max} (4 per hardware thread)").into())
         }
         n => Ok(n),
     }

@@ -100,7 +100,11 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
 /// backend's (`cpu-nominal` plans with the CPU backend's kernels too), so
 /// that the reported arena is the one `--backend` allocates.
 fn scheduler(target: &str) -> Option<std::sync::Arc<dyn m4c_compiler::opt::Scheduler>> {
-    let name = if target == "cpu-nominal" { "cpu" } else { target };
+    let name = if target == "cpu-nominal" {
+        "cpu"
+    } else {
+        target
+    };
     m4c_backends::lookup(name).ok()?.scheduler()
 }
 

@@ -73,60 +73,6 @@ pub fn lookup<'a>(arrays: &'a BTreeMap<String, Value>, name: &str) -> Option<&'a
         .or_else(|| arrays.get(&sanitized_key(name)))
 }
 
-/// Flattens any value to f64 for comparisons.
-pub fn as_f64(v: &Value) -> Vec<f64> {
-    match v {
-        Value::F32(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::F16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::BF16(a) => a.iter().map(|&x| f64::from(x)).collect(),
-        Value::I8(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I32(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::I64(a) => a.iter().map(|&x| x as f64).collect(),
-        Value::Bool(a) => a.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
-}
-
-/// Outcome of comparing one output with its reference.
-pub struct Comparison {
-    pub max_abs: f64,
-    pub max_rel: f64,
-    /// Elements outside `atol + rtol·|want|` (NaN matches NaN).
-    pub mismatches: usize,
-    pub shape_error: Option<String>,
-}
-
-/// numpy-`allclose`-style comparison.
-pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
-    if got.shape() != want.shape() {
-        let msg = format!("shape {:?}, reference {:?}", got.shape(), want.shape());
-        return Comparison {
-            max_abs: f64::NAN,
-            max_rel: f64::NAN,
-            mismatches: 0,
-            shape_error: Some(msg),
-        };
-    }
-    let (g, w) = (as_f64(got), as_f64(want));
-    let mut c = Comparison {
-        max_abs: 0.0,
-        max_rel: 0.0,
-        mismatches: 0,
-        shape_error: None,
-    };
-    for (a, b) in g.iter().zip(&w) {
-        if a.is_nan() && b.is_nan() || a == b {
-            continue;
-        }
-        let d = (a - b).abs();
-        c.max_abs = c.max_abs.max(d);
-        c.max_rel = c.max_rel.max(d / b.abs().max(f64::MIN_POSITIVE));
-        if d.is_nan() || d > atol + rtol * b.abs() {
-            c.mismatches += 1;
-        }
-    }
-    c
-}
-
 /// A model ready to run: its executor, with the names and types its
 /// inputs and outputs have (names as in `.npz` files).
 struct Prepared {
@@ -164,7 +110,10 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             .collect()
     });
     let name = graph.name.clone();
-    let (executor, _) = args.backend.prepare(&name, graph)?;
+    let (executor, _) = args
+        .backend
+        .prepare(&name, graph)
+        .map_err(|e| format!("{}: {e}", args.model.display()))?;
     let inputs = executor.signature().inputs.clone();
     Ok(Prepared {
         executor,
@@ -333,14 +282,19 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
                 continue;
             };
             compared += 1;
-            let c = compare(got, want, args.rtol, args.atol);
+            let c = m4c_ops::compare(got, want, args.rtol, args.atol);
             let status = match (&c.shape_error, c.mismatches) {
                 (Some(e), _) => format!("FAIL ({e})"),
                 (None, 0) => "ok".to_string(),
-                (None, n) => format!(
-                    "FAIL ({n} of {} elements out of tolerance)",
-                    got.shape().iter().product::<usize>()
-                ),
+                (None, n) => {
+                    let mut s = format!("FAIL ({n} of {} elements out of tolerance", c.len);
+                    for (k, what) in [(c.nan, "NaN"), (c.inf, "infinite")] {
+                        if k > 0 {
+                            s += &format!(", {k} {what}");
+                        }
+                    }
+                    s + ")"
+                }
             };
             if status != "ok" {
                 code = 1;

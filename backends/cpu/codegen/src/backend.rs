@@ -11,7 +11,7 @@ use m4c_compiler::backend::{
 };
 use m4c_compiler::opt::{Roofline, Scheduler};
 use m4c_cpu_device::Manifest;
-use m4c_ir::{DType, Graph, Node, Unit};
+use m4c_ir::{DType, Graph, Node, OpKind, Unit};
 use m4c_runtime::bundle::format::SectionKind;
 
 use crate::{measure_peak, write_graph_artifact, CodegenError, CpuScheduler, Target};
@@ -43,8 +43,15 @@ impl CodeGenerator for CpuBackend {
     }
 
     fn refuse(&self, g: &Graph, node: &Node) -> Option<String> {
-        if node.op.kind().unit() == Unit::DataMovement {
+        let kind = node.op.kind();
+        if kind.unit() == Unit::DataMovement {
             return None;
+        }
+        let base = g.value(node.inputs[0]).ty.dtype;
+        if kind == OpKind::Pow && base != DType::F32 {
+            return Some(format!(
+                "Pow on {base} bases (the CPU kernels compute Pow in f32 only)"
+            ));
         }
         self.capabilities().refuse(g, node)
     }

@@ -340,12 +340,17 @@ pub(crate) fn batched_spec(
         mkn: (m, k, n),
     } = operands(l, node, trans_a, trans_b)?;
     let (ra, rb) = (a_shape.len(), b_shape.len());
-    let out_shape = l.shape(node.output)?;
-    let batch_shape: Vec<usize> = if out_shape.len() >= 2 {
-        out_shape[..out_shape.len() - 2].to_vec()
-    } else {
-        Vec::new()
-    };
+    // The batch comes from the operands (after a 1-D operand is promoted to
+    // a matrix), not from the output, which has lost the promoted axis.
+    let batch_shape =
+        m4c_ir::broadcast_shapes(&a_shape[..ra - 2], &b_shape[..rb - 2]).ok_or_else(|| {
+            CodegenError::Graph {
+                graph: l.graph.name.clone(),
+                reason: format!(
+                    "MatMul batch dims of {a_shape:?} and {b_shape:?} do not broadcast"
+                ),
+            }
+        })?;
     let a_full = broadcast_strides(&a_shape[..ra - 2], &batch_shape);
     let b_full = broadcast_strides(&b_shape[..rb - 2], &batch_shape);
     let scale = |strides: Vec<i64>, matrix: usize| -> Vec<i64> {
