@@ -121,11 +121,11 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
         print_text(&doc);
     }
     if report.graph.is_none() {
-        return Err(format!(
-            "{}: {} node(s) do not lower (listed above)",
-            args.model.display(),
-            report.unsupported.len()
-        )
+        // The same one line `run` gives: every node that does not lower.
+        return Err(m4c_compiler::FrontendError::Unsupported {
+            path: args.model.clone(),
+            nodes: report.unsupported,
+        }
         .into());
     }
     Ok(0)
