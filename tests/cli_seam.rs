@@ -325,3 +325,22 @@ fn inspect_prints_each_backends_refusals() {
     assert_eq!(refused["reference"].as_array().unwrap().len(), 0);
     assert!(refused.contains_key("cpu"));
 }
+
+#[test]
+fn max_memory_bounds_what_lowering_may_allocate() {
+    let model = fixture("distilbert.onnx");
+    let inputs = fixture("distilbert.inputs.npz");
+    let (m, i) = (model.to_str().unwrap(), inputs.to_str().unwrap());
+    let o = m4c(&["run", m, "--inputs", i, "--max-memory", "1K"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("over the memory budget of 1024 bytes"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    let o = m4c(&["run", m, "--inputs", i, "--max-memory", "64M"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = m4c(&["run", m, "--inputs", i, "--max-memory", "lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -93,21 +93,11 @@ pub fn resolve_inside(dir: &Path, path: &Path) -> io::Result<PathBuf> {
     Ok(target)
 }
 
-/// The default memory budget for allocations sized by an input file: half
-/// of physical memory (4 GiB where it cannot be read), and half of the
-/// process's address-space limit when one is set (`ulimit -v`).
+/// The memory budget for allocations sized by an input file: the
+/// process-wide budget (`m4c_ops::budget::max_memory`, which `--max-memory`
+/// sets; by default half of physical memory, at most 8 GiB), and at most
+/// half of the process's address-space limit when one is set (`ulimit -v`).
 pub fn memory_budget() -> u64 {
-    // SAFETY: sysconf only reads system configuration values.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let physical = match (u64::try_from(pages), u64::try_from(page)) {
-        (Ok(p), Ok(s)) if p > 0 && s > 0 => p.saturating_mul(s),
-        _ => 8 << 30,
-    };
     let mut limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -116,11 +106,11 @@ pub fn memory_budget() -> u64 {
     let address_space = if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
         && limit.rlim_cur != libc::RLIM_INFINITY
     {
-        limit.rlim_cur
+        limit.rlim_cur / 2
     } else {
         u64::MAX
     };
-    physical.min(address_space) / 2
+    (m4c_ops::budget::max_memory() as u64).min(address_space)
 }
 
 #[cfg(test)]

@@ -49,8 +49,30 @@ Exit status: 0 success, 1 outputs out of tolerance (run --expect),
 #[derive(Parser)]
 #[command(name = "m4c", version, about, long_about = OVERVIEW)]
 pub struct Cli {
+    /// The most memory one tensor or file read may claim before anything
+    /// is allocated (constant folding, the interpreter, npz/npy headers,
+    /// ONNX tensors), e.g. `512M`, `4G`; default: half of physical memory,
+    /// at most 8 GiB. Exceeding it is a one-line error, exit 2.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `123`, `64K`, `512M`, `4G` (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size (e.g. 512M, 4G)"))
 }
 
 #[derive(Subcommand)]
@@ -96,6 +118,9 @@ enum Command {
 
 /// Runs one parsed command line; the `Ok` value is the process exit code.
 pub fn dispatch(cli: Cli) -> CliResult<i32> {
+    if let Some(bytes) = cli.max_memory {
+        m4c_ops::budget::set_max_memory(bytes);
+    }
     match cli.command {
         Command::Backends(args) => backends::run(args),
         Command::Compile(args) => compile::run(args),

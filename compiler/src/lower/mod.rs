@@ -54,7 +54,7 @@ impl Default for LowerOptions {
             dims: HashMap::new(),
             default_dim: None,
             constant_inputs: HashMap::new(),
-            max_memory: m4c_ops::budget::default_max_memory(),
+            max_memory: m4c_ops::budget::max_memory(),
         }
     }
 }
