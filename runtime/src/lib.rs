@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod exec;
 pub mod generate;
 mod npz;
+pub mod outfile;
 pub mod task;
 
 pub use npz::{read_npz, sanitized_key, write_npz, NpzError};

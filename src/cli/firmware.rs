@@ -183,7 +183,7 @@ fn blake3_hex(bytes: &[u8]) -> String {
 }
 
 fn open(path: &Path) -> CliResult<Bundle> {
-    Bundle::open(path).map_err(|e| format!("{}: {e}", path.display()).into())
+    Ok(Bundle::open(path)?)
 }
 
 fn print_summary(path: &Path, b: &Bundle) {
