@@ -11,7 +11,8 @@
 //! symbolic link. Temporaries are removed on error, on drop and, through a
 //! small registry, when the process is interrupted (SIGINT, SIGTERM,
 //! SIGHUP): a signal thread unlinks every registered path, then re-raises
-//! the signal with its default action.
+//! the signal with its default action. A temporary's name is registered
+//! before the file is created, so no moment of its life escapes.
 
 use std::fs::{File, Metadata};
 use std::io::{BufWriter, Write};
@@ -152,7 +153,8 @@ pub fn check(path: &Path, inputs: &[&Path], dir: bool) -> Result<(), OutputError
 /// into place.
 pub struct Pending {
     path: PathBuf,
-    tmp: Option<tempfile::NamedTempFile>,
+    /// The temporary, until committed.
+    tmp: Option<PathBuf>,
     writer: Option<BufWriter<File>>,
 }
 
@@ -175,8 +177,44 @@ impl Default for Options {
     }
 }
 
+/// A fresh temporary name beside `path`: `.NAME.<24 random hex>.tmp`,
+/// unpredictable so that no one can plant a file or link there first.
+fn temp_name(path: &Path) -> std::io::Result<PathBuf> {
+    let mut random = [0u8; 12];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    Ok(parent_dir(path).join(format!(".{name}.{hex}.tmp")))
+}
+
+/// Registers a fresh temporary name and creates it with `create` (which
+/// must fail if it exists): registered first, so that an interruption at
+/// any moment finds it.
+fn create_temp<T>(
+    path: &Path,
+    create: impl Fn(&Path) -> std::io::Result<T>,
+) -> Result<(PathBuf, T), OutputError> {
+    let io = |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    loop {
+        let tmp = temp_name(path).map_err(io)?;
+        register(&tmp);
+        match create(&tmp) {
+            Ok(made) => return Ok((tmp, made)),
+            Err(e) => {
+                unregister(&tmp);
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(io(e));
+                }
+            }
+        }
+    }
+}
+
 impl Pending {
-    /// Checks `path` ([`check`]) and creates its temporary.
+    /// Checks `path` ([`check`]) and creates its temporary exclusively.
     pub fn create(path: &Path, inputs: &[&Path], opts: Options) -> Result<Pending, OutputError> {
         check(path, inputs, false)?;
         if opts.no_clobber && std::fs::symlink_metadata(path).is_ok() {
@@ -185,26 +223,17 @@ impl Pending {
                 reason: "it exists (remove it first)".into(),
             });
         }
-        let io = |source| OutputError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let prefix = format!(".{name}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".tmp").rand_bytes(12);
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(opts.mode));
-        let tmp = builder.tempfile_in(parent_dir(path)).map_err(io)?;
-        register(tmp.path());
-        let writer = tmp.as_file().try_clone().map(BufWriter::new).map_err(|e| {
-            unregister(tmp.path());
-            io(e)
+        let (tmp, file) = create_temp(path, |tmp| {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, opts.mode);
+            o.open(tmp)
         })?;
         Ok(Pending {
             path: path.to_path_buf(),
             tmp: Some(tmp),
-            writer: Some(writer),
+            writer: Some(BufWriter::new(file)),
         })
     }
 
@@ -235,40 +264,41 @@ impl Pending {
         Ok(())
     }
 
-    /// Finishes and renames the temporary over the destination (or links
-    /// it there, refusing an existing file, with `no_clobber`).
+    /// Finishes and renames the temporary over the destination.
     pub fn commit(mut self) -> Result<(), OutputError> {
         self.commit_with(false)
     }
 
-    /// [`Self::commit`] that never replaces an existing destination.
+    /// [`Self::commit`] that never replaces an existing destination (the
+    /// temporary is linked there, which fails if it exists).
     pub fn commit_new(mut self) -> Result<(), OutputError> {
         self.commit_with(true)
     }
 
     fn commit_with(&mut self, no_clobber: bool) -> Result<(), OutputError> {
         self.finish()?;
-        let tmp = self.tmp.take().expect("committed once");
-        let tmp_path = tmp.path().to_path_buf();
+        let tmp = self.tmp.as_deref().expect("committed once");
         let result = if no_clobber {
-            tmp.persist_noclobber(&self.path)
+            std::fs::hard_link(tmp, &self.path)
         } else {
-            tmp.persist(&self.path)
+            std::fs::rename(tmp, &self.path)
         };
-        unregister(&tmp_path);
-        result.map(drop).map_err(|e| {
-            // `e.file` drops here, removing the temporary.
-            self.io(e.error)
-        })
+        result.map_err(|e| self.io(e))?;
+        // Renamed (nothing left) or linked (the temporary goes on drop).
+        if !no_clobber {
+            let tmp = self.tmp.take().expect("committed once");
+            unregister(&tmp);
+        }
+        Ok(())
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        drop(self.writer.take());
         if let Some(tmp) = self.tmp.take() {
-            let p = tmp.path().to_path_buf();
-            drop(tmp);
-            unregister(&p);
+            remove(&tmp);
+            unregister(&tmp);
         }
     }
 }
@@ -302,18 +332,7 @@ impl PendingDir {
     /// Checks `path` ([`check`], as a directory) and creates the temporary.
     pub fn create(path: &Path, inputs: &[&Path]) -> Result<PendingDir, OutputError> {
         check(path, inputs, true)?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .rand_bytes(12)
-            .tempdir_in(parent_dir(path))
-            .map_err(|source| OutputError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .keep();
-        register(&tmp);
+        let (tmp, ()) = create_temp(path, |p| std::fs::create_dir(p))?;
         Ok(PendingDir {
             path: path.to_path_buf(),
             tmp: Some(tmp),
