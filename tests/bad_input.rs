@@ -193,7 +193,10 @@ fn every_unsupported_op_is_reported_at_once() {
         ],
     );
     let inputs = d.join("in.npz");
-    m4c_runtime::write_npz(&inputs, &[], &[(
+    m4c_runtime::write_npz(
+        &inputs,
+        &[],
+        &[(
             "x".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![4])),
         )],
@@ -225,7 +228,10 @@ fn every_unsupported_op_is_reported_at_once() {
 fn input_shape_mismatch() {
     let d = scratch("shape");
     let inputs = d.join("in.npz");
-    m4c_runtime::write_npz(&inputs, &[], &[(
+    m4c_runtime::write_npz(
+        &inputs,
+        &[],
+        &[(
             "image".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1, 3, 8, 8])),
         )],
@@ -254,7 +260,10 @@ fn input_dtype_mismatch() {
 fn npz_missing_key() {
     let d = scratch("key");
     let inputs = d.join("in.npz");
-    m4c_runtime::write_npz(&inputs, &[], &[(
+    m4c_runtime::write_npz(
+        &inputs,
+        &[],
+        &[(
             "something_else".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1])),
         )],

@@ -124,7 +124,13 @@ fn firmware() -> &'static Path {
 /// compared with its onnxruntime outputs (default rtol 1e-4, atol 1e-5),
 /// trusting the test key.
 fn run(fw: &Path, module: &str, fixture_name: &str, engine: &str, extra: &[&str]) -> Output {
-    run_untrusted(fw, module, fixture_name, engine, &[extra, &trust()].concat())
+    run_untrusted(
+        fw,
+        module,
+        fixture_name,
+        engine,
+        &[extra, &trust()].concat(),
+    )
 }
 
 /// [`run`] without trusting any key.
@@ -394,7 +400,10 @@ fn assert_code_refused(fw: &Path, want: &str) {
     let o = run(fw, "img_enc", "clip_vision", "auto", &[]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("module `img_enc`: reference interpreter"), "{out}");
+    assert!(
+        out.contains("module `img_enc`: reference interpreter"),
+        "{out}"
+    );
     let note = format!(
         "note: {}: module `img_enc` runs on the reference interpreter: its native code is refused: {want}",
         fw.display()
@@ -426,7 +435,10 @@ fn code_signed_by_an_untrusted_key_is_refused_until_trusted() {
     sign::sign(&mut bytes, &other).unwrap();
     let fw = scratch_file("other-key.fw", &bytes);
     let fp = other.public().fingerprint();
-    assert_code_refused(&fw, &format!("the bundle is signed by key {fp}, which is not trusted"));
+    assert_code_refused(
+        &fw,
+        &format!("the bundle is signed by key {fp}, which is not trusted"),
+    );
     let o = m4c(&["firmware", "info", fw.to_str().unwrap()]);
     let out = text(&o);
     assert!(
@@ -616,7 +628,10 @@ fn an_edited_code_plan_is_one_error_naming_the_bundle() {
     ];
     let image = unsigned_bytes();
     for (name, edit, want) in cases {
-        let fw = scratch_file(&format!("plan-{name}.fw"), &reseal_with_plan(&image, "img_enc", edit));
+        let fw = scratch_file(
+            &format!("plan-{name}.fw"),
+            &reseal_with_plan(&image, "img_enc", edit),
+        );
         let o = m4c(&["firmware", "info", fw.to_str().unwrap()]);
         assert_one_error(&o, &fw, want);
         let o = run(&fw, "img_enc", "clip_vision", "auto", &[]);

@@ -112,9 +112,16 @@ fn model_case() -> Case {
 
 /// `m4c run MODEL --inputs INPUTS -o OUT` in `case`.
 fn run_to(case: &Case, out: &str) -> Vec<String> {
-    ["run", &case.s(MODEL), "--inputs", &case.s(INPUTS), "-o", out]
-        .map(String::from)
-        .to_vec()
+    [
+        "run",
+        &case.s(MODEL),
+        "--inputs",
+        &case.s(INPUTS),
+        "-o",
+        out,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -207,7 +214,12 @@ fn run_output_in_an_unwritable_directory() {
     // /proc refuses new files to every user, root included.
     let c = model_case();
     let args = run_to(&c, "/proc/m4c-hostile-out.npz");
-    assert_refused(&c, &refs(&args), "/proc/m4c-hostile-out.npz", "cannot write");
+    assert_refused(
+        &c,
+        &refs(&args),
+        "/proc/m4c-hostile-out.npz",
+        "cannot write",
+    );
     assert!(!Path::new("/proc/m4c-hostile-out.npz").exists());
 }
 
@@ -230,7 +242,12 @@ fn opt_output_is_its_ir_input_or_its_weights() {
     let c = Case::new(&["clip_vision.onnx"]);
     let ir = c.s("clip.ir");
     let o = m4c(&["opt", &c.s("clip_vision.onnx"), "-o", &ir]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(c.path("clip.ir.weights").exists());
     assert_refused(&c, &["opt", &ir, "-o", &ir], "clip.ir", "is the input");
     // The input's weights sidecar is an input too.
@@ -274,8 +291,20 @@ fn firmware_build_output_is_its_sign_key() {
 fn adapt_case() -> Case {
     let c = Case::new(&["llama_prefill.onnx", "llama_lora_adapter"]);
     let module = format!("backbone={}", c.s("llama_prefill.onnx"));
-    let o = m4c(&["firmware", "build", "--module", &module, "-o", &c.s("M4.fw")]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = m4c(&[
+        "firmware",
+        "build",
+        "--module",
+        &module,
+        "-o",
+        &c.s("M4.fw"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     c
 }
 
@@ -298,18 +327,38 @@ fn adapt_output_is_its_firmware_or_its_adapter() {
         .map(String::from)
     };
     assert_refused(&c, &refs(&adapt(&fw)), "M4.fw", "is the input");
-    assert_refused(&c, &refs(&adapt(&peft)), "llama_lora_adapter", "not a regular file");
+    assert_refused(
+        &c,
+        &refs(&adapt(&peft)),
+        "llama_lora_adapter",
+        "not a regular file",
+    );
 }
 
 #[test]
 fn npu_asm_and_disasm_output_is_their_input() {
     let c = Case::new(&[]);
     let (bin, text) = (c.s("g.npub"), c.s("g.s"));
-    let gemm = ["npu", "gemm", "--m", "4", "--k", "8", "--n", "8", "--emit", &bin];
+    let gemm = [
+        "npu", "gemm", "--m", "4", "--k", "8", "--n", "8", "--emit", &bin,
+    ];
     assert_eq!(m4c(&gemm).status.code(), Some(0));
-    assert_eq!(m4c(&["npu", "disasm", &bin, "-o", &text]).status.code(), Some(0));
-    assert_refused(&c, &["npu", "disasm", &bin, "-o", &bin], "g.npub", "is the input");
-    assert_refused(&c, &["npu", "asm", &text, "-o", &text], "g.s", "is the input");
+    assert_eq!(
+        m4c(&["npu", "disasm", &bin, "-o", &text]).status.code(),
+        Some(0)
+    );
+    assert_refused(
+        &c,
+        &["npu", "disasm", &bin, "-o", &bin],
+        "g.npub",
+        "is the input",
+    );
+    assert_refused(
+        &c,
+        &["npu", "asm", &text, "-o", &text],
+        "g.s",
+        "is the input",
+    );
 }
 
 #[test]
@@ -332,16 +381,35 @@ fn coverage_out_writes_a_whole_new_directory() {
     let c = model_case();
     let out = c.path("report");
     let o = m4c(&["coverage", &c.s(MODEL), "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["coverage.json", "coverage.md", "frequency.svg", "growth.svg"]);
+    assert_eq!(
+        names,
+        [
+            "coverage.json",
+            "coverage.md",
+            "frequency.svg",
+            "growth.svg"
+        ]
+    );
     let hidden: Vec<_> = std::fs::read_dir(c.dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 }
@@ -373,8 +441,7 @@ fn keygen_writes_a_private_secret_and_a_public_key() {
     assert_eq!(o.status.code(), Some(0));
     let mode = std::fs::metadata(c.path("k")).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "secret key mode {mode:o}");
-    let secret =
-        m4c_runtime::bundle::sign::SecretKey::read(&c.path("k")).unwrap();
+    let secret = m4c_runtime::bundle::sign::SecretKey::read(&c.path("k")).unwrap();
     let public = m4c_runtime::bundle::sign::PublicKey::read(&c.path("k.pub")).unwrap();
     assert_eq!(secret.public(), public);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -391,9 +458,7 @@ fn write_big_model(path: &Path, n: usize) {
                 elem_type: 1,
                 shape: Some(pb::TensorShapeProto {
                     dim: vec![pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                            n as i64,
-                        )),
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(n as i64)),
                         ..Default::default()
                     }],
                 }),
@@ -467,7 +532,13 @@ fn sigint_while_writing_a_firmware_leaves_no_temporary() {
     }
     let status = child.wait().unwrap();
     let name = seen.expect("the build ended before its temporary was seen; enlarge the model");
-    assert!(name.starts_with(".M4.fw.") && name.ends_with(".tmp"), "{name}");
+    assert!(
+        name.starts_with(".M4.fw.") && name.ends_with(".tmp"),
+        "{name}"
+    );
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
-    assert_eq!(c.snapshot().keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+    assert_eq!(
+        c.snapshot().keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
 }

@@ -198,7 +198,11 @@ fn an_adapter_carrying_code_is_refused() {
     let elf = b"\x7fELF not really a library";
     for extra in [
         vec![SectionKind::Code],
-        vec![SectionKind::Code, SectionKind::CodePlan, SectionKind::CodeWeights],
+        vec![
+            SectionKind::Code,
+            SectionKind::CodePlan,
+            SectionKind::CodeWeights,
+        ],
     ] {
         let mut sections = vec![SectionData {
             kind: SectionKind::Weights,

@@ -328,7 +328,10 @@ fn every_error_of_an_opened_bundle_names_its_file() {
     std::fs::write(&path, tiny_bundle()).unwrap();
     let b = Bundle::open(&path).unwrap();
     let e = b.module("nope").unwrap_err().to_string();
-    assert!(e.starts_with(&format!("{}: no module", path.display())), "{e}");
+    assert!(
+        e.starts_with(&format!("{}: no module", path.display())),
+        "{e}"
+    );
 }
 
 #[test]
@@ -342,7 +345,10 @@ fn a_signature_trailer_verifies_or_the_bundle_does_not_open() {
     let b = Bundle::from_bytes(&signed).unwrap();
     assert_eq!(b.signer(), Some(&key.public()));
     // Signing leaves the identity adapters bind to unchanged.
-    assert_eq!(b.content_hash(), Bundle::from_bytes(&unsigned).unwrap().content_hash());
+    assert_eq!(
+        b.content_hash(),
+        Bundle::from_bytes(&unsigned).unwrap().content_hash()
+    );
     for at in [unsigned.len() + 8, unsigned.len() + 40, signed.len() - 1] {
         let mut bad = signed.clone();
         bad[at] ^= 1;

@@ -76,7 +76,10 @@ pub fn run(args: CompileArgs) -> CliResult<i32> {
     }
     let json = serde_json::to_string_pretty(&summary)?;
     std::fs::write(tmp.dir().join("artifact.json"), json).map_err(|e| {
-        format!("cannot write {}: {e}", args.output.join("artifact.json").display())
+        format!(
+            "cannot write {}: {e}",
+            args.output.join("artifact.json").display()
+        )
     })?;
     tmp.commit()?;
     println!(

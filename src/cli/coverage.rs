@@ -237,8 +237,8 @@ fn display_names(paths: &[PathBuf]) -> Vec<String> {
 /// and all are renamed only once all are written. `inputs` (the models)
 /// are never overwritten.
 fn write_all(dir: &Path, inputs: &[&Path], files: &[(&str, String)]) -> CliResult<()> {
-    use std::io::Write;
     use m4c_runtime::outfile::{Options, Pending, PendingDir};
+    use std::io::Write;
     if fs::symlink_metadata(dir).is_err() {
         let pending = PendingDir::create(dir, inputs)?;
         for (name, text) in files {

@@ -219,10 +219,7 @@ fn print_signature(b: &Bundle, trust: &super::keygen::TrustArgs) -> CliResult<()
             } else {
                 "NOT trusted here (its native code is not loaded; --trust-key or the trust directory)"
             };
-            println!(
-                "signature: valid, key {} ({trusted})",
-                key.fingerprint()
-            );
+            println!("signature: valid, key {} ({trusted})", key.fingerprint());
         }
     }
     Ok(())

@@ -318,7 +318,10 @@ mod tests {
 
     #[test]
     fn trust_is_by_key() {
-        let (a, b) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+        let (a, b) = (
+            SecretKey::generate().unwrap(),
+            SecretKey::generate().unwrap(),
+        );
         let t = TrustedKeys::new(vec![a.public()]);
         assert!(t.trusts(&a.public()) && !t.trusts(&b.public()));
         assert!(!TrustedKeys::none().trusts(&a.public()));

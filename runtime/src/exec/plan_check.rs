@@ -178,16 +178,18 @@ fn check_gemm(g: &GemmManifest, weights_len: usize) -> Result<(), String> {
             p.k, p.n, p.panel_width, g.m, g.k, g.n
         ));
     }
-    if g.scratch_floats.checked_mul(4).is_none_or(|b| b > MAX_SCRATCH_BYTES) {
+    if g.scratch_floats
+        .checked_mul(4)
+        .is_none_or(|b| b > MAX_SCRATCH_BYTES)
+    {
         return err(format!("{} floats of scratch", g.scratch_floats));
     }
-    let end = p
-        .n
-        .div_ceil(p.panel_width)
-        .checked_mul(p.k)
-        .and_then(|f| f.checked_mul(p.panel_width))
-        .and_then(|len| len.checked_add(g.weights_offset))
-        .and_then(|floats| floats.checked_mul(4));
+    let end =
+        p.n.div_ceil(p.panel_width)
+            .checked_mul(p.k)
+            .and_then(|f| f.checked_mul(p.panel_width))
+            .and_then(|len| len.checked_add(g.weights_offset))
+            .and_then(|floats| floats.checked_mul(4));
     match end {
         Some(end) if end <= weights_len => Ok(()),
         _ => err(format!(
@@ -217,7 +219,9 @@ fn check_step(
             ..
         } => {
             if !is_symbol(symbol) {
-                return Err(at(format!("kernel symbol {symbol:?} is not a C identifier")));
+                return Err(at(format!(
+                    "kernel symbol {symbol:?} is not a C identifier"
+                )));
             }
             if *extent > max_extent {
                 return Err(at(format!(

@@ -250,11 +250,9 @@ impl TaskRunner {
         // Compiled code when the firmware has code this host runs and no
         // adapter is attached; the interpreter otherwise.
         let loaded =
-            load_module(fw, module, &adapters, &self.load).map_err(|source| {
-                TaskError::Load {
-                    task: task.to_string(),
-                    source,
-                }
+            load_module(fw, module, &adapters, &self.load).map_err(|source| TaskError::Load {
+                task: task.to_string(),
+                source,
             })?;
         Ok(loaded.executor)
     }
