@@ -639,3 +639,35 @@ fn an_edited_code_plan_is_one_error_naming_the_bundle() {
         std::fs::remove_file(fw).unwrap();
     }
 }
+
+/// The plan validator accepts what the code generator really makes: a
+/// `--backend cpu` firmware of every fixture model builds (the build reads
+/// the bundle back with every check, the plan's included) and opens.
+#[test]
+fn every_fixture_compiles_to_a_plan_the_validator_accepts() {
+    if !can_run_code() {
+        return;
+    }
+    let dir = fixture("");
+    let mut models: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .map(|p| p.display().to_string())
+        .collect();
+    models.sort();
+    assert!(models.len() >= 20, "{models:?}");
+    let out = scratch("every.fw");
+    let mut args = vec!["firmware".to_string(), "build".into()];
+    for (i, m) in models.iter().enumerate() {
+        args.extend(["--module".into(), format!("m{i}={m}")]);
+    }
+    args.extend(["--backend", "cpu", "--default-dim", "2", "-o"].map(String::from));
+    args.push(out.display().to_string());
+    let o = m4c(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fw = Bundle::open(&out).unwrap();
+    assert_eq!(fw.modules().count(), models.len());
+    assert!(fw.modules().all(|m| fw.code(m).len() == 1));
+    std::fs::remove_file(out).unwrap();
+}
