@@ -195,6 +195,7 @@ fn every_unsupported_op_is_reported_at_once() {
     let inputs = d.join("in.npz");
     m4c_runtime::write_npz(
         &inputs,
+        &[],
         &[(
             "x".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![4])),
@@ -229,6 +230,7 @@ fn input_shape_mismatch() {
     let inputs = d.join("in.npz");
     m4c_runtime::write_npz(
         &inputs,
+        &[],
         &[(
             "image".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1, 3, 8, 8])),
@@ -246,7 +248,7 @@ fn input_dtype_mismatch() {
     let (name, v) = src.into_iter().next().unwrap();
     let as_int = m4c_ops::Value::I64(ndarray::ArrayD::zeros(v.shape().to_vec()));
     let inputs = d.join("in.npz");
-    m4c_runtime::write_npz(&inputs, &[(name.clone(), as_int)]).unwrap();
+    m4c_runtime::write_npz(&inputs, &[], &[(name.clone(), as_int)]).unwrap();
     let out = run_model(&fixture("resnet_small.onnx"), &inputs, &d.join("o.npz"));
     assert_error(
         &out,
@@ -260,6 +262,7 @@ fn npz_missing_key() {
     let inputs = d.join("in.npz");
     m4c_runtime::write_npz(
         &inputs,
+        &[],
         &[(
             "something_else".into(),
             m4c_ops::Value::F32(ndarray::ArrayD::zeros(vec![1])),

@@ -289,7 +289,7 @@ fn bad_arguments_exit_2_and_write_nothing() {
                 "--out",
                 &under_file,
             ],
-            "cannot create output directory",
+            "cannot write",
         ),
     ];
     for (args, message) in cases {

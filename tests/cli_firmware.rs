@@ -80,7 +80,7 @@ fn assert_allclose(what: &str, got: &Value, want: &Value) {
 fn every_module_of_the_firmware_reproduces_onnxruntime() {
     let dir = TempDir::new();
     let path = dir.0.as_path().join("M4.fw");
-    m4c_compiler::bundle::write_atomically(&path, firmware()).unwrap();
+    m4c_compiler::bundle::write_atomically(&path, &[], firmware()).unwrap();
     let fw = Bundle::open(&path).unwrap();
     let mut names: Vec<&str> = MODULES.iter().map(|(m, _)| *m).collect();
     names.sort();
@@ -244,7 +244,7 @@ fn cli_info_on_a_damaged_bundle_names_the_section() {
 /// backbone as `app.m4a` with `lora`.
 fn firmware_and_adapter(dir: &TempDir, lora: &str) -> (PathBuf, PathBuf) {
     let (fw, app) = (dir.0.join("M4.fw"), dir.0.join(format!("{lora}.m4a")));
-    m4c_compiler::bundle::write_atomically(&fw, firmware()).unwrap();
+    m4c_compiler::bundle::write_atomically(&fw, &[], firmware()).unwrap();
     let peft = fixture("llama_lora_adapter");
     let o = m4c(&[
         "adapt",
@@ -329,7 +329,7 @@ fn an_adapter_bundle_is_small_deterministic_and_bound_to_its_firmware() {
     // Another firmware (one module fewer) refuses it.
     let other = dir.0.join("other.fw");
     let two = build_firmware(&module_list()[3..], &FirmwareOptions::default()).unwrap();
-    m4c_compiler::bundle::write_atomically(&other, &two).unwrap();
+    m4c_compiler::bundle::write_atomically(&other, &[], &two).unwrap();
     let o = run_backbone(&other, &[&app], "llama_lora", "llama_lora");
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);

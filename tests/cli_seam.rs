@@ -165,7 +165,7 @@ fn const_pins_an_input_so_control_flow_on_it_folds() {
     let x: Vec<f32> = vec![-1.5, 0.0, 0.5, 2.0, -0.25, 3.0];
     let inputs = dir.path().join("in.npz");
     let arr = |v: &[f32]| Value::F32(ArrayD::from_shape_vec(vec![2, 3], v.to_vec()).unwrap());
-    m4c_runtime::write_npz(&inputs, &[("x".into(), arr(&x))]).unwrap();
+    m4c_runtime::write_npz(&inputs, &[], &[("x".into(), arr(&x))]).unwrap();
     // Without the pin, the condition cannot fold: a one-line error.
     let (m, i) = (model.to_str().unwrap(), inputs.to_str().unwrap());
     let o = m4c(&["run", m, "--inputs", i]);
@@ -176,7 +176,7 @@ fn const_pins_an_input_so_control_flow_on_it_folds() {
     for backend in runnable_backends() {
         for (sr, want) in [("16000", &then_y), ("8000", &else_y)] {
             let expect = dir.path().join(format!("want_{sr}.npz"));
-            m4c_runtime::write_npz(&expect, &[("y".into(), arr(want))]).unwrap();
+            m4c_runtime::write_npz(&expect, &[], &[("y".into(), arr(want))]).unwrap();
             let pin = format!("sr={sr}");
             let args = [
                 "run",

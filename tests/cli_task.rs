@@ -42,12 +42,12 @@ fn setup() -> &'static Path {
         .map(|(m, f)| (m.to_string(), fixture(&format!("{f}.onnx"))))
         .collect();
         let fw_bytes = build_firmware(&modules, &FirmwareOptions::default()).unwrap();
-        write_atomically(&dir.join("M4.fw"), &fw_bytes).unwrap();
+        write_atomically(&dir.join("M4.fw"), &[], &fw_bytes).unwrap();
         let fw = Bundle::from_bytes(&fw_bytes).unwrap();
         let both = ["backbone".to_string(), "backbone_decode".to_string()];
         let app =
             build_adapter(&fw, &both, &fixture("llama_lora_adapter"), LoraMode::Keep).unwrap();
-        write_atomically(&dir.join("app.m4a"), &app).unwrap();
+        write_atomically(&dir.join("app.m4a"), &[], &app).unwrap();
         std::fs::write(dir.join("proj.npy"), npy_f32(&[2, 128, 16], &projection())).unwrap();
         let fixture_ids = "[98, 45, 18, 54, 58, 26, 81, 30, 31, 99]";
         let manifest = format!(
@@ -308,7 +308,7 @@ fn bad_tasks_and_manifests_exit_2_with_one_line() {
             LoraMode::Keep,
         )
         .unwrap();
-        write_atomically(&dir.join("other.m4a"), &a).unwrap();
+        write_atomically(&dir.join("other.m4a"), &[], &a).unwrap();
         write(
             "other.toml",
             "[tasks.a]\npath = 3\ndecoder = \"backbone_decode\"\nadapter = \"other.m4a\"\n",

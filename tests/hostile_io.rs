@@ -839,7 +839,7 @@ fn firmware() -> &'static Path {
         ];
         let bytes = build_firmware(&modules, &FirmwareOptions::default()).unwrap();
         let fw = d.join("M4.fw");
-        write_atomically(&fw, &bytes).unwrap();
+        write_atomically(&fw, &[], &bytes).unwrap();
         fw
     })
 }

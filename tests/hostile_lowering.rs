@@ -209,7 +209,7 @@ fn prepare(tag: &str, m: &Model, values: &[(&str, Value)]) -> (PathBuf, PathBuf,
         })
         .collect();
     let inputs = d.join(format!("{tag}.inputs.npz"));
-    m4c_runtime::write_npz(&inputs, &arrays).unwrap();
+    m4c_runtime::write_npz(&inputs, &[], &arrays).unwrap();
     (model, inputs, d.join(format!("{tag}.out.npz")))
 }
 

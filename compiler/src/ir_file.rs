@@ -59,8 +59,9 @@ pub fn weights_path(ir: &Path) -> PathBuf {
 }
 
 /// Writes `graph` to `path` (text) and, when it has weights that are not
-/// printed inline, their bytes to the sidecar; both atomically.
-pub fn save(path: &Path, graph: &Graph) -> Result<(), IrFileError> {
+/// printed inline, their bytes to the sidecar; both atomically, neither
+/// over one of `inputs` (the command's input files).
+pub fn save(path: &Path, inputs: &[&Path], graph: &Graph) -> Result<(), IrFileError> {
     let text = m4c_ir::text::print(graph);
     let printed = m4c_ir::text::parse(&text, &HashMap::new())
         .map_err(|e| bad(path, format!("the printed IR does not parse: {e}")))?;
@@ -85,6 +86,9 @@ pub fn save(path: &Path, graph: &Graph) -> Result<(), IrFileError> {
         data.extend_from_slice(bytes);
     }
     let sidecar = weights_path(path);
+    m4c_runtime::outfile::check(path, inputs, false).map_err(crate::bundle::BuildError::from)?;
+    m4c_runtime::outfile::check(&sidecar, inputs, false)
+        .map_err(crate::bundle::BuildError::from)?;
     if !index.is_empty() {
         let json = serde_json::to_vec(&index).map_err(|e| bad(path, e.to_string()))?;
         let mut file = Vec::with_capacity(16 + json.len() + data.len());
@@ -93,9 +97,9 @@ pub fn save(path: &Path, graph: &Graph) -> Result<(), IrFileError> {
         file.extend_from_slice(&json);
         file.resize(file.len().next_multiple_of(ALIGN), 0);
         file.extend_from_slice(&data);
-        write_atomically(&sidecar, &file)?;
+        write_atomically(&sidecar, inputs, &file)?;
     }
-    write_atomically(path, text.as_bytes())?;
+    write_atomically(path, inputs, text.as_bytes())?;
     Ok(())
 }
 
@@ -222,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.ir");
         let g = graph();
-        save(&path, &g).unwrap();
+        save(&path, &[], &g).unwrap();
         assert!(weights_path(&path).exists());
         let back = load(&path).unwrap();
         assert_eq!(m4c_ir::text::print(&back), m4c_ir::text::print(&g));
@@ -237,7 +241,7 @@ mod tests {
     fn refuses_a_missing_or_corrupt_sidecar() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.ir");
-        save(&path, &graph()).unwrap();
+        save(&path, &[], &graph()).unwrap();
         let sidecar = weights_path(&path);
         let mut bytes = std::fs::read(&sidecar).unwrap();
         bytes.truncate(bytes.len() - 4);

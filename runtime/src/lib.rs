@@ -8,6 +8,7 @@ pub mod exec;
 pub mod generate;
 pub mod input_file;
 mod npz;
+pub mod outfile;
 pub mod task;
 
 pub use npz::{read_npy, read_npz, read_npz_within, sanitized_key, write_npz, NpzError};

@@ -1,8 +1,8 @@
 //! `.npz` input/output files: arrays keyed by ONNX value names.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use m4c_ops::Value;
@@ -293,17 +293,16 @@ fn to_value(h: &NpyHeader, data: &[u8]) -> Result<Value, String> {
     })
 }
 
-/// Writes arrays to `path` atomically: a temporary file renamed into place,
-/// so a failure leaves no partial output.
-pub fn write_npz(path: &Path, arrays: &[(String, Value)]) -> Result<(), NpzError> {
-    let file_err = |msg: String| NpzError::File {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let tmp = path.with_extension("npz.partial");
-    let result = (|| -> Result<(), String> {
-        let file = File::create(&tmp).map_err(|e| e.to_string())?;
-        let mut npz = NpzWriter::new(BufWriter::new(file));
+/// Writes arrays to `path` through [`crate::outfile`] (a private
+/// temporary renamed into place; `inputs` may not be overwritten), so a
+/// failure leaves no partial output.
+pub fn write_npz(
+    path: &Path,
+    inputs: &[&Path],
+    arrays: &[(String, Value)],
+) -> Result<(), crate::outfile::OutputError> {
+    crate::outfile::write_with(path, inputs, |file| {
+        let mut npz = NpzWriter::new(file);
         for (name, v) in arrays {
             let r = match v {
                 Value::F32(a) => npz.add_array(name.as_str(), a),
@@ -314,15 +313,10 @@ pub fn write_npz(path: &Path, arrays: &[(String, Value)]) -> Result<(), NpzError
                 Value::I8(a) => npz.add_array(name.as_str(), a),
                 Value::Bool(a) => npz.add_array(name.as_str(), a),
             };
-            r.map_err(|e| format!("array '{name}': {e}"))?;
+            r.map_err(|e| std::io::Error::other(format!("array '{name}': {e}")))?;
         }
-        npz.finish().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(file_err)
+        npz.finish().map(drop).map_err(std::io::Error::other)
+    })
 }
 
 #[cfg(test)]
@@ -348,7 +342,7 @@ mod tests {
                 Value::Bool(ArrayD::from_shape_vec(vec![2], vec![true, false]).unwrap()),
             ),
         ];
-        write_npz(&path, &arrays).unwrap();
+        write_npz(&path, &[], &arrays).unwrap();
         let back = read_npz(&path).unwrap();
         assert_eq!(back.len(), 3);
         assert!(matches!(&back["ids"], Value::I64(a) if a.as_slice().unwrap() == [3, 4]));

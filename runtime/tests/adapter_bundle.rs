@@ -182,3 +182,48 @@ proptest! {
         prop_assert!(AdapterBundle::from_bytes(&b).is_err());
     }
 }
+
+/// Adapters are the apps' and carry data only: an adapter bundle that
+/// also holds native code (a `code` section, with or without its plan and
+/// weights) is refused when opened, so nothing of it is ever loaded.
+#[test]
+fn an_adapter_carrying_code_is_refused() {
+    use m4c_runtime::bundle::container::{encode, SectionData};
+    use m4c_runtime::bundle::format::SectionKind;
+    let fw = firmware();
+    let good = adapter_for(&fw, LoraMode::Keep);
+    let decoded = decode(&good).unwrap();
+    let s = &decoded.manifest.sections[0];
+    let weights = &good[s.offset as usize..(s.offset + s.len) as usize];
+    let elf = b"\x7fELF not really a library";
+    for extra in [
+        vec![SectionKind::Code],
+        vec![
+            SectionKind::Code,
+            SectionKind::CodePlan,
+            SectionKind::CodeWeights,
+        ],
+    ] {
+        let mut sections = vec![SectionData {
+            kind: SectionKind::Weights,
+            name: "weights".into(),
+            bytes: weights,
+        }];
+        for kind in &extra {
+            sections.push(SectionData {
+                kind: *kind,
+                name: "a.x86_64-avx2".into(),
+                bytes: elf,
+            });
+        }
+        let bytes = encode(decoded.manifest.clone(), &sections);
+        let e = err(&bytes);
+        assert!(
+            e.contains(&format!(
+                "expected exactly one section (weights), found {}",
+                extra.len() + 1
+            )),
+            "{e}"
+        );
+    }
+}

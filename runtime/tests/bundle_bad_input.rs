@@ -311,8 +311,55 @@ fn unknown_module_lists_the_known_ones() {
     let b = Bundle::from_bytes(&tiny_bundle()).unwrap();
     assert_eq!(
         b.module("backbone").unwrap_err().to_string(),
-        "no module `backbone` in the bundle (modules: a, b)"
+        "<memory>: no module `backbone` in the bundle (modules: a, b)"
     );
+}
+
+#[test]
+fn every_error_of_an_opened_bundle_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("M4.fw");
+    let mut bytes = tiny_bundle();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Bundle::open(&path).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+    std::fs::write(&path, tiny_bundle()).unwrap();
+    let b = Bundle::open(&path).unwrap();
+    let e = b.module("nope").unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: no module", path.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_signature_trailer_verifies_or_the_bundle_does_not_open() {
+    use m4c_runtime::bundle::sign::{sign, SecretKey, TRAILER_LEN};
+    let key = SecretKey::generate().unwrap();
+    let unsigned = tiny_bundle();
+    assert!(Bundle::from_bytes(&unsigned).unwrap().signer().is_none());
+    let mut signed = unsigned.clone();
+    sign(&mut signed, &key).unwrap();
+    let b = Bundle::from_bytes(&signed).unwrap();
+    assert_eq!(b.signer(), Some(&key.public()));
+    // Signing leaves the identity adapters bind to unchanged.
+    assert_eq!(
+        b.content_hash(),
+        Bundle::from_bytes(&unsigned).unwrap().content_hash()
+    );
+    for at in [unsigned.len() + 8, unsigned.len() + 40, signed.len() - 1] {
+        let mut bad = signed.clone();
+        bad[at] ^= 1;
+        assert_err(&bad, "signature: bytes");
+    }
+    // A trailer cut short, or anything else after the image, is not one.
+    assert_err(&signed[..signed.len() - 1], "is not zero padding");
+    let mut twice = signed.clone();
+    sign(&mut twice, &key).unwrap();
+    assert_err(&twice, "is not zero padding");
+    assert_eq!(signed.len() - unsigned.len(), TRAILER_LEN);
 }
 
 #[test]

@@ -36,9 +36,11 @@ pub struct AdaptArgs {
 
 /// Runs `m4c adapt`; exit 0 on success, errors exit 2 (in `main`).
 pub fn run(args: AdaptArgs) -> CliResult<i32> {
+    let inputs = [args.firmware.as_path(), args.adapter.as_path()];
+    m4c_runtime::outfile::check(&args.output, &inputs, false)?;
     let fw = Bundle::open(&args.firmware)?;
     let bytes = build_adapter(&fw, &args.modules, &args.adapter, args.lora)?;
-    write_atomically(&args.output, &bytes)?;
+    write_atomically(&args.output, &inputs, &bytes)?;
     let back = AdapterBundle::open(&args.output)?;
     let info = back.info();
     let params: usize = back.factors().iter().map(|f| f.a.len() + f.b.len()).sum();

@@ -40,7 +40,7 @@ struct Summary<'a> {
 
 /// Runs `m4c compile`.
 pub fn run(args: CompileArgs) -> CliResult<i32> {
-    if args.output.exists() {
+    if std::fs::symlink_metadata(&args.output).is_ok() {
         return Err(format!(
             "{}: already exists (give a new directory)",
             args.output.display()
@@ -58,16 +58,8 @@ pub fn run(args: CompileArgs) -> CliResult<i32> {
     let artifact = generator.compile(&graph, &args.backend.request()?)?;
     drop(progress);
     // Everything goes to a fresh sibling directory renamed into place, so
-    // a failure leaves nothing behind.
-    let parent = args
-        .output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".m4c-compile-")
-        .tempdir_in(parent)
-        .map_err(|e| format!("{}: {e}", parent.display()))?;
+    // a failure (or an interruption) leaves nothing behind.
+    let tmp = m4c_runtime::outfile::PendingDir::create(&args.output, &[&args.model])?;
     let summary = Summary {
         model: args.model.display().to_string(),
         backend: &artifact.backend,
@@ -78,16 +70,18 @@ pub fn run(args: CompileArgs) -> CliResult<i32> {
         stats: &artifact.stats,
     };
     for f in &artifact.files {
-        let path = tmp.path().join(&f.name);
-        std::fs::write(&path, &f.bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let path = tmp.dir().join(&f.name);
+        std::fs::write(&path, &f.bytes)
+            .map_err(|e| format!("cannot write {}: {e}", args.output.join(&f.name).display()))?;
     }
     let json = serde_json::to_string_pretty(&summary)?;
-    std::fs::write(tmp.path().join("artifact.json"), json)?;
-    let tmp = tmp.keep();
-    std::fs::rename(&tmp, &args.output).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        format!("{}: {e}", args.output.display())
+    std::fs::write(tmp.dir().join("artifact.json"), json).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            args.output.join("artifact.json").display()
+        )
     })?;
+    tmp.commit()?;
     println!(
         "wrote {} ({} {} {}): {}",
         args.output.display(),

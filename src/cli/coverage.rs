@@ -69,6 +69,11 @@ fn parse_group(arg: &str) -> Result<(String, String), String> {
 /// Runs the analysis; see the `after_help` text for outputs and exit codes.
 pub fn run(args: CoverageArgs) -> CliResult<i32> {
     let (paths, groups) = resolve(&args.models, &args.groups)?;
+    let inputs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    if let Some(dir) = &args.out {
+        let is_dir = fs::symlink_metadata(dir).is_ok();
+        m4c_runtime::outfile::check(dir, &inputs, is_dir)?;
+    }
     let names = display_names(&paths);
     let progress = super::progress::Progress::bar(paths.len(), "models");
     let models: Vec<_> = paths
@@ -108,7 +113,7 @@ pub fn run(args: CoverageArgs) -> CliResult<i32> {
                 ("growth.svg", growth_svg(&report.groups)),
                 ("frequency.svg", frequency_svg(&report.groups)),
             ];
-            write_all(dir, &files)?;
+            write_all(dir, &inputs, &files)?;
             eprintln!(
                 "wrote {}",
                 files
@@ -226,28 +231,36 @@ fn display_names(paths: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Writes every file to a temporary name in `dir` first and renames them
-/// only once all are written, so an error leaves no partial output behind.
-fn write_all(dir: &Path, files: &[(&str, String)]) -> CliResult<()> {
-    fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
-    let temp = |name: &str| dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let cleanup = || {
-        files
-            .iter()
-            .for_each(|(name, _)| drop(fs::remove_file(temp(name))))
-    };
-    for (name, text) in files {
-        if let Err(e) = fs::write(temp(name), text) {
-            cleanup();
-            return Err(format!("cannot write {}: {e}", dir.join(name).display()).into());
+/// Writes every file through the output helper, leaving nothing behind on
+/// failure: a new `dir` is filled as a temporary directory renamed into
+/// place; in an existing one every file is written to its temporary first
+/// and all are renamed only once all are written. `inputs` (the models)
+/// are never overwritten.
+fn write_all(dir: &Path, inputs: &[&Path], files: &[(&str, String)]) -> CliResult<()> {
+    use m4c_runtime::outfile::{Options, Pending, PendingDir};
+    use std::io::Write;
+    if fs::symlink_metadata(dir).is_err() {
+        let pending = PendingDir::create(dir, inputs)?;
+        for (name, text) in files {
+            fs::write(pending.dir().join(name), text)
+                .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))?;
         }
+        pending.commit()?;
+        return Ok(());
     }
-    for (name, _) in files {
-        if let Err(e) = fs::rename(temp(name), dir.join(name)) {
-            cleanup();
-            return Err(format!("cannot write {}: {e}", dir.join(name).display()).into());
-        }
+    m4c_runtime::outfile::check(dir, inputs, true)?;
+    let mut pending = vec![];
+    for (name, text) in files {
+        let path = dir.join(name);
+        let mut out = Pending::create(&path, inputs, Options::default())?;
+        out.writer()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        out.finish()?;
+        pending.push(out);
+    }
+    for out in pending {
+        out.commit()?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use m4c_compiler::backend::CompileRequest;
 use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
+use m4c_runtime::bundle::sign::{sign, SecretKey};
 use m4c_runtime::bundle::Bundle;
 
 use super::model_args::{DimArgs, Model, OptSwitch};
@@ -28,6 +29,8 @@ enum FirmwareCommand {
     Info {
         /// The bundle.
         bundle: PathBuf,
+        #[command(flatten)]
+        trust: super::keygen::TrustArgs,
     },
 }
 
@@ -60,6 +63,10 @@ struct BuildArgs {
     /// The bundle to write.
     #[arg(short = 'o', long = "output", value_name = "M4.fw")]
     output: PathBuf,
+    /// Sign the bundle with this secret key (from `m4c keygen`): the
+    /// runtime loads native code only from firmware signed by a trusted key.
+    #[arg(long, value_name = "KEY")]
+    sign_key: Option<PathBuf>,
 }
 
 fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
@@ -71,8 +78,10 @@ fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
 pub fn run(args: FirmwareArgs) -> CliResult<i32> {
     match args.command {
         FirmwareCommand::Build(b) => build(b),
-        FirmwareCommand::Info { bundle } => {
-            print_summary(&bundle, &open(&bundle)?);
+        FirmwareCommand::Info { bundle, trust } => {
+            let fw = open(&bundle)?;
+            print_summary(&bundle, &fw);
+            print_signature(&fw, &trust)?;
             Ok(0)
         }
     }
@@ -88,6 +97,17 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         tuning: args.cpu.clone(),
         threads: 1,
     };
+    let mut inputs: Vec<PathBuf> = vec![];
+    for (_, path) in &args.modules {
+        inputs.push(path.clone());
+        if m4c_compiler::ir_file::is_ir_file(path) {
+            inputs.push(m4c_compiler::ir_file::weights_path(path));
+        }
+    }
+    inputs.extend(args.sign_key.iter().cloned());
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    m4c_runtime::outfile::check(&args.output, &inputs, false)?;
+    let sign_key = args.sign_key.as_deref().map(SecretKey::read).transpose()?;
     let cost = generator.cost_model();
     let mut names = std::collections::BTreeSet::new();
     for (name, _) in &args.modules {
@@ -133,10 +153,13 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         }
     }
     let progress = Progress::spinner(format!("writing {}", args.output.display()));
-    let bytes = assemble(sources, generator.name())?;
+    let mut bytes = assemble(sources, generator.name())?;
+    if let Some(key) = &sign_key {
+        sign(&mut bytes, key)?;
+    }
     // Read back what is about to be installed, with the runtime's checks.
     Bundle::from_bytes(&bytes).map_err(|e| format!("the built bundle does not load: {e}"))?;
-    write_atomically(&args.output, &bytes)?;
+    write_atomically(&args.output, &inputs, &bytes)?;
     drop(progress);
     let model_bytes: u64 = args
         .modules
@@ -183,7 +206,23 @@ fn blake3_hex(bytes: &[u8]) -> String {
 }
 
 fn open(path: &Path) -> CliResult<Bundle> {
-    Bundle::open(path).map_err(|e| format!("{}: {e}", path.display()).into())
+    Ok(Bundle::open(path)?)
+}
+
+/// Who signed the bundle and whether this host trusts the key.
+fn print_signature(b: &Bundle, trust: &super::keygen::TrustArgs) -> CliResult<()> {
+    match b.signer() {
+        None => println!("signature: none (native code in it is not loaded)"),
+        Some(key) => {
+            let trusted = if trust.keys()?.trusts(key) {
+                "trusted"
+            } else {
+                "NOT trusted here (its native code is not loaded; --trust-key or the trust directory)"
+            };
+            println!("signature: valid, key {} ({trusted})", key.fingerprint());
+        }
+    }
+    Ok(())
 }
 
 fn print_summary(path: &Path, b: &Bundle) {

@@ -8,6 +8,7 @@ mod compile;
 mod coverage;
 mod firmware;
 mod inspect;
+mod keygen;
 mod model_args;
 mod npu;
 mod opt;
@@ -101,6 +102,9 @@ enum Command {
     Partition(partition::PartitionArgs),
     /// Deployable bundles: build an M4 firmware from ONNX modules, show one.
     Firmware(firmware::FirmwareArgs),
+    /// Make a firmware signing key pair: KEY (secret) and KEY.pub (give
+    /// it to `--trust-key` or the trust directory).
+    Keygen(keygen::KeygenArgs),
     /// Pack a PEFT LoRA adapter for one firmware (an .m4a adapter bundle
     /// bound to its content hash).
     Adapt(adapt::AdaptArgs),
@@ -131,6 +135,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Partition(args) => partition::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Adapt(args) => adapt::run(args),
+        Command::Keygen(args) => keygen::run(args),
         Command::Task(args) => task::run(args),
         Command::ScaleReport(args) => scale::run(args),
         Command::Bench(args) => bench::run(args),

@@ -110,6 +110,17 @@ fn scheduler(target: &str) -> Option<std::sync::Arc<dyn m4c_compiler::opt::Sched
 
 /// Runs `m4c opt`.
 pub fn run(args: OptArgs) -> CliResult<i32> {
+    let mut inputs = vec![args.model.clone()];
+    if m4c_compiler::ir_file::is_ir_file(&args.model) {
+        inputs.push(m4c_compiler::ir_file::weights_path(&args.model));
+    }
+    inputs.extend(args.adapters.iter().cloned());
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+    if let Some(out) = &args.output {
+        m4c_runtime::outfile::check(out, &inputs, false)?;
+        let sidecar = m4c_compiler::ir_file::weights_path(out);
+        m4c_runtime::outfile::check(&sidecar, &inputs, false)?;
+    }
     let model = Model::open(&args.model)?;
     let mut graph = model.lower(&args.dims.options(&model, Some(1))?)?;
     if args.decompose {
@@ -129,7 +140,7 @@ pub fn run(args: OptArgs) -> CliResult<i32> {
     let (optimised, report) = apply_adapters(&graph, &args.adapters, &opts, &cost)?;
     drop(progress);
     match &args.output {
-        Some(path) => m4c_compiler::ir_file::save(path, &optimised)?,
+        Some(path) => m4c_compiler::ir_file::save(path, &inputs, &optimised)?,
         None => print!("{}", m4c_ir::text::print(&optimised)),
     }
     if args.json {

@@ -64,6 +64,8 @@ pub struct RunArgs {
     engine: Option<Engine>,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    trust: super::keygen::TrustArgs,
 }
 
 /// Looks a value name up in an npz map, exact name first, then sanitized.
@@ -150,6 +152,7 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
     let opts = LoadOptions {
         engine: args.engine.unwrap_or_default(),
         threads: super::backend::threads(args.backend.threads)?,
+        trusted: args.trust.keys()?,
     };
     let started = std::time::Instant::now();
     let loaded = load_module(&bundle, name, &adapters.iter().collect::<Vec<_>>(), &opts)?;
@@ -202,8 +205,25 @@ fn missing_input(file: &std::path::Path, name: &str, arrays: &BTreeMap<String, V
     )
 }
 
+/// Every file `run` reads (an IR file's weights sidecar included): the
+/// output may be none of them.
+fn input_files(args: &RunArgs) -> Vec<PathBuf> {
+    let mut files = vec![args.model.clone(), args.inputs.clone()];
+    if m4c_compiler::ir_file::is_ir_file(&args.model) {
+        files.push(m4c_compiler::ir_file::weights_path(&args.model));
+    }
+    files.extend(args.expect.iter().cloned());
+    files.extend(args.adapters.iter().cloned());
+    files
+}
+
 /// Runs `m4c run`.
 pub fn run(args: RunArgs) -> CliResult<i32> {
+    let input_files = input_files(&args);
+    let input_files: Vec<&Path> = input_files.iter().map(PathBuf::as_path).collect();
+    if let Some(out) = &args.output {
+        m4c_runtime::outfile::check(out, &input_files, false)?;
+    }
     let arrays = read_npz(&args.inputs)?;
     let prepared = if is_bundle(&args.model) {
         prepare_bundle(&args)?
@@ -313,7 +333,7 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         }
     }
     if let Some(out) = &args.output {
-        write_npz(out, &named)?;
+        write_npz(out, &input_files, &named)?;
     }
     if args.expect.is_none() && args.output.is_none() {
         for (name, v) in &named {

@@ -126,7 +126,7 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
             &FirmwareOptions::default(),
         )?;
         let path = files.join(format!("ts_model_{i}.fw"));
-        write_atomically(&path, &bytes)?;
+        write_atomically(&path, &[], &bytes)?;
         compiled.push(path);
     }
     let adapters = copies(&args.adapters, args.max_n, &files, "app", "m4a")?;
@@ -197,7 +197,7 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
     });
     let write = |name: &str, text: String| -> CliResult<()> {
         let p = args.out.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()).into())
+        Ok(m4c_runtime::outfile::write(&p, &[], text.as_bytes())?)
     };
     write("scale.json", serde_json::to_string_pretty(&json)?)?;
     write("scale.md", markdown(&rows, baseline))?;

@@ -43,12 +43,18 @@ struct RunArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    trust: super::keygen::TrustArgs,
 }
 
 /// Runs `m4c task ...`; exit 0 on success, errors exit 2 (in `main`).
 pub fn run(args: TaskArgs) -> CliResult<i32> {
     let TaskCommand::Run(args) = args.command;
-    let runner = task::open(&args.firmware, &args.manifest)?;
+    let load = m4c_runtime::exec::LoadOptions {
+        trusted: args.trust.keys()?,
+        ..Default::default()
+    };
+    let runner = task::open(&args.firmware, &args.manifest)?.with_load_options(load);
     let input = TaskInput {
         arrays: match &args.input {
             Some(p) => read_npz(p)?,

@@ -24,6 +24,8 @@ pub enum BuildError {
     Pack { module: String, msg: String },
     #[error("adapter {0}")]
     Adapter(String),
+    #[error(transparent)]
+    Output(#[from] m4c_runtime::outfile::OutputError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

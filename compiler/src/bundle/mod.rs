@@ -8,7 +8,7 @@
 //! use m4c_compiler::bundle::{build_firmware, write_atomically, FirmwareOptions};
 //! let modules = vec![("txt_enc".to_string(), "clip_text.onnx".into())];
 //! let bytes = build_firmware(&modules, &FirmwareOptions::default())?;
-//! write_atomically("M4.fw".as_ref(), &bytes)?;
+//! write_atomically("M4.fw".as_ref(), &[], &bytes)?;
 //! # Ok::<(), m4c_compiler::bundle::BuildError>(())
 //! ```
 

@@ -10,6 +10,7 @@ use super::format::{
     align_up, is_valid_name, Header, Manifest, SectionEntry, SectionKind, ALIGN, FORMAT_VERSION,
     HEADER_LEN, MAGIC,
 };
+use super::sign::{verify_trailer, PublicKey, TRAILER_LEN, TRAILER_MAGIC};
 use super::BundleError;
 
 /// One section's payload, handed to [`encode`].
@@ -24,6 +25,9 @@ pub struct SectionData<'a> {
 pub struct Decoded {
     pub manifest: Manifest,
     pub content_hash: [u8; 32],
+    /// The key whose signature trailer verified against the content hash
+    /// (`None`: the bundle is not signed).
+    pub signer: Option<PublicKey>,
 }
 
 /// BLAKE3 of the header's first 32 bytes followed by the manifest: the
@@ -161,8 +165,9 @@ fn check_zero(bytes: &[u8], from: usize, to: usize) -> Result<(), BundleError> {
 }
 
 /// Checks the section table against the file: names, alignment, bounds,
-/// order without overlap, zero gaps.
-fn check_sections(bytes: &[u8], manifest: &Manifest, body: usize) -> Result<(), BundleError> {
+/// order without overlap, zero gaps. Returns where the sealed image ends
+/// (the end of the manifest or of the last section).
+fn check_sections(bytes: &[u8], manifest: &Manifest, body: usize) -> Result<usize, BundleError> {
     let len = bytes.len() as u64;
     let mut seen = BTreeSet::new();
     let mut at = body as u64;
@@ -202,7 +207,25 @@ fn check_sections(bytes: &[u8], manifest: &Manifest, body: usize) -> Result<(), 
         check_zero(bytes, at as usize, s.offset as usize)?;
         at = end;
     }
-    check_zero(bytes, at as usize, bytes.len())
+    Ok(at as usize)
+}
+
+/// What follows the sealed image: nothing, zero padding, or exactly one
+/// signature trailer, which must verify (`docs/BUNDLE.md`).
+fn check_tail(
+    bytes: &[u8],
+    image_end: usize,
+    content_hash: &[u8; 32],
+) -> Result<Option<PublicKey>, BundleError> {
+    let tail = &bytes[image_end..];
+    if tail.len() == TRAILER_LEN && tail.starts_with(&TRAILER_MAGIC) {
+        let key = verify_trailer(tail, content_hash).map_err(|msg| {
+            BundleError::Signature(format!("bytes {image_end}..{}: {msg}", bytes.len()))
+        })?;
+        return Ok(Some(key));
+    }
+    check_zero(bytes, image_end, bytes.len())?;
+    Ok(None)
 }
 
 /// Validates a whole bundle image and returns its manifest. Nothing of a
@@ -224,7 +247,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, BundleError> {
     }
     let manifest: Manifest = serde_json::from_slice(manifest_bytes)
         .map_err(|e| BundleError::Manifest(format!("not a valid manifest: {e}")))?;
-    check_sections(bytes, &manifest, manifest_end as usize)?;
+    let image_end = check_sections(bytes, &manifest, manifest_end as usize)?;
+    let signer = check_tail(bytes, image_end, &header.content_hash)?;
     for s in &manifest.sections {
         let (start, end) = (s.offset as usize, (s.offset + s.len) as usize);
         if blake3::hash(&bytes[start..end]).to_hex().as_str() != s.blake3.to_ascii_lowercase() {
@@ -238,6 +262,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, BundleError> {
     Ok(Decoded {
         manifest,
         content_hash: header.content_hash,
+        signer,
     })
 }
 

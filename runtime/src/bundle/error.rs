@@ -11,6 +11,13 @@ pub enum BundleError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Any other error of the bundle at `path`: every message names the
+    /// file.
+    #[error("{}: {source}", path.display())]
+    In {
+        path: PathBuf,
+        source: Box<BundleError>,
+    },
     #[error("truncated: {what} needs bytes up to offset {need}, the file has {len}")]
     Truncated { what: String, need: u64, len: u64 },
     #[error("not an m4c bundle (the file does not start with the m4c magic)")]
@@ -40,6 +47,8 @@ pub enum BundleError {
         found: super::format::BundleKind,
         expected: super::format::BundleKind,
     },
+    #[error("signature: {0}")]
+    Signature(String),
     #[error("module `{module}`: {msg}")]
     Module { module: String, msg: String },
     #[error("no module `{name}` in the bundle (modules: {known})")]
@@ -47,6 +56,17 @@ pub enum BundleError {
 }
 
 impl BundleError {
+    /// This error, naming the bundle at `path` (once).
+    pub fn at(self, path: &std::path::Path) -> Self {
+        match self {
+            e @ (BundleError::Io { .. } | BundleError::In { .. }) => e,
+            e => BundleError::In {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// A problem with one module's IR or weight table.
     pub(crate) fn module(module: &str, msg: impl Into<String>) -> Self {
         BundleError::Module {

@@ -18,6 +18,7 @@ pub mod container;
 mod error;
 pub mod format;
 pub(crate) mod reader;
+pub mod sign;
 
 use std::io::Read;
 use std::path::Path;

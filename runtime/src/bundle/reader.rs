@@ -2,7 +2,8 @@
 //! graphs with their weights pointing into the map.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use m4c_ir::{DType, Graph, Storage, Tensor};
@@ -13,6 +14,7 @@ use super::container::decode;
 use super::format::{
     is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, WeightEntry, ALIGN, HEADER_LEN,
 };
+use super::sign::PublicKey;
 use super::BundleError;
 
 /// A bundle opened for execution.
@@ -25,7 +27,9 @@ use super::BundleError;
 /// graph handed out.
 pub struct Bundle {
     manifest: Manifest,
+    path: PathBuf,
     content_hash: [u8; 32],
+    signer: Option<PublicKey>,
     graphs: BTreeMap<String, Graph>,
     code: BTreeMap<String, Vec<ModuleCode>>,
 }
@@ -40,8 +44,14 @@ impl std::fmt::Debug for Bundle {
 }
 
 impl Bundle {
-    /// Maps and validates the bundle at `path`.
+    /// Maps and validates the bundle at `path`; every error names it.
     pub fn open(path: &Path) -> Result<Bundle, BundleError> {
+        let mut b = Self::open_unnamed(path).map_err(|e| e.at(path))?;
+        b.path = path.to_path_buf();
+        Ok(b)
+    }
+
+    fn open_unnamed(path: &Path) -> Result<Bundle, BundleError> {
         let io = |source| BundleError::Io {
             path: path.to_path_buf(),
             source,
@@ -92,10 +102,18 @@ impl Bundle {
         let code = load_code(&map, &manifest, &graphs)?;
         Ok(Bundle {
             manifest,
+            path: PathBuf::from("<memory>"),
             content_hash: decoded.content_hash,
+            signer: decoded.signer,
             graphs,
             code,
         })
+    }
+
+    /// Where the bundle was opened from (`<memory>` for
+    /// [`Bundle::from_bytes`]), for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The module names, sorted.
@@ -111,13 +129,13 @@ impl Bundle {
     /// A module's graph; its weights are slices of the bundle's map. Cheap:
     /// the graph was built and checked when the bundle was opened.
     pub fn module(&self, name: &str) -> Result<Graph, BundleError> {
-        self.graphs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| BundleError::UnknownModule {
+        self.graphs.get(name).cloned().ok_or_else(|| {
+            BundleError::UnknownModule {
                 name: name.to_string(),
                 known: self.graphs.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+            }
+            .at(&self.path)
+        })
     }
 
     /// A module's compiled code, one entry per target (empty for modules
@@ -125,6 +143,12 @@ impl Bundle {
     /// against the module's IR when the bundle was opened.
     pub fn code(&self, name: &str) -> &[ModuleCode] {
         self.code.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The key that signed the bundle (its signature verified when the
+    /// bundle was opened), `None` for an unsigned bundle.
+    pub fn signer(&self) -> Option<&PublicKey> {
+        self.signer.as_ref()
     }
 
     /// The content hash of the whole bundle (BLAKE3, see `docs/BUNDLE.md`):

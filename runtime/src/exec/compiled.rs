@@ -7,9 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use m4c_cpu_device::{
-    GraphExecutor, KernelLibrary, Manifest as CodePlan, Region, Step, TensorSpec,
-};
+use m4c_cpu_device::{GraphExecutor, KernelLibrary, Manifest as CodePlan, Step};
 use m4c_ir::{DType, Graph, Tensor};
 use m4c_ops::Value;
 
@@ -52,7 +50,7 @@ impl Device for CpuDevice {
         if code.section(SectionKind::Code).is_none() {
             return Err("no code section (the shared library)".into());
         }
-        check_plan(&plan, code.entry(), graph, weights.len() as u64)
+        super::plan_check::check_plan(&plan, code.entry(), graph, weights.len())
     }
 
     fn load(
@@ -259,78 +257,6 @@ impl ModuleExecutor for CompiledModule {
             })
             .collect()
     }
-}
-
-/// The plan must be a graph plan for the entry's target whose inputs and
-/// outputs are the graph's (names, element types, shapes), and whose GEMM
-/// operands lie inside the weights section.
-fn check_plan(
-    plan: &CodePlan,
-    entry: &crate::bundle::format::CodeEntry,
-    graph: &Graph,
-    weights_len: u64,
-) -> Result<(), String> {
-    if plan.target != entry.target || plan.cpu != entry.cpu {
-        return Err(format!(
-            "the plan is for {} ({}), the manifest says {} ({})",
-            plan.target, plan.cpu, entry.target, entry.cpu
-        ));
-    }
-    let graph_plan = plan.graph.as_ref().ok_or("the plan holds no graph")?;
-    let side = |what: &str, specs: &[TensorSpec], ids: &[m4c_ir::ValueId]| {
-        if specs.len() != ids.len() {
-            return Err(format!(
-                "the code has {} {what}s, the IR {}",
-                specs.len(),
-                ids.len()
-            ));
-        }
-        for (s, &id) in specs.iter().zip(ids) {
-            let v = graph.value(id);
-            let same = s.name == v.name
-                && s.dtype == v.ty.dtype.name()
-                && v.ty.static_shape().as_deref() == Some(&s.shape[..]);
-            if !same {
-                return Err(format!(
-                    "{what} `{}` is {}{:?} in the code but {} `{}` in the IR",
-                    s.name, s.dtype, s.shape, v.ty, v.name
-                ));
-            }
-        }
-        Ok(())
-    };
-    side("input", &graph_plan.inputs, &graph.inputs)?;
-    let inputs = graph_plan.inputs.len();
-    let refs = graph_plan.steps.iter().flat_map(|s| match s {
-        Step::Kernel { buffers, .. } => buffers.clone(),
-        Step::Gemm { a, c, .. } => vec![*a, *c],
-    });
-    let specs = graph_plan.inputs.iter().chain(&graph_plan.outputs);
-    if let Some(bad) = refs
-        .chain(specs.map(|s| s.buf))
-        .find(|b| matches!(b.region, Region::Input(i) if i >= inputs))
-    {
-        return Err(format!(
-            "the plan refers to {:?}, the graph has {inputs} inputs",
-            bad.region
-        ));
-    }
-    side("output", &graph_plan.outputs, &graph.outputs)?;
-    if !weights_len.is_multiple_of(4) {
-        return Err(format!(
-            "code-weights has {weights_len} bytes, not a whole number of f32"
-        ));
-    }
-    for g in &plan.gemms {
-        let end = (g.weights_offset as u64 + g.packed_b.len() as u64) * 4;
-        if end > weights_len {
-            return Err(format!(
-                "kernel `{}` reads up to byte {end} of code-weights ({weights_len} bytes)",
-                g.symbol
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Whether this host can run code for the CPU backend's `target`; the

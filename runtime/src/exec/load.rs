@@ -1,6 +1,6 @@
 //! Choosing what runs a bundle's module: its compiled code when the bundle
-//! has code this host can run and no adapter changes the graph, the
-//! reference interpreter otherwise.
+//! has code this host can run, is signed by a trusted key and no adapter
+//! changes the graph, the reference interpreter otherwise.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -10,6 +10,7 @@ use m4c_ir::Graph;
 
 use super::{device, CodeLoadError, Interpreter, ModuleExecutor, Signature};
 use crate::adapter::{firmware_module, shared_module, AdapterBundle, AdapterError};
+use crate::bundle::sign::TrustedKeys;
 use crate::bundle::{Bundle, ModuleCode};
 
 /// Which engine runs a bundle's module.
@@ -40,11 +41,14 @@ impl FromStr for Engine {
 }
 
 /// How to load a module.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub engine: Engine,
     /// Threads compiled code spreads GEMMs and parallel loops over.
     pub threads: usize,
+    /// The keys a bundle must be signed by for its native code to be
+    /// loaded (`docs/SECURITY.md`); none by default: code is refused.
+    pub trusted: TrustedKeys,
 }
 
 impl Default for LoadOptions {
@@ -52,6 +56,7 @@ impl Default for LoadOptions {
         LoadOptions {
             engine: Engine::Auto,
             threads: 1,
+            trusted: TrustedKeys::none(),
         }
     }
 }
@@ -68,8 +73,12 @@ pub struct Loaded {
 pub enum LoadError {
     #[error(transparent)]
     Adapter(#[from] AdapterError),
-    #[error("module `{module}`: {reason}")]
-    NoCode { module: String, reason: String },
+    #[error("{}: module `{module}`: {reason}", bundle.display())]
+    NoCode {
+        bundle: std::path::PathBuf,
+        module: String,
+        reason: String,
+    },
 }
 
 /// A firmware's module graphs, each taken from the bundle once and shared
@@ -122,9 +131,11 @@ pub fn load_module(
 ///
 /// Compiled code is the base module's: with an adapter attached (keep or
 /// fold, both change the computation) the adapted IR runs on the
-/// interpreter. Without adapters the first code entry this host can run
-/// is loaded; if there is none or loading fails, [`Engine::Auto`] falls
-/// back to the interpreter and [`Engine::Compiled`] is an error.
+/// interpreter. Native code is loaded only from a bundle signed by a key
+/// of `opts.trusted` (the signature itself was verified when the bundle
+/// was opened). Then the first code entry this host can run is loaded; if
+/// there is none or loading fails, [`Engine::Auto`] falls back to the
+/// interpreter and [`Engine::Compiled`] is an error.
 pub fn load_shared(
     bases: &BaseGraphs,
     module: &str,
@@ -148,6 +159,8 @@ pub fn load_shared(
         "the bundle has no compiled code for it (built with --target reference)".to_string()
     } else if !adapters.is_empty() {
         "an adapter is attached and the compiled code is the base module's".to_string()
+    } else if let Err(why) = check_trust(fw, &opts.trusted) {
+        why
     } else {
         let mut why = vec![];
         for code in codes {
@@ -165,13 +178,30 @@ pub fn load_shared(
     };
     match opts.engine {
         Engine::Compiled => Err(LoadError::NoCode {
+            bundle: fw.path().to_path_buf(),
             module: module.to_string(),
             reason,
         }),
         _ if codes.is_empty() => interpret(None),
         _ => interpret(Some(format!(
-            "module `{module}` runs on the reference interpreter: {reason}"
+            "{}: module `{module}` runs on the reference interpreter: {reason}",
+            fw.path().display()
         ))),
+    }
+}
+
+/// Whether `fw`'s native code may be loaded: signed by a trusted key.
+fn check_trust(fw: &Bundle, trusted: &TrustedKeys) -> Result<(), String> {
+    match fw.signer() {
+        None => Err("its native code is refused: the bundle is not signed \
+             (sign it with `m4c firmware build --sign-key KEY`)"
+            .to_string()),
+        Some(key) if !trusted.trusts(key) => Err(format!(
+            "its native code is refused: the bundle is signed by key {}, which is not \
+             trusted (--trust-key KEY.pub or the trust directory)",
+            key.fingerprint()
+        )),
+        Some(_) => Ok(()),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod arena;
 pub mod compiled;
 pub mod device;
 mod load;
+mod plan_check;
 
 use std::sync::Arc;
 

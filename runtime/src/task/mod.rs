@@ -113,6 +113,7 @@ pub struct TaskInput {
 pub struct TaskRunner {
     firmware: Arc<Bundle>,
     manifest: TaskManifest,
+    load: LoadOptions,
 }
 
 /// Module calls and time collected while a task runs.
@@ -152,7 +153,17 @@ impl ModuleExecutor for Timed {
 impl TaskRunner {
     /// A runner for `manifest` on `firmware`.
     pub fn new(firmware: Arc<Bundle>, manifest: TaskManifest) -> TaskRunner {
-        TaskRunner { firmware, manifest }
+        TaskRunner {
+            firmware,
+            manifest,
+            load: LoadOptions::default(),
+        }
+    }
+
+    /// Loads modules with `opts` (engine, threads, trusted keys).
+    pub fn with_load_options(mut self, opts: LoadOptions) -> TaskRunner {
+        self.load = opts;
+        self
     }
 
     /// The manifest.
@@ -244,11 +255,9 @@ impl TaskRunner {
         // Compiled code when the firmware has code this host runs and no
         // adapter is attached; the interpreter otherwise.
         let loaded =
-            load_module(fw, module, &adapters, &LoadOptions::default()).map_err(|source| {
-                TaskError::Load {
-                    task: task.to_string(),
-                    source,
-                }
+            load_module(fw, module, &adapters, &self.load).map_err(|source| TaskError::Load {
+                task: task.to_string(),
+                source,
             })?;
         Ok(loaded.executor)
     }

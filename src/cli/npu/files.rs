@@ -35,24 +35,15 @@ pub(super) fn load_program(path: &Path) -> CliResult<Program> {
     assemble(&text).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-/// Writes via a temporary file in the same directory and a rename, so a
-/// failure never leaves a partial output.
+/// Writes through the runtime's output helper (a private temporary renamed
+/// into place; never over one of `inputs`), so a failure never leaves a
+/// partial output.
+pub(super) fn write_output(path: &Path, inputs: &[&Path], bytes: &[u8]) -> CliResult<()> {
+    Ok(m4c_runtime::outfile::write(path, inputs, bytes)?)
+}
+
+/// [`write_output`] for outputs made from no input file (generated layers,
+/// traces).
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> CliResult<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display()).into()
-    })
+    write_output(path, &[], bytes)
 }

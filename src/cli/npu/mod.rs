@@ -6,7 +6,7 @@ mod files;
 mod layer;
 
 use super::CliResult;
-use files::{load_program, read_text, write_atomic};
+use files::{load_program, read_text, write_output};
 use layer::{
     layer_config, plan_json, print_report, run_layer, run_norm, run_streamed, sim_options,
     write_trace,
@@ -284,14 +284,14 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             let source = read_text(&file)?;
             let program = assemble(&source).map_err(|e| format!("{}: {e}", file.display()))?;
             let out = output.unwrap_or_else(|| file.with_extension("npub"));
-            write_atomic(&out, &program.to_bytes())?;
+            write_output(&out, &[&file], &program.to_bytes())?;
             Ok(0)
         }
         NpuCommand::Disasm { file, output } => {
             let program = load_program(&file)?;
             let text = disassemble(&program);
             match output {
-                Some(out) => write_atomic(&out, text.as_bytes())?,
+                Some(out) => write_output(&out, &[&file], text.as_bytes())?,
                 None => print!("{text}"),
             }
             Ok(0)
