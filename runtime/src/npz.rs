@@ -375,7 +375,7 @@ mod tests {
 
     /// An `.npz` with the given entries, deflated or stored.
     fn npz(path: &Path, entries: &[(&str, Vec<u8>)], deflate: bool) {
-        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
         let method = if deflate {
             zip::CompressionMethod::Deflated
         } else {
