@@ -7,6 +7,9 @@ them outside the repository.
 
     .venv-bench/bin/python scripts/bench/graph_models.py /tmp/h6-models [vit_b16] [llama_prefill_6l]
 
+NAME:LAYERS builds a variant with that many layers as NAME_LAYERSl (for
+reducing a failure to a small reproducer).
+
 Writes NAME.onnx and NAME.inputs.npz (the convention of peers.py and
 `m4c bench --inputs`), checks each model with onnx.checker, runs it once
 with onnxruntime and keeps that output as NAME.expected.npz (for
@@ -198,10 +201,14 @@ def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
     out.mkdir(parents=True, exist_ok=True)
     builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill}
-    for name in sys.argv[2:] or builders:
-        if name not in builders:
-            raise SystemExit(f"unknown model '{name}' (known: {', '.join(builders)})")
-        write(name, *builders[name](), out)
+    for spec in sys.argv[2:] or builders:
+        name, _, layers = spec.partition(":")
+        if name not in builders or (layers and not layers.isdigit()):
+            raise SystemExit(f"expected NAME or NAME:LAYERS, got '{spec}' (names: {', '.join(builders)})")
+        if layers:
+            write(f"{name}_{layers}l", *builders[name](layers=int(layers)), out)
+        else:
+            write(name, *builders[name](), out)
     return 0
 
 
