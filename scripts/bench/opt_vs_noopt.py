@@ -33,15 +33,16 @@ from peers import inputs_for, ort_session, time_m4c, time_session
 
 
 def cpu_name() -> str:
-    """The `Model name` line of lscpu (else /proc/cpuinfo's)."""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    with open("/proc/cpuinfo") as f:
-        return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown CPU")
+    """lscpu's `Model name`, CPU family and model, and the widest vector ISA
+    (a virtual machine may show only a generic name)."""
+    fields = {}
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = fields.get("Flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{fields.get('Model name', 'unknown CPU')} (family {fields.get('CPU family', '?')}, "
+            f"model {fields.get('Model', '?')}, {isa})")
 
 
 def load() -> str:
