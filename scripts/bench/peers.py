@@ -63,8 +63,8 @@ def ort_session(model: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def time_session(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
-    """Median milliseconds of one run, with m4c bench's rule: 2 warm-ups,
+def time_session(session: ort.InferenceSession, feeds: dict, runs: int) -> list[float]:
+    """Milliseconds of each timed run, with m4c bench's rule: 2 warm-ups,
     then at least `runs` runs and until 2 s have passed (at most 1000)."""
     for _ in range(2):
         session.run(None, feeds)
@@ -73,14 +73,14 @@ def time_session(session: ort.InferenceSession, feeds: dict, runs: int) -> float
     while len(times) < runs or (time.perf_counter() - start < 2.0 and len(times) < 1000):
         t = time.perf_counter()
         session.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def time_ort(model: str, threads: int, runs: int) -> tuple[float, str | None]:
     session = ort_session(model, threads)
     feeds, path = inputs_for(model, session)
-    return time_session(session, feeds, runs), path
+    return statistics.median(time_session(session, feeds, runs)), path
 
 
 def time_m4c(m4c: str, model: str, threads: int, runs: int, inputs: str | None, extra: tuple[str, ...] = ()) -> dict:
