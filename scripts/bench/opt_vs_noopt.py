@@ -102,7 +102,7 @@ def main() -> int:
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"CPU: {cpu_name()}; {os.cpu_count()} logical CPUs (shared); onnxruntime {ort.__version__}; "
-          f"m4c {args.m4c} at {commit}; {args.threads} thread(s); {args.rounds} interleaved rounds, "
+          f"m4c {args.m4c} (repo at {commit}); {args.threads} thread(s); {args.rounds} interleaved rounds, "
           f"each >= {args.runs} runs and 2 s; load average {load()}", flush=True)
     rows, failures = [], []
     for model in args.models:
@@ -148,7 +148,8 @@ def main() -> int:
 
         rows.append({
             "model": name, "opt_ms": med["opt"], "no_opt_ms": med["no-opt"], "ort_ms": med["ort"],
-            "round_ms": runs, "min_ms": {k: min(v) for k, v in best.items()}, "lower_ms": stat("opt", "lower_ms"), "optimise_ms": stat("opt", "opt_ms"),
+            "round_ms": runs, "min_ms": {k: min(v) for k, v in best.items()},
+            "lower_ms": stat("opt", "lower_ms"), "optimise_ms": stat("opt", "opt_ms"),
             "compile_opt_ms": stat("opt", "compile_ms"), "compile_no_opt_ms": stat("no-opt", "compile_ms"),
             "kernels_opt": code("opt", "kernels"), "kernels_no_opt": code("no-opt", "kernels"),
             "arena_kib_opt": code("opt", "arena_bytes") // 1024,
@@ -163,7 +164,8 @@ def main() -> int:
         print(f"| {r['model']} | {r['opt_ms']:.1f} | {r['no_opt_ms']:.1f} | {r['ort_ms']:.1f} "
               f"| {r['opt_ms'] / r['no_opt_ms']:.2f} | {r['opt_ms'] / r['ort_ms']:.2f} "
               f"| {r['no_opt_ms'] / r['ort_ms']:.2f} "
-              f"| {r['min_ms']['opt']:.1f} / {r['min_ms']['no-opt']:.1f} / {r['min_ms']['ort']:.1f} | {r['lower_ms']:.0f} | {r['optimise_ms']:.0f} "
+              f"| {r['min_ms']['opt']:.1f} / {r['min_ms']['no-opt']:.1f} / {r['min_ms']['ort']:.1f} "
+              f"| {r['lower_ms']:.0f} | {r['optimise_ms']:.0f} "
               f"| {r['compile_opt_ms']:.0f} / {r['compile_no_opt_ms']:.0f} "
               f"| {r['kernels_opt']} / {r['kernels_no_opt']} | {r['arena_kib_opt']} / {r['arena_kib_no_opt']} |")
     print(f"(ms columns: medians of {args.rounds} round medians; min: fastest single run of all rounds; "
