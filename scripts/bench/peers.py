@@ -52,14 +52,20 @@ def inputs_for(model: str, session: ort.InferenceSession) -> tuple[dict, str | N
     return feeds, None
 
 
-def time_ort(model: str, threads: int, runs: int) -> tuple[float, str | None]:
+def ort_session(model: str, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session as the peer runs: all graph optimisations,
+    sequential execution, `threads` intra-op threads."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feeds, path = inputs_for(model, session)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def time_session(session: ort.InferenceSession, feeds: dict, runs: int) -> list[float]:
+    """Milliseconds of each timed run, with m4c bench's rule: 2 warm-ups,
+    then at least `runs` runs and until 2 s have passed (at most 1000)."""
     for _ in range(2):
         session.run(None, feeds)
     times = []
@@ -67,12 +73,20 @@ def time_ort(model: str, threads: int, runs: int) -> tuple[float, str | None]:
     while len(times) < runs or (time.perf_counter() - start < 2.0 and len(times) < 1000):
         t = time.perf_counter()
         session.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3, path
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
 
 
-def time_m4c(m4c: str, model: str, threads: int, runs: int, inputs: str | None) -> dict:
-    cmd = [m4c, "bench", model, "--backend", "cpu", "--threads", str(threads), "--runs", str(runs), "--json"]
+def time_ort(model: str, threads: int, runs: int) -> tuple[float, str | None]:
+    session = ort_session(model, threads)
+    feeds, path = inputs_for(model, session)
+    return statistics.median(time_session(session, feeds, runs)), path
+
+
+def time_m4c(m4c: str, model: str, threads: int, runs: int, inputs: str | None, extra: tuple[str, ...] = ()) -> dict:
+    """The JSON report of `m4c bench MODEL --backend cpu` (`extra`: further
+    flags, e.g. --no-opt)."""
+    cmd = [m4c, "bench", model, "--backend", "cpu", "--threads", str(threads), "--runs", str(runs), "--json", *extra]
     if inputs:
         cmd += ["--inputs", inputs]
     out = subprocess.run(cmd, capture_output=True, text=True)
