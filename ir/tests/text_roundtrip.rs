@@ -355,3 +355,21 @@ fn malformed_text_gives_located_errors() {
         );
     }
 }
+
+/// Names with quotes, backslashes and control characters (NUL, newline)
+/// print on one line and parse back to themselves (found by the `ir_text`
+/// fuzz target: a graph name with NUL bytes printed as Rust's `\0`, which
+/// parsed back as `0`).
+#[test]
+fn any_name_round_trips() {
+    let odd = "a\"b\\c\u{0}d\ne\tf\u{7f}g é";
+    let mut g = Graph::new(odd);
+    let x = g.add_input(odd, TensorType::fixed(DType::F32, &[2]));
+    g.outputs.push(x);
+    let printed = text::print(&g);
+    assert_eq!(printed.lines().count(), 4, "{printed}");
+    let back = text::parse(&printed, &HashMap::new()).unwrap();
+    assert_eq!(back.name, odd);
+    assert_eq!(back.value(back.inputs[0]).name, odd);
+    assert_eq!(text::print(&back), printed);
+}

@@ -36,7 +36,7 @@ fn tokenize(line: &str) -> Result<Vec<Tok>, String> {
             if quoted {
                 loop {
                     match chars.next() {
-                        Some('\\') => s.push(chars.next().ok_or("unterminated escape")?),
+                        Some('\\') => s.push(unescape(&mut chars)?),
                         Some('"') => break,
                         Some(ch) => s.push(ch),
                         None => return Err("unterminated string".into()),
@@ -205,6 +205,27 @@ fn literal(ty: &TensorType, items: &[String]) -> Result<Tensor, String> {
         ),
         other => return Err(format!("no literal syntax for {other}")),
     })
+}
+
+/// The character after a backslash in a quoted string (see
+/// `print::write_quoted`): `n`, `r`, `t`, `u{HEX}`, or the character itself.
+fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<char, String> {
+    match chars.next().ok_or("unterminated escape")? {
+        'n' => Ok('\n'),
+        'r' => Ok('\r'),
+        't' => Ok('\t'),
+        'u' => {
+            if chars.next() != Some('{') {
+                return Err("expected `{` after `\\u`".into());
+            }
+            let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+            u32::from_str_radix(&hex, 16)
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or_else(|| format!("`\\u{{{hex}}}` is not a character"))
+        }
+        c => Ok(c),
+    }
 }
 
 /// Parses the textual IR. Constants printed as `weight` come back without

@@ -15,15 +15,31 @@ pub fn write_name(out: &mut String, name: &str) {
     if !name.is_empty() && name.chars().all(is_plain_name_char) {
         out.push_str(name);
     } else {
-        out.push('"');
-        for c in name.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
+        write_quoted(out, name);
     }
+}
+
+/// Writes `s` in double quotes, escaping `"` and `\` with a backslash and
+/// control characters as `\n`, `\r`, `\t` or `\u{HEX}`, so that any
+/// string stays on one line and parses back to itself.
+pub fn write_quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Characters allowed in an unquoted value name.
@@ -70,7 +86,9 @@ pub fn print(g: &Graph) -> String {
 
 fn render(g: &Graph, out: &mut String) -> fmt::Result {
     let name = |out: &mut String, id: ValueId| write_name(out, &g.value(id).name);
-    writeln!(out, "graph {:?} {{", g.name)?;
+    out.push_str("graph ");
+    write_quoted(out, &g.name);
+    out.push_str(" {\n");
     for &i in &g.inputs {
         out.push_str("  input ");
         name(out, i);
