@@ -24,3 +24,8 @@ echo "== firmware (base model) + app adapter (PEFT LoRA) vs the exported LoRA mo
 $m4c firmware build --module backbone=$F/llama_prefill.onnx --module img_enc=$F/clip_vision.onnx --backend cpu -o "$out/M4.fw"
 $m4c adapt "$out/M4.fw" --module backbone --adapter $F/llama_lora_adapter -o "$out/app.m4a"
 $m4c run "$out/M4.fw" --module backbone --adapter "$out/app.m4a" --inputs $F/llama_lora.inputs.npz --expect $F/llama_lora.expected.npz
+echo "== signed firmware: native code runs only from a bundle signed by a trusted key"
+$m4c keygen -o "$out/dev.key"
+$m4c firmware build --module img_enc=$F/clip_vision.onnx --backend cpu --sign-key "$out/dev.key" -o "$out/signed.fw"
+$m4c run "$out/signed.fw" --module img_enc --inputs $F/clip_vision.inputs.npz --expect $F/clip_vision.expected.npz \
+    --trust-key "$out/dev.key.pub" --engine compiled
