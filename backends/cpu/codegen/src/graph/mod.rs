@@ -276,33 +276,6 @@ impl CompiledGraph {
     /// Runs the graph on `inputs` (in graph input order; element types and
     /// shapes must match the compiled graph) and returns its outputs.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
-        Ok(self.run_inner(inputs, false)?.0)
-    }
-
-    /// Runs once and returns the wall time per kernel kind (the symbol
-    /// without its number, e.g. `gemm`, `fused`, `softmax`), largest first.
-    pub fn profile(&mut self, inputs: &[Tensor]) -> Result<Vec<(String, f64)>, CodegenError> {
-        let times = self.run_inner(inputs, true)?.1;
-        let mut by_kind: Vec<(String, f64)> = Vec::new();
-        for (step, time) in self.executor.plan().steps.iter().zip(times) {
-            let symbol = match step {
-                Step::Kernel { symbol, .. } | Step::Gemm { symbol, .. } => symbol,
-            };
-            let kind = symbol.splitn(3, '_').nth(2).unwrap_or(symbol).to_string();
-            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, total)) => *total += time.as_secs_f64() * 1e3,
-                None => by_kind.push((kind, time.as_secs_f64() * 1e3)),
-            }
-        }
-        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(by_kind)
-    }
-
-    fn run_inner(
-        &mut self,
-        inputs: &[Tensor],
-        profiled: bool,
-    ) -> Result<(Vec<Tensor>, Vec<std::time::Duration>), CodegenError> {
         let specs = &self.executor.plan().inputs;
         if inputs.len() != specs.len() {
             return Err(CodegenError::Input(format!(
@@ -325,12 +298,8 @@ impl CompiledGraph {
             );
         }
         let specs = self.executor.plan().outputs.clone();
-        let (outputs, times) = if profiled {
-            self.executor.run_profiled(&bytes)?
-        } else {
-            (self.executor.run_borrowed(&bytes)?, Vec::new())
-        };
-        let outputs = specs
+        let outputs = self.executor.run_borrowed(&bytes)?;
+        specs
             .iter()
             .zip(outputs)
             .map(|(spec, bytes)| {
@@ -345,7 +314,6 @@ impl CompiledGraph {
                     storage: Storage::Owned(Arc::from(bytes)),
                 })
             })
-            .collect::<Result<Vec<_>, CodegenError>>()?;
-        Ok((outputs, times))
+            .collect::<Result<Vec<_>, CodegenError>>()
     }
 }
