@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use m4c_ir::{Graph, Storage, Tensor, ValueDef};
+use m4c_ir::{Graph, Storage, ValueDef};
 
 use crate::bundle::write_atomically;
 
@@ -127,30 +127,38 @@ pub fn load(path: &Path) -> Result<Graph, IrFileError> {
         .map(|(i, _)| i)
         .collect();
     if !absent.is_empty() {
-        let weights = read_sidecar(&weights_path(path))?;
+        let sidecar = weights_path(path);
+        let (map, ranges) = read_sidecar(&sidecar)?;
         for i in absent {
             let v = &mut graph.values[i];
             let ValueDef::Const(t) = &mut v.def else {
                 continue;
             };
-            let sidecar = weights_path(path);
-            let storage = weights
+            let range = ranges
                 .get(&v.name)
                 .ok_or_else(|| bad(&sidecar, format!("no bytes for weight `{}`", v.name)))?;
-            let want = t.dtype.storage_bytes(t.shape.iter().product());
-            let Storage::Mapped { len, .. } = storage else {
-                unreachable!("the sidecar is mapped")
-            };
-            if *len != want {
+            // The shape comes from the text: its size is computed checked,
+            // and only when it can fit the bytes at all.
+            let len = range.len();
+            let want = t
+                .shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= len.saturating_mul(2).saturating_add(1))
+                .map(|n| t.dtype.storage_bytes(n));
+            if want != Some(len) {
                 return Err(bad(
                     &sidecar,
-                    format!("weight `{}` has {len} bytes, its type needs {want}", v.name),
+                    format!(
+                        "weight `{}` has {len} bytes, not what {}{:?} needs",
+                        v.name, t.dtype, t.shape
+                    ),
                 ));
             }
-            *t = Tensor {
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                storage: storage.clone(),
+            t.storage = Storage::Mapped {
+                map: Arc::clone(&map),
+                offset: range.start,
+                len,
             };
         }
     }
@@ -158,9 +166,12 @@ pub fn load(path: &Path) -> Result<Graph, IrFileError> {
     Ok(graph)
 }
 
+/// A mapped sidecar and each weight's byte range in it.
+type Sidecar = (Arc<memmap2::Mmap>, HashMap<String, std::ops::Range<usize>>);
+
 /// Maps the sidecar and checks its index: every entry inside the data,
 /// names unique.
-fn read_sidecar(path: &Path) -> Result<HashMap<String, Storage>, IrFileError> {
+fn read_sidecar(path: &Path) -> Result<Sidecar, IrFileError> {
     let file = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
     let meta = file.metadata().map_err(|e| bad(path, e.to_string()))?;
     if !meta.is_file() {
@@ -195,22 +206,20 @@ fn read_sidecar(path: &Path) -> Result<HashMap<String, Storage>, IrFileError> {
                 format!("weight `{}` runs past the end of the file", e.name),
             ));
         }
-        let storage = Storage::Mapped {
-            map: Arc::clone(&map),
-            offset: start as usize,
-            len: e.len as usize,
-        };
-        if out.insert(e.name.clone(), storage).is_some() {
+        if out
+            .insert(e.name.clone(), start as usize..end as usize)
+            .is_some()
+        {
             return Err(bad(path, format!("weight `{}` is listed twice", e.name)));
         }
     }
-    Ok(out)
+    Ok((map, out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use m4c_ir::{DType, Op, TensorType};
+    use m4c_ir::{DType, Op, Tensor, TensorType};
 
     fn graph() -> Graph {
         let mut g = Graph::new("t");

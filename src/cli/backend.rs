@@ -48,11 +48,12 @@ impl BackendArgs {
 
     /// The compile request these options make.
     pub fn request(&self) -> CliResult<CompileRequest> {
-        Ok(CompileRequest {
-            target: self.target.clone(),
-            tuning: self.cpu.clone(),
-            threads: threads(self.threads)?,
-        })
+        compile_request(
+            &self.backend,
+            self.target.clone(),
+            self.cpu.clone(),
+            threads(self.threads)?,
+        )
     }
 
     /// Compiles `graph` (named `name`) and loads it on this host
@@ -62,29 +63,35 @@ impl BackendArgs {
         name: &str,
         graph: Graph,
     ) -> CliResult<(Arc<dyn ModuleExecutor>, Option<Artifact>)> {
-        if self.backend == REFERENCE_BACKEND && (self.target.is_some() || self.cpu.is_some()) {
-            return Err(
-                "--target and --cpu apply to compiled backends (e.g. --backend cpu)".into(),
-            );
-        }
+        let request = self.request()?;
         let progress = Progress::spinner(format!("compiling for {}", self.backend));
-        let prepared = m4c_backends::prepare(self.generator(), name, graph, &self.request()?)?;
+        let prepared = m4c_backends::prepare(self.generator(), name, graph, &request)?;
         progress.finish();
         Ok(prepared)
     }
 }
 
-/// `--threads`, checked before anything is compiled or spawned: at least
-/// 1, at most the thread pool's limit (`m4c_cpu_device::max_threads`,
-/// 4 per hardware thread), so a typo such as 100000 is one line, not a
-/// fork bomb.
-pub fn threads(n: usize) -> CliResult<usize> {
-    let max = m4c_cpu_device::max_threads();
-    match n {
-        0 => Err("--threads must be at least 1".into()),
-        n if n > max => {
-            Err(format!("{n} threads requested; at most {max} (4 per hardware thread)").into())
-        }
-        n => Ok(n),
+/// The compile request of `--backend`, `--target` and `--cpu`: the
+/// reference backend (the IR itself) takes neither a target nor a tuning.
+pub fn compile_request(
+    backend: &str,
+    target: Option<String>,
+    tuning: Option<String>,
+    threads: usize,
+) -> CliResult<CompileRequest> {
+    if backend == REFERENCE_BACKEND && (target.is_some() || tuning.is_some()) {
+        return Err("--target and --cpu apply to compiled backends (e.g. --backend cpu)".into());
     }
+    Ok(CompileRequest {
+        target,
+        tuning,
+        threads,
+    })
+}
+
+/// `--threads`, checked against the thread pool's limits
+/// (`m4c_cpu_device::check_threads`) before anything is compiled or
+/// spawned, so a typo such as 100000 is one line, not a fork bomb.
+pub fn threads(n: usize) -> CliResult<usize> {
+    Ok(m4c_cpu_device::check_threads(n)?)
 }

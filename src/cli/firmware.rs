@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use m4c_compiler::backend::CompileRequest;
 use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
@@ -89,14 +88,12 @@ pub fn run(args: FirmwareArgs) -> CliResult<i32> {
 
 fn build(args: BuildArgs) -> CliResult<i32> {
     let generator = m4c_backends::lookup(&args.backend)?;
-    if generator.name() == REFERENCE_BACKEND && (args.target.is_some() || args.cpu.is_some()) {
-        return Err("--target and --cpu apply to compiled backends (e.g. --backend cpu)".into());
-    }
-    let request = CompileRequest {
-        target: args.target.clone(),
-        tuning: args.cpu.clone(),
-        threads: 1,
-    };
+    let request = super::backend::compile_request(
+        generator.name(),
+        args.target.clone(),
+        args.cpu.clone(),
+        1,
+    )?;
     let mut inputs: Vec<PathBuf> = vec![];
     for (_, path) in &args.modules {
         inputs.push(path.clone());

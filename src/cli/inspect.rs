@@ -101,7 +101,7 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
     let report = model.lower_report(&args.dims.options(&model, Some(1))?)?;
     let mut doc = match &model {
         Model::Onnx(m) => onnx_facts(m),
-        Model::Ir(_) => json!({ "model": args.model.display().to_string() }),
+        Model::Ir { .. } => json!({ "model": args.model.display().to_string() }),
     };
     doc["lowers_fully"] = json!(report.graph.is_some());
     doc["ir_nodes"] = json!(report.ir_ops.values().sum::<usize>());

@@ -54,7 +54,7 @@ impl DimArgs {
         for (name, value) in &self.consts {
             let onnx = match model {
                 Model::Onnx(m) => m,
-                Model::Ir(p) => {
+                Model::Ir { path: p, .. } => {
                     return Err(format!(
                     "{}: --const applies to ONNX models (an IR file's inputs are already bound)",
                     p.display()
@@ -152,14 +152,21 @@ fn const_tensor(name: &str, value: &str, dtype: DType, shape: &[usize]) -> CliRe
 /// by `m4c opt -o` (already lowered and optimised).
 pub enum Model {
     Onnx(Box<OnnxModel>),
-    Ir(PathBuf),
+    /// An IR file, read and verified once when opened.
+    Ir {
+        path: PathBuf,
+        graph: Box<Graph>,
+    },
 }
 
 impl Model {
     /// Opens `path`: `.ir` files by extension, anything else as ONNX.
     pub fn open(path: &Path) -> CliResult<Model> {
         if ir_file::is_ir_file(path) {
-            Ok(Model::Ir(path.to_path_buf()))
+            Ok(Model::Ir {
+                path: path.to_path_buf(),
+                graph: Box::new(ir_file::load(path)?),
+            })
         } else {
             let progress = Progress::spinner(format!("loading {}", path.display()));
             let model = OnnxModel::load(path)?;
@@ -171,7 +178,7 @@ impl Model {
     /// True for an IR file (which `--no-opt` and the optimiser leave as is:
     /// it is optimised already).
     pub fn is_ir(&self) -> bool {
-        matches!(self, Model::Ir(_))
+        matches!(self, Model::Ir { .. })
     }
 
     /// The names of the inputs a caller feeds: for ONNX the graph inputs
@@ -190,8 +197,7 @@ impl Model {
                     .map(String::from)
                     .collect())
             }
-            Model::Ir(p) => {
-                let g = ir_file::load(p)?;
+            Model::Ir { graph: g, .. } => {
                 Ok(g.inputs.iter().map(|&i| g.value(i).name.clone()).collect())
             }
         }
@@ -204,7 +210,7 @@ impl Model {
     pub fn output_names(&self) -> Option<Vec<String>> {
         match self {
             Model::Onnx(m) => Some(m.graph().output.iter().map(|o| o.name.clone()).collect()),
-            Model::Ir(_) => None,
+            Model::Ir { .. } => None,
         }
     }
 
@@ -227,8 +233,8 @@ impl Model {
         let progress = Progress::spinner(format!("lowering {}", self.path().display()));
         let report = match self {
             Model::Onnx(m) => lower_report(m, opts)?,
-            Model::Ir(p) => {
-                let g = ir_file::load(p)?;
+            Model::Ir { graph, .. } => {
+                let g = Graph::clone(graph);
                 LowerReport {
                     ir_ops: m4c_compiler::lower::ir_op_counts(&g),
                     graph: Some(g),
@@ -245,7 +251,7 @@ impl Model {
     pub fn path(&self) -> &Path {
         match self {
             Model::Onnx(m) => &m.path,
-            Model::Ir(p) => p,
+            Model::Ir { path, .. } => path,
         }
     }
 }

@@ -27,12 +27,13 @@ const CODE_KINDS: [SectionKind; 3] = [
 const SECTION_ALIGN: usize = 64;
 
 /// One section of a module's code: where it lies in the map and the
-/// BLAKE3 (hex) the manifest records for it.
+/// BLAKE3 (hex) the bundle's manifest records for it (`None` for code
+/// compiled in this process, whose bytes never left its read-only map).
 #[derive(Clone, Debug)]
 struct Section {
     kind: SectionKind,
     range: Range<usize>,
-    blake3: String,
+    blake3: Option<String>,
 }
 
 /// One module's code for one target of one backend: its sections, in a
@@ -84,8 +85,8 @@ impl ModuleCode {
             .into_iter()
             .map(|(kind, range)| Section {
                 kind,
-                blake3: blake3::hash(&map[range.clone()]).to_hex().to_string(),
                 range,
+                blake3: None,
             })
             .collect();
         Ok(ModuleCode {
@@ -111,9 +112,11 @@ impl ModuleCode {
         self.find(kind).map(|s| &self.map[s.range.clone()])
     }
 
-    /// BLAKE3 (hex) recorded for the section of `kind`.
+    /// BLAKE3 (hex) the bundle records for the section of `kind`; `None`
+    /// for code held in memory ([`Self::from_memory`]), which was never
+    /// outside this process.
     pub fn blake3(&self, kind: SectionKind) -> Option<&str> {
-        self.find(kind).map(|s| s.blake3.as_str())
+        self.find(kind).and_then(|s| s.blake3.as_deref())
     }
 
     fn find(&self, kind: SectionKind) -> Option<&Section> {
@@ -169,7 +172,7 @@ pub(crate) fn load_code(
                     names.get(c.section.as_str()).map(|s| Section {
                         kind,
                         range: s.offset as usize..(s.offset + s.len) as usize,
-                        blake3: s.blake3.clone(),
+                        blake3: Some(s.blake3.clone()),
                     })
                 })
                 .collect();

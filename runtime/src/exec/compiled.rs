@@ -93,8 +93,9 @@ impl CompiledModule {
     /// directory is removed at once (the loaded library stays mapped). The
     /// packed weights are not copied: the kernels read the `code-weights`
     /// section in the code's map, which the loaded module keeps alive.
-    /// The library's checksum is verified again just before it is written,
-    /// since its bytes become executable code.
+    /// A bundle library's checksum is verified again just before it is
+    /// written, since its bytes become executable code (code compiled in
+    /// this process has no recorded checksum and needs none).
     pub fn load(
         name: &str,
         code: &ModuleCode,
@@ -113,10 +114,12 @@ impl CompiledModule {
         let library = code
             .section(SectionKind::Code)
             .ok_or_else(|| fail("no code section".into()))?;
-        if Some(blake3::hash(library).to_hex().as_str()) != code.blake3(SectionKind::Code) {
-            return Err(CodeLoadError::Checksum {
-                section: entry.section.clone(),
-            });
+        if let Some(recorded) = code.blake3(SectionKind::Code) {
+            if blake3::hash(library).to_hex().as_str() != recorded {
+                return Err(CodeLoadError::Checksum {
+                    section: entry.section.clone(),
+                });
+            }
         }
         let plan = parse_plan(code).map_err(fail)?;
         let arena_bytes = plan.graph.as_ref().map_or(0, |g| g.arena_bytes);

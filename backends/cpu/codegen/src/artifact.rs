@@ -60,48 +60,84 @@ impl ArtifactBuilder {
             gemms.push(manifest);
         }
         let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-        write_artifact(dir, &machine, &module, &bytes, gemms, None)
+        let built = build_artifact(&machine, &module, &bytes, gemms, None)?;
+        built.write(dir)?;
+        Ok(built.manifest)
     }
 }
 
-/// Optimises `module`, writes its object file, the weight blob and the
-/// manifest into `dir`, and links the shared library when the target runs
-/// on this host.
-pub(crate) fn write_artifact(
-    dir: &Path,
+/// A compiled artifact in memory: the manifest (kernels and plan) and the
+/// bytes of the files it names. Only linking touches the disk (the system
+/// linker works on files, in a scratch directory).
+pub struct BuiltArtifact {
+    pub manifest: Manifest,
+    /// The relocatable object with every kernel.
+    pub object: Vec<u8>,
+    /// The packed weights, a whole number of f32.
+    pub weights: Vec<u8>,
+    /// The shared library, when the target runs on this host.
+    pub library: Option<Vec<u8>>,
+}
+
+impl BuiltArtifact {
+    /// Writes the files and the manifest into `dir` (created if missing).
+    pub fn write(&self, dir: &Path) -> Result<(), CodegenError> {
+        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        write_file(&dir.join(&self.manifest.object), &self.object)?;
+        write_file(&dir.join(&self.manifest.weights), &self.weights)?;
+        if let (Some(name), Some(bytes)) = (&self.manifest.library, &self.library) {
+            write_file(&dir.join(name), bytes)?;
+        }
+        let json =
+            serde_json::to_string_pretty(&self.manifest).expect("a manifest always serialises");
+        write_file(&dir.join(MANIFEST_FILE), json.as_bytes())
+    }
+}
+
+/// Optimises `module`, emits its object file and, when the target runs on
+/// this host, links the shared library; pads the weight blob.
+pub(crate) fn build_artifact(
     machine: &Machine,
     module: &inkwell::module::Module<'_>,
     weights: &[u8],
     gemms: Vec<m4c_cpu_device::GemmManifest>,
     graph: Option<m4c_cpu_device::GraphPlan>,
-) -> Result<Manifest, CodegenError> {
-    std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+) -> Result<BuiltArtifact, CodegenError> {
     machine.optimize(module)?;
-    write_file(&dir.join(OBJECT_FILE), &machine.emit_object(module)?)?;
+    let object = machine.emit_object(module)?;
     let mut weights = weights.to_vec();
     weights.resize(weights.len().next_multiple_of(4), 0);
-    write_file(&dir.join(WEIGHTS_FILE), &weights)?;
     let target = machine.target();
     let library = match target.check_runs_on_host() {
-        Ok(()) => {
-            link_shared_library(&dir.join(OBJECT_FILE), &dir.join(LIBRARY_FILE))?;
-            Some(LIBRARY_FILE.to_string())
-        }
+        Ok(()) => Some(link_in_scratch(&object)?),
         Err(_) => None,
     };
     let manifest = Manifest {
         target: target.name().to_string(),
         cpu: target.cpu.clone(),
         object: OBJECT_FILE.to_string(),
-        library,
+        library: library.as_ref().map(|_| LIBRARY_FILE.to_string()),
         weights: WEIGHTS_FILE.to_string(),
         gemms,
         graph,
         kernel_abi: m4c_cpu_device::KERNEL_ABI,
     };
-    let json = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
-    write_file(&dir.join(MANIFEST_FILE), json.as_bytes())?;
-    Ok(manifest)
+    Ok(BuiltArtifact {
+        manifest,
+        object,
+        weights,
+        library,
+    })
+}
+
+/// Links `object` into a shared library in a scratch directory and returns
+/// the library's bytes.
+fn link_in_scratch(object: &[u8]) -> Result<Vec<u8>, CodegenError> {
+    let dir = tempfile::tempdir().map_err(|source| io_error(&std::env::temp_dir(), source))?;
+    let (object_path, library_path) = (dir.path().join(OBJECT_FILE), dir.path().join(LIBRARY_FILE));
+    write_file(&object_path, object)?;
+    link_shared_library(&object_path, &library_path)?;
+    std::fs::read(&library_path).map_err(|source| io_error(&library_path, source))
 }
 
 fn link_shared_library(object: &Path, library: &Path) -> Result<(), CodegenError> {

@@ -14,7 +14,9 @@ use m4c_cpu_device::Manifest;
 use m4c_ir::{DType, Graph, Node, OpKind, Unit};
 use m4c_runtime::bundle::format::SectionKind;
 
-use crate::{measure_peak, write_graph_artifact, CodegenError, CpuScheduler, Target};
+use crate::{
+    build_graph_artifact, measure_peak, BuiltArtifact, CodegenError, CpuScheduler, Target,
+};
 
 /// The element types the CPU kernels compute on; f16, bf16 and int4
 /// tensors are only moved (data-movement ops take any type).
@@ -92,40 +94,32 @@ impl CodeGenerator for CpuBackend {
     }
 }
 
-/// Writes the artifact into a scratch directory (the linker works on
-/// files) and takes its files into memory.
+/// Builds the artifact in memory and takes its files (only the linker
+/// works on files, in a scratch directory).
 fn compile_files(
     graph: &Graph,
     target: &Target,
     started: Instant,
 ) -> Result<Artifact, CodegenError> {
-    let dir = tempfile::tempdir().map_err(|source| CodegenError::Io {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let manifest = write_graph_artifact(graph, target, dir.path())?;
-    let read = |name: &str| {
-        let path = dir.path().join(name);
-        std::fs::read(&path).map_err(|source| CodegenError::Io { path, source })
-    };
+    let BuiltArtifact {
+        manifest,
+        object,
+        weights,
+        library,
+    } = build_graph_artifact(graph, target)?;
     let plan = serde_json::to_vec(&manifest).map_err(|e| CodegenError::Graph {
         graph: graph.name.clone(),
         reason: format!("plan: {e}"),
     })?;
-    let weights = read(&manifest.weights)?;
-    let mut files = vec![
-        file(&manifest.object, None, read(&manifest.object)?),
-        file("plan.json", Some(SectionKind::CodePlan), plan),
-    ];
-    if let Some(library) = &manifest.library {
-        files.push(file(library, Some(SectionKind::Code), read(library)?));
-    }
     let stats = stats(&manifest, weights.len(), started);
-    files.push(file(
-        &manifest.weights,
-        Some(SectionKind::CodeWeights),
-        weights,
-    ));
+    let mut files = vec![
+        file(&manifest.object, None, object),
+        file("plan.json", Some(SectionKind::CodePlan), plan),
+        file(&manifest.weights, Some(SectionKind::CodeWeights), weights),
+    ];
+    if let (Some(name), Some(bytes)) = (&manifest.library, library) {
+        files.push(file(name, Some(SectionKind::Code), bytes));
+    }
     Ok(Artifact {
         backend: "cpu".into(),
         target: manifest.target.clone(),

@@ -14,12 +14,13 @@ mod machine;
 mod peak;
 mod target;
 
-pub use artifact::ArtifactBuilder;
+pub use artifact::{ArtifactBuilder, BuiltArtifact};
 pub use backend::CpuBackend;
 pub use bench::{bench_gemm, GemmBenchConfig, GemmBenchReport};
 pub use error::CodegenError;
 pub use graph::{
-    compile_graph, write_graph_artifact, CompileOptions, CompileStats, CompiledGraph, CpuScheduler,
+    build_graph_artifact, compile_graph, write_graph_artifact, CompileOptions, CompileStats,
+    CompiledGraph, CpuScheduler,
 };
 pub use jit::{JitGemm, JitModule};
 pub use machine::Machine;

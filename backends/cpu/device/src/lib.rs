@@ -29,5 +29,5 @@ pub use layout::PackedPanels;
 pub use library::{GemmKernel, KernelLibrary};
 pub use manifest::{GemmManifest, Manifest, MANIFEST_FILE};
 pub use plan::{BufRef, GraphPlan, Region, Step, TensorSpec};
-pub use pool::{max_threads, ThreadPool};
+pub use pool::{check_threads, max_threads, ThreadPool};
 pub use weights::{SharedBytes, SHARED_WEIGHTS_ALIGN};

@@ -19,21 +19,23 @@ pub fn max_threads() -> usize {
     hardware.saturating_mul(4).clamp(8, 1024)
 }
 
+/// Checks a requested thread count against the pool's limits (at least 1,
+/// at most [`max_threads`]) before anything is spawned or compiled.
+pub fn check_threads(threads: usize) -> Result<usize, DeviceError> {
+    let max = max_threads();
+    match threads {
+        0 => Err(DeviceError::NoThreads),
+        n if n > max => Err(DeviceError::TooManyThreads { requested: n, max }),
+        n => Ok(n),
+    }
+}
+
 impl ThreadPool {
     /// A pool of `threads` workers (at least 1, at most [`max_threads`]:
     /// more is an error, not a clamp, so a run never silently differs from
     /// what was asked).
     pub fn new(threads: usize) -> Result<Self, DeviceError> {
-        if threads == 0 {
-            return Err(DeviceError::NoThreads);
-        }
-        let max = max_threads();
-        if threads > max {
-            return Err(DeviceError::TooManyThreads {
-                requested: threads,
-                max,
-            });
-        }
+        check_threads(threads)?;
         let pool = if threads == 1 {
             None
         } else {

@@ -19,7 +19,7 @@ use m4c_plan::memory::kernel_step;
 use lower::{BufKind, PlanStep};
 pub(crate) use lower::{Loc, Lowering};
 
-use crate::artifact::write_artifact;
+use crate::artifact::{build_artifact, BuiltArtifact};
 use crate::{CodegenError, Machine, Target};
 
 /// How to compile a graph.
@@ -101,14 +101,22 @@ pub fn write_graph_artifact(
     target: &Target,
     dir: &Path,
 ) -> Result<Manifest, CodegenError> {
+    let built = build_graph_artifact(graph, target)?;
+    built.write(dir)?;
+    Ok(built.manifest)
+}
+
+/// Compiles `graph` into an artifact held in memory (only the linker
+/// works on files, in a scratch directory): what the backend seam hands to
+/// bundles and to in-process runs.
+pub fn build_graph_artifact(graph: &Graph, target: &Target) -> Result<BuiltArtifact, CodegenError> {
     let machine = Machine::new(target)?;
     let context = Context::create();
     let module = machine.new_module(&context, &graph.name);
     let mut lowering = Lowering::run(&context, &module, target, graph)?;
     dedupe::share_identical_kernels(&module, &mut lowering.steps);
     let plan = plan(&lowering, graph)?;
-    write_artifact(
-        dir,
+    build_artifact(
         &machine,
         &module,
         &lowering.weights,
