@@ -259,7 +259,7 @@ fn to_value(h: &NpyHeader, data: &[u8]) -> Result<Value, String> {
         data: &[u8],
         le: fn([u8; N]) -> T,
         be: fn([u8; N]) -> T,
-    ) -> ArrayD<T>
+    ) -> Result<ArrayD<T>, String>
     where
         T: Clone,
     {
@@ -274,20 +274,19 @@ fn to_value(h: &NpyHeader, data: &[u8]) -> Result<Value, String> {
         } else {
             ArrayD::from_shape_vec(shape, v)
         };
-        a.expect("length checked against the shape")
-            .as_standard_layout()
-            .into_owned()
+        a.map(|a| a.as_standard_layout().into_owned())
+            .map_err(|e| format!("data does not fill shape {:?}: {e}", h.shape))
     }
     Ok(match h.elem {
-        Elem::F32 => Value::F32(array(h, data, f32::from_le_bytes, f32::from_be_bytes)),
-        Elem::I64 => Value::I64(array(h, data, i64::from_le_bytes, i64::from_be_bytes)),
-        Elem::I32 => Value::I32(array(h, data, i32::from_le_bytes, i32::from_be_bytes)),
-        Elem::I8 => Value::I8(array(h, data, i8::from_le_bytes, i8::from_be_bytes)),
+        Elem::F32 => Value::F32(array(h, data, f32::from_le_bytes, f32::from_be_bytes)?),
+        Elem::I64 => Value::I64(array(h, data, i64::from_le_bytes, i64::from_be_bytes)?),
+        Elem::I32 => Value::I32(array(h, data, i32::from_le_bytes, i32::from_be_bytes)?),
+        Elem::I8 => Value::I8(array(h, data, i8::from_le_bytes, i8::from_be_bytes)?),
         Elem::Bool => {
             if let Some(b) = data.iter().find(|&&b| b > 1) {
                 return Err(format!("bool array holds the byte {b}"));
             }
-            let bytes = array(h, data, u8::from_le_bytes, u8::from_be_bytes);
+            let bytes = array(h, data, u8::from_le_bytes, u8::from_be_bytes)?;
             Value::Bool(bytes.mapv(|b| b == 1))
         }
     })
