@@ -127,7 +127,11 @@ impl Artifact {
 pub enum BackendError {
     /// Nodes outside the backend's capabilities (the first is named; all
     /// are in the list).
-    #[error("backend `{backend}` cannot compile {} node(s); first: {}", .refusals.len(), .refusals[0])]
+    #[error(
+        "backend `{backend}` cannot compile {} node(s){}",
+        .refusals.len(),
+        .refusals.first().map_or(String::new(), |r| format!("; first: {r}"))
+    )]
     Refused {
         backend: &'static str,
         refusals: Vec<Refusal>,
