@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A short coverage-guided fuzz run of every loader of hostile input
 # (fuzz/: bundles, sealed bundles, ONNX load + lowering + interpreter, npz,
-# PEFT adapters, task manifests, IR text, NPU programs), each seeded with
+# PEFT adapters, task manifests, IR text, NPU programs, CPU code plans), each seeded with
 # real inputs from the repository.
 #
 #   scripts/fuzz_smoke.sh [SECONDS_PER_TARGET]   (default 30)
@@ -16,7 +16,7 @@ set -euo pipefail
 seconds="${1:-30}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 fuzz_dir="$root/fuzz"
-targets=(bundle_reader bundle_sealed onnx_lower npz peft_adapter task_manifest ir_text npu_program)
+targets=(bundle_reader bundle_sealed onnx_lower npz peft_adapter task_manifest ir_text npu_program cpu_plan)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz_smoke: installing cargo-fuzz" >&2
@@ -58,6 +58,14 @@ cp -f "$root/examples/m4_tasks/tasks.toml" "$corpus/task_manifest/"
 cp -f "$root"/tests/filetests/*.ir "$corpus/ir_text/"
 [ -f "$corpus/npu_program/gemm.npub" ] ||
     "${m4c[@]}" npu gemm --m 8 --k 16 --n 8 --emit "$corpus/npu_program/gemm.npub" >/dev/null
+# The CPU code plan of the IMU encoder (what cpu_plan checks against).
+if [ ! -f "$corpus/cpu_plan/imu.plan.json" ]; then
+    scratch="$(mktemp -d)"
+    "${m4c[@]}" compile --backend cpu --target x86_64-avx512 --cpu x86-64-v4 \
+        "$root/tests/fixtures/imu_encoder.onnx" -o "$scratch/imu" >/dev/null
+    cp "$scratch/imu/plan.json" "$corpus/cpu_plan/imu.plan.json"
+    rm -rf "$scratch"
+fi
 
 cd "$fuzz_dir"
 for t in "${targets[@]}"; do
