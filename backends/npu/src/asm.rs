@@ -1,8 +1,12 @@
 //! The assembler: text to [`Program`].
 //!
 //! One statement per line; `;` starts a comment. Directives: `.dram SIZE`
-//! (DRAM image bytes) and `.data ADDR HEXBYTES` (initial DRAM contents;
-//! consecutive `.data` lines that continue each other form one segment).
+//! (DRAM image bytes), `.segment ADDR` (starts a new, possibly empty,
+//! segment of initial DRAM contents at ADDR) and `.data ADDR HEXBYTES`
+//! (initial DRAM contents: a `.data` line that continues the last segment
+//! extends it, any other starts a segment). The disassembler opens every
+//! segment with `.segment`, so text → binary → text keeps the segments
+//! exactly, adjacent ones included.
 //! Instructions: `mnemonic field=value ...` with every field of the opcode
 //! given once; values are decimal or `0x` hex; enumerated fields (engines,
 //! memory spaces, vector operations) by name.
@@ -49,6 +53,18 @@ pub fn assemble(source: &str) -> Result<Program, AsmError> {
                 program.dram_size = parse_int(size)
                     .and_then(|v| u32::try_from(v).ok())
                     .ok_or_else(|| err(format!("bad DRAM size `{size}`")))?;
+            }
+            ".segment" => {
+                let [addr] = rest[..] else {
+                    return Err(err("`.segment` takes an address".into()));
+                };
+                let addr = parse_int(addr)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| err(format!("bad address `{addr}`")))?;
+                program.segments.push(Segment {
+                    addr,
+                    bytes: vec![],
+                });
             }
             ".data" => {
                 let [addr, hex] = rest[..] else {
@@ -140,6 +156,38 @@ fn parse_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disasm::disassemble;
+
+    #[test]
+    fn adjacent_and_empty_segments_survive_disassembly() {
+        let program = Program {
+            dram_size: 64,
+            segments: vec![
+                Segment {
+                    addr: 0,
+                    bytes: vec![1, 2, 3],
+                },
+                Segment {
+                    addr: 3,
+                    bytes: vec![4],
+                },
+                Segment {
+                    addr: 8,
+                    bytes: vec![],
+                },
+            ],
+            instrs: assemble("halt").unwrap().instrs,
+        };
+        let bytes = program.to_bytes();
+        let again = assemble(&disassemble(&Program::from_bytes(&bytes).unwrap())).unwrap();
+        assert_eq!(again.to_bytes(), bytes, "asm(disasm(x)) is byte-identical");
+    }
+
+    #[test]
+    fn segment_takes_one_address() {
+        let e = assemble(".dram 8\n.segment\nhalt").unwrap_err();
+        assert_eq!(e.to_string(), "line 2: `.segment` takes an address");
+    }
 
     #[test]
     fn assembles_directives_and_instructions() {

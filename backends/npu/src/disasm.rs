@@ -20,12 +20,14 @@ pub fn format_instr(instr: &Instr) -> String {
     line
 }
 
-/// Disassembles a whole program: directives for the DRAM image, then one
-/// instruction per line with its index as a comment.
+/// Disassembles a whole program: directives for the DRAM image (each
+/// segment opened by `.segment`, so the assembler rebuilds the same
+/// segments), then one instruction per line with its index as a comment.
 pub fn disassemble(program: &Program) -> String {
     let mut out = String::new();
     let _ = writeln!(out, ".dram {}", program.dram_size);
     for seg in &program.segments {
+        let _ = writeln!(out, ".segment 0x{:x}", seg.addr);
         for (i, chunk) in seg.bytes.chunks(DATA_LINE_BYTES).enumerate() {
             let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
             let _ = writeln!(
