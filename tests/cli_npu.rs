@@ -263,3 +263,43 @@ fn conv_with_per_channel_requantisation() {
     assert_eq!(v["bit_exact"], true);
     assert_eq!(v["layer"]["per_channel"], true);
 }
+
+#[test]
+fn config_dump_is_a_commented_template_that_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("my_npu.toml");
+    let toml = toml.to_str().unwrap();
+    let (code, _, err) = m4c(&[
+        "npu",
+        "config",
+        "--preset",
+        "phone-flagship",
+        "--dump",
+        "-o",
+        toml,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(toml).unwrap();
+    assert!(
+        text.contains("# Systolic array rows (1..=4096).\narray_rows = "),
+        "{text}"
+    );
+    let (code, from_file, err) = m4c(&["npu", "config", "--preset", toml]);
+    assert_eq!(code, 0, "{err}");
+    let (_, from_preset, _) = m4c(&["npu", "config", "--preset", "phone-flagship"]);
+    assert_eq!(from_file, from_preset);
+    assert!(from_preset.contains("TOPS peak"), "{from_preset}");
+
+    // The template drives a layer exactly as the preset does.
+    let gemm = |config: &str| {
+        m4c(&[
+            "npu", "gemm", "--m", "16", "--k", "32", "--n", "16", "--config", config, "--json",
+        ])
+    };
+    let (a, b) = (gemm(toml), gemm("phone-flagship"));
+    assert_eq!((a.0, &a.1), (0, &b.1), "{}", a.2);
+
+    let (code, _, err) = m4c(&["npu", "config", "--preset", "no-such-npu"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown preset `no-such-npu`"), "{err}");
+}

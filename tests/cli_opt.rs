@@ -140,6 +140,45 @@ fn partition_reports_every_fixture() {
 }
 
 #[test]
+fn partition_reports_a_bad_model_as_its_own_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.onnx");
+    std::fs::write(&bad, b"not a protobuf").unwrap();
+    let good = fixture("resnet_small.onnx");
+    let out = m4c(&[
+        "partition".as_ref(),
+        "--json".as_ref(),
+        "--target".as_ref(),
+        "npu:phone-flagship".as_ref(),
+        bad.as_os_str(),
+        good.as_os_str(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["status"], "fails-to-convert");
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("broken.onnx"),
+        "{}",
+        rows[0]
+    );
+    assert_ne!(rows[1]["status"], "fails-to-convert");
+    assert_eq!(rows[1]["target"], "npu:phone-flagship");
+
+    // Only bad models: an error, exit 2.
+    let out = m4c(&["partition".as_ref(), bad.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no model could be converted"), "{err}");
+}
+
+#[test]
 fn bad_adapter_directory_is_a_one_line_error() {
     let out = m4c(&[
         "run".as_ref(),

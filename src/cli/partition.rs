@@ -15,10 +15,11 @@ pub struct PartitionArgs {
     /// Models (ONNX, or IR files from `m4c opt -o`).
     #[arg(required = true)]
     models: Vec<ModelPath>,
-    /// Accelerator: `npu[:PRESET|CONFIG.toml]` (the op set does not depend
-    /// on the config; the config is checked, and its roofline is the
-    /// optimiser's cost model), or a registered backend (`m4c backends`),
-    /// whose refusals decide.
+    /// Accelerator: `npu[:PRESET|CONFIG.toml]` (default config edge-small;
+    /// the op set does not depend on the config; the config is checked,
+    /// named in the report, and its roofline is the optimiser's cost model),
+    /// or a registered backend (`m4c backends`), whose refusals decide. A
+    /// model that does not convert is a `FailsToConvert` row with the reason.
     #[arg(long, default_value = "npu")]
     target: String,
     #[command(flatten)]
@@ -34,16 +35,31 @@ fn support(target: &str) -> CliResult<Box<dyn OpSupport>> {
     let (name, spec) = target.split_once(':').unwrap_or((target, ""));
     match name {
         "npu" => {
-            if !spec.is_empty() {
-                m4c_npu::config::MachineConfig::load(spec)?;
-            }
-            Ok(Box::new(NpuOpSet))
+            let config = m4c_npu::config::MachineConfig::load(match spec {
+                "" => "edge-small",
+                s => s,
+            })?;
+            Ok(Box::new(NamedNpu(format!("npu:{}", config.name))))
         }
         _ if spec.is_empty() => match m4c_backends::lookup(name) {
             Ok(backend) => Ok(Box::new(Backend(backend))),
             Err(e) => Err(format!("{e}; or npu[:PRESET|CONFIG]").into()),
         },
         _ => Err(format!("unknown target `{target}` (npu[:PRESET|CONFIG] or a backend)").into()),
+    }
+}
+
+/// The NPU's op set under the name of the target as given (with its
+/// machine configuration), so that reports say which NPU they are for.
+struct NamedNpu(String);
+
+impl OpSupport for NamedNpu {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn supports(&self, g: &Graph, node: &Node) -> bool {
+        NpuOpSet.supports(g, node)
     }
 }
 
@@ -61,7 +77,9 @@ impl OpSupport for Backend {
     }
 }
 
-/// Runs `m4c partition`.
+/// Runs `m4c partition`. A model that does not load, lower or optimise is
+/// a row of its own with the reason; only when no model converts is it an
+/// error.
 pub fn run(args: PartitionArgs) -> CliResult<i32> {
     let support = support(&args.target)?;
     let cost = super::opt::target_model(&args.target)?;
@@ -69,17 +87,33 @@ pub fn run(args: PartitionArgs) -> CliResult<i32> {
     let progress = Progress::bar(args.models.len(), "models");
     for path in &args.models {
         progress.item(path.display().to_string());
-        let model = Model::open(path)?;
-        let graph = model.lower(&args.dims.options(&model, Some(1))?)?;
-        let graph = args.opt.apply(&model, graph, &cost, false)?;
         let name = path.file_stem().map_or_else(
             || path.display().to_string(),
             |s| s.to_string_lossy().into_owned(),
         );
-        reports.push(PartitionReport::of(&name, &graph, support.as_ref()));
+        let converted = (|| -> CliResult<Graph> {
+            let model = Model::open(path)?;
+            let graph = model.lower(&args.dims.options(&model, Some(1))?)?;
+            args.opt.apply(&model, graph, &cost, false)
+        })();
+        reports.push(match converted {
+            Ok(graph) => PartitionReport::of(&name, &graph, support.as_ref()),
+            Err(e) => PartitionReport::failed(&name, support.name(), e.to_string()),
+        });
         progress.inc();
     }
     drop(progress);
+    if reports.iter().all(|r| r.error.is_some()) {
+        let first = reports
+            .first()
+            .and_then(|r| r.error.as_deref())
+            .unwrap_or("");
+        return Err(format!(
+            "no model could be converted ({} given); first: {first}",
+            reports.len()
+        )
+        .into());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

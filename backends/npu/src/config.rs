@@ -156,6 +156,45 @@ const EDGE_ENERGY: EnergyTable = EnergyTable {
     sfu_op_pj: 3.0,
 };
 
+/// What each field of a description means, its unit and the range
+/// [`MachineConfig::validate`] accepts (the comments of
+/// [`MachineConfig::to_commented_toml`]), by `table.key`.
+const FIELD_NOTES: &[(&str, &str)] = &[
+    ("name", "A name for reports."),
+    ("array_rows", "Systolic array rows (1..=4096)."),
+    ("array_cols", "Systolic array columns (1..=4096)."),
+    ("dataflow", "\"ws\" (weight-stationary: K on rows, N on columns) or \"os\" (output-stationary: M on rows)."),
+    ("weight_sram_bytes", "Weight SRAM bytes (at most 16 MiB: 24-bit addresses)."),
+    ("act_sram_bytes", "Activation SRAM bytes (at most 16 MiB: 24-bit addresses)."),
+    ("sram_banks", "SRAM banks (informational: the timing model assumes no bank conflicts)."),
+    ("acc_bytes", "Accumulator bytes, int32 entries (a multiple of 4, at most 4 MiB)."),
+    ("vector_lanes", "Vector unit lanes: elements per cycle (> 0)."),
+    ("vector_latency_cycles", "Vector unit pipeline latency, cycles."),
+    ("lut_entries", "Lookup-table entries of `vlut` (must be 256: int8 tables)."),
+    ("sfu_lanes", "Special-function lanes: reciprocal/rsqrt/exp2 results per cycle (> 0; default 4)."),
+    ("sfu_latency_cycles", "Special-function pipeline latency, cycles (default 12)."),
+    ("dram_bytes_per_cycle", "DRAM bytes per cycle shared by both DMA engines (> 0; omit: each engine has its full rate)."),
+    ("clock_mhz", "Clock in MHz: converts cycles to time (> 0)."),
+    ("dma_in", "The DMA engine that loads DRAM into the SRAMs."),
+    ("dma_out", "The DMA engine that stores SRAM to DRAM."),
+    ("dma_in.bytes_per_cycle", "Sustained DRAM bytes per cycle (> 0)."),
+    ("dma_in.latency_cycles", "Cycles from issue to the first byte (DRAM latency + descriptor setup)."),
+    ("dma_out.bytes_per_cycle", "Sustained DRAM bytes per cycle (> 0)."),
+    ("dma_out.latency_cycles", "Cycles from issue to the first byte (DRAM latency + descriptor setup)."),
+    ("energy", "Energy per action in picojoules (Horowitz/Accelergy-style)."),
+    ("energy.mac_pj", "One int8 multiply-accumulate in the array."),
+    ("energy.sram_read_pj_per_byte", "Reading one byte of weight or activation SRAM."),
+    ("energy.sram_write_pj_per_byte", "Writing one byte of weight or activation SRAM."),
+    ("energy.acc_pj_per_byte", "Reading or writing one byte of the accumulator."),
+    ("energy.dram_pj_per_byte", "Moving one byte to or from DRAM."),
+    ("energy.vector_op_pj", "One vector-lane operation (requantise, copy, lookup of one element)."),
+    ("energy.sfu_op_pj", "One special-function evaluation (default 3.0)."),
+];
+
+fn field_note(key: &str) -> Option<&'static str> {
+    FIELD_NOTES.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
+}
+
 impl MachineConfig {
     /// `edge-small`: 32x32 int8 WS array, 256 KiB weight + 256 KiB activation
     /// SRAM, 64 KiB accumulator, 32 B/cycle DMA.
@@ -313,6 +352,37 @@ impl MachineConfig {
         Ok(())
     }
 
+    /// The description as TOML that [`MachineConfig::load`] reads back, each
+    /// field preceded by a comment giving its meaning, unit and the range
+    /// [`MachineConfig::validate`] accepts: the starting point for
+    /// describing a new NPU (`m4c npu config --preset NAME --dump`).
+    pub fn to_commented_toml(&self) -> String {
+        let plain = toml::to_string(self).unwrap_or_default();
+        let mut out = format!(
+            "# NPU machine description `{}` for m4c (docs/NPU_ISA.md).\n\
+             # Load it with `--config FILE.toml`; every field below is required\n\
+             # unless its comment says it has a default.\n",
+            self.name
+        );
+        let mut table = String::new();
+        for line in plain.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = format!("{name}.");
+                out.push('\n');
+                if let Some(note) = field_note(name) {
+                    out.push_str(&format!("# {note}\n"));
+                }
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                if let Some(note) = field_note(&format!("{table}{key}")) {
+                    out.push_str(&format!("# {note}\n"));
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
     /// Accumulator capacity in int32 entries.
     pub fn acc_entries(&self) -> usize {
         self.acc_bytes as usize / 4
@@ -322,6 +392,27 @@ impl MachineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commented_template_loads_back_with_every_field_explained() {
+        for preset in ["edge-small", "phone-flagship"] {
+            let config = MachineConfig::preset(preset).unwrap();
+            let text = config.to_commented_toml();
+            let back: MachineConfig = toml::from_str(&text).unwrap();
+            assert_eq!(back, config, "{preset}");
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let is_field =
+                    !line.starts_with('#') && (line.contains(" = ") || line.starts_with('['));
+                if is_field {
+                    assert!(
+                        i > 0 && lines[i - 1].starts_with("# "),
+                        "{preset}: `{line}` has no comment"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn presets_are_valid_and_round_trip_through_toml_and_json() {

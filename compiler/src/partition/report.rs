@@ -7,13 +7,15 @@ use m4c_ir::{Graph, TensorType, ValueDef};
 
 use super::{partition, OpSupport};
 
-/// How much of a model the accelerator covers.
+/// How much of a model the accelerator covers (Fig. 2(a)'s categories).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Status {
     Full,
     Partial,
     Unsupported,
+    /// The model did not load or lower: nothing was partitioned.
+    FailsToConvert,
 }
 
 /// The partition figures of one model.
@@ -33,6 +35,9 @@ pub struct PartitionReport {
     pub boundary_bytes: u64,
     /// Op types that fell back to the CPU, with counts.
     pub cpu_ops: Vec<(String, usize)>,
+    /// Why the model could not be converted ([`Status::FailsToConvert`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl PartitionReport {
@@ -89,16 +94,46 @@ impl PartitionReport {
             macs_on_accelerator: macs_acc,
             boundary_bytes,
             cpu_ops: cpu_ops.into_iter().collect(),
+            error: None,
+        }
+    }
+
+    /// The row of a model that could not be loaded or lowered: a table of
+    /// many models reports it with its reason instead of stopping.
+    pub fn failed(model: &str, target: &str, error: String) -> PartitionReport {
+        PartitionReport {
+            model: model.to_string(),
+            target: target.to_string(),
+            status: Status::FailsToConvert,
+            subgraphs: 0,
+            ops: 0,
+            ops_on_accelerator: 0,
+            macs: 0,
+            macs_on_accelerator: 0,
+            boundary_bytes: 0,
+            cpu_ops: vec![],
+            error: Some(error),
         }
     }
 }
 
-/// The Fig. 2 table of several models.
+/// The Fig. 2 table of several models, headed by the target (and its
+/// machine configuration) they were partitioned for.
 pub fn markdown_table(reports: &[PartitionReport]) -> String {
-    let mut s = String::from(
-        "| model | status | sub-graphs | ops on accel | MACs on accel | boundary bytes | CPU ops |\n|---|---|---|---|---|---|---|\n",
-    );
+    let mut s = String::new();
+    if let Some(r) = reports.first() {
+        s += &format!("Target: {}\n\n", r.target);
+    }
+    s += "| model | status | sub-graphs | ops on accel | MACs on accel | boundary bytes | CPU ops |\n|---|---|---|---|---|---|---|\n";
     for r in reports {
+        if let Some(error) = &r.error {
+            s += &format!(
+                "| {} | FailsToConvert | - | - | - | - | {} |\n",
+                r.model,
+                error.replace('|', "\\|")
+            );
+            continue;
+        }
         let pct = |a: u64, b: u64| {
             if b == 0 {
                 100.0
@@ -127,10 +162,14 @@ pub fn markdown_table(reports: &[PartitionReport]) -> String {
         .iter()
         .filter(|r| r.status == super::Status::Partial)
         .count();
+    let failed = reports
+        .iter()
+        .filter(|r| r.status == super::Status::FailsToConvert)
+        .count();
     s += &format!(
-        "\n{} models: {full} fully supported, {partial} partial, {} unsupported\n",
+        "\n{} models: {full} fully supported, {partial} partial, {} unsupported, {failed} failed to convert\n",
         reports.len(),
-        reports.len() - full - partial
+        reports.len() - full - partial - failed
     );
     s
 }

@@ -45,6 +45,21 @@ enum NpuCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Describe an NPU: a summary of a preset or a config file, or with --dump
+    /// its full description as commented TOML, the template for a new NPU
+    /// (`m4c npu config --preset phone-flagship --dump -o my_npu.toml`, edit,
+    /// then `--config my_npu.toml` anywhere a machine is taken).
+    Config {
+        /// A preset (edge-small, phone-flagship) or a .toml/.json file.
+        #[arg(long, default_value = "edge-small")]
+        preset: String,
+        /// Print the whole description as commented TOML.
+        #[arg(long)]
+        dump: bool,
+        /// With --dump: write the TOML here instead of stdout.
+        #[arg(short, long, requires = "dump")]
+        output: Option<PathBuf>,
+    },
     /// Simulate a program (binary `.npub` or assembly text) and report cycles,
     /// engine utilisation, traffic and energy. Exits 1 if hazards are found.
     Sim {
@@ -222,6 +237,32 @@ pub(super) struct LayerFlags {
     emit: Option<PathBuf>,
 }
 
+/// The few numbers a hardware team compares NPUs by.
+fn config_summary(c: &MachineConfig) -> String {
+    let macs = c.array_rows as f64 * c.array_cols as f64;
+    let tops = 2.0 * macs * c.clock_mhz * 1e6 / 1e12;
+    let kib = |b: u32| b as f64 / 1024.0;
+    format!(
+        "{}: {}x{} int8 array ({:?}), {:.0} MHz, {tops:.2} TOPS peak\n\
+         SRAM: {:.0} KiB weights + {:.0} KiB activations, {:.0} KiB accumulator\n\
+         vector unit: {} lanes; special functions: {} lanes\n\
+         DMA: {} B/cycle in, {} B/cycle out ({:.1} GB/s in)\n",
+        c.name,
+        c.array_rows,
+        c.array_cols,
+        c.dataflow,
+        c.clock_mhz,
+        kib(c.weight_sram_bytes),
+        kib(c.act_sram_bytes),
+        kib(c.acc_bytes),
+        c.vector_lanes,
+        c.sfu_lanes,
+        c.dma_in.bytes_per_cycle,
+        c.dma_out.bytes_per_cycle,
+        c.dma_in.bytes_per_cycle as f64 * c.clock_mhz * 1e6 / 1e9,
+    )
+}
+
 fn parse_array(s: &str) -> Result<(u32, u32), String> {
     let (r, c) = s
         .split_once(['x', 'X'])
@@ -292,6 +333,23 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             let text = disassemble(&program);
             match output {
                 Some(out) => write_output(&out, &[&file], text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
+        NpuCommand::Config {
+            preset,
+            dump,
+            output,
+        } => {
+            let config = MachineConfig::load(&preset)?;
+            if !dump {
+                print!("{}", config_summary(&config));
+                return Ok(0);
+            }
+            let text = config.to_commented_toml();
+            match output {
+                Some(out) => write_output(&out, &[std::path::Path::new(&preset)], text.as_bytes())?,
                 None => print!("{text}"),
             }
             Ok(0)
