@@ -811,6 +811,31 @@ fn split_negative_sizes() {
     refused("split_neg", m, &["split [6, -2] has a negative entry"]);
 }
 
+/// Found by the `onnx_lower` fuzz target: Split of a scalar indexed the
+/// shape at the axis.
+#[test]
+fn split_of_a_scalar() {
+    let m = model(18, vec![("x", F32, vec![])]).node("Split", &["x"], vec![int("num_outputs", 1)]);
+    refused(
+        "split_scalar",
+        m,
+        &["Split", "input has rank 0 ([]), needs rank ≥ 1"],
+    );
+}
+
+#[test]
+fn slice_of_a_scalar() {
+    let m = model(13, vec![("x", F32, vec![])])
+        .init(i64s("st", &[1], &[0]))
+        .init(i64s("en", &[1], &[1]))
+        .node("Slice", &["x", "st", "en"], vec![]);
+    refused(
+        "slice_scalar",
+        m,
+        &["Slice", "data has rank 0 ([]), needs rank ≥ 1"],
+    );
+}
+
 #[test]
 fn depth_to_space_blocksize_zero() {
     let m = image().node("DepthToSpace", &["x"], vec![int("blocksize", 0)]);

@@ -316,6 +316,7 @@ pub fn concat(b: &mut B, n: &NodeCtx) -> Lowering {
 pub fn split(b: &mut B, n: &NodeCtx) -> Lowering {
     let x = n.input(0)?;
     let s = b.shape(&x);
+    need_rank("input", &s, 1)?;
     let a = axis(n.int("axis", 0), s.len())?;
     let parts = n.node.output.len();
     let sizes: Vec<usize> = match n.ints_attr_or_input("split", 1)? {
@@ -394,6 +395,9 @@ pub fn slice(b: &mut B, n: &NodeCtx) -> Lowering {
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
     if ends.len() != starts.len() || ax.len() != starts.len() || steps.len() != starts.len() {
         return Err("starts, ends, axes and steps differ in length".into());
+    }
+    if !starts.is_empty() {
+        need_rank("data", &s, 1)?;
     }
     let mut axes_out: Vec<SliceAxis> = s
         .iter()
