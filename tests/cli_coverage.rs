@@ -302,3 +302,82 @@ fn bad_arguments_exit_2_and_write_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "only the file the test made");
 }
+
+#[test]
+fn backend_support_counts_what_each_target_takes() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+    let resnet = format!("{fixtures}resnet_small.onnx");
+    let llama = format!("{fixtures}llama_prefill.onnx");
+    let out = m4c(&[
+        "coverage",
+        "--json",
+        "--backends",
+        "npu:phone-flagship,cpu",
+        &resnet,
+        &llama,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let totals = json["groups"][0]["backends"].as_array().unwrap();
+    let targets: Vec<&str> = totals
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["npu:phone-flagship", "cpu"]);
+    // Per model, the nodes a target takes plus those it refuses are all
+    // the model's IR nodes; the group sums the models.
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for m in json["models"].as_array().unwrap() {
+        let ir_nodes: u64 = m["lowering"]["ir_ops"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        for b in m["lowering"]["backends"].as_array().unwrap() {
+            let refused: u64 = b["refused"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(b["nodes"].as_u64().unwrap(), ir_nodes);
+            assert_eq!(
+                b["nodes_supported"].as_u64().unwrap() + refused,
+                ir_nodes,
+                "{b}"
+            );
+            let e = sums
+                .entry(b["target"].as_str().unwrap().to_string())
+                .or_default();
+            e.0 += ir_nodes;
+            e.1 += b["nodes_supported"].as_u64().unwrap();
+        }
+    }
+    for t in totals {
+        let (nodes, supported) = sums[t["target"].as_str().unwrap()];
+        assert_eq!(
+            (
+                t["nodes"].as_u64().unwrap(),
+                t["nodes_supported"].as_u64().unwrap()
+            ),
+            (nodes, supported)
+        );
+    }
+    // The CPU backend compiles both fixtures whole (tests/cpu_fixtures.rs
+    // runs them); the NPU's op set has no MaxPool (ResNet's stem).
+    assert_eq!(totals[1]["models_whole"], 2);
+    assert_eq!(totals[0]["refused"]["MaxPool"], 1);
+    let md = m4c(&["coverage", "--backends", "all", &resnet]);
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(md.contains("## Backend support"), "{md}");
+
+    let bad = m4c(&["coverage", "--backends", "tpu", &resnet]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown backend `tpu`"));
+}

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
-use m4c_ir::Graph;
+use m4c_compiler::partition::{NpuOpSet, OpSupport};
+use m4c_ir::{Graph, Node};
 use m4c_runtime::bundle::format::REFERENCE_BACKEND;
 use m4c_runtime::exec::ModuleExecutor;
 
@@ -94,4 +95,53 @@ pub fn compile_request(
 /// spawned, so a typo such as 100000 is one line, not a fork bomb.
 pub fn threads(n: usize) -> CliResult<usize> {
     Ok(m4c_cpu_device::check_threads(n)?)
+}
+
+/// What a partition or coverage target takes: `npu[:PRESET|CONFIG]` (the
+/// NPU's op set, named with its checked machine config, default
+/// edge-small) or a registered backend, whose refusals decide.
+pub fn op_support(target: &str) -> CliResult<Box<dyn OpSupport>> {
+    let (name, spec) = target.split_once(':').unwrap_or((target, ""));
+    match name {
+        "npu" => {
+            let config = m4c_npu::config::MachineConfig::load(match spec {
+                "" => "edge-small",
+                s => s,
+            })?;
+            Ok(Box::new(NamedNpu(format!("npu:{}", config.name))))
+        }
+        _ if spec.is_empty() => match m4c_backends::lookup(name) {
+            Ok(backend) => Ok(Box::new(Refusals(backend))),
+            Err(e) => Err(format!("{e}; or npu[:PRESET|CONFIG]").into()),
+        },
+        _ => Err(format!("unknown target `{target}` (npu[:PRESET|CONFIG] or a backend)").into()),
+    }
+}
+
+/// The NPU's op set under the name of the target as given (with its
+/// machine configuration), so that reports say which NPU they are for.
+struct NamedNpu(String);
+
+impl OpSupport for NamedNpu {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn supports(&self, g: &Graph, node: &Node) -> bool {
+        NpuOpSet.supports(g, node)
+    }
+}
+
+/// A registered backend as an [`OpSupport`]: it supports what it does not
+/// refuse.
+struct Refusals(&'static dyn CodeGenerator);
+
+impl OpSupport for Refusals {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn supports(&self, g: &Graph, node: &Node) -> bool {
+        self.0.refuse(g, node).is_none()
+    }
 }

@@ -9,6 +9,7 @@ use glob::{MatchOptions, Pattern};
 use m4c_compiler::coverage::{
     analyze, census_model, frequency_svg, growth_svg, render_markdown, GroupSpec, Outcome,
 };
+use m4c_compiler::partition::OpSupport;
 
 use super::CliResult;
 
@@ -42,6 +43,12 @@ pub struct CoverageArgs {
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     json: bool,
+    /// Also measure, for every model that lowers fully, the IR nodes and
+    /// MACs each of these targets compiles (comma-separated: backends from
+    /// `m4c backends`, `npu[:PRESET|CONFIG]`; `all` = every code generator
+    /// and the NPU op set) — a "Backend support" table.
+    #[arg(long, value_name = "TARGETS", value_delimiter = ',')]
+    backends: Vec<String>,
 }
 
 fn parse_group(arg: &str) -> Result<(String, String), String> {
@@ -66,6 +73,29 @@ fn parse_group(arg: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), glob.to_string()))
 }
 
+/// The `--backends` list, `all` expanded to the NPU op set and every code
+/// generator but the reference interpreter (which takes everything).
+fn backend_targets(names: &[String]) -> CliResult<Vec<Box<dyn OpSupport>>> {
+    let mut expanded: Vec<String> = vec![];
+    for n in names {
+        if n == "all" {
+            expanded.push("npu".into());
+            expanded.extend(
+                m4c_backends::names()
+                    .into_iter()
+                    .filter(|b| *b != m4c_runtime::bundle::format::REFERENCE_BACKEND)
+                    .map(String::from),
+            );
+        } else {
+            expanded.push(n.clone());
+        }
+    }
+    expanded
+        .iter()
+        .map(|t| super::backend::op_support(t))
+        .collect()
+}
+
 /// Runs the analysis; see the `after_help` text for outputs and exit codes.
 pub fn run(args: CoverageArgs) -> CliResult<i32> {
     let (paths, groups) = resolve(&args.models, &args.groups)?;
@@ -74,6 +104,8 @@ pub fn run(args: CoverageArgs) -> CliResult<i32> {
         let is_dir = fs::symlink_metadata(dir).is_ok();
         m4c_runtime::outfile::check(dir, &inputs, is_dir)?;
     }
+    let targets = backend_targets(&args.backends)?;
+    let targets: Vec<&dyn OpSupport> = targets.iter().map(|t| t.as_ref()).collect();
     let names = display_names(&paths);
     let progress = super::progress::Progress::bar(paths.len(), "models");
     let models: Vec<_> = paths
@@ -81,7 +113,7 @@ pub fn run(args: CoverageArgs) -> CliResult<i32> {
         .zip(names)
         .map(|(p, n)| {
             progress.item(n.clone());
-            let census = census_model(p, n);
+            let census = census_model(p, n, &targets);
             progress.inc();
             census
         })

@@ -1,9 +1,8 @@
 //! `m4c partition`: split models into accelerator sub-graphs and CPU
 //! fallback and report coverage (the paper's Fig. 2).
 
-use m4c_compiler::backend::CodeGenerator;
-use m4c_compiler::partition::{markdown_table, NpuOpSet, OpSupport, PartitionReport};
-use m4c_ir::{Graph, Node};
+use m4c_compiler::partition::{markdown_table, PartitionReport};
+use m4c_ir::Graph;
 
 use super::model_args::{DimArgs, Model, ModelPath, OptSwitch};
 use super::progress::Progress;
@@ -31,57 +30,11 @@ pub struct PartitionArgs {
     dims: DimArgs,
 }
 
-fn support(target: &str) -> CliResult<Box<dyn OpSupport>> {
-    let (name, spec) = target.split_once(':').unwrap_or((target, ""));
-    match name {
-        "npu" => {
-            let config = m4c_npu::config::MachineConfig::load(match spec {
-                "" => "edge-small",
-                s => s,
-            })?;
-            Ok(Box::new(NamedNpu(format!("npu:{}", config.name))))
-        }
-        _ if spec.is_empty() => match m4c_backends::lookup(name) {
-            Ok(backend) => Ok(Box::new(Backend(backend))),
-            Err(e) => Err(format!("{e}; or npu[:PRESET|CONFIG]").into()),
-        },
-        _ => Err(format!("unknown target `{target}` (npu[:PRESET|CONFIG] or a backend)").into()),
-    }
-}
-
-/// The NPU's op set under the name of the target as given (with its
-/// machine configuration), so that reports say which NPU they are for.
-struct NamedNpu(String);
-
-impl OpSupport for NamedNpu {
-    fn name(&self) -> &str {
-        &self.0
-    }
-
-    fn supports(&self, g: &Graph, node: &Node) -> bool {
-        NpuOpSet.supports(g, node)
-    }
-}
-
-/// A registered backend as a partition target: it supports what it does
-/// not refuse.
-struct Backend(&'static dyn CodeGenerator);
-
-impl OpSupport for Backend {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    fn supports(&self, g: &Graph, node: &Node) -> bool {
-        self.0.refuse(g, node).is_none()
-    }
-}
-
 /// Runs `m4c partition`. A model that does not load, lower or optimise is
 /// a row of its own with the reason; only when no model converts is it an
 /// error.
 pub fn run(args: PartitionArgs) -> CliResult<i32> {
-    let support = support(&args.target)?;
+    let support = super::backend::op_support(&args.target)?;
     let cost = super::opt::target_model(&args.target)?;
     let mut reports = vec![];
     let progress = Progress::bar(args.models.len(), "models");

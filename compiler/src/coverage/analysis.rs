@@ -48,6 +48,26 @@ pub struct GroupReport {
     pub lowering: LoweringSummary,
     /// Distinct IR ops over the models that lowered fully, sorted.
     pub ir_ops: Vec<String>,
+    /// Per backend asked about: how much of the fully lowered models it
+    /// compiles (empty when none was asked about).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendTotals>,
+}
+
+/// One backend's support summed over a group's fully lowered models.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendTotals {
+    pub target: String,
+    /// Models every node of which the backend takes.
+    pub models_whole: usize,
+    /// Fully lowered models it was measured on.
+    pub models: usize,
+    pub nodes: usize,
+    pub nodes_supported: usize,
+    pub macs: u64,
+    pub macs_supported: u64,
+    /// IR ops it refuses, with node counts over the group.
+    pub refused: BTreeMap<String, usize>,
 }
 
 /// How many of a group's models use one op type.
@@ -132,11 +152,43 @@ fn group_report(models: &[ModelCensus], spec: &GroupSpec) -> GroupReport {
     };
     let mut blockers: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut ir_ops = BTreeSet::new();
+    let mut backends: Vec<BackendTotals> = vec![];
     for ops in &read {
         match &ops.lowering {
-            Lowering::Full { ir_ops: used } => {
+            Lowering::Full {
+                ir_ops: used,
+                backends: supports,
+            } => {
                 lowering.full += 1;
                 ir_ops.extend(used.keys().cloned());
+                for b in supports {
+                    let pos = match backends.iter().position(|t| t.target == b.target) {
+                        Some(i) => i,
+                        None => {
+                            backends.push(BackendTotals {
+                                target: b.target.clone(),
+                                models_whole: 0,
+                                models: 0,
+                                nodes: 0,
+                                nodes_supported: 0,
+                                macs: 0,
+                                macs_supported: 0,
+                                refused: BTreeMap::new(),
+                            });
+                            backends.len() - 1
+                        }
+                    };
+                    let t = &mut backends[pos];
+                    t.models += 1;
+                    t.models_whole += usize::from(b.nodes_supported == b.nodes);
+                    t.nodes += b.nodes;
+                    t.nodes_supported += b.nodes_supported;
+                    t.macs += b.macs;
+                    t.macs_supported += b.macs_supported;
+                    for (op, n) in &b.refused {
+                        *t.refused.entry(op.clone()).or_insert(0) += n;
+                    }
+                }
             }
             Lowering::Blocked { blockers: bs } => {
                 lowering.blocked += 1;
@@ -176,6 +228,7 @@ fn group_report(models: &[ModelCensus], spec: &GroupSpec) -> GroupReport {
         frequency: frequency(&op_sets),
         lowering,
         ir_ops: ir_ops.into_iter().collect(),
+        backends,
     }
 }
 
@@ -356,6 +409,7 @@ mod tests {
     fn group_report_skips_unreadable_models_and_tallies_blockers() {
         let full = |ir: &[&str]| Lowering::Full {
             ir_ops: ir.iter().map(|o| (o.to_string(), 2)).collect(),
+            backends: vec![],
         };
         let models = vec![
             model("m0", &["MatMul", "Add"], full(&["MatMul", "Add"])),

@@ -8,6 +8,7 @@ use prost::Message;
 use serde::Serialize;
 use tract_onnx::pb::{GraphProto, ModelProto};
 
+use crate::partition::OpSupport;
 use crate::{lower_report, FrontendError, LowerOptions, OnnxModel, UnsupportedNode};
 
 /// One model of a coverage run: where it came from and what was found in it.
@@ -49,14 +50,65 @@ pub struct ModelOps {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Lowering {
-    /// Every node lowered; IR node count per IR op after dead-code removal.
-    Full { ir_ops: BTreeMap<String, usize> },
+    /// Every node lowered; IR node count per IR op after dead-code removal,
+    /// and how much of the graph each backend asked about compiles.
+    Full {
+        ir_ops: BTreeMap<String, usize>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backends: Vec<BackendSupport>,
+    },
     /// Some nodes have no lowering; these op types block the model.
     Blocked { blockers: Vec<Blocker> },
     /// Lowering stopped on an error that is not an unsupported op (an opset
     /// outside the frontend's range, a broken tensor, a missing external-data
     /// file, an input without a usable type).
     Failed { error: String },
+}
+
+/// How much of one fully lowered model a backend (or the NPU's op set)
+/// compiles, by IR node and by multiply-accumulate: the hardware team's
+/// question "what would run on our accelerator".
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendSupport {
+    /// The backend or target name ([`OpSupport::name`]).
+    pub target: String,
+    /// IR nodes of the (unoptimised) lowered graph.
+    pub nodes: usize,
+    /// Of those, the nodes the backend takes.
+    pub nodes_supported: usize,
+    /// Multiply-accumulates of the graph (symbolic dims bound to 1).
+    pub macs: u64,
+    /// Of those, the MACs of nodes the backend takes.
+    pub macs_supported: u64,
+    /// IR ops the backend refuses, with node counts.
+    pub refused: BTreeMap<String, usize>,
+}
+
+impl BackendSupport {
+    /// Measures `g` against `target`.
+    pub fn of(g: &m4c_ir::Graph, target: &dyn OpSupport) -> BackendSupport {
+        let mut r = BackendSupport {
+            target: target.name().to_string(),
+            nodes: g.nodes.len(),
+            nodes_supported: 0,
+            macs: 0,
+            macs_supported: 0,
+            refused: BTreeMap::new(),
+        };
+        for node in &g.nodes {
+            let tys: Vec<&m4c_ir::TensorType> =
+                node.inputs.iter().map(|&v| &g.value(v).ty).collect();
+            let macs = node.op.cost(&tys, &g.value(node.output).ty).macs;
+            r.macs += macs;
+            if target.supports(g, node) {
+                r.nodes_supported += 1;
+                r.macs_supported += macs;
+            } else {
+                *r.refused.entry(node.op.name().to_string()).or_insert(0) += 1;
+            }
+        }
+        r
+    }
 }
 
 /// An op type that keeps a model from lowering fully.
@@ -78,14 +130,15 @@ fn lower_options() -> LowerOptions {
     }
 }
 
-/// Reads and lowers the model at `path`; never fails, a model that cannot be
-/// read becomes [`Outcome::Unreadable`].
-pub fn census_model(path: &Path, name: String) -> ModelCensus {
+/// Reads and lowers the model at `path` and, when it lowers fully, measures
+/// it against each of `targets`; never fails, a model that cannot be read
+/// becomes [`Outcome::Unreadable`].
+pub fn census_model(path: &Path, name: String, targets: &[&dyn OpSupport]) -> ModelCensus {
     let outcome = match OnnxModel::load(path) {
         Ok(model) => Outcome::Read(ModelOps {
             opset: model.opset(""),
             op_types: op_type_counts(model.graph()),
-            lowering: lower(&model),
+            lowering: lower(&model, targets),
         }),
         // The frontend refuses the opset, but the operators can still be counted.
         Err(err @ FrontendError::Opset { .. }) => match decode(path) {
@@ -119,7 +172,7 @@ fn decode(path: &Path) -> Option<ModelProto> {
     ModelProto::decode(std::fs::read(path).ok()?.as_slice()).ok()
 }
 
-fn lower(model: &OnnxModel) -> Lowering {
+fn lower(model: &OnnxModel, targets: &[&dyn OpSupport]) -> Lowering {
     match lower_report(model, &lower_options()) {
         Ok(report) => match report.graph {
             Some(g) => {
@@ -127,7 +180,8 @@ fn lower(model: &OnnxModel) -> Lowering {
                 for node in &g.nodes {
                     *ir_ops.entry(node.op.kind().name().to_string()).or_insert(0) += 1;
                 }
-                Lowering::Full { ir_ops }
+                let backends = targets.iter().map(|t| BackendSupport::of(&g, *t)).collect();
+                Lowering::Full { ir_ops, backends }
             }
             None => Lowering::Blocked {
                 blockers: blockers(&report.unsupported),
@@ -277,7 +331,7 @@ mod tests {
         let corrupt = dir.join("corrupt.onnx");
         std::fs::write(&corrupt, [0x0a, 0xff, 0xff, 0xff]).unwrap();
         for path in [dir.join("missing.onnx"), corrupt] {
-            let c = census_model(&path, "m".into());
+            let c = census_model(&path, "m".into(), &[]);
             match c.outcome {
                 Outcome::Unreadable { error } => {
                     assert!(error.contains(&path.display().to_string()), "{error}")

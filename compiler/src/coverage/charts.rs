@@ -189,6 +189,7 @@ mod tests {
                 blockers: vec![],
             },
             ir_ops: vec![],
+            backends: vec![],
         }
     }
 

@@ -30,7 +30,58 @@ pub fn render_markdown(r: &CoverageReport) -> String {
     }
     models(&mut s, r);
     blockers(&mut s, &r.groups);
+    backends(&mut s, &r.groups);
     s
+}
+
+/// Which backends compile the fully lowered models, by node and by MAC.
+fn backends(s: &mut String, groups: &[GroupReport]) {
+    if groups.iter().all(|g| g.backends.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Backend support
+"
+    );
+    let _ = writeln!(
+        s,
+        "Of the models that lower fully: IR nodes and multiply-accumulates each backend compiles \
+         (unoptimised graphs, symbolic dimensions bound to 1); `npu:*` is the NPU's op set.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| group | backend | whole models | nodes | MACs | refused IR ops |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---|");
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            100.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
+    for g in groups {
+        for b in &g.backends {
+            let refused: Vec<String> = b
+                .refused
+                .iter()
+                .map(|(op, n)| format!("{op}×{n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}/{} | {:.1}% | {:.1}% | {} |",
+                g.name,
+                b.target,
+                b.models_whole,
+                b.models,
+                pct(b.nodes_supported as u64, b.nodes as u64),
+                pct(b.macs_supported, b.macs),
+                refused.join(" ")
+            );
+        }
+    }
+    let _ = writeln!(s);
 }
 
 fn summary(s: &mut String, r: &CoverageReport) {
@@ -152,7 +203,7 @@ fn models(s: &mut String, r: &CoverageReport) {
             }
             Outcome::Read(ops) => {
                 let lowering = match &ops.lowering {
-                    Lowering::Full { ir_ops } => format!(
+                    Lowering::Full { ir_ops, .. } => format!(
                         "full ({} IR ops, {} nodes)",
                         ir_ops.len(),
                         ir_ops.values().sum::<usize>()

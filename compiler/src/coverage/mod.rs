@@ -15,7 +15,8 @@ pub use analysis::{
     GroupReport, GroupSpec, LoweringSummary, OpUsage, Overlap,
 };
 pub use census::{
-    census_model, op_type_counts, qualified, Blocker, Lowering, ModelCensus, ModelOps, Outcome,
+    census_model, op_type_counts, qualified, BackendSupport, Blocker, Lowering, ModelCensus,
+    ModelOps, Outcome,
 };
 pub use charts::{frequency_svg, growth_svg};
 pub use markdown::render_markdown;
