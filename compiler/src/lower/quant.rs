@@ -146,6 +146,13 @@ fn reshape_any(b: &mut B, x: &Val, shape: &[usize], name: &str) -> Result<Val, S
 /// The scale input `i`: a float tensor; when constant, every element
 /// positive and finite.
 fn scale(b: &B, n: &NodeCtx, i: usize) -> Result<Val, String> {
+    checked_scale(b, n, i, true)
+}
+
+/// [`scale`], with `positive` false accepting zero and negative scales
+/// (onnxruntime's symmetric MatMulNBits quantiser writes negative ones:
+/// the sign maps each block's largest magnitude onto −2^(bits−1)).
+fn checked_scale(b: &B, n: &NodeCtx, i: usize, positive: bool) -> Result<Val, String> {
     let s = n.input(i)?;
     let dt = b.dtype(&s);
     if !dt.is_float() {
@@ -156,12 +163,11 @@ fn scale(b: &B, n: &NodeCtx, i: usize) -> Result<Val, String> {
     }
     if let Some(t) = s.as_const() {
         let v = m4c_ops::Value::from_tensor(t).map_err(|e| e.to_string())?;
-        if let Some(bad) = m4c_ops::as_f64(&v)
-            .into_iter()
-            .find(|s| !(s.is_finite() && *s > 0.0))
-        {
+        let bad = |s: &f64| !s.is_finite() || (positive && *s <= 0.0);
+        if let Some(bad) = m4c_ops::as_f64(&v).into_iter().find(bad) {
+            let want = if positive { "positive and finite" } else { "finite" };
             return Err(format!(
-                "scale '{}' holds {bad} (scales must be positive and finite)",
+                "scale '{}' holds {bad} (scales must be {want})",
                 tname(n, i)
             ));
         }
@@ -703,7 +709,7 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
         shape: vec![nn, blocks, block],
         storage: packed.storage.clone(),
     });
-    let s = scale(b, n, 2)?;
+    let s = checked_scale(b, n, 2, false)?;
     if b.dtype(&s) != at || b.shape(&s).iter().product::<usize>() != nn * blocks {
         return Err(format!(
             "scales '{}' are {}{:?}; need {at} with N·blocks = {} elements",
