@@ -220,9 +220,11 @@ fn parse_header(text: &str) -> Result<NpyHeader, String> {
         "i1" => Elem::I8,
         "u1" => Elem::U8,
         "b1" => Elem::Bool,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "element type '{descr}' not supported (use float32, int64, int32, int8, uint8 or bool)"
-        )),
+        ))
+        }
     };
     let fortran_order = match after("fortran_order")? {
         s if s.starts_with("True") => true,

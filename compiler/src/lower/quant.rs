@@ -165,7 +165,11 @@ fn checked_scale(b: &B, n: &NodeCtx, i: usize, positive: bool) -> Result<Val, St
         let v = m4c_ops::Value::from_tensor(t).map_err(|e| e.to_string())?;
         let bad = |s: &f64| !s.is_finite() || (positive && *s <= 0.0);
         if let Some(bad) = m4c_ops::as_f64(&v).into_iter().find(bad) {
-            let want = if positive { "positive and finite" } else { "finite" };
+            let want = if positive {
+                "positive and finite"
+            } else {
+                "finite"
+            };
             return Err(format!(
                 "scale '{}' holds {bad} (scales must be {want})",
                 tname(n, i)
