@@ -297,11 +297,10 @@ pub fn quantize_linear(b: &mut B, n: &NodeCtx) -> Lowering {
                     d.expect("checked")
                 ));
             }
-            zt
+            quantised_type(zt, &format!("zero point '{}'", tname(n, 2)))?
         }
-        (None, d) => d.unwrap_or(DType::U8),
+        (None, d) => quantised_type(d.unwrap_or(DType::U8), "output_dtype")?,
     };
-    let to = quantised_type(to, "the output")?;
     let zp = zero_point(b, n, 2, to, 1)?;
     let xs = b.shape(&x);
     let g = Granularity::of(b, n, &xs, 1)?;
