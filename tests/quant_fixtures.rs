@@ -16,12 +16,13 @@
 //! measures 0 (resnet QDQ, resnet dynamic) to ~2e-7 (the rest).
 //!
 //! The lowered graphs keep the quantised weights packed: their constants
-//! take a fraction of the fp32 model's, and they survive the `.ir` file
-//! round trip.
+//! take a fraction of the fp32 model's, and they survive the optimiser and
+//! the `.ir` file round trip.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use m4c_compiler::opt::{optimise, OptOptions, Roofline};
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_ir::{Graph, OpKind};
 use m4c_ops::{as_f64, run_graph, Value};
@@ -177,14 +178,28 @@ fn lowering_keeps_quantised_weights_small() {
     }
 }
 
-/// The int4 model through `m4c_compiler::ir_file` (the `.ir` text plus
-/// its weights file): read back, it computes the same outputs.
+/// The int4 model through the optimiser (which must not fold the
+/// dequantisation of a packed weight either) and `m4c_compiler::ir_file`
+/// (the `.ir` text plus its weights file): read back, it computes the same
+/// outputs and its constants have not grown.
 #[test]
-fn int4_graph_round_trips_through_ir_files() {
+fn int4_graph_survives_the_optimiser_and_ir_files() {
     let name = "llama_prefill_int4";
     let file = |ext: &str| dir().join(format!("{name}.{ext}"));
     let inputs = read_npz(&file("inputs.npz")).expect("inputs");
-    let (g, feeds) = load(&file("onnx"), &inputs);
+    let (lowered, feeds) = load(&file("onnx"), &inputs);
+    let (g, _) = optimise(&lowered, &OptOptions::default(), &Roofline::cpu()).expect("opt");
+    assert!(
+        constant_bytes(&g) <= constant_bytes(&lowered),
+        "the optimiser widened constants: {} > {}",
+        constant_bytes(&g),
+        constant_bytes(&lowered)
+    );
+    let want = run_graph(&lowered, &feeds).unwrap();
+    let got = run_graph(&g, &feeds).unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!(cosine(&as_f64(a), &as_f64(b)) > 0.999_999);
+    }
     let tmp = std::env::temp_dir().join(format!("m4c-quant-ir-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let ir = tmp.join("int4.ir");
@@ -192,9 +207,6 @@ fn int4_graph_round_trips_through_ir_files() {
     let text = std::fs::read_to_string(&ir).unwrap();
     assert!(text.contains(": u4["), "no u4 constant in the IR text");
     let back = m4c_compiler::ir_file::load(&ir).expect("load");
-    assert_eq!(
-        run_graph(&back, &feeds).unwrap(),
-        run_graph(&g, &feeds).unwrap()
-    );
+    assert_eq!(run_graph(&back, &feeds).unwrap(), got);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
