@@ -79,7 +79,7 @@ impl Granularity {
                  {xs:?} need {want:?}"
             ));
         }
-        if xs[axis] % block != 0 {
+        if !xs[axis].is_multiple_of(block) {
             return Err(format!(
                 "axis {axis} of x {xs:?} is not a multiple of block_size {block} \
                  (partial blocks are not supported)"
