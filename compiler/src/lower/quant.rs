@@ -10,8 +10,9 @@
 //!   does, and Quantize rounds half to even and saturates.
 //!
 //! Scale and zero-point tensors are checked before anything indexes them
-//! (type, shape against the quantised axis or block, positive finite
-//! constant scales, zero points in range); each error names the tensor.
+//! (type, shape against the quantised axis or block, finite constant
+//! scales, positive where they divide, zero points of the quantised type,
+//! an int32 one 0); each error names the tensor.
 //! Per-axis parameters are reshaped to broadcast along their axis; blocked
 //! ones split the axis into `[blocks, block_size]`. Quantised constant
 //! weights stay int8/int4 in the graph (the builder does not fold their
@@ -149,9 +150,11 @@ fn scale(b: &B, n: &NodeCtx, i: usize) -> Result<Val, String> {
     checked_scale(b, n, i, true)
 }
 
-/// [`scale`], with `positive` false accepting zero and negative scales
-/// (onnxruntime's symmetric MatMulNBits quantiser writes negative ones:
-/// the sign maps each block's largest magnitude onto −2^(bits−1)).
+/// [`scale`], with `positive` false accepting zero and negative scales:
+/// where a scale only multiplies (DequantizeLinear, MatMulNBits) any
+/// finite one has a meaning, and onnxruntime's symmetric block quantisers
+/// write negative ones (the sign maps each block's largest magnitude onto
+/// −2^(bits−1)).
 fn checked_scale(b: &B, n: &NodeCtx, i: usize, positive: bool) -> Result<Val, String> {
     let s = n.input(i)?;
     let dt = b.dtype(&s);
@@ -324,7 +327,7 @@ pub fn dequantize_linear(b: &mut B, n: &NodeCtx) -> Lowering {
     if xt != DType::I32 {
         quantised_type(xt, &format!("x '{}'", tname(n, 0)))?;
     }
-    let s = scale(b, n, 1)?;
+    let s = checked_scale(b, n, 1, false)?;
     let zp = zero_point(b, n, 2, xt, 1)?;
     if let (DType::I32, Some(zp)) = (xt, &zp) {
         let zero = zp.as_const().and_then(|t| t.to_i32_vec().ok());
