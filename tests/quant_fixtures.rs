@@ -210,3 +210,55 @@ fn int4_graph_survives_the_optimiser_and_ir_files() {
     assert_eq!(run_graph(&back, &feeds).unwrap(), got);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// The int4 model as a firmware bundle (`m4c firmware build`, optimised,
+/// IR text plus weight blobs): at most 40 % of the fp32 model's bytes, and
+/// `m4c run` of its module still matches onnxruntime.
+#[test]
+fn int4_model_bundles_small_and_runs() {
+    let name = "llama_prefill_int4";
+    let file = |ext: &str| dir().join(format!("{name}.{ext}"));
+    let tmp = std::env::temp_dir().join(format!("m4c-quant-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let fw = tmp.join("q.fw");
+    let m4c = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_m4c"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    };
+    let module = format!("backbone={}", file("onnx").display());
+    m4c(&[
+        "firmware".as_ref(),
+        "build".as_ref(),
+        "--module".as_ref(),
+        module.as_ref(),
+        "--backend".as_ref(),
+        "reference".as_ref(),
+        "-o".as_ref(),
+        fw.as_os_str(),
+    ]);
+    let fp32 = std::fs::metadata(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_prefill.onnx"),
+    )
+    .unwrap()
+    .len();
+    let bundle = std::fs::metadata(&fw).unwrap().len();
+    assert!(
+        bundle * 5 <= fp32 * 2,
+        "bundle {bundle} bytes, fp32 model {fp32} bytes"
+    );
+    m4c(&[
+        "run".as_ref(),
+        fw.as_os_str(),
+        "--module".as_ref(),
+        "backbone".as_ref(),
+        "--inputs".as_ref(),
+        file("inputs.npz").as_os_str(),
+        "--expect".as_ref(),
+        file("expected.npz").as_os_str(),
+    ]);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
