@@ -694,7 +694,10 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
         ));
     }
     let blocks = k.div_ceil(block);
-    let blob = block * bits / 8;
+    let blob = block
+        .checked_mul(bits)
+        .ok_or_else(|| format!("block_size = {block} overflows"))?
+        / 8;
     let packed = n
         .const_input(1)
         .map_err(|e| format!("B '{}': {e}", tname(n, 1)))?
