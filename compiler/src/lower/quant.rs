@@ -14,10 +14,12 @@
 //! scales, positive where they divide, zero points of the quantised type,
 //! an int32 one 0); each error names the tensor.
 //! Per-axis parameters are reshaped to broadcast along their axis; blocked
-//! ones split the axis into `[blocks, block_size]`. Quantised constant
+//! ones split the axis into `[blocks, block_size]` (zero-padded to whole
+//! blocks when the last one is shorter). Quantised constant
 //! weights stay int8/int4 in the graph (the builder does not fold their
 //! dequantisation, see `m4c_ir::op::expands_quantised`).
 
+use m4c_ir::op::PadMode;
 use m4c_ir::{DType, Op, Tensor};
 
 use super::builder::Val;
@@ -80,24 +82,20 @@ impl Granularity {
                  {xs:?} need {want:?}"
             ));
         }
-        if !xs[axis].is_multiple_of(block) {
-            return Err(format!(
-                "axis {axis} of x {xs:?} is not a multiple of block_size {block} \
-                 (partial blocks are not supported)"
-            ));
-        }
         Ok(Granularity::Blocked { axis, block })
     }
 
     /// x reshaped so that a parameter broadcasts over it (blocked: the
-    /// axis split into `[blocks, block]`).
+    /// axis zero-padded to whole blocks and split into `[blocks, block]`).
     fn view_x(self, b: &mut B, x: &Val, name: &str) -> Result<Val, String> {
         match self {
             Granularity::Blocked { axis, block } => {
-                let mut s = b.shape(x);
-                s[axis] /= block;
-                s.insert(axis + 1, block);
-                reshape_any(b, x, &s, name)
+                let s = b.shape(x);
+                let x = pad_to_blocks(b, x, axis, block, name)?;
+                let mut split = s.clone();
+                split[axis] = s[axis].div_ceil(block);
+                split.insert(axis + 1, block);
+                reshape_any(b, &x, &split, name)
             }
             _ => Ok(x.clone()),
         }
@@ -120,10 +118,38 @@ impl Granularity {
         }
     }
 
-    /// The result back in x's shape.
+    /// The result back in x's shape `xs` (a partial last block cut off).
     fn unview(self, b: &mut B, y: &Val, xs: &[usize], name: &str) -> Result<Val, String> {
-        reshape_any(b, y, xs, name)
+        match self {
+            Granularity::Blocked { axis, block } => {
+                let mut padded = xs.to_vec();
+                padded[axis] = xs[axis].div_ceil(block) * block;
+                let y = reshape_any(b, y, &padded, name)?;
+                slice_axis(b, &y, axis, 0, 1, xs[axis], name)
+            }
+            _ => reshape_any(b, y, xs, name),
+        }
     }
+}
+
+/// `x` zero-padded at the end of `axis` to a multiple of `block` (ONNX's
+/// blocked quantisation allows a shorter last block).
+fn pad_to_blocks(b: &mut B, x: &Val, axis: usize, block: usize, name: &str) -> Result<Val, String> {
+    let s = b.shape(x);
+    let extra = s[axis].div_ceil(block) * block - s[axis];
+    if extra == 0 {
+        return Ok(x.clone());
+    }
+    let mut pads = vec![0; 2 * s.len()];
+    pads[s.len() + axis] = extra;
+    b.op(
+        Op::Pad {
+            pads,
+            mode: PadMode::Constant(0.0),
+        },
+        std::slice::from_ref(x),
+        name,
+    )
 }
 
 /// Reshape that keeps a packed int4 constant packed (same bytes, new
