@@ -145,9 +145,12 @@ impl Builder {
         }
     }
 
-    /// Applies `op`; folds it when every input is constant. The result's
-    /// type is inferred first and its size checked against the budget, so
-    /// neither folding nor a later run allocates an oversized tensor.
+    /// Applies `op`; folds it when every input is constant, unless that
+    /// would widen a quantised weight ([`m4c_ir::op::expands_quantised`]:
+    /// dequantisation stays a node, the weight stays int8/int4). The
+    /// result's type is inferred first and its size checked against the
+    /// budget, so neither folding nor a later run allocates an oversized
+    /// tensor.
     pub fn op(&mut self, op: Op, inputs: &[Val], name: &str) -> Result<Val, String> {
         let types: Vec<TensorType> = inputs.iter().map(|v| self.ty(v)).collect();
         let refs: Vec<&TensorType> = types.iter().collect();
@@ -155,16 +158,18 @@ impl Builder {
         if let Some(shape) = out.static_shape() {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
-        if inputs.iter().all(|v| v.as_const().is_some()) {
+        if inputs.iter().all(|v| v.as_const().is_some())
+            && !m4c_ir::op::expands_quantised(&refs, &out)
+        {
             let values = inputs
                 .iter()
                 .map(|v| m4c_ops::Value::from_tensor(v.as_const().expect("checked")))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let refs: Vec<&m4c_ops::Value> = values.iter().collect();
-            let out =
+            let value =
                 m4c_ops::eval_op(&op, &refs).map_err(|e| format!("folding {}: {e}", op.name()))?;
-            return Ok(Val::konst(out.to_tensor()));
+            return Ok(Val::konst(value.to_tensor_as(out.dtype)));
         }
         let ids: Vec<ValueId> = inputs.iter().map(|v| self.value_id(v, name)).collect();
         let fresh = self.fresh_name(&format!("{name}/{}", op.name()));
@@ -186,6 +191,7 @@ impl Builder {
             DType::I64 => Tensor::from_i64(&[], &[v as i64]),
             DType::I32 => Tensor::from_i32(&[], &[v as i32]),
             DType::I8 => Tensor::from_i8(&[], &[v as i8]),
+            DType::U8 => Tensor::from_u8(&[], &[v as u8]),
             DType::Bool => Tensor::from_bool(&[], &[v != 0.0]),
             DType::F16 | DType::BF16 => {
                 let f = Tensor::from_f32(&[], &[v as f32]);
@@ -196,8 +202,47 @@ impl Builder {
                 .map_err(|e| e.to_string())?;
                 casted.to_tensor()
             }
-            DType::I4 => return Err("no scalar constants of type i4".into()),
+            DType::I4 | DType::U4 => return Err(format!("no scalar constants of type {dtype}")),
         };
         Ok(Val::konst(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dequantising_a_quantised_weight_is_not_folded() {
+        let mut b = Builder::new("g", 1 << 20);
+        let cast = Op::Cast { to: DType::F32 };
+        let weight = Val::konst(Tensor::from_i8(&[8, 8], &[3; 64]));
+        let kept = b.op(cast.clone(), &[weight], "w").unwrap();
+        assert!(kept.as_const().is_none(), "an int8 weight was widened");
+        assert_eq!(b.g.nodes.len(), 1);
+        // A zero point (a few elements) still folds.
+        let zp = Val::konst(Tensor::from_u8(&[4], &[1, 2, 3, 4]));
+        let folded = b.op(cast, &[zp], "zp").unwrap();
+        assert_eq!(
+            folded.as_const().unwrap().to_f32_vec().unwrap(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn folded_int4_results_stay_packed() {
+        let mut b = Builder::new("g", 1 << 20);
+        let x = Val::konst(Tensor::from_f32(&[3], &[1.0, -9.0, 2.6]));
+        let s = b.f32(1.0);
+        let zp = Val::konst(Tensor::from_i32(&[], &[0]));
+        let q = b
+            .op(Op::Quantize { to: DType::I4 }, &[x, s, zp], "q")
+            .unwrap();
+        let t = q.as_const().unwrap();
+        // 1, -8 (saturated), 3 (2.6 rounds up): nibbles 0x1, 0x8, 0x3.
+        assert_eq!(
+            (t.dtype, t.bytes().unwrap()),
+            (DType::I4, &[0x81, 0x03][..])
+        );
     }
 }
