@@ -97,6 +97,13 @@ pub struct Quantized {
     pub source: FloatModel,
 }
 
+impl Quantized {
+    /// The quantised model's protobuf bytes (one self-contained file).
+    pub fn model_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&self.proto)
+    }
+}
+
 /// Quantises `model`: SmoothQuant when asked, calibration of the
 /// activations that need it over `samples` (skipped for those `prior`
 /// encodings cover), then the rewrite of [`rewrite::quantize_graph`].
