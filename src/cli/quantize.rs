@@ -90,13 +90,11 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
         }
     }
     let model = FloatModel::load(&args.model)?;
-    let (scheme, per_channel) = match args.scheme {
-        Some(s) => (s, args.per_channel),
+    let (scheme, per_channel, chosen) = match args.scheme {
+        Some(s) => (s, args.per_channel, ""),
         None => {
             let (s, pc) = Scheme::default_for(&model);
-            let how = if pc { " per channel" } else { "" };
-            eprintln!("note: --scheme {s}{how}, the default for this kind of module");
-            (s, pc || args.per_channel)
+            (s, pc || args.per_channel, ", the default for this kind of module")
         }
     };
     let opts = Options {
@@ -118,9 +116,10 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
     m4c_runtime::outfile::write(&args.output, &inputs, &q.model_bytes())?;
     m4c_runtime::outfile::write(&enc_out, &inputs, q.encodings.to_json().as_bytes())?;
     println!(
-        "{}: {} layer(s) quantised ({scheme}), {} activation encoding(s), {} weight(s); encodings in {}",
+        "{}: {} layer(s) quantised ({scheme}{}{chosen}), {} activation encoding(s), {} weight(s); encodings in {}",
         args.output.display(),
         q.plan.layers.len(),
+        if per_channel { " per channel" } else { "" },
         q.encodings.activations.len(),
         q.encodings.weights.len(),
         enc_out.display()
