@@ -112,7 +112,11 @@ fn min_cosine_fails_below_the_bound() {
         "0.98".into(),
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("FAIL (cosine below 0.98)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("FAIL (cosine below 0.98)"),
+        "{}",
+        text(&o)
+    );
     // Quantised to 4 bits, the LLaMA decoder is not exact.
     let q = quantize(dir.path(), "llama_prefill", "w4", &[]);
     let o = run_against_fp32(&q, "llama_prefill", 0.99999);
@@ -190,7 +194,10 @@ fn encodings_round_trip_with_overrides() {
     .unwrap();
     // The switched-off layer's input needs no encoding any more.
     let mut want = enc["activations"].clone();
-    want.as_object_mut().unwrap().remove("/Gather_output_0").unwrap();
+    want.as_object_mut()
+        .unwrap()
+        .remove("/Gather_output_0")
+        .unwrap();
     assert_eq!(again["activations"], want);
     assert_eq!(again["layers"]["/head/MatMul"]["quantize"], false);
 }
@@ -267,7 +274,13 @@ fn encodings_of_another_model_are_refused() {
     // A hand-edited scale of 0 is named too.
     let mut e: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&enc).unwrap()).unwrap();
-    let first = e["activations"].as_object().unwrap().keys().next().unwrap().clone();
+    let first = e["activations"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
     e["activations"][&first]["scale"] = 0.into();
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, e.to_string()).unwrap();
@@ -311,7 +324,11 @@ fn unknown_excludes_and_options_are_refused() {
     // Option values are checked by the parser (its usage hint follows).
     let o = m4c(&quantize_args(&model, &data, &out, &["--scheme", "w4:24"]));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("the group must be a power of two"), "{}", text(&o));
+    assert!(
+        text(&o).contains("the group must be a power of two"),
+        "{}",
+        text(&o)
+    );
     refused(
         &quantize_args(&model, &data, &out, &["--smooth", "2"]),
         &out,

@@ -262,7 +262,9 @@ mod tests {
         // A NaN the reference does not have makes both NaN.
         let c = compare(&f(&[f32::NAN, 1.0]), &f(&[1.0, 1.0]), 0.0, 0.0);
         assert!(c.cosine.is_nan() && c.sqnr_db.is_nan());
-        assert!(compare(&f(&[1.0]), &f(&[1.0, 2.0]), 0.0, 0.0).cosine.is_nan());
+        assert!(compare(&f(&[1.0]), &f(&[1.0, 2.0]), 0.0, 0.0)
+            .cosine
+            .is_nan());
     }
 
     #[test]

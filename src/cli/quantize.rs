@@ -94,7 +94,11 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
         Some(s) => (s, args.per_channel, ""),
         None => {
             let (s, pc) = Scheme::default_for(&model);
-            (s, pc || args.per_channel, ", the default for this kind of module")
+            (
+                s,
+                pc || args.per_channel,
+                ", the default for this kind of module",
+            )
         }
     };
     let opts = Options {

@@ -85,7 +85,10 @@ fn floats<'v>(name: &str, v: &'v Value) -> Result<&'v ndarray::ArrayD<f32>> {
         Value::F32(a) => Ok(a),
         other => Err(QuantizeError::Tensor {
             tensor: name.to_string(),
-            msg: format!("is {}, not f32: only f32 activations are quantised", other.dtype()),
+            msg: format!(
+                "is {}, not f32: only f32 activations are quantised",
+                other.dtype()
+            ),
         }),
     }
 }
@@ -124,33 +127,47 @@ pub fn calibrate(
     if tensors.is_empty() {
         return Ok(ranges);
     }
-    observe(model, samples, tensors, "calibration samples", observer, |name, a| {
-        let r = ranges.entry(name.to_string()).or_insert((0.0, 0.0));
-        for &x in a.iter().filter(|x| x.is_finite()) {
-            *r = (r.0.min(x), r.1.max(x));
-        }
-        Ok(())
-    })?;
+    observe(
+        model,
+        samples,
+        tensors,
+        "calibration samples",
+        observer,
+        |name, a| {
+            let r = ranges.entry(name.to_string()).or_insert((0.0, 0.0));
+            for &x in a.iter().filter(|x| x.is_finite()) {
+                *r = (r.0.min(x), r.1.max(x));
+            }
+            Ok(())
+        },
+    )?;
     if method == Calibration::MinMax {
         return Ok(ranges);
     }
     let mut hists: HashMap<String, Vec<u64>> = HashMap::new();
-    observe(model, samples, tensors, "histogram samples", observer, |name, a| {
-        let (lo, hi) = ranges[name];
-        let width = lo.abs().max(hi) / BINS as f32;
-        let h = hists
-            .entry(name.to_string())
-            .or_insert_with(|| vec![0; BINS]);
-        for &x in a.iter().filter(|x| x.is_finite()) {
-            let bin = if width > 0.0 {
-                ((x.abs() / width) as usize).min(BINS - 1)
-            } else {
-                0
-            };
-            h[bin] += 1;
-        }
-        Ok(())
-    })?;
+    observe(
+        model,
+        samples,
+        tensors,
+        "histogram samples",
+        observer,
+        |name, a| {
+            let (lo, hi) = ranges[name];
+            let width = lo.abs().max(hi) / BINS as f32;
+            let h = hists
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0; BINS]);
+            for &x in a.iter().filter(|x| x.is_finite()) {
+                let bin = if width > 0.0 {
+                    ((x.abs() / width) as usize).min(BINS - 1)
+                } else {
+                    0
+                };
+                h[bin] += 1;
+            }
+            Ok(())
+        },
+    )?;
     for (name, r) in ranges.iter_mut() {
         let absmax = r.0.abs().max(r.1);
         let h = &hists[name];
@@ -172,16 +189,23 @@ pub fn channel_absmax(
     observer: &dyn Observer,
 ) -> Result<HashMap<String, Vec<f32>>> {
     let mut out: HashMap<String, Vec<f32>> = HashMap::new();
-    observe(model, samples, tensors, "smoothing samples", observer, |name, a| {
-        let c = a.shape().last().copied().unwrap_or(1);
-        let m = out.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
-        for (i, &x) in a.iter().enumerate() {
-            if x.is_finite() {
-                m[i % c] = m[i % c].max(x.abs());
+    observe(
+        model,
+        samples,
+        tensors,
+        "smoothing samples",
+        observer,
+        |name, a| {
+            let c = a.shape().last().copied().unwrap_or(1);
+            let m = out.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
+            for (i, &x) in a.iter().enumerate() {
+                if x.is_finite() {
+                    m[i % c] = m[i % c].max(x.abs());
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 

@@ -144,8 +144,8 @@ impl Encodings {
         };
         let bytes = m4c_runtime::input_file::read_regular(path, MAX_BYTES)
             .map_err(|e| err(e.to_string()))?;
-        let e: Encodings =
-            serde_json::from_slice(&bytes).map_err(|e| err(format!("not an encodings file ({e})")))?;
+        let e: Encodings = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("not an encodings file ({e})")))?;
         e.check(model).map_err(err)?;
         Ok(e)
     }
@@ -169,7 +169,11 @@ impl Encodings {
             .input
             .iter()
             .map(|i| i.name.as_str())
-            .chain(g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)))
+            .chain(
+                g.node
+                    .iter()
+                    .flat_map(|n| n.output.iter().map(String::as_str)),
+            )
             .collect();
         let nodes: HashSet<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
         let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -249,7 +253,10 @@ mod tests {
         assert_eq!(back.check(&m), Ok(()));
         // Another structure: a different fingerprint, refused by name.
         let other = model("Sigmoid");
-        assert!(back.check(&other).unwrap_err().contains("encodings are for model 'g'"));
+        assert!(back
+            .check(&other)
+            .unwrap_err()
+            .contains("encodings are for model 'g'"));
     }
 
     #[test]
@@ -265,7 +272,8 @@ mod tests {
         e.activations.insert("y".into(), a.clone());
         assert!(e.check(&m).unwrap_err().contains("activation 'y': scale 0"));
         e.activations.clear();
-        e.activations.insert("nope".into(), ActEncoding { scale: 1.0, ..a });
+        e.activations
+            .insert("nope".into(), ActEncoding { scale: 1.0, ..a });
         assert!(e.check(&m).unwrap_err().contains("'nope' is not a tensor"));
         e.activations.clear();
         e.layers.insert(

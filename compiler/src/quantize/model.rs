@@ -165,12 +165,11 @@ pub fn load_samples(files: &[PathBuf], inputs: &[(String, Option<usize>)]) -> Re
 /// Sample `k` of a stack (index `k` of the first axis).
 fn slice_first(v: &Value, k: usize) -> std::result::Result<Value, String> {
     let t = v.to_tensor();
-    let bytes = t.bytes().map_err(|e| e.to_string())?;
-    let n = t.shape[0];
-    let each = bytes.len() / n.max(1);
-    if t.dtype.size_bits() % 8 != 0 {
+    if !t.dtype.size_bits().is_multiple_of(8) {
         return Err(format!("{} arrays cannot be split into samples", t.dtype));
     }
+    let bytes = t.bytes().map_err(|e| e.to_string())?;
+    let each = bytes.len() / t.shape[0].max(1);
     let part = m4c_ir::Tensor::from_bytes(
         t.dtype,
         &t.shape[1..],
@@ -296,7 +295,10 @@ mod tests {
 
     #[test]
     fn lowering_messages_lose_the_temporary_path() {
-        assert_eq!(strip_path("/tmp/m4c-quantize-x.onnx: 2 node(s)"), "2 node(s)");
+        assert_eq!(
+            strip_path("/tmp/m4c-quantize-x.onnx: 2 node(s)"),
+            "2 node(s)"
+        );
         assert_eq!(strip_path("plain"), "plain");
     }
 }

@@ -92,7 +92,11 @@ pub fn measure(
     let tensors: Vec<String> = layers.iter().map(|l| l.output.clone()).collect();
     observer.begin(samples.len() * (2 + layers.len()), "report runs");
     let what = fp32.path.display().to_string();
-    let reference = run_all(&mut Runner::new(&fp32.proto, &tensors, &what)?, samples, observer)?;
+    let reference = run_all(
+        &mut Runner::new(&fp32.proto, &tensors, &what)?,
+        samples,
+        observer,
+    )?;
     let quantised = run_all(
         &mut Runner::new(&q.proto, &tensors, &format!("{what} (quantised)"))?,
         samples,
@@ -106,10 +110,15 @@ pub fn measure(
     let mut metrics = vec![];
     for l in layers {
         let alone = isolated(q, l, opts, &q.encodings)?;
-        let mut r = Runner::new(&alone, std::slice::from_ref(&l.output), &format!("{what} ({} alone)", l.name))?;
+        let mut r = Runner::new(
+            &alone,
+            std::slice::from_ref(&l.output),
+            &format!("{what} ({} alone)", l.name),
+        )?;
         let runs = run_all(&mut r, samples, observer)?;
         let want = gather(&reference, &l.output);
-        let sqnr = |runs: &Runs| m4c_ops::compare(&gather(runs, &l.output), &want, 0.0, 0.0).sqnr_db;
+        let sqnr =
+            |runs: &Runs| m4c_ops::compare(&gather(runs, &l.output), &want, 0.0, 0.0).sqnr_db;
         metrics.push(LayerMetrics {
             node: l.name.clone(),
             op: l.op.clone(),
@@ -147,7 +156,10 @@ fn isolated(
 
 fn output_metrics(name: &str, reference: &Runs, quantised: &Runs) -> OutputMetrics {
     let c = m4c_ops::compare(&gather(quantised, name), &gather(reference, name), 0.0, 0.0);
-    let shape = reference.first().map(|r| r[name].shape().to_vec()).unwrap_or_default();
+    let shape = reference
+        .first()
+        .map(|r| r[name].shape().to_vec())
+        .unwrap_or_default();
     let logits = name.to_lowercase().contains("logits")
         && shape.len() >= 2
         && shape.last().is_some_and(|&n| n >= 2);
@@ -171,7 +183,14 @@ fn output_metrics(name: &str, reference: &Runs, quantised: &Runs) -> OutputMetri
         max_abs: c.max_abs,
         cosine: c.cosine,
         sqnr_db: c.sqnr_db,
-        kind: logits.then(|| if shape.len() == 2 { "classifier" } else { "next-token" }.to_string()),
+        kind: logits.then(|| {
+            if shape.len() == 2 {
+                "classifier"
+            } else {
+                "next-token"
+            }
+            .to_string()
+        }),
         top1_agreement: top1,
         kl_divergence: kl,
     }
@@ -181,7 +200,13 @@ fn output_metrics(name: &str, reference: &Runs, quantised: &Runs) -> OutputMetri
 pub fn argmax(x: &[f64]) -> usize {
     x.iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
         .0
 }
 
@@ -222,7 +247,10 @@ impl Report {
             self.scheme, self.samples
         );
         let _ = writeln!(s, "## Outputs\n");
-        let _ = writeln!(s, "| output | max abs | cosine | SQNR (dB) | top-1 agreement | KL |");
+        let _ = writeln!(
+            s,
+            "| output | max abs | cosine | SQNR (dB) | top-1 agreement | KL |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for o in &self.outputs {
             let top1 = o.top1_agreement.map_or("-".into(), |t| {
@@ -243,7 +271,10 @@ impl Report {
             let _ = writeln!(s, "{}. `{w}`", i + 1);
         }
         let _ = writeln!(s, "\n## Layers\n");
-        let _ = writeln!(s, "| node | op | SQNR accumulated (dB) | SQNR isolated (dB) |");
+        let _ = writeln!(
+            s,
+            "| node | op | SQNR accumulated (dB) | SQNR isolated (dB) |"
+        );
         let _ = writeln!(s, "|---|---|---|---|");
         for l in &self.layers {
             let _ = writeln!(
@@ -289,7 +320,15 @@ impl Report {
         for (i, l) in self.layers.iter().enumerate() {
             let y = top + row_h * i as f64;
             let name: String = if l.node.chars().count() > 56 {
-                let tail: String = l.node.chars().rev().take(55).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = l
+                    .node
+                    .chars()
+                    .rev()
+                    .take(55)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 format!("…{tail}")
             } else {
                 l.node.clone()
@@ -301,9 +340,12 @@ impl Report {
                 y + 13.0,
                 escape(&name)
             );
-            for (k, (v, colour)) in [(l.sqnr_accumulated_db, "#3b6fb6"), (l.sqnr_isolated_db, "#e08a2c")]
-                .into_iter()
-                .enumerate()
+            for (k, (v, colour)) in [
+                (l.sqnr_accumulated_db, "#3b6fb6"),
+                (l.sqnr_isolated_db, "#e08a2c"),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let _ = writeln!(
                     s,
@@ -325,7 +367,9 @@ impl Report {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -65,7 +65,11 @@ pub fn layer_name(n: &NodeProto) -> String {
 pub fn resolve_excludes(proto: &ModelProto, exclude: &[String]) -> Result<HashSet<String>> {
     let g = graph(proto);
     for e in exclude {
-        if !g.node.iter().any(|n| &layer_name(n) == e || &n.op_type == e) {
+        if !g
+            .node
+            .iter()
+            .any(|n| &layer_name(n) == e || &n.op_type == e)
+        {
             return Err(QuantizeError::UnknownExclude(e.clone()));
         }
     }
@@ -103,9 +107,8 @@ pub(super) fn constant<'p>(proto: &'p ModelProto, name: &str) -> Option<&'p Tens
 /// constant.
 fn quantisable(scheme: Scheme, n: &NodeProto, inits: &HashMap<String, &TensorProto>) -> bool {
     let konst = |i: usize| n.input.get(i).and_then(|x| inits.get(x));
-    let matmul_2d_weight = n.op_type == "MatMul"
-        && konst(0).is_none()
-        && konst(1).is_some_and(|t| t.dims.len() == 2);
+    let matmul_2d_weight =
+        n.op_type == "MatMul" && konst(0).is_none() && konst(1).is_some_and(|t| t.dims.len() == 2);
     match scheme {
         Scheme::Int8 => matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv"),
         Scheme::W8 => {
@@ -310,7 +313,10 @@ pub fn quantize_graph(
     gm.initializer.retain(|t| !unused.contains(&t.name));
     gm.input.retain(|i| !unused.contains(&i.name));
     if matches!(opts.scheme, Scheme::W4 { .. })
-        && !proto.opset_import.iter().any(|o| o.domain == "com.microsoft")
+        && !proto
+            .opset_import
+            .iter()
+            .any(|o| o.domain == "com.microsoft")
     {
         proto.opset_import.push(OperatorSetIdProto {
             domain: "com.microsoft".into(),
@@ -366,17 +372,26 @@ impl Ctx<'_> {
         let (w, shape, values) = self.weight(i)?;
         let (q, scales) = quantize_int8(&shape, &values, axis.map(|a| a as usize));
         self.record(&w, 8, axis, None, &values);
-        let dims: Vec<usize> = if axis.is_some() { vec![scales.len()] } else { vec![] };
+        let dims: Vec<usize> = if axis.is_some() {
+            vec![scales.len()]
+        } else {
+            vec![]
+        };
         let qn = self.out.init(
             &format!("{w}_quantized"),
             INT8,
             &shape,
             q.iter().map(|&x| x as u8).collect(),
         );
-        let sn = self.out.init(&format!("{w}_scale"), FLOAT, &dims, f32_bytes(&scales));
-        let zn = self
+        let sn = self
             .out
-            .init(&format!("{w}_zero_point"), INT8, &dims, vec![0; scales.len()]);
+            .init(&format!("{w}_scale"), FLOAT, &dims, f32_bytes(&scales));
+        let zn = self.out.init(
+            &format!("{w}_zero_point"),
+            INT8,
+            &dims,
+            vec![0; scales.len()],
+        );
         Ok([qn, sn, zn])
     }
 
@@ -410,20 +425,32 @@ impl Ctx<'_> {
                 if let Some(d) = self.out.done.get(&x) {
                     d[0].clone()
                 } else {
-                    let a = enc.activations.get(&x).ok_or_else(|| QuantizeError::Tensor {
-                        tensor: x.clone(),
-                        msg: "has no encoding".into(),
-                    })?;
-                    let s = self.out.init(&format!("{x}_scale"), FLOAT, &[], f32_bytes(&[a.scale]));
-                    let z = self
+                    let a = enc
+                        .activations
+                        .get(&x)
+                        .ok_or_else(|| QuantizeError::Tensor {
+                            tensor: x.clone(),
+                            msg: "has no encoding".into(),
+                        })?;
+                    let s = self
                         .out
-                        .init(&format!("{x}_zero_point"), INT8, &[], vec![a.zero_point as i8 as u8]);
+                        .init(&format!("{x}_scale"), FLOAT, &[], f32_bytes(&[a.scale]));
+                    let z = self.out.init(
+                        &format!("{x}_zero_point"),
+                        INT8,
+                        &[],
+                        vec![a.zero_point as i8 as u8],
+                    );
                     let q = self.out.fresh(&format!("{x}_QuantizeLinear_Output"));
                     let dq = self.out.fresh(&format!("{x}_DequantizeLinear_Output"));
                     let qn = self.out.fresh(&format!("{x}_QuantizeLinear"));
                     let dn = self.out.fresh(&format!("{x}_DequantizeLinear"));
-                    self.out.nodes.push(node("QuantizeLinear", &qn, &[&x, &s, &z], &[&q]));
-                    self.out.nodes.push(node("DequantizeLinear", &dn, &[&q, &s, &z], &[&dq]));
+                    self.out
+                        .nodes
+                        .push(node("QuantizeLinear", &qn, &[&x, &s, &z], &[&q]));
+                    self.out
+                        .nodes
+                        .push(node("DequantizeLinear", &dn, &[&q, &s, &z], &[&dq]));
                     self.out.done.insert(x.clone(), vec![dq.clone()]);
                     dq
                 }
@@ -453,7 +480,9 @@ impl Ctx<'_> {
                 self.out
                     .nodes
                     .push(node("DynamicQuantizeLinear", &nn, &[&a], &[&q, &s, &z]));
-                self.out.done.insert(a.clone(), vec![q.clone(), s.clone(), z.clone()]);
+                self.out
+                    .done
+                    .insert(a.clone(), vec![q.clone(), s.clone(), z.clone()]);
                 [q, s, z]
             }
         };
@@ -464,14 +493,21 @@ impl Ctx<'_> {
         let n1 = self.out.fresh(&format!("{name}_MatMulInteger"));
         let n2 = self.out.fresh(&format!("{name}_Cast"));
         let n3 = self.out.fresh(&format!("{name}_scale_Mul"));
-        self.out
-            .nodes
-            .push(node("MatMulInteger", &n1, &[&aq, &wq, &az, &wz], &[&i32_out]));
+        self.out.nodes.push(node(
+            "MatMulInteger",
+            &n1,
+            &[&aq, &wq, &az, &wz],
+            &[&i32_out],
+        ));
         let mut cast = node("Cast", &n2, &[&i32_out], &[&f_out]);
         cast.attribute.push(int_attr("to", i64::from(FLOAT)));
         self.out.nodes.push(cast);
-        self.out.nodes.push(node("Mul", &n3, &[&as_, &ws], &[&scale]));
-        self.out.nodes.push(node("Mul", name, &[&f_out, &scale], &[&y]));
+        self.out
+            .nodes
+            .push(node("Mul", &n3, &[&as_, &ws], &[&scale]));
+        self.out
+            .nodes
+            .push(node("Mul", name, &[&f_out, &scale], &[&y]));
         Ok(())
     }
 
@@ -487,7 +523,12 @@ impl Ctx<'_> {
             &[n, b.blocks, group / 2],
             b.packed,
         );
-        let sn = self.out.init(&format!("{w}_scales"), FLOAT, &[n * b.blocks], f32_bytes(&b.scales));
+        let sn = self.out.init(
+            &format!("{w}_scales"),
+            FLOAT,
+            &[n * b.blocks],
+            f32_bytes(&b.scales),
+        );
         let mut inputs = vec![self.n.input[0].clone(), qn, sn];
         if let Some(z) = b.zero_points {
             let len = z.len();

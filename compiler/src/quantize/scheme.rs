@@ -208,7 +208,11 @@ pub fn quantize_int8(shape: &[usize], w: &[f32], axis: Option<usize>) -> (Vec<i8
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, &x)| (x / scales[channel(i)]).round_ties_even().clamp(-127.0, 127.0) as i8)
+        .map(|(i, &x)| {
+            (x / scales[channel(i)])
+                .round_ties_even()
+                .clamp(-127.0, 127.0) as i8
+        })
         .collect();
     (q, scales)
 }
@@ -282,9 +286,15 @@ mod tests {
             assert_eq!(s.parse::<Scheme>().unwrap().to_string(), s);
         }
         assert_eq!("w4".parse::<Scheme>().unwrap(), Scheme::W4 { group: 32 });
-        assert!("w4:24".parse::<Scheme>().unwrap_err().contains("power of two"));
+        assert!("w4:24"
+            .parse::<Scheme>()
+            .unwrap_err()
+            .contains("power of two"));
         assert!("w4:8".parse::<Scheme>().is_err());
-        assert!("int4".parse::<Scheme>().unwrap_err().contains("unknown scheme"));
+        assert!("int4"
+            .parse::<Scheme>()
+            .unwrap_err()
+            .contains("unknown scheme"));
     }
 
     #[test]
@@ -293,7 +303,7 @@ mod tests {
         let e = activation_encoding((-1.0, 3.0), false);
         assert_eq!(e.scale, 4.0 / 255.0);
         assert_eq!(e.zero_point, -64); // -128 + 1/(4/255) = -64.25 → -64
-        // Ranges not containing 0 are widened to it.
+                                       // Ranges not containing 0 are widened to it.
         let e = activation_encoding((2.0, 4.0), false);
         assert_eq!((e.min, e.zero_point), (0.0, -128));
         let e = activation_encoding((-2.0, 1.0), true);
@@ -334,7 +344,7 @@ mod tests {
         assert_eq!(b.blocks, 1);
         assert_eq!(b.scales, vec![0.3]); // 4.5 / 15
         assert_eq!(b.zero_points, Some(vec![5])); // 1.5 / 0.3
-        // codes: 0 → 5, 3 → 10 + 5 = 15, -1.5 → -5 + 5 = 0; padding 5.
+                                                  // codes: 0 → 5, 3 → 10 + 5 = 15, -1.5 → -5 + 5 = 0; padding 5.
         assert_eq!(b.packed[0], 5 | (15 << 4));
         assert_eq!(b.packed[1], 5 << 4);
         assert!(b.packed[2..].iter().all(|&x| x == 0x55));

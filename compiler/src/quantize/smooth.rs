@@ -59,7 +59,11 @@ pub fn apply(
             if shape[0] != amax.len() {
                 return Err(QuantizeError::Tensor {
                     tensor: site.tensor.clone(),
-                    msg: format!("has {} channels but a reading weight {} rows", amax.len(), shape[0]),
+                    msg: format!(
+                        "has {} channels but a reading weight {} rows",
+                        amax.len(),
+                        shape[0]
+                    ),
                 });
             }
             for (k, x) in w.iter().enumerate() {
@@ -80,12 +84,16 @@ pub fn apply(
             .collect();
         for &(n, i) in &site.vectors {
             edit(model, n, i, |_, w| {
-                w.iter_mut().zip(s.iter().cycle()).for_each(|(x, d)| *x /= d)
+                w.iter_mut()
+                    .zip(s.iter().cycle())
+                    .for_each(|(x, d)| *x /= d)
             })?;
         }
         for &(n, i) in &site.columns {
             edit(model, n, i, |_, w| {
-                w.iter_mut().zip(s.iter().cycle()).for_each(|(x, d)| *x /= d)
+                w.iter_mut()
+                    .zip(s.iter().cycle())
+                    .for_each(|(x, d)| *x /= d)
             })?;
         }
         for &(n, i) in &site.readers {
@@ -168,7 +176,9 @@ fn find_sites(model: &FloatModel, exclude: &HashSet<String>) -> Vec<Site> {
     let mut sites = vec![];
     for (k, p) in g.node.iter().enumerate() {
         let Some(x) = p.output.first() else { continue };
-        let Some(rs) = readers.get(x.as_str()) else { continue };
+        let Some(rs) = readers.get(x.as_str()) else {
+            continue;
+        };
         if !p.domain.is_empty() || !rs.iter().all(|&(n, i)| matmul_weight(n, i)) {
             continue;
         }
@@ -178,7 +188,11 @@ fn find_sites(model: &FloatModel, exclude: &HashSet<String>) -> Vec<Site> {
         let (mut vectors, mut columns) = (vec![], vec![]);
         match p.op_type.as_str() {
             "LayerNormalization" if p.attribute.iter().all(|a| a.name != "axis" || a.i == -1) => {
-                vectors.extend((1..p.input.len().min(3)).filter(|&i| is_vector(konst(p, i))).map(|i| (k, i)));
+                vectors.extend(
+                    (1..p.input.len().min(3))
+                        .filter(|&i| is_vector(konst(p, i)))
+                        .map(|i| (k, i)),
+                );
                 if vectors.first() != Some(&(k, 1)) {
                     continue;
                 }
@@ -231,7 +245,8 @@ mod tests {
 
     /// `y = (x · gamma) · W`, x `[2, 3]` declared with its shape.
     fn model() -> FloatModel {
-        let vi = |name: &str| ValueInfoProto {
+        let vi = |name: &str| {
+            ValueInfoProto {
             name: name.into(),
             r#type: Some(tract_onnx::pb::TypeProto {
                 value: Some(tract_onnx::pb::type_proto::Value::TensorType(
@@ -251,6 +266,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
+        }
         };
         FloatModel {
             path: "smooth.onnx".into(),
@@ -291,7 +307,14 @@ mod tests {
         )]);
         let before = model();
         let mut after = model();
-        let smoothed = apply(&mut after, &[sample.clone()], 0.5, &HashSet::new(), &Quiet).unwrap();
+        let smoothed = apply(
+            &mut after,
+            std::slice::from_ref(&sample),
+            0.5,
+            &HashSet::new(),
+            &Quiet,
+        )
+        .unwrap();
         assert_eq!(smoothed, vec!["h"]);
         let run = |m: &FloatModel| {
             let mut r = Runner::new(&m.proto, &["h".into()], "test").unwrap();
@@ -308,7 +331,10 @@ mod tests {
         };
         assert!(spread(&b["h"]) < spread(&a["h"]) / 4.0);
         // The original constants are untouched (copies are edited).
-        assert!(graph(&after.proto).initializer.iter().any(|t| t.name == "gamma_smoothed"));
+        assert!(graph(&after.proto)
+            .initializer
+            .iter()
+            .any(|t| t.name == "gamma_smoothed"));
     }
 
     #[test]

@@ -72,7 +72,11 @@ fn ops(p: &ModelProto) -> Vec<String> {
 }
 
 fn init<'p>(p: &'p ModelProto, name: &str) -> &'p TensorProto {
-    graph(p).initializer.iter().find(|t| t.name == name).unwrap()
+    graph(p)
+        .initializer
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap()
 }
 
 #[test]
@@ -90,7 +94,10 @@ fn int8_is_qdq_on_activations_and_per_channel_weights() {
         ]
     );
     let mm = &graph(&q).node[4];
-    assert_eq!(mm.input, ["r_DequantizeLinear_Output", "W_DequantizeLinear_Output"]);
+    assert_eq!(
+        mm.input,
+        ["r_DequantizeLinear_Output", "W_DequantizeLinear_Output"]
+    );
     assert_eq!(mm.output, ["y"]);
     let wdq = &graph(&q).node[3];
     assert_eq!(wdq.attribute[0].name, "axis");
@@ -115,7 +122,14 @@ fn dynamic_is_matmulinteger_with_the_node_name_kept() {
     let (q, _) = rewrite(Scheme::Int8Dynamic);
     assert_eq!(
         ops(&q),
-        ["Relu", "DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul"]
+        [
+            "Relu",
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Cast",
+            "Mul",
+            "Mul"
+        ]
     );
     let last = graph(&q).node.last().unwrap();
     assert_eq!((last.name.as_str(), last.output[0].as_str()), ("mm", "y"));
@@ -142,7 +156,10 @@ fn excludes_by_name_or_type_and_unknown_ones_fail() {
     let m = matmul_model();
     for e in ["mm", "MatMul"] {
         let ex = resolve_excludes(&m.proto, &[e.to_string()]).unwrap();
-        assert!(plan(&m.proto, Scheme::Int8, &ex, None).unwrap().layers.is_empty());
+        assert!(plan(&m.proto, Scheme::Int8, &ex, None)
+            .unwrap()
+            .layers
+            .is_empty());
     }
     let err = resolve_excludes(&m.proto, &["Conv".into()]).unwrap_err();
     assert_eq!(
