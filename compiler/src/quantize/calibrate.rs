@@ -3,10 +3,14 @@
 //! calibrator turns what was seen into a range per tensor.
 //!
 //! `minmax` keeps the extremes; `percentile:P` and `entropy` clip
-//! outliers, from a 2048-bin histogram of |x| filled in a second pass:
+//! outliers, from a histogram of |x| filled in a second pass:
 //! `percentile:P` at the P-th percentile of |x|, `entropy` at the
-//! threshold whose 128-level quantised histogram is closest (smallest
-//! KL divergence) to the clipped original.
+//! threshold whose 128-level (256 for a non-negative tensor) quantised
+//! histogram is closest (smallest KL divergence) to the clipped original.
+//! Histograms have up to 2048 bins but at most one per 8 observed
+//! elements: a sparse histogram would make the KL search clip on noise,
+//! so a tensor seen too little to fill more bins than levels is not
+//! clipped by `entropy`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,10 +35,19 @@ pub enum Calibration {
     Entropy,
 }
 
-/// Bins of the |x| histograms.
+/// Most bins of an |x| histogram.
 const BINS: usize = 2048;
-/// Levels the entropy calibrator quantises |x| into (int8's magnitudes).
-const LEVELS: usize = 128;
+/// Observed elements per histogram bin, at least.
+const PER_BIN: usize = 8;
+
+/// Bins of the histogram of a tensor seen `count` times.
+fn bins_for(count: usize) -> usize {
+    (count / PER_BIN).clamp(1, BINS)
+}
+/// Levels the entropy calibrator quantises |x| into: int8's magnitudes
+/// for a signed tensor, all 256 codes for a non-negative one.
+const SIGNED_LEVELS: usize = 128;
+const UNSIGNED_LEVELS: usize = 256;
 
 impl FromStr for Calibration {
     type Err = String;
@@ -173,7 +186,8 @@ pub fn calibrate(
         let h = &hists[name];
         let t = match method {
             Calibration::Percentile(p) => percentile_threshold(h, absmax, p),
-            _ => entropy_threshold(h, absmax),
+            _ if r.0 >= 0.0 => entropy_threshold(h, absmax, UNSIGNED_LEVELS),
+            _ => entropy_threshold(h, absmax, SIGNED_LEVELS),
         };
         *r = (r.0.max(-t), r.1.min(t));
     }
@@ -225,17 +239,21 @@ pub fn percentile_threshold(hist: &[u64], absmax: f32, p: f32) -> f32 {
 }
 
 /// The clipping threshold of |x| minimising KL(P‖Q), P the histogram
-/// clipped at the threshold (outliers folded into the last bin), Q it
-/// quantised to [`LEVELS`] levels and expanded back.
-pub fn entropy_threshold(hist: &[u64], absmax: f32) -> f32 {
+/// clipped at the threshold (outliers folded into the last bin), Q the
+/// clipped histogram without them quantised to `levels` levels and
+/// expanded back.
+pub fn entropy_threshold(hist: &[u64], absmax: f32, levels: usize) -> f32 {
+    if hist.len() <= levels {
+        return absmax;
+    }
     let width = absmax / hist.len() as f32;
     let mut best = (f64::INFINITY, hist.len());
-    for i in LEVELS..=hist.len() {
+    for i in levels..=hist.len() {
         let mut p: Vec<f64> = hist[..i].iter().map(|&n| n as f64).collect();
         p[i - 1] += hist[i..].iter().sum::<u64>() as f64;
         let mut q = vec![0f64; i];
-        for level in 0..LEVELS {
-            let (a, b) = (level * i / LEVELS, (level + 1) * i / LEVELS);
+        for level in 0..levels {
+            let (a, b) = (level * i / levels, (level + 1) * i / levels);
             let mass: f64 = hist[a..b].iter().map(|&n| n as f64).sum();
             let nonzero = hist[a..b].iter().filter(|&&n| n > 0).count();
             for j in a..b {
@@ -303,11 +321,14 @@ mod tests {
             *n = 1000 - i as u64;
         }
         h[BINS - 1] = 1;
-        let t = entropy_threshold(&h, BINS as f32);
+        let t = entropy_threshold(&h, BINS as f32, SIGNED_LEVELS);
         assert!((400.0..1100.0).contains(&t), "{t}");
         // A uniform histogram keeps (almost) all of its range.
-        let t = entropy_threshold(&vec![10u64; BINS], BINS as f32);
+        let t = entropy_threshold(&vec![10u64; BINS], BINS as f32, SIGNED_LEVELS);
         assert!(t > 1900.0, "{t}");
+        // Too few bins to search: nothing is clipped.
+        assert_eq!(entropy_threshold(&[5, 0, 1], 3.0, SIGNED_LEVELS), 3.0);
+        assert_eq!((bins_for(100), bins_for(1 << 30)), (12, BINS));
     }
 
     #[test]
