@@ -7,10 +7,10 @@
 //! `percentile:P` at the P-th percentile of |x|, `entropy` at the
 //! threshold whose 128-level (256 for a non-negative tensor) quantised
 //! histogram is closest (smallest KL divergence) to the clipped original.
-//! Histograms have up to 2048 bins but at most one per 8 observed
+//! Histograms have 2048 bins; for `entropy` at most one per 8 observed
 //! elements: a sparse histogram would make the KL search clip on noise,
 //! so a tensor seen too little to fill more bins than levels is not
-//! clipped by `entropy`.
+//! clipped.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -137,6 +137,7 @@ pub fn calibrate(
     observer: &dyn Observer,
 ) -> Result<HashMap<String, (f32, f32)>> {
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
     if tensors.is_empty() {
         return Ok(ranges);
     }
@@ -151,6 +152,7 @@ pub fn calibrate(
             for &x in a.iter().filter(|x| x.is_finite()) {
                 *r = (r.0.min(x), r.1.max(x));
             }
+            *counts.entry(name.to_string()).or_default() += a.len();
             Ok(())
         },
     )?;
@@ -166,13 +168,17 @@ pub fn calibrate(
         observer,
         |name, a| {
             let (lo, hi) = ranges[name];
-            let width = lo.abs().max(hi) / BINS as f32;
+            let bins = match method {
+                Calibration::Entropy => bins_for(counts[name]),
+                _ => BINS,
+            };
+            let width = lo.abs().max(hi) / bins as f32;
             let h = hists
                 .entry(name.to_string())
-                .or_insert_with(|| vec![0; BINS]);
+                .or_insert_with(|| vec![0; bins]);
             for &x in a.iter().filter(|x| x.is_finite()) {
                 let bin = if width > 0.0 {
-                    ((x.abs() / width) as usize).min(BINS - 1)
+                    ((x.abs() / width) as usize).min(bins - 1)
                 } else {
                     0
                 };
