@@ -199,7 +199,7 @@ mod tests {
     use std::path::PathBuf;
     use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 
-    pub(crate) fn model(op: &str) -> FloatModel {
+    fn model(op: &str) -> FloatModel {
         let node = NodeProto {
             op_type: op.into(),
             name: "n0".into(),

@@ -23,9 +23,13 @@ const WORST: usize = 10;
 /// One model output against fp32.
 #[derive(Clone, Debug, Serialize)]
 pub struct OutputMetrics {
+    /// The output's ONNX name.
     pub name: String,
+    /// Largest |quantised − fp32|.
     pub max_abs: f64,
+    /// Cosine similarity with fp32.
     pub cosine: f64,
+    /// Signal-to-quantisation-noise ratio (dB).
     pub sqnr_db: f64,
     /// `classifier` (rank 2) or `next-token` (rank ≥ 3) for logits.
     pub kind: Option<String>,
@@ -40,6 +44,7 @@ pub struct OutputMetrics {
 pub struct LayerMetrics {
     /// The ONNX node.
     pub node: String,
+    /// Its operator type.
     pub op: String,
     /// Its output tensor.
     pub tensor: String,
@@ -52,10 +57,15 @@ pub struct LayerMetrics {
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The fp32 model's path.
     pub model: String,
+    /// The scheme measured.
     pub scheme: String,
+    /// Samples measured over.
     pub samples: usize,
+    /// Every model output.
     pub outputs: Vec<OutputMetrics>,
+    /// Every quantised layer, in graph order.
     pub layers: Vec<LayerMetrics>,
     /// Up to ten nodes with the lowest isolated SQNR, worst first.
     pub worst_layers: Vec<String>,

@@ -7,7 +7,7 @@ use crate::quantize::scheme::ActEncoding;
 use crate::quantize::Calibration;
 
 /// `y = relu(x) · W` with `W` `[4, 3]`, opset 17.
-pub(crate) fn matmul_model() -> FloatModel {
+fn matmul_model() -> FloatModel {
     let w: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect();
     FloatModel {
         path: PathBuf::from("mm.onnx"),
