@@ -351,3 +351,39 @@ fn the_output_may_not_be_an_input() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(std::fs::read(&model).unwrap(), before);
 }
+
+/// Calibration over a stack of samples (the fixture input scaled and
+/// shifted, not the input itself) still quantises the IMU encoder within
+/// the bound on the fixture's own input (held out).
+#[test]
+fn calibration_over_a_stack_of_held_out_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = m4c_runtime::read_npz(&fixture("imu_encoder.inputs.npz")).unwrap();
+    let t = inputs["imu"].to_tensor();
+    let x = t.to_f32_vec().unwrap();
+    let mut stack = vec![];
+    for (k, (scale, shift)) in [(0.8f32, 0.1f32), (1.2, -0.1), (1.0, 0.05), (0.9, 0.0)]
+        .iter()
+        .enumerate()
+    {
+        stack.extend(x.iter().enumerate().map(|(i, v)| {
+            let wobble = ((i * 7 + k * 13) % 11) as f32 / 110.0;
+            v * scale + shift + wobble
+        }));
+    }
+    let mut shape = vec![4];
+    shape.extend(&t.shape);
+    let value = m4c_ops::Value::from_tensor(&m4c_ir::Tensor::from_f32(&shape, &stack)).unwrap();
+    let data = dir.path().join("stack.npz");
+    m4c_runtime::write_npz(&data, &[], &[("imu".into(), value)]).unwrap();
+    let out = dir.path().join("q.onnx");
+    let o = m4c(&quantize_args(
+        &fixture("imu_encoder.onnx"),
+        &data,
+        &out,
+        &["--scheme", "int8", "--per-channel"],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run_against_fp32(&out, "imu_encoder", 0.98);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

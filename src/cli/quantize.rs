@@ -20,7 +20,8 @@ pub struct QuantizeArgs {
     model: PathBuf,
     /// Calibration inputs: .npz files keyed by the model's input names; an
     /// array with one more leading axis than the input holds a stack of
-    /// samples. Every sample runs through the fp32 model.
+    /// samples (an input given once applies to all). Every sample runs
+    /// through the fp32 model.
     #[arg(long = "calibrate", value_name = "DATA.npz", num_args = 1..)]
     calibrate: Vec<PathBuf>,
     /// int8 (static QDQ), int8-dynamic, w8 (weight-only int8) or

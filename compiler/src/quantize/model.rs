@@ -108,8 +108,9 @@ pub fn f32_values(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
 }
 
 /// Splits the calibration `.npz` files into samples: an array with the
-/// input's declared rank is one sample, one with a leading extra axis is
-/// a stack of samples (every input of the file must agree on the count).
+/// input's declared rank is one sample (shared by every sample of the
+/// file's stacks), one with a leading extra axis is a stack of samples
+/// (all stacks of a file must agree on the count).
 pub fn load_samples(files: &[PathBuf], inputs: &[(String, Option<usize>)]) -> Result<Vec<Sample>> {
     let mut samples = vec![];
     for file in files {
@@ -127,12 +128,17 @@ pub fn load_samples(files: &[PathBuf], inputs: &[(String, Option<usize>)]) -> Re
             let stacked = rank.is_some_and(|r| v.shape().len() == r + 1);
             per_input.push((name, v, stacked));
         }
-        let counts: Vec<usize> = per_input
+        // An input given once applies to every sample of the stacks.
+        let n = per_input
             .iter()
-            .map(|(_, v, stacked)| if *stacked { v.shape()[0] } else { 1 })
-            .collect();
-        let n = counts.iter().copied().max().unwrap_or(1);
-        if let Some(((name, v, _), _)) = per_input.iter().zip(&counts).find(|(_, &c)| c != n) {
+            .filter(|(_, _, stacked)| *stacked)
+            .map(|(_, v, _)| v.shape()[0])
+            .max()
+            .unwrap_or(1);
+        if let Some((name, v, _)) = per_input
+            .iter()
+            .find(|(_, v, stacked)| *stacked && v.shape()[0] != n)
+        {
             return Err(QuantizeError::Sample {
                 file: file.clone(),
                 input: (*name).clone(),
@@ -291,6 +297,42 @@ mod tests {
         assert_eq!(slice_first(&v, 1).unwrap(), f32s(&[3], &[4., 5., 6.]));
         let c = concat_f32(&[&f32s(&[1], &[1.0]), &f32s(&[2], &[2.0, 3.0])]);
         assert_eq!(c, f32s(&[3], &[1.0, 2.0, 3.0]));
+    }
+
+    #[test]
+    fn npz_files_become_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = vec![("x".to_string(), Some(1)), ("y".to_string(), Some(1))];
+        // x stacks 3 samples of [2]; y (given once) is shared by all.
+        let stacked = dir.path().join("s.npz");
+        let arrays = [
+            ("x".to_string(), f32s(&[3, 2], &[1., 2., 3., 4., 5., 6.])),
+            ("y".to_string(), f32s(&[2], &[7., 8.])),
+        ];
+        m4c_runtime::write_npz(&stacked, &[], &arrays).unwrap();
+        let s = load_samples(std::slice::from_ref(&stacked), &inputs).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2]["x"], f32s(&[2], &[5., 6.]));
+        assert_eq!(s[2]["y"], f32s(&[2], &[7., 8.]));
+        // Stacks of different lengths, and a missing input, are errors.
+        let bad = dir.path().join("b.npz");
+        let arrays = [
+            ("x".to_string(), f32s(&[3, 2], &[0.; 6])),
+            ("y".to_string(), f32s(&[2, 2], &[0.; 4])),
+        ];
+        m4c_runtime::write_npz(&bad, &[], &arrays).unwrap();
+        let e = load_samples(&[bad], &inputs).unwrap_err().to_string();
+        assert!(
+            e.contains("input 'y': shape [2, 2] holds a different number of samples"),
+            "{e}"
+        );
+        let one = dir.path().join("one.npz");
+        m4c_runtime::write_npz(&one, &[], &[("x".to_string(), f32s(&[2], &[0.; 2]))]).unwrap();
+        let e = load_samples(&[one], &inputs).unwrap_err().to_string();
+        assert!(
+            e.ends_with("one.npz: no array for model input 'y' (keys: x)"),
+            "{e}"
+        );
     }
 
     #[test]

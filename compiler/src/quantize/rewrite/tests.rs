@@ -183,3 +183,22 @@ fn per_channel_needs_opset_13() {
     };
     assert!(quantize_graph(&m, &mut p, &o, &enc).is_ok());
 }
+
+#[test]
+fn a_layer_override_sets_per_tensor_weights() {
+    let m = matmul_model();
+    let o = opts(Scheme::W8);
+    let mut p = plan(&m.proto, Scheme::W8, &HashSet::new(), None).unwrap();
+    let mut enc = Encodings::new(&m, &o);
+    enc.layers.insert(
+        "mm".into(),
+        crate::quantize::encodings::LayerOverride {
+            quantize: true,
+            per_channel: Some(false),
+        },
+    );
+    let q = quantize_graph(&m, &mut p, &o, &enc).unwrap();
+    assert!(graph(&q).node[1].attribute.is_empty());
+    assert_eq!(init(&q, "W_scale").dims, Vec::<i64>::new());
+    assert_eq!(p.weights["W"].axis, None);
+}
