@@ -1148,6 +1148,15 @@ fn matmul_nbits_block_size_not_a_power_of_two() {
 }
 
 #[test]
+fn matmul_nbits_block_size_two_to_the_sixty_two() {
+    refused(
+        "nbits_huge",
+        nbits(64, 4, 1 << 62, &[2, 2, 16], 4),
+        &["block_size = 4611686018427387904 overflows"],
+    );
+}
+
+#[test]
 fn matmul_nbits_weight_not_matching_k() {
     // K = 64 in blocks of 32 needs B u8[2, 2, 16]; it has one block.
     refused(

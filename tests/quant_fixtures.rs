@@ -1,27 +1,32 @@
 //! Models quantised by onnxruntime's own tools (`tests/fixtures/quant/`,
 //! written by `scripts/fixtures/quant_models.py`: QDQ from
-//! `quantize_static`, QOperator from `quantize_dynamic`, int4/int8
-//! `com.microsoft.MatMulNBits`) run in m4c's reference interpreter and
+//! `quantize_static`, QOperator from `quantize_static` and
+//! `quantize_dynamic`, int4/int8 `com.microsoft.MatMulNBits` and int4 QDQ) run in m4c's reference interpreter and
 //! match onnxruntime's run of the same quantised model.
 //!
 //! Bound: cosine similarity ≥ 0.999 per output, and max |m4c − ORT| ≤ 2
 //! quantisation steps of the output (`output_step` in the directory's
-//! `MANIFEST.json`: the scale of the output's DequantizeLinear for QDQ,
-//! else max|y|/127). The integer arithmetic is exact on both sides; what
+//! `MANIFEST.json`: 1 for an integer output, the scale of the output's
+//! DequantizeLinear for QDQ, else max|y|/127). The integer arithmetic is exact on both sides; what
 //! may differ is the order of the f32 sums in the float ops around it
 //! (MLAS vs ndarray), which can move a value across a rounding boundary of
 //! a later requantisation: one step of that tensor, which reaches the
 //! output attenuated or amplified by at most the few layers after it.
 //! Two steps is "a few" with margin; on the committed fixtures m4c
-//! measures 0 (resnet QDQ, resnet dynamic) to ~2e-7 (the rest).
+//! measures 0 (resnet QDQ; resnet and imu QOperator static, i.e. QLinearConv,
+//! QLinearMatMul, QLinearAdd/Mul/GlobalAveragePool; resnet dynamic) to
+//! ~2e-7, a float ulp (imu dynamic, the MatMulNBits and int4 QDQ llamas);
+//! `blocked_partial` (blocked Q/DQ with a shorter last block, an int4
+//! weight) is exact, its uint8 output included.
 //!
 //! The lowered graphs keep the quantised weights packed: their constants
-//! take a fraction of the fp32 model's, and they survive the `.ir` file
-//! round trip.
+//! take a fraction of the fp32 model's, and they survive the optimiser and
+//! the `.ir` file round trip.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use m4c_compiler::opt::{optimise, OptOptions, Roofline};
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_ir::{Graph, OpKind};
 use m4c_ops::{as_f64, run_graph, Value};
@@ -34,7 +39,9 @@ fn dir() -> PathBuf {
 /// One entry of `MANIFEST.json`.
 struct Entry {
     name: String,
-    source: String,
+    /// The fp32 fixture it was quantised from (none for models built by
+    /// the script itself).
+    source: Option<String>,
     steps: BTreeMap<String, f64>,
 }
 
@@ -47,7 +54,7 @@ fn manifest() -> Vec<Entry> {
         .iter()
         .map(|m| Entry {
             name: m["name"].as_str().expect("name").to_string(),
-            source: m["source"].as_str().expect("source").to_string(),
+            source: m["source"].as_str().map(str::to_string),
             steps: m["output_step"]
                 .as_object()
                 .expect("output_step")
@@ -99,7 +106,7 @@ fn constant_bytes(g: &Graph) -> usize {
 #[test]
 fn quantised_models_match_onnxruntime() {
     let entries = manifest();
-    assert!(entries.len() >= 5, "{} quantised fixtures", entries.len());
+    assert!(entries.len() >= 9, "{} quantised fixtures", entries.len());
     for e in &entries {
         let file = |ext: &str| dir().join(format!("{}.{ext}", e.name));
         let inputs = read_npz(&file("inputs.npz")).expect("inputs");
@@ -141,12 +148,13 @@ fn quantised_models_match_onnxruntime() {
 #[test]
 fn lowering_keeps_quantised_weights_small() {
     for e in manifest() {
+        let Some(source) = &e.source else { continue };
         let file = |ext: &str| dir().join(format!("{}.{ext}", e.name));
         let inputs = read_npz(&file("inputs.npz")).expect("inputs");
         let (g, _) = load(&file("onnx"), &inputs);
         let source = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
-            .join(&e.source);
+            .join(source);
         let (fp32, _) = load(&source, &inputs);
         let (q, f) = (constant_bytes(&g), constant_bytes(&fp32));
         let ratio = q as f64 / f as f64;
@@ -177,14 +185,28 @@ fn lowering_keeps_quantised_weights_small() {
     }
 }
 
-/// The int4 model through `m4c_compiler::ir_file` (the `.ir` text plus
-/// its weights file): read back, it computes the same outputs.
+/// The int4 model through the optimiser (which must not fold the
+/// dequantisation of a packed weight either) and `m4c_compiler::ir_file`
+/// (the `.ir` text plus its weights file): read back, it computes the same
+/// outputs and its constants have not grown.
 #[test]
-fn int4_graph_round_trips_through_ir_files() {
+fn int4_graph_survives_the_optimiser_and_ir_files() {
     let name = "llama_prefill_int4";
     let file = |ext: &str| dir().join(format!("{name}.{ext}"));
     let inputs = read_npz(&file("inputs.npz")).expect("inputs");
-    let (g, feeds) = load(&file("onnx"), &inputs);
+    let (lowered, feeds) = load(&file("onnx"), &inputs);
+    let (g, _) = optimise(&lowered, &OptOptions::default(), &Roofline::cpu()).expect("opt");
+    assert!(
+        constant_bytes(&g) <= constant_bytes(&lowered),
+        "the optimiser widened constants: {} > {}",
+        constant_bytes(&g),
+        constant_bytes(&lowered)
+    );
+    let want = run_graph(&lowered, &feeds).unwrap();
+    let got = run_graph(&g, &feeds).unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!(cosine(&as_f64(a), &as_f64(b)) > 0.999_999);
+    }
     let tmp = std::env::temp_dir().join(format!("m4c-quant-ir-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let ir = tmp.join("int4.ir");
@@ -192,9 +214,58 @@ fn int4_graph_round_trips_through_ir_files() {
     let text = std::fs::read_to_string(&ir).unwrap();
     assert!(text.contains(": u4["), "no u4 constant in the IR text");
     let back = m4c_compiler::ir_file::load(&ir).expect("load");
-    assert_eq!(
-        run_graph(&back, &feeds).unwrap(),
-        run_graph(&g, &feeds).unwrap()
+    assert_eq!(run_graph(&back, &feeds).unwrap(), got);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// The int4 model as a firmware bundle (`m4c firmware build`, optimised,
+/// IR text plus weight blobs): at most 40 % of the fp32 model's bytes, and
+/// `m4c run` of its module still matches onnxruntime.
+#[test]
+fn int4_model_bundles_small_and_runs() {
+    let name = "llama_prefill_int4";
+    let file = |ext: &str| dir().join(format!("{name}.{ext}"));
+    let tmp = std::env::temp_dir().join(format!("m4c-quant-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let fw = tmp.join("q.fw");
+    let m4c = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_m4c"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    };
+    let module = format!("backbone={}", file("onnx").display());
+    m4c(&[
+        "firmware".as_ref(),
+        "build".as_ref(),
+        "--module".as_ref(),
+        module.as_ref(),
+        "--backend".as_ref(),
+        "reference".as_ref(),
+        "-o".as_ref(),
+        fw.as_os_str(),
+    ]);
+    let fp32 = std::fs::metadata(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_prefill.onnx"),
+    )
+    .unwrap()
+    .len();
+    let bundle = std::fs::metadata(&fw).unwrap().len();
+    assert!(
+        bundle * 5 <= fp32 * 2,
+        "bundle {bundle} bytes, fp32 model {fp32} bytes"
     );
+    m4c(&[
+        "run".as_ref(),
+        fw.as_os_str(),
+        "--module".as_ref(),
+        "backbone".as_ref(),
+        "--inputs".as_ref(),
+        file("inputs.npz").as_os_str(),
+        "--expect".as_ref(),
+        file("expected.npz").as_os_str(),
+    ]);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
