@@ -20,6 +20,7 @@ pub mod onnx;
 pub mod opt;
 pub mod partition;
 pub mod passes;
+pub mod quantize;
 
 pub use error::{FrontendError, UnsupportedNode};
 pub use lower::{lower, lower_report, LowerOptions, LowerReport};

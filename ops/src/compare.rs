@@ -6,6 +6,11 @@
 //! are NaN, or when both are the same infinity. Non-finite outputs are
 //! counted on their own, so a NaN result is reported as NaN, never as an
 //! error of 0 next to a failure.
+//!
+//! Quantised and NPU results are judged as a whole rather than element by
+//! element: [`Comparison::cosine`] (cosine similarity) and
+//! [`Comparison::sqnr_db`] (signal-to-quantisation-noise ratio) come with
+//! every comparison.
 
 use crate::error::{OpsError, Result};
 use crate::Value;
@@ -36,6 +41,13 @@ pub struct Comparison {
     /// Elements where `got` is ±infinity and the reference is not that
     /// same infinity.
     pub inf: usize,
+    /// Cosine similarity of `got` and the reference as vectors (1 when
+    /// both are zero, 0 when only one is); NaN when either side has a
+    /// non-finite element the other does not match, or the shapes differ.
+    pub cosine: f64,
+    /// Signal-to-quantisation-noise ratio in dB: `10·log10(Σwant² /
+    /// Σ(got−want)²)`; infinite when equal, NaN like `cosine`.
+    pub sqnr_db: f64,
     /// Set when the shapes differ (nothing else was compared).
     pub shape_error: Option<String>,
 }
@@ -77,6 +89,8 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
         nonfinite: 0,
         nan: 0,
         inf: 0,
+        cosine: f64::NAN,
+        sqnr_db: f64::NAN,
         shape_error: None,
     };
     if got.shape() != want.shape() {
@@ -89,7 +103,15 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
     }
     let (g, w) = (got.float64(), want.float64());
     c.len = g.len();
+    // Σgot·want, Σgot², Σwant², Σ(got−want)² over finite pairs.
+    let (mut dot, mut gg, mut ww, mut noise) = (0.0, 0.0, 0.0, 0.0);
     for (&a, &b) in g.iter().zip(w.iter()) {
+        if a.is_finite() && b.is_finite() {
+            dot += a * b;
+            gg += a * a;
+            ww += b * b;
+            noise += (a - b) * (a - b);
+        }
         if a == b || (a.is_nan() && b.is_nan()) {
             continue;
         }
@@ -111,6 +133,14 @@ pub fn compare(got: &Value, want: &Value, rtol: f64, atol: f64) -> Comparison {
             }
         }
         c.mismatches += 1;
+    }
+    if c.nonfinite == 0 {
+        c.cosine = match (gg > 0.0, ww > 0.0) {
+            (true, true) => (dot / (gg.sqrt() * ww.sqrt())).clamp(-1.0, 1.0),
+            (false, false) => 1.0,
+            _ => 0.0,
+        };
+        c.sqnr_db = 10.0 * (ww / noise).log10();
     }
     c
 }
@@ -211,6 +241,30 @@ mod tests {
         assert_eq!((c.mismatches, c.max_abs), (1, 1.0));
         let b = Value::Bool(arr1(&[true, false]).into_dyn());
         assert_eq!(as_f64(&b), [1.0, 0.0]);
+    }
+
+    #[test]
+    fn cosine_and_sqnr_by_hand() {
+        // got = (1, 1), want = (1, 0): cos 45° = 1/√2; noise 1, signal 1.
+        let c = compare(&f(&[1.0, 1.0]), &f(&[1.0, 0.0]), 0.0, 0.0);
+        assert!((c.cosine - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert_eq!(c.sqnr_db, 0.0);
+        // Noise 0.01 against signal 1: 20 dB; the direction is unchanged.
+        let c = compare(&f(&[2.2]), &f(&[2.0]), 0.0, 0.0);
+        assert!((c.cosine - 1.0).abs() < 1e-12);
+        assert!((c.sqnr_db - 20.0).abs() < 1e-4, "{}", c.sqnr_db);
+        // Opposite vectors, equal vectors, zero vectors.
+        assert_eq!(compare(&f(&[-1.0]), &f(&[1.0]), 0.0, 0.0).cosine, -1.0);
+        let same = compare(&f(&[3.0, 4.0]), &f(&[3.0, 4.0]), 0.0, 0.0);
+        assert_eq!((same.cosine, same.sqnr_db), (1.0, f64::INFINITY));
+        assert_eq!(compare(&f(&[0.0]), &f(&[0.0]), 0.0, 0.0).cosine, 1.0);
+        assert_eq!(compare(&f(&[1.0]), &f(&[0.0]), 0.0, 0.0).cosine, 0.0);
+        // A NaN the reference does not have makes both NaN.
+        let c = compare(&f(&[f32::NAN, 1.0]), &f(&[1.0, 1.0]), 0.0, 0.0);
+        assert!(c.cosine.is_nan() && c.sqnr_db.is_nan());
+        assert!(compare(&f(&[1.0]), &f(&[1.0, 2.0]), 0.0, 0.0)
+            .cosine
+            .is_nan());
     }
 
     #[test]

@@ -268,7 +268,7 @@ fn display_names(paths: &[PathBuf]) -> Vec<String> {
 /// place; in an existing one every file is written to its temporary first
 /// and all are renamed only once all are written. `inputs` (the models)
 /// are never overwritten.
-fn write_all(dir: &Path, inputs: &[&Path], files: &[(&str, String)]) -> CliResult<()> {
+pub(super) fn write_all(dir: &Path, inputs: &[&Path], files: &[(&str, String)]) -> CliResult<()> {
     use m4c_runtime::outfile::{Options, Pending, PendingDir};
     use std::io::Write;
     if fs::symlink_metadata(dir).is_err() {

@@ -14,6 +14,7 @@ mod npu;
 mod opt;
 mod partition;
 mod progress;
+mod quantize;
 mod run;
 mod scale;
 mod task;
@@ -34,6 +35,8 @@ Typical session:
   m4c backends                                what can compile, what runs here
   m4c inspect model.onnx                      what is in it, does it lower
   m4c run model.onnx --inputs in.npz --expect ref.npz [--backend cpu]
+  m4c quantize model.onnx --calibrate in.npz --scheme int8 -o q.onnx --report rep/
+  m4c run q.onnx --inputs in.npz --expect ref.npz --min-cosine 0.98
   m4c opt backbone.onnx --adapter peft_dir --lora auto -o backbone.ir
   m4c run backbone.ir --inputs in.npz --backend cpu
   m4c compile model.onnx --backend cpu --target aarch64 -o artifact/
@@ -91,6 +94,10 @@ enum Command {
     /// backend; compare with reference outputs (exit 1 when out of
     /// tolerance).
     Run(run::RunArgs),
+    /// Post-training quantisation: calibrate on .npz samples and write a
+    /// QDQ / MatMulInteger / MatMulNBits ONNX model, its encodings and an
+    /// accuracy report.
+    Quantize(quantize::QuantizeArgs),
     /// Optimise a model (adapters, LoRA policy, e-graph rewriting, fusion);
     /// print the optimised IR (or write it with -o) and a report.
     Opt(opt::OptArgs),
@@ -131,6 +138,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Inspect(args) => inspect::run(args),
         Command::Coverage(args) => coverage::run(args),
         Command::Run(args) => run::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Opt(args) => opt::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Firmware(args) => firmware::run(args),

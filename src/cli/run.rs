@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// Absolute tolerance for --expect.
     #[arg(long, default_value_t = 1e-5)]
     atol: f64,
+    /// Judge --expect by cosine similarity instead of --rtol/--atol: an
+    /// output passes when its cosine with the reference is at least C
+    /// (how quantised and NPU runs are compared with fp32 references).
+    #[arg(long, value_name = "C", requires = "expect", value_parser = parse_cosine)]
+    min_cosine: Option<f64>,
     #[command(flatten)]
     dims: DimArgs,
     /// With a bundle: run the module's compiled code (`compiled`, an error
@@ -66,6 +71,14 @@ pub struct RunArgs {
     backend: BackendArgs,
     #[command(flatten)]
     trust: super::keygen::TrustArgs,
+}
+
+/// A cosine bound: a number in [-1, 1].
+fn parse_cosine(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|c| (-1.0..=1.0).contains(c))
+        .ok_or_else(|| format!("'{s}' is not a cosine similarity (a number from -1 to 1)"))
 }
 
 /// Looks a value name up in an npz map, exact name first, then sanitized.
@@ -288,13 +301,14 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
         let refs = read_npz(expect)?;
         let mut compared = 0;
         println!(
-            "{:<32} {:>12} {:>12}  status",
-            "output", "max_abs", "max_rel"
+            "{:<32} {:>12} {:>12} {:>10}  status",
+            "output", "max_abs", "max_rel", "cosine"
         );
         for (name, got) in &named {
             let Some(want) = lookup(&refs, name) else {
                 println!(
-                    "{name:<32} {:>12} {:>12}  not in {}",
+                    "{name:<32} {:>12} {:>12} {:>10}  not in {}",
+                    "-",
                     "-",
                     "-",
                     expect.display()
@@ -303,10 +317,13 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
             };
             compared += 1;
             let c = m4c_ops::compare(got, want, args.rtol, args.atol);
-            let status = match (&c.shape_error, c.mismatches) {
-                (Some(e), _) => format!("FAIL ({e})"),
-                (None, 0) => "ok".to_string(),
-                (None, n) => {
+            let status = match (&c.shape_error, c.mismatches, args.min_cosine) {
+                (Some(e), _, _) => format!("FAIL ({e})"),
+                // NaN (non-finite output) fails too.
+                (None, _, Some(min)) if c.cosine >= min => "ok".to_string(),
+                (None, _, Some(min)) => format!("FAIL (cosine below {min})"),
+                (None, 0, None) => "ok".to_string(),
+                (None, n, None) => {
                     let mut s = format!("FAIL ({n} of {} elements out of tolerance", c.len);
                     for (k, what) in [(c.nan, "NaN"), (c.inf, "infinite")] {
                         if k > 0 {
@@ -320,8 +337,8 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
                 code = 1;
             }
             println!(
-                "{name:<32} {:>12.3e} {:>12.3e}  {status}",
-                c.max_abs, c.max_rel
+                "{name:<32} {:>12.3e} {:>12.3e} {:>10.6}  {status}",
+                c.max_abs, c.max_rel, c.cosine
             );
         }
         if compared == 0 {
