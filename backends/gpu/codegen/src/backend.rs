@@ -15,9 +15,10 @@ use m4c_runtime::bundle::format::SectionKind;
 
 use crate::{lower, wgsl};
 
-/// The element types GPU kernels compute on (i64 in 32 bits); anything
-/// else, including element types added to the IR later, is refused.
-const DTYPES: [DType; 4] = [DType::F32, DType::I32, DType::I64, DType::Bool];
+/// The element types GPU kernels compute on (i8 and i64 in 32 bits);
+/// anything else, including element types added to the IR later, is
+/// refused.
+const DTYPES: [DType; 5] = [DType::F32, DType::I32, DType::I64, DType::I8, DType::Bool];
 
 /// The operators with GPU kernels; an operator added to the IR later is
 /// refused until it gets one.
@@ -213,22 +214,18 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             | Op::AvgPool { .. }
             | Op::Resize { .. }
             | Op::Div
-            | Op::Pow
     );
     if float_only && first != DType::F32 {
         return Some(format!("{} on {first} tensors (GPU kernels compute it in f32 only)", kind.name()));
     }
     let numeric = matches!(
         node.op,
-        Op::Add | Op::Sub | Op::Mul | Op::Less | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::ArgMax { .. }
+        Op::Add | Op::Sub | Op::Mul | Op::Pow | Op::Less | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::ArgMax { .. }
     );
     if numeric && first == DType::Bool {
         return Some(format!("{} on bool tensors", kind.name()));
     }
     match &node.op {
-        Op::MatMul { .. } if node.inputs.iter().any(|&v| g.value(v).ty.rank() < 2) => {
-            Some("MatMul of a vector (rank < 2)".into())
-        }
         Op::Norm { axis, .. } => {
             let x = g.value(node.inputs[0]).ty.static_shape()?;
             let trailing = &x[*axis..];

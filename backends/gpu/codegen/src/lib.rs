@@ -9,3 +9,6 @@ pub mod lower;
 pub mod wgsl;
 
 pub use backend::GpuBackend;
+
+#[cfg(test)]
+mod tests;

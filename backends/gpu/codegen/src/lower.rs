@@ -280,7 +280,8 @@ impl Lowering<'_> {
                     None => self.broadcast(v, shape.len()),
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            let e = elementwise(&node.op, args)?;
+            let arg_kinds: Vec<Kind> = args.iter().map(|a| a.kind(&kinds)).collect();
+            let e = elementwise(&node.op, args, &arg_kinds)?;
             kinds.push(e.kind(&kinds));
             at.insert(node.output.index(), lets.len());
             lets.push(e);
@@ -465,8 +466,8 @@ impl Lowering<'_> {
                 map(Expr::Fold(Box::new(Fold { id: 0, dims, combine, body })))
             }
             Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
-                let (valid, c) =
-                    window(&xs, &p.kernel, &p.strides, &p.pads, &p.dilations, 0, Expr::Coord(1));
+                let at = |fold| window(&xs, &p.kernel, &p.strides, &p.pads, &p.dilations, (fold, 0), Expr::Coord(1));
+                let (valid, c) = at(0);
                 let x_op = self.operand(x)?;
                 let load = Expr::load(x_op, linear(c, &xs));
                 let dims = p.kernel.clone();
@@ -475,11 +476,11 @@ impl Lowering<'_> {
                     Op::MaxPool(_) => map(fold(0, Combine::Max, Expr::select(valid, load, Expr::F(f32::NEG_INFINITY)))),
                     _ => {
                         let include = matches!(node.op, Op::AvgPool { count_include_pad: true, .. });
-                        let sum = fold(0, Combine::Sum, Expr::select(valid.clone(), load, Expr::F(0.0)));
+                        let sum = fold(0, Combine::Sum, Expr::select(valid, load, Expr::F(0.0)));
                         let count = if include {
                             Expr::F(p.kernel.iter().product::<usize>() as f32)
                         } else {
-                            fold(1, Combine::Sum, Expr::select(valid, Expr::F(1.0), Expr::F(0.0)))
+                            fold(1, Combine::Sum, Expr::select(at(1).0, Expr::F(1.0), Expr::F(0.0)))
                         };
                         map(Expr::bin(Bin::Div, sum, count))
                     }
@@ -494,7 +495,7 @@ impl Lowering<'_> {
                     Expr::Loop { fold: 0, d: 0 },
                 );
                 let kernel = &ws[2..];
-                let (valid, c) = window(&xs, kernel, &a.strides, &a.pads, &a.dilations, 1, channel);
+                let (valid, c) = window(&xs, kernel, &a.strides, &a.pads, &a.dilations, (0, 1), channel);
                 let shifted = |d: usize| Expr::Loop { fold: 0, d };
                 let mut wc = vec![Expr::Coord(1), shifted(0)];
                 wc.extend((0..kernel.len()).map(|d| shifted(d + 1)));
@@ -522,8 +523,20 @@ impl Lowering<'_> {
     }
 
     /// Batched `a · b` (transposes as strides, batch axes broadcast).
+    /// A vector operand is a one-row (`a`) or one-column (`b`) matrix
+    /// whose axis the output lacks.
     fn gemm(&mut self, a: ValueId, b: ValueId, ta: bool, tb: bool, c: Operand, out: &[usize]) -> Result<Body, String> {
-        let (sa, sb) = (self.shape(a)?, self.shape(b)?);
+        let (mut sa, mut sb) = (self.shape(a)?, self.shape(b)?);
+        let mut out = out.to_vec();
+        if sa.len() == 1 {
+            sa.insert(0, 1);
+            let at = out.len() - usize::from(sb.len() > 1);
+            out.insert(at, 1);
+        }
+        if sb.len() == 1 {
+            sb.push(1);
+            out.push(1);
+        }
         let r = out.len();
         let (m, n) = (out[r - 2], out[r - 1]);
         let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
@@ -647,7 +660,7 @@ fn reduce_coords(xs: &[usize], axes: &[usize], keep_dims: bool) -> (Vec<Expr>, V
     (c, sorted.iter().map(|&a| xs[a]).collect())
 }
 
-/// A sliding window of fold 0 over the spatial axes of `xs` (`[N, C,
+/// A sliding window of fold `fold` over the spatial axes of `xs` (`[N, C,
 /// spatial..]`), the taps being the fold's loop coordinates from
 /// `first_loop` on: whether the tap lies inside the input, and the input
 /// coordinates (`batch`, `channel`, then the spatial ones).
@@ -657,13 +670,13 @@ fn window(
     strides: &[usize],
     pads: &[usize],
     dilations: &[usize],
-    first_loop: usize,
+    (fold, first_loop): (usize, usize),
     channel: Expr,
 ) -> (Expr, Vec<Expr>) {
     let spatial: Vec<Expr> = (0..kernel.len())
         .map(|d| {
             let at = scale(Expr::Coord(2 + d), strides.get(d).copied().unwrap_or(1));
-            let tap = scale(Expr::Loop { fold: 0, d: d + first_loop }, dilations.get(d).copied().unwrap_or(1));
+            let tap = scale(Expr::Loop { fold, d: d + first_loop }, dilations.get(d).copied().unwrap_or(1));
             Expr::bin(Bin::Sub, add(at, tap), lit(pads[d]))
         })
         .collect();
@@ -680,7 +693,7 @@ fn window(
 }
 
 /// The expression of one elementwise operator on its operands.
-fn elementwise(op: &Op, mut args: Vec<Expr>) -> Result<Expr, String> {
+fn elementwise(op: &Op, mut args: Vec<Expr>, arg_kinds: &[Kind]) -> Result<Expr, String> {
     let mut arg = || args.remove(0);
     Ok(match op {
         Op::Add => Expr::bin(Bin::Add, arg(), arg()),
@@ -693,6 +706,12 @@ fn elementwise(op: &Op, mut args: Vec<Expr>) -> Result<Expr, String> {
         Op::Equal => Expr::bin(Bin::Eq, arg(), arg()),
         Op::Less => Expr::bin(Bin::Lt, arg(), arg()),
         Op::Where => Expr::select(arg(), arg(), arg()),
+        // Floats saturate into i8 (as Rust's `as`); integers wrap when the
+        // low byte is stored.
+        Op::Cast { to: DType::I8 } if arg_kinds.first() == Some(&Kind::F) => {
+            let i = Expr::Cast(Kind::I, Box::new(arg()));
+            Expr::bin(Bin::Min, Expr::bin(Bin::Max, i, Expr::I(-128)), Expr::I(127))
+        }
         Op::Cast { to } => Expr::Cast(Kind::of(*to), Box::new(arg())),
         other => {
             let u = match other {

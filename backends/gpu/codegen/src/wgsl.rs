@@ -44,9 +44,11 @@ const PRELUDE: &str = "\
 fn a_f32(w: i32) -> f32 { return bitcast<f32>(arena[w]); }
 fn a_i32(w: i32) -> i32 { return bitcast<i32>(arena[w]); }
 fn a_b8(b: i32) -> bool { return ((arena[b >> 2u] >> (u32(b & 3) * 8u)) & 0xffu) != 0u; }
+fn a_i8(b: i32) -> i32 { return bitcast<i32>(arena[b >> 2u] << (24u - u32(b & 3) * 8u)) >> 24u; }
 fn w_f32(w: i32) -> f32 { return bitcast<f32>(weights[w]); }
 fn w_i32(w: i32) -> i32 { return bitcast<i32>(weights[w]); }
 fn w_b8(b: i32) -> bool { return ((weights[b >> 2u] >> (u32(b & 3) * 8u)) & 0xffu) != 0u; }
+fn w_i8(b: i32) -> i32 { return bitcast<i32>(weights[b >> 2u] << (24u - u32(b & 3) * 8u)) >> 24u; }
 
 // erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
 fn m4c_erf(x: f32) -> f32 {
@@ -124,6 +126,7 @@ fn load(op: &Operand, index: &str) -> String {
         DType::F32 => format!("{p}_f32({w} + {clamped})"),
         DType::I64 => format!("{p}_i32({w} + 2 * {clamped})"),
         DType::Bool => format!("{p}_b8({b} + {clamped})"),
+        DType::I8 => format!("{p}_i8({b} + {clamped})"),
         _ => format!("{p}_i32({w} + {clamped})"),
     }
 }
@@ -183,7 +186,11 @@ impl Emit {
                     Bin::Mul => format!("({x} * {y})"),
                     Bin::Div => format!("({x} / {y})"),
                     Bin::Rem => format!("({x} % {y})"),
-                    Bin::Pow => format!("m4c_pow({x}, {y})"),
+                    Bin::Pow => {
+                        let as_f = |v: String, k| if k == Kind::I { format!("f32({v})") } else { v };
+                        let p = format!("m4c_pow({}, {})", as_f(x, a.kind(&self.lets)), as_f(y, b.kind(&self.lets)));
+                        if a.kind(&self.lets) == Kind::I { format!("i32({p})") } else { p }
+                    }
                     Bin::Max => format!("max({x}, {y})"),
                     Bin::Min => format!("min({x}, {y})"),
                     Bin::Eq => format!("({x} == {y})"),
@@ -203,7 +210,9 @@ impl Emit {
                     (f, t) if f == *t => x,
                     (Kind::B, Kind::F) => format!("select(0.0, 1.0, {x})"),
                     (Kind::B, Kind::I) => format!("select(0i, 1i, {x})"),
-                    (Kind::F, Kind::B) => format!("({x} != 0.0)"),
+                    // On the bits: denormals and NaN are true even where the
+                    // driver flushes or reorders float comparisons.
+                    (Kind::F, Kind::B) => format!("((bitcast<u32>({x}) & 0x7fffffffu) != 0u)"),
                     (Kind::I, Kind::B) => format!("({x} != 0i)"),
                     (_, t) => format!("{}({x})", wgsl_type(*t)),
                 }
@@ -222,13 +231,14 @@ impl Emit {
             _ => ("i32", int(i32::MIN)),
         };
         let total: usize = f.dims.iter().product();
+        // Strides of the loop nest (an empty extent leaves the loop empty).
+        let mut stride: usize = f.dims.iter().map(|&n| n.max(1)).product();
         self.push(format!("var f{id}: {acc} = {init};"));
         if let Combine::ArgMax { .. } = f.combine {
             self.push(format!("var f{id}_at: i32 = 0i;"));
         }
         self.push(format!("for (var r{id}: i32 = 0i; r{id} < {total}i; r{id} = r{id} + 1i) {{"));
         self.indent += 1;
-        let mut stride = total;
         for (d, &n) in f.dims.iter().enumerate() {
             stride /= n.max(1);
             self.push(format!("let l{id}_{d} = (r{id} / {stride}i) % {}i;", n.max(1)));
@@ -292,16 +302,24 @@ fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
         let _ = writeln!(text, "{s}");
     }
     let _ = writeln!(text, "}}");
-    let per = if m.out.dtype == DType::Bool { 4 } else { 1 };
+    // Byte-sized elements: each invocation packs one word of four.
+    let per = if m.out.dtype.size_bits() == 8 { 4 } else { 1 };
     let threads = count.div_ceil(per);
     let wg = spread(threads.div_ceil(GROUP))?;
     let w = m.out.offset / 4;
     let store = match m.out.dtype {
-        DType::Bool => format!(
-            "var word = 0u;\n    for (var s = 0; s < 4; s = s + 1) {{\n        let i = 4 * t + s;\n        \
-             if (i < {count}i) {{ word = word | (select(0u, 1u, {name}_at(i)) << (u32(s) * 8u)); }}\n    }}\n    \
-             arena[{w} + t] = word;"
-        ),
+        DType::Bool | DType::I8 => {
+            let byte = if m.out.dtype == DType::Bool {
+                format!("select(0u, 1u, {name}_at(i))")
+            } else {
+                format!("(bitcast<u32>({name}_at(i)) & 0xffu)")
+            };
+            format!(
+                "var word = 0u;\n    for (var s = 0; s < 4; s = s + 1) {{\n        let i = 4 * t + s;\n        \
+                 if (i < {count}i) {{ word = word | ({byte} << (u32(s) * 8u)); }}\n    }}\n    \
+                 arena[{w} + t] = word;"
+            )
+        }
         DType::I64 => format!(
             "let v = {name}_at(t);\n    arena[{w} + 2 * t] = bitcast<u32>(v);\n    \
              arena[{w} + 2 * t + 1] = select(0u, 0xffffffffu, v < 0i);"
