@@ -39,7 +39,9 @@ impl Device for GpuDevice {
 
     fn runs_here(&self, target: &str) -> Result<(), String> {
         if target != "wgpu" {
-            return Err(format!("GPU target `{target}` has no runner here (this runtime runs `wgpu`)"));
+            return Err(format!(
+                "GPU target `{target}` has no runner here (this runtime runs `wgpu`)"
+            ));
         }
         gpu().map(|_| ()).map_err(|e| e.to_string())
     }
@@ -53,7 +55,9 @@ impl Device for GpuDevice {
         let weights = code
             .section(SectionKind::CodeWeights)
             .ok_or("no code-weights section")?;
-        let text = code.section(SectionKind::Code).ok_or("no code section (the shader)")?;
+        let text = code
+            .section(SectionKind::Code)
+            .ok_or("no code section (the shader)")?;
         std::str::from_utf8(text).map_err(|_| "the shader is not UTF-8")?;
         if manifest.target != code.entry().target {
             return Err(format!(

@@ -101,7 +101,12 @@ impl CodeGenerator for GpuBackend {
         for &v in values {
             let value = g.value(v);
             match value.ty.num_elements() {
-                None => return Some(format!("the symbolic shape {} (bind every dimension)", value.ty)),
+                None => {
+                    return Some(format!(
+                        "the symbolic shape {} (bind every dimension)",
+                        value.ty
+                    ))
+                }
                 Some(n) if n > i32::MAX as usize / 2 => {
                     return Some(format!("{n} elements (GPU kernels index in i32)"))
                 }
@@ -119,12 +124,21 @@ impl CodeGenerator for GpuBackend {
     }
 
     fn compile(&self, graph: &Graph, request: &CompileRequest) -> Result<Artifact, BackendError> {
-        let target = resolve(request.target.as_deref()).map_err(|msg| BackendError::Target { backend: "gpu", msg })?;
+        let target = resolve(request.target.as_deref()).map_err(|msg| BackendError::Target {
+            backend: "gpu",
+            msg,
+        })?;
         check_graph(self, graph)?;
         let started = Instant::now();
-        let fail = |msg: String| BackendError::Compile { backend: "gpu", msg };
+        let fail = |msg: String| BackendError::Compile {
+            backend: "gpu",
+            msg,
+        };
         let program = lower::lower(graph).map_err(fail)?;
-        for (what, bytes) in [("arena", program.arena_bytes), ("weights", program.weights.len())] {
+        for (what, bytes) in [
+            ("arena", program.arena_bytes),
+            ("weights", program.weights.len()),
+        ] {
             if bytes > MAX_BINDING {
                 return Err(fail(format!(
                     "the {what} needs {bytes} bytes, over the {MAX_BINDING}-byte storage binding every device offers"
@@ -185,7 +199,9 @@ impl CodeGenerator for GpuBackend {
 fn resolve(target: Option<&str>) -> Result<&'static str, String> {
     match target {
         None | Some(WGPU) => Ok(WGPU),
-        Some(t) => Err(format!("unknown target `{t}` (the GPU backend has `{WGPU}`)")),
+        Some(t) => Err(format!(
+            "unknown target `{t}` (the GPU backend has `{WGPU}`)"
+        )),
     }
 }
 
@@ -216,11 +232,21 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             | Op::Div
     );
     if float_only && first != DType::F32 {
-        return Some(format!("{} on {first} tensors (GPU kernels compute it in f32 only)", kind.name()));
+        return Some(format!(
+            "{} on {first} tensors (GPU kernels compute it in f32 only)",
+            kind.name()
+        ));
     }
     let numeric = matches!(
         node.op,
-        Op::Add | Op::Sub | Op::Mul | Op::Pow | Op::Less | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::ArgMax { .. }
+        Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Pow
+            | Op::Less
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::ArgMax { .. }
     );
     if numeric && first == DType::Bool {
         return Some(format!("{} on bool tensors", kind.name()));

@@ -55,7 +55,9 @@ pub enum Un {
     Floor,
     Not,
     /// GELU, exact or with the tanh approximation.
-    Gelu { tanh: bool },
+    Gelu {
+        tanh: bool,
+    },
 }
 
 /// Two-operand operations (`Eq`, `Lt`, `Le` give bools).
@@ -81,7 +83,9 @@ pub enum Combine {
     Sum,
     Max,
     /// The loop position of the maximum (first or last of ties), as i32.
-    ArgMax { last: bool },
+    ArgMax {
+        last: bool,
+    },
 }
 
 /// A loop nest over `dims` (row-major) combining `body` into one value.
@@ -103,7 +107,10 @@ pub enum Expr {
     /// Coordinate `d` of the output element.
     Coord(usize),
     /// Coordinate `d` of the loop of fold `id`.
-    Loop { fold: usize, d: usize },
+    Loop {
+        fold: usize,
+        d: usize,
+    },
     /// The kernel's `let` number `k`.
     Var(usize),
     /// Element `index` (an i32 expression) of a tensor.

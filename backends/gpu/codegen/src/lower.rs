@@ -227,9 +227,8 @@ impl Lowering<'_> {
             }
             ValueDef::Input => (Space::Arena, self.inputs[&src.index()]),
             ValueDef::Node(_) => {
-                let b = self.of_value[src.index()].ok_or_else(|| {
-                    format!("`{}` has no buffer", self.g.value(src).name)
-                })?;
+                let b = self.of_value[src.index()]
+                    .ok_or_else(|| format!("`{}` has no buffer", self.g.value(src).name))?;
                 (Space::Arena, self.plan.placements[b].offset)
             }
         };
@@ -242,7 +241,12 @@ impl Lowering<'_> {
     }
 
     /// A weights table of i32 or f32 values, as an operand.
-    fn table<T: Copy>(&mut self, values: &[T], dtype: DType, to_bytes: fn(T) -> [u8; 4]) -> Operand {
+    fn table<T: Copy>(
+        &mut self,
+        values: &[T],
+        dtype: DType,
+        to_bytes: fn(T) -> [u8; 4],
+    ) -> Operand {
         let bytes: Vec<u8> = values.iter().flat_map(|&v| to_bytes(v)).collect();
         Operand {
             space: Space::Weights,
@@ -319,7 +323,14 @@ impl Lowering<'_> {
             )
         };
         Ok(match &node.op {
-            Op::MatMul { trans_a, trans_b } => self.gemm(node.inputs[0], node.inputs[1], *trans_a, *trans_b, out, &out_shape)?,
+            Op::MatMul { trans_a, trans_b } => self.gemm(
+                node.inputs[0],
+                node.inputs[1],
+                *trans_a,
+                *trans_b,
+                out,
+                &out_shape,
+            )?,
             Op::Softmax { axis } => {
                 let (outer, len, inner) = rows(*axis, true);
                 Body::Row(Row {
@@ -333,7 +344,11 @@ impl Lowering<'_> {
                     inner,
                 })
             }
-            Op::Norm { kind, axis, epsilon } => {
+            Op::Norm {
+                kind,
+                axis,
+                epsilon,
+            } => {
                 let (outer, len, inner) = rows(*axis, false);
                 let eps = *epsilon;
                 Body::Row(Row {
@@ -392,18 +407,20 @@ impl Lowering<'_> {
                 let x_op = self.operand(x)?;
                 match mode {
                     PadMode::Constant(v) => {
-                        let valid = all(
-                            (0..r)
-                                .filter(|&d| pads[d] + pads[d + r] > 0)
-                                .map(|d| in_range(src[d].clone(), xs[d]))
-                                .collect(),
-                        );
+                        let valid = all((0..r)
+                            .filter(|&d| pads[d] + pads[d + r] > 0)
+                            .map(|d| in_range(src[d].clone(), xs[d]))
+                            .collect());
                         let fill = match Kind::of(out.dtype) {
                             Kind::F => Expr::F(*v as f32),
                             Kind::I => Expr::I(*v as i32),
                             Kind::B => Expr::B(*v != 0.0),
                         };
-                        map(Expr::select(valid, Expr::load(x_op, linear(src, &xs)), fill))
+                        map(Expr::select(
+                            valid,
+                            Expr::load(x_op, linear(src, &xs)),
+                            fill,
+                        ))
                     }
                     PadMode::Edge => {
                         let c = src
@@ -422,7 +439,8 @@ impl Lowering<'_> {
                             .zip(&xs)
                             .map(|(c, &n)| {
                                 let neg = Expr::un(Un::Neg, c.clone());
-                                let a = Expr::select(Expr::bin(Bin::Lt, c.clone(), Expr::I(0)), neg, c);
+                                let a =
+                                    Expr::select(Expr::bin(Bin::Lt, c.clone(), Expr::I(0)), neg, c);
                                 let back = Expr::bin(Bin::Sub, lit(2 * (n.max(1) - 1)), a.clone());
                                 Expr::select(Expr::bin(Bin::Lt, a.clone(), lit(n)), a, back)
                             })
@@ -446,7 +464,12 @@ impl Lowering<'_> {
                 c.extend((axis + 1..xs.len()).map(|d| Expr::Coord(d - 1 + qs.len())));
                 map(Expr::load(self.operand(x)?, linear(c, &xs)))
             }
-            Op::Resize { mode, coord, scales, sizes } => {
+            Op::Resize {
+                mode,
+                coord,
+                scales,
+                sizes,
+            } => {
                 let value = self.resize(x, &xs, *mode, *coord, scales, sizes)?;
                 map(value)
             }
@@ -457,30 +480,75 @@ impl Lowering<'_> {
                 };
                 let (c, dims) = reduce_coords(&xs, axes, *keep_dims);
                 let body = Expr::load(self.operand(x)?, linear(c, &xs));
-                map(Expr::Fold(Box::new(Fold { id: 0, dims, combine, body })))
+                map(Expr::Fold(Box::new(Fold {
+                    id: 0,
+                    dims,
+                    combine,
+                    body,
+                })))
             }
-            Op::ArgMax { axis, keep_dims, select_last } => {
+            Op::ArgMax {
+                axis,
+                keep_dims,
+                select_last,
+            } => {
                 let (c, dims) = reduce_coords(&xs, &[*axis], *keep_dims);
                 let body = Expr::load(self.operand(x)?, linear(c, &xs));
                 let combine = Combine::ArgMax { last: *select_last };
-                map(Expr::Fold(Box::new(Fold { id: 0, dims, combine, body })))
+                map(Expr::Fold(Box::new(Fold {
+                    id: 0,
+                    dims,
+                    combine,
+                    body,
+                })))
             }
             Op::MaxPool(p) | Op::AvgPool { pool: p, .. } => {
-                let at = |fold| window(&xs, &p.kernel, &p.strides, &p.pads, &p.dilations, (fold, 0), Expr::Coord(1));
+                let at = |fold| {
+                    window(
+                        &xs,
+                        &p.kernel,
+                        &p.strides,
+                        &p.pads,
+                        &p.dilations,
+                        (fold, 0),
+                        Expr::Coord(1),
+                    )
+                };
                 let (valid, c) = at(0);
                 let x_op = self.operand(x)?;
                 let load = Expr::load(x_op, linear(c, &xs));
                 let dims = p.kernel.clone();
-                let fold = |id, combine, body| Expr::Fold(Box::new(Fold { id, dims: dims.clone(), combine, body }));
+                let fold = |id, combine, body| {
+                    Expr::Fold(Box::new(Fold {
+                        id,
+                        dims: dims.clone(),
+                        combine,
+                        body,
+                    }))
+                };
                 match &node.op {
-                    Op::MaxPool(_) => map(fold(0, Combine::Max, Expr::select(valid, load, Expr::F(f32::NEG_INFINITY)))),
+                    Op::MaxPool(_) => map(fold(
+                        0,
+                        Combine::Max,
+                        Expr::select(valid, load, Expr::F(f32::NEG_INFINITY)),
+                    )),
                     _ => {
-                        let include = matches!(node.op, Op::AvgPool { count_include_pad: true, .. });
+                        let include = matches!(
+                            node.op,
+                            Op::AvgPool {
+                                count_include_pad: true,
+                                ..
+                            }
+                        );
                         let sum = fold(0, Combine::Sum, Expr::select(valid, load, Expr::F(0.0)));
                         let count = if include {
                             Expr::F(p.kernel.iter().product::<usize>() as f32)
                         } else {
-                            fold(1, Combine::Sum, Expr::select(at(1).0, Expr::F(1.0), Expr::F(0.0)))
+                            fold(
+                                1,
+                                Combine::Sum,
+                                Expr::select(at(1).0, Expr::F(1.0), Expr::F(0.0)),
+                            )
                         };
                         map(Expr::bin(Bin::Div, sum, count))
                     }
@@ -491,11 +559,22 @@ impl Lowering<'_> {
                 let (m, cg) = (ws[0], ws[1]);
                 let per_group = m / a.group.max(1);
                 let channel = add(
-                    scale(Expr::bin(Bin::Div, Expr::Coord(1), lit(per_group.max(1))), cg),
+                    scale(
+                        Expr::bin(Bin::Div, Expr::Coord(1), lit(per_group.max(1))),
+                        cg,
+                    ),
                     Expr::Loop { fold: 0, d: 0 },
                 );
                 let kernel = &ws[2..];
-                let (valid, c) = window(&xs, kernel, &a.strides, &a.pads, &a.dilations, (0, 1), channel);
+                let (valid, c) = window(
+                    &xs,
+                    kernel,
+                    &a.strides,
+                    &a.pads,
+                    &a.dilations,
+                    (0, 1),
+                    channel,
+                );
                 let shifted = |d: usize| Expr::Loop { fold: 0, d };
                 let mut wc = vec![Expr::Coord(1), shifted(0)];
                 wc.extend((0..kernel.len()).map(|d| shifted(d + 1)));
@@ -513,7 +592,9 @@ impl Lowering<'_> {
                     body: Expr::select(valid, product, Expr::F(0.0)),
                 }));
                 let value = match node.inputs.get(2) {
-                    Some(&b) => Expr::bin(Bin::Add, sum, Expr::load(self.operand(b)?, Expr::Coord(1))),
+                    Some(&b) => {
+                        Expr::bin(Bin::Add, sum, Expr::load(self.operand(b)?, Expr::Coord(1)))
+                    }
                     None => sum,
                 };
                 map(value)
@@ -525,7 +606,15 @@ impl Lowering<'_> {
     /// Batched `a · b` (transposes as strides, batch axes broadcast).
     /// A vector operand is a one-row (`a`) or one-column (`b`) matrix
     /// whose axis the output lacks.
-    fn gemm(&mut self, a: ValueId, b: ValueId, ta: bool, tb: bool, c: Operand, out: &[usize]) -> Result<Body, String> {
+    fn gemm(
+        &mut self,
+        a: ValueId,
+        b: ValueId,
+        ta: bool,
+        tb: bool,
+        c: Operand,
+        out: &[usize],
+    ) -> Result<Body, String> {
         let (mut sa, mut sb) = (self.shape(a)?, self.shape(b)?);
         let mut out = out.to_vec();
         if sa.len() == 1 {
@@ -539,7 +628,11 @@ impl Lowering<'_> {
         }
         let r = out.len();
         let (m, n) = (out[r - 2], out[r - 1]);
-        let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+        let k = if ta {
+            sa[sa.len() - 2]
+        } else {
+            sa[sa.len() - 1]
+        };
         let mat = |s: &[usize], t: bool| {
             let cols = s[s.len() - 1];
             if t {
@@ -577,20 +670,33 @@ impl Lowering<'_> {
 
     /// Resize through per-axis index (and weight) tables computed here
     /// with the interpreter's coordinate rules.
-    fn resize(&mut self, x: ValueId, xs: &[usize], mode: ResizeMode, coord: CoordMode, scales: &[f32], sizes: &[usize]) -> Result<Expr, String> {
+    fn resize(
+        &mut self,
+        x: ValueId,
+        xs: &[usize],
+        mode: ResizeMode,
+        coord: CoordMode,
+        scales: &[f32],
+        sizes: &[usize],
+    ) -> Result<Expr, String> {
         let x_op = self.operand(x)?;
         let axes: Vec<usize> = (0..xs.len())
             .filter(|&d| sizes[d] != xs[d] || scales[d] != 1.0)
             .collect();
         let source = |d: usize| -> Vec<f64> {
-            (0..sizes[d]).map(|o| coord.source(o, scales[d], xs[d], sizes[d])).collect()
+            (0..sizes[d])
+                .map(|o| coord.source(o, scales[d], xs[d], sizes[d]))
+                .collect()
         };
         let i32_bytes: fn(i32) -> [u8; 4] = i32::to_le_bytes;
         match mode {
             ResizeMode::Nearest(rounding) => {
                 let mut c = coords(xs.len());
                 for &d in &axes {
-                    let t: Vec<i32> = source(d).into_iter().map(|s| rounding.index(s, xs[d]) as i32).collect();
+                    let t: Vec<i32> = source(d)
+                        .into_iter()
+                        .map(|s| rounding.index(s, xs[d]) as i32)
+                        .collect();
                     let table = self.table(&t, DType::I32, i32_bytes);
                     c[d] = Expr::load(table, Expr::Coord(d));
                 }
@@ -624,7 +730,12 @@ impl Lowering<'_> {
 
 /// N-linear interpolation over `tables` (axis, lo, hi, weight), one axis
 /// at a time: `v0 + (v1 - v0) · w`, as the interpreter.
-fn interpolate(x: Operand, xs: &[usize], tables: &[(usize, Operand, Operand, Operand)], c: Vec<Expr>) -> Expr {
+fn interpolate(
+    x: Operand,
+    xs: &[usize],
+    tables: &[(usize, Operand, Operand, Operand)],
+    c: Vec<Expr>,
+) -> Expr {
     match tables.split_last() {
         None => Expr::load(x, linear(c, xs)),
         Some(((d, lo, hi, w), rest)) => {
@@ -636,7 +747,11 @@ fn interpolate(x: Operand, xs: &[usize], tables: &[(usize, Operand, Operand, Ope
             let v0 = interpolate(x, xs, rest, at(*lo));
             let v1 = interpolate(x, xs, rest, at(*hi));
             let diff = Expr::bin(Bin::Sub, v1, v0.clone());
-            Expr::bin(Bin::Add, v0, Expr::bin(Bin::Mul, diff, Expr::load(*w, Expr::Coord(*d))))
+            Expr::bin(
+                Bin::Add,
+                v0,
+                Expr::bin(Bin::Mul, diff, Expr::load(*w, Expr::Coord(*d))),
+            )
         }
     }
 }
@@ -676,17 +791,21 @@ fn window(
     let spatial: Vec<Expr> = (0..kernel.len())
         .map(|d| {
             let at = scale(Expr::Coord(2 + d), strides.get(d).copied().unwrap_or(1));
-            let tap = scale(Expr::Loop { fold, d: d + first_loop }, dilations.get(d).copied().unwrap_or(1));
+            let tap = scale(
+                Expr::Loop {
+                    fold,
+                    d: d + first_loop,
+                },
+                dilations.get(d).copied().unwrap_or(1),
+            );
             Expr::bin(Bin::Sub, add(at, tap), lit(pads[d]))
         })
         .collect();
-    let valid = all(
-        spatial
-            .iter()
-            .zip(&xs[2..])
-            .map(|(c, &n)| in_range(c.clone(), n))
-            .collect(),
-    );
+    let valid = all(spatial
+        .iter()
+        .zip(&xs[2..])
+        .map(|(c, &n)| in_range(c.clone(), n))
+        .collect());
     let mut c = vec![Expr::Coord(0), channel];
     c.extend(spatial);
     (valid, c)
@@ -710,7 +829,11 @@ fn elementwise(op: &Op, mut args: Vec<Expr>, arg_kinds: &[Kind]) -> Result<Expr,
         // low byte is stored.
         Op::Cast { to: DType::I8 } if arg_kinds.first() == Some(&Kind::F) => {
             let i = Expr::Cast(Kind::I, Box::new(arg()));
-            Expr::bin(Bin::Min, Expr::bin(Bin::Max, i, Expr::I(-128)), Expr::I(127))
+            Expr::bin(
+                Bin::Min,
+                Expr::bin(Bin::Max, i, Expr::I(-128)),
+                Expr::I(127),
+            )
         }
         Op::Cast { to } => Expr::Cast(Kind::of(*to), Box::new(arg())),
         other => {

@@ -9,7 +9,9 @@ use std::fmt::Write;
 use m4c_gpu_device::{KernelEntry, Space, MAX_WORKGROUPS};
 use m4c_ir::DType;
 
-use crate::kernel::{Bin, Body, Combine, Expr, Fold, Gemm, Kernel, Kind, Map, Operand, Row, RowOp, Un};
+use crate::kernel::{
+    Bin, Body, Combine, Expr, Fold, Gemm, Kernel, Kind, Map, Operand, Row, RowOp, Un,
+};
 
 /// Threads of a Map or Row workgroup.
 const GROUP: usize = 64;
@@ -71,6 +73,10 @@ fn m4c_pow(x: f32, y: f32) -> f32 {
     }
     return pow(x, y);
 }
+// Max/min propagating NaN (numpy's maximum/minimum), tested on the bits.
+fn m4c_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn m4c_max(x: f32, y: f32) -> f32 { return select(max(x, y), x + y, m4c_nan(x) || m4c_nan(y)); }
+fn m4c_min(x: f32, y: f32) -> f32 { return select(min(x, y), x + y, m4c_nan(x) || m4c_nan(y)); }
 fn m4c_gelu(x: f32) -> f32 { return 0.5 * x * (1.0 + m4c_erf(x * 0.70710678118654752)); }
 fn m4c_gelu_tanh(x: f32) -> f32 {
     return 0.5 * x * (1.0 + m4c_tanh(0.79788456080286536 * (x + 0.044715 * x * x * x)));
@@ -141,7 +147,8 @@ struct Emit {
 
 impl Emit {
     fn push(&mut self, s: String) {
-        self.stmts.push(format!("{}{s}", "    ".repeat(self.indent)));
+        self.stmts
+            .push(format!("{}{s}", "    ".repeat(self.indent)));
     }
 
     fn expr(&mut self, e: &Expr) -> String {
@@ -176,6 +183,7 @@ impl Emit {
             }
             Expr::Bin(op, a, b) => {
                 let bools = a.kind(&self.lets) == Kind::B;
+                let floats = a.kind(&self.lets) == Kind::F;
                 let (x, y) = (self.expr(a), self.expr(b));
                 match op {
                     // On bools, max is `or` and min is `and`.
@@ -187,10 +195,21 @@ impl Emit {
                     Bin::Div => format!("({x} / {y})"),
                     Bin::Rem => format!("({x} % {y})"),
                     Bin::Pow => {
-                        let as_f = |v: String, k| if k == Kind::I { format!("f32({v})") } else { v };
-                        let p = format!("m4c_pow({}, {})", as_f(x, a.kind(&self.lets)), as_f(y, b.kind(&self.lets)));
-                        if a.kind(&self.lets) == Kind::I { format!("i32({p})") } else { p }
+                        let as_f =
+                            |v: String, k| if k == Kind::I { format!("f32({v})") } else { v };
+                        let p = format!(
+                            "m4c_pow({}, {})",
+                            as_f(x, a.kind(&self.lets)),
+                            as_f(y, b.kind(&self.lets))
+                        );
+                        if a.kind(&self.lets) == Kind::I {
+                            format!("i32({p})")
+                        } else {
+                            p
+                        }
                     }
+                    Bin::Max if floats => format!("m4c_max({x}, {y})"),
+                    Bin::Min if floats => format!("m4c_min({x}, {y})"),
                     Bin::Max => format!("max({x}, {y})"),
                     Bin::Min => format!("min({x}, {y})"),
                     Bin::Eq => format!("({x} == {y})"),
@@ -237,11 +256,16 @@ impl Emit {
         if let Combine::ArgMax { .. } = f.combine {
             self.push(format!("var f{id}_at: i32 = 0i;"));
         }
-        self.push(format!("for (var r{id}: i32 = 0i; r{id} < {total}i; r{id} = r{id} + 1i) {{"));
+        self.push(format!(
+            "for (var r{id}: i32 = 0i; r{id} < {total}i; r{id} = r{id} + 1i) {{"
+        ));
         self.indent += 1;
         for (d, &n) in f.dims.iter().enumerate() {
             stride /= n.max(1);
-            self.push(format!("let l{id}_{d} = (r{id} / {stride}i) % {}i;", n.max(1)));
+            self.push(format!(
+                "let l{id}_{d} = (r{id} / {stride}i) % {}i;",
+                n.max(1)
+            ));
         }
         let b = self.expr(&f.body);
         self.push(format!("let b{id} = {b};"));
@@ -250,7 +274,9 @@ impl Emit {
             Combine::Max => self.push(format!("f{id} = max(f{id}, b{id});")),
             Combine::ArgMax { last } => {
                 let cmp = if last { ">=" } else { ">" };
-                self.push(format!("if (b{id} {cmp} f{id}) {{ f{id} = b{id}; f{id}_at = r{id}; }}"));
+                self.push(format!(
+                    "if (b{id} {cmp} f{id}) {{ f{id} = b{id}; f{id}_at = r{id}; }}"
+                ));
             }
         }
         self.indent -= 1;
@@ -283,7 +309,10 @@ fn thread_index(gx: u32, per_group: usize) -> String {
 fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
     let count: usize = m.shape.iter().product();
     let mut body = Emit {
-        stmts: coords_of(&m.shape, "i").into_iter().map(|s| format!("    {s}")).collect(),
+        stmts: coords_of(&m.shape, "i")
+            .into_iter()
+            .map(|s| format!("    {s}"))
+            .collect(),
         lets: Vec::new(),
         indent: 1,
     };
@@ -356,8 +385,14 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
             sb = g.b_batch[d]
         );
     }
-    let a = load(&g.a, &format!("ao + row * {} + ka * {}", g.a_strides[0], g.a_strides[1]));
-    let b = load(&g.b, &format!("bo + kb * {} + col * {}", g.b_strides[0], g.b_strides[1]));
+    let a = load(
+        &g.a,
+        &format!("ao + row * {} + ka * {}", g.a_strides[0], g.a_strides[1]),
+    );
+    let b = load(
+        &g.b,
+        &format!("bo + kb * {} + col * {}", g.b_strides[0], g.b_strides[1]),
+    );
     let (m, n, k) = (g.m, g.n, g.k);
     let w = g.c.offset / 4;
     let _ = write!(
@@ -414,7 +449,10 @@ fn row(text: &mut String, name: &str, r: &Row) -> Result<[u32; 3], String> {
             half = GROUP / 2
         )
     };
-    let param = |p: &Option<Operand>| p.as_ref().map(|p| load(p, &format!("j % {}i", p.len.max(1))));
+    let param = |p: &Option<Operand>| {
+        p.as_ref()
+            .map(|p| load(p, &format!("j % {}i", p.len.max(1))))
+    };
     let body = match r.op {
         RowOp::Softmax => format!(
             "var mx = {ninf};

@@ -115,7 +115,9 @@ impl Manifest {
                 ));
             }
             let name_ok = !k.entry.is_empty()
-                && k.entry.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                && k.entry
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !name_ok {
                 return Err(format!("kernel entry `{}` is not an identifier", k.entry));
             }
@@ -154,16 +156,25 @@ mod tests {
     fn a_fitting_plan_passes_and_hostile_ones_are_named() {
         let m = manifest();
         assert_eq!(m.check(&[16], &[16], 16), Ok(()));
-        assert!(m.check(&[16], &[16], 12).unwrap_err().contains("weight bytes"));
+        assert!(m
+            .check(&[16], &[16], 12)
+            .unwrap_err()
+            .contains("weight bytes"));
         assert!(m.check(&[8], &[16], 16).unwrap_err().contains("input 0"));
         let mut far = manifest();
         far.outputs[0].offset = u64::MAX - 4;
         assert!(far.check(&[16], &[16], 16).unwrap_err().contains("outside"));
         let mut huge = manifest();
         huge.kernels[0].workgroups = [70_000, 1, 1];
-        assert!(huge.check(&[16], &[16], 16).unwrap_err().contains("workgroups"));
+        assert!(huge
+            .check(&[16], &[16], 16)
+            .unwrap_err()
+            .contains("workgroups"));
         let mut bad = manifest();
         bad.kernels[0].entry = "k0(); evil".into();
-        assert!(bad.check(&[16], &[16], 16).unwrap_err().contains("identifier"));
+        assert!(bad
+            .check(&[16], &[16], 16)
+            .unwrap_err()
+            .contains("identifier"));
     }
 }

@@ -32,7 +32,9 @@ static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
 /// wgpu finds (a hardware one is preferred; Mesa's lavapipe otherwise),
 /// with its own limits. `Err` says why there is none.
 pub fn gpu() -> Result<&'static Gpu, GpuError> {
-    GPU.get_or_init(open).as_ref().map_err(|e| GpuError::NoDevice(e.clone()))
+    GPU.get_or_init(open)
+        .as_ref()
+        .map_err(|e| GpuError::NoDevice(e.clone()))
 }
 
 fn open() -> Result<Gpu, String> {
@@ -45,7 +47,9 @@ fn open() -> Result<Gpu, String> {
         compatible_surface: None,
         apply_limit_buckets: false,
     }))
-    .map_err(|e| format!("no Vulkan adapter ({e}); install a Vulkan driver, e.g. mesa-vulkan-drivers"))?;
+    .map_err(|e| {
+        format!("no Vulkan adapter ({e}); install a Vulkan driver, e.g. mesa-vulkan-drivers")
+    })?;
     let info = adapter.get_info();
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -79,7 +83,7 @@ fn open() -> Result<Gpu, String> {
         layout,
         pipeline_layout,
         adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
-        max_binding: u64::from(limits.max_storage_buffer_binding_size),
+        max_binding: limits.max_storage_buffer_binding_size,
     })
 }
 
@@ -123,7 +127,10 @@ impl WgpuModule {
     /// passed [`Manifest::check`].
     pub fn load(manifest: Manifest, wgsl: &str, weights: &[u8]) -> Result<WgpuModule, GpuError> {
         let gpu = gpu()?;
-        for (what, bytes) in [("arena", manifest.arena_bytes), ("weights", manifest.weights_bytes)] {
+        for (what, bytes) in [
+            ("arena", manifest.arena_bytes),
+            ("weights", manifest.weights_bytes),
+        ] {
             if bytes > gpu.max_binding {
                 return Err(GpuError::Plan(format!(
                     "the {what} needs {bytes} bytes; {} binds at most {}",
@@ -132,10 +139,11 @@ impl WgpuModule {
             }
         }
         let module = scoped(gpu, "shader", || {
-            gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("m4c kernels"),
-                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
-            })
+            gpu.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("m4c kernels"),
+                    source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                })
         })
         .map_err(GpuError::Shader)?;
         let pipelines = manifest
@@ -143,14 +151,15 @@ impl WgpuModule {
             .iter()
             .map(|k| {
                 let pipeline = scoped(gpu, &format!("kernel `{}`", k.entry), || {
-                    gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(&k.entry),
-                        layout: Some(&gpu.pipeline_layout),
-                        module: &module,
-                        entry_point: Some(&k.entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
+                    gpu.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(&k.entry),
+                            layout: Some(&gpu.pipeline_layout),
+                            module: &module,
+                            entry_point: Some(&k.entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        })
                 })
                 .map_err(GpuError::Shader)?;
                 Ok((pipeline, k.workgroups))
@@ -160,13 +169,12 @@ impl WgpuModule {
             .outputs
             .iter()
             .map(|b| {
-                (b.space == Space::Weights).then(|| {
-                    weights[b.offset as usize..(b.offset + b.bytes) as usize].to_vec()
-                })
+                (b.space == Space::Weights)
+                    .then(|| weights[b.offset as usize..(b.offset + b.bytes) as usize].to_vec())
             })
             .collect();
-        let state = scoped(gpu, "buffers", || buffers(gpu, &manifest, weights))
-            .map_err(GpuError::Run)?;
+        let state =
+            scoped(gpu, "buffers", || buffers(gpu, &manifest, weights)).map_err(GpuError::Run)?;
         Ok(WgpuModule {
             manifest,
             pipelines,
@@ -178,6 +186,31 @@ impl WgpuModule {
     /// The adapter the module runs on.
     pub fn adapter(&self) -> &'static str {
         gpu().map_or("", |g| g.adapter.as_str())
+    }
+
+    /// Launches every kernel `repeats` times on what the arena holds, with
+    /// no transfers, and gives the wall time until the GPU is done: the
+    /// kernels' own time, for benchmarks.
+    pub fn time_kernels(&self, repeats: usize) -> Result<std::time::Duration, GpuError> {
+        let gpu = gpu()?;
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        for _ in 0..repeats {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_bind_group(0, &state.bind_group, &[]);
+            for (pipeline, [x, y, z]) in &self.pipelines {
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(*x, *y, *z);
+            }
+        }
+        let started = std::time::Instant::now();
+        gpu.queue.submit([encoder.finish()]);
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Run(e.to_string()))?;
+        Ok(started.elapsed())
     }
 
     /// Runs every kernel once on `inputs` (raw bytes, signature order,
@@ -196,7 +229,8 @@ impl WgpuModule {
             let mut padded = bytes.to_vec();
             padded.resize(align4(binding.bytes) as usize, 0);
             if !padded.is_empty() {
-                gpu.queue.write_buffer(&state.arena, binding.offset, &padded);
+                gpu.queue
+                    .write_buffer(&state.arena, binding.offset, &padded);
             }
         }
         let mut encoder = gpu
@@ -264,11 +298,13 @@ fn buffers(gpu: &Gpu, manifest: &Manifest, weights: &[u8]) -> Buffers {
     });
     let mut padded = weights.to_vec();
     padded.resize((align4(weights.len() as u64) as usize).max(4), 0);
-    let weights = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("m4c weights"),
-        contents: &padded,
-        usage: storage,
-    });
+    let weights = gpu
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("m4c weights"),
+            contents: &padded,
+            usage: storage,
+        });
     let readback_bytes: u64 = manifest.outputs.iter().map(|b| align4(b.bytes)).sum();
     let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("m4c outputs"),
