@@ -15,7 +15,7 @@ use crate::kernel::{
 
 /// Threads of a Map or Row workgroup.
 const GROUP: usize = 64;
-/// Edge of a GEMM tile (a `TILE × TILE` workgroup, one output each).
+/// Edge of a GEMM workgroup (`TILE × TILE` invocations) and the K step.
 const TILE: usize = 16;
 
 /// The shader text of `kernels` and their launch table.
@@ -370,9 +370,13 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
     if batch > MAX_WORKGROUPS as usize {
         return Err(format!("{batch} matrix products exceed one dispatch"));
     }
+    // Register tile edge: 4×4 outputs per invocation where there are
+    // enough output blocks to fill a GPU, else one (small products).
+    let r = if g.m.div_ceil(4 * TILE) * g.n.div_ceil(4 * TILE) * batch >= 64 { 4 } else { 1 };
+    let block = r * TILE;
     let wg = [
-        g.n.div_ceil(TILE).max(1) as u32,
-        g.m.div_ceil(TILE).max(1) as u32,
+        g.n.div_ceil(block).max(1) as u32,
+        g.m.div_ceil(block).max(1) as u32,
         batch.max(1) as u32,
     ];
     let mut offsets = String::from("    var z = i32(wg.z);\n    var ao = 0i;\n    var bo = 0i;\n");
@@ -387,43 +391,80 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
     }
     let a = load(
         &g.a,
-        &format!("ao + row * {} + ka * {}", g.a_strides[0], g.a_strides[1]),
+        &format!("ao + ar * {} + ak * {}", g.a_strides[0], g.a_strides[1]),
     );
     let b = load(
         &g.b,
-        &format!("bo + kb * {} + col * {}", g.b_strides[0], g.b_strides[1]),
+        &format!("bo + bk * {} + bc * {}", g.b_strides[0], g.b_strides[1]),
     );
     let (m, n, k) = (g.m, g.n, g.k);
     let w = g.c.offset / 4;
+    let threads = TILE * TILE;
+    // A block×block output per workgroup of TILE×TILE invocations, each
+    // accumulating an r×r register tile (rows `ly + TILE·i`, columns
+    // `lx + TILE·j`); K advances TILE at a time through shared memory,
+    // each invocation staging r elements of each operand. Unrolled here
+    // so the accumulators stay in registers.
+    let mut stage = String::new();
+    for q in 0..r {
+        let _ = write!(
+            stage,
+            "        {{
+            let e = lid + {off}i;
+            let ar = row0 + e / {TILE}i;
+            let ak = k0 + e % {TILE}i;
+            {name}_ta[e] = select(0.0, {a}, ar < {m}i && ak < {k}i);
+            let bk = k0 + e / {block}i;
+            let bc = col0 + e % {block}i;
+            {name}_tb[e] = select(0.0, {b}, bk < {k}i && bc < {n}i);
+        }}
+",
+            off = q * threads
+        );
+    }
+    let mut decl = String::new();
+    let mut step = String::new();
+    let mut store = String::new();
+    for i in 0..r {
+        let _ = writeln!(step, "            let a{i} = {name}_ta[(ly + {}i) * {TILE}i + kk];", i * TILE);
+    }
+    for j in 0..r {
+        let _ = writeln!(step, "            let b{j} = {name}_tb[kk * {block}i + lx + {}i];", j * TILE);
+    }
+    for i in 0..r {
+        for j in 0..r {
+            let _ = writeln!(decl, "    var c{i}{j} = 0.0;");
+            let _ = writeln!(step, "            c{i}{j} = c{i}{j} + a{i} * b{j};");
+            let _ = writeln!(
+                store,
+                "    {{ let row = row0 + ly + {ri}i; let col = col0 + lx + {cj}i;
+      if (row < {m}i && col < {n}i) {{ arena[{w} + i32(wg.z) * {mn}i + row * {n}i + col] = bitcast<u32>(c{i}{j}); }} }}",
+                ri = i * TILE,
+                cj = j * TILE,
+                mn = m * n,
+            );
+        }
+    }
     let _ = write!(
         text,
-        "var<workgroup> {name}_ta: array<f32, {tt}>;
-var<workgroup> {name}_tb: array<f32, {tt}>;
+        "var<workgroup> {name}_ta: array<f32, {slab}>;
+var<workgroup> {name}_tb: array<f32, {slab}>;
 @compute @workgroup_size({TILE}, {TILE})
 fn {name}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {{
     let lx = i32(l.x);
     let ly = i32(l.y);
-    let row = i32(wg.y) * {TILE}i + ly;
-    let col = i32(wg.x) * {TILE}i + lx;
-{offsets}    var acc = 0.0;
-    for (var k0 = 0i; k0 < {k}i; k0 = k0 + {TILE}i) {{
-        let ka = k0 + lx;
-        {name}_ta[ly * {TILE} + lx] = select(0.0, {a}, row < {m}i && ka < {k}i);
-        let kb = k0 + ly;
-        {name}_tb[ly * {TILE} + lx] = select(0.0, {b}, kb < {k}i && col < {n}i);
-        workgroupBarrier();
-        for (var kk = 0; kk < {TILE}; kk = kk + 1) {{
-            acc = acc + {name}_ta[ly * {TILE} + kk] * {name}_tb[kk * {TILE} + lx];
-        }}
+    let lid = ly * {TILE}i + lx;
+    let row0 = i32(wg.y) * {block}i;
+    let col0 = i32(wg.x) * {block}i;
+{offsets}{decl}    for (var k0 = 0i; k0 < {k}i; k0 = k0 + {TILE}i) {{
+{stage}        workgroupBarrier();
+        for (var kk = 0i; kk < {TILE}i; kk = kk + 1i) {{
+{step}        }}
         workgroupBarrier();
     }}
-    if (row < {m}i && col < {n}i) {{
-        arena[{w} + i32(wg.z) * {mn}i + row * {n}i + col] = bitcast<u32>(acc);
-    }}
-}}
+{store}}}
 ",
-        tt = TILE * TILE,
-        mn = m * n,
+        slab = block * TILE,
     );
     Ok(wg)
 }
