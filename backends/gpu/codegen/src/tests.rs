@@ -245,7 +245,15 @@ fn the_rest() -> Graph {
     // kernel, edges partial, K not a multiple of the step.
     let big = g.add_input("big", f32s(&[6, 130, 37]));
     let bw = weight(&mut g, "bw", &[37, 250]);
-    let mm = node(&mut g, Op::MatMul { trans_a: false, trans_b: false }, &[big, bw], "mm");
+    let mm = node(
+        &mut g,
+        Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        },
+        &[big, bw],
+        "mm",
+    );
     g.outputs = vec![mx, am, p, e, k, cat, ga, ex, r, mm];
     g
 }

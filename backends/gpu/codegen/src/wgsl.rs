@@ -372,7 +372,11 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
     }
     // Register tile edge: 4×4 outputs per invocation where there are
     // enough output blocks to fill a GPU, else one (small products).
-    let r = if g.m.div_ceil(4 * TILE) * g.n.div_ceil(4 * TILE) * batch >= 64 { 4 } else { 1 };
+    let r = if g.m.div_ceil(4 * TILE) * g.n.div_ceil(4 * TILE) * batch >= 64 {
+        4
+    } else {
+        1
+    };
     let block = r * TILE;
     let wg = [
         g.n.div_ceil(block).max(1) as u32,
@@ -426,10 +430,18 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
     let mut step = String::new();
     let mut store = String::new();
     for i in 0..r {
-        let _ = writeln!(step, "            let a{i} = {name}_ta[(ly + {}i) * {TILE}i + kk];", i * TILE);
+        let _ = writeln!(
+            step,
+            "            let a{i} = {name}_ta[(ly + {}i) * {TILE}i + kk];",
+            i * TILE
+        );
     }
     for j in 0..r {
-        let _ = writeln!(step, "            let b{j} = {name}_tb[kk * {block}i + lx + {}i];", j * TILE);
+        let _ = writeln!(
+            step,
+            "            let b{j} = {name}_tb[kk * {block}i + lx + {}i];",
+            j * TILE
+        );
     }
     for i in 0..r {
         for j in 0..r {
