@@ -164,6 +164,11 @@ fn check_engine(
     let mut total = [0; 4];
     if let Err(why) = &engine.runnable {
         say!("{}: skipped on this host: {why}", engine.name());
+        // CI sets it where a Vulkan driver is installed, so that a missing
+        // driver cannot pass as a skip.
+        if engine.name() == "gpu" && std::env::var_os("M4C_REQUIRE_GPU").is_some() {
+            problems.push(format!("gpu: M4C_REQUIRE_GPU is set but {why}"));
+        }
     }
     for (suite, results) in suites {
         let mut counts = [0; 4];

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest, Reference};
 use m4c_cpu_codegen::CpuBackend;
+use m4c_gpu_codegen::GpuBackend;
 use m4c_ir::Graph;
 use m4c_runtime::bundle::format::{CodeEntry, REFERENCE_BACKEND};
 use m4c_runtime::bundle::ModuleCode;
@@ -15,7 +16,7 @@ use m4c_runtime::exec::{device, load_code, Interpreter, ModuleExecutor, Signatur
 
 /// Every registered code generator, the reference backend first.
 pub fn all() -> &'static [&'static dyn CodeGenerator] {
-    &[&Reference, &CpuBackend]
+    &[&Reference, &CpuBackend, &GpuBackend]
 }
 
 /// The backend called `name`, or an error listing the known names.

@@ -40,7 +40,11 @@ pub trait Device: Send + Sync {
 
 /// Every device this runtime carries.
 pub fn all() -> &'static [&'static dyn Device] {
-    &[&CpuDevice]
+    &[
+        &CpuDevice,
+        #[cfg(feature = "gpu")]
+        &super::gpu::GpuDevice,
+    ]
 }
 
 /// The device for backend `name`, if this runtime has one.

@@ -9,6 +9,8 @@
 pub mod arena;
 pub mod compiled;
 pub mod device;
+#[cfg(feature = "gpu")]
+mod gpu;
 mod load;
 mod plan_check;
 

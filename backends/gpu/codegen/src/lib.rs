@@ -1,0 +1,14 @@
+//! The GPU backend, compiler side: a graph's kernels described once
+//! ([`kernel`], one per fusion group of the shared plan, [`lower`]) and
+//! emitted as WGSL ([`wgsl`]); [`GpuBackend`] is its `CodeGenerator`
+//! (`docs/GPU_BACKEND.md`).
+
+pub mod backend;
+pub mod kernel;
+pub mod lower;
+pub mod wgsl;
+
+pub use backend::GpuBackend;
+
+#[cfg(test)]
+mod tests;
