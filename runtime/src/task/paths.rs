@@ -285,6 +285,7 @@ impl Context<'_> {
             0 => Sampling::Greedy,
             k => Sampling::TopK {
                 k,
+                top_p: 1.0,
                 temperature: g.temperature,
                 seed: g.seed,
             },
