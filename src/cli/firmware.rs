@@ -57,6 +57,11 @@ struct BuildArgs {
     default_dim: Option<usize>,
     #[command(flatten)]
     dims: DimArgs,
+    /// A symbolic dimension of one module only, over --dim (e.g. a
+    /// decoder's prefill bucket from the same model as its decode module:
+    /// `--module-dim backbone_prefill:sequence_length=8`).
+    #[arg(long = "module-dim", value_name = "MODULE:NAME=N", value_parser = parse_module_dim)]
+    module_dims: Vec<(String, (String, usize))>,
     #[command(flatten)]
     opt: OptSwitch,
     /// The bundle to write.
@@ -66,6 +71,15 @@ struct BuildArgs {
     /// runtime loads native code only from firmware signed by a trusted key.
     #[arg(long, value_name = "KEY")]
     sign_key: Option<PathBuf>,
+}
+
+fn parse_module_dim(s: &str) -> Result<(String, (String, usize)), String> {
+    let (module, dim) = s.split_once(':').ok_or("expected MODULE:NAME=N")?;
+    let (k, v) = dim.split_once('=').ok_or("expected MODULE:NAME=N")?;
+    let n = v
+        .parse()
+        .map_err(|_| format!("'{v}' is not a dimension size"))?;
+    Ok((module.to_string(), (k.to_string(), n)))
 }
 
 fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
@@ -181,12 +195,33 @@ fn module_source(
     cost: &m4c_compiler::opt::Roofline,
 ) -> CliResult<ModuleSource> {
     let model = Model::open(path)?;
-    let report = model.lower_report(&args.dims.options(&model, args.default_dim)?)?;
+    let mut dims = args.dims.clone();
+    dims.dims.extend(
+        args.module_dims
+            .iter()
+            .filter(|(m, _)| m == name)
+            .map(|(_, d)| d.clone()),
+    );
+    if let Some((m, _)) = args
+        .module_dims
+        .iter()
+        .find(|(m, _)| !args.modules.iter().any(|(n, _)| n == m))
+    {
+        return Err(format!("--module-dim {m}: there is no module `{m}`").into());
+    }
+    let report = model.lower_report(&dims.options(&model, args.default_dim)?)?;
     let graph = report.graph.ok_or_else(|| FrontendError::Unsupported {
         path: path.to_path_buf(),
         nodes: report.unsupported,
     })?;
-    let graph = args.opt.apply(&model, graph, cost, true)?;
+    let mut graph = args.opt.apply(&model, graph, cost, true)?;
+    // The module's outputs keep the model's names (lowering and the
+    // optimiser may have made another value the output).
+    if let Some(names) = model.output_names() {
+        for (&o, name) in graph.outputs.clone().iter().zip(names) {
+            graph.values[o.index()].name = name;
+        }
+    }
     let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(ModuleSource {
         name: name.to_string(),

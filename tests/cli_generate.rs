@@ -1,0 +1,294 @@
+//! `m4c generate` on an optimum-style decoder with past
+//! (tests/fixtures/decoder_past.onnx, from scripts/fixtures/decoder_past.py)
+//! reproduces onnxruntime's greedy loop token for token, base and with its
+//! PEFT adapter, on every backend this host runs, from the ONNX file and
+//! through a firmware (`firmware build` + `m4c adapt` + `generate M4.fw`);
+//! bad requests are one-line errors with exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn m4c(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(args)
+        .output()
+        .expect("m4c runs")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("decoder_past.greedy.json")).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect()
+}
+
+fn prompt() -> String {
+    let p: Vec<String> = ids(&expected()["prompt"])
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    p.join(",")
+}
+
+fn runnable_backends() -> Vec<String> {
+    m4c_backends::all()
+        .iter()
+        .filter(|b| m4c_backends::runnable(**b, None).is_ok())
+        .map(|b| b.name().to_string())
+        .collect()
+}
+
+/// `m4c generate ... --json`, checked to succeed.
+fn generate(model: &Path, extra: &[&str]) -> Value {
+    let (p, n) = (prompt(), expected()["max_new_tokens"].to_string());
+    let mut args = vec![
+        "generate",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &p,
+        "--max-new-tokens",
+        &n,
+        "--json",
+    ];
+    args.extend(extra);
+    let out = m4c(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn one_line_error(out: &Output, wants: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(wants), "wanted `{wants}` in: {err}");
+}
+
+#[test]
+fn onnx_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
+    let want = expected();
+    let model = fixture("decoder_past.onnx");
+    let adapter = fixture("decoder_past_adapter");
+    for backend in runnable_backends() {
+        let base = generate(&model, &["--backend", &backend]);
+        assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
+        assert_eq!(base["prefill_calls"], 1, "{backend}: the prompt in one call");
+        assert_eq!(base["stopped"], "max_tokens");
+        assert!(base["ttft_ms"].as_f64().unwrap() > 0.0);
+        assert!(base["tokens_per_s"].as_f64().unwrap() > 0.0);
+        let lora = generate(
+            &model,
+            &["--backend", &backend, "--adapter", adapter.to_str().unwrap()],
+        );
+        assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
+    }
+}
+
+/// A temporary directory of this test process.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("m4c-gen-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A firmware with the decoder's decode module (`backbone`, S = 1, P = 15)
+/// and a prefill bucket (`backbone_prefill`, S = 8, P = 0) from the same
+/// model, signed, for `backend`; and the adapter packed for it.
+fn firmware(dir: &Path, backend: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (fw, key, app) = (dir.join("M4.fw"), dir.join("key"), dir.join("app.m4a"));
+    let ok = |out: Output| {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    ok(m4c(&["keygen", "-o", key.to_str().unwrap()]));
+    let model = fixture("decoder_past.onnx");
+    let model = model.to_str().unwrap();
+    ok(m4c(&[
+        "firmware",
+        "build",
+        "--module",
+        &format!("backbone={model}"),
+        "--module",
+        &format!("backbone_prefill={model}"),
+        "--dim",
+        "sequence_length=1",
+        "--dim",
+        "past_sequence_length=15",
+        "--dim",
+        "total_sequence_length=16",
+        "--module-dim",
+        "backbone_prefill:sequence_length=8",
+        "--module-dim",
+        "backbone_prefill:past_sequence_length=0",
+        "--module-dim",
+        "backbone_prefill:total_sequence_length=8",
+        "--backend",
+        backend,
+        "--sign-key",
+        key.to_str().unwrap(),
+        "-o",
+        fw.to_str().unwrap(),
+    ]));
+    ok(m4c(&[
+        "adapt",
+        fw.to_str().unwrap(),
+        "--module",
+        "backbone",
+        "--module",
+        "backbone_prefill",
+        "--adapter",
+        fixture("decoder_past_adapter").to_str().unwrap(),
+        "-o",
+        app.to_str().unwrap(),
+    ]));
+    (fw, dir.join("key.pub"), app)
+}
+
+#[test]
+fn firmware_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
+    let want = expected();
+    for backend in runnable_backends() {
+        let dir = TempDir::new(&backend);
+        let (fw, public, app) = firmware(&dir.0, &backend);
+        let trust = ["--trust-key", public.to_str().unwrap(), "--module", "backbone"];
+        let base = generate(&fw, &trust);
+        assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
+        assert_eq!(base["prefill_calls"], 1, "{backend}: the prefill bucket");
+        if backend != "reference" {
+            let engine = base["engine"].as_str().unwrap();
+            assert!(engine.contains(&format!("`backbone`: {backend}")), "{engine}");
+        }
+        let mut with_app = trust.to_vec();
+        with_app.extend(["--adapter", app.to_str().unwrap()]);
+        let lora = generate(&fw, &with_app);
+        assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
+        // The adapted decode module reproduces onnxruntime on the LoRA
+        // model (its outputs keep the model's names: present.*).
+        let out = m4c(&[
+            "run",
+            fw.to_str().unwrap(),
+            "--module",
+            "backbone",
+            "--adapter",
+            app.to_str().unwrap(),
+            "--trust-key",
+            public.to_str().unwrap(),
+            "--inputs",
+            fixture("decoder_past_lora.inputs.npz").to_str().unwrap(),
+            "--expect",
+            fixture("decoder_past_lora.expected.npz").to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{backend}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_full_context_stops_with_a_line_never_silently() {
+    let model = fixture("decoder_past.onnx");
+    let out = m4c(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt(),
+        "--max-new-tokens",
+        "10",
+        "--max-context",
+        "8",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("stopped: context full at 8 tokens"), "{text}");
+    // 6 prompt tokens: the first new token from the prefill, two more fed
+    // back fill the 8 positions, the third from the last step.
+    let first = text.lines().next().unwrap();
+    let want: Vec<String> = ids(&expected()["base"])[..3]
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    assert_eq!(first.split_whitespace().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn stop_id_and_sampling_are_honoured() {
+    let model = fixture("decoder_past.onnx");
+    let base = ids(&expected()["base"]);
+    let stop = base[2].to_string();
+    let g = generate(&model, &["--stop-id", &stop]);
+    assert_eq!(ids(&g["tokens"]), base[..3].to_vec());
+    assert_eq!(g["stopped"], "stop_token");
+    let a = generate(&model, &["--top-k", "8", "--temperature", "0.9", "--seed", "5"]);
+    let b = generate(&model, &["--top-k", "8", "--temperature", "0.9", "--seed", "5"]);
+    assert_eq!(a["tokens"], b["tokens"], "a seed repeats a run");
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    let model = fixture("decoder_past.onnx");
+    let m = model.to_str().unwrap();
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", m, "--max-new-tokens", "4"];
+        args.extend(extra);
+        m4c(&args)
+    };
+    one_line_error(
+        &gen(&["--prompt-ids", "1,2,3,4,5", "--max-context", "4"]),
+        "the prompt has 5 tokens, more than the context of 4",
+    );
+    one_line_error(
+        &gen(&["--prompt-ids", "1,64"]),
+        "token 64 is outside the vocabulary (0..64)",
+    );
+    one_line_error(
+        &gen(&["--prompt-ids", "1,-3"]),
+        "token -3 is outside the vocabulary",
+    );
+    let encoder = fixture("clip_text.onnx");
+    let out = m4c(&[
+        "generate",
+        encoder.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2",
+        "--max-new-tokens",
+        "2",
+    ]);
+    one_line_error(&out, "not a decoder with past");
+}
