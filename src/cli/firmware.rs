@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use m4c_compiler::adapter::{add_slots, SlotSpec};
 use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
@@ -64,6 +65,12 @@ struct BuildArgs {
     module_dims: Vec<(String, (String, usize))>,
     #[command(flatten)]
     opt: OptSwitch,
+    /// Compile the modules for adapters: every MatMul whose module path
+    /// ends with a target (PEFT's `target_modules`) gets a LoRA slot of
+    /// rank R, bound at load to an adapter's factors (`docs/DEPLOY.md`),
+    /// e.g. `q_proj,v_proj:16`.
+    #[arg(long, value_name = "TARGETS:RANK", value_parser = |s: &str| s.parse::<SlotSpec>())]
+    lora_slots: Option<SlotSpec>,
     /// The bundle to write.
     #[arg(short = 'o', long = "output", value_name = "M4.fw")]
     output: PathBuf,
@@ -139,6 +146,30 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         progress.inc();
     }
     drop(progress);
+    if let Some(spec) = &args.lora_slots {
+        let mut any = false;
+        for m in &mut sources {
+            let (g, sites) = add_slots(&m.graph, spec).map_err(|e| format!("module `{}`: {e}", m.name))?;
+            if !sites.is_empty() {
+                eprintln!(
+                    "module `{}`: {} LoRA slots of rank {} ({})",
+                    m.name,
+                    sites.len(),
+                    spec.rank,
+                    sites.iter().map(|s| s.site.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                m.graph = g;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(format!(
+                "--lora-slots: no MatMul of any module has a module path ending with {}",
+                spec.targets.join(" or ")
+            )
+            .into());
+        }
+    }
     if generator.name() != REFERENCE_BACKEND {
         for m in &mut sources {
             let started = std::time::Instant::now();

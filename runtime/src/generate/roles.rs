@@ -257,7 +257,7 @@ mod tests {
         let side = |v: &[(&str, &[usize])], ids: bool| {
             v.iter()
                 .map(|(n, s)| {
-                    let dt = if ids && !n.starts_with("past") {
+                    let dt = if ids && s.len() == 2 {
                         DType::I64
                     } else {
                         DType::F32
