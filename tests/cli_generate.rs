@@ -122,8 +122,9 @@ impl Drop for TempDir {
 
 /// A firmware with the decoder's decode module (`backbone`, S = 1, P = 15)
 /// and a prefill bucket (`backbone_prefill`, S = 8, P = 0) from the same
-/// model, signed, for `backend`; and the adapter packed for it.
-fn firmware(dir: &Path, backend: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// model, signed, for `backend` (with `slots`: `--lora-slots`); and the
+/// adapter packed for it.
+fn firmware(dir: &Path, backend: &str, slots: Option<&str>) -> (PathBuf, PathBuf, PathBuf) {
     let (fw, key, app) = (dir.join("M4.fw"), dir.join("key"), dir.join("app.m4a"));
     let ok = |out: Output| {
         assert_eq!(
@@ -136,9 +137,11 @@ fn firmware(dir: &Path, backend: &str) -> (PathBuf, PathBuf, PathBuf) {
     ok(m4c(&["keygen", "-o", key.to_str().unwrap()]));
     let model = fixture("decoder_past.onnx");
     let model = model.to_str().unwrap();
+    let slot_args = slots.map_or(vec![], |s| vec!["--lora-slots", s]);
     ok(m4c(&[
-        "firmware",
-        "build",
+        &["firmware", "build"][..],
+        &slot_args,
+        &[
         "--module",
         &format!("backbone={model}"),
         "--module",
@@ -161,7 +164,9 @@ fn firmware(dir: &Path, backend: &str) -> (PathBuf, PathBuf, PathBuf) {
         key.to_str().unwrap(),
         "-o",
         fw.to_str().unwrap(),
-    ]));
+        ],
+    ]
+    .concat()));
     ok(m4c(&[
         "adapt",
         fw.to_str().unwrap(),
@@ -182,7 +187,7 @@ fn firmware_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
     let want = expected();
     for backend in runnable_backends() {
         let dir = TempDir::new(&backend);
-        let (fw, public, app) = firmware(&dir.0, &backend);
+        let (fw, public, app) = firmware(&dir.0, &backend, None);
         let trust = ["--trust-key", public.to_str().unwrap(), "--module", "backbone"];
         let base = generate(&fw, &trust);
         assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
@@ -219,6 +224,108 @@ fn firmware_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// With LoRA slots the compiled code runs with the adapter attached
+/// (`--engine compiled`), reproducing onnxruntime's greedy tokens and the
+/// LoRA model's outputs; without an adapter the slots hold zeros and the
+/// base tokens come out.
+#[test]
+fn compiled_firmware_with_lora_slots_runs_the_adapter() {
+    let compiled: Vec<String> = runnable_backends()
+        .into_iter()
+        .filter(|b| b != "reference")
+        .collect();
+    let want = expected();
+    for backend in compiled {
+        let dir = TempDir::new(&format!("slots-{backend}"));
+        let (fw, public, app) = firmware(&dir.0, &backend, Some("q_proj,v_proj:8"));
+        let trust = [
+            "--trust-key",
+            public.to_str().unwrap(),
+            "--module",
+            "backbone",
+            "--engine",
+            "compiled",
+        ];
+        let base = generate(&fw, &trust);
+        assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
+        let mut with_app = trust.to_vec();
+        with_app.extend(["--adapter", app.to_str().unwrap()]);
+        let lora = generate(&fw, &with_app);
+        assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
+        let engine = lora["engine"].as_str().unwrap();
+        assert!(engine.contains(&format!("`backbone`: {backend}")), "{engine}");
+        let out = m4c(&[
+            "run",
+            fw.to_str().unwrap(),
+            "--module",
+            "backbone",
+            "--adapter",
+            app.to_str().unwrap(),
+            "--engine",
+            "compiled",
+            "--trust-key",
+            public.to_str().unwrap(),
+            "--inputs",
+            fixture("decoder_past_lora.inputs.npz").to_str().unwrap(),
+            "--expect",
+            fixture("decoder_past_lora.expected.npz").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {err}");
+        assert!(err.contains("compiled code"), "{err}");
+    }
+}
+
+#[test]
+fn adapters_that_do_not_fit_the_slots_are_refused() {
+    let dir = TempDir::new("slot-misfit");
+    let fw = dir.0.join("M4.fw");
+    let model = fixture("decoder_past.onnx");
+    let out = m4c(&[
+        "firmware",
+        "build",
+        "--module",
+        &format!("backbone={}", model.display()),
+        "--dim",
+        "sequence_length=1",
+        "--dim",
+        "past_sequence_length=15",
+        "--dim",
+        "total_sequence_length=16",
+        "--lora-slots",
+        "q_proj:2",
+        "-o",
+        fw.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = m4c(&[
+        "adapt",
+        fw.to_str().unwrap(),
+        "--module",
+        "backbone",
+        "--adapter",
+        fixture("decoder_past_adapter").to_str().unwrap(),
+        "-o",
+        dir.0.join("app.m4a").to_str().unwrap(),
+    ]);
+    one_line_error(&out, "adapter rank 4 exceeds the slot's rank 2");
+    one_line_error(&out, "v_proj: the firmware module has no LoRA slot");
+    assert!(!dir.0.join("app.m4a").exists());
+    let out = m4c(&[
+        "firmware",
+        "build",
+        "--module",
+        &format!("backbone={}", model.display()),
+        "--lora-slots",
+        "nothing_proj:4",
+        "--default-dim",
+        "1",
+        "-o",
+        dir.0.join("none.fw").to_str().unwrap(),
+    ]);
+    one_line_error(&out, "--lora-slots: no MatMul of any module");
 }
 
 #[test]
