@@ -273,6 +273,10 @@ impl ModuleExecutor for SlottedModule {
         self.inner.as_compiled()
     }
 
+    fn as_slotted(&self) -> Option<&SlottedModule> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         crate::exec::check_inputs(self.name(), &self.signature, inputs)?;
         let n = self.inner.signature().inputs.len();
