@@ -1,6 +1,7 @@
 //! Subcommands of the `m4c` binary.
 
 mod adapt;
+mod adapter;
 mod backend;
 mod backends;
 mod bench;
@@ -114,6 +115,9 @@ enum Command {
     /// one decode step per token (a decoder with past: ONNX, IR, or a
     /// firmware module with an adapter).
     Generate(generate::GenerateArgs),
+    /// Inspect an adapter bundle (.m4a): sites, ranks, scales, modules,
+    /// the firmware it is bound to.
+    Adapter(adapter::AdapterArgs),
     /// Run a task of a task manifest (the paper's execution paths 1–4).
     Task(task::TaskArgs),
     /// Storage and peak RSS of firmware + N adapters vs N task-specific
@@ -141,6 +145,7 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Partition(args) => partition::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Adapt(args) => adapt::run(args),
+        Command::Adapter(args) => adapter::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Task(args) => task::run(args),

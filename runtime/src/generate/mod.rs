@@ -198,9 +198,14 @@ impl Decoder {
     /// A decoder over one decode module of fixed shape (its context: its
     /// past slots + 1); the prompt is fed token by token.
     pub fn new(exec: Arc<dyn ModuleExecutor>) -> Result<Decoder, GenError> {
-        let fixed = Fixed::new(vec![exec], &Roles::default())?;
+        Decoder::with_roles(exec, Roles::default())
+    }
+
+    /// [`Self::new`] for a module whose roles are declared.
+    pub fn with_roles(exec: Arc<dyn ModuleExecutor>, roles: Roles) -> Result<Decoder, GenError> {
+        let fixed = Fixed::new(vec![exec], &roles)?;
         let context = fixed.max_context().expect("one module");
-        Decoder::from_source(Box::new(fixed), Roles::default(), context)
+        Decoder::from_source(Box::new(fixed), roles, context)
     }
 
     /// A decoder over `source` for a context of `context` tokens.
