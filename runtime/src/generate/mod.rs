@@ -31,7 +31,7 @@ use crate::exec::{ExecError, ModuleExecutor};
 /// Why generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
-    #[error("module `{module}` is not a KV-cache decoder: {msg}")]
+    #[error("module `{module}` is not a KV-cache decode module: {msg}")]
     Layout { module: String, msg: String },
     #[error("the context is full: module `{module}` holds {max} tokens")]
     ContextFull { module: String, max: usize },
