@@ -150,14 +150,10 @@ fn firmware(dir: &Path, backend: &str, slots: Option<&str>) -> (PathBuf, PathBuf
         "sequence_length=1",
         "--dim",
         "past_sequence_length=15",
-        "--dim",
-        "total_sequence_length=16",
         "--module-dim",
         "backbone_prefill:sequence_length=8",
         "--module-dim",
         "backbone_prefill:past_sequence_length=0",
-        "--module-dim",
-        "backbone_prefill:total_sequence_length=8",
         "--backend",
         backend,
         "--sign-key",
@@ -398,4 +394,75 @@ fn bad_requests_are_one_line_errors() {
         "2",
     ]);
     one_line_error(&out, "not a decoder with past");
+}
+
+#[test]
+fn inspect_binds_a_decoders_lengths_consistently() {
+    let model = fixture("decoder_past.onnx");
+    let out = m4c(&["inspect", model.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &doc["symbolic_dims"];
+    assert_eq!(d["total_sequence_length"], 2, "{d}");
+    let out = m4c(&[
+        "inspect",
+        model.to_str().unwrap(),
+        "--json",
+        "--dim",
+        "past_sequence_length=9",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["symbolic_dims"]["total_sequence_length"], 10);
+}
+
+/// `adapter info` describes the .m4a; `bench` times a bundle's module
+/// without and with the adapter (switched in without a reload).
+#[test]
+fn adapter_info_and_bench_of_a_bundle() {
+    let backend = if runnable_backends().contains(&"cpu".to_string()) {
+        "cpu"
+    } else {
+        "reference"
+    };
+    let dir = TempDir::new("info");
+    let (fw, public, app) = firmware(&dir.0, backend, Some("q_proj,v_proj:8"));
+    let out = m4c(&["adapter", "info", app.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sites = info["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 4);
+    assert!(sites.iter().all(|s| s["rank"] == 4 && s["scale"] == 2.0));
+    assert_eq!(info["modules"], serde_json::json!(["backbone", "backbone_prefill"]));
+    let fw_info = m4c(&["firmware", "info", fw.to_str().unwrap()]);
+    let fw_text = String::from_utf8_lossy(&fw_info.stdout);
+    assert!(fw_text.contains(info["firmware"].as_str().unwrap()), "{fw_text}");
+    one_line_error(
+        &m4c(&["adapter", "info", fw.to_str().unwrap()]),
+        "expected kind `adapter`",
+    );
+    let out = m4c(&[
+        "bench",
+        fw.to_str().unwrap(),
+        "--module",
+        "backbone",
+        "--adapter",
+        app.to_str().unwrap(),
+        "--trust-key",
+        public.to_str().unwrap(),
+        "--inputs",
+        fixture("decoder_past.inputs.npz").to_str().unwrap(),
+        "--runs",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["median_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["base_median_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["slots"], true);
+    let a = &r["adapters"][0];
+    assert_eq!(a["engine"], backend);
+    // Rank-8 slots, f32: (32·8 + 8·32) per q_proj and (32·8 + 8·16) per
+    // v_proj, two layers.
+    assert_eq!(a["resident_bytes"], 4 * 2 * (512 + 384));
 }

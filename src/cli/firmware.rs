@@ -233,6 +233,14 @@ fn module_source(
             .filter(|(m, _)| m == name)
             .map(|(_, d)| d.clone()),
     );
+    // A decoder with past: its total length follows from the sequence and
+    // past lengths given.
+    let given: std::collections::HashMap<String, usize> = dims.dims.iter().cloned().collect();
+    if let [(seq, _), (past, _), (total, n)] = &super::generate::decoder_dims(&model, &given)[..] {
+        if given.contains_key(seq) && given.contains_key(past) && !given.contains_key(total) {
+            dims.dims.push((total.clone(), *n));
+        }
+    }
     if let Some((m, _)) = args
         .module_dims
         .iter()

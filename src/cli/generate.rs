@@ -345,6 +345,25 @@ impl Specialisations for OnnxSource {
     }
 }
 
+/// Values for a decoder's symbolic sequence, past and total lengths that
+/// agree (total = past + sequence), the ones in `given` kept and the rest
+/// 1; nothing for a model that is not a decoder with past.
+pub(super) fn decoder_dims(model: &Model, given: &HashMap<String, usize>) -> Vec<(String, usize)> {
+    let Ok(dims) = declared(model).and_then(|sig| Ok(Roles::default().symbolic_dims(&sig)?)) else {
+        return vec![];
+    };
+    let value = |name: &Option<String>| name.as_ref().map(|n| given.get(n).copied().unwrap_or(1));
+    let (seq, past) = (value(&dims.seq).unwrap_or(1), value(&dims.past).unwrap_or(1));
+    [
+        (dims.seq, seq),
+        (dims.past, past),
+        (dims.total, seq + past),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| Some((n?, v)))
+    .collect()
+}
+
 /// A model's declared inputs and outputs with their symbolic dims (an IR
 /// file's are its graph's).
 fn declared(model: &Model) -> CliResult<Signature> {
