@@ -90,13 +90,21 @@ fn onnx_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
     for backend in runnable_backends() {
         let base = generate(&model, &["--backend", &backend]);
         assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
-        assert_eq!(base["prefill_calls"], 1, "{backend}: the prompt in one call");
+        assert_eq!(
+            base["prefill_calls"], 1,
+            "{backend}: the prompt in one call"
+        );
         assert_eq!(base["stopped"], "max_tokens");
         assert!(base["ttft_ms"].as_f64().unwrap() > 0.0);
         assert!(base["tokens_per_s"].as_f64().unwrap() > 0.0);
         let lora = generate(
             &model,
-            &["--backend", &backend, "--adapter", adapter.to_str().unwrap()],
+            &[
+                "--backend",
+                &backend,
+                "--adapter",
+                adapter.to_str().unwrap(),
+            ],
         );
         assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
     }
@@ -142,24 +150,24 @@ fn firmware(dir: &Path, backend: &str, slots: Option<&str>) -> (PathBuf, PathBuf
         &["firmware", "build"][..],
         &slot_args,
         &[
-        "--module",
-        &format!("backbone={model}"),
-        "--module",
-        &format!("backbone_prefill={model}"),
-        "--dim",
-        "sequence_length=1",
-        "--dim",
-        "past_sequence_length=15",
-        "--module-dim",
-        "backbone_prefill:sequence_length=8",
-        "--module-dim",
-        "backbone_prefill:past_sequence_length=0",
-        "--backend",
-        backend,
-        "--sign-key",
-        key.to_str().unwrap(),
-        "-o",
-        fw.to_str().unwrap(),
+            "--module",
+            &format!("backbone={model}"),
+            "--module",
+            &format!("backbone_prefill={model}"),
+            "--dim",
+            "sequence_length=1",
+            "--dim",
+            "past_sequence_length=15",
+            "--module-dim",
+            "backbone_prefill:sequence_length=8",
+            "--module-dim",
+            "backbone_prefill:past_sequence_length=0",
+            "--backend",
+            backend,
+            "--sign-key",
+            key.to_str().unwrap(),
+            "-o",
+            fw.to_str().unwrap(),
         ],
     ]
     .concat()));
@@ -184,13 +192,21 @@ fn firmware_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
     for backend in runnable_backends() {
         let dir = TempDir::new(&backend);
         let (fw, public, app) = firmware(&dir.0, &backend, None);
-        let trust = ["--trust-key", public.to_str().unwrap(), "--module", "backbone"];
+        let trust = [
+            "--trust-key",
+            public.to_str().unwrap(),
+            "--module",
+            "backbone",
+        ];
         let base = generate(&fw, &trust);
         assert_eq!(ids(&base["tokens"]), ids(&want["base"]), "{backend}");
         assert_eq!(base["prefill_calls"], 1, "{backend}: the prefill bucket");
         if backend != "reference" {
             let engine = base["engine"].as_str().unwrap();
-            assert!(engine.contains(&format!("`backbone`: {backend}")), "{engine}");
+            assert!(
+                engine.contains(&format!("`backbone`: {backend}")),
+                "{engine}"
+            );
         }
         let mut with_app = trust.to_vec();
         with_app.extend(["--adapter", app.to_str().unwrap()]);
@@ -251,7 +267,10 @@ fn compiled_firmware_with_lora_slots_runs_the_adapter() {
         let lora = generate(&fw, &with_app);
         assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
         let engine = lora["engine"].as_str().unwrap();
-        assert!(engine.contains(&format!("`backbone`: {backend}")), "{engine}");
+        assert!(
+            engine.contains(&format!("`backbone`: {backend}")),
+            "{engine}"
+        );
         let out = m4c(&[
             "run",
             fw.to_str().unwrap(),
@@ -295,7 +314,12 @@ fn adapters_that_do_not_fit_the_slots_are_refused() {
         "-o",
         fw.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = m4c(&[
         "adapt",
         fw.to_str().unwrap(),
@@ -338,7 +362,12 @@ fn a_full_context_stops_with_a_line_never_silently() {
         "8",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("stopped: context full at 8 tokens"), "{text}");
     // 6 prompt tokens: the first new token from the prefill, two more fed
     // back fill the 8 positions, the third from the last step.
@@ -358,8 +387,14 @@ fn stop_id_and_sampling_are_honoured() {
     let g = generate(&model, &["--stop-id", &stop]);
     assert_eq!(ids(&g["tokens"]), base[..3].to_vec());
     assert_eq!(g["stopped"], "stop_token");
-    let a = generate(&model, &["--top-k", "8", "--temperature", "0.9", "--seed", "5"]);
-    let b = generate(&model, &["--top-k", "8", "--temperature", "0.9", "--seed", "5"]);
+    let a = generate(
+        &model,
+        &["--top-k", "8", "--temperature", "0.9", "--seed", "5"],
+    );
+    let b = generate(
+        &model,
+        &["--top-k", "8", "--temperature", "0.9", "--seed", "5"],
+    );
     assert_eq!(a["tokens"], b["tokens"], "a seed repeats a run");
 }
 
@@ -427,15 +462,26 @@ fn adapter_info_and_bench_of_a_bundle() {
     let dir = TempDir::new("info");
     let (fw, public, app) = firmware(&dir.0, backend, Some("q_proj,v_proj:8"));
     let out = m4c(&["adapter", "info", app.to_str().unwrap(), "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     let sites = info["sites"].as_array().unwrap();
     assert_eq!(sites.len(), 4);
     assert!(sites.iter().all(|s| s["rank"] == 4 && s["scale"] == 2.0));
-    assert_eq!(info["modules"], serde_json::json!(["backbone", "backbone_prefill"]));
+    assert_eq!(
+        info["modules"],
+        serde_json::json!(["backbone", "backbone_prefill"])
+    );
     let fw_info = m4c(&["firmware", "info", fw.to_str().unwrap()]);
     let fw_text = String::from_utf8_lossy(&fw_info.stdout);
-    assert!(fw_text.contains(info["firmware"].as_str().unwrap()), "{fw_text}");
+    assert!(
+        fw_text.contains(info["firmware"].as_str().unwrap()),
+        "{fw_text}"
+    );
     one_line_error(
         &m4c(&["adapter", "info", fw.to_str().unwrap()]),
         "expected kind `adapter`",
@@ -455,7 +501,12 @@ fn adapter_info_and_bench_of_a_bundle() {
         "3",
         "--json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["median_ms"].as_f64().unwrap() > 0.0);
     assert!(r["base_median_ms"].as_f64().unwrap() > 0.0);

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use m4c_compiler::bundle::{build_adapter, write_atomically};
 use m4c_runtime::adapter::slots::{slots_of, SlotBinding};
 use m4c_runtime::adapter::AdapterBundle;
-use m4c_runtime::exec::Signature;
 use m4c_runtime::bundle::format::LoraMode;
 use m4c_runtime::bundle::Bundle;
+use m4c_runtime::exec::Signature;
 
 use super::CliResult;
 

@@ -300,9 +300,9 @@ fn bundle(args: &ModelArgs, path: &std::path::Path) -> CliResult<i32> {
                 .inputs
                 .iter()
                 .map(|(n, _)| {
-                    lookup(&arrays, n)
-                        .cloned()
-                        .ok_or_else(|| format!("{}: no array for input '{n}'", file.display()).into())
+                    lookup(&arrays, n).cloned().ok_or_else(|| {
+                        format!("{}: no array for input '{n}'", file.display()).into()
+                    })
                 })
                 .collect::<CliResult<Vec<_>>>()?
         }
@@ -319,7 +319,8 @@ fn bundle(args: &ModelArgs, path: &std::path::Path) -> CliResult<i32> {
     for p in &args.adapters {
         let app = super::run::open_adapter_bundle(p, path)?;
         let started = Instant::now();
-        let (exec, resident): (std::sync::Arc<dyn ModuleExecutor>, usize) = match base.as_slotted() {
+        let (exec, resident): (std::sync::Arc<dyn ModuleExecutor>, usize) = match base.as_slotted()
+        {
             Some(s) => {
                 let e = s.rebind(&[&app])?;
                 let bytes = e.binding().bytes();

@@ -24,7 +24,7 @@ pub struct FirmwareArgs {
 enum FirmwareCommand {
     /// Lower each model once and pack them, with their weights
     /// deduplicated, into one bundle (written atomically).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Validate a bundle and list its modules, sections and content hash.
     Info {
         /// The bundle.
@@ -97,7 +97,7 @@ fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
 /// Runs `m4c firmware ...`; exit 0 on success, errors exit 2 (in `main`).
 pub fn run(args: FirmwareArgs) -> CliResult<i32> {
     match args.command {
-        FirmwareCommand::Build(b) => build(b),
+        FirmwareCommand::Build(b) => build(*b),
         FirmwareCommand::Info { bundle, trust } => {
             let fw = open(&bundle)?;
             print_summary(&bundle, &fw);
@@ -149,14 +149,19 @@ fn build(args: BuildArgs) -> CliResult<i32> {
     if let Some(spec) = &args.lora_slots {
         let mut any = false;
         for m in &mut sources {
-            let (g, sites) = add_slots(&m.graph, spec).map_err(|e| format!("module `{}`: {e}", m.name))?;
+            let (g, sites) =
+                add_slots(&m.graph, spec).map_err(|e| format!("module `{}`: {e}", m.name))?;
             if !sites.is_empty() {
                 eprintln!(
                     "module `{}`: {} LoRA slots of rank {} ({})",
                     m.name,
                     sites.len(),
                     spec.rank,
-                    sites.iter().map(|s| s.site.as_str()).collect::<Vec<_>>().join(", ")
+                    sites
+                        .iter()
+                        .map(|s| s.site.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 m.graph = g;
                 any = true;

@@ -33,7 +33,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "NAME")]
     module: Option<String>,
     /// The prompt's token ids, comma-separated.
-    #[arg(long, value_name = "IDS", value_delimiter = ',', conflicts_with = "prompt_file")]
+    #[arg(
+        long,
+        value_name = "IDS",
+        value_delimiter = ',',
+        conflicts_with = "prompt_file"
+    )]
     prompt_ids: Vec<i64>,
     /// A file of token ids (separated by commas or white space).
     #[arg(long, value_name = "FILE")]
@@ -353,15 +358,14 @@ pub(super) fn decoder_dims(model: &Model, given: &HashMap<String, usize>) -> Vec
         return vec![];
     };
     let value = |name: &Option<String>| name.as_ref().map(|n| given.get(n).copied().unwrap_or(1));
-    let (seq, past) = (value(&dims.seq).unwrap_or(1), value(&dims.past).unwrap_or(1));
-    [
-        (dims.seq, seq),
-        (dims.past, past),
-        (dims.total, seq + past),
-    ]
-    .into_iter()
-    .filter_map(|(n, v)| Some((n?, v)))
-    .collect()
+    let (seq, past) = (
+        value(&dims.seq).unwrap_or(1),
+        value(&dims.past).unwrap_or(1),
+    );
+    [(dims.seq, seq), (dims.past, past), (dims.total, seq + past)]
+        .into_iter()
+        .filter_map(|(n, v)| Some((n?, v)))
+        .collect()
 }
 
 /// A model's declared inputs and outputs with their symbolic dims (an IR
@@ -374,29 +378,35 @@ fn declared(model: &Model) -> CliResult<Signature> {
     let g = onnx.graph();
     let inits: std::collections::HashSet<&str> =
         g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let side = |vs: &[m4c_compiler::onnx::pb::ValueInfoProto]| -> CliResult<Vec<(String, TensorType)>> {
-        vs.iter()
-            .filter(|v| !inits.contains(v.name.as_str()))
-            .map(|v| {
-                let Some(TypeValue::TensorType(tt)) =
-                    v.r#type.as_ref().and_then(|t| t.value.as_ref())
-                else {
-                    return Err(format!("{}: `{}` is not a tensor", onnx.path.display(), v.name).into());
-                };
-                let dtype = m4c_compiler::onnx::dtype_from_onnx(tt.elem_type)?;
-                let dims = tt.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
-                let dims = dims
-                    .iter()
-                    .map(|d| match &d.value {
-                        Some(DimValue::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as usize),
-                        Some(DimValue::DimParam(p)) => Dim::Sym(p.clone()),
-                        _ => Dim::Sym("?".into()),
-                    })
-                    .collect();
-                Ok((v.name.clone(), TensorType { dtype, dims }))
-            })
-            .collect()
-    };
+    let side =
+        |vs: &[m4c_compiler::onnx::pb::ValueInfoProto]| -> CliResult<Vec<(String, TensorType)>> {
+            vs.iter()
+                .filter(|v| !inits.contains(v.name.as_str()))
+                .map(|v| {
+                    let Some(TypeValue::TensorType(tt)) =
+                        v.r#type.as_ref().and_then(|t| t.value.as_ref())
+                    else {
+                        return Err(format!(
+                            "{}: `{}` is not a tensor",
+                            onnx.path.display(),
+                            v.name
+                        )
+                        .into());
+                    };
+                    let dtype = m4c_compiler::onnx::dtype_from_onnx(tt.elem_type)?;
+                    let dims = tt.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
+                    let dims = dims
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(DimValue::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as usize),
+                            Some(DimValue::DimParam(p)) => Dim::Sym(p.clone()),
+                            _ => Dim::Sym("?".into()),
+                        })
+                        .collect();
+                    Ok((v.name.clone(), TensorType { dtype, dims }))
+                })
+                .collect()
+        };
     Ok(Signature {
         inputs: side(&g.input)?,
         outputs: side(&g.output)?,

@@ -122,7 +122,10 @@ fn print_result(r: &TaskResult) {
             }
         }
     }
-    println!("{:<20} {:<10} {:>6} {:>10}", "module", "engine", "calls", "ms");
+    println!(
+        "{:<20} {:<10} {:>6} {:>10}",
+        "module", "engine", "calls", "ms"
+    );
     for m in &r.modules {
         println!(
             "{:<20} {:<10} {:>6} {:>10.3}",

@@ -33,7 +33,11 @@ impl FromStr for SlotSpec {
             .ok()
             .filter(|&r| (1..=4096).contains(&r))
             .ok_or(format!("slot rank '{rank}' must be in 1..=4096"))?;
-        let targets: Vec<String> = targets.split(',').map(str::trim).map(String::from).collect();
+        let targets: Vec<String> = targets
+            .split(',')
+            .map(str::trim)
+            .map(String::from)
+            .collect();
         if targets.iter().any(String::is_empty) {
             return Err("an empty target in --lora-slots".into());
         }
@@ -77,7 +81,9 @@ pub fn add_slots(g: &Graph, spec: &SlotSpec) -> Result<(Graph, Vec<SlotSite>), S
             _ => continue,
         };
         if sites.iter().any(|(_, s)| s.site == site) {
-            return Err(format!("--lora-slots: two MatMuls carry the module path {site}"));
+            return Err(format!(
+                "--lora-slots: two MatMuls carry the module path {site}"
+            ));
         }
         sites.push((
             i,
@@ -144,10 +150,18 @@ pub fn add_slots(g: &Graph, spec: &SlotSpec) -> Result<(Graph, Vec<SlotSite>), S
         }
         let (a, b) = slot_inputs[k];
         let xa = out
-            .add_node(plain.clone(), &[ins[0], a], format!("{scope}/lora_slot/A/MatMul_output_0"))
+            .add_node(
+                plain.clone(),
+                &[ins[0], a],
+                format!("{scope}/lora_slot/A/MatMul_output_0"),
+            )
             .map_err(internal)?;
         let xab = out
-            .add_node(plain.clone(), &[xa, b], format!("{scope}/lora_slot/B/MatMul_output_0"))
+            .add_node(
+                plain.clone(),
+                &[xa, b],
+                format!("{scope}/lora_slot/B/MatMul_output_0"),
+            )
             .map_err(internal)?;
         let sum = out
             .add_node(Op::Add, &[y, xab], name.clone())
@@ -173,7 +187,10 @@ mod tests {
     fn a_slot_computes_the_lora_branch_and_zeros_cost_nothing() {
         let mut g = Graph::new("t");
         let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 3]));
-        let w = g.add_const("w", Tensor::from_f32(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]));
+        let w = g.add_const(
+            "w",
+            Tensor::from_f32(&[3, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]),
+        );
         let y = g
             .add_node(
                 Op::MatMul {
@@ -195,7 +212,11 @@ mod tests {
         };
         let xv = v(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
         let base = run_graph(&g, std::slice::from_ref(&xv)).unwrap();
-        let same = run_graph(&s, &[xv.clone(), v(&[3, 2], &[0.; 6]), v(&[2, 2], &[0.; 4])]).unwrap();
+        let same = run_graph(
+            &s,
+            &[xv.clone(), v(&[3, 2], &[0.; 6]), v(&[2, 2], &[0.; 4])],
+        )
+        .unwrap();
         assert_eq!(base, same);
         // A = e0 column, B = [[1, 0], [0, 0]]: adds x[:, 0] to y[:, 0].
         let a = v(&[3, 2], &[1., 0., 0., 0., 0., 0.]);
@@ -203,7 +224,10 @@ mod tests {
         let Value::F32(y) = &run_graph(&s, &[xv, a, b]).unwrap()[0] else {
             panic!()
         };
-        assert_eq!(y.as_slice().unwrap(), [1. + 3. + 1., 2. + 3., 4. + 6. + 4., 5. + 6.]);
+        assert_eq!(
+            y.as_slice().unwrap(),
+            [1. + 3. + 1., 2. + 3., 4. + 6. + 4., 5. + 6.]
+        );
         assert!("q_proj".parse::<SlotSpec>().is_err());
         assert!("q_proj:0".parse::<SlotSpec>().is_err());
     }

@@ -108,7 +108,11 @@ impl SlotBinding {
                     continue;
                 }
                 _ => {
-                    problems.push(format!("{}: {} slots match this site", f.target, found.len()));
+                    problems.push(format!(
+                        "{}: {} slots match this site",
+                        f.target,
+                        found.len()
+                    ));
                     continue;
                 }
             };
@@ -235,7 +239,11 @@ impl SlottedModule {
     }
 }
 
-fn bind(module: &str, slots: &[Slot], adapters: &[&AdapterBundle]) -> Result<SlotBinding, AdapterError> {
+fn bind(
+    module: &str,
+    slots: &[Slot],
+    adapters: &[&AdapterBundle],
+) -> Result<SlotBinding, AdapterError> {
     let factors: Vec<&[LoraFactors]> = adapters.iter().map(|a| a.factors()).collect();
     SlotBinding::new(slots, &factors).map_err(|problems| AdapterError::Mismatch {
         path: adapters
@@ -287,7 +295,10 @@ impl ModuleExecutor for SlottedModule {
         for (i, v) in &self.binding.values {
             all[*i] = Some(v.clone());
         }
-        let all: Vec<Value> = all.into_iter().map(|v| v.expect("every input bound")).collect();
+        let all: Vec<Value> = all
+            .into_iter()
+            .map(|v| v.expect("every input bound"))
+            .collect();
         self.inner.run(&all)
     }
 }
@@ -322,11 +333,18 @@ mod tests {
     fn factors_are_transposed_scaled_and_zero_padded() {
         let slots = slots_of(&sig());
         assert_eq!(slots.len(), 1);
-        assert_eq!((slots[0].in_features, slots[0].rank, slots[0].out_features), (3, 4, 5));
+        assert_eq!(
+            (slots[0].in_features, slots[0].rank, slots[0].out_features),
+            (3, 4, 5)
+        );
         let f = [factors(2, "layers.0.q_proj")];
         let bound = SlotBinding::new(&slots, &[&f]).unwrap();
-        let Value::F32(a) = &bound.values[0].1 else { panic!() };
-        let Value::F32(b) = &bound.values[1].1 else { panic!() };
+        let Value::F32(a) = &bound.values[0].1 else {
+            panic!()
+        };
+        let Value::F32(b) = &bound.values[1].1 else {
+            panic!()
+        };
         assert_eq!(a.shape(), [3, 4]);
         assert_eq!((a[[1, 1]], a[[1, 2]]), (1.0, 0.0));
         assert_eq!((b[[1, 4]], b[[2, 4]]), (1.0, 0.0));
@@ -339,8 +357,16 @@ mod tests {
         let f = [factors(5, "layers.0.q_proj"), factors(2, "layers.0.v_proj")];
         let e = SlotBinding::new(&slots, &[&f]).unwrap_err();
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].contains("rank 5 exceeds the slot's rank 4"), "{}", e[0]);
-        assert!(e[1].contains("v_proj: the firmware module has no LoRA slot"), "{}", e[1]);
+        assert!(
+            e[0].contains("rank 5 exceeds the slot's rank 4"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("v_proj: the firmware module has no LoRA slot"),
+            "{}",
+            e[1]
+        );
         // Two adapters of rank 2 share a rank-4 slot; a third does not fit.
         let two = [factors(2, "layers.0.q_proj")];
         assert!(SlotBinding::new(&slots, &[&two, &two]).is_ok());

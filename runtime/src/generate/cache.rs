@@ -61,6 +61,9 @@ impl KvCache {
     /// The first `n` positions of buffer `i` (a copy: for decoders that
     /// take exactly the cached past, without a mask).
     pub(crate) fn prefix(&self, i: usize, n: usize) -> ArrayD<f32> {
-        self.buffers[i].slice(s![.., .., ..n, ..]).into_dyn().to_owned()
+        self.buffers[i]
+            .slice(s![.., .., ..n, ..])
+            .into_dyn()
+            .to_owned()
     }
 }

@@ -37,7 +37,9 @@ pub enum GenError {
     ContextFull { module: String, max: usize },
     #[error("the prompt has {prompt} tokens, more than the context of {max} (--max-context)")]
     PromptTooLong { prompt: usize, max: usize },
-    #[error("module `{module}` serves a context of at most {max} tokens, {asked} asked (--max-context)")]
+    #[error(
+        "module `{module}` serves a context of at most {max} tokens, {asked} asked (--max-context)"
+    )]
     ContextTooLarge {
         module: String,
         max: usize,
@@ -79,12 +81,11 @@ impl Fixed {
         let modules = modules
             .into_iter()
             .map(|m| {
-                let l = KvLayout::with_roles(m.signature(), roles).map_err(|msg| {
-                    GenError::Layout {
+                let l =
+                    KvLayout::with_roles(m.signature(), roles).map_err(|msg| GenError::Layout {
                         module: m.name().to_string(),
                         msg,
-                    }
-                })?;
+                    })?;
                 Ok((m, l))
             })
             .collect::<Result<_, GenError>>()?;
@@ -174,6 +175,9 @@ pub struct Limits {
     pub stop_id: Option<i64>,
 }
 
+/// An executor and its layout.
+type Specialised = (Arc<dyn ModuleExecutor>, KvLayout);
+
 /// How decode steps run.
 enum DecodeMode {
     /// One maskable module for the whole context: `past` slots, unused
@@ -232,12 +236,11 @@ impl Decoder {
                 ),
             });
         };
-        let layout = KvLayout::with_roles(exec.signature(), &roles).map_err(|msg| {
-            GenError::Layout {
+        let layout =
+            KvLayout::with_roles(exec.signature(), &roles).map_err(|msg| GenError::Layout {
                 module: exec.name().to_string(),
                 msg,
-            }
-        })?;
+            })?;
         let decode = if layout.maskable() {
             DecodeMode::Masked(exec, layout.clone())
         } else {
@@ -308,11 +311,7 @@ impl Decoder {
         }
     }
 
-    fn specialisation(
-        &self,
-        seq: usize,
-        past: usize,
-    ) -> Result<Arc<dyn ModuleExecutor>, GenError> {
+    fn specialisation(&self, seq: usize, past: usize) -> Result<Arc<dyn ModuleExecutor>, GenError> {
         self.source
             .get(seq, past)?
             .ok_or_else(|| GenError::Specialise {
@@ -326,7 +325,7 @@ impl Decoder {
 
     /// The prefill specialisation for a prompt of `n` tokens, if the source
     /// has one (obtained before timing starts: it may be compiled now).
-    fn prefill_module(&self, n: usize) -> Result<Option<(Arc<dyn ModuleExecutor>, KvLayout)>, GenError> {
+    fn prefill_module(&self, n: usize) -> Result<Option<Specialised>, GenError> {
         let Some(exec) = self.source.get(n, 0)? else {
             return Ok(None);
         };
@@ -341,7 +340,7 @@ impl Decoder {
         &self,
         cache: &mut KvCache,
         prompt: &[i64],
-        prefill: Option<(Arc<dyn ModuleExecutor>, KvLayout)>,
+        prefill: Option<Specialised>,
     ) -> Result<(Vec<f32>, usize), GenError> {
         if let Some((exec, l)) = prefill {
             return Ok((call(&*exec, &l, cache, prompt)?, 1));
@@ -449,7 +448,9 @@ fn call(
     let (t, n, s) = (cache.len, tokens.len(), l.seq);
     debug_assert!(n <= s);
     let row = |v: Vec<i64>| Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, s]), v).expect("[1, S]"));
-    let mut inputs: Vec<Value> = (0..exec.signature().inputs.len()).map(|_| empty()).collect();
+    let mut inputs: Vec<Value> = (0..exec.signature().inputs.len())
+        .map(|_| empty())
+        .collect();
     let mut ids = tokens.to_vec();
     ids.resize(s, 0);
     inputs[l.input_ids] = row(ids);
@@ -457,7 +458,8 @@ fn call(
         let mask = (0..l.past + s)
             .map(|j| i64::from(j < t || (l.past..l.past + n).contains(&j)))
             .collect();
-        inputs[m] = Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, l.past + s]), mask).expect("mask"));
+        inputs[m] =
+            Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, l.past + s]), mask).expect("mask"));
     }
     if let Some(p) = l.position_ids {
         inputs[p] = row((t..t + s).map(|p| p as i64).collect());
@@ -492,7 +494,11 @@ fn call(
         unreachable!("logits are f32 (checked by the run)")
     };
     // Logits of every position ([1, S, V]) or of the last only ([1, 1, V]).
-    let row = if logits.len() == s * l.vocab { n - 1 } else { 0 };
+    let row = if logits.len() == s * l.vocab {
+        n - 1
+    } else {
+        0
+    };
     Ok(logits
         .iter()
         .skip(row * l.vocab)

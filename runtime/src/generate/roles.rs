@@ -126,9 +126,11 @@ impl Roles {
             }
         }
         if pairs.is_empty() {
-            return Err("no past key/value inputs (`past_key_values.{i}.key|value` or \
+            return Err(
+                "no past key/value inputs (`past_key_values.{i}.key|value` or \
                  `past_key_{i}`/`past_value_{i}` with `present...` outputs)"
-                .into());
+                    .into(),
+            );
         }
         Ok(KvLayout {
             input_ids,
@@ -156,9 +158,7 @@ impl Roles {
         Ok(SymbolicDims {
             seq: sym(&sig.inputs[l.input_ids].1, 1),
             past: sym(&sig.inputs[l.pairs[0].0].1, 2),
-            total: l
-                .attention_mask
-                .and_then(|m| sym(&sig.inputs[m].1, 1)),
+            total: l.attention_mask.and_then(|m| sym(&sig.inputs[m].1, 1)),
         })
     }
 }
@@ -220,9 +220,7 @@ impl KvLayout {
             let Some(at) = at else { continue };
             let (name, ty) = &sig.inputs[at];
             if fixed(ty, name)? != [1, want] || ty.dtype != DType::I64 {
-                return Err(format!(
-                    "{role} `{name}` is {ty}, expected i64[1, {want}]"
-                ));
+                return Err(format!("{role} `{name}` is {ty}, expected i64[1, {want}]"));
             }
         }
         let (lname, lty) = &sig.outputs[l.logits];
@@ -315,7 +313,10 @@ mod tests {
             &[("logits", &[1, 1, 50]), ("cache_out", &[1, 2, 5, 8])],
         );
         let e = KvLayout::of(&s).unwrap_err();
-        assert!(e.contains("input `cache_in`") && e.contains("[signature]"), "{e}");
+        assert!(
+            e.contains("input `cache_in`") && e.contains("[signature]"),
+            "{e}"
+        );
         let roles = Roles {
             past_prefix: Some("cache_in".into()),
             present_prefix: Some("cache_out".into()),
@@ -323,6 +324,8 @@ mod tests {
         };
         assert_eq!(KvLayout::with_roles(&s, &roles).unwrap().past, 4);
         let s = sig(&[("ids", &[1, 1])], &[("logits", &[1, 1, 50])]);
-        assert!(KvLayout::of(&s).unwrap_err().contains("no input `input_ids`"));
+        assert!(KvLayout::of(&s)
+            .unwrap_err()
+            .contains("no input `input_ids`"));
     }
 }

@@ -170,8 +170,10 @@ impl Context<'_> {
         // padding; its pooled token comes before it).
         let ids_at = sig.input("input_ids");
         let mask_at = sig.input("attention_mask");
-        let (Some(ids_at), true) = (ids_at, sig.inputs.len() == 1 + usize::from(mask_at.is_some()))
-        else {
+        let (Some(ids_at), true) = (
+            ids_at,
+            sig.inputs.len() == 1 + usize::from(mask_at.is_some()),
+        ) else {
             return Err(self.err(format!(
                 "text encoder `{}` must take input_ids and optionally attention_mask, nothing else",
                 text.module
