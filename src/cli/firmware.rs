@@ -239,10 +239,13 @@ fn module_source(
             .map(|(_, d)| d.clone()),
     );
     // A decoder with past: its total length follows from the sequence and
-    // past lengths given.
+    // past lengths (given, or --default-dim).
     let given: std::collections::HashMap<String, usize> = dims.dims.iter().cloned().collect();
-    if let [(seq, _), (past, _), (total, n)] = &super::generate::decoder_dims(&model, &given)[..] {
-        if given.contains_key(seq) && given.contains_key(past) && !given.contains_key(total) {
+    let default = args.default_dim;
+    let derived = super::generate::decoder_dims(&model, &given, default.unwrap_or(1));
+    if let [(seq, _), (past, _), (total, n)] = &derived[..] {
+        let bound = |d: &String| given.contains_key(d) || default.is_some();
+        if bound(seq) && bound(past) && !given.contains_key(total) {
             dims.dims.push((total.clone(), *n));
         }
     }

@@ -352,16 +352,20 @@ impl Specialisations for OnnxSource {
 
 /// Values for a decoder's symbolic sequence, past and total lengths that
 /// agree (total = past + sequence), the ones in `given` kept and the rest
-/// 1; nothing for a model that is not a decoder with past.
-pub(super) fn decoder_dims(model: &Model, given: &HashMap<String, usize>) -> Vec<(String, usize)> {
+/// `default`; nothing for a model that is not a decoder with past.
+pub(super) fn decoder_dims(
+    model: &Model,
+    given: &HashMap<String, usize>,
+    default: usize,
+) -> Vec<(String, usize)> {
     let Ok(dims) = declared(model).and_then(|sig| Ok(Roles::default().symbolic_dims(&sig)?)) else {
         return vec![];
     };
-    let value = |name: &Option<String>| name.as_ref().map(|n| given.get(n).copied().unwrap_or(1));
-    let (seq, past) = (
-        value(&dims.seq).unwrap_or(1),
-        value(&dims.past).unwrap_or(1),
-    );
+    let value = |name: &Option<String>| {
+        name.as_ref()
+            .map_or(default, |n| given.get(n).copied().unwrap_or(default))
+    };
+    let (seq, past) = (value(&dims.seq), value(&dims.past));
     [(dims.seq, seq), (dims.past, past), (dims.total, seq + past)]
         .into_iter()
         .filter_map(|(n, v)| Some((n?, v)))

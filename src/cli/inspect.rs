@@ -101,7 +101,7 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
     let mut opts = args.dims.options(&model, Some(1))?;
     // A decoder with past: bind its lengths consistently (total = past +
     // sequence), not each to 1.
-    for (name, n) in super::generate::decoder_dims(&model, &opts.dims) {
+    for (name, n) in super::generate::decoder_dims(&model, &opts.dims, 1) {
         opts.dims.entry(name).or_insert(n);
     }
     let report = model.lower_report(&opts)?;
