@@ -212,6 +212,22 @@ fn firmware_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
         with_app.extend(["--adapter", app.to_str().unwrap()]);
         let lora = generate(&fw, &with_app);
         assert_eq!(ids(&lora["tokens"]), ids(&want["lora"]), "{backend}");
+        let mut too_long = trust.to_vec();
+        too_long.extend(["--max-context", "17"]);
+        let (p, fwp) = (prompt(), fw.to_str().unwrap().to_string());
+        let mut args = vec![
+            "generate",
+            &fwp,
+            "--prompt-ids",
+            &p,
+            "--max-new-tokens",
+            "2",
+        ];
+        args.extend(too_long);
+        one_line_error(
+            &m4c(&args),
+            "serves a context of at most 16 tokens, 17 asked",
+        );
         // The adapted decode module reproduces onnxruntime on the LoRA
         // model (its outputs keep the model's names: present.*).
         let out = m4c(&[
@@ -418,6 +434,21 @@ fn bad_requests_are_one_line_errors() {
     one_line_error(
         &gen(&["--prompt-ids", "1,-3"]),
         "token -3 is outside the vocabulary",
+    );
+    one_line_error(
+        &m4c(&[
+            "--max-memory",
+            "100M",
+            "generate",
+            m,
+            "--prompt-ids",
+            "1,2",
+            "--max-new-tokens",
+            "2",
+            "--max-context",
+            "500000",
+        ]),
+        "KV cache: a tensor of shape [4, 1, 2, 499999, 8]",
     );
     let encoder = fixture("clip_text.onnx");
     let out = m4c(&[

@@ -241,6 +241,19 @@ impl Decoder {
                 module: exec.name().to_string(),
                 msg,
             })?;
+        // The cache is allocated once for the whole context: within budget.
+        let slots = if layout.maskable() {
+            layout.past
+        } else {
+            context - 1
+        };
+        let mut shape = layout.past_shape.clone();
+        shape[2] = slots;
+        shape.insert(0, layout.pairs.len());
+        m4c_ops::budget::check("KV cache", &shape, 4).map_err(|e| GenError::Specialise {
+            module: module.clone(),
+            msg: e.to_string(),
+        })?;
         let decode = if layout.maskable() {
             DecodeMode::Masked(exec, layout.clone())
         } else {
