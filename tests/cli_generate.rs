@@ -110,6 +110,19 @@ fn onnx_decoder_reproduces_onnxruntime_greedy_base_and_adapter() {
     }
 }
 
+/// A decoder without attention_mask and position_ids, with
+/// `past_key_{i}`/`present_key_{i}` names (the same weights): decoded with
+/// a specialisation per past length, the same tokens.
+#[test]
+fn a_decoder_without_mask_or_positions_generates_the_same_tokens() {
+    let model = fixture("decoder_past_bare.onnx");
+    for backend in runnable_backends() {
+        let g = generate(&model, &["--backend", &backend]);
+        assert_eq!(ids(&g["tokens"]), ids(&expected()["base"]), "{backend}");
+        assert_eq!(g["prefill_calls"], 1);
+    }
+}
+
 /// A temporary directory of this test process.
 struct TempDir(PathBuf);
 

@@ -191,6 +191,15 @@ fn bundle_source(
     args: &GenerateArgs,
     roles: &Roles,
 ) -> CliResult<(Box<dyn Specialisations>, String)> {
+    if args.backend.backend != m4c_runtime::bundle::format::REFERENCE_BACKEND
+        || args.backend.target.is_some()
+    {
+        return Err(format!(
+            "{}: --backend/--target apply to models; a bundle runs its own compiled code (choose with --engine)",
+            args.model.display()
+        )
+        .into());
+    }
     let fw = Bundle::open(&args.model)?;
     let name = args.module.as_deref().ok_or_else(|| {
         format!(

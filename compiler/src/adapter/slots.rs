@@ -18,6 +18,7 @@ use super::{module_scope, scope_ends_with};
 pub struct SlotSpec {
     /// Module-path suffixes (`q_proj`, `self_attn.v_proj`).
     pub targets: Vec<String>,
+    /// The slots' rank `R`.
     pub rank: usize,
 }
 
@@ -50,7 +51,9 @@ impl FromStr for SlotSpec {
 pub struct SlotSite {
     /// Its module path.
     pub site: String,
+    /// Input features of the MatMul.
     pub in_features: usize,
+    /// Output features of the MatMul.
     pub out_features: usize,
 }
 

@@ -32,11 +32,15 @@ pub fn input_names(site: &str) -> (String, String) {
 pub struct Slot {
     /// Module path of the slotted MatMul (`model.layers.0.self_attn.q_proj`).
     pub site: String,
-    /// Input positions of `A [in, R]` and `B [R, out]`.
+    /// Input position of `A [in, R]`.
     pub a: usize,
+    /// Input position of `B [R, out]`.
     pub b: usize,
+    /// The MatMul's input features.
     pub in_features: usize,
+    /// The slot's rank `R`.
     pub rank: usize,
+    /// The MatMul's output features.
     pub out_features: usize,
 }
 

@@ -41,11 +41,15 @@ pub struct Roles {
 /// specialised for: `S` new tokens after `P` cached ones.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KvLayout {
+    /// Input index of the token ids.
     pub input_ids: usize,
+    /// Input index of the attention mask, if the decoder takes one.
     pub attention_mask: Option<usize>,
+    /// Input index of the positions, if the decoder takes them.
     pub position_ids: Option<usize>,
     /// (input index of past, output index of present), per key/value.
     pub pairs: Vec<(usize, usize)>,
+    /// Output index of the logits.
     pub logits: usize,
     /// New tokens per call (`S`).
     pub seq: usize,
@@ -53,6 +57,7 @@ pub struct KvLayout {
     pub past: usize,
     /// `[1, kv_heads, P, head_dim]`.
     pub past_shape: Vec<usize>,
+    /// The logits' last dimension: token ids are `0..vocab`.
     pub vocab: usize,
 }
 
@@ -166,8 +171,11 @@ impl Roles {
 /// The symbolic dim names of a decoder's sequence, past and total lengths.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SymbolicDims {
+    /// New tokens `S` (`input_ids`' second dim).
     pub seq: Option<String>,
+    /// Cached tokens `P` (the past inputs' third dim).
     pub past: Option<String>,
+    /// `P + S` (the attention mask's second dim).
     pub total: Option<String>,
 }
 
