@@ -463,6 +463,32 @@ fn bad_requests_are_one_line_errors() {
         ]),
         "KV cache: a tensor of shape [4, 1, 2, 499999, 8]",
     );
+    let dir = TempDir::new("prompt-file");
+    let bad = dir.0.join("bad.txt");
+    std::fs::write(&bad, "5, 17\n42 x").unwrap();
+    one_line_error(
+        &gen(&["--prompt-file", bad.to_str().unwrap()]),
+        "'x' is not a token id",
+    );
+    let good = dir.0.join("good.txt");
+    std::fs::write(&good, prompt().replace(',', "\n")).unwrap();
+    let out = m4c(&[
+        "generate",
+        m,
+        "--prompt-file",
+        good.to_str().unwrap(),
+        "--max-new-tokens",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&g["tokens"]), ids(&expected()["base"]));
     let encoder = fixture("clip_text.onnx");
     let out = m4c(&[
         "generate",

@@ -163,7 +163,11 @@ fn prompt(args: &GenerateArgs) -> CliResult<Vec<i64>> {
     let Some(file) = &args.prompt_file else {
         return Ok(args.prompt_ids.clone());
     };
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // A regular file (never a FIFO), of a prompt's size.
+    let bytes = m4c_runtime::input_file::read_regular(file, 64 << 20)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", file.display()))?;
     text.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
         .map(|s| {
