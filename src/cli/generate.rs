@@ -14,7 +14,7 @@ use m4c_ir::{Dim, TensorType};
 use m4c_runtime::bundle::{is_bundle, Bundle};
 use m4c_runtime::exec::{load_module, Engine, LoadOptions, ModuleExecutor, Signature};
 use m4c_runtime::generate::{
-    Decoder, Fixed, GenError, Limits, Roles, Sampler, Sampling, Specialisations, Stop,
+    Decoder, Fixed, GenError, KvLayout, Limits, Roles, Sampler, Sampling, Specialisations, Stop,
 };
 
 use super::backend::BackendArgs;
@@ -234,6 +234,14 @@ fn bundle_source(
         let loaded = load_module(&fw, m, &adapters, &opts)?;
         if let Some(why) = &loaded.fallback {
             eprintln!("note: {why}");
+        }
+        // A prefill module that is not a decoder with past (no keys and
+        // values out) is left aside: the prompt then goes token by token.
+        if m != name {
+            if let Err(e) = KvLayout::with_roles(loaded.executor.signature(), roles) {
+                eprintln!("note: module `{m}` is not used for prefill: {e}");
+                continue;
+            }
         }
         engines.push(format!("`{m}`: {}", loaded.executor.backend()));
         modules.push(loaded.executor);
