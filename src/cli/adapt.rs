@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 
 use m4c_compiler::bundle::{build_adapter, write_atomically};
+use m4c_runtime::adapter::slots::{slots_of, SlotBinding};
 use m4c_runtime::adapter::AdapterBundle;
 use m4c_runtime::bundle::format::LoraMode;
 use m4c_runtime::bundle::Bundle;
+use m4c_runtime::exec::Signature;
 
 use super::CliResult;
 
@@ -40,6 +42,7 @@ pub fn run(args: AdaptArgs) -> CliResult<i32> {
     m4c_runtime::outfile::check(&args.output, &inputs, false)?;
     let fw = Bundle::open(&args.firmware)?;
     let bytes = build_adapter(&fw, &args.modules, &args.adapter, args.lora)?;
+    check_slots(&fw, &args.modules, &AdapterBundle::from_bytes(&bytes)?)?;
     write_atomically(&args.output, &inputs, &bytes)?;
     let back = AdapterBundle::open(&args.output)?;
     let info = back.info();
@@ -54,4 +57,23 @@ pub fn run(args: AdaptArgs) -> CliResult<i32> {
         info.firmware
     );
     Ok(0)
+}
+
+/// Refuses, before anything is written, an adapter that a module built
+/// with LoRA slots could not bind at load (a site without a slot, a rank
+/// above the slot's).
+fn check_slots(fw: &Bundle, modules: &[String], app: &AdapterBundle) -> CliResult<()> {
+    for m in modules {
+        let slots = slots_of(&Signature::of(&fw.module(m)?));
+        if slots.is_empty() {
+            continue;
+        }
+        SlotBinding::new(&slots, &[app.factors()]).map_err(|problems| {
+            format!(
+                "does not fit the LoRA slots of module `{m}`: {}",
+                problems.join("; ")
+            )
+        })?;
+    }
+    Ok(())
 }

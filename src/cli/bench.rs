@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use m4c_cpu_codegen::{bench_gemm, GemmBenchConfig, Target};
-use m4c_ir::{DType, Graph, Tensor};
+use m4c_ir::{DType, Tensor, TensorType};
 use m4c_ops::Value;
+use m4c_runtime::bundle::{is_bundle, Bundle};
+use m4c_runtime::exec::{load_module, Engine, LoadOptions, ModuleExecutor};
 use m4c_runtime::read_npz;
 use serde::Serialize;
 
@@ -27,8 +29,22 @@ pub struct BenchArgs {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// The model to time end to end (ONNX, or an IR file from `m4c opt -o`).
+    /// The model to time end to end (ONNX, or an IR file from `m4c opt -o`),
+    /// or a firmware bundle (with --module).
     model: Option<PathBuf>,
+    /// The bundle's module to time.
+    #[arg(long, value_name = "NAME")]
+    module: Option<String>,
+    /// Adapter bundles to time the module with (repeat: they stay resident
+    /// and are switched between without reloading a module built with LoRA
+    /// slots); `median_ms` is with the first.
+    #[arg(long = "adapter", value_name = "APP.m4a")]
+    adapters: Vec<PathBuf>,
+    /// Which engine runs the bundle's module.
+    #[arg(long, value_name = "auto|compiled|reference", value_parser = |s: &str| s.parse::<Engine>())]
+    engine: Option<Engine>,
+    #[command(flatten)]
+    trust: super::keygen::TrustArgs,
     /// Which backend runs the model (see `m4c backends`).
     #[arg(long, default_value = "cpu", value_parser = super::backend::parse_backend)]
     backend: String,
@@ -136,6 +152,16 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .model
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
+    if is_bundle(&path) {
+        return bundle(&args, &path);
+    }
+    if args.module.is_some() || !args.adapters.is_empty() || args.engine.is_some() {
+        return Err(format!(
+            "{}: --module, --adapter and --engine apply to bundles",
+            path.display()
+        )
+        .into());
+    }
     let backend = BackendArgs {
         backend: args.backend.clone(),
         target: args.target.clone(),
@@ -164,7 +190,7 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .apply(&model, graph, &backend.generator().cost_model(), false)?;
     let opt_ms = opt_start.elapsed().as_secs_f64() * 1e3;
     let feeds: Vec<Value> = if given.is_empty() {
-        synthetic_inputs(&graph)?
+        synthetic_inputs(&m4c_runtime::exec::Signature::of(&graph).inputs)?
     } else {
         given
     };
@@ -235,6 +261,119 @@ fn model(args: ModelArgs) -> CliResult<i32> {
     Ok(0)
 }
 
+/// One adapter's figures in a bundle benchmark.
+#[derive(Serialize)]
+struct AdapterTiming {
+    adapter: String,
+    median_ms: f64,
+    /// Time to switch the loaded module to this adapter (slots: binding its
+    /// factors; otherwise loading the module again with it).
+    switch_ms: f64,
+    /// Memory this adapter adds while resident (slots: the bound, padded
+    /// factors; otherwise the adapter file, mapped).
+    resident_bytes: usize,
+    engine: String,
+}
+
+/// `m4c bench M4.fw --module NAME [--adapter APP.m4a ...]`: the module's
+/// median latency without an adapter and with each one.
+fn bundle(args: &ModelArgs, path: &std::path::Path) -> CliResult<i32> {
+    let fw = Bundle::open(path)?;
+    let name = args
+        .module
+        .as_deref()
+        .ok_or_else(|| format!("{}: a bundle needs --module NAME", path.display()))?;
+    let opts = LoadOptions {
+        engine: args.engine.unwrap_or_default(),
+        threads: super::backend::threads(args.threads)?,
+        trusted: args.trust.keys()?,
+    };
+    let base = load_module(&fw, name, &[], &opts)?;
+    if let Some(why) = &base.fallback {
+        eprintln!("note: {why}");
+    }
+    let base = base.executor;
+    let feeds = match &args.inputs {
+        Some(file) => {
+            let arrays = read_npz(file)?;
+            base.signature()
+                .inputs
+                .iter()
+                .map(|(n, _)| {
+                    lookup(&arrays, n).cloned().ok_or_else(|| {
+                        format!("{}: no array for input '{n}'", file.display()).into()
+                    })
+                })
+                .collect::<CliResult<Vec<_>>>()?
+        }
+        None => synthetic_inputs(&base.signature().inputs)?,
+    };
+    let median = |exec: &dyn ModuleExecutor| -> CliResult<f64> {
+        let times = time_runs(args.runs.max(1), || {
+            exec.run(&feeds).map(|_| ()).map_err(|e| e.to_string())
+        })?;
+        Ok(times[times.len() / 2] * 1e3)
+    };
+    let base_ms = median(&*base)?;
+    let mut adapters = vec![];
+    for p in &args.adapters {
+        let app = super::run::open_adapter_bundle(p, path)?;
+        let started = Instant::now();
+        let (exec, resident): (std::sync::Arc<dyn ModuleExecutor>, usize) = match base.as_slotted()
+        {
+            Some(s) => {
+                let e = s.rebind(&[&app])?;
+                let bytes = e.binding().bytes();
+                (std::sync::Arc::new(e), bytes)
+            }
+            None => (
+                load_module(&fw, name, &[&app], &opts)?.executor,
+                app.file_len() as usize,
+            ),
+        };
+        let switch_ms = started.elapsed().as_secs_f64() * 1e3;
+        adapters.push(AdapterTiming {
+            adapter: p.display().to_string(),
+            median_ms: median(&*exec)?,
+            switch_ms,
+            resident_bytes: resident,
+            engine: exec.backend().to_string(),
+        });
+    }
+    let median_ms = adapters.first().map_or(base_ms, |a| a.median_ms);
+    let report = serde_json::json!({
+        "model": path.display().to_string(),
+        "module": name,
+        "engine": base.backend(),
+        "slots": base.as_slotted().is_some(),
+        "median_ms": median_ms,
+        "base_median_ms": base_ms,
+        "adapter_overhead": median_ms / base_ms,
+        "adapters": adapters,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} module `{name}` on {}: median {base_ms:.3} ms without an adapter",
+            path.display(),
+            base.backend()
+        );
+        for a in &adapters {
+            println!(
+                "  with {}: median {:.3} ms ({:.2}x) on {}, switched in {:.3} ms, {} bytes resident",
+                a.adapter,
+                a.median_ms,
+                a.median_ms / base_ms,
+                a.engine,
+                a.switch_ms,
+                a.resident_bytes
+            );
+        }
+    }
+    Ok(0)
+}
+
 /// Two warm-up runs, then at least `min_runs` timed runs, more until 2 s
 /// have passed (at most 1000); sorted seconds.
 fn time_runs(min_runs: usize, mut once: impl FnMut() -> Result<(), String>) -> CliResult<Vec<f64>> {
@@ -254,22 +393,17 @@ fn time_runs(min_runs: usize, mut once: impl FnMut() -> Result<(), String>) -> C
     Ok(times)
 }
 
-/// Deterministic inputs for the graph's input types: floats in [-1, 1),
+/// Deterministic inputs for these input types: floats in [-1, 1),
 /// integers 0 (valid as indices), bools false.
-fn synthetic_inputs(graph: &Graph) -> CliResult<Vec<Value>> {
-    graph
-        .inputs
+fn synthetic_inputs(inputs: &[(String, TensorType)]) -> CliResult<Vec<Value>> {
+    inputs
         .iter()
-        .map(|&id| {
-            let v = graph.value(id);
-            let shape = v.ty.static_shape().ok_or_else(|| {
-                format!(
-                    "input '{}' has the symbolic type {}; pass --dim or --inputs",
-                    v.name, v.ty
-                )
+        .map(|(name, ty)| {
+            let shape = ty.static_shape().ok_or_else(|| {
+                format!("input '{name}' has the symbolic type {ty}; pass --dim or --inputs")
             })?;
             let n: usize = shape.iter().product();
-            let tensor = match v.ty.dtype {
+            let tensor = match ty.dtype {
                 DType::F32 => {
                     let mut state = 0x2545_F491u32;
                     let values: Vec<f32> = (0..n)

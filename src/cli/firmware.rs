@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use m4c_compiler::adapter::{add_slots, SlotSpec};
 use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
@@ -23,7 +24,7 @@ pub struct FirmwareArgs {
 enum FirmwareCommand {
     /// Lower each model once and pack them, with their weights
     /// deduplicated, into one bundle (written atomically).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Validate a bundle and list its modules, sections and content hash.
     Info {
         /// The bundle.
@@ -57,8 +58,19 @@ struct BuildArgs {
     default_dim: Option<usize>,
     #[command(flatten)]
     dims: DimArgs,
+    /// A symbolic dimension of one module only, over --dim (e.g. a
+    /// decoder's prefill bucket from the same model as its decode module:
+    /// `--module-dim backbone_prefill:sequence_length=8`).
+    #[arg(long = "module-dim", value_name = "MODULE:NAME=N", value_parser = parse_module_dim)]
+    module_dims: Vec<(String, (String, usize))>,
     #[command(flatten)]
     opt: OptSwitch,
+    /// Compile the modules for adapters: every MatMul whose module path
+    /// ends with a target (PEFT's `target_modules`) gets a LoRA slot of
+    /// rank R, bound at load to an adapter's factors (`docs/DEPLOY.md`),
+    /// e.g. `q_proj,v_proj:16`.
+    #[arg(long, value_name = "TARGETS:RANK", value_parser = |s: &str| s.parse::<SlotSpec>())]
+    lora_slots: Option<SlotSpec>,
     /// The bundle to write.
     #[arg(short = 'o', long = "output", value_name = "M4.fw")]
     output: PathBuf,
@@ -66,6 +78,15 @@ struct BuildArgs {
     /// runtime loads native code only from firmware signed by a trusted key.
     #[arg(long, value_name = "KEY")]
     sign_key: Option<PathBuf>,
+}
+
+fn parse_module_dim(s: &str) -> Result<(String, (String, usize)), String> {
+    let (module, dim) = s.split_once(':').ok_or("expected MODULE:NAME=N")?;
+    let (k, v) = dim.split_once('=').ok_or("expected MODULE:NAME=N")?;
+    let n = v
+        .parse()
+        .map_err(|_| format!("'{v}' is not a dimension size"))?;
+    Ok((module.to_string(), (k.to_string(), n)))
 }
 
 fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
@@ -76,7 +97,7 @@ fn parse_module(s: &str) -> Result<(String, PathBuf), String> {
 /// Runs `m4c firmware ...`; exit 0 on success, errors exit 2 (in `main`).
 pub fn run(args: FirmwareArgs) -> CliResult<i32> {
     match args.command {
-        FirmwareCommand::Build(b) => build(b),
+        FirmwareCommand::Build(b) => build(*b),
         FirmwareCommand::Info { bundle, trust } => {
             let fw = open(&bundle)?;
             print_summary(&bundle, &fw);
@@ -125,6 +146,35 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         progress.inc();
     }
     drop(progress);
+    if let Some(spec) = &args.lora_slots {
+        let mut any = false;
+        for m in &mut sources {
+            let (g, sites) =
+                add_slots(&m.graph, spec).map_err(|e| format!("module `{}`: {e}", m.name))?;
+            if !sites.is_empty() {
+                eprintln!(
+                    "module `{}`: {} LoRA slots of rank {} ({})",
+                    m.name,
+                    sites.len(),
+                    spec.rank,
+                    sites
+                        .iter()
+                        .map(|s| s.site.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                m.graph = g;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(format!(
+                "--lora-slots: no MatMul of any module has a module path ending with {}",
+                spec.targets.join(" or ")
+            )
+            .into());
+        }
+    }
     if generator.name() != REFERENCE_BACKEND {
         for m in &mut sources {
             let started = std::time::Instant::now();
@@ -181,12 +231,44 @@ fn module_source(
     cost: &m4c_compiler::opt::Roofline,
 ) -> CliResult<ModuleSource> {
     let model = Model::open(path)?;
-    let report = model.lower_report(&args.dims.options(&model, args.default_dim)?)?;
+    let mut dims = args.dims.clone();
+    dims.dims.extend(
+        args.module_dims
+            .iter()
+            .filter(|(m, _)| m == name)
+            .map(|(_, d)| d.clone()),
+    );
+    // A decoder with past: its total length follows from the sequence and
+    // past lengths (given, or --default-dim).
+    let given: std::collections::HashMap<String, usize> = dims.dims.iter().cloned().collect();
+    let default = args.default_dim;
+    let derived = super::generate::decoder_dims(&model, &given, default.unwrap_or(1));
+    if let [(seq, _), (past, _), (total, n)] = &derived[..] {
+        let bound = |d: &String| given.contains_key(d) || default.is_some();
+        if bound(seq) && bound(past) && !given.contains_key(total) {
+            dims.dims.push((total.clone(), *n));
+        }
+    }
+    if let Some((m, _)) = args
+        .module_dims
+        .iter()
+        .find(|(m, _)| !args.modules.iter().any(|(n, _)| n == m))
+    {
+        return Err(format!("--module-dim {m}: there is no module `{m}`").into());
+    }
+    let report = model.lower_report(&dims.options(&model, args.default_dim)?)?;
     let graph = report.graph.ok_or_else(|| FrontendError::Unsupported {
         path: path.to_path_buf(),
         nodes: report.unsupported,
     })?;
-    let graph = args.opt.apply(&model, graph, cost, true)?;
+    let mut graph = args.opt.apply(&model, graph, cost, true)?;
+    // The module's outputs keep the model's names (lowering and the
+    // optimiser may have made another value the output).
+    if let Some(names) = model.output_names() {
+        for (&o, name) in graph.outputs.clone().iter().zip(names) {
+            graph.values[o.index()].name = name;
+        }
+    }
     let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(ModuleSource {
         name: name.to_string(),

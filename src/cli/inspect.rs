@@ -98,7 +98,13 @@ fn io_list(
 /// Runs `m4c inspect`.
 pub fn run(args: InspectArgs) -> CliResult<i32> {
     let model = Model::open(&args.model)?;
-    let report = model.lower_report(&args.dims.options(&model, Some(1))?)?;
+    let mut opts = args.dims.options(&model, Some(1))?;
+    // A decoder with past: bind its lengths consistently (total = past +
+    // sequence), not each to 1.
+    for (name, n) in super::generate::decoder_dims(&model, &opts.dims, 1) {
+        opts.dims.entry(name).or_insert(n);
+    }
+    let report = model.lower_report(&opts)?;
     let mut doc = match &model {
         Model::Onnx(m) => onnx_facts(m),
         Model::Ir { .. } => json!({ "model": args.model.display().to_string() }),

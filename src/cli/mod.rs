@@ -1,12 +1,14 @@
 //! Subcommands of the `m4c` binary.
 
 mod adapt;
+mod adapter;
 mod backend;
 mod backends;
 mod bench;
 mod compile;
 mod coverage;
 mod firmware;
+mod generate;
 mod inspect;
 mod keygen;
 mod model_args;
@@ -42,6 +44,7 @@ Typical session:
   m4c compile model.onnx --backend cpu --target aarch64 -o artifact/
   m4c firmware build --module backbone=llama.onnx --module img_enc=clip.onnx --backend cpu -o M4.fw
   m4c adapt M4.fw --module backbone --adapter peft_dir -o app.m4a
+  m4c generate M4.fw --module backbone --adapter app.m4a --prompt-ids 1,2,3 --max-new-tokens 16
   m4c run M4.fw --module backbone --adapter app.m4a --inputs in.npz
   m4c coverage models/*.onnx --group m4='m4/*.onnx' --out report/
   m4c npu gemm --m 197 --k 768 --n 768 --config edge-small --json
@@ -115,6 +118,13 @@ enum Command {
     /// Pack a PEFT LoRA adapter for one firmware (an .m4a adapter bundle
     /// bound to its content hash).
     Adapt(adapt::AdaptArgs),
+    /// Generate text with a KV cache: the prompt in one prefill call, then
+    /// one decode step per token (a decoder with past: ONNX, IR, or a
+    /// firmware module with an adapter).
+    Generate(generate::GenerateArgs),
+    /// Inspect an adapter bundle (.m4a): sites, ranks, scales, modules,
+    /// the firmware it is bound to.
+    Adapter(adapter::AdapterArgs),
     /// Run a task of a task manifest (the paper's execution paths 1–4).
     Task(task::TaskArgs),
     /// Storage and peak RSS of firmware + N adapters vs N task-specific
@@ -143,7 +153,9 @@ pub fn dispatch(cli: Cli) -> CliResult<i32> {
         Command::Partition(args) => partition::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Adapt(args) => adapt::run(args),
+        Command::Adapter(args) => adapter::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Task(args) => task::run(args),
         Command::ScaleReport(args) => scale::run(args),
         Command::Bench(args) => bench::run(args),

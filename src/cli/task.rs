@@ -102,12 +102,16 @@ fn print_result(r: &TaskResult) {
             prompt_ms,
             decode_tokens_per_s,
             cache_bytes,
+            stopped,
         } => {
             if !prefix_tokens.is_empty() {
                 println!("prefix tokens (projection): {prefix_tokens:?}");
             }
             println!("prompt tokens: {prompt_tokens:?}");
             println!("generated: {tokens:?}");
+            if let m4c_runtime::generate::Stop::ContextFull { at } = stopped {
+                println!("stopped: context full at {at} tokens");
+            }
             println!(
                 "first token after {prompt_ms:.2} ms, then {decode_tokens_per_s:.1} tokens/s; KV cache {cache_bytes} bytes"
             );
@@ -118,9 +122,15 @@ fn print_result(r: &TaskResult) {
             }
         }
     }
-    println!("{:<20} {:>6} {:>10}", "module", "calls", "ms");
+    println!(
+        "{:<20} {:<10} {:>6} {:>10}",
+        "module", "engine", "calls", "ms"
+    );
     for m in &r.modules {
-        println!("{:<20} {:>6} {:>10.3}", m.module, m.calls, m.ms);
+        println!(
+            "{:<20} {:<10} {:>6} {:>10.3}",
+            m.module, m.engine, m.calls, m.ms
+        );
     }
 }
 

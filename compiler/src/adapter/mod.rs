@@ -2,14 +2,17 @@
 //! module name ([`peft`], [`attach`]), and LoRA branches already inside an
 //! exported graph found by structure ([`detect`]). Both yield
 //! [`LoraSite`]s, which the optimiser's LoRA policy folds or keeps.
+//! [`slots`] compiles firmware modules for adapters bound at load.
 
 pub mod attach;
 pub mod detect;
 pub mod peft;
+pub mod slots;
 
 pub use attach::attach;
 pub use detect::detect;
 pub use peft::PeftAdapter;
+pub use slots::{add_slots, SlotSpec};
 
 /// One adapted linear layer: `y = x·W + scale·(x·A)·B`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

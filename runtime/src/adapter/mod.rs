@@ -14,6 +14,7 @@
 
 pub mod lora;
 mod shared;
+pub mod slots;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::bundle::reader::{check_blobs, mapped_tensor, weights_range};
 use crate::bundle::{Bundle, BundleError};
 pub use lora::LoraFactors;
 pub use shared::AdaptedModule;
+pub use slots::SlottedModule;
 
 /// Why an adapter bundle cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! Choosing what runs a bundle's module: its compiled code when the bundle
 //! has code this host can run, is signed by a trusted key and no adapter
-//! changes the graph, the reference interpreter otherwise.
+//! changes the graph (a module built with LoRA slots takes adapters as
+//! slot inputs, so its code runs with any), the reference interpreter
+//! otherwise.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use m4c_ir::Graph;
 
 use super::{device, CodeLoadError, Interpreter, ModuleExecutor, Signature};
+use crate::adapter::slots::{slots_of, SlottedModule};
 use crate::adapter::{firmware_module, shared_module, AdapterBundle, AdapterError};
 use crate::bundle::sign::TrustedKeys;
 use crate::bundle::{Bundle, ModuleCode};
@@ -131,7 +134,8 @@ pub fn load_module(
 ///
 /// Compiled code is the base module's: with an adapter attached (keep or
 /// fold, both change the computation) the adapted IR runs on the
-/// interpreter. Native code is loaded only from a bundle signed by a key
+/// interpreter, unless the module has LoRA slots: then the adapters are
+/// bound to them ([`SlottedModule`]) whichever engine runs. Native code is loaded only from a bundle signed by a key
 /// of `opts.trusted` (the signature itself was verified when the bundle
 /// was opened). Then the first code entry this host can run is loaded; if
 /// there is none or loading fails, [`Engine::Auto`] falls back to the
@@ -144,6 +148,31 @@ pub fn load_shared(
 ) -> Result<Loaded, LoadError> {
     let fw = bases.firmware();
     let base = bases.get(module)?;
+    let slots = slots_of(&Signature::of(&base));
+    if !slots.is_empty() {
+        for a in adapters {
+            a.check_binding(fw)?;
+        }
+        let loaded = load_unslotted(bases, module, base, &[], opts)?;
+        let executor = Arc::new(SlottedModule::new(loaded.executor, slots, adapters)?);
+        return Ok(Loaded {
+            executor,
+            fallback: loaded.fallback,
+        });
+    }
+    load_unslotted(bases, module, base, adapters, opts)
+}
+
+/// [`load_shared`] for a module without slots (or its slots left as
+/// inputs): the compiled code without adapters, else the interpreter.
+fn load_unslotted(
+    bases: &BaseGraphs,
+    module: &str,
+    base: Arc<Graph>,
+    adapters: &[&AdapterBundle],
+    opts: &LoadOptions,
+) -> Result<Loaded, LoadError> {
+    let fw = bases.firmware();
     let adapted = shared_module(fw, module, base.clone(), adapters)?;
     let interpret = |fallback: Option<String>| -> Result<Loaded, LoadError> {
         Ok(Loaded {

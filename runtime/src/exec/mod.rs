@@ -101,6 +101,11 @@ pub trait ModuleExecutor: Send + Sync {
     fn as_compiled(&self) -> Option<&CompiledModule> {
         None
     }
+    /// A module built with LoRA slots, whose adapters can be switched
+    /// without reloading it.
+    fn as_slotted(&self) -> Option<&crate::adapter::SlottedModule> {
+        None
+    }
     /// Runs the module on inputs in signature order (checked: count,
     /// element types, static shapes).
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError>;

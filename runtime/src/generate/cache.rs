@@ -1,118 +1,12 @@
-//! The decode module's KV-cache interface and the preallocated cache.
-//!
-//! A LLaMA-style decode step (as transformers exports it) takes
-//! `input_ids [1, 1]`, `attention_mask [1, P+1]`, `position_ids [1, 1]` and
-//! `past_key_values.{i}.key|value [1, heads, P, head_dim]`, and returns
-//! `logits [1, 1, vocab]` and `present.{i}.key|value [1, heads, P+1,
-//! head_dim]` (the past followed by the new token). The module is compiled
-//! once for `P` past slots; a step at position `t` sees slots `0..t` through
-//! the attention mask (the rest are masked out), and the new token's key and
-//! value are copied from `present[.., P, ..]` into slot `t`.
+//! The preallocated key/value cache of one sequence.
 
-use m4c_ir::{DType, TensorType};
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{s, ArrayD, Axis, IxDyn, Slice};
 
-use crate::exec::Signature;
+use super::KvLayout;
 
-/// Where the decode module's inputs and outputs are, and the cache shape.
-#[derive(Clone, Debug)]
-pub struct KvLayout {
-    pub input_ids: usize,
-    pub attention_mask: usize,
-    pub position_ids: Option<usize>,
-    /// (input index of past, output index of present), per key/value.
-    pub pairs: Vec<(usize, usize)>,
-    pub logits: usize,
-    /// Past slots `P` the module was compiled for.
-    pub past: usize,
-    /// `[1, heads, P, head_dim]`.
-    pub past_shape: Vec<usize>,
-    pub vocab: usize,
-}
-
-fn fixed(ty: &TensorType, what: &str) -> Result<Vec<usize>, String> {
-    ty.static_shape()
-        .ok_or_else(|| format!("{what} has symbolic shape {ty}; build the firmware with --dim"))
-}
-
-impl KvLayout {
-    /// Reads the layout off a decode module's signature.
-    pub fn of(sig: &Signature) -> Result<KvLayout, String> {
-        let input = |n: &str| sig.input(n).ok_or(format!("no input `{n}`"));
-        let (input_ids, attention_mask) = (input("input_ids")?, input("attention_mask")?);
-        let logits = sig.output("logits").ok_or("no output `logits`")?;
-        let mut pairs = vec![];
-        let mut past_shape: Option<Vec<usize>> = None;
-        for (i, (name, ty)) in sig.inputs.iter().enumerate() {
-            let Some(rest) = name.strip_prefix("past_key_values.") else {
-                continue;
-            };
-            let present = format!("present.{rest}");
-            let o = sig
-                .output(&present)
-                .ok_or(format!("input `{name}` has no output `{present}`"))?;
-            let shape = fixed(ty, name)?;
-            if ty.dtype != DType::F32 || shape.len() != 4 || shape[0] != 1 {
-                return Err(format!(
-                    "`{name}` is {ty}, expected f32[1, heads, past, head_dim]"
-                ));
-            }
-            let mut want = shape.clone();
-            want[2] += 1;
-            if fixed(&sig.outputs[o].1, &present)? != want {
-                return Err(format!(
-                    "`{present}` is {}, expected {want:?}",
-                    sig.outputs[o].1
-                ));
-            }
-            if past_shape.as_ref().is_some_and(|p| *p != shape) {
-                return Err(format!("`{name}` is {ty}, unlike the other past inputs"));
-            }
-            past_shape = Some(shape);
-            pairs.push((i, o));
-        }
-        let past_shape = past_shape.ok_or("no `past_key_values.*` inputs")?;
-        let past = past_shape[2];
-        if fixed(&sig.inputs[attention_mask].1, "attention_mask")? != [1, past + 1] {
-            return Err(format!(
-                "attention_mask is {}, expected [1, {}]",
-                sig.inputs[attention_mask].1,
-                past + 1
-            ));
-        }
-        let ls = fixed(&sig.outputs[logits].1, "logits")?;
-        let [1, 1, vocab] = ls[..] else {
-            return Err(format!("logits is {:?}, expected [1, 1, vocab]", ls));
-        };
-        let position_ids = sig.input("position_ids");
-        let known = 2 + usize::from(position_ids.is_some()) + pairs.len();
-        if known != sig.inputs.len() {
-            return Err(
-                "inputs other than input_ids, attention_mask, position_ids and past_key_values.*"
-                    .into(),
-            );
-        }
-        Ok(KvLayout {
-            input_ids,
-            attention_mask,
-            position_ids,
-            pairs,
-            logits,
-            past,
-            past_shape,
-            vocab,
-        })
-    }
-
-    /// Tokens a cache of this layout holds: `P` past slots plus the one a
-    /// step adds.
-    pub fn max_context(&self) -> usize {
-        self.past + 1
-    }
-}
-
-/// Key/value buffers for one sequence, allocated once at the module's
-/// maximum context.
+/// Key/value buffers for one sequence, allocated once: `[1, kv_heads,
+/// slots, head_dim]` per past input, `slots` being the context minus the
+/// last token (whose key and value no later step reads).
 pub struct KvCache {
     pub(crate) buffers: Vec<ArrayD<f32>>,
     /// Tokens cached so far (the next step's position).
@@ -120,16 +14,23 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Zeroed buffers for `layout`.
-    pub fn new(layout: &KvLayout) -> KvCache {
+    /// Zeroed buffers of `slots` positions for `layout`'s past inputs.
+    pub fn new(layout: &KvLayout, slots: usize) -> KvCache {
+        let mut shape = layout.past_shape.clone();
+        shape[2] = slots;
         KvCache {
             buffers: layout
                 .pairs
                 .iter()
-                .map(|_| ArrayD::zeros(IxDyn(&layout.past_shape)))
+                .map(|_| ArrayD::zeros(IxDyn(&shape)))
                 .collect(),
             len: 0,
         }
+    }
+
+    /// Positions the buffers hold.
+    pub fn slots(&self) -> usize {
+        self.buffers.first().map_or(0, |b| b.shape()[2])
     }
 
     /// Tokens cached so far.
@@ -147,11 +48,22 @@ impl KvCache {
         self.buffers.iter().map(|b| b.len() * 4).sum()
     }
 
-    /// Stores the new token's key/value (`present[.., P, ..]`) in slot `len`.
-    pub(crate) fn store(&mut self, i: usize, present: &ArrayD<f32>, past: usize) {
-        let new = present.index_axis(Axis(2), past);
+    /// Copies `count` new positions of `present` (from position `from`)
+    /// into buffer `i` at slots `len..len + count` (only those that fit).
+    pub(crate) fn store(&mut self, i: usize, present: &ArrayD<f32>, from: usize, count: usize) {
+        let count = count.min(self.slots().saturating_sub(self.len));
+        let new = present.slice_axis(Axis(2), Slice::from(from..from + count));
         self.buffers[i]
-            .index_axis_mut(Axis(2), self.len)
+            .slice_axis_mut(Axis(2), Slice::from(self.len..self.len + count))
             .assign(&new);
+    }
+
+    /// The first `n` positions of buffer `i` (a copy: for decoders that
+    /// take exactly the cached past, without a mask).
+    pub(crate) fn prefix(&self, i: usize, n: usize) -> ArrayD<f32> {
+        self.buffers[i]
+            .slice(s![.., .., ..n, ..])
+            .into_dyn()
+            .to_owned()
     }
 }

@@ -10,10 +10,13 @@ use rand_xorshift::XorShiftRng;
 pub enum Sampling {
     /// The most likely token (the lowest id among ties).
     Greedy,
-    /// One of the `k` most likely tokens, drawn with probabilities
-    /// `softmax(logits / temperature)` renormalised over them.
+    /// One of the `k` most likely tokens, cut further to the fewest whose
+    /// probabilities sum to at least `top_p` (nucleus; 1 keeps all k),
+    /// drawn with probabilities `softmax(logits / temperature)`
+    /// renormalised over them.
     TopK {
         k: usize,
+        top_p: f32,
         temperature: f32,
         seed: u64,
     },
@@ -33,12 +36,15 @@ impl Sampler {
             Sampling::Greedy => 0,
             Sampling::TopK {
                 k,
+                top_p,
                 temperature,
                 seed,
-                ..
             } => {
                 if k == 0 {
                     return Err("top-k needs k ≥ 1".into());
+                }
+                if !(top_p > 0.0 && top_p <= 1.0) {
+                    return Err(format!("top-p {top_p} must be in (0, 1]"));
                 }
                 if !(temperature > 0.0 && temperature.is_finite()) {
                     return Err(format!("temperature {temperature} must be positive"));
@@ -58,13 +64,29 @@ impl Sampler {
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         match self.sampling {
             Sampling::Greedy => order[0] as i64,
-            Sampling::TopK { k, temperature, .. } => {
+            Sampling::TopK {
+                k,
+                top_p,
+                temperature,
+                ..
+            } => {
                 let top = &order[..k.min(order.len())];
                 let max = logits[top[0]];
-                let weights: Vec<f64> = top
+                let mut weights: Vec<f64> = top
                     .iter()
                     .map(|&i| (f64::from(logits[i] - max) / f64::from(temperature)).exp())
                     .collect();
+                let total: f64 = weights.iter().sum();
+                let mut kept = 0.0;
+                let nucleus = weights
+                    .iter()
+                    .position(|w| {
+                        kept += w;
+                        kept >= f64::from(top_p) * total
+                    })
+                    .map_or(weights.len(), |i| i + 1);
+                weights.truncate(nucleus);
+                let top = &top[..nucleus];
                 let mut u = self.rng.random::<f64>() * weights.iter().sum::<f64>();
                 for (&i, w) in top.iter().zip(&weights) {
                     if u < *w {
@@ -88,6 +110,7 @@ mod tests {
         assert_eq!(Sampler::new(Sampling::Greedy).unwrap().pick(&logits), 1);
         let topk = Sampling::TopK {
             k: 2,
+            top_p: 1.0,
             temperature: 1.0,
             seed: 7,
         };
@@ -100,6 +123,15 @@ mod tests {
             picks,
             (0..200).map(|_| again.pick(&logits)).collect::<Vec<_>>()
         );
+        // p(1) ≈ 0.46 of all five: a nucleus of 0.4 is token 1 alone.
+        let nucleus = Sampling::TopK {
+            k: 5,
+            top_p: 0.4,
+            temperature: 1.0,
+            seed: 3,
+        };
+        let mut s = Sampler::new(nucleus).unwrap();
+        assert!((0..50).all(|_| s.pick(&logits) == 1));
     }
 
     #[test]
@@ -107,6 +139,7 @@ mod tests {
         let bad = |k, temperature| {
             Sampler::new(Sampling::TopK {
                 k,
+                top_p: 1.0,
                 temperature,
                 seed: 0,
             })

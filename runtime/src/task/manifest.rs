@@ -29,6 +29,9 @@ pub struct TaskManifest {
     /// inside it (after following symlinks) when they are opened.
     pub dir: PathBuf,
     pub tokenizer: Option<WordTokenizer>,
+    /// The decoders' roles where their names are not the conventional
+    /// ones (`[signature]`; see `crate::generate::Roles`).
+    pub signature: crate::generate::Roles,
     pub tasks: BTreeMap<String, Task>,
 }
 
@@ -104,6 +107,7 @@ pub struct Generation {
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     tokenizer: Option<WordTokenizer>,
+    signature: Option<crate::generate::Roles>,
     #[serde(default)]
     tasks: BTreeMap<String, RawTask>,
 }
@@ -220,6 +224,7 @@ impl TaskManifest {
         Ok(TaskManifest {
             dir: dir.to_path_buf(),
             tokenizer: raw.tokenizer,
+            signature: raw.signature.unwrap_or_default(),
             tasks,
         })
     }
@@ -379,6 +384,19 @@ mod tests {
             "[tasks.a]\npath = 2\nencoder = \"i\"\nencoder_output = \"e\"\ntext_encoder = \"t\"\ntext_output = \"o\"\nlabels = [\"cat\", \"dog\"]\n",
         );
         assert!(e.contains("label `cat` has no `label_tokens` entry"), "{e}");
+    }
+
+    #[test]
+    fn a_signature_table_declares_decoder_roles() {
+        let m = TaskManifest::parse(
+            "[signature]\ninput_ids = \"ids\"\nattention_mask = \"\"\npast_prefix = \"cache_in\"\npresent_prefix = \"cache_out\"\n[tasks.t]\npath = 3\ndecoder = \"d\"\n",
+            Path::new("/m"),
+        )
+        .unwrap();
+        assert_eq!(m.signature.input_ids.as_deref(), Some("ids"));
+        assert_eq!(m.signature.attention_mask.as_deref(), Some(""));
+        let e = err("[signature]\nkeys = \"k\"\n[tasks.t]\npath = 3\ndecoder = \"d\"\n");
+        assert!(e.contains("unknown field `keys`"), "{e}");
     }
 
     #[test]

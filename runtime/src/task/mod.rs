@@ -67,6 +67,8 @@ pub enum TaskOutput {
         prompt_ms: f64,
         decode_tokens_per_s: f64,
         cache_bytes: usize,
+        /// Why generation stopped (a full context is never silent).
+        stopped: crate::generate::Stop,
     },
     /// Path-4: the module's outputs.
     Tensors { outputs: Vec<NamedTensor> },
@@ -84,6 +86,9 @@ pub struct NamedTensor {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ModuleTime {
     pub module: String,
+    /// What ran it: `reference` (the interpreter) or a device's name
+    /// (`cpu`: compiled code).
+    pub engine: String,
     pub calls: usize,
     pub ms: f64,
 }
@@ -118,7 +123,7 @@ pub struct TaskRunner {
 
 /// Module calls and time collected while a task runs.
 #[derive(Default)]
-struct Clock(Mutex<BTreeMap<String, (usize, Duration)>>);
+struct Clock(Mutex<BTreeMap<String, (usize, Duration, String)>>);
 
 /// An executor whose every call is counted and timed into a [`Clock`].
 struct Timed {
@@ -146,6 +151,7 @@ impl ModuleExecutor for Timed {
         let e = times.entry(self.name().to_string()).or_default();
         e.0 += 1;
         e.1 += start.elapsed();
+        e.2 = self.inner.backend().to_string();
         out
     }
 }
@@ -223,8 +229,9 @@ impl TaskRunner {
             output,
             modules: times
                 .into_iter()
-                .map(|(module, (calls, d))| ModuleTime {
+                .map(|(module, (calls, d, engine))| ModuleTime {
                     module,
+                    engine,
                     calls,
                     ms: d.as_secs_f64() * 1e3,
                 })

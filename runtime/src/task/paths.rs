@@ -166,13 +166,17 @@ impl Context<'_> {
         let embedding = self.embedding(encoder, input)?;
         let exec = self.executor(&text.module)?;
         let sig = exec.signature();
-        let (Some(ids_at), Some(mask_at), 2) = (
-            sig.input("input_ids"),
-            sig.input("attention_mask"),
-            sig.inputs.len(),
+        // input_ids, and attention_mask when the encoder takes one (an
+        // encoder without it, like CLIP's as many export it, sees the
+        // padding; its pooled token comes before it).
+        let ids_at = sig.input("input_ids");
+        let mask_at = sig.input("attention_mask");
+        let (Some(ids_at), true) = (
+            ids_at,
+            sig.inputs.len() == 1 + usize::from(mask_at.is_some()),
         ) else {
             return Err(self.err(format!(
-                "text encoder `{}` must take exactly input_ids and attention_mask",
+                "text encoder `{}` must take input_ids and optionally attention_mask, nothing else",
                 text.module
             )));
         };
@@ -197,12 +201,12 @@ impl Context<'_> {
             let arr = |v: Vec<i64>| {
                 Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, len]), v).expect("padded to len"))
             };
-            let (ids, mask) = (arr(ids), arr(mask));
-            let inputs = if ids_at < mask_at {
-                vec![ids, mask]
-            } else {
-                vec![mask, ids]
-            };
+            let mut inputs = vec![arr(ids)];
+            match mask_at {
+                Some(m) if m < ids_at => inputs.insert(0, arr(mask)),
+                Some(_) => inputs.push(arr(mask)),
+                None => {}
+            }
             let out = self.call(&*exec, &inputs)?;
             let t = self.pick(&*exec, &out, &text.output)?;
             if t.len() != embedding.len() {
@@ -281,11 +285,13 @@ impl Context<'_> {
             task: self.task.to_string(),
             source,
         };
-        let dec = Decoder::new(self.executor(decoder)?).map_err(gen_err)?;
+        let roles = self.runner.manifest.signature.clone();
+        let dec = Decoder::with_roles(self.executor(decoder)?, roles).map_err(gen_err)?;
         let sampling = match g.top_k {
             0 => Sampling::Greedy,
             k => Sampling::TopK {
                 k,
+                top_p: 1.0,
                 temperature: g.temperature,
                 seed: g.seed,
             },
@@ -302,6 +308,7 @@ impl Context<'_> {
             prompt_ms: out.prompt_time.as_secs_f64() * 1e3,
             decode_tokens_per_s: out.decode_tokens_per_s(),
             cache_bytes: out.cache_bytes,
+            stopped: out.stop,
             tokens: out.tokens,
         })
     }
