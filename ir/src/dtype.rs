@@ -7,7 +7,9 @@ use std::str::FromStr;
 ///
 /// The set is what NPU-class hardware stores natively: float formats for the
 /// reference path, int8/int4 for quantised weights and activations, int32 for
-/// accumulators, int64 for indices and shapes, bool for masks.
+/// accumulators, int64 for indices and shapes, bool for masks. The
+/// unsigned uint8/uint4 are the activation and weight types of asymmetric
+/// quantisation (ONNX QuantizeLinear's default output is uint8).
 ///
 /// ```
 /// use m4c_ir::DType;
@@ -22,6 +24,10 @@ pub enum DType {
     I8,
     /// Signed 4-bit integers, two per byte, low nibble first.
     I4,
+    /// Unsigned 8-bit integers.
+    U8,
+    /// Unsigned 4-bit integers, two per byte, low nibble first.
+    U4,
     I32,
     I64,
     Bool,
@@ -29,12 +35,14 @@ pub enum DType {
 
 impl DType {
     /// Every element type, in a stable order.
-    pub const ALL: [DType; 8] = [
+    pub const ALL: [DType; 10] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::I8,
         DType::I4,
+        DType::U8,
+        DType::U4,
         DType::I32,
         DType::I64,
         DType::Bool,
@@ -45,8 +53,8 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 32,
             DType::F16 | DType::BF16 => 16,
-            DType::I8 | DType::Bool => 8,
-            DType::I4 => 4,
+            DType::I8 | DType::U8 | DType::Bool => 8,
+            DType::I4 | DType::U4 => 4,
             DType::I64 => 64,
         }
     }
@@ -66,6 +74,42 @@ impl DType {
         matches!(self, DType::I8 | DType::I4 | DType::I32 | DType::I64)
     }
 
+    /// True for the types a quantised tensor is stored in (QuantizeLinear's
+    /// outputs, DequantizeLinear's inputs): int8, uint8, int4, uint4.
+    pub fn is_quantised(self) -> bool {
+        matches!(self, DType::I8 | DType::U8 | DType::I4 | DType::U4)
+    }
+
+    /// The smallest and largest value of an integer type (what quantisation
+    /// saturates to); `None` for floats and bool.
+    ///
+    /// ```
+    /// use m4c_ir::DType;
+    /// assert_eq!(DType::U4.int_range(), Some((0, 15)));
+    /// assert_eq!(DType::I8.int_range(), Some((-128, 127)));
+    /// ```
+    pub fn int_range(self) -> Option<(i64, i64)> {
+        Some(match self {
+            DType::I8 => (-128, 127),
+            DType::U8 => (0, 255),
+            DType::I4 => (-8, 7),
+            DType::U4 => (0, 15),
+            DType::I32 => (i32::MIN.into(), i32::MAX.into()),
+            DType::I64 => (i64::MIN, i64::MAX),
+            _ => return None,
+        })
+    }
+
+    /// The element type a value of this type is held in while computing:
+    /// packed int4/uint4 widen to int8/uint8, every other type is itself.
+    pub fn unpacked(self) -> DType {
+        match self {
+            DType::I4 => DType::I8,
+            DType::U4 => DType::U8,
+            d => d,
+        }
+    }
+
     /// The name used in the textual IR.
     pub fn name(self) -> &'static str {
         match self {
@@ -74,6 +118,8 @@ impl DType {
             DType::BF16 => "bf16",
             DType::I8 => "i8",
             DType::I4 => "i4",
+            DType::U8 => "u8",
+            DType::U4 => "u4",
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
@@ -112,6 +158,8 @@ mod tests {
     #[test]
     fn int4_packs_two_per_byte() {
         assert_eq!(DType::I4.storage_bytes(5), 3);
+        assert_eq!(DType::U4.storage_bytes(4), 2);
+        assert_eq!(DType::U8.storage_bytes(3), 3);
         assert_eq!(DType::F32.storage_bytes(5), 20);
     }
 }

@@ -52,6 +52,24 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             dtype: *to,
             dims: x.dims.clone(),
         }),
+        Op::Quantize { to } => {
+            if !to.is_quantised() {
+                return Err(IrError::ty(
+                    name,
+                    format!("quantises to int8, uint8, int4 or uint4, not {to}"),
+                ));
+            }
+            float_only(name, x)?;
+            same_dtype(name, &inputs[..2])?;
+            let zp = inputs[2].dtype;
+            if !(zp.is_quantised() || zp == DType::I32) {
+                return Err(IrError::ty(
+                    name,
+                    format!("zero point must be an integer type, got {zp}"),
+                ));
+            }
+            broadcast(name, *to, inputs)
+        }
         Op::Softmax { axis } => {
             check_axis(name, *axis, x.rank())?;
             Ok(x.clone())
@@ -83,7 +101,11 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             let s = shape(name, x)?;
             let w = shape(name, inputs[1])?;
             same_dtype(name, inputs)?;
-            float_only(name, x)?;
+            // i32: the integer convolution of quantised models (ConvInteger,
+            // QLinearConv), accumulating in i32.
+            if x.dtype != DType::I32 {
+                float_only(name, x)?;
+            }
             let sp = s
                 .len()
                 .checked_sub(2)
@@ -460,15 +482,39 @@ mod tests {
     }
 
     #[test]
-    fn float_only_ops_refuse_integers() {
-        let x = TensorType::fixed(DType::I32, &[1, 1, 4, 4]);
+    fn conv_takes_floats_and_i32_accumulators_only() {
         let conv = Op::Conv(ConvAttrs {
             strides: vec![1, 1],
             pads: vec![0; 4],
             dilations: vec![1, 1],
             group: 1,
         });
-        assert!(infer_type(&conv, &[&x, &TensorType::fixed(DType::I32, &[1, 1, 1, 1])]).is_err());
+        let t = |d| TensorType::fixed(d, &[1, 1, 4, 4]);
+        let w = |d| TensorType::fixed(d, &[1, 1, 1, 1]);
+        assert!(infer_type(&conv, &[&t(DType::I8), &w(DType::I8)]).is_err());
+        assert!(infer_type(&conv, &[&t(DType::I64), &w(DType::I64)]).is_err());
+        assert_eq!(
+            infer_type(&conv, &[&t(DType::I32), &w(DType::I32)]).unwrap(),
+            t(DType::I32)
+        );
+    }
+
+    #[test]
+    fn quantize_types() {
+        let q = |to| Op::Quantize { to };
+        let x = f32t(&[2, 3]);
+        let s = f32t(&[3]);
+        let zp = TensorType::fixed(DType::U8, &[]);
+        assert_eq!(
+            infer_type(&q(DType::U8), &[&x, &s, &zp]).unwrap(),
+            TensorType::fixed(DType::U8, &[2, 3])
+        );
+        assert!(infer_type(&q(DType::I32), &[&x, &s, &zp]).is_err());
+        let f = TensorType::fixed(DType::F32, &[]);
+        assert!(infer_type(&q(DType::I8), &[&x, &s, &f]).is_err());
+        let i = TensorType::fixed(DType::I32, &[2, 3]);
+        assert!(infer_type(&q(DType::I8), &[&i, &s, &zp]).is_err());
+        assert!(infer_type(&q(DType::I8), &[&x, &f32t(&[2]), &zp]).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod cost;
 mod docs;
 mod kinds;
 
-pub use cost::{bytes, elements, Cost, Flops};
+pub use cost::{bytes, elements, expands_quantised, Cost, Flops, QUANTISED_WEIGHT_MIN};
 pub use kinds::{Npu, OpInfo, OpKind, Unit};
 
 /// Attributes of a 2-D (or N-D) convolution. Inputs: `x [N,C,spatial..]`,
@@ -186,6 +186,17 @@ pub enum Op {
     Cast {
         to: DType,
     },
+    /// Affine quantisation (ONNX QuantizeLinear's integer semantics):
+    /// `saturate(round_half_even(x / scale) + zero_point)` into the integer
+    /// type `to` (int8, uint8, int4 or uint4). Inputs `x`, `scale` (x's
+    /// float type) and `zero_point` (an integer type) broadcast like any
+    /// elementwise operator, so per-axis and blocked scales are expressed
+    /// by reshaping or expanding them to x's rank. Dequantisation and
+    /// integer arithmetic need no operator of their own (Cast, Sub, Mul,
+    /// MatMul/Conv on i32).
+    Quantize {
+        to: DType,
+    },
     /// Softmax over one axis.
     Softmax {
         axis: usize,
@@ -284,6 +295,7 @@ impl Op {
             Op::Cos => OpKind::Cos,
             Op::Floor => OpKind::Floor,
             Op::Cast { .. } => OpKind::Cast,
+            Op::Quantize { .. } => OpKind::Quantize,
             Op::Softmax { .. } => OpKind::Softmax,
             Op::Norm { .. } => OpKind::Norm,
             Op::Gelu { .. } => OpKind::Gelu,

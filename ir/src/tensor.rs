@@ -91,10 +91,12 @@ impl Tensor {
     from_slice!(from_i64, i64, DType::I64);
     from_slice!(from_i32, i32, DType::I32);
     from_slice!(from_i8, i8, DType::I8);
+    from_slice!(from_u8, u8, DType::U8);
     to_vec!(to_f32_vec, f32, DType::F32);
     to_vec!(to_i64_vec, i64, DType::I64);
     to_vec!(to_i32_vec, i32, DType::I32);
     to_vec!(to_i8_vec, i8, DType::I8);
+    to_vec!(to_u8_vec, u8, DType::U8);
 
     /// A boolean tensor.
     pub fn from_bool(shape: &[usize], values: &[bool]) -> Tensor {
@@ -135,13 +137,14 @@ impl Tensor {
         }
     }
 
-    /// Integer view of an index/shape-like tensor (i64, i32 or i8), used by
+    /// Integer view of an index/shape-like tensor (i64, i32, i8 or u8), used by
     /// the frontend when folding shape computations.
     pub fn to_index_vec(&self) -> Result<Vec<i64>, IrError> {
         match self.dtype {
             DType::I64 => self.to_i64_vec(),
             DType::I32 => Ok(self.to_i32_vec()?.into_iter().map(i64::from).collect()),
             DType::I8 => Ok(self.to_i8_vec()?.into_iter().map(i64::from).collect()),
+            DType::U8 => Ok(self.to_u8_vec()?.into_iter().map(i64::from).collect()),
             DType::Bool => Ok(self.to_bool_vec()?.into_iter().map(i64::from).collect()),
             other => Err(IrError::DTypeMismatch {
                 expected: DType::I64,

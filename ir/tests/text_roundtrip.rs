@@ -245,7 +245,20 @@ fn every_op_graph() -> Graph {
         &[cat],
         "ex",
     );
-    g.outputs.extend([ex, rmax, cast]);
+    let qs = g.add_const("q.scale", Tensor::from_f32(&[], &[0.5]));
+    let qzp = g.add_const("q.zero", Tensor::from_u8(&[], &[128]));
+    let q = n(
+        &mut g,
+        Op::Quantize { to: DType::U8 },
+        &[cast, qs, qzp],
+        "q",
+    );
+    let w4 = g.add_const(
+        "w4",
+        Tensor::from_bytes(DType::U4, &[2, 3], vec![0x21, 0x43, 0x65]),
+    );
+    let w4f = n(&mut g, Op::Cast { to: DType::F32 }, &[w4], "w4f");
+    g.outputs.extend([ex, rmax, cast, q, w4f]);
     g.verify().unwrap();
     g
 }

@@ -1,7 +1,8 @@
 //! N-dimensional grouped convolution (im2col + matrix product).
 
 use m4c_ir::op::ConvAttrs;
-use ndarray::{s, Array2, ArrayD, Axis, Ix2, IxDyn};
+use m4c_ir::DType;
+use ndarray::{s, Array2, ArrayD, ArrayView2, Axis, Ix2, IxDyn};
 
 use crate::elem::same_dtype;
 use crate::error::{OpsError, Result};
@@ -11,13 +12,44 @@ use crate::window::Window;
 const OP: &str = "Conv";
 
 /// ONNX Conv: `x [N, C, spatial..]`, `w [M, C/group, kernel..]`, optional
-/// `bias [M]`; computed in f32.
+/// `bias [M]`; floats computed in f32, i32 (the accumulators of ConvInteger
+/// and QLinearConv) with wrapping arithmetic.
 pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) -> Result<Value> {
     let mut all = vec![x, w];
     all.extend(bias);
     let dtype = same_dtype(OP, &all)?;
+    if dtype == DType::I32 {
+        let arr = |v: &Value| v.array::<i32>(OP).cloned();
+        let bias = bias.map(arr).transpose()?;
+        let out = conv_typed(
+            &arr(x)?,
+            &arr(w)?,
+            bias.as_ref(),
+            c,
+            |a, b| crate::matmul::wrapping_product(a, b),
+            i32::wrapping_add,
+        )?;
+        return Ok(Value::I32(out));
+    }
     let (x, w) = (x.float32(OP)?, w.float32(OP)?);
     let bias = bias.map(|b| b.float32(OP)).transpose()?;
+    let out = conv_typed(&x, &w, bias.as_deref(), c, |a, b| a.dot(&b), |a, b| a + b)?;
+    Ok(round_to(dtype, out))
+}
+
+/// The convolution on one element type, with `product` the 2-D matrix
+/// product and `add` the addition (of the bias) of that type.
+fn conv_typed<T>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    bias: Option<&ArrayD<T>>,
+    c: &ConvAttrs,
+    product: impl Fn(ArrayView2<T>, ArrayView2<T>) -> Array2<T>,
+    add: impl Fn(T, T) -> T,
+) -> Result<ArrayD<T>>
+where
+    T: Copy + num_traits::Zero,
+{
     let (xs, ws) = (x.shape(), w.shape());
     if xs.len() < 3 || ws.len() != xs.len() {
         return Err(OpsError::invalid(
@@ -44,13 +76,13 @@ pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) ->
     let (cg, mg, taps) = (ws[1], m / g, win.taps());
     let out_shape = win.out_shape(OP, &[n, m], 4)?;
     let positions: usize = win.out.iter().product();
-    let padded = win.pad(OP, x.view(), 0.0f32)?;
+    let padded = win.pad(OP, x.view(), T::zero())?;
     let w2 = w
         .as_standard_layout()
         .into_owned()
         .into_shape_with_order((m, cg * taps))
         .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
-    let mut out = ndarray::Array3::<f32>::zeros((n, m, positions));
+    let mut out = ndarray::Array3::<T>::zeros((n, m, positions));
     for b in 0..n {
         for grp in 0..g {
             let xg = padded.index_axis(Axis(0), b);
@@ -59,30 +91,28 @@ pub(crate) fn conv(x: &Value, w: &Value, bias: Option<&Value>, c: &ConvAttrs) ->
                 .to_owned();
             // cols[c, tap, positions..] = input value read by (c, tap) at each output position.
             let cols_shape = win.out_shape(OP, &[cg, taps], 4)?;
-            let mut cols = ArrayD::<f32>::zeros(IxDyn(&cols_shape));
+            let mut cols = ArrayD::<T>::zeros(IxDyn(&cols_shape));
             for (t, view) in win.tap_views(&xg).enumerate() {
                 cols.index_axis_mut(Axis(1), t).assign(&view);
             }
-            let cols: Array2<f32> = cols
+            let cols: Array2<T> = cols
                 .into_shape_with_order((cg * taps, positions))
                 .map_err(|e| OpsError::invalid(OP, e.to_string()))?
                 .into_dimensionality::<Ix2>()
                 .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
-            let prod = w2.slice(s![grp * mg..(grp + 1) * mg, ..]).dot(&cols);
+            let prod = product(w2.slice(s![grp * mg..(grp + 1) * mg, ..]), cols.view());
             out.slice_mut(s![b, grp * mg..(grp + 1) * mg, ..])
                 .assign(&prod);
         }
     }
     if let Some(bias) = &bias {
         for (mut plane, &bv) in out.axis_iter_mut(Axis(1)).zip(bias.iter()) {
-            plane.mapv_inplace(|v| v + bv);
+            plane.mapv_inplace(|v| add(v, bv));
         }
     }
-    let out = out
-        .into_dyn()
+    out.into_dyn()
         .into_shape_with_order(IxDyn(&out_shape))
-        .map_err(|e| OpsError::invalid(OP, e.to_string()))?;
-    Ok(round_to(dtype, out))
+        .map_err(|e| OpsError::invalid(OP, e.to_string()))
 }
 
 #[cfg(test)]
@@ -132,6 +162,31 @@ mod tests {
         let y = conv(&x, &w, Some(&b), &attrs(vec![1], vec![1, 0], vec![1], 1)).unwrap();
         // windows: [0,1], [1,2], [2,3]
         assert_eq!(y, f(&[1, 1, 3], vec![10.5, 21.5, 32.5]));
+    }
+
+    #[test]
+    fn i32_matches_f32_and_wraps() {
+        let v = |s: &[usize], d: Vec<i32>| Value::I32(ArrayD::from_shape_vec(IxDyn(s), d).unwrap());
+        let a = attrs(vec![1], vec![1, 0], vec![1], 1);
+        let y = conv(
+            &v(&[1, 1, 3], vec![1, 2, 3]),
+            &v(&[1, 1, 2], vec![1, 10]),
+            Some(&v(&[1], vec![-5])),
+            &a,
+        )
+        .unwrap();
+        assert_eq!(y, v(&[1, 1, 3], vec![5, 16, 27]));
+        let a = attrs(vec![1], vec![0, 0], vec![1], 1);
+        let y = conv(
+            &v(&[1, 1, 2], vec![i32::MAX, 1]),
+            &v(&[1, 1, 2], vec![1, 1]),
+            None,
+            &a,
+        )
+        .unwrap();
+        assert_eq!(y, v(&[1, 1, 1], vec![i32::MIN]));
+        let i8v = Value::I8(ArrayD::from_shape_vec(IxDyn(&[1, 1, 1]), vec![1]).unwrap());
+        assert!(conv(&i8v, &i8v, None, &a).is_err());
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl_float!(f32, F32, 4, |f: f64| f as f32);
 impl_float!(f16, F16, 2, f16::from_f64);
 impl_float!(bf16, BF16, 2, bf16::from_f64);
 impl_int!(i8, I8, 1);
+impl_int!(u8, U8, 1);
 impl_int!(i32, I32, 4);
 impl_int!(i64, I64, 8);
 
@@ -138,6 +139,7 @@ pub(crate) trait IntElem:
 {
 }
 impl IntElem for i8 {}
+impl IntElem for u8 {}
 impl IntElem for i32 {}
 impl IntElem for i64 {}
 
@@ -155,7 +157,8 @@ pub(crate) fn same_dtype(op: &'static str, values: &[&Value]) -> Result<DType> {
 }
 
 /// Runs `$body` with the type alias `$T` bound to the element type of
-/// `$dtype`; int4 (which has no runtime representation) evaluates `$i4`.
+/// `$dtype`; int4 and uint4 (which have no runtime representation)
+/// evaluate `$i4`.
 macro_rules! with_elem {
     ($dtype:expr, $T:ident => $body:expr, i4 => $i4:expr) => {
         match $dtype {
@@ -175,6 +178,10 @@ macro_rules! with_elem {
                 type $T = i8;
                 $body
             }
+            m4c_ir::DType::U8 => {
+                type $T = u8;
+                $body
+            }
             m4c_ir::DType::I32 => {
                 type $T = i32;
                 $body
@@ -187,7 +194,7 @@ macro_rules! with_elem {
                 type $T = bool;
                 $body
             }
-            m4c_ir::DType::I4 => $i4,
+            m4c_ir::DType::I4 | m4c_ir::DType::U4 => $i4,
         }
     };
 }

@@ -81,6 +81,7 @@ pub(crate) fn arithmetic(op: &Op, a: &Value, b: &Value) -> Result<Value> {
             ))
         }
         DType::I8 => int_arithmetic::<i8>(op, a, b),
+        DType::U8 => int_arithmetic::<u8>(op, a, b),
         DType::I32 => int_arithmetic::<i32>(op, a, b),
         DType::I64 => int_arithmetic::<i64>(op, a, b),
         // On masks Max is logical or and Min logical and; the frontend

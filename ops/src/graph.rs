@@ -137,9 +137,10 @@ fn materialize(g: &Graph, env: &mut [Slot], id: ValueId) -> Result<()> {
     }
 }
 
-/// True when `v` has type `ty`, binding symbolic dimensions on first sight.
+/// True when `v` has type `ty` (int4 values held widened, see
+/// [`m4c_ir::DType::unpacked`]), binding symbolic dimensions on first sight.
 fn conforms(ty: &TensorType, v: &Value, symbols: &mut HashMap<String, usize>) -> bool {
-    ty.dtype == v.dtype()
+    ty.dtype.unpacked() == v.dtype()
         && ty.rank() == v.shape().len()
         && ty.dims.iter().zip(v.shape()).all(|(d, &n)| match d {
             Dim::Fixed(k) => *k == n,

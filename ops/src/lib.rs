@@ -27,6 +27,7 @@ mod graph;
 mod matmul;
 mod movement;
 mod pool;
+mod quantize;
 mod reduce;
 mod resize;
 mod value;
@@ -74,6 +75,7 @@ pub fn eval_op(op: &Op, inputs: &[&Value]) -> Result<Value, OpsError> {
         | Op::Cos
         | Op::Floor => elementwise::unary(op, x),
         Op::Cast { to } => elementwise::cast(x, *to),
+        Op::Quantize { to } => quantize::quantize(x, inputs[1], inputs[2], *to),
         Op::Softmax { axis } => composite::softmax(x, *axis),
         Op::Norm {
             kind,

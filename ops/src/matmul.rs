@@ -38,7 +38,7 @@ fn int_matmul<T: IntElem>(a: &Value, b: &Value, ta: bool, tb: bool) -> Result<Va
 }
 
 /// A 2-D product with wrapping integer arithmetic.
-fn wrapping_product<T: IntElem>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<T> {
+pub(crate) fn wrapping_product<T: IntElem>(a: ArrayView2<T>, b: ArrayView2<T>) -> Array2<T> {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let mut out = Array2::<T>::zeros((m, n));
     for i in 0..m {

@@ -13,14 +13,16 @@ use crate::error::{OpsError, Result};
 /// A runtime tensor: an n-dimensional array of one of the element types the
 /// interpreter computes with.
 ///
-/// There is no int4 variant: packed int4 constants are widened to
-/// [`Value::I8`] when decoded (every int4 value is an int8 value).
+/// There are no int4 variants: packed int4/uint4 constants are widened to
+/// [`Value::I8`]/[`Value::U8`] when decoded (every int4 value is an int8
+/// value).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     F32(ArrayD<f32>),
     F16(ArrayD<f16>),
     BF16(ArrayD<bf16>),
     I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
     I32(ArrayD<i32>),
     I64(ArrayD<i64>),
     Bool(ArrayD<bool>),
@@ -34,6 +36,7 @@ macro_rules! each_array {
             Value::F16($a) => $body,
             Value::BF16($a) => $body,
             Value::I8($a) => $body,
+            Value::U8($a) => $body,
             Value::I32($a) => $body,
             Value::I64($a) => $body,
             Value::Bool($a) => $body,
@@ -50,6 +53,7 @@ macro_rules! map_array {
             Value::F16($a) => Value::F16($body?),
             Value::BF16($a) => Value::BF16($body?),
             Value::I8($a) => Value::I8($body?),
+            Value::U8($a) => Value::U8($body?),
             Value::I32($a) => Value::I32($body?),
             Value::I64($a) => Value::I64($body?),
             Value::Bool($a) => Value::Bool($body?),
@@ -66,6 +70,7 @@ impl Value {
             Value::F16(_) => DType::F16,
             Value::BF16(_) => DType::BF16,
             Value::I8(_) => DType::I8,
+            Value::U8(_) => DType::U8,
             Value::I32(_) => DType::I32,
             Value::I64(_) => DType::I64,
             Value::Bool(_) => DType::Bool,
@@ -88,7 +93,8 @@ impl Value {
     }
 
     /// Decodes an IR constant (little-endian bytes, possibly an unaligned
-    /// window of a memory map). Int4 is unpacked (low nibble first) to i8.
+    /// window of a memory map). Int4/uint4 are unpacked (low nibble first)
+    /// to i8/u8.
     pub fn from_tensor(t: &Tensor) -> Result<Value> {
         t.check_len()?;
         let bytes = t.bytes()?;
@@ -99,12 +105,15 @@ impl Value {
             let data: Vec<T> = bytes.chunks_exact(T::WIDTH).map(T::read_le).collect();
             Ok(T::wrap(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
         }, i4 => {
-            let data: Vec<i8> = bytes
-                .iter()
-                .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
-                .take(t.len())
-                .collect();
-            Ok(Value::I8(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
+            let nibbles = bytes.iter().flat_map(|&b| [b & 0xF, b >> 4]).take(t.len());
+            if t.dtype == DType::U4 {
+                let data: Vec<u8> = nibbles.collect();
+                Ok(Value::U8(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
+            } else {
+                // Sign-extend the low four bits.
+                let data: Vec<i8> = nibbles.map(|n| ((n << 4) as i8) >> 4).collect();
+                Ok(Value::I8(ArrayD::from_shape_vec(shape, data).map_err(bad)?))
+            }
         })
     }
 
@@ -116,6 +125,22 @@ impl Value {
             Tensor::from_bytes(T::DTYPE, a.shape(), bytes)
         }
         each_array!(self, a => encode(a))
+    }
+
+    /// Encodes the value as a constant of type `dtype`: packs int4/uint4
+    /// values (held widened, in range: Quantize made them) two per byte,
+    /// low nibble first; any other type is [`Value::to_tensor`].
+    pub fn to_tensor_as(&self, dtype: DType) -> Tensor {
+        let nibbles: Vec<u8> = match (dtype, self) {
+            (DType::I4, Value::I8(a)) => a.iter().map(|&v| v as u8 & 0xF).collect(),
+            (DType::U4, Value::U8(a)) => a.iter().map(|&v| v & 0xF).collect(),
+            _ => return self.to_tensor(),
+        };
+        let bytes = nibbles
+            .chunks(2)
+            .map(|p| p[0] | p.get(1).map_or(0, |h| h << 4))
+            .collect();
+        Tensor::from_bytes(dtype, self.shape(), bytes)
     }
 
     /// The elements as f32 (exact for every float type), for kernels that
@@ -189,6 +214,7 @@ mod tests {
             Value::F16(ArrayD::from_shape_vec(IxDyn(&[1]), vec![f16::from_f32(0.1)]).unwrap()),
             Value::BF16(ArrayD::from_shape_vec(IxDyn(&[1]), vec![bf16::from_f32(-3.0)]).unwrap()),
             Value::I8(ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![-128, 127]).unwrap()),
+            Value::U8(ArrayD::from_shape_vec(IxDyn(&[3]), vec![0, 128, 255]).unwrap()),
             Value::I32(ArrayD::from_shape_vec(IxDyn(&[]), vec![7]).unwrap()),
             Value::I64(ArrayD::from_shape_vec(IxDyn(&[0, 3]), vec![]).unwrap()),
             Value::Bool(ArrayD::from_shape_vec(IxDyn(&[3]), vec![true, false, true]).unwrap()),
@@ -206,6 +232,23 @@ mod tests {
             Value::from_tensor(&t).unwrap(),
             Value::I8(ndarray::arr1(&[-1, 7, -8]).into_dyn())
         );
+        let t = Tensor::from_bytes(DType::U4, &[3], vec![0x7F, 0x08]);
+        assert_eq!(
+            Value::from_tensor(&t).unwrap(),
+            Value::U8(ndarray::arr1(&[15, 7, 8]).into_dyn())
+        );
+    }
+
+    #[test]
+    fn int4_packs_back_to_what_it_unpacks() {
+        for (dtype, bytes) in [(DType::I4, vec![0x7F, 0x08]), (DType::U4, vec![0x3C, 0x0F])] {
+            let t = Tensor::from_bytes(dtype, &[3], bytes.clone());
+            let v = Value::from_tensor(&t).unwrap();
+            let back = v.to_tensor_as(dtype);
+            assert_eq!((back.dtype, back.bytes().unwrap()), (dtype, &bytes[..]));
+        }
+        let v = Value::F32(ndarray::arr1(&[1.0]).into_dyn());
+        assert_eq!(v.to_tensor_as(DType::I4).dtype, DType::F32);
     }
 
     #[test]

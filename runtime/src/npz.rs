@@ -100,6 +100,7 @@ enum Elem {
     I64,
     I32,
     I8,
+    U8,
     Bool,
 }
 
@@ -108,7 +109,7 @@ impl Elem {
         match self {
             Elem::F32 | Elem::I32 => 4,
             Elem::I64 => 8,
-            Elem::I8 | Elem::Bool => 1,
+            Elem::I8 | Elem::U8 | Elem::Bool => 1,
         }
     }
 }
@@ -217,12 +218,11 @@ fn parse_header(text: &str) -> Result<NpyHeader, String> {
         "i8" => Elem::I64,
         "i4" => Elem::I32,
         "i1" => Elem::I8,
+        "u1" => Elem::U8,
         "b1" => Elem::Bool,
-        _ => {
-            return Err(format!(
-                "element type '{descr}' not supported (use float32, int64, int32, int8 or bool)"
-            ))
-        }
+        _ => return Err(format!(
+            "element type '{descr}' not supported (use float32, int64, int32, int8, uint8 or bool)"
+        )),
     };
     let fortran_order = match after("fortran_order")? {
         s if s.starts_with("True") => true,
@@ -282,6 +282,7 @@ fn to_value(h: &NpyHeader, data: &[u8]) -> Result<Value, String> {
         Elem::I64 => Value::I64(array(h, data, i64::from_le_bytes, i64::from_be_bytes)?),
         Elem::I32 => Value::I32(array(h, data, i32::from_le_bytes, i32::from_be_bytes)?),
         Elem::I8 => Value::I8(array(h, data, i8::from_le_bytes, i8::from_be_bytes)?),
+        Elem::U8 => Value::U8(array(h, data, u8::from_le_bytes, u8::from_be_bytes)?),
         Elem::Bool => {
             if let Some(b) = data.iter().find(|&&b| b > 1) {
                 return Err(format!("bool array holds the byte {b}"));
@@ -310,6 +311,7 @@ pub fn write_npz(
                 Value::I64(a) => npz.add_array(name.as_str(), a),
                 Value::I32(a) => npz.add_array(name.as_str(), a),
                 Value::I8(a) => npz.add_array(name.as_str(), a),
+                Value::U8(a) => npz.add_array(name.as_str(), a),
                 Value::Bool(a) => npz.add_array(name.as_str(), a),
             };
             r.map_err(|e| std::io::Error::other(format!("array '{name}': {e}")))?;

@@ -145,9 +145,12 @@ impl Builder {
         }
     }
 
-    /// Applies `op`; folds it when every input is constant. The result's
-    /// type is inferred first and its size checked against the budget, so
-    /// neither folding nor a later run allocates an oversized tensor.
+    /// Applies `op`; folds it when every input is constant, unless that
+    /// would widen a quantised weight ([`m4c_ir::op::expands_quantised`]:
+    /// dequantisation stays a node, the weight stays int8/int4). The
+    /// result's type is inferred first and its size checked against the
+    /// budget, so neither folding nor a later run allocates an oversized
+    /// tensor.
     pub fn op(&mut self, op: Op, inputs: &[Val], name: &str) -> Result<Val, String> {
         let types: Vec<TensorType> = inputs.iter().map(|v| self.ty(v)).collect();
         let refs: Vec<&TensorType> = types.iter().collect();
@@ -155,16 +158,18 @@ impl Builder {
         if let Some(shape) = out.static_shape() {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
-        if inputs.iter().all(|v| v.as_const().is_some()) {
+        if inputs.iter().all(|v| v.as_const().is_some())
+            && !m4c_ir::op::expands_quantised(&refs, &out)
+        {
             let values = inputs
                 .iter()
                 .map(|v| m4c_ops::Value::from_tensor(v.as_const().expect("checked")))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let refs: Vec<&m4c_ops::Value> = values.iter().collect();
-            let out =
+            let value =
                 m4c_ops::eval_op(&op, &refs).map_err(|e| format!("folding {}: {e}", op.name()))?;
-            return Ok(Val::konst(out.to_tensor()));
+            return Ok(Val::konst(value.to_tensor_as(out.dtype)));
         }
         let ids: Vec<ValueId> = inputs.iter().map(|v| self.value_id(v, name)).collect();
         let fresh = self.fresh_name(&format!("{name}/{}", op.name()));
@@ -186,6 +191,7 @@ impl Builder {
             DType::I64 => Tensor::from_i64(&[], &[v as i64]),
             DType::I32 => Tensor::from_i32(&[], &[v as i32]),
             DType::I8 => Tensor::from_i8(&[], &[v as i8]),
+            DType::U8 => Tensor::from_u8(&[], &[v as u8]),
             DType::Bool => Tensor::from_bool(&[], &[v != 0.0]),
             DType::F16 | DType::BF16 => {
                 let f = Tensor::from_f32(&[], &[v as f32]);
@@ -196,7 +202,7 @@ impl Builder {
                 .map_err(|e| e.to_string())?;
                 casted.to_tensor()
             }
-            DType::I4 => return Err("no scalar constants of type i4".into()),
+            DType::I4 | DType::U4 => return Err(format!("no scalar constants of type {dtype}")),
         };
         Ok(Val::konst(t))
     }

@@ -330,6 +330,11 @@ pub fn cast(b: &mut B, n: &NodeCtx) -> Lowering {
     } else {
         dtype_from_onnx(n.int("to", 0) as i32)?
     };
+    if matches!(to, DType::I4 | DType::U4) {
+        return Err(format!(
+            "Cast to {to} is not supported ({to} is a storage type of quantised weights)"
+        ));
+    }
     if b.dtype(&x) == to {
         return Ok(vec![x]);
     }

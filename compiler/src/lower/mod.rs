@@ -10,6 +10,7 @@ mod builder;
 mod ctx;
 mod elementwise;
 mod nn;
+mod quant;
 mod reduce;
 pub mod registry;
 mod resize;
@@ -332,7 +333,8 @@ impl Lowerer<'_> {
         if node.op_type == "If" {
             return self.lower_if(node, &inputs);
         }
-        let lower = registry::lowering_for(&node.op_type).expect("checked by is_supported");
+        let lower =
+            registry::lowering_for(&node.domain, &node.op_type).expect("checked by is_supported");
         let ctx = NodeCtx {
             node,
             opset: self.opset,

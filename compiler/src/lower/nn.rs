@@ -162,9 +162,10 @@ fn window(b: &B, n: &NodeCtx, xs: &[usize], kernel: &[usize]) -> Result<Window, 
 fn conv_shapes(
     b: &B,
     n: &NodeCtx,
+    weight: usize,
     transpose: bool,
 ) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
-    let (xs, ws) = (b.shape(&n.input(0)?), b.shape(&n.input(1)?));
+    let (xs, ws) = (b.shape(&n.input(0)?), b.shape(&n.input(weight)?));
     need_rank("input", &xs, 3)?;
     if ws.len() != xs.len() {
         return Err(format!(
@@ -198,16 +199,23 @@ fn conv_shapes(
     Ok((xs, ws, group))
 }
 
-/// Conv (bias optional, auto_pad handled).
-pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
-    let (xs, ws, group) = conv_shapes(b, n, false)?;
+/// The attributes of a convolution node whose input is input 0 and whose
+/// weight is input `weight` (Conv, ConvInteger: 1; QLinearConv: 3),
+/// checked against the spec and the shapes.
+pub fn conv_attrs(b: &B, n: &NodeCtx, weight: usize) -> Result<ConvAttrs, String> {
+    let (xs, ws, group) = conv_shapes(b, n, weight, false)?;
     let w = window(b, n, &xs, &ws[2..])?;
-    let attrs = ConvAttrs {
+    Ok(ConvAttrs {
         strides: w.strides,
         pads: w.pads,
         dilations: w.dilations,
         group,
-    };
+    })
+}
+
+/// Conv (bias optional, auto_pad handled).
+pub fn conv(b: &mut B, n: &NodeCtx) -> Lowering {
+    let attrs = conv_attrs(b, n, 1)?;
     let mut inputs = vec![n.input(0)?, n.input(1)?];
     inputs.extend(n.opt_input(2));
     Ok(vec![b.op(Op::Conv(attrs), &inputs, n.name())?])
@@ -220,7 +228,7 @@ pub fn conv_transpose(b: &mut B, n: &NodeCtx) -> Lowering {
     if n.has("output_shape") || n.string("auto_pad", "NOTSET") != "NOTSET" {
         return Err("output_shape / auto_pad on ConvTranspose are not supported".into());
     }
-    let (xs, ws, g) = conv_shapes(b, n, true)?;
+    let (xs, ws, g) = conv_shapes(b, n, 1, true)?;
     let (x, w) = (n.input(0)?, n.input(1)?);
     let sp = xs.len() - 2;
     let k = &ws[2..];

@@ -1,7 +1,7 @@
 //! Which ONNX operators the frontend lowers, and with which function.
 
 use super::ctx::{Lowering, NodeCtx, B};
-use super::{elementwise as ew, nn, reduce, resize, rnn, shape};
+use super::{elementwise as ew, nn, quant, reduce, resize, rnn, shape};
 
 /// Lowers one ONNX node.
 pub type LowerFn = fn(&mut B, &NodeCtx) -> Lowering;
@@ -115,18 +115,45 @@ pub const LOWERINGS: &[(&str, LowerFn)] = &[
     ("LSTM", rnn::lstm),
     ("GRU", rnn::gru),
     ("RNN", rnn::rnn),
+    ("QuantizeLinear", quant::quantize_linear),
+    ("DequantizeLinear", quant::dequantize_linear),
+    ("DynamicQuantizeLinear", quant::dynamic_quantize_linear),
+    ("MatMulInteger", quant::matmul_integer),
+    ("ConvInteger", quant::conv_integer),
+    ("QLinearMatMul", quant::qlinear_matmul),
+    ("QLinearConv", quant::qlinear_conv),
 ];
 
-/// The lowering of an ONNX operator of the default domain.
-pub fn lowering_for(op_type: &str) -> Option<LowerFn> {
-    LOWERINGS
+/// The operators of onnxruntime's `com.microsoft` domain the frontend
+/// accepts: the quantised ones its quantisation tools write.
+pub const MICROSOFT_LOWERINGS: &[(&str, LowerFn)] = &[
+    ("QuantizeLinear", quant::quantize_linear),
+    ("DequantizeLinear", quant::dequantize_linear),
+    ("QLinearAdd", quant::qlinear_binary),
+    ("QLinearMul", quant::qlinear_binary),
+    (
+        "QLinearGlobalAveragePool",
+        quant::qlinear_global_average_pool,
+    ),
+    ("MatMulNBits", quant::matmul_nbits),
+];
+
+/// The lowering of an ONNX operator of `domain` (the default domain is
+/// `""` or `ai.onnx`; `com.microsoft` has onnxruntime's quantised ops).
+pub fn lowering_for(domain: &str, op_type: &str) -> Option<LowerFn> {
+    let table = match domain {
+        "" | "ai.onnx" => LOWERINGS,
+        "com.microsoft" => MICROSOFT_LOWERINGS,
+        _ => return None,
+    };
+    table
         .iter()
         .find(|(name, _)| *name == op_type)
         .map(|(_, f)| *f)
 }
 
-/// True when the frontend can lower `op_type` (the default domain).
+/// True when the frontend can lower `op_type` of `domain`.
 pub fn is_supported(domain: &str, op_type: &str) -> bool {
-    (domain.is_empty() || domain == "ai.onnx")
-        && (op_type == "If" || lowering_for(op_type).is_some())
+    ((domain.is_empty() || domain == "ai.onnx") && op_type == "If")
+        || lowering_for(domain, op_type).is_some()
 }

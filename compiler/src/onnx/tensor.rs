@@ -9,12 +9,14 @@ use tract_onnx::pb::TensorProto;
 pub fn dtype_from_onnx(code: i32) -> Result<DType, String> {
     Ok(match code {
         1 => DType::F32,
+        2 => DType::U8,
         3 => DType::I8,
         6 => DType::I32,
         7 => DType::I64,
         9 => DType::Bool,
         10 => DType::F16,
         16 => DType::BF16,
+        21 => DType::U4,
         22 => DType::I4,
         other => {
             return Err(format!(
@@ -94,13 +96,14 @@ pub fn decode(t: &TensorProto, raw: Option<Storage>) -> Result<Tensor, String> {
             DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             DType::I8 => t.int32_data.iter().map(|&v| v as i8 as u8).collect(),
+            DType::U8 => t.int32_data.iter().map(|&v| v as u8).collect(),
             DType::Bool => t.int32_data.iter().map(|&v| u8::from(v != 0)).collect(),
             DType::F16 | DType::BF16 => t
                 .int32_data
                 .iter()
                 .flat_map(|&v| (v as u16).to_le_bytes())
                 .collect(),
-            DType::I4 => t.int32_data.iter().map(|&v| v as u8).collect(),
+            DType::I4 | DType::U4 => t.int32_data.iter().map(|&v| v as u8).collect(),
         };
         Tensor::from_bytes(dtype, &shape, bytes)
     };

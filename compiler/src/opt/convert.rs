@@ -201,8 +201,12 @@ impl Builder<'_> {
                     let ins: Vec<ValueId> = children.iter().map(|c| self.emitted[c]).collect();
                     let name = self.name(class, k.op.name());
                     let data = &self.eg[class].data;
-                    if data.constness.is_const() {
-                        let t = self.fold(&k.op, &ins, &name)?;
+                    // A quantised weight stays a weight: dequantising it
+                    // at compile time would store it in f32.
+                    let tys: Vec<&m4c_ir::TensorType> =
+                        ins.iter().map(|&i| &self.out.value(i).ty).collect();
+                    if data.constness.is_const() && !m4c_ir::op::expands_quantised(&tys, &data.ty) {
+                        let t = self.fold(&k.op, &ins, &name, &data.ty)?;
                         if data.constness == Constness::Mixed {
                             self.mixed.insert(name.clone());
                         }
@@ -225,6 +229,7 @@ impl Builder<'_> {
         op: &m4c_ir::Op,
         ins: &[ValueId],
         name: &str,
+        ty: &m4c_ir::TensorType,
     ) -> Result<m4c_ir::Tensor, OptError> {
         let fail = |e: String| OptError::Fold {
             value: name.to_string(),
@@ -243,6 +248,6 @@ impl Builder<'_> {
         let refs: Vec<&Value> = vals.iter().collect();
         Ok(eval_op(op, &refs)
             .map_err(|e| fail(e.to_string()))?
-            .to_tensor())
+            .to_tensor_as(ty.dtype))
     }
 }

@@ -50,6 +50,32 @@ pub fn bytes(ty: &TensorType) -> u64 {
     (elements(ty) * ty.dtype.size_bits() as u64).div_ceil(8)
 }
 
+/// Quantised constants with at least this many elements are weights: the
+/// compiler keeps them in their integer form (zero points and other small
+/// constants may fold).
+pub const QUANTISED_WEIGHT_MIN: u64 = 64;
+
+/// True when evaluating a node at compile time would store a quantised
+/// weight wider than it is: one of `inputs` is int8/uint8/int4/uint4 with
+/// at least [`QUANTISED_WEIGHT_MIN`] elements and `output` takes more bytes.
+/// Constant folding (the frontend's and the optimiser's) refuses such
+/// nodes, so a quantised model stays as small in IR and bundles as it is.
+///
+/// ```
+/// use m4c_ir::{op::expands_quantised, DType, TensorType};
+/// let w = TensorType::fixed(DType::I8, &[64, 64]);
+/// let f = TensorType::fixed(DType::F32, &[64, 64]);
+/// assert!(expands_quantised(&[&w], &f));
+/// assert!(!expands_quantised(&[&w], &w));
+/// let zp = TensorType::fixed(DType::U8, &[4]);
+/// assert!(!expands_quantised(&[&zp], &TensorType::fixed(DType::F32, &[4])));
+/// ```
+pub fn expands_quantised(inputs: &[&TensorType], output: &TensorType) -> bool {
+    inputs.iter().any(|t| {
+        t.dtype.is_quantised() && elements(t) >= QUANTISED_WEIGHT_MIN && bytes(output) > bytes(t)
+    })
+}
+
 impl Op {
     /// The cost of applying this operator to inputs of the given types,
     /// producing `output`, by its declared [`Flops`] formula.

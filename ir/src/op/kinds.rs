@@ -177,6 +177,7 @@ op_kinds! {
     Cos => OpInfo::elementwise("Cos", 1);
     Floor => OpInfo::elementwise("Floor", 1);
     Cast => OpInfo::elementwise("Cast", 1);
+    Quantize => OpInfo::elementwise("Quantize", 3).flops(Flops::PerOutput(3));
     Softmax => OpInfo::vector("Softmax", (1, 1), Flops::PerOutput(5))
         .composite()
         .npu(Kernel(&["softmax.rs"]));

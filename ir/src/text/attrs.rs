@@ -54,7 +54,7 @@ pub fn to_attrs(op: &Op) -> Attrs {
             ("dilations", l(&c.dilations)),
             ("group", s(c.group)),
         ],
-        Op::Cast { to } => vec![("to", s(to))],
+        Op::Cast { to } | Op::Quantize { to } => vec![("to", s(to))],
         Op::Softmax { axis } => vec![("axis", s(axis))],
         Op::Norm {
             kind,
@@ -270,6 +270,9 @@ pub fn from_attrs(kind: OpKind, attrs: BTreeMap<String, AttrValue>) -> Result<Op
         OpKind::Cos => Op::Cos,
         OpKind::Floor => Op::Floor,
         OpKind::Cast => Op::Cast {
+            to: r.scalar::<DType>("to", None)?,
+        },
+        OpKind::Quantize => Op::Quantize {
             to: r.scalar::<DType>("to", None)?,
         },
         OpKind::Softmax => Op::Softmax {

@@ -196,6 +196,13 @@ fn literal(ty: &TensorType, items: &[String]) -> Result<Tensor, String> {
                 .map(|s| s.parse().map_err(|e| bad(&e)))
                 .collect::<Result<Vec<i8>, _>>()?,
         ),
+        DType::U8 => Tensor::from_u8(
+            &shape,
+            &items
+                .iter()
+                .map(|s| s.parse().map_err(|e| bad(&e)))
+                .collect::<Result<Vec<u8>, _>>()?,
+        ),
         DType::Bool => Tensor::from_bool(
             &shape,
             &items

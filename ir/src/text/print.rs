@@ -53,7 +53,7 @@ fn write_literal(out: &mut String, t: &Tensor) -> Result<bool, fmt::Error> {
             Ok(v) => v.iter().map(|x| format!("{x:?}")).collect(),
             Err(_) => return Ok(false),
         },
-        DType::I64 | DType::I32 | DType::I8 => match t.to_index_vec() {
+        DType::I64 | DType::I32 | DType::I8 | DType::U8 => match t.to_index_vec() {
             Ok(v) => v.iter().map(|x| x.to_string()).collect(),
             Err(_) => return Ok(false),
         },

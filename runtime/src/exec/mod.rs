@@ -191,7 +191,8 @@ pub fn check_inputs(module: &str, sig: &Signature, inputs: &[Value]) -> Result<(
             input: name.clone(),
             msg,
         };
-        if v.dtype() != ty.dtype {
+        // int4/uint4 inputs arrive widened to int8/uint8.
+        if v.dtype() != ty.dtype.unpacked() {
             return Err(err(format!(
                 "is {} but the module expects {}",
                 v.dtype(),

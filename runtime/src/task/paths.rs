@@ -29,6 +29,7 @@ fn as_f32(v: &Value) -> Vec<f32> {
         Value::F16(a) => a.iter().map(|x| x.to_f32()).collect(),
         Value::BF16(a) => a.iter().map(|x| x.to_f32()).collect(),
         Value::I8(a) => a.iter().map(|&x| f32::from(x)).collect(),
+        Value::U8(a) => a.iter().map(|&x| f32::from(x)).collect(),
         Value::I32(a) => a.iter().map(|&x| x as f32).collect(),
         Value::I64(a) => a.iter().map(|&x| x as f32).collect(),
         Value::Bool(a) => a.iter().map(|&x| f32::from(u8::from(x))).collect(),

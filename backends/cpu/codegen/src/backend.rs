@@ -50,6 +50,16 @@ impl CodeGenerator for CpuBackend {
             return None;
         }
         let base = g.value(node.inputs[0]).ty.dtype;
+        // Quantised arithmetic (issue 10) runs on the reference interpreter
+        // until the CPU has int8 kernels.
+        if kind == OpKind::Quantize {
+            return Some("Quantize (the CPU backend has no quantisation kernels yet)".into());
+        }
+        if kind == OpKind::Conv && base != DType::F32 {
+            return Some(format!(
+                "Conv on {base} (the CPU kernels convolve in f32 only)"
+            ));
+        }
         if kind == OpKind::Pow && base != DType::F32 {
             return Some(format!(
                 "Pow on {base} bases (the CPU kernels compute Pow in f32 only)"

@@ -265,11 +265,12 @@ fn slice_maps(axes: &[SliceAxis]) -> Vec<AxisMap> {
         .collect()
 }
 
-/// Bytes per element of a tensor that is only moved (any type but int4).
+/// Bytes per element of a tensor that is only moved (any type but the
+/// packed int4/uint4).
 pub(crate) fn element_bytes(dtype: DType, op: &Op) -> Result<u32, CodegenError> {
-    if dtype == DType::I4 {
+    if matches!(dtype, DType::I4 | DType::U4) {
         return Err(CodegenError::Unsupported(format!(
-            "{} on packed int4 tensors",
+            "{} on packed {dtype} tensors",
             op.name()
         )));
     }
@@ -313,6 +314,7 @@ fn fill_bits(dtype: DType, c: f64) -> u64 {
         DType::I64 => c as i64 as u64,
         DType::I32 => u64::from(c as i32 as u32),
         DType::I8 | DType::I4 => u64::from(c as i8 as u8),
+        DType::U8 | DType::U4 => u64::from(c as u8),
         DType::Bool => u64::from(c != 0.0),
     }
 }
