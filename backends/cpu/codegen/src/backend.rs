@@ -20,7 +20,14 @@ use crate::{
 
 /// The element types the CPU kernels compute on; f16, bf16 and int4
 /// tensors are only moved (data-movement ops take any type).
-const COMPUTE_DTYPES: [DType; 5] = [DType::F32, DType::I64, DType::I32, DType::I8, DType::Bool];
+const COMPUTE_DTYPES: [DType; 6] = [
+    DType::F32,
+    DType::I64,
+    DType::I32,
+    DType::I8,
+    DType::U8,
+    DType::Bool,
+];
 
 /// The CPU backend's code generator (LLVM through inkwell).
 pub struct CpuBackend;
@@ -50,22 +57,34 @@ impl CodeGenerator for CpuBackend {
             return None;
         }
         let base = g.value(node.inputs[0]).ty.dtype;
-        // Quantised arithmetic (issue 10) runs on the reference interpreter
-        // until the CPU has int8 kernels.
-        if kind == OpKind::Quantize {
-            return Some("Quantize (the CPU backend has no quantisation kernels yet)".into());
-        }
-        if kind == OpKind::Conv && base != DType::F32 {
-            return Some(format!(
+        let out = g.value(node.output).ty.dtype;
+        let reason = if kind == OpKind::Quantize && !matches!(out, DType::I8 | DType::U8) {
+            Some(format!(
+                "Quantize into {out} (the CPU kernels quantise into int8 and uint8; int4 is only stored)"
+            ))
+        } else if kind == OpKind::Conv && base != DType::F32 {
+            Some(format!(
                 "Conv on {base} (the CPU kernels convolve in f32 only)"
-            ));
-        }
-        if kind == OpKind::Pow && base != DType::F32 {
-            return Some(format!(
+            ))
+        } else if kind == OpKind::MatMul && base != DType::F32 {
+            Some(format!(
+                "MatMul on {base} (integer products run only as the int8 GEMM: an int8/uint8 \
+                 activation times constant weights that fit int8)"
+            ))
+        } else if kind == OpKind::Pow && base != DType::F32 {
+            Some(format!(
                 "Pow on {base} bases (the CPU kernels compute Pow in f32 only)"
-            ));
-        }
-        self.capabilities().refuse(g, node)
+            ))
+        } else {
+            self.capabilities().refuse(g, node)
+        };
+        // Nodes a quantised kernel computes (the dequantisation of int4
+        // weights, the i32 MatMul of the int8 GEMM) need no kernel of their
+        // own.
+        reason.filter(|_| {
+            let index = g.nodes.iter().position(|n| std::ptr::eq(n, node));
+            index.is_none_or(|i| crate::quant::lower::find(g).absorbed_by[i].is_none())
+        })
     }
 
     fn runnable(&self, target: Option<&str>) -> Result<(), String> {

@@ -719,7 +719,7 @@ pub(super) fn splat_f32<'ctx>(em: &Emitter<'_, 'ctx>, value: f32, lanes: u32) ->
 /// `Quantize` of an f32 vector: `clamp(round_half_even(value / scale) +
 /// zero_point, lo, hi)` as i32 lanes (NaN quotients count as 0, as in the
 /// interpreter). `scale` is a vector (per lane, or splat).
-pub(super) fn quantize_vector<'ctx>(
+fn quantize_vector<'ctx>(
     em: &Emitter<'_, 'ctx>,
     value: VectorValue<'ctx>,
     scale: VectorValue<'ctx>,
@@ -730,8 +730,10 @@ pub(super) fn quantize_vector<'ctx>(
     quantize_with_zero_point(em, value, scale, zero_point, (lo, hi))
 }
 
-/// [`quantize_vector`] with a zero point vector (f32 lanes).
-pub(super) fn quantize_with_zero_point<'ctx>(
+/// [`quantize_vector`] with a zero point vector of f32 or f64 lanes: the
+/// rounded quotient is added to it, and clamped, in the zero point's
+/// float type (f64 holds every i32 zero point exactly).
+pub(crate) fn quantize_with_zero_point<'ctx>(
     em: &Emitter<'_, 'ctx>,
     value: VectorValue<'ctx>,
     scale: VectorValue<'ctx>,
@@ -739,13 +741,13 @@ pub(super) fn quantize_with_zero_point<'ctx>(
     (lo, hi): (f32, f32),
 ) -> Result<VectorValue<'ctx>, CodegenError> {
     let b = &em.builder;
-    let ty = value.get_type();
-    let lanes = ty.get_size();
+    let lanes = value.get_type().get_size();
     let intrinsic =
         |name: &str, args: &[VectorValue<'ctx>]| -> Result<VectorValue<'ctx>, CodegenError> {
+            let types = [args[0].get_type().into()];
             let args: Vec<_> = args.iter().map(|v| (*v).into()).collect();
             Ok(em
-                .call_intrinsic(name, &[ty.into()], &args)?
+                .call_intrinsic(name, &types, &args)?
                 .expect("float intrinsics return a value")
                 .into_vector_value())
         };
@@ -753,11 +755,24 @@ pub(super) fn quantize_with_zero_point<'ctx>(
     let rounded = intrinsic("llvm.roundeven", &[quotient])?;
     let is_nan = b.build_float_compare(inkwell::FloatPredicate::UNO, rounded, rounded, "nan")?;
     let rounded = b
-        .build_select(is_nan, ty.const_zero(), rounded, "no_nan")?
+        .build_select(is_nan, value.get_type().const_zero(), rounded, "no_nan")?
         .into_vector_value();
+    let wide = zero_point.get_type();
+    let rounded = if wide == value.get_type() {
+        rounded
+    } else {
+        b.build_float_ext(rounded, wide, "wide")?
+    };
+    let bound = |v: f32| {
+        let element = wide
+            .get_element_type()
+            .into_float_type()
+            .const_float(f64::from(v));
+        VectorType::const_vector(&vec![element; lanes as usize])
+    };
     let shifted = b.build_float_add(rounded, zero_point, "shifted")?;
-    let clamped = intrinsic("llvm.maxnum", &[shifted, splat_f32(em, lo, lanes)])?;
-    let clamped = intrinsic("llvm.minnum", &[clamped, splat_f32(em, hi, lanes)])?;
+    let clamped = intrinsic("llvm.maxnum", &[shifted, bound(lo)])?;
+    let clamped = intrinsic("llvm.minnum", &[clamped, bound(hi)])?;
     Ok(b.build_float_to_signed_int(clamped, em.context.i32_type().vec_type(lanes), "q")?)
 }
 

@@ -9,12 +9,14 @@
 mod gemm8;
 mod gemv4;
 mod jit;
+pub(crate) mod lower;
 
 pub use gemm8::{Int8GemmSpec, Int8Output, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
 pub use jit::JitKernel;
 
 pub(crate) use gemm8::emit as emit_int8_gemm;
+pub(crate) use gemm8::quantize_with_zero_point;
 pub(crate) use gemv4::emit as emit_int4_gemm;
 
 use crate::Target;
