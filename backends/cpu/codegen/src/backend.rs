@@ -62,6 +62,11 @@ impl CodeGenerator for CpuBackend {
             Some(format!(
                 "Quantize into {out} (the CPU kernels quantise into int8 and uint8; int4 is only stored)"
             ))
+        } else if matches!(kind, OpKind::MaxPool | OpKind::AvgPool) && base != DType::F32 {
+            Some(format!(
+                "{} on {base} (the CPU pool kernels compute in f32 only)",
+                kind.name()
+            ))
         } else if kind == OpKind::Conv && base != DType::F32 {
             Some(format!(
                 "Conv on {base} (the CPU kernels convolve in f32 only)"

@@ -352,6 +352,37 @@ fn dynamic_quantize(shape: &[usize], signed: bool, seed: u64) {
     c.check(out, Agree::Exactly, None);
 }
 
+/// `quantize_dynamic`'s MatMulInteger as imported: the activation
+/// quantised with a run-time scale and zero point, the i32 product of the
+/// centred operands, Cast f32 times the run-time `scale_x · scale_w` (per
+/// column when `per_column`), plus a bias: the same f32 operations as the
+/// interpreter, so exact.
+fn dynamic_matmul_integer(s: Shape, per_column: bool, seed: u64) {
+    let mut c = Case::new();
+    let x = c.input(Tensor::from_f32(
+        &s.a(),
+        &uniform(s.batch * s.m * s.k, seed, -4.0, 4.0),
+    ));
+    let sx = c.input(Tensor::from_f32(&[], &[0.04]));
+    let zx = c.input(scalar_q(119, false));
+    let xq = c.node(Op::Quantize { to: DType::U8 }, &[x, sx, zx]);
+    let x32 = c.cast(xq, DType::I32);
+    let zx32 = c.cast(zx, DType::I32);
+    let xc = c.node(Op::Sub, &[x32, zx32]);
+    let w = c.constant(quantised(&[s.k, s.n], true, seed + 1));
+    let w32 = c.cast(w, DType::I32);
+    let acc = c.node(MATMUL, &[xc, w32]);
+    let accf = c.cast(acc, DType::F32);
+    let sw_shape: Vec<usize> = if per_column { vec![s.n] } else { vec![] };
+    let sw = uniform(if per_column { s.n } else { 1 }, seed + 2, 1e-3, 1e-2);
+    let sw = c.constant(Tensor::from_f32(&sw_shape, &sw));
+    let factor = c.node(Op::Mul, &[sx, sw]);
+    let y = c.node(Op::Mul, &[accf, factor]);
+    let bias = c.constant(Tensor::from_f32(&[s.n], &uniform(s.n, seed + 3, -1.0, 1.0)));
+    let out = c.node(Op::Add, &[y, bias]);
+    c.check(out, Agree::Exactly, Some("q8gemm"));
+}
+
 #[test]
 fn int8_gemm_patterns_at_edges() {
     for (batch, m, k, n) in [(1, 1, 1, 1), (2, 5, 7, 33), (1, 15, 130, 40)] {
@@ -361,6 +392,8 @@ fn int8_gemm_patterns_at_edges() {
         matmul_integer(s, true, 3);
         qdq_matmul(s, false, true, 4);
         qdq_matmul(s, true, false, 5);
+        dynamic_matmul_integer(s, true, 6);
+        dynamic_matmul_integer(s, false, 7);
     }
 }
 
@@ -414,6 +447,14 @@ proptest! {
         a_signed: bool, w_signed: bool, per_column: bool, seed in 0u64..1000,
     ) {
         qlinear_matmul(Shape { batch, m, k, n }, a_signed, w_signed, per_column, seed);
+    }
+
+    #[test]
+    fn dynamic_matmul_integer_is_exact(
+        batch in 1usize..3, m in 1usize..20, k in 1usize..70, n in 1usize..50,
+        per_column: bool, seed in 0u64..1000,
+    ) {
+        dynamic_matmul_integer(Shape { batch, m, k, n }, per_column, seed);
     }
 
     #[test]

@@ -9,7 +9,8 @@ mod common;
 use common::{assert_close, random, reference};
 use inkwell::context::Context;
 use m4c_cpu_codegen::quant::{
-    DotKind, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Weights, JitKernel,
+    DotKind, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights,
+    JitKernel,
 };
 use m4c_cpu_codegen::Target;
 use proptest::prelude::*;
@@ -127,6 +128,7 @@ impl Int8Case {
             a_signed: self.a_signed,
             a_zero_point: self.a_zero_point,
             output: self.output,
+            runtime: Int8Runtime::default(),
         };
         let weights = Int8Weights {
             b: &b,
@@ -261,6 +263,7 @@ fn int8_weights_that_do_not_fit_after_centring_are_refused() {
         a_signed: false,
         a_zero_point: 0,
         output: Int8Output::I32,
+        runtime: Int8Runtime::default(),
     };
     let err = spec
         .pack(

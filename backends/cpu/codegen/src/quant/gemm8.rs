@@ -26,6 +26,7 @@ use crate::gemm::GemmPlan;
 use crate::ir::{define_function, Emitter};
 use crate::kernels::{Cx, Kernel};
 use crate::{CodegenError, Isa, Target};
+use m4c_ir::DType;
 
 /// What one int8 GEMM computes.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +45,28 @@ pub struct Int8GemmSpec {
     pub a_zero_point: i32,
     /// What the epilogue writes.
     pub output: Int8Output,
+    /// Operands known only at run time (dynamic quantisation), read from
+    /// the buffers after the output.
+    pub runtime: Int8Runtime,
+}
+
+/// The run-time operands of an int8 GEMM: DynamicQuantizeLinear computes
+/// an activation's zero point and scale while the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Int8Runtime {
+    /// A's zero point is a one-element tensor of this type (int8, uint8 or
+    /// int32) in the next buffer, replacing `a_zero_point`.
+    pub zero_point: Option<DType>,
+    /// A run-time f32 factor of this many elements (1, or one per column)
+    /// in the next buffer multiplies the constant multipliers.
+    pub multiplier: Option<usize>,
+}
+
+impl Int8Runtime {
+    /// Buffers the kernel reads besides `[A, packed, out]`.
+    pub fn buffers(&self) -> usize {
+        usize::from(self.zero_point.is_some()) + usize::from(self.multiplier.is_some())
+    }
 }
 
 /// The element type and arithmetic of the GEMM's epilogue.
@@ -146,7 +169,8 @@ impl Int8GemmSpec {
     }
 
     /// The packed constant operand the kernel reads (its second buffer):
-    /// B in the target's layout, then the per-column correction (i32),
+    /// B in the target's layout, then the per-column sums of the centred
+    /// B (i32; times A's shifted zero point they are the correction),
     /// multiplier and bias (f32) tables.
     pub fn pack(&self, target: &Target, w: &Int8Weights<'_>) -> Result<Vec<u8>, CodegenError> {
         self.check()?;
@@ -198,17 +222,16 @@ impl Int8GemmSpec {
                 bytes[index] = byte as u8;
             }
         }
-        let shift = i64::from(self.a_zero_point) + if self.a_signed { 128 } else { 0 };
         let tables = layout.table_offset();
         let len = layout.table_len();
         for j in 0..n {
-            // Wrapping like the i32 accumulator: the difference is exact
+            // Wrapping like the i32 accumulator: the correction is exact
             // modulo 2³², as the interpreter's i32 sum is.
-            let correction = (shift * column_sums[j]) as i32;
+            let column_sum = column_sums[j] as i32;
             let multiplier = w.multipliers[if w.multipliers.len() == 1 { 0 } else { j }];
             let bias = w.bias.map_or(0.0, |b| b[j]);
             for (table, value) in [
-                (0, correction.to_le_bytes()),
+                (0, column_sum.to_le_bytes()),
                 (1, multiplier.to_le_bytes()),
                 (2, bias.to_le_bytes()),
             ] {
@@ -253,10 +276,46 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
         0 => None,
         cols => Some(tiles_for(cols)?),
     };
-    let k = Kernel::define(cx, &spec.symbol, 3)?;
+    let k = Kernel::define(cx, &spec.symbol, 3 + spec.runtime.buffers())?;
     let em = &k.em;
     let (a, packed, out) = (k.buffers[0], k.buffers[1], k.buffers[2]);
     let table = byte_offset(em, packed, em.i64(layout.table_offset()))?;
+    let i32t = cx.context.i32_type();
+    // A's zero point plus the uint8 shift of an int8 A: the factor of the
+    // column sums that the accumulators carry in excess.
+    let offset = i32t.const_int(if spec.a_signed { 128 } else { 0 }, false);
+    let mut next = 3;
+    let shift = match spec.runtime.zero_point {
+        None => i32t.const_int(
+            (i64::from(spec.a_zero_point) + if spec.a_signed { 128 } else { 0 }) as u64,
+            true,
+        ),
+        Some(dtype) => {
+            let at = k.buffers[next];
+            next += 1;
+            let zp = match dtype {
+                DType::I32 => em.builder.build_load(i32t, at, "zp")?.into_int_value(),
+                DType::I8 | DType::U8 => {
+                    let byte = em
+                        .builder
+                        .build_load(cx.context.i8_type(), at, "zp")?
+                        .into_int_value();
+                    em.builder
+                        .build_int_cast_sign_flag(byte, i32t, dtype == DType::I8, "zp")?
+                }
+                other => {
+                    return Err(CodegenError::Unsupported(format!(
+                        "an int8 GEMM zero point of type {other}"
+                    )))
+                }
+            };
+            em.builder.build_int_add(zp, offset, "shift")?
+        }
+    };
+    let runtime_multiplier = match spec.runtime.multiplier {
+        Some(_) => k.buffers[next],
+        None => cx.context.ptr_type(AddressSpace::default()).const_null(),
+    };
     let end = em.umin(k.end, em.i64(layout.panels))?;
     em.counted_loop(k.begin, end, |panel| {
         let b_panel = byte_offset(
@@ -289,6 +348,8 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
                         out_tile.into(),
                         table.into(),
                         col.into(),
+                        shift.into(),
+                        runtime_multiplier.into(),
                     ],
                     "",
                 )?;
@@ -344,8 +405,9 @@ pub(super) fn byte_offset<'ctx>(
     })
 }
 
-/// Emits `void tile(ptr a, ptr b_panel, ptr out, ptr tables, i64 col)`:
-/// `rows` rows × `cols` columns of the output, over all of K.
+/// Emits `void tile(ptr a, ptr b_panel, ptr out, ptr tables, i64 col,
+/// i32 shift, ptr runtime_multiplier)`: `rows` rows × `cols` columns of
+/// the output, over all of K.
 fn emit_tile<'ctx>(
     cx: Cx<'_, 'ctx>,
     spec: &Int8GemmSpec,
@@ -357,7 +419,15 @@ fn emit_tile<'ctx>(
     let ptr = context.ptr_type(AddressSpace::default());
     let i64t = context.i64_type();
     let ty = context.void_type().fn_type(
-        &[ptr.into(), ptr.into(), ptr.into(), ptr.into(), i64t.into()],
+        &[
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            context.i32_type().into(),
+            ptr.into(),
+        ],
         false,
     );
     let name = format!("{}.tile_{rows}x{cols}", spec.symbol);
@@ -369,6 +439,7 @@ fn emit_tile<'ctx>(
         em.ptr_param(3),
     );
     let col = em.int_param(4);
+    let (shift, runtime_multiplier) = (em.int_param(5), em.ptr_param(6));
     let dot = Dot {
         em: &em,
         isa: cx.target.isa,
@@ -427,6 +498,8 @@ fn emit_tile<'ctx>(
         layout: *layout,
         tables,
         col,
+        shift,
+        runtime_multiplier,
     };
     for r in 0..rows {
         for v in 0..layout.vectors {
@@ -644,6 +717,8 @@ struct Epilogue<'e, 'a, 'ctx> {
     layout: Layout,
     tables: PointerValue<'ctx>,
     col: IntValue<'ctx>,
+    shift: IntValue<'ctx>,
+    runtime_multiplier: PointerValue<'ctx>,
 }
 
 impl<'ctx> Epilogue<'_, '_, 'ctx> {
@@ -665,6 +740,54 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         load_unaligned(em, ty, byte_offset(em, self.tables, at)?)
     }
 
+    /// The run-time multiplier at the tile's column `first` (`valid`
+    /// lanes of it inside the tensor): one value splat, or one per column
+    /// (a masked load at the N edge).
+    fn runtime_factor(
+        &self,
+        len: usize,
+        first: usize,
+        valid: usize,
+        ty: VectorType<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let em = self.em;
+        let f32t = em.context.f32_type();
+        if len == 1 {
+            let v = em
+                .builder
+                .build_load(f32t, self.runtime_multiplier, "factor")?
+                .into_float_value();
+            return em.splat(v, ty);
+        }
+        let at = em
+            .builder
+            .build_int_add(self.col, em.i64(first), "factor_at")?;
+        let at = em.float_offset(self.runtime_multiplier, at)?;
+        let lanes = ty.get_size() as usize;
+        if valid == lanes {
+            return load_unaligned(em, ty, at);
+        }
+        let bool_type = em.context.bool_type();
+        let mask = VectorType::const_vector(
+            &(0..lanes)
+                .map(|lane| bool_type.const_int(u64::from(lane < valid), false))
+                .collect::<Vec<_>>(),
+        );
+        Ok(em
+            .call_intrinsic(
+                "llvm.masked.load",
+                &[ty.into(), at.get_type().into()],
+                &[
+                    at.into(),
+                    em.context.i32_type().const_int(4, false).into(),
+                    mask.into(),
+                    ty.const_zero().into(),
+                ],
+            )?
+            .expect("masked load returns a value")
+            .into_vector_value())
+    }
+
     fn store(
         &self,
         out: PointerValue<'ctx>,
@@ -678,11 +801,18 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         let lanes = self.layout.lanes as u32;
         let first = vector * self.layout.lanes;
         let f32v = em.context.f32_type().vec_type(lanes);
-        let correction = self.table(0, first, acc.get_type())?;
+        let column_sums = self.table(0, first, acc.get_type())?;
+        let shift = splat_int(em, self.shift, lanes as usize)?;
+        let correction = b.build_int_mul(column_sums, shift, "correction")?;
         let sum = b.build_int_sub(acc, correction, "sum")?;
         let scaled = |sum: VectorValue<'ctx>| -> Result<VectorValue<'ctx>, CodegenError> {
             let value = b.build_signed_int_to_float(sum, f32v, "sum_f")?;
-            let value = b.build_float_mul(value, self.table(1, first, f32v)?, "scaled")?;
+            let mut multiplier = self.table(1, first, f32v)?;
+            if let Some(len) = self.spec.runtime.multiplier {
+                let factor = self.runtime_factor(len, first, valid, f32v)?;
+                multiplier = b.build_float_mul(multiplier, factor, "multiplier")?;
+            }
+            let value = b.build_float_mul(value, multiplier, "scaled")?;
             Ok(b.build_float_add(value, self.table(2, first, f32v)?, "biased")?)
         };
         let value = match self.spec.output {

@@ -28,6 +28,11 @@ impl<'ctx> JitKernel<'ctx> {
         spec: &Int8GemmSpec,
         weights: &Int8Weights<'_>,
     ) -> Result<Self, CodegenError> {
+        if spec.runtime != Default::default() {
+            return Err(CodegenError::Unsupported(
+                "a JIT int8 GEMM with run-time operands (graphs only)".into(),
+            ));
+        }
         let packed = spec.pack(target, weights)?;
         let output = match spec.output {
             Int8Output::I32 | Int8Output::F32 => 4,

@@ -22,7 +22,7 @@
 
 use m4c_ir::{DType, Graph, Op, Tensor, ValueDef, ValueId};
 
-use super::{Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Weights};
+use super::{Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 use crate::graph::{Loc, Lowering};
 use crate::CodegenError;
 
@@ -45,6 +45,10 @@ pub(crate) enum Kind {
         n: usize,
         a_signed: bool,
         a_zero_point: i32,
+        /// A's zero point when it is computed at run time.
+        a_runtime_zero: Option<ValueId>,
+        /// A run-time factor of the multipliers (1 or `n` elements).
+        runtime_multiplier: Option<ValueId>,
         /// B centred (`b − zb`), `k × n`.
         b: Vec<i32>,
         multipliers: Vec<f32>,
@@ -129,6 +133,11 @@ impl<'g> Uses<'g> {
     }
 }
 
+/// int8, uint8, int32 or int64: what a zero point may be.
+fn is_integer(dtype: DType) -> bool {
+    dtype.is_int() || dtype == DType::U8
+}
+
 /// A constant's elements as i32 (int8, uint8, int32).
 fn ints(t: &Tensor) -> Option<Vec<i32>> {
     Some(match t.dtype {
@@ -197,15 +206,21 @@ impl Uses<'_> {
         }
         let mut zero = None;
         if let Some((i, Op::Sub, [x, z])) = self.def(cur) {
-            // The zero point: a constant, possibly behind its own Cast.
+            // The zero point: one value (a constant, or computed at run
+            // time by DynamicQuantizeLinear), possibly behind its own Cast
+            // from an integer type.
             let z = match self.def(*z) {
-                Some((c, Op::Cast { .. }, [inner])) if self.constant(*inner).is_some() => {
+                Some((c, Op::Cast { .. }, [inner])) if is_integer(self.dtype(*inner)) => {
                     nodes.push(c);
                     *inner
                 }
                 _ => *z,
             };
-            self.constant(z)?;
+            if self.constant(z).is_none()
+                && (self.shape(z)?.iter().product::<usize>() != 1 || !is_integer(self.dtype(z)))
+            {
+                return None;
+            }
             nodes.push(i);
             zero = Some(z);
             cur = *x;
@@ -348,12 +363,21 @@ fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
     if uses.constant(a.q).is_some() {
         return None;
     }
-    let a_zero_point = match a.zero {
-        Some(z) => int_scalar(uses.constant(z)?).or_else(|| {
-            let v = f32_scalar(uses.constant(z)?)?;
-            (v.fract() == 0.0 && v.abs() < 1e6).then_some(v as i32)
-        })?,
-        None => 0,
+    let (a_zero_point, a_runtime_zero) = match a.zero {
+        Some(z) if uses.constant(z).is_none() => {
+            if !matches!(uses.dtype(z), DType::I8 | DType::U8 | DType::I32) {
+                return None;
+            }
+            (0, Some(z))
+        }
+        Some(z) => (
+            int_scalar(uses.constant(z)?).or_else(|| {
+                let v = f32_scalar(uses.constant(z)?)?;
+                (v.fract() == 0.0 && v.abs() < 1e6).then_some(v as i32)
+            })?,
+            None,
+        ),
+        None => (0, None),
     };
     let a_scale = match a.scale {
         Some(s) => f32_scalar(uses.constant(s)?)?,
@@ -407,6 +431,7 @@ fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
     let mut value = node.output;
     let mut multipliers: Vec<f32> = b_scales.iter().map(|s| s * a_scale).collect();
     let mut bias = None;
+    let mut runtime_multiplier = None;
     let mut output = if integer {
         Int8Output::I32
     } else {
@@ -423,12 +448,30 @@ fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
                     let mul_node = &g.nodes[mul];
                     let factor = (mul_node.op == Op::Mul)
                         .then(|| other(&mul_node.inputs, cast_node.output))
-                        .flatten()
-                        .and_then(|f| uses.constant(f))
-                        .and_then(row);
-                    if let Some(factor) = factor {
-                        multipliers = factor;
-                        output = Int8Output::F32;
+                        .flatten();
+                    // A constant multiplier, or (dynamic quantisation) one
+                    // computed at run time: one value or one per column.
+                    let runtime_ok = |f: ValueId| -> bool {
+                        uses.shape(f).is_some_and(|shape| {
+                            let len: usize = shape.iter().product();
+                            uses.dtype(f) == DType::F32
+                                && (len == 1 || along(vec![0.0; len], &shape, [1, n], 1).is_some())
+                        })
+                    };
+                    match factor {
+                        Some(f) if uses.constant(f).is_some() => {
+                            if let Some(factor) = uses.constant(f).and_then(row) {
+                                multipliers = factor;
+                                output = Int8Output::F32;
+                            }
+                        }
+                        Some(f) if runtime_ok(f) => {
+                            runtime_multiplier = Some(f);
+                            output = Int8Output::F32;
+                        }
+                        _ => {}
+                    }
+                    if output == Int8Output::F32 {
                         core.extend([cast, mul]);
                         value = mul_node.output;
                     }
@@ -484,6 +527,8 @@ fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
                 n,
                 a_signed,
                 a_zero_point,
+                a_runtime_zero,
+                runtime_multiplier,
                 b,
                 multipliers,
                 bias,
@@ -587,12 +632,25 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             n,
             a_signed,
             a_zero_point,
+            a_runtime_zero,
+            runtime_multiplier,
             b,
             multipliers,
             bias,
             output: out_kind,
         } => {
             let a_loc = l.loc(*a)?;
+            let runtime = Int8Runtime {
+                zero_point: a_runtime_zero.map(|z| l.dtype(z)),
+                multiplier: match runtime_multiplier {
+                    Some(f) => Some(l.shape(*f)?.iter().product()),
+                    None => None,
+                },
+            };
+            let mut runtime_locs = Vec::new();
+            for value in [a_runtime_zero, runtime_multiplier].into_iter().flatten() {
+                runtime_locs.push(l.loc(*value)?);
+            }
             let symbol = l.symbol("q8gemm");
             let spec = Int8GemmSpec {
                 symbol: symbol.clone(),
@@ -602,6 +660,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 a_signed: *a_signed,
                 a_zero_point: *a_zero_point,
                 output: *out_kind,
+                runtime,
             };
             let packed = spec.pack(
                 l.cx.target,
@@ -615,12 +674,9 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             super::emit_int8_gemm(l.cx, &spec)?;
             let packed = l.weights_loc(&packed);
             let out = l.define(output)?;
-            l.kernel(
-                symbol,
-                vec![a_loc, packed, out],
-                spec.extent(l.cx.target),
-                true,
-            );
+            let mut buffers = vec![a_loc, packed, out];
+            buffers.extend(runtime_locs);
+            l.kernel(symbol, buffers, spec.extent(l.cx.target), true);
         }
         Kind::Int4 {
             x,

@@ -11,7 +11,7 @@ mod gemv4;
 mod jit;
 pub(crate) mod lower;
 
-pub use gemm8::{Int8GemmSpec, Int8Output, Int8Weights};
+pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
 pub use jit::JitKernel;
 
@@ -92,6 +92,7 @@ mod tests {
                 scale: 0.5,
                 zero_point: 0,
             },
+            runtime: Int8Runtime::default(),
         };
         emit_int8_gemm(cx, &spec).unwrap();
         let spec = Int4GemmSpec {
