@@ -1,6 +1,7 @@
-//! Speed of the quantised kernels on one thread of this host (build with
-//! `--release`; `cargo run --release -p m4c-cpu-codegen --example
-//! quant_bench`):
+//! Speed of the quantised kernels on one thread of this host (`cargo run
+//! -p m4c-cpu-codegen --example quant_bench`; the kernels are LLVM `-O3`
+//! code and their timing excludes all harness work, so the Rust build
+//! profile does not matter):
 //!
 //! * the int8 GEMM (VNNI where the host CPU name has it, else `vpmaddwd`)
 //!   against the f32 GEMM on BERT-base shapes (sequence 128), in GOP/s
@@ -8,8 +9,8 @@
 //! * the int4 weight-only GEMV of decode, `1×4096×4096` (weights resident
 //!   in the last-level cache when hot) and `1×4096×65536` (128 MiB of
 //!   weights, as 16 layers' worth streamed from memory), in GB/s of
-//!   weight bytes (scales and zero points included) against this
-//!   machine's single-thread read bandwidth measured here.
+//!   weight bytes (scales and zero points included) against the
+//!   single-thread read bandwidth of the f32 GEMV over 128 MiB.
 //!
 //! Each figure is the median of repeated runs after warm-up.
 
@@ -51,22 +52,25 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Single-thread read bandwidth: 4 independent sums over 256 MiB.
-fn read_bandwidth() -> f64 {
-    let words: Vec<u64> = bytes(256 << 20, 9)
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let seconds = median(5, || {
-        let mut acc = [0u64; 8];
-        for chunk in words.chunks_exact(8) {
-            for (a, w) in acc.iter_mut().zip(chunk) {
-                *a = a.wrapping_add(*w);
-            }
-        }
-        std::hint::black_box(acc);
+/// Single-thread read bandwidth as this backend's generated code sees it:
+/// the f32 GEMV `1×4096×8192` (the f32 GEMM's code, vector loads of its
+/// packed B and one FMA each), which streams 128 MiB of weights.
+fn read_bandwidth(target: &Target) -> f64 {
+    let (k, n) = (4096, 8192);
+    let context = Context::create();
+    let b = vec![0.5f32; k * n];
+    let gemm = JitGemm::compile(&context, target, &GemmSpec::new("gemv", 1, k, n), &b).unwrap();
+    drop(b);
+    let pool = ThreadPool::new(1).unwrap();
+    let mut scratch = gemm.entry().scratch_for(&pool);
+    let x = vec![1.0f32; k];
+    let mut y = vec![0.0f32; n];
+    let seconds = median(7, || {
+        gemm.entry()
+            .run(&x, gemm.packed_b(), &mut y, &pool, &mut scratch)
+            .unwrap()
     });
-    (words.len() * 8) as f64 / seconds / 1e9
+    (k * n * 4) as f64 / seconds / 1e9
 }
 
 fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize) {
@@ -97,8 +101,7 @@ fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize) {
     };
     let kernel = JitKernel::int8_gemm(&context, target, &spec, &weights).unwrap();
     let a = bytes(m * k, 2);
-    let mut out = vec![0u8; m * n];
-    let q = median(21, || kernel.run(&a, &mut out, 1).unwrap());
+    let q = kernel.time(&a, 21).unwrap();
 
     let bf: Vec<f32> = b.iter().map(|&v| v as f32).collect();
     let gemm = JitGemm::compile(&context, target, &GemmSpec::new("f", m, k, n), &bf).unwrap();
@@ -151,8 +154,7 @@ fn int4_gemv(target: &Target, k: usize, n: usize, bandwidth: f64) {
     let x: Vec<u8> = (0..k)
         .flat_map(|i| (i as f32 * 1e-3).to_le_bytes())
         .collect();
-    let mut y = vec![0u8; n * 4];
-    let seconds = median(11, || kernel.run(&x, &mut y, 1).unwrap());
+    let seconds = kernel.time(&x, 11).unwrap();
     let gbs = spec.streamed_bytes() as f64 / seconds / 1e9;
     println!(
         "int4 GEMV 1x{k}x{n} (block {block}): {:.3} ms, {gbs:.1} GB/s of weights = {:.0} % of the read bandwidth",
@@ -169,8 +171,8 @@ fn main() {
         target.cpu,
         DotKind::for_target(&target)
     );
-    let bandwidth = read_bandwidth();
-    println!("single-thread read bandwidth: {bandwidth:.1} GB/s");
+    let bandwidth = read_bandwidth(&target);
+    println!("single-thread read bandwidth (f32 GEMV 1x4096x8192, 128 MiB): {bandwidth:.1} GB/s");
     for (m, k, n) in [(128, 768, 768), (128, 768, 3072), (128, 3072, 768)] {
         int8_vs_f32(&target, m, k, n);
     }

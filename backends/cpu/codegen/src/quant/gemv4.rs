@@ -9,7 +9,7 @@
 //! columns are computed together so the stream stays sequential and
 //! eight independent FMA chains hide the latency, every row of x is
 //! computed while the four columns' weights are in L1, and the weights
-//! a few KiB ahead are prefetched. Nibbles are unpacked in registers:
+//! two groups of columns ahead are prefetched while these are read. Nibbles are unpacked in registers:
 //! one byte vector gives the even k (low nibbles) and the odd k (high
 //! nibbles), each dequantised as the interpreter does (`(q − zp) · s` in
 //! f32) and multiplied into x's even and odd elements, which the kernel
@@ -53,8 +53,6 @@ pub struct Int4Weights<'a> {
 
 /// Output columns computed together.
 const COLUMNS: usize = 4;
-/// How far ahead of the block being read the weights are prefetched.
-const PREFETCH_BYTES: usize = 4096;
 
 impl Int4GemmSpec {
     fn blocks(&self) -> usize {
@@ -245,7 +243,7 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                         em.builder
                             .build_int_mul(entry, em.i64(spec.block_bytes()), "w")?,
                     )?;
-                    prefetch(k, weights)?;
+                    prefetch(k, weights, 2 * count * blocks * spec.block_bytes())?;
                     for c in 0..chunks {
                         let bytes = load_unaligned(
                             em,
@@ -335,16 +333,22 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
     }
 }
 
-/// Prefetches the weights `PREFETCH_BYTES` past `at` (a prefetch never
-/// faults, so running past the end of the weights is harmless).
-fn prefetch<'ctx>(k: &Kernel<'_, 'ctx>, at: PointerValue<'ctx>) -> Result<(), CodegenError> {
+/// Prefetches the weights `distance` bytes past `at`: the same block two
+/// groups of columns on, so the lead is two groups' weights (measured
+/// faster than one; a prefetch never faults, so running past the end is
+/// harmless).
+fn prefetch<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    at: PointerValue<'ctx>,
+    distance: usize,
+) -> Result<(), CodegenError> {
     let em = &k.em;
     let i32t = em.context.i32_type();
     // SAFETY: builds a plain (not in-bounds) GEP that is only prefetched,
     // never loaded from.
     let ahead = unsafe {
         em.builder
-            .build_gep(em.context.i8_type(), at, &[em.i64(PREFETCH_BYTES)], "ahead")?
+            .build_gep(em.context.i8_type(), at, &[em.i64(distance)], "ahead")?
     };
     em.call_intrinsic(
         "llvm.prefetch",

@@ -116,51 +116,96 @@ impl<'ctx> JitKernel<'ctx> {
     /// split them) on `input`, writing `output` (raw little-endian bytes
     /// of the kernel's element types).
     pub fn run(&self, input: &[u8], output: &mut [u8], pieces: usize) -> Result<(), CodegenError> {
-        for (what, got, want) in [
-            ("input", input.len(), self.input_bytes),
-            ("output", output.len(), self.output_bytes),
-        ] {
-            if got != want {
-                return Err(CodegenError::Input(format!(
-                    "kernel {what} of {got} bytes, expected {want}"
-                )));
-            }
-        }
-        let input = aligned(input);
-        let mut out = AlignedBuffer::zeroed(self.output_bytes.div_ceil(4));
-        let mut scratch = AlignedBuffer::zeroed(self.scratch_bytes.div_ceil(4));
-        let buffers = [
-            input.as_slice().as_ptr() as *mut u8,
-            self.packed.as_slice().as_ptr() as *mut u8,
-            out.as_mut_slice().as_mut_ptr() as *mut u8,
-        ];
+        self.check("output", output.len(), self.output_bytes)?;
+        let mut buffers = self.buffers(input)?;
         let pieces = pieces.clamp(1, self.extent.max(1));
         for piece in 0..pieces {
-            let (begin, end) = (
+            buffers.call(
+                self,
                 self.extent * piece / pieces,
                 self.extent * (piece + 1) / pieces,
-            );
-            // SAFETY: the input and output lengths were checked above, the
-            // packed operand and scratch were sized for this kernel; the
-            // kernel reads and writes only inside them.
-            let status = unsafe {
-                (self.func)(
-                    buffers.as_ptr(),
-                    begin as i64,
-                    end as i64,
-                    scratch.as_mut_slice().as_mut_ptr() as *mut u8,
-                )
-            };
-            if status != 0 {
-                return Err(CodegenError::Input(format!("kernel status {status}")));
-            }
+            )?;
         }
-        let bytes: Vec<u8> = out
+        let bytes: Vec<u8> = buffers
+            .output
             .as_slice()
             .iter()
             .flat_map(|f| f.to_le_bytes())
             .collect();
         output.copy_from_slice(&bytes[..self.output_bytes]);
+        Ok(())
+    }
+
+    /// The median wall time of `runs` whole-extent calls on `input` (after
+    /// two more to warm up), with the buffers prepared once.
+    pub fn time(&self, input: &[u8], runs: usize) -> Result<f64, CodegenError> {
+        let mut buffers = self.buffers(input)?;
+        let mut times = Vec::with_capacity(runs);
+        for run in 0..runs.max(1) + 2 {
+            let start = std::time::Instant::now();
+            buffers.call(self, 0, self.extent)?;
+            if run >= 2 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    fn check(&self, what: &str, got: usize, want: usize) -> Result<(), CodegenError> {
+        if got == want {
+            return Ok(());
+        }
+        Err(CodegenError::Input(format!(
+            "kernel {what} of {got} bytes, expected {want}"
+        )))
+    }
+
+    fn buffers(&self, input: &[u8]) -> Result<Buffers, CodegenError> {
+        self.check("input", input.len(), self.input_bytes)?;
+        Ok(Buffers {
+            input: aligned(input),
+            output: AlignedBuffer::zeroed(self.output_bytes.div_ceil(4)),
+            scratch: AlignedBuffer::zeroed(self.scratch_bytes.div_ceil(4)),
+        })
+    }
+}
+
+/// The input, output and scratch of calls to one kernel.
+struct Buffers {
+    input: AlignedBuffer,
+    output: AlignedBuffer,
+    scratch: AlignedBuffer,
+}
+
+impl Buffers {
+    /// Calls `kernel` on iterations `begin..end`.
+    fn call(
+        &mut self,
+        kernel: &JitKernel<'_>,
+        begin: usize,
+        end: usize,
+    ) -> Result<(), CodegenError> {
+        let pointers = [
+            self.input.as_slice().as_ptr() as *mut u8,
+            kernel.packed.as_slice().as_ptr() as *mut u8,
+            self.output.as_mut_slice().as_mut_ptr() as *mut u8,
+        ];
+        // SAFETY: the input was checked against the kernel's size and the
+        // output, packed operand and scratch were sized for it; the kernel
+        // reads and writes only inside them, for iterations within its
+        // extent.
+        let status = unsafe {
+            (kernel.func)(
+                pointers.as_ptr(),
+                begin as i64,
+                end.min(kernel.extent) as i64,
+                self.scratch.as_mut_slice().as_mut_ptr() as *mut u8,
+            )
+        };
+        if status != 0 {
+            return Err(CodegenError::Input(format!("kernel status {status}")));
+        }
         Ok(())
     }
 }
