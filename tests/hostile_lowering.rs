@@ -917,6 +917,264 @@ fn lowering_honours_the_memory_budget_option() {
     remove_scratch(&path);
 }
 
+// ---- Quantised operators --------------------------------------------------
+
+const U8: i32 = 2;
+const I8: i32 = 3;
+const I32: i32 = 6;
+
+/// A tensor of `data_type` with raw little-endian `bytes`.
+fn raw(name: &str, data_type: i32, dims: &[i64], bytes: Vec<u8>) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type,
+        raw_data: bytes,
+        ..Default::default()
+    }
+}
+
+/// `QuantizeLinear(x, s, zp)` of an image at opset 21 (per-axis and
+/// blocked scales allowed), with `s` and `zp` as given.
+fn quantize(s: pb::TensorProto, zp: pb::TensorProto, attrs: Vec<pb::AttributeProto>) -> Model {
+    model(21, vec![("x", F32, vec![1, 4, 4, 4])])
+        .init(s)
+        .init(zp)
+        .node("QuantizeLinear", &["x", "s", "zp"], attrs)
+}
+
+/// `DequantizeLinear(q, s, zp)` of a uint8 weight `q [4, 4]` at opset 21
+/// (its output added to the input, so the graph has one).
+fn dequantize(
+    s: pb::TensorProto,
+    zp: Option<pb::TensorProto>,
+    attrs: Vec<pb::AttributeProto>,
+) -> Model {
+    let mut m = model(21, vec![("x", F32, vec![4, 4])])
+        .init(raw("q", U8, &[4, 4], (0..16).collect()))
+        .init(s);
+    let mut ins = vec!["q", "s"];
+    if let Some(zp) = zp {
+        m = m.init(zp);
+        ins.push("zp");
+    }
+    m.node("DequantizeLinear", &ins, attrs)
+}
+
+#[test]
+fn quantize_scale_zero() {
+    let m = quantize(f32s("s", &[], &[0.0]), raw("zp", U8, &[], vec![0]), vec![]);
+    refused(
+        "q_s0",
+        m,
+        &[
+            "QuantizeLinear",
+            "bad_quantizelinear",
+            "scale 's' holds 0",
+            "positive and finite",
+        ],
+    );
+}
+
+#[test]
+fn quantize_scale_negative() {
+    let m = quantize(f32s("s", &[], &[-0.5]), raw("zp", U8, &[], vec![0]), vec![]);
+    refused("q_sneg", m, &["scale 's' holds -0.5"]);
+}
+
+#[test]
+fn dequantize_scale_nan() {
+    let m = dequantize(f32s("s", &[], &[f32::NAN]), None, vec![]);
+    refused(
+        "dq_snan",
+        m,
+        &[
+            "DequantizeLinear",
+            "bad_dequantizelinear",
+            "scale 's' holds NaN",
+        ],
+    );
+}
+
+#[test]
+fn quantize_zero_point_of_a_float_type() {
+    let m = quantize(f32s("s", &[], &[0.5]), f32s("zp", &[], &[0.0]), vec![]);
+    refused(
+        "q_zpf",
+        m,
+        &["zero point 'zp' is f32", "int8, uint8, int4 or uint4"],
+    );
+}
+
+#[test]
+fn dequantize_zero_point_of_another_type() {
+    let m = dequantize(
+        f32s("s", &[], &[0.5]),
+        Some(raw("zp", I8, &[], vec![0])),
+        vec![],
+    );
+    refused(
+        "dq_zpty",
+        m,
+        &["zero point 'zp' is i8, the quantised tensor is u8"],
+    );
+}
+
+#[test]
+fn dequantize_int32_zero_point_out_of_range() {
+    let m = model(21, vec![("x", F32, vec![2])])
+        .init(raw(
+            "q",
+            I32,
+            &[2],
+            [5i32, 6].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
+        .init(f32s("s", &[], &[0.5]))
+        .init(raw("zp", I32, &[], 7i32.to_le_bytes().to_vec()))
+        .node("DequantizeLinear", &["q", "s", "zp"], vec![]);
+    refused(
+        "dq_zp32",
+        m,
+        &["zero point 'zp' of an int32 x must be a constant 0"],
+    );
+}
+
+#[test]
+fn dequantize_axis_out_of_range() {
+    let m = dequantize(f32s("s", &[4], &[0.5; 4]), None, vec![int("axis", 5)]);
+    refused(
+        "dq_axis",
+        m,
+        &["scale 's'", "axis 5 out of range for rank 2"],
+    );
+}
+
+#[test]
+fn quantize_axis_length_mismatch() {
+    let m = quantize(
+        f32s("s", &[3], &[0.5; 3]),
+        raw("zp", U8, &[3], vec![0; 3]),
+        vec![int("axis", 1)],
+    );
+    refused(
+        "q_axislen",
+        m,
+        &[
+            "scale 's' has shape [3]",
+            "along axis 1 of x [1, 4, 4, 4] needs [4]",
+        ],
+    );
+}
+
+#[test]
+fn dequantize_zero_point_shape_differs_from_scale() {
+    let m = dequantize(
+        f32s("s", &[4], &[0.5; 4]),
+        Some(raw("zp", U8, &[2], vec![0; 2])),
+        vec![int("axis", 0)],
+    );
+    refused(
+        "dq_zpshape",
+        m,
+        &["zero point 'zp' has shape [2], its scale 's' [4]"],
+    );
+}
+
+#[test]
+fn quantize_negative_block_size() {
+    let m = quantize(
+        f32s("s", &[1, 2, 4, 4], &[0.5; 32]),
+        raw("zp", U8, &[1, 2, 4, 4], vec![0; 32]),
+        vec![int("block_size", -2)],
+    );
+    refused("q_blockneg", m, &["block_size -2 is negative"]);
+}
+
+#[test]
+fn dequantize_block_size_not_matching_the_scale() {
+    let m = dequantize(
+        f32s("s", &[4, 2], &[0.5; 8]),
+        None,
+        vec![int("axis", 1), int("block_size", 4)],
+    );
+    refused(
+        "dq_block",
+        m,
+        &["scale 's' has shape [4, 2], blocks of 4 along axis 1 of x [4, 4] need [4, 1]"],
+    );
+}
+
+/// `com.microsoft.MatMulNBits` of an input `a [1, K]` with the given
+/// attributes and packed weight `b`, scales `s` (f32).
+fn nbits(k: i64, bits: i64, block: i64, b_shape: &[i64], scales: usize) -> Model {
+    let n: i64 = 2;
+    let bytes: i64 = b_shape.iter().product();
+    let mut m = model(13, vec![("a", F32, vec![1, k])])
+        .init(raw("b", U8, b_shape, vec![0x88; bytes as usize]))
+        .init(f32s("s", &[scales as i64], &vec![0.1; scales]));
+    m.nodes.push(pb::NodeProto {
+        op_type: "MatMulNBits".into(),
+        domain: "com.microsoft".into(),
+        name: "bad_nbits".into(),
+        input: vec!["a".into(), "b".into(), "s".into()],
+        output: vec!["y".into()],
+        attribute: vec![
+            int("K", k),
+            int("N", n),
+            int("bits", bits),
+            int("block_size", block),
+        ],
+        ..Default::default()
+    });
+    m
+}
+
+#[test]
+fn matmul_nbits_bits_three() {
+    refused(
+        "nbits_bits",
+        nbits(32, 3, 32, &[2, 1, 12], 2),
+        &["MatMulNBits", "bad_nbits", "bits = 3 is not supported"],
+    );
+}
+
+#[test]
+fn matmul_nbits_block_size_not_a_power_of_two() {
+    refused(
+        "nbits_block",
+        nbits(48, 4, 24, &[2, 2, 12], 4),
+        &["block_size = 24 must be a power of two"],
+    );
+}
+
+#[test]
+fn matmul_nbits_block_size_two_to_the_sixty_two() {
+    refused(
+        "nbits_huge",
+        nbits(64, 4, 1 << 62, &[2, 2, 16], 4),
+        &["block_size = 4611686018427387904 overflows"],
+    );
+}
+
+#[test]
+fn matmul_nbits_weight_not_matching_k() {
+    // K = 64 in blocks of 32 needs B u8[2, 2, 16]; it has one block.
+    refused(
+        "nbits_k",
+        nbits(64, 4, 32, &[2, 1, 16], 4),
+        &["B 'b' is u8[2, 1, 16]", "need u8[2, 2, 16]"],
+    );
+}
+
+#[test]
+fn matmul_nbits_too_few_scales() {
+    refused(
+        "nbits_scales",
+        nbits(64, 4, 32, &[2, 2, 16], 3),
+        &["scales 's' are f32[3]", "N·blocks = 4 elements"],
+    );
+}
+
 // ---- Runtime data: every engine errors ------------------------------------
 
 #[test]

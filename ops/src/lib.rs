@@ -12,8 +12,12 @@
 //! and Gelu are evaluated in f64 and rounded once; MaxPool and ArgMax compare
 //! with `>`, so a NaN never wins; Max/Min/ReduceMax propagate NaN (as numpy). Combinations
 //! the IR's type rules accept but that have no ONNX meaning are errors: Conv,
-//! AvgPool and linear Resize on integers, MaxPool on bool, Cast to int4
-//! (int4 constants are widened to i8 on load), a bias on RMSNorm.
+//! AvgPool and linear Resize on integers (Conv does take i32, for quantised
+//! models), MaxPool on bool, Cast to int4/uint4 (int4/uint4 constants and
+//! inputs are widened to i8/u8 on load, and Quantize's int4 results are
+//! held so), a bias on RMSNorm. Quantize divides by the scale in the input's
+//! float type, rounds half to even and saturates (ONNX QuantizeLinear);
+//! NaN quantises to the zero point.
 
 mod broadcast;
 pub mod budget;

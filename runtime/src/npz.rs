@@ -220,9 +220,11 @@ fn parse_header(text: &str) -> Result<NpyHeader, String> {
         "i1" => Elem::I8,
         "u1" => Elem::U8,
         "b1" => Elem::Bool,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "element type '{descr}' not supported (use float32, int64, int32, int8, uint8 or bool)"
-        )),
+        ))
+        }
     };
     let fortran_order = match after("fortran_order")? {
         s if s.starts_with("True") => true,
@@ -342,10 +344,15 @@ mod tests {
                 "mask".to_string(),
                 Value::Bool(ArrayD::from_shape_vec(vec![2], vec![true, false]).unwrap()),
             ),
+            (
+                "q".to_string(),
+                Value::U8(ArrayD::from_shape_vec(vec![2], vec![0, 255]).unwrap()),
+            ),
         ];
         write_npz(&path, &[], &arrays).unwrap();
         let back = read_npz(&path).unwrap();
-        assert_eq!(back.len(), 3);
+        assert_eq!(back.len(), 4);
+        assert!(matches!(&back["q"], Value::U8(a) if a.as_slice().unwrap() == [0, 255]));
         assert!(matches!(&back["ids"], Value::I64(a) if a.as_slice().unwrap() == [3, 4]));
         assert!(matches!(&back["mask"], Value::Bool(a) if a.as_slice().unwrap() == [true, false]));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -27,7 +27,7 @@ pub type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 /// Long help of `m4c`: the commands in the order a user meets them.
 const OVERVIEW: &str = "\
 m4c compiles ONNX models (M4's encoders and LLaMA backbone, task-specific
-models, LoRA adapters) onto a closed 38-operator IR and runs them on a
+models, LoRA adapters) onto a closed 39-operator IR and runs them on a
 backend: the reference interpreter, compiled CPU code, or a simulated NPU.
 
 Typical session:

@@ -207,3 +207,42 @@ impl Builder {
         Ok(Val::konst(t))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dequantising_a_quantised_weight_is_not_folded() {
+        let mut b = Builder::new("g", 1 << 20);
+        let cast = Op::Cast { to: DType::F32 };
+        let weight = Val::konst(Tensor::from_i8(&[8, 8], &[3; 64]));
+        let kept = b.op(cast.clone(), &[weight], "w").unwrap();
+        assert!(kept.as_const().is_none(), "an int8 weight was widened");
+        assert_eq!(b.g.nodes.len(), 1);
+        // A zero point (a few elements) still folds.
+        let zp = Val::konst(Tensor::from_u8(&[4], &[1, 2, 3, 4]));
+        let folded = b.op(cast, &[zp], "zp").unwrap();
+        assert_eq!(
+            folded.as_const().unwrap().to_f32_vec().unwrap(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn folded_int4_results_stay_packed() {
+        let mut b = Builder::new("g", 1 << 20);
+        let x = Val::konst(Tensor::from_f32(&[3], &[1.0, -9.0, 2.6]));
+        let s = b.f32(1.0);
+        let zp = Val::konst(Tensor::from_i32(&[], &[0]));
+        let q = b
+            .op(Op::Quantize { to: DType::I4 }, &[x, s, zp], "q")
+            .unwrap();
+        let t = q.as_const().unwrap();
+        // 1, -8 (saturated), 3 (2.6 rounds up): nibbles 0x1, 0x8, 0x3.
+        assert_eq!(
+            (t.dtype, t.bytes().unwrap()),
+            (DType::I4, &[0x81, 0x03][..])
+        );
+    }
+}

@@ -143,7 +143,7 @@ pub fn variadic(b: &mut B, n: &NodeCtx) -> Lowering {
     Ok(vec![acc])
 }
 
-/// Neg, Abs, Reciprocal, Ceil, Tan, Sign, IsNaN.
+/// Neg, Abs, Reciprocal, Ceil, Round, Tan, Sign, IsNaN.
 pub fn derived_unary(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let x = n.input(0)?;
@@ -163,6 +163,7 @@ pub fn derived_unary(b: &mut B, n: &NodeCtx) -> Lowering {
             let f = un(b, Op::Floor, &m, name)?;
             neg(b, &f, name)
         }
+        "Round" => round_half_even(b, &x, name),
         "Tan" => {
             let s = un(b, Op::Sin, &x, name)?;
             let c = un(b, Op::Cos, &x, name)?;
@@ -183,6 +184,33 @@ pub fn derived_unary(b: &mut B, n: &NodeCtx) -> Lowering {
         other => Err(format!("not a derived unary op: {other}")),
     };
     one(r)
+}
+
+/// Round half to even (ONNX Round) from Floor: `f = ⌊x⌋`, `d = x − f`,
+/// plus one when `d > ½` or `d = ½` with `f` odd. `d` is exact (Sterbenz)
+/// except for x in (−½, 0), where any rounding still leaves `d ≥ ½` and
+/// the result 0; integral, infinite and NaN x come back unchanged.
+fn round_half_even(b: &mut B, x: &Val, name: &str) -> Result<Val, String> {
+    let dt = b.dtype(x);
+    let (zero, half, one, two) = (
+        b.scalar(dt, 0.0)?,
+        b.scalar(dt, 0.5)?,
+        b.scalar(dt, 1.0)?,
+        b.scalar(dt, 2.0)?,
+    );
+    let f = un(b, Op::Floor, x, name)?;
+    let d = bin(b, Op::Sub, x, &f, name)?;
+    let above = bin(b, Op::Less, &half, &d, name)?;
+    let tie = bin(b, Op::Equal, &d, &half, name)?;
+    let f2 = bin(b, Op::Mul, &f, &half, name)?;
+    let f2 = un(b, Op::Floor, &f2, name)?;
+    let f2 = bin(b, Op::Mul, &f2, &two, name)?;
+    let parity = bin(b, Op::Sub, &f, &f2, name)?;
+    let odd = bin(b, Op::Equal, &parity, &one, name)?;
+    let tie_odd = bin(b, Op::Min, &tie, &odd, name)?;
+    let up = bin(b, Op::Max, &above, &tie_odd, name)?;
+    let step = b.op(Op::Where, &[up, one, zero], name)?;
+    bin(b, Op::Add, &f, &step, name)
 }
 
 /// `max(lo, min(hi, x))`, skipping absent bounds.

@@ -10,13 +10,16 @@
 //!   does, and Quantize rounds half to even and saturates.
 //!
 //! Scale and zero-point tensors are checked before anything indexes them
-//! (type, shape against the quantised axis or block, positive finite
-//! constant scales, zero points in range); each error names the tensor.
+//! (type, shape against the quantised axis or block, finite constant
+//! scales, positive where they divide, zero points of the quantised type,
+//! an int32 one 0); each error names the tensor.
 //! Per-axis parameters are reshaped to broadcast along their axis; blocked
-//! ones split the axis into `[blocks, block_size]`. Quantised constant
+//! ones split the axis into `[blocks, block_size]` (zero-padded to whole
+//! blocks when the last one is shorter). Quantised constant
 //! weights stay int8/int4 in the graph (the builder does not fold their
 //! dequantisation, see `m4c_ir::op::expands_quantised`).
 
+use m4c_ir::op::PadMode;
 use m4c_ir::{DType, Op, Tensor};
 
 use super::builder::Val;
@@ -79,24 +82,20 @@ impl Granularity {
                  {xs:?} need {want:?}"
             ));
         }
-        if xs[axis] % block != 0 {
-            return Err(format!(
-                "axis {axis} of x {xs:?} is not a multiple of block_size {block} \
-                 (partial blocks are not supported)"
-            ));
-        }
         Ok(Granularity::Blocked { axis, block })
     }
 
     /// x reshaped so that a parameter broadcasts over it (blocked: the
-    /// axis split into `[blocks, block]`).
+    /// axis zero-padded to whole blocks and split into `[blocks, block]`).
     fn view_x(self, b: &mut B, x: &Val, name: &str) -> Result<Val, String> {
         match self {
             Granularity::Blocked { axis, block } => {
-                let mut s = b.shape(x);
-                s[axis] /= block;
-                s.insert(axis + 1, block);
-                reshape_any(b, x, &s, name)
+                let s = b.shape(x);
+                let x = pad_to_blocks(b, x, axis, block, name)?;
+                let mut split = s.clone();
+                split[axis] = s[axis].div_ceil(block);
+                split.insert(axis + 1, block);
+                reshape_any(b, &x, &split, name)
             }
             _ => Ok(x.clone()),
         }
@@ -119,10 +118,38 @@ impl Granularity {
         }
     }
 
-    /// The result back in x's shape.
+    /// The result back in x's shape `xs` (a partial last block cut off).
     fn unview(self, b: &mut B, y: &Val, xs: &[usize], name: &str) -> Result<Val, String> {
-        reshape_any(b, y, xs, name)
+        match self {
+            Granularity::Blocked { axis, block } => {
+                let mut padded = xs.to_vec();
+                padded[axis] = xs[axis].div_ceil(block) * block;
+                let y = reshape_any(b, y, &padded, name)?;
+                slice_axis(b, &y, axis, 0, 1, xs[axis], name)
+            }
+            _ => reshape_any(b, y, xs, name),
+        }
     }
+}
+
+/// `x` zero-padded at the end of `axis` to a multiple of `block` (ONNX's
+/// blocked quantisation allows a shorter last block).
+fn pad_to_blocks(b: &mut B, x: &Val, axis: usize, block: usize, name: &str) -> Result<Val, String> {
+    let s = b.shape(x);
+    let extra = s[axis].div_ceil(block) * block - s[axis];
+    if extra == 0 {
+        return Ok(x.clone());
+    }
+    let mut pads = vec![0; 2 * s.len()];
+    pads[s.len() + axis] = extra;
+    b.op(
+        Op::Pad {
+            pads,
+            mode: PadMode::Constant(0.0),
+        },
+        std::slice::from_ref(x),
+        name,
+    )
 }
 
 /// Reshape that keeps a packed int4 constant packed (same bytes, new
@@ -146,6 +173,15 @@ fn reshape_any(b: &mut B, x: &Val, shape: &[usize], name: &str) -> Result<Val, S
 /// The scale input `i`: a float tensor; when constant, every element
 /// positive and finite.
 fn scale(b: &B, n: &NodeCtx, i: usize) -> Result<Val, String> {
+    checked_scale(b, n, i, true)
+}
+
+/// [`scale`], with `positive` false accepting zero and negative scales:
+/// where a scale only multiplies (DequantizeLinear, MatMulNBits) any
+/// finite one has a meaning, and onnxruntime's symmetric block quantisers
+/// write negative ones (the sign maps each block's largest magnitude onto
+/// −2^(bits−1)).
+fn checked_scale(b: &B, n: &NodeCtx, i: usize, positive: bool) -> Result<Val, String> {
     let s = n.input(i)?;
     let dt = b.dtype(&s);
     if !dt.is_float() {
@@ -156,12 +192,15 @@ fn scale(b: &B, n: &NodeCtx, i: usize) -> Result<Val, String> {
     }
     if let Some(t) = s.as_const() {
         let v = m4c_ops::Value::from_tensor(t).map_err(|e| e.to_string())?;
-        if let Some(bad) = m4c_ops::as_f64(&v)
-            .into_iter()
-            .find(|s| !(s.is_finite() && *s > 0.0))
-        {
+        let bad = |s: &f64| !s.is_finite() || (positive && *s <= 0.0);
+        if let Some(bad) = m4c_ops::as_f64(&v).into_iter().find(bad) {
+            let want = if positive {
+                "positive and finite"
+            } else {
+                "finite"
+            };
             return Err(format!(
-                "scale '{}' holds {bad} (scales must be positive and finite)",
+                "scale '{}' holds {bad} (scales must be {want})",
                 tname(n, i)
             ));
         }
@@ -287,11 +326,10 @@ pub fn quantize_linear(b: &mut B, n: &NodeCtx) -> Lowering {
                     d.expect("checked")
                 ));
             }
-            zt
+            quantised_type(zt, &format!("zero point '{}'", tname(n, 2)))?
         }
-        (None, d) => d.unwrap_or(DType::U8),
+        (None, d) => quantised_type(d.unwrap_or(DType::U8), "output_dtype")?,
     };
-    let to = quantised_type(to, "the output")?;
     let zp = zero_point(b, n, 2, to, 1)?;
     let xs = b.shape(&x);
     let g = Granularity::of(b, n, &xs, 1)?;
@@ -315,7 +353,7 @@ pub fn dequantize_linear(b: &mut B, n: &NodeCtx) -> Lowering {
     if xt != DType::I32 {
         quantised_type(xt, &format!("x '{}'", tname(n, 0)))?;
     }
-    let s = scale(b, n, 1)?;
+    let s = checked_scale(b, n, 1, false)?;
     let zp = zero_point(b, n, 2, xt, 1)?;
     if let (DType::I32, Some(zp)) = (xt, &zp) {
         let zero = zp.as_const().and_then(|t| t.to_i32_vec().ok());
@@ -682,7 +720,10 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
         ));
     }
     let blocks = k.div_ceil(block);
-    let blob = block * bits / 8;
+    let blob = block
+        .checked_mul(bits)
+        .ok_or_else(|| format!("block_size = {block} overflows"))?
+        / 8;
     let packed = n
         .const_input(1)
         .map_err(|e| format!("B '{}': {e}", tname(n, 1)))?
@@ -703,7 +744,7 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
         shape: vec![nn, blocks, block],
         storage: packed.storage.clone(),
     });
-    let s = scale(b, n, 2)?;
+    let s = checked_scale(b, n, 2, false)?;
     if b.dtype(&s) != at || b.shape(&s).iter().product::<usize>() != nn * blocks {
         return Err(format!(
             "scales '{}' are {}{:?}; need {at} with N·blocks = {} elements",

@@ -41,6 +41,7 @@ pub const LOWERINGS: &[(&str, LowerFn)] = &[
     ("Abs", ew::derived_unary),
     ("Reciprocal", ew::derived_unary),
     ("Ceil", ew::derived_unary),
+    ("Round", ew::derived_unary),
     ("Tan", ew::derived_unary),
     ("Sign", ew::derived_unary),
     ("IsNaN", ew::derived_unary),

@@ -202,10 +202,14 @@ impl Builder<'_> {
                     let name = self.name(class, k.op.name());
                     let data = &self.eg[class].data;
                     // A quantised weight stays a weight: dequantising it
-                    // at compile time would store it in f32.
+                    // at compile time would store it in f32 (and what
+                    // reads a kept node is kept too).
                     let tys: Vec<&m4c_ir::TensorType> =
                         ins.iter().map(|&i| &self.out.value(i).ty).collect();
-                    if data.constness.is_const() && !m4c_ir::op::expands_quantised(&tys, &data.ty) {
+                    if data.constness.is_const()
+                        && ins.iter().all(|&i| self.out.constant(i).is_some())
+                        && !m4c_ir::op::expands_quantised(&tys, &data.ty)
+                    {
                         let t = self.fold(&k.op, &ins, &name, &data.ty)?;
                         if data.constness == Constness::Mixed {
                             self.mixed.insert(name.clone());
