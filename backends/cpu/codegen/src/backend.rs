@@ -71,10 +71,10 @@ impl CodeGenerator for CpuBackend {
             Some(format!(
                 "Conv on {base} (the CPU kernels convolve in f32 only)"
             ))
-        } else if kind == OpKind::MatMul && base != DType::F32 {
+        } else if kind == OpKind::MatMul && !matches!(base, DType::F32 | DType::I32) {
             Some(format!(
-                "MatMul on {base} (integer products run only as the int8 GEMM: an int8/uint8 \
-                 activation times constant weights that fit int8)"
+                "MatMul on {base} (the CPU kernels multiply f32, and i32: the int8 GEMM for \
+                 int8/uint8 operands with constant weights, else a generic loop)"
             ))
         } else if kind == OpKind::Pow && base != DType::F32 {
             Some(format!(

@@ -192,7 +192,15 @@ fn qlinear_matmul(s: Shape, a_signed: bool, w_signed: bool, per_column: bool, se
     };
     let w = c.constant(w);
     let zw: Vec<i32> = (0..if per_column { s.n } else { 1 })
-        .map(|j| if w_signed { (j % 5) as i32 - 2 } else { 128 })
+        // uint8 weights centred on 127 range over -127..=128: the kernel
+        // stores those columns negated.
+        .map(|j| {
+            if w_signed {
+                (j % 5) as i32 - 2
+            } else {
+                127 + (j % 2) as i32
+            }
+        })
         .collect();
     let zw_shape: Vec<usize> = if per_column { vec![1, s.n] } else { vec![] };
     let zw = c.constant(Tensor::from_i32(&zw_shape, &zw));
@@ -265,11 +273,16 @@ fn qdq_matmul(s: Shape, a_signed: bool, quantize_output: bool, seed: u64) {
     }
 }
 
-/// MatMulNBits as imported: `x · (Reshape(Cast(q) − zp) · s)[:, :k]ᵀ`.
-fn matmul_nbits(m: usize, k: usize, n: usize, block: usize, zero_points: bool, seed: u64) {
+/// MatMulNBits' weight as imported: `(Reshape(Cast(q) − zp) · s)[:, :k]`,
+/// `[n, k]`.
+fn int4_weight(
+    c: &mut Case,
+    (n, k): (usize, usize),
+    block: usize,
+    zero_points: bool,
+    seed: u64,
+) -> ValueId {
     let blocks = k.div_ceil(block);
-    let mut c = Case::new();
-    let x = c.input(Tensor::from_f32(&[m, k], &uniform(m * k, seed, -1.0, 1.0)));
     let nibbles = uniform(n * blocks * block, seed + 1, 0.0, 16.0);
     let bytes: Vec<u8> = nibbles
         .chunks(2)
@@ -299,24 +312,40 @@ fn matmul_nbits(m: usize, k: usize, n: usize, block: usize, zero_points: bool, s
         },
         &[w],
     );
-    let w = if blocks * block != k {
-        c.node(
-            Op::Slice {
-                axes: vec![
-                    SliceAxis {
-                        start: 0,
-                        step: 1,
-                        len: n,
-                    },
-                    SliceAxis {
-                        start: 0,
-                        step: 1,
-                        len: k,
-                    },
-                ],
-            },
-            &[w],
-        )
+    if blocks * block == k {
+        return w;
+    }
+    let axis = |len| SliceAxis {
+        start: 0,
+        step: 1,
+        len,
+    };
+    c.node(
+        Op::Slice {
+            axes: vec![axis(n), axis(k)],
+        },
+        &[w],
+    )
+}
+
+/// MatMulNBits as imported: `x · Wᵀ`; with `fused`, two weights
+/// concatenated along the columns first (the optimiser's fusion of
+/// projections reading the same x), one with zero points, one without.
+fn matmul_nbits(
+    m: usize,
+    k: usize,
+    n: usize,
+    block: usize,
+    zero_points: bool,
+    fused: bool,
+    seed: u64,
+) {
+    let mut c = Case::new();
+    let x = c.input(Tensor::from_f32(&[m, k], &uniform(m * k, seed, -1.0, 1.0)));
+    let w = int4_weight(&mut c, (n, k), block, zero_points, seed);
+    let w = if fused {
+        let other = int4_weight(&mut c, (n + 3, k), block, !zero_points, seed + 10);
+        c.node(Op::Concat { axis: 0 }, &[w, other])
     } else {
         w
     };
@@ -327,6 +356,48 @@ fn matmul_nbits(m: usize, k: usize, n: usize, block: usize, zero_points: bool, s
         },
         &[x, w],
     );
+    c.check(out, Agree::Float(1e-4, 1e-5), Some("q4gemm"));
+}
+
+/// Blocked int4 QDQ as imported: `x · (Reshape(Cast(q) · s))[:k]` with q
+/// int4 `[blocks, block, n]` (blocks along K), which the kernel takes
+/// rearranged into its column-major blocks.
+fn qdq_int4(m: usize, k: usize, n: usize, block: usize, seed: u64) {
+    let blocks = k.div_ceil(block);
+    let mut c = Case::new();
+    let x = c.input(Tensor::from_f32(&[m, k], &uniform(m * k, seed, -1.0, 1.0)));
+    let bytes: Vec<u8> = uniform(blocks * block * n / 2 + 1, seed + 1, 0.0, 256.0)
+        .iter()
+        .map(|&v| v as u8)
+        .take((blocks * block * n).div_ceil(2))
+        .collect();
+    let q = c.constant(Tensor::from_bytes(DType::I4, &[blocks, block, n], bytes));
+    let qf = c.cast(q, DType::F32);
+    let scales = c.constant(Tensor::from_f32(
+        &[blocks, 1, n],
+        &uniform(blocks * n, seed + 2, 0.01, 0.1),
+    ));
+    let w = c.node(Op::Mul, &[qf, scales]);
+    let mut w = c.node(
+        Op::Reshape {
+            shape: vec![blocks * block, n],
+        },
+        &[w],
+    );
+    if blocks * block != k {
+        let axis = |len| SliceAxis {
+            start: 0,
+            step: 1,
+            len,
+        };
+        w = c.node(
+            Op::Slice {
+                axes: vec![axis(k), axis(n)],
+            },
+            &[w],
+        );
+    }
+    let out = c.node(MATMUL, &[x, w]);
     c.check(out, Agree::Float(1e-4, 1e-5), Some("q4gemm"));
 }
 
@@ -383,6 +454,44 @@ fn dynamic_matmul_integer(s: Shape, per_column: bool, seed: u64) {
     c.check(out, Agree::Exactly, Some("q8gemm"));
 }
 
+/// An i32 MatMul of two run-time operands (an attention's QLinearMatMul):
+/// the generic integer kernel, wrapping like the interpreter; exact.
+fn integer_matmul(
+    batch: (usize, usize),
+    (m, k, n): (usize, usize, usize),
+    trans: (bool, bool),
+    seed: u64,
+) {
+    let mut c = Case::new();
+    let ints = |shape: &[usize], seed| {
+        let v: Vec<i32> = uniform(shape.iter().product(), seed, -300.0, 300.0)
+            .iter()
+            .map(|&x| x as i32)
+            .collect();
+        Tensor::from_i32(shape, &v)
+    };
+    let a_shape = if trans.0 {
+        [batch.0, k, m]
+    } else {
+        [batch.0, m, k]
+    };
+    let b_shape = if trans.1 {
+        [batch.1, n, k]
+    } else {
+        [batch.1, k, n]
+    };
+    let a = c.input(ints(&a_shape, seed));
+    let b = c.input(ints(&b_shape, seed + 1));
+    let out = c.node(
+        Op::MatMul {
+            trans_a: trans.0,
+            trans_b: trans.1,
+        },
+        &[a, b],
+    );
+    c.check(out, Agree::Exactly, Some("imatmul"));
+}
+
 #[test]
 fn int8_gemm_patterns_at_edges() {
     for (batch, m, k, n) in [(1, 1, 1, 1), (2, 5, 7, 33), (1, 15, 130, 40)] {
@@ -398,9 +507,20 @@ fn int8_gemm_patterns_at_edges() {
 }
 
 #[test]
+fn integer_matmul_of_run_time_operands() {
+    integer_matmul((2, 2), (3, 5, 4), (false, true), 1);
+    integer_matmul((3, 1), (1, 7, 2), (true, false), 2);
+    integer_matmul((1, 2), (4, 1, 3), (false, false), 3);
+}
+
+#[test]
 fn int4_weights_with_and_without_zero_points() {
-    matmul_nbits(1, 64, 9, 32, true, 1);
-    matmul_nbits(3, 100, 5, 16, false, 2);
+    matmul_nbits(1, 64, 9, 32, true, false, 1);
+    matmul_nbits(3, 100, 5, 16, false, false, 2);
+    matmul_nbits(2, 70, 4, 32, true, true, 3);
+    qdq_int4(2, 64, 6, 32, 4);
+    qdq_int4(1, 40, 3, 16, 5);
+    qdq_int4(2, 10, 6, 4, 6);
 }
 
 #[test]
@@ -466,9 +586,9 @@ proptest! {
 
     #[test]
     fn matmul_nbits_matches(
-        m in 1usize..4, k in 1usize..200, n in 1usize..12, block_log in 4u32..7,
-        zero_points: bool, seed in 0u64..1000,
+        m in 1usize..4, k in 1usize..200, n in 1usize..12, block_log in 1u32..7,
+        zero_points: bool, fused: bool, seed in 0u64..1000,
     ) {
-        matmul_nbits(m, k, n, 1 << block_log, zero_points, seed);
+        matmul_nbits(m, k, n, 1 << block_log, zero_points, fused, seed);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The dot products are u8 × s8 (see [`DotKind`]): an int8 A is shifted to
 //! uint8 by flipping its sign bit (`a + 128`), B is stored centred
-//! (`b − zb`, which must fit int8), and the constant `(za + 128·signed) ·
+//! (`b − zb`, which must fit int8, or negated with its column when only
+//! that fits: [`column_signs`]), and the constant `(za + 128·signed) ·
 //! Σ_k (b − zb)` per column is subtracted from the i32 accumulator, so the
 //! i32 sum is exact whatever the signedness and zero points. The epilogue
 //! stores it as i32, or as f32 `sum · multiplier (+ bias)`, or quantises
@@ -169,9 +170,9 @@ impl Int8GemmSpec {
     }
 
     /// The packed constant operand the kernel reads (its second buffer):
-    /// B in the target's layout, then the per-column sums of the centred
+    /// B in the target's layout, then the per-column sums of the stored
     /// B (i32; times A's shifted zero point they are the correction),
-    /// multiplier and bias (f32) tables.
+    /// multiplier and bias (f32) and sign (i32) tables.
     pub fn pack(&self, target: &Target, w: &Int8Weights<'_>) -> Result<Vec<u8>, CodegenError> {
         self.check()?;
         let (k, n) = (self.k, self.n);
@@ -204,19 +205,24 @@ impl Int8GemmSpec {
         let at = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
         let layout = Layout::new(target, self);
         let (g, nr) = (layout.dot.group(), layout.nr());
-        let mut bytes = vec![0u8; layout.table_offset() + 12 * layout.table_len()];
+        let centred: Vec<i32> = (0..k * n)
+            .map(|i| w.b[i] - at(w.b_zero_points, i % n))
+            .collect();
+        let signs = column_signs(&centred, n).map_err(|(kk, j)| {
+            CodegenError::Unsupported(format!(
+                "int8 GEMM weight {} minus its zero point {} at ({kk}, {j}) fits int8 neither as \
+                 it is nor negated with the rest of its column",
+                w.b[kk * n + j],
+                at(w.b_zero_points, j)
+            ))
+        })?;
+        let mut bytes = vec![0u8; layout.table_offset() + 16 * layout.table_len()];
         let mut column_sums = vec![0i64; n];
         for kk in 0..k {
             for (j, column_sum) in column_sums.iter_mut().enumerate() {
-                let centred = w.b[kk * n + j] - at(w.b_zero_points, j);
-                let byte = i8::try_from(centred).map_err(|_| {
-                    CodegenError::Unsupported(format!(
-                        "int8 GEMM weight {} minus its zero point {} at ({kk}, {j}) is outside int8",
-                        w.b[kk * n + j],
-                        at(w.b_zero_points, j)
-                    ))
-                })?;
-                *column_sum += i64::from(centred);
+                let stored = centred[kk * n + j] * signs[j];
+                let byte = stored as i8;
+                *column_sum += i64::from(stored);
                 let (panel, col) = (j / nr, j % nr);
                 let index = panel * layout.panel_bytes() + ((kk / g) * nr + col) * g + kk % g;
                 bytes[index] = byte as u8;
@@ -234,6 +240,7 @@ impl Int8GemmSpec {
                 (0, column_sum.to_le_bytes()),
                 (1, multiplier.to_le_bytes()),
                 (2, bias.to_le_bytes()),
+                (3, signs[j].to_le_bytes()),
             ] {
                 let at = tables + (table * len + j) * 4;
                 bytes[at..at + 4].copy_from_slice(&value);
@@ -247,6 +254,32 @@ impl Int8GemmSpec {
     pub fn extent(&self, target: &Target) -> usize {
         Layout::new(target, self).panels
     }
+}
+
+/// Per column of the centred B (`k × n`): 1 when its values fit int8, −1
+/// when only their negation does (uint8 weights with zero point 127 range
+/// over −127..=128): the column is stored negated and its sum negated
+/// back in the epilogue. The first `(k, column)` that fits neither way is
+/// the error.
+pub(crate) fn column_signs(centred: &[i32], n: usize) -> Result<Vec<i32>, (usize, usize)> {
+    let mut signs = vec![1; n];
+    for (j, sign) in signs.iter_mut().enumerate() {
+        let column = centred.iter().skip(j).step_by(n);
+        let (lo, hi) = column.fold((0, 0), |(lo, hi), &v| (v.min(lo), v.max(hi)));
+        if hi > 127 || lo < -128 {
+            *sign = -1;
+            if hi > 128 || lo < -127 {
+                let bad = centred
+                    .iter()
+                    .skip(j)
+                    .step_by(n)
+                    .position(|&v| !(-127..=128).contains(&v))
+                    .expect("a value out of range");
+                return Err((bad, j));
+            }
+        }
+    }
+    Ok(signs)
 }
 
 /// The micro-tile functions for one kind of panel (full, or the N tail).
@@ -722,8 +755,8 @@ struct Epilogue<'e, 'a, 'ctx> {
 }
 
 impl<'ctx> Epilogue<'_, '_, 'ctx> {
-    /// Table `table` (0 correction, 1 multiplier, 2 bias) at the tile's
-    /// column `first`, one vector.
+    /// Table `table` (0 column sums, 1 multiplier, 2 bias, 3 sign) at the
+    /// tile's column `first`, one vector.
     fn table(
         &self,
         table: usize,
@@ -805,6 +838,7 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         let shift = splat_int(em, self.shift, lanes as usize)?;
         let correction = b.build_int_mul(column_sums, shift, "correction")?;
         let sum = b.build_int_sub(acc, correction, "sum")?;
+        let sum = b.build_int_mul(sum, self.table(3, first, acc.get_type())?, "signed")?;
         let scaled = |sum: VectorValue<'ctx>| -> Result<VectorValue<'ctx>, CodegenError> {
             let value = b.build_signed_int_to_float(sum, f32v, "sum_f")?;
             let mut multiplier = self.table(1, first, f32v)?;

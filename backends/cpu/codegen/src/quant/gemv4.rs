@@ -34,7 +34,8 @@ pub struct Int4GemmSpec {
     pub k: usize,
     /// Output columns (rows of W).
     pub n: usize,
-    /// k per quantisation block: a power of two ≥ 16.
+    /// k per quantisation block: a power of two ≥ 2 (MatMulNBits uses ≥ 16;
+    /// blocked QDQ may use fewer).
     pub block: usize,
     /// The nibbles are int4 (else uint4).
     pub signed: bool,
@@ -81,9 +82,9 @@ impl Int4GemmSpec {
                 n: self.n,
             });
         }
-        if self.block < 16 || !self.block.is_power_of_two() {
+        if self.block < 2 || !self.block.is_power_of_two() {
             return Err(CodegenError::Unsupported(format!(
-                "int4 GEMM with block size {} (a power of two ≥ 16 is needed)",
+                "int4 GEMM with block size {} (a power of two ≥ 2 is needed)",
                 self.block
             )));
         }

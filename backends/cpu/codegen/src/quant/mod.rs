@@ -1,6 +1,7 @@
 //! Quantised kernels: the int8 GEMM (u8 × s8 → i32 with a fused
 //! requantisation epilogue), the int4 weight-only GEMV/GEMM of decode, the
-//! generic `Quantize` kernel, and the graph patterns that select them.
+//! generic integer MatMul, and the graph patterns that select them
+//! (`Quantize` and uint8 are computed by the elementwise kernels).
 //!
 //! Every kernel has the uniform `KernelFn` signature and computes the
 //! iterations `begin..end` of its outermost loop (B panels, output
@@ -8,6 +9,7 @@
 
 mod gemm8;
 mod gemv4;
+mod imatmul;
 mod jit;
 pub(crate) mod lower;
 
@@ -18,6 +20,7 @@ pub use jit::JitKernel;
 pub(crate) use gemm8::emit as emit_int8_gemm;
 pub(crate) use gemm8::quantize_with_zero_point;
 pub(crate) use gemv4::emit as emit_int4_gemm;
+pub(crate) use imatmul::lower as lower_int_matmul;
 
 use crate::Target;
 
