@@ -1104,6 +1104,30 @@ fn dequantize_block_size_not_matching_the_scale() {
     );
 }
 
+#[test]
+fn qlinear_matmul_zero_point_not_per_column() {
+    // B is [3, 2]: its zero point has one element or one per column (2).
+    let m = model(13, vec![("x", F32, vec![1])])
+        .init(raw("a", U8, &[2, 3], vec![1; 6]))
+        .init(f32s("sa", &[], &[0.1]))
+        .init(raw("za", U8, &[], vec![0]))
+        .init(raw("b", U8, &[3, 2], vec![2; 6]))
+        .init(f32s("sb", &[], &[0.1]))
+        .init(raw("zb", U8, &[3], vec![0; 3]))
+        .init(f32s("sy", &[], &[0.1]))
+        .init(raw("zy", U8, &[], vec![0]))
+        .node(
+            "QLinearMatMul",
+            &["a", "sa", "za", "b", "sb", "zb", "sy", "zy"],
+            vec![],
+        );
+    refused(
+        "qlmm_zp",
+        m,
+        &["QLinearMatMul", "'zb' has shape [3]", "axis 1 of [3, 2]"],
+    );
+}
+
 /// `com.microsoft.MatMulNBits` of an input `a [1, K]` with the given
 /// attributes and packed weight `b`, scales `s` (f32).
 fn nbits(k: i64, bits: i64, block: i64, b_shape: &[i64], scales: usize) -> Model {

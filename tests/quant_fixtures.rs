@@ -14,7 +14,8 @@
 //! output attenuated or amplified by at most the few layers after it.
 //! Two steps is "a few" with margin; on the committed fixtures m4c
 //! measures 0 (resnet QDQ; resnet and imu QOperator static, i.e. QLinearConv,
-//! QLinearMatMul, QLinearAdd/Mul/GlobalAveragePool; resnet dynamic) to
+//! QLinearMatMul, QLinearAdd/Mul/GlobalAveragePool, QGemm; resnet dynamic;
+//! `qgemm_float`, a QGemm with a float output) to
 //! ~2e-7, a float ulp (imu dynamic, the MatMulNBits and int4 QDQ llamas);
 //! `blocked_partial` (blocked Q/DQ with a shorter last block, an int4
 //! weight) is exact, its uint8 output included.
@@ -106,7 +107,7 @@ fn constant_bytes(g: &Graph) -> usize {
 #[test]
 fn quantised_models_match_onnxruntime() {
     let entries = manifest();
-    assert!(entries.len() >= 9, "{} quantised fixtures", entries.len());
+    assert!(entries.len() >= 10, "{} quantised fixtures", entries.len());
     for e in &entries {
         let file = |ext: &str| dir().join(format!("{}.{ext}", e.name));
         let inputs = read_npz(&file("inputs.npz")).expect("inputs");

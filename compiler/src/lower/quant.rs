@@ -831,3 +831,69 @@ fn nbits_zero_points(
     b.check_alloc("MatMulNBits zero points", &[nn, blocks, 1], DType::F32)?;
     Ok(Val::konst(Tensor::from_f32(&[nn, blocks, 1], &values)))
 }
+
+/// com.microsoft QGemm: `alpha · (A − za)ᵀ?·(B − zb)ᵀ? + C` with C an
+/// int32 bias on the same scale as the product (`alpha·sa·sb`), computed
+/// as an i32 accumulator; requantised with `y_scale`/`y_zero_point` when
+/// given, else the real result in the scales' float type. B's zero points
+/// and scales may be per output column.
+pub fn qgemm(b: &mut B, n: &NodeCtx) -> Lowering {
+    let name = n.name();
+    same_scale_type(b, n, &[1, 4])?;
+    let (ta, tb) = (n.int("transA", 0) != 0, n.int("transB", 0) != 0);
+    let (qa, qb) = (b.shape(&n.input(0)?), b.shape(&n.input(3)?));
+    if qa.len() != 2 || qb.len() != 2 {
+        return Err(format!("A {qa:?} and B {qb:?} must be matrices"));
+    }
+    // The axis of B that indexes output columns.
+    let b_cols = if tb { 0 } else { 1 };
+    let a = operand(b, n, 0, 2, 0)?;
+    let w = operand(b, n, 3, 5, b_cols)?;
+    let (m, cols) = (qa[usize::from(ta)], qb[b_cols]);
+    let sa = scale_along(b, n, 1, &[], 0)?;
+    let sb = scale_along(b, n, 4, &[m, cols], 1)?;
+    let mut acc = b.op(
+        Op::MatMul {
+            trans_a: ta,
+            trans_b: tb,
+        },
+        &[a, w],
+        name,
+    )?;
+    if let Some(c) = n.opt_input(6) {
+        if b.dtype(&c) != DType::I32 {
+            return Err(format!(
+                "C '{}' is {}, needs int32",
+                tname(n, 6),
+                b.dtype(&c)
+            ));
+        }
+        acc = bin(b, Op::Add, &acc, &c, name)?;
+    }
+    let st = b.dtype(&sa);
+    let alpha = b.scalar(st, f64::from(n.float("alpha", 1.0)))?;
+    let m1 = bin(b, Op::Mul, &alpha, &sa, name)?;
+    let real = bin(b, Op::Mul, &m1, &sb, name)?;
+    let acc = to_f32(b, &acc, name)?;
+    match n.opt_input(7) {
+        None => {
+            let real = to_f32(b, &real, name)?;
+            let y = bin(b, Op::Mul, &acc, &real, name)?;
+            Ok(vec![if st == DType::F32 {
+                y
+            } else {
+                un(b, Op::Cast { to: st }, &y, name)?
+            }])
+        }
+        Some(_) => {
+            same_scale_type(b, n, &[1, 7])?;
+            let sy = scale_along(b, n, 7, &[], 0)?;
+            let mult = bin(b, Op::Div, &real, &sy, name)?;
+            let mult = to_f32(b, &mult, name)?;
+            let y = bin(b, Op::Mul, &acc, &mult, name)?;
+            let to = output_type(b, n, 8)?;
+            let zy = output_zero_point(b, n, 8)?;
+            Ok(vec![requantize(b, &y, Some(&zy), to, name)?])
+        }
+    }
+}

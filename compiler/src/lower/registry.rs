@@ -136,6 +136,7 @@ pub const MICROSOFT_LOWERINGS: &[(&str, LowerFn)] = &[
         "QLinearGlobalAveragePool",
         quant::qlinear_global_average_pool,
     ),
+    ("QGemm", quant::qgemm),
     ("MatMulNBits", quant::matmul_nbits),
 ];
 
