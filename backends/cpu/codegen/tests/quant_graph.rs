@@ -223,8 +223,9 @@ fn qlinear_matmul(s: Shape, a_signed: bool, w_signed: bool, per_column: bool, se
 }
 
 /// MatMulInteger as imported: the i32 product of the centred operands,
-/// with the weights' centring folded into an i32 constant; exact.
-fn matmul_integer(s: Shape, a_signed: bool, seed: u64) {
+/// with the weights' centring folded into an i32 constant (stored `[n, k]`
+/// with `trans_b`, as QGemm's transB writes it); exact.
+fn matmul_integer(s: Shape, a_signed: bool, trans_b: bool, seed: u64) {
     let mut c = Case::new();
     let a = c.input(quantised(&s.a(), a_signed, seed));
     let a32 = c.cast(a, DType::I32);
@@ -232,8 +233,15 @@ fn matmul_integer(s: Shape, a_signed: bool, seed: u64) {
         .iter()
         .map(|&x| x.floor() as i32)
         .collect();
-    let w = c.constant(Tensor::from_i32(&[s.k, s.n], &w));
-    let out = c.node(MATMUL, &[a32, w]);
+    let shape = if trans_b { [s.n, s.k] } else { [s.k, s.n] };
+    let w = c.constant(Tensor::from_i32(&shape, &w));
+    let out = c.node(
+        Op::MatMul {
+            trans_a: false,
+            trans_b,
+        },
+        &[a32, w],
+    );
     c.check(out, Agree::Exactly, Some("q8gemm"));
 }
 
@@ -498,7 +506,8 @@ fn int8_gemm_patterns_at_edges() {
         let s = Shape { batch, m, k, n };
         qlinear_matmul(s, false, true, true, 1);
         qlinear_matmul(s, true, false, false, 2);
-        matmul_integer(s, true, 3);
+        matmul_integer(s, true, false, 3);
+        matmul_integer(s, false, true, 8);
         qdq_matmul(s, false, true, 4);
         qdq_matmul(s, true, false, 5);
         dynamic_matmul_integer(s, true, 6);

@@ -3,7 +3,7 @@
 //! integer products as an i32 MatMul; this module finds, in the graph the
 //! backend compiles:
 //!
-//! * **int8 GEMM**: `MatMul(A, B)` with A = `[Mul s_a](Sub?(Cast(x_q), za))`
+//! * **int8 GEMM**: `MatMul(A, B)` (B possibly transposed) with A = `[Mul s_a](Sub?(Cast(x_q), za))`
 //!   (x_q int8/uint8 at run time, za and s_a one constant each) and B =
 //!   the same over a constant int8/uint8 tensor (scales and zero points
 //!   per tensor or per output column), or an i32 constant whose values
@@ -256,8 +256,7 @@ pub(crate) fn find(g: &Graph) -> Patterns {
         else {
             continue;
         };
-        let found =
-            int4(&uses, i, trans_b).or_else(|| (!trans_b).then(|| int8(&uses, i)).flatten());
+        let found = int4(&uses, i, trans_b).or_else(|| int8(&uses, i, trans_b));
         if let Some((matched, reads)) = found {
             let output = matched.output;
             inputs.push((output, reads));
@@ -335,14 +334,17 @@ pub(crate) fn split_groups(
 
 /// The int8 GEMM pattern ending at (or after) the MatMul `mm`; with the
 /// input-side nodes it reads through.
-fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
+fn int8(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched, Vec<usize>)> {
     let g = uses.g;
     let node = &g.nodes[mm];
     let (a_value, b_value) = (node.inputs[0], node.inputs[1]);
     let a_shape = uses.shape(a_value)?;
     let b_shape = uses.shape(b_value)?;
-    let [k, n] = b_shape[..] else {
-        return None;
+    // B as stored (`[n, k]` when transposed) and its column axis.
+    let ((k, n), stored, column_axis) = match b_shape[..] {
+        [r, c] if trans_b => ((c, r), [r, c], 0),
+        [r, c] => ((r, c), [r, c], 1),
+        _ => return None,
     };
     if a_shape.len() < 2 || a_shape[a_shape.len() - 1] != k {
         return None;
@@ -400,29 +402,39 @@ fn int8(uses: &Uses<'_>, mm: usize) -> Option<(Matched, Vec<usize>)> {
                         Some(v) => v.into_iter().map(|v| v as f32).collect(),
                         None => t.to_f32_vec().ok()?,
                     };
-                    let zs = along(zs, &t.shape, [k, n], 1)?;
+                    let zs = along(zs, &t.shape, stored, column_axis)?;
                     if zs.iter().any(|z| z.fract() != 0.0 || z.abs() > 255.0) {
                         return None;
                     }
                     zs.into_iter().map(|z| z as i32).collect()
                 }
             };
+            let column = |i: usize| if trans_b { i / k } else { i % n };
             let centred = values
                 .iter()
                 .enumerate()
-                .map(|(i, &v)| v - zero[if zero.len() == 1 { 0 } else { i % n }])
+                .map(|(i, &v)| v - zero[if zero.len() == 1 { 0 } else { column(i) }])
                 .collect();
             let scales = match d.scale {
                 None => vec![1.0],
                 Some(s) => {
                     let t = uses.constant(s)?;
-                    along(t.to_f32_vec().ok()?, &t.shape, [k, n], 1)?
+                    along(t.to_f32_vec().ok()?, &t.shape, stored, column_axis)?
                 }
             };
             (centred, scales, d.nodes)
         }
     };
-    if b.len() != k * n || super::gemm8::column_signs(&b, n).is_err() {
+    if b.len() != k * n {
+        return None;
+    }
+    // The kernel takes B as `k × n`.
+    let b: Vec<i32> = if trans_b {
+        (0..k * n).map(|i| b[(i % n) * k + i / n]).collect()
+    } else {
+        b
+    };
+    if super::gemm8::column_signs(&b, n).is_err() {
         return None;
     }
     // The tail after the MatMul.
