@@ -155,14 +155,17 @@ fn quantised_models_run_on_the_cpu_backend() {
             .unwrap_or_else(|| panic!("{model} ({stage}) did not compile"))
     };
     // The quantised kernels ran, as lowered and as optimised: MatMulNBits
-    // int4 on the int4 GEMM, QLinearMatMul and quantize_dynamic's
-    // MatMulInteger on the int8 GEMM. (8-bit MatMulNBits and blocked int4
-    // QDQ weights compile through the dequantising f32 path.)
+    // (4 and 8 bits) and blocked int4 QDQ weights on the weight-only GEMM,
+    // QLinearMatMul and quantize_dynamic's MatMulInteger on the int8 GEMM.
     for stage in ["lowered", "optimised"] {
-        assert!(ran("llama_prefill_int4", stage).1 > 0, "{stage}");
+        for model in [
+            "llama_prefill_int4",
+            "llama_prefill_int8",
+            "llama_prefill_int4_qdq",
+        ] {
+            assert!(ran(model, stage).1 > 0, "{model} ({stage})");
+        }
         assert!(ran("imu_encoder_qop", stage).0 > 0, "{stage}");
         assert!(ran("imu_encoder_dynamic", stage).0 > 0, "{stage}");
-        ran("llama_prefill_int8", stage);
-        ran("llama_prefill_int4_qdq", stage);
     }
 }

@@ -136,6 +136,7 @@ fn int4_gemv(target: &Target, k: usize, n: usize, bandwidth: f64) {
         n,
         block,
         signed: false,
+        bits: 4,
     };
     let packed = bytes(n * k / 2, 3);
     let scales = vec![0.01f32; n * blocks];

@@ -286,20 +286,27 @@ fn qdq_matmul(s: Shape, a_signed: bool, quantize_output: bool, seed: u64) {
 fn int4_weight(
     c: &mut Case,
     (n, k): (usize, usize),
-    block: usize,
+    (block, bits): (usize, u8),
     zero_points: bool,
     seed: u64,
 ) -> ValueId {
     let blocks = k.div_ceil(block);
-    let nibbles = uniform(n * blocks * block, seed + 1, 0.0, 16.0);
-    let bytes: Vec<u8> = nibbles
-        .chunks(2)
-        .map(|p| p[0] as u8 | ((p[1] as u8) << 4))
-        .collect();
-    let q = c.constant(Tensor::from_bytes(DType::U4, &[n, blocks, block], bytes));
+    let levels = f32::from(1u16 << bits);
+    let values = uniform(n * blocks * block, seed + 1, 0.0, levels);
+    let (dtype, bytes): (DType, Vec<u8>) = match bits {
+        8 => (DType::U8, values.iter().map(|&v| v as u8).collect()),
+        _ => (
+            DType::U4,
+            values
+                .chunks(2)
+                .map(|p| p[0] as u8 | ((p[1] as u8) << 4))
+                .collect(),
+        ),
+    };
+    let q = c.constant(Tensor::from_bytes(dtype, &[n, blocks, block], bytes));
     let qf = c.cast(q, DType::F32);
     let zp = if zero_points {
-        let z: Vec<f32> = uniform(n * blocks, seed + 2, 0.0, 16.0)
+        let z: Vec<f32> = uniform(n * blocks, seed + 2, 0.0, levels)
             .iter()
             .map(|v| v.floor())
             .collect();
@@ -336,14 +343,14 @@ fn int4_weight(
     )
 }
 
-/// MatMulNBits as imported: `x · Wᵀ`; with `fused`, two weights
+/// MatMulNBits as imported (`block` size and bits, 4 or 8): `x · Wᵀ`; with `fused`, two weights
 /// concatenated along the columns first (the optimiser's fusion of
 /// projections reading the same x), one with zero points, one without.
 fn matmul_nbits(
     m: usize,
     k: usize,
     n: usize,
-    block: usize,
+    block: (usize, u8),
     zero_points: bool,
     fused: bool,
     seed: u64,
@@ -524,9 +531,11 @@ fn integer_matmul_of_run_time_operands() {
 
 #[test]
 fn int4_weights_with_and_without_zero_points() {
-    matmul_nbits(1, 64, 9, 32, true, false, 1);
-    matmul_nbits(3, 100, 5, 16, false, false, 2);
-    matmul_nbits(2, 70, 4, 32, true, true, 3);
+    matmul_nbits(1, 64, 9, (32, 4), true, false, 1);
+    matmul_nbits(3, 100, 5, (16, 4), false, false, 2);
+    matmul_nbits(2, 70, 4, (32, 4), true, true, 3);
+    matmul_nbits(2, 70, 5, (32, 8), true, false, 4);
+    matmul_nbits(1, 33, 3, (16, 8), false, true, 5);
     qdq_int4(2, 64, 6, 32, 4);
     qdq_int4(1, 40, 3, 16, 5);
     qdq_int4(2, 10, 6, 4, 6);
@@ -596,8 +605,8 @@ proptest! {
     #[test]
     fn matmul_nbits_matches(
         m in 1usize..4, k in 1usize..200, n in 1usize..12, block_log in 1u32..7,
-        zero_points: bool, fused: bool, seed in 0u64..1000,
+        zero_points: bool, fused: bool, eight: bool, seed in 0u64..1000,
     ) {
-        matmul_nbits(m, k, n, 1 << block_log, zero_points, fused, seed);
+        matmul_nbits(m, k, n, (1 << block_log, if eight { 8 } else { 4 }), zero_points, fused, seed);
     }
 }

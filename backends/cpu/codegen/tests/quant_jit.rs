@@ -284,21 +284,26 @@ fn int8_weights_that_do_not_fit_after_centring_are_refused() {
     );
 }
 
-/// Checks the int4 GEMM of shape `(m, k, n)` with blocks of `block`.
+/// Checks the weight-only GEMM of shape `(m, k, n)` with blocks of
+/// `block` and `bits`-bit weights (4 or 8).
 fn int4_check(
     target: &Target,
     (m, k, n): (usize, usize, usize),
-    block: usize,
+    (block, bits): (usize, u8),
     signed: bool,
     seed: u64,
     pieces: usize,
 ) {
     let blocks = k.div_ceil(block);
-    let nibbles = ints(n * blocks * block, 0, 15, seed);
-    let packed: Vec<u8> = nibbles
-        .chunks(2)
-        .map(|p| (p[0] | (p[1] << 4)) as u8)
-        .collect();
+    let top = (1i32 << bits) - 1;
+    let nibbles = ints(n * blocks * block, 0, top, seed);
+    let packed: Vec<u8> = match bits {
+        8 => nibbles.iter().map(|&v| v as u8).collect(),
+        _ => nibbles
+            .chunks(2)
+            .map(|p| (p[0] | (p[1] << 4)) as u8)
+            .collect(),
+    };
     let scales: Vec<f32> = random(n * blocks, seed + 1)
         .iter()
         .map(|v| v * 0.1)
@@ -306,15 +311,15 @@ fn int4_check(
     let zero_points: Vec<f32> = if signed {
         vec![0.0]
     } else {
-        ints(n * blocks, 0, 15, seed + 2)
+        ints(n * blocks, 0, top, seed + 2)
             .iter()
             .map(|&z| z as f32)
             .collect()
     };
     let x = random(m * k, seed + 3);
     let value = |q: i32| -> f32 {
-        if signed && q >= 8 {
-            (q - 16) as f32
+        if signed && q > top / 2 {
+            (q - top - 1) as f32
         } else {
             q as f32
         }
@@ -336,6 +341,7 @@ fn int4_check(
         n,
         block,
         signed,
+        bits,
     };
     let context = Context::create();
     let kernel = JitKernel::int4_gemm(
@@ -370,7 +376,22 @@ fn int4_edges_on_every_target() {
             (1, 4096, 8, 32),
         ] {
             for signed in [false, true] {
-                int4_check(&target, (m, k, n), block, signed, (m + k + n) as u64, 2);
+                int4_check(
+                    &target,
+                    (m, k, n),
+                    (block, 4),
+                    signed,
+                    (m + k + n) as u64,
+                    2,
+                );
+                int4_check(
+                    &target,
+                    (m, k, n),
+                    (block, 8),
+                    signed,
+                    (m + k + n) as u64,
+                    3,
+                );
             }
         }
     }
@@ -385,6 +406,7 @@ fn int4_bad_shapes_are_refused() {
         n: 1,
         block: 24,
         signed: false,
+        bits: 4,
     };
     assert!(spec
         .check()
@@ -428,10 +450,10 @@ proptest! {
     #[test]
     fn int4_matches_reference(
         m in 1usize..5, k in 1usize..300, n in 1usize..20, block_log in 1u32..8,
-        signed: bool, pieces in 1usize..4, seed in 0u64..1000,
+        signed: bool, eight: bool, pieces in 1usize..4, seed in 0u64..1000,
     ) {
         for (target, _) in targets() {
-            int4_check(&target, (m, k, n), 1 << block_log, signed, seed, pieces);
+            int4_check(&target, (m, k, n), (1 << block_log, if eight { 8 } else { 4 }), signed, seed, pieces);
         }
     }
 }

@@ -37,14 +37,17 @@ pub struct Int4GemmSpec {
     /// k per quantisation block: a power of two ≥ 2 (MatMulNBits uses ≥ 16;
     /// blocked QDQ may use fewer).
     pub block: usize,
-    /// The nibbles are int4 (else uint4).
+    /// The values are signed (int4/int8, else uint4/uint8).
     pub signed: bool,
+    /// Bits per weight: 4 (two per byte, low nibble first) or 8
+    /// (MatMulNBits `bits=8`: the same kernel, one byte per weight).
+    pub bits: u8,
 }
 
 /// The constant operands of an int4 GEMM.
 #[derive(Clone, Copy, Debug)]
 pub struct Int4Weights<'a> {
-    /// `n × blocks × block/2` bytes, low nibble first.
+    /// `n × blocks × block·bits/8` bytes (4 bits: low nibble first).
     pub packed: &'a [u8],
     /// One scale per `(column, block)`, `n × blocks`.
     pub scales: &'a [f32],
@@ -61,7 +64,7 @@ impl Int4GemmSpec {
     }
 
     fn block_bytes(&self) -> usize {
-        self.block / 2
+        self.block * usize::from(self.bits) / 8
     }
 
     fn weight_bytes(&self) -> usize {
@@ -81,6 +84,12 @@ impl Int4GemmSpec {
                 k: self.k,
                 n: self.n,
             });
+        }
+        if self.bits != 4 && self.bits != 8 {
+            return Err(CodegenError::Unsupported(format!(
+                "a weight-only GEMM of {}-bit weights (4 or 8)",
+                self.bits
+            )));
         }
         if self.block < 2 || !self.block.is_power_of_two() {
             return Err(CodegenError::Unsupported(format!(
@@ -110,7 +119,17 @@ impl Int4GemmSpec {
         if w.zero_points.len() != tables && w.zero_points.len() != 1 {
             return Err(wrong("zero points", w.zero_points.len(), tables));
         }
-        let mut bytes = w.packed.to_vec();
+        // 8-bit blocks are stored as their even k, then their odd k: the
+        // two vectors the 4-bit kernel gets from low and high nibbles.
+        let mut bytes = match self.bits {
+            8 => w
+                .packed
+                .chunks(self.block)
+                .flat_map(|b| b.iter().step_by(2).chain(b.iter().skip(1).step_by(2)))
+                .copied()
+                .collect(),
+            _ => w.packed.to_vec(),
+        };
         bytes.resize(self.table_offset(), 0);
         bytes.extend(w.scales.iter().flat_map(|s| s.to_le_bytes()));
         for i in 0..tables {
@@ -207,8 +226,10 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
         let (k, spec) = (self.k, self.spec);
         let em = &k.em;
         let context = k.cx.context;
-        let width = (k.cx.lanes() as usize).min(spec.block_bytes()) as u32;
-        let chunks = spec.block_bytes() / width as usize;
+        // Each block is two halves of `block/2` weights (even and odd k).
+        let half_block = spec.block / 2;
+        let width = (k.cx.lanes() as usize).min(half_block) as u32;
+        let chunks = half_block / width as usize;
         let f32v = context.f32_type().vec_type(width);
         let blocks = spec.blocks();
         let padded = blocks * spec.block;
@@ -246,14 +267,22 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                     )?;
                     prefetch(k, weights, 2 * count * blocks * spec.block_bytes())?;
                     for c in 0..chunks {
-                        let bytes = load_unaligned(
-                            em,
-                            context.i8_type().vec_type(width),
-                            byte_offset(em, weights, em.i64(c * width as usize))?,
-                        )?;
-                        let (low, high) = self.nibbles(bytes)?;
-                        let pair =
-                            em.mul_add(b, em.i64(spec.block_bytes()), em.i64(c * width as usize))?;
+                        let load = |at: usize| {
+                            load_unaligned(
+                                em,
+                                context.i8_type().vec_type(width),
+                                byte_offset(em, weights, em.i64(at))?,
+                            )
+                        };
+                        let bytes = load(c * width as usize)?;
+                        let (low, high) = match spec.bits {
+                            8 => (
+                                self.widen(bytes)?,
+                                self.widen(load(half_block + c * width as usize)?)?,
+                            ),
+                            _ => self.nibbles(bytes)?,
+                        };
+                        let pair = em.mul_add(b, em.i64(half_block), em.i64(c * width as usize))?;
                         for (half, nibbles) in [(0, low), (1, high)] {
                             let w = em.builder.build_float_sub(nibbles, zero_point, "w")?;
                             let w = em.builder.build_float_mul(w, scale, "w")?;
@@ -296,6 +325,22 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                     .build_store(em.float_offset(self.y, at)?, total)?;
             }
             Ok(())
+        })
+    }
+
+    /// 8-bit weights as f32.
+    fn widen(&self, bytes: VectorValue<'ctx>) -> Result<VectorValue<'ctx>, CodegenError> {
+        let b = &self.k.em.builder;
+        let f32v = self
+            .k
+            .cx
+            .context
+            .f32_type()
+            .vec_type(bytes.get_type().get_size());
+        Ok(if self.spec.signed {
+            b.build_signed_int_to_float(bytes, f32v, "w_f")?
+        } else {
+            b.build_unsigned_int_to_float(bytes, f32v, "w_f")?
         })
     }
 

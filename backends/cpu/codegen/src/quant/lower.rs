@@ -12,7 +12,8 @@
 //!   [`Int8GemmSpec`] kernel computes the last of these nodes.
 //! * **int4 weight-only GEMM**: `MatMul(x, W, trans_b)` with W =
 //!   `Slice?(Reshape(Mul(Sub?(Cast(q), zp), s)))` over a constant
-//!   int4/uint4 `[n, blocks, block]` tensor (`com.microsoft.MatMulNBits`),
+//!   int4/uint4 (or 8-bit) `[n, blocks, block]` tensor
+//!   (`com.microsoft.MatMulNBits`),
 //!   or `MatMul(x, W)` with the same over `[blocks, block, n]` (blocked
 //!   int4 QDQ), or a `Concat` of such along the columns (fused
 //!   projections): one [`Int4GemmSpec`] kernel.
@@ -64,6 +65,7 @@ pub(crate) enum Kind {
         n: usize,
         block: usize,
         signed: bool,
+        bits: u8,
         packed: Vec<u8>,
         scales: Vec<f32>,
         zero_points: Vec<f32>,
@@ -557,6 +559,7 @@ struct Int4Part {
     n: usize,
     block: usize,
     signed: bool,
+    bits: u8,
     packed: Vec<u8>,
     scales: Vec<f32>,
     zero_points: Vec<f32>,
@@ -597,9 +600,11 @@ fn int4_part(uses: &Uses<'_>, w: ValueId, k: usize, transposed: bool) -> Option<
         [qn, b, blk] => (qn, b, blk),
         _ => return None,
     };
-    let signed = match q.dtype {
-        DType::I4 => true,
-        DType::U4 => false,
+    let (signed, bits) = match q.dtype {
+        DType::I4 => (true, 4),
+        DType::U4 => (false, 4),
+        DType::I8 => (true, 8),
+        DType::U8 => (false, 8),
         _ => return None,
     };
     let reshaped = if transposed {
@@ -641,24 +646,32 @@ fn int4_part(uses: &Uses<'_>, w: ValueId, k: usize, transposed: bool) -> Option<
     };
     nodes.extend(d.nodes);
     let bytes = q.bytes().ok()?;
-    let packed = if transposed {
-        // Nibble (b, i, j) of q is element (b·block + i)·n + j; the kernel
-        // wants it at (j·blocks + b)·block + i.
-        let nibble = |e: usize| (bytes[e / 2] >> (4 * (e % 2))) & 0xF;
-        let at = |e: usize| {
-            let (j, rest) = (e / (blocks * block), e % (blocks * block));
-            nibble(rest * n + j)
-        };
-        (0..n * blocks * block / 2)
-            .map(|pair| at(2 * pair) | (at(2 * pair + 1) << 4))
-            .collect()
-    } else {
-        bytes.to_vec()
+    let packed = match (transposed, bits) {
+        (false, _) => bytes.to_vec(),
+        (true, _) => {
+            // Element (b, i, j) of q is at (b·block + i)·n + j; the kernel
+            // wants it at (j·blocks + b)·block + i.
+            let element = |e: usize| match bits {
+                8 => bytes[e],
+                _ => (bytes[e / 2] >> (4 * (e % 2))) & 0xF,
+            };
+            let at = |e: usize| {
+                let (j, rest) = (e / (blocks * block), e % (blocks * block));
+                element(rest * n + j)
+            };
+            match bits {
+                8 => (0..n * blocks * block).map(at).collect(),
+                _ => (0..n * blocks * block / 2)
+                    .map(|pair| at(2 * pair) | (at(2 * pair + 1) << 4))
+                    .collect(),
+            }
+        }
     };
     Some(Int4Part {
         n,
         block,
         signed,
+        bits,
         packed,
         scales,
         zero_points,
@@ -698,8 +711,10 @@ fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched, Vec<usize
         ),
         _ => (vec![int4_part(uses, w, k, transposed)?], None),
     };
-    let (block, signed) = (parts[0].block, parts[0].signed);
-    if parts.iter().any(|p| p.block != block || p.signed != signed)
+    let (block, signed, bits) = (parts[0].block, parts[0].signed, parts[0].bits);
+    if parts
+        .iter()
+        .any(|p| p.block != block || p.signed != signed || p.bits != bits)
         || parts.iter().map(|p| p.n).sum::<usize>() != n
     {
         return None;
@@ -732,6 +747,7 @@ fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched, Vec<usize
                 n,
                 block,
                 signed,
+                bits,
                 packed,
                 scales,
                 zero_points,
@@ -805,6 +821,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             n,
             block,
             signed,
+            bits,
             packed,
             scales,
             zero_points,
@@ -818,6 +835,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 n: *n,
                 block: *block,
                 signed: *signed,
+                bits: *bits,
             };
             let packed = spec.pack(&Int4Weights {
                 packed,

@@ -105,6 +105,7 @@ mod tests {
             n: 8,
             block: 32,
             signed: false,
+            bits: 4,
         };
         emit_int4_gemm(cx, &spec).unwrap();
         machine.optimize(&module).unwrap();
