@@ -7,6 +7,7 @@
 //! iterations `begin..end` of its outermost loop (B panels, output
 //! columns, rows), so the executor splits it over threads like any other.
 
+mod epilogue;
 mod gemm8;
 mod gemv4;
 mod imatmul;
@@ -17,8 +18,8 @@ pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
 pub use jit::JitKernel;
 
+pub(crate) use epilogue::quantize_with_zero_point;
 pub(crate) use gemm8::emit as emit_int8_gemm;
-pub(crate) use gemm8::quantize_with_zero_point;
 pub(crate) use gemv4::emit as emit_int4_gemm;
 pub(crate) use imatmul::lower as lower_int_matmul;
 
