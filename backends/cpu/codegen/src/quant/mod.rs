@@ -13,6 +13,7 @@ mod gemv4;
 mod imatmul;
 mod jit;
 pub(crate) mod lower;
+mod pattern4;
 
 pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
