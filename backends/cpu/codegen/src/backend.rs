@@ -20,7 +20,14 @@ use crate::{
 
 /// The element types the CPU kernels compute on; f16, bf16 and int4
 /// tensors are only moved (data-movement ops take any type).
-const COMPUTE_DTYPES: [DType; 5] = [DType::F32, DType::I64, DType::I32, DType::I8, DType::Bool];
+const COMPUTE_DTYPES: [DType; 6] = [
+    DType::F32,
+    DType::I64,
+    DType::I32,
+    DType::I8,
+    DType::U8,
+    DType::Bool,
+];
 
 /// The CPU backend's code generator (LLVM through inkwell).
 pub struct CpuBackend;
@@ -41,11 +48,7 @@ impl CodeGenerator for CpuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // No quantisation kernels yet (issue 10): quantised models run on
-        // the reference interpreter.
-        let mut caps = Capabilities::every_op(&COMPUTE_DTYPES);
-        caps.ops.retain(|&k| k != OpKind::Quantize);
-        caps
+        Capabilities::every_op(&COMPUTE_DTYPES)
     }
 
     fn refuse(&self, g: &Graph, node: &Node) -> Option<String> {
@@ -54,17 +57,39 @@ impl CodeGenerator for CpuBackend {
             return None;
         }
         let base = g.value(node.inputs[0]).ty.dtype;
-        if kind == OpKind::Conv && base != DType::F32 {
-            return Some(format!(
+        let out = g.value(node.output).ty.dtype;
+        let reason = if kind == OpKind::Quantize && !matches!(out, DType::I8 | DType::U8) {
+            Some(format!(
+                "Quantize into {out} (the CPU kernels quantise into int8 and uint8; int4 is only stored)"
+            ))
+        } else if matches!(kind, OpKind::MaxPool | OpKind::AvgPool) && base != DType::F32 {
+            Some(format!(
+                "{} on {base} (the CPU pool kernels compute in f32 only)",
+                kind.name()
+            ))
+        } else if kind == OpKind::Conv && base != DType::F32 {
+            Some(format!(
                 "Conv on {base} (the CPU kernels convolve in f32 only)"
-            ));
-        }
-        if kind == OpKind::Pow && base != DType::F32 {
-            return Some(format!(
+            ))
+        } else if kind == OpKind::MatMul && !matches!(base, DType::F32 | DType::I32) {
+            Some(format!(
+                "MatMul on {base} (the CPU kernels multiply f32, and i32: the int8 GEMM for \
+                 int8/uint8 operands with constant weights, else a generic loop)"
+            ))
+        } else if kind == OpKind::Pow && base != DType::F32 {
+            Some(format!(
                 "Pow on {base} bases (the CPU kernels compute Pow in f32 only)"
-            ));
-        }
-        self.capabilities().refuse(g, node)
+            ))
+        } else {
+            self.capabilities().refuse(g, node)
+        };
+        // Nodes a quantised kernel computes (the dequantisation of int4
+        // weights, the i32 MatMul of the int8 GEMM) need no kernel of their
+        // own.
+        reason.filter(|_| {
+            let index = g.nodes.iter().position(|n| std::ptr::eq(n, node));
+            index.is_none_or(|i| crate::quant::lower::find(g).absorbed_by[i].is_none())
+        })
     }
 
     fn runnable(&self, target: Option<&str>) -> Result<(), String> {

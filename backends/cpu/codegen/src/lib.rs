@@ -12,6 +12,7 @@ mod jit;
 mod kernels;
 mod machine;
 mod peak;
+pub mod quant;
 mod target;
 
 pub use artifact::{ArtifactBuilder, BuiltArtifact};

@@ -42,11 +42,15 @@ impl Isa {
         }
     }
 
-    fn features(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx2,+fma,+f16c,+bmi2",
-            Isa::Avx2 => "+avx2,+fma,+f16c,+bmi2",
-            Isa::Neon => "+neon,+fp-armv8",
+    fn features(self, vnni: bool) -> &'static str {
+        match (self, vnni) {
+            (Isa::Avx512, false) => "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx2,+fma,+f16c,+bmi2",
+            (Isa::Avx512, true) => {
+                "+avx512f,+avx512bw,+avx512dq,+avx512vl,+avx2,+fma,+f16c,+bmi2,+avx512vnni"
+            }
+            (Isa::Avx2, false) => "+avx2,+fma,+f16c,+bmi2",
+            (Isa::Avx2, true) => "+avx2,+fma,+f16c,+bmi2,+avxvnni",
+            (Isa::Neon, _) => "+neon,+fp-armv8",
         }
     }
 
@@ -109,6 +113,7 @@ impl Arch {
                 "icelake-client",
                 "icelake-server",
                 "tigerlake",
+                "rocketlake",
                 "sapphirerapids",
                 "alderlake",
                 "raptorlake",
@@ -190,7 +195,43 @@ impl Target {
 
     /// The LLVM feature string.
     pub fn features(&self) -> &'static str {
-        self.isa.features()
+        self.isa.features(self.has_vnni())
+    }
+
+    /// Whether the CPU (`--cpu`, or the host's when LLVM knows its name)
+    /// has the int8 dot-product instruction `vpdpbusd` at the ISA's vector
+    /// width: AVX-512 VNNI for `x86_64-avx512`, AVX-VNNI for
+    /// `x86_64-avx2`. Keyed by the CPU name, like every other instruction
+    /// the CPU name lets LLVM use: the generic `x86-64-v4`/`x86-64-v3`
+    /// CPUs do not have it, so their code runs on any AVX-512/AVX2 host.
+    pub fn has_vnni(&self) -> bool {
+        const AVX512_VNNI: &[&str] = &[
+            "cascadelake",
+            "cooperlake",
+            "icelake-client",
+            "icelake-server",
+            "tigerlake",
+            "rocketlake",
+            "sapphirerapids",
+            "emeraldrapids",
+            "graniterapids",
+            "znver4",
+            "znver5",
+        ];
+        const AVX_VNNI: &[&str] = &[
+            "alderlake",
+            "raptorlake",
+            "meteorlake",
+            "sapphirerapids",
+            "emeraldrapids",
+            "graniterapids",
+            "znver5",
+        ];
+        match self.isa {
+            Isa::Avx512 => AVX512_VNNI.contains(&self.cpu.as_str()),
+            Isa::Avx2 => AVX_VNNI.contains(&self.cpu.as_str()),
+            Isa::Neon => false,
+        }
     }
 
     /// Whether code for this target can run on this machine; an error says
@@ -269,6 +310,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("unknown CPU `znver4` for aarch64"), "{err}");
+    }
+
+    #[test]
+    fn vnni_follows_the_cpu_name() {
+        let vnni = |t: &str, cpu: Option<&str>| Target::parse(Some(t), cpu).unwrap().has_vnni();
+        assert!(!vnni("x86_64-avx512", None));
+        assert!(vnni("x86_64-avx512", Some("icelake-server")));
+        assert!(!vnni("x86_64-avx2", None));
+        assert!(vnni("x86_64-avx2", Some("alderlake")));
+        assert!(!vnni("x86_64-avx512", Some("skylake-avx512")));
+        assert!(!vnni("aarch64", Some("neoverse-n1")));
     }
 
     #[test]

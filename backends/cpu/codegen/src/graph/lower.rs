@@ -124,12 +124,20 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 offset: 0,
             });
         }
-        let roots = fusion_roots(graph);
+        let quant = crate::quant::lower::find(graph);
+        let roots =
+            crate::quant::lower::split_groups(graph, &fusion_roots(graph), &quant.absorbed_by);
         let members = group_members(&roots);
         let chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
         let mut in_chain = vec![false; graph.nodes.len()];
         for (i, root) in roots.iter().enumerate() {
             lowering.kernel_of[i] = root.unwrap_or(i);
+        }
+        for (i, by) in quant.absorbed_by.iter().enumerate() {
+            if let Some(kernel) = *by {
+                lowering.kernel_of[i] = kernel;
+                in_chain[i] = i != kernel;
+            }
         }
         for chain in chains.iter().flatten() {
             let mut absorbed = vec![chain.scores, chain.softmax];
@@ -151,6 +159,10 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 )),
                 other => other,
             };
+            if let Some(matched) = &quant.at[i] {
+                crate::quant::lower::lower(&mut lowering, matched).map_err(fail)?;
+                continue;
+            }
             if let Some(chain) = chains[i] {
                 crate::kernels::attention::lower(&mut lowering, chain, &members).map_err(fail)?;
                 continue;
@@ -292,6 +304,16 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         self.weights.resize(offset, 0);
         self.weights.extend_from_slice(bytes);
         offset
+    }
+
+    /// A new weight-blob buffer holding `bytes` (cache-line aligned).
+    pub fn weights_loc(&mut self, bytes: &[u8]) -> Loc {
+        let offset = self.add_weight_bytes(bytes);
+        self.bufs.push(BufKind::Weights(offset));
+        Loc {
+            buf: self.bufs.len() - 1,
+            offset: 0,
+        }
     }
 
     /// A fresh arena scratch buffer of `bytes` for the kernel of the node

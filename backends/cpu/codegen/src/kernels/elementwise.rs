@@ -268,13 +268,16 @@ pub(crate) fn eval<'ctx>(
         Op::Add if ty != Elem::Bool => b.build_int_add(x, y(), "add")?,
         Op::Sub if ty != Elem::Bool => b.build_int_sub(x, y(), "sub")?,
         Op::Mul if ty != Elem::Bool => b.build_int_mul(x, y(), "mul")?,
+        Op::Div if ty == Elem::U8 => unsigned_div(k, x, y())?,
         Op::Div if ty != Elem::Bool => int_div(k, x, y())?,
+        Op::Max if ty == Elem::U8 => int_minmax(k, x, y(), IntPredicate::UGT)?,
+        Op::Min if ty == Elem::U8 => int_minmax(k, x, y(), IntPredicate::ULT)?,
         Op::Max if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SGT)?,
         Op::Min if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SLT)?,
         Op::Equal if float => b.build_float_compare(FloatPredicate::OEQ, x, y(), "eq")?,
         Op::Less if float => b.build_float_compare(FloatPredicate::OLT, x, y(), "lt")?,
         Op::Equal => b.build_int_compare(IntPredicate::EQ, x, y(), "eq")?,
-        Op::Less if ty == Elem::Bool => b.build_int_compare(IntPredicate::ULT, x, y(), "lt")?,
+        Op::Less if ty.is_unsigned() => b.build_int_compare(IntPredicate::ULT, x, y(), "lt")?,
         Op::Less => b.build_int_compare(IntPredicate::SLT, x, y(), "lt")?,
         Op::Where => b
             .build_select(x, y(), args[2].0, "where")?
@@ -290,6 +293,7 @@ pub(crate) fn eval<'ctx>(
         Op::Cos if float => math.sin_cos(x, true)?,
         Op::Gelu { tanh_approx } if float => gelu(math, x, *tanh_approx)?,
         Op::Cast { .. } => cast(k, x, ty, out)?,
+        Op::Quantize { .. } if float => quantize(k, x, y(), args[2], out)?,
         _ => return Err(unsupported()),
     })
 }
@@ -318,6 +322,58 @@ fn int_div<'ctx>(
     let negated = b.build_int_sub(zero, x, "neg")?;
     let q = b.build_select(is_m1, negated, q, "q")?.into_vector_value();
     Ok(b.build_select(is_zero, zero, q, "q")?.into_vector_value())
+}
+
+/// Unsigned division; a zero divisor is reported like [`int_div`]'s.
+fn unsigned_div<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    x: VectorValue<'ctx>,
+    y: VectorValue<'ctx>,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let b = &k.em.builder;
+    let ty = y.get_type();
+    let zero = ty.const_zero();
+    let is_zero = b.build_int_compare(IntPredicate::EQ, y, zero, "zero")?;
+    k.report_if(is_zero.into(), m4c_cpu_device::STATUS_DIVISION_BY_ZERO)?;
+    let one = b.build_int_sub(zero, b.build_not(zero, "m1")?, "one")?;
+    let divisor = b.build_select(is_zero, one, y, "d")?.into_vector_value();
+    let q = b.build_int_unsigned_div(x, divisor, "q")?;
+    Ok(b.build_select(is_zero, zero, q, "q")?.into_vector_value())
+}
+
+/// `Quantize(x, scale, zero_point)` into int8/uint8: the interpreter's
+/// `saturate(round_half_even(x / scale) + zero_point)` (NaN → the zero
+/// point). The zero point is added in f64, exact for every i32.
+fn quantize<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    x: VectorValue<'ctx>,
+    scale: VectorValue<'ctx>,
+    (zero_point, zp_elem): (VectorValue<'ctx>, Elem),
+    out: Elem,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let range = match out {
+        Elem::I8 => (-128.0, 127.0),
+        Elem::U8 => (0.0, 255.0),
+        other => {
+            return Err(CodegenError::Unsupported(format!(
+                "Quantize into {other:?} (int8 and uint8 are computed; int4 is only stored)"
+            )))
+        }
+    };
+    let lanes = x.get_type().get_size();
+    let f64v = k.cx.context.f64_type().vec_type(lanes);
+    let b = &k.em.builder;
+    let zero_point = if zp_elem.is_unsigned() {
+        b.build_unsigned_int_to_float(zero_point, f64v, "zp")?
+    } else if zp_elem.is_float() {
+        return Err(CodegenError::Unsupported(
+            "Quantize with a float zero point".into(),
+        ));
+    } else {
+        b.build_signed_int_to_float(zero_point, f64v, "zp")?
+    };
+    let q = crate::quant::quantize_with_zero_point(&k.em, x, scale, zero_point, range)?;
+    Ok(b.build_int_truncate(q, k.cx.context.i8_type().vec_type(lanes), "q")?)
 }
 
 fn int_minmax<'ctx>(
@@ -366,8 +422,17 @@ fn cast<'ctx>(
         (_, Elem::Bool) => {
             b.build_int_compare(IntPredicate::NE, x, x.get_type().const_zero(), "nz")?
         }
-        (Elem::Bool, Elem::F32) => b.build_unsigned_int_to_float(x, target, "f")?,
+        (Elem::Bool | Elem::U8, Elem::F32) => b.build_unsigned_int_to_float(x, target, "f")?,
         (Elem::Bool, _) => b.build_int_z_extend(x, target, "z")?,
+        (Elem::F32, Elem::U8) => {
+            k.em.call_intrinsic(
+                "llvm.fptoui.sat",
+                &[target.into(), x.get_type().into()],
+                &[x.into()],
+            )?
+            .expect("returns a value")
+            .into_vector_value()
+        }
         (Elem::F32, _) => {
             k.em.call_intrinsic(
                 "llvm.fptosi.sat",
@@ -378,7 +443,7 @@ fn cast<'ctx>(
             .into_vector_value()
         }
         (_, Elem::F32) => b.build_signed_int_to_float(x, target, "f")?,
-        _ => b.build_int_cast_sign_flag(x, target, true, "i")?,
+        _ => b.build_int_cast_sign_flag(x, target, !from.is_unsigned(), "i")?,
     })
 }
 

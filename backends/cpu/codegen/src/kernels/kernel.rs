@@ -35,6 +35,9 @@ pub(crate) enum Elem {
     I64,
     I32,
     I8,
+    /// uint8 (quantised activations): unsigned comparisons, division and
+    /// conversions.
+    U8,
     Bool,
 }
 
@@ -47,10 +50,11 @@ impl Elem {
             DType::I64 => Elem::I64,
             DType::I32 => Elem::I32,
             DType::I8 => Elem::I8,
+            DType::U8 => Elem::U8,
             DType::Bool => Elem::Bool,
             other => {
                 return Err(CodegenError::Unsupported(format!(
-                    "{what} on {other} tensors (the CPU backend computes in f32, i64, i32, i8 and bool)"
+                    "{what} on {other} tensors (the CPU backend computes in f32, i64, i32, i8, u8 and bool)"
                 )))
             }
         })
@@ -62,7 +66,7 @@ impl Elem {
             Elem::F32 => context.f32_type().into(),
             Elem::I64 => context.i64_type().into(),
             Elem::I32 => context.i32_type().into(),
-            Elem::I8 | Elem::Bool => context.i8_type().into(),
+            Elem::I8 | Elem::U8 | Elem::Bool => context.i8_type().into(),
         }
     }
 
@@ -88,13 +92,18 @@ impl Elem {
         match self {
             Elem::F32 | Elem::I32 => 4,
             Elem::I64 => 8,
-            Elem::I8 | Elem::Bool => 1,
+            Elem::I8 | Elem::U8 | Elem::Bool => 1,
         }
     }
 
     /// Whether this is the float type.
     pub fn is_float(self) -> bool {
         self == Elem::F32
+    }
+
+    /// Whether integers of this type compare, divide and widen unsigned.
+    pub fn is_unsigned(self) -> bool {
+        matches!(self, Elem::U8 | Elem::Bool)
     }
 }
 

@@ -281,10 +281,10 @@ impl BatchedMatmul {
 
 /// The shapes of a MatMul's operands with vectors made matrices, and its
 /// `(m, k, n)`.
-struct Operands {
-    a_shape: Vec<usize>,
-    b_shape: Vec<usize>,
-    mkn: (usize, usize, usize),
+pub(crate) struct Operands {
+    pub a_shape: Vec<usize>,
+    pub b_shape: Vec<usize>,
+    pub mkn: (usize, usize, usize),
 }
 
 fn operands(
@@ -294,9 +294,10 @@ fn operands(
     trans_b: bool,
 ) -> Result<Operands, CodegenError> {
     let (a, b) = (node.inputs[0], node.inputs[1]);
-    if l.dtype(a) != DType::F32 || l.dtype(b) != DType::F32 {
+    let int32 = l.dtype(a) == DType::I32 && l.dtype(b) == DType::I32;
+    if !int32 && (l.dtype(a) != DType::F32 || l.dtype(b) != DType::F32) {
         return Err(CodegenError::Unsupported(format!(
-            "MatMul on {} × {} (only f32)",
+            "MatMul on {} × {} (only f32, and i32 × i32)",
             l.dtype(a),
             l.dtype(b)
         )));
@@ -384,6 +385,14 @@ pub(crate) fn lower(
         b_shape,
         mkn: (m, k, n),
     } = operands(l, node, trans_a, trans_b)?;
+    if l.dtype(a) == DType::I32 {
+        let shapes = Operands {
+            a_shape,
+            b_shape,
+            mkn: (m, k, n),
+        };
+        return crate::quant::lower_int_matmul(l, node, (trans_a, trans_b), &shapes);
+    }
     let (ra, rb) = (a_shape.len(), b_shape.len());
     let out = l.define(node.output)?;
     let b_batch_ones = b_shape[..rb - 2].iter().all(|&d| d == 1);

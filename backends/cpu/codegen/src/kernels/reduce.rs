@@ -71,7 +71,12 @@ impl Reduce {
                 .into_vector_value()
             }
             (true, false) => {
-                let gt = builder.build_int_compare(IntPredicate::SGT, a, b, "gt")?;
+                let greater = if self.elem.is_unsigned() {
+                    IntPredicate::UGT
+                } else {
+                    IntPredicate::SGT
+                };
+                let gt = builder.build_int_compare(greater, a, b, "gt")?;
                 builder.build_select(gt, a, b, "max")?.into_vector_value()
             }
         })
@@ -101,6 +106,7 @@ impl Reduce {
                     .const_int(i32::MIN as i64 as u64, true)
                     .into()
             }
+            Elem::U8 => k.cx.context.i8_type().const_zero().into(),
             _ => {
                 k.cx.context
                     .i8_type()
@@ -263,13 +269,14 @@ fn emit_argmax(
                     k.em.builder
                         .build_float_compare(FloatPredicate::OGE, v, b, "ge")?
                 }
-                (false, false) => {
-                    k.em.builder
-                        .build_int_compare(IntPredicate::SGT, v, b, "gt")?
-                }
-                (false, true) => {
-                    k.em.builder
-                        .build_int_compare(IntPredicate::SGE, v, b, "ge")?
+                (false, last) => {
+                    let predicate = match (elem.is_unsigned(), last) {
+                        (false, false) => IntPredicate::SGT,
+                        (false, true) => IntPredicate::SGE,
+                        (true, false) => IntPredicate::UGT,
+                        (true, true) => IntPredicate::UGE,
+                    };
+                    k.em.builder.build_int_compare(predicate, v, b, "better")?
                 }
             };
             let better = k.em.builder.build_extract_element(

@@ -1,0 +1,133 @@
+//! Quantised kernels: the int8 GEMM (u8 × s8 → i32 with a fused
+//! requantisation epilogue), the int4 weight-only GEMV/GEMM of decode, the
+//! generic integer MatMul, and the graph patterns that select them
+//! (`Quantize` and uint8 are computed by the elementwise kernels).
+//!
+//! Every kernel has the uniform `KernelFn` signature and computes the
+//! iterations `begin..end` of its outermost loop (B panels, output
+//! columns, rows), so the executor splits it over threads like any other.
+
+mod epilogue;
+mod gemm8;
+mod gemv4;
+mod imatmul;
+mod jit;
+pub(crate) mod lower;
+mod pattern4;
+
+pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
+pub use gemv4::{Int4GemmSpec, Int4Weights};
+pub use jit::JitKernel;
+
+pub(crate) use epilogue::quantize_with_zero_point;
+pub(crate) use gemm8::emit as emit_int8_gemm;
+pub(crate) use gemv4::emit as emit_int4_gemm;
+pub(crate) use imatmul::lower as lower_int_matmul;
+
+use crate::Target;
+
+/// How a target computes the int8 dot products of the GEMM, and the number
+/// of consecutive k a packed B column holds per group (`group`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotKind {
+    /// `vpdpbusd`: four u8 × s8 products summed into each i32 lane in one
+    /// instruction (AVX-512 VNNI, or AVX-VNNI on 256-bit vectors).
+    Vnni,
+    /// `vpmaddwd` on values widened to i16 (`vpmovsxbw` of B, A zero
+    /// extended): two exact products per i32 lane. Not `vpmaddubsw`, whose
+    /// i16 sum of two u8 × s8 products saturates (255·127·2 > 32767); the
+    /// widened form is exact for every u8/s8 value, so results match the
+    /// interpreter bit for bit without restricting weights to 7 bits.
+    Pmaddwd,
+    /// Plain vector IR (sign-extend, multiply, add in i32) that LLVM lowers
+    /// for the target: NEON (`smull`/`smlal`-style code; `sdot` would need
+    /// the dot-product extension, which the generic AArch64 CPU lacks).
+    Generic,
+}
+
+impl DotKind {
+    /// The kind `target` uses.
+    pub fn for_target(target: &Target) -> Self {
+        match target.isa {
+            _ if target.has_vnni() => DotKind::Vnni,
+            crate::Isa::Avx512 | crate::Isa::Avx2 => DotKind::Pmaddwd,
+            crate::Isa::Neon => DotKind::Generic,
+        }
+    }
+
+    /// Consecutive k values per packed group (the bytes one i32 lane of A's
+    /// broadcast carries).
+    pub fn group(self) -> usize {
+        match self {
+            DotKind::Vnni => 4,
+            DotKind::Pmaddwd => 2,
+            DotKind::Generic => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use inkwell::context::Context;
+
+    use super::*;
+    use crate::kernels::Cx;
+    use crate::Machine;
+
+    /// The assembly of an int8 GEMM and an int4 GEMM for `target`.
+    fn assembly(target: &str, cpu: Option<&str>) -> String {
+        let target = Target::parse(Some(target), cpu).unwrap();
+        let machine = Machine::new(&target).unwrap();
+        let context = Context::create();
+        let module = machine.new_module(&context, "q");
+        let cx = Cx {
+            context: &context,
+            module: &module,
+            target: &target,
+        };
+        let spec = Int8GemmSpec {
+            symbol: "q8".into(),
+            m: 20,
+            k: 64,
+            n: 40,
+            a_signed: true,
+            a_zero_point: 0,
+            output: Int8Output::Quantized {
+                signed: true,
+                scale: 0.5,
+                zero_point: 0,
+            },
+            runtime: Int8Runtime::default(),
+        };
+        emit_int8_gemm(cx, &spec).unwrap();
+        let spec = Int4GemmSpec {
+            symbol: "q4".into(),
+            m: 1,
+            k: 64,
+            n: 8,
+            block: 32,
+            signed: false,
+            bits: 4,
+        };
+        emit_int4_gemm(cx, &spec).unwrap();
+        machine.optimize(&module).unwrap();
+        machine.emit_assembly(&module).unwrap()
+    }
+
+    #[test]
+    fn each_target_uses_its_dot_product_instruction() {
+        let asm = assembly("x86_64-avx512", Some("icelake-server"));
+        assert!(asm.contains("vpdpbusd\t%zmm"), "no 512-bit vpdpbusd");
+        let asm = assembly("x86_64-avx2", Some("alderlake"));
+        assert!(asm.contains("vpdpbusd\t%ymm"), "no 256-bit vpdpbusd");
+        let asm = assembly("x86_64-avx512", None);
+        assert!(asm.contains("vpmaddwd\t%zmm") && !asm.contains("vpdpbusd"));
+        let asm = assembly("x86_64-avx2", None);
+        assert!(asm.contains("vpmaddwd\t%ymm") && !asm.contains("vpdpbusd"));
+        let asm = assembly("aarch64", None);
+        assert!(
+            asm.contains("mla") || asm.contains("mlal"),
+            "no NEON multiply-add"
+        );
+    }
+}

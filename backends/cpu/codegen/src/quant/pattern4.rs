@@ -1,0 +1,212 @@
+//! The weight-only pattern of the quantised lowering (see `lower.rs`):
+//! MatMulNBits' and blocked QDQ's dequantised int4/8-bit weights, alone or
+//! concatenated by the optimiser, become one weight-only GEMM.
+
+use m4c_ir::{DType, Op, ValueId};
+
+use super::lower::{Kind, Matched, Uses};
+
+/// One dequantised int4 weight `[n, k]`: its packed bytes, per-block
+/// scales and zero points (one, or one per block), and the nodes read
+/// through.
+struct Int4Part {
+    n: usize,
+    block: usize,
+    signed: bool,
+    bits: u8,
+    packed: Vec<u8>,
+    scales: Vec<f32>,
+    zero_points: Vec<f32>,
+    nodes: Vec<usize>,
+}
+
+/// `Slice?(Reshape(Mul(Sub?(Cast(q), zp), s)))` over a constant
+/// int4/uint4 `q`: of shape `[n, blocks, block]` read as `[n, k]`
+/// (MatMulNBits), or, `transposed`, of shape `[blocks, block, n]` read as
+/// `[k, n]` (blocked QDQ along K), whose nibbles and tables are
+/// rearranged into the kernel's `[n, blocks, block]` at compile time.
+fn int4_part(uses: &Uses<'_>, w: ValueId, k: usize, transposed: bool) -> Option<Int4Part> {
+    let (n, wk) = match uses.shape(w)?[..] {
+        [a, b] if transposed => (b, a),
+        [a, b] => (a, b),
+        _ => return None,
+    };
+    if wk != k {
+        return None;
+    }
+    let mut nodes = Vec::new();
+    let mut cur = w;
+    if let Some((i, Op::Slice { axes }, [inner])) = uses.def(cur) {
+        if axes.iter().any(|a| a.start != 0 || a.step != 1) {
+            return None;
+        }
+        nodes.push(i);
+        cur = *inner;
+    }
+    let (i, Op::Reshape { .. }, [inner]) = uses.def(cur)? else {
+        return None;
+    };
+    nodes.push(i);
+    let d = uses.dequant(*inner)?;
+    let q = uses.constant(d.q)?;
+    let (qn, blocks, block) = match q.shape[..] {
+        [b, blk, qn] if transposed => (qn, b, blk),
+        [qn, b, blk] => (qn, b, blk),
+        _ => return None,
+    };
+    let (signed, bits) = match q.dtype {
+        DType::I4 => (true, 4),
+        DType::U4 => (false, 4),
+        DType::I8 => (true, 8),
+        DType::U8 => (false, 8),
+        _ => return None,
+    };
+    let reshaped = if transposed {
+        [blocks * block, n]
+    } else {
+        [n, blocks * block]
+    };
+    if qn != n
+        || blocks != k.div_ceil(block)
+        || block < 2
+        || !block.is_power_of_two()
+        || uses.shape(cur)? != reshaped
+    {
+        return None;
+    }
+    // Per-block tables in the kernel's (column, block) order.
+    let per_block = |v: ValueId| -> Option<Vec<f32>> {
+        let t = uses.constant(v)?;
+        let values = t.to_f32_vec().ok()?;
+        if values.len() == 1 {
+            return Some(values);
+        }
+        if transposed && t.shape == [blocks, 1, n] {
+            return Some(
+                (0..n * blocks)
+                    .map(|i| values[(i % blocks) * n + i / blocks])
+                    .collect(),
+            );
+        }
+        (!transposed && t.shape == [n, blocks, 1]).then_some(values)
+    };
+    let scales = per_block(d.scale?)?;
+    if scales.len() != n * blocks {
+        return None;
+    }
+    let zero_points = match d.zero {
+        None => vec![0.0],
+        Some(z) => per_block(z)?,
+    };
+    nodes.extend(d.nodes);
+    let bytes = q.bytes().ok()?;
+    let packed = match (transposed, bits) {
+        (false, _) => bytes.to_vec(),
+        (true, _) => {
+            // Element (b, i, j) of q is at (b·block + i)·n + j; the kernel
+            // wants it at (j·blocks + b)·block + i.
+            let element = |e: usize| match bits {
+                8 => bytes[e],
+                _ => (bytes[e / 2] >> (4 * (e % 2))) & 0xF,
+            };
+            let at = |e: usize| {
+                let (j, rest) = (e / (blocks * block), e % (blocks * block));
+                element(rest * n + j)
+            };
+            match bits {
+                8 => (0..n * blocks * block).map(at).collect(),
+                _ => (0..n * blocks * block / 2)
+                    .map(|pair| at(2 * pair) | (at(2 * pair + 1) << 4))
+                    .collect(),
+            }
+        }
+    };
+    Some(Int4Part {
+        n,
+        block,
+        signed,
+        bits,
+        packed,
+        scales,
+        zero_points,
+        nodes,
+    })
+}
+
+/// The int4 weight-only pattern at the MatMul `mm`: one dequantised int4
+/// weight (`[n, k]` with `trans_b`, else `[k, n]`), or several
+/// concatenated along the output columns (the optimiser's fusion of q/k/v
+/// projections), whose packed bytes and tables concatenate the same way.
+pub(super) fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched, Vec<usize>)> {
+    let g = uses.g;
+    let node = &g.nodes[mm];
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    if uses.dtype(x) != DType::F32 {
+        return None;
+    }
+    let x_shape = uses.shape(x)?;
+    let (n, k) = match uses.shape(w)?[..] {
+        [a, b] if trans_b => (a, b),
+        [a, b] => (b, a),
+        _ => return None,
+    };
+    let (transposed, column_axis) = (!trans_b, usize::from(!trans_b));
+    if x_shape.last() != Some(&k) {
+        return None;
+    }
+    let m: usize = x_shape[..x_shape.len() - 1].iter().product();
+    let (parts, concat) = match uses.def(w) {
+        Some((i, Op::Concat { axis }, inputs)) if *axis == column_axis => (
+            inputs
+                .iter()
+                .map(|&p| int4_part(uses, p, k, transposed))
+                .collect::<Option<Vec<_>>>()?,
+            Some(i),
+        ),
+        _ => (vec![int4_part(uses, w, k, transposed)?], None),
+    };
+    let (block, signed, bits) = (parts[0].block, parts[0].signed, parts[0].bits);
+    if parts
+        .iter()
+        .any(|p| p.block != block || p.signed != signed || p.bits != bits)
+        || parts.iter().map(|p| p.n).sum::<usize>() != n
+    {
+        return None;
+    }
+    let blocks = k.div_ceil(block);
+    let mut nodes: Vec<usize> = concat.into_iter().collect();
+    let (mut packed, mut scales, mut zero_points) = (Vec::new(), Vec::new(), Vec::new());
+    let one_zero_point = parts
+        .iter()
+        .all(|p| p.zero_points.len() == 1 && p.zero_points == parts[0].zero_points);
+    for part in parts {
+        packed.extend(part.packed);
+        scales.extend(part.scales);
+        if !one_zero_point {
+            let len = part.n * blocks;
+            zero_points.extend((0..len).map(|i| part.zero_points[i % part.zero_points.len()]));
+        } else if zero_points.is_empty() {
+            zero_points = part.zero_points;
+        }
+        nodes.extend(part.nodes);
+    }
+    Some((
+        Matched {
+            output: mm,
+            core: vec![mm],
+            kind: Kind::Int4 {
+                x,
+                m,
+                k,
+                n,
+                block,
+                signed,
+                bits,
+                packed,
+                scales,
+                zero_points,
+            },
+        },
+        nodes,
+    ))
+}

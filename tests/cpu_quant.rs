@@ -1,0 +1,171 @@
+//! The models onnxruntime's own tools quantised (`tests/fixtures/quant/`)
+//! compiled by the CPU backend for the host (AVX-512 VNNI here) and
+//! compared with onnxruntime's outputs under `tests/quant_fixtures.rs`'s
+//! bound (cosine ≥ 0.999, max error ≤ 2 output quantisation steps), both
+//! as lowered and after the optimiser; the int8 GEMM and int4 GEMM kernels
+//! must be the ones that ran. Models the backend refuses are named with
+//! the reason, which must be the one documented (integer convolution).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use m4c_compiler::backend::refusals;
+use m4c_compiler::opt::{optimise, OptOptions, Roofline};
+use m4c_compiler::{lower, LowerOptions, OnnxModel};
+use m4c_cpu_codegen::{compile_graph, CompileOptions, CpuBackend, Target};
+use m4c_cpu_device::Step;
+use m4c_ir::{Graph, Tensor};
+use m4c_ops::{as_f64, Value};
+use m4c_runtime::read_npz;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant")
+}
+
+/// The fixtures and their output steps, from `MANIFEST.json`.
+fn manifest() -> Vec<(String, BTreeMap<String, f64>)> {
+    let text = std::fs::read_to_string(dir().join("MANIFEST.json")).expect("MANIFEST.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("MANIFEST.json parses");
+    json["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| {
+            let steps = m["output_step"]
+                .as_object()
+                .expect("output_step")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_f64().expect("step")))
+                .collect();
+            (m["name"].as_str().expect("name").to_string(), steps)
+        })
+        .collect()
+}
+
+/// Lowers `model` for the shapes of `inputs`; the feeds in graph order.
+fn load(model: &Path, inputs: &BTreeMap<String, Value>) -> (Graph, Vec<Tensor>) {
+    let m = OnnxModel::load(model).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let proto = m.graph();
+    let inits: HashSet<&str> = proto.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut options = LowerOptions::default();
+    let mut feeds = vec![];
+    for i in proto
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+    {
+        let v = &inputs[&i.name];
+        options
+            .input_shapes
+            .insert(i.name.clone(), v.shape().to_vec());
+        feeds.push(v.to_tensor());
+    }
+    let g = lower(&m, &options).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    (g, feeds)
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Compiles `g` for the host, checks its outputs against `expected`, and
+/// returns the number of int8 and int4 GEMM kernels it ran.
+fn check(
+    name: &str,
+    g: &Graph,
+    feeds: &[Tensor],
+    expected: &BTreeMap<String, Value>,
+    steps: &BTreeMap<String, f64>,
+) -> (usize, usize) {
+    let options = CompileOptions {
+        target: Target::parse(None, None).unwrap(),
+        threads: 2,
+    };
+    let mut compiled = compile_graph(g, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let count = |kernel: &str| {
+        compiled
+            .plan()
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Kernel { symbol, .. } if symbol.contains(kernel)))
+            .count()
+    };
+    let kernels = (count("q8gemm"), count("q4gemm"));
+    let outputs = compiled
+        .run(feeds)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    for (&id, got) in g.outputs.iter().zip(&outputs) {
+        let out = &g.value(id).name;
+        let got = Value::from_tensor(got).unwrap();
+        let want = &expected[out];
+        assert_eq!(got.shape(), want.shape(), "{name} {out}");
+        let (a, b) = (as_f64(&got), as_f64(want));
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        let cos = cosine(&a, &b);
+        let step = steps[out];
+        eprintln!(
+            "{name} {out}: cosine {cos:.7}, max abs error {max:.3e} ({:.3} steps), int8 GEMMs {}, int4 GEMMs {}",
+            max / step,
+            kernels.0,
+            kernels.1
+        );
+        assert!(cos >= 0.999, "{name} {out}: cosine {cos}");
+        assert!(
+            max <= 2.0 * step,
+            "{name} {out}: max error {max} > 2 × {step}"
+        );
+    }
+    kernels
+}
+
+#[test]
+fn quantised_models_run_on_the_cpu_backend() {
+    let mut compiled = vec![];
+    for (name, steps) in manifest() {
+        let file = |ext: &str| dir().join(format!("{name}.{ext}"));
+        let inputs = read_npz(&file("inputs.npz")).expect("inputs");
+        let expected = read_npz(&file("expected.npz")).expect("expected");
+        let (lowered, feeds) = load(&file("onnx"), &inputs);
+        let (optimised, _) =
+            optimise(&lowered, &OptOptions::default(), &Roofline::cpu()).expect("optimiser");
+        for (stage, g) in [("lowered", &lowered), ("optimised", &optimised)] {
+            let refused = refusals(&CpuBackend, g);
+            if let Some(r) = refused.first() {
+                // Integer convolution (QLinearConv, ConvInteger) is the one
+                // quantised pattern without a CPU kernel.
+                eprintln!("{name} ({stage}): refused, {r}");
+                assert!(r.reason.starts_with("Conv on i32"), "{name} ({stage}): {r}");
+                continue;
+            }
+            let kernels = check(&format!("{name} ({stage})"), g, &feeds, &expected, &steps);
+            compiled.push((name.clone(), stage, kernels));
+        }
+    }
+    let ran = |model: &str, stage: &str| {
+        compiled
+            .iter()
+            .find(|(n, s, _)| n == model && *s == stage)
+            .map(|(_, _, k)| *k)
+            .unwrap_or_else(|| panic!("{model} ({stage}) did not compile"))
+    };
+    // The quantised kernels ran, as lowered and as optimised: MatMulNBits
+    // (4 and 8 bits) and blocked int4 QDQ weights on the weight-only GEMM,
+    // QLinearMatMul and quantize_dynamic's MatMulInteger on the int8 GEMM.
+    for stage in ["lowered", "optimised"] {
+        for model in [
+            "llama_prefill_int4",
+            "llama_prefill_int8",
+            "llama_prefill_int4_qdq",
+        ] {
+            assert!(ran(model, stage).1 > 0, "{model} ({stage})");
+        }
+        assert!(ran("imu_encoder_qop", stage).0 > 0, "{stage}");
+        assert!(ran("imu_encoder_dynamic", stage).0 > 0, "{stage}");
+    }
+}
