@@ -122,6 +122,10 @@ impl CompiledModule {
             }
         }
         let plan = parse_plan(code).map_err(fail)?;
+        m4c_plan::host::host_has(&plan.requires).map_err(|reason| CodeLoadError::NotRunnable {
+            target: format!("{} ({})", entry.target, entry.cpu),
+            reason,
+        })?;
         let arena_bytes = plan.graph.as_ref().map_or(0, |g| g.arena_bytes);
         let dir = tempfile::Builder::new()
             .prefix("m4c-code-")

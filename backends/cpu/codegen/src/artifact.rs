@@ -121,6 +121,7 @@ pub(crate) fn build_artifact(
         gemms,
         graph,
         kernel_abi: m4c_cpu_device::KERNEL_ABI,
+        requires: target.requires(),
     };
     Ok(BuiltArtifact {
         manifest,

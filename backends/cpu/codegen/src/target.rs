@@ -239,10 +239,22 @@ impl Target {
     /// (The shared host check, [`m4c_plan::host::host_runs`], which the
     /// runtime applies to a bundle's code too.)
     pub fn check_runs_on_host(&self) -> Result<(), CodegenError> {
-        m4c_plan::host::host_runs(self.name()).map_err(|reason| CodegenError::NotRunnable {
-            target: self.name().to_string(),
-            reason,
-        })
+        m4c_plan::host::host_runs(self.name())
+            .and_then(|()| m4c_plan::host::host_has(&self.requires()))
+            .map_err(|reason| CodegenError::NotRunnable {
+                target: self.name().to_string(),
+                reason,
+            })
+    }
+
+    /// The CPU features beyond the ISA that code for this target uses
+    /// (recorded in the artifact's plan, checked by the runtime at load).
+    pub fn requires(&self) -> Vec<String> {
+        match (self.has_vnni(), self.isa) {
+            (true, Isa::Avx512) => vec!["avx512vnni".into()],
+            (true, Isa::Avx2) => vec!["avxvnni".into()],
+            _ => vec![],
+        }
     }
 }
 

@@ -32,6 +32,11 @@ pub struct Manifest {
     /// artifacts from before kernels returned a status.
     #[serde(default)]
     pub kernel_abi: u32,
+    /// CPU features beyond the target's ISA the code uses (the tuning CPU's
+    /// int8 dot products: `avx512vnni`, `avxvnni`), checked against the
+    /// host before the library is loaded (`m4c_plan::host::host_has`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// One compiled GEMM `C[m×n] = A[m×k] · B[k×n] (+ C)`, all row-major, with B
