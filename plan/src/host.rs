@@ -69,6 +69,7 @@ pub fn host_has(features: &[String]) -> Result<(), String> {
             "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
             "avxvnni" => std::arch::is_x86_feature_detected!("avxvnni"),
+            #[cfg(not(target_arch = "x86_64"))]
             "avx512vnni" | "avxvnni" => false,
             other => {
                 return Err(format!(

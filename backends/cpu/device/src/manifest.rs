@@ -118,6 +118,7 @@ mod tests {
             }],
             graph: None,
             kernel_abi: crate::KERNEL_ABI,
+            requires: vec!["avx512vnni".into()],
         };
         let json = serde_json::to_string(&manifest).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);
