@@ -110,10 +110,10 @@ fn opt_targets_say_where_their_figures_come_from() {
         "opt".as_ref(),
         model.as_os_str(),
         "--target".as_ref(),
-        "gpu".as_ref(),
+        "tpu".as_ref(),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `gpu`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `tpu`"));
 }
 
 #[test]

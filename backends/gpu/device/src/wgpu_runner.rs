@@ -38,6 +38,16 @@ pub fn gpu() -> Result<&'static Gpu, GpuError> {
 }
 
 fn open() -> Result<Gpu, String> {
+    // Mesa's implicit device-select Vulkan layer prints an `error:` line
+    // on stderr whenever XDG_RUNTIME_DIR is unset (containers, CI) and
+    // then carries on; m4c promises one error line per failure, so the
+    // layer is switched off there. The variable is read by the Vulkan
+    // loader only, once, when the instance below is created.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::VULKAN;
     let instance = wgpu::Instance::new(desc);
