@@ -9,6 +9,18 @@ use m4c_npu::config::MachineConfig;
 use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
+/// Budgets a thousand times below the defaults: the coverage-instrumented
+/// simulator is ~10× slower than a plain build, and an input that runs to
+/// the default budget would outlast libFuzzer's timeout without telling
+/// anything new (the budget check itself is the same code either way).
+fn options() -> SimOptions {
+    SimOptions {
+        max_cycles: m4c_npu::sim::DEFAULT_MAX_CYCLES / 1000,
+        max_instructions: m4c_npu::sim::DEFAULT_MAX_INSTRUCTIONS / 1000,
+        ..SimOptions::default()
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = m4c_npu::asm::assemble(text);
@@ -16,5 +28,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(program) = Program::from_bytes(data) else {
         return;
     };
-    let _ = simulate(&program, &MachineConfig::edge_small(), SimOptions::default());
+    let _ = simulate(&program, &MachineConfig::edge_small(), options());
 });

@@ -190,8 +190,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> R {
             }
             for (a, &n) in axes.iter().zip(&s) {
                 if a.len > 0 {
-                    let last = a.start as i64 + a.step * (a.len as i64 - 1);
-                    if a.start >= n || last < 0 || last >= n as i64 || a.step == 0 {
+                    // The last index read, in i128 so that no stride or
+                    // length a file can hold overflows it.
+                    let last = a.start as i128 + a.step as i128 * (a.len as i128 - 1);
+                    if a.start >= n || last < 0 || last >= n as i128 || a.step == 0 {
                         return Err(IrError::ty(
                             name,
                             format!("window {a:?} outside axis of {n}"),
@@ -454,6 +456,36 @@ mod tests {
 
     fn f32t(s: &[usize]) -> TensorType {
         TensorType::fixed(DType::F32, s)
+    }
+
+    /// Found by the `ir_text` fuzz target: a stride times a length beyond
+    /// i64 overflowed while the window was checked.
+    #[test]
+    fn slice_windows_with_huge_strides_are_errors() {
+        let x = f32t(&[2, 5]);
+        let slice = |step: i64, len: usize| Op::Slice {
+            axes: vec![
+                crate::op::SliceAxis {
+                    start: 1,
+                    step: -1,
+                    len: 2,
+                },
+                crate::op::SliceAxis {
+                    start: 4,
+                    step,
+                    len,
+                },
+            ],
+        };
+        let err = infer_type(&slice(-2_999_999_999_999_999_999, 7), &[&x])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside axis of 5"), "{err}");
+        let err = infer_type(&slice(i64::MAX, usize::MAX), &[&x])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside axis of 5"), "{err}");
+        assert_eq!(infer_type(&slice(-2, 3), &[&x]).unwrap(), f32t(&[2, 3]));
     }
 
     #[test]
