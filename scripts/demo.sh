@@ -2,7 +2,9 @@
 # The main job on a shipped example: inspect an M4 backbone (a LLaMA decoder
 # with LoRA branches), run it against onnxruntime's outputs through the
 # reference interpreter and through compiled CPU code, then pack the base
-# model as firmware with the LoRA as an app adapter and run that.
+# model as firmware with the LoRA as an app adapter and run that; then
+# quantise an encoder, generate text with a KV cache (as onnxruntime's
+# greedy loop does) and run a model on the GPU backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -29,3 +31,10 @@ $m4c keygen -o "$out/dev.key"
 $m4c firmware build --module img_enc=$F/clip_vision.onnx --backend cpu --sign-key "$out/dev.key" -o "$out/signed.fw"
 $m4c run "$out/signed.fw" --module img_enc --inputs $F/clip_vision.inputs.npz --expect $F/clip_vision.expected.npz \
     --trust-key "$out/dev.key.pub" --engine compiled
+echo "== quantise an encoder to int8 (calibrated on its inputs) and check it against the fp32 reference"
+$m4c quantize $F/clip_vision.onnx --calibrate $F/clip_vision.inputs.npz --scheme int8 --per-channel -o "$out/clip_vision.int8.onnx"
+$m4c run "$out/clip_vision.int8.onnx" --inputs $F/clip_vision.inputs.npz --expect $F/clip_vision.expected.npz --min-cosine 0.98
+echo "== generate: one prefill call, then KV-cache decode steps (onnxruntime's greedy loop gives 10 19 32 20 14 10 19 2)"
+$m4c generate $F/decoder_past.onnx --prompt-ids 5,17,42,8,33,2 --max-new-tokens 8 --backend cpu
+echo "== the GPU backend (WGSL through wgpu: Vulkan, or Mesa's lavapipe where there is no GPU)"
+$m4c run $F/clip_vision.onnx --inputs $F/clip_vision.inputs.npz --expect $F/clip_vision.expected.npz --backend gpu
