@@ -96,9 +96,7 @@ impl BackendSupport {
             refused: BTreeMap::new(),
         };
         for node in &g.nodes {
-            let tys: Vec<&m4c_ir::TensorType> =
-                node.inputs.iter().map(|&v| &g.value(v).ty).collect();
-            let macs = node.op.cost(&tys, &g.value(node.output).ty).macs;
+            let macs = crate::partition::node_macs(g, node);
             r.macs += macs;
             if target.supports(g, node) {
                 r.nodes_supported += 1;

@@ -18,6 +18,13 @@ use m4c_ir::{DType, Graph, Node, Op, ValueDef};
 
 pub use report::{markdown_table, PartitionReport, Status};
 
+/// The multiply-accumulates of `node` in `g` (what the partition and
+/// coverage reports weigh placement by).
+pub fn node_macs(g: &Graph, node: &Node) -> u64 {
+    let tys: Vec<&m4c_ir::TensorType> = node.inputs.iter().map(|&v| &g.value(v).ty).collect();
+    node.op.cost(&tys, &g.value(node.output).ty).macs
+}
+
 /// Which IR nodes a backend executes.
 pub trait OpSupport {
     /// Target name for reports.

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use m4c_ir::op::bytes;
-use m4c_ir::{Graph, TensorType, ValueDef};
+use m4c_ir::{Graph, ValueDef};
 
 use super::{partition, OpSupport};
 
@@ -53,8 +53,7 @@ impl PartitionReport {
         let (mut macs, mut macs_acc, mut on_acc) = (0, 0, 0);
         let mut cpu_ops: std::collections::BTreeMap<String, usize> = Default::default();
         for (i, node) in g.nodes.iter().enumerate() {
-            let tys: Vec<&TensorType> = node.inputs.iter().map(|&v| &g.value(v).ty).collect();
-            let m = node.op.cost(&tys, &g.value(node.output).ty).macs;
+            let m = super::node_macs(g, node);
             macs += m;
             let here = p.placement[i].is_some();
             if here {
