@@ -184,7 +184,9 @@ fn read_sidecar(path: &Path) -> Result<Sidecar, IrFileError> {
     if map.len() < 16 || &map[..8] != MAGIC {
         return Err(bad(path, "not an m4c IR weights file (bad magic)"));
     }
-    let json_len = u64::from_le_bytes(map[8..16].try_into().expect("8 bytes"));
+    let mut le = [0u8; 8];
+    le.copy_from_slice(&map[8..16]); // map.len() >= 16, checked above
+    let json_len = u64::from_le_bytes(le);
     let json_end = 16u64
         .checked_add(json_len)
         .filter(|&e| e <= map.len() as u64)

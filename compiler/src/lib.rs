@@ -9,6 +9,10 @@
 //! # Ok::<(), m4c_compiler::FrontendError>(())
 //! ```
 
+// Input-derived data is checked, never unwrapped: each remaining `expect` states
+// the invariant that makes it unreachable (`#[allow(..., reason = ...)]`).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod adapter;
 pub mod backend;
 pub mod bundle;

@@ -27,6 +27,7 @@ pub fn dce(g: &mut Graph) {
             values.push(v.clone());
         }
     }
+    #[allow(clippy::expect_used, reason = "a live node's inputs are live")]
     let map = |id: ValueId| remap[id.index()].expect("live value");
     let mut nodes = Vec::new();
     for node in &g.nodes {

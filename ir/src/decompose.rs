@@ -7,7 +7,8 @@
 //! `decompose` integration test).
 
 use crate::op::NormKind;
-use crate::{DType, Graph, IrError, Node, Op, Tensor, ValueDef, ValueId};
+use crate::rebuild::Rebuild;
+use crate::{DType, Graph, IrError, Node, Op, Tensor, ValueId};
 
 /// Rewrites every f32 composite node (Softmax, Norm, Gelu) into simpler IR
 /// operators; other nodes are copied unchanged.
@@ -23,35 +24,15 @@ use crate::{DType, Graph, IrError, Node, Op, Tensor, ValueDef, ValueId};
 /// assert_eq!(d.value(d.outputs[0]).ty, g.value(y).ty);
 /// ```
 pub fn decompose(g: &Graph) -> Result<Graph, IrError> {
-    let mut out = Graph::new(g.name.clone());
-    let mut map: Vec<Option<ValueId>> = vec![None; g.values.len()];
-    for &i in &g.inputs {
-        let v = g.value(i);
-        map[i.index()] = Some(out.add_input(v.name.clone(), v.ty.clone()));
-    }
-    for id in g.constants() {
-        let v = g.value(id);
-        let ValueDef::Const(t) = &v.def else {
-            unreachable!("constants() yields constants")
-        };
-        map[id.index()] = Some(out.add_const(v.name.clone(), t.clone()));
-    }
+    let mut rb = Rebuild::new(g);
+    rb.copy_constants();
     for node in &g.nodes {
-        let ins: Vec<ValueId> = node
-            .inputs
-            .iter()
-            .map(|i| map[i.index()].expect("topological order"))
-            .collect();
+        let ins = rb.inputs_of(node)?;
         let name = g.value(node.output).name.clone();
-        let new = expand(&mut out, node, &ins, &name)?;
-        map[node.output.index()] = Some(new);
+        let new = expand(&mut rb.out, node, &ins, &name)?;
+        rb.set(node.output, new);
     }
-    out.outputs = g
-        .outputs
-        .iter()
-        .map(|o| map[o.index()].expect("defined"))
-        .collect();
-    Ok(out)
+    rb.finish()
 }
 
 fn scalar(g: &mut Graph, name: &str, v: f32) -> ValueId {

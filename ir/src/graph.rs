@@ -122,6 +122,17 @@ impl Graph {
         }
     }
 
+    /// Every constant value with its tensor, in id order.
+    pub fn constant_tensors(&self) -> impl Iterator<Item = (ValueId, &Tensor)> + '_ {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match &v.def {
+                ValueDef::Const(t) => Some((ValueId(i as u32), t)),
+                _ => None,
+            })
+    }
+
     /// Ids of all constant values.
     pub fn constants(&self) -> impl Iterator<Item = ValueId> + '_ {
         self.values

@@ -6,12 +6,17 @@
 //! the model file), never copied ([`Storage`]). The IR has a verifier
 //! ([`Graph::verify`]) and a textual form ([`text`]) that round-trips.
 
+// Input-derived data is checked, never unwrapped: each remaining `expect` states
+// the invariant that makes it unreachable (`#[allow(..., reason = ...)]`).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod decompose;
 mod dtype;
 mod error;
 mod graph;
 mod infer;
 pub mod op;
+mod rebuild;
 mod shape;
 mod tensor;
 pub mod text;
@@ -23,5 +28,6 @@ pub use error::IrError;
 pub use graph::{Graph, Node, Value, ValueDef, ValueId};
 pub use infer::infer_type;
 pub use op::{Cost, Flops, Npu, Op, OpInfo, OpKind, Unit};
+pub use rebuild::Rebuild;
 pub use shape::{broadcast_shapes, Dim, TensorType};
 pub use tensor::{Storage, Tensor};

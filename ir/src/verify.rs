@@ -17,10 +17,8 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
         }
         defined[i.index()] = true;
     }
-    for id in g.constants() {
-        g.constant(id)
-            .expect("constant")
-            .check_len()
+    for (id, t) in g.constant_tensors() {
+        t.check_len()
             .map_err(|e| IrError::Verify(format!("%{}: {e}", g.value(id).name)))?;
         defined[id.index()] = true;
     }

@@ -87,6 +87,7 @@ fn linear_axis(a: &ArrayD<f32>, d: usize, xs: Vec<f64>) -> ArrayD<f32> {
     }
     let mut wshape = vec![1; a.ndim()];
     wshape[d] = w.len();
+    #[allow(clippy::expect_used, reason = "wshape holds w.len() elements")]
     let w = ArrayD::from_shape_vec(IxDyn(&wshape), w).expect("weights match their shape");
     let (a0, a1) = (a.select(Axis(d), &lo), a.select(Axis(d), &hi));
     &a0 + &((&a1 - &a0) * &w)

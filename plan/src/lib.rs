@@ -11,6 +11,10 @@
 //! - [`arena`]: the placement algorithm on lifetimes;
 //! - [`host`]: which code targets this machine runs.
 
+// Input-derived data is checked, never unwrapped: each remaining `expect` states
+// the invariant that makes it unreachable (`#[allow(..., reason = ...)]`).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod arena;
 pub mod fusion;
 pub mod host;

@@ -2,6 +2,10 @@
 //! reference interpreter now; compiled kernels as backends land) and reads
 //! and writes tensors. It never depends on the compiler or on LLVM.
 
+// Input-derived data is checked, never unwrapped: each remaining `expect` states
+// the invariant that makes it unreachable (`#[allow(..., reason = ...)]`).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod adapter;
 pub mod bundle;
 pub mod exec;

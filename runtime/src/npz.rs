@@ -268,7 +268,11 @@ fn to_value(h: &NpyHeader, data: &[u8]) -> Result<Value, String> {
         let decode = if h.big_endian { be } else { le };
         let v: Vec<T> = data
             .chunks_exact(N)
-            .map(|c| decode(c.try_into().expect("chunks of N bytes")))
+            .map(|c| {
+                let mut b = [0u8; N];
+                b.copy_from_slice(c); // chunks_exact(N): c.len() == N
+                decode(b)
+            })
             .collect();
         let shape = IxDyn(&h.shape);
         let a = if h.fortran_order {

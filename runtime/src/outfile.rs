@@ -213,6 +213,10 @@ fn create_temp<T>(
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "`tmp` (and `writer`) are Some from creation until commit, which consumes self, or drop"
+)]
 impl Pending {
     /// Checks `path` ([`check`]) and creates its temporary exclusively.
     pub fn create(path: &Path, inputs: &[&Path], opts: Options) -> Result<Pending, OutputError> {
@@ -328,6 +332,10 @@ pub struct PendingDir {
     tmp: Option<PathBuf>,
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "`tmp` (and `writer`) are Some from creation until commit, which consumes self, or drop"
+)]
 impl PendingDir {
     /// Checks `path` ([`check`], as a directory) and creates the temporary.
     pub fn create(path: &Path, inputs: &[&Path]) -> Result<PendingDir, OutputError> {

@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use m4c_ir::{Graph, Op, TensorType, ValueDef, ValueId};
+use m4c_ir::{Graph, Op, Rebuild, TensorType};
 use m4c_runtime::adapter::slots::input_names;
 
 use super::{module_scope, scope_ends_with};
@@ -101,54 +101,43 @@ pub fn add_slots(g: &Graph, spec: &SlotSpec) -> Result<(Graph, Vec<SlotSite>), S
         return Ok((g.clone(), vec![]));
     }
     let internal = |e: m4c_ir::IrError| format!("adding LoRA slots: {e}");
-    let mut out = Graph::new(g.name.clone());
-    let mut map: Vec<Option<ValueId>> = vec![None; g.values.len()];
-    for &i in &g.inputs {
-        let v = g.value(i);
-        map[i.index()] = Some(out.add_input(v.name.clone(), v.ty.clone()));
-    }
+    let mut rb = Rebuild::new(g);
     let mut slot_inputs = vec![];
     for (_, s) in &sites {
         let dtype = m4c_ir::DType::F32;
         let (a, b) = input_names(&s.site);
-        let a = out.add_input(a, TensorType::fixed(dtype, &[s.in_features, spec.rank]));
-        let b = out.add_input(b, TensorType::fixed(dtype, &[spec.rank, s.out_features]));
+        let a = rb
+            .out
+            .add_input(a, TensorType::fixed(dtype, &[s.in_features, spec.rank]));
+        let b = rb
+            .out
+            .add_input(b, TensorType::fixed(dtype, &[spec.rank, s.out_features]));
         slot_inputs.push((a, b));
     }
-    for (i, v) in g.values.iter().enumerate() {
-        if let ValueDef::Const(t) = &v.def {
-            map[i] = Some(out.add_const(v.name.clone(), t.clone()));
-        }
-    }
+    rb.copy_constants();
     let plain = Op::MatMul {
         trans_a: false,
         trans_b: false,
     };
     for (idx, node) in g.nodes.iter().enumerate() {
-        let ins: Vec<ValueId> = node
-            .inputs
-            .iter()
-            .map(|v| map[v.index()].expect("topological order"))
-            .collect();
-        let name = &g.value(node.output).name;
         let Some(k) = sites.iter().position(|(i, _)| *i == idx) else {
-            let y = out
-                .add_node(node.op.clone(), &ins, name.clone())
-                .map_err(internal)?;
-            map[node.output.index()] = Some(y);
+            rb.copy_node(node).map_err(internal)?;
             continue;
         };
+        let ins = rb.inputs_of(node).map_err(internal)?;
+        let name = &g.value(node.output).name;
+        let out = &mut rb.out;
         // The sum takes the MatMul's name (what follows and the module's
         // outputs see the same names); the MatMul keeps its module path.
         let (scope, last) = name.rsplit_once('/').unwrap_or(("", name));
         let y = out
             .add_node(node.op.clone(), &ins, format!("{scope}/slot_base_{last}"))
             .map_err(internal)?;
-        if g.value(ins[0]).ty.dtype != m4c_ir::DType::F32 {
+        let x_dtype = out.value(ins[0]).ty.dtype;
+        if x_dtype != m4c_ir::DType::F32 {
             return Err(format!(
-                "--lora-slots: {}: slots are f32, the activation is {}",
+                "--lora-slots: {}: slots are f32, the activation is {x_dtype}",
                 sites[k].1.site,
-                g.value(ins[0]).ty.dtype
             ));
         }
         let (a, b) = slot_inputs[k];
@@ -169,13 +158,9 @@ pub fn add_slots(g: &Graph, spec: &SlotSpec) -> Result<(Graph, Vec<SlotSite>), S
         let sum = out
             .add_node(Op::Add, &[y, xab], name.clone())
             .map_err(internal)?;
-        map[node.output.index()] = Some(sum);
+        rb.set(node.output, sum);
     }
-    out.outputs = g
-        .outputs
-        .iter()
-        .map(|o| map[o.index()].expect("output defined"))
-        .collect();
+    let out = rb.finish().map_err(internal)?;
     out.verify().map_err(internal)?;
     Ok((out, sites.into_iter().map(|(_, s)| s).collect()))
 }

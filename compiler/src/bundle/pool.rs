@@ -24,6 +24,10 @@ impl WeightPool {
                 return i;
             }
         }
+        #[allow(
+            clippy::expect_used,
+            reason = "a buffer held in memory is far below usize::MAX"
+        )]
         let offset = align_up(self.bytes.len()).expect("weights fit in memory");
         self.bytes.resize(offset, 0);
         self.bytes.extend_from_slice(data);

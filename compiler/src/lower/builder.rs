@@ -105,6 +105,10 @@ impl Builder {
     }
 
     /// Static shape of a value (lowering runs after symbolic dims are bound).
+    #[allow(
+        clippy::expect_used,
+        reason = "lower() adds every graph input with a static shape and type inference keeps shapes static"
+    )]
     pub fn shape(&self, v: &Val) -> Vec<usize> {
         match v {
             Val::Const { t, .. } => t.shape.clone(),
@@ -158,12 +162,11 @@ impl Builder {
         if let Some(shape) = out.static_shape() {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
-        if inputs.iter().all(|v| v.as_const().is_some())
-            && !m4c_ir::op::expands_quantised(&refs, &out)
-        {
-            let values = inputs
-                .iter()
-                .map(|v| m4c_ops::Value::from_tensor(v.as_const().expect("checked")))
+        let consts: Option<Vec<&Tensor>> = inputs.iter().map(|v| v.as_const()).collect();
+        if let Some(consts) = consts.filter(|_| !m4c_ir::op::expands_quantised(&refs, &out)) {
+            let values = consts
+                .into_iter()
+                .map(m4c_ops::Value::from_tensor)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let refs: Vec<&m4c_ops::Value> = values.iter().collect();

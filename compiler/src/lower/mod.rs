@@ -333,8 +333,10 @@ impl Lowerer<'_> {
         if node.op_type == "If" {
             return self.lower_if(node, &inputs);
         }
-        let lower =
-            registry::lowering_for(&node.domain, &node.op_type).expect("checked by is_supported");
+        let Some(lower) = registry::lowering_for(&node.domain, &node.op_type) else {
+            self.report(node, format!("no lowering for {}", node.op_type));
+            return;
+        };
         let ctx = NodeCtx {
             node,
             opset: self.opset,

@@ -319,11 +319,10 @@ pub fn quantize_linear(b: &mut B, n: &NodeCtx) -> Lowering {
     let to = match (n.opt_input(2), declared) {
         (Some(zp), d) => {
             let zt = b.dtype(&zp);
-            if d.is_some_and(|d| d != zt) {
+            if let Some(d) = d.filter(|&d| d != zt) {
                 return Err(format!(
-                    "zero point '{}' is {zt} but output_dtype says {}",
+                    "zero point '{}' is {zt} but output_dtype says {d}",
                     tname(n, 2),
-                    d.expect("checked")
                 ));
             }
             quantised_type(zt, &format!("zero point '{}'", tname(n, 2)))?

@@ -176,7 +176,7 @@ pub fn squeeze(b: &mut B, n: &NodeCtx) -> Lowering {
                 if ins.contains(&i) {
                     1
                 } else {
-                    *it.next().expect("rank adds up")
+                    it.next().copied().unwrap_or(1) // unreachable: rank = |s| + |ins|
                 }
             })
             .collect()
@@ -706,7 +706,7 @@ pub fn gather_nd(b: &mut B, n: &NodeCtx) -> Lowering {
             Some(acc) => b.op(Op::Add, &[acc, term], name)?,
         });
     }
-    let mut linear = linear.expect("k ≥ 1");
+    let mut linear = linear.ok_or("GatherND needs index tuples of length ≥ 1")?;
     if bd > 0 {
         let block: usize = ds[bd..bd + k].iter().product();
         let batches: usize = is[..bd].iter().product();

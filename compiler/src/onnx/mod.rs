@@ -114,6 +114,10 @@ impl OnnxModel {
     }
 
     /// The main graph.
+    #[allow(
+        clippy::expect_used,
+        reason = "OnnxModel::load refuses a model without a graph"
+    )]
     pub fn graph(&self) -> &tract_onnx::pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }

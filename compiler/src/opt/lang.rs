@@ -194,6 +194,7 @@ impl Analysis<ENode> for OptAnalysis {
                 }
             }
             ENode::Op(k, children) => {
+                #[allow(clippy::expect_used, reason = "rewrites add only type-checked nodes")]
                 let ty = node_type(eg, &k.op, children)
                     .expect("the optimiser adds only type-checked nodes");
                 let constness = Constness::combine(children.iter().map(|&c| eg[c].data.constness));

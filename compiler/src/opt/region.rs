@@ -51,6 +51,10 @@ pub fn split(g: &Graph, budget: usize) -> Vec<Range<usize>> {
         let best = |w: &mut dyn Iterator<Item = usize>| {
             w.min_by_key(|&i| (crossing[i], std::cmp::Reverse(i)))
         };
+        #[allow(
+            clippy::expect_used,
+            reason = "an inclusive range a..=b with a <= b is never empty"
+        )]
         let cut = best(&mut window.clone().filter(before_matrix))
             .or_else(|| best(&mut window.clone()))
             .expect("non-empty window");
@@ -121,6 +125,10 @@ impl<'a> Stitcher<'a> {
 
     /// Cuts out the nodes in `range` (which must follow the regions
     /// already pasted).
+    #[allow(
+        clippy::expect_used,
+        reason = "the source graph is verified: its nodes type-check in order"
+    )]
     pub fn cut(&self, range: Range<usize>) -> Cut {
         let src = self.src;
         let mut g = Graph::new(format!("{}[{}..{}]", src.name, range.start, range.end));
@@ -208,11 +216,18 @@ impl<'a> Stitcher<'a> {
             });
         }
         for node in &done.nodes {
-            let ins: Vec<ValueId> = node
+            let ins = node
                 .inputs
                 .iter()
-                .map(|i| map[i.index()].expect("defined earlier"))
-                .collect();
+                .map(|i| {
+                    map[i.index()].ok_or_else(|| {
+                        OptError::Internal(format!(
+                            "stitching regions: {} is used before it is defined",
+                            done.value(*i).name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<ValueId>, _>>()?;
             let name = self.unique(&done.value(node.output).name);
             let o = self
                 .out

@@ -131,6 +131,10 @@ impl Encodings {
     }
 
     /// The file's JSON text.
+    #[allow(
+        clippy::expect_used,
+        reason = "plain data with string keys always serialises"
+    )]
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("encodings serialise") + "\n"
     }

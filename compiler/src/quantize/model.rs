@@ -32,6 +32,10 @@ impl FloatModel {
     pub fn load(path: &Path) -> Result<FloatModel> {
         let m = OnnxModel::load(path)?;
         let mut proto = m.proto.clone();
+        #[allow(
+            clippy::expect_used,
+            reason = "OnnxModel::load refuses a model without a graph"
+        )]
         let graph = proto.graph.as_mut().expect("checked at load");
         for (i, t) in graph.initializer.iter_mut().enumerate() {
             let tensor = m.initializer(i)?;
@@ -68,6 +72,10 @@ impl FloatModel {
 
 /// The main graph of a model loaded through [`OnnxModel`] (which checks
 /// there is one).
+#[allow(
+    clippy::expect_used,
+    reason = "OnnxModel::load refuses a model without a graph"
+)]
 pub fn graph(p: &ModelProto) -> &tract_onnx::pb::GraphProto {
     p.graph.as_ref().expect("checked at load")
 }
@@ -98,7 +106,7 @@ pub fn f32_values(t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
     } else {
         t.raw_data
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4")))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])) // chunks_exact(4)
             .collect()
     };
     if values.len() != shape.iter().product::<usize>() {
@@ -200,6 +208,10 @@ impl Runner {
     /// tensors `observe` returned next to its outputs.
     pub fn new(proto: &ModelProto, observe: &[String], what: &str) -> Result<Runner> {
         let mut p = proto.clone();
+        #[allow(
+            clippy::expect_used,
+            reason = "OnnxModel::load refuses a model without a graph"
+        )]
         let g = p.graph.as_mut().expect("checked at load");
         let mut names: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
         for name in observe {
@@ -273,6 +285,10 @@ fn strip_path(msg: &str) -> &str {
 }
 
 /// The f32 elements of every sample's value of one tensor, concatenated.
+#[allow(
+    clippy::expect_used,
+    reason = "an f32 tensor built here always converts"
+)]
 pub fn concat_f32(values: &[&Value]) -> Value {
     let all: Vec<f32> = values
         .iter()

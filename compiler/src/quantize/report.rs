@@ -175,7 +175,7 @@ fn output_metrics(name: &str, reference: &Runs, quantised: &Runs) -> OutputMetri
         && shape.last().is_some_and(|&n| n >= 2);
     let (mut top1, mut kl) = (None, None);
     if logits {
-        let classes = *shape.last().expect("rank ≥ 2");
+        let classes = shape.last().copied().unwrap_or(1); // logits: rank ≥ 2, checked above
         let (mut agree, mut rows, mut kl_sum) = (0usize, 0usize, 0f64);
         for (r, q) in reference.iter().zip(quantised) {
             let (a, b) = (m4c_ops::as_f64(&r[name]), m4c_ops::as_f64(&q[name]));
@@ -242,6 +242,10 @@ fn db(x: f64) -> String {
 
 impl Report {
     /// The JSON form (`report.json`).
+    #[allow(
+        clippy::expect_used,
+        reason = "plain data with string keys always serialises"
+    )]
     pub fn to_json(&self) -> String {
         // serde_json writes non-finite numbers as null.
         serde_json::to_string_pretty(self).expect("report serialises") + "\n"

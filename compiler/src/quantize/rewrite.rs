@@ -294,6 +294,10 @@ pub fn quantize_graph(
             source.path.display()
         )));
     }
+    #[allow(
+        clippy::expect_used,
+        reason = "OnnxModel::load refuses a model without a graph"
+    )]
     let gm = proto.graph.as_mut().expect("checked at load");
     gm.node = out.nodes;
     gm.initializer.extend(out.inits);

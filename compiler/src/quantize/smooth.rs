@@ -127,6 +127,10 @@ fn edit(
 ) -> Result<()> {
     let (shape, mut w) = values(model, n, i)?;
     f(&shape, &mut w);
+    #[allow(
+        clippy::expect_used,
+        reason = "OnnxModel::load refuses a model without a graph"
+    )]
     let g = model.proto.graph.as_mut().expect("checked at load");
     let old = g.node[n].input[i].clone();
     let taken: HashSet<&String> = g.initializer.iter().map(|t| &t.name).collect();

@@ -166,6 +166,7 @@ const COORDS: [(CoordMode, &str); 4] = [
     (CoordMode::Asymmetric, "asymmetric"),
 ];
 
+#[allow(clippy::expect_used, reason = "ROUNDINGS lists every variant")]
 fn rounding_name(r: NearestRounding) -> &'static str {
     ROUNDINGS
         .iter()
@@ -174,6 +175,7 @@ fn rounding_name(r: NearestRounding) -> &'static str {
         .expect("listed")
 }
 
+#[allow(clippy::expect_used, reason = "COORDS lists every variant")]
 fn coord_name(c: CoordMode) -> &'static str {
     COORDS
         .iter()

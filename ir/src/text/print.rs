@@ -80,6 +80,7 @@ fn write_literal(out: &mut String, t: &Tensor) -> Result<bool, fmt::Error> {
 /// ```
 pub fn print(g: &Graph) -> String {
     let mut out = String::new();
+    #[allow(clippy::expect_used, reason = "fmt::Write for String never fails")]
     render(g, &mut out).expect("writing to a String cannot fail");
     out
 }
@@ -94,12 +95,11 @@ fn render(g: &Graph, out: &mut String) -> fmt::Result {
         name(out, i);
         writeln!(out, ": {}", g.value(i).ty)?;
     }
-    for id in g.constants() {
+    for (id, t) in g.constant_tensors() {
         let v = g.value(id);
         out.push_str("  const ");
         name(out, id);
         write!(out, ": {} = ", v.ty)?;
-        let t = g.constant(id).expect("constant");
         if t.len() > INLINE_LIMIT || !write_literal(out, t)? {
             out.push_str("weight");
         }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use m4c_ir::{DType, Graph, Op, Tensor, ValueDef, ValueId};
+use m4c_ir::{DType, Graph, Op, Rebuild, Tensor, ValueDef};
 
 use crate::bundle::format::LoraMode;
 
@@ -148,35 +148,20 @@ pub fn attach(
 fn keep(g: &Graph, sites: &[Site], prefix: &str) -> Result<Graph, String> {
     let by_node: HashMap<usize, &Site> = sites.iter().map(|s| (s.node, s)).collect();
     let internal = |e: m4c_ir::IrError| format!("attaching LoRA: {e}");
-    let mut out = Graph::new(g.name.clone());
-    let mut map: Vec<Option<ValueId>> = vec![None; g.values.len()];
-    for &i in &g.inputs {
-        let v = g.value(i);
-        map[i.index()] = Some(out.add_input(v.name.clone(), v.ty.clone()));
-    }
-    for (i, v) in g.values.iter().enumerate() {
-        if let ValueDef::Const(t) = &v.def {
-            map[i] = Some(out.add_const(v.name.clone(), t.clone()));
-        }
-    }
+    let mut rb = Rebuild::new(g);
+    rb.copy_constants();
     let trans = Op::MatMul {
         trans_a: false,
         trans_b: true,
     };
     for (idx, node) in g.nodes.iter().enumerate() {
-        let ins: Vec<ValueId> = node
-            .inputs
-            .iter()
-            .map(|v| map[v.index()].expect("topological order"))
-            .collect();
-        let name = &g.value(node.output).name;
-        let y = out
-            .add_node(node.op.clone(), &ins, name.clone())
-            .map_err(internal)?;
-        map[node.output.index()] = Some(y);
+        let y = rb.copy_node(node).map_err(internal)?;
         let Some(site) = by_node.get(&idx) else {
             continue;
         };
+        let ins = rb.inputs_of(node).map_err(internal)?;
+        let name = &g.value(node.output).name;
+        let out = &mut rb.out;
         let f = site.factors;
         let scope = name.rsplit_once('/').map_or(name.as_str(), |(s, _)| s);
         let a = out.add_const(format!("{prefix}.{}.lora_A.weight", f.target), f.a.clone());
@@ -206,13 +191,9 @@ fn keep(g: &Graph, sites: &[Site], prefix: &str) -> Result<Graph, String> {
         let sum = out
             .add_node(Op::Add, &[y, scaled], format!("{scope}/Add_output_0"))
             .map_err(internal)?;
-        map[node.output.index()] = Some(sum);
+        rb.set(node.output, sum);
     }
-    out.outputs = g
-        .outputs
-        .iter()
-        .map(|o| map[o.index()].expect("output defined"))
-        .collect();
+    let out = rb.finish().map_err(internal)?;
     out.verify().map_err(internal)?;
     Ok(out)
 }
@@ -231,7 +212,10 @@ fn fold(g: &Graph, sites: &[Site]) -> Result<Graph, Vec<String>> {
             ));
             continue;
         }
-        let w = g.constant(w_id).expect("resolved weight is a constant");
+        let Some(w) = g.constant(w_id) else {
+            problems.push(format!("{}: the weight is not a constant", f.target));
+            continue;
+        };
         match folded(w, f, site.trans_b) {
             Ok(t) => out.values[w_id.index()].def = ValueDef::Const(t),
             Err(e) => problems.push(format!("{}: {e}", f.target)),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use m4c_ir::Graph;
 use memmap2::{Mmap, MmapMut};
 
-use crate::bundle::container::decode;
+use crate::bundle::container::{decode, too_short};
 use crate::bundle::format::{AdapterManifest, BundleKind, LoraMode, Manifest, HEADER_LEN};
 use crate::bundle::reader::{check_blobs, mapped_tensor, weights_range};
 use crate::bundle::{Bundle, BundleError};
@@ -89,7 +89,7 @@ impl AdapterBundle {
         let file = crate::input_file::open_regular(path).map_err(io)?;
         if file.metadata().map_err(io)?.len() < HEADER_LEN as u64 {
             let bytes = std::fs::read(path).map_err(io)?;
-            return Err(wrap(decode(&bytes).expect_err("shorter than the header")));
+            return Err(wrap(too_short(&bytes)));
         }
         // SAFETY: read-only map of a file m4c never changes in place (it
         // writes bundles by renaming a new file over the old one); every
@@ -106,7 +106,7 @@ impl AdapterBundle {
             source,
         };
         if bytes.len() < HEADER_LEN {
-            return Err(wrap(decode(bytes).expect_err("shorter than the header")));
+            return Err(wrap(too_short(bytes)));
         }
         let io = |source| {
             wrap(BundleError::Io {

@@ -299,6 +299,10 @@ impl ModuleExecutor for SlottedModule {
         for (i, v) in &self.binding.values {
             all[*i] = Some(v.clone());
         }
+        #[allow(
+            clippy::expect_used,
+            reason = "public ∪ bound slots is every input (SlottedModule::new)"
+        )]
         let all: Vec<Value> = all
             .into_iter()
             .map(|v| v.expect("every input bound"))

@@ -71,6 +71,10 @@ pub fn seal(version: u32, manifest_json: &[u8], placed: &[(u64, &[u8])]) -> Vec<
 /// the manifest, fills in `manifest.sections` (offsets, lengths, BLAKE3) and
 /// seals the file. Deterministic: the same manifest and payloads give the
 /// same bytes.
+#[allow(
+    clippy::expect_used,
+    reason = "sizes of sections held in memory cannot overflow usize; the manifest is plain data"
+)]
 pub fn encode(mut manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
     // The offsets depend on the manifest's length, which depends on the
     // offsets' digits: iterate until the first offset is stable (a few
@@ -113,6 +117,19 @@ pub fn encode(mut manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
 }
 
 /// Reads the fixed header, checking magic, version and reserved bytes.
+/// What is wrong with a file shorter than a header: a foreign magic, or a
+/// truncated bundle. (Readers call this instead of mapping such a file.)
+pub fn too_short(bytes: &[u8]) -> BundleError {
+    match read_header(bytes) {
+        Err(e) => e,
+        Ok(_) => BundleError::Truncated {
+            what: "the header".into(),
+            need: HEADER_LEN as u64,
+            len: bytes.len() as u64,
+        },
+    }
+}
+
 fn read_header(bytes: &[u8]) -> Result<Header, BundleError> {
     let len = bytes.len() as u64;
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
@@ -132,8 +149,14 @@ fn read_header(bytes: &[u8]) -> Result<Header, BundleError> {
             len,
         });
     }
-    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    // The header's fields, at offsets below HEADER_LEN (checked above).
+    let field = |i: usize, n: usize| {
+        let mut le = [0u8; 8];
+        le[..n].copy_from_slice(&bytes[i..i + n]);
+        u64::from_le_bytes(le)
+    };
+    let u32_at = |i: usize| field(i, 4) as u32;
+    let u64_at = |i: usize| field(i, 8);
     let version = u32_at(8);
     if version != FORMAT_VERSION {
         return Err(BundleError::Version {
@@ -149,7 +172,11 @@ fn read_header(bytes: &[u8]) -> Result<Header, BundleError> {
     Ok(Header {
         version,
         manifest_len: u64_at(16),
-        content_hash: bytes[32..64].try_into().expect("32 bytes"),
+        content_hash: {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&bytes[32..64]);
+            h
+        },
     })
 }
 

@@ -10,7 +10,7 @@ use m4c_ir::{DType, Graph, Storage, Tensor};
 use memmap2::{Mmap, MmapMut};
 
 use super::code::{load_code, ModuleCode};
-use super::container::decode;
+use super::container::{decode, too_short};
 use super::format::{
     is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, WeightEntry, ALIGN, HEADER_LEN,
 };
@@ -61,7 +61,7 @@ impl Bundle {
         if len < HEADER_LEN as u64 {
             // Too short to map usefully; read it to report magic or truncation.
             let bytes = std::fs::read(path).map_err(io)?;
-            return Err(decode(&bytes).expect_err("shorter than the header"));
+            return Err(too_short(&bytes));
         }
         // SAFETY: the map is read-only and its bytes are only ever read
         // through slices checked against its length. Bundles are immutable
@@ -78,7 +78,7 @@ impl Bundle {
     /// that weights can be mapped slices as with [`Bundle::open`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
         if bytes.len() < HEADER_LEN {
-            return Err(decode(bytes).expect_err("shorter than the header"));
+            return Err(too_short(bytes));
         }
         let io = |source| BundleError::Io {
             path: "<anonymous map>".into(),

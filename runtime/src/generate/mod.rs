@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m4c_ops::Value;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{Array1, ArrayD, Axis, IxDyn};
 
 pub use cache::KvCache;
 pub use roles::{KvLayout, Roles, SymbolicDims};
@@ -208,6 +208,7 @@ impl Decoder {
     /// [`Self::new`] for a module whose roles are declared.
     pub fn with_roles(exec: Arc<dyn ModuleExecutor>, roles: Roles) -> Result<Decoder, GenError> {
         let fixed = Fixed::new(vec![exec], &roles)?;
+        #[allow(clippy::expect_used, reason = "Fixed::new was given one module")]
         let context = fixed.max_context().expect("one module");
         Decoder::from_source(Box::new(fixed), roles, context)
     }
@@ -460,7 +461,8 @@ fn call(
 ) -> Result<Vec<f32>, GenError> {
     let (t, n, s) = (cache.len, tokens.len(), l.seq);
     debug_assert!(n <= s);
-    let row = |v: Vec<i64>| Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, s]), v).expect("[1, S]"));
+    // A [1, len] row (its length is the vector's: no shape can mismatch).
+    let row = |v: Vec<i64>| Value::I64(Array1::from(v).insert_axis(Axis(0)).into_dyn());
     let mut inputs: Vec<Value> = (0..exec.signature().inputs.len())
         .map(|_| empty())
         .collect();
@@ -468,11 +470,10 @@ fn call(
     ids.resize(s, 0);
     inputs[l.input_ids] = row(ids);
     if let Some(m) = l.attention_mask {
-        let mask = (0..l.past + s)
+        let mask: Vec<i64> = (0..l.past + s)
             .map(|j| i64::from(j < t || (l.past..l.past + n).contains(&j)))
             .collect();
-        inputs[m] =
-            Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, l.past + s]), mask).expect("mask"));
+        inputs[m] = row(mask);
     }
     if let Some(p) = l.position_ids {
         inputs[p] = row((t..t + s).map(|p| p as i64).collect());

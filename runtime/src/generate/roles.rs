@@ -108,7 +108,8 @@ impl Roles {
     /// The roles' positions in `sig`, without requiring static shapes: the
     /// pairs of past inputs and present outputs in input order.
     pub fn resolve(&self, sig: &Signature) -> Result<KvLayout, String> {
-        let input_ids = role_input(sig, &self.input_ids, "input_ids", true)?.expect("required");
+        let input_ids = role_input(sig, &self.input_ids, "input_ids", true)?
+            .ok_or_else(|| "the decoder has no `input_ids` input".to_string())?;
         let attention_mask = role_input(sig, &self.attention_mask, "attention_mask", false)?;
         let position_ids = role_input(sig, &self.position_ids, "position_ids", false)?;
         let logits_name = self.logits.as_deref().unwrap_or("logits");
@@ -219,7 +220,7 @@ impl KvLayout {
             }
             past_shape = Some(shape);
         }
-        let past_shape = past_shape.expect("resolve found pairs");
+        let past_shape = past_shape.ok_or_else(|| "the decoder has no past inputs".to_string())?;
         let past = past_shape[2];
         for (role, at, want) in [
             ("attention_mask", l.attention_mask, past + seq),

@@ -199,12 +199,14 @@ impl Context<'_> {
             }
             .map_err(|e| self.err(format!("label `{}`: {e}", label.name)))?;
             let arr = |v: Vec<i64>| {
-                Value::I64(ArrayD::from_shape_vec(IxDyn(&[1, len]), v).expect("padded to len"))
+                ArrayD::from_shape_vec(IxDyn(&[1, len]), v)
+                    .map(Value::I64)
+                    .map_err(|e| self.err(format!("label `{}`: {e}", label.name)))
             };
-            let mut inputs = vec![arr(ids)];
+            let mut inputs = vec![arr(ids)?];
             match mask_at {
-                Some(m) if m < ids_at => inputs.insert(0, arr(mask)),
-                Some(_) => inputs.push(arr(mask)),
+                Some(m) if m < ids_at => inputs.insert(0, arr(mask)?),
+                Some(_) => inputs.push(arr(mask)?),
                 None => {}
             }
             let out = self.call(&*exec, &inputs)?;

@@ -31,7 +31,9 @@ impl WordTokenizer {
             .filter(|w| !w.is_empty())
         {
             let h = blake3::hash(word.to_lowercase().as_bytes());
-            let n = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+            let mut le = [0u8; 8];
+            le.copy_from_slice(&h.as_bytes()[..8]); // a BLAKE3 hash has 32 bytes
+            let n = u64::from_le_bytes(le);
             ids.push(self.first_word + (n % span) as i64);
         }
         ids.push(self.eos);
