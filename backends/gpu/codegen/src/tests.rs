@@ -53,7 +53,7 @@ fn shader(g: &Graph) -> String {
 
 /// A fused chain with broadcasting, a comparison (bool result), a cast
 /// to i64 and a batched, transposed, broadcast matrix product.
-fn elementwise_and_gemm() -> Graph {
+pub(crate) fn elementwise_and_gemm() -> Graph {
     let mut g = Graph::new("ew_gemm");
     let x = g.add_input("x", f32s(&[2, 3, 8]));
     let w = weight(&mut g, "w", &[5, 8]);
@@ -89,7 +89,7 @@ fn elementwise_and_gemm() -> Graph {
 }
 
 /// Row kernels: softmax over a middle axis, LayerNorm and RMSNorm.
-fn rows() -> Graph {
+pub(crate) fn rows() -> Graph {
     let mut g = Graph::new("rows");
     let x = g.add_input("x", f32s(&[2, 5, 3]));
     let sm = node(&mut g, Op::Softmax { axis: 1 }, &[x], "sm");
@@ -108,7 +108,7 @@ fn rows() -> Graph {
 
 /// Reductions, pooling, convolutions (dense and depthwise), resizes and
 /// every movement operator.
-fn the_rest() -> Graph {
+pub(crate) fn the_rest() -> Graph {
     let mut g = Graph::new("rest");
     let x = g.add_input("x", f32s(&[1, 4, 6, 6]));
     let conv = |group| {

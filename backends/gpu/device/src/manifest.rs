@@ -26,11 +26,13 @@ pub struct Binding {
 }
 
 /// One compute kernel: its entry point in the shader text and how many
-/// workgroups it is launched with.
+/// workgroups it is launched with, of how many invocations each (WGSL
+/// declares it in the shader too; CUDA takes it at launch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEntry {
     pub entry: String,
     pub workgroups: [u32; 3],
+    pub threads: [u32; 3],
 }
 
 /// What the runner needs besides the shader text and the weights.
@@ -53,6 +55,11 @@ pub struct Manifest {
 /// The most workgroups one dispatch dimension may have (WebGPU's default
 /// `maxComputeWorkgroupsPerDimension`).
 pub const MAX_WORKGROUPS: u32 = 65_535;
+
+/// The most invocations one workgroup may have (WebGPU's default
+/// `maxComputeInvocationsPerWorkgroup` is 256; CUDA's block limit, 1024,
+/// is larger).
+pub const MAX_THREADS: u32 = 256;
 
 impl Manifest {
     /// Checks the manifest against the module's interface (input and
@@ -114,6 +121,13 @@ impl Manifest {
                     k.entry, k.workgroups
                 ));
             }
+            let threads = k.threads.iter().try_fold(1u32, |n, &t| n.checked_mul(t));
+            if !threads.is_some_and(|n| (1..=MAX_THREADS).contains(&n)) {
+                return Err(format!(
+                    "kernel `{}`: {:?} invocations per workgroup (1..={MAX_THREADS} in all)",
+                    k.entry, k.threads
+                ));
+            }
             let name_ok = !k.entry.is_empty()
                 && k.entry
                     .chars()
@@ -148,6 +162,7 @@ mod tests {
             kernels: vec![KernelEntry {
                 entry: "k0".into(),
                 workgroups: [1, 1, 1],
+                threads: [64, 1, 1],
             }],
         }
     }
@@ -170,6 +185,12 @@ mod tests {
             .check(&[16], &[16], 16)
             .unwrap_err()
             .contains("workgroups"));
+        let mut wide = manifest();
+        wide.kernels[0].threads = [64, 64, 1];
+        assert!(wide
+            .check(&[16], &[16], 16)
+            .unwrap_err()
+            .contains("invocations"));
         let mut bad = manifest();
         bad.kernels[0].entry = "k0(); evil".into();
         assert!(bad
