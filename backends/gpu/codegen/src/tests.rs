@@ -304,25 +304,29 @@ fn inputs(g: &Graph) -> Vec<Value> {
         .collect()
 }
 
-/// Each sample graph compiled, loaded through the runtime's `gpu` device
-/// (as `m4c run --backend gpu`) and run on this host's Vulkan adapter
-/// matches the reference interpreter (rtol 1e-3, atol 1e-4). Without an
-/// adapter it says why and passes, unless `M4C_REQUIRE_GPU` is set.
-#[test]
-fn sample_graphs_match_the_interpreter_on_the_gpu() {
-    if let Err(why) = GpuBackend.runnable(None) {
+/// Each sample graph compiled for `target`, loaded through the runtime's
+/// `gpu` device (as `m4c run --backend gpu[:TARGET]`) and run on this
+/// host's device matches the reference interpreter (rtol 1e-3, atol
+/// 1e-4). Without a device it says why and passes, unless `require` is
+/// set in the environment.
+fn samples_match_the_interpreter(target: &str, require: &str) {
+    if let Err(why) = GpuBackend.runnable(Some(target)) {
         assert!(
-            std::env::var_os("M4C_REQUIRE_GPU").is_none(),
-            "M4C_REQUIRE_GPU is set but {why}"
+            std::env::var_os(require).is_none(),
+            "{require} is set but {why}"
         );
-        println!("skipped: no GPU adapter here: {why}");
+        println!("skipped: no {target} device here: {why}");
         return;
     }
+    let request = m4c_compiler::backend::CompileRequest {
+        target: Some(target.into()),
+        ..Default::default()
+    };
     for g in [elementwise_and_gemm(), rows(), the_rest()] {
-        let artifact = GpuBackend.compile(&g, &Default::default()).unwrap();
+        let artifact = GpuBackend.compile(&g, &request).unwrap();
         let entry = CodeEntry {
             cpu: String::new(),
-            section: format!("{}.wgpu", g.name),
+            section: format!("{}.{target}", g.name),
             target: artifact.target.clone(),
         };
         let files: Vec<_> = artifact
@@ -337,9 +341,26 @@ fn sample_graphs_match_the_interpreter_on_the_gpu() {
         let want = m4c_ops::run_graph(&g, &feeds).unwrap();
         for (k, (got, want)) in got.iter().zip(&want).enumerate() {
             let c = m4c_ops::compare(got, want, 1e-3, 1e-4);
-            assert!(c.passed(), "{} output {k}: {}", g.name, c.summary());
+            assert!(
+                c.passed(),
+                "{target} {} output {k}: {}",
+                g.name,
+                c.summary()
+            );
         }
     }
+}
+
+#[test]
+fn sample_graphs_match_the_interpreter_on_the_gpu() {
+    samples_match_the_interpreter("wgpu", "M4C_REQUIRE_GPU");
+}
+
+/// The PTX path, on an NVIDIA GPU with its driver (skips elsewhere unless
+/// `M4C_REQUIRE_CUDA` is set).
+#[test]
+fn sample_graphs_match_the_interpreter_through_cuda() {
+    samples_match_the_interpreter("cuda", "M4C_REQUIRE_CUDA");
 }
 
 #[test]

@@ -42,13 +42,15 @@ pub(crate) struct Cx<'a, 'ctx> {
 
 impl<'a, 'ctx> Cx<'a, 'ctx> {
     /// A new kernel `name(ptr addrspace(1) arena, ptr addrspace(1)
-    /// weights)` launched with at most `threads` invocations per block,
-    /// the builder in its body.
+    /// weights)` launched with at most `threads` invocations per block
+    /// and, with `min_blocks`, registers bounded so that many blocks fit
+    /// on one SM (CUDA's `__launch_bounds__`); the builder in its body.
     pub fn kernel(
         context: &'ctx Context,
         module: &'a Module<'ctx>,
         name: &str,
         threads: usize,
+        min_blocks: Option<u64>,
     ) -> Result<Self, Fail> {
         let ptr = context.ptr_type(AddressSpace::from(GLOBAL));
         let ty = context
@@ -67,7 +69,9 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
         // LLVM 19's NVPTX backend finds kernels (and their block size,
         // which bounds the registers it may use) in nvvm.annotations.
         let i32t = context.i32_type();
-        for (key, value) in [("kernel", 1), ("maxntidx", threads as u64)] {
+        let mut notes = vec![("kernel", 1), ("maxntidx", threads as u64)];
+        notes.extend(min_blocks.map(|n| ("minctasm", n)));
+        for (key, value) in notes {
             let node = context.metadata_node(&[
                 func.as_global_value().as_pointer_value().into(),
                 context.metadata_string(key).into(),

@@ -42,7 +42,7 @@ pub(crate) fn map<'ctx>(
     m: &Map,
 ) -> Result<[u32; 3], Fail> {
     let launch = launch::map(m, 1)?;
-    let cx = Cx::kernel(context, module, name, GROUP)?;
+    let cx = Cx::kernel(context, module, name, GROUP, None)?;
     let t = flat(&cx, launch.workgroups[0], GROUP)?;
     cx.return_unless(below(&cx, t, launch.threads)?)?;
     let mut walk = Walk {
@@ -84,7 +84,9 @@ pub(crate) fn gemm<'ctx>(
         block,
         workgroups,
     } = launch::gemm(g)?;
-    let cx = Cx::kernel(context, module, name, TILE * TILE)?;
+    // Two blocks per SM: at most 128 registers a thread, which the
+    // r×r accumulators and one K step's operands fit without spilling.
+    let cx = Cx::kernel(context, module, name, TILE * TILE, Some(2))?;
     let b = &cx.b;
     let slab = block * TILE;
     let (ta, tb) = (cx.shared("ta", slab), cx.shared("tb", slab));
@@ -198,7 +200,7 @@ pub(crate) fn row<'ctx>(
     r: &Row,
 ) -> Result<[u32; 3], Fail> {
     let workgroups = launch::row(r)?;
-    let cx = Cx::kernel(context, module, name, GROUP)?;
+    let cx = Cx::kernel(context, module, name, GROUP, None)?;
     let b = &cx.b;
     let red = cx.shared("red", GROUP);
     let rows = r.outer * r.inner;

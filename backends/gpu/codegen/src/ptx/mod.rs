@@ -95,8 +95,14 @@ pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
     module
         .verify()
         .map_err(|e| format!("invalid NVPTX IR: {e}"))?;
+    // No loop unrolling: unrolling a GEMM's K loop (small K) lets LLVM
+    // sink every step's multiply-adds past the barriers, keeping all of
+    // the shared-memory operands live at once (135 registers and spills
+    // under a 128-register bound); the emitter unrolls what should be.
+    let options = PassBuilderOptions::create();
+    options.set_loop_unrolling(false);
     module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .run_passes("default<O3>", &machine, options)
         .map_err(|e| e.to_string())?;
     let ptx = machine
         .write_to_memory_buffer(&module, FileType::Assembly)
