@@ -286,7 +286,7 @@ fn kernels_follow_the_fusion_groups() {
 }
 
 /// Inputs for `g`: a fixed pseudo-random sequence in [-2, 2).
-fn inputs(g: &Graph) -> Vec<Value> {
+pub(crate) fn inputs(g: &Graph) -> Vec<Value> {
     let mut state = 12345u32;
     g.inputs
         .iter()

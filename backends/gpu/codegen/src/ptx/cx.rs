@@ -27,6 +27,24 @@ const PTX_KERNEL: u32 = 71;
 const GLOBAL: u16 = 1;
 const SHARED: u16 = 3;
 
+/// What the kernels are built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// NVIDIA GPUs: `ptx_kernel` functions, special registers, barriers,
+    /// global and shared address spaces.
+    Nvptx,
+    /// This host, for testing the emitter's IR without a GPU: each
+    /// kernel also takes a pointer to its thread's `[tid.x, tid.y,
+    /// ctaid.x, ctaid.y, ctaid.z]`, barriers call `m4c_host_barrier`, and
+    /// memory is the default address space (`ptx/host_tests.rs`).
+    #[cfg(test)]
+    Host,
+}
+
+/// The host flavor's barrier function.
+#[cfg(test)]
+pub(crate) const HOST_BARRIER: &str = "m4c_host_barrier";
+
 /// A kernel function being built.
 pub(crate) struct Cx<'a, 'ctx> {
     pub context: &'ctx Context,
@@ -38,6 +56,7 @@ pub(crate) struct Cx<'a, 'ctx> {
     allocas: BasicBlock<'ctx>,
     arena: PointerValue<'ctx>,
     weights: PointerValue<'ctx>,
+    flavor: Flavor,
 }
 
 impl<'a, 'ctx> Cx<'a, 'ctx> {
@@ -51,7 +70,17 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
         name: &str,
         threads: usize,
         min_blocks: Option<u64>,
+        flavor: Flavor,
     ) -> Result<Self, Fail> {
+        #[cfg(test)]
+        if flavor == Flavor::Host {
+            let ptr = context.ptr_type(AddressSpace::default());
+            let ty = context
+                .void_type()
+                .fn_type(&[ptr.into(), ptr.into(), ptr.into()], false);
+            let func = module.add_function(name, ty, None);
+            return Self::body(context, module, name, func, flavor);
+        }
         let ptr = context.ptr_type(AddressSpace::from(GLOBAL));
         let ty = context
             .void_type()
@@ -81,6 +110,17 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
                 .add_global_metadata("nvvm.annotations", &node)
                 .map_err(|e| Fail(e.to_string()))?;
         }
+        Self::body(context, module, name, func, flavor)
+    }
+
+    /// The builder positioned in a new kernel's body.
+    fn body(
+        context: &'ctx Context,
+        module: &'a Module<'ctx>,
+        name: &str,
+        func: FunctionValue<'ctx>,
+        flavor: Flavor,
+    ) -> Result<Self, Fail> {
         let allocas = context.append_basic_block(func, "allocas");
         let body = context.append_basic_block(func, "body");
         let b = context.create_builder();
@@ -101,6 +141,7 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
             allocas,
             arena: param(0),
             weights: param(1),
+            flavor,
         })
     }
 
@@ -131,6 +172,23 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
 
     /// A special register (`tid.x`, `ctaid.y`, …) as i32.
     pub fn sreg(&self, reg: &str) -> Result<IntValue<'ctx>, Fail> {
+        #[cfg(test)]
+        if self.flavor == Flavor::Host {
+            let k = ["tid.x", "tid.y", "ctaid.x", "ctaid.y", "ctaid.z"]
+                .iter()
+                .position(|r| *r == reg)
+                .ok_or_else(|| Fail(format!("no host register {reg}")))?;
+            let ids = self
+                .func
+                .get_nth_param(2)
+                .expect("host kernels take their ids")
+                .into_pointer_value();
+            let p = self.at(ids, self.context.i64_type().const_int(4 * k as u64, false))?;
+            return Ok(self
+                .b
+                .build_load(self.context.i32_type(), p, reg)?
+                .into_int_value());
+        }
         let v = self.call(&format!("llvm.nvvm.read.ptx.sreg.{reg}"), &[], &[])?;
         Ok(v.ok_or_else(|| Fail(format!("sreg {reg} has no value")))?
             .into_int_value())
@@ -138,6 +196,15 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
 
     /// `__syncthreads()`: every thread of the block waits here.
     pub fn barrier(&self) -> Result<(), Fail> {
+        #[cfg(test)]
+        if self.flavor == Flavor::Host {
+            let f = self.module.get_function(HOST_BARRIER).unwrap_or_else(|| {
+                let ty = self.context.void_type().fn_type(&[], false);
+                self.module.add_function(HOST_BARRIER, ty, None)
+            });
+            self.b.build_call(f, &[], "")?;
+            return Ok(());
+        }
         self.call("llvm.nvvm.barrier0", &[], &[])?;
         Ok(())
     }
@@ -338,11 +405,14 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
     /// A block-shared f32 array of `len` elements (`__shared__`).
     pub fn shared(&self, suffix: &str, len: usize) -> GlobalValue<'ctx> {
         let ty = self.context.f32_type().array_type(len as u32);
-        let g = self.module.add_global(
-            ty,
-            Some(AddressSpace::from(SHARED)),
-            &format!("{}_{suffix}", self.name),
-        );
+        let space = match self.flavor {
+            Flavor::Nvptx => AddressSpace::from(SHARED),
+            #[cfg(test)]
+            Flavor::Host => AddressSpace::default(),
+        };
+        let g = self
+            .module
+            .add_global(ty, Some(space), &format!("{}_{suffix}", self.name));
         g.set_linkage(Linkage::Internal);
         g.set_initializer(&ty.get_undef());
         g.set_alignment(16);

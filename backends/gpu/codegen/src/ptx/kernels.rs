@@ -10,7 +10,7 @@ use inkwell::module::Module;
 use inkwell::values::{FloatValue, IntValue};
 use inkwell::IntPredicate;
 
-use super::cx::Cx;
+use super::cx::{Cx, Flavor};
 use super::expr::{coords, exp, float_intrinsic, Scope, Walk};
 use super::Fail;
 use crate::kernel::{Gemm, Map, Operand, Row, RowOp};
@@ -40,9 +40,10 @@ pub(crate) fn map<'ctx>(
     module: &Module<'ctx>,
     name: &str,
     m: &Map,
+    flavor: Flavor,
 ) -> Result<[u32; 3], Fail> {
     let launch = launch::map(m, 1)?;
-    let cx = Cx::kernel(context, module, name, GROUP, None)?;
+    let cx = Cx::kernel(context, module, name, GROUP, None, flavor)?;
     let t = flat(&cx, launch.workgroups[0], GROUP)?;
     cx.return_unless(below(&cx, t, launch.threads)?)?;
     let mut walk = Walk {
@@ -78,6 +79,7 @@ pub(crate) fn gemm<'ctx>(
     module: &Module<'ctx>,
     name: &str,
     g: &Gemm,
+    flavor: Flavor,
 ) -> Result<[u32; 3], Fail> {
     let launch::GemmLaunch {
         r,
@@ -86,7 +88,7 @@ pub(crate) fn gemm<'ctx>(
     } = launch::gemm(g)?;
     // Two blocks per SM: at most 128 registers a thread, which the
     // r×r accumulators and one K step's operands fit without spilling.
-    let cx = Cx::kernel(context, module, name, TILE * TILE, Some(2))?;
+    let cx = Cx::kernel(context, module, name, TILE * TILE, Some(2), flavor)?;
     let b = &cx.b;
     let slab = block * TILE;
     let (ta, tb) = (cx.shared("ta", slab), cx.shared("tb", slab));
@@ -198,9 +200,10 @@ pub(crate) fn row<'ctx>(
     module: &Module<'ctx>,
     name: &str,
     r: &Row,
+    flavor: Flavor,
 ) -> Result<[u32; 3], Fail> {
     let workgroups = launch::row(r)?;
-    let cx = Cx::kernel(context, module, name, GROUP, None)?;
+    let cx = Cx::kernel(context, module, name, GROUP, None, flavor)?;
     let b = &cx.b;
     let red = cx.shared("red", GROUP);
     let rows = r.outer * r.inner;

@@ -68,21 +68,30 @@ fn machine() -> Result<TargetMachine, String> {
         .ok_or_else(|| format!("no LLVM target machine for {TRIPLE} {ARCH}"))
 }
 
-/// The PTX text of `kernels` (entry points `k0`, `k1`, … as in WGSL) and
-/// their launch table.
-pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
-    let machine = machine()?;
-    let context = Context::create();
-    let module = context.create_module("m4c");
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
+/// Builds every kernel of `kernels` into `module` for `flavor`; the
+/// launch table.
+fn build<'ctx>(
+    context: &'ctx Context,
+    module: &inkwell::module::Module<'ctx>,
+    kernels: &[Kernel],
+    flavor: cx::Flavor,
+) -> Result<Vec<KernelEntry>, String> {
     let mut table = Vec::new();
     for (n, k) in kernels.iter().enumerate() {
         let name = format!("k{n}");
         let (workgroups, threads) = match &k.body {
-            Body::Map(m) => (kernels::map(&context, &module, &name, m), [GROUP, 1, 1]),
-            Body::Gemm(g) => (kernels::gemm(&context, &module, &name, g), [TILE, TILE, 1]),
-            Body::Row(r) => (kernels::row(&context, &module, &name, r), [GROUP, 1, 1]),
+            Body::Map(m) => (
+                kernels::map(context, module, &name, m, flavor),
+                [GROUP, 1, 1],
+            ),
+            Body::Gemm(g) => (
+                kernels::gemm(context, module, &name, g, flavor),
+                [TILE, TILE, 1],
+            ),
+            Body::Row(r) => (
+                kernels::row(context, module, &name, r, flavor),
+                [GROUP, 1, 1],
+            ),
         };
         let workgroups =
             workgroups.map_err(|Fail(e)| format!("kernel {name} (`{}`): {e}", k.value))?;
@@ -92,6 +101,18 @@ pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
             threads: threads.map(|t| t as u32),
         });
     }
+    Ok(table)
+}
+
+/// The PTX text of `kernels` (entry points `k0`, `k1`, … as in WGSL) and
+/// their launch table.
+pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
+    let machine = machine()?;
+    let context = Context::create();
+    let module = context.create_module("m4c");
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    let table = build(&context, &module, kernels, cx::Flavor::Nvptx)?;
     module
         .verify()
         .map_err(|e| format!("invalid NVPTX IR: {e}"))?;
@@ -111,5 +132,7 @@ pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
     Ok((text, table))
 }
 
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod tests;
