@@ -72,8 +72,9 @@ pub const WGPU: &str = "wgpu";
 pub const CUDA: &str = "cuda";
 
 /// The largest storage binding every WebGPU device offers (128 MiB): the
-/// arena and the weights each must fit one.
-pub const MAX_BINDING: usize = 128 << 20;
+/// arena must fit one, the weights are split into bindings of at most
+/// this many bytes (no tensor across two).
+pub const MAX_BINDING: usize = m4c_gpu_device::BINDING_BYTES as usize;
 
 /// The GPU backend's code generator.
 pub struct GpuBackend;
@@ -139,15 +140,21 @@ impl CodeGenerator for GpuBackend {
             backend: "gpu",
             msg,
         };
-        let program = lower::lower(graph).map_err(fail)?;
-        for (what, bytes) in [
-            ("arena", program.arena_bytes),
-            ("weights", program.weights.len()),
-        ] {
-            // CUDA kernels take plain pointers: only WebGPU bounds a binding.
-            if target == WGPU && bytes > MAX_BINDING {
+        // CUDA kernels take plain pointers: only WebGPU bounds a binding.
+        let chunk = (target == WGPU).then_some(MAX_BINDING);
+        let program = lower::lower(graph, chunk).map_err(fail)?;
+        if target == WGPU {
+            let bytes = program.arena_bytes;
+            if bytes > MAX_BINDING {
                 return Err(fail(format!(
-                    "the {what} needs {bytes} bytes, over the {MAX_BINDING}-byte storage binding every device offers"
+                    "the arena needs {bytes} bytes, over the {MAX_BINDING}-byte storage binding every device offers"
+                )));
+            }
+            let bindings = program.weights.len().div_ceil(MAX_BINDING);
+            if bindings as u64 > m4c_gpu_device::MAX_WEIGHT_BINDINGS {
+                return Err(fail(format!(
+                    "the weights need {bindings} bindings of {MAX_BINDING} bytes (at most {})",
+                    m4c_gpu_device::MAX_WEIGHT_BINDINGS
                 )));
             }
         }
@@ -155,7 +162,8 @@ impl CodeGenerator for GpuBackend {
             let (text, kernels) = ptx::emit(&program.kernels).map_err(fail)?;
             (text, kernels, "ptx")
         } else {
-            let (text, kernels) = wgsl::emit(&program.kernels).map_err(fail)?;
+            let (text, kernels) =
+                wgsl::emit(&program.kernels, program.weights.len()).map_err(fail)?;
             (text, kernels, "wgsl")
         };
         let manifest = Manifest {

@@ -9,14 +9,32 @@ use std::fmt::Write;
 use m4c_gpu_device::{KernelEntry, Space};
 use m4c_ir::DType;
 
+use crate::backend::MAX_BINDING;
 use crate::kernel::{
     Bin, Body, Combine, Expr, Fold, Gemm, Kernel, Kind, Map, Operand, Row, RowOp, Un,
 };
 use crate::launch::{self, GROUP, TILE};
 
-/// The shader text of `kernels` and their launch table.
-pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
+/// The shader text of `kernels` and their launch table. Weights of more
+/// than [`MAX_BINDING`] bytes (`weights_bytes`) are bound as several
+/// buffers of at most that many (bindings 1, 2, …; `lower` placed no
+/// tensor across their boundaries).
+pub fn emit(
+    kernels: &[Kernel],
+    weights_bytes: usize,
+) -> Result<(String, Vec<KernelEntry>), String> {
     let mut text = String::from(PRELUDE);
+    for k in 1..weights_bytes.div_ceil(MAX_BINDING) {
+        let _ = writeln!(
+            text,
+            "\n@group(0) @binding({b}) var<storage, read> weights{k}: array<u32>;
+fn w{k}_f32(w: i32) -> f32 {{ return bitcast<f32>(weights{k}[w]); }}
+fn w{k}_i32(w: i32) -> i32 {{ return bitcast<i32>(weights{k}[w]); }}
+fn w{k}_b8(b: i32) -> bool {{ return ((weights{k}[b >> 2u] >> (u32(b & 3) * 8u)) & 0xffu) != 0u; }}
+fn w{k}_i8(b: i32) -> i32 {{ return bitcast<i32>(weights{k}[b >> 2u] << (24u - u32(b & 3) * 8u)) >> 24u; }}",
+            b = k + 1
+        );
+    }
     let mut table = Vec::new();
     for (n, k) in kernels.iter().enumerate() {
         let name = format!("k{n}");
@@ -108,12 +126,15 @@ fn int(v: i32) -> String {
 
 /// The element type's load of element `index` (i32 WGSL) of `op`.
 fn load(op: &Operand, index: &str) -> String {
-    let p = match op.space {
-        Space::Arena => "a",
-        Space::Weights => "w",
+    let (p, offset) = match op.space {
+        Space::Arena => ("a".to_string(), op.offset),
+        Space::Weights => match op.offset / MAX_BINDING {
+            0 => ("w".to_string(), op.offset),
+            k => (format!("w{k}"), op.offset % MAX_BINDING),
+        },
     };
     let clamped = format!("clamp({index}, 0, {})", op.len.max(1) - 1);
-    let (w, b) = (op.offset / 4, op.offset);
+    let (w, b) = (offset / 4, offset);
     match op.dtype {
         DType::F32 => format!("{p}_f32({w} + {clamped})"),
         DType::I64 => format!("{p}_i32({w} + 2 * {clamped})"),

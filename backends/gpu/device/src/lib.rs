@@ -11,7 +11,10 @@ pub mod manifest;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_runner;
 
-pub use manifest::{Binding, KernelEntry, Manifest, Space, MAX_THREADS, MAX_WORKGROUPS};
+pub use manifest::{
+    Binding, KernelEntry, Manifest, Space, BINDING_BYTES, MAX_THREADS, MAX_WEIGHT_BINDINGS,
+    MAX_WORKGROUPS,
+};
 
 /// Why GPU code could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

@@ -56,6 +56,15 @@ pub struct Manifest {
 /// `maxComputeWorkgroupsPerDimension`).
 pub const MAX_WORKGROUPS: u32 = 65_535;
 
+/// The largest storage binding every WebGPU device offers (128 MiB): the
+/// wgpu runner binds weights beyond it as several buffers of at most this
+/// many bytes (bindings 1, 2, …), split at its multiples.
+pub const BINDING_BYTES: u64 = 128 << 20;
+
+/// The most weights bindings a WGSL module may have: WebGPU's default of
+/// eight storage buffers per shader stage, less the arena.
+pub const MAX_WEIGHT_BINDINGS: u64 = 7;
+
 /// The most invocations one workgroup may have (WebGPU's default
 /// `maxComputeInvocationsPerWorkgroup` is 256; CUDA's block limit, 1024,
 /// is larger).
@@ -110,6 +119,13 @@ impl Manifest {
                     ));
                 }
             }
+        }
+        if self.target == "wgpu" && self.weights_bytes.div_ceil(BINDING_BYTES) > MAX_WEIGHT_BINDINGS
+        {
+            return Err(format!(
+                "{} weight bytes need more than {MAX_WEIGHT_BINDINGS} bindings of {BINDING_BYTES}",
+                self.weights_bytes
+            ));
         }
         if self.inputs.iter().any(|b| b.space != Space::Arena) {
             return Err("an input outside the arena".into());
@@ -191,6 +207,12 @@ mod tests {
             .check(&[16], &[16], 16)
             .unwrap_err()
             .contains("invocations"));
+        let mut heavy = manifest();
+        heavy.weights_bytes = 8 * BINDING_BYTES;
+        assert!(heavy
+            .check(&[16], &[16], 8 * BINDING_BYTES)
+            .unwrap_err()
+            .contains("bindings"));
         let mut bad = manifest();
         bad.kernels[0].entry = "k0(); evil".into();
         assert!(bad

@@ -57,7 +57,7 @@ impl Arena {
 
 /// Runs the host flavor of `g`'s kernels on `feeds`; its outputs.
 fn run_on_host(g: &Graph, feeds: &[Value]) -> Vec<Value> {
-    let program = lower(g).unwrap();
+    let program = lower(g, None).unwrap();
     let context = Context::create();
     let module = context.create_module("host");
     let table = super::build(&context, &module, &program.kernels, Flavor::Host).unwrap();

@@ -10,7 +10,7 @@ use crate::{ptx, wgsl};
 
 /// The PTX of `g`, checked for its header and entry points.
 fn ptx_of(g: &m4c_ir::Graph) -> String {
-    let program = lower(g).unwrap();
+    let program = lower(g, None).unwrap();
     let (text, table) = ptx::emit(&program.kernels).unwrap();
     assert!(text.contains(".target sm_90"), "{}", &text[..400]);
     assert!(text.contains(".address_size 64"));
@@ -22,7 +22,7 @@ fn ptx_of(g: &m4c_ir::Graph) -> String {
             k.entry
         );
     }
-    let (_, wgsl_table) = wgsl::emit(&program.kernels).unwrap();
+    let (_, wgsl_table) = wgsl::emit(&program.kernels, program.weights.len()).unwrap();
     assert_eq!(
         table, wgsl_table,
         "{}: the two emitters launch alike",
