@@ -14,7 +14,9 @@ use m4c_gpu_device::Manifest;
 use m4c_ir::{DType, Graph, Node, Op, OpKind};
 use m4c_runtime::bundle::format::SectionKind;
 
-use crate::{lower, ptx, wgsl};
+#[cfg(feature = "ptx")]
+use crate::ptx;
+use crate::{lower, wgsl};
 
 /// The element types GPU kernels compute on (i8 and i64 in 32 bits);
 /// anything else, including element types added to the IR later, is
@@ -159,7 +161,12 @@ impl CodeGenerator for GpuBackend {
             }
         }
         let (text, kernels, ext) = if target == CUDA {
+            #[cfg(feature = "ptx")]
             let (text, kernels) = ptx::emit(&program.kernels).map_err(fail)?;
+            #[cfg(not(feature = "ptx"))]
+            let (text, kernels) = Err(fail(
+                "this build has no PTX emitter (feature `ptx` of m4c-gpu-codegen)".into(),
+            ))?;
             (text, kernels, "ptx")
         } else {
             let (text, kernels) =

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod kernel;
 pub mod launch;
 pub mod lower;
+#[cfg(feature = "ptx")]
 pub mod ptx;
 pub mod wgsl;
 

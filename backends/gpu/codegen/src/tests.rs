@@ -408,7 +408,10 @@ fn weights_beyond_one_binding_are_split_across_bindings() {
     g.outputs = vec![s];
     let program = lower(&g, Some(crate::backend::MAX_BINDING)).unwrap();
     // t0 at 0, t1 moved from 80 MB (across the boundary) to 128 MiB.
-    assert_eq!(program.weights.len(), crate::backend::MAX_BINDING + rows * 16);
+    assert_eq!(
+        program.weights.len(),
+        crate::backend::MAX_BINDING + rows * 16
+    );
     let (text, _) = emit(&program.kernels, program.weights.len()).unwrap();
     assert!(text.contains("@binding(2) var<storage, read> weights1"));
     let module = naga::front::wgsl::parse_str(&text).unwrap();
