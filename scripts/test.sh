@@ -7,6 +7,8 @@ scripts/setup.sh
 # setup.sh installed a Vulkan driver (Mesa's lavapipe where there is no
 # GPU): the GPU engine's tests must run, not skip.
 export M4C_REQUIRE_GPU=1
+# setup.sh installed ptxas into .venv-ptxas: the PTX assembly test must run.
+export M4C_REQUIRE_PTXAS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

@@ -18,7 +18,8 @@ use super::CliResult;
 #[derive(clap::Args, Clone, Debug)]
 pub struct BackendArgs {
     /// Backend (see `m4c backends`): `reference` (the interpreter) or a
-    /// code generator such as `cpu`.
+    /// code generator such as `cpu`; `NAME:TARGET` also names the target
+    /// (`gpu:wgpu`, `gpu:cuda`).
     #[arg(long, default_value = REFERENCE_BACKEND, value_parser = parse_backend)]
     pub backend: String,
     /// The backend's target (CPU: host, x86_64, x86_64-avx512,
@@ -34,24 +35,51 @@ pub struct BackendArgs {
     pub threads: usize,
 }
 
-/// A registered backend's name, for clap: unknown names list the known.
+/// A registered backend's name, optionally with a target
+/// (`NAME[:TARGET]`), for clap: unknown names list the known.
 pub fn parse_backend(s: &str) -> Result<String, String> {
-    m4c_backends::lookup(s)
+    let (name, target) = split_backend(s);
+    let name = m4c_backends::lookup(name)
         .map(|b| b.name().to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(match target {
+        Some("") => return Err(format!("`{s}`: no target after `:`")),
+        Some(t) => format!("{name}:{t}"),
+        None => name,
+    })
+}
+
+/// `NAME[:TARGET]` split into the backend name and the target.
+pub fn split_backend(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((name, target)) => (name, Some(target)),
+        None => (spec, None),
+    }
+}
+
+/// The target of `--backend NAME:TARGET` and `--target`: either, or both
+/// when they agree.
+pub fn merge_target(spec: &str, target: Option<String>) -> CliResult<Option<String>> {
+    match (split_backend(spec).1, target) {
+        (Some(a), Some(b)) if a != b => {
+            Err(format!("--backend {spec} and --target {b} name different targets").into())
+        }
+        (Some(a), _) => Ok(Some(a.to_string())),
+        (None, t) => Ok(t),
+    }
 }
 
 impl BackendArgs {
     /// The chosen code generator.
     pub fn generator(&self) -> &'static dyn CodeGenerator {
-        m4c_backends::lookup(&self.backend).expect("validated by clap")
+        m4c_backends::lookup(split_backend(&self.backend).0).expect("validated by clap")
     }
 
     /// The compile request these options make.
     pub fn request(&self) -> CliResult<CompileRequest> {
         compile_request(
-            &self.backend,
-            self.target.clone(),
+            split_backend(&self.backend).0,
+            merge_target(&self.backend, self.target.clone())?,
             self.cpu.clone(),
             threads(self.threads)?,
         )

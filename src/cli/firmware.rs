@@ -108,10 +108,10 @@ pub fn run(args: FirmwareArgs) -> CliResult<i32> {
 }
 
 fn build(args: BuildArgs) -> CliResult<i32> {
-    let generator = m4c_backends::lookup(&args.backend)?;
+    let generator = m4c_backends::lookup(super::backend::split_backend(&args.backend).0)?;
     let request = super::backend::compile_request(
         generator.name(),
-        args.target.clone(),
+        super::backend::merge_target(&args.backend, args.target.clone())?,
         args.cpu.clone(),
         1,
     )?;
@@ -181,7 +181,10 @@ fn build(args: BuildArgs) -> CliResult<i32> {
             let artifact = generator
                 .compile(&m.graph, &request)
                 .map_err(|e| format!("module `{}`: {e}", m.name))?;
-            if !artifact.runnable {
+            // Loadable code is the `code` section (a CPU shared library,
+            // GPU text); a cross-compiled CPU object has none. GPU text
+            // loads wherever the device is, whatever this machine has.
+            if artifact.section(SectionKind::Code).is_none() {
                 return Err(format!(
                     "module `{}`: code for {} was not linked (it cannot run on this machine); bundles carry loadable code only (use m4c compile for cross targets)",
                     m.name, artifact.target

@@ -1,12 +1,13 @@
-//! The GPU backend's device: a module's WGSL text, its plan (kernel
-//! table, arena, input and output bindings) and its weights are handed to
-//! `m4c-gpu-device`'s wgpu runner, which uploads the weights once and runs
-//! every kernel from one arena buffer per call.
+//! The GPU backend's device: a module's kernel text (WGSL for target
+//! `wgpu`, PTX for `cuda`), its plan (kernel table, arena, input and
+//! output bindings) and its weights are handed to `m4c-gpu-device`'s wgpu
+//! or CUDA runner, which uploads the weights once and runs every kernel
+//! from one arena buffer per call.
 
 use std::sync::Arc;
 
 use m4c_gpu_device::wgpu_runner::{gpu, WgpuModule};
-use m4c_gpu_device::Manifest;
+use m4c_gpu_device::{GpuError, Manifest};
 use m4c_ir::{Graph, Tensor, TensorType};
 use m4c_ops::Value;
 
@@ -15,8 +16,40 @@ use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, S
 use crate::bundle::format::SectionKind;
 use crate::bundle::ModuleCode;
 
-/// The GPU backend's [`Device`] (target `wgpu`).
+/// The GPU backend's [`Device`] (targets `wgpu` and `cuda`).
 pub struct GpuDevice;
+
+/// A module loaded on one of the runners.
+enum Runner {
+    Wgpu(WgpuModule),
+    #[cfg(feature = "cuda")]
+    Cuda(m4c_gpu_device::cuda_runner::CudaModule),
+}
+
+impl Runner {
+    fn load(
+        target: &str,
+        manifest: Manifest,
+        text: &str,
+        weights: &[u8],
+    ) -> Result<Runner, GpuError> {
+        match target {
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(Runner::Cuda(m4c_gpu_device::cuda_runner::CudaModule::load(
+                manifest, text, weights,
+            )?)),
+            _ => Ok(Runner::Wgpu(WgpuModule::load(manifest, text, weights)?)),
+        }
+    }
+
+    fn run(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>, GpuError> {
+        match self {
+            Runner::Wgpu(m) => m.run(inputs),
+            #[cfg(feature = "cuda")]
+            Runner::Cuda(m) => m.run(inputs),
+        }
+    }
+}
 
 /// Bytes of each tensor of a signature side (`None`: a symbolic shape).
 fn sizes(side: &[(String, TensorType)]) -> Option<Vec<u64>> {
@@ -38,12 +71,18 @@ impl Device for GpuDevice {
     }
 
     fn runs_here(&self, target: &str) -> Result<(), String> {
-        if target != "wgpu" {
-            return Err(format!(
-                "GPU target `{target}` has no runner here (this runtime runs `wgpu`)"
-            ));
+        match target {
+            "wgpu" => gpu().map(|_| ()).map_err(|e| e.to_string()),
+            #[cfg(feature = "cuda")]
+            "cuda" => m4c_gpu_device::cuda_runner::cuda()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => Err("this runtime was built without the CUDA runner (feature `cuda`)".into()),
+            _ => Err(format!(
+                "GPU target `{target}` has no runner here (this runtime runs `wgpu` and `cuda`)"
+            )),
         }
-        gpu().map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn check(&self, code: &ModuleCode, graph: &Graph) -> Result<(), String> {
@@ -91,7 +130,8 @@ impl Device for GpuDevice {
         let text = std::str::from_utf8(text).map_err(|_| fail("the shader is not UTF-8".into()))?;
         let weights = code.section(SectionKind::CodeWeights).unwrap_or_default();
         let arena_bytes = manifest.arena_bytes as usize;
-        let module = WgpuModule::load(manifest, text, weights).map_err(|e| fail(e.to_string()))?;
+        let module = Runner::load(&code.entry().target, manifest, text, weights)
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Arc::new(GpuModule {
             name: name.to_string(),
             signature,
@@ -106,7 +146,7 @@ struct GpuModule {
     name: String,
     signature: Signature,
     arena_bytes: usize,
-    module: WgpuModule,
+    module: Runner,
 }
 
 impl ModuleExecutor for GpuModule {

@@ -2,9 +2,13 @@
 //! check): each fixture named on the command line compiled, loaded through
 //! the runtime's `gpu` device, compared with onnxruntime's outputs (rtol
 //! 1e-3, atol 1e-4) and timed; then square f32 GEMMs timed kernel-only.
-//! No LLVM: it runs where only a Vulkan driver is installed.
+//! Built with `--no-default-features` (no PTX emitter) it links no LLVM
+//! and runs where only a GPU driver is installed. With `--artifacts DIR`
+//! it compiles nothing: it loads `DIR/NAME/` as written here by `m4c
+//! compile FIXTURE --backend gpu:cuda -o DIR/NAME` (PTX text, plan,
+//! weights) and runs it through the CUDA runner — the CUDA device check.
 //!
-//! `gpu_device_check FIXTURE_DIR [NAME...]`
+//! `gpu_device_check [--artifacts DIR] FIXTURE_DIR [NAME...]`
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,27 +28,41 @@ use m4c_runtime::{read_npz, sanitized_key};
 type Result<T> = std::result::Result<T, String>;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let artifacts = match args.first().map(String::as_str) {
+        Some("--artifacts") if args.len() > 1 => {
+            let dir = args[1].clone();
+            args.drain(..2);
+            Some(dir)
+        }
+        _ => None,
+    };
     let Some((dir, names)) = args.split_first() else {
-        eprintln!("usage: gpu_device_check FIXTURE_DIR [NAME...]");
+        eprintln!("usage: gpu_device_check [--artifacts DIR] FIXTURE_DIR [NAME...]");
         std::process::exit(2);
     };
-    match gpu() {
-        Ok(g) => println!("adapter: {}", g.adapter),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
+    if artifacts.is_none() {
+        match gpu() {
+            Ok(g) => println!("adapter: {}", g.adapter),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
         }
     }
     let mut failed = 0;
     for name in names {
-        match fixture(Path::new(dir), name) {
+        let artifacts = artifacts.as_deref().map(|a| Path::new(a).join(name));
+        match fixture(Path::new(dir), name, artifacts.as_deref()) {
             Ok(line) => println!("{name}: {line}"),
             Err(e) => {
                 failed += 1;
                 println!("{name}: FAIL {e}");
             }
         }
+    }
+    if artifacts.is_some() {
+        std::process::exit(i32::from(failed > 0));
     }
     for n in [1024, 2048] {
         match gemm(n) {
@@ -61,7 +79,32 @@ fn compile(g: &Graph) -> Result<m4c_compiler::backend::Artifact> {
         .map_err(|e| e.to_string())
 }
 
-fn fixture(dir: &Path, name: &str) -> Result<String> {
+/// A module's sections and their bytes.
+type Sections = Vec<(SectionKind, Vec<u8>)>;
+
+/// The sections of an artifact directory `m4c compile` wrote, and its
+/// target (from the plan).
+fn precompiled(dir: &Path) -> Result<(String, Sections)> {
+    let mut sections = Vec::new();
+    let mut target = String::new();
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = e.map_err(|e| e.to_string())?.path();
+        let name = path.to_string_lossy().to_string();
+        let bytes = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+        if name.ends_with(".plan.json") {
+            let plan: Manifest = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            target = plan.target;
+            sections.push((SectionKind::CodePlan, bytes));
+        } else if name.ends_with(".ptx") || name.ends_with(".wgsl") {
+            sections.push((SectionKind::Code, bytes));
+        } else if name.ends_with(".weights") {
+            sections.push((SectionKind::CodeWeights, bytes));
+        }
+    }
+    Ok((target, sections))
+}
+
+fn fixture(dir: &Path, name: &str, artifacts: Option<&Path>) -> Result<String> {
     let model = OnnxModel::load(&dir.join(format!("{name}.onnx"))).map_err(|e| e.to_string())?;
     let inputs = read_npz(&dir.join(format!("{name}.inputs.npz"))).map_err(|e| e.to_string())?;
     let expected =
@@ -84,17 +127,28 @@ fn fixture(dir: &Path, name: &str) -> Result<String> {
         feeds.push(v.clone());
     }
     let graph = lower(&model, &opts).map_err(|e| e.to_string())?;
-    let artifact = compile(&graph)?;
+    let (target, sections, kernels) = match artifacts {
+        Some(a) => {
+            let (target, sections) = precompiled(a)?;
+            (target, sections, "precompiled".to_string())
+        }
+        None => {
+            let artifact = compile(&graph)?;
+            let sections = artifact
+                .files
+                .iter()
+                .filter_map(|f| Some((f.section?, f.bytes.clone())))
+                .collect();
+            let kernels = artifact.stats["kernels"].to_string();
+            (artifact.target, sections, kernels)
+        }
+    };
     let entry = CodeEntry {
         cpu: String::new(),
-        section: format!("{name}.wgpu"),
-        target: artifact.target.clone(),
+        section: format!("{name}.{target}"),
+        target,
     };
-    let files: Vec<_> = artifact
-        .files
-        .iter()
-        .filter_map(|f| Some((f.section?, f.bytes.as_slice())))
-        .collect();
+    let files: Vec<_> = sections.iter().map(|(k, b)| (*k, b.as_slice())).collect();
     let code = ModuleCode::from_memory("gpu", entry, &files)?;
     let module = load_code(name, &code, Signature::of(&graph), 1).map_err(|e| e.to_string())?;
     let got = module.run(&feeds).map_err(|e| e.to_string())?;
@@ -118,7 +172,7 @@ fn fixture(dir: &Path, name: &str) -> Result<String> {
     Ok(format!(
         "ok ({} outputs), {} kernels, median {:.3} ms per call (transfers included)",
         got.len(),
-        artifact.stats["kernels"],
+        kernels,
         times[times.len() / 2]
     ))
 }

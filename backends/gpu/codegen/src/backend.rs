@@ -1,7 +1,8 @@
 //! The GPU backend behind the seam: [`GpuBackend`] implements the
-//! compiler's `CodeGenerator`. Its artifact is text (WGSL), the kernel
-//! table and arena plan (JSON) and the weights; the runtime's `gpu`
-//! device runs it through wgpu.
+//! compiler's `CodeGenerator` for two targets, `wgpu` (WGSL) and `cuda`
+//! (PTX). Its artifact is text, the kernel table and arena plan (JSON)
+//! and the weights; the runtime's `gpu` device runs it through wgpu or
+//! the CUDA driver.
 
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use m4c_gpu_device::Manifest;
 use m4c_ir::{DType, Graph, Node, Op, OpKind};
 use m4c_runtime::bundle::format::SectionKind;
 
+#[cfg(feature = "ptx")]
+use crate::ptx;
 use crate::{lower, wgsl};
 
 /// The element types GPU kernels compute on (i8 and i64 in 32 bits);
@@ -66,9 +69,14 @@ const OPS: [OpKind; 38] = [
 /// The portable target (WGSL through wgpu: Vulkan, Metal, DX12).
 pub const WGPU: &str = "wgpu";
 
+/// NVIDIA GPUs through the CUDA driver (PTX for `sm_90`, JIT-compiled by
+/// the driver when the module loads).
+pub const CUDA: &str = "cuda";
+
 /// The largest storage binding every WebGPU device offers (128 MiB): the
-/// arena and the weights each must fit one.
-pub const MAX_BINDING: usize = 128 << 20;
+/// arena must fit one, the weights are split into bindings of at most
+/// this many bytes (no tensor across two).
+pub const MAX_BINDING: usize = m4c_gpu_device::BINDING_BYTES as usize;
 
 /// The GPU backend's code generator.
 pub struct GpuBackend;
@@ -79,11 +87,11 @@ impl CodeGenerator for GpuBackend {
     }
 
     fn description(&self) -> &'static str {
-        "WGSL compute shaders run through wgpu (Vulkan; Mesa's lavapipe without a GPU)"
+        "WGSL compute shaders run through wgpu (Vulkan; Mesa's lavapipe without a GPU), or PTX through the CUDA driver (target cuda)"
     }
 
     fn targets(&self) -> Vec<String> {
-        vec![WGPU.into()]
+        vec![WGPU.into(), CUDA.into()]
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -134,18 +142,37 @@ impl CodeGenerator for GpuBackend {
             backend: "gpu",
             msg,
         };
-        let program = lower::lower(graph).map_err(fail)?;
-        for (what, bytes) in [
-            ("arena", program.arena_bytes),
-            ("weights", program.weights.len()),
-        ] {
+        // CUDA kernels take plain pointers: only WebGPU bounds a binding.
+        let chunk = (target == WGPU).then_some(MAX_BINDING);
+        let program = lower::lower(graph, chunk).map_err(fail)?;
+        if target == WGPU {
+            let bytes = program.arena_bytes;
             if bytes > MAX_BINDING {
                 return Err(fail(format!(
-                    "the {what} needs {bytes} bytes, over the {MAX_BINDING}-byte storage binding every device offers"
+                    "the arena needs {bytes} bytes, over the {MAX_BINDING}-byte storage binding every device offers"
+                )));
+            }
+            let bindings = program.weights.len().div_ceil(MAX_BINDING);
+            if bindings as u64 > m4c_gpu_device::MAX_WEIGHT_BINDINGS {
+                return Err(fail(format!(
+                    "the weights need {bindings} bindings of {MAX_BINDING} bytes (at most {})",
+                    m4c_gpu_device::MAX_WEIGHT_BINDINGS
                 )));
             }
         }
-        let (text, kernels) = wgsl::emit(&program.kernels).map_err(fail)?;
+        let (text, kernels, ext) = if target == CUDA {
+            #[cfg(feature = "ptx")]
+            let (text, kernels) = ptx::emit(&program.kernels).map_err(fail)?;
+            #[cfg(not(feature = "ptx"))]
+            let (text, kernels) = Err(fail(
+                "this build has no PTX emitter (feature `ptx` of m4c-gpu-codegen)".into(),
+            ))?;
+            (text, kernels, "ptx")
+        } else {
+            let (text, kernels) =
+                wgsl::emit(&program.kernels, program.weights.len()).map_err(fail)?;
+            (text, kernels, "wgsl")
+        };
         let manifest = Manifest {
             target: target.into(),
             arena_bytes: program.arena_bytes as u64,
@@ -174,7 +201,7 @@ impl CodeGenerator for GpuBackend {
             tuning: String::new(),
             runnable: self.runnable(Some(target)).is_ok(),
             files: vec![
-                file("wgsl", SectionKind::Code, text.into_bytes()),
+                file(ext, SectionKind::Code, text.into_bytes()),
                 file("plan.json", SectionKind::CodePlan, plan),
                 file("weights", SectionKind::CodeWeights, program.weights),
             ],
@@ -199,8 +226,9 @@ impl CodeGenerator for GpuBackend {
 fn resolve(target: Option<&str>) -> Result<&'static str, String> {
     match target {
         None | Some(WGPU) => Ok(WGPU),
+        Some(CUDA) => Ok(CUDA),
         Some(t) => Err(format!(
-            "unknown target `{t}` (the GPU backend has `{WGPU}`)"
+            "unknown target `{t}` (the GPU backend has `{WGPU}` and `{CUDA}`)"
         )),
     }
 }

@@ -33,8 +33,12 @@ pub struct Program {
     pub outputs: Vec<Binding>,
 }
 
-/// Lowers `g` (every node accepted by the backend's `refuse`).
-pub fn lower(g: &Graph) -> Result<Program, String> {
+/// Lowers `g` (every node accepted by the backend's `refuse`). With
+/// `chunk`, no weights tensor straddles a multiple of `chunk` bytes, so
+/// the weights can be bound as several buffers of at most `chunk` bytes
+/// (WebGPU's 128 MiB binding limit); a tensor larger than `chunk` is an
+/// error.
+pub fn lower(g: &Graph, chunk: Option<usize>) -> Result<Program, String> {
     let schedule = Schedule::fused(g);
     let buffers = memory::buffer_lifetimes(g, &schedule).map_err(|e| e.to_string())?;
     let plan = memory::plan(g, &schedule).map_err(|e| e.to_string())?;
@@ -45,6 +49,8 @@ pub fn lower(g: &Graph) -> Result<Program, String> {
         inputs: HashMap::new(),
         constants: HashMap::new(),
         weights: Vec::new(),
+        chunk: chunk.unwrap_or(usize::MAX),
+        largest: 0,
     };
     let mut arena = cx.plan.arena_bytes.next_multiple_of(ALIGN);
     let mut inputs = Vec::new();
@@ -97,6 +103,12 @@ pub fn lower(g: &Graph) -> Result<Program, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    if cx.largest > cx.chunk {
+        return Err(format!(
+            "a {}-byte constant exceeds the {}-byte weights binding",
+            cx.largest, cx.chunk
+        ));
+    }
     cx.weights.resize(cx.weights.len().next_multiple_of(4), 0);
     Ok(Program {
         kernels,
@@ -117,6 +129,10 @@ struct Lowering<'g> {
     /// Weights offsets of the constants placed so far, by value index.
     constants: HashMap<usize, usize>,
     weights: Vec<u8>,
+    /// No weights tensor straddles a multiple of this many bytes.
+    chunk: usize,
+    /// Bytes of the largest weights tensor.
+    largest: usize,
 }
 
 /// Row-major element strides of `shape`.
@@ -192,9 +208,15 @@ impl Lowering<'_> {
         Ok(self.g.value(v).ty.dtype.storage_bytes(n))
     }
 
-    /// Appends `bytes` to the weights at the next aligned offset.
+    /// Appends `bytes` to the weights at the next aligned offset (the
+    /// next chunk's start if they would straddle a chunk boundary).
     fn push_weights(&mut self, bytes: &[u8]) -> usize {
-        let at = self.weights.len().next_multiple_of(ALIGN);
+        let mut at = self.weights.len().next_multiple_of(ALIGN);
+        let last = at + bytes.len().max(1) - 1;
+        if at / self.chunk != last / self.chunk {
+            at = at.next_multiple_of(self.chunk);
+        }
+        self.largest = self.largest.max(bytes.len());
         self.weights.resize(at, 0);
         self.weights.extend_from_slice(bytes);
         at

@@ -31,8 +31,8 @@ fn node(g: &mut Graph, op: Op, inputs: &[ValueId], name: &str) -> ValueId {
 /// The WGSL of `g`, validated by naga.
 fn shader(g: &Graph) -> String {
     assert_eq!(refusals(&GpuBackend, g), vec![], "{}", g.name);
-    let program = lower(g).unwrap();
-    let (text, table) = emit(&program.kernels).unwrap();
+    let program = lower(g, None).unwrap();
+    let (text, table) = emit(&program.kernels, program.weights.len()).unwrap();
     let module = naga::front::wgsl::parse_str(&text)
         .unwrap_or_else(|e| panic!("{}: {}\n{text}", g.name, e.emit_to_string(&text)));
     naga::valid::Validator::new(
@@ -53,7 +53,7 @@ fn shader(g: &Graph) -> String {
 
 /// A fused chain with broadcasting, a comparison (bool result), a cast
 /// to i64 and a batched, transposed, broadcast matrix product.
-fn elementwise_and_gemm() -> Graph {
+pub(crate) fn elementwise_and_gemm() -> Graph {
     let mut g = Graph::new("ew_gemm");
     let x = g.add_input("x", f32s(&[2, 3, 8]));
     let w = weight(&mut g, "w", &[5, 8]);
@@ -89,7 +89,7 @@ fn elementwise_and_gemm() -> Graph {
 }
 
 /// Row kernels: softmax over a middle axis, LayerNorm and RMSNorm.
-fn rows() -> Graph {
+pub(crate) fn rows() -> Graph {
     let mut g = Graph::new("rows");
     let x = g.add_input("x", f32s(&[2, 5, 3]));
     let sm = node(&mut g, Op::Softmax { axis: 1 }, &[x], "sm");
@@ -108,7 +108,7 @@ fn rows() -> Graph {
 
 /// Reductions, pooling, convolutions (dense and depthwise), resizes and
 /// every movement operator.
-fn the_rest() -> Graph {
+pub(crate) fn the_rest() -> Graph {
     let mut g = Graph::new("rest");
     let x = g.add_input("x", f32s(&[1, 4, 6, 6]));
     let conv = |group| {
@@ -280,13 +280,13 @@ fn row_kernels_shader() {
 #[test]
 fn kernels_follow_the_fusion_groups() {
     let g = elementwise_and_gemm();
-    let program = lower(&g).unwrap();
+    let program = lower(&g, None).unwrap();
     let names: Vec<&str> = program.kernels.iter().map(|k| k.value.as_str()).collect();
     assert_eq!(names, ["y", "t", "mask", "ints", "mv", "bytes"]);
 }
 
 /// Inputs for `g`: a fixed pseudo-random sequence in [-2, 2).
-fn inputs(g: &Graph) -> Vec<Value> {
+pub(crate) fn inputs(g: &Graph) -> Vec<Value> {
     let mut state = 12345u32;
     g.inputs
         .iter()
@@ -304,25 +304,29 @@ fn inputs(g: &Graph) -> Vec<Value> {
         .collect()
 }
 
-/// Each sample graph compiled, loaded through the runtime's `gpu` device
-/// (as `m4c run --backend gpu`) and run on this host's Vulkan adapter
-/// matches the reference interpreter (rtol 1e-3, atol 1e-4). Without an
-/// adapter it says why and passes, unless `M4C_REQUIRE_GPU` is set.
-#[test]
-fn sample_graphs_match_the_interpreter_on_the_gpu() {
-    if let Err(why) = GpuBackend.runnable(None) {
+/// Each sample graph compiled for `target`, loaded through the runtime's
+/// `gpu` device (as `m4c run --backend gpu[:TARGET]`) and run on this
+/// host's device matches the reference interpreter (rtol 1e-3, atol
+/// 1e-4). Without a device it says why and passes, unless `require` is
+/// set in the environment.
+fn samples_match_the_interpreter(target: &str, require: &str) {
+    if let Err(why) = GpuBackend.runnable(Some(target)) {
         assert!(
-            std::env::var_os("M4C_REQUIRE_GPU").is_none(),
-            "M4C_REQUIRE_GPU is set but {why}"
+            std::env::var_os(require).is_none(),
+            "{require} is set but {why}"
         );
-        println!("skipped: no GPU adapter here: {why}");
+        println!("skipped: no {target} device here: {why}");
         return;
     }
+    let request = m4c_compiler::backend::CompileRequest {
+        target: Some(target.into()),
+        ..Default::default()
+    };
     for g in [elementwise_and_gemm(), rows(), the_rest()] {
-        let artifact = GpuBackend.compile(&g, &Default::default()).unwrap();
+        let artifact = GpuBackend.compile(&g, &request).unwrap();
         let entry = CodeEntry {
             cpu: String::new(),
-            section: format!("{}.wgpu", g.name),
+            section: format!("{}.{target}", g.name),
             target: artifact.target.clone(),
         };
         let files: Vec<_> = artifact
@@ -337,9 +341,26 @@ fn sample_graphs_match_the_interpreter_on_the_gpu() {
         let want = m4c_ops::run_graph(&g, &feeds).unwrap();
         for (k, (got, want)) in got.iter().zip(&want).enumerate() {
             let c = m4c_ops::compare(got, want, 1e-3, 1e-4);
-            assert!(c.passed(), "{} output {k}: {}", g.name, c.summary());
+            assert!(
+                c.passed(),
+                "{target} {} output {k}: {}",
+                g.name,
+                c.summary()
+            );
         }
     }
+}
+
+#[test]
+fn sample_graphs_match_the_interpreter_on_the_gpu() {
+    samples_match_the_interpreter("wgpu", "M4C_REQUIRE_GPU");
+}
+
+/// The PTX path, on an NVIDIA GPU with its driver (skips elsewhere unless
+/// `M4C_REQUIRE_CUDA` is set).
+#[test]
+fn sample_graphs_match_the_interpreter_through_cuda() {
+    samples_match_the_interpreter("cuda", "M4C_REQUIRE_CUDA");
 }
 
 #[test]
@@ -365,4 +386,64 @@ fn other_element_types_and_integer_arithmetic_are_refused_with_reasons() {
         ]
     );
     assert!(GpuBackend.compile(&g, &Default::default()).is_err());
+}
+
+/// Weights beyond WebGPU's 128 MiB binding are split across bindings: two
+/// 80 MB tables, the second placed at the next 128 MiB boundary (bound as
+/// `weights1`), gathered from on this host's adapter and compared with
+/// the interpreter.
+#[test]
+fn weights_beyond_one_binding_are_split_across_bindings() {
+    let rows = 5_000_000;
+    let mut g = Graph::new("split");
+    let idx = g.add_input("idx", TensorType::fixed(DType::I64, &[3]));
+    let table = |g: &mut Graph, name: &str, scale: f32| {
+        let values: Vec<f32> = (0..rows * 4).map(|i| (i % 1009) as f32 * scale).collect();
+        g.add_const(name, Tensor::from_f32(&[rows, 4], &values))
+    };
+    let (t0, t1) = (table(&mut g, "t0", 0.5), table(&mut g, "t1", -0.25));
+    let a = node(&mut g, Op::Gather { axis: 0 }, &[t0, idx], "a");
+    let b = node(&mut g, Op::Gather { axis: 0 }, &[t1, idx], "b");
+    let s = node(&mut g, Op::Add, &[a, b], "s");
+    g.outputs = vec![s];
+    let program = lower(&g, Some(crate::backend::MAX_BINDING)).unwrap();
+    // t0 at 0, t1 moved from 80 MB (across the boundary) to 128 MiB.
+    assert_eq!(
+        program.weights.len(),
+        crate::backend::MAX_BINDING + rows * 16
+    );
+    let (text, _) = emit(&program.kernels, program.weights.len()).unwrap();
+    assert!(text.contains("@binding(2) var<storage, read> weights1"));
+    let module = naga::front::wgsl::parse_str(&text).unwrap();
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .unwrap();
+    if let Err(why) = GpuBackend.runnable(None) {
+        assert!(std::env::var_os("M4C_REQUIRE_GPU").is_none(), "{why}");
+        println!("skipped running: {why}");
+        return;
+    }
+    let artifact = GpuBackend.compile(&g, &Default::default()).unwrap();
+    let entry = CodeEntry {
+        cpu: String::new(),
+        section: "split.wgpu".into(),
+        target: artifact.target.clone(),
+    };
+    let files: Vec<_> = artifact
+        .files
+        .iter()
+        .filter_map(|f| Some((f.section?, f.bytes.as_slice())))
+        .collect();
+    let code = ModuleCode::from_memory("gpu", entry, &files).unwrap();
+    let module = load_code("split", &code, Signature::of(&g), 1).unwrap();
+    let feeds = vec![
+        Value::from_tensor(&Tensor::from_i64(&[3], &[rows as i64 - 1, 0, 2_500_001])).unwrap(),
+    ];
+    let got = module.run(&feeds).unwrap();
+    let want = m4c_ops::run_graph(&g, &feeds).unwrap();
+    let c = m4c_ops::compare(&got[0], &want[0], 1e-3, 1e-4);
+    assert!(c.passed(), "{}", c.summary());
 }

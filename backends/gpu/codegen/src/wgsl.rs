@@ -6,33 +6,48 @@
 
 use std::fmt::Write;
 
-use m4c_gpu_device::{KernelEntry, Space, MAX_WORKGROUPS};
+use m4c_gpu_device::{KernelEntry, Space};
 use m4c_ir::DType;
 
+use crate::backend::MAX_BINDING;
 use crate::kernel::{
     Bin, Body, Combine, Expr, Fold, Gemm, Kernel, Kind, Map, Operand, Row, RowOp, Un,
 };
+use crate::launch::{self, GROUP, TILE};
 
-/// Threads of a Map or Row workgroup.
-const GROUP: usize = 64;
-/// Edge of a GEMM workgroup (`TILE × TILE` invocations) and the K step.
-const TILE: usize = 16;
-
-/// The shader text of `kernels` and their launch table.
-pub fn emit(kernels: &[Kernel]) -> Result<(String, Vec<KernelEntry>), String> {
+/// The shader text of `kernels` and their launch table. Weights of more
+/// than [`MAX_BINDING`] bytes (`weights_bytes`) are bound as several
+/// buffers of at most that many (bindings 1, 2, …; `lower` placed no
+/// tensor across their boundaries).
+pub fn emit(
+    kernels: &[Kernel],
+    weights_bytes: usize,
+) -> Result<(String, Vec<KernelEntry>), String> {
     let mut text = String::from(PRELUDE);
+    for k in 1..weights_bytes.div_ceil(MAX_BINDING) {
+        let _ = writeln!(
+            text,
+            "\n@group(0) @binding({b}) var<storage, read> weights{k}: array<u32>;
+fn w{k}_f32(w: i32) -> f32 {{ return bitcast<f32>(weights{k}[w]); }}
+fn w{k}_i32(w: i32) -> i32 {{ return bitcast<i32>(weights{k}[w]); }}
+fn w{k}_b8(b: i32) -> bool {{ return ((weights{k}[b >> 2u] >> (u32(b & 3) * 8u)) & 0xffu) != 0u; }}
+fn w{k}_i8(b: i32) -> i32 {{ return bitcast<i32>(weights{k}[b >> 2u] << (24u - u32(b & 3) * 8u)) >> 24u; }}",
+            b = k + 1
+        );
+    }
     let mut table = Vec::new();
     for (n, k) in kernels.iter().enumerate() {
         let name = format!("k{n}");
         let _ = writeln!(text, "\n// {name}: `{}`", k.value.replace('\n', " "));
-        let workgroups = match &k.body {
-            Body::Map(m) => map(&mut text, &name, m)?,
-            Body::Gemm(g) => gemm(&mut text, &name, g)?,
-            Body::Row(r) => row(&mut text, &name, r)?,
+        let (workgroups, threads) = match &k.body {
+            Body::Map(m) => (map(&mut text, &name, m)?, [GROUP as u32, 1, 1]),
+            Body::Gemm(g) => (gemm(&mut text, &name, g)?, [TILE as u32, TILE as u32, 1]),
+            Body::Row(r) => (row(&mut text, &name, r)?, [GROUP as u32, 1, 1]),
         };
         table.push(KernelEntry {
             entry: name,
             workgroups,
+            threads,
         });
     }
     Ok((text, table))
@@ -109,25 +124,17 @@ fn int(v: i32) -> String {
     }
 }
 
-/// Workgroups for `threads` invocations of `GROUP`: x up to the
-/// dispatch limit, the rest in y.
-fn spread(units: usize) -> Result<[u32; 3], String> {
-    let x = units.clamp(1, MAX_WORKGROUPS as usize);
-    let y = units.div_ceil(x);
-    if y > MAX_WORKGROUPS as usize {
-        return Err(format!("{units} workgroups exceed one dispatch"));
-    }
-    Ok([x as u32, y as u32, 1])
-}
-
 /// The element type's load of element `index` (i32 WGSL) of `op`.
 fn load(op: &Operand, index: &str) -> String {
-    let p = match op.space {
-        Space::Arena => "a",
-        Space::Weights => "w",
+    let (p, offset) = match op.space {
+        Space::Arena => ("a".to_string(), op.offset),
+        Space::Weights => match op.offset / MAX_BINDING {
+            0 => ("w".to_string(), op.offset),
+            k => (format!("w{k}"), op.offset % MAX_BINDING),
+        },
     };
     let clamped = format!("clamp({index}, 0, {})", op.len.max(1) - 1);
-    let (w, b) = (op.offset / 4, op.offset);
+    let (w, b) = (offset / 4, offset);
     match op.dtype {
         DType::F32 => format!("{p}_f32({w} + {clamped})"),
         DType::I64 => format!("{p}_i32({w} + 2 * {clamped})"),
@@ -250,8 +257,6 @@ impl Emit {
             _ => ("i32", int(i32::MIN)),
         };
         let total: usize = f.dims.iter().product();
-        // Strides of the loop nest (an empty extent leaves the loop empty).
-        let mut stride: usize = f.dims.iter().map(|&n| n.max(1)).product();
         self.push(format!("var f{id}: {acc} = {init};"));
         if let Combine::ArgMax { .. } = f.combine {
             self.push(format!("var f{id}_at: i32 = 0i;"));
@@ -260,8 +265,7 @@ impl Emit {
             "for (var r{id}: i32 = 0i; r{id} < {total}i; r{id} = r{id} + 1i) {{"
         ));
         self.indent += 1;
-        for (d, &n) in f.dims.iter().enumerate() {
-            stride /= n.max(1);
+        for (d, (&n, stride)) in f.dims.iter().zip(launch::strides(&f.dims)).enumerate() {
             self.push(format!(
                 "let l{id}_{d} = (r{id} / {stride}i) % {}i;",
                 n.max(1)
@@ -290,14 +294,11 @@ impl Emit {
 
 /// Coordinates `c0..` of element `i` of a row-major `shape`.
 fn coords_of(shape: &[usize], i: &str) -> Vec<String> {
-    let mut stride: usize = shape.iter().product();
     shape
         .iter()
+        .zip(launch::strides(shape))
         .enumerate()
-        .map(|(d, &n)| {
-            stride /= n.max(1);
-            format!("let c{d} = ({i} / {stride}i) % {}i;", n.max(1))
-        })
+        .map(|(d, (&n, stride))| format!("let c{d} = ({i} / {stride}i) % {}i;", n.max(1)))
         .collect()
 }
 
@@ -307,7 +308,6 @@ fn thread_index(gx: u32, per_group: usize) -> String {
 }
 
 fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
-    let count: usize = m.shape.iter().product();
     let mut body = Emit {
         stmts: coords_of(&m.shape, "i")
             .into_iter()
@@ -333,8 +333,12 @@ fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
     let _ = writeln!(text, "}}");
     // Byte-sized elements: each invocation packs one word of four.
     let per = if m.out.dtype.size_bits() == 8 { 4 } else { 1 };
-    let threads = count.div_ceil(per);
-    let wg = spread(threads.div_ceil(GROUP))?;
+    let launch::MapLaunch {
+        count,
+        threads,
+        workgroups: wg,
+        ..
+    } = launch::map(m, per)?;
     let w = m.out.offset / 4;
     let store = match m.out.dtype {
         DType::Bool | DType::I8 => {
@@ -366,31 +370,16 @@ fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
 }
 
 fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
-    let batch: usize = g.batch.iter().product();
-    if batch > MAX_WORKGROUPS as usize {
-        return Err(format!("{batch} matrix products exceed one dispatch"));
-    }
-    // Register tile edge: 4×4 outputs per invocation where there are
-    // enough output blocks to fill a GPU, else one (small products).
-    let r = if g.m.div_ceil(4 * TILE) * g.n.div_ceil(4 * TILE) * batch >= 64 {
-        4
-    } else {
-        1
-    };
-    let block = r * TILE;
-    let wg = [
-        g.n.div_ceil(block).max(1) as u32,
-        g.m.div_ceil(block).max(1) as u32,
-        batch.max(1) as u32,
-    ];
+    let launch::GemmLaunch {
+        r,
+        block,
+        workgroups: wg,
+    } = launch::gemm(g)?;
     let mut offsets = String::from("    var z = i32(wg.z);\n    var ao = 0i;\n    var bo = 0i;\n");
-    for d in (0..g.batch.len()).rev() {
+    for (n, sa, sb) in launch::batch_axes(g) {
         let _ = writeln!(
             offsets,
-            "    {{ let c = z % {n}i; z = z / {n}i; ao = ao + c * {sa}i; bo = bo + c * {sb}i; }}",
-            n = g.batch[d].max(1),
-            sa = g.a_batch[d],
-            sb = g.b_batch[d]
+            "    {{ let c = z % {n}i; z = z / {n}i; ao = ao + c * {sa}i; bo = bo + c * {sb}i; }}"
         );
     }
     let a = load(
@@ -483,7 +472,7 @@ fn {name}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) l:
 
 fn row(text: &mut String, name: &str, r: &Row) -> Result<[u32; 3], String> {
     let rows = r.outer * r.inner;
-    let wg = spread(rows)?;
+    let wg = launch::row(r)?;
     let (len, inner) = (r.len, r.inner);
     let x = load(&r.x, &format!("base + j * {inner}"));
     let w = r.out.offset / 4;

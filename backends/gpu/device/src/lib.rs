@@ -1,14 +1,20 @@
 //! The GPU backend's device side: the plan a GPU artifact carries
-//! ([`Manifest`]) and, with the `wgpu` feature, the runner that executes
-//! its WGSL kernels through wgpu's Vulkan backend ([`wgpu_runner`]). No
+//! ([`Manifest`]) and the runners: with the `wgpu` feature, WGSL kernels
+//! through wgpu's Vulkan backend ([`wgpu_runner`]); with `cuda`, PTX
+//! kernels through the CUDA driver (`cuda_runner`). No
 //! compiler, no LLVM: the runtime links this crate to load GPU code from
 //! bundles or from an artifact compiled in the same process.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_runner;
 pub mod manifest;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_runner;
 
-pub use manifest::{Binding, KernelEntry, Manifest, Space, MAX_WORKGROUPS};
+pub use manifest::{
+    Binding, KernelEntry, Manifest, Space, BINDING_BYTES, MAX_THREADS, MAX_WEIGHT_BINDINGS,
+    MAX_WORKGROUPS,
+};
 
 /// Why GPU code could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

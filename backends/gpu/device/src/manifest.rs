@@ -26,11 +26,13 @@ pub struct Binding {
 }
 
 /// One compute kernel: its entry point in the shader text and how many
-/// workgroups it is launched with.
+/// workgroups it is launched with, of how many invocations each (WGSL
+/// declares it in the shader too; CUDA takes it at launch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelEntry {
     pub entry: String,
     pub workgroups: [u32; 3],
+    pub threads: [u32; 3],
 }
 
 /// What the runner needs besides the shader text and the weights.
@@ -53,6 +55,20 @@ pub struct Manifest {
 /// The most workgroups one dispatch dimension may have (WebGPU's default
 /// `maxComputeWorkgroupsPerDimension`).
 pub const MAX_WORKGROUPS: u32 = 65_535;
+
+/// The largest storage binding every WebGPU device offers (128 MiB): the
+/// wgpu runner binds weights beyond it as several buffers of at most this
+/// many bytes (bindings 1, 2, …), split at its multiples.
+pub const BINDING_BYTES: u64 = 128 << 20;
+
+/// The most weights bindings a WGSL module may have: WebGPU's default of
+/// eight storage buffers per shader stage, less the arena.
+pub const MAX_WEIGHT_BINDINGS: u64 = 7;
+
+/// The most invocations one workgroup may have (WebGPU's default
+/// `maxComputeInvocationsPerWorkgroup` is 256; CUDA's block limit, 1024,
+/// is larger).
+pub const MAX_THREADS: u32 = 256;
 
 impl Manifest {
     /// Checks the manifest against the module's interface (input and
@@ -104,6 +120,13 @@ impl Manifest {
                 }
             }
         }
+        if self.target == "wgpu" && self.weights_bytes.div_ceil(BINDING_BYTES) > MAX_WEIGHT_BINDINGS
+        {
+            return Err(format!(
+                "{} weight bytes need more than {MAX_WEIGHT_BINDINGS} bindings of {BINDING_BYTES}",
+                self.weights_bytes
+            ));
+        }
         if self.inputs.iter().any(|b| b.space != Space::Arena) {
             return Err("an input outside the arena".into());
         }
@@ -112,6 +135,13 @@ impl Manifest {
                 return Err(format!(
                     "kernel `{}`: {:?} workgroups (1..={MAX_WORKGROUPS} per axis)",
                     k.entry, k.workgroups
+                ));
+            }
+            let threads = k.threads.iter().try_fold(1u32, |n, &t| n.checked_mul(t));
+            if !threads.is_some_and(|n| (1..=MAX_THREADS).contains(&n)) {
+                return Err(format!(
+                    "kernel `{}`: {:?} invocations per workgroup (1..={MAX_THREADS} in all)",
+                    k.entry, k.threads
                 ));
             }
             let name_ok = !k.entry.is_empty()
@@ -148,6 +178,7 @@ mod tests {
             kernels: vec![KernelEntry {
                 entry: "k0".into(),
                 workgroups: [1, 1, 1],
+                threads: [64, 1, 1],
             }],
         }
     }
@@ -170,6 +201,18 @@ mod tests {
             .check(&[16], &[16], 16)
             .unwrap_err()
             .contains("workgroups"));
+        let mut wide = manifest();
+        wide.kernels[0].threads = [64, 64, 1];
+        assert!(wide
+            .check(&[16], &[16], 16)
+            .unwrap_err()
+            .contains("invocations"));
+        let mut heavy = manifest();
+        heavy.weights_bytes = 8 * BINDING_BYTES;
+        assert!(heavy
+            .check(&[16], &[16], 8 * BINDING_BYTES)
+            .unwrap_err()
+            .contains("bindings"));
         let mut bad = manifest();
         bad.kernels[0].entry = "k0(); evil".into();
         assert!(bad

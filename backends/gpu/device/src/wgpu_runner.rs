@@ -10,20 +10,20 @@ use std::sync::{mpsc, Mutex, OnceLock};
 
 use wgpu::util::DeviceExt;
 
-use crate::{align4, GpuError, Manifest, Space};
+use crate::{align4, GpuError, Manifest, Space, BINDING_BYTES};
 
-/// The process's GPU: device, queue and the one bind group layout every
-/// kernel uses (binding 0: the arena, read-write; binding 1: the weights,
-/// read-only).
+/// The process's GPU: device and queue. Every kernel binds the arena at
+/// binding 0 (read-write) and the weights, in buffers of at most
+/// [`BINDING_BYTES`], at bindings 1, 2, … (read-only).
 pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    layout: wgpu::BindGroupLayout,
-    pipeline_layout: wgpu::PipelineLayout,
     /// `name (backend, device type)` of the adapter, for messages.
     pub adapter: String,
     /// The largest storage binding the device takes.
     pub max_binding: u64,
+    /// The most storage buffers one shader may bind.
+    max_buffers: u32,
 }
 
 static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
@@ -68,6 +68,18 @@ fn open() -> Result<Gpu, String> {
         ..Default::default()
     }))
     .map_err(|e| format!("adapter `{}`: no device: {e}", info.name))?;
+    Ok(Gpu {
+        device,
+        queue,
+        adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
+        max_binding: limits.max_storage_buffer_binding_size,
+        max_buffers: limits.max_storage_buffers_per_shader_stage,
+    })
+}
+
+/// The bind group layout of a module with `chunks` weights buffers and
+/// its pipeline layout.
+fn layouts(gpu: &Gpu, chunks: u32) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
     let entry = |binding, read_only| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -78,23 +90,29 @@ fn open() -> Result<Gpu, String> {
         },
         count: None,
     };
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some("m4c arena+weights"),
-        entries: &[entry(0, false), entry(1, true)],
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some("m4c"),
-        bind_group_layouts: &[Some(&layout)],
-        immediate_size: 0,
-    });
-    Ok(Gpu {
-        device,
-        queue,
-        layout,
-        pipeline_layout,
-        adapter: format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type),
-        max_binding: limits.max_storage_buffer_binding_size,
-    })
+    let entries: Vec<_> = std::iter::once(entry(0, false))
+        .chain((1..=chunks).map(|b| entry(b, true)))
+        .collect();
+    let layout = gpu
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("m4c arena+weights"),
+            entries: &entries,
+        });
+    let pipeline = gpu
+        .device
+        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("m4c"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+    (layout, pipeline)
+}
+
+/// The weights buffers of `weights_bytes`: one per [`BINDING_BYTES`]
+/// (at least one).
+fn chunks(weights_bytes: u64) -> u32 {
+    weights_bytes.div_ceil(BINDING_BYTES).max(1) as u32
 }
 
 /// Runs `f` inside a validation and an out-of-memory error scope; the
@@ -128,7 +146,7 @@ struct Buffers {
     readback: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
     // Held for the bind group's lifetime.
-    _weights: wgpu::Buffer,
+    _weights: Vec<wgpu::Buffer>,
 }
 
 impl WgpuModule {
@@ -137,17 +155,25 @@ impl WgpuModule {
     /// passed [`Manifest::check`].
     pub fn load(manifest: Manifest, wgsl: &str, weights: &[u8]) -> Result<WgpuModule, GpuError> {
         let gpu = gpu()?;
-        for (what, bytes) in [
-            ("arena", manifest.arena_bytes),
-            ("weights", manifest.weights_bytes),
-        ] {
+        let chunks = chunks(manifest.weights_bytes);
+        let largest = manifest.weights_bytes.min(BINDING_BYTES);
+        for (what, bytes) in [("arena", manifest.arena_bytes), ("weights", largest)] {
             if bytes > gpu.max_binding {
                 return Err(GpuError::Plan(format!(
-                    "the {what} needs {bytes} bytes; {} binds at most {}",
+                    "the {what} needs {bytes} bytes in one binding; {} binds at most {}",
                     gpu.adapter, gpu.max_binding
                 )));
             }
         }
+        if chunks + 1 > gpu.max_buffers {
+            return Err(GpuError::Plan(format!(
+                "{} storage buffers (the arena and {chunks} of weights); {} binds at most {}",
+                chunks + 1,
+                gpu.adapter,
+                gpu.max_buffers
+            )));
+        }
+        let (layout, pipeline_layout) = layouts(gpu, chunks);
         let module = scoped(gpu, "shader", || {
             gpu.device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -164,7 +190,7 @@ impl WgpuModule {
                     gpu.device
                         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                             label: Some(&k.entry),
-                            layout: Some(&gpu.pipeline_layout),
+                            layout: Some(&pipeline_layout),
                             module: &module,
                             entry_point: Some(&k.entry),
                             compilation_options: Default::default(),
@@ -183,8 +209,8 @@ impl WgpuModule {
                     .then(|| weights[b.offset as usize..(b.offset + b.bytes) as usize].to_vec())
             })
             .collect();
-        let state =
-            scoped(gpu, "buffers", || buffers(gpu, &manifest, weights)).map_err(GpuError::Run)?;
+        let state = scoped(gpu, "buffers", || buffers(gpu, &layout, &manifest, weights))
+            .map_err(GpuError::Run)?;
         Ok(WgpuModule {
             manifest,
             pipelines,
@@ -296,9 +322,14 @@ impl WgpuModule {
     }
 }
 
-/// The arena, the weights (uploaded now), the readback buffer for the
-/// outputs and the bind group of the first two.
-fn buffers(gpu: &Gpu, manifest: &Manifest, weights: &[u8]) -> Buffers {
+/// The arena, the weights (uploaded now, one buffer per binding), the
+/// readback buffer for the outputs and the bind group of the first two.
+fn buffers(
+    gpu: &Gpu,
+    layout: &wgpu::BindGroupLayout,
+    manifest: &Manifest,
+    weights: &[u8],
+) -> Buffers {
     let storage = wgpu::BufferUsages::STORAGE;
     let arena = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("m4c arena"),
@@ -306,15 +337,20 @@ fn buffers(gpu: &Gpu, manifest: &Manifest, weights: &[u8]) -> Buffers {
         usage: storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let mut padded = weights.to_vec();
-    padded.resize((align4(weights.len() as u64) as usize).max(4), 0);
-    let weights = gpu
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("m4c weights"),
-            contents: &padded,
-            usage: storage,
-        });
+    let weights: Vec<wgpu::Buffer> = (0..chunks(weights.len() as u64) as usize)
+        .map(|k| {
+            let from = (k * BINDING_BYTES as usize).min(weights.len());
+            let to = (from + BINDING_BYTES as usize).min(weights.len());
+            let mut padded = weights[from..to].to_vec();
+            padded.resize((align4(padded.len() as u64) as usize).max(4), 0);
+            gpu.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("m4c weights"),
+                    contents: &padded,
+                    usage: storage,
+                })
+        })
+        .collect();
     let readback_bytes: u64 = manifest.outputs.iter().map(|b| align4(b.bytes)).sum();
     let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("m4c outputs"),
@@ -322,19 +358,18 @@ fn buffers(gpu: &Gpu, manifest: &Manifest, weights: &[u8]) -> Buffers {
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    let entries: Vec<_> = std::iter::once(&arena)
+        .chain(&weights)
+        .enumerate()
+        .map(|(b, buffer)| wgpu::BindGroupEntry {
+            binding: b as u32,
+            resource: buffer.as_entire_binding(),
+        })
+        .collect();
     let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("m4c"),
-        layout: &gpu.layout,
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: arena.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: weights.as_entire_binding(),
-            },
-        ],
+        layout,
+        entries: &entries,
     });
     Buffers {
         arena,
