@@ -547,7 +547,12 @@ impl Ctx<'_> {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut m = node("MatMulNBits", self.name, &refs, &[&self.n.output[0]]);
         m.domain = "com.microsoft".into();
-        for (a, v) in [("K", k), ("N", n), ("bits", bits.into()), ("block_size", group)] {
+        for (a, v) in [
+            ("K", k),
+            ("N", n),
+            ("bits", bits.into()),
+            ("block_size", group),
+        ] {
             m.attribute.push(int_attr(a, v as i64));
         }
         self.out.nodes.push(m);
