@@ -64,7 +64,7 @@ pub(crate) enum Kind {
         /// i32 bias added to the sums (an integer convolution's).
         int_bias: Option<Vec<i32>>,
         /// A convolution computed as im2col + this GEMM.
-        conv: Option<ConvShape>,
+        conv: Option<Box<ConvShape>>,
         output: Int8Output,
     },
     Int4 {
@@ -780,7 +780,7 @@ fn matched(
                 multipliers: tail.multipliers,
                 bias: tail.bias,
                 int_bias,
-                conv,
+                conv: conv.map(Box::new),
                 output: tail.output,
             },
         },
