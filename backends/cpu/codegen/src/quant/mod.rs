@@ -16,6 +16,7 @@ mod imatmul;
 mod jit;
 pub(crate) mod lower;
 mod pattern4;
+mod pattern8;
 
 pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
