@@ -295,6 +295,33 @@ fn encodings_of_another_model_are_refused() {
         &out,
         &format!("activation '{first}': scale 0 is not a positive number"),
     );
+    // A zero point outside int8, and a layer's bits other than 4 or 8.
+    e["activations"][&first]["scale"] = 0.5.into();
+    e["activations"][&first]["zero_point"] = 300.into();
+    std::fs::write(&bad, e.to_string()).unwrap();
+    refused(
+        &quantize_args(
+            &fixture("imu_encoder.onnx"),
+            &fixture("imu_encoder.inputs.npz"),
+            &out,
+            &["--encodings", bad.to_str().unwrap()],
+        ),
+        &out,
+        &format!("activation '{first}': zero point 300 is outside int8's range"),
+    );
+    e["activations"][&first]["zero_point"] = 0.into();
+    e["layers"] = serde_json::json!({ "/blocks.0/qkv/MatMul": { "bits": 5 } });
+    std::fs::write(&bad, e.to_string()).unwrap();
+    refused(
+        &quantize_args(
+            &fixture("imu_encoder.onnx"),
+            &fixture("imu_encoder.inputs.npz"),
+            &out,
+            &["--encodings", bad.to_str().unwrap()],
+        ),
+        &out,
+        "layer '/blocks.0/qkv/MatMul': bits 5 is not 4 or 8",
+    );
     std::fs::write(&bad, "{not json").unwrap();
     refused(
         &quantize_args(
@@ -334,6 +361,9 @@ fn unknown_excludes_and_options_are_refused() {
         &out,
         "between 0 and 1",
     );
+    let o = m4c(&quantize_args(&model, &data, &out, &["--head-bits", "5"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("'5' is not 4 or 8"), "{}", text(&o));
 }
 
 #[test]

@@ -143,8 +143,8 @@ def vit_b16(seed: int = 0, layers: int = 12) -> tuple[onnx.ModelProto, dict[str,
     return g.model("vit_b16", inputs, out, [1, seq, d]), feeds
 
 
-def llama_prefill(seed: int = 0, layers: int = 6) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    d, n_heads, mlp, vocab, seq = 768, 12, 2048, 32000, 128
+def llama_prefill(seed: int = 0, layers: int = 6, seq: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    d, n_heads, mlp, vocab = 768, 12, 2048, 32000
     d_head = d // n_heads
     g = Graph(seed)
     inv_freq = 1.0 / (10000.0 ** (np.arange(0, d_head, 2, dtype=np.float64) / d_head))

@@ -45,6 +45,10 @@ pub struct QuantizeArgs {
     /// SmoothQuant with migration strength ALPHA (0–1, typically 0.5).
     #[arg(long, value_name = "ALPHA")]
     smooth: Option<f32>,
+    /// `w4`: bits of a MatMul writing a graph output (an LLM's lm_head).
+    #[arg(long, value_name = "4|8", default_value_t = quantize::scheme::DEFAULT_HEAD_BITS,
+          value_parser = head_bits)]
+    head_bits: u8,
     /// Encodings from an earlier run (possibly edited): their activation
     /// scales and per-layer overrides are used instead of calibrating.
     #[arg(long, value_name = "E.json")]
@@ -74,6 +78,15 @@ impl Observer for Bars {
 /// Where the encodings of `OUT.onnx` go: `OUT.encodings.json`.
 fn encodings_path(output: &Path) -> PathBuf {
     output.with_extension("encodings.json")
+}
+
+/// `--head-bits`: 4 or 8.
+fn head_bits(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "8" => Ok(8),
+        _ => Err(format!("'{s}' is not 4 or 8")),
+    }
 }
 
 /// Runs `m4c quantize`.
@@ -109,6 +122,7 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
         calibration: args.calibration,
         exclude: args.exclude.clone(),
         smooth: args.smooth,
+        head_bits: args.head_bits,
     };
     let prior = args
         .encodings

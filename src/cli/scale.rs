@@ -2,7 +2,9 @@
 //! tasks it measures, from the OS, the storage (file sizes) and the peak
 //! resident memory (VmHWM of a fresh child process that loads everything
 //! and runs one inference) of (a) one firmware plus N adapter bundles and
-//! (b) N separate task-specific models, each compiled into its own bundle.
+//! (b) N separate task-specific models, each compiled into its own bundle;
+//! and of each `--variant` (the same modules quantised, e.g. int8 and int4
+//! firmware, with an adapter built for it) as for (a).
 //! Writes scale.json, scale.md and scale.svg.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,12 @@ pub struct ScaleArgs {
     /// Task-specific models (ONNX), one per task, cycled when fewer than N.
     #[arg(long = "ts", value_name = "MODEL.onnx", num_args = 1..)]
     ts: Vec<PathBuf>,
+    /// Another firmware measured like --firmware, e.g. the same modules
+    /// quantised (`int8:M4.int8.fw:app.int8.m4a`): a label
+    /// ([A-Za-z0-9_-]), the firmware and an adapter bundle built for it
+    /// (copied to N files). Repeatable.
+    #[arg(long = "variant", value_name = "LABEL:M4.fw:APP.m4a")]
+    variants: Vec<String>,
     /// Largest number of tasks.
     #[arg(long, default_value_t = 50)]
     max_n: usize,
@@ -60,6 +68,43 @@ struct Row {
     ts_peak_rss_bytes: u64,
     ts_rss_anon_bytes: u64,
     ts_rss_file_bytes: u64,
+    /// Each `--variant`, in the order given.
+    variants: Vec<VariantRow>,
+}
+
+/// One N of a `--variant`: its firmware plus N of its adapters.
+#[derive(Serialize)]
+struct VariantRow {
+    label: String,
+    storage_bytes: u64,
+    peak_rss_bytes: u64,
+    rss_anon_bytes: u64,
+    rss_file_bytes: u64,
+}
+
+/// A `--variant`: label, firmware, adapter.
+struct Variant {
+    label: String,
+    firmware: PathBuf,
+    adapter: PathBuf,
+}
+
+impl Variant {
+    fn parse(s: &str) -> CliResult<Variant> {
+        let mut parts = s.splitn(3, ':');
+        let (Some(label), Some(fw), Some(app)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("--variant {s}: expected LABEL:M4.fw:APP.m4a").into());
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if label.is_empty() || !label.chars().all(ok) {
+            return Err(format!("--variant {s}: label '{label}' is not [A-Za-z0-9_-]+").into());
+        }
+        Ok(Variant {
+            label: label.into(),
+            firmware: fw.into(),
+            adapter: app.into(),
+        })
+    }
 }
 
 /// A child's memory from /proc/self/status, in bytes: VmHWM, RssAnon and
@@ -117,6 +162,15 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
     for a in &args.adapters {
         AdapterBundle::open(a)?.check_binding(&fw)?;
     }
+    let variants = args
+        .variants
+        .iter()
+        .map(|s| Variant::parse(s))
+        .collect::<CliResult<Vec<_>>>()?;
+    for v in &variants {
+        let fw = Bundle::open(&v.firmware)?;
+        AdapterBundle::open(&v.adapter)?.check_binding(&fw)?;
+    }
     let files = args.out.join("files");
     std::fs::create_dir_all(&files).map_err(|e| format!("{}: {e}", files.display()))?;
     let mut compiled = vec![];
@@ -131,6 +185,18 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
     }
     let adapters = copies(&args.adapters, args.max_n, &files, "app", "m4a")?;
     let models = copies(&compiled, args.max_n, &files, "ts", "fw")?;
+    let variant_apps = variants
+        .iter()
+        .map(|v| {
+            copies(
+                std::slice::from_ref(&v.adapter),
+                args.max_n,
+                &files,
+                &format!("app_{}", v.label),
+                "m4a",
+            )
+        })
+        .collect::<CliResult<Vec<_>>>()?;
     let fw_len = file_len(&args.firmware)?;
     let base_args = [
         "--firmware".to_string(),
@@ -168,6 +234,27 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
             measure("fw", &fw_args, &args.out)?,
             measure("ts", &ts_args, &args.out)?,
         );
+        let mut variant_rows = vec![];
+        for (v, apps) in variants.iter().zip(&variant_apps) {
+            let mut v_args = vec![
+                "--firmware".into(),
+                v.firmware.display().to_string(),
+                "--adapter".into(),
+            ];
+            v_args.extend(apps[..n].iter().map(|p| p.display().to_string()));
+            let mem = measure("fw", &v_args, &args.out)?;
+            variant_rows.push(VariantRow {
+                label: v.label.clone(),
+                storage_bytes: file_len(&v.firmware)?
+                    + apps[..n]
+                        .iter()
+                        .map(|p| file_len(p))
+                        .sum::<CliResult<u64>>()?,
+                peak_rss_bytes: mem.peak,
+                rss_anon_bytes: mem.anon,
+                rss_file_bytes: mem.file,
+            });
+        }
         let row = Row {
             n,
             m4_storage_bytes: m4_storage,
@@ -178,6 +265,7 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
             ts_peak_rss_bytes: ts.peak,
             ts_rss_anon_bytes: ts.anon,
             ts_rss_file_bytes: ts.file,
+            variants: variant_rows,
         };
         eprintln!(
             "N={n:>3}: M4 {} B storage, {} B peak RSS; TS {} B storage, {} B peak RSS",
@@ -193,6 +281,11 @@ fn report(args: &ScaleArgs) -> CliResult<i32> {
         "firmware": args.firmware.display().to_string(),
         "adapters": args.adapters.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "ts_models": args.ts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "variants": variants.iter().map(|v| serde_json::json!({
+            "label": v.label,
+            "firmware": v.firmware.display().to_string(),
+            "adapter": v.adapter.display().to_string(),
+        })).collect::<Vec<_>>(),
         "rows": rows,
     });
     let write = |name: &str, text: String| -> CliResult<()> {
@@ -350,11 +443,40 @@ fn markdown(rows: &[Row], baseline: u64) -> String {
             mib(r.ts_rss_file_bytes)
         );
     }
-    s
+    let Some(first) = rows.first().filter(|r| !r.variants.is_empty()) else {
+        return s;
+    };
+    s += "\nFirmware variants (each with N of its adapters), storage / peak RSS (MiB):\n\n| N | M4 |";
+    for v in &first.variants {
+        s += &format!(" {} |", v.label);
+    }
+    s += "\n|---:|---:|";
+    s += &"---:|".repeat(first.variants.len());
+    for r in rows {
+        s += &format!(
+            "\n| {} | {:.3} / {:.2} |",
+            r.n,
+            mib(r.m4_storage_bytes),
+            mib(r.m4_peak_rss_bytes)
+        );
+        for v in &r.variants {
+            s += &format!(
+                " {:.3} / {:.2} |",
+                mib(v.storage_bytes),
+                mib(v.peak_rss_bytes)
+            );
+        }
+    }
+    s + "\n"
 }
 
-/// Picks the (M4, TS) pair a panel plots from a row.
-type Pair = fn(&Row) -> (u64, u64);
+/// Picks a panel's values from a row: M4, TS, then each variant.
+type Pick = fn(&Row) -> Vec<u64>;
+
+/// Line colours: M4, TS, then the variants (cycled).
+const COLOURS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 
 /// Two panels (storage, peak RSS) against N, M4 and TS as lines.
 fn svg(rows: &[Row]) -> String {
@@ -364,23 +486,37 @@ fn svg(rows: &[Row]) -> String {
         2.0 * w,
         h + 24.0
     );
-    let panels: [(&str, Pair); 2] = [
+    let panels: [(&str, Pick); 2] = [
         ("(a) storage, MiB", |r| {
-            (r.m4_storage_bytes, r.ts_storage_bytes)
+            [r.m4_storage_bytes, r.ts_storage_bytes]
+                .into_iter()
+                .chain(r.variants.iter().map(|v| v.storage_bytes))
+                .collect()
         }),
         ("(b) peak RSS, MiB", |r| {
-            (r.m4_peak_rss_bytes, r.ts_peak_rss_bytes)
+            [r.m4_peak_rss_bytes, r.ts_peak_rss_bytes]
+                .into_iter()
+                .chain(r.variants.iter().map(|v| v.peak_rss_bytes))
+                .collect()
         }),
     ];
+    let mut names = vec![
+        "M4: firmware + N adapters".to_string(),
+        "N task-specific models".to_string(),
+    ];
+    if let Some(r) = rows.first() {
+        names.extend(
+            r.variants
+                .iter()
+                .map(|v| format!("M4 {} + N adapters", v.label)),
+        );
+    }
     let max_n = rows.last().map_or(1, |r| r.n).max(2) as f64;
     for (p, (title, get)) in panels.iter().enumerate() {
         let x0 = p as f64 * w;
         let ymax = rows
             .iter()
-            .map(|r| {
-                let (a, b) = get(r);
-                mib(a.max(b))
-            })
+            .map(|r| mib(get(r).into_iter().max().unwrap_or(0)))
             .fold(0.0, f64::max)
             * 1.1;
         let px = |n: usize| x0 + pad + (n as f64 - 1.0) / (max_n - 1.0) * (w - 1.5 * pad);
@@ -414,23 +550,11 @@ fn svg(rows: &[Row]) -> String {
             h + 16.0,
             max_n
         );
-        for (i, (name, colour)) in [
-            ("M4: firmware + N adapters", "#1f77b4"),
-            ("N task-specific models", "#d62728"),
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, name) in names.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
             let pts: Vec<String> = rows
                 .iter()
-                .map(|r| {
-                    let v = get(r);
-                    format!(
-                        "{:.1},{:.1}",
-                        px(r.n),
-                        py(mib(if i == 0 { v.0 } else { v.1 }))
-                    )
-                })
+                .map(|r| format!("{:.1},{:.1}", px(r.n), py(mib(get(r)[i]))))
                 .collect();
             s += &format!(
                 r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,

@@ -56,6 +56,10 @@ pub struct LayerOverride {
     /// int8 weights of this node per channel (`true`) or per tensor.
     #[serde(default)]
     pub per_channel: Option<bool>,
+    /// `w4`: this node's `MatMulNBits` bits, 4 or 8 (overrides the
+    /// default: 8 for a MatMul writing a graph output, else 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u8>,
 }
 
 fn yes() -> bool {
@@ -193,6 +197,11 @@ impl Encodings {
         if let Some(l) = self.layers.keys().find(|l| !nodes.contains(l.as_str())) {
             return Err(format!("layer '{l}' is not a node of the model"));
         }
+        for (name, l) in &self.layers {
+            if let Some(b) = l.bits.filter(|b| *b != 4 && *b != 8) {
+                return Err(format!("layer '{name}': bits {b} is not 4 or 8"));
+            }
+        }
         Ok(())
     }
 }
@@ -236,6 +245,7 @@ mod tests {
             calibration: Calibration::MinMax,
             exclude: vec![],
             smooth: None,
+            head_bits: 8,
         }
     }
 
@@ -285,6 +295,7 @@ mod tests {
             LayerOverride {
                 quantize: false,
                 per_channel: None,
+                bits: None,
             },
         );
         assert!(e.check(&m).unwrap_err().contains("layer 'ghost'"));

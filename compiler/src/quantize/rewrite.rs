@@ -21,7 +21,7 @@ use tract_onnx::pb::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, 
 
 use super::encodings::{Encodings, WeightEncoding};
 use super::model::{f32_values, graph, FloatModel};
-use super::scheme::{quantize_int8, quantize_w4, Options, Scheme};
+use super::scheme::{quantize_blocks, quantize_int8, Options, Scheme};
 use super::{QuantizeError, Result};
 
 /// ONNX data type codes written.
@@ -260,6 +260,7 @@ pub fn quantize_graph(
         done: HashMap::new(),
     };
     let chosen: HashMap<&str, &Layer> = plan.layers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
     let mut per_axis = false;
     for n in &g.node {
         let name = layer_name(n);
@@ -284,7 +285,15 @@ pub fn quantize_graph(
         match opts.scheme {
             Scheme::Int8 | Scheme::W8 => per_axis |= ctx.qdq(opts.scheme, enc)?,
             Scheme::Int8Dynamic => ctx.dynamic()?,
-            Scheme::W4 { group } => ctx.nbits(group)?,
+            Scheme::W4 { group } => {
+                let head = n.output.iter().any(|o| outputs.contains(o.as_str()));
+                let bits = enc
+                    .layers
+                    .get(&name)
+                    .and_then(|l| l.bits)
+                    .unwrap_or(if head { opts.head_bits } else { 4 });
+                ctx.nbits(group, bits)?
+            }
         }
     }
     let opset = source_opset(&proto);
@@ -364,7 +373,7 @@ impl Ctx<'_> {
                 bits,
                 axis,
                 block_size: block,
-                symmetric: bits == 8 || self.symmetric,
+                symmetric: block.is_none() || self.symmetric,
                 absmax,
             },
         );
@@ -515,16 +524,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// `w4`: `com.microsoft.MatMulNBits` (the node's name and output kept).
-    fn nbits(&mut self, group: usize) -> Result<()> {
+    /// `w4`: `com.microsoft.MatMulNBits` with `bits` (4 or 8) codes (the
+    /// node's name and output kept).
+    fn nbits(&mut self, group: usize, bits: u8) -> Result<()> {
         let (w, shape, values) = self.weight(1)?;
         let (k, n) = (shape[0], shape[1]);
-        let b = quantize_w4(k, n, &values, group, self.symmetric);
-        self.record(&w, 4, None, Some(group), &values);
+        let b = quantize_blocks(k, n, &values, group, bits, self.symmetric);
+        self.record(&w, bits, None, Some(group), &values);
         let qn = self.out.init(
-            &format!("{w}_Q4"),
+            &format!("{w}_Q{bits}"),
             UINT8,
-            &[n, b.blocks, group / 2],
+            &[n, b.blocks, group * usize::from(bits) / 8],
             b.packed,
         );
         let sn = self.out.init(
@@ -541,7 +551,12 @@ impl Ctx<'_> {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut m = node("MatMulNBits", self.name, &refs, &[&self.n.output[0]]);
         m.domain = "com.microsoft".into();
-        for (a, v) in [("K", k), ("N", n), ("bits", 4), ("block_size", group)] {
+        for (a, v) in [
+            ("K", k),
+            ("N", n),
+            ("bits", bits.into()),
+            ("block_size", group),
+        ] {
             m.attribute.push(int_attr(a, v as i64));
         }
         self.out.nodes.push(m);

@@ -129,7 +129,14 @@ pub struct Options {
     pub exclude: Vec<String>,
     /// SmoothQuant's migration strength α, when smoothing.
     pub smooth: Option<f32>,
+    /// `w4`: bits (4 or 8) of a MatMul writing a graph output — an LLM's
+    /// `lm_head`, whose error reaches the logits undamped by any later
+    /// layer (8 by default; see docs/QUANTISATION.md for the measurement).
+    pub head_bits: u8,
 }
+
+/// `w4`'s default [`Options::head_bits`].
+pub const DEFAULT_HEAD_BITS: u8 = 8;
 
 /// The scale and zero point of an int8 activation, with the range they
 /// were made from.
@@ -217,40 +224,42 @@ pub fn quantize_int8(shape: &[usize], w: &[f32], axis: Option<usize>) -> (Vec<i8
     (q, scales)
 }
 
-/// A `[K, N]` weight in `MatMulNBits` form (4 bits).
+/// A `[K, N]` weight in `MatMulNBits` form (4 or 8 bits).
 #[derive(Debug, PartialEq)]
-pub struct Blocks4 {
-    /// `[N, blocks, group/2]`: codes along K, two per byte, low nibble
-    /// first (K padded with zeros to whole blocks).
+pub struct Blocks {
+    /// `[N, blocks, group·bits/8]`: codes along K (4 bits: two per byte,
+    /// low nibble first), K padded with the zero point to whole blocks.
     pub packed: Vec<u8>,
     /// `[N * blocks]` scales.
     pub scales: Vec<f32>,
-    /// `[N * ceil(blocks/2)]` packed 4-bit zero points (asymmetric); none
-    /// for symmetric blocks (the implied zero point is 8).
+    /// `[N * ceil(blocks·bits/8)]` packed zero points (asymmetric); none
+    /// for symmetric blocks (the implied zero point is `2^(bits−1)`).
     pub zero_points: Option<Vec<u8>>,
     /// Blocks per column.
     pub blocks: usize,
 }
 
-/// Scale and zero point of an int4 block with range `[lo, hi]` (0
-/// included): the range shrunk by the factor in 1, 0.975, …, 0.75 whose
-/// round trip has the least squared error (the full range on ties), so
-/// one outlier does not coarsen the step of the whole block.
-fn block_params(vals: &[f32], lo: f32, hi: f32, symmetric: bool) -> (f32, f32) {
+/// Scale and zero point of a block of `bits`-bit codes with range
+/// `[lo, hi]` (0 included): the range shrunk by the factor in 1, 0.975,
+/// …, 0.75 whose round trip has the least squared error (the full range
+/// on ties), so one outlier does not coarsen the step of the whole block.
+fn block_params(vals: &[f32], lo: f32, hi: f32, bits: u8, symmetric: bool) -> (f32, f32) {
+    let top = f32::from((1u16 << bits) - 1);
+    let half = f32::from(1u16 << (bits - 1));
     let params = |f: f32| {
         let (lo, hi) = (lo * f, hi * f);
         if symmetric {
             let m = lo.abs().max(hi);
-            (if m > 0.0 { m / 7.0 } else { 1.0 }, 8.0)
+            (if m > 0.0 { m / (half - 1.0) } else { 1.0 }, half)
         } else {
-            let s = if hi > lo { (hi - lo) / 15.0 } else { 1.0 };
-            (s, (-lo / s).round_ties_even().clamp(0.0, 15.0))
+            let s = if hi > lo { (hi - lo) / top } else { 1.0 };
+            (s, (-lo / s).round_ties_even().clamp(0.0, top))
         }
     };
     let error = |(scale, zp): (f32, f32)| -> f32 {
         vals.iter()
             .map(|&x| {
-                let q = ((x / scale).round_ties_even() + zp).clamp(0.0, 15.0);
+                let q = ((x / scale).round_ties_even() + zp).clamp(0.0, top);
                 let d = (q - zp) * scale - x;
                 d * d
             })
@@ -258,7 +267,7 @@ fn block_params(vals: &[f32], lo: f32, hi: f32, symmetric: bool) -> (f32, f32) {
     };
     (0..=10)
         .map(|i| params(1.0 - 0.025 * i as f32))
-        .fold((f32::INFINITY, (1.0, 8.0)), |best, p| {
+        .fold((f32::INFINITY, (1.0, half)), |best, p| {
             let e = error(p);
             if e < best.0 {
                 (e, p)
@@ -269,37 +278,53 @@ fn block_params(vals: &[f32], lo: f32, hi: f32, symmetric: bool) -> (f32, f32) {
         .1
 }
 
-/// Quantises a row-major `[K, N]` weight into int4 blocks of `group`
-/// consecutive K for each column (ranges from [`block_params`]).
-pub fn quantize_w4(k: usize, n: usize, w: &[f32], group: usize, symmetric: bool) -> Blocks4 {
+/// Quantises a row-major `[K, N]` weight into `bits`-bit (4 or 8) blocks
+/// of `group` consecutive K for each column (ranges from
+/// [`block_params`]), laid out as `MatMulNBits` reads them.
+pub fn quantize_blocks(
+    k: usize,
+    n: usize,
+    w: &[f32],
+    group: usize,
+    bits: u8,
+    symmetric: bool,
+) -> Blocks {
+    assert!(bits == 4 || bits == 8, "MatMulNBits bits {bits}");
+    let b = usize::from(bits);
+    let top = f32::from((1u16 << bits) - 1);
     let blocks = k.div_ceil(group);
-    let zp_bytes = blocks.div_ceil(2);
-    let mut packed = vec![0u8; n * blocks * group / 2];
+    let zp_bytes = (blocks * b).div_ceil(8);
+    let mut packed = vec![0u8; n * blocks * group * b / 8];
     let mut scales = vec![0f32; n * blocks];
     let mut zps = vec![0u8; n * zp_bytes];
+    // Code `q` of element `j` of a block starting at byte `base`.
+    let put = |packed: &mut [u8], base: usize, j: usize, q: u8| {
+        let bit = j * b;
+        packed[base + bit / 8] |= q << (bit % 8);
+    };
     for col in 0..n {
-        for b in 0..blocks {
-            let ks = b * group..((b + 1) * group).min(k);
-            let vals = ks.clone().map(|r| w[r * n + col]);
+        for blk in 0..blocks {
+            let ks = blk * group..((blk + 1) * group).min(k);
+            let vals: Vec<f32> = ks.clone().map(|r| w[r * n + col]).collect();
             let (lo, hi) = vals
-                .clone()
-                .fold((0f32, 0f32), |(l, h), x| (l.min(x), h.max(x)));
-            let (scale, zp) = block_params(&vals.clone().collect::<Vec<_>>(), lo, hi, symmetric);
-            scales[col * blocks + b] = scale;
-            let zp_byte = &mut zps[col * zp_bytes + b / 2];
-            *zp_byte |= (zp as u8) << (4 * (b % 2));
-            let base = (col * blocks + b) * group / 2;
-            for (j, x) in vals.enumerate() {
-                let q = ((x / scale).round_ties_even() + zp).clamp(0.0, 15.0) as u8;
-                packed[base + j / 2] |= q << (4 * (j % 2));
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+            let (scale, zp) = block_params(&vals, lo, hi, bits, symmetric);
+            scales[col * blocks + blk] = scale;
+            let zbit = blk * b;
+            zps[col * zp_bytes + zbit / 8] |= (zp as u8) << (zbit % 8);
+            let base = (col * blocks + blk) * group * b / 8;
+            for (j, &x) in vals.iter().enumerate() {
+                let q = ((x / scale).round_ties_even() + zp).clamp(0.0, top) as u8;
+                put(&mut packed, base, j, q);
             }
             // Padding beyond K codes 0.0, which is the zero point.
             for j in ks.len()..group {
-                packed[base + j / 2] |= (zp as u8) << (4 * (j % 2));
+                put(&mut packed, base, j, zp as u8);
             }
         }
     }
-    Blocks4 {
+    Blocks {
         packed,
         scales,
         zero_points: (!symmetric).then_some(zps),
@@ -396,7 +421,7 @@ mod tests {
                 (s, (-lo / s).round_ties_even().clamp(0.0, 15.0))
             };
             let (e, f) = (
-                sse(&vals, block_params(&vals, lo, hi, false)),
+                sse(&vals, block_params(&vals, lo, hi, 4, false)),
                 sse(&vals, full),
             );
             assert!(e <= f, "{e} > {f}");
@@ -408,7 +433,7 @@ mod tests {
     #[test]
     fn int4_blocks_pack_low_nibble_first() {
         // K = 3, N = 1, group 16: one block holding 0, 3, -1.5 and padding.
-        let b = quantize_w4(3, 1, &[0.0, 3.0, -1.5], 16, false);
+        let b = quantize_blocks(3, 1, &[0.0, 3.0, -1.5], 16, 4, false);
         assert_eq!(b.blocks, 1);
         assert_eq!(b.scales, vec![0.3]); // 4.5 / 15
         assert_eq!(b.zero_points, Some(vec![5])); // 1.5 / 0.3
@@ -417,10 +442,28 @@ mod tests {
         assert_eq!(b.packed[1], 5 << 4);
         assert!(b.packed[2..].iter().all(|&x| x == 0x55));
         // Symmetric: scale max/7, implied zero point 8, no zero points.
-        let b = quantize_w4(2, 2, &[7.0, 0.0, -7.0, 0.0], 16, true);
+        let b = quantize_blocks(2, 2, &[7.0, 0.0, -7.0, 0.0], 16, 4, true);
         assert_eq!(b.scales, vec![1.0, 1.0]);
         assert_eq!(b.zero_points, None);
         assert_eq!(b.packed[0], 15 | (1 << 4));
         assert_eq!(b.packed[8], 8 | (8 << 4));
+    }
+
+    #[test]
+    fn int8_blocks_are_one_byte_per_code() {
+        // K = 3, N = 1, group 16: 0, 255·0.1, and padding at the zero point.
+        let b = quantize_blocks(3, 1, &[0.0, 25.5, 12.8], 16, 8, false);
+        assert_eq!((b.blocks, b.packed.len()), (1, 16));
+        assert_eq!(b.scales, vec![0.1]);
+        assert_eq!(b.zero_points, Some(vec![0]));
+        assert_eq!(&b.packed[..3], &[0, 255, 128]);
+        assert!(b.packed[3..].iter().all(|&x| x == 0));
+        // Two blocks: one zero point byte each; symmetric: none, 128 implied.
+        let b = quantize_blocks(32, 1, &[-1.0; 32], 16, 8, false);
+        assert_eq!(b.zero_points.map(|z| z.len()), Some(2));
+        let b = quantize_blocks(2, 1, &[-127.0, 1.0], 16, 8, true);
+        assert_eq!(b.scales, vec![1.0]);
+        assert_eq!(b.zero_points, None);
+        assert_eq!(&b.packed[..3], &[1, 129, 128]);
     }
 }

@@ -82,21 +82,26 @@ pub fn resolve<'a>(g: &Graph, sites: &'a [LoraFactors]) -> Result<Vec<Site<'a>>,
         let Op::MatMul { trans_b, .. } = n.op else {
             unreachable!("filtered on MatMul")
         };
-        let Some(w) = g.constant(n.inputs[1]) else {
-            problems.push(format!(
-                "{}: the MatMul's weight is not a constant",
-                f.target
-            ));
-            continue;
+        // A constant weight, or one computed from constants by
+        // dequantisation (a quantised base, as `m4c quantize` writes it):
+        // keep mode needs only its shape and type.
+        let wv = g.value(n.inputs[1]);
+        let (shape, dtype) = match (g.constant(n.inputs[1]), wv.ty.static_shape()) {
+            (Some(w), _) => (w.shape.clone(), w.dtype),
+            (None, Some(s)) if is_from_constants(g, n.inputs[1]) => (s, wv.ty.dtype),
+            _ => {
+                problems.push(format!(
+                    "{}: the MatMul's weight is neither a constant nor dequantised from one",
+                    f.target
+                ));
+                continue;
+            }
         };
-        let (k, out) = match w.shape[..] {
+        let (k, out) = match shape[..] {
             [r, c] if trans_b => (c, r),
             [r, c] => (r, c),
             _ => {
-                problems.push(format!(
-                    "{}: weight shape {:?} is not 2-D",
-                    f.target, w.shape
-                ));
+                problems.push(format!("{}: weight shape {:?} is not 2-D", f.target, shape));
                 continue;
             }
         };
@@ -108,10 +113,10 @@ pub fn resolve<'a>(g: &Graph, sites: &'a [LoraFactors]) -> Result<Vec<Site<'a>>,
             ));
             continue;
         }
-        if f.a.dtype != w.dtype || f.b.dtype != w.dtype {
+        if f.a.dtype != dtype || f.b.dtype != dtype {
             problems.push(format!(
                 "{}: factors are {}/{}, weight is {}",
-                f.target, f.a.dtype, f.b.dtype, w.dtype
+                f.target, f.a.dtype, f.b.dtype, dtype
             ));
             continue;
         }
@@ -126,6 +131,24 @@ pub fn resolve<'a>(g: &Graph, sites: &'a [LoraFactors]) -> Result<Vec<Site<'a>>,
     } else {
         Err(problems)
     }
+}
+
+/// True when `v` is computed from constants only (e.g. `Cast → Sub → Mul`
+/// dequantising a quantised weight).
+fn is_from_constants(g: &Graph, v: ValueId) -> bool {
+    let mut stack = vec![v];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        match &g.value(v).def {
+            ValueDef::Const(_) => {}
+            ValueDef::Node(i) => stack.extend(&g.nodes[*i].inputs),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Returns `g` with every site attached as `mode` says; all sites that do
@@ -213,7 +236,10 @@ fn fold(g: &Graph, sites: &[Site]) -> Result<Graph, Vec<String>> {
             continue;
         }
         let Some(w) = g.constant(w_id) else {
-            problems.push(format!("{}: the weight is not a constant", f.target));
+            problems.push(format!(
+                "{}: the weight is dequantised, not a constant; fold needs a constant (use keep)",
+                f.target
+            ));
             continue;
         };
         match folded(w, f, site.trans_b) {

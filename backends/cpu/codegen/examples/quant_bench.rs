@@ -98,6 +98,7 @@ fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize) {
         b_zero_points: &[0],
         multipliers: &[1e-4],
         bias: None,
+        int_bias: None,
     };
     let kernel = JitKernel::int8_gemm(&context, target, &spec, &weights).unwrap();
     let a = bytes(m * k, 2);

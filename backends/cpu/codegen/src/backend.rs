@@ -69,7 +69,8 @@ impl CodeGenerator for CpuBackend {
             ))
         } else if kind == OpKind::Conv && base != DType::F32 {
             Some(format!(
-                "Conv on {base} (the CPU kernels convolve in f32 only)"
+                "Conv on {base} (the CPU kernels convolve f32, and ungrouped integer convolutions \
+                 of int8/uint8 activations with constant weights whose centred values fit int8)"
             ))
         } else if kind == OpKind::MatMul && !matches!(base, DType::F32 | DType::I32) {
             Some(format!(

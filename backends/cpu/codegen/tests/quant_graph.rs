@@ -8,7 +8,7 @@
 
 use m4c_cpu_codegen::{compile_graph, CompileOptions, Target};
 use m4c_cpu_device::Step;
-use m4c_ir::op::SliceAxis;
+use m4c_ir::op::{ConvAttrs, SliceAxis};
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
 use m4c_ops::{compare, run_graph, Value};
 use proptest::prelude::*;
@@ -576,8 +576,222 @@ fn shared_dequantised_activation() {
     c.check(sum.unwrap(), Agree::Float(1e-4, 1e-4), Some("q8gemm"));
 }
 
+/// The geometry of one int8 convolution case (2-D, ungrouped).
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    batch: usize,
+    channels: usize,
+    filters: usize,
+    size: [usize; 2],
+    kernel: [usize; 2],
+    stride: usize,
+    pad: [usize; 2],
+    dilation: usize,
+}
+
+impl ConvCase {
+    fn attrs(&self) -> ConvAttrs {
+        ConvAttrs {
+            strides: vec![self.stride; 2],
+            pads: vec![self.pad[0], self.pad[1], self.pad[1], self.pad[0]],
+            dilations: vec![self.dilation; 2],
+            group: 1,
+        }
+    }
+
+    /// int8 weights `[filters, channels, kh, kw]` whose centred values
+    /// fit int8 (signed), or the full uint8 range centred on 127/128.
+    fn weights(&self, signed: bool, seed: u64) -> Tensor {
+        let shape = [self.filters, self.channels, self.kernel[0], self.kernel[1]];
+        if signed {
+            let len = shape.iter().product();
+            let v: Vec<i8> = uniform(len, seed, -120.0, 120.0)
+                .iter()
+                .map(|&x| x as i8)
+                .collect();
+            Tensor::from_i8(&shape, &v)
+        } else {
+            quantised(&shape, false, seed)
+        }
+    }
+
+    /// Whether the output has at least one position.
+    fn valid(&self) -> bool {
+        // Axis d is padded by pad[d] before and pad[1 − d] after.
+        (0..2).all(|d| {
+            let span = self.dilation * (self.kernel[d] - 1) + 1;
+            self.size[d] + self.pad[0] + self.pad[1] >= span
+        })
+    }
+}
+
+/// QLinearConv as imported: `Quantize(Cast_f32(Conv_i32(Cast_i32(x) − zx,
+/// Cast_i32(W) − zw[M,1,1,1], bias_i32[M])) · multiplier[1,M,1,1], 1,
+/// zy)`, the padding after centring (ONNX pads with the zero point); exact.
+fn qlinear_conv(g: ConvCase, x_signed: bool, w_signed: bool, bias: bool, seed: u64) {
+    let mut c = Case::new();
+    let x = c.input(quantised(
+        &[g.batch, g.channels, g.size[0], g.size[1]],
+        x_signed,
+        seed,
+    ));
+    let zx = c.constant(Tensor::from_i32(&[], &[if x_signed { -7 } else { 121 }]));
+    let x32 = c.cast(x, DType::I32);
+    let x_centred = c.node(Op::Sub, &[x32, zx]);
+    let w = c.constant(g.weights(w_signed, seed + 1));
+    let zw: Vec<i32> = (0..g.filters)
+        .map(|j| {
+            if w_signed {
+                (j % 3) as i32 - 1
+            } else {
+                127 + (j % 2) as i32
+            }
+        })
+        .collect();
+    let zw = c.constant(Tensor::from_i32(&[g.filters, 1, 1, 1], &zw));
+    let w32 = c.cast(w, DType::I32);
+    let w_centred = c.node(Op::Sub, &[w32, zw]);
+    let mut inputs = vec![x_centred, w_centred];
+    if bias {
+        let b: Vec<i32> = uniform(g.filters, seed + 3, -3e4, 3e4)
+            .iter()
+            .map(|&v| v as i32)
+            .collect();
+        inputs.push(c.constant(Tensor::from_i32(&[g.filters], &b)));
+    }
+    let acc = c.node(Op::Conv(g.attrs()), &inputs);
+    let accf = c.cast(acc, DType::F32);
+    let multiplier = uniform(g.filters, seed + 2, 1e-4, 2e-3);
+    let multiplier = c.constant(Tensor::from_f32(&[1, g.filters, 1, 1], &multiplier));
+    let y = c.node(Op::Mul, &[accf, multiplier]);
+    let one = c.constant(Tensor::from_f32(&[], &[1.0]));
+    let zy = c.constant(scalar_q(if x_signed { 3 } else { 110 }, x_signed));
+    let to = if x_signed { DType::I8 } else { DType::U8 };
+    let out = c.node(Op::Quantize { to }, &[y, one, zy]);
+    c.check(out, Agree::Exactly, Some("im2col8"));
+}
+
+/// ConvInteger as imported (no bias, no requantisation): the i32 sums;
+/// exact.
+fn conv_integer(g: ConvCase, seed: u64) {
+    let mut c = Case::new();
+    let x = c.input(quantised(
+        &[g.batch, g.channels, g.size[0], g.size[1]],
+        false,
+        seed,
+    ));
+    let zx = c.constant(Tensor::from_i32(&[], &[200]));
+    let x32 = c.cast(x, DType::I32);
+    let x_centred = c.node(Op::Sub, &[x32, zx]);
+    let w = c.constant(g.weights(true, seed + 1));
+    let w32 = c.cast(w, DType::I32);
+    let acc = c.node(Op::Conv(g.attrs()), &[x_centred, w32]);
+    c.check(acc, Agree::Exactly, Some("im2col8"));
+}
+
+/// A QDQ convolution: `Quantize(Conv_f32(DQ(x), DQ(W), bias_f32), sy,
+/// zy)`; the interpreter sums dequantised floats, the kernel integers:
+/// within one output step.
+fn qdq_conv(g: ConvCase, x_signed: bool, seed: u64) {
+    let mut c = Case::new();
+    let x = c.input(quantised(
+        &[g.batch, g.channels, g.size[0], g.size[1]],
+        x_signed,
+        seed,
+    ));
+    let zx = c.constant(Tensor::from_f32(&[], &[if x_signed { 4.0 } else { 130.0 }]));
+    let sx = c.constant(Tensor::from_f32(&[], &[0.02]));
+    let xf = c.cast(x, DType::F32);
+    let xs = c.node(Op::Sub, &[xf, zx]);
+    let xd = c.node(Op::Mul, &[xs, sx]);
+    let w = c.constant(g.weights(true, seed + 1));
+    let sw = c.constant(Tensor::from_f32(
+        &[g.filters, 1, 1, 1],
+        &uniform(g.filters, seed + 2, 1e-3, 4e-3),
+    ));
+    let wf = c.cast(w, DType::F32);
+    let wd = c.node(Op::Mul, &[wf, sw]);
+    let b = c.constant(Tensor::from_f32(
+        &[g.filters],
+        &uniform(g.filters, seed + 3, -0.5, 0.5),
+    ));
+    let y = c.node(Op::Conv(g.attrs()), &[xd, wd, b]);
+    let sy = c.constant(Tensor::from_f32(&[], &[0.05]));
+    let zy = c.constant(scalar_q(if x_signed { -2 } else { 128 }, x_signed));
+    let to = if x_signed { DType::I8 } else { DType::U8 };
+    let out = c.node(Op::Quantize { to }, &[y, sy, zy]);
+    c.check(out, Agree::Steps(1.0), Some("im2col8"));
+}
+
+#[test]
+fn int8_convolutions_at_edges() {
+    let base = ConvCase {
+        batch: 1,
+        channels: 3,
+        filters: 8,
+        size: [9, 7],
+        kernel: [3, 3],
+        stride: 1,
+        pad: [1, 1],
+        dilation: 1,
+    };
+    // A 7×7/2 stem with padding 3, an asymmetric pad, a 1×1 projection,
+    // dilation, two images, more filters than one GEMM panel.
+    let cases = [
+        ConvCase {
+            kernel: [7, 7],
+            stride: 2,
+            pad: [3, 3],
+            size: [16, 16],
+            ..base
+        },
+        ConvCase {
+            pad: [0, 2],
+            ..base
+        },
+        ConvCase {
+            kernel: [1, 1],
+            pad: [0, 0],
+            channels: 16,
+            filters: 33,
+            ..base
+        },
+        ConvCase {
+            dilation: 2,
+            pad: [2, 2],
+            ..base
+        },
+        ConvCase {
+            batch: 2,
+            filters: 70,
+            ..base
+        },
+    ];
+    for (i, g) in cases.into_iter().enumerate() {
+        let seed = 40 + i as u64;
+        qlinear_conv(g, i % 2 == 0, i % 3 != 1, i != 2, seed);
+        conv_integer(g, seed);
+        qdq_conv(g, i % 2 == 1, seed);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn qlinear_conv_is_exact(
+        batch in 1usize..3, channels in 1usize..6, filters in 1usize..40,
+        h in 1usize..12, w in 1usize..12, kh in 1usize..4, kw in 1usize..4,
+        stride in 1usize..3, pad0 in 0usize..3, pad1 in 0usize..3, dilation in 1usize..3,
+        x_signed: bool, w_signed: bool, bias: bool, seed in 0u64..1000,
+    ) {
+        let g = ConvCase {
+            batch, channels, filters, size: [h, w], kernel: [kh, kw], stride,
+            pad: [pad0, pad1], dilation,
+        };
+        prop_assume!(g.valid());
+        qlinear_conv(g, x_signed, w_signed, bias, seed);
+    }
 
     #[test]
     fn qlinear_matmul_is_exact(

@@ -136,6 +136,7 @@ impl Int8Case {
             b_zero_points: &zb,
             multipliers: &multipliers,
             bias: self.bias.then_some(&bias[..]),
+            int_bias: None,
         };
         let at = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
         let atf = |v: &[f32], j: usize| v[if v.len() == 1 { 0 } else { j }];
@@ -274,6 +275,7 @@ fn int8_weights_that_do_not_fit_after_centring_are_refused() {
                 b_zero_points: &[0],
                 multipliers: &[1.0],
                 bias: None,
+                int_bias: None,
             },
         )
         .unwrap_err()

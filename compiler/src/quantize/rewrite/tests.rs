@@ -46,14 +46,29 @@ fn opts(scheme: Scheme) -> Options {
         calibration: Calibration::MinMax,
         exclude: vec![],
         smooth: None,
+        head_bits: 8,
     }
 }
 
 fn rewrite(scheme: Scheme) -> (ModelProto, Plan) {
+    rewrite_with(opts(scheme), None)
+}
+
+/// [`rewrite`] with options and an optional `bits` override of `mm`.
+fn rewrite_with(o: Options, bits: Option<u8>) -> (ModelProto, Plan) {
     let m = matmul_model();
-    let mut p = plan(&m.proto, scheme, &HashSet::new(), None).unwrap();
-    let o = opts(scheme);
+    let mut p = plan(&m.proto, o.scheme, &HashSet::new(), None).unwrap();
     let mut enc = Encodings::new(&m, &o);
+    if bits.is_some() {
+        enc.layers.insert(
+            "mm".into(),
+            crate::quantize::encodings::LayerOverride {
+                quantize: true,
+                per_channel: None,
+                bits,
+            },
+        );
+    }
     enc.activations.insert(
         "r".into(),
         ActEncoding {
@@ -138,7 +153,13 @@ fn dynamic_is_matmulinteger_with_the_node_name_kept() {
 
 #[test]
 fn w4_is_matmulnbits() {
-    let (q, p) = rewrite(Scheme::W4 { group: 16 });
+    // `mm` writes the graph output: 4 bits only when the head is asked for
+    // 4 bits.
+    let o = Options {
+        head_bits: 4,
+        ..opts(Scheme::W4 { group: 16 })
+    };
+    let (q, p) = rewrite_with(o, None);
     assert_eq!(ops(&q), ["Relu", "MatMulNBits"]);
     let m = &graph(&q).node[1];
     assert_eq!(m.domain, "com.microsoft");
@@ -149,6 +170,28 @@ fn w4_is_matmulnbits() {
     assert_eq!(init(&q, "W_zero_points").dims, [3]);
     assert!(q.opset_import.iter().any(|o| o.domain == "com.microsoft"));
     assert_eq!(p.weights["W"].block_size, Some(16));
+}
+
+/// The MatMul writing a graph output (an LLM's lm_head) gets 8-bit
+/// blocks by default; a layer override chooses either width.
+#[test]
+fn a_w4_head_is_8_bit_unless_overridden() {
+    let w4 = opts(Scheme::W4 { group: 16 });
+    let bits = |q: &ModelProto| {
+        let m = &graph(q).node[1];
+        m.attribute.iter().find(|a| a.name == "bits").unwrap().i
+    };
+    let (q, p) = rewrite_with(w4.clone(), None);
+    assert_eq!(bits(&q), 8);
+    assert_eq!(p.weights["W"].bits, 8);
+    // One byte per code, one zero point byte per block, K padded to 16.
+    assert_eq!(init(&q, "W_Q8").dims, [3, 1, 16]);
+    assert_eq!(init(&q, "W_zero_points").dims, [3]);
+    let (q, _) = rewrite_with(w4.clone(), Some(4));
+    assert_eq!(bits(&q), 4);
+    let o = Options { head_bits: 4, ..w4 };
+    let (q, _) = rewrite_with(o, Some(8));
+    assert_eq!(bits(&q), 8);
 }
 
 #[test]
@@ -195,6 +238,7 @@ fn a_layer_override_sets_per_tensor_weights() {
         crate::quantize::encodings::LayerOverride {
             quantize: true,
             per_channel: Some(false),
+            bits: None,
         },
     );
     let q = quantize_graph(&m, &mut p, &o, &enc).unwrap();

@@ -125,8 +125,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             });
         }
         let quant = crate::quant::lower::find(graph);
-        let roots =
-            crate::quant::lower::split_groups(graph, &fusion_roots(graph), &quant.absorbed_by);
+        let roots = crate::quant::lower::split_groups(graph, &fusion_roots(graph), &quant);
         let members = group_members(&roots);
         let chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
         let mut in_chain = vec![false; graph.nodes.len()];

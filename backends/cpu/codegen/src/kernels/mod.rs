@@ -16,6 +16,6 @@ pub(crate) mod pool;
 pub(crate) mod reduce;
 pub(crate) mod resize;
 pub(crate) mod softmax_norm;
-mod window;
+pub(crate) mod window;
 
 pub(crate) use kernel::{broadcast_strides, contiguous_strides, int_type, Cx, Elem, Kernel};

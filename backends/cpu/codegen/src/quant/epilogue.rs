@@ -24,7 +24,8 @@ pub(super) struct Epilogue<'e, 'a, 'ctx> {
 }
 
 impl<'ctx> Epilogue<'_, '_, 'ctx> {
-    /// Table `table` (0 column sums, 1 multiplier, 2 bias, 3 sign) at the
+    /// Table `table` (0 column sums, 1 multiplier, 2 bias, 3 sign, 4 i32
+    /// bias) at the
     /// tile's column `first`, one vector.
     fn table(
         &self,
@@ -109,6 +110,7 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         let correction = b.build_int_mul(column_sums, shift, "correction")?;
         let sum = b.build_int_sub(acc, correction, "sum")?;
         let sum = b.build_int_mul(sum, self.table(3, first, acc.get_type())?, "signed")?;
+        let sum = b.build_int_add(sum, self.table(4, first, acc.get_type())?, "int_biased")?;
         let scaled = |sum: VectorValue<'ctx>| -> Result<VectorValue<'ctx>, CodegenError> {
             let value = b.build_signed_int_to_float(sum, f32v, "sum_f")?;
             let mut multiplier = self.table(1, first, f32v)?;

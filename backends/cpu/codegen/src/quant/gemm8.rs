@@ -6,7 +6,8 @@
 //! (`b − zb`, which must fit int8, or negated with its column when only
 //! that fits: [`column_signs`]), and the constant `(za + 128·signed) ·
 //! Σ_k (b − zb)` per column is subtracted from the i32 accumulator, so the
-//! i32 sum is exact whatever the signedness and zero points. The epilogue
+//! i32 sum is exact whatever the signedness and zero points (plus an i32
+//! bias per column, a convolution's, when given). The epilogue
 //! stores it as i32, or as f32 `sum · multiplier (+ bias)`, or quantises
 //! that value again (`Quantize` semantics: divide by the scale, round half
 //! to even, add the zero point, saturate) into int8/uint8.
@@ -29,6 +30,10 @@ use crate::ir::{define_function, Emitter};
 use crate::kernels::{Cx, Kernel};
 use crate::{CodegenError, Isa, Target};
 use m4c_ir::DType;
+
+/// Per-column tables after the packed B: column sums, multipliers, f32
+/// bias, signs, i32 bias (4 bytes per entry each).
+const TABLES: usize = 5;
 
 /// What one int8 GEMM computes.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +113,9 @@ pub struct Int8Weights<'a> {
     pub multipliers: &'a [f32],
     /// Per-column bias added after the multiplier; not for i32 outputs.
     pub bias: Option<&'a [f32]>,
+    /// Per-column i32 bias added to the integer sums (before any
+    /// multiplier: an integer convolution's bias).
+    pub int_bias: Option<&'a [i32]>,
 }
 
 /// The blocking of one int8 GEMM on its target.
@@ -173,7 +181,7 @@ impl Int8GemmSpec {
     /// The packed constant operand the kernel reads (its second buffer):
     /// B in the target's layout, then the per-column sums of the stored
     /// B (i32; times A's shifted zero point they are the correction),
-    /// multiplier and bias (f32) and sign (i32) tables.
+    /// multiplier and bias (f32), sign and integer bias (i32) tables.
     pub fn pack(&self, target: &Target, w: &Int8Weights<'_>) -> Result<Vec<u8>, CodegenError> {
         self.check()?;
         let (k, n) = (self.k, self.n);
@@ -217,7 +225,12 @@ impl Int8GemmSpec {
                 at(w.b_zero_points, j)
             ))
         })?;
-        let mut bytes = vec![0u8; layout.table_offset() + 16 * layout.table_len()];
+        if w.int_bias.is_some_and(|b| b.len() != n) {
+            return Err(CodegenError::Unsupported(format!(
+                "int8 GEMM i32 bias for {n} columns of another length"
+            )));
+        }
+        let mut bytes = vec![0u8; layout.table_offset() + 4 * TABLES * layout.table_len()];
         let mut column_sums = vec![0i64; n];
         for kk in 0..k {
             for (j, column_sum) in column_sums.iter_mut().enumerate() {
@@ -237,11 +250,13 @@ impl Int8GemmSpec {
             let column_sum = column_sums[j] as i32;
             let multiplier = w.multipliers[if w.multipliers.len() == 1 { 0 } else { j }];
             let bias = w.bias.map_or(0.0, |b| b[j]);
+            let int_bias = w.int_bias.map_or(0, |b| b[j]);
             for (table, value) in [
                 (0, column_sum.to_le_bytes()),
                 (1, multiplier.to_le_bytes()),
                 (2, bias.to_le_bytes()),
                 (3, signs[j].to_le_bytes()),
+                (4, int_bias.to_le_bytes()),
             ] {
                 let at = tables + (table * len + j) * 4;
                 bytes[at..at + 4].copy_from_slice(&value);

@@ -9,7 +9,11 @@
 //!   per tensor or per output column), or an i32 constant whose values
 //!   fit int8; then optionally `Cast f32 → Mul multiplier` (QLinearMatMul),
 //!   `Add bias` and `Quantize(·, s_y, z_y)` into int8/uint8. One
-//!   [`Int8GemmSpec`] kernel computes the last of these nodes.
+//!   [`Int8GemmSpec`] kernel computes the last of these nodes
+//!   (`pattern8.rs`).
+//! * **int8 convolution**: the same around an ungrouped `Conv` with
+//!   constant filters (per output channel parameters), its i32 or f32
+//!   bias: im2col, the int8 GEMM and a transposing copy (`conv8.rs`).
 //! * **int4 weight-only GEMM**: `MatMul(x, W, trans_b)` with W =
 //!   `Slice?(Reshape(Mul(Sub?(Cast(q), zp), s)))` over a constant
 //!   int4/uint4 (or 8-bit) `[n, blocks, block]` tensor
@@ -25,8 +29,11 @@
 
 use m4c_ir::{DType, Graph, Op, Tensor, ValueDef, ValueId};
 
+use super::conv8::{emit_im2col8, ConvShape, Pad};
 use super::{Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 use crate::graph::{Loc, Lowering};
+use crate::kernels::contiguous_strides;
+use crate::kernels::movement::{AxisMap, IndexCopy};
 use crate::CodegenError;
 
 /// One pattern found: the node whose value the kernel writes, the nodes it
@@ -56,6 +63,10 @@ pub(crate) enum Kind {
         b: Vec<i32>,
         multipliers: Vec<f32>,
         bias: Option<Vec<f32>>,
+        /// i32 bias added to the sums (an integer convolution's).
+        int_bias: Option<Vec<i32>>,
+        /// A convolution computed as im2col + this GEMM.
+        conv: Option<Box<ConvShape>>,
         output: Int8Output,
     },
     Int4 {
@@ -121,7 +132,7 @@ impl<'g> Uses<'g> {
     }
 
     /// `v`'s only reader, when it has one and is no graph output.
-    fn sole_reader(&self, v: ValueId) -> Option<usize> {
+    pub(super) fn sole_reader(&self, v: ValueId) -> Option<usize> {
         match self.consumers[v.index()].as_slice() {
             [user] if !self.g.outputs.contains(&v) => Some(*user),
             _ => None,
@@ -143,7 +154,7 @@ fn is_integer(dtype: DType) -> bool {
 }
 
 /// A constant's elements as i32 (int8, uint8, int32).
-fn ints(t: &Tensor) -> Option<Vec<i32>> {
+pub(super) fn ints(t: &Tensor) -> Option<Vec<i32>> {
     Some(match t.dtype {
         DType::I8 => t.to_i8_vec().ok()?.into_iter().map(i32::from).collect(),
         DType::U8 => t.to_u8_vec().ok()?.into_iter().map(i32::from).collect(),
@@ -153,7 +164,7 @@ fn ints(t: &Tensor) -> Option<Vec<i32>> {
 }
 
 /// A one-element integer constant.
-fn int_scalar(t: &Tensor) -> Option<i32> {
+pub(super) fn int_scalar(t: &Tensor) -> Option<i32> {
     match ints(t)?.as_slice() {
         [v] => Some(*v),
         _ => None,
@@ -161,25 +172,36 @@ fn int_scalar(t: &Tensor) -> Option<i32> {
 }
 
 /// A one-element f32 constant.
-fn f32_scalar(t: &Tensor) -> Option<f32> {
+pub(super) fn f32_scalar(t: &Tensor) -> Option<f32> {
     match t.to_f32_vec().ok()?.as_slice() {
         [v] => Some(*v),
         _ => None,
     }
 }
 
-/// The values of a parameter broadcast over a `[rows, cols]` matrix that
-/// vary at most along `axis`: one value, or one per index of that axis.
-fn along(values: Vec<f32>, shape: &[usize], matrix: [usize; 2], axis: usize) -> Option<Vec<f32>> {
+/// The values of a parameter broadcast over a rank-`rank` tensor that
+/// vary at most along `axis` (of length `len`): one value, or one per
+/// index of that axis.
+pub(super) fn along(
+    values: Vec<f32>,
+    shape: &[usize],
+    rank: usize,
+    len: usize,
+    axis: usize,
+) -> Option<Vec<f32>> {
     if values.len() == 1 {
         return Some(values);
     }
-    let mut full = vec![1; 2usize.saturating_sub(shape.len())];
-    full.extend(shape);
-    if full.len() != 2 || full[axis] != matrix[axis] || full[1 - axis] != 1 {
+    if shape.len() > rank {
         return None;
     }
-    Some(values)
+    let mut full = vec![1; rank - shape.len()];
+    full.extend(shape);
+    let fits = full
+        .iter()
+        .enumerate()
+        .all(|(d, &s)| s == if d == axis { len } else { 1 });
+    fits.then_some(values)
 }
 
 /// `Cast(q)` (to f32 or i32), optionally `− z`, optionally `· s`: the
@@ -251,22 +273,79 @@ pub(crate) fn find(g: &Graph) -> Patterns {
     let mut at: Vec<Option<Matched>> = vec![None; g.nodes.len()];
     let mut inputs: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, node) in g.nodes.iter().enumerate() {
-        let Op::MatMul {
-            trans_a: false,
-            trans_b,
-        } = node.op
-        else {
-            continue;
+        let found = match &node.op {
+            Op::MatMul {
+                trans_a: false,
+                trans_b,
+            } => super::pattern4::int4(&uses, i, *trans_b)
+                .or_else(|| super::pattern8::int8(&uses, i, *trans_b)),
+            Op::Conv(attrs) => super::pattern8::int8_conv(&uses, i, attrs),
+            _ => None,
         };
-        let found = super::pattern4::int4(&uses, i, trans_b).or_else(|| int8(&uses, i, trans_b));
         if let Some((matched, reads)) = found {
             let output = matched.output;
             inputs.push((output, reads));
             at[output] = Some(matched);
         }
     }
-    // The kernel computing each node: a match's core, or (for the
-    // dequantisation nodes of its inputs) the last match reading them.
+    // A kernel reads its run-time operands (the quantised activation,
+    // run-time zero points and multipliers) directly, but the memory plan
+    // keeps a value only until the last kernel of its graph readers: a
+    // match none of whose operands' readers runs at or after its kernel
+    // (the dequantised activation of a residual block, also read by the
+    // skip connection's Add before the kernel) is given up, and absorption
+    // is worked out again without it.
+    loop {
+        let absorbed_by = absorption(&uses, &at, &inputs);
+        let outlived = |m: &Matched| {
+            kernel_reads(&m.kind).into_iter().any(|v| {
+                uses.producer[v.index()].is_some()
+                    && !uses.consumers[v.index()]
+                        .iter()
+                        .any(|&r| absorbed_by[r].map_or(r >= m.output, |k| k >= m.output))
+            })
+        };
+        let dropped: Vec<usize> = at
+            .iter()
+            .flatten()
+            .filter(|m| outlived(m))
+            .map(|m| m.output)
+            .collect();
+        if dropped.is_empty() {
+            return Patterns { at, absorbed_by };
+        }
+        for d in dropped {
+            at[d] = None;
+            inputs.retain(|(o, _)| *o != d);
+        }
+    }
+}
+
+/// The values a kernel reads itself (not through the graph's edges).
+fn kernel_reads(kind: &Kind) -> Vec<ValueId> {
+    match kind {
+        Kind::Int8 {
+            a,
+            a_runtime_zero,
+            runtime_multiplier,
+            ..
+        } => [Some(*a), *a_runtime_zero, *runtime_multiplier]
+            .into_iter()
+            .flatten()
+            .collect(),
+        Kind::Int4 { x, .. } => vec![*x],
+    }
+}
+
+/// The kernel computing each node: a match's core, or (for the
+/// dequantisation nodes of its inputs, `inputs`) the last match reading
+/// them; none for a node computed by its own kernel.
+fn absorption(
+    uses: &Uses<'_>,
+    at: &[Option<Matched>],
+    inputs: &[(usize, Vec<usize>)],
+) -> Vec<Option<usize>> {
+    let g = uses.g;
     let mut absorbed_by: Vec<Option<usize>> = vec![None; g.nodes.len()];
     for m in at.iter().flatten() {
         for &c in &m.core {
@@ -274,7 +353,7 @@ pub(crate) fn find(g: &Graph) -> Patterns {
         }
     }
     let core = absorbed_by.clone();
-    for (output, reads) in &inputs {
+    for (output, reads) in inputs {
         for &node in reads {
             if core[node].is_none() && absorbed_by[node].is_none_or(|o| o < *output) {
                 absorbed_by[node] = Some(*output);
@@ -303,23 +382,36 @@ pub(crate) fn find(g: &Graph) -> Patterns {
             break;
         }
     }
-    Patterns { at, absorbed_by }
+    absorbed_by
 }
 
 /// The fusion groups of `roots` without the nodes a quantised kernel
-/// computes: a node that joined the group of an absorbed consumer roots a
-/// group of its own (the run-time `Quantize` of an activation, whose
-/// result the int8 GEMM reads); absorbed nodes belong to no group.
+/// computes: a node that joined the group of an absorbed consumer, or
+/// whose result a quantised kernel reads (the run-time `Quantize` of an
+/// activation, whose result the int8 GEMM reads, also when a residual
+/// `Add` after the kernel reads it too), roots a group of its own;
+/// absorbed nodes belong to no group.
 pub(crate) fn split_groups(
     g: &Graph,
     roots: &[Option<usize>],
-    absorbed_by: &[Option<usize>],
+    patterns: &Patterns,
 ) -> Vec<Option<usize>> {
+    let absorbed_by = &patterns.absorbed_by;
     let uses = Uses::new(g);
+    let mut read = vec![false; g.values.len()];
+    for m in patterns.at.iter().flatten() {
+        for v in kernel_reads(&m.kind) {
+            read[v.index()] = true;
+        }
+    }
     let mut split = roots.to_vec();
     for i in (0..g.nodes.len()).rev() {
         if absorbed_by[i].is_some() {
             split[i] = None;
+            continue;
+        }
+        if read[g.nodes[i].output.index()] && roots[i].is_some() {
+            split[i] = Some(i);
             continue;
         }
         if let Some(r) = roots[i].filter(|&r| r != i) {
@@ -332,224 +424,6 @@ pub(crate) fn split_groups(
         }
     }
     split
-}
-
-/// The int8 GEMM pattern ending at (or after) the MatMul `mm`; with the
-/// input-side nodes it reads through.
-fn int8(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched, Vec<usize>)> {
-    let g = uses.g;
-    let node = &g.nodes[mm];
-    let (a_value, b_value) = (node.inputs[0], node.inputs[1]);
-    let a_shape = uses.shape(a_value)?;
-    let b_shape = uses.shape(b_value)?;
-    // B as stored (`[n, k]` when transposed) and its column axis.
-    let ((k, n), stored, column_axis) = match b_shape[..] {
-        [r, c] if trans_b => ((c, r), [r, c], 0),
-        [r, c] => ((r, c), [r, c], 1),
-        _ => return None,
-    };
-    if a_shape.len() < 2 || a_shape[a_shape.len() - 1] != k {
-        return None;
-    }
-    let m: usize = a_shape[..a_shape.len() - 1].iter().product();
-    let integer = uses.dtype(a_value) == DType::I32;
-    if !integer && uses.dtype(a_value) != DType::F32 {
-        return None;
-    }
-    // A: a run-time int8/uint8 tensor, per-tensor zero point and scale.
-    let a = uses.dequant(a_value)?;
-    let a_signed = match uses.dtype(a.q) {
-        DType::I8 => true,
-        DType::U8 => false,
-        _ => return None,
-    };
-    if uses.constant(a.q).is_some() {
-        return None;
-    }
-    let (a_zero_point, a_runtime_zero) = match a.zero {
-        Some(z) if uses.constant(z).is_none() => {
-            if !matches!(uses.dtype(z), DType::I8 | DType::U8 | DType::I32) {
-                return None;
-            }
-            (0, Some(z))
-        }
-        Some(z) => (
-            int_scalar(uses.constant(z)?).or_else(|| {
-                let v = f32_scalar(uses.constant(z)?)?;
-                (v.fract() == 0.0 && v.abs() < 1e6).then_some(v as i32)
-            })?,
-            None,
-        ),
-        None => (0, None),
-    };
-    let a_scale = match a.scale {
-        Some(s) => f32_scalar(uses.constant(s)?)?,
-        None => 1.0,
-    };
-    // B: constant; centred values and per-column scales.
-    let (b, b_scales, b_nodes) = match uses.constant(b_value) {
-        Some(t) if integer => (ints(t)?, vec![1.0], Vec::new()),
-        _ => {
-            let d = uses.dequant(b_value)?;
-            let q = uses.constant(d.q)?;
-            if !matches!(q.dtype, DType::I8 | DType::U8) {
-                return None;
-            }
-            let values = ints(q)?;
-            let zero: Vec<i32> = match d.zero {
-                None => vec![0],
-                Some(z) => {
-                    let t = uses.constant(z)?;
-                    let zs: Vec<f32> = match ints(t) {
-                        Some(v) => v.into_iter().map(|v| v as f32).collect(),
-                        None => t.to_f32_vec().ok()?,
-                    };
-                    let zs = along(zs, &t.shape, stored, column_axis)?;
-                    if zs.iter().any(|z| z.fract() != 0.0 || z.abs() > 255.0) {
-                        return None;
-                    }
-                    zs.into_iter().map(|z| z as i32).collect()
-                }
-            };
-            let column = |i: usize| if trans_b { i / k } else { i % n };
-            let centred = values
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v - zero[if zero.len() == 1 { 0 } else { column(i) }])
-                .collect();
-            let scales = match d.scale {
-                None => vec![1.0],
-                Some(s) => {
-                    let t = uses.constant(s)?;
-                    along(t.to_f32_vec().ok()?, &t.shape, stored, column_axis)?
-                }
-            };
-            (centred, scales, d.nodes)
-        }
-    };
-    if b.len() != k * n {
-        return None;
-    }
-    // The kernel takes B as `k × n`.
-    let b: Vec<i32> = if trans_b {
-        (0..k * n).map(|i| b[(i % n) * k + i / n]).collect()
-    } else {
-        b
-    };
-    if super::gemm8::column_signs(&b, n).is_err() {
-        return None;
-    }
-    // The tail after the MatMul.
-    let mut core = vec![mm];
-    let mut value = node.output;
-    let mut multipliers: Vec<f32> = b_scales.iter().map(|s| s * a_scale).collect();
-    let mut bias = None;
-    let mut runtime_multiplier = None;
-    let mut output = if integer {
-        Int8Output::I32
-    } else {
-        Int8Output::F32
-    };
-    let row = |t: &Tensor| -> Option<Vec<f32>> { along(t.to_f32_vec().ok()?, &t.shape, [1, n], 1) };
-    let other = |inputs: &[ValueId], v: ValueId| inputs.iter().copied().find(|&x| x != v);
-    if integer {
-        // QLinearMatMul: Cast to f32, Mul by the (per-column) multiplier.
-        if let Some(cast) = uses.sole_reader(value) {
-            let cast_node = &g.nodes[cast];
-            if let Op::Cast { to: DType::F32 } = cast_node.op {
-                if let Some(mul) = uses.sole_reader(cast_node.output) {
-                    let mul_node = &g.nodes[mul];
-                    let factor = (mul_node.op == Op::Mul)
-                        .then(|| other(&mul_node.inputs, cast_node.output))
-                        .flatten();
-                    // A constant multiplier, or (dynamic quantisation) one
-                    // computed at run time: one value or one per column.
-                    let runtime_ok = |f: ValueId| -> bool {
-                        uses.shape(f).is_some_and(|shape| {
-                            let len: usize = shape.iter().product();
-                            uses.dtype(f) == DType::F32
-                                && (len == 1 || along(vec![0.0; len], &shape, [1, n], 1).is_some())
-                        })
-                    };
-                    match factor {
-                        Some(f) if uses.constant(f).is_some() => {
-                            if let Some(factor) = uses.constant(f).and_then(row) {
-                                multipliers = factor;
-                                output = Int8Output::F32;
-                            }
-                        }
-                        Some(f) if runtime_ok(f) => {
-                            runtime_multiplier = Some(f);
-                            output = Int8Output::F32;
-                        }
-                        _ => {}
-                    }
-                    if output == Int8Output::F32 {
-                        core.extend([cast, mul]);
-                        value = mul_node.output;
-                    }
-                }
-            }
-        }
-    }
-    if output == Int8Output::F32 {
-        if let Some(add) = uses.sole_reader(value) {
-            let add_node = &g.nodes[add];
-            let b = (add_node.op == Op::Add)
-                .then(|| other(&add_node.inputs, value))
-                .flatten()
-                .and_then(|b| uses.constant(b))
-                .and_then(row)
-                .filter(|b| b.len() == n);
-            if let Some(b) = b {
-                bias = Some(b);
-                core.push(add);
-                value = add_node.output;
-            }
-        }
-        if let Some(quantize) = uses.sole_reader(value) {
-            let q_node = &g.nodes[quantize];
-            if let Op::Quantize { to } = q_node.op {
-                let params = (|| {
-                    let scale = f32_scalar(uses.constant(q_node.inputs[1])?)?;
-                    let zero_point = int_scalar(uses.constant(q_node.inputs[2])?)?;
-                    (q_node.inputs[0] == value).then_some((scale, zero_point))
-                })();
-                if let (Some((scale, zero_point)), DType::I8 | DType::U8) = (params, to) {
-                    output = Int8Output::Quantized {
-                        signed: to == DType::I8,
-                        scale,
-                        zero_point,
-                    };
-                    core.push(quantize);
-                }
-            }
-        }
-    }
-    let output_node = *core.last().expect("the MatMul");
-    let mut inputs = a.nodes;
-    inputs.extend(b_nodes);
-    Some((
-        Matched {
-            output: output_node,
-            core,
-            kind: Kind::Int8 {
-                a: a.q,
-                m,
-                k,
-                n,
-                a_signed,
-                a_zero_point,
-                a_runtime_zero,
-                runtime_multiplier,
-                b,
-                multipliers,
-                bias,
-                output,
-            },
-        },
-        inputs,
-    ))
 }
 
 /// Emits the kernel of `matched` and its step.
@@ -568,9 +442,11 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             b,
             multipliers,
             bias,
+            int_bias,
+            conv,
             output: out_kind,
         } => {
-            let a_loc = l.loc(*a)?;
+            let mut a_loc = l.loc(*a)?;
             let runtime = Int8Runtime {
                 zero_point: a_runtime_zero.map(|z| l.dtype(z)),
                 multiplier: match runtime_multiplier {
@@ -600,14 +476,59 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                     b_zero_points: &[0],
                     multipliers,
                     bias: bias.as_deref(),
+                    int_bias: int_bias.as_deref(),
                 },
             )?;
+            let Some(conv) = conv else {
+                super::emit_int8_gemm(l.cx, &spec)?;
+                let packed = l.weights_loc(&packed);
+                let out = l.define(output)?;
+                let mut buffers = vec![a_loc, packed, out];
+                buffers.extend(runtime_locs);
+                l.kernel(symbol, buffers, spec.extent(l.cx.target), true);
+                return Ok(());
+            };
+            // im2col of the activation's bytes, the GEMM into
+            // `[batch·positions, filters]`, a transposing copy into NCHW.
+            let col = l.temp(m * k);
+            let im2col = l.symbol("im2col8");
+            let pad = match a_runtime_zero {
+                Some(z) => Pad::Runtime(l.dtype(*z)),
+                None => Pad::Constant(*a_zero_point),
+            };
+            emit_im2col8(l.cx, &im2col, conv, pad)?;
+            let mut im2col_buffers = vec![col, a_loc];
+            im2col_buffers.extend(runtime_locs.first().filter(|_| a_runtime_zero.is_some()));
+            l.kernel(im2col, im2col_buffers, conv.batch, true);
+            a_loc = col;
             super::emit_int8_gemm(l.cx, &spec)?;
             let packed = l.weights_loc(&packed);
-            let out = l.define(output)?;
-            let mut buffers = vec![a_loc, packed, out];
+            let bytes = out_kind.bytes();
+            let product = l.temp(m * n * bytes);
+            let mut buffers = vec![a_loc, packed, product];
             buffers.extend(runtime_locs);
             l.kernel(symbol, buffers, spec.extent(l.cx.target), true);
+            let y_shape = l.shape(output)?;
+            let positions = conv.positions();
+            // y[b, f, p] = product[(b·P + p)·n + f].
+            let mut in_strides = vec![(positions * n) as i64, 1];
+            in_strides.extend(
+                contiguous_strides(&conv.window.output)
+                    .iter()
+                    .map(|s| s * *n as i64),
+            );
+            let copy = IndexCopy {
+                elem_bytes: bytes as u32,
+                out_strides: contiguous_strides(&y_shape),
+                maps: vec![AxisMap::Affine { start: 0, step: 1 }; y_shape.len()],
+                in_strides,
+                shape: y_shape,
+                fill: 0,
+            };
+            let transpose = l.symbol("conv8_out");
+            copy.emit(l.cx, &transpose)?;
+            let out = l.define(output)?;
+            l.kernel(transpose, vec![out, product], copy.extent(), true);
         }
         Kind::Int4 {
             x,

@@ -1,5 +1,6 @@
 //! Quantised kernels: the int8 GEMM (u8 × s8 → i32 with a fused
-//! requantisation epilogue), the int4 weight-only GEMV/GEMM of decode, the
+//! requantisation epilogue) and the int8 convolution on it (im2col), the
+//! int4 weight-only GEMV/GEMM of decode, the
 //! generic integer MatMul, and the graph patterns that select them
 //! (`Quantize` and uint8 are computed by the elementwise kernels).
 //!
@@ -7,6 +8,7 @@
 //! iterations `begin..end` of its outermost loop (B panels, output
 //! columns, rows), so the executor splits it over threads like any other.
 
+mod conv8;
 mod epilogue;
 mod gemm8;
 mod gemv4;
@@ -14,6 +16,7 @@ mod imatmul;
 mod jit;
 pub(crate) mod lower;
 mod pattern4;
+mod pattern8;
 
 pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
