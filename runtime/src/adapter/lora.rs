@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use m4c_ir::{DType, Graph, Op, Rebuild, Tensor, ValueDef};
+use m4c_ir::{DType, Graph, Op, Rebuild, Tensor, ValueDef, ValueId};
 
 use crate::bundle::format::LoraMode;
 
