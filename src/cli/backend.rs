@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
-use m4c_compiler::partition::{NpuOpSet, OpSupport};
+use m4c_compiler::partition::OpSupport;
 use m4c_ir::{Graph, Node};
 use m4c_runtime::bundle::format::REFERENCE_BACKEND;
 use m4c_runtime::exec::ModuleExecutor;
@@ -36,22 +36,34 @@ pub struct BackendArgs {
 
 /// A registered backend's name, for clap: unknown names list the known.
 pub fn parse_backend(s: &str) -> Result<String, String> {
+    if let Some(("npu", config)) = s.split_once(':') {
+        return Ok(format!("npu:{config}"));
+    }
     m4c_backends::lookup(s)
         .map(|b| b.name().to_string())
         .map_err(|e| e.to_string())
 }
 
+/// The backend name and the target a `--backend npu:CONFIG` names.
+pub fn split_backend(s: &str) -> (&str, Option<String>) {
+    match s.split_once(':') {
+        Some((name, target)) => (name, Some(target.to_string())),
+        None => (s, None),
+    }
+}
+
 impl BackendArgs {
     /// The chosen code generator.
     pub fn generator(&self) -> &'static dyn CodeGenerator {
-        m4c_backends::lookup(&self.backend).expect("validated by clap")
+        m4c_backends::lookup(split_backend(&self.backend).0).expect("validated by clap")
     }
 
     /// The compile request these options make.
     pub fn request(&self) -> CliResult<CompileRequest> {
+        let (name, target) = split_backend(&self.backend);
         compile_request(
-            &self.backend,
-            self.target.clone(),
+            name,
+            self.target.clone().or(target),
             self.cpu.clone(),
             threads(self.threads)?,
         )
@@ -118,8 +130,9 @@ pub fn op_support(target: &str) -> CliResult<Box<dyn OpSupport>> {
     }
 }
 
-/// The NPU's op set under the name of the target as given (with its
-/// machine configuration), so that reports say which NPU they are for.
+/// The NPU's support constraints (`m4c_npu_codegen::constraints`) under
+/// the name of the target as given (with its machine configuration), so
+/// that reports say which NPU they are for.
 struct NamedNpu(String);
 
 impl OpSupport for NamedNpu {
@@ -128,7 +141,7 @@ impl OpSupport for NamedNpu {
     }
 
     fn supports(&self, g: &Graph, node: &Node) -> bool {
-        NpuOpSet.supports(g, node)
+        m4c_npu_codegen::constraints::refuse(g, node).is_none()
     }
 }
 

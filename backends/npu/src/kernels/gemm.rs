@@ -75,6 +75,9 @@ pub struct GemmProgram {
     pub out_addr: u32,
     /// The tiling used.
     pub plan: TilePlan,
+    /// DRAM addresses of the A and W segments (run-time operands are
+    /// written there, as for [`super::KernelProgram::inputs`]).
+    pub inputs: [u32; 2],
 }
 
 /// Generates a GEMM program for `config`; `unsplit` demands SCALE-Sim's folds
@@ -140,5 +143,6 @@ pub fn generate(
         program: b.finish()?,
         out_addr: io.out_dram,
         plan,
+        inputs: [a_dram, io.w_dram],
     })
 }
