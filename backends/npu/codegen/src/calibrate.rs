@@ -1,18 +1,38 @@
 //! Calibration of a float graph for the NPU: every f32 value's range over
 //! calibration inputs, observed by running the reference interpreter
 //! (`m4c_ops`), node by node. The NPU's activations are symmetric int8
-//! per tensor: `scale = max|x| / 127`, zero point 0.
+//! per tensor: `scale = max|x| / 127`, zero point 0 — except values that
+//! were ever infinite (additive attention masks): their finite range ends
+//! at 127 and -128 stands for -inf, at least [`MASK_GAP`] below the
+//! largest finite value (so that softmax gives masked entries ~e^-12).
 
 use std::collections::HashMap;
 
 use m4c_ir::{Graph, ValueDef};
 use m4c_ops::{eval_op, Value};
 
-/// The largest magnitude each f32 value took, by value name.
+use m4c_npu::kernels::Quant;
+
+/// How far below the largest finite value the code -128 of a masked
+/// value lies (natural-log units for a softmax).
+pub const MASK_GAP: f64 = 12.0;
+
+/// The range one f32 value took over the samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Smallest finite element.
+    pub min: f32,
+    /// Largest finite element.
+    pub max: f32,
+    /// Whether any element was infinite or NaN.
+    pub nonfinite: bool,
+}
+
+/// The range of each f32 value, by value name.
 #[derive(Clone, Debug, Default)]
 pub struct Calibration {
-    /// `max |x|` per value name.
-    pub absmax: HashMap<String, f32>,
+    /// Per value name.
+    pub ranges: HashMap<String, Range>,
 }
 
 /// Why calibration failed.
@@ -23,12 +43,32 @@ pub enum CalibrationError {
 }
 
 impl Calibration {
-    /// The symmetric int8 scale of value `name` (a value never seen, or
-    /// always zero, gets a tiny positive scale).
-    pub fn scale(&self, name: &str) -> Option<f64> {
-        self.absmax
-            .get(name)
-            .map(|&m| (f64::from(m).max(1e-6)) / 127.0)
+    /// The int8 quantisation of value `name` (`None`: never observed).
+    /// An always-zero value gets a tiny positive scale.
+    pub fn quant(&self, name: &str) -> Option<Quant> {
+        let r = self.ranges.get(name)?;
+        let (lo, hi) = (f64::from(r.min), f64::from(r.max));
+        let absmax = lo.abs().max(hi.abs()).max(1e-6);
+        let symmetric = Quant {
+            scale: absmax / 127.0,
+            zero_point: 0,
+        };
+        if !r.nonfinite {
+            return Some(symmetric);
+        }
+        let scale = ((hi - lo) / 254.0).max(MASK_GAP / 255.0);
+        let zero_point = 127 - (hi / scale).round() as i64;
+        Some(if (-128..=127).contains(&zero_point) {
+            Quant {
+                scale,
+                zero_point: zero_point as i32,
+            }
+        } else {
+            Quant {
+                scale: symmetric.scale.max(MASK_GAP / 128.0),
+                zero_point: 0,
+            }
+        })
     }
 }
 
@@ -68,11 +108,22 @@ pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, Calib
             if let (Some(Value::F32(a)), false) =
                 (v, matches!(g.values[id].def, ValueDef::Const(_)))
             {
-                let m = a
-                    .iter()
-                    .fold(0f32, |m, &x| if x.is_finite() { m.max(x.abs()) } else { m });
-                let e = cal.absmax.entry(g.values[id].name.clone()).or_insert(0.0);
-                *e = e.max(m);
+                let r = cal
+                    .ranges
+                    .entry(g.values[id].name.clone())
+                    .or_insert(Range {
+                        min: 0.0,
+                        max: 0.0,
+                        nonfinite: false,
+                    });
+                for &x in a {
+                    if x.is_finite() {
+                        r.min = r.min.min(x);
+                        r.max = r.max.max(x);
+                    } else {
+                        r.nonfinite = true;
+                    }
+                }
             }
         }
     }
@@ -92,9 +143,24 @@ mod tests {
         g.outputs.push(y);
         let s = |v: [f32; 3]| vec![Value::F32(ndarray::arr1(&v).into_dyn())];
         let cal = calibrate(&g, &[s([0.0, -2.0, 1.0]), s([0.5, 0.0, 3.0])]).unwrap();
-        assert_eq!(cal.absmax["x"], 3.0);
-        assert!((cal.absmax["y"] - 3f32.exp()).abs() < 1e-4);
-        assert!((cal.scale("x").unwrap() - 3.0 / 127.0).abs() < 1e-9);
+        assert_eq!((cal.ranges["x"].min, cal.ranges["x"].max), (-2.0, 3.0));
+        assert!((cal.ranges["y"].max - 3f32.exp()).abs() < 1e-4);
+        assert!((cal.quant("x").unwrap().scale - 3.0 / 127.0).abs() < 1e-9);
         assert!(calibrate(&g, &[vec![]]).is_err());
+    }
+
+    /// A masked value's -128 lies at least MASK_GAP below its maximum.
+    #[test]
+    fn masked_values_keep_a_gap_for_minus_infinity() {
+        let mut cal = Calibration::default();
+        let r = Range {
+            min: -0.2,
+            max: 0.3,
+            nonfinite: true,
+        };
+        cal.ranges.insert("s".into(), r);
+        let q = cal.quant("s").unwrap();
+        assert_eq!(q.quantize(0.3), 127);
+        assert!(0.3 - q.dequantize(-128) >= MASK_GAP);
     }
 }

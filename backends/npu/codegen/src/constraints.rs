@@ -35,7 +35,7 @@ pub const CONSTRAINTS: [Constraint; 8] = [
     },
     Constraint {
         name: "matmul-layout",
-        rule: "MatMul without transposed operands; a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
+        rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
     },
     Constraint {
         name: "broadcast",
@@ -142,8 +142,8 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
     match &node.op {
         Op::MatMul { trans_a, trans_b } => {
             let (a, b) = (shape(0), shape(1));
-            if *trans_a || *trans_b {
-                return violated("matmul-layout", "transposed operand".into());
+            if *trans_a || (*trans_b && !konst(1)) {
+                return violated("matmul-layout", "transposed run-time operand".into());
             }
             if konst(0) {
                 return violated("matmul-layout", "constant A operand".into());

@@ -134,14 +134,9 @@ fn requant((multiplier, shift): (i32, i32)) -> Requant {
 impl Ctx<'_> {
     fn quant(&self, v: ValueId) -> Result<Quant, String> {
         let name = &self.g.value(v).name;
-        let scale = self
-            .cal
-            .scale(name)
-            .ok_or_else(|| format!("`{name}` was not calibrated"))?;
-        Ok(Quant {
-            scale,
-            zero_point: 0,
-        })
+        self.cal
+            .quant(name)
+            .ok_or_else(|| format!("`{name}` was not calibrated"))
     }
 
     fn add_tensor(&mut self, name: &str, bytes: usize, q: Quant) -> usize {
@@ -231,7 +226,7 @@ impl Ctx<'_> {
                 let t = self.tensor(ins[0])?;
                 self.tensor_of.insert(out, t);
             }
-            Op::MatMul { .. } => self.matmul(ins, out)?,
+            Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b)?,
             Op::Softmax { .. } => {
                 let x = self.tensor(ins[0])?;
                 let input = self.quant(ins[0])?;
@@ -290,17 +285,26 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn matmul(&mut self, ins: &[ValueId], out: ValueId) -> Result<(), String> {
+    fn matmul(&mut self, ins: &[ValueId], out: ValueId, trans_b: bool) -> Result<(), String> {
         let g = self.g;
-        let (a_shape, b_shape) = (dims(g, ins[0]), dims(g, ins[1]));
+        let a_shape = dims(g, ins[0]);
         let k = a_shape[a_shape.len() - 1];
-        let n = b_shape[b_shape.len() - 1];
+        let n = dims(g, out).last().copied().unwrap_or(1);
         let m_all = a_shape.iter().product::<usize>() / k;
         let (qa, qy) = (self.quant(ins[0])?, self.quant(out)?);
+        if qa.zero_point != 0 || qy.zero_point != 0 {
+            return Err("a GEMM takes and gives symmetric int8 (zero point 0)".into());
+        }
         let a = self.tensor(ins[0])?;
         let err = |e: m4c_npu::kernels::KernelError| e.to_string();
         if let Some(w) = constant(g, ins[1]) {
             let w = floats(&w);
+            // W[K, N] row-major, from B^T when B is stored [N, K].
+            let w: Vec<f64> = if trans_b {
+                (0..k * n).map(|i| w[(i % n) * k + i / n]).collect()
+            } else {
+                w
+            };
             let absmax: Vec<f64> = (0..n)
                 .map(|c| (0..k).fold(0.0, |m: f64, r| m.max(w[r * n + c].abs())))
                 .collect();
@@ -335,6 +339,9 @@ impl Ctx<'_> {
         let m = a_shape[a_shape.len() - 2];
         let batch = m_all / m;
         let qb = self.quant(ins[1])?;
+        if qb.zero_point != 0 {
+            return Err("a run-time B operand must be symmetric int8".into());
+        }
         let b = self.tensor(ins[1])?;
         let ops = gemm::GemmOperands {
             m,

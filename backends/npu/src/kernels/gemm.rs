@@ -55,6 +55,16 @@ impl GemmOperands {
         }
     }
 
+    /// The same operands requantised per output column (per-channel
+    /// quantised weights), with scales spread over 4x around the
+    /// per-tensor one, as a compiled MatMul with constant weights is.
+    pub fn per_channel(mut self, seed: u64) -> GemmOperands {
+        let q = self.quant;
+        let base = q.multiplier as f64 / 2f64.powi(31) * 2f64.powi(q.shift) / 2.0;
+        self.channel_scales = Some(SplitMix64::new(seed).channel_scales(self.n, base));
+        self
+    }
+
     /// The reference result.
     pub fn reference(&self) -> Vec<i8> {
         super::reference::gemm(
