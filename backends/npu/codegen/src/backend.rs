@@ -111,7 +111,41 @@ pub fn compile_calibrated(
         msg,
     })?;
     let started = Instant::now();
-    let parts = split::split(graph, &|g, n| constraints::refuse(g, n).is_none());
+    // Nodes whose layer could not be generated (a shape or scale outside
+    // a generator's range) fall back too; the split is redone without them.
+    let mut failed: HashSet<ValueId> = HashSet::new();
+    let mut notes = vec![];
+    loop {
+        match try_compile(graph, cal, &config, &failed) {
+            Ok((module, programs, constants, parts)) => {
+                return finish(graph, module, programs, constants, &parts, notes, started)
+                    .map_err(fail)
+            }
+            Err((Some(node), msg)) if failed.insert(graph.nodes[node].output) => notes.push(msg),
+            Err((_, msg)) => return Err(fail(msg)),
+        }
+    }
+}
+
+/// What one compilation attempt produced.
+type Compiled<'g> = (
+    ModulePlan,
+    Vec<m4c_npu::program::Program>,
+    Vec<(String, &'g Tensor)>,
+    Vec<split::Part>,
+);
+
+/// Splits and lowers `graph` with the nodes computing `failed` on the
+/// CPU; a layer that cannot be generated names its node.
+fn try_compile<'g>(
+    graph: &'g Graph,
+    cal: &Calibration,
+    config: &MachineConfig,
+    failed: &HashSet<ValueId>,
+) -> Result<Compiled<'g>, (Option<usize>, String)> {
+    let parts = split::split(graph, &|g, n| {
+        !failed.contains(&n.output) && constraints::refuse(g, n).is_none()
+    });
     let owner = owners(graph, &parts);
     let mut programs = vec![];
     let mut module = ModulePlan {
@@ -130,7 +164,8 @@ pub fn compile_calibrated(
                     .any(|(i, n)| owner[i] != k && n.inputs.contains(&v))
         };
         if part.npu {
-            let l = lower::lower_part(graph, &part.nodes, &exported, cal, &config).map_err(fail)?;
+            let l = lower::lower_part(graph, &part.nodes, &exported, cal, config)
+                .map_err(|(i, msg)| (Some(i), msg))?;
             module.parts.push(ModulePart::Npu {
                 plan: l.plan,
                 first_program: programs.len(),
@@ -139,11 +174,25 @@ pub fn compile_calibrated(
             });
             programs.extend(l.programs);
         } else {
-            let (ir, reasons) =
-                fallback(graph, &part.nodes, &exported, &mut constants).map_err(fail)?;
+            let (ir, reasons) = fallback(graph, &part.nodes, &exported, &mut constants, failed)
+                .map_err(|msg| (None, msg))?;
             module.parts.push(ModulePart::Fallback { ir, reasons });
         }
     }
+    Ok((module, programs, constants, parts))
+}
+
+/// The artifact of a compiled module.
+fn finish(
+    graph: &Graph,
+    module: ModulePlan,
+    programs: Vec<m4c_npu::program::Program>,
+    constants: Vec<(String, &Tensor)>,
+    parts: &[split::Part],
+    notes: Vec<String>,
+    started: Instant,
+) -> Result<Artifact, String> {
+    let config = &module.config;
     let npu_parts = parts.iter().filter(|p| p.npu).count();
     let stats = serde_json::json!({
         "config": config.name,
@@ -152,9 +201,10 @@ pub fn compile_calibrated(
         "npu_nodes": parts.iter().filter(|p| p.npu).map(|p| p.nodes.len()).sum::<usize>(),
         "fallback_nodes": parts.iter().filter(|p| !p.npu).map(|p| p.nodes.len()).sum::<usize>(),
         "programs": programs.len(),
+        "layers_not_generated": notes,
         "compile_ms": started.elapsed().as_secs_f64() * 1e3,
     });
-    let plan = serde_json::to_vec_pretty(&module).map_err(|e| fail(e.to_string()))?;
+    let plan = serde_json::to_vec_pretty(&module).map_err(|e| e.to_string())?;
     let file = |ext: &str, section, bytes| ArtifactFile {
         name: format!("{}.{ext}", graph.name),
         section: Some(section),
@@ -171,7 +221,7 @@ pub fn compile_calibrated(
             file(
                 "weights",
                 SectionKind::CodeWeights,
-                encode_constants(&constants).map_err(fail)?,
+                encode_constants(&constants)?,
             ),
         ],
         stats,
@@ -196,6 +246,7 @@ fn fallback<'g>(
     nodes: &[usize],
     exported: &dyn Fn(ValueId) -> bool,
     constants: &mut Vec<(String, &'g Tensor)>,
+    failed: &HashSet<ValueId>,
 ) -> Result<(String, Vec<String>), String> {
     let mut sub = Graph::new(format!("{}/fallback", g.name));
     let mut map = std::collections::HashMap::new();
@@ -228,8 +279,13 @@ fn fallback<'g>(
         if exported(node.output) {
             sub.outputs.push(out);
         }
-        let why =
-            constraints::refuse(g, node).unwrap_or_else(|| "grouped with the fallback".into());
+        let why = constraints::refuse(g, node).unwrap_or_else(|| {
+            if failed.contains(&node.output) {
+                "no layer could be generated".into()
+            } else {
+                "grouped with the fallback".into()
+            }
+        });
         let line = format!("{}: {why}", node.op.kind().name());
         if !reasons.contains(&line) {
             reasons.push(line);

@@ -19,7 +19,7 @@ pub struct Constraint {
 pub const CONSTRAINTS: [Constraint; 8] = [
     Constraint {
         name: "op",
-        rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape",
+        rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
     },
     Constraint {
         name: "static-shape",
@@ -82,6 +82,10 @@ pub fn ops() -> Vec<OpKind> {
         OpKind::Softmax,
         OpKind::Norm,
         OpKind::Reshape,
+        OpKind::Transpose,
+        OpKind::Slice,
+        OpKind::Concat,
+        OpKind::Expand,
     ];
     ops.extend(LUT_OPS);
     ops

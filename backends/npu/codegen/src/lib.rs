@@ -10,6 +10,7 @@ mod backend;
 pub mod calibrate;
 pub mod constraints;
 pub mod lower;
+mod movement;
 pub mod split;
 
 pub use backend::{compile_calibrated, roofline, NpuBackend, DEFAULT_TARGET};

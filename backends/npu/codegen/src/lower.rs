@@ -12,14 +12,16 @@
 //!   itself (`m4c_ops`) on the 256 dequantised inputs.
 //! - Softmax: the softmax kernel, then a table that requantises its fixed
 //!   output scale to the calibrated one. LayerNorm/RMSNorm: the norm kernel.
-//! - Reshape: nothing (the tensor is reinterpreted).
+//! - Reshape: nothing (the tensor is reinterpreted); Transpose, Slice,
+//!   Concat, Expand: DMA address patterns (`kernels::gather`), the bytes
+//!   keep their quantisation.
 
 use std::collections::HashMap;
 
 use m4c_ir::op::NormKind as IrNorm;
 use m4c_ir::{Graph, Op, ValueDef, ValueId};
 use m4c_npu::config::MachineConfig;
-use m4c_npu::kernels::{eltwise, gemm, lut, norm, softmax, KernelProgram, Quant};
+use m4c_npu::kernels::{eltwise, gather, gemm, lut, norm, softmax, KernelProgram, Quant};
 use m4c_npu::module::{Binding, Boundary, LayerSpec, PartPlan, TensorSpec};
 use m4c_npu::program::Program;
 use m4c_npu::quant::{Requant, SHIFT_RANGE};
@@ -55,7 +57,7 @@ pub fn lower_part(
     exported: &dyn Fn(ValueId) -> bool,
     cal: &Calibration,
     config: &MachineConfig,
-) -> Result<Lowered, String> {
+) -> Result<Lowered, (usize, String)> {
     let mut cx = Ctx {
         g,
         cal,
@@ -75,7 +77,7 @@ pub fn lower_part(
         let node = &g.nodes[i];
         let name = &g.value(node.output).name;
         cx.node(&node.op, &node.inputs, node.output)
-            .map_err(|e| format!("{} `{name}`: {e}", node.op.kind().name()))?;
+            .map_err(|e| (i, format!("{} `{name}`: {e}", node.op.kind().name())))?;
     }
     for &i in nodes {
         let v = g.nodes[i].output;
@@ -132,7 +134,16 @@ fn requant((multiplier, shift): (i32, i32)) -> Requant {
 }
 
 impl Ctx<'_> {
+    /// The quantisation of value `v`: its tensor's when it has one, else
+    /// the calibrated one.
     fn quant(&self, v: ValueId) -> Result<Quant, String> {
+        if let Some(&t) = self.tensor_of.get(&v) {
+            let t = &self.out.plan.tensors[t];
+            return Ok(Quant {
+                scale: t.scale,
+                zero_point: t.zero_point,
+            });
+        }
         let name = &self.g.value(v).name;
         self.cal
             .quant(name)
@@ -225,6 +236,32 @@ impl Ctx<'_> {
             Op::Reshape { .. } => {
                 let t = self.tensor(ins[0])?;
                 self.tensor_of.insert(out, t);
+            }
+            Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Expand { .. } => {
+                let ts = ins
+                    .iter()
+                    .map(|&v| self.tensor(v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let q = self.quant(ins[0])?;
+                for &v in &ins[1..] {
+                    if self.quant(v)? != q {
+                        return Err(
+                            "inputs quantised differently (no requantising concat yet)".into()
+                        );
+                    }
+                }
+                let in_shapes: Vec<Vec<usize>> = ins.iter().map(|&v| dims(g, v)).collect();
+                let ops = gather::GatherOperands {
+                    sources: in_shapes
+                        .iter()
+                        .map(|s| vec![0; s.iter().product()])
+                        .collect(),
+                    row_len: cols,
+                    rows: crate::movement::pieces(op, &in_shapes, &shape)?,
+                };
+                let k = gather::generate(&ops, self.config).map_err(err)?;
+                let y = self.result(out, q);
+                self.whole(out, "dma", k, &ts, y);
             }
             Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b)?,
             Op::Softmax { .. } => {

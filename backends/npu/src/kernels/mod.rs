@@ -7,6 +7,7 @@ pub mod conv;
 pub mod data;
 pub mod depthwise;
 pub mod eltwise;
+pub mod gather;
 pub mod gemm;
 pub mod lut;
 pub mod norm;
