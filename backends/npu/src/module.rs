@@ -125,7 +125,10 @@ impl ModulePlan {
                 outputs,
             } = part
             {
-                let own = programs.saturating_sub(*first_program);
+                if *first_program > programs {
+                    return Err(format!("first program {first_program} of {programs}"));
+                }
+                let own = programs - first_program;
                 plan.check(own)?;
                 for b in inputs.iter().chain(outputs) {
                     let t = plan

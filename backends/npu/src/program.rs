@@ -223,12 +223,13 @@ impl Program {
 
     /// Replaces the bytes of the segment at `addr` with `bytes` of the same
     /// length: how a compiled layer is run on a run-time operand (the
-    /// generator left a placeholder segment there).
+    /// generator left a placeholder segment there). An empty segment at
+    /// the same address (an absent optional operand) is not it.
     pub fn set_segment(&mut self, addr: u32, bytes: &[u8]) -> Result<(), String> {
         let seg = self
             .segments
             .iter_mut()
-            .find(|s| s.addr == addr)
+            .find(|s| s.addr == addr && !s.bytes.is_empty())
             .ok_or_else(|| format!("no data segment at 0x{addr:x}"))?;
         if seg.bytes.len() != bytes.len() {
             return Err(format!(

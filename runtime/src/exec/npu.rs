@@ -81,6 +81,17 @@ fn parse(code: &ModuleCode) -> Result<NpuModuleCode, String> {
             .map_err(|e| format!("code-plan: {e}"))?;
     let programs = unpack_programs(section(code, SectionKind::Code, "code")?)?;
     plan.check(programs.len())?;
+    for part in &plan.parts {
+        if let ModulePart::Npu { plan, .. } = part {
+            let bytes = plan
+                .tensors
+                .iter()
+                .try_fold(0usize, |sum, t| sum.checked_add(t.bytes));
+            if bytes.is_none_or(|b| b > m4c_ops::budget::max_memory()) {
+                return Err("an NPU part's tensors exceed the memory budget".into());
+            }
+        }
+    }
     let constants = decode_constants(section(code, SectionKind::CodeWeights, "code-weights")?)?;
     Ok(NpuModuleCode {
         plan,

@@ -16,7 +16,7 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 8] = [
+pub const CONSTRAINTS: [Constraint; 9] = [
     Constraint {
         name: "op",
         rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
@@ -36,6 +36,10 @@ pub const CONSTRAINTS: [Constraint; 8] = [
     Constraint {
         name: "matmul-layout",
         rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
+    },
+    Constraint {
+        name: "conv-patchify",
+        rule: "Conv is 2-D with kernel = stride, no padding, dilation 1, one group, constant weights and bias (it becomes an im2col DMA pattern and a GEMM)",
     },
     Constraint {
         name: "broadcast",
@@ -72,6 +76,7 @@ pub const LUT_OPS: [OpKind; 10] = [
 pub fn ops() -> Vec<OpKind> {
     let mut ops = vec![
         OpKind::MatMul,
+        OpKind::Conv,
         OpKind::Add,
         OpKind::Sub,
         OpKind::Mul,
@@ -152,6 +157,12 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             if konst(0) {
                 return violated("matmul-layout", "constant A operand".into());
             }
+            if a.len() < 2 || b.len() < 2 {
+                return violated(
+                    "matmul-layout",
+                    format!("operands of rank {} and {}", a.len(), b.len()),
+                );
+            }
             if konst(1) && b.len() != 2 {
                 return violated("matmul-layout", format!("constant B of rank {}", b.len()));
             }
@@ -162,6 +173,15 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
                 );
             }
             None
+        }
+        Op::Conv(attrs) => {
+            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) || shape(0).len() != 4 {
+                return violated(
+                    "conv-patchify",
+                    "run-time weights or a non-4-D input".into(),
+                );
+            }
+            crate::conv::not_patchify(attrs, &shape(1)).map(|why| format!("conv-patchify: {why}"))
         }
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();

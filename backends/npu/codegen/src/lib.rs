@@ -9,6 +9,7 @@
 mod backend;
 pub mod calibrate;
 pub mod constraints;
+mod conv;
 pub mod lower;
 mod movement;
 pub mod split;

@@ -44,7 +44,7 @@ pub fn split(g: &Graph, on_npu: &dyn Fn(&Graph, &Node) -> bool) -> Vec<Part> {
             .collect();
         let mut cpu_part = vec![None; cpu.subgraphs];
         let mut owner = vec![0usize; g.nodes.len()];
-        for i in 0..g.nodes.len() {
+        for (i, slot) in owner.iter_mut().enumerate() {
             let k = match (npu.placement[i], cpu.placement[i]) {
                 (Some(k), _) => k,
                 (None, Some(c)) if !singletons => *cpu_part[c].get_or_insert_with(|| {
@@ -63,7 +63,7 @@ pub fn split(g: &Graph, on_npu: &dyn Fn(&Graph, &Node) -> bool) -> Vec<Part> {
                 }
             };
             parts[k].nodes.push(i);
-            owner[i] = k;
+            *slot = k;
         }
         order(g, parts, &owner)
     };

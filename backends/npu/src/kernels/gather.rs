@@ -2,7 +2,9 @@
 //! one or more sources (transpose, slice, concat, broadcast). The output
 //! is a row-major matrix of `row_len` columns; each output row is a list
 //! of [`Piece`]s, each one strided DMA load (contiguous pieces are one
-//! descriptor, strided ones one byte per row of the descriptor), into the
+//! descriptor, strided ones one byte per row of the descriptor; the same
+//! contiguous piece of every row of a tile whose starts are evenly spaced
+//! is one descriptor for the whole tile, as an im2col panel), into the
 //! streamed pipeline's input tile; the vector unit copies the tile to the
 //! output buffer (`vcopy`) and DMA-out stores it. The cost is what a DMA
 //! engine pays: descriptors and bytes.
@@ -106,6 +108,29 @@ pub fn generate(
         .collect::<Result<Vec<u32>, _>>()?;
     let out_dram = b.alloc(rows * cols)?;
     let load = |b: &mut ProgramBuilder, t: &Tile| {
+        if let Some(spacing) = uniform(&ops.rows[t.rows.clone()]) {
+            let first = &ops.rows[t.rows.start];
+            let mut at = t.input;
+            for (p, &d) in first.iter().zip(&spacing) {
+                b.emit(Instr::LdCfg {
+                    dram_stride: d as i64,
+                    sram_stride: cols as i64,
+                    pad_top: 0,
+                    pad_bottom: 0,
+                    pad_left: 0,
+                    pad_right: 0,
+                })?;
+                b.emit(Instr::Ld {
+                    space: 1,
+                    sram: at as i64,
+                    dram: (sources[p.source] as usize + p.start) as i64,
+                    rows: t.rows.len() as i64,
+                    row_bytes: p.len as i64,
+                })?;
+                at += p.len as u64;
+            }
+            return Ok(());
+        }
         for r in t.rows.clone() {
             let mut at = t.input + ((r - t.rows.start) * cols) as u64;
             for p in &ops.rows[r] {
@@ -159,6 +184,29 @@ pub fn generate(
     })
 }
 
+/// The DRAM spacing of each piece between consecutive rows, when every
+/// row has the same contiguous pieces at evenly spaced starts (then each
+/// piece of the whole tile is one 2-D descriptor).
+fn uniform(rows: &[Vec<Piece>]) -> Option<Vec<usize>> {
+    let first = rows.first()?;
+    if rows.len() < 2 || first.iter().any(|p| p.stride != 1 && p.len != 1) {
+        return None;
+    }
+    let spacing: Vec<usize> = first
+        .iter()
+        .zip(&rows[1])
+        .map(|(a, b)| b.start.checked_sub(a.start))
+        .collect::<Option<_>>()?;
+    let same = rows.windows(2).all(|w| {
+        w[0].len() == first.len()
+            && w[1].len() == first.len()
+            && w[0].iter().zip(&w[1]).zip(&spacing).all(|((a, b), &d)| {
+                a.source == b.source && a.len == b.len && b.start.checked_sub(a.start) == Some(d)
+            })
+    });
+    same.then_some(spacing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +253,39 @@ mod tests {
         let r = simulate(&k.program, &config, SimOptions::default()).unwrap();
         assert_eq!(k.output(&r.dram), ops.reference());
         assert_eq!(&ops.reference()[..6], &[-12, -6, 0, 6, 100, 100]);
+        // Evenly spaced contiguous pieces: one descriptor per piece per tile.
+        let panel = GatherOperands {
+            sources: vec![(0..64).map(|i| i as i8).collect()],
+            row_len: 4,
+            rows: (0..8)
+                .map(|r| {
+                    vec![
+                        Piece {
+                            source: 0,
+                            start: 2 * r,
+                            stride: 1,
+                            len: 2,
+                        },
+                        Piece {
+                            source: 0,
+                            start: 32 + 2 * r,
+                            stride: 1,
+                            len: 2,
+                        },
+                    ]
+                })
+                .collect(),
+        };
+        let k = generate(&panel, &config).unwrap();
+        let loads = k
+            .program
+            .instrs
+            .iter()
+            .filter(|i| matches!(i, Instr::Ld { .. }))
+            .count();
+        assert_eq!(loads, 2);
+        let r = simulate(&k.program, &config, SimOptions::default()).unwrap();
+        assert_eq!(k.output(&r.dram), panel.reference());
         let bad = GatherOperands { row_len: 5, ..ops };
         assert!(generate(&bad, &config).is_err());
     }
