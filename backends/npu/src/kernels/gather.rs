@@ -3,8 +3,8 @@
 //! is a row-major matrix of `row_len` columns; each output row is a list
 //! of [`Piece`]s, each one strided DMA load (contiguous pieces are one
 //! descriptor, strided ones one byte per row of the descriptor; the same
-//! contiguous piece of every row of a tile whose starts are evenly spaced
-//! is one descriptor for the whole tile, as an im2col panel), into the
+//! contiguous piece of a run of rows whose starts are evenly spaced is one
+//! descriptor for the run, as an im2col panel), into the
 //! streamed pipeline's input tile; the vector unit copies the tile to the
 //! output buffer (`vcopy`) and DMA-out stores it. The cost is what a DMA
 //! engine pays: descriptors and bytes.
@@ -108,10 +108,24 @@ pub fn generate(
         .collect::<Result<Vec<u32>, _>>()?;
     let out_dram = b.alloc(rows * cols)?;
     let load = |b: &mut ProgramBuilder, t: &Tile| {
-        if let Some(spacing) = uniform(&ops.rows[t.rows.clone()]) {
-            let first = &ops.rows[t.rows.start];
-            let mut at = t.input;
-            for (p, &d) in first.iter().zip(&spacing) {
+        let mut r = t.rows.start;
+        while r < t.rows.end {
+            let sram = t.input + ((r - t.rows.start) * cols) as u64;
+            let spacing = ops.rows.get(r + 1).filter(|_| r + 1 < t.rows.end);
+            let spacing = spacing.and_then(|next| step(&ops.rows[r], next));
+            let Some(spacing) = spacing else {
+                load_row(b, &ops.rows[r], &sources, sram)?;
+                r += 1;
+                continue;
+            };
+            let mut end = r + 2;
+            while end < t.rows.end
+                && step(&ops.rows[end - 1], &ops.rows[end]) == Some(spacing.clone())
+            {
+                end += 1;
+            }
+            let mut at = sram;
+            for (p, &d) in ops.rows[r].iter().zip(&spacing) {
                 b.emit(Instr::LdCfg {
                     dram_stride: d as i64,
                     sram_stride: cols as i64,
@@ -124,36 +138,12 @@ pub fn generate(
                     space: 1,
                     sram: at as i64,
                     dram: (sources[p.source] as usize + p.start) as i64,
-                    rows: t.rows.len() as i64,
+                    rows: (end - r) as i64,
                     row_bytes: p.len as i64,
                 })?;
                 at += p.len as u64;
             }
-            return Ok(());
-        }
-        for r in t.rows.clone() {
-            let mut at = t.input + ((r - t.rows.start) * cols) as u64;
-            for p in &ops.rows[r] {
-                let dram = (sources[p.source] as usize + p.start) as i64;
-                let contiguous = p.stride == 1 || p.len == 1;
-                b.emit(Instr::LdCfg {
-                    dram_stride: if contiguous { p.len } else { p.stride } as i64,
-                    sram_stride: if contiguous { p.len } else { 1 } as i64,
-                    pad_top: 0,
-                    pad_bottom: 0,
-                    pad_left: 0,
-                    pad_right: 0,
-                })?;
-                let (n, bytes) = if contiguous { (1, p.len) } else { (p.len, 1) };
-                b.emit(Instr::Ld {
-                    space: 1,
-                    sram: at as i64,
-                    dram,
-                    rows: n as i64,
-                    row_bytes: bytes as i64,
-                })?;
-                at += p.len as u64;
-            }
+            r = end;
         }
         Ok(())
     };
@@ -184,27 +174,53 @@ pub fn generate(
     })
 }
 
-/// The DRAM spacing of each piece between consecutive rows, when every
-/// row has the same contiguous pieces at evenly spaced starts (then each
-/// piece of the whole tile is one 2-D descriptor).
-fn uniform(rows: &[Vec<Piece>]) -> Option<Vec<usize>> {
-    let first = rows.first()?;
-    if rows.len() < 2 || first.iter().any(|p| p.stride != 1 && p.len != 1) {
+/// The DRAM spacing of each piece from row `a` to row `b`, when both
+/// have the same contiguous pieces at later starts (a run of such rows
+/// loads each piece as one 2-D descriptor, as an im2col panel).
+fn step(a: &[Piece], b: &[Piece]) -> Option<Vec<usize>> {
+    let alike = a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.source == y.source && x.len == y.len && (x.stride == 1 || x.len == 1));
+    if !alike {
         return None;
     }
-    let spacing: Vec<usize> = first
-        .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| b.start.checked_sub(a.start))
-        .collect::<Option<_>>()?;
-    let same = rows.windows(2).all(|w| {
-        w[0].len() == first.len()
-            && w[1].len() == first.len()
-            && w[0].iter().zip(&w[1]).zip(&spacing).all(|((a, b), &d)| {
-                a.source == b.source && a.len == b.len && b.start.checked_sub(a.start) == Some(d)
-            })
-    });
-    same.then_some(spacing)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| y.start.checked_sub(x.start))
+        .collect()
+}
+
+/// Loads one output row's pieces to SRAM `sram`.
+fn load_row(
+    b: &mut ProgramBuilder,
+    pieces: &[Piece],
+    sources: &[u32],
+    sram: u64,
+) -> Result<(), KernelError> {
+    let mut at = sram;
+    for p in pieces {
+        let dram = (sources[p.source] as usize + p.start) as i64;
+        let contiguous = p.stride == 1 || p.len == 1;
+        b.emit(Instr::LdCfg {
+            dram_stride: if contiguous { p.len } else { p.stride } as i64,
+            sram_stride: if contiguous { p.len } else { 1 } as i64,
+            pad_top: 0,
+            pad_bottom: 0,
+            pad_left: 0,
+            pad_right: 0,
+        })?;
+        let (n, bytes) = if contiguous { (1, p.len) } else { (p.len, 1) };
+        b.emit(Instr::Ld {
+            space: 1,
+            sram: at as i64,
+            dram,
+            rows: n as i64,
+            row_bytes: bytes as i64,
+        })?;
+        at += p.len as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
