@@ -26,6 +26,8 @@ pub fn prepare(
     inputs: &[Value],
     target: Option<String>,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
+    let config = target.as_deref().unwrap_or(m4c_npu_codegen::DEFAULT_TARGET);
+    m4c_npu::config::MachineConfig::load(config)?;
     eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
     let cal = m4c_npu_codegen::calibrate::calibrate(graph, &[inputs.to_vec()])?;
     let request = CompileRequest {

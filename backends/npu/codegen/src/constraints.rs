@@ -16,7 +16,7 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 9] = [
+pub const CONSTRAINTS: [Constraint; 8] = [
     Constraint {
         name: "op",
         rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
@@ -40,10 +40,6 @@ pub const CONSTRAINTS: [Constraint; 9] = [
     Constraint {
         name: "conv-patchify",
         rule: "Conv is 2-D with kernel = stride, no padding, dilation 1, one group, constant weights and bias (it becomes an im2col DMA pattern and a GEMM)",
-    },
-    Constraint {
-        name: "broadcast",
-        rule: "two run-time operands of an elementwise op have the same shape (a constant operand may broadcast)",
     },
     Constraint {
         name: "lut-scalar",
@@ -188,22 +184,6 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             (!(konst(1) && n == Some(1)))
                 .then(|| "lut-scalar: the second operand is not a constant scalar".to_string())
         }
-        Op::Add | Op::Sub | Op::Mul | Op::Max | Op::Min => {
-            if !konst(0) && !konst(1) && shape(0) != shape(1) {
-                return violated(
-                    "broadcast",
-                    format!("run-time operands {:?} and {:?}", shape(0), shape(1)),
-                );
-            }
-            let out = g.value(node.output).ty.static_shape().unwrap_or_default();
-            let runtime = if konst(0) { 1 } else { 0 };
-            (shape(runtime) != out).then(|| {
-                format!(
-                    "broadcast: the run-time operand {:?} is broadcast to {out:?}",
-                    shape(runtime)
-                )
-            })
-        }
         Op::Softmax { axis } if *axis + 1 != shape(0).len() => violated(
             "last-axis",
             format!("Softmax over axis {axis} of {:?}", shape(0)),
@@ -265,7 +245,7 @@ mod tests {
             .map(|n| refuse(&g, n).unwrap_or_default())
             .collect();
         assert_eq!(why[0], "");
-        assert!(why[1].starts_with("broadcast:"), "{}", why[1]);
+        assert_eq!(why[1], "", "a run-time broadcast is a DMA expand first");
         assert_eq!(why[2], "");
         assert!(why[3].starts_with("lut-scalar:"), "{}", why[3]);
         assert!(why[4].starts_with("last-axis:"), "{}", why[4]);

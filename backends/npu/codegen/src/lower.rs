@@ -396,6 +396,27 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Tensor `t` (value `v`) broadcast to `out`'s shape by a DMA
+    /// pattern, or `t` itself when the shapes agree.
+    fn expanded(&mut self, v: ValueId, t: usize, out: ValueId) -> Result<usize, String> {
+        let (from, to) = (dims(self.g, v), dims(self.g, out));
+        if from == to {
+            return Ok(t);
+        }
+        let expand = Op::Expand { shape: to.clone() };
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; from.iter().product()]],
+            row_len: to.last().copied().unwrap_or(1).max(1),
+            rows: crate::movement::pieces(&expand, std::slice::from_ref(&from), &to)?,
+        };
+        let k = gather::generate(&ops, self.config).map_err(|e| e.to_string())?;
+        let q = self.quant(v)?;
+        let name = format!("{}/expanded", self.g.value(v).name);
+        let e = self.add_tensor(&name, to.iter().product(), q);
+        self.whole(out, "dma-expand", k, &[t], e);
+        Ok(e)
+    }
+
     fn matmul(&mut self, ins: &[ValueId], out: ValueId, trans_b: bool) -> Result<(), String> {
         let g = self.g;
         let a_shape = dims(g, ins[0]);
@@ -517,7 +538,8 @@ impl Ctx<'_> {
                         data[i] = full.iter().map(|&x| quants[i].quantize(x)).collect();
                     } else {
                         quants[i] = self.quant(v)?;
-                        ts.push((i, self.tensor(v)?));
+                        let t = self.tensor(v)?;
+                        ts.push((i, self.expanded(v, t, out)?));
                     }
                 }
                 let [a, b] = data;
