@@ -3,7 +3,8 @@
 //! per node, int8 tensors quantised with the calibrated scales.
 //!
 //! - MatMul with a constant B: a GEMM with per-channel symmetric int8
-//!   weights; with a run-time B (attention): one GEMM per batch entry, all
+//!   weights, and the bias of a following `Add` of a constant vector (its
+//!   only consumer, in the same part) fused into the GEMM; with a run-time B (attention): one GEMM per batch entry, all
 //!   sharing one program.
 //! - Add/Sub/Mul/Max/Min: the elementwise kernel (a constant operand is
 //!   broadcast and quantised into the program); with a constant scalar, and
@@ -73,11 +74,23 @@ pub fn lower_part(
             outputs: vec![],
         },
     };
+    let mut fused = None;
     for &i in nodes {
         let node = &g.nodes[i];
+        if fused == Some(i) {
+            continue;
+        }
         let name = &g.value(node.output).name;
-        cx.node(&node.op, &node.inputs, node.output)
-            .map_err(|e| (i, format!("{} `{name}`: {e}", node.op.kind().name())))?;
+        let fail = |e: String| (i, format!("{} `{name}`: {e}", node.op.kind().name()));
+        match bias_add(g, nodes, node, exported) {
+            Some((add, bias)) => {
+                let trans_b = matches!(node.op, Op::MatMul { trans_b: true, .. });
+                cx.matmul(&node.inputs, g.nodes[add].output, trans_b, Some(bias))
+                    .map_err(fail)?;
+                fused = Some(add);
+            }
+            None => cx.node(&node.op, &node.inputs, node.output).map_err(fail)?,
+        }
     }
     for &i in nodes {
         let v = g.nodes[i].output;
@@ -91,6 +104,41 @@ pub fn lower_part(
         }
     }
     Ok(cx.out)
+}
+
+/// The `Add` of a constant bias vector that is the only consumer of
+/// `node` (a MatMul with a constant B) within `nodes`: its
+/// index and the bias.
+fn bias_add(
+    g: &Graph,
+    nodes: &[usize],
+    node: &m4c_ir::Node,
+    exported: &dyn Fn(ValueId) -> bool,
+) -> Option<(usize, Vec<f64>)> {
+    let Op::MatMul { trans_a: false, .. } = node.op else {
+        return None;
+    };
+    constant(g, node.inputs[1])?;
+    let out = node.output;
+    if exported(out) {
+        return None;
+    }
+    let users: Vec<usize> = nodes
+        .iter()
+        .copied()
+        .filter(|&j| g.nodes[j].inputs.contains(&out))
+        .collect();
+    let [add] = users[..] else { return None };
+    let a = &g.nodes[add];
+    if a.op != Op::Add || dims(g, a.output) != dims(g, out) {
+        return None;
+    }
+    let other = *a.inputs.iter().find(|&&v| v != out)?;
+    let n = dims(g, out).last().copied()?;
+    let bias = constant(g, other)?;
+    let shape = bias.shape();
+    let row = shape.last() == Some(&n) && shape.iter().rev().skip(1).all(|&d| d == 1);
+    row.then(|| floats(&bias)).map(|b| (add, b))
 }
 
 /// The symmetric quantisation of `absmax / 127`.
@@ -264,7 +312,7 @@ impl Ctx<'_> {
                 self.whole(out, "dma", k, &ts, y);
             }
             Op::Conv(_) => self.patchify(ins, out)?,
-            Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b)?,
+            Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b, None)?,
             Op::Softmax { .. } => {
                 let x = self.tensor(ins[0])?;
                 let input = self.quant(ins[0])?;
@@ -417,7 +465,15 @@ impl Ctx<'_> {
         Ok(e)
     }
 
-    fn matmul(&mut self, ins: &[ValueId], out: ValueId, trans_b: bool) -> Result<(), String> {
+    /// A MatMul computing `out` (with `bias` added when an `Add` is fused:
+    /// then `out` is the Add's result).
+    fn matmul(
+        &mut self,
+        ins: &[ValueId],
+        out: ValueId,
+        trans_b: bool,
+        bias: Option<Vec<f64>>,
+    ) -> Result<(), String> {
         let g = self.g;
         let a_shape = dims(g, ins[0]);
         let k = a_shape[a_shape.len() - 1];
@@ -452,7 +508,11 @@ impl Ctx<'_> {
                 n,
                 a: vec![0; m_all * k],
                 w: wq,
-                bias: None,
+                bias: bias.map(|b| {
+                    (0..n)
+                        .map(|c| (b[c] / (qa.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32)
+                        .collect()
+                }),
                 quant: requant(scales[0]),
                 channel_scales: Some(scales),
             };
