@@ -397,3 +397,49 @@ pub fn decode_constants(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_round_trip_and_truncations_are_errors() {
+        let t = Tensor::from_f32(&[2, 2], &[1.0, -2.0, 3.5, 0.25]);
+        let bytes = encode_constants(&[("w".into(), &t)]).unwrap();
+        let back = decode_constants(&bytes).unwrap();
+        assert_eq!(back["w"].to_f32_vec().unwrap(), [1.0, -2.0, 3.5, 0.25]);
+        assert_eq!(back["w"].shape, [2, 2]);
+        for cut in [1, 8, 20, bytes.len() - 1] {
+            assert!(decode_constants(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_constants(&huge).is_err());
+    }
+
+    #[test]
+    fn a_plan_naming_missing_programs_is_refused() {
+        let plan = ModulePlan {
+            config: MachineConfig::edge_small(),
+            parts: vec![ModulePart::Npu {
+                plan: m4c_npu::module::PartPlan {
+                    tensors: vec![],
+                    layers: vec![],
+                },
+                first_program: 3,
+                inputs: vec![],
+                outputs: vec![],
+            }],
+        };
+        assert!(plan.check(1).unwrap_err().contains("first program 3"));
+        let quant = m4c_npu::module::TensorSpec {
+            name: "x".into(),
+            bytes: 3,
+            scale: 0.5,
+            zero_point: 0,
+        };
+        let v = Value::F32(ndarray::arr1(&[1.0f32, -100.0, 0.26]).into_dyn());
+        assert_eq!(quantize(&v, &quant).unwrap(), [2, -128, 1]);
+        assert!(quantize(&Value::I64(ndarray::arr1(&[1i64]).into_dyn()), &quant).is_err());
+    }
+}
