@@ -71,12 +71,15 @@ pub struct NpuReport {
     pub npu_ms: f64,
     /// CPU-fallback time (host wall time of the reference interpreter), ms.
     pub fallback_ms: f64,
-    /// Boundary conversions: values, bytes, estimated ms.
+    /// Values quantised into or dequantised out of NPU parts.
     pub boundary_values: usize,
+    /// Bytes of those conversions (int8 side).
     pub boundary_bytes: u64,
+    /// Their estimated time (one vector pass and one DMA transfer), ms.
     pub boundary_ms: f64,
-    /// NPU parts and fallback parts.
+    /// NPU parts.
     pub npu_parts: u64,
+    /// CPU-fallback parts run (reference interpreter).
     pub fallback_parts: usize,
     /// Per-layer figures (simulated).
     pub layers: Vec<m4c_runtime::exec::npu::LayerFigures>,

@@ -38,6 +38,7 @@ pub struct Calibration {
 /// Why calibration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrationError {
+    /// The interpreter failed on a sample (its index and the message).
     #[error("calibration sample {sample}: {msg}")]
     Run { sample: usize, msg: String },
 }
