@@ -50,7 +50,7 @@ fn backends_lists_reference_and_cpu_with_their_ops() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["reference", "cpu", "gpu"]);
+    assert_eq!(names, ["reference", "cpu", "gpu", "npu"]);
     for b in all.as_array().unwrap() {
         let ops = b["ops"].as_array().unwrap();
         assert!(ops.iter().any(|o| o == "MatMul"), "{b}");
@@ -62,7 +62,7 @@ fn backends_lists_reference_and_cpu_with_their_ops() {
     let o = m4c(&["run", "x.onnx", "--inputs", "x.npz", "--backend", "tpu"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        text(&o).contains("unknown backend `tpu` (known: reference, cpu, gpu)"),
+        text(&o).contains("unknown backend `tpu` (known: reference, cpu, gpu, npu)"),
         "{}",
         text(&o)
     );

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
-use m4c_compiler::partition::{NpuOpSet, OpSupport};
+use m4c_compiler::partition::OpSupport;
 use m4c_ir::{Graph, Node};
 use m4c_runtime::bundle::format::REFERENCE_BACKEND;
 use m4c_runtime::exec::ModuleExecutor;
@@ -146,8 +146,9 @@ pub fn op_support(target: &str) -> CliResult<Box<dyn OpSupport>> {
     }
 }
 
-/// The NPU's op set under the name of the target as given (with its
-/// machine configuration), so that reports say which NPU they are for.
+/// The NPU's support constraints (`m4c_npu_codegen::constraints`) under
+/// the name of the target as given (with its machine configuration), so
+/// that reports say which NPU they are for.
 struct NamedNpu(String);
 
 impl OpSupport for NamedNpu {
@@ -156,7 +157,7 @@ impl OpSupport for NamedNpu {
     }
 
     fn supports(&self, g: &Graph, node: &Node) -> bool {
-        NpuOpSet.supports(g, node)
+        m4c_npu_codegen::constraints::refuse(g, node).is_none()
     }
 }
 

@@ -30,6 +30,10 @@ struct Listing {
     dtypes: Vec<String>,
     /// What `--target` accepts.
     targets: Vec<String>,
+    /// Named support constraints (`name: rule`), for backends that state
+    /// them (the NPU: `m4c_npu_codegen::constraints`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    constraints: Vec<String>,
 }
 
 fn listing(b: &dyn CodeGenerator) -> Listing {
@@ -43,12 +47,23 @@ fn listing(b: &dyn CodeGenerator) -> Listing {
         ops: caps.ops.iter().map(|k| k.name()).collect(),
         dtypes: caps.dtypes.iter().map(|d| d.to_string()).collect(),
         targets: b.targets(),
+        constraints: match b.name() {
+            "npu" => m4c_npu_codegen::constraints::CONSTRAINTS
+                .iter()
+                .map(|c| format!("{}: {}", c.name, c.rule))
+                .collect(),
+            _ => vec![],
+        },
     }
 }
 
 /// Runs `m4c backends`.
 pub fn run(args: BackendsArgs) -> CliResult<i32> {
-    let all: Vec<Listing> = m4c_backends::all().iter().map(|b| listing(*b)).collect();
+    let all: Vec<Listing> = m4c_backends::all()
+        .iter()
+        .chain(m4c_backends::calibrated())
+        .map(|b| listing(*b))
+        .collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(0);
@@ -62,6 +77,9 @@ pub fn run(args: BackendsArgs) -> CliResult<i32> {
         println!("{:<10} targets: {}", "", l.targets.join(", "));
         println!("{:<10} dtypes:  {}", "", l.dtypes.join(", "));
         println!("{:<10} ops ({}): {}", "", l.ops.len(), l.ops.join(" "));
+        for c in &l.constraints {
+            println!("{:<10} rule {c}", "");
+        }
     }
     Ok(0)
 }

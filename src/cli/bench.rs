@@ -67,6 +67,9 @@ struct ModelArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// `--backend npu`: write the per-layer table (simulated figures) here.
+    #[arg(long, value_name = "LAYERS.csv")]
+    csv: Option<PathBuf>,
     /// Also time one run kernel by kernel (CPU backend) and print the time
     /// per kernel kind.
     #[arg(long)]
@@ -194,6 +197,10 @@ fn model(args: ModelArgs) -> CliResult<i32> {
     } else {
         given
     };
+    if backend.generator().name() == "npu" {
+        let target = backend.request()?.target;
+        return super::npu_backend::bench(&graph, &feeds, target, args.json, args.csv.as_deref());
+    }
     let start = Instant::now();
     let name = graph.name.clone();
     let (executor, artifact) = backend.prepare(&name, graph)?;

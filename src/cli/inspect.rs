@@ -117,6 +117,7 @@ pub fn run(args: InspectArgs) -> CliResult<i32> {
     if let Some(g) = &report.graph {
         let backends: serde_json::Map<String, serde_json::Value> = m4c_backends::all()
             .iter()
+            .chain(m4c_backends::calibrated())
             .map(|b| (b.name().to_string(), json!(refusals(*b, g))))
             .collect();
         doc["refused_by_backend"] = json!(backends);

@@ -13,6 +13,7 @@ mod inspect;
 mod keygen;
 mod model_args;
 mod npu;
+mod npu_backend;
 mod opt;
 mod partition;
 mod progress;

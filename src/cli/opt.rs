@@ -67,19 +67,7 @@ pub fn target_model(target: &str) -> CliResult<Roofline> {
         "npu" => {
             let spec = if spec.is_empty() { "edge-small" } else { spec };
             let c = m4c_npu::config::MachineConfig::load(spec)?;
-            let hz = c.clock_mhz * 1e6;
-            let dram = c.dram_bytes_per_cycle.unwrap_or(c.dma_in.bytes_per_cycle);
-            Ok(Roofline {
-                name: format!("npu:{}", c.name),
-                peak_flops: 2.0 * f64::from(c.array_rows) * f64::from(c.array_cols) * hz,
-                vector_flops: f64::from(c.vector_lanes) * hz,
-                bandwidth: f64::from(dram) * hz,
-                launch_ns: f64::from(c.dma_in.latency_cycles) / hz * 1e9,
-                source: format!(
-                    "config: {}x{} array, {} vector lanes, {} B/cycle, {} MHz",
-                    c.array_rows, c.array_cols, c.vector_lanes, dram, c.clock_mhz
-                ),
-            })
+            Ok(m4c_npu_codegen::roofline(&c))
         }
         _ if spec.is_empty() => match m4c_backends::lookup(name) {
             Ok(backend) => Ok(backend.cost_model()),

@@ -125,6 +125,23 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             .collect()
     });
     let name = graph.name.clone();
+    if args.backend.generator().name() == "npu" {
+        let feeds = graph
+            .inputs
+            .iter()
+            .map(|&i| lookup(arrays, &graph.value(i).name).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or("--backend npu calibrates on the inputs: every graph input needs an array")?;
+        let (module, _) =
+            super::npu_backend::prepare(&graph, &feeds, args.backend.request()?.target)?;
+        let executor: std::sync::Arc<dyn m4c_runtime::exec::ModuleExecutor> = module;
+        let inputs = executor.signature().inputs.clone();
+        return Ok(Prepared {
+            executor,
+            inputs,
+            outputs,
+        });
+    }
     let (executor, _) = args
         .backend
         .prepare(&name, graph)

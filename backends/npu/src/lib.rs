@@ -11,6 +11,7 @@ pub mod disasm;
 pub mod fixed;
 pub mod isa;
 pub mod kernels;
+pub mod module;
 pub mod program;
 pub mod quant;
 pub mod report;

@@ -221,6 +221,27 @@ impl Program {
         Ok(())
     }
 
+    /// Replaces the bytes of the segment at `addr` with `bytes` of the same
+    /// length: how a compiled layer is run on a run-time operand (the
+    /// generator left a placeholder segment there). An empty segment at
+    /// the same address (an absent optional operand) is not it.
+    pub fn set_segment(&mut self, addr: u32, bytes: &[u8]) -> Result<(), String> {
+        let seg = self
+            .segments
+            .iter_mut()
+            .find(|s| s.addr == addr && !s.bytes.is_empty())
+            .ok_or_else(|| format!("no data segment at 0x{addr:x}"))?;
+        if seg.bytes.len() != bytes.len() {
+            return Err(format!(
+                "segment at 0x{addr:x} holds {} bytes, not {}",
+                seg.bytes.len(),
+                bytes.len()
+            ));
+        }
+        seg.bytes.copy_from_slice(bytes);
+        Ok(())
+    }
+
     /// The initial DRAM image.
     pub fn dram_image(&self) -> Vec<u8> {
         let mut dram = vec![0u8; self.dram_size as usize];

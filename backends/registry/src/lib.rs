@@ -10,6 +10,7 @@ use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest, Reference};
 use m4c_cpu_codegen::CpuBackend;
 use m4c_gpu_codegen::GpuBackend;
 use m4c_ir::Graph;
+use m4c_npu_codegen::NpuBackend;
 use m4c_runtime::bundle::format::{CodeEntry, REFERENCE_BACKEND};
 use m4c_runtime::bundle::ModuleCode;
 use m4c_runtime::exec::{device, load_code, Interpreter, ModuleExecutor, Signature};
@@ -19,10 +20,18 @@ pub fn all() -> &'static [&'static dyn CodeGenerator] {
     &[&Reference, &CpuBackend, &GpuBackend]
 }
 
+/// Backends that compile only with calibration data (`m4c run`/`bench`
+/// give it): found by [`lookup`] but not in [`all`], whose suites compile
+/// through [`prepare`] without inputs. The NPU (`m4c_npu_codegen`).
+pub fn calibrated() -> &'static [&'static dyn CodeGenerator] {
+    &[&NpuBackend]
+}
+
 /// The backend called `name`, or an error listing the known names.
 pub fn lookup(name: &str) -> Result<&'static dyn CodeGenerator, UnknownBackend> {
     all()
         .iter()
+        .chain(calibrated())
         .copied()
         .find(|b| b.name() == name)
         .ok_or_else(|| UnknownBackend(name.to_string()))
@@ -111,7 +120,7 @@ pub struct UnknownBackend(pub String);
 
 /// The registered names, in registry order.
 pub fn names() -> Vec<&'static str> {
-    all().iter().map(|b| b.name()).collect()
+    all().iter().chain(calibrated()).map(|b| b.name()).collect()
 }
 
 #[cfg(test)]
@@ -127,7 +136,7 @@ mod tests {
         }
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), all().len());
+        assert_eq!(names.len(), all().len() + calibrated().len());
         let err = lookup("tpu").err().unwrap().to_string();
         assert!(
             err.contains("unknown backend `tpu`") && err.contains("cpu"),

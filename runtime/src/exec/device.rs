@@ -42,6 +42,7 @@ pub trait Device: Send + Sync {
 pub fn all() -> &'static [&'static dyn Device] {
     &[
         &CpuDevice,
+        &super::npu::NpuDevice,
         #[cfg(feature = "gpu")]
         &super::gpu::GpuDevice,
     ]

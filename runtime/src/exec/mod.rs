@@ -12,6 +12,7 @@ pub mod device;
 #[cfg(feature = "gpu")]
 mod gpu;
 mod load;
+pub mod npu;
 mod plan_check;
 
 use std::sync::Arc;

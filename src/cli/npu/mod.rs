@@ -79,6 +79,10 @@ enum NpuCommand {
         /// Output columns (features, channels).
         #[arg(long)]
         n: usize,
+        /// Requantise per output column (per-channel quantised weights, as
+        /// `--backend npu` compiles a MatMul with constant weights).
+        #[arg(long)]
+        per_channel: bool,
         #[command(flatten)]
         layer: LayerFlags,
     },
@@ -384,10 +388,19 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             }
             Ok(if result.hazards.is_empty() { 0 } else { 1 })
         }
-        NpuCommand::Gemm { m, k, n, layer } => {
+        NpuCommand::Gemm {
+            m,
+            k,
+            n,
+            per_channel,
+            layer,
+        } => {
             check_operands("gemm", &[&[m, k], &[k, n], &[m, n, 4]])?;
             let config = layer_config(&layer)?;
-            let ops = gemm::GemmOperands::random(m, k, n, layer.seed);
+            let mut ops = gemm::GemmOperands::random(m, k, n, layer.seed);
+            if per_channel {
+                ops = ops.per_channel(layer.seed.wrapping_add(1));
+            }
             let g = gemm::generate(&ops, &config, layer.scalesim_compat)?;
             let desc = serde_json::json!({ "kind": "gemm", "m": m, "k": k, "n": n });
             let expected = ops.reference();

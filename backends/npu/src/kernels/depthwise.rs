@@ -202,6 +202,7 @@ pub fn generate(
         program: b.finish()?,
         out_addr: out_dram,
         out_len: pixels * c,
+        inputs: vec![in_dram as u32],
         tile_rows,
     })
 }

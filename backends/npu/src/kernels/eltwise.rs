@@ -228,6 +228,7 @@ pub fn generate(
         program: b.finish()?,
         out_addr: out_dram,
         out_len: n,
+        inputs: vec![a_dram, b_dram],
         tile_rows,
     })
 }

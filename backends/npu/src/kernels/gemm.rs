@@ -55,6 +55,16 @@ impl GemmOperands {
         }
     }
 
+    /// The same operands requantised per output column (per-channel
+    /// quantised weights), with scales spread over 4x around the
+    /// per-tensor one, as a compiled MatMul with constant weights is.
+    pub fn per_channel(mut self, seed: u64) -> GemmOperands {
+        let q = self.quant;
+        let base = q.multiplier as f64 / 2f64.powi(31) * 2f64.powi(q.shift) / 2.0;
+        self.channel_scales = Some(SplitMix64::new(seed).channel_scales(self.n, base));
+        self
+    }
+
     /// The reference result.
     pub fn reference(&self) -> Vec<i8> {
         super::reference::gemm(
@@ -75,6 +85,9 @@ pub struct GemmProgram {
     pub out_addr: u32,
     /// The tiling used.
     pub plan: TilePlan,
+    /// DRAM addresses of the A and W segments (run-time operands are
+    /// written there, as for [`super::KernelProgram::inputs`]).
+    pub inputs: [u32; 2],
 }
 
 /// Generates a GEMM program for `config`; `unsplit` demands SCALE-Sim's folds
@@ -140,5 +153,6 @@ pub fn generate(
         program: b.finish()?,
         out_addr: io.out_dram,
         plan,
+        inputs: [a_dram, io.w_dram],
     })
 }

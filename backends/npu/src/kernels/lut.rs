@@ -127,11 +127,24 @@ impl UnaryOperands {
 pub fn generate(ops: &UnaryOperands, config: &MachineConfig) -> Result<KernelProgram, KernelError> {
     ops.input.check("input")?;
     ops.output.check("output")?;
-    let (rows, cols) = (ops.rows, ops.cols);
-    if cols == 0 || ops.x.len() != rows * cols {
+    let t = table(ops.f, ops.input, ops.output);
+    generate_table(&t, ops.rows, ops.cols, &ops.x, config)
+}
+
+/// Generates the lookup program of any 256-entry table (index `q + 128`):
+/// what a compiler uses for a function the [`Activation`] list does not
+/// name (a table it computed itself from the quantisations).
+pub fn generate_table(
+    t: &[i8; 256],
+    rows: usize,
+    cols: usize,
+    x: &[i8],
+    config: &MachineConfig,
+) -> Result<KernelProgram, KernelError> {
+    if cols == 0 || x.len() != rows * cols {
         return Err(KernelError::BadShape(format!(
             "{rows}x{cols} with {} inputs",
-            ops.x.len()
+            x.len()
         )));
     }
     let shape = StreamShape {
@@ -143,9 +156,8 @@ pub fn generate(ops: &UnaryOperands, config: &MachineConfig) -> Result<KernelPro
     };
     let tile_rows = stream::tile_rows(config, &shape)?;
     let mut b = ProgramBuilder::default();
-    let t = table(ops.f, ops.input, ops.output);
-    let table_dram = b.alloc_data(i8_bytes(&t))?;
-    let x_dram = b.alloc_data(i8_bytes(&ops.x))?;
+    let table_dram = b.alloc_data(i8_bytes(t))?;
+    let x_dram = b.alloc_data(i8_bytes(x))?;
     let out_dram = b.alloc(rows * cols)?;
     let compute = |b: &mut ProgramBuilder, t: &stream::Tile| {
         super::vector::strides(b, cols, cols, 0)?;
@@ -168,6 +180,7 @@ pub fn generate(ops: &UnaryOperands, config: &MachineConfig) -> Result<KernelPro
         program: b.finish()?,
         out_addr: out_dram,
         out_len: rows * cols,
+        inputs: vec![x_dram],
         tile_rows,
     })
 }

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod data;
 pub mod depthwise;
 pub mod eltwise;
+pub mod gather;
 pub mod gemm;
 pub mod lut;
 pub mod norm;
@@ -61,6 +62,10 @@ pub struct KernelProgram {
     pub out_addr: u32,
     /// Output bytes.
     pub out_len: usize,
+    /// DRAM addresses of the run-time operands' segments, in operand
+    /// order: a caller that runs the program on other data overwrites
+    /// these segments of the image (`Program::with_segment`).
+    pub inputs: Vec<u32>,
     /// Rows per tile of the streamed pipeline.
     pub tile_rows: usize,
 }

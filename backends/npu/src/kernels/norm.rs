@@ -298,6 +298,7 @@ pub fn generate(ops: &NormOperands, config: &MachineConfig) -> Result<KernelProg
         program: b.finish()?,
         out_addr: out_dram,
         out_len: rows * cols,
+        inputs: vec![x_dram],
         tile_rows,
     })
 }

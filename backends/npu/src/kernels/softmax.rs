@@ -176,6 +176,7 @@ pub fn generate(
         program: b.finish()?,
         out_addr: out_dram,
         out_len: rows * cols,
+        inputs: vec![x_dram],
         tile_rows,
     })
 }

@@ -1,0 +1,167 @@
+//! Calibration of a float graph for the NPU: every f32 value's range over
+//! calibration inputs, observed by running the reference interpreter
+//! (`m4c_ops`), node by node. The NPU's activations are symmetric int8
+//! per tensor: `scale = max|x| / 127`, zero point 0 — except values that
+//! were ever infinite (additive attention masks): their finite range ends
+//! at 127 and -128 stands for -inf, at least [`MASK_GAP`] below the
+//! largest finite value (so that softmax gives masked entries ~e^-12).
+
+use std::collections::HashMap;
+
+use m4c_ir::{Graph, ValueDef};
+use m4c_ops::{eval_op, Value};
+
+use m4c_npu::kernels::Quant;
+
+/// How far below the largest finite value the code -128 of a masked
+/// value lies (natural-log units for a softmax).
+pub const MASK_GAP: f64 = 12.0;
+
+/// The range one f32 value took over the samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Smallest finite element.
+    pub min: f32,
+    /// Largest finite element.
+    pub max: f32,
+    /// Whether any element was infinite or NaN.
+    pub nonfinite: bool,
+}
+
+/// The range of each f32 value, by value name.
+#[derive(Clone, Debug, Default)]
+pub struct Calibration {
+    /// Per value name.
+    pub ranges: HashMap<String, Range>,
+}
+
+/// Why calibration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    /// The interpreter failed on a sample (its index and the message).
+    #[error("calibration sample {sample}: {msg}")]
+    Run { sample: usize, msg: String },
+}
+
+impl Calibration {
+    /// The int8 quantisation of value `name` (`None`: never observed).
+    /// An always-zero value gets a tiny positive scale.
+    pub fn quant(&self, name: &str) -> Option<Quant> {
+        let r = self.ranges.get(name)?;
+        let (lo, hi) = (f64::from(r.min), f64::from(r.max));
+        let absmax = lo.abs().max(hi.abs()).max(1e-6);
+        let symmetric = Quant {
+            scale: absmax / 127.0,
+            zero_point: 0,
+        };
+        if !r.nonfinite {
+            return Some(symmetric);
+        }
+        let scale = ((hi - lo) / 254.0).max(MASK_GAP / 255.0);
+        let zero_point = 127 - (hi / scale).round() as i64;
+        Some(if (-128..=127).contains(&zero_point) {
+            Quant {
+                scale,
+                zero_point: zero_point as i32,
+            }
+        } else {
+            Quant {
+                scale: symmetric.scale.max(MASK_GAP / 128.0),
+                zero_point: 0,
+            }
+        })
+    }
+}
+
+/// Runs `g` on each sample (inputs in `g.inputs` order) and records the
+/// range of every f32 value, inputs included.
+pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, CalibrationError> {
+    let mut cal = Calibration::default();
+    for (sample, inputs) in samples.iter().enumerate() {
+        let fail = |msg: String| CalibrationError::Run { sample, msg };
+        if inputs.len() != g.inputs.len() {
+            return Err(fail(format!(
+                "{} inputs for {}",
+                inputs.len(),
+                g.inputs.len()
+            )));
+        }
+        let mut env: Vec<Option<Value>> = vec![None; g.values.len()];
+        for (&id, v) in g.inputs.iter().zip(inputs) {
+            env[id.index()] = Some(v.clone());
+        }
+        for (id, value) in g.values.iter().enumerate() {
+            if let ValueDef::Const(t) = &value.def {
+                env[id] = Some(Value::from_tensor(t).map_err(|e| fail(e.to_string()))?);
+            }
+        }
+        for node in &g.nodes {
+            let args: Vec<&Value> = node
+                .inputs
+                .iter()
+                .map(|i| env[i.index()].as_ref())
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail("a value is used before it is defined".into()))?;
+            let out = eval_op(&node.op, &args).map_err(|e| fail(e.to_string()))?;
+            env[node.output.index()] = Some(out);
+        }
+        for (id, v) in env.iter().enumerate() {
+            if let (Some(Value::F32(a)), false) =
+                (v, matches!(g.values[id].def, ValueDef::Const(_)))
+            {
+                let r = cal
+                    .ranges
+                    .entry(g.values[id].name.clone())
+                    .or_insert(Range {
+                        min: 0.0,
+                        max: 0.0,
+                        nonfinite: false,
+                    });
+                for &x in a {
+                    if x.is_finite() {
+                        r.min = r.min.min(x);
+                        r.max = r.max.max(x);
+                    } else {
+                        r.nonfinite = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(cal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m4c_ir::{DType, Op, TensorType};
+
+    #[test]
+    fn ranges_cover_every_sample() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[3]));
+        let y = g.add_node(Op::Exp, &[x], "y").unwrap();
+        g.outputs.push(y);
+        let s = |v: [f32; 3]| vec![Value::F32(ndarray::arr1(&v).into_dyn())];
+        let cal = calibrate(&g, &[s([0.0, -2.0, 1.0]), s([0.5, 0.0, 3.0])]).unwrap();
+        assert_eq!((cal.ranges["x"].min, cal.ranges["x"].max), (-2.0, 3.0));
+        assert!((cal.ranges["y"].max - 3f32.exp()).abs() < 1e-4);
+        assert!((cal.quant("x").unwrap().scale - 3.0 / 127.0).abs() < 1e-9);
+        assert!(calibrate(&g, &[vec![]]).is_err());
+    }
+
+    /// A masked value's -128 lies at least MASK_GAP below its maximum.
+    #[test]
+    fn masked_values_keep_a_gap_for_minus_infinity() {
+        let mut cal = Calibration::default();
+        let r = Range {
+            min: -0.2,
+            max: 0.3,
+            nonfinite: true,
+        };
+        cal.ranges.insert("s".into(), r);
+        let q = cal.quant("s").unwrap();
+        assert_eq!(q.quantize(0.3), 127);
+        assert!(0.3 - q.dequantize(-128) >= MASK_GAP);
+    }
+}

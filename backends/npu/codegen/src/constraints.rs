@@ -1,0 +1,255 @@
+//! What the NPU takes, as named constraints with reason text: the one
+//! place `refuse` (and so `partition`, `inspect`, `m4c backends` and the
+//! code generator's own split) asks. A node is placed on the NPU when no
+//! constraint is violated; [`lower`](crate::lower) has a layer for every
+//! node these constraints accept.
+
+use m4c_ir::{DType, Graph, Node, Op, OpKind, ValueDef, ValueId};
+
+/// A named support rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Constraint {
+    /// Short name, printed before the reason.
+    pub name: &'static str,
+    /// What the rule demands and why.
+    pub rule: &'static str,
+}
+
+/// Every rule, in the order they are checked (for docs and `m4c backends`).
+pub const CONSTRAINTS: [Constraint; 8] = [
+    Constraint {
+        name: "op",
+        rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
+    },
+    Constraint {
+        name: "static-shape",
+        rule: "every operand and the result have static shapes (programs are generated per shape)",
+    },
+    Constraint {
+        name: "float-activations",
+        rule: "run-time operands and the result are f32 (the NPU computes them in calibrated int8)",
+    },
+    Constraint {
+        name: "size",
+        rule: "every tensor has at most 16 Mi elements (the DRAM image of one layer)",
+    },
+    Constraint {
+        name: "matmul-layout",
+        rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
+    },
+    Constraint {
+        name: "conv-patchify",
+        rule: "Conv is 2-D with kernel = stride, no padding, dilation 1, one group, constant weights and bias (it becomes an im2col DMA pattern and a GEMM)",
+    },
+    Constraint {
+        name: "lut-scalar",
+        rule: "Div and Pow take a constant scalar second operand (evaluated as a lookup table)",
+    },
+    Constraint {
+        name: "last-axis",
+        rule: "Softmax and Norm work over the last axis, Norm's scale and bias are constants",
+    },
+];
+
+/// Largest tensor one layer takes, in elements.
+const MAX_ELEMENTS: usize = 16 << 20;
+
+/// Unary operators evaluated through a lookup table.
+pub const LUT_OPS: [OpKind; 10] = [
+    OpKind::Exp,
+    OpKind::Log,
+    OpKind::Sqrt,
+    OpKind::Erf,
+    OpKind::Tanh,
+    OpKind::Sigmoid,
+    OpKind::Sin,
+    OpKind::Cos,
+    OpKind::Floor,
+    OpKind::Gelu,
+];
+
+/// The operators the NPU has layers for.
+pub fn ops() -> Vec<OpKind> {
+    let mut ops = vec![
+        OpKind::MatMul,
+        OpKind::Conv,
+        OpKind::Add,
+        OpKind::Sub,
+        OpKind::Mul,
+        OpKind::Max,
+        OpKind::Min,
+        OpKind::Div,
+        OpKind::Pow,
+        OpKind::Softmax,
+        OpKind::Norm,
+        OpKind::Reshape,
+        OpKind::Transpose,
+        OpKind::Slice,
+        OpKind::Concat,
+        OpKind::Expand,
+    ];
+    ops.extend(LUT_OPS);
+    ops
+}
+
+/// Whether value `v` of `g` is a constant.
+pub fn is_const(g: &Graph, v: ValueId) -> bool {
+    matches!(g.value(v).def, ValueDef::Const(_))
+}
+
+fn violated(name: &'static str, detail: String) -> Option<String> {
+    Some(format!("{name}: {detail}"))
+}
+
+/// The first constraint `node` of `g` violates, as `name: detail`.
+pub fn refuse(g: &Graph, node: &Node) -> Option<String> {
+    let kind = node.op.kind();
+    if !ops().contains(&kind) {
+        return violated("op", format!("no NPU kernel for {}", kind.name()));
+    }
+    let values = node.inputs.iter().chain(std::iter::once(&node.output));
+    for &v in values.clone() {
+        let value = g.value(v);
+        match value.ty.num_elements() {
+            None => {
+                return violated(
+                    "static-shape",
+                    format!("{} has shape {}", value.name, value.ty),
+                )
+            }
+            Some(n) if n > MAX_ELEMENTS => {
+                return violated("size", format!("{} has {n} elements", value.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for &v in values {
+        let dt = g.value(v).ty.dtype;
+        if dt != DType::F32 && !(is_const(g, v) && dt.is_float()) {
+            return violated(
+                "float-activations",
+                format!("{} on {dt} tensors", kind.name()),
+            );
+        }
+    }
+    refuse_op(g, node)
+}
+
+/// Per-operator rules.
+fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
+    let shape = |i: usize| {
+        g.value(node.inputs[i])
+            .ty
+            .static_shape()
+            .unwrap_or_default()
+    };
+    let konst = |i: usize| is_const(g, node.inputs[i]);
+    match &node.op {
+        Op::MatMul { trans_a, trans_b } => {
+            let (a, b) = (shape(0), shape(1));
+            if *trans_a || (*trans_b && !konst(1)) {
+                return violated("matmul-layout", "transposed run-time operand".into());
+            }
+            if konst(0) {
+                return violated("matmul-layout", "constant A operand".into());
+            }
+            if a.len() < 2 || b.len() < 2 {
+                return violated(
+                    "matmul-layout",
+                    format!("operands of rank {} and {}", a.len(), b.len()),
+                );
+            }
+            if konst(1) && b.len() != 2 {
+                return violated("matmul-layout", format!("constant B of rank {}", b.len()));
+            }
+            if !konst(1) && (a.len() != b.len() || a[..a.len() - 2] != b[..b.len() - 2]) {
+                return violated(
+                    "matmul-layout",
+                    format!("run-time B {b:?} does not share A's batch {a:?}"),
+                );
+            }
+            None
+        }
+        Op::Conv(attrs) => {
+            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) || shape(0).len() != 4 {
+                return violated(
+                    "conv-patchify",
+                    "run-time weights or a non-4-D input".into(),
+                );
+            }
+            crate::conv::not_patchify(attrs, &shape(1)).map(|why| format!("conv-patchify: {why}"))
+        }
+        Op::Div | Op::Pow => {
+            let n = g.value(node.inputs[1]).ty.num_elements();
+            (!(konst(1) && n == Some(1)))
+                .then(|| "lut-scalar: the second operand is not a constant scalar".to_string())
+        }
+        Op::Softmax { axis } if *axis + 1 != shape(0).len() => violated(
+            "last-axis",
+            format!("Softmax over axis {axis} of {:?}", shape(0)),
+        ),
+        Op::Norm { axis, .. } => {
+            if *axis + 1 != shape(0).len() {
+                return violated(
+                    "last-axis",
+                    format!("Norm over axis {axis} of {:?}", shape(0)),
+                );
+            }
+            let cols = shape(0).last().copied().unwrap_or(0);
+            node.inputs[1..].iter().find_map(|&p| {
+                let n = g.value(p).ty.num_elements();
+                (!is_const(g, p) || n != Some(cols)).then(|| {
+                    format!(
+                        "last-axis: Norm parameter {} is not a constant of {cols}",
+                        g.value(p).name
+                    )
+                })
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use m4c_ir::{Tensor, TensorType};
+
+    #[test]
+    fn rules_name_themselves() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 4, 8]));
+        let y = g.add_input("y", TensorType::fixed(DType::F32, &[1, 4, 8]));
+        let i = g.add_input("i", TensorType::fixed(DType::I64, &[3]));
+        let w = g.add_const("w", Tensor::from_f32(&[8, 3], &[0.5; 24]));
+        let two = g.add_const("two", Tensor::from_f32(&[], &[2.0]));
+        let nodes = [
+            g.add_node(
+                Op::MatMul {
+                    trans_a: false,
+                    trans_b: false,
+                },
+                &[x, w],
+                "mm",
+            ),
+            g.add_node(Op::Add, &[x, y], "add"),
+            g.add_node(Op::Div, &[x, two], "div"),
+            g.add_node(Op::Div, &[x, x], "div2"),
+            g.add_node(Op::Softmax { axis: 1 }, &[x], "sm"),
+            g.add_node(Op::Gather { axis: 0 }, &[x, i], "gather"),
+        ];
+        assert!(nodes.iter().all(Result::is_ok));
+        let why: Vec<String> = g
+            .nodes
+            .iter()
+            .map(|n| refuse(&g, n).unwrap_or_default())
+            .collect();
+        assert_eq!(why[0], "");
+        assert_eq!(why[1], "", "a run-time broadcast is a DMA expand first");
+        assert_eq!(why[2], "");
+        assert!(why[3].starts_with("lut-scalar:"), "{}", why[3]);
+        assert!(why[4].starts_with("last-axis:"), "{}", why[4]);
+        assert_eq!(why[5], "op: no NPU kernel for Gather");
+        assert!(CONSTRAINTS.iter().all(|c| !c.rule.is_empty()));
+    }
+}

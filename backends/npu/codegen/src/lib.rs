@@ -1,0 +1,17 @@
+//! The NPU backend's compile side: the support constraints
+//! ([`constraints`]), calibration of a float graph on the reference
+//! interpreter ([`calibrate`]), the partition into NPU and CPU-fallback
+//! parts ([`split`]), the lowering of each NPU part onto the kernel
+//! generators of `m4c-npu` ([`lower`]), and [`NpuBackend`], its
+//! `CodeGenerator`. The runtime's `npu` device runs the result on the
+//! simulator (`docs/NPU_BACKEND.md`).
+
+mod backend;
+pub mod calibrate;
+pub mod constraints;
+mod conv;
+pub mod lower;
+mod movement;
+pub mod split;
+
+pub use backend::{compile_calibrated, roofline, NpuBackend, DEFAULT_TARGET};

@@ -1,0 +1,359 @@
+//! A compiled NPU sub-graph as the device runs it: int8 tensors, and
+//! layers that each are one generated program whose run-time operands
+//! are written into the placeholder segments its generator left
+//! ([`crate::kernels::KernelProgram::inputs`]). The compiler
+//! (`m4c-npu-codegen`) writes a [`PartPlan`]; the runtime runs it here,
+//! layer after layer, on the simulator. Layers do not overlap each other
+//! (each ends before the next starts): the sub-graph's cycles are the sum.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MachineConfig;
+use crate::isa::Instr;
+use crate::program::Program;
+use crate::report::Stats;
+use crate::sim::{simulate, SimOptions};
+
+/// One int8 tensor of a sub-graph: `real = scale * (q - zero_point)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// The IR value it holds (the ONNX value name).
+    pub name: String,
+    /// Bytes (= elements).
+    pub bytes: usize,
+    /// Quantisation scale.
+    pub scale: f64,
+    /// Quantisation zero point.
+    pub zero_point: i32,
+}
+
+/// A range of a tensor bound to a program's DRAM segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Index into [`PartPlan::tensors`].
+    pub tensor: usize,
+    /// First byte of the tensor.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+    /// DRAM address of the segment in the layer's program.
+    pub addr: u32,
+}
+
+/// One layer: a program and where its operands come from and go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// The IR value it computes (the ONNX node's output name).
+    pub name: String,
+    /// The kernel (`gemm`, `lut`, `eltwise-add`, `softmax`, `layernorm`, `copy`, ...).
+    pub kernel: String,
+    /// Index into the part's programs.
+    pub program: usize,
+    /// Run-time operands.
+    pub inputs: Vec<Binding>,
+    /// Its result.
+    pub output: Binding,
+}
+
+/// A compiled NPU sub-graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartPlan {
+    /// Its int8 tensors.
+    pub tensors: Vec<TensorSpec>,
+    /// Layers in execution order.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A value crossing between an NPU part and the rest of the module: the
+/// float value `value` (shape `shape`) is quantised into, or dequantised
+/// from, int8 tensor `tensor` of the part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Boundary {
+    /// The IR value name.
+    pub value: String,
+    /// Index into the part's tensors.
+    pub tensor: usize,
+    /// The float value's shape.
+    pub shape: Vec<usize>,
+}
+
+/// One part of a module, in execution order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModulePart {
+    /// An NPU sub-graph: one program per layer, run on the simulator.
+    Npu {
+        /// The sub-graph.
+        plan: PartPlan,
+        /// Its programs: `first..first + count` of the module's blob.
+        first_program: usize,
+        /// Values quantised on entry.
+        inputs: Vec<Boundary>,
+        /// Values dequantised on exit.
+        outputs: Vec<Boundary>,
+    },
+    /// A CPU-fallback sub-graph: IR text (its constants are in the
+    /// module's weights section), run by the reference interpreter.
+    Fallback {
+        /// The sub-graph's IR text; its inputs and outputs keep the
+        /// module's value names.
+        ir: String,
+        /// Why its nodes are not on the NPU (one line per refused op kind).
+        reasons: Vec<String>,
+    },
+}
+
+/// A whole module compiled for the NPU with CPU fallback: the machine it
+/// was compiled for and its parts in a topological order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModulePlan {
+    /// The machine the programs were generated for.
+    pub config: MachineConfig,
+    /// Parts in execution order.
+    pub parts: Vec<ModulePart>,
+}
+
+impl ModulePlan {
+    /// Checks every NPU part against the `programs` count.
+    pub fn check(&self, programs: usize) -> Result<(), String> {
+        self.config.validate().map_err(|e| e.to_string())?;
+        for part in &self.parts {
+            if let ModulePart::Npu {
+                plan,
+                first_program,
+                inputs,
+                outputs,
+            } = part
+            {
+                if *first_program > programs {
+                    return Err(format!("first program {first_program} of {programs}"));
+                }
+                let own = programs - first_program;
+                plan.check(own)?;
+                for b in inputs.iter().chain(outputs) {
+                    let t = plan
+                        .tensors
+                        .get(b.tensor)
+                        .ok_or("boundary tensor missing")?;
+                    if b.shape.iter().product::<usize>() != t.bytes {
+                        return Err(format!(
+                            "boundary `{}`: shape {:?} vs {} bytes",
+                            b.value, b.shape, t.bytes
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one layer's simulation measured.
+#[derive(Clone, Debug)]
+pub struct LayerRun {
+    /// The simulator's statistics.
+    pub stats: Stats,
+    /// Highest SRAM byte (activation plus weight) the program addresses.
+    pub sram_bytes: u64,
+}
+
+impl PartPlan {
+    /// Checks every binding against the tensors and `programs` (count).
+    pub fn check(&self, programs: usize) -> Result<(), String> {
+        for l in &self.layers {
+            if l.program >= programs {
+                return Err(format!(
+                    "layer `{}`: program {} of {programs}",
+                    l.name, l.program
+                ));
+            }
+            for b in l.inputs.iter().chain(std::iter::once(&l.output)) {
+                let t = self.tensors.get(b.tensor).ok_or_else(|| {
+                    format!("layer `{}`: tensor {} does not exist", l.name, b.tensor)
+                })?;
+                if b.offset.checked_add(b.len).is_none_or(|end| end > t.bytes) {
+                    return Err(format!(
+                        "layer `{}`: bytes {}+{} outside tensor `{}` ({} bytes)",
+                        l.name, b.offset, b.len, t.name, t.bytes
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs layer `index` on `tensors` (one byte buffer per tensor, sized
+    /// as specified): writes its operands into a copy of its program's
+    /// image, simulates, and copies the result out.
+    pub fn run_layer(
+        &self,
+        index: usize,
+        programs: &[Program],
+        tensors: &mut [Vec<i8>],
+        config: &MachineConfig,
+        options: SimOptions,
+    ) -> Result<LayerRun, String> {
+        let layer = &self.layers[index];
+        let fail = |e: String| format!("layer `{}` ({}): {e}", layer.name, layer.kernel);
+        let mut program = programs[layer.program].clone();
+        for b in &layer.inputs {
+            let bytes: Vec<u8> = tensors[b.tensor][b.offset..b.offset + b.len]
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            program.set_segment(b.addr, &bytes).map_err(fail)?;
+        }
+        let sram_bytes = sram_footprint(&program);
+        let result = simulate(&program, config, options).map_err(|e| fail(e.to_string()))?;
+        let o = layer.output;
+        let at = o.addr as usize;
+        let out = result
+            .dram
+            .get(at..at + o.len)
+            .ok_or_else(|| fail(format!("output 0x{at:x}+{} outside DRAM", o.len)))?;
+        for (d, &s) in tensors[o.tensor][o.offset..o.offset + o.len]
+            .iter_mut()
+            .zip(out)
+        {
+            *d = s as i8;
+        }
+        Ok(LayerRun {
+            stats: result.stats,
+            sram_bytes,
+        })
+    }
+}
+
+/// The highest SRAM byte `program`'s loads and stores address, summed
+/// over the activation and weight SRAMs: the buffers a kernel generator
+/// places statically, so this is its SRAM use.
+pub fn sram_footprint(program: &Program) -> u64 {
+    let (mut ld_stride, mut st_stride) = (0i64, 0i64);
+    let mut top = [0u64; 2];
+    for i in &program.instrs {
+        let (space, sram, rows, row_bytes, stride) = match *i {
+            Instr::LdCfg { sram_stride, .. } => {
+                ld_stride = sram_stride;
+                continue;
+            }
+            Instr::StCfg { sram_stride, .. } => {
+                st_stride = sram_stride;
+                continue;
+            }
+            Instr::Ld {
+                space,
+                sram,
+                rows,
+                row_bytes,
+                ..
+            } => (space, sram, rows, row_bytes, ld_stride),
+            Instr::St {
+                space,
+                sram,
+                rows,
+                row_bytes,
+                ..
+            } => (space, sram, rows, row_bytes, st_stride),
+            _ => continue,
+        };
+        if rows > 0 {
+            let end = sram + (rows - 1) * stride + row_bytes;
+            let slot = usize::from(space != 0);
+            top[slot] = top[slot].max(end.max(0) as u64);
+        }
+    }
+    top[0] + top[1]
+}
+
+/// Packs programs into one blob: a count, then each program's length and
+/// `.npub` bytes (little-endian `u32`s).
+pub fn pack_programs(programs: &[Program]) -> Vec<u8> {
+    let mut out = (programs.len() as u32).to_le_bytes().to_vec();
+    for p in programs {
+        let bytes = p.to_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// Unpacks [`pack_programs`]' blob, validating every program.
+pub fn unpack_programs(blob: &[u8]) -> Result<Vec<Program>, String> {
+    let mut at = 0usize;
+    let word = |at: &mut usize, what: &str| -> Result<usize, String> {
+        let b = blob
+            .get(*at..*at + 4)
+            .ok_or_else(|| format!("program blob truncated at {what}"))?;
+        *at += 4;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = word(&mut at, "the count")?;
+    let mut programs = Vec::new();
+    for i in 0..count {
+        let len = word(&mut at, "a length")?;
+        let bytes = blob
+            .get(at..at + len)
+            .ok_or_else(|| format!("program #{i} truncated"))?;
+        at += len;
+        programs.push(Program::from_bytes(bytes).map_err(|e| format!("program #{i}: {e}"))?);
+    }
+    if at != blob.len() {
+        return Err(format!(
+            "{} trailing bytes in the program blob",
+            blob.len() - at
+        ));
+    }
+    Ok(programs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::eltwise::{self, BinaryOperands, EltOp};
+
+    /// A layer compiled on placeholder data and run on other operands
+    /// gives the kernel's reference result for those operands.
+    #[test]
+    fn a_layer_runs_on_operands_written_into_its_segments() {
+        let config = MachineConfig::edge_small();
+        let ops = BinaryOperands::random(EltOp::Add, 5, 24, 7);
+        let zeros = BinaryOperands {
+            a: vec![0; 120],
+            b: vec![0; 120],
+            ..ops.clone()
+        };
+        let k = eltwise::generate(&zeros, &config).unwrap();
+        let blob = pack_programs(std::slice::from_ref(&k.program));
+        let programs = unpack_programs(&blob).unwrap();
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            bytes: 120,
+            scale: 1.0,
+            zero_point: 0,
+        };
+        let bind = |tensor, addr| Binding {
+            tensor,
+            offset: 0,
+            len: 120,
+            addr,
+        };
+        let plan = PartPlan {
+            tensors: vec![spec("a"), spec("b"), spec("y")],
+            layers: vec![LayerSpec {
+                name: "y".into(),
+                kernel: "eltwise-add".into(),
+                program: 0,
+                inputs: vec![bind(0, k.inputs[0]), bind(1, k.inputs[1])],
+                output: bind(2, k.out_addr),
+            }],
+        };
+        plan.check(1).unwrap();
+        let mut tensors = vec![ops.a.clone(), ops.b.clone(), vec![0; 120]];
+        let run = plan
+            .run_layer(0, &programs, &mut tensors, &config, SimOptions::default())
+            .unwrap();
+        assert_eq!(tensors[2], ops.reference().unwrap());
+        assert!(run.stats.cycles > 0 && run.sram_bytes > 0);
+        assert!(unpack_programs(&blob[..blob.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,445 @@
+//! The NPU backend's device: the simulator of `m4c-npu` is the NPU. A
+//! module's plan (`m4c_npu::module::ModulePlan`, JSON) lists its parts in
+//! execution order; NPU parts run their layers' programs on the
+//! bit-exact cycle simulator (float values are quantised on entry and
+//! dequantised on exit, counted as boundary cost), CPU-fallback parts run
+//! their IR on the reference interpreter (compiled CPU fallback is a later
+//! step). Sections: `code` = the packed programs, `code-plan` = the plan,
+//! `code-weights` = the fallback parts' constants ([`encode_constants`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use m4c_ir::{DType, Graph, Tensor};
+use m4c_npu::config::MachineConfig;
+use m4c_npu::module::{unpack_programs, Boundary, ModulePart, ModulePlan};
+use m4c_npu::program::Program;
+use m4c_npu::sim::SimOptions;
+use m4c_ops::{run_graph, Value};
+
+use super::device::Device;
+use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, Signature};
+use crate::bundle::format::SectionKind;
+use crate::bundle::ModuleCode;
+
+/// The NPU backend's [`Device`]: targets are machine configurations
+/// (presets or config files), all simulated here.
+pub struct NpuDevice;
+
+/// One layer's figures from a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerFigures {
+    /// The IR value the layer computes.
+    pub name: String,
+    /// The kernel.
+    pub kernel: String,
+    /// Index of its NPU part.
+    pub part: usize,
+    /// Simulated cycles.
+    pub cycles: u64,
+    /// Matrix-unit multiply-accumulates.
+    pub macs: u64,
+    /// MACs / (array PEs × cycles).
+    pub utilization: f64,
+    /// SRAM bytes its program addresses.
+    pub sram_bytes: u64,
+    /// DRAM bytes read plus written.
+    pub dram_bytes: u64,
+    /// Simulated energy, pJ.
+    pub energy_pj: f64,
+}
+
+/// What one run of a module measured.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunFigures {
+    /// Every NPU layer, in execution order.
+    pub layers: Vec<LayerFigures>,
+    /// Values quantised into or dequantised out of NPU parts.
+    pub boundary_values: usize,
+    /// Bytes of those conversions (int8 side).
+    pub boundary_bytes: u64,
+    /// Estimated cycles of the conversions: one vector-unit pass and one
+    /// DMA transfer per byte at the config's rates (not simulated).
+    pub boundary_cycles: u64,
+    /// Host wall time of the CPU-fallback parts (the reference
+    /// interpreter), seconds.
+    pub fallback_seconds: f64,
+    /// Fallback parts run.
+    pub fallback_parts: usize,
+}
+
+fn section<'a>(code: &'a ModuleCode, kind: SectionKind, what: &str) -> Result<&'a [u8], String> {
+    code.section(kind)
+        .ok_or_else(|| format!("no {what} section"))
+}
+
+/// The plan of `code` (JSON), its programs and its fallback constants.
+fn parse(code: &ModuleCode) -> Result<NpuModuleCode, String> {
+    let plan: ModulePlan =
+        serde_json::from_slice(section(code, SectionKind::CodePlan, "code-plan")?)
+            .map_err(|e| format!("code-plan: {e}"))?;
+    let programs = unpack_programs(section(code, SectionKind::Code, "code")?)?;
+    plan.check(programs.len())?;
+    for part in &plan.parts {
+        if let ModulePart::Npu { plan, .. } = part {
+            let bytes = plan
+                .tensors
+                .iter()
+                .try_fold(0usize, |sum, t| sum.checked_add(t.bytes));
+            if bytes.is_none_or(|b| b > m4c_ops::budget::max_memory()) {
+                return Err("an NPU part's tensors exceed the memory budget".into());
+            }
+        }
+    }
+    let constants = decode_constants(section(code, SectionKind::CodeWeights, "code-weights")?)?;
+    Ok(NpuModuleCode {
+        plan,
+        programs,
+        constants,
+    })
+}
+
+/// A module's NPU code, decoded and checked.
+pub struct NpuModuleCode {
+    plan: ModulePlan,
+    programs: Vec<Program>,
+    constants: HashMap<String, Tensor>,
+}
+
+impl Device for NpuDevice {
+    fn name(&self) -> &'static str {
+        "npu"
+    }
+
+    fn runs_here(&self, target: &str) -> Result<(), String> {
+        MachineConfig::load(target)
+            .map(|_| ())
+            .map_err(|e| format!("NPU target `{target}`: {e}"))
+    }
+
+    fn check(&self, code: &ModuleCode, _graph: &Graph) -> Result<(), String> {
+        parse(code).map(|_| ())
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        _threads: usize,
+    ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
+        let section = code.entry().section.clone();
+        let code = parse(code).map_err(|msg| CodeLoadError::Load { section, msg })?;
+        Ok(Arc::new(NpuModule::new(name, code, signature)))
+    }
+}
+
+/// A module loaded on the simulated NPU.
+pub struct NpuModule {
+    name: String,
+    signature: Signature,
+    code: NpuModuleCode,
+    fallbacks: Vec<Option<Graph>>,
+}
+
+impl NpuModule {
+    /// Loads decoded code; fallback parts' IR is parsed once here.
+    fn new(name: &str, code: NpuModuleCode, signature: Signature) -> NpuModule {
+        let fallbacks = code
+            .plan
+            .parts
+            .iter()
+            .map(|p| match p {
+                ModulePart::Fallback { ir, .. } => m4c_ir::text::parse(ir, &code.constants).ok(),
+                ModulePart::Npu { .. } => None,
+            })
+            .collect();
+        NpuModule {
+            name: name.to_string(),
+            signature,
+            code,
+            fallbacks,
+        }
+    }
+
+    /// Loads a module from its sections in memory (what `m4c bench` uses
+    /// to get per-layer figures).
+    pub fn from_sections(
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+    ) -> Result<NpuModule, String> {
+        Ok(NpuModule::new(name, parse(code)?, signature))
+    }
+
+    /// The machine it simulates.
+    pub fn config(&self) -> &MachineConfig {
+        &self.code.plan.config
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &ModulePlan {
+        &self.code.plan
+    }
+
+    /// Runs the module and reports what the simulator measured.
+    pub fn run_measured(&self, inputs: &[Value]) -> Result<(Vec<Value>, RunFigures), ExecError> {
+        check_inputs(&self.name, &self.signature, inputs)?;
+        let fail = |msg: String| ExecError::Run {
+            module: self.name.clone(),
+            msg,
+        };
+        let mut env: HashMap<String, Value> = self
+            .signature
+            .inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(inputs.iter().cloned())
+            .collect();
+        let config = &self.code.plan.config;
+        let mut figures = RunFigures::default();
+        for (index, part) in self.code.plan.parts.iter().enumerate() {
+            match part {
+                ModulePart::Npu {
+                    plan,
+                    first_program,
+                    inputs,
+                    outputs,
+                } => {
+                    let mut tensors: Vec<Vec<i8>> =
+                        plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
+                    for b in inputs {
+                        let v = env.get(&b.value).ok_or_else(|| {
+                            fail(format!("NPU part {index}: `{}` missing", b.value))
+                        })?;
+                        tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
+                            .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+                        count_boundary(&mut figures, config, b);
+                    }
+                    let programs = &self.code.programs[*first_program..];
+                    for (l, layer) in plan.layers.iter().enumerate() {
+                        let run = plan
+                            .run_layer(l, programs, &mut tensors, config, SimOptions::default())
+                            .map_err(&fail)?;
+                        let s = &run.stats;
+                        figures.layers.push(LayerFigures {
+                            name: layer.name.clone(),
+                            kernel: layer.kernel.clone(),
+                            part: index,
+                            cycles: s.cycles,
+                            macs: s.macs,
+                            utilization: s.utilization,
+                            sram_bytes: run.sram_bytes,
+                            dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+                            energy_pj: s.energy_pj,
+                        });
+                    }
+                    for b in outputs {
+                        let t = &plan.tensors[b.tensor];
+                        env.insert(b.value.clone(), dequantize(&tensors[b.tensor], t, &b.shape));
+                        count_boundary(&mut figures, config, b);
+                    }
+                }
+                ModulePart::Fallback { .. } => {
+                    let graph = self.fallbacks[index]
+                        .as_ref()
+                        .ok_or_else(|| fail(format!("fallback part {index}: IR does not parse")))?;
+                    let args = graph
+                        .inputs
+                        .iter()
+                        .map(|&i| {
+                            let n = &graph.value(i).name;
+                            env.get(n).cloned().ok_or_else(|| {
+                                fail(format!("fallback part {index}: `{n}` missing"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let started = Instant::now();
+                    let results = run_graph(graph, &args)
+                        .map_err(|e| fail(format!("fallback part {index}: {e}")))?;
+                    figures.fallback_seconds += started.elapsed().as_secs_f64();
+                    figures.fallback_parts += 1;
+                    for (&o, v) in graph.outputs.iter().zip(results) {
+                        env.insert(graph.value(o).name.clone(), v);
+                    }
+                }
+            }
+        }
+        let outputs = self
+            .signature
+            .outputs
+            .iter()
+            .map(|(n, _)| {
+                env.remove(n)
+                    .ok_or_else(|| fail(format!("output `{n}` was not computed")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((outputs, figures))
+    }
+}
+
+fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) {
+    let bytes = b.shape.iter().product::<usize>() as u64;
+    let dma = config
+        .dram_bytes_per_cycle
+        .unwrap_or(config.dma_in.bytes_per_cycle)
+        .max(1) as u64;
+    f.boundary_values += 1;
+    f.boundary_bytes += bytes;
+    f.boundary_cycles += bytes.div_ceil(config.vector_lanes.max(1) as u64) + bytes.div_ceil(dma);
+}
+
+/// Quantises a float value into a tensor's int8 bytes.
+fn quantize(v: &Value, t: &m4c_npu::module::TensorSpec) -> Result<Vec<i8>, String> {
+    let Value::F32(a) = v else {
+        return Err(format!("is {}, the NPU takes f32 values", v.dtype()));
+    };
+    if a.len() != t.bytes {
+        return Err(format!(
+            "{} elements for a {}-byte tensor",
+            a.len(),
+            t.bytes
+        ));
+    }
+    Ok(a.iter()
+        .map(|&x| (((x as f64) / t.scale).round() + t.zero_point as f64).clamp(-128.0, 127.0) as i8)
+        .collect())
+}
+
+/// Dequantises a tensor's bytes into a float value of `shape`.
+fn dequantize(q: &[i8], t: &m4c_npu::module::TensorSpec, shape: &[usize]) -> Value {
+    let data: Vec<f32> = q
+        .iter()
+        .map(|&v| (t.scale * (v as i32 - t.zero_point) as f64) as f32)
+        .collect();
+    Value::F32(ndarray::ArrayD::from_shape_vec(shape.to_vec(), data).expect("checked by the plan"))
+}
+
+impl ModuleExecutor for NpuModule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn arena(&self) -> Option<&ArenaPlan> {
+        None
+    }
+
+    fn backend(&self) -> &str {
+        "npu"
+    }
+
+    fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
+        self.run_measured(inputs).map(|(outputs, _)| outputs)
+    }
+}
+
+/// Encodes named constants (the fallback parts' weights): per constant
+/// its name, element type, shape and bytes, lengths as little-endian
+/// `u64`.
+pub fn encode_constants(constants: &[(String, &Tensor)]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let put = |b: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    for (name, t) in constants {
+        put(name.as_bytes(), &mut out);
+        put(t.dtype.name().as_bytes(), &mut out);
+        let dims: Vec<u8> = t
+            .shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        put(&dims, &mut out);
+        put(t.bytes().map_err(|e| format!("`{name}`: {e}"))?, &mut out);
+    }
+    Ok(out)
+}
+
+/// Decodes [`encode_constants`]' bytes, checking every length.
+pub fn decode_constants(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
+    let mut at = 0usize;
+    let take = |at: &mut usize| -> Result<&[u8], String> {
+        let len = bytes
+            .get(*at..*at + 8)
+            .ok_or("constants truncated")?
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| "constants truncated")?;
+        let len = usize::try_from(len).map_err(|_| "constant too large")?;
+        let start = *at + 8;
+        let b = bytes
+            .get(start..start.checked_add(len).ok_or("constant too large")?)
+            .ok_or("constants truncated")?;
+        *at = start + len;
+        Ok(b)
+    };
+    let mut out = HashMap::new();
+    while at < bytes.len() {
+        let name = String::from_utf8(take(&mut at)?.to_vec()).map_err(|_| "constant name")?;
+        let dtype: DType = std::str::from_utf8(take(&mut at)?)
+            .map_err(|_| "constant type")?
+            .parse()
+            .map_err(|_| format!("`{name}`: unknown element type"))?;
+        let shape: Vec<usize> = take(&mut at)?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as usize)
+            .collect();
+        let data = take(&mut at)?.to_vec();
+        let t = Tensor::from_bytes(dtype, &shape, data);
+        t.check_len().map_err(|e| format!("`{name}`: {e}"))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_round_trip_and_truncations_are_errors() {
+        let t = Tensor::from_f32(&[2, 2], &[1.0, -2.0, 3.5, 0.25]);
+        let bytes = encode_constants(&[("w".into(), &t)]).unwrap();
+        let back = decode_constants(&bytes).unwrap();
+        assert_eq!(back["w"].to_f32_vec().unwrap(), [1.0, -2.0, 3.5, 0.25]);
+        assert_eq!(back["w"].shape, [2, 2]);
+        for cut in [1, 8, 20, bytes.len() - 1] {
+            assert!(decode_constants(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = bytes.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_constants(&huge).is_err());
+    }
+
+    #[test]
+    fn a_plan_naming_missing_programs_is_refused() {
+        let plan = ModulePlan {
+            config: MachineConfig::edge_small(),
+            parts: vec![ModulePart::Npu {
+                plan: m4c_npu::module::PartPlan {
+                    tensors: vec![],
+                    layers: vec![],
+                },
+                first_program: 3,
+                inputs: vec![],
+                outputs: vec![],
+            }],
+        };
+        assert!(plan.check(1).unwrap_err().contains("first program 3"));
+        let quant = m4c_npu::module::TensorSpec {
+            name: "x".into(),
+            bytes: 3,
+            scale: 0.5,
+            zero_point: 0,
+        };
+        let v = Value::F32(ndarray::arr1(&[1.0f32, -100.0, 0.26]).into_dyn());
+        assert_eq!(quantize(&v, &quant).unwrap(), [2, -128, 1]);
+        assert!(quantize(&Value::I64(ndarray::arr1(&[1i64]).into_dyn()), &quant).is_err());
+    }
+}
