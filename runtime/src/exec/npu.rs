@@ -237,7 +237,9 @@ impl NpuModule {
                     }
                     for b in outputs {
                         let t = &plan.tensors[b.tensor];
-                        env.insert(b.value.clone(), dequantize(&tensors[b.tensor], t, &b.shape));
+                        let v = dequantize(&tensors[b.tensor], t, &b.shape)
+                            .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+                        env.insert(b.value.clone(), v);
                         count_boundary(&mut figures, config, b);
                     }
                 }
@@ -308,12 +310,14 @@ fn quantize(v: &Value, t: &m4c_npu::module::TensorSpec) -> Result<Vec<i8>, Strin
 }
 
 /// Dequantises a tensor's bytes into a float value of `shape`.
-fn dequantize(q: &[i8], t: &m4c_npu::module::TensorSpec, shape: &[usize]) -> Value {
+fn dequantize(q: &[i8], t: &m4c_npu::module::TensorSpec, shape: &[usize]) -> Result<Value, String> {
     let data: Vec<f32> = q
         .iter()
         .map(|&v| (t.scale * (v as i32 - t.zero_point) as f64) as f32)
         .collect();
-    Value::F32(ndarray::ArrayD::from_shape_vec(shape.to_vec(), data).expect("checked by the plan"))
+    ndarray::ArrayD::from_shape_vec(shape.to_vec(), data)
+        .map(Value::F32)
+        .map_err(|e| format!("output shape {shape:?}: {e}"))
 }
 
 impl ModuleExecutor for NpuModule {
