@@ -149,7 +149,8 @@ pub(crate) fn lower(
             gemm.emit(l.cx, &symbol)?;
             let mut buffers = vec![out, b, weights];
             buffers.extend(tail);
-            l.kernel(symbol, buffers, gemm.extent(l.cx.target), true);
+            let scratch = gemm.scratch_bytes(l.cx.target);
+            l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
         }
         Path::Depthwise => {
             let dw = Depthwise {
