@@ -345,15 +345,24 @@ impl<'ctx> Panel<'_, 'ctx> {
             let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
             for &(v, mask) in &vectors {
                 let slot = self.accs[r * t.vectors + v];
-                let mut value =
+                let value =
                     k.em.builder
                         .build_load(vf, slot, "acc")?
                         .into_vector_value();
-                if let Some(epilogue) = &g.epilogue {
+                let ptr = y_row(r, v)?;
+                let store = |value| match mask {
+                    None => k.store(Elem::F32, ptr, value),
+                    Some(mask) => k.masked_store(ptr, value, mask),
+                };
+                let Some(epilogue) = &g.epilogue else {
+                    store(value)?;
+                    continue;
+                };
+                let finish = || -> Result<(), CodegenError> {
                     let pixel =
                         k.em.builder
                             .build_int_add(self.p0, k.int((v * t.lanes) as i64), "px")?;
-                    let done = epilogue.apply(
+                    store(epilogue.apply(
                         k,
                         &k.buffers[extra_start..],
                         value,
@@ -361,19 +370,16 @@ impl<'ctx> Panel<'_, 'ctx> {
                         filter,
                         pixel,
                         mask,
-                    )?;
-                    value = if t.k_blocks == 1 {
-                        done
-                    } else {
-                        k.em.builder
-                            .build_select(blk.last, done, value, "out")?
-                            .into_vector_value()
-                    };
-                }
-                let ptr = y_row(r, v)?;
-                match mask {
-                    None => k.store(Elem::F32, ptr, value)?,
-                    Some(mask) => k.masked_store(ptr, value, mask)?,
+                    )?)
+                };
+                if t.k_blocks == 1 {
+                    finish()?;
+                } else {
+                    // Partial sums of earlier K blocks are stored as they are;
+                    // the epilogue runs once, after the last block.
+                    k.em.if_then(blk.last, finish)?;
+                    let more = k.em.builder.build_not(blk.last, "more")?;
+                    k.em.if_then(more, || store(value))?;
                 }
             }
         }
