@@ -29,6 +29,24 @@ with onnxruntime and keeps that output as NAME.expected.npz (for
   exporter folds them for a static shape), causal mask as an additive
   constant [1, 1, 128, 128] (0 / float32 min), final RMSNorm, LM head
   MatMul; output the logits of every position [1, 128, 32000].
+
+Convolutional stacks (batch 1, NCHW, batch norm folded into the convolution
+biases as exporters fold it; output the last feature map):
+
+* mobilenet_v2_blocks: 224x224 image, 3x3/2 stem with 32 filters, then the
+  17 inverted-residual blocks of MobileNetV2 (1x1 expand x6, 3x3
+  depthwise, 1x1 project, residual add where the shape allows; ReLU6 as
+  Clip 0..6), final 1x1 to 1280 channels.
+* mobilenet_v3_blocks: the 11 bottlenecks of MobileNetV3-small at 224x224
+  (3x3 and 5x5 depthwise, strides 1 and 2, ReLU and HardSwish written as
+  x*Clip(x+3, 0, 6)/6, squeeze-excite as GlobalAveragePool, 1x1 ReLU,
+  1x1, HardSigmoid, Mul), final 1x1 to 576 channels.
+* efficientnet_blocks: EfficientNet-B0's 16 MBConv blocks at 224x224
+  (3x3 and 5x5 depthwise, SiLU as x*Sigmoid(x), squeeze-excite), final 1x1
+  to 1280 channels.
+* resnet50_blocks: the ResNet-50 body at 224x224: 7x7/2 stem, 3x3/2
+  MaxPool, 16 bottlenecks (1x1, 3x3 (stride 2 at a stage's start), 1x1 x4,
+  projection shortcut at each stage's start, ReLU after the residual add).
 """
 
 from __future__ import annotations
@@ -182,6 +200,116 @@ def llama_prefill(seed: int = 0, layers: int = 6, seq: int = 128) -> tuple[onnx.
     return g.model("llama_prefill_6l", inputs, logits, [1, seq, vocab]), feeds
 
 
+def _conv(g: Graph, x: str, c_in: int, c_out: int, k: int, stride: int = 1, group: int = 1) -> str:
+    w = g.const("conv_w", (g.rng.standard_normal((c_out, c_in // group, k, k), dtype=np.float32)
+                           * np.sqrt(2.0 / (c_in // group * k * k))).astype(np.float32))
+    b = g.const("conv_b", (g.rng.standard_normal(c_out, dtype=np.float32) * 0.1).astype(np.float32))
+    return g.op("Conv", x, w, b, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+
+
+def _act(g: Graph, x: str, kind: str) -> str:
+    if kind == "relu":
+        return g.op("Relu", x)
+    if kind == "relu6":
+        return g.op("Clip", x, g.scalar(0.0), g.scalar(6.0))
+    if kind == "hswish":
+        return g.op("Div", g.op("Mul", x, g.op("Clip", g.op("Add", x, g.scalar(3.0)), g.scalar(0.0), g.scalar(6.0))),
+                    g.scalar(6.0))
+    if kind == "silu":
+        return g.op("Mul", x, g.op("Sigmoid", x))
+    assert kind == "none", kind
+    return x
+
+
+def _squeeze_excite(g: Graph, x: str, c: int, squeeze: int, gate: str) -> str:
+    s = g.op("GlobalAveragePool", x)
+    s = _act(g, _conv(g, s, c, squeeze, 1), "relu" if gate == "hsigmoid" else "silu")
+    s = _conv(g, s, squeeze, c, 1)
+    s = g.op("HardSigmoid", s, alpha=1.0 / 6.0) if gate == "hsigmoid" else g.op("Sigmoid", s)
+    return g.op("Mul", x, s)
+
+
+def _inverted_residual(g: Graph, x: str, c_in: int, expand: int, c_out: int, k: int, stride: int, act: str,
+                       se: str | None = None, se_ratio: float = 0.25) -> str:
+    h = x
+    if expand != c_in:
+        h = _act(g, _conv(g, h, c_in, expand, 1), act)
+    h = _act(g, _conv(g, h, expand, expand, k, stride, group=expand), act)
+    if se:
+        squeeze = max(8, int(c_in * se_ratio)) if se == "sigmoid" else max(8, (expand // 4 + 4) // 8 * 8)
+        h = _squeeze_excite(g, h, expand, squeeze, se)
+    h = _conv(g, h, expand, c_out, 1)
+    return g.op("Add", x, h) if stride == 1 and c_in == c_out else h
+
+
+def _image_model(g: Graph, name: str, x: str, out_c: int, out_hw: int, seed: int):
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, 224, 224])]
+    feeds = {"pixel_values": np.random.default_rng(seed + 1).standard_normal((1, 3, 224, 224), np.float32)}
+    return g.model(name, inputs, x, [1, out_c, out_hw, out_hw]), feeds
+
+
+def mobilenet_v2_blocks(seed: int = 0, layers: int = 17) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+    x = _act(g, _conv(g, "pixel_values", 3, 32, 3, 2), "relu6")
+    c = 32
+    blocks = [(t, co, s if i == 0 else 1) for t, co, n, s in
+              [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+               (6, 320, 1, 1)] for i in range(n)][:layers]
+    hw = 112
+    for t, co, s in blocks:
+        x = _inverted_residual(g, x, c, c * t, co, 3, s, "relu6")
+        c, hw = co, hw // s
+    x = _act(g, _conv(g, x, c, 1280, 1), "relu6")
+    return _image_model(g, "mobilenet_v2_blocks", x, 1280, hw, seed)
+
+
+def mobilenet_v3_blocks(seed: int = 0, layers: int = 11) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+    x = _act(g, _conv(g, "pixel_values", 3, 16, 3, 2), "hswish")
+    c, hw = 16, 112
+    blocks = [(3, 16, 16, "hsigmoid", "relu", 2), (3, 72, 24, None, "relu", 2), (3, 88, 24, None, "relu", 1),
+              (5, 96, 40, "hsigmoid", "hswish", 2), (5, 240, 40, "hsigmoid", "hswish", 1),
+              (5, 240, 40, "hsigmoid", "hswish", 1), (5, 120, 48, "hsigmoid", "hswish", 1),
+              (5, 144, 48, "hsigmoid", "hswish", 1), (5, 288, 96, "hsigmoid", "hswish", 2),
+              (5, 576, 96, "hsigmoid", "hswish", 1), (5, 576, 96, "hsigmoid", "hswish", 1)][:layers]
+    for k, e, co, se, act, s in blocks:
+        x = _inverted_residual(g, x, c, e, co, k, s, act, se)
+        c, hw = co, hw // s
+    x = _act(g, _conv(g, x, c, 576, 1), "hswish")
+    return _image_model(g, "mobilenet_v3_blocks", x, 576, hw, seed)
+
+
+def efficientnet_blocks(seed: int = 0, layers: int = 16) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+    x = _act(g, _conv(g, "pixel_values", 3, 32, 3, 2), "silu")
+    c, hw = 32, 112
+    blocks = [(t, k, co, s if i == 0 else 1) for t, k, co, n, s in
+              [(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2), (6, 5, 112, 3, 1),
+               (6, 5, 192, 4, 2), (6, 3, 320, 1, 1)] for i in range(n)][:layers]
+    for t, k, co, s in blocks:
+        x = _inverted_residual(g, x, c, c * t, co, k, s, "silu", "sigmoid")
+        c, hw = co, hw // s
+    x = _act(g, _conv(g, x, c, 1280, 1), "silu")
+    return _image_model(g, "efficientnet_blocks", x, 1280, hw, seed)
+
+
+def resnet50_blocks(seed: int = 0, layers: int = 16) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+    x = _act(g, _conv(g, "pixel_values", 3, 64, 7, 2), "relu")
+    x = g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    c, hw = 64, 56
+    blocks = [(w, s if i == 0 else 1) for w, n, s in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]
+              for i in range(n)][:layers]
+    for width, s in blocks:
+        h = _act(g, _conv(g, x, c, width, 1), "relu")
+        h = _act(g, _conv(g, h, width, width, 3, s), "relu")
+        h = _conv(g, h, width, width * 4, 1)
+        shortcut = x if c == width * 4 and s == 1 else _conv(g, x, c, width * 4, 1, s)
+        x = _act(g, g.op("Add", h, shortcut), "relu")
+        c, hw = width * 4, hw // s
+    return _image_model(g, "resnet50_blocks", x, c, hw, seed)
+
+
 def write(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], out: Path) -> None:
     onnx.checker.check_model(model, full_check=True)
     path = out / f"{name}.onnx"
@@ -200,7 +328,9 @@ def write(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], out: 
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill}
+    builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "mobilenet_v2_blocks": mobilenet_v2_blocks,
+                "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
+                "resnet50_blocks": resnet50_blocks}
     for spec in sys.argv[2:] or builders:
         name, _, layers = spec.partition(":")
         if name not in builders or (layers and not layers.isdigit()):

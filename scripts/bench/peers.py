@@ -4,6 +4,8 @@ run, and prints the m4c/peer latency ratios (below 1.0: m4c is faster).
 
     /work/venv-bench/bin/python scripts/bench/peers.py tests/fixtures/*.onnx \
         --m4c target/release/m4c --threads 1 [--json results.json]
+    # before/after a change, interleaved with onnxruntime, 3 rounds:
+    peers.py MODELS --m4c /tmp/m4c-before --m4c target/release/m4c --rounds 3
 
 For MODEL.onnx the inputs are MODEL.inputs.npz when it exists (the fixture
 convention), else deterministic random floats / zero integers. Each model is
@@ -98,39 +100,62 @@ def time_m4c(m4c: str, model: str, threads: int, runs: int, inputs: str | None, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--m4c", default="target/release/m4c")
+    parser.add_argument("--m4c", action="append",
+                        help="m4c binary (default target/release/m4c); repeat to time several builds, "
+                             "e.g. before and after a change, interleaved in the same run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the interleaved ORT/m4c timings this many times and quote the median "
+                             "of each one's medians (for a shared, noisy machine)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    binaries = args.m4c or ["target/release/m4c"]
     rows = []
-    print(f"{'model':<28} {'m4c ms':>10} {'ORT ms':>10} {'m4c/ORT':>8} {'compile ms':>11}")
+    head = "".join(f" {'m4c' + str(i) + ' ms':>10} {'ratio' + str(i):>7}" for i in range(len(binaries)))
+    print(f"{'model':<28} {'ORT ms':>10}{head} {'compile ms':>11}")
     for model in args.models:
-        ort_ms, inputs = time_ort(model, args.threads, args.runs)
-        try:
-            report = time_m4c(args.m4c, model, args.threads, args.runs, inputs)
-        except RuntimeError as e:
-            print(f"{os.path.basename(model):<28} {'-':>10} {ort_ms:>10.3f}  m4c failed: {str(e)[-300:]}", flush=True)
+        ort_times: list[float] = []
+        m4c_times: list[list[float]] = [[] for _ in binaries]
+        compile_ms = 0.0
+        failed = None
+        for _ in range(args.rounds):
+            ort_ms, inputs = time_ort(model, args.threads, args.runs)
+            ort_times.append(ort_ms)
+            for i, binary in enumerate(binaries):
+                try:
+                    report = time_m4c(binary, model, args.threads, args.runs, inputs)
+                except RuntimeError as e:
+                    failed = str(e)[-300:]
+                    break
+                m4c_times[i].append(report["median_ms"])
+                compile_ms = report["compile_ms"]
+            if failed:
+                break
+        ort_ms = statistics.median(ort_times)
+        if failed:
+            print(f"{os.path.basename(model):<28} {ort_ms:>10.3f}  m4c failed: {failed}", flush=True)
             continue
+        medians = [statistics.median(t) for t in m4c_times]
         row = {
             "model": os.path.basename(model),
             "threads": args.threads,
-            "m4c_median_ms": report["median_ms"],
+            "rounds": args.rounds,
+            "m4c_median_ms": medians[-1],
             "ort_median_ms": ort_ms,
-            "ratio": report["median_ms"] / ort_ms,
-            "m4c_compile_ms": report["compile_ms"],
+            "ratio": medians[-1] / ort_ms,
+            "m4c_compile_ms": compile_ms,
+            "builds": [{"m4c": b, "median_ms": m, "ratio": m / ort_ms} for b, m in zip(binaries, medians)],
         }
         rows.append(row)
-        print(
-            f"{row['model']:<28} {row['m4c_median_ms']:>10.3f} {ort_ms:>10.3f} "
-            f"{row['ratio']:>8.2f} {row['m4c_compile_ms']:>11.0f}",
-            flush=True,
-        )
-    ratios = [r["ratio"] for r in rows]
-    if not ratios:
+        cells = "".join(f" {m:>10.3f} {m / ort_ms:>7.2f}" for m in medians)
+        print(f"{row['model']:<28} {ort_ms:>10.3f}{cells} {compile_ms:>11.0f}", flush=True)
+    if not rows:
         return 1
-    print(f"geometric mean m4c/ORT: {float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(rows)} models "
-          f"(onnxruntime {ort.__version__}, {args.threads} thread(s))")
+    for i, binary in enumerate(binaries):
+        ratios = [r["builds"][i]["ratio"] for r in rows]
+        print(f"geometric mean m4c/ORT ({binary}): {float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(rows)} "
+              f"models (onnxruntime {ort.__version__}, {args.threads} thread(s))")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"onnxruntime": ort.__version__, "results": rows}, f, indent=1)

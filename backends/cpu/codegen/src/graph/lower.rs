@@ -148,6 +148,21 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 lowering.kernel_of[node] = chain.output;
             }
         }
+        // Convolutions whose result only an elementwise group reads compute
+        // that group in their epilogue, at the group root's position.
+        let taken: Vec<bool> = (0..graph.nodes.len())
+            .map(|i| in_chain[i] || quant.at[i].is_some())
+            .collect();
+        let epilogues =
+            crate::kernels::conv_epilogue::find(&lowering, &roots, &members, &taken, &|node| {
+                crate::kernels::conv::takes_epilogue(&lowering, node)
+            });
+        for (root, conv) in epilogues.iter().enumerate() {
+            if let Some(conv) = *conv {
+                in_chain[conv] = true;
+                lowering.kernel_of[conv] = root;
+            }
+        }
         for (i, node) in graph.nodes.iter().enumerate() {
             lowering.at = i;
             let fail = |e: CodegenError| match e {
@@ -167,6 +182,15 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 continue;
             }
             if in_chain[i] {
+                continue;
+            }
+            if let Some(conv) = epilogues[i] {
+                let conv = &graph.nodes[conv];
+                let Op::Conv(attrs) = &conv.op else {
+                    unreachable!("epilogues belong to convolutions")
+                };
+                crate::kernels::conv::lower(&mut lowering, conv, attrs, Some(&members[i]))
+                    .map_err(fail)?;
                 continue;
             }
             match roots[i] {
@@ -427,7 +451,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             Op::MatMul { trans_a, trans_b } => {
                 crate::kernels::matmul::lower(self, node, *trans_a, *trans_b)
             }
-            Op::Conv(attrs) => crate::kernels::conv::lower(self, node, attrs),
+            Op::Conv(attrs) => crate::kernels::conv::lower(self, node, attrs, None),
             Op::Softmax { axis } => crate::kernels::softmax_norm::lower_softmax(self, node, *axis),
             Op::Norm {
                 kind,

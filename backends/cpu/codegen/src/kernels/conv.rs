@@ -1,90 +1,71 @@
-//! Convolution: im2col + the packed GEMM for ungrouped convolutions with
-//! constant weights and many filters or short rows (output pixels × taps
-//! times taps × channels, then a transposing bias add into NCHW); the
-//! others (grouped/depthwise, run-time weights, few filters) are computed
-//! directly (`conv_direct`).
+//! Convolution: ungrouped convolutions as a GEMM on the NCHW layout
+//! (`conv_gemm`: the input itself for 1×1 stride-1 convolutions, a
+//! vectorised im2col otherwise, the output written in NCHW with the bias in
+//! the epilogue), depthwise 2-D convolutions register-blocked over output
+//! rows (`conv_depthwise`), other grouped ones directly (`conv_direct`).
+//! The first two also evaluate a fused elementwise group on their
+//! accumulators (`conv_epilogue`).
 
-use inkwell::values::IntValue;
 use m4c_ir::op::ConvAttrs;
 use m4c_ir::{DType, Node, Op};
 
+use super::conv_depthwise::Depthwise;
 use super::conv_direct::DirectConv;
-use super::elementwise::{Arg, ExprNode, Fused, Operand};
-use super::movement::{AxisMap, IndexCopy};
+use super::conv_epilogue::Epilogue;
+use super::conv_gemm::{ConvGemm, Im2col};
 use super::window::Window;
-use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
-/// Emits im2col: `col[n·P + p, c·T + t] = x[n, c, tap(p, t)]` (0 outside),
-/// `P` output positions, `T` taps (buffers: col, x).
-fn emit_im2col(
-    cx: Cx<'_, '_>,
-    symbol: &str,
-    n: usize,
-    c: usize,
-    w: &Window,
-) -> Result<(), CodegenError> {
-    let k = Kernel::define(cx, symbol, 2)?;
-    let f32t = cx.context.f32_type();
-    let positions: usize = w.output.iter().product();
-    let taps: usize = w.kernel.iter().product();
-    let plane: usize = w.input.iter().product();
-    let sp = w.output.len();
-    let mut dims = vec![n];
-    dims.extend(&w.output);
-    dims.push(c);
-    dims.extend(&w.kernel);
-    let out_strides = contiguous_strides(&w.output);
-    let tap_strides = contiguous_strides(&w.kernel);
-    k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
-        let (batch, rest) = idx.split_first().expect("batch axis");
-        let (o, rest) = rest.split_at(sp);
-        let (channel, t) = rest.split_first().expect("channel axis");
-        let (at, inside) = w.offset(&k, o, t)?;
-        let plane_base = k.em.mul_add(*batch, k.int(c as i64), *channel)?;
-        let at = k.em.mul_add(plane_base, k.int(plane as i64), at)?;
-        let x =
-            k.em.builder
-                .build_load(f32t, k.element(k.buffers[1], f32t.into(), at)?, "x")?;
-        let x =
-            k.em.builder
-                .build_select(inside, x, f32t.const_zero().into(), "x")?;
-        let p = k.linear(0, o, &out_strides)?;
-        let row = k.em.mul_add(*batch, k.int(positions as i64), p)?;
-        let tap = k.linear(0, t, &tap_strides)?;
-        let column = k.em.mul_add(*channel, k.int(taps as i64), tap)?;
-        let at = k.em.mul_add(row, k.int((c * taps) as i64), column)?;
-        k.em.builder
-            .build_store(k.element(k.buffers[0], f32t.into(), at)?, x)?;
-        Ok(())
-    })?;
-    k.finish()
+/// The kernel a convolution runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Gemm,
+    Depthwise,
+    Direct,
 }
 
-/// From this many filters the im2col copy and the GEMM always pay.
-const GEMM_MIN_FILTERS: usize = 64;
-
-/// Whether an ungrouped convolution with constant weights goes through
-/// im2col + GEMM rather than the direct kernel: always from
-/// [`GEMM_MIN_FILTERS`] filters, otherwise when the GEMM's 32-filter-wide
-/// tile would be fuller than the direct kernel's row vectors (short output
-/// rows, e.g. a patch embedding's 4-wide rows). Measured on the fixtures:
-/// deeplab_head's 32-filter convolution over 16-wide rows is faster
-/// direct (0.080 → 0.060 ms), clip_vision's 32-filter 8×8/8 patch
-/// embedding over 4-wide rows faster as a GEMM (0.020 → 0.015 ms).
-fn prefers_gemm(filters: usize, row: usize, lanes: usize) -> bool {
-    let tile = 32;
-    let gemm_use = filters as f64 / filters.next_multiple_of(tile) as f64;
-    let direct_use = row as f64 / row.next_multiple_of(lanes) as f64;
-    filters >= GEMM_MIN_FILTERS || gemm_use > direct_use
+/// The kernel for `node` (a Conv) with `attrs` on its input of `x_shape`
+/// and weights of `w_shape`.
+fn path(attrs: &ConvAttrs, x_shape: &[usize], w_shape: &[usize]) -> Path {
+    if attrs.group == 1 {
+        Path::Gemm
+    } else if Depthwise::applies(attrs.group, x_shape[1], w_shape[0], x_shape.len() - 2) {
+        Path::Depthwise
+    } else {
+        Path::Direct
+    }
 }
 
-/// Lowers Conv.
+/// Whether the kernel of `node` (a Conv) can evaluate a fused elementwise
+/// group on its result.
+pub(crate) fn takes_epilogue(l: &Lowering<'_, '_>, node: &Node) -> bool {
+    let Op::Conv(attrs) = &node.op else {
+        return false;
+    };
+    match (l.shape(node.inputs[0]), l.shape(node.inputs[1])) {
+        (Ok(x), Ok(w)) if x.len() >= 3 => path(attrs, &x, &w) != Path::Direct,
+        _ => false,
+    }
+}
+
+/// Whether the convolution reads its input directly as the GEMM's `B`
+/// (1×1, stride 1, no padding: `B[n]` is `x[n]` as `C × P`).
+fn pointwise(w: &Window) -> bool {
+    w.kernel.iter().all(|&k| k == 1)
+        && w.strides.iter().all(|&s| s == 1)
+        && w.pads.iter().all(|&p| p == 0)
+        && w.input == w.output
+}
+
+/// Lowers Conv; with `group` (the members of a fusion group reading only
+/// its result, root last), the kernel also evaluates the group and writes
+/// the root's result instead.
 pub(crate) fn lower(
     l: &mut Lowering<'_, '_>,
     node: &Node,
     attrs: &ConvAttrs,
+    group: Option<&[usize]>,
 ) -> Result<(), CodegenError> {
     for &input in &node.inputs {
         if l.dtype(input) != DType::F32 {
@@ -113,101 +94,93 @@ pub(crate) fn lower(
         dilations: attrs.dilations.clone(),
     };
     let (n, c, m) = (x_shape[0], x_shape[1], w_shape[0]);
-    let out = l.define(node.output)?;
+    let (epilogue, operands) = match group {
+        Some(members) => {
+            let (epilogue, operands) =
+                Epilogue::describe(l, node.output, members).ok_or_else(|| CodegenError::Graph {
+                    graph: l.graph.name.clone(),
+                    reason: "a convolution epilogue no longer fits its group".into(),
+                })?;
+            let root = &l.graph.nodes[*members.last().expect("groups are non-empty")];
+            (Some(epilogue), Some((root.output, operands)))
+        }
+        None => (None, None),
+    };
+    let out = match &operands {
+        Some((root, _)) => l.define(*root)?,
+        None => l.define(node.output)?,
+    };
     if y_shape.iter().product::<usize>() == 0 {
         return Ok(());
     }
-    let weights = l.constant(node.inputs[1]);
-    let taps: usize = window.kernel.iter().product();
-    let row = y_shape[y_shape.len() - 1];
-    let gemm_weights =
-        weights.filter(|_| attrs.group == 1 && prefers_gemm(m, row, l.cx.lanes() as usize));
-    if let Some(weights) = gemm_weights {
-        let values = weights.to_f32_vec().map_err(|e| CodegenError::Graph {
-            graph: l.graph.name.clone(),
-            reason: format!("Conv weights: {e}"),
-        })?;
-        let depth = c * taps;
-        let positions: usize = window.output.iter().product();
-        // B = Wᵀ: depth × m.
-        let b: Vec<f32> = (0..depth)
-            .flat_map(|r| (0..m).map(move |f| (r, f)))
-            .map(|(r, f)| values[f * depth + r])
-            .collect();
-        let col = l.temp(n * positions * depth * 4);
-        let symbol = l.symbol("im2col");
-        emit_im2col(l.cx, &symbol, n, c, &window)?;
-        let x = l.loc(node.inputs[0])?;
-        l.kernel(symbol, vec![col, x], n, true);
-        let product = l.temp(n * positions * m * 4);
-        l.gemm((n * positions, depth, m), &b, col, product)?;
-        // y[b, f, p] = product[(b·P + p)·m + f] (+ bias[f]).
-        let mut strides = vec![(positions * m) as i64, 1];
-        strides.extend(
-            contiguous_strides(&window.output)
-                .iter()
-                .map(|s| s * m as i64),
-        );
-        let symbol = l.symbol("conv_out");
-        let extent = if let Some(&bias) = node.inputs.get(2) {
-            let mut bias_strides = vec![0i64; y_shape.len()];
-            bias_strides[1] = 1;
-            let fused = Fused {
-                shape: y_shape.clone(),
-                operands: vec![
-                    Operand {
-                        elem: Elem::F32,
-                        strides,
-                    },
-                    Operand {
-                        elem: Elem::F32,
-                        strides: bias_strides,
-                    },
-                ],
-                nodes: vec![ExprNode {
-                    op: Op::Add,
-                    args: vec![Arg::Operand(0), Arg::Operand(1)],
-                    elem: Elem::F32,
-                }],
-            };
-            fused.emit(l.cx, &symbol)?;
-            let bias = l.loc(bias)?;
-            l.kernel(
-                symbol,
-                vec![out, product, bias],
-                fused.extent(l.cx.lanes()),
-                true,
-            );
-            return Ok(());
-        } else {
-            let copy = IndexCopy {
-                elem_bytes: 4,
-                out_strides: contiguous_strides(&y_shape),
-                maps: vec![AxisMap::Affine { start: 0, step: 1 }; y_shape.len()],
-                in_strides: strides,
-                shape: y_shape.clone(),
-                fill: 0,
-            };
-            copy.emit(l.cx, &symbol)?;
-            copy.extent()
-        };
-        l.kernel(symbol, vec![out, product], extent, true);
-        return Ok(());
+    let x = l.loc(node.inputs[0])?;
+    let weights = l.loc(node.inputs[1])?;
+    let bias = node.inputs.get(2).map(|&b| l.loc(b)).transpose()?;
+    let mut tail: Vec<_> = bias.into_iter().collect();
+    for &value in operands.iter().flat_map(|(_, values)| values) {
+        tail.push(l.loc(value)?);
     }
-    let direct = DirectConv {
-        batch: n,
-        channels: c,
-        filters: m,
-        group: attrs.group,
-        window,
-        bias: node.inputs.len() > 2,
-    };
-    let symbol = l.symbol("conv_direct");
-    direct.emit(l.cx, &symbol)?;
-    let mut buffers = vec![out];
-    for &input in &node.inputs {
-        buffers.push(l.loc(input)?);
+    match path(attrs, &x_shape, &w_shape) {
+        Path::Gemm => {
+            let taps: usize = window.kernel.iter().product();
+            let pixels: usize = window.output.iter().product();
+            let b = if pointwise(&window) {
+                x
+            } else {
+                let col = l.temp(n * c * taps * pixels * 4);
+                let symbol = l.symbol("im2col");
+                Im2col {
+                    planes: n * c,
+                    window,
+                }
+                .emit(l.cx, &symbol)?;
+                l.kernel(symbol, vec![col, x], n * c, true);
+                col
+            };
+            let gemm = ConvGemm {
+                batch: n,
+                filters: m,
+                depth: c * taps,
+                pixels,
+                bias: bias.is_some(),
+                epilogue,
+            };
+            let symbol = l.symbol("conv_gemm");
+            gemm.emit(l.cx, &symbol)?;
+            let mut buffers = vec![out, b, weights];
+            buffers.extend(tail);
+            let scratch = gemm.scratch_bytes(l.cx.target);
+            l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
+        }
+        Path::Depthwise => {
+            let dw = Depthwise {
+                batch: n,
+                channels: c,
+                window,
+                bias: bias.is_some(),
+                epilogue,
+            };
+            let symbol = l.symbol("conv_dw");
+            dw.emit(l.cx, &symbol)?;
+            let mut buffers = vec![out, x, weights];
+            buffers.extend(tail);
+            l.kernel(symbol, buffers, dw.extent(), true);
+        }
+        Path::Direct => {
+            let direct = DirectConv {
+                batch: n,
+                channels: c,
+                filters: m,
+                group: attrs.group,
+                window,
+                bias: bias.is_some(),
+            };
+            let symbol = l.symbol("conv_direct");
+            direct.emit(l.cx, &symbol)?;
+            let mut buffers = vec![out, x, weights];
+            buffers.extend(tail);
+            l.kernel(symbol, buffers, direct.extent(), true);
+        }
     }
-    l.kernel(symbol, buffers, direct.extent(), true);
     Ok(())
 }

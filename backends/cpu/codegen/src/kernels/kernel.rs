@@ -330,6 +330,58 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             .map_err(|e| CodegenError::Llvm(e.to_string()))
     }
 
+    /// Loads the f32 lanes of `mask` (an `i1` vector) at `at`; the other
+    /// lanes are 0 and their memory is not read.
+    pub fn masked_load(
+        &self,
+        at: PointerValue<'ctx>,
+        mask: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let ty = self
+            .cx
+            .context
+            .f32_type()
+            .vec_type(mask.get_type().get_size());
+        let align = self.cx.context.i32_type().const_int(4, false);
+        Ok(self
+            .em
+            .call_intrinsic(
+                "llvm.masked.load",
+                &[ty.into(), at.get_type().into()],
+                &[at.into(), align.into(), mask.into(), ty.const_zero().into()],
+            )?
+            .expect("masked loads return a value")
+            .into_vector_value())
+    }
+
+    /// Stores the lanes of `value` that `mask` selects at `at`; the other
+    /// lanes' memory is not written.
+    pub fn masked_store(
+        &self,
+        at: PointerValue<'ctx>,
+        value: VectorValue<'ctx>,
+        mask: VectorValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let align = self.cx.context.i32_type().const_int(4, false);
+        self.em.call_intrinsic(
+            "llvm.masked.store",
+            &[value.get_type().into(), at.get_type().into()],
+            &[value.into(), at.into(), align.into(), mask.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The constant `i1` vector whose first `count` of `lanes` lanes are
+    /// set.
+    pub fn prefix_mask(&self, lanes: u32, count: usize) -> VectorValue<'ctx> {
+        let bool_type = self.cx.context.bool_type();
+        VectorType::const_vector(
+            &(0..lanes as usize)
+                .map(|lane| bool_type.const_int(u64::from(lane < count), false))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// Loads one element and broadcasts it to `lanes` lanes.
     pub fn load_splat(
         &self,

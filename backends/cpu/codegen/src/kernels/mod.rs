@@ -5,7 +5,10 @@
 
 pub(crate) mod attention;
 pub(crate) mod conv;
+mod conv_depthwise;
 mod conv_direct;
+pub(crate) mod conv_epilogue;
+mod conv_gemm;
 pub(crate) mod elementwise;
 pub(crate) mod gather;
 mod kernel;

@@ -1,0 +1,338 @@
+//! The convolution kernels (GEMM on NCHW with and without im2col,
+//! register-blocked depthwise, the fused elementwise epilogues) compiled for
+//! AVX-512 (when the host has it) and AVX2 and compared with the reference
+//! interpreter, proptest over shapes, strides, pads, dilations, groups and
+//! epilogues.
+
+use m4c_cpu_codegen::{compile_graph, CompileOptions, CompiledGraph, Target};
+use m4c_cpu_device::Step;
+use m4c_ir::op::ConvAttrs;
+use m4c_ir::{Graph, Op, Tensor, TensorType, ValueId};
+use m4c_ops::{compare, run_graph, Value};
+use proptest::prelude::*;
+
+/// Deterministic values in `[-scale, scale)`.
+fn uniform(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let len: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let values: Vec<f32> = (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let unit =
+                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            (unit * 2.0 - 1.0) * scale
+        })
+        .collect();
+    Tensor::from_f32(shape, &values)
+}
+
+/// The targets every case is compiled for: AVX2, and AVX-512 where the
+/// host runs it.
+fn targets() -> Vec<Target> {
+    let mut targets = vec![Target::parse(Some("x86_64-avx2"), None).unwrap()];
+    let host = Target::parse(None, None).unwrap();
+    if host.isa.f32_lanes() == 16 {
+        targets.push(host);
+    }
+    targets
+}
+
+/// What follows the convolution (fused into its epilogue where the kernel
+/// takes one).
+#[derive(Clone, Copy, Debug)]
+enum After {
+    Nothing,
+    Relu,
+    Relu6,
+    HardSwish,
+    Silu,
+    Sigmoid,
+    /// `Relu(conv + residual)`, the residual a graph input.
+    ResidualRelu,
+    /// `conv · scale[channel] + shift[channel]` (an unfolded batch norm).
+    ChannelAffine,
+}
+
+const AFTERS: [After; 8] = [
+    After::Nothing,
+    After::Relu,
+    After::Relu6,
+    After::HardSwish,
+    After::Silu,
+    After::Sigmoid,
+    After::ResidualRelu,
+    After::ChannelAffine,
+];
+
+struct Case {
+    graph: Graph,
+    inputs: Vec<Tensor>,
+}
+
+impl Case {
+    fn new() -> Self {
+        Self {
+            graph: Graph::new("case"),
+            inputs: Vec::new(),
+        }
+    }
+
+    fn input(&mut self, t: Tensor) -> ValueId {
+        let name = format!("in{}", self.inputs.len());
+        let id = self
+            .graph
+            .add_input(name, TensorType::fixed(t.dtype, &t.shape));
+        self.inputs.push(t);
+        id
+    }
+
+    fn constant(&mut self, t: Tensor) -> ValueId {
+        let name = format!("c{}", self.graph.values.len());
+        self.graph.add_const(name, t)
+    }
+
+    fn scalar(&mut self, v: f32) -> ValueId {
+        self.constant(Tensor::from_f32(&[], &[v]))
+    }
+
+    fn node(&mut self, op: Op, inputs: &[ValueId]) -> ValueId {
+        let name = format!("v{}", self.graph.values.len());
+        self.graph.add_node(op, inputs, name).unwrap()
+    }
+
+    /// The convolution `x * w (+ b)` followed by `after`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        x: [usize; 4],
+        filters: usize,
+        kernel: usize,
+        attrs: ConvAttrs,
+        bias: bool,
+        after: After,
+        seed: u64,
+    ) -> ValueId {
+        let group = attrs.group;
+        let depth = x[1] / group * kernel * kernel;
+        let xv = self.input(uniform(&x, seed, 1.0));
+        let w = uniform(
+            &[filters, x[1] / group, kernel, kernel],
+            seed + 1,
+            1.0 / (depth as f32).sqrt(),
+        );
+        let w = self.constant(w);
+        let mut inputs = vec![xv, w];
+        if bias {
+            inputs.push(self.constant(uniform(&[filters], seed + 2, 1.0)));
+        }
+        let y = self.node(Op::Conv(attrs), &inputs);
+        let shape = self.graph.value(y).ty.static_shape().unwrap();
+        let zero = self.scalar(0.0);
+        match after {
+            After::Nothing => y,
+            After::Relu => self.node(Op::Max, &[y, zero]),
+            After::Relu6 => {
+                let six = self.scalar(6.0);
+                let r = self.node(Op::Max, &[y, zero]);
+                self.node(Op::Min, &[r, six])
+            }
+            After::HardSwish => {
+                let (three, six) = (self.scalar(3.0), self.scalar(6.0));
+                let s = self.node(Op::Add, &[y, three]);
+                let s = self.node(Op::Max, &[s, zero]);
+                let s = self.node(Op::Min, &[s, six]);
+                let p = self.node(Op::Mul, &[y, s]);
+                self.node(Op::Div, &[p, six])
+            }
+            After::Silu => {
+                let s = self.node(Op::Sigmoid, &[y]);
+                self.node(Op::Mul, &[y, s])
+            }
+            After::Sigmoid => self.node(Op::Sigmoid, &[y]),
+            After::ResidualRelu => {
+                let r = self.input(uniform(&shape, seed + 3, 1.0));
+                let s = self.node(Op::Add, &[r, y]);
+                self.node(Op::Max, &[s, zero])
+            }
+            After::ChannelAffine => {
+                let c = [1, shape[1], 1, 1];
+                let scale = self.constant(uniform(&c, seed + 4, 2.0));
+                let shift = self.constant(uniform(&c, seed + 5, 1.0));
+                let s = self.node(Op::Mul, &[y, scale]);
+                self.node(Op::Add, &[s, shift])
+            }
+        }
+    }
+
+    /// Compiles for every target and compares with the interpreter; returns
+    /// the host-compiled graph's plan steps' symbols.
+    fn check(mut self, out: ValueId) -> Result<Vec<String>, TestCaseError> {
+        self.graph.outputs = vec![out];
+        let values: Vec<Value> = self
+            .inputs
+            .iter()
+            .map(|t| Value::from_tensor(t).unwrap())
+            .collect();
+        let want = run_graph(&self.graph, &values).unwrap().remove(0);
+        let mut symbols = Vec::new();
+        for target in targets() {
+            for threads in [1, 2] {
+                let options = CompileOptions {
+                    target: target.clone(),
+                    threads,
+                };
+                let mut compiled = compile_graph(&self.graph, &options).unwrap();
+                let got = Value::from_tensor(&compiled.run(&self.inputs).unwrap()[0]).unwrap();
+                prop_assert_eq!(got.shape(), want.shape());
+                let c = compare(&got, &want, 1e-4, 1e-5);
+                prop_assert!(
+                    c.passed(),
+                    "{:?}, {threads} threads: {}",
+                    target.isa,
+                    c.summary()
+                );
+                symbols = kernel_symbols(&compiled);
+            }
+        }
+        Ok(symbols)
+    }
+}
+
+fn kernel_symbols(compiled: &CompiledGraph) -> Vec<String> {
+    compiled
+        .plan()
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { symbol, .. } => Some(symbol.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn attrs(stride: usize, pad: usize, dil: usize, group: usize) -> ConvAttrs {
+    ConvAttrs {
+        strides: vec![stride, stride],
+        pads: vec![pad; 4],
+        dilations: vec![dil, dil],
+        group,
+    }
+}
+
+/// A pointwise convolution with a ReLU and with a residual add is one
+/// kernel reading the input in place (no im2col, no elementwise pass).
+#[test]
+fn pointwise_with_activation_is_one_kernel() {
+    for after in [After::Relu, After::ResidualRelu, After::HardSwish] {
+        let mut c = Case::new();
+        let y = c.conv([1, 24, 7, 9], 40, 1, attrs(1, 0, 1, 1), true, after, 3);
+        let symbols = c.check(y).unwrap();
+        assert_eq!(symbols.len(), 1, "{after:?}: {symbols:?}");
+        assert!(symbols[0].ends_with("conv_gemm"), "{symbols:?}");
+    }
+}
+
+/// Depths past one K block (128 on AVX-512, 256 on AVX2 for the widest
+/// panels): partial sums are stored and reloaded, the epilogue runs once.
+#[test]
+fn deep_pointwise_and_im2col_convolutions() {
+    for (cin, kernel, stride, after) in [
+        (300, 1, 1, After::Silu),
+        (600, 1, 1, After::ResidualRelu),
+        (40, 3, 1, After::Relu),
+        (70, 3, 2, After::HardSwish),
+    ] {
+        let mut c = Case::new();
+        let y = c.conv(
+            [1, cin, 9, 11],
+            37,
+            kernel,
+            attrs(stride, kernel / 2, 1, 1),
+            true,
+            after,
+            cin as u64,
+        );
+        let symbols = c.check(y).unwrap();
+        assert!(
+            symbols.last().unwrap().ends_with("conv_gemm"),
+            "{symbols:?}"
+        );
+    }
+}
+
+/// A depthwise convolution with its activation is one kernel.
+#[test]
+fn depthwise_with_activation_is_one_kernel() {
+    let mut c = Case::new();
+    let y = c.conv(
+        [1, 16, 15, 15],
+        16,
+        3,
+        attrs(2, 1, 1, 16),
+        true,
+        After::Relu6,
+        9,
+    );
+    let symbols = c.check(y).unwrap();
+    assert_eq!(symbols.len(), 1, "{symbols:?}");
+    assert!(symbols[0].ends_with("conv_dw"), "{symbols:?}");
+}
+
+/// A convolution result read by two groups is not fused (it must reach
+/// memory), and the results still agree.
+#[test]
+fn shared_results_stay_unfused() {
+    let mut c = Case::new();
+    let y = c.conv(
+        [1, 8, 6, 6],
+        16,
+        1,
+        attrs(1, 0, 1, 1),
+        true,
+        After::Nothing,
+        5,
+    );
+    let zero = c.scalar(0.0);
+    let a = c.node(Op::Max, &[y, zero]);
+    let b = c.node(Op::Sigmoid, &[y]);
+    let b = c.node(Op::Sub, &[b, zero]);
+    let sum = c.node(Op::Concat { axis: 1 }, &[a, b]);
+    let symbols = c.check(sum).unwrap();
+    assert!(symbols.iter().any(|s| s.ends_with("fused")), "{symbols:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ungrouped_convolutions(batch in 1usize..3, cin in 1usize..24, filters in 1usize..40, h in 1usize..9, w in 1usize..40, kernel in prop::sample::select(vec![1usize, 2, 3, 5]), stride in 1usize..4, pad in 0usize..3, dil in 1usize..3, bias in any::<bool>(), after in 0usize..8, seed in any::<u64>()) {
+        prop_assume!(dil * (kernel - 1) < h + 2 * pad && dil * (kernel - 1) < w + 2 * pad);
+        prop_assume!(pad < kernel);
+        let mut c = Case::new();
+        let y = c.conv([batch, cin, h, w], filters, kernel, attrs(stride, pad, dil, 1), bias, AFTERS[after], seed);
+        let symbols = c.check(y)?;
+        prop_assert!(symbols.last().unwrap().ends_with("conv_gemm"), "{:?}", symbols);
+    }
+
+    #[test]
+    fn depthwise_convolutions(batch in 1usize..3, channels in 2usize..20, h in 1usize..14, w in 1usize..40, kernel in prop::sample::select(vec![3usize, 5]), stride in 1usize..3, pad in 0usize..3, dil in 1usize..3, bias in any::<bool>(), after in 0usize..8, seed in any::<u64>()) {
+        prop_assume!(dil * (kernel - 1) < h + 2 * pad && dil * (kernel - 1) < w + 2 * pad);
+        let mut c = Case::new();
+        let y = c.conv([batch, channels, h, w], channels, kernel, attrs(stride, pad, dil, channels), bias, AFTERS[after], seed);
+        let symbols = c.check(y)?;
+        prop_assert!(symbols.iter().any(|s| s.ends_with("conv_dw")), "{:?}", symbols);
+    }
+
+    #[test]
+    fn grouped_convolutions(groups in 2usize..4, per_group in 1usize..4, mult in 1usize..3, hw in 3usize..12, stride in 1usize..3, after in 0usize..8, seed in any::<u64>()) {
+        // Grouped but not depthwise: the direct kernel, the group a
+        // separate elementwise kernel.
+        let channels = groups * per_group;
+        prop_assume!(per_group > 1 || mult > 1);
+        let mut c = Case::new();
+        let y = c.conv([1, channels, hw, hw + 3], channels * mult, 3, attrs(stride, 1, 1, groups), true, AFTERS[after], seed);
+        c.check(y)?;
+    }
+}
