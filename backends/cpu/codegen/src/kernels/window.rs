@@ -46,6 +46,29 @@ impl Window {
         )?;
         Ok((p, inside))
     }
+
+    /// The input offset of the taps `(o, t)` inside one channel plane, and
+    /// whether all are inside (the offset is 0 when not).
+    pub fn offset<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        o: &[IntValue<'ctx>],
+        t: &[IntValue<'ctx>],
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let strides = contiguous_strides(&self.input);
+        let mut at = k.int(0);
+        let mut all = k.cx.context.bool_type().const_all_ones();
+        for d in 0..self.input.len() {
+            let (p, inside) = self.tap(k, d, o[d], t[d])?;
+            at = k.em.mul_add(p, k.int(strides[d]), at)?;
+            all = k.em.builder.build_and(all, inside, "all")?;
+        }
+        let at =
+            k.em.builder
+                .build_select(all, at, k.int(0), "at")?
+                .into_int_value();
+        Ok((at, all))
+    }
 }
 
 /// A vector of consecutive output positions on the last spatial axis.
