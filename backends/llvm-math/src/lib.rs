@@ -9,6 +9,10 @@
 //! math.rs`, measured in `docs/CPU_BACKEND.md`), moved here with their
 //! dependency on the CPU kernel type replaced by a builder and a module.
 
+// No unwrap/expect on input: each remaining `expect` names its invariant
+// (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;

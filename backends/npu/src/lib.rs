@@ -5,6 +5,10 @@
 //! The crate has no LLVM or other m4c dependency so that the on-device
 //! runtime can host the simulator.
 
+// No unwrap/expect on input: each remaining `expect` names its invariant
+// (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod asm;
 pub mod config;
 pub mod disasm;

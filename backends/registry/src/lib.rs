@@ -4,6 +4,10 @@
 //! `m4c_runtime::exec::device::all` (see `docs/BACKENDS.md`); the CLI, the
 //! conformance suite and `m4c backends` pick it up from here.
 
+// No unwrap/expect on input: each remaining `expect` names its invariant
+// (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest, Reference};

@@ -7,6 +7,10 @@
 //! GEMM's column panels over the cores, and the executor that runs a whole
 //! compiled graph from one pre-planned activation arena.
 
+// No unwrap/expect on input: each remaining `expect` names its invariant
+// (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod aligned;
 mod error;
 mod executor;

@@ -6,6 +6,10 @@
 //! `CodeGenerator`. The runtime's `npu` device runs the result on the
 //! simulator (`docs/NPU_BACKEND.md`).
 
+// No unwrap/expect on input: each remaining `expect` names its invariant
+// (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod backend;
 pub mod calibrate;
 pub mod constraints;

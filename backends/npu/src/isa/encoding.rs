@@ -67,7 +67,12 @@ pub fn decode_word(word: u128) -> Result<Instr, WordError> {
     if pos < 128 && word >> pos != 0 {
         return Err(WordError::ReservedBits(spec.mnemonic));
     }
-    Ok(Instr::from_values(opcode, &values).expect("field count matches the spec table"))
+    #[allow(
+        clippy::expect_used,
+        reason = "values has one entry per field of the spec table"
+    )]
+    let instr = Instr::from_values(opcode, &values).expect("field count matches the spec table");
+    Ok(instr)
 }
 
 #[cfg(test)]

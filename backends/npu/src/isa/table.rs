@@ -129,6 +129,10 @@ pub fn spec_for_opcode(opcode: u8) -> Option<&'static OpSpec> {
 
 impl Instr {
     /// The static specification of this instruction's opcode.
+    #[allow(
+        clippy::expect_used,
+        reason = "OPS holds an entry for every Instr variant's opcode"
+    )]
     pub fn spec(&self) -> &'static OpSpec {
         spec_for_opcode(self.opcode()).expect("every variant is in OPS")
     }

@@ -197,6 +197,10 @@ pub fn simulate(
             clocks[e][e] += 1;
             match instr {
                 Instr::Wait { sem, .. } => {
+                    #[allow(
+                        clippy::expect_used,
+                        reason = "a Wait is picked only when its semaphore has a signal pending"
+                    )]
                     let (_, clock) = sems[*sem as usize]
                         .pending
                         .pop_front()

@@ -329,7 +329,8 @@ impl MachineState {
         )?;
         let word = |c: usize, w: usize| {
             let at = params.base as usize + 4 * (words as usize * c + w);
-            i32::from_le_bytes(self.act[at..at + 4].try_into().expect("4 bytes"))
+            let b = &self.act[at..at + 4]; // inside the range checked above
+            i32::from_le_bytes([b[0], b[1], b[2], b[3]])
         };
         let mut per_col = Vec::with_capacity(n);
         for c in 0..n {
