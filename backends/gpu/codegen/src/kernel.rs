@@ -1,9 +1,11 @@
 //! The kernel description: what one GPU kernel computes, independent of
 //! the shading language. Most kernels are a [`Map`]: one expression per
 //! output element over its coordinates (fused elementwise groups, data
-//! movement, casts, reductions, pooling and convolution through [`Fold`]);
-//! matrix products ([`Gemm`]) and row statistics ([`Row`]) have their own
-//! cooperative shapes (workgroup tiles, shared-memory reductions). An
+//! movement, casts, reductions, pooling and grouped convolution through
+//! [`Fold`]); matrix products ([`Gemm`], also ungrouped convolutions as
+//! implicit GEMMs through [`Gemm::b_view`]) and row statistics ([`Row`])
+//! have their own cooperative shapes (workgroup tiles, shared-memory
+//! reductions). An
 //! emitter (`crate::wgsl`) turns a list of kernels into shader text.
 
 use m4c_gpu_device::Space;
@@ -180,7 +182,9 @@ pub struct Map {
 
 /// `c[b] = a[b] · b[b]` for every batch index: `m×k` by `k×n`, f32, each
 /// operand addressed by its row and column strides (transposes are
-/// strides) and per-batch-axis strides (0: broadcast).
+/// strides) and per-batch-axis strides (0: broadcast). With `b_view`,
+/// `b` is computed per element instead (a convolution's im2col view of
+/// its input: the implicit GEMM), and `bias` adds a value per row of `c`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gemm {
     pub a: Operand,
@@ -196,6 +200,16 @@ pub struct Gemm {
     pub batch: Vec<usize>,
     pub a_batch: Vec<usize>,
     pub b_batch: Vec<usize>,
+    /// When set, element `(k, j)` of `b` in batch `z` is this f32
+    /// expression of `Coord(0) = z` (the flat batch index), `Coord(1) =
+    /// k`, `Coord(2) = j` rather than a strided load of `b` (`b_strides`
+    /// and `b_batch` are then unused): the implicit GEMM of a convolution
+    /// computes its im2col addresses here, inside the shared tiling.
+    pub b_view: Option<Expr>,
+    /// Added to every element of row `i` of `c` (element `i` of a
+    /// vector of `m`): a convolution's bias per output channel, applied
+    /// in the store.
+    pub bias: Option<Operand>,
 }
 
 /// What a [`Row`] kernel computes over each row.

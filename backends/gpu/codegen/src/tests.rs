@@ -12,6 +12,7 @@ use m4c_runtime::bundle::format::CodeEntry;
 use m4c_runtime::bundle::ModuleCode;
 use m4c_runtime::exec::{load_code, Signature};
 
+use crate::kernel::Body;
 use crate::{lower::lower, wgsl::emit, GpuBackend};
 
 fn f32s(shape: &[usize]) -> TensorType {
@@ -258,9 +259,132 @@ pub(crate) fn the_rest() -> Graph {
     g
 }
 
+/// An ungrouped Conv of `x` by a `w` of shape `ws` (with a bias when
+/// `bias`): the implicit GEMM.
+fn conv(
+    g: &mut Graph,
+    x: ValueId,
+    ws: &[usize],
+    bias: bool,
+    (strides, pads, dilations): (&[usize], &[usize], &[usize]),
+) -> ValueId {
+    let k = g.nodes.len();
+    let w = weight(g, &format!("w{k}"), ws);
+    let mut inputs = vec![x, w];
+    if bias {
+        inputs.push(weight(g, &format!("b{k}"), &ws[..1]));
+    }
+    let op = Op::Conv(ConvAttrs {
+        strides: strides.to_vec(),
+        pads: pads.to_vec(),
+        dilations: dilations.to_vec(),
+        group: 1,
+    });
+    node(g, op, &inputs, &format!("conv{k}"))
+}
+
+/// One small implicit-GEMM convolution (3×3, stride 2, pad 1, bias):
+/// the snapshot of its kernel.
+pub(crate) fn conv_gemm() -> Graph {
+    let mut g = Graph::new("conv_gemm");
+    let x = g.add_input("x", f32s(&[1, 2, 5, 5]));
+    let y = conv(
+        &mut g,
+        x,
+        &[3, 2, 3, 3],
+        true,
+        (&[2, 2], &[1, 1, 1, 1], &[1, 1]),
+    );
+    g.outputs = vec![y];
+    g
+}
+
+/// Ungrouped convolutions over strides, asymmetric pads, dilations,
+/// kernel sizes (1×1 to 5×5, non-square), batches of 1 and 2, 1-D and
+/// 2-D, with and without bias, and one large enough for the 4×4 register
+/// tiles with ragged M, N and K edges.
+pub(crate) fn convs() -> Graph {
+    let mut g = Graph::new("convs");
+    let x = g.add_input("x", f32s(&[2, 3, 9, 8]));
+    let a = conv(
+        &mut g,
+        x,
+        &[5, 3, 3, 3],
+        true,
+        (&[1, 1], &[1, 1, 1, 1], &[1, 1]),
+    );
+    let b = conv(
+        &mut g,
+        x,
+        &[4, 3, 2, 3],
+        false,
+        (&[2, 1], &[0, 1, 1, 2], &[2, 1]),
+    );
+    let c = conv(
+        &mut g,
+        x,
+        &[7, 3, 1, 1],
+        true,
+        (&[2, 3], &[0, 0, 0, 0], &[1, 1]),
+    );
+    let d = conv(
+        &mut g,
+        x,
+        &[2, 3, 5, 5],
+        true,
+        (&[3, 2], &[2, 2, 1, 0], &[1, 2]),
+    );
+    let chained = conv(
+        &mut g,
+        a,
+        &[3, 5, 3, 1],
+        true,
+        (&[1, 1], &[0, 0, 0, 0], &[1, 1]),
+    );
+    let x1 = g.add_input("x1", f32s(&[2, 3, 11]));
+    let e = conv(&mut g, x1, &[4, 3, 3], true, (&[2], &[2, 1], &[2]));
+    let x2 = g.add_input("x2", f32s(&[1, 3, 40, 52]));
+    let big = conv(
+        &mut g,
+        x2,
+        &[96, 3, 3, 3],
+        true,
+        (&[1, 1], &[1, 1, 1, 1], &[1, 1]),
+    );
+    g.outputs = vec![a, b, c, d, chained, e, big];
+    g
+}
+
+#[test]
+fn ungrouped_convs_are_implicit_gemms() {
+    let program = lower(&convs(), None).unwrap();
+    assert_eq!(program.kernels.len(), 7);
+    for k in &program.kernels {
+        match &k.body {
+            Body::Gemm(g) => assert!(g.b_view.is_some(), "{}", k.value),
+            other => panic!("{}: {other:?}", k.value),
+        }
+    }
+    let big = &program.kernels[6].body;
+    let Body::Gemm(g) = big else { unreachable!() };
+    assert_eq!(
+        (g.m, g.n, g.k, g.batch.as_slice()),
+        (96, 40 * 52, 27, &[1][..])
+    );
+    assert_eq!(crate::launch::gemm(g).unwrap().r, 4);
+    // Grouped and depthwise convolutions keep the direct kernel.
+    let rest = lower(&the_rest(), None).unwrap();
+    assert!(matches!(rest.kernels[0].body, Body::Map(_)));
+}
+
+#[test]
+fn conv_gemm_shader() {
+    insta::assert_snapshot!(shader(&conv_gemm()));
+}
+
 #[test]
 fn every_kernel_shape_validates() {
-    for g in [elementwise_and_gemm(), rows(), the_rest()] {
+    for g in [elementwise_and_gemm(), rows(), the_rest(), convs()] {
         shader(&g);
     }
 }
@@ -310,6 +434,19 @@ pub(crate) fn inputs(g: &Graph) -> Vec<Value> {
 /// 1e-4). Without a device it says why and passes, unless `require` is
 /// set in the environment.
 fn samples_match_the_interpreter(target: &str, require: &str) {
+    graphs_match_the_interpreter(
+        [elementwise_and_gemm(), rows(), the_rest()],
+        target,
+        require,
+    );
+}
+
+/// `graphs` compiled for `target` and run as [`samples_match_the_interpreter`] runs them.
+fn graphs_match_the_interpreter(
+    graphs: impl IntoIterator<Item = Graph>,
+    target: &str,
+    require: &str,
+) {
     if let Err(why) = GpuBackend.runnable(Some(target)) {
         assert!(
             std::env::var_os(require).is_none(),
@@ -322,7 +459,7 @@ fn samples_match_the_interpreter(target: &str, require: &str) {
         target: Some(target.into()),
         ..Default::default()
     };
-    for g in [elementwise_and_gemm(), rows(), the_rest()] {
+    for g in graphs {
         let artifact = GpuBackend.compile(&g, &request).unwrap();
         let entry = CodeEntry {
             cpu: String::new(),
@@ -354,6 +491,13 @@ fn samples_match_the_interpreter(target: &str, require: &str) {
 #[test]
 fn sample_graphs_match_the_interpreter_on_the_gpu() {
     samples_match_the_interpreter("wgpu", "M4C_REQUIRE_GPU");
+}
+
+/// The implicit-GEMM convolutions on this host's Vulkan device
+/// (lavapipe in CI) match the interpreter.
+#[test]
+fn implicit_gemm_convs_match_the_interpreter_on_the_gpu() {
+    graphs_match_the_interpreter([convs(), conv_gemm()], "wgpu", "M4C_REQUIRE_GPU");
 }
 
 /// The PTX path, on an NVIDIA GPU with its driver (skips elsewhere unless

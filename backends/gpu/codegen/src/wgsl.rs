@@ -369,6 +369,24 @@ fn map(text: &mut String, name: &str, m: &Map) -> Result<[u32; 3], String> {
     Ok(wg)
 }
 
+/// Writes `fn NAME_b(c0, c1, c2) -> f32`, a Gemm's `b_view` at batch
+/// `c0`, row `c1`, column `c2`, and gives its call for the B tile loads.
+fn b_view(text: &mut String, name: &str, view: &Expr) -> String {
+    let mut body = Emit {
+        stmts: Vec::new(),
+        lets: Vec::new(),
+        indent: 1,
+    };
+    let value = body.expr(view);
+    body.push(format!("return {value};"));
+    let _ = writeln!(text, "fn {name}_b(c0: i32, c1: i32, c2: i32) -> f32 {{");
+    for s in &body.stmts {
+        let _ = writeln!(text, "{s}");
+    }
+    let _ = writeln!(text, "}}");
+    format!("{name}_b(i32(wg.z), bk, bc)")
+}
+
 fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
     let launch::GemmLaunch {
         r,
@@ -386,10 +404,13 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
         &g.a,
         &format!("ao + ar * {} + ak * {}", g.a_strides[0], g.a_strides[1]),
     );
-    let b = load(
-        &g.b,
-        &format!("bo + bk * {} + bc * {}", g.b_strides[0], g.b_strides[1]),
-    );
+    let b = match &g.b_view {
+        Some(view) => b_view(text, name, view),
+        None => load(
+            &g.b,
+            &format!("bo + bk * {} + bc * {}", g.b_strides[0], g.b_strides[1]),
+        ),
+    };
     let (m, n, k) = (g.m, g.n, g.k);
     let w = g.c.offset / 4;
     let threads = TILE * TILE;
@@ -415,6 +436,10 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
             off = q * threads
         );
     }
+    let bias = match &g.bias {
+        Some(op) => format!(" + {}", load(op, "row")),
+        None => String::new(),
+    };
     let mut decl = String::new();
     let mut step = String::new();
     let mut store = String::new();
@@ -439,7 +464,7 @@ fn gemm(text: &mut String, name: &str, g: &Gemm) -> Result<[u32; 3], String> {
             let _ = writeln!(
                 store,
                 "    {{ let row = row0 + ly + {ri}i; let col = col0 + lx + {cj}i;
-      if (row < {m}i && col < {n}i) {{ arena[{w} + i32(wg.z) * {mn}i + row * {n}i + col] = bitcast<u32>(c{i}{j}); }} }}",
+      if (row < {m}i && col < {n}i) {{ arena[{w} + i32(wg.z) * {mn}i + row * {n}i + col] = bitcast<u32>(c{i}{j}{bias}); }} }}",
                 ri = i * TILE,
                 cj = j * TILE,
                 mn = m * n,

@@ -26,7 +26,7 @@ use m4c_runtime::{read_npz, sanitized_key};
 use super::cx::{Flavor, HOST_BARRIER};
 use crate::kernel::Body;
 use crate::lower::lower;
-use crate::tests::{elementwise_and_gemm, inputs, rows, the_rest};
+use crate::tests::{conv_gemm, convs, elementwise_and_gemm, inputs, rows, the_rest};
 
 thread_local! {
     /// The barrier of the block this OS thread runs a thread of.
@@ -151,7 +151,13 @@ fn run_on_host(g: &Graph, feeds: &[Value]) -> Vec<Value> {
 
 #[test]
 fn ptx_kernels_match_the_interpreter_when_run_on_the_host() {
-    for g in [elementwise_and_gemm(), rows(), the_rest()] {
+    for g in [
+        elementwise_and_gemm(),
+        rows(),
+        the_rest(),
+        convs(),
+        conv_gemm(),
+    ] {
         let feeds = inputs(&g);
         let got = run_on_host(&g, &feeds);
         let want = m4c_ops::run_graph(&g, &feeds).unwrap();

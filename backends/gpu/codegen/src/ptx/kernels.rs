@@ -74,6 +74,8 @@ fn mad<'ctx>(
 /// block; K advances `TILE` at a time through two shared slabs, each
 /// thread staging `r` elements of each operand, then accumulating its
 /// `r × r` outputs from the slabs (unrolled, so they stay in registers).
+/// A `b_view` (a convolution's im2col) is walked as an expression in the
+/// B-tile load; a `bias` is added per row in the store.
 pub(crate) fn gemm<'ctx>(
     context: &'ctx Context,
     module: &Module<'ctx>,
@@ -138,9 +140,17 @@ pub(crate) fn gemm<'ctx>(
                 b.build_int_unsigned_rem(e, cx.i32(block as i64), "")?,
                 "bc",
             )?;
+            // (With a view, the strides are 0 and LLVM drops this.)
             let index = mad(cx, mad(cx, bo, bk, g.b_strides[0])?, bc, g.b_strides[1])?;
             let inside = b.build_and(below(cx, bk, g.k)?, below(cx, bc, g.n)?, "in")?;
-            let v = cx.load(&g.b, index)?;
+            let v = match &g.b_view {
+                Some(view) => Walk {
+                    cx,
+                    scope: Scope::new(vec![zb, bk, bc]),
+                }
+                .expr(view)?,
+                None => cx.load(&g.b, index)?,
+            };
             let v = b.build_select(inside, v.into_float_value(), zero, "b")?;
             cx.shared_store(tb, e, v.into_float_value())?;
         }
@@ -182,7 +192,11 @@ pub(crate) fn gemm<'ctx>(
             let col = b.build_int_add(lx, cx.i32((j * TILE) as i64), "")?;
             let col = b.build_int_add(col0, col, "col")?;
             let inside = b.build_and(below(&cx, row, g.m)?, below(&cx, col, g.n)?, "in")?;
-            let c = cx.get(acc[i * r + j], f32t)?;
+            let mut c = cx.get(acc[i * r + j], f32t)?;
+            if let Some(bias) = &g.bias {
+                let v = cx.load(bias, row)?.into_float_value();
+                c = b.build_float_add(c.into_float_value(), v, "biased")?.into();
+            }
             cx.when(inside, |cx| {
                 let index = mad(cx, mad(cx, col, zb, mn)?, row, g.n)?;
                 cx.store(&g.c, index, c)

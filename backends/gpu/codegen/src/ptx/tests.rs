@@ -1,11 +1,12 @@
 //! The PTX emitter on the sample graphs of `crate::tests` (every kernel
 //! shape): well-formed PTX for sm_90 with one `.entry` per planned
 //! kernel, launch geometry identical to the WGSL emitter's, and snapshots
-//! of a GEMM with a fused elementwise group and of the row kernels.
+//! of a GEMM with a fused elementwise group, of the row kernels and of
+//! an implicit-GEMM convolution.
 //! `tests/gpu_ptx.rs` assembles every fixture's PTX with ptxas.
 
 use crate::lower::lower;
-use crate::tests::{elementwise_and_gemm, rows, the_rest};
+use crate::tests::{conv_gemm, convs, elementwise_and_gemm, rows, the_rest};
 use crate::{ptx, wgsl};
 
 /// The PTX of `g`, checked for its header and entry points.
@@ -33,7 +34,7 @@ fn ptx_of(g: &m4c_ir::Graph) -> String {
 
 #[test]
 fn every_kernel_shape_emits_ptx() {
-    for g in [elementwise_and_gemm(), rows(), the_rest()] {
+    for g in [elementwise_and_gemm(), rows(), the_rest(), convs()] {
         let text = ptx_of(&g);
         // No libdevice or other external calls: the math is inline.
         assert!(!text.contains(".extern .func"), "{}", g.name);
@@ -43,7 +44,7 @@ fn every_kernel_shape_emits_ptx() {
 
 #[test]
 fn gemms_and_rows_use_shared_memory_and_barriers() {
-    for g in [elementwise_and_gemm(), rows()] {
+    for g in [elementwise_and_gemm(), rows(), conv_gemm()] {
         let text = ptx_of(&g);
         assert!(text.contains(".shared"), "{}", g.name);
         assert!(text.contains("bar.sync"), "{}", g.name);
@@ -58,4 +59,9 @@ fn elementwise_and_gemm_ptx() {
 #[test]
 fn row_kernels_ptx() {
     insta::assert_snapshot!(ptx_of(&rows()));
+}
+
+#[test]
+fn conv_gemm_ptx() {
+    insta::assert_snapshot!(ptx_of(&conv_gemm()));
 }

@@ -12,6 +12,8 @@ use m4c_ir::{DType, Graph, Op, ValueDef, ValueId};
 use m4c_plan::fusion::group_members;
 use m4c_plan::memory::{self, MemoryPlan, Schedule};
 
+mod conv;
+
 use crate::kernel::{
     Bin, Body, Combine, Expr, Fold, Gemm, Kernel, Kind, Map, Operand, Row, RowOp, Un,
 };
@@ -528,12 +530,10 @@ impl Lowering<'_> {
                 let at = |fold| {
                     window(
                         &xs,
-                        &p.kernel,
-                        &p.strides,
-                        &p.pads,
-                        &p.dilations,
-                        (fold, 0),
-                        Expr::Coord(1),
+                        (&p.strides, &p.pads, &p.dilations),
+                        output_spatial(p.kernel.len()),
+                        taps(fold, 0, p.kernel.len()),
+                        (Expr::Coord(0), Expr::Coord(1)),
                     )
                 };
                 let (valid, c) = at(0);
@@ -576,6 +576,7 @@ impl Lowering<'_> {
                     }
                 }
             }
+            Op::Conv(a) if a.group <= 1 => self.conv_gemm(&node.inputs, a, out, &out_shape)?,
             Op::Conv(a) => {
                 let ws = self.shape(node.inputs[1])?;
                 let (m, cg) = (ws[0], ws[1]);
@@ -590,12 +591,10 @@ impl Lowering<'_> {
                 let kernel = &ws[2..];
                 let (valid, c) = window(
                     &xs,
-                    kernel,
-                    &a.strides,
-                    &a.pads,
-                    &a.dilations,
-                    (0, 1),
-                    channel,
+                    (&a.strides, &a.pads, &a.dilations),
+                    output_spatial(kernel.len()),
+                    taps(0, 1, kernel.len()),
+                    (Expr::Coord(0), channel),
                 );
                 let shifted = |d: usize| Expr::Loop { fold: 0, d };
                 let mut wc = vec![Expr::Coord(1), shifted(0)];
@@ -687,6 +686,8 @@ impl Lowering<'_> {
             batch: out[..r - 2].to_vec(),
             a_batch: batch_strides(&sa),
             b_batch: batch_strides(&sb),
+            b_view: None,
+            bias: None,
         }))
     }
 
@@ -797,29 +798,28 @@ fn reduce_coords(xs: &[usize], axes: &[usize], keep_dims: bool) -> (Vec<Expr>, V
     (c, sorted.iter().map(|&a| xs[a]).collect())
 }
 
-/// A sliding window of fold `fold` over the spatial axes of `xs` (`[N, C,
-/// spatial..]`), the taps being the fold's loop coordinates from
-/// `first_loop` on: whether the tap lies inside the input, and the input
-/// coordinates (`batch`, `channel`, then the spatial ones).
+/// The geometry of a sliding window: strides, pads (begins then ends),
+/// dilations per spatial axis (missing strides and dilations are 1).
+type Geometry<'a> = (&'a [usize], &'a [usize], &'a [usize]);
+
+/// A sliding window over the spatial axes of `xs` (`[N, C, spatial..]`):
+/// output position `at[d]`, tap `taps[d]` on each spatial axis. Gives
+/// whether the tap lies inside the input, and the input coordinates
+/// (`batch`, `channel`, then the spatial ones).
 fn window(
     xs: &[usize],
-    kernel: &[usize],
-    strides: &[usize],
-    pads: &[usize],
-    dilations: &[usize],
-    (fold, first_loop): (usize, usize),
-    channel: Expr,
+    (strides, pads, dilations): Geometry<'_>,
+    at: Vec<Expr>,
+    taps: Vec<Expr>,
+    (batch, channel): (Expr, Expr),
 ) -> (Expr, Vec<Expr>) {
-    let spatial: Vec<Expr> = (0..kernel.len())
-        .map(|d| {
-            let at = scale(Expr::Coord(2 + d), strides.get(d).copied().unwrap_or(1));
-            let tap = scale(
-                Expr::Loop {
-                    fold,
-                    d: d + first_loop,
-                },
-                dilations.get(d).copied().unwrap_or(1),
-            );
+    let spatial: Vec<Expr> = at
+        .into_iter()
+        .zip(taps)
+        .enumerate()
+        .map(|(d, (at, tap))| {
+            let at = scale(at, strides.get(d).copied().unwrap_or(1));
+            let tap = scale(tap, dilations.get(d).copied().unwrap_or(1));
             Expr::bin(Bin::Sub, add(at, tap), lit(pads[d]))
         })
         .collect();
@@ -828,9 +828,23 @@ fn window(
         .zip(&xs[2..])
         .map(|(c, &n)| in_range(c.clone(), n))
         .collect());
-    let mut c = vec![Expr::Coord(0), channel];
+    let mut c = vec![batch, channel];
     c.extend(spatial);
     (valid, c)
+}
+
+/// The output's spatial coordinates (`Coord(2)`, …) of a map over an
+/// `[N, C, spatial..]` result.
+fn output_spatial(rank: usize) -> Vec<Expr> {
+    (0..rank).map(|d| Expr::Coord(2 + d)).collect()
+}
+
+/// The loop coordinates `first..first + rank` of fold `fold`: a window's
+/// taps.
+fn taps(fold: usize, first: usize, rank: usize) -> Vec<Expr> {
+    (0..rank)
+        .map(|d| Expr::Loop { fold, d: first + d })
+        .collect()
 }
 
 /// The expression of one elementwise operator on its operands.
