@@ -4,10 +4,10 @@
 //! instructions and intrinsics (`llvm.fma`, `llvm.minnum`, `llvm.floor`, …).
 //! One copy for every backend that emits LLVM IR: the GPU backend's PTX
 //! emitter evaluates it on one-lane vectors, so NVIDIA GPUs compute the same
-//! approximations as the CPU rather than libdevice's. The algorithms and
-//! coefficients are the CPU backend's (`backends/cpu/codegen/src/kernels/
-//! math.rs`, measured in `docs/CPU_BACKEND.md`), moved here with their
-//! dependency on the CPU kernel type replaced by a builder and a module.
+//! approximations as the CPU rather than libdevice's; the CPU kernels use it
+//! on vectors of their register width (`backends/cpu/codegen/src/kernels/
+//! math.rs` binds it to a kernel's builder). Measured errors are in
+//! `docs/CPU_BACKEND.md`.
 
 // No unwrap/expect on input: each remaining `expect` names its invariant
 // (`#[allow(..., reason = ...)]`; see docs/SECURITY.md).

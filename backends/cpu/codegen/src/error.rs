@@ -42,6 +42,9 @@ pub enum CodegenError {
     /// Building an instruction failed (an internal inconsistency).
     #[error("LLVM IR builder: {0}")]
     Builder(#[from] inkwell::builder::BuilderError),
+    /// The shared math library could not build its IR.
+    #[error("math: {0}")]
+    Math(#[from] m4c_llvm_math::MathError),
     /// A file of the artifact could not be written.
     #[error("cannot write {path}: {source}")]
     Io {

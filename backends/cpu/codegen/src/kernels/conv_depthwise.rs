@@ -13,7 +13,7 @@ use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
 use super::conv_epilogue::Epilogue;
-use super::math::Math;
+use super::math::math;
 use super::window::Window;
 use super::{Cx, Elem, Kernel};
 use crate::CodegenError;
@@ -58,7 +58,7 @@ impl Depthwise {
         let f32t = cx.context.f32_type();
         let lanes = w.row_lanes(cx);
         let vf = f32t.vec_type(lanes);
-        let math = Math::new(&k, lanes);
+        let math = math(&k, lanes);
         let rows = self.block_rows(cx);
         let accs = (0..rows)
             .map(|_| k.slot(vf.into()))

@@ -9,7 +9,7 @@
 
 use inkwell::values::IntValue;
 
-use super::math::Math;
+use super::math::math;
 use super::window::Window;
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::CodegenError;
@@ -51,7 +51,7 @@ impl DirectConv {
         let k = Kernel::define(cx, symbol, 3 + usize::from(self.bias))?;
         let f32t = cx.context.f32_type();
         let lanes = w.row_lanes(cx);
-        let math = Math::new(&k, lanes);
+        let math = math(&k, lanes);
         let vf = f32t.vec_type(lanes);
         let block = self.block();
         let blocks = self.filters / block;

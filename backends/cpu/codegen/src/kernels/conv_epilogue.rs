@@ -13,7 +13,7 @@ use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::{DType, Graph, Op, ValueId};
 
 use super::elementwise::{describe, eval, Arg, Fused};
-use super::math::Math;
+use super::math::math;
 use super::{contiguous_strides, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
@@ -107,7 +107,7 @@ impl Epilogue {
         live: Option<VectorValue<'ctx>>,
     ) -> Result<VectorValue<'ctx>, CodegenError> {
         let lanes = acc.get_type().get_size();
-        let math = Math::new(k, lanes);
+        let math = math(k, lanes);
         let f32t = k.cx.context.f32_type();
         let mut loaded = Vec::with_capacity(self.reads.len());
         let mut next = 0;

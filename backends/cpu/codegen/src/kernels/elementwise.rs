@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use m4c_ir::ValueId;
 
-use super::math::Math;
+use super::math::{math, Math};
 use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
@@ -222,7 +222,7 @@ impl Fused {
             loaded.push(value);
         }
         let mut results: Vec<VectorValue<'ctx>> = Vec::with_capacity(self.nodes.len());
-        let math = Math::new(k, lanes);
+        let math = math(k, lanes);
         for node in &self.nodes {
             let args: Vec<(VectorValue<'ctx>, Elem)> = node
                 .args
@@ -244,7 +244,7 @@ impl Fused {
 /// Emits one elementwise operation on register vectors.
 pub(crate) fn eval<'ctx>(
     k: &Kernel<'_, 'ctx>,
-    math: &Math<'_, '_, 'ctx>,
+    math: &Math<'_, 'ctx>,
     op: &Op,
     args: &[(VectorValue<'ctx>, Elem)],
     out: Elem,
@@ -389,7 +389,7 @@ fn int_minmax<'ctx>(
 
 /// GELU, exact (`x/2·(1 + erf(x/√2))`) or with the tanh approximation.
 fn gelu<'ctx>(
-    m: &Math<'_, '_, 'ctx>,
+    m: &Math<'_, 'ctx>,
     x: VectorValue<'ctx>,
     tanh_approx: bool,
 ) -> Result<VectorValue<'ctx>, CodegenError> {
@@ -400,7 +400,7 @@ fn gelu<'ctx>(
     } else {
         m.erf(m.mul(x, m.c(std::f32::consts::FRAC_1_SQRT_2))?)?
     };
-    m.mul(m.mul(x, m.c(0.5))?, m.add(inner, m.c(1.0))?)
+    Ok(m.mul(m.mul(x, m.c(0.5))?, m.add(inner, m.c(1.0))?)?)
 }
 
 /// Element type conversion: float→int truncates toward zero and

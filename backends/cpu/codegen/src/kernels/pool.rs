@@ -5,7 +5,7 @@ use inkwell::FloatPredicate;
 use m4c_ir::op::PoolAttrs;
 use m4c_ir::{DType, Node};
 
-use super::math::Math;
+use super::math::math;
 use super::window::Window;
 use super::{contiguous_strides, Cx, Kernel};
 use crate::graph::Lowering;
@@ -28,7 +28,7 @@ fn emit(
     let vf = f32t.vec_type(lanes);
     let acc = k.slot(vf.into())?;
     let count = k.slot(vf.into())?;
-    let math = Math::new(&k, lanes);
+    let math = math(&k, lanes);
     let in_plane: usize = w.input.iter().product();
     let out_plane: usize = w.output.iter().product();
     let out_strides = contiguous_strides(&w.output);

@@ -7,7 +7,7 @@ use inkwell::values::{GlobalValue, IntValue, VectorValue};
 use m4c_ir::op::{CoordMode, ResizeMode};
 use m4c_ir::{DType, Node};
 
-use super::math::Math;
+use super::math::{math, Math};
 use super::movement::{element_bytes, AxisMap, IndexCopy};
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::graph::Lowering;
@@ -69,7 +69,7 @@ fn emit_linear<'ctx>(
         .collect();
     let in_strides = contiguous_strides(in_shape);
     let out_strides = contiguous_strides(out_shape);
-    let one = Math::new(&k, 1);
+    let one = math(&k, 1);
     k.nest(out_shape, true, &mut |o: &[IntValue<'ctx>]| {
         let entry = |g: GlobalValue<'ctx>,
                      ty: inkwell::types::BasicTypeEnum<'ctx>,
@@ -118,7 +118,7 @@ fn emit_linear<'ctx>(
 /// interpreter interpolates the lowest axis first, so it is innermost).
 fn blend<'ctx>(
     k: &Kernel<'_, 'ctx>,
-    m: &Math<'_, '_, 'ctx>,
+    m: &Math<'_, 'ctx>,
     axes: &[(usize, IntValue<'ctx>, IntValue<'ctx>, VectorValue<'ctx>)],
     strides: &[i64],
     base: IntValue<'ctx>,
@@ -133,7 +133,7 @@ fn blend<'ctx>(
     let at_hi = k.em.mul_add(hi, k.int(strides[axis]), base)?;
     let a0 = blend(k, m, axes, strides, at_lo, depth - 1)?;
     let a1 = blend(k, m, axes, strides, at_hi, depth - 1)?;
-    m.add(a0, m.mul(m.sub(a1, a0)?, w)?)
+    Ok(m.add(a0, m.mul(m.sub(a1, a0)?, w)?)?)
 }
 
 /// Lowers Resize.

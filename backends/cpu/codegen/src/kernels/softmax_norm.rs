@@ -6,14 +6,14 @@ use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::op::NormKind;
 use m4c_ir::{DType, Node};
 
-use super::math::Math;
+use super::math::{math, Math};
 use super::{Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
 /// What a row fold applies to each element: `(math, x, position, lanes)`.
 type ElementFn<'f, 'ctx> = dyn Fn(
-        &Math<'_, '_, 'ctx>,
+        &Math<'_, 'ctx>,
         VectorValue<'ctx>,
         IntValue<'ctx>,
         u32,
@@ -40,11 +40,10 @@ fn fold_row<'ctx>(
     ];
     let start = if max { f32::NEG_INFINITY } else { 0.0 };
     for (slot, width) in slots.iter().zip([lanes, 1]) {
-        k.em.builder
-            .build_store(*slot, Math::new(k, width).c(start))?;
+        k.em.builder.build_store(*slot, math(k, width).c(start))?;
     }
     k.row(len, lanes, &mut |pos, width| {
-        let math = Math::new(k, width);
+        let math = math(k, width);
         let at = k.em.mul_add(pos, k.int(step), row)?;
         let x = k.load(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?;
         let v = value(&math, x, pos, width)?;
@@ -61,7 +60,7 @@ fn fold_row<'ctx>(
         k.em.builder.build_store(slot, acc)?;
         Ok(())
     })?;
-    let one = Math::new(k, 1);
+    let one = math(k, 1);
     let wide =
         k.em.builder
             .build_load(f32t.vec_type(lanes), slots[0], "w")?
@@ -125,9 +124,9 @@ pub(crate) fn emit_softmax(
                 Ok(e)
             },
         )?;
-        let inverse = Math::new(&k, 1).div(Math::new(&k, 1).c(1.0), sum)?;
+        let inverse = math(&k, 1).div(math(&k, 1).c(1.0), sum)?;
         k.row(len, lanes, &mut |pos, width| {
-            let m = Math::new(&k, width);
+            let m = math(&k, width);
             let at = k.em.mul_add(pos, k.int(step), row)?;
             let out = k.element(k.buffers[0], f32t.into(), at)?;
             let e = k.load(Elem::F32, width, out)?;
@@ -178,7 +177,7 @@ fn emit_norm<'ctx>(
     let k = Kernel::define(cx, symbol, 3 + usize::from(bias.is_some()))?;
     let f32t = cx.context.f32_type();
     let lanes = cx.lanes();
-    let one = Math::new(&k, 1);
+    let one = math(&k, 1);
     k.nest(&[rows], true, &mut |r: &[IntValue<'ctx>]| {
         let row = k.em.builder.build_int_mul(r[0], k.int(len as i64), "row")?;
         let inv_len = one.c(1.0 / len as f32);
@@ -188,18 +187,18 @@ fn emit_norm<'ctx>(
         } else {
             None
         };
-        let centre = |m: &Math<'_, '_, 'ctx>, x: VectorValue<'ctx>, width: u32| match mean {
-            Some(mean) => m.sub(x, k.splat_lane(mean, width)?),
-            None => Ok(x),
+        let centre = |m: &Math<'_, 'ctx>, x: VectorValue<'ctx>, width: u32| match mean {
+            Some(mean) => Ok(m.sub(x, k.splat_lane(mean, width)?)?),
+            None => Ok::<_, CodegenError>(x),
         };
         let squares = fold_row(&k, k.buffers[1], row, len, 1, false, &|m, x, _, width| {
             let c = centre(m, x, width)?;
-            m.mul(c, c)
+            Ok(m.mul(c, c)?)
         })?;
         let variance = one.fma(squares, inv_len, one.c(epsilon))?;
         let rstd = one.div(one.c(1.0), one.intrinsic("llvm.sqrt", &[variance])?)?;
         k.row(len, lanes, &mut |pos, width| {
-            let m = Math::new(&k, width);
+            let m = math(&k, width);
             let at = k.em.builder.build_int_add(row, pos, "at")?;
             let x = k.load(Elem::F32, width, k.element(k.buffers[1], f32t.into(), at)?)?;
             let param = |buffer: usize, p: Param| match p {
