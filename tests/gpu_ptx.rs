@@ -8,28 +8,15 @@
 //! The assembler test skips only when ptxas is absent and
 //! `M4C_REQUIRE_PTXAS` is unset.
 
+mod common;
+use common::{m4c, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// Registers one thread may use: 128 lets two 256-thread GEMM blocks (or
 /// eight 64-thread blocks) share an SM's 64K registers. No kernel may
 /// spill.
 const MAX_REGISTERS: u32 = 128;
-
-fn m4c(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// ptxas: `M4C_PTXAS`, else the wheel's in `.venv-ptxas`, else `PATH`.
 fn ptxas() -> Option<PathBuf> {

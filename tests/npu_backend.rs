@@ -3,8 +3,9 @@
 //! `m4c npu gemm`, fallback for ops the NPU cannot take, and the bench
 //! report of a tiny model.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{fixture, m4c, text};
+use std::process::Output;
 
 use m4c_compiler::backend::CompileRequest;
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
@@ -13,27 +14,6 @@ use m4c_runtime::bundle::format::CodeEntry;
 use m4c_runtime::bundle::ModuleCode;
 use m4c_runtime::exec::npu::{NpuModule, RunFigures};
 use m4c_runtime::exec::Signature;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn m4c(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs fixture `name` on the NPU with `--min-cosine 0.99`.
 fn run_fixture(name: &str, backend: &str) -> Output {

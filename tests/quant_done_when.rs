@@ -11,29 +11,9 @@
 //! decoders (prefill, decode, LoRA-merged, `decoder_past*`). The
 //! expectations are onnxruntime's fp32 outputs of the unquantised model.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn m4c(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::{fixture, m4c, text};
+use std::path::Path;
 
 /// Quantises fixture `name` with `scheme`, calibrated on its own input,
 /// and checks the result against the fp32 expectations at `min_cosine` on

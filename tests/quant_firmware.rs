@@ -3,29 +3,10 @@
 //! constants), and `m4c scale-report --variant` measures such firmware next
 //! to the fp32 one (the paper's Fig. 11 is for quantised M4).
 
+mod common;
+use common::{fixture, m4c, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn m4c(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Output;
 
 fn ok(o: Output) -> Output {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
