@@ -106,12 +106,13 @@ pub fn run(graph: &Graph, artifact: &Artifact, inputs: &[Value]) -> Result<Vec<V
             String::from_utf8_lossy(&link.stderr).trim()
         ));
     }
-    run_with_limit(Command::new(QEMU).current_dir(dir.path()).args([
-        "./driver",
-        "weights.bin",
-        "inputs.bin",
-        "outputs.bin",
-    ]))?;
+    // QEMU_CPU=max: every extension a `--cpu` may have enabled (`sdot`, …).
+    run_with_limit(
+        Command::new(QEMU)
+            .current_dir(dir.path())
+            .env("QEMU_CPU", "max")
+            .args(["./driver", "weights.bin", "inputs.bin", "outputs.bin"]),
+    )?;
     let out = std::fs::read(at("outputs.bin")).map_err(|e| format!("outputs.bin: {e}"))?;
 
     let mut values = vec![];
