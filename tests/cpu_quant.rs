@@ -126,7 +126,6 @@ fn compile_and_run(
                 target: Some(qemu::TARGET.into()),
                 tuning: cpu.map(String::from),
                 threads: 1,
-                ..Default::default()
             };
             let artifact = CpuBackend
                 .compile(g, &request)
@@ -161,7 +160,7 @@ fn check(
         let out = &g.value(id).name;
         let want = &expected[out];
         assert_eq!(got.shape(), want.shape(), "{name} {out}");
-        let (a, b) = (as_f64(&got), as_f64(want));
+        let (a, b) = (as_f64(got), as_f64(want));
         let max = a
             .iter()
             .zip(&b)
