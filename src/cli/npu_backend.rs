@@ -30,11 +30,21 @@ pub fn prepare(
     m4c_npu::config::MachineConfig::load(config)?;
     eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
     let cal = m4c_npu_codegen::calibrate::calibrate(graph, &[inputs.to_vec()])?;
+    compile_and_load(graph, &cal, target)
+}
+
+/// Compiles `graph`, calibrated as `cal`, for `target` and loads it on the
+/// simulated NPU (one calibration serves many machines: `npu explore`).
+pub fn compile_and_load(
+    graph: &Graph,
+    cal: &m4c_npu_codegen::calibrate::Calibration,
+    target: Option<String>,
+) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let request = CompileRequest {
         target,
         ..Default::default()
     };
-    let artifact = m4c_npu_codegen::compile_calibrated(graph, &cal, &request)?;
+    let artifact = m4c_npu_codegen::compile_calibrated(graph, cal, &request)?;
     let entry = CodeEntry {
         cpu: String::new(),
         section: format!("{}.{}", graph.name, artifact.target),
