@@ -2,10 +2,13 @@
 //! module's plan (`m4c_npu::module::ModulePlan`, JSON) lists its parts in
 //! execution order; NPU parts run their layers' programs on the
 //! bit-exact cycle simulator (float values are quantised on entry and
-//! dequantised on exit, counted as boundary cost), CPU-fallback parts run
-//! their IR on the reference interpreter (compiled CPU fallback is a later
-//! step). Sections: `code` = the packed programs, `code-plan` = the plan,
-//! `code-weights` = the fallback parts' constants ([`encode_constants`]).
+//! dequantised on exit, counted as boundary cost); CPU-fallback parts run
+//! the CPU backend's compiled code for them through the CPU device
+//! ([`CompiledModule`]), or their IR on the reference interpreter where the
+//! CPU backend did not compile them or its code cannot load here (each
+//! part's engine and the reason are in [`RunFigures::parts`]). Sections:
+//! `code` = the packed programs, `code-plan` = the plan, `code-weights` =
+//! the fallback parts' constants ([`encode_constants`]) and CPU code.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,14 +16,18 @@ use std::time::Instant;
 
 use m4c_ir::{DType, Graph, Tensor};
 use m4c_npu::config::MachineConfig;
-use m4c_npu::module::{unpack_programs, Boundary, ModulePart, ModulePlan};
+use m4c_npu::module::{unpack_programs, Boundary, CpuCode, ModulePart, ModulePlan};
 use m4c_npu::program::Program;
 use m4c_npu::sim::SimOptions;
-use m4c_ops::{run_graph, Value};
+use m4c_ops::Value;
 
+use super::compiled::CpuDevice;
 use super::device::Device;
-use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, Signature};
-use crate::bundle::format::SectionKind;
+use super::{
+    check_inputs, ArenaPlan, CodeLoadError, CompiledModule, ExecError, Interpreter, ModuleExecutor,
+    Signature,
+};
+use crate::bundle::format::{CodeEntry, SectionKind};
 use crate::bundle::ModuleCode;
 
 /// The NPU backend's [`Device`]: targets are machine configurations
@@ -50,11 +57,42 @@ pub struct LayerFigures {
     pub energy_pj: f64,
 }
 
+/// What ran one part of a module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartEngine {
+    /// The simulated NPU.
+    Npu,
+    /// The CPU backend's compiled code.
+    CompiledCpu,
+    /// The reference interpreter.
+    Interpreter,
+}
+
+/// One part's figures from a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartFigures {
+    /// Index in the plan.
+    pub part: usize,
+    /// What ran it.
+    pub engine: PartEngine,
+    /// Simulated cycles (NPU parts).
+    pub cycles: u64,
+    /// Host wall time, seconds (fallback parts: the median of the timed
+    /// runs).
+    pub seconds: f64,
+    /// Why a fallback part ran on the interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 /// What one run of a module measured.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RunFigures {
     /// Every NPU layer, in execution order.
     pub layers: Vec<LayerFigures>,
+    /// Every part, in execution order.
+    pub parts: Vec<PartFigures>,
     /// Values quantised into or dequantised out of NPU parts.
     pub boundary_values: usize,
     /// Bytes of those conversions (int8 side).
@@ -62,11 +100,13 @@ pub struct RunFigures {
     /// Estimated cycles of the conversions: one vector-unit pass and one
     /// DMA transfer per byte at the config's rates (not simulated).
     pub boundary_cycles: u64,
-    /// Host wall time of the CPU-fallback parts (the reference
-    /// interpreter), seconds.
+    /// Host wall time of the CPU-fallback parts (each the median of its
+    /// timed runs), seconds.
     pub fallback_seconds: f64,
     /// Fallback parts run.
     pub fallback_parts: usize,
+    /// Of those, the ones run by compiled CPU code.
+    pub fallback_compiled: usize,
 }
 
 fn section<'a>(code: &'a ModuleCode, kind: SectionKind, what: &str) -> Result<&'a [u8], String> {
@@ -74,37 +114,97 @@ fn section<'a>(code: &'a ModuleCode, kind: SectionKind, what: &str) -> Result<&'
         .ok_or_else(|| format!("no {what} section"))
 }
 
-/// The plan of `code` (JSON), its programs and its fallback constants.
+/// A fallback part, decoded and checked: its IR and, if compiled, the CPU
+/// backend's code for it (checked against that IR by the CPU device).
+struct FallbackCode {
+    graph: Graph,
+    cpu: Option<ModuleCode>,
+    not_compiled: Option<String>,
+}
+
+/// The plan of `code` (JSON), its programs and its fallback parts.
 fn parse(code: &ModuleCode) -> Result<NpuModuleCode, String> {
     let plan: ModulePlan =
         serde_json::from_slice(section(code, SectionKind::CodePlan, "code-plan")?)
             .map_err(|e| format!("code-plan: {e}"))?;
     let programs = unpack_programs(section(code, SectionKind::Code, "code")?)?;
-    plan.check(programs.len())?;
-    for part in &plan.parts {
-        if let ModulePart::Npu { plan, .. } = part {
-            let bytes = plan
-                .tensors
-                .iter()
-                .try_fold(0usize, |sum, t| sum.checked_add(t.bytes));
-            if bytes.is_none_or(|b| b > m4c_ops::budget::max_memory()) {
-                return Err("an NPU part's tensors exceed the memory budget".into());
+    let store = section(code, SectionKind::CodeWeights, "code-weights")?;
+    plan.check(programs.len(), store)?;
+    let mut fallbacks = vec![];
+    for (k, part) in plan.parts.iter().enumerate() {
+        fallbacks.push(match part {
+            ModulePart::Npu { plan, .. } => {
+                let bytes = plan
+                    .tensors
+                    .iter()
+                    .try_fold(0usize, |sum, t| sum.checked_add(t.bytes));
+                if bytes.is_none_or(|b| b > m4c_ops::budget::max_memory()) {
+                    return Err("an NPU part's tensors exceed the memory budget".into());
+                }
+                None
             }
-        }
+            ModulePart::Fallback {
+                ir,
+                constants,
+                cpu,
+                not_compiled,
+                ..
+            } => {
+                let fail = |e: String| format!("fallback part {k}: {e}");
+                let constants = decode_constants(constants.of(store)?).map_err(fail)?;
+                let graph = m4c_ir::text::parse(ir, &constants).map_err(|e| fail(e.to_string()))?;
+                let cpu = match cpu {
+                    Some(c) => Some(cpu_code(code, k, c, store, &graph).map_err(fail)?),
+                    None => None,
+                };
+                Some(FallbackCode {
+                    graph,
+                    cpu,
+                    not_compiled: not_compiled.clone(),
+                })
+            }
+        });
     }
-    let constants = decode_constants(section(code, SectionKind::CodeWeights, "code-weights")?)?;
     Ok(NpuModuleCode {
         plan,
         programs,
-        constants,
+        fallbacks,
     })
+}
+
+/// The CPU code of fallback part `k` as the CPU device loads it, its
+/// library checksum and its plan checked against the part's `graph`.
+fn cpu_code(
+    code: &ModuleCode,
+    k: usize,
+    c: &CpuCode,
+    store: &[u8],
+    graph: &Graph,
+) -> Result<ModuleCode, String> {
+    let library = c.library.of(store)?;
+    if blake3::hash(library).to_hex().as_str() != c.library_blake3 {
+        return Err("the CPU library's bytes do not match their checksum".into());
+    }
+    let entry = CodeEntry {
+        cpu: c.tuning.clone(),
+        section: format!("{}.fallback{k}", code.entry().section),
+        target: c.target.clone(),
+    };
+    let files = [
+        (SectionKind::Code, library),
+        (SectionKind::CodePlan, c.plan.of(store)?),
+        (SectionKind::CodeWeights, c.weights.of(store)?),
+    ];
+    let cpu = ModuleCode::from_memory(CpuDevice.name(), entry, &files)?;
+    CpuDevice.check(&cpu, graph)?;
+    Ok(cpu)
 }
 
 /// A module's NPU code, decoded and checked.
 pub struct NpuModuleCode {
     plan: ModulePlan,
     programs: Vec<Program>,
-    constants: HashMap<String, Tensor>,
+    fallbacks: Vec<Option<FallbackCode>>,
 }
 
 impl Device for NpuDevice {
@@ -127,11 +227,11 @@ impl Device for NpuDevice {
         name: &str,
         code: &ModuleCode,
         signature: Signature,
-        _threads: usize,
+        threads: usize,
     ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
         let section = code.entry().section.clone();
         let code = parse(code).map_err(|msg| CodeLoadError::Load { section, msg })?;
-        Ok(Arc::new(NpuModule::new(name, code, signature)))
+        Ok(Arc::new(NpuModule::new(name, code, signature, threads)))
     }
 }
 
@@ -140,20 +240,25 @@ pub struct NpuModule {
     name: String,
     signature: Signature,
     code: NpuModuleCode,
-    fallbacks: Vec<Option<Graph>>,
+    fallbacks: Vec<Option<Fallback>>,
+}
+
+/// A fallback part ready to run: compiled CPU code, or the interpreter
+/// and why.
+struct Fallback {
+    executor: Arc<dyn ModuleExecutor>,
+    note: Option<String>,
 }
 
 impl NpuModule {
-    /// Loads decoded code; fallback parts' IR is parsed once here.
-    fn new(name: &str, code: NpuModuleCode, signature: Signature) -> NpuModule {
-        let fallbacks = code
-            .plan
-            .parts
-            .iter()
-            .map(|p| match p {
-                ModulePart::Fallback { ir, .. } => m4c_ir::text::parse(ir, &code.constants).ok(),
-                ModulePart::Npu { .. } => None,
-            })
+    /// Loads decoded code: each compiled fallback part through the CPU
+    /// device (on `threads` threads); a part without code, or whose code
+    /// does not load on this host, on the interpreter (with the reason).
+    fn new(name: &str, mut code: NpuModuleCode, signature: Signature, threads: usize) -> NpuModule {
+        let fallbacks = std::mem::take(&mut code.fallbacks)
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| f.map(|f| Self::fallback(name, k, f, threads)))
             .collect();
         NpuModule {
             name: name.to_string(),
@@ -163,14 +268,38 @@ impl NpuModule {
         }
     }
 
+    /// The engine of fallback part `k`.
+    fn fallback(name: &str, k: usize, f: FallbackCode, threads: usize) -> Fallback {
+        let part = format!("{name}/fallback{k}");
+        let signature = Signature::of(&f.graph);
+        let note = match f.cpu {
+            Some(code) => match CompiledModule::load(&part, &code, signature, threads) {
+                Ok(module) => {
+                    return Fallback {
+                        executor: Arc::new(module),
+                        note: None,
+                    }
+                }
+                Err(e) => format!("its CPU code did not load: {e}"),
+            },
+            None => f.not_compiled.unwrap_or_else(|| "no CPU code".into()),
+        };
+        Fallback {
+            executor: Arc::new(Interpreter::new(&part, f.graph)),
+            note: Some(note),
+        }
+    }
+
     /// Loads a module from its sections in memory (what `m4c bench` uses
-    /// to get per-layer figures).
+    /// to get per-layer figures); compiled fallback code runs on
+    /// `threads` threads.
     pub fn from_sections(
         name: &str,
         code: &ModuleCode,
         signature: Signature,
+        threads: usize,
     ) -> Result<NpuModule, String> {
-        Ok(NpuModule::new(name, parse(code)?, signature))
+        Ok(NpuModule::new(name, parse(code)?, signature, threads))
     }
 
     /// The machine it simulates.
@@ -183,8 +312,27 @@ impl NpuModule {
         &self.code.plan
     }
 
-    /// Runs the module and reports what the simulator measured.
-    pub fn run_measured(&self, inputs: &[Value]) -> Result<(Vec<Value>, RunFigures), ExecError> {
+    /// What runs each part, with the reason for a fallback part on the
+    /// interpreter (as loaded, before any run).
+    pub fn engines(&self) -> Vec<(PartEngine, Option<&str>)> {
+        self.fallbacks
+            .iter()
+            .map(|f| match f {
+                None => (PartEngine::Npu, None),
+                Some(Fallback { note: None, .. }) => (PartEngine::CompiledCpu, None),
+                Some(Fallback { note: Some(n), .. }) => (PartEngine::Interpreter, Some(n.as_str())),
+            })
+            .collect()
+    }
+
+    /// Runs the module and reports what the simulator measured; each
+    /// fallback part runs `reps` times (at least once) on the same inputs
+    /// and its time is the median.
+    pub fn run_measured(
+        &self,
+        inputs: &[Value],
+        reps: usize,
+    ) -> Result<(Vec<Value>, RunFigures), ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
         let fail = |msg: String| ExecError::Run {
             module: self.name.clone(),
@@ -197,76 +345,22 @@ impl NpuModule {
             .map(|(n, _)| n.clone())
             .zip(inputs.iter().cloned())
             .collect();
-        let config = &self.code.plan.config;
         let mut figures = RunFigures::default();
         for (index, part) in self.code.plan.parts.iter().enumerate() {
-            match part {
-                ModulePart::Npu {
-                    plan,
-                    first_program,
-                    inputs,
-                    outputs,
-                } => {
-                    let mut tensors: Vec<Vec<i8>> =
-                        plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
-                    for b in inputs {
-                        let v = env.get(&b.value).ok_or_else(|| {
-                            fail(format!("NPU part {index}: `{}` missing", b.value))
-                        })?;
-                        tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
-                            .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
-                        count_boundary(&mut figures, config, b);
-                    }
-                    let programs = &self.code.programs[*first_program..];
-                    for (l, layer) in plan.layers.iter().enumerate() {
-                        let run = plan
-                            .run_layer(l, programs, &mut tensors, config, SimOptions::default())
-                            .map_err(&fail)?;
-                        let s = &run.stats;
-                        figures.layers.push(LayerFigures {
-                            name: layer.name.clone(),
-                            kernel: layer.kernel.clone(),
-                            part: index,
-                            cycles: s.cycles,
-                            macs: s.macs,
-                            utilization: s.utilization,
-                            sram_bytes: run.sram_bytes,
-                            dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
-                            energy_pj: s.energy_pj,
-                        });
-                    }
-                    for b in outputs {
-                        let t = &plan.tensors[b.tensor];
-                        let v = dequantize(&tensors[b.tensor], t, &b.shape)
-                            .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
-                        env.insert(b.value.clone(), v);
-                        count_boundary(&mut figures, config, b);
-                    }
-                }
-                ModulePart::Fallback { .. } => {
-                    let graph = self.fallbacks[index]
-                        .as_ref()
-                        .ok_or_else(|| fail(format!("fallback part {index}: IR does not parse")))?;
-                    let args = graph
-                        .inputs
-                        .iter()
-                        .map(|&i| {
-                            let n = &graph.value(i).name;
-                            env.get(n).cloned().ok_or_else(|| {
-                                fail(format!("fallback part {index}: `{n}` missing"))
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let started = Instant::now();
-                    let results = run_graph(graph, &args)
-                        .map_err(|e| fail(format!("fallback part {index}: {e}")))?;
-                    figures.fallback_seconds += started.elapsed().as_secs_f64();
+            let figure = match (part, &self.fallbacks[index]) {
+                (ModulePart::Npu { .. }, _) => self.run_npu(index, part, &mut env, &mut figures)?,
+                (ModulePart::Fallback { .. }, Some(f)) => {
+                    let figure = run_fallback(index, f, &mut env, reps).map_err(&fail)?;
+                    figures.fallback_seconds += figure.seconds;
                     figures.fallback_parts += 1;
-                    for (&o, v) in graph.outputs.iter().zip(results) {
-                        env.insert(graph.value(o).name.clone(), v);
-                    }
+                    figures.fallback_compiled += usize::from(figure.note.is_none());
+                    figure
                 }
-            }
+                (ModulePart::Fallback { .. }, None) => {
+                    return Err(fail(format!("fallback part {index} was not loaded")))
+                }
+            };
+            figures.parts.push(figure);
         }
         let outputs = self
             .signature
@@ -279,6 +373,118 @@ impl NpuModule {
             .collect::<Result<Vec<_>, _>>()?;
         Ok((outputs, figures))
     }
+
+    /// Runs NPU part `index` on the simulator.
+    fn run_npu(
+        &self,
+        index: usize,
+        part: &ModulePart,
+        env: &mut HashMap<String, Value>,
+        figures: &mut RunFigures,
+    ) -> Result<PartFigures, ExecError> {
+        let fail = |msg: String| ExecError::Run {
+            module: self.name.clone(),
+            msg,
+        };
+        let ModulePart::Npu {
+            plan,
+            first_program,
+            inputs,
+            outputs,
+        } = part
+        else {
+            return Err(fail(format!("part {index} is not an NPU part")));
+        };
+        let config = &self.code.plan.config;
+        let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
+        for b in inputs {
+            let v = env
+                .get(&b.value)
+                .ok_or_else(|| fail(format!("NPU part {index}: `{}` missing", b.value)))?;
+            tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
+                .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+            count_boundary(figures, config, b);
+        }
+        let programs = &self.code.programs[*first_program..];
+        let mut cycles = 0;
+        for (l, layer) in plan.layers.iter().enumerate() {
+            let run = plan
+                .run_layer(l, programs, &mut tensors, config, SimOptions::default())
+                .map_err(&fail)?;
+            let s = &run.stats;
+            cycles += s.cycles;
+            figures.layers.push(LayerFigures {
+                name: layer.name.clone(),
+                kernel: layer.kernel.clone(),
+                part: index,
+                cycles: s.cycles,
+                macs: s.macs,
+                utilization: s.utilization,
+                sram_bytes: run.sram_bytes,
+                dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+                energy_pj: s.energy_pj,
+            });
+        }
+        for b in outputs {
+            let t = &plan.tensors[b.tensor];
+            let v = dequantize(&tensors[b.tensor], t, &b.shape)
+                .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+            env.insert(b.value.clone(), v);
+            count_boundary(figures, config, b);
+        }
+        Ok(PartFigures {
+            part: index,
+            engine: PartEngine::Npu,
+            cycles,
+            seconds: 0.0,
+            note: None,
+        })
+    }
+}
+
+/// Runs fallback part `index` `reps` times (at least once) on its inputs
+/// from `env` and puts its outputs there; its time is the median.
+fn run_fallback(
+    index: usize,
+    f: &Fallback,
+    env: &mut HashMap<String, Value>,
+    reps: usize,
+) -> Result<PartFigures, String> {
+    let sig = f.executor.signature();
+    let args = sig
+        .inputs
+        .iter()
+        .map(|(n, _)| {
+            env.get(n)
+                .cloned()
+                .ok_or_else(|| format!("fallback part {index}: `{n}` missing"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut times = vec![];
+    let mut results = vec![];
+    for _ in 0..reps.max(1) {
+        let started = Instant::now();
+        results = f
+            .executor
+            .run(&args)
+            .map_err(|e| format!("fallback part {index}: {e}"))?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    for ((name, _), v) in sig.outputs.iter().zip(results) {
+        env.insert(name.clone(), v);
+    }
+    Ok(PartFigures {
+        part: index,
+        engine: if f.note.is_none() {
+            PartEngine::CompiledCpu
+        } else {
+            PartEngine::Interpreter
+        },
+        cycles: 0,
+        seconds: times[times.len() / 2],
+        note: f.note.clone(),
+    })
 }
 
 fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) {
@@ -338,11 +544,11 @@ impl ModuleExecutor for NpuModule {
     }
 
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
-        self.run_measured(inputs).map(|(outputs, _)| outputs)
+        self.run_measured(inputs, 1).map(|(outputs, _)| outputs)
     }
 }
 
-/// Encodes named constants (the fallback parts' weights): per constant
+/// Encodes named constants (a fallback part's weights): per constant
 /// its name, element type, shape and bytes, lengths as little-endian
 /// `u64`.
 pub fn encode_constants(constants: &[(String, &Tensor)]) -> Result<Vec<u8>, String> {
@@ -435,7 +641,7 @@ mod tests {
                 outputs: vec![],
             }],
         };
-        assert!(plan.check(1).unwrap_err().contains("first program 3"));
+        assert!(plan.check(1, &[]).unwrap_err().contains("first program 3"));
         let quant = m4c_npu::module::TensorSpec {
             name: "x".into(),
             bytes: 3,
