@@ -417,7 +417,7 @@ fn time_runs(min_runs: usize, mut once: impl FnMut() -> Result<(), String>) -> C
 
 /// Deterministic inputs for these input types: floats in [-1, 1),
 /// integers 0 (valid as indices), bools false.
-fn synthetic_inputs(inputs: &[(String, TensorType)]) -> CliResult<Vec<Value>> {
+pub(super) fn synthetic_inputs(inputs: &[(String, TensorType)]) -> CliResult<Vec<Value>> {
     inputs
         .iter()
         .map(|(name, ty)| {
