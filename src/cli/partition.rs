@@ -81,7 +81,9 @@ pub fn run(args: PartitionArgs) -> CliResult<i32> {
         let row = (|| -> CliResult<PartitionReport> {
             let (graph, feeds, inputs) = load(&args, path, &cost)?;
             match &npu {
-                Some((spec, _)) => npu_row(&args, &name, support.name(), spec, graph, &feeds, inputs),
+                Some((spec, _)) => {
+                    npu_row(&args, &name, support.name(), spec, graph, &feeds, inputs)
+                }
                 None => Ok(PartitionReport::of(&name, &graph, support.as_ref())),
             }
         })();
@@ -171,7 +173,8 @@ fn load(
             (graph, given, name.into_owned())
         }
         None => {
-            let feeds = super::bench::synthetic_inputs(&m4c_runtime::exec::Signature::of(&graph).inputs)?;
+            let feeds =
+                super::bench::synthetic_inputs(&m4c_runtime::exec::Signature::of(&graph).inputs)?;
             (graph, feeds, "synthetic".into())
         }
     })
@@ -284,7 +287,11 @@ fn strict_refusal(reports: &[PartitionReport]) -> Option<String> {
         partial[0].target
     );
     for r in partial {
-        s += &format!("\n  {} ({} node(s)):", r.model, r.ops - r.ops_on_accelerator);
+        s += &format!(
+            "\n  {} ({} node(s)):",
+            r.model,
+            r.ops - r.ops_on_accelerator
+        );
         for n in &r.fallback {
             s += &format!("\n    {n}");
         }

@@ -403,6 +403,12 @@ mod tests {
         assert!(rows[1].contains("2.00×"), "{table}");
         assert!(rows[2].contains("Fails-to-convert") && rows[2].contains("a \\| b"));
         let csv = csv(&[ok, bad]);
-        assert!(csv.lines().nth(2).unwrap().ends_with("\"a | b, \"\"c\"\"\""), "{csv}");
+        assert!(
+            csv.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("\"a | b, \"\"c\"\"\""),
+            "{csv}"
+        );
     }
 }
