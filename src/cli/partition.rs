@@ -3,7 +3,8 @@
 //! For `--target npu[:CONFIG]` the split is the NPU code generator's own,
 //! after the optimiser: each model is calibrated, compiled (fallback parts
 //! by the CPU backend) and run once on the simulator; the CPU-only time is
-//! the whole model compiled by the CPU backend and run on the same inputs.
+//! the whole model, optimised for the CPU, compiled by the CPU backend and
+//! run on the same inputs.
 //! A model that does not load, lower or compile is a row with its reason.
 
 use std::path::{Path, PathBuf};
@@ -78,15 +79,13 @@ pub fn run(args: PartitionArgs) -> CliResult<i32> {
             || path.display().to_string(),
             |s| s.to_string_lossy().into_owned(),
         );
-        let row = (|| -> CliResult<PartitionReport> {
-            let (graph, feeds, inputs) = load(&args, path, &cost)?;
-            match &npu {
-                Some((spec, _)) => {
-                    npu_row(&args, &name, support.name(), spec, graph, &feeds, inputs)
-                }
-                None => Ok(PartitionReport::of(&name, &graph, support.as_ref())),
-            }
-        })();
+        let row = match &npu {
+            Some((spec, _)) => npu_row(&args, path, &name, support.name(), spec, &cost),
+            None => load(&args, path).and_then(|(model, lowered, ..)| {
+                let graph = args.opt.apply(&model, lowered, &cost, false)?;
+                Ok(PartitionReport::of(&name, &graph, support.as_ref()))
+            }),
+        };
         reports.push(row.unwrap_or_else(|e| {
             let reason = e.to_string().replace('\n', " ");
             PartitionReport::failed(&name, support.name(), reason)
@@ -139,20 +138,16 @@ fn npu_header(c: &MachineConfig, runs: usize) -> String {
     format!(
         "Target: npu:{} ({}x{} MAC array, {} vector lanes, {} MHz). Split: the NPU code \
          generator's, after the optimiser. Accel time: simulated cycles at the clock; boundary: \
-         quantise/dequantise estimated at the config's rates; CPU fallback and CPU-only: host \
-         wall time of the CPU backend's compiled code, median of {runs} runs, on \
-         MODEL.inputs.npz or synthetic inputs.",
+         quantise/dequantise estimated at the config's rates; CPU fallback and CPU-only (the \
+         model optimised for the CPU): host wall time of the CPU backend's compiled code, \
+         median of {runs} runs, on MODEL.inputs.npz or synthetic inputs.",
         c.name, c.array_rows, c.array_cols, c.vector_lanes, c.clock_mhz
     )
 }
 
-/// Loads, lowers and optimises `path`, with its inputs (`MODEL.inputs.npz`
-/// beside it, else synthetic) and where they came from.
-fn load(
-    args: &PartitionArgs,
-    path: &Path,
-    cost: &m4c_compiler::opt::Roofline,
-) -> CliResult<(Graph, Vec<Value>, String)> {
+/// Loads and lowers `path`, with its inputs (`MODEL.inputs.npz` beside
+/// it, else synthetic) and where they came from.
+fn load(args: &PartitionArgs, path: &Path) -> CliResult<(Model, Graph, Vec<Value>, String)> {
     let model = Model::open(path)?;
     let mut opts = args.dims.options(&model, Some(1))?;
     let file = inputs_file(path);
@@ -166,16 +161,16 @@ fn load(
             given.push(v.clone());
         }
     }
-    let graph = args.opt.apply(&model, model.lower(&opts)?, cost, false)?;
+    let graph = model.lower(&opts)?;
     Ok(match file {
         Some(file) => {
             let name = file.file_name().unwrap_or_default().to_string_lossy();
-            (graph, given, name.into_owned())
+            (model, graph, given, name.into_owned())
         }
         None => {
-            let feeds =
-                super::bench::synthetic_inputs(&m4c_runtime::exec::Signature::of(&graph).inputs)?;
-            (graph, feeds, "synthetic".into())
+            let signature = m4c_runtime::exec::Signature::of(&graph);
+            let feeds = super::bench::synthetic_inputs(&signature.inputs)?;
+            (model, graph, feeds, "synthetic".into())
         }
     })
 }
@@ -187,24 +182,27 @@ fn inputs_file(model: &Path) -> Option<PathBuf> {
     file.is_file().then_some(file)
 }
 
-/// The row of one model on the NPU: compiled, run once on the
-/// simulator (fallback parts timed), and the CPU-only baseline measured.
+/// The row of model `path` on the NPU (`spec`; `cost`: its roofline):
+/// optimised for it, compiled, run once on the simulator with the
+/// fallback parts timed; and the CPU-only time of the model optimised for
+/// the CPU.
 fn npu_row(
     args: &PartitionArgs,
+    path: &Path,
     name: &str,
     target: &str,
     spec: &Option<String>,
-    graph: Graph,
-    feeds: &[Value],
-    inputs: String,
+    cost: &m4c_compiler::opt::Roofline,
 ) -> CliResult<PartitionReport> {
+    let (model, lowered, feeds, inputs) = load(args, path)?;
+    let graph = args.opt.apply(&model, lowered.clone(), cost, false)?;
     let request = NpuRequest {
         target: spec.clone(),
         threads: 1,
         strict: false,
     };
-    let (module, artifact) = super::npu_backend::compile(&graph, feeds, &request)?;
-    let (_, figures) = module.run_measured(feeds, args.runs)?;
+    let (module, artifact) = super::npu_backend::compile(&graph, &feeds, &request)?;
+    let (_, figures) = module.run_measured(&feeds, args.runs)?;
     let fallback: Vec<Refusal> = artifact.stats["fallback"]
         .as_array()
         .into_iter()
@@ -228,10 +226,15 @@ fn npu_row(
     let mut report =
         PartitionReport::placed(name, target, &graph, &on_npu, npu_parts, fallback_parts);
     report.fallback = fallback;
+    let cpu = m4c_backends::npu_fallback();
+    let cpu_only = args
+        .opt
+        .apply(&model, lowered, &cpu.cost_model(), false)
+        .map_err(|e| e.to_string())
+        .and_then(|g| cpu_only_ms(name, g, &feeds, args.runs));
     let c = module.config();
     let ms = |cycles: u64| cycles as f64 / (c.clock_mhz * 1e3);
     let cycles = figures.layers.iter().map(|l| l.cycles).sum();
-    let cpu_only = cpu_only_ms(name, graph, feeds, args.runs);
     report.time = Some(Times {
         accelerator_cycles: cycles,
         accelerator_ms: ms(cycles),
@@ -246,8 +249,9 @@ fn npu_row(
     Ok(report)
 }
 
-/// The median host time of `graph` compiled whole by the CPU backend, ms
-/// (after one warm-up run), or why there is none.
+/// The median host time of `graph` (optimised for the CPU) compiled
+/// whole by the CPU backend, ms (after one warm-up run), or why there is
+/// none.
 fn cpu_only_ms(name: &str, graph: Graph, feeds: &[Value], runs: usize) -> Result<f64, String> {
     let cpu = m4c_backends::npu_fallback();
     let request = CompileRequest {
