@@ -5,7 +5,7 @@
 //! (`m4c_npu::module::ModulePlan`, JSON) and `code-weights` (the fallback
 //! parts' constants and compiled CPU code).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use m4c_compiler::backend::{
@@ -115,12 +115,15 @@ pub fn compile_calibrated(
     let started = Instant::now();
     // Nodes whose layer could not be generated (a shape or scale outside
     // a generator's range) fall back too; the split is redone without them.
-    let mut failed: HashSet<ValueId> = HashSet::new();
+    let mut failed: HashMap<ValueId, String> = HashMap::new();
     let mut notes = vec![];
     let (lowered, parts) = loop {
         match lower_parts(graph, cal, &config, &failed) {
             Ok(done) => break done,
-            Err((Some(node), msg)) if failed.insert(graph.nodes[node].output) => notes.push(msg),
+            Err((Some(node), msg)) if !failed.contains_key(&graph.nodes[node].output) => {
+                failed.insert(graph.nodes[node].output, msg.clone());
+                notes.push(msg);
+            }
             Err((_, msg)) => return Err(fail(msg)),
         }
     };
@@ -188,10 +191,10 @@ fn lower_parts(
     graph: &Graph,
     cal: &Calibration,
     config: &MachineConfig,
-    failed: &HashSet<ValueId>,
+    failed: &HashMap<ValueId, String>,
 ) -> Result<Split, (Option<usize>, String)> {
     let parts = split::split(graph, &|g, n| {
-        !failed.contains(&n.output) && constraints::refuse(g, n).is_none()
+        !failed.contains_key(&n.output) && constraints::refuse(g, n).is_none()
     });
     let owner = owners(graph, &parts);
     let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();

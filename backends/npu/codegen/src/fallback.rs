@@ -7,7 +7,7 @@
 //! part the generator refuses or fails on keeps only its IR, which the
 //! runtime runs on the reference interpreter, with the reason recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use m4c_compiler::backend::{refusals, CodeGenerator, CompileRequest, Refusal};
 use m4c_ir::{Graph, Tensor, ValueDef, ValueId};
@@ -53,12 +53,13 @@ pub struct Built {
 
 /// Builds the fallback part of `nodes` of `g` (`exported`: values read
 /// outside the part or graph outputs; `failed`: nodes whose NPU layer
-/// could not be generated) and compiles it with `generator` if given.
+/// could not be generated, with the generator's message) and compiles it
+/// with `generator` if given.
 pub fn build(
     g: &Graph,
     nodes: &[usize],
     exported: &dyn Fn(ValueId) -> bool,
-    failed: &HashSet<ValueId>,
+    failed: &HashMap<ValueId, String>,
     generator: Option<&dyn CodeGenerator>,
     request: &CompileRequest,
     store: &mut Store,
@@ -68,13 +69,11 @@ pub fn build(
         .iter()
         .map(|&i| {
             let node = &g.nodes[i];
-            let reason = constraints::refuse(g, node).unwrap_or_else(|| {
-                if failed.contains(&node.output) {
-                    "layer: no NPU layer could be generated".into()
-                } else {
-                    "grouped with the fallback".into()
-                }
-            });
+            let reason =
+                constraints::refuse(g, node).unwrap_or_else(|| match failed.get(&node.output) {
+                    Some(msg) => format!("layer: {msg}"),
+                    None => "grouped with the fallback".into(),
+                });
             Refusal {
                 node: i,
                 value: g.value(node.output).name.clone(),
