@@ -281,9 +281,14 @@ fn prepare(path: &Path) -> CliResult<Prepared> {
 
 /// Compiles the prepared model for the machine in `config` and simulates it.
 fn simulate(p: &Prepared, config: &str) -> CliResult<Measured> {
+    let request = crate::cli::npu_backend::NpuRequest {
+        target: Some(config.into()),
+        threads: 1,
+        strict: false,
+    };
     let (module, artifact) =
-        crate::cli::npu_backend::compile_and_load(&p.graph, &p.calibration, Some(config.into()))?;
-    let (_, figures) = module.run_measured(&p.feeds)?;
+        crate::cli::npu_backend::compile_calibrated(&p.graph, &p.calibration, &request)?;
+    let (_, figures) = module.run_measured(&p.feeds, 1)?;
     let r = crate::cli::npu_backend::report(&module, &artifact, figures);
     Ok(Measured {
         cycles: r.cycles,
