@@ -2,9 +2,11 @@
 //! calibration inputs, observed by running the reference interpreter
 //! (`m4c_ops`), node by node. The NPU's activations are symmetric int8
 //! per tensor: `scale = max|x| / 127`, zero point 0 — except values that
-//! were ever infinite (additive attention masks): their finite range ends
-//! at 127 and -128 stands for -inf, at least [`MASK_GAP`] below the
-//! largest finite value (so that softmax gives masked entries ~e^-12).
+//! were ever infinite or beyond [`MASK_MAGNITUDE`] (additive attention
+//! masks, written with `-inf` or with `finfo(float32).min` as exporters
+//! do): their ordinary range ends at 127 and -128 stands for the mask, at
+//! least [`MASK_GAP`] below the largest ordinary value (so that softmax
+//! gives masked entries ~e^-12).
 
 use std::collections::HashMap;
 
@@ -17,14 +19,18 @@ use m4c_npu::kernels::Quant;
 /// value lies (natural-log units for a softmax).
 pub const MASK_GAP: f64 = 12.0;
 
+/// Magnitudes at or beyond this are mask sentinels (`finfo(float32).min`
+/// ≈ -3.4e38, and sums of it), not activations: calibrated like ±inf.
+pub const MASK_MAGNITUDE: f32 = 1e30;
+
 /// The range one f32 value took over the samples.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Range {
-    /// Smallest finite element.
+    /// Smallest ordinary element (finite, below [`MASK_MAGNITUDE`]).
     pub min: f32,
-    /// Largest finite element.
+    /// Largest ordinary element.
     pub max: f32,
-    /// Whether any element was infinite or NaN.
+    /// Whether any element was infinite, NaN or a mask sentinel.
     pub nonfinite: bool,
 }
 
@@ -118,7 +124,7 @@ pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, Calib
                         nonfinite: false,
                     });
                 for &x in a {
-                    if x.is_finite() {
+                    if x.abs() < MASK_MAGNITUDE {
                         r.min = r.min.min(x);
                         r.max = r.max.max(x);
                     } else {
@@ -148,6 +154,18 @@ mod tests {
         assert!((cal.ranges["y"].max - 3f32.exp()).abs() < 1e-4);
         assert!((cal.quant("x").unwrap().scale - 3.0 / 127.0).abs() < 1e-9);
         assert!(calibrate(&g, &[vec![]]).is_err());
+    }
+
+    /// `finfo(float32).min` masks calibrate as -inf does.
+    #[test]
+    fn finfo_min_masks_are_sentinels() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[3]));
+        let y = g.add_node(Op::Exp, &[x], "y").unwrap();
+        g.outputs.push(y);
+        let s = vec![Value::F32(ndarray::arr1(&[0.5, f32::MIN, -1.0]).into_dyn())];
+        let r = calibrate(&g, &[s]).unwrap().ranges["x"];
+        assert_eq!((r.min, r.max, r.nonfinite), (-1.0, 0.5, true));
     }
 
     /// A masked value's -128 lies at least MASK_GAP below its maximum.
