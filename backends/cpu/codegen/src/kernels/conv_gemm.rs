@@ -450,10 +450,15 @@ pub(crate) struct Im2col {
 }
 
 impl Im2col {
-    /// The axes the parallel loop may fold: planes, then the taps.
+    /// The axes the parallel loop may fold: planes, then the taps (not
+    /// when a plane has fewer pixels than taps, so the extent never passes
+    /// the input's element count, which bundle checks bound it by).
     fn parallel_dims(&self) -> Vec<usize> {
         let mut dims = vec![self.planes];
-        dims.extend(&self.window.kernel);
+        let taps: usize = self.window.kernel.iter().product();
+        if taps <= self.window.input.iter().product() {
+            dims.extend(&self.window.kernel);
+        }
         dims
     }
 
@@ -546,6 +551,46 @@ mod tests {
         assert_eq!((t.rows, t.tiles, t.vectors), (8, 2, 3));
         let t = tiling("x86_64-avx512", 64, 3136, 64);
         assert_eq!((t.rows, t.last_rows, t.vectors), (13, 12, 2));
+    }
+
+    fn im2col(planes: usize, input: usize, output: usize, kernel: usize) -> Im2col {
+        Im2col {
+            planes,
+            window: Window {
+                input: vec![input; 2],
+                output: vec![output; 2],
+                kernel: vec![kernel; 2],
+                strides: vec![1; 2],
+                pads: vec![kernel / 2; 2],
+                dilations: vec![1; 2],
+            },
+        }
+    }
+
+    /// Few planes fold in their taps; the extent never passes the input's
+    /// elements (the bound bundle checks hold every kernel to).
+    #[test]
+    fn im2col_folds_taps_within_the_input() {
+        // An RGB stem: (plane, row-of-taps, tap) until ≥ 32 iterations.
+        assert_eq!(im2col(3, 30, 15, 7).extent(), 3 * 7 * 7);
+        assert_eq!(im2col(64, 56, 56, 3).extent(), 64);
+        // A 1×1 input under a 3×3 kernel: planes only.
+        assert_eq!(im2col(2, 1, 1, 3).extent(), 2);
+    }
+
+    /// On small maps the filter tiles form groups, so there are more
+    /// iterations than pixel panels; large maps keep one group.
+    #[test]
+    fn small_maps_group_filter_tiles() {
+        let t = tiling("x86_64-avx512", 512, 49, 512);
+        assert_eq!(t.panels, 2);
+        assert_eq!(t.groups, 8);
+        assert!(t.tiles / t.groups >= MIN_TILES_PER_GROUP);
+        let t = tiling("x86_64-avx512", 64, 3136, 64);
+        assert_eq!(t.groups, 1);
+        // Too few tiles to split: one group.
+        let t = tiling("x86_64-avx512", 20, 49, 64);
+        assert_eq!(t.groups, 1);
     }
 
     #[test]
