@@ -44,6 +44,14 @@ biases as exporters fold it; output the last feature map):
 * efficientnet_blocks: EfficientNet-B0's 16 MBConv blocks at 224x224
   (3x3 and 5x5 depthwise, SiLU as x*Sigmoid(x), squeeze-excite), final 1x1
   to 1280 channels.
+* squeezenet_blocks: SqueezeNet 1.1 at 224x224: 3x3/2 stem with 64
+  filters, ReLU, the 8 fire modules (1x1 squeeze, then 1x1 and 3x3 expand
+  concatenated on the channels, each with ReLU) with 3x3/2 MaxPools after
+  the stem and after fire modules 2 and 4 (ceil mode off, no padding),
+  final 1x1 to 1000 channels with ReLU, GlobalAveragePool.
+* depthwise_layer: one 3x3 depthwise convolution on a 1x96x112x112 input
+  (bias, ReLU6): a kernel so cheap that a call's fixed cost (copying
+  inputs and outputs) shows.
 * resnet50_blocks: the ResNet-50 body at 224x224: 7x7/2 stem, 3x3/2
   MaxPool, 16 bottlenecks (1x1, 3x3 (stride 2 at a stage's start), 1x1 x4,
   projection shortcut at each stage's start, ReLU after the residual add).
@@ -293,6 +301,41 @@ def efficientnet_blocks(seed: int = 0, layers: int = 16) -> tuple[onnx.ModelProt
     return _image_model(g, "efficientnet_blocks", x, 1280, hw, seed)
 
 
+def squeezenet_blocks(seed: int = 0, layers: int = 8) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+
+    def conv(x: str, c_in: int, c_out: int, k: int, stride: int = 1, pad: int = 0) -> str:
+        w = g.const("conv_w", (g.rng.standard_normal((c_out, c_in, k, k), dtype=np.float32)
+                               * np.sqrt(2.0 / (c_in * k * k))).astype(np.float32))
+        b = g.const("conv_b", (g.rng.standard_normal(c_out, dtype=np.float32) * 0.1).astype(np.float32))
+        return g.op("Relu", g.op("Conv", x, w, b, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4))
+
+    def pool(x: str) -> str:
+        return g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2])
+
+    x = pool(conv("pixel_values", 3, 64, 3, 2))
+    c = 64
+    fires = [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)][:layers]
+    for i, (squeeze, expand) in enumerate(fires):
+        s = conv(x, c, squeeze, 1)
+        x = g.op("Concat", conv(s, squeeze, expand, 1), conv(s, squeeze, expand, 3, pad=1), axis=1)
+        c = 2 * expand
+        if i in (1, 3):
+            x = pool(x)
+    x = g.op("GlobalAveragePool", conv(x, c, 1000, 1))
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, 224, 224])]
+    feeds = {"pixel_values": np.random.default_rng(seed + 1).standard_normal((1, 3, 224, 224), np.float32)}
+    return g.model("squeezenet_blocks", inputs, x, [1, 1000, 1, 1]), feeds
+
+
+def depthwise_layer(seed: int = 0, layers: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    g = Graph(seed)
+    x = _act(g, _conv(g, "x", 96, 96, 3, 1, group=96), "relu6")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 96, 112, 112])]
+    feeds = {"x": np.random.default_rng(seed + 1).standard_normal((1, 96, 112, 112), np.float32)}
+    return g.model("depthwise_layer", inputs, x, [1, 96, 112, 112]), feeds
+
+
 def resnet50_blocks(seed: int = 0, layers: int = 16) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     g = Graph(seed)
     x = _act(g, _conv(g, "pixel_values", 3, 64, 7, 2), "relu")
@@ -330,7 +373,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "mobilenet_v2_blocks": mobilenet_v2_blocks,
                 "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
-                "resnet50_blocks": resnet50_blocks}
+                "resnet50_blocks": resnet50_blocks, "squeezenet_blocks": squeezenet_blocks,
+                "depthwise_layer": depthwise_layer}
     for spec in sys.argv[2:] or builders:
         name, _, layers = spec.partition(":")
         if name not in builders or (layers and not layers.isdigit()):

@@ -6,14 +6,17 @@ run, and prints the m4c/peer latency ratios (below 1.0: m4c is faster).
         --m4c target/release/m4c --threads 1 [--json results.json]
     # before/after a change, interleaved with onnxruntime, 3 rounds:
     peers.py MODELS --m4c /tmp/m4c-before --m4c target/release/m4c --rounds 3
+    # 1 and 2 threads interleaved per model and round (2-thread speed-ups):
+    peers.py MODELS --m4c target/release/m4c --threads 1,2 --rounds 3
 
 For MODEL.onnx the inputs are MODEL.inputs.npz when it exists (the fixture
 convention), else deterministic random floats / zero integers. Each model is
 timed by `m4c bench MODEL --backend cpu --json` (median over >= --runs runs
 and 2 s) and by an onnxruntime session with the same thread count, all
 graph optimisations on, sequential execution, the same warm-up and stopping
-rule. Medians are reported; the machine may be shared, so compare ratios
-taken in the same run.
+rule. Medians are reported (and, with --min, the fastest run of each
+timing as well: on a shared machine the least disturbed figure); the machine
+may be shared, so compare ratios taken in the same run.
 """
 
 from __future__ import annotations
@@ -79,10 +82,13 @@ def time_session(session: ort.InferenceSession, feeds: dict, runs: int) -> list[
     return times
 
 
-def time_ort(model: str, threads: int, runs: int) -> tuple[float, str | None]:
+def time_ort(model: str, threads: int, runs: int) -> tuple[float, float, str | None]:
+    """Median and minimum milliseconds of an onnxruntime session, and the
+    inputs file used."""
     session = ort_session(model, threads)
     feeds, path = inputs_for(model, session)
-    return statistics.median(time_session(session, feeds, runs)), path
+    times = time_session(session, feeds, runs)
+    return statistics.median(times), min(times), path
 
 
 def time_m4c(m4c: str, model: str, threads: int, runs: int, inputs: str | None, extra: tuple[str, ...] = ()) -> dict:
@@ -103,59 +109,90 @@ def main() -> int:
     parser.add_argument("--m4c", action="append",
                         help="m4c binary (default target/release/m4c); repeat to time several builds, "
                              "e.g. before and after a change, interleaved in the same run")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1",
+                        help="thread count, or a comma-separated list timed one after the other "
+                             "for each model and round (e.g. 1,2)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the interleaved ORT/m4c timings this many times and quote the median "
                              "of each one's medians (for a shared, noisy machine)")
+    parser.add_argument("--min", action="store_true",
+                        help="also print the fastest run of all rounds (ORT and each build)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     binaries = args.m4c or ["target/release/m4c"]
+    thread_counts = [int(t) for t in args.threads.split(",")]
     rows = []
     head = "".join(f" {'m4c' + str(i) + ' ms':>10} {'ratio' + str(i):>7}" for i in range(len(binaries)))
-    print(f"{'model':<28} {'ORT ms':>10}{head} {'compile ms':>11}")
+    if args.min:
+        head += " " + " ".join(f"{'min' + str(i):>8}" for i in range(len(binaries))) + f" {'ORT min':>8}"
+    print(f"{'model':<28} {'thr':>3} {'ORT ms':>10}{head} {'compile ms':>11}")
     for model in args.models:
-        ort_times: list[float] = []
-        m4c_times: list[list[float]] = [[] for _ in binaries]
+        ort_times: dict[int, list[float]] = {t: [] for t in thread_counts}
+        ort_mins: dict[int, list[float]] = {t: [] for t in thread_counts}
+        m4c_times = {t: [[] for _ in binaries] for t in thread_counts}
+        m4c_mins = {t: [[] for _ in binaries] for t in thread_counts}
         compile_ms = 0.0
         failed = None
         for _ in range(args.rounds):
-            ort_ms, inputs = time_ort(model, args.threads, args.runs)
-            ort_times.append(ort_ms)
-            for i, binary in enumerate(binaries):
-                try:
-                    report = time_m4c(binary, model, args.threads, args.runs, inputs)
-                except RuntimeError as e:
-                    failed = str(e)[-300:]
+            for threads in thread_counts:
+                ort_ms, ort_min, inputs = time_ort(model, threads, args.runs)
+                ort_times[threads].append(ort_ms)
+                ort_mins[threads].append(ort_min)
+                for i, binary in enumerate(binaries):
+                    try:
+                        report = time_m4c(binary, model, threads, args.runs, inputs)
+                    except RuntimeError as e:
+                        failed = str(e)[-300:]
+                        break
+                    m4c_times[threads][i].append(report["median_ms"])
+                    m4c_mins[threads][i].append(report["min_ms"])
+                    compile_ms = report["compile_ms"]
+                if failed:
                     break
-                m4c_times[i].append(report["median_ms"])
-                compile_ms = report["compile_ms"]
             if failed:
                 break
-        ort_ms = statistics.median(ort_times)
         if failed:
-            print(f"{os.path.basename(model):<28} {ort_ms:>10.3f}  m4c failed: {failed}", flush=True)
+            print(f"{os.path.basename(model):<28}  m4c failed: {failed}", flush=True)
             continue
-        medians = [statistics.median(t) for t in m4c_times]
-        row = {
-            "model": os.path.basename(model),
-            "threads": args.threads,
-            "rounds": args.rounds,
-            "m4c_median_ms": medians[-1],
-            "ort_median_ms": ort_ms,
-            "ratio": medians[-1] / ort_ms,
-            "m4c_compile_ms": compile_ms,
-            "builds": [{"m4c": b, "median_ms": m, "ratio": m / ort_ms} for b, m in zip(binaries, medians)],
-        }
-        rows.append(row)
-        cells = "".join(f" {m:>10.3f} {m / ort_ms:>7.2f}" for m in medians)
-        print(f"{row['model']:<28} {ort_ms:>10.3f}{cells} {compile_ms:>11.0f}", flush=True)
+        for threads in thread_counts:
+            ort_ms = statistics.median(ort_times[threads])
+            medians = [statistics.median(t) for t in m4c_times[threads]]
+            mins = [min(t) for t in m4c_mins[threads]]
+            row = {
+                "model": os.path.basename(model),
+                "threads": threads,
+                "rounds": args.rounds,
+                "m4c_median_ms": medians[-1],
+                "ort_median_ms": ort_ms,
+                "ort_min_ms": min(ort_mins[threads]),
+                "ratio": medians[-1] / ort_ms,
+                "m4c_compile_ms": compile_ms,
+                "builds": [{"m4c": b, "median_ms": m, "min_ms": lo, "ratio": m / ort_ms}
+                           for b, m, lo in zip(binaries, medians, mins)],
+            }
+            rows.append(row)
+            cells = "".join(f" {m:>10.3f} {m / ort_ms:>7.2f}" for m in medians)
+            if args.min:
+                cells += " " + " ".join(f"{lo:>8.3f}" for lo in mins) + f" {row['ort_min_ms']:>8.3f}"
+            print(f"{row['model']:<28} {threads:>3} {ort_ms:>10.3f}{cells} {compile_ms:>11.0f}", flush=True)
     if not rows:
         return 1
-    for i, binary in enumerate(binaries):
-        ratios = [r["builds"][i]["ratio"] for r in rows]
-        print(f"geometric mean m4c/ORT ({binary}): {float(np.exp(np.mean(np.log(ratios)))):.2f} over {len(rows)} "
-              f"models (onnxruntime {ort.__version__}, {args.threads} thread(s))")
+    for threads in thread_counts:
+        for i, binary in enumerate(binaries):
+            ratios = [r["builds"][i]["ratio"] for r in rows if r["threads"] == threads]
+            if ratios:
+                print(f"geometric mean m4c/ORT ({binary}): {float(np.exp(np.mean(np.log(ratios)))):.2f} over "
+                      f"{len(ratios)} models (onnxruntime {ort.__version__}, {threads} thread(s))")
+    if len(thread_counts) > 1:
+        first, *others = thread_counts
+        for threads in others:
+            for r1 in (r for r in rows if r["threads"] == first):
+                r2 = next(r for r in rows if r["threads"] == threads and r["model"] == r1["model"])
+                ups = " ".join(f"m4c{i} {b1['median_ms'] / b2['median_ms']:.2f}x"
+                               for i, (b1, b2) in enumerate(zip(r1["builds"], r2["builds"])))
+                print(f"speed-up {first} -> {threads} threads, {r1['model']}: {ups} "
+                      f"ORT {r1['ort_median_ms'] / r2['ort_median_ms']:.2f}x (medians)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"onnxruntime": ort.__version__, "results": rows}, f, indent=1)

@@ -144,7 +144,7 @@ def main() -> int:
                         ("llama_decode_6l", ["", ".m4c_w4", ".ort_w4"])]:
         for form in forms:
             model = out / f"{stem}{form}.onnx"
-            ort_ms, inputs = peers.time_ort(str(model), a.threads, a.runs)
+            ort_ms, _, inputs = peers.time_ort(str(model), a.threads, a.runs)
             m4c_ms = peers.time_m4c(a.m4c, str(model), a.threads, a.runs, inputs)["median_ms"]
             row = {"model": model.name, "m4c_ms": m4c_ms, "ort_ms": ort_ms}
             if stem.startswith("llama"):

@@ -5,11 +5,13 @@
 //! weights are read where they lie in the code's map (the bundle's, or the
 //! anonymous map of a just-compiled artifact).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use m4c_cpu_device::{GraphExecutor, KernelLibrary, Manifest as CodePlan, Step};
 use m4c_ir::{DType, Graph, Tensor};
 use m4c_ops::Value;
+use ndarray::{ArrayD, IxDyn};
 
 use super::device::Device;
 use super::{check_inputs, ArenaPlan, ExecError, ModuleExecutor, Signature};
@@ -167,8 +169,8 @@ impl CompiledModule {
     /// `softmax`), largest first (`m4c bench --profile`).
     pub fn profile(&self, inputs: &[Value]) -> Result<Vec<(String, f64)>, ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
-        let tensors: Vec<Tensor> = inputs.iter().map(Value::to_tensor).collect();
-        let bytes = self.input_bytes(&tensors)?;
+        let raw: Vec<Cow<'_, [u8]>> = inputs.iter().map(le_bytes).collect();
+        let bytes: Vec<&[u8]> = raw.iter().map(|b| b.as_ref()).collect();
         let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
         let times = executor
             .run_profiled(&bytes)
@@ -194,14 +196,6 @@ impl CompiledModule {
             module: self.name.clone(),
             msg,
         }
-    }
-
-    /// The raw bytes of input tensors, as the executor takes them.
-    fn input_bytes<'t>(&self, tensors: &'t [Tensor]) -> Result<Vec<&'t [u8]>, ExecError> {
-        tensors
-            .iter()
-            .map(|t| t.bytes().map_err(|e| self.fail(e.to_string())))
-            .collect()
     }
 }
 
@@ -242,15 +236,17 @@ impl ModuleExecutor for CompiledModule {
         Some(self)
     }
 
+    /// Runs the code on `inputs` with no intermediate copies: each input's
+    /// elements are handed to the kernels where they lie (when the array is
+    /// in standard layout), and each output is copied once, from the arena
+    /// (reused between calls) into its result array.
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
-        let tensors: Vec<Tensor> = inputs.iter().map(Value::to_tensor).collect();
-        let bytes = self.input_bytes(&tensors)?;
-        let outputs = self
-            .executor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run(&bytes)
+        let raw: Vec<Cow<'_, [u8]>> = inputs.iter().map(le_bytes).collect();
+        let bytes: Vec<&[u8]> = raw.iter().map(|b| b.as_ref()).collect();
+        let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = executor
+            .run_borrowed(&bytes)
             .map_err(|e| self.fail(e.to_string()))?;
         self.signature
             .outputs
@@ -258,12 +254,75 @@ impl ModuleExecutor for CompiledModule {
             .zip(outputs)
             .map(|((_, ty), bytes)| {
                 let shape = ty.static_shape().unwrap_or_default();
-                let dtype: DType = ty.dtype;
-                Value::from_tensor(&Tensor::from_bytes(dtype, &shape, bytes))
-                    .map_err(|e| self.fail(e.to_string()))
+                value_from_le_bytes(ty.dtype, &shape, bytes).map_err(|e| self.fail(e))
             })
             .collect()
     }
+}
+
+/// The little-endian bytes of `value`'s elements in row-major order, as
+/// compiled code reads them: the array's own memory when it is in standard
+/// layout on a little-endian host (no copy), an encoded copy otherwise.
+pub(crate) fn le_bytes(value: &Value) -> Cow<'_, [u8]> {
+    fn borrow<T: bytemuck::NoUninit>(a: &ArrayD<T>) -> Option<&[u8]> {
+        let slice = a.as_slice()?;
+        cfg!(target_endian = "little").then(|| bytemuck::cast_slice(slice))
+    }
+    let borrowed = match value {
+        Value::F32(a) => borrow(a),
+        Value::I64(a) => borrow(a),
+        Value::I32(a) => borrow(a),
+        Value::I8(a) => borrow(a),
+        Value::U8(a) => borrow(a),
+        Value::Bool(a) => borrow(a),
+        Value::F16(_) | Value::BF16(_) => None,
+    };
+    match borrowed {
+        Some(bytes) => Cow::Borrowed(bytes),
+        None => {
+            let tensor = value.to_tensor();
+            // An owned tensor always has its bytes.
+            Cow::Owned(tensor.bytes().map(<[u8]>::to_vec).unwrap_or_default())
+        }
+    }
+}
+
+/// A value of `dtype` and `shape` from the little-endian bytes compiled
+/// code wrote: one copy into the result array for the types kernels
+/// compute in (f32, i64, i32, i8, u8, bool) on a little-endian host; other
+/// types are decoded through an IR tensor.
+pub(crate) fn value_from_le_bytes(
+    dtype: DType,
+    shape: &[usize],
+    bytes: &[u8],
+) -> Result<Value, String> {
+    fn array<T: bytemuck::Pod>(shape: &[usize], bytes: &[u8]) -> Result<ArrayD<T>, String> {
+        if !bytes.len().is_multiple_of(std::mem::size_of::<T>()) {
+            return Err(format!(
+                "{} output bytes are not whole elements",
+                bytes.len()
+            ));
+        }
+        ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(bytes))
+            .map_err(|e| format!("output of shape {shape:?}: {e}"))
+    }
+    if cfg!(target_endian = "little") {
+        match dtype {
+            DType::F32 => return array(shape, bytes).map(Value::F32),
+            DType::I64 => return array(shape, bytes).map(Value::I64),
+            DType::I32 => return array(shape, bytes).map(Value::I32),
+            DType::I8 => return array(shape, bytes).map(Value::I8),
+            DType::U8 => return array(shape, bytes).map(Value::U8),
+            DType::Bool => {
+                let flags = bytes.iter().map(|&b| b != 0).collect();
+                return ArrayD::from_shape_vec(IxDyn(shape), flags)
+                    .map(Value::Bool)
+                    .map_err(|e| format!("output of shape {shape:?}: {e}"));
+            }
+            _ => {}
+        }
+    }
+    Value::from_tensor(&Tensor::from_bytes(dtype, shape, bytes.to_vec())).map_err(|e| e.to_string())
 }
 
 /// Whether this host can run code for the CPU backend's `target`; the
@@ -273,6 +332,63 @@ pub use m4c_plan::host::host_runs;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Standard-layout arrays are handed over in place; other layouts and
+    /// types are encoded exactly as `Value::to_tensor` encodes them.
+    #[test]
+    fn input_bytes_are_borrowed_when_the_layout_allows() {
+        let a =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, -2.0, 3.5, 4.0, 5.0, 6.0]).unwrap();
+        let v = Value::F32(a.clone());
+        let bytes = le_bytes(&v);
+        assert!(matches!(bytes, Cow::Borrowed(_)));
+        let Value::F32(held) = &v else { unreachable!() };
+        assert_eq!(bytes.as_ptr(), held.as_ptr().cast::<u8>());
+        assert_eq!(&*bytes, v.to_tensor().bytes().unwrap());
+        // A transposed view is not in standard layout: encoded row-major.
+        let t = Value::F32(a.t().to_owned().into_dyn());
+        let transposed = Value::F32(a.reversed_axes());
+        assert!(matches!(le_bytes(&transposed), Cow::Owned(_)));
+        assert_eq!(&*le_bytes(&transposed), t.to_tensor().bytes().unwrap());
+        let flags =
+            Value::Bool(ArrayD::from_shape_vec(IxDyn(&[3]), vec![true, false, true]).unwrap());
+        assert_eq!(&*le_bytes(&flags), &[1, 0, 1]);
+        let half = Value::from_tensor(&Tensor::from_bytes(
+            DType::F16,
+            &[2],
+            vec![0, 0x3e, 0, 0xbc],
+        ))
+        .unwrap();
+        assert_eq!(&*le_bytes(&half), half.to_tensor().bytes().unwrap());
+    }
+
+    /// Output bytes decode to the values `Value::from_tensor` gives.
+    #[test]
+    fn output_bytes_decode_like_tensors() {
+        let cases = [
+            Value::F32(ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.5, -1.0, 2.0, 8.0]).unwrap()),
+            Value::I64(ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1, 7, i64::MAX]).unwrap()),
+            Value::I32(ArrayD::from_elem(IxDyn(&[1, 2]), -9)),
+            Value::I8(ArrayD::from_elem(IxDyn(&[2]), -3)),
+            Value::U8(ArrayD::from_elem(IxDyn(&[2]), 250)),
+            Value::Bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![false, true]).unwrap()),
+            Value::from_tensor(&Tensor::from_bytes(
+                DType::F16,
+                &[2],
+                vec![0, 0x3e, 0, 0xbc],
+            ))
+            .unwrap(),
+        ];
+        for value in cases {
+            let tensor = value.to_tensor();
+            let back = value_from_le_bytes(tensor.dtype, &tensor.shape, tensor.bytes().unwrap());
+            assert_eq!(back.unwrap(), value);
+        }
+        let short = value_from_le_bytes(DType::F32, &[2], &[0; 7]).unwrap_err();
+        assert!(short.contains("not whole elements"), "{short}");
+        let wrong = value_from_le_bytes(DType::F32, &[3], &[0; 8]).unwrap_err();
+        assert!(wrong.contains("shape [3]"), "{wrong}");
+    }
 
     #[test]
     fn unknown_and_foreign_targets_do_not_run() {

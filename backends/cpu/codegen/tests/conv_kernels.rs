@@ -6,7 +6,7 @@
 
 use m4c_cpu_codegen::{compile_graph, CompileOptions, CompiledGraph, Target};
 use m4c_cpu_device::Step;
-use m4c_ir::op::ConvAttrs;
+use m4c_ir::op::{ConvAttrs, PadMode, PoolAttrs};
 use m4c_ir::{Graph, Op, Tensor, TensorType, ValueId};
 use m4c_ops::{compare, run_graph, Value};
 use proptest::prelude::*;
@@ -166,9 +166,23 @@ impl Case {
         }
     }
 
-    /// Compiles for every target and compares with the interpreter; returns
-    /// the host-compiled graph's plan steps' symbols.
-    fn check(mut self, out: ValueId) -> Result<Vec<String>, TestCaseError> {
+    /// Compiles for every target and compares with the interpreter on one
+    /// and two threads; returns the host-compiled graph's kernel steps.
+    fn check(self, out: ValueId) -> Result<Vec<String>, TestCaseError> {
+        Ok(self
+            .check_threads(out, &[1, 2])?
+            .into_iter()
+            .map(|(symbol, _)| symbol)
+            .collect())
+    }
+
+    /// [`Self::check`] on each of `threads`; returns the host-compiled
+    /// graph's kernel steps with their parallel extents.
+    fn check_threads(
+        mut self,
+        out: ValueId,
+        threads: &[usize],
+    ) -> Result<Vec<(String, usize)>, TestCaseError> {
         self.graph.outputs = vec![out];
         let values: Vec<Value> = self
             .inputs
@@ -178,7 +192,7 @@ impl Case {
         let want = run_graph(&self.graph, &values).unwrap().remove(0);
         let mut symbols = Vec::new();
         for target in targets() {
-            for threads in [1, 2] {
+            for &threads in threads {
                 let options = CompileOptions {
                     target: target.clone(),
                     threads,
@@ -200,16 +214,26 @@ impl Case {
     }
 }
 
-fn kernel_symbols(compiled: &CompiledGraph) -> Vec<String> {
+fn kernel_symbols(compiled: &CompiledGraph) -> Vec<(String, usize)> {
     compiled
         .plan()
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Kernel { symbol, .. } => Some(symbol.clone()),
+            Step::Kernel { symbol, extent, .. } => Some((symbol.clone(), *extent)),
             _ => None,
         })
         .collect()
+}
+
+/// The parallel extent of the (last) kernel whose symbol ends in `kind`.
+fn extent_of(steps: &[(String, usize)], kind: &str) -> usize {
+    steps
+        .iter()
+        .rev()
+        .find(|(symbol, _)| symbol.ends_with(kind))
+        .unwrap_or_else(|| panic!("no {kind} kernel in {steps:?}"))
+        .1
 }
 
 fn attrs(stride: usize, pad: usize, dil: usize, group: usize) -> ConvAttrs {
@@ -303,8 +327,106 @@ fn shared_results_stay_unfused() {
     assert!(symbols.iter().any(|s| s.ends_with("fused")), "{symbols:?}");
 }
 
+/// On a 7×7 map (two pixel panels) the filter tiles are split into groups
+/// so that threads share the work; every split (one to three threads, K
+/// blocks, the last tile's group, a residual epilogue) agrees with the
+/// interpreter.
+#[test]
+fn small_maps_split_filter_groups_over_threads() {
+    for (cin, filters, kernel, stride, after) in [
+        (64, 300, 1, 1, After::ResidualRelu),
+        (200, 61, 1, 1, After::Relu),
+        (48, 130, 3, 1, After::HardSwish),
+        (32, 90, 3, 2, After::Silu),
+    ] {
+        let mut c = Case::new();
+        let y = c.conv(
+            [1, cin, 7, 7],
+            filters,
+            kernel,
+            attrs(stride, kernel / 2, 1, 1),
+            true,
+            after,
+            filters as u64,
+        );
+        let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
+        let extent = extent_of(&steps, "conv_gemm");
+        // More iterations than the one or two pixel panels.
+        assert!(extent >= 3, "{filters} filters: extent {extent}, {steps:?}");
+    }
+}
+
+/// Layers of batch 1 with few planes (an RGB stem's im2col, a pool and a
+/// pad over 3 channels, a global average over channels) fold their
+/// leading axes into the parallel axis, and agree with the interpreter on
+/// one to three threads.
+#[test]
+fn few_planes_fold_into_the_parallel_axis() {
+    // 7×7/2 stem on 3 channels: im2col iterations are (plane, tap) pairs.
+    let mut c = Case::new();
+    let y = c.conv(
+        [1, 3, 30, 30],
+        64,
+        7,
+        attrs(2, 3, 1, 1),
+        true,
+        After::Relu,
+        1,
+    );
+    let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
+    assert!(extent_of(&steps, "im2col") >= 32, "{steps:?}");
+
+    let pool = PoolAttrs {
+        kernel: vec![3, 3],
+        strides: vec![2, 2],
+        pads: vec![1, 1, 1, 1],
+        dilations: vec![1, 1],
+    };
+    let mut c = Case::new();
+    let x = c.input(uniform(&[1, 3, 21, 40], 2, 1.0));
+    let y = c.node(Op::MaxPool(pool), &[x]);
+    let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
+    assert!(extent_of(&steps, "pool") >= 32, "{steps:?}");
+
+    let mut c = Case::new();
+    let x = c.input(uniform(&[1, 3, 9, 11], 3, 1.0));
+    let pads = vec![0, 0, 1, 2, 0, 0, 2, 1];
+    let y = c.node(
+        Op::Pad {
+            pads,
+            mode: PadMode::Constant(0.5),
+        },
+        &[x],
+    );
+    let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
+    assert!(extent_of(&steps, "pad") >= 32, "{steps:?}");
+
+    let mut c = Case::new();
+    let x = c.input(uniform(&[1, 40, 7, 7], 4, 1.0));
+    let y = c.node(
+        Op::ReduceSum {
+            axes: vec![2, 3],
+            keep_dims: true,
+        },
+        &[x],
+    );
+    let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
+    assert_eq!(extent_of(&steps, "reduce"), 40, "{steps:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Many filters on small maps: filter groups in the parallel axis,
+    /// compared with the interpreter on one, two and three threads.
+    #[test]
+    fn many_filters_on_small_maps(batch in 1usize..3, cin in 1usize..40, filters in 40usize..200, h in 1usize..8, w in 1usize..12, kernel in prop::sample::select(vec![1usize, 3]), stride in 1usize..3, after in 0usize..8, seed in any::<u64>()) {
+        prop_assume!(kernel <= h + 2 * (kernel / 2) && kernel <= w + 2 * (kernel / 2));
+        let mut c = Case::new();
+        let y = c.conv([batch, cin, h, w], filters, kernel, attrs(stride, kernel / 2, 1, 1), true, AFTERS[after], seed);
+        let steps = c.check_threads(y, &[1, 2, 3])?;
+        prop_assert!(steps.last().unwrap().0.ends_with("conv_gemm"), "{:?}", steps);
+    }
 
     #[test]
     fn ungrouped_convolutions(batch in 1usize..3, cin in 1usize..24, filters in 1usize..40, h in 1usize..9, w in 1usize..40, kernel in prop::sample::select(vec![1usize, 2, 3, 5]), stride in 1usize..4, pad in 0usize..3, dil in 1usize..3, bias in any::<bool>(), after in 0usize..8, seed in any::<u64>()) {

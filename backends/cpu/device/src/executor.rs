@@ -223,7 +223,7 @@ impl GraphExecutor {
     fn run_with<'s>(
         &'s mut self,
         inputs: &[&'s [u8]],
-        mut times: Option<&mut Vec<std::time::Duration>>,
+        times: Option<&mut Vec<std::time::Duration>>,
     ) -> Result<Vec<&'s [u8]>, DeviceError> {
         if inputs.len() != self.plan.inputs.len() {
             return Err(DeviceError::Shape {
@@ -248,78 +248,9 @@ impl GraphExecutor {
             weights: bytemuck::cast_slice::<f32, u8>(self.library.weights()).as_ptr(),
             inputs: inputs.iter().map(|b| b.as_ptr()).collect(),
         });
-        for call in &self.calls {
-            let started = std::time::Instant::now();
-            match call {
-                Call::Kernel {
-                    symbol,
-                    func,
-                    buffers,
-                    extent,
-                    parallel,
-                } => {
-                    let status = std::sync::atomic::AtomicI32::new(0);
-                    let pointers = Shared(
-                        buffers
-                            .iter()
-                            .map(|&b| bases.0.resolve(b))
-                            .collect::<Vec<_>>(),
-                    );
-                    let parts = if *parallel { self.pool.threads() } else { 1 };
-                    let mut work: Vec<_> = split(*extent, parts)
-                        .into_iter()
-                        .zip(self.scratch.iter_mut())
-                        .collect();
-                    self.pool.for_each_mut(&mut work, |_, (range, scratch)| {
-                        let pointers = &pointers;
-                        // SAFETY: the buffers were laid out by the compiler
-                        // for exactly this kernel (sizes checked at compile
-                        // time; inputs checked above); the scratch buffer
-                        // is at least the plan's largest `scratch_bytes`;
-                        // parallel ranges write disjoint elements.
-                        let code = unsafe {
-                            func(
-                                pointers.0.as_ptr(),
-                                range.start as i64,
-                                range.end as i64,
-                                scratch.as_mut_slice().as_mut_ptr().cast(),
-                            )
-                        };
-                        status.fetch_or(code, std::sync::atomic::Ordering::Relaxed);
-                    });
-                    let status = status.into_inner();
-                    if status != 0 {
-                        return Err(DeviceError::Kernel {
-                            symbol: symbol.clone(),
-                            reason: status_text(status),
-                        });
-                    }
-                }
-                Call::Gemm {
-                    entry,
-                    weights_offset,
-                    a,
-                    c,
-                } => {
-                    let packed_b = bases.0.weights.wrapping_add(weights_offset * 4);
-                    // SAFETY: A and C are arena or input buffers of
-                    // `m·k` and `m·n` floats placed by the compiler; packed
-                    // B lies in the weight file (checked when loading).
-                    unsafe {
-                        entry.run_raw(
-                            bases.0.resolve(*a).cast(),
-                            packed_b.cast(),
-                            bases.0.resolve(*c).cast(),
-                            &self.pool,
-                            &mut self.scratch,
-                        )
-                    };
-                }
-            }
-            if let Some(times) = times.as_deref_mut() {
-                times.push(started.elapsed());
-            }
-        }
+        let (calls, pool, scratch) = (&self.calls, &self.pool, &mut self.scratch);
+        // The whole plan runs on the pool (see `ThreadPool::install`).
+        pool.install(|| run_calls(calls, pool, scratch, &bases, times))?;
         let outputs = self
             .plan
             .outputs
@@ -334,6 +265,91 @@ impl GraphExecutor {
             .collect();
         Ok(outputs)
     }
+}
+
+/// Runs every call of the plan in order on `pool`, each kernel's
+/// iterations split over its threads; with `times`, records each call's
+/// wall time.
+fn run_calls(
+    calls: &[Call],
+    pool: &ThreadPool,
+    scratch: &mut [AlignedBuffer],
+    bases: &Shared<Bases>,
+    mut times: Option<&mut Vec<std::time::Duration>>,
+) -> Result<(), DeviceError> {
+    for call in calls {
+        let started = std::time::Instant::now();
+        match call {
+            Call::Kernel {
+                symbol,
+                func,
+                buffers,
+                extent,
+                parallel,
+            } => {
+                let status = std::sync::atomic::AtomicI32::new(0);
+                let pointers = Shared(
+                    buffers
+                        .iter()
+                        .map(|&b| bases.0.resolve(b))
+                        .collect::<Vec<_>>(),
+                );
+                let parts = if *parallel { pool.threads() } else { 1 };
+                let mut work: Vec<_> = split(*extent, parts)
+                    .into_iter()
+                    .zip(scratch.iter_mut())
+                    .collect();
+                pool.for_each_mut(&mut work, |_, (range, scratch)| {
+                    let pointers = &pointers;
+                    // SAFETY: the buffers were laid out by the compiler
+                    // for exactly this kernel (sizes checked at compile
+                    // time; inputs checked above); the scratch buffer
+                    // is at least the plan's largest `scratch_bytes`;
+                    // parallel ranges write disjoint elements.
+                    let code = unsafe {
+                        func(
+                            pointers.0.as_ptr(),
+                            range.start as i64,
+                            range.end as i64,
+                            scratch.as_mut_slice().as_mut_ptr().cast(),
+                        )
+                    };
+                    status.fetch_or(code, std::sync::atomic::Ordering::Relaxed);
+                });
+                let status = status.into_inner();
+                if status != 0 {
+                    return Err(DeviceError::Kernel {
+                        symbol: symbol.clone(),
+                        reason: status_text(status),
+                    });
+                }
+            }
+            Call::Gemm {
+                entry,
+                weights_offset,
+                a,
+                c,
+            } => {
+                let packed_b = bases.0.weights.wrapping_add(weights_offset * 4);
+                // SAFETY: A and C are arena or input buffers of
+                // `m·k` and `m·n` floats placed by the compiler; packed
+                // B lies in the weight file (checked when loading).
+                unsafe {
+                    entry.run_raw(
+                        bases.0.resolve(*a).cast(),
+                        packed_b.cast(),
+                        bases.0.resolve(*c).cast(),
+                        pool,
+                        scratch,
+                    )
+                };
+            }
+        }
+        if let Some(times) = times.as_deref_mut() {
+            times.push(started.elapsed());
+        }
+    }
+    Ok(())
 }
 
 /// Splits `0..extent` into at most `parts` balanced non-empty ranges (one

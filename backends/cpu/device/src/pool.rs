@@ -54,6 +54,19 @@ impl ThreadPool {
         self.threads
     }
 
+    /// Runs `op` on one of the pool's threads (the caller's own thread when
+    /// there is no pool) and returns its result. A whole graph runs inside
+    /// one `install`, so each kernel's [`Self::for_each_mut`] forks and
+    /// joins among the pool's threads, which are still awake from the
+    /// previous kernel, instead of handing the work over from the caller's
+    /// thread and waking the pool again for every kernel.
+    pub fn install<R: Send>(&self, op: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(op),
+            None => op(),
+        }
+    }
+
     /// Calls `work(i, &mut items[i])` for every item, the items spread over
     /// the pool's threads, and returns when all calls have.
     pub fn for_each_mut<T: Send>(&self, items: &mut [T], work: impl Fn(usize, &mut T) + Sync) {

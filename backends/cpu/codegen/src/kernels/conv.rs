@@ -129,12 +129,12 @@ pub(crate) fn lower(
             } else {
                 let col = l.temp(n * c * taps * pixels * 4);
                 let symbol = l.symbol("im2col");
-                Im2col {
+                let im2col = Im2col {
                     planes: n * c,
                     window,
-                }
-                .emit(l.cx, &symbol)?;
-                l.kernel(symbol, vec![col, x], n * c, true);
+                };
+                im2col.emit(l.cx, &symbol)?;
+                l.kernel(symbol, vec![col, x], im2col.extent(), true);
                 col
             };
             let gemm = ConvGemm {
@@ -179,7 +179,7 @@ pub(crate) fn lower(
             direct.emit(l.cx, &symbol)?;
             let mut buffers = vec![out, x, weights];
             buffers.extend(tail);
-            l.kernel(symbol, buffers, direct.extent(), true);
+            l.kernel(symbol, buffers, direct.extent(l.cx), true);
         }
     }
     Ok(())

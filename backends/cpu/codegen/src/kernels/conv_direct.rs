@@ -11,7 +11,7 @@ use inkwell::values::IntValue;
 
 use super::math::math;
 use super::window::Window;
-use super::{contiguous_strides, Cx, Elem, Kernel};
+use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::CodegenError;
 
 /// The largest number of filters one iteration accumulates at once (each
@@ -39,9 +39,19 @@ impl DirectConv {
             .unwrap_or(1)
     }
 
-    /// The range of the kernel's parallel axis (batch × filter blocks).
-    pub fn extent(&self) -> usize {
-        self.batch * self.filters / self.block()
+    /// The loop axes: (batch, filter block) pairs, then the output rows
+    /// and row vectors.
+    fn loop_dims(&self, lanes: u32) -> Vec<usize> {
+        let mut dims = vec![self.batch * self.filters / self.block()];
+        dims.extend(self.window.row_dims(lanes));
+        dims
+    }
+
+    /// The range of the kernel's parallel axis: (batch, filter block)
+    /// pairs, folded with the output rows when there are few
+    /// ([`fold_axes`]).
+    pub fn extent(&self, cx: Cx<'_, '_>) -> usize {
+        folded_extent(&self.loop_dims(self.window.row_lanes(cx)))
     }
 
     /// Emits the kernel (buffers: y, x, w, bias?).
@@ -64,9 +74,8 @@ impl DirectConv {
         let accs = (0..block)
             .map(|_| k.slot(vf.into()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut dims = vec![self.batch * blocks];
-        dims.extend(w.row_dims(lanes));
-        k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
+        let dims = self.loop_dims(lanes);
+        k.nest_folded(&dims, fold_axes(&dims), &mut |idx: &[IntValue<'_>]| {
             let (nb, rest) = idx.split_first().expect("block axis");
             let (rows, column) = rest.split_at(sp - 1);
             let columns = w.columns(&k, lanes, column[0])?;

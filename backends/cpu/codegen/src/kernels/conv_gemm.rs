@@ -23,7 +23,7 @@ use inkwell::IntPredicate;
 
 use super::conv_epilogue::Epilogue;
 use super::window::Window;
-use super::{contiguous_strides, Cx, Elem, Kernel};
+use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
 /// Bytes of `B` one K block of a panel may take (half of a 32 KiB L1).
@@ -31,6 +31,15 @@ const B_BLOCK_BYTES: usize = 16 * 1024;
 
 /// The most vectors a micro-tile row spans.
 const MAX_VECTORS: usize = 4;
+
+/// The fewest (batch, filter group, panel) iterations the parallel axis
+/// should have: small feature maps (7×7 is two panels) split their filter
+/// tiles into groups until there are this many.
+const MIN_ITERATIONS: usize = 16;
+
+/// The fewest filter tiles a group keeps, so that packing a panel of `B`
+/// (once per group) stays small next to the tiles that use it.
+const MIN_TILES_PER_GROUP: usize = 2;
 
 /// A convolution computed as `W · B` in NCHW.
 #[derive(Clone, Debug)]
@@ -54,6 +63,9 @@ struct Tiling {
     rows: usize,
     last_rows: usize,
     tiles: usize,
+    /// Groups the filter tiles are split into (contiguous ranges; the
+    /// last group holds the last tile), part of the parallel axis.
+    groups: usize,
     /// Vectors per tile row.
     vectors: usize,
     panels: usize,
@@ -77,22 +89,30 @@ impl ConvGemm {
         let width = vectors * lanes;
         let k_block = (B_BLOCK_BYTES / (width * 4)).max(8);
         let k_blocks = self.depth.div_ceil(k_block);
+        let panels = self.pixels.div_ceil(width);
+        let groups = MIN_ITERATIONS
+            .div_ceil(self.batch * panels)
+            .min(tiles / MIN_TILES_PER_GROUP)
+            .max(1);
         Tiling {
             lanes,
             rows,
             last_rows: self.filters - (tiles - 1) * rows,
             tiles,
+            groups,
             vectors,
-            panels: self.pixels.div_ceil(width),
+            panels,
             tail: self.pixels % width,
             k_block: self.depth.div_ceil(k_blocks),
             k_blocks,
         }
     }
 
-    /// The range of the kernel's parallel axis (batch × pixel panels).
+    /// The range of the kernel's parallel axis (batch × filter groups ×
+    /// pixel panels).
     pub fn extent(&self, target: &Target) -> usize {
-        self.batch * self.tiling(target).panels
+        let t = self.tiling(target);
+        self.batch * t.groups * t.panels
     }
 
     /// Scratch bytes per thread: one K block of a packed panel of `B`.
@@ -125,18 +145,17 @@ impl ConvGemm {
                 first,
                 last,
             };
-            k.nest(&[self.batch * t.panels], true, &mut |idx: &[IntValue<
-                '_,
-            >]| {
+            let dims = [self.batch, t.groups, t.panels];
+            k.nest_folded(&dims, dims.len(), &mut |idx: &[IntValue<'_>]| {
+                let (batch, group, panel) = (idx[0], idx[1], idx[2]);
                 let b = &k.em.builder;
-                let batch = b.build_int_unsigned_div(idx[0], k.int(t.panels as i64), "n")?;
-                let panel = b.build_int_unsigned_rem(idx[0], k.int(t.panels as i64), "panel")?;
                 let p0 = b.build_int_mul(panel, k.int(width as i64), "p0")?;
                 let at = Panel {
                     gemm: self,
                     t,
                     accs: &accs,
                     batch,
+                    group,
                     p0,
                 };
                 if t.tail == 0 {
@@ -180,6 +199,9 @@ struct Panel<'g, 'ctx> {
     t: Tiling,
     accs: &'g [PointerValue<'ctx>],
     batch: IntValue<'ctx>,
+    /// The filter group: tiles `group·tiles/groups ..
+    /// (group+1)·tiles/groups`.
+    group: IntValue<'ctx>,
     /// The panel's first pixel.
     p0: IntValue<'ctx>,
 }
@@ -226,16 +248,37 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
             Ok(())
         })?;
-        if t.tiles > 1 {
-            k.em.counted_loop(k.int(0), k.int(t.tiles as i64 - 1), |tile| {
-                let m0 =
-                    k.em.builder
-                        .build_int_mul(tile, k.int(t.rows as i64), "m0")?;
-                self.tile(k, t.rows, m0, valid, blk)
-            })?;
-        }
+        let full_tile = |tile: IntValue<'ctx>| {
+            let m0 =
+                k.em.builder
+                    .build_int_mul(tile, k.int(t.rows as i64), "m0")?;
+            self.tile(k, t.rows, m0, valid, blk)
+        };
         let m0 = k.int(((t.tiles - 1) * t.rows) as i64);
-        self.tile(k, t.last_rows, m0, valid, blk)
+        let last_tile = || self.tile(k, t.last_rows, m0, valid, blk);
+        if t.groups == 1 {
+            if t.tiles > 1 {
+                k.em.counted_loop(k.int(0), k.int(t.tiles as i64 - 1), full_tile)?;
+            }
+            return last_tile();
+        }
+        // The group's full tiles, then the last tile in the last group.
+        let b = &k.em.builder;
+        let (tiles, groups) = (k.int(t.tiles as i64), k.int(t.groups as i64));
+        let first = b.build_int_mul(self.group, tiles, "g0")?;
+        let first = b.build_int_unsigned_div(first, groups, "t0")?;
+        let next = b.build_int_add(self.group, k.int(1), "g1")?;
+        let next = b.build_int_mul(next, tiles, "g1")?;
+        let next = b.build_int_unsigned_div(next, groups, "t1")?;
+        let stop = k.em.umin(next, k.int(t.tiles as i64 - 1))?;
+        k.em.counted_loop(first, stop, full_tile)?;
+        let is_last = k.em.builder.build_int_compare(
+            IntPredicate::EQ,
+            self.group,
+            k.int(t.groups as i64 - 1),
+            "last_group",
+        )?;
+        k.em.if_then(is_last, last_tile)
     }
 
     /// One micro-tile: filters `m0..m0 + rows` by the panel's `valid`
@@ -399,13 +442,33 @@ struct KBlock<'ctx> {
 /// per batch and channel, per tap `t`, the row of every output pixel's
 /// input under that tap (0 in the padding). Vectorised along the output
 /// rows like the direct kernels (masked loads, strided reads as a wide
-/// load and a shuffle); iterations are (batch, channel) planes.
+/// load and a shuffle); iterations are (batch, channel) planes, folded
+/// with the taps when there are few planes.
 pub(crate) struct Im2col {
     pub planes: usize,
     pub window: Window,
 }
 
 impl Im2col {
+    /// The axes the parallel loop may fold: planes, then the taps (not
+    /// when a plane has fewer pixels than taps, so the extent never passes
+    /// the input's element count, which bundle checks bound it by).
+    fn parallel_dims(&self) -> Vec<usize> {
+        let mut dims = vec![self.planes];
+        let taps: usize = self.window.kernel.iter().product();
+        if taps <= self.window.input.iter().product() {
+            dims.extend(&self.window.kernel);
+        }
+        dims
+    }
+
+    /// The range of the kernel's parallel axis: (plane, tap) pairs folded
+    /// until there are enough ([`fold_axes`]), so the 3 planes of an RGB
+    /// stem are not split 2:1 over two threads.
+    pub fn extent(&self) -> usize {
+        folded_extent(&self.parallel_dims())
+    }
+
     /// Emits the kernel (buffers: col, x).
     pub fn emit(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
         let w = &self.window;
@@ -420,38 +483,35 @@ impl Im2col {
         let out_strides = contiguous_strides(&w.output);
         let tap_strides = contiguous_strides(&w.kernel);
         let value = k.slot(vf.into())?;
-        k.nest(&[self.planes], true, &mut |idx: &[IntValue<'_>]| {
-            let x_base =
+        let mut dims = self.parallel_dims();
+        let fold = fold_axes(&dims);
+        dims.extend(w.row_dims(lanes));
+        k.nest_folded(&dims, fold, &mut |idx: &[IntValue<'_>]| {
+            let (plane, rest) = idx.split_first().expect("plane axis");
+            let (tap, rd) = rest.split_at(sp);
+            let b = &k.em.builder;
+            let x_base = b.build_int_mul(*plane, k.int(in_plane as i64), "xb")?;
+            let col_plane = b.build_int_mul(*plane, k.int(taps as i64), "cp")?;
+            let t = k.linear(0, tap, &tap_strides)?;
+            let col_row = k.em.builder.build_int_add(col_plane, t, "cr")?;
+            let col_base =
                 k.em.builder
-                    .build_int_mul(idx[0], k.int(in_plane as i64), "xb")?;
-            let col_plane =
-                k.em.builder
-                    .build_int_mul(idx[0], k.int(taps as i64), "cp")?;
-            k.nest(&w.kernel, false, &mut |tap: &[IntValue<'_>]| {
-                let t = k.linear(0, tap, &tap_strides)?;
-                let col_row = k.em.builder.build_int_add(col_plane, t, "cr")?;
-                let col_base =
-                    k.em.builder
-                        .build_int_mul(col_row, k.int(pixels as i64), "cb")?;
-                k.nest(&w.row_dims(lanes), false, &mut |rd: &[IntValue<'_>]| {
-                    let (rows, column) = rd.split_at(sp - 1);
-                    let columns = w.columns(&k, lanes, column[0])?;
-                    let (at, inside) = w.row_offset(&k, rows, tap)?;
-                    let at = k.em.builder.build_int_add(at, x_base, "at")?;
-                    k.em.builder.build_store(value, vf.const_zero())?;
-                    k.em.if_then(inside, || {
-                        let (x, _) =
-                            w.load_row(&k, (k.buffers[1], at), &columns, tap[sp - 1], 0.0)?;
-                        k.em.builder.build_store(value, x)?;
-                        Ok(())
-                    })?;
-                    let out = k.linear(0, rows, &out_strides[..sp - 1])?;
-                    let out = k.em.builder.build_int_add(out, columns.first, "o")?;
-                    let out = k.em.builder.build_int_add(out, col_base, "o")?;
-                    let x = k.em.builder.build_load(vf, value, "x")?.into_vector_value();
-                    w.store_row(&k, k.element(k.buffers[0], f32t.into(), out)?, &columns, x)
-                })
-            })
+                    .build_int_mul(col_row, k.int(pixels as i64), "cb")?;
+            let (rows, column) = rd.split_at(sp - 1);
+            let columns = w.columns(&k, lanes, column[0])?;
+            let (at, inside) = w.row_offset(&k, rows, tap)?;
+            let at = k.em.builder.build_int_add(at, x_base, "at")?;
+            k.em.builder.build_store(value, vf.const_zero())?;
+            k.em.if_then(inside, || {
+                let (x, _) = w.load_row(&k, (k.buffers[1], at), &columns, tap[sp - 1], 0.0)?;
+                k.em.builder.build_store(value, x)?;
+                Ok(())
+            })?;
+            let out = k.linear(0, rows, &out_strides[..sp - 1])?;
+            let out = k.em.builder.build_int_add(out, columns.first, "o")?;
+            let out = k.em.builder.build_int_add(out, col_base, "o")?;
+            let x = k.em.builder.build_load(vf, value, "x")?.into_vector_value();
+            w.store_row(&k, k.element(k.buffers[0], f32t.into(), out)?, &columns, x)
         })?;
         k.finish()
     }
@@ -491,6 +551,46 @@ mod tests {
         assert_eq!((t.rows, t.tiles, t.vectors), (8, 2, 3));
         let t = tiling("x86_64-avx512", 64, 3136, 64);
         assert_eq!((t.rows, t.last_rows, t.vectors), (13, 12, 2));
+    }
+
+    fn im2col(planes: usize, input: usize, output: usize, kernel: usize) -> Im2col {
+        Im2col {
+            planes,
+            window: Window {
+                input: vec![input; 2],
+                output: vec![output; 2],
+                kernel: vec![kernel; 2],
+                strides: vec![1; 2],
+                pads: vec![kernel / 2; 2],
+                dilations: vec![1; 2],
+            },
+        }
+    }
+
+    /// Few planes fold in their taps; the extent never passes the input's
+    /// elements (the bound bundle checks hold every kernel to).
+    #[test]
+    fn im2col_folds_taps_within_the_input() {
+        // An RGB stem: (plane, row-of-taps, tap) until ≥ 32 iterations.
+        assert_eq!(im2col(3, 30, 15, 7).extent(), 3 * 7 * 7);
+        assert_eq!(im2col(64, 56, 56, 3).extent(), 64);
+        // A 1×1 input under a 3×3 kernel: planes only.
+        assert_eq!(im2col(2, 1, 1, 3).extent(), 2);
+    }
+
+    /// On small maps the filter tiles form groups, so there are more
+    /// iterations than pixel panels; large maps keep one group.
+    #[test]
+    fn small_maps_group_filter_tiles() {
+        let t = tiling("x86_64-avx512", 512, 49, 512);
+        assert_eq!(t.panels, 2);
+        assert_eq!(t.groups, 8);
+        assert!(t.tiles / t.groups >= MIN_TILES_PER_GROUP);
+        let t = tiling("x86_64-avx512", 64, 3136, 64);
+        assert_eq!(t.groups, 1);
+        // Too few tiles to split: one group.
+        let t = tiling("x86_64-avx512", 20, 49, 64);
+        assert_eq!(t.groups, 1);
     }
 
     #[test]

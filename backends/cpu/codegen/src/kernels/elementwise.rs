@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use m4c_ir::ValueId;
 
 use super::math::{math, Math};
-use super::{broadcast_strides, contiguous_strides, Cx, Elem, Kernel};
+use super::{broadcast_strides, contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
@@ -97,7 +97,7 @@ impl Fused {
     pub fn extent(&self, lanes: u32) -> usize {
         let (dims, _) = self.collapsed();
         if dims.len() > 1 {
-            dims[0]
+            folded_extent(&dims[..dims.len() - 1])
         } else {
             dims[0].div_ceil(lanes as usize)
         }
@@ -111,7 +111,7 @@ impl Fused {
         if outer.is_empty() {
             self.emit_inner(&k, &dims, &strides, &[], true)?;
         } else {
-            k.nest(outer, true, &mut |index| {
+            k.nest_folded(outer, fold_axes(outer), &mut |index| {
                 self.emit_inner(&k, &dims, &strides, index, false)
             })?;
         }

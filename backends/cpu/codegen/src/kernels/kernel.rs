@@ -118,6 +118,33 @@ pub(crate) fn int_type(context: &Context, bytes: u32) -> inkwell::types::IntType
     }
 }
 
+/// The fewest iterations a kernel's parallel axis should have: enough
+/// that the executor's threads get shares of nearly equal work (two
+/// threads split 32 equal iterations 16:16, 3 iterations 1:2).
+pub(crate) const MIN_PARALLEL: usize = 32;
+
+/// How many leading axes of a loop nest over `dims` form its parallel axis
+/// (iterated by [`Kernel::nest_folded`]): the fewest whose product reaches
+/// [`MIN_PARALLEL`], all of them if none does (at least one when there is
+/// one), so a batch of 1 or a 3-channel plane does not leave every thread
+/// but one idle.
+pub(crate) fn fold_axes(dims: &[usize]) -> usize {
+    let mut product = 1usize;
+    for (i, &d) in dims.iter().enumerate() {
+        product = product.saturating_mul(d);
+        if product >= MIN_PARALLEL {
+            return i + 1;
+        }
+    }
+    dims.len()
+}
+
+/// The iterations of the parallel axis [`fold_axes`] makes of `dims` (1
+/// for no axes).
+pub(crate) fn folded_extent(dims: &[usize]) -> usize {
+    dims[..fold_axes(dims)].iter().product()
+}
+
 /// Row-major strides (in elements) of `shape`.
 pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut strides = vec![0i64; shape.len()];
@@ -455,6 +482,35 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             )?;
         }
         Ok(())
+    }
+
+    /// [`Self::nest`] with the first `fold` axes of `dims` iterated as one
+    /// ranged loop over their product (the kernel's parallel axis, see
+    /// [`fold_axes`]), each index recovered by a division by constants, and
+    /// the other axes nested inside it.
+    pub fn nest_folded(
+        &self,
+        dims: &[usize],
+        fold: usize,
+        body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        if fold <= 1 || dims.len() < fold || dims[..fold].contains(&0) {
+            return self.nest(dims, true, body);
+        }
+        let (outer, inner) = dims.split_at(fold);
+        let extent: usize = outer.iter().product();
+        self.nest(&[extent], true, &mut |flat: &[IntValue<'ctx>]| {
+            let mut index = Vec::with_capacity(dims.len());
+            let mut below = extent;
+            for &size in outer {
+                below /= size;
+                let b = &self.em.builder;
+                let i = b.build_int_unsigned_div(flat[0], self.int(below as i64), "fi")?;
+                let i = b.build_int_unsigned_rem(i, self.int(size as i64), "fi")?;
+                index.push(i);
+            }
+            self.nest_level(inner, false, &mut index, body)
+        })
     }
 
     /// Emits loops over `dims` (outermost first, the outermost restricted

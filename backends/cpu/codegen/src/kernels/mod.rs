@@ -21,4 +21,6 @@ pub(crate) mod resize;
 pub(crate) mod softmax_norm;
 pub(crate) mod window;
 
-pub(crate) use kernel::{broadcast_strides, contiguous_strides, int_type, Cx, Elem, Kernel};
+pub(crate) use kernel::{
+    broadcast_strides, contiguous_strides, fold_axes, folded_extent, int_type, Cx, Elem, Kernel,
+};

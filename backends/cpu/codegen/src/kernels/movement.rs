@@ -9,7 +9,9 @@ use inkwell::IntPredicate;
 use m4c_ir::op::{PadMode, SliceAxis};
 use m4c_ir::{DType, Node, Op};
 
-use super::{broadcast_strides, contiguous_strides, int_type, Cx, Kernel};
+use super::{
+    broadcast_strides, contiguous_strides, fold_axes, folded_extent, int_type, Cx, Kernel,
+};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
@@ -40,9 +42,20 @@ pub(crate) struct IndexCopy {
 }
 
 impl IndexCopy {
-    /// The outermost loop's extent.
+    /// The parallel axis's extent: the leading loop axes folded together
+    /// ([`fold_axes`]; 1 when there is no loop, a single copy).
     pub fn extent(&self) -> usize {
-        self.shape.first().copied().unwrap_or(1)
+        folded_extent(&self.loop_dims())
+    }
+
+    /// The axes looped over: all of them, or all but the innermost when
+    /// it is copied as one contiguous run.
+    fn loop_dims(&self) -> Vec<usize> {
+        if self.contiguous_inner() {
+            self.shape[..self.shape.len() - 1].to_vec()
+        } else {
+            self.shape.clone()
+        }
     }
 
     /// Whether the innermost axis is a contiguous run on both sides.
@@ -81,11 +94,7 @@ impl IndexCopy {
             .collect();
         let scalar = self.shape.is_empty();
         let contiguous = self.contiguous_inner();
-        let loop_dims: Vec<usize> = if contiguous {
-            self.shape[..self.shape.len() - 1].to_vec()
-        } else {
-            self.shape.clone()
-        };
+        let loop_dims = self.loop_dims();
         let emit_body = |index: &[IntValue<'ctx>]| -> Result<(), CodegenError> {
             let out_at = k.linear(0, index, &self.out_strides)?;
             let mut in_at = k.int(0);
@@ -169,7 +178,9 @@ impl IndexCopy {
                 || emit_body(&[]),
             )?;
         } else {
-            k.nest(&loop_dims, true, &mut |index| emit_body(index))?;
+            k.nest_folded(&loop_dims, fold_axes(&loop_dims), &mut |index| {
+                emit_body(index)
+            })?;
         }
         k.finish()
     }

@@ -7,9 +7,18 @@ use m4c_ir::{DType, Node};
 
 use super::math::math;
 use super::window::Window;
-use super::{contiguous_strides, Cx, Kernel};
+use super::{contiguous_strides, fold_axes, folded_extent, Cx, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
+
+/// The loop axes of a pool over `planes` planes: the planes, then the
+/// output rows and row vectors of one plane; the parallel axis folds the
+/// leading ones ([`fold_axes`]) so that few planes still split evenly.
+fn loop_dims(cx: Cx<'_, '_>, planes: usize, w: &Window) -> Vec<usize> {
+    let mut dims = vec![planes];
+    dims.extend(w.row_dims(w.row_lanes(cx)));
+    dims
+}
 
 /// Emits a pool over `[planes, spatial..]` (buffers: out, in), vectorised
 /// along the output rows; `average` is `Some(count_include_pad)` for
@@ -37,9 +46,8 @@ fn emit(
     } else {
         f32::NEG_INFINITY
     };
-    let mut dims = vec![planes];
-    dims.extend(w.row_dims(lanes));
-    k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
+    let dims = loop_dims(cx, planes, w);
+    k.nest_folded(&dims, fold_axes(&dims), &mut |idx: &[IntValue<'_>]| {
         let (plane, rest) = idx.split_first().expect("plane axis");
         let (rows, column) = rest.split_at(sp - 1);
         let columns = w.columns(&k, lanes, column[0])?;
@@ -124,6 +132,7 @@ pub(crate) fn lower(
     let symbol = l.symbol("pool");
     emit(l.cx, &symbol, planes, &window, average)?;
     let input = l.loc(node.inputs[0])?;
-    l.kernel(symbol, vec![out, input], planes, true);
+    let extent = folded_extent(&loop_dims(l.cx, planes, &window));
+    l.kernel(symbol, vec![out, input], extent, true);
     Ok(())
 }

@@ -5,7 +5,7 @@ use inkwell::values::{BasicValueEnum, IntValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use m4c_ir::{Node, Op};
 
-use super::{contiguous_strides, Cx, Elem, Kernel};
+use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
@@ -46,9 +46,10 @@ impl Reduce {
         }
     }
 
-    /// The outermost loop's extent.
+    /// The parallel axis's extent: the leading kept axes folded together
+    /// ([`fold_axes`]: a `[1, C]` pooling result splits over its channels).
     pub fn extent(&self) -> usize {
-        self.kept.first().copied().unwrap_or(1)
+        folded_extent(&self.kept)
     }
 
     fn combine<'ctx>(
@@ -202,7 +203,7 @@ impl Reduce {
                 || body(&[]),
             )?;
         } else {
-            k.nest(&self.kept, true, &mut body)?;
+            k.nest_folded(&self.kept, fold_axes(&self.kept), &mut body)?;
         }
         k.finish()
     }
