@@ -54,6 +54,10 @@ pub enum CodegenError {
     /// The system linker failed.
     #[error("linking {path} failed: {reason}")]
     Link { path: PathBuf, reason: String },
+    /// An invariant of the code generator itself did not hold (a bug, not
+    /// the input's fault): what was expected.
+    #[error("internal error of the CPU code generator: expected {0}")]
+    Internal(&'static str),
     /// The device side rejected something (shapes, packing).
     #[error(transparent)]
     Device(#[from] m4c_cpu_device::DeviceError),

@@ -1,6 +1,8 @@
 //! m4c CPU backend, compiler side: generates machine code for the CPU with
 //! LLVM (through inkwell) and writes artifacts that `m4c-cpu-device` loads.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod artifact;
 mod backend;
 mod bench;

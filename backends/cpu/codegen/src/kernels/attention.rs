@@ -147,7 +147,10 @@ pub(crate) fn find_chains(
 /// place stays f32).
 fn only_scalars_besides(l: &Lowering<'_, '_>, members: &[usize], value: ValueId) -> bool {
     let g = l.graph;
-    let root = &g.nodes[*members.last().expect("groups are non-empty")];
+    let Some(&last) = members.last() else {
+        return false;
+    };
+    let root = &g.nodes[last];
     let inside: Vec<ValueId> = members.iter().map(|&i| g.nodes[i].output).collect();
     l.dtype(root.output) == DType::F32
         && members.iter().all(|&i| {
@@ -219,8 +222,10 @@ pub(crate) fn lower(
 ) -> Result<(), CodegenError> {
     let g = l.graph;
     let (first_node, second_node) = (&g.nodes[chain.scores], &g.nodes[chain.output]);
-    let first = spec(l, first_node, false).expect("checked by find_chains");
-    let second = spec(l, second_node, true).expect("checked by find_chains");
+    let first =
+        spec(l, first_node, false).ok_or(CodegenError::Internal("checked by find_chains"))?;
+    let second =
+        spec(l, second_node, true).ok_or(CodegenError::Internal("checked by find_chains"))?;
     let mut extra = Vec::new();
     let group = match chain.group {
         None => None,
@@ -303,7 +308,7 @@ fn shared_gemm<'ctx>(
     let function = cx
         .module
         .get_function(&spec.symbol)
-        .expect("emitted by now");
+        .ok_or(CodegenError::Internal("emitted by now"))?;
     Ok((function, manifest.packed_b))
 }
 
@@ -336,7 +341,11 @@ fn emit<'ctx>(
         let one = shared_gemm(cx, block, first.k, n1)?;
         let two = shared_gemm(cx, block, n1, n2)?;
         layouts = Some((one.1, two.1));
-        let function = |name: &str| cx.module.get_function(name).expect("emitted above");
+        let function = |name: &str| {
+            cx.module
+                .get_function(name)
+                .ok_or(CodegenError::Internal("a GEMM emitted above"))
+        };
         let mut fns = [None; 2];
         for (i, group) in groups.iter().enumerate() {
             if let Some(group) = group {
@@ -349,7 +358,7 @@ fn emit<'ctx>(
                 if cx.module.get_function(&name).is_none() {
                     fused.emit(cx, &name)?;
                 }
-                fns[i] = Some((function(&name), fused.extent(cx.lanes())));
+                fns[i] = Some((function(&name)?, fused.extent(cx.lanes())));
             }
         }
         Ok(BlockFns {
@@ -364,7 +373,7 @@ fn emit<'ctx>(
         0 => None,
         remainder => Some(block_fns(remainder)?),
     };
-    let (layout1, layout2) = layouts.expect("at least one block");
+    let (layout1, layout2) = layouts.ok_or(CodegenError::Internal("at least one block"))?;
     let softmax_symbol = format!("m4c_attention_softmax_{rows}x{n1}");
     if cx.module.get_function(&softmax_symbol).is_none() {
         emit_softmax(cx, &softmax_symbol, (rows, n1, 1))?;
@@ -372,7 +381,7 @@ fn emit<'ctx>(
     let softmax = cx
         .module
         .get_function(&softmax_symbol)
-        .expect("emitted above");
+        .ok_or(CodegenError::Internal("emitted above"))?;
 
     let operands = groups.map(|g| g.map_or(&[][..], |g| &g.operands[..]));
     let extra: usize = operands.iter().map(|o| o.iter().flatten().count()).sum();

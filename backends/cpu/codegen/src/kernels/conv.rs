@@ -101,7 +101,9 @@ pub(crate) fn lower(
                     graph: l.graph.name.clone(),
                     reason: "a convolution epilogue no longer fits its group".into(),
                 })?;
-            let root = &l.graph.nodes[*members.last().expect("groups are non-empty")];
+            let root = &l.graph.nodes[*members
+                .last()
+                .ok_or(CodegenError::Internal("groups are non-empty"))?];
             (Some(epilogue), Some((root.output, operands)))
         }
         None => (None, None),

@@ -186,12 +186,11 @@ impl<'ctx> Plane<'_, 'ctx> {
                             let b = &k.em.builder;
                             let acc = b.build_load(vf, self.accs[r], "acc")?.into_vector_value();
                             let sum =
-                                k.em.call_intrinsic(
+                                k.em.call_value(
                                     "llvm.fma",
                                     &[vf.into()],
                                     &[x.into(), self.weights[i * kw + tw].into(), acc.into()],
                                 )?
-                                .expect("fma returns a value")
                                 .into_vector_value();
                             k.em.builder.build_store(self.accs[r], sum)?;
                         }

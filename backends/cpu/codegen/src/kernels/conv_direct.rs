@@ -76,7 +76,9 @@ impl DirectConv {
             .collect::<Result<Vec<_>, _>>()?;
         let dims = self.loop_dims(lanes);
         k.nest_folded(&dims, fold_axes(&dims), &mut |idx: &[IntValue<'_>]| {
-            let (nb, rest) = idx.split_first().expect("block axis");
+            let (nb, rest) = idx
+                .split_first()
+                .ok_or(CodegenError::Internal("block axis"))?;
             let (rows, column) = rest.split_at(sp - 1);
             let columns = w.columns(&k, lanes, column[0])?;
             let b = &k.em.builder;

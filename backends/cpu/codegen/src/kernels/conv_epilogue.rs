@@ -145,7 +145,9 @@ impl Epilogue {
                 .collect();
             results.push(eval(k, &math, &node.op, &args, node.elem)?);
         }
-        Ok(*results.last().expect("a fused group has nodes"))
+        Ok(*results
+            .last()
+            .ok_or(CodegenError::Internal("a fused group has nodes"))?)
     }
 }
 

@@ -371,12 +371,11 @@ impl<'ctx> Panel<'_, 'ctx> {
                             .build_load(vf, slot, "acc")?
                             .into_vector_value();
                     let sum =
-                        k.em.call_intrinsic(
+                        k.em.call_value(
                             "llvm.fma",
                             &[vf.into()],
                             &[a.into(), bvec.into(), acc.into()],
                         )?
-                        .expect("fma returns a value")
                         .into_vector_value();
                     k.em.builder.build_store(slot, sum)?;
                 }
@@ -487,7 +486,9 @@ impl Im2col {
         let fold = fold_axes(&dims);
         dims.extend(w.row_dims(lanes));
         k.nest_folded(&dims, fold, &mut |idx: &[IntValue<'_>]| {
-            let (plane, rest) = idx.split_first().expect("plane axis");
+            let (plane, rest) = idx
+                .split_first()
+                .ok_or(CodegenError::Internal("plane axis"))?;
             let (tap, rd) = rest.split_at(sp);
             let b = &k.em.builder;
             let x_base = b.build_int_mul(*plane, k.int(in_plane as i64), "xb")?;

@@ -67,14 +67,18 @@ impl Fused {
             let axis: Vec<i64> = std::iter::once(out_stride)
                 .chain(self.operands.iter().map(|o| o.strides[d]))
                 .collect();
+            // Every stride list has one entry per dim so far (pushed together).
             let mergeable = !dims.is_empty()
-                && strides.iter().zip(&axis).all(|(s, &inner)| {
-                    *s.last().expect("non-empty") == inner * self.shape[d] as i64
-                });
-            if mergeable {
-                *dims.last_mut().expect("non-empty") *= size;
+                && strides
+                    .iter()
+                    .zip(&axis)
+                    .all(|(s, &inner)| s.last() == Some(&(inner * self.shape[d] as i64)));
+            if let (true, Some(last)) = (mergeable, dims.last_mut()) {
+                *last *= size;
                 for (s, &inner) in strides.iter_mut().zip(&axis) {
-                    *s.last_mut().expect("non-empty") = inner;
+                    if let Some(last) = s.last_mut() {
+                        *last = inner;
+                    }
                 }
             } else {
                 dims.push(size);
@@ -131,10 +135,16 @@ impl Fused {
         ranged: bool,
     ) -> Result<(), CodegenError> {
         let lanes = k.cx.lanes();
-        let inner = *dims.last().expect("at least one dim");
+        let inner = *dims
+            .last()
+            .ok_or(CodegenError::Internal("at least one dim"))?;
         let vectors = inner / lanes as usize;
         let tail = inner % lanes as usize;
-        let out_elem = self.nodes.last().expect("a fused group has nodes").elem;
+        let out_elem = self
+            .nodes
+            .last()
+            .ok_or(CodegenError::Internal("a fused group has nodes"))?
+            .elem;
         let bases = strides
             .iter()
             .map(|s| k.linear(0, index, &s[..s.len() - 1]))
@@ -237,7 +247,11 @@ impl Fused {
         }
         let out_at = k.em.builder.build_int_add(bases[0], position, "out")?;
         let out = k.element(k.buffers[0], out_elem.memory_type(context), out_at)?;
-        k.store(out_elem, out, *results.last().expect("nodes"))
+        k.store(
+            out_elem,
+            out,
+            *results.last().ok_or(CodegenError::Internal("nodes"))?,
+        )
     }
 }
 
@@ -252,35 +266,39 @@ pub(crate) fn eval<'ctx>(
     let b = &k.em.builder;
     let (x, ty) = args[0];
     let y = args.get(1).map(|a| a.0);
-    let y = || y.expect("binary operators have two arguments");
+    let y = || {
+        y.ok_or(CodegenError::Internal(
+            "binary operators have two arguments",
+        ))
+    };
     let unsupported = || CodegenError::Unsupported(format!("{} on {ty:?} elements", op.name()));
     let float = ty.is_float();
     Ok(match op {
-        Op::Add if float => math.add(x, y())?,
-        Op::Sub if float => math.sub(x, y())?,
-        Op::Mul if float => math.mul(x, y())?,
-        Op::Div if float => math.div(x, y())?,
-        Op::Pow if float => math.pow(x, y())?,
-        Op::Max if float => math.intrinsic("llvm.maximum", &[x, y()])?,
-        Op::Min if float => math.intrinsic("llvm.minimum", &[x, y()])?,
-        Op::Max if ty == Elem::Bool => b.build_or(x, y(), "or")?,
-        Op::Min if ty == Elem::Bool => b.build_and(x, y(), "and")?,
-        Op::Add if ty != Elem::Bool => b.build_int_add(x, y(), "add")?,
-        Op::Sub if ty != Elem::Bool => b.build_int_sub(x, y(), "sub")?,
-        Op::Mul if ty != Elem::Bool => b.build_int_mul(x, y(), "mul")?,
-        Op::Div if ty == Elem::U8 => unsigned_div(k, x, y())?,
-        Op::Div if ty != Elem::Bool => int_div(k, x, y())?,
-        Op::Max if ty == Elem::U8 => int_minmax(k, x, y(), IntPredicate::UGT)?,
-        Op::Min if ty == Elem::U8 => int_minmax(k, x, y(), IntPredicate::ULT)?,
-        Op::Max if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SGT)?,
-        Op::Min if ty != Elem::Bool => int_minmax(k, x, y(), IntPredicate::SLT)?,
-        Op::Equal if float => b.build_float_compare(FloatPredicate::OEQ, x, y(), "eq")?,
-        Op::Less if float => b.build_float_compare(FloatPredicate::OLT, x, y(), "lt")?,
-        Op::Equal => b.build_int_compare(IntPredicate::EQ, x, y(), "eq")?,
-        Op::Less if ty.is_unsigned() => b.build_int_compare(IntPredicate::ULT, x, y(), "lt")?,
-        Op::Less => b.build_int_compare(IntPredicate::SLT, x, y(), "lt")?,
+        Op::Add if float => math.add(x, y()?)?,
+        Op::Sub if float => math.sub(x, y()?)?,
+        Op::Mul if float => math.mul(x, y()?)?,
+        Op::Div if float => math.div(x, y()?)?,
+        Op::Pow if float => math.pow(x, y()?)?,
+        Op::Max if float => math.intrinsic("llvm.maximum", &[x, y()?])?,
+        Op::Min if float => math.intrinsic("llvm.minimum", &[x, y()?])?,
+        Op::Max if ty == Elem::Bool => b.build_or(x, y()?, "or")?,
+        Op::Min if ty == Elem::Bool => b.build_and(x, y()?, "and")?,
+        Op::Add if ty != Elem::Bool => b.build_int_add(x, y()?, "add")?,
+        Op::Sub if ty != Elem::Bool => b.build_int_sub(x, y()?, "sub")?,
+        Op::Mul if ty != Elem::Bool => b.build_int_mul(x, y()?, "mul")?,
+        Op::Div if ty == Elem::U8 => unsigned_div(k, x, y()?)?,
+        Op::Div if ty != Elem::Bool => int_div(k, x, y()?)?,
+        Op::Max if ty == Elem::U8 => int_minmax(k, x, y()?, IntPredicate::UGT)?,
+        Op::Min if ty == Elem::U8 => int_minmax(k, x, y()?, IntPredicate::ULT)?,
+        Op::Max if ty != Elem::Bool => int_minmax(k, x, y()?, IntPredicate::SGT)?,
+        Op::Min if ty != Elem::Bool => int_minmax(k, x, y()?, IntPredicate::SLT)?,
+        Op::Equal if float => b.build_float_compare(FloatPredicate::OEQ, x, y()?, "eq")?,
+        Op::Less if float => b.build_float_compare(FloatPredicate::OLT, x, y()?, "lt")?,
+        Op::Equal => b.build_int_compare(IntPredicate::EQ, x, y()?, "eq")?,
+        Op::Less if ty.is_unsigned() => b.build_int_compare(IntPredicate::ULT, x, y()?, "lt")?,
+        Op::Less => b.build_int_compare(IntPredicate::SLT, x, y()?, "lt")?,
         Op::Where => b
-            .build_select(x, y(), args[2].0, "where")?
+            .build_select(x, y()?, args[2].0, "where")?
             .into_vector_value(),
         Op::Exp if float => math.exp(x)?,
         Op::Log if float => math.log(x)?,
@@ -293,7 +311,7 @@ pub(crate) fn eval<'ctx>(
         Op::Cos if float => math.sin_cos(x, true)?,
         Op::Gelu { tanh_approx } if float => gelu(math, x, *tanh_approx)?,
         Op::Cast { .. } => cast(k, x, ty, out)?,
-        Op::Quantize { .. } if float => quantize(k, x, y(), args[2], out)?,
+        Op::Quantize { .. } if float => quantize(k, x, y()?, args[2], out)?,
         _ => return Err(unsupported()),
     })
 }
@@ -425,21 +443,19 @@ fn cast<'ctx>(
         (Elem::Bool | Elem::U8, Elem::F32) => b.build_unsigned_int_to_float(x, target, "f")?,
         (Elem::Bool, _) => b.build_int_z_extend(x, target, "z")?,
         (Elem::F32, Elem::U8) => {
-            k.em.call_intrinsic(
+            k.em.call_value(
                 "llvm.fptoui.sat",
                 &[target.into(), x.get_type().into()],
                 &[x.into()],
             )?
-            .expect("returns a value")
             .into_vector_value()
         }
         (Elem::F32, _) => {
-            k.em.call_intrinsic(
+            k.em.call_value(
                 "llvm.fptosi.sat",
                 &[target.into(), x.get_type().into()],
                 &[x.into()],
             )?
-            .expect("returns a value")
             .into_vector_value()
         }
         (_, Elem::F32) => b.build_signed_int_to_float(x, target, "f")?,
@@ -460,7 +476,9 @@ pub(crate) fn describe(
     members: &[usize],
 ) -> Result<(Fused, Vec<ValueId>), CodegenError> {
     let g = l.graph;
-    let root = &g.nodes[*members.last().expect("groups are non-empty")];
+    let root = &g.nodes[*members
+        .last()
+        .ok_or(CodegenError::Internal("groups are non-empty"))?];
     let shape = l.shape(root.output)?;
     let mut operand_values: Vec<ValueId> = Vec::new();
     let mut operands: Vec<Operand> = Vec::new();
@@ -511,7 +529,9 @@ pub(crate) fn describe(
 /// Lowers the fusion group `members` (node indices in topological order,
 /// the root last) to one fused kernel.
 pub(crate) fn lower(l: &mut Lowering<'_, '_>, members: &[usize]) -> Result<(), CodegenError> {
-    let root = &l.graph.nodes[*members.last().expect("groups are non-empty")];
+    let root = &l.graph.nodes[*members
+        .last()
+        .ok_or(CodegenError::Internal("groups are non-empty"))?];
     let (fused, operand_values) = describe(l, members)?;
     let symbol = l.symbol("fused");
     fused.emit(l.cx, &symbol)?;

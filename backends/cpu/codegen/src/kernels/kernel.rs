@@ -320,7 +320,7 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         };
         let value = self.em.builder.build_load(memory, at, "v")?;
         inkwell::values::BasicValue::as_instruction_value(&value)
-            .expect("a load is an instruction")
+            .ok_or(CodegenError::Internal("a load is an instruction"))?
             .set_alignment(elem.bytes())
             .map_err(|e| CodegenError::Llvm(e.to_string()))?;
         let value = value.into_vector_value();
@@ -372,12 +372,11 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         let align = self.cx.context.i32_type().const_int(4, false);
         Ok(self
             .em
-            .call_intrinsic(
+            .call_value(
                 "llvm.masked.load",
                 &[ty.into(), at.get_type().into()],
                 &[at.into(), align.into(), mask.into(), ty.const_zero().into()],
             )?
-            .expect("masked loads return a value")
             .into_vector_value())
     }
 
@@ -446,7 +445,7 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             .em
             .function
             .get_first_basic_block()
-            .expect("functions have an entry block");
+            .ok_or(CodegenError::Internal("functions have an entry block"))?;
         let builder = self.cx.context.create_builder();
         match entry.get_first_instruction() {
             Some(first) => builder.position_before(&first),

@@ -148,7 +148,7 @@ impl BatchedMatmul {
         let gemm = cx
             .module
             .get_function(&gemm_symbol)
-            .expect("emit_gemm defines its symbol");
+            .ok_or(CodegenError::Internal("emit_gemm defines its symbol"))?;
         let k = Kernel::define(cx, symbol, 3)?;
         let f32t = cx.context.f32_type();
         let layout = manifest.packed_b;
@@ -225,12 +225,11 @@ impl BatchedMatmul {
                                 .build_load(vector, acc, "acc")?
                                 .into_vector_value();
                         let sum =
-                            k.em.call_intrinsic(
+                            k.em.call_value(
                                 "llvm.fma",
                                 &[vector.into()],
                                 &[a.into(), b.into(), sum.into()],
                             )?
-                            .expect("fma returns")
                             .into_vector_value();
                         k.em.builder.build_store(acc, sum)?;
                         Ok(())

@@ -110,7 +110,8 @@ impl IndexCopy {
                         k.em.mul_add(i, k.int(*step), k.int(*start))?
                     }
                     AxisMap::Table(t) => {
-                        let global = tables[d].expect("table axes have globals");
+                        let global =
+                            tables[d].ok_or(CodegenError::Internal("table axes have globals"))?;
                         let array = global.get_value_type().into_array_type();
                         // SAFETY: GEP into the table; `i` < the axis length,
                         // the table's length.
@@ -148,7 +149,10 @@ impl IndexCopy {
                 in_at = k.em.mul_add(position, k.int(self.in_strides[d]), in_at)?;
             }
             if contiguous {
-                let len = *self.shape.last().expect("contiguous needs an axis");
+                let len = *self
+                    .shape
+                    .last()
+                    .ok_or(CodegenError::Internal("contiguous needs an axis"))?;
                 let bytes = k.int((len * self.elem_bytes as usize) as i64);
                 let dst = k.element(k.buffers[0], int.into(), out_at)?;
                 let src = k.element(k.buffers[1], int.into(), in_at)?;

@@ -48,7 +48,9 @@ fn emit(
     };
     let dims = loop_dims(cx, planes, w);
     k.nest_folded(&dims, fold_axes(&dims), &mut |idx: &[IntValue<'_>]| {
-        let (plane, rest) = idx.split_first().expect("plane axis");
+        let (plane, rest) = idx
+            .split_first()
+            .ok_or(CodegenError::Internal("plane axis"))?;
         let (rows, column) = rest.split_at(sp - 1);
         let columns = w.columns(&k, lanes, column[0])?;
         k.em.builder.build_store(acc, math.c(fill))?;

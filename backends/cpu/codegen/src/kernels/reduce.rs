@@ -63,12 +63,11 @@ impl Reduce {
             (false, true) => builder.build_float_add(a, b, "sum")?,
             (false, false) => builder.build_int_add(a, b, "sum")?,
             (true, true) => {
-                k.em.call_intrinsic(
+                k.em.call_value(
                     "llvm.maximum",
                     &[a.get_type().into()],
                     &[a.into(), b.into()],
                 )?
-                .expect("returns")
                 .into_vector_value()
             }
             (true, false) => {
@@ -145,7 +144,10 @@ impl Reduce {
         let (outer_reduced, inner_len) = if contiguous {
             (
                 &self.reduced[..self.reduced.len() - 1],
-                *self.reduced.last().expect("contiguous has an axis"),
+                *self
+                    .reduced
+                    .last()
+                    .ok_or(CodegenError::Internal("contiguous has an axis"))?,
             )
         } else {
             (&self.reduced[..], 1)

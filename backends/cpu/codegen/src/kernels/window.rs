@@ -85,14 +85,14 @@ impl Window {
     /// Lanes of a row vector: a register's, fewer for rows shorter than
     /// that.
     pub fn row_lanes(&self, cx: Cx<'_, '_>) -> u32 {
-        let last = *self.output.last().expect("a spatial axis");
+        let last = self.output.last().copied().unwrap_or(1);
         (cx.lanes() as usize).min(last.next_power_of_two()) as u32
     }
 
     /// The loop extents over one plane's output: the leading output axes,
     /// then the row vectors of the last.
     pub fn row_dims(&self, lanes: u32) -> Vec<usize> {
-        let (last, leading) = self.output.split_last().expect("a spatial axis");
+        let (last, leading) = self.output.split_last().unwrap_or((&1, &[]));
         let mut dims = leading.to_vec();
         dims.push(last.div_ceil(lanes as usize));
         dims
@@ -114,7 +114,10 @@ impl Window {
         let b = &k.em.builder;
         let first = b.build_int_mul(index, k.int(i64::from(lanes)), "o0")?;
         let positions = b.build_int_add(splat(k, first, lanes)?, lane_index, "o")?;
-        let last = *self.output.last().expect("a spatial axis");
+        let last = *self
+            .output
+            .last()
+            .ok_or(CodegenError::Internal("a spatial axis"))?;
         let live = b.build_int_compare(
             IntPredicate::ULT,
             positions,
@@ -205,7 +208,10 @@ impl Window {
                 "inside",
             )?;
             let lane = b.build_int_add(splat(k, columns.first, wide)?, lane_of, "lane")?;
-            let last = *self.output.last().expect("a spatial axis");
+            let last = *self
+                .output
+                .last()
+                .ok_or(CodegenError::Internal("a spatial axis"))?;
             let live = b.build_int_compare(
                 IntPredicate::ULT,
                 lane,
@@ -227,7 +233,7 @@ impl Window {
                 ],
             )?;
             let loaded = loaded
-                .expect("masked loads return a value")
+                .ok_or(CodegenError::Internal("masked loads return a value"))?
                 .into_vector_value();
             if stride == 1 {
                 return Ok((loaded, mask));
@@ -266,7 +272,7 @@ impl Window {
             )?
         };
         let loaded = loaded
-            .expect("masked loads return a value")
+            .ok_or(CodegenError::Internal("masked loads return a value"))?
             .into_vector_value();
         Ok((loaded, mask))
     }
@@ -280,7 +286,10 @@ impl Window {
         columns: &Columns<'ctx>,
         value: VectorValue<'ctx>,
     ) -> Result<(), CodegenError> {
-        let last = *self.output.last().expect("a spatial axis");
+        let last = *self
+            .output
+            .last()
+            .ok_or(CodegenError::Internal("a spatial axis"))?;
         if last.is_multiple_of(value.get_type().get_size() as usize) {
             return k.store(Elem::F32, ptr, value);
         }
