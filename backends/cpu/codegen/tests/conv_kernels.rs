@@ -331,6 +331,19 @@ fn shared_results_stay_unfused() {
 /// so that threads share the work; every split (one to three threads, K
 /// blocks, the last tile's group, a residual epilogue) agrees with the
 /// interpreter.
+/// A 3×3 kernel on a 1×1 map has more taps than input pixels, so im2col
+/// keeps its taps as inner loops instead of folding them into the parallel
+/// axis (found by `many_filters_on_small_maps`: the loop indices were laid
+/// out as if folded).
+#[test]
+fn im2col_with_more_taps_than_pixels() {
+    for threads in [1, 2] {
+        let mut c = Case::new();
+        let y = c.conv([1, 1, 1, 1], 40, 3, attrs(1, 1, 1, 1), true, AFTERS[0], 0);
+        c.check_threads(y, &[threads]).unwrap();
+    }
+}
+
 #[test]
 fn small_maps_split_filter_groups_over_threads() {
     for (cin, filters, kernel, stride, after) in [

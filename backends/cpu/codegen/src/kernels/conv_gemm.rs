@@ -482,8 +482,12 @@ impl Im2col {
         let out_strides = contiguous_strides(&w.output);
         let tap_strides = contiguous_strides(&w.kernel);
         let value = k.slot(vf.into())?;
-        let mut dims = self.parallel_dims();
-        let fold = fold_axes(&dims);
+        // The loops: plane, taps, output rows; the leading ones the
+        // parallel axis takes are folded into it (taps only when
+        // `parallel_dims` admits them, else they stay inner loops).
+        let fold = fold_axes(&self.parallel_dims());
+        let mut dims = vec![self.planes];
+        dims.extend(&w.kernel);
         dims.extend(w.row_dims(lanes));
         k.nest_folded(&dims, fold, &mut |idx: &[IntValue<'_>]| {
             let (plane, rest) = idx
