@@ -38,8 +38,8 @@ pub const CONSTRAINTS: [Constraint; 8] = [
         rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
     },
     Constraint {
-        name: "conv-patchify",
-        rule: "Conv is 2-D with kernel = stride, no padding, dilation 1, one group, constant weights and bias (it becomes an im2col DMA pattern and a GEMM)",
+        name: "conv",
+        rule: "Conv is 2-D over NCHW with constant weights and bias, one group (any stride, padding, dilation: im2col + GEMM or the direct kernel, whichever simulates faster) or depthwise (group = channels, one filter each; one image, equal strides, uniform padding, no dilation: the vector unit's depthwise kernel)",
     },
     Constraint {
         name: "lut-scalar",
@@ -171,13 +171,27 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             None
         }
         Op::Conv(attrs) => {
-            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) || shape(0).len() != 4 {
+            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) {
+                return violated("conv", "run-time weights or bias".into());
+            }
+            let (x, w) = (shape(0), shape(1));
+            let geo = match crate::conv::Geometry::new(attrs, &x, w.get(2..).unwrap_or_default()) {
+                Ok(geo) => geo,
+                Err(why) => return violated("conv", why),
+            };
+            let depthwise = attrs.group == x[1] && w[0] == x[1] && w[1] == 1;
+            if attrs.group > 1 && !depthwise {
                 return violated(
-                    "conv-patchify",
-                    "run-time weights or a non-4-D input".into(),
+                    "conv",
+                    format!(
+                        "{} groups of {w:?} weights: only one group or depthwise",
+                        attrs.group
+                    ),
                 );
             }
-            crate::conv::not_patchify(attrs, &shape(1)).map(|why| format!("conv-patchify: {why}"))
+            (depthwise && geo.direct(w[0]).is_none()).then(|| {
+                format!("conv: depthwise with strides {:?}, pads {:?}, dilations {:?} on {} images: the depthwise kernel takes one image, equal strides, uniform pads, no dilation", attrs.strides, attrs.pads, attrs.dilations, x[0])
+            })
         }
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();

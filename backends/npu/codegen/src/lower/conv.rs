@@ -1,82 +1,206 @@
-//! Conv: a patchify conv as an im2col DMA pattern, a GEMM and a DMA
-//! transpose back to NCHW.
+//! Conv on NCHW tensors with constant per-channel int8 weights, bias and
+//! a following Relu fused into the requantisation:
+//!
+//! - one group: the cheaper, by simulated cycles, of an explicit im2col
+//!   (`dma-im2col`, padding read from a zero source) + `gemm`, and a
+//!   layout change to NHWC (`dma-nhwc`) + the direct implicit-im2col
+//!   `conv` kernel (one image, equal strides, uniform padding, no
+//!   dilation); the layer names show the choice;
+//! - depthwise (group = channels): `dma-nhwc` + the vector-unit `dwconv`;
+//!
+//! then the `[pixels, channels]` result back to NCHW (`dma-nchw`).
 
+use m4c_ir::op::ConvAttrs;
 use m4c_ir::ValueId;
-use m4c_npu::kernels::{gather, gemm, KernelProgram, Quant};
+use m4c_npu::kernels::{conv, depthwise, gather, gemm, KernelError, KernelProgram, Quant};
+use m4c_npu::program::Program;
+use m4c_npu::sim::{simulate, SimOptions};
 
 use super::{constant, dims, floats, multiplier, requant, symmetric, Ctx};
+use crate::conv::{to_nchw, to_nhwc, Geometry};
+
+/// Simulated cycles of `p` on placeholder data (the timing does not
+/// depend on the data).
+fn cycles(p: &Program, config: &m4c_npu::config::MachineConfig) -> Result<u64, String> {
+    simulate(p, config, SimOptions::default())
+        .map(|r| r.stats.cycles)
+        .map_err(|e| e.to_string())
+}
+
+fn err(e: KernelError) -> String {
+    e.to_string()
+}
 
 impl Ctx<'_> {
-    /// A patchify conv: im2col by DMA, a GEMM with per-channel weights and
-    /// the bias folded in, the result transposed to NCHW by DMA.
-    pub(super) fn patchify(&mut self, ins: &[ValueId], out: ValueId) -> Result<(), String> {
+    /// Conv `ins` → `out`; with `relu`, `out` is the result of a fused
+    /// Relu (the requantisation clamps at zero).
+    pub(super) fn conv(
+        &mut self,
+        attrs: &ConvAttrs,
+        ins: &[ValueId],
+        out: ValueId,
+        relu: bool,
+    ) -> Result<(), String> {
         let g = self.g;
-        let err = |e: m4c_npu::kernels::KernelError| e.to_string();
-        let (xs, ws, ys) = (dims(g, ins[0]), dims(g, ins[1]), dims(g, out));
-        let (m, kh, kw) = (ws[0], ws[2], ws[3]);
-        let k = ws[1] * kh * kw;
-        let pixels = ys[0] * ys[2] * ys[3];
+        let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
+        let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
+        let (m, per_out) = (ws[0], ws[1] * ws[2] * ws[3]);
+        let [oh, ow] = geo.out();
+        let pixels = xs[0] * oh * ow;
         let (x, qx, qy) = (self.tensor(ins[0])?, self.quant(ins[0])?, self.quant(out)?);
-        let name = g.value(out).name.clone();
-        let ops = gather::GatherOperands {
-            sources: vec![vec![0; xs.iter().product()]],
-            row_len: k,
-            rows: crate::conv::im2col(&xs, (kh, kw)),
-        };
-        let kp = gather::generate(&ops, self.config).map_err(err)?;
-        let cols = self.add_tensor(&format!("{name}/im2col"), pixels * k, qx);
-        self.whole(out, "dma-im2col", kp, &[x], cols);
+        if qx.zero_point != 0 || qy.zero_point != 0 {
+            return Err("a conv takes and gives symmetric int8 (zero point 0)".into());
+        }
         let w = floats(&constant(g, ins[1]).ok_or("run-time weights")?);
-        let bias = ins.get(2).and_then(|&b| constant(g, b)).map(|b| floats(&b));
         let qw: Vec<Quant> = (0..m)
             .map(|c| {
-                symmetric(
-                    w[c * k..(c + 1) * k]
-                        .iter()
-                        .fold(0.0, |a: f64, x| a.max(x.abs())),
-                )
+                let absmax = w[c * per_out..(c + 1) * per_out]
+                    .iter()
+                    .fold(0.0, |a: f64, x| a.max(x.abs()));
+                symmetric(absmax)
             })
-            .collect();
-        let wq = (0..k * m)
-            .map(|i| qw[i % m].quantize(w[(i % m) * k + i / m]))
             .collect();
         let scales = qw
             .iter()
             .map(|q| multiplier(qx.scale * q.scale / qy.scale, "conv output"))
             .collect::<Result<Vec<_>, _>>()?;
-        let bias = bias.map(|b| {
-            (0..m)
-                .map(|c| (b[c] / (qx.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32)
-                .collect()
-        });
+        let bias = ins.get(2).and_then(|&b| constant(g, b)).map(|b| floats(&b));
+        let bias: Vec<i32> = (0..m)
+            .map(|c| {
+                let b = bias.as_ref().map_or(0.0, |b| b[c]);
+                (b / (qx.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32
+            })
+            .collect();
+        let clamp_min: i8 = if relu { 0 } else { -128 };
+        let mut quant = requant(scales[0]);
+        quant.clamp_min = clamp_min;
+        // W[k][o] of the im2col GEMM: k = (channel, ky, kx), as ONNX stores it.
+        let weight = |o: usize, k: usize| qw[o].quantize(w[o * per_out + k]);
+        let name = g.value(out).name.clone();
+        let steps = if attrs.group > 1 {
+            let shape = geo
+                .direct(m)
+                .ok_or("depthwise conv needs one image, equal strides, uniform pads")?;
+            let taps = shape.kh * shape.kw;
+            let ops = depthwise::DepthwiseOperands {
+                shape,
+                input: vec![0; xs.iter().product()],
+                weights: (0..taps * m).map(|i| weight(i % m, i / m)).collect(),
+                bias,
+                scales,
+                zero_point: 0,
+                clamp_min,
+            };
+            let dw = depthwise::generate(&ops, self.config).map_err(err)?;
+            vec![self.nhwc(&geo)?, ("dwconv", dw)]
+        } else {
+            let gemm = self.im2col_gemm(&geo, (m, per_out), &weight, &bias, &scales, quant)?;
+            let direct = match geo.direct(m) {
+                Some(shape) => {
+                    let taps = shape.kh * shape.kw;
+                    let c = shape.c_in;
+                    let ops = conv::ConvOperands {
+                        shape,
+                        input: vec![0; xs.iter().product()],
+                        // [tap][channel][o] from [o][channel][tap].
+                        weights: (0..taps * c * m)
+                            .map(|i| weight(i % m, (i / m % c) * taps + i / m / c))
+                            .collect(),
+                        bias: Some(bias.clone()),
+                        quant,
+                        channel_scales: Some(scales.clone()),
+                    };
+                    let p = conv::generate(&ops, self.config, false).map_err(err)?;
+                    let k = KernelProgram {
+                        program: p.program,
+                        out_addr: p.out_addr,
+                        out_len: pixels * m,
+                        tile_rows: p.plan.m_tile,
+                        inputs: vec![p.input_addr],
+                    };
+                    Some(vec![self.nhwc(&geo)?, ("conv", k)])
+                }
+                None => None,
+            };
+            let cost = |s: &[(&'static str, KernelProgram)]| -> Result<u64, String> {
+                s.iter().map(|(_, k)| cycles(&k.program, self.config)).sum()
+            };
+            match direct {
+                Some(d) if cost(&d)? < cost(&gemm)? => d,
+                _ => gemm,
+            }
+        };
+        let mut t = x;
+        let last = steps.len() - 1;
+        for (i, (kernel, k)) in steps.into_iter().enumerate() {
+            let q = if i == last { qy } else { qx };
+            let next = self.add_tensor(&format!("{name}/{kernel}"), k.out_len, q);
+            self.whole(out, kernel, k, &[t], next);
+            t = next;
+        }
+        let nchw = |per_row| gather::GatherOperands {
+            sources: vec![vec![0; pixels * m]],
+            row_len: if per_row { ow } else { oh * ow },
+            rows: to_nchw(xs[0], m, (oh, ow), per_row),
+        };
+        let k = gather::generate(&nchw(false), self.config)
+            .or_else(|_| gather::generate(&nchw(true), self.config))
+            .map_err(err)?;
+        let y = self.result(out, qy);
+        self.whole(out, "dma-nchw", k, &[t], y);
+        Ok(())
+    }
+
+    /// The NCHW → NHWC layer before a direct kernel.
+    fn nhwc(&self, geo: &Geometry) -> Result<(&'static str, KernelProgram), String> {
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; geo.x.iter().product()]],
+            row_len: geo.x[1],
+            rows: to_nhwc(geo.x),
+        };
+        Ok((
+            "dma-nhwc",
+            gather::generate(&ops, self.config).map_err(err)?,
+        ))
+    }
+
+    /// The explicit im2col (from NCHW, zeros for the padding) and the GEMM
+    /// by the `[k, m]` weights `weight(o, k)`.
+    fn im2col_gemm(
+        &self,
+        geo: &Geometry,
+        (m, k): (usize, usize),
+        weight: &dyn Fn(usize, usize) -> i8,
+        bias: &[i32],
+        scales: &[(i32, i32)],
+        quant: m4c_npu::quant::Requant,
+    ) -> Result<Vec<(&'static str, KernelProgram)>, String> {
+        let rows = geo.im2col();
+        let pixels = rows.len();
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; geo.x.iter().product()], vec![0; geo.zeros()]],
+            row_len: k,
+            rows,
+        };
+        let cols = gather::generate(&ops, self.config).map_err(err)?;
         let ops = gemm::GemmOperands {
             m: pixels,
             k,
             n: m,
             a: vec![0; pixels * k],
-            w: wq,
-            bias,
-            quant: requant(scales[0]),
-            channel_scales: Some(scales),
+            w: (0..k * m).map(|i| weight(i % m, i / m)).collect(),
+            bias: Some(bias.to_vec()),
+            quant,
+            channel_scales: Some(scales.to_vec()),
         };
         let p = gemm::generate(&ops, self.config, false).map_err(err)?;
-        let prod = self.add_tensor(&format!("{name}/gemm"), pixels * m, qy);
-        let kp = KernelProgram {
+        let gemm = KernelProgram {
             program: p.program,
             out_addr: p.out_addr,
             out_len: pixels * m,
             tile_rows: p.plan.m_tile,
             inputs: vec![p.inputs[0]],
         };
-        self.whole(out, "gemm", kp, &[cols], prod);
-        let ops = gather::GatherOperands {
-            sources: vec![vec![0; pixels * m]],
-            row_len: ys[3],
-            rows: crate::conv::to_nchw(ys[0], m, (ys[2], ys[3])),
-        };
-        let kp = gather::generate(&ops, self.config).map_err(err)?;
-        let y = self.result(out, qy);
-        self.whole(out, "dma-nchw", kp, &[prod], y);
-        Ok(())
+        Ok(vec![("dma-im2col", cols), ("gemm", gemm)])
     }
 }

@@ -7,7 +7,7 @@ use m4c_ir::{Graph, Op, ValueId};
 use m4c_npu::kernels::{gemm, KernelProgram, Quant};
 use m4c_npu::module::Binding;
 
-use super::{constant, dims, floats, multiplier, requant, symmetric, Ctx};
+use super::{constant, dims, floats, multiplier, only_user, requant, symmetric, Ctx};
 
 /// The `Add` of a constant bias vector that is the only consumer of
 /// `node` (a MatMul with a constant B) within `nodes`: its
@@ -23,15 +23,7 @@ pub(super) fn bias_add(
     };
     constant(g, node.inputs[1])?;
     let out = node.output;
-    if exported(out) {
-        return None;
-    }
-    let users: Vec<usize> = nodes
-        .iter()
-        .copied()
-        .filter(|&j| g.nodes[j].inputs.contains(&out))
-        .collect();
-    let [add] = users[..] else { return None };
+    let add = only_user(g, nodes, out, exported)?;
     let a = &g.nodes[add];
     if a.op != Op::Add || dims(g, a.output) != dims(g, out) {
         return None;

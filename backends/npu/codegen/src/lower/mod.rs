@@ -79,20 +79,28 @@ pub fn lower_part(
             outputs: vec![],
         },
     };
-    let mut fused = None;
+    let mut fused = std::collections::HashSet::new();
     for &i in nodes {
         let node = &g.nodes[i];
-        if fused == Some(i) {
+        if fused.contains(&i) {
             continue;
         }
         let name = &g.value(node.output).name;
         let fail = |e: String| (i, format!("{} `{name}`: {e}", node.op.kind().name()));
+        if let Op::Conv(attrs) = &node.op {
+            let relu = relu_after(g, nodes, node.output, exported);
+            let out = relu.map_or(node.output, |r| g.nodes[r].output);
+            cx.conv(attrs, &node.inputs, out, relu.is_some())
+                .map_err(fail)?;
+            fused.extend(relu);
+            continue;
+        }
         match matmul::bias_add(g, nodes, node, exported) {
             Some((add, bias)) => {
                 let trans_b = matches!(node.op, Op::MatMul { trans_b: true, .. });
                 cx.matmul(&node.inputs, g.nodes[add].output, trans_b, Some(bias))
                     .map_err(fail)?;
-                fused = Some(add);
+                fused.insert(add);
             }
             None => cx.node(&node.op, &node.inputs, node.output).map_err(fail)?,
         }
@@ -109,6 +117,39 @@ pub fn lower_part(
         }
     }
     Ok(cx.out)
+}
+
+/// The only consumer of `v` within `nodes`, when `v` does not leave the
+/// part (a candidate for fusion into `v`'s producer).
+fn only_user(
+    g: &Graph,
+    nodes: &[usize],
+    v: ValueId,
+    exported: &dyn Fn(ValueId) -> bool,
+) -> Option<usize> {
+    if exported(v) {
+        return None;
+    }
+    let mut users = nodes.iter().filter(|&&j| g.nodes[j].inputs.contains(&v));
+    match (users.next(), users.next()) {
+        (Some(&j), None) => Some(j),
+        _ => None,
+    }
+}
+
+/// The Relu (`Max` with a constant scalar 0) that is the only consumer of
+/// `v` within `nodes`: its index.
+fn relu_after(
+    g: &Graph,
+    nodes: &[usize],
+    v: ValueId,
+    exported: &dyn Fn(ValueId) -> bool,
+) -> Option<usize> {
+    let j = only_user(g, nodes, v, exported)?;
+    let n = &g.nodes[j];
+    let other = *n.inputs.iter().find(|&&u| u != v)?;
+    let zero = constant(g, other).is_some_and(|c| c.len() == 1 && floats(&c)[0] == 0.0);
+    (n.op == Op::Max && n.inputs.len() == 2 && zero && dims(g, n.output) == dims(g, v)).then_some(j)
 }
 
 /// The symmetric quantisation of `absmax / 127`.
@@ -256,7 +297,6 @@ impl Ctx<'_> {
             Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Expand { .. } => {
                 self.movement(op, ins, out, cols)?
             }
-            Op::Conv(_) => self.patchify(ins, out)?,
             Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b, None)?,
             Op::Softmax { .. } => self.softmax(ins, out, rows, cols)?,
             Op::Norm { kind, epsilon, .. } => self.norm(*kind, *epsilon, ins, out, (rows, cols))?,
