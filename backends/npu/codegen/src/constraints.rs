@@ -16,7 +16,7 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 8] = [
+pub const CONSTRAINTS: [Constraint; 10] = [
     Constraint {
         name: "op",
         rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
@@ -40,6 +40,14 @@ pub const CONSTRAINTS: [Constraint; 8] = [
     Constraint {
         name: "conv",
         rule: "Conv is 2-D over NCHW with constant weights and bias, one group (any stride, padding, dilation: im2col + GEMM or the direct kernel, whichever simulates faster) or depthwise (group = channels, one filter each; one image, equal strides, uniform padding, no dilation: the vector unit's depthwise kernel)",
+    },
+    Constraint {
+        name: "pool",
+        rule: "MaxPool and AveragePool are 2-D over NCHW (a DMA window pattern and a row reduction on the vector unit); AveragePool counts the padding (count_include_pad, or no padding) and pads begin and end alike (no ceil-mode tail)",
+    },
+    Constraint {
+        name: "reduce-axes",
+        rule: "ReduceSum and ReduceMax reduce the trailing axes (each output is the sum or maximum of one contiguous row: GlobalAveragePool)",
     },
     Constraint {
         name: "lut-scalar",
@@ -82,6 +90,10 @@ pub fn ops() -> Vec<OpKind> {
         OpKind::Pow,
         OpKind::Softmax,
         OpKind::Norm,
+        OpKind::ReduceSum,
+        OpKind::ReduceMax,
+        OpKind::MaxPool,
+        OpKind::AvgPool,
         OpKind::Reshape,
         OpKind::Transpose,
         OpKind::Slice,
@@ -192,6 +204,56 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             (depthwise && geo.direct(w[0]).is_none()).then(|| {
                 format!("conv: depthwise with strides {:?}, pads {:?}, dilations {:?} on {} images: the depthwise kernel takes one image, equal strides, uniform pads, no dilation", attrs.strides, attrs.pads, attrs.dilations, x[0])
             })
+        }
+        Op::ReduceSum { axes, .. } | Op::ReduceMax { axes, .. } => {
+            let rank = shape(0).len();
+            let mut sorted = axes.clone();
+            sorted.sort_unstable();
+            let trailing =
+                !sorted.is_empty() && sorted.iter().copied().eq(rank - sorted.len()..rank);
+            (!trailing).then(|| {
+                format!(
+                    "reduce-axes: axes {axes:?} of a rank-{rank} input are not its trailing axes"
+                )
+            })
+        }
+        Op::MaxPool(pool) | Op::AvgPool { pool, .. } => {
+            let x = shape(0);
+            if x.len() != 4 || pool.kernel.len() != 2 {
+                return violated(
+                    "pool",
+                    format!(
+                        "{}-D pooling of a rank-{} input",
+                        pool.kernel.len(),
+                        x.len()
+                    ),
+                );
+            }
+            if let Op::AvgPool {
+                count_include_pad, ..
+            } = node.op
+            {
+                let padded = pool.pads.iter().any(|&p| p != 0);
+                let (begin, end) = pool.pads.split_at(pool.pads.len() / 2);
+                if padded && (!count_include_pad || begin != end) {
+                    return violated(
+                        "pool",
+                        format!(
+                            "AveragePool with pads {:?} (count_include_pad {count_include_pad})",
+                            pool.pads
+                        ),
+                    );
+                }
+            }
+            let attrs = m4c_ir::op::ConvAttrs {
+                strides: pool.strides.clone(),
+                pads: pool.pads.clone(),
+                dilations: pool.dilations.clone(),
+                group: 1,
+            };
+            crate::conv::Geometry::new(&attrs, &[x[0] * x[1], 1, x[2], x[3]], &pool.kernel)
+                .err()
+                .map(|why| format!("pool: {why}"))
         }
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();

@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod lut;
 pub mod norm;
 mod pipeline;
+pub mod reduce;
 pub mod reference;
 pub mod softmax;
 mod stream;

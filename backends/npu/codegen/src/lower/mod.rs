@@ -22,6 +22,7 @@ mod data;
 mod eltwise;
 mod matmul;
 mod norm;
+mod pool;
 
 use std::collections::HashMap;
 
@@ -298,6 +299,10 @@ impl Ctx<'_> {
                 self.movement(op, ins, out, cols)?
             }
             Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b, None)?,
+            Op::ReduceSum { .. } => self.reduce(true, ins, out)?,
+            Op::ReduceMax { .. } => self.reduce(false, ins, out)?,
+            Op::MaxPool(attrs) => self.pool(true, attrs, ins, out)?,
+            Op::AvgPool { pool, .. } => self.pool(false, pool, ins, out)?,
             Op::Softmax { .. } => self.softmax(ins, out, rows, cols)?,
             Op::Norm { kind, epsilon, .. } => self.norm(*kind, *epsilon, ins, out, (rows, cols))?,
             _ => self.elementwise(op, ins, out, rows, cols)?,
