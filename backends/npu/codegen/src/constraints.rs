@@ -16,7 +16,7 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 10] = [
+pub const CONSTRAINTS: [Constraint; 12] = [
     Constraint {
         name: "op",
         rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
@@ -48,6 +48,14 @@ pub const CONSTRAINTS: [Constraint; 10] = [
     Constraint {
         name: "reduce-axes",
         rule: "ReduceSum and ReduceMax reduce the trailing axes (each output is the sum or maximum of one contiguous row: GlobalAveragePool)",
+    },
+    Constraint {
+        name: "gather-indices",
+        rule: "Gather takes constant indices within the axis (a q/k/v split, a CLS pick: a DMA pattern); run-time indices (an embedding lookup) would need descriptors written at run time, which the device does not do yet",
+    },
+    Constraint {
+        name: "resize-nearest",
+        rule: "Resize is nearest-neighbour (a DMA pattern, the interpreter's coordinate mapping and rounding); linear interpolation is not generated",
     },
     Constraint {
         name: "lut-scalar",
@@ -99,6 +107,8 @@ pub fn ops() -> Vec<OpKind> {
         OpKind::Slice,
         OpKind::Concat,
         OpKind::Expand,
+        OpKind::Gather,
+        OpKind::Resize,
     ];
     ops.extend(LUT_OPS);
     ops
@@ -135,7 +145,17 @@ pub fn refuse(g: &Graph, node: &Node) -> Option<String> {
             Some(_) => {}
         }
     }
-    for &v in values {
+    if let Op::Gather { .. } = node.op {
+        if !is_const(g, node.inputs[1]) {
+            return violated(
+                "gather-indices",
+                "run-time indices (an embedding lookup)".into(),
+            );
+        }
+    }
+    // Constant integer indices are compile-time addresses, not operands.
+    let indices = matches!(node.op, Op::Gather { .. }).then(|| node.inputs[1]);
+    for &v in values.filter(|&&v| Some(v) != indices) {
         let dt = g.value(v).ty.dtype;
         if dt != DType::F32 && !(is_const(g, v) && dt.is_float()) {
             return violated(
@@ -255,6 +275,30 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
                 .err()
                 .map(|why| format!("pool: {why}"))
         }
+        Op::Gather { axis } => {
+            let len = shape(0).get(*axis).copied().unwrap_or(0) as i64;
+            let idx = g.value(node.inputs[1]);
+            let ValueDef::Const(t) = &idx.def else {
+                return None;
+            };
+            let bad = m4c_ops::Value::from_tensor(t)
+                .map(|v| m4c_ops::as_f64(&v))
+                .map_err(|e| e.to_string())
+                .map(|v| {
+                    v.into_iter()
+                        .find(|&i| i < -(len as f64) || i >= len as f64)
+                });
+            match bad {
+                Ok(None) => None,
+                Ok(Some(i)) => violated(
+                    "gather-indices",
+                    format!("index {i} outside an axis of {len}"),
+                ),
+                Err(e) => violated("gather-indices", e),
+            }
+        }
+        Op::Resize { mode, .. } => (*mode == m4c_ir::op::ResizeMode::Linear)
+            .then(|| "resize-nearest: linear Resize".to_string()),
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();
             (!(konst(1) && n == Some(1)))
@@ -325,7 +369,7 @@ mod tests {
         assert_eq!(why[2], "");
         assert!(why[3].starts_with("lut-scalar:"), "{}", why[3]);
         assert!(why[4].starts_with("last-axis:"), "{}", why[4]);
-        assert_eq!(why[5], "op: no NPU kernel for Gather");
+        assert!(why[5].starts_with("gather-indices: run-time"), "{}", why[5]);
         assert!(CONSTRAINTS.iter().all(|c| !c.rule.is_empty()));
     }
 }

@@ -1,10 +1,12 @@
-//! Data movement: Transpose, Slice, Concat and Expand as DMA address
-//! patterns (`kernels::gather`); the bytes keep their quantisation.
+//! Data movement: Transpose, Slice, Concat, Expand, Gather with constant
+//! indices and nearest-neighbour Resize as DMA address patterns
+//! (`kernels::gather`); the bytes keep their quantisation.
 
+use m4c_ir::op::ResizeMode;
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::gather;
 
-use super::{dims, Ctx};
+use super::{constant, dims, floats, Ctx};
 
 impl Ctx<'_> {
     /// A data-movement `op` from `ins` to `out` (rows of `cols` bytes).
@@ -18,6 +20,12 @@ impl Ctx<'_> {
         let g = self.g;
         let err = |e: m4c_npu::kernels::KernelError| e.to_string();
         let shape = dims(g, out);
+        // Gather's indices and Resize's parameters are not moved data.
+        let all = ins;
+        let ins = match op {
+            Op::Gather { .. } | Op::Resize { .. } => &ins[..1],
+            _ => ins,
+        };
         let ts = ins
             .iter()
             .map(|&v| self.tensor(v))
@@ -35,11 +43,38 @@ impl Ctx<'_> {
                 .map(|s| vec![0; s.iter().product()])
                 .collect(),
             row_len: cols,
-            rows: crate::movement::pieces(op, &in_shapes, &shape)?,
+            rows: self.pattern(op, all, &in_shapes, &shape)?,
         };
         let k = gather::generate(&ops, self.config).map_err(err)?;
         let y = self.result(out, q);
         self.whole(out, "dma", k, &ts, y);
         Ok(())
+    }
+
+    /// The DMA pieces of `op` (operands `all`) from sources of shapes
+    /// `ins` to `shape`.
+    fn pattern(
+        &self,
+        op: &Op,
+        all: &[ValueId],
+        ins: &[Vec<usize>],
+        shape: &[usize],
+    ) -> Result<Vec<Vec<gather::Piece>>, String> {
+        use crate::movement;
+        match op {
+            Op::Gather { axis } => {
+                let idx = all.get(1).ok_or("Gather without indices")?;
+                let values = constant(self.g, *idx).ok_or("run-time Gather indices")?;
+                let indices: Vec<i64> = floats(&values).iter().map(|&i| i as i64).collect();
+                movement::gather(&ins[0], *axis, (&indices, values.shape()), shape)
+            }
+            Op::Resize {
+                mode: ResizeMode::Nearest(rounding),
+                coord,
+                scales,
+                sizes,
+            } => movement::resize_nearest(&ins[0], (*rounding, *coord), scales, sizes),
+            _ => movement::pieces(op, ins, shape),
+        }
     }
 }

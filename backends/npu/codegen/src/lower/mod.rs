@@ -295,9 +295,12 @@ impl Ctx<'_> {
                 let t = self.tensor(ins[0])?;
                 self.tensor_of.insert(out, t);
             }
-            Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Expand { .. } => {
-                self.movement(op, ins, out, cols)?
-            }
+            Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Expand { .. }
+            | Op::Gather { .. }
+            | Op::Resize { .. } => self.movement(op, ins, out, cols)?,
             Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b, None)?,
             Op::ReduceSum { .. } => self.reduce(true, ins, out)?,
             Op::ReduceMax { .. } => self.reduce(false, ins, out)?,
