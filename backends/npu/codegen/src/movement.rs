@@ -140,11 +140,14 @@ pub fn resize_nearest(
     })
 }
 
+/// Where an output index reads: (source, offset).
+type Locate<'a> = dyn Fn(&[usize]) -> Result<(usize, usize), String> + 'a;
+
 /// The pieces of every output row of an output of shape `out` whose
 /// element at index `o` is read from `locate(o)` (source, offset).
 fn pieces_by(
     out: &[usize],
-    locate: &dyn Fn(&[usize]) -> Result<(usize, usize), String>,
+    locate: &Locate,
 ) -> Result<Vec<Vec<Piece>>, String> {
     let cols = out.last().copied().unwrap_or(1).max(1);
     let rows = out.iter().product::<usize>() / cols;
