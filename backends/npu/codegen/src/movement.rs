@@ -145,10 +145,7 @@ type Locate<'a> = dyn Fn(&[usize]) -> Result<(usize, usize), String> + 'a;
 
 /// The pieces of every output row of an output of shape `out` whose
 /// element at index `o` is read from `locate(o)` (source, offset).
-fn pieces_by(
-    out: &[usize],
-    locate: &Locate,
-) -> Result<Vec<Vec<Piece>>, String> {
+fn pieces_by(out: &[usize], locate: &Locate) -> Result<Vec<Vec<Piece>>, String> {
     let cols = out.last().copied().unwrap_or(1).max(1);
     let rows = out.iter().product::<usize>() / cols;
     let outer = &out[..out.len().saturating_sub(1)];
