@@ -285,7 +285,9 @@ fn pooling_and_reductions_match_the_interpreter() {
 /// indices (an embedding lookup) is refused by name and falls back.
 #[test]
 fn constant_gathers_and_nearest_resize_move_bytes() {
-    let gathers: [(&str, Vec<usize>, usize, Vec<i64>, Vec<usize>); 3] = [
+    // (name, data shape, axis, indices, indices' shape)
+    type Case = (&'static str, Vec<usize>, usize, Vec<i64>, Vec<usize>);
+    let gathers: [Case; 3] = [
         ("cls_pick", vec![2, 5, 8], 1, vec![0], vec![]),
         ("qkv_split", vec![3, 2, 4, 6], 0, vec![1], vec![]),
         ("reorder", vec![4, 6], 0, vec![3, -4, 1], vec![3]),
