@@ -65,21 +65,7 @@ pub fn lower_part(
     cal: &Calibration,
     config: &MachineConfig,
 ) -> Result<Lowered, (usize, String)> {
-    let mut cx = Ctx {
-        g,
-        cal,
-        config,
-        tensor_of: HashMap::new(),
-        out: Lowered {
-            plan: PartPlan {
-                tensors: vec![],
-                layers: vec![],
-            },
-            programs: vec![],
-            inputs: vec![],
-            outputs: vec![],
-        },
-    };
+    let mut cx = Ctx::new(g, cal, config);
     let mut fused = std::collections::HashSet::new();
     for &i in nodes {
         let node = &g.nodes[i];
@@ -193,7 +179,26 @@ fn requant((multiplier, shift): (i32, i32)) -> Requant {
     }
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// An empty part of `g`.
+    fn new(g: &'a Graph, cal: &'a Calibration, config: &'a MachineConfig) -> Ctx<'a> {
+        Ctx {
+            g,
+            cal,
+            config,
+            tensor_of: HashMap::new(),
+            out: Lowered {
+                plan: PartPlan {
+                    tensors: vec![],
+                    layers: vec![],
+                },
+                programs: vec![],
+                inputs: vec![],
+                outputs: vec![],
+            },
+        }
+    }
+
     /// The quantisation of value `v`: its tensor's when it has one, else
     /// the calibrated one.
     fn quant(&self, v: ValueId) -> Result<Quant, String> {
