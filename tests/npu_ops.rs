@@ -9,11 +9,12 @@ mod common;
 #[path = "common/npu.rs"]
 mod npu;
 use common::{fixture, m4c, text};
-use npu::simulate;
+use npu::{compile, simulate};
 
 use m4c_ir::op::{ConvAttrs, CoordMode, NearestRounding, PoolAttrs, ResizeMode};
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
 use m4c_ops::Value;
+use m4c_runtime::bundle::format::SectionKind;
 use m4c_runtime::exec::npu::RunFigures;
 
 /// Deterministic values in about -1..1 (a hash of the index).
@@ -357,5 +358,40 @@ fn conv_fixtures_run_on_the_npu_within_cosine_099() {
         let out = m4c(&["partition", &f("onnx"), "--target", "npu"]);
         let t = text(&out);
         assert!(t.contains(&format!("| {name} | Full | 1 |")), "{t}");
+    }
+}
+
+/// Every program the code generator emits for a conv, a depthwise conv,
+/// pooling and a gather disassembles and reassembles to the identical
+/// binary (`docs/NPU_ISA.md`: `asm(disasm(x)) == x`, segments included).
+#[test]
+fn generated_programs_round_trip_through_assembly() {
+    let shape = [1, 6, 9, 9];
+    let g = graph("round_trip", &shape, |g, x| {
+        let w = g.add_const("w", Tensor::from_f32(&[6, 1, 3, 3], &values(54, 8)));
+        let op = Op::Conv(attrs([1, 1], [1; 4], [1, 1], 6));
+        let d = g.add_node(op, &[x, w], "dw").unwrap();
+        let w = g.add_const("w2", Tensor::from_f32(&[4, 6, 3, 3], &values(216, 9)));
+        let c = g
+            .add_node(Op::Conv(attrs([2, 2], [1; 4], [1, 1], 1)), &[d, w], "conv")
+            .unwrap();
+        let p = g
+            .add_node(Op::MaxPool(pool([2, 2], [1, 1], [0; 4])), &[c], "pool")
+            .unwrap();
+        let i = g.add_const("i", Tensor::from_i64(&[], &[2]));
+        g.add_node(Op::Gather { axis: 1 }, &[p, i], "pick").unwrap()
+    });
+    let artifact = compile(&g, &[input(&shape, 9)], "edge-small");
+    let blob = artifact
+        .files
+        .iter()
+        .find(|f| f.section == Some(SectionKind::Code))
+        .unwrap();
+    let programs = m4c_npu::module::unpack_programs(&blob.bytes).unwrap();
+    assert!(programs.len() >= 8, "{} programs", programs.len());
+    for (i, p) in programs.iter().enumerate() {
+        let text = m4c_npu::disasm::disassemble(p);
+        let again = m4c_npu::asm::assemble(&text).unwrap();
+        assert_eq!(again.to_bytes(), p.to_bytes(), "program {i}");
     }
 }
