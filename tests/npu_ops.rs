@@ -395,3 +395,33 @@ fn generated_programs_round_trip_through_assembly() {
         assert_eq!(again.to_bytes(), p.to_bytes(), "program {i}");
     }
 }
+
+/// A squeeze-excite gate (`x * s` with `s` of shape `[1, C, 1, 1]`
+/// computed at run time, here by a global average pool and a sigmoid) is
+/// one elementwise layer whose second operand the vector unit broadcasts
+/// along each channel's row (no DMA expansion), within the int8 rounding
+/// of the interpreter's result.
+#[test]
+fn a_squeeze_excite_gate_broadcasts_per_row() {
+    let shape = [1, 6, 5, 5];
+    let g = graph("squeeze_excite", &shape, |g, x| {
+        let axes = vec![2, 3];
+        let s = g
+            .add_node(
+                Op::ReduceSum {
+                    axes,
+                    keep_dims: true,
+                },
+                &[x],
+                "sum",
+            )
+            .unwrap();
+        let gate = g.add_node(Op::Sigmoid, &[s], "gate").unwrap();
+        g.add_node(Op::Mul, &[gate, x], "y").unwrap()
+    });
+    let x = input(&shape, 10);
+    let (got, want, f) = both(&g, &x);
+    assert_eq!(kernels(&f), ["reduce-sum", "lut-sigmoid", "eltwise-mul"]);
+    let c = m4c_ops::compare(&got, &want, 0.0, 0.0);
+    assert!(c.cosine > 0.999, "{}", c.summary());
+}

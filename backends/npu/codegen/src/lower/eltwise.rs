@@ -1,7 +1,8 @@
 //! Elementwise operators: the binary kernel (a constant operand broadcast
-//! and quantised into the program, a run-time operand that broadcasts
-//! first expanded by DMA); with a constant scalar operand, and unary
-//! functions, a lookup table computed by evaluating the IR op itself.
+//! and quantised into the program; a run-time operand with one value per
+//! row broadcast by the vector unit, one that broadcasts otherwise first
+//! expanded by DMA); with a constant scalar operand, and unary functions,
+//! a lookup table computed by evaluating the IR op itself.
 
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::{eltwise, gather, lut};
@@ -9,6 +10,18 @@ use m4c_npu::module::Binding;
 use m4c_ops::{eval_op, Value};
 
 use super::{constant, dims, floats, symmetric, Ctx};
+
+/// When `from` broadcast to `to` gives one value per row of `to` viewed
+/// as `[prod(to[..k]), prod(to[k..])]` (`from` equals `to` up to axis `k`,
+/// then is 1): that `k`.
+fn per_row(from: &[usize], to: &[usize]) -> Option<usize> {
+    let pad = to.len().checked_sub(from.len())?;
+    let full: Vec<usize> = std::iter::repeat_n(1, pad)
+        .chain(from.iter().copied())
+        .collect();
+    let k = full.iter().rposition(|&d| d != 1).map_or(0, |p| p + 1);
+    (full != to && full[..k] == to[..k]).then_some(k)
+}
 
 impl Ctx<'_> {
     /// Tensor `t` (value `v`) broadcast to `out`'s shape by a DMA
@@ -56,20 +69,45 @@ impl Ctx<'_> {
         };
         match elt {
             Some(elt) if ins.len() == 2 && !scalar => {
+                // A run-time operand with one value per row (of `out`
+                // viewed as rows' x cols') is broadcast by the vector unit;
+                // it goes second.
+                let out_shape = dims(g, out);
+                let row_bcast = (0..2).rev().find_map(|i| {
+                    let commutes = i == 1 || elt != eltwise::EltOp::Sub;
+                    let other_full = dims(g, ins[1 - i]) == out_shape;
+                    let ok = consts[i].is_none() && commutes && other_full;
+                    ok.then(|| per_row(&dims(g, ins[i]), &out_shape))
+                        .flatten()
+                        .map(|k| (i, k))
+                });
+                let (order, rows, cols) = match row_bcast {
+                    Some((i, k)) => {
+                        let r = out_shape[..k].iter().product::<usize>();
+                        ([1 - i, i], r, n / r.max(1))
+                    }
+                    None => ([0, 1], rows, cols),
+                };
+                let lens = [n, if row_bcast.is_some() { rows } else { n }];
                 let mut ts = vec![];
-                let mut data = [vec![0i8; n], vec![0i8; n]];
+                let mut data = [vec![0i8; lens[0]], vec![0i8; lens[1]]];
                 let mut quants = [qy; 3];
-                for (i, &v) in ins.iter().enumerate() {
+                for (slot, &i) in order.iter().enumerate() {
+                    let v = ins[i];
                     if let Some(c) = &consts[i] {
-                        let zeros = Value::F32(ndarray::ArrayD::zeros(dims(g, out)));
+                        let zeros = Value::F32(ndarray::ArrayD::zeros(out_shape.clone()));
                         let full =
                             floats(&eval_op(&Op::Add, &[c, &zeros]).map_err(|e| e.to_string())?);
-                        quants[i] = symmetric(full.iter().fold(0.0, |m: f64, x| m.max(x.abs())));
-                        data[i] = full.iter().map(|&x| quants[i].quantize(x)).collect();
+                        quants[slot] = symmetric(full.iter().fold(0.0, |m: f64, x| m.max(x.abs())));
+                        data[slot] = full.iter().map(|&x| quants[slot].quantize(x)).collect();
                     } else {
-                        quants[i] = self.quant(v)?;
+                        quants[slot] = self.quant(v)?;
                         let t = self.tensor(v)?;
-                        ts.push((i, self.expanded(v, t, out)?));
+                        let t = match row_bcast {
+                            Some(_) => t,
+                            None => self.expanded(v, t, out)?,
+                        };
+                        ts.push((slot, t));
                     }
                 }
                 let [a, b] = data;
@@ -85,11 +123,11 @@ impl Ctx<'_> {
                 let y = self.result(out, qy);
                 let bindings = ts
                     .iter()
-                    .map(|&(i, t)| Binding {
+                    .map(|&(slot, t)| Binding {
                         tensor: t,
                         offset: 0,
-                        len: n,
-                        addr: k.inputs[i],
+                        len: lens[slot],
+                        addr: k.inputs[slot],
                     })
                     .collect();
                 let output = Binding {
@@ -127,5 +165,21 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_row;
+
+    #[test]
+    fn per_row_broadcasts() {
+        // A squeeze-excite scale [1, C, 1, 1] over [1, C, H, W]: C rows.
+        assert_eq!(per_row(&[1, 8, 1, 1], &[1, 8, 4, 4]), Some(2));
+        // An attention mask [B, 1, 1, S] over [B, H, S, S] is not per row.
+        assert_eq!(per_row(&[2, 1, 1, 5], &[2, 3, 5, 5]), None);
+        assert_eq!(per_row(&[4, 1], &[4, 6]), Some(1));
+        assert_eq!(per_row(&[1], &[3, 6]), Some(0));
+        assert_eq!(per_row(&[3, 6], &[3, 6]), None);
     }
 }
