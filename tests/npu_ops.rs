@@ -258,6 +258,30 @@ fn pooling_and_reductions_match_the_interpreter() {
         let k = kernels(&f);
         assert!(k.iter().any(|k| k.starts_with("reduce-")), "{name}: {k:?}");
     }
+    // Pooling has two forms (on NCHW planes, or on NHWC channel vectors),
+    // taken by simulated cycles: both give the interpreter's result.
+    let mut forms = vec![];
+    for (name, shape) in [
+        ("many_channels", [1, 8, 12, 12]),
+        ("one_channel", [1, 1, 12, 12]),
+    ] {
+        let g = graph(name, &shape, |g, x| {
+            let op = Op::MaxPool(pool([3, 3], [2, 2], [1; 4]));
+            g.add_node(op, &[x], "y").unwrap()
+        });
+        let x = input(&shape, 3);
+        let (got, want, f) = both(&g, &x);
+        let bound = (absmax(&x) + absmax(&want)) / 254.0 * 1.0001;
+        assert_within(name, &got, &want, bound);
+        forms.push(kernels(&f).join(" "));
+    }
+    assert_eq!(
+        forms,
+        [
+            "dma-nhwc dma-window reduce-max dma-nchw",
+            "dma-window reduce-max"
+        ]
+    );
     // GlobalAveragePool as the frontend lowers it: ReduceSum, then Mul.
     let g = graph("global_average_pool", &shape, |g, x| {
         let axes = vec![2, 3];

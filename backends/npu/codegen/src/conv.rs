@@ -146,6 +146,56 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// The window rows over the NHWC image `[n, h, w, c]` of this
+    /// geometry's input: one row per output pixel (`n, oy, ox`), the
+    /// channels of each tap in turn (taps row-major); a tap in the
+    /// padding reads source 1, [`Geometry::nhwc_pad`] bytes. Taps that are
+    /// adjacent in the image (and in the padding source) are one piece.
+    pub fn nhwc_windows(&self) -> Vec<Vec<Piece>> {
+        let [n, c, h, w] = self.x;
+        let ([oh, ow], [kh, kw]) = (self.out(), self.kernel);
+        let ([sh, sw], [dh, dw]) = (self.strides, self.dilations);
+        let (top, left) = (self.pads[0], self.pads[1]);
+        let mut rows = Vec::with_capacity(n * oh * ow);
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut row: Vec<Piece> = vec![];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let y = (oy * sh + ky * dh).checked_sub(top).filter(|&y| y < h);
+                            let x = (ox * sw + kx * dw).checked_sub(left).filter(|&x| x < w);
+                            let (source, start) = match (y, x) {
+                                (Some(y), Some(x)) => (0, ((b * h + y) * w + x) * c),
+                                _ => (1, kx * c),
+                            };
+                            match row.last_mut() {
+                                Some(p) if p.source == source && p.start + p.len == start => {
+                                    p.len += c
+                                }
+                                _ => row.push(Piece {
+                                    source,
+                                    start,
+                                    stride: 1,
+                                    len: c,
+                                }),
+                            }
+                        }
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+        rows
+    }
+
+    /// Bytes of the padding source [`Geometry::nhwc_windows`] reads.
+    pub fn nhwc_pad(&self) -> usize {
+        self.kernel[1] * self.x[1]
+    }
+}
+
 /// The rows of NHWC `[n, h, w, c]` from NCHW `[n, c, h, w]`: one row per
 /// pixel, one byte per channel (a run of pixels loads each channel with
 /// one 2-D descriptor).
@@ -231,6 +281,42 @@ mod tests {
             assert!(pieces.iter().all(|p| p.source == 0 || p.len <= g.zeros()));
         }
         assert!(g.direct(3).is_none(), "two images, uneven pads");
+    }
+
+    /// The NHWC windows read what a pooling loop reads, the padding from
+    /// source 1.
+    #[test]
+    fn nhwc_windows_read_the_window() {
+        let g = Geometry::new(&attrs([2, 2], [1; 4]), &[1, 3, 5, 5], &[3, 3]).unwrap();
+        let [oh, ow] = g.out();
+        let rows = g.nhwc_windows();
+        for (r, pieces) in rows.iter().enumerate() {
+            let got: Vec<Option<usize>> = pieces
+                .iter()
+                .flat_map(|p| (0..p.len).map(move |i| (p.source == 0).then_some(p.start + i)))
+                .collect();
+            let (oy, ox) = (r / ow, r % ow);
+            let mut want = vec![];
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    for ch in 0..3 {
+                        let (y, x) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                        let inside = (0..5).contains(&y) && (0..5).contains(&x);
+                        want.push(inside.then(|| ((y * 5 + x) * 3) as usize + ch));
+                    }
+                }
+            }
+            assert_eq!(got, want, "row {r}");
+            assert!(pieces
+                .iter()
+                .all(|p| p.source == 0 || p.start + p.len <= g.nhwc_pad()));
+        }
+        assert_eq!(rows.len(), oh * ow);
+        assert_eq!(
+            rows[4].len(),
+            3,
+            "an interior window: one piece per kernel row"
+        );
     }
 
     #[test]

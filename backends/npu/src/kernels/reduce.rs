@@ -6,14 +6,21 @@
 //! pooling) is this on the tensor itself. Per row tile: `vred` into the
 //! accumulator (exact), then `requant` to int8 — the result is exact up
 //! to the one requantisation rounding.
+//!
+//! With `channels > 1` a row holds `taps x channels` bytes (an NHWC window:
+//! one block of channels per tap) and reduces to `channels` outputs, the
+//! sum or maximum over the taps of each channel: a `vbin cvt` of the first
+//! block into the accumulator, then one `vbin add`/`max` per further tap.
 
 use super::data::{i8_bytes, SplitMix64};
 use super::stream::{self, StreamKernel, StreamShape, Tile};
 use super::vector::{self, Operand, Reduce};
 use super::{KernelError, KernelProgram, ProgramBuilder};
 use crate::config::MachineConfig;
+use crate::fixed::Prescale;
 use crate::isa::Instr;
 use crate::quant::{Requant, SHIFT_RANGE};
+use crate::sim::BinOp;
 
 /// Which statistic a row reduces to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +36,13 @@ pub enum RowReduce {
 pub struct ReduceOperands {
     /// Sum or maximum.
     pub op: RowReduce,
-    /// Rows (= outputs).
+    /// Rows.
     pub rows: usize,
-    /// Elements per row.
+    /// Elements per row (`taps x channels`).
     pub cols: usize,
+    /// Outputs per row: each the reduction of every `channels`-th element
+    /// of the row from its own offset (1: the whole row).
+    pub channels: usize,
     /// The input, `rows x cols` row-major.
     pub x: Vec<i8>,
     /// Requantisation of the int32 sum or maximum to the int8 output.
@@ -53,6 +63,7 @@ impl ReduceOperands {
             op,
             rows,
             cols,
+            channels: 1,
             x: rng.i8s(rows * cols),
             quant: Requant {
                 multiplier,
@@ -66,25 +77,31 @@ impl ReduceOperands {
 
     /// The reference result.
     pub fn reference(&self) -> Vec<i8> {
+        let ch = self.channels.max(1);
         self.x
             .chunks(self.cols.max(1))
-            .map(|row| {
-                let acc = match self.op {
-                    RowReduce::Sum => row.iter().map(|&v| v as i32).sum(),
-                    RowReduce::Max => row.iter().map(|&v| v as i32).max().unwrap_or(0),
-                };
-                self.quant.apply(acc)
+            .flat_map(|row| {
+                (0..ch).map(move |c| {
+                    let taps = row.iter().skip(c).step_by(ch).map(|&v| v as i32);
+                    let acc = match self.op {
+                        RowReduce::Sum => taps.sum(),
+                        RowReduce::Max => taps.max().unwrap_or(0),
+                    };
+                    self.quant.apply(acc)
+                })
             })
             .collect()
     }
 
     fn check(&self) -> Result<(), KernelError> {
         let bad = |m: String| Err(KernelError::BadShape(m));
-        if self.rows == 0 || self.cols == 0 || self.x.len() != self.rows * self.cols {
+        let blocks = self.channels > 0 && self.cols % self.channels == 0;
+        if self.rows == 0 || !blocks || self.cols == 0 || self.x.len() != self.rows * self.cols {
             return bad(format!(
-                "reduction of {} x {} over {} elements",
+                "reduction of {} x {} ({} channels) over {} elements",
                 self.rows,
                 self.cols,
+                self.channels,
                 self.x.len()
             ));
         }
@@ -110,18 +127,18 @@ pub fn generate(
     config: &MachineConfig,
 ) -> Result<KernelProgram, KernelError> {
     ops.check()?;
-    let (rows, cols) = (ops.rows, ops.cols);
+    let (rows, cols, ch) = (ops.rows, ops.cols, ops.channels);
     let shape = StreamShape {
         rows,
         in_row_bytes: cols,
-        out_row_bytes: 1,
-        acc_per_row: 1,
+        out_row_bytes: ch,
+        acc_per_row: ch,
         const_bytes: 0,
     };
     let tile_rows = stream::tile_rows(config, &shape)?;
     let mut b = ProgramBuilder::default();
     let in_dram = b.alloc_data(i8_bytes(&ops.x))?;
-    let out_dram = b.alloc(rows)?;
+    let out_dram = b.alloc(rows * ch)?;
     let op = match ops.op {
         RowReduce::Sum => Reduce::Sum,
         RowReduce::Max => Reduce::Max,
@@ -131,6 +148,9 @@ pub fn generate(
     };
     let compute = |b: &mut ProgramBuilder, t: &Tile| {
         let r = t.rows.len();
+        if ch > 1 {
+            return per_tap(b, ops, t);
+        }
         vector::strides(b, 1, cols, 0)?;
         vector::reduce(b, op, 0, Operand::Act(t.input), (r, cols), 0)?;
         vector::strides(b, r, r, 0)?;
@@ -148,15 +168,43 @@ pub fn generate(
         load_consts: &|_| Ok(()),
         load: &load,
         compute: &compute,
-        store: &|b, t| stream::store_rows(b, out_dram, 1, t),
+        store: &|b, t| stream::store_rows(b, out_dram, ch, t),
     };
     stream::emit(&mut b, &shape, tile_rows, &kernel)?;
     Ok(KernelProgram {
         program: b.finish()?,
         out_addr: out_dram,
-        out_len: rows,
+        out_len: rows * ch,
         inputs: vec![in_dram],
         tile_rows,
+    })
+}
+
+/// A tile of the per-tap reduction: the first tap's block converted into
+/// the accumulator, each further block added or maxed in, requantised.
+fn per_tap(b: &mut ProgramBuilder, ops: &ReduceOperands, t: &Tile) -> Result<(), KernelError> {
+    let (r, cols, ch) = (t.rows.len(), ops.cols, ops.channels);
+    vector::strides(b, ch, cols, ch)?;
+    vector::prescale(b, Prescale::IDENTITY, Prescale::IDENTITY)?;
+    vector::requant(b, &vector::int32_out(0, 0))?;
+    for tap in 0..cols / ch {
+        let op = match (tap, ops.op) {
+            (0, _) => BinOp::Cvt,
+            (_, RowReduce::Sum) => BinOp::Add,
+            (_, RowReduce::Max) => BinOp::Max,
+        };
+        let x = Operand::Act(t.input + (tap * ch) as u64);
+        vector::binary(b, op, Operand::Acc(0), x, Operand::Acc(0), r, ch, false)?;
+    }
+    vector::strides(b, ch, ch, 0)?;
+    vector::requant(b, &ops.quant)?;
+    b.emit(Instr::Requant {
+        dst: t.output as i64,
+        acc: 0,
+        bias: 0,
+        rows: r as i64,
+        cols: ch as i64,
+        mode: 0,
     })
 }
 
@@ -180,6 +228,15 @@ mod tests {
             let k = generate(&ops, &config).unwrap();
             let r = simulate(&k.program, &config, SimOptions::default()).unwrap();
             assert_eq!(k.output(&r.dram), ops.reference(), "{op:?} {rows}x{cols}");
+        }
+        for (op, rows, taps, ch) in [(RowReduce::Max, 50, 9, 16), (RowReduce::Sum, 9, 4, 3)] {
+            let ops = ReduceOperands {
+                channels: ch,
+                ..ReduceOperands::random(op, rows, taps * ch, 5)
+            };
+            let k = generate(&ops, &config).unwrap();
+            let r = simulate(&k.program, &config, SimOptions::default()).unwrap();
+            assert_eq!(k.output(&r.dram), ops.reference(), "{op:?} per tap");
         }
         let mut bad = ReduceOperands::random(RowReduce::Sum, 2, 3, 1);
         bad.x.pop();

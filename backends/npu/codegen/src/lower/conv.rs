@@ -33,10 +33,13 @@ fn err(e: KernelError) -> String {
 
 /// The layers of one way to compute a conv, in order (each reads the
 /// previous one's result), before the change back to NCHW.
-type Form = Vec<(&'static str, KernelProgram)>;
+pub(super) type Form = Vec<(&'static str, KernelProgram)>;
 
 /// Simulated cycles of all layers of `form`.
-fn form_cycles(form: &Form, config: &m4c_npu::config::MachineConfig) -> Result<u64, String> {
+pub(super) fn form_cycles(
+    form: &Form,
+    config: &m4c_npu::config::MachineConfig,
+) -> Result<u64, String> {
     form.iter().map(|(_, k)| cycles(&k.program, config)).sum()
 }
 
@@ -190,8 +193,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// The NCHW → NHWC layer before a direct kernel.
-    fn nhwc(&self, geo: &Geometry) -> Result<(&'static str, KernelProgram), String> {
+    /// The NCHW → NHWC layer before a direct kernel (`geo.x` is NCHW).
+    pub(super) fn nhwc(&self, geo: &Geometry) -> Result<(&'static str, KernelProgram), String> {
         let ops = gather::GatherOperands {
             sources: vec![vec![0; geo.x.iter().product()]],
             row_len: geo.x[1],
