@@ -95,7 +95,7 @@ impl ReduceOperands {
 
     fn check(&self) -> Result<(), KernelError> {
         let bad = |m: String| Err(KernelError::BadShape(m));
-        let blocks = self.channels > 0 && self.cols % self.channels == 0;
+        let blocks = self.channels > 0 && self.cols.is_multiple_of(self.channels);
         if self.rows == 0 || !blocks || self.cols == 0 || self.x.len() != self.rows * self.cols {
             return bad(format!(
                 "reduction of {} x {} ({} channels) over {} elements",
