@@ -39,7 +39,7 @@ pub const CONSTRAINTS: [Constraint; 12] = [
     },
     Constraint {
         name: "conv",
-        rule: "Conv is 2-D over NCHW with constant weights and bias, one group (any stride, padding, dilation: im2col + GEMM or the direct kernel, whichever simulates faster) or depthwise (group = channels, one filter each; one image, equal strides, uniform padding, no dilation: the vector unit's depthwise kernel)",
+        rule: "Conv is 2-D over NCHW (or 1-D, as 2-D of height 1) with constant weights and bias, one group (any stride, padding, dilation: im2col + GEMM or the direct kernel, whichever simulates faster) or depthwise (group = channels, one filter each; one image, equal strides, uniform padding, no dilation: the vector unit's depthwise kernel)",
     },
     Constraint {
         name: "pool",
@@ -211,7 +211,7 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
                 Ok(geo) => geo,
                 Err(why) => return violated("conv", why),
             };
-            let depthwise = attrs.group == x[1] && w[0] == x[1] && w[1] == 1;
+            let depthwise = attrs.group == geo.x[1] && w[0] == geo.x[1] && w[1] == 1;
             if attrs.group > 1 && !depthwise {
                 return violated(
                     "conv",
@@ -222,7 +222,7 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
                 );
             }
             (depthwise && geo.direct(w[0]).is_none()).then(|| {
-                format!("conv: depthwise with strides {:?}, pads {:?}, dilations {:?} on {} images: the depthwise kernel takes one image, equal strides, uniform pads, no dilation", attrs.strides, attrs.pads, attrs.dilations, x[0])
+                format!("conv: depthwise with strides {:?}, pads {:?}, dilations {:?} on {} images: the depthwise kernel takes one image, equal strides, uniform pads, no dilation", attrs.strides, attrs.pads, attrs.dilations, geo.x[0])
             })
         }
         Op::ReduceSum { axes, .. } | Op::ReduceMax { axes, .. } => {

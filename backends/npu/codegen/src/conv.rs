@@ -26,8 +26,27 @@ pub struct Geometry {
 
 impl Geometry {
     /// The geometry of `attrs` over input shape `x` with a kernel of
-    /// `kernel` (height, width), or why it is not a 2-D convolution.
+    /// `kernel` (height, width), or why it is not a 2-D convolution. A 1-D
+    /// convolution (`[n, c, l]`, one kernel length) is the 2-D one of
+    /// height 1.
     pub fn new(attrs: &ConvAttrs, x: &[usize], kernel: &[usize]) -> Result<Geometry, String> {
+        if let ([n, c, l], [k]) = (x, kernel) {
+            let lift = |v: &[usize], one: usize| -> Vec<usize> {
+                let half = v.len() / 2;
+                match v.len() {
+                    1 => vec![one, v[0]],
+                    2 => vec![0, v[0], 0, v[half]],
+                    _ => v.to_vec(),
+                }
+            };
+            let attrs = ConvAttrs {
+                strides: lift(&attrs.strides, 1),
+                pads: lift(&attrs.pads, 0),
+                dilations: lift(&attrs.dilations, 1),
+                group: attrs.group,
+            };
+            return Geometry::new(&attrs, &[*n, *c, 1, *l], &[1, *k]);
+        }
         let two = |v: &[usize], what: &str| -> Result<[usize; 2], String> {
             match *v {
                 [a, b] => Ok([a, b]),
@@ -336,6 +355,15 @@ mod tests {
         let g = Geometry::new(&attrs([2, 2], [1; 4]), &[1, 3, 8, 8], &[3, 3]).unwrap();
         assert_eq!(g.direct(4).map(|s| (s.out_h(), s.out_w())), Some((4, 4)));
         assert!(Geometry::new(&attrs([1, 1], [0; 4]), &[1, 3, 2, 2], &[3, 3]).is_err());
-        assert!(Geometry::new(&attrs([1, 1], [0; 4]), &[1, 3, 8], &[3]).is_err());
+        assert!(Geometry::new(&attrs([1, 1], [0; 4]), &[1, 3, 8, 8, 8], &[3, 3, 3]).is_err());
+        // 1-D: stride 2, pads (1, 2) over 9 samples -> 5 outputs.
+        let one = ConvAttrs {
+            strides: vec![2],
+            pads: vec![1, 2],
+            dilations: vec![1],
+            group: 1,
+        };
+        let g = Geometry::new(&one, &[1, 3, 9], &[3]).unwrap();
+        assert_eq!((g.x, g.pads, g.out()), ([1, 3, 1, 9], [0, 1, 0, 2], [1, 5]));
     }
 }

@@ -104,7 +104,7 @@ impl Ctx<'_> {
         let g = self.g;
         let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
         let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
-        let (m, per_out) = (ws[0], ws[1] * ws[2] * ws[3]);
+        let (m, per_out) = (ws[0], ws[1..].iter().product::<usize>());
         let [oh, ow] = geo.out();
         let pixels = xs[0] * oh * ow;
         let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
