@@ -66,7 +66,7 @@ struct ConvCase {
 }
 
 fn conv_graph(c: &ConvCase) -> Graph {
-    graph(c.name, &c.x, |g, x| {
+    graph(c.name, c.x, |g, x| {
         let n: usize = c.w.iter().product();
         let w = values(n, 3).iter().map(|v| v * 0.4).collect::<Vec<_>>();
         let w = g.add_const("w", Tensor::from_f32(c.w, &w));
