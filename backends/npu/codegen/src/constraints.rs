@@ -43,7 +43,7 @@ pub const CONSTRAINTS: [Constraint; 12] = [
     },
     Constraint {
         name: "pool",
-        rule: "MaxPool and AveragePool are 2-D over NCHW (a DMA window pattern and a row reduction on the vector unit); AveragePool counts the padding (count_include_pad, or no padding) and pads begin and end alike (no ceil-mode tail)",
+        rule: "MaxPool and AveragePool are 2-D over NCHW (DMA window patterns over NCHW planes or NHWC channel vectors, whichever simulates faster, and reductions on the vector unit); AveragePool counts the padding (count_include_pad, or no padding) and pads begin and end alike (no ceil-mode tail)",
     },
     Constraint {
         name: "reduce-axes",
@@ -229,8 +229,9 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             let rank = shape(0).len();
             let mut sorted = axes.clone();
             sorted.sort_unstable();
+            let first = rank.checked_sub(sorted.len());
             let trailing =
-                !sorted.is_empty() && sorted.iter().copied().eq(rank - sorted.len()..rank);
+                !sorted.is_empty() && first.is_some_and(|f| sorted.iter().copied().eq(f..rank));
             (!trailing).then(|| {
                 format!(
                     "reduce-axes: axes {axes:?} of a rank-{rank} input are not its trailing axes"

@@ -127,7 +127,7 @@ impl Ctx<'_> {
         let bias = ins.get(2).and_then(|&b| constant(g, b)).map(|b| floats(&b));
         let bias: Vec<i32> = (0..m)
             .map(|c| {
-                let b = bias.as_ref().map_or(0.0, |b| b[c]);
+                let b = bias.as_ref().and_then(|b| b.get(c)).copied().unwrap_or(0.0);
                 (b / (qx.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32
             })
             .collect();
