@@ -11,7 +11,7 @@ mod npu;
 use common::{fixture, m4c, text};
 use npu::{compile, simulate};
 
-use m4c_ir::op::{ConvAttrs, CoordMode, NearestRounding, PoolAttrs, ResizeMode};
+use m4c_ir::op::{ConvAttrs, CoordMode, NearestRounding, PadMode, PoolAttrs, ResizeMode};
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType, ValueId};
 use m4c_ops::Value;
 use m4c_runtime::bundle::format::SectionKind;
@@ -318,8 +318,8 @@ fn pooling_and_reductions_match_the_interpreter() {
     assert!(c.cosine > 0.999, "{}", c.summary());
 }
 
-/// Constant-index Gathers (a CLS pick, a q/k/v-style split) and a
-/// nearest 2x Resize move bytes: the result is the interpreter's up to
+/// Constant-index Gathers (a CLS pick, a q/k/v-style split), nearest
+/// Resize and Pad (constant, reflect, edge) move bytes: the result is the interpreter's up to
 /// the input's int8 rounding (half a step); a Gather with run-time
 /// indices (an embedding lookup) is refused by name and falls back.
 #[test]
@@ -359,6 +359,34 @@ fn constant_gathers_and_nearest_resize_move_bytes() {
         let (got, want, _) = both(&g, &x);
         assert_within("resize", &got, &want, absmax(&x) / 254.0 * 1.0001);
     }
+    for mode in [PadMode::Constant(0.25), PadMode::Reflect, PadMode::Edge] {
+        let shape = [1, 2, 4, 5];
+        let g = graph("pad", &shape, |g, x| {
+            let pads = vec![0, 0, 1, 2, 0, 0, 2, 1];
+            g.add_node(Op::Pad { pads, mode }, &[x], "y").unwrap()
+        });
+        let x = input(&shape, 12);
+        let (got, want, f) = both(&g, &x);
+        assert_eq!(kernels(&f), ["dma"], "{mode:?}");
+        assert_within("pad", &got, &want, absmax(&x) / 254.0 * 1.0001);
+    }
+    // A fill outside the input's range cannot keep its bytes: it falls back.
+    let g = graph("pad_far", &[1, 4], |g, x| {
+        let mode = PadMode::Constant(9.0);
+        g.add_node(
+            Op::Pad {
+                pads: vec![0, 1, 0, 1],
+                mode,
+            },
+            &[x],
+            "y",
+        )
+        .unwrap()
+    });
+    let x = input(&[1, 4], 13);
+    let (got, figures) = simulate(&g, std::slice::from_ref(&x), "edge-small");
+    assert_eq!(figures.fallback_parts, 1);
+    assert_eq!(got[0], m4c_ops::run_graph(&g, &[x]).unwrap()[0]);
     let mut g = Graph::new("embedding");
     let table = g.add_const("table", Tensor::from_f32(&[10, 4], &values(40, 7)));
     let ids = g.add_input("ids", TensorType::fixed(DType::I64, &[3]));

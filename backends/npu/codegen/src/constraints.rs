@@ -19,7 +19,7 @@ pub struct Constraint {
 pub const CONSTRAINTS: [Constraint; 12] = [
     Constraint {
         name: "op",
-        rule: "the operator has an NPU kernel: MatMul, Conv, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, MaxPool/AveragePool, ReduceSum/ReduceMax, Reshape, and Transpose/Slice/Concat/Expand/Gather/Resize as DMA address patterns",
+        rule: "the operator has an NPU kernel: MatMul, Conv, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, MaxPool/AveragePool, ReduceSum/ReduceMax, Reshape, and Transpose/Slice/Concat/Expand/Gather/Resize/Pad as DMA address patterns",
     },
     Constraint {
         name: "static-shape",
@@ -109,6 +109,7 @@ pub fn ops() -> Vec<OpKind> {
         OpKind::Expand,
         OpKind::Gather,
         OpKind::Resize,
+        OpKind::Pad,
     ];
     ops.extend(LUT_OPS);
     ops

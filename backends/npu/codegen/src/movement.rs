@@ -1,9 +1,9 @@
 //! Data-movement operators as DMA address patterns: Transpose, Slice,
-//! Concat, Expand, Gather with constant indices and nearest-neighbour
-//! Resize become, per output row, the pieces
+//! Concat, Expand, Gather with constant indices, nearest-neighbour
+//! Resize and Pad become, per output row, the pieces
 //! (`m4c_npu::kernels::gather::Piece`) a strided DMA load reads.
 
-use m4c_ir::op::{CoordMode, NearestRounding};
+use m4c_ir::op::{CoordMode, NearestRounding, PadMode};
 use m4c_ir::Op;
 use m4c_npu::kernels::gather::Piece;
 
@@ -140,6 +140,43 @@ pub fn resize_nearest(
     })
 }
 
+/// The pieces of Pad (`pads`: begin per axis, then end) of `x` to `out`:
+/// reflected or edge positions read the input; constant ones read source
+/// 1, `out`'s last dimension of the fill byte (at the output column, so a
+/// run of fill is one contiguous piece).
+pub fn pad(
+    x: &[usize],
+    pads: &[usize],
+    mode: PadMode,
+    out: &[usize],
+) -> Result<Vec<Vec<Piece>>, String> {
+    let rank = x.len();
+    if pads.len() != 2 * rank || out.len() != rank {
+        return Err(format!("{} pads of a rank-{rank} input", pads.len()));
+    }
+    let st = strides(x);
+    pieces_by(out, &|o| {
+        let mut at = 0;
+        for d in 0..rank {
+            let (n, i) = (x[d] as i64, o[d] as i64 - pads[d] as i64);
+            let j = match mode {
+                _ if (0..n).contains(&i) => i,
+                PadMode::Constant(_) => return Ok((1, o.last().copied().unwrap_or(0))),
+                PadMode::Reflect if i < 0 => -i,
+                PadMode::Reflect => 2 * (n - 1) - i,
+                PadMode::Edge => i.clamp(0, n - 1),
+            };
+            if !(0..n).contains(&j) {
+                return Err(format!(
+                    "{mode:?} padding reads index {j} of an axis of {n}"
+                ));
+            }
+            at += j as usize * st[d];
+        }
+        Ok((0, at))
+    })
+}
+
 /// Where an output index reads: (source, offset).
 type Locate<'a> = dyn Fn(&[usize]) -> Result<(usize, usize), String> + 'a;
 
@@ -189,6 +226,36 @@ fn pieces_by(out: &[usize], locate: &Locate) -> Result<Vec<Vec<Piece>>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Constant padding reads the fill source at the output column;
+    /// reflect and edge padding read the interpreter's source indices.
+    #[test]
+    fn pads_read_the_border() {
+        let flat = |p: &[Piece]| -> Vec<(usize, usize)> {
+            p.iter()
+                .flat_map(|p| (0..p.len).map(move |i| (p.source, p.start + i * p.stride)))
+                .collect()
+        };
+        let c = pad(&[1, 3], &[0, 1, 0, 2], PadMode::Constant(0.0), &[1, 6]).unwrap();
+        assert_eq!(
+            flat(&c[0]),
+            [(1, 0), (0, 0), (0, 1), (0, 2), (1, 4), (1, 5)]
+        );
+        let r = pad(&[1, 3], &[0, 2, 0, 1], PadMode::Reflect, &[1, 6]).unwrap();
+        assert_eq!(
+            flat(&r[0]).iter().map(|x| x.1).collect::<Vec<_>>(),
+            [2, 1, 0, 1, 2, 1]
+        );
+        let e = pad(&[2, 2], &[1, 0, 0, 1], PadMode::Edge, &[3, 3]).unwrap();
+        assert_eq!(
+            flat(&e[0]).iter().map(|x| x.1).collect::<Vec<_>>(),
+            [0, 1, 1]
+        );
+        assert_eq!(
+            flat(&e[2]).iter().map(|x| x.1).collect::<Vec<_>>(),
+            [2, 3, 3]
+        );
+    }
 
     /// A constant-index Gather (the CLS pick, a q/k/v split) and a 2x
     /// nearest upsampling read what the interpreter's definitions read.

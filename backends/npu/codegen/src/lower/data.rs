@@ -1,8 +1,9 @@
 //! Data movement: Transpose, Slice, Concat, Expand, Gather with constant
-//! indices and nearest-neighbour Resize as DMA address patterns
-//! (`kernels::gather`); the bytes keep their quantisation.
+//! indices, nearest-neighbour Resize and Pad as DMA address patterns
+//! (`kernels::gather`); the bytes keep their quantisation (a constant
+//! fill is quantised with the input's and read from a source of its own).
 
-use m4c_ir::op::ResizeMode;
+use m4c_ir::op::{PadMode, ResizeMode};
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::gather;
 
@@ -23,7 +24,7 @@ impl Ctx<'_> {
         // Gather's indices and Resize's parameters are not moved data.
         let all = ins;
         let ins = match op {
-            Op::Gather { .. } | Op::Resize { .. } => &ins[..1],
+            Op::Gather { .. } | Op::Resize { .. } | Op::Pad { .. } => &ins[..1],
             _ => ins,
         };
         let ts = ins
@@ -37,11 +38,25 @@ impl Ctx<'_> {
             }
         }
         let in_shapes: Vec<Vec<usize>> = ins.iter().map(|&v| dims(g, v)).collect();
+        let mut sources: Vec<Vec<i8>> = in_shapes
+            .iter()
+            .map(|s| vec![0; s.iter().product()])
+            .collect();
+        if let Op::Pad {
+            mode: PadMode::Constant(fill),
+            ..
+        } = op
+        {
+            if fill.abs() > 127.5 * q.scale {
+                return Err(format!(
+                    "pad value {fill} outside the input's int8 range (±{:e})",
+                    127.0 * q.scale
+                ));
+            }
+            sources.push(vec![q.quantize(*fill); cols]);
+        }
         let ops = gather::GatherOperands {
-            sources: in_shapes
-                .iter()
-                .map(|s| vec![0; s.iter().product()])
-                .collect(),
+            sources,
             row_len: cols,
             rows: self.pattern(op, all, &in_shapes, &shape)?,
         };
@@ -74,6 +89,7 @@ impl Ctx<'_> {
                 scales,
                 sizes,
             } => movement::resize_nearest(&ins[0], (*rounding, *coord), scales, sizes),
+            Op::Pad { pads, mode } => movement::pad(&ins[0], pads, *mode, shape),
             _ => movement::pieces(op, ins, shape),
         }
     }

@@ -305,7 +305,8 @@ impl<'a> Ctx<'a> {
             | Op::Concat { .. }
             | Op::Expand { .. }
             | Op::Gather { .. }
-            | Op::Resize { .. } => self.movement(op, ins, out, cols)?,
+            | Op::Resize { .. }
+            | Op::Pad { .. } => self.movement(op, ins, out, cols)?,
             Op::MatMul { trans_b, .. } => self.matmul(ins, out, *trans_b, None)?,
             Op::ReduceSum { .. } => self.reduce(true, ins, out)?,
             Op::ReduceMax { .. } => self.reduce(false, ins, out)?,
