@@ -319,7 +319,8 @@ fn pooling_and_reductions_match_the_interpreter() {
 }
 
 /// Constant-index Gathers (a CLS pick, a q/k/v-style split), nearest
-/// Resize and Pad (constant, reflect, edge) move bytes: the result is the interpreter's up to
+/// Resize and Pad (constant, reflect, edge) move bytes (linear Resize
+/// interpolates them): the result is the interpreter's up to
 /// the input's int8 rounding (half a step); a Gather with run-time
 /// indices (an embedding lookup) is refused by name and falls back.
 #[test]
@@ -358,6 +359,32 @@ fn constant_gathers_and_nearest_resize_move_bytes() {
         let x = input(&shape, 6);
         let (got, want, _) = both(&g, &x);
         assert_within("resize", &got, &want, absmax(&x) / 254.0 * 1.0001);
+    }
+    // Linear Resize: per resized axis two neighbour gathers and a Q7
+    // interpolation; bound: the input's rounding, per axis the
+    // intermediate rounding and the weights' (|b - a| / 254 at most), and
+    // the output's rounding.
+    for (coord, scales, sizes) in [
+        (CoordMode::HalfPixel, [1.0, 1.0, 2.0, 2.0], [1, 2, 6, 10]),
+        (CoordMode::AlignCorners, [1.0, 1.0, 1.0, 1.5], [1, 2, 3, 7]),
+    ] {
+        let shape = [1, 2, 3, 5];
+        let g = graph("resize_linear", &shape, |g, x| {
+            let op = Op::Resize {
+                mode: ResizeMode::Linear,
+                coord,
+                scales: scales.to_vec(),
+                sizes: sizes.to_vec(),
+            };
+            g.add_node(op, &[x], "y").unwrap()
+        });
+        let x = input(&shape, 11);
+        let (got, want, f) = both(&g, &x);
+        let axes = scales.iter().filter(|&&s| s != 1.0).count();
+        assert_eq!(kernels(&f).iter().filter(|k| **k == "lerp").count(), axes);
+        let step_in = absmax(&x) / 127.0;
+        let bound = (step_in * (1.0 + 3.0 * axes as f64) + absmax(&want) / 127.0) / 2.0;
+        assert_within("resize_linear", &got, &want, bound * 1.0001);
     }
     for mode in [PadMode::Constant(0.25), PadMode::Reflect, PadMode::Edge] {
         let shape = [1, 2, 4, 5];

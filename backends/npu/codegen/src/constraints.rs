@@ -16,10 +16,10 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 12] = [
+pub const CONSTRAINTS: [Constraint; 11] = [
     Constraint {
         name: "op",
-        rule: "the operator has an NPU kernel: MatMul, Conv, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, MaxPool/AveragePool, ReduceSum/ReduceMax, Reshape, and Transpose/Slice/Concat/Expand/Gather/Resize/Pad as DMA address patterns",
+        rule: "the operator has an NPU kernel: MatMul, Conv, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, MaxPool/AveragePool, ReduceSum/ReduceMax, Resize (nearest as a DMA pattern, linear as DMA neighbours and a vector-unit interpolation), Reshape, and Transpose/Slice/Concat/Expand/Gather/Pad as DMA address patterns",
     },
     Constraint {
         name: "static-shape",
@@ -52,10 +52,6 @@ pub const CONSTRAINTS: [Constraint; 12] = [
     Constraint {
         name: "gather-indices",
         rule: "Gather takes constant indices within the axis (a q/k/v split, a CLS pick: a DMA pattern); run-time indices (an embedding lookup) would need descriptors written at run time, which the device does not do yet",
-    },
-    Constraint {
-        name: "resize-nearest",
-        rule: "Resize is nearest-neighbour (a DMA pattern, the interpreter's coordinate mapping and rounding); linear interpolation is not generated",
     },
     Constraint {
         name: "lut-scalar",
@@ -299,8 +295,6 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
                 Err(e) => violated("gather-indices", e),
             }
         }
-        Op::Resize { mode, .. } => (*mode == m4c_ir::op::ResizeMode::Linear)
-            .then(|| "resize-nearest: linear Resize".to_string()),
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();
             (!(konst(1) && n == Some(1)))

@@ -177,6 +177,27 @@ pub fn pad(
     })
 }
 
+/// The pieces of `x.take(idx, axis)` for `x` seen as `[outer, len, inner]`
+/// (the resized axis in the middle): rows of `inner` bytes, or, when
+/// `inner` is 1, rows of `idx.len()` bytes (one per outer index).
+pub fn take_along((outer, len, inner): (usize, usize, usize), idx: &[usize]) -> Vec<Vec<Piece>> {
+    let n = idx.len();
+    if inner == 1 {
+        let rows = pieces_by(&[outer, n], &|o| Ok((0, o[0] * len + idx[o[1]])));
+        return rows.unwrap_or_default();
+    }
+    (0..outer * n)
+        .map(|r| {
+            vec![Piece {
+                source: 0,
+                start: (r / n * len + idx[r % n]) * inner,
+                stride: 1,
+                len: inner,
+            }]
+        })
+        .collect()
+}
+
 /// Where an output index reads: (source, offset).
 type Locate<'a> = dyn Fn(&[usize]) -> Result<(usize, usize), String> + 'a;
 

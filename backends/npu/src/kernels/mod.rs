@@ -9,6 +9,7 @@ pub mod depthwise;
 pub mod eltwise;
 pub mod gather;
 pub mod gemm;
+pub mod lerp;
 pub mod lut;
 pub mod norm;
 mod pipeline;

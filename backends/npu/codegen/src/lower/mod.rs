@@ -23,6 +23,7 @@ mod eltwise;
 mod matmul;
 mod norm;
 mod pool;
+mod resize;
 
 use std::collections::HashMap;
 
@@ -300,6 +301,12 @@ impl<'a> Ctx<'a> {
                 let t = self.tensor(ins[0])?;
                 self.tensor_of.insert(out, t);
             }
+            Op::Resize {
+                mode: m4c_ir::op::ResizeMode::Linear,
+                coord,
+                scales,
+                sizes,
+            } => self.resize_linear(*coord, (scales, sizes), ins, out)?,
             Op::Transpose { .. }
             | Op::Slice { .. }
             | Op::Concat { .. }
