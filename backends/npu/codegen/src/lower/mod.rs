@@ -1,21 +1,20 @@
 //! One NPU part of the graph onto the kernel generators of `m4c-npu`: a
 //! layer (one generated program, placeholders for its run-time operands)
-//! per node, int8 tensors quantised with the calibrated scales.
+//! per node, int8 tensors quantised with the calibrated scales. One
+//! module per family:
 //!
-//! - MatMul with a constant B: a GEMM with per-channel symmetric int8
-//!   weights, and the bias of a following `Add` of a constant vector (its
-//!   only consumer, in the same part) fused into the GEMM; with a run-time B (attention): one GEMM per batch entry, all
-//!   sharing one program.
-//! - Add/Sub/Mul/Max/Min: the elementwise kernel (a constant operand is
-//!   broadcast and quantised into the program); with a constant scalar, and
-//!   Div/Pow by one, a lookup table.
-//! - Unary functions: a lookup table computed by evaluating the IR op
-//!   itself (`m4c_ops`) on the 256 dequantised inputs.
-//! - Softmax: the softmax kernel, then a table that requantises its fixed
-//!   output scale to the calibrated one. LayerNorm/RMSNorm: the norm kernel.
-//! - Reshape: nothing (the tensor is reinterpreted); Transpose, Slice,
-//!   Concat, Expand: DMA address patterns (`kernels::gather`), the bytes
-//!   keep their quantisation.
+//! - `matmul`: MatMul (a GEMM with per-channel weights, a following bias
+//!   `Add` fused; one program per batch entry for a run-time B).
+//! - `conv`: Conv (im2col + GEMM or the direct kernel, whichever
+//!   simulates faster; depthwise on the vector unit; bias and Relu fused).
+//! - `eltwise`: Add/Sub/Mul/Max/Min and unary functions (the binary
+//!   kernel, or a lookup table computed by evaluating the IR op itself).
+//! - `norm`: Softmax, LayerNorm/RMSNorm.
+//! - `pool`: MaxPool/AveragePool and trailing-axis reductions.
+//! - `data`: Reshape (nothing: the tensor is reinterpreted) and the DMA
+//!   address patterns (Transpose, Slice, Concat, Expand, constant Gather,
+//!   nearest Resize, Pad); the bytes keep their quantisation.
+//! - `resize`: linear Resize.
 
 mod conv;
 mod data;
