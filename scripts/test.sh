@@ -9,6 +9,9 @@ scripts/setup.sh
 export M4C_REQUIRE_GPU=1
 # setup.sh installed ptxas into .venv-ptxas: the PTX assembly test must run.
 export M4C_REQUIRE_PTXAS=1
+# setup.sh installed qemu-user and the aarch64 cross gcc: the conformance
+# suite's `cpu-aarch64` engine (NEON code under emulation) must run.
+export M4C_REQUIRE_QEMU=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

@@ -1,5 +1,7 @@
 //! The models onnxruntime's own tools quantised (`tests/fixtures/quant/`)
-//! compiled by the CPU backend for the host (AVX-512 VNNI here) and
+//! compiled by the CPU backend for the host (AVX-512 VNNI here), and for
+//! aarch64 — plain NEON and with the dot-product extension (`sdot`) — run
+//! under qemu-user (`tests/conformance/qemu.rs`), each
 //! compared with onnxruntime's outputs under `tests/quant_fixtures.rs`'s
 //! bound (cosine ≥ 0.999, max error ≤ 2 output quantisation steps), both
 //! as lowered and after the optimiser; the int8 GEMM and int4 GEMM kernels
@@ -8,16 +10,20 @@
 //! documented (a uint8 MaxPool: the pool kernels are f32; an integer
 //! convolution whose uint8 weights do not fit int8 after centring).
 
+#[path = "conformance/qemu.rs"]
+mod qemu;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use m4c_compiler::backend::refusals;
+use m4c_compiler::backend::{refusals, CodeGenerator, CompileRequest};
 use m4c_compiler::opt::{optimise, OptOptions, Roofline};
 use m4c_compiler::{lower, LowerOptions, OnnxModel};
 use m4c_cpu_codegen::{compile_graph, CompileOptions, CpuBackend, Target};
-use m4c_cpu_device::Step;
+use m4c_cpu_device::{GraphPlan, Manifest, Step};
 use m4c_ir::{Graph, Tensor};
 use m4c_ops::{as_f64, Value};
+use m4c_runtime::bundle::format::SectionKind;
 use m4c_runtime::read_npz;
 
 fn dir() -> PathBuf {
@@ -72,7 +78,73 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
-/// Compiles `g` for the host, checks its outputs against `expected`, and
+/// Where a quantised model runs.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    /// This host, in process.
+    Host,
+    /// `aarch64` with this LLVM CPU (none: the generic Armv8 CPU), under
+    /// qemu-user.
+    Aarch64(Option<&'static str>),
+}
+
+/// The int8 GEMM, int4 GEMM and int8 im2col kernels `plan` calls.
+fn kernels(plan: &GraphPlan) -> (usize, usize, usize) {
+    let count = |kernel: &str| {
+        plan.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Kernel { symbol, .. } if symbol.contains(kernel)))
+            .count()
+    };
+    (count("q8gemm"), count("q4gemm"), count("im2col8"))
+}
+
+/// Compiles `g` for `engine` and runs it on `feeds`; the outputs and the
+/// kernel counts.
+fn compile_and_run(
+    name: &str,
+    g: &Graph,
+    feeds: &[Tensor],
+    engine: Engine,
+) -> (Vec<Value>, (usize, usize, usize)) {
+    match engine {
+        Engine::Host => {
+            let options = CompileOptions {
+                target: Target::parse(None, None).unwrap(),
+                threads: 2,
+            };
+            let mut compiled = compile_graph(g, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let counts = kernels(compiled.plan());
+            let outputs = compiled
+                .run(feeds)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let outputs = outputs.iter().map(|t| Value::from_tensor(t).unwrap());
+            (outputs.collect(), counts)
+        }
+        Engine::Aarch64(cpu) => {
+            let request = CompileRequest {
+                target: Some(qemu::TARGET.into()),
+                tuning: cpu.map(String::from),
+                threads: 1,
+            };
+            let artifact = CpuBackend
+                .compile(g, &request)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let plan = artifact.section(SectionKind::CodePlan).expect("a plan");
+            let manifest: Manifest = serde_json::from_slice(plan).expect("the plan parses");
+            let counts = kernels(manifest.graph.as_ref().expect("a graph plan"));
+            let values: Vec<Value> = feeds
+                .iter()
+                .map(|t| Value::from_tensor(t).unwrap())
+                .collect();
+            let outputs =
+                qemu::run(g, &artifact, &values).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (outputs, counts)
+        }
+    }
+}
+
+/// Compiles `g` for `engine`, checks its outputs against `expected`, and
 /// returns the number of int8 GEMM, int4 GEMM and int8 im2col kernels it
 /// ran.
 fn check(
@@ -81,30 +153,14 @@ fn check(
     feeds: &[Tensor],
     expected: &BTreeMap<String, Value>,
     steps: &BTreeMap<String, f64>,
+    engine: Engine,
 ) -> (usize, usize, usize) {
-    let options = CompileOptions {
-        target: Target::parse(None, None).unwrap(),
-        threads: 2,
-    };
-    let mut compiled = compile_graph(g, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let count = |kernel: &str| {
-        compiled
-            .plan()
-            .steps
-            .iter()
-            .filter(|s| matches!(s, Step::Kernel { symbol, .. } if symbol.contains(kernel)))
-            .count()
-    };
-    let kernels = (count("q8gemm"), count("q4gemm"), count("im2col8"));
-    let outputs = compiled
-        .run(feeds)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (outputs, kernels) = compile_and_run(name, g, feeds, engine);
     for (&id, got) in g.outputs.iter().zip(&outputs) {
         let out = &g.value(id).name;
-        let got = Value::from_tensor(got).unwrap();
         let want = &expected[out];
         assert_eq!(got.shape(), want.shape(), "{name} {out}");
-        let (a, b) = (as_f64(&got), as_f64(want));
+        let (a, b) = (as_f64(got), as_f64(want));
         let max = a
             .iter()
             .zip(&b)
@@ -130,6 +186,42 @@ fn check(
 
 #[test]
 fn quantised_models_run_on_the_cpu_backend() {
+    quantised_models_run_on(Engine::Host);
+}
+
+/// The int8 GEMM on plain NEON (widening multiply-adds).
+#[test]
+fn quantised_models_run_on_aarch64_neon_under_qemu() {
+    if emulator_present() {
+        quantised_models_run_on(Engine::Aarch64(None));
+    }
+}
+
+/// The int8 GEMM on `sdot` (a CPU with the dot-product extension).
+#[test]
+fn quantised_models_run_on_aarch64_sdot_under_qemu() {
+    if emulator_present() {
+        quantised_models_run_on(Engine::Aarch64(Some("neoverse-n1")));
+    }
+}
+
+/// Whether qemu-user and the cross compiler are here; without them the
+/// aarch64 tests are skipped with the reason, unless `M4C_REQUIRE_QEMU`
+/// (set by `scripts/test.sh`) makes that a failure.
+fn emulator_present() -> bool {
+    match qemu::available() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("M4C_REQUIRE_QEMU").is_some() => {
+            panic!("M4C_REQUIRE_QEMU is set but {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn quantised_models_run_on(engine: Engine) {
     let mut compiled = vec![];
     for (name, steps) in manifest() {
         let file = |ext: &str| dir().join(format!("{name}.{ext}"));
@@ -151,7 +243,8 @@ fn quantised_models_run_on_the_cpu_backend() {
                 );
                 continue;
             }
-            let kernels = check(&format!("{name} ({stage})"), g, &feeds, &expected, &steps);
+            let label = format!("{name} ({stage}, {engine:?})");
+            let kernels = check(&label, g, &feeds, &expected, &steps, engine);
             compiled.push((name.clone(), stage, kernels));
         }
     }

@@ -358,5 +358,5 @@ fn partition_table_of_the_fixtures() {
         .iter()
         .map(|n| PartitionReport::of(n, &lowered(n), &NpuOpSet))
         .collect();
-    insta::assert_snapshot!(markdown_table(&reports));
+    insta::assert_snapshot!(markdown_table("Target: npu", &reports));
 }

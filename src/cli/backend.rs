@@ -159,6 +159,10 @@ impl OpSupport for NamedNpu {
     fn supports(&self, g: &Graph, node: &Node) -> bool {
         m4c_npu_codegen::constraints::refuse(g, node).is_none()
     }
+
+    fn refusal(&self, g: &Graph, node: &Node) -> Option<String> {
+        m4c_npu_codegen::constraints::refuse(g, node)
+    }
 }
 
 /// A registered backend as an [`OpSupport`]: it supports what it does not
@@ -172,5 +176,9 @@ impl OpSupport for Refusals {
 
     fn supports(&self, g: &Graph, node: &Node) -> bool {
         self.0.refuse(g, node).is_none()
+    }
+
+    fn refusal(&self, g: &Graph, node: &Node) -> Option<String> {
+        self.0.refuse(g, node)
     }
 }

@@ -67,6 +67,10 @@ struct ModelArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// `--backend npu`: refuse any CPU fallback (exit 2, listing each node
+    /// that would fall back and the constraint it violates).
+    #[arg(long)]
+    strict: bool,
     /// `--backend npu`: write the per-layer table (simulated figures) here.
     #[arg(long, value_name = "LAYERS.csv")]
     csv: Option<PathBuf>,
@@ -156,6 +160,9 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
     if is_bundle(&path) {
+        if args.strict {
+            return Err("--strict applies to a model run with --backend npu, not a bundle".into());
+        }
         return bundle(&args, &path);
     }
     if args.module.is_some() || !args.adapters.is_empty() || args.engine.is_some() {
@@ -198,8 +205,16 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         given
     };
     if backend.generator().name() == "npu" {
-        let target = backend.request()?.target;
-        return super::npu_backend::bench(&graph, &feeds, target, args.json, args.csv.as_deref());
+        let request = super::npu_backend::NpuRequest {
+            target: backend.request()?.target,
+            threads: backend.request()?.threads,
+            strict: args.strict,
+        };
+        let csv = args.csv.as_deref();
+        return super::npu_backend::bench(&graph, &feeds, &request, args.runs, args.json, csv);
+    }
+    if args.strict {
+        return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
     }
     let start = Instant::now();
     let name = graph.name.clone();
@@ -402,7 +417,7 @@ fn time_runs(min_runs: usize, mut once: impl FnMut() -> Result<(), String>) -> C
 
 /// Deterministic inputs for these input types: floats in [-1, 1),
 /// integers 0 (valid as indices), bools false.
-fn synthetic_inputs(inputs: &[(String, TensorType)]) -> CliResult<Vec<Value>> {
+pub(super) fn synthetic_inputs(inputs: &[(String, TensorType)]) -> CliResult<Vec<Value>> {
     inputs
         .iter()
         .map(|(name, ty)| {

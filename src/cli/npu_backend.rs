@@ -1,8 +1,10 @@
 //! `--backend npu[:CONFIG]` for `run` and `bench`: the float graph is
 //! calibrated on the run's own inputs (announced with one `note:` line),
-//! compiled by `m4c-npu-codegen` into NPU parts and CPU-fallback parts,
-//! and loaded on the runtime's `npu` device (the simulator); `bench`
-//! prints what the simulator measured.
+//! compiled by `m4c-npu-codegen` into NPU parts and CPU-fallback parts
+//! (the fallback compiled by the CPU backend, `m4c_backends::npu_fallback`),
+//! and loaded on the runtime's `npu` device (the simulator; the fallback
+//! through the CPU device); `bench` prints what was measured. `--strict`
+//! refuses a model with any fallback, listing what would fall back.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,28 +15,85 @@ use m4c_ir::Graph;
 use m4c_ops::Value;
 use m4c_runtime::bundle::format::CodeEntry;
 use m4c_runtime::bundle::ModuleCode;
-use m4c_runtime::exec::npu::{NpuModule, RunFigures};
+use m4c_runtime::exec::npu::{NpuModule, PartEngine, PartFigures, RunFigures};
 use m4c_runtime::exec::Signature;
 use serde::Serialize;
 
 use super::CliResult;
 
-/// Calibrates `graph` on `inputs` (graph input order), compiles it for
-/// `target` and loads it on the simulated NPU.
+/// How `--backend npu` compiles: the machine, the threads of the
+/// compiled fallback code, and whether any fallback is refused.
+#[derive(Clone, Debug, Default)]
+pub struct NpuRequest {
+    /// `--backend npu:CONFIG` / `--target` (`None`: edge-small).
+    pub target: Option<String>,
+    /// Threads the compiled fallback code may use.
+    pub threads: usize,
+    /// `--strict`: an error when any node falls back to the CPU.
+    pub strict: bool,
+}
+
+/// Calibrates `graph` on `inputs` (graph input order, announced with a
+/// `note:` line), compiles it and loads it on the simulated NPU.
 pub fn prepare(
     graph: &Graph,
     inputs: &[Value],
-    target: Option<String>,
+    request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
-    let config = target.as_deref().unwrap_or(m4c_npu_codegen::DEFAULT_TARGET);
+    let config = request
+        .target
+        .as_deref()
+        .unwrap_or(m4c_npu_codegen::DEFAULT_TARGET);
     m4c_npu::config::MachineConfig::load(config)?;
     eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
+    let (module, artifact) = compile(graph, inputs, request)?;
+    let engines = module.engines();
+    let count = |e: PartEngine| engines.iter().filter(|(x, _)| *x == e).count();
+    eprintln!(
+        "note: npu:{}: {} NPU part(s), {} CPU-fallback part(s) compiled, {} on the interpreter",
+        artifact.target,
+        count(PartEngine::Npu),
+        count(PartEngine::CompiledCpu),
+        count(PartEngine::Interpreter)
+    );
+    for (k, (_, why)) in engines.iter().enumerate() {
+        if let Some(why) = why {
+            eprintln!("note: fallback part {k} runs on the reference interpreter: {why}");
+        }
+    }
+    Ok((module, artifact))
+}
+
+/// [`prepare`] without the note: calibrate, compile (fallback parts by
+/// the CPU backend), refuse any fallback under `--strict`, load.
+pub fn compile(
+    graph: &Graph,
+    inputs: &[Value],
+    request: &NpuRequest,
+) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let cal = m4c_npu_codegen::calibrate::calibrate(graph, &[inputs.to_vec()])?;
-    let request = CompileRequest {
-        target,
+    compile_calibrated(graph, &cal, request)
+}
+
+/// [`compile`] for a graph already calibrated as `cal` (one calibration
+/// serves many machines: `npu explore`).
+pub fn compile_calibrated(
+    graph: &Graph,
+    cal: &m4c_npu_codegen::calibrate::Calibration,
+    request: &NpuRequest,
+) -> CliResult<(Arc<NpuModule>, Artifact)> {
+    let compile = CompileRequest {
+        target: request.target.clone(),
+        threads: request.threads.max(1),
         ..Default::default()
     };
-    let artifact = m4c_npu_codegen::compile_calibrated(graph, &cal, &request)?;
+    let fallback = m4c_backends::npu_fallback();
+    let artifact = m4c_npu_codegen::compile_calibrated(graph, cal, &compile, Some(fallback))?;
+    if request.strict {
+        if let Some(refusal) = strict_refusal(&graph.name, &artifact) {
+            return Err(refusal.into());
+        }
+    }
     let entry = CodeEntry {
         cpu: String::new(),
         section: format!("{}.{}", graph.name, artifact.target),
@@ -46,8 +105,39 @@ pub fn prepare(
         .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
         .collect();
     let code = ModuleCode::from_memory("npu", entry, &files)?;
-    let module = NpuModule::from_sections(&graph.name, &code, Signature::of(graph))?;
+    let module = NpuModule::from_sections(
+        &graph.name,
+        &code,
+        Signature::of(graph),
+        request.threads.max(1),
+    )?;
     Ok((Arc::new(module), artifact))
+}
+
+/// What `--strict` says when `artifact` (of model `model`) has fallback
+/// nodes: their count and config, then one line per node, `Op `value`:
+/// constraint: detail`. `None` when everything is on the NPU.
+pub fn strict_refusal(model: &str, artifact: &Artifact) -> Option<String> {
+    let nodes = artifact.stats["fallback"].as_array()?;
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut s = format!(
+        "--strict: {} node(s) of `{model}` would fall back to the CPU on npu:{}:",
+        nodes.len(),
+        artifact.target
+    );
+    for n in nodes {
+        let field = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+        let _ = write!(
+            s,
+            "\n  {} `{}`: {}",
+            field("op"),
+            field("value"),
+            field("reason")
+        );
+    }
+    Some(s)
 }
 
 /// What `m4c bench --backend npu` reports (the keys of `--json`).
@@ -69,7 +159,9 @@ pub struct NpuReport {
     pub energy_mj: f64,
     /// NPU time (simulated), ms.
     pub npu_ms: f64,
-    /// CPU-fallback time (host wall time of the reference interpreter), ms.
+    /// CPU-fallback time, ms: host wall time of the fallback parts
+    /// (each the median of its timed runs), compiled CPU code except the
+    /// parts `parts` marks `interpreter`.
     pub fallback_ms: f64,
     /// Values quantised into or dequantised out of NPU parts.
     pub boundary_values: usize,
@@ -79,8 +171,13 @@ pub struct NpuReport {
     pub boundary_ms: f64,
     /// NPU parts.
     pub npu_parts: u64,
-    /// CPU-fallback parts run (reference interpreter).
+    /// CPU-fallback parts run.
     pub fallback_parts: usize,
+    /// Of those, the parts run by the CPU backend's compiled code.
+    pub fallback_compiled: usize,
+    /// Every part: its engine (`npu`, `compiled_cpu`, `interpreter` with
+    /// the reason), simulated cycles or measured seconds.
+    pub parts: Vec<PartFigures>,
     /// Per-layer figures (simulated).
     pub layers: Vec<m4c_runtime::exec::npu::LayerFigures>,
 }
@@ -111,6 +208,8 @@ pub fn report(module: &NpuModule, artifact: &Artifact, f: RunFigures) -> NpuRepo
         boundary_ms: ms(f.boundary_cycles),
         npu_parts: artifact.stats["npu_parts"].as_u64().unwrap_or(0),
         fallback_parts: f.fallback_parts,
+        fallback_compiled: f.fallback_compiled,
+        parts: f.parts,
         layers: f.layers,
     }
 }
@@ -120,14 +219,23 @@ pub fn summary(r: &NpuReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "npu:{}: {} NPU part(s), {} fallback part(s) (reference interpreter)",
-        r.config, r.npu_parts, r.fallback_parts
+        "npu:{}: {} NPU part(s), {} fallback part(s) ({} compiled CPU, {} interpreter)",
+        r.config,
+        r.npu_parts,
+        r.fallback_parts,
+        r.fallback_compiled,
+        r.fallback_parts - r.fallback_compiled
     );
     let _ = writeln!(s, "  cycles            {}", r.cycles);
     let _ = writeln!(
         s,
         "  latency           {:.4} ms (NPU {:.4} ms simulated + boundary {:.4} ms estimated)",
         r.latency_ms, r.npu_ms, r.boundary_ms
+    );
+    let _ = writeln!(
+        s,
+        "  CPU fallback      {:.4} ms (host, measured)",
+        r.fallback_ms
     );
     let _ = writeln!(s, "  MAC utilisation   {:.2} %", 100.0 * r.mac_utilization);
     let _ = writeln!(s, "  SRAM peak         {} B", r.sram_peak_bytes);
@@ -164,16 +272,18 @@ pub fn csv(r: &NpuReport) -> String {
     s
 }
 
-/// `m4c bench MODEL --backend npu[:CONFIG]`: one simulated run.
+/// `m4c bench MODEL --backend npu[:CONFIG]`: one simulated run, each
+/// fallback part timed over `runs` runs (median).
 pub fn bench(
     graph: &Graph,
     feeds: &[Value],
-    target: Option<String>,
+    request: &NpuRequest,
+    runs: usize,
     json: bool,
     csv_path: Option<&Path>,
 ) -> CliResult<i32> {
-    let (module, artifact) = prepare(graph, feeds, target)?;
-    let (_, figures) = module.run_measured(feeds)?;
+    let (module, artifact) = prepare(graph, feeds, request)?;
+    let (_, figures) = module.run_measured(feeds, runs)?;
     let r = report(&module, &artifact, figures);
     if let Some(p) = csv_path {
         std::fs::write(p, csv(&r)).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -69,6 +69,10 @@ pub struct RunArgs {
     engine: Option<Engine>,
     #[command(flatten)]
     backend: BackendArgs,
+    /// `--backend npu`: refuse any CPU fallback (exit 2, listing each node
+    /// that would fall back and the constraint it violates).
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     trust: super::keygen::TrustArgs,
 }
@@ -132,8 +136,13 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             .map(|&i| lookup(arrays, &graph.value(i).name).cloned())
             .collect::<Option<Vec<_>>>()
             .ok_or("--backend npu calibrates on the inputs: every graph input needs an array")?;
-        let (module, _) =
-            super::npu_backend::prepare(&graph, &feeds, args.backend.request()?.target)?;
+        let request = args.backend.request()?;
+        let request = super::npu_backend::NpuRequest {
+            target: request.target,
+            threads: request.threads,
+            strict: args.strict,
+        };
+        let (module, _) = super::npu_backend::prepare(&graph, &feeds, &request)?;
         let executor: std::sync::Arc<dyn m4c_runtime::exec::ModuleExecutor> = module;
         let inputs = executor.signature().inputs.clone();
         return Ok(Prepared {
@@ -141,6 +150,9 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             inputs,
             outputs,
         });
+    }
+    if args.strict {
+        return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
     }
     let (executor, _) = args
         .backend
@@ -256,6 +268,9 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
     }
     let arrays = read_npz(&args.inputs)?;
     let prepared = if is_bundle(&args.model) {
+        if args.strict {
+            return Err("--strict applies to a model run with --backend npu, not a bundle".into());
+        }
         prepare_bundle(&args)?
     } else {
         if args.module.is_some() || args.engine.is_some() {

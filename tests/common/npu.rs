@@ -9,14 +9,16 @@ use m4c_runtime::bundle::ModuleCode;
 use m4c_runtime::exec::npu::{NpuModule, RunFigures};
 use m4c_runtime::exec::Signature;
 
-/// Compiles `g` calibrated on `inputs` for `target` (`edge-small`, ...).
+/// Compiles `g` calibrated on `inputs` for `target` (`edge-small`, ...),
+/// fallback parts by the CPU backend (as `m4c run --backend npu`).
 pub fn compile(g: &Graph, inputs: &[Value], target: &str) -> Artifact {
     let cal = m4c_npu_codegen::calibrate::calibrate(g, &[inputs.to_vec()]).unwrap();
     let request = CompileRequest {
         target: Some(target.into()),
         ..Default::default()
     };
-    m4c_npu_codegen::compile_calibrated(g, &cal, &request).unwrap()
+    let cpu = Some(m4c_backends::npu_fallback());
+    m4c_npu_codegen::compile_calibrated(g, &cal, &request, cpu).unwrap()
 }
 
 /// Compiles `g` calibrated on `inputs` for `target` and runs it once on
@@ -34,6 +36,6 @@ pub fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFi
         .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
         .collect();
     let code = ModuleCode::from_memory("npu", entry, &files).unwrap();
-    let module = NpuModule::from_sections(&g.name, &code, Signature::of(g)).unwrap();
-    module.run_measured(inputs).unwrap()
+    let module = NpuModule::from_sections(&g.name, &code, Signature::of(g), 1).unwrap();
+    module.run_measured(inputs, 1).unwrap()
 }

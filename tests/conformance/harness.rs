@@ -9,6 +9,8 @@ use m4c_compiler::backend::{CodeGenerator, CompileRequest};
 use m4c_ir::Graph;
 use m4c_ops::Value;
 
+use crate::qemu;
+
 /// What one case did on one engine.
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -29,35 +31,49 @@ pub struct CaseResult {
     pub outcomes: Vec<Outcome>,
 }
 
-/// One registered backend and whether this host can execute it.
+/// One registered backend, the target it compiles for, and whether this
+/// host can execute it.
 pub struct Engine {
     /// Its code generator, from the registry.
     pub backend: &'static dyn CodeGenerator,
+    /// `Some(target)`: a cross target whose code runs under user-mode
+    /// emulation ([`qemu`]); `None`: the host, in this process.
+    pub cross: Option<&'static str>,
     /// `Err(reason)` when this host cannot execute the backend's code.
     pub runnable: Result<(), String>,
 }
 
 impl Engine {
-    /// The registry name, used in reports and for its xfail list.
-    pub fn name(&self) -> &'static str {
-        self.backend.name()
+    /// The registry name (`cpu-aarch64` for the emulated cross target),
+    /// used in reports and for its xfail list.
+    pub fn name(&self) -> String {
+        match self.cross {
+            Some(target) => format!("{}-{target}", self.backend.name()),
+            None => self.backend.name().to_string(),
+        }
     }
 }
 
-/// Every registered backend: a new one joins the suite by being
-/// registered in `m4c_backends::all()`. `M4C_CONFORMANCE_ENGINES=a,b`
-/// restricts the run (for local work; CI runs all).
+/// Every registered backend, plus the CPU backend's aarch64 code under
+/// emulation: a new backend joins the suite by being registered in
+/// `m4c_backends::all()`. `M4C_CONFORMANCE_ENGINES=a,b` restricts the run
+/// (for local work; CI runs all).
 pub fn engines() -> Vec<Engine> {
     let only = std::env::var("M4C_CONFORMANCE_ENGINES").ok();
-    m4c_backends::all()
-        .iter()
-        .filter(|b| {
+    let host = m4c_backends::all().iter().map(|&backend| Engine {
+        backend,
+        cross: None,
+        runnable: m4c_backends::runnable(backend, None),
+    });
+    let emulated = m4c_backends::lookup("cpu").map(|backend| Engine {
+        backend,
+        cross: Some(qemu::TARGET),
+        runnable: qemu::available(),
+    });
+    host.chain(emulated)
+        .filter(|e| {
             only.as_deref()
-                .is_none_or(|o| o.split(',').any(|n| n.trim() == b.name()))
-        })
-        .map(|&backend| Engine {
-            backend,
-            runnable: m4c_backends::runnable(backend, None),
+                .is_none_or(|o| o.split(',').any(|n| n.trim() == e.name()))
         })
         .collect()
 }
@@ -72,6 +88,17 @@ pub fn execute(engine: &Engine, graph: Graph, inputs: &[Value]) -> Result<Vec<Va
         ..Default::default()
     };
     catch_unwind(AssertUnwindSafe(|| {
+        if let Some(target) = engine.cross {
+            let request = CompileRequest {
+                target: Some(target.to_string()),
+                ..request
+            };
+            let artifact = engine
+                .backend
+                .compile(&graph, &request)
+                .map_err(|e| format!("compile: {e}"))?;
+            return qemu::run(&graph, &artifact, inputs).map_err(|e| format!("run: {e}"));
+        }
         let (exec, _) = m4c_backends::prepare(engine.backend, &name, graph, &request)
             .map_err(|e| format!("compile: {e}"))?;
         exec.run(inputs).map_err(|e| format!("run: {e}"))

@@ -79,6 +79,11 @@ fn run_ir(engine: &Engine, ir: &Path, inputs: &Path, expected: &Path) -> Outcome
     if let Err(why) = &engine.runnable {
         return Outcome::Skip(why.clone());
     }
+    if engine.cross.is_some() {
+        return Outcome::Skip(
+            "`m4c run` runs host code; cross code runs only in the suite's emulator harness".into(),
+        );
+    }
     let out = m4c(&[
         "run".as_ref(),
         ir.as_os_str(),

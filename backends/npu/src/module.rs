@@ -2,8 +2,10 @@
 //! layers that each are one generated program whose run-time operands
 //! are written into the placeholder segments its generator left
 //! ([`crate::kernels::KernelProgram::inputs`]). The compiler
-//! (`m4c-npu-codegen`) writes a [`PartPlan`]; the runtime runs it here,
-//! layer after layer, on the simulator. Layers do not overlap each other
+//! (`m4c-npu-codegen`) writes a [`ModulePlan`] of NPU parts ([`PartPlan`])
+//! and CPU-fallback parts (IR plus the CPU backend's code, [`CpuCode`]);
+//! the runtime runs the NPU parts here, layer after layer, on the
+//! simulator. Layers do not overlap each other
 //! (each ends before the next starts): the sub-graph's cycles are the sum.
 
 use serde::{Deserialize, Serialize};
@@ -92,15 +94,69 @@ pub enum ModulePart {
         /// Values dequantised on exit.
         outputs: Vec<Boundary>,
     },
-    /// A CPU-fallback sub-graph: IR text (its constants are in the
-    /// module's weights section), run by the reference interpreter.
+    /// A CPU-fallback sub-graph: its IR, and the CPU backend's compiled
+    /// code for it where the CPU backend compiled it; without code (or
+    /// when the code cannot load on this host) the reference interpreter
+    /// runs the IR.
     Fallback {
         /// The sub-graph's IR text; its inputs and outputs keep the
         /// module's value names.
         ir: String,
+        /// Its constants (the runtime's constant encoding) in the
+        /// module's `code-weights` section.
+        constants: ByteRange,
         /// Why its nodes are not on the NPU (one line per refused op kind).
         reasons: Vec<String>,
+        /// The CPU backend's code for the sub-graph.
+        cpu: Option<CpuCode>,
+        /// Why there is no CPU code (the CPU backend refused or failed).
+        not_compiled: Option<String>,
     },
+}
+
+/// A byte range of the module's `code-weights` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl ByteRange {
+    /// The bytes of `section` it names, or why it lies outside.
+    pub fn of<'a>(&self, section: &'a [u8]) -> Result<&'a [u8], String> {
+        self.offset
+            .checked_add(self.len)
+            .and_then(|end| section.get(self.offset..end))
+            .ok_or_else(|| {
+                format!(
+                    "bytes {}+{} outside the {}-byte code-weights section",
+                    self.offset,
+                    self.len,
+                    section.len()
+                )
+            })
+    }
+}
+
+/// A fallback part compiled by the CPU backend: its artifact's three
+/// sections, stored in the module's `code-weights` section, and the CPU
+/// target the code needs. The runtime loads it through its CPU device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuCode {
+    /// The CPU target (`x86_64-avx512`, ...).
+    pub target: String,
+    /// The LLVM CPU it was tuned for.
+    pub tuning: String,
+    /// The shared library.
+    pub library: ByteRange,
+    /// BLAKE3 (hex) of the library, checked before it is loaded.
+    pub library_blake3: String,
+    /// The CPU backend's plan (JSON).
+    pub plan: ByteRange,
+    /// Its packed weights.
+    pub weights: ByteRange,
 }
 
 /// A whole module compiled for the NPU with CPU fallback: the machine it
@@ -114,10 +170,19 @@ pub struct ModulePlan {
 }
 
 impl ModulePlan {
-    /// Checks every NPU part against the `programs` count.
-    pub fn check(&self, programs: usize) -> Result<(), String> {
+    /// Checks every NPU part against the `programs` count and every
+    /// fallback part's byte ranges against the `weights`-byte
+    /// `code-weights` section.
+    pub fn check(&self, programs: usize, weights: &[u8]) -> Result<(), String> {
         self.config.validate().map_err(|e| e.to_string())?;
-        for part in &self.parts {
+        for (k, part) in self.parts.iter().enumerate() {
+            if let ModulePart::Fallback { constants, cpu, .. } = part {
+                let ranges = cpu.iter().flat_map(|c| [c.library, c.plan, c.weights]);
+                for r in std::iter::once(*constants).chain(ranges) {
+                    r.of(weights)
+                        .map_err(|e| format!("fallback part {k}: {e}"))?;
+                }
+            }
             if let ModulePart::Npu {
                 plan,
                 first_program,
@@ -310,6 +375,28 @@ pub fn unpack_programs(blob: &[u8]) -> Result<Vec<Program>, String> {
 mod tests {
     use super::*;
     use crate::kernels::eltwise::{self, BinaryOperands, EltOp};
+
+    /// A fallback part's byte ranges must lie inside the section: an
+    /// overflowing or overlong range is an error, never a slice panic.
+    #[test]
+    fn fallback_ranges_outside_the_section_are_refused() {
+        let part = |offset, len| ModulePart::Fallback {
+            ir: String::new(),
+            constants: ByteRange { offset, len },
+            reasons: vec![],
+            cpu: None,
+            not_compiled: None,
+        };
+        let plan = |p| ModulePlan {
+            config: MachineConfig::edge_small(),
+            parts: vec![p],
+        };
+        let section = [0u8; 16];
+        assert!(plan(part(8, 8)).check(0, &section).is_ok());
+        assert!(plan(part(8, 9)).check(0, &section).is_err());
+        let err = plan(part(usize::MAX, 2)).check(0, &section).unwrap_err();
+        assert!(err.contains("fallback part 0"), "{err}");
+    }
 
     /// A layer compiled on placeholder data and run on other operands
     /// gives the kernel's reference result for those operands.

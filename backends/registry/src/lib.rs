@@ -31,6 +31,13 @@ pub fn calibrated() -> &'static [&'static dyn CodeGenerator] {
     &[&NpuBackend]
 }
 
+/// The code generator that compiles the NPU's CPU-fallback parts (the
+/// CPU backend), handed to `m4c_npu_codegen::compile_calibrated` so that
+/// the NPU's code generator does not depend on another backend's.
+pub fn npu_fallback() -> &'static dyn CodeGenerator {
+    &CpuBackend
+}
+
 /// The backend called `name`, or an error listing the known names.
 pub fn lookup(name: &str) -> Result<&'static dyn CodeGenerator, UnknownBackend> {
     all()

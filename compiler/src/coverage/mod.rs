@@ -8,7 +8,7 @@ mod analysis;
 mod census;
 mod charts;
 mod markdown;
-mod svg;
+pub mod svg;
 
 pub use analysis::{
     analyze, frequency, growth, overlap, union, BlockerCount, CoverageReport, GroupOps,

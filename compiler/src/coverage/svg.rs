@@ -1,5 +1,6 @@
-//! A tiny SVG writer: just the shapes the coverage charts draw, with text
-//! escaped and coordinates rounded so the files stay small and diffable.
+//! A tiny SVG writer: just the shapes the coverage charts (and `m4c npu
+//! explore`'s Pareto plot) draw, with text escaped and coordinates rounded
+//! so the files stay small and diffable.
 
 use std::fmt::Write;
 

@@ -1,8 +1,10 @@
 //! The partitioner: given a backend's supported-op predicate, split a
 //! graph into maximal convex accelerator sub-graphs plus CPU fallback, and
-//! report the paper's Fig. 2 figures (fully supported / partial /
-//! unsupported, sub-graphs, ops and MACs on the accelerator, bytes
-//! crossing the boundary).
+//! report the paper's Fig. 2 figures (full / partial / CPU-only /
+//! fails-to-convert, sub-graphs, ops and MACs on the accelerator, bytes
+//! crossing the boundary, and times when the caller measures them). The
+//! NPU's rows come from its code generator's own split
+//! ([`PartitionReport::placed`], filled by `m4c partition`).
 //!
 //! The compiler does not depend on backends: a backend (or the CLI on its
 //! behalf) implements [`OpSupport`]. [`NpuOpSet`] is the NPU's op set as
@@ -16,7 +18,7 @@ use std::collections::BTreeSet;
 use m4c_ir::op::PadMode;
 use m4c_ir::{DType, Graph, Node, Op, ValueDef};
 
-pub use report::{markdown_table, PartitionReport, Status};
+pub use report::{csv, markdown_table, PartitionReport, Status, Times};
 
 /// The multiply-accumulates of `node` in `g` (what the partition and
 /// coverage reports weigh placement by).
@@ -31,6 +33,10 @@ pub trait OpSupport {
     fn name(&self) -> &str;
     /// True when the backend runs `node` of `g`.
     fn supports(&self, g: &Graph, node: &Node) -> bool;
+    /// Why the backend does not run `node` (`None`: no reason known).
+    fn refusal(&self, _g: &Graph, _node: &Node) -> Option<String> {
+        None
+    }
 }
 
 /// The simulated NPU of `backends/npu`: every operator its declaration

@@ -1,7 +1,9 @@
-//! `m4c npu ...`: assemble, disassemble and simulate NPU programs, and
+//! `m4c npu ...`: assemble, disassemble and simulate NPU programs,
 //! generate + simulate + check single layers (GEMM, convolution, depthwise
-//! convolution, softmax, LayerNorm/RMSNorm, activations, elementwise ops).
+//! convolution, softmax, LayerNorm/RMSNorm, activations, elementwise ops),
+//! and explore machine configurations over whole models (`explore`).
 
+mod explore;
 mod files;
 mod layer;
 
@@ -45,6 +47,9 @@ enum NpuCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Simulate models over a grid of machines (array × SRAM × DRAM
+    /// bandwidth) in parallel: a table and the latency/area Pareto front.
+    Explore(explore::ExploreArgs),
     /// Describe an NPU: a summary of a preset or a config file, or with --dump
     /// its full description as commented TOML, the template for a new NPU
     /// (`m4c npu config --preset phone-flagship --dump -o my_npu.toml`, edit,
@@ -341,6 +346,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             }
             Ok(0)
         }
+        NpuCommand::Explore(args) => explore::run(args),
         NpuCommand::Config {
             preset,
             dump,

@@ -89,7 +89,10 @@ impl BuiltArtifact {
             write_file(&dir.join(name), bytes)?;
         }
         let json =
-            serde_json::to_string_pretty(&self.manifest).expect("a manifest always serialises");
+            serde_json::to_string_pretty(&self.manifest).map_err(|e| CodegenError::Graph {
+                graph: self.manifest.object.clone(),
+                reason: format!("the artifact manifest does not serialise: {e}"),
+            })?;
         write_file(&dir.join(MANIFEST_FILE), json.as_bytes())
     }
 }

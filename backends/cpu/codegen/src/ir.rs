@@ -79,6 +79,10 @@ impl<'ctx> Emitter<'_, 'ctx> {
     }
 
     /// Parameter `index` as an integer.
+    #[allow(
+        clippy::expect_used,
+        reason = "kernels ask only for parameters of the signature they declared"
+    )]
     pub fn int_param(&self, index: u32) -> IntValue<'ctx> {
         self.function
             .get_nth_param(index)
@@ -87,6 +91,10 @@ impl<'ctx> Emitter<'_, 'ctx> {
     }
 
     /// Parameter `index` as a pointer.
+    #[allow(
+        clippy::expect_used,
+        reason = "kernels ask only for parameters of the signature they declared"
+    )]
     pub fn ptr_param(&self, index: u32) -> PointerValue<'ctx> {
         self.function
             .get_nth_param(index)
@@ -128,7 +136,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
     ) -> Result<VectorValue<'ctx>, CodegenError> {
         let load = self.builder.build_load(ty, at, "vec")?;
         load.as_instruction_value()
-            .expect("a load is an instruction")
+            .ok_or_else(|| CodegenError::Llvm("a load built no instruction".into()))?
             .set_alignment(4)
             .map_err(|e| CodegenError::Llvm(e.to_string()))?;
         Ok(load.into_vector_value())
@@ -242,7 +250,23 @@ impl<'ctx> Emitter<'_, 'ctx> {
         })
     }
 
+    /// [`Self::call_intrinsic`] of an intrinsic that returns a value; an
+    /// error names it if LLVM gave none.
+    pub fn call_value(
+        &self,
+        name: &str,
+        types: &[BasicTypeEnum<'ctx>],
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<BasicValueEnum<'ctx>, CodegenError> {
+        self.call_intrinsic(name, types, args)?
+            .ok_or_else(|| CodegenError::Llvm(format!("{name} returned no value")))
+    }
+
     /// The block the builder is in.
+    #[allow(
+        clippy::expect_used,
+        reason = "an emitter's builder is positioned in its function from creation on"
+    )]
     pub fn current_block(&self) -> inkwell::basic_block::BasicBlock<'ctx> {
         self.builder
             .get_insert_block()

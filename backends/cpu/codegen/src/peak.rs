@@ -189,12 +189,11 @@ fn emit_fma_probe<'ctx>(
         acc.add_incoming(&[(&y, entry)]);
         let acc_value = acc.as_basic_value().into_vector_value();
         let next = em
-            .call_intrinsic(
+            .call_value(
                 "llvm.fma",
                 &[vector.into()],
                 &[acc_value.into(), x.into(), y.into()],
             )?
-            .expect("fma returns a value")
             .into_vector_value();
         acc.add_incoming(&[(&next, body)]);
         accumulators.push(next);

@@ -234,6 +234,43 @@ impl Target {
         }
     }
 
+    /// Whether the CPU has AArch64's dot-product extension (Armv8.2
+    /// `+dotprod`: `sdot`/`udot`), which the int8 GEMM then uses. Keyed by
+    /// the CPU name like [`Target::has_vnni`]: the `generic` CPU lacks it,
+    /// so its code runs on every Armv8 phone.
+    pub fn has_dotprod(&self) -> bool {
+        const DOTPROD: &[&str] = &[
+            "cortex-a55",
+            "cortex-a65",
+            "cortex-a75",
+            "cortex-a76",
+            "cortex-a77",
+            "cortex-a78",
+            "cortex-a510",
+            "cortex-a520",
+            "cortex-a710",
+            "cortex-a715",
+            "cortex-a720",
+            "cortex-x1",
+            "cortex-x2",
+            "cortex-x3",
+            "cortex-x4",
+            "neoverse-n1",
+            "neoverse-n2",
+            "neoverse-v1",
+            "neoverse-v2",
+            "apple-a13",
+            "apple-a14",
+            "apple-a15",
+            "apple-a16",
+            "apple-a17",
+            "apple-m1",
+            "apple-m2",
+            "apple-m3",
+        ];
+        self.isa == Isa::Neon && DOTPROD.contains(&self.cpu.as_str())
+    }
+
     /// Whether code for this target can run on this machine; an error says
     /// why not.
     /// (The shared host check, [`m4c_plan::host::host_runs`], which the
@@ -333,6 +370,10 @@ mod tests {
         assert!(vnni("x86_64-avx2", Some("alderlake")));
         assert!(!vnni("x86_64-avx512", Some("skylake-avx512")));
         assert!(!vnni("aarch64", Some("neoverse-n1")));
+        let dotprod =
+            |cpu: Option<&str>| Target::parse(Some("aarch64"), cpu).unwrap().has_dotprod();
+        assert!(dotprod(Some("neoverse-n1")) && dotprod(Some("cortex-a55")));
+        assert!(!dotprod(None) && !dotprod(Some("cortex-a53")));
     }
 
     #[test]

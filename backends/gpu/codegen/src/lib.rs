@@ -5,6 +5,8 @@
 //! [`GpuBackend`] is its `CodeGenerator`
 //! (`docs/GPU_BACKEND.md`).
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod backend;
 pub mod kernel;
 pub mod launch;

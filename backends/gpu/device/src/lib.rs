@@ -5,6 +5,8 @@
 //! compiler, no LLVM: the runtime links this crate to load GPU code from
 //! bundles or from an artifact compiled in the same process.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 #[cfg(feature = "cuda")]
 pub mod cuda_runner;
 pub mod manifest;

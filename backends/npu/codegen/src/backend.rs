@@ -1,24 +1,24 @@
 //! [`NpuBackend`], the NPU's `CodeGenerator`: the graph is split into NPU
 //! and CPU-fallback parts, each NPU part lowered to layer programs, each
-//! fallback part kept as IR. The artifact's sections: `code` (the packed
-//! programs), `code-plan` (`m4c_npu::module::ModulePlan`, JSON) and
-//! `code-weights` (the fallback parts' constants).
+//! fallback part compiled by the CPU backend (`fallback`). The artifact's
+//! sections: `code` (the packed programs), `code-plan`
+//! (`m4c_npu::module::ModulePlan`, JSON) and `code-weights` (the fallback
+//! parts' constants and compiled CPU code).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use m4c_compiler::backend::{
-    Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator, CompileRequest,
+    Artifact, ArtifactFile, BackendError, Capabilities, CodeGenerator, CompileRequest, Refusal,
 };
 use m4c_compiler::opt::Roofline;
-use m4c_ir::{DType, Graph, Node, Tensor, ValueDef, ValueId};
+use m4c_ir::{DType, Graph, Node, ValueId};
 use m4c_npu::config::MachineConfig;
 use m4c_npu::module::{pack_programs, ModulePart, ModulePlan};
 use m4c_runtime::bundle::format::SectionKind;
-use m4c_runtime::exec::npu::encode_constants;
 
 use crate::calibrate::Calibration;
-use crate::{constraints, lower, split};
+use crate::{constraints, fallback, lower, split};
 
 /// The machine a request without `--target` compiles for.
 pub const DEFAULT_TARGET: &str = "edge-small";
@@ -32,7 +32,7 @@ impl CodeGenerator for NpuBackend {
     }
 
     fn description(&self) -> &'static str {
-        "int8 programs for the simulated NPU (m4c-npu), CPU fallback on the interpreter; float graphs need calibration (run/bench calibrate on the inputs)"
+        "int8 programs for the simulated NPU (m4c-npu), CPU fallback compiled by the CPU backend; float graphs need calibration (run/bench calibrate on the inputs)"
     }
 
     fn targets(&self) -> Vec<String> {
@@ -95,12 +95,14 @@ fn config(target: Option<&str>) -> Result<MachineConfig, String> {
 }
 
 /// Compiles `graph` for the NPU of `request.target` with the activation
-/// ranges of `cal`: NPU parts where the constraints allow, CPU fallback
-/// elsewhere.
+/// ranges of `cal`: NPU parts where the constraints allow, CPU-fallback
+/// parts elsewhere, compiled by `fallback_codegen` (the CPU backend, injected by
+/// the caller; `None` leaves them to the runtime's interpreter).
 pub fn compile_calibrated(
     graph: &Graph,
     cal: &Calibration,
     request: &CompileRequest,
+    fallback_codegen: Option<&dyn CodeGenerator>,
 ) -> Result<Artifact, BackendError> {
     let fail = |msg: String| BackendError::Compile {
         backend: "npu",
@@ -113,59 +115,34 @@ pub fn compile_calibrated(
     let started = Instant::now();
     // Nodes whose layer could not be generated (a shape or scale outside
     // a generator's range) fall back too; the split is redone without them.
-    let mut failed: HashSet<ValueId> = HashSet::new();
+    let mut failed: HashMap<ValueId, String> = HashMap::new();
     let mut notes = vec![];
-    loop {
-        match try_compile(graph, cal, &config, &failed) {
-            Ok((module, programs, constants, parts)) => {
-                return finish(graph, module, programs, constants, &parts, notes, started)
-                    .map_err(fail)
+    let (lowered, parts) = loop {
+        match lower_parts(graph, cal, &config, &failed) {
+            Ok(done) => break done,
+            Err((Some(node), msg)) if !failed.contains_key(&graph.nodes[node].output) => {
+                failed.insert(graph.nodes[node].output, msg.clone());
+                notes.push(msg);
             }
-            Err((Some(node), msg)) if failed.insert(graph.nodes[node].output) => notes.push(msg),
             Err((_, msg)) => return Err(fail(msg)),
         }
-    }
-}
-
-/// What one compilation attempt produced.
-type Compiled<'g> = (
-    ModulePlan,
-    Vec<m4c_npu::program::Program>,
-    Vec<(String, &'g Tensor)>,
-    Vec<split::Part>,
-);
-
-/// Splits and lowers `graph` with the nodes computing `failed` on the
-/// CPU; a layer that cannot be generated names its node.
-fn try_compile<'g>(
-    graph: &'g Graph,
-    cal: &Calibration,
-    config: &MachineConfig,
-    failed: &HashSet<ValueId>,
-) -> Result<Compiled<'g>, (Option<usize>, String)> {
-    let parts = split::split(graph, &|g, n| {
-        !failed.contains(&n.output) && constraints::refuse(g, n).is_none()
-    });
+    };
+    let npu_ms = started.elapsed().as_secs_f64() * 1e3;
     let owner = owners(graph, &parts);
-    let mut programs = vec![];
+    let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();
     let mut module = ModulePlan {
-        config: config.clone(),
+        config,
         parts: vec![],
     };
-    let mut constants: Vec<(String, &Tensor)> = vec![];
-    let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();
+    let mut programs = vec![];
+    let mut store = fallback::Store::default();
+    let mut why = vec![];
+    let mut lowered = lowered.into_iter();
     for (k, part) in parts.iter().enumerate() {
-        let exported = |v: ValueId| {
-            outputs.contains(&v)
-                || graph
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .any(|(i, n)| owner[i] != k && n.inputs.contains(&v))
-        };
         if part.npu {
-            let l = lower::lower_part(graph, &part.nodes, &exported, cal, config)
-                .map_err(|(i, msg)| (Some(i), msg))?;
+            let l = lowered
+                .next()
+                .ok_or_else(|| fail("an NPU part was not lowered".into()))?;
             module.parts.push(ModulePart::Npu {
                 plan: l.plan,
                 first_program: programs.len(),
@@ -173,36 +150,117 @@ fn try_compile<'g>(
                 outputs: l.outputs,
             });
             programs.extend(l.programs);
-        } else {
-            let (ir, reasons) = fallback(graph, &part.nodes, &exported, &mut constants, failed)
-                .map_err(|msg| (None, msg))?;
-            module.parts.push(ModulePart::Fallback { ir, reasons });
+            continue;
         }
+        let exported = |v: ValueId| exported(graph, &owner, &outputs, k, v);
+        let built = fallback::build(
+            graph,
+            &part.nodes,
+            &exported,
+            &failed,
+            fallback_codegen,
+            request,
+            &mut store,
+        )
+        .map_err(fail)?;
+        module.parts.push(built.part);
+        why.extend(built.nodes);
     }
-    Ok((module, programs, constants, parts))
+    let ms = Timing {
+        npu: npu_ms,
+        fallback: started.elapsed().as_secs_f64() * 1e3 - npu_ms,
+    };
+    finish(graph, module, programs, store.bytes, why, notes, ms).map_err(fail)
 }
 
-/// The artifact of a compiled module.
+/// Compile times, ms.
+struct Timing {
+    /// Split and NPU lowering.
+    npu: f64,
+    /// The fallback parts (the CPU code generator's share).
+    fallback: f64,
+}
+
+/// The parts of a split and the lowered NPU parts, in part order.
+type Split = (Vec<lower::Lowered>, Vec<split::Part>);
+
+/// Splits `graph` with the nodes computing `failed` on the CPU and lowers
+/// every NPU part (in part order); a layer that cannot be generated names
+/// its node.
+fn lower_parts(
+    graph: &Graph,
+    cal: &Calibration,
+    config: &MachineConfig,
+    failed: &HashMap<ValueId, String>,
+) -> Result<Split, (Option<usize>, String)> {
+    let parts = split::split(graph, &|g, n| {
+        !failed.contains_key(&n.output) && constraints::refuse(g, n).is_none()
+    });
+    let owner = owners(graph, &parts);
+    let outputs: HashSet<ValueId> = graph.outputs.iter().copied().collect();
+    let mut lowered = vec![];
+    for (k, part) in parts.iter().enumerate().filter(|(_, p)| p.npu) {
+        let exported = |v: ValueId| exported(graph, &owner, &outputs, k, v);
+        lowered.push(
+            lower::lower_part(graph, &part.nodes, &exported, cal, config)
+                .map_err(|(i, msg)| (Some(i), msg))?,
+        );
+    }
+    Ok((lowered, parts))
+}
+
+/// Whether value `v` is read outside part `k` (or is a graph output).
+fn exported(
+    graph: &Graph,
+    owner: &[usize],
+    outputs: &HashSet<ValueId>,
+    k: usize,
+    v: ValueId,
+) -> bool {
+    outputs.contains(&v)
+        || graph
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| owner[i] != k && n.inputs.contains(&v))
+}
+
+/// The artifact of a compiled module: `why` lists every fallback node
+/// with its reason (`constraint: detail`), `notes` the layers that could
+/// not be generated.
 fn finish(
     graph: &Graph,
     module: ModulePlan,
     programs: Vec<m4c_npu::program::Program>,
-    constants: Vec<(String, &Tensor)>,
-    parts: &[split::Part],
+    weights: Vec<u8>,
+    why: Vec<Refusal>,
     notes: Vec<String>,
-    started: Instant,
+    ms: Timing,
 ) -> Result<Artifact, String> {
     let config = &module.config;
-    let npu_parts = parts.iter().filter(|p| p.npu).count();
+    let (mut npu_parts, mut compiled, mut interpreted) = (0, 0, vec![]);
+    for part in &module.parts {
+        match part {
+            ModulePart::Npu { .. } => npu_parts += 1,
+            ModulePart::Fallback { cpu: Some(_), .. } => compiled += 1,
+            ModulePart::Fallback { not_compiled, .. } => {
+                interpreted.push(not_compiled.clone().unwrap_or_default())
+            }
+        }
+    }
     let stats = serde_json::json!({
         "config": config.name,
         "npu_parts": npu_parts,
-        "fallback_parts": parts.len() - npu_parts,
-        "npu_nodes": parts.iter().filter(|p| p.npu).map(|p| p.nodes.len()).sum::<usize>(),
-        "fallback_nodes": parts.iter().filter(|p| !p.npu).map(|p| p.nodes.len()).sum::<usize>(),
+        "fallback_parts": module.parts.len() - npu_parts,
+        "fallback_compiled": compiled,
+        "fallback_interpreted": interpreted,
+        "npu_nodes": graph.nodes.len() - why.len(),
+        "fallback_nodes": why.len(),
+        "fallback": why,
         "programs": programs.len(),
         "layers_not_generated": notes,
-        "compile_ms": started.elapsed().as_secs_f64() * 1e3,
+        "compile_ms": ms.npu + ms.fallback,
+        "fallback_compile_ms": ms.fallback,
     });
     let plan = serde_json::to_vec_pretty(&module).map_err(|e| e.to_string())?;
     let file = |ext: &str, section, bytes| ArtifactFile {
@@ -218,11 +276,7 @@ fn finish(
         files: vec![
             file("npub", SectionKind::Code, pack_programs(&programs)),
             file("plan.json", SectionKind::CodePlan, plan),
-            file(
-                "weights",
-                SectionKind::CodeWeights,
-                encode_constants(&constants)?,
-            ),
+            file("fallback", SectionKind::CodeWeights, weights),
         ],
         stats,
     })
@@ -237,59 +291,4 @@ fn owners(g: &Graph, parts: &[split::Part]) -> Vec<usize> {
         }
     }
     owner
-}
-
-/// The IR text of a fallback part (its constants appended to
-/// `constants`) and why its operators are not on the NPU.
-fn fallback<'g>(
-    g: &'g Graph,
-    nodes: &[usize],
-    exported: &dyn Fn(ValueId) -> bool,
-    constants: &mut Vec<(String, &'g Tensor)>,
-    failed: &HashSet<ValueId>,
-) -> Result<(String, Vec<String>), String> {
-    let mut sub = Graph::new(format!("{}/fallback", g.name));
-    let mut map = std::collections::HashMap::new();
-    let mut reasons: Vec<String> = vec![];
-    for &i in nodes {
-        let node = &g.nodes[i];
-        let mut args = vec![];
-        for &v in &node.inputs {
-            let value = g.value(v);
-            let id = match map.get(&v) {
-                Some(&id) => id,
-                None => {
-                    let id = match &value.def {
-                        ValueDef::Const(t) => {
-                            constants.push((value.name.clone(), t));
-                            sub.add_const(value.name.clone(), t.clone())
-                        }
-                        _ => sub.add_input(value.name.clone(), value.ty.clone()),
-                    };
-                    map.insert(v, id);
-                    id
-                }
-            };
-            args.push(id);
-        }
-        let out = sub
-            .add_node(node.op.clone(), &args, g.value(node.output).name.clone())
-            .map_err(|e| e.to_string())?;
-        map.insert(node.output, out);
-        if exported(node.output) {
-            sub.outputs.push(out);
-        }
-        let why = constraints::refuse(g, node).unwrap_or_else(|| {
-            if failed.contains(&node.output) {
-                "no layer could be generated".into()
-            } else {
-                "grouped with the fallback".into()
-            }
-        });
-        let line = format!("{}: {why}", node.op.kind().name());
-        if !reasons.contains(&line) {
-            reasons.push(line);
-        }
-    }
-    Ok((m4c_ir::text::print(&sub), reasons))
 }

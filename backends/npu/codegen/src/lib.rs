@@ -14,6 +14,7 @@ mod backend;
 pub mod calibrate;
 pub mod constraints;
 mod conv;
+mod fallback;
 pub mod lower;
 mod movement;
 pub mod split;

@@ -102,12 +102,11 @@ pub(super) fn emit<'ctx>(
                 .as_basic_value()
                 .into_vector_value();
             let sum = em
-                .call_intrinsic(
+                .call_value(
                     "llvm.fma",
                     &[vector.into()],
                     &[broadcast.into(), (*b_vector).into(), acc.into()],
                 )?
-                .expect("fma returns a value")
                 .into_vector_value();
             updated.push(sum);
         }
@@ -208,12 +207,11 @@ fn store_tile_vector<'ctx>(
     );
     let align = em.context.i32_type().const_int(4, false);
     let old = em
-        .call_intrinsic(
+        .call_value(
             "llvm.masked.load",
             &[ty.into(), at.get_type().into()],
             &[at.into(), align.into(), mask.into(), ty.const_zero().into()],
         )?
-        .expect("masked load returns a value")
         .into_vector_value();
     let sum = em.builder.build_float_add(old, acc, "sum")?;
     let value = em.builder.build_select(accumulate, sum, acc, "c")?;

@@ -70,10 +70,10 @@ pub fn compile_graph(
     })?;
     let manifest = write_graph_artifact(graph, &options.target, dir.path())?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let plan = manifest
-        .graph
-        .as_ref()
-        .expect("graph artifacts carry a plan");
+    let plan = manifest.graph.as_ref().ok_or_else(|| CodegenError::Graph {
+        graph: graph.name.clone(),
+        reason: "the artifact has no graph plan".into(),
+    })?;
     let stats = CompileStats {
         compile_ms,
         kernels: plan.steps.len(),

@@ -90,9 +90,15 @@ pub(crate) fn emit_im2col8(
     let out_strides = contiguous_strides(&w.output);
     let tap_strides = contiguous_strides(&w.kernel);
     k.nest(&dims, true, &mut |idx: &[IntValue<'_>]| {
-        let (batch, rest) = idx.split_first().expect("batch axis");
+        let [batch, rest @ ..] = idx else {
+            return Err(CodegenError::Llvm("the loop nest has no batch axis".into()));
+        };
         let (o, rest) = rest.split_at(sp);
-        let (channel, t) = rest.split_first().expect("channel axis");
+        let [channel, t @ ..] = rest else {
+            return Err(CodegenError::Llvm(
+                "the loop nest has no channel axis".into(),
+            ));
+        };
         let (at, inside) = w.offset(&k, o, t)?;
         let plane_base = k.em.mul_add(*batch, k.int(c as i64), *channel)?;
         let at = k.em.mul_add(plane_base, k.int(plane as i64), at)?;

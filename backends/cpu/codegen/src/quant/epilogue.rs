@@ -77,7 +77,7 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
                 .collect::<Vec<_>>(),
         );
         Ok(em
-            .call_intrinsic(
+            .call_value(
                 "llvm.masked.load",
                 &[ty.into(), at.get_type().into()],
                 &[
@@ -87,7 +87,6 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
                     ty.const_zero().into(),
                 ],
             )?
-            .expect("masked load returns a value")
             .into_vector_value())
     }
 
@@ -182,10 +181,7 @@ pub(crate) fn quantize_with_zero_point<'ctx>(
         |name: &str, args: &[VectorValue<'ctx>]| -> Result<VectorValue<'ctx>, CodegenError> {
             let types = [args[0].get_type().into()];
             let args: Vec<_> = args.iter().map(|v| (*v).into()).collect();
-            Ok(em
-                .call_intrinsic(name, &types, &args)?
-                .expect("float intrinsics return a value")
-                .into_vector_value())
+            Ok(em.call_value(name, &types, &args)?.into_vector_value())
         };
     let quotient = b.build_float_div(value, scale, "quotient")?;
     let rounded = intrinsic("llvm.roundeven", &[quotient])?;

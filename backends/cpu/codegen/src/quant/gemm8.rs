@@ -290,7 +290,7 @@ pub(crate) fn column_signs(centred: &[i32], n: usize) -> Result<Vec<i32>, (usize
                     .skip(j)
                     .step_by(n)
                     .position(|&v| !(-127..=128).contains(&v))
-                    .expect("a value out of range");
+                    .unwrap_or(0);
                 return Err((bad, j));
             }
         }
@@ -330,15 +330,13 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
     let (a, packed, out) = (k.buffers[0], k.buffers[1], k.buffers[2]);
     let table = byte_offset(em, packed, em.i64(layout.table_offset()))?;
     let i32t = cx.context.i32_type();
-    // A's zero point plus the uint8 shift of an int8 A: the factor of the
-    // column sums that the accumulators carry in excess.
-    let offset = i32t.const_int(if spec.a_signed { 128 } else { 0 }, false);
+    // A's zero point plus the shift of A into the products' domain: the
+    // factor of the column sums that the accumulators carry in excess.
+    let a_shift = layout.dot.a_shift(spec.a_signed);
+    let offset = i32t.const_int(a_shift as u64, true);
     let mut next = 3;
     let shift = match spec.runtime.zero_point {
-        None => i32t.const_int(
-            (i64::from(spec.a_zero_point) + if spec.a_signed { 128 } else { 0 }) as u64,
-            true,
-        ),
+        None => i32t.const_int((i64::from(spec.a_zero_point) + a_shift) as u64, true),
         Some(dtype) => {
             let at = k.buffers[next];
             next += 1;
@@ -624,7 +622,7 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
         let g = self.layout.dot.group() as u32;
         let bytes = load_unaligned(em, i8t.vec_type(lanes * g), at)?;
         Ok(match self.layout.dot {
-            DotKind::Vnni => em
+            DotKind::Vnni | DotKind::Sdot => em
                 .builder
                 .build_bit_cast(bytes, em.context.i32_type().vec_type(lanes), "b")?
                 .into_vector_value(),
@@ -663,13 +661,13 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
             }
             v
         };
-        if self.signed {
+        if self.signed != self.layout.dot.a_in_int8() {
             let flip = VectorType::const_vector(&vec![i8t.const_int(0x80, false); g as usize]);
             bytes = em.builder.build_xor(bytes, flip, "a_u8")?;
         }
         let i32t = em.context.i32_type();
         let word = match self.layout.dot {
-            DotKind::Vnni => bytes,
+            DotKind::Vnni | DotKind::Sdot => bytes,
             DotKind::Pmaddwd => {
                 em.builder
                     .build_int_z_extend(bytes, em.context.i16_type().vec_type(2), "a16")?
@@ -695,10 +693,7 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
         let call =
             |name: &str, args: &[VectorValue<'ctx>]| -> Result<VectorValue<'ctx>, CodegenError> {
                 let args: Vec<_> = args.iter().map(|v| (*v).into()).collect();
-                Ok(em
-                    .call_intrinsic(name, &[], &args)?
-                    .expect("the dot intrinsics return a value")
-                    .into_vector_value())
+                Ok(em.call_value(name, &[], &args)?.into_vector_value())
             };
         Ok(match self.layout.dot {
             DotKind::Vnni => {
@@ -707,6 +702,22 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
                     _ => "llvm.x86.avx512.vpdpbusd.256",
                 };
                 call(name, &[acc, a, b])?
+            }
+            DotKind::Sdot => {
+                let bytes = em.context.i8_type().vec_type(4 * a.get_type().get_size());
+                let as_bytes = |v: VectorValue<'ctx>| -> Result<_, CodegenError> {
+                    Ok(em.builder.build_bit_cast(v, bytes, "s8")?)
+                };
+                let args = [acc.into(), as_bytes(a)?.into(), as_bytes(b)?.into()];
+                em.call_intrinsic(
+                    "llvm.aarch64.neon.sdot",
+                    &[acc.get_type().into(), bytes.into()],
+                    &args,
+                )?
+                .ok_or_else(|| {
+                    CodegenError::Llvm("llvm.aarch64.neon.sdot returned no value".into())
+                })?
+                .into_vector_value()
             }
             DotKind::Pmaddwd => {
                 let a16 = em
@@ -736,7 +747,7 @@ pub(super) fn load_unaligned<'ctx>(
 ) -> Result<VectorValue<'ctx>, CodegenError> {
     let load = em.builder.build_load(ty, at, "v")?;
     inkwell::values::BasicValue::as_instruction_value(&load)
-        .expect("a load is an instruction")
+        .ok_or_else(|| CodegenError::Llvm("a load built no instruction".into()))?
         .set_alignment(1)
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;
     Ok(load.into_vector_value())

@@ -295,12 +295,11 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                             let acc = accs[2 * j + half];
                             let old = em.builder.build_load(f32v, acc, "acc")?.into_vector_value();
                             let sum = em
-                                .call_intrinsic(
+                                .call_value(
                                     "llvm.fma",
                                     &[f32v.into()],
                                     &[xv.into(), w.into(), old.into()],
                                 )?
-                                .expect("fma returns a value")
                                 .into_vector_value();
                             em.builder.build_store(acc, sum)?;
                         }

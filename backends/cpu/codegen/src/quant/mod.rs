@@ -42,9 +42,14 @@ pub enum DotKind {
     /// widened form is exact for every u8/s8 value, so results match the
     /// interpreter bit for bit without restricting weights to 7 bits.
     Pmaddwd,
+    /// `sdot` (AArch64's dot-product extension, Armv8.2 `+dotprod`): four
+    /// s8 × s8 products summed into each i32 lane. Both operands are
+    /// signed, so A lives in the int8 domain: a uint8 A is shifted by
+    /// flipping its sign bit (`a − 128`) — see [`DotKind::a_in_int8`].
+    Sdot,
     /// Plain vector IR (sign-extend, multiply, add in i32) that LLVM lowers
-    /// for the target: NEON (`smull`/`smlal`-style code; `sdot` would need
-    /// the dot-product extension, which the generic AArch64 CPU lacks).
+    /// for the target: NEON without the dot-product extension (`smull`/
+    /// `smlal`-style code; the generic AArch64 CPU).
     Generic,
 }
 
@@ -54,7 +59,28 @@ impl DotKind {
         match target.isa {
             _ if target.has_vnni() => DotKind::Vnni,
             crate::Isa::Avx512 | crate::Isa::Avx2 => DotKind::Pmaddwd,
+            crate::Isa::Neon if target.has_dotprod() => DotKind::Sdot,
             crate::Isa::Neon => DotKind::Generic,
+        }
+    }
+
+    /// Whether the products take A as int8 (else uint8): an A of the other
+    /// signedness has its sign bit flipped, and the accumulators carry
+    /// `±128 · Σ b` in excess, subtracted with A's zero point
+    /// ([`DotKind::a_shift`]).
+    pub fn a_in_int8(self) -> bool {
+        self == DotKind::Sdot
+    }
+
+    /// What the accumulator holds in excess per unit of a column's sum:
+    /// A's zero point moved into the domain the products take A in
+    /// (`+128` for an int8 A read as uint8, `−128` for a uint8 A read as
+    /// int8).
+    pub fn a_shift(self, a_signed: bool) -> i64 {
+        match (a_signed, self.a_in_int8()) {
+            (true, false) => 128,
+            (false, true) => -128,
+            _ => 0,
         }
     }
 
@@ -62,7 +88,7 @@ impl DotKind {
     /// broadcast carries).
     pub fn group(self) -> usize {
         match self {
-            DotKind::Vnni => 4,
+            DotKind::Vnni | DotKind::Sdot => 4,
             DotKind::Pmaddwd => 2,
             DotKind::Generic => 1,
         }
@@ -129,8 +155,10 @@ mod tests {
         assert!(asm.contains("vpmaddwd\t%ymm") && !asm.contains("vpdpbusd"));
         let asm = assembly("aarch64", None);
         assert!(
-            asm.contains("mla") || asm.contains("mlal"),
+            (asm.contains("mla") || asm.contains("mlal")) && !asm.contains("sdot"),
             "no NEON multiply-add"
         );
+        let asm = assembly("aarch64", Some("neoverse-n1"));
+        assert!(asm.contains("sdot\tv"), "no sdot with +dotprod");
     }
 }

@@ -343,6 +343,10 @@ pub(super) fn int8_conv(
 }
 
 /// The match of an int8 product: its kernel and the input-side nodes read.
+#[allow(
+    clippy::expect_used,
+    reason = "a tail's core starts with the product node (`tail` builds it so)"
+)]
 fn matched(
     a: AOperand,
     (m, k, n): (usize, usize, usize),

@@ -129,8 +129,8 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
         b.position_at_end(body);
         let param = |k| {
             func.get_nth_param(k)
-                .expect("the kernel has two parameters")
-                .into_pointer_value()
+                .map(|p| p.into_pointer_value())
+                .ok_or_else(|| Fail(format!("kernel {name} has no parameter {k}")))
         };
         Ok(Self {
             context,
@@ -139,8 +139,8 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
             name: name.to_string(),
             func,
             allocas,
-            arena: param(0),
-            weights: param(1),
+            arena: param(0)?,
+            weights: param(1)?,
             flavor,
         })
     }
@@ -181,7 +181,7 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
             let ids = self
                 .func
                 .get_nth_param(2)
-                .expect("host kernels take their ids")
+                .ok_or_else(|| Fail("a host kernel takes its ids as parameter 2".into()))?
                 .into_pointer_value();
             let p = self.at(ids, self.context.i64_type().const_int(4 * k as u64, false))?;
             return Ok(self
@@ -215,7 +215,7 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
         let end = self
             .allocas
             .get_terminator()
-            .expect("the alloca block branches to the body");
+            .ok_or_else(|| Fail(format!("{}: the alloca block has no branch", self.name)))?;
         at.position_before(&end);
         let slot = at.build_alloca(init.get_type(), "v")?;
         self.b.build_store(slot, init)?;
@@ -343,9 +343,14 @@ impl<'a, 'ctx> Cx<'a, 'ctx> {
         let clamped = self.call(
             "llvm.smin",
             &[i32t.into()],
-            &[lo.expect("smax returns").into(), self.i32(last).into()],
+            &[
+                lo.ok_or_else(|| Fail("llvm.smax returned no value".into()))?
+                    .into(),
+                self.i32(last).into(),
+            ],
         )?;
-        let p = self.element(op, clamped.expect("smin returns").into_int_value())?;
+        let clamped = clamped.ok_or_else(|| Fail("llvm.smin returned no value".into()))?;
+        let p = self.element(op, clamped.into_int_value())?;
         let value = match op.dtype {
             DType::F32 => self.b.build_load(self.context.f32_type(), p, "x")?,
             DType::I32 => self.b.build_load(i32t, p, "x")?,

@@ -1,0 +1,455 @@
+//! The NPU backend's device: the simulator of `m4c-npu` is the NPU. A
+//! module's plan (`m4c_npu::module::ModulePlan`, JSON) lists its parts in
+//! execution order; NPU parts run their layers' programs on the
+//! bit-exact cycle simulator (float values are quantised on entry and
+//! dequantised on exit, counted as boundary cost); CPU-fallback parts run
+//! the CPU backend's compiled code for them through the CPU device
+//! ([`CompiledModule`]), or their IR on the reference interpreter where the
+//! CPU backend did not compile them or its code cannot load here (each
+//! part's engine and the reason are in [`RunFigures::parts`]). Sections:
+//! `code` = the packed programs, `code-plan` = the plan, `code-weights` =
+//! the fallback parts' constants ([`encode_constants`]) and CPU code.
+
+mod fallback;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use m4c_ir::Graph;
+use m4c_npu::config::MachineConfig;
+use m4c_npu::module::{unpack_programs, Boundary, ModulePart, ModulePlan};
+use m4c_npu::program::Program;
+use m4c_npu::sim::SimOptions;
+use m4c_ops::Value;
+
+pub use fallback::{decode_constants, encode_constants};
+
+use super::device::Device;
+use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, Signature};
+use crate::bundle::format::SectionKind;
+use crate::bundle::ModuleCode;
+
+/// The NPU backend's [`Device`]: targets are machine configurations
+/// (presets or config files), all simulated here.
+pub struct NpuDevice;
+
+/// One layer's figures from a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerFigures {
+    /// The IR value the layer computes.
+    pub name: String,
+    /// The kernel.
+    pub kernel: String,
+    /// Index of its NPU part.
+    pub part: usize,
+    /// Simulated cycles.
+    pub cycles: u64,
+    /// Matrix-unit multiply-accumulates.
+    pub macs: u64,
+    /// MACs / (array PEs × cycles).
+    pub utilization: f64,
+    /// SRAM bytes its program addresses.
+    pub sram_bytes: u64,
+    /// DRAM bytes read plus written.
+    pub dram_bytes: u64,
+    /// Simulated energy, pJ.
+    pub energy_pj: f64,
+}
+
+/// What ran one part of a module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartEngine {
+    /// The simulated NPU.
+    Npu,
+    /// The CPU backend's compiled code.
+    CompiledCpu,
+    /// The reference interpreter.
+    Interpreter,
+}
+
+/// One part's figures from a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartFigures {
+    /// Index in the plan.
+    pub part: usize,
+    /// What ran it.
+    pub engine: PartEngine,
+    /// Simulated cycles (NPU parts).
+    pub cycles: u64,
+    /// Host wall time, seconds (fallback parts: the median of the timed
+    /// runs).
+    pub seconds: f64,
+    /// Why a fallback part ran on the interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What one run of a module measured.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunFigures {
+    /// Every NPU layer, in execution order.
+    pub layers: Vec<LayerFigures>,
+    /// Every part, in execution order.
+    pub parts: Vec<PartFigures>,
+    /// Values quantised into or dequantised out of NPU parts.
+    pub boundary_values: usize,
+    /// Bytes of those conversions (int8 side).
+    pub boundary_bytes: u64,
+    /// Estimated cycles of the conversions: one vector-unit pass and one
+    /// DMA transfer per byte at the config's rates (not simulated).
+    pub boundary_cycles: u64,
+    /// Host wall time of the CPU-fallback parts (each the median of its
+    /// timed runs), seconds.
+    pub fallback_seconds: f64,
+    /// Fallback parts run.
+    pub fallback_parts: usize,
+    /// Of those, the ones run by compiled CPU code.
+    pub fallback_compiled: usize,
+}
+
+fn section<'a>(code: &'a ModuleCode, kind: SectionKind, what: &str) -> Result<&'a [u8], String> {
+    code.section(kind)
+        .ok_or_else(|| format!("no {what} section"))
+}
+
+/// The plan of `code` (JSON), its programs and its fallback parts.
+fn parse(code: &ModuleCode) -> Result<NpuModuleCode, String> {
+    let plan: ModulePlan =
+        serde_json::from_slice(section(code, SectionKind::CodePlan, "code-plan")?)
+            .map_err(|e| format!("code-plan: {e}"))?;
+    let programs = unpack_programs(section(code, SectionKind::Code, "code")?)?;
+    let store = section(code, SectionKind::CodeWeights, "code-weights")?;
+    plan.check(programs.len(), store)?;
+    let mut fallbacks = vec![];
+    for (k, part) in plan.parts.iter().enumerate() {
+        fallbacks.push(match part {
+            ModulePart::Npu { plan, .. } => {
+                let bytes = plan
+                    .tensors
+                    .iter()
+                    .try_fold(0usize, |sum, t| sum.checked_add(t.bytes));
+                if bytes.is_none_or(|b| b > m4c_ops::budget::max_memory()) {
+                    return Err("an NPU part's tensors exceed the memory budget".into());
+                }
+                None
+            }
+            ModulePart::Fallback { .. } => Some(
+                fallback::parse(code, k, part, store)
+                    .map_err(|e| format!("fallback part {k}: {e}"))?,
+            ),
+        });
+    }
+    Ok(NpuModuleCode {
+        plan,
+        programs,
+        fallbacks,
+    })
+}
+
+/// A module's NPU code, decoded and checked.
+pub struct NpuModuleCode {
+    plan: ModulePlan,
+    programs: Vec<Program>,
+    fallbacks: Vec<Option<fallback::FallbackCode>>,
+}
+
+impl Device for NpuDevice {
+    fn name(&self) -> &'static str {
+        "npu"
+    }
+
+    fn runs_here(&self, target: &str) -> Result<(), String> {
+        MachineConfig::load(target)
+            .map(|_| ())
+            .map_err(|e| format!("NPU target `{target}`: {e}"))
+    }
+
+    fn check(&self, code: &ModuleCode, _graph: &Graph) -> Result<(), String> {
+        parse(code).map(|_| ())
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        threads: usize,
+    ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
+        let section = code.entry().section.clone();
+        let code = parse(code).map_err(|msg| CodeLoadError::Load { section, msg })?;
+        Ok(Arc::new(NpuModule::new(name, code, signature, threads)))
+    }
+}
+
+/// A module loaded on the simulated NPU.
+pub struct NpuModule {
+    name: String,
+    signature: Signature,
+    code: NpuModuleCode,
+    fallbacks: Vec<Option<fallback::Fallback>>,
+}
+
+impl NpuModule {
+    /// Loads decoded code: each compiled fallback part through the CPU
+    /// device (on `threads` threads); a part without code, or whose code
+    /// does not load on this host, on the interpreter (with the reason).
+    fn new(name: &str, mut code: NpuModuleCode, signature: Signature, threads: usize) -> NpuModule {
+        let fallbacks = std::mem::take(&mut code.fallbacks)
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads)))
+            .collect();
+        NpuModule {
+            name: name.to_string(),
+            signature,
+            code,
+            fallbacks,
+        }
+    }
+
+    /// Loads a module from its sections in memory (what `m4c bench` uses
+    /// to get per-layer figures); compiled fallback code runs on
+    /// `threads` threads.
+    pub fn from_sections(
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        threads: usize,
+    ) -> Result<NpuModule, String> {
+        Ok(NpuModule::new(name, parse(code)?, signature, threads))
+    }
+
+    /// The machine it simulates.
+    pub fn config(&self) -> &MachineConfig {
+        &self.code.plan.config
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &ModulePlan {
+        &self.code.plan
+    }
+
+    /// What runs each part, with the reason for a fallback part on the
+    /// interpreter (as loaded, before any run).
+    pub fn engines(&self) -> Vec<(PartEngine, Option<&str>)> {
+        self.fallbacks
+            .iter()
+            .map(|f| match f {
+                None => (PartEngine::Npu, None),
+                Some(f) => match &f.note {
+                    None => (PartEngine::CompiledCpu, None),
+                    Some(n) => (PartEngine::Interpreter, Some(n.as_str())),
+                },
+            })
+            .collect()
+    }
+
+    /// Runs the module and reports what the simulator measured; each
+    /// fallback part runs `reps` times (at least once) on the same inputs
+    /// and its time is the median.
+    pub fn run_measured(
+        &self,
+        inputs: &[Value],
+        reps: usize,
+    ) -> Result<(Vec<Value>, RunFigures), ExecError> {
+        check_inputs(&self.name, &self.signature, inputs)?;
+        let fail = |msg: String| ExecError::Run {
+            module: self.name.clone(),
+            msg,
+        };
+        let mut env: HashMap<String, Value> = self
+            .signature
+            .inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(inputs.iter().cloned())
+            .collect();
+        let mut figures = RunFigures::default();
+        for (index, part) in self.code.plan.parts.iter().enumerate() {
+            let figure = match (part, &self.fallbacks[index]) {
+                (ModulePart::Npu { .. }, _) => self.run_npu(index, part, &mut env, &mut figures)?,
+                (ModulePart::Fallback { .. }, Some(f)) => {
+                    let figure = fallback::run(index, f, &mut env, reps).map_err(&fail)?;
+                    figures.fallback_seconds += figure.seconds;
+                    figures.fallback_parts += 1;
+                    figures.fallback_compiled += usize::from(figure.note.is_none());
+                    figure
+                }
+                (ModulePart::Fallback { .. }, None) => {
+                    return Err(fail(format!("fallback part {index} was not loaded")))
+                }
+            };
+            figures.parts.push(figure);
+        }
+        let outputs = self
+            .signature
+            .outputs
+            .iter()
+            .map(|(n, _)| {
+                env.remove(n)
+                    .ok_or_else(|| fail(format!("output `{n}` was not computed")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((outputs, figures))
+    }
+
+    /// Runs NPU part `index` on the simulator.
+    fn run_npu(
+        &self,
+        index: usize,
+        part: &ModulePart,
+        env: &mut HashMap<String, Value>,
+        figures: &mut RunFigures,
+    ) -> Result<PartFigures, ExecError> {
+        let fail = |msg: String| ExecError::Run {
+            module: self.name.clone(),
+            msg,
+        };
+        let ModulePart::Npu {
+            plan,
+            first_program,
+            inputs,
+            outputs,
+        } = part
+        else {
+            return Err(fail(format!("part {index} is not an NPU part")));
+        };
+        let config = &self.code.plan.config;
+        let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
+        for b in inputs {
+            let v = env
+                .get(&b.value)
+                .ok_or_else(|| fail(format!("NPU part {index}: `{}` missing", b.value)))?;
+            tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
+                .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+            count_boundary(figures, config, b);
+        }
+        let programs = &self.code.programs[*first_program..];
+        let mut cycles = 0;
+        for (l, layer) in plan.layers.iter().enumerate() {
+            let run = plan
+                .run_layer(l, programs, &mut tensors, config, SimOptions::default())
+                .map_err(&fail)?;
+            let s = &run.stats;
+            cycles += s.cycles;
+            figures.layers.push(LayerFigures {
+                name: layer.name.clone(),
+                kernel: layer.kernel.clone(),
+                part: index,
+                cycles: s.cycles,
+                macs: s.macs,
+                utilization: s.utilization,
+                sram_bytes: run.sram_bytes,
+                dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+                energy_pj: s.energy_pj,
+            });
+        }
+        for b in outputs {
+            let t = &plan.tensors[b.tensor];
+            let v = dequantize(&tensors[b.tensor], t, &b.shape)
+                .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
+            env.insert(b.value.clone(), v);
+            count_boundary(figures, config, b);
+        }
+        Ok(PartFigures {
+            part: index,
+            engine: PartEngine::Npu,
+            cycles,
+            seconds: 0.0,
+            note: None,
+        })
+    }
+}
+
+fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) {
+    let bytes = b.shape.iter().product::<usize>() as u64;
+    let dma = config
+        .dram_bytes_per_cycle
+        .unwrap_or(config.dma_in.bytes_per_cycle)
+        .max(1) as u64;
+    f.boundary_values += 1;
+    f.boundary_bytes += bytes;
+    f.boundary_cycles += bytes.div_ceil(config.vector_lanes.max(1) as u64) + bytes.div_ceil(dma);
+}
+
+/// Quantises a float value into a tensor's int8 bytes.
+fn quantize(v: &Value, t: &m4c_npu::module::TensorSpec) -> Result<Vec<i8>, String> {
+    let Value::F32(a) = v else {
+        return Err(format!("is {}, the NPU takes f32 values", v.dtype()));
+    };
+    if a.len() != t.bytes {
+        return Err(format!(
+            "{} elements for a {}-byte tensor",
+            a.len(),
+            t.bytes
+        ));
+    }
+    Ok(a.iter()
+        .map(|&x| (((x as f64) / t.scale).round() + t.zero_point as f64).clamp(-128.0, 127.0) as i8)
+        .collect())
+}
+
+/// Dequantises a tensor's bytes into a float value of `shape`.
+fn dequantize(q: &[i8], t: &m4c_npu::module::TensorSpec, shape: &[usize]) -> Result<Value, String> {
+    let data: Vec<f32> = q
+        .iter()
+        .map(|&v| (t.scale * (v as i32 - t.zero_point) as f64) as f32)
+        .collect();
+    ndarray::ArrayD::from_shape_vec(shape.to_vec(), data)
+        .map(Value::F32)
+        .map_err(|e| format!("output shape {shape:?}: {e}"))
+}
+
+impl ModuleExecutor for NpuModule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn arena(&self) -> Option<&ArenaPlan> {
+        None
+    }
+
+    fn backend(&self) -> &str {
+        "npu"
+    }
+
+    fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
+        self.run_measured(inputs, 1).map(|(outputs, _)| outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_naming_missing_programs_is_refused() {
+        let plan = ModulePlan {
+            config: MachineConfig::edge_small(),
+            parts: vec![ModulePart::Npu {
+                plan: m4c_npu::module::PartPlan {
+                    tensors: vec![],
+                    layers: vec![],
+                },
+                first_program: 3,
+                inputs: vec![],
+                outputs: vec![],
+            }],
+        };
+        assert!(plan.check(1, &[]).unwrap_err().contains("first program 3"));
+        let quant = m4c_npu::module::TensorSpec {
+            name: "x".into(),
+            bytes: 3,
+            scale: 0.5,
+            zero_point: 0,
+        };
+        let v = Value::F32(ndarray::arr1(&[1.0f32, -100.0, 0.26]).into_dyn());
+        assert_eq!(quantize(&v, &quant).unwrap(), [2, -128, 1]);
+        assert!(quantize(&Value::I64(ndarray::arr1(&[1i64]).into_dyn()), &quant).is_err());
+    }
+}
