@@ -16,10 +16,10 @@ pub struct Constraint {
 }
 
 /// Every rule, in the order they are checked (for docs and `m4c backends`).
-pub const CONSTRAINTS: [Constraint; 8] = [
+pub const CONSTRAINTS: [Constraint; 11] = [
     Constraint {
         name: "op",
-        rule: "the operator has an NPU kernel: MatMul, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, Reshape, and Transpose/Slice/Concat/Expand as DMA address patterns",
+        rule: "the operator has an NPU kernel: MatMul, Conv, Add/Sub/Mul/Max/Min, Div/Pow by a constant scalar, unary functions as 256-entry LUTs (GELU, Sigmoid, Tanh, Exp, Erf, ...), Softmax, LayerNorm/RMSNorm, MaxPool/AveragePool, ReduceSum/ReduceMax, Resize (nearest as a DMA pattern, linear as DMA neighbours and a vector-unit interpolation), Reshape, and Transpose/Slice/Concat/Expand/Gather/Pad as DMA address patterns",
     },
     Constraint {
         name: "static-shape",
@@ -38,8 +38,20 @@ pub const CONSTRAINTS: [Constraint; 8] = [
         rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
     },
     Constraint {
-        name: "conv-patchify",
-        rule: "Conv is 2-D with kernel = stride, no padding, dilation 1, one group, constant weights and bias (it becomes an im2col DMA pattern and a GEMM)",
+        name: "conv",
+        rule: "Conv is 2-D over NCHW (or 1-D, as 2-D of height 1) with constant weights and bias, one group (any stride, padding, dilation: im2col + GEMM or the direct kernel, whichever simulates faster) or depthwise (group = channels, one filter each; one image, equal strides, uniform padding, no dilation: the vector unit's depthwise kernel)",
+    },
+    Constraint {
+        name: "pool",
+        rule: "MaxPool and AveragePool are 2-D over NCHW (DMA window patterns over NCHW planes or NHWC channel vectors, whichever simulates faster, and reductions on the vector unit); AveragePool counts the padding (count_include_pad, or no padding) and pads begin and end alike (no ceil-mode tail)",
+    },
+    Constraint {
+        name: "reduce-axes",
+        rule: "ReduceSum and ReduceMax reduce the trailing axes (each output is the sum or maximum of one contiguous row: GlobalAveragePool)",
+    },
+    Constraint {
+        name: "gather-indices",
+        rule: "Gather takes constant indices within the axis (a q/k/v split, a CLS pick: a DMA pattern); run-time indices (an embedding lookup) would need descriptors written at run time, which the device does not do yet",
     },
     Constraint {
         name: "lut-scalar",
@@ -82,11 +94,18 @@ pub fn ops() -> Vec<OpKind> {
         OpKind::Pow,
         OpKind::Softmax,
         OpKind::Norm,
+        OpKind::ReduceSum,
+        OpKind::ReduceMax,
+        OpKind::MaxPool,
+        OpKind::AvgPool,
         OpKind::Reshape,
         OpKind::Transpose,
         OpKind::Slice,
         OpKind::Concat,
         OpKind::Expand,
+        OpKind::Gather,
+        OpKind::Resize,
+        OpKind::Pad,
     ];
     ops.extend(LUT_OPS);
     ops
@@ -123,7 +142,17 @@ pub fn refuse(g: &Graph, node: &Node) -> Option<String> {
             Some(_) => {}
         }
     }
-    for &v in values {
+    if let Op::Gather { .. } = node.op {
+        if !is_const(g, node.inputs[1]) {
+            return violated(
+                "gather-indices",
+                "run-time indices (an embedding lookup)".into(),
+            );
+        }
+    }
+    // Constant integer indices are compile-time addresses, not operands.
+    let indices = matches!(node.op, Op::Gather { .. }).then(|| node.inputs[1]);
+    for &v in values.filter(|&&v| Some(v) != indices) {
         let dt = g.value(v).ty.dtype;
         if dt != DType::F32 && !(is_const(g, v) && dt.is_float()) {
             return violated(
@@ -171,13 +200,100 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
             None
         }
         Op::Conv(attrs) => {
-            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) || shape(0).len() != 4 {
+            if !node.inputs[1..].iter().all(|&v| is_const(g, v)) {
+                return violated("conv", "run-time weights or bias".into());
+            }
+            let (x, w) = (shape(0), shape(1));
+            let geo = match crate::conv::Geometry::new(attrs, &x, w.get(2..).unwrap_or_default()) {
+                Ok(geo) => geo,
+                Err(why) => return violated("conv", why),
+            };
+            let depthwise = attrs.group == geo.x[1] && w[0] == geo.x[1] && w[1] == 1;
+            if attrs.group > 1 && !depthwise {
                 return violated(
-                    "conv-patchify",
-                    "run-time weights or a non-4-D input".into(),
+                    "conv",
+                    format!(
+                        "{} groups of {w:?} weights: only one group or depthwise",
+                        attrs.group
+                    ),
                 );
             }
-            crate::conv::not_patchify(attrs, &shape(1)).map(|why| format!("conv-patchify: {why}"))
+            (depthwise && geo.direct(w[0]).is_none()).then(|| {
+                format!("conv: depthwise with strides {:?}, pads {:?}, dilations {:?} on {} images: the depthwise kernel takes one image, equal strides, uniform pads, no dilation", attrs.strides, attrs.pads, attrs.dilations, geo.x[0])
+            })
+        }
+        Op::ReduceSum { axes, .. } | Op::ReduceMax { axes, .. } => {
+            let rank = shape(0).len();
+            let mut sorted = axes.clone();
+            sorted.sort_unstable();
+            let first = rank.checked_sub(sorted.len());
+            let trailing =
+                !sorted.is_empty() && first.is_some_and(|f| sorted.iter().copied().eq(f..rank));
+            (!trailing).then(|| {
+                format!(
+                    "reduce-axes: axes {axes:?} of a rank-{rank} input are not its trailing axes"
+                )
+            })
+        }
+        Op::MaxPool(pool) | Op::AvgPool { pool, .. } => {
+            let x = shape(0);
+            if x.len() != 4 || pool.kernel.len() != 2 {
+                return violated(
+                    "pool",
+                    format!(
+                        "{}-D pooling of a rank-{} input",
+                        pool.kernel.len(),
+                        x.len()
+                    ),
+                );
+            }
+            if let Op::AvgPool {
+                count_include_pad, ..
+            } = node.op
+            {
+                let padded = pool.pads.iter().any(|&p| p != 0);
+                let (begin, end) = pool.pads.split_at(pool.pads.len() / 2);
+                if padded && (!count_include_pad || begin != end) {
+                    return violated(
+                        "pool",
+                        format!(
+                            "AveragePool with pads {:?} (count_include_pad {count_include_pad})",
+                            pool.pads
+                        ),
+                    );
+                }
+            }
+            let attrs = m4c_ir::op::ConvAttrs {
+                strides: pool.strides.clone(),
+                pads: pool.pads.clone(),
+                dilations: pool.dilations.clone(),
+                group: 1,
+            };
+            crate::conv::Geometry::new(&attrs, &[x[0] * x[1], 1, x[2], x[3]], &pool.kernel)
+                .err()
+                .map(|why| format!("pool: {why}"))
+        }
+        Op::Gather { axis } => {
+            let len = shape(0).get(*axis).copied().unwrap_or(0) as i64;
+            let idx = g.value(node.inputs[1]);
+            let ValueDef::Const(t) = &idx.def else {
+                return None;
+            };
+            let bad = m4c_ops::Value::from_tensor(t)
+                .map(|v| m4c_ops::as_f64(&v))
+                .map_err(|e| e.to_string())
+                .map(|v| {
+                    v.into_iter()
+                        .find(|&i| i < -(len as f64) || i >= len as f64)
+                });
+            match bad {
+                Ok(None) => None,
+                Ok(Some(i)) => violated(
+                    "gather-indices",
+                    format!("index {i} outside an axis of {len}"),
+                ),
+                Err(e) => violated("gather-indices", e),
+            }
         }
         Op::Div | Op::Pow => {
             let n = g.value(node.inputs[1]).ty.num_elements();
@@ -249,7 +365,7 @@ mod tests {
         assert_eq!(why[2], "");
         assert!(why[3].starts_with("lut-scalar:"), "{}", why[3]);
         assert!(why[4].starts_with("last-axis:"), "{}", why[4]);
-        assert_eq!(why[5], "op: no NPU kernel for Gather");
+        assert!(why[5].starts_with("gather-indices: run-time"), "{}", why[5]);
         assert!(CONSTRAINTS.iter().all(|c| !c.rule.is_empty()));
     }
 }

@@ -84,6 +84,9 @@ pub struct ConvProgram {
     pub out_addr: u32,
     /// The tiling of the implicit GEMM.
     pub plan: TilePlan,
+    /// DRAM address of the h x w x c_in input (where a caller writes a
+    /// run-time image, as for [`super::KernelProgram::inputs`]).
+    pub input_addr: u32,
 }
 
 /// Generates a convolution program for `config` (`unsplit`: as for GEMM).
@@ -134,6 +137,7 @@ pub fn generate(
         program: b.finish()?,
         out_addr: io.out_dram,
         plan,
+        input_addr: in_dram as u32,
     })
 }
 

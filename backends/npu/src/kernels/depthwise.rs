@@ -33,6 +33,8 @@ pub struct DepthwiseOperands {
     pub scales: Vec<(i32, i32)>,
     /// Output zero point.
     pub zero_point: i32,
+    /// Lowest output value (-128; the zero point fuses a Relu).
+    pub clamp_min: i8,
 }
 
 impl DepthwiseOperands {
@@ -50,6 +52,7 @@ impl DepthwiseOperands {
             bias: rng.i32s(c, 2048),
             scales,
             zero_point: (rng.next_u64() % 7) as i32 - 3,
+            clamp_min: -128,
         }
     }
 
@@ -58,7 +61,7 @@ impl DepthwiseOperands {
             multiplier: self.scales[c].0,
             shift: self.scales[c].1,
             zero_point: self.zero_point,
-            clamp_min: -128,
+            clamp_min: self.clamp_min,
             clamp_max: 127,
         }
     }
@@ -179,6 +182,7 @@ pub fn generate(
             b,
             &Requant {
                 zero_point: ops.zero_point,
+                clamp_min: ops.clamp_min,
                 ..vector::int32_out(0, 0)
             },
         )?;

@@ -8,6 +8,9 @@
 //! add/sub/max/min `6 * max(scale_a, scale_b) * 2^-20` (both pre-scales and
 //! the output multiply's first rounding), for mul `scale_a * scale_b` (the
 //! output multiply rounds to `2^shift` output steps before its final shift).
+//! The second input may hold one value per row, broadcast along the row
+//! by `vbin`'s `bcast` (a squeeze-excite scale, a per-channel gate): no
+//! DMA expansion.
 
 use super::data::{i8_bytes, SplitMix64};
 use super::stream::{self, StreamKernel, StreamShape};
@@ -82,7 +85,8 @@ pub struct BinaryOperands {
     pub cols: usize,
     /// First input.
     pub a: Vec<i8>,
-    /// Second input.
+    /// Second input: `rows x cols`, or `rows` values (one per row,
+    /// broadcast along it).
     pub b: Vec<i8>,
     /// Quantisation of `a`, `b` and the output.
     pub quant: [Quant; 3],
@@ -158,11 +162,14 @@ impl BinaryOperands {
     pub fn reference(&self) -> Result<Vec<i8>, KernelError> {
         let (pa, pb, out) = params(self)?;
         let op = self.op.vector_op();
+        let per_row = self.b.len() != self.a.len();
+        let cols = self.cols.max(1);
         Ok(self
             .a
             .iter()
-            .zip(&self.b)
-            .map(|(&x, &y)| {
+            .enumerate()
+            .map(|(i, &x)| (x, self.b[if per_row { i / cols } else { i }]))
+            .map(|(x, y)| {
                 let (x, y) = (pa.apply(x as i32), pb.apply(y as i32));
                 let t = match op {
                     BinOp::Add => x.wrapping_add(y),
@@ -185,7 +192,8 @@ pub fn generate(
     let (pa, pb, out) = params(ops)?;
     let (rows, cols) = (ops.rows, ops.cols);
     let n = rows * cols;
-    if cols == 0 || ops.a.len() != n || ops.b.len() != n {
+    let per_row = ops.b.len() == rows && ops.b.len() != n;
+    if cols == 0 || ops.a.len() != n || !(per_row || ops.b.len() == n) {
         return Err(KernelError::BadShape(format!(
             "{rows}x{cols} with {} and {} inputs",
             ops.a.len(),
@@ -194,7 +202,7 @@ pub fn generate(
     }
     let shape = StreamShape {
         rows,
-        in_row_bytes: 2 * cols,
+        in_row_bytes: cols + if per_row { 1 } else { cols },
         out_row_bytes: cols,
         acc_per_row: 0,
         const_bytes: 0,
@@ -207,15 +215,17 @@ pub fn generate(
     let b_panel = (tile_rows * cols) as u64;
     let load = |b: &mut ProgramBuilder, t: &stream::Tile| {
         stream::load_rows(b, a_dram, cols, &t.rows, t.input, cols)?;
-        stream::load_rows(b, b_dram, cols, &t.rows, t.input + b_panel, cols)
+        let b_cols = if per_row { 1 } else { cols };
+        stream::load_rows(b, b_dram, b_cols, &t.rows, t.input + b_panel, b_cols)
     };
     let compute = |b: &mut ProgramBuilder, t: &stream::Tile| {
-        vector::strides(b, cols, cols, cols)?;
+        vector::strides(b, cols, cols, if per_row { 1 } else { cols })?;
         vector::prescale(b, pa, pb)?;
         vector::requant(b, &out)?;
         let (x, y) = (Operand::Act(t.input), Operand::Act(t.input + b_panel));
         let dst = Operand::Act(t.output);
-        vector::binary(b, ops.op.vector_op(), dst, x, y, t.rows.len(), cols, false)
+        let op = ops.op.vector_op();
+        vector::binary(b, op, dst, x, y, t.rows.len(), cols, per_row)
     };
     let kernel = StreamKernel {
         load_consts: &|_| Ok(()),
@@ -231,4 +241,36 @@ pub fn generate(
         inputs: vec![a_dram, b_dram],
         tile_rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{simulate, SimOptions};
+
+    /// One `b` per row (vbin's `bcast`) gives, on the simulator, what the
+    /// same operation on `b` expanded along the rows gives.
+    #[test]
+    fn a_per_row_operand_matches_its_expansion() {
+        let config = MachineConfig::edge_small();
+        for (op, rows, cols) in [
+            (EltOp::Mul, 24, 49),
+            (EltOp::Add, 7, 300),
+            (EltOp::Max, 130, 3),
+        ] {
+            let full = BinaryOperands::random(op, rows, cols, 11);
+            let per_row = BinaryOperands {
+                b: full.b[..rows].to_vec(),
+                ..full.clone()
+            };
+            let expanded = BinaryOperands {
+                b: (0..rows * cols).map(|i| per_row.b[i / cols]).collect(),
+                ..full
+            };
+            let k = generate(&per_row, &config).unwrap();
+            let r = simulate(&k.program, &config, SimOptions::default()).unwrap();
+            assert_eq!(k.output(&r.dram), expanded.reference().unwrap(), "{op:?}");
+            assert_eq!(per_row.reference().unwrap(), expanded.reference().unwrap());
+        }
+    }
 }

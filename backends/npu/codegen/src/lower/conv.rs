@@ -1,0 +1,314 @@
+//! Conv on NCHW tensors with constant per-channel int8 weights, bias and
+//! a following Relu fused into the requantisation:
+//!
+//! - one group: the cheaper, by simulated cycles, of an explicit im2col
+//!   (`dma-im2col`, padding read from a zero source) + `gemm`, and a
+//!   layout change to NHWC (`dma-nhwc`) + the direct implicit-im2col
+//!   `conv` kernel (one image, equal strides, uniform padding, no
+//!   dilation); the layer names show the choice;
+//! - depthwise (group = channels): `dma-nhwc` + the vector-unit `dwconv`;
+//!
+//! then the `[pixels, channels]` result back to NCHW (`dma-nchw`).
+
+use m4c_ir::op::ConvAttrs;
+use m4c_ir::ValueId;
+use m4c_npu::kernels::{conv, depthwise, gather, gemm, KernelError, KernelProgram, Quant};
+use m4c_npu::program::Program;
+use m4c_npu::sim::{simulate, SimOptions};
+
+use super::{constant, dims, floats, multiplier, requant, symmetric, Ctx};
+use crate::conv::{to_nchw, to_nhwc, Geometry};
+
+/// Simulated cycles of `p` on placeholder data (the timing does not
+/// depend on the data).
+fn cycles(p: &Program, config: &m4c_npu::config::MachineConfig) -> Result<u64, String> {
+    simulate(p, config, SimOptions::default())
+        .map(|r| r.stats.cycles)
+        .map_err(|e| e.to_string())
+}
+
+fn err(e: KernelError) -> String {
+    e.to_string()
+}
+
+/// The layers of one way to compute a conv, in order (each reads the
+/// previous one's result), before the change back to NCHW.
+pub(super) type Form = Vec<(&'static str, KernelProgram)>;
+
+/// Simulated cycles of all layers of `form`.
+pub(super) fn form_cycles(
+    form: &Form,
+    config: &m4c_npu::config::MachineConfig,
+) -> Result<u64, String> {
+    form.iter().map(|(_, k)| cycles(&k.program, config)).sum()
+}
+
+impl Ctx<'_> {
+    /// Conv `ins` → `out`; with `relu`, `out` is the result of a fused
+    /// Relu (the requantisation clamps at zero). Of several forms, the
+    /// one with the fewest simulated cycles is taken.
+    pub(super) fn conv(
+        &mut self,
+        attrs: &ConvAttrs,
+        ins: &[ValueId],
+        out: ValueId,
+        relu: bool,
+    ) -> Result<(), String> {
+        let g = self.g;
+        let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
+        let m = ws.first().copied().ok_or("scalar weights")?;
+        let x = self.tensor(ins[0])?;
+        let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
+        let mut best: Option<(u64, Form)> = None;
+        for form in self.conv_forms(attrs, ins, out, relu)? {
+            let c = form_cycles(&form, self.config)?;
+            if best.as_ref().is_none_or(|(b, _)| c < *b) {
+                best = Some((c, form));
+            }
+        }
+        let (_, steps) = best.ok_or("no conv form")?;
+        let name = g.value(out).name.clone();
+        let mut t = x;
+        let last = steps.len() - 1;
+        for (i, (kernel, k)) in steps.into_iter().enumerate() {
+            let q = if i == last { qy } else { qx };
+            let next = self.add_tensor(&format!("{name}/{kernel}"), k.out_len, q);
+            self.whole(out, kernel, k, &[t], next);
+            t = next;
+        }
+        let [oh, ow] = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?.out();
+        let pixels = xs[0] * oh * ow;
+        let nchw = |per_row| gather::GatherOperands {
+            sources: vec![vec![0; pixels * m]],
+            row_len: if per_row { ow } else { oh * ow },
+            rows: to_nchw(xs[0], m, (oh, ow), per_row),
+        };
+        let k = gather::generate(&nchw(false), self.config)
+            .or_else(|_| gather::generate(&nchw(true), self.config))
+            .map_err(err)?;
+        let y = self.result(out, qy);
+        self.whole(out, "dma-nchw", k, &[t], y);
+        Ok(())
+    }
+
+    /// The ways this machine can compute the conv: depthwise, the vector
+    /// unit's kernel; otherwise im2col + GEMM and, where it applies, the
+    /// direct kernel.
+    fn conv_forms(
+        &self,
+        attrs: &ConvAttrs,
+        ins: &[ValueId],
+        out: ValueId,
+        relu: bool,
+    ) -> Result<Vec<Form>, String> {
+        let g = self.g;
+        let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
+        let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
+        let (m, per_out) = (ws[0], ws[1..].iter().product::<usize>());
+        let [oh, ow] = geo.out();
+        let pixels = xs[0] * oh * ow;
+        let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
+        if qx.zero_point != 0 || qy.zero_point != 0 {
+            return Err("a conv takes and gives symmetric int8 (zero point 0)".into());
+        }
+        let w = floats(&constant(g, ins[1]).ok_or("run-time weights")?);
+        let qw: Vec<Quant> = (0..m)
+            .map(|c| {
+                let absmax = w[c * per_out..(c + 1) * per_out]
+                    .iter()
+                    .fold(0.0, |a: f64, x| a.max(x.abs()));
+                symmetric(absmax)
+            })
+            .collect();
+        let scales = qw
+            .iter()
+            .map(|q| multiplier(qx.scale * q.scale / qy.scale, "conv output"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bias = ins.get(2).and_then(|&b| constant(g, b)).map(|b| floats(&b));
+        let bias: Vec<i32> = (0..m)
+            .map(|c| {
+                let b = bias.as_ref().and_then(|b| b.get(c)).copied().unwrap_or(0.0);
+                (b / (qx.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32
+            })
+            .collect();
+        let clamp_min: i8 = if relu { 0 } else { -128 };
+        let mut quant = requant(scales[0]);
+        quant.clamp_min = clamp_min;
+        // W[k][o] of the im2col GEMM: k = (channel, ky, kx), as ONNX stores it.
+        let weight = |o: usize, k: usize| qw[o].quantize(w[o * per_out + k]);
+        if attrs.group > 1 {
+            let shape = geo
+                .direct(m)
+                .ok_or("depthwise conv needs one image, equal strides, uniform pads")?;
+            let taps = shape.kh * shape.kw;
+            let ops = depthwise::DepthwiseOperands {
+                shape,
+                input: vec![0; xs.iter().product()],
+                weights: (0..taps * m).map(|i| weight(i % m, i / m)).collect(),
+                bias,
+                scales,
+                zero_point: 0,
+                clamp_min,
+            };
+            let dw = depthwise::generate(&ops, self.config).map_err(err)?;
+            return Ok(vec![vec![self.nhwc(&geo)?, ("dwconv", dw)]]);
+        }
+        let gemm = self.im2col_gemm(&geo, (m, per_out), &weight, &bias, &scales, quant);
+        let direct = geo.direct(m).map(|shape| -> Result<Form, String> {
+            let taps = shape.kh * shape.kw;
+            let c = shape.c_in;
+            let ops = conv::ConvOperands {
+                shape,
+                input: vec![0; xs.iter().product()],
+                // [tap][channel][o] from [o][channel][tap].
+                weights: (0..taps * c * m)
+                    .map(|i| weight(i % m, (i / m % c) * taps + i / m / c))
+                    .collect(),
+                bias: Some(bias.clone()),
+                quant,
+                channel_scales: Some(scales.clone()),
+            };
+            let p = conv::generate(&ops, self.config, false).map_err(err)?;
+            let k = KernelProgram {
+                program: p.program,
+                out_addr: p.out_addr,
+                out_len: pixels * m,
+                tile_rows: p.plan.m_tile,
+                inputs: vec![p.input_addr],
+            };
+            Ok(vec![self.nhwc(&geo)?, ("conv", k)])
+        });
+        // A form that does not fit this machine is left out.
+        let mut first_error = None;
+        let mut forms = vec![];
+        for form in [Some(gemm), direct].into_iter().flatten() {
+            match form {
+                Ok(f) => forms.push(f),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        match (forms.is_empty(), first_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(forms),
+        }
+    }
+
+    /// The NCHW → NHWC layer before a direct kernel (`geo.x` is NCHW).
+    pub(super) fn nhwc(&self, geo: &Geometry) -> Result<(&'static str, KernelProgram), String> {
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; geo.x.iter().product()]],
+            row_len: geo.x[1],
+            rows: to_nhwc(geo.x),
+        };
+        Ok((
+            "dma-nhwc",
+            gather::generate(&ops, self.config).map_err(err)?,
+        ))
+    }
+
+    /// The explicit im2col (from NCHW, zeros for the padding) and the GEMM
+    /// by the `[k, m]` weights `weight(o, k)`.
+    fn im2col_gemm(
+        &self,
+        geo: &Geometry,
+        (m, k): (usize, usize),
+        weight: &dyn Fn(usize, usize) -> i8,
+        bias: &[i32],
+        scales: &[(i32, i32)],
+        quant: m4c_npu::quant::Requant,
+    ) -> Result<Vec<(&'static str, KernelProgram)>, String> {
+        let rows = geo.im2col();
+        let pixels = rows.len();
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; geo.x.iter().product()], vec![0; geo.zeros()]],
+            row_len: k,
+            rows,
+        };
+        let cols = gather::generate(&ops, self.config).map_err(err)?;
+        let ops = gemm::GemmOperands {
+            m: pixels,
+            k,
+            n: m,
+            a: vec![0; pixels * k],
+            w: (0..k * m).map(|i| weight(i % m, i / m)).collect(),
+            bias: Some(bias.to_vec()),
+            quant,
+            channel_scales: Some(scales.to_vec()),
+        };
+        let p = gemm::generate(&ops, self.config, false).map_err(err)?;
+        let gemm = KernelProgram {
+            program: p.program,
+            out_addr: p.out_addr,
+            out_len: pixels * m,
+            tile_rows: p.plan.m_tile,
+            inputs: vec![p.inputs[0]],
+        };
+        Ok(vec![("dma-im2col", cols), ("gemm", gemm)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{lower_part, Ctx};
+    use super::*;
+    use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
+    use m4c_npu::config::MachineConfig;
+    use m4c_ops::Value;
+
+    /// Each conv takes the form with the fewest simulated cycles, and each
+    /// form wins somewhere: the direct kernel for a 3x3 conv (the explicit
+    /// im2col pays a descriptor per window row), im2col + GEMM for a 1x1
+    /// conv (its im2col is one descriptor per channel and tile).
+    #[test]
+    fn each_conv_takes_its_fastest_form() {
+        let config = MachineConfig::edge_small();
+        let mut chosen = vec![];
+        for (x_shape, w_shape, pad) in [
+            ([1, 16, 16, 16], [16, 16, 3, 3], 1),
+            ([1, 24, 8, 8], [32, 24, 1, 1], 0),
+        ] {
+            let mut g = Graph::new("conv");
+            let x = g.add_input("x", TensorType::fixed(DType::F32, &x_shape));
+            let n: usize = w_shape.iter().product();
+            let w: Vec<f32> = (0..n).map(|i| (i * 37 % 19) as f32 / 19.0 - 0.5).collect();
+            let w = g.add_const("w", Tensor::from_f32(&w_shape, &w));
+            let attrs = ConvAttrs {
+                strides: vec![1, 1],
+                pads: vec![pad; 4],
+                dilations: vec![1, 1],
+                group: 1,
+            };
+            let y = g.add_node(Op::Conv(attrs.clone()), &[x, w], "y").unwrap();
+            g.outputs.push(y);
+            let len: usize = x_shape.iter().product();
+            let input = ndarray::ArrayD::from_shape_fn(x_shape.to_vec(), |i| {
+                ((i[1] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 5.0 - 1.0
+            });
+            assert_eq!(input.len(), len);
+            let cal = crate::calibrate::calibrate(&g, &[vec![Value::F32(input)]]).unwrap();
+            let lowered = lower_part(&g, &[0], &|v| v == y, &cal, &config).unwrap();
+            let kernels: Vec<&str> = lowered
+                .plan
+                .layers
+                .iter()
+                .map(|l| l.kernel.as_str())
+                .collect();
+            let cx = Ctx::new(&g, &cal, &config);
+            let forms = cx.conv_forms(&attrs, &[x, w], y, false).unwrap();
+            assert_eq!(forms.len(), 2, "im2col + GEMM and direct");
+            let costs: Vec<u64> = forms
+                .iter()
+                .map(|f| form_cycles(f, &config).unwrap())
+                .collect();
+            let best = if costs[1] < costs[0] { 1 } else { 0 };
+            let want: Vec<&str> = forms[best]
+                .iter()
+                .map(|(k, _)| *k)
+                .chain(["dma-nchw"])
+                .collect();
+            assert_eq!(kernels, want, "cycles {costs:?}");
+            chosen.push(want[1]);
+        }
+        assert_eq!(chosen, ["conv", "gemm"]);
+    }
+}
