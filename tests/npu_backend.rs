@@ -5,18 +5,18 @@
 //! the bench report of a tiny model.
 
 mod common;
+#[path = "common/npu.rs"]
+mod npu;
 use common::{fixture, m4c, text};
+use npu::{compile, compile_with, load_artifact, simulate};
 use std::process::Output;
 
 use m4c_compiler::backend::{Artifact, BackendError, Capabilities, CodeGenerator, CompileRequest};
 use m4c_compiler::opt::Roofline;
 use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
 use m4c_ops::Value;
-use m4c_runtime::bundle::format::CodeEntry;
 use m4c_runtime::bundle::format::SectionKind;
-use m4c_runtime::bundle::ModuleCode;
-use m4c_runtime::exec::npu::{NpuModule, PartEngine, RunFigures};
-use m4c_runtime::exec::Signature;
+use m4c_runtime::exec::npu::{NpuModule, PartEngine};
 
 /// Runs fixture `name` on the NPU with `--min-cosine 0.99`.
 fn run_fixture(name: &str, backend: &str) -> Output {
@@ -60,47 +60,14 @@ fn transformer_encoders_match_onnxruntime_within_cosine_099() {
     }
 }
 
-/// Compiles `g` calibrated on `inputs` (fallback parts by the CPU
-/// backend) and runs it once on them.
-fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFigures) {
-    let module = load(g, inputs, target, Some(m4c_backends::npu_fallback())).unwrap();
-    module.run_measured(inputs, 1).unwrap()
-}
-
-/// The artifact of `g` calibrated on `inputs`, fallback by `cpu`.
-fn compile(g: &Graph, inputs: &[Value], target: &str, cpu: Option<&dyn CodeGenerator>) -> Artifact {
-    let cal = m4c_npu_codegen::calibrate::calibrate(g, &[inputs.to_vec()]).unwrap();
-    let request = CompileRequest {
-        target: Some(target.into()),
-        ..Default::default()
-    };
-    m4c_npu_codegen::compile_calibrated(g, &cal, &request, cpu).unwrap()
-}
-
-/// Loads `artifact` of `g` on the NPU device as `m4c run` does.
-fn load_artifact(g: &Graph, artifact: &Artifact, target: &str) -> Result<NpuModule, String> {
-    let entry = CodeEntry {
-        cpu: String::new(),
-        section: format!("{}.{target}", g.name),
-        target: target.into(),
-    };
-    let files: Vec<_> = artifact
-        .files
-        .iter()
-        .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
-        .collect();
-    let code = ModuleCode::from_memory("npu", entry, &files).unwrap();
-    NpuModule::from_sections(&g.name, &code, Signature::of(g), 1)
-}
-
-/// [`compile`] then [`load_artifact`].
+/// [`compile_with`] then [`load_artifact`].
 fn load(
     g: &Graph,
     inputs: &[Value],
     target: &str,
     cpu: Option<&dyn CodeGenerator>,
 ) -> Result<NpuModule, String> {
-    load_artifact(g, &compile(g, inputs, target, cpu), target)
+    load_artifact(g, &compile_with(g, inputs, target, cpu), target)
 }
 
 fn ramp(shape: &[usize], f: impl Fn(usize) -> f32) -> Value {
@@ -280,12 +247,7 @@ fn a_part_the_cpu_backend_refuses_runs_on_the_interpreter_and_says_why() {
 #[test]
 fn a_changed_fallback_library_is_refused() {
     let (g, inputs) = argmax_where();
-    let mut artifact = compile(
-        &g,
-        &inputs,
-        "edge-small",
-        Some(m4c_backends::npu_fallback()),
-    );
+    let mut artifact = compile(&g, &inputs, "edge-small");
     let plan: serde_json::Value =
         serde_json::from_slice(artifact.section(SectionKind::CodePlan).unwrap()).unwrap();
     let library = plan["parts"]

@@ -1,7 +1,7 @@
 //! Compiling a graph for the NPU and running it on the simulator in
 //! process (the path `m4c run --backend npu` takes, without the CLI).
 
-use m4c_compiler::backend::{Artifact, CompileRequest};
+use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
 use m4c_ir::Graph;
 use m4c_ops::Value;
 use m4c_runtime::bundle::format::CodeEntry;
@@ -12,19 +12,27 @@ use m4c_runtime::exec::Signature;
 /// Compiles `g` calibrated on `inputs` for `target` (`edge-small`, ...),
 /// fallback parts by the CPU backend (as `m4c run --backend npu`).
 pub fn compile(g: &Graph, inputs: &[Value], target: &str) -> Artifact {
+    compile_with(g, inputs, target, Some(m4c_backends::npu_fallback()))
+}
+
+/// [`compile`] with the fallback parts compiled by `cpu` (none: kept as
+/// IR for the interpreter).
+pub fn compile_with(
+    g: &Graph,
+    inputs: &[Value],
+    target: &str,
+    cpu: Option<&dyn CodeGenerator>,
+) -> Artifact {
     let cal = m4c_npu_codegen::calibrate::calibrate(g, &[inputs.to_vec()]).unwrap();
     let request = CompileRequest {
         target: Some(target.into()),
         ..Default::default()
     };
-    let cpu = Some(m4c_backends::npu_fallback());
     m4c_npu_codegen::compile_calibrated(g, &cal, &request, cpu).unwrap()
 }
 
-/// Compiles `g` calibrated on `inputs` for `target` and runs it once on
-/// them: the outputs and the run's figures.
-pub fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFigures) {
-    let artifact = compile(g, inputs, target);
+/// Loads `artifact` of `g` on the NPU device as `m4c run` does.
+pub fn load_artifact(g: &Graph, artifact: &Artifact, target: &str) -> Result<NpuModule, String> {
     let entry = CodeEntry {
         cpu: String::new(),
         section: format!("{}.{target}", g.name),
@@ -36,6 +44,12 @@ pub fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFi
         .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
         .collect();
     let code = ModuleCode::from_memory("npu", entry, &files).unwrap();
-    let module = NpuModule::from_sections(&g.name, &code, Signature::of(g), 1).unwrap();
+    NpuModule::from_sections(&g.name, &code, Signature::of(g), 1)
+}
+
+/// Compiles `g` calibrated on `inputs` for `target` and runs it once on
+/// them: the outputs and the run's figures.
+pub fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFigures) {
+    let module = load_artifact(g, &compile(g, inputs, target), target).unwrap();
     module.run_measured(inputs, 1).unwrap()
 }
