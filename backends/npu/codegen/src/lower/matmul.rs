@@ -1,10 +1,11 @@
 //! MatMul: a GEMM with per-channel symmetric int8 weights when B is a
-//! constant (the bias of a following `Add` of a constant vector fused),
-//! one GEMM program shared by every batch entry when B is a run-time
-//! operand (attention).
+//! constant (the bias of a following `Add` of a constant vector fused;
+//! a B too large for one layer's image — an LM head — split into column
+//! blocks, one GEMM each, joined by a DMA concat), one GEMM program
+//! shared by every batch entry when B is a run-time operand (attention).
 
 use m4c_ir::{Graph, Op, ValueId};
-use m4c_npu::kernels::{gemm, KernelProgram, Quant};
+use m4c_npu::kernels::{gather, gemm, KernelProgram, Quant};
 use m4c_npu::module::Binding;
 
 use super::{constant, dims, floats, multiplier, only_user, requant, symmetric, Ctx};
@@ -34,6 +35,17 @@ pub(super) fn bias_add(
     let shape = bias.shape();
     let row = shape.last() == Some(&n) && shape.iter().rev().skip(1).all(|&d| d == 1);
     row.then(|| floats(&bias)).map(|b| (add, b))
+}
+
+/// The number of column blocks a constant-B GEMM of `m × k × n` needs so
+/// that each block's image — A, its `k × nb` weights, its `m × nb`
+/// output and per-column tables — holds at most `limit` elements; `None`
+/// when A alone does not fit.
+fn column_blocks(m: usize, k: usize, n: usize, limit: usize) -> Option<usize> {
+    let fixed = m.checked_mul(k)?;
+    let per_column = k + m + 16;
+    let columns = limit.checked_sub(fixed)? / per_column;
+    (columns > 0).then(|| n.div_ceil(columns))
 }
 
 impl Ctx<'_> {
@@ -69,35 +81,65 @@ impl Ctx<'_> {
                 .map(|c| (0..k).fold(0.0, |m: f64, r| m.max(w[r * n + c].abs())))
                 .collect();
             let qw: Vec<Quant> = absmax.iter().map(|&m| symmetric(m)).collect();
-            let wq = (0..k * n).map(|i| qw[i % n].quantize(w[i])).collect();
+            let wq: Vec<i8> = (0..k * n).map(|i| qw[i % n].quantize(w[i])).collect();
             let scales = qw
                 .iter()
                 .map(|q| multiplier(qa.scale * q.scale / qy.scale, "GEMM output"))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ops = gemm::GemmOperands {
-                m: m_all,
-                k,
-                n,
-                a: vec![0; m_all * k],
-                w: wq,
-                bias: bias.map(|b| {
-                    (0..n)
-                        .map(|c| (b[c] / (qa.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32)
-                        .collect()
-                }),
-                quant: requant(scales[0]),
-                channel_scales: Some(scales),
-            };
-            let p = gemm::generate(&ops, self.config, false).map_err(err)?;
+            let bias: Option<Vec<i32>> = bias.map(|b| {
+                (0..n)
+                    .map(|c| (b[c] / (qa.scale * qw[c].scale)).round().clamp(-2e9, 2e9) as i32)
+                    .collect()
+            });
+            let blocks = column_blocks(m_all, k, n, self.layer_limit)
+                .ok_or("the A operand alone exceeds one layer's image")?;
+            let width = n.div_ceil(blocks);
             let y = self.result(out, qy);
-            let kp = KernelProgram {
-                program: p.program,
-                out_addr: p.out_addr,
-                out_len: m_all * n,
-                tile_rows: p.plan.m_tile,
-                inputs: vec![p.inputs[0]],
+            let mut parts = vec![];
+            for c0 in (0..n).step_by(width) {
+                let nb = width.min(n - c0);
+                let cols = c0..c0 + nb;
+                let ops = gemm::GemmOperands {
+                    m: m_all,
+                    k,
+                    n: nb,
+                    a: vec![0; m_all * k],
+                    w: (0..k * nb)
+                        .map(|i| wq[(i / nb) * n + c0 + i % nb])
+                        .collect(),
+                    bias: bias.as_ref().map(|b| b[cols.clone()].to_vec()),
+                    quant: requant(scales[c0]),
+                    channel_scales: Some(scales[cols].to_vec()),
+                };
+                let p = gemm::generate(&ops, self.config, false).map_err(err)?;
+                let kp = KernelProgram {
+                    program: p.program,
+                    out_addr: p.out_addr,
+                    out_len: m_all * nb,
+                    tile_rows: p.plan.m_tile,
+                    inputs: vec![p.inputs[0]],
+                };
+                if blocks == 1 {
+                    self.whole(out, "gemm", kp, &[a], y);
+                    return Ok(());
+                }
+                let name = format!("{}.cols{c0}", g.value(out).name);
+                let t = self.add_tensor(&name, m_all * nb, qy);
+                self.whole(out, "gemm", kp, &[a], t);
+                parts.push((t, nb));
+            }
+            // The blocks side by side: each output row is one piece of
+            // every block's row.
+            let shapes: Vec<Vec<usize>> = parts.iter().map(|&(_, nb)| vec![m_all, nb]).collect();
+            let concat = Op::Concat { axis: 1 };
+            let ops = gather::GatherOperands {
+                sources: parts.iter().map(|&(_, nb)| vec![0; m_all * nb]).collect(),
+                row_len: n,
+                rows: crate::movement::pieces(&concat, &shapes, &[m_all, n])?,
             };
-            self.whole(out, "gemm", kp, &[a], y);
+            let k = gather::generate(&ops, self.config).map_err(err)?;
+            let ts: Vec<usize> = parts.iter().map(|&(t, _)| t).collect();
+            self.whole(out, "dma-concat", k, &ts, y);
             return Ok(());
         }
         let m = a_shape[a_shape.len() - 2];
@@ -132,5 +174,90 @@ impl Ctx<'_> {
             self.layer(out, "batched-gemm", prog, inputs, bind(y, m * n, out_at));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Ctx;
+    use super::*;
+    use m4c_ir::{DType, Tensor, TensorType};
+    use m4c_npu::config::MachineConfig;
+    use m4c_npu::sim::SimOptions;
+    use m4c_ops::Value;
+
+    #[test]
+    fn blocks_keep_each_image_within_the_limit() {
+        // The LLaMA LM head: 128 tokens, 768 → 32 000 (24.6 M weights).
+        assert_eq!(column_blocks(128, 768, 32_000, 16 << 20), Some(2));
+        assert_eq!(column_blocks(2, 64, 10, 16 << 20), Some(1));
+        assert_eq!(column_blocks(4, 8, 10, 4 * 8 + 2 * (8 + 4 + 16)), Some(5));
+        assert_eq!(column_blocks(4, 8, 10, 4 * 8), None);
+    }
+
+    /// Runs the lowered layers of `cx` on `x` (quantised with its
+    /// tensor's scale); the result tensor's int8 values.
+    fn run(cx: &Ctx<'_>, x: &[f32], y: usize, config: &MachineConfig) -> (Vec<i8>, Vec<String>) {
+        let plan = &cx.out.plan;
+        let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
+        let input = &cx.out.inputs[0];
+        let t = &plan.tensors[input.tensor];
+        let q = Quant {
+            scale: t.scale,
+            zero_point: t.zero_point,
+        };
+        tensors[input.tensor] = x.iter().map(|&v| q.quantize(f64::from(v))).collect();
+        for l in 0..plan.layers.len() {
+            plan.run_layer(
+                l,
+                &cx.out.programs,
+                &mut tensors,
+                config,
+                SimOptions::default(),
+            )
+            .unwrap();
+        }
+        let kernels = plan.layers.iter().map(|l| l.kernel.clone()).collect();
+        (tensors[y].clone(), kernels)
+    }
+
+    /// A GEMM whose weights exceed the layer limit is split into column
+    /// blocks joined by a DMA concat, with exactly the unsplit result
+    /// (per-channel weights: each column's arithmetic is the same).
+    #[test]
+    fn split_columns_give_the_unsplit_result_exactly() {
+        let (m, k, n) = (3, 5, 7);
+        let mut g = Graph::new("mm");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[m, k]));
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| (i * 13 % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let w = g.add_const("w", Tensor::from_f32(&[k, n], &w));
+        let op = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let y = g.add_node(op, &[x, w], "y").unwrap();
+        g.outputs.push(y);
+        let xs: Vec<f32> = (0..m * k)
+            .map(|i| (i * 7 % 11) as f32 / 5.0 - 1.0)
+            .collect();
+        let input = Value::F32(ndarray::ArrayD::from_shape_vec(vec![m, k], xs.clone()).unwrap());
+        let cal = crate::calibrate::calibrate(&g, &[vec![input]]).unwrap();
+        let config = MachineConfig::edge_small();
+        let lowered = |limit: usize| {
+            let mut cx = Ctx::new(&g, &cal, &config);
+            cx.layer_limit = limit;
+            cx.matmul(&[x, w], y, false, None).unwrap();
+            let t = cx.tensor_of[&y];
+            run(&cx, &xs, t, &config)
+        };
+        let (whole, kernels) = lowered(16 << 20);
+        assert_eq!(kernels, ["gemm"]);
+        // Room for A and 3 columns per block: blocks of 3, 3 and 1.
+        let (split, kernels) = lowered(m * k + 3 * (k + m + 16));
+        assert_eq!(kernels, ["gemm", "gemm", "gemm", "dma-concat"]);
+        assert_eq!(split, whole);
+        assert!(whole.iter().any(|&v| v != 0));
     }
 }

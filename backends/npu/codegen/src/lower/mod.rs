@@ -54,6 +54,9 @@ struct Ctx<'a> {
     config: &'a MachineConfig,
     tensor_of: HashMap<ValueId, usize>,
     out: Lowered,
+    /// Elements one layer's DRAM image may hold (a constant-B GEMM above
+    /// it is split into column blocks).
+    layer_limit: usize,
 }
 
 /// Lowers the nodes `nodes` of `g` (one NPU part, graph order); the values
@@ -187,6 +190,7 @@ impl<'a> Ctx<'a> {
             cal,
             config,
             tensor_of: HashMap::new(),
+            layer_limit: crate::constraints::MAX_ELEMENTS,
             out: Lowered {
                 plan: PartPlan {
                     tensors: vec![],
