@@ -518,3 +518,36 @@ fn a_squeeze_excite_gate_broadcasts_per_row() {
     let c = m4c_ops::compare(&got, &want, 0.0, 0.0);
     assert!(c.cosine > 0.999, "{}", c.summary());
 }
+
+/// A causal mask written as a constant of 0 and `finfo(float32).min` (as
+/// exporters fold it) added to attention scores, then Softmax: the mask
+/// Add runs on the NPU (its sentinels saturate the sum to the result's
+/// mask code) and the masked probabilities come out ≈ 0.
+#[test]
+fn a_finfo_min_causal_mask_is_added_on_the_npu() {
+    let s = 6;
+    let g = graph("masked_softmax", &[1, 2, s, s], |g, x| {
+        let mask: Vec<f32> = (0..s * s)
+            .map(|i| if i % s > i / s { f32::MIN } else { 0.0 })
+            .collect();
+        let mask = g.add_const("mask", Tensor::from_f32(&[1, 1, s, s], &mask));
+        let scores = g.add_node(Op::Add, &[x, mask], "scores").unwrap();
+        g.add_node(Op::Softmax { axis: 3 }, &[scores], "p").unwrap()
+    });
+    let x = input(&[1, 2, s, s], 11);
+    let (got, want, figures) = both(&g, &x);
+    assert!(
+        kernels(&figures).contains(&"eltwise-add"),
+        "{:?}",
+        kernels(&figures)
+    );
+    let (got, want) = (m4c_ops::as_f64(&got), m4c_ops::as_f64(&want));
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        let masked = i % s > (i / s) % s;
+        if masked {
+            assert!(a < 1e-3, "masked entry {i}: {a}");
+        } else {
+            assert!((a - b).abs() < 0.03, "entry {i}: {a} vs {b}");
+        }
+    }
+}

@@ -9,6 +9,8 @@ use m4c_npu::kernels::{eltwise, gather, lut};
 use m4c_npu::module::Binding;
 use m4c_ops::{eval_op, Value};
 
+use m4c_npu::kernels::Quant;
+
 use super::{constant, dims, floats, symmetric, Ctx};
 
 /// When `from` broadcast to `to` gives one value per row of `to` viewed
@@ -21,6 +23,50 @@ fn per_row(from: &[usize], to: &[usize]) -> Option<usize> {
         .collect();
     let k = full.iter().rposition(|&d| d != 1).map_or(0, |p| p + 1);
     (full != to && full[..k] == to[..k]).then_some(k)
+}
+
+/// A constant operand's quantisation and int8 codes, next to a run-time
+/// operand quantised as `other` (given when the constant holds mask
+/// sentinels), giving a result quantised as `y`:
+/// symmetric over its values — except a mask (an `Add` of a constant
+/// holding `finfo(float32).min`-like sentinels, |x| ≥ `MASK_MAGNITUDE`):
+/// its sentinels become ∓128/127 at a scale large enough that the sum
+/// leaves the result's range, so a masked result saturates to its lowest
+/// code as `-inf` does (the result is calibrated so that code means the
+/// mask).
+fn constant_codes(
+    full: &[f64],
+    elt: eltwise::EltOp,
+    other: Option<Quant>,
+    y: Quant,
+) -> (Quant, Vec<i8>) {
+    let limit = f64::from(crate::calibrate::MASK_MAGNITUDE);
+    let sentinel = |x: f64| x.abs() >= limit;
+    let ordinary = full
+        .iter()
+        .filter(|x| !sentinel(**x))
+        .fold(0.0, |m: f64, x| m.max(x.abs()));
+    let (eltwise::EltOp::Add, Some(other)) = (elt, other) else {
+        let q = symmetric(full.iter().fold(0.0, |m: f64, x| m.max(x.abs())));
+        return (q, full.iter().map(|&x| q.quantize(x)).collect());
+    };
+    // 128 codes of the constant must outweigh the other operand's largest
+    // value and the whole of the result's range below its zero point.
+    let reach = 127.0 * other.scale + f64::from(128 + y.zero_point) * y.scale;
+    let scale = (ordinary / 127.0).max(1.01 * reach / 128.0);
+    let q = Quant {
+        scale,
+        zero_point: 0,
+    };
+    let codes = full
+        .iter()
+        .map(|&x| match x {
+            x if sentinel(x) && x < 0.0 => -128,
+            x if sentinel(x) => 127,
+            x => q.quantize(x),
+        })
+        .collect();
+    (q, codes)
 }
 
 impl Ctx<'_> {
@@ -98,8 +144,14 @@ impl Ctx<'_> {
                         let zeros = Value::F32(ndarray::ArrayD::zeros(out_shape.clone()));
                         let full =
                             floats(&eval_op(&Op::Add, &[c, &zeros]).map_err(|e| e.to_string())?);
-                        quants[slot] = symmetric(full.iter().fold(0.0, |m: f64, x| m.max(x.abs())));
-                        data[slot] = full.iter().map(|&x| quants[slot].quantize(x)).collect();
+                        let limit = f64::from(crate::calibrate::MASK_MAGNITUDE);
+                        let other = match full.iter().any(|x| x.abs() >= limit) {
+                            true => Some(self.quant(ins[1 - i])?),
+                            false => None,
+                        };
+                        let (q, codes) = constant_codes(&full, elt, other, qy);
+                        quants[slot] = q;
+                        data[slot] = codes;
                     } else {
                         quants[slot] = self.quant(v)?;
                         let t = self.tensor(v)?;
