@@ -130,6 +130,13 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
     });
     let name = graph.name.clone();
     if args.backend.generator().name() == "npu" {
+        // The NPU compiles the optimised graph, as `bench` and `partition`
+        // do: recognised norms and fused patterns are single int8 layers
+        // (a decomposed RMSNorm as LUT layers loses accuracy).
+        if !model.is_ir() {
+            let cost = args.backend.generator().cost_model();
+            graph = m4c_compiler::opt::optimise(&graph, &Default::default(), &cost)?.0;
+        }
         let feeds = graph
             .inputs
             .iter()
