@@ -293,3 +293,46 @@ impl OptSwitch {
 
 /// A model path argument.
 pub type ModelPath = PathBuf;
+
+/// Loads and lowers the model at `path` with its inputs: the arrays of
+/// `MODEL.inputs.npz` beside it (whose shapes pin symbolic dimensions) when
+/// that file exists, else deterministic synthetic inputs (symbolic
+/// dimensions 1 unless `--dim`); and where the inputs came from (the
+/// file's name, or `synthetic`). What `partition` and `npu explore` run.
+pub fn load_with_inputs(
+    path: &Path,
+    dims: &DimArgs,
+) -> CliResult<(Model, Graph, Vec<m4c_ops::Value>, String)> {
+    let model = Model::open(path)?;
+    let mut opts = dims.options(&model, Some(1))?;
+    let file = inputs_beside(path);
+    let mut given = vec![];
+    if let Some(file) = &file {
+        let arrays = m4c_runtime::read_npz(file)?;
+        for name in model.input_names(dims.pinned())? {
+            let v = super::run::lookup(&arrays, &name)
+                .ok_or_else(|| format!("{}: no array for model input '{name}'", file.display()))?;
+            opts.input_shapes.insert(name.clone(), v.shape().to_vec());
+            given.push(v.clone());
+        }
+    }
+    let graph = model.lower(&opts)?;
+    Ok(match file {
+        Some(file) => {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            (model, graph, given, name.into_owned())
+        }
+        None => {
+            let signature = m4c_runtime::exec::Signature::of(&graph);
+            let feeds = super::bench::synthetic_inputs(&signature.inputs)?;
+            (model, graph, feeds, "synthetic".into())
+        }
+    })
+}
+
+/// `MODEL.inputs.npz` beside `model`, if it exists.
+fn inputs_beside(model: &Path) -> Option<PathBuf> {
+    let stem = model.file_stem()?.to_string_lossy();
+    let file = model.with_file_name(format!("{stem}.inputs.npz"));
+    file.is_file().then_some(file)
+}

@@ -15,12 +15,10 @@ use m4c_compiler::partition::{csv, markdown_table, PartitionReport, Times};
 use m4c_ir::Graph;
 use m4c_npu::config::MachineConfig;
 use m4c_ops::Value;
-use m4c_runtime::read_npz;
 
-use super::model_args::{DimArgs, Model, ModelPath, OptSwitch};
+use super::model_args::{load_with_inputs, DimArgs, ModelPath, OptSwitch};
 use super::npu_backend::NpuRequest;
 use super::progress::Progress;
-use super::run::lookup;
 use super::CliResult;
 
 /// Arguments of `m4c partition`.
@@ -81,7 +79,7 @@ pub fn run(args: PartitionArgs) -> CliResult<i32> {
         );
         let row = match &npu {
             Some((spec, _)) => npu_row(&args, path, &name, support.name(), spec, &cost),
-            None => load(&args, path).and_then(|(model, lowered, ..)| {
+            None => load_with_inputs(path, &args.dims).and_then(|(model, lowered, ..)| {
                 let graph = args.opt.apply(&model, lowered, &cost, false)?;
                 Ok(PartitionReport::of(&name, &graph, support.as_ref()))
             }),
@@ -145,43 +143,6 @@ fn npu_header(c: &MachineConfig, runs: usize) -> String {
     )
 }
 
-/// Loads and lowers `path`, with its inputs (`MODEL.inputs.npz` beside
-/// it, else synthetic) and where they came from.
-fn load(args: &PartitionArgs, path: &Path) -> CliResult<(Model, Graph, Vec<Value>, String)> {
-    let model = Model::open(path)?;
-    let mut opts = args.dims.options(&model, Some(1))?;
-    let file = inputs_file(path);
-    let mut given = vec![];
-    if let Some(file) = &file {
-        let arrays = read_npz(file)?;
-        for name in model.input_names(args.dims.pinned())? {
-            let v = lookup(&arrays, &name)
-                .ok_or_else(|| format!("{}: no array for model input '{name}'", file.display()))?;
-            opts.input_shapes.insert(name.clone(), v.shape().to_vec());
-            given.push(v.clone());
-        }
-    }
-    let graph = model.lower(&opts)?;
-    Ok(match file {
-        Some(file) => {
-            let name = file.file_name().unwrap_or_default().to_string_lossy();
-            (model, graph, given, name.into_owned())
-        }
-        None => {
-            let signature = m4c_runtime::exec::Signature::of(&graph);
-            let feeds = super::bench::synthetic_inputs(&signature.inputs)?;
-            (model, graph, feeds, "synthetic".into())
-        }
-    })
-}
-
-/// `MODEL.inputs.npz` beside `model`, if it exists.
-fn inputs_file(model: &Path) -> Option<PathBuf> {
-    let stem = model.file_stem()?.to_string_lossy();
-    let file = model.with_file_name(format!("{stem}.inputs.npz"));
-    file.is_file().then_some(file)
-}
-
 /// The row of model `path` on the NPU (`spec`; `cost`: its roofline):
 /// optimised for it, compiled, run once on the simulator with the
 /// fallback parts timed; and the CPU-only time of the model optimised for
@@ -194,7 +155,7 @@ fn npu_row(
     spec: &Option<String>,
     cost: &m4c_compiler::opt::Roofline,
 ) -> CliResult<PartitionReport> {
-    let (model, lowered, feeds, inputs) = load(args, path)?;
+    let (model, lowered, feeds, inputs) = load_with_inputs(path, &args.dims)?;
     let graph = args.opt.apply(&model, lowered.clone(), cost, false)?;
     let request = NpuRequest {
         target: spec.clone(),

@@ -19,7 +19,7 @@ use m4c_ops::Value;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cli::model_args::Model;
+use crate::cli::model_args::{load_with_inputs, DimArgs};
 use crate::cli::CliResult;
 
 /// Arguments of `m4c npu explore`.
@@ -64,6 +64,8 @@ pub struct ExploreArgs {
     /// Write explore.md, explore.csv, explore.json and pareto.svg here.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    dims: DimArgs,
 }
 
 /// One model on one machine (the rows of every output).
@@ -124,7 +126,12 @@ pub fn run(args: ExploreArgs) -> CliResult<i32> {
     let models: Vec<(String, Result<Prepared, String>)> = args
         .models
         .iter()
-        .map(|p| (file_name(p), prepare(p).map_err(|e| e.to_string())))
+        .map(|p| {
+            (
+                file_name(p),
+                prepare(p, &args.dims).map_err(|e| e.to_string()),
+            )
+        })
         .collect();
     if models.iter().all(|(_, m)| m.is_err()) {
         let first = models
@@ -238,38 +245,15 @@ struct Prepared {
     calibration: m4c_npu_codegen::calibrate::Calibration,
 }
 
-/// Lowers, optimises and calibrates the model at `path`.
-fn prepare(path: &Path) -> CliResult<Prepared> {
-    let model = Model::open(path)?;
-    let mut options = m4c_compiler::LowerOptions::default();
-    let beside = path.with_extension("inputs.npz");
-    let given = if beside.is_file() {
-        let arrays = m4c_runtime::read_npz(&beside)?;
-        let names = model.input_names(std::iter::empty())?;
-        let mut given = vec![];
-        for name in names {
-            let v = arrays
-                .get(&name)
-                .ok_or_else(|| format!("{}: no array for input '{name}'", beside.display()))?;
-            options.input_shapes.insert(name, v.shape().to_vec());
-            given.push(v.clone());
-        }
-        Some(given)
-    } else {
-        None
-    };
-    let graph = model.lower(&options)?;
+/// Lowers (with its inputs, as `partition` does), optimises and
+/// calibrates the model at `path`.
+fn prepare(path: &Path, dims: &DimArgs) -> CliResult<Prepared> {
+    let (model, graph, feeds, _) = load_with_inputs(path, dims)?;
     let cost = m4c_backends::lookup("npu")?.cost_model();
     let graph = if model.is_ir() {
         graph
     } else {
         m4c_compiler::opt::optimise(&graph, &Default::default(), &cost)?.0
-    };
-    let feeds = match given {
-        Some(v) => v,
-        None => {
-            crate::cli::bench::synthetic_inputs(&m4c_runtime::exec::Signature::of(&graph).inputs)?
-        }
     };
     let calibration = m4c_npu_codegen::calibrate::calibrate(&graph, std::slice::from_ref(&feeds))?;
     Ok(Prepared {
