@@ -23,6 +23,12 @@ pub const MASK_GAP: f64 = 12.0;
 /// ≈ -3.4e38, and sums of it), not activations: calibrated like ±inf.
 pub const MASK_MAGNITUDE: f32 = 1e30;
 
+/// Whether `x` is a mask sentinel (infinite, NaN, or beyond
+/// [`MASK_MAGNITUDE`]) rather than an ordinary value.
+pub fn is_mask_sentinel(x: f64) -> bool {
+    x.is_nan() || x.abs() >= f64::from(MASK_MAGNITUDE)
+}
+
 /// The range one f32 value took over the samples.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Range {
@@ -124,7 +130,7 @@ pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, Calib
                         nonfinite: false,
                     });
                 for &x in a {
-                    if x.abs() < MASK_MAGNITUDE {
+                    if !is_mask_sentinel(f64::from(x)) {
                         r.min = r.min.min(x);
                         r.max = r.max.max(x);
                     } else {

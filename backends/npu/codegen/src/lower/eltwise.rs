@@ -40,8 +40,7 @@ fn constant_codes(
     other: Option<Quant>,
     y: Quant,
 ) -> (Quant, Vec<i8>) {
-    let limit = f64::from(crate::calibrate::MASK_MAGNITUDE);
-    let sentinel = |x: f64| x.abs() >= limit;
+    let sentinel = crate::calibrate::is_mask_sentinel;
     let ordinary = full
         .iter()
         .filter(|x| !sentinel(**x))
@@ -144,8 +143,8 @@ impl Ctx<'_> {
                         let zeros = Value::F32(ndarray::ArrayD::zeros(out_shape.clone()));
                         let full =
                             floats(&eval_op(&Op::Add, &[c, &zeros]).map_err(|e| e.to_string())?);
-                        let limit = f64::from(crate::calibrate::MASK_MAGNITUDE);
-                        let other = match full.iter().any(|x| x.abs() >= limit) {
+                        let masked = full.iter().any(|&x| crate::calibrate::is_mask_sentinel(x));
+                        let other = match masked {
                             true => Some(self.quant(ins[1 - i])?),
                             false => None,
                         };
