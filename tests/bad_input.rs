@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use m4c_compiler::onnx::pb;
-use prost::Message;
+#[path = "common/onnx.rs"]
+mod onnx;
+use onnx::{node, write_model};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,52 +121,6 @@ fn short_external_data() {
         &d.join("o.npz"),
     );
     assert_error(&out, &["has 16 bytes"]);
-}
-
-fn write_model(path: &Path, opset: i64, nodes: Vec<pb::NodeProto>) {
-    let vi = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
-                        ..Default::default()
-                    }],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "g".into(),
-            node: nodes,
-            input: vec![vi("x")],
-            output: vec![vi("y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
-}
-
-fn node(op: &str, domain: &str, name: &str, input: &str, output: &str) -> pb::NodeProto {
-    pb::NodeProto {
-        op_type: op.into(),
-        domain: domain.into(),
-        name: name.into(),
-        input: vec![input.into()],
-        output: vec![output.into()],
-        ..Default::default()
-    }
 }
 
 #[test]

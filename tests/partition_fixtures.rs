@@ -8,8 +8,9 @@ use common::{fixture, m4c, text};
 
 use std::path::{Path, PathBuf};
 
-use m4c_compiler::onnx::pb;
-use prost::Message;
+#[path = "common/onnx.rs"]
+mod onnx;
+use onnx::{node, write_model};
 
 /// Every `tests/fixtures/*.onnx`, sorted.
 fn fixtures() -> Vec<PathBuf> {
@@ -26,45 +27,11 @@ fn fixtures() -> Vec<PathBuf> {
 /// Writes a valid ONNX model whose one node (`com.example.Frobnicate`)
 /// no lowering rule takes.
 fn write_unlowerable(path: &Path) {
-    let vi = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
-                        ..Default::default()
-                    }],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "unlowerable".into(),
-            node: vec![pb::NodeProto {
-                op_type: "Frobnicate".into(),
-                domain: "com.example".into(),
-                name: "frob".into(),
-                input: vec!["x".into()],
-                output: vec!["y".into()],
-                ..Default::default()
-            }],
-            input: vec![vi("x")],
-            output: vec![vi("y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
+    write_model(
+        path,
+        17,
+        vec![node("Frobnicate", "com.example", "frob", "x", "y")],
+    );
 }
 
 /// The table with the host-measured columns replaced by `[host]` and
