@@ -60,6 +60,20 @@ fn transformer_encoders_match_onnxruntime_within_cosine_099() {
     }
 }
 
+/// Decoders with a KV cache, LoRA and a padded attention mask (written
+/// with `-1e9`, which calibration finds by what the softmax makes of it):
+/// the backbone's logits and the new cache within cosine 0.99.
+#[test]
+fn decoders_with_a_kv_cache_match_onnxruntime_within_cosine_099() {
+    for name in ["decoder_past", "decoder_past_lora", "llama_decode"] {
+        let out = run_fixture(name, "npu");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{name}:\n{t}");
+        assert!(t.contains("logits"), "{t}");
+        assert!(!t.contains("FAIL"), "{t}");
+    }
+}
+
 /// [`compile_with`] then [`load_artifact`].
 fn load(
     g: &Graph,

@@ -29,18 +29,19 @@ fn per_row(from: &[usize], to: &[usize]) -> Option<usize> {
 /// operand quantised as `other` (given when the constant holds mask
 /// sentinels), giving a result quantised as `y`:
 /// symmetric over its values — except a mask (an `Add` of a constant
-/// holding `finfo(float32).min`-like sentinels, |x| ≥ `MASK_MAGNITUDE`):
+/// holding sentinels: `finfo(float32).min`-like, |x| ≥ `MASK_MAGNITUDE`,
+/// or below the ordinary values calibration saw, as `-1e9` masks are):
 /// its sentinels become ∓128/127 at a scale large enough that the sum
 /// leaves the result's range, so a masked result saturates to its lowest
 /// code as `-inf` does (the result is calibrated so that code means the
 /// mask).
 fn constant_codes(
     full: &[f64],
+    sentinel: &dyn Fn(f64) -> bool,
     elt: eltwise::EltOp,
     other: Option<Quant>,
     y: Quant,
 ) -> (Quant, Vec<i8>) {
-    let sentinel = crate::calibrate::is_mask_sentinel;
     let ordinary = full
         .iter()
         .filter(|x| !sentinel(**x))
@@ -143,12 +144,14 @@ impl Ctx<'_> {
                         let zeros = Value::F32(ndarray::ArrayD::zeros(out_shape.clone()));
                         let full =
                             floats(&eval_op(&Op::Add, &[c, &zeros]).map_err(|e| e.to_string())?);
-                        let masked = full.iter().any(|&x| crate::calibrate::is_mask_sentinel(x));
+                        let name = &g.value(v).name;
+                        let sentinel = |x| self.cal.is_sentinel(name, x);
+                        let masked = full.iter().any(|&x| sentinel(x));
                         let other = match masked {
                             true => Some(self.quant(ins[1 - i])?),
                             false => None,
                         };
-                        let (q, codes) = constant_codes(&full, elt, other, qy);
+                        let (q, codes) = constant_codes(&full, &sentinel, elt, other, qy);
                         quants[slot] = q;
                         data[slot] = codes;
                     } else {

@@ -6,14 +6,19 @@
 //! masks, written with `-inf` or with `finfo(float32).min` as exporters
 //! do): their ordinary range ends at 127 and -128 stands for the mask, at
 //! least [`MASK_GAP`] below the largest ordinary value (so that softmax
-//! gives masked entries ~e^-12).
+//! gives masked entries ~e^-12). Masks written with ordinary magnitudes
+//! (`-1e9`, `-10000`) are found by what the softmax makes of them
+//! ([`mask`]).
 
 use std::collections::HashMap;
 
-use m4c_ir::{Graph, ValueDef};
+use m4c_ir::{Graph, ValueDef, ValueId};
 use m4c_ops::{eval_op, Value};
 
 use m4c_npu::kernels::Quant;
+
+mod mask;
+pub use mask::SOFTMAX_FLOOR;
 
 /// How far below the largest finite value the code -128 of a masked
 /// value lies (natural-log units for a softmax).
@@ -38,6 +43,10 @@ pub struct Range {
     pub max: f32,
     /// Whether any element was infinite, NaN or a mask sentinel.
     pub nonfinite: bool,
+    /// For an `Add` operand carrying a mask into a softmax: the most its
+    /// code -128 may dequantise to, so that a masked sum saturates (the
+    /// sum's smallest ordinary value less the other operand's largest).
+    pub floor: Option<f32>,
 }
 
 /// The range of each f32 value, by value name.
@@ -69,7 +78,8 @@ impl Calibration {
         if !r.nonfinite {
             return Some(symmetric);
         }
-        let scale = ((hi - lo) / 254.0).max(MASK_GAP / 255.0);
+        let deep = r.floor.map_or(0.0, |f| (hi - f64::from(f)) / 255.0);
+        let scale = ((hi - lo) / 254.0).max(MASK_GAP / 255.0).max(deep);
         let zero_point = 127 - (hi / scale).round() as i64;
         Some(if (-128..=127).contains(&zero_point) {
             Quant {
@@ -83,12 +93,25 @@ impl Calibration {
             }
         })
     }
+
+    /// Whether element `x` of value `name` is a mask sentinel: beyond
+    /// [`MASK_MAGNITUDE`], or below the ordinary range of a value whose
+    /// masked elements calibration found ([`mask`]) — how a constant
+    /// mask written with `-1e9` is recognised when it is lowered.
+    pub fn is_sentinel(&self, name: &str, x: f64) -> bool {
+        is_mask_sentinel(x)
+            || self
+                .ranges
+                .get(name)
+                .is_some_and(|r| r.nonfinite && x < f64::from(r.min))
+    }
 }
 
 /// Runs `g` on each sample (inputs in `g.inputs` order) and records the
 /// range of every f32 value, inputs included.
 pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, CalibrationError> {
     let mut cal = Calibration::default();
+    let (softmax, operands) = mask::mask_chains(g);
     for (sample, inputs) in samples.iter().enumerate() {
         let fail = |msg: String| CalibrationError::Run { sample, msg };
         if inputs.len() != g.inputs.len() {
@@ -117,27 +140,42 @@ pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, Calib
             let out = eval_op(&node.op, &args).map_err(|e| fail(e.to_string()))?;
             env[node.output.index()] = Some(out);
         }
+        let masked = mask::masked(&softmax, &operands, &env);
         for (id, v) in env.iter().enumerate() {
-            if let (Some(Value::F32(a)), false) =
-                (v, matches!(g.values[id].def, ValueDef::Const(_)))
-            {
-                let r = cal
-                    .ranges
-                    .entry(g.values[id].name.clone())
-                    .or_insert(Range {
-                        min: 0.0,
-                        max: 0.0,
-                        nonfinite: false,
-                    });
-                for &x in a {
-                    if !is_mask_sentinel(f64::from(x)) {
-                        r.min = r.min.min(x);
-                        r.max = r.max.max(x);
-                    } else {
-                        r.nonfinite = true;
-                    }
+            let flags = masked.get(&ValueId(id as u32));
+            let constant = matches!(g.values[id].def, ValueDef::Const(_));
+            let Some(Value::F32(a)) = v.as_ref().filter(|_| !constant || flags.is_some()) else {
+                continue;
+            };
+            let r = cal
+                .ranges
+                .entry(g.values[id].name.clone())
+                .or_insert(Range {
+                    min: 0.0,
+                    max: 0.0,
+                    nonfinite: false,
+                    floor: None,
+                });
+            for (k, &x) in a.iter().enumerate() {
+                let flagged = flags.is_some_and(|f| f.get(k).copied().unwrap_or(false));
+                if flagged || is_mask_sentinel(f64::from(x)) {
+                    r.nonfinite = true;
+                } else {
+                    r.min = r.min.min(x);
+                    r.max = r.max.max(x);
                 }
             }
+        }
+    }
+    for m in &operands {
+        let name = |v: ValueId| &g.values[v.index()].name;
+        let (Some(out), Some(other)) = (cal.ranges.get(name(m.out)), cal.ranges.get(name(m.other)))
+        else {
+            continue;
+        };
+        let floor = out.min - other.max;
+        if let Some(r) = cal.ranges.get_mut(name(m.operand)).filter(|r| r.nonfinite) {
+            r.floor = Some(r.floor.map_or(floor, |f| f.min(floor)));
         }
     }
     Ok(cal)
@@ -182,6 +220,7 @@ mod tests {
             min: -0.2,
             max: 0.3,
             nonfinite: true,
+            floor: None,
         };
         cal.ranges.insert("s".into(), r);
         let q = cal.quant("s").unwrap();
