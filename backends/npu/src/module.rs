@@ -258,11 +258,18 @@ impl PartPlan {
         config: &MachineConfig,
         options: SimOptions,
     ) -> Result<LayerRun, String> {
-        let layer = &self.layers[index];
+        let layer = self
+            .layers
+            .get(index)
+            .ok_or_else(|| format!("no layer {index}"))?;
         let fail = |e: String| format!("layer `{}` ({}): {e}", layer.name, layer.kernel);
-        let mut program = programs[layer.program].clone();
+        let mut program = programs
+            .get(layer.program)
+            .ok_or_else(|| fail(format!("no program {}", layer.program)))?
+            .clone();
         for b in &layer.inputs {
-            let bytes: Vec<u8> = tensors[b.tensor][b.offset..b.offset + b.len]
+            let bytes: Vec<u8> = binding(tensors, b)
+                .map_err(fail)?
                 .iter()
                 .map(|&v| v as u8)
                 .collect();
@@ -276,17 +283,38 @@ impl PartPlan {
             .dram
             .get(at..at + o.len)
             .ok_or_else(|| fail(format!("output 0x{at:x}+{} outside DRAM", o.len)))?;
-        for (d, &s) in tensors[o.tensor][o.offset..o.offset + o.len]
-            .iter_mut()
-            .zip(out)
+        let len = binding(tensors, &o).map_err(fail)?.len();
+        if let Some(d) = tensors
+            .get_mut(o.tensor)
+            .and_then(|t| t.get_mut(o.offset..o.offset + len))
         {
-            *d = s as i8;
+            for (d, &s) in d.iter_mut().zip(out) {
+                *d = s as i8;
+            }
         }
         Ok(LayerRun {
             stats: result.stats,
             sram_bytes,
         })
     }
+}
+
+/// The bytes binding `b` names in `tensors` (an error, not a panic, when
+/// they lie outside: plans are validated at load, but `run_layer` is
+/// public).
+fn binding<'t>(tensors: &'t [Vec<i8>], b: &Binding) -> Result<&'t [i8], String> {
+    b.offset
+        .checked_add(b.len)
+        .and_then(|end| tensors.get(b.tensor)?.get(b.offset..end))
+        .ok_or_else(|| {
+            format!(
+                "bytes {}+{} outside tensor {} (sized {})",
+                b.offset,
+                b.len,
+                b.tensor,
+                tensors.get(b.tensor).map_or(0, Vec::len)
+            )
+        })
 }
 
 /// The highest SRAM byte `program`'s loads and stores address, summed

@@ -35,7 +35,7 @@ pub const CONSTRAINTS: [Constraint; 11] = [
     },
     Constraint {
         name: "matmul-layout",
-        rule: "MatMul without transposed run-time operands (a constant B is transposed when compiled); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
+        rule: "MatMul without a transposed A (a constant B is transposed when compiled, a run-time B by a DMA pattern); a constant B is 2-D (per-channel int8 weights); a run-time B has A's batch dimensions",
     },
     Constraint {
         name: "conv",
@@ -181,10 +181,10 @@ fn refuse_op(g: &Graph, node: &Node) -> Option<String> {
     };
     let konst = |i: usize| is_const(g, node.inputs[i]);
     match &node.op {
-        Op::MatMul { trans_a, trans_b } => {
+        Op::MatMul { trans_a, .. } => {
             let (a, b) = (shape(0), shape(1));
-            if *trans_a || (*trans_b && !konst(1)) {
-                return violated("matmul-layout", "transposed run-time operand".into());
+            if *trans_a {
+                return violated("matmul-layout", "transposed A operand".into());
             }
             if konst(0) {
                 return violated("matmul-layout", "constant A operand".into());

@@ -1,11 +1,13 @@
 //! Data movement: Transpose, Slice, Concat, Expand, Gather with constant
 //! indices, nearest-neighbour Resize and Pad as DMA address patterns
 //! (`kernels::gather`); the bytes keep their quantisation (a constant
-//! fill is quantised with the input's and read from a source of its own).
+//! fill is quantised with the input's and read from a source of its own),
+//! except a Concat of inputs quantised differently, which are first
+//! requantised by a table each.
 
 use m4c_ir::op::{PadMode, ResizeMode};
 use m4c_ir::{Op, ValueId};
-use m4c_npu::kernels::gather;
+use m4c_npu::kernels::{gather, lut, Quant};
 
 use super::{constant, dims, floats, Ctx};
 
@@ -27,17 +29,27 @@ impl Ctx<'_> {
             Op::Gather { .. } | Op::Resize { .. } | Op::Pad { .. } => &ins[..1],
             _ => ins,
         };
-        let ts = ins
+        let mut ts = ins
             .iter()
             .map(|&v| self.tensor(v))
             .collect::<Result<Vec<_>, _>>()?;
-        let q = self.quant(ins[0])?;
-        for &v in &ins[1..] {
-            if self.quant(v)? != q {
-                return Err("inputs quantised differently (no requantising concat yet)".into());
+        let in_shapes: Vec<Vec<usize>> = ins.iter().map(|&v| dims(g, v)).collect();
+        let quants = ins
+            .iter()
+            .map(|&v| self.quant(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Inputs quantised differently (a Concat of branches, a KV cache
+        // and its new entry) are first requantised to the result's own
+        // calibrated quantisation by a table each.
+        let q = match quants.iter().all(|&q| q == quants[0]) {
+            true => quants[0],
+            false => self.quant(out)?,
+        };
+        for ((t, qi), shape) in ts.iter_mut().zip(quants).zip(&in_shapes) {
+            if qi != q {
+                *t = self.requantised(*t, shape, (qi, q), out)?;
             }
         }
-        let in_shapes: Vec<Vec<usize>> = ins.iter().map(|&v| dims(g, v)).collect();
         let mut sources: Vec<Vec<i8>> = in_shapes
             .iter()
             .map(|s| vec![0; s.iter().product()])
@@ -66,6 +78,60 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Tensor `t` of `shape`, quantised as `from`, copied into a new
+    /// tensor quantised as `to` by a 256-entry table (a layer of `out`).
+    fn requantised(
+        &mut self,
+        t: usize,
+        shape: &[usize],
+        (from, to): (Quant, Quant),
+        out: ValueId,
+    ) -> Result<usize, String> {
+        let cols = shape.last().copied().unwrap_or(1).max(1);
+        let rows = shape.iter().product::<usize>() / cols;
+        let table: [i8; 256] =
+            std::array::from_fn(|i| to.quantize(from.dequantize((i as i32 - 128) as i8)));
+        let k = lut::generate_table(&table, rows, cols, &vec![0; rows * cols], self.config)
+            .map_err(|e| e.to_string())?;
+        let name = format!("{}/requantised{}", self.g.value(out).name, t);
+        let y = self.add_tensor(&name, rows * cols, to);
+        self.whole(out, "lut-requant", k, &[t], y);
+        Ok(y)
+    }
+
+    /// Run-time tensor `t` (value `v`, at least 2-D) with its last two
+    /// axes swapped by a DMA pattern, into a new tensor (a layer of
+    /// `out`): the transposed B of an attention `Q·Kᵀ`.
+    pub(super) fn transposed(
+        &mut self,
+        v: ValueId,
+        t: usize,
+        out: ValueId,
+    ) -> Result<usize, String> {
+        let shape = dims(self.g, v);
+        let r = shape.len();
+        if r < 2 {
+            return Err(format!("cannot transpose a value of rank {r}"));
+        }
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        let mut to = shape.clone();
+        to.swap(r - 2, r - 1);
+        let n = shape.iter().product();
+        let op = Op::Transpose { perm };
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; n]],
+            row_len: to[r - 1],
+            rows: crate::movement::pieces(&op, &[shape], &to)?,
+        };
+        let k = gather::generate(&ops, self.config).map_err(|e| e.to_string())?;
+        let name = format!("{}/transposed", self.g.value(v).name);
+        let q = self.quant(v)?;
+        let y = self.add_tensor(&name, n, q);
+        self.whole(out, "dma-transpose", k, &[t], y);
+        Ok(y)
+    }
+
     /// The DMA pieces of `op` (operands `all`) from sources of shapes
     /// `ins` to `shape`.
     fn pattern(
@@ -91,6 +157,54 @@ impl Ctx<'_> {
             } => movement::resize_nearest(&ins[0], (*rounding, *coord), scales, sizes),
             Op::Pad { pads, mode } => movement::pad(&ins[0], pads, *mode, shape),
             _ => movement::pieces(op, ins, shape),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{quant_of, run};
+    use super::super::Ctx;
+    use m4c_ir::{DType, Graph, Op, TensorType};
+    use m4c_npu::config::MachineConfig;
+    use m4c_ops::Value;
+
+    /// A Concat of inputs with different ranges requantises them to the
+    /// result's calibrated quantisation: within one step of it.
+    #[test]
+    fn a_concat_of_differently_quantised_inputs_is_requantised() {
+        let mut g = Graph::new("cat");
+        let a = g.add_input("a", TensorType::fixed(DType::F32, &[2, 3]));
+        let b = g.add_input("b", TensorType::fixed(DType::F32, &[2, 3]));
+        let y = g.add_node(Op::Concat { axis: 1 }, &[a, b], "y").unwrap();
+        g.outputs.push(y);
+        let xa = [0.1f32, -0.2, 0.3, 0.05, -0.15, 0.25];
+        let xb = [4.0f32, -3.5, 1.25, -0.5, 2.0, 3.0];
+        let value = |x: &[f32]| {
+            Value::F32(ndarray::ArrayD::from_shape_vec(vec![2, 3], x.to_vec()).unwrap())
+        };
+        let cal = crate::calibrate::calibrate(&g, &[vec![value(&xa), value(&xb)]]).unwrap();
+        let config = MachineConfig::edge_small();
+        let mut cx = Ctx::new(&g, &cal, &config);
+        cx.node(&g.nodes[0].op, &[a, b], y).unwrap();
+        let t = cx.tensor_of[&y];
+        let (codes, kernels) = run(&cx, &[("a", &xa), ("b", &xb)], t, &config);
+        assert_eq!(kernels, ["lut-requant", "dma"]);
+        let q = quant_of(&cx, t);
+        let want = [
+            xa[0..3].to_vec(),
+            xb[0..3].to_vec(),
+            xa[3..6].to_vec(),
+            xb[3..6].to_vec(),
+        ]
+        .concat();
+        for (c, w) in codes.iter().zip(want) {
+            let err = (q.dequantize(*c) - f64::from(w)).abs();
+            assert!(
+                err <= q.scale * 1.0001,
+                "{c} -> {} for {w}",
+                q.dequantize(*c)
+            );
         }
     }
 }

@@ -2,7 +2,8 @@
 //! constant (the bias of a following `Add` of a constant vector fused;
 //! a B too large for one layer's image — an LM head — split into column
 //! blocks, one GEMM each, joined by a DMA concat), one GEMM program
-//! shared by every batch entry when B is a run-time operand (attention).
+//! shared by every batch entry when B is a run-time operand (attention;
+//! a transposed one, `Q·Kᵀ`, first transposed by a DMA pattern).
 
 use m4c_ir::{Graph, Op, ValueId};
 use m4c_npu::kernels::{gather, gemm, KernelProgram, Quant};
@@ -149,6 +150,10 @@ impl Ctx<'_> {
             return Err("a run-time B operand must be symmetric int8".into());
         }
         let b = self.tensor(ins[1])?;
+        let b = match trans_b {
+            true => self.transposed(ins[1], b, out)?,
+            false => b,
+        };
         let ops = gemm::GemmOperands {
             m,
             k,
@@ -179,11 +184,11 @@ impl Ctx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::run;
     use super::super::Ctx;
     use super::*;
     use m4c_ir::{DType, Tensor, TensorType};
     use m4c_npu::config::MachineConfig;
-    use m4c_npu::sim::SimOptions;
     use m4c_ops::Value;
 
     #[test]
@@ -193,32 +198,6 @@ mod tests {
         assert_eq!(column_blocks(2, 64, 10, 16 << 20), Some(1));
         assert_eq!(column_blocks(4, 8, 10, 4 * 8 + 2 * (8 + 4 + 16)), Some(5));
         assert_eq!(column_blocks(4, 8, 10, 4 * 8), None);
-    }
-
-    /// Runs the lowered layers of `cx` on `x` (quantised with its
-    /// tensor's scale); the result tensor's int8 values.
-    fn run(cx: &Ctx<'_>, x: &[f32], y: usize, config: &MachineConfig) -> (Vec<i8>, Vec<String>) {
-        let plan = &cx.out.plan;
-        let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
-        let input = &cx.out.inputs[0];
-        let t = &plan.tensors[input.tensor];
-        let q = Quant {
-            scale: t.scale,
-            zero_point: t.zero_point,
-        };
-        tensors[input.tensor] = x.iter().map(|&v| q.quantize(f64::from(v))).collect();
-        for l in 0..plan.layers.len() {
-            plan.run_layer(
-                l,
-                &cx.out.programs,
-                &mut tensors,
-                config,
-                SimOptions::default(),
-            )
-            .unwrap();
-        }
-        let kernels = plan.layers.iter().map(|l| l.kernel.clone()).collect();
-        (tensors[y].clone(), kernels)
     }
 
     /// A GEMM whose weights exceed the layer limit is split into column
@@ -250,7 +229,7 @@ mod tests {
             cx.layer_limit = limit;
             cx.matmul(&[x, w], y, false, None).unwrap();
             let t = cx.tensor_of[&y];
-            run(&cx, &xs, t, &config)
+            run(&cx, &[("x", &xs)], t, &config)
         };
         let (whole, kernels) = lowered(16 << 20);
         assert_eq!(kernels, ["gemm"]);
@@ -259,5 +238,56 @@ mod tests {
         assert_eq!(kernels, ["gemm", "gemm", "gemm", "dma-concat"]);
         assert_eq!(split, whole);
         assert!(whole.iter().any(|&v| v != 0));
+    }
+
+    /// A run-time `Q·Kᵀ` (B transposed) is a DMA transpose and the
+    /// batched GEMM: exactly what an explicit Transpose then MatMul give.
+    #[test]
+    fn a_transposed_run_time_b_equals_an_explicit_transpose() {
+        let (batch, m, k, n) = (2, 3, 4, 5);
+        let ramp = |len: usize, step: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (i * step % 13) as f32 / 6.0 - 1.0)
+                .collect()
+        };
+        let (xa, xb) = (ramp(batch * m * k, 5), ramp(batch * n * k, 7));
+        let config = MachineConfig::edge_small();
+        let lowered = |explicit: bool| {
+            let mut g = Graph::new("qk");
+            let a = g.add_input("a", TensorType::fixed(DType::F32, &[batch, m, k]));
+            let b = g.add_input("b", TensorType::fixed(DType::F32, &[batch, n, k]));
+            let (b2, trans_b) = match explicit {
+                true => {
+                    let perm = Op::Transpose {
+                        perm: vec![0, 2, 1],
+                    };
+                    (g.add_node(perm, &[b], "bt").unwrap(), false)
+                }
+                false => (b, true),
+            };
+            let op = Op::MatMul {
+                trans_a: false,
+                trans_b,
+            };
+            let y = g.add_node(op, &[a, b2], "y").unwrap();
+            g.outputs.push(y);
+            let value = |shape: &[usize], x: &[f32]| {
+                Value::F32(ndarray::ArrayD::from_shape_vec(shape.to_vec(), x.to_vec()).unwrap())
+            };
+            let sample = vec![value(&[batch, m, k], &xa), value(&[batch, n, k], &xb)];
+            let cal = crate::calibrate::calibrate(&g, &[sample]).unwrap();
+            let mut cx = Ctx::new(&g, &cal, &config);
+            for node in &g.nodes {
+                cx.node(&node.op, &node.inputs, node.output).unwrap();
+            }
+            let t = cx.tensor_of[&y];
+            run(&cx, &[("a", &xa), ("b", &xb)], t, &config)
+        };
+        let (fused, kernels) = lowered(false);
+        assert_eq!(kernels, ["dma-transpose", "batched-gemm", "batched-gemm"]);
+        let (explicit, kernels) = lowered(true);
+        assert_eq!(kernels, ["dma", "batched-gemm", "batched-gemm"]);
+        assert_eq!(fused, explicit);
+        assert!(fused.iter().any(|&v| v != 0));
     }
 }

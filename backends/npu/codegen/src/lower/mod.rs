@@ -23,6 +23,8 @@ mod matmul;
 mod norm;
 mod pool;
 mod resize;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 
