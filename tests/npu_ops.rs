@@ -481,7 +481,10 @@ fn generated_programs_round_trip_through_assembly() {
         .find(|f| f.section == Some(SectionKind::Code))
         .unwrap();
     let programs = m4c_npu::module::unpack_programs(&blob.bytes).unwrap();
-    assert!(programs.len() >= 8, "{} programs", programs.len());
+    // dma-nhwc, dwconv, conv, the pooling windows and reduction, the
+    // gather and the exit's dma-nchw (the layout between the convs and
+    // the pooling stays NHWC).
+    assert!(programs.len() >= 7, "{} programs", programs.len());
     for (i, p) in programs.iter().enumerate() {
         let text = m4c_npu::disasm::disassemble(p);
         let again = m4c_npu::asm::assemble(&text).unwrap();

@@ -86,6 +86,12 @@ impl Geometry {
         })
     }
 
+    /// Whether the window is one pixel (1×1, stride 1, no padding): its
+    /// im2col matrix is the NHWC input itself.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.strides == [1, 1] && self.pads == [0; 4]
+    }
+
     /// The shape of the NHWC direct kernels (`kernels::conv`,
     /// `kernels::depthwise`) when they compute this window: one image,
     /// equal strides, the same padding on every side, no dilation.

@@ -8,7 +8,10 @@
 //!   dilation); the layer names show the choice;
 //! - depthwise (group = channels): `dma-nhwc` + the vector-unit `dwconv`;
 //!
-//! then the `[pixels, channels]` result back to NCHW (`dma-nchw`).
+//! the `[pixels, channels]` result is the value's NHWC twin (`layout`):
+//! back to NCHW (`dma-nchw`) only when a layer or the part's exit needs
+//! it. An input that has a twin is read as it is: the direct kernels
+//! without their `dma-nhwc`, a 1×1 conv as the GEMM alone.
 
 use m4c_ir::op::ConvAttrs;
 use m4c_ir::ValueId;
@@ -17,7 +20,7 @@ use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
 use super::{constant, dims, floats, multiplier, requant, symmetric, Ctx};
-use crate::conv::{to_nchw, to_nhwc, Geometry};
+use crate::conv::{to_nhwc, Geometry};
 
 /// Simulated cycles of `p` on placeholder data (the timing does not
 /// depend on the data).
@@ -57,18 +60,28 @@ impl Ctx<'_> {
         let g = self.g;
         let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
         let m = ws.first().copied().ok_or("scalar weights")?;
-        let x = self.tensor(ins[0])?;
+        let twin = self.nhwc_of.get(&ins[0]).copied();
+        // Writing the input's NCHW bytes, for a form that reads them,
+        // when only its NHWC twin exists yet.
+        let nchw_cost = match twin.filter(|t| t.pending) {
+            Some(t) => cycles(&self.nchw_kernel(t.dims)?.program, self.config)?,
+            None => 0,
+        };
         let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
         let mut best: Option<(u64, Form)> = None;
-        for form in self.conv_forms(attrs, ins, out, relu)? {
-            let c = form_cycles(&form, self.config)?;
+        for form in self.conv_forms(attrs, ins, out, relu, twin.is_some())? {
+            let extra = if reads_nchw(&form) { nchw_cost } else { 0 };
+            let c = form_cycles(&form, self.config)? + extra;
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, form));
             }
         }
         let (_, steps) = best.ok_or("no conv form")?;
+        let mut t = match (reads_nchw(&steps), twin) {
+            (false, Some(twin)) => twin.tensor,
+            _ => self.tensor(ins[0])?,
+        };
         let name = g.value(out).name.clone();
-        let mut t = x;
         let last = steps.len() - 1;
         for (i, (kernel, k)) in steps.into_iter().enumerate() {
             let q = if i == last { qy } else { qx };
@@ -77,29 +90,22 @@ impl Ctx<'_> {
             t = next;
         }
         let [oh, ow] = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?.out();
-        let pixels = xs[0] * oh * ow;
-        let nchw = |per_row| gather::GatherOperands {
-            sources: vec![vec![0; pixels * m]],
-            row_len: if per_row { ow } else { oh * ow },
-            rows: to_nchw(xs[0], m, (oh, ow), per_row),
-        };
-        let k = gather::generate(&nchw(false), self.config)
-            .or_else(|_| gather::generate(&nchw(true), self.config))
-            .map_err(err)?;
-        let y = self.result(out, qy);
-        self.whole(out, "dma-nchw", k, &[t], y);
+        self.defer_nchw(out, t, [xs[0], m, oh, ow]);
         Ok(())
     }
 
     /// The ways this machine can compute the conv: depthwise, the vector
     /// unit's kernel; otherwise im2col + GEMM and, where it applies, the
-    /// direct kernel.
+    /// direct kernel. With `from_nhwc` (the input has an NHWC twin) the
+    /// direct kernels read it without their `dma-nhwc`, and a 1×1 conv
+    /// is the GEMM alone (the twin is its im2col matrix).
     fn conv_forms(
         &self,
         attrs: &ConvAttrs,
         ins: &[ValueId],
         out: ValueId,
         relu: bool,
+        from_nhwc: bool,
     ) -> Result<Vec<Form>, String> {
         let g = self.g;
         let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
@@ -151,9 +157,14 @@ impl Ctx<'_> {
                 clamp_min,
             };
             let dw = depthwise::generate(&ops, self.config).map_err(err)?;
-            return Ok(vec![vec![self.nhwc(&geo)?, ("dwconv", dw)]]);
+            return Ok(vec![self.after_nhwc(&geo, from_nhwc, ("dwconv", dw))?]);
         }
-        let gemm = self.im2col_gemm(&geo, (m, per_out), &weight, &bias, &scales, quant);
+        let gemm = self
+            .gemm(pixels, (m, per_out), &weight, &bias, &scales, quant)
+            .and_then(|gemm| match from_nhwc && geo.is_pointwise() {
+                true => Ok(vec![gemm]),
+                false => Ok(vec![self.im2col(&geo, per_out)?, gemm]),
+            });
         let direct = geo.direct(m).map(|shape| -> Result<Form, String> {
             let taps = shape.kh * shape.kw;
             let c = shape.c_in;
@@ -176,7 +187,7 @@ impl Ctx<'_> {
                 tile_rows: p.plan.m_tile,
                 inputs: vec![p.input_addr],
             };
-            Ok(vec![self.nhwc(&geo)?, ("conv", k)])
+            self.after_nhwc(&geo, from_nhwc, ("conv", k))
         });
         // A form that does not fit this machine is left out.
         let mut first_error = None;
@@ -193,38 +204,51 @@ impl Ctx<'_> {
         }
     }
 
-    /// The NCHW → NHWC layer before a direct kernel (`geo.x` is NCHW).
-    pub(super) fn nhwc(&self, geo: &Geometry) -> Result<(&'static str, KernelProgram), String> {
+    /// A direct kernel's form: the kernel `step`, after the NCHW → NHWC
+    /// layer unless the input is already NHWC (`geo.x` is NCHW).
+    pub(super) fn after_nhwc(
+        &self,
+        geo: &Geometry,
+        from_nhwc: bool,
+        step: (&'static str, KernelProgram),
+    ) -> Result<Form, String> {
+        if from_nhwc {
+            return Ok(vec![step]);
+        }
         let ops = gather::GatherOperands {
             sources: vec![vec![0; geo.x.iter().product()]],
             row_len: geo.x[1],
             rows: to_nhwc(geo.x),
         };
+        let nhwc = gather::generate(&ops, self.config).map_err(err)?;
+        Ok(vec![("dma-nhwc", nhwc), step])
+    }
+
+    /// The explicit im2col from NCHW (zeros for the padding): `k` bytes
+    /// per output pixel.
+    fn im2col(&self, geo: &Geometry, k: usize) -> Result<(&'static str, KernelProgram), String> {
+        let ops = gather::GatherOperands {
+            sources: vec![vec![0; geo.x.iter().product()], vec![0; geo.zeros()]],
+            row_len: k,
+            rows: geo.im2col(),
+        };
         Ok((
-            "dma-nhwc",
+            "dma-im2col",
             gather::generate(&ops, self.config).map_err(err)?,
         ))
     }
 
-    /// The explicit im2col (from NCHW, zeros for the padding) and the GEMM
-    /// by the `[k, m]` weights `weight(o, k)`.
-    fn im2col_gemm(
+    /// The GEMM of `pixels` im2col rows by the `[k, m]` weights
+    /// `weight(o, k)`.
+    fn gemm(
         &self,
-        geo: &Geometry,
+        pixels: usize,
         (m, k): (usize, usize),
         weight: &dyn Fn(usize, usize) -> i8,
         bias: &[i32],
         scales: &[(i32, i32)],
         quant: m4c_npu::quant::Requant,
-    ) -> Result<Vec<(&'static str, KernelProgram)>, String> {
-        let rows = geo.im2col();
-        let pixels = rows.len();
-        let ops = gather::GatherOperands {
-            sources: vec![vec![0; geo.x.iter().product()], vec![0; geo.zeros()]],
-            row_len: k,
-            rows,
-        };
-        let cols = gather::generate(&ops, self.config).map_err(err)?;
+    ) -> Result<(&'static str, KernelProgram), String> {
         let ops = gemm::GemmOperands {
             m: pixels,
             k,
@@ -243,8 +267,14 @@ impl Ctx<'_> {
             tile_rows: p.plan.m_tile,
             inputs: vec![p.inputs[0]],
         };
-        Ok(vec![("dma-im2col", cols), ("gemm", gemm)])
+        Ok(("gemm", gemm))
     }
+}
+
+/// Whether `form` starts from the input's NCHW bytes (an im2col or a
+/// change to NHWC) rather than from its NHWC twin.
+fn reads_nchw(form: &Form) -> bool {
+    matches!(form.first(), Some(("dma-nhwc" | "dma-im2col", _)))
 }
 
 #[cfg(test)]
@@ -294,7 +324,7 @@ mod tests {
                 .map(|l| l.kernel.as_str())
                 .collect();
             let cx = Ctx::new(&g, &cal, &config);
-            let forms = cx.conv_forms(&attrs, &[x, w], y, false).unwrap();
+            let forms = cx.conv_forms(&attrs, &[x, w], y, false, false).unwrap();
             assert_eq!(forms.len(), 2, "im2col + GEMM and direct");
             let costs: Vec<u64> = forms
                 .iter()

@@ -188,9 +188,9 @@ mod tests {
         let mut cx = Ctx::new(&g, &cal, &config);
         cx.node(&g.nodes[0].op, &[a, b], y).unwrap();
         let t = cx.tensor_of[&y];
-        let (codes, kernels) = run(&cx, &[("a", &xa), ("b", &xb)], t, &config);
+        let (codes, kernels) = run(&cx.out, &[("a", &xa), ("b", &xb)], t, &config);
         assert_eq!(kernels, ["lut-requant", "dma"]);
-        let q = quant_of(&cx, t);
+        let q = quant_of(&cx.out, t);
         let want = [
             xa[0..3].to_vec(),
             xb[0..3].to_vec(),

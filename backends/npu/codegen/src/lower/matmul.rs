@@ -229,7 +229,7 @@ mod tests {
             cx.layer_limit = limit;
             cx.matmul(&[x, w], y, false, None).unwrap();
             let t = cx.tensor_of[&y];
-            run(&cx, &[("x", &xs)], t, &config)
+            run(&cx.out, &[("x", &xs)], t, &config)
         };
         let (whole, kernels) = lowered(16 << 20);
         assert_eq!(kernels, ["gemm"]);
@@ -281,7 +281,7 @@ mod tests {
                 cx.node(&node.op, &node.inputs, node.output).unwrap();
             }
             let t = cx.tensor_of[&y];
-            run(&cx, &[("a", &xa), ("b", &xb)], t, &config)
+            run(&cx.out, &[("a", &xa), ("b", &xb)], t, &config)
         };
         let (fused, kernels) = lowered(false);
         assert_eq!(kernels, ["dma-transpose", "batched-gemm", "batched-gemm"]);

@@ -19,6 +19,7 @@
 mod conv;
 mod data;
 mod eltwise;
+mod layout;
 mod matmul;
 mod norm;
 mod pool;
@@ -55,6 +56,8 @@ struct Ctx<'a> {
     cal: &'a Calibration,
     config: &'a MachineConfig,
     tensor_of: HashMap<ValueId, usize>,
+    /// Values also held in NHWC (`layout`).
+    nhwc_of: HashMap<ValueId, layout::Nhwc>,
     out: Lowered,
     /// Elements one layer's DRAM image may hold (a constant-B GEMM above
     /// it is split into column blocks).
@@ -101,9 +104,10 @@ pub fn lower_part(
         let v = g.nodes[i].output;
         if exported(v) {
             let value = g.value(v);
+            let tensor = cx.tensor(v).map_err(|e| (i, e))?;
             cx.out.outputs.push(Boundary {
                 value: value.name.clone(),
-                tensor: cx.tensor_of[&v],
+                tensor,
                 shape: value.ty.static_shape().unwrap_or_default(),
             });
         }
@@ -192,6 +196,7 @@ impl<'a> Ctx<'a> {
             cal,
             config,
             tensor_of: HashMap::new(),
+            nhwc_of: HashMap::new(),
             layer_limit: crate::constraints::MAX_ELEMENTS,
             out: Lowered {
                 plan: PartPlan {
@@ -209,16 +214,21 @@ impl<'a> Ctx<'a> {
     /// the calibrated one.
     fn quant(&self, v: ValueId) -> Result<Quant, String> {
         if let Some(&t) = self.tensor_of.get(&v) {
-            let t = &self.out.plan.tensors[t];
-            return Ok(Quant {
-                scale: t.scale,
-                zero_point: t.zero_point,
-            });
+            return Ok(self.quant_of_tensor(t));
         }
         let name = &self.g.value(v).name;
         self.cal
             .quant(name)
             .ok_or_else(|| format!("`{name}` was not calibrated"))
+    }
+
+    /// The quantisation of tensor `t`.
+    fn quant_of_tensor(&self, t: usize) -> Quant {
+        let t = &self.out.plan.tensors[t];
+        Quant {
+            scale: t.scale,
+            zero_point: t.zero_point,
+        }
     }
 
     fn add_tensor(&mut self, name: &str, bytes: usize, q: Quant) -> usize {
@@ -235,6 +245,9 @@ impl<'a> Ctx<'a> {
     /// another part computes it.
     fn tensor(&mut self, v: ValueId) -> Result<usize, String> {
         if let Some(&t) = self.tensor_of.get(&v) {
+            if self.nhwc_of.get(&v).is_some_and(|w| w.nchw == t) {
+                self.materialise(v)?;
+            }
             return Ok(t);
         }
         let (q, shape) = (self.quant(v)?, dims(self.g, v));
@@ -326,7 +339,11 @@ impl<'a> Ctx<'a> {
             Op::AvgPool { pool, .. } => self.pool(false, pool, ins, out)?,
             Op::Softmax { .. } => self.softmax(ins, out, rows, cols)?,
             Op::Norm { kind, epsilon, .. } => self.norm(*kind, *epsilon, ins, out, (rows, cols))?,
-            _ => self.elementwise(op, ins, out, rows, cols)?,
+            _ => {
+                if !self.elementwise_nhwc(op, ins, out)? {
+                    self.elementwise(op, ins, out, rows, cols)?
+                }
+            }
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use m4c_npu::kernels::{gather, KernelError, KernelProgram};
 
 use super::conv::{form_cycles, Form};
 use super::{dims, multiplier, requant, Ctx};
-use crate::conv::{to_nchw, Geometry};
+use crate::conv::Geometry;
 
 fn err(e: KernelError) -> String {
     e.to_string()
@@ -119,20 +119,26 @@ impl Ctx<'_> {
                 self.reduce_program(op, (pixels * c, taps, 1), io, scale)?,
             ),
         ];
+        // An input with an NHWC twin is read as it is (`layout`); the
+        // NCHW form then pays for writing its NCHW bytes.
+        let twin = self.nhwc_of.get(&ins[0]).copied();
+        let nchw_cost = match twin.filter(|t| t.pending) {
+            Some(t) => form_cycles(&vec![("dma-nchw", self.nchw_kernel(t.dims)?)], self.config)?,
+            None => 0,
+        };
         let nhwc = || -> Result<Form, String> {
             let win = gather::generate(&window(geo.nhwc_windows(), geo.nhwc_pad()), self.config);
-            Ok(vec![
-                self.nhwc(&geo)?,
-                ("dma-window", win.map_err(err)?),
-                (
-                    kernel_name(op),
-                    self.reduce_program(op, (pixels, taps * c, c), io, scale)?,
-                ),
-            ])
+            let mut form =
+                self.after_nhwc(&geo, twin.is_some(), ("dma-window", win.map_err(err)?))?;
+            form.push((
+                kernel_name(op),
+                self.reduce_program(op, (pixels, taps * c, c), io, scale)?,
+            ));
+            Ok(form)
         };
         let nhwc = nhwc().ok();
         let on_nhwc = match &nhwc {
-            Some(f) => form_cycles(f, self.config)? < form_cycles(&nchw, self.config)?,
+            Some(f) => form_cycles(f, self.config)? < form_cycles(&nchw, self.config)? + nchw_cost,
             None => false,
         };
         let steps = match (on_nhwc, nhwc) {
@@ -141,7 +147,10 @@ impl Ctx<'_> {
         };
         let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
         let name = self.g.value(out).name.clone();
-        let mut t = self.tensor(ins[0])?;
+        let mut t = match (on_nhwc, twin) {
+            (true, Some(twin)) => twin.tensor,
+            _ => self.tensor(ins[0])?,
+        };
         let last = steps.len() - 1;
         for (i, (kernel, k)) in steps.into_iter().enumerate() {
             let next = match (i == last, on_nhwc) {
@@ -153,14 +162,7 @@ impl Ctx<'_> {
             t = next;
         }
         if on_nhwc {
-            let ops = gather::GatherOperands {
-                sources: vec![vec![0; pixels * c]],
-                row_len: oh * ow,
-                rows: to_nchw(n, c, (oh, ow), false),
-            };
-            let k = gather::generate(&ops, self.config).map_err(err)?;
-            let y = self.result(out, qy);
-            self.whole(out, "dma-nchw", k, &[t], y);
+            self.defer_nchw(out, t, [n, c, oh, ow]);
         }
         Ok(())
     }
