@@ -2,7 +2,9 @@
 //! has code this host can run, is signed by a trusted key and no adapter
 //! changes the graph (a module built with LoRA slots takes adapters as
 //! slot inputs, so its code runs with any), the reference interpreter
-//! otherwise.
+//! otherwise. Code that is data for a simulator (the NPU's programs) runs
+//! from an untrusted bundle too, its native parts (CPU fallback) on the
+//! interpreter ([`super::device::Device::load_without_native`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -189,7 +191,28 @@ fn load_unslotted(
     } else if !adapters.is_empty() {
         "an adapter is attached and the compiled code is the base module's".to_string()
     } else if let Err(why) = check_trust(fw, &opts.trusted) {
-        why
+        match load_without_native(module, codes, &base, opts.threads, &why) {
+            // Nothing native was refused, or `auto` takes the interpreter
+            // for the native parts.
+            Some(Ok(loaded)) if loaded.refused == 0 || opts.engine == Engine::Auto => {
+                let refused = loaded.refused;
+                return Ok(Loaded {
+                    executor: loaded.executor,
+                    fallback: (refused > 0).then(|| {
+                        format!(
+                            "{}: module `{module}`: {refused} CPU-fallback part(s) run on the reference interpreter: {why}",
+                            fw.path().display()
+                        )
+                    }),
+                });
+            }
+            Some(Ok(loaded)) => format!(
+                "{why}; {} CPU-fallback part(s) of its code are native and would run on the interpreter",
+                loaded.refused
+            ),
+            Some(Err(e)) => e.to_string(),
+            None => why,
+        }
     } else {
         let mut why = vec![];
         for code in codes {
@@ -217,6 +240,22 @@ fn load_unslotted(
             fw.path().display()
         ))),
     }
+}
+
+/// The first of `codes` whose device runs its non-native part without
+/// the native one (refused: `why`), with the count of native parts
+/// refused; `None` when no device does.
+fn load_without_native(
+    module: &str,
+    codes: &[ModuleCode],
+    base: &Graph,
+    threads: usize,
+    why: &str,
+) -> Option<Result<device::WithoutNative, CodeLoadError>> {
+    codes.iter().find_map(|code| {
+        let dev = device::lookup(code.backend())?;
+        dev.load_without_native(module, code, Signature::of(base), threads, why)
+    })
 }
 
 /// Whether `fw`'s native code may be loaded: signed by a trusted key.

@@ -9,6 +9,12 @@
 //! part's engine and the reason are in [`RunFigures::parts`]). Sections:
 //! `code` = the packed programs, `code-plan` = the plan, `code-weights` =
 //! the fallback parts' constants ([`encode_constants`]) and CPU code.
+//!
+//! Trust: the programs are data the simulator runs, the fallback parts'
+//! CPU code is native. From a bundle whose native code is refused the
+//! device still loads the programs ([`Device::load_without_native`]) and
+//! runs every fallback part on the interpreter, with the refusal as its
+//! reason.
 
 mod fallback;
 
@@ -24,7 +30,7 @@ use m4c_ops::Value;
 
 pub use fallback::{decode_constants, encode_constants};
 
-use super::device::Device;
+use super::device::{Device, WithoutNative};
 use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, Signature};
 use crate::bundle::format::SectionKind;
 use crate::bundle::ModuleCode;
@@ -159,14 +165,22 @@ impl Device for NpuDevice {
         "npu"
     }
 
-    fn runs_here(&self, target: &str) -> Result<(), String> {
-        MachineConfig::load(target)
-            .map(|_| ())
-            .map_err(|e| format!("NPU target `{target}`: {e}"))
+    /// The simulator runs any machine: the plan carries its validated
+    /// configuration (a preset's or a config file's), whose name is the
+    /// target ([`Device::check`]); no file is read for it.
+    fn runs_here(&self, _target: &str) -> Result<(), String> {
+        Ok(())
     }
 
     fn check(&self, code: &ModuleCode, _graph: &Graph) -> Result<(), String> {
-        parse(code).map(|_| ())
+        let parsed = parse(code)?;
+        let (config, target) = (&parsed.plan.config.name, &code.entry().target);
+        if config != target {
+            return Err(format!(
+                "the plan is for NPU config `{config}`, the code entry for `{target}`"
+            ));
+        }
+        Ok(())
     }
 
     fn load(
@@ -178,8 +192,66 @@ impl Device for NpuDevice {
     ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
         let section = code.entry().section.clone();
         let code = parse(code).map_err(|msg| CodeLoadError::Load { section, msg })?;
-        Ok(Arc::new(NpuModule::new(name, code, signature, threads)))
+        Ok(Arc::new(NpuModule::new(
+            name, code, signature, threads, None,
+        )))
     }
+
+    fn load_without_native(
+        &self,
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        threads: usize,
+        why: &str,
+    ) -> Option<Result<WithoutNative, CodeLoadError>> {
+        let section = code.entry().section.clone();
+        Some(
+            parse(code)
+                .map_err(|msg| CodeLoadError::Load { section, msg })
+                .map(|code| {
+                    let refused = code
+                        .fallbacks
+                        .iter()
+                        .flatten()
+                        .filter(|f| f.is_native())
+                        .count();
+                    let module = NpuModule::new(name, code, signature, threads, Some(why));
+                    WithoutNative {
+                        executor: Arc::new(module),
+                        refused,
+                    }
+                }),
+        )
+    }
+}
+
+/// What a module's NPU code holds, for listings (`m4c firmware info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeSummary {
+    /// The machine configuration it was compiled for.
+    pub config: String,
+    /// Its NPU parts.
+    pub npu_parts: usize,
+    /// Its programs (one per layer).
+    pub programs: usize,
+    /// Its CPU-fallback parts.
+    pub fallback_parts: usize,
+    /// Of those, the parts with native CPU code (the rest are IR only).
+    pub native_parts: usize,
+}
+
+/// Decodes and checks `code` (as [`Device::check`] does) and summarises it.
+pub fn summary(code: &ModuleCode) -> Result<CodeSummary, String> {
+    let parsed = parse(code)?;
+    let fallbacks: Vec<_> = parsed.fallbacks.iter().flatten().collect();
+    Ok(CodeSummary {
+        config: parsed.plan.config.name.clone(),
+        npu_parts: parsed.plan.parts.len() - fallbacks.len(),
+        programs: parsed.programs.len(),
+        fallback_parts: fallbacks.len(),
+        native_parts: fallbacks.iter().filter(|f| f.is_native()).count(),
+    })
 }
 
 /// A module loaded on the simulated NPU.
@@ -194,11 +266,19 @@ impl NpuModule {
     /// Loads decoded code: each compiled fallback part through the CPU
     /// device (on `threads` threads); a part without code, or whose code
     /// does not load on this host, on the interpreter (with the reason).
-    fn new(name: &str, mut code: NpuModuleCode, signature: Signature, threads: usize) -> NpuModule {
+    /// With `refused` (why native code may not be loaded) no CPU code is
+    /// loaded: every fallback part runs on the interpreter.
+    fn new(
+        name: &str,
+        mut code: NpuModuleCode,
+        signature: Signature,
+        threads: usize,
+        refused: Option<&str>,
+    ) -> NpuModule {
         let fallbacks = std::mem::take(&mut code.fallbacks)
             .into_iter()
             .enumerate()
-            .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads)))
+            .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads, refused)))
             .collect();
         NpuModule {
             name: name.to_string(),
@@ -217,7 +297,7 @@ impl NpuModule {
         signature: Signature,
         threads: usize,
     ) -> Result<NpuModule, String> {
-        Ok(NpuModule::new(name, parse(code)?, signature, threads))
+        Ok(NpuModule::new(name, parse(code)?, signature, threads, None))
     }
 
     /// The machine it simulates.
@@ -416,6 +496,10 @@ impl ModuleExecutor for NpuModule {
 
     fn backend(&self) -> &str {
         "npu"
+    }
+
+    fn as_npu(&self) -> Option<&NpuModule> {
+        Some(self)
     }
 
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
