@@ -49,7 +49,8 @@ struct BuildArgs {
     /// What the modules are compiled for (see `m4c backends`):
     /// `reference` (the IR only, run by the interpreter) or a code
     /// generator such as `cpu` (machine code, plus the IR for fallback and
-    /// adapters).
+    /// adapters) or `npu[:CONFIG]` (programs for the simulated NPU,
+    /// calibrated per module: see --calibrate).
     #[arg(long, default_value = REFERENCE_BACKEND, value_parser = super::backend::parse_backend)]
     backend: String,
     /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2); the

@@ -510,6 +510,52 @@ impl ModuleExecutor for NpuModule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::format::CodeEntry;
+
+    /// An empty module's code for `target` with a plan for `config`.
+    fn empty_code(target: &str, config: MachineConfig) -> ModuleCode {
+        let plan = serde_json::to_vec(&ModulePlan {
+            config,
+            parts: vec![],
+        })
+        .unwrap();
+        let entry = CodeEntry {
+            cpu: String::new(),
+            section: format!("m.{target}"),
+            target: target.into(),
+        };
+        let programs = m4c_npu::module::pack_programs(&[]);
+        let files = [
+            (SectionKind::Code, programs.as_slice()),
+            (SectionKind::CodePlan, plan.as_slice()),
+            (SectionKind::CodeWeights, &[][..]),
+        ];
+        ModuleCode::from_memory("npu", entry, &files).unwrap()
+    }
+
+    #[test]
+    fn the_plan_config_must_be_the_code_entry_target() {
+        let graph = Graph::new("m");
+        let code = empty_code("edge-small", MachineConfig::edge_small());
+        NpuDevice.check(&code, &graph).unwrap();
+        let s = summary(&code).unwrap();
+        assert_eq!(
+            (s.config.as_str(), s.npu_parts, s.fallback_parts),
+            ("edge-small", 0, 0)
+        );
+        // Nothing native: loads without native code, nothing refused.
+        let loaded = NpuDevice
+            .load_without_native("m", &code, Signature::of(&graph), 1, "unsigned")
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.refused, 0);
+        let code = empty_code("phone-flagship", MachineConfig::edge_small());
+        let err = NpuDevice.check(&code, &graph).unwrap_err();
+        assert!(
+            err.contains("config `edge-small`, the code entry for `phone-flagship`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_plan_naming_missing_programs_is_refused() {
