@@ -323,10 +323,10 @@ fn assert_one_error(o: &Output, want: &[&str]) {
 }
 
 /// Without calibration data (no `.inputs.npz` beside the model, or a
-/// `--calibrate` file that is not there) the build is one error line
-/// naming the module, and writes nothing.
+/// `--calibrate` file that is not there) or with data of the wrong type,
+/// the build is one error line naming the module, and writes nothing.
 #[test]
-fn missing_calibration_data_is_one_error() {
+fn missing_or_wrong_calibration_data_is_one_error() {
     let dir = scratch("lone");
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("imu_encoder.onnx");
@@ -357,6 +357,18 @@ fn missing_calibration_data_is_one_error() {
     assert_one_error(
         &build(&["--calibrate", &calibrate]),
         &["module `imu`", &missing.display().to_string()],
+    );
+    let ints = dir.join("ints.npz");
+    let wrong = m4c_ops::Value::I64(ndarray::ArrayD::zeros(vec![1, 6, 64]));
+    m4c_runtime::write_npz(&ints, &[], &[("imu".into(), wrong)]).unwrap();
+    let calibrate = format!("imu={}", ints.display());
+    assert_one_error(
+        &build(&["--calibrate", &calibrate]),
+        &[
+            "module `imu`",
+            &ints.display().to_string(),
+            "input `imu` is i64 [1, 6, 64] but the model expects f32",
+        ],
     );
     assert!(!out.exists());
     // An explicit file is used without a note.

@@ -217,9 +217,10 @@ fn build(args: BuildArgs) -> CliResult<i32> {
                 )
                 .into());
             }
-            let detail = match npu {
-                true => npu_parts(&artifact.stats),
-                false => artifact.tuning.clone(),
+            let detail = if npu {
+                npu_parts(&artifact.stats)
+            } else {
+                artifact.tuning.clone()
             };
             eprintln!(
                 "compiled `{}` for {} {} ({detail}) in {:.1} s",

@@ -93,26 +93,32 @@ pub fn announce_engines(module: &NpuModule) {
 }
 
 /// The arrays of an `.npz` (`file`) for `graph`'s inputs, in graph input
-/// order: what calibration runs on.
+/// order: what calibration runs on. Each must have its input's element
+/// type and, where the input's shape is static, that shape.
 pub fn calibration_feeds(
     graph: &Graph,
     arrays: &BTreeMap<String, Value>,
     file: &Path,
 ) -> CliResult<Vec<Value>> {
-    graph
-        .inputs
-        .iter()
-        .map(|&i| {
-            let name = &graph.value(i).name;
-            super::run::lookup(arrays, name).cloned().ok_or_else(|| {
-                format!(
-                    "{}: no array for input `{name}`: --backend npu calibrates on the inputs, every graph input needs one",
-                    file.display()
-                )
-                .into()
-            })
-        })
-        .collect()
+    let mut feeds = Vec::with_capacity(graph.inputs.len());
+    for &i in &graph.inputs {
+        let value = graph.value(i);
+        let (name, want) = (&value.name, &value.ty);
+        let file = file.display();
+        let v = super::run::lookup(arrays, name).ok_or_else(|| {
+            format!("{file}: no array for input `{name}`: --backend npu calibrates on the inputs, every graph input needs one")
+        })?;
+        if v.dtype() != want.dtype || want.static_shape().is_some_and(|s| s != v.shape()) {
+            return Err(format!(
+                "{file}: input `{name}` is {} {:?} but the model expects {want}",
+                v.dtype(),
+                v.shape()
+            )
+            .into());
+        }
+        feeds.push(v.clone());
+    }
+    Ok(feeds)
 }
 
 /// [`prepare`] without the notes: calibrate, compile (fallback parts by
