@@ -292,7 +292,7 @@ fn an_untrusted_bundle_runs_its_fallback_parts_on_the_interpreter() {
             assert!(err.contains(why.as_str()), "{err}");
             assert!(
                 err.contains(&format!(
-                    "{fallback} CPU-fallback part(s) of its code are native"
+                    "{fallback} CPU-fallback part(s) would run on the reference interpreter"
                 )),
                 "{err}"
             );

@@ -69,15 +69,7 @@ pub fn announce_engines(module: &NpuModule) {
         count(PartEngine::CompiledCpu),
         count(PartEngine::Interpreter)
     );
-    let mut reasons: Vec<(&str, Vec<usize>)> = vec![];
-    for (k, (_, why)) in engines.iter().enumerate() {
-        let Some(why) = why else { continue };
-        match reasons.iter_mut().find(|(w, _)| w == why) {
-            Some((_, parts)) => parts.push(k),
-            None => reasons.push((why, vec![k])),
-        }
-    }
-    for (why, parts) in reasons {
+    for (why, parts) in module.interpreted_parts() {
         match &parts[..] {
             [k] => eprintln!("note: fallback part {k} runs on the reference interpreter: {why}"),
             _ => eprintln!(

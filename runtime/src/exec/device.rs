@@ -49,17 +49,9 @@ pub trait Device: Send + Sync {
         _signature: Signature,
         _threads: usize,
         _why: &str,
-    ) -> Option<Result<WithoutNative, CodeLoadError>> {
+    ) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
         None
     }
-}
-
-/// What [`Device::load_without_native`] loaded.
-pub struct WithoutNative {
-    /// The module, its native parts on the interpreter.
-    pub executor: Arc<dyn ModuleExecutor>,
-    /// How many native parts were refused (0: the code has none).
-    pub refused: usize,
 }
 
 /// Every device this runtime carries.

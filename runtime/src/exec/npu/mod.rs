@@ -30,7 +30,7 @@ use m4c_ops::Value;
 
 pub use fallback::{decode_constants, encode_constants};
 
-use super::device::{Device, WithoutNative};
+use super::device::Device;
 use super::{check_inputs, ArenaPlan, CodeLoadError, ExecError, ModuleExecutor, Signature};
 use crate::bundle::format::SectionKind;
 use crate::bundle::ModuleCode;
@@ -204,23 +204,14 @@ impl Device for NpuDevice {
         signature: Signature,
         threads: usize,
         why: &str,
-    ) -> Option<Result<WithoutNative, CodeLoadError>> {
+    ) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
         let section = code.entry().section.clone();
         Some(
             parse(code)
                 .map_err(|msg| CodeLoadError::Load { section, msg })
                 .map(|code| {
-                    let refused = code
-                        .fallbacks
-                        .iter()
-                        .flatten()
-                        .filter(|f| f.is_native())
-                        .count();
                     let module = NpuModule::new(name, code, signature, threads, Some(why));
-                    WithoutNative {
-                        executor: Arc::new(module),
-                        refused,
-                    }
+                    Arc::new(module) as Arc<dyn ModuleExecutor>
                 }),
         )
     }
@@ -323,6 +314,20 @@ impl NpuModule {
                 },
             })
             .collect()
+    }
+
+    /// The fallback parts that run on the interpreter, grouped by the
+    /// reason (in part order, each reason once).
+    pub fn interpreted_parts(&self) -> Vec<(&str, Vec<usize>)> {
+        let mut groups: Vec<(&str, Vec<usize>)> = vec![];
+        for (k, (_, why)) in self.engines().into_iter().enumerate() {
+            let Some(why) = why else { continue };
+            match groups.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, parts)) => parts.push(k),
+                None => groups.push((why, vec![k])),
+            }
+        }
+        groups
     }
 
     /// Runs the module and reports what the simulator measured; each
@@ -543,12 +548,12 @@ mod tests {
             (s.config.as_str(), s.npu_parts, s.fallback_parts),
             ("edge-small", 0, 0)
         );
-        // Nothing native: loads without native code, nothing refused.
+        // Nothing native: loads without native code, nothing interpreted.
         let loaded = NpuDevice
             .load_without_native("m", &code, Signature::of(&graph), 1, "unsigned")
             .unwrap()
             .unwrap();
-        assert_eq!(loaded.refused, 0);
+        assert!(loaded.as_npu().unwrap().interpreted_parts().is_empty());
         let code = empty_code("phone-flagship", MachineConfig::edge_small());
         let err = NpuDevice.check(&code, &graph).unwrap_err();
         assert!(
