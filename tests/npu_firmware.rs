@@ -371,12 +371,26 @@ fn missing_or_wrong_calibration_data_is_one_error() {
         ],
     );
     assert!(!out.exists());
-    // An explicit file is used without a note.
+    // An explicit file is used without a note; the section is named by
+    // the machine config, which the bundle carries.
     let calibrate = format!("imu={}", fixture("imu_encoder.inputs.npz").display());
-    let o = build(&["--calibrate", &calibrate]);
+    let o = build(&["--calibrate", &calibrate, "--target", "phone-flagship"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(notes(&o).is_empty(), "{t}");
+    assert!(
+        t.contains("  code imu.phone-flagship: NPU config phone-flagship, "),
+        "{t}"
+    );
+    let outputs = dir.join("outputs.npz");
+    let o = run_bundle(&out, "imu", "imu_encoder", &outputs, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(notes(&o).is_empty(), "{}", text(&o));
-    assert!(out.exists());
+    assert!(
+        notes(&o)[0].starts_with("note: npu:phone-flagship: "),
+        "{}",
+        text(&o)
+    );
+    assert_matches_onnxruntime(&outputs, "imu_encoder");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

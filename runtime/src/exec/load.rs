@@ -67,7 +67,8 @@ impl Default for LoadOptions {
 }
 
 /// A loaded module and, when [`Engine::Auto`] fell back to the
-/// interpreter although the bundle has code for it, why.
+/// interpreter although the bundle has code for it (for the module, or
+/// for some of its parts: an NPU module's CPU-fallback parts), why.
 pub struct Loaded {
     pub executor: Arc<dyn ModuleExecutor>,
     pub fallback: Option<String>,
