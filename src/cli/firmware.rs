@@ -53,8 +53,9 @@ struct BuildArgs {
     /// calibrated per module: see --calibrate).
     #[arg(long, default_value = REFERENCE_BACKEND, value_parser = super::backend::parse_backend)]
     backend: String,
-    /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2); the
-    /// code must run on this machine, which links it.
+    /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2; the
+    /// code must run on this machine, which links it. NPU: a preset or a
+    /// machine config file, carried in the bundle).
     #[arg(long, value_name = "TARGET")]
     target: Option<String>,
     /// Tuning (CPU: the LLVM CPU name the code is tuned for).
