@@ -628,3 +628,53 @@ fn flipped_npu_bytes_never_panic() {
         }
     }
 }
+
+/// A bundle built for a machine config file carries the config: it runs
+/// after the file is gone, its section named by the config's name.
+#[test]
+fn a_bundle_for_a_config_file_runs_without_the_file() {
+    let dir = scratch("config-file");
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = dir.join("my_npu.toml");
+    let o = m4c(&["npu", "config", "--dump", "-o", toml.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let config = std::fs::read_to_string(&toml).unwrap();
+    let config: Vec<String> = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("name = ") {
+                "name = \"my-npu\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&toml, config.join("\n")).unwrap();
+    let fw = dir.join("M4.fw");
+    let module = format!("imu={}", fixture("imu_encoder.onnx").display());
+    let backend = format!("npu:{}", toml.display());
+    let o = m4c(&[
+        "firmware",
+        "build",
+        "--backend",
+        &backend,
+        "--module",
+        &module,
+        "-o",
+        fw.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("  code imu.my-npu: NPU config my-npu, "), "{t}");
+    std::fs::remove_file(&toml).unwrap();
+    let outputs = dir.join("outputs.npz");
+    let o = run_bundle(&fw, "imu", "imu_encoder", &outputs, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        notes(&o)[0].starts_with("note: npu:my-npu: "),
+        "{}",
+        text(&o)
+    );
+    assert_matches_onnxruntime(&outputs, "imu_encoder");
+    std::fs::remove_dir_all(dir).unwrap();
+}
