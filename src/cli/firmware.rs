@@ -1,10 +1,16 @@
 //! `m4c firmware`: build a firmware bundle from ONNX modules, and show one.
+//! For `--backend npu` each module is calibrated on an `.npz` of its
+//! inputs (`--calibrate`, else `MODEL.inputs.npz` beside the model) and
+//! compiled as `m4c run --backend npu` compiles it
+//! (`super::npu_backend::compile_artifact`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use m4c_compiler::adapter::{add_slots, SlotSpec};
 use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
+use m4c_ops::Value;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
 use m4c_runtime::bundle::sign::{sign, SecretKey};
 use m4c_runtime::bundle::Bundle;
@@ -43,11 +49,13 @@ struct BuildArgs {
     /// What the modules are compiled for (see `m4c backends`):
     /// `reference` (the IR only, run by the interpreter) or a code
     /// generator such as `cpu` (machine code, plus the IR for fallback and
-    /// adapters).
+    /// adapters) or `npu[:CONFIG]` (programs for the simulated NPU,
+    /// calibrated per module: see --calibrate).
     #[arg(long, default_value = REFERENCE_BACKEND, value_parser = super::backend::parse_backend)]
     backend: String,
-    /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2); the
-    /// code must run on this machine, which links it.
+    /// The backend's target (CPU: host, x86_64-avx512, x86_64-avx2; the
+    /// code must run on this machine, which links it. NPU: a preset or a
+    /// machine config file, carried in the bundle).
     #[arg(long, value_name = "TARGET")]
     target: Option<String>,
     /// Tuning (CPU: the LLVM CPU name the code is tuned for).
@@ -71,6 +79,15 @@ struct BuildArgs {
     /// e.g. `q_proj,v_proj:16`.
     #[arg(long, value_name = "TARGETS:RANK", value_parser = |s: &str| s.parse::<SlotSpec>())]
     lora_slots: Option<SlotSpec>,
+    /// `--backend npu`: calibrate module NAME's activation ranges on the
+    /// model inputs in DATA.npz (repeat per module; default: the model's
+    /// `MODEL.inputs.npz` beside it, when it exists).
+    #[arg(long = "calibrate", value_name = "NAME=DATA.npz", value_parser = parse_module)]
+    calibrate: Vec<(String, PathBuf)>,
+    /// `--backend npu`: refuse any CPU fallback (exit 2, listing each node
+    /// that would fall back and the constraint it violates).
+    #[arg(long)]
+    strict: bool,
     /// The bundle to write.
     #[arg(short = 'o', long = "output", value_name = "M4.fw")]
     output: PathBuf,
@@ -115,7 +132,9 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         args.cpu.clone(),
         1,
     )?;
-    let mut inputs: Vec<PathBuf> = vec![];
+    let npu = generator.name() == "npu";
+    let calibration = calibration_files(&args, npu)?;
+    let mut inputs: Vec<PathBuf> = calibration.values().cloned().collect();
     for (_, path) in &args.modules {
         inputs.push(path.clone());
         if m4c_compiler::ir_file::is_ir_file(path) {
@@ -136,12 +155,18 @@ fn build(args: BuildArgs) -> CliResult<i32> {
             return Err(BuildError::DuplicateModule(name.clone()).into());
         }
     }
+    let mut samples = BTreeMap::new();
+    for (name, file) in &calibration {
+        let arrays = m4c_runtime::read_npz(file).map_err(|e| format!("module `{name}`: {e}"))?;
+        samples.insert(name.clone(), arrays);
+    }
     let progress = Progress::bar(args.modules.len(), "modules");
     let mut sources = vec![];
     for (name, path) in &args.modules {
         progress.item(name.clone());
         let in_module = |e: Box<dyn std::error::Error>| format!("module `{name}`: {e}");
-        let source = module_source(&args, name, path, &cost).map_err(in_module)?;
+        let source =
+            module_source(&args, name, path, &cost, samples.get(name)).map_err(in_module)?;
         sources.push(source);
         progress.inc();
     }
@@ -178,9 +203,11 @@ fn build(args: BuildArgs) -> CliResult<i32> {
     if generator.name() != REFERENCE_BACKEND {
         for m in &mut sources {
             let started = std::time::Instant::now();
-            let artifact = generator
-                .compile(&m.graph, &request)
-                .map_err(|e| format!("module `{}`: {e}", m.name))?;
+            let artifact = match samples.get(&m.name) {
+                Some(arrays) => npu_artifact(m, arrays, &calibration[&m.name], &request, &args),
+                None => generator.compile(&m.graph, &request).map_err(Into::into),
+            }
+            .map_err(|e| format!("module `{}`: {e}", m.name))?;
             // Loadable code is the `code` section (a CPU shared library,
             // GPU text); a cross-compiled CPU object has none. GPU text
             // loads wherever the device is, whatever this machine has.
@@ -191,12 +218,16 @@ fn build(args: BuildArgs) -> CliResult<i32> {
                 )
                 .into());
             }
+            let detail = if npu {
+                npu_parts(&artifact.stats)
+            } else {
+                artifact.tuning.clone()
+            };
             eprintln!(
-                "compiled `{}` for {} {} ({}) in {:.1} s",
+                "compiled `{}` for {} {} ({detail}) in {:.1} s",
                 m.name,
                 generator.name(),
                 artifact.target,
-                artifact.tuning,
                 started.elapsed().as_secs_f64()
             );
             m.code.push(artifact);
@@ -226,12 +257,87 @@ fn build(args: BuildArgs) -> CliResult<i32> {
     Ok(0)
 }
 
-/// Lowers (and by default optimises) one module's model.
+/// The calibration file of every module for `--backend npu` (`npu`):
+/// its `--calibrate`, else `MODEL.inputs.npz` beside the model
+/// (announced), else an error; none for other backends, which take no
+/// `--calibrate` or `--strict`.
+fn calibration_files(args: &BuildArgs, npu: bool) -> CliResult<BTreeMap<String, PathBuf>> {
+    if !npu {
+        if args.strict || !args.calibrate.is_empty() {
+            return Err("--calibrate and --strict apply to --backend npu".into());
+        }
+        return Ok(BTreeMap::new());
+    }
+    if args.lora_slots.is_some() {
+        return Err("--lora-slots does not apply to --backend npu (the NPU code is compiled for the module's weights)".into());
+    }
+    let mut files = BTreeMap::new();
+    for (name, file) in &args.calibrate {
+        if !args.modules.iter().any(|(m, _)| m == name) {
+            return Err(format!("--calibrate {name}: there is no module `{name}`").into());
+        }
+        if files.insert(name.clone(), file.clone()).is_some() {
+            return Err(format!("--calibrate {name}: given twice").into());
+        }
+    }
+    for (name, model) in &args.modules {
+        if files.contains_key(name) {
+            continue;
+        }
+        let beside = model.with_extension("inputs.npz");
+        if !beside.is_file() {
+            return Err(format!(
+                "module `{name}`: the NPU needs calibration data and {} does not exist: pass --calibrate {name}=DATA.npz (an .npz of the model's inputs)",
+                beside.display()
+            )
+            .into());
+        }
+        eprintln!(
+            "note: module `{name}`: calibrating NPU activation ranges on {} (beside the model; --calibrate {name}=DATA.npz chooses)",
+            beside.display()
+        );
+        files.insert(name.clone(), beside);
+    }
+    Ok(files)
+}
+
+/// Module `m` compiled for the NPU of `request`, calibrated on `arrays`
+/// (read from `file`), as `m4c run --backend npu` compiles it.
+fn npu_artifact(
+    m: &ModuleSource,
+    arrays: &BTreeMap<String, Value>,
+    file: &Path,
+    request: &m4c_compiler::backend::CompileRequest,
+    args: &BuildArgs,
+) -> CliResult<m4c_compiler::backend::Artifact> {
+    let feeds = super::npu_backend::calibration_feeds(&m.graph, arrays, file)?;
+    let request = super::npu_backend::NpuRequest {
+        target: request.target.clone(),
+        threads: request.threads,
+        strict: args.strict,
+    };
+    super::npu_backend::compile_artifact(&m.graph, &feeds, &request)
+}
+
+/// The parts of an NPU artifact, from its stats.
+fn npu_parts(stats: &serde_json::Value) -> String {
+    let n = |k: &str| stats[k].as_u64().unwrap_or(0);
+    format!(
+        "{} NPU part(s), {} CPU-fallback part(s) of which {} compiled",
+        n("npu_parts"),
+        n("fallback_parts"),
+        n("fallback_compiled")
+    )
+}
+
+/// Lowers (and by default optimises) one module's model; with
+/// calibration data (`--backend npu`) at the shapes of its arrays.
 fn module_source(
     args: &BuildArgs,
     name: &str,
     path: &Path,
     cost: &m4c_compiler::opt::Roofline,
+    calibration: Option<&BTreeMap<String, Value>>,
 ) -> CliResult<ModuleSource> {
     let model = Model::open(path)?;
     let mut dims = args.dims.clone();
@@ -259,7 +365,15 @@ fn module_source(
     {
         return Err(format!("--module-dim {m}: there is no module `{m}`").into());
     }
-    let report = model.lower_report(&dims.options(&model, args.default_dim)?)?;
+    let mut opts = dims.options(&model, args.default_dim)?;
+    if let Some(arrays) = calibration {
+        for name in model.input_names(dims.pinned())? {
+            if let Some(v) = super::run::lookup(arrays, &name) {
+                opts.input_shapes.insert(name, v.shape().to_vec());
+            }
+        }
+    }
+    let report = model.lower_report(&opts)?;
     let graph = report.graph.ok_or_else(|| FrontendError::Unsupported {
         path: path.to_path_buf(),
         nodes: report.unsupported,
@@ -293,7 +407,11 @@ fn open(path: &Path) -> CliResult<Bundle> {
 
 /// Who signed the bundle and whether this host trusts the key.
 fn print_signature(b: &Bundle, trust: &super::keygen::TrustArgs) -> CliResult<()> {
+    let npu = b.manifest().modules.iter().any(|m| m.backend == "npu");
     match b.signer() {
+        None if npu => println!(
+            "signature: none (native code in it is not loaded: NPU programs run, CPU-fallback parts on the interpreter)"
+        ),
         None => println!("signature: none (native code in it is not loaded)"),
         Some(key) => {
             let trusted = if trust.keys()?.trusts(key) {
@@ -351,7 +469,19 @@ fn print_summary(path: &Path, b: &Bundle) {
             dims.join(" ")
         );
         for c in &e.code {
-            println!("  code {}: {} ({})", c.section, c.target, c.cpu);
+            let npu = b
+                .code(&e.name)
+                .iter()
+                .find(|code| code.backend() == "npu" && code.entry().section == c.section);
+            match npu.map(m4c_runtime::exec::npu::summary) {
+                Some(Ok(s)) => println!(
+                    "  code {}: NPU config {}, {} NPU part(s) ({} programs), {} CPU-fallback part(s) ({} native)",
+                    c.section, s.config, s.npu_parts, s.programs, s.fallback_parts, s.native_parts
+                ),
+                // Checked when the bundle was opened.
+                Some(Err(e)) => println!("  code {}: NPU code that does not decode: {e}", c.section),
+                None => println!("  code {}: {} ({})", c.section, c.target, c.cpu),
+            }
         }
     }
 }

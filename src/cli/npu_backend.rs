@@ -5,7 +5,12 @@
 //! and loaded on the runtime's `npu` device (the simulator; the fallback
 //! through the CPU device); `bench` prints what was measured. `--strict`
 //! refuses a model with any fallback, listing what would fall back.
+//! `m4c firmware build --backend npu` compiles each module the same way
+//! ([`compile_artifact`], calibrated on its `--calibrate` data) and `m4c
+//! run M4.fw` reports the engines of the loaded parts as `run` does
+//! ([`announce_engines`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -47,32 +52,88 @@ pub fn prepare(
     m4c_npu::config::MachineConfig::load(config)?;
     eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
     let (module, artifact) = compile(graph, inputs, request)?;
+    announce_engines(&module);
+    Ok((module, artifact))
+}
+
+/// Says on stderr what runs each part of a loaded module: one `note:`
+/// with the count per engine, then one per distinct reason a fallback
+/// part runs on the interpreter (naming its parts).
+pub fn announce_engines(module: &NpuModule) {
     let engines = module.engines();
     let count = |e: PartEngine| engines.iter().filter(|(x, _)| *x == e).count();
     eprintln!(
         "note: npu:{}: {} NPU part(s), {} CPU-fallback part(s) compiled, {} on the interpreter",
-        artifact.target,
+        module.config().name,
         count(PartEngine::Npu),
         count(PartEngine::CompiledCpu),
         count(PartEngine::Interpreter)
     );
-    for (k, (_, why)) in engines.iter().enumerate() {
-        if let Some(why) = why {
-            eprintln!("note: fallback part {k} runs on the reference interpreter: {why}");
+    for (why, parts) in module.interpreted_parts() {
+        match &parts[..] {
+            [k] => eprintln!("note: fallback part {k} runs on the reference interpreter: {why}"),
+            _ => eprintln!(
+                "note: fallback parts {} run on the reference interpreter: {why}",
+                parts
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
-    Ok((module, artifact))
 }
 
-/// [`prepare`] without the note: calibrate, compile (fallback parts by
+/// The arrays of an `.npz` (`file`) for `graph`'s inputs, in graph input
+/// order: what calibration runs on. Each must have its input's element
+/// type and, where the input's shape is static, that shape.
+pub fn calibration_feeds(
+    graph: &Graph,
+    arrays: &BTreeMap<String, Value>,
+    file: &Path,
+) -> CliResult<Vec<Value>> {
+    let mut feeds = Vec::with_capacity(graph.inputs.len());
+    for &i in &graph.inputs {
+        let value = graph.value(i);
+        let (name, want) = (&value.name, &value.ty);
+        let file = file.display();
+        let v = super::run::lookup(arrays, name).ok_or_else(|| {
+            format!("{file}: no array for input `{name}`: --backend npu calibrates on the inputs, every graph input needs one")
+        })?;
+        if v.dtype() != want.dtype || want.static_shape().is_some_and(|s| s != v.shape()) {
+            return Err(format!(
+                "{file}: input `{name}` is {} {:?} but the model expects {want}",
+                v.dtype(),
+                v.shape()
+            )
+            .into());
+        }
+        feeds.push(v.clone());
+    }
+    Ok(feeds)
+}
+
+/// [`prepare`] without the notes: calibrate, compile (fallback parts by
 /// the CPU backend), refuse any fallback under `--strict`, load.
 pub fn compile(
     graph: &Graph,
     inputs: &[Value],
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
+    let artifact = compile_artifact(graph, inputs, request)?;
+    Ok((load(graph, &artifact, request.threads)?, artifact))
+}
+
+/// Calibrates `graph` on one sample, `inputs` (graph input order), and
+/// compiles it (fallback parts by the CPU backend), refusing any fallback
+/// under `--strict`: the artifact `run` loads and `firmware build` packs.
+pub fn compile_artifact(
+    graph: &Graph,
+    inputs: &[Value],
+    request: &NpuRequest,
+) -> CliResult<Artifact> {
     let cal = m4c_npu_codegen::calibrate::calibrate(graph, &[inputs.to_vec()])?;
-    compile_calibrated(graph, &cal, request)
+    artifact_calibrated(graph, &cal, request)
 }
 
 /// [`compile`] for a graph already calibrated as `cal` (one calibration
@@ -82,6 +143,17 @@ pub fn compile_calibrated(
     cal: &m4c_npu_codegen::calibrate::Calibration,
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
+    let artifact = artifact_calibrated(graph, cal, request)?;
+    Ok((load(graph, &artifact, request.threads)?, artifact))
+}
+
+/// Compiles `graph` calibrated as `cal`, refusing any fallback under
+/// `--strict`.
+fn artifact_calibrated(
+    graph: &Graph,
+    cal: &m4c_npu_codegen::calibrate::Calibration,
+    request: &NpuRequest,
+) -> CliResult<Artifact> {
     let compile = CompileRequest {
         target: request.target.clone(),
         threads: request.threads.max(1),
@@ -94,6 +166,12 @@ pub fn compile_calibrated(
             return Err(refusal.into());
         }
     }
+    Ok(artifact)
+}
+
+/// Loads `artifact` (of `graph`) from memory on the NPU device, as a
+/// bundle's code is loaded; compiled fallback code on `threads` threads.
+fn load(graph: &Graph, artifact: &Artifact, threads: usize) -> CliResult<Arc<NpuModule>> {
     let entry = CodeEntry {
         cpu: String::new(),
         section: format!("{}.{}", graph.name, artifact.target),
@@ -105,13 +183,9 @@ pub fn compile_calibrated(
         .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
         .collect();
     let code = ModuleCode::from_memory("npu", entry, &files)?;
-    let module = NpuModule::from_sections(
-        &graph.name,
-        &code,
-        Signature::of(graph),
-        request.threads.max(1),
-    )?;
-    Ok((Arc::new(module), artifact))
+    let module =
+        NpuModule::from_sections(&graph.name, &code, Signature::of(graph), threads.max(1))?;
+    Ok(Arc::new(module))
 }
 
 /// What `--strict` says when `artifact` (of model `model`) has fallback

@@ -137,12 +137,7 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             let cost = args.backend.generator().cost_model();
             graph = m4c_compiler::opt::optimise(&graph, &Default::default(), &cost)?.0;
         }
-        let feeds = graph
-            .inputs
-            .iter()
-            .map(|&i| lookup(arrays, &graph.value(i).name).cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or("--backend npu calibrates on the inputs: every graph input needs an array")?;
+        let feeds = super::npu_backend::calibration_feeds(&graph, arrays, &args.inputs)?;
         let request = args.backend.request()?;
         let request = super::npu_backend::NpuRequest {
             target: request.target,
@@ -206,8 +201,15 @@ fn prepare_bundle(args: &RunArgs) -> CliResult<Prepared> {
     let started = std::time::Instant::now();
     let loaded = load_module(&bundle, name, &adapters.iter().collect::<Vec<_>>(), &opts)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    if let Some(why) = &loaded.fallback {
-        eprintln!("note: {why}");
+    // An NPU module says what runs each part (and why a fallback part runs
+    // on the interpreter), as `run --backend npu` does.
+    match loaded.executor.as_npu() {
+        Some(npu) => super::npu_backend::announce_engines(npu),
+        None => {
+            if let Some(why) = &loaded.fallback {
+                eprintln!("note: {why}");
+            }
+        }
     }
     let exec = loaded.executor;
     let engine = match exec.backend() {

@@ -36,6 +36,22 @@ pub trait Device: Send + Sync {
         signature: Signature,
         threads: usize,
     ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError>;
+    /// Loads `code` of a bundle whose native code is refused (`why`, see
+    /// `load::check_trust`) where part of the backend's code is data that
+    /// this runtime runs itself (the NPU's programs, run by the
+    /// simulator): every native part runs on the reference interpreter
+    /// with `why` as its reason. `None` (the default) when all of the
+    /// code is native, so nothing of it may be loaded.
+    fn load_without_native(
+        &self,
+        _name: &str,
+        _code: &ModuleCode,
+        _signature: Signature,
+        _threads: usize,
+        _why: &str,
+    ) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
+        None
+    }
 }
 
 /// Every device this runtime carries.

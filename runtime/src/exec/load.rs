@@ -2,7 +2,9 @@
 //! has code this host can run, is signed by a trusted key and no adapter
 //! changes the graph (a module built with LoRA slots takes adapters as
 //! slot inputs, so its code runs with any), the reference interpreter
-//! otherwise.
+//! otherwise. Code that is data for a simulator (the NPU's programs) runs
+//! from an untrusted bundle too, its native parts (CPU fallback) on the
+//! interpreter ([`super::device::Device::load_without_native`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -65,7 +67,8 @@ impl Default for LoadOptions {
 }
 
 /// A loaded module and, when [`Engine::Auto`] fell back to the
-/// interpreter although the bundle has code for it, why.
+/// interpreter although the bundle has code for it (for the module, or
+/// for some of its parts: an NPU module's CPU-fallback parts), why.
 pub struct Loaded {
     pub executor: Arc<dyn ModuleExecutor>,
     pub fallback: Option<String>,
@@ -184,26 +187,49 @@ fn load_unslotted(
         return interpret(None);
     }
     let codes = fw.code(module);
-    let reason = if codes.is_empty() {
-        "the bundle has no compiled code for it (built with --target reference)".to_string()
+    let loaded = if codes.is_empty() {
+        Err("the bundle has no compiled code for it (built with --target reference)".to_string())
     } else if !adapters.is_empty() {
-        "an adapter is attached and the compiled code is the base module's".to_string()
+        Err("an adapter is attached and the compiled code is the base module's".to_string())
     } else if let Err(why) = check_trust(fw, &opts.trusted) {
-        why
+        match load_without_native(module, codes, &base, opts.threads, &why) {
+            Some(loaded) => loaded.map_err(|e| e.to_string()),
+            None => Err(why),
+        }
     } else {
         let mut why = vec![];
+        let mut loaded = None;
         for code in codes {
             match load_code(module, code, Signature::of(&base), opts.threads) {
                 Ok(executor) => {
-                    return Ok(Loaded {
-                        executor,
-                        fallback: None,
-                    })
+                    loaded = Some(executor);
+                    break;
                 }
                 Err(e) => why.push(e.to_string()),
             }
         }
-        why.join("; ")
+        loaded.ok_or_else(|| why.join("; "))
+    };
+    // Compiled code may leave parts to the interpreter (an NPU module's
+    // CPU-fallback parts): `auto` says so, `compiled` refuses it.
+    let reason = match loaded {
+        Ok(executor) => match (interpreted_parts(executor.as_ref()), opts.engine) {
+            (Some((n, why)), Engine::Compiled) => format!(
+                "{n} CPU-fallback part(s) would run on the reference interpreter (--engine compiled runs compiled code only): {why}"
+            ),
+            (interpreted, _) => {
+                return Ok(Loaded {
+                    executor,
+                    fallback: interpreted.map(|(n, why)| {
+                        format!(
+                            "{}: module `{module}`: {n} CPU-fallback part(s) run on the reference interpreter: {why}",
+                            fw.path().display()
+                        )
+                    }),
+                })
+            }
+        },
+        Err(reason) => reason,
     };
     match opts.engine {
         Engine::Compiled => Err(LoadError::NoCode {
@@ -217,6 +243,30 @@ fn load_unslotted(
             fw.path().display()
         ))),
     }
+}
+
+/// The first of `codes` whose device runs what is not native code
+/// without the native code (refused: `why`); `None` when no device does.
+fn load_without_native(
+    module: &str,
+    codes: &[ModuleCode],
+    base: &Graph,
+    threads: usize,
+    why: &str,
+) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
+    codes.iter().find_map(|code| {
+        let dev = device::lookup(code.backend())?;
+        dev.load_without_native(module, code, Signature::of(base), threads, why)
+    })
+}
+
+/// How many parts of a loaded module run on the interpreter, and why
+/// (each reason once); `None` when all run compiled code.
+fn interpreted_parts(executor: &dyn ModuleExecutor) -> Option<(usize, String)> {
+    let groups = executor.as_npu()?.interpreted_parts();
+    let n = groups.iter().map(|(_, parts)| parts.len()).sum();
+    let why: Vec<&str> = groups.iter().map(|(why, _)| *why).collect();
+    (n > 0).then(|| (n, why.join("; ")))
 }
 
 /// Whether `fw`'s native code may be loaded: signed by a trusted key.

@@ -107,6 +107,11 @@ pub trait ModuleExecutor: Send + Sync {
     fn as_slotted(&self) -> Option<&crate::adapter::SlottedModule> {
         None
     }
+    /// A module on the simulated NPU, for its per-part engines and
+    /// figures.
+    fn as_npu(&self) -> Option<&npu::NpuModule> {
+        None
+    }
     /// Runs the module on inputs in signature order (checked: count,
     /// element types, static shapes).
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError>;

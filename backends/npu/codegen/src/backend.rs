@@ -32,7 +32,7 @@ impl CodeGenerator for NpuBackend {
     }
 
     fn description(&self) -> &'static str {
-        "int8 programs for the simulated NPU (m4c-npu), CPU fallback compiled by the CPU backend; float graphs need calibration (run/bench calibrate on the inputs)"
+        "int8 programs for the simulated NPU (m4c-npu), CPU fallback compiled by the CPU backend; float graphs need calibration (run/bench calibrate on the inputs, firmware build on --calibrate data)"
     }
 
     fn targets(&self) -> Vec<String> {
@@ -58,7 +58,7 @@ impl CodeGenerator for NpuBackend {
         Err(BackendError::Compile {
             backend: "npu",
             msg: format!(
-                "graph `{}` needs activation ranges: `m4c run`/`m4c bench --backend npu` calibrate on their inputs (m4c_npu_codegen::compile_calibrated){}",
+                "graph `{}` needs activation ranges: `m4c run`/`m4c bench --backend npu` calibrate on their inputs, `m4c firmware build --backend npu` on --calibrate data (m4c_npu_codegen::compile_calibrated){}",
                 graph.name,
                 request.target.as_deref().map_or(String::new(), |t| format!(" for `{t}`"))
             ),

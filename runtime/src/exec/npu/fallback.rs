@@ -94,14 +94,29 @@ pub(super) struct Fallback {
     pub(super) note: Option<String>,
 }
 
+impl FallbackCode {
+    /// Whether the part has native (CPU) code.
+    pub(super) fn is_native(&self) -> bool {
+        self.cpu.is_some()
+    }
+}
+
 /// The engine of fallback part `k` of module `name`: its CPU code loaded
 /// through the CPU device (on `threads` threads), else the interpreter
-/// with the reason.
-pub(super) fn load(name: &str, k: usize, f: FallbackCode, threads: usize) -> Fallback {
+/// with the reason; `refused` (why native code may not be loaded) sends a
+/// part with CPU code to the interpreter without loading it.
+pub(super) fn load(
+    name: &str,
+    k: usize,
+    f: FallbackCode,
+    threads: usize,
+    refused: Option<&str>,
+) -> Fallback {
     let part = format!("{name}/fallback{k}");
     let signature = Signature::of(&f.graph);
-    let note = match f.cpu {
-        Some(code) => match CompiledModule::load(&part, &code, signature, threads) {
+    let note = match (f.cpu, refused) {
+        (Some(_), Some(why)) => why.to_string(),
+        (Some(code), None) => match CompiledModule::load(&part, &code, signature, threads) {
             Ok(module) => {
                 return Fallback {
                     executor: Arc::new(module),
@@ -110,7 +125,7 @@ pub(super) fn load(name: &str, k: usize, f: FallbackCode, threads: usize) -> Fal
             }
             Err(e) => format!("its CPU code did not load: {e}"),
         },
-        None => f.not_compiled.unwrap_or_else(|| "no CPU code".into()),
+        (None, _) => f.not_compiled.unwrap_or_else(|| "no CPU code".into()),
     };
     Fallback {
         executor: Arc::new(Interpreter::new(&part, f.graph)),

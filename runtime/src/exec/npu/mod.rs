@@ -9,6 +9,12 @@
 //! part's engine and the reason are in [`RunFigures::parts`]). Sections:
 //! `code` = the packed programs, `code-plan` = the plan, `code-weights` =
 //! the fallback parts' constants ([`encode_constants`]) and CPU code.
+//!
+//! Trust: the programs are data the simulator runs, the fallback parts'
+//! CPU code is native. From a bundle whose native code is refused the
+//! device still loads the programs ([`Device::load_without_native`]) and
+//! runs every fallback part on the interpreter, with the refusal as its
+//! reason.
 
 mod fallback;
 
@@ -159,14 +165,22 @@ impl Device for NpuDevice {
         "npu"
     }
 
-    fn runs_here(&self, target: &str) -> Result<(), String> {
-        MachineConfig::load(target)
-            .map(|_| ())
-            .map_err(|e| format!("NPU target `{target}`: {e}"))
+    /// The simulator runs any machine: the plan carries its validated
+    /// configuration (a preset's or a config file's), whose name is the
+    /// target ([`Device::check`]); no file is read for it.
+    fn runs_here(&self, _target: &str) -> Result<(), String> {
+        Ok(())
     }
 
     fn check(&self, code: &ModuleCode, _graph: &Graph) -> Result<(), String> {
-        parse(code).map(|_| ())
+        let parsed = parse(code)?;
+        let (config, target) = (&parsed.plan.config.name, &code.entry().target);
+        if config != target {
+            return Err(format!(
+                "the plan is for NPU config `{config}`, the code entry for `{target}`"
+            ));
+        }
+        Ok(())
     }
 
     fn load(
@@ -178,8 +192,57 @@ impl Device for NpuDevice {
     ) -> Result<Arc<dyn ModuleExecutor>, CodeLoadError> {
         let section = code.entry().section.clone();
         let code = parse(code).map_err(|msg| CodeLoadError::Load { section, msg })?;
-        Ok(Arc::new(NpuModule::new(name, code, signature, threads)))
+        Ok(Arc::new(NpuModule::new(
+            name, code, signature, threads, None,
+        )))
     }
+
+    fn load_without_native(
+        &self,
+        name: &str,
+        code: &ModuleCode,
+        signature: Signature,
+        threads: usize,
+        why: &str,
+    ) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
+        let section = code.entry().section.clone();
+        Some(
+            parse(code)
+                .map_err(|msg| CodeLoadError::Load { section, msg })
+                .map(|code| {
+                    let module = NpuModule::new(name, code, signature, threads, Some(why));
+                    Arc::new(module) as Arc<dyn ModuleExecutor>
+                }),
+        )
+    }
+}
+
+/// What a module's NPU code holds, for listings (`m4c firmware info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeSummary {
+    /// The machine configuration it was compiled for.
+    pub config: String,
+    /// Its NPU parts.
+    pub npu_parts: usize,
+    /// Its programs (one per layer).
+    pub programs: usize,
+    /// Its CPU-fallback parts.
+    pub fallback_parts: usize,
+    /// Of those, the parts with native CPU code (the rest are IR only).
+    pub native_parts: usize,
+}
+
+/// Decodes and checks `code` (as [`Device::check`] does) and summarises it.
+pub fn summary(code: &ModuleCode) -> Result<CodeSummary, String> {
+    let parsed = parse(code)?;
+    let fallbacks: Vec<_> = parsed.fallbacks.iter().flatten().collect();
+    Ok(CodeSummary {
+        config: parsed.plan.config.name.clone(),
+        npu_parts: parsed.plan.parts.len() - fallbacks.len(),
+        programs: parsed.programs.len(),
+        fallback_parts: fallbacks.len(),
+        native_parts: fallbacks.iter().filter(|f| f.is_native()).count(),
+    })
 }
 
 /// A module loaded on the simulated NPU.
@@ -194,11 +257,19 @@ impl NpuModule {
     /// Loads decoded code: each compiled fallback part through the CPU
     /// device (on `threads` threads); a part without code, or whose code
     /// does not load on this host, on the interpreter (with the reason).
-    fn new(name: &str, mut code: NpuModuleCode, signature: Signature, threads: usize) -> NpuModule {
+    /// With `refused` (why native code may not be loaded) no CPU code is
+    /// loaded: every fallback part runs on the interpreter.
+    fn new(
+        name: &str,
+        mut code: NpuModuleCode,
+        signature: Signature,
+        threads: usize,
+        refused: Option<&str>,
+    ) -> NpuModule {
         let fallbacks = std::mem::take(&mut code.fallbacks)
             .into_iter()
             .enumerate()
-            .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads)))
+            .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads, refused)))
             .collect();
         NpuModule {
             name: name.to_string(),
@@ -217,7 +288,7 @@ impl NpuModule {
         signature: Signature,
         threads: usize,
     ) -> Result<NpuModule, String> {
-        Ok(NpuModule::new(name, parse(code)?, signature, threads))
+        Ok(NpuModule::new(name, parse(code)?, signature, threads, None))
     }
 
     /// The machine it simulates.
@@ -243,6 +314,20 @@ impl NpuModule {
                 },
             })
             .collect()
+    }
+
+    /// The fallback parts that run on the interpreter, grouped by the
+    /// reason (in part order, each reason once).
+    pub fn interpreted_parts(&self) -> Vec<(&str, Vec<usize>)> {
+        let mut groups: Vec<(&str, Vec<usize>)> = vec![];
+        for (k, (_, why)) in self.engines().into_iter().enumerate() {
+            let Some(why) = why else { continue };
+            match groups.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, parts)) => parts.push(k),
+                None => groups.push((why, vec![k])),
+            }
+        }
+        groups
     }
 
     /// Runs the module and reports what the simulator measured; each
@@ -418,6 +503,10 @@ impl ModuleExecutor for NpuModule {
         "npu"
     }
 
+    fn as_npu(&self) -> Option<&NpuModule> {
+        Some(self)
+    }
+
     fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, ExecError> {
         self.run_measured(inputs, 1).map(|(outputs, _)| outputs)
     }
@@ -426,6 +515,52 @@ impl ModuleExecutor for NpuModule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::format::CodeEntry;
+
+    /// An empty module's code for `target` with a plan for `config`.
+    fn empty_code(target: &str, config: MachineConfig) -> ModuleCode {
+        let plan = serde_json::to_vec(&ModulePlan {
+            config,
+            parts: vec![],
+        })
+        .unwrap();
+        let entry = CodeEntry {
+            cpu: String::new(),
+            section: format!("m.{target}"),
+            target: target.into(),
+        };
+        let programs = m4c_npu::module::pack_programs(&[]);
+        let files = [
+            (SectionKind::Code, programs.as_slice()),
+            (SectionKind::CodePlan, plan.as_slice()),
+            (SectionKind::CodeWeights, &[][..]),
+        ];
+        ModuleCode::from_memory("npu", entry, &files).unwrap()
+    }
+
+    #[test]
+    fn the_plan_config_must_be_the_code_entry_target() {
+        let graph = Graph::new("m");
+        let code = empty_code("edge-small", MachineConfig::edge_small());
+        NpuDevice.check(&code, &graph).unwrap();
+        let s = summary(&code).unwrap();
+        assert_eq!(
+            (s.config.as_str(), s.npu_parts, s.fallback_parts),
+            ("edge-small", 0, 0)
+        );
+        // Nothing native: loads without native code, nothing interpreted.
+        let loaded = NpuDevice
+            .load_without_native("m", &code, Signature::of(&graph), 1, "unsigned")
+            .unwrap()
+            .unwrap();
+        assert!(loaded.as_npu().unwrap().interpreted_parts().is_empty());
+        let code = empty_code("phone-flagship", MachineConfig::edge_small());
+        let err = NpuDevice.check(&code, &graph).unwrap_err();
+        assert!(
+            err.contains("config `edge-small`, the code entry for `phone-flagship`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_plan_naming_missing_programs_is_refused() {
