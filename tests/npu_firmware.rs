@@ -565,6 +565,15 @@ fn a_tampered_npu_section_is_one_error() {
             "the plan is for NPU config `phone-flagship`, the code entry for `edge-small`",
         ),
         (
+            "input-layout",
+            SectionKind::CodePlan,
+            Box::new(plan_edit(|p| {
+                part(p, "npu")["inputs"][0]["layout"] =
+                    serde_json::json!({"kind": "patches", "kh": 0, "kw": 1})
+            })),
+            "layout of a value of shape [1, 6, 64]",
+        ),
+        (
             "fallback-ir",
             SectionKind::CodePlan,
             Box::new(plan_edit(|p| part(p, "fallback")["ir"] = "graph {".into())),

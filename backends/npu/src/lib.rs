@@ -15,6 +15,7 @@ pub mod disasm;
 pub mod fixed;
 pub mod isa;
 pub mod kernels;
+pub mod layout;
 pub mod module;
 pub mod program;
 pub mod quant;

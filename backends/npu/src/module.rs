@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MachineConfig;
 use crate::isa::Instr;
+pub use crate::layout::Layout;
 use crate::program::Program;
 use crate::report::Stats;
 use crate::sim::{simulate, SimOptions};
@@ -77,6 +78,10 @@ pub struct Boundary {
     pub tensor: usize,
     /// The float value's shape.
     pub shape: Vec<usize>,
+    /// The order the quantiser writes an input's bytes in (outputs are
+    /// always as they are).
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 /// One part of a module, in execution order.
@@ -195,12 +200,21 @@ impl ModulePlan {
                 }
                 let own = programs - first_program;
                 plan.check(own)?;
+                for b in outputs {
+                    if b.layout != Layout::AsIs {
+                        return Err(format!("output `{}`: {:?} layout", b.value, b.layout));
+                    }
+                }
                 for b in inputs.iter().chain(outputs) {
                     let t = plan
                         .tensors
                         .get(b.tensor)
                         .ok_or("boundary tensor missing")?;
-                    if b.shape.iter().product::<usize>() != t.bytes {
+                    b.layout
+                        .check(&b.shape)
+                        .map_err(|e| format!("boundary `{}`: {e}", b.value))?;
+                    let elements = b.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                    if elements != Some(t.bytes) {
                         return Err(format!(
                             "boundary `{}`: shape {:?} vs {} bytes",
                             b.value, b.shape, t.bytes

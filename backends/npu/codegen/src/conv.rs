@@ -86,6 +86,20 @@ impl Geometry {
         })
     }
 
+    /// Whether the windows tile the image without overlap or padding
+    /// (kernel = stride, no dilation): the im2col matrix is then a
+    /// permutation of the input (`m4c_npu::layout::Layout::Patches`).
+    pub fn is_patchify(&self) -> bool {
+        let [kh, kw] = self.kernel;
+        self.strides == self.kernel
+            && self.pads == [0; 4]
+            && self.dilations == [1, 1]
+            && kh > 0
+            && kw > 0
+            && self.x[2].is_multiple_of(kh)
+            && self.x[3].is_multiple_of(kw)
+    }
+
     /// Whether the window is one pixel (1×1, stride 1, no padding): its
     /// im2col matrix is the NHWC input itself.
     pub fn is_pointwise(&self) -> bool {

@@ -16,6 +16,7 @@
 use m4c_ir::op::ConvAttrs;
 use m4c_ir::ValueId;
 use m4c_npu::kernels::{conv, depthwise, gather, gemm, KernelError, KernelProgram, Quant};
+use m4c_npu::module::Layout;
 use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
@@ -61,25 +62,66 @@ impl Ctx<'_> {
         let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
         let m = ws.first().copied().ok_or("scalar weights")?;
         let twin = self.nhwc_of.get(&ins[0]).copied();
+        let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
         // Writing the input's NCHW bytes, for a form that reads them,
         // when only its NHWC twin exists yet.
-        let nchw_cost = match twin.filter(|t| t.pending) {
-            Some(t) => cycles(&self.nchw_kernel(t.dims)?.program, self.config)?,
+        let nchw_cost = |cx: &Self, dims| -> Result<u64, String> {
+            cycles(&cx.nchw_kernel(dims)?.program, cx.config)
+        };
+        let pending = match twin.filter(|t| t.pending) {
+            Some(t) => nchw_cost(self, t.dims)?,
             None => 0,
         };
         let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
-        let mut best: Option<(u64, Form)> = None;
-        for form in self.conv_forms(attrs, ins, out, relu, twin.is_some())? {
-            let extra = if reads_nchw(&form) { nchw_cost } else { 0 };
-            let c = form_cycles(&form, self.config)? + extra;
-            if best.as_ref().is_none_or(|(b, _)| c < *b) {
-                best = Some((c, form));
+        // (cycles, how a part input enters, form)
+        let mut best: Option<(u64, Layout, Form)> = None;
+        let mut consider = |c: u64, entry: Layout, form: Form| {
+            if best.as_ref().is_none_or(|(b, _, _)| c < *b) {
+                best = Some((c, entry, form));
+            }
+        };
+        let from = if twin.is_some() {
+            Source::Nhwc
+        } else {
+            Source::Nchw
+        };
+        for form in self.conv_forms(attrs, ins, out, relu, from)? {
+            let extra = if reads_nchw(&form) { pending } else { 0 };
+            consider(form_cycles(&form, self.config)? + extra, Layout::AsIs, form);
+        }
+        // A part input can come in NHWC or as the patch matrix instead.
+        let fresh = twin.is_none() && !self.tensor_of.contains_key(&ins[0]);
+        if fresh {
+            let entry_nchw = nchw_cost(self, geo.x)?;
+            for form in self.conv_forms(attrs, ins, out, relu, Source::Nhwc)? {
+                let extra = if reads_nchw(&form) { entry_nchw } else { 0 };
+                consider(form_cycles(&form, self.config)? + extra, Layout::Nhwc, form);
+            }
+            if geo.is_patchify() {
+                let [kh, kw] = geo.kernel;
+                for form in self.conv_forms(attrs, ins, out, relu, Source::Patches)? {
+                    consider(
+                        form_cycles(&form, self.config)?,
+                        Layout::Patches { kh, kw },
+                        form,
+                    );
+                }
             }
         }
-        let (_, steps) = best.ok_or("no conv form")?;
-        let mut t = match (reads_nchw(&steps), twin) {
-            (false, Some(twin)) => twin.tensor,
-            _ => self.tensor(ins[0])?,
+        let (_, entry, steps) = best.ok_or("no conv form")?;
+        let mut t = match entry {
+            Layout::AsIs => match (reads_nchw(&steps), twin) {
+                (false, Some(twin)) => twin.tensor,
+                _ => self.tensor(ins[0])?,
+            },
+            Layout::Nhwc => {
+                let t = self.entry(ins[0], entry, geo.x)?;
+                match reads_nchw(&steps) {
+                    true => self.tensor(ins[0])?,
+                    false => t,
+                }
+            }
+            Layout::Patches { .. } => self.entry(ins[0], entry, geo.x)?,
         };
         let name = g.value(out).name.clone();
         let last = steps.len() - 1;
@@ -89,24 +131,26 @@ impl Ctx<'_> {
             self.whole(out, kernel, k, &[t], next);
             t = next;
         }
-        let [oh, ow] = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?.out();
+        let [oh, ow] = geo.out();
         self.defer_nchw(out, t, [xs[0], m, oh, ow]);
         Ok(())
     }
 
     /// The ways this machine can compute the conv: depthwise, the vector
     /// unit's kernel; otherwise im2col + GEMM and, where it applies, the
-    /// direct kernel. With `from_nhwc` (the input has an NHWC twin) the
+    /// direct kernel. From NHWC (`from`: the input's twin or entry) the
     /// direct kernels read it without their `dma-nhwc`, and a 1×1 conv
-    /// is the GEMM alone (the twin is its im2col matrix).
+    /// is the GEMM alone (NHWC is its im2col matrix); from the patch
+    /// matrix, the GEMM alone.
     fn conv_forms(
         &self,
         attrs: &ConvAttrs,
         ins: &[ValueId],
         out: ValueId,
         relu: bool,
-        from_nhwc: bool,
+        from: Source,
     ) -> Result<Vec<Form>, String> {
+        let from_nhwc = from == Source::Nhwc;
         let g = self.g;
         let (xs, ws) = (dims(g, ins[0]), dims(g, ins[1]));
         let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
@@ -165,6 +209,9 @@ impl Ctx<'_> {
                 true => Ok(vec![gemm]),
                 false => Ok(vec![self.im2col(&geo, per_out)?, gemm]),
             });
+        if from == Source::Patches {
+            return Ok(vec![vec![gemm?.pop().ok_or("no GEMM")?]]);
+        }
         let direct = geo.direct(m).map(|shape| -> Result<Form, String> {
             let taps = shape.kh * shape.kw;
             let c = shape.c_in;
@@ -271,6 +318,17 @@ impl Ctx<'_> {
     }
 }
 
+/// What a conv's input is read as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The value's NCHW tensor.
+    Nchw,
+    /// Its NHWC twin, or a part input brought in NHWC.
+    Nhwc,
+    /// A part input brought in as the patch matrix (kernel = stride).
+    Patches,
+}
+
 /// Whether `form` starts from the input's NCHW bytes (an im2col or a
 /// change to NHWC) rather than from its NHWC twin.
 fn reads_nchw(form: &Form) -> bool {
@@ -324,21 +382,87 @@ mod tests {
                 .map(|l| l.kernel.as_str())
                 .collect();
             let cx = Ctx::new(&g, &cal, &config);
-            let forms = cx.conv_forms(&attrs, &[x, w], y, false, false).unwrap();
+            let forms = cx
+                .conv_forms(&attrs, &[x, w], y, false, Source::Nchw)
+                .unwrap();
             assert_eq!(forms.len(), 2, "im2col + GEMM and direct");
             let costs: Vec<u64> = forms
                 .iter()
                 .map(|f| form_cycles(f, &config).unwrap())
                 .collect();
             let best = if costs[1] < costs[0] { 1 } else { 0 };
-            let want: Vec<&str> = forms[best]
-                .iter()
-                .map(|(k, _)| *k)
-                .chain(["dma-nchw"])
-                .collect();
-            assert_eq!(kernels, want, "cycles {costs:?}");
-            chosen.push(want[1]);
+            chosen.push(forms[best][1].0);
+            // The part input comes in NHWC from the boundary, which takes
+            // the best form's `dma-nhwc` or im2col away (a 1×1 conv's
+            // im2col matrix is NHWC itself).
+            assert_eq!(lowered.inputs[0].layout, Layout::Nhwc);
+            assert_eq!(kernels, [forms[best][1].0, "dma-nchw"], "cycles {costs:?}");
         }
         assert_eq!(chosen, ["conv", "gemm"]);
+    }
+
+    /// A patchify conv (kernel = stride, clip_vision's patch embedding):
+    /// its input comes in as the patch matrix, so the conv is the GEMM
+    /// alone, with the cycles of `m4c npu gemm` for that shape.
+    #[test]
+    fn a_patchify_conv_is_the_gemm_alone() {
+        let config = MachineConfig::phone_flagship();
+        let mut g = Graph::new("patchify");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[1, 3, 32, 32]));
+        let w: Vec<f32> = (0..32 * 3 * 64)
+            .map(|i| (i * 37 % 19) as f32 / 19.0 - 0.5)
+            .collect();
+        let w = g.add_const("w", Tensor::from_f32(&[32, 3, 8, 8], &w));
+        let attrs = ConvAttrs {
+            strides: vec![8, 8],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+        };
+        let y = g.add_node(Op::Conv(attrs), &[x, w], "y").unwrap();
+        g.outputs.push(y);
+        let xs: Vec<f32> = (0..3 * 32 * 32)
+            .map(|i| (i * 7 % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let input =
+            Value::F32(ndarray::ArrayD::from_shape_vec(vec![1, 3, 32, 32], xs.clone()).unwrap());
+        let cal = crate::calibrate::calibrate(&g, &[vec![input]]).unwrap();
+        let part = lower_part(&g, &[0], &|v| v == y, &cal, &config).unwrap();
+        assert_eq!(part.inputs[0].layout, Layout::Patches { kh: 8, kw: 8 });
+        let kernels: Vec<&str> = part.plan.layers.iter().map(|l| l.kernel.as_str()).collect();
+        assert_eq!(kernels, ["gemm", "dma-nchw"]);
+        let ops = gemm::GemmOperands {
+            m: 16,
+            k: 192,
+            n: 32,
+            a: vec![0; 16 * 192],
+            w: vec![1; 192 * 32],
+            bias: Some(vec![0; 32]),
+            quant: requant((1 << 30, 1)),
+            channel_scales: Some(vec![(1 << 30, 1); 32]),
+        };
+        let reference = gemm::generate(&ops, &config, false).unwrap().program;
+        let conv_gemm = &part.programs[part.plan.layers[0].program];
+        assert_eq!(cycles(conv_gemm, &config), cycles(&reference, &config));
+        // And it computes the conv: within cosine 0.999 of the interpreter.
+        let out = part.outputs.iter().find(|b| b.value == "y").unwrap();
+        let (codes, _) = super::super::testing::run(&part, &[("x", &xs)], out.tensor, &config);
+        let q = super::super::testing::quant_of(&part, out.tensor);
+        let args: Vec<Value> = [x, w]
+            .iter()
+            .map(|&v| match &g.value(v).def {
+                m4c_ir::ValueDef::Const(t) => Value::from_tensor(t).unwrap(),
+                _ => Value::F32(
+                    ndarray::ArrayD::from_shape_vec(vec![1, 3, 32, 32], xs.clone()).unwrap(),
+                ),
+            })
+            .collect();
+        let want = m4c_ops::as_f64(
+            &m4c_ops::eval_op(&g.nodes[0].op, &args.iter().collect::<Vec<_>>()).unwrap(),
+        );
+        let got: Vec<f64> = codes.iter().map(|&c| q.dequantize(c)).collect();
+        let dot: f64 = want.iter().zip(&got).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        assert!(dot / (norm(&want) * norm(&got)) > 0.999);
     }
 }

@@ -6,10 +6,14 @@
 //! direct and depthwise kernels without their `dma-nhwc`, a 1×1 conv as
 //! a plain GEMM), and elementwise layers whose operands all have twins
 //! compute on them, byte for byte, giving a twin in turn — so a chain of
-//! convs, activations and residual adds stays NHWC on the NPU.
+//! convs, activations and residual adds stays NHWC on the NPU. A part
+//! input a conv reads can come in NHWC, or as the patch matrix of a
+//! conv whose kernel equals its stride, from the boundary's quantiser
+//! (`m4c_npu::layout`), when that makes the conv cheaper.
 
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::{gather, KernelProgram};
+use m4c_npu::module::{Boundary, Layout};
 
 use super::{constant, dims, Ctx};
 use crate::conv::to_nchw;
@@ -57,6 +61,30 @@ impl Ctx<'_> {
             pending: true,
         };
         self.nhwc_of.insert(v, twin);
+    }
+
+    /// Part input `v` (of NCHW shape `dims`), brought in by the boundary
+    /// in `layout`: its tensor. With [`Layout::Nhwc`] it is `v`'s twin
+    /// (its NCHW bytes written from it when needed).
+    pub(super) fn entry(
+        &mut self,
+        v: ValueId,
+        layout: Layout,
+        dims: [usize; 4],
+    ) -> Result<usize, String> {
+        let q = self.quant(v)?;
+        let name = self.g.value(v).name.clone();
+        let t = self.add_tensor(&format!("{name}/{layout:?}"), dims.iter().product(), q);
+        self.out.inputs.push(Boundary {
+            value: name,
+            tensor: t,
+            shape: dims.to_vec(),
+            layout,
+        });
+        if layout == Layout::Nhwc {
+            self.defer_nchw(v, t, dims);
+        }
+        Ok(t)
     }
 
     /// Writes `v`'s NCHW tensor from its twin if that is still deferred.

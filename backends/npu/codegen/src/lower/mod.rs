@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use m4c_ir::{Graph, Op, ValueDef, ValueId};
 use m4c_npu::config::MachineConfig;
 use m4c_npu::kernels::{KernelProgram, Quant};
-use m4c_npu::module::{Binding, Boundary, LayerSpec, PartPlan, TensorSpec};
+use m4c_npu::module::{Binding, Boundary, LayerSpec, Layout, PartPlan, TensorSpec};
 use m4c_npu::program::Program;
 use m4c_npu::quant::{Requant, SHIFT_RANGE};
 use m4c_ops::Value;
@@ -108,6 +108,7 @@ pub fn lower_part(
             cx.out.outputs.push(Boundary {
                 value: value.name.clone(),
                 tensor,
+                layout: Layout::AsIs,
                 shape: value.ty.static_shape().unwrap_or_default(),
             });
         }
@@ -257,6 +258,7 @@ impl<'a> Ctx<'a> {
             value: name,
             tensor: t,
             shape,
+            layout: Layout::AsIs,
         });
         self.tensor_of.insert(v, t);
         Ok(t)
