@@ -21,6 +21,11 @@ with onnxruntime and keeps that output as NAME.expected.npz (for
   [1, 197, 768]. LayerNorm as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/
   Mul/Add, exact GELU as Div/Erf/Add/Mul/Mul, attention as MatMul/Mul/
   Softmax/MatMul with Reshape/Transpose for the heads, Linear as MatMul+Add.
+* whisper_tiny_encoder: Whisper tiny's audio encoder (the paper's
+  AUD-I_enc) at full size: 80 mel bins x 3000 frames, Conv1d 80->384 k3
+  and Conv1d 384->384 k3/2 with GELU -> 1500 frames, learned positions,
+  4 pre-LN layers, 6 heads, MLP 1536 (k projection without bias, as
+  Whisper's), final LayerNorm; output [1, 1500, 384].
 * llama_prefill_6l: 128 tokens, vocabulary 32000 (Gather embedding),
   d=768, 6 layers, 12 heads (no grouped KV), MLP 2048 with a SiLU gate
   (Sigmoid/Mul), RMSNorm as Pow/ReduceMean/Add/Sqrt/Div/Mul, rotary
@@ -167,6 +172,31 @@ def vit_b16(seed: int = 0, layers: int = 12) -> tuple[onnx.ModelProto, dict[str,
     inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, image, image])]
     feeds = {"pixel_values": np.random.default_rng(seed + 1).standard_normal((1, 3, image, image), np.float32)}
     return g.model("vit_b16", inputs, out, [1, seq, d]), feeds
+
+
+def whisper_tiny_encoder(seed: int = 0, layers: int = 4) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    d, n_heads, mlp, mels, frames = 384, 6, 1536, 80, 3000
+    d_head, seq = d // n_heads, frames // 2
+    g = Graph(seed)
+    x = g.op("Conv", "input_features", g.weight("conv1_w", (d, mels, 3)), g.const("conv1_b", np.zeros(d, np.float32)),
+             kernel_shape=[3], pads=[1, 1])
+    x = g.gelu(x)
+    x = g.op("Conv", x, g.weight("conv2_w", (d, d, 3)), g.const("conv2_b", np.zeros(d, np.float32)),
+             kernel_shape=[3], pads=[1, 1], strides=[2])
+    x = g.op("Transpose", g.gelu(x), perm=[0, 2, 1])
+    x = g.op("Add", x, g.weight("pos", (seq, d)))
+    for _ in range(layers):
+        h = g.layer_norm(x, d)
+        q = g.heads(g.linear(h, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        k_t = g.heads(g.linear(h, d, d, False), seq, n_heads, d_head, [0, 2, 3, 1])
+        v = g.heads(g.linear(h, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        x = g.op("Add", x, g.linear(g.attention(q, k_t, v, seq, d, d_head, None), d, d, True))
+        h = g.gelu(g.linear(g.layer_norm(x, d), d, mlp, True))
+        x = g.op("Add", x, g.linear(h, mlp, d, True))
+    out = g.layer_norm(x, d)
+    inputs = [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, mels, frames])]
+    feeds = {"input_features": np.random.default_rng(seed + 1).standard_normal((1, mels, frames), np.float32)}
+    return g.model("whisper_tiny_encoder", inputs, out, [1, seq, d]), feeds
 
 
 def llama_prefill(seed: int = 0, layers: int = 6, seq: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -371,7 +401,8 @@ def write(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], out: 
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "mobilenet_v2_blocks": mobilenet_v2_blocks,
+    builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "whisper_tiny_encoder": whisper_tiny_encoder,
+                "mobilenet_v2_blocks": mobilenet_v2_blocks,
                 "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
                 "resnet50_blocks": resnet50_blocks, "squeezenet_blocks": squeezenet_blocks,
                 "depthwise_layer": depthwise_layer}

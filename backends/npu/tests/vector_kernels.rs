@@ -63,6 +63,30 @@ proptest! {
         prop_assert!(err <= 1.0 / 255.0, "softmax error {err}");
     }
 
+    /// At a calibrated output scale (symmetric, the largest probability
+    /// at code 127), as the compiler asks: the program computes the
+    /// reference, within half an output step plus the exponentials'
+    /// rounding of the truth.
+    #[test]
+    fn softmax_at_a_calibrated_output_scale(rows in 1usize..4, cols in 200usize..1600, scale in 0.005f64..0.05, seed: u64) {
+        let mut ops = SoftmaxOperands::random(rows, cols, scale, seed);
+        let config = machine(1 << 16, 16);
+        let truth: Vec<f64> = ops.x.chunks(cols).flat_map(|row| {
+            let x: Vec<f64> = row.iter().map(|&v| ops.input.dequantize(v)).collect();
+            let max = x.iter().cloned().fold(f64::MIN, f64::max);
+            let sum: f64 = x.iter().map(|v| (v - max).exp()).sum();
+            x.into_iter().map(move |v| (v - max).exp() / sum)
+        }).collect();
+        let top = truth.iter().cloned().fold(0.0, f64::max);
+        ops.output = Quant { scale: top / 127.0, zero_point: 0 };
+        let out = run(&m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(), &config);
+        prop_assert_eq!(&out, &ops.reference().unwrap());
+        let bits = (cols as f64).log2().ceil();
+        let bound = ops.output.scale / 2.0 + cols as f64 * 2f64.powf(bits) / 2f64.powi(31) + 2f64.powi(-14);
+        let err = max_error(&out, ops.output, truth.iter().cloned());
+        prop_assert!(err <= bound, "softmax error {err} > {bound}");
+    }
+
     #[test]
     fn norms(rows in 1usize..10, cols in 2usize..160, layer: bool, small: bool, seed: u64) {
         let kind = if layer { NormKind::LayerNorm } else { NormKind::RmsNorm };
@@ -156,6 +180,25 @@ fn one_plus_erf_over_sqrt2(x: f64) -> f64 {
         sum += term / (2.0 * n + 1.0);
     }
     1.0 + 2.0 / std::f64::consts::PI.sqrt() * sum
+}
+
+/// A flat row of 1500 (Whisper tiny's attention): every probability is
+/// 1/1500, which steps of 1/256 round to zero and a calibrated output
+/// scale keeps.
+#[test]
+fn long_flat_softmax_rows_keep_their_probabilities() {
+    let config = machine(1 << 16, 16);
+    let cols = 1500;
+    let mut ops = SoftmaxOperands::random(2, cols, 0.02, 7);
+    ops.x = vec![3; 2 * cols];
+    let coarse = run(&m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(), &config);
+    assert!(coarse.iter().all(|&c| OUTPUT.dequantize(c) == 0.0), "{:?}", &coarse[..4]);
+    ops.output = Quant {
+        scale: 1.0 / (cols as f64 * 127.0),
+        zero_point: 0,
+    };
+    let fine = run(&m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(), &config);
+    assert!(fine.iter().all(|&c| (126..=127).contains(&c)), "{:?}", &fine[..4]);
 }
 
 #[test]

@@ -1,14 +1,17 @@
 //! int8 softmax over the rows of a matrix, entirely on the vector unit:
 //! row max, `x - max` rescaled into the log2 domain (Q16), exp2 on the
 //! special-function unit, row sum, reciprocal, Q31 multiply, requantise to
-//! the usual softmax output quantisation (scale 1/256, zero point -128).
+//! the output quantisation the caller asks for ([`OUTPUT`], scale 1/256
+//! and zero point -128, is the usual one; a compiler gives the calibrated
+//! one, whose finer steps keep the probabilities of long rows — 1/1500
+//! each over a flat row of 1500 — from rounding to zero).
 //!
 //! With `F = 30 - ceil(log2(cols))` fractional bits for the exponentials
 //! (so that a row sum fits int32), the dequantised output is within
-//! `1/512 + cols * 2^ceil(log2(cols)) / 2^31 + 2^-14` of the real softmax of
-//! the dequantised input: half an output step, the exponentials' rounding
-//! summed over a row, and the log2-domain input rounding. For rows of at
-//! most 1024 that is below 1/255.
+//! `scale/2 + cols * 2^ceil(log2(cols)) / 2^31 + 2^-14` of the real softmax
+//! of the dequantised input: half an output step, the exponentials'
+//! rounding summed over a row, and the log2-domain input rounding. For
+//! rows of at most 1024 and [`OUTPUT`] that is below 1/255.
 
 use super::data::{i8_bytes, SplitMix64};
 use super::stream::{self, StreamKernel, StreamShape, Tile};
@@ -38,6 +41,8 @@ pub struct SoftmaxOperands {
     pub x: Vec<i8>,
     /// Input quantisation (only the scale matters: softmax is shift invariant).
     pub input: Quant,
+    /// Output quantisation (usually [`OUTPUT`]).
+    pub output: Quant,
 }
 
 /// The integer parameters both the generator and the reference use.
@@ -47,13 +52,15 @@ struct Params {
     to_log2: (i32, i32),
     /// Fractional bits of the exponentials.
     frac: u32,
-    /// Output stage: `2^(9 - F)` scale, zero point -128.
+    /// Output stage: the Q31 product is `p * 2^(F - 1)`; it is scaled by
+    /// `2^(1 - F) / output.scale` onto the output's zero point.
     out: Requant,
 }
 
 impl Params {
     fn new(ops: &SoftmaxOperands) -> Result<Params, KernelError> {
         ops.input.check("softmax input")?;
+        ops.output.check("softmax output")?;
         if ops.rows == 0 || ops.cols == 0 || ops.x.len() != ops.rows * ops.cols {
             return Err(KernelError::BadShape(format!(
                 "softmax {}x{} with {} inputs",
@@ -69,14 +76,15 @@ impl Params {
         }
         let frac = 30 - ceil_log2(ops.cols);
         let scale = ops.input.scale * std::f64::consts::LOG2_E * 65536.0;
-        let (m, s) = scale_of(2f64.powi(9 - frac as i32), "softmax output")?;
+        let out_scale = 2f64.powi(1 - frac as i32) / ops.output.scale;
+        let (m, s) = scale_of(out_scale, "softmax output")?;
         Ok(Params {
             to_log2: scale_of(scale, "softmax input")?,
             frac,
             out: Requant {
                 multiplier: m,
                 shift: s,
-                zero_point: OUTPUT.zero_point,
+                zero_point: ops.output.zero_point,
                 clamp_min: -128,
                 clamp_max: 127,
             },
@@ -96,6 +104,7 @@ impl SoftmaxOperands {
                 scale,
                 zero_point: (rng.next_u64() % 11) as i32 - 5,
             },
+            output: OUTPUT,
         }
     }
 

@@ -1,10 +1,10 @@
-//! Softmax (the softmax kernel, then a table that requantises its fixed
-//! output scale to the calibrated one) and LayerNorm/RMSNorm (the norm
-//! kernel), both over the last axis.
+//! Softmax (the softmax kernel, writing the calibrated output
+//! quantisation) and LayerNorm/RMSNorm (the norm kernel), both over the
+//! last axis.
 
 use m4c_ir::op::NormKind as IrNorm;
 use m4c_ir::ValueId;
-use m4c_npu::kernels::{lut, norm, softmax};
+use m4c_npu::kernels::{norm, softmax};
 
 use super::{constant, floats, symmetric, Ctx};
 
@@ -17,27 +17,20 @@ impl Ctx<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<(), String> {
-        let g = self.g;
         let err = |e: m4c_npu::kernels::KernelError| e.to_string();
         let x = self.tensor(ins[0])?;
         let input = self.quant(ins[0])?;
+        let q = self.quant(out)?;
         let ops = softmax::SoftmaxOperands {
             rows,
             cols,
             x: vec![0; rows * cols],
             input,
+            output: q,
         };
         let k = softmax::generate(&ops, self.config).map_err(err)?;
-        let name = format!("{}/probabilities", g.value(out).name);
-        let p = self.add_tensor(&name, rows * cols, softmax::OUTPUT);
-        self.whole(out, "softmax", k, &[x], p);
-        let q = self.quant(out)?;
-        let table: [i8; 256] =
-            std::array::from_fn(|i| q.quantize(softmax::OUTPUT.dequantize((i as i32 - 128) as i8)));
-        let k = lut::generate_table(&table, rows, cols, &vec![0; rows * cols], self.config)
-            .map_err(err)?;
         let y = self.result(out, q);
-        self.whole(out, "lut-requant", k, &[p], y);
+        self.whole(out, "softmax", k, &[x], y);
         Ok(())
     }
 
