@@ -71,9 +71,15 @@ struct ModelArgs {
     /// that would fall back and the constraint it violates).
     #[arg(long)]
     strict: bool,
-    /// `--backend npu`: write the per-layer table (simulated figures) here.
+    /// `--backend npu`: write the per-layer table here (NPU layers with
+    /// simulated figures and quantisation SQNR, CPU-fallback parts with
+    /// measured host time; see docs/NPU_BACKEND.md).
     #[arg(long, value_name = "LAYERS.csv")]
     csv: Option<PathBuf>,
+    /// `--backend npu`: write the run as a Chrome/Perfetto trace (NPU,
+    /// boundary and CPU tracks) here.
+    #[arg(long, value_name = "T.json")]
+    trace: Option<PathBuf>,
     /// Also time one run kernel by kernel (CPU backend) and print the time
     /// per kernel kind.
     #[arg(long)]
@@ -210,8 +216,16 @@ fn model(args: ModelArgs) -> CliResult<i32> {
             threads: backend.request()?.threads,
             strict: args.strict,
         };
-        let csv = args.csv.as_deref();
-        return super::npu_backend::bench(&graph, &feeds, &request, args.runs, args.json, csv);
+        let out = super::npu_backend::BenchOutputs {
+            json: args.json,
+            csv: args.csv.as_deref(),
+            trace: args.trace.as_deref(),
+        };
+        let nodes = super::npu_backend::onnx_node_names(&model);
+        return super::npu_backend::bench(&graph, &feeds, &request, args.runs, &nodes, out);
+    }
+    if args.csv.is_some() || args.trace.is_some() {
+        return Err("--csv and --trace apply to --backend npu".into());
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
