@@ -79,9 +79,10 @@ pub struct LayerRow {
     /// int8 result against the float reference interpreter's value from
     /// the same inputs, dB. The NPU's inputs are its own earlier results,
     /// so this is the error accumulated up to this layer. `None` for a
-    /// layer that does not write a whole value (a multi-layer op's
-    /// intermediate) or whose reference is all zeros; JSON writes an
-    /// exact match as `"inf"`.
+    /// layer that does not complete a value (a multi-layer op's
+    /// intermediate, an earlier slice of a split op), for a value the
+    /// float graph does not have, or whose reference is all zeros; JSON
+    /// writes an exact match as `"inf"`.
     #[serde(serialize_with = "db_or_inf")]
     pub sqnr_db: Option<f64>,
 }

@@ -99,9 +99,10 @@ pub struct PartFigures {
 
 /// One NPU layer's result as the simulator left it, dequantised with its
 /// tensor's scale and zero point: what `m4c bench` compares with the
-/// float reference (per-layer SQNR). Only for a layer that writes the
-/// whole tensor of the value it is named after (not a multi-layer op's
-/// intermediate).
+/// float reference (per-layer SQNR). Only for the last layer of its part
+/// that writes the tensor of the value it is named after (an op split
+/// over layers is complete there; a multi-layer op's intermediates and
+/// earlier slices have none).
 #[derive(Clone, Debug)]
 pub struct LayerOutput {
     /// The IR value (the layer's name).
@@ -378,7 +379,7 @@ impl NpuModule {
 
     /// [`NpuModule::run_measured`] that also keeps each NPU layer's
     /// result (aligned with [`RunFigures::layers`]; `None` for a layer
-    /// that does not write a whole value, see [`LayerOutput`]).
+    /// that does not complete a value, see [`LayerOutput`]).
     #[allow(clippy::type_complexity)]
     pub fn run_capturing(
         &self,
@@ -516,8 +517,8 @@ impl NpuModule {
     }
 }
 
-/// Layer `l`'s result in `tensors`, dequantised, when the layer writes
-/// the whole tensor of the value it is named after.
+/// Layer `l`'s result in `tensors`, dequantised, when it is the last
+/// layer writing the tensor of the value it is named after.
 fn layer_output(
     plan: &m4c_npu::module::PartPlan,
     l: usize,
@@ -526,7 +527,8 @@ fn layer_output(
     let layer = &plan.layers[l];
     let b = &layer.output;
     let t = plan.tensors.get(b.tensor)?;
-    if t.name != layer.name || b.offset != 0 || b.len != t.bytes {
+    let later = plan.layers.get(l + 1..).unwrap_or_default();
+    if t.name != layer.name || later.iter().any(|x| x.output.tensor == b.tensor) {
         return None;
     }
     Some(LayerOutput {
