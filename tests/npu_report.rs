@@ -258,3 +258,82 @@ fn trace_and_fallback_rows_of_a_model_with_fallback() {
     let npu_rows = table.lines().filter(|l| l.contains(",npu,")).count();
     assert_eq!(npu_rows, layers.len());
 }
+
+/// `--calibrate DATA.npz` on `bench` and `run`: calibrating on the run's
+/// own inputs file gives the default's figures and output exactly; on a
+/// sample 8× as large the activation scales are 8× coarser, so the last
+/// layer's SQNR drops and the output changes; a non-NPU backend refuses
+/// the flag.
+#[test]
+fn calibrate_takes_the_sample_from_the_given_file() {
+    let dir = scratch("cal");
+    let f = |ext: &str| {
+        fixture(&format!("mlp_external_data.{ext}"))
+            .display()
+            .to_string()
+    };
+    let inputs = m4c_runtime::read_npz(std::path::Path::new(&f("inputs.npz"))).unwrap();
+    let scaled: Vec<(String, Value)> = inputs
+        .iter()
+        .map(|(k, v)| {
+            let Value::F32(a) = v else { panic!("{k}") };
+            (k.clone(), Value::F32(a.mapv(|x| 8.0 * x)))
+        })
+        .collect();
+    let wide = dir.join("wide.npz");
+    m4c_runtime::write_npz(&wide, &[], &scaled).unwrap();
+    let last_db = |r: &Json| {
+        r["layers"].as_array().unwrap().last().unwrap()["sqnr_db"]
+            .as_f64()
+            .unwrap()
+    };
+    let default = bench("mlp_external_data", &[]);
+    let same = bench("mlp_external_data", &["--calibrate", &f("inputs.npz")]);
+    let coarse = bench(
+        "mlp_external_data",
+        &["--calibrate", &wide.display().to_string()],
+    );
+    assert_eq!(last_db(&default), last_db(&same));
+    assert_eq!(default["cycles"], same["cycles"]);
+    assert!(
+        last_db(&coarse) < last_db(&default) - 6.0,
+        "{} vs {}",
+        last_db(&coarse),
+        last_db(&default)
+    );
+
+    let run = |extra: &[&str], out: &str| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "run".to_string(),
+            f("onnx"),
+            "--inputs".into(),
+            f("inputs.npz"),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = m4c(&args);
+        (o, out)
+    };
+    let (o, plain) = run(&["--backend", "npu"], "plain.npz");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let wide_arg = wide.display().to_string();
+    let (o, cal) = run(&["--backend", "npu", "--calibrate", &wide_arg], "cal.npz");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("calibrating NPU activation ranges on"),
+        "{}",
+        text(&o)
+    );
+    let read = |p: &std::path::Path| f32s(&m4c_runtime::read_npz(p).unwrap()["logits"]);
+    assert_ne!(read(&plain), read(&cal));
+    let (o, _) = run(&["--calibrate", &wide_arg], "cpu.npz");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--calibrate applies to --backend npu"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

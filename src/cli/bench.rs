@@ -76,6 +76,10 @@ struct ModelArgs {
     /// measured host time; see docs/NPU_BACKEND.md).
     #[arg(long, value_name = "LAYERS.csv")]
     csv: Option<PathBuf>,
+    /// `--backend npu`: calibrate the activation ranges on this sample
+    /// (one array per model input) instead of on the run's inputs.
+    #[arg(long, value_name = "DATA.npz")]
+    calibrate: Option<PathBuf>,
     /// `--backend npu`: write the run as a Chrome/Perfetto trace (NPU,
     /// boundary and CPU tracks) here.
     #[arg(long, value_name = "T.json")]
@@ -166,8 +170,11 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
     if is_bundle(&path) {
-        if args.strict {
-            return Err("--strict applies to a model run with --backend npu, not a bundle".into());
+        if args.strict || args.calibrate.is_some() {
+            return Err(
+                "--strict and --calibrate apply to a model run with --backend npu, not a bundle"
+                    .into(),
+            );
         }
         return bundle(&args, &path);
     }
@@ -220,12 +227,13 @@ fn model(args: ModelArgs) -> CliResult<i32> {
             json: args.json,
             csv: args.csv.as_deref(),
             trace: args.trace.as_deref(),
+            calibrate: args.calibrate.as_deref(),
         };
         let nodes = super::npu_backend::onnx_node_names(&model);
         return super::npu_backend::bench(&graph, &feeds, &request, args.runs, &nodes, out);
     }
-    if args.csv.is_some() || args.trace.is_some() {
-        return Err("--csv and --trace apply to --backend npu".into());
+    if args.csv.is_some() || args.trace.is_some() || args.calibrate.is_some() {
+        return Err("--csv, --trace and --calibrate apply to --backend npu".into());
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());

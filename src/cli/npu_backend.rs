@@ -1,5 +1,6 @@
 //! `--backend npu[:CONFIG]` for `run` and `bench`: the float graph is
-//! calibrated on the run's own inputs (announced with one `note:` line),
+//! calibrated on `--calibrate DATA.npz`, else on the run's own inputs
+//! (announced with one `note:` line),
 //! compiled by `m4c-npu-codegen` into NPU parts and CPU-fallback parts
 //! (the fallback compiled by the CPU backend, `m4c_backends::npu_fallback`),
 //! and loaded on the runtime's `npu` device (the simulator; the fallback
@@ -42,11 +43,13 @@ pub struct NpuRequest {
     pub strict: bool,
 }
 
-/// Calibrates `graph` on `inputs` (graph input order, announced with a
-/// `note:` line), compiles it and loads it on the simulated NPU.
+/// Calibrates `graph` on the arrays of `calibrate` (`--calibrate
+/// DATA.npz`), else on the run's `inputs` (graph input order), announced
+/// with a `note:` line, compiles it and loads it on the simulated NPU.
 pub fn prepare(
     graph: &Graph,
     inputs: &[Value],
+    calibrate: Option<&Path>,
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let config = request
@@ -54,8 +57,21 @@ pub fn prepare(
         .as_deref()
         .unwrap_or(m4c_npu_codegen::DEFAULT_TARGET);
     m4c_npu::config::MachineConfig::load(config)?;
-    eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
-    let (module, artifact) = compile(graph, inputs, request)?;
+    let (module, artifact) = match calibrate {
+        Some(file) => {
+            let arrays = m4c_runtime::read_npz(file)?;
+            let feeds = calibration_feeds(graph, &arrays, file)?;
+            eprintln!(
+                "note: calibrating NPU activation ranges on {} (1 sample)",
+                file.display()
+            );
+            compile(graph, &feeds, request)?
+        }
+        None => {
+            eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
+            compile(graph, inputs, request)?
+        }
+    };
     announce_engines(&module);
     Ok((module, artifact))
 }
@@ -218,9 +234,12 @@ pub fn strict_refusal(model: &str, artifact: &Artifact) -> Option<String> {
     Some(s)
 }
 
-/// What `m4c bench --backend npu` writes besides the summary.
+/// What `m4c bench --backend npu` is given besides the model and its
+/// inputs, and writes besides the summary.
 #[derive(Default)]
 pub struct BenchOutputs<'a> {
+    /// `--calibrate`: the calibration sample (else the run's inputs).
+    pub calibrate: Option<&'a Path>,
     /// `--json`: the report as JSON instead of the summary.
     pub json: bool,
     /// `--csv`: the per-layer table.
@@ -241,7 +260,7 @@ pub fn bench(
     onnx_nodes: &HashMap<String, String>,
     out: BenchOutputs,
 ) -> CliResult<i32> {
-    let (module, artifact) = prepare(graph, feeds, request)?;
+    let (module, artifact) = prepare(graph, feeds, out.calibrate, request)?;
     let (_, figures, captured) = module.run_capturing(feeds, runs)?;
     let mut r = report(&module, &artifact, figures);
     figures::annotate(&mut r, graph, feeds, &captured, onnx_nodes)?;
