@@ -9,7 +9,8 @@
 //! `m4c firmware build --backend npu` compiles each module the same way
 //! ([`compile_artifact`], calibrated on its `--calibrate` data) and `m4c
 //! run M4.fw` reports the engines of the loaded parts as `run` does
-//! ([`announce_engines`]).
+//! ([`announce_engines`]). The bench report (summary, layer table with
+//! SQNR and ONNX nodes, JSON) is in `figures`, its trace in `trace`.
 
 mod figures;
 mod trace;
@@ -27,7 +28,8 @@ use m4c_runtime::bundle::ModuleCode;
 use m4c_runtime::exec::npu::{NpuModule, PartEngine};
 use m4c_runtime::exec::Signature;
 
-pub use figures::{csv, onnx_node_names, report, summary};
+use figures::{csv, summary};
+pub use figures::{onnx_node_names, report};
 
 use super::CliResult;
 

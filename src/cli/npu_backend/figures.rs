@@ -237,7 +237,9 @@ pub fn annotate(
 }
 
 /// The f32 values named in `wanted` as the reference interpreter computes
-/// `graph` from `inputs` (graph input order), node by node, flattened.
+/// `graph` from `inputs` (graph input order), node by node, flattened
+/// (the calibration's walk, `m4c_npu_codegen::calibrate`, keeping only
+/// these).
 fn reference_values(
     graph: &Graph,
     inputs: &[Value],
@@ -253,8 +255,15 @@ fn reference_values(
             env[id] = Some(Value::from_tensor(t).map_err(|e| fail(e.to_string()))?);
         }
     }
+    // Each value is dropped after the last node reading it.
+    let mut last_use = vec![usize::MAX; graph.values.len()];
+    for (k, node) in graph.nodes.iter().enumerate() {
+        for i in &node.inputs {
+            last_use[i.index()] = k;
+        }
+    }
     let mut out = HashMap::new();
-    for node in &graph.nodes {
+    for (k, node) in graph.nodes.iter().enumerate() {
         let args: Vec<&Value> = node
             .inputs
             .iter()
@@ -267,6 +276,11 @@ fn reference_values(
             out.insert(name.clone(), a.iter().copied().collect());
         }
         env[node.output.index()] = Some(v);
+        for i in &node.inputs {
+            if last_use[i.index()] == k {
+                env[i.index()] = None;
+            }
+        }
     }
     Ok(out)
 }
