@@ -263,7 +263,7 @@ fn trace_and_fallback_rows_of_a_model_with_fallback() {
 /// own inputs file gives the default's figures and output exactly; on a
 /// sample 8× as large the activation scales are 8× coarser, so the last
 /// layer's SQNR drops and the output changes; a non-NPU backend refuses
-/// the flag.
+/// the flag (and `bench` refuses `--trace`).
 #[test]
 fn calibrate_takes_the_sample_from_the_given_file() {
     let dir = scratch("cal");
@@ -335,5 +335,15 @@ fn calibrate_takes_the_sample_from_the_given_file() {
         "{}",
         text(&o)
     );
+    let o = m4c(&[
+        "bench",
+        &f("onnx"),
+        "--inputs",
+        &f("inputs.npz"),
+        "--trace",
+        &dir.join("t.json").display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("apply to --backend npu"), "{}", text(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -170,11 +170,13 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
     if is_bundle(&path) {
-        if args.strict || args.calibrate.is_some() {
-            return Err(
-                "--strict and --calibrate apply to a model run with --backend npu, not a bundle"
-                    .into(),
-            );
+        let npu_only = [
+            args.csv.is_some(),
+            args.trace.is_some(),
+            args.calibrate.is_some(),
+        ];
+        if args.strict || npu_only.contains(&true) {
+            return Err("--strict, --calibrate, --csv and --trace apply to a model run with --backend npu, not a bundle".into());
         }
         return bundle(&args, &path);
     }
