@@ -104,9 +104,11 @@ pub struct FallbackRow {
     pub reasons: Vec<String>,
 }
 
+/// An SQNR for JSON, which has no infinity: an exact match (the only
+/// infinite SQNR, [`sqnr_db`]) as `"inf"`.
 fn db_or_inf<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(x) if x.is_infinite() => s.serialize_str(if *x > 0.0 { "inf" } else { "-inf" }),
+        Some(x) if x.is_infinite() => s.serialize_str("inf"),
         Some(x) => s.serialize_f64(*x),
         None => s.serialize_none(),
     }
