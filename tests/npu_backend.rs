@@ -392,5 +392,8 @@ fn bench_summary_and_layer_table_of_a_tiny_model() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(report["cycles"].as_u64().unwrap() > 0);
     assert!(report["latency_ms"].as_f64().unwrap() > 0.0);
-    assert!(!report["layers"].as_array().unwrap().is_empty());
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    // Every layer of the MLP completes a value: each has an SQNR.
+    assert!(layers.iter().all(|l| l["sqnr_db"].as_f64().is_some()));
 }

@@ -71,9 +71,19 @@ struct ModelArgs {
     /// that would fall back and the constraint it violates).
     #[arg(long)]
     strict: bool,
-    /// `--backend npu`: write the per-layer table (simulated figures) here.
+    /// `--backend npu`: write the per-layer table here (NPU layers with
+    /// simulated figures and quantisation SQNR, CPU-fallback parts with
+    /// measured host time; see docs/NPU_BACKEND.md).
     #[arg(long, value_name = "LAYERS.csv")]
     csv: Option<PathBuf>,
+    /// `--backend npu`: calibrate the activation ranges on this sample
+    /// (one array per model input) instead of on the run's inputs.
+    #[arg(long, value_name = "DATA.npz")]
+    calibrate: Option<PathBuf>,
+    /// `--backend npu`: write the run as a Chrome/Perfetto trace (NPU,
+    /// boundary and CPU tracks) here.
+    #[arg(long, value_name = "T.json")]
+    trace: Option<PathBuf>,
     /// Also time one run kernel by kernel (CPU backend) and print the time
     /// per kernel kind.
     #[arg(long)]
@@ -160,8 +170,13 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         .clone()
         .ok_or("expected `m4c bench gemm ...` or `m4c bench MODEL.onnx`")?;
     if is_bundle(&path) {
-        if args.strict {
-            return Err("--strict applies to a model run with --backend npu, not a bundle".into());
+        let npu_only = [
+            args.csv.is_some(),
+            args.trace.is_some(),
+            args.calibrate.is_some(),
+        ];
+        if args.strict || npu_only.contains(&true) {
+            return Err("--strict, --calibrate, --csv and --trace apply to a model run with --backend npu, not a bundle".into());
         }
         return bundle(&args, &path);
     }
@@ -210,8 +225,17 @@ fn model(args: ModelArgs) -> CliResult<i32> {
             threads: backend.request()?.threads,
             strict: args.strict,
         };
-        let csv = args.csv.as_deref();
-        return super::npu_backend::bench(&graph, &feeds, &request, args.runs, args.json, csv);
+        let out = super::npu_backend::BenchOutputs {
+            json: args.json,
+            csv: args.csv.as_deref(),
+            trace: args.trace.as_deref(),
+            calibrate: args.calibrate.as_deref(),
+        };
+        let nodes = super::npu_backend::onnx_node_names(&model);
+        return super::npu_backend::bench(&graph, &feeds, &request, args.runs, &nodes, out);
+    }
+    if args.csv.is_some() || args.trace.is_some() || args.calibrate.is_some() {
+        return Err("--csv, --trace and --calibrate apply to --backend npu".into());
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());

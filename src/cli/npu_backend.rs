@@ -1,5 +1,6 @@
 //! `--backend npu[:CONFIG]` for `run` and `bench`: the float graph is
-//! calibrated on the run's own inputs (announced with one `note:` line),
+//! calibrated on `--calibrate DATA.npz`, else on the run's own inputs
+//! (announced with one `note:` line),
 //! compiled by `m4c-npu-codegen` into NPU parts and CPU-fallback parts
 //! (the fallback compiled by the CPU backend, `m4c_backends::npu_fallback`),
 //! and loaded on the runtime's `npu` device (the simulator; the fallback
@@ -8,9 +9,13 @@
 //! `m4c firmware build --backend npu` compiles each module the same way
 //! ([`compile_artifact`], calibrated on its `--calibrate` data) and `m4c
 //! run M4.fw` reports the engines of the loaded parts as `run` does
-//! ([`announce_engines`]).
+//! ([`announce_engines`]). The bench report (summary, layer table with
+//! SQNR and ONNX nodes, JSON) is in `figures`, its trace in `trace`.
 
-use std::collections::BTreeMap;
+mod figures;
+mod trace;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,9 +25,11 @@ use m4c_ir::Graph;
 use m4c_ops::Value;
 use m4c_runtime::bundle::format::CodeEntry;
 use m4c_runtime::bundle::ModuleCode;
-use m4c_runtime::exec::npu::{NpuModule, PartEngine, PartFigures, RunFigures};
+use m4c_runtime::exec::npu::{NpuModule, PartEngine};
 use m4c_runtime::exec::Signature;
-use serde::Serialize;
+
+use figures::{csv, summary};
+pub use figures::{onnx_node_names, report};
 
 use super::CliResult;
 
@@ -38,11 +45,13 @@ pub struct NpuRequest {
     pub strict: bool,
 }
 
-/// Calibrates `graph` on `inputs` (graph input order, announced with a
-/// `note:` line), compiles it and loads it on the simulated NPU.
+/// Calibrates `graph` on the arrays of `calibrate` (`--calibrate
+/// DATA.npz`), else on the run's `inputs` (graph input order), announced
+/// with a `note:` line, compiles it and loads it on the simulated NPU.
 pub fn prepare(
     graph: &Graph,
     inputs: &[Value],
+    calibrate: Option<&Path>,
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let config = request
@@ -50,8 +59,21 @@ pub fn prepare(
         .as_deref()
         .unwrap_or(m4c_npu_codegen::DEFAULT_TARGET);
     m4c_npu::config::MachineConfig::load(config)?;
-    eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
-    let (module, artifact) = compile(graph, inputs, request)?;
+    let (module, artifact) = match calibrate {
+        Some(file) => {
+            let arrays = m4c_runtime::read_npz(file)?;
+            let feeds = calibration_feeds(graph, &arrays, file)?;
+            eprintln!(
+                "note: calibrating NPU activation ranges on {} (1 sample)",
+                file.display()
+            );
+            compile(graph, &feeds, request)?
+        }
+        None => {
+            eprintln!("note: calibrating NPU activation ranges on the run's own inputs (1 sample)");
+            compile(graph, inputs, request)?
+        }
+    };
     announce_engines(&module);
     Ok((module, artifact))
 }
@@ -214,155 +236,46 @@ pub fn strict_refusal(model: &str, artifact: &Artifact) -> Option<String> {
     Some(s)
 }
 
-/// What `m4c bench --backend npu` reports (the keys of `--json`).
-#[derive(Serialize)]
-pub struct NpuReport {
-    /// The machine configuration.
-    pub config: String,
-    /// Simulated NPU cycles of all layers (layers run one after another).
-    pub cycles: u64,
-    /// `cycles` at the config's clock, plus the boundary estimate, ms.
-    pub latency_ms: f64,
-    /// Matrix-unit MACs / (PEs × NPU cycles).
-    pub mac_utilization: f64,
-    /// Largest SRAM use of one layer, bytes.
-    pub sram_peak_bytes: u64,
-    /// DRAM bytes read plus written by all layers.
-    pub dram_bytes: u64,
-    /// Simulated energy of all layers, mJ.
-    pub energy_mj: f64,
-    /// NPU time (simulated), ms.
-    pub npu_ms: f64,
-    /// CPU-fallback time, ms: host wall time of the fallback parts
-    /// (each the median of its timed runs), compiled CPU code except the
-    /// parts `parts` marks `interpreter`.
-    pub fallback_ms: f64,
-    /// Values quantised into or dequantised out of NPU parts.
-    pub boundary_values: usize,
-    /// Bytes of those conversions (int8 side).
-    pub boundary_bytes: u64,
-    /// Their estimated time (one vector pass and one DMA transfer), ms.
-    pub boundary_ms: f64,
-    /// NPU parts.
-    pub npu_parts: u64,
-    /// CPU-fallback parts run.
-    pub fallback_parts: usize,
-    /// Of those, the parts run by the CPU backend's compiled code.
-    pub fallback_compiled: usize,
-    /// Every part: its engine (`npu`, `compiled_cpu`, `interpreter` with
-    /// the reason), simulated cycles or measured seconds.
-    pub parts: Vec<PartFigures>,
-    /// Per-layer figures (simulated).
-    pub layers: Vec<m4c_runtime::exec::npu::LayerFigures>,
-}
-
-/// The report of one measured run.
-pub fn report(module: &NpuModule, artifact: &Artifact, f: RunFigures) -> NpuReport {
-    let c = module.config();
-    let cycles: u64 = f.layers.iter().map(|l| l.cycles).sum();
-    let macs: u64 = f.layers.iter().map(|l| l.macs).sum();
-    let pes = f64::from(c.array_rows) * f64::from(c.array_cols);
-    let ms = |cycles: u64| cycles as f64 / (c.clock_mhz * 1e3);
-    NpuReport {
-        config: c.name.clone(),
-        cycles,
-        latency_ms: ms(cycles + f.boundary_cycles),
-        mac_utilization: if cycles == 0 {
-            0.0
-        } else {
-            macs as f64 / (pes * cycles as f64)
-        },
-        sram_peak_bytes: f.layers.iter().map(|l| l.sram_bytes).max().unwrap_or(0),
-        dram_bytes: f.layers.iter().map(|l| l.dram_bytes).sum(),
-        energy_mj: f.layers.iter().map(|l| l.energy_pj).sum::<f64>() * 1e-9,
-        npu_ms: ms(cycles),
-        fallback_ms: f.fallback_seconds * 1e3,
-        boundary_values: f.boundary_values,
-        boundary_bytes: f.boundary_bytes,
-        boundary_ms: ms(f.boundary_cycles),
-        npu_parts: artifact.stats["npu_parts"].as_u64().unwrap_or(0),
-        fallback_parts: f.fallback_parts,
-        fallback_compiled: f.fallback_compiled,
-        parts: f.parts,
-        layers: f.layers,
-    }
-}
-
-/// The summary lines of a report.
-pub fn summary(r: &NpuReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "npu:{}: {} NPU part(s), {} fallback part(s) ({} compiled CPU, {} interpreter)",
-        r.config,
-        r.npu_parts,
-        r.fallback_parts,
-        r.fallback_compiled,
-        r.fallback_parts - r.fallback_compiled
-    );
-    let _ = writeln!(s, "  cycles            {}", r.cycles);
-    let _ = writeln!(
-        s,
-        "  latency           {:.4} ms (NPU {:.4} ms simulated + boundary {:.4} ms estimated)",
-        r.latency_ms, r.npu_ms, r.boundary_ms
-    );
-    let _ = writeln!(
-        s,
-        "  CPU fallback      {:.4} ms (host, measured)",
-        r.fallback_ms
-    );
-    let _ = writeln!(s, "  MAC utilisation   {:.2} %", 100.0 * r.mac_utilization);
-    let _ = writeln!(s, "  SRAM peak         {} B", r.sram_peak_bytes);
-    let _ = writeln!(s, "  DRAM traffic      {} B", r.dram_bytes);
-    let _ = writeln!(s, "  energy            {:.6} mJ", r.energy_mj);
-    let _ = writeln!(
-        s,
-        "  boundary          {} value(s), {} B",
-        r.boundary_values, r.boundary_bytes
-    );
-    let _ = writeln!(s, "  layers            {}", r.layers.len());
-    s
-}
-
-/// The per-layer table as CSV (every number simulated).
-pub fn csv(r: &NpuReport) -> String {
-    let mut s =
-        String::from("layer,kernel,part,cycles,macs,utilization,sram_bytes,dram_bytes,energy_pj\n");
-    for l in &r.layers {
-        let name = l.name.replace('"', "\"\"");
-        let _ = writeln!(
-            s,
-            "\"{name}\",{},{},{},{},{:.4},{},{},{:.1}",
-            l.kernel,
-            l.part,
-            l.cycles,
-            l.macs,
-            l.utilization,
-            l.sram_bytes,
-            l.dram_bytes,
-            l.energy_pj
-        );
-    }
-    s
+/// What `m4c bench --backend npu` is given besides the model and its
+/// inputs, and writes besides the summary.
+#[derive(Default)]
+pub struct BenchOutputs<'a> {
+    /// `--calibrate`: the calibration sample (else the run's inputs).
+    pub calibrate: Option<&'a Path>,
+    /// `--json`: the report as JSON instead of the summary.
+    pub json: bool,
+    /// `--csv`: the per-layer table.
+    pub csv: Option<&'a Path>,
+    /// `--trace`: the run as a Chrome/Perfetto trace.
+    pub trace: Option<&'a Path>,
 }
 
 /// `m4c bench MODEL --backend npu[:CONFIG]`: one simulated run, each
-/// fallback part timed over `runs` runs (median).
+/// fallback part timed over `runs` runs (median); each layer's result
+/// compared with the float reference (SQNR) and named by its ONNX node
+/// (`onnx_nodes`, [`onnx_node_names`]).
 pub fn bench(
     graph: &Graph,
     feeds: &[Value],
     request: &NpuRequest,
     runs: usize,
-    json: bool,
-    csv_path: Option<&Path>,
+    onnx_nodes: &HashMap<String, String>,
+    out: BenchOutputs,
 ) -> CliResult<i32> {
-    let (module, artifact) = prepare(graph, feeds, request)?;
-    let (_, figures) = module.run_measured(feeds, runs)?;
-    let r = report(&module, &artifact, figures);
-    if let Some(p) = csv_path {
-        std::fs::write(p, csv(&r)).map_err(|e| format!("{}: {e}", p.display()))?;
+    let (module, artifact) = prepare(graph, feeds, out.calibrate, request)?;
+    let (_, figures, captured) = module.run_capturing(feeds, runs)?;
+    let mut r = report(&module, &artifact, figures);
+    figures::annotate(&mut r, graph, feeds, &captured, onnx_nodes)?;
+    let write = |p: &Path, text: String| {
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if let Some(p) = out.csv {
+        write(p, csv(&r))?;
     }
-    if json {
+    if let Some(p) = out.trace {
+        write(p, serde_json::to_string(&trace::events(&r))?)?;
+    }
+    if out.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", summary(&r));

@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// that would fall back and the constraint it violates).
     #[arg(long)]
     strict: bool,
+    /// `--backend npu`: calibrate the activation ranges on this sample
+    /// (one array per model input) instead of on the run's inputs.
+    #[arg(long, value_name = "DATA.npz")]
+    calibrate: Option<PathBuf>,
     #[command(flatten)]
     trust: super::keygen::TrustArgs,
 }
@@ -144,7 +148,8 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             threads: request.threads,
             strict: args.strict,
         };
-        let (module, _) = super::npu_backend::prepare(&graph, &feeds, &request)?;
+        let calibrate = args.calibrate.as_deref();
+        let (module, _) = super::npu_backend::prepare(&graph, &feeds, calibrate, &request)?;
         let executor: std::sync::Arc<dyn m4c_runtime::exec::ModuleExecutor> = module;
         let inputs = executor.signature().inputs.clone();
         return Ok(Prepared {
@@ -155,6 +160,9 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
+    }
+    if args.calibrate.is_some() {
+        return Err("--calibrate applies to --backend npu".into());
     }
     let (executor, _) = args
         .backend
@@ -277,8 +285,11 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
     }
     let arrays = read_npz(&args.inputs)?;
     let prepared = if is_bundle(&args.model) {
-        if args.strict {
-            return Err("--strict applies to a model run with --backend npu, not a bundle".into());
+        if args.strict || args.calibrate.is_some() {
+            return Err(
+                "--strict and --calibrate apply to a model run with --backend npu, not a bundle"
+                    .into(),
+            );
         }
         prepare_bundle(&args)?
     } else {

@@ -175,6 +175,8 @@ pub(super) fn run(
         cycles: 0,
         seconds: times[times.len() / 2],
         note: f.note.clone(),
+        quantize_cycles: 0,
+        dequantize_cycles: 0,
     })
 }
 

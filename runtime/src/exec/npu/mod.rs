@@ -89,6 +89,26 @@ pub struct PartFigures {
     /// Why a fallback part ran on the interpreter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Estimated cycles of quantising an NPU part's inputs on entry (as
+    /// [`RunFigures::boundary_cycles`]; 0 for fallback parts): where a
+    /// trace places the conversions.
+    pub quantize_cycles: u64,
+    /// Estimated cycles of dequantising its outputs on exit.
+    pub dequantize_cycles: u64,
+}
+
+/// One NPU layer's result as the simulator left it, dequantised with its
+/// tensor's scale and zero point: what `m4c bench` compares with the
+/// float reference (per-layer SQNR). Only for the last layer of its part
+/// that writes the tensor of the value it is named after (an op split
+/// over layers is complete there; a multi-layer op's intermediates and
+/// earlier slices have none).
+#[derive(Clone, Debug)]
+pub struct LayerOutput {
+    /// The IR value (the layer's name).
+    pub name: String,
+    /// Its elements, row-major.
+    pub values: Vec<f32>,
 }
 
 /// What one run of a module measured.
@@ -316,6 +336,22 @@ impl NpuModule {
             .collect()
     }
 
+    /// The values fallback part `index` computes (module value names, in
+    /// its output order); empty for an NPU part: what a report names the
+    /// part by.
+    pub fn fallback_outputs(&self, index: usize) -> Vec<&str> {
+        match self.fallbacks.get(index) {
+            Some(Some(f)) => f
+                .executor
+                .signature()
+                .outputs
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect(),
+            _ => vec![],
+        }
+    }
+
     /// The fallback parts that run on the interpreter, grouped by the
     /// reason (in part order, each reason once).
     pub fn interpreted_parts(&self) -> Vec<(&str, Vec<usize>)> {
@@ -338,6 +374,29 @@ impl NpuModule {
         inputs: &[Value],
         reps: usize,
     ) -> Result<(Vec<Value>, RunFigures), ExecError> {
+        self.run_inner(inputs, reps, None)
+    }
+
+    /// [`NpuModule::run_measured`] that also keeps each NPU layer's
+    /// result (aligned with [`RunFigures::layers`]; `None` for a layer
+    /// that does not complete a value, see [`LayerOutput`]).
+    #[allow(clippy::type_complexity)]
+    pub fn run_capturing(
+        &self,
+        inputs: &[Value],
+        reps: usize,
+    ) -> Result<(Vec<Value>, RunFigures, Vec<Option<LayerOutput>>), ExecError> {
+        let mut captured = vec![];
+        let (outputs, figures) = self.run_inner(inputs, reps, Some(&mut captured))?;
+        Ok((outputs, figures, captured))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &[Value],
+        reps: usize,
+        mut capture: Option<&mut Vec<Option<LayerOutput>>>,
+    ) -> Result<(Vec<Value>, RunFigures), ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
         let fail = |msg: String| ExecError::Run {
             module: self.name.clone(),
@@ -353,7 +412,10 @@ impl NpuModule {
         let mut figures = RunFigures::default();
         for (index, part) in self.code.plan.parts.iter().enumerate() {
             let figure = match (part, &self.fallbacks[index]) {
-                (ModulePart::Npu { .. }, _) => self.run_npu(index, part, &mut env, &mut figures)?,
+                (ModulePart::Npu { .. }, _) => {
+                    let capture = capture.as_deref_mut();
+                    self.run_npu(index, part, &mut env, &mut figures, capture)?
+                }
                 (ModulePart::Fallback { .. }, Some(f)) => {
                     let figure = fallback::run(index, f, &mut env, reps).map_err(&fail)?;
                     figures.fallback_seconds += figure.seconds;
@@ -386,6 +448,7 @@ impl NpuModule {
         part: &ModulePart,
         env: &mut HashMap<String, Value>,
         figures: &mut RunFigures,
+        mut capture: Option<&mut Vec<Option<LayerOutput>>>,
     ) -> Result<PartFigures, ExecError> {
         let fail = |msg: String| ExecError::Run {
             module: self.name.clone(),
@@ -402,6 +465,7 @@ impl NpuModule {
         };
         let config = &self.code.plan.config;
         let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
+        let mut quantize_cycles = 0;
         for b in inputs {
             let v = env
                 .get(&b.value)
@@ -409,7 +473,7 @@ impl NpuModule {
             tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
                 .and_then(|q| b.layout.arrange(&q, &b.shape))
                 .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
-            count_boundary(figures, config, b);
+            quantize_cycles += count_boundary(figures, config, b);
         }
         let programs = &self.code.programs[*first_program..];
         let mut cycles = 0;
@@ -430,13 +494,17 @@ impl NpuModule {
                 dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
                 energy_pj: s.energy_pj,
             });
+            if let Some(c) = capture.as_deref_mut() {
+                c.push(layer_output(plan, l, &tensors));
+            }
         }
+        let mut dequantize_cycles = 0;
         for b in outputs {
             let t = &plan.tensors[b.tensor];
             let v = dequantize(&tensors[b.tensor], t, &b.shape)
                 .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
             env.insert(b.value.clone(), v);
-            count_boundary(figures, config, b);
+            dequantize_cycles += count_boundary(figures, config, b);
         }
         Ok(PartFigures {
             part: index,
@@ -444,11 +512,34 @@ impl NpuModule {
             cycles,
             seconds: 0.0,
             note: None,
+            quantize_cycles,
+            dequantize_cycles,
         })
     }
 }
 
-fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) {
+/// Layer `l`'s result in `tensors`, dequantised, when it is the last
+/// layer writing the tensor of the value it is named after.
+fn layer_output(
+    plan: &m4c_npu::module::PartPlan,
+    l: usize,
+    tensors: &[Vec<i8>],
+) -> Option<LayerOutput> {
+    let layer = &plan.layers[l];
+    let b = &layer.output;
+    let t = plan.tensors.get(b.tensor)?;
+    let later = plan.layers.get(l + 1..).unwrap_or_default();
+    if t.name != layer.name || later.iter().any(|x| x.output.tensor == b.tensor) {
+        return None;
+    }
+    Some(LayerOutput {
+        name: layer.name.clone(),
+        values: dequantize_bytes(tensors.get(b.tensor)?, t),
+    })
+}
+
+/// Counts boundary value `b` into `f` and returns its estimated cycles.
+fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) -> u64 {
     let bytes = b.shape.iter().product::<usize>() as u64;
     let dma = config
         .dram_bytes_per_cycle
@@ -456,7 +547,9 @@ fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) {
         .max(1) as u64;
     f.boundary_values += 1;
     f.boundary_bytes += bytes;
-    f.boundary_cycles += bytes.div_ceil(config.vector_lanes.max(1) as u64) + bytes.div_ceil(dma);
+    let cycles = bytes.div_ceil(config.vector_lanes.max(1) as u64) + bytes.div_ceil(dma);
+    f.boundary_cycles += cycles;
+    cycles
 }
 
 /// Quantises a float value into a tensor's int8 bytes.
@@ -476,12 +569,16 @@ fn quantize(v: &Value, t: &m4c_npu::module::TensorSpec) -> Result<Vec<i8>, Strin
         .collect())
 }
 
+/// Dequantises a tensor's bytes: `scale * (q - zero_point)`.
+fn dequantize_bytes(q: &[i8], t: &m4c_npu::module::TensorSpec) -> Vec<f32> {
+    q.iter()
+        .map(|&v| (t.scale * (v as i32 - t.zero_point) as f64) as f32)
+        .collect()
+}
+
 /// Dequantises a tensor's bytes into a float value of `shape`.
 fn dequantize(q: &[i8], t: &m4c_npu::module::TensorSpec, shape: &[usize]) -> Result<Value, String> {
-    let data: Vec<f32> = q
-        .iter()
-        .map(|&v| (t.scale * (v as i32 - t.zero_point) as f64) as f32)
-        .collect();
+    let data = dequantize_bytes(q, t);
     ndarray::ArrayD::from_shape_vec(shape.to_vec(), data)
         .map(Value::F32)
         .map_err(|e| format!("output shape {shape:?}: {e}"))
