@@ -191,14 +191,28 @@ fn long_flat_softmax_rows_keep_their_probabilities() {
     let cols = 1500;
     let mut ops = SoftmaxOperands::random(2, cols, 0.02, 7);
     ops.x = vec![3; 2 * cols];
-    let coarse = run(&m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(), &config);
-    assert!(coarse.iter().all(|&c| OUTPUT.dequantize(c) == 0.0), "{:?}", &coarse[..4]);
+    let coarse = run(
+        &m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(),
+        &config,
+    );
+    assert!(
+        coarse.iter().all(|&c| OUTPUT.dequantize(c) == 0.0),
+        "{:?}",
+        &coarse[..4]
+    );
     ops.output = Quant {
         scale: 1.0 / (cols as f64 * 127.0),
         zero_point: 0,
     };
-    let fine = run(&m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(), &config);
-    assert!(fine.iter().all(|&c| (126..=127).contains(&c)), "{:?}", &fine[..4]);
+    let fine = run(
+        &m4c_npu::kernels::softmax::generate(&ops, &config).unwrap(),
+        &config,
+    );
+    assert!(
+        fine.iter().all(|&c| (126..=127).contains(&c)),
+        "{:?}",
+        &fine[..4]
+    );
 }
 
 #[test]
