@@ -215,3 +215,29 @@ fn the_instruction_budget_counts_every_instruction() {
     assert!(msg.contains("more than 4 instructions"), "{msg}");
     assert!(sim_with(&src, u64::MAX, 10).is_ok());
 }
+
+/// A program the fuzzer (`fuzz/fuzz_targets/npu_program.rs`) reported as a
+/// timeout: 13 instructions, 35.6 M vector element operations. It ran out
+/// of wall clock only because the fuzzer was starved of CPU; here it
+/// finishes under the default budgets, and under the fuzz target's
+/// budgets (1000× smaller) it is a budget error naming its instruction,
+/// never a hang.
+#[test]
+fn the_fuzzers_slow_program_finishes_or_hits_the_budget() {
+    let bytes = include_bytes!("data/fuzz_slow_program.npub");
+    let program = m4c_npu::program::Program::from_bytes(bytes).unwrap();
+    let config = MachineConfig::edge_small();
+    let t = std::time::Instant::now();
+    let full = simulate(&program, &config, SimOptions::default());
+    assert!(full.is_ok(), "{:?}", full.err().map(|e| e.to_string()));
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    let small = SimOptions {
+        max_cycles: m4c_npu::sim::DEFAULT_MAX_CYCLES / 1000,
+        max_instructions: m4c_npu::sim::DEFAULT_MAX_INSTRUCTIONS / 1000,
+        ..SimOptions::default()
+    };
+    match simulate(&program, &config, small) {
+        Ok(_) | Err(SimError::Budget { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
+}
