@@ -26,6 +26,12 @@ with onnxruntime and keeps that output as NAME.expected.npz (for
   and Conv1d 384->384 k3/2 with GELU -> 1500 frames, learned positions,
   4 pre-LN layers, 6 heads, MLP 1536 (k projection without bias, as
   Whisper's), final LayerNorm; output [1, 1500, 384].
+* clip_text_encoder: CLIP ViT-B's text encoder (the paper's TXT_enc is
+  CLIP's) at full size: 77 tokens, vocabulary 49408 (Gather embedding) +
+  learned positions, d=512, 12 pre-LN layers, 8 heads, causal mask as an
+  additive constant (0 / float32 min), MLP 2048 with QuickGELU
+  (x*Sigmoid(1.702x)), final LayerNorm; output the last hidden state
+  [1, 77, 512] (the EOT pooling and projection are left out).
 * llama_prefill_6l: 128 tokens, vocabulary 32000 (Gather embedding),
   d=768, 6 layers, 12 heads (no grouped KV), MLP 2048 with a SiLU gate
   (Sigmoid/Mul), RMSNorm as Pow/ReduceMean/Add/Sqrt/Div/Mul, rotary
@@ -197,6 +203,29 @@ def whisper_tiny_encoder(seed: int = 0, layers: int = 4) -> tuple[onnx.ModelProt
     inputs = [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, mels, frames])]
     feeds = {"input_features": np.random.default_rng(seed + 1).standard_normal((1, mels, frames), np.float32)}
     return g.model("whisper_tiny_encoder", inputs, out, [1, seq, d]), feeds
+
+
+def clip_text_encoder(seed: int = 0, layers: int = 12) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    d, n_heads, mlp, vocab, seq = 512, 8, 2048, 49408, 77
+    d_head = d // n_heads
+    g = Graph(seed)
+    causal = np.triu(np.full((seq, seq), np.finfo(np.float32).min, np.float32), k=1)[None, None]
+    mask = g.const("causal_mask", causal)
+    x = g.op("Gather", g.weight("token_embedding", (vocab, d)), "input_ids", axis=0)
+    x = g.op("Add", x, g.weight("position_embedding", (seq, d)))
+    for _ in range(layers):
+        h = g.layer_norm(x, d)
+        q = g.heads(g.linear(h, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        k_t = g.heads(g.linear(h, d, d, True), seq, n_heads, d_head, [0, 2, 3, 1])
+        v = g.heads(g.linear(h, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        x = g.op("Add", x, g.linear(g.attention(q, k_t, v, seq, d, d_head, mask), d, d, True))
+        h = g.linear(g.layer_norm(x, d), d, mlp, True)
+        quick_gelu = g.op("Mul", h, g.op("Sigmoid", g.op("Mul", h, g.scalar(1.702))))
+        x = g.op("Add", x, g.linear(quick_gelu, mlp, d, True))
+    out = g.layer_norm(x, d)
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])]
+    feeds = {"input_ids": np.random.default_rng(seed + 1).integers(0, vocab, (1, seq), dtype=np.int64)}
+    return g.model("clip_text_encoder", inputs, out, [1, seq, d]), feeds
 
 
 def llama_prefill(seed: int = 0, layers: int = 6, seq: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -402,7 +431,7 @@ def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
     out.mkdir(parents=True, exist_ok=True)
     builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "whisper_tiny_encoder": whisper_tiny_encoder,
-                "mobilenet_v2_blocks": mobilenet_v2_blocks,
+                "clip_text_encoder": clip_text_encoder, "mobilenet_v2_blocks": mobilenet_v2_blocks,
                 "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
                 "resnet50_blocks": resnet50_blocks, "squeezenet_blocks": squeezenet_blocks,
                 "depthwise_layer": depthwise_layer}
