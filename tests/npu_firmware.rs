@@ -28,7 +28,7 @@ use m4c_runtime::bundle::{container, sign};
 /// can attach) and `run` does not; for the decoder that gives another
 /// optimised graph, hence other activation scales.
 const MODULES: [(&str, &str, usize, bool); 2] = [
-    ("imu", "imu_encoder", 2, true),
+    ("imu", "imu_encoder", 1, true),
     ("lm", "llama_prefill", 4, false),
 ];
 

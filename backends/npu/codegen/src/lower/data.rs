@@ -9,6 +9,8 @@ use m4c_ir::op::{PadMode, ResizeMode};
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::{gather, lut, Quant};
 
+use m4c_npu::module::Binding;
+
 use super::{constant, dims, floats, Ctx};
 
 impl Ctx<'_> {
@@ -29,30 +31,55 @@ impl Ctx<'_> {
             Op::Gather { .. } | Op::Resize { .. } | Op::Pad { .. } => &ins[..1],
             _ => ins,
         };
+        // Constant operands (a CLS token) are quantised into the program;
+        // run-time ones are bound.
+        let consts: Vec<Option<Vec<f64>>> = ins
+            .iter()
+            .map(|&v| constant(g, v).map(|c| floats(&c)))
+            .collect();
+        if consts.iter().all(Option::is_some) {
+            return Err("no run-time operand".into());
+        }
         let mut ts = ins
             .iter()
-            .map(|&v| self.tensor(v))
+            .zip(&consts)
+            .map(|(&v, c)| match c {
+                Some(_) => Ok(None),
+                None => self.tensor(v).map(Some),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let in_shapes: Vec<Vec<usize>> = ins.iter().map(|&v| dims(g, v)).collect();
         let quants = ins
             .iter()
-            .map(|&v| self.quant(v))
+            .zip(&consts)
+            .map(|(&v, c)| {
+                c.as_ref()
+                    .map_or_else(|| self.quant(v).map(Some), |_| Ok(None))
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        let runtime: Vec<Quant> = quants.iter().flatten().copied().collect();
         // Inputs quantised differently (a Concat of branches, a KV cache
-        // and its new entry) are first requantised to the result's own
-        // calibrated quantisation by a table each.
-        let q = match quants.iter().all(|&q| q == quants[0]) {
-            true => quants[0],
+        // and its new entry) or constants are brought to the result's own
+        // calibrated quantisation: a table each for the run-time ones.
+        let q = match consts.iter().all(Option::is_none) && runtime.iter().all(|&q| q == runtime[0])
+        {
+            true => runtime[0],
             false => self.quant(out)?,
         };
-        for ((t, qi), shape) in ts.iter_mut().zip(quants).zip(&in_shapes) {
-            if qi != q {
-                *t = self.requantised(*t, shape, (qi, q), out)?;
+        for ((t, qi), shape) in ts.iter_mut().zip(&quants).zip(&in_shapes) {
+            if let (Some(t), Some(qi)) = (t.as_mut(), qi) {
+                if *qi != q {
+                    *t = self.requantised(*t, shape, (*qi, q), out)?;
+                }
             }
         }
         let mut sources: Vec<Vec<i8>> = in_shapes
             .iter()
-            .map(|s| vec![0; s.iter().product()])
+            .zip(&consts)
+            .map(|(s, c)| match c {
+                Some(c) => c.iter().map(|&x| q.quantize(x)).collect(),
+                None => vec![0; s.iter().product()],
+            })
             .collect();
         if let Op::Pad {
             mode: PadMode::Constant(fill),
@@ -74,7 +101,20 @@ impl Ctx<'_> {
         };
         let k = gather::generate(&ops, self.config).map_err(err)?;
         let y = self.result(out, q);
-        self.whole(out, "dma", k, &ts, y);
+        let bind = |cx: &Self, t: usize, addr| Binding {
+            tensor: t,
+            offset: 0,
+            len: cx.out.plan.tensors[t].bytes,
+            addr,
+        };
+        let inputs = ts
+            .iter()
+            .zip(&k.inputs)
+            .filter_map(|(t, &a)| Some(bind(self, (*t)?, a)))
+            .collect();
+        let output = bind(self, y, k.out_addr);
+        let p = self.program(k.program);
+        self.layer(out, "dma", p, inputs, output);
         Ok(())
     }
 
@@ -198,6 +238,38 @@ mod tests {
             xb[3..6].to_vec(),
         ]
         .concat();
+        for (c, w) in codes.iter().zip(want) {
+            let err = (q.dequantize(*c) - f64::from(w)).abs();
+            assert!(
+                err <= q.scale * 1.0001,
+                "{c} -> {} for {w}",
+                q.dequantize(*c)
+            );
+        }
+    }
+
+    /// A Concat with a constant operand (a CLS token before the patch
+    /// tokens): the constant is quantised into the program at the
+    /// result's calibrated quantisation, the run-time operand bound.
+    #[test]
+    fn a_concat_with_a_constant_operand_is_generated() {
+        let mut g = Graph::new("cls");
+        let cls = g.add_const("cls", m4c_ir::Tensor::from_f32(&[1, 3], &[2.0, -1.5, 0.25]));
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 3]));
+        let y = g.add_node(Op::Concat { axis: 0 }, &[cls, x], "y").unwrap();
+        g.outputs.push(y);
+        let xs = [0.1f32, -0.2, 0.3, 0.05, -0.15, 0.25];
+        let value = Value::F32(ndarray::ArrayD::from_shape_vec(vec![2, 3], xs.to_vec()).unwrap());
+        let cal = crate::calibrate::calibrate(&g, &[vec![value]]).unwrap();
+        let config = MachineConfig::edge_small();
+        let mut cx = Ctx::new(&g, &cal, &config);
+        cx.node(&g.nodes[0].op, &[cls, x], y).unwrap();
+        let t = cx.tensor_of[&y];
+        let (codes, kernels) = run(&cx.out, &[("x", &xs)], t, &config);
+        assert_eq!(kernels, ["lut-requant", "dma"]);
+        assert_eq!(cx.out.inputs.len(), 1, "only x enters the part");
+        let q = quant_of(&cx.out, t);
+        let want = [[2.0f32, -1.5, 0.25].as_slice(), &xs].concat();
         for (c, w) in codes.iter().zip(want) {
             let err = (q.dequantize(*c) - f64::from(w)).abs();
             assert!(
