@@ -62,7 +62,7 @@ fn wrong_magic_and_version_are_named() {
     b[8] = 1;
     assert_err(
         &b,
-        "format version 1 is not supported (this runtime reads version 4)",
+        "format version 1 is not supported (this runtime reads versions 4 to 5)",
     );
     let mut b = tiny_bundle();
     b[13] = 1;

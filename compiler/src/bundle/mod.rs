@@ -26,6 +26,7 @@ use m4c_runtime::bundle::container::{encode, SectionData};
 use m4c_runtime::bundle::format::{
     is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, REFERENCE_BACKEND,
 };
+use m4c_runtime::bundle::lean::CPU_BACKEND;
 
 pub use adapter::build_adapter;
 pub use error::BuildError;
@@ -150,9 +151,11 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
         if let Some(a) = m.code.iter().find(|a| a.backend != backend) {
             return Err(code_error(&format!("code of backend {} given", a.backend)));
         }
-        let packed = pack::pack(&m.graph, &mut pool).map_err(|msg| BuildError::Pack {
-            module: m.name.clone(),
-            msg,
+        let packed = pack::pack(&m.graph, &mut pool, cpu_code(m, backend)).map_err(|msg| {
+            BuildError::Pack {
+                module: m.name.clone(),
+                msg,
+            }
         })?;
         entries.push(ModuleEntry {
             dims: m.dims.clone(),
@@ -170,6 +173,7 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
                 })
                 .collect(),
             weights: packed.weights,
+            code_weights: packed.code_weights,
         });
         texts.push(packed.text);
     }
@@ -206,6 +210,27 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
         sections: vec![],
     };
     Ok(encode(manifest, &sections))
+}
+
+/// The first of a module's CPU code artifacts with a plan and weights:
+/// the code whose weights the module's IR weights are read from where
+/// it stores them (`docs/BUNDLE.md`, lean bundles).
+fn cpu_code<'a>(m: &'a ModuleSource, backend: &str) -> Option<pack::CpuCode<'a>> {
+    if backend != CPU_BACKEND {
+        return None;
+    }
+    m.code.iter().find_map(|c| {
+        let file = |kind| c.files.iter().find(|f| f.section == Some(kind));
+        let (plan, weights) = (
+            file(SectionKind::CodePlan)?,
+            file(SectionKind::CodeWeights)?,
+        );
+        Some(pack::CpuCode {
+            section: code_section(&m.name, &c.target),
+            plan: &plan.bytes,
+            weights: &weights.bytes,
+        })
+    })
 }
 
 /// The name of a module's code sections for one target.
