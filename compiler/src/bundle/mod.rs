@@ -177,20 +177,24 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
         });
         texts.push(packed.text);
     }
+    // The graphs (as large as the models) are printed and packed: only the
+    // code is still needed.
+    let codes: Vec<(String, Vec<Artifact>)> =
+        modules.into_iter().map(|m| (m.name, m.code)).collect();
     let (weights, blobs) = pool.finish();
     let mut sections = vec![SectionData {
         kind: SectionKind::Weights,
         name: "weights".into(),
         bytes: &weights,
     }];
-    sections.extend(modules.iter().zip(&texts).map(|(m, t)| SectionData {
+    sections.extend(codes.iter().zip(&texts).map(|((name, _), t)| SectionData {
         kind: SectionKind::Ir,
-        name: m.name.clone(),
+        name: name.clone(),
         bytes: t.as_bytes(),
     }));
-    for m in &modules {
-        for c in &m.code {
-            let name = code_section(&m.name, &c.target);
+    for (module, code) in &codes {
+        for c in code {
+            let name = code_section(module, &c.target);
             for file in &c.files {
                 if let Some(kind) = file.section {
                     sections.push(SectionData {
