@@ -386,19 +386,18 @@ fn module_source(
             graph.values[o.index()].name = name;
         }
     }
-    let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The model (as large as its weights) goes before the module is
+    // compiled; the file is hashed as it is read.
+    drop(model);
+    let source_blake3 = m4c_compiler::bundle::file_hash_hex(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(ModuleSource {
         name: name.to_string(),
         graph,
         dims: report.dims,
-        source_blake3: blake3_hex(&file),
+        source_blake3,
         code: vec![],
     })
-}
-
-/// BLAKE3 (hex) of a model file, recorded per module.
-fn blake3_hex(bytes: &[u8]) -> String {
-    m4c_compiler::bundle::content_hash_hex(bytes)
 }
 
 fn open(path: &Path) -> CliResult<Bundle> {

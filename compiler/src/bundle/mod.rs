@@ -89,15 +89,19 @@ pub fn lower_modules(
                 nodes: report.unsupported,
             })
         })?;
-        let file = std::fs::read(path).map_err(|source| BuildError::Io {
+        // The model (as large as the graph's weights) goes before the file
+        // is hashed, and the file is hashed as it is read, not held.
+        drop(model);
+        let io = |source| BuildError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let source_blake3 = file_hash_hex(path).map_err(io)?;
         sources.push(ModuleSource {
             name: name.clone(),
             graph,
             dims: report.dims,
-            source_blake3: content_hash_hex(&file),
+            source_blake3,
             code: vec![],
         });
     }
@@ -108,6 +112,14 @@ pub fn lower_modules(
 /// built from ([`ModuleSource::source_blake3`]).
 pub fn content_hash_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+/// [`content_hash_hex`] of the file at `path`, hashed as it is read
+/// (a model file is not held in memory for its hash).
+pub fn file_hash_hex(path: &std::path::Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let hash = blake3::Hasher::new().update_reader(file)?.finalize();
+    Ok(hash.to_hex().to_string())
 }
 
 fn check_name(name: &str) -> Result<(), BuildError> {
