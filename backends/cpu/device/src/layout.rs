@@ -69,6 +69,19 @@ impl PackedPanels {
     pub fn unpack(&self, packed: &[u8], transposed: bool) -> Result<Vec<u8>, DeviceError> {
         self.check_packed(packed)?;
         let mut out = vec![0u8; self.k * self.n * 4];
+        if !transposed {
+            // Each panel row is a contiguous run of a row of B.
+            for panel in 0..self.panels() {
+                let col = panel * self.panel_width;
+                let width = 4 * self.panel_width.min(self.n - col);
+                for row in 0..self.k {
+                    let from = 4 * self.index(row, col);
+                    let to = 4 * (row * self.n + col);
+                    out[to..to + width].copy_from_slice(&packed[from..from + width]);
+                }
+            }
+            return Ok(out);
+        }
         for (row, col, at) in self.elements(transposed) {
             let from = self.index(row, col) * 4;
             out[at * 4..at * 4 + 4].copy_from_slice(&packed[from..from + 4]);
