@@ -190,9 +190,13 @@ fn a_tampered_code_weight_is_one_error_naming_the_bundle() {
             "both-tables",
             |m| {
                 let e = m.modules.iter_mut().find(|e| e.name == "img_enc").unwrap();
-                let (name, _) = e.code_weights.iter().next().unwrap();
-                let first = e.weights.values().next().unwrap().clone();
-                e.weights.insert(name.clone(), first);
+                let (name, w) = e.code_weights.iter().next().unwrap();
+                let entry = m4c_runtime::bundle::format::WeightEntry {
+                    blob: 0,
+                    dtype: w.dtype.clone(),
+                    shape: w.shape.clone(),
+                };
+                e.weights.insert(name.clone(), entry);
             },
             "also in the weight table",
         ),

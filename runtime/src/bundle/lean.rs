@@ -53,7 +53,7 @@ pub fn find_code_weights(
     let mut found = BTreeMap::new();
     // Constants the kernels read in place start where a kernel buffer of
     // the weights region starts and end within the cache line before the
-    // next one (or the end of the weights).
+    // next thing in the weights (or their end).
     let starts: BTreeSet<usize> = plan
         .graph
         .iter()
@@ -62,17 +62,35 @@ pub fn find_code_weights(
             Step::Kernel { buffers, .. } => buffers.as_slice(),
             Step::Gemm { .. } => &[],
         })
-        .filter(|b| b.region == Region::Weights && b.offset.is_multiple_of(ALIGN))
+        .filter(|b| {
+            b.region == Region::Weights
+                && b.offset.is_multiple_of(ALIGN)
+                && b.offset < weights.len()
+        })
         .map(|b| b.offset)
         .collect();
-    let ends = starts.iter().skip(1).copied().chain([weights.len()]);
-    for (&start, end) in starts.iter().zip(ends) {
-        let Some(span) = end.checked_sub(start) else {
+    // Where anything placed in the weights starts (packed GEMM operands
+    // too), and their end.
+    let bounds: BTreeSet<usize> = starts
+        .iter()
+        .copied()
+        .chain(
+            plan.gemms
+                .iter()
+                .filter_map(|g| g.weights_offset.checked_mul(4)),
+        )
+        .chain([weights.len()])
+        .collect();
+    for &start in &starts {
+        let Some(&end) = bounds.range(start + 1..).next() else {
             continue;
         };
+        let span = end - start;
         for (_, list) in by_len.range(span.saturating_sub(ALIGN - 1)..=span) {
             for &(name, t, bytes) in list {
-                if !found.contains_key(name) && weights[start..start + bytes.len()] == *bytes {
+                if !found.contains_key(name)
+                    && weights.get(start..start + bytes.len()) == Some(bytes)
+                {
                     found.insert(name.to_string(), entry(t, start, CodeWeightLayout::Bytes));
                 }
             }
@@ -230,4 +248,128 @@ pub(crate) struct PackedConstant {
     pub range: Range<usize>,
     pub packed: PackedPanels,
     pub transposed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// A plan whose kernel reads a constant at weights offset 0 and whose
+    /// GEMM (k = 2, n = 3, panels of 2) has B packed at byte 64.
+    fn plan() -> Vec<u8> {
+        let gemm = serde_json::json!({
+            "symbol": "g", "m": 1, "k": 2, "n": 3, "accumulate": false,
+            "packed_b": {"k": 2, "n": 3, "panel_width": 2},
+            "weights_offset": 16, "scratch_floats": 0,
+            "tile_rows": 1, "k_block": 2, "m_block": 1
+        });
+        let kernel = serde_json::json!({"Kernel": {
+            "symbol": "k", "buffers": [{"region": "Weights", "offset": 0}],
+            "extent": 1, "scratch_bytes": 0, "parallel": false
+        }});
+        serde_json::to_vec(&serde_json::json!({
+            "target": "x86_64-avx2", "cpu": "", "object": "k.o", "library": null,
+            "weights": "w.bin", "gemms": [gemm],
+            "graph": {"arena_bytes": 0, "naive_arena_bytes": 0, "inputs": [],
+                      "outputs": [], "steps": [kernel]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn finds_constants_in_place_and_packed_and_reads_them_back() {
+        let bias = [1.0f32, 2.0, 3.0];
+        // Bᵀ (3 × 2) of B = [[1, 2, 3], [4, 5, 6]].
+        let bt = [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0];
+        let packed = PackedPanels {
+            k: 2,
+            n: 3,
+            panel_width: 2,
+        };
+        let mut weights = le(&bias);
+        weights.resize(64, 0);
+        weights.extend(le(&[1.0, 2.0, 4.0, 5.0, 3.0, 0.0, 6.0, 0.0]));
+        let t_bias = Tensor::from_f32(&[3], &bias);
+        let t_bt = Tensor::from_f32(&[3, 2], &bt);
+        let other = Tensor::from_f32(&[3], &[9.0, 9.0, 9.0]);
+        let candidates = BTreeMap::from([
+            ("bias".to_string(), &t_bias),
+            ("bt".to_string(), &t_bt),
+            ("other".to_string(), &other),
+        ]);
+        let found = find_code_weights(&plan(), &weights, "m.t", &candidates).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found["bias"].layout, CodeWeightLayout::Bytes);
+        assert_eq!(
+            found["bt"].layout,
+            CodeWeightLayout::Panels {
+                packed,
+                transposed: true
+            }
+        );
+        let mut map = memmap2::MmapMut::map_anon(weights.len()).unwrap();
+        map.copy_from_slice(&weights);
+        let map = Arc::new(map.make_read_only().unwrap());
+        let Resolved::Mapped(t) = resolve(&map, 0..weights.len(), &found["bias"]).unwrap() else {
+            panic!("bias is used in place")
+        };
+        assert_eq!(t.bytes().unwrap(), le(&bias));
+        let Resolved::Packed { range, .. } = resolve(&map, 0..weights.len(), &found["bt"]).unwrap()
+        else {
+            panic!("Bᵀ is packed")
+        };
+        assert_eq!(packed.unpack(&map[range], true).unwrap(), le(&bt));
+    }
+
+    #[test]
+    fn hostile_descriptors_are_errors() {
+        let map = Arc::new(
+            memmap2::MmapMut::map_anon(128)
+                .unwrap()
+                .make_read_only()
+                .unwrap(),
+        );
+        let w = |layout, shape: Vec<usize>, offset| CodeWeight {
+            dtype: "f32".into(),
+            layout,
+            offset,
+            section: "s".into(),
+            shape,
+        };
+        let huge = PackedPanels {
+            k: usize::MAX / 2,
+            n: 3,
+            panel_width: usize::MAX / 2,
+        };
+        let cases = [
+            (
+                w(CodeWeightLayout::Bytes, vec![usize::MAX, 2], 0),
+                "too many",
+            ),
+            (
+                w(CodeWeightLayout::Bytes, vec![4], u64::MAX),
+                "is not a multiple",
+            ),
+            (w(CodeWeightLayout::Bytes, vec![64], 0), "extend past"),
+            (
+                w(
+                    CodeWeightLayout::Panels {
+                        packed: huge,
+                        transposed: false,
+                    },
+                    vec![huge.k, 3],
+                    0,
+                ),
+                "extend past",
+            ),
+        ];
+        for (cw, want) in cases {
+            let err = resolve(&map, 0..128, &cw).err().unwrap();
+            assert!(err.contains(want), "{err}");
+        }
+    }
 }

@@ -367,6 +367,11 @@ fn load_module(
     code_weights: &HashMap<&str, &SectionEntry>,
 ) -> Result<(Graph, Vec<PackedConstant>), BundleError> {
     let err = |msg: String| BundleError::module(&m.name, msg);
+    if let Some(both) = m.code_weights.keys().find(|k| m.weights.contains_key(*k)) {
+        return Err(err(format!(
+            "code weight %{both}: also in the weight table"
+        )));
+    }
     let mut weights = HashMap::new();
     for (value, w) in &m.weights {
         let tensor = mapped_tensor(map, manifest, weights_at, w)
@@ -376,9 +381,6 @@ fn load_module(
     let mut to_unpack = HashMap::new();
     for (value, w) in &m.code_weights {
         let fail = |e: String| err(format!("code weight %{value}: {e}"));
-        if m.weights.contains_key(value) {
-            return Err(fail("also in the weight table".into()));
-        }
         let section = m
             .code
             .iter()
