@@ -107,7 +107,8 @@ pub fn find_code_weights(
         else {
             continue;
         };
-        let Some(list) = p.k.checked_mul(p.n).and_then(|e| by_len.get(&(e * 4))) else {
+        let bytes = p.k.checked_mul(p.n).and_then(|e| e.checked_mul(4));
+        let Some(list) = bytes.and_then(|len| by_len.get(&len)) else {
             continue;
         };
         for &(name, t, bytes) in list {
