@@ -108,14 +108,9 @@ pub fn lower_modules(
     Ok(sources)
 }
 
-/// The BLAKE3 (hex) a firmware records for the model file a module was
-/// built from ([`ModuleSource::source_blake3`]).
-pub fn content_hash_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-/// [`content_hash_hex`] of the file at `path`, hashed as it is read
-/// (a model file is not held in memory for its hash).
+/// The BLAKE3 (hex) a firmware records for the model file at `path`
+/// ([`ModuleSource::source_blake3`]), hashed as it is read (a model file
+/// is not held in memory for its hash).
 pub fn file_hash_hex(path: &std::path::Path) -> std::io::Result<String> {
     let file = std::fs::File::open(path)?;
     let hash = blake3::Hasher::new().update_reader(file)?.finalize();
