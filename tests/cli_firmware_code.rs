@@ -7,6 +7,7 @@
 //! The firmware is signed with a test key that the runs trust; unsigned,
 //! untrusted and tampered bundles have their code refused, and a
 //! re-sealed bundle with an edited code plan is one error naming it.
+//! Lean bundles (each weight stored once) are in `firmware_code/lean.rs`.
 //!
 //! Compiled code needs a host with AVX2+FMA (x86-64); elsewhere the tests
 //! say so and check nothing.
@@ -21,6 +22,9 @@ use m4c_runtime::bundle::format::SectionKind;
 use m4c_runtime::bundle::{container, sign, Bundle};
 use m4c_runtime::exec::compiled::host_runs;
 use m4c_runtime::exec::{CompiledModule, ModuleExecutor, Signature};
+
+#[path = "firmware_code/lean.rs"]
+mod lean;
 
 /// (module name, fixture).
 const MODULES: [(&str, &str); 2] = [("img_enc", "clip_vision"), ("backbone", "llama_prefill")];

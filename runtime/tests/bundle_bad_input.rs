@@ -5,7 +5,7 @@
 mod common;
 
 use common::{reseal, reseal_from, section_index, tiny_bundle};
-use m4c_runtime::bundle::container::decode;
+use m4c_runtime::bundle::container::{decode, seal};
 use m4c_runtime::bundle::format::SectionKind;
 use m4c_runtime::bundle::Bundle;
 use proptest::prelude::*;
@@ -62,11 +62,40 @@ fn wrong_magic_and_version_are_named() {
     b[8] = 1;
     assert_err(
         &b,
-        "format version 1 is not supported (this runtime reads version 4)",
+        "format version 1 is not supported (this runtime reads versions 4 to 5)",
     );
     let mut b = tiny_bundle();
     b[13] = 1;
     assert_err(&b, "reserved bytes");
+}
+
+/// Format 5 only added the optional `code_weights`: a version-4 bundle
+/// (the same manifest, sealed as version 4) still opens.
+#[test]
+fn a_version_4_bundle_still_opens() {
+    let good = tiny_bundle();
+    let manifest = decode(&good).unwrap().manifest;
+    let json = serde_json::to_vec(&manifest).unwrap();
+    let placed: Vec<(u64, &[u8])> = manifest
+        .sections
+        .iter()
+        .map(|s| {
+            (
+                s.offset,
+                &good[s.offset as usize..(s.offset + s.len) as usize],
+            )
+        })
+        .collect();
+    let v4 = seal(4, &json, &placed);
+    assert_eq!(v4[8..12], 4u32.to_le_bytes());
+    let fw = Bundle::from_bytes(&v4).unwrap();
+    assert_eq!(fw.modules().count(), 2);
+    let mut v3 = v4;
+    v3[8] = 3;
+    assert_err(
+        &v3,
+        "format version 3 is not supported (this runtime reads versions 4 to 5)",
+    );
 }
 
 #[test]

@@ -64,7 +64,7 @@ pub fn run(args: AdaptArgs) -> CliResult<i32> {
 /// above the slot's).
 fn check_slots(fw: &Bundle, modules: &[String], app: &AdapterBundle) -> CliResult<()> {
     for m in modules {
-        let slots = slots_of(&Signature::of(&fw.module(m)?));
+        let slots = slots_of(&Signature::of(&fw.module_interface(m)?));
         if slots.is_empty() {
             continue;
         }

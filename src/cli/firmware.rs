@@ -386,19 +386,18 @@ fn module_source(
             graph.values[o.index()].name = name;
         }
     }
-    let file = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The model (as large as its weights) goes before the module is
+    // compiled; the file is hashed as it is read.
+    drop(model);
+    let source_blake3 = m4c_compiler::bundle::file_hash_hex(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(ModuleSource {
         name: name.to_string(),
         graph,
         dims: report.dims,
-        source_blake3: blake3_hex(&file),
+        source_blake3,
         code: vec![],
     })
-}
-
-/// BLAKE3 (hex) of a model file, recorded per module.
-fn blake3_hex(bytes: &[u8]) -> String {
-    m4c_compiler::bundle::content_hash_hex(bytes)
 }
 
 fn open(path: &Path) -> CliResult<Bundle> {
@@ -425,6 +424,23 @@ fn print_signature(b: &Bundle, trust: &super::keygen::TrustArgs) -> CliResult<()
     Ok(())
 }
 
+/// Bytes of the IR weights a bundle reads from its modules' code (each
+/// weight's own size; the code's packed panels may add padding).
+fn code_weight_bytes(m: &m4c_runtime::bundle::format::Manifest) -> u64 {
+    m.modules
+        .iter()
+        .flat_map(|e| e.code_weights.values())
+        .map(|w| {
+            let elements: usize = w.shape.iter().product();
+            let bits = w
+                .dtype
+                .parse::<m4c_ir::DType>()
+                .map_or(0, |d| d.size_bits());
+            (elements * bits).div_ceil(8) as u64
+        })
+        .sum()
+}
+
 fn print_summary(path: &Path, b: &Bundle) {
     let m = b.manifest();
     let weights_len: u64 = m
@@ -438,6 +454,13 @@ fn print_summary(path: &Path, b: &Bundle) {
         "weights: {weights_len} bytes in {} distinct blobs",
         m.blobs.len()
     );
+    let from_code: usize = m.modules.iter().map(|e| e.code_weights.len()).sum();
+    if from_code > 0 {
+        println!(
+            "weights read from the compiled code (stored once): {from_code}, {} bytes",
+            code_weight_bytes(m)
+        );
+    }
     println!(
         "{:<16} {:<10} {:>8} {:>12} {:>10} {:>11}  dims",
         "module", "backend", "weights", "weight bytes", "IR bytes", "code bytes"

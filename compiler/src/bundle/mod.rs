@@ -26,6 +26,7 @@ use m4c_runtime::bundle::container::{encode, SectionData};
 use m4c_runtime::bundle::format::{
     is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, REFERENCE_BACKEND,
 };
+use m4c_runtime::bundle::lean::CPU_BACKEND;
 
 pub use adapter::build_adapter;
 pub use error::BuildError;
@@ -88,25 +89,32 @@ pub fn lower_modules(
                 nodes: report.unsupported,
             })
         })?;
-        let file = std::fs::read(path).map_err(|source| BuildError::Io {
+        // The model (as large as the graph's weights) goes before the file
+        // is hashed, and the file is hashed as it is read, not held.
+        drop(model);
+        let io = |source| BuildError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let source_blake3 = file_hash_hex(path).map_err(io)?;
         sources.push(ModuleSource {
             name: name.clone(),
             graph,
             dims: report.dims,
-            source_blake3: content_hash_hex(&file),
+            source_blake3,
             code: vec![],
         });
     }
     Ok(sources)
 }
 
-/// The BLAKE3 (hex) a firmware records for the model file a module was
-/// built from ([`ModuleSource::source_blake3`]).
-pub fn content_hash_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+/// The BLAKE3 (hex) a firmware records for the model file at `path`
+/// ([`ModuleSource::source_blake3`]), hashed as it is read (a model file
+/// is not held in memory for its hash).
+pub fn file_hash_hex(path: &std::path::Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let hash = blake3::Hasher::new().update_reader(file)?.finalize();
+    Ok(hash.to_hex().to_string())
 }
 
 fn check_name(name: &str) -> Result<(), BuildError> {
@@ -150,9 +158,11 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
         if let Some(a) = m.code.iter().find(|a| a.backend != backend) {
             return Err(code_error(&format!("code of backend {} given", a.backend)));
         }
-        let packed = pack::pack(&m.graph, &mut pool).map_err(|msg| BuildError::Pack {
-            module: m.name.clone(),
-            msg,
+        let packed = pack::pack(&m.graph, &mut pool, cpu_code(m, backend)).map_err(|msg| {
+            BuildError::Pack {
+                module: m.name.clone(),
+                msg,
+            }
         })?;
         entries.push(ModuleEntry {
             dims: m.dims.clone(),
@@ -170,23 +180,28 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
                 })
                 .collect(),
             weights: packed.weights,
+            code_weights: packed.code_weights,
         });
         texts.push(packed.text);
     }
+    // The graphs (as large as the models) are printed and packed: only the
+    // code is still needed.
+    let codes: Vec<(String, Vec<Artifact>)> =
+        modules.into_iter().map(|m| (m.name, m.code)).collect();
     let (weights, blobs) = pool.finish();
     let mut sections = vec![SectionData {
         kind: SectionKind::Weights,
         name: "weights".into(),
         bytes: &weights,
     }];
-    sections.extend(modules.iter().zip(&texts).map(|(m, t)| SectionData {
+    sections.extend(codes.iter().zip(&texts).map(|((name, _), t)| SectionData {
         kind: SectionKind::Ir,
-        name: m.name.clone(),
+        name: name.clone(),
         bytes: t.as_bytes(),
     }));
-    for m in &modules {
-        for c in &m.code {
-            let name = code_section(&m.name, &c.target);
+    for (module, code) in &codes {
+        for c in code {
+            let name = code_section(module, &c.target);
             for file in &c.files {
                 if let Some(kind) = file.section {
                     sections.push(SectionData {
@@ -206,6 +221,27 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
         sections: vec![],
     };
     Ok(encode(manifest, &sections))
+}
+
+/// The first of a module's CPU code artifacts with a plan and weights:
+/// the code whose weights the module's IR weights are read from where
+/// it stores them (`docs/BUNDLE.md`, lean bundles).
+fn cpu_code<'a>(m: &'a ModuleSource, backend: &str) -> Option<pack::CpuCode<'a>> {
+    if backend != CPU_BACKEND {
+        return None;
+    }
+    m.code.iter().find_map(|c| {
+        let file = |kind| c.files.iter().find(|f| f.section == Some(kind));
+        let (plan, weights) = (
+            file(SectionKind::CodePlan)?,
+            file(SectionKind::CodeWeights)?,
+        );
+        Some(pack::CpuCode {
+            section: code_section(&m.name, &c.target),
+            plan: &plan.bytes,
+            weights: &weights.bytes,
+        })
+    })
 }
 
 /// The name of a module's code sections for one target.

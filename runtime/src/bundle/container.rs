@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use super::format::{
     align_up, is_valid_name, Header, Manifest, SectionEntry, SectionKind, ALIGN, FORMAT_VERSION,
-    HEADER_LEN, MAGIC,
+    HEADER_LEN, MAGIC, MIN_FORMAT_VERSION,
 };
 use super::sign::{verify_trailer, PublicKey, TRAILER_LEN, TRAILER_MAGIC};
 use super::BundleError;
@@ -158,10 +158,11 @@ fn read_header(bytes: &[u8]) -> Result<Header, BundleError> {
     let u32_at = |i: usize| field(i, 4) as u32;
     let u64_at = |i: usize| field(i, 8);
     let version = u32_at(8);
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(BundleError::Version {
             found: version,
-            supported: FORMAT_VERSION,
+            oldest: MIN_FORMAT_VERSION,
+            newest: FORMAT_VERSION,
         });
     }
     if u32_at(12) != 0 || u64_at(24) != 0 {

@@ -23,9 +23,13 @@ pub enum BundleError {
     #[error("not an m4c bundle (the file does not start with the m4c magic)")]
     BadMagic,
     #[error(
-        "bundle format version {found} is not supported (this runtime reads version {supported})"
+        "bundle format version {found} is not supported (this runtime reads versions {oldest} to {newest})"
     )]
-    Version { found: u32, supported: u32 },
+    Version {
+        found: u32,
+        oldest: u32,
+        newest: u32,
+    },
     #[error("header: {0}")]
     Header(String),
     #[error("content hash mismatch: the header (bytes 0..64) or the manifest (bytes 64..{manifest_end}) is corrupted")]

@@ -13,9 +13,14 @@ use serde::{Deserialize, Serialize};
 /// truncation to 7 bits are detected at once.
 pub const MAGIC: [u8; 8] = *b"\x89M4C\r\n\x1a\n";
 
-/// The format version this runtime reads and the compiler writes. Any change
-/// of layout, manifest schema or section kinds increments it.
-pub const FORMAT_VERSION: u32 = 4;
+/// The format version the compiler writes. Any change of layout, manifest
+/// schema or section kinds increments it.
+pub const FORMAT_VERSION: u32 = 5;
+
+/// The oldest format version this runtime still reads: version 4 lacks
+/// only [`ModuleEntry::code_weights`] (every weight in the weights
+/// section), so its manifests are version 5 manifests.
+pub const MIN_FORMAT_VERSION: u32 = 4;
 
 /// Size of the fixed header; the manifest starts right after it.
 pub const HEADER_LEN: usize = 64;
@@ -236,6 +241,45 @@ pub struct ModuleEntry {
     pub source_blake3: String,
     /// IR constant name → weight.
     pub weights: BTreeMap<String, WeightEntry>,
+    /// IR constant name → weight read from the module's compiled code
+    /// instead of the weights section, so that a weight the code already
+    /// stores is not stored twice (disjoint from `weights`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub code_weights: BTreeMap<String, CodeWeight>,
+}
+
+/// A weight of the IR read from a module's `code-weights` section: the
+/// interpreter (hosts the code cannot run on, adapters) gets it from the
+/// bytes the compiled code reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeWeight {
+    /// Element type as the IR spells it.
+    pub dtype: String,
+    /// How the code stores the tensor.
+    pub layout: CodeWeightLayout,
+    /// Byte offset inside the section, a multiple of [`ALIGN`].
+    pub offset: u64,
+    /// Name of the `code-weights` section (one of the module's code
+    /// entries).
+    pub section: String,
+    pub shape: Vec<usize>,
+}
+
+/// How a [`CodeWeight`]'s bytes relate to the IR tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CodeWeightLayout {
+    /// The tensor's own bytes, used in place.
+    Bytes,
+    /// An `f32` GEMM operand B in the CPU code's panel layout
+    /// ([`m4c_cpu_device::PackedPanels`]); the IR tensor is B (`k × n`)
+    /// or, when `transposed`, Bᵀ (`n × k`), after leading 1s. Unpacked
+    /// (a copy) when the interpreter first needs the module.
+    Panels {
+        packed: m4c_cpu_device::PackedPanels,
+        transposed: bool,
+    },
 }
 
 /// One compiled variant of a module: the sections of one name

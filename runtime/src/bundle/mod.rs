@@ -17,6 +17,7 @@ mod code;
 pub mod container;
 mod error;
 pub mod format;
+pub mod lean;
 pub(crate) mod reader;
 pub mod sign;
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use m4c_ir::{DType, Graph, Storage, Tensor};
 use memmap2::{Mmap, MmapMut};
@@ -12,8 +12,10 @@ use memmap2::{Mmap, MmapMut};
 use super::code::{load_code, ModuleCode};
 use super::container::{decode, too_short};
 use super::format::{
-    is_valid_name, BundleKind, Manifest, ModuleEntry, SectionKind, WeightEntry, ALIGN, HEADER_LEN,
+    is_valid_name, BundleKind, Manifest, ModuleEntry, SectionEntry, SectionKind, WeightEntry,
+    ALIGN, HEADER_LEN,
 };
+use super::lean::{materialize, resolve, PackedConstant, Resolved};
 use super::sign::PublicKey;
 use super::BundleError;
 
@@ -22,15 +24,23 @@ use super::BundleError;
 /// Opening checks the whole file (see [`super::container::decode`]) and
 /// then every module: its IR parses and verifies, and its weight table
 /// matches the IR's constants. Afterwards [`Bundle::module`] cannot fail
-/// for a listed module. Weights are never copied: each module's weight
-/// constants are [`Storage::Mapped`] slices of the one map, shared by every
-/// graph handed out.
+/// for a listed module. Weights are not copied: each module's weight
+/// constants are [`Storage::Mapped`] slices of the one map (of the weights
+/// section or of the code's), shared by every graph handed out; only
+/// weights the bundle stores once, as the CPU code's packed GEMM panels,
+/// are unpacked, once per module, when [`Bundle::module`] is first asked
+/// for it (the interpreter), never for [`Bundle::module_interface`]
+/// (compiled code).
 pub struct Bundle {
+    map: Arc<Mmap>,
     manifest: Manifest,
     path: PathBuf,
     content_hash: [u8; 32],
     signer: Option<PublicKey>,
+    /// Every module's graph, its packed constants absent.
     graphs: BTreeMap<String, Graph>,
+    /// Per module, the constants to unpack and, once done, the whole graph.
+    packed: BTreeMap<String, (Vec<PackedConstant>, OnceLock<Graph>)>,
     code: BTreeMap<String, Vec<ModuleCode>>,
 }
 
@@ -98,14 +108,16 @@ impl Bundle {
                 expected: BundleKind::Firmware,
             });
         }
-        let graphs = load_modules(&map, &manifest)?;
+        let (graphs, packed) = load_modules(&map, &manifest)?;
         let code = load_code(&map, &manifest, &graphs)?;
         Ok(Bundle {
+            map,
             manifest,
             path: PathBuf::from("<memory>"),
             content_hash: decoded.content_hash,
             signer: decoded.signer,
             graphs,
+            packed,
             code,
         })
     }
@@ -126,9 +138,29 @@ impl Bundle {
         &self.manifest
     }
 
-    /// A module's graph; its weights are slices of the bundle's map. Cheap:
-    /// the graph was built and checked when the bundle was opened.
+    /// A module's graph with every weight, as the interpreter runs it; its
+    /// weights are slices of the bundle's map, except those stored only as
+    /// the code's packed GEMM panels, unpacked (copied) on the first call
+    /// for the module and shared by later ones. Otherwise cheap: the graph
+    /// was built and checked when the bundle was opened.
     pub fn module(&self, name: &str) -> Result<Graph, BundleError> {
+        let graph = self.module_interface(name)?;
+        let Some((packed, full)) = self.packed.get(name) else {
+            return Ok(graph);
+        };
+        if let Some(g) = full.get() {
+            return Ok(g.clone());
+        }
+        let g = materialize(&graph, &self.map, packed)
+            .map_err(|e| BundleError::module(name, e).at(&self.path))?;
+        Ok(full.get_or_init(|| g).clone())
+    }
+
+    /// A module's graph for what needs its interface and structure but
+    /// not all of its weights (signatures, compiled code): constants that
+    /// the bundle stores only as the code's packed panels are
+    /// [`Storage::Absent`]. Never copies a weight.
+    pub fn module_interface(&self, name: &str) -> Result<Graph, BundleError> {
         self.graphs.get(name).cloned().ok_or_else(|| {
             BundleError::UnknownModule {
                 name: name.to_string(),
@@ -220,11 +252,14 @@ pub(crate) fn check_blobs(manifest: &Manifest, section_len: usize) -> Result<(),
     Ok(())
 }
 
+/// A module's constants to unpack and the graph once unpacked.
+type Packed = (Vec<PackedConstant>, OnceLock<Graph>);
+
+/// Every module's graph, and the packed constants of those that have some.
+type Modules = (BTreeMap<String, Graph>, BTreeMap<String, Packed>);
+
 /// Builds and checks every module's graph.
-fn load_modules(
-    map: &Arc<Mmap>,
-    manifest: &Manifest,
-) -> Result<BTreeMap<String, Graph>, BundleError> {
+fn load_modules(map: &Arc<Mmap>, manifest: &Manifest) -> Result<Modules, BundleError> {
     let (weights_at, weights_len) = weights_range(manifest)?;
     check_blobs(manifest, weights_len)?;
     let ir_sections: HashMap<&str, &super::format::SectionEntry> = manifest
@@ -233,8 +268,15 @@ fn load_modules(
         .filter(|s| s.kind == SectionKind::Ir)
         .map(|s| (s.name.as_str(), s))
         .collect();
+    let code_weights: HashMap<&str, &SectionEntry> = manifest
+        .sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::CodeWeights)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let mut used_ir = BTreeSet::new();
     let mut graphs = BTreeMap::new();
+    let mut all_packed = BTreeMap::new();
     for m in &manifest.modules {
         if !is_valid_name(&m.name) {
             return Err(BundleError::Manifest(format!(
@@ -255,7 +297,10 @@ fn load_modules(
             ));
         }
         let text = &map[section.offset as usize..(section.offset + section.len) as usize];
-        let graph = load_module(map, manifest, m, text, weights_at)?;
+        let (graph, packed) = load_module(map, manifest, m, text, weights_at, &code_weights)?;
+        if !packed.is_empty() {
+            all_packed.insert(m.name.clone(), (packed, OnceLock::new()));
+        }
         if graphs.insert(m.name.clone(), graph).is_some() {
             return Err(BundleError::Manifest(format!(
                 "module `{}` appears twice",
@@ -268,7 +313,7 @@ fn load_modules(
             "section ir `{unused}` belongs to no module"
         )));
     }
-    Ok(graphs)
+    Ok((graphs, all_packed))
 }
 
 /// The tensor a weight entry describes: a slice of the map (never a copy),
@@ -310,45 +355,108 @@ pub(crate) fn mapped_tensor(
     })
 }
 
-/// One module: weight table → mapped tensors, IR text → verified graph in
-/// which exactly the table's constants are mapped.
+/// One module: weight tables → mapped tensors, IR text → verified graph in
+/// which exactly the tables' constants are mapped, or absent and listed
+/// as packed constants (returned) when the code stores them in panels.
 fn load_module(
     map: &Arc<Mmap>,
     manifest: &Manifest,
     m: &ModuleEntry,
     text: &[u8],
     weights_at: usize,
-) -> Result<Graph, BundleError> {
+    code_weights: &HashMap<&str, &SectionEntry>,
+) -> Result<(Graph, Vec<PackedConstant>), BundleError> {
     let err = |msg: String| BundleError::module(&m.name, msg);
+    if let Some(both) = m.code_weights.keys().find(|k| m.weights.contains_key(*k)) {
+        return Err(err(format!(
+            "code weight %{both}: also in the weight table"
+        )));
+    }
     let mut weights = HashMap::new();
     for (value, w) in &m.weights {
         let tensor = mapped_tensor(map, manifest, weights_at, w)
             .map_err(|e| err(format!("weight %{value}: {e}")))?;
         weights.insert(value.clone(), tensor);
     }
+    let mut to_unpack = HashMap::new();
+    for (value, w) in &m.code_weights {
+        let fail = |e: String| err(format!("code weight %{value}: {e}"));
+        let section = m
+            .code
+            .iter()
+            .any(|c| c.section == w.section)
+            .then(|| code_weights.get(w.section.as_str()))
+            .flatten()
+            .ok_or_else(|| {
+                fail(format!(
+                    "section `{}` is no code-weights section of the module",
+                    w.section
+                ))
+            })?;
+        let range = section.offset as usize..(section.offset + section.len) as usize;
+        match resolve(map, range, w).map_err(fail)? {
+            Resolved::Mapped(t) => {
+                weights.insert(value.clone(), t);
+            }
+            Resolved::Packed {
+                range,
+                packed,
+                transposed,
+            } => {
+                to_unpack.insert(value.as_str(), (w, range, packed, transposed));
+            }
+        }
+    }
     let text = std::str::from_utf8(text).map_err(|e| err(format!("IR is not UTF-8: {e}")))?;
     let graph = m4c_ir::text::parse(text, &weights).map_err(|e| err(e.to_string()))?;
     graph.verify().map_err(|e| err(e.to_string()))?;
     let mut mapped = BTreeSet::new();
+    let mut packed = vec![];
     for id in graph.constants() {
         let v = graph.value(id);
-        match graph.constant(id).map(|t| &t.storage) {
-            Some(Storage::Absent) => {
-                return Err(err(format!(
-                    "weight %{} has no entry in the weight table",
-                    v.name
-                )))
+        match graph.constant(id) {
+            Some(
+                t @ Tensor {
+                    storage: Storage::Absent,
+                    ..
+                },
+            ) => {
+                let Some((w, range, panels, transposed)) = to_unpack.get(v.name.as_str()) else {
+                    return Err(err(format!(
+                        "weight %{} has no entry in the weight table",
+                        v.name
+                    )));
+                };
+                if t.dtype != DType::F32 || t.shape != w.shape {
+                    return Err(err(format!(
+                        "code weight %{}: the IR declares {}{:?}, the entry f32{:?}",
+                        v.name, t.dtype, t.shape, w.shape
+                    )));
+                }
+                if !mapped.insert(v.name.as_str()) {
+                    return Err(err(format!("weight %{} is declared twice", v.name)));
+                }
+                packed.push(PackedConstant {
+                    value: id.index(),
+                    range: range.clone(),
+                    packed: *panels,
+                    transposed: *transposed,
+                });
             }
-            Some(Storage::Mapped { .. }) => {
+            Some(Tensor {
+                storage: Storage::Mapped { .. },
+                ..
+            }) => {
                 mapped.insert(v.name.as_str());
             }
             _ => {}
         }
     }
-    if let Some(extra) = m.weights.keys().find(|k| !mapped.contains(k.as_str())) {
+    let listed = m.weights.keys().chain(m.code_weights.keys());
+    if let Some(extra) = listed.into_iter().find(|k| !mapped.contains(k.as_str())) {
         return Err(err(format!(
             "weight table entry %{extra} is not a weight constant of the IR"
         )));
     }
-    Ok(graph)
+    Ok((graph, packed))
 }

@@ -109,7 +109,20 @@ impl<'fw> BaseGraphs<'fw> {
         self.fw
     }
 
-    /// `module`'s base graph, shared.
+    /// `module`'s graph without its weights stored only as packed code
+    /// panels ([`Bundle::module_interface`]): enough for its signature and
+    /// its compiled code, and never a copy of a weight.
+    pub fn interface(&self, module: &str) -> Result<Graph, AdapterError> {
+        self.fw
+            .module_interface(module)
+            .map_err(|source| AdapterError::Bundle {
+                path: "firmware".into(),
+                source,
+            })
+    }
+
+    /// `module`'s base graph, shared: every weight, as the interpreter
+    /// runs it.
     pub fn get(&self, module: &str) -> Result<Arc<Graph>, AdapterError> {
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = graphs.get(module) {
@@ -150,20 +163,20 @@ pub fn load_shared(
     opts: &LoadOptions,
 ) -> Result<Loaded, LoadError> {
     let fw = bases.firmware();
-    let base = bases.get(module)?;
-    let slots = slots_of(&Signature::of(&base));
+    let signature = Signature::of(&bases.interface(module)?);
+    let slots = slots_of(&signature);
     if !slots.is_empty() {
         for a in adapters {
             a.check_binding(fw)?;
         }
-        let loaded = load_unslotted(bases, module, base, &[], opts)?;
+        let loaded = load_unslotted(bases, module, signature, &[], opts)?;
         let executor = Arc::new(SlottedModule::new(loaded.executor, slots, adapters)?);
         return Ok(Loaded {
             executor,
             fallback: loaded.fallback,
         });
     }
-    load_unslotted(bases, module, base, adapters, opts)
+    load_unslotted(bases, module, signature, adapters, opts)
 }
 
 /// [`load_shared`] for a module without slots (or its slots left as
@@ -171,15 +184,25 @@ pub fn load_shared(
 fn load_unslotted(
     bases: &BaseGraphs,
     module: &str,
-    base: Arc<Graph>,
+    signature: Signature,
     adapters: &[&AdapterBundle],
     opts: &LoadOptions,
 ) -> Result<Loaded, LoadError> {
     let fw = bases.firmware();
-    let adapted = shared_module(fw, module, base.clone(), adapters)?;
+    // The whole base graph (unpacking weights the bundle stores only in
+    // the code's panels) is taken only for the interpreter; adapters are
+    // checked first in any case.
+    let adapted = match adapters {
+        [] => None,
+        _ => Some(shared_module(fw, module, bases.get(module)?, adapters)?),
+    };
     let interpret = |fallback: Option<String>| -> Result<Loaded, LoadError> {
+        let adapted = match &adapted {
+            Some(a) => a.clone(),
+            None => shared_module(fw, module, bases.get(module)?, &[])?,
+        };
         Ok(Loaded {
-            executor: Arc::new(Interpreter::shared(module, adapted.clone())?),
+            executor: Arc::new(Interpreter::shared(module, adapted)?),
             fallback,
         })
     };
@@ -192,7 +215,7 @@ fn load_unslotted(
     } else if !adapters.is_empty() {
         Err("an adapter is attached and the compiled code is the base module's".to_string())
     } else if let Err(why) = check_trust(fw, &opts.trusted) {
-        match load_without_native(module, codes, &base, opts.threads, &why) {
+        match load_without_native(module, codes, &signature, opts.threads, &why) {
             Some(loaded) => loaded.map_err(|e| e.to_string()),
             None => Err(why),
         }
@@ -200,7 +223,7 @@ fn load_unslotted(
         let mut why = vec![];
         let mut loaded = None;
         for code in codes {
-            match load_code(module, code, Signature::of(&base), opts.threads) {
+            match load_code(module, code, signature.clone(), opts.threads) {
                 Ok(executor) => {
                     loaded = Some(executor);
                     break;
@@ -250,13 +273,13 @@ fn load_unslotted(
 fn load_without_native(
     module: &str,
     codes: &[ModuleCode],
-    base: &Graph,
+    signature: &Signature,
     threads: usize,
     why: &str,
 ) -> Option<Result<Arc<dyn ModuleExecutor>, CodeLoadError>> {
     codes.iter().find_map(|code| {
         let dev = device::lookup(code.backend())?;
-        dev.load_without_native(module, code, Signature::of(base), threads, why)
+        dev.load_without_native(module, code, signature.clone(), threads, why)
     })
 }
 

@@ -277,7 +277,7 @@ pub fn open(firmware: &Path, manifest: &Path) -> Result<TaskRunner, TaskError> {
     let m = TaskManifest::load(manifest)?;
     for (name, task) in &m.tasks {
         for module in task.path.modules() {
-            if fw.module(module).is_err() {
+            if fw.module_interface(module).is_err() {
                 return Err(TaskError::UnknownModule {
                     task: name.clone(),
                     module: module.to_string(),

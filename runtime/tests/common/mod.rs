@@ -66,6 +66,7 @@ pub fn tiny_bundle() -> Vec<u8> {
         source_blake3: "0".repeat(64),
         backend: "reference".into(),
         weights: BTreeMap::from([("w".to_string(), weight.clone())]),
+        code_weights: BTreeMap::new(),
     };
     let manifest = Manifest {
         adapter: None,

@@ -60,7 +60,7 @@ impl ArtifactBuilder {
             gemms.push(manifest);
         }
         let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let built = build_artifact(&machine, &module, &bytes, gemms, None)?;
+        let built = build_artifact(&machine, &module, bytes, gemms, None)?;
         built.write(dir)?;
         Ok(built.manifest)
     }
@@ -98,17 +98,17 @@ impl BuiltArtifact {
 }
 
 /// Optimises `module`, emits its object file and, when the target runs on
-/// this host, links the shared library; pads the weight blob.
+/// this host, links the shared library; pads the weight blob (taken, not
+/// copied: it is as large as the model).
 pub(crate) fn build_artifact(
     machine: &Machine,
     module: &inkwell::module::Module<'_>,
-    weights: &[u8],
+    mut weights: Vec<u8>,
     gemms: Vec<m4c_cpu_device::GemmManifest>,
     graph: Option<m4c_cpu_device::GraphPlan>,
 ) -> Result<BuiltArtifact, CodegenError> {
     machine.optimize(module)?;
     let object = machine.emit_object(module)?;
-    let mut weights = weights.to_vec();
     weights.resize(weights.len().next_multiple_of(4), 0);
     let target = machine.target();
     let library = match target.check_runs_on_host() {

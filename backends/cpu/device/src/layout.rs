@@ -60,6 +60,79 @@ impl PackedPanels {
         }
         Ok(packed)
     }
+
+    /// The bytes (little-endian `f32`) of the matrix whose packed form is
+    /// `packed`: row-major `k × n`, or with `transposed` its transpose
+    /// (`n × k`, a MatMul's B given as Bᵀ). The inverse of [`Self::pack`],
+    /// so that a bundle needs to store a packed weight only once and can
+    /// still give the interpreter the tensor of the graph.
+    pub fn unpack(&self, packed: &[u8], transposed: bool) -> Result<Vec<u8>, DeviceError> {
+        self.check_packed(packed)?;
+        let mut out = vec![0u8; self.k * self.n * 4];
+        if !transposed {
+            // Each panel row is a contiguous run of a row of B.
+            for panel in 0..self.panels() {
+                let col = panel * self.panel_width;
+                let width = 4 * self.panel_width.min(self.n - col);
+                for row in 0..self.k {
+                    let from = 4 * self.index(row, col);
+                    let to = 4 * (row * self.n + col);
+                    out[to..to + width].copy_from_slice(&packed[from..from + width]);
+                }
+            }
+            return Ok(out);
+        }
+        for (row, col, at) in self.elements(transposed) {
+            let from = self.index(row, col) * 4;
+            out[at * 4..at * 4 + 4].copy_from_slice(&packed[from..from + 4]);
+        }
+        Ok(out)
+    }
+
+    /// Whether `packed` is exactly [`Self::pack`] of the matrix with bytes
+    /// `b` (as [`Self::unpack`] reads them), compared bit for bit without
+    /// unpacking; the padding is not compared (unpacking never reads it).
+    pub fn holds(&self, packed: &[u8], b: &[u8], transposed: bool) -> bool {
+        self.check_packed(packed).is_ok()
+            && b.len() == self.k * self.n * 4
+            && self.elements(transposed).all(|(row, col, at)| {
+                let from = self.index(row, col) * 4;
+                packed[from..from + 4] == b[at * 4..at * 4 + 4]
+            })
+    }
+
+    /// Every element `(row, col)` of B with its index in the unpacked
+    /// matrix, in the unpacked matrix's order.
+    fn elements(&self, transposed: bool) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (k, n) = (self.k, self.n);
+        (0..k * n).map(move |at| {
+            if transposed {
+                (at % k, at / k, at)
+            } else {
+                (at / n.max(1), at % n.max(1), at)
+            }
+        })
+    }
+
+    fn check_packed(&self, packed: &[u8]) -> Result<(), DeviceError> {
+        let floats = self
+            .panels()
+            .checked_mul(self.k)
+            .and_then(|x| x.checked_mul(self.panel_width))
+            .filter(|_| self.panel_width > 0 || self.n == 0);
+        match floats {
+            Some(f) if f.checked_mul(4) == Some(packed.len()) => Ok(()),
+            _ => Err(DeviceError::Shape {
+                context: format!(
+                    "unpacking a {}x{} matrix in panels of {}",
+                    self.k, self.n, self.panel_width
+                ),
+                operand: "packed B (bytes)",
+                expected: floats.and_then(|f| f.checked_mul(4)).unwrap_or(usize::MAX),
+                actual: packed.len(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +148,34 @@ mod tests {
         };
         let packed = layout.pack(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         assert_eq!(packed.as_slice(), &[1.0, 2.0, 4.0, 5.0, 3.0, 0.0, 6.0, 0.0]);
+    }
+
+    #[test]
+    fn unpack_inverts_pack_plain_and_transposed() {
+        let layout = PackedPanels {
+            k: 3,
+            n: 5,
+            panel_width: 4,
+        };
+        let b: Vec<f32> = (0..15).map(|i| i as f32 - 7.5).collect();
+        let le = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let packed = le(layout.pack(&b).unwrap().as_slice());
+        assert_eq!(layout.unpack(&packed, false).unwrap(), le(&b));
+        assert!(layout.holds(&packed, &le(&b), false));
+        // Bᵀ stored n × k: element (r, c) of B is at c·k + r.
+        let bt: Vec<f32> = (0..15).map(|i| b[(i % 3) * 5 + i / 3]).collect();
+        assert_eq!(layout.unpack(&packed, true).unwrap(), le(&bt));
+        assert!(layout.holds(&packed, &le(&bt), true));
+        assert!(!layout.holds(&packed, &le(&b), true));
+        let err = layout.unpack(&packed[4..], false).unwrap_err().to_string();
+        assert!(err.contains("unpacking a 3x5 matrix"), "{err}");
+        let huge = PackedPanels {
+            k: usize::MAX,
+            n: 3,
+            panel_width: 2,
+        };
+        assert!(huge.unpack(&packed, false).is_err());
+        assert!(!huge.holds(&packed, &packed, false));
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn build_graph_artifact(graph: &Graph, target: &Target) -> Result<BuiltArtif
     build_artifact(
         &machine,
         &module,
-        &lowering.weights,
+        std::mem::take(&mut lowering.weights),
         lowering.gemms.clone(),
         Some(plan),
     )
