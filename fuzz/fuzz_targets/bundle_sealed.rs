@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a bundle whose header, content hash and section
 //! checksums are then made valid, so that the fuzzer reaches what lies
-//! behind them: the manifest schema, the layout, weight tables and the IR
+//! behind them: the manifest schema, the layout, weight tables (lean
+//! bundles' weights read back from the compiled code included) and the IR
 //! parser. Input: the manifest JSON, a 0 byte, then the file's body, which
 //! is placed at the lowest section offset the manifest names.
 #![no_main]
@@ -36,5 +37,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let json = serde_json::to_vec(&manifest).expect("serializes");
-    let _ = Bundle::from_bytes(&seal(FORMAT_VERSION, &json, &[(start, body)]));
+    let Ok(fw) = Bundle::from_bytes(&seal(FORMAT_VERSION, &json, &[(start, body)])) else {
+        return;
+    };
+    // A module's graph, with weights read back from the compiled code
+    // (lean bundles: packed panels unpacked), and its interface.
+    for m in &fw.manifest().modules {
+        let _ = fw.module(&m.name);
+        let _ = fw.module_interface(&m.name);
+    }
 });
