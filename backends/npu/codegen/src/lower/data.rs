@@ -9,8 +9,6 @@ use m4c_ir::op::{PadMode, ResizeMode};
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::{gather, lut, Quant};
 
-use m4c_npu::module::Binding;
-
 use super::{constant, dims, floats, Ctx};
 
 impl Ctx<'_> {
@@ -101,18 +99,13 @@ impl Ctx<'_> {
         };
         let k = gather::generate(&ops, self.config).map_err(err)?;
         let y = self.result(out, q);
-        let bind = |cx: &Self, t: usize, addr| Binding {
-            tensor: t,
-            offset: 0,
-            len: cx.out.plan.tensors[t].bytes,
-            addr,
-        };
+        // Only the run-time sources are bound (constants are in the program).
         let inputs = ts
             .iter()
             .zip(&k.inputs)
-            .filter_map(|(t, &a)| Some(bind(self, (*t)?, a)))
+            .filter_map(|(t, &a)| Some(self.bind((*t)?, a)))
             .collect();
-        let output = bind(self, y, k.out_addr);
+        let output = self.bind(y, k.out_addr);
         let p = self.program(k.program);
         self.layer(out, "dma", p, inputs, output);
         Ok(())

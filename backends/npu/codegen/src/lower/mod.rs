@@ -294,20 +294,24 @@ impl<'a> Ctx<'a> {
         });
     }
 
-    /// A kernel whose inputs are whole tensors `ins` and result tensor `out`.
-    fn whole(&mut self, v: ValueId, kernel: &str, k: KernelProgram, ins: &[usize], out: usize) {
-        let bind = |cx: &Self, t: usize, addr| Binding {
+    /// All of tensor `t` at program address `addr`.
+    fn bind(&self, t: usize, addr: u32) -> Binding {
+        Binding {
             tensor: t,
             offset: 0,
-            len: cx.out.plan.tensors[t].bytes,
+            len: self.out.plan.tensors[t].bytes,
             addr,
-        };
+        }
+    }
+
+    /// A kernel whose inputs are whole tensors `ins` and result tensor `out`.
+    fn whole(&mut self, v: ValueId, kernel: &str, k: KernelProgram, ins: &[usize], out: usize) {
         let inputs = ins
             .iter()
             .zip(&k.inputs)
-            .map(|(&t, &a)| bind(self, t, a))
+            .map(|(&t, &a)| self.bind(t, a))
             .collect();
-        let output = bind(self, out, k.out_addr);
+        let output = self.bind(out, k.out_addr);
         let p = self.program(k.program);
         self.layer(v, kernel, p, inputs, output);
     }
