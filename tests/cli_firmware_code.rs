@@ -13,7 +13,7 @@
 //! say so and check nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use m4c_ir::Tensor;
@@ -23,70 +23,36 @@ use m4c_runtime::bundle::{container, sign, Bundle};
 use m4c_runtime::exec::compiled::host_runs;
 use m4c_runtime::exec::{CompiledModule, ModuleExecutor, Signature};
 
+mod common;
 #[path = "firmware_code/lean.rs"]
 mod lean;
+use common::{fixture, text};
+#[path = "common/firmware.rs"]
+mod sandbox;
 
 /// (module name, fixture).
 const MODULES: [(&str, &str); 2] = [("img_enc", "clip_vision"), ("backbone", "llama_prefill")];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_firmware_code");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{}-{name}", std::process::id()))
+    sandbox::scratch("cli_firmware_code", name)
 }
 
-/// An empty trust directory: nothing the developer trusts leaks in.
-fn empty_trust_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = scratch("no-trust");
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
-}
-
+/// Runs `m4c` trusting nothing.
 fn m4c(args: &[&str]) -> Output {
-    m4c_trusting(args, empty_trust_dir())
+    m4c_trusting(args, sandbox::empty_trust_dir("cli_firmware_code"))
 }
 
-fn m4c_trusting(args: &[&str], trust_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .env("M4C_TRUST_DIR", trust_dir)
-        .output()
-        .unwrap()
-}
+use sandbox::m4c_trusting;
 
-/// The test signing key (`m4c keygen`): the secret key file, and the
-/// public one the runs trust.
+/// The test signing key: the secret key file and the public one the runs
+/// trust.
 fn key() -> &'static (PathBuf, PathBuf) {
-    static KEY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let secret = scratch("test.key");
-        let o = m4c(&["keygen", "-o", secret.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let public = PathBuf::from(format!("{}.pub", secret.display()));
-        (secret, public)
-    })
+    sandbox::key("cli_firmware_code")
 }
 
 /// `--trust-key` with the test key.
 fn trust() -> [&'static str; 2] {
     ["--trust-key", key().1.to_str().unwrap()]
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Whether compiled code can run here (AVX2 is the least the CPU backend

@@ -11,10 +11,12 @@
 //! error line each.
 
 mod common;
-use common::fixture;
+#[path = "common/firmware.rs"]
+mod sandbox;
+use common::{fixture, text};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use m4c_runtime::bundle::format::SectionKind;
@@ -36,49 +38,17 @@ const MODULES: [(&str, &str, usize, bool); 2] = [
 const MIN_COSINE: f64 = 0.99;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("npu_firmware");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{}-{name}", std::process::id()))
+    sandbox::scratch("npu_firmware", name)
 }
 
-/// An empty trust directory: nothing the developer trusts leaks in.
-fn empty_trust_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = scratch("no-trust");
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
-}
-
-/// Runs `m4c` with the empty trust directory.
+/// Runs `m4c` trusting nothing.
 fn m4c(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_m4c"))
-        .args(args)
-        .env("M4C_TRUST_DIR", empty_trust_dir())
-        .output()
-        .unwrap()
+    sandbox::m4c_trusting(args, sandbox::empty_trust_dir("npu_firmware"))
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The test signing key (`m4c keygen`): the secret key file and the
-/// public one.
+/// The test signing key: the secret key file and the public one.
 fn key() -> &'static (PathBuf, PathBuf) {
-    static KEY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let secret = scratch("test.key");
-        let o = m4c(&["keygen", "-o", secret.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let public = PathBuf::from(format!("{}.pub", secret.display()));
-        (secret, public)
-    })
+    sandbox::key("npu_firmware")
 }
 
 /// The firmware of [`MODULES`] for the NPU, signed with [`key`], built

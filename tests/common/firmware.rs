@@ -1,0 +1,52 @@
+//! The sandbox of the firmware tests that sign and trust bundles: scratch
+//! files in a folder of their own, an empty trust directory (so nothing
+//! the developer trusts leaks in) and a test signing key, once per test
+//! binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Scratch file `name` in folder `dir` of the target's tmp directory,
+/// unique to this process.
+pub fn scratch(dir: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", std::process::id()))
+}
+
+/// An empty trust directory in `dir` (made once per test binary).
+pub fn empty_trust_dir(dir: &str) -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = scratch(dir, "no-trust");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+/// Runs `m4c` with `trust_dir` as its trust directory.
+pub fn m4c_trusting(args: &[&str], trust_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_m4c"))
+        .args(args)
+        .env("M4C_TRUST_DIR", trust_dir)
+        .output()
+        .unwrap()
+}
+
+/// The test signing key (`m4c keygen`, in `dir`): the secret key file and
+/// the public one.
+pub fn key(dir: &str) -> &'static (PathBuf, PathBuf) {
+    static KEY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let secret = scratch(dir, "test.key");
+        let o = m4c_trusting(
+            &["keygen", "-o", secret.to_str().unwrap()],
+            empty_trust_dir(dir),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", super::text(&o));
+        let public = PathBuf::from(format!("{}.pub", secret.display()));
+        (secret, public)
+    })
+}
