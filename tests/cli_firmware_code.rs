@@ -478,37 +478,16 @@ fn a_tampered_signed_bundle_does_not_open() {
 }
 
 /// Re-seals an unsigned firmware image with `module`'s code plan edited
-/// by `edit` (every offset, checksum and the content hash recomputed):
-/// what an attacker without the key can make.
+/// by `edit`.
 fn reseal_with_plan(image: &[u8], module: &str, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
-    let decoded = container::decode(image).unwrap();
-    let mut manifest = decoded.manifest;
-    let plans: Vec<Vec<u8>> = manifest
-        .sections
-        .iter()
-        .map(|s| {
-            let bytes = &image[s.offset as usize..(s.offset + s.len) as usize];
-            if s.kind == SectionKind::CodePlan && s.name.starts_with(&format!("{module}.")) {
-                let mut plan: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-                edit(&mut plan);
-                serde_json::to_vec(&plan).unwrap()
-            } else {
-                bytes.to_vec()
-            }
+    let prefix = format!("{module}.");
+    sandbox::reseal(image, &|s, bytes| {
+        (s.kind == SectionKind::CodePlan && s.name.starts_with(&prefix)).then(|| {
+            let mut plan: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            edit(&mut plan);
+            serde_json::to_vec(&plan).unwrap()
         })
-        .collect();
-    let sections: Vec<container::SectionData> = manifest
-        .sections
-        .iter()
-        .zip(&plans)
-        .map(|(s, bytes)| container::SectionData {
-            kind: s.kind,
-            name: s.name.clone(),
-            bytes,
-        })
-        .collect();
-    manifest.sections.clear();
-    container::encode(manifest, &sections)
+    })
 }
 
 #[test]

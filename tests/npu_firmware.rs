@@ -20,7 +20,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use m4c_runtime::bundle::format::SectionKind;
-use m4c_runtime::bundle::{container, sign};
+use m4c_runtime::bundle::sign;
 
 /// (module name, fixture, CPU-fallback parts it has on edge-small,
 /// whether `run MODEL --backend npu` compiles the same graph): a
@@ -435,48 +435,17 @@ fn strict_and_calibrate_are_checked() {
 }
 
 /// Re-seals an unsigned firmware image with the bytes of `module`'s NPU
-/// section of `kind` replaced by `edit`'s (every offset, checksum and the
-/// content hash recomputed): what an attacker without the key can make.
+/// section of `kind` replaced by `edit`'s.
 fn reseal(
     image: &[u8],
     module: &str,
     kind: SectionKind,
     edit: &dyn Fn(&[u8]) -> Vec<u8>,
 ) -> Vec<u8> {
-    let decoded = container::decode(image).unwrap();
-    let mut manifest = decoded.manifest;
     let section = format!("{module}.edge-small");
-    let bytes: Vec<Vec<u8>> = manifest
-        .sections
-        .iter()
-        .map(|s| {
-            let bytes = &image[s.offset as usize..(s.offset + s.len) as usize];
-            if s.kind == kind && s.name == section {
-                edit(bytes)
-            } else {
-                bytes.to_vec()
-            }
-        })
-        .collect();
-    assert!(
-        manifest
-            .sections
-            .iter()
-            .any(|s| s.kind == kind && s.name == section),
-        "no {kind} section {section}"
-    );
-    let sections: Vec<container::SectionData> = manifest
-        .sections
-        .iter()
-        .zip(&bytes)
-        .map(|(s, bytes)| container::SectionData {
-            kind: s.kind,
-            name: s.name.clone(),
-            bytes,
-        })
-        .collect();
-    manifest.sections.clear();
-    container::encode(manifest, &sections)
+    sandbox::reseal(image, &|s, bytes| {
+        (s.kind == kind && s.name == section).then(|| edit(bytes))
+    })
 }
 
 /// `edit` applied to the plan's JSON.

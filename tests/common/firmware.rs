@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use m4c_runtime::bundle::container;
+use m4c_runtime::bundle::format::SectionEntry;
+
 /// Scratch file `name` in folder `dir` of the target's tmp directory,
 /// unique to this process.
 pub fn scratch(dir: &str, name: &str) -> PathBuf {
@@ -49,4 +52,38 @@ pub fn key(dir: &str) -> &'static (PathBuf, PathBuf) {
         let public = PathBuf::from(format!("{}.pub", secret.display()));
         (secret, public)
     })
+}
+
+/// Re-seals an unsigned firmware image with each section's bytes replaced
+/// by `edit`'s where it returns some (every offset, checksum and the
+/// content hash recomputed): what an attacker without the key can make.
+/// Panics when `edit` changed nothing, so that a test cannot pass by
+/// missing its section.
+pub fn reseal(image: &[u8], edit: &dyn Fn(&SectionEntry, &[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
+    let decoded = container::decode(image).unwrap();
+    let mut manifest = decoded.manifest;
+    let mut edited = false;
+    let bytes: Vec<Vec<u8>> = manifest
+        .sections
+        .iter()
+        .map(|s| {
+            let bytes = &image[s.offset as usize..(s.offset + s.len) as usize];
+            let new = edit(s, bytes);
+            edited |= new.is_some();
+            new.unwrap_or_else(|| bytes.to_vec())
+        })
+        .collect();
+    assert!(edited, "no section was edited");
+    let sections: Vec<container::SectionData> = manifest
+        .sections
+        .iter()
+        .zip(&bytes)
+        .map(|(s, bytes)| container::SectionData {
+            kind: s.kind,
+            name: s.name.clone(),
+            bytes,
+        })
+        .collect();
+    manifest.sections.clear();
+    container::encode(manifest, &sections)
 }
