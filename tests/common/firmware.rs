@@ -56,14 +56,14 @@ pub fn key(dir: &str) -> &'static (PathBuf, PathBuf) {
 
 /// New bytes for a section (given its manifest entry and bytes), or none
 /// to keep it.
-pub type SectionEdit = dyn Fn(&SectionEntry, &[u8]) -> Option<Vec<u8>>;
+pub type SectionEdit<'a> = dyn Fn(&SectionEntry, &[u8]) -> Option<Vec<u8>> + 'a;
 
 /// Re-seals an unsigned firmware image with each section's bytes replaced
 /// by `edit`'s where it returns some (every offset, checksum and the
 /// content hash recomputed): what an attacker without the key can make.
 /// Panics when `edit` changed nothing, so that a test cannot pass by
 /// missing its section.
-pub fn reseal(image: &[u8], edit: &SectionEdit) -> Vec<u8> {
+pub fn reseal(image: &[u8], edit: &SectionEdit<'_>) -> Vec<u8> {
     let decoded = container::decode(image).unwrap();
     let mut manifest = decoded.manifest;
     let mut edited = false;
