@@ -49,17 +49,18 @@ impl Layout {
         Ok(())
     }
 
-    /// `data` (row-major, of `shape`) in this layout.
-    pub fn arrange<T: Copy>(&self, data: &[T], shape: &[usize]) -> Result<Vec<T>, String> {
+    /// `data` (row-major, of `shape`) in this layout (as it is, without a
+    /// copy, for [`Layout::AsIs`]).
+    pub fn arrange<T: Copy>(&self, data: Vec<T>, shape: &[usize]) -> Result<Vec<T>, String> {
         self.check(shape)?;
         let &[n, c, h, w] = shape else {
-            return Ok(data.to_vec());
+            return Ok(data);
         };
         if data.len() != n * c * h * w {
             return Err(format!("{} elements for shape {shape:?}", data.len()));
         }
         let (kh, kw) = match *self {
-            Layout::AsIs => return Ok(data.to_vec()),
+            Layout::AsIs => return Ok(data),
             Layout::Nhwc => (1, 1),
             Layout::Patches { kh, kw } => (kh, kw),
         };
@@ -91,15 +92,15 @@ mod tests {
     fn nhwc_and_patches_permute_the_value() {
         let shape = [1, 2, 2, 4];
         let x: Vec<u8> = (0..16).collect();
-        assert_eq!(Layout::AsIs.arrange(&x, &shape).unwrap(), x);
+        assert_eq!(Layout::AsIs.arrange(x.clone(), &shape).unwrap(), x);
         assert_eq!(
-            Layout::Nhwc.arrange(&x, &shape).unwrap(),
+            Layout::Nhwc.arrange(x.clone(), &shape).unwrap(),
             [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
         );
         // Two 2×2 patches: (ch, ky, kx) per patch.
         assert_eq!(
             Layout::Patches { kh: 2, kw: 2 }
-                .arrange(&x, &shape)
+                .arrange(x.clone(), &shape)
                 .unwrap(),
             [0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15]
         );
@@ -114,6 +115,6 @@ mod tests {
             .is_err());
         assert!(Layout::Nhwc.check(&[4, 4]).is_err());
         assert!(Layout::Nhwc.check(&[usize::MAX, 2, 1, 1]).is_err());
-        assert!(Layout::Nhwc.arrange(&[0u8; 3], &[1, 1, 2, 2]).is_err());
+        assert!(Layout::Nhwc.arrange(vec![0u8; 3], &[1, 1, 2, 2]).is_err());
     }
 }

@@ -471,7 +471,7 @@ impl NpuModule {
                 .get(&b.value)
                 .ok_or_else(|| fail(format!("NPU part {index}: `{}` missing", b.value)))?;
             tensors[b.tensor] = quantize(v, &plan.tensors[b.tensor])
-                .and_then(|q| b.layout.arrange(&q, &b.shape))
+                .and_then(|q| b.layout.arrange(q, &b.shape))
                 .map_err(|e| fail(format!("`{}`: {e}", b.value)))?;
             quantize_cycles += count_boundary(figures, config, b);
         }

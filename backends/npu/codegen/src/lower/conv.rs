@@ -25,7 +25,7 @@ use crate::conv::{to_nhwc, Geometry};
 
 /// Simulated cycles of `p` on placeholder data (the timing does not
 /// depend on the data).
-fn cycles(p: &Program, config: &m4c_npu::config::MachineConfig) -> Result<u64, String> {
+pub(super) fn cycles(p: &Program, config: &m4c_npu::config::MachineConfig) -> Result<u64, String> {
     simulate(p, config, SimOptions::default())
         .map(|r| r.stats.cycles)
         .map_err(|e| e.to_string())
@@ -63,15 +63,7 @@ impl Ctx<'_> {
         let m = ws.first().copied().ok_or("scalar weights")?;
         let twin = self.nhwc_of.get(&ins[0]).copied();
         let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
-        // Writing the input's NCHW bytes, for a form that reads them,
-        // when only its NHWC twin exists yet.
-        let nchw_cost = |cx: &Self, dims| -> Result<u64, String> {
-            cycles(&cx.nchw_kernel(dims)?.program, cx.config)
-        };
-        let pending = match twin.filter(|t| t.pending) {
-            Some(t) => nchw_cost(self, t.dims)?,
-            None => 0,
-        };
+        let pending = self.pending_nchw_cycles(ins[0])?;
         let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
         // (cycles, how a part input enters, form)
         let mut best: Option<(u64, Layout, Form)> = None;
@@ -92,7 +84,7 @@ impl Ctx<'_> {
         // A part input can come in NHWC or as the patch matrix instead.
         let fresh = twin.is_none() && !self.tensor_of.contains_key(&ins[0]);
         if fresh {
-            let entry_nchw = nchw_cost(self, geo.x)?;
+            let entry_nchw = self.nchw_cycles(geo.x)?;
             for form in self.conv_forms(attrs, ins, out, relu, Source::Nhwc)? {
                 let extra = if reads_nchw(&form) { entry_nchw } else { 0 };
                 consider(form_cycles(&form, self.config)? + extra, Layout::Nhwc, form);

@@ -47,6 +47,20 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())
     }
 
+    /// Simulated cycles of the `dma-nchw` layer for NCHW `dims`.
+    pub(super) fn nchw_cycles(&self, dims: [usize; 4]) -> Result<u64, String> {
+        super::conv::cycles(&self.nchw_kernel(dims)?.program, self.config)
+    }
+
+    /// What a form reading `v`'s NCHW bytes pays on top when only its
+    /// NHWC twin exists yet (the deferred `dma-nchw`): 0 otherwise.
+    pub(super) fn pending_nchw_cycles(&self, v: ValueId) -> Result<u64, String> {
+        match self.nhwc_of.get(&v).filter(|t| t.pending) {
+            Some(t) => self.nchw_cycles(t.dims),
+            None => Ok(0),
+        }
+    }
+
     /// Records `t` as `v`'s NHWC twin (`v` of NCHW shape `dims`) and
     /// allocates `v`'s NCHW tensor, written when first needed.
     pub(super) fn defer_nchw(&mut self, v: ValueId, t: usize, dims: [usize; 4]) {

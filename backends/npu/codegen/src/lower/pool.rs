@@ -122,10 +122,7 @@ impl Ctx<'_> {
         // An input with an NHWC twin is read as it is (`layout`); the
         // NCHW form then pays for writing its NCHW bytes.
         let twin = self.nhwc_of.get(&ins[0]).copied();
-        let nchw_cost = match twin.filter(|t| t.pending) {
-            Some(t) => form_cycles(&vec![("dma-nchw", self.nchw_kernel(t.dims)?)], self.config)?,
-            None => 0,
-        };
+        let nchw_cost = self.pending_nchw_cycles(ins[0])?;
         let nhwc = || -> Result<Form, String> {
             let win = gather::generate(&window(geo.nhwc_windows(), geo.nhwc_pad()), self.config);
             let mut form =

@@ -31,7 +31,7 @@ pub(super) fn run(
         let (_, x) = xs.iter().find(|(name, _)| *name == input.value).unwrap();
         let q = quant_of(part, input.tensor);
         let codes: Vec<i8> = x.iter().map(|&v| q.quantize(f64::from(v))).collect();
-        tensors[input.tensor] = input.layout.arrange(&codes, &input.shape).unwrap();
+        tensors[input.tensor] = input.layout.arrange(codes, &input.shape).unwrap();
     }
     for l in 0..plan.layers.len() {
         plan.run_layer(
