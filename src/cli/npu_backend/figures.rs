@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use m4c_compiler::backend::Artifact;
-use m4c_ir::{Graph, ValueDef};
+use m4c_ir::Graph;
 use m4c_npu::module::ModulePart;
 use m4c_npu_codegen::calibrate::is_mask_sentinel;
-use m4c_ops::{eval_op, Value};
+use m4c_ops::Value;
 use m4c_runtime::exec::npu::{
     LayerFigures, LayerOutput, NpuModule, PartEngine, PartFigures, RunFigures,
 };
@@ -240,50 +240,21 @@ pub fn annotate(
 
 /// The f32 values named in `wanted` as the reference interpreter computes
 /// `graph` from `inputs` (graph input order), node by node, flattened
-/// (the calibration's walk, `m4c_npu_codegen::calibrate`, keeping only
-/// these).
+/// (the calibration's walk, `m4c_npu_codegen::calibrate::evaluate`,
+/// freeing each value after its last use).
 fn reference_values(
     graph: &Graph,
     inputs: &[Value],
     wanted: &HashSet<&str>,
 ) -> CliResult<HashMap<String, Vec<f32>>> {
-    let fail = |e: String| format!("the float reference for the layer SQNR: {e}");
-    let mut env: Vec<Option<Value>> = vec![None; graph.values.len()];
-    for (&id, v) in graph.inputs.iter().zip(inputs) {
-        env[id.index()] = Some(v.clone());
-    }
-    for (id, value) in graph.values.iter().enumerate() {
-        if let ValueDef::Const(t) = &value.def {
-            env[id] = Some(Value::from_tensor(t).map_err(|e| fail(e.to_string()))?);
-        }
-    }
-    // Each value is dropped after the last node reading it.
-    let mut last_use = vec![usize::MAX; graph.values.len()];
-    for (k, node) in graph.nodes.iter().enumerate() {
-        for i in &node.inputs {
-            last_use[i.index()] = k;
-        }
-    }
     let mut out = HashMap::new();
-    for (k, node) in graph.nodes.iter().enumerate() {
-        let args: Vec<&Value> = node
-            .inputs
-            .iter()
-            .map(|i| env[i.index()].as_ref())
-            .collect::<Option<_>>()
-            .ok_or_else(|| fail("a value is used before it is defined".into()))?;
-        let v = eval_op(&node.op, &args).map_err(|e| fail(e.to_string()))?;
-        let name = &graph.value(node.output).name;
-        if let (true, Value::F32(a)) = (wanted.contains(name.as_str()), &v) {
+    m4c_npu_codegen::calibrate::evaluate(graph, inputs, true, &mut |id, v| {
+        let name = &graph.value(id).name;
+        if let (true, Value::F32(a)) = (wanted.contains(name.as_str()), v) {
             out.insert(name.clone(), a.iter().copied().collect());
         }
-        env[node.output.index()] = Some(v);
-        for i in &node.inputs {
-            if last_use[i.index()] == k {
-                env[i.index()] = None;
-            }
-        }
-    }
+    })
+    .map_err(|e| format!("the float reference for the layer SQNR: {e}"))?;
     Ok(out)
 }
 

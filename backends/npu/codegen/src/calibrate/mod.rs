@@ -107,39 +107,65 @@ impl Calibration {
     }
 }
 
+/// Runs `g` on `inputs` (in `g.inputs` order) with the reference
+/// interpreter, node by node, showing `visit` each node's result; returns
+/// every value by index (inputs and constants included). With
+/// `drop_dead`, each value is freed after the last node reading it (and
+/// the returned values are those still live): what a report reading a
+/// few values needs, where calibration keeps them all.
+pub fn evaluate(
+    g: &Graph,
+    inputs: &[Value],
+    drop_dead: bool,
+    visit: &mut dyn FnMut(ValueId, &Value),
+) -> Result<Vec<Option<Value>>, String> {
+    if inputs.len() != g.inputs.len() {
+        return Err(format!("{} inputs for {}", inputs.len(), g.inputs.len()));
+    }
+    let mut env: Vec<Option<Value>> = vec![None; g.values.len()];
+    for (&id, v) in g.inputs.iter().zip(inputs) {
+        env[id.index()] = Some(v.clone());
+    }
+    for (id, value) in g.values.iter().enumerate() {
+        if let ValueDef::Const(t) = &value.def {
+            env[id] = Some(Value::from_tensor(t).map_err(|e| e.to_string())?);
+        }
+    }
+    let mut last_use = vec![usize::MAX; g.values.len()];
+    for (k, node) in g.nodes.iter().enumerate() {
+        for i in &node.inputs {
+            last_use[i.index()] = k;
+        }
+    }
+    for (k, node) in g.nodes.iter().enumerate() {
+        let args: Vec<&Value> = node
+            .inputs
+            .iter()
+            .map(|i| env[i.index()].as_ref())
+            .collect::<Option<_>>()
+            .ok_or("a value is used before it is defined")?;
+        let out = eval_op(&node.op, &args).map_err(|e| e.to_string())?;
+        visit(node.output, &out);
+        env[node.output.index()] = Some(out);
+        if drop_dead {
+            for i in &node.inputs {
+                if last_use[i.index()] == k {
+                    env[i.index()] = None;
+                }
+            }
+        }
+    }
+    Ok(env)
+}
+
 /// Runs `g` on each sample (inputs in `g.inputs` order) and records the
 /// range of every f32 value, inputs included.
 pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, CalibrationError> {
     let mut cal = Calibration::default();
     let (softmax, operands) = mask::mask_chains(g);
     for (sample, inputs) in samples.iter().enumerate() {
-        let fail = |msg: String| CalibrationError::Run { sample, msg };
-        if inputs.len() != g.inputs.len() {
-            return Err(fail(format!(
-                "{} inputs for {}",
-                inputs.len(),
-                g.inputs.len()
-            )));
-        }
-        let mut env: Vec<Option<Value>> = vec![None; g.values.len()];
-        for (&id, v) in g.inputs.iter().zip(inputs) {
-            env[id.index()] = Some(v.clone());
-        }
-        for (id, value) in g.values.iter().enumerate() {
-            if let ValueDef::Const(t) = &value.def {
-                env[id] = Some(Value::from_tensor(t).map_err(|e| fail(e.to_string()))?);
-            }
-        }
-        for node in &g.nodes {
-            let args: Vec<&Value> = node
-                .inputs
-                .iter()
-                .map(|i| env[i.index()].as_ref())
-                .collect::<Option<_>>()
-                .ok_or_else(|| fail("a value is used before it is defined".into()))?;
-            let out = eval_op(&node.op, &args).map_err(|e| fail(e.to_string()))?;
-            env[node.output.index()] = Some(out);
-        }
+        let env = evaluate(g, inputs, false, &mut |_, _| {})
+            .map_err(|msg| CalibrationError::Run { sample, msg })?;
         let masked = mask::masked(&softmax, &operands, &env);
         for (id, v) in env.iter().enumerate() {
             let flags = masked.get(&ValueId(id as u32));
