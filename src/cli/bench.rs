@@ -71,6 +71,12 @@ struct ModelArgs {
     /// that would fall back and the constraint it violates).
     #[arg(long)]
     strict: bool,
+    /// `--backend npu`: run every NPU layer as a program of its own (its
+    /// operands loaded from DRAM, its result stored back) instead of each
+    /// NPU part's layers linked into one program whose feature maps stay
+    /// in the feature-map SRAM where they fit: the schedule to compare with.
+    #[arg(long)]
+    layer_by_layer: bool,
     /// `--backend npu`: write the per-layer table here (NPU layers with
     /// simulated figures and quantisation SQNR, CPU-fallback parts with
     /// measured host time; see docs/NPU_BACKEND.md).
@@ -174,9 +180,10 @@ fn model(args: ModelArgs) -> CliResult<i32> {
             args.csv.is_some(),
             args.trace.is_some(),
             args.calibrate.is_some(),
+            args.layer_by_layer,
         ];
         if args.strict || npu_only.contains(&true) {
-            return Err("--strict, --calibrate, --csv and --trace apply to a model run with --backend npu, not a bundle".into());
+            return Err("--strict, --calibrate, --csv, --trace and --layer-by-layer apply to a model run with --backend npu, not a bundle".into());
         }
         return bundle(&args, &path);
     }
@@ -224,6 +231,7 @@ fn model(args: ModelArgs) -> CliResult<i32> {
             target: backend.request()?.target,
             threads: backend.request()?.threads,
             strict: args.strict,
+            layer_by_layer: args.layer_by_layer,
         };
         let out = super::npu_backend::BenchOutputs {
             json: args.json,
@@ -239,6 +247,9 @@ fn model(args: ModelArgs) -> CliResult<i32> {
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
+    }
+    if args.layer_by_layer {
+        return Err("--layer-by-layer applies to --backend npu".into());
     }
     let start = Instant::now();
     let name = graph.name.clone();

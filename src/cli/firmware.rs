@@ -315,6 +315,7 @@ fn npu_artifact(
         target: request.target.clone(),
         threads: request.threads,
         strict: args.strict,
+        layer_by_layer: false,
     };
     super::npu_backend::compile_artifact(&m.graph, &feeds, &request)
 }

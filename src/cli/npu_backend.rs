@@ -43,6 +43,9 @@ pub struct NpuRequest {
     pub threads: usize,
     /// `--strict`: an error when any node falls back to the CPU.
     pub strict: bool,
+    /// `--layer-by-layer`: run every NPU layer as a program of its own
+    /// instead of each part's layers linked into one.
+    pub layer_by_layer: bool,
 }
 
 /// Calibrates `graph` on the arrays of `calibrate` (`--calibrate
@@ -143,7 +146,7 @@ pub fn compile(
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let artifact = compile_artifact(graph, inputs, request)?;
-    Ok((load(graph, &artifact, request.threads)?, artifact))
+    Ok((load(graph, &artifact, request)?, artifact))
 }
 
 /// Calibrates `graph` on one sample, `inputs` (graph input order), and
@@ -166,7 +169,7 @@ pub fn compile_calibrated(
     request: &NpuRequest,
 ) -> CliResult<(Arc<NpuModule>, Artifact)> {
     let artifact = artifact_calibrated(graph, cal, request)?;
-    Ok((load(graph, &artifact, request.threads)?, artifact))
+    Ok((load(graph, &artifact, request)?, artifact))
 }
 
 /// Compiles `graph` calibrated as `cal`, refusing any fallback under
@@ -193,7 +196,7 @@ fn artifact_calibrated(
 
 /// Loads `artifact` (of `graph`) from memory on the NPU device, as a
 /// bundle's code is loaded; compiled fallback code on `threads` threads.
-fn load(graph: &Graph, artifact: &Artifact, threads: usize) -> CliResult<Arc<NpuModule>> {
+fn load(graph: &Graph, artifact: &Artifact, request: &NpuRequest) -> CliResult<Arc<NpuModule>> {
     let entry = CodeEntry {
         cpu: String::new(),
         section: format!("{}.{}", graph.name, artifact.target),
@@ -205,8 +208,11 @@ fn load(graph: &Graph, artifact: &Artifact, threads: usize) -> CliResult<Arc<Npu
         .filter_map(|f| f.section.map(|k| (k, f.bytes.as_slice())))
         .collect();
     let code = ModuleCode::from_memory("npu", entry, &files)?;
-    let module =
-        NpuModule::from_sections(&graph.name, &code, Signature::of(graph), threads.max(1))?;
+    let threads = request.threads.max(1);
+    let mut module = NpuModule::from_sections(&graph.name, &code, Signature::of(graph), threads)?;
+    if request.layer_by_layer {
+        module.unlink();
+    }
     Ok(Arc::new(module))
 }
 

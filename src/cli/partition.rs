@@ -161,6 +161,7 @@ fn npu_row(
         target: spec.clone(),
         threads: 1,
         strict: false,
+        layer_by_layer: false,
     };
     let (module, artifact) = super::npu_backend::compile(&graph, &feeds, &request)?;
     let (_, figures) = module.run_measured(&feeds, args.runs)?;

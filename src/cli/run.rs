@@ -73,6 +73,12 @@ pub struct RunArgs {
     /// that would fall back and the constraint it violates).
     #[arg(long)]
     strict: bool,
+    /// `--backend npu`: run every NPU layer as a program of its own (its
+    /// operands loaded from DRAM, its result stored back) instead of each
+    /// NPU part's layers linked into one program whose feature maps stay
+    /// in the feature-map SRAM where they fit: the schedule to compare with.
+    #[arg(long)]
+    layer_by_layer: bool,
     /// `--backend npu`: calibrate the activation ranges on this sample
     /// (one array per model input) instead of on the run's inputs.
     #[arg(long, value_name = "DATA.npz")]
@@ -147,6 +153,7 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
             target: request.target,
             threads: request.threads,
             strict: args.strict,
+            layer_by_layer: args.layer_by_layer,
         };
         let calibrate = args.calibrate.as_deref();
         let (module, _) = super::npu_backend::prepare(&graph, &feeds, calibrate, &request)?;
@@ -160,6 +167,9 @@ fn prepare_model(args: &RunArgs, arrays: &BTreeMap<String, Value>) -> CliResult<
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
+    }
+    if args.layer_by_layer {
+        return Err("--layer-by-layer applies to --backend npu".into());
     }
     if args.calibrate.is_some() {
         return Err("--calibrate applies to --backend npu".into());
@@ -285,9 +295,9 @@ pub fn run(args: RunArgs) -> CliResult<i32> {
     }
     let arrays = read_npz(&args.inputs)?;
     let prepared = if is_bundle(&args.model) {
-        if args.strict || args.calibrate.is_some() {
+        if args.strict || args.calibrate.is_some() || args.layer_by_layer {
             return Err(
-                "--strict and --calibrate apply to a model run with --backend npu, not a bundle"
+                "--strict, --calibrate and --layer-by-layer apply to a model run with --backend npu, not a bundle"
                     .into(),
             );
         }

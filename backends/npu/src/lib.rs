@@ -16,6 +16,7 @@ pub mod fixed;
 pub mod isa;
 pub mod kernels;
 pub mod layout;
+pub mod link;
 pub mod module;
 pub mod program;
 pub mod quant;

@@ -289,7 +289,7 @@ impl PartPlan {
                 .collect();
             program.set_segment(b.addr, &bytes).map_err(fail)?;
         }
-        let sram_bytes = sram_footprint(&program);
+        let sram_bytes = sram_footprint(&program.instrs);
         let result = simulate(&program, config, options).map_err(|e| fail(e.to_string()))?;
         let o = layer.output;
         let at = o.addr as usize;
@@ -331,13 +331,14 @@ fn binding<'t>(tensors: &'t [Vec<i8>], b: &Binding) -> Result<&'t [i8], String> 
         })
 }
 
-/// The highest SRAM byte `program`'s loads and stores address, summed
-/// over the activation and weight SRAMs: the buffers a kernel generator
-/// places statically, so this is its SRAM use.
-pub fn sram_footprint(program: &Program) -> u64 {
+/// The highest SRAM byte the loads and stores of `instrs` (a program, or
+/// one layer's span of a linked one) address, summed over the activation
+/// and weight SRAMs: the buffers a kernel generator places statically, so
+/// this is its SRAM use.
+pub fn sram_footprint(instrs: &[Instr]) -> u64 {
     let (mut ld_stride, mut st_stride) = (0i64, 0i64);
     let mut top = [0u64; 2];
-    for i in &program.instrs {
+    for i in instrs {
         let (space, sram, rows, row_bytes, stride) = match *i {
             Instr::LdCfg { sram_stride, .. } => {
                 ld_stride = sram_stride;

@@ -269,6 +269,7 @@ fn simulate(p: &Prepared, config: &str) -> CliResult<Measured> {
         target: Some(config.into()),
         threads: 1,
         strict: false,
+        layer_by_layer: false,
     };
     let (module, artifact) =
         crate::cli::npu_backend::compile_calibrated(&p.graph, &p.calibration, &request)?;

@@ -119,6 +119,55 @@ pub fn simulate(
     config: &MachineConfig,
     options: SimOptions,
 ) -> Result<SimResult, SimError> {
+    run(program, config, options, |_, _, _, _| {})
+}
+
+/// [`simulate`] that also accounts each of `spans` (ranges of instruction
+/// indices, e.g. the layers of a linked part) on its own: per span, the
+/// statistics of its instructions, with `cycles` from the first of them
+/// starting to the last finishing. `spans` must be in order and disjoint.
+pub fn simulate_spans(
+    program: &Program,
+    config: &MachineConfig,
+    options: SimOptions,
+    spans: &[std::ops::Range<usize>],
+) -> Result<(SimResult, Vec<Stats>), SimError> {
+    let mut per: Vec<(Stats, Option<(u64, u64)>)> = vec![Default::default(); spans.len()];
+    let result = run(program, config, options, |index, fx, start, cycles| {
+        // Spans are in order and disjoint.
+        let k = spans.partition_point(|s| s.end <= index);
+        if !spans.get(k).is_some_and(|s| s.contains(&index)) {
+            return;
+        }
+        let (stats, window) = &mut per[k];
+        account(stats, fx);
+        stats.instructions += 1;
+        if fx.matmul.is_some() {
+            stats.compute_cycles += cycles;
+        }
+        let (lo, hi) = window.get_or_insert((start, start + cycles));
+        *lo = (*lo).min(start);
+        *hi = (*hi).max(start + cycles);
+    })?;
+    let stats = per
+        .into_iter()
+        .map(|(mut s, window)| {
+            s.cycles = window.map_or(0, |(lo, hi)| hi - lo);
+            s.finish(config);
+            s
+        })
+        .collect();
+    Ok((result, stats))
+}
+
+/// The simulation loop; `visit` sees every executed instruction (index,
+/// effect, start cycle, cycles).
+fn run(
+    program: &Program,
+    config: &MachineConfig,
+    options: SimOptions,
+    mut visit: impl FnMut(usize, &exec::Effect, u64, u64),
+) -> Result<SimResult, SimError> {
     program.validate()?;
     let mut state = MachineState::new(config, program.dram_image());
     let mut stats = Stats::default();
@@ -223,6 +272,7 @@ pub fn simulate(
                     let cycles =
                         timing::cost(instr, &fx, config, options.timing, start, &mut history);
                     account(&mut stats, &fx);
+                    visit(index, &fx, start, cycles);
                     if options.check_hazards {
                         for (regions, write) in [(&fx.reads, false), (&fx.writes, true)] {
                             for region in regions {

@@ -17,12 +17,14 @@
 //! reason.
 
 mod fallback;
+mod linked;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use m4c_ir::Graph;
 use m4c_npu::config::MachineConfig;
+use m4c_npu::link::{link, LinkedPart};
 use m4c_npu::module::{unpack_programs, Boundary, ModulePart, ModulePlan};
 use m4c_npu::program::Program;
 use m4c_npu::sim::SimOptions;
@@ -271,6 +273,9 @@ pub struct NpuModule {
     signature: Signature,
     code: NpuModuleCode,
     fallbacks: Vec<Option<fallback::Fallback>>,
+    /// Per NPU part, its layers linked into one program, or why they
+    /// could not be (the part then runs layer by layer).
+    linked: Vec<Option<Result<LinkedPart, String>>>,
 }
 
 impl NpuModule {
@@ -291,11 +296,18 @@ impl NpuModule {
             .enumerate()
             .map(|(k, f)| f.map(|f| fallback::load(name, k, f, threads, refused)))
             .collect();
+        let linked = code
+            .plan
+            .parts
+            .iter()
+            .map(|part| link_part(part, &code.programs, &code.plan.config))
+            .collect();
         NpuModule {
             name: name.to_string(),
             signature,
             code,
             fallbacks,
+            linked,
         }
     }
 
@@ -309,6 +321,13 @@ impl NpuModule {
         threads: usize,
     ) -> Result<NpuModule, String> {
         Ok(NpuModule::new(name, parse(code)?, signature, threads, None))
+    }
+
+    /// Runs every NPU part layer by layer, each layer a program of its
+    /// own (`--layer-by-layer`: the schedule the linked one is compared
+    /// with).
+    pub fn unlink(&mut self) {
+        self.linked.iter_mut().for_each(|l| *l = None);
     }
 
     /// The machine it simulates.
@@ -476,26 +495,43 @@ impl NpuModule {
             quantize_cycles += count_boundary(figures, config, b);
         }
         let programs = &self.code.programs[*first_program..];
+        let linked = match self.linked.get(index) {
+            Some(Some(Ok(l))) => Some(l),
+            _ => None,
+        };
         let mut cycles = 0;
-        for (l, layer) in plan.layers.iter().enumerate() {
-            let run = plan
-                .run_layer(l, programs, &mut tensors, config, SimOptions::default())
-                .map_err(&fail)?;
-            let s = &run.stats;
-            cycles += s.cycles;
-            figures.layers.push(LayerFigures {
-                name: layer.name.clone(),
-                kernel: layer.kernel.clone(),
-                part: index,
-                cycles: s.cycles,
-                macs: s.macs,
-                utilization: s.utilization,
-                sram_bytes: run.sram_bytes,
-                dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
-                energy_pj: s.energy_pj,
-            });
-            if let Some(c) = capture.as_deref_mut() {
-                c.push(layer_output(plan, l, &tensors));
+        if let Some(l) = linked {
+            let (c, layers) = linked::run(index, plan, l, inputs, outputs, &mut tensors, config)
+                .map_err(|e| fail(format!("NPU part {index}: {e}")))?;
+            cycles = c;
+            figures.layers.extend(layers);
+        }
+        // Layer by layer: where the part is not linked, or to keep every
+        // layer's result (the linked program reuses their memory).
+        if linked.is_none() || capture.is_some() {
+            for (l, layer) in plan.layers.iter().enumerate() {
+                let run = plan
+                    .run_layer(l, programs, &mut tensors, config, SimOptions::default())
+                    .map_err(&fail)?;
+                if let Some(c) = capture.as_deref_mut() {
+                    c.push(layer_output(plan, l, &tensors));
+                }
+                if linked.is_some() {
+                    continue;
+                }
+                let s = &run.stats;
+                cycles += s.cycles;
+                figures.layers.push(LayerFigures {
+                    name: layer.name.clone(),
+                    kernel: layer.kernel.clone(),
+                    part: index,
+                    cycles: s.cycles,
+                    macs: s.macs,
+                    utilization: s.utilization,
+                    sram_bytes: run.sram_bytes,
+                    dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+                    energy_pj: s.energy_pj,
+                });
             }
         }
         let mut dequantize_cycles = 0;
@@ -511,11 +547,42 @@ impl NpuModule {
             engine: PartEngine::Npu,
             cycles,
             seconds: 0.0,
-            note: None,
+            note: self
+                .linked
+                .get(index)
+                .and_then(|l| l.as_ref()?.as_ref().err())
+                .map(|e| format!("run layer by layer: {e}")),
             quantize_cycles,
             dequantize_cycles,
         })
     }
+}
+
+/// Links an NPU part's layers ([`m4c_npu::link`]); `None` for a fallback
+/// part. The part's boundary values stay in DRAM for the host; the
+/// feature-map SRAM of `config` holds what fits of the rest.
+fn link_part(
+    part: &ModulePart,
+    programs: &[Program],
+    config: &MachineConfig,
+) -> Option<Result<LinkedPart, String>> {
+    let ModulePart::Npu {
+        plan,
+        first_program,
+        inputs,
+        outputs,
+    } = part
+    else {
+        return None;
+    };
+    let mut pinned = vec![false; plan.tensors.len()];
+    for b in inputs.iter().chain(outputs) {
+        if let Some(p) = pinned.get_mut(b.tensor) {
+            *p = true;
+        }
+    }
+    let programs = programs.get(*first_program..).unwrap_or_default();
+    Some(link(plan, programs, &pinned, 0).map_err(|e| e.to_string()))
 }
 
 /// Layer `l`'s result in `tensors`, dequantised, when it is the last
