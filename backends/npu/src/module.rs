@@ -56,6 +56,72 @@ pub struct LayerSpec {
     pub inputs: Vec<Binding>,
     /// Its result.
     pub output: Binding,
+    /// For an embedding lookup: the rows its loads fetch are chosen at
+    /// run time by an index operand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_by_index: Option<RowIndex>,
+}
+
+/// A layer whose loads fetch rows of a table chosen at run time (an
+/// embedding lookup: a Gather of a constant table by run-time indices).
+/// The program was generated for index 0 everywhere: load `lds[r]` reads
+/// the table's first row. Before the layer runs the device moves it by
+/// `index[r] * row_bytes` bytes — as a driver writes DMA descriptors from
+/// the indices the CPU holds — after checking the index lies in the
+/// table (negative indices count from the end, as ONNX's Gather does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowIndex {
+    /// Which of the part's index operands ([`IndexInput`]).
+    pub input: usize,
+    /// The instruction index of each row's `ld` in the layer's program.
+    pub lds: Vec<usize>,
+    /// Bytes per row.
+    pub row_bytes: usize,
+    /// Rows of the table.
+    pub table_rows: usize,
+}
+
+impl RowIndex {
+    /// Moves each row's load of `instrs` (the layer's program, or its span
+    /// of a linked one starting at `first`) to the row `indices` names.
+    pub fn patch(&self, instrs: &mut [Instr], first: usize, indices: &[i64]) -> Result<(), String> {
+        if indices.len() != self.lds.len() {
+            return Err(format!(
+                "{} indices for {} rows",
+                indices.len(),
+                self.lds.len()
+            ));
+        }
+        let rows = self.table_rows as i64;
+        for (&at, &i) in self.lds.iter().zip(indices) {
+            let row = if i < 0 { i + rows } else { i };
+            if !(0..rows).contains(&row) {
+                return Err(format!("index {i} outside a table of {rows} rows"));
+            }
+            let ld = first.checked_add(at).and_then(|k| instrs.get_mut(k));
+            let Some(Instr::Ld {
+                dram, row_bytes, ..
+            }) = ld
+            else {
+                return Err(format!("instruction {at} is not a row's load"));
+            };
+            if *row_bytes != self.row_bytes as i64 {
+                return Err(format!("the load at {at} is not {} bytes", self.row_bytes));
+            }
+            *dram += row * self.row_bytes as i64;
+        }
+        Ok(())
+    }
+}
+
+/// An integer value an NPU part takes as it is (not quantised): the
+/// indices of its embedding lookups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexInput {
+    /// The IR value name.
+    pub value: String,
+    /// Elements.
+    pub elements: usize,
 }
 
 /// A compiled NPU sub-graph.
@@ -98,6 +164,9 @@ pub enum ModulePart {
         inputs: Vec<Boundary>,
         /// Values dequantised on exit.
         outputs: Vec<Boundary>,
+        /// Integer values taken as they are (embedding indices).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        indices: Vec<IndexInput>,
     },
     /// A CPU-fallback sub-graph: its IR, and the CPU backend's compiled
     /// code for it where the CPU backend compiled it; without code (or
@@ -193,8 +262,22 @@ impl ModulePlan {
                 first_program,
                 inputs,
                 outputs,
+                indices,
             } = part
             {
+                for l in &plan.layers {
+                    if let Some(r) = &l.rows_by_index {
+                        let fits = indices
+                            .get(r.input)
+                            .is_some_and(|i| i.elements == r.lds.len());
+                        let table = r.table_rows.checked_mul(r.row_bytes);
+                        if !fits
+                            || table.is_none_or(|b| b > crate::program::MAX_DRAM_BYTES as usize)
+                        {
+                            return Err(format!("layer `{}`: bad row index", l.name));
+                        }
+                    }
+                }
                 if *first_program > programs {
                     return Err(format!("first program {first_program} of {programs}"));
                 }
@@ -262,13 +345,14 @@ impl PartPlan {
     }
 
     /// Runs layer `index` on `tensors` (one byte buffer per tensor, sized
-    /// as specified): writes its operands into a copy of its program's
-    /// image, simulates, and copies the result out.
+    /// as specified) and the part's index operands `indices`: writes its
+    /// operands into a copy of its program's image (and moves its row
+    /// loads, [`RowIndex`]), simulates, and copies the result out.
     pub fn run_layer(
         &self,
         index: usize,
         programs: &[Program],
-        tensors: &mut [Vec<i8>],
+        (tensors, indices): (&mut [Vec<i8>], &[Vec<i64>]),
         config: &MachineConfig,
         options: SimOptions,
     ) -> Result<LayerRun, String> {
@@ -288,6 +372,12 @@ impl PartPlan {
                 .map(|&v| v as u8)
                 .collect();
             program.set_segment(b.addr, &bytes).map_err(fail)?;
+        }
+        if let Some(r) = &layer.rows_by_index {
+            let idx = indices
+                .get(r.input)
+                .ok_or_else(|| fail(format!("no index operand {}", r.input)))?;
+            r.patch(&mut program.instrs, 0, idx).map_err(fail)?;
         }
         let sram_bytes = sram_footprint(&program.instrs);
         let result = simulate(&program, config, options).map_err(|e| fail(e.to_string()))?;
@@ -475,12 +565,19 @@ mod tests {
                 program: 0,
                 inputs: vec![bind(0, k.inputs[0]), bind(1, k.inputs[1])],
                 output: bind(2, k.out_addr),
+                rows_by_index: None,
             }],
         };
         plan.check(1).unwrap();
         let mut tensors = vec![ops.a.clone(), ops.b.clone(), vec![0; 120]];
         let run = plan
-            .run_layer(0, &programs, &mut tensors, &config, SimOptions::default())
+            .run_layer(
+                0,
+                &programs,
+                (&mut tensors, &[]),
+                &config,
+                SimOptions::default(),
+            )
             .unwrap();
         assert_eq!(tensors[2], ops.reference().unwrap());
         assert!(run.stats.cycles > 0 && run.sram_bytes > 0);

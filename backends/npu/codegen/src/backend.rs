@@ -148,6 +148,7 @@ pub fn compile_calibrated(
                 first_program: programs.len(),
                 inputs: l.inputs,
                 outputs: l.outputs,
+                indices: l.indices,
             });
             programs.extend(l.programs);
             continue;

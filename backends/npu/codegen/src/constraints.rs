@@ -51,7 +51,7 @@ pub const CONSTRAINTS: [Constraint; 11] = [
     },
     Constraint {
         name: "gather-indices",
-        rule: "Gather takes constant indices within the axis (a q/k/v split, a CLS pick: a DMA pattern); run-time indices (an embedding lookup) would need descriptors written at run time, which the device does not do yet",
+        rule: "Gather takes constant indices within the axis (a q/k/v split, a CLS pick: a DMA pattern), or run-time integer indices into a constant 2-D table along axis 0 (an embedding lookup: one DMA row load per index, its address written at run time from the index; the table may exceed the size rule up to 256 Mi elements)",
     },
     Constraint {
         name: "lut-scalar",
@@ -65,6 +65,24 @@ pub const CONSTRAINTS: [Constraint; 11] = [
 
 /// Largest tensor one layer takes, in elements.
 pub(crate) const MAX_ELEMENTS: usize = 16 << 20;
+
+/// Largest embedding table, in elements (int8 bytes of one layer's
+/// DRAM image, under the container's 1 GiB).
+const MAX_TABLE_ELEMENTS: usize = 256 << 20;
+
+/// Whether `node` is an embedding lookup the NPU takes: a Gather along
+/// axis 0 of a constant float 2-D table by run-time integer indices.
+pub fn is_embedding(g: &Graph, node: &Node) -> bool {
+    let Op::Gather { axis: 0 } = node.op else {
+        return false;
+    };
+    let (table, idx) = (g.value(node.inputs[0]), g.value(node.inputs[1]));
+    is_const(g, node.inputs[0])
+        && table.ty.dtype.is_float()
+        && table.ty.static_shape().is_some_and(|s| s.len() == 2)
+        && !is_const(g, node.inputs[1])
+        && matches!(idx.ty.dtype, DType::I64 | DType::I32)
+}
 
 /// Unary operators evaluated through a lookup table.
 pub const LUT_OPS: [OpKind; 10] = [
@@ -131,9 +149,17 @@ pub fn refuse(g: &Graph, node: &Node) -> Option<String> {
     // (`lower::matmul`), so only the run-time operands and the result
     // must fit one layer's image.
     let split_b = matches!(node.op, Op::MatMul { .. }) && is_const(g, node.inputs[1]);
+    // An embedding table stays in DRAM: only the rows looked up move.
+    let table = is_embedding(g, node).then(|| node.inputs[0]);
     for &v in values.clone() {
         if split_b && v == node.inputs[1] {
             continue;
+        }
+        if Some(v) == table {
+            match g.value(v).ty.num_elements() {
+                Some(n) if n <= MAX_TABLE_ELEMENTS => continue,
+                n => return violated("size", format!("an embedding table of {n:?} elements")),
+            }
         }
         let value = g.value(v);
         match value.ty.num_elements() {
@@ -150,10 +176,10 @@ pub fn refuse(g: &Graph, node: &Node) -> Option<String> {
         }
     }
     if let Op::Gather { .. } = node.op {
-        if !is_const(g, node.inputs[1]) {
+        if !is_const(g, node.inputs[1]) && !is_embedding(g, node) {
             return violated(
                 "gather-indices",
-                "run-time indices (an embedding lookup)".into(),
+                "run-time indices gather rows of a constant 2-D table along axis 0 only".into(),
             );
         }
     }

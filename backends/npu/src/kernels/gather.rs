@@ -90,6 +90,43 @@ pub fn generate(
     ops: &GatherOperands,
     config: &MachineConfig,
 ) -> Result<KernelProgram, KernelError> {
+    generate_with(ops, config, true)
+}
+
+/// [`generate`] with one `ld` per output row, never merged with its
+/// neighbours, for rows of one contiguous piece each: the rows of an
+/// embedding lookup, whose sources the device chooses at run time by
+/// moving each row's load ([`crate::module::RowIndex`]). Also returns
+/// the index of each row's `ld` in the program.
+pub fn generate_rows(
+    ops: &GatherOperands,
+    config: &MachineConfig,
+) -> Result<(KernelProgram, Vec<usize>), KernelError> {
+    if ops.rows.iter().any(|r| r.len() != 1 || r[0].stride != 1) {
+        return Err(KernelError::BadShape(
+            "rows chosen at run time are one contiguous piece each".into(),
+        ));
+    }
+    let k = generate_with(ops, config, false)?;
+    let lds: Vec<usize> = (k.program.instrs.iter().enumerate())
+        .filter(|(_, i)| matches!(i, Instr::Ld { .. }))
+        .map(|(at, _)| at)
+        .collect();
+    if lds.len() != ops.rows.len() {
+        return Err(KernelError::BadShape(format!(
+            "{} loads for {} rows",
+            lds.len(),
+            ops.rows.len()
+        )));
+    }
+    Ok((k, lds))
+}
+
+fn generate_with(
+    ops: &GatherOperands,
+    config: &MachineConfig,
+    merge: bool,
+) -> Result<KernelProgram, KernelError> {
     ops.check()?;
     let (rows, cols) = (ops.rows.len(), ops.row_len);
     let shape = StreamShape {
@@ -111,7 +148,7 @@ pub fn generate(
         let mut r = t.rows.start;
         while r < t.rows.end {
             let sram = t.input + ((r - t.rows.start) * cols) as u64;
-            let spacing = ops.rows.get(r + 1).filter(|_| r + 1 < t.rows.end);
+            let spacing = ops.rows.get(r + 1).filter(|_| merge && r + 1 < t.rows.end);
             let spacing = spacing.and_then(|next| step(&ops.rows[r], next));
             let Some(spacing) = spacing else {
                 load_row(b, &ops.rows[r], &sources, sram)?;

@@ -148,6 +148,7 @@ mod tests {
                 program: 0,
                 inputs: vec![bind(l - 1)],
                 output: bind(l),
+                rows_by_index: None,
             })
             .collect();
         PartPlan { tensors, layers }

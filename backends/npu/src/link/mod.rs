@@ -34,6 +34,9 @@ pub struct LinkedPart {
     pub tensor_addr: Vec<u32>,
     /// Each layer's instructions in [`LinkedPart::program`].
     pub spans: Vec<Range<usize>>,
+    /// Where each layer's own program starts in it: its instruction `k`
+    /// is instruction `first_instr + k` of the linked program.
+    pub first_instr: Vec<usize>,
     /// Where the tensors went.
     pub memory: MemoryPlan,
 }
@@ -114,6 +117,7 @@ pub fn link(
         })
         .collect();
     let mut spans = Vec::with_capacity(plan.layers.len());
+    let mut first_instr = Vec::with_capacity(plan.layers.len());
     let mut dirty = Dirty::default();
     for layer in &plan.layers {
         let program = &programs[layer.program];
@@ -164,6 +168,7 @@ pub fn link(
             Ok((base + lo) as i64)
         };
         let (mut ld_stride, mut st_stride) = (0i64, 0i64);
+        first_instr.push(instrs.len());
         for (index, instr) in program.instrs.iter().enumerate() {
             dirty.note(instr);
             let mut instr = instr.clone();
@@ -223,6 +228,7 @@ pub fn link(
         program,
         tensor_addr,
         spans,
+        first_instr,
         memory,
     })
 }

@@ -12,15 +12,15 @@ use m4c_npu::sim::{simulate_spans, SimOptions};
 
 use super::LayerFigures;
 
-/// Runs `linked` (part `part` of the plan) on `tensors` (the inputs set):
+/// Runs `linked` (part `part` of the plan) on `tensors` (the inputs set)
+/// and the part's index operands:
 /// writes the results of `outputs` into `tensors` and returns the part's
 /// cycles and each layer's figures.
 pub(super) fn run(
     part: usize,
     plan: &PartPlan,
     linked: &LinkedPart,
-    inputs: &[Boundary],
-    outputs: &[Boundary],
+    (inputs, outputs, indices): (&[Boundary], &[Boundary], &[Vec<i64>]),
     tensors: &mut [Vec<i8>],
     config: &MachineConfig,
 ) -> Result<(u64, Vec<LayerFigures>), String> {
@@ -28,6 +28,15 @@ pub(super) fn run(
     for b in inputs {
         let bytes: Vec<u8> = tensors[b.tensor].iter().map(|&v| v as u8).collect();
         program.set_segment(linked.tensor_addr[b.tensor], &bytes)?;
+    }
+    for (layer, &first) in plan.layers.iter().zip(&linked.first_instr) {
+        if let Some(r) = &layer.rows_by_index {
+            let idx = indices
+                .get(r.input)
+                .ok_or_else(|| format!("layer `{}`: no index operand {}", layer.name, r.input))?;
+            r.patch(&mut program.instrs, first, idx)
+                .map_err(|e| format!("layer `{}`: {e}", layer.name))?;
+        }
     }
     let (result, per_layer) =
         simulate_spans(&program, config, SimOptions::default(), &linked.spans)

@@ -478,10 +478,20 @@ impl NpuModule {
             first_program,
             inputs,
             outputs,
+            indices,
         } = part
         else {
             return Err(fail(format!("part {index} is not an NPU part")));
         };
+        let indices = indices
+            .iter()
+            .map(|i| {
+                let v = env
+                    .get(&i.value)
+                    .ok_or_else(|| fail(format!("NPU part {index}: `{}` missing", i.value)))?;
+                index_values(v, i.elements).map_err(|e| fail(format!("`{}`: {e}", i.value)))
+            })
+            .collect::<Result<Vec<Vec<i64>>, _>>()?;
         let config = &self.code.plan.config;
         let mut tensors: Vec<Vec<i8>> = plan.tensors.iter().map(|t| vec![0; t.bytes]).collect();
         let mut quantize_cycles = 0;
@@ -501,7 +511,8 @@ impl NpuModule {
         };
         let mut cycles = 0;
         if let Some(l) = linked {
-            let (c, layers) = linked::run(index, plan, l, inputs, outputs, &mut tensors, config)
+            let io = (inputs.as_slice(), outputs.as_slice(), indices.as_slice());
+            let (c, layers) = linked::run(index, plan, l, io, &mut tensors, config)
                 .map_err(|e| fail(format!("NPU part {index}: {e}")))?;
             cycles = c;
             figures.layers.extend(layers);
@@ -511,7 +522,13 @@ impl NpuModule {
         if linked.is_none() || capture.is_some() {
             for (l, layer) in plan.layers.iter().enumerate() {
                 let run = plan
-                    .run_layer(l, programs, &mut tensors, config, SimOptions::default())
+                    .run_layer(
+                        l,
+                        programs,
+                        (&mut tensors, &indices),
+                        config,
+                        SimOptions::default(),
+                    )
                     .map_err(&fail)?;
                 if let Some(c) = capture.as_deref_mut() {
                     c.push(layer_output(plan, l, &tensors));
@@ -571,6 +588,7 @@ fn link_part(
         first_program,
         inputs,
         outputs,
+        ..
     } = part
     else {
         return None;
@@ -617,6 +635,23 @@ fn count_boundary(f: &mut RunFigures, config: &MachineConfig, b: &Boundary) -> u
     let cycles = bytes.div_ceil(config.vector_lanes.max(1) as u64) + bytes.div_ceil(dma);
     f.boundary_cycles += cycles;
     cycles
+}
+
+/// The `elements` integers of an index value (an embedding lookup's
+/// indices, taken as they are).
+fn index_values(v: &Value, elements: usize) -> Result<Vec<i64>, String> {
+    let values: Vec<i64> = match v {
+        Value::I64(a) => a.iter().copied().collect(),
+        Value::I32(a) => a.iter().map(|&x| i64::from(x)).collect(),
+        _ => return Err(format!("is {}, indices are i64 or i32", v.dtype())),
+    };
+    if values.len() != elements {
+        return Err(format!(
+            "{} indices, the part takes {elements}",
+            values.len()
+        ));
+    }
+    Ok(values)
 }
 
 /// Quantises a float value into a tensor's int8 bytes.

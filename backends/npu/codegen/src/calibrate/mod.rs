@@ -204,6 +204,26 @@ pub fn calibrate(g: &Graph, samples: &[Vec<Value>]) -> Result<Calibration, Calib
             r.floor = Some(r.floor.map_or(floor, |f| f.min(floor)));
         }
     }
+    // An embedding lookup may fetch any row of its table, whichever rows
+    // the samples used: its range is the whole table's.
+    for node in g
+        .nodes
+        .iter()
+        .filter(|n| crate::constraints::is_embedding(g, n))
+    {
+        let ValueDef::Const(t) = &g.value(node.inputs[0]).def else {
+            continue;
+        };
+        let table = Value::from_tensor(t)
+            .map(|v| m4c_ops::as_f64(&v))
+            .unwrap_or_default();
+        let ordinary = table.iter().filter(|x| !is_mask_sentinel(**x));
+        let (lo, hi) = ordinary.fold((0f64, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        if let Some(r) = cal.ranges.get_mut(&g.value(node.output).name) {
+            r.min = r.min.min(lo as f32);
+            r.max = r.max.max(hi as f32);
+        }
+    }
     Ok(cal)
 }
 

@@ -3,11 +3,13 @@
 //! (`kernels::gather`); the bytes keep their quantisation (a constant
 //! fill is quantised with the input's and read from a source of its own),
 //! except a Concat of inputs quantised differently, which are first
-//! requantised by a table each.
+//! requantised by a table each; and embedding lookups (a Gather of a
+//! constant table by run-time indices) as one row load per index.
 
 use m4c_ir::op::{PadMode, ResizeMode};
 use m4c_ir::{Op, ValueId};
 use m4c_npu::kernels::{gather, lut, Quant};
+use m4c_npu::module::{IndexInput, RowIndex};
 
 use super::{constant, dims, floats, Ctx};
 
@@ -21,6 +23,9 @@ impl Ctx<'_> {
         cols: usize,
     ) -> Result<(), String> {
         let g = self.g;
+        if matches!(op, Op::Gather { .. }) && constant(g, ins[1]).is_none() {
+            return self.embedding(ins, out);
+        }
         let err = |e: m4c_npu::kernels::KernelError| e.to_string();
         let shape = dims(g, out);
         // Gather's indices and Resize's parameters are not moved data.
@@ -108,6 +113,56 @@ impl Ctx<'_> {
         let output = self.bind(y, k.out_addr);
         let p = self.program(k.program);
         self.layer(out, "dma", p, inputs, output);
+        Ok(())
+    }
+
+    /// An embedding lookup `out = table[indices]`: the table quantised
+    /// with the result's calibrated quantisation (which calibration makes
+    /// cover the whole table) in the program, one row load per index,
+    /// each moved at run time to the row its index names ([`RowIndex`]).
+    fn embedding(&mut self, ins: &[ValueId], out: ValueId) -> Result<(), String> {
+        let g = self.g;
+        let table = constant(g, ins[0]).ok_or("the table is not a constant")?;
+        let &[table_rows, cols] = dims(g, ins[0]).as_slice() else {
+            return Err("the table is not 2-D".into());
+        };
+        let n = dims(g, ins[1]).iter().product::<usize>();
+        let q = self.quant(out)?;
+        let piece = gather::Piece {
+            source: 0,
+            start: 0,
+            stride: 1,
+            len: cols,
+        };
+        let ops = gather::GatherOperands {
+            sources: vec![floats(&table).iter().map(|&x| q.quantize(x)).collect()],
+            row_len: cols,
+            rows: vec![vec![piece]; n],
+        };
+        let (k, lds) = gather::generate_rows(&ops, self.config).map_err(|e| e.to_string())?;
+        let name = &g.value(ins[1]).name;
+        let input = match self.out.indices.iter().position(|i| &i.value == name) {
+            Some(at) => at,
+            None => {
+                self.out.indices.push(IndexInput {
+                    value: name.clone(),
+                    elements: n,
+                });
+                self.out.indices.len() - 1
+            }
+        };
+        let y = self.result(out, q);
+        let output = self.bind(y, k.out_addr);
+        let p = self.program(k.program);
+        self.layer(out, "dma-rows", p, vec![], output);
+        if let Some(layer) = self.out.plan.layers.last_mut() {
+            layer.rows_by_index = Some(RowIndex {
+                input,
+                lds,
+                row_bytes: cols,
+                table_rows,
+            });
+        }
         Ok(())
     }
 

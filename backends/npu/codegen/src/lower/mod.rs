@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use m4c_ir::{Graph, Op, ValueDef, ValueId};
 use m4c_npu::config::MachineConfig;
 use m4c_npu::kernels::{KernelProgram, Quant};
-use m4c_npu::module::{Binding, Boundary, LayerSpec, Layout, PartPlan, TensorSpec};
+use m4c_npu::module::{Binding, Boundary, IndexInput, LayerSpec, Layout, PartPlan, TensorSpec};
 use m4c_npu::program::Program;
 use m4c_npu::quant::{Requant, SHIFT_RANGE};
 use m4c_ops::Value;
@@ -49,6 +49,8 @@ pub struct Lowered {
     pub inputs: Vec<Boundary>,
     /// Values dequantised on exit.
     pub outputs: Vec<Boundary>,
+    /// Integer values taken as they are (embedding indices).
+    pub indices: Vec<IndexInput>,
 }
 
 struct Ctx<'a> {
@@ -207,6 +209,7 @@ impl<'a> Ctx<'a> {
                 programs: vec![],
                 inputs: vec![],
                 outputs: vec![],
+                indices: vec![],
             },
         }
     }
@@ -291,6 +294,7 @@ impl<'a> Ctx<'a> {
             program,
             inputs,
             output,
+            rows_by_index: None,
         });
     }
 

@@ -37,7 +37,7 @@ pub(super) fn run(
         plan.run_layer(
             l,
             &part.programs,
-            &mut tensors,
+            (&mut tensors, &[]),
             config,
             SimOptions::default(),
         )
