@@ -53,3 +53,37 @@ pub fn simulate(g: &Graph, inputs: &[Value], target: &str) -> (Vec<Value>, RunFi
     let module = load_artifact(g, &compile(g, inputs, target), target).unwrap();
     module.run_measured(inputs, 1).unwrap()
 }
+
+/// Fixture `name` lowered for the shapes of its `.inputs.npz` and
+/// optimised for `target`'s cost model, as `m4c run --backend npu`
+/// prepares it, with its inputs in graph order.
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
+pub fn fixture_graph(name: &str, target: &str) -> (Graph, Vec<Value>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = m4c_compiler::OnnxModel::load(&dir.join(format!("{name}.onnx"))).unwrap();
+    let inputs = m4c_runtime::read_npz(&dir.join(format!("{name}.inputs.npz"))).unwrap();
+    let proto = model.graph();
+    let inits: std::collections::HashSet<&str> =
+        proto.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut options = m4c_compiler::LowerOptions::default();
+    let mut feeds = vec![];
+    for i in proto
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+    {
+        let v = &inputs[&i.name];
+        options
+            .input_shapes
+            .insert(i.name.clone(), v.shape().to_vec());
+        feeds.push(v.clone());
+    }
+    let lowered = m4c_compiler::lower(&model, &options).unwrap();
+    let config = m4c_npu::config::MachineConfig::load(target).unwrap();
+    let cost = m4c_npu_codegen::roofline(&config);
+    let (g, _) = m4c_compiler::opt::optimise(&lowered, &Default::default(), &cost).unwrap();
+    (g, feeds)
+}

@@ -330,6 +330,16 @@ impl NpuModule {
         self.linked.iter_mut().for_each(|l| *l = None);
     }
 
+    /// NPU part `index` linked into one program, or why it could not be
+    /// (`None`: a fallback part, or the module runs layer by layer).
+    pub fn linked(&self, index: usize) -> Option<Result<&LinkedPart, &str>> {
+        match self.linked.get(index)? {
+            Some(Ok(l)) => Some(Ok(l)),
+            Some(Err(e)) => Some(Err(e.as_str())),
+            None => None,
+        }
+    }
+
     /// The machine it simulates.
     pub fn config(&self) -> &MachineConfig {
         &self.code.plan.config
