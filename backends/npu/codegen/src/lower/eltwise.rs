@@ -211,14 +211,30 @@ impl Ctx<'_> {
                 }
                 let table: [i8; 256] = std::array::from_fn(|i| qy.quantize(f[i]));
                 let x = self.tensor(ins[x_index])?;
-                let k = lut::generate_table(&table, rows, cols, &vec![0; n], self.config)
-                    .map_err(err)?;
-                let y = self.result(out, qy);
                 let name = format!("lut-{}", op.kind().name().to_lowercase());
-                self.whole(out, &name, k, &[x], y);
+                let y = self.table_layer(out, x, &table, (rows, cols), &name)?;
+                self.tensor_of.insert(out, y);
             }
         }
         Ok(())
+    }
+
+    /// A lookup-table layer computing `out` from tensor `x` (`rows` ×
+    /// `cols`) by `table`, named `kernel`: its result tensor.
+    pub(super) fn table_layer(
+        &mut self,
+        out: ValueId,
+        x: usize,
+        table: &[i8; 256],
+        (rows, cols): (usize, usize),
+        kernel: &str,
+    ) -> Result<usize, String> {
+        let k = lut::generate_table(table, rows, cols, &vec![0; rows * cols], self.config)
+            .map_err(|e| e.to_string())?;
+        let q = self.quant(out)?;
+        let y = self.add_tensor(&self.g.value(out).name.clone(), rows * cols, q);
+        self.whole(out, kernel, k, &[x], y);
+        Ok(y)
     }
 }
 

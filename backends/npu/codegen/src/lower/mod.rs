@@ -26,6 +26,7 @@ mod pool;
 mod resize;
 #[cfg(test)]
 mod testing;
+mod unary;
 
 use std::collections::HashMap;
 
@@ -60,6 +61,8 @@ struct Ctx<'a> {
     tensor_of: HashMap<ValueId, usize>,
     /// Values also held in NHWC (`layout`).
     nhwc_of: HashMap<ValueId, layout::Nhwc>,
+    /// Functions of one value, lowered as one table when needed (`unary`).
+    regions: unary::Regions,
     out: Lowered,
     /// Elements one layer's DRAM image may hold (a constant-B GEMM above
     /// it is split into column blocks).
@@ -84,6 +87,12 @@ pub fn lower_part(
         }
         let name = &g.value(node.output).name;
         let fail = |e: String| (i, format!("{} `{name}`: {e}", node.op.kind().name()));
+        if cx.defer_unary(i) {
+            continue;
+        }
+        for &v in &node.inputs {
+            cx.realise(v).map_err(fail)?;
+        }
         if let Op::Conv(attrs) = &node.op {
             let relu = relu_after(g, nodes, node.output, exported);
             let out = relu.map_or(node.output, |r| g.nodes[r].output);
@@ -106,6 +115,7 @@ pub fn lower_part(
         let v = g.nodes[i].output;
         if exported(v) {
             let value = g.value(v);
+            cx.realise(v).map_err(|e| (i, e))?;
             let tensor = cx.tensor(v).map_err(|e| (i, e))?;
             cx.out.outputs.push(Boundary {
                 value: value.name.clone(),
@@ -200,6 +210,7 @@ impl<'a> Ctx<'a> {
             config,
             tensor_of: HashMap::new(),
             nhwc_of: HashMap::new(),
+            regions: unary::Regions::default(),
             layer_limit: crate::constraints::MAX_ELEMENTS,
             out: Lowered {
                 plan: PartPlan {

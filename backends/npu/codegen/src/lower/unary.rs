@@ -1,0 +1,145 @@
+//! Functions of one value as one table. An elementwise node whose
+//! run-time operands all derive, through such nodes, from one value `x`
+//! of its own shape (its constants scalars) computes a function of `x`
+//! alone: SiLU `x·σ(x)`, quick-GELU, a decomposed GELU, HardSwish,
+//! `1 − mask` scaled. Such nodes are not lowered one by one: when a value
+//! of the region is first needed (read by a node outside it, or leaving
+//! the part) it gets one lookup-table layer from `x`, its 256 entries
+//! computed by evaluating the region's IR ops on the 256 dequantised codes
+//! of `x` — one rounding instead of one per op, and one layer instead of
+//! several. A single unary op is the one-op case.
+
+use std::collections::HashMap;
+
+use m4c_ir::{DType, Node, Op, ValueId};
+use m4c_ops::{eval_op, Value};
+
+use super::{constant, dims, floats, Ctx};
+use crate::constraints::LUT_OPS;
+
+/// Values computed by region nodes: each one's source `x` and producer.
+#[derive(Default)]
+pub(super) struct Regions {
+    source: HashMap<ValueId, (ValueId, usize)>,
+}
+
+impl Ctx<'_> {
+    /// Takes node `i` into a region instead of lowering it, when it is a
+    /// function of one value. `true` when taken.
+    pub(super) fn defer_unary(&mut self, i: usize) -> bool {
+        let g = self.g;
+        let node: &Node = &g.nodes[i];
+        let binary = matches!(
+            node.op,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min | Op::Pow
+        );
+        if !(binary || LUT_OPS.contains(&node.op.kind()))
+            || g.value(node.output).ty.dtype != DType::F32
+        {
+            return false;
+        }
+        let shape = dims(g, node.output);
+        let mut source = None;
+        for &v in &node.inputs {
+            if let Some(c) = constant(g, v) {
+                if c.len() != 1 {
+                    return false;
+                }
+                continue;
+            }
+            let s = self.regions.source.get(&v).map_or(v, |&(s, _)| s);
+            if dims(g, v) != shape || source.is_some_and(|x| x != s) {
+                return false;
+            }
+            source = Some(s);
+        }
+        let Some(x) = source else { return false };
+        let calibrated = |v: ValueId| self.cal.quant(&g.value(v).name).is_some();
+        if !calibrated(x) || !calibrated(node.output) {
+            return false;
+        }
+        self.regions.source.insert(node.output, (x, i));
+        true
+    }
+
+    /// Gives region value `v` its layer (nothing for other values or
+    /// when it has one): a table from its source, on the source's NHWC
+    /// twin where it has one (the result is then a twin in turn).
+    pub(super) fn realise(&mut self, v: ValueId) -> Result<(), String> {
+        let Some(&(x, _)) = self.regions.source.get(&v) else {
+            return Ok(());
+        };
+        if self.tensor_of.contains_key(&v) || self.nhwc_of.contains_key(&v) {
+            return Ok(());
+        }
+        let (qx, qy) = (self.quant(x)?, self.quant(v)?);
+        let grid = Value::F32(ndarray::ArrayD::from_shape_fn(vec![256], |i| {
+            qx.dequantize((i[0] as i32 - 128) as i8) as f32
+        }));
+        let mut memo = HashMap::new();
+        let f = floats(&self.evaluate(v, x, &grid, &mut memo)?);
+        if f.len() != 256 {
+            return Err(format!("lookup table of {} entries", f.len()));
+        }
+        let table: [i8; 256] = std::array::from_fn(|i| qy.quantize(f[i]));
+        let ops = memo.len();
+        let kernel = match ops {
+            1 => format!("lut-{}", self.producer(v)?.op.kind().name().to_lowercase()),
+            _ => format!("lut-{ops}ops"),
+        };
+        let shape = dims(self.g, v);
+        match (self.nhwc_of.get(&x).map(|t| t.tensor), &shape[..]) {
+            (Some(twin), &[n, c, h, w]) => {
+                let t = self.table_layer(v, twin, &table, (n * h * w, c), &kernel)?;
+                self.defer_nchw(v, t, [n, c, h, w]);
+            }
+            _ => {
+                let cols = shape.last().copied().unwrap_or(1).max(1);
+                let rows = shape.iter().product::<usize>() / cols;
+                let t = self.tensor(x)?;
+                let y = self.table_layer(v, t, &table, (rows, cols), &kernel)?;
+                self.tensor_of.insert(v, y);
+            }
+        }
+        Ok(())
+    }
+
+    fn producer(&self, v: ValueId) -> Result<&Node, String> {
+        let &(_, i) = self
+            .regions
+            .source
+            .get(&v)
+            .ok_or("a region reads a value outside it")?;
+        self.g.nodes.get(i).ok_or_else(|| "no such node".into())
+    }
+
+    /// Region value `v` on `grid` (the dequantised codes of `x`); `memo`
+    /// holds each region node's result once.
+    fn evaluate(
+        &self,
+        v: ValueId,
+        x: ValueId,
+        grid: &Value,
+        memo: &mut HashMap<ValueId, Value>,
+    ) -> Result<Value, String> {
+        if v == x {
+            return Ok(grid.clone());
+        }
+        if let Some(c) = constant(self.g, v) {
+            return Ok(c);
+        }
+        if let Some(done) = memo.get(&v) {
+            return Ok(done.clone());
+        }
+        let node = self.producer(v)?;
+        let args = node
+            .inputs
+            .iter()
+            .map(|&u| self.evaluate(u, x, grid, memo))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&Value> = args.iter().collect();
+        let y = eval_op(&node.op, &refs).map_err(|e| e.to_string())?;
+        memo.insert(v, y.clone());
+        Ok(y)
+    }
+}
