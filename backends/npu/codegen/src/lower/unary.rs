@@ -143,3 +143,67 @@ impl Ctx<'_> {
         Ok(y)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::lower_part;
+    use super::super::testing::{quant_of, run};
+    use m4c_ir::{DType, Graph, Op, Tensor, TensorType};
+    use m4c_npu::config::MachineConfig;
+
+    /// SiLU written as `x · σ(x)` and HardSwish as `x · min(max(x + 3,
+    /// 0), 6) / 6` are one table layer each, and match the float
+    /// functions within one int8 step of the result.
+    #[test]
+    fn functions_of_one_value_are_one_table() {
+        let mut g = Graph::new("act");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[4, 64]));
+        let scalar =
+            |g: &mut Graph, name: &str, v: f32| g.add_const(name, Tensor::from_f32(&[], &[v]));
+        let s = g.add_node(Op::Sigmoid, &[x], "s").unwrap();
+        let silu = g.add_node(Op::Mul, &[x, s], "silu").unwrap();
+        let three = scalar(&mut g, "three", 3.0);
+        let zero = scalar(&mut g, "zero", 0.0);
+        let six = scalar(&mut g, "six", 6.0);
+        let a = g.add_node(Op::Add, &[silu, three], "a").unwrap();
+        let b = g.add_node(Op::Max, &[a, zero], "b").unwrap();
+        let c = g.add_node(Op::Min, &[b, six], "c").unwrap();
+        let d = g.add_node(Op::Mul, &[silu, c], "d").unwrap();
+        let y = g.add_node(Op::Div, &[d, six], "y").unwrap();
+        g.outputs.extend([silu, y]);
+        let xs: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) / 16.0).collect();
+        let input =
+            m4c_ops::Value::F32(ndarray::ArrayD::from_shape_vec(vec![4, 64], xs.clone()).unwrap());
+        let cal = crate::calibrate::calibrate(&g, &[vec![input]]).unwrap();
+        let config = MachineConfig::edge_small();
+        let nodes: Vec<usize> = (0..g.nodes.len()).collect();
+        let part = lower_part(&g, &nodes, &|v| v == silu || v == y, &cal, &config).unwrap();
+        let kernels: Vec<&str> = part.plan.layers.iter().map(|l| l.kernel.as_str()).collect();
+        // silu from x (2 ops); y from x through silu (7 ops): one table each.
+        assert_eq!(kernels, ["lut-2ops", "lut-7ops"], "{kernels:?}");
+        for (value, f) in [
+            (
+                "silu",
+                &(|x: f64| x / (1.0 + (-x).exp())) as &dyn Fn(f64) -> f64,
+            ),
+            ("y", &|x: f64| {
+                let s = x / (1.0 + (-x).exp());
+                s * (s + 3.0).clamp(0.0, 6.0) / 6.0
+            }),
+        ] {
+            let out = part.outputs.iter().find(|b| b.value == value).unwrap();
+            let (codes, _) = run(&part, &[("x", &xs)], out.tensor, &config);
+            let (qo, qx) = (
+                quant_of(&part, out.tensor),
+                quant_of(&part, part.inputs[0].tensor),
+            );
+            for (&x, &c) in xs.iter().zip(&codes) {
+                let want = f(qx.dequantize(qx.quantize(f64::from(x))));
+                assert!(
+                    (qo.dequantize(c) - want).abs() <= qo.scale * 0.5 + 1e-9,
+                    "{value}({x})"
+                );
+            }
+        }
+    }
+}
