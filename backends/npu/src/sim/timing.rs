@@ -1,7 +1,8 @@
 //! Cycle costs of instructions on each engine.
 
 use super::exec::Effect;
-use crate::config::{Dataflow, MachineConfig};
+use super::memory::Mem;
+use crate::config::{Dataflow, MachineConfig, FMAP_BASE};
 use crate::isa::Instr;
 
 /// Which matrix-unit cycle model to use.
@@ -90,6 +91,14 @@ impl History {
     }
 }
 
+/// Cycles of a DMA transfer of `bytes` between a local SRAM and the fmap
+/// SRAM window: its own path, so it neither takes nor waits for DRAM
+/// bandwidth (and leaves the DRAM transfer history alone).
+fn window_dma(config: &MachineConfig, bytes: u64) -> u64 {
+    let dma = &config.fmap_dma;
+    u64::from(dma.latency_cycles) + bytes.div_ceil(u64::from(dma.bytes_per_cycle.max(1)))
+}
+
 /// A lower bound of the cycles `instr` occupies its engine, from its fields
 /// alone (before it runs): its data over the engine's widest path. The
 /// cycle budget is checked against it so that one instruction with a huge
@@ -99,11 +108,26 @@ pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
     let per = |work: u64, lanes: u32| work.div_ceil(u64::from(lanes.max(1)));
     match *instr {
         Instr::Ld {
-            rows, row_bytes, ..
-        } => per(area(rows, row_bytes), config.dma_in.bytes_per_cycle),
-        Instr::St {
-            rows, row_bytes, ..
-        } => per(area(rows, row_bytes), config.dma_out.bytes_per_cycle),
+            dram,
+            rows,
+            row_bytes,
+            ..
+        }
+        | Instr::St {
+            dram,
+            rows,
+            row_bytes,
+            ..
+        } => {
+            let path = if dram >= i64::from(FMAP_BASE) {
+                &config.fmap_dma
+            } else if matches!(instr, Instr::Ld { .. }) {
+                &config.dma_in
+            } else {
+                &config.dma_out
+            };
+            per(area(rows, row_bytes), path.bytes_per_cycle)
+        }
         Instr::Matmul { m, .. } => m.max(0) as u64,
         Instr::Requant { rows, cols, .. }
         | Instr::Vcopy { rows, cols, .. }
@@ -131,10 +155,23 @@ pub fn cost(
     match instr {
         Instr::Ld {
             rows, row_bytes, ..
-        } => state.dma(config, 0, start, (*rows * *row_bytes) as u64),
-        Instr::St {
+        }
+        | Instr::St {
             rows, row_bytes, ..
-        } => state.dma(config, 1, start, (*rows * *row_bytes) as u64),
+        } => {
+            let bytes = (*rows * *row_bytes) as u64;
+            if fx
+                .reads
+                .iter()
+                .chain(&fx.writes)
+                .any(|r| r.mem == Mem::Fmap)
+            {
+                window_dma(config, bytes)
+            } else {
+                let engine = usize::from(matches!(instr, Instr::St { .. }));
+                state.dma(config, engine, start, bytes)
+            }
+        }
         Instr::Matmul { .. } => {
             let (m, k, _) = fx.matmul.unwrap_or_default();
             let cycles = match (config.dataflow, mode) {
