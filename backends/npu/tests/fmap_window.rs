@@ -286,3 +286,54 @@ fn window_addresses_pass_the_program_checks_and_round_trip_as_text() {
         program
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// A `st` near the edges of the DRAM image and of the window, against a
+    /// plain model: it traps exactly when a row leaves the one memory its
+    /// address selects, and otherwise writes the rows there and only there.
+    #[test]
+    fn stores_near_the_edges_match_a_model(
+        near in 0usize..4, delta in -40i64..40, rows in 0u64..4, stride in 0u64..48,
+        row_bytes in 0u64..24, fmap in proptest::sample::select(vec![0u32, 64, 256]),
+    ) {
+        let base = u64::from(FMAP_BASE);
+        let anchor = [0, 128, base, base + u64::from(fmap)][near];
+        let addr = anchor.saturating_add_signed(delta).min(u64::from(u32::MAX));
+        let pattern: Vec<u8> = (1..=128u8).collect();
+        let hex: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
+        let src = format!(
+            ".dram 128\n.data 0 {hex}\n{LD_CFG}\nld space=a sram=0 dram=0 rows=1 row_bytes=128\n\
+             signal engine=ld sem=0\nwait engine=st sem=0\n\
+             st.cfg dram_stride={stride} sram_stride=24\n\
+             st space=a sram=0 dram={addr} rows={rows} row_bytes={row_bytes}\nhalt\n"
+        );
+        let config = MachineConfig { fmap_sram_bytes: fmap, ..MachineConfig::edge_small() };
+        // The model.
+        let (mut dram, mut fmap_bytes) = (pattern.clone(), vec![0u8; fmap as usize]);
+        let in_window = addr >= base;
+        let (memory, offset) = if in_window { (&mut fmap_bytes, addr - base) } else { (&mut dram, addr) };
+        let end = offset + rows.saturating_sub(1) * stride + row_bytes;
+        let fits = rows == 0 || (end <= memory.len() as u64 && !(in_window && fmap == 0));
+        if fits {
+            for r in 0..rows {
+                let at = (offset + r * stride) as usize;
+                let from = (24 * r) as usize;
+                memory[at..at + row_bytes as usize].copy_from_slice(&pattern[from..from + row_bytes as usize]);
+            }
+        }
+        match run(&src, &config) {
+            Ok(r) => {
+                proptest::prop_assert!(fits, "{src}");
+                proptest::prop_assert_eq!(r.dram, dram);
+                proptest::prop_assert_eq!(r.fmap, fmap_bytes);
+                let moved = rows * row_bytes;
+                let window_bytes = if in_window { moved } else { 0 };
+                proptest::prop_assert_eq!(r.stats.fmap_write_bytes, window_bytes);
+                proptest::prop_assert_eq!(r.stats.dram_write_bytes, moved - window_bytes);
+            }
+            Err(SimError::Trap { index: 5, .. }) => proptest::prop_assert!(!fits, "{src}"),
+            Err(e) => proptest::prop_assert!(false, "{src}: {e}"),
+        }
+    }
+}
