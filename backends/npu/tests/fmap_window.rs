@@ -279,6 +279,8 @@ fn window_addresses_pass_the_program_checks_and_round_trip_as_text() {
     );
     let program = assemble(&src).unwrap();
     let text = disassemble(&program);
+    assert!(text.contains(" dram=0xc0000000 "), "{text}");
+    assert!(text.contains(" dram=0xffffffff "), "{text}");
     let again = assemble(&text).unwrap();
     assert_eq!(again.to_bytes(), program.to_bytes());
     assert_eq!(
