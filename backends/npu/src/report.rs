@@ -150,6 +150,8 @@ impl Stats {
             "DRAM bytes     read {}, written {}",
             self.dram_read_bytes, self.dram_write_bytes
         );
+        // Only for programs that used the fmap window: the reports of all
+        // others read as before.
         if self.fmap_read_bytes + self.fmap_write_bytes > 0 {
             let _ = writeln!(
                 s,
