@@ -4,6 +4,22 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The first DMA address of the on-chip feature-map SRAM's window: an `ld`
+/// or `st` whose `dram` field is at or above it reads or writes the fmap
+/// SRAM (offset `dram - FMAP_BASE`) instead of the DRAM image, whose
+/// addresses (at most 1 GiB) all lie below it.
+pub const FMAP_BASE: u32 = 0xC000_0000;
+
+/// The size of the address window from [`FMAP_BASE`] to the end of the
+/// 32-bit DMA address space (1 GiB): the largest fmap SRAM a machine may
+/// have, and the addresses a program may name before the machine is known.
+pub const FMAP_WINDOW_BYTES: u64 = (1 << 32) - FMAP_BASE as u64;
+
+/// Energy of one fmap SRAM byte when a description omits it: twice the
+/// edge table's local SRAM read, for a larger array with longer wires
+/// (Horowitz's ISSCC 2014 table puts a 1 MB SRAM access at ~5x a 32 KB one).
+pub const DEFAULT_FMAP_PJ_PER_BYTE: f64 = 2.4;
+
 /// How the systolic array maps a GEMM (SCALE-Sim's terms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +70,9 @@ pub struct EnergyTable {
     /// One special-function evaluation (reciprocal, rsqrt, exp2).
     #[serde(default = "default_sfu_op_pj")]
     pub sfu_op_pj: f64,
+    /// Moving one byte to or from the feature-map SRAM (its DMA window).
+    #[serde(default = "default_fmap_pj")]
+    pub fmap_pj_per_byte: f64,
 }
 
 fn default_sfu_lanes() -> u32 {
@@ -66,6 +85,21 @@ fn default_sfu_latency() -> u32 {
 
 fn default_sfu_op_pj() -> f64 {
     3.0
+}
+
+fn default_fmap_pj() -> f64 {
+    DEFAULT_FMAP_PJ_PER_BYTE
+}
+
+/// edge-small's fmap window path, also the default of a description that
+/// omits it: on-chip, twice the DRAM rate, a tenth of its latency.
+const EDGE_FMAP_DMA: DmaConfig = DmaConfig {
+    bytes_per_cycle: 64,
+    latency_cycles: 10,
+};
+
+fn default_fmap_dma() -> DmaConfig {
+    EDGE_FMAP_DMA
 }
 
 /// A complete machine description.
@@ -88,6 +122,10 @@ pub struct MachineConfig {
     pub sram_banks: u32,
     /// Accumulator size in bytes (int32 entries).
     pub acc_bytes: u32,
+    /// On-chip feature-map SRAM in bytes, reached by DMA through the
+    /// window at [`FMAP_BASE`]; 0 = none.
+    #[serde(default)]
+    pub fmap_sram_bytes: u32,
     /// Vector unit lanes (elements per cycle).
     pub vector_lanes: u32,
     /// Vector unit pipeline latency in cycles.
@@ -104,6 +142,10 @@ pub struct MachineConfig {
     pub dma_in: DmaConfig,
     /// DMA-out engine.
     pub dma_out: DmaConfig,
+    /// Either DMA engine's rate and latency when its `dram` side is the
+    /// fmap window (not sharing `dram_bytes_per_cycle`).
+    #[serde(default = "default_fmap_dma")]
+    pub fmap_dma: DmaConfig,
     /// DRAM bandwidth the two DMA engines share, bytes per cycle; absent =
     /// each engine has its own full rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +196,7 @@ const EDGE_ENERGY: EnergyTable = EnergyTable {
     dram_pj_per_byte: 80.0,
     vector_op_pj: 0.4,
     sfu_op_pj: 3.0,
+    fmap_pj_per_byte: DEFAULT_FMAP_PJ_PER_BYTE,
 };
 
 /// What each field of a description means, its unit and the range
@@ -168,6 +211,7 @@ const FIELD_NOTES: &[(&str, &str)] = &[
     ("act_sram_bytes", "Activation SRAM bytes (at most 16 MiB: 24-bit addresses)."),
     ("sram_banks", "SRAM banks (informational: the timing model assumes no bank conflicts)."),
     ("acc_bytes", "Accumulator bytes, int32 entries (a multiple of 4, at most 4 MiB)."),
+    ("fmap_sram_bytes", "On-chip feature-map SRAM bytes, DMA addresses from 0xC0000000 (at most 1 GiB; default 0: none)."),
     ("vector_lanes", "Vector unit lanes: elements per cycle (> 0)."),
     ("vector_latency_cycles", "Vector unit pipeline latency, cycles."),
     ("lut_entries", "Lookup-table entries of `vlut` (must be 256: int8 tables)."),
@@ -181,6 +225,9 @@ const FIELD_NOTES: &[(&str, &str)] = &[
     ("dma_in.latency_cycles", "Cycles from issue to the first byte (DRAM latency + descriptor setup)."),
     ("dma_out.bytes_per_cycle", "Sustained DRAM bytes per cycle (> 0)."),
     ("dma_out.latency_cycles", "Cycles from issue to the first byte (DRAM latency + descriptor setup)."),
+    ("fmap_dma", "Either DMA engine moving to or from the fmap SRAM window (own path: not sharing dram_bytes_per_cycle; default 64 B/cycle, 10 cycles)."),
+    ("fmap_dma.bytes_per_cycle", "Sustained fmap SRAM bytes per cycle (> 0 when fmap_sram_bytes > 0)."),
+    ("fmap_dma.latency_cycles", "Cycles from issue to the first byte."),
     ("energy", "Energy per action in picojoules (Horowitz/Accelergy-style)."),
     ("energy.mac_pj", "One int8 multiply-accumulate in the array."),
     ("energy.sram_read_pj_per_byte", "Reading one byte of weight or activation SRAM."),
@@ -189,6 +236,7 @@ const FIELD_NOTES: &[(&str, &str)] = &[
     ("energy.dram_pj_per_byte", "Moving one byte to or from DRAM."),
     ("energy.vector_op_pj", "One vector-lane operation (requantise, copy, lookup of one element)."),
     ("energy.sfu_op_pj", "One special-function evaluation (default 3.0)."),
+    ("energy.fmap_pj_per_byte", "Moving one byte to or from the fmap SRAM (default 2.4)."),
 ];
 
 fn field_note(key: &str) -> Option<&'static str> {
@@ -197,7 +245,7 @@ fn field_note(key: &str) -> Option<&'static str> {
 
 impl MachineConfig {
     /// `edge-small`: 32x32 int8 WS array, 256 KiB weight + 256 KiB activation
-    /// SRAM, 64 KiB accumulator, 32 B/cycle DMA.
+    /// SRAM, 64 KiB accumulator, 512 KiB feature-map SRAM, 32 B/cycle DMA.
     pub fn edge_small() -> MachineConfig {
         MachineConfig {
             name: "edge-small".into(),
@@ -208,6 +256,7 @@ impl MachineConfig {
             act_sram_bytes: 256 << 10,
             sram_banks: 8,
             acc_bytes: 64 << 10,
+            fmap_sram_bytes: 512 << 10,
             vector_lanes: 16,
             vector_latency_cycles: 4,
             lut_entries: 256,
@@ -221,6 +270,7 @@ impl MachineConfig {
                 bytes_per_cycle: 32,
                 latency_cycles: 100,
             },
+            fmap_dma: EDGE_FMAP_DMA,
             dram_bytes_per_cycle: Some(32),
             clock_mhz: 800.0,
             energy: EDGE_ENERGY,
@@ -228,7 +278,8 @@ impl MachineConfig {
     }
 
     /// `phone-flagship`: 128x128 WS array, 4 MiB weight + 4 MiB activation
-    /// SRAM, 1 MiB accumulator, LPDDR5-class 64 B/cycle at 1 GHz.
+    /// SRAM, 1 MiB accumulator, 8 MiB feature-map SRAM, LPDDR5-class
+    /// 64 B/cycle at 1 GHz.
     pub fn phone_flagship() -> MachineConfig {
         MachineConfig {
             name: "phone-flagship".into(),
@@ -239,6 +290,7 @@ impl MachineConfig {
             act_sram_bytes: 4 << 20,
             sram_banks: 16,
             acc_bytes: 1 << 20,
+            fmap_sram_bytes: 8 << 20,
             vector_lanes: 64,
             vector_latency_cycles: 4,
             lut_entries: 256,
@@ -251,6 +303,10 @@ impl MachineConfig {
             dma_out: DmaConfig {
                 bytes_per_cycle: 64,
                 latency_cycles: 150,
+            },
+            fmap_dma: DmaConfig {
+                bytes_per_cycle: 128,
+                latency_cycles: 20,
             },
             dram_bytes_per_cycle: Some(64),
             clock_mhz: 1000.0,
@@ -339,6 +395,12 @@ impl MachineConfig {
             || self.dma_out.bytes_per_cycle == 0
         {
             return bad("vector_lanes, sfu_lanes and DMA bytes_per_cycle must be positive");
+        }
+        if u64::from(self.fmap_sram_bytes) > FMAP_WINDOW_BYTES {
+            return bad("fmap_sram_bytes must be at most 1 GiB (the window from 0xC0000000 to the end of the 32-bit DMA addresses)");
+        }
+        if self.fmap_sram_bytes > 0 && self.fmap_dma.bytes_per_cycle == 0 {
+            return bad("fmap_dma.bytes_per_cycle must be positive when fmap_sram_bytes > 0");
         }
         if self.dram_bytes_per_cycle == Some(0) {
             return bad("dram_bytes_per_cycle must be positive");
@@ -439,5 +501,47 @@ mod tests {
             ..MachineConfig::edge_small()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn descriptions_without_an_fmap_load_with_none_and_bad_fmaps_are_refused() {
+        // A description written before the fmap existed: no fmap fields.
+        let mut old = toml::Value::try_from(MachineConfig::edge_small()).unwrap();
+        let table = old.as_table_mut().unwrap();
+        table.remove("fmap_sram_bytes");
+        table.remove("fmap_dma");
+        let energy = table["energy"].as_table_mut().unwrap();
+        energy.remove("fmap_pj_per_byte");
+        let back: MachineConfig = toml::from_str(&toml::to_string(&old).unwrap()).unwrap();
+        assert_eq!(back.fmap_sram_bytes, 0);
+        assert_eq!(back.fmap_dma, default_fmap_dma());
+        assert_eq!(back.energy.fmap_pj_per_byte, DEFAULT_FMAP_PJ_PER_BYTE);
+        back.validate().unwrap();
+
+        let invalid = |config: MachineConfig| config.validate().unwrap_err().to_string();
+        let too_big = MachineConfig {
+            fmap_sram_bytes: (1 << 30) + 1,
+            ..MachineConfig::edge_small()
+        };
+        assert!(invalid(too_big).contains("at most 1 GiB"));
+        let whole_window = MachineConfig {
+            fmap_sram_bytes: 1 << 30,
+            ..MachineConfig::edge_small()
+        };
+        whole_window.validate().unwrap();
+        let no_rate = MachineConfig {
+            fmap_dma: DmaConfig {
+                bytes_per_cycle: 0,
+                latency_cycles: 10,
+            },
+            ..MachineConfig::edge_small()
+        };
+        assert!(invalid(no_rate.clone()).contains("fmap_dma.bytes_per_cycle"));
+        MachineConfig {
+            fmap_sram_bytes: 0,
+            ..no_rate
+        }
+        .validate()
+        .unwrap();
     }
 }

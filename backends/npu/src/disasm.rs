@@ -1,5 +1,6 @@
 //! The disassembler: [`Program`] to the text the assembler reads back.
 
+use crate::config::FMAP_BASE;
 use crate::isa::{FieldKind, Instr};
 use crate::program::Program;
 use std::fmt::Write;
@@ -13,6 +14,10 @@ pub fn format_instr(instr: &Instr) -> String {
     for (field, value) in spec.fields.iter().zip(instr.field_values()) {
         let shown = match field.kind {
             FieldKind::Named(names) => names.get(value as usize).unwrap_or(&"?").to_string(),
+            // A DMA address in the fmap window reads better as hex.
+            FieldKind::Uint if field.name == "dram" && value >= i64::from(FMAP_BASE) => {
+                format!("0x{value:x}")
+            }
             FieldKind::Uint | FieldKind::Int => value.to_string(),
         };
         let _ = write!(line, " {}={}", field.name, shown);

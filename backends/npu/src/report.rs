@@ -44,10 +44,14 @@ pub struct Stats {
     pub acc_read_bytes: u64,
     /// Accumulator bytes written.
     pub acc_write_bytes: u64,
-    /// DRAM bytes read.
+    /// DRAM bytes read (DMA-in from the DRAM image; not the fmap window).
     pub dram_read_bytes: u64,
-    /// DRAM bytes written.
+    /// DRAM bytes written (DMA-out to the DRAM image; not the fmap window).
     pub dram_write_bytes: u64,
+    /// Feature-map SRAM bytes read (DMA-in through the fmap window).
+    pub fmap_read_bytes: u64,
+    /// Feature-map SRAM bytes written (DMA-out through the fmap window).
+    pub fmap_write_bytes: u64,
     /// Vector-lane element operations.
     pub vector_ops: u64,
     /// Special-function-unit evaluations.
@@ -81,6 +85,7 @@ impl Stats {
             + self.sram_write_bytes as f64 * e.sram_write_pj_per_byte
             + (self.acc_read_bytes + self.acc_write_bytes) as f64 * e.acc_pj_per_byte
             + (self.dram_read_bytes + self.dram_write_bytes) as f64 * e.dram_pj_per_byte
+            + (self.fmap_read_bytes + self.fmap_write_bytes) as f64 * e.fmap_pj_per_byte
             + self.vector_ops as f64 * e.vector_op_pj
             + self.sfu_ops as f64 * e.sfu_op_pj;
         self.time_us = self.cycles as f64 / config.clock_mhz;
@@ -145,6 +150,15 @@ impl Stats {
             "DRAM bytes     read {}, written {}",
             self.dram_read_bytes, self.dram_write_bytes
         );
+        // Only for programs that used the fmap window: the reports of all
+        // others read as before.
+        if self.fmap_read_bytes + self.fmap_write_bytes > 0 {
+            let _ = writeln!(
+                s,
+                "fmap bytes     read {}, written {}",
+                self.fmap_read_bytes, self.fmap_write_bytes
+            );
+        }
         let _ = writeln!(
             s,
             "vector ops     {} (special functions {})",

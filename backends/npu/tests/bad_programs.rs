@@ -40,6 +40,14 @@ fn dma_outside_dram_traps() {
 }
 
 #[test]
+fn dma_past_the_fmap_window_traps() {
+    // edge-small's fmap SRAM is 512 KiB: window addresses 0xC0000000..0xC0080000.
+    let (index, msg) = trap_index(sim(".dram 64\nst.cfg dram_stride=0 sram_stride=0\nst space=a sram=0 dram=0xC007FFFC rows=1 row_bytes=8\nhalt"));
+    assert_eq!(index, 1);
+    assert!(msg.contains("fmap SRAM access [524284, 524292)"), "{msg}");
+}
+
+#[test]
 fn matmul_larger_than_the_array_traps() {
     let (index, msg) = trap_index(sim("mm.cfg a_stride=64 w_stride=64 acc_stride=64\nmatmul acc=0 a=0 w=0 m=4 k=33 n=4 accumulate=0\nhalt"));
     assert_eq!(index, 1);

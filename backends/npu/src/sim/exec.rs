@@ -6,7 +6,7 @@ mod vector;
 pub use vector::BinOp;
 
 use super::memory::{Mem, Region};
-use crate::config::{Dataflow, MachineConfig};
+use crate::config::{Dataflow, MachineConfig, FMAP_BASE};
 use crate::fixed::Prescale;
 use crate::isa::{Instr, Space};
 use crate::quant::{Requant, SHIFT_RANGE};
@@ -15,6 +15,8 @@ use crate::quant::{Requant, SHIFT_RANGE};
 pub struct MachineState {
     /// DRAM image.
     pub dram: Vec<u8>,
+    /// Feature-map SRAM (the DMA window at [`FMAP_BASE`]).
+    pub fmap: Vec<u8>,
     /// Weight SRAM.
     pub weight: Vec<u8>,
     /// Activation SRAM.
@@ -51,10 +53,13 @@ pub struct Effect {
 
 /// The state of a fresh machine running a program with this DRAM image.
 impl MachineState {
-    /// Zeroed SRAMs sized by `config`, DRAM from the program.
+    /// Zeroed SRAMs sized by `config`, DRAM from the program. (Zeroed
+    /// vectors are allocated zeroed by the OS: the pages of an fmap a
+    /// program never touches cost nothing.)
     pub fn new(config: &MachineConfig, dram: Vec<u8>) -> MachineState {
         MachineState {
             dram,
+            fmap: vec![0; config.fmap_sram_bytes as usize],
             weight: vec![0; config.weight_sram_bytes as usize],
             act: vec![0; config.act_sram_bytes as usize],
             acc: vec![0; config.acc_entries()],
@@ -95,11 +100,57 @@ impl MachineState {
             Mem::Act => self.act.len(),
             Mem::Acc => self.acc.len(),
             Mem::Dram => self.dram.len(),
+            Mem::Fmap => self.fmap.len(),
         }
     }
 
     fn checked(&self, r: Region) -> Result<Region, String> {
         r.check(self.len(r.mem)).map(|_| r)
+    }
+
+    /// The DRAM-side region of a DMA descriptor whose `dram` field is
+    /// `addr`: the fmap SRAM (at `addr - FMAP_BASE`) from [`FMAP_BASE`] up,
+    /// the DRAM image below; every row must lie in that one memory.
+    fn dma_side(&self, addr: u64, rows: u64, row_len: u64, stride: u64) -> Result<Region, String> {
+        let window = addr.checked_sub(u64::from(FMAP_BASE));
+        let region = Region {
+            mem: if window.is_some() {
+                Mem::Fmap
+            } else {
+                Mem::Dram
+            },
+            base: window.unwrap_or(addr),
+            rows,
+            row_len,
+            stride,
+        };
+        if window.is_some() && self.fmap.is_empty() && rows > 0 {
+            return Err(format!(
+                "DMA address 0x{addr:x} is in the fmap window (0x{FMAP_BASE:x}..), \
+                 but this machine has no fmap SRAM (fmap_sram_bytes = 0)"
+            ));
+        }
+        self.checked(region).map_err(|message| {
+            let last_row = rows.saturating_sub(1).checked_mul(stride);
+            let end = last_row.and_then(|l| l.checked_add(addr)?.checked_add(row_len));
+            match window {
+                Some(_) => format!("{message} (window address 0x{addr:x})"),
+                None if end.is_none_or(|end| end > u64::from(FMAP_BASE)) => format!(
+                    "{message}: it reaches the fmap window at 0x{FMAP_BASE:x}, but a DMA \
+                     descriptor must lie wholly in the DRAM image or wholly in the window"
+                ),
+                None => message,
+            }
+        })
+    }
+
+    /// The bytes of the DRAM image or of the fmap SRAM.
+    fn dma_memory(&mut self, mem: Mem) -> &mut Vec<u8> {
+        if mem == Mem::Fmap {
+            &mut self.fmap
+        } else {
+            &mut self.dram
+        }
     }
 
     /// Executes `instr` (not `halt`/`barrier`/`wait`/`signal`); an error
@@ -190,22 +241,14 @@ impl MachineState {
                     row_len: u(row_bytes),
                     stride: sram_stride,
                 })?;
-                let dst = self.checked(Region {
-                    mem: Mem::Dram,
-                    base: u(dram),
-                    rows: u(rows),
-                    row_len: u(row_bytes),
-                    stride: dram_stride,
-                })?;
+                let dst = self.dma_side(u(dram), u(rows), u(row_bytes), dram_stride)?;
                 let n = u(row_bytes) as usize;
-                let sram = if src.mem == Mem::Weight {
-                    &self.weight
-                } else {
-                    &self.act
-                };
+                let mut target = std::mem::take(self.dma_memory(dst.mem));
+                let sram = self.sram(src.mem);
                 for (s, d) in src.row_starts().zip(dst.row_starts()) {
-                    self.dram[d..d + n].copy_from_slice(&sram[s..s + n]);
+                    target[d..d + n].copy_from_slice(&sram[s..s + n]);
                 }
+                *self.dma_memory(dst.mem) = target;
                 fx.reads.push(src);
                 fx.writes.push(dst);
             }
@@ -241,13 +284,7 @@ impl MachineState {
         fx: &mut Effect,
     ) -> Result<(), String> {
         let [dram_stride, sram_stride, top, bottom, left, right] = self.ld;
-        let src = self.checked(Region {
-            mem: Mem::Dram,
-            base: dram,
-            rows,
-            row_len: row_bytes,
-            stride: dram_stride,
-        })?;
+        let src = self.dma_side(dram, rows, row_bytes, dram_stride)?;
         let dst = self.checked(Region {
             mem,
             base: sram,
@@ -261,18 +298,18 @@ impl MachineState {
                 dst.row_len
             ));
         }
-        let image = std::mem::take(&mut self.dram);
+        let image = std::mem::take(self.dma_memory(src.mem));
         let sram_mem = self.sram_mut(mem);
         let (left, n) = (left as usize, row_bytes as usize);
         for (r, d) in dst.row_starts().enumerate() {
             let row = &mut sram_mem[d..d + dst.row_len as usize];
             row.fill(0);
             if let Some(data_row) = (r as u64).checked_sub(top).filter(|&i| i < rows) {
-                let s = (dram + data_row * dram_stride) as usize;
+                let s = (src.base + data_row * dram_stride) as usize;
                 row[left..left + n].copy_from_slice(&image[s..s + n]);
             }
         }
-        self.dram = image;
+        *self.dma_memory(src.mem) = image;
         fx.reads.push(src);
         fx.writes.push(dst);
         Ok(())

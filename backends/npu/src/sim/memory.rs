@@ -12,6 +12,9 @@ pub enum Mem {
     Acc,
     /// The DRAM image.
     Dram,
+    /// The on-chip feature-map SRAM, reached by DMA through the window at
+    /// [`crate::config::FMAP_BASE`] (addresses are offsets from it).
+    Fmap,
 }
 
 impl Mem {
@@ -22,6 +25,7 @@ impl Mem {
             Mem::Act => "activation SRAM",
             Mem::Acc => "accumulator",
             Mem::Dram => "DRAM image",
+            Mem::Fmap => "fmap SRAM",
         }
     }
 }

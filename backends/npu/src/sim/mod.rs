@@ -102,6 +102,9 @@ pub struct SimResult {
     pub stats: Stats,
     /// The final DRAM image.
     pub dram: Vec<u8>,
+    /// The final contents of the feature-map SRAM (`fmap_sram_bytes`
+    /// bytes, zero at the start of every run): results a program left there.
+    pub fmap: Vec<u8>,
     /// Per-instruction timeline (empty unless requested).
     pub trace: Vec<TraceEvent>,
     /// Unordered conflicting accesses (empty unless requested).
@@ -335,6 +338,7 @@ fn run(
     Ok(SimResult {
         stats,
         dram: state.dram,
+        fmap: state.fmap,
         trace,
         hazards: hazards.hazards,
     })
@@ -350,6 +354,8 @@ fn account(stats: &mut Stats, fx: &exec::Effect) {
                 (Mem::Acc, true) => (&mut stats.acc_write_bytes, 4),
                 (Mem::Dram, false) => (&mut stats.dram_read_bytes, 1),
                 (Mem::Dram, true) => (&mut stats.dram_write_bytes, 1),
+                (Mem::Fmap, false) => (&mut stats.fmap_read_bytes, 1),
+                (Mem::Fmap, true) => (&mut stats.fmap_write_bytes, 1),
             };
             *counter += r.units() * scale;
         }

@@ -1,7 +1,8 @@
 //! Cycle costs of instructions on each engine.
 
 use super::exec::Effect;
-use crate::config::{Dataflow, MachineConfig};
+use super::memory::Mem;
+use crate::config::{Dataflow, MachineConfig, FMAP_BASE};
 use crate::isa::Instr;
 
 /// Which matrix-unit cycle model to use.
@@ -90,6 +91,14 @@ impl History {
     }
 }
 
+/// Cycles of a DMA transfer of `bytes` between a local SRAM and the fmap
+/// SRAM window: its own path, so it neither takes nor waits for DRAM
+/// bandwidth (and leaves the DRAM transfer history alone).
+fn window_dma(config: &MachineConfig, bytes: u64) -> u64 {
+    let dma = &config.fmap_dma;
+    u64::from(dma.latency_cycles) + bytes.div_ceil(u64::from(dma.bytes_per_cycle.max(1)))
+}
+
 /// A lower bound of the cycles `instr` occupies its engine, from its fields
 /// alone (before it runs): its data over the engine's widest path. The
 /// cycle budget is checked against it so that one instruction with a huge
@@ -99,11 +108,26 @@ pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
     let per = |work: u64, lanes: u32| work.div_ceil(u64::from(lanes.max(1)));
     match *instr {
         Instr::Ld {
-            rows, row_bytes, ..
-        } => per(area(rows, row_bytes), config.dma_in.bytes_per_cycle),
-        Instr::St {
-            rows, row_bytes, ..
-        } => per(area(rows, row_bytes), config.dma_out.bytes_per_cycle),
+            dram,
+            rows,
+            row_bytes,
+            ..
+        }
+        | Instr::St {
+            dram,
+            rows,
+            row_bytes,
+            ..
+        } => {
+            let path = if dram >= i64::from(FMAP_BASE) {
+                &config.fmap_dma
+            } else if matches!(instr, Instr::Ld { .. }) {
+                &config.dma_in
+            } else {
+                &config.dma_out
+            };
+            per(area(rows, row_bytes), path.bytes_per_cycle)
+        }
         Instr::Matmul { m, .. } => m.max(0) as u64,
         Instr::Requant { rows, cols, .. }
         | Instr::Vcopy { rows, cols, .. }
@@ -131,10 +155,23 @@ pub fn cost(
     match instr {
         Instr::Ld {
             rows, row_bytes, ..
-        } => state.dma(config, 0, start, (*rows * *row_bytes) as u64),
-        Instr::St {
+        }
+        | Instr::St {
             rows, row_bytes, ..
-        } => state.dma(config, 1, start, (*rows * *row_bytes) as u64),
+        } => {
+            let bytes = (*rows * *row_bytes) as u64;
+            if fx
+                .reads
+                .iter()
+                .chain(&fx.writes)
+                .any(|r| r.mem == Mem::Fmap)
+            {
+                window_dma(config, bytes)
+            } else {
+                let engine = usize::from(matches!(instr, Instr::St { .. }));
+                state.dma(config, engine, start, bytes)
+            }
+        }
         Instr::Matmul { .. } => {
             let (m, k, _) = fx.matmul.unwrap_or_default();
             let cycles = match (config.dataflow, mode) {
@@ -185,6 +222,7 @@ pub fn cost(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::memory::Region;
 
     #[test]
     fn dma_engines_share_dram_bandwidth_first_come_first_served() {
@@ -206,5 +244,81 @@ mod tests {
         let mut h = History::default();
         h.dma(&config, 0, 0, 3200);
         assert_eq!(h.dma(&config, 1, 50, 3200), 200);
+    }
+
+    /// The cycles of a `ld` (or `st`) of one `bytes`-byte row whose DRAM
+    /// side is `mem`, issued at `start`; checks the budget's lower bound.
+    fn transfer(h: &mut History, st: bool, mem: Mem, start: u64, bytes: u64) -> u64 {
+        let config = MachineConfig::edge_small();
+        let dram = if mem == Mem::Fmap {
+            FMAP_BASE.into()
+        } else {
+            0
+        };
+        let (space, sram, rows, row_bytes) = (0, 0, 1, bytes as i64);
+        let side = Region {
+            mem,
+            base: 0,
+            rows: 1,
+            row_len: bytes,
+            stride: 0,
+        };
+        let (instr, fx) = if st {
+            let fx = Effect {
+                writes: vec![side],
+                ..Effect::default()
+            };
+            (
+                Instr::St {
+                    space,
+                    sram,
+                    dram,
+                    rows,
+                    row_bytes,
+                },
+                fx,
+            )
+        } else {
+            let fx = Effect {
+                reads: vec![side],
+                ..Effect::default()
+            };
+            (
+                Instr::Ld {
+                    space,
+                    sram,
+                    dram,
+                    rows,
+                    row_bytes,
+                },
+                fx,
+            )
+        };
+        let cycles = cost(&instr, &fx, &config, TimingMode::Full, start, h);
+        assert!(lower_bound(&instr, &config) <= cycles);
+        cycles
+    }
+
+    #[test]
+    fn window_transfers_neither_take_nor_wait_for_dram_bandwidth() {
+        // edge-small: DRAM 32 B/cycle shared by both engines, 100-cycle
+        // latency; fmap window 64 B/cycle, 10-cycle latency.
+        let mut h = History::default();
+        // DMA-out stores 64000 B to the window at 0: 10 + 1000 cycles.
+        assert_eq!(transfer(&mut h, true, Mem::Fmap, 0, 64000), 1010);
+        // DMA-in loads 3200 B from DRAM meanwhile at the full DRAM rate.
+        assert_eq!(transfer(&mut h, false, Mem::Dram, 1, 3200), 100 + 100);
+        // DMA-in then loads 64000 B from the window: data in [211, 1211).
+        assert_eq!(transfer(&mut h, false, Mem::Fmap, 201, 64000), 1010);
+        // DMA-out's DRAM store, data in [1110, 1210), is not slowed by it.
+        assert_eq!(transfer(&mut h, true, Mem::Dram, 1010, 3200), 100 + 100);
+        // Control: two DRAM transfers still share. DMA-out stores 6400 B
+        // from 1210 (data in [1310, 1510) at all 32 B/cycle); DMA-in's load
+        // at 1211 (data from 1311) gets nothing until 1510, then 100 cycles.
+        assert_eq!(transfer(&mut h, true, Mem::Dram, 1210, 6400), 100 + 200);
+        assert_eq!(
+            transfer(&mut h, false, Mem::Dram, 1211, 3200),
+            100 + 199 + 100
+        );
     }
 }
