@@ -15,15 +15,12 @@
 
 pub mod arena;
 
+use crate::config::FMAP_BASE;
 use crate::isa::Instr;
 use crate::module::{Binding, PartPlan};
 use crate::program::{Program, Segment, MAX_DRAM_BYTES};
 use arena::{align, plan_memory, Home, MemoryPlan};
 use std::ops::Range;
-
-/// Start of the feature-map SRAM window in the DMA address space.
-/// (Temporary until the simulator's window lands in `config`.)
-const FMAP_BASE: u32 = 0xC000_0000;
 
 /// A part linked into one program.
 #[derive(Clone, Debug)]

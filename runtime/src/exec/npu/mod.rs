@@ -610,7 +610,7 @@ fn link_part(
         }
     }
     let programs = programs.get(*first_program..).unwrap_or_default();
-    Some(link(plan, programs, &pinned, 0).map_err(|e| e.to_string()))
+    Some(link(plan, programs, &pinned, config.fmap_sram_bytes).map_err(|e| e.to_string()))
 }
 
 /// Layer `l`'s result in `tensors`, dequantised, when it is the last
