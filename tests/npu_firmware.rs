@@ -31,7 +31,7 @@ use m4c_runtime::bundle::sign;
 /// optimised graph, hence other activation scales.
 const MODULES: [(&str, &str, usize, bool); 2] = [
     ("imu", "imu_encoder", 1, true),
-    ("lm", "llama_prefill", 4, false),
+    ("lm", "llama_prefill", 3, false),
 ];
 
 /// The cosine bound `tests/npu_backend.rs` runs these fixtures to.

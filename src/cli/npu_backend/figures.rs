@@ -26,8 +26,15 @@ pub struct NpuReport {
     pub config: String,
     /// Its clock, MHz: what turns simulated cycles into time.
     pub clock_mhz: f64,
-    /// Simulated NPU cycles of all layers (layers run one after another).
+    /// Simulated NPU cycles of all NPU parts (each part one linked
+    /// program, or its layers one after another).
     pub cycles: u64,
+    /// How the NPU parts ran: `linked` (each one program: tensors in a
+    /// memory plan, feature maps in the feature-map SRAM where they fit),
+    /// `layer-by-layer` (`--layer-by-layer`: each layer its own program,
+    /// its operands and result in DRAM), or `mixed` (a part could not be
+    /// linked: its `parts[].note` says why).
+    pub schedule: String,
     /// `cycles` at the config's clock, plus the boundary estimate, ms.
     pub latency_ms: f64,
     /// Matrix-unit MACs / (PEs × NPU cycles).
@@ -36,6 +43,16 @@ pub struct NpuReport {
     pub sram_peak_bytes: u64,
     /// DRAM bytes read plus written by all layers.
     pub dram_bytes: u64,
+    /// Feature-map SRAM bytes read plus written by all layers (feature
+    /// maps kept on chip).
+    pub fmap_bytes: u64,
+    /// The most feature-map SRAM one part's memory plan uses, bytes.
+    pub fmap_peak_bytes: u64,
+    /// The machine's feature-map SRAM, bytes.
+    pub fmap_capacity_bytes: u64,
+    /// The DRAM arenas of the linked parts' tensors (boundary values and
+    /// feature maps that did not fit on chip), bytes summed over parts.
+    pub arena_bytes: u64,
     /// Simulated energy of all layers, mJ.
     pub energy_mj: f64,
     /// NPU time (simulated), ms.
@@ -118,7 +135,17 @@ fn db_or_inf<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
 /// [`annotate`] adds them).
 pub fn report(module: &NpuModule, artifact: &Artifact, f: RunFigures) -> NpuReport {
     let c = module.config();
-    let cycles: u64 = f.layers.iter().map(|l| l.cycles).sum();
+    let npu_parts = f.parts.iter().filter(|p| p.engine == PartEngine::Npu);
+    let cycles: u64 = npu_parts.clone().map(|p| p.cycles).sum();
+    let schedules: Vec<_> = npu_parts.filter_map(|p| p.schedule).collect();
+    let schedule = match (
+        schedules.iter().all(|s| s.linked),
+        schedules.iter().any(|s| s.linked),
+    ) {
+        (true, _) => "linked",
+        (false, true) => "mixed",
+        (false, false) => "layer-by-layer",
+    };
     let macs: u64 = f.layers.iter().map(|l| l.macs).sum();
     let pes = f64::from(c.array_rows) * f64::from(c.array_cols);
     let ms = |cycles: u64| cycles as f64 / (c.clock_mhz * 1e3);
@@ -154,6 +181,15 @@ pub fn report(module: &NpuModule, artifact: &Artifact, f: RunFigures) -> NpuRepo
         },
         sram_peak_bytes: f.layers.iter().map(|l| l.sram_bytes).max().unwrap_or(0),
         dram_bytes: f.layers.iter().map(|l| l.dram_bytes).sum(),
+        fmap_bytes: f.layers.iter().map(|l| l.fmap_bytes).sum(),
+        schedule: schedule.into(),
+        fmap_peak_bytes: schedules
+            .iter()
+            .map(|s| s.fmap_peak_bytes)
+            .max()
+            .unwrap_or(0),
+        fmap_capacity_bytes: u64::from(c.fmap_sram_bytes),
+        arena_bytes: schedules.iter().map(|s| s.arena_bytes).sum(),
         energy_mj: f.layers.iter().map(|l| l.energy_pj).sum::<f64>() * 1e-9,
         npu_ms: ms(cycles),
         fallback_ms: f.fallback_seconds * 1e3,
@@ -304,6 +340,16 @@ pub fn summary(r: &NpuReport) -> String {
     let _ = writeln!(s, "  MAC utilisation   {:.2} %", 100.0 * r.mac_utilization);
     let _ = writeln!(s, "  SRAM peak         {} B", r.sram_peak_bytes);
     let _ = writeln!(s, "  DRAM traffic      {} B", r.dram_bytes);
+    let _ = writeln!(
+        s,
+        "  fmap traffic      {} B (feature maps on chip; plan peak {} B of {} B)",
+        r.fmap_bytes, r.fmap_peak_bytes, r.fmap_capacity_bytes
+    );
+    let _ = writeln!(
+        s,
+        "  schedule          {} (DRAM arenas {} B)",
+        r.schedule, r.arena_bytes
+    );
     let _ = writeln!(s, "  energy            {:.6} mJ", r.energy_mj);
     let _ = writeln!(
         s,
@@ -315,7 +361,7 @@ pub fn summary(r: &NpuReport) -> String {
 }
 
 /// The header of [`csv`].
-pub const CSV_HEADER: &str = "layer,onnx_node,placement,kernel,part,cycles,macs,utilization,sram_bytes,dram_bytes,energy_pj,host_ms,sqnr_db,reason";
+pub const CSV_HEADER: &str = "layer,onnx_node,placement,kernel,part,cycles,macs,utilization,sram_bytes,dram_bytes,fmap_bytes,result_in,energy_pj,host_ms,sqnr_db,reason";
 
 /// A CSV text cell: quoted, quotes doubled; empty stays empty.
 fn cell(s: &str) -> String {
@@ -337,7 +383,7 @@ pub fn csv(r: &NpuReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},cpu,cpu-fallback,{},,,,,,,{:.4},,{}",
+                "{},{},cpu,cpu-fallback,{},,,,,,,,,{:.4},,{}",
                 cell(&f.values.join(" ")),
                 cell(&f.onnx_nodes.join(" ")),
                 f.part,
@@ -355,7 +401,7 @@ pub fn csv(r: &NpuReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},npu,{},{},{},{},{:.4},{},{},{:.1},,{sqnr},",
+                "{},{},npu,{},{},{},{},{:.4},{},{},{},{},{:.1},,{sqnr},",
                 cell(&l.name),
                 cell(row.onnx_node.as_deref().unwrap_or_default()),
                 l.kernel,
@@ -365,6 +411,8 @@ pub fn csv(r: &NpuReport) -> String {
                 l.utilization,
                 l.sram_bytes,
                 l.dram_bytes,
+                l.fmap_bytes,
+                l.result_in,
                 l.energy_pj
             );
         }

@@ -177,6 +177,7 @@ pub(super) fn run(
         note: f.note.clone(),
         quantize_cycles: 0,
         dequantize_cycles: 0,
+        schedule: None,
     })
 }
 

@@ -6,6 +6,7 @@
 //! feature-map SRAM); each layer's figures are those of its instructions.
 
 use m4c_npu::config::MachineConfig;
+use m4c_npu::link::arena::Home;
 use m4c_npu::link::LinkedPart;
 use m4c_npu::module::{sram_footprint, Boundary, PartPlan};
 use m4c_npu::sim::{simulate_spans, SimOptions};
@@ -66,6 +67,11 @@ pub(super) fn run(
             utilization: s.utilization,
             sram_bytes: sram_footprint(&program.instrs[span.clone()]),
             dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+            fmap_bytes: s.fmap_read_bytes + s.fmap_write_bytes,
+            result_in: match linked.memory.homes.get(layer.output.tensor) {
+                Some(Home::Fmap(_)) => "fmap",
+                _ => "dram",
+            },
             energy_pj: s.energy_pj,
         })
         .collect();

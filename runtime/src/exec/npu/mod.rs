@@ -60,6 +60,12 @@ pub struct LayerFigures {
     pub sram_bytes: u64,
     /// DRAM bytes read plus written.
     pub dram_bytes: u64,
+    /// Feature-map SRAM bytes read plus written (by DMA).
+    pub fmap_bytes: u64,
+    /// Where its result lives: `fmap` (on chip, in the feature-map SRAM,
+    /// for the next layer to read there: the feature map stays on chip)
+    /// or `dram`.
+    pub result_in: &'static str,
     /// Simulated energy, pJ.
     pub energy_pj: f64,
 }
@@ -97,6 +103,23 @@ pub struct PartFigures {
     pub quantize_cycles: u64,
     /// Estimated cycles of dequantising its outputs on exit.
     pub dequantize_cycles: u64,
+    /// NPU parts: how its layers ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<PartSchedule>,
+}
+
+/// How an NPU part's layers ran.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct PartSchedule {
+    /// Linked into one program (else layer by layer, each its own
+    /// program; `PartFigures::note` says why when linking failed).
+    pub linked: bool,
+    /// Linked: the feature-map SRAM its memory plan uses (high-water
+    /// mark), bytes.
+    pub fmap_peak_bytes: u64,
+    /// Linked: the DRAM arena of its tensors (boundary values and what
+    /// did not fit on chip; high-water mark), bytes.
+    pub arena_bytes: u64,
 }
 
 /// One NPU layer's result as the simulator left it, dequantised with its
@@ -557,6 +580,8 @@ impl NpuModule {
                     utilization: s.utilization,
                     sram_bytes: run.sram_bytes,
                     dram_bytes: s.dram_read_bytes + s.dram_write_bytes,
+                    fmap_bytes: s.fmap_read_bytes + s.fmap_write_bytes,
+                    result_in: "dram",
                     energy_pj: s.energy_pj,
                 });
             }
@@ -579,6 +604,11 @@ impl NpuModule {
                 .get(index)
                 .and_then(|l| l.as_ref()?.as_ref().err())
                 .map(|e| format!("run layer by layer: {e}")),
+            schedule: Some(PartSchedule {
+                linked: linked.is_some(),
+                fmap_peak_bytes: linked.map_or(0, |l| l.memory.fmap_bytes),
+                arena_bytes: linked.map_or(0, |l| l.memory.dram_bytes),
+            }),
             quantize_cycles,
             dequantize_cycles,
         })
