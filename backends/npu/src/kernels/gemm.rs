@@ -97,6 +97,18 @@ pub fn generate(
     config: &MachineConfig,
     unsplit: bool,
 ) -> Result<GemmProgram, KernelError> {
+    generate_with(ops, None, config, unsplit)
+}
+
+/// [`generate`] whose output stage maps each requantised int8 result `q`
+/// through `table[q + 128]` (`vlut` on the output tile before it is
+/// stored): a function of the GEMM's result fused into the layer.
+pub fn generate_with(
+    ops: &GemmOperands,
+    table: Option<&[i8; 256]>,
+    config: &MachineConfig,
+    unsplit: bool,
+) -> Result<GemmProgram, KernelError> {
     let (m, k, n) = (ops.m, ops.k, ops.n);
     if m == 0 || k == 0 || n == 0 {
         return Err(KernelError::BadShape(format!(
@@ -111,15 +123,16 @@ pub fn generate(
             "operand lengths do not match M, K, N".into(),
         ));
     }
-    let plan = TilePlan::choose(
+    let plan = TilePlan::choose_reserving(
         config,
         (m, k, n),
         param_bytes(ops.channel_scales.is_some()),
+        table.map_or(0, |t| t.len()),
         unsplit,
     )?;
     let mut b = ProgramBuilder::default();
     let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
-    let io = MatmulIo::alloc(
+    let mut io = MatmulIo::alloc(
         &mut b,
         (m, k, n),
         &ops.w,
@@ -127,6 +140,9 @@ pub fn generate(
         ops.channel_scales.as_deref(),
         ops.quant,
     )?;
+    if let Some(t) = table {
+        io = io.with_table(&mut b, t)?;
+    }
     let load_a = |b: &mut ProgramBuilder,
                   rows: std::ops::Range<usize>,
                   cols: std::ops::Range<usize>,
@@ -155,4 +171,38 @@ pub fn generate(
         plan,
         inputs: [a_dram, io.w_dram],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{simulate, SimOptions};
+
+    /// A table fused into the output stage gives the table of the plain
+    /// GEMM's result, element for element, on both presets (one tile and
+    /// several); the table load and a `vlut` per tile cost some cycles.
+    #[test]
+    fn a_fused_table_maps_every_result() {
+        let table: [i8; 256] = std::array::from_fn(|i| ((i as i32 * 37 + 11) % 256 - 128) as i8);
+        for (config, (m, k, n)) in [
+            (MachineConfig::edge_small(), (40, 72, 48)),
+            (MachineConfig::phone_flagship(), (9, 300, 130)),
+        ] {
+            let ops = GemmOperands::random(m, k, n, 5).per_channel(6);
+            let want: Vec<i8> = ops
+                .reference()
+                .iter()
+                .map(|&q| table[(q as i32 + 128) as usize])
+                .collect();
+            let plain = generate(&ops, &config, false).unwrap();
+            let fused = generate_with(&ops, Some(&table), &config, false).unwrap();
+            let run =
+                |p: &GemmProgram| simulate(&p.program, &config, SimOptions::default()).unwrap();
+            let (a, b) = (run(&plain), run(&fused));
+            let at = fused.out_addr as usize;
+            let got: Vec<i8> = b.dram[at..at + m * n].iter().map(|&v| v as i8).collect();
+            assert_eq!(got, want, "{}", config.name);
+            assert!(b.stats.cycles > a.stats.cycles, "the table costs something");
+        }
+    }
 }

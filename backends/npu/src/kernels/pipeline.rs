@@ -17,6 +17,9 @@ const ACC_FREE: i64 = 3;
 const OUT_READY: i64 = 4;
 const OUT_FREE: i64 = 5;
 const BIAS_READY: i64 = 6;
+const TABLE_READY: i64 = 7;
+/// Bytes of an output-stage lookup table.
+const TABLE_BYTES: usize = 256;
 const LD: i64 = 0;
 const MX: i64 = 1;
 const VX: i64 = 2;
@@ -42,14 +45,27 @@ impl TilePlan {
     /// evenly. With `unsplit` a split is an error instead.
     pub fn choose(
         config: &MachineConfig,
+        mkn: (usize, usize, usize),
+        param_bytes: usize,
+        unsplit: bool,
+    ) -> Result<TilePlan, KernelError> {
+        TilePlan::choose_reserving(config, mkn, param_bytes, 0, unsplit)
+    }
+
+    /// [`TilePlan::choose`] with `reserved` more bytes of activation SRAM
+    /// kept for the output stage (a lookup table).
+    pub fn choose_reserving(
+        config: &MachineConfig,
         (m, k, n): (usize, usize, usize),
         param_bytes: usize,
+        reserved: usize,
         unsplit: bool,
     ) -> Result<TilePlan, KernelError> {
         let (rows, cols) = (config.array_rows as usize, config.array_cols as usize);
         let n_tile = n.min(cols);
         let fits = |p: &TilePlan| {
             let act = align(param_bytes * n)
+                + align(reserved)
                 + 2 * align(p.m_tile * p.k_tile)
                 + p.acc_buffers * align(p.m_tile * p.n_tile);
             act <= config.act_sram_bytes as usize
@@ -124,6 +140,9 @@ pub struct MatmulIo {
     pub out_dram: u32,
     /// Requantisation of the int32 accumulators to the int8 output.
     pub quant: Requant,
+    /// A 256-entry table the output stage applies after requantising
+    /// (a function fused into the layer): its DRAM address.
+    pub table: Option<u32>,
 }
 
 impl MatmulIo {
@@ -149,7 +168,18 @@ impl MatmulIo {
             params,
             out_dram,
             quant,
+            table: None,
         })
+    }
+
+    /// Places `table` in DRAM for the output stage to apply.
+    pub fn with_table(
+        mut self,
+        b: &mut ProgramBuilder,
+        table: &[i8; 256],
+    ) -> Result<MatmulIo, KernelError> {
+        self.table = Some(b.alloc_data(super::data::i8_bytes(table))?);
+        Ok(self)
     }
 }
 
@@ -222,9 +252,10 @@ pub fn emit(
     } = plan;
     let words = io.params.map_or(1, |p| p.words);
     let bias_bytes = align(4 * words * io.n) as u64;
-    let a_buf = |s: usize| bias_bytes + (s % 2 * align(m_tile * k_tile)) as u64;
+    let fixed = bias_bytes + io.table.map_or(0, |_| align(TABLE_BYTES)) as u64;
+    let a_buf = |s: usize| fixed + (s % 2 * align(m_tile * k_tile)) as u64;
     let out_buf = |t: usize| {
-        bias_bytes
+        fixed
             + 2 * align(m_tile * k_tile) as u64
             + (t % acc_buffers * align(m_tile * n_tile)) as u64
     };
@@ -276,6 +307,31 @@ pub fn emit(
         b.emit(Instr::Wait {
             engine: VX,
             sem: BIAS_READY,
+        })?;
+    }
+    if let Some(table) = io.table {
+        b.emit(Instr::LdCfg {
+            dram_stride: 0,
+            sram_stride: 0,
+            pad_top: 0,
+            pad_bottom: 0,
+            pad_left: 0,
+            pad_right: 0,
+        })?;
+        b.emit(Instr::Ld {
+            space: 1,
+            sram: bias_bytes as i64,
+            dram: table as i64,
+            rows: 1,
+            row_bytes: TABLE_BYTES as i64,
+        })?;
+        b.emit(Instr::Signal {
+            engine: LD,
+            sem: TABLE_READY,
+        })?;
+        b.emit(Instr::Wait {
+            engine: VX,
+            sem: TABLE_READY,
         })?;
     }
 
@@ -375,6 +431,15 @@ pub fn emit(
             cols: n,
             mode: io.params.map_or(0, |p| if p.words == 3 { 2 } else { 1 }),
         })?;
+        if io.table.is_some() {
+            b.emit(Instr::Vlut {
+                dst: out_buf(t) as i64,
+                src: out_buf(t) as i64,
+                table: bias_bytes as i64,
+                rows: m,
+                cols: n,
+            })?;
+        }
         if t + acc_buffers < tiles.len() {
             b.emit(Instr::Signal {
                 engine: VX,

@@ -95,7 +95,17 @@ impl Ctx<'_> {
             let blocks = column_blocks(m_all, k, n, self.layer_limit)
                 .ok_or("the A operand alone exceeds one layer's image")?;
             let width = n.div_ceil(blocks);
-            let y = self.result(out, qy);
+            // A function of the result (GELU, SiLU) applied in the output
+            // stage: the layer then computes that function's value.
+            let epilogue = match self.part {
+                Some((nodes, exported)) => self.epilogue(out, nodes, exported)?,
+                None => None,
+            };
+            let (out, qv, table, kernel) = match &epilogue {
+                Some((v, t)) => (*v, self.quant(*v)?, Some(t), "gemm+lut"),
+                None => (out, qy, None, "gemm"),
+            };
+            let y = self.result(out, qv);
             let mut parts = vec![];
             for c0 in (0..n).step_by(width) {
                 let nb = width.min(n - c0);
@@ -112,7 +122,7 @@ impl Ctx<'_> {
                     quant: requant(scales[c0]),
                     channel_scales: Some(scales[cols].to_vec()),
                 };
-                let p = gemm::generate(&ops, self.config, false).map_err(err)?;
+                let p = gemm::generate_with(&ops, table, self.config, false).map_err(err)?;
                 let kp = KernelProgram {
                     program: p.program,
                     out_addr: p.out_addr,
@@ -121,12 +131,12 @@ impl Ctx<'_> {
                     inputs: vec![p.inputs[0]],
                 };
                 if blocks == 1 {
-                    self.whole(out, "gemm", kp, &[a], y);
+                    self.whole(out, kernel, kp, &[a], y);
                     return Ok(());
                 }
                 let name = format!("{}.cols{c0}", g.value(out).name);
-                let t = self.add_tensor(&name, m_all * nb, qy);
-                self.whole(out, "gemm", kp, &[a], t);
+                let t = self.add_tensor(&name, m_all * nb, qv);
+                self.whole(out, kernel, kp, &[a], t);
                 parts.push((t, nb));
             }
             // The blocks side by side: each output row is one piece of

@@ -63,6 +63,9 @@ struct Ctx<'a> {
     nhwc_of: HashMap<ValueId, layout::Nhwc>,
     /// Functions of one value, lowered as one table when needed (`unary`).
     regions: unary::Regions,
+    /// The part's nodes and which values leave it, where known: what
+    /// fusing a function into a GEMM's output stage must look ahead at.
+    part: Option<(&'a [usize], &'a dyn Fn(ValueId) -> bool)>,
     out: Lowered,
     /// Elements one layer's DRAM image may hold (a constant-B GEMM above
     /// it is split into column blocks).
@@ -79,6 +82,7 @@ pub fn lower_part(
     config: &MachineConfig,
 ) -> Result<Lowered, (usize, String)> {
     let mut cx = Ctx::new(g, cal, config);
+    cx.part = Some((nodes, exported));
     let mut fused = std::collections::HashSet::new();
     for &i in nodes {
         let node = &g.nodes[i];
@@ -211,6 +215,7 @@ impl<'a> Ctx<'a> {
             tensor_of: HashMap::new(),
             nhwc_of: HashMap::new(),
             regions: unary::Regions::default(),
+            part: None,
             layer_limit: crate::constraints::MAX_ELEMENTS,
             out: Lowered {
                 plan: PartPlan {

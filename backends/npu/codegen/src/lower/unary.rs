@@ -24,11 +24,16 @@ pub(super) struct Regions {
 }
 
 impl Ctx<'_> {
-    /// Takes node `i` into a region instead of lowering it, when it is a
-    /// function of one value. `true` when taken.
-    pub(super) fn defer_unary(&mut self, i: usize) -> bool {
+    /// The value `node` is a function of, when it is one: an elementwise
+    /// op whose constants are scalars and whose run-time operands have its
+    /// shape and all derive from one value (`source_of` gives the source
+    /// of a value already in a region).
+    fn unary_source(
+        &self,
+        node: &Node,
+        source_of: &dyn Fn(ValueId) -> Option<ValueId>,
+    ) -> Option<ValueId> {
         let g = self.g;
-        let node: &Node = &g.nodes[i];
         let binary = matches!(
             node.op,
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min | Op::Pow
@@ -36,30 +41,84 @@ impl Ctx<'_> {
         if !(binary || LUT_OPS.contains(&node.op.kind()))
             || g.value(node.output).ty.dtype != DType::F32
         {
-            return false;
+            return None;
         }
         let shape = dims(g, node.output);
         let mut source = None;
         for &v in &node.inputs {
             if let Some(c) = constant(g, v) {
                 if c.len() != 1 {
-                    return false;
+                    return None;
                 }
                 continue;
             }
-            let s = self.regions.source.get(&v).map_or(v, |&(s, _)| s);
+            let s = source_of(v).unwrap_or(v);
             if dims(g, v) != shape || source.is_some_and(|x| x != s) {
-                return false;
+                return None;
             }
             source = Some(s);
         }
-        let Some(x) = source else { return false };
+        let x = source?;
         let calibrated = |v: ValueId| self.cal.quant(&g.value(v).name).is_some();
-        if !calibrated(x) || !calibrated(node.output) {
+        (calibrated(x) && calibrated(node.output)).then_some(x)
+    }
+
+    /// Takes node `i` into a region instead of lowering it, when it is a
+    /// function of one value. `true` when taken.
+    pub(super) fn defer_unary(&mut self, i: usize) -> bool {
+        let node = &self.g.nodes[i];
+        let regions = &self.regions.source;
+        let Some(x) = self.unary_source(node, &|v| regions.get(&v).map(|&(s, _)| s)) else {
             return false;
-        }
+        };
         self.regions.source.insert(node.output, (x, i));
         true
+    }
+
+    /// A function of `x` the layer computing `x` can apply in its output
+    /// stage: when every node of `nodes` reading `x` is in a region of
+    /// `x`, `x` does not leave the part, and exactly one value of the
+    /// region is needed (read outside it or leaving the part): that value
+    /// and its table from `x`'s codes to its own. Its region is taken in
+    /// (its nodes are then deferred as usual and the value is not given a
+    /// layer of its own: the caller's layer computes it).
+    pub(super) fn epilogue(
+        &mut self,
+        x: ValueId,
+        nodes: &[usize],
+        exported: &dyn Fn(ValueId) -> bool,
+    ) -> Result<Option<(ValueId, [i8; 256])>, String> {
+        let g = self.g;
+        let mut members: HashMap<ValueId, usize> = HashMap::new();
+        for &i in nodes {
+            let node = &g.nodes[i];
+            let reads = |v: &ValueId| *v == x || members.contains_key(v);
+            if !node.inputs.iter().any(reads) {
+                continue;
+            }
+            let inside = |v| members.contains_key(&v).then_some(x);
+            if self.unary_source(node, &inside) == Some(x) {
+                members.insert(node.output, i);
+            }
+        }
+        let needed = |v: ValueId| {
+            exported(v)
+                || nodes.iter().any(|&i| {
+                    let n = &g.nodes[i];
+                    n.inputs.contains(&v) && !members.contains_key(&n.output)
+                })
+        };
+        if members.is_empty() || needed(x) {
+            return Ok(None);
+        }
+        let mut wanted = members.keys().copied().filter(|&v| needed(v));
+        let (Some(v), None) = (wanted.next(), wanted.next()) else {
+            return Ok(None);
+        };
+        for (&m, &i) in &members {
+            self.regions.source.insert(m, (x, i));
+        }
+        Ok(Some((v, self.table(x, v)?.0)))
     }
 
     /// Gives region value `v` its layer (nothing for other values or
@@ -72,17 +131,7 @@ impl Ctx<'_> {
         if self.tensor_of.contains_key(&v) || self.nhwc_of.contains_key(&v) {
             return Ok(());
         }
-        let (qx, qy) = (self.quant(x)?, self.quant(v)?);
-        let grid = Value::F32(ndarray::ArrayD::from_shape_fn(vec![256], |i| {
-            qx.dequantize((i[0] as i32 - 128) as i8) as f32
-        }));
-        let mut memo = HashMap::new();
-        let f = floats(&self.evaluate(v, x, &grid, &mut memo)?);
-        if f.len() != 256 {
-            return Err(format!("lookup table of {} entries", f.len()));
-        }
-        let table: [i8; 256] = std::array::from_fn(|i| qy.quantize(f[i]));
-        let ops = memo.len();
+        let (table, ops) = self.table(x, v)?;
         let kernel = match ops {
             1 => format!("lut-{}", self.producer(v)?.op.kind().name().to_lowercase()),
             _ => format!("lut-{ops}ops"),
@@ -102,6 +151,21 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The table from the codes of `x` to those of region value `v`, and
+    /// the number of region ops it evaluates.
+    fn table(&self, x: ValueId, v: ValueId) -> Result<([i8; 256], usize), String> {
+        let (qx, qy) = (self.quant(x)?, self.quant(v)?);
+        let grid = Value::F32(ndarray::ArrayD::from_shape_fn(vec![256], |i| {
+            qx.dequantize((i[0] as i32 - 128) as i8) as f32
+        }));
+        let mut memo = HashMap::new();
+        let f = floats(&self.evaluate(v, x, &grid, &mut memo)?);
+        if f.len() != 256 {
+            return Err(format!("lookup table of {} entries", f.len()));
+        }
+        Ok((std::array::from_fn(|i| qy.quantize(f[i])), memo.len()))
     }
 
     fn producer(&self, v: ValueId) -> Result<&Node, String> {
