@@ -95,6 +95,17 @@ pub fn generate(
     config: &MachineConfig,
     unsplit: bool,
 ) -> Result<ConvProgram, KernelError> {
+    generate_with(ops, None, config, unsplit)
+}
+
+/// [`generate`] with `table` applied in the output stage, as
+/// [`super::gemm::generate_with`].
+pub fn generate_with(
+    ops: &ConvOperands,
+    table: Option<&[i8; 256]>,
+    config: &MachineConfig,
+    unsplit: bool,
+) -> Result<ConvProgram, KernelError> {
     let s = ops.shape;
     if [s.h, s.w, s.c_in, s.c_out, s.kh, s.kw, s.stride].contains(&0) {
         return Err(KernelError::BadShape(format!("{s:?} has a zero dimension")));
@@ -113,10 +124,11 @@ pub fn generate(
             "operand lengths do not match the shape".into(),
         ));
     }
-    let plan = TilePlan::choose(
+    let plan = TilePlan::choose_reserving(
         config,
         (m, k, n),
         param_bytes(ops.channel_scales.is_some()),
+        table.map_or(0, |t| t.len()),
         unsplit,
     )?;
     let mut b = ProgramBuilder::default();
@@ -127,7 +139,7 @@ pub fn generate(
         &ops.weights,
         ops.bias.as_deref(),
         ops.channel_scales.as_deref(),
-        ops.quant,
+        (ops.quant, table),
     )?;
     let load_a = |b: &mut ProgramBuilder, pixels: Range<usize>, ks: Range<usize>, sram, stride| {
         im2col_panel(b, &s, in_dram, (pixels, ks), sram, stride)

@@ -132,17 +132,14 @@ pub fn generate_with(
     )?;
     let mut b = ProgramBuilder::default();
     let a_dram = b.alloc_data(i8_bytes(&ops.a))?;
-    let mut io = MatmulIo::alloc(
+    let io = MatmulIo::alloc(
         &mut b,
         (m, k, n),
         &ops.w,
         ops.bias.as_deref(),
         ops.channel_scales.as_deref(),
-        ops.quant,
+        (ops.quant, table),
     )?;
-    if let Some(t) = table {
-        io = io.with_table(&mut b, t)?;
-    }
     let load_a = |b: &mut ProgramBuilder,
                   rows: std::ops::Range<usize>,
                   cols: std::ops::Range<usize>,

@@ -146,20 +146,25 @@ pub struct MatmulIo {
 }
 
 impl MatmulIo {
-    /// Places a matmul's weights, per-column parameters and output in DRAM,
-    /// in that order: the part every matrix-unit kernel shares (the caller
-    /// places its A operand first).
+    /// Places a matmul's weights, per-column parameters, output and
+    /// output-stage table (when given) in DRAM, in that order: the part
+    /// every matrix-unit kernel shares (the caller places its A operand
+    /// first, and reserves the table's SRAM when choosing its tiling,
+    /// [`TilePlan::choose_reserving`]).
     pub fn alloc(
         b: &mut ProgramBuilder,
         (m, k, n): (usize, usize, usize),
         weights: &[i8],
         bias: Option<&[i32]>,
         scales: Option<&[(i32, i32)]>,
-        quant: Requant,
+        (quant, table): (Requant, Option<&[i8; 256]>),
     ) -> Result<MatmulIo, KernelError> {
         let w_dram = b.alloc_data(super::data::i8_bytes(weights))?;
         let params = column_params(b, bias, scales, n)?;
         let out_dram = b.alloc(m * n)?;
+        let table = table
+            .map(|t| b.alloc_data(super::data::i8_bytes(t)))
+            .transpose()?;
         Ok(MatmulIo {
             m,
             k,
@@ -168,18 +173,8 @@ impl MatmulIo {
             params,
             out_dram,
             quant,
-            table: None,
+            table,
         })
-    }
-
-    /// Places `table` in DRAM for the output stage to apply.
-    pub fn with_table(
-        mut self,
-        b: &mut ProgramBuilder,
-        table: &[i8; 256],
-    ) -> Result<MatmulIo, KernelError> {
-        self.table = Some(b.alloc_data(super::data::i8_bytes(table))?);
-        Ok(self)
     }
 }
 

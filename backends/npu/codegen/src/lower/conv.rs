@@ -64,7 +64,16 @@ impl Ctx<'_> {
         let twin = self.nhwc_of.get(&ins[0]).copied();
         let geo = Geometry::new(attrs, &xs, ws.get(2..).unwrap_or_default())?;
         let pending = self.pending_nchw_cycles(ins[0])?;
-        let (qx, qy) = (self.quant(ins[0])?, self.quant(out)?);
+        let qx = self.quant(ins[0])?;
+        // A function of the result (HardSwish, SiLU) applied in the
+        // output stage of a dense conv: the layer then computes its value.
+        let epilogue = match self.part {
+            Some((nodes, exported)) if !relu && attrs.group == 1 => {
+                self.epilogue(out, nodes, exported)?
+            }
+            _ => None,
+        };
+        let table = epilogue.as_ref().map(|(_, t)| t);
         // (cycles, how a part input enters, form)
         let mut best: Option<(u64, Layout, Form)> = None;
         let mut consider = |c: u64, entry: Layout, form: Form| {
@@ -77,7 +86,7 @@ impl Ctx<'_> {
         } else {
             Source::Nchw
         };
-        for form in self.conv_forms(attrs, ins, out, relu, from)? {
+        for form in self.conv_forms(attrs, ins, out, (relu, table), from)? {
             let extra = if reads_nchw(&form) { pending } else { 0 };
             consider(form_cycles(&form, self.config)? + extra, Layout::AsIs, form);
         }
@@ -85,13 +94,13 @@ impl Ctx<'_> {
         let fresh = twin.is_none() && !self.tensor_of.contains_key(&ins[0]);
         if fresh {
             let entry_nchw = self.nchw_cycles(geo.x)?;
-            for form in self.conv_forms(attrs, ins, out, relu, Source::Nhwc)? {
+            for form in self.conv_forms(attrs, ins, out, (relu, table), Source::Nhwc)? {
                 let extra = if reads_nchw(&form) { entry_nchw } else { 0 };
                 consider(form_cycles(&form, self.config)? + extra, Layout::Nhwc, form);
             }
             if geo.is_patchify() {
                 let [kh, kw] = geo.kernel;
-                for form in self.conv_forms(attrs, ins, out, relu, Source::Patches)? {
+                for form in self.conv_forms(attrs, ins, out, (relu, table), Source::Patches)? {
                     consider(
                         form_cycles(&form, self.config)?,
                         Layout::Patches { kh, kw },
@@ -115,6 +124,8 @@ impl Ctx<'_> {
             }
             Layout::Patches { .. } => self.entry(ins[0], entry, geo.x)?,
         };
+        let out = epilogue.map_or(out, |(v, _)| v);
+        let qy = self.quant(out)?;
         let name = g.value(out).name.clone();
         let last = steps.len() - 1;
         for (i, (kernel, k)) in steps.into_iter().enumerate() {
@@ -139,7 +150,7 @@ impl Ctx<'_> {
         attrs: &ConvAttrs,
         ins: &[ValueId],
         out: ValueId,
-        relu: bool,
+        (relu, table): (bool, Option<&[i8; 256]>),
         from: Source,
     ) -> Result<Vec<Form>, String> {
         let from_nhwc = from == Source::Nhwc;
@@ -196,7 +207,13 @@ impl Ctx<'_> {
             return Ok(vec![self.after_nhwc(&geo, from_nhwc, ("dwconv", dw))?]);
         }
         let gemm = self
-            .gemm(pixels, (m, per_out), &weight, &bias, &scales, quant)
+            .gemm(
+                pixels,
+                (m, per_out),
+                &weight,
+                (&bias, &scales),
+                (quant, table),
+            )
             .and_then(|gemm| match from_nhwc && geo.is_pointwise() {
                 true => Ok(vec![gemm]),
                 false => Ok(vec![self.im2col(&geo, per_out)?, gemm]),
@@ -218,7 +235,7 @@ impl Ctx<'_> {
                 quant,
                 channel_scales: Some(scales.clone()),
             };
-            let p = conv::generate(&ops, self.config, false).map_err(err)?;
+            let p = conv::generate_with(&ops, table, self.config, false).map_err(err)?;
             let k = KernelProgram {
                 program: p.program,
                 out_addr: p.out_addr,
@@ -226,7 +243,8 @@ impl Ctx<'_> {
                 tile_rows: p.plan.m_tile,
                 inputs: vec![p.input_addr],
             };
-            self.after_nhwc(&geo, from_nhwc, ("conv", k))
+            let kernel = if table.is_some() { "conv+lut" } else { "conv" };
+            self.after_nhwc(&geo, from_nhwc, (kernel, k))
         });
         // A form that does not fit this machine is left out.
         let mut first_error = None;
@@ -284,9 +302,8 @@ impl Ctx<'_> {
         pixels: usize,
         (m, k): (usize, usize),
         weight: &dyn Fn(usize, usize) -> i8,
-        bias: &[i32],
-        scales: &[(i32, i32)],
-        quant: m4c_npu::quant::Requant,
+        (bias, scales): (&[i32], &[(i32, i32)]),
+        (quant, table): (m4c_npu::quant::Requant, Option<&[i8; 256]>),
     ) -> Result<(&'static str, KernelProgram), String> {
         let ops = gemm::GemmOperands {
             m: pixels,
@@ -298,7 +315,7 @@ impl Ctx<'_> {
             quant,
             channel_scales: Some(scales.to_vec()),
         };
-        let p = gemm::generate(&ops, self.config, false).map_err(err)?;
+        let p = gemm::generate_with(&ops, table, self.config, false).map_err(err)?;
         let gemm = KernelProgram {
             program: p.program,
             out_addr: p.out_addr,
@@ -306,7 +323,7 @@ impl Ctx<'_> {
             tile_rows: p.plan.m_tile,
             inputs: vec![p.inputs[0]],
         };
-        Ok(("gemm", gemm))
+        Ok((if table.is_some() { "gemm+lut" } else { "gemm" }, gemm))
     }
 }
 
