@@ -251,9 +251,20 @@ fn config_summary(c: &MachineConfig) -> String {
     let macs = c.array_rows as f64 * c.array_cols as f64;
     let tops = 2.0 * macs * c.clock_mhz * 1e6 / 1e12;
     let kib = |b: u32| b as f64 / 1024.0;
+    let fmap = if c.fmap_sram_bytes == 0 {
+        "none (feature maps live in DRAM)".to_string()
+    } else {
+        format!(
+            "{:.0} KiB, {} B/cycle after {} cycles",
+            kib(c.fmap_sram_bytes),
+            c.fmap_dma.bytes_per_cycle,
+            c.fmap_dma.latency_cycles
+        )
+    };
     format!(
         "{}: {}x{} int8 array ({:?}), {:.0} MHz, {tops:.2} TOPS peak\n\
          SRAM: {:.0} KiB weights + {:.0} KiB activations, {:.0} KiB accumulator\n\
+         feature-map SRAM: {}\n\
          vector unit: {} lanes; special functions: {} lanes\n\
          DMA: {} B/cycle in, {} B/cycle out ({:.1} GB/s in)\n",
         c.name,
@@ -264,6 +275,7 @@ fn config_summary(c: &MachineConfig) -> String {
         kib(c.weight_sram_bytes),
         kib(c.act_sram_bytes),
         kib(c.acc_bytes),
+        fmap,
         c.vector_lanes,
         c.sfu_lanes,
         c.dma_in.bytes_per_cycle,

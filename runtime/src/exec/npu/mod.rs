@@ -813,6 +813,7 @@ mod tests {
                 },
                 first_program: 3,
                 inputs: vec![],
+                indices: vec![],
                 outputs: vec![],
             }],
         };

@@ -392,7 +392,7 @@ mod tests {
                 .collect();
             let cx = Ctx::new(&g, &cal, &config);
             let forms = cx
-                .conv_forms(&attrs, &[x, w], y, false, Source::Nchw)
+                .conv_forms(&attrs, &[x, w], y, (false, None), Source::Nchw)
                 .unwrap();
             assert_eq!(forms.len(), 2, "im2col + GEMM and direct");
             let costs: Vec<u64> = forms
