@@ -541,6 +541,28 @@ fn a_squeeze_excite_gate_broadcasts_per_row() {
     assert!(c.cosine > 0.999, "{}", c.summary());
 }
 
+/// A function of a depthwise conv's result (here a sigmoid, as
+/// HardSwish or SiLU follow MobileNet's and EfficientNet's depthwise
+/// convs) is a table in the conv's output stage: one `dwconv+lut` layer,
+/// within the int8 rounding of the interpreter's result.
+#[test]
+fn a_function_after_a_depthwise_conv_is_its_output_stage() {
+    let shape = [1, 8, 6, 6];
+    let g = graph("depthwise_sigmoid", &shape, |g, x| {
+        let w = values(8 * 9, 3).iter().map(|v| v * 0.4).collect::<Vec<_>>();
+        let w = g.add_const("w", Tensor::from_f32(&[8, 1, 3, 3], &w));
+        let b = g.add_const("b", Tensor::from_f32(&[8], &values(8, 5)));
+        let attrs = attrs([1, 1], [1, 1, 1, 1], [1, 1], 8);
+        let y = g.add_node(Op::Conv(attrs), &[x, w, b], "conv").unwrap();
+        g.add_node(Op::Sigmoid, &[y], "act").unwrap()
+    });
+    let x = input(&shape, 11);
+    let (got, want, f) = both(&g, &x);
+    assert_eq!(kernels(&f), ["dwconv+lut", "dma-nchw"]);
+    let c = m4c_ops::compare(&got, &want, 0.0, 0.0);
+    assert!(c.cosine > 0.999, "{}", c.summary());
+}
+
 /// A causal mask written as a constant of 0 and `finfo(float32).min` (as
 /// exporters fold it) added to attention scores, then Softmax: the mask
 /// Add runs on the NPU (its sentinels saturate the sum to the result's

@@ -155,11 +155,14 @@ proptest! {
     #[test]
     fn depthwise_conv(
         h in 1usize..10, w in 1usize..10, c in 1usize..24, k in 1usize..4,
-        stride in 1usize..3, pad in 0usize..2, small: bool, seed: u64,
+        stride in 1usize..3, pad in 0usize..2, small: bool, seed: u64, fused: bool,
     ) {
         prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
         let shape = ConvShape { h, w, c_in: c, c_out: c, kh: k, kw: k, stride, pad };
-        let ops = DepthwiseOperands::random(shape, seed);
+        let mut ops = DepthwiseOperands::random(shape, seed);
+        // A table in the output stage: any permutation-like map will do.
+        let offset = seed as usize % 256;
+        ops.table = fused.then(|| std::array::from_fn(|i| ((i * 37 + offset) % 256) as u8 as i8));
         let config = machine(if small { 2048 } else { 1 << 16 }, 8);
         let out = run(&m4c_npu::kernels::depthwise::generate(&ops, &config).unwrap(), &config);
         prop_assert_eq!(out, ops.reference());

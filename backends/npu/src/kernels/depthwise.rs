@@ -4,7 +4,8 @@
 //! bytes, shared with the dense convolution), then per kernel tap one
 //! `vbin mul`/`mac` multiplies the panel column block by that tap's
 //! per-channel weights and accumulates, and `requant` applies per-channel
-//! bias, multiplier and shift.
+//! bias, multiplier and shift; a function of the result (HardSwish after a
+//! MobileNet depthwise conv) can follow as a `vlut` on the requantised tile.
 
 use super::conv::im2col_panel;
 use super::data::{i32_bytes, i8_bytes, SplitMix64};
@@ -35,6 +36,10 @@ pub struct DepthwiseOperands {
     pub zero_point: i32,
     /// Lowest output value (-128; the zero point fuses a Relu).
     pub clamp_min: i8,
+    /// A table applied to each requantised result `q` (`table[q + 128]`)
+    /// before it is stored: a function of the conv's result computed in
+    /// its output stage instead of a layer of its own.
+    pub table: Option<[i8; 256]>,
 }
 
 impl DepthwiseOperands {
@@ -53,6 +58,7 @@ impl DepthwiseOperands {
             scales,
             zero_point: (rng.next_u64() % 7) as i32 - 3,
             clamp_min: -128,
+            table: None,
         }
     }
 
@@ -87,7 +93,11 @@ impl DepthwiseOperands {
                             acc = acc.wrapping_add(iv * wv);
                         }
                     }
-                    out[(oy * ow + ox) * ch + c] = self.channel_quant(c).apply(acc);
+                    let q = self.channel_quant(c).apply(acc);
+                    out[(oy * ow + ox) * ch + c] = match &self.table {
+                        Some(t) => t[(q as i32 + 128) as usize],
+                        None => q,
+                    };
                 }
             }
         }
@@ -134,12 +144,13 @@ pub fn generate(
     let s = ops.shape;
     let (c, taps, pixels) = (s.c_in, s.kh * s.kw, s.out_h() * s.out_w());
     let records_at = align(taps * c) as u64;
+    let table_at = align(records_at as usize + 12 * c) as u64;
     let shape = StreamShape {
         rows: pixels,
         in_row_bytes: taps * c,
         out_row_bytes: c,
         acc_per_row: c,
-        const_bytes: records_at as usize + 12 * c,
+        const_bytes: table_at as usize + ops.table.map_or(0, |t| t.len()),
     };
     let tile_rows = stream::tile_rows(config, &shape)?;
     let mut b = ProgramBuilder::default();
@@ -148,11 +159,19 @@ pub fn generate(
         .collect();
     let w_dram = b.alloc_data(i8_bytes(&ops.weights))?;
     let rec_dram = b.alloc_data(i32_bytes(&records))?;
+    let table_dram = match &ops.table {
+        Some(t) => Some(b.alloc_data(i8_bytes(t))?),
+        None => None,
+    };
     let in_dram = b.alloc_data(i8_bytes(&ops.input))? as usize;
     let out_dram = b.alloc(pixels * c)?;
     let load_consts = |b: &mut ProgramBuilder| {
         stream::load_block(b, w_dram, taps * c, 0)?;
-        stream::load_block(b, rec_dram, 12 * c, records_at)
+        stream::load_block(b, rec_dram, 12 * c, records_at)?;
+        match table_dram {
+            Some(t) => stream::load_block(b, t, 256, table_at),
+            None => Ok(()),
+        }
     };
     let load = |b: &mut ProgramBuilder, t: &Tile| {
         let panel = (t.rows.clone(), 0..taps * c);
@@ -193,6 +212,16 @@ pub fn generate(
             rows: r as i64,
             cols: c as i64,
             mode: 2,
+        })?;
+        if ops.table.is_none() {
+            return Ok(());
+        }
+        b.emit(Instr::Vlut {
+            dst: t.output as i64,
+            src: t.output as i64,
+            table: table_at as i64,
+            rows: r as i64,
+            cols: c as i64,
         })
     };
     let kernel = StreamKernel {

@@ -66,11 +66,10 @@ impl Ctx<'_> {
         let pending = self.pending_nchw_cycles(ins[0])?;
         let qx = self.quant(ins[0])?;
         // A function of the result (HardSwish, SiLU) applied in the
-        // output stage of a dense conv: the layer then computes its value.
+        // output stage of a dense or depthwise conv: the layer then
+        // computes its value.
         let epilogue = match self.part {
-            Some((nodes, exported)) if !relu && attrs.group == 1 => {
-                self.epilogue(out, nodes, exported)?
-            }
+            Some((nodes, exported)) if !relu => self.epilogue(out, nodes, exported)?,
             _ => None,
         };
         let table = epilogue.as_ref().map(|(_, t)| t);
@@ -202,9 +201,14 @@ impl Ctx<'_> {
                 scales,
                 zero_point: 0,
                 clamp_min,
+                table: table.copied(),
             };
             let dw = depthwise::generate(&ops, self.config).map_err(err)?;
-            return Ok(vec![self.after_nhwc(&geo, from_nhwc, ("dwconv", dw))?]);
+            let kernel = match table {
+                Some(_) => "dwconv+lut",
+                None => "dwconv",
+            };
+            return Ok(vec![self.after_nhwc(&geo, from_nhwc, (kernel, dw))?]);
         }
         let gemm = self
             .gemm(
