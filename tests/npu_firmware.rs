@@ -24,8 +24,8 @@ use m4c_runtime::bundle::sign;
 
 /// (module name, fixture, CPU-fallback parts it has on edge-small,
 /// whether `run MODEL --backend npu` compiles the same graph): a
-/// transformer encoder and a decoder whose embedding Gather and mask
-/// construction fall back. Firmware keeps adapter sites when it
+/// transformer encoder and a decoder whose mask construction falls back
+/// (its embedding Gather is an NPU row copy). Firmware keeps adapter sites when it
 /// optimises (`OptOptions::keep_adapter_sites`, so that an app's adapter
 /// can attach) and `run` does not; for the decoder that gives another
 /// optimised graph, hence other activation scales.
