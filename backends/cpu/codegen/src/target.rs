@@ -54,6 +54,16 @@ impl Isa {
         }
     }
 
+    /// The per-core L2 a cross target is blocked for: the smallest of
+    /// the cores that ISA usually means (AVX-512: Skylake-SP, Zen 4; AVX2:
+    /// Zen 1–3; AArch64: phone cores and Neoverse N1 have 512 KiB–1 MiB).
+    fn default_l2_bytes(self) -> usize {
+        match self {
+            Isa::Avx512 => 1 << 20,
+            Isa::Avx2 | Isa::Neon => 512 << 10,
+        }
+    }
+
     fn default_cpu(self) -> &'static str {
         match self {
             Isa::Avx512 => "x86-64-v4",
@@ -153,6 +163,9 @@ pub struct Target {
     pub isa: Isa,
     /// The LLVM CPU name (scheduling model), validated.
     pub cpu: String,
+    /// Per-core L2 cache bytes the GEMM blocking is sized for: the
+    /// host's own for `host`, the ISA's usual smallest otherwise.
+    pub l2_bytes: usize,
 }
 
 impl Target {
@@ -163,19 +176,24 @@ impl Target {
     /// the host supports and the host's CPU name when LLVM knows it.
     pub fn parse(target: Option<&str>, cpu: Option<&str>) -> Result<Self, CodegenError> {
         let name = target.unwrap_or("host");
+        let host = name == "host" || (name == "x86_64" && cfg!(target_arch = "x86_64"));
         let (isa, detected_cpu) = match name {
-            "host" => host_isa_and_cpu()?,
-            "x86_64" if cfg!(target_arch = "x86_64") => host_isa_and_cpu()?,
+            _ if host => host_isa_and_cpu()?,
             "x86_64" | "x86_64-avx2" => (Isa::Avx2, None),
             "x86_64-avx512" => (Isa::Avx512, None),
             "aarch64" => (Isa::Neon, None),
             other => return Err(CodegenError::UnknownTarget(other.to_string())),
         };
+        let l2_bytes = match host {
+            true => m4c_plan::host::l2_bytes(),
+            false => None,
+        }
+        .unwrap_or_else(|| isa.default_l2_bytes());
         let cpu = match cpu {
             Some(cpu) => validate_cpu(isa.arch(), cpu)?,
             None => detected_cpu.unwrap_or_else(|| isa.default_cpu().to_string()),
         };
-        Ok(Self { isa, cpu })
+        Ok(Self { isa, cpu, l2_bytes })
     }
 
     /// The target's canonical name, as `--target` spells it.

@@ -2,10 +2,10 @@
 
 use crate::{Isa, Target};
 
-/// Data cache sizes the blocking is tuned for (per core). Zen 4, Skylake-SP
-/// and Neoverse N1 all have at least these; larger caches only help.
+/// L1 data cache the blocking is tuned for (per core): every core this
+/// targets has at least this; the L2 is the target's
+/// ([`Target::l2_bytes`]).
 const L1_BYTES: usize = 32 * 1024;
-const L2_BYTES: usize = 1024 * 1024;
 
 /// How a GEMM is cut up for the target.
 ///
@@ -27,6 +27,8 @@ pub struct GemmPlan {
     pub k_block: usize,
     /// Row block (MC), a multiple of `tile_rows`.
     pub m_block: usize,
+    /// Per-core L2 bytes the blocks are sized for.
+    pub l2_bytes: usize,
 }
 
 impl GemmPlan {
@@ -42,13 +44,15 @@ impl GemmPlan {
         let k_block = (L1_BYTES / 2 / (tile_cols * 4) / 8 * 8).max(8);
         // A is read in place (no packing): an `m_block × k_block` block of
         // it takes an eighth of L2, leaving room for the group's C block.
-        let m_block = (L2_BYTES / 8 / (k_block * 4)) / tile_rows * tile_rows;
+        let l2_bytes = target.l2_bytes;
+        let m_block = (l2_bytes / 8 / (k_block * 4)) / tile_rows * tile_rows;
         Self {
             lanes,
             vectors,
             tile_rows,
             k_block,
             m_block: m_block.max(tile_rows),
+            l2_bytes,
         }
     }
 
@@ -64,11 +68,11 @@ impl GemmPlan {
     /// take at most half of L2, so they stay there while every K block adds
     /// into them and each block of A is reused across the group.
     pub fn group_panels(&self, m: usize, k: usize) -> usize {
-        if m * k * 4 <= L2_BYTES / 2 {
+        if m * k * 4 <= self.l2_bytes / 2 {
             return 1;
         }
         let rows = m.min(self.m_block);
-        (L2_BYTES / 2 / (rows * self.tile_cols() * 4)).max(1)
+        (self.l2_bytes / 2 / (rows * self.tile_cols() * 4)).max(1)
     }
 }
 
@@ -91,6 +95,27 @@ mod tests {
         for p in [plan("x86_64-avx512"), plan("x86_64-avx2"), plan("aarch64")] {
             assert!(p.m_block % p.tile_rows == 0 && p.m_block > 0);
             assert!(p.k_block * p.tile_cols() * 4 <= L1_BYTES / 2);
+            // A's block takes an eighth of the target's L2.
+            assert!(p.m_block * p.k_block * 4 <= p.l2_bytes / 8);
         }
+    }
+
+    /// A smaller L2 means fewer rows per block and fewer panels per
+    /// column group, so the group's C block still fits in half of it.
+    #[test]
+    fn blocks_follow_the_l2() {
+        let big = plan("x86_64-avx512");
+        let small = GemmPlan::for_target(&Target {
+            l2_bytes: 512 << 10,
+            ..Target::parse(Some("x86_64-avx512"), None).unwrap()
+        });
+        assert_eq!(big.l2_bytes, 1 << 20);
+        assert!(small.m_block < big.m_block);
+        let (m, k) = (1500, 384);
+        for p in [big, small] {
+            let rows = m.min(p.m_block);
+            assert!(p.group_panels(m, k) * rows * p.tile_cols() * 4 <= p.l2_bytes / 2);
+        }
+        assert!(small.group_panels(m, k) < big.group_panels(m, k));
     }
 }

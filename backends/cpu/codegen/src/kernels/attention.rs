@@ -21,10 +21,6 @@ use crate::gemm::{emit_gemm, gemm_manifest, GemmPlan, GemmSpec};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
-/// L2 bytes a block of scores may take (a quarter of the 1 MiB the GEMM
-/// plan assumes, leaving room for the packed right operands).
-const SCORES_BYTES: usize = 256 * 1024;
-
 /// The nodes of a fusable attention, by node index.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chain {
@@ -333,7 +329,10 @@ fn emit<'ctx>(
 ) -> Result<usize, CodegenError> {
     let plan = GemmPlan::for_target(cx.target);
     let (m, n1, n2) = (first.m, first.n, second.n);
-    let rows = (SCORES_BYTES / (n1 * 4) / plan.tile_rows * plan.tile_rows)
+    // A block of scores takes a quarter of L2, leaving room for the
+    // packed right operands.
+    let scores_bytes = plan.l2_bytes / 4;
+    let rows = (scores_bytes / (n1 * 4) / plan.tile_rows * plan.tile_rows)
         .max(plan.tile_rows)
         .min(m);
     let mut layouts = None;

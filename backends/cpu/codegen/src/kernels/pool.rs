@@ -1,5 +1,8 @@
-//! MaxPool / AvgPool, vectorised along the output rows.
+//! MaxPool / AvgPool, vectorised along the output rows; a row vector whose
+//! taps all lie inside the input row is read with plain loads, the others
+//! (at the padding and the row's end) with masked ones.
 
+use inkwell::types::VectorType;
 use inkwell::values::IntValue;
 use inkwell::FloatPredicate;
 use m4c_ir::op::PoolAttrs;
@@ -46,6 +49,10 @@ fn emit(
     } else {
         f32::NEG_INFINITY
     };
+    let all_lanes = VectorType::const_vector(&vec![
+        cx.context.bool_type().const_all_ones();
+        lanes as usize
+    ]);
     let dims = loop_dims(cx, planes, w);
     k.nest_folded(&dims, fold_axes(&dims), &mut |idx: &[IntValue<'_>]| {
         let (plane, rest) = idx
@@ -58,27 +65,45 @@ fn emit(
         let base =
             k.em.builder
                 .build_int_mul(*plane, k.int(in_plane as i64), "base")?;
-        k.nest(&w.kernel, false, &mut |t: &[IntValue<'_>]| {
-            let (at, inside) = w.row_offset(&k, rows, t)?;
-            let at = k.em.builder.build_int_add(at, base, "at")?;
-            k.em.if_then(inside, || {
-                let (x, mask) = w.load_row(&k, (k.buffers[1], at), &columns, t[sp - 1], fill)?;
-                let b = &k.em.builder;
-                let a = b.build_load(vf, acc, "acc")?.into_vector_value();
-                let updated = match average {
-                    Some(_) => math.add(a, x)?,
-                    None => {
-                        let gt = b.build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
-                        b.build_select(gt, x, a, "max")?.into_vector_value()
-                    }
-                };
-                b.build_store(acc, updated)?;
-                let c = b.build_load(vf, count, "c")?.into_vector_value();
-                let one = b.build_select(mask, math.c(1.0), math.c(0.0), "one")?;
-                b.build_store(count, math.add(c, one.into_vector_value())?)?;
-                Ok(())
+        // The taps, read with plain loads (`interior`) or masked ones.
+        let taps = |interior: bool| {
+            k.nest(&w.kernel, false, &mut |t: &[IntValue<'_>]| {
+                let (at, inside) = w.row_offset(&k, rows, t)?;
+                let at = k.em.builder.build_int_add(at, base, "at")?;
+                k.em.if_then(inside, || {
+                    let source = (k.buffers[1], at);
+                    let (x, mask) = match interior {
+                        true => (
+                            w.load_interior_row(&k, source, &columns, t[sp - 1])?,
+                            all_lanes,
+                        ),
+                        false => w.load_row(&k, source, &columns, t[sp - 1], fill)?,
+                    };
+                    let b = &k.em.builder;
+                    let a = b.build_load(vf, acc, "acc")?.into_vector_value();
+                    let updated = match average {
+                        Some(_) => math.add(a, x)?,
+                        None => {
+                            let gt = b.build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
+                            b.build_select(gt, x, a, "max")?.into_vector_value()
+                        }
+                    };
+                    b.build_store(acc, updated)?;
+                    let c = b.build_load(vf, count, "c")?.into_vector_value();
+                    let one = b.build_select(mask, math.c(1.0), math.c(0.0), "one")?;
+                    b.build_store(count, math.add(c, one.into_vector_value())?)?;
+                    Ok(())
+                })
             })
-        })?;
+        };
+        match w.interior(&k, &columns)? {
+            Some(interior) => {
+                k.em.if_then(interior, || taps(true))?;
+                let edge = k.em.builder.build_not(interior, "edge")?;
+                k.em.if_then(edge, || taps(false))?;
+            }
+            None => taps(false)?,
+        }
         let mut result = k.em.builder.build_load(vf, acc, "r")?.into_vector_value();
         if let Some(include_pad) = average {
             let divisor = if include_pad {

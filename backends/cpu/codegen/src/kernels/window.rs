@@ -235,19 +235,7 @@ impl Window {
             let loaded = loaded
                 .ok_or(CodegenError::Internal("masked loads return a value"))?
                 .into_vector_value();
-            if stride == 1 {
-                return Ok((loaded, mask));
-            }
-            let i32t = k.cx.context.i32_type();
-            let every = VectorType::const_vector(
-                &(0..lanes)
-                    .map(|l| i32t.const_int(u64::from(l) * stride as u64, false))
-                    .collect::<Vec<_>>(),
-            );
-            Some(
-                b.build_shuffle_vector(loaded, loaded.get_type().get_poison(), every, "strided")?
-                    .into(),
-            )
+            Some(every_stride(k, loaded, lanes, stride)?.into())
         } else {
             let index = b.build_int_add(p, splat(k, at, lanes)?, "index")?;
             let bytes = b.build_int_mul(index, splat(k, k.int(4), lanes)?, "bytes")?;
@@ -275,6 +263,67 @@ impl Window {
             .ok_or(CodegenError::Internal("masked loads return a value"))?
             .into_vector_value();
         Ok((loaded, mask))
+    }
+
+    /// Whether row vector `columns` can be read with plain loads
+    /// ([`Window::load_interior_row`]): every lane is before the row's
+    /// end and the wide load of every last-axis tap stays inside the
+    /// input row. `None` when the stride is read by gathers anyway.
+    pub fn interior<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        columns: &Columns<'ctx>,
+    ) -> Result<Option<IntValue<'ctx>>, CodegenError> {
+        let d = self.output.len() - 1;
+        let stride = self.strides[d] as i64;
+        if stride > MAX_LOADED_STRIDE {
+            return Ok(None);
+        }
+        let lanes = i64::from(columns.positions.get_type().get_size());
+        let reach = (self.kernel[d] as i64 - 1) * self.dilations[d] as i64;
+        let b = &k.em.builder;
+        // The first tap's first element, and one past the last tap's wide
+        // load (`lanes·stride` elements from its first lane's position).
+        let low =
+            k.em.mul_add(columns.first, k.int(stride), k.int(-(self.pads[d] as i64)))?;
+        let high = b.build_int_add(low, k.int(lanes * stride + reach), "high")?;
+        let end = b.build_int_add(columns.first, k.int(lanes), "end")?;
+        let conditions = [
+            b.build_int_compare(IntPredicate::SGE, low, k.int(0), "low")?,
+            b.build_int_compare(IntPredicate::SLE, high, k.int(self.input[d] as i64), "high")?,
+            b.build_int_compare(IntPredicate::SLE, end, k.int(self.output[d] as i64), "full")?,
+        ];
+        let mut all = conditions[0];
+        for c in &conditions[1..] {
+            all = b.build_and(all, *c, "interior")?;
+        }
+        Ok(Some(all))
+    }
+
+    /// The input under last-axis tap `t` of `columns` (which
+    /// [`Window::interior`] found interior) from the row at element `at`
+    /// of `buffer`: one plain load of `lanes·stride` elements, then every
+    /// stride-th.
+    pub fn load_interior_row<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        (buffer, at): (PointerValue<'ctx>, IntValue<'ctx>),
+        columns: &Columns<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let d = self.output.len() - 1;
+        let lanes = columns.positions.get_type().get_size();
+        let stride = self.strides[d] as i64;
+        let shift = k.em.mul_add(
+            t,
+            k.int(self.dilations[d] as i64),
+            k.int(-(self.pads[d] as i64)),
+        )?;
+        let start = k.em.mul_add(columns.first, k.int(stride), shift)?;
+        let at = k.em.builder.build_int_add(at, start, "first")?;
+        let ptr = k.element(buffer, k.cx.context.f32_type().into(), at)?;
+        let wide = k.load(Elem::F32, lanes * stride as u32, ptr)?;
+        every_stride(k, wide, lanes, stride)
     }
 
     /// Stores `value` for `columns` at `ptr` (the row's first column):
@@ -314,6 +363,27 @@ const MAX_LOADED_STRIDE: i64 = 4;
 /// The alignment argument of the masked memory intrinsics (4: f32).
 fn align<'ctx>(k: &Kernel<'_, 'ctx>) -> IntValue<'ctx> {
     k.cx.context.i32_type().const_int(4, false)
+}
+
+/// Lanes `0, stride, 2·stride, …` of `wide` (`lanes` of them).
+fn every_stride<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    wide: VectorValue<'ctx>,
+    lanes: u32,
+    stride: i64,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    if stride == 1 {
+        return Ok(wide);
+    }
+    let i32t = k.cx.context.i32_type();
+    let every = VectorType::const_vector(
+        &(0..lanes)
+            .map(|l| i32t.const_int(u64::from(l) * stride as u64, false))
+            .collect::<Vec<_>>(),
+    );
+    Ok(k.em
+        .builder
+        .build_shuffle_vector(wide, wide.get_type().get_poison(), every, "strided")?)
 }
 
 /// An `i64` scalar in every one of `lanes` lanes.

@@ -54,6 +54,9 @@ pub struct Lowered {
     pub indices: Vec<IndexInput>,
 }
 
+/// A part's nodes and which of its values leave it.
+type PartView<'a> = (&'a [usize], &'a dyn Fn(ValueId) -> bool);
+
 struct Ctx<'a> {
     g: &'a Graph,
     cal: &'a Calibration,
@@ -65,7 +68,7 @@ struct Ctx<'a> {
     regions: unary::Regions,
     /// The part's nodes and which values leave it, where known: what
     /// fusing a function into a GEMM's output stage must look ahead at.
-    part: Option<(&'a [usize], &'a dyn Fn(ValueId) -> bool)>,
+    part: Option<PartView<'a>>,
     out: Lowered,
     /// Elements one layer's DRAM image may hold (a constant-B GEMM above
     /// it is split into column blocks).
