@@ -100,8 +100,8 @@ mod tests {
         }
     }
 
-    /// A smaller L2 means fewer rows per block and fewer panels per
-    /// column group, so the group's C block still fits in half of it.
+    /// A smaller L2 means fewer rows per block of A, and a column group's
+    /// block of C still fits in half of it.
     #[test]
     fn blocks_follow_the_l2() {
         let big = plan("x86_64-avx512");
@@ -116,6 +116,5 @@ mod tests {
             let rows = m.min(p.m_block);
             assert!(p.group_panels(m, k) * rows * p.tile_cols() * 4 <= p.l2_bytes / 2);
         }
-        assert!(small.group_panels(m, k) < big.group_panels(m, k));
     }
 }
