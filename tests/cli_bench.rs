@@ -28,6 +28,11 @@ fn gemm_json_report_is_consistent() {
     let fraction = number("gflops") / number("peak_gflops");
     assert!((number("peak_fraction") - fraction).abs() <= 1e-12);
     assert!(number("peak_gflops") > 0.0 && number("runs") >= 2.0);
+    // Three rows: a weight-bound product, reported against the measured
+    // read bandwidth.
+    let gbps = 4.0 * 5.0 * 7.0 / (number("median_ms") * 1e-3) / 1e9;
+    assert!((number("weight_gbps") - gbps).abs() <= 1e-9 * gbps);
+    assert!(number("read_gbps") > 0.0);
 }
 
 #[test]

@@ -116,6 +116,10 @@ fn layer_sqnr_of_the_tiny_mlp_matches_its_output_against_onnxruntime() {
     for (row, l) in rows.iter().zip(layers) {
         assert_eq!(row[col("placement")], "npu");
         assert_eq!(row[col("host_ms")], "");
+        // Each layer's tiling, as the JSON gives it.
+        let tile_rows: usize = row[col("tile_rows")].parse().unwrap();
+        assert_eq!(tile_rows, l["tile_rows"].as_u64().unwrap() as usize);
+        assert!(tile_rows >= 1, "{row:?}");
         let csv_db: f64 = row[col("sqnr_db")].parse().unwrap();
         assert!((csv_db - l["sqnr_db"].as_f64().unwrap()).abs() <= 0.005);
         let node = l["onnx_node"].as_str().unwrap();

@@ -128,7 +128,9 @@ struct ModelReport {
 #[derive(clap::Subcommand)]
 enum BenchCommand {
     /// f32 GEMM C[m×n] = A[m×k]·B[k×n] on the CPU backend: median GFLOP/s
-    /// and the fraction of the measured FP32 FMA peak.
+    /// and the fraction of the measured FP32 FMA peak; for m ≤ 8 (decode's
+    /// matrix–vector products) also the GB/s B's weights stream at against
+    /// the measured memory read bandwidth.
     Gemm(GemmArgs),
 }
 
@@ -511,6 +513,16 @@ fn gemm(args: GemmArgs) -> CliResult<i32> {
             report.threads,
             report.peak_fraction * 100.0
         );
+        if let Some(read) = report.read_gbps {
+            println!(
+                "  weights {:.1} MB at {:.1} GB/s  ->  {:.1} % of the measured read bandwidth {:.1} GB/s ({} thread(s))",
+                4.0 * (report.k * report.n) as f64 / 1e6,
+                report.weight_gbps,
+                report.weight_gbps / read * 100.0,
+                read,
+                report.threads
+            );
+        }
         println!("  compile {:.0} ms", report.compile_ms);
     }
     Ok(0)

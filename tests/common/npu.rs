@@ -1,5 +1,8 @@
 //! Compiling a graph for the NPU and running it on the simulator in
 //! process (the path `m4c run --backend npu` takes, without the CLI).
+//! Each test file that includes it compiles it; not every file uses every
+//! helper.
+#![allow(dead_code)]
 
 use m4c_compiler::backend::{Artifact, CodeGenerator, CompileRequest};
 use m4c_ir::Graph;

@@ -60,6 +60,11 @@ pub struct LayerSpec {
     /// run time by an index operand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_by_index: Option<RowIndex>,
+    /// Rows of its result per tile of its streamed pipeline (how the
+    /// code generator cut it to fit the SRAMs; 0 in plans that predate
+    /// the field).
+    #[serde(default)]
+    pub tile_rows: usize,
 }
 
 /// A layer whose loads fetch rows of a table chosen at run time (an
@@ -566,6 +571,7 @@ mod tests {
                 inputs: vec![bind(0, k.inputs[0]), bind(1, k.inputs[1])],
                 output: bind(2, k.out_addr),
                 rows_by_index: None,
+                tile_rows: k.tile_rows,
             }],
         };
         plan.check(1).unwrap();

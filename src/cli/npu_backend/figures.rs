@@ -361,7 +361,7 @@ pub fn summary(r: &NpuReport) -> String {
 }
 
 /// The header of [`csv`].
-pub const CSV_HEADER: &str = "layer,onnx_node,placement,kernel,part,cycles,macs,utilization,sram_bytes,dram_bytes,fmap_bytes,result_in,energy_pj,host_ms,sqnr_db,reason";
+pub const CSV_HEADER: &str = "layer,onnx_node,placement,kernel,part,tile_rows,cycles,macs,utilization,sram_bytes,dram_bytes,fmap_bytes,result_in,energy_pj,host_ms,sqnr_db,reason";
 
 /// A CSV text cell: quoted, quotes doubled; empty stays empty.
 fn cell(s: &str) -> String {
@@ -383,7 +383,7 @@ pub fn csv(r: &NpuReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},cpu,cpu-fallback,{},,,,,,,,,{:.4},,{}",
+                "{},{},cpu,cpu-fallback,{},,,,,,,,,,{:.4},,{}",
                 cell(&f.values.join(" ")),
                 cell(&f.onnx_nodes.join(" ")),
                 f.part,
@@ -401,11 +401,12 @@ pub fn csv(r: &NpuReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},npu,{},{},{},{},{:.4},{},{},{},{},{:.1},,{sqnr},",
+                "{},{},npu,{},{},{},{},{},{:.4},{},{},{},{},{:.1},,{sqnr},",
                 cell(&l.name),
                 cell(row.onnx_node.as_deref().unwrap_or_default()),
                 l.kernel,
                 l.part,
+                l.tile_rows,
                 l.cycles,
                 l.macs,
                 l.utilization,

@@ -1,6 +1,8 @@
 //! `m4c bench gemm`: compiles a GEMM into a shared-library artifact, runs it
 //! through the device crate repeatedly, and relates the median speed to the
-//! measured FMA peak of the cores used.
+//! measured FMA peak of the cores used and, for the few-row products of
+//! decoding (matrix–vector), the rate B's weights stream at to the
+//! measured memory read bandwidth.
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +56,22 @@ pub struct GemmBenchReport {
     pub compile_ms: f64,
     /// How the per-core peak was obtained.
     pub peak: Peak,
+    /// B's `4·k·n` bytes per GEMM over the median time, GB/s: what a
+    /// decode step's weight-bound products are limited by (for at most
+    /// [`MEMORY_BOUND_ROWS`] rows the caches are flushed of B before each
+    /// timed run, so it streams from memory).
+    pub weight_gbps: f64,
+    /// Memory read bandwidth measured with the same threads
+    /// ([`measure_read_bandwidth`], the better of a measurement before and
+    /// one after the timed runs), GB/s; only for products of at most
+    /// [`MEMORY_BOUND_ROWS`] rows, where it is the bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_gbps: Option<f64>,
 }
+
+/// Rows of A up to which a GEMM is weight-bandwidth-bound on every target
+/// (each weight is used `m` times per load).
+pub const MEMORY_BOUND_ROWS: usize = 8;
 
 /// Runs the benchmark.
 pub fn bench_gemm(config: &GemmBenchConfig) -> Result<GemmBenchReport, CodegenError> {
@@ -79,7 +96,15 @@ pub fn bench_gemm(config: &GemmBenchConfig) -> Result<GemmBenchReport, CodegenEr
     let pool = ThreadPool::new(threads)?;
     let mut scratch = kernel.scratch_for(&pool);
     let mut c = vec![0.0f32; m * n];
+    // A weight-bound product streams its weights from memory in a decode
+    // step (a model's weights exceed the caches): evict them before each
+    // run, or a B that fits the last-level cache would be read from there.
+    let evict: Vec<u64> = match m <= MEMORY_BOUND_ROWS {
+        true => filled(EVICT_BYTES / 8, 0),
+        false => Vec::new(),
+    };
     let mut run = || -> Result<f64, CodegenError> {
+        std::hint::black_box(sum_words(&evict));
         let start = Instant::now();
         kernel.run(&a, &mut c, &pool, &mut scratch)?;
         Ok(start.elapsed().as_secs_f64())
@@ -87,6 +112,9 @@ pub fn bench_gemm(config: &GemmBenchConfig) -> Result<GemmBenchReport, CodegenEr
     for _ in 0..3 {
         run()?;
     }
+    // The bandwidth is measured before and after the runs and the better
+    // taken: on a shared host it moves by ±20 % from minute to minute.
+    let read_before = (m <= MEMORY_BOUND_ROWS).then(|| measure_read_bandwidth(threads));
     let mut times = Vec::new();
     let started = Instant::now();
     while times.len() < config.min_runs
@@ -98,6 +126,8 @@ pub fn bench_gemm(config: &GemmBenchConfig) -> Result<GemmBenchReport, CodegenEr
     let median = times[times.len() / 2];
     let peak = measure_peak(&config.target)?;
     let gflops = 2.0 * (m * k * n) as f64 / median / 1e9;
+    let weight_gbps = 4.0 * (k * n) as f64 / median / 1e9;
+    let read_gbps = read_before.map(|before| before.max(measure_read_bandwidth(threads)));
     let peak_gflops = peak.peak_gflops * threads as f64;
     Ok(GemmBenchReport {
         target: config.target.name().to_string(),
@@ -114,7 +144,61 @@ pub fn bench_gemm(config: &GemmBenchConfig) -> Result<GemmBenchReport, CodegenEr
         peak_fraction: gflops / peak_gflops,
         compile_ms,
         peak,
+        weight_gbps,
+        read_gbps,
     })
+}
+
+/// Bytes each thread reads per pass of [`measure_read_bandwidth`]: far
+/// beyond any last-level cache.
+const BANDWIDTH_BYTES_PER_THREAD: usize = 256 << 20;
+
+/// Bytes read between the timed runs of a weight-bound product to evict
+/// its weights: four times a 32 MiB last-level cache.
+const EVICT_BYTES: usize = 128 << 20;
+
+/// `words` distinct words (so no page is shared or left untouched).
+fn filled(words: usize, seed: u64) -> Vec<u64> {
+    (0..words as u64).map(|i| i ^ seed).collect()
+}
+
+/// Sustained memory read bandwidth of `threads` threads, GB/s: each sums
+/// its own 256 MiB buffer (written once first, so the pages exist); the
+/// fastest of three passes counts (interference only slows a pass).
+pub fn measure_read_bandwidth(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let words = BANDWIDTH_BYTES_PER_THREAD / 8;
+    let buffers: Vec<Vec<u64>> = (0..threads).map(|t| filled(words, t as u64)).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for buffer in &buffers {
+                scope.spawn(move || std::hint::black_box(sum_words(buffer)));
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (threads * words * 8) as f64 / best / 1e9
+}
+
+/// A sum of `words` bound by the loads: four streams read at once (a
+/// quarter each, so the core keeps more misses in flight, as a GEMV
+/// reading several weight columns does), eight independent lanes each.
+fn sum_words(words: &[u64]) -> u64 {
+    let quarter = words.len() / 4 / 8 * 8;
+    let (streams, rest) = words.split_at(quarter * 4);
+    let mut lanes = [0u64; 32];
+    for i in (0..quarter).step_by(8) {
+        for (s, stream_lanes) in lanes.chunks_exact_mut(8).enumerate() {
+            let chunk = &streams[s * quarter + i..s * quarter + i + 8];
+            for (lane, &w) in stream_lanes.iter_mut().zip(chunk) {
+                *lane = lane.wrapping_add(w);
+            }
+        }
+    }
+    let tail = rest.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    lanes.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 
 /// Deterministic values in [-1, 1): the benchmark's inputs (their values do

@@ -149,6 +149,7 @@ mod tests {
                 inputs: vec![bind(l - 1)],
                 output: bind(l),
                 rows_by_index: None,
+                tile_rows: 1,
             })
             .collect();
         PartPlan { tensors, layers }

@@ -62,6 +62,7 @@ pub(super) fn run(
             name: layer.name.clone(),
             kernel: layer.kernel.clone(),
             part,
+            tile_rows: layer.tile_rows,
             cycles: s.cycles,
             macs: s.macs,
             utilization: s.utilization,

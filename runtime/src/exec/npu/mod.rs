@@ -50,6 +50,9 @@ pub struct LayerFigures {
     pub kernel: String,
     /// Index of its NPU part.
     pub part: usize,
+    /// Rows of its result per tile of its pipeline (the code generator's
+    /// cut to fit the SRAMs).
+    pub tile_rows: usize,
     /// Simulated cycles.
     pub cycles: u64,
     /// Matrix-unit multiply-accumulates.
@@ -575,6 +578,7 @@ impl NpuModule {
                     name: layer.name.clone(),
                     kernel: layer.kernel.clone(),
                     part: index,
+                    tile_rows: layer.tile_rows,
                     cycles: s.cycles,
                     macs: s.macs,
                     utilization: s.utilization,

@@ -111,8 +111,9 @@ impl Ctx<'_> {
             .filter_map(|(t, &a)| Some(self.bind((*t)?, a)))
             .collect();
         let output = self.bind(y, k.out_addr);
+        let tile_rows = k.tile_rows;
         let p = self.program(k.program);
-        self.layer(out, "dma", p, inputs, output);
+        self.layer(out, "dma", (p, tile_rows), inputs, output);
         Ok(())
     }
 
@@ -153,8 +154,9 @@ impl Ctx<'_> {
         };
         let y = self.result(out, q);
         let output = self.bind(y, k.out_addr);
+        let tile_rows = k.tile_rows;
         let p = self.program(k.program);
-        self.layer(out, "dma-rows", p, vec![], output);
+        self.layer(out, "dma-rows", (p, tile_rows), vec![], output);
         if let Some(layer) = self.out.plan.layers.last_mut() {
             layer.rows_by_index = Some(RowIndex {
                 input,

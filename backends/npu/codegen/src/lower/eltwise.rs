@@ -190,9 +190,10 @@ impl Ctx<'_> {
                     len: n,
                     addr: k.out_addr,
                 };
+                let tile_rows = k.tile_rows;
                 let p = self.program(k.program);
                 let name = format!("eltwise-{}", op.kind().name().to_lowercase());
-                self.layer(out, &name, p, bindings, output);
+                self.layer(out, &name, (p, tile_rows), bindings, output);
             }
             _ => {
                 let x_index = consts

@@ -177,6 +177,7 @@ impl Ctx<'_> {
         let p = gemm::generate(&ops, self.config, false).map_err(err)?;
         let y = self.result(out, qy);
         let (a_at, w_at, out_at) = (p.inputs[0], p.inputs[1], p.out_addr);
+        let tile_rows = p.plan.m_tile;
         let prog = self.program(p.program);
         for i in 0..batch {
             let bind = |tensor, len: usize, addr| Binding {
@@ -186,7 +187,8 @@ impl Ctx<'_> {
                 addr,
             };
             let inputs = vec![bind(a, m * k, a_at), bind(b, k * n, w_at)];
-            self.layer(out, "batched-gemm", prog, inputs, bind(y, m * n, out_at));
+            let output = bind(y, m * n, out_at);
+            self.layer(out, "batched-gemm", (prog, tile_rows), inputs, output);
         }
         Ok(())
     }

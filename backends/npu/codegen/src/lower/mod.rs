@@ -299,11 +299,13 @@ impl<'a> Ctx<'a> {
         self.out.programs.len() - 1
     }
 
+    /// A layer computing `v` by `program` (with its pipeline's
+    /// `tile_rows`) from `inputs`.
     fn layer(
         &mut self,
         v: ValueId,
         kernel: &str,
-        program: usize,
+        (program, tile_rows): (usize, usize),
         inputs: Vec<Binding>,
         output: Binding,
     ) {
@@ -314,6 +316,7 @@ impl<'a> Ctx<'a> {
             inputs,
             output,
             rows_by_index: None,
+            tile_rows,
         });
     }
 
@@ -335,8 +338,9 @@ impl<'a> Ctx<'a> {
             .map(|(&t, &a)| self.bind(t, a))
             .collect();
         let output = self.bind(out, k.out_addr);
+        let tile_rows = k.tile_rows;
         let p = self.program(k.program);
-        self.layer(v, kernel, p, inputs, output);
+        self.layer(v, kernel, (p, tile_rows), inputs, output);
     }
 
     fn node(&mut self, op: &Op, ins: &[ValueId], out: ValueId) -> Result<(), String> {
