@@ -508,9 +508,7 @@ impl Im2col {
             let at = k.em.builder.build_int_add(at, x_base, "at")?;
             k.em.builder.build_store(value, vf.const_zero())?;
             k.em.if_then(inside, || {
-                let (x, _) = w.load_row(&k, (k.buffers[1], at), &columns, tap[sp - 1], 0.0)?;
-                k.em.builder.build_store(value, x)?;
-                Ok(())
+                w.load_row_into(&k, value, (k.buffers[1], at), &columns, tap[sp - 1])
             })?;
             let out = k.linear(0, rows, &out_strides[..sp - 1])?;
             let out = k.em.builder.build_int_add(out, columns.first, "o")?;

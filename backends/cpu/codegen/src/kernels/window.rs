@@ -326,6 +326,34 @@ impl Window {
         every_stride(k, wide, lanes, stride)
     }
 
+    /// [`Window::load_row`] (lanes outside the input `0`) stored into
+    /// `slot`, with plain loads when the row vector is
+    /// [`Window::interior`].
+    pub fn load_row_into<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        slot: PointerValue<'ctx>,
+        source: (PointerValue<'ctx>, IntValue<'ctx>),
+        columns: &Columns<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let masked = || {
+            let (x, _) = self.load_row(k, source, columns, t, 0.0)?;
+            k.em.builder.build_store(slot, x)?;
+            Ok(())
+        };
+        let Some(interior) = self.interior(k, columns)? else {
+            return masked();
+        };
+        k.em.if_then(interior, || {
+            let x = self.load_interior_row(k, source, columns, t)?;
+            k.em.builder.build_store(slot, x)?;
+            Ok(())
+        })?;
+        let edge = k.em.builder.build_not(interior, "edge")?;
+        k.em.if_then(edge, masked)
+    }
+
     /// Stores `value` for `columns` at `ptr` (the row's first column):
     /// lanes past the row's end are not written.
     pub fn store_row<'ctx>(
