@@ -232,6 +232,34 @@ pub fn column_params(
 pub type PanelLoader<'a> = dyn Fn(&mut ProgramBuilder, Range<usize>, Range<usize>, u64, u64) -> Result<(), KernelError>
     + 'a;
 
+/// Loads `bytes` from DRAM `dram` into activation SRAM at `sram` (one
+/// row, the load strides zeroed) and has the vector unit wait for them
+/// on semaphore `sem`: the output stage's constants.
+fn load_for_vector_unit(
+    b: &mut ProgramBuilder,
+    (dram, sram): (u32, u64),
+    bytes: usize,
+    sem: i64,
+) -> Result<(), KernelError> {
+    b.emit(Instr::LdCfg {
+        dram_stride: 0,
+        sram_stride: 0,
+        pad_top: 0,
+        pad_bottom: 0,
+        pad_left: 0,
+        pad_right: 0,
+    })?;
+    b.emit(Instr::Ld {
+        space: 1,
+        sram: sram as i64,
+        dram: i64::from(dram),
+        rows: 1,
+        row_bytes: bytes as i64,
+    })?;
+    b.emit(Instr::Signal { engine: LD, sem })?;
+    b.emit(Instr::Wait { engine: VX, sem })
+}
+
 /// Emits the whole pipelined matmul.
 pub fn emit(
     b: &mut ProgramBuilder,
@@ -280,54 +308,10 @@ pub fn emit(
         sram_stride: n_tile as i64,
     })?;
     if let Some(params) = io.params {
-        b.emit(Instr::LdCfg {
-            dram_stride: 0,
-            sram_stride: 0,
-            pad_top: 0,
-            pad_bottom: 0,
-            pad_left: 0,
-            pad_right: 0,
-        })?;
-        b.emit(Instr::Ld {
-            space: 1,
-            sram: 0,
-            dram: params.dram as i64,
-            rows: 1,
-            row_bytes: (4 * words * io.n) as i64,
-        })?;
-        b.emit(Instr::Signal {
-            engine: LD,
-            sem: BIAS_READY,
-        })?;
-        b.emit(Instr::Wait {
-            engine: VX,
-            sem: BIAS_READY,
-        })?;
+        load_for_vector_unit(b, (params.dram, 0), 4 * words * io.n, BIAS_READY)?;
     }
     if let Some(table) = io.table {
-        b.emit(Instr::LdCfg {
-            dram_stride: 0,
-            sram_stride: 0,
-            pad_top: 0,
-            pad_bottom: 0,
-            pad_left: 0,
-            pad_right: 0,
-        })?;
-        b.emit(Instr::Ld {
-            space: 1,
-            sram: bias_bytes as i64,
-            dram: table as i64,
-            rows: 1,
-            row_bytes: TABLE_BYTES as i64,
-        })?;
-        b.emit(Instr::Signal {
-            engine: LD,
-            sem: TABLE_READY,
-        })?;
-        b.emit(Instr::Wait {
-            engine: VX,
-            sem: TABLE_READY,
-        })?;
+        load_for_vector_unit(b, (table, bias_bytes), TABLE_BYTES, TABLE_READY)?;
     }
 
     let tiles: Vec<(Range<usize>, Range<usize>)> = (0..io.n)
