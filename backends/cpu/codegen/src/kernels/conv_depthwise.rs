@@ -169,34 +169,54 @@ impl<'ctx> Plane<'_, 'ctx> {
             for acc in &self.accs[..rows] {
                 k.em.builder.build_store(*acc, self.start)?;
             }
-            for (j, users) in users.iter().enumerate() {
-                if users.is_empty() {
-                    continue;
-                }
-                let b = &k.em.builder;
-                let ih = b.build_int_add(top, k.int(j as i64), "ih")?;
-                let inside =
-                    b.build_int_compare(IntPredicate::ULT, ih, k.int(w.input[0] as i64), "inside")?;
-                k.em.if_then(inside, || {
-                    let at = k.em.mul_add(ih, k.int(w.input[1] as i64), self.x_base)?;
-                    for tw in 0..kw {
-                        let (x, _) =
-                            w.load_row(k, (k.buffers[1], at), &columns, k.int(tw as i64), 0.0)?;
-                        for &(r, i) in users {
-                            let b = &k.em.builder;
-                            let acc = b.build_load(vf, self.accs[r], "acc")?.into_vector_value();
-                            let sum =
-                                k.em.call_value(
-                                    "llvm.fma",
-                                    &[vf.into()],
-                                    &[x.into(), self.weights[i * kw + tw].into(), acc.into()],
-                                )?
-                                .into_vector_value();
-                            k.em.builder.build_store(self.accs[r], sum)?;
-                        }
+            // The taps, read with plain loads (`interior`) or masked ones.
+            let taps = |interior: bool| -> Result<(), CodegenError> {
+                for (j, users) in users.iter().enumerate() {
+                    if users.is_empty() {
+                        continue;
                     }
-                    Ok(())
-                })?;
+                    let b = &k.em.builder;
+                    let ih = b.build_int_add(top, k.int(j as i64), "ih")?;
+                    let inside = b.build_int_compare(
+                        IntPredicate::ULT,
+                        ih,
+                        k.int(w.input[0] as i64),
+                        "inside",
+                    )?;
+                    k.em.if_then(inside, || {
+                        let at = k.em.mul_add(ih, k.int(w.input[1] as i64), self.x_base)?;
+                        for tw in 0..kw {
+                            let (source, t) = ((k.buffers[1], at), k.int(tw as i64));
+                            let x = match interior {
+                                true => w.load_interior_row(k, source, &columns, t)?,
+                                false => w.load_row(k, source, &columns, t, 0.0)?.0,
+                            };
+                            for &(r, i) in users {
+                                let b = &k.em.builder;
+                                let acc =
+                                    b.build_load(vf, self.accs[r], "acc")?.into_vector_value();
+                                let sum =
+                                    k.em.call_value(
+                                        "llvm.fma",
+                                        &[vf.into()],
+                                        &[x.into(), self.weights[i * kw + tw].into(), acc.into()],
+                                    )?
+                                    .into_vector_value();
+                                k.em.builder.build_store(self.accs[r], sum)?;
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            };
+            match w.interior(k, &columns)? {
+                Some(interior) => {
+                    k.em.if_then(interior, || taps(true))?;
+                    let edge = k.em.builder.build_not(interior, "edge")?;
+                    k.em.if_then(edge, || taps(false))?;
+                }
+                None => taps(false)?,
             }
             for (r, acc) in self.accs[..rows].iter().enumerate() {
                 let b = &k.em.builder;
