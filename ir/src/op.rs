@@ -19,7 +19,10 @@ mod cost;
 mod docs;
 mod kinds;
 
-pub use cost::{bytes, elements, expands_quantised, Cost, Flops, QUANTISED_WEIGHT_MIN};
+pub use cost::{
+    bytes, elements, expands_large, expands_quantised, foldable, Cost, Flops, FOLD_LARGE_BYTES,
+    QUANTISED_WEIGHT_MIN,
+};
 pub use kinds::{Npu, OpInfo, OpKind, Unit};
 
 /// Attributes of a 2-D (or N-D) convolution. Inputs: `x [N,C,spatial..]`,

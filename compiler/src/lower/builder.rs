@@ -149,9 +149,11 @@ impl Builder {
         }
     }
 
-    /// Applies `op`; folds it when every input is constant, unless that
-    /// would widen a quantised weight ([`m4c_ir::op::expands_quantised`]:
-    /// dequantisation stays a node, the weight stays int8/int4). The
+    /// Applies `op`; folds it when every input is constant, unless
+    /// [`m4c_ir::op::foldable`] says no: that would widen a quantised
+    /// weight (dequantisation stays a node, the weight stays int8/int4) or
+    /// make a large constant of small ones (an `Expand` of a large shape
+    /// stays a node, computed when the model runs). The
     /// result's type is inferred first and its size checked against the
     /// budget, so neither folding nor a later run allocates an oversized
     /// tensor.
@@ -163,7 +165,7 @@ impl Builder {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
         let consts: Option<Vec<&Tensor>> = inputs.iter().map(|v| v.as_const()).collect();
-        if let Some(consts) = consts.filter(|_| !m4c_ir::op::expands_quantised(&refs, &out)) {
+        if let Some(consts) = consts.filter(|_| m4c_ir::op::foldable(&refs, &out)) {
             let values = consts
                 .into_iter()
                 .map(m4c_ops::Value::from_tensor)
@@ -230,6 +232,27 @@ mod tests {
             folded.as_const().unwrap().to_f32_vec().unwrap(),
             [1.0, 2.0, 3.0, 4.0]
         );
+    }
+
+    #[test]
+    fn a_large_expansion_of_a_small_constant_stays_a_node() {
+        // 2^24 f32 zeros (64 MiB) from one scalar: kept as an Expand node,
+        // computed when the model runs (the fuzzer's 123 KB model asked
+        // the lowering for 5 copies of 671 MB this way).
+        let mut b = Builder::new("g", 1 << 30);
+        let zero = b.f32(0.0);
+        let big = Op::Expand {
+            shape: vec![1 << 12, 1 << 12],
+        };
+        let kept = b.op(big, &[zero.clone()], "big").unwrap();
+        assert!(kept.as_const().is_none(), "64 MiB of zeros were folded");
+        assert_eq!(b.shape(&kept), [1 << 12, 1 << 12]);
+        // One element short of the limit still folds.
+        let small = Op::Expand {
+            shape: vec![(1 << 24) - 1],
+        };
+        let folded = b.op(small, &[zero], "small").unwrap();
+        assert_eq!(folded.as_const().unwrap().len(), (1 << 24) - 1);
     }
 
     #[test]

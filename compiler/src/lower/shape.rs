@@ -207,14 +207,8 @@ pub fn constant_of_shape(b: &mut B, n: &NodeCtx) -> Lowering {
     if value.len() != 1 {
         return Err("value must have one element".into());
     }
-    b.check_alloc("ConstantOfShape", &shape, value.dtype)?;
-    let count: usize = shape.iter().product();
-    let filled = bytes.repeat(count);
-    Ok(vec![Val::konst(Tensor::from_bytes(
-        value.dtype,
-        &shape,
-        filled,
-    ))])
+    let scalar = Val::konst(Tensor::from_bytes(value.dtype, &[], bytes.to_vec()));
+    Ok(vec![b.op(Op::Expand { shape }, &[scalar], n.name())?])
 }
 
 /// Constant (all value attribute forms but sparse ones).

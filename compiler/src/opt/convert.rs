@@ -203,12 +203,13 @@ impl Builder<'_> {
                     let data = &self.eg[class].data;
                     // A quantised weight stays a weight: dequantising it
                     // at compile time would store it in f32 (and what
-                    // reads a kept node is kept too).
+                    // reads a kept node is kept too); a large expansion
+                    // of small constants stays a node too.
                     let tys: Vec<&m4c_ir::TensorType> =
                         ins.iter().map(|&i| &self.out.value(i).ty).collect();
                     if data.constness.is_const()
                         && ins.iter().all(|&i| self.out.constant(i).is_some())
-                        && !m4c_ir::op::expands_quantised(&tys, &data.ty)
+                        && m4c_ir::op::foldable(&tys, &data.ty)
                     {
                         let t = self.fold(&k.op, &ins, &name, &data.ty)?;
                         if data.constness == Constness::Mixed {

@@ -76,6 +76,39 @@ pub fn expands_quantised(inputs: &[&TensorType], output: &TensorType) -> bool {
     })
 }
 
+/// Results of at least this many bytes are not folded when they are also
+/// much larger than the node's inputs (see [`expands_large`]).
+pub const FOLD_LARGE_BYTES: u64 = 64 << 20;
+
+/// True when evaluating a node at compile time would turn small inputs
+/// into a large constant: `output` takes at least [`FOLD_LARGE_BYTES`] and
+/// more than twice the bytes of all `inputs` together (a `ConstantOfShape`,
+/// `Expand`, `Tile` or `Range` of a large shape). Such a result is cheap to
+/// compute at run time and costly to hold: folding it would make the IR,
+/// every copy the compiler takes of it and the bundle that large (a
+/// 120-byte model could ask for gigabytes), so it stays a node.
+///
+/// ```
+/// use m4c_ir::{op::expands_large, DType, TensorType};
+/// let scalar = TensorType::fixed(DType::F32, &[]);
+/// let big = TensorType::fixed(DType::F32, &[4096, 4096]);
+/// assert!(expands_large(&[&scalar], &big));
+/// assert!(!expands_large(&[&big], &big));
+/// assert!(!expands_large(&[&scalar], &TensorType::fixed(DType::F32, &[1024])));
+/// ```
+pub fn expands_large(inputs: &[&TensorType], output: &TensorType) -> bool {
+    let ins: u64 = inputs.iter().map(|t| bytes(t)).sum();
+    let out = bytes(output);
+    out >= FOLD_LARGE_BYTES && out > ins.saturating_mul(2)
+}
+
+/// True when a node whose inputs are all constant may be evaluated at
+/// compile time: neither [`expands_quantised`] nor [`expands_large`].
+/// Every constant folder (the frontend's and the optimiser's) asks this.
+pub fn foldable(inputs: &[&TensorType], output: &TensorType) -> bool {
+    !expands_quantised(inputs, output) && !expands_large(inputs, output)
+}
+
 impl Op {
     /// The cost of applying this operator to inputs of the given types,
     /// producing `output`, by its declared [`Flops`] formula.
