@@ -244,7 +244,7 @@ mod tests {
         let big = Op::Expand {
             shape: vec![1 << 12, 1 << 12],
         };
-        let kept = b.op(big, &[zero.clone()], "big").unwrap();
+        let kept = b.op(big, std::slice::from_ref(&zero), "big").unwrap();
         assert!(kept.as_const().is_none(), "64 MiB of zeros were folded");
         assert_eq!(b.shape(&kept), [1 << 12, 1 << 12]);
         // One element short of the limit still folds.

@@ -1,7 +1,8 @@
 //! Horizontal fusion: MatMuls that share their input and have constant
 //! weights of the same kind become one MatMul on the concatenated weights,
 //! each original result a slice of it (Q/K/V, gate/up, the A factors of
-//! several adapters).
+//! several adapters). Dequantised int8/int4 weights are left alone: they
+//! stay quantised constants for the integer kernels.
 //!
 //! Backbone weights and adapter-only factors are grouped separately, so
 //! that fusing never turns shared backbone bytes into a per-adapter copy
@@ -50,7 +51,12 @@ fn groups(eg: &EG, x: Id) -> BTreeMap<Key, Vec<Member>> {
             let konst = eg[w].data.constness;
             let ws = shape_of(eg, w);
             let concatenated = ops_in(eg, w).any(|(op, _)| op.kind() == OpKind::Concat);
-            if lhs != x || !konst.is_const() || ws.len() != 2 || concatenated || !seen.insert(class)
+            if lhs != x
+                || !konst.is_const()
+                || ws.len() != 2
+                || concatenated
+                || dequantised(eg, w, DEQUANT_DEPTH)
+                || !seen.insert(class)
             {
                 continue;
             }
@@ -68,6 +74,29 @@ fn groups(eg: &EG, x: Id) -> BTreeMap<Key, Vec<Member>> {
         }
     }
     out
+}
+
+/// How far below a weight [`dequantised`] looks: `DequantizeLinear` is
+/// imported as `Mul(Sub(Cast(q), zero point), scale)`, three levels.
+const DEQUANT_DEPTH: usize = 3;
+
+/// True when the weight `w` is computed from a quantised weight (int8 or
+/// int4 data, within `depth` operators). Such a weight is never folded
+/// (the compiler keeps it quantised), so concatenating it with others
+/// would make the fused MatMul dequantise and concatenate the weights on
+/// every run, and its B would no longer be the quantised constant the
+/// backends' integer kernels take.
+fn dequantised(eg: &EG, w: Id, depth: usize) -> bool {
+    let ty = &eg[w].data.ty;
+    if ty.dtype.is_quantised() && m4c_ir::op::elements(ty) >= m4c_ir::op::QUANTISED_WEIGHT_MIN {
+        return true;
+    }
+    depth > 0
+        && ops_in(eg, w).any(|(_, children)| {
+            children
+                .iter()
+                .any(|&c| dequantised(eg, eg.find(c), depth - 1))
+        })
 }
 
 impl Rule for HorizontalMatMul {

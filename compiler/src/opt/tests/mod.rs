@@ -172,6 +172,36 @@ fn matmuls_sharing_an_input_fuse() {
 }
 
 #[test]
+fn matmuls_on_dequantised_weights_stay_apart() {
+    // Each weight is `(Cast(q) − zp) · s` with q int8, as DequantizeLinear
+    // is imported: fusing them would dequantise and concatenate the
+    // weights on every run instead of leaving the int8 kernels their B.
+    let mut g = Graph::new("qkv8");
+    let x = input(&mut g, "x", &[4, 8]);
+    let zp = scalar(&mut g, "zp", 1.0);
+    let s = scalar(&mut g, "s", 0.05);
+    for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
+        let values: Vec<i8> = (0..8 * 24)
+            .map(|j| ((j * 7 + i * 13) % 255) as i8)
+            .collect();
+        let q = g.add_const(format!("w{name}_q"), Tensor::from_i8(&[8, 24], &values));
+        let f = g
+            .add_node(Op::Cast { to: DType::F32 }, &[q], format!("w{name}_f"))
+            .unwrap();
+        let centred = g.add_node(Op::Sub, &[f, zp], format!("w{name}_c")).unwrap();
+        let w = g
+            .add_node(Op::Mul, &[centred, s], format!("w{name}"))
+            .unwrap();
+        let y = g.add_node(MM, &[x, w], name).unwrap();
+        g.outputs.push(y);
+    }
+    let (opt, report) = equivalent(&g);
+    assert_eq!(report.fired("fuse-horizontal-matmul"), 0, "{report}");
+    assert_eq!(count(&opt, OpKind::MatMul), 3);
+    assert_eq!(count(&opt, OpKind::Concat), 0);
+}
+
+#[test]
 fn decomposed_rmsnorm_is_recognised() {
     let mut rng = Rng(3);
     let mut g = Graph::new("rms");
