@@ -3,8 +3,9 @@
 //! code and their timing excludes all harness work, so the Rust build
 //! profile does not matter):
 //!
-//! * the int8 GEMM (VNNI where the host CPU name has it, else `vpmaddwd`)
-//!   against the f32 GEMM on BERT-base shapes (sequence 128), in GOP/s
+//! * the int8 GEMM (VNNI where the host CPU name has it, else `vpmaddwd`),
+//!   with a uint8 A (onnxruntime's activations) and an int8 one (`m4c
+//!   quantize`'s), against the f32 GEMM on BERT-base shapes (sequence 128), in GOP/s
 //!   and GFLOP/s (2 operations per multiply-add either way);
 //! * the int4 weight-only GEMV of decode, `1×4096×4096` (weights resident
 //!   in the last-level cache when hot) and `1×4096×65536` (128 MiB of
@@ -73,15 +74,15 @@ fn read_bandwidth(target: &Target) -> f64 {
     (k * n * 4) as f64 / seconds / 1e9
 }
 
-fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize) {
+fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize, a_signed: bool) {
     let context = Context::create();
     let spec = Int8GemmSpec {
         symbol: "q8".into(),
         m,
         k,
         n,
-        a_signed: false,
-        a_zero_point: 128,
+        a_signed,
+        a_zero_point: if a_signed { 0 } else { 128 },
         output: Int8Output::Quantized {
             signed: false,
             scale: 0.05,
@@ -117,7 +118,8 @@ fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize) {
     });
     let ops = 2.0 * (m * k * n) as f64;
     println!(
-        "{m}x{k}x{n}: int8 {:.1} GOP/s ({:.3} ms), f32 {:.1} GFLOP/s ({:.3} ms), int8/f32 time {:.2}",
+        "{m}x{k}x{n}, A {}: int8 {:.1} GOP/s ({:.3} ms), f32 {:.1} GFLOP/s ({:.3} ms), int8/f32 time {:.2}",
+        if a_signed { "int8" } else { "uint8" },
         ops / q / 1e9,
         q * 1e3,
         ops / f / 1e9,
@@ -138,6 +140,7 @@ fn int4_gemv(target: &Target, k: usize, n: usize, bandwidth: f64) {
         block,
         signed: false,
         bits: 4,
+        integer_zero_points: true,
     };
     let packed = bytes(n * k / 2, 3);
     let scales = vec![0.01f32; n * blocks];
@@ -176,7 +179,9 @@ fn main() {
     let bandwidth = read_bandwidth(&target);
     println!("single-thread read bandwidth (f32 GEMV 1x4096x8192, 128 MiB): {bandwidth:.1} GB/s");
     for (m, k, n) in [(128, 768, 768), (128, 768, 3072), (128, 3072, 768)] {
-        int8_vs_f32(&target, m, k, n);
+        for a_signed in [false, true] {
+            int8_vs_f32(&target, m, k, n, a_signed);
+        }
     }
     int4_gemv(&target, 4096, 4096, bandwidth);
     int4_gemv(&target, 4096, 65536, bandwidth);

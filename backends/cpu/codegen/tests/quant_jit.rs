@@ -287,7 +287,9 @@ fn int8_weights_that_do_not_fit_after_centring_are_refused() {
 }
 
 /// Checks the weight-only GEMM of shape `(m, k, n)` with blocks of
-/// `block` and `bits`-bit weights (4 or 8).
+/// `block` and `bits`-bit weights (4 or 8). Unsigned weights get a zero
+/// point per block, fractional when `seed` is a multiple of 4 (the
+/// kernel's two-subtraction path), integer otherwise.
 fn int4_check(
     target: &Target,
     (m, k, n): (usize, usize, usize),
@@ -313,9 +315,10 @@ fn int4_check(
     let zero_points: Vec<f32> = if signed {
         vec![0.0]
     } else {
+        let fraction = if seed.is_multiple_of(4) { 0.375 } else { 0.0 };
         ints(n * blocks, 0, top, seed + 2)
             .iter()
-            .map(|&z| z as f32)
+            .map(|&z| z as f32 + fraction)
             .collect()
     };
     let x = random(m * k, seed + 3);
@@ -344,6 +347,7 @@ fn int4_check(
         block,
         signed,
         bits,
+        integer_zero_points: Int4GemmSpec::integer_zero_points(&zero_points),
     };
     let context = Context::create();
     let kernel = JitKernel::int4_gemm(
@@ -409,6 +413,7 @@ fn int4_bad_shapes_are_refused() {
         block: 24,
         signed: false,
         bits: 4,
+        integer_zero_points: true,
     };
     assert!(spec
         .check()

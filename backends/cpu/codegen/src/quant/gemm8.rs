@@ -13,11 +13,17 @@
 //! to even, add the zero point, saturate) into int8/uint8.
 //!
 //! Packed B, per panel of `NR = vectors·lanes` columns: for each group of
-//! `g` consecutive k (`DotKind::group`), for each column, its `g` bytes
-//! (k past K are zero). The micro-tile keeps `MR × vectors` i32
+//! `g` consecutive k (`DotKind::group`), for each column, its `g` values
+//! (k past K are zero), bytes or, for `vpmaddwd`, i16 words
+//! (`DotKind::b_bytes`). The micro-tile keeps `MR × vectors` i32
 //! accumulators (the f32 GEMM's tile, [`GemmPlan`]) over all of K; one
-//! broadcast of A's `g` bytes of a row feeds `vectors` dot instructions.
-//! The kernel's iterations are the B panels.
+//! broadcast of A's `g` values of a row feeds `vectors` dot instructions.
+//! For `vpmaddwd` a tile's rows of A are first copied into the thread's
+//! scratch as zero-extended (sign-flipped) words, so each broadcast is a
+//! plain load instead of four shuffling instructions per row and pair of
+//! k. The kernel's iterations are the B panels, taken in chunks that fit
+//! half the L2 together: each tile of A (packed once) meets every panel
+//! of its chunk.
 
 use inkwell::types::VectorType;
 use inkwell::values::{FunctionValue, IntValue, PointerValue, VectorValue};
@@ -150,9 +156,14 @@ impl Layout {
         self.vectors * self.lanes
     }
 
+    /// Bytes of one group of k of a packed panel.
+    fn group_bytes(&self) -> usize {
+        self.nr() * self.dot.group() * self.dot.b_bytes()
+    }
+
     /// Bytes of one packed panel.
     fn panel_bytes(&self) -> usize {
-        self.groups * self.nr() * self.dot.group()
+        self.groups * self.group_bytes()
     }
 
     /// Where the per-column tables start in the packed operand.
@@ -163,6 +174,13 @@ impl Layout {
     /// Entries of each per-column table (columns padded to whole panels).
     pub(super) fn table_len(&self) -> usize {
         self.panels * self.nr()
+    }
+
+    /// Whether A is copied into the scratch as words before a tile is
+    /// computed (`vpmaddwd`), and each row's length there in k (K padded
+    /// to whole steps).
+    fn packed_a(&self) -> Option<usize> {
+        (self.dot == DotKind::Pmaddwd).then_some(self.groups * self.dot.group())
     }
 }
 
@@ -232,14 +250,16 @@ impl Int8GemmSpec {
         }
         let mut bytes = vec![0u8; layout.table_offset() + 4 * TABLES * layout.table_len()];
         let mut column_sums = vec![0i64; n];
+        let width = layout.dot.b_bytes();
         for kk in 0..k {
             for (j, column_sum) in column_sums.iter_mut().enumerate() {
                 let stored = centred[kk * n + j] * signs[j];
-                let byte = stored as i8;
                 *column_sum += i64::from(stored);
                 let (panel, col) = (j / nr, j % nr);
-                let index = panel * layout.panel_bytes() + ((kk / g) * nr + col) * g + kk % g;
-                bytes[index] = byte as u8;
+                let element = ((kk / g) * nr + col) * g + kk % g;
+                let at = panel * layout.panel_bytes() + element * width;
+                // An i8, or an i16 for `vpmaddwd` (little-endian).
+                bytes[at..at + width].copy_from_slice(&(stored as i16).to_le_bytes()[..width]);
             }
         }
         let tables = layout.table_offset();
@@ -269,6 +289,13 @@ impl Int8GemmSpec {
     /// threads.
     pub fn extent(&self, target: &Target) -> usize {
         Layout::new(target, self).panels
+    }
+
+    /// Scratch bytes per thread: one tile's rows of A as words, where the
+    /// target's products take them so (`vpmaddwd`).
+    pub fn scratch_bytes(&self, target: &Target) -> usize {
+        let layout = Layout::new(target, self);
+        layout.packed_a().map_or(0, |k| layout.rows * k * 2)
     }
 }
 
@@ -325,6 +352,10 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
         0 => None,
         cols => Some(tiles_for(cols)?),
     };
+    let pack_a = match layout.packed_a() {
+        Some(row) => Some(emit_pack_a(cx, spec, row)?),
+        None => None,
+    };
     let k = Kernel::define(cx, &spec.symbol, 3 + spec.runtime.buffers())?;
     let em = &k.em;
     let (a, packed, out) = (k.buffers[0], k.buffers[1], k.buffers[2]);
@@ -364,22 +395,45 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
         None => cx.context.ptr_type(AddressSpace::default()).const_null(),
     };
     let end = em.umin(k.end, em.i64(layout.panels))?;
-    em.counted_loop(k.begin, end, |panel| {
-        let b_panel = byte_offset(
-            em,
-            packed,
-            em.builder
-                .build_int_mul(panel, em.i64(layout.panel_bytes()), "b_panel")?,
-        )?;
-        let col = em.builder.build_int_mul(panel, em.i64(nr), "col")?;
-        let sweep = |tiles: &Tiles<'ctx>| -> Result<(), CodegenError> {
-            let call = |f: FunctionValue<'ctx>, tile: IntValue<'ctx>| -> Result<(), CodegenError> {
-                let row = em.builder.build_int_mul(tile, em.i64(layout.rows), "row")?;
-                let a_tile = byte_offset(
-                    em,
-                    a,
-                    em.builder.build_int_mul(row, em.i64(spec.k), "a_tile")?,
+    // Panels in chunks that stay in L2 together: each tile of A (packed
+    // once, where packed) is used against every panel of the chunk.
+    let chunk = (cx.target.l2_bytes / 2 / layout.panel_bytes()).max(1);
+    let span = em.builder.build_int_sub(end, k.begin, "span")?;
+    let chunks = em.builder.build_int_unsigned_div(
+        em.builder
+            .build_int_add(span, em.i64(chunk - 1), "span_up")?,
+        em.i64(chunk),
+        "chunks",
+    )?;
+    em.counted_loop(em.i64(0), chunks, |c| {
+        let first = em.mul_add(c, em.i64(chunk), k.begin)?;
+        let last = em.umin(em.builder.build_int_add(first, em.i64(chunk), "last")?, end)?;
+        let tile = |(full, tail): (FunctionValue<'ctx>, Option<FunctionValue<'ctx>>),
+                    t: IntValue<'ctx>,
+                    rows: usize|
+         -> Result<(), CodegenError> {
+            let row = em.builder.build_int_mul(t, em.i64(layout.rows), "row")?;
+            let mut a_tile = byte_offset(
+                em,
+                a,
+                em.builder.build_int_mul(row, em.i64(spec.k), "a_tile")?,
+            )?;
+            if let Some(pack_a) = pack_a {
+                em.builder.build_call(
+                    pack_a,
+                    &[a_tile.into(), k.scratch.into(), em.i64(rows).into()],
+                    "",
                 )?;
+                a_tile = k.scratch;
+            }
+            em.counted_loop(first, last, |panel| {
+                let b_panel = byte_offset(
+                    em,
+                    packed,
+                    em.builder
+                        .build_int_mul(panel, em.i64(layout.panel_bytes()), "b_panel")?,
+                )?;
+                let col = em.builder.build_int_mul(panel, em.i64(nr), "col")?;
                 let out_at = em.mul_add(row, em.i64(spec.n), col)?;
                 let out_tile = byte_offset(
                     em,
@@ -387,31 +441,20 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
                     em.builder
                         .build_int_mul(out_at, em.i64(spec.output.bytes()), "out_tile")?,
                 )?;
-                em.builder.build_call(
-                    f,
-                    &[
-                        a_tile.into(),
-                        b_panel.into(),
-                        out_tile.into(),
-                        table.into(),
-                        col.into(),
-                        shift.into(),
-                        runtime_multiplier.into(),
-                    ],
-                    "",
-                )?;
-                Ok(())
-            };
-            let full_tiles = spec.m / layout.rows;
-            em.counted_loop(em.i64(0), em.i64(full_tiles), |t| call(tiles.full, t))?;
-            if let Some(last) = tiles.last {
-                call(last, em.i64(full_tiles))?;
-            }
-            Ok(())
-        };
-        match &tail {
-            None => sweep(&full),
-            Some(tail) => {
+                let args = [
+                    a_tile.into(),
+                    b_panel.into(),
+                    out_tile.into(),
+                    table.into(),
+                    col.into(),
+                    shift.into(),
+                    runtime_multiplier.into(),
+                ];
+                let Some(tail) = tail else {
+                    em.builder.build_call(full, &args, "")?;
+                    return Ok(());
+                };
+                // The last panel holds the N tail.
                 let is_tail = em.builder.build_int_compare(
                     inkwell::IntPredicate::EQ,
                     panel,
@@ -425,15 +468,26 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
                 );
                 em.builder
                     .build_conditional_branch(is_tail, tail_block, full_block)?;
-                for (block, tiles) in [(tail_block, tail), (full_block, &full)] {
+                for (block, f) in [(tail_block, tail), (full_block, full)] {
                     em.builder.position_at_end(block);
-                    sweep(tiles)?;
+                    em.builder.build_call(f, &args, "")?;
                     em.builder.build_unconditional_branch(join)?;
                 }
                 em.builder.position_at_end(join);
                 Ok(())
-            }
+            })
+        };
+        let full_tiles = spec.m / layout.rows;
+        let pick = |rows: fn(&Tiles<'ctx>) -> Option<FunctionValue<'ctx>>| {
+            rows(&full).map(|f| (f, tail.as_ref().and_then(rows)))
+        };
+        if let Some(fs) = pick(|t| Some(t.full)) {
+            em.counted_loop(em.i64(0), em.i64(full_tiles), |t| tile(fs, t, layout.rows))?;
         }
+        if let Some(fs) = pick(|t| t.last) {
+            tile(fs, em.i64(full_tiles), spec.m % layout.rows)?;
+        }
+        Ok(())
     })?;
     k.finish()
 }
@@ -450,6 +504,52 @@ pub(super) fn byte_offset<'ctx>(
         em.builder
             .build_in_bounds_gep(em.context.i8_type(), ptr, &[bytes], "at")?
     })
+}
+
+/// Emits `void pack_a(ptr a, ptr out, i64 rows)`: `rows` rows of A (K
+/// bytes each) as i16 words, `row` per row (zeros past K), shifted to
+/// uint8 as the products take them, so the tile broadcasts a pair of k
+/// per row straight from memory.
+fn emit_pack_a<'ctx>(
+    cx: Cx<'_, 'ctx>,
+    spec: &Int8GemmSpec,
+    row: usize,
+) -> Result<FunctionValue<'ctx>, CodegenError> {
+    let context = cx.context;
+    let ptr = context.ptr_type(AddressSpace::default());
+    let ty = context
+        .void_type()
+        .fn_type(&[ptr.into(), ptr.into(), context.i64_type().into()], false);
+    let name = format!("{}.pack_a", spec.symbol);
+    let em = define_function(context, cx.module, cx.target, &name, ty, false);
+    let (a, out, rows) = (em.ptr_param(0), em.ptr_param(1), em.int_param(2));
+    let (i8t, i16t) = (context.i8_type(), context.i16_type());
+    let word_at =
+        |r: IntValue<'ctx>, kk: IntValue<'ctx>| -> Result<PointerValue<'ctx>, CodegenError> {
+            let index = em.mul_add(r, em.i64(row), kk)?;
+            byte_offset(&em, out, em.builder.build_int_mul(index, em.i64(2), "at")?)
+        };
+    em.counted_loop(em.i64(0), rows, |r| {
+        em.counted_loop(em.i64(0), em.i64(spec.k), |kk| {
+            let at = byte_offset(&em, a, em.mul_add(r, em.i64(spec.k), kk)?)?;
+            let mut byte = em.builder.build_load(i8t, at, "a")?.into_int_value();
+            if spec.a_signed {
+                byte = em
+                    .builder
+                    .build_xor(byte, i8t.const_int(0x80, false), "a_u8")?;
+            }
+            let word = em.builder.build_int_z_extend(byte, i16t, "a16")?;
+            em.builder.build_store(word_at(r, kk)?, word)?;
+            Ok(())
+        })?;
+        for kk in spec.k..row {
+            em.builder
+                .build_store(word_at(r, em.i64(kk))?, i16t.const_zero())?;
+        }
+        Ok(())
+    })?;
+    em.builder.build_return(None)?;
+    Ok(em.function)
 }
 
 /// Emits `void tile(ptr a, ptr b_panel, ptr out, ptr tables, i64 col,
@@ -491,7 +591,7 @@ fn emit_tile<'ctx>(
         em: &em,
         isa: cx.target.isa,
         layout: *layout,
-        k: spec.k,
+        a_row: layout.packed_a().map_or(spec.k, |row| 2 * row),
         signed: spec.a_signed,
     };
     let acc_type = context.i32_type().vec_type(layout.lanes as u32);
@@ -567,8 +667,8 @@ struct Dot<'e, 'a, 'ctx> {
     em: &'e Emitter<'a, 'ctx>,
     isa: Isa,
     layout: Layout,
-    /// A's row stride (K).
-    k: usize,
+    /// A's row stride in bytes: K, or the packed words' row.
+    a_row: usize,
     signed: bool,
 }
 
@@ -590,24 +690,30 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
             self.layout.lanes,
             self.layout.vectors,
         );
-        let row_bytes = self.layout.nr() * g;
         let b_row = em
             .builder
-            .build_int_mul(group, em.i64(row_bytes), "b_row")?;
+            .build_int_mul(group, em.i64(self.layout.group_bytes()), "b_row")?;
         let b_vectors = (0..vectors)
             .map(|v| {
-                let at = em
-                    .builder
-                    .build_int_add(b_row, em.i64(v * lanes * g), "b_at")?;
+                let offset = v * lanes * g * self.layout.dot.b_bytes();
+                let at = em.builder.build_int_add(b_row, em.i64(offset), "b_at")?;
                 self.load_b(byte_offset(em, b, at)?)
             })
             .collect::<Result<Vec<_>, CodegenError>>()?;
-        let k_at = em.builder.build_int_mul(group, em.i64(g), "k_at")?;
+        let a_bytes = if self.layout.packed_a().is_some() {
+            2
+        } else {
+            1
+        };
+        let k_at = em
+            .builder
+            .build_int_mul(group, em.i64(g * a_bytes), "k_at")?;
         let mut out = Vec::with_capacity(accs.len());
         for r in 0..rows {
-            let at = em.builder.build_int_add(k_at, em.i64(r * self.k), "a_at")?;
-            let word = self.a_word(byte_offset(em, a, at)?, count)?;
-            let splat = splat_int(em, word, lanes)?;
+            let at = em
+                .builder
+                .build_int_add(k_at, em.i64(r * self.a_row), "a_at")?;
+            let splat = self.a_splat(byte_offset(em, a, at)?, count)?;
             for (v, b_vector) in b_vectors.iter().enumerate() {
                 out.push(self.dot(accs[r * vectors + v], splat, *b_vector)?);
             }
@@ -619,18 +725,17 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
     fn load_b(&self, at: PointerValue<'ctx>) -> Result<VectorValue<'ctx>, CodegenError> {
         let em = self.em;
         let (i8t, lanes) = (em.context.i8_type(), self.layout.lanes as u32);
-        let g = self.layout.dot.group() as u32;
-        let bytes = load_unaligned(em, i8t.vec_type(lanes * g), at)?;
+        let size = (self.layout.dot.group() * self.layout.dot.b_bytes()) as u32;
+        let bytes = load_unaligned(em, i8t.vec_type(lanes * size), at)?;
         Ok(match self.layout.dot {
             DotKind::Vnni | DotKind::Sdot => em
                 .builder
                 .build_bit_cast(bytes, em.context.i32_type().vec_type(lanes), "b")?
                 .into_vector_value(),
-            DotKind::Pmaddwd => em.builder.build_int_s_extend(
-                bytes,
-                em.context.i16_type().vec_type(lanes * 2),
-                "b",
-            )?,
+            DotKind::Pmaddwd => em
+                .builder
+                .build_bit_cast(bytes, em.context.i16_type().vec_type(lanes * 2), "b")?
+                .into_vector_value(),
             DotKind::Generic => {
                 em.builder
                     .build_int_s_extend(bytes, em.context.i32_type().vec_type(lanes), "b")?
@@ -638,8 +743,29 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
         })
     }
 
-    /// A's `count` bytes at `at` (zeros past them), shifted to uint8, as
-    /// the i32 one lane of the broadcast holds.
+    /// A's `count` k at `at` in the domain the products take them,
+    /// broadcast to every lane: bytes, or `vpmaddwd`'s pair of packed words
+    /// (zeros past K already there) loaded as one i32.
+    fn a_splat(
+        &self,
+        at: PointerValue<'ctx>,
+        count: usize,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let em = self.em;
+        let word = match self.layout.packed_a() {
+            Some(_) => em
+                .builder
+                .build_load(em.context.i32_type(), at, "a_pair")?
+                .into_int_value(),
+            None => self.a_word(at, count)?,
+        };
+        splat_int(em, word, self.layout.lanes)
+    }
+
+    /// A's `count` bytes at `at` (zeros past them) shifted to uint8 (int8
+    /// for `sdot`), as the i32 one lane of the broadcast holds (the generic
+    /// kind's one byte zero-extended; `vpmaddwd` reads packed words
+    /// instead).
     fn a_word(&self, at: PointerValue<'ctx>, count: usize) -> Result<IntValue<'ctx>, CodegenError> {
         let em = self.em;
         let (i8t, g) = (em.context.i8_type(), self.layout.dot.group() as u32);
@@ -665,20 +791,16 @@ impl<'ctx> Dot<'_, '_, 'ctx> {
             let flip = VectorType::const_vector(&vec![i8t.const_int(0x80, false); g as usize]);
             bytes = em.builder.build_xor(bytes, flip, "a_u8")?;
         }
-        let i32t = em.context.i32_type();
         let word = match self.layout.dot {
-            DotKind::Vnni | DotKind::Sdot => bytes,
-            DotKind::Pmaddwd => {
+            DotKind::Vnni | DotKind::Sdot | DotKind::Pmaddwd => bytes,
+            DotKind::Generic => {
                 em.builder
-                    .build_int_z_extend(bytes, em.context.i16_type().vec_type(2), "a16")?
+                    .build_int_z_extend(bytes, em.context.i32_type().vec_type(1), "a32")?
             }
-            DotKind::Generic => em
-                .builder
-                .build_int_z_extend(bytes, i32t.vec_type(1), "a32")?,
         };
         Ok(em
             .builder
-            .build_bit_cast(word, i32t, "a_word")?
+            .build_bit_cast(word, em.context.i32_type(), "a_word")?
             .into_int_value())
     }
 

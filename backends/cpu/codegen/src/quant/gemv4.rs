@@ -11,10 +11,19 @@
 //! computed while the four columns' weights are in L1, and the weights
 //! two groups of columns ahead are prefetched while these are read. Nibbles are unpacked in registers:
 //! one byte vector gives the even k (low nibbles) and the odd k (high
-//! nibbles), each dequantised as the interpreter does (`(q − zp) · s` in
-//! f32) and multiplied into x's even and odd elements, which the kernel
+//! nibbles), multiplied into x's even and odd elements, which the kernel
 //! de-interleaves once per call into its scratch. Accumulation is f32.
 //! The kernel's iterations are output columns.
+//!
+//! The unpacking is the kernel's cost (decode is otherwise bound by the
+//! weight stream), so each weight takes four vector operations: widen the
+//! byte to an i32 lane, mask (or shift) the nibble out and OR it into the
+//! mantissa of 2²³ — the float `2²³ + q`, exact — and subtract `2²³ + zp`
+//! (one table entry per block), which leaves `q − zp` exactly as the
+//! interpreter computes it; the block's sum `Σ x·(q − zp)` is multiplied
+//! by its scale once, not per weight. Signed weights are stored with their
+//! sign bits flipped (`q + 8`, or `q + 128` for 8-bit ones) and the zero
+//! point moved by as much, so the same unsigned unpacking serves both.
 
 use inkwell::types::VectorType;
 use inkwell::values::{FloatValue, IntValue, PointerValue, VectorValue};
@@ -42,6 +51,11 @@ pub struct Int4GemmSpec {
     /// Bits per weight: 4 (two per byte, low nibble first) or 8
     /// (MatMulNBits `bits=8`: the same kernel, one byte per weight).
     pub bits: u8,
+    /// Every zero point is an integer of magnitude below 2²² (ONNX zero
+    /// points always are; [`Int4GemmSpec::integer_zero_points`]): `q − zp`
+    /// is then one subtraction from the unpacked float. Otherwise the
+    /// kernel subtracts `2²³` and then the zero point.
+    pub integer_zero_points: bool,
 }
 
 /// The constant operands of an int4 GEMM.
@@ -58,7 +72,31 @@ pub struct Int4Weights<'a> {
 /// Output columns computed together.
 const COLUMNS: usize = 4;
 
+/// 2²³: the float whose mantissa's low bits hold an unpacked weight.
+const MAGIC: f32 = 8_388_608.0;
+
+/// Its bits, ORed into a lane holding `q < 2²³`.
+const MAGIC_BITS: u64 = 0x4B00_0000;
+
 impl Int4GemmSpec {
+    /// Whether `zero_points` all take the one-subtraction path (see
+    /// [`Int4GemmSpec::integer_zero_points`]).
+    pub fn integer_zero_points(zero_points: &[f32]) -> bool {
+        zero_points
+            .iter()
+            .all(|z| z.fract() == 0.0 && z.abs() < (1 << 22) as f32)
+    }
+
+    /// What the stored bytes are offset by: the flipped sign bits of
+    /// signed weights.
+    fn flip(&self) -> (u8, f32) {
+        match (self.signed, self.bits) {
+            (false, _) => (0, 0.0),
+            (true, 8) => (0x80, 128.0),
+            (true, _) => (0x88, 8.0),
+        }
+    }
+
     fn blocks(&self) -> usize {
         self.k.div_ceil(self.block)
     }
@@ -119,22 +157,31 @@ impl Int4GemmSpec {
         if w.zero_points.len() != tables && w.zero_points.len() != 1 {
             return Err(wrong("zero points", w.zero_points.len(), tables));
         }
+        if self.integer_zero_points && !Self::integer_zero_points(w.zero_points) {
+            return Err(CodegenError::Unsupported(
+                "int4 GEMM declared with integer zero points given fractional ones".into(),
+            ));
+        }
         // 8-bit blocks are stored as their even k, then their odd k: the
         // two vectors the 4-bit kernel gets from low and high nibbles.
-        let mut bytes = match self.bits {
+        let (flip, shift) = self.flip();
+        let mut bytes: Vec<u8> = match self.bits {
             8 => w
                 .packed
                 .chunks(self.block)
                 .flat_map(|b| b.iter().step_by(2).chain(b.iter().skip(1).step_by(2)))
-                .copied()
+                .map(|b| b ^ flip)
                 .collect(),
-            _ => w.packed.to_vec(),
+            _ => w.packed.iter().map(|b| b ^ flip).collect(),
         };
         bytes.resize(self.table_offset(), 0);
         bytes.extend(w.scales.iter().flat_map(|s| s.to_le_bytes()));
+        // What the kernel subtracts from `2²³ + stored`: the zero point
+        // moved by the flip, plus 2²³ when that stays exact.
+        let magic = if self.integer_zero_points { MAGIC } else { 0.0 };
         for i in 0..tables {
             let zp = w.zero_points[if w.zero_points.len() == 1 { 0 } else { i }];
-            bytes.extend(zp.to_le_bytes());
+            bytes.extend((magic + (zp + shift)).to_le_bytes());
         }
         Ok(bytes)
     }
@@ -233,7 +280,7 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
         let f32v = context.f32_type().vec_type(width);
         let blocks = spec.blocks();
         let padded = blocks * spec.block;
-        let accs = (0..2 * count)
+        let accs = (0..count)
             .map(|_| k.slot(f32v.into()))
             .collect::<Result<Vec<_>, _>>()?;
         let tables = byte_offset(em, self.packed, em.i64(spec.table_offset()))?;
@@ -247,7 +294,7 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                 em.builder.build_int_mul(r, em.i64(padded), "x_row")?,
             )?;
             em.counted_loop(em.i64(0), em.i64(blocks), |b| {
-                for j in 0..count {
+                for (j, acc) in accs.iter().enumerate() {
                     let column = em.builder.build_int_add(first, em.i64(j), "column")?;
                     let entry = em.mul_add(column, em.i64(blocks), b)?;
                     let load_table =
@@ -266,58 +313,65 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
                             .build_int_mul(entry, em.i64(spec.block_bytes()), "w")?,
                     )?;
                     prefetch(k, weights, 2 * count * blocks * spec.block_bytes())?;
+                    // Σ x·(q − zp) over the block, then times its scale.
+                    let mut sum = f32v.const_zero();
                     for c in 0..chunks {
-                        let load = |at: usize| {
-                            load_unaligned(
+                        let load = |at: usize| -> Result<VectorValue<'ctx>, CodegenError> {
+                            let bytes = load_unaligned(
                                 em,
                                 context.i8_type().vec_type(width),
                                 byte_offset(em, weights, em.i64(at))?,
-                            )
+                            )?;
+                            Ok(em.builder.build_int_z_extend(
+                                bytes,
+                                context.i32_type().vec_type(width),
+                                "w32",
+                            )?)
                         };
-                        let bytes = load(c * width as usize)?;
+                        let lanes = load(c * width as usize)?;
                         let (low, high) = match spec.bits {
-                            8 => (
-                                self.widen(bytes)?,
-                                self.widen(load(half_block + c * width as usize)?)?,
-                            ),
-                            _ => self.nibbles(bytes)?,
+                            8 => (lanes, load(half_block + c * width as usize)?),
+                            _ => self.nibbles(lanes)?,
                         };
                         let pair = em.mul_add(b, em.i64(half_block), em.i64(c * width as usize))?;
-                        for (half, nibbles) in [(0, low), (1, high)] {
-                            let w = em.builder.build_float_sub(nibbles, zero_point, "w")?;
-                            let w = em.builder.build_float_mul(w, scale, "w")?;
+                        for (half, stored) in [(0, low), (1, high)] {
+                            let w = self.centred(stored, zero_point)?;
                             let at = em.builder.build_int_add(
                                 pair,
                                 em.i64(half * padded / 2),
                                 "x_at",
                             )?;
                             let xv = em.load_vector(f32v, em.float_offset(x_row, at)?)?;
-                            let acc = accs[2 * j + half];
-                            let old = em.builder.build_load(f32v, acc, "acc")?.into_vector_value();
-                            let sum = em
+                            sum = em
                                 .call_value(
                                     "llvm.fma",
                                     &[f32v.into()],
-                                    &[xv.into(), w.into(), old.into()],
+                                    &[xv.into(), w.into(), sum.into()],
                                 )?
                                 .into_vector_value();
-                            em.builder.build_store(acc, sum)?;
                         }
                     }
+                    let old = em
+                        .builder
+                        .build_load(f32v, *acc, "acc")?
+                        .into_vector_value();
+                    let total = em
+                        .call_value(
+                            "llvm.fma",
+                            &[f32v.into()],
+                            &[sum.into(), scale.into(), old.into()],
+                        )?
+                        .into_vector_value();
+                    em.builder.build_store(*acc, total)?;
                 }
                 Ok(())
             })?;
-            for j in 0..count {
-                let even = em
+            for (j, acc) in accs.iter().enumerate() {
+                let sum = em
                     .builder
-                    .build_load(f32v, accs[2 * j], "even")?
+                    .build_load(f32v, *acc, "sum")?
                     .into_vector_value();
-                let odd = em
-                    .builder
-                    .build_load(f32v, accs[2 * j + 1], "odd")?
-                    .into_vector_value();
-                let both = em.builder.build_float_add(even, odd, "both")?;
-                let total = reduce_add(k, both)?;
+                let total = reduce_add(k, sum)?;
                 let column = em.builder.build_int_add(first, em.i64(j), "column")?;
                 let at = em.mul_add(r, em.i64(spec.n), column)?;
                 em.builder
@@ -327,54 +381,53 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
         })
     }
 
-    /// 8-bit weights as f32.
-    fn widen(&self, bytes: VectorValue<'ctx>) -> Result<VectorValue<'ctx>, CodegenError> {
+    /// `q − zp` in f32 for i32 lanes holding the stored (unsigned) `q`:
+    /// `q` ORed into the mantissa of 2²³ is the float `2²³ + q`, and the
+    /// zero-point table holds `2²³ + zp` (or `zp` alone when it may be
+    /// fractional: then 2²³ is subtracted first).
+    fn centred(
+        &self,
+        stored: VectorValue<'ctx>,
+        zero_point: VectorValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
         let b = &self.k.em.builder;
-        let f32v = self
-            .k
-            .cx
-            .context
-            .f32_type()
-            .vec_type(bytes.get_type().get_size());
-        Ok(if self.spec.signed {
-            b.build_signed_int_to_float(bytes, f32v, "w_f")?
+        let context = self.k.cx.context;
+        let lanes = stored.get_type().get_size() as usize;
+        let magic_bits =
+            VectorType::const_vector(&vec![
+                context.i32_type().const_int(MAGIC_BITS, false);
+                lanes
+            ]);
+        let f32v = context.f32_type().vec_type(lanes as u32);
+        let float = b
+            .build_bit_cast(b.build_or(stored, magic_bits, "q_magic")?, f32v, "q_f")?
+            .into_vector_value();
+        let float = if self.spec.integer_zero_points {
+            float
         } else {
-            b.build_unsigned_int_to_float(bytes, f32v, "w_f")?
-        })
+            let magic = VectorType::const_vector(&vec![
+                context.f32_type().const_float(MAGIC.into());
+                lanes
+            ]);
+            b.build_float_sub(float, magic, "q")?
+        };
+        Ok(b.build_float_sub(float, zero_point, "w")?)
     }
 
-    /// The low and high nibbles of `bytes` as f32 vectors (even and odd k).
+    /// The low and high nibbles of i32 lanes holding one byte each (even
+    /// and odd k).
     fn nibbles(
         &self,
-        bytes: VectorValue<'ctx>,
+        lanes: VectorValue<'ctx>,
     ) -> Result<(VectorValue<'ctx>, VectorValue<'ctx>), CodegenError> {
         let b = &self.k.em.builder;
-        let ty = bytes.get_type();
-        let lanes = ty.get_size() as usize;
-        let context = self.k.cx.context;
-        let splat =
-            |v: u64| VectorType::const_vector(&vec![context.i8_type().const_int(v, false); lanes]);
-        let f32v = context.f32_type().vec_type(lanes as u32);
-        Ok(if self.spec.signed {
-            let low = b.build_right_shift(
-                b.build_left_shift(bytes, splat(4), "l")?,
-                splat(4),
-                true,
-                "low",
-            )?;
-            let high = b.build_right_shift(bytes, splat(4), true, "high")?;
-            (
-                b.build_signed_int_to_float(low, f32v, "low_f")?,
-                b.build_signed_int_to_float(high, f32v, "high_f")?,
-            )
-        } else {
-            let low = b.build_and(bytes, splat(0xF), "low")?;
-            let high = b.build_right_shift(bytes, splat(4), false, "high")?;
-            (
-                b.build_unsigned_int_to_float(low, f32v, "low_f")?,
-                b.build_unsigned_int_to_float(high, f32v, "high_f")?,
-            )
-        })
+        let count = lanes.get_type().get_size() as usize;
+        let i32t = self.k.cx.context.i32_type();
+        let splat = |v: u64| VectorType::const_vector(&vec![i32t.const_int(v, false); count]);
+        Ok((
+            b.build_and(lanes, splat(0xF), "low")?,
+            b.build_right_shift(lanes, splat(4), false, "high")?,
+        ))
     }
 }
 

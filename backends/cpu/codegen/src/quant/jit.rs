@@ -47,7 +47,7 @@ impl<'ctx> JitKernel<'ctx> {
                 packed,
                 input_bytes: spec.m * spec.k,
                 output_bytes: spec.m * spec.n * output,
-                scratch_bytes: 0,
+                scratch_bytes: spec.scratch_bytes(target),
                 extent: spec.extent(target),
             },
         )

@@ -485,7 +485,8 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 let out = l.define(output)?;
                 let mut buffers = vec![a_loc, packed, out];
                 buffers.extend(runtime_locs);
-                l.kernel(symbol, buffers, spec.extent(l.cx.target), true);
+                let (extent, scratch) = (spec.extent(l.cx.target), spec.scratch_bytes(l.cx.target));
+                l.kernel_with_scratch(symbol, buffers, extent, scratch, true);
                 return Ok(());
             };
             // im2col of the activation's bytes, the GEMM into
@@ -507,7 +508,8 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             let product = l.temp(m * n * bytes);
             let mut buffers = vec![a_loc, packed, product];
             buffers.extend(runtime_locs);
-            l.kernel(symbol, buffers, spec.extent(l.cx.target), true);
+            let (extent, scratch) = (spec.extent(l.cx.target), spec.scratch_bytes(l.cx.target));
+            l.kernel_with_scratch(symbol, buffers, extent, scratch, true);
             let y_shape = l.shape(output)?;
             let positions = conv.positions();
             // y[b, f, p] = product[(b·P + p)·n + f].
@@ -552,6 +554,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 block: *block,
                 signed: *signed,
                 bits: *bits,
+                integer_zero_points: Int4GemmSpec::integer_zero_points(zero_points),
             };
             let packed = spec.pack(&Int4Weights {
                 packed,

@@ -36,9 +36,10 @@ pub enum DotKind {
     /// `vpdpbusd`: four u8 × s8 products summed into each i32 lane in one
     /// instruction (AVX-512 VNNI, or AVX-VNNI on 256-bit vectors).
     Vnni,
-    /// `vpmaddwd` on values widened to i16 (`vpmovsxbw` of B, A zero
-    /// extended): two exact products per i32 lane. Not `vpmaddubsw`, whose
-    /// i16 sum of two u8 × s8 products saturates (255·127·2 > 32767); the
+    /// `vpmaddwd` on values widened to i16 (B stored as i16, A copied as
+    /// zero-extended words per tile): two exact products per i32 lane.
+    /// Not `vpmaddubsw`, whose i16 sum of two u8 × s8 products saturates
+    /// (255·127·2 > 32767); the
     /// widened form is exact for every u8/s8 value, so results match the
     /// interpreter bit for bit without restricting weights to 7 bits.
     Pmaddwd,
@@ -93,6 +94,16 @@ impl DotKind {
             DotKind::Generic => 1,
         }
     }
+
+    /// Bytes of one stored B element: `vpmaddwd` multiplies i16, so its B
+    /// is stored widened (twice int8's bytes, half of f32's), which makes
+    /// each product one instruction with B read from memory.
+    pub fn b_bytes(self) -> usize {
+        match self {
+            DotKind::Pmaddwd => 2,
+            DotKind::Vnni | DotKind::Sdot | DotKind::Generic => 1,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +148,7 @@ mod tests {
             block: 32,
             signed: false,
             bits: 4,
+            integer_zero_points: true,
         };
         emit_int4_gemm(cx, &spec).unwrap();
         machine.optimize(&module).unwrap();
