@@ -9,13 +9,16 @@ use m4c_npu::config::MachineConfig;
 use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
-/// Budgets a thousand times below the defaults: the coverage-instrumented
-/// simulator is ~10× slower than a plain build, and an input that runs to
-/// the default budget would outlast libFuzzer's timeout without telling
-/// anything new (the budget check itself is the same code either way).
+/// Budgets ten thousand times below the defaults (cycles; instructions a
+/// thousand): the coverage-instrumented simulator is ~10× slower than a
+/// plain build, and an input that runs to the default budget would
+/// outlast libFuzzer's timeout without telling anything new (the budget
+/// check itself is the same code either way). A thousandth was not
+/// enough: a 684-byte program of `requant`s over overlapping rows (10^8
+/// element operations each, 6.3 million cycles) ran past the 10 s timeout.
 fn options() -> SimOptions {
     SimOptions {
-        max_cycles: m4c_npu::sim::DEFAULT_MAX_CYCLES / 1000,
+        max_cycles: m4c_npu::sim::DEFAULT_MAX_CYCLES / 10_000,
         max_instructions: m4c_npu::sim::DEFAULT_MAX_INSTRUCTIONS / 1000,
         ..SimOptions::default()
     }

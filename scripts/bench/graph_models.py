@@ -228,6 +228,28 @@ def clip_text_encoder(seed: int = 0, layers: int = 12) -> tuple[onnx.ModelProto,
     return g.model("clip_text_encoder", inputs, out, [1, seq, d]), feeds
 
 
+def bert_base(seed: int = 0, layers: int = 12, seq: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """BERT-base (d 768, 12 heads, MLP 3072, post-LayerNorm, GELU) over
+    `seq` tokens without padding: word and position embeddings in, the last
+    hidden state out."""
+    d, n_heads, mlp, vocab = 768, 12, 3072, 30522
+    d_head = d // n_heads
+    g = Graph(seed)
+    x = g.op("Gather", g.weight("word_embeddings", (vocab, d)), "input_ids", axis=0)
+    x = g.layer_norm(g.op("Add", x, g.weight("position_embeddings", (seq, d))), d)
+    for _ in range(layers):
+        q = g.heads(g.linear(x, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        k_t = g.heads(g.linear(x, d, d, True), seq, n_heads, d_head, [0, 2, 3, 1])
+        v = g.heads(g.linear(x, d, d, True), seq, n_heads, d_head, [0, 2, 1, 3])
+        attn = g.linear(g.attention(q, k_t, v, seq, d, d_head, None), d, d, True)
+        x = g.layer_norm(g.op("Add", x, attn), d)
+        h = g.linear(g.gelu(g.linear(x, d, mlp, True)), mlp, d, True)
+        x = g.layer_norm(g.op("Add", x, h), d)
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])]
+    feeds = {"input_ids": np.random.default_rng(seed + 1).integers(0, vocab, (1, seq), dtype=np.int64)}
+    return g.model("bert_base", inputs, x, [1, seq, d]), feeds
+
+
 def llama_prefill(seed: int = 0, layers: int = 6, seq: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     d, n_heads, mlp, vocab = 768, 12, 2048, 32000
     d_head = d // n_heads
@@ -430,7 +452,7 @@ def write(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], out: 
 def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"vit_b16": vit_b16, "llama_prefill_6l": llama_prefill, "whisper_tiny_encoder": whisper_tiny_encoder,
+    builders = {"vit_b16": vit_b16, "bert_base": bert_base, "llama_prefill_6l": llama_prefill, "whisper_tiny_encoder": whisper_tiny_encoder,
                 "clip_text_encoder": clip_text_encoder, "mobilenet_v2_blocks": mobilenet_v2_blocks,
                 "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
                 "resnet50_blocks": resnet50_blocks, "squeezenet_blocks": squeezenet_blocks,

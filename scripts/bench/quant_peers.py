@@ -13,6 +13,12 @@ the repository):
   (QDQ, calibrated on its input) and by onnxruntime's own
   `quantize_static` (QDQ, per channel, uint8 activations, int8 weights,
   MinMax on the same input);
+* bert_base: BERT-base (12 layers, d 768, sequence 128), fp32; quantised
+  int8 static per channel by `m4c quantize --scheme int8 --per-channel`
+  and int8 dynamic by `m4c quantize --scheme int8-dynamic`, and by
+  onnxruntime's own `quantize_dynamic` (QOperator: DynamicQuantizeLinear
+  + MatMulInteger, int8 weights), the form onnxruntime recommends for
+  transformers;
 * llama_decode_6l: the 6-layer 768-wide LLaMA-style backbone (vocabulary
   32000) for one token (a single-token step without a KV cache: the
   weights, which are what a decode step streams, are those of the prefill
@@ -49,10 +55,12 @@ import peers  # noqa: E402
 
 
 def build(out: Path, m4c: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     graph_models.write("vit_b16", *graph_models.vit_b16(), out)
+    graph_models.write("bert_base", *graph_models.bert_base(), out)
     model, feeds = graph_models.llama_prefill(seq=1)
     graph_models.write("llama_decode_6l", model, feeds, out)
 
@@ -71,6 +79,13 @@ def build(out: Path, m4c: str) -> None:
     run([m4c, "quantize", str(vit), "--calibrate", str(out / "vit_b16.inputs.npz"),
          "--scheme", "int8", "--per-channel", "-o", str(out / "vit_b16.m4c_int8.onnx")])
 
+    bert = out / "bert_base.onnx"
+    quantize_dynamic(str(bert), str(out / "bert_base.ort_int8dyn.onnx"), weight_type=QuantType.QInt8)
+    for scheme, suffix in [("int8", "m4c_int8"), ("int8-dynamic", "m4c_int8dyn")]:
+        extra = ["--per-channel"] if scheme == "int8" else []
+        run([m4c, "quantize", str(bert), "--calibrate", str(out / "bert_base.inputs.npz"),
+             "--scheme", scheme, *extra, "-o", str(out / f"bert_base.{suffix}.onnx")])
+
     decode = out / "llama_decode_6l.onnx"
     q = MatMulNBitsQuantizer(onnx.load(str(decode)), block_size=32, is_symmetric=False)
     q.process()
@@ -79,6 +94,8 @@ def build(out: Path, m4c: str) -> None:
          "--scheme", "w4", "--head-bits", "4", "-o", str(out / "llama_decode_6l.m4c_w4.onnx")])
     for suffix in ["m4c_int8", "ort_int8"]:
         link(out / "vit_b16.inputs.npz", out / f"vit_b16.{suffix}.inputs.npz")
+    for suffix in ["m4c_int8", "m4c_int8dyn", "ort_int8dyn"]:
+        link(out / "bert_base.inputs.npz", out / f"bert_base.{suffix}.inputs.npz")
     for suffix in ["m4c_w4", "ort_w4"]:
         link(out / "llama_decode_6l.inputs.npz", out / f"llama_decode_6l.{suffix}.inputs.npz")
 
@@ -141,6 +158,7 @@ def main() -> int:
     print(f"single-thread read bandwidth: {gbps:.2f} GB/s", flush=True)
     rows = []
     for stem, forms in [("vit_b16", ["", ".m4c_int8", ".ort_int8"]),
+                        ("bert_base", ["", ".m4c_int8", ".m4c_int8dyn", ".ort_int8dyn"]),
                         ("llama_decode_6l", ["", ".m4c_w4", ".ort_w4"])]:
         for form in forms:
             model = out / f"{stem}{form}.onnx"
