@@ -576,6 +576,58 @@ fn shared_dequantised_activation() {
     c.check(sum.unwrap(), Agree::Float(1e-4, 1e-4), Some("q8gemm"));
 }
 
+/// Two QDQ layers of one shape with different zero points and scales (A's
+/// and the output's) share one kernel: those constants live in the packed
+/// operand, not in the code. Both outputs stay within one step of the
+/// interpreter's.
+#[test]
+fn layers_of_one_shape_share_their_int8_kernel() {
+    let (m, k) = (7, 40);
+    let mut c = Case::new();
+    let mut a = c.input(quantised(&[m, k], false, 3));
+    let mut za = 128.0;
+    for (layer, (sy, zy)) in [(0.05f32, 120i32), (0.03, 7)].into_iter().enumerate() {
+        let af = c.cast(a, DType::F32);
+        let zero = c.constant(Tensor::from_f32(&[], &[za]));
+        let a_c = c.node(Op::Sub, &[af, zero]);
+        let sa = c.constant(Tensor::from_f32(&[], &[0.02 + 0.01 * layer as f32]));
+        let a_d = c.node(Op::Mul, &[a_c, sa]);
+        let w = c.constant(quantised(&[k, k], true, 20 + layer as u64));
+        let wf = c.cast(w, DType::F32);
+        let sw = c.constant(Tensor::from_f32(&[], &[0.004]));
+        let w_d = c.node(Op::Mul, &[wf, sw]);
+        let y = c.node(MATMUL, &[a_d, w_d]);
+        let (scale, zero) = (
+            c.constant(Tensor::from_f32(&[], &[sy])),
+            c.constant(scalar_q(zy, false)),
+        );
+        a = c.node(Op::Quantize { to: DType::U8 }, &[y, scale, zero]);
+        za = zy as f32;
+    }
+    let mut graph = c.graph.clone();
+    graph.outputs = vec![a];
+    let options = CompileOptions {
+        target: Target::parse(None, None).unwrap(),
+        threads: 1,
+    };
+    let compiled = compile_graph(&graph, &options).unwrap();
+    let gemms: Vec<&str> = compiled
+        .plan()
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { symbol, .. } if symbol.contains("q8gemm") => Some(symbol.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gemms.len(), 2, "{gemms:?}");
+    assert_eq!(
+        gemms[0], gemms[1],
+        "the two layers did not share their kernel"
+    );
+    c.check(a, Agree::Steps(1.0), Some("q8gemm"));
+}
+
 /// The geometry of one int8 convolution case (2-D, ungrouped).
 #[derive(Clone, Copy, Debug)]
 struct ConvCase {

@@ -25,6 +25,8 @@ pub(crate) fn share_identical_kernels(module: &Module<'_>, steps: &mut [PlanStep
         let text = function.print_to_string().to_string();
         let body = text.replacen(&format!("@{symbol}("), "@(", 1);
         match first_by_body.get(&body) {
+            // A kernel shared by several steps already (`shared_kernel`).
+            Some(first) if first == symbol => {}
             Some(first) => {
                 if function
                     .as_global_value()

@@ -87,6 +87,9 @@ pub(crate) struct Lowering<'a, 'ctx> {
     /// GEMMs of one shape share their code (a transformer's layers repeat
     /// the same few shapes).
     gemm_functions: HashMap<(usize, usize, usize), String>,
+    /// Kernels already generated, by a key naming everything their code
+    /// depends on ([`Lowering::shared_kernel`]).
+    shared_kernels: HashMap<String, String>,
 }
 
 impl<'a, 'ctx> Lowering<'a, 'ctx> {
@@ -115,6 +118,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             at: 0,
             next_symbol: 0,
             gemm_functions: HashMap::new(),
+            shared_kernels: HashMap::new(),
         };
         for (i, &input) in graph.inputs.iter().enumerate() {
             lowering.shape(input)?;
@@ -374,6 +378,26 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
     pub fn symbol(&mut self, what: &str) -> String {
         self.next_symbol += 1;
         format!("m4c_k{}_{what}", self.next_symbol)
+    }
+
+    /// The symbol of a kernel whose code is determined by `key` (all its
+    /// constants in its buffers): the one generated for an earlier equal
+    /// key, or a new `what` symbol that `emit` generates now. The layers of
+    /// a quantised transformer repeat a few GEMM shapes with different
+    /// weights and scales; sharing their code keeps compiles short.
+    pub fn shared_kernel(
+        &mut self,
+        what: &str,
+        key: String,
+        emit: impl FnOnce(Cx<'a, 'ctx>, &str) -> Result<(), CodegenError>,
+    ) -> Result<String, CodegenError> {
+        if let Some(symbol) = self.shared_kernels.get(&key) {
+            return Ok(symbol.clone());
+        }
+        let symbol = self.symbol(what);
+        emit(self.cx, &symbol)?;
+        self.shared_kernels.insert(key, symbol.clone());
+        Ok(symbol)
     }
 
     /// Appends a kernel step.

@@ -7,7 +7,7 @@
 use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 
-use super::gemm8::{byte_offset, load_unaligned, splat_int, Layout};
+use super::gemm8::{byte_offset, load_unaligned, splat_int, Layout, TABLES};
 use super::{Int8GemmSpec, Int8Output};
 use crate::ir::Emitter;
 use crate::CodegenError;
@@ -41,6 +41,27 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         )?;
         let at = em.builder.build_int_mul(at, em.i64(4), "entry_bytes")?;
         load_unaligned(em, ty, byte_offset(em, self.tables, at)?)
+    }
+
+    /// Constant `index` of the packed operand's constants block (1 the
+    /// output scale, 2 its zero point, as f32; see `gemm8::Constant`),
+    /// splat to `ty`.
+    fn constant(
+        &self,
+        index: usize,
+        ty: VectorType<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let em = self.em;
+        let at = (TABLES * self.layout.table_len() + index) * 4;
+        let value = em
+            .builder
+            .build_load(
+                em.context.f32_type(),
+                byte_offset(em, self.tables, em.i64(at))?,
+                "constant",
+            )?
+            .into_float_value();
+        em.splat(value, ty)
     }
 
     /// The run-time multiplier at the tile's column `first` (`valid`
@@ -123,19 +144,15 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         let value = match self.spec.output {
             Int8Output::I32 => sum,
             Int8Output::F32 => scaled(sum)?,
-            Int8Output::Quantized {
-                signed,
-                scale,
-                zero_point,
-            } => {
+            Int8Output::Quantized { signed, .. } => {
                 let (lo, hi) = if signed {
                     (-128.0, 127.0)
                 } else {
                     (0.0, 255.0)
                 };
                 let value = scaled(sum)?;
-                let quantised =
-                    quantize_vector(em, value, splat_f32(em, scale, lanes), zero_point, (lo, hi))?;
+                let (scale, zero_point) = (self.constant(1, f32v)?, self.constant(2, f32v)?);
+                let quantised = quantize_with_zero_point(em, value, scale, zero_point, (lo, hi))?;
                 b.build_int_truncate(quantised, em.context.i8_type().vec_type(lanes), "q")?
             }
         };
@@ -145,29 +162,12 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
     }
 }
 
-/// A vector of `lanes` copies of the constant `value`.
-pub(super) fn splat_f32<'ctx>(em: &Emitter<'_, 'ctx>, value: f32, lanes: u32) -> VectorValue<'ctx> {
-    let f = em.context.f32_type().const_float(f64::from(value));
-    VectorType::const_vector(&vec![f; lanes as usize])
-}
-
 /// `Quantize` of an f32 vector: `clamp(round_half_even(value / scale) +
 /// zero_point, lo, hi)` as i32 lanes (NaN quotients count as 0, as in the
-/// interpreter). `scale` is a vector (per lane, or splat).
-fn quantize_vector<'ctx>(
-    em: &Emitter<'_, 'ctx>,
-    value: VectorValue<'ctx>,
-    scale: VectorValue<'ctx>,
-    zero_point: i32,
-    (lo, hi): (f32, f32),
-) -> Result<VectorValue<'ctx>, CodegenError> {
-    let zero_point = splat_f32(em, zero_point as f32, value.get_type().get_size());
-    quantize_with_zero_point(em, value, scale, zero_point, (lo, hi))
-}
-
-/// [`quantize_vector`] with a zero point vector of f32 or f64 lanes: the
-/// rounded quotient is added to it, and clamped, in the zero point's
-/// float type (f64 holds every i32 zero point exactly).
+/// interpreter). `scale` is a vector (per lane, or splat), `zero_point` a
+/// vector of f32 or f64 lanes: the rounded quotient is added to it, and
+/// clamped, in the zero point's float type (f64 holds every i32 zero
+/// point exactly).
 pub(crate) fn quantize_with_zero_point<'ctx>(
     em: &Emitter<'_, 'ctx>,
     value: VectorValue<'ctx>,

@@ -39,7 +39,13 @@ use m4c_ir::DType;
 
 /// Per-column tables after the packed B: column sums, multipliers, f32
 /// bias, signs, i32 bias (4 bytes per entry each).
-const TABLES: usize = 5;
+pub(super) const TABLES: usize = 5;
+
+/// The constants after the tables, 4 bytes each, so that the code of
+/// GEMMs that differ only in them is the same ([`Int8GemmSpec::code_key`]):
+/// A's zero point plus its shift (i32), the output's scale and zero point
+/// (f32; zero for outputs not quantised).
+const CONSTANTS: usize = 3;
 
 /// What one int8 GEMM computes.
 #[derive(Clone, Debug, PartialEq)]
@@ -248,7 +254,25 @@ impl Int8GemmSpec {
                 "int8 GEMM i32 bias for {n} columns of another length"
             )));
         }
-        let mut bytes = vec![0u8; layout.table_offset() + 4 * TABLES * layout.table_len()];
+        let constants = layout.table_offset() + 4 * TABLES * layout.table_len();
+        let mut bytes = vec![0u8; constants + 4 * CONSTANTS];
+        let shift = self.a_zero_point + layout.dot.a_shift(self.a_signed) as i32;
+        let (scale, zero_point) = match self.output {
+            Int8Output::Quantized {
+                scale, zero_point, ..
+            } => (scale, zero_point as f32),
+            Int8Output::I32 | Int8Output::F32 => (0.0, 0.0),
+        };
+        for (i, value) in [
+            shift.to_le_bytes(),
+            scale.to_le_bytes(),
+            zero_point.to_le_bytes(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            bytes[constants + 4 * i..constants + 4 * (i + 1)].copy_from_slice(&value);
+        }
         let mut column_sums = vec![0i64; n];
         let width = layout.dot.b_bytes();
         for kk in 0..k {
@@ -283,6 +307,27 @@ impl Int8GemmSpec {
             }
         }
         Ok(bytes)
+    }
+
+    /// What the kernel's code depends on: the spec without its symbol and
+    /// without the constants `pack` stores (A's zero point, the output's
+    /// scale and zero point). GEMMs with equal keys share one kernel.
+    pub fn code_key(&self) -> String {
+        let output = match self.output {
+            Int8Output::Quantized { signed, .. } => Int8Output::Quantized {
+                signed,
+                scale: 0.0,
+                zero_point: 0,
+            },
+            other => other,
+        };
+        let spec = Int8GemmSpec {
+            symbol: String::new(),
+            a_zero_point: 0,
+            output,
+            ..self.clone()
+        };
+        format!("{spec:?}")
     }
 
     /// Iterations of the kernel (B panels), which the executor splits over
@@ -367,7 +412,13 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
     let offset = i32t.const_int(a_shift as u64, true);
     let mut next = 3;
     let shift = match spec.runtime.zero_point {
-        None => i32t.const_int((i64::from(spec.a_zero_point) + a_shift) as u64, true),
+        // The first constant after the tables (`pack`).
+        None => {
+            let at = (TABLES * layout.table_len()) * 4;
+            em.builder
+                .build_load(i32t, byte_offset(em, table, em.i64(at))?, "shift")?
+                .into_int_value()
+        }
         Some(dtype) => {
             let at = k.buffers[next];
             next += 1;

@@ -458,9 +458,8 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             for value in [a_runtime_zero, runtime_multiplier].into_iter().flatten() {
                 runtime_locs.push(l.loc(*value)?);
             }
-            let symbol = l.symbol("q8gemm");
             let spec = Int8GemmSpec {
-                symbol: symbol.clone(),
+                symbol: String::new(),
                 m: *m,
                 k: *k,
                 n: *n,
@@ -479,8 +478,14 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                     int_bias: int_bias.as_deref(),
                 },
             )?;
+            let symbol = l.shared_kernel("q8gemm", spec.code_key(), |cx, symbol| {
+                let spec = Int8GemmSpec {
+                    symbol: symbol.into(),
+                    ..spec.clone()
+                };
+                super::emit_int8_gemm(cx, &spec)
+            })?;
             let Some(conv) = conv else {
-                super::emit_int8_gemm(l.cx, &spec)?;
                 let packed = l.weights_loc(&packed);
                 let out = l.define(output)?;
                 let mut buffers = vec![a_loc, packed, out];
@@ -502,7 +507,6 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             im2col_buffers.extend(runtime_locs.first().filter(|_| a_runtime_zero.is_some()));
             l.kernel(im2col, im2col_buffers, conv.batch, true);
             a_loc = col;
-            super::emit_int8_gemm(l.cx, &spec)?;
             let packed = l.weights_loc(&packed);
             let bytes = out_kind.bytes();
             let product = l.temp(m * n * bytes);
@@ -545,9 +549,8 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             zero_points,
         } => {
             let x_loc: Loc = l.loc(*x)?;
-            let symbol = l.symbol("q4gemm");
             let spec = Int4GemmSpec {
-                symbol: symbol.clone(),
+                symbol: String::new(),
                 m: *m,
                 k: *k,
                 n: *n,
@@ -561,7 +564,15 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 scales,
                 zero_points,
             })?;
-            super::emit_int4_gemm(l.cx, &spec)?;
+            // Everything but the shape and number format is in `packed`.
+            let key = format!("{spec:?}");
+            let symbol = l.shared_kernel("q4gemm", key, |cx, symbol| {
+                let spec = Int4GemmSpec {
+                    symbol: symbol.into(),
+                    ..spec.clone()
+                };
+                super::emit_int4_gemm(cx, &spec)
+            })?;
             let packed = l.weights_loc(&packed);
             let out = l.define(output)?;
             l.kernel_with_scratch(
