@@ -50,9 +50,7 @@ pub fn load(g: &Graph, prov: &Provenance) -> Loaded {
                 } else {
                     Constness::Backbone
                 };
-                let scalar = (t.len() == 1 && t.dtype == DType::F32)
-                    .then(|| t.to_f32_vec().ok().map(|v| f64::from(v[0])))
-                    .flatten();
+                let scalar = (t.len() == 1).then(|| scalar_value(t)).flatten();
                 (c, scalar)
             }
         };
@@ -254,5 +252,19 @@ impl Builder<'_> {
         Ok(eval_op(op, &refs)
             .map_err(|e| fail(e.to_string()))?
             .to_tensor_as(ty.dtype))
+    }
+}
+
+/// The value of a one-element float or integer constant (integer zero
+/// points included, which the quantisation rules compare with the float
+/// ones of dequantisation).
+fn scalar_value(t: &m4c_ir::Tensor) -> Option<f64> {
+    match t.dtype {
+        DType::F32 => t.to_f32_vec().ok().map(|v| f64::from(v[0])),
+        DType::I8 => t.to_i8_vec().ok().map(|v| f64::from(v[0])),
+        DType::U8 => t.to_u8_vec().ok().map(|v| f64::from(v[0])),
+        DType::I32 => t.to_i32_vec().ok().map(|v| f64::from(v[0])),
+        DType::I64 => t.to_i64_vec().ok().map(|v| v[0] as f64),
+        _ => None,
     }
 }

@@ -160,7 +160,7 @@ pub struct LeafInfo {
 pub struct Info {
     pub ty: TensorType,
     pub constness: Constness,
-    /// The value of a one-element floating-point constant.
+    /// The value of a one-element constant (float or integer).
     pub scalar: Option<f64>,
 }
 

@@ -14,10 +14,11 @@ use super::lang::{ENode, OptAnalysis};
 use super::region::{split, Stitcher};
 use super::report::{PhaseReport, RegionReport};
 use super::rule::{EggRule, Rule};
-use super::rules::{activation, fusion, layout, lora, norm, softmax};
+use super::rules::{activation, fusion, layout, lora, norm, quant, softmax};
 use super::{CostModel, Limits, LoraPolicy, OptError};
 
-/// Phase 1: LoRA fold (unless the policy keeps), layout, recognition.
+/// Phase 1: LoRA fold (unless the policy keeps), layout, recognition,
+/// requantisation of dequantised values.
 pub fn rewrite_rules(policy: LoraPolicy) -> Vec<Arc<dyn Rule>> {
     let mut rules: Vec<Arc<dyn Rule>> = vec![
         Arc::new(norm::RmsNorm),
@@ -31,6 +32,7 @@ pub fn rewrite_rules(policy: LoraPolicy) -> Vec<Arc<dyn Rule>> {
         Arc::new(layout::TransposeIntoMatMul),
         Arc::new(layout::ComposeTransposes),
         Arc::new(layout::ComposeReshapes),
+        Arc::new(quant::RequantiseDequantised),
     ];
     if policy != LoraPolicy::Keep {
         rules.push(Arc::new(lora::LoraFold));

@@ -166,7 +166,7 @@ pub fn unary(eg: &EG, class: Id, kind: OpKind) -> Vec<(Op, Id)> {
         .collect()
 }
 
-/// The value of a one-element float constant.
+/// The value of a one-element constant (float or integer).
 pub fn scalar(eg: &EG, id: Id) -> Option<f64> {
     eg[id].data.scalar
 }

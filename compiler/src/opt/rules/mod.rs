@@ -5,4 +5,5 @@ pub mod fusion;
 pub mod layout;
 pub mod lora;
 pub mod norm;
+pub mod quant;
 pub mod softmax;

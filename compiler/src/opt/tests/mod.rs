@@ -202,6 +202,60 @@ fn matmuls_on_dequantised_weights_stay_apart() {
 }
 
 #[test]
+fn requantising_moved_dequantised_values_moves_the_integers() {
+    // DQ(Q(x)) → Reshape → Transpose → Q → DQ, one scale and zero point
+    // (onnxruntime's QDQ around data movement): the second pair goes, the
+    // Reshape and Transpose move the int8 tensor.
+    let mut g = Graph::new("qdq_moves");
+    let x = input(&mut g, "x", &[2, 12]);
+    let s = scalar(&mut g, "s", 0.02);
+    let z = g.add_const("z", Tensor::from_i8(&[], &[-3]));
+    let zf = scalar(&mut g, "zf", -3.0);
+    let dequantise = |g: &mut Graph, q: ValueId, name: &str| {
+        let f = g
+            .add_node(Op::Cast { to: DType::F32 }, &[q], format!("{name}_f"))
+            .unwrap();
+        let c = g.add_node(Op::Sub, &[f, zf], format!("{name}_c")).unwrap();
+        g.add_node(Op::Mul, &[c, s], name).unwrap()
+    };
+    let q = g
+        .add_node(Op::Quantize { to: DType::I8 }, &[x, s, z], "q")
+        .unwrap();
+    let d = dequantise(&mut g, q, "d");
+    let r = g
+        .add_node(
+            Op::Reshape {
+                shape: vec![2, 3, 4],
+            },
+            &[d],
+            "r",
+        )
+        .unwrap();
+    let t = g
+        .add_node(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[r],
+            "t",
+        )
+        .unwrap();
+    let q2 = g
+        .add_node(Op::Quantize { to: DType::I8 }, &[t, s, z], "q2")
+        .unwrap();
+    let y = dequantise(&mut g, q2, "y");
+    g.outputs.push(y);
+    let (opt, _) = check(&g, "requantise-dequantised");
+    assert_eq!(count(&opt, OpKind::Quantize), 1);
+    let moved = opt
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Transpose { .. }))
+        .all(|n| opt.value(n.inputs[0]).ty.dtype == DType::I8);
+    assert!(moved, "the transpose still moves floats");
+}
+
+#[test]
 fn decomposed_rmsnorm_is_recognised() {
     let mut rng = Rng(3);
     let mut g = Graph::new("rms");
