@@ -169,6 +169,30 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .into_int_value())
     }
 
+    /// Emits a loop over `start..end` in chunks of `size`: `body(first,
+    /// last)` for each `first..last` (the last chunk shorter). The GEMMs
+    /// take their panels so, a chunk's worth sharing the L2.
+    pub fn chunked_loop(
+        &self,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        size: usize,
+        mut body: impl FnMut(IntValue<'ctx>, IntValue<'ctx>) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let span = self.builder.build_int_sub(end, start, "span")?;
+        let chunks = self.builder.build_int_unsigned_div(
+            self.builder
+                .build_int_add(span, self.i64(size - 1), "span_up")?,
+            self.i64(size),
+            "chunks",
+        )?;
+        self.counted_loop(self.i64(0), chunks, |c| {
+            let first = self.mul_add(c, self.i64(size), start)?;
+            let last = self.builder.build_int_add(first, self.i64(size), "last")?;
+            body(first, self.umin(last, end)?)
+        })
+    }
+
     /// Emits `for i in start..end { body(i) }` and leaves the builder after
     /// the loop.
     pub fn counted_loop(

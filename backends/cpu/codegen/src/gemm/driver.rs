@@ -95,20 +95,7 @@ pub(super) fn emit<'ctx>(
     // Groups of `group` panels, each finished over all of K before the next
     // starts, so the group's block of C stays in L2 across the K blocks.
     let group = plan.group_panels(m, k);
-    let span = em.builder.build_int_sub(panel_end, panel_begin, "span")?;
-    let groups = em.builder.build_int_unsigned_div(
-        em.builder
-            .build_int_add(span, em.i64(group - 1), "span_up")?,
-        em.i64(group),
-        "groups",
-    )?;
-    em.counted_loop(em.i64(0), groups, |g| {
-        let group_begin = em.mul_add(g, em.i64(group), panel_begin)?;
-        let group_end = em.umin(
-            em.builder
-                .build_int_add(group_begin, em.i64(group), "group_end")?,
-            panel_end,
-        )?;
+    em.chunked_loop(panel_begin, panel_end, group, |group_begin, group_end| {
         em.counted_loop(em.i64(0), em.i64(k.div_ceil(plan.k_block)), |k_index| {
             let pc = em
                 .builder

@@ -449,16 +449,7 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
     // Panels in chunks that stay in L2 together: each tile of A (packed
     // once, where packed) is used against every panel of the chunk.
     let chunk = (cx.target.l2_bytes / 2 / layout.panel_bytes()).max(1);
-    let span = em.builder.build_int_sub(end, k.begin, "span")?;
-    let chunks = em.builder.build_int_unsigned_div(
-        em.builder
-            .build_int_add(span, em.i64(chunk - 1), "span_up")?,
-        em.i64(chunk),
-        "chunks",
-    )?;
-    em.counted_loop(em.i64(0), chunks, |c| {
-        let first = em.mul_add(c, em.i64(chunk), k.begin)?;
-        let last = em.umin(em.builder.build_int_add(first, em.i64(chunk), "last")?, end)?;
+    em.chunked_loop(k.begin, end, chunk, |first, last| {
         let tile = |(full, tail): (FunctionValue<'ctx>, Option<FunctionValue<'ctx>>),
                     t: IntValue<'ctx>,
                     rows: usize|
