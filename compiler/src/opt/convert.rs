@@ -260,11 +260,11 @@ impl Builder<'_> {
 /// ones of dequantisation).
 fn scalar_value(t: &m4c_ir::Tensor) -> Option<f64> {
     match t.dtype {
-        DType::F32 => t.to_f32_vec().ok().map(|v| f64::from(v[0])),
-        DType::I8 => t.to_i8_vec().ok().map(|v| f64::from(v[0])),
-        DType::U8 => t.to_u8_vec().ok().map(|v| f64::from(v[0])),
-        DType::I32 => t.to_i32_vec().ok().map(|v| f64::from(v[0])),
-        DType::I64 => t.to_i64_vec().ok().map(|v| v[0] as f64),
+        DType::F32 => t.to_f32_vec().ok()?.first().map(|&v| f64::from(v)),
+        DType::I8 => t.to_i8_vec().ok()?.first().map(|&v| f64::from(v)),
+        DType::U8 => t.to_u8_vec().ok()?.first().map(|&v| f64::from(v)),
+        DType::I32 => t.to_i32_vec().ok()?.first().map(|&v| f64::from(v)),
+        DType::I64 => t.to_i64_vec().ok()?.first().map(|&v| v as f64),
         _ => None,
     }
 }
