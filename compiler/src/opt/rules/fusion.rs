@@ -55,7 +55,7 @@ fn groups(eg: &EG, x: Id) -> BTreeMap<Key, Vec<Member>> {
                 || !konst.is_const()
                 || ws.len() != 2
                 || concatenated
-                || dequantised(eg, w, DEQUANT_DEPTH)
+                || from_quantised(eg, w, DEQUANT_DEPTH)
                 || !seen.insert(class)
             {
                 continue;
@@ -76,7 +76,7 @@ fn groups(eg: &EG, x: Id) -> BTreeMap<Key, Vec<Member>> {
     out
 }
 
-/// How far below a weight [`dequantised`] looks: `DequantizeLinear` is
+/// How far below a weight [`from_quantised`] looks: `DequantizeLinear` is
 /// imported as `Mul(Sub(Cast(q), zero point), scale)`, three levels.
 const DEQUANT_DEPTH: usize = 3;
 
@@ -86,7 +86,7 @@ const DEQUANT_DEPTH: usize = 3;
 /// would make the fused MatMul dequantise and concatenate the weights on
 /// every run, and its B would no longer be the quantised constant the
 /// backends' integer kernels take.
-fn dequantised(eg: &EG, w: Id, depth: usize) -> bool {
+fn from_quantised(eg: &EG, w: Id, depth: usize) -> bool {
     let ty = &eg[w].data.ty;
     if ty.dtype.is_quantised() && m4c_ir::op::elements(ty) >= m4c_ir::op::QUANTISED_WEIGHT_MIN {
         return true;
@@ -95,7 +95,7 @@ fn dequantised(eg: &EG, w: Id, depth: usize) -> bool {
         && ops_in(eg, w).any(|(_, children)| {
             children
                 .iter()
-                .any(|&c| dequantised(eg, eg.find(c), depth - 1))
+                .any(|&c| from_quantised(eg, eg.find(c), depth - 1))
         })
 }
 

@@ -7,7 +7,7 @@
 use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 
-use super::gemm8::{byte_offset, load_unaligned, splat_int, Layout, TABLES};
+use super::gemm8::{byte_offset, load_unaligned, splat_int, Constant, Layout};
 use super::{Int8GemmSpec, Int8Output};
 use crate::ir::Emitter;
 use crate::CodegenError;
@@ -43,16 +43,14 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         load_unaligned(em, ty, byte_offset(em, self.tables, at)?)
     }
 
-    /// Constant `index` of the packed operand's constants block (1 the
-    /// output scale, 2 its zero point, as f32; see `gemm8::Constant`),
-    /// splat to `ty`.
+    /// The f32 constant `c` of the packed operand, splat to `ty`.
     fn constant(
         &self,
-        index: usize,
+        c: Constant,
         ty: VectorType<'ctx>,
     ) -> Result<VectorValue<'ctx>, CodegenError> {
         let em = self.em;
-        let at = (TABLES * self.layout.table_len() + index) * 4;
+        let at = self.layout.constant_offset(c);
         let value = em
             .builder
             .build_load(
@@ -151,7 +149,10 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
                     (0.0, 255.0)
                 };
                 let value = scaled(sum)?;
-                let (scale, zero_point) = (self.constant(1, f32v)?, self.constant(2, f32v)?);
+                let (scale, zero_point) = (
+                    self.constant(Constant::OutScale, f32v)?,
+                    self.constant(Constant::OutZeroPoint, f32v)?,
+                );
                 let quantised = quantize_with_zero_point(em, value, scale, zero_point, (lo, hi))?;
                 b.build_int_truncate(quantised, em.context.i8_type().vec_type(lanes), "q")?
             }

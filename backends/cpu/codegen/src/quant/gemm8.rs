@@ -39,12 +39,22 @@ use m4c_ir::DType;
 
 /// Per-column tables after the packed B: column sums, multipliers, f32
 /// bias, signs, i32 bias (4 bytes per entry each).
-pub(super) const TABLES: usize = 5;
+const TABLES: usize = 5;
 
-/// The constants after the tables, 4 bytes each, so that the code of
-/// GEMMs that differ only in them is the same ([`Int8GemmSpec::code_key`]):
-/// A's zero point plus its shift (i32), the output's scale and zero point
-/// (f32; zero for outputs not quantised).
+/// The constants after the tables, 4 bytes each in this order, so that
+/// the code of GEMMs that differ only in them is the same
+/// ([`Int8GemmSpec::code_key`]).
+#[derive(Clone, Copy)]
+pub(super) enum Constant {
+    /// A's zero point plus its shift into the products' domain (i32).
+    Shift,
+    /// The quantised output's scale (f32; 0 for other outputs).
+    OutScale,
+    /// The quantised output's zero point (f32; 0 for other outputs).
+    OutZeroPoint,
+}
+
+/// How many [`Constant`]s there are.
 const CONSTANTS: usize = 3;
 
 /// What one int8 GEMM computes.
@@ -182,9 +192,14 @@ impl Layout {
         self.panels * self.nr()
     }
 
+    /// Where constant `c` lies, in bytes from the start of the tables.
+    pub(super) fn constant_offset(&self, c: Constant) -> usize {
+        4 * (TABLES * self.table_len() + c as usize)
+    }
+
     /// Whether A is copied into the scratch as words before a tile is
-    /// computed (`vpmaddwd`), and each row's length there in k (K padded
-    /// to whole steps).
+    /// computed (`vpmaddwd`), and each row's length there in k (K rounded
+    /// up to whole groups, the padding zero).
     fn packed_a(&self) -> Option<usize> {
         (self.dot == DotKind::Pmaddwd).then_some(self.groups * self.dot.group())
     }
@@ -254,8 +269,8 @@ impl Int8GemmSpec {
                 "int8 GEMM i32 bias for {n} columns of another length"
             )));
         }
-        let constants = layout.table_offset() + 4 * TABLES * layout.table_len();
-        let mut bytes = vec![0u8; constants + 4 * CONSTANTS];
+        let tables = layout.table_offset();
+        let mut bytes = vec![0u8; tables + 4 * (TABLES * layout.table_len() + CONSTANTS)];
         let shift = self.a_zero_point + layout.dot.a_shift(self.a_signed) as i32;
         let (scale, zero_point) = match self.output {
             Int8Output::Quantized {
@@ -263,15 +278,13 @@ impl Int8GemmSpec {
             } => (scale, zero_point as f32),
             Int8Output::I32 | Int8Output::F32 => (0.0, 0.0),
         };
-        for (i, value) in [
-            shift.to_le_bytes(),
-            scale.to_le_bytes(),
-            zero_point.to_le_bytes(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            bytes[constants + 4 * i..constants + 4 * (i + 1)].copy_from_slice(&value);
+        for (c, value) in [
+            (Constant::Shift, shift.to_le_bytes()),
+            (Constant::OutScale, scale.to_le_bytes()),
+            (Constant::OutZeroPoint, zero_point.to_le_bytes()),
+        ] {
+            let at = tables + layout.constant_offset(c);
+            bytes[at..at + 4].copy_from_slice(&value);
         }
         let mut column_sums = vec![0i64; n];
         let width = layout.dot.b_bytes();
@@ -286,7 +299,6 @@ impl Int8GemmSpec {
                 bytes[at..at + width].copy_from_slice(&(stored as i16).to_le_bytes()[..width]);
             }
         }
-        let tables = layout.table_offset();
         let len = layout.table_len();
         for j in 0..n {
             // Wrapping like the i32 accumulator: the correction is exact
@@ -412,9 +424,8 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
     let offset = i32t.const_int(a_shift as u64, true);
     let mut next = 3;
     let shift = match spec.runtime.zero_point {
-        // The first constant after the tables (`pack`).
         None => {
-            let at = (TABLES * layout.table_len()) * 4;
+            let at = layout.constant_offset(Constant::Shift);
             em.builder
                 .build_load(i32t, byte_offset(em, table, em.i64(at))?, "shift")?
                 .into_int_value()

@@ -39,9 +39,9 @@ pub enum DotKind {
     /// `vpmaddwd` on values widened to i16 (B stored as i16, A copied as
     /// zero-extended words per tile): two exact products per i32 lane.
     /// Not `vpmaddubsw`, whose i16 sum of two u8 × s8 products saturates
-    /// (255·127·2 > 32767); the
-    /// widened form is exact for every u8/s8 value, so results match the
-    /// interpreter bit for bit without restricting weights to 7 bits.
+    /// (255·127·2 > 32767); the widened form is exact for every u8/s8
+    /// value, so results match the interpreter bit for bit without
+    /// restricting weights to 7 bits.
     Pmaddwd,
     /// `sdot` (AArch64's dot-product extension, Armv8.2 `+dotprod`): four
     /// s8 × s8 products summed into each i32 lane. Both operands are
