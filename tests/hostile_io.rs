@@ -687,6 +687,45 @@ fn npu_heavy_program_under_the_default_budget() {
     );
 }
 
+/// A config claiming a million vector lanes makes every `vbin` a few
+/// cycles long, so the cycle budget never stops the program; the work
+/// budget (from the instructions' fields, whatever the config) does,
+/// before the first instruction runs.
+#[test]
+fn npu_config_claiming_a_million_lanes_meets_the_work_budget() {
+    let p = npu_program(
+        "npu_million_lanes",
+        &format!(
+            "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n{}halt\n",
+            "vbin op=mulq dst_mem=a dst=0 a_mem=a a=0 b_mem=a b=0 rows=65535 cols=65535 bcast=0\n"
+                .repeat(200)
+        ),
+    );
+    let dir = p.parent().unwrap();
+    let dump = m4c(&os(&[
+        &"npu",
+        &"config",
+        &"--preset",
+        &"edge-small",
+        &"--dump",
+    ]));
+    assert!(dump.status.success());
+    let toml = String::from_utf8_lossy(&dump.stdout)
+        .replace("vector_lanes = 16", "vector_lanes = 1048576");
+    assert!(toml.contains("vector_lanes = 1048576"));
+    let config = dir.join("npu.toml");
+    std::fs::write(&config, toml).unwrap();
+    check(
+        dir,
+        &npu_sim(&p, &["--config", &config.to_string_lossy()]),
+        &[
+            "p.s",
+            "budget exceeded at instruction #1 `vbin`",
+            "(max_work)",
+        ],
+    );
+}
+
 #[test]
 fn npu_long_program_crosses_the_cycle_budget() {
     let p = npu_program(

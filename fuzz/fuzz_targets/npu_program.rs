@@ -9,8 +9,8 @@ use m4c_npu::config::MachineConfig;
 use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
-/// Budgets ten thousand times below the defaults (cycles; instructions a
-/// thousand): the coverage-instrumented simulator is ~10× slower than a
+/// Budgets ten thousand times below the defaults (cycles and work;
+/// instructions a thousand): the coverage-instrumented simulator is ~10× slower than a
 /// plain build, and an input that runs to the default budget would
 /// outlast libFuzzer's timeout without telling anything new (the budget
 /// check itself is the same code either way). A thousandth was not
@@ -20,6 +20,7 @@ fn options() -> SimOptions {
     SimOptions {
         max_cycles: m4c_npu::sim::DEFAULT_MAX_CYCLES / 10_000,
         max_instructions: m4c_npu::sim::DEFAULT_MAX_INSTRUCTIONS / 1000,
+        max_work: m4c_npu::sim::DEFAULT_MAX_WORK / 10_000,
         ..SimOptions::default()
     }
 }

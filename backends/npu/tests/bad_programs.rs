@@ -212,6 +212,50 @@ fn the_cycle_budget_names_the_crossing_instruction() {
     assert!(sim_with(&src, full, u64::MAX).is_ok());
 }
 
+/// A machine config may claim any number of lanes: with a million vector
+/// lanes a `vbin` of 10^9 elements takes a thousand cycles, far inside the
+/// cycle budget, so only the work budget (counted from the instruction's
+/// fields, whatever the config) stops a short program of them from running
+/// for minutes per instruction.
+#[test]
+fn the_work_budget_holds_whatever_the_config_claims() {
+    let mut config = MachineConfig::edge_small();
+    config.vector_lanes = 1 << 20;
+    config.validate().unwrap();
+    let src = format!(
+        "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n{}halt",
+        "vbin op=add dst_mem=a dst=0 a_mem=a a=0 b_mem=a b=0 rows=65535 cols=16384 bcast=0\n"
+            .repeat(3)
+    );
+    let program = assemble(&src).unwrap();
+    let lean = SimOptions {
+        max_work: 1_000_000,
+        ..SimOptions::default()
+    };
+    let t = std::time::Instant::now();
+    let (index, mnemonic, msg) = budget(simulate(&program, &config, lean));
+    assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+    assert_eq!((index, mnemonic), (1, "vbin"));
+    assert!(msg.contains("1073725440 element operations"), "{msg}");
+    assert!(
+        msg.contains("past the budget of 1000000 (max_work)"),
+        "{msg}"
+    );
+    // The default budget refuses one instruction of 65535 × 65535
+    // elements (4.3·10^9 units) outright.
+    let one = "vec.cfg dst_stride=0 src_stride=0 src2_stride=0\n\
+               vbin op=add dst_mem=a dst=0 a_mem=a a=0 b_mem=a b=0 rows=65535 cols=65535 bcast=0\nhalt";
+    let t = std::time::Instant::now();
+    let (index, _, msg) = budget(simulate(
+        &assemble(one).unwrap(),
+        &config,
+        SimOptions::default(),
+    ));
+    assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+    assert_eq!(index, 1);
+    assert!(msg.contains("(max_work)"), "{msg}");
+}
+
 #[test]
 fn the_instruction_budget_counts_every_instruction() {
     let src = format!(

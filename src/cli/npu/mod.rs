@@ -216,6 +216,12 @@ pub(super) struct SimFlags {
     /// Stop (exit 2) when any engine would run past this cycle.
     #[arg(long, default_value_t = m4c_npu::sim::DEFAULT_MAX_CYCLES)]
     max_cycles: u64,
+    /// Stop (exit 2) before the instruction that would bring the simulator's
+    /// own work past this many element operations (vector/SFU elements,
+    /// 64-byte DMA or copy blocks, 64-MAC matrix steps; whatever the
+    /// config claims): bounds a hostile program's running time.
+    #[arg(long, default_value_t = m4c_npu::sim::DEFAULT_MAX_WORK)]
+    max_work: u64,
 }
 
 #[derive(clap::Args)]
@@ -382,6 +388,7 @@ pub fn run(args: NpuArgs) -> CliResult<i32> {
             let program = load_program(&file)?;
             let options = m4c_npu::sim::SimOptions {
                 max_cycles: sim.max_cycles,
+                max_work: sim.max_work,
                 ..sim_options(sim.scalesim_compat, sim.trace.is_some(), true)
             };
             let result = simulate(&program, &config, options)

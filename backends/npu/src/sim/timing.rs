@@ -139,6 +139,35 @@ pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
     }
 }
 
+/// The host work simulating `instr` takes, in units of roughly one
+/// element operation, from its fields alone and independent of the machine
+/// config: one unit per element a vector or special-function lane
+/// computes, per 64 bytes a DMA or `vcopy` moves, per 64 multiply-
+/// accumulates of the matrix unit (a vectorised step of the host). The
+/// work budget is checked against it before the instruction runs, so a
+/// config with a huge `vector_lanes` or `bytes_per_cycle` (which makes
+/// the cycle budget meaningless) cannot make a short program run for hours.
+pub fn work(instr: &Instr) -> u64 {
+    let area = |rows: i64, cols: i64| (rows.max(0) as u64).saturating_mul(cols.max(0) as u64);
+    match *instr {
+        Instr::Ld {
+            rows, row_bytes, ..
+        }
+        | Instr::St {
+            rows, row_bytes, ..
+        } => area(rows, row_bytes).div_ceil(64),
+        Instr::Vcopy { rows, cols, .. } => area(rows, cols).div_ceil(64),
+        Instr::Matmul { m, k, n, .. } => area(m, k).saturating_mul(n.max(0) as u64).div_ceil(64),
+        Instr::Requant { rows, cols, .. }
+        | Instr::Vlut { rows, cols, .. }
+        | Instr::Vbin { rows, cols, .. }
+        | Instr::Vred { rows, cols, .. }
+        | Instr::Vsfu { rows, cols, .. } => area(rows, cols),
+        // Configuration and synchronisation: bounded by the instruction budget.
+        _ => 0,
+    }
+}
+
 /// Cycles `instr` occupies its engine, starting at `start`.
 pub fn cost(
     instr: &Instr,
