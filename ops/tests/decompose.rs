@@ -7,6 +7,10 @@ use m4c_ops::{max_abs_rel_error, run_graph, Value};
 use proptest::prelude::*;
 
 fn check(op: Op, shape: &[usize], data: &[f32], extra: Vec<Tensor>) {
+    check_within(op, shape, data, extra, 1e-5)
+}
+
+fn check_within(op: Op, shape: &[usize], data: &[f32], extra: Vec<Tensor>, tolerance: f64) {
     let mut g = Graph::new("c");
     let x = g.add_input("x", TensorType::fixed(DType::F32, shape));
     let mut ins = vec![x];
@@ -22,7 +26,32 @@ fn check(op: Op, shape: &[usize], data: &[f32], extra: Vec<Tensor>) {
     let want = run_graph(&g, std::slice::from_ref(&input)).unwrap();
     let got = run_graph(&d, &[input]).unwrap();
     let (abs, _) = max_abs_rel_error(&got[0], &want[0]).unwrap();
-    assert!(abs < 1e-5, "max abs error {abs}");
+    assert!(
+        abs < tolerance,
+        "max abs error {abs} (tolerance {tolerance})"
+    );
+}
+
+/// The decomposition computes a norm's mean in f32 (the interpreter's
+/// fused kernel in f64), so its result carries the f32 summation error of
+/// the mean, up to `n·ε·max|x|`, divided by the row's standard deviation:
+/// a near-constant row (two values 0.002 apart) amplifies it several
+/// hundred times. 1e-5 plus that bound, per row, times the largest scale.
+fn norm_tolerance(data: &[f32], n: usize, epsilon: f32, scale_max: f32) -> f64 {
+    let worst = data
+        .chunks(n)
+        .map(|row| {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n as f64;
+            let max = row.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+            n as f64 * f64::from(f32::EPSILON) * max / (var + f64::from(epsilon)).sqrt()
+        })
+        .fold(0f64, f64::max);
+    1e-5 + worst * f64::from(scale_max)
 }
 
 fn case() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
@@ -49,7 +78,8 @@ proptest! {
         let scale = Tensor::from_f32(trailing, &(0..n).map(|i| 0.5 + i as f32 * 0.1).collect::<Vec<_>>());
         let bias = Tensor::from_f32(trailing, &(0..n).map(|i| i as f32 * -0.2).collect::<Vec<_>>());
         let (kind, extra) = if rms { (NormKind::Rms, vec![scale]) } else { (NormKind::Layer, vec![scale, bias]) };
-        check(Op::Norm { kind, axis, epsilon: 1e-5 }, &shape, &data, extra);
+        let tolerance = if rms { 1e-5 } else { norm_tolerance(&data, n, 1e-5, 0.5 + (n - 1) as f32 * 0.1) };
+        check_within(Op::Norm { kind, axis, epsilon: 1e-5 }, &shape, &data, extra, tolerance);
     }
 
     #[test]
