@@ -40,6 +40,7 @@ struct Summary<'a> {
 
 /// Runs `m4c compile`.
 pub fn run(args: CompileArgs) -> CliResult<i32> {
+    super::memory::large_buffers_in_own_mappings();
     if std::fs::symlink_metadata(&args.output).is_ok() {
         return Err(format!(
             "{}: already exists (give a new directory)",

@@ -125,6 +125,7 @@ pub fn run(args: FirmwareArgs) -> CliResult<i32> {
 }
 
 fn build(args: BuildArgs) -> CliResult<i32> {
+    super::memory::large_buffers_in_own_mappings();
     let generator = m4c_backends::lookup(super::backend::split_backend(&args.backend).0)?;
     let request = super::backend::compile_request(
         generator.name(),

@@ -11,6 +11,7 @@ mod firmware;
 mod generate;
 mod inspect;
 mod keygen;
+mod memory;
 mod model_args;
 mod npu;
 mod npu_backend;
