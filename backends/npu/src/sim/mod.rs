@@ -59,11 +59,12 @@ pub const DEFAULT_MAX_CYCLES: u64 = 10_000_000_000;
 /// The default instruction budget.
 pub const DEFAULT_MAX_INSTRUCTIONS: u64 = 100_000_000;
 
-/// The default work budget: roughly ten times the work of simulating
-/// ViT-B/16 as one program (its 1.75·10^10 multiply-accumulates are
-/// 2.7·10^8 units), and under a minute of the simulator's time on the
-/// slowest instruction kind (`vbin` with three requantisations per element:
-/// measured 12.6 ns per unit in a release build on a Zen 3 core).
+/// The default work budget: well above the largest model we simulate whole
+/// (ViT-B/16's 1.75·10^10 multiply-accumulates are 2.7·10^8 units; it,
+/// Whisper tiny and a 6-layer LLaMA prefill run under this budget), and
+/// under a minute of the simulator's time on the slowest instruction kind
+/// (`vbin` with three requantisations per element: measured 12.6 ns per
+/// unit in a release build on a Zen 3 core).
 pub const DEFAULT_MAX_WORK: u64 = 4_000_000_000;
 
 impl Default for SimOptions {

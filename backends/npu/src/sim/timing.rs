@@ -99,12 +99,17 @@ fn window_dma(config: &MachineConfig, bytes: u64) -> u64 {
     u64::from(dma.latency_cycles) + bytes.div_ceil(u64::from(dma.bytes_per_cycle.max(1)))
 }
 
+/// The elements of a `rows × cols` block given by instruction fields
+/// (negative fields count as empty; the product saturates).
+fn area(rows: i64, cols: i64) -> u64 {
+    (rows.max(0) as u64).saturating_mul(cols.max(0) as u64)
+}
+
 /// A lower bound of the cycles `instr` occupies its engine, from its fields
 /// alone (before it runs): its data over the engine's widest path. The
 /// cycle budget is checked against it so that one instruction with a huge
 /// amount of work is refused instead of executed.
 pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
-    let area = |rows: i64, cols: i64| (rows.max(0) as u64).saturating_mul(cols.max(0) as u64);
     let per = |work: u64, lanes: u32| work.div_ceil(u64::from(lanes.max(1)));
     match *instr {
         Instr::Ld {
@@ -148,7 +153,6 @@ pub fn lower_bound(instr: &Instr, config: &MachineConfig) -> u64 {
 /// config with a huge `vector_lanes` or `bytes_per_cycle` (which makes
 /// the cycle budget meaningless) cannot make a short program run for hours.
 pub fn work(instr: &Instr) -> u64 {
-    let area = |rows: i64, cols: i64| (rows.max(0) as u64).saturating_mul(cols.max(0) as u64);
     match *instr {
         Instr::Ld {
             rows, row_bytes, ..
