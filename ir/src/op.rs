@@ -20,8 +20,8 @@ mod docs;
 mod kinds;
 
 pub use cost::{
-    bytes, elements, expands_large, expands_quantised, foldable, Cost, Flops, FOLD_LARGE_BYTES,
-    QUANTISED_WEIGHT_MIN,
+    bytes, elements, expands_large, expands_quantised, foldable, Cost, Flops, FoldBudget,
+    FOLD_ALWAYS_FLOPS, FOLD_BUDGET_FLOPS, FOLD_LARGE_BYTES, QUANTISED_WEIGHT_MIN,
 };
 pub use kinds::{Npu, OpInfo, OpKind, Unit};
 

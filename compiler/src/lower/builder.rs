@@ -41,6 +41,8 @@ pub struct Builder {
     named_consts: HashMap<String, ValueId>,
     /// Largest tensor (bytes) a lowering may create or fold.
     max_memory: usize,
+    /// The arithmetic folding may still spend on this graph.
+    fold_budget: m4c_ir::op::FoldBudget,
 }
 
 impl Builder {
@@ -51,6 +53,7 @@ impl Builder {
             used_names: HashSet::new(),
             named_consts: HashMap::new(),
             max_memory,
+            fold_budget: m4c_ir::op::FoldBudget::default(),
         }
     }
 
@@ -153,7 +156,8 @@ impl Builder {
     /// [`m4c_ir::op::foldable`] says no: that would widen a quantised
     /// weight (dequantisation stays a node, the weight stays int8/int4) or
     /// make a large constant of small ones (an `Expand` of a large shape
-    /// stays a node, computed when the model runs). The
+    /// stays a node, computed when the model runs); or unless the graph's
+    /// [`m4c_ir::op::FoldBudget`] is spent. The
     /// result's type is inferred first and its size checked against the
     /// budget, so neither folding nor a later run allocates an oversized
     /// tensor.
@@ -165,7 +169,10 @@ impl Builder {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
         let consts: Option<Vec<&Tensor>> = inputs.iter().map(|v| v.as_const()).collect();
-        if let Some(consts) = consts.filter(|_| m4c_ir::op::foldable(&refs, &out)) {
+        let fold = consts.is_some()
+            && m4c_ir::op::foldable(&refs, &out)
+            && self.fold_budget.take(&op, &refs, &out);
+        if let Some(consts) = consts.filter(|_| fold) {
             let values = consts
                 .into_iter()
                 .map(m4c_ops::Value::from_tensor)
@@ -232,6 +239,28 @@ mod tests {
             folded.as_const().unwrap().to_f32_vec().unwrap(),
             [1.0, 2.0, 3.0, 4.0]
         );
+    }
+
+    #[test]
+    fn folding_stops_when_the_graph_fold_budget_is_spent() {
+        // Each 64×64 MatMul of constants is 524,288 operations: the budget
+        // pays for one; the second stays a node, computed when the model
+        // runs; a small node still folds after that.
+        let mut b = Builder::new("g", 1 << 20);
+        b.fold_budget = m4c_ir::op::FoldBudget::new(600_000);
+        let m = Val::konst(Tensor::from_f32(&[64, 64], &[0.5; 64 * 64]));
+        let mm = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let first = b.op(mm.clone(), &[m.clone(), m.clone()], "first").unwrap();
+        assert_eq!(first.as_const().unwrap().to_f32_vec().unwrap()[0], 16.0);
+        let second = b.op(mm, &[first, m], "second").unwrap();
+        assert!(second.as_const().is_none(), "folded past the budget");
+        assert_eq!(b.g.nodes.len(), 1);
+        let small = Val::konst(Tensor::from_f32(&[4], &[1.0; 4]));
+        let exp = b.op(Op::Exp, &[small], "small").unwrap();
+        assert!(exp.as_const().is_some(), "a small node must still fold");
     }
 
     #[test]

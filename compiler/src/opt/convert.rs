@@ -115,6 +115,7 @@ pub fn rebuild(src: &Graph, loaded: &Loaded, ex: &Extraction) -> Result<Rebuilt,
         out: Graph::new(src.name.clone()),
         folded: 0,
         mixed: HashSet::new(),
+        fold_budget: m4c_ir::op::FoldBudget::default(),
     };
     for &i in &src.inputs {
         let v = src.value(i);
@@ -149,6 +150,8 @@ struct Builder<'a> {
     out: Graph,
     folded: usize,
     mixed: HashSet<String>,
+    /// The arithmetic folding may still spend on this graph.
+    fold_budget: m4c_ir::op::FoldBudget,
 }
 
 impl Builder<'_> {
@@ -202,12 +205,14 @@ impl Builder<'_> {
                     // A quantised weight stays a weight: dequantising it
                     // at compile time would store it in f32 (and what
                     // reads a kept node is kept too); a large expansion
-                    // of small constants stays a node too.
+                    // of small constants stays a node too, and so does
+                    // what the graph's fold budget cannot pay for.
                     let tys: Vec<&m4c_ir::TensorType> =
                         ins.iter().map(|&i| &self.out.value(i).ty).collect();
                     if data.constness.is_const()
                         && ins.iter().all(|&i| self.out.constant(i).is_some())
                         && m4c_ir::op::foldable(&tys, &data.ty)
+                        && self.fold_budget.take(&k.op, &tys, &data.ty)
                     {
                         let t = self.fold(&k.op, &ins, &name, &data.ty)?;
                         if data.constness == Constness::Mixed {

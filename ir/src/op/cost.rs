@@ -109,6 +109,65 @@ pub fn foldable(inputs: &[&TensorType], output: &TensorType) -> bool {
     !expands_quantised(inputs, output) && !expands_large(inputs, output)
 }
 
+/// The arithmetic (operations, by [`Op::cost`]) constant folding may spend
+/// on one graph: a few seconds of the interpreter.
+pub const FOLD_BUDGET_FLOPS: u64 = 100_000_000_000;
+
+/// Nodes of at most this many operations fold whatever the budget has
+/// left: shape arithmetic, small tables. Lowering needs shapes folded.
+pub const FOLD_ALWAYS_FLOPS: u64 = 100_000;
+
+/// What constant folding has left to spend on one graph. Folding evaluates
+/// every node it folds, so without a bound a small file (a chain of
+/// `MatMul`s over a constant it expands, each under the memory budget)
+/// could keep `m4c inspect` busy for minutes; once the budget is spent,
+/// larger foldable nodes stay nodes and are computed when the model runs.
+///
+/// ```
+/// use m4c_ir::{op::FoldBudget, DType, Op, TensorType};
+/// let m = TensorType::fixed(DType::F32, &[64, 64]);
+/// let mut budget = FoldBudget::new(600_000);
+/// let mm = Op::MatMul { trans_a: false, trans_b: false };
+/// assert!(budget.take(&mm, &[&m, &m], &m)); // 524,288 operations
+/// assert!(!budget.take(&mm, &[&m, &m], &m));
+/// let v = TensorType::fixed(DType::F32, &[64]);
+/// assert!(budget.take(&Op::Exp, &[&v], &v)); // small: always
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct FoldBudget {
+    left: u64,
+}
+
+impl Default for FoldBudget {
+    fn default() -> Self {
+        FoldBudget::new(FOLD_BUDGET_FLOPS)
+    }
+}
+
+impl FoldBudget {
+    /// A budget of `flops` operations.
+    pub fn new(flops: u64) -> Self {
+        FoldBudget { left: flops }
+    }
+
+    /// Takes the cost of evaluating `op` on `inputs` into `output` from the
+    /// budget and says whether the node may be folded; a node the budget
+    /// cannot pay for takes nothing.
+    pub fn take(&mut self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> bool {
+        let flops = op.cost(inputs, output).flops;
+        if flops <= FOLD_ALWAYS_FLOPS {
+            return true;
+        }
+        match self.left.checked_sub(flops) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl Op {
     /// The cost of applying this operator to inputs of the given types,
     /// producing `output`, by its declared [`Flops`] formula.
