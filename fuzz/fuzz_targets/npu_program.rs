@@ -10,8 +10,8 @@ use m4c_npu::program::Program;
 use m4c_npu::sim::{simulate, SimOptions};
 
 /// Budgets ten thousand times below the defaults (cycles and work;
-/// instructions a thousand): the coverage-instrumented simulator is ~10× slower than a
-/// plain build, and an input that runs to the default budget would
+/// instructions a thousand): the coverage-instrumented simulator is ~10×
+/// slower than a plain build, and an input that runs to the default budget would
 /// outlast libFuzzer's timeout without telling anything new (the budget
 /// check itself is the same code either way). A thousandth was not
 /// enough: a 684-byte program of `requant`s over overlapping rows (10^8

@@ -152,12 +152,12 @@ impl Builder {
         }
     }
 
-    /// Applies `op`; folds it when every input is constant, unless
-    /// [`m4c_ir::op::foldable`] says no: that would widen a quantised
+    /// Applies `op`; folds it when every input is constant, unless the
+    /// graph's [`m4c_ir::op::FoldBudget`] says no: that would widen a quantised
     /// weight (dequantisation stays a node, the weight stays int8/int4) or
     /// make a large constant of small ones (an `Expand` of a large shape
-    /// stays a node, computed when the model runs); or unless the graph's
-    /// [`m4c_ir::op::FoldBudget`] is spent. The
+    /// stays a node, computed when the model runs), or the budget is
+    /// spent. The
     /// result's type is inferred first and its size checked against the
     /// budget, so neither folding nor a later run allocates an oversized
     /// tensor.
@@ -169,9 +169,7 @@ impl Builder {
             self.check_alloc(op.name(), &shape, out.dtype)?;
         }
         let consts: Option<Vec<&Tensor>> = inputs.iter().map(|v| v.as_const()).collect();
-        let fold = consts.is_some()
-            && m4c_ir::op::foldable(&refs, &out)
-            && self.fold_budget.take(&op, &refs, &out);
+        let fold = consts.is_some() && self.fold_budget.take(&op, &refs, &out);
         if let Some(consts) = consts.filter(|_| fold) {
             let values = consts
                 .into_iter()

@@ -211,7 +211,6 @@ impl Builder<'_> {
                         ins.iter().map(|&i| &self.out.value(i).ty).collect();
                     if data.constness.is_const()
                         && ins.iter().all(|&i| self.out.constant(i).is_some())
-                        && m4c_ir::op::foldable(&tys, &data.ty)
                         && self.fold_budget.take(&k.op, &tys, &data.ty)
                     {
                         let t = self.fold(&k.op, &ins, &name, &data.ty)?;

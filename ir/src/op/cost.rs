@@ -103,8 +103,8 @@ pub fn expands_large(inputs: &[&TensorType], output: &TensorType) -> bool {
 }
 
 /// True when a node whose inputs are all constant may be evaluated at
-/// compile time: neither [`expands_quantised`] nor [`expands_large`].
-/// Every constant folder (the frontend's and the optimiser's) asks this.
+/// compile time by its types alone: neither [`expands_quantised`] nor
+/// [`expands_large`]. [`FoldBudget::take`] asks it first.
 pub fn foldable(inputs: &[&TensorType], output: &TensorType) -> bool {
     !expands_quantised(inputs, output) && !expands_large(inputs, output)
 }
@@ -150,10 +150,14 @@ impl FoldBudget {
         FoldBudget { left: flops }
     }
 
-    /// Takes the cost of evaluating `op` on `inputs` into `output` from the
-    /// budget and says whether the node may be folded; a node the budget
-    /// cannot pay for takes nothing.
+    /// Says whether a node whose inputs are all constant may be folded:
+    /// [`foldable`] by its types, and its cost (taken from the budget) paid
+    /// for. Every constant folder (the frontend's and the optimiser's) asks
+    /// this; a node refused takes nothing.
     pub fn take(&mut self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> bool {
+        if !foldable(inputs, output) {
+            return false;
+        }
         let flops = op.cost(inputs, output).flops;
         if flops <= FOLD_ALWAYS_FLOPS {
             return true;
