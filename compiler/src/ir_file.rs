@@ -159,6 +159,7 @@ pub fn load(path: &Path) -> Result<Graph, IrFileError> {
                 map: Arc::clone(&map),
                 offset: range.start,
                 len,
+                file: true,
             };
         }
     }

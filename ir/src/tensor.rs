@@ -20,6 +20,9 @@ pub enum Storage {
         map: Arc<memmap2::Mmap>,
         offset: usize,
         len: usize,
+        /// The map is of a file, not of anonymous memory: its pages can
+        /// be given back and read again ([`Tensor::release_pages`]).
+        file: bool,
     },
     /// A weight whose bytes are not available (an IR text parsed without
     /// its weight file). Printing and verifying work; evaluating fails.
@@ -128,11 +131,77 @@ impl Tensor {
         matches!(self.storage, Storage::Mapped { .. })
     }
 
+    /// Tells the OS that this process no longer needs the tensor's bytes
+    /// resident: called once a weight has been copied or packed into the
+    /// compiled code, so that a build holds the model's pages or the
+    /// packed copy of a weight, not both. Only a mapped tensor has pages to
+    /// give back (whole 64 KiB blocks inside its range, aligned for every
+    /// page size Linux uses); its bytes stay in the file and a later read
+    /// brings them back unchanged. Advice only: where it is refused,
+    /// nothing changes.
+    pub fn release_pages(&self) {
+        const BLOCK: usize = 64 << 10;
+        #[cfg(unix)]
+        if let Storage::Mapped {
+            map,
+            offset,
+            len,
+            file: true,
+        } = &self.storage
+        {
+            let start = offset.next_multiple_of(BLOCK);
+            let end = (offset + len) / BLOCK * BLOCK;
+            if end > start {
+                // SAFETY: `map` is a read-only `Mmap` of a file (`file`), whose
+                // start is page aligned, so `start..end` covers whole pages
+                // of it. MADV_DONTNEED on such a mapping only drops this
+                // process's page-table entries for them; the next read of
+                // any byte there faults the same file contents back in, so
+                // every slice of the map (held anywhere) keeps reading the
+                // same values. (Writable or anonymous maps, where the advice
+                // would discard data, never reach here.)
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+
+    /// Whether both tensors' bytes are one storage (the same owned buffer,
+    /// or the same range of the same map), so that they are equal without
+    /// reading them: checks of large models compare this first.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        match (&self.storage, &other.storage) {
+            (Storage::Owned(a), Storage::Owned(b)) => Arc::ptr_eq(a, b),
+            (
+                Storage::Mapped {
+                    map: a,
+                    offset: oa,
+                    len: la,
+                    ..
+                },
+                Storage::Mapped {
+                    map: b,
+                    offset: ob,
+                    len: lb,
+                    ..
+                },
+            ) => Arc::ptr_eq(a, b) && (oa, la) == (ob, lb),
+            _ => false,
+        }
+    }
+
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> Result<&[u8], IrError> {
         match &self.storage {
             Storage::Owned(b) => Ok(b),
-            Storage::Mapped { map, offset, len } => Ok(&map[*offset..*offset + *len]),
+            Storage::Mapped {
+                map, offset, len, ..
+            } => Ok(&map[*offset..*offset + *len]),
             Storage::Absent => Err(IrError::MissingData),
         }
     }
@@ -180,5 +249,63 @@ impl Tensor {
                 found: self.dtype,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn mapped(map: &Arc<memmap2::Mmap>, file: bool) -> Tensor {
+        Tensor {
+            dtype: DType::U8,
+            shape: vec![map.len()],
+            storage: Storage::Mapped {
+                map: map.clone(),
+                offset: 0,
+                len: map.len(),
+                file,
+            },
+        }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn a_released_file_weight_reads_back_unchanged() {
+        let data = pattern(1 << 20);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        // SAFETY: a private temporary nobody else writes.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(f.as_file()) }.unwrap());
+        let t = mapped(&map, true);
+        assert_eq!(t.bytes().unwrap(), &data[..]);
+        t.release_pages();
+        assert_eq!(t.bytes().unwrap(), &data[..]);
+    }
+
+    #[test]
+    fn anonymous_maps_are_never_released() {
+        // MADV_DONTNEED would zero these pages: `file: false` must keep
+        // them, as bundles read from memory use such maps.
+        let data = pattern(1 << 20);
+        let mut m = memmap2::MmapMut::map_anon(data.len()).unwrap();
+        m.copy_from_slice(&data);
+        let map = Arc::new(m.make_read_only().unwrap());
+        let t = mapped(&map, false);
+        t.release_pages();
+        assert_eq!(t.bytes().unwrap(), &data[..]);
+    }
+
+    #[test]
+    fn shared_storage_is_seen_without_reading() {
+        let a = Tensor::from_bytes(DType::U8, &[3], vec![1, 2, 3]);
+        let b = a.clone();
+        let c = Tensor::from_bytes(DType::U8, &[3], vec![1, 2, 3]);
+        assert!(a.shares_storage(&b));
+        assert!(!a.shares_storage(&c));
     }
 }

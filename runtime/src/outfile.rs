@@ -251,6 +251,13 @@ impl Pending {
         &self.path
     }
 
+    /// The temporary the bytes are written to, for a writer that checks
+    /// what it wrote (read it back after [`Self::finish`]) before
+    /// [`Self::commit`] puts it in place.
+    pub fn temp_path(&self) -> &Path {
+        self.tmp.as_deref().expect("lives until commit")
+    }
+
     fn io(&self, source: std::io::Error) -> OutputError {
         OutputError::Io {
             path: self.path.clone(),

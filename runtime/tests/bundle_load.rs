@@ -63,7 +63,9 @@ fn weights_are_one_shared_slice_of_the_map() {
             let t = g.constant(id).unwrap();
             assert!(t.is_mapped(), "{m}: %w is not mapped");
             match &t.storage {
-                Storage::Mapped { map, offset, len } => (*offset, *len, map.as_ptr()),
+                Storage::Mapped {
+                    map, offset, len, ..
+                } => (*offset, *len, map.as_ptr()),
                 _ => unreachable!(),
             }
         })

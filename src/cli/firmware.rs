@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use m4c_compiler::adapter::{add_slots, SlotSpec};
-use m4c_compiler::bundle::{assemble, write_atomically, BuildError, ModuleSource};
+use m4c_compiler::bundle::{prepare, BuildError, ModuleSource};
 use m4c_compiler::FrontendError;
 use m4c_ops::Value;
 use m4c_runtime::bundle::format::{is_valid_name, SectionKind, REFERENCE_BACKEND};
-use m4c_runtime::bundle::sign::{sign, SecretKey};
+use m4c_runtime::bundle::sign::SecretKey;
 use m4c_runtime::bundle::Bundle;
+use m4c_runtime::outfile::{Options, Pending};
 
 use super::model_args::{DimArgs, Model, OptSwitch};
 use super::progress::Progress;
@@ -235,13 +236,19 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         }
     }
     let progress = Progress::spinner(format!("writing {}", args.output.display()));
-    let mut bytes = assemble(sources, generator.name())?;
-    if let Some(key) = &sign_key {
-        sign(&mut bytes, key)?;
-    }
+    let assembled = prepare(sources, generator.name())?;
+    // Streamed into the output's temporary: the bundle is never held in
+    // memory beside its parts.
+    let mut out = Pending::create(&args.output, &inputs, Options::default())?;
+    let len = assembled
+        .write(out.writer(), sign_key.as_ref())
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    out.finish()?;
+    drop(assembled);
     // Read back what is about to be installed, with the runtime's checks.
-    Bundle::from_bytes(&bytes).map_err(|e| format!("the built bundle does not load: {e}"))?;
-    write_atomically(&args.output, &inputs, &bytes)?;
+    let bundle = Bundle::open(out.temp_path())
+        .map_err(|e| format!("the built bundle does not load: {e}"))?;
+    out.commit()?;
     drop(progress);
     let model_bytes: u64 = args
         .modules
@@ -250,11 +257,10 @@ fn build(args: BuildArgs) -> CliResult<i32> {
         .map(|m| m.len())
         .sum();
     println!(
-        "wrote {} ({} bytes; the model files total {model_bytes} bytes)",
+        "wrote {} ({len} bytes; the model files total {model_bytes} bytes)",
         args.output.display(),
-        bytes.len()
     );
-    print_summary(&args.output, &open(&args.output)?);
+    print_summary(&args.output, &bundle);
     Ok(0)
 }
 

@@ -143,6 +143,7 @@ impl PeftAdapter {
                     map: map.clone(),
                     offset: data_start + start,
                     len: end - start,
+                    file: true,
                 },
             };
             a_b.entry(module.to_string()).or_default()[slot] = Some(t);

@@ -22,11 +22,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use m4c_ir::Graph;
-use m4c_runtime::bundle::container::{encode, SectionData};
+use m4c_runtime::bundle::container::{lay_out, SectionData};
 use m4c_runtime::bundle::format::{
     is_valid_name, BundleKind, CodeEntry, Manifest, ModuleEntry, SectionKind, REFERENCE_BACKEND,
 };
 use m4c_runtime::bundle::lean::CPU_BACKEND;
+use m4c_runtime::bundle::sign::{trailer, SecretKey};
 
 pub use adapter::build_adapter;
 pub use error::BuildError;
@@ -125,13 +126,88 @@ fn check_name(name: &str) -> Result<(), BuildError> {
     }
 }
 
-/// Packs already-lowered modules into a firmware bundle's bytes: modules
-/// sorted by name, weights deduplicated by content, the weights section
-/// first, then one IR section per module, then each module's code
-/// sections (each artifact file with a section kind, named
-/// `<module>.<target>`). For a compiled `backend` every module must carry
-/// code of that backend; for the reference backend none may.
-pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>, BuildError> {
+/// Packs already-lowered modules into a firmware bundle's bytes
+/// ([`prepare`], then [`Assembled::write`] into memory).
+#[allow(clippy::expect_used, reason = "writing to a Vec cannot fail")]
+pub fn assemble(modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>, BuildError> {
+    let mut bytes = vec![];
+    prepare(modules, backend)?
+        .write(&mut bytes, None)
+        .expect("in memory");
+    Ok(bytes)
+}
+
+/// A firmware bundle's parts, ready to be written: the manifest and the
+/// bytes of every section (weights, IR texts, the modules' code), each
+/// held once. [`Assembled::write`] streams them to a file, so that a
+/// build never holds the bundle a second time.
+pub struct Assembled {
+    manifest: Manifest,
+    weights: Vec<u8>,
+    /// Each module's name and IR text.
+    texts: Vec<(String, String)>,
+    /// Each module's name and code.
+    codes: Vec<(String, Vec<Artifact>)>,
+}
+
+impl Assembled {
+    /// The sections in file order: the weights section, one IR section
+    /// per module, then each module's code sections (each artifact file
+    /// with a section kind, named `<module>.<target>`).
+    fn sections(&self) -> Vec<SectionData<'_>> {
+        let mut sections = vec![SectionData {
+            kind: SectionKind::Weights,
+            name: "weights".into(),
+            bytes: &self.weights,
+        }];
+        sections.extend(self.texts.iter().map(|(name, t)| SectionData {
+            kind: SectionKind::Ir,
+            name: name.clone(),
+            bytes: t.as_bytes(),
+        }));
+        for (module, code) in &self.codes {
+            for c in code {
+                let name = code_section(module, &c.target);
+                for file in &c.files {
+                    if let Some(kind) = file.section {
+                        sections.push(SectionData {
+                            kind,
+                            name: name.clone(),
+                            bytes: &file.bytes,
+                        });
+                    }
+                }
+            }
+        }
+        sections
+    }
+
+    /// Writes the bundle to `w`, followed by `key`'s signature trailer
+    /// when given; returns the bytes written. The same parts always give
+    /// the same bytes.
+    pub fn write(
+        &self,
+        w: &mut impl std::io::Write,
+        key: Option<&SecretKey>,
+    ) -> std::io::Result<u64> {
+        let sections = self.sections();
+        let layout = lay_out(self.manifest.clone(), &sections);
+        layout.write(&sections, w)?;
+        let mut len = layout.len();
+        if let Some(key) = key {
+            let t = trailer(&layout.content_hash(), key);
+            w.write_all(&t)?;
+            len += t.len() as u64;
+        }
+        Ok(len)
+    }
+}
+
+/// Packs already-lowered modules into a firmware bundle's parts: modules
+/// sorted by name, weights deduplicated by content. For a compiled
+/// `backend` every module must carry code of that backend; for the
+/// reference backend none may.
+pub fn prepare(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Assembled, BuildError> {
     if modules.is_empty() {
         return Err(BuildError::NoModules);
     }
@@ -182,45 +258,24 @@ pub fn assemble(mut modules: Vec<ModuleSource>, backend: &str) -> Result<Vec<u8>
             weights: packed.weights,
             code_weights: packed.code_weights,
         });
-        texts.push(packed.text);
+        texts.push((m.name.clone(), packed.text));
     }
     // The graphs (as large as the models) are printed and packed: only the
     // code is still needed.
-    let codes: Vec<(String, Vec<Artifact>)> =
-        modules.into_iter().map(|m| (m.name, m.code)).collect();
+    let codes = modules.into_iter().map(|m| (m.name, m.code)).collect();
     let (weights, blobs) = pool.finish();
-    let mut sections = vec![SectionData {
-        kind: SectionKind::Weights,
-        name: "weights".into(),
-        bytes: &weights,
-    }];
-    sections.extend(codes.iter().zip(&texts).map(|((name, _), t)| SectionData {
-        kind: SectionKind::Ir,
-        name: name.clone(),
-        bytes: t.as_bytes(),
-    }));
-    for (module, code) in &codes {
-        for c in code {
-            let name = code_section(module, &c.target);
-            for file in &c.files {
-                if let Some(kind) = file.section {
-                    sections.push(SectionData {
-                        kind,
-                        name: name.clone(),
-                        bytes: &file.bytes,
-                    });
-                }
-            }
-        }
-    }
-    let manifest = Manifest {
-        adapter: None,
-        blobs,
-        kind: BundleKind::Firmware,
-        modules: entries,
-        sections: vec![],
-    };
-    Ok(encode(manifest, &sections))
+    Ok(Assembled {
+        manifest: Manifest {
+            adapter: None,
+            blobs,
+            kind: BundleKind::Firmware,
+            modules: entries,
+            sections: vec![],
+        },
+        weights,
+        texts,
+        codes,
+    })
 }
 
 /// The first of a module's CPU code artifacts with a plan and weights:

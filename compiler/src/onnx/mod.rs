@@ -48,29 +48,12 @@ impl OnnxModel {
             path: path.clone(),
             source,
         })?;
-        let mut proto = ModelProto::decode(&map[..]).map_err(|e| FrontendError::Protobuf {
+        let (proto, spans) = wire::decode_model(&map).map_err(|msg| FrontendError::Protobuf {
             path: path.clone(),
-            msg: e.to_string(),
+            msg,
         })?;
-        let graph = proto
-            .graph
-            .as_mut()
-            .ok_or_else(|| FrontendError::NoGraph { path: path.clone() })?;
-        let spans = wire::initializer_spans(&map).ok_or_else(|| FrontendError::Protobuf {
-            path: path.clone(),
-            msg: "malformed wire format".into(),
-        })?;
-        if spans.len() != graph.initializer.len() {
-            return Err(FrontendError::Protobuf {
-                path,
-                msg: "initializer count differs between decoders".into(),
-            });
-        }
-        // The payloads are referenced in the map from now on; drop the copies.
-        for (t, span) in graph.initializer.iter_mut().zip(&spans) {
-            if span.is_some() {
-                t.raw_data = Vec::new();
-            }
+        if proto.graph.is_none() {
+            return Err(FrontendError::NoGraph { path });
         }
         let model = OnnxModel {
             path,
@@ -129,6 +112,7 @@ impl OnnxModel {
             map: self.map.clone(),
             offset: s.offset,
             len: s.len,
+            file: true,
         });
         self.tensor_with(t, raw)
     }
@@ -203,7 +187,12 @@ impl OnnxModel {
                 map.len()
             ));
         }
-        Ok(Storage::Mapped { map, offset, len })
+        Ok(Storage::Mapped {
+            map,
+            offset,
+            len,
+            file: true,
+        })
     }
 }
 

@@ -1,8 +1,14 @@
-//! Locating initializer payloads inside the ONNX file.
+//! Decoding `ModelProto` without copying the weights.
 //!
 //! prost decodes `raw_data` into an owned buffer; to reference weights in
-//! place instead, this walks the protobuf wire format of `ModelProto` just
-//! far enough to find the byte range of every `graph.initializer[i].raw_data`.
+//! place instead, this walks the protobuf wire format of the model, the
+//! main graph and each of its initializers, hands every other field to
+//! prost (merging field runs, as protobuf parsing is defined), and records
+//! the byte range of each `graph.initializer[i].raw_data` without reading
+//! it. Loading a model therefore never holds its weights twice.
+
+use prost::Message;
+use tract_onnx::pb::{ModelProto, TensorProto};
 
 /// Byte range of one initializer's `raw_data` in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,88 +20,108 @@ pub struct RawSpan {
 const MODEL_GRAPH: u64 = 7;
 const GRAPH_INITIALIZER: u64 = 5;
 const TENSOR_RAW_DATA: u64 = 9;
+const LEN_DELIMITED: u64 = 2;
 
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, String> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
+        let b = *buf.get(*pos).ok_or("truncated varint")?;
         *pos += 1;
         v |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            return Some(v);
+            return Ok(v);
         }
     }
-    None
+    Err("varint longer than 10 bytes".into())
 }
 
-/// Calls `f(field, start, end)` for each length-delimited field of the
-/// message in `buf[start..end]`; skips the other wire types.
-fn for_each_len_field(
+/// Merges the fields of the message in `buf[start..end]` into `msg`, except
+/// the length-delimited fields `special(msg, field, value_start,
+/// value_end)` takes (returns true for): runs of the others go to prost.
+fn merge_except<M: Message>(
+    msg: &mut M,
     buf: &[u8],
     start: usize,
     end: usize,
-    mut f: impl FnMut(u64, usize, usize),
-) -> Option<()> {
+    mut special: impl FnMut(&mut M, u64, usize, usize) -> Result<bool, String>,
+) -> Result<(), String> {
+    let mut run = start;
     let mut pos = start;
+    let merge =
+        |msg: &mut M, from: usize, to: usize| msg.merge(&buf[from..to]).map_err(|e| e.to_string());
     while pos < end {
+        let field_start = pos;
         let key = varint(buf, &mut pos)?;
+        let skip = |n: usize, pos: usize| {
+            pos.checked_add(n)
+                .filter(|&p| p <= end)
+                .ok_or_else(|| "field runs past its message".to_string())
+        };
         match key & 7 {
             0 => {
                 varint(buf, &mut pos)?;
             }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => {
-                let len = usize::try_from(varint(buf, &mut pos)?).ok()?;
-                let stop = pos.checked_add(len).filter(|&s| s <= end)?;
-                f(key >> 3, pos, stop);
-                pos = stop;
+            1 => pos = skip(8, pos)?,
+            5 => pos = skip(4, pos)?,
+            LEN_DELIMITED => {
+                let len = usize::try_from(varint(buf, &mut pos)?).map_err(|e| e.to_string())?;
+                let value_end = skip(len, pos)?;
+                if special(msg, key >> 3, pos, value_end)? {
+                    merge(msg, run, field_start)?;
+                    run = value_end;
+                }
+                pos = value_end;
             }
-            _ => return None,
+            w => return Err(format!("wire type {w} (groups are not used by ONNX)")),
         }
     }
-    (pos == end).then_some(())
+    if pos != end {
+        return Err("field runs past its message".into());
+    }
+    merge(msg, run, end)
 }
 
-/// The `raw_data` span of each initializer of the main graph, in order
-/// (`None` for initializers without inline raw data), or `None` when the
-/// bytes are not a well-formed model.
-pub fn initializer_spans(buf: &[u8]) -> Option<Vec<Option<RawSpan>>> {
-    let mut graph = None;
-    for_each_len_field(buf, 0, buf.len(), |field, s, e| {
-        if field == MODEL_GRAPH {
-            graph = Some((s, e));
+/// Decodes a model, leaving the main graph's initializers' `raw_data`
+/// empty: the byte range of each in `buf` comes back instead, in the
+/// order of `graph.initializer` (`None` for an initializer without inline
+/// raw data).
+pub fn decode_model(buf: &[u8]) -> Result<(ModelProto, Vec<Option<RawSpan>>), String> {
+    let mut model = ModelProto::default();
+    let mut spans = vec![];
+    merge_except(&mut model, buf, 0, buf.len(), |model, field, s, e| {
+        if field != MODEL_GRAPH {
+            return Ok(false);
         }
-    })?;
-    let (gs, ge) = graph?;
-    let mut tensors = vec![];
-    for_each_len_field(buf, gs, ge, |field, s, e| {
-        if field == GRAPH_INITIALIZER {
-            tensors.push((s, e));
-        }
-    })?;
-    tensors
-        .into_iter()
-        .map(|(s, e)| {
+        let graph = model.graph.get_or_insert_with(Default::default);
+        merge_except(graph, buf, s, e, |graph, field, s, e| {
+            if field != GRAPH_INITIALIZER {
+                return Ok(false);
+            }
+            let mut tensor = TensorProto::default();
             let mut raw = None;
-            for_each_len_field(buf, s, e, |field, fs, fe| {
-                if field == TENSOR_RAW_DATA {
+            merge_except(&mut tensor, buf, s, e, |_, field, s, e| {
+                let is_raw = field == TENSOR_RAW_DATA;
+                if is_raw {
                     raw = Some(RawSpan {
-                        offset: fs,
-                        len: fe - fs,
+                        offset: s,
+                        len: e - s,
                     });
                 }
+                Ok(is_raw)
             })?;
-            Some(raw)
-        })
-        .collect()
+            graph.initializer.push(tensor);
+            spans.push(raw);
+            Ok(true)
+        })?;
+        Ok(true)
+    })?;
+    Ok((model, spans))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
-    use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+    use tract_onnx::pb::GraphProto;
 
     #[test]
     fn finds_raw_data_of_each_initializer() {
@@ -120,8 +146,14 @@ mod tests {
             ..Default::default()
         };
         let bytes = model.encode_to_vec();
-        let spans = initializer_spans(&bytes).unwrap();
+        let (decoded, spans) = decode_model(&bytes).unwrap();
         assert_eq!(spans.len(), 3);
+        // Everything but the payloads is what prost decodes.
+        let mut expected = ModelProto::decode(bytes.as_slice()).unwrap();
+        for t in &mut expected.graph.as_mut().unwrap().initializer {
+            t.raw_data.clear();
+        }
+        assert_eq!(decoded, expected);
         let a = spans[0].unwrap();
         assert_eq!(&bytes[a.offset..a.offset + a.len], &[1, 2, 3, 4]);
         assert_eq!(spans[1], None);
@@ -139,6 +171,6 @@ mod tests {
             ..Default::default()
         };
         let bytes = model.encode_to_vec();
-        assert!(initializer_spans(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode_model(&bytes[..bytes.len() - 1]).is_err());
     }
 }

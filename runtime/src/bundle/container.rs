@@ -5,6 +5,7 @@
 //! padding, checksums) before anyone reads a section.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 
 use super::format::{
     align_up, is_valid_name, Header, Manifest, SectionEntry, SectionKind, ALIGN, FORMAT_VERSION,
@@ -40,6 +41,19 @@ fn content_hash(header_head: &[u8], manifest: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The sealed header of a bundle of this format version and manifest.
+fn header(version: u32, manifest_json: &[u8]) -> [u8; HEADER_LEN] {
+    let mut header = Header {
+        version,
+        manifest_len: manifest_json.len() as u64,
+        content_hash: [0; 32],
+    }
+    .to_bytes();
+    let hash = content_hash(&header[..32], manifest_json);
+    header[32..].copy_from_slice(&hash);
+    header
+}
+
 /// Assembles a file from a format version, manifest bytes and payloads
 /// placed at absolute offsets (gaps are zero). The header's content hash is
 /// computed here. [`encode`] uses it; tests use it to build files whose
@@ -54,28 +68,76 @@ pub fn seal(version: u32, manifest_json: &[u8], placed: &[(u64, &[u8])]) -> Vec<
     for (off, b) in placed {
         out[*off as usize..*off as usize + b.len()].copy_from_slice(b);
     }
-    let mut header = Header {
-        version,
-        manifest_len: manifest_json.len() as u64,
-        content_hash: [0; 32],
-    }
-    .to_bytes();
-    let hash = content_hash(&header[..32], manifest_json);
-    header[32..].copy_from_slice(&hash);
+    let header = header(version, manifest_json);
     out[..HEADER_LEN].copy_from_slice(&header);
     out[HEADER_LEN..manifest_end].copy_from_slice(manifest_json);
     out
 }
 
+/// A bundle laid out but not yet written: its sealed header and manifest,
+/// and where each section goes. Written by [`Layout::write`] straight to a
+/// file, so that building a bundle never holds a second copy of its
+/// sections; [`encode`] writes it to memory.
+pub struct Layout {
+    /// The header (content hash included) followed by the manifest.
+    head: Vec<u8>,
+    /// Each section's offset, in order.
+    offsets: Vec<u64>,
+    /// The file's length.
+    len: u64,
+}
+
+impl Layout {
+    /// The content hash sealed in the header (what a signature covers).
+    pub fn content_hash(&self) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&self.head[32..HEADER_LEN]);
+        h
+    }
+
+    /// The bundle's length in bytes (without a signature trailer).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the bundle is empty (never: it has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the bundle: header, manifest, then `sections` (the ones it
+    /// was laid out for, in the same order) with the zero padding between.
+    pub fn write(
+        &self,
+        sections: &[SectionData],
+        w: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        if sections.len() != self.offsets.len() {
+            return Err(std::io::Error::other("sections differ from the layout"));
+        }
+        w.write_all(&self.head)?;
+        let mut at = self.head.len() as u64;
+        for (s, &offset) in sections.iter().zip(&self.offsets) {
+            let gap = offset
+                .checked_sub(at)
+                .ok_or_else(|| std::io::Error::other("sections differ from the layout"))?;
+            std::io::copy(&mut std::io::repeat(0).take(gap), w)?;
+            w.write_all(s.bytes)?;
+            at = offset + s.bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
 /// Lays `sections` out in the given order at 64-byte-aligned offsets after
 /// the manifest, fills in `manifest.sections` (offsets, lengths, BLAKE3) and
-/// seals the file. Deterministic: the same manifest and payloads give the
+/// seals the header. Deterministic: the same manifest and payloads give the
 /// same bytes.
 #[allow(
     clippy::expect_used,
     reason = "sizes of sections held in memory cannot overflow usize; the manifest is plain data"
 )]
-pub fn encode(mut manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
+pub fn lay_out(mut manifest: Manifest, sections: &[SectionData]) -> Layout {
     // The offsets depend on the manifest's length, which depends on the
     // offsets' digits: iterate until the first offset is stable (a few
     // rounds; lengths only grow).
@@ -86,6 +148,7 @@ pub fn encode(mut manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
     let mut start = align_up(HEADER_LEN).expect("small");
     loop {
         let mut at = start as u64;
+        let mut len = 0u64;
         manifest.sections = sections
             .iter()
             .zip(&checksums)
@@ -97,23 +160,36 @@ pub fn encode(mut manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
                     name: s.name.clone(),
                     offset: at,
                 };
-                at = align_up((at as usize) + s.bytes.len()).expect("bundle size") as u64;
+                len = at + s.bytes.len() as u64;
+                at = align_up(len as usize).expect("bundle size") as u64;
                 e
             })
             .collect();
         let json = serde_json::to_vec(&manifest).expect("manifest serializes");
         let needed = align_up(HEADER_LEN + json.len()).expect("bundle size");
         if needed == start {
-            let placed: Vec<(u64, &[u8])> = manifest
-                .sections
-                .iter()
-                .zip(sections)
-                .map(|(e, s)| (e.offset, s.bytes))
-                .collect();
-            return seal(FORMAT_VERSION, &json, &placed);
+            let mut head = header(FORMAT_VERSION, &json).to_vec();
+            head.extend_from_slice(&json);
+            return Layout {
+                len: len.max(head.len() as u64),
+                offsets: manifest.sections.iter().map(|e| e.offset).collect(),
+                head,
+            };
         }
         start = needed.max(start);
     }
+}
+
+/// [`lay_out`] and [`Layout::write`] into memory: the bundle's bytes.
+#[allow(
+    clippy::expect_used,
+    reason = "writing to a Vec cannot fail, and the layout is of these sections"
+)]
+pub fn encode(manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
+    let layout = lay_out(manifest, sections);
+    let mut out = Vec::with_capacity(layout.len() as usize);
+    layout.write(sections, &mut out).expect("in memory");
+    out
 }
 
 /// Reads the fixed header, checking magic, version and reserved bytes.

@@ -92,6 +92,9 @@ pub fn find_code_weights(
                     && weights.get(start..start + bytes.len()) == Some(bytes)
                 {
                     found.insert(name.to_string(), entry(t, start, CodeWeightLayout::Bytes));
+                    // Compared in full: a compiler's build need not keep
+                    // the model's pages of it.
+                    t.release_pages();
                 }
             }
         }
@@ -124,6 +127,7 @@ pub fn find_code_weights(
                     transposed,
                 };
                 found.insert(name.to_string(), entry(t, g.weights_offset * 4, layout));
+                t.release_pages();
                 break;
             }
         }
@@ -208,6 +212,8 @@ pub(crate) fn resolve(
                 map: Arc::clone(map),
                 offset: range.start,
                 len: range.len(),
+                // A bundle's map may be anonymous memory (`Bundle::from_bytes`).
+                file: false,
             },
         }),
         Some((packed, transposed)) => Resolved::Packed {

@@ -351,6 +351,8 @@ pub(crate) fn mapped_tensor(
             map: Arc::clone(map),
             offset: weights_at + blob.offset as usize,
             len: blob.len as usize,
+            // A bundle's map may be anonymous memory (`Bundle::from_bytes`).
+            file: false,
         },
     })
 }

@@ -174,11 +174,20 @@ pub fn sign(image: &mut Vec<u8>, key: &SecretKey) -> Result<(), String> {
         .get(32..64)
         .and_then(|h| h.try_into().ok())
         .ok_or("not a sealed bundle image (shorter than its header)")?;
-    let signature = key.0.sign(&message(&content_hash));
-    image.extend_from_slice(&TRAILER_MAGIC);
-    image.extend_from_slice(key.0.verifying_key().as_bytes());
-    image.extend_from_slice(&signature.to_bytes());
+    image.extend_from_slice(&trailer(&content_hash, key));
     Ok(())
+}
+
+/// The signature trailer of the bundle whose content hash is
+/// `content_hash`, for writers that stream the bundle to a file
+/// (`container::Layout`) and append this after it.
+pub fn trailer(content_hash: &[u8; 32], key: &SecretKey) -> [u8; TRAILER_LEN] {
+    let signature = key.0.sign(&message(content_hash));
+    let mut t = [0u8; TRAILER_LEN];
+    t[..8].copy_from_slice(&TRAILER_MAGIC);
+    t[8..40].copy_from_slice(key.0.verifying_key().as_bytes());
+    t[40..].copy_from_slice(&signature.to_bytes());
+    t
 }
 
 /// Verifies a trailer (exactly [`TRAILER_LEN`] bytes starting with

@@ -306,6 +306,8 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             reason: format!("constant `{}`: {e}", self.graph.value(value).name),
         })?;
         let offset = self.add_weight_bytes(bytes);
+        // The code's weights hold a copy now: the model's pages can go.
+        tensor.release_pages();
         self.bufs.push(BufKind::Weights(offset));
         let loc = Loc {
             buf: self.bufs.len() - 1,

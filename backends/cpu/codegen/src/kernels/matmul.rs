@@ -401,6 +401,8 @@ pub(crate) fn lower(
                 graph: l.graph.name.clone(),
                 reason: format!("MatMul weights: {e}"),
             })?;
+            // Packed from this copy: the model's pages can go.
+            weights.release_pages();
             let b_rows: Vec<f32> = if trans_b {
                 (0..k)
                     .flat_map(|r| (0..n).map(move |c| (r, c)))
