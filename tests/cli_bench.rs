@@ -110,3 +110,74 @@ fn model_bench_without_a_model_or_with_missing_inputs_is_a_one_line_error() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no array for model input"), "{stderr}");
 }
+
+#[test]
+fn profile_csv_lists_every_kernel_and_adds_up_to_the_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("kernels.csv");
+    let model = fixture("resnet_small.onnx");
+    let out = m4c(&[
+        "bench",
+        &model,
+        "--runs",
+        "1",
+        "--profile",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("step,symbol,kind,median_ms,percent"));
+    let mut by_kind = std::collections::BTreeMap::<String, f64>::new();
+    let mut percent = 0.0;
+    let mut steps = 0;
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 5, "{line}");
+        assert_eq!(f[0], i.to_string());
+        assert!(f[1].ends_with(f[2]) && f[1].len() > f[2].len(), "{line}");
+        let ms: f64 = f[3].parse().unwrap();
+        assert!(ms >= 0.0);
+        *by_kind.entry(f[2].to_string()).or_default() += ms;
+        percent += f[4].parse::<f64>().unwrap();
+        steps += 1;
+    }
+    assert!(steps > 5, "resnet_small has more than five kernels: {text}");
+    assert!((percent - 100.0).abs() < 0.01 * steps as f64, "{percent}");
+    // The printed kinds are the CSV's rows summed (printed to 1 µs).
+    let printed: Vec<(String, f64)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_suffix(" ms")?;
+            let (kind, ms) = l.split_once(' ')?;
+            Some((kind.to_string(), ms.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(printed.len(), by_kind.len(), "{stderr}");
+    for (kind, ms) in printed {
+        let sum = by_kind[&kind];
+        assert!(
+            (sum - ms).abs() <= 1e-3 + 1e-4 * steps as f64,
+            "{kind}: {sum} vs {ms}"
+        );
+    }
+}
+
+#[test]
+fn profile_csv_needs_profile_and_writes_nothing_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("kernels.csv");
+    let out = m4c(&[
+        "bench",
+        &fixture("resnet_small.onnx"),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--profile"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}

@@ -1,6 +1,6 @@
 //! `m4c bench ...`: performance measurements (never pass/fail tests).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use m4c_cpu_codegen::{bench_gemm, GemmBenchConfig, Target};
@@ -77,9 +77,11 @@ struct ModelArgs {
     /// in the feature-map SRAM where they fit: the schedule to compare with.
     #[arg(long)]
     layer_by_layer: bool,
-    /// `--backend npu`: write the per-layer table here (NPU layers with
-    /// simulated figures and quantisation SQNR, CPU-fallback parts with
-    /// measured host time; see docs/NPU_BACKEND.md).
+    /// Write the per-layer table here: with `--backend npu`, NPU layers
+    /// with simulated figures and quantisation SQNR and CPU-fallback parts
+    /// with measured host time (docs/NPU_BACKEND.md); with `--profile` on
+    /// the CPU backend, every kernel in plan order with its median time
+    /// (step, symbol, kind, median_ms, percent).
     #[arg(long, value_name = "LAYERS.csv")]
     csv: Option<PathBuf>,
     /// `--backend npu`: calibrate the activation ranges on this sample
@@ -90,8 +92,9 @@ struct ModelArgs {
     /// boundary and CPU tracks) here.
     #[arg(long, value_name = "T.json")]
     trace: Option<PathBuf>,
-    /// Also time one run kernel by kernel (CPU backend) and print the time
-    /// per kernel kind.
+    /// Also time the model kernel by kernel (CPU backend; the median of
+    /// five runs per kernel) and print the time per kernel kind; `--csv`
+    /// writes every kernel's.
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
@@ -170,6 +173,9 @@ pub fn run(args: BenchArgs) -> CliResult<i32> {
     }
 }
 
+/// Runs per kernel that `--profile` takes the median of.
+const PROFILE_RUNS: usize = 5;
+
 /// Lowers and optimises the model, prepares its inputs, compiles it for
 /// the backend and times repeated inferences.
 fn model(args: ModelArgs) -> CliResult<i32> {
@@ -244,8 +250,18 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         let nodes = super::npu_backend::onnx_node_names(&model);
         return super::npu_backend::bench(&graph, &feeds, &request, args.runs, &nodes, out);
     }
-    if args.csv.is_some() || args.trace.is_some() || args.calibrate.is_some() {
-        return Err("--csv, --trace and --calibrate apply to --backend npu".into());
+    if args.trace.is_some() || args.calibrate.is_some() {
+        return Err("--trace and --calibrate apply to --backend npu".into());
+    }
+    if args.csv.is_some() && !args.profile {
+        return Err("--csv on the CPU backend writes the --profile table (add --profile)".into());
+    }
+    let read: Vec<&Path> = std::iter::once(path.as_path())
+        .chain(args.inputs.as_deref())
+        .collect();
+    if let Some(csv) = &args.csv {
+        // Refused before the runs, not after.
+        m4c_runtime::outfile::check(csv, &read, false)?;
     }
     if args.strict {
         return Err("--strict applies to --backend npu (it refuses any CPU fallback)".into());
@@ -266,8 +282,25 @@ fn model(args: ModelArgs) -> CliResult<i32> {
         let compiled = executor
             .as_compiled()
             .ok_or("--profile times the CPU backend's kernels (use --backend cpu)")?;
-        for (kind, ms) in compiled.profile(&feeds)? {
+        let steps = compiled.profile_steps(&feeds, PROFILE_RUNS)?;
+        for (kind, ms) in m4c_runtime::exec::by_kind(&steps) {
             eprintln!("  {kind:<14} {ms:>10.3} ms");
+        }
+        if let Some(csv) = &args.csv {
+            let total: f64 = steps.iter().map(|s| s.ms).sum();
+            let mut text = String::from("step,symbol,kind,median_ms,percent\n");
+            for (i, s) in steps.iter().enumerate() {
+                let share = if total > 0.0 {
+                    100.0 * s.ms / total
+                } else {
+                    0.0
+                };
+                text.push_str(&format!(
+                    "{i},{},{},{:.4},{share:.2}\n",
+                    s.symbol, s.kind, s.ms
+                ));
+            }
+            m4c_runtime::outfile::write(csv, &read, text.as_bytes())?;
         }
     }
     let compiled = artifact.is_some();

@@ -164,31 +164,41 @@ impl CompiledModule {
         floats.start.cast()..floats.end.cast()
     }
 
-    /// Runs the module kernel by kernel once and gives the wall time per
-    /// kernel kind (the symbol without its number, e.g. `gemm`, `fused`,
-    /// `softmax`), largest first (`m4c bench --profile`).
-    pub fn profile(&self, inputs: &[Value]) -> Result<Vec<(String, f64)>, ExecError> {
+    /// Runs the module kernel by kernel `runs` times and gives each step's
+    /// kernel and its median time, in plan order (`m4c bench --profile`).
+    pub fn profile_steps(&self, inputs: &[Value], runs: usize) -> Result<Vec<StepTime>, ExecError> {
         check_inputs(&self.name, &self.signature, inputs)?;
         let raw: Vec<Cow<'_, [u8]>> = inputs.iter().map(le_bytes).collect();
         let bytes: Vec<&[u8]> = raw.iter().map(|b| b.as_ref()).collect();
         let mut executor = self.executor.lock().unwrap_or_else(|e| e.into_inner());
-        let times = executor
-            .run_profiled(&bytes)
-            .map_err(|e| self.fail(e.to_string()))?
-            .1;
-        let mut by_kind: Vec<(String, f64)> = Vec::new();
-        for (step, time) in executor.plan().steps.iter().zip(times) {
-            let symbol = match step {
-                Step::Kernel { symbol, .. } | Step::Gemm { symbol, .. } => symbol,
-            };
-            let kind = symbol.splitn(3, '_').nth(2).unwrap_or(symbol).to_string();
-            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, total)) => *total += time.as_secs_f64() * 1e3,
-                None => by_kind.push((kind, time.as_secs_f64() * 1e3)),
+        let mut samples: Vec<Vec<f64>> = vec![];
+        for _ in 0..runs.max(1) {
+            let times = executor
+                .run_profiled(&bytes)
+                .map_err(|e| self.fail(e.to_string()))?
+                .1;
+            samples.resize(times.len(), vec![]);
+            for (s, t) in samples.iter_mut().zip(times) {
+                s.push(t.as_secs_f64() * 1e3);
             }
         }
-        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(by_kind)
+        Ok(executor
+            .plan()
+            .steps
+            .iter()
+            .zip(samples)
+            .map(|(step, mut ms)| {
+                let symbol = match step {
+                    Step::Kernel { symbol, .. } | Step::Gemm { symbol, .. } => symbol,
+                };
+                ms.sort_by(f64::total_cmp);
+                StepTime {
+                    kind: symbol.splitn(3, '_').nth(2).unwrap_or(symbol).to_string(),
+                    symbol: symbol.clone(),
+                    ms: ms.get(ms.len() / 2).copied().unwrap_or(0.0),
+                }
+            })
+            .collect())
     }
 
     fn fail(&self, msg: String) -> ExecError {
@@ -197,6 +207,31 @@ impl CompiledModule {
             msg,
         }
     }
+}
+
+/// One step of a compiled module, timed ([`CompiledModule::profile_steps`]).
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    /// The kernel's symbol (e.g. `m4c_12_conv_gemm`).
+    pub symbol: String,
+    /// The symbol without its prefix and number (e.g. `conv_gemm`): what
+    /// `--profile` sums by.
+    pub kind: String,
+    /// The median of the step's wall times over the runs, in ms.
+    pub ms: f64,
+}
+
+/// The steps' time summed per kernel kind, largest first.
+pub fn by_kind(steps: &[StepTime]) -> Vec<(String, f64)> {
+    let mut kinds: Vec<(String, f64)> = Vec::new();
+    for s in steps {
+        match kinds.iter_mut().find(|(k, _)| *k == s.kind) {
+            Some((_, total)) => *total += s.ms,
+            None => kinds.push((s.kind.clone(), s.ms)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds
 }
 
 /// A module's `code-weights` section, shared with the device loader in

@@ -23,7 +23,7 @@ use m4c_ops::{run_graph, Value};
 use crate::adapter::{AdaptedModule, AdapterError};
 use crate::bundle::format::REFERENCE_BACKEND;
 pub use arena::ArenaPlan;
-pub use compiled::{CodeLoadError, CompiledModule};
+pub use compiled::{by_kind, CodeLoadError, CompiledModule, StepTime};
 pub use load::{
     load_code, load_module, load_shared, BaseGraphs, Engine, LoadError, LoadOptions, Loaded,
 };
