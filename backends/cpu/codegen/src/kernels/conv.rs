@@ -166,7 +166,8 @@ pub(crate) fn lower(
             dw.emit(l.cx, &symbol)?;
             let mut buffers = vec![out, x, weights];
             buffers.extend(tail);
-            l.kernel(symbol, buffers, dw.extent(), true);
+            let scratch = dw.scratch_bytes(l.cx);
+            l.kernel_with_scratch(symbol, buffers, dw.extent(), scratch, true);
         }
         Path::Direct => {
             let direct = DirectConv {

@@ -8,6 +8,13 @@
 //! outside the input read 0, rows outside it are skipped); the bias starts
 //! the accumulators and a fused elementwise group ([`Epilogue`]) is
 //! applied before the store.
+//!
+//! Narrow planes (rows of two to [`PADDED_MAX_VECTORS`] output vectors:
+//! 28×28 and 14×14 maps at 8 lanes) would read most rows through masks,
+//! so their plane is first copied into the thread's scratch between zero
+//! columns (a [`Padded`] plane) and every tap is a plain load from there.
+//! (Rows of one vector gain nothing from it: measured, the copy costs
+//! more than their masks.)
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
@@ -28,7 +35,57 @@ pub(crate) struct Depthwise {
     pub epilogue: Option<Epilogue>,
 }
 
+/// Output rows of two to this many vectors are read from a padded copy
+/// of the plane.
+const PADDED_MAX_VECTORS: usize = 4;
+
+/// A plane copied between zero columns: `rows` input rows of `width`
+/// floats, input column `c` at `pad + c`, wide enough that every tap of
+/// every output vector is a plain load inside the row.
+#[derive(Clone, Debug)]
+struct Padded {
+    rows: usize,
+    width: usize,
+    /// Input columns, and where column 0 goes in a copied row.
+    columns: usize,
+    pad: usize,
+    /// The window over the copy (no column padding; the same rows).
+    window: Window,
+}
+
 impl Depthwise {
+    /// The padded copy this convolution reads its planes from, if its
+    /// rows are narrow and its taps are wide loads.
+    fn padded(&self, lanes: usize) -> Option<Padded> {
+        let w = &self.window;
+        let (h, width) = (w.input[0], w.input[1]);
+        let vectors = w.output[1].div_ceil(lanes);
+        if !(2..=PADDED_MAX_VECTORS).contains(&vectors) || !w.loads_wide() {
+            return None;
+        }
+        let (stride, dilation, pad) = (w.strides[1], w.dilations[1], w.pads[1]);
+        // The last tap of the last vector reads up to here; the copy
+        // writes whole vectors from `pad`.
+        let reads = vectors * lanes * stride + (w.kernel[1] - 1) * dilation;
+        let writes = pad + width.div_ceil(lanes) * lanes;
+        let mut window = w.clone();
+        window.input = vec![h, reads.max(writes).next_multiple_of(lanes)];
+        window.pads = vec![w.pads[0], 0];
+        Some(Padded {
+            rows: h,
+            width: window.input[1],
+            columns: width,
+            pad,
+            window,
+        })
+    }
+
+    /// Scratch bytes per thread: the padded plane, if any.
+    pub fn scratch_bytes(&self, cx: Cx<'_, '_>) -> usize {
+        let lanes = self.window.row_lanes(cx) as usize;
+        self.padded(lanes).map_or(0, |p| p.rows * p.width * 4)
+    }
+
     /// Whether the kernel computes this convolution: 2-D, one filter per
     /// channel.
     pub fn applies(group: usize, channels: usize, filters: usize, spatial: usize) -> bool {
@@ -66,6 +123,21 @@ impl Depthwise {
         let (kh, kw) = (w.kernel[0], w.kernel[1]);
         let in_plane = w.input[0] * w.input[1];
         let (oh, ow) = (w.output[0], w.output[1]);
+        let padded = self.padded(lanes as usize);
+        if let Some(p) = &padded {
+            // The zero columns: written once per call, never overwritten.
+            let vectors = p.rows * p.width / lanes as usize;
+            k.em.counted_loop(k.int(0), k.int(vectors as i64), |v| {
+                let at =
+                    k.em.builder
+                        .build_int_mul(v, k.int(i64::from(lanes)), "z")?;
+                k.store(
+                    Elem::F32,
+                    k.element(k.scratch, f32t.into(), at)?,
+                    vf.const_zero(),
+                )
+            })?;
+        }
         k.nest(&[self.extent()], true, &mut |idx: &[IntValue<'_>]| {
             let plane = idx[0];
             let b = &k.em.builder;
@@ -93,6 +165,9 @@ impl Depthwise {
             let x_base =
                 k.em.builder
                     .build_int_mul(plane, k.int(in_plane as i64), "xb")?;
+            if let Some(p) = &padded {
+                copy_plane(&k, p, lanes, x_base)?;
+            }
             let y_base =
                 k.em.builder
                     .build_int_mul(plane, k.int((oh * ow) as i64), "yb")?;
@@ -105,6 +180,7 @@ impl Depthwise {
                 channel,
                 x_base,
                 y_base,
+                padded: padded.as_ref(),
             };
             let full = oh / rows;
             k.em.counted_loop(k.int(0), k.int(full as i64), |block| {
@@ -132,6 +208,8 @@ struct Plane<'d, 'ctx> {
     channel: IntValue<'ctx>,
     x_base: IntValue<'ctx>,
     y_base: IntValue<'ctx>,
+    /// The plane's padded copy in the scratch, when it is read from there.
+    padded: Option<&'d Padded>,
 }
 
 impl<'ctx> Plane<'_, 'ctx> {
@@ -169,7 +247,8 @@ impl<'ctx> Plane<'_, 'ctx> {
             for acc in &self.accs[..rows] {
                 k.em.builder.build_store(*acc, self.start)?;
             }
-            // The taps, read with plain loads (`interior`) or masked ones.
+            // The taps, read with plain loads (`interior`, and always from a
+            // padded copy) or masked ones.
             let taps = |interior: bool| -> Result<(), CodegenError> {
                 for (j, users) in users.iter().enumerate() {
                     if users.is_empty() {
@@ -184,12 +263,26 @@ impl<'ctx> Plane<'_, 'ctx> {
                         "inside",
                     )?;
                     k.em.if_then(inside, || {
-                        let at = k.em.mul_add(ih, k.int(w.input[1] as i64), self.x_base)?;
+                        // The row in the input, or in the plane's padded copy.
+                        let (window, source) = match self.padded {
+                            Some(p) => {
+                                let at = k.em.builder.build_int_mul(
+                                    ih,
+                                    k.int(p.width as i64),
+                                    "padded_row",
+                                )?;
+                                (&p.window, (k.scratch, at))
+                            }
+                            None => {
+                                let at = k.em.mul_add(ih, k.int(w.input[1] as i64), self.x_base)?;
+                                (w, (k.buffers[1], at))
+                            }
+                        };
                         for tw in 0..kw {
-                            let (source, t) = ((k.buffers[1], at), k.int(tw as i64));
+                            let t = k.int(tw as i64);
                             let x = match interior {
-                                true => w.load_interior_row(k, source, &columns, t)?,
-                                false => w.load_row(k, source, &columns, t, 0.0)?.0,
+                                true => window.load_interior_row(k, source, &columns, t)?,
+                                false => window.load_row(k, source, &columns, t, 0.0)?.0,
                             };
                             for &(r, i) in users {
                                 let b = &k.em.builder;
@@ -210,13 +303,15 @@ impl<'ctx> Plane<'_, 'ctx> {
                 }
                 Ok(())
             };
-            match w.interior(k, &columns)? {
-                Some(interior) => {
+            match (self.padded, w.interior(k, &columns)?) {
+                // Every tap of the padded copy is inside its rows.
+                (Some(_), _) => taps(true)?,
+                (None, Some(interior)) => {
                     k.em.if_then(interior, || taps(true))?;
                     let edge = k.em.builder.build_not(interior, "edge")?;
                     k.em.if_then(edge, || taps(false))?;
                 }
-                None => taps(false)?,
+                (None, None) => taps(false)?,
             }
             for (r, acc) in self.accs[..rows].iter().enumerate() {
                 let b = &k.em.builder;
@@ -246,4 +341,39 @@ impl<'ctx> Plane<'_, 'ctx> {
             Ok(())
         })
     }
+}
+
+/// Copies the plane at element `x_base` of the input into the scratch's
+/// padded plane: each row's whole vectors, the last one a masked load
+/// whose missing lanes store the zeros of the right padding.
+fn copy_plane<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    p: &Padded,
+    lanes: u32,
+    x_base: IntValue<'ctx>,
+) -> Result<(), CodegenError> {
+    let f32t = k.cx.context.f32_type();
+    let n = lanes as usize;
+    let (full, tail) = (p.columns / n, p.columns % n);
+    k.em.counted_loop(k.int(0), k.int(p.rows as i64), |row| {
+        let from = k.em.mul_add(row, k.int(p.columns as i64), x_base)?;
+        let to =
+            k.em.mul_add(row, k.int(p.width as i64), k.int(p.pad as i64))?;
+        for v in 0..full + usize::from(tail > 0) {
+            let offset = k.int((v * n) as i64);
+            let b = &k.em.builder;
+            let src = k.element(
+                k.buffers[1],
+                f32t.into(),
+                b.build_int_add(from, offset, "src")?,
+            )?;
+            let dst = k.element(k.scratch, f32t.into(), b.build_int_add(to, offset, "dst")?)?;
+            let value = match v < full {
+                true => k.load(Elem::F32, lanes, src)?,
+                false => k.masked_load(src, k.prefix_mask(lanes, tail))?,
+            };
+            k.store(Elem::F32, dst, value)?;
+        }
+        Ok(())
+    })
 }

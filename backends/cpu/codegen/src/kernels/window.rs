@@ -265,6 +265,14 @@ impl Window {
         Ok((loaded, mask))
     }
 
+    /// Whether last-axis taps are read as one wide load per row vector
+    /// (small strides) rather than gathered.
+    pub fn loads_wide(&self) -> bool {
+        self.strides
+            .last()
+            .is_some_and(|&s| s as i64 <= MAX_LOADED_STRIDE)
+    }
+
     /// Whether row vector `columns` can be read with plain loads
     /// ([`Window::load_interior_row`]): every lane is before the row's
     /// end and the wide load of every last-axis tap stays inside the
