@@ -23,6 +23,9 @@ pub const CPU_BACKEND: &str = "cpu";
 /// (its `code-weights` section, named `section`): constants the kernels
 /// read as they are, and GEMM operands packed in panels whose unpacking
 /// gives the constant's exact bytes. Constants found nowhere are left out.
+/// A found constant's mapped pages are given back once compared
+/// ([`Tensor::release_pages`]), so that a bundle writer does not hold the
+/// model's weights beside the code's.
 pub fn find_code_weights(
     plan: &[u8],
     weights: &[u8],
