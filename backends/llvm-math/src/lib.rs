@@ -150,11 +150,40 @@ impl<'b, 'ctx> Math<'b, 'ctx> {
     pub fn exp(&self, x: VectorValue<'ctx>) -> R<'ctx> {
         let clamped = self.intrinsic("llvm.minnum", &[x, self.c(88.75)])?;
         let clamped = self.intrinsic("llvm.maxnum", &[clamped, self.c(-104.0)])?;
+        let (p, n) = self.exp_reduced(clamped)?;
+        // 2^n as 2^(n - n/2) · 2^(n/2): both factors stay normal for n in
+        // [-150, 128], so overflow and gradual underflow happen in the
+        // final products.
+        let half = self.b().build_right_shift(n, self.ci(1), true, "half")?;
+        let rest = self.b().build_int_sub(n, half, "rest")?;
+        let y = self.mul(p, self.pow2(rest)?)?;
+        let y = self.mul(y, self.pow2(half)?)?;
+        self.select(self.cmp(FloatPredicate::UNO, x, x)?, x, y)
+    }
+
+    /// `e^x` on x clamped to [-87, 88.3], where `2^n` is one normal float
+    /// (the sigmoid's range: outside it the sigmoid is 0 or 1 to f32's
+    /// absolute precision); equal to [`Math::exp`] inside it, with one
+    /// scaling instead of two. NaN stays NaN.
+    fn exp_normal(&self, x: VectorValue<'ctx>) -> R<'ctx> {
+        let clamped = self.intrinsic("llvm.minnum", &[x, self.c(88.3)])?;
+        let clamped = self.intrinsic("llvm.maxnum", &[clamped, self.c(-87.0)])?;
+        let (p, n) = self.exp_reduced(clamped)?;
+        let y = self.mul(p, self.pow2(n)?)?;
+        self.select(self.cmp(FloatPredicate::UNO, x, x)?, x, y)
+    }
+
+    /// `e^r` for the reduced argument of `x` (|r| ≤ ln2/2, ln2 split in two
+    /// for an exact product) and the integer `n` with `e^x = e^r · 2^n`.
+    fn exp_reduced(
+        &self,
+        x: VectorValue<'ctx>,
+    ) -> Result<(VectorValue<'ctx>, VectorValue<'ctx>), MathError> {
         let n = self.intrinsic(
             "llvm.roundeven",
-            &[self.mul(clamped, self.c(std::f32::consts::LOG2_E))?],
+            &[self.mul(x, self.c(std::f32::consts::LOG2_E))?],
         )?;
-        let r = self.fma(n, self.c(-0.693_359_4), clamped)?;
+        let r = self.fma(n, self.c(-0.693_359_4), x)?;
         let r = self.fma(n, self.c(2.121_944_4e-4), r)?;
         let p = self.poly(
             r,
@@ -170,17 +199,8 @@ impl<'b, 'ctx> Math<'b, 'ctx> {
         let r2 = self.mul(r, r)?;
         let p = self.fma(p, r2, self.add(r, self.c(1.0))?)?;
         let i32v = self.context.i32_type().vec_type(self.lanes);
-        let n_int = self.b().build_float_to_signed_int(n, i32v, "n")?;
-        // 2^n as 2^(n - n/2) · 2^(n/2): both factors stay normal for n in
-        // [-150, 128], so overflow and gradual underflow happen in the
-        // final products.
-        let half = self
-            .b()
-            .build_right_shift(n_int, self.ci(1), true, "half")?;
-        let rest = self.b().build_int_sub(n_int, half, "rest")?;
-        let y = self.mul(p, self.pow2(rest)?)?;
-        let y = self.mul(y, self.pow2(half)?)?;
-        self.select(self.cmp(FloatPredicate::UNO, x, x)?, x, y)
+        let n = self.b().build_float_to_signed_int(n, i32v, "n")?;
+        Ok((p, n))
     }
 
     /// `2^n` for integer lanes n in [-126, 127].
@@ -312,7 +332,7 @@ impl<'b, 'ctx> Math<'b, 'ctx> {
     /// `1 / (1 + e^-x)`.
     pub fn sigmoid(&self, x: VectorValue<'ctx>) -> R<'ctx> {
         let neg = self.b().build_float_neg(x, "neg")?;
-        let e = self.exp(neg)?;
+        let e = self.exp_normal(neg)?;
         self.div(self.c(1.0), self.add(self.c(1.0), e)?)
     }
 
