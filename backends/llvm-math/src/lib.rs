@@ -162,8 +162,8 @@ impl<'b, 'ctx> Math<'b, 'ctx> {
     }
 
     /// `e^x` on x clamped to [-87, 88.3], where `2^n` is one normal float
-    /// (the sigmoid's range: outside it the sigmoid is 0 or 1 to f32's
-    /// absolute precision); equal to [`Math::exp`] inside it, with one
+    /// (the sigmoid's range: outside it the sigmoid is 1, or below 4.5e-39
+    /// and given as σ(−88.3)); equal to [`Math::exp`] inside it, with one
     /// scaling instead of two. NaN stays NaN.
     fn exp_normal(&self, x: VectorValue<'ctx>) -> R<'ctx> {
         let clamped = self.intrinsic("llvm.minnum", &[x, self.c(88.3)])?;

@@ -193,7 +193,7 @@ impl Assembled {
         let sections = self.sections();
         let layout = lay_out(self.manifest.clone(), &sections);
         layout.write(&sections, w)?;
-        let mut len = layout.len();
+        let mut len = layout.file_len();
         if let Some(key) = key {
             let t = trailer(&layout.content_hash(), key);
             w.write_all(&t)?;

@@ -96,13 +96,8 @@ impl Layout {
     }
 
     /// The bundle's length in bytes (without a signature trailer).
-    pub fn len(&self) -> u64 {
+    pub fn file_len(&self) -> u64 {
         self.len
-    }
-
-    /// Whether the bundle is empty (never: it has a header).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Writes the bundle: header, manifest, then `sections` (the ones it
@@ -187,7 +182,7 @@ pub fn lay_out(mut manifest: Manifest, sections: &[SectionData]) -> Layout {
 )]
 pub fn encode(manifest: Manifest, sections: &[SectionData]) -> Vec<u8> {
     let layout = lay_out(manifest, sections);
-    let mut out = Vec::with_capacity(layout.len() as usize);
+    let mut out = Vec::with_capacity(layout.file_len() as usize);
     layout.write(sections, &mut out).expect("in memory");
     out
 }

@@ -39,18 +39,29 @@ pub(crate) struct Depthwise {
 /// of the plane.
 const PADDED_MAX_VECTORS: usize = 4;
 
-/// A plane copied between zero columns: `rows` input rows of `width`
-/// floats, input column `c` at `pad + c`, wide enough that every tap of
-/// every output vector is a plain load inside the row.
+/// A plane copied between zero columns: the input's rows, each
+/// [`Padded::width`] floats with input column `c` at `pad + c`, wide
+/// enough that every tap of every output vector is a plain load inside
+/// the row.
 #[derive(Clone, Debug)]
 struct Padded {
-    rows: usize,
-    width: usize,
     /// Input columns, and where column 0 goes in a copied row.
     columns: usize,
     pad: usize,
     /// The window over the copy (no column padding; the same rows).
     window: Window,
+}
+
+impl Padded {
+    /// Rows of the copy (the input's).
+    fn rows(&self) -> usize {
+        self.window.input[0]
+    }
+
+    /// Floats per copied row.
+    fn width(&self) -> usize {
+        self.window.input[1]
+    }
 }
 
 impl Depthwise {
@@ -72,8 +83,6 @@ impl Depthwise {
         window.input = vec![h, reads.max(writes).next_multiple_of(lanes)];
         window.pads = vec![w.pads[0], 0];
         Some(Padded {
-            rows: h,
-            width: window.input[1],
             columns: width,
             pad,
             window,
@@ -83,7 +92,7 @@ impl Depthwise {
     /// Scratch bytes per thread: the padded plane, if any.
     pub fn scratch_bytes(&self, cx: Cx<'_, '_>) -> usize {
         let lanes = self.window.row_lanes(cx) as usize;
-        self.padded(lanes).map_or(0, |p| p.rows * p.width * 4)
+        self.padded(lanes).map_or(0, |p| p.rows() * p.width() * 4)
     }
 
     /// Whether the kernel computes this convolution: 2-D, one filter per
@@ -126,7 +135,7 @@ impl Depthwise {
         let padded = self.padded(lanes as usize);
         if let Some(p) = &padded {
             // The zero columns: written once per call, never overwritten.
-            let vectors = p.rows * p.width / lanes as usize;
+            let vectors = p.rows() * p.width() / lanes as usize;
             k.em.counted_loop(k.int(0), k.int(vectors as i64), |v| {
                 let at =
                     k.em.builder
@@ -268,7 +277,7 @@ impl<'ctx> Plane<'_, 'ctx> {
                             Some(p) => {
                                 let at = k.em.builder.build_int_mul(
                                     ih,
-                                    k.int(p.width as i64),
+                                    k.int(p.width() as i64),
                                     "padded_row",
                                 )?;
                                 (&p.window, (k.scratch, at))
@@ -355,10 +364,10 @@ fn copy_plane<'ctx>(
     let f32t = k.cx.context.f32_type();
     let n = lanes as usize;
     let (full, tail) = (p.columns / n, p.columns % n);
-    k.em.counted_loop(k.int(0), k.int(p.rows as i64), |row| {
+    k.em.counted_loop(k.int(0), k.int(p.rows() as i64), |row| {
         let from = k.em.mul_add(row, k.int(p.columns as i64), x_base)?;
         let to =
-            k.em.mul_add(row, k.int(p.width as i64), k.int(p.pad as i64))?;
+            k.em.mul_add(row, k.int(p.width() as i64), k.int(p.pad as i64))?;
         for v in 0..full + usize::from(tail > 0) {
             let offset = k.int((v * n) as i64);
             let b = &k.em.builder;
