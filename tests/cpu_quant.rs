@@ -88,15 +88,24 @@ enum Engine {
     Aarch64(Option<&'static str>),
 }
 
-/// The int8 GEMM, int4 GEMM and int8 im2col kernels `plan` calls.
-fn kernels(plan: &GraphPlan) -> (usize, usize, usize) {
+/// How many int8 GEMM, int4 GEMM, int8 im2col and int8-compute int4 GEMM
+/// kernels a plan calls.
+type Kernels = (usize, usize, usize, usize);
+
+/// The quantised kernels `plan` calls.
+fn kernels(plan: &GraphPlan) -> Kernels {
     let count = |kernel: &str| {
         plan.steps
             .iter()
             .filter(|s| matches!(s, Step::Kernel { symbol, .. } if symbol.contains(kernel)))
             .count()
     };
-    (count("q8gemm"), count("q4gemm"), count("im2col8"))
+    (
+        count("q8gemm"),
+        count("q4gemm"),
+        count("im2col8"),
+        count("q4a8gemm"),
+    )
 }
 
 /// Compiles `g` for `engine` and runs it on `feeds`; the outputs and the
@@ -106,7 +115,7 @@ fn compile_and_run(
     g: &Graph,
     feeds: &[Tensor],
     engine: Engine,
-) -> (Vec<Value>, (usize, usize, usize)) {
+) -> (Vec<Value>, Kernels) {
     match engine {
         Engine::Host => {
             let options = CompileOptions {
@@ -154,7 +163,7 @@ fn check(
     expected: &BTreeMap<String, Value>,
     steps: &BTreeMap<String, f64>,
     engine: Engine,
-) -> (usize, usize, usize) {
+) -> Kernels {
     let (outputs, kernels) = compile_and_run(name, g, feeds, engine);
     for (&id, got) in g.outputs.iter().zip(&outputs) {
         let out = &g.value(id).name;
@@ -169,11 +178,12 @@ fn check(
         let cos = cosine(&a, &b);
         let step = steps[out];
         eprintln!(
-            "{name} {out}: cosine {cos:.7}, max abs error {max:.3e} ({:.3} steps), int8 GEMMs {}, int4 GEMMs {}, int8 convolutions {}",
+            "{name} {out}: cosine {cos:.7}, max abs error {max:.3e} ({:.3} steps), int8 GEMMs {}, int4 GEMMs {}, int8 convolutions {}, int8-compute int4 GEMMs {}",
             max / step,
             kernels.0,
             kernels.1,
-            kernels.2
+            kernels.2,
+            kernels.3
         );
         assert!(cos >= 0.999, "{name} {out}: cosine {cos}");
         assert!(
@@ -266,6 +276,12 @@ fn quantised_models_run_on(engine: Engine) {
         ] {
             assert!(ran(model, stage).1 > 0, "{model} ({stage})");
         }
+        // accuracy_level = 4: every MatMulNBits on the int8-compute kernel.
+        let a8 = ran("llama_prefill_int4_a8", stage);
+        assert!(
+            a8.3 > 0 && a8.1 == 0,
+            "llama_prefill_int4_a8 ({stage}): {a8:?}"
+        );
         assert!(ran("imu_encoder_qop", stage).0 > 0, "{stage}");
         // QDQ convolutions on im2col + the int8 GEMM.
         assert!(ran("resnet_small_qdq", stage).2 > 0, "{stage}");

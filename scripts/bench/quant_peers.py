@@ -24,7 +24,9 @@ the repository):
   weights, which are what a decode step streams, are those of the prefill
   model); quantised w4 g32 asymmetric by `m4c quantize --scheme w4
   --head-bits 4` (every MatMul 4-bit, as onnxruntime's quantiser does) and
-  by onnxruntime's `MatMulNBitsQuantizer` (block 32, asymmetric).
+  by onnxruntime's `MatMulNBitsQuantizer` (block 32, asymmetric); and both
+  again with `accuracy_level=4` (`--accuracy-level 4`; suffix `w4a8`):
+  activations quantised to int8 per block, integer dot products.
 
 Each model (fp32 and both quantised forms) is then timed by `m4c bench
 --backend cpu` and by an onnxruntime session (peers.py: same threads,
@@ -87,16 +89,18 @@ def build(out: Path, m4c: str) -> None:
              "--scheme", scheme, *extra, "-o", str(out / f"bert_base.{suffix}.onnx")])
 
     decode = out / "llama_decode_6l.onnx"
-    q = MatMulNBitsQuantizer(onnx.load(str(decode)), block_size=32, is_symmetric=False)
-    q.process()
-    q.model.save_model_to_file(str(out / "llama_decode_6l.ort_w4.onnx"), use_external_data_format=False)
-    run([m4c, "quantize", str(decode), "--calibrate", str(out / "llama_decode_6l.inputs.npz"),
-         "--scheme", "w4", "--head-bits", "4", "-o", str(out / "llama_decode_6l.m4c_w4.onnx")])
+    for level, suffix in [(None, "w4"), (4, "w4a8")]:
+        q = MatMulNBitsQuantizer(onnx.load(str(decode)), block_size=32, is_symmetric=False, accuracy_level=level)
+        q.process()
+        q.model.save_model_to_file(str(out / f"llama_decode_6l.ort_{suffix}.onnx"), use_external_data_format=False)
+        run([m4c, "quantize", str(decode), "--calibrate", str(out / "llama_decode_6l.inputs.npz"),
+             "--scheme", "w4", "--head-bits", "4", "--accuracy-level", str(level or 0),
+             "-o", str(out / f"llama_decode_6l.m4c_{suffix}.onnx")])
     for suffix in ["m4c_int8", "ort_int8"]:
         link(out / "vit_b16.inputs.npz", out / f"vit_b16.{suffix}.inputs.npz")
     for suffix in ["m4c_int8", "m4c_int8dyn", "ort_int8dyn"]:
         link(out / "bert_base.inputs.npz", out / f"bert_base.{suffix}.inputs.npz")
-    for suffix in ["m4c_w4", "ort_w4"]:
+    for suffix in ["m4c_w4", "ort_w4", "m4c_w4a8", "ort_w4a8"]:
         link(out / "llama_decode_6l.inputs.npz", out / f"llama_decode_6l.{suffix}.inputs.npz")
 
 
@@ -149,6 +153,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--models", default="vit_b16,bert_base,llama_decode_6l",
+                        help="comma-separated: which of the models to time")
     a = parser.parse_args()
     out = Path(a.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +165,9 @@ def main() -> int:
     rows = []
     for stem, forms in [("vit_b16", ["", ".m4c_int8", ".ort_int8"]),
                         ("bert_base", ["", ".m4c_int8", ".m4c_int8dyn", ".ort_int8dyn"]),
-                        ("llama_decode_6l", ["", ".m4c_w4", ".ort_w4"])]:
+                        ("llama_decode_6l", ["", ".m4c_w4", ".ort_w4", ".m4c_w4a8", ".ort_w4a8"])]:
+        if stem not in a.models.split(","):
+            continue
         for form in forms:
             model = out / f"{stem}{form}.onnx"
             ort_ms, _, inputs = peers.time_ort(str(model), a.threads, a.runs)

@@ -49,6 +49,13 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "4|8", default_value_t = quantize::scheme::DEFAULT_HEAD_BITS,
           value_parser = head_bits)]
     head_bits: u8,
+    /// `w4`: MatMulNBits' accuracy_level (0–4; 0 leaves it unset). 4
+    /// allows int8 compute: activations are quantised to int8 per block
+    /// at run time and multiplied as integers (faster decode, slightly
+    /// less accurate), by m4c's CPU backend and by onnxruntime alike.
+    #[arg(long, value_name = "0-4", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    accuracy_level: u8,
     /// Encodings from an earlier run (possibly edited): their activation
     /// scales and per-layer overrides are used instead of calibrating.
     #[arg(long, value_name = "E.json")]
@@ -115,6 +122,12 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
             )
         }
     };
+    if args.accuracy_level > 0 && !matches!(scheme, Scheme::W4 { .. }) {
+        return Err(format!(
+            "--accuracy-level sets MatMulNBits' attribute: it needs --scheme w4 (this is {scheme})"
+        )
+        .into());
+    }
     let opts = Options {
         scheme,
         per_channel,
@@ -123,6 +136,7 @@ pub fn run(args: QuantizeArgs) -> CliResult<i32> {
         exclude: args.exclude.clone(),
         smooth: args.smooth,
         head_bits: args.head_bits,
+        accuracy_level: args.accuracy_level,
     };
     let prior = args
         .encodings

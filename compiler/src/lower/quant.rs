@@ -689,7 +689,9 @@ fn required(n: &NodeCtx, attr: &str) -> Result<usize, String> {
 /// one scale (and zero point, default `2^(bits−1)`) per block. B stays
 /// packed in the graph (a uint4/uint8 constant `[N, blocks, block_size]`,
 /// the same bytes); its dequantisation is a node, not a folded f32
-/// weight. `g_idx` (act-order) is not supported.
+/// weight. `g_idx` (act-order) is not supported. With `accuracy_level =
+/// 4` (int8 compute allowed) A is first quantised to int8 in the same
+/// blocks ([`int8_blocks`]), as onnxruntime's int8 path does.
 pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
     let name = n.name();
     let (k, nn, bits, block) = (
@@ -718,6 +720,11 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
             tname(n, 0)
         ));
     }
+    let int8_compute = match n.int("accuracy_level", 0) {
+        0..=3 => false,
+        4 => at == DType::F32,
+        v => return Err(format!("accuracy_level = {v} is not 0–4")),
+    };
     let blocks = k.div_ceil(block);
     let blob = block
         .checked_mul(bits)
@@ -766,6 +773,11 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
     } else {
         un(b, Op::Cast { to: at }, &w, name)?
     };
+    let a = if int8_compute {
+        int8_blocks(b, &a, block, name)?
+    } else {
+        a
+    };
     let mut y = b.op(
         Op::MatMul {
             trans_a: false,
@@ -786,6 +798,41 @@ pub fn matmul_nbits(b: &mut B, n: &NodeCtx) -> Lowering {
         y = bin(b, Op::Add, &y, &bias, name)?;
     }
     Ok(vec![y])
+}
+
+/// `a` (f32, K last) quantised to int8 and back in blocks of `block` along
+/// K: per block the scale `s = max |a| / 127` (1 for an all-zero block),
+/// `q = Quantize(a, s)` (round half to even) and `q · s`. The CPU backend
+/// recognises the chain and computes the products on the int8 values.
+fn int8_blocks(b: &mut B, a: &Val, block: usize, name: &str) -> Result<Val, String> {
+    let shape = b.shape(a);
+    let last = shape.len() - 1;
+    let k = shape[last];
+    let blocks = k.div_ceil(block);
+    let padded = pad_to_blocks(b, a, last, block, name)?;
+    let mut split = shape[..last].to_vec();
+    split.extend([blocks, block]);
+    let x = reshape(b, &padded, &split, name)?;
+    let minus = b.f32(-1.0);
+    let neg = bin(b, Op::Mul, &x, &minus, name)?;
+    let abs = bin(b, Op::Max, &x, &neg, name)?;
+    let top = Op::ReduceMax {
+        axes: vec![last + 1],
+        keep_dims: true,
+    };
+    let top = un(b, top, &abs, name)?;
+    let levels = b.f32(127.0);
+    let s = bin(b, Op::Div, &top, &levels, name)?;
+    let (zero, one) = (b.f32(0.0), b.f32(1.0));
+    let empty = bin(b, Op::Equal, &s, &zero, name)?;
+    let s = b.op(Op::Where, &[empty, one, s], name)?;
+    let zp = Val::konst(Tensor::from_bytes(DType::I8, &[], vec![0]));
+    let q = b.op(Op::Quantize { to: DType::I8 }, &[x, s.clone(), zp], name)?;
+    let y = dequant(b, &q, None, &s, name)?;
+    let mut joined = shape[..last].to_vec();
+    joined.push(blocks * block);
+    let y = reshape(b, &y, &joined, name)?;
+    slice_axis(b, &y, last, 0, 1, k, name)
 }
 
 /// MatMulNBits' zero points: a uint8 constant, `bits` wide values packed

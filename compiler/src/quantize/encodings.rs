@@ -246,6 +246,7 @@ mod tests {
             exclude: vec![],
             smooth: None,
             head_bits: 8,
+            accuracy_level: 0,
         }
     }
 

@@ -292,7 +292,7 @@ pub fn quantize_graph(
                     .get(&name)
                     .and_then(|l| l.bits)
                     .unwrap_or(if head { opts.head_bits } else { 4 });
-                ctx.nbits(group, bits)?
+                ctx.nbits(group, bits, opts.accuracy_level)?
             }
         }
     }
@@ -525,8 +525,8 @@ impl Ctx<'_> {
     }
 
     /// `w4`: `com.microsoft.MatMulNBits` with `bits` (4 or 8) codes (the
-    /// node's name and output kept).
-    fn nbits(&mut self, group: usize, bits: u8) -> Result<()> {
+    /// node's name and output kept), and `accuracy_level` when not 0.
+    fn nbits(&mut self, group: usize, bits: u8, accuracy_level: u8) -> Result<()> {
         let (w, shape, values) = self.weight(1)?;
         let (k, n) = (shape[0], shape[1]);
         let b = quantize_blocks(k, n, &values, group, bits, self.symmetric);
@@ -558,6 +558,10 @@ impl Ctx<'_> {
             ("block_size", group),
         ] {
             m.attribute.push(int_attr(a, v as i64));
+        }
+        if accuracy_level > 0 {
+            m.attribute
+                .push(int_attr("accuracy_level", accuracy_level.into()));
         }
         self.out.nodes.push(m);
         Ok(())

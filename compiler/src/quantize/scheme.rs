@@ -133,6 +133,11 @@ pub struct Options {
     /// `lm_head`, whose error reaches the logits undamped by any later
     /// layer (8 by default; see docs/QUANTISATION.md for the measurement).
     pub head_bits: u8,
+    /// `w4`: the `MatMulNBits` attribute `accuracy_level` (0 leaves it
+    /// unset). 4 allows int8 compute: A is quantised to int8 in the
+    /// weights' blocks, which onnxruntime and m4c's CPU backend then
+    /// multiply as integers (docs/QUANTISATION.md).
+    pub accuracy_level: u8,
 }
 
 /// `w4`'s default [`Options::head_bits`].

@@ -1,16 +1,17 @@
 //! The quantised kernels JIT-compiled on every x86 flavour this host runs
 //! (AVX-512 VNNI `vpdpbusd`, AVX-512 and AVX2 `vpmaddwd`, AVX-VNNI on
 //! 256 bits) against plain Rust references: the int8 GEMM's integer sums
-//! and requantisation bit for bit, the int4 GEMM within the f32 bound of
-//! its sums.
+//! and requantisation bit for bit, the int4 GEMMs within the f32 bound of
+//! their sums (the int8-compute one after quantising x exactly as the
+//! graph does).
 
 mod common;
 
 use common::{assert_close, random, reference};
 use inkwell::context::Context;
 use m4c_cpu_codegen::quant::{
-    DotKind, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights,
-    JitKernel,
+    DotKind, Int4A8Spec, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime,
+    Int8Weights, JitKernel,
 };
 use m4c_cpu_codegen::Target;
 use proptest::prelude::*;
@@ -403,6 +404,117 @@ fn int4_edges_on_every_target() {
     }
 }
 
+/// The int8-compute int4 GEMM at one shape against the reference: x
+/// quantised per block as the importer's graph does (f32 `max|x| / 127`,
+/// 1 for an all-zero block, division, round half to even), then
+/// `Σ (q·s)·((w − zp)·scale)` in f64.
+fn int4_a8_check(
+    target: &Target,
+    (m, k, n): (usize, usize, usize),
+    block: usize,
+    signed: bool,
+    seed: u64,
+    pieces: usize,
+) {
+    let blocks = k.div_ceil(block);
+    let nibbles = ints(n * blocks * block, 0, 15, seed);
+    let packed: Vec<u8> = nibbles
+        .chunks(2)
+        .map(|p| (p[0] | (p[1] << 4)) as u8)
+        .collect();
+    let scales: Vec<f32> = random(n * blocks, seed + 1)
+        .iter()
+        .map(|v| v * 0.1)
+        .collect();
+    let zero_points: Vec<f32> = if signed {
+        vec![0.0]
+    } else {
+        ints(n * blocks, 0, 15, seed + 2)
+            .iter()
+            .map(|&z| z as f32)
+            .collect()
+    };
+    let mut x = random(m * k, seed + 3);
+    // An all-zero block (scale 1) and a value on a rounding tie.
+    if k > block {
+        x[..block].fill(0.0);
+    }
+    x[k - 1] = 1.0;
+    let value = |q: i32| if signed && q > 7 { q - 16 } else { q };
+    let (mut exact, mut magnitude) = (vec![0.0f64; m * n], vec![0.0f64; m * n]);
+    for r in 0..m {
+        let row = &x[r * k..(r + 1) * k];
+        for b in 0..blocks {
+            let part = &row[b * block..((b + 1) * block).min(k)];
+            let top = part.iter().fold(0.0f32, |t, v| t.max(v.abs()));
+            let s = match top / 127.0 {
+                0.0 => 1.0,
+                s => s,
+            };
+            for (i, &v) in part.iter().enumerate() {
+                let q = (v / s).round_ties_even().clamp(-128.0, 127.0);
+                let a = f64::from(q) * f64::from(s);
+                let p = b * block + i;
+                for j in 0..n {
+                    let entry = j * blocks + b;
+                    let zp = zero_points[if zero_points.len() == 1 { 0 } else { entry }];
+                    let w = (f64::from(value(nibbles[j * blocks * block + p])) - f64::from(zp))
+                        * f64::from(scales[entry]);
+                    exact[r * n + j] += a * w;
+                    magnitude[r * n + j] += (a * w).abs();
+                }
+            }
+        }
+    }
+    let spec = Int4A8Spec {
+        symbol: "q4a8".into(),
+        m,
+        k,
+        n,
+        block,
+        signed,
+    };
+    let context = Context::create();
+    let kernel = JitKernel::int4_a8_gemm(
+        &context,
+        target,
+        &spec,
+        &Int4Weights {
+            packed: &packed,
+            scales: &scales,
+            zero_points: &zero_points,
+        },
+    )
+    .unwrap();
+    let input: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut out = vec![0u8; m * n * 4];
+    kernel.run(&input, &mut out, pieces).unwrap();
+    let got: Vec<f32> = out
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // Per block one rounding of `scale·s` and one of the accumulation.
+    assert_close(&got, &exact, &magnitude, 2 * blocks + 1);
+}
+
+#[test]
+fn int4_a8_edges_on_every_target() {
+    for (target, _) in targets() {
+        for (m, k, n, block) in [
+            (1, 32, 1, 32),
+            (1, 100, 9, 32),
+            (3, 64, 17, 16),
+            (2, 300, 6, 128),
+            (1, 72, 40, 8),
+            (1, 4096, 8, 256),
+        ] {
+            for signed in [false, true] {
+                int4_a8_check(&target, (m, k, n), block, signed, (m + k + n) as u64, 2);
+            }
+        }
+    }
+}
+
 #[test]
 fn int4_bad_shapes_are_refused() {
     let spec = Int4GemmSpec {
@@ -461,6 +573,16 @@ proptest! {
     ) {
         for (target, _) in targets() {
             int4_check(&target, (m, k, n), (1 << block_log, if eight { 8 } else { 4 }), signed, seed, pieces);
+        }
+    }
+
+    #[test]
+    fn int4_a8_matches_reference(
+        m in 1usize..5, k in 1usize..300, n in 1usize..40, block_log in 3u32..9,
+        signed: bool, pieces in 1usize..4, seed in 0u64..1000,
+    ) {
+        for (target, _) in targets() {
+            int4_a8_check(&target, (m, k, n), 1 << block_log, signed, seed, pieces);
         }
     }
 }

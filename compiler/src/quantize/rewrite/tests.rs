@@ -47,6 +47,7 @@ fn opts(scheme: Scheme) -> Options {
         exclude: vec![],
         smooth: None,
         head_bits: 8,
+        accuracy_level: 0,
     }
 }
 

@@ -435,7 +435,7 @@ impl<'ctx> Columns<'_, '_, 'ctx> {
 /// groups of columns on, so the lead is two groups' weights (measured
 /// faster than one; a prefetch never faults, so running past the end is
 /// harmless).
-fn prefetch<'ctx>(
+pub(super) fn prefetch<'ctx>(
     k: &Kernel<'_, 'ctx>,
     at: PointerValue<'ctx>,
     distance: usize,

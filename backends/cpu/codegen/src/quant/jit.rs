@@ -4,7 +4,7 @@
 use inkwell::context::Context;
 use m4c_cpu_device::{AlignedBuffer, KernelFn};
 
-use super::{Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Weights};
+use super::{Int4A8Spec, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Weights};
 use crate::kernels::Cx;
 use crate::{CodegenError, JitModule, Machine, Target};
 
@@ -72,6 +72,29 @@ impl<'ctx> JitKernel<'ctx> {
                 output_bytes: spec.m * spec.n * 4,
                 scratch_bytes: spec.scratch_bytes(),
                 extent: spec.extent(),
+            },
+        )
+    }
+
+    /// The int4 GEMM with int8 compute `spec` over `weights`.
+    pub fn int4_a8_gemm(
+        context: &'ctx Context,
+        target: &Target,
+        spec: &Int4A8Spec,
+        weights: &Int4Weights<'_>,
+    ) -> Result<Self, CodegenError> {
+        let packed = spec.pack(target, weights)?;
+        Self::compile(
+            context,
+            target,
+            &spec.symbol,
+            |cx| super::emit_int4_a8_gemm(cx, spec),
+            Sizes {
+                packed,
+                input_bytes: spec.m * spec.k * 4,
+                output_bytes: spec.m * spec.n * 4,
+                scratch_bytes: spec.scratch_bytes(),
+                extent: spec.extent(target),
             },
         )
     }

@@ -30,7 +30,9 @@
 use m4c_ir::{DType, Graph, Op, Tensor, ValueDef, ValueId};
 
 use super::conv8::{emit_im2col8, ConvShape, Pad};
-use super::{Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
+use super::{
+    Int4A8Spec, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights,
+};
 use crate::graph::{Loc, Lowering};
 use crate::kernels::contiguous_strides;
 use crate::kernels::movement::{AxisMap, IndexCopy};
@@ -80,6 +82,9 @@ pub(crate) enum Kind {
         packed: Vec<u8>,
         scales: Vec<f32>,
         zero_points: Vec<f32>,
+        /// x is quantised to int8 per block at run time (the kernel reads
+        /// the f32 x before that): [`Int4A8Spec`].
+        int8_compute: bool,
     },
 }
 
@@ -547,8 +552,42 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             packed,
             scales,
             zero_points,
+            int8_compute,
         } => {
             let x_loc: Loc = l.loc(*x)?;
+            let weights = Int4Weights {
+                packed,
+                scales,
+                zero_points,
+            };
+            if *int8_compute {
+                let spec = Int4A8Spec {
+                    symbol: String::new(),
+                    m: *m,
+                    k: *k,
+                    n: *n,
+                    block: *block,
+                    signed: *signed,
+                };
+                let packed = spec.pack(l.cx.target, &weights)?;
+                let symbol = l.shared_kernel("q4a8gemm", format!("{spec:?}"), |cx, symbol| {
+                    let spec = Int4A8Spec {
+                        symbol: symbol.into(),
+                        ..spec.clone()
+                    };
+                    super::emit_int4_a8_gemm(cx, &spec)
+                })?;
+                let packed = l.weights_loc(&packed);
+                let out = l.define(output)?;
+                l.kernel_with_scratch(
+                    symbol,
+                    vec![x_loc, packed, out],
+                    spec.extent(l.cx.target),
+                    spec.scratch_bytes(),
+                    true,
+                );
+                return Ok(());
+            }
             let spec = Int4GemmSpec {
                 symbol: String::new(),
                 m: *m,
@@ -559,11 +598,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 bits: *bits,
                 integer_zero_points: Int4GemmSpec::integer_zero_points(zero_points),
             };
-            let packed = spec.pack(&Int4Weights {
-                packed,
-                scales,
-                zero_points,
-            })?;
+            let packed = spec.pack(&weights)?;
             // Everything but the shape and number format is in `packed`.
             let key = format!("{spec:?}");
             let symbol = l.shared_kernel("q4gemm", key, |cx, symbol| {

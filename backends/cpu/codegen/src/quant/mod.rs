@@ -1,6 +1,7 @@
 //! Quantised kernels: the int8 GEMM (u8 × s8 → i32 with a fused
 //! requantisation epilogue) and the int8 convolution on it (im2col), the
-//! int4 weight-only GEMV/GEMM of decode, the
+//! int4 weight-only GEMV/GEMM of decode (f32 activations, or int8 ones
+//! quantised per block at run time where the model allows it), the
 //! generic integer MatMul, and the graph patterns that select them
 //! (`Quantize` and uint8 are computed by the elementwise kernels).
 //!
@@ -12,6 +13,7 @@ mod conv8;
 mod epilogue;
 mod gemm8;
 mod gemv4;
+mod gemv4a8;
 mod imatmul;
 mod jit;
 pub(crate) mod lower;
@@ -20,11 +22,13 @@ mod pattern8;
 
 pub use gemm8::{Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights};
 pub use gemv4::{Int4GemmSpec, Int4Weights};
+pub use gemv4a8::Int4A8Spec;
 pub use jit::JitKernel;
 
 pub(crate) use epilogue::quantize_with_zero_point;
 pub(crate) use gemm8::emit as emit_int8_gemm;
 pub(crate) use gemv4::emit as emit_int4_gemm;
+pub(crate) use gemv4a8::emit as emit_int4_a8_gemm;
 pub(crate) use imatmul::lower as lower_int_matmul;
 
 use crate::Target;
@@ -153,6 +157,49 @@ mod tests {
         emit_int4_gemm(cx, &spec).unwrap();
         machine.optimize(&module).unwrap();
         machine.emit_assembly(&module).unwrap()
+    }
+
+    /// The assembly of an int8-compute int4 GEMM for `target`.
+    fn a8_assembly(target: &str, cpu: Option<&str>) -> String {
+        let target = Target::parse(Some(target), cpu).unwrap();
+        let machine = Machine::new(&target).unwrap();
+        let context = Context::create();
+        let module = machine.new_module(&context, "q");
+        let cx = Cx {
+            context: &context,
+            module: &module,
+            target: &target,
+        };
+        let spec = Int4A8Spec {
+            symbol: "q4a8".into(),
+            m: 1,
+            k: 64,
+            n: 20,
+            block: 32,
+            signed: false,
+        };
+        emit_int4_a8_gemm(cx, &spec).unwrap();
+        machine.optimize(&module).unwrap();
+        machine.emit_assembly(&module).unwrap()
+    }
+
+    #[test]
+    fn int8_compute_int4_uses_each_targets_dot_product() {
+        let asm = a8_assembly("x86_64-avx512", Some("icelake-server"));
+        assert!(asm.contains("vpdpbusd\t%zmm") && !asm.contains("vpmaddubsw"));
+        let asm = a8_assembly("x86_64-avx2", Some("alderlake"));
+        assert!(asm.contains("vpdpbusd\t%ymm") && !asm.contains("vpmaddubsw"));
+        let asm = a8_assembly("x86_64-avx512", None);
+        assert!(asm.contains("vpmaddubsw\t%zmm") && !asm.contains("vpdpbusd"));
+        let asm = a8_assembly("x86_64-avx2", None);
+        assert!(asm.contains("vpmaddubsw\t%ymm") && !asm.contains("vpdpbusd"));
+        let asm = a8_assembly("aarch64", Some("neoverse-n1"));
+        assert!(asm.contains("sdot\tv"), "no sdot with +dotprod");
+        let asm = a8_assembly("aarch64", None);
+        assert!(
+            !asm.contains("sdot") && asm.contains("mul"),
+            "no NEON multiply"
+        );
     }
 
     #[test]

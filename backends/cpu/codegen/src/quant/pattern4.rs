@@ -1,10 +1,14 @@
 //! The weight-only pattern of the quantised lowering (see `lower.rs`):
 //! MatMulNBits' and blocked QDQ's dequantised int4/8-bit weights, alone or
-//! concatenated by the optimiser, become one weight-only GEMM.
+//! concatenated by the optimiser, become one weight-only GEMM; when x is
+//! itself quantised to int8 in the weights' blocks (MatMulNBits with
+//! `accuracy_level = 4`), the int8-compute kernel reads x before that.
 
+use m4c_ir::op::PadMode;
 use m4c_ir::{DType, Op, ValueId};
 
-use super::lower::{Kind, Matched, Uses};
+use super::gemv4a8::MAX_BLOCK;
+use super::lower::{f32_scalar, int_scalar, Kind, Matched, Uses};
 
 /// One dequantised int4 weight `[n, k]`: its packed bytes, per-block
 /// scales and zero points (one, or one per block), and the nodes read
@@ -175,6 +179,17 @@ pub(super) fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched
     }
     let blocks = k.div_ceil(block);
     let mut nodes: Vec<usize> = concat.into_iter().collect();
+    let int8 = (bits == 4)
+        .then(|| int8_blocks(uses, x, k, block))
+        .flatten();
+    let int8_compute = int8.is_some();
+    let x = match int8 {
+        Some((source, chain)) => {
+            nodes.extend(chain);
+            source
+        }
+        None => x,
+    };
     let (mut packed, mut scales, mut zero_points) = (Vec::new(), Vec::new(), Vec::new());
     let one_zero_point = parts
         .iter()
@@ -205,8 +220,162 @@ pub(super) fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched
                 packed,
                 scales,
                 zero_points,
+                int8_compute,
             },
         },
         nodes,
     ))
+}
+
+/// `x` (`[.., k]`) as the importer's `int8_blocks` writes it for
+/// MatMulNBits with `accuracy_level = 4`: `Slice?(Reshape(Mul(Cast(q), s)))`
+/// with `q = Quantize_i8(v, s, 0)`, `s = Where(Equal(t, 0), 1, t)`, `t =
+/// ReduceMax_last(Max(v, Mul(v, −1))) / 127` and `v = Reshape(Pad?(a))` of
+/// shape `[.., blocks, block]`: the source `a` and the nodes on the way.
+fn int8_blocks(
+    uses: &Uses<'_>,
+    x: ValueId,
+    k: usize,
+    block: usize,
+) -> Option<(ValueId, Vec<usize>)> {
+    if !(8..=MAX_BLOCK).contains(&block) {
+        return None;
+    }
+    let mut nodes = Vec::new();
+    let mut cur = x;
+    if let Some((i, Op::Slice { axes }, [inner])) = uses.def(cur) {
+        if axes.iter().any(|a| a.start != 0 || a.step != 1) {
+            return None;
+        }
+        nodes.push(i);
+        cur = *inner;
+    }
+    let (i, Op::Reshape { .. }, [deq]) = uses.def(cur)? else {
+        return None;
+    };
+    nodes.push(i);
+    let (i, Op::Mul, [a, b]) = uses.def(*deq)? else {
+        return None;
+    };
+    nodes.push(i);
+    let (cast, s) = match uses.def(*a) {
+        Some((_, Op::Cast { to: DType::F32 }, _)) => (*a, *b),
+        _ => (*b, *a),
+    };
+    let (i, Op::Cast { to: DType::F32 }, [q]) = uses.def(cast)? else {
+        return None;
+    };
+    nodes.push(i);
+    let (i, Op::Quantize { to: DType::I8 }, [v, qs, zp]) = uses.def(*q)? else {
+        return None;
+    };
+    nodes.push(i);
+    if *qs != s || int_scalar(uses.constant(*zp)?)? != 0 {
+        return None;
+    }
+    // The scale.
+    let (i, Op::Where, [empty, one, t]) = uses.def(s)? else {
+        return None;
+    };
+    nodes.push(i);
+    let (i, Op::Equal, [t2, zero]) = uses.def(*empty)? else {
+        return None;
+    };
+    nodes.push(i);
+    if t2 != t
+        || f32_scalar(uses.constant(*one)?)? != 1.0
+        || f32_scalar(uses.constant(*zero)?)? != 0.0
+    {
+        return None;
+    }
+    let (i, Op::Div, [top, levels]) = uses.def(*t)? else {
+        return None;
+    };
+    nodes.push(i);
+    if f32_scalar(uses.constant(*levels)?)? != 127.0 {
+        return None;
+    }
+    let shape = uses.shape(*v)?;
+    let rank = shape.len();
+    if rank < 2 || shape[rank - 2..] != [k.div_ceil(block), block] {
+        return None;
+    }
+    let (
+        i,
+        Op::ReduceMax {
+            axes,
+            keep_dims: true,
+        },
+        [abs],
+    ) = uses.def(*top)?
+    else {
+        return None;
+    };
+    nodes.push(i);
+    if axes[..] != [rank - 1] {
+        return None;
+    }
+    let (i, Op::Max, [p, r]) = uses.def(*abs)? else {
+        return None;
+    };
+    nodes.push(i);
+    let neg = if p == v {
+        r
+    } else if r == v {
+        p
+    } else {
+        return None;
+    };
+    let (i, Op::Mul, [p, r]) = uses.def(*neg)? else {
+        return None;
+    };
+    nodes.push(i);
+    let minus = if p == v {
+        r
+    } else if r == v {
+        p
+    } else {
+        return None;
+    };
+    if f32_scalar(uses.constant(*minus)?)? != -1.0 {
+        return None;
+    }
+    // The blocks of the source: a Reshape (which the optimiser may have
+    // merged with the source's own, or removed) of x, zero-padded to
+    // whole blocks when K needs it.
+    let lead: usize = shape[..rank - 2].iter().product();
+    let (inner, reshape) = match uses.def(*v) {
+        Some((i, Op::Reshape { .. }, [inner])) => (*inner, Some(i)),
+        _ => (*v, None),
+    };
+    nodes.extend(reshape);
+    let source = match uses.def(inner) {
+        Some((
+            i,
+            Op::Pad {
+                pads,
+                mode: PadMode::Constant(c),
+            },
+            [a],
+        )) if reshape.is_some() => {
+            let r = pads.len() / 2;
+            let a_shape = uses.shape(*a)?;
+            if *c != 0.0
+                || pads
+                    .iter()
+                    .enumerate()
+                    .any(|(j, &p)| p != 0 && j != 2 * r - 1)
+                || a_shape.last() != Some(&k)
+                || a_shape.iter().product::<usize>() != lead * k
+            {
+                return None;
+            }
+            nodes.push(i);
+            *a
+        }
+        _ if k.is_multiple_of(block) => inner,
+        _ => return None,
+    };
+    (uses.dtype(source) == DType::F32 && uses.shape(source)?.iter().product::<usize>() == lead * k)
+        .then_some((source, nodes))
 }
