@@ -11,7 +11,8 @@
 //!   in the last-level cache when hot) and `1×4096×65536` (128 MiB of
 //!   weights, as 16 layers' worth streamed from memory), in GB/s of
 //!   weight bytes (scales and zero points included) against the
-//!   single-thread read bandwidth of the f32 GEMV over 128 MiB.
+//!   single-thread read bandwidth of the f32 GEMV over 128 MiB, with f32
+//!   activations and with int8 ones (`accuracy_level = 4`).
 //!
 //! Each figure is the median of repeated runs after warm-up.
 
@@ -20,8 +21,8 @@ use std::time::Instant;
 use inkwell::context::Context;
 use m4c_cpu_codegen::gemm::GemmSpec;
 use m4c_cpu_codegen::quant::{
-    DotKind, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime, Int8Weights,
-    JitKernel,
+    DotKind, Int4A8Spec, Int4GemmSpec, Int4Weights, Int8GemmSpec, Int8Output, Int8Runtime,
+    Int8Weights, JitKernel,
 };
 use m4c_cpu_codegen::{JitGemm, Target};
 use m4c_cpu_device::ThreadPool;
@@ -128,7 +129,7 @@ fn int8_vs_f32(target: &Target, m: usize, k: usize, n: usize, a_signed: bool) {
     );
 }
 
-fn int4_gemv(target: &Target, k: usize, n: usize, bandwidth: f64) {
+fn int4_gemv(target: &Target, k: usize, n: usize, int8_compute: bool, bandwidth: f64) {
     let context = Context::create();
     let block = 32;
     let blocks = k / block;
@@ -145,24 +146,34 @@ fn int4_gemv(target: &Target, k: usize, n: usize, bandwidth: f64) {
     let packed = bytes(n * k / 2, 3);
     let scales = vec![0.01f32; n * blocks];
     let zero_points = vec![8.0f32; n * blocks];
-    let kernel = JitKernel::int4_gemm(
-        &context,
-        target,
-        &spec,
-        &Int4Weights {
-            packed: &packed,
-            scales: &scales,
-            zero_points: &zero_points,
-        },
-    )
-    .unwrap();
+    let weights = Int4Weights {
+        packed: &packed,
+        scales: &scales,
+        zero_points: &zero_points,
+    };
+    let a8 = Int4A8Spec {
+        symbol: "q4a8".into(),
+        m: 1,
+        k,
+        n,
+        block,
+        signed: false,
+    };
+    let (kernel, streamed) = if int8_compute {
+        let kernel = JitKernel::int4_a8_gemm(&context, target, &a8, &weights).unwrap();
+        (kernel, a8.streamed_bytes(target))
+    } else {
+        let kernel = JitKernel::int4_gemm(&context, target, &spec, &weights).unwrap();
+        (kernel, spec.streamed_bytes())
+    };
     let x: Vec<u8> = (0..k)
         .flat_map(|i| (i as f32 * 1e-3).to_le_bytes())
         .collect();
     let seconds = kernel.time(&x, 11).unwrap();
-    let gbs = spec.streamed_bytes() as f64 / seconds / 1e9;
+    let gbs = streamed as f64 / seconds / 1e9;
     println!(
-        "int4 GEMV 1x{k}x{n} (block {block}): {:.3} ms, {gbs:.1} GB/s of weights = {:.0} % of the read bandwidth",
+        "int4 GEMV 1x{k}x{n} (block {block}, {} activations): {:.3} ms, {gbs:.1} GB/s of weights = {:.0} % of the read bandwidth",
+        if int8_compute { "int8" } else { "f32" },
         seconds * 1e3,
         100.0 * gbs / bandwidth
     );
@@ -183,6 +194,8 @@ fn main() {
             int8_vs_f32(&target, m, k, n, a_signed);
         }
     }
-    int4_gemv(&target, 4096, 4096, bandwidth);
-    int4_gemv(&target, 4096, 65536, bandwidth);
+    for int8_compute in [false, true] {
+        int4_gemv(&target, 4096, 4096, int8_compute, bandwidth);
+        int4_gemv(&target, 4096, 65536, int8_compute, bandwidth);
+    }
 }

@@ -22,8 +22,9 @@
 //! weights are repacked at compile time so that lane c of each load holds
 //! column c's next four k of the low nibbles and the four after of the
 //! high ones, and x's four matching int8 values are one broadcast word.
-//! Per (column group, block) the scales and zero points are one vector
-//! each, after the weights.
+//! Per (column group, block) the scales (f32) and the zero points (one
+//! byte each, widened in registers) follow the weights: what is streamed
+//! per weight is what the model stores, plus a byte per block.
 
 use inkwell::types::VectorType;
 use inkwell::values::{IntValue, VectorValue};
@@ -54,7 +55,21 @@ pub struct Int4A8Spec {
     pub signed: bool,
 }
 
+/// Bytes of one (column group, block) table entry per lane: an f32 scale
+/// and a byte zero point.
+const TABLE_BYTES: usize = 5;
+
 impl Int4A8Spec {
+    /// Whether the zero points fit the kernel's tables: integers in
+    /// `0..=255` once moved by the stored sign flip (all of MatMulNBits'
+    /// do).
+    pub fn byte_zero_points(zero_points: &[f32], signed: bool) -> bool {
+        let shift = if signed { 8.0 } else { 0.0 };
+        zero_points
+            .iter()
+            .all(|&z| z.fract() == 0.0 && (0.0..=255.0).contains(&(z + shift)))
+    }
+
     fn blocks(&self) -> usize {
         self.k.div_ceil(self.block)
     }
@@ -114,7 +129,7 @@ impl Int4A8Spec {
     /// bytes — byte `i` of lane `c` holds k `8·step + i` of column `c` in
     /// its low nibble and k `8·step + 4 + i` in its high one, stored
     /// unsigned (int4 with the sign bit flipped, zero point moved by 8);
-    /// then per (group, block) `L` scales and `L` zero points (f32).
+    /// then per (group, block) `L` scales (f32) and `L` zero points (u8).
     /// Columns past N are zero with scale 0.
     pub fn pack(&self, target: &Target, w: &Int4Weights<'_>) -> Result<Vec<u8>, CodegenError> {
         self.check()?;
@@ -135,12 +150,17 @@ impl Int4A8Spec {
         if w.zero_points.len() != tables && w.zero_points.len() != 1 {
             return Err(wrong("zero points", w.zero_points.len(), tables));
         }
+        if !Self::byte_zero_points(w.zero_points, self.signed) {
+            return Err(CodegenError::Unsupported(
+                "an int8-compute int4 GEMM with zero points that are not small integers".into(),
+            ));
+        }
         let (flip, shift) = if self.signed { (8, 8.0) } else { (0, 0.0) };
         let nibble = |column: usize, b: usize, j: usize| -> u8 {
             let byte = w.packed[(column * blocks + b) * half + j / 2];
             ((byte >> (4 * (j % 2))) & 0xF) ^ flip
         };
-        let mut bytes = Vec::with_capacity(self.table_offset(lanes) + 8 * lanes * tables);
+        let mut bytes = Vec::with_capacity(self.table_offset(lanes) + TABLE_BYTES * lanes * tables);
         for g in 0..self.groups(lanes) {
             for b in 0..blocks {
                 for step in 0..self.steps() {
@@ -171,7 +191,7 @@ impl Int4A8Spec {
                     let z = entry(c).map_or(0.0, |e| {
                         w.zero_points[if w.zero_points.len() == 1 { 0 } else { e }] + shift
                     });
-                    bytes.extend(z.to_le_bytes());
+                    bytes.push(z as u8);
                 }
             }
         }
@@ -181,6 +201,13 @@ impl Int4A8Spec {
     /// Iterations of the kernel (groups of `L` output columns).
     pub fn extent(&self, target: &Target) -> usize {
         self.groups(target.isa.f32_lanes())
+    }
+
+    /// Bytes of weights (with their scales and zero points) one call
+    /// streams: what decode's bandwidth is measured against.
+    pub fn streamed_bytes(&self, target: &Target) -> usize {
+        let lanes = target.isa.f32_lanes();
+        self.groups(lanes) * (self.group_bytes(lanes) + self.blocks() * TABLE_BYTES * lanes)
     }
 
     /// Scratch bytes per thread: x as int8 with its scales and block sums.
@@ -314,7 +341,7 @@ fn group<'ctx>(
         packed,
         em.mul_add(
             g,
-            em.i64(blocks * 8 * lanes as usize),
+            em.i64(blocks * TABLE_BYTES * lanes as usize),
             em.i64(spec.table_offset(lanes as usize)),
         )?,
     )?;
@@ -343,7 +370,12 @@ fn group<'ctx>(
                 weights,
                 b.build_int_mul(blk, em.i64(spec.steps() * 4 * lanes as usize), "bw")?,
             )?;
-            super::gemv4::prefetch(k, block_w, 2 * group_bytes)?;
+            // Every cache line of the block two groups ahead: one
+            // prefetch per block (half its lines) ran at half the speed.
+            for line in (0..spec.steps() * 4 * lanes as usize).step_by(64) {
+                let at = byte_offset(em, block_w, em.i64(line))?;
+                super::gemv4::prefetch(k, at, 2 * group_bytes)?;
+            }
             let block_q = byte_offset(em, row_q, b.build_int_mul(blk, em.i64(spec.block), "bq")?)?;
             let mut sums = i32v.const_zero();
             for step in 0..spec.steps() {
@@ -382,15 +414,18 @@ fn group<'ctx>(
                     .into_float_value();
                 em.splat(v, f32v)
             };
-            let table = |which: usize| -> Result<VectorValue<'ctx>, CodegenError> {
-                let at = em.mul_add(
-                    blk,
-                    em.i64(2 * lanes as usize),
-                    em.i64(which * lanes as usize),
-                )?;
-                em.load_vector(f32v, em.float_offset(tables, at)?)
-            };
-            let (scale, zero_point) = (table(0)?, table(1)?);
+            let entry_at = byte_offset(
+                em,
+                tables,
+                b.build_int_mul(blk, em.i64(TABLE_BYTES * lanes as usize), "entry")?,
+            )?;
+            let scale = em.load_vector(f32v, entry_at)?;
+            let zero_point = load_unaligned(
+                em,
+                context.i8_type().vec_type(lanes),
+                byte_offset(em, entry_at, em.i64(4 * lanes as usize))?,
+            )?;
+            let zero_point = b.build_unsigned_int_to_float(zero_point, f32v, "zp")?;
             // Σ q·(w − zp) = Σ q·w − zp·Σ q, exact in f32 (|·| < 2²⁴).
             let total = b.build_signed_int_to_float(sums, f32v, "dot")?;
             let minus_zp = b.build_float_neg(zero_point, "minus_zp")?;

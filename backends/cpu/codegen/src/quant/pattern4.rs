@@ -9,6 +9,7 @@ use m4c_ir::{DType, Op, ValueId};
 
 use super::gemv4a8::MAX_BLOCK;
 use super::lower::{f32_scalar, int_scalar, Kind, Matched, Uses};
+use super::Int4A8Spec;
 
 /// One dequantised int4 weight `[n, k]`: its packed bytes, per-block
 /// scales and zero points (one, or one per block), and the nodes read
@@ -179,17 +180,6 @@ pub(super) fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched
     }
     let blocks = k.div_ceil(block);
     let mut nodes: Vec<usize> = concat.into_iter().collect();
-    let int8 = (bits == 4)
-        .then(|| int8_blocks(uses, x, k, block))
-        .flatten();
-    let int8_compute = int8.is_some();
-    let x = match int8 {
-        Some((source, chain)) => {
-            nodes.extend(chain);
-            source
-        }
-        None => x,
-    };
     let (mut packed, mut scales, mut zero_points) = (Vec::new(), Vec::new(), Vec::new());
     let one_zero_point = parts
         .iter()
@@ -205,6 +195,17 @@ pub(super) fn int4(uses: &Uses<'_>, mm: usize, trans_b: bool) -> Option<(Matched
         }
         nodes.extend(part.nodes);
     }
+    let int8 = (bits == 4 && Int4A8Spec::byte_zero_points(&zero_points, signed))
+        .then(|| int8_blocks(uses, x, k, block))
+        .flatten();
+    let int8_compute = int8.is_some();
+    let x = match int8 {
+        Some((source, chain)) => {
+            nodes.extend(chain);
+            source
+        }
+        None => x,
+    };
     Some((
         Matched {
             output: mm,
