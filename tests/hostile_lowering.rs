@@ -1188,6 +1188,17 @@ fn matmul_nbits_bits_three() {
 }
 
 #[test]
+fn matmul_nbits_accuracy_level_out_of_range() {
+    let mut m = nbits(32, 4, 32, &[2, 1, 16], 2);
+    m.nodes[0].attribute.push(int("accuracy_level", 7));
+    refused(
+        "nbits_accuracy",
+        m,
+        &["MatMulNBits", "bad_nbits", "accuracy_level = 7 is not 0–4"],
+    );
+}
+
+#[test]
 fn matmul_nbits_block_size_not_a_power_of_two() {
     refused(
         "nbits_block",
