@@ -48,6 +48,8 @@ for m in imu_encoder resnet_small if_constant_condition gru_classifier; do
     cp -f "$root/tests/fixtures/$m.onnx" "$corpus/onnx_lower/"
     cp -f "$root/tests/fixtures/$m.inputs.npz" "$corpus/npz/$m.npz"
 done
+# Quantised imports: MatMulNBits with int8 compute (its activation chain).
+cp -f "$root/tests/fixtures/quant/llama_prefill_int4_a8.onnx" "$corpus/onnx_lower/"
 # A sample of ONNX's node-test models: one op each, every attribute form.
 find "$root/tests/onnx-node" -name model.onnx -size -4k | sort | awk 'NR % 8 == 1' |
     while read -r f; do cp -f "$f" "$corpus/onnx_lower/$(basename "$(dirname "$f")").onnx"; done

@@ -173,6 +173,21 @@ fn w4_is_matmulnbits() {
     assert_eq!(p.weights["W"].block_size, Some(16));
 }
 
+/// `--accuracy-level 4` is written as MatMulNBits' attribute (and 0 is
+/// left unset, as above).
+#[test]
+fn w4_accuracy_level_is_an_attribute() {
+    let o = Options {
+        head_bits: 4,
+        accuracy_level: 4,
+        ..opts(Scheme::W4 { group: 16 })
+    };
+    let (q, _) = rewrite_with(o, None);
+    let m = &graph(&q).node[1];
+    let level = m.attribute.iter().find(|a| a.name == "accuracy_level");
+    assert_eq!(level.map(|a| a.i), Some(4));
+}
+
 /// The MatMul writing a graph output (an LLM's lm_head) gets 8-bit
 /// blocks by default; a layer override chooses either width.
 #[test]
