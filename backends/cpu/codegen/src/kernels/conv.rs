@@ -13,6 +13,7 @@ use super::conv_depthwise::Depthwise;
 use super::conv_direct::DirectConv;
 use super::conv_epilogue::Epilogue;
 use super::conv_gemm::{ConvGemm, Im2col};
+use super::conv_gemm_t::ConvGemmT;
 use super::window::Window;
 use crate::graph::Lowering;
 use crate::CodegenError;
@@ -116,7 +117,6 @@ pub(crate) fn lower(
         return Ok(());
     }
     let x = l.loc(node.inputs[0])?;
-    let weights = l.loc(node.inputs[1])?;
     let bias = node.inputs.get(2).map(|&b| l.loc(b)).transpose()?;
     let mut tail: Vec<_> = bias.into_iter().collect();
     for &value in operands.iter().flat_map(|(_, values)| values) {
@@ -139,6 +139,29 @@ pub(crate) fn lower(
                 l.kernel(symbol, vec![col, x], im2col.extent(), true);
                 col
             };
+            let w_values = l.constant(node.inputs[1]).map(|w| w.to_f32_vec());
+            if let Some(Ok(w_values)) = w_values
+                .filter(|_| ConvGemmT::applies(l.cx.target, m, c * taps, pixels, epilogue.as_ref()))
+            {
+                let gemm = ConvGemmT {
+                    batch: n,
+                    filters: m,
+                    depth: c * taps,
+                    pixels,
+                    bias: bias.is_some(),
+                    epilogue,
+                };
+                let packed = gemm.pack(l.cx.target, &w_values)?;
+                let packed = l.weights_loc(&packed);
+                let symbol = l.symbol("conv_gemm_t");
+                gemm.emit(l.cx, &symbol)?;
+                let mut buffers = vec![out, b, packed];
+                buffers.extend(tail);
+                let scratch = gemm.scratch_bytes(l.cx.target);
+                l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
+                return Ok(());
+            }
+            let weights = l.loc(node.inputs[1])?;
             let gemm = ConvGemm {
                 batch: n,
                 filters: m,
@@ -155,6 +178,7 @@ pub(crate) fn lower(
             l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
         }
         Path::Depthwise => {
+            let weights = l.loc(node.inputs[1])?;
             let dw = Depthwise {
                 batch: n,
                 channels: c,
@@ -170,6 +194,7 @@ pub(crate) fn lower(
             l.kernel_with_scratch(symbol, buffers, dw.extent(), scratch, true);
         }
         Path::Direct => {
+            let weights = l.loc(node.inputs[1])?;
             let direct = DirectConv {
                 batch: n,
                 channels: c,

@@ -9,6 +9,7 @@ mod conv_depthwise;
 mod conv_direct;
 pub(crate) mod conv_epilogue;
 mod conv_gemm;
+mod conv_gemm_t;
 pub(crate) mod elementwise;
 pub(crate) mod gather;
 mod kernel;
