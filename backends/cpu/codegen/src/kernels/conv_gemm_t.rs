@@ -14,10 +14,13 @@
 //! vectors·lanes` filters, `[K][F]` each; the tile (`rows` pixels × F
 //! filters) broadcasts B's values (`B[k, p]`, read in place: the input for
 //! a 1×1 convolution, im2col's matrix otherwise) against one panel row
-//! per k. The whole of K is accumulated in registers (B must fit the L2,
-//! [`ConvGemmT::applies`]), then the bias, an activation-only epilogue and
-//! a scatter of each accumulator's lanes into the NCHW output. Iterations
-//! are (batch, filter panel) pairs.
+//! per k. K is cut into blocks whose rows of the panel and of B fit the
+//! L1 together, and every pixel tile runs through a block before the next
+//! (the partial sums wait in the scratch): without the blocking each tile
+//! streamed the whole panel from the L2 again and the kernel was slower
+//! than the pixel-lane one. After the last block come the bias, an
+//! activation-only epilogue and a scatter of each accumulator's lanes
+//! into the NCHW output. Iterations are (batch, filter panel) pairs.
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
@@ -73,7 +76,8 @@ impl ConvGemmT {
     /// Whether this kernel should compute a convolution of these sizes:
     /// a map of at most [`MAX_PIXELS`] pixels that leaves a partial
     /// vector in the pixel-lane kernel, filters a multiple of the lanes,
-    /// B within the L2, and an epilogue (if any) that reads no operand.
+    /// B within the L2 (every filter panel reads all of it), and an
+    /// epilogue (if any) that reads no operand.
     pub fn applies(
         target: &Target,
         filters: usize,
@@ -192,7 +196,7 @@ impl ConvGemmT {
                     k.em.counted_loop(k.int(0), k.int(count as i64), |tile| {
                         let p0 =
                             k.em.mul_add(tile, k.int(rows as i64), k.int(first as i64))?;
-                        self.tile(&k, t, batch, panel, p0, rows, &blk)
+                        self.tile(&k, t, (batch, panel), (p0, rows), &blk)
                     })?;
                 }
                 Ok(())
@@ -201,15 +205,14 @@ impl ConvGemmT {
         k.finish()
     }
 
-    /// Pixels `p0..p0 + rows` by the panel's filters, over all of K.
+    /// Pixels `p0..p0 + rows` of batch `batch` by the filters of `panel`,
+    /// over the K block `blk`.
     fn tile<'ctx>(
         &self,
         k: &Kernel<'_, 'ctx>,
         t: Tiling,
-        batch: IntValue<'ctx>,
-        panel: IntValue<'ctx>,
-        p0: IntValue<'ctx>,
-        rows: usize,
+        (batch, panel): (IntValue<'ctx>, IntValue<'ctx>),
+        (p0, rows): (IntValue<'ctx>, usize),
         blk: &KBlock<'ctx>,
     ) -> Result<(), CodegenError> {
         let f32t = k.cx.context.f32_type();
