@@ -139,43 +139,61 @@ pub(crate) fn lower(
                 l.kernel(symbol, vec![col, x], im2col.extent(), true);
                 col
             };
-            let w_values = l.constant(node.inputs[1]).map(|w| w.to_f32_vec());
-            if let Some(Ok(w_values)) = w_values
-                .filter(|_| ConvGemmT::applies(l.cx.target, m, c * taps, pixels, epilogue.as_ref()))
-            {
-                let gemm = ConvGemmT {
-                    batch: n,
-                    filters: m,
-                    depth: c * taps,
-                    pixels,
-                    bias: bias.is_some(),
-                    epilogue,
-                };
-                let packed = gemm.pack(l.cx.target, &w_values)?;
-                let packed = l.weights_loc(&packed);
-                let symbol = l.symbol("conv_gemm_t");
-                gemm.emit(l.cx, &symbol)?;
-                let mut buffers = vec![out, b, packed];
-                buffers.extend(tail);
-                let scratch = gemm.scratch_bytes(l.cx.target);
-                l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
-                return Ok(());
-            }
-            let weights = l.loc(node.inputs[1])?;
-            let gemm = ConvGemm {
-                batch: n,
-                filters: m,
-                depth: c * taps,
-                pixels,
-                bias: bias.is_some(),
-                epilogue,
+            let depth = c * taps;
+            // Small maps put the filters in the lanes (W repacked), larger
+            // ones the pixels (W read as stored).
+            let small = ConvGemmT::applies(l.cx.target, m, depth, pixels, epilogue.as_ref());
+            let small_weights = match l.constant(node.inputs[1]) {
+                Some(w) if small => Some(
+                    w.to_f32_vec()
+                        .map_err(|e| CodegenError::Unsupported(format!("Conv weights: {e}")))?,
+                ),
+                _ => None,
             };
-            let symbol = l.symbol("conv_gemm");
-            gemm.emit(l.cx, &symbol)?;
+            let (symbol, weights, extent, scratch) = match small_weights {
+                Some(w) => {
+                    let gemm = ConvGemmT {
+                        batch: n,
+                        filters: m,
+                        depth,
+                        pixels,
+                        bias: bias.is_some(),
+                        epilogue,
+                    };
+                    let packed = gemm.pack(l.cx.target, &w)?;
+                    let symbol = l.symbol("conv_gemm_t");
+                    gemm.emit(l.cx, &symbol)?;
+                    let extent = gemm.extent(l.cx.target);
+                    (
+                        symbol,
+                        l.weights_loc(&packed),
+                        extent,
+                        gemm.scratch_bytes(l.cx.target),
+                    )
+                }
+                None => {
+                    let gemm = ConvGemm {
+                        batch: n,
+                        filters: m,
+                        depth,
+                        pixels,
+                        bias: bias.is_some(),
+                        epilogue,
+                    };
+                    let symbol = l.symbol("conv_gemm");
+                    gemm.emit(l.cx, &symbol)?;
+                    let extent = gemm.extent(l.cx.target);
+                    (
+                        symbol,
+                        l.loc(node.inputs[1])?,
+                        extent,
+                        gemm.scratch_bytes(l.cx.target),
+                    )
+                }
+            };
             let mut buffers = vec![out, b, weights];
             buffers.extend(tail);
-            let scratch = gemm.scratch_bytes(l.cx.target);
-            l.kernel_with_scratch(symbol, buffers, gemm.extent(l.cx.target), scratch, true);
+            l.kernel_with_scratch(symbol, buffers, extent, scratch, true);
         }
         Path::Depthwise => {
             let weights = l.loc(node.inputs[1])?;

@@ -429,12 +429,13 @@ impl<'ctx> Panel<'_, 'ctx> {
     }
 }
 
-/// The K block a tile accumulates.
-struct KBlock<'ctx> {
-    k0: IntValue<'ctx>,
-    kc: IntValue<'ctx>,
-    first: IntValue<'ctx>,
-    last: IntValue<'ctx>,
+/// The K block a tile accumulates (both GEMM convolution kernels): its
+/// start, its length, and whether it is the first or the last.
+pub(super) struct KBlock<'ctx> {
+    pub k0: IntValue<'ctx>,
+    pub kc: IntValue<'ctx>,
+    pub first: IntValue<'ctx>,
+    pub last: IntValue<'ctx>,
 }
 
 /// The im2col matrix of a convolution in the layout [`ConvGemm`] reads:

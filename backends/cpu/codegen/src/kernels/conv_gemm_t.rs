@@ -26,6 +26,7 @@ use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
 use super::conv_epilogue::Epilogue;
+use super::conv_gemm::KBlock;
 use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
@@ -35,14 +36,6 @@ const MAX_PIXELS: usize = 64;
 /// Bytes of W's panel and B that one K block may take (most of a 32 KiB
 /// L1).
 const L1_BLOCK_BYTES: usize = 24 * 1024;
-
-/// The K block the tiles accumulate.
-struct KBlock<'ctx> {
-    k0: IntValue<'ctx>,
-    kc: IntValue<'ctx>,
-    first: IntValue<'ctx>,
-    last: IntValue<'ctx>,
-}
 
 /// A convolution computed as `Bᵀ · Wᵀ` with filters in the lanes.
 #[derive(Clone, Debug)]

@@ -560,7 +560,8 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                 scales,
                 zero_points,
             };
-            if *int8_compute {
+            // Everything but the shape and number format is in `packed`.
+            let (symbol, packed, extent, scratch) = if *int8_compute {
                 let spec = Int4A8Spec {
                     symbol: String::new(),
                     m: *m,
@@ -577,46 +578,32 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                     };
                     super::emit_int4_a8_gemm(cx, &spec)
                 })?;
-                let packed = l.weights_loc(&packed);
-                let out = l.define(output)?;
-                l.kernel_with_scratch(
-                    symbol,
-                    vec![x_loc, packed, out],
-                    spec.extent(l.cx.target),
-                    spec.scratch_bytes(),
-                    true,
-                );
-                return Ok(());
-            }
-            let spec = Int4GemmSpec {
-                symbol: String::new(),
-                m: *m,
-                k: *k,
-                n: *n,
-                block: *block,
-                signed: *signed,
-                bits: *bits,
-                integer_zero_points: Int4GemmSpec::integer_zero_points(zero_points),
-            };
-            let packed = spec.pack(&weights)?;
-            // Everything but the shape and number format is in `packed`.
-            let key = format!("{spec:?}");
-            let symbol = l.shared_kernel("q4gemm", key, |cx, symbol| {
+                let extent = spec.extent(l.cx.target);
+                (symbol, packed, extent, spec.scratch_bytes())
+            } else {
                 let spec = Int4GemmSpec {
-                    symbol: symbol.into(),
-                    ..spec.clone()
+                    symbol: String::new(),
+                    m: *m,
+                    k: *k,
+                    n: *n,
+                    block: *block,
+                    signed: *signed,
+                    bits: *bits,
+                    integer_zero_points: Int4GemmSpec::integer_zero_points(zero_points),
                 };
-                super::emit_int4_gemm(cx, &spec)
-            })?;
+                let packed = spec.pack(&weights)?;
+                let symbol = l.shared_kernel("q4gemm", format!("{spec:?}"), |cx, symbol| {
+                    let spec = Int4GemmSpec {
+                        symbol: symbol.into(),
+                        ..spec.clone()
+                    };
+                    super::emit_int4_gemm(cx, &spec)
+                })?;
+                (symbol, packed, spec.extent(), spec.scratch_bytes())
+            };
             let packed = l.weights_loc(&packed);
             let out = l.define(output)?;
-            l.kernel_with_scratch(
-                symbol,
-                vec![x_loc, packed, out],
-                spec.extent(),
-                spec.scratch_bytes(),
-                true,
-            );
+            l.kernel_with_scratch(symbol, vec![x_loc, packed, out], extent, scratch, true);
         }
     }
     Ok(())

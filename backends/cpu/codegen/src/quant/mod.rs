@@ -118,69 +118,66 @@ mod tests {
     use crate::kernels::Cx;
     use crate::Machine;
 
-    /// The assembly of an int8 GEMM and an int4 GEMM for `target`.
-    fn assembly(target: &str, cpu: Option<&str>) -> String {
+    /// The assembly of what `emit` generates for `target`.
+    fn assembly_of(target: &str, cpu: Option<&str>, emit: impl FnOnce(Cx<'_, '_>)) -> String {
         let target = Target::parse(Some(target), cpu).unwrap();
         let machine = Machine::new(&target).unwrap();
         let context = Context::create();
         let module = machine.new_module(&context, "q");
-        let cx = Cx {
+        emit(Cx {
             context: &context,
             module: &module,
             target: &target,
-        };
-        let spec = Int8GemmSpec {
-            symbol: "q8".into(),
-            m: 20,
-            k: 64,
-            n: 40,
-            a_signed: true,
-            a_zero_point: 0,
-            output: Int8Output::Quantized {
-                signed: true,
-                scale: 0.5,
-                zero_point: 0,
-            },
-            runtime: Int8Runtime::default(),
-        };
-        emit_int8_gemm(cx, &spec).unwrap();
-        let spec = Int4GemmSpec {
-            symbol: "q4".into(),
-            m: 1,
-            k: 64,
-            n: 8,
-            block: 32,
-            signed: false,
-            bits: 4,
-            integer_zero_points: true,
-        };
-        emit_int4_gemm(cx, &spec).unwrap();
+        });
         machine.optimize(&module).unwrap();
         machine.emit_assembly(&module).unwrap()
     }
 
+    /// The assembly of an int8 GEMM and an int4 GEMM for `target`.
+    fn assembly(target: &str, cpu: Option<&str>) -> String {
+        assembly_of(target, cpu, |cx| {
+            let spec = Int8GemmSpec {
+                symbol: "q8".into(),
+                m: 20,
+                k: 64,
+                n: 40,
+                a_signed: true,
+                a_zero_point: 0,
+                output: Int8Output::Quantized {
+                    signed: true,
+                    scale: 0.5,
+                    zero_point: 0,
+                },
+                runtime: Int8Runtime::default(),
+            };
+            emit_int8_gemm(cx, &spec).unwrap();
+            let spec = Int4GemmSpec {
+                symbol: "q4".into(),
+                m: 1,
+                k: 64,
+                n: 8,
+                block: 32,
+                signed: false,
+                bits: 4,
+                integer_zero_points: true,
+            };
+            emit_int4_gemm(cx, &spec).unwrap();
+        })
+    }
+
     /// The assembly of an int8-compute int4 GEMM for `target`.
     fn a8_assembly(target: &str, cpu: Option<&str>) -> String {
-        let target = Target::parse(Some(target), cpu).unwrap();
-        let machine = Machine::new(&target).unwrap();
-        let context = Context::create();
-        let module = machine.new_module(&context, "q");
-        let cx = Cx {
-            context: &context,
-            module: &module,
-            target: &target,
-        };
-        let spec = Int4A8Spec {
-            symbol: "q4a8".into(),
-            m: 1,
-            k: 64,
-            n: 20,
-            block: 32,
-            signed: false,
-        };
-        emit_int4_a8_gemm(cx, &spec).unwrap();
-        machine.optimize(&module).unwrap();
-        machine.emit_assembly(&module).unwrap()
+        assembly_of(target, cpu, |cx| {
+            let spec = Int4A8Spec {
+                symbol: "q4a8".into(),
+                m: 1,
+                k: 64,
+                n: 20,
+                block: 32,
+                signed: false,
+            };
+            emit_int4_a8_gemm(cx, &spec).unwrap();
+        })
     }
 
     #[test]

@@ -25,6 +25,21 @@ struct Int4Part {
     nodes: Vec<usize>,
 }
 
+/// `v` past a Slice that keeps a prefix of every axis (the cut of K back
+/// from whole blocks), recorded in `nodes`; `None` for any other Slice.
+fn past_leading_slice(uses: &Uses<'_>, v: ValueId, nodes: &mut Vec<usize>) -> Option<ValueId> {
+    match uses.def(v) {
+        Some((i, Op::Slice { axes }, [inner])) => {
+            if axes.iter().any(|a| a.start != 0 || a.step != 1) {
+                return None;
+            }
+            nodes.push(i);
+            Some(*inner)
+        }
+        _ => Some(v),
+    }
+}
+
 /// `Slice?(Reshape(Mul(Sub?(Cast(q), zp), s)))` over a constant
 /// int4/uint4 `q`: of shape `[n, blocks, block]` read as `[n, k]`
 /// (MatMulNBits), or, `transposed`, of shape `[blocks, block, n]` read as
@@ -40,14 +55,7 @@ fn int4_part(uses: &Uses<'_>, w: ValueId, k: usize, transposed: bool) -> Option<
         return None;
     }
     let mut nodes = Vec::new();
-    let mut cur = w;
-    if let Some((i, Op::Slice { axes }, [inner])) = uses.def(cur) {
-        if axes.iter().any(|a| a.start != 0 || a.step != 1) {
-            return None;
-        }
-        nodes.push(i);
-        cur = *inner;
-    }
+    let cur = past_leading_slice(uses, w, &mut nodes)?;
     let (i, Op::Reshape { .. }, [inner]) = uses.def(cur)? else {
         return None;
     };
@@ -243,14 +251,7 @@ fn int8_blocks(
         return None;
     }
     let mut nodes = Vec::new();
-    let mut cur = x;
-    if let Some((i, Op::Slice { axes }, [inner])) = uses.def(cur) {
-        if axes.iter().any(|a| a.start != 0 || a.step != 1) {
-            return None;
-        }
-        nodes.push(i);
-        cur = *inner;
-    }
+    let cur = past_leading_slice(uses, x, &mut nodes)?;
     let (i, Op::Reshape { .. }, [deq]) = uses.def(cur)? else {
         return None;
     };
