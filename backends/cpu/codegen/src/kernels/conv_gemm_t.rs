@@ -218,15 +218,15 @@ impl ConvGemmT {
         let accs = (0..rows * t.vectors)
             .map(|_| k.slot(vf.into()))
             .collect::<Result<Vec<_>, _>>()?;
-        // The tile's accumulators in the scratch: pixel-major, F each.
+        // The tile's accumulators in the scratch between K blocks:
+        // pixel-major, F each (unused when K is one block).
+        let single = self.k_block(t) >= self.depth;
         let saved = |r: usize, v: usize| -> Result<_, CodegenError> {
-            let b = &k.em.builder;
             let at = k.em.mul_add(
                 p0,
                 k.int(f),
                 k.int((r * t.vectors * t.lanes + v * t.lanes) as i64),
             )?;
-            let _ = b;
             k.element(k.scratch, f32t.into(), at)
         };
         for v in 0..t.vectors {
@@ -237,8 +237,14 @@ impl ConvGemmT {
                 vf.const_zero()
             };
             for r in 0..rows {
-                let previous = k.load(Elem::F32, lanes, saved(r, v)?)?;
-                let value = b.build_select(blk.first, start, previous, "start")?;
+                // One K block: nothing was saved, nothing to read back.
+                let value = if single {
+                    start
+                } else {
+                    let previous = k.load(Elem::F32, lanes, saved(r, v)?)?;
+                    b.build_select(blk.first, start, previous, "start")?
+                        .into_vector_value()
+                };
                 b.build_store(accs[r * t.vectors + v], value)?;
             }
         }
@@ -272,18 +278,20 @@ impl ConvGemmT {
         // Partial sums go back to the scratch; after the last block,
         // y[n, m0 + j, p0 + r]: each accumulator's lanes are F filters of
         // one pixel, `P` apart in the output.
-        let more = b.build_not(blk.last, "more")?;
-        k.em.if_then(more, || {
-            for r in 0..rows {
-                for v in 0..t.vectors {
-                    let value =
-                        k.em.builder
-                            .build_load(vf, accs[r * t.vectors + v], "acc")?;
-                    k.store(Elem::F32, saved(r, v)?, value.into_vector_value())?;
+        if !single {
+            let more = b.build_not(blk.last, "more")?;
+            k.em.if_then(more, || {
+                for r in 0..rows {
+                    for v in 0..t.vectors {
+                        let value =
+                            k.em.builder
+                                .build_load(vf, accs[r * t.vectors + v], "acc")?;
+                        k.store(Elem::F32, saved(r, v)?, value.into_vector_value())?;
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
+        }
         k.em.if_then(blk.last, || {
             let b = &k.em.builder;
             let y_base = k.em.mul_add(batch, k.int(m), m0)?;

@@ -254,7 +254,7 @@ fn quantise_rows<'ctx>(k: &Kernel<'_, 'ctx>, spec: &Int4A8Spec) -> Result<(), Co
     // (`valid` k of it in x, the rest taken as 0).
     let block =
         |r: IntValue<'ctx>, blk: IntValue<'ctx>, valid: usize| -> Result<(), CodegenError> {
-            let first = em.mul_add(blk, em.i64(spec.block), em.i64(0))?;
+            let first = em.builder.build_int_mul(blk, em.i64(spec.block), "first")?;
             let row_x = em.mul_add(r, em.i64(spec.k), first)?;
             let mut values = Vec::with_capacity(vectors);
             for v in 0..vectors {
