@@ -253,23 +253,45 @@ fn gemm(symbol: &str) -> bool {
 
 /// Small maps (7×7, 3×3 after a stride, 1×1 as in squeeze-and-excite)
 /// with a filter count the lanes divide take the kernel with filters in
-/// the lanes, through several K blocks and with an activation: its
-/// outputs match the interpreter's, on 1 to 3 threads.
+/// the lanes, through several K blocks, with padding, strides and
+/// dilations read from the input through its offset tables (no im2col),
+/// and with epilogues that read operands along the filters (a residual,
+/// per-channel scale and shift): its outputs match the interpreter's, on
+/// 1 to 3 threads.
 #[test]
 fn small_maps_put_filters_in_the_lanes() {
-    for (x, filters, kernel, stride, bias, after) in [
-        ([1, 600, 7, 7], 48, 1, 1, true, After::Silu),
-        ([2, 64, 7, 7], 32, 1, 1, false, After::Relu),
-        ([1, 40, 5, 5], 16, 3, 2, true, After::HardSwish),
-        ([2, 96, 1, 1], 24, 1, 1, true, After::Sigmoid),
-        ([1, 8, 5, 5], 8, 1, 1, true, After::Nothing),
+    for (x, filters, kernel, (stride, pad, dil), bias, after) in [
+        ([1, 600, 7, 7], 48, 1, (1, 0, 1), true, After::Silu),
+        ([2, 64, 7, 7], 32, 1, (1, 0, 1), false, After::Relu),
+        ([1, 40, 5, 5], 16, 3, (2, 1, 1), true, After::HardSwish),
+        ([2, 96, 1, 1], 24, 1, (1, 0, 1), true, After::Sigmoid),
+        ([1, 8, 5, 5], 8, 1, (1, 0, 1), true, After::Nothing),
+        ([2, 64, 7, 7], 64, 3, (1, 1, 1), true, After::ResidualRelu),
+        (
+            [1, 300, 7, 7],
+            32,
+            3,
+            (1, 1, 1),
+            false,
+            After::ChannelAffine,
+        ),
+        (
+            [2, 24, 14, 13],
+            32,
+            1,
+            (2, 0, 1),
+            true,
+            After::ChannelAffine,
+        ),
+        ([1, 16, 7, 7], 16, 3, (1, 2, 2), false, After::Relu6),
+        ([1, 12, 8, 6], 8, 5, (2, 2, 1), true, After::ResidualRelu),
     ] {
         let mut c = Case::new();
         let y = c.conv(
             x,
             filters,
             kernel,
-            attrs(stride, kernel / 2, 1, 1),
+            attrs(stride, pad, dil, 1),
             bias,
             after,
             11,
@@ -277,6 +299,10 @@ fn small_maps_put_filters_in_the_lanes() {
         let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
         assert!(
             steps.last().unwrap().0.ends_with("conv_gemm_t"),
+            "{x:?}: {steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|(symbol, _)| symbol.ends_with("im2col")),
             "{x:?}: {steps:?}"
         );
     }

@@ -1,21 +1,25 @@
 //! Convolution: ungrouped convolutions as a GEMM on the NCHW layout
 //! (`conv_gemm`: the input itself for 1×1 stride-1 convolutions, a
 //! vectorised im2col otherwise, the output written in NCHW with the bias in
-//! the epilogue), depthwise 2-D convolutions register-blocked over output
+//! the epilogue; on small maps `conv_gemm_t` with the filters in the
+//! lanes, reading the input, or a zero-padded copy of it, through offset
+//! tables), depthwise 2-D convolutions register-blocked over output
 //! rows (`conv_depthwise`), other grouped ones directly (`conv_direct`).
 //! The first two also evaluate a fused elementwise group on their
 //! accumulators (`conv_epilogue`).
 
-use m4c_ir::op::ConvAttrs;
+use m4c_ir::op::{ConvAttrs, PadMode};
 use m4c_ir::{DType, Node, Op};
 
+use super::contiguous_strides;
 use super::conv_depthwise::Depthwise;
 use super::conv_direct::DirectConv;
 use super::conv_epilogue::Epilogue;
 use super::conv_gemm::{ConvGemm, Im2col};
-use super::conv_gemm_t::ConvGemmT;
+use super::conv_gemm_t::{padding, ConvGemmT};
+use super::movement::{pad_table, AxisMap, IndexCopy};
 use super::window::Window;
-use crate::graph::Lowering;
+use crate::graph::{Loc, Lowering};
 use crate::CodegenError;
 
 /// The kernel a convolution runs on.
@@ -57,6 +61,60 @@ fn pointwise(w: &Window) -> bool {
         && w.strides.iter().all(|&s| s == 1)
         && w.pads.iter().all(|&p| p == 0)
         && w.input == w.output
+}
+
+/// The input `x` (`planes` channel planes) as a window without padding
+/// reads it: `x` itself when `window` does not pad, else a zero-padded
+/// copy (a copy kernel into a temporary) with the window over it.
+fn padded(
+    l: &mut Lowering<'_, '_>,
+    x: Loc,
+    planes: usize,
+    window: Window,
+) -> Result<(Loc, Window), CodegenError> {
+    let pads = padding(&window);
+    if pads
+        .iter()
+        .all(|&(before, after)| before == 0 && after == 0)
+    {
+        return Ok((x, window));
+    }
+    let input: Vec<usize> = pads
+        .iter()
+        .zip(&window.input)
+        .map(|(&(before, after), &n)| before + n + after)
+        .collect();
+    let mut shape = vec![planes];
+    shape.extend(&input);
+    let mut maps = vec![AxisMap::Affine { start: 0, step: 1 }];
+    for (&(before, after), &n) in pads.iter().zip(&window.input) {
+        maps.push(AxisMap::Table(pad_table(
+            n,
+            before,
+            after,
+            PadMode::Constant(0.0),
+        )?));
+    }
+    let mut source = vec![planes];
+    source.extend(&window.input);
+    let copy = IndexCopy {
+        elem_bytes: 4,
+        out_strides: contiguous_strides(&shape),
+        in_strides: contiguous_strides(&source),
+        shape: shape.clone(),
+        maps,
+        fill: 0,
+    };
+    let xp = l.temp(shape.iter().product::<usize>() * 4);
+    let symbol = l.symbol("pad");
+    copy.emit(l.cx, &symbol)?;
+    l.kernel(symbol, vec![xp, x], copy.extent(), true);
+    let window = Window {
+        input,
+        pads: vec![0; window.pads.len()],
+        ..window
+    };
+    Ok((xp, window))
 }
 
 /// Lowers Conv; with `group` (the members of a fusion group reading only
@@ -124,58 +182,57 @@ pub(crate) fn lower(
     }
     match path(attrs, &x_shape, &w_shape) {
         Path::Gemm => {
-            let taps: usize = window.kernel.iter().product();
-            let pixels: usize = window.output.iter().product();
-            let b = if pointwise(&window) {
-                x
-            } else {
-                let col = l.temp(n * c * taps * pixels * 4);
-                let symbol = l.symbol("im2col");
-                let im2col = Im2col {
-                    planes: n * c,
-                    window,
-                };
-                im2col.emit(l.cx, &symbol)?;
-                l.kernel(symbol, vec![col, x], im2col.extent(), true);
-                col
-            };
-            let depth = c * taps;
-            // Small maps put the filters in the lanes (W repacked), larger
-            // ones the pixels (W read as stored).
-            let small = ConvGemmT::applies(l.cx.target, m, depth, pixels, epilogue.as_ref());
+            // Small maps put the filters in the lanes (W repacked, B read
+            // from the input through offset tables), larger ones the pixels
+            // (W read as stored, B the input or its im2col matrix).
             let small_weights = match l.constant(node.inputs[1]) {
-                Some(w) if small => Some(
+                Some(w) if ConvGemmT::applies(l.cx.target, m, c, &window) => Some(
                     w.to_f32_vec()
                         .map_err(|e| CodegenError::Unsupported(format!("Conv weights: {e}")))?,
                 ),
                 _ => None,
             };
-            let (symbol, weights, extent, scratch) = match small_weights {
+            let (symbol, b, weights, extent, scratch) = match small_weights {
                 Some(w) => {
+                    let (b, window) = padded(l, x, n * c, window)?;
                     let gemm = ConvGemmT {
                         batch: n,
                         filters: m,
-                        depth,
-                        pixels,
+                        channels: c,
+                        window,
                         bias: bias.is_some(),
                         epilogue,
                     };
                     let packed = gemm.pack(l.cx.target, &w)?;
+                    let packed = l.weights_loc(&packed);
+                    let offsets = l.weights_loc(&gemm.offsets()?);
+                    tail.insert(0, offsets);
                     let symbol = l.symbol("conv_gemm_t");
                     gemm.emit(l.cx, &symbol)?;
                     let extent = gemm.extent(l.cx.target);
-                    (
-                        symbol,
-                        l.weights_loc(&packed),
-                        extent,
-                        gemm.scratch_bytes(l.cx.target),
-                    )
+                    let scratch = gemm.scratch_bytes(l.cx.target);
+                    (symbol, b, packed, extent, scratch)
                 }
                 None => {
+                    let taps: usize = window.kernel.iter().product();
+                    let pixels: usize = window.output.iter().product();
+                    let b = if pointwise(&window) {
+                        x
+                    } else {
+                        let col = l.temp(n * c * taps * pixels * 4);
+                        let symbol = l.symbol("im2col");
+                        let im2col = Im2col {
+                            planes: n * c,
+                            window,
+                        };
+                        im2col.emit(l.cx, &symbol)?;
+                        l.kernel(symbol, vec![col, x], im2col.extent(), true);
+                        col
+                    };
                     let gemm = ConvGemm {
                         batch: n,
                         filters: m,
-                        depth,
+                        depth: c * taps,
                         pixels,
                         bias: bias.is_some(),
                         epilogue,
@@ -183,12 +240,8 @@ pub(crate) fn lower(
                     let symbol = l.symbol("conv_gemm");
                     gemm.emit(l.cx, &symbol)?;
                     let extent = gemm.extent(l.cx.target);
-                    (
-                        symbol,
-                        l.loc(node.inputs[1])?,
-                        extent,
-                        gemm.scratch_bytes(l.cx.target),
-                    )
+                    let scratch = gemm.scratch_bytes(l.cx.target);
+                    (symbol, b, l.loc(node.inputs[1])?, extent, scratch)
                 }
             };
             let mut buffers = vec![out, b, weights];

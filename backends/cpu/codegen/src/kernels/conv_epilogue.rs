@@ -7,7 +7,11 @@
 //! Every other operand of the group must be a per-batch/per-channel value
 //! (the same for all pixels of a channel plane: a bias, a scale) or laid
 //! out like the output along the pixels (a residual), so a vector of
-//! consecutive pixels of one plane reads it with one splat or one load.
+//! consecutive pixels of one plane reads it with one splat or one load
+//! ([`Lanes::Pixels`]). A kernel with the filters in the lanes reads a
+//! vector of consecutive channels at one pixel instead
+//! ([`Lanes::Channels`]): a load for per-channel values, lane by lane for
+//! a residual (its channels lie a plane apart).
 
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::{DType, Graph, Op, ValueId};
@@ -29,6 +33,16 @@ enum Read {
     /// Laid out like the output along the pixels: element
     /// `batch·strides.0 + channel·strides.1 + pixel`.
     Pixels(i64, i64),
+}
+
+/// Which axis the lanes of an epilogue's vectors run along.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lanes<'ctx> {
+    /// Consecutive pixels of one channel plane; the mask of the lanes
+    /// inside the plane (`None`: all).
+    Pixels(Option<VectorValue<'ctx>>),
+    /// Consecutive channels at one pixel.
+    Channels,
 }
 
 /// A fused elementwise group evaluated on a convolution's accumulators.
@@ -91,10 +105,9 @@ impl Epilogue {
         self.reads.len() - 1
     }
 
-    /// Evaluates the group on `acc`, the convolution's result for the
-    /// pixels `pixel..pixel + lanes` of plane (`batch`, `channel`);
-    /// `buffers` are the extra operand buffers, `live` the lanes that lie
-    /// inside the plane (`None`: all).
+    /// Evaluates the group on `acc`, the convolution's result for lanes
+    /// starting at (`batch`, `channel`, `pixel`) along `lanes`; `buffers`
+    /// are the extra operand buffers.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<'ctx>(
         &self,
@@ -104,10 +117,10 @@ impl Epilogue {
         batch: IntValue<'ctx>,
         channel: IntValue<'ctx>,
         pixel: IntValue<'ctx>,
-        live: Option<VectorValue<'ctx>>,
+        lanes: Lanes<'ctx>,
     ) -> Result<VectorValue<'ctx>, CodegenError> {
-        let lanes = acc.get_type().get_size();
-        let math = math(k, lanes);
+        let width = acc.get_type().get_size();
+        let math = math(k, width);
         let f32t = k.cx.context.f32_type();
         let mut loaded = Vec::with_capacity(self.reads.len());
         let mut next = 0;
@@ -117,16 +130,22 @@ impl Epilogue {
                 Read::Splat(sb, sc) | Read::Pixels(sb, sc) => {
                     let buffer = buffers[next];
                     next += 1;
-                    let at = k.linear(0, &[batch, channel], &[sb, sc])?;
-                    if let Read::Splat(..) = read {
-                        k.load_splat(Elem::F32, lanes, k.element(buffer, f32t.into(), at)?)?
-                    } else {
-                        let at = k.em.builder.build_int_add(at, pixel, "px")?;
-                        let ptr = k.element(buffer, f32t.into(), at)?;
-                        match live {
-                            None => k.load(Elem::F32, lanes, ptr)?,
-                            Some(mask) => k.masked_load(ptr, mask)?,
+                    let mut at = k.linear(0, &[batch, channel], &[sb, sc])?;
+                    let along_pixels = matches!(read, Read::Pixels(..));
+                    if along_pixels {
+                        at = k.em.builder.build_int_add(at, pixel, "px")?;
+                    }
+                    match lanes {
+                        Lanes::Pixels(_) if !along_pixels => {
+                            k.load_splat(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?
                         }
+                        Lanes::Pixels(None) => {
+                            k.load(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?
+                        }
+                        Lanes::Pixels(Some(mask)) => {
+                            k.masked_load(k.element(buffer, f32t.into(), at)?, mask)?
+                        }
+                        Lanes::Channels => strided(k, buffer, at, sc, width)?,
                     }
                 }
             };
@@ -148,6 +167,33 @@ impl Epilogue {
         Ok(*results
             .last()
             .ok_or(CodegenError::Internal("a fused group has nodes"))?)
+    }
+}
+
+/// `lanes` f32 elements of `buffer` from element `at`, `stride` apart: a
+/// splat, a vector load, or lane by lane.
+fn strided<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    buffer: PointerValue<'ctx>,
+    at: IntValue<'ctx>,
+    stride: i64,
+    lanes: u32,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let f32t = k.cx.context.f32_type();
+    match stride {
+        0 => k.load_splat(Elem::F32, lanes, k.element(buffer, f32t.into(), at)?),
+        1 => k.load(Elem::F32, lanes, k.element(buffer, f32t.into(), at)?),
+        _ => {
+            let b = &k.em.builder;
+            let mut v = f32t.vec_type(lanes).get_poison();
+            for l in 0..lanes {
+                let e = b.build_int_add(at, k.int(stride * i64::from(l)), "e")?;
+                let x = b.build_load(f32t, k.element(buffer, f32t.into(), e)?, "x")?;
+                let lane = k.cx.context.i32_type().const_int(u64::from(l), false);
+                v = b.build_insert_element(v, x, lane, "v")?;
+            }
+            Ok(v)
+        }
     }
 }
 

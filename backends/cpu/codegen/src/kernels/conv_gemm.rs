@@ -21,7 +21,7 @@
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use super::conv_epilogue::Epilogue;
+use super::conv_epilogue::{Epilogue, Lanes};
 use super::window::Window;
 use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
@@ -90,8 +90,13 @@ impl ConvGemm {
         let k_block = (B_BLOCK_BYTES / (width * 4)).max(8);
         let k_blocks = self.depth.div_ceil(k_block);
         let panels = self.pixels.div_ceil(width);
+        // Enough groups for the parallel axis, and enough that a group's
+        // slice of W for one K block fits half the L2 while its panels go by.
+        let k_block_len = self.depth.div_ceil(k_blocks);
+        let w_groups = (self.filters * k_block_len * 4).div_ceil(target.l2_bytes / 2);
         let groups = MIN_ITERATIONS
             .div_ceil(self.batch * panels)
+            .max(w_groups)
             .min(tiles / MIN_TILES_PER_GROUP)
             .max(1);
         Tiling {
@@ -103,7 +108,7 @@ impl ConvGemm {
             vectors,
             panels,
             tail: self.pixels % width,
-            k_block: self.depth.div_ceil(k_blocks),
+            k_block: k_block_len,
             k_blocks,
         }
     }
@@ -411,7 +416,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                         self.batch,
                         filter,
                         pixel,
-                        mask,
+                        Lanes::Pixels(mask),
                     )?)
                 };
                 if t.k_blocks == 1 {

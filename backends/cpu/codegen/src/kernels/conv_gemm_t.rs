@@ -10,24 +10,34 @@
 //! of the lanes) fills every vector and the pixel tiles are of balanced
 //! heights (49 = 4 × 6 + 5 × 5).
 //!
+//! B is never written out: the tile broadcasts `B[k, p]` straight from
+//! the input, element `rows[k] + columns[p]` of the batch's planes, where
+//! `k = c·taps + t` and the two offset tables (compile-time constants)
+//! hold `c·plane + tap t's shift` and `output pixel p's first input
+//! position`. The input is the convolution's own, or a zero-padded copy
+//! of it when the window pads (a copy kernel runs first; im2col's matrix
+//! would be `taps` times larger). On ResNet-50's 7×7 3×3 convolutions the
+//! matrix was 0.9 MB, past the L2, and every filter panel streamed it.
+//!
 //! W is a constant repacked at compile time into panels of `F =
 //! vectors·lanes` filters, `[K][F]` each; the tile (`rows` pixels × F
-//! filters) broadcasts B's values (`B[k, p]`, read in place: the input for
-//! a 1×1 convolution, im2col's matrix otherwise) against one panel row
-//! per k. K is cut into blocks whose rows of the panel and of B fit the
-//! L1 together, and every pixel tile runs through a block before the next
-//! (the partial sums wait in the scratch): without the blocking each tile
-//! streamed the whole panel from the L2 again and the kernel was slower
-//! than the pixel-lane one. After the last block come the bias, an
-//! activation-only epilogue and a scatter of each accumulator's lanes
-//! into the NCHW output. Iterations are (batch, filter panel) pairs.
+//! filters) broadcasts B's values against one panel row per k. K is cut
+//! into blocks whose rows of the panel and of B fit the L1 together, and
+//! every pixel tile runs through a block before the next (the partial
+//! sums wait in the scratch): without the blocking each tile streamed the
+//! whole panel from the L2 again and the kernel was slower than the
+//! pixel-lane one. After the last block come the bias, the epilogue
+//! (its vectors run along the filters: [`Lanes::Channels`]) and a scatter
+//! of each accumulator's lanes into the NCHW output. Iterations are
+//! (batch, filter panel) pairs.
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
-use super::conv_epilogue::Epilogue;
+use super::conv_epilogue::{Epilogue, Lanes};
 use super::conv_gemm::KBlock;
-use super::{Cx, Elem, Kernel};
+use super::window::Window;
+use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
 /// The most pixels a map may have for this kernel.
@@ -37,18 +47,23 @@ const MAX_PIXELS: usize = 64;
 /// L1).
 const L1_BLOCK_BYTES: usize = 24 * 1024;
 
+/// The most input bytes (per batch, padded) the kernel reads, in L2s:
+/// every filter panel reads all of them. Measured on Zen 3 (512 KiB L2):
+/// inputs up to 3.5 L2s (1024 channels of 9×9) still ran faster here
+/// than with pixels in the lanes.
+const MAX_INPUT_L2S: usize = 4;
+
 /// A convolution computed as `Bᵀ · Wᵀ` with filters in the lanes.
 #[derive(Clone, Debug)]
 pub(crate) struct ConvGemmT {
     pub batch: usize,
     /// Filters (M), a multiple of the target's lanes.
     pub filters: usize,
-    /// Reduction length (K = channels · taps).
-    pub depth: usize,
-    /// Output pixels per plane (P).
-    pub pixels: usize,
+    pub channels: usize,
+    /// The window over the input the kernel reads: no padding (`input`
+    /// are the dimensions of the padded copy when the convolution pads).
+    pub window: Window,
     pub bias: bool,
-    /// An epilogue that reads nothing but the convolution's result.
     pub epilogue: Option<Epilogue>,
 }
 
@@ -65,25 +80,47 @@ struct Tiling {
     tiles: usize,
 }
 
+/// Per spatial axis, the zero padding a window needs before and after its
+/// input so that every tap it reads lies inside: the begin pad, and as
+/// much after the end as the last output's last tap passes it.
+pub(crate) fn padding(w: &Window) -> Vec<(usize, usize)> {
+    (0..w.input.len())
+        .map(|d| {
+            let reach =
+                (w.output[d].max(1) - 1) * w.strides[d] + (w.kernel[d] - 1) * w.dilations[d] + 1;
+            (w.pads[d], reach.saturating_sub(w.pads[d] + w.input[d]))
+        })
+        .collect()
+}
+
 impl ConvGemmT {
-    /// Whether this kernel should compute a convolution of these sizes:
-    /// a map of at most [`MAX_PIXELS`] pixels that leaves a partial
-    /// vector in the pixel-lane kernel, filters a multiple of the lanes,
-    /// B within the L2 (every filter panel reads all of it), and an
-    /// epilogue (if any) that reads no operand.
-    pub fn applies(
-        target: &Target,
-        filters: usize,
-        depth: usize,
-        pixels: usize,
-        epilogue: Option<&Epilogue>,
-    ) -> bool {
+    /// Whether this kernel should compute a convolution of `channels` over
+    /// window `w` into `filters`: a map of at most [`MAX_PIXELS`] pixels
+    /// that leaves a partial vector in the pixel-lane kernel, filters a
+    /// multiple of the lanes, and a (padded) input of at most
+    /// [`MAX_INPUT_L2S`] L2s whose offsets fit the `i32` tables.
+    pub fn applies(target: &Target, filters: usize, channels: usize, w: &Window) -> bool {
         let lanes = target.isa.f32_lanes();
+        let pixels: usize = w.output.iter().product();
+        let plane: usize = padding(w)
+            .iter()
+            .zip(&w.input)
+            .map(|(&(before, after), &n)| before + n + after)
+            .product();
+        let elements = channels.saturating_mul(plane);
         pixels <= MAX_PIXELS
             && !pixels.is_multiple_of(lanes)
             && filters.is_multiple_of(lanes)
-            && depth * pixels * 4 <= target.l2_bytes
-            && epilogue.is_none_or(|e| e.buffers() == 0)
+            && elements.saturating_mul(4) <= MAX_INPUT_L2S * target.l2_bytes
+            && i32::try_from(elements).is_ok()
+    }
+
+    fn depth(&self) -> usize {
+        self.channels * self.window.kernel.iter().product::<usize>()
+    }
+
+    fn pixels(&self) -> usize {
+        self.window.output.iter().product()
     }
 
     fn tiling(&self, target: &Target) -> Tiling {
@@ -95,10 +132,11 @@ impl ConvGemmT {
         };
         // Accumulators, the panel row's vectors and one broadcast.
         let max_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
-        let tiles = self.pixels.div_ceil(max_rows);
-        let rows = self.pixels.div_ceil(tiles);
+        let pixels = self.pixels();
+        let tiles = pixels.div_ceil(max_rows);
+        let rows = pixels.div_ceil(tiles);
         // `tiles` tiles of `rows` or `rows − 1` pixels summing to P.
-        let tall_tiles = self.pixels - tiles * (rows - 1);
+        let tall_tiles = pixels - tiles * (rows - 1);
         Tiling {
             lanes,
             vectors,
@@ -121,7 +159,8 @@ impl ConvGemmT {
     /// W (`[M, K]` row-major, f32) repacked as the kernel reads it: per
     /// panel of F filters, `[K][F]`.
     pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
-        if w.len() != self.filters * self.depth {
+        let depth = self.depth();
+        if w.len() != self.filters * depth {
             return Err(CodegenError::Internal(
                 "a convolution's weights match its shape",
             ));
@@ -129,11 +168,40 @@ impl ConvGemmT {
         let f = self.panel_filters(target);
         let mut bytes = Vec::with_capacity(w.len() * 4);
         for panel in 0..self.filters / f {
-            for k in 0..self.depth {
+            for k in 0..depth {
                 for j in 0..f {
-                    bytes.extend(w[(panel * f + j) * self.depth + k].to_le_bytes());
+                    bytes.extend(w[(panel * f + j) * depth + k].to_le_bytes());
                 }
             }
+        }
+        Ok(bytes)
+    }
+
+    /// The offset tables (`i32`, little-endian): per k, `c·plane` plus tap
+    /// `t`'s shift inside a plane; then per output pixel the input
+    /// position of its first tap.
+    pub fn offsets(&self) -> Result<Vec<u8>, CodegenError> {
+        let w = &self.window;
+        let strides = contiguous_strides(&w.input);
+        let plane: usize = w.input.iter().product();
+        let taps = w.kernel.iter().product::<usize>();
+        let spread = |index: usize, dims: &[usize], step: &dyn Fn(usize) -> usize| {
+            let mut rest = index;
+            let mut at = 0;
+            for d in (0..dims.len()).rev() {
+                at += (rest % dims[d]) * step(d) * strides[d] as usize;
+                rest /= dims[d];
+            }
+            at
+        };
+        let rows = (0..self.depth())
+            .map(|k| (k / taps) * plane + spread(k % taps, &w.kernel, &|d| w.dilations[d]));
+        let columns = (0..self.pixels()).map(|p| spread(p, &w.output, &|d| w.strides[d]));
+        let mut bytes = Vec::with_capacity((self.depth() + self.pixels()) * 4);
+        for at in rows.chain(columns) {
+            let at = i32::try_from(at)
+                .map_err(|_| CodegenError::Internal("conv_gemm_t offsets fit i32"))?;
+            bytes.extend(at.to_le_bytes());
         }
         Ok(bytes)
     }
@@ -141,23 +209,26 @@ impl ConvGemmT {
     /// K per block: the block's rows of the W panel and of B stay in the
     /// L1 while every pixel tile goes by.
     fn k_block(&self, t: Tiling) -> usize {
-        let per_k = (t.vectors * t.lanes + self.pixels) * 4;
-        (L1_BLOCK_BYTES / per_k).max(8).min(self.depth)
+        let per_k = (t.vectors * t.lanes + self.pixels()) * 4;
+        (L1_BLOCK_BYTES / per_k).max(8).min(self.depth())
     }
 
     /// Scratch bytes per thread: the accumulators of every tile between K
     /// blocks.
     pub fn scratch_bytes(&self, target: &Target) -> usize {
-        self.pixels * self.panel_filters(target) * 4
+        self.pixels() * self.panel_filters(target) * 4
     }
 
-    /// Emits the kernel (buffers: y, B, packed W, bias?).
+    /// Emits the kernel (buffers: y, x (padded), packed W, offsets, bias?,
+    /// epilogue operands..).
     pub fn emit<'ctx>(&self, cx: Cx<'_, 'ctx>, symbol: &str) -> Result<(), CodegenError> {
         let t = self.tiling(cx.target);
-        let k = Kernel::define(cx, symbol, 3 + usize::from(self.bias))?;
+        let extra = self.epilogue.as_ref().map_or(0, Epilogue::buffers);
+        let k = Kernel::define(cx, symbol, 4 + usize::from(self.bias) + extra)?;
         let panels = self.filters / (t.vectors * t.lanes);
         let k_block = self.k_block(t);
-        let k_blocks = self.depth.div_ceil(k_block);
+        let depth = self.depth();
+        let k_blocks = depth.div_ceil(k_block);
         let end = k.em.umin(k.end, k.int((self.batch * panels) as i64))?;
         k.em.counted_loop(k.begin, end, |i| {
             let b = &k.em.builder;
@@ -166,7 +237,7 @@ impl ConvGemmT {
             k.em.counted_loop(k.int(0), k.int(k_blocks as i64), |kb| {
                 let b = &k.em.builder;
                 let k0 = b.build_int_mul(kb, k.int(k_block as i64), "k0")?;
-                let left = b.build_int_sub(k.int(self.depth as i64), k0, "left")?;
+                let left = b.build_int_sub(k.int(depth as i64), k0, "left")?;
                 let blk = KBlock {
                     k0,
                     kc: k.em.umin(left, k.int(k_block as i64))?,
@@ -212,7 +283,18 @@ impl ConvGemmT {
         let lanes = t.lanes as u32;
         let vf = f32t.vec_type(lanes);
         let f = (t.vectors * t.lanes) as i64;
-        let (kd, p, m) = (self.depth as i64, self.pixels as i64, self.filters as i64);
+        let (kd, p, m) = (
+            self.depth() as i64,
+            self.pixels() as i64,
+            self.filters as i64,
+        );
+        let i32t = k.cx.context.i32_type();
+        let i64t = k.cx.context.i64_type();
+        let offset = |at: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
+            let b = &k.em.builder;
+            let v = b.build_load(i32t, k.element(k.buffers[3], i32t.into(), at)?, "off")?;
+            Ok(b.build_int_s_extend(v.into_int_value(), i64t, "off")?)
+        };
         let b = &k.em.builder;
         let m0 = b.build_int_mul(panel, k.int(f), "m0")?;
         let accs = (0..rows * t.vectors)
@@ -220,7 +302,7 @@ impl ConvGemmT {
             .collect::<Result<Vec<_>, _>>()?;
         // The tile's accumulators in the scratch between K blocks:
         // pixel-major, F each (unused when K is one block).
-        let single = self.k_block(t) >= self.depth;
+        let single = self.k_block(t) >= self.depth();
         let saved = |r: usize, v: usize| -> Result<_, CodegenError> {
             let at = k.em.mul_add(
                 p0,
@@ -232,7 +314,7 @@ impl ConvGemmT {
         for v in 0..t.vectors {
             let start = if self.bias {
                 let at = b.build_int_add(m0, k.int((v * t.lanes) as i64), "bias")?;
-                k.load(Elem::F32, lanes, k.element(k.buffers[3], f32t.into(), at)?)?
+                k.load(Elem::F32, lanes, k.element(k.buffers[4], f32t.into(), at)?)?
             } else {
                 vf.const_zero()
             };
@@ -248,7 +330,19 @@ impl ConvGemmT {
                 b.build_store(accs[r * t.vectors + v], value)?;
             }
         }
-        let b_base = k.em.mul_add(batch, k.int(kd * p), p0)?;
+        // Per row, the element of its pixel's first tap in the batch's
+        // input planes; per k, the tap's offset from it.
+        let plane: usize = self.window.input.iter().product();
+        let x_base = b.build_int_mul(batch, k.int((self.channels * plane) as i64), "xb")?;
+        let row_base = (0..rows)
+            .map(|r| {
+                let at =
+                    k.em.builder
+                        .build_int_add(p0, k.int(kd + r as i64), "col")?;
+                let column = offset(at)?;
+                Ok(k.em.builder.build_int_add(x_base, column, "row")?)
+            })
+            .collect::<Result<Vec<_>, CodegenError>>()?;
         let w_base = b.build_int_mul(panel, k.int(kd * f), "w")?;
         k.em.counted_loop(blk.k0, b.build_int_add(blk.k0, blk.kc, "k1")?, |kk| {
             let b = &k.em.builder;
@@ -258,9 +352,9 @@ impl ConvGemmT {
                 let at = b.build_int_add(w_row, k.int((v * t.lanes) as i64), "wv")?;
                 wv.push(k.load(Elem::F32, lanes, k.element(k.buffers[2], f32t.into(), at)?)?);
             }
-            let b_row = k.em.mul_add(kk, k.int(p), b_base)?;
-            for r in 0..rows {
-                let at = b.build_int_add(b_row, k.int(r as i64), "bx")?;
+            let tap = offset(kk)?;
+            for (r, &base) in row_base.iter().enumerate() {
+                let at = k.em.builder.build_int_add(base, tap, "bx")?;
                 let x =
                     k.load_splat(Elem::F32, lanes, k.element(k.buffers[1], f32t.into(), at)?)?;
                 for (v, &w) in wv.iter().enumerate() {
@@ -295,17 +389,21 @@ impl ConvGemmT {
         k.em.if_then(blk.last, || {
             let b = &k.em.builder;
             let y_base = k.em.mul_add(batch, k.int(m), m0)?;
+            let extra_start = 4 + usize::from(self.bias);
             for r in 0..rows {
+                let pixel = b.build_int_add(p0, k.int(r as i64), "px")?;
                 for v in 0..t.vectors {
                     let value = b
                         .build_load(vf, accs[r * t.vectors + v], "acc")?
                         .into_vector_value();
                     let value = match &self.epilogue {
-                        // Reads no operand: batch, channel and pixel are unused.
-                        Some(e) => e.apply(k, &[], value, batch, m0, p0, None)?,
+                        Some(e) => {
+                            let channel = b.build_int_add(m0, k.int((v * t.lanes) as i64), "ch")?;
+                            let operands = &k.buffers[extra_start..];
+                            e.apply(k, operands, value, batch, channel, pixel, Lanes::Channels)?
+                        }
                         None => value,
                     };
-                    let pixel = b.build_int_add(p0, k.int(r as i64), "px")?;
                     for j in 0..t.lanes {
                         let filter =
                             b.build_int_add(y_base, k.int((v * t.lanes + j) as i64), "m")?;

@@ -294,7 +294,7 @@ pub(crate) fn element_bytes(dtype: DType, op: &Op) -> Result<u32, CodegenError> 
 
 /// The source position of every padded position of an axis of `n`
 /// (-1: the constant).
-fn pad_table(
+pub(crate) fn pad_table(
     n: usize,
     before: usize,
     after: usize,
