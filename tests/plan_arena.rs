@@ -101,7 +101,7 @@ fn the_reported_arena_is_the_compiled_arena() {
         assert!(reported > 0, "{name}");
         scratch_seen += scratch;
     }
-    // The conv fixtures' GEMM convolutions need im2col scratch: the
+    // The conv fixtures' GEMM convolutions need scratch (packed panels): the
     // backend's own buffers are part of what the report plans.
     assert!(scratch_seen > 0, "no fixture exercised backend scratch");
 }

@@ -16,8 +16,9 @@ use m4c_ir::{Graph, Op};
 use crate::arena::{self, Lifetime};
 use crate::fusion::fusion_roots;
 
-/// An arena buffer a kernel needs besides the result it writes (e.g. an
-/// im2col matrix), live only while the kernel keyed by `node` runs.
+/// An arena buffer a kernel needs besides the result it writes (e.g. a
+/// convolution's zero-padded input), live only while the kernel keyed by
+/// `node` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scratch {
     pub node: usize,

@@ -1,5 +1,5 @@
-//! The convolution kernels (GEMM on NCHW with and without im2col,
-//! register-blocked depthwise, the fused elementwise epilogues) compiled for
+//! The convolution kernels (GEMM on NCHW reading the input through offset
+//! tables, with pixels or filters in the lanes, register-blocked depthwise, the fused elementwise epilogues) compiled for
 //! AVX-512 (when the host has it) and AVX2 and compared with the reference
 //! interpreter, proptest over shapes, strides, pads, dilations, groups and
 //! epilogues.
@@ -302,7 +302,9 @@ fn small_maps_put_filters_in_the_lanes() {
             "{x:?}: {steps:?}"
         );
         assert!(
-            !steps.iter().any(|(symbol, _)| symbol.ends_with("im2col")),
+            steps
+                .iter()
+                .all(|(symbol, _)| symbol.ends_with("pad") || symbol.ends_with("conv_gemm_t")),
             "{x:?}: {steps:?}"
         );
     }
@@ -323,8 +325,10 @@ fn pointwise_with_activation_is_one_kernel() {
 
 /// Depths past one K block (128 on AVX-512, 256 on AVX2 for the widest
 /// panels): partial sums are stored and reloaded, the epilogue runs once.
+/// The 3×3 windows on 9×11 maps pack vectors that cross output rows
+/// (gathered) next to ones inside a row (one load per k).
 #[test]
-fn deep_pointwise_and_im2col_convolutions() {
+fn deep_pointwise_and_windowed_convolutions() {
     for (cin, kernel, stride, after) in [
         (300, 1, 1, After::Silu),
         (600, 1, 1, After::ResidualRelu),
@@ -390,16 +394,12 @@ fn shared_results_stay_unfused() {
     assert!(symbols.iter().any(|s| s.ends_with("fused")), "{symbols:?}");
 }
 
-/// On a 7×7 map (two pixel panels) the filter tiles are split into groups
-/// so that threads share the work; every split (one to three threads, K
-/// blocks, the last tile's group, a residual epilogue) agrees with the
-/// interpreter.
-/// A 3×3 kernel on a 1×1 map has more taps than input pixels, so im2col
-/// keeps its taps as inner loops instead of folding them into the parallel
-/// axis (found by `many_filters_on_small_maps`: the loop indices were laid
-/// out as if folded).
+/// A 3×3 kernel on a 1×1 map reads its padding but for the centre tap
+/// (found by `many_filters_on_small_maps` when im2col folded the taps
+/// into the parallel axis; the padded copy and its offsets are the edge
+/// now).
 #[test]
-fn im2col_with_more_taps_than_pixels() {
+fn more_taps_than_pixels() {
     for threads in [1, 2] {
         let mut c = Case::new();
         let y = c.conv([1, 1, 1, 1], 40, 3, attrs(1, 1, 1, 1), true, AFTERS[0], 0);
@@ -407,6 +407,10 @@ fn im2col_with_more_taps_than_pixels() {
     }
 }
 
+/// On a 7×7 map (two pixel panels) the filter tiles are split into groups
+/// so that threads share the work; every split (one to three threads, K
+/// blocks, the last tile's group, a residual epilogue) agrees with the
+/// interpreter.
 #[test]
 fn small_maps_split_filter_groups_over_threads() {
     for (cin, filters, kernel, stride, after) in [
@@ -432,13 +436,14 @@ fn small_maps_split_filter_groups_over_threads() {
     }
 }
 
-/// Layers of batch 1 with few planes (an RGB stem's im2col, a pool and a
-/// pad over 3 channels, a global average over channels) fold their
+/// Layers of batch 1 with few planes (an RGB stem's padded copy, a pool
+/// and a pad over 3 channels, a global average over channels) fold their
 /// leading axes into the parallel axis, and agree with the interpreter on
 /// one to three threads.
 #[test]
 fn few_planes_fold_into_the_parallel_axis() {
-    // 7×7/2 stem on 3 channels: im2col iterations are (plane, tap) pairs.
+    // 7×7/2 stem on 3 channels: the padded copy's iterations are (plane,
+    // row) pairs.
     let mut c = Case::new();
     let y = c.conv(
         [1, 3, 30, 30],
@@ -450,7 +455,7 @@ fn few_planes_fold_into_the_parallel_axis() {
         1,
     );
     let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
-    assert!(extent_of(&steps, "im2col") >= 32, "{steps:?}");
+    assert!(extent_of(&steps, "pad") >= 32, "{steps:?}");
 
     let pool = PoolAttrs {
         kernel: vec![3, 3],

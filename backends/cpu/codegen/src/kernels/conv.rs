@@ -1,9 +1,9 @@
 //! Convolution: ungrouped convolutions as a GEMM on the NCHW layout
-//! (`conv_gemm`: the input itself for 1×1 stride-1 convolutions, a
-//! vectorised im2col otherwise, the output written in NCHW with the bias in
-//! the epilogue; on small maps `conv_gemm_t` with the filters in the
-//! lanes, reading the input, or a zero-padded copy of it, through offset
-//! tables), depthwise 2-D convolutions register-blocked over output
+//! (`conv_gemm` with the pixels in the lanes, on small maps `conv_gemm_t`
+//! with the filters in the lanes; both read the input, or a zero-padded
+//! copy of it, through offset tables instead of an im2col matrix, and
+//! write NCHW with the bias in the epilogue), depthwise 2-D convolutions
+//! register-blocked over output
 //! rows (`conv_depthwise`), other grouped ones directly (`conv_direct`).
 //! The first two also evaluate a fused elementwise group on their
 //! accumulators (`conv_epilogue`).
@@ -15,8 +15,8 @@ use super::contiguous_strides;
 use super::conv_depthwise::Depthwise;
 use super::conv_direct::DirectConv;
 use super::conv_epilogue::Epilogue;
-use super::conv_gemm::{ConvGemm, Im2col};
-use super::conv_gemm_t::{padding, ConvGemmT};
+use super::conv_gemm::ConvGemm;
+use super::conv_gemm_t::ConvGemmT;
 use super::movement::{pad_table, AxisMap, IndexCopy};
 use super::window::Window;
 use crate::graph::{Loc, Lowering};
@@ -54,15 +54,6 @@ pub(crate) fn takes_epilogue(l: &Lowering<'_, '_>, node: &Node) -> bool {
     }
 }
 
-/// Whether the convolution reads its input directly as the GEMM's `B`
-/// (1×1, stride 1, no padding: `B[n]` is `x[n]` as `C × P`).
-fn pointwise(w: &Window) -> bool {
-    w.kernel.iter().all(|&k| k == 1)
-        && w.strides.iter().all(|&s| s == 1)
-        && w.pads.iter().all(|&p| p == 0)
-        && w.input == w.output
-}
-
 /// The input `x` (`planes` channel planes) as a window without padding
 /// reads it: `x` itself when `window` does not pad, else a zero-padded
 /// copy (a copy kernel into a temporary) with the window over it.
@@ -72,18 +63,14 @@ fn padded(
     planes: usize,
     window: Window,
 ) -> Result<(Loc, Window), CodegenError> {
-    let pads = padding(&window);
+    let pads = window.padding();
     if pads
         .iter()
         .all(|&(before, after)| before == 0 && after == 0)
     {
         return Ok((x, window));
     }
-    let input: Vec<usize> = pads
-        .iter()
-        .zip(&window.input)
-        .map(|(&(before, after), &n)| before + n + after)
-        .collect();
+    let input = window.padded_input();
     let mut shape = vec![planes];
     shape.extend(&input);
     let mut maps = vec![AxisMap::Affine { start: 0, step: 1 }];
@@ -182,9 +169,10 @@ pub(crate) fn lower(
     }
     match path(attrs, &x_shape, &w_shape) {
         Path::Gemm => {
-            // Small maps put the filters in the lanes (W repacked, B read
-            // from the input through offset tables), larger ones the pixels
-            // (W read as stored, B the input or its im2col matrix).
+            // Both GEMM kernels read B from the input (zero-padded first
+            // when the window pads) through offset tables. Small maps put
+            // the filters in the lanes (W repacked), larger ones the pixels
+            // (W read as stored).
             let small_weights = match l.constant(node.inputs[1]) {
                 Some(w) if ConvGemmT::applies(l.cx.target, m, c, &window) => Some(
                     w.to_f32_vec()
@@ -192,9 +180,9 @@ pub(crate) fn lower(
                 ),
                 _ => None,
             };
-            let (symbol, b, weights, extent, scratch) = match small_weights {
+            let (b, window) = padded(l, x, n * c, window)?;
+            let (symbol, weights, offsets, extent, scratch) = match small_weights {
                 Some(w) => {
-                    let (b, window) = padded(l, x, n * c, window)?;
                     let gemm = ConvGemmT {
                         batch: n,
                         filters: m,
@@ -204,47 +192,32 @@ pub(crate) fn lower(
                         epilogue,
                     };
                     let packed = gemm.pack(l.cx.target, &w)?;
-                    let packed = l.weights_loc(&packed);
-                    let offsets = l.weights_loc(&gemm.offsets()?);
-                    tail.insert(0, offsets);
+                    let offsets = gemm.offsets()?;
                     let symbol = l.symbol("conv_gemm_t");
                     gemm.emit(l.cx, &symbol)?;
                     let extent = gemm.extent(l.cx.target);
                     let scratch = gemm.scratch_bytes(l.cx.target);
-                    (symbol, b, packed, extent, scratch)
+                    (symbol, l.weights_loc(&packed), offsets, extent, scratch)
                 }
                 None => {
-                    let taps: usize = window.kernel.iter().product();
-                    let pixels: usize = window.output.iter().product();
-                    let b = if pointwise(&window) {
-                        x
-                    } else {
-                        let col = l.temp(n * c * taps * pixels * 4);
-                        let symbol = l.symbol("im2col");
-                        let im2col = Im2col {
-                            planes: n * c,
-                            window,
-                        };
-                        im2col.emit(l.cx, &symbol)?;
-                        l.kernel(symbol, vec![col, x], im2col.extent(), true);
-                        col
-                    };
                     let gemm = ConvGemm {
                         batch: n,
                         filters: m,
-                        depth: c * taps,
-                        pixels,
+                        channels: c,
+                        window,
                         bias: bias.is_some(),
                         epilogue,
                     };
+                    let weights = l.loc(node.inputs[1])?;
+                    let offsets = gemm.offsets(l.cx.target)?;
                     let symbol = l.symbol("conv_gemm");
                     gemm.emit(l.cx, &symbol)?;
                     let extent = gemm.extent(l.cx.target);
                     let scratch = gemm.scratch_bytes(l.cx.target);
-                    (symbol, b, l.loc(node.inputs[1])?, extent, scratch)
+                    (symbol, weights, offsets, extent, scratch)
                 }
             };
-            let mut buffers = vec![out, b, weights];
+            let mut buffers = vec![out, b, weights, l.weights_loc(&offsets)];
             buffers.extend(tail);
             l.kernel_with_scratch(symbol, buffers, extent, scratch, true);
         }

@@ -1,29 +1,37 @@
 //! Ungrouped convolution as a GEMM on the NCHW layout:
 //! `y[n] (M × P) = W (M × K) · B[n] (K × P)`, where `W` is the weight tensor
-//! as it is stored (`[M, C·taps]` row-major), `B[n]` the input itself for a
-//! 1×1 stride-1 convolution without padding (`K = C`) and otherwise its
-//! im2col matrix (row `c·taps + t` holds the input under tap `t` for every
-//! output pixel, written by the vectorised [`Im2col`]). The output is
-//! written in NCHW directly, with the bias and any fused elementwise group
-//! ([`Epilogue`]) applied to the accumulators before the store.
+//! as it is stored (`[M, C·taps]` row-major) and `B[n]` the im2col matrix
+//! of the input (row `c·taps + t` holds the input under tap `t` for every
+//! output pixel), never written out: each panel's rows of `B` are read
+//! from the input, or a zero-padded copy of it when the window pads,
+//! through offset tables ([`TapOffsets`]). The output is written in NCHW
+//! directly, with the bias and any fused elementwise group ([`Epilogue`])
+//! applied to the accumulators before the store.
 //!
 //! The micro-tile is `rows × (vectors·lanes)`: `rows` filters (broadcast
-//! weights) by a panel of consecutive pixels (vector loads of `B`'s rows,
-//! read in place with row stride P). The filters are split into tiles of
-//! equal height (16 filters are two tiles of 8, not 14 + 2) and the
-//! panel is as wide as the registers left by that height allow. Iterations
-//! are (batch, pixel panel) pairs, so threads split the pixels. K blocks
-//! are the outermost loop (the block's slice of `W` stays in L2 while a
-//! thread's panels go by); per panel the block's rows of `B` are first
-//! packed into the thread's scratch (contiguous, so the tiles' loads stay
-//! in L1 and touch few pages) and then swept by every filter tile.
+//! weights) by a panel of consecutive pixels (vector loads of the packed
+//! panel). The filters are split into tiles of equal height (16 filters
+//! are two tiles of 8, not 14 + 2) and the panel is as wide as the
+//! registers left by that height allow. Iterations are (batch, pixel
+//! panel) pairs, so threads split the pixels. K blocks are the outermost
+//! loop (the block's slice of `W` stays in L2 while a thread's panels go
+//! by); per panel the block's rows of `B` are first packed into the
+//! thread's scratch (contiguous, so the tiles' loads stay in L1 and touch
+//! few pages) and then swept by every filter tile. A vector of the panel
+//! whose pixels step evenly through one input row (all of a 1×1
+//! convolution's, those inside one output row otherwise) is packed with
+//! one (wide) load per k, any other one with a gather.
+//!
+//! Why no im2col matrix: it is `taps` times the input (7.4 MB for
+//! ResNet-50's 7×7 stem at 224², 7.2 MB for a 3×3 layer of 64 channels at
+//! 56²), written once and read back from beyond the L2.
 
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
 use super::conv_epilogue::{Epilogue, Lanes};
-use super::window::Window;
-use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
+use super::window::{every_stride, table_bytes, TapOffsets, Window, MAX_LOADED_STRIDE};
+use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
 /// Bytes of `B` one K block of a panel may take (half of a 32 KiB L1).
@@ -47,10 +55,10 @@ pub(crate) struct ConvGemm {
     pub batch: usize,
     /// Filters (M).
     pub filters: usize,
-    /// Reduction length (K = channels · taps).
-    pub depth: usize,
-    /// Output pixels per plane (P).
-    pub pixels: usize,
+    pub channels: usize,
+    /// The window over the input the kernel reads: no padding (`input`
+    /// are the dimensions of the padded copy when the convolution pads).
+    pub window: Window,
     pub bias: bool,
     pub epilogue: Option<Epilogue>,
 }
@@ -77,22 +85,50 @@ struct Tiling {
 }
 
 impl ConvGemm {
+    /// Reduction length (K = channels · taps).
+    fn depth(&self) -> usize {
+        self.channels * self.window.kernel.iter().product::<usize>()
+    }
+
+    /// Output pixels per plane (P).
+    fn pixels(&self) -> usize {
+        self.window.output.iter().product()
+    }
+
+    /// The offset tables the kernel reads: [`TapOffsets`]' rows and
+    /// columns, a vector of spare zeros (the gather of a partial last
+    /// vector loads whole vectors of columns), then per vector of pixels
+    /// whether it is a run ([`TapOffsets::runs`]).
+    pub fn offsets(&self, target: &Target) -> Result<Vec<u8>, CodegenError> {
+        let lanes = target.isa.f32_lanes();
+        let t = TapOffsets::new(&self.window, self.channels)?;
+        let step = self.window.strides.last().copied().unwrap_or(1);
+        let spare = vec![0; lanes];
+        Ok(table_bytes(&[
+            &t.rows,
+            &t.columns,
+            &spare,
+            &t.runs(lanes, step),
+        ]))
+    }
+
     fn tiling(&self, target: &Target) -> Tiling {
         let lanes = target.isa.f32_lanes();
         let registers = target.isa.vector_registers();
         let max_rows = (registers - 3) / 2;
+        let (depth, pixels) = (self.depth(), self.pixels());
         let tiles = self.filters.div_ceil(max_rows);
         let rows = self.filters.div_ceil(tiles);
         let vectors = ((registers - 1) / (rows + 1))
             .clamp(1, MAX_VECTORS)
-            .min(self.pixels.div_ceil(lanes));
+            .min(pixels.div_ceil(lanes));
         let width = vectors * lanes;
         let k_block = (B_BLOCK_BYTES / (width * 4)).max(8);
-        let k_blocks = self.depth.div_ceil(k_block);
-        let panels = self.pixels.div_ceil(width);
+        let k_blocks = depth.div_ceil(k_block);
+        let panels = pixels.div_ceil(width);
         // Enough groups for the parallel axis, and enough that a group's
         // slice of W for one K block fits half the L2 while its panels go by.
-        let k_block_len = self.depth.div_ceil(k_blocks);
+        let k_block_len = depth.div_ceil(k_blocks);
         let w_groups = (self.filters * k_block_len * 4).div_ceil(target.l2_bytes / 2);
         let groups = MIN_ITERATIONS
             .div_ceil(self.batch * panels)
@@ -107,7 +143,7 @@ impl ConvGemm {
             groups,
             vectors,
             panels,
-            tail: self.pixels % width,
+            tail: pixels % width,
             k_block: k_block_len,
             k_blocks,
         }
@@ -126,11 +162,12 @@ impl ConvGemm {
         t.k_block * t.vectors * t.lanes * 4
     }
 
-    /// Emits the kernel (buffers: y, B, W, bias?, epilogue operands..).
+    /// Emits the kernel (buffers: y, x (padded), W, offsets, bias?,
+    /// epilogue operands..).
     pub fn emit<'ctx>(&self, cx: Cx<'_, 'ctx>, symbol: &str) -> Result<(), CodegenError> {
         let t = self.tiling(cx.target);
         let extra = self.epilogue.as_ref().map_or(0, Epilogue::buffers);
-        let k = Kernel::define(cx, symbol, 3 + usize::from(self.bias) + extra)?;
+        let k = Kernel::define(cx, symbol, 4 + usize::from(self.bias) + extra)?;
         let vf = cx.context.f32_type().vec_type(t.lanes as u32);
         let accs = (0..t.rows * t.vectors)
             .map(|_| k.slot(vf.into()))
@@ -139,7 +176,7 @@ impl ConvGemm {
         let block = |kb: IntValue<'ctx>| -> Result<(), CodegenError> {
             let b = &k.em.builder;
             let k0 = b.build_int_mul(kb, k.int(t.k_block as i64), "k0")?;
-            let left = b.build_int_sub(k.int(self.depth as i64), k0, "k_left")?;
+            let left = b.build_int_sub(k.int(self.depth() as i64), k0, "k_left")?;
             let kc = k.em.umin(left, k.int(t.k_block as i64))?;
             let first = b.build_int_compare(IntPredicate::EQ, kb, k.int(0), "first")?;
             let last =
@@ -222,37 +259,9 @@ impl<'ctx> Panel<'_, 'ctx> {
         blk: &KBlock<'ctx>,
     ) -> Result<(), CodegenError> {
         let t = self.t;
-        let g = self.gemm;
-        let lanes = t.lanes as u32;
-        let f32t = k.cx.context.f32_type();
-        let (kd, p) = (g.depth as i64, g.pixels as i64);
-        let width = (t.vectors * t.lanes) as i64;
-        let b_plane =
-            k.em.builder
-                .build_int_mul(self.batch, k.int(kd * p), "bb")?;
-        let b_base = k.em.builder.build_int_add(b_plane, self.p0, "bb")?;
-        k.em.counted_loop(k.int(0), blk.kc, |kk| {
-            let b = &k.em.builder;
-            let kidx = b.build_int_add(blk.k0, kk, "k")?;
-            let row = k.em.mul_add(kidx, k.int(p), b_base)?;
-            let packed = k.em.builder.build_int_mul(kk, k.int(width), "pk")?;
-            for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
-                let cols = valid - v * t.lanes;
-                let b = &k.em.builder;
-                let at = b.build_int_add(row, k.int((v * t.lanes) as i64), "b")?;
-                let ptr = k.element(k.buffers[1], f32t.into(), at)?;
-                let value = if cols < t.lanes {
-                    k.masked_load(ptr, k.prefix_mask(lanes, cols))?
-                } else {
-                    k.load(Elem::F32, lanes, ptr)?
-                };
-                let to =
-                    k.em.builder
-                        .build_int_add(packed, k.int((v * t.lanes) as i64), "to")?;
-                k.store(Elem::F32, k.element(k.scratch, f32t.into(), to)?, value)?;
-            }
-            Ok(())
-        })?;
+        for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
+            self.pack(k, v, valid - v * t.lanes, blk)?;
+        }
         let full_tile = |tile: IntValue<'ctx>| {
             let m0 =
                 k.em.builder
@@ -286,6 +295,89 @@ impl<'ctx> Panel<'_, 'ctx> {
         k.em.if_then(is_last, last_tile)
     }
 
+    /// Packs vector `v` of the panel (`cols` valid pixels) for every k of
+    /// the block: `B[k, pixels]` read from the input at `rows[k]` plus
+    /// each pixel's column, with one (wide) load when the vector is a run
+    /// of the last axis's stride, else with a gather.
+    fn pack(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        v: usize,
+        cols: usize,
+        blk: &KBlock<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let t = self.t;
+        let g = self.gemm;
+        let lanes = t.lanes as u32;
+        let (f32t, i32t, i64t) = (
+            k.cx.context.f32_type(),
+            k.cx.context.i32_type(),
+            k.cx.context.i64_type(),
+        );
+        let (kd, p) = (g.depth() as i64, g.pixels() as i64);
+        let width = (t.vectors * t.lanes) as i64;
+        let offset = |at: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
+            let b = &k.em.builder;
+            let o = b.build_load(i32t, k.element(k.buffers[3], i32t.into(), at)?, "off")?;
+            Ok(b.build_int_s_extend(o.into_int_value(), i64t, "off")?)
+        };
+        let b = &k.em.builder;
+        let plane: usize = g.window.input.iter().product();
+        let x_base = b.build_int_mul(self.batch, k.int((g.channels * plane) as i64), "xb")?;
+        let pixel = b.build_int_add(self.p0, k.int((v * t.lanes) as i64), "px")?;
+        let columns = b.build_int_add(pixel, k.int(kd), "cols")?;
+        // Every k of the block: the address of the tap's row, the vector
+        // read from it, stored to the packed panel.
+        let sweep = |read: &dyn Fn(IntValue<'ctx>) -> Result<VectorValue<'ctx>, CodegenError>| {
+            k.em.counted_loop(k.int(0), blk.kc, |kk| {
+                let b = &k.em.builder;
+                let row = offset(b.build_int_add(blk.k0, kk, "k")?)?;
+                let row = b.build_int_add(x_base, row, "row")?;
+                let value = read(row)?;
+                let to =
+                    k.em.mul_add(kk, k.int(width), k.int((v * t.lanes) as i64))?;
+                k.store(Elem::F32, k.element(k.scratch, f32t.into(), to)?, value)
+            })
+        };
+        let gather = || {
+            let index = k.load(
+                Elem::I32,
+                lanes,
+                k.element(k.buffers[3], i32t.into(), columns)?,
+            )?;
+            let index =
+                k.em.builder
+                    .build_int_s_extend(index, i64t.vec_type(lanes), "cols")?;
+            let mask = k.prefix_mask(lanes, cols);
+            sweep(&|row| {
+                let at = k.element(k.buffers[1], f32t.into(), row)?;
+                k.masked_gather(at, index, mask, 0.0)
+            })
+        };
+        let stride = g.window.strides.last().copied().unwrap_or(1) as i64;
+        if cols < t.lanes || stride > MAX_LOADED_STRIDE {
+            return gather();
+        }
+        let first = offset(columns)?;
+        let wide = || {
+            sweep(&|row| {
+                let b = &k.em.builder;
+                let at = b.build_int_add(row, first, "at")?;
+                let at = k.element(k.buffers[1], f32t.into(), at)?;
+                let loaded = k.load(Elem::F32, lanes * stride as u32, at)?;
+                every_stride(k, loaded, lanes, stride)
+            })
+        };
+        let b = &k.em.builder;
+        let vector = b.build_int_unsigned_div(pixel, k.int(t.lanes as i64), "vec")?;
+        let runs = b.build_int_add(vector, k.int(kd + p + t.lanes as i64), "runs")?;
+        let run = offset(runs)?;
+        let run = b.build_int_compare(IntPredicate::NE, run, k.int(0), "run")?;
+        k.em.if_then(run, wide)?;
+        let scattered = k.em.builder.build_not(run, "scattered")?;
+        k.em.if_then(scattered, gather)
+    }
+
     /// One micro-tile: filters `m0..m0 + rows` by the panel's `valid`
     /// pixels over one K block.
     fn tile(
@@ -301,7 +393,7 @@ impl<'ctx> Panel<'_, 'ctx> {
         let lanes = t.lanes as u32;
         let f32t = k.cx.context.f32_type();
         let vf = f32t.vec_type(lanes);
-        let (m, kd, p) = (g.filters as i64, g.depth as i64, g.pixels as i64);
+        let (m, kd, p) = (g.filters as i64, g.depth() as i64, g.pixels() as i64);
         let vectors: Vec<(usize, Option<VectorValue<'ctx>>)> = (0..t.vectors)
             .filter(|v| v * t.lanes < valid)
             .map(|v| {
@@ -331,7 +423,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                 k.load_splat(
                     Elem::F32,
                     lanes,
-                    k.element(k.buffers[3], f32t.into(), filter)?,
+                    k.element(k.buffers[4], f32t.into(), filter)?,
                 )?
             } else {
                 vf.const_zero()
@@ -387,7 +479,7 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
             Ok(())
         })?;
-        let extra_start = 3 + usize::from(g.bias);
+        let extra_start = 4 + usize::from(g.bias);
         for r in 0..rows {
             let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
             for &(v, mask) in &vectors {
@@ -443,99 +535,24 @@ pub(super) struct KBlock<'ctx> {
     pub last: IntValue<'ctx>,
 }
 
-/// The im2col matrix of a convolution in the layout [`ConvGemm`] reads:
-/// per batch and channel, per tap `t`, the row of every output pixel's
-/// input under that tap (0 in the padding). Vectorised along the output
-/// rows like the direct kernels (masked loads, strided reads as a wide
-/// load and a shuffle); iterations are (batch, channel) planes, folded
-/// with the taps when there are few planes.
-pub(crate) struct Im2col {
-    pub planes: usize,
-    pub window: Window,
-}
-
-impl Im2col {
-    /// The axes the parallel loop may fold: planes, then the taps (not
-    /// when a plane has fewer pixels than taps, so the extent never passes
-    /// the input's element count, which bundle checks bound it by).
-    fn parallel_dims(&self) -> Vec<usize> {
-        let mut dims = vec![self.planes];
-        let taps: usize = self.window.kernel.iter().product();
-        if taps <= self.window.input.iter().product() {
-            dims.extend(&self.window.kernel);
-        }
-        dims
-    }
-
-    /// The range of the kernel's parallel axis: (plane, tap) pairs folded
-    /// until there are enough ([`fold_axes`]), so the 3 planes of an RGB
-    /// stem are not split 2:1 over two threads.
-    pub fn extent(&self) -> usize {
-        folded_extent(&self.parallel_dims())
-    }
-
-    /// Emits the kernel (buffers: col, x).
-    pub fn emit(&self, cx: Cx<'_, '_>, symbol: &str) -> Result<(), CodegenError> {
-        let w = &self.window;
-        let k = Kernel::define(cx, symbol, 2)?;
-        let f32t = cx.context.f32_type();
-        let lanes = w.row_lanes(cx);
-        let vf = f32t.vec_type(lanes);
-        let sp = w.output.len();
-        let in_plane: usize = w.input.iter().product();
-        let pixels: usize = w.output.iter().product();
-        let taps: usize = w.kernel.iter().product();
-        let out_strides = contiguous_strides(&w.output);
-        let tap_strides = contiguous_strides(&w.kernel);
-        let value = k.slot(vf.into())?;
-        // The loops: plane, taps, output rows; the leading ones the
-        // parallel axis takes are folded into it (taps only when
-        // `parallel_dims` admits them, else they stay inner loops).
-        let fold = fold_axes(&self.parallel_dims());
-        let mut dims = vec![self.planes];
-        dims.extend(&w.kernel);
-        dims.extend(w.row_dims(lanes));
-        k.nest_folded(&dims, fold, &mut |idx: &[IntValue<'_>]| {
-            let (plane, rest) = idx
-                .split_first()
-                .ok_or(CodegenError::Internal("plane axis"))?;
-            let (tap, rd) = rest.split_at(sp);
-            let b = &k.em.builder;
-            let x_base = b.build_int_mul(*plane, k.int(in_plane as i64), "xb")?;
-            let col_plane = b.build_int_mul(*plane, k.int(taps as i64), "cp")?;
-            let t = k.linear(0, tap, &tap_strides)?;
-            let col_row = k.em.builder.build_int_add(col_plane, t, "cr")?;
-            let col_base =
-                k.em.builder
-                    .build_int_mul(col_row, k.int(pixels as i64), "cb")?;
-            let (rows, column) = rd.split_at(sp - 1);
-            let columns = w.columns(&k, lanes, column[0])?;
-            let (at, inside) = w.row_offset(&k, rows, tap)?;
-            let at = k.em.builder.build_int_add(at, x_base, "at")?;
-            k.em.builder.build_store(value, vf.const_zero())?;
-            k.em.if_then(inside, || {
-                w.load_row_into(&k, value, (k.buffers[1], at), &columns, tap[sp - 1])
-            })?;
-            let out = k.linear(0, rows, &out_strides[..sp - 1])?;
-            let out = k.em.builder.build_int_add(out, columns.first, "o")?;
-            let out = k.em.builder.build_int_add(out, col_base, "o")?;
-            let x = k.em.builder.build_load(vf, value, "x")?.into_vector_value();
-            w.store_row(&k, k.element(k.buffers[0], f32t.into(), out)?, &columns, x)
-        })?;
-        k.finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tiling(target: &str, filters: usize, pixels: usize, depth: usize) -> Tiling {
+        // A 1×1 window over a row of `pixels`: K is the channel count.
         let gemm = ConvGemm {
             batch: 1,
             filters,
-            depth,
-            pixels,
+            channels: depth,
+            window: Window {
+                input: vec![pixels],
+                output: vec![pixels],
+                kernel: vec![1],
+                strides: vec![1],
+                pads: vec![0],
+                dilations: vec![1],
+            },
             bias: false,
             epilogue: None,
         };
@@ -560,31 +577,6 @@ mod tests {
         assert_eq!((t.rows, t.tiles, t.vectors), (8, 2, 3));
         let t = tiling("x86_64-avx512", 64, 3136, 64);
         assert_eq!((t.rows, t.last_rows, t.vectors), (13, 12, 2));
-    }
-
-    fn im2col(planes: usize, input: usize, output: usize, kernel: usize) -> Im2col {
-        Im2col {
-            planes,
-            window: Window {
-                input: vec![input; 2],
-                output: vec![output; 2],
-                kernel: vec![kernel; 2],
-                strides: vec![1; 2],
-                pads: vec![kernel / 2; 2],
-                dilations: vec![1; 2],
-            },
-        }
-    }
-
-    /// Few planes fold in their taps; the extent never passes the input's
-    /// elements (the bound bundle checks hold every kernel to).
-    #[test]
-    fn im2col_folds_taps_within_the_input() {
-        // An RGB stem: (plane, row-of-taps, tap) until ≥ 32 iterations.
-        assert_eq!(im2col(3, 30, 15, 7).extent(), 3 * 7 * 7);
-        assert_eq!(im2col(64, 56, 56, 3).extent(), 64);
-        // A 1×1 input under a 3×3 kernel: planes only.
-        assert_eq!(im2col(2, 1, 1, 3).extent(), 2);
     }
 
     /// On small maps the filter tiles form groups, so there are more

@@ -36,8 +36,8 @@ use inkwell::IntPredicate;
 
 use super::conv_epilogue::{Epilogue, Lanes};
 use super::conv_gemm::KBlock;
-use super::window::Window;
-use super::{contiguous_strides, Cx, Elem, Kernel};
+use super::window::{table_bytes, TapOffsets, Window};
+use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
 /// The most pixels a map may have for this kernel.
@@ -80,19 +80,6 @@ struct Tiling {
     tiles: usize,
 }
 
-/// Per spatial axis, the zero padding a window needs before and after its
-/// input so that every tap it reads lies inside: the begin pad, and as
-/// much after the end as the last output's last tap passes it.
-pub(crate) fn padding(w: &Window) -> Vec<(usize, usize)> {
-    (0..w.input.len())
-        .map(|d| {
-            let reach =
-                (w.output[d].max(1) - 1) * w.strides[d] + (w.kernel[d] - 1) * w.dilations[d] + 1;
-            (w.pads[d], reach.saturating_sub(w.pads[d] + w.input[d]))
-        })
-        .collect()
-}
-
 impl ConvGemmT {
     /// Whether this kernel should compute a convolution of `channels` over
     /// window `w` into `filters`: a map of at most [`MAX_PIXELS`] pixels
@@ -102,11 +89,7 @@ impl ConvGemmT {
     pub fn applies(target: &Target, filters: usize, channels: usize, w: &Window) -> bool {
         let lanes = target.isa.f32_lanes();
         let pixels: usize = w.output.iter().product();
-        let plane: usize = padding(w)
-            .iter()
-            .zip(&w.input)
-            .map(|(&(before, after), &n)| before + n + after)
-            .product();
+        let plane: usize = w.padded_input().iter().product();
         let elements = channels.saturating_mul(plane);
         pixels <= MAX_PIXELS
             && !pixels.is_multiple_of(lanes)
@@ -177,33 +160,11 @@ impl ConvGemmT {
         Ok(bytes)
     }
 
-    /// The offset tables (`i32`, little-endian): per k, `c·plane` plus tap
-    /// `t`'s shift inside a plane; then per output pixel the input
-    /// position of its first tap.
+    /// The offset tables the kernel reads ([`TapOffsets`]: rows, then
+    /// columns).
     pub fn offsets(&self) -> Result<Vec<u8>, CodegenError> {
-        let w = &self.window;
-        let strides = contiguous_strides(&w.input);
-        let plane: usize = w.input.iter().product();
-        let taps = w.kernel.iter().product::<usize>();
-        let spread = |index: usize, dims: &[usize], step: &dyn Fn(usize) -> usize| {
-            let mut rest = index;
-            let mut at = 0;
-            for d in (0..dims.len()).rev() {
-                at += (rest % dims[d]) * step(d) * strides[d] as usize;
-                rest /= dims[d];
-            }
-            at
-        };
-        let rows = (0..self.depth())
-            .map(|k| (k / taps) * plane + spread(k % taps, &w.kernel, &|d| w.dilations[d]));
-        let columns = (0..self.pixels()).map(|p| spread(p, &w.output, &|d| w.strides[d]));
-        let mut bytes = Vec::with_capacity((self.depth() + self.pixels()) * 4);
-        for at in rows.chain(columns) {
-            let at = i32::try_from(at)
-                .map_err(|_| CodegenError::Internal("conv_gemm_t offsets fit i32"))?;
-            bytes.extend(at.to_le_bytes());
-        }
-        Ok(bytes)
+        let t = TapOffsets::new(&self.window, self.channels)?;
+        Ok(table_bytes(&[&t.rows, &t.columns]))
     }
 
     /// K per block: the block's rows of the W panel and of B stay in the

@@ -380,6 +380,51 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             .into_vector_value())
     }
 
+    /// Gathers the f32 elements `index` (an `i64` vector of element
+    /// indices) of `buffer` in the lanes of `mask`; the other lanes are
+    /// `fill` and their memory is not read.
+    pub fn masked_gather(
+        &self,
+        buffer: PointerValue<'ctx>,
+        index: VectorValue<'ctx>,
+        mask: VectorValue<'ctx>,
+        fill: f32,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let lanes = index.get_type().get_size();
+        let b = &self.em.builder;
+        let i64t = self.cx.context.i64_type();
+        let four = VectorType::const_vector(&vec![i64t.const_int(4, false); lanes as usize]);
+        let bytes = b.build_int_mul(index, four, "bytes")?;
+        let base = b.build_ptr_to_int(buffer, i64t, "base")?;
+        let one = b.build_insert_element(
+            i64t.vec_type(1).get_poison(),
+            base,
+            self.cx.context.i32_type().const_zero(),
+            "base",
+        )?;
+        let address = b.build_int_add(bytes, self.splat_lane(one, lanes)?, "address")?;
+        let pointers = b.build_int_to_ptr(
+            address,
+            self.cx
+                .context
+                .ptr_type(AddressSpace::default())
+                .vec_type(lanes),
+            "pointers",
+        )?;
+        let f32t = self.cx.context.f32_type();
+        let fill =
+            VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); lanes as usize]);
+        let align = self.cx.context.i32_type().const_int(4, false);
+        Ok(self
+            .em
+            .call_value(
+                "llvm.masked.gather",
+                &[f32t.vec_type(lanes).into(), pointers.get_type().into()],
+                &[pointers.into(), align.into(), mask.into(), fill.into()],
+            )?
+            .into_vector_value())
+    }
+
     /// Stores the lanes of `value` that `mask` selects at `at`; the other
     /// lanes' memory is not written.
     pub fn masked_store(

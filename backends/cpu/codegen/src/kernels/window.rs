@@ -1,11 +1,13 @@
 //! Sliding windows over `[N, C, spatial..]`: the tap arithmetic shared by
-//! convolution and pooling, and the pieces of kernels vectorised along the
+//! convolution and pooling, the offset tables through which the GEMM
+//! convolutions read im2col's matrix from the (padded) input
+//! ([`TapOffsets`]), and the pieces of kernels vectorised along the
 //! last output axis (a vector of consecutive output positions of one row;
 //! taps that fall into the padding or lanes past the row's end are masked).
 
 use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
-use inkwell::{AddressSpace, IntPredicate};
+use inkwell::IntPredicate;
 
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::CodegenError;
@@ -23,6 +25,33 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// Per spatial axis, the zero padding this window needs before and
+    /// after its input so that every tap it reads lies inside: the begin
+    /// pad, and as much after the end as the last output's last tap
+    /// passes it.
+    pub fn padding(&self) -> Vec<(usize, usize)> {
+        (0..self.input.len())
+            .map(|d| {
+                let reach = (self.output[d].max(1) - 1) * self.strides[d]
+                    + (self.kernel[d] - 1) * self.dilations[d]
+                    + 1;
+                (
+                    self.pads[d],
+                    reach.saturating_sub(self.pads[d] + self.input[d]),
+                )
+            })
+            .collect()
+    }
+
+    /// The input dimensions padded by [`Window::padding`].
+    pub fn padded_input(&self) -> Vec<usize> {
+        self.padding()
+            .iter()
+            .zip(&self.input)
+            .map(|(&(before, after), &n)| before + n + after)
+            .collect()
+    }
+
     /// The input position of tap `t` of output position `o` on axis `d`,
     /// and whether it lies inside the input.
     pub fn tap<'ctx>(
@@ -69,6 +98,73 @@ impl Window {
                 .into_int_value();
         Ok((at, all))
     }
+}
+
+/// im2col without its matrix, for a window without padding over
+/// `channels` planes: `B[k, p]` (`k = c·taps + t`) is element
+/// `rows[k] + columns[p]` of the input's planes.
+pub(crate) struct TapOffsets {
+    /// Per k: `c·plane` plus tap `t`'s shift inside a plane.
+    pub rows: Vec<i32>,
+    /// Per output pixel: the input position of its first tap.
+    pub columns: Vec<i32>,
+}
+
+impl TapOffsets {
+    /// The tables of `window` (no padding) over `channels` planes; an
+    /// error when an offset passes `i32`.
+    pub fn new(window: &Window, channels: usize) -> Result<Self, CodegenError> {
+        let strides = contiguous_strides(&window.input);
+        let plane: usize = window.input.iter().product();
+        let taps: usize = window.kernel.iter().product();
+        let pixels: usize = window.output.iter().product();
+        let spread = |index: usize, dims: &[usize], step: &[usize]| {
+            let mut rest = index;
+            let mut at = 0;
+            for d in (0..dims.len()).rev() {
+                at += (rest % dims[d]) * step[d] * strides[d] as usize;
+                rest /= dims[d];
+            }
+            at
+        };
+        let fit = |at: usize| {
+            i32::try_from(at).map_err(|_| CodegenError::Internal("tap offsets fit i32"))
+        };
+        Ok(Self {
+            rows: (0..channels * taps)
+                .map(|k| {
+                    fit((k / taps) * plane + spread(k % taps, &window.kernel, &window.dilations))
+                })
+                .collect::<Result<_, _>>()?,
+            columns: (0..pixels)
+                .map(|p| fit(spread(p, &window.output, &window.strides)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Per vector of `lanes` pixels from `j·lanes`: 1 when all its lanes
+    /// are pixels whose columns step by `step` (one wide load reads them),
+    /// else 0.
+    pub fn runs(&self, lanes: usize, step: usize) -> Vec<i32> {
+        self.columns
+            .chunks(lanes)
+            .map(|c| {
+                let run = c.len() == lanes
+                    && c.windows(2)
+                        .all(|w| i64::from(w[1]) - i64::from(w[0]) == step as i64);
+                i32::from(run)
+            })
+            .collect()
+    }
+}
+
+/// Tables as one little-endian `i32` buffer, in order.
+pub(crate) fn table_bytes(tables: &[&[i32]]) -> Vec<u8> {
+    tables
+        .iter()
+        .flat_map(|t| t.iter())
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
 }
 
 /// A vector of consecutive output positions on the last spatial axis.
@@ -168,7 +264,6 @@ impl Window {
         let lanes = columns.positions.get_type().get_size();
         let b = &k.em.builder;
         let f32t = k.cx.context.f32_type();
-        let vf = f32t.vec_type(lanes);
         let stride = self.strides[d] as i64;
         // Input position of lane l: (o0 + l)·stride + t·dilation - pad.
         let shift = k.em.mul_add(
@@ -185,8 +280,6 @@ impl Window {
             "inside",
         )?;
         let mask = b.build_and(inside, columns.live, "mask")?;
-        let fill_vector =
-            |n: u32| VectorType::const_vector(&vec![f32t.const_float(f64::from(fill)); n as usize]);
         let loaded = if stride <= MAX_LOADED_STRIDE {
             // The lanes·stride consecutive elements from the first lane's
             // tap in one masked load, then every stride-th.
@@ -235,33 +328,11 @@ impl Window {
             let loaded = loaded
                 .ok_or(CodegenError::Internal("masked loads return a value"))?
                 .into_vector_value();
-            Some(every_stride(k, loaded, lanes, stride)?.into())
+            every_stride(k, loaded, lanes, stride)?
         } else {
             let index = b.build_int_add(p, splat(k, at, lanes)?, "index")?;
-            let bytes = b.build_int_mul(index, splat(k, k.int(4), lanes)?, "bytes")?;
-            let base = b.build_ptr_to_int(buffer, k.cx.context.i64_type(), "base")?;
-            let address = b.build_int_add(bytes, splat(k, base, lanes)?, "address")?;
-            let pointers = b.build_int_to_ptr(
-                address,
-                k.cx.context
-                    .ptr_type(AddressSpace::default())
-                    .vec_type(lanes),
-                "pointers",
-            )?;
-            k.em.call_intrinsic(
-                "llvm.masked.gather",
-                &[vf.into(), pointers.get_type().into()],
-                &[
-                    pointers.into(),
-                    align(k).into(),
-                    mask.into(),
-                    fill_vector(lanes).into(),
-                ],
-            )?
+            k.masked_gather(buffer, index, mask, fill)?
         };
-        let loaded = loaded
-            .ok_or(CodegenError::Internal("masked loads return a value"))?
-            .into_vector_value();
         Ok((loaded, mask))
     }
 
@@ -334,34 +405,6 @@ impl Window {
         every_stride(k, wide, lanes, stride)
     }
 
-    /// [`Window::load_row`] (lanes outside the input `0`) stored into
-    /// `slot`, with plain loads when the row vector is
-    /// [`Window::interior`].
-    pub fn load_row_into<'ctx>(
-        &self,
-        k: &Kernel<'_, 'ctx>,
-        slot: PointerValue<'ctx>,
-        source: (PointerValue<'ctx>, IntValue<'ctx>),
-        columns: &Columns<'ctx>,
-        t: IntValue<'ctx>,
-    ) -> Result<(), CodegenError> {
-        let masked = || {
-            let (x, _) = self.load_row(k, source, columns, t, 0.0)?;
-            k.em.builder.build_store(slot, x)?;
-            Ok(())
-        };
-        let Some(interior) = self.interior(k, columns)? else {
-            return masked();
-        };
-        k.em.if_then(interior, || {
-            let x = self.load_interior_row(k, source, columns, t)?;
-            k.em.builder.build_store(slot, x)?;
-            Ok(())
-        })?;
-        let edge = k.em.builder.build_not(interior, "edge")?;
-        k.em.if_then(edge, masked)
-    }
-
     /// Stores `value` for `columns` at `ptr` (the row's first column):
     /// lanes past the row's end are not written.
     pub fn store_row<'ctx>(
@@ -394,7 +437,7 @@ impl Window {
 
 /// The largest stride read with one wide masked load per tap (and a
 /// shuffle) rather than a gather.
-const MAX_LOADED_STRIDE: i64 = 4;
+pub(super) const MAX_LOADED_STRIDE: i64 = 4;
 
 /// The alignment argument of the masked memory intrinsics (4: f32).
 fn align<'ctx>(k: &Kernel<'_, 'ctx>) -> IntValue<'ctx> {
@@ -402,7 +445,7 @@ fn align<'ctx>(k: &Kernel<'_, 'ctx>) -> IntValue<'ctx> {
 }
 
 /// Lanes `0, stride, 2·stride, …` of `wide` (`lanes` of them).
-fn every_stride<'ctx>(
+pub(super) fn every_stride<'ctx>(
     k: &Kernel<'_, 'ctx>,
     wide: VectorValue<'ctx>,
     lanes: u32,
@@ -434,4 +477,60 @@ fn splat<'ctx>(
         k.em.builder
             .build_insert_element(one_lane.get_poison(), value, zero, "one")?;
     k.splat_lane(one, lanes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3×3 window of stride 2 over a 5×6 (already padded) input of two
+    /// channels: every `rows[k] + columns[p]` is the element a naive
+    /// im2col reads, and vectors are runs only inside one output row.
+    #[test]
+    fn tap_offsets_address_what_im2col_reads() {
+        let w = Window {
+            input: vec![5, 6],
+            output: vec![2, 2],
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![0, 0],
+            dilations: vec![1, 1],
+        };
+        let t = TapOffsets::new(&w, 2).unwrap();
+        for c in 0..2 {
+            for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                for (oy, ox) in (0..2).flat_map(|oy| (0..2).map(move |ox| (oy, ox))) {
+                    let naive = c * 30 + (2 * oy + ky) * 6 + 2 * ox + kx;
+                    let at = t.rows[c * 9 + ky * 3 + kx] + t.columns[oy * 2 + ox];
+                    assert_eq!(at as usize, naive);
+                }
+            }
+        }
+        assert_eq!(t.columns, [0, 2, 12, 14]);
+        assert_eq!(t.runs(2, 2), [1, 1]);
+        assert_eq!(t.runs(4, 2), [0]);
+        // A partial last vector is never a run.
+        assert_eq!(t.runs(3, 2), [0, 0]);
+    }
+
+    /// Padding covers exactly what the last output's last tap reaches.
+    #[test]
+    fn padding_reaches_the_last_tap() {
+        let w = Window {
+            input: vec![7],
+            output: vec![4],
+            kernel: vec![3],
+            strides: vec![2],
+            pads: vec![1],
+            dilations: vec![1],
+        };
+        // Taps of output 3 read positions 5..=7 of the input: one past it.
+        assert_eq!(w.padding(), [(1, 1)]);
+        assert_eq!(w.padded_input(), [9]);
+        let w = Window {
+            output: vec![3],
+            ..w
+        };
+        assert_eq!(w.padding(), [(1, 0)]);
+    }
 }
