@@ -169,6 +169,21 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .into_int_value())
     }
 
+    /// The larger of two unsigned integers.
+    pub fn umax(
+        &self,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+    ) -> Result<IntValue<'ctx>, CodegenError> {
+        let less = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, a, b, "lt")?;
+        Ok(self
+            .builder
+            .build_select(less, b, a, "max")?
+            .into_int_value())
+    }
+
     /// Emits a loop over `start..end` in chunks of `size`: `body(first,
     /// last)` for each `first..last` (the last chunk shorter). The GEMMs
     /// take their panels so, a chunk's worth sharing the L2.

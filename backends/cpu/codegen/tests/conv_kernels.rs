@@ -252,8 +252,10 @@ fn gemm(symbol: &str) -> bool {
 }
 
 /// Small maps (7×7, 3×3 after a stride, 1×1 as in squeeze-and-excite)
-/// with a filter count the lanes divide take the kernel with filters in
-/// the lanes, through several K blocks, with padding, strides and
+/// with a filter count the lanes divide, and windowed convolutions on
+/// larger maps whose output rows the lanes split (14×14, 14×13: several
+/// pixel blocks), take the kernel with filters in the lanes, through
+/// several K blocks, with padding, strides and
 /// dilations read from the input through its offset tables (no im2col),
 /// and with epilogues that read operands along the filters (a residual,
 /// per-channel scale and shift): its outputs match the interpreter's, on
@@ -285,6 +287,8 @@ fn small_maps_put_filters_in_the_lanes() {
         ),
         ([1, 16, 7, 7], 16, 3, (1, 2, 2), false, After::Relu6),
         ([1, 12, 8, 6], 8, 5, (2, 2, 1), true, After::ResidualRelu),
+        ([1, 24, 14, 14], 32, 3, (1, 1, 1), true, After::ResidualRelu),
+        ([2, 16, 27, 26], 16, 3, (2, 1, 1), false, After::Silu),
     ] {
         let mut c = Case::new();
         let y = c.conv(
