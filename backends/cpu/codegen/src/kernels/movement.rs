@@ -1,7 +1,9 @@
 //! Data movement as copies with compile-time index maps: every output axis
 //! reads the input at an affine position (`start + step·i`: transpose,
 //! slice, expand, concat) or through a table (pad, nearest resize), with
-//! an optional fill value for positions outside the input.
+//! an optional fill value for positions outside the input. A constant
+//! pad's innermost axis is copied a row at a time: the fill on either
+//! side and one copy of the input's row.
 
 use inkwell::module::Linkage;
 use inkwell::values::IntValue;
@@ -22,6 +24,15 @@ pub(crate) enum AxisMap {
     Affine { start: i64, step: i64 },
     /// `table[i]`; -1 selects the fill value.
     Table(Vec<i64>),
+}
+
+/// An innermost axis of fill, a run of the input, and fill
+/// ([`IndexCopy::padded_inner`]).
+#[derive(Clone, Copy, Debug)]
+struct PaddedRow {
+    before: usize,
+    start: i64,
+    len: usize,
 }
 
 /// A copy kernel: buffer 0 is the output, buffer 1 the input.
@@ -49,13 +60,39 @@ impl IndexCopy {
     }
 
     /// The axes looped over: all of them, or all but the innermost when
-    /// it is copied as one contiguous run.
+    /// it is copied as one contiguous run (with fill on either side).
     fn loop_dims(&self) -> Vec<usize> {
-        if self.contiguous_inner() {
+        if self.contiguous_inner() || self.padded_inner().is_some() {
             self.shape[..self.shape.len() - 1].to_vec()
         } else {
             self.shape.clone()
         }
+    }
+
+    /// The innermost axis as `before` fill elements, `len` consecutive
+    /// input elements from `start`, and fill after them, when its map is
+    /// such a table (a constant pad: a convolution's padded input) and
+    /// both sides are contiguous on it: a row is then two short fills and
+    /// one copy, not an element-by-element lookup.
+    fn padded_inner(&self) -> Option<PaddedRow> {
+        let r = self.shape.len();
+        if r == 0 || self.out_strides[r - 1] != 1 || self.in_strides[r - 1] != 1 {
+            return None;
+        }
+        let AxisMap::Table(t) = &self.maps[r - 1] else {
+            return None;
+        };
+        let before = t.iter().position(|&i| i >= 0)?;
+        let start = t[before];
+        let len = t[before..]
+            .iter()
+            .zip(start..)
+            .take_while(|(&i, want)| i == *want)
+            .count();
+        t[before + len..]
+            .iter()
+            .all(|&i| i == -1)
+            .then_some(PaddedRow { before, start, len })
     }
 
     /// Whether the innermost axis is a contiguous run on both sides.
@@ -93,6 +130,7 @@ impl IndexCopy {
             })
             .collect();
         let scalar = self.shape.is_empty();
+        let padded = self.padded_inner();
         let contiguous = self.contiguous_inner();
         let loop_dims = self.loop_dims();
         let emit_body = |index: &[IntValue<'ctx>]| -> Result<(), CodegenError> {
@@ -103,7 +141,9 @@ impl IndexCopy {
             if contiguous {
                 all_index.push(k.int(0));
             }
-            for (d, map) in self.maps.iter().enumerate() {
+            // A padded row's innermost axis is placed below, not looked up.
+            let mapped = self.maps.len() - usize::from(padded.is_some());
+            for (d, map) in self.maps[..mapped].iter().enumerate() {
                 let i = all_index[d];
                 let position = match map {
                     AxisMap::Affine { start, step } => {
@@ -147,6 +187,47 @@ impl IndexCopy {
                     }
                 };
                 in_at = k.em.mul_add(position, k.int(self.in_strides[d]), in_at)?;
+            }
+            if let Some(row) = padded {
+                let fill = int.const_int(self.fill, false);
+                let width = *self
+                    .shape
+                    .last()
+                    .ok_or(CodegenError::Internal("a padded row has an axis"))?;
+                let fill_range = |from: usize, to: usize| {
+                    k.em.counted_loop(k.int(from as i64), k.int(to as i64), |j| {
+                        let at = k.em.builder.build_int_add(out_at, j, "at")?;
+                        k.em.builder
+                            .build_store(k.element(k.buffers[0], int.into(), at)?, fill)?;
+                        Ok(())
+                    })
+                };
+                fill_range(0, row.before)?;
+                fill_range(row.before + row.len, width)?;
+                let copy = || -> Result<(), CodegenError> {
+                    let dst =
+                        k.em.builder
+                            .build_int_add(out_at, k.int(row.before as i64), "d")?;
+                    let src = k.em.builder.build_int_add(in_at, k.int(row.start), "s")?;
+                    let bytes = k.int((row.len * self.elem_bytes as usize) as i64);
+                    k.em.builder.build_memcpy(
+                        k.element(k.buffers[0], int.into(), dst)?,
+                        self.elem_bytes,
+                        k.element(k.buffers[1], int.into(), src)?,
+                        self.elem_bytes,
+                        bytes,
+                    )?;
+                    Ok(())
+                };
+                // A row a leading table puts in the padding is fill only.
+                return match valid {
+                    None => copy(),
+                    Some(valid) => {
+                        k.em.if_then(valid, copy)?;
+                        let outside = k.em.builder.build_not(valid, "outside")?;
+                        k.em.if_then(outside, || fill_range(row.before, row.before + row.len))
+                    }
+                };
             }
             if contiguous {
                 let len = *self
