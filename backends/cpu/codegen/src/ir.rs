@@ -160,13 +160,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         a: IntValue<'ctx>,
         b: IntValue<'ctx>,
     ) -> Result<IntValue<'ctx>, CodegenError> {
-        let less = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, a, b, "lt")?;
-        Ok(self
-            .builder
-            .build_select(less, a, b, "min")?
-            .into_int_value())
+        self.unsigned_pick(a, b, true)
     }
 
     /// The larger of two unsigned integers.
@@ -175,12 +169,23 @@ impl<'ctx> Emitter<'_, 'ctx> {
         a: IntValue<'ctx>,
         b: IntValue<'ctx>,
     ) -> Result<IntValue<'ctx>, CodegenError> {
+        self.unsigned_pick(a, b, false)
+    }
+
+    /// `a` or `b`, whichever is the smaller (`smaller`) or the larger.
+    fn unsigned_pick(
+        &self,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+        smaller: bool,
+    ) -> Result<IntValue<'ctx>, CodegenError> {
         let less = self
             .builder
             .build_int_compare(IntPredicate::ULT, a, b, "lt")?;
+        let (then, other) = if smaller { (a, b) } else { (b, a) };
         Ok(self
             .builder
-            .build_select(less, b, a, "max")?
+            .build_select(less, then, other, "pick")?
             .into_int_value())
     }
 
