@@ -15,7 +15,7 @@ use super::contiguous_strides;
 use super::conv_depthwise::Depthwise;
 use super::conv_direct::DirectConv;
 use super::conv_epilogue::Epilogue;
-use super::conv_gemm::ConvGemm;
+use super::conv_gemm::{ConvGemm, GemmConv};
 use super::conv_gemm_t::ConvGemmT;
 use super::movement::{pad_table, AxisMap, IndexCopy};
 use super::window::Window;
@@ -181,16 +181,17 @@ pub(crate) fn lower(
                 _ => None,
             };
             let (b, window) = padded(l, x, n * c, window)?;
+            let conv = GemmConv {
+                batch: n,
+                filters: m,
+                channels: c,
+                window,
+                bias: bias.is_some(),
+                epilogue,
+            };
             let (symbol, weights, offsets, extent, scratch) = match small_weights {
                 Some(w) => {
-                    let gemm = ConvGemmT {
-                        batch: n,
-                        filters: m,
-                        channels: c,
-                        window,
-                        bias: bias.is_some(),
-                        epilogue,
-                    };
+                    let gemm = ConvGemmT { conv };
                     let packed = gemm.pack(l.cx.target, &w)?;
                     let offsets = gemm.offsets()?;
                     let symbol = l.symbol("conv_gemm_t");
@@ -200,14 +201,7 @@ pub(crate) fn lower(
                     (symbol, l.weights_loc(&packed), offsets, extent, scratch)
                 }
                 None => {
-                    let gemm = ConvGemm {
-                        batch: n,
-                        filters: m,
-                        channels: c,
-                        window,
-                        bias: bias.is_some(),
-                        epilogue,
-                    };
+                    let gemm = ConvGemm { conv };
                     let weights = l.loc(node.inputs[1])?;
                     let offsets = gemm.offsets(l.cx.target)?;
                     let symbol = l.symbol("conv_gemm");

@@ -49,9 +49,11 @@ const MIN_ITERATIONS: usize = 16;
 /// (once per group) stays small next to the tiles that use it.
 const MIN_TILES_PER_GROUP: usize = 2;
 
-/// A convolution computed as `W · B` in NCHW.
+/// The convolution both GEMM kernels compute (pixels or filters in the
+/// lanes): its sizes, the window over its (padded) input, its bias and
+/// epilogue.
 #[derive(Clone, Debug)]
-pub(crate) struct ConvGemm {
+pub(crate) struct GemmConv {
     pub batch: usize,
     /// Filters (M).
     pub filters: usize,
@@ -61,6 +63,36 @@ pub(crate) struct ConvGemm {
     pub window: Window,
     pub bias: bool,
     pub epilogue: Option<Epilogue>,
+}
+
+impl GemmConv {
+    /// Reduction length (K = channels · taps).
+    pub fn depth(&self) -> usize {
+        self.channels * self.window.kernel.iter().product::<usize>()
+    }
+
+    /// Output pixels per plane (P).
+    pub fn pixels(&self) -> usize {
+        self.window.output.iter().product()
+    }
+}
+
+/// Entry `at` of the `i32` offset table in buffer 3 of both GEMM
+/// convolution kernels, as an `i64`.
+pub(super) fn table_entry<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    at: IntValue<'ctx>,
+) -> Result<IntValue<'ctx>, CodegenError> {
+    let (i32t, i64t) = (k.cx.context.i32_type(), k.cx.context.i64_type());
+    let b = &k.em.builder;
+    let entry = b.build_load(i32t, k.element(k.buffers[3], i32t.into(), at)?, "off")?;
+    Ok(b.build_int_s_extend(entry.into_int_value(), i64t, "off")?)
+}
+
+/// A convolution computed as `W · B` in NCHW.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvGemm {
+    pub conv: GemmConv,
 }
 
 /// How the GEMM is cut up for a target.
@@ -85,24 +117,14 @@ struct Tiling {
 }
 
 impl ConvGemm {
-    /// Reduction length (K = channels · taps).
-    fn depth(&self) -> usize {
-        self.channels * self.window.kernel.iter().product::<usize>()
-    }
-
-    /// Output pixels per plane (P).
-    fn pixels(&self) -> usize {
-        self.window.output.iter().product()
-    }
-
     /// The offset tables the kernel reads: [`TapOffsets`]' rows and
     /// columns, a vector of spare zeros (the gather of a partial last
     /// vector loads whole vectors of columns), then per vector of pixels
     /// whether it is a run ([`TapOffsets::runs`]).
     pub fn offsets(&self, target: &Target) -> Result<Vec<u8>, CodegenError> {
         let lanes = target.isa.f32_lanes();
-        let t = TapOffsets::new(&self.window, self.channels)?;
-        let step = self.window.strides.last().copied().unwrap_or(1);
+        let t = TapOffsets::new(&self.conv.window, self.conv.channels)?;
+        let step = self.conv.window.strides.last().copied().unwrap_or(1);
         let spare = vec![0; lanes];
         Ok(table_bytes(&[
             &t.rows,
@@ -116,9 +138,9 @@ impl ConvGemm {
         let lanes = target.isa.f32_lanes();
         let registers = target.isa.vector_registers();
         let max_rows = (registers - 3) / 2;
-        let (depth, pixels) = (self.depth(), self.pixels());
-        let tiles = self.filters.div_ceil(max_rows);
-        let rows = self.filters.div_ceil(tiles);
+        let (depth, pixels) = (self.conv.depth(), self.conv.pixels());
+        let tiles = self.conv.filters.div_ceil(max_rows);
+        let rows = self.conv.filters.div_ceil(tiles);
         let vectors = ((registers - 1) / (rows + 1))
             .clamp(1, MAX_VECTORS)
             .min(pixels.div_ceil(lanes));
@@ -129,16 +151,16 @@ impl ConvGemm {
         // Enough groups for the parallel axis, and enough that a group's
         // slice of W for one K block fits half the L2 while its panels go by.
         let k_block_len = depth.div_ceil(k_blocks);
-        let w_groups = (self.filters * k_block_len * 4).div_ceil(target.l2_bytes / 2);
+        let w_groups = (self.conv.filters * k_block_len * 4).div_ceil(target.l2_bytes / 2);
         let groups = MIN_ITERATIONS
-            .div_ceil(self.batch * panels)
+            .div_ceil(self.conv.batch * panels)
             .max(w_groups)
             .min(tiles / MIN_TILES_PER_GROUP)
             .max(1);
         Tiling {
             lanes,
             rows,
-            last_rows: self.filters - (tiles - 1) * rows,
+            last_rows: self.conv.filters - (tiles - 1) * rows,
             tiles,
             groups,
             vectors,
@@ -153,7 +175,7 @@ impl ConvGemm {
     /// pixel panels).
     pub fn extent(&self, target: &Target) -> usize {
         let t = self.tiling(target);
-        self.batch * t.groups * t.panels
+        self.conv.batch * t.groups * t.panels
     }
 
     /// Scratch bytes per thread: one K block of a packed panel of `B`.
@@ -166,8 +188,8 @@ impl ConvGemm {
     /// epilogue operands..).
     pub fn emit<'ctx>(&self, cx: Cx<'_, 'ctx>, symbol: &str) -> Result<(), CodegenError> {
         let t = self.tiling(cx.target);
-        let extra = self.epilogue.as_ref().map_or(0, Epilogue::buffers);
-        let k = Kernel::define(cx, symbol, 4 + usize::from(self.bias) + extra)?;
+        let extra = self.conv.epilogue.as_ref().map_or(0, Epilogue::buffers);
+        let k = Kernel::define(cx, symbol, 4 + usize::from(self.conv.bias) + extra)?;
         let vf = cx.context.f32_type().vec_type(t.lanes as u32);
         let accs = (0..t.rows * t.vectors)
             .map(|_| k.slot(vf.into()))
@@ -176,7 +198,7 @@ impl ConvGemm {
         let block = |kb: IntValue<'ctx>| -> Result<(), CodegenError> {
             let b = &k.em.builder;
             let k0 = b.build_int_mul(kb, k.int(t.k_block as i64), "k0")?;
-            let left = b.build_int_sub(k.int(self.depth() as i64), k0, "k_left")?;
+            let left = b.build_int_sub(k.int(self.conv.depth() as i64), k0, "k_left")?;
             let kc = k.em.umin(left, k.int(t.k_block as i64))?;
             let first = b.build_int_compare(IntPredicate::EQ, kb, k.int(0), "first")?;
             let last =
@@ -187,7 +209,7 @@ impl ConvGemm {
                 first,
                 last,
             };
-            let dims = [self.batch, t.groups, t.panels];
+            let dims = [self.conv.batch, t.groups, t.panels];
             k.nest_folded(&dims, dims.len(), &mut |idx: &[IntValue<'_>]| {
                 let (batch, group, panel) = (idx[0], idx[1], idx[2]);
                 let b = &k.em.builder;
@@ -314,16 +336,12 @@ impl<'ctx> Panel<'_, 'ctx> {
             k.cx.context.i32_type(),
             k.cx.context.i64_type(),
         );
-        let (kd, p) = (g.depth() as i64, g.pixels() as i64);
+        let (kd, p) = (g.conv.depth() as i64, g.conv.pixels() as i64);
         let width = (t.vectors * t.lanes) as i64;
-        let offset = |at: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
-            let b = &k.em.builder;
-            let o = b.build_load(i32t, k.element(k.buffers[3], i32t.into(), at)?, "off")?;
-            Ok(b.build_int_s_extend(o.into_int_value(), i64t, "off")?)
-        };
+        let offset = |at| table_entry(k, at);
         let b = &k.em.builder;
-        let plane: usize = g.window.input.iter().product();
-        let x_base = b.build_int_mul(self.batch, k.int((g.channels * plane) as i64), "xb")?;
+        let plane: usize = g.conv.window.input.iter().product();
+        let x_base = b.build_int_mul(self.batch, k.int((g.conv.channels * plane) as i64), "xb")?;
         let pixel = b.build_int_add(self.p0, k.int((v * t.lanes) as i64), "px")?;
         let columns = b.build_int_add(pixel, k.int(kd), "cols")?;
         // Every k of the block: the address of the tap's row, the vector
@@ -354,7 +372,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                 k.masked_gather(at, index, mask, 0.0)
             })
         };
-        let stride = g.window.strides.last().copied().unwrap_or(1) as i64;
+        let stride = g.conv.window.strides.last().copied().unwrap_or(1) as i64;
         if cols < t.lanes || stride > MAX_LOADED_STRIDE {
             return gather();
         }
@@ -393,7 +411,11 @@ impl<'ctx> Panel<'_, 'ctx> {
         let lanes = t.lanes as u32;
         let f32t = k.cx.context.f32_type();
         let vf = f32t.vec_type(lanes);
-        let (m, kd, p) = (g.filters as i64, g.depth() as i64, g.pixels() as i64);
+        let (m, kd, p) = (
+            g.conv.filters as i64,
+            g.conv.depth() as i64,
+            g.conv.pixels() as i64,
+        );
         let vectors: Vec<(usize, Option<VectorValue<'ctx>>)> = (0..t.vectors)
             .filter(|v| v * t.lanes < valid)
             .map(|v| {
@@ -419,7 +441,7 @@ impl<'ctx> Panel<'_, 'ctx> {
         // stored by the previous block otherwise.
         for r in 0..rows {
             let filter = b.build_int_add(m0, k.int(r as i64), "f")?;
-            let start = if g.bias {
+            let start = if g.conv.bias {
                 k.load_splat(
                     Elem::F32,
                     lanes,
@@ -479,7 +501,7 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
             Ok(())
         })?;
-        let extra_start = 4 + usize::from(g.bias);
+        let extra_start = 4 + usize::from(g.conv.bias);
         for r in 0..rows {
             let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
             for &(v, mask) in &vectors {
@@ -493,7 +515,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                     None => k.store(Elem::F32, ptr, value),
                     Some(mask) => k.masked_store(ptr, value, mask),
                 };
-                let Some(epilogue) = &g.epilogue else {
+                let Some(epilogue) = &g.conv.epilogue else {
                     store(value)?;
                     continue;
                 };
@@ -542,19 +564,21 @@ mod tests {
     fn tiling(target: &str, filters: usize, pixels: usize, depth: usize) -> Tiling {
         // A 1×1 window over a row of `pixels`: K is the channel count.
         let gemm = ConvGemm {
-            batch: 1,
-            filters,
-            channels: depth,
-            window: Window {
-                input: vec![pixels],
-                output: vec![pixels],
-                kernel: vec![1],
-                strides: vec![1],
-                pads: vec![0],
-                dilations: vec![1],
+            conv: GemmConv {
+                batch: 1,
+                filters,
+                channels: depth,
+                window: Window {
+                    input: vec![pixels],
+                    output: vec![pixels],
+                    kernel: vec![1],
+                    strides: vec![1],
+                    pads: vec![0],
+                    dilations: vec![1],
+                },
+                bias: false,
+                epilogue: None,
             },
-            bias: false,
-            epilogue: None,
         };
         gemm.tiling(&Target::parse(Some(target), None).unwrap())
     }

@@ -41,7 +41,7 @@ use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
 use super::conv_epilogue::{Epilogue, Lanes};
-use super::conv_gemm::KBlock;
+use super::conv_gemm::{table_entry, GemmConv, KBlock};
 use super::window::{table_bytes, TapOffsets, Window};
 use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
@@ -67,18 +67,11 @@ const L1_BLOCK_BYTES: usize = 24 * 1024;
 /// than with pixels in the lanes.
 const MAX_INPUT_L2S: usize = 4;
 
-/// A convolution computed as `Bᵀ · Wᵀ` with filters in the lanes.
+/// A convolution computed as `Bᵀ · Wᵀ` with filters in the lanes (a
+/// filter count the lanes divide).
 #[derive(Clone, Debug)]
 pub(crate) struct ConvGemmT {
-    pub batch: usize,
-    /// Filters (M), a multiple of the target's lanes.
-    pub filters: usize,
-    pub channels: usize,
-    /// The window over the input the kernel reads: no padding (`input`
-    /// are the dimensions of the padded copy when the convolution pads).
-    pub window: Window,
-    pub bias: bool,
-    pub epilogue: Option<Epilogue>,
+    pub conv: GemmConv,
 }
 
 /// How the product is cut up for a target.
@@ -124,24 +117,16 @@ impl ConvGemmT {
             && i32::try_from(elements).is_ok()
     }
 
-    fn depth(&self) -> usize {
-        self.channels * self.window.kernel.iter().product::<usize>()
-    }
-
-    fn pixels(&self) -> usize {
-        self.window.output.iter().product()
-    }
-
     fn tiling(&self, target: &Target) -> Tiling {
         let lanes = target.isa.f32_lanes();
-        let vectors = if self.filters.is_multiple_of(2 * lanes) {
+        let vectors = if self.conv.filters.is_multiple_of(2 * lanes) {
             2
         } else {
             1
         };
         // Accumulators, the panel row's vectors and one broadcast.
         let max_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
-        let pixels = self.pixels();
+        let pixels = self.conv.pixels();
         let tiles = pixels.div_ceil(max_rows);
         let rows = pixels.div_ceil(tiles);
         // `tiles` tiles of `rows` or `rows − 1` pixels summing to P.
@@ -163,21 +148,21 @@ impl ConvGemmT {
 
     /// The range of the kernel's parallel axis (batch × filter panels).
     pub fn extent(&self, target: &Target) -> usize {
-        self.batch * self.filters / self.panel_filters(target)
+        self.conv.batch * self.conv.filters / self.panel_filters(target)
     }
 
     /// W (`[M, K]` row-major, f32) repacked as the kernel reads it: per
     /// panel of F filters, `[K][F]`.
     pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
-        let depth = self.depth();
-        if w.len() != self.filters * depth {
+        let depth = self.conv.depth();
+        if w.len() != self.conv.filters * depth {
             return Err(CodegenError::Internal(
                 "a convolution's weights match its shape",
             ));
         }
         let f = self.panel_filters(target);
         let mut bytes = Vec::with_capacity(w.len() * 4);
-        for panel in 0..self.filters / f {
+        for panel in 0..self.conv.filters / f {
             for k in 0..depth {
                 for j in 0..f {
                     bytes.extend(w[(panel * f + j) * depth + k].to_le_bytes());
@@ -190,35 +175,35 @@ impl ConvGemmT {
     /// The offset tables the kernel reads ([`TapOffsets`]: rows, then
     /// columns).
     pub fn offsets(&self) -> Result<Vec<u8>, CodegenError> {
-        let t = TapOffsets::new(&self.window, self.channels)?;
+        let t = TapOffsets::new(&self.conv.window, self.conv.channels)?;
         Ok(table_bytes(&[&t.rows, &t.columns]))
     }
 
     /// K per block: the block's rows of the W panel and of B stay in the
     /// L1 while every pixel tile goes by.
     fn k_block(&self, t: Tiling) -> usize {
-        let block_pixels = (t.tiles_per_block * t.rows).min(self.pixels());
+        let block_pixels = (t.tiles_per_block * t.rows).min(self.conv.pixels());
         let per_k = (t.vectors * t.lanes + block_pixels) * 4;
-        (L1_BLOCK_BYTES / per_k).max(8).min(self.depth())
+        (L1_BLOCK_BYTES / per_k).max(8).min(self.conv.depth())
     }
 
     /// Scratch bytes per thread: the accumulators of every tile between K
     /// blocks.
     pub fn scratch_bytes(&self, target: &Target) -> usize {
-        self.pixels() * self.panel_filters(target) * 4
+        self.conv.pixels() * self.panel_filters(target) * 4
     }
 
     /// Emits the kernel (buffers: y, x (padded), packed W, offsets, bias?,
     /// epilogue operands..).
     pub fn emit<'ctx>(&self, cx: Cx<'_, 'ctx>, symbol: &str) -> Result<(), CodegenError> {
         let t = self.tiling(cx.target);
-        let extra = self.epilogue.as_ref().map_or(0, Epilogue::buffers);
-        let k = Kernel::define(cx, symbol, 4 + usize::from(self.bias) + extra)?;
-        let panels = self.filters / (t.vectors * t.lanes);
+        let extra = self.conv.epilogue.as_ref().map_or(0, Epilogue::buffers);
+        let k = Kernel::define(cx, symbol, 4 + usize::from(self.conv.bias) + extra)?;
+        let panels = self.conv.filters / (t.vectors * t.lanes);
         let k_block = self.k_block(t);
-        let depth = self.depth();
+        let depth = self.conv.depth();
         let k_blocks = depth.div_ceil(k_block);
-        let end = k.em.umin(k.end, k.int((self.batch * panels) as i64))?;
+        let end = k.em.umin(k.end, k.int((self.conv.batch * panels) as i64))?;
         let (per_block, blocks) = (t.tiles_per_block, t.tiles.div_ceil(t.tiles_per_block));
         k.em.counted_loop(k.begin, end, |i| {
             let b = &k.em.builder;
@@ -287,17 +272,11 @@ impl ConvGemmT {
         let vf = f32t.vec_type(lanes);
         let f = (t.vectors * t.lanes) as i64;
         let (kd, p, m) = (
-            self.depth() as i64,
-            self.pixels() as i64,
-            self.filters as i64,
+            self.conv.depth() as i64,
+            self.conv.pixels() as i64,
+            self.conv.filters as i64,
         );
-        let i32t = k.cx.context.i32_type();
-        let i64t = k.cx.context.i64_type();
-        let offset = |at: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
-            let b = &k.em.builder;
-            let v = b.build_load(i32t, k.element(k.buffers[3], i32t.into(), at)?, "off")?;
-            Ok(b.build_int_s_extend(v.into_int_value(), i64t, "off")?)
-        };
+        let offset = |at| table_entry(k, at);
         let b = &k.em.builder;
         let m0 = b.build_int_mul(panel, k.int(f), "m0")?;
         let accs = (0..rows * t.vectors)
@@ -305,7 +284,7 @@ impl ConvGemmT {
             .collect::<Result<Vec<_>, _>>()?;
         // The tile's accumulators in the scratch between K blocks:
         // pixel-major, F each (unused when K is one block).
-        let single = self.k_block(t) >= self.depth();
+        let single = self.k_block(t) >= self.conv.depth();
         let saved = |r: usize, v: usize| -> Result<_, CodegenError> {
             let at = k.em.mul_add(
                 p0,
@@ -315,7 +294,7 @@ impl ConvGemmT {
             k.element(k.scratch, f32t.into(), at)
         };
         for v in 0..t.vectors {
-            let start = if self.bias {
+            let start = if self.conv.bias {
                 let at = b.build_int_add(m0, k.int((v * t.lanes) as i64), "bias")?;
                 k.load(Elem::F32, lanes, k.element(k.buffers[4], f32t.into(), at)?)?
             } else {
@@ -335,8 +314,8 @@ impl ConvGemmT {
         }
         // Per row, the element of its pixel's first tap in the batch's
         // input planes; per k, the tap's offset from it.
-        let plane: usize = self.window.input.iter().product();
-        let x_base = b.build_int_mul(batch, k.int((self.channels * plane) as i64), "xb")?;
+        let plane: usize = self.conv.window.input.iter().product();
+        let x_base = b.build_int_mul(batch, k.int((self.conv.channels * plane) as i64), "xb")?;
         let row_base = (0..rows)
             .map(|r| {
                 let at =
@@ -392,14 +371,14 @@ impl ConvGemmT {
         k.em.if_then(blk.last, || {
             let b = &k.em.builder;
             let y_base = k.em.mul_add(batch, k.int(m), m0)?;
-            let extra_start = 4 + usize::from(self.bias);
+            let extra_start = 4 + usize::from(self.conv.bias);
             for r in 0..rows {
                 let pixel = b.build_int_add(p0, k.int(r as i64), "px")?;
                 for v in 0..t.vectors {
                     let value = b
                         .build_load(vf, accs[r * t.vectors + v], "acc")?
                         .into_vector_value();
-                    let value = match &self.epilogue {
+                    let value = match &self.conv.epilogue {
                         Some(e) => {
                             let channel = b.build_int_add(m0, k.int((v * t.lanes) as i64), "ch")?;
                             let operands = &k.buffers[extra_start..];
