@@ -70,6 +70,7 @@ biases as exporters fold it; output the last feature map):
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -450,21 +451,29 @@ def write(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], out: 
 
 
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/h6-models")
-    out.mkdir(parents=True, exist_ok=True)
     builders = {"vit_b16": vit_b16, "bert_base": bert_base, "llama_prefill_6l": llama_prefill, "whisper_tiny_encoder": whisper_tiny_encoder,
                 "clip_text_encoder": clip_text_encoder, "mobilenet_v2_blocks": mobilenet_v2_blocks,
                 "mobilenet_v3_blocks": mobilenet_v3_blocks, "efficientnet_blocks": efficientnet_blocks,
                 "resnet50_blocks": resnet50_blocks, "squeezenet_blocks": squeezenet_blocks,
                 "depthwise_layer": depthwise_layer}
-    for spec in sys.argv[2:] or builders:
+    parser = argparse.ArgumentParser(
+        description="Build full-size random-weight benchmark models (hundreds of MB: write them outside the repository).")
+    parser.add_argument("out", nargs="?", default="/tmp/h6-models", type=Path, help="output folder (default /tmp/h6-models)")
+    parser.add_argument("models", nargs="*", metavar="NAME[:LAYERS]",
+                        help=f"models to build (default all): {', '.join(builders)}")
+    args = parser.parse_args()
+    specs = args.models or list(builders)
+    for spec in specs:
         name, _, layers = spec.partition(":")
         if name not in builders or (layers and not layers.isdigit()):
-            raise SystemExit(f"expected NAME or NAME:LAYERS, got '{spec}' (names: {', '.join(builders)})")
+            parser.error(f"expected NAME or NAME:LAYERS, got '{spec}' (names: {', '.join(builders)})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        name, _, layers = spec.partition(":")
         if layers:
-            write(f"{name}_{layers}l", *builders[name](layers=int(layers)), out)
+            write(f"{name}_{layers}l", *builders[name](layers=int(layers)), args.out)
         else:
-            write(name, *builders[name](), out)
+            write(name, *builders[name](), args.out)
     return 0
 
 

@@ -179,8 +179,19 @@ impl Case {
     /// [`Self::check`] on each of `threads`; returns the host-compiled
     /// graph's kernel steps with their parallel extents.
     fn check_threads(
+        self,
+        out: ValueId,
+        threads: &[usize],
+    ) -> Result<Vec<(String, usize)>, TestCaseError> {
+        self.check_on(out, &targets(), threads)
+    }
+
+    /// [`Self::check_threads`] on `targets` alone; returns the last
+    /// target's kernel steps.
+    fn check_on(
         mut self,
         out: ValueId,
+        targets: &[Target],
         threads: &[usize],
     ) -> Result<Vec<(String, usize)>, TestCaseError> {
         self.graph.outputs = vec![out];
@@ -191,7 +202,7 @@ impl Case {
             .collect();
         let want = run_graph(&self.graph, &values).unwrap().remove(0);
         let mut symbols = Vec::new();
-        for target in targets() {
+        for target in targets {
             for &threads in threads {
                 let options = CompileOptions {
                     target: target.clone(),
@@ -259,58 +270,52 @@ fn gemm(symbol: &str) -> bool {
 /// dilations read from the input through its offset tables (no im2col),
 /// and with epilogues that read operands along the filters (a residual,
 /// per-channel scale and shift): its outputs match the interpreter's, on
-/// 1 to 3 threads.
+/// 1 to 3 threads. Filter counts are given in vectors of each target's
+/// lanes, so every target meets panels of one and of two vectors.
 #[test]
 fn small_maps_put_filters_in_the_lanes() {
-    for (x, filters, kernel, (stride, pad, dil), bias, after) in [
-        ([1, 600, 7, 7], 48, 1, (1, 0, 1), true, After::Silu),
-        ([2, 64, 7, 7], 32, 1, (1, 0, 1), false, After::Relu),
-        ([1, 40, 5, 5], 16, 3, (2, 1, 1), true, After::HardSwish),
-        ([2, 96, 1, 1], 24, 1, (1, 0, 1), true, After::Sigmoid),
-        ([1, 8, 5, 5], 8, 1, (1, 0, 1), true, After::Nothing),
-        ([2, 64, 7, 7], 64, 3, (1, 1, 1), true, After::ResidualRelu),
-        (
-            [1, 300, 7, 7],
-            32,
-            3,
-            (1, 1, 1),
-            false,
-            After::ChannelAffine,
-        ),
-        (
-            [2, 24, 14, 13],
-            32,
-            1,
-            (2, 0, 1),
-            true,
-            After::ChannelAffine,
-        ),
-        ([1, 16, 7, 7], 16, 3, (1, 2, 2), false, After::Relu6),
-        ([1, 12, 8, 6], 8, 5, (2, 2, 1), true, After::ResidualRelu),
-        ([1, 24, 14, 14], 32, 3, (1, 1, 1), true, After::ResidualRelu),
-        ([2, 16, 27, 26], 16, 3, (2, 1, 1), false, After::Silu),
-    ] {
-        let mut c = Case::new();
-        let y = c.conv(
-            x,
-            filters,
-            kernel,
-            attrs(stride, pad, dil, 1),
-            bias,
-            after,
-            11,
-        );
-        let steps = c.check_threads(y, &[1, 2, 3]).unwrap();
-        assert!(
-            steps.last().unwrap().0.ends_with("conv_gemm_t"),
-            "{x:?}: {steps:?}"
-        );
-        assert!(
-            steps
-                .iter()
-                .all(|(symbol, _)| symbol.ends_with("pad") || symbol.ends_with("conv_gemm_t")),
-            "{x:?}: {steps:?}"
-        );
+    for target in targets() {
+        let lanes = target.isa.f32_lanes();
+        for (x, vectors, kernel, (stride, pad, dil), bias, after) in [
+            ([1, 600, 7, 7], 6, 1, (1, 0, 1), true, After::Silu),
+            ([2, 64, 7, 7], 4, 1, (1, 0, 1), false, After::Relu),
+            ([1, 40, 5, 5], 2, 3, (2, 1, 1), true, After::HardSwish),
+            ([2, 96, 1, 1], 3, 1, (1, 0, 1), true, After::Sigmoid),
+            ([1, 8, 5, 5], 1, 1, (1, 0, 1), true, After::Nothing),
+            ([2, 64, 7, 7], 8, 3, (1, 1, 1), true, After::ResidualRelu),
+            ([1, 300, 7, 7], 4, 3, (1, 1, 1), false, After::ChannelAffine),
+            ([2, 24, 14, 13], 4, 1, (2, 0, 1), true, After::ChannelAffine),
+            ([1, 16, 7, 7], 2, 3, (1, 2, 2), false, After::Relu6),
+            ([1, 12, 8, 6], 1, 5, (2, 2, 1), true, After::ResidualRelu),
+            ([1, 24, 14, 14], 4, 3, (1, 1, 1), true, After::ResidualRelu),
+            ([2, 16, 27, 26], 2, 3, (2, 1, 1), false, After::Silu),
+        ] {
+            let mut c = Case::new();
+            let filters = vectors * lanes;
+            let y = c.conv(
+                x,
+                filters,
+                kernel,
+                attrs(stride, pad, dil, 1),
+                bias,
+                after,
+                11,
+            );
+            let steps = c
+                .check_on(y, std::slice::from_ref(&target), &[1, 2, 3])
+                .unwrap();
+            let case = format!("{:?}, {x:?} → {filters}", target.isa);
+            assert!(
+                steps.last().unwrap().0.ends_with("conv_gemm_t"),
+                "{case}: {steps:?}"
+            );
+            assert!(
+                steps
+                    .iter()
+                    .all(|(symbol, _)| symbol.ends_with("pad") || symbol.ends_with("conv_gemm_t")),
+                "{case}: {steps:?}"
+            );
+        }
     }
 }
 
