@@ -35,6 +35,16 @@ impl Isa {
         }
     }
 
+    /// Architectural general-purpose registers (the stack pointer
+    /// included): kernels that keep one address per tile row in them
+    /// size their tiles by it as well as by the vector registers.
+    pub fn general_registers(self) -> usize {
+        match self {
+            Isa::Avx512 | Isa::Avx2 => 16,
+            Isa::Neon => 32,
+        }
+    }
+
     fn arch(self) -> Arch {
         match self {
             Isa::Avx512 | Isa::Avx2 => Arch::X86_64,

@@ -171,15 +171,16 @@ pub(crate) fn lower(
         Path::Gemm => {
             // Both GEMM kernels read B from the input (zero-padded first
             // when the window pads) through offset tables. Small maps put
-            // the filters in the lanes (W repacked), larger ones the pixels
-            // (W read as stored).
-            let small_weights = match l.constant(node.inputs[1]) {
-                Some(w) if ConvGemmT::applies(l.cx.target, m, c, &window) => Some(
+            // the filters in the lanes, larger ones the pixels; constant
+            // weights are repacked for the kernel, others read as stored.
+            let weights = l
+                .constant(node.inputs[1])
+                .map(|w| {
                     w.to_f32_vec()
-                        .map_err(|e| CodegenError::Unsupported(format!("Conv weights: {e}")))?,
-                ),
-                _ => None,
-            };
+                        .map_err(|e| CodegenError::Unsupported(format!("Conv weights: {e}")))
+                })
+                .transpose()?;
+            let filters_in_lanes = ConvGemmT::applies(l.cx.target, m, c, &window);
             let (b, window) = padded(l, x, n * c, window)?;
             let conv = GemmConv {
                 batch: n,
@@ -189,8 +190,8 @@ pub(crate) fn lower(
                 bias: bias.is_some(),
                 epilogue,
             };
-            let (symbol, weights, offsets, extent, scratch) = match small_weights {
-                Some(w) => {
+            let (symbol, weights, offsets, extent, scratch) = match weights {
+                Some(w) if filters_in_lanes => {
                     let gemm = ConvGemmT { conv };
                     let packed = gemm.pack(l.cx.target, &w)?;
                     let offsets = gemm.offsets()?;
@@ -200,9 +201,15 @@ pub(crate) fn lower(
                     let scratch = gemm.scratch_bytes(l.cx.target);
                     (symbol, l.weights_loc(&packed), offsets, extent, scratch)
                 }
-                None => {
-                    let gemm = ConvGemm { conv };
-                    let weights = l.loc(node.inputs[1])?;
+                w => {
+                    let gemm = ConvGemm {
+                        conv,
+                        w_packed: w.is_some(),
+                    };
+                    let weights = match &w {
+                        Some(w) => l.weights_loc(&gemm.pack(l.cx.target, w)?),
+                        None => l.loc(node.inputs[1])?,
+                    };
                     let offsets = gemm.offsets(l.cx.target)?;
                     let symbol = l.symbol("conv_gemm");
                     gemm.emit(l.cx, &symbol)?;

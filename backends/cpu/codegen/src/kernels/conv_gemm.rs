@@ -93,6 +93,9 @@ pub(super) fn table_entry<'ctx>(
 #[derive(Clone, Debug)]
 pub(crate) struct ConvGemm {
     pub conv: GemmConv,
+    /// Whether W comes repacked by [`ConvGemm::pack`] (a constant) rather
+    /// than as stored.
+    pub w_packed: bool,
 }
 
 /// How the GEMM is cut up for a target.
@@ -132,6 +135,36 @@ impl ConvGemm {
             &spare,
             &t.runs(lanes, step),
         ]))
+    }
+
+    /// W (`[M, K]` row-major, f32) repacked per filter tile as `[K][rows]`,
+    /// so that a tile's broadcasts for one k are adjacent floats. Read as
+    /// stored, they are `K` floats apart: with K = 1024 every one of a
+    /// 14-row AVX-512 tile's rows falls in the same set of an 8-way L1,
+    /// and a 1024-deep 1×1 layer ran at 65 % of the FMA peak on Zen 4
+    /// against 86 % at AVX2's 6 rows.
+    pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
+        let depth = self.conv.depth();
+        if w.len() != self.conv.filters * depth {
+            return Err(CodegenError::Internal(
+                "a convolution's weights match its shape",
+            ));
+        }
+        let t = self.tiling(target);
+        let mut bytes = Vec::with_capacity(w.len() * 4);
+        for tile in 0..t.tiles {
+            let rows = if tile + 1 == t.tiles {
+                t.last_rows
+            } else {
+                t.rows
+            };
+            for k in 0..depth {
+                for r in 0..rows {
+                    bytes.extend(w[(tile * t.rows + r) * depth + k].to_le_bytes());
+                }
+            }
+        }
+        Ok(bytes)
     }
 
     fn tiling(&self, target: &Target) -> Tiling {
@@ -476,11 +509,17 @@ impl<'ctx> Panel<'_, 'ctx> {
                         .build_int_add(row, k.int((v * t.lanes) as i64), "b")?;
                 bv.push(k.load(Elem::F32, lanes, k.element(k.scratch, f32t.into(), at)?)?);
             }
-            let w_at = k.em.builder.build_int_add(w_base, kidx, "w")?;
+            // Filter r of k: packed, `rows` floats per k; as stored, K
+            // floats per filter.
+            let (w_at, w_step) = if g.w_packed {
+                (k.em.mul_add(kidx, k.int(rows as i64), w_base)?, 1)
+            } else {
+                (k.em.builder.build_int_add(w_base, kidx, "w")?, kd)
+            };
             for r in 0..rows {
                 let at =
                     k.em.builder
-                        .build_int_add(w_at, k.int(r as i64 * kd), "w")?;
+                        .build_int_add(w_at, k.int(r as i64 * w_step), "w")?;
                 let a =
                     k.load_splat(Elem::F32, lanes, k.element(k.buffers[2], f32t.into(), at)?)?;
                 for (&(v, _), &bvec) in vectors.iter().zip(&bv) {
@@ -579,6 +618,7 @@ mod tests {
                 bias: false,
                 epilogue: None,
             },
+            w_packed: false,
         };
         gemm.tiling(&Target::parse(Some(target), None).unwrap())
     }

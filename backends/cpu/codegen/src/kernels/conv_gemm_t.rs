@@ -57,6 +57,15 @@ const MAX_PIXELS: usize = 1024;
 /// that their rows of B and of the W panel share the L1.
 const BLOCK_PIXELS: usize = 64;
 
+/// General-purpose registers the tile's k loop keeps besides one input
+/// address per row: k, its end, the W pointer, the tap's offset, the
+/// table pointer and the stack pointer. On x86-64 this leaves 10 rows:
+/// measured on Zen 4, tiles of 14 rows (the 28 accumulators AVX-512's
+/// 32 registers allow) spilled addresses and accumulators every k and
+/// ran 1.5–3× slower, varying from run to run with the stack's
+/// alignment; at 10 rows and below they run at the FMA peak.
+const LOOP_REGISTERS: usize = 6;
+
 /// Bytes of W's panel and B that one K block may take (most of a 32 KiB
 /// L1).
 const L1_BLOCK_BYTES: usize = 24 * 1024;
@@ -124,8 +133,10 @@ impl ConvGemmT {
         } else {
             1
         };
-        // Accumulators, the panel row's vectors and one broadcast.
-        let max_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
+        // Accumulators, the panel row's vectors and one broadcast; and one
+        // input address per row beside the loop's own registers.
+        let max_rows = ((target.isa.vector_registers() - vectors - 1) / vectors)
+            .min(target.isa.general_registers() - LOOP_REGISTERS);
         let pixels = self.conv.pixels();
         let tiles = pixels.div_ceil(max_rows);
         let rows = pixels.div_ceil(tiles);
