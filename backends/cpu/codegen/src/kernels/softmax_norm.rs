@@ -2,6 +2,7 @@
 //! LayerNorm / RMSNorm (mean, variance, normalise-scale-shift), vectorised
 //! along contiguous rows.
 
+use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::op::NormKind;
 use m4c_ir::{DType, Node};
@@ -11,14 +12,44 @@ use super::{Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
-/// What a row fold applies to each element: `(math, x, position, lanes)`.
+/// What a row fold applies to each element: `(math, x, position, lanes,
+/// mask)`, the mask `Some` on a row's last, partial vector (its other
+/// lanes are 0 in `x` and must not be stored).
 type ElementFn<'f, 'ctx> = dyn Fn(
         &Math<'_, 'ctx>,
         VectorValue<'ctx>,
         IntValue<'ctx>,
         u32,
+        Option<VectorValue<'ctx>>,
     ) -> Result<VectorValue<'ctx>, CodegenError>
     + 'f;
+
+/// Loads `width` floats at `at`, only the lanes of `mask` when there is one
+/// (the others 0).
+fn load_row<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    width: u32,
+    at: PointerValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    match mask {
+        Some(mask) => k.masked_load(at, mask),
+        None => k.load(Elem::F32, width, at),
+    }
+}
+
+/// Stores `value` at `at`, only the lanes of `mask` when there is one.
+fn store_row<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    at: PointerValue<'ctx>,
+    value: VectorValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+) -> Result<(), CodegenError> {
+    match mask {
+        Some(mask) => k.masked_store(at, value, mask),
+        None => k.store(Elem::F32, at, value),
+    }
+}
 
 /// Sums (or maxes) a row of `len` floats at `row` (stride `step`) into one
 /// scalar vector, `value(x)` applied to each element first.
@@ -34,57 +65,56 @@ fn fold_row<'ctx>(
     let context = k.cx.context;
     let lanes = if step == 1 { k.cx.lanes() } else { 1 };
     let f32t = context.f32_type();
-    let slots = [
-        k.slot(f32t.vec_type(lanes).into())?,
-        k.slot(f32t.vec_type(1).into())?,
-    ];
+    let slot = k.slot(f32t.vec_type(lanes).into())?;
     let start = if max { f32::NEG_INFINITY } else { 0.0 };
-    for (slot, width) in slots.iter().zip([lanes, 1]) {
-        k.em.builder.build_store(*slot, math(k, width).c(start))?;
-    }
-    k.row(len, lanes, &mut |pos, width| {
-        let math = math(k, width);
+    let wide = math(k, lanes);
+    k.em.builder.build_store(slot, wide.c(start))?;
+    k.row_masked(len, lanes, &mut |pos, width, mask| {
         let at = k.em.mul_add(pos, k.int(step), row)?;
-        let x = k.load(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?;
-        let v = value(&math, x, pos, width)?;
-        let slot = slots[usize::from(width != lanes)];
-        let acc =
-            k.em.builder
-                .build_load(f32t.vec_type(width), slot, "acc")?
-                .into_vector_value();
+        let x = load_row(k, width, k.element(buffer, f32t.into(), at)?, mask)?;
+        let v = value(&wide, x, pos, width, mask)?;
+        // The lanes past the row's end add nothing to the fold.
+        let v = match mask {
+            Some(mask) => {
+                k.em.builder
+                    .build_select(mask, v, wide.c(start), "live")?
+                    .into_vector_value()
+            }
+            None => v,
+        };
+        let acc = k.em.builder.build_load(f32t.vec_type(lanes), slot, "acc")?;
+        let acc = acc.into_vector_value();
         let acc = if max {
-            math.intrinsic("llvm.maximum", &[acc, v])?
+            wide.intrinsic("llvm.maximum", &[acc, v])?
         } else {
-            math.add(acc, v)?
+            wide.add(acc, v)?
         };
         k.em.builder.build_store(slot, acc)?;
         Ok(())
     })?;
-    let one = math(k, 1);
-    let wide =
-        k.em.builder
-            .build_load(f32t.vec_type(lanes), slots[0], "w")?
-            .into_vector_value();
-    let mut total =
-        k.em.builder
-            .build_load(f32t.vec_type(1), slots[1], "n")?
-            .into_vector_value();
-    for lane in 0..lanes {
-        let v = k.em.builder.build_extract_element(
-            wide,
-            context.i32_type().const_int(u64::from(lane), false),
-            "lane",
-        )?;
-        let v = k.em.builder.build_insert_element(
-            f32t.vec_type(1).get_poison(),
-            v,
-            context.i32_type().const_zero(),
-            "one",
-        )?;
+    // The lanes folded pairwise, halves at a time: log2(lanes) steps.
+    let wide = k.em.builder.build_load(f32t.vec_type(lanes), slot, "w")?;
+    let mut total = wide.into_vector_value();
+    let mut width = lanes;
+    while width > 1 {
+        width /= 2;
+        let half = |from: u32| {
+            let picks: Vec<_> = (from..from + width)
+                .map(|lane| context.i32_type().const_int(u64::from(lane), false))
+                .collect();
+            k.em.builder.build_shuffle_vector(
+                total,
+                total.get_type().get_poison(),
+                VectorType::const_vector(&picks),
+                "half",
+            )
+        };
+        let (low, high) = (half(0)?, half(width)?);
+        let m = math(k, width);
         total = if max {
-            one.intrinsic("llvm.maximum", &[total, v])?
+            m.intrinsic("llvm.maximum", &[low, high])?
         } else {
-            one.add(total, v)?
+            m.add(low, high)?
         };
     }
     Ok(total)
@@ -109,7 +139,9 @@ pub(crate) fn emit_softmax(
             k.em.builder
                 .build_int_unsigned_rem(r[0], k.int(inner as i64), "i")?;
         let row = k.em.mul_add(o, k.int((len * inner) as i64), i)?;
-        let max = fold_row(&k, k.buffers[1], row, len, step, true, &|_, x, _, _| Ok(x))?;
+        let max = fold_row(&k, k.buffers[1], row, len, step, true, &|_, x, _, _, _| {
+            Ok(x)
+        })?;
         let sum = fold_row(
             &k,
             k.buffers[1],
@@ -117,20 +149,20 @@ pub(crate) fn emit_softmax(
             len,
             step,
             false,
-            &|m, x, pos, width| {
+            &|m, x, pos, width, mask| {
                 let e = m.exp(m.sub(x, k.splat_lane(max, width)?)?)?;
                 let at = k.em.mul_add(pos, k.int(step), row)?;
-                k.store(Elem::F32, k.element(k.buffers[0], f32t.into(), at)?, e)?;
+                store_row(&k, k.element(k.buffers[0], f32t.into(), at)?, e, mask)?;
                 Ok(e)
             },
         )?;
         let inverse = math(&k, 1).div(math(&k, 1).c(1.0), sum)?;
-        k.row(len, lanes, &mut |pos, width| {
+        k.row_masked(len, lanes, &mut |pos, width, mask| {
             let m = math(&k, width);
             let at = k.em.mul_add(pos, k.int(step), row)?;
             let out = k.element(k.buffers[0], f32t.into(), at)?;
-            let e = k.load(Elem::F32, width, out)?;
-            k.store(Elem::F32, out, m.mul(e, k.splat_lane(inverse, width)?)?)
+            let e = load_row(&k, width, out, mask)?;
+            store_row(&k, out, m.mul(e, k.splat_lane(inverse, width)?)?, mask)
         })
     })?;
     k.finish()
@@ -182,7 +214,7 @@ fn emit_norm<'ctx>(
         let row = k.em.builder.build_int_mul(r[0], k.int(len as i64), "row")?;
         let inv_len = one.c(1.0 / len as f32);
         let mean = if kind == NormKind::Layer {
-            let sum = fold_row(&k, k.buffers[1], row, len, 1, false, &|_, x, _, _| Ok(x))?;
+            let sum = fold_row(&k, k.buffers[1], row, len, 1, false, &|_, x, _, _, _| Ok(x))?;
             Some(one.mul(sum, inv_len)?)
         } else {
             None
@@ -191,21 +223,30 @@ fn emit_norm<'ctx>(
             Some(mean) => Ok(m.sub(x, k.splat_lane(mean, width)?)?),
             None => Ok::<_, CodegenError>(x),
         };
-        let squares = fold_row(&k, k.buffers[1], row, len, 1, false, &|m, x, _, width| {
-            let c = centre(m, x, width)?;
-            Ok(m.mul(c, c)?)
-        })?;
+        let squares = fold_row(
+            &k,
+            k.buffers[1],
+            row,
+            len,
+            1,
+            false,
+            &|m, x, _, width, _| {
+                let c = centre(m, x, width)?;
+                Ok(m.mul(c, c)?)
+            },
+        )?;
         let variance = one.fma(squares, inv_len, one.c(epsilon))?;
         let rstd = one.div(one.c(1.0), one.intrinsic("llvm.sqrt", &[variance])?)?;
-        k.row(len, lanes, &mut |pos, width| {
+        k.row_masked(len, lanes, &mut |pos, width, mask| {
             let m = math(&k, width);
             let at = k.em.builder.build_int_add(row, pos, "at")?;
-            let x = k.load(Elem::F32, width, k.element(k.buffers[1], f32t.into(), at)?)?;
+            let x = load_row(&k, width, k.element(k.buffers[1], f32t.into(), at)?, mask)?;
             let param = |buffer: usize, p: Param| match p {
-                Param::Row => k.load(
-                    Elem::F32,
+                Param::Row => load_row(
+                    &k,
                     width,
                     k.element(k.buffers[buffer], f32t.into(), pos)?,
+                    mask,
                 ),
                 Param::Scalar => k.load_splat(Elem::F32, width, k.buffers[buffer]),
             };
@@ -215,7 +256,7 @@ fn emit_norm<'ctx>(
                 Some(p) => m.add(y, param(3, p)?)?,
                 None => y,
             };
-            k.store(Elem::F32, k.element(k.buffers[0], f32t.into(), at)?, y)
+            store_row(&k, k.element(k.buffers[0], f32t.into(), at)?, y, mask)
         })
     })?;
     k.finish()
