@@ -14,10 +14,12 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("m4c-bad-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for one case, removed when it is dropped.
+fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("m4c-bad-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn m4c(args: &[&std::ffi::OsStr]) -> Output {
@@ -52,7 +54,8 @@ fn run_model(model: &Path, inputs: &Path, out: &Path) -> Output {
 
 #[test]
 fn truncated_protobuf() {
-    let d = scratch("trunc");
+    let dir = scratch("trunc");
+    let d = dir.path();
     let bytes = std::fs::read(fixture("resnet_small.onnx")).unwrap();
     let bad = d.join("truncated.onnx");
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
@@ -66,7 +69,8 @@ fn truncated_protobuf() {
 
 #[test]
 fn corrupt_bytes() {
-    let d = scratch("corrupt");
+    let dir = scratch("corrupt");
+    let d = dir.path();
     let bad = d.join("garbage.onnx");
     std::fs::write(&bad, [0xffu8; 64]).unwrap();
     assert_error(
@@ -83,7 +87,8 @@ fn missing_model_file() {
 
 #[test]
 fn missing_external_data() {
-    let d = scratch("extdata");
+    let dir = scratch("extdata");
+    let d = dir.path();
     std::fs::copy(
         fixture("mlp_external_data.onnx"),
         d.join("mlp_external_data.onnx"),
@@ -108,7 +113,8 @@ fn missing_external_data() {
 
 #[test]
 fn short_external_data() {
-    let d = scratch("extshort");
+    let dir = scratch("extshort");
+    let d = dir.path();
     std::fs::copy(
         fixture("mlp_external_data.onnx"),
         d.join("mlp_external_data.onnx"),
@@ -125,7 +131,8 @@ fn short_external_data() {
 
 #[test]
 fn unknown_opset() {
-    let d = scratch("opset");
+    let dir = scratch("opset");
+    let d = dir.path();
     let p = d.join("future.onnx");
     write_model(&p, 99, vec![node("Relu", "", "r", "x", "y")]);
     assert_error(
@@ -136,7 +143,8 @@ fn unknown_opset() {
 
 #[test]
 fn every_unsupported_op_is_reported_at_once() {
-    let d = scratch("unsupported");
+    let dir = scratch("unsupported");
+    let d = dir.path();
     let p = d.join("odd.onnx");
     write_model(
         &p,
@@ -181,7 +189,8 @@ fn every_unsupported_op_is_reported_at_once() {
 
 #[test]
 fn input_shape_mismatch() {
-    let d = scratch("shape");
+    let dir = scratch("shape");
+    let d = dir.path();
     let inputs = d.join("in.npz");
     m4c_runtime::write_npz(
         &inputs,
@@ -198,7 +207,8 @@ fn input_shape_mismatch() {
 
 #[test]
 fn input_dtype_mismatch() {
-    let d = scratch("dtype");
+    let dir = scratch("dtype");
+    let d = dir.path();
     let src = m4c_runtime::read_npz(&fixture("resnet_small.inputs.npz")).unwrap();
     let (name, v) = src.into_iter().next().unwrap();
     let as_int = m4c_ops::Value::I64(ndarray::ArrayD::zeros(v.shape().to_vec()));
@@ -213,7 +223,8 @@ fn input_dtype_mismatch() {
 
 #[test]
 fn npz_missing_key() {
-    let d = scratch("key");
+    let dir = scratch("key");
+    let d = dir.path();
     let inputs = d.join("in.npz");
     m4c_runtime::write_npz(
         &inputs,
@@ -232,7 +243,8 @@ fn npz_missing_key() {
 
 #[test]
 fn npz_not_a_zip() {
-    let d = scratch("npz");
+    let dir = scratch("npz");
+    let d = dir.path();
     let inputs = d.join("in.npz");
     std::fs::write(&inputs, b"PK nonsense").unwrap();
     assert_error(
