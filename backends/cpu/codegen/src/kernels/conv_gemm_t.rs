@@ -415,3 +415,50 @@ impl ConvGemmT {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiling(target: &str, filters: usize, hw: usize) -> Tiling {
+        let window = Window {
+            input: vec![hw, hw],
+            output: vec![hw, hw],
+            kernel: vec![1, 1],
+            strides: vec![1, 1],
+            pads: vec![0, 0],
+            dilations: vec![1, 1],
+        };
+        let gemm = ConvGemmT {
+            conv: GemmConv {
+                batch: 1,
+                filters,
+                channels: 64,
+                window,
+                bias: false,
+                epilogue: None,
+            },
+        };
+        gemm.tiling(&Target::parse(Some(target), None).unwrap())
+    }
+
+    /// A tile's accumulators, panel row and broadcast fit the vector
+    /// registers, and its row addresses the general ones (on AVX-512 the
+    /// vector registers alone would allow 14 rows of two vectors).
+    #[test]
+    fn tiles_fit_both_register_files() {
+        for target in ["x86_64-avx512", "x86_64-avx2", "aarch64"] {
+            let isa = Target::parse(Some(target), None).unwrap().isa;
+            for filters in [16, 32, 48, 64, 512] {
+                for hw in [1, 3, 7, 14] {
+                    let t = tiling(target, filters, hw);
+                    assert!(t.rows * t.vectors + t.vectors < isa.vector_registers());
+                    assert!(t.rows + LOOP_REGISTERS <= isa.general_registers());
+                    assert!(t.tiles * t.rows - (t.tiles - t.tall_tiles) == hw * hw);
+                }
+            }
+        }
+        let t = tiling("x86_64-avx512", 64, 7);
+        assert_eq!((t.vectors, t.rows, t.tiles), (2, 10, 5));
+    }
+}
