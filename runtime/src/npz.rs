@@ -208,9 +208,11 @@ fn parse_header(text: &str) -> Result<NpyHeader, String> {
     let descr = quote
         .and_then(|q| descr[1..].split(q).next())
         .ok_or(".npy header: 'descr' is not a string")?;
-    let (big_endian, code) = match descr.split_at(descr.len().min(1)) {
-        (">", code) => (true, code),
-        ("<" | "|" | "=", code) => (false, code),
+    // The byte-order marks are ASCII, so slicing past one is on a char
+    // boundary (a header's text is arbitrary UTF-8).
+    let (big_endian, code) = match descr.chars().next() {
+        Some('>') => (true, &descr[1..]),
+        Some('<' | '|' | '=') => (false, &descr[1..]),
         _ => (false, descr),
     };
     let elem = match code {
@@ -360,6 +362,17 @@ mod tests {
         assert!(matches!(&back["ids"], Value::I64(a) if a.as_slice().unwrap() == [3, 4]));
         assert!(matches!(&back["mask"], Value::Bool(a) if a.as_slice().unwrap() == [true, false]));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Found by the `npz` fuzz target: a type string starting with a
+    /// multi-byte character was split inside it (a panic).
+    #[test]
+    fn non_ascii_type_string_is_an_error() {
+        let header = "{'descr': '\u{359}f4', 'fortran_order': False, 'shape': (1,), }";
+        let err = parse_header(header).unwrap_err();
+        assert!(err.contains("not supported"), "{err}");
+        let header = "{'descr': '>\u{359}', 'fortran_order': False, 'shape': (1,), }";
+        assert!(parse_header(header).is_err());
     }
 
     #[test]
