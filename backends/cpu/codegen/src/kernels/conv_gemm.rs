@@ -75,6 +75,53 @@ impl GemmConv {
     pub fn pixels(&self) -> usize {
         self.window.output.iter().product()
     }
+
+    /// W (`[M, K]` row-major, f32) repacked for a kernel: per group of
+    /// consecutive filters `(first, count)`, `[K][count]`, so that the
+    /// group's weights for one k are adjacent.
+    pub fn pack_groups(
+        &self,
+        w: &[f32],
+        groups: impl Iterator<Item = (usize, usize)>,
+    ) -> Result<Vec<u8>, CodegenError> {
+        let depth = self.depth();
+        if w.len() != self.filters * depth {
+            return Err(CodegenError::Internal(
+                "a convolution's weights match its shape",
+            ));
+        }
+        let mut bytes = Vec::with_capacity(w.len() * 4);
+        for (first, count) in groups {
+            for k in 0..depth {
+                for j in first..first + count {
+                    bytes.extend(w[j * depth + k].to_le_bytes());
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// A 1×1 convolution without bias or epilogue over a map of `spatial`
+    /// (tests of the kernels' tilings).
+    #[cfg(test)]
+    pub fn pointwise(filters: usize, channels: usize, spatial: &[usize]) -> Self {
+        let ones = vec![1; spatial.len()];
+        Self {
+            batch: 1,
+            filters,
+            channels,
+            window: Window {
+                input: spatial.to_vec(),
+                output: spatial.to_vec(),
+                kernel: ones.clone(),
+                strides: ones.clone(),
+                pads: vec![0; spatial.len()],
+                dilations: ones,
+            },
+            bias: false,
+            epilogue: None,
+        }
+    }
 }
 
 /// Entry `at` of the `i32` offset table in buffer 3 of both GEMM
@@ -144,27 +191,18 @@ impl ConvGemm {
     /// and a 1024-deep 1×1 layer ran at 65 % of the FMA peak on Zen 4
     /// against 86 % at AVX2's 6 rows.
     pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
-        let depth = self.conv.depth();
-        if w.len() != self.conv.filters * depth {
-            return Err(CodegenError::Internal(
-                "a convolution's weights match its shape",
-            ));
-        }
         let t = self.tiling(target);
-        let mut bytes = Vec::with_capacity(w.len() * 4);
-        for tile in 0..t.tiles {
-            let rows = if tile + 1 == t.tiles {
-                t.last_rows
-            } else {
-                t.rows
-            };
-            for k in 0..depth {
-                for r in 0..rows {
-                    bytes.extend(w[(tile * t.rows + r) * depth + k].to_le_bytes());
-                }
-            }
-        }
-        Ok(bytes)
+        self.conv.pack_groups(
+            w,
+            (0..t.tiles).map(|tile| {
+                let rows = if tile + 1 == t.tiles {
+                    t.last_rows
+                } else {
+                    t.rows
+                };
+                (tile * t.rows, rows)
+            }),
+        )
     }
 
     fn tiling(&self, target: &Target) -> Tiling {
@@ -466,10 +504,6 @@ impl<'ctx> Panel<'_, 'ctx> {
             let at = b.build_int_add(at, k.int((v * t.lanes) as i64), "at")?;
             k.element(k.buffers[0], f32t.into(), at)
         };
-        let load = |ptr, mask: Option<VectorValue<'ctx>>| match mask {
-            None => k.load(Elem::F32, lanes, ptr),
-            Some(mask) => k.masked_load(ptr, mask),
-        };
         // Start: the bias (or 0) in the first K block, the partial sums
         // stored by the previous block otherwise.
         for r in 0..rows {
@@ -487,7 +521,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                 let value = if t.k_blocks == 1 {
                     start
                 } else {
-                    let previous = load(y_row(r, v)?, mask)?;
+                    let previous = k.load_f32(y_row(r, v)?, lanes, mask)?;
                     k.em.builder
                         .build_select(blk.first, start, previous, "start")?
                         .into_vector_value()
@@ -550,10 +584,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                         .build_load(vf, slot, "acc")?
                         .into_vector_value();
                 let ptr = y_row(r, v)?;
-                let store = |value| match mask {
-                    None => k.store(Elem::F32, ptr, value),
-                    Some(mask) => k.masked_store(ptr, value, mask),
-                };
+                let store = |value| k.store_f32(ptr, value, mask);
                 let Some(epilogue) = &g.conv.epilogue else {
                     store(value)?;
                     continue;
@@ -603,21 +634,7 @@ mod tests {
     fn tiling(target: &str, filters: usize, pixels: usize, depth: usize) -> Tiling {
         // A 1×1 window over a row of `pixels`: K is the channel count.
         let gemm = ConvGemm {
-            conv: GemmConv {
-                batch: 1,
-                filters,
-                channels: depth,
-                window: Window {
-                    input: vec![pixels],
-                    output: vec![pixels],
-                    kernel: vec![1],
-                    strides: vec![1],
-                    pads: vec![0],
-                    dilations: vec![1],
-                },
-                bias: false,
-                epilogue: None,
-            },
+            conv: GemmConv::pointwise(filters, depth, &[pixels]),
             w_packed: false,
         };
         gemm.tiling(&Target::parse(Some(target), None).unwrap())

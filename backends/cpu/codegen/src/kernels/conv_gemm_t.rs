@@ -165,22 +165,10 @@ impl ConvGemmT {
     /// W (`[M, K]` row-major, f32) repacked as the kernel reads it: per
     /// panel of F filters, `[K][F]`.
     pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
-        let depth = self.conv.depth();
-        if w.len() != self.conv.filters * depth {
-            return Err(CodegenError::Internal(
-                "a convolution's weights match its shape",
-            ));
-        }
         let f = self.panel_filters(target);
-        let mut bytes = Vec::with_capacity(w.len() * 4);
-        for panel in 0..self.conv.filters / f {
-            for k in 0..depth {
-                for j in 0..f {
-                    bytes.extend(w[(panel * f + j) * depth + k].to_le_bytes());
-                }
-            }
-        }
-        Ok(bytes)
+        let panels = self.conv.filters / f;
+        self.conv
+            .pack_groups(w, (0..panels).map(|panel| (panel * f, f)))
     }
 
     /// The offset tables the kernel reads ([`TapOffsets`]: rows, then
@@ -421,23 +409,8 @@ mod tests {
     use super::*;
 
     fn tiling(target: &str, filters: usize, hw: usize) -> Tiling {
-        let window = Window {
-            input: vec![hw, hw],
-            output: vec![hw, hw],
-            kernel: vec![1, 1],
-            strides: vec![1, 1],
-            pads: vec![0, 0],
-            dilations: vec![1, 1],
-        };
         let gemm = ConvGemmT {
-            conv: GemmConv {
-                batch: 1,
-                filters,
-                channels: 64,
-                window,
-                bias: false,
-                epilogue: None,
-            },
+            conv: GemmConv::pointwise(filters, 64, &[hw, hw]),
         };
         gemm.tiling(&Target::parse(Some(target), None).unwrap())
     }

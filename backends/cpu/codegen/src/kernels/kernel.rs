@@ -425,6 +425,34 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             .into_vector_value())
     }
 
+    /// Loads `lanes` floats at `at`: all of them, or with a mask only its
+    /// lanes ([`Self::masked_load`]), as for a row's partial last vector.
+    pub fn load_f32(
+        &self,
+        at: PointerValue<'ctx>,
+        lanes: u32,
+        mask: Option<VectorValue<'ctx>>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        match mask {
+            Some(mask) => self.masked_load(at, mask),
+            None => self.load(Elem::F32, lanes, at),
+        }
+    }
+
+    /// Stores `value` at `at`: every lane, or with a mask only its lanes
+    /// ([`Self::masked_store`]).
+    pub fn store_f32(
+        &self,
+        at: PointerValue<'ctx>,
+        value: VectorValue<'ctx>,
+        mask: Option<VectorValue<'ctx>>,
+    ) -> Result<(), CodegenError> {
+        match mask {
+            Some(mask) => self.masked_store(at, value, mask),
+            None => self.store(Elem::F32, at, value),
+        }
+    }
+
     /// Stores the lanes of `value` that `mask` selects at `at`; the other
     /// lanes' memory is not written.
     pub fn masked_store(

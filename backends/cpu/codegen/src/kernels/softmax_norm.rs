@@ -24,33 +24,6 @@ type ElementFn<'f, 'ctx> = dyn Fn(
     ) -> Result<VectorValue<'ctx>, CodegenError>
     + 'f;
 
-/// Loads `width` floats at `at`, only the lanes of `mask` when there is one
-/// (the others 0).
-fn load_row<'ctx>(
-    k: &Kernel<'_, 'ctx>,
-    width: u32,
-    at: PointerValue<'ctx>,
-    mask: Option<VectorValue<'ctx>>,
-) -> Result<VectorValue<'ctx>, CodegenError> {
-    match mask {
-        Some(mask) => k.masked_load(at, mask),
-        None => k.load(Elem::F32, width, at),
-    }
-}
-
-/// Stores `value` at `at`, only the lanes of `mask` when there is one.
-fn store_row<'ctx>(
-    k: &Kernel<'_, 'ctx>,
-    at: PointerValue<'ctx>,
-    value: VectorValue<'ctx>,
-    mask: Option<VectorValue<'ctx>>,
-) -> Result<(), CodegenError> {
-    match mask {
-        Some(mask) => k.masked_store(at, value, mask),
-        None => k.store(Elem::F32, at, value),
-    }
-}
-
 /// Sums (or maxes) a row of `len` floats at `row` (stride `step`) into one
 /// scalar vector, `value(x)` applied to each element first.
 fn fold_row<'ctx>(
@@ -71,7 +44,7 @@ fn fold_row<'ctx>(
     k.em.builder.build_store(slot, wide.c(start))?;
     k.row_masked(len, lanes, &mut |pos, width, mask| {
         let at = k.em.mul_add(pos, k.int(step), row)?;
-        let x = load_row(k, width, k.element(buffer, f32t.into(), at)?, mask)?;
+        let x = k.load_f32(k.element(buffer, f32t.into(), at)?, width, mask)?;
         let v = value(&wide, x, pos, width, mask)?;
         // The lanes past the row's end add nothing to the fold.
         let v = match mask {
@@ -152,7 +125,7 @@ pub(crate) fn emit_softmax(
             &|m, x, pos, width, mask| {
                 let e = m.exp(m.sub(x, k.splat_lane(max, width)?)?)?;
                 let at = k.em.mul_add(pos, k.int(step), row)?;
-                store_row(&k, k.element(k.buffers[0], f32t.into(), at)?, e, mask)?;
+                k.store_f32(k.element(k.buffers[0], f32t.into(), at)?, e, mask)?;
                 Ok(e)
             },
         )?;
@@ -161,8 +134,8 @@ pub(crate) fn emit_softmax(
             let m = math(&k, width);
             let at = k.em.mul_add(pos, k.int(step), row)?;
             let out = k.element(k.buffers[0], f32t.into(), at)?;
-            let e = load_row(&k, width, out, mask)?;
-            store_row(&k, out, m.mul(e, k.splat_lane(inverse, width)?)?, mask)
+            let e = k.load_f32(out, width, mask)?;
+            k.store_f32(out, m.mul(e, k.splat_lane(inverse, width)?)?, mask)
         })
     })?;
     k.finish()
@@ -240,14 +213,11 @@ fn emit_norm<'ctx>(
         k.row_masked(len, lanes, &mut |pos, width, mask| {
             let m = math(&k, width);
             let at = k.em.builder.build_int_add(row, pos, "at")?;
-            let x = load_row(&k, width, k.element(k.buffers[1], f32t.into(), at)?, mask)?;
+            let x = k.load_f32(k.element(k.buffers[1], f32t.into(), at)?, width, mask)?;
             let param = |buffer: usize, p: Param| match p {
-                Param::Row => load_row(
-                    &k,
-                    width,
-                    k.element(k.buffers[buffer], f32t.into(), pos)?,
-                    mask,
-                ),
+                Param::Row => {
+                    k.load_f32(k.element(k.buffers[buffer], f32t.into(), pos)?, width, mask)
+                }
                 Param::Scalar => k.load_splat(Elem::F32, width, k.buffers[buffer]),
             };
             let y = m.mul(centre(&m, x, width)?, k.splat_lane(rstd, width)?)?;
@@ -256,7 +226,7 @@ fn emit_norm<'ctx>(
                 Some(p) => m.add(y, param(3, p)?)?,
                 None => y,
             };
-            store_row(&k, k.element(k.buffers[0], f32t.into(), at)?, y, mask)
+            k.store_f32(k.element(k.buffers[0], f32t.into(), at)?, y, mask)
         })
     })?;
     k.finish()
