@@ -281,6 +281,103 @@ fn qdq_matmul(s: Shape, a_signed: bool, quantize_output: bool, seed: u64) {
     }
 }
 
+/// The shape and number formats of one int8 attention case.
+#[derive(Clone, Copy, Debug)]
+struct AttentionCase {
+    heads: usize,
+    m: usize,
+    k: usize,
+    n1: usize,
+    n2: usize,
+    /// K stored `[heads, n1, k]` (the scores' MatMul transposes it).
+    trans_b: bool,
+    /// Signedness of q, k, v and the quantised probabilities.
+    signed: [bool; 4],
+    seed: u64,
+}
+
+/// `(Cast_f32(x) − z) · s` over a run-time quantised input of `shape`;
+/// the input's zero point is drawn from the seed.
+fn dequantised(c: &mut Case, shape: &[usize], signed: bool, scale: f32, seed: u64) -> ValueId {
+    let x = c.input(quantised(shape, signed, seed));
+    let xf = c.cast(x, DType::F32);
+    let zero = (seed % 61) as f32 - if signed { 30.0 } else { -100.0 };
+    let z = c.constant(Tensor::from_f32(&[], &[zero]));
+    let centred = c.node(Op::Sub, &[xf, z]);
+    let s = c.constant(Tensor::from_f32(&[], &[scale]));
+    c.node(Op::Mul, &[centred, s])
+}
+
+/// Attention over dequantised int8/uint8 q, k, v with its probabilities
+/// quantised and dequantised (`m4c quantize`'s QDQ form): one int8
+/// attention kernel. The scales are powers of two, so the interpreter's
+/// f32 sums of dequantised products are exact and the scores agree bit for
+/// bit; the softmaxes differ in their last bits, which can move a
+/// probability across a rounding boundary: the output may differ by one
+/// probability step times the largest `|v − zv|·sv` (and f32 rounding).
+fn qdq_attention(a: AttentionCase) {
+    let mut c = Case::new();
+    let (h, m, k, n1, n2) = (a.heads, a.m, a.k, a.n1, a.n2);
+    let q = dequantised(&mut c, &[h, m, k], a.signed[0], 1.0 / 64.0, a.seed);
+    let key_shape = if a.trans_b { [h, n1, k] } else { [h, k, n1] };
+    let key = dequantised(&mut c, &key_shape, a.signed[1], 1.0 / 128.0, a.seed + 1);
+    let v = dequantised(&mut c, &[h, n1, n2], a.signed[2], 1.0 / 32.0, a.seed + 2);
+    let scores = c.node(
+        Op::MatMul {
+            trans_a: false,
+            trans_b: a.trans_b,
+        },
+        &[q, key],
+    );
+    let scale = c.constant(Tensor::from_f32(&[], &[0.125]));
+    let scaled = c.node(Op::Mul, &[scores, scale]);
+    let p = c.node(Op::Softmax { axis: 2 }, &[scaled]);
+    let (to, zero) = if a.signed[3] {
+        (DType::I8, -128)
+    } else {
+        (DType::U8, 0)
+    };
+    let step = 1.0 / 255.0;
+    let sp = c.constant(Tensor::from_f32(&[], &[step]));
+    let zp = c.constant(scalar_q(zero, a.signed[3]));
+    let pq = c.node(Op::Quantize { to }, &[p, sp, zp]);
+    let pf = c.cast(pq, DType::F32);
+    let zpf = c.constant(Tensor::from_f32(&[], &[zero as f32]));
+    let pc = c.node(Op::Sub, &[pf, zpf]);
+    let pd = c.node(Op::Mul, &[pc, sp]);
+    let out = c.node(MATMUL, &[pd, v]);
+    let flip = f64::from(step) * 255.0 / 32.0;
+    c.check(out, Agree::Float(1e-5, flip + 1e-5), Some("attention8"));
+}
+
+#[test]
+fn int8_attention_at_edges() {
+    // One head of ViT-B's shape, ragged K (not whole dot groups) and
+    // blocks with a remainder, every signedness.
+    let cases = [
+        (1, 197, 64, 197, 64, false),
+        (2, 5, 3, 7, 9, true),
+        (3, 33, 17, 65, 1, false),
+        (1, 1, 1, 1, 1, true),
+    ];
+    for (i, (heads, m, k, n1, n2, trans_b)) in cases.into_iter().enumerate() {
+        for bits in [0b0000u8, 0b1111, 0b0101, 0b1010] {
+            let signed = [0, 1, 2, 3].map(|b| bits >> b & 1 == 1);
+            let seed = 40 + i as u64 * 7 + u64::from(bits);
+            qdq_attention(AttentionCase {
+                heads,
+                m,
+                k,
+                n1,
+                n2,
+                trans_b,
+                signed,
+                seed,
+            });
+        }
+    }
+}
+
 /// MatMulNBits' weight as imported: `(Reshape(Cast(q) − zp) · s)[:, :k]`,
 /// `[n, k]`.
 fn int4_weight(
@@ -866,6 +963,14 @@ proptest! {
         m in 1usize..20, k in 1usize..70, n in 1usize..50, a_signed: bool, seed in 0u64..1000,
     ) {
         qdq_matmul(Shape { batch: 1, m, k, n }, a_signed, true, seed);
+    }
+
+    #[test]
+    fn int8_attention_matches(
+        heads in 1usize..4, m in 1usize..30, k in 1usize..40, n1 in 1usize..70, n2 in 1usize..40,
+        trans_b: bool, signed in proptest::array::uniform4(any::<bool>()), seed in 0u64..1000,
+    ) {
+        qdq_attention(AttentionCase { heads, m, k, n1, n2, trans_b, signed, seed });
     }
 
     #[test]

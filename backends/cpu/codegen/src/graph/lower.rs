@@ -128,10 +128,23 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 offset: 0,
             });
         }
-        let quant = crate::quant::lower::find(graph);
-        let roots = crate::quant::lower::split_groups(graph, &fusion_roots(graph), &quant);
-        let members = group_members(&roots);
-        let chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
+        let mut quant = crate::quant::lower::find(graph);
+        let fusion = fusion_roots(graph);
+        let mut roots = crate::quant::lower::split_groups(graph, &fusion, &quant);
+        let mut members = group_members(&roots);
+        let mut chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
+        // Attention chains whose products are int8 become quantised
+        // kernels; the dequantisations they read through leave the groups.
+        if quant.add_attention8(graph, &chains, &members) {
+            roots = crate::quant::lower::split_groups(graph, &fusion, &quant);
+            members = group_members(&roots);
+            chains = crate::kernels::attention::find_chains(&lowering, &roots, &members);
+            for chain in &mut chains {
+                if chain.is_some_and(|c| quant.absorbed_by[c.softmax].is_some()) {
+                    *chain = None;
+                }
+            }
+        }
         let mut in_chain = vec![false; graph.nodes.len()];
         for (i, root) in roots.iter().enumerate() {
             lowering.kernel_of[i] = root.unwrap_or(i);

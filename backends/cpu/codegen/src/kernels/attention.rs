@@ -9,6 +9,7 @@
 
 use std::hash::{Hash, Hasher};
 
+use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue};
 use m4c_cpu_device::PackedPanels;
 use m4c_ir::{DType, Graph, Node, Op, ValueId};
@@ -19,6 +20,9 @@ use super::softmax_norm::emit_softmax;
 use super::{contiguous_strides, Cx, Elem, Kernel};
 use crate::gemm::{emit_gemm, gemm_manifest, GemmPlan, GemmSpec};
 use crate::graph::Lowering;
+use crate::quant::attention8::{
+    emit_pack_b, emit_quantize_rows, emit_row_sums, emit_tables, Int8Attention, PerTensor, Product,
+};
 use crate::CodegenError;
 
 /// The nodes of a fusable attention, by node index.
@@ -242,9 +246,9 @@ pub(crate) fn lower(
     let scratch = emit(
         l.cx,
         &symbol,
-        &first,
-        &second,
+        (&first, &second),
         [group.as_ref(), after.as_ref()],
+        None,
     )?;
     let mut buffers = vec![
         out,
@@ -255,6 +259,68 @@ pub(crate) fn lower(
     buffers.extend(extra);
     l.kernel_with_scratch(symbol, buffers, first.batches, scratch, true);
     Ok(())
+}
+
+/// Lowers an attention chain with int8 products (`quant::attention8`)
+/// into one kernel: buffers output, q, k, v (the quantised values), then
+/// the group's other operands.
+pub(crate) fn lower_int8(
+    l: &mut Lowering<'_, '_>,
+    attention: &Int8Attention,
+) -> Result<(), CodegenError> {
+    let g = l.graph;
+    let chain = attention.chain;
+    let (first_node, second_node) = (&g.nodes[chain.scores], &g.nodes[chain.output]);
+    let first =
+        spec(l, first_node, false).ok_or(CodegenError::Internal("checked by find_chains"))?;
+    let second =
+        spec(l, second_node, true).ok_or(CodegenError::Internal("checked by find_chains"))?;
+    let mut extra = Vec::new();
+    let group = match &attention.group {
+        None => None,
+        Some(members) => Some(block_group(l, members, first_node.output, &mut extra)?),
+    };
+    let products = Int8Products {
+        scores: Product {
+            k: first.k,
+            n: first.n,
+            a: attention.q,
+            b: attention.k,
+        },
+        output: Product {
+            k: second.k,
+            n: second.n,
+            a: attention.probabilities,
+            b: attention.v,
+        },
+        quantize: attention.quantize,
+    };
+    let out = l.define(second_node.output)?;
+    let symbol = l.symbol("attention8");
+    let scratch = emit(
+        l.cx,
+        &symbol,
+        (&first, &second),
+        [group.as_ref(), None],
+        Some(&products),
+    )?;
+    let mut buffers = vec![
+        out,
+        l.loc(attention.q.value)?,
+        l.loc(attention.k.value)?,
+        l.loc(attention.v.value)?,
+    ];
+    buffers.extend(extra);
+    l.kernel_with_scratch(symbol, buffers, first.batches, scratch, true);
+    Ok(())
+}
+
+/// The int8 products of an attention kernel: scores `q·k`, output
+/// `probabilities·v`, and how the probabilities are quantised in between.
+struct Int8Products {
+    scores: Product,
+    output: Product,
+    quantize: PerTensor,
 }
 
 /// The group `members` recast for row blocks: `scores` (the value the block
@@ -308,8 +374,9 @@ fn shared_gemm<'ctx>(
     Ok((function, manifest.packed_b))
 }
 
-/// The functions one block of `rows` rows calls: scores GEMM, output GEMM,
-/// and the groups' elementwise kernels with their extents.
+/// The functions one block of `rows` rows calls: scores GEMM, output GEMM
+/// (f32 ones, or int8 kernels with the uniform kernel signature), and the
+/// groups' elementwise kernels with their extents.
 #[derive(Clone, Copy)]
 struct BlockFns<'ctx> {
     rows: usize,
@@ -319,13 +386,65 @@ struct BlockFns<'ctx> {
     groups: [Option<(FunctionValue<'ctx>, usize)>; 2],
 }
 
-/// Emits the kernel and returns its scratch bytes.
+/// The int8 GEMM kernel of `product` for blocks of `rows` rows, shared by
+/// every attention kernel of the module with the same code.
+fn shared_int8_gemm<'ctx>(
+    cx: Cx<'_, 'ctx>,
+    product: &Product,
+    rows: usize,
+) -> Result<FunctionValue<'ctx>, CodegenError> {
+    let spec = product.spec("", rows);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    spec.code_key().hash(&mut hasher);
+    let name = format!("m4c_attention_q8gemm_{:016x}", hasher.finish());
+    if cx.module.get_function(&name).is_none() {
+        crate::quant::emit_int8_gemm(cx, &product.spec(&name, rows))?;
+    }
+    cx.module
+        .get_function(&name)
+        .ok_or(CodegenError::Internal("emitted above"))
+}
+
+/// Where the kernel's scratch holds what, in bytes: both packed right
+/// operands, the block of scores, and for int8 products the quantised
+/// probabilities, A's row sums and the GEMMs' own scratch.
+struct ScratchPlan {
+    packed: [usize; 2],
+    scores: usize,
+    probabilities: usize,
+    row_sums: usize,
+    gemm: usize,
+    total: usize,
+}
+
+impl ScratchPlan {
+    fn new(sizes: [usize; 6]) -> Self {
+        let mut at = [0; 6];
+        let mut next = 0;
+        for (slot, size) in at.iter_mut().zip(sizes) {
+            *slot = next;
+            next = (next + size).next_multiple_of(64);
+        }
+        Self {
+            packed: [at[0], at[1]],
+            scores: at[2],
+            probabilities: at[3],
+            row_sums: at[4],
+            gemm: at[5],
+            total: next,
+        }
+    }
+}
+
+/// Emits the kernel and returns its scratch bytes. `int8`: the products
+/// are int8 (buffers 1–3 hold quantised values; the second group is
+/// replaced by the probabilities' quantisation).
 fn emit<'ctx>(
     cx: Cx<'_, 'ctx>,
     symbol: &str,
-    first: &BatchedMatmul,
-    second: &BatchedMatmul,
+    (first, second): (&BatchedMatmul, &BatchedMatmul),
     groups: [Option<&BlockGroup>; 2],
+    int8: Option<&Int8Products>,
 ) -> Result<usize, CodegenError> {
     let plan = GemmPlan::for_target(cx.target);
     let (m, n1, n2) = (first.m, first.n, second.n);
@@ -337,13 +456,22 @@ fn emit<'ctx>(
         .min(m);
     let mut layouts = None;
     let mut block_fns = |block: usize| -> Result<BlockFns<'ctx>, CodegenError> {
-        let one = shared_gemm(cx, block, first.k, n1)?;
-        let two = shared_gemm(cx, block, n1, n2)?;
-        layouts = Some((one.1, two.1));
+        let (scores, output) = match int8 {
+            Some(p) => (
+                shared_int8_gemm(cx, &p.scores, block)?,
+                shared_int8_gemm(cx, &p.output, block)?,
+            ),
+            None => {
+                let one = shared_gemm(cx, block, first.k, n1)?;
+                let two = shared_gemm(cx, block, n1, n2)?;
+                layouts = Some((one.1, two.1));
+                (one.0, two.0)
+            }
+        };
         let function = |name: &str| {
             cx.module
                 .get_function(name)
-                .ok_or(CodegenError::Internal("a GEMM emitted above"))
+                .ok_or(CodegenError::Internal("a group emitted above"))
         };
         let mut fns = [None; 2];
         for (i, group) in groups.iter().enumerate() {
@@ -362,8 +490,8 @@ fn emit<'ctx>(
         }
         Ok(BlockFns {
             rows: block,
-            scores: one.0,
-            output: two.0,
+            scores,
+            output,
             groups: fns,
         })
     };
@@ -372,7 +500,27 @@ fn emit<'ctx>(
         0 => None,
         remainder => Some(block_fns(remainder)?),
     };
-    let (layout1, layout2) = layouts.ok_or(CodegenError::Internal("at least one block"))?;
+    let scratch = match (int8, layouts) {
+        (Some(p), _) => {
+            let gemm = [&p.scores, &p.output]
+                .iter()
+                .map(|product| product.spec("", rows).scratch_bytes(cx.target))
+                .max()
+                .unwrap_or(0);
+            ScratchPlan::new([
+                p.scores.packed_bytes(cx.target),
+                p.output.packed_bytes(cx.target),
+                rows * n1 * 4,
+                rows * n1,
+                rows * 4,
+                gemm,
+            ])
+        }
+        (None, Some((layout1, layout2))) => {
+            ScratchPlan::new([layout1.len() * 4, layout2.len() * 4, rows * n1 * 4, 0, 0, 0])
+        }
+        (None, None) => return Err(CodegenError::Internal("at least one block")),
+    };
     let softmax_symbol = format!("m4c_attention_softmax_{rows}x{n1}");
     if cx.module.get_function(&softmax_symbol).is_none() {
         emit_softmax(cx, &softmax_symbol, (rows, n1, 1))?;
@@ -385,13 +533,17 @@ fn emit<'ctx>(
     let operands = groups.map(|g| g.map_or(&[][..], |g| &g.operands[..]));
     let extra: usize = operands.iter().map(|o| o.iter().flatten().count()).sum();
     let k = Kernel::define(cx, symbol, 4 + extra)?;
-    let f32t = cx.context.f32_type();
+    let (f32t, i8t) = (cx.context.f32_type(), cx.context.i8_type());
     let ptr = cx.context.ptr_type(Default::default());
-    let packed2_at = layout1.len();
-    let scores_at = packed2_at + layout2.len();
-    let packed1 = k.scratch;
-    let packed2 = k.element(k.scratch, f32t.into(), k.int(packed2_at as i64))?;
-    let scores = k.element(k.scratch, f32t.into(), k.int(scores_at as i64))?;
+    let in_scratch = |at: usize| k.element(k.scratch, i8t.into(), k.int(at as i64));
+    let packed = [
+        in_scratch(scratch.packed[0])?,
+        in_scratch(scratch.packed[1])?,
+    ];
+    let scores = in_scratch(scratch.scores)?;
+    let probabilities = in_scratch(scratch.probabilities)?;
+    let row_sums = in_scratch(scratch.row_sums)?;
+    let gemm_scratch = in_scratch(scratch.gemm)?;
     let table_entry = |table, slot: usize| {
         // SAFETY: builds a GEP into a pointer table allocated with at
         // least `slot + 1` entries.
@@ -409,11 +561,40 @@ fn emit<'ctx>(
         .iter()
         .map(|o| k.slot(ptr.array_type(o.len() as u32 + 1).into()))
         .collect::<Result<Vec<_>, _>>()?;
+    // The int8 GEMMs' buffers: A, packed B, output, A's row sums.
+    let gemm_table = k.slot(ptr.array_type(4).into())?;
+    if let Some(p) = int8 {
+        emit_tables(&k, &p.scores, packed[0])?;
+        emit_tables(&k, &p.output, packed[1])?;
+    }
+    // The elements A and the right operands are made of, and each
+    // product's panels of packed B.
+    let elem: BasicTypeEnum<'ctx> = if int8.is_some() {
+        i8t.into()
+    } else {
+        f32t.into()
+    };
+    let panels = match (int8, layouts) {
+        (Some(p), _) => [p.scores.panels(cx.target), p.output.panels(cx.target)],
+        (None, Some((layout1, layout2))) => [layout1.panels(), layout2.panels()],
+        (None, None) => return Err(CodegenError::Internal("at least one block")),
+    };
     k.em.counted_loop(k.begin, k.end, |batch| {
         let (a_base, b1_base) = first.batch_bases(&k, batch)?;
         let (_, b2_base) = second.batch_bases(&k, batch)?;
-        first.pack_b(&k, k.buffers[2], b1_base, layout1, packed1)?;
-        second.pack_b(&k, k.buffers[3], b2_base, layout2, packed2)?;
+        match (int8, layouts) {
+            (Some(p), _) => {
+                let b1 = k.element(k.buffers[2], i8t.into(), b1_base)?;
+                emit_pack_b(&k, &p.scores, b1, first.b_rc, packed[0])?;
+                let b2 = k.element(k.buffers[3], i8t.into(), b2_base)?;
+                emit_pack_b(&k, &p.output, b2, second.b_rc, packed[1])?;
+            }
+            (None, Some((layout1, layout2))) => {
+                first.pack_b(&k, k.buffers[2], b1_base, layout1, packed[0])?;
+                second.pack_b(&k, k.buffers[3], b2_base, layout2, packed[1])?;
+            }
+            (None, None) => return Err(CodegenError::Internal("at least one block")),
+        }
         let c_base =
             k.em.builder
                 .build_int_mul(batch, k.int((m * n2) as i64), "c")?;
@@ -433,18 +614,55 @@ fn emit<'ctx>(
             let call = |f, args: &[BasicMetadataValueEnum<'ctx>]| {
                 k.em.builder.build_call(f, args, "").map(|_| ())
             };
+            // `a · packed → c` by `f` over the `panels` of packed B: an f32
+            // GEMM, or an int8 one (after A's row sums).
+            let product = |f, a, packed, c, panels: usize, int8: Option<(&Product, bool)>| {
+                let Some((product, signed)) = int8 else {
+                    return call(
+                        f,
+                        &[
+                            a,
+                            packed,
+                            c,
+                            k.int(0).into(),
+                            k.int(panels as i64).into(),
+                            k.scratch.into(),
+                        ],
+                    )
+                    .map_err(CodegenError::from);
+                };
+                let a_ptr = a.into_pointer_value();
+                emit_row_sums(
+                    &k,
+                    a_ptr,
+                    signed,
+                    (k.int(fns.rows as i64), product.k),
+                    row_sums,
+                )?;
+                for (slot, value) in [a, packed, c, row_sums.into()].into_iter().enumerate() {
+                    k.em.builder
+                        .build_store(table_entry(gemm_table, slot)?, value.into_pointer_value())?;
+                }
+                call(
+                    f,
+                    &[
+                        gemm_table.into(),
+                        k.int(0).into(),
+                        k.int(panels as i64).into(),
+                        gemm_scratch.into(),
+                    ],
+                )?;
+                Ok(())
+            };
             let a_at = k.em.mul_add(row0, k.int(first.k as i64), a_base)?;
-            let a = k.element(k.buffers[1], f32t.into(), a_at)?;
-            call(
+            let a = k.element(k.buffers[1], elem, a_at)?;
+            product(
                 fns.scores,
-                &[
-                    a.into(),
-                    packed1.into(),
-                    scores.into(),
-                    k.int(0).into(),
-                    k.int(layout1.panels() as i64).into(),
-                    k.scratch.into(),
-                ],
+                a.into(),
+                packed[0].into(),
+                scores.into(),
+                panels[0],
+                int8.map(|p| (&p.scores, p.scores.a.signed)),
             )?;
             // Applies group `i` to the scores block in place.
             let apply = |i: usize| -> Result<(), CodegenError> {
@@ -499,16 +717,20 @@ fn emit<'ctx>(
             apply(1)?;
             let c_at = k.em.mul_add(row0, k.int(n2 as i64), c_base)?;
             let c = k.element(k.buffers[0], f32t.into(), c_at)?;
-            call(
+            let weights = match int8 {
+                Some(p) => {
+                    emit_quantize_rows(&k, scores, probabilities, (fns.rows, n1), &p.quantize)?;
+                    probabilities
+                }
+                None => scores,
+            };
+            product(
                 fns.output,
-                &[
-                    scores.into(),
-                    packed2.into(),
-                    c.into(),
-                    k.int(0).into(),
-                    k.int(layout2.panels() as i64).into(),
-                    k.scratch.into(),
-                ],
+                weights.into(),
+                packed[1].into(),
+                c.into(),
+                panels[1],
+                int8.map(|p| (&p.output, p.output.a.signed)),
             )?;
             Ok(())
         };
@@ -522,5 +744,5 @@ fn emit<'ctx>(
         Ok(())
     })?;
     k.finish()?;
-    Ok((layout1.len() + layout2.len() + rows * n1) * 4)
+    Ok(scratch.total)
 }

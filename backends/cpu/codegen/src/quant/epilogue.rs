@@ -21,6 +21,8 @@ pub(super) struct Epilogue<'e, 'a, 'ctx> {
     pub col: IntValue<'ctx>,
     pub shift: IntValue<'ctx>,
     pub runtime_multiplier: PointerValue<'ctx>,
+    /// The tile's first row sum ([`super::Int8Runtime::row_sums`]).
+    pub row_sums: PointerValue<'ctx>,
 }
 
 impl<'ctx> Epilogue<'_, '_, 'ctx> {
@@ -126,7 +128,26 @@ impl<'ctx> Epilogue<'_, '_, 'ctx> {
         let column_sums = self.table(0, first, acc.get_type())?;
         let shift = splat_int(em, self.shift, lanes as usize)?;
         let correction = b.build_int_mul(column_sums, shift, "correction")?;
-        let sum = b.build_int_sub(acc, correction, "sum")?;
+        let mut sum = b.build_int_sub(acc, correction, "sum")?;
+        if self.spec.runtime.row_sums {
+            let i32t = em.context.i32_type();
+            let at = byte_offset(em, self.row_sums, em.i64(4 * row))?;
+            let row_sum = b.build_load(i32t, at, "row_sum")?.into_int_value();
+            let zero_point = b
+                .build_load(
+                    i32t,
+                    byte_offset(
+                        em,
+                        self.tables,
+                        em.i64(self.layout.constant_offset(Constant::BZeroPoint)),
+                    )?,
+                    "b_zero_point",
+                )?
+                .into_int_value();
+            let excess = b.build_int_mul(row_sum, zero_point, "row_excess")?;
+            let excess = splat_int(em, excess, lanes as usize)?;
+            sum = b.build_int_sub(sum, excess, "sum")?;
+        }
         let sum = b.build_int_mul(sum, self.table(3, first, acc.get_type())?, "signed")?;
         let sum = b.build_int_add(sum, self.table(4, first, acc.get_type())?, "int_biased")?;
         let scaled = |sum: VectorValue<'ctx>| -> Result<VectorValue<'ctx>, CodegenError> {

@@ -39,7 +39,7 @@ use m4c_ir::DType;
 
 /// Per-column tables after the packed B: column sums, multipliers, f32
 /// bias, signs, i32 bias (4 bytes per entry each).
-const TABLES: usize = 5;
+pub(super) const TABLES: usize = 5;
 
 /// The constants after the tables, 4 bytes each in this order, so that
 /// the code of GEMMs that differ only in them is the same
@@ -52,10 +52,14 @@ pub(super) enum Constant {
     OutScale,
     /// The quantised output's zero point (f32; 0 for other outputs).
     OutZeroPoint,
+    /// B's zero point in the products' domain (i32), the factor of A's
+    /// run-time row sums ([`Int8Runtime::row_sums`]); 0 for a constant B,
+    /// which is stored centred.
+    BZeroPoint,
 }
 
 /// How many [`Constant`]s there are.
-const CONSTANTS: usize = 3;
+pub(super) const CONSTANTS: usize = 4;
 
 /// What one int8 GEMM computes.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,12 +93,19 @@ pub struct Int8Runtime {
     /// A run-time f32 factor of this many elements (1, or one per column)
     /// in the next buffer multiplies the constant multipliers.
     pub multiplier: Option<usize>,
+    /// A's row sums in the products' domain (one i32 per row) are in the
+    /// next buffer: B is known only at run time too (attention's
+    /// products), stored uncentred, so the sums carry `BZeroPoint · Σ_k a`
+    /// per row in excess, which the epilogue subtracts.
+    pub row_sums: bool,
 }
 
 impl Int8Runtime {
     /// Buffers the kernel reads besides `[A, packed, out]`.
     pub fn buffers(&self) -> usize {
-        usize::from(self.zero_point.is_some()) + usize::from(self.multiplier.is_some())
+        usize::from(self.zero_point.is_some())
+            + usize::from(self.multiplier.is_some())
+            + usize::from(self.row_sums)
     }
 }
 
@@ -155,7 +166,7 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    fn new(target: &Target, spec: &Int8GemmSpec) -> Self {
+    pub(super) fn new(target: &Target, spec: &Int8GemmSpec) -> Self {
         let plan = GemmPlan::for_target(target);
         let dot = DotKind::for_target(target);
         Self {
@@ -168,7 +179,7 @@ impl Layout {
         }
     }
 
-    fn nr(&self) -> usize {
+    pub(super) fn nr(&self) -> usize {
         self.vectors * self.lanes
     }
 
@@ -178,12 +189,12 @@ impl Layout {
     }
 
     /// Bytes of one packed panel.
-    fn panel_bytes(&self) -> usize {
+    pub(super) fn panel_bytes(&self) -> usize {
         self.groups * self.group_bytes()
     }
 
     /// Where the per-column tables start in the packed operand.
-    fn table_offset(&self) -> usize {
+    pub(super) fn table_offset(&self) -> usize {
         (self.panels * self.panel_bytes()).next_multiple_of(64)
     }
 
@@ -195,6 +206,11 @@ impl Layout {
     /// Where constant `c` lies, in bytes from the start of the tables.
     pub(super) fn constant_offset(&self, c: Constant) -> usize {
         4 * (TABLES * self.table_len() + c as usize)
+    }
+
+    /// Bytes of the whole packed operand: panels, tables, constants.
+    pub(super) fn packed_bytes(&self) -> usize {
+        self.table_offset() + 4 * (TABLES * self.table_len() + CONSTANTS)
     }
 
     /// Whether A is copied into the scratch as words before a tile is
@@ -270,7 +286,7 @@ impl Int8GemmSpec {
             )));
         }
         let tables = layout.table_offset();
-        let mut bytes = vec![0u8; tables + 4 * (TABLES * layout.table_len() + CONSTANTS)];
+        let mut bytes = vec![0u8; layout.packed_bytes()];
         let shift = self.a_zero_point + layout.dot.a_shift(self.a_signed) as i32;
         let (scale, zero_point) = match self.output {
             Int8Output::Quantized {
@@ -452,9 +468,18 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
             em.builder.build_int_add(zp, offset, "shift")?
         }
     };
+    let null = cx.context.ptr_type(AddressSpace::default()).const_null();
     let runtime_multiplier = match spec.runtime.multiplier {
-        Some(_) => k.buffers[next],
-        None => cx.context.ptr_type(AddressSpace::default()).const_null(),
+        Some(_) => {
+            next += 1;
+            k.buffers[next - 1]
+        }
+        None => null,
+    };
+    let row_sums = if spec.runtime.row_sums {
+        k.buffers[next]
+    } else {
+        null
     };
     let end = em.umin(k.end, em.i64(layout.panels))?;
     // Panels in chunks that stay in L2 together: each tile of A (packed
@@ -494,6 +519,15 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
                     em.builder
                         .build_int_mul(out_at, em.i64(spec.output.bytes()), "out_tile")?,
                 )?;
+                let row_sums_tile = if spec.runtime.row_sums {
+                    byte_offset(
+                        em,
+                        row_sums,
+                        em.builder.build_int_mul(row, em.i64(4), "rs")?,
+                    )?
+                } else {
+                    null
+                };
                 let args = [
                     a_tile.into(),
                     b_panel.into(),
@@ -502,6 +536,7 @@ pub(crate) fn emit<'ctx>(cx: Cx<'_, 'ctx>, spec: &Int8GemmSpec) -> Result<(), Co
                     col.into(),
                     shift.into(),
                     runtime_multiplier.into(),
+                    row_sums_tile.into(),
                 ];
                 let Some(tail) = tail else {
                     em.builder.build_call(full, &args, "")?;
@@ -606,8 +641,8 @@ fn emit_pack_a<'ctx>(
 }
 
 /// Emits `void tile(ptr a, ptr b_panel, ptr out, ptr tables, i64 col,
-/// i32 shift, ptr runtime_multiplier)`: `rows` rows × `cols` columns of
-/// the output, over all of K.
+/// i32 shift, ptr runtime_multiplier, ptr row_sums)`: `rows` rows ×
+/// `cols` columns of the output, over all of K.
 fn emit_tile<'ctx>(
     cx: Cx<'_, 'ctx>,
     spec: &Int8GemmSpec,
@@ -627,6 +662,7 @@ fn emit_tile<'ctx>(
             i64t.into(),
             context.i32_type().into(),
             ptr.into(),
+            ptr.into(),
         ],
         false,
     );
@@ -639,7 +675,7 @@ fn emit_tile<'ctx>(
         em.ptr_param(3),
     );
     let col = em.int_param(4);
-    let (shift, runtime_multiplier) = (em.int_param(5), em.ptr_param(6));
+    let (shift, runtime_multiplier, row_sums) = (em.int_param(5), em.ptr_param(6), em.ptr_param(7));
     let dot = Dot {
         em: &em,
         isa: cx.target.isa,
@@ -700,6 +736,7 @@ fn emit_tile<'ctx>(
         col,
         shift,
         runtime_multiplier,
+        row_sums,
     };
     for r in 0..rows {
         for v in 0..layout.vectors {

@@ -86,6 +86,9 @@ pub(crate) enum Kind {
         /// the f32 x before that): [`Int4A8Spec`].
         int8_compute: bool,
     },
+    /// An attention chain with int8 products (`attention8.rs`), computed
+    /// by the attention kernel.
+    Attention8(Box<super::attention8::Int8Attention>),
 }
 
 /// The patterns of `g`: per node, the match whose kernel it is; and per
@@ -94,6 +97,8 @@ pub(crate) enum Kind {
 pub(crate) struct Patterns {
     pub at: Vec<Option<Matched>>,
     pub absorbed_by: Vec<Option<usize>>,
+    /// Per match (by output node): the input-side nodes it reads through.
+    reads: Vec<(usize, Vec<usize>)>,
 }
 
 /// Who produces and who reads each value.
@@ -293,6 +298,47 @@ pub(crate) fn find(g: &Graph) -> Patterns {
             at[output] = Some(matched);
         }
     }
+    settle(&uses, at, inputs)
+}
+
+impl Patterns {
+    /// Adds the int8 form of each attention chain (`chains` keyed by
+    /// output node, `members` the fusion groups' members by root) that has
+    /// one; whether any was added (the fusion groups are then split
+    /// again).
+    pub(crate) fn add_attention8(
+        &mut self,
+        g: &Graph,
+        chains: &[Option<crate::kernels::attention::Chain>],
+        members: &[Vec<usize>],
+    ) -> bool {
+        let uses = Uses::new(g);
+        let mut at = std::mem::take(&mut self.at);
+        let mut inputs = std::mem::take(&mut self.reads);
+        let mut added = false;
+        for chain in chains.iter().flatten() {
+            if at[chain.output].is_some() {
+                continue;
+            }
+            if let Some((matched, reads)) = super::attention8::find(&uses, *chain, members) {
+                let output = matched.output;
+                inputs.push((output, reads));
+                at[output] = Some(matched);
+                added = true;
+            }
+        }
+        *self = settle(&uses, at, inputs);
+        added
+    }
+}
+
+/// The patterns `at` with the input-side nodes each reads through
+/// (`inputs`), less those that cannot read their operands where they run.
+fn settle(
+    uses: &Uses<'_>,
+    mut at: Vec<Option<Matched>>,
+    mut inputs: Vec<(usize, Vec<usize>)>,
+) -> Patterns {
     // A kernel reads its run-time operands (the quantised activation,
     // run-time zero points and multipliers) directly, but the memory plan
     // keeps a value only until the last kernel of its graph readers: a
@@ -301,7 +347,7 @@ pub(crate) fn find(g: &Graph) -> Patterns {
     // skip connection's Add before the kernel) is given up, and absorption
     // is worked out again without it.
     loop {
-        let absorbed_by = absorption(&uses, &at, &inputs);
+        let absorbed_by = absorption(uses, &at, &inputs);
         let outlived = |m: &Matched| {
             kernel_reads(&m.kind).into_iter().any(|v| {
                 uses.producer[v.index()].is_some()
@@ -317,7 +363,11 @@ pub(crate) fn find(g: &Graph) -> Patterns {
             .map(|m| m.output)
             .collect();
         if dropped.is_empty() {
-            return Patterns { at, absorbed_by };
+            return Patterns {
+                at,
+                absorbed_by,
+                reads: inputs,
+            };
         }
         for d in dropped {
             at[d] = None;
@@ -339,6 +389,7 @@ fn kernel_reads(kind: &Kind) -> Vec<ValueId> {
             .flatten()
             .collect(),
         Kind::Int4 { x, .. } => vec![*x],
+        Kind::Attention8(attention) => attention.reads.clone(),
     }
 }
 
@@ -458,6 +509,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
                     Some(f) => Some(l.shape(*f)?.iter().product()),
                     None => None,
                 },
+                row_sums: false,
             };
             let mut runtime_locs = Vec::new();
             for value in [a_runtime_zero, runtime_multiplier].into_iter().flatten() {
@@ -605,6 +657,7 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, matched: &Matched) -> Result<(), C
             let out = l.define(output)?;
             l.kernel_with_scratch(symbol, vec![x_loc, packed, out], extent, scratch, true);
         }
+        Kind::Attention8(attention) => crate::kernels::attention::lower_int8(l, attention)?,
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! iterations `begin..end` of its outermost loop (B panels, output
 //! columns, rows), so the executor splits it over threads like any other.
 
+pub(crate) mod attention8;
 mod conv8;
 mod epilogue;
 mod gemm8;

@@ -13,16 +13,16 @@ use crate::kernels::window::Window;
 
 /// A run-time int8/uint8 operand `(Cast(q) − za)·sa` of an int8 product:
 /// per-tensor zero point (a constant, or computed at run time) and scale.
-struct AOperand {
-    q: ValueId,
-    signed: bool,
-    zero_point: i32,
-    runtime_zero: Option<ValueId>,
-    scale: f32,
-    nodes: Vec<usize>,
+pub(super) struct AOperand {
+    pub(super) q: ValueId,
+    pub(super) signed: bool,
+    pub(super) zero_point: i32,
+    pub(super) runtime_zero: Option<ValueId>,
+    pub(super) scale: f32,
+    pub(super) nodes: Vec<usize>,
 }
 
-fn a_operand(uses: &Uses<'_>, value: ValueId) -> Option<AOperand> {
+pub(super) fn a_operand(uses: &Uses<'_>, value: ValueId) -> Option<AOperand> {
     let a = uses.dequant(value)?;
     let signed = match uses.dtype(a.q) {
         DType::I8 => true,
