@@ -33,6 +33,7 @@ pub fn rewrite_rules(policy: LoraPolicy) -> Vec<Arc<dyn Rule>> {
         Arc::new(layout::ComposeTransposes),
         Arc::new(layout::ComposeReshapes),
         Arc::new(quant::RequantiseDequantised),
+        Arc::new(quant::QuantiseBeforeMoving),
     ];
     if policy != LoraPolicy::Keep {
         rules.push(Arc::new(lora::LoraFold));

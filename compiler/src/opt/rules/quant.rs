@@ -22,6 +22,53 @@ use super::super::rule::{binary, ops_in, scalar, unary, Alt, Ref, Rewrite, Rule}
 /// The rule (see the module documentation).
 pub struct RequantiseDequantised;
 
+/// `Quantize(L(x), s, z)` → `L(Quantize(x, s, z))` for one scale and zero
+/// point and `L` a chain of Reshape and Transpose: the data movement then
+/// moves int8 bytes instead of f32 words, and the `Quantize` meets the op
+/// that computes x (a quantised GEMM's epilogue quantises its output
+/// itself). m4c's and onnxruntime's QDQ transformers quantise Q, K and V
+/// after the head split's Reshape → Transpose. Exact: per-tensor
+/// quantisation is elementwise.
+pub struct QuantiseBeforeMoving;
+
+impl Rule for QuantiseBeforeMoving {
+    fn name(&self) -> &'static str {
+        "quantise-before-moving"
+    }
+
+    fn rewrites(&self, eg: &EG, class: Id) -> Vec<Rewrite> {
+        let mut out = vec![];
+        for (op, c) in ops_in(eg, class) {
+            let (Op::Quantize { to }, [x, s, z]) = (op, c) else {
+                continue;
+            };
+            let (s, z) = (eg.find(*s), eg.find(*z));
+            if scalar(eg, s).is_none() || scalar(eg, z).is_none() {
+                continue;
+            }
+            // Through the whole chain only: a Quantize left between two
+            // moves would still meet no op that computes.
+            let chains = moved_from(eg, eg.find(*x), MAX_MOVES);
+            let longest = chains.iter().map(|(m, _)| m.len()).max().unwrap_or(0);
+            for (moves, x) in chains {
+                if moves.is_empty() || moves.len() < longest {
+                    continue;
+                }
+                let mut alt = Alt::build();
+                let mut at = alt.push(
+                    Op::Quantize { to: *to },
+                    vec![Ref::Class(x), Ref::Class(s), Ref::Class(z)],
+                );
+                for op in moves.iter().rev() {
+                    at = alt.push(op.clone(), vec![at]);
+                }
+                out.push(Rewrite { target: class, alt });
+            }
+        }
+        out
+    }
+}
+
 /// How many Reshape/Transpose nodes may lie between the pair.
 const MAX_MOVES: usize = 4;
 

@@ -256,6 +256,54 @@ fn requantising_moved_dequantised_values_moves_the_integers() {
 }
 
 #[test]
+fn quantising_before_moving_moves_the_integers() {
+    // MatMul → Reshape → Transpose → Q (a QDQ transformer's head split):
+    // the Quantize moves to the MatMul's output and the data movement
+    // carries int8.
+    let mut rng = Rng(11);
+    let mut g = Graph::new("quantise_moves");
+    let x = input(&mut g, "x", &[4, 6]);
+    let w = g.add_const("w", rng.tensor(&[6, 12]));
+    let y = g.add_node(MM, &[x, w], "y").unwrap();
+    let r = g
+        .add_node(
+            Op::Reshape {
+                shape: vec![4, 3, 4],
+            },
+            &[y],
+            "r",
+        )
+        .unwrap();
+    let t = g
+        .add_node(
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            &[r],
+            "t",
+        )
+        .unwrap();
+    let s = scalar(&mut g, "s", 0.05);
+    let z = g.add_const("z", Tensor::from_u8(&[], &[128]));
+    let q = g
+        .add_node(Op::Quantize { to: DType::U8 }, &[t, s, z], "q")
+        .unwrap();
+    g.outputs.push(q);
+    let (opt, _) = check(&g, "quantise-before-moving");
+    assert_eq!(count(&opt, OpKind::Quantize), 1);
+    let moved = opt
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Transpose { .. } | Op::Reshape { .. }))
+        .all(|n| opt.value(n.inputs[0]).ty.dtype == DType::U8);
+    assert!(
+        moved,
+        "the data movement still moves floats: {}",
+        m4c_ir::text::print(&opt)
+    );
+}
+
+#[test]
 fn decomposed_rmsnorm_is_recognised() {
     let mut rng = Rng(3);
     let mut g = Graph::new("rms");

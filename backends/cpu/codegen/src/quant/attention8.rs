@@ -259,6 +259,9 @@ pub(crate) fn emit_tables<'ctx>(
 /// Packs B (`k × n` int8/uint8 at `b`, element strides `(row, column)`)
 /// into the GEMM's panels at `packed`, as int8 (a uint8 B with its sign
 /// bit flipped), and writes its column sums (table 0). Padding is zero.
+/// Whole panels of a B whose columns are contiguous (K of ViT's scores
+/// stored `[k, n]`, V) are packed a group of rows at a time in vectors
+/// ([`emit_pack_panels`]); other columns one element at a time.
 pub(crate) fn emit_pack_b<'ctx>(
     k: &Kernel<'_, 'ctx>,
     product: &Product,
@@ -273,12 +276,25 @@ pub(crate) fn emit_pack_b<'ctx>(
     let em = &k.em;
     let context = k.cx.context;
     let (i8t, i16t, i32t) = (context.i8_type(), context.i16_type(), context.i32_type());
-    let panels_bytes = em.i64(layout.table_offset());
-    em.builder
-        .build_memset(packed, 64, i8t.const_zero(), panels_bytes)?;
-    let tables = byte_offset(em, packed, panels_bytes)?;
+    let vector_panels = if col_stride == 1 { product.n / nr } else { 0 };
+    if vector_panels > 0 {
+        emit_pack_panels(k, product, b, row_stride, vector_panels, packed)?;
+    }
+    let first = vector_panels * nr;
+    if first == product.n {
+        return Ok(());
+    }
+    // The rest, element by element, over zeroed panels.
+    let from = em.i64(vector_panels * layout.panel_bytes());
+    em.builder.build_memset(
+        byte_offset(em, packed, from)?,
+        1,
+        i8t.const_zero(),
+        em.i64(layout.table_offset() - vector_panels * layout.panel_bytes()),
+    )?;
+    let tables = byte_offset(em, packed, em.i64(layout.table_offset()))?;
     let sum = k.slot(i32t.into())?;
-    em.counted_loop(em.i64(0), em.i64(product.n), |j| {
+    em.counted_loop(em.i64(first), em.i64(product.n), |j| {
         em.builder.build_store(sum, i32t.const_zero())?;
         let panel = em.builder.build_int_unsigned_div(j, em.i64(nr), "panel")?;
         let col = em.builder.build_int_unsigned_rem(j, em.i64(nr), "col")?;
@@ -322,6 +338,119 @@ pub(crate) fn emit_pack_b<'ctx>(
         Ok(())
     })?;
     Ok(())
+}
+
+/// Packs the first `panels` whole panels of a B with contiguous columns:
+/// per group of `g` rows, one vector of each row's `nr` columns, the
+/// rows interleaved by one shuffle (column-major within the group, as
+/// the dot instruction takes them) and stored at once; the column sums
+/// accumulate in a vector per panel.
+fn emit_pack_panels<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    product: &Product,
+    b: PointerValue<'ctx>,
+    row_stride: i64,
+    panels: usize,
+    packed: PointerValue<'ctx>,
+) -> Result<(), CodegenError> {
+    let target = k.cx.target;
+    let layout = Layout::new(target, &product.spec("", 1));
+    let dot = DotKind::for_target(target);
+    let (g, nr, width) = (dot.group(), layout.nr(), dot.b_bytes());
+    let em = &k.em;
+    let context = k.cx.context;
+    let (i8t, i32t) = (context.i8_type(), context.i32_type());
+    let (row_type, sums_type) = (i8t.vec_type(nr as u32), i32t.vec_type(nr as u32));
+    let sums = k.slot(sums_type.into())?;
+    // Element `col·g + r` of a group comes from row r, column col.
+    let interleave = VectorType::const_vector(
+        &(0..nr * g)
+            .map(|i| i32t.const_int(((i % g) * nr + i / g) as u64, false))
+            .collect::<Vec<_>>(),
+    );
+    let tables = byte_offset(em, packed, em.i64(layout.table_offset()))?;
+    em.counted_loop(em.i64(0), em.i64(panels), |panel| {
+        em.builder.build_store(sums, sums_type.const_zero())?;
+        let column = em.builder.build_int_mul(panel, em.i64(nr), "col")?;
+        let panel_at = em
+            .builder
+            .build_int_mul(panel, em.i64(layout.panel_bytes()), "p")?;
+        // Group `group` (`count` rows of it inside K).
+        let pack_group = |group: IntValue<'ctx>, count: usize| -> Result<(), CodegenError> {
+            let mut rows = Vec::with_capacity(g);
+            let first = em.builder.build_int_mul(group, em.i64(g), "k0")?;
+            for r in 0..g {
+                if r >= count {
+                    rows.push(row_type.const_zero());
+                    continue;
+                }
+                let kk = em.builder.build_int_add(first, em.i64(r), "k")?;
+                let at = em.mul_add(kk, k.int(row_stride), column)?;
+                let mut row = super::gemm8::load_unaligned(em, row_type, byte_offset(em, b, at)?)?;
+                if !product.b.signed {
+                    let flip = VectorType::const_vector(&vec![i8t.const_int(0x80, false); nr]);
+                    row = em.builder.build_xor(row, flip, "b_s8")?;
+                }
+                let wide = em.builder.build_int_s_extend(row, sums_type, "wide")?;
+                let old = em
+                    .builder
+                    .build_load(sums_type, sums, "sums")?
+                    .into_vector_value();
+                em.builder
+                    .build_store(sums, em.builder.build_int_add(old, wide, "sums")?)?;
+                rows.push(row);
+            }
+            // Concatenate the rows (pairwise), then interleave them.
+            while rows.len() > 1 {
+                let len = rows[0].get_type().get_size() as usize;
+                let concat = VectorType::const_vector(
+                    &(0..2 * len)
+                        .map(|i| i32t.const_int(i as u64, false))
+                        .collect::<Vec<_>>(),
+                );
+                rows = rows
+                    .chunks(2)
+                    .map(|pair| {
+                        em.builder
+                            .build_shuffle_vector(pair[0], pair[1], concat, "rows")
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            let all = rows[0];
+            let mut group_bytes = em.builder.build_shuffle_vector(
+                all,
+                all.get_type().get_poison(),
+                interleave,
+                "group",
+            )?;
+            if width == 2 {
+                group_bytes = em.builder.build_int_s_extend(
+                    group_bytes,
+                    context.i16_type().vec_type((nr * g) as u32),
+                    "words",
+                )?;
+            }
+            let at = em.mul_add(group, em.i64(layout.group_bytes()), panel_at)?;
+            em.builder
+                .build_store(byte_offset(em, packed, at)?, group_bytes)?
+                .set_alignment(1)
+                .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+            Ok(())
+        };
+        em.counted_loop(em.i64(0), em.i64(product.k / g), |group| {
+            pack_group(group, g)
+        })?;
+        if product.k % g != 0 {
+            pack_group(em.i64(product.k / g), product.k % g)?;
+        }
+        let at = em.builder.build_int_mul(column, em.i64(4), "cs")?;
+        let total = em.builder.build_load(sums_type, sums, "sums")?;
+        em.builder
+            .build_store(byte_offset(em, tables, at)?, total)?
+            .set_alignment(4)
+            .map_err(|e| CodegenError::Llvm(e.to_string()))?;
+        Ok(())
+    })
 }
 
 /// Writes the row sums of `rows` rows of `len` int8/uint8 values at `a`

@@ -184,7 +184,7 @@ impl Layout {
     }
 
     /// Bytes of one group of k of a packed panel.
-    fn group_bytes(&self) -> usize {
+    pub(super) fn group_bytes(&self) -> usize {
         self.nr() * self.dot.group() * self.dot.b_bytes()
     }
 
