@@ -615,9 +615,9 @@ fn emit<'ctx>(
                 k.em.builder.build_call(f, args, "").map(|_| ())
             };
             // `a · packed → c` by `f` over the `panels` of packed B: an f32
-            // GEMM, or an int8 one (after A's row sums).
+            // GEMM, or an int8 one (after A's row sums, unless `summed`).
             let product = |f, a, packed, c, panels: usize, int8: Option<(&Product, bool)>| {
-                let Some((product, signed)) = int8 else {
+                let Some((product, summed)) = int8 else {
                     return call(
                         f,
                         &[
@@ -631,14 +631,11 @@ fn emit<'ctx>(
                     )
                     .map_err(CodegenError::from);
                 };
-                let a_ptr = a.into_pointer_value();
-                emit_row_sums(
-                    &k,
-                    a_ptr,
-                    signed,
-                    (k.int(fns.rows as i64), product.k),
-                    row_sums,
-                )?;
+                if !summed {
+                    let rows = (k.int(fns.rows as i64), product.k);
+                    let a = a.into_pointer_value();
+                    emit_row_sums(&k, a, product.a.signed, rows, row_sums)?;
+                }
                 for (slot, value) in [a, packed, c, row_sums.into()].into_iter().enumerate() {
                     k.em.builder
                         .build_store(table_entry(gemm_table, slot)?, value.into_pointer_value())?;
@@ -662,7 +659,7 @@ fn emit<'ctx>(
                 packed[0].into(),
                 scores.into(),
                 panels[0],
-                int8.map(|p| (&p.scores, p.scores.a.signed)),
+                int8.map(|p| (&p.scores, false)),
             )?;
             // Applies group `i` to the scores block in place.
             let apply = |i: usize| -> Result<(), CodegenError> {
@@ -719,7 +716,8 @@ fn emit<'ctx>(
             let c = k.element(k.buffers[0], f32t.into(), c_at)?;
             let weights = match int8 {
                 Some(p) => {
-                    emit_quantize_rows(&k, scores, probabilities, (fns.rows, n1), &p.quantize)?;
+                    let block = (fns.rows, n1);
+                    emit_quantize_rows(&k, scores, probabilities, block, &p.quantize, row_sums)?;
                     probabilities
                 }
                 None => scores,
@@ -730,7 +728,7 @@ fn emit<'ctx>(
                 packed[1].into(),
                 c.into(),
                 panels[1],
-                int8.map(|p| (&p.output, p.output.a.signed)),
+                int8.map(|p| (&p.output, true)),
             )?;
             Ok(())
         };

@@ -440,7 +440,7 @@ fn emit_pack_panels<'ctx>(
         em.counted_loop(em.i64(0), em.i64(product.k / g), |group| {
             pack_group(group, g)
         })?;
-        if product.k % g != 0 {
+        if !product.k.is_multiple_of(g) {
             pack_group(em.i64(product.k / g), product.k % g)?;
         }
         let at = em.builder.build_int_mul(column, em.i64(4), "cs")?;
@@ -528,18 +528,27 @@ pub(crate) fn emit_row_sums<'ctx>(
 
 /// Quantises `rows × len` f32 values at `from` into int8/uint8 bytes at
 /// `to` with the interpreter's `Quantize` arithmetic (`quantize`'s scale
-/// and zero point).
+/// and zero point), and writes each row's sum in the domain the target's
+/// products take A in into `sums` (i32 each, as [`emit_row_sums`]).
 pub(crate) fn emit_quantize_rows<'ctx>(
     k: &Kernel<'_, 'ctx>,
     from: PointerValue<'ctx>,
     to: PointerValue<'ctx>,
     (rows, len): (usize, usize),
     quantize: &PerTensor,
+    sums: PointerValue<'ctx>,
 ) -> Result<(), CodegenError> {
     let em = &k.em;
     let context = k.cx.context;
     let lanes = k.cx.lanes();
     let f32v = context.f32_type().vec_type(lanes);
+    let i32v = context.i32_type().vec_type(lanes);
+    let shift = DotKind::for_target(k.cx.target).a_shift(quantize.signed);
+    let shift = VectorType::const_vector(&vec![
+        context.i32_type().const_int(shift as u64, true);
+        lanes as usize
+    ]);
+    let total = k.slot(i32v.into())?;
     let scale = em.splat(
         context.f32_type().const_float(f64::from(quantize.scale)),
         f32v,
@@ -557,6 +566,7 @@ pub(crate) fn emit_quantize_rows<'ctx>(
     };
     let tail = len % lanes as usize;
     em.counted_loop(em.i64(0), em.i64(rows), |r| {
+        em.builder.build_store(total, i32v.const_zero())?;
         let row = em.builder.build_int_mul(r, em.i64(len), "row")?;
         k.row_masked(len, lanes, &mut |pos, _, mask| {
             let at = em.builder.build_int_add(row, pos, "at")?;
@@ -566,7 +576,28 @@ pub(crate) fn emit_quantize_rows<'ctx>(
                 .builder
                 .build_int_truncate(q, context.i8_type().vec_type(lanes), "q")?;
             let valid = if mask.is_some() { tail } else { lanes as usize };
-            store_masked(em, byte_offset(em, to, at)?, bytes, valid)
-        })
+            store_masked(em, byte_offset(em, to, at)?, bytes, valid)?;
+            // The row sum, in the products' domain, of the lanes stored.
+            let mut domain = em.builder.build_int_add(q, shift, "dom")?;
+            if let Some(mask) = mask {
+                domain = em
+                    .builder
+                    .build_select(mask, domain, i32v.const_zero(), "dom")?
+                    .into_vector_value();
+            }
+            let old = em.builder.build_load(i32v, total, "t")?.into_vector_value();
+            em.builder
+                .build_store(total, em.builder.build_int_add(old, domain, "t")?)?;
+            Ok(())
+        })?;
+        let vector = em.builder.build_load(i32v, total, "t")?.into_vector_value();
+        let reduced = em.call_value(
+            "llvm.vector.reduce.add",
+            &[vector.get_type().into()],
+            &[vector.into()],
+        )?;
+        let at = byte_offset(em, sums, em.builder.build_int_mul(r, em.i64(4), "s")?)?;
+        em.builder.build_store(at, reduced)?;
+        Ok(())
     })
 }
