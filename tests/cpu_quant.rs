@@ -215,6 +215,115 @@ fn quantised_models_run_on_aarch64_sdot_under_qemu() {
     }
 }
 
+/// The int8 attention kernel (`quant/attention8.rs`) on aarch64, plain
+/// NEON and `sdot`, under qemu: attention over dequantised int8/uint8 q,
+/// k, v with its probabilities quantised (`m4c quantize`'s QDQ form),
+/// against the interpreter. Power-of-two scales keep the scores exact in
+/// both; the softmaxes differ in their last bits, which may move one
+/// probability across a rounding step (`backends/cpu/codegen/tests/
+/// quant_graph.rs` runs the same graph on every x86 target).
+#[test]
+fn int8_attention_runs_on_aarch64_under_qemu() {
+    if !emulator_present() {
+        return;
+    }
+    use m4c_ir::{DType, Op, TensorType};
+    // (heads, m, k, n1, n2), signedness of q, k, v, probabilities.
+    for ((h, m, k, n1, n2), signed) in [
+        ((2, 13, 9, 21, 7), [true, false, true, false]),
+        ((1, 5, 16, 40, 12), [false, true, false, true]),
+    ] {
+        let mut g = Graph::new("attention8");
+        let mut feeds = vec![];
+        let mut seed = 7u32;
+        let mut dequantised = |g: &mut Graph, shape: &[usize], signed: bool, scale: f32| {
+            let n: usize = shape.iter().product();
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 24) as u8
+                })
+                .collect();
+            let (t, zero) = if signed {
+                let v: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+                (Tensor::from_i8(shape, &v), -9.0)
+            } else {
+                (Tensor::from_u8(shape, &bytes), 131.0)
+            };
+            let name = format!("x{}", feeds.len());
+            let x = g.add_input(&name, TensorType::fixed(t.dtype, shape));
+            feeds.push(t);
+            let f = g
+                .add_node(Op::Cast { to: DType::F32 }, &[x], format!("{name}f"))
+                .unwrap();
+            let z = g.add_const(format!("{name}z"), Tensor::from_f32(&[], &[zero]));
+            let c = g.add_node(Op::Sub, &[f, z], format!("{name}c")).unwrap();
+            let s = g.add_const(format!("{name}s"), Tensor::from_f32(&[], &[scale]));
+            g.add_node(Op::Mul, &[c, s], format!("{name}d")).unwrap()
+        };
+        let q = dequantised(&mut g, &[h, m, k], signed[0], 1.0 / 64.0);
+        let key = dequantised(&mut g, &[h, k, n1], signed[1], 1.0 / 128.0);
+        let v = dequantised(&mut g, &[h, n1, n2], signed[2], 1.0 / 32.0);
+        let mm = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let scores = g.add_node(mm.clone(), &[q, key], "scores").unwrap();
+        let c = g.add_const("c", Tensor::from_f32(&[], &[0.125]));
+        let scaled = g.add_node(Op::Mul, &[scores, c], "scaled").unwrap();
+        let p = g.add_node(Op::Softmax { axis: 2 }, &[scaled], "p").unwrap();
+        let (to, zero) = if signed[3] {
+            (DType::I8, Tensor::from_i8(&[], &[-128]))
+        } else {
+            (DType::U8, Tensor::from_u8(&[], &[0]))
+        };
+        let step = 1.0f32 / 255.0;
+        let sp = g.add_const("sp", Tensor::from_f32(&[], &[step]));
+        let zp = g.add_const("zp", zero);
+        let pq = g.add_node(Op::Quantize { to }, &[p, sp, zp], "pq").unwrap();
+        let pf = g
+            .add_node(Op::Cast { to: DType::F32 }, &[pq], "pf")
+            .unwrap();
+        let zpf = g.add_const(
+            "zpf",
+            Tensor::from_f32(&[], &[if signed[3] { -128.0 } else { 0.0 }]),
+        );
+        let pc = g.add_node(Op::Sub, &[pf, zpf], "pc").unwrap();
+        let pd = g.add_node(Op::Mul, &[pc, sp], "pd").unwrap();
+        let out = g.add_node(mm, &[pd, v], "out").unwrap();
+        g.outputs.push(out);
+        let values: Vec<Value> = feeds
+            .iter()
+            .map(|t| Value::from_tensor(t).unwrap())
+            .collect();
+        let want = m4c_ops::run_graph(&g, &values).unwrap().remove(0);
+        for cpu in [None, Some("neoverse-n1")] {
+            let label = format!("attention {h}x{m}x{k}x{n1}x{n2} {signed:?} on {cpu:?}");
+            let request = CompileRequest {
+                target: Some(qemu::TARGET.into()),
+                tuning: cpu.map(String::from),
+                threads: 1,
+            };
+            let artifact = CpuBackend
+                .compile(&g, &request)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let plan = artifact.section(SectionKind::CodePlan).expect("a plan");
+            let manifest: Manifest = serde_json::from_slice(plan).expect("the plan parses");
+            let graph_plan = manifest.graph.as_ref().expect("a graph plan");
+            let ran = graph_plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Kernel { symbol, .. } if symbol.contains("attention8")));
+            assert!(ran, "{label}: no int8 attention kernel");
+            let got = qemu::run(&g, &artifact, &values).unwrap_or_else(|e| panic!("{label}: {e}"));
+            // One probability step times the largest |v − zv|·sv, and f32.
+            let flip = f64::from(step) * 255.0 / 32.0;
+            let c = m4c_ops::compare(&got[0], &want, 1e-5, flip + 1e-5);
+            assert!(c.passed(), "{label}: {}", c.summary());
+        }
+    }
+}
+
 /// Whether qemu-user and the cross compiler are here; without them the
 /// aarch64 tests are skipped with the reason, unless `M4C_REQUIRE_QEMU`
 /// (set by `scripts/test.sh`) makes that a failure.
