@@ -26,6 +26,7 @@
 //! ResNet-50's 7×7 stem at 224², 7.2 MB for a 3×3 layer of 64 channels at
 //! 56²), written once and read back from beyond the L2.
 
+use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
@@ -460,10 +461,52 @@ impl<'ctx> Panel<'_, 'ctx> {
         let b = &k.em.builder;
         let vector = b.build_int_unsigned_div(pixel, k.int(t.lanes as i64), "vec")?;
         let runs = b.build_int_add(vector, k.int(kd + p + t.lanes as i64), "runs")?;
-        let run = offset(runs)?;
-        let run = b.build_int_compare(IntPredicate::NE, run, k.int(0), "run")?;
+        let kind = offset(runs)?;
+        let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
         k.em.if_then(run, wide)?;
-        let scattered = k.em.builder.build_not(run, "scattered")?;
+        if stride != 1 {
+            let scattered = k.em.builder.build_not(run, "scattered")?;
+            return k.em.if_then(scattered, gather);
+        }
+        // A vector across a row break: two runs, two masked loads (a
+        // 16-lane gather is several times slower on AVX-512).
+        let b = &k.em.builder;
+        let split = b.build_int_compare(IntPredicate::SLT, kind, k.int(0), "split")?;
+        let two_runs = || {
+            let b = &k.em.builder;
+            let lanes_before = b.build_int_neg(kind, "lanes_before")?;
+            let at = b.build_int_add(columns, lanes_before, "second")?;
+            let second = b.build_int_sub(offset(at)?, lanes_before, "second")?;
+            let index = VectorType::const_vector(
+                &(0..t.lanes)
+                    .map(|lane| i64t.const_int(lane as u64, false))
+                    .collect::<Vec<_>>(),
+            );
+            let before = k.splat_lane(
+                b.build_insert_element(
+                    i64t.vec_type(1).get_poison(),
+                    lanes_before,
+                    i32t.const_zero(),
+                    "n",
+                )?,
+                lanes,
+            )?;
+            let low = b.build_int_compare(IntPredicate::ULT, index, before, "low")?;
+            let high = b.build_not(low, "high")?;
+            sweep(&|row| {
+                let b = &k.em.builder;
+                let read = |from, mask| -> Result<VectorValue<'ctx>, CodegenError> {
+                    let at = b.build_int_add(row, from, "at")?;
+                    k.masked_load(k.element(k.buffers[1], f32t.into(), at)?, mask)
+                };
+                let (head, tail) = (read(first, low)?, read(second, high)?);
+                Ok(b.build_select(low, head, tail, "two_runs")?.into_vector_value())
+            })
+        };
+        k.em.if_then(split, two_runs)?;
+        let b = &k.em.builder;
+        let other = b.build_or(run, split, "loaded")?;
+        let scattered = b.build_not(other, "scattered")?;
         k.em.if_then(scattered, gather)
     }
 

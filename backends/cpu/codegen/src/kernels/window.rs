@@ -143,16 +143,26 @@ impl TapOffsets {
     }
 
     /// Per vector of `lanes` pixels from `j·lanes`: 1 when all its lanes
-    /// are pixels whose columns step by `step` (one wide load reads them),
-    /// else 0.
+    /// are pixels whose columns step by `step` (one wide load reads them);
+    /// for `step` 1, `−s` when the first `s` lanes and the others are two
+    /// such runs (a vector crossing into the next output row: two masked
+    /// loads read it); else 0 (a gather).
     pub fn runs(&self, lanes: usize, step: usize) -> Vec<i32> {
         self.columns
             .chunks(lanes)
             .map(|c| {
-                let run = c.len() == lanes
-                    && c.windows(2)
-                        .all(|w| i64::from(w[1]) - i64::from(w[0]) == step as i64);
-                i32::from(run)
+                let breaks: Vec<usize> = c
+                    .windows(2)
+                    .enumerate()
+                    .filter(|(_, w)| i64::from(w[1]) - i64::from(w[0]) != step as i64)
+                    .map(|(i, _)| i + 1)
+                    .collect();
+                match breaks[..] {
+                    _ if c.len() != lanes => 0,
+                    [] => 1,
+                    [split] if step == 1 => -(split as i32),
+                    _ => 0,
+                }
             })
             .collect()
     }
@@ -511,6 +521,28 @@ mod tests {
         assert_eq!(t.runs(4, 2), [0]);
         // A partial last vector is never a run.
         assert_eq!(t.runs(3, 2), [0, 0]);
+    }
+
+    /// Stride 1: vectors crossing one row break are two runs, split at
+    /// the lane after the row's last pixel; more breaks gather.
+    #[test]
+    fn vectors_across_one_row_are_two_runs() {
+        let w = Window {
+            input: vec![5, 7],
+            output: vec![3, 5],
+            kernel: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![0, 0],
+            dilations: vec![1, 1],
+        };
+        let t = TapOffsets::new(&w, 1).unwrap();
+        assert_eq!(t.columns, [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18]);
+        // 0..4 | 7..9: split after 5 lanes; 10, 11 | 14..16 after 2.
+        assert_eq!(t.runs(8, 1), [-5, 0]);
+        assert_eq!(t.runs(5, 1), [1, 1, 1]);
+        assert_eq!(t.runs(4, 1), [1, -1, -2, 0]);
+        // Three rows in one vector: a gather.
+        assert_eq!(t.runs(15, 1), [0]);
     }
 
     /// Padding covers exactly what the last output's last tap reaches.
