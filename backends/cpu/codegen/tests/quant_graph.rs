@@ -293,6 +293,9 @@ struct AttentionCase {
     trans_b: bool,
     /// Signedness of q, k, v and the quantised probabilities.
     signed: [bool; 4],
+    /// The scores and the scaled scores each quantised and dequantised
+    /// again (onnxruntime's `quantize_static` QDQ form).
+    qdq_scores: bool,
     seed: u64,
 }
 
@@ -329,8 +332,26 @@ fn qdq_attention(a: AttentionCase) {
         },
         &[q, key],
     );
+    // A Quantize → DQ pair (uint8, zero point 128) at `step`.
+    let fake_quantise = |c: &mut Case, x: ValueId, step: f32| {
+        let s = c.constant(Tensor::from_f32(&[], &[step]));
+        let z = c.constant(scalar_q(128, false));
+        let q = c.node(Op::Quantize { to: DType::U8 }, &[x, s, z]);
+        let qf = c.cast(q, DType::F32);
+        let zf = c.constant(Tensor::from_f32(&[], &[128.0]));
+        let centred = c.node(Op::Sub, &[qf, zf]);
+        c.node(Op::Mul, &[centred, s])
+    };
+    let scores = if a.qdq_scores {
+        fake_quantise(&mut c, scores, 1.0 / 4.0)
+    } else {
+        scores
+    };
     let scale = c.constant(Tensor::from_f32(&[], &[0.125]));
-    let scaled = c.node(Op::Mul, &[scores, scale]);
+    let mut scaled = c.node(Op::Mul, &[scores, scale]);
+    if a.qdq_scores {
+        scaled = fake_quantise(&mut c, scaled, 1.0 / 32.0);
+    }
     let p = c.node(Op::Softmax { axis: 2 }, &[scaled]);
     let (to, zero) = if a.signed[3] {
         (DType::I8, -128)
@@ -372,6 +393,7 @@ fn int8_attention_at_edges() {
                 n2,
                 trans_b,
                 signed,
+                qdq_scores: bits == 0b0101,
                 seed,
             });
         }
@@ -968,9 +990,10 @@ proptest! {
     #[test]
     fn int8_attention_matches(
         heads in 1usize..4, m in 1usize..30, k in 1usize..40, n1 in 1usize..70, n2 in 1usize..40,
-        trans_b: bool, signed in proptest::array::uniform4(any::<bool>()), seed in 0u64..1000,
+        trans_b: bool, signed in proptest::array::uniform4(any::<bool>()), qdq_scores: bool,
+        seed in 0u64..1000,
     ) {
-        qdq_attention(AttentionCase { heads, m, k, n1, n2, trans_b, signed, seed });
+        qdq_attention(AttentionCase { heads, m, k, n1, n2, trans_b, signed, qdq_scores, seed });
     }
 
     #[test]

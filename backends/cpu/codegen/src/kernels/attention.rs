@@ -43,8 +43,8 @@ pub(crate) struct Chain {
 /// Finds every fusable chain: MatMul → (elementwise group) → Softmax (last
 /// axis) → MatMul whose intermediate results are read only inside the chain
 /// and are not graph outputs, both products on run-time operands with A
-/// read in place, the same batch shape, and f32 throughout (the group's
-/// other operands too). `groups` are the fusion planner's roots and
+/// read in place, the same batch shape, f32 scores and softmax input, and
+/// the group's other operands f32 or one-element constants. `groups` are the fusion planner's roots and
 /// members. Keyed by the last node of the chain.
 pub(crate) fn find_chains(
     l: &Lowering<'_, '_>,
@@ -106,9 +106,18 @@ pub(crate) fn find_chains(
                         .iter()
                         .all(|c| inside.contains(c))
                     && l.shape(scores_value).ok()? == l.shape(node.inputs[0]).ok()?
+                    && l.dtype(scores_value) == DType::F32
+                    && l.dtype(node.inputs[0]) == DType::F32
                     && inside.iter().all(|&i| {
-                        g.nodes[i].inputs.iter().all(|&v| l.dtype(v) == DType::F32)
-                            && l.dtype(g.nodes[i].output) == DType::F32
+                        // Values from outside are f32 or one-element
+                        // constants (a zero point); inside, any type (the
+                        // Q/DQ pair onnxruntime's QDQ files put around the
+                        // scale computes through int8).
+                        g.nodes[i].inputs.iter().all(|&v| {
+                            l.dtype(v) == DType::F32
+                                || producer[v.index()].is_some_and(|p| inside.contains(&p))
+                                || l.constant(v).is_some_and(|t| t.len() == 1)
+                        })
                     });
                 if !leaves_ok {
                     return None;

@@ -500,7 +500,8 @@ impl<'ctx> Panel<'_, 'ctx> {
                     k.masked_load(k.element(k.buffers[1], f32t.into(), at)?, mask)
                 };
                 let (head, tail) = (read(first, low)?, read(second, high)?);
-                Ok(b.build_select(low, head, tail, "two_runs")?.into_vector_value())
+                Ok(b.build_select(low, head, tail, "two_runs")?
+                    .into_vector_value())
             })
         };
         k.em.if_then(split, two_runs)?;

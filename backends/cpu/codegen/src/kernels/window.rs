@@ -536,7 +536,10 @@ mod tests {
             dilations: vec![1, 1],
         };
         let t = TapOffsets::new(&w, 1).unwrap();
-        assert_eq!(t.columns, [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18]);
+        assert_eq!(
+            t.columns,
+            [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 14, 15, 16, 17, 18]
+        );
         // 0..4 | 7..9: split after 5 lanes; 10, 11 | 14..16 after 2.
         assert_eq!(t.runs(8, 1), [-5, 0]);
         assert_eq!(t.runs(5, 1), [1, 1, 1]);
