@@ -221,6 +221,18 @@ impl BlockGroup {
     }
 }
 
+/// The batched forms of the chain's scores and output products.
+fn products(
+    l: &Lowering<'_, '_>,
+    chain: Chain,
+) -> Result<(BatchedMatmul, BatchedMatmul), CodegenError> {
+    let g = l.graph;
+    let checked = || CodegenError::Internal("checked by find_chains");
+    let first = spec(l, &g.nodes[chain.scores], false).ok_or_else(checked)?;
+    let second = spec(l, &g.nodes[chain.output], true).ok_or_else(checked)?;
+    Ok((first, second))
+}
+
 /// Lowers a chain into one kernel (buffers: output, A₁, B₁, B₂, then the
 /// group's other operands), parallel over batches. `members` are the
 /// fusion groups' members by root.
@@ -231,10 +243,7 @@ pub(crate) fn lower(
 ) -> Result<(), CodegenError> {
     let g = l.graph;
     let (first_node, second_node) = (&g.nodes[chain.scores], &g.nodes[chain.output]);
-    let first =
-        spec(l, first_node, false).ok_or(CodegenError::Internal("checked by find_chains"))?;
-    let second =
-        spec(l, second_node, true).ok_or(CodegenError::Internal("checked by find_chains"))?;
+    let (first, second) = products(l, chain)?;
     let mut extra = Vec::new();
     let group = match chain.group {
         None => None,
@@ -280,10 +289,7 @@ pub(crate) fn lower_int8(
     let g = l.graph;
     let chain = attention.chain;
     let (first_node, second_node) = (&g.nodes[chain.scores], &g.nodes[chain.output]);
-    let first =
-        spec(l, first_node, false).ok_or(CodegenError::Internal("checked by find_chains"))?;
-    let second =
-        spec(l, second_node, true).ok_or(CodegenError::Internal("checked by find_chains"))?;
+    let (first, second) = products(l, chain)?;
     let mut extra = Vec::new();
     let group = match &attention.group {
         None => None,

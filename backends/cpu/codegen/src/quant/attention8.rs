@@ -21,7 +21,7 @@ use inkwell::values::{IntValue, PointerValue};
 use m4c_ir::{DType, Op, ValueId};
 
 use super::epilogue::{quantize_with_zero_point, store_masked};
-use super::gemm8::{byte_offset, Constant, Layout, TABLES};
+use super::gemm8::{byte_offset, Constant, Layout};
 use super::lower::{f32_scalar, int_scalar, Kind, Matched, Uses};
 use super::pattern8::a_operand;
 use super::{DotKind, Int8GemmSpec, Int8Output, Int8Runtime};
@@ -226,6 +226,8 @@ pub(crate) fn emit_tables<'ctx>(
     let i32t = k.cx.context.i32_type();
     let tables = byte_offset(em, packed, em.i64(layout.table_offset()))?;
     let len = layout.table_len();
+    // The tables after the column sums (table 0, per head): multiplier,
+    // f32 bias, sign, i32 bias ([`Int8GemmSpec::pack`]'s order).
     let words = [
         (1, multiplier.to_bits()),
         (2, 0.0f32.to_bits()),
@@ -252,8 +254,29 @@ pub(crate) fn emit_tables<'ctx>(
         em.builder
             .build_store(at, i32t.const_int(u64::from(word), false))?;
     }
-    debug_assert_eq!(TABLES, 5);
     Ok(())
+}
+
+/// The packed B's layout on the kernel's target: k per group, columns
+/// per panel, bytes per stored element.
+struct Packing {
+    layout: Layout,
+    g: usize,
+    nr: usize,
+    width: usize,
+}
+
+impl Packing {
+    fn of(k: &Kernel<'_, '_>, product: &Product) -> Self {
+        let layout = Layout::new(k.cx.target, &product.spec("", 1));
+        let dot = DotKind::for_target(k.cx.target);
+        Packing {
+            layout,
+            g: dot.group(),
+            nr: layout.nr(),
+            width: dot.b_bytes(),
+        }
+    }
 }
 
 /// Packs B (`k × n` int8/uint8 at `b`, element strides `(row, column)`)
@@ -269,10 +292,12 @@ pub(crate) fn emit_pack_b<'ctx>(
     (row_stride, col_stride): (i64, i64),
     packed: PointerValue<'ctx>,
 ) -> Result<(), CodegenError> {
-    let target = k.cx.target;
-    let layout = Layout::new(target, &product.spec("", 1));
-    let dot = DotKind::for_target(target);
-    let (g, nr, width) = (dot.group(), layout.nr(), dot.b_bytes());
+    let Packing {
+        layout,
+        g,
+        nr,
+        width,
+    } = Packing::of(k, product);
     let em = &k.em;
     let context = k.cx.context;
     let (i8t, i16t, i32t) = (context.i8_type(), context.i16_type(), context.i32_type());
@@ -353,10 +378,12 @@ fn emit_pack_panels<'ctx>(
     panels: usize,
     packed: PointerValue<'ctx>,
 ) -> Result<(), CodegenError> {
-    let target = k.cx.target;
-    let layout = Layout::new(target, &product.spec("", 1));
-    let dot = DotKind::for_target(target);
-    let (g, nr, width) = (dot.group(), layout.nr(), dot.b_bytes());
+    let Packing {
+        layout,
+        g,
+        nr,
+        width,
+    } = Packing::of(k, product);
     let em = &k.em;
     let context = k.cx.context;
     let (i8t, i32t) = (context.i8_type(), context.i32_type());

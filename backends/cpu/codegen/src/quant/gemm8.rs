@@ -39,7 +39,7 @@ use m4c_ir::DType;
 
 /// Per-column tables after the packed B: column sums, multipliers, f32
 /// bias, signs, i32 bias (4 bytes per entry each).
-pub(super) const TABLES: usize = 5;
+const TABLES: usize = 5;
 
 /// The constants after the tables, 4 bytes each in this order, so that
 /// the code of GEMMs that differ only in them is the same
