@@ -85,13 +85,35 @@ impl Bases {
     }
 }
 
-/// Pointers handed to kernels on other threads.
-struct Shared<T>(T);
-// SAFETY: the kernels called with these pointers write disjoint iteration
-// ranges (the plan marks a kernel `parallel` only when its outermost loop
-// iterations write disjoint output elements), and inputs/weights are only
-// read.
-unsafe impl<T> Sync for Shared<T> {}
+/// One thread's part of a kernel call, as plain data (addresses as
+/// integers) for [`ThreadPool::run_parts`].
+#[derive(Clone, Copy)]
+struct KernelPart {
+    func: KernelFn,
+    buffers: usize,
+    begin: i64,
+    end: i64,
+    scratch: usize,
+}
+
+/// Runs one part of a kernel call; its status.
+fn run_kernel_part(part: KernelPart) -> i32 {
+    // SAFETY: the buffers were laid out by the compiler for exactly this
+    // kernel (sizes checked at compile time; inputs checked before the
+    // run); the pointer table and the scratch buffer (at least the plan's
+    // largest `scratch_bytes`, one per part) outlive `run_parts`, which
+    // returns only when every part has run; parallel parts are disjoint
+    // iteration ranges, which the plan marks `parallel` only when they
+    // write disjoint output elements; inputs and weights are only read.
+    unsafe {
+        (part.func)(
+            part.buffers as *const *mut u8,
+            part.begin,
+            part.end,
+            part.scratch as *mut u8,
+        )
+    }
+}
 
 impl GraphExecutor {
     /// Prepares the graph of `library` to run on `threads` threads.
@@ -243,20 +265,18 @@ impl GraphExecutor {
                 });
             }
         }
-        let bases = Shared(Bases {
+        let bases = Bases {
             arena: bytemuck::cast_slice_mut::<f32, u8>(self.arena.as_mut_slice()).as_mut_ptr(),
             weights: bytemuck::cast_slice::<f32, u8>(self.library.weights()).as_ptr(),
             inputs: inputs.iter().map(|b| b.as_ptr()).collect(),
-        });
-        let (calls, pool, scratch) = (&self.calls, &self.pool, &mut self.scratch);
-        // The whole plan runs on the pool (see `ThreadPool::install`).
-        pool.install(|| run_calls(calls, pool, scratch, &bases, times))?;
+        };
+        run_calls(&self.calls, &self.pool, &mut self.scratch, &bases, times)?;
         let outputs = self
             .plan
             .outputs
             .iter()
             .map(|spec| {
-                let at = bases.0.resolve(spec.buf);
+                let at = bases.resolve(spec.buf);
                 // SAFETY: the output lies inside its region (placed by the
                 // compiler with `spec.bytes()` bytes): the arena and weights
                 // borrowed with `self`, or an input that outlives `'s`.
@@ -274,7 +294,7 @@ fn run_calls(
     calls: &[Call],
     pool: &ThreadPool,
     scratch: &mut [AlignedBuffer],
-    bases: &Shared<Bases>,
+    bases: &Bases,
     mut times: Option<&mut Vec<std::time::Duration>>,
 ) -> Result<(), DeviceError> {
     for call in calls {
@@ -287,36 +307,20 @@ fn run_calls(
                 extent,
                 parallel,
             } => {
-                let status = std::sync::atomic::AtomicI32::new(0);
-                let pointers = Shared(
-                    buffers
-                        .iter()
-                        .map(|&b| bases.0.resolve(b))
-                        .collect::<Vec<_>>(),
-                );
-                let parts = if *parallel { pool.threads() } else { 1 };
-                let mut work: Vec<_> = split(*extent, parts)
+                let pointers: Vec<*mut u8> = buffers.iter().map(|&b| bases.resolve(b)).collect();
+                let threads = if *parallel { pool.threads() } else { 1 };
+                let parts: Vec<KernelPart> = split(*extent, threads)
                     .into_iter()
                     .zip(scratch.iter_mut())
+                    .map(|(range, scratch)| KernelPart {
+                        func: *func,
+                        buffers: pointers.as_ptr() as usize,
+                        begin: range.start as i64,
+                        end: range.end as i64,
+                        scratch: scratch.as_mut_slice().as_mut_ptr() as usize,
+                    })
                     .collect();
-                pool.for_each_mut(&mut work, |_, (range, scratch)| {
-                    let pointers = &pointers;
-                    // SAFETY: the buffers were laid out by the compiler
-                    // for exactly this kernel (sizes checked at compile
-                    // time; inputs checked above); the scratch buffer
-                    // is at least the plan's largest `scratch_bytes`;
-                    // parallel ranges write disjoint elements.
-                    let code = unsafe {
-                        func(
-                            pointers.0.as_ptr(),
-                            range.start as i64,
-                            range.end as i64,
-                            scratch.as_mut_slice().as_mut_ptr().cast(),
-                        )
-                    };
-                    status.fetch_or(code, std::sync::atomic::Ordering::Relaxed);
-                });
-                let status = status.into_inner();
+                let status = pool.run_parts(&parts, run_kernel_part);
                 if status != 0 {
                     return Err(DeviceError::Kernel {
                         symbol: symbol.clone(),
@@ -330,15 +334,15 @@ fn run_calls(
                 a,
                 c,
             } => {
-                let packed_b = bases.0.weights.wrapping_add(weights_offset * 4);
+                let packed_b = bases.weights.wrapping_add(weights_offset * 4);
                 // SAFETY: A and C are arena or input buffers of
                 // `m·k` and `m·n` floats placed by the compiler; packed
                 // B lies in the weight file (checked when loading).
                 unsafe {
                     entry.run_raw(
-                        bases.0.resolve(*a).cast(),
+                        bases.resolve(*a).cast(),
                         packed_b.cast(),
-                        bases.0.resolve(*c).cast(),
+                        bases.resolve(*c).cast(),
                         pool,
                         scratch,
                     )

@@ -22,19 +22,37 @@ pub struct GemmEntry {
     manifest: GemmManifest,
 }
 
-/// C's base address, shared by the threads that write disjoint panels of it.
-struct SharedOutput(*mut f32);
+/// One thread's panels of a GEMM call, as plain data (addresses as
+/// integers) for [`ThreadPool::run_parts`].
+#[derive(Clone, Copy)]
+struct GemmPart {
+    func: GemmFn,
+    a: usize,
+    packed_b: usize,
+    c: usize,
+    begin: i64,
+    end: i64,
+    scratch: usize,
+}
 
-// SAFETY: every thread writes only the columns of its own panel range
-// (disjoint ranges, see `GemmEntry::run`), so sharing the pointer cannot
-// produce overlapping writes.
-unsafe impl Sync for SharedOutput {}
-
-/// A and packed B, read (never written) by every thread.
-struct SharedInputs(*const f32, *const f32);
-
-// SAFETY: the threads only read through these pointers.
-unsafe impl Sync for SharedInputs {}
+/// Runs one part of a GEMM call.
+fn run_gemm_part(part: GemmPart) -> i32 {
+    // SAFETY: `run_raw`'s caller guarantees the operand sizes, and the
+    // operands and the part's own scratch buffer outlive `run_parts`,
+    // which returns only when every part has run; the panel ranges are
+    // disjoint, so concurrent parts write disjoint columns of C.
+    unsafe {
+        (part.func)(
+            part.a as *const f32,
+            part.packed_b as *const f32,
+            part.c as *mut f32,
+            part.begin,
+            part.end,
+            part.scratch as *mut f32,
+        )
+    };
+    0
+}
 
 impl GemmEntry {
     /// Wraps a compiled function.
@@ -97,25 +115,20 @@ impl GemmEntry {
         scratch: &mut [AlignedBuffer],
     ) {
         let ranges = split(self.manifest.packed_b.panels(), pool.threads());
-        let inputs = SharedInputs(a, packed_b);
-        let output = SharedOutput(c);
-        let mut work: Vec<_> = ranges.into_iter().zip(scratch.iter_mut()).collect();
-        pool.for_each_mut(&mut work, |_, (panels, scratch)| {
-            let (output, inputs) = (&output, &inputs);
-            // SAFETY: the caller guarantees the operand sizes; the panel
-            // ranges are disjoint, so concurrent calls write disjoint
-            // columns of C; each call has its own scratch buffer.
-            unsafe {
-                (self.func)(
-                    inputs.0,
-                    inputs.1,
-                    output.0,
-                    panels.start as i64,
-                    panels.end as i64,
-                    scratch.as_mut_slice().as_mut_ptr(),
-                )
-            }
-        });
+        let parts: Vec<GemmPart> = ranges
+            .into_iter()
+            .zip(scratch.iter_mut())
+            .map(|(panels, scratch)| GemmPart {
+                func: self.func,
+                a: a as usize,
+                packed_b: packed_b as usize,
+                c: c as usize,
+                begin: panels.start as i64,
+                end: panels.end as i64,
+                scratch: scratch.as_mut_slice().as_mut_ptr() as usize,
+            })
+            .collect();
+        pool.run_parts(&parts, run_gemm_part);
     }
 
     fn check(
