@@ -6,9 +6,10 @@
 //! without work and take about 25 µs to wake (measured on the Zen 4
 //! guest: a fork-join of two 20 µs halves took 22.5 µs after < 5 µs of
 //! serial work, 46 µs after ≥ 50 µs), and every part that finishes first
-//! leaves its worker idle until the next kernel: SqueezeNet at 2 threads
-//! spent 38 % of its kernels' wall time between a kernel's start and its
-//! slower part's start or after its end. Here each worker spins on its
+//! leaves its worker idle until the next kernel: at 2 threads, the time
+//! between a kernel's start and the end of its slower part beyond that
+//! part's own run was 5.5 % of SqueezeNet's kernel time and 10.4 % of
+//! EfficientNet's (blocks of `graph_models.py`). Here each worker spins on its
 //! slot for a millisecond after its last part (kernels follow each other
 //! far faster than that while a model runs) and only then parks.
 //!
