@@ -106,22 +106,16 @@ impl ThreadPool {
         self.threads
     }
 
-    /// Runs `run(part)` for every part — the first on the caller's
-    /// thread, the others on one worker each — and returns when all have,
-    /// with their statuses or-ed together. At most [`Self::threads`]
-    /// parts.
+    /// Runs `run(part)` for every part — one on each worker, the first
+    /// and any beyond [`Self::threads`] on the caller's thread — and
+    /// returns when all have, with their statuses or-ed together.
     pub fn run_parts<P: Copy + Send + 'static>(&self, parts: &[P], run: fn(P) -> i32) -> i32 {
         let Some((&first, rest)) = parts.split_first() else {
             return 0;
         };
-        assert!(
-            rest.len() <= self.workers.len(),
-            "{} parts for {} threads",
-            parts.len(),
-            self.threads
-        );
-        let mut waits = Vec::with_capacity(rest.len());
-        for (worker, &part) in self.workers.iter().zip(rest) {
+        let (posted, mine) = rest.split_at(rest.len().min(self.workers.len()));
+        let mut waits = Vec::with_capacity(posted.len());
+        for (worker, &part) in self.workers.iter().zip(posted) {
             let slot = &worker.slot;
             *lock(&slot.job) = Some(Box::new(move || run(part)));
             let ticket = slot.posted.fetch_add(1, Ordering::SeqCst) + 1;
@@ -133,6 +127,9 @@ impl ThreadPool {
             waits.push((slot, ticket));
         }
         let mut status = run(first);
+        for &part in mine {
+            status |= run(part);
+        }
         for (slot, ticket) in waits {
             let mut spins = 0u32;
             while slot.done.load(Ordering::Acquire) != ticket {
@@ -263,6 +260,17 @@ mod tests {
                 assert_eq!(seen, (1..=threads).map(|i| i * round).collect::<Vec<_>>());
             }
         }
+    }
+
+    #[test]
+    fn parts_beyond_the_threads_run_on_the_caller() {
+        let pool = ThreadPool::new(2).unwrap();
+        let table: &'static [AtomicUsize] =
+            Box::leak((0..4).map(|_| AtomicUsize::new(0)).collect());
+        let parts: Vec<_> = (0..4).map(|i| (table, i)).collect();
+        assert_eq!(pool.run_parts(&parts, mark), 0b1111);
+        let seen: Vec<usize> = table.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        assert_eq!(seen, [1, 2, 3, 4]);
     }
 
     #[test]

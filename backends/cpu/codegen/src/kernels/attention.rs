@@ -420,6 +420,14 @@ fn shared_int8_gemm<'ctx>(
         .ok_or(CodegenError::Internal("emitted above"))
 }
 
+/// How the kernel's two products are computed: f32 GEMMs on B packed
+/// into these panels, or int8 ones.
+#[derive(Clone, Copy)]
+enum Products<'a> {
+    F32([PackedPanels; 2]),
+    Int8(&'a Int8Products),
+}
+
 /// Where the kernel's scratch holds what, in bytes: both packed right
 /// operands, the block of scores, and for int8 products the quantised
 /// probabilities, A's row sums and the GEMMs' own scratch.
@@ -515,8 +523,13 @@ fn emit<'ctx>(
         0 => None,
         remainder => Some(block_fns(remainder)?),
     };
-    let scratch = match (int8, layouts) {
-        (Some(p), _) => {
+    let products = match (int8, layouts) {
+        (Some(p), _) => Products::Int8(p),
+        (None, Some((layout1, layout2))) => Products::F32([layout1, layout2]),
+        (None, None) => return Err(CodegenError::Internal("at least one block")),
+    };
+    let scratch = match products {
+        Products::Int8(p) => {
             let gemm = [&p.scores, &p.output]
                 .iter()
                 .map(|product| product.spec("", rows).scratch_bytes(cx.target))
@@ -531,10 +544,9 @@ fn emit<'ctx>(
                 gemm,
             ])
         }
-        (None, Some((layout1, layout2))) => {
+        Products::F32([layout1, layout2]) => {
             ScratchPlan::new([layout1.len() * 4, layout2.len() * 4, rows * n1 * 4, 0, 0, 0])
         }
-        (None, None) => return Err(CodegenError::Internal("at least one block")),
     };
     let softmax_symbol = format!("m4c_attention_softmax_{rows}x{n1}");
     if cx.module.get_function(&softmax_symbol).is_none() {
@@ -589,26 +601,24 @@ fn emit<'ctx>(
     } else {
         f32t.into()
     };
-    let panels = match (int8, layouts) {
-        (Some(p), _) => [p.scores.panels(cx.target), p.output.panels(cx.target)],
-        (None, Some((layout1, layout2))) => [layout1.panels(), layout2.panels()],
-        (None, None) => return Err(CodegenError::Internal("at least one block")),
+    let panels = match products {
+        Products::Int8(p) => [p.scores.panels(cx.target), p.output.panels(cx.target)],
+        Products::F32(layouts) => layouts.map(|l| l.panels()),
     };
     k.em.counted_loop(k.begin, k.end, |batch| {
         let (a_base, b1_base) = first.batch_bases(&k, batch)?;
         let (_, b2_base) = second.batch_bases(&k, batch)?;
-        match (int8, layouts) {
-            (Some(p), _) => {
+        match products {
+            Products::Int8(p) => {
                 let b1 = k.element(k.buffers[2], i8t.into(), b1_base)?;
                 emit_pack_b(&k, &p.scores, b1, first.b_rc, packed[0])?;
                 let b2 = k.element(k.buffers[3], i8t.into(), b2_base)?;
                 emit_pack_b(&k, &p.output, b2, second.b_rc, packed[1])?;
             }
-            (None, Some((layout1, layout2))) => {
+            Products::F32([layout1, layout2]) => {
                 first.pack_b(&k, k.buffers[2], b1_base, layout1, packed[0])?;
                 second.pack_b(&k, k.buffers[3], b2_base, layout2, packed[1])?;
             }
-            (None, None) => return Err(CodegenError::Internal("at least one block")),
         }
         let c_base =
             k.em.builder
