@@ -306,6 +306,39 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .ok_or_else(|| CodegenError::Llvm(format!("{name} returned no value")))
     }
 
+    /// Prefetches the cache line holding element `index` of `elem`s from
+    /// `base` (`write`: with intent to write; `locality` 3 keeps it in
+    /// every level, lower values in fewer). The address may lie past the
+    /// buffer: a prefetch never faults.
+    pub fn prefetch(
+        &self,
+        elem: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        write: bool,
+        locality: u64,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: a plain (not in-bounds) GEP whose address is only
+        // prefetched, never loaded from or stored to, so it may leave the
+        // buffer.
+        let at = unsafe {
+            self.builder
+                .build_gep(elem, base, &[index], "prefetch_at")?
+        };
+        let i32t = self.context.i32_type();
+        self.call_intrinsic(
+            "llvm.prefetch",
+            &[at.get_type().into()],
+            &[
+                at.into(),
+                i32t.const_int(u64::from(write), false).into(),
+                i32t.const_int(locality, false).into(),
+                i32t.const_int(1, false).into(),
+            ],
+        )?;
+        Ok(())
+    }
+
     /// The block the builder is in.
     #[allow(
         clippy::expect_used,

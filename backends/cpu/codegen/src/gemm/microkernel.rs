@@ -156,27 +156,11 @@ fn prefetch_next_block<'ctx>(
         .builder
         .build_int_mul(kc, em.i64(row_floats), "block_floats")?;
     let ahead = em.builder.build_int_add(b_row, block_floats, "ahead")?;
-    let i32t = em.context.i32_type();
-    let (read, keep, data) = (
-        i32t.const_zero(),
-        i32t.const_int(3, false),
-        i32t.const_int(1, false),
-    );
     const LINE_FLOATS: usize = 16;
     for line in (0..row_floats).step_by(LINE_FLOATS) {
         let index = em.builder.build_int_add(ahead, em.i64(line), "line")?;
-        // SAFETY: builds a plain (not in-bounds) GEP: past the last block the
-        // address may leave packed B, which a prefetch tolerates (it never
-        // faults); nothing is loaded through it.
-        let at = unsafe {
-            em.builder
-                .build_gep(em.context.f32_type(), b, &[index], "prefetch_at")?
-        };
-        em.call_intrinsic(
-            "llvm.prefetch",
-            &[at.get_type().into()],
-            &[at.into(), read.into(), keep.into(), data.into()],
-        )?;
+        // Past the last block the address may leave packed B.
+        em.prefetch(em.context.f32_type().into(), b, index, false, 3)?;
     }
     Ok(())
 }

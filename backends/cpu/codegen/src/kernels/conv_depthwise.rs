@@ -19,7 +19,7 @@
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
-use super::conv_epilogue::{Epilogue, Lanes};
+use super::conv_epilogue::Epilogue;
 use super::math::math;
 use super::window::Window;
 use super::{Cx, Elem, Kernel};
@@ -336,7 +336,7 @@ impl<'ctx> Plane<'_, 'ctx> {
                         self.batch,
                         self.channel,
                         pixel,
-                        Lanes::Pixels(live),
+                        live,
                     )?;
                 }
                 let at = k.em.builder.build_int_add(self.y_base, pixel, "y")?;

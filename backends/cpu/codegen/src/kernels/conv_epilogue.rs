@@ -7,11 +7,9 @@
 //! Every other operand of the group must be a per-batch/per-channel value
 //! (the same for all pixels of a channel plane: a bias, a scale) or laid
 //! out like the output along the pixels (a residual), so a vector of
-//! consecutive pixels of one plane reads it with one splat or one load
-//! ([`Lanes::Pixels`]). A kernel with the filters in the lanes reads a
-//! vector of consecutive channels at one pixel instead
-//! ([`Lanes::Channels`]): a load for per-channel values, lane by lane for
-//! a residual (its channels lie a plane apart).
+//! consecutive pixels of one plane reads it with one splat or one load.
+//! Kernels with the filters in the lanes transpose their accumulators into
+//! such vectors first.
 
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::{DType, Graph, Op, ValueId};
@@ -33,16 +31,6 @@ enum Read {
     /// Laid out like the output along the pixels: element
     /// `batch·strides.0 + channel·strides.1 + pixel`.
     Pixels(i64, i64),
-}
-
-/// Which axis the lanes of an epilogue's vectors run along.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Lanes<'ctx> {
-    /// Consecutive pixels of one channel plane; the mask of the lanes
-    /// inside the plane (`None`: all).
-    Pixels(Option<VectorValue<'ctx>>),
-    /// Consecutive channels at one pixel.
-    Channels,
 }
 
 /// A fused elementwise group evaluated on a convolution's accumulators.
@@ -105,9 +93,32 @@ impl Epilogue {
         self.reads.len() - 1
     }
 
-    /// Evaluates the group on `acc`, the convolution's result for lanes
-    /// starting at (`batch`, `channel`, `pixel`) along `lanes`; `buffers`
-    /// are the extra operand buffers.
+    /// Prefetches the line of every operand laid out like the output at
+    /// (`batch`, `channel`, `pixel`), ahead of [`Self::apply`] there.
+    pub fn prefetch<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        buffers: &[PointerValue<'ctx>],
+        batch: IntValue<'ctx>,
+        channel: IntValue<'ctx>,
+        pixel: IntValue<'ctx>,
+    ) -> Result<(), CodegenError> {
+        let f32t = k.cx.context.f32_type();
+        let extra = self.reads.iter().filter(|r| !matches!(r, Read::Result));
+        for (read, &buffer) in extra.zip(buffers) {
+            if let Read::Pixels(sb, sc) = *read {
+                let at = k.linear(0, &[batch, channel], &[sb, sc])?;
+                let at = k.em.builder.build_int_add(at, pixel, "px")?;
+                k.em.prefetch(f32t.into(), buffer, at, false, 3)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates the group on `acc`, the convolution's result for
+    /// consecutive pixels from (`batch`, `channel`, `pixel`), the lanes in
+    /// `mask` (`None`: all) inside the plane; `buffers` are the extra
+    /// operand buffers.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<'ctx>(
         &self,
@@ -117,7 +128,7 @@ impl Epilogue {
         batch: IntValue<'ctx>,
         channel: IntValue<'ctx>,
         pixel: IntValue<'ctx>,
-        lanes: Lanes<'ctx>,
+        mask: Option<VectorValue<'ctx>>,
     ) -> Result<VectorValue<'ctx>, CodegenError> {
         let width = acc.get_type().get_size();
         let math = math(k, width);
@@ -135,17 +146,11 @@ impl Epilogue {
                     if along_pixels {
                         at = k.em.builder.build_int_add(at, pixel, "px")?;
                     }
-                    match lanes {
-                        Lanes::Pixels(_) if !along_pixels => {
-                            k.load_splat(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?
-                        }
-                        Lanes::Pixels(None) => {
-                            k.load(Elem::F32, width, k.element(buffer, f32t.into(), at)?)?
-                        }
-                        Lanes::Pixels(Some(mask)) => {
-                            k.masked_load(k.element(buffer, f32t.into(), at)?, mask)?
-                        }
-                        Lanes::Channels => strided(k, buffer, at, sc, width)?,
+                    let at = k.element(buffer, f32t.into(), at)?;
+                    if along_pixels {
+                        k.load_f32(at, width, mask)?
+                    } else {
+                        k.load_splat(Elem::F32, width, at)?
                     }
                 }
             };
@@ -167,33 +172,6 @@ impl Epilogue {
         Ok(*results
             .last()
             .ok_or(CodegenError::Internal("a fused group has nodes"))?)
-    }
-}
-
-/// `lanes` f32 elements of `buffer` from element `at`, `stride` apart: a
-/// splat, a vector load, or lane by lane.
-fn strided<'ctx>(
-    k: &Kernel<'_, 'ctx>,
-    buffer: PointerValue<'ctx>,
-    at: IntValue<'ctx>,
-    stride: i64,
-    lanes: u32,
-) -> Result<VectorValue<'ctx>, CodegenError> {
-    let f32t = k.cx.context.f32_type();
-    match stride {
-        0 => k.load_splat(Elem::F32, lanes, k.element(buffer, f32t.into(), at)?),
-        1 => k.load(Elem::F32, lanes, k.element(buffer, f32t.into(), at)?),
-        _ => {
-            let b = &k.em.builder;
-            let mut v = f32t.vec_type(lanes).get_poison();
-            for l in 0..lanes {
-                let e = b.build_int_add(at, k.int(stride * i64::from(l)), "e")?;
-                let x = b.build_load(f32t, k.element(buffer, f32t.into(), e)?, "x")?;
-                let lane = k.cx.context.i32_type().const_int(u64::from(l), false);
-                v = b.build_insert_element(v, x, lane, "v")?;
-            }
-            Ok(v)
-        }
     }
 }
 

@@ -30,7 +30,7 @@ use inkwell::types::VectorType;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use super::conv_epilogue::{Epilogue, Lanes};
+use super::conv_epilogue::Epilogue;
 use super::window::{every_stride, table_bytes, TapOffsets, Window, MAX_LOADED_STRIDE};
 use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
@@ -418,11 +418,23 @@ impl<'ctx> Panel<'_, 'ctx> {
         let columns = b.build_int_add(pixel, k.int(kd), "cols")?;
         // Every k of the block: the address of the tap's row, the vector
         // read from it, stored to the packed panel.
+        let stride = g.conv.window.strides.last().copied().unwrap_or(1) as i64;
+        let first = offset(columns)?;
+        let pointwise = g.conv.window.kernel.iter().all(|&n| n == 1);
         let sweep = |read: &dyn Fn(IntValue<'ctx>) -> Result<VectorValue<'ctx>, CodegenError>| {
             k.em.counted_loop(k.int(0), blk.kc, |kk| {
                 let b = &k.em.builder;
                 let row = offset(b.build_int_add(blk.k0, kk, "k")?)?;
                 let row = b.build_int_add(x_base, row, "row")?;
+                if pointwise {
+                    // The next panel's pixels of this row into L2: a
+                    // thread's panels sweep K channel planes at once, more
+                    // streams than the hardware follows. (A window's taps
+                    // share planes; there it measured slower.)
+                    let ahead = b.build_int_add(row, first, "ahead")?;
+                    let ahead = b.build_int_add(ahead, k.int(width * stride), "ahead")?;
+                    k.em.prefetch(f32t.into(), k.buffers[1], ahead, false, 2)?;
+                }
                 let value = read(row)?;
                 let to =
                     k.em.mul_add(kk, k.int(width), k.int((v * t.lanes) as i64))?;
@@ -444,11 +456,9 @@ impl<'ctx> Panel<'_, 'ctx> {
                 k.masked_gather(at, index, mask, 0.0)
             })
         };
-        let stride = g.conv.window.strides.last().copied().unwrap_or(1) as i64;
         if cols < t.lanes || stride > MAX_LOADED_STRIDE {
             return gather();
         }
-        let first = offset(columns)?;
         let wide = || {
             sweep(&|row| {
                 let b = &k.em.builder;
@@ -574,6 +584,18 @@ impl<'ctx> Panel<'_, 'ctx> {
                     .build_store(self.accs[r * t.vectors + v], value)?;
             }
         }
+        let extra_start = 4 + usize::from(g.conv.bias);
+        if let Some(epilogue) = &g.conv.epilogue {
+            for r in 0..rows {
+                let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
+                for &(v, _) in &vectors {
+                    let pixel =
+                        k.em.builder
+                            .build_int_add(self.p0, k.int((v * t.lanes) as i64), "px")?;
+                    epilogue.prefetch(k, &k.buffers[extra_start..], self.batch, filter, pixel)?;
+                }
+            }
+        }
         let w_base = k.em.builder.build_int_mul(m0, k.int(kd), "wb")?;
         let width = (t.vectors * t.lanes) as i64;
         k.em.counted_loop(k.int(0), blk.kc, |kk| {
@@ -618,7 +640,6 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
             Ok(())
         })?;
-        let extra_start = 4 + usize::from(g.conv.bias);
         for r in 0..rows {
             let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
             for &(v, mask) in &vectors {
@@ -644,7 +665,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                         self.batch,
                         filter,
                         pixel,
-                        Lanes::Pixels(mask),
+                        mask,
                     )?)
                 };
                 if t.k_blocks == 1 {

@@ -32,23 +32,26 @@
 //! every pixel tile runs through a block before the next (the partial
 //! sums wait in the scratch): without the blocking each tile streamed the
 //! whole panel from the L2 again and the kernel was slower than the
-//! pixel-lane one. After the last block come the bias, the epilogue
-//! (its vectors run along the filters: [`Lanes::Channels`]) and a scatter
-//! of each accumulator's lanes into the NCHW output. Iterations are
+//! pixel-lane one. The bias starts the accumulators; after the last
+//! block each group of a tile's accumulators is transposed in registers
+//! into vectors of consecutive pixels of one filter, which the epilogue
+//! takes and the NCHW output receives whole. Iterations are
 //! (batch, filter panel) pairs.
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
 
-use super::conv_epilogue::{Epilogue, Lanes};
+use super::conv_epilogue::Epilogue;
 use super::conv_gemm::{table_entry, GemmConv, KBlock};
 use super::window::{table_bytes, TapOffsets, Window};
 use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
 /// Maps of at most this many pixels take this kernel whenever their
-/// pixel count leaves a partial vector in the pixel-lane kernel.
-const SMALL_PIXELS: usize = 64;
+/// pixel count leaves a partial vector in the pixel-lane kernel (14×14 =
+/// 196 is 12¼ vectors of 16: ResNet-50's 1×1 layers there ran 10–15 %
+/// faster here once the output left the tile transposed, Zen 4).
+const SMALL_PIXELS: usize = 256;
 
 /// The most pixels a larger map may have for this kernel.
 const MAX_PIXELS: usize = 1024;
@@ -133,10 +136,13 @@ impl ConvGemmT {
         } else {
             1
         };
-        // Accumulators, the panel row's vectors and one broadcast; and one
-        // input address per row beside the loop's own registers.
-        let max_rows = ((target.isa.vector_registers() - vectors - 1) / vectors)
-            .min(target.isa.general_registers() - LOOP_REGISTERS);
+        // Accumulators, the panel row's vectors and one broadcast; and,
+        // unless the rows read consecutive inputs, one input address per
+        // row beside the loop's own registers.
+        let mut max_rows = (target.isa.vector_registers() - vectors - 1) / vectors;
+        if !self.in_place() {
+            max_rows = max_rows.min(target.isa.general_registers() - LOOP_REGISTERS);
+        }
         let pixels = self.conv.pixels();
         let tiles = pixels.div_ceil(max_rows);
         let rows = pixels.div_ceil(tiles);
@@ -150,6 +156,14 @@ impl ConvGemmT {
             tiles,
             tiles_per_block: (BLOCK_PIXELS / rows).max(1),
         }
+    }
+
+    /// Whether output pixel `p` reads input pixel `p` (1×1, stride 1, no
+    /// padding): a tile's rows then read consecutive floats, one address
+    /// with constant displacements instead of a register per row.
+    fn in_place(&self) -> bool {
+        let w = &self.conv.window;
+        w.kernel.iter().chain(&w.strides).all(|&n| n == 1) && w.input == w.output
     }
 
     fn panel_filters(&self, target: &Target) -> usize {
@@ -270,11 +284,7 @@ impl ConvGemmT {
         let lanes = t.lanes as u32;
         let vf = f32t.vec_type(lanes);
         let f = (t.vectors * t.lanes) as i64;
-        let (kd, p, m) = (
-            self.conv.depth() as i64,
-            self.conv.pixels() as i64,
-            self.conv.filters as i64,
-        );
+        let kd = self.conv.depth() as i64;
         let offset = |at| table_entry(k, at);
         let b = &k.em.builder;
         let m0 = b.build_int_mul(panel, k.int(f), "m0")?;
@@ -315,16 +325,21 @@ impl ConvGemmT {
         // input planes; per k, the tap's offset from it.
         let plane: usize = self.conv.window.input.iter().product();
         let x_base = b.build_int_mul(batch, k.int((self.conv.channels * plane) as i64), "xb")?;
+        let in_place = self.in_place();
         let row_base = (0..rows)
             .map(|r| {
-                let at =
-                    k.em.builder
-                        .build_int_add(p0, k.int(kd + r as i64), "col")?;
-                let column = offset(at)?;
-                Ok(k.em.builder.build_int_add(x_base, column, "row")?)
+                let b = &k.em.builder;
+                let at = b.build_int_add(p0, k.int(kd + r as i64), "col")?;
+                let column = if in_place {
+                    b.build_int_add(p0, k.int(r as i64), "col")?
+                } else {
+                    offset(at)?
+                };
+                Ok(b.build_int_add(x_base, column, "row")?)
             })
             .collect::<Result<Vec<_>, CodegenError>>()?;
         let w_base = b.build_int_mul(panel, k.int(kd * f), "w")?;
+        let w_ahead = (self.k_block(t) as i64) * f;
         k.em.counted_loop(blk.k0, b.build_int_add(blk.k0, blk.kc, "k1")?, |kk| {
             let b = &k.em.builder;
             let w_row = k.em.mul_add(kk, k.int(f), w_base)?;
@@ -332,6 +347,12 @@ impl ConvGemmT {
             for v in 0..t.vectors {
                 let at = b.build_int_add(w_row, k.int((v * t.lanes) as i64), "wv")?;
                 wv.push(k.load(Elem::F32, lanes, k.element(k.buffers[2], f32t.into(), at)?)?);
+                // The same row of the next K block (or panel) into L2:
+                // the weights of deep layers come from memory (4 MB for a
+                // 512 → 2048 layer), and the block's first tile waited
+                // for every line.
+                let ahead = b.build_int_add(at, k.int(w_ahead), "ahead")?;
+                k.em.prefetch(f32t.into(), k.buffers[2], ahead, false, 2)?;
             }
             let tap = offset(kk)?;
             for (r, &base) in row_base.iter().enumerate() {
@@ -368,38 +389,68 @@ impl ConvGemmT {
             })?;
         }
         k.em.if_then(blk.last, || {
-            let b = &k.em.builder;
-            let y_base = k.em.mul_add(batch, k.int(m), m0)?;
-            let extra_start = 4 + usize::from(self.conv.bias);
-            for r in 0..rows {
-                let pixel = b.build_int_add(p0, k.int(r as i64), "px")?;
-                for v in 0..t.vectors {
-                    let value = b
-                        .build_load(vf, accs[r * t.vectors + v], "acc")?
-                        .into_vector_value();
+            self.store(k, t, (batch, m0), (p0, rows), &accs)
+        })?;
+        Ok(())
+    }
+}
+
+impl ConvGemmT {
+    /// After the last K block, `y[n, m0 + j, p0 + r]` for the tile's
+    /// `rows` pixels: each block of up to `lanes` accumulators (pixels ×
+    /// one vector of filters) is transposed in registers into one vector
+    /// per filter of consecutive pixels, so the epilogue reads its
+    /// residual and the tile writes the output a run of pixels at a time
+    /// (a masked vector) instead of lane by lane, a plane apart (on ResNet's
+    /// 1×1 layers at 7×7 and 14×14 the lane-by-lane store and residual
+    /// took 10–15 % of the kernel).
+    fn store<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        t: Tiling,
+        (batch, m0): (IntValue<'ctx>, IntValue<'ctx>),
+        (p0, rows): (IntValue<'ctx>, usize),
+        accs: &[inkwell::values::PointerValue<'ctx>],
+    ) -> Result<(), CodegenError> {
+        let f32t = k.cx.context.f32_type();
+        let vf = f32t.vec_type(t.lanes as u32);
+        let p = self.conv.pixels() as i64;
+        let y_base = k.em.mul_add(batch, k.int(self.conv.filters as i64), m0)?;
+        let extra_start = 4 + usize::from(self.conv.bias);
+        for v in 0..t.vectors {
+            for r0 in (0..rows).step_by(t.lanes) {
+                let count = (rows - r0).min(t.lanes);
+                let block = (0..t.lanes)
+                    .map(|i| {
+                        if i >= count {
+                            return Ok(vf.const_zero());
+                        }
+                        let slot = accs[(r0 + i) * t.vectors + v];
+                        Ok(k.em
+                            .builder
+                            .build_load(vf, slot, "acc")?
+                            .into_vector_value())
+                    })
+                    .collect::<Result<Vec<_>, CodegenError>>()?;
+                let mask = (count < t.lanes).then(|| k.prefix_mask(t.lanes as u32, count));
+                let b = &k.em.builder;
+                let pixel = b.build_int_add(p0, k.int(r0 as i64), "px")?;
+                for (j, value) in k.transpose(&block)?.into_iter().enumerate() {
+                    let filter = (v * t.lanes + j) as i64;
                     let value = match &self.conv.epilogue {
                         Some(e) => {
-                            let channel = b.build_int_add(m0, k.int((v * t.lanes) as i64), "ch")?;
+                            let channel = b.build_int_add(m0, k.int(filter), "ch")?;
                             let operands = &k.buffers[extra_start..];
-                            e.apply(k, operands, value, batch, channel, pixel, Lanes::Channels)?
+                            e.apply(k, operands, value, batch, channel, pixel, mask)?
                         }
                         None => value,
                     };
-                    for j in 0..t.lanes {
-                        let filter =
-                            b.build_int_add(y_base, k.int((v * t.lanes + j) as i64), "m")?;
-                        let at = k.em.mul_add(filter, k.int(p), pixel)?;
-                        let lane = b.build_extract_element(
-                            value,
-                            k.cx.context.i32_type().const_int(j as u64, false),
-                            "lane",
-                        )?;
-                        b.build_store(k.element(k.buffers[0], f32t.into(), at)?, lane)?;
-                    }
+                    let plane = b.build_int_add(y_base, k.int(filter), "m")?;
+                    let at = k.em.mul_add(plane, k.int(p), pixel)?;
+                    k.store_f32(k.element(k.buffers[0], f32t.into(), at)?, value, mask)?;
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(())
     }
 }
@@ -408,30 +459,41 @@ impl ConvGemmT {
 mod tests {
     use super::*;
 
-    fn tiling(target: &str, filters: usize, hw: usize) -> Tiling {
-        let gemm = ConvGemmT {
-            conv: GemmConv::pointwise(filters, 64, &[hw, hw]),
-        };
-        gemm.tiling(&Target::parse(Some(target), None).unwrap())
+    fn tiling(target: &str, filters: usize, hw: usize, taps: usize) -> Tiling {
+        let mut conv = GemmConv::pointwise(filters, 64, &[hw, hw]);
+        if taps > 1 {
+            // A padded window: its input is the padded copy.
+            conv.window.kernel = vec![taps; 2];
+            conv.window.input = vec![hw + taps - 1; 2];
+        }
+        ConvGemmT { conv }.tiling(&Target::parse(Some(target), None).unwrap())
     }
 
     /// A tile's accumulators, panel row and broadcast fit the vector
-    /// registers, and its row addresses the general ones (on AVX-512 the
-    /// vector registers alone would allow 14 rows of two vectors).
+    /// registers, and, where each row reads through its own address, those
+    /// addresses the general ones (on AVX-512 the vector registers alone
+    /// would allow 14 rows of two vectors, which a 1×1 layer reading its
+    /// input in place takes).
     #[test]
     fn tiles_fit_both_register_files() {
         for target in ["x86_64-avx512", "x86_64-avx2", "aarch64"] {
             let isa = Target::parse(Some(target), None).unwrap().isa;
             for filters in [16, 32, 48, 64, 512] {
                 for hw in [1, 3, 7, 14] {
-                    let t = tiling(target, filters, hw);
-                    assert!(t.rows * t.vectors + t.vectors < isa.vector_registers());
-                    assert!(t.rows + LOOP_REGISTERS <= isa.general_registers());
-                    assert!(t.tiles * t.rows - (t.tiles - t.tall_tiles) == hw * hw);
+                    for taps in [1, 3] {
+                        let t = tiling(target, filters, hw, taps);
+                        assert!(t.rows * t.vectors + t.vectors < isa.vector_registers());
+                        if taps > 1 {
+                            assert!(t.rows + LOOP_REGISTERS <= isa.general_registers());
+                        }
+                        assert!(t.tiles * t.rows - (t.tiles - t.tall_tiles) == hw * hw);
+                    }
                 }
             }
         }
-        let t = tiling("x86_64-avx512", 64, 7);
+        let t = tiling("x86_64-avx512", 64, 7, 3);
         assert_eq!((t.vectors, t.rows, t.tiles), (2, 10, 5));
+        let t = tiling("x86_64-avx512", 64, 7, 1);
+        assert_eq!((t.vectors, t.rows, t.tiles), (2, 13, 4));
     }
 }

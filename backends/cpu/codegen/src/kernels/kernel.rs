@@ -470,6 +470,42 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         Ok(())
     }
 
+    /// The transpose of the square block `rows` (as many vectors as each
+    /// has lanes, a power of two): vector `j` of the result holds lane `j`
+    /// of every row. log2(lanes) rounds of interleaving row `i` with row
+    /// `i + lanes/2` (a perfect shuffle; after as many rounds as the index
+    /// has bits, every element is back in its transposed place).
+    pub fn transpose(
+        &self,
+        rows: &[VectorValue<'ctx>],
+    ) -> Result<Vec<VectorValue<'ctx>>, CodegenError> {
+        let n = rows.len();
+        if !n.is_power_of_two() || rows.iter().any(|r| r.get_type().get_size() as usize != n) {
+            return Err(CodegenError::Internal("a transposed block is square"));
+        }
+        let i32t = self.cx.context.i32_type();
+        let interleave = |half: usize| {
+            let lanes: Vec<_> = (0..n / 2)
+                .flat_map(|i| [half + i, n + half + i])
+                .map(|lane| i32t.const_int(lane as u64, false))
+                .collect();
+            VectorType::const_vector(&lanes)
+        };
+        let (low, high) = (interleave(0), interleave(n / 2));
+        let b = &self.em.builder;
+        let mut rows = rows.to_vec();
+        for _ in 0..n.trailing_zeros() {
+            let mut next = Vec::with_capacity(n);
+            for i in 0..n / 2 {
+                let (x, y) = (rows[i], rows[i + n / 2]);
+                next.push(b.build_shuffle_vector(x, y, low, "zip_lo")?);
+                next.push(b.build_shuffle_vector(x, y, high, "zip_hi")?);
+            }
+            rows = next;
+        }
+        Ok(rows)
+    }
+
     /// The constant `i1` vector whose first `count` of `lanes` lanes are
     /// set.
     pub fn prefix_mask(&self, lanes: u32, count: usize) -> VectorValue<'ctx> {

@@ -441,23 +441,7 @@ pub(super) fn prefetch<'ctx>(
     distance: usize,
 ) -> Result<(), CodegenError> {
     let em = &k.em;
-    let i32t = em.context.i32_type();
-    // SAFETY: builds a plain (not in-bounds) GEP that is only prefetched,
-    // never loaded from.
-    let ahead = unsafe {
-        em.builder
-            .build_gep(em.context.i8_type(), at, &[em.i64(distance)], "ahead")?
-    };
-    em.call_intrinsic(
-        "llvm.prefetch",
-        &[ahead.get_type().into()],
-        &[
-            ahead.into(),
-            i32t.const_zero().into(),
-            i32t.const_int(3, false).into(),
-            i32t.const_int(1, false).into(),
-        ],
-    )?;
+    em.prefetch(em.context.i8_type().into(), at, em.i64(distance), false, 3)?;
     Ok(())
 }
 
