@@ -87,6 +87,28 @@ impl Epilogue {
         Some((Self { fused, reads }, extra))
     }
 
+    /// Whether the group computes a transcendental or a division (many
+    /// instructions a vector): kernels evaluate such an epilogue one
+    /// vector at a time in a loop rather than on all accumulators at once.
+    pub fn is_costly(&self) -> bool {
+        self.fused.nodes.iter().any(|n| {
+            matches!(
+                n.op,
+                Op::Exp
+                    | Op::Log
+                    | Op::Sigmoid
+                    | Op::Tanh
+                    | Op::Erf
+                    | Op::Gelu { .. }
+                    | Op::Div
+                    | Op::Pow
+                    | Op::Sqrt
+                    | Op::Sin
+                    | Op::Cos
+            )
+        })
+    }
+
     /// Extra buffers the kernel reads (the operands other than the
     /// convolution's result).
     pub fn buffers(&self) -> usize {

@@ -551,13 +551,14 @@ impl<'ctx> Panel<'_, 'ctx> {
             .collect();
         let b = &k.em.builder;
         let y_plane0 = k.em.mul_add(self.batch, k.int(m), m0)?;
-        let y_row = |r: usize, v: usize| -> Result<PointerValue<'ctx>, CodegenError> {
+        let y_at = |r: IntValue<'ctx>, v: usize| -> Result<PointerValue<'ctx>, CodegenError> {
             let b = &k.em.builder;
-            let plane = b.build_int_add(y_plane0, k.int(r as i64), "plane")?;
+            let plane = b.build_int_add(y_plane0, r, "plane")?;
             let at = k.em.mul_add(plane, k.int(p), self.p0)?;
             let at = b.build_int_add(at, k.int((v * t.lanes) as i64), "at")?;
             k.element(k.buffers[0], f32t.into(), at)
         };
+        let y_row = |r: usize, v: usize| y_at(k.int(r as i64), v);
         // Start: the bias (or 0) in the first K block, the partial sums
         // stored by the previous block otherwise.
         for r in 0..rows {
@@ -616,6 +617,16 @@ impl<'ctx> Panel<'_, 'ctx> {
             } else {
                 (k.em.builder.build_int_add(w_base, kidx, "w")?, kd)
             };
+            if g.w_packed {
+                // The next tile's weights for this k into L2 (its packed
+                // `[K][rows]` follows this tile's): a filter group's first
+                // panel reads them from memory (2 MB for SqueezeNet's last
+                // layer).
+                let ahead =
+                    k.em.builder
+                        .build_int_add(w_at, k.int(rows as i64 * kd), "ahead")?;
+                k.em.prefetch(f32t.into(), k.buffers[2], ahead, false, 2)?;
+            }
             for r in 0..rows {
                 let at =
                     k.em.builder
@@ -640,6 +651,45 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
             Ok(())
         })?;
+        let epilogue = g.conv.epilogue.as_ref();
+        if epilogue.is_some_and(Epilogue::is_costly) {
+            // A costly epilogue runs as a loop over the tile's rows, on
+            // the sums stored first: evaluated straight on the
+            // accumulators, LLVM interleaves every row's exp and division
+            // and spills most of them (a SiLU layer spent 21 cycles per
+            // vector).
+            for r in 0..rows {
+                for &(v, mask) in &vectors {
+                    let slot = self.accs[r * t.vectors + v];
+                    let value = k.em.builder.build_load(vf, slot, "acc")?;
+                    k.store_f32(y_row(r, v)?, value.into_vector_value(), mask)?;
+                }
+            }
+            let rows_loop = || {
+                k.em.counted_loop(k.int(0), k.int(rows as i64), |r| {
+                    let filter = k.em.builder.build_int_add(m0, r, "f")?;
+                    for &(v, mask) in &vectors {
+                        let ptr = y_at(r, v)?;
+                        let value = k.load_f32(ptr, lanes, mask)?;
+                        let pixel = k.em.builder.build_int_add(
+                            self.p0,
+                            k.int((v * t.lanes) as i64),
+                            "px",
+                        )?;
+                        let operands = &k.buffers[extra_start..];
+                        let e = epilogue.ok_or(CodegenError::Internal("a costly epilogue"))?;
+                        let value = e.apply(k, operands, value, self.batch, filter, pixel, mask)?;
+                        k.store_f32(ptr, value, mask)?;
+                    }
+                    Ok(())
+                })
+            };
+            return if t.k_blocks == 1 {
+                rows_loop()
+            } else {
+                k.em.if_then(blk.last, rows_loop)
+            };
+        }
         for r in 0..rows {
             let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;
             for &(v, mask) in &vectors {
@@ -650,7 +700,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                         .into_vector_value();
                 let ptr = y_row(r, v)?;
                 let store = |value| k.store_f32(ptr, value, mask);
-                let Some(epilogue) = &g.conv.epilogue else {
+                let Some(epilogue) = epilogue else {
                     store(value)?;
                     continue;
                 };

@@ -9,6 +9,10 @@ use super::{contiguous_strides, fold_axes, folded_extent, Cx, Elem, Kernel};
 use crate::graph::Lowering;
 use crate::CodegenError;
 
+/// Vector accumulators a reduced row is spread over (FP adds have a
+/// latency of 3–4 cycles and two issue per cycle).
+const ACCUMULATORS: usize = 4;
+
 /// A reduction: buffer 0 the output (kept axes, row-major), buffer 1 the
 /// input.
 #[derive(Clone, Debug)]
@@ -29,6 +33,18 @@ impl Reduce {
             (vec![], vec![], vec![], vec![]);
         for d in 0..shape.len() {
             if axes.contains(&d) {
+                // Reduced axes next to each other are one run in memory
+                // (a pooled H, W plane is one row of H·W, not H rows of
+                // W with a scalar remainder each).
+                if d > 0 && axes.contains(&(d - 1)) {
+                    if let (Some(size), Some(stride)) =
+                        (reduced.last_mut(), reduced_strides.last_mut())
+                    {
+                        *size *= shape[d];
+                        *stride = strides[d];
+                        continue;
+                    }
+                }
                 reduced.push(shape[d]);
                 reduced_strides.push(strides[d]);
             } else {
@@ -138,7 +154,12 @@ impl Reduce {
         let mem = self.elem.memory_type(cx.context);
         let vector = self.elem.vector(cx.context, lanes);
         let scalar = self.elem.vector(cx.context, 1);
-        let wide = k.slot(vector.into())?;
+        // Independent accumulators for the full vectors of a row, so that
+        // the loads are not serialised behind one chain of adds.
+        let wides = (0..ACCUMULATORS)
+            .map(|_| k.slot(vector.into()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wide = wides[0];
         let narrow = k.slot(scalar.into())?;
         let contiguous = self.reduced_strides.last() == Some(&1);
         let (outer_reduced, inner_len) = if contiguous {
@@ -155,12 +176,33 @@ impl Reduce {
         let out_strides = contiguous_strides(&self.kept);
         let mut body = |kept: &[IntValue<'ctx>]| -> Result<(), CodegenError> {
             let base = k.linear(0, kept, &self.kept_strides)?;
-            k.em.builder.build_store(wide, self.identity(&k, lanes))?;
+            for &slot in &wides {
+                k.em.builder.build_store(slot, self.identity(&k, lanes))?;
+            }
             k.em.builder.build_store(narrow, self.identity(&k, 1))?;
+            let step = ACCUMULATORS * lanes as usize;
+            let unrolled = inner_len / step;
             k.nest(outer_reduced, false, &mut |red: &[IntValue<'ctx>]| {
                 let row = k.linear(0, red, &self.reduced_strides)?;
                 let row = k.em.builder.build_int_add(row, base, "row")?;
-                k.row(inner_len, lanes, &mut |pos, width| {
+                if unrolled > 0 {
+                    k.em.counted_loop(k.int(0), k.int(unrolled as i64), |i| {
+                        let b = &k.em.builder;
+                        let first = k.em.mul_add(i, k.int(step as i64), row)?;
+                        for (a, &slot) in wides.iter().enumerate() {
+                            let at =
+                                b.build_int_add(first, k.int((a * lanes as usize) as i64), "at")?;
+                            let v = k.load(self.elem, lanes, k.element(k.buffers[1], mem, at)?)?;
+                            let acc = b.build_load(vector, slot, "acc")?.into_vector_value();
+                            b.build_store(slot, self.combine(&k, acc, v)?)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                let row =
+                    k.em.builder
+                        .build_int_add(row, k.int((unrolled * step) as i64), "rest")?;
+                k.row(inner_len - unrolled * step, lanes, &mut |pos, width| {
                     let at = k.em.builder.build_int_add(row, pos, "at")?;
                     let v = k.load(self.elem, width, k.element(k.buffers[1], mem, at)?)?;
                     let slot = if width == lanes { wide } else { narrow };
@@ -173,10 +215,17 @@ impl Reduce {
                     Ok(())
                 })
             })?;
-            let acc =
+            let mut acc =
                 k.em.builder
                     .build_load(vector, wide, "acc")?
                     .into_vector_value();
+            for &slot in &wides[1..] {
+                let more =
+                    k.em.builder
+                        .build_load(vector, slot, "acc")?
+                        .into_vector_value();
+                acc = self.combine(&k, acc, more)?;
+            }
             let mut total =
                 k.em.builder
                     .build_load(scalar, narrow, "rest")?
