@@ -38,6 +38,11 @@ use crate::{CodegenError, Target};
 /// Bytes of `B` one K block of a panel may take (half of a 32 KiB L1).
 const B_BLOCK_BYTES: usize = 16 * 1024;
 
+/// Depths up to which a tile's output lines are prefetched for writing
+/// as it starts: its few multiply-adds per stored vector leave the stores
+/// waiting for their lines otherwise.
+const SHALLOW_DEPTH: i64 = 64;
+
 /// The most vectors a micro-tile row spans.
 const MAX_VECTORS: usize = 4;
 
@@ -474,22 +479,23 @@ impl<'ctx> Panel<'_, 'ctx> {
         let kind = offset(runs)?;
         let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
         k.em.if_then(run, wide)?;
-        if stride != 1 {
-            let scattered = k.em.builder.build_not(run, "scattered")?;
-            return k.em.if_then(scattered, gather);
-        }
-        // A vector across a row break: two runs, two masked loads (a
-        // 16-lane gather is several times slower on AVX-512).
+        // A vector across a row break: two runs, two masked wide loads
+        // (a 16-lane gather is several times slower on AVX-512). The
+        // second load starts `before·stride` elements ahead of its first
+        // lane's tap, so that element `j` of either load is lane
+        // `j / stride`'s.
         let b = &k.em.builder;
         let split = b.build_int_compare(IntPredicate::SLT, kind, k.int(0), "split")?;
         let two_runs = || {
             let b = &k.em.builder;
             let lanes_before = b.build_int_neg(kind, "lanes_before")?;
             let at = b.build_int_add(columns, lanes_before, "second")?;
-            let second = b.build_int_sub(offset(at)?, lanes_before, "second")?;
-            let index = VectorType::const_vector(
-                &(0..t.lanes)
-                    .map(|lane| i64t.const_int(lane as u64, false))
+            let ahead = b.build_int_mul(lanes_before, k.int(stride), "ahead")?;
+            let second = b.build_int_sub(offset(at)?, ahead, "second")?;
+            let wide = t.lanes * stride as usize;
+            let lane_of = VectorType::const_vector(
+                &(0..wide)
+                    .map(|j| i64t.const_int((j / stride as usize) as u64, false))
                     .collect::<Vec<_>>(),
             );
             let before = k.splat_lane(
@@ -499,9 +505,9 @@ impl<'ctx> Panel<'_, 'ctx> {
                     i32t.const_zero(),
                     "n",
                 )?,
-                lanes,
+                wide as u32,
             )?;
-            let low = b.build_int_compare(IntPredicate::ULT, index, before, "low")?;
+            let low = b.build_int_compare(IntPredicate::ULT, lane_of, before, "low")?;
             let high = b.build_not(low, "high")?;
             sweep(&|row| {
                 let b = &k.em.builder;
@@ -510,8 +516,8 @@ impl<'ctx> Panel<'_, 'ctx> {
                     k.masked_load(k.element(k.buffers[1], f32t.into(), at)?, mask)
                 };
                 let (head, tail) = (read(first, low)?, read(second, high)?);
-                Ok(b.build_select(low, head, tail, "two_runs")?
-                    .into_vector_value())
+                let both = b.build_select(low, head, tail, "two_runs")?;
+                every_stride(k, both.into_vector_value(), lanes, stride)
             })
         };
         k.em.if_then(split, two_runs)?;
@@ -586,6 +592,20 @@ impl<'ctx> Panel<'_, 'ctx> {
             }
         }
         let extra_start = 4 + usize::from(g.conv.bias);
+        if kd <= SHALLOW_DEPTH {
+            for r in 0..rows {
+                for &(v, _) in &vectors {
+                    let plane =
+                        k.em.builder
+                            .build_int_add(y_plane0, k.int(r as i64), "plane")?;
+                    let at = k.em.mul_add(plane, k.int(p), self.p0)?;
+                    let at =
+                        k.em.builder
+                            .build_int_add(at, k.int((v * t.lanes) as i64), "at")?;
+                    k.em.prefetch(f32t.into(), k.buffers[0], at, true, 3)?;
+                }
+            }
+        }
         if let Some(epilogue) = &g.conv.epilogue {
             for r in 0..rows {
                 let filter = k.em.builder.build_int_add(m0, k.int(r as i64), "f")?;

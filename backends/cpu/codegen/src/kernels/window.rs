@@ -144,9 +144,9 @@ impl TapOffsets {
 
     /// Per vector of `lanes` pixels from `j·lanes`: 1 when all its lanes
     /// are pixels whose columns step by `step` (one wide load reads them);
-    /// for `step` 1, `−s` when the first `s` lanes and the others are two
-    /// such runs (a vector crossing into the next output row: two masked
-    /// loads read it); else 0 (a gather).
+    /// `−s` when the first `s` lanes and the others are two such runs (a
+    /// vector crossing into the next output row: two masked loads read
+    /// it); else 0 (a gather).
     pub fn runs(&self, lanes: usize, step: usize) -> Vec<i32> {
         self.columns
             .chunks(lanes)
@@ -160,7 +160,7 @@ impl TapOffsets {
                 match breaks[..] {
                     _ if c.len() != lanes => 0,
                     [] => 1,
-                    [split] if step == 1 => -(split as i32),
+                    [split] => -(split as i32),
                     _ => 0,
                 }
             })
@@ -518,13 +518,14 @@ mod tests {
         }
         assert_eq!(t.columns, [0, 2, 12, 14]);
         assert_eq!(t.runs(2, 2), [1, 1]);
-        assert_eq!(t.runs(4, 2), [0]);
+        // 0, 2 | 12, 14: two runs of stride 2, split after 2 lanes.
+        assert_eq!(t.runs(4, 2), [-2]);
         // A partial last vector is never a run.
-        assert_eq!(t.runs(3, 2), [0, 0]);
+        assert_eq!(t.runs(3, 2), [-2, 0]);
     }
 
-    /// Stride 1: vectors crossing one row break are two runs, split at
-    /// the lane after the row's last pixel; more breaks gather.
+    /// Vectors crossing one row break are two runs, split at the lane
+    /// after the row's last pixel; more breaks gather.
     #[test]
     fn vectors_across_one_row_are_two_runs() {
         let w = Window {
