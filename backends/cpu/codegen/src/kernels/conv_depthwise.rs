@@ -287,11 +287,18 @@ impl<'ctx> Plane<'_, 'ctx> {
                                 (w, (k.buffers[1], at))
                             }
                         };
+                        // At strides above 1 an interior row's taps share
+                        // one load.
+                        let shared = match interior && window.strides[1] > 1 {
+                            true => Some(window.load_interior_taps(k, source, &columns)?),
+                            false => None,
+                        };
                         for tw in 0..kw {
                             let t = k.int(tw as i64);
-                            let x = match interior {
-                                true => window.load_interior_row(k, source, &columns, t)?,
-                                false => window.load_row(k, source, &columns, t, 0.0)?.0,
+                            let x = match (&shared, interior) {
+                                (Some(taps), _) => taps[tw],
+                                (None, true) => window.load_interior_row(k, source, &columns, t)?,
+                                (None, false) => window.load_row(k, source, &columns, t, 0.0)?.0,
                             };
                             for &(r, i) in users {
                                 let b = &k.em.builder;

@@ -65,34 +65,45 @@ fn emit(
         let base =
             k.em.builder
                 .build_int_mul(*plane, k.int(in_plane as i64), "base")?;
-        // The taps, read with plain loads (`interior`) or masked ones.
+        // Adds one tap's values (`mask`: the lanes that read the input).
+        let update = |x, mask| -> Result<(), CodegenError> {
+            let b = &k.em.builder;
+            let a = b.build_load(vf, acc, "acc")?.into_vector_value();
+            let updated = match average {
+                Some(_) => math.add(a, x)?,
+                None => {
+                    let gt = b.build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
+                    b.build_select(gt, x, a, "max")?.into_vector_value()
+                }
+            };
+            b.build_store(acc, updated)?;
+            let c = b.build_load(vf, count, "c")?.into_vector_value();
+            let one = b.build_select(mask, math.c(1.0), math.c(0.0), "one")?;
+            b.build_store(count, math.add(c, one.into_vector_value())?)?;
+            Ok(())
+        };
+        // The taps, read with plain loads (`interior`) or masked ones; at
+        // strides above 1 an interior row's taps share their loads.
+        let (lead, last) = w.kernel.split_at(sp - 1);
         let taps = |interior: bool| {
-            k.nest(&w.kernel, false, &mut |t: &[IntValue<'_>]| {
+            k.nest(lead, false, &mut |t: &[IntValue<'_>]| {
                 let (at, inside) = w.row_offset(&k, rows, t)?;
                 let at = k.em.builder.build_int_add(at, base, "at")?;
                 k.em.if_then(inside, || {
                     let source = (k.buffers[1], at);
-                    let (x, mask) = match interior {
-                        true => (
-                            w.load_interior_row(&k, source, &columns, t[sp - 1])?,
-                            all_lanes,
-                        ),
-                        false => w.load_row(&k, source, &columns, t[sp - 1], fill)?,
-                    };
-                    let b = &k.em.builder;
-                    let a = b.build_load(vf, acc, "acc")?.into_vector_value();
-                    let updated = match average {
-                        Some(_) => math.add(a, x)?,
-                        None => {
-                            let gt = b.build_float_compare(FloatPredicate::OGT, x, a, "gt")?;
-                            b.build_select(gt, x, a, "max")?.into_vector_value()
+                    if interior && w.strides[sp - 1] > 1 {
+                        for x in w.load_interior_taps(&k, source, &columns)? {
+                            update(x, all_lanes)?;
                         }
-                    };
-                    b.build_store(acc, updated)?;
-                    let c = b.build_load(vf, count, "c")?.into_vector_value();
-                    let one = b.build_select(mask, math.c(1.0), math.c(0.0), "one")?;
-                    b.build_store(count, math.add(c, one.into_vector_value())?)?;
-                    Ok(())
+                        return Ok(());
+                    }
+                    k.nest(last, false, &mut |tl: &[IntValue<'_>]| {
+                        let (x, mask) = match interior {
+                            true => (w.load_interior_row(&k, source, &columns, tl[0])?, all_lanes),
+                            false => w.load_row(&k, source, &columns, tl[0], fill)?,
+                        };
+                        update(x, mask)
+                    })
                 })
             })
         };

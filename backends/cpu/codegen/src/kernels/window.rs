@@ -415,6 +415,56 @@ impl Window {
         every_stride(k, wide, lanes, stride)
     }
 
+    /// Every last-axis tap of `columns` (found interior) from the row at
+    /// element `at` of `buffer`, taps whose offsets differ by less than the
+    /// stride sharing one plain load of `lanes·stride` elements (each then
+    /// a shuffle). [`Window::load_interior_row`] loads that much per tap:
+    /// at stride 2 a 3-wide window's taps 0 and 1 read the same elements.
+    pub fn load_interior_taps<'ctx>(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        (buffer, at): (PointerValue<'ctx>, IntValue<'ctx>),
+        columns: &Columns<'ctx>,
+    ) -> Result<Vec<VectorValue<'ctx>>, CodegenError> {
+        let d = self.output.len() - 1;
+        let lanes = columns.positions.get_type().get_size() as usize;
+        let (stride, dilation) = (self.strides[d], self.dilations[d]);
+        let start = k.em.mul_add(
+            columns.first,
+            k.int(stride as i64),
+            k.int(-(self.pads[d] as i64)),
+        )?;
+        let at = k.em.builder.build_int_add(at, start, "first")?;
+        let i32t = k.cx.context.i32_type();
+        let mut loads: Vec<(usize, VectorValue<'ctx>)> = Vec::new();
+        let mut taps = Vec::with_capacity(self.kernel[d]);
+        for t in 0..self.kernel[d] {
+            let offset = t * dilation;
+            let base = offset - offset % stride;
+            let wide = match loads.iter().find(|(b, _)| *b == base) {
+                Some(&(_, wide)) => wide,
+                None => {
+                    let from = k.em.builder.build_int_add(at, k.int(base as i64), "base")?;
+                    let ptr = k.element(buffer, k.cx.context.f32_type().into(), from)?;
+                    let wide = k.load(Elem::F32, (lanes * stride) as u32, ptr)?;
+                    loads.push((base, wide));
+                    wide
+                }
+            };
+            let tap = VectorType::const_vector(
+                &(0..lanes)
+                    .map(|l| i32t.const_int((offset % stride + l * stride) as u64, false))
+                    .collect::<Vec<_>>(),
+            );
+            let poison = wide.get_type().get_poison();
+            taps.push(
+                k.em.builder
+                    .build_shuffle_vector(wide, poison, tap, "tap")?,
+            );
+        }
+        Ok(taps)
+    }
+
     /// Stores `value` for `columns` at `ptr` (the row's first column):
     /// lanes past the row's end are not written.
     pub fn store_row<'ctx>(
