@@ -84,7 +84,8 @@ impl GemmConv {
 
     /// W (`[M, K]` row-major, f32) repacked for a kernel: per group of
     /// consecutive filters `(first, count)`, `[K][count]`, so that the
-    /// group's weights for one k are adjacent.
+    /// group's weights for one k are adjacent; filters past `M` (a last
+    /// group reaching beyond) are zeros.
     pub fn pack_groups(
         &self,
         w: &[f32],
@@ -100,7 +101,12 @@ impl GemmConv {
         for (first, count) in groups {
             for k in 0..depth {
                 for j in first..first + count {
-                    bytes.extend(w[j * depth + k].to_le_bytes());
+                    let value = if j < self.filters {
+                        w[j * depth + k]
+                    } else {
+                        0.0
+                    };
+                    bytes.extend(value.to_le_bytes());
                 }
             }
         }

@@ -53,6 +53,11 @@ use crate::{CodegenError, Target};
 /// faster here once the output left the tile transposed, Zen 4).
 const SMALL_PIXELS: usize = 256;
 
+/// Filter counts from which a small map takes this kernel even when they
+/// are not a multiple of the lanes (the last filter panel partial, its
+/// missing filters zeros): SqueezeNet's 1000 classes on 13×13.
+const MANY_FILTERS: usize = 256;
+
 /// The most pixels a larger map may have for this kernel.
 const MAX_PIXELS: usize = 1024;
 
@@ -103,7 +108,8 @@ struct Tiling {
 
 impl ConvGemmT {
     /// Whether this kernel should compute a convolution of `channels` over
-    /// window `w` into `filters`: filters a multiple of the lanes, a
+    /// window `w` into `filters`: filters a multiple of the lanes (or
+    /// many: [`MANY_FILTERS`], the last panel partial), a
     /// (padded) input of at most [`MAX_INPUT_L2S`] L2s whose offsets fit
     /// the `i32` tables, and either a map of at most [`SMALL_PIXELS`]
     /// pixels that leaves a partial vector in the pixel-lane kernel, or a
@@ -124,7 +130,7 @@ impl ConvGemmT {
             && !row.is_multiple_of(lanes)
             && filters.is_multiple_of(2 * lanes);
         (small || split_rows)
-            && filters.is_multiple_of(lanes)
+            && (filters.is_multiple_of(lanes) || (small && filters >= MANY_FILTERS))
             && elements.saturating_mul(4) <= MAX_INPUT_L2S * target.l2_bytes
             && i32::try_from(elements).is_ok()
     }
@@ -173,16 +179,26 @@ impl ConvGemmT {
 
     /// The range of the kernel's parallel axis (batch × filter panels).
     pub fn extent(&self, target: &Target) -> usize {
-        self.conv.batch * self.conv.filters / self.panel_filters(target)
+        self.conv.batch * self.panels(target)
+    }
+
+    /// Whether the last filter panel is partial.
+    fn partial(&self, t: Tiling) -> bool {
+        !self.conv.filters.is_multiple_of(t.vectors * t.lanes)
+    }
+
+    /// Filter panels (the last one partial when the filters are not a
+    /// multiple of the panel's).
+    fn panels(&self, target: &Target) -> usize {
+        self.conv.filters.div_ceil(self.panel_filters(target))
     }
 
     /// W (`[M, K]` row-major, f32) repacked as the kernel reads it: per
     /// panel of F filters, `[K][F]`.
     pub fn pack(&self, target: &Target, w: &[f32]) -> Result<Vec<u8>, CodegenError> {
         let f = self.panel_filters(target);
-        let panels = self.conv.filters / f;
         self.conv
-            .pack_groups(w, (0..panels).map(|panel| (panel * f, f)))
+            .pack_groups(w, (0..self.panels(target)).map(|panel| (panel * f, f)))
     }
 
     /// The offset tables the kernel reads ([`TapOffsets`]: rows, then
@@ -212,7 +228,7 @@ impl ConvGemmT {
         let t = self.tiling(cx.target);
         let extra = self.conv.epilogue.as_ref().map_or(0, Epilogue::buffers);
         let k = Kernel::define(cx, symbol, 4 + usize::from(self.conv.bias) + extra)?;
-        let panels = self.conv.filters / (t.vectors * t.lanes);
+        let panels = self.panels(cx.target);
         let k_block = self.k_block(t);
         let depth = self.conv.depth();
         let k_blocks = depth.div_ceil(k_block);
@@ -305,7 +321,15 @@ impl ConvGemmT {
         for v in 0..t.vectors {
             let start = if self.conv.bias {
                 let at = b.build_int_add(m0, k.int((v * t.lanes) as i64), "bias")?;
-                k.load(Elem::F32, lanes, k.element(k.buffers[4], f32t.into(), at)?)?
+                let at = k.element(k.buffers[4], f32t.into(), at)?;
+                if self.partial(t) {
+                    // The last panel's filters past M have no bias.
+                    let left = b.build_int_sub(k.int(self.conv.filters as i64), m0, "left")?;
+                    let left = b.build_int_sub(left, k.int((v * t.lanes) as i64), "left")?;
+                    k.masked_load(at, k.lanes_below(lanes, left)?)?
+                } else {
+                    k.load(Elem::F32, lanes, at)?
+                }
             } else {
                 vf.const_zero()
             };
@@ -437,17 +461,26 @@ impl ConvGemmT {
                 let pixel = b.build_int_add(p0, k.int(r0 as i64), "px")?;
                 for (j, value) in k.transpose(&block)?.into_iter().enumerate() {
                     let filter = (v * t.lanes + j) as i64;
-                    let value = match &self.conv.epilogue {
-                        Some(e) => {
-                            let channel = b.build_int_add(m0, k.int(filter), "ch")?;
-                            let operands = &k.buffers[extra_start..];
-                            e.apply(k, operands, value, batch, channel, pixel, mask)?
-                        }
-                        None => value,
+                    let channel = b.build_int_add(m0, k.int(filter), "ch")?;
+                    let put = || {
+                        let value = match &self.conv.epilogue {
+                            Some(e) => {
+                                let operands = &k.buffers[extra_start..];
+                                e.apply(k, operands, value, batch, channel, pixel, mask)?
+                            }
+                            None => value,
+                        };
+                        let plane = b.build_int_add(y_base, k.int(filter), "m")?;
+                        let at = k.em.mul_add(plane, k.int(p), pixel)?;
+                        k.store_f32(k.element(k.buffers[0], f32t.into(), at)?, value, mask)
                     };
-                    let plane = b.build_int_add(y_base, k.int(filter), "m")?;
-                    let at = k.em.mul_add(plane, k.int(p), pixel)?;
-                    k.store_f32(k.element(k.buffers[0], f32t.into(), at)?, value, mask)?;
+                    if self.partial(t) {
+                        let m = k.int(self.conv.filters as i64);
+                        let real = b.build_int_compare(IntPredicate::ULT, channel, m, "real")?;
+                        k.em.if_then(real, put)?;
+                    } else {
+                        put()?;
+                    }
                 }
             }
         }

@@ -5,7 +5,7 @@ use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue, VectorValue};
-use inkwell::AddressSpace;
+use inkwell::{AddressSpace, IntPredicate};
 use m4c_ir::DType;
 
 use crate::ir::{define_function, Emitter};
@@ -504,6 +504,30 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
             rows = next;
         }
         Ok(rows)
+    }
+
+    /// The `i1` vector of `lanes` lanes whose lanes below `count` (a
+    /// run-time `i64`, any value) are set.
+    pub fn lanes_below(
+        &self,
+        lanes: u32,
+        count: IntValue<'ctx>,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let i64t = self.cx.context.i64_type();
+        let index = VectorType::const_vector(
+            &(0..lanes)
+                .map(|l| i64t.const_int(u64::from(l), false))
+                .collect::<Vec<_>>(),
+        );
+        let b = &self.em.builder;
+        let one = b.build_insert_element(
+            i64t.vec_type(1).get_poison(),
+            count,
+            self.cx.context.i32_type().const_zero(),
+            "count",
+        )?;
+        let count = self.splat_lane(one, lanes)?;
+        Ok(b.build_int_compare(IntPredicate::SLT, index, count, "below")?)
     }
 
     /// The constant `i1` vector whose first `count` of `lanes` lanes are
