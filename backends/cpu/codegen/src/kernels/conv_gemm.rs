@@ -470,12 +470,23 @@ impl<'ctx> Panel<'_, 'ctx> {
         if cols < t.lanes || stride > MAX_LOADED_STRIDE {
             return gather();
         }
+        // At strides above 1 a wide load reads only its lanes' taps
+        // (every stride-th element): the others may lie past the input's
+        // end after a row's last pixel.
+        let taps_only = (stride > 1).then(|| {
+            let bool_type = k.cx.context.bool_type();
+            VectorType::const_vector(
+                &(0..t.lanes * stride as usize)
+                    .map(|j| bool_type.const_int(u64::from(j % stride as usize == 0), false))
+                    .collect::<Vec<_>>(),
+            )
+        });
         let wide = || {
             sweep(&|row| {
                 let b = &k.em.builder;
                 let at = b.build_int_add(row, first, "at")?;
                 let at = k.element(k.buffers[1], f32t.into(), at)?;
-                let loaded = k.load(Elem::F32, lanes * stride as u32, at)?;
+                let loaded = k.load_f32(at, lanes * stride as u32, taps_only)?;
                 every_stride(k, loaded, lanes, stride)
             })
         };
@@ -515,6 +526,13 @@ impl<'ctx> Panel<'_, 'ctx> {
             )?;
             let low = b.build_int_compare(IntPredicate::ULT, lane_of, before, "low")?;
             let high = b.build_not(low, "high")?;
+            let (low, high) = match taps_only {
+                Some(taps) => (
+                    b.build_and(low, taps, "low")?,
+                    b.build_and(high, taps, "high")?,
+                ),
+                None => (low, high),
+            };
             sweep(&|row| {
                 let b = &k.em.builder;
                 let read = |from, mask| -> Result<VectorValue<'ctx>, CodegenError> {
