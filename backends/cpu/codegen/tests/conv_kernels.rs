@@ -301,14 +301,8 @@ fn small_maps_put_filters_in_the_lanes() {
                 after,
                 11,
             );
-            let steps = c
-                .check_on(y, std::slice::from_ref(&target), &[1, 2, 3])
-                .unwrap();
             let case = format!("{:?}, {x:?} → {filters}", target.isa);
-            assert!(
-                steps.last().unwrap().0.ends_with("conv_gemm_t"),
-                "{case}: {steps:?}"
-            );
+            let steps = filters_in_lanes(c, y, &target, &case);
             assert!(
                 steps
                     .iter()
@@ -348,16 +342,24 @@ fn many_filters_leave_a_partial_last_panel() {
                 after,
                 5,
             );
-            let steps = c
-                .check_on(y, std::slice::from_ref(&target), &[1, 2, 3])
-                .unwrap();
             let case = format!("{:?}, {x:?} → {filters}", target.isa);
-            assert!(
-                steps.last().unwrap().0.ends_with("conv_gemm_t"),
-                "{case}: {steps:?}"
-            );
+            filters_in_lanes(c, y, &target, &case);
         }
     }
+}
+
+/// Checks `y` against the interpreter on `target` at 1 to 3 threads and
+/// that the filters-in-lanes kernel computed it (the last kernel); the
+/// kernel steps.
+fn filters_in_lanes(c: Case, y: ValueId, target: &Target, case: &str) -> Vec<(String, usize)> {
+    let steps = c
+        .check_on(y, std::slice::from_ref(target), &[1, 2, 3])
+        .unwrap();
+    assert!(
+        steps.last().unwrap().0.ends_with("conv_gemm_t"),
+        "{case}: {steps:?}"
+    );
+    steps
 }
 
 /// A pointwise convolution with a ReLU and with a residual add is one

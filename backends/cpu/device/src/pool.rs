@@ -131,14 +131,9 @@ impl ThreadPool {
             status |= run(part);
         }
         for (slot, ticket) in waits {
-            let mut spins = 0u32;
+            let mut spin = Spin::default();
             while slot.done.load(Ordering::Acquire) != ticket {
-                spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(256) {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
+                spin.turn();
             }
             status |= slot.status.load(Ordering::Relaxed);
         }
@@ -164,6 +159,25 @@ impl Drop for ThreadPool {
     }
 }
 
+/// A busy wait's turns: a spin-loop hint, and every 256 turns the core
+/// yielded, so that a thread with work runs (more threads than cores).
+#[derive(Default)]
+struct Spin(u32);
+
+impl Spin {
+    /// One turn; whether it yielded.
+    fn turn(&mut self) -> bool {
+        self.0 = self.0.wrapping_add(1);
+        if self.0.is_multiple_of(256) {
+            std::thread::yield_now();
+            true
+        } else {
+            std::hint::spin_loop();
+            false
+        }
+    }
+}
+
 /// The job slot, also after a panic elsewhere poisoned it (the slot holds
 /// no invariant a panic could break).
 fn lock(job: &Mutex<Option<Job>>) -> std::sync::MutexGuard<'_, Option<Job>> {
@@ -176,7 +190,7 @@ fn work(slot: &Slot) {
     let mut seen = 0;
     loop {
         let mut since = Instant::now();
-        let mut spins = 0u32;
+        let mut spin = Spin::default();
         loop {
             if slot.stop.load(Ordering::Acquire) {
                 return;
@@ -186,15 +200,8 @@ fn work(slot: &Slot) {
                 seen = posted;
                 break;
             }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(256) {
-                std::hint::spin_loop();
-                continue;
-            }
-            // Every 256 turns: let a thread that has work run (more
-            // threads than cores), and park once the spin time is over.
-            std::thread::yield_now();
-            if since.elapsed() < SPIN {
+            // After each yield, park once the spin time is over.
+            if !spin.turn() || since.elapsed() < SPIN {
                 continue;
             }
             slot.parked.store(true, Ordering::SeqCst);

@@ -33,6 +33,27 @@ enum Read {
     Pixels(i64, i64),
 }
 
+impl Read {
+    /// The element of its operand this read takes for (`batch`,
+    /// `channel`) and, along the pixels, `pixel` (`Result`: none).
+    fn element<'ctx>(
+        self,
+        k: &Kernel<'_, 'ctx>,
+        batch: IntValue<'ctx>,
+        channel: IntValue<'ctx>,
+        pixel: IntValue<'ctx>,
+    ) -> Result<IntValue<'ctx>, CodegenError> {
+        match self {
+            Read::Result => Err(CodegenError::Internal("the result is no operand")),
+            Read::Splat(sb, sc) => k.linear(0, &[batch, channel], &[sb, sc]),
+            Read::Pixels(sb, sc) => {
+                let at = k.linear(0, &[batch, channel], &[sb, sc])?;
+                Ok(k.em.builder.build_int_add(at, pixel, "px")?)
+            }
+        }
+    }
+}
+
 /// A fused elementwise group evaluated on a convolution's accumulators.
 #[derive(Clone, Debug)]
 pub(crate) struct Epilogue {
@@ -128,9 +149,8 @@ impl Epilogue {
         let f32t = k.cx.context.f32_type();
         let extra = self.reads.iter().filter(|r| !matches!(r, Read::Result));
         for (read, &buffer) in extra.zip(buffers) {
-            if let Read::Pixels(sb, sc) = *read {
-                let at = k.linear(0, &[batch, channel], &[sb, sc])?;
-                let at = k.em.builder.build_int_add(at, pixel, "px")?;
+            if matches!(read, Read::Pixels(..)) {
+                let at = read.element(k, batch, channel, pixel)?;
                 k.em.prefetch(f32t.into(), buffer, at, false, 3)?;
             }
         }
@@ -160,16 +180,12 @@ impl Epilogue {
         for read in &self.reads {
             let value = match *read {
                 Read::Result => acc,
-                Read::Splat(sb, sc) | Read::Pixels(sb, sc) => {
+                Read::Splat(..) | Read::Pixels(..) => {
                     let buffer = buffers[next];
                     next += 1;
-                    let mut at = k.linear(0, &[batch, channel], &[sb, sc])?;
-                    let along_pixels = matches!(read, Read::Pixels(..));
-                    if along_pixels {
-                        at = k.em.builder.build_int_add(at, pixel, "px")?;
-                    }
+                    let at = read.element(k, batch, channel, pixel)?;
                     let at = k.element(buffer, f32t.into(), at)?;
-                    if along_pixels {
+                    if matches!(read, Read::Pixels(..)) {
                         k.load_f32(at, width, mask)?
                     } else {
                         k.load_splat(Elem::F32, width, at)?

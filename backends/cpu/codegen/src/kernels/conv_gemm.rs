@@ -515,15 +515,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                     .map(|j| i64t.const_int((j / stride as usize) as u64, false))
                     .collect::<Vec<_>>(),
             );
-            let before = k.splat_lane(
-                b.build_insert_element(
-                    i64t.vec_type(1).get_poison(),
-                    lanes_before,
-                    i32t.const_zero(),
-                    "n",
-                )?,
-                wide as u32,
-            )?;
+            let before = k.splat_i64(lanes_before, wide as u32)?;
             let low = b.build_int_compare(IntPredicate::ULT, lane_of, before, "low")?;
             let high = b.build_not(low, "high")?;
             let (low, high) = match taps_only {

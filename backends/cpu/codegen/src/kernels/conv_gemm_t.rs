@@ -353,11 +353,12 @@ impl ConvGemmT {
         let row_base = (0..rows)
             .map(|r| {
                 let b = &k.em.builder;
-                let at = b.build_int_add(p0, k.int(kd + r as i64), "col")?;
+                // In place, pixel p's input is element p; else the
+                // columns table (after the K rows) says where.
                 let column = if in_place {
                     b.build_int_add(p0, k.int(r as i64), "col")?
                 } else {
-                    offset(at)?
+                    offset(b.build_int_add(p0, k.int(kd + r as i64), "col")?)?
                 };
                 Ok(b.build_int_add(x_base, column, "row")?)
             })

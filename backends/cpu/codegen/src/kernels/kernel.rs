@@ -396,13 +396,7 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         let four = VectorType::const_vector(&vec![i64t.const_int(4, false); lanes as usize]);
         let bytes = b.build_int_mul(index, four, "bytes")?;
         let base = b.build_ptr_to_int(buffer, i64t, "base")?;
-        let one = b.build_insert_element(
-            i64t.vec_type(1).get_poison(),
-            base,
-            self.cx.context.i32_type().const_zero(),
-            "base",
-        )?;
-        let address = b.build_int_add(bytes, self.splat_lane(one, lanes)?, "address")?;
+        let address = b.build_int_add(bytes, self.splat_i64(base, lanes)?, "address")?;
         let pointers = b.build_int_to_ptr(
             address,
             self.cx
@@ -519,15 +513,26 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
                 .map(|l| i64t.const_int(u64::from(l), false))
                 .collect::<Vec<_>>(),
         );
-        let b = &self.em.builder;
-        let one = b.build_insert_element(
-            i64t.vec_type(1).get_poison(),
-            count,
+        let count = self.splat_i64(count, lanes)?;
+        Ok(self
+            .em
+            .builder
+            .build_int_compare(IntPredicate::SLT, index, count, "below")?)
+    }
+
+    /// An `i64` scalar in every one of `lanes` lanes.
+    pub fn splat_i64(
+        &self,
+        value: IntValue<'ctx>,
+        lanes: u32,
+    ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let one = self.em.builder.build_insert_element(
+            self.cx.context.i64_type().vec_type(1).get_poison(),
+            value,
             self.cx.context.i32_type().const_zero(),
-            "count",
+            "one",
         )?;
-        let count = self.splat_lane(one, lanes)?;
-        Ok(b.build_int_compare(IntPredicate::SLT, index, count, "below")?)
+        self.splat_lane(one, lanes)
     }
 
     /// The constant `i1` vector whose first `count` of `lanes` lanes are

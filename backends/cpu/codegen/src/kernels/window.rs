@@ -219,7 +219,7 @@ impl Window {
         );
         let b = &k.em.builder;
         let first = b.build_int_mul(index, k.int(i64::from(lanes)), "o0")?;
-        let positions = b.build_int_add(splat(k, first, lanes)?, lane_index, "o")?;
+        let positions = b.build_int_add(k.splat_i64(first, lanes)?, lane_index, "o")?;
         let last = *self
             .output
             .last()
@@ -227,7 +227,7 @@ impl Window {
         let live = b.build_int_compare(
             IntPredicate::ULT,
             positions,
-            splat(k, k.int(last as i64), lanes)?,
+            k.splat_i64(k.int(last as i64), lanes)?,
             "live",
         )?;
         Ok(Columns {
@@ -281,12 +281,12 @@ impl Window {
             k.int(self.dilations[d] as i64),
             k.int(-(self.pads[d] as i64)),
         )?;
-        let p = b.build_int_mul(columns.positions, splat(k, k.int(stride), lanes)?, "p")?;
-        let p = b.build_int_add(p, splat(k, shift, lanes)?, "p")?;
+        let p = b.build_int_mul(columns.positions, k.splat_i64(k.int(stride), lanes)?, "p")?;
+        let p = b.build_int_add(p, k.splat_i64(shift, lanes)?, "p")?;
         let inside = b.build_int_compare(
             IntPredicate::ULT,
             p,
-            splat(k, k.int(self.input[d] as i64), lanes)?,
+            k.splat_i64(k.int(self.input[d] as i64), lanes)?,
             "inside",
         )?;
         let mask = b.build_and(inside, columns.live, "mask")?;
@@ -303,14 +303,14 @@ impl Window {
                     .map(|j| k.int(i64::from(j) / stride))
                     .collect::<Vec<_>>(),
             );
-            let position = b.build_int_add(splat(k, start, wide)?, element, "q")?;
+            let position = b.build_int_add(k.splat_i64(start, wide)?, element, "q")?;
             let inside = b.build_int_compare(
                 IntPredicate::ULT,
                 position,
-                splat(k, k.int(self.input[d] as i64), wide)?,
+                k.splat_i64(k.int(self.input[d] as i64), wide)?,
                 "inside",
             )?;
-            let lane = b.build_int_add(splat(k, columns.first, wide)?, lane_of, "lane")?;
+            let lane = b.build_int_add(k.splat_i64(columns.first, wide)?, lane_of, "lane")?;
             let last = *self
                 .output
                 .last()
@@ -318,7 +318,7 @@ impl Window {
             let live = b.build_int_compare(
                 IntPredicate::ULT,
                 lane,
-                splat(k, k.int(last as i64), wide)?,
+                k.splat_i64(k.int(last as i64), wide)?,
                 "live",
             )?;
             let wide_mask = b.build_and(inside, live, "mask")?;
@@ -340,7 +340,7 @@ impl Window {
                 .into_vector_value();
             every_stride(k, loaded, lanes, stride)?
         } else {
-            let index = b.build_int_add(p, splat(k, at, lanes)?, "index")?;
+            let index = b.build_int_add(p, k.splat_i64(at, lanes)?, "index")?;
             k.masked_gather(buffer, index, mask, fill)?
         };
         Ok((loaded, mask))
@@ -523,20 +523,6 @@ pub(super) fn every_stride<'ctx>(
     Ok(k.em
         .builder
         .build_shuffle_vector(wide, wide.get_type().get_poison(), every, "strided")?)
-}
-
-/// An `i64` scalar in every one of `lanes` lanes.
-fn splat<'ctx>(
-    k: &Kernel<'_, 'ctx>,
-    value: IntValue<'ctx>,
-    lanes: u32,
-) -> Result<VectorValue<'ctx>, CodegenError> {
-    let one_lane = k.cx.context.i64_type().vec_type(1);
-    let zero = k.cx.context.i32_type().const_zero();
-    let one =
-        k.em.builder
-            .build_insert_element(one_lane.get_poison(), value, zero, "one")?;
-    k.splat_lane(one, lanes)
 }
 
 #[cfg(test)]
