@@ -375,8 +375,9 @@ fn pointwise_with_activation_is_one_kernel() {
     }
 }
 
-/// Depths past one K block (128 on AVX-512, 256 on AVX2 for the widest
-/// panels): partial sums are stored and reloaded, the epilogue runs once.
+/// Depths past one K block (192 on AVX-512, 384 on AVX2 for these
+/// panels of two vectors): partial sums are stored and reloaded, the
+/// epilogue runs once.
 /// The 3×3 windows on 9×11 maps pack vectors that cross output rows
 /// (gathered) next to ones inside a row (one load per k).
 #[test]
@@ -386,6 +387,8 @@ fn deep_pointwise_and_windowed_convolutions() {
         (600, 1, 1, After::ResidualRelu),
         (40, 3, 1, After::Relu),
         (70, 3, 2, After::HardSwish),
+        // W (37 × 3600) past half an L2: the K blocks are outermost.
+        (400, 3, 1, After::Relu),
     ] {
         let mut c = Case::new();
         let y = c.conv(

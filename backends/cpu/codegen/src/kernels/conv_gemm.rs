@@ -13,9 +13,11 @@
 //! panel). The filters are split into tiles of equal height (16 filters
 //! are two tiles of 8, not 14 + 2) and the panel is as wide as the
 //! registers left by that height allow. Iterations are (batch, pixel
-//! panel) pairs, so threads split the pixels. K blocks are the outermost
-//! loop (the block's slice of `W` stays in L2 while a thread's panels go
-//! by); per panel the block's rows of `B` are first packed into the
+//! panel) pairs, so threads split the pixels. When a filter group's `W`
+//! fits half the L2 each panel runs every K block in turn (its output
+//! tile stays in L1 between blocks); otherwise the K blocks are the
+//! outermost loop (the block's slice of `W` stays in L2 while a thread's
+//! panels go by). Per panel the block's rows of `B` are first packed into the
 //! thread's scratch (contiguous, so the tiles' loads stay in L1 and touch
 //! few pages) and then swept by every filter tile. A vector of the panel
 //! whose pixels step evenly through one input row (all of a 1×1
@@ -35,8 +37,10 @@ use super::window::{every_stride, table_bytes, TapOffsets, Window, MAX_LOADED_ST
 use super::{Cx, Elem, Kernel};
 use crate::{CodegenError, Target};
 
-/// Bytes of `B` one K block of a panel may take (half of a 32 KiB L1).
-const B_BLOCK_BYTES: usize = 16 * 1024;
+/// Bytes of `B` one K block of a panel may take: three quarters of a
+/// 32 KiB L1 (with half, ResNet-50's 7×7 stem at K = 147 ran two blocks
+/// and took 4 % longer; the tile's slice of W streams beside it).
+const B_BLOCK_BYTES: usize = 24 * 1024;
 
 /// Depths up to which a tile's output lines are prefetched for writing
 /// as it starts: its few multiply-adds per stored vector leave the stores
@@ -176,6 +180,9 @@ struct Tiling {
     /// K per block and number of blocks.
     k_block: usize,
     k_blocks: usize,
+    /// Whether each panel runs every K block (else the K blocks are the
+    /// outermost loop).
+    k_inner: bool,
 }
 
 impl ConvGemm {
@@ -232,14 +239,18 @@ impl ConvGemm {
         let k_blocks = depth.div_ceil(k_block);
         let panels = pixels.div_ceil(width);
         // Enough groups for the parallel axis, and enough that a group's
-        // slice of W for one K block fits half the L2 while its panels go by.
+        // slice of W fits half the L2 while its panels go by: all of K
+        // when that is possible (each panel then runs every K block, its
+        // output tile kept in the L1), else one K block (the blocks
+        // outermost: the output goes through memory once per block).
         let k_block_len = depth.div_ceil(k_blocks);
-        let w_groups = (self.conv.filters * k_block_len * 4).div_ceil(target.l2_bytes / 2);
+        let most_groups = (tiles / MIN_TILES_PER_GROUP).max(1);
+        let w_groups = |k: usize| (self.conv.filters * k * 4).div_ceil(target.l2_bytes / 2);
+        let k_inner = w_groups(depth) <= most_groups;
         let groups = MIN_ITERATIONS
             .div_ceil(self.conv.batch * panels)
-            .max(w_groups)
-            .min(tiles / MIN_TILES_PER_GROUP)
-            .max(1);
+            .max(w_groups(if k_inner { depth } else { k_block_len }))
+            .min(most_groups);
         Tiling {
             lanes,
             rows,
@@ -251,6 +262,7 @@ impl ConvGemm {
             tail: pixels % width,
             k_block: k_block_len,
             k_blocks,
+            k_inner,
         }
     }
 
@@ -278,20 +290,16 @@ impl ConvGemm {
             .map(|_| k.slot(vf.into()))
             .collect::<Result<Vec<_>, _>>()?;
         let width = t.vectors * t.lanes;
-        let block = |kb: IntValue<'ctx>| -> Result<(), CodegenError> {
-            let b = &k.em.builder;
-            let k0 = b.build_int_mul(kb, k.int(t.k_block as i64), "k0")?;
-            let left = b.build_int_sub(k.int(self.conv.depth() as i64), k0, "k_left")?;
-            let kc = k.em.umin(left, k.int(t.k_block as i64))?;
-            let first = b.build_int_compare(IntPredicate::EQ, kb, k.int(0), "first")?;
-            let last =
-                b.build_int_compare(IntPredicate::EQ, kb, k.int(t.k_blocks as i64 - 1), "last")?;
-            let blk = KBlock {
-                k0,
-                kc,
-                first,
-                last,
-            };
+        let depth = self.conv.depth();
+        // A panel of `valid` pixels over K block `kb`, or over every K
+        // block in turn.
+        let blocks = |at: &Panel<'_, 'ctx>, valid: usize, kb: Option<IntValue<'ctx>>| match kb {
+            Some(kb) => at.emit(&k, valid, &KBlock::new(&k, kb, t.k_block, depth)?),
+            None => k.em.counted_loop(k.int(0), k.int(t.k_blocks as i64), |kb| {
+                at.emit(&k, valid, &KBlock::new(&k, kb, t.k_block, depth)?)
+            }),
+        };
+        let panels = |kb: Option<IntValue<'ctx>>| {
             let dims = [self.conv.batch, t.groups, t.panels];
             k.nest_folded(&dims, dims.len(), &mut |idx: &[IntValue<'_>]| {
                 let (batch, group, panel) = (idx[0], idx[1], idx[2]);
@@ -306,7 +314,7 @@ impl ConvGemm {
                     p0,
                 };
                 if t.tail == 0 {
-                    return at.emit(&k, width, &blk);
+                    return blocks(&at, width, kb);
                 }
                 let is_tail = k.em.builder.build_int_compare(
                     IntPredicate::EQ,
@@ -322,19 +330,21 @@ impl ConvGemm {
                     .build_conditional_branch(is_tail, tail_block, full_block)?;
                 for (block, valid) in [(tail_block, t.tail), (full_block, width)] {
                     k.em.builder.position_at_end(block);
-                    at.emit(&k, valid, &blk)?;
+                    blocks(&at, valid, kb)?;
                     k.em.builder.build_unconditional_branch(join)?;
                 }
                 k.em.builder.position_at_end(join);
                 Ok(())
             })
         };
-        // K blocks outermost: a block's slice of W (M × k_block) stays in
-        // L2 while the thread's panels go by.
-        if t.k_blocks == 1 {
-            block(k.int(0))?;
+        if t.k_inner || t.k_blocks == 1 {
+            // Each panel over every K block: its output tile stays in
+            // the L1 between blocks, the group's W in the L2.
+            panels(None)?;
         } else {
-            k.em.counted_loop(k.int(0), k.int(t.k_blocks as i64), block)?;
+            // K blocks outermost: a block's slice of W (M × k_block)
+            // stays in L2 while the thread's panels go by.
+            k.em.counted_loop(k.int(0), k.int(t.k_blocks as i64), |kb| panels(Some(kb)))?;
         }
         k.finish()
     }
@@ -778,6 +788,27 @@ pub(super) struct KBlock<'ctx> {
     pub last: IntValue<'ctx>,
 }
 
+impl<'ctx> KBlock<'ctx> {
+    /// Block `kb` of `depth` cut into blocks of `k_block`.
+    pub fn new(
+        k: &Kernel<'_, 'ctx>,
+        kb: IntValue<'ctx>,
+        k_block: usize,
+        depth: usize,
+    ) -> Result<Self, CodegenError> {
+        let b = &k.em.builder;
+        let k0 = b.build_int_mul(kb, k.int(k_block as i64), "k0")?;
+        let left = b.build_int_sub(k.int(depth as i64), k0, "k_left")?;
+        let blocks = depth.div_ceil(k_block) as i64;
+        Ok(Self {
+            k0,
+            kc: k.em.umin(left, k.int(k_block as i64))?,
+            first: b.build_int_compare(IntPredicate::EQ, kb, k.int(0), "first")?,
+            last: b.build_int_compare(IntPredicate::EQ, kb, k.int(blocks - 1), "last")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,6 +865,12 @@ mod tests {
             assert!(t.k_block * (t.k_blocks - 1) < depth);
             assert!(t.k_block <= (B_BLOCK_BYTES / (t.vectors * t.lanes * 4)).max(8));
         }
+        // K blocks inside each panel while the group's W (all of K)
+        // fits half the L2; outermost once it cannot.
+        let t = tiling("x86_64-avx512", 64, 3136, 576);
+        assert!(t.k_blocks > 1 && t.k_inner);
+        let t = tiling("x86_64-avx512", 64, 3136, 8192);
+        assert!(t.k_blocks > 1 && !t.k_inner);
         // A plane narrower than a vector is one partial panel.
         let t = tiling("x86_64-avx512", 2, 7, 64);
         assert_eq!((t.vectors, t.panels, t.tail), (1, 1, 7));

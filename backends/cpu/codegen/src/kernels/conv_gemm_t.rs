@@ -251,20 +251,7 @@ impl ConvGemmT {
                     (k.em.umax(j0, tall)?, j1, t.rows - 1),
                 ];
                 k.em.counted_loop(k.int(0), k.int(k_blocks as i64), |kb| {
-                    let b = &k.em.builder;
-                    let k0 = b.build_int_mul(kb, k.int(k_block as i64), "k0")?;
-                    let left = b.build_int_sub(k.int(depth as i64), k0, "left")?;
-                    let blk = KBlock {
-                        k0,
-                        kc: k.em.umin(left, k.int(k_block as i64))?,
-                        first: b.build_int_compare(IntPredicate::EQ, kb, k.int(0), "first")?,
-                        last: b.build_int_compare(
-                            IntPredicate::EQ,
-                            kb,
-                            k.int(k_blocks as i64 - 1),
-                            "last",
-                        )?,
-                    };
+                    let blk = KBlock::new(&k, kb, k_block, depth)?;
                     for &(from, to, rows) in &ranges {
                         if rows == 0 {
                             continue;
