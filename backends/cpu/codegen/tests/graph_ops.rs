@@ -3,6 +3,7 @@
 //! drawn by proptest (odd sizes included).
 
 use m4c_cpu_codegen::{compile_graph, CompileOptions, Target};
+use m4c_cpu_device::Step;
 use m4c_ir::op::{
     ConvAttrs, CoordMode, NearestRounding, NormKind, PadMode, PoolAttrs, ResizeMode, SliceAxis,
 };
@@ -63,8 +64,9 @@ impl Case {
     }
 
     /// Compiles the graph with `out` as its output, runs both backends and
-    /// checks `|got − want| ≤ atol + rtol·|want|` everywhere.
-    fn check(mut self, out: ValueId, rtol: f64, atol: f64) -> Result<(), TestCaseError> {
+    /// checks `|got − want| ≤ atol + rtol·|want|` everywhere; returns the
+    /// compiled kernels' symbols.
+    fn check(mut self, out: ValueId, rtol: f64, atol: f64) -> Result<Vec<String>, TestCaseError> {
         self.graph.outputs = vec![out];
         let values: Vec<Value> = self
             .inputs
@@ -82,7 +84,15 @@ impl Case {
         prop_assert_eq!(got.shape(), want.shape());
         let c = compare(&got, &want, rtol, atol);
         prop_assert!(c.passed(), "{}", c.summary());
-        Ok(())
+        Ok(compiled
+            .plan()
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel { symbol, .. } => Some(symbol.clone()),
+                _ => None,
+            })
+            .collect())
     }
 }
 
@@ -130,6 +140,36 @@ fn attention_in_row_blocks() {
         &[p, v],
     );
     c.check(out, TOL.0, TOL.1).unwrap();
+}
+
+/// Results only a concatenation reads are written into its result in
+/// place when the axes before its axis have extent 1 and they start on a
+/// cache line; a graph input, a result read twice, and anything at batch
+/// 2 are copied.
+fn concatenation(s: &[usize], axis: usize, seed: u64) -> Result<(), TestCaseError> {
+    let mut c = Case::new();
+    let x = c.input(floats(s, seed));
+    let b = c.node(Op::Exp, &[x]);
+    let a = c.node(Op::Softmax { axis: 3 }, &[x]);
+    let d = c.node(Op::Sqrt, &[a]);
+    let cat = c.node(Op::Concat { axis }, &[b, d, a, x]);
+    let symbols = c.check(cat, TOL.0, TOL.1)?;
+    let copies = symbols.iter().filter(|s| s.ends_with("concat")).count();
+    let bytes = s.iter().product::<usize>() * 4;
+    let in_place = match s[..axis].iter().product::<usize>() {
+        1 => 1 + usize::from(bytes % 64 == 0),
+        _ => 0,
+    };
+    prop_assert_eq!(copies, 4 - in_place, "{:?}", symbols);
+    Ok(())
+}
+
+/// Both results written in place (16 floats each: the second starts on
+/// a cache line); at batch 2 all four are copied.
+#[test]
+fn concatenation_of_channels() {
+    concatenation(&[1, 4, 2, 2], 1, 3).unwrap();
+    concatenation(&[2, 4, 2, 2], 1, 3).unwrap();
 }
 
 fn config() -> ProptestConfig {
@@ -418,6 +458,13 @@ proptest! {
         big.extend(&gs);
         let out = c.node(Op::Expand { shape: big }, &[g]);
         c.check(out, 0.0, 0.0)?;
+    }
+
+    #[test]
+    fn concatenations_in_place(batch in 1usize..3, axis in 1usize..4, dims in prop::collection::vec(1usize..=6, 3), seed in any::<u64>()) {
+        let mut s = vec![batch];
+        s.extend(&dims);
+        concatenation(&s, axis, seed)?;
     }
 
     #[test]

@@ -11,7 +11,7 @@ use inkwell::module::Module;
 use m4c_cpu_device::GemmManifest;
 use m4c_ir::{DType, Graph, Node, Op, ValueDef, ValueId};
 use m4c_plan::fusion::{fusion_roots, group_members};
-use m4c_plan::memory::{aliases_input, Buffer, Schedule, Scratch};
+use m4c_plan::memory::{aliases_input, Buffer, Schedule, Scratch, Slice};
 
 use crate::gemm::{emit_gemm, gemm_manifest, GemmSpec};
 use crate::kernels::Cx;
@@ -90,6 +90,11 @@ pub(crate) struct Lowering<'a, 'ctx> {
     /// Kernels already generated, by a key naming everything their code
     /// depends on ([`Lowering::shared_kernel`]).
     shared_kernels: HashMap<String, String>,
+    /// Results their kernels write straight into their concatenation
+    /// ([`super::slices::concat_slices`]).
+    slices: Vec<Slice>,
+    /// Per value: the slice it is written as.
+    slice_of: Vec<Option<Slice>>,
 }
 
 impl<'a, 'ctx> Lowering<'a, 'ctx> {
@@ -119,6 +124,8 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             next_symbol: 0,
             gemm_functions: HashMap::new(),
             shared_kernels: HashMap::new(),
+            slices: Vec::new(),
+            slice_of: vec![None; graph.values.len()],
         };
         for (i, &input) in graph.inputs.iter().enumerate() {
             lowering.shape(input)?;
@@ -179,6 +186,10 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 in_chain[conv] = true;
                 lowering.kernel_of[conv] = root;
             }
+        }
+        lowering.slices = super::slices::concat_slices(graph, &lowering.kernel_of);
+        for slice in &lowering.slices {
+            lowering.slice_of[slice.value] = Some(*slice);
         }
         for (i, node) in graph.nodes.iter().enumerate() {
             lowering.at = i;
@@ -244,6 +255,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         Schedule {
             kernel_of: self.kernel_of.clone(),
             scratch,
+            slices: self.slices.clone(),
         }
     }
 
@@ -369,10 +381,35 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         self.arena(Buffer::Scratch(self.scratch.len() - 1), bytes)
     }
 
-    /// Allocates the arena buffer that holds `value`.
+    /// Allocates the arena buffer that holds `value`: its own, or, for a
+    /// slice, its bytes of the buffer of the concatenation holding it
+    /// (allocated by the first slice; the concatenation finds it).
     pub fn define(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
-        let loc = self.arena(Buffer::Value(value.index()), self.bytes(value)?);
+        let loc = match self.slice_of[value.index()] {
+            Some(slice) => {
+                let whole = self.holder(ValueId(slice.of as u32))?;
+                Loc {
+                    buf: whole.buf,
+                    offset: whole.offset + slice.offset,
+                }
+            }
+            None => self.holder(value)?,
+        };
         self.value_loc[value.index()] = Some(loc);
+        Ok(loc)
+    }
+
+    /// The buffer of value `index`: the one its slices have already
+    /// allocated, else a new one.
+    fn holder(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
+        let index = value.index();
+        if let Some(loc) = self.value_loc[index] {
+            if self.slices.iter().any(|s| s.of == index) {
+                return Ok(loc);
+            }
+        }
+        let loc = self.arena(Buffer::Value(index), self.bytes(value)?);
+        self.value_loc[index] = Some(loc);
         Ok(loc)
     }
 

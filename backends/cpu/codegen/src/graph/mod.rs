@@ -4,6 +4,7 @@
 
 mod dedupe;
 mod lower;
+mod slices;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -295,13 +295,17 @@ pub(crate) fn lower(l: &mut Lowering<'_, '_>, node: &Node) -> Result<(), Codegen
             if shape.iter().product::<usize>() == 0 {
                 continue;
             }
-            let symbol = l.symbol("concat");
-            copy.emit(l.cx, &symbol)?;
-            let src = l.loc(input)?;
             let dst = crate::graph::Loc {
                 buf: out.buf,
                 offset: out.offset + at,
             };
+            let src = l.loc(input)?;
+            if src == dst {
+                // Written in place by its producer (a slice).
+                continue;
+            }
+            let symbol = l.symbol("concat");
+            copy.emit(l.cx, &symbol)?;
             l.kernel(symbol, vec![dst, src], copy.extent(), true);
         }
         return Ok(());
