@@ -172,6 +172,33 @@ fn concatenation_of_channels() {
     concatenation(&[2, 4, 2, 2], 1, 3).unwrap();
 }
 
+/// A ReLU and a clip against constants (one max or min instruction
+/// each) keep NaNs and infinities as the interpreter does; against a NaN
+/// constant every result is NaN.
+#[test]
+fn clamps_against_constants_keep_nans() {
+    let specials = [
+        f32::NAN,
+        -0.0,
+        0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -3.0,
+        2.5,
+        7.0,
+    ];
+    let values: Vec<f32> = (0..67).map(|i| specials[i % specials.len()]).collect();
+    for bound in [6.0, f32::NAN] {
+        let mut c = Case::new();
+        let x = c.input(Tensor::from_f32(&[67], &values));
+        let zero = c.constant(Tensor::from_f32(&[], &[0.0]));
+        let bound = c.constant(Tensor::from_f32(&[], &[bound]));
+        let relu = c.node(Op::Max, &[x, zero]);
+        let y = c.node(Op::Min, &[relu, bound]);
+        c.check(y, 0.0, 0.0).unwrap();
+    }
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 16,

@@ -14,7 +14,7 @@
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::{DType, Graph, Op, ValueId};
 
-use super::elementwise::{describe, eval, Arg, Fused};
+use super::elementwise::{describe, eval, scalar, Arg, Fused};
 use super::math::math;
 use super::{contiguous_strides, Elem, Kernel};
 use crate::graph::Lowering;
@@ -205,7 +205,14 @@ impl Epilogue {
                     Arg::Scalar(v) => (math.c(v), Elem::F32),
                 })
                 .collect();
-            results.push(eval(k, &math, &node.op, &args, node.elem)?);
+            results.push(eval(
+                k,
+                &math,
+                &node.op,
+                &args,
+                scalar(&node.args),
+                node.elem,
+            )?);
         }
         Ok(*results
             .last()

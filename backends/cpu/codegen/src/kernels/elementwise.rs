@@ -34,6 +34,14 @@ pub(crate) enum Arg {
     Scalar(f32),
 }
 
+/// The second argument's value when it is a compile-time scalar.
+pub(crate) fn scalar(args: &[Arg]) -> Option<f32> {
+    match args.get(1) {
+        Some(Arg::Scalar(v)) => Some(*v),
+        _ => None,
+    }
+}
+
 /// One elementwise operation of the fused tree.
 #[derive(Clone, Debug)]
 pub(crate) struct ExprNode {
@@ -243,7 +251,14 @@ impl Fused {
                     Arg::Scalar(v) => (math.c(v), Elem::F32),
                 })
                 .collect();
-            results.push(eval(k, &math, &node.op, &args, node.elem)?);
+            results.push(eval(
+                k,
+                &math,
+                &node.op,
+                &args,
+                scalar(&node.args),
+                node.elem,
+            )?);
         }
         let out_at = k.em.builder.build_int_add(bases[0], position, "out")?;
         let out = k.element(k.buffers[0], out_elem.memory_type(context), out_at)?;
@@ -255,12 +270,14 @@ impl Fused {
     }
 }
 
-/// Emits one elementwise operation on register vectors.
+/// Emits one elementwise operation on register vectors; `scalar` is
+/// the second argument's value when it is a compile-time scalar.
 pub(crate) fn eval<'ctx>(
     k: &Kernel<'_, 'ctx>,
     math: &Math<'_, 'ctx>,
     op: &Op,
     args: &[(VectorValue<'ctx>, Elem)],
+    scalar: Option<f32>,
     out: Elem,
 ) -> Result<VectorValue<'ctx>, CodegenError> {
     let b = &k.em.builder;
@@ -279,6 +296,19 @@ pub(crate) fn eval<'ctx>(
         Op::Mul if float => math.mul(x, y()?)?,
         Op::Div if float => math.div(x, y()?)?,
         Op::Pow if float => math.pow(x, y()?)?,
+        Op::Max | Op::Min if float && scalar.is_some_and(|c| !c.is_nan()) => {
+            // Against a constant (a ReLU's 0, a clip's 6): one max/min
+            // instruction; `llvm.maximum` costs two more per vector to
+            // propagate a NaN of either side. `x < c ? c : x` keeps x's
+            // NaN (and x = −0 against +0, which compares equal).
+            let c = y()?;
+            let (pick_c, name) = match op {
+                Op::Max => (FloatPredicate::OLT, "max"),
+                _ => (FloatPredicate::OGT, "min"),
+            };
+            let cmp = b.build_float_compare(pick_c, x, c, name)?;
+            b.build_select(cmp, c, x, name)?.into_vector_value()
+        }
         Op::Max if float => math.intrinsic("llvm.maximum", &[x, y()?])?,
         Op::Min if float => math.intrinsic("llvm.minimum", &[x, y()?])?,
         Op::Max if ty == Elem::Bool => b.build_or(x, y()?, "or")?,
