@@ -14,7 +14,7 @@
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use m4c_ir::{DType, Graph, Op, ValueId};
 
-use super::elementwise::{describe, eval, scalar, Arg, Fused};
+use super::elementwise::{describe, eval_tree, Fused};
 use super::math::math;
 use super::{contiguous_strides, Elem, Kernel};
 use crate::graph::Lowering;
@@ -194,29 +194,8 @@ impl Epilogue {
             };
             loaded.push(value);
         }
-        let mut results: Vec<VectorValue<'ctx>> = Vec::with_capacity(self.fused.nodes.len());
-        for node in &self.fused.nodes {
-            let args: Vec<(VectorValue<'ctx>, Elem)> = node
-                .args
-                .iter()
-                .map(|a| match *a {
-                    Arg::Operand(i) => (loaded[i], Elem::F32),
-                    Arg::Node(i) => (results[i], Elem::F32),
-                    Arg::Scalar(v) => (math.c(v), Elem::F32),
-                })
-                .collect();
-            results.push(eval(
-                k,
-                &math,
-                &node.op,
-                &args,
-                scalar(&node.args),
-                node.elem,
-            )?);
-        }
-        Ok(*results
-            .last()
-            .ok_or(CodegenError::Internal("a fused group has nodes"))?)
+        let operands: Vec<_> = loaded.iter().map(|&v| (v, Elem::F32)).collect();
+        eval_tree(k, &math, &self.fused.nodes, &operands)
     }
 }
 

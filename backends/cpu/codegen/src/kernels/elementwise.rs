@@ -34,14 +34,6 @@ pub(crate) enum Arg {
     Scalar(f32),
 }
 
-/// The second argument's value when it is a compile-time scalar.
-pub(crate) fn scalar(args: &[Arg]) -> Option<f32> {
-    match args.get(1) {
-        Some(Arg::Scalar(v)) => Some(*v),
-        _ => None,
-    }
-}
-
 /// One elementwise operation of the fused tree.
 #[derive(Clone, Debug)]
 pub(crate) struct ExprNode {
@@ -239,35 +231,47 @@ impl Fused {
             };
             loaded.push(value);
         }
-        let mut results: Vec<VectorValue<'ctx>> = Vec::with_capacity(self.nodes.len());
-        let math = math(k, lanes);
-        for node in &self.nodes {
-            let args: Vec<(VectorValue<'ctx>, Elem)> = node
-                .args
-                .iter()
-                .map(|a| match *a {
-                    Arg::Operand(i) => (loaded[i], self.operands[i].elem),
-                    Arg::Node(i) => (results[i], self.nodes[i].elem),
-                    Arg::Scalar(v) => (math.c(v), Elem::F32),
-                })
-                .collect();
-            results.push(eval(
-                k,
-                &math,
-                &node.op,
-                &args,
-                scalar(&node.args),
-                node.elem,
-            )?);
-        }
+        let operands: Vec<_> = loaded
+            .iter()
+            .zip(&self.operands)
+            .map(|(&v, o)| (v, o.elem))
+            .collect();
+        let result = eval_tree(k, &math(k, lanes), &self.nodes, &operands)?;
         let out_at = k.em.builder.build_int_add(bases[0], position, "out")?;
         let out = k.element(k.buffers[0], out_elem.memory_type(context), out_at)?;
-        k.store(
-            out_elem,
-            out,
-            *results.last().ok_or(CodegenError::Internal("nodes"))?,
-        )
+        k.store(out_elem, out, result)
     }
+}
+
+/// Evaluates a fused tree's `nodes` in order on its loaded `operands`
+/// (with their element types): the last node's result.
+pub(crate) fn eval_tree<'ctx>(
+    k: &Kernel<'_, 'ctx>,
+    math: &Math<'_, 'ctx>,
+    nodes: &[ExprNode],
+    operands: &[(VectorValue<'ctx>, Elem)],
+) -> Result<VectorValue<'ctx>, CodegenError> {
+    let mut results: Vec<VectorValue<'ctx>> = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let args: Vec<(VectorValue<'ctx>, Elem)> = node
+            .args
+            .iter()
+            .map(|a| match *a {
+                Arg::Operand(i) => operands[i],
+                Arg::Node(i) => (results[i], nodes[i].elem),
+                Arg::Scalar(v) => (math.c(v), Elem::F32),
+            })
+            .collect();
+        let scalar = match node.args.get(1) {
+            Some(Arg::Scalar(v)) => Some(*v),
+            _ => None,
+        };
+        results.push(eval(k, math, &node.op, &args, scalar, node.elem)?);
+    }
+    results
+        .last()
+        .copied()
+        .ok_or(CodegenError::Internal("a fused tree has nodes"))
 }
 
 /// Emits one elementwise operation on register vectors; `scalar` is
