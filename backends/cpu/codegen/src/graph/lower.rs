@@ -95,6 +95,8 @@ pub(crate) struct Lowering<'a, 'ctx> {
     slices: Vec<Slice>,
     /// Per value: the slice it is written as.
     slice_of: Vec<Option<Slice>>,
+    /// Per value: whether slices are written into its buffer.
+    holds_slices: Vec<bool>,
 }
 
 impl<'a, 'ctx> Lowering<'a, 'ctx> {
@@ -126,6 +128,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
             shared_kernels: HashMap::new(),
             slices: Vec::new(),
             slice_of: vec![None; graph.values.len()],
+            holds_slices: vec![false; graph.values.len()],
         };
         for (i, &input) in graph.inputs.iter().enumerate() {
             lowering.shape(input)?;
@@ -190,6 +193,7 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         lowering.slices = super::slices::concat_slices(graph, &lowering.kernel_of);
         for slice in &lowering.slices {
             lowering.slice_of[slice.value] = Some(*slice);
+            lowering.holds_slices[slice.of] = true;
         }
         for (i, node) in graph.nodes.iter().enumerate() {
             lowering.at = i;
@@ -399,14 +403,12 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         Ok(loc)
     }
 
-    /// The buffer of value `index`: the one its slices have already
-    /// allocated, else a new one.
+    /// The buffer of `value`: the one its slices have already allocated,
+    /// else a new one.
     fn holder(&mut self, value: ValueId) -> Result<Loc, CodegenError> {
         let index = value.index();
-        if let Some(loc) = self.value_loc[index] {
-            if self.slices.iter().any(|s| s.of == index) {
-                return Ok(loc);
-            }
+        if let (true, Some(loc)) = (self.holds_slices[index], self.value_loc[index]) {
+            return Ok(loc);
         }
         let loc = self.arena(Buffer::Value(index), self.bytes(value)?);
         self.value_loc[index] = Some(loc);
