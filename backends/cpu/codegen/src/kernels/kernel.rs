@@ -507,17 +507,23 @@ impl<'a, 'ctx> Kernel<'a, 'ctx> {
         lanes: u32,
         count: IntValue<'ctx>,
     ) -> Result<VectorValue<'ctx>, CodegenError> {
+        let count = self.splat_i64(count, lanes)?;
+        Ok(self.em.builder.build_int_compare(
+            IntPredicate::SLT,
+            self.lane_indices(lanes),
+            count,
+            "below",
+        )?)
+    }
+
+    /// The `i64` vector `0, 1, …, lanes − 1`: each lane's own index.
+    pub fn lane_indices(&self, lanes: u32) -> VectorValue<'ctx> {
         let i64t = self.cx.context.i64_type();
-        let index = VectorType::const_vector(
+        VectorType::const_vector(
             &(0..lanes)
                 .map(|l| i64t.const_int(u64::from(l), false))
                 .collect::<Vec<_>>(),
-        );
-        let count = self.splat_i64(count, lanes)?;
-        Ok(self
-            .em
-            .builder
-            .build_int_compare(IntPredicate::SLT, index, count, "below")?)
+        )
     }
 
     /// An `i64` scalar in every one of `lanes` lanes.

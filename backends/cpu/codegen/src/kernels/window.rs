@@ -211,12 +211,7 @@ impl Window {
         lanes: u32,
         index: IntValue<'ctx>,
     ) -> Result<Columns<'ctx>, CodegenError> {
-        let i64t = k.cx.context.i64_type();
-        let lane_index = VectorType::const_vector(
-            &(0..lanes)
-                .map(|l| i64t.const_int(u64::from(l), false))
-                .collect::<Vec<_>>(),
-        );
+        let lane_index = k.lane_indices(lanes);
         let b = &k.em.builder;
         let first = b.build_int_mul(index, k.int(i64::from(lanes)), "o0")?;
         let positions = b.build_int_add(k.splat_i64(first, lanes)?, lane_index, "o")?;
