@@ -172,6 +172,26 @@ fn concatenation_of_channels() {
     concatenation(&[2, 4, 2, 2], 1, 3).unwrap();
 }
 
+/// SqueezeNet's max pools (3×3, stride 2, ceil mode as an end pad of
+/// one) over rows whose output leaves a partial vector: those vectors
+/// read whole with plain loads, their dead lanes from the next row, and
+/// the last rows of the plane (and of the buffer) with masked ones.
+#[test]
+fn max_pools_past_the_rows_end() {
+    for (hw, seed) in [(27, 7), (55, 8), (28, 9), (14, 10)] {
+        let mut c = Case::new();
+        let x = c.input(floats(&[1, 3, hw, hw], seed));
+        let pool = PoolAttrs {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![0, 0, 1, 1],
+            dilations: vec![1, 1],
+        };
+        let y = c.node(Op::MaxPool(pool), &[x]);
+        c.check(y, 0.0, 0.0).unwrap();
+    }
+}
+
 /// A ReLU and a clip against constants (one max or min instruction
 /// each) keep NaNs and infinities as the interpreter does; against a NaN
 /// constant every result is NaN.

@@ -319,7 +319,7 @@ impl<'ctx> Plane<'_, 'ctx> {
                 }
                 Ok(())
             };
-            match (self.padded, w.interior(k, &columns)?) {
+            match (self.padded, w.interior(k, &columns, None)?) {
                 // Every tap of the padded copy is inside its rows.
                 (Some(_), _) => taps(true)?,
                 (None, Some(interior)) => {

@@ -107,7 +107,7 @@ fn emit(
                 })
             })
         };
-        match w.interior(&k, &columns)? {
+        match w.interior(&k, &columns, Some(rows))? {
             Some(interior) => {
                 k.em.if_then(interior, || taps(true))?;
                 let edge = k.em.builder.build_not(interior, "edge")?;

@@ -350,13 +350,21 @@ impl Window {
     }
 
     /// Whether row vector `columns` can be read with plain loads
-    /// ([`Window::load_interior_row`]): every lane is before the row's
-    /// end and the wide load of every last-axis tap stays inside the
-    /// input row. `None` when the stride is read by gathers anyway.
+    /// ([`Window::load_interior_row`]): every live lane's taps lie inside
+    /// the input row and so does the wide load of every last-axis tap.
+    /// With `rows` (the vector's leading output indices) a vector past
+    /// the row's end, or one whose wide loads pass the row's end, is
+    /// interior too as long as those loads stay inside the plane: its
+    /// dead lanes read the next row's elements and are never stored
+    /// ([`Window::store_row`] masks them). A 27-wide output row of 16
+    /// lanes is then two plain vectors, not one plain and one masked
+    /// (SqueezeNet's max pools took the masked path for half their
+    /// vectors). `None` when the stride is read by gathers anyway.
     pub fn interior<'ctx>(
         &self,
         k: &Kernel<'_, 'ctx>,
         columns: &Columns<'ctx>,
+        rows: Option<&[IntValue<'ctx>]>,
     ) -> Result<Option<IntValue<'ctx>>, CodegenError> {
         let d = self.output.len() - 1;
         let stride = self.strides[d] as i64;
@@ -365,6 +373,7 @@ impl Window {
         }
         let lanes = i64::from(columns.positions.get_type().get_size());
         let reach = (self.kernel[d] as i64 - 1) * self.dilations[d] as i64;
+        let (width, out_width) = (self.input[d] as i64, self.output[d] as i64);
         let b = &k.em.builder;
         // The first tap's first element, and one past the last tap's wide
         // load (`lanes·stride` elements from its first lane's position).
@@ -372,11 +381,36 @@ impl Window {
             k.em.mul_add(columns.first, k.int(stride), k.int(-(self.pads[d] as i64)))?;
         let high = b.build_int_add(low, k.int(lanes * stride + reach), "high")?;
         let end = b.build_int_add(columns.first, k.int(lanes), "end")?;
-        let conditions = [
-            b.build_int_compare(IntPredicate::SGE, low, k.int(0), "low")?,
-            b.build_int_compare(IntPredicate::SLE, high, k.int(self.input[d] as i64), "high")?,
-            b.build_int_compare(IntPredicate::SLE, end, k.int(self.output[d] as i64), "full")?,
-        ];
+        let mut conditions = vec![b.build_int_compare(IntPredicate::SGE, low, k.int(0), "low")?];
+        match rows {
+            None => conditions.extend([
+                b.build_int_compare(IntPredicate::SLE, high, k.int(width), "high")?,
+                b.build_int_compare(IntPredicate::SLE, end, k.int(out_width), "full")?,
+            ]),
+            Some(rows) => {
+                // The last live lane's last tap inside the row, the wide
+                // loads of the last tap row inside the plane.
+                let live_end = k.em.umin(end, k.int(out_width))?;
+                let b = &k.em.builder;
+                let last = b.build_int_sub(live_end, k.int(1), "last")?;
+                let last = k.em.mul_add(last, k.int(stride), k.int(reach + 1))?;
+                let b = &k.em.builder;
+                let last = b.build_int_sub(last, k.int(self.pads[d] as i64), "last")?;
+                let lead: Vec<IntValue<'ctx>> = self.kernel[..d]
+                    .iter()
+                    .map(|&n| k.int(n as i64 - 1))
+                    .collect();
+                let (bottom, _) = self.row_offset(k, rows, &lead)?;
+                let b = &k.em.builder;
+                let far = b.build_int_add(bottom, high, "far")?;
+                let plane: usize = self.input.iter().product();
+                conditions.extend([
+                    b.build_int_compare(IntPredicate::SLE, last, k.int(width), "live")?,
+                    b.build_int_compare(IntPredicate::SLE, far, k.int(plane as i64), "plane")?,
+                ]);
+            }
+        }
+        let b = &k.em.builder;
         let mut all = conditions[0];
         for c in &conditions[1..] {
             all = b.build_and(all, *c, "interior")?;
