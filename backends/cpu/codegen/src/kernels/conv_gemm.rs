@@ -374,8 +374,10 @@ impl<'ctx> Panel<'_, 'ctx> {
         blk: &KBlock<'ctx>,
     ) -> Result<(), CodegenError> {
         let t = self.t;
-        for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
-            self.pack(k, v, valid - v * t.lanes, blk)?;
+        if !self.direct(valid) {
+            for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
+                self.pack(k, v, valid - v * t.lanes, blk)?;
+            }
         }
         let full_tile = |tile: IntValue<'ctx>| {
             let m0 =
@@ -408,6 +410,22 @@ impl<'ctx> Panel<'_, 'ctx> {
             "last_group",
         )?;
         k.em.if_then(is_last, last_tile)
+    }
+
+    /// Whether the tiles read the panel's `B` straight from the input
+    /// rather than from a packed copy: a full panel of a 1×1 convolution
+    /// of stride 1, whose row k is `lanes·vectors` consecutive floats of
+    /// channel plane k. Packing them cost a load and a store per float
+    /// besides the tiles' loads, as much as the multiply-adds of a
+    /// convolution with few filter tiles (alone, Zen 4: SqueezeNet's
+    /// 128 → 16 at 55² 0.150 → 0.115 ms, ResNet-50's 256 → 64 at 56²
+    /// 1.00 → 0.92, 512 → 128 at 28² 0.94 → 0.90; no shape measured
+    /// slower).
+    fn direct(&self, valid: usize) -> bool {
+        let w = &self.gemm.conv.window;
+        valid == self.t.vectors * self.t.lanes
+            && w.kernel.iter().all(|&n| n == 1)
+            && w.strides.iter().all(|&n| n == 1)
     }
 
     /// Packs vector `v` of the panel (`cols` valid pixels) for every k of
@@ -656,16 +674,44 @@ impl<'ctx> Panel<'_, 'ctx> {
         }
         let w_base = k.em.builder.build_int_mul(m0, k.int(kd), "wb")?;
         let width = (t.vectors * t.lanes) as i64;
+        // Row k of the panel's B: in the scratch, or (direct) in the
+        // input's channel plane k, the next panel's part of it
+        // prefetched (the packing did that).
+        let (b_buffer, input_at) = match self.direct(valid) {
+            true => {
+                let plane = g.conv.pixels() as i64;
+                let x_base =
+                    k.em.mul_add(self.batch, k.int(g.conv.channels as i64 * plane), self.p0)?;
+                (k.buffers[1], Some((x_base, plane)))
+            }
+            false => (k.scratch, None),
+        };
+        let b_row =
+            |kidx: IntValue<'ctx>, kk: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
+                let Some((x_base, plane)) = input_at else {
+                    return Ok(k.em.builder.build_int_mul(kk, k.int(width), "row")?);
+                };
+                let at = k.em.mul_add(kidx, k.int(plane), x_base)?;
+                let ahead = k.em.builder.build_int_add(at, k.int(width), "ahead")?;
+                k.em.prefetch(
+                    k.cx.context.f32_type().into(),
+                    k.buffers[1],
+                    ahead,
+                    false,
+                    2,
+                )?;
+                Ok(at)
+            };
         k.em.counted_loop(k.int(0), blk.kc, |kk| {
             let b = &k.em.builder;
             let kidx = b.build_int_add(blk.k0, kk, "k")?;
-            let row = b.build_int_mul(kk, k.int(width), "row")?;
             let mut bv = Vec::with_capacity(vectors.len());
+            let row = b_row(kidx, kk)?;
             for &(v, _) in &vectors {
                 let at =
                     k.em.builder
                         .build_int_add(row, k.int((v * t.lanes) as i64), "b")?;
-                bv.push(k.load(Elem::F32, lanes, k.element(k.scratch, f32t.into(), at)?)?);
+                bv.push(k.load(Elem::F32, lanes, k.element(b_buffer, f32t.into(), at)?)?);
             }
             // Filter r of k: packed, `rows` floats per k; as stored, K
             // floats per filter.
