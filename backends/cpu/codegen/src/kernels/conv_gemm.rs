@@ -17,12 +17,15 @@
 //! fits half the L2 each panel runs every K block in turn (its output
 //! tile stays in L1 between blocks); otherwise the K blocks are the
 //! outermost loop (the block's slice of `W` stays in L2 while a thread's
-//! panels go by). Per panel the block's rows of `B` are first packed into the
-//! thread's scratch (contiguous, so the tiles' loads stay in L1 and touch
-//! few pages) and then swept by every filter tile. A vector of the panel
-//! whose pixels step evenly through one input row (all of a 1×1
-//! convolution's, those inside one output row otherwise) is packed with
-//! one (wide) load per k, any other one with a gather.
+//! panels go by). At stride 1 a full panel whose vectors each lie in one
+//! input row (all of a 1×1 convolution's; a window's where no vector
+//! crosses an output row) is read by the tiles straight from the input,
+//! one load per vector and k. Any other panel's rows of `B` are first
+//! packed into the thread's scratch (contiguous, so the tiles' loads stay
+//! in L1 and touch few pages) and then swept by every filter tile: a
+//! vector whose pixels step evenly through one input row with one (wide)
+//! load per k, one across a row break with two masked loads, any other
+//! one with a gather.
 //!
 //! Why no im2col matrix: it is `taps` times the input (7.4 MB for
 //! ResNet-50's 7×7 stem at 224², 7.2 MB for a 3×3 layer of 64 channels at
@@ -350,6 +353,19 @@ impl ConvGemm {
     }
 }
 
+/// Where a panel's tiles read `B` ([`Panel::source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The panel packed into the thread's scratch.
+    Packed,
+    /// A 1×1 convolution's input: row k is channel plane k.
+    Planes,
+    /// A window's input where every vector of the panel is a run: row k
+    /// at the offset table's `rows[k]`, each vector from its first
+    /// pixel's column.
+    Taps,
+}
+
 /// One pixel panel of one batch.
 struct Panel<'g, 'ctx> {
     gemm: &'g ConvGemm,
@@ -365,8 +381,9 @@ struct Panel<'g, 'ctx> {
 
 impl<'ctx> Panel<'_, 'ctx> {
     /// The panel with `valid` pixels (a compile-time count) over one K
-    /// block: its rows of `B` packed into scratch (contiguous, the
-    /// masked-off lanes zero), then every filter tile.
+    /// block: every filter tile, reading `B` from the input where
+    /// [`Panel::source`] allows, else from its rows packed into scratch
+    /// first (contiguous, the masked-off lanes zero).
     fn emit(
         &self,
         k: &Kernel<'_, 'ctx>,
@@ -374,19 +391,61 @@ impl<'ctx> Panel<'_, 'ctx> {
         blk: &KBlock<'ctx>,
     ) -> Result<(), CodegenError> {
         let t = self.t;
-        if !self.direct(valid) {
+        let tiles = |source: Source| self.tiles(k, valid, blk, source);
+        let packed = || {
             for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
                 self.pack(k, v, valid - v * t.lanes, blk)?;
             }
+            tiles(Source::Packed)
+        };
+        match self.source(valid) {
+            Source::Packed => packed(),
+            Source::Planes => tiles(Source::Planes),
+            Source::Taps => {
+                // Straight from the input when every vector is a run.
+                let (kd, p) = (
+                    self.gemm.conv.depth() as i64,
+                    self.gemm.conv.pixels() as i64,
+                );
+                let b = &k.em.builder;
+                let first = b.build_int_unsigned_div(self.p0, k.int(t.lanes as i64), "vec")?;
+                let mut runs = k.cx.context.bool_type().const_all_ones();
+                for v in 0..t.vectors {
+                    let at = k.em.builder.build_int_add(
+                        first,
+                        k.int(kd + p + (t.lanes + v) as i64),
+                        "runs",
+                    )?;
+                    let kind = table_entry(k, at)?;
+                    let b = &k.em.builder;
+                    let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
+                    runs = b.build_and(runs, run, "runs")?;
+                }
+                k.em.if_then(runs, || tiles(Source::Taps))?;
+                let scattered = k.em.builder.build_not(runs, "scattered")?;
+                k.em.if_then(scattered, packed)
+            }
         }
+    }
+
+    /// Every filter tile of the group over the panel, reading `B` from
+    /// `source`.
+    fn tiles(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        valid: usize,
+        blk: &KBlock<'ctx>,
+        source: Source,
+    ) -> Result<(), CodegenError> {
+        let t = self.t;
         let full_tile = |tile: IntValue<'ctx>| {
             let m0 =
                 k.em.builder
                     .build_int_mul(tile, k.int(t.rows as i64), "m0")?;
-            self.tile(k, t.rows, m0, valid, blk)
+            self.tile(k, t.rows, m0, valid, blk, source)
         };
         let m0 = k.int(((t.tiles - 1) * t.rows) as i64);
-        let last_tile = || self.tile(k, t.last_rows, m0, valid, blk);
+        let last_tile = || self.tile(k, t.last_rows, m0, valid, blk, source);
         if t.groups == 1 {
             if t.tiles > 1 {
                 k.em.counted_loop(k.int(0), k.int(t.tiles as i64 - 1), full_tile)?;
@@ -412,20 +471,25 @@ impl<'ctx> Panel<'_, 'ctx> {
         k.em.if_then(is_last, last_tile)
     }
 
-    /// Whether the tiles read the panel's `B` straight from the input
-    /// rather than from a packed copy: a full panel of a 1×1 convolution
-    /// of stride 1, whose row k is `lanes·vectors` consecutive floats of
-    /// channel plane k. Packing them cost a load and a store per float
+    /// Where the tiles read the panel's `B`: straight from the input in
+    /// a full panel of stride 1 (a 1×1 convolution's row k is
+    /// `lanes·vectors` consecutive floats of channel plane k; a window's
+    /// where every vector is a run, checked as the panel starts), else
+    /// from a packed copy. Packing cost a load and a store per float
     /// besides the tiles' loads, as much as the multiply-adds of a
     /// convolution with few filter tiles (alone, Zen 4: SqueezeNet's
     /// 128 → 16 at 55² 0.150 → 0.115 ms, ResNet-50's 256 → 64 at 56²
     /// 1.00 → 0.92, 512 → 128 at 28² 0.94 → 0.90; no shape measured
     /// slower).
-    fn direct(&self, valid: usize) -> bool {
+    fn source(&self, valid: usize) -> Source {
         let w = &self.gemm.conv.window;
-        valid == self.t.vectors * self.t.lanes
-            && w.kernel.iter().all(|&n| n == 1)
-            && w.strides.iter().all(|&n| n == 1)
+        if valid < self.t.vectors * self.t.lanes || w.strides.iter().any(|&n| n != 1) {
+            Source::Packed
+        } else if w.kernel.iter().all(|&n| n == 1) {
+            Source::Planes
+        } else {
+            Source::Taps
+        }
     }
 
     /// Packs vector `v` of the panel (`cols` valid pixels) for every k of
@@ -580,6 +644,7 @@ impl<'ctx> Panel<'_, 'ctx> {
         m0: IntValue<'ctx>,
         valid: usize,
         blk: &KBlock<'ctx>,
+        source: Source,
     ) -> Result<(), CodegenError> {
         let t = self.t;
         let g = self.gemm;
@@ -674,43 +739,59 @@ impl<'ctx> Panel<'_, 'ctx> {
         }
         let w_base = k.em.builder.build_int_mul(m0, k.int(kd), "wb")?;
         let width = (t.vectors * t.lanes) as i64;
-        // Row k of the panel's B: in the scratch, or (direct) in the
-        // input's channel plane k, the next panel's part of it
-        // prefetched (the packing did that).
-        let (b_buffer, input_at) = match self.direct(valid) {
-            true => {
-                let plane = g.conv.pixels() as i64;
-                let x_base =
-                    k.em.mul_add(self.batch, k.int(g.conv.channels as i64 * plane), self.p0)?;
-                (k.buffers[1], Some((x_base, plane)))
-            }
-            false => (k.scratch, None),
+        // Row k of the panel's B: in the scratch, in the input's channel
+        // plane k (the next panel's part of it prefetched, as the packing
+        // did), or at the tap's row offset; each vector from its first
+        // pixel's column.
+        let plane: usize = g.conv.window.input.iter().product();
+        let x_base = k.em.builder.build_int_mul(
+            self.batch,
+            k.int((g.conv.channels * plane) as i64),
+            "xb",
+        )?;
+        let mut firsts = Vec::with_capacity(vectors.len());
+        for &(v, _) in &vectors {
+            let v0 = (v * t.lanes) as i64;
+            firsts.push(match source {
+                Source::Packed => k.int(v0),
+                Source::Planes => {
+                    let at = k.em.builder.build_int_add(self.p0, k.int(v0), "px")?;
+                    k.em.builder.build_int_add(x_base, at, "first")?
+                }
+                Source::Taps => {
+                    let at = k.em.builder.build_int_add(self.p0, k.int(kd + v0), "col")?;
+                    k.em.builder
+                        .build_int_add(x_base, table_entry(k, at)?, "first")?
+                }
+            });
+        }
+        let b_buffer = match source {
+            Source::Packed => k.scratch,
+            Source::Planes | Source::Taps => k.buffers[1],
         };
         let b_row =
             |kidx: IntValue<'ctx>, kk: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
-                let Some((x_base, plane)) = input_at else {
-                    return Ok(k.em.builder.build_int_mul(kk, k.int(width), "row")?);
-                };
-                let at = k.em.mul_add(kidx, k.int(plane), x_base)?;
-                let ahead = k.em.builder.build_int_add(at, k.int(width), "ahead")?;
-                k.em.prefetch(
-                    k.cx.context.f32_type().into(),
-                    k.buffers[1],
-                    ahead,
-                    false,
-                    2,
-                )?;
-                Ok(at)
+                match source {
+                    Source::Packed => Ok(k.em.builder.build_int_mul(kk, k.int(width), "row")?),
+                    Source::Taps => table_entry(k, kidx),
+                    Source::Planes => {
+                        let row =
+                            k.em.builder
+                                .build_int_mul(kidx, k.int(plane as i64), "row")?;
+                        let ahead = k.em.builder.build_int_add(row, firsts[0], "ahead")?;
+                        let ahead = k.em.builder.build_int_add(ahead, k.int(width), "ahead")?;
+                        k.em.prefetch(f32t.into(), k.buffers[1], ahead, false, 2)?;
+                        Ok(row)
+                    }
+                }
             };
         k.em.counted_loop(k.int(0), blk.kc, |kk| {
             let b = &k.em.builder;
             let kidx = b.build_int_add(blk.k0, kk, "k")?;
             let mut bv = Vec::with_capacity(vectors.len());
             let row = b_row(kidx, kk)?;
-            for &(v, _) in &vectors {
-                let at =
-                    k.em.builder
-                        .build_int_add(row, k.int((v * t.lanes) as i64), "b")?;
+            for &first in &firsts {
+                let at = k.em.builder.build_int_add(row, first, "b")?;
                 bv.push(k.load(Elem::F32, lanes, k.element(b_buffer, f32t.into(), at)?)?);
             }
             // Filter r of k: packed, `rows` floats per k; as stored, K
