@@ -28,11 +28,12 @@
 //! W is a constant repacked at compile time into panels of `F =
 //! vectors·lanes` filters, `[K][F]` each; the tile (`rows` pixels × F
 //! filters) broadcasts B's values against one panel row per k. K is cut
-//! into blocks whose rows of the panel and of B fit the L1 together, and
-//! every pixel tile runs through a block before the next (the partial
-//! sums wait in the scratch): without the blocking each tile streamed the
-//! whole panel from the L2 again and the kernel was slower than the
-//! pixel-lane one. The bias starts the accumulators; after the last
+//! into blocks whose rows of the panel and of B fit half the L2 together
+//! (a deep layer's panel, 4608 × 32 floats, would not), and every pixel
+//! tile runs through a block before the next (the partial sums wait in
+//! the scratch). Blocks that fitted the L1 made every tile store and
+//! reload its accumulators every 64 k or so, which cost more than
+//! streaming the panel's rows from the L2. The bias starts the accumulators; after the last
 //! block each group of a tile's accumulators is transposed in registers
 //! into vectors of consecutive pixels of one filter, which the epilogue
 //! takes and the NCHW output receives whole. Iterations are
@@ -62,7 +63,7 @@ const MANY_FILTERS: usize = 256;
 const MAX_PIXELS: usize = 1024;
 
 /// Pixels per block: K blocks run over one block's tiles at a time, so
-/// that their rows of B and of the W panel share the L1.
+/// that their rows of B stay in the L1 beside the W panel's row.
 const BLOCK_PIXELS: usize = 64;
 
 /// General-purpose registers the tile's k loop keeps besides one input
@@ -73,10 +74,6 @@ const BLOCK_PIXELS: usize = 64;
 /// ran 1.5–3× slower, varying from run to run with the stack's
 /// alignment; at 10 rows and below they run at the FMA peak.
 const LOOP_REGISTERS: usize = 6;
-
-/// Bytes of W's panel and B that one K block may take (most of a 32 KiB
-/// L1).
-const L1_BLOCK_BYTES: usize = 24 * 1024;
 
 /// The most input bytes (per batch, padded) the kernel reads, in L2s:
 /// every filter panel reads all of them. Measured on Zen 3 (512 KiB L2):
@@ -208,12 +205,18 @@ impl ConvGemmT {
         Ok(table_bytes(&[&t.rows, &t.columns]))
     }
 
-    /// K per block: the block's rows of the W panel and of B stay in the
-    /// L1 while every pixel tile goes by.
-    fn k_block(&self, t: Tiling) -> usize {
+    /// K per block: the block's rows of the W panel and of B stay in half
+    /// the L2 while every pixel tile goes by, the tile's accumulators in
+    /// registers throughout. Blocks that fitted the L1 (24 KiB) cost a
+    /// store and a load of every accumulator per 64 k or so, more than
+    /// the W panel's stream from the L2 that longer blocks read (alone,
+    /// Zen 4: a 1024 → 256 1×1 layer on 14² 0.910 → 0.886 ms, a 3×3
+    /// layer of 128 channels on 28² 2.045 → 2.016, of 256 on 14² 2.025 →
+    /// 1.996).
+    fn k_block(&self, t: Tiling, target: &Target) -> usize {
         let block_pixels = (t.tiles_per_block * t.rows).min(self.conv.pixels());
         let per_k = (t.vectors * t.lanes + block_pixels) * 4;
-        (L1_BLOCK_BYTES / per_k).max(8).min(self.conv.depth())
+        (target.l2_bytes / 2 / per_k).max(8).min(self.conv.depth())
     }
 
     /// Scratch bytes per thread: the accumulators of every tile between K
@@ -229,7 +232,7 @@ impl ConvGemmT {
         let extra = self.conv.epilogue.as_ref().map_or(0, Epilogue::buffers);
         let k = Kernel::define(cx, symbol, 4 + usize::from(self.conv.bias) + extra)?;
         let panels = self.panels(cx.target);
-        let k_block = self.k_block(t);
+        let k_block = self.k_block(t, cx.target);
         let depth = self.conv.depth();
         let k_blocks = depth.div_ceil(k_block);
         let end = k.em.umin(k.end, k.int((self.conv.batch * panels) as i64))?;
@@ -296,7 +299,7 @@ impl ConvGemmT {
             .collect::<Result<Vec<_>, _>>()?;
         // The tile's accumulators in the scratch between K blocks:
         // pixel-major, F each (unused when K is one block).
-        let single = self.k_block(t) >= self.conv.depth();
+        let single = self.k_block(t, k.cx.target) >= self.conv.depth();
         let saved = |r: usize, v: usize| -> Result<_, CodegenError> {
             let at = k.em.mul_add(
                 p0,
@@ -351,7 +354,7 @@ impl ConvGemmT {
             })
             .collect::<Result<Vec<_>, CodegenError>>()?;
         let w_base = b.build_int_mul(panel, k.int(kd * f), "w")?;
-        let w_ahead = (self.k_block(t) as i64) * f;
+        let w_ahead = (self.k_block(t, k.cx.target) as i64) * f;
         k.em.counted_loop(blk.k0, b.build_int_add(blk.k0, blk.kc, "k1")?, |kk| {
             let b = &k.em.builder;
             let w_row = k.em.mul_add(kk, k.int(f), w_base)?;
