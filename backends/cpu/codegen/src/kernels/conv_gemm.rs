@@ -20,7 +20,8 @@
 //! panels go by). At stride 1 a full panel whose vectors each lie in one
 //! input row (all of a 1×1 convolution's; a window's where no vector
 //! crosses an output row) is read by the tiles straight from the input,
-//! one load per vector and k. Any other panel's rows of `B` are first
+//! one load per vector and k, over all of K at once when the panel runs
+//! every block (the blocks bound the packed rows). Any other panel's rows of `B` are first
 //! packed into the thread's scratch (contiguous, so the tiles' loads stay
 //! in L1 and touch few pages) and then swept by every filter tile: a
 //! vector whose pixels step evenly through one input row with one (wide)
@@ -293,15 +294,6 @@ impl ConvGemm {
             .map(|_| k.slot(vf.into()))
             .collect::<Result<Vec<_>, _>>()?;
         let width = t.vectors * t.lanes;
-        let depth = self.conv.depth();
-        // A panel of `valid` pixels over K block `kb`, or over every K
-        // block in turn.
-        let blocks = |at: &Panel<'_, 'ctx>, valid: usize, kb: Option<IntValue<'ctx>>| match kb {
-            Some(kb) => at.emit(&k, valid, &KBlock::new(&k, kb, t.k_block, depth)?),
-            None => k.em.counted_loop(k.int(0), k.int(t.k_blocks as i64), |kb| {
-                at.emit(&k, valid, &KBlock::new(&k, kb, t.k_block, depth)?)
-            }),
-        };
         let panels = |kb: Option<IntValue<'ctx>>| {
             let dims = [self.conv.batch, t.groups, t.panels];
             k.nest_folded(&dims, dims.len(), &mut |idx: &[IntValue<'_>]| {
@@ -317,7 +309,7 @@ impl ConvGemm {
                     p0,
                 };
                 if t.tail == 0 {
-                    return blocks(&at, width, kb);
+                    return at.emit(&k, width, kb);
                 }
                 let is_tail = k.em.builder.build_int_compare(
                     IntPredicate::EQ,
@@ -333,7 +325,7 @@ impl ConvGemm {
                     .build_conditional_branch(is_tail, tail_block, full_block)?;
                 for (block, valid) in [(tail_block, t.tail), (full_block, width)] {
                     k.em.builder.position_at_end(block);
-                    blocks(&at, valid, kb)?;
+                    at.emit(&k, valid, kb)?;
                     k.em.builder.build_unconditional_branch(join)?;
                 }
                 k.em.builder.position_at_end(join);
@@ -380,33 +372,47 @@ struct Panel<'g, 'ctx> {
 }
 
 impl<'ctx> Panel<'_, 'ctx> {
-    /// The panel with `valid` pixels (a compile-time count) over one K
-    /// block: every filter tile, reading `B` from the input where
-    /// [`Panel::source`] allows, else from its rows packed into scratch
+    /// The panel with `valid` pixels (a compile-time count) over K block
+    /// `kb`, or over every K block in turn: every filter tile, reading
+    /// `B` from the input where [`Panel::source`] allows (then over all
+    /// of K at once when every block is asked for: the blocks bound the
+    /// packed rows, and each one more costs the tiles a store and a load
+    /// of their accumulators), else from its rows packed into scratch
     /// first (contiguous, the masked-off lanes zero).
     fn emit(
         &self,
         k: &Kernel<'_, 'ctx>,
         valid: usize,
-        blk: &KBlock<'ctx>,
+        kb: Option<IntValue<'ctx>>,
     ) -> Result<(), CodegenError> {
         let t = self.t;
-        let tiles = |source: Source| self.tiles(k, valid, blk, source);
-        let packed = || {
+        let depth = self.gemm.conv.depth();
+        let direct = |source: Source| {
+            let blk = match kb {
+                Some(kb) => KBlock::new(k, kb, t.k_block, depth)?,
+                None => KBlock::new(k, k.int(0), depth, depth)?,
+            };
+            self.tiles(k, valid, &blk, source)
+        };
+        let packed_block = |kb: IntValue<'ctx>| {
+            let blk = KBlock::new(k, kb, t.k_block, depth)?;
             for v in (0..t.vectors).filter(|v| v * t.lanes < valid) {
-                self.pack(k, v, valid - v * t.lanes, blk)?;
+                self.pack(k, v, valid - v * t.lanes, &blk)?;
             }
-            tiles(Source::Packed)
+            self.tiles(k, valid, &blk, Source::Packed)
+        };
+        let packed = || match kb {
+            Some(kb) => packed_block(kb),
+            None => {
+                k.em.counted_loop(k.int(0), k.int(t.k_blocks as i64), packed_block)
+            }
         };
         match self.source(valid) {
             Source::Packed => packed(),
-            Source::Planes => tiles(Source::Planes),
+            Source::Planes => direct(Source::Planes),
             Source::Taps => {
                 // Straight from the input when every vector is a run.
-                let (kd, p) = (
-                    self.gemm.conv.depth() as i64,
-                    self.gemm.conv.pixels() as i64,
-                );
+                let (kd, p) = (depth as i64, self.gemm.conv.pixels() as i64);
                 let b = &k.em.builder;
                 let first = b.build_int_unsigned_div(self.p0, k.int(t.lanes as i64), "vec")?;
                 let mut runs = k.cx.context.bool_type().const_all_ones();
@@ -421,7 +427,7 @@ impl<'ctx> Panel<'_, 'ctx> {
                     let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
                     runs = b.build_and(runs, run, "runs")?;
                 }
-                k.em.if_then(runs, || tiles(Source::Taps))?;
+                k.em.if_then(runs, || direct(Source::Taps))?;
                 let scattered = k.em.builder.build_not(runs, "scattered")?;
                 k.em.if_then(scattered, packed)
             }
