@@ -51,6 +51,18 @@ const B_BLOCK_BYTES: usize = 24 * 1024;
 /// waiting for their lines otherwise.
 const SHALLOW_DEPTH: i64 = 64;
 
+/// Tiles of at least this many filters read B straight from the input
+/// where the panel allows ([`Panel::source`]), as do up to
+/// [`DIRECT_TILES`] tiles of any height.
+const DIRECT_ROWS: usize = 8;
+
+/// See [`DIRECT_ROWS`].
+const DIRECT_TILES: usize = 3;
+
+/// Bytes of a cache line: the narrowest panel row read straight from
+/// the input.
+const CACHE_LINE: usize = 64;
+
 /// The most vectors a micro-tile row spans.
 const MAX_VECTORS: usize = 4;
 
@@ -480,16 +492,25 @@ impl<'ctx> Panel<'_, 'ctx> {
     /// Where the tiles read the panel's `B`: straight from the input in
     /// a full panel of stride 1 (a 1×1 convolution's row k is
     /// `lanes·vectors` consecutive floats of channel plane k; a window's
-    /// where every vector is a run, checked as the panel starts), else
-    /// from a packed copy. Packing cost a load and a store per float
-    /// besides the tiles' loads, as much as the multiply-adds of a
-    /// convolution with few filter tiles (alone, Zen 4: SqueezeNet's
-    /// 128 → 16 at 55² 0.150 → 0.115 ms, ResNet-50's 256 → 64 at 56²
-    /// 1.00 → 0.92, 512 → 128 at 28² 0.94 → 0.90; no shape measured
-    /// slower).
+    /// where every vector is a run, checked as the panel starts) when
+    /// the tiles are few or tall, else from a packed copy. Packing cost a
+    /// load and a store per float besides the tiles' loads, as much as
+    /// the multiply-adds of a convolution with few filter tiles (alone,
+    /// Zen 4: SqueezeNet's 128 → 16 at 55² 0.150 → 0.115 ms, ResNet-50's
+    /// 256 → 64 at 56² 1.00 → 0.92, 512 → 128 at 28² 0.94 → 0.90). Read
+    /// straight, row k of every vector lies in its own plane, and planes
+    /// a multiple of 256 bytes apart share few L1 sets: short AVX2 tiles
+    /// (6 filters per B load) waited on those reads (the same layers on
+    /// AVX2 code, 11 and 22 tiles: 1.00 → 1.08–1.16 and 0.95 → 1.05 ms),
+    /// so there many tiles read the packed copy, which stays in the L1.
+    /// Panels narrower than a cache line (NEON's 8 floats) read only part
+    /// of each line so: they stay packed (not measured; as before).
     fn source(&self, valid: usize) -> Source {
         let w = &self.gemm.conv.window;
-        if valid < self.t.vectors * self.t.lanes || w.strides.iter().any(|&n| n != 1) {
+        let t = self.t;
+        let direct = (t.rows >= DIRECT_ROWS || t.tiles <= DIRECT_TILES)
+            && t.vectors * t.lanes * 4 >= CACHE_LINE;
+        if !direct || valid < t.vectors * t.lanes || w.strides.iter().any(|&n| n != 1) {
             Source::Packed
         } else if w.kernel.iter().all(|&n| n == 1) {
             Source::Planes
