@@ -29,11 +29,9 @@
 //! vectors·lanes` filters, `[K][F]` each; the tile (`rows` pixels × F
 //! filters) broadcasts B's values against one panel row per k. K is cut
 //! into blocks whose rows of the panel and of B fit half the L2 together
-//! (a deep layer's panel, 4608 × 32 floats, would not), and every pixel
-//! tile runs through a block before the next (the partial sums wait in
-//! the scratch). Blocks that fitted the L1 made every tile store and
-//! reload its accumulators every 64 k or so, which cost more than
-//! streaming the panel's rows from the L2. The bias starts the accumulators; after the last
+//! (a deep layer's panel, 4608 × 32 floats, would not), or the L1 for
+//! short tiles, and every pixel tile runs through a block before the
+//! next (the partial sums wait in the scratch). The bias starts the accumulators; after the last
 //! block each group of a tile's accumulators is transposed in registers
 //! into vectors of consecutive pixels of one filter, which the epilogue
 //! takes and the NCHW output receives whole. Iterations are
@@ -74,6 +72,14 @@ const BLOCK_PIXELS: usize = 64;
 /// ran 1.5–3× slower, varying from run to run with the stack's
 /// alignment; at 10 rows and below they run at the FMA peak.
 const LOOP_REGISTERS: usize = 6;
+
+/// Bytes of W's panel and B that one K block of short tiles may take
+/// (most of a 32 KiB L1; [`ConvGemmT::k_block`]).
+const L1_BLOCK_BYTES: usize = 24 * 1024;
+
+/// Pixels from which a tile's K blocks fill half the L2 rather than the
+/// L1 ([`ConvGemmT::k_block`]).
+const TALL_ROWS: usize = 8;
 
 /// The most input bytes (per batch, padded) the kernel reads, in L2s:
 /// every filter panel reads all of them. Measured on Zen 3 (512 KiB L2):
@@ -207,16 +213,24 @@ impl ConvGemmT {
 
     /// K per block: the block's rows of the W panel and of B stay in half
     /// the L2 while every pixel tile goes by, the tile's accumulators in
-    /// registers throughout. Blocks that fitted the L1 (24 KiB) cost a
-    /// store and a load of every accumulator per 64 k or so, more than
-    /// the W panel's stream from the L2 that longer blocks read (alone,
-    /// Zen 4: a 1024 → 256 1×1 layer on 14² 0.910 → 0.886 ms, a 3×3
-    /// layer of 128 channels on 28² 2.045 → 2.016, of 256 on 14² 2.025 →
-    /// 1.996).
+    /// registers throughout, when the tiles are tall (at least
+    /// [`TALL_ROWS`] pixels, each W load feeding that many
+    /// multiply-adds); short tiles keep blocks that fit the L1
+    /// ([`L1_BLOCK_BYTES`]). On AVX-512 the L1's blocks cost a store and a
+    /// load of every accumulator per 64 k or so, more than the W panel's
+    /// stream from the L2 (alone, Zen 4: a 1024 → 256 1×1 layer on 14²
+    /// 0.910 → 0.886 ms, a 3×3 layer of 128 channels on 28² 2.045 →
+    /// 2.016, of 256 on 14² 2.025 → 1.996); AVX2's 6-pixel tiles waited
+    /// on the L2 instead (a 512 → 2048 1×1 layer on 7², AVX2 code on the
+    /// same host, 1.03 → 1.23–1.29 ms).
     fn k_block(&self, t: Tiling, target: &Target) -> usize {
         let block_pixels = (t.tiles_per_block * t.rows).min(self.conv.pixels());
         let per_k = (t.vectors * t.lanes + block_pixels) * 4;
-        (target.l2_bytes / 2 / per_k).max(8).min(self.conv.depth())
+        let bytes = match t.rows >= TALL_ROWS {
+            true => target.l2_bytes / 2,
+            false => L1_BLOCK_BYTES,
+        };
+        (bytes / per_k).max(8).min(self.conv.depth())
     }
 
     /// Scratch bytes per thread: the accumulators of every tile between K
