@@ -30,9 +30,9 @@
 //! filters) broadcasts B's values against one panel row per k. K is cut
 //! into blocks whose rows of the panel and of B fit half the L2 together
 //! (a deep layer's panel, 4608 × 32 floats, would not), or the L1 for
-//! short tiles, and every pixel tile runs through a block before the
-//! next (the partial sums wait in the scratch). The bias starts the accumulators; after the last
-//! block each group of a tile's accumulators is transposed in registers
+//! short or narrow (AVX2) tiles, and every pixel tile runs through a
+//! block before the next (the partial sums wait in the scratch). The
+//! bias starts the accumulators; after the last block each group of a tile's accumulators is transposed in registers
 //! into vectors of consecutive pixels of one filter, which the epilogue
 //! takes and the NCHW output receives whole. Iterations are
 //! (batch, filter panel) pairs.
@@ -80,6 +80,10 @@ const L1_BLOCK_BYTES: usize = 24 * 1024;
 /// Pixels from which a tile's K blocks fill half the L2 rather than the
 /// L1 ([`ConvGemmT::k_block`]).
 const TALL_ROWS: usize = 8;
+
+/// Lanes from which a tile's K blocks fill half the L2 rather than the
+/// L1 ([`ConvGemmT::k_block`]).
+const WIDE_LANES: usize = 16;
 
 /// The most input bytes (per batch, padded) the kernel reads, in L2s:
 /// every filter panel reads all of them. Measured on Zen 3 (512 KiB L2):
@@ -214,19 +218,20 @@ impl ConvGemmT {
     /// K per block: the block's rows of the W panel and of B stay in half
     /// the L2 while every pixel tile goes by, the tile's accumulators in
     /// registers throughout, when the tiles are tall (at least
-    /// [`TALL_ROWS`] pixels, each W load feeding that many
-    /// multiply-adds); short tiles keep blocks that fit the L1
-    /// ([`L1_BLOCK_BYTES`]). On AVX-512 the L1's blocks cost a store and a
-    /// load of every accumulator per 64 k or so, more than the W panel's
-    /// stream from the L2 (alone, Zen 4: a 1024 → 256 1×1 layer on 14²
-    /// 0.910 → 0.886 ms, a 3×3 layer of 128 channels on 28² 2.045 →
-    /// 2.016, of 256 on 14² 2.025 → 1.996); AVX2's 6-pixel tiles waited
-    /// on the L2 instead (a 512 → 2048 1×1 layer on 7², AVX2 code on the
-    /// same host, 1.03 → 1.23–1.29 ms).
+    /// [`TALL_ROWS`] pixels) and wide (16 lanes); other tiles keep blocks
+    /// that fit the L1 ([`L1_BLOCK_BYTES`]). In AVX-512 code the L1's
+    /// blocks cost a store and a load of every accumulator per 64 k or
+    /// so, more than the W panel's stream from the L2 (alone, Zen 4: a
+    /// 1024 → 256 1×1 layer on 14² 0.910 → 0.886 ms, a 3×3 layer of 128
+    /// channels on 28² 2.045 → 2.016, of 256 on 14² 2.025 → 1.996); AVX2
+    /// code's tiles, with half the multiply-adds per load, waited on the
+    /// L2 instead (on the same host: a 512 → 2048 1×1 layer on 7² 1.03 →
+    /// 1.23–1.29 ms with 6-pixel tiles, SqueezeNet's classifier 2.10–2.20
+    /// → 2.21–2.28 with 14-pixel ones).
     fn k_block(&self, t: Tiling, target: &Target) -> usize {
         let block_pixels = (t.tiles_per_block * t.rows).min(self.conv.pixels());
         let per_k = (t.vectors * t.lanes + block_pixels) * 4;
-        let bytes = match t.rows >= TALL_ROWS {
+        let bytes = match t.rows >= TALL_ROWS && t.lanes >= WIDE_LANES {
             true => target.l2_bytes / 2,
             false => L1_BLOCK_BYTES,
         };
