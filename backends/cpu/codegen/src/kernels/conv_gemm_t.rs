@@ -32,10 +32,11 @@
 //! (a deep layer's panel, 4608 × 32 floats, would not), or the L1 for
 //! short or narrow (AVX2) tiles, and every pixel tile runs through a
 //! block before the next (the partial sums wait in the scratch). The
-//! bias starts the accumulators; after the last block each group of a tile's accumulators is transposed in registers
-//! into vectors of consecutive pixels of one filter, which the epilogue
-//! takes and the NCHW output receives whole. Iterations are
-//! (batch, filter panel) pairs.
+//! bias starts the accumulators; after the last block each group of a
+//! tile's accumulators is transposed in registers into vectors of
+//! consecutive pixels of one filter, which the epilogue takes and the
+//! NCHW output receives whole. Iterations are (batch, filter panel)
+//! pairs.
 
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
