@@ -201,6 +201,16 @@ struct Tiling {
     k_inner: bool,
 }
 
+impl Tiling {
+    /// Whether the tiles may read B straight from the input
+    /// ([`Panel::source`]): they are tall or few, and a panel row spans a
+    /// cache line.
+    fn reads_straight(&self) -> bool {
+        (self.rows >= DIRECT_ROWS || self.tiles <= DIRECT_TILES)
+            && self.vectors * self.lanes * 4 >= CACHE_LINE
+    }
+}
+
 impl ConvGemm {
     /// The offset tables the kernel reads: [`TapOffsets`]' rows and
     /// columns, a vector of spare zeros (the gather of a partial last
@@ -508,9 +518,7 @@ impl<'ctx> Panel<'_, 'ctx> {
     fn source(&self, valid: usize) -> Source {
         let w = &self.gemm.conv.window;
         let t = self.t;
-        let direct = (t.rows >= DIRECT_ROWS || t.tiles <= DIRECT_TILES)
-            && t.vectors * t.lanes * 4 >= CACHE_LINE;
-        if !direct || valid < t.vectors * t.lanes || w.strides.iter().any(|&n| n != 1) {
+        if !t.reads_straight() || valid < t.vectors * t.lanes || w.strides.iter().any(|&n| n != 1) {
             Source::Packed
         } else if w.kernel.iter().all(|&n| n == 1) {
             Source::Planes
@@ -1039,5 +1047,21 @@ mod tests {
         // A plane narrower than a vector is one partial panel.
         let t = tiling("x86_64-avx512", 2, 7, 64);
         assert_eq!((t.vectors, t.panels, t.tail), (1, 1, 7));
+    }
+
+    /// AVX-512 tiles read B straight from the input; AVX2's 6-filter
+    /// tiles only when there are at most three of them; NEON's tall
+    /// tiles have 8-float panels and do not, a single short one spans 4
+    /// vectors (a line) and does.
+    #[test]
+    fn tall_or_few_tiles_read_straight() {
+        for filters in [1, 16, 64, 512] {
+            assert!(tiling("x86_64-avx512", filters, 3136, 256).reads_straight());
+        }
+        assert!(tiling("x86_64-avx2", 16, 3136, 256).reads_straight());
+        assert!(!tiling("x86_64-avx2", 64, 3136, 256).reads_straight());
+        assert!(!tiling("aarch64", 64, 3136, 256).reads_straight());
+        let t = tiling("aarch64", 1, 3136, 256);
+        assert!(t.vectors * t.lanes == 16 && t.reads_straight());
     }
 }

@@ -540,4 +540,24 @@ mod tests {
         let t = tiling("x86_64-avx512", 64, 7, 1);
         assert_eq!((t.vectors, t.rows, t.tiles), (2, 13, 4));
     }
+
+    /// Tall AVX-512 tiles run a 3×3 layer of 256 channels (K = 2304) in
+    /// two K blocks (half of a 1 MiB L2); AVX2's, short and narrow, in
+    /// blocks that fit the L1.
+    #[test]
+    fn tall_wide_tiles_block_k_for_the_l2() {
+        let blocks = |target: &str| {
+            let mut target = Target::parse(Some(target), None).unwrap();
+            target.l2_bytes = 1 << 20;
+            let mut conv = GemmConv::pointwise(256, 256, &[14, 14]);
+            conv.window.kernel = vec![3; 2];
+            conv.window.input = vec![16; 2];
+            let gemm = ConvGemmT { conv };
+            let t = gemm.tiling(&target);
+            (t.rows, gemm.conv.depth().div_ceil(gemm.k_block(t, &target)))
+        };
+        assert_eq!(blocks("x86_64-avx512"), (10, 2));
+        let (rows, avx2) = blocks("x86_64-avx2");
+        assert!(rows < TALL_ROWS && avx2 > 20, "{rows} {avx2}");
+    }
 }
