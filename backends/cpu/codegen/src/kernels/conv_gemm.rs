@@ -21,9 +21,10 @@
 //! input row (all of a 1×1 convolution's; a window's where no vector
 //! crosses an output row) is read by the tiles straight from the input,
 //! one load per vector and k, over all of K at once when the panel runs
-//! every block (the blocks bound the packed rows). Any other panel's rows of `B` are first
-//! packed into the thread's scratch (contiguous, so the tiles' loads stay
-//! in L1 and touch few pages) and then swept by every filter tile: a
+//! every block (the blocks bound the packed rows). Any other panel's rows
+//! of `B` are first packed into the thread's scratch (contiguous, so the
+//! tiles' loads stay in L1 and touch few pages) and then swept by every
+//! filter tile: a
 //! vector whose pixels step evenly through one input row with one (wide)
 //! load per k, one across a row break with two masked loads, any other
 //! one with a gather.
@@ -434,17 +435,12 @@ impl<'ctx> Panel<'_, 'ctx> {
             Source::Planes => direct(Source::Planes),
             Source::Taps => {
                 // Straight from the input when every vector is a run.
-                let (kd, p) = (depth as i64, self.gemm.conv.pixels() as i64);
-                let b = &k.em.builder;
-                let first = b.build_int_unsigned_div(self.p0, k.int(t.lanes as i64), "vec")?;
                 let mut runs = k.cx.context.bool_type().const_all_ones();
                 for v in 0..t.vectors {
-                    let at = k.em.builder.build_int_add(
-                        first,
-                        k.int(kd + p + (t.lanes + v) as i64),
-                        "runs",
-                    )?;
-                    let kind = table_entry(k, at)?;
+                    let pixel =
+                        k.em.builder
+                            .build_int_add(self.p0, k.int((v * t.lanes) as i64), "px")?;
+                    let kind = self.run_kind(k, pixel)?;
                     let b = &k.em.builder;
                     let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
                     runs = b.build_and(runs, run, "runs")?;
@@ -527,6 +523,23 @@ impl<'ctx> Panel<'_, 'ctx> {
         }
     }
 
+    /// The runs table's entry ([`TapOffsets::runs`], after the rows, the
+    /// columns and the spare zeros in [`ConvGemm::offsets`]) of the
+    /// vector starting at `pixel`: 1 a run, `−s` two runs split after `s`
+    /// lanes, 0 a gather.
+    fn run_kind(
+        &self,
+        k: &Kernel<'_, 'ctx>,
+        pixel: IntValue<'ctx>,
+    ) -> Result<IntValue<'ctx>, CodegenError> {
+        let conv = &self.gemm.conv;
+        let lanes = self.t.lanes as i64;
+        let b = &k.em.builder;
+        let vector = b.build_int_unsigned_div(pixel, k.int(lanes), "vec")?;
+        let skip = (conv.depth() + conv.pixels()) as i64 + lanes;
+        table_entry(k, b.build_int_add(vector, k.int(skip), "runs")?)
+    }
+
     /// Packs vector `v` of the panel (`cols` valid pixels) for every k of
     /// the block: `B[k, pixels]` read from the input at `rows[k]` plus
     /// each pixel's column, with one (wide) load when the vector is a run
@@ -546,7 +559,7 @@ impl<'ctx> Panel<'_, 'ctx> {
             k.cx.context.i32_type(),
             k.cx.context.i64_type(),
         );
-        let (kd, p) = (g.conv.depth() as i64, g.conv.pixels() as i64);
+        let kd = g.conv.depth() as i64;
         let width = (t.vectors * t.lanes) as i64;
         let offset = |at| table_entry(k, at);
         let b = &k.em.builder;
@@ -618,9 +631,7 @@ impl<'ctx> Panel<'_, 'ctx> {
             })
         };
         let b = &k.em.builder;
-        let vector = b.build_int_unsigned_div(pixel, k.int(t.lanes as i64), "vec")?;
-        let runs = b.build_int_add(vector, k.int(kd + p + t.lanes as i64), "runs")?;
-        let kind = offset(runs)?;
+        let kind = self.run_kind(k, pixel)?;
         let run = b.build_int_compare(IntPredicate::EQ, kind, k.int(1), "run")?;
         k.em.if_then(run, wide)?;
         // A vector across a row break: two runs, two masked wide loads

@@ -391,11 +391,9 @@ impl Window {
                 // The last live lane's last tap inside the row, the wide
                 // loads of the last tap row inside the plane.
                 let live_end = k.em.umin(end, k.int(out_width))?;
-                let b = &k.em.builder;
-                let last = b.build_int_sub(live_end, k.int(1), "last")?;
-                let last = k.em.mul_add(last, k.int(stride), k.int(reach + 1))?;
-                let b = &k.em.builder;
-                let last = b.build_int_sub(last, k.int(self.pads[d] as i64), "last")?;
+                let last = k.em.builder.build_int_sub(live_end, k.int(1), "last")?;
+                let last =
+                    k.em.mul_add(last, k.int(stride), k.int(reach + 1 - self.pads[d] as i64))?;
                 let lead: Vec<IntValue<'ctx>> = self.kernel[..d]
                     .iter()
                     .map(|&n| k.int(n as i64 - 1))
